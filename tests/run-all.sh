@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every canopy test on a fresh Debian 12 machine: installs what is missing (apt packages; the
+# test kernel is fetched and cached by the VM harness), then runs the whole cargo test suite,
+# VM scenarios included. This is the README's test command and what .ci/run runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo test --workspace --locked
