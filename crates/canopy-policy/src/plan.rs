@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use globset::GlobSet;
 use serde::Serialize;
 use sha2::Digest;
 use sha2::Sha256;
@@ -14,6 +13,7 @@ use crate::class::ClassId;
 use crate::class::ClassMask;
 use crate::class::ClassParams;
 use crate::diagnostic::Location;
+use crate::glob::GlobIndex;
 use crate::matcher::RuleMatcher;
 use crate::model::DaemonMode;
 
@@ -316,18 +316,20 @@ pub struct Plan {
     data: PlanData,
     class_by_name: HashMap<String, ClassId>,
     matcher: RuleMatcher,
-    groups_by_path: GlobSet,
+    groups_by_path: GlobIndex,
     hash: [u8; 32],
 }
 
 impl std::fmt::Debug for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plan").field("hash", &self.hash_hex()).finish_non_exhaustive()
+        f.debug_struct("Plan")
+            .field("hash", &self.hash_hex())
+            .finish_non_exhaustive()
     }
 }
 
 impl Plan {
-    pub(crate) fn new(data: PlanData, matcher: RuleMatcher, groups_by_path: GlobSet) -> Self {
+    pub(crate) fn new(data: PlanData, matcher: RuleMatcher, groups_by_path: GlobIndex) -> Self {
         let canonical = serde_json::to_vec(&data).expect("plan data serializes");
         let hash: [u8; 32] = Sha256::digest(&canonical).into();
         let class_by_name = data
@@ -418,11 +420,7 @@ impl Plan {
     /// ignored): the first group in definition order whose glob matches.
     pub fn group_for_cgroup(&self, path: &str) -> Option<GroupRef> {
         let path = path.trim_start_matches('/');
-        self.groups_by_path
-            .matches(path)
-            .into_iter()
-            .min()
-            .map(GroupRef)
+        self.groups_by_path.first_match(path).map(GroupRef)
     }
 
     /// THE decision: the class a task requesting `requested` gets in `group` while the group is
@@ -456,10 +454,23 @@ pub(crate) fn decide(requested: ClassId, settings: &GroupSettings, class_count: 
             reason: Reason::Allowed,
         };
     }
-    let lower = || (requested.0 + 1..class_count as u8).map(ClassId).find(|&c| allowed.contains(c));
-    let higher = || (0..requested.0).rev().map(ClassId).find(|&c| allowed.contains(c));
-    let above_ceiling = settings.ceiling.is_some_and(|ceiling| requested.is_higher_than(ceiling));
-    let below_floor = settings.floor.is_some_and(|floor| floor.is_higher_than(requested));
+    let lower = || {
+        (requested.0 + 1..class_count as u8)
+            .map(ClassId)
+            .find(|&c| allowed.contains(c))
+    };
+    let higher = || {
+        (0..requested.0)
+            .rev()
+            .map(ClassId)
+            .find(|&c| allowed.contains(c))
+    };
+    let above_ceiling = settings
+        .ceiling
+        .is_some_and(|ceiling| requested.is_higher_than(ceiling));
+    let below_floor = settings
+        .floor
+        .is_some_and(|floor| floor.is_higher_than(requested));
     let (found, reason) = if above_ceiling {
         (lower().or_else(higher), Reason::ClampedToCeiling)
     } else if below_floor {
@@ -494,16 +505,40 @@ mod tests {
     fn decide_clamps_to_ceiling_and_raises_to_floor() {
         // Classes 0..5; ceiling 1, floor 3: allowed {1,2,3}.
         let group = settings(ClassMask(0b01110), Some(1), Some(3));
-        assert_eq!(decide(ClassId(0), &group, 5), Decision { class: ClassId(1), reason: Reason::ClampedToCeiling });
-        assert_eq!(decide(ClassId(4), &group, 5), Decision { class: ClassId(3), reason: Reason::RaisedToFloor });
-        assert_eq!(decide(ClassId(2), &group, 5), Decision { class: ClassId(2), reason: Reason::Allowed });
+        assert_eq!(
+            decide(ClassId(0), &group, 5),
+            Decision {
+                class: ClassId(1),
+                reason: Reason::ClampedToCeiling
+            }
+        );
+        assert_eq!(
+            decide(ClassId(4), &group, 5),
+            Decision {
+                class: ClassId(3),
+                reason: Reason::RaisedToFloor
+            }
+        );
+        assert_eq!(
+            decide(ClassId(2), &group, 5),
+            Decision {
+                class: ClassId(2),
+                reason: Reason::Allowed
+            }
+        );
     }
 
     #[test]
     fn decide_prefers_the_class_below_a_denied_one() {
         // Deny class 1 of 0..5.
         let group = settings(ClassMask(0b11101), None, None);
-        assert_eq!(decide(ClassId(1), &group, 5), Decision { class: ClassId(2), reason: Reason::NotAllowed });
+        assert_eq!(
+            decide(ClassId(1), &group, 5),
+            Decision {
+                class: ClassId(2),
+                reason: Reason::NotAllowed
+            }
+        );
         // Only class 0 allowed: go up.
         let group = settings(ClassMask(0b00001), None, None);
         assert_eq!(decide(ClassId(3), &group, 5).class, ClassId(0));
