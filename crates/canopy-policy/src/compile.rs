@@ -83,6 +83,22 @@ pub fn compile(sources: &[Source]) -> Result<Compiled, CompileError> {
     let merged = merge(parsed, &mut reporter);
     let data = resolve(&merged, &mut reporter);
     let plan = data.and_then(|data| build_plan(data, &mut reporter));
+    // Report in source order: file (merge order), line, column; passes keep their relative order.
+    let file_order: HashMap<&str, usize> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.path.as_str(), i))
+        .collect();
+    reporter.diagnostics.sort_by_key(|d| {
+        (
+            file_order
+                .get(d.location.file.as_str())
+                .copied()
+                .unwrap_or(usize::MAX),
+            d.location.line,
+            d.location.column,
+        )
+    });
     match plan {
         Some(plan) if !reporter.has_errors() => Ok(Compiled {
             plan,
@@ -482,6 +498,13 @@ fn resolve_classes(merged: &Merged, reporter: &mut Reporter<'_>) -> ClassTable {
         let known = builtin_names.contains(&after.get_ref().as_str())
             || merged.classes.iter().any(|c| c.name == *after.get_ref());
         let span = spanned_span(class.after_file.unwrap_or(class.span.file), after);
+        // Still check its parameters, so their problems are reported in the same run.
+        apply_class_def(
+            &mut BUILTINS[2].params.clone(),
+            &mut String::new(),
+            class,
+            reporter,
+        );
         if known {
             reporter.error(
                 &span,
@@ -1242,6 +1265,7 @@ fn apply_overrides(base: &GroupSettings, overrides: &SettingsOverrides) -> Group
 
 /// Computes `allowed` and reports contradictions of a group's (or state's) effective settings.
 fn finish_settings(
+    report: bool,
     settings: &mut GroupSettings,
     class_count: usize,
     table: &ClassTable,
@@ -1263,25 +1287,29 @@ fn finish_settings(
             .as_ref()
             .is_some_and(|allow| allow.contains(&denied))
         {
-            reporter.error(
-                span,
-                Problem::AllowDenyContradiction {
-                    class: name(denied),
-                    item: item.into(),
-                },
-                Some("remove the class from one of the two lists".into()),
-            );
+            if report {
+                reporter.error(
+                    span,
+                    Problem::AllowDenyContradiction {
+                        class: name(denied),
+                        item: item.into(),
+                    },
+                    Some("remove the class from one of the two lists".into()),
+                );
+            }
             consistent = false;
         }
         allowed = allowed.without(denied);
     }
     if let (Some(ceiling), Some(floor)) = (settings.ceiling, settings.floor) {
         if floor.is_higher_than(ceiling) {
-            reporter.error(
+            if report {
+                reporter.error(
                 span,
                 Problem::CeilingBelowFloor { ceiling: name(ceiling), floor: name(floor), item: item.into() },
                 Some("classes are ordered highest first (USER_INTERACTIVE ... BACKGROUND); the ceiling must be at or above the floor".into()),
             );
+            }
             consistent = false;
         }
     }
@@ -1296,22 +1324,28 @@ fn finish_settings(
         }
     }
     if consistent && allowed.is_empty() {
-        reporter.error(
-            span,
-            Problem::NothingAllowed { item: item.into() },
-            Some("allow, deny, ceiling and floor together exclude every class".into()),
-        );
+        if report {
+            reporter.error(
+                span,
+                Problem::NothingAllowed { item: item.into() },
+                Some("allow, deny, ceiling and floor together exclude every class".into()),
+            );
+        }
     }
     if let (Some(guarantee), Some(Cap::Percent(cap))) = (settings.guarantee_percent, settings.cap) {
         if guarantee > cap {
-            reporter.error(
-                span,
-                Problem::ShareSettings {
-                    message: format!("guarantee_percent {guarantee} is above cap_percent {cap}"),
-                    item: item.into(),
-                },
-                None,
-            );
+            if report {
+                reporter.error(
+                    span,
+                    Problem::ShareSettings {
+                        message: format!(
+                            "guarantee_percent {guarantee} is above cap_percent {cap}"
+                        ),
+                        item: item.into(),
+                    },
+                    None,
+                );
+            }
         }
     }
     settings.allowed = allowed;
@@ -1405,7 +1439,15 @@ fn resolve_group(
         cap: None,
     };
     let mut base = apply_overrides(&empty, &overrides);
-    finish_settings(&mut base, class_count, table, &item, &merged.span, reporter);
+    finish_settings(
+        true,
+        &mut base,
+        class_count,
+        table,
+        &item,
+        &merged.span,
+        reporter,
+    );
     let scheduler_kind = def
         .scheduler
         .as_ref()
@@ -1473,7 +1515,14 @@ fn resolve_group(
         };
         let overrides = resolve_overrides(&state_input(state), &state_file_of, table, reporter);
         let mut settings = apply_overrides(&base, &overrides);
+        let restricts = overrides.allow.is_some()
+            || overrides.deny.is_some()
+            || overrides.ceiling.is_some()
+            || overrides.floor.is_some()
+            || overrides.guarantee_percent.is_some()
+            || overrides.cap.is_some();
         finish_settings(
+            restricts,
             &mut settings,
             class_count,
             table,
