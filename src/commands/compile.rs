@@ -39,8 +39,11 @@ pub(crate) fn run(paths: &[PathBuf], explain: bool, cgroup_root: &Path) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
-/// cgroup paths under `root`, relative to it; None when `root` can't be read.
+/// cgroup paths under `root`, relative to it; None when `root` is not a readable cgroup2 mount.
 fn existing_cgroups(root: &Path) -> Option<Vec<String>> {
+    if !root.join("cgroup.controllers").exists() {
+        return None;
+    }
     std::fs::read_dir(root).ok()?;
     let mut found = Vec::new();
     let mut stack = vec![(root.to_path_buf(), 0usize)];
@@ -239,7 +242,11 @@ pub(crate) fn explanation(plan: &Plan, cgroup_root: &Path, cgroups: Option<&[Str
         }
         match cgroups {
             None => {
-                let _ = writeln!(out, "      cgroups: {} not readable", cgroup_root.display());
+                let _ = writeln!(
+                    out,
+                    "      cgroups: {} is not a readable cgroup2 mount",
+                    cgroup_root.display()
+                );
             }
             Some(_) => {
                 let matched = &owned[index];

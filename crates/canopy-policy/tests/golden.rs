@@ -19,9 +19,15 @@ fn sources(name: &str) -> Vec<Source> {
     let dir = golden_dir();
     let single = dir.join(format!("{name}.toml"));
     if single.exists() {
-        return vec![Source::new(format!("{name}.toml"), fs::read_to_string(single).unwrap())];
+        return vec![Source::new(
+            format!("{name}.toml"),
+            fs::read_to_string(single).unwrap(),
+        )];
     }
-    let mut files: Vec<PathBuf> = fs::read_dir(dir.join(name)).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = fs::read_dir(dir.join(name))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     files
         .iter()
@@ -51,7 +57,10 @@ fn check(name: &str) -> Vec<&'static str> {
         fs::write(&expected_path, &actual).unwrap();
     }
     let expected = fs::read_to_string(&expected_path).unwrap_or_default();
-    assert_eq!(actual, expected, "golden {name} differs (CANOPY_BLESS=1 rewrites it)");
+    assert_eq!(
+        actual, expected,
+        "golden {name} differs (CANOPY_BLESS=1 rewrites it)"
+    );
     codes
 }
 
@@ -102,13 +111,41 @@ golden!(
 fn every_problem_has_a_golden_case() {
     let seen: BTreeSet<&str> = CASES.iter().flat_map(|name| render(name).1).collect();
     let all = [
-        "syntax", "unknown-section", "unknown-field", "state-unknown-field", "missing-field", "wrong-type",
-        "unknown-class", "out-of-range", "allow-deny-contradiction", "ceiling-below-floor", "nothing-allowed",
-        "shadowed-rule", "scheduler-conflict", "shadowed-group", "nesting-too-deep", "invalid-regex",
-        "invalid-glob", "unknown-state", "redefinition", "builtin-class-moved", "custom-class-unplaced",
-        "class-order-cycle", "too-many-classes", "empty-rule", "rule-without-effect", "duplicate-rule-name",
-        "empty-pattern", "scheduler-settings", "share-settings", "uclamp-inverted", "bad-group-path",
+        "syntax",
+        "unknown-section",
+        "unknown-field",
+        "state-unknown-field",
+        "missing-field",
+        "wrong-type",
+        "unknown-class",
+        "out-of-range",
+        "allow-deny-contradiction",
+        "ceiling-below-floor",
+        "nothing-allowed",
+        "shadowed-rule",
+        "scheduler-conflict",
+        "shadowed-group",
+        "nesting-too-deep",
+        "invalid-regex",
+        "invalid-glob",
+        "unknown-state",
+        "redefinition",
+        "builtin-class-moved",
+        "custom-class-unplaced",
+        "class-order-cycle",
+        "too-many-classes",
+        "empty-rule",
+        "rule-without-effect",
+        "duplicate-rule-name",
+        "empty-pattern",
+        "scheduler-settings",
+        "share-settings",
+        "uclamp-inverted",
+        "bad-group-path",
     ];
     let missing: Vec<&&str> = all.iter().filter(|code| !seen.contains(**code)).collect();
-    assert!(missing.is_empty(), "problem codes without a golden case: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "problem codes without a golden case: {missing:?}"
+    );
 }
