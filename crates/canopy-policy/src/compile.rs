@@ -1792,3 +1792,206 @@ fn build_plan(data: PlanData, reporter: &mut Reporter<'_>) -> Option<Plan> {
     }
     Some(Plan::new(data, matcher, groups_by_path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Reason;
+    use crate::plan::TaskFacts;
+
+    fn plan(sources: &[(&str, &str)]) -> Plan {
+        let sources: Vec<Source> = sources.iter().map(|(p, t)| Source::new(*p, *t)).collect();
+        match compile(&sources) {
+            Ok(compiled) => compiled.plan,
+            Err(error) => panic!(
+                "{:#?}",
+                error
+                    .diagnostics
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    fn task<'a>(comm: &'a str, cgroup: &'a str) -> TaskFacts<'a> {
+        TaskFacts {
+            comm,
+            thread_name: comm,
+            cgroup,
+            ..TaskFacts::default()
+        }
+    }
+
+    #[test]
+    fn drop_in_rule_with_same_name_replaces_in_place() {
+        let plan = plan(&[
+            ("a.toml", "[[rules]]\nname = \"build\"\ncomm = \"make\"\nclass = \"BACKGROUND\"\n\n[[rules]]\ncomm = \"x\"\nclass = \"UTILITY\"\n"),
+            ("b.toml", "[[rules]]\nname = \"build\"\ncomm = \"make\"\nclass = \"UTILITY\"\n\n[[rules]]\ncomm = \"y\"\nclass = \"UTILITY\"\n"),
+        ]);
+        let comms: Vec<_> = plan
+            .rules()
+            .iter()
+            .map(|r| r.conditions.comm.clone().unwrap())
+            .collect();
+        assert_eq!(comms, ["make", "x", "y"]);
+        assert_eq!(plan.class(plan.rules()[0].class).name, "UTILITY");
+    }
+
+    #[test]
+    fn drop_in_group_and_state_fields_merge() {
+        let plan = plan(&[
+            ("a.toml", "[groups.apps]\npath = \"apps/*\"\nweight = 100\nceiling = \"USER_INITIATED\"\n\n[groups.apps.states.unfocused]\nceiling = \"UTILITY\"\n"),
+            ("b.toml", "[groups.apps]\nweight = 300\n\n[groups.apps.states.unfocused]\nafter_s = 30\n"),
+        ]);
+        let group = &plan.groups()[0];
+        assert_eq!(group.base.weight, 300);
+        assert_eq!(group.base.ceiling, plan.class_id("USER_INITIATED"));
+        let state = group.state("unfocused").unwrap();
+        assert_eq!(state.after_s, 30);
+        assert_eq!(state.settings.ceiling, plan.class_id("UTILITY"));
+    }
+
+    #[test]
+    fn custom_classes_are_inserted_in_order_and_inherit_parameters() {
+        let plan = plan(&[(
+            "a.toml",
+            "[classes.GAME]\nafter = \"USER_INTERACTIVE\"\n\n[classes.GAME_BG]\nafter = \"GAME\"\nnice = 0\n\n[classes.LATE]\nafter = \"USER_INTERACTIVE\"\n",
+        )]);
+        let names: Vec<_> = plan.classes().iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "USER_INTERACTIVE",
+                "GAME",
+                "GAME_BG",
+                "LATE",
+                "USER_INITIATED",
+                "DEFAULT",
+                "UTILITY",
+                "BACKGROUND"
+            ]
+        );
+        let game = plan.class(plan.class_id("GAME").unwrap());
+        assert_eq!(game.id.0, 1);
+        assert_eq!(game.params.nice, -4, "starts from USER_INTERACTIVE");
+        assert_eq!(plan.class_params(plan.class_id("GAME_BG").unwrap()).nice, 0);
+    }
+
+    #[test]
+    fn effective_class_clamps_per_state() {
+        let plan = plan(&[(
+            "a.toml",
+            "[[rules]]\ncomm = \"game\"\nclass = \"USER_INTERACTIVE\"\n\n[groups.apps]\npath = \"apps/*\"\nceiling = \"USER_INITIATED\"\n\n[groups.apps.states.unfocused]\nafter_s = 30\nceiling = \"BACKGROUND\"\n\n[groups.bg]\npath = \"bg/*\"\nfloor = \"UTILITY\"\ndeny = [\"DEFAULT\"]\n",
+        )]);
+        let t = task("game", "apps/steam");
+        let requested = plan.match_task(&t).unwrap().requested_class();
+        let group = plan.group_for_cgroup(t.cgroup);
+        let focused = plan.effective_class(requested, group, None);
+        assert_eq!(
+            (plan.class(focused.class).name.as_str(), focused.reason),
+            ("USER_INITIATED", Reason::ClampedToCeiling)
+        );
+        let unfocused = plan.effective_class(requested, group, Some("unfocused"));
+        assert_eq!(plan.class(unfocused.class).name, "BACKGROUND");
+        let outside = plan.effective_class(requested, plan.group_for_cgroup("/elsewhere"), None);
+        assert_eq!(outside.reason, Reason::NoGroup);
+        let bg = plan.group_for_cgroup("bg/x");
+        let denied = plan.effective_class(plan.class_id("DEFAULT").unwrap(), bg, None);
+        assert_eq!(
+            (plan.class(denied.class).name.as_str(), denied.reason),
+            ("UTILITY", Reason::NotAllowed)
+        );
+        let raised = plan.effective_class(plan.class_id("BACKGROUND").unwrap(), bg, None);
+        assert_eq!(
+            (plan.class(raised.class).name.as_str(), raised.reason),
+            ("UTILITY", Reason::RaisedToFloor)
+        );
+    }
+
+    #[test]
+    fn first_matching_rule_and_group_win() {
+        let plan = plan(&[(
+            "a.toml",
+            "[[rules]]\ncomm = \"cc*\"\ncgroup = \"build/*\"\nclass = \"BACKGROUND\"\n\n[[rules]]\ncomm = \"cc1\"\nclass = \"UTILITY\"\ninherit = true\n\n[[rules]]\nexe = \"/opt/*/bin/tool\"\nclass = \"USER_INITIATED\"\n\n[[rules]]\nuid = 1000\nthreads = [{ name = \"render*\", class = \"USER_INTERACTIVE\" }]\n\n[groups.one]\npath = \"build/*\"\n\n[groups.two]\npath = \"other/*\"\n",
+        )]);
+        let m = plan.match_task(&task("cc1", "build/job")).unwrap();
+        assert_eq!(
+            (m.rule, plan.class(m.class).name.as_str()),
+            (0, "BACKGROUND")
+        );
+        let m = plan.match_task(&task("cc1", "/user.slice/x")).unwrap();
+        assert_eq!((m.rule, m.inherit), (1, true));
+        let tool = TaskFacts {
+            exe: Some("/opt/acme/bin/tool"),
+            ..task("tool", "")
+        };
+        assert_eq!(plan.match_task(&tool).unwrap().rule, 2);
+        let not_tool = TaskFacts {
+            exe: Some("/opt/a/b/bin/tool"),
+            ..task("tool", "")
+        };
+        assert_eq!(
+            plan.match_task(&not_tool),
+            None,
+            "`*` does not cross `/` in a path glob"
+        );
+        let render = TaskFacts {
+            uid: 1000,
+            thread_name: "render-0",
+            ..task("app", "")
+        };
+        let m = plan.match_task(&render).unwrap();
+        assert_eq!(m.rule, 3);
+        assert_eq!(plan.class(m.requested_class()).name, "USER_INTERACTIVE");
+        assert_eq!(
+            plan.class(m.class).name,
+            "DEFAULT",
+            "no process class: the default class"
+        );
+        assert_eq!(
+            plan.group_for_cgroup("build/x"),
+            Some(crate::plan::GroupRef(0))
+        );
+        assert_eq!(plan.group_for_cgroup("build/x/y"), None);
+    }
+
+    #[test]
+    fn hash_ignores_layout_and_comments_but_not_meaning() {
+        let a = plan(&[(
+            "a.toml",
+            "[[rules]]\ncomm = \"make\"\nclass = \"BACKGROUND\"\n",
+        )]);
+        let b = plan(&[(
+            "b.toml",
+            "# comment\n[[rules]]\nclass = \"BACKGROUND\" # trailing\ncomm = 'make'\n",
+        )]);
+        let c = plan(&[(
+            "c.toml",
+            "[[rules]]\ncomm = \"make\"\nclass = \"UTILITY\"\n",
+        )]);
+        assert_eq!(a.hash(), b.hash());
+        assert_ne!(a.hash(), c.hash());
+        let split = plan(&[
+            (
+                "1.toml",
+                "[[rules]]\ncomm = \"make\"\nclass = \"BACKGROUND\"\n",
+            ),
+            ("2.toml", ""),
+        ]);
+        assert_eq!(a.hash(), split.hash());
+    }
+
+    #[test]
+    fn defaults_and_daemon_settings() {
+        let plan = plan(&[(
+            "a.toml",
+            "[defaults]\nclass = \"UTILITY\"\nleave_kernel_threads = false\n\n[daemon]\nmode = \"fallback\"\nmetrics_address = \"127.0.0.1:9617\"\n",
+        )]);
+        assert_eq!(plan.class(plan.defaults().class).name, "UTILITY");
+        assert!(!plan.defaults().leave_kernel_threads);
+        assert!(plan.defaults().leave_realtime);
+        assert_eq!(plan.daemon().mode, DaemonMode::Fallback);
+        assert_eq!(plan.daemon().socket_path, DEFAULT_SOCKET_PATH);
+    }
+}
