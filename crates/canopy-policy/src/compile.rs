@@ -1323,29 +1323,23 @@ fn finish_settings(
             allowed = allowed.without(id);
         }
     }
-    if consistent && allowed.is_empty() {
-        if report {
-            reporter.error(
-                span,
-                Problem::NothingAllowed { item: item.into() },
-                Some("allow, deny, ceiling and floor together exclude every class".into()),
-            );
-        }
+    if consistent && allowed.is_empty() && report {
+        reporter.error(
+            span,
+            Problem::NothingAllowed { item: item.into() },
+            Some("allow, deny, ceiling and floor together exclude every class".into()),
+        );
     }
     if let (Some(guarantee), Some(Cap::Percent(cap))) = (settings.guarantee_percent, settings.cap) {
-        if guarantee > cap {
-            if report {
-                reporter.error(
-                    span,
-                    Problem::ShareSettings {
-                        message: format!(
-                            "guarantee_percent {guarantee} is above cap_percent {cap}"
-                        ),
-                        item: item.into(),
-                    },
-                    None,
-                );
-            }
+        if guarantee > cap && report {
+            reporter.error(
+                span,
+                Problem::ShareSettings {
+                    message: format!("guarantee_percent {guarantee} is above cap_percent {cap}"),
+                    item: item.into(),
+                },
+                None,
+            );
         }
     }
     settings.allowed = allowed;
@@ -1587,33 +1581,48 @@ fn check_group_overlaps(groups: &[Group], reporter: &mut Reporter<'_>) {
         })
         .collect();
     let first_key = |index: usize| first_keys[index];
-    let mut buckets: HashMap<(usize, &str), Vec<usize>> = HashMap::new();
+    // Two globs without `**` can only overlap when they have as many segments and the leading
+    // literal segments of one are a prefix of the other's: file each group under its segment
+    // count and leading literal segments, and pair it with the groups filed under a prefix of
+    // its own key (equal keys pair with earlier members only).
+    let leading_literals = |index: usize| -> usize {
+        segments[index]
+            .iter()
+            .take_while(|segment| glob::is_literal(segment))
+            .count()
+    };
+    let mut by_key: HashMap<(usize, &[&str]), Vec<usize>> = HashMap::new();
     let mut deep: Vec<usize> = Vec::new();
     for (index, group) in groups.iter().enumerate() {
         if group.path.contains("**") {
             deep.push(index);
         } else {
-            buckets
-                .entry((segments[index].len(), first_key(index)))
+            let key = &segments[index][..leading_literals(index)];
+            by_key
+                .entry((segments[index].len(), key))
                 .or_default()
                 .push(index);
         }
     }
     let mut pairs: Vec<(usize, usize)> = Vec::new();
-    for ((count, key), members) in &buckets {
-        for (position, &later) in members.iter().enumerate() {
-            for &earlier in &members[..position] {
-                pairs.push((earlier.min(later), earlier.max(later)));
-            }
+    for (index, group) in groups.iter().enumerate() {
+        if group.path.contains("**") {
+            continue;
         }
-        if *key == "*" {
-            for ((other_count, other_key), others) in &buckets {
-                if other_count == count && *other_key != "*" {
-                    for &a in members {
-                        for &b in others {
-                            pairs.push((a.min(b), a.max(b)));
-                        }
-                    }
+        let count = segments[index].len();
+        let key = &segments[index][..leading_literals(index)];
+        for length in 0..=key.len() {
+            let Some(members) = by_key.get(&(count, &key[..length])) else {
+                continue;
+            };
+            for &other in members {
+                let keep = if length == key.len() {
+                    other < index
+                } else {
+                    true
+                };
+                if keep {
+                    pairs.push((other.min(index), other.max(index)));
                 }
             }
         }
@@ -1714,16 +1723,12 @@ fn check_group_overlaps(groups: &[Group], reporter: &mut Reporter<'_>) {
             let mut current = parent;
             while let Some(p) = current {
                 chain.push(groups[p].name.clone());
-                current = order
-                    .iter()
-                    .copied()
-                    .filter(|&other| {
-                        other != p
-                            && !matches!(groups[other].scheduler, Scheduler::None)
-                            && glob::path_may_contain(&groups[other].path, &groups[p].path)
-                            && levels[other] + 1 == levels[p]
-                    })
-                    .next();
+                current = order.iter().copied().find(|&other| {
+                    other != p
+                        && !matches!(groups[other].scheduler, Scheduler::None)
+                        && glob::path_may_contain(&groups[other].path, &groups[p].path)
+                        && levels[other] + 1 == levels[p]
+                });
             }
             chain.push("root".into());
             chain.reverse();

@@ -281,9 +281,7 @@ fn deserialize_item<T: DeserializeOwned>(
                 contains(&key.span(), error_span.start) || contains(&value.span(), error_span.start)
             })
             .map(|(key, _)| key.get_ref().to_string());
-        let Some(culprit) = culprit else {
-            return None;
-        };
+        let culprit = culprit?;
         table.remove(culprit.as_str());
         removed.push(culprit);
     }
