@@ -295,12 +295,13 @@ impl Watcher {
             Some(name) if is_dir && mask.contains(EventMask::DELETE) => {
                 self.forget_cgroup(&dir.join(name));
             }
-            Some(name) if mask.contains(EventMask::MODIFY) => {
-                if name == "cgroup.procs" || name == "cgroup.threads" {
-                    self.pending.push_back(WatchEvent::CgroupMembershipChanged {
-                        dir: dir.to_path_buf(),
-                    });
-                }
+            Some(name)
+                if mask.contains(EventMask::MODIFY)
+                    && (name == "cgroup.procs" || name == "cgroup.threads") =>
+            {
+                self.pending.push_back(WatchEvent::CgroupMembershipChanged {
+                    dir: dir.to_path_buf(),
+                });
             }
             None if mask.contains(EventMask::ATTRIB) => {
                 self.pending.push_back(WatchEvent::CgroupAttributesChanged {
