@@ -254,6 +254,24 @@ impl CgroupHierarchy {
     }
 }
 
+/// The part of relative cgroup path `path` below `ancestor`, compared by components:
+/// `Some("")` for the ancestor itself, `Some("app.scope/sub")` below it, `None` outside it
+/// (`/user.slice-2` is not inside `/user.slice`). `/` contains everything.
+pub fn path_below<'a>(path: &'a str, ancestor: &str) -> Option<&'a str> {
+    let ancestor = ancestor.trim_end_matches('/');
+    let rest = path.strip_prefix(ancestor)?;
+    if rest.is_empty() {
+        return Some("");
+    }
+    rest.strip_prefix('/')
+        .or(if ancestor.is_empty() {
+            Some(rest)
+        } else {
+            None
+        })
+        .map(|below| below.trim_end_matches('/'))
+}
+
 /// One cgroup found by [`CgroupHierarchy::walk`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupEntry {
@@ -958,6 +976,25 @@ mod tests {
             "/"
         );
         assert!(hierarchy.relative_path(Path::new("/tmp")).is_err());
+    }
+
+    #[test]
+    fn paths_below_an_ancestor() {
+        let app = "/user.slice/user-1000.slice/app.slice/app-x.scope";
+        assert_eq!(
+            path_below(app, "/user.slice"),
+            Some("user-1000.slice/app.slice/app-x.scope")
+        );
+        assert_eq!(
+            path_below(app, "/user.slice/"),
+            Some("user-1000.slice/app.slice/app-x.scope")
+        );
+        assert_eq!(path_below(app, app), Some(""));
+        assert_eq!(path_below(app, "/"), Some(&app[1..]));
+        assert_eq!(path_below("/", "/"), Some(""));
+        assert_eq!(path_below("/user.slice-2/x", "/user.slice"), None);
+        assert_eq!(path_below("/system.slice", "/user.slice"), None);
+        assert_eq!(path_below("/user.slice", "/user.slice/app.slice"), None);
     }
 
     #[test]

@@ -102,15 +102,19 @@ pub struct ProcEventsConfig {
     pub receive_buffer_bytes: Option<usize>,
     /// How many datagrams one wakeup takes at most (1..=[`MAX_BATCH`]).
     pub batch_size: usize,
+    /// Ask the kernel to filter where it can (6.6+); `false` subscribes to everything and
+    /// filters here, as on older kernels (tests use it to cover that path).
+    pub prefer_kernel_filter: bool,
 }
 
 impl Default for ProcEventsConfig {
-    /// Fork, exec, comm and exit; a 4 MiB receive buffer; batches of 64.
+    /// Fork, exec, comm and exit; a 4 MiB receive buffer; batches of 64; kernel filtering.
     fn default() -> Self {
         ProcEventsConfig {
             event_mask: event_bits::FORK | event_bits::EXEC | event_bits::COMM | event_bits::EXIT,
             receive_buffer_bytes: Some(4 << 20),
             batch_size: MAX_BATCH,
+            prefer_kernel_filter: true,
         }
     }
 }
@@ -185,19 +189,27 @@ pub struct ProcEvents {
     batch_size: usize,
     event_mask: u32,
     kernel_filters: bool,
+    nonce: u32,
 }
 
 impl ProcEvents {
     /// Opens, binds and subscribes. Must run inside a tokio runtime.
     pub fn subscribe(config: ProcEventsConfig) -> Result<ProcEvents, ProcEventsError> {
         let socket = open_socket(config.receive_buffer_bytes)?;
-        let kernel_filters = kernel_release()
-            .map(|release| kernel_supports_event_filter(&release))
-            .unwrap_or(false);
+        let kernel_filters = config.prefer_kernel_filter
+            && kernel_release()
+                .map(|release| kernel_supports_event_filter(&release))
+                .unwrap_or(false);
+        // The kernel multicasts every subscription's ack to every listener with the request's
+        // ack + 1 (the sequence is overwritten by its per-CPU counter on current kernels), so
+        // our socket's port id as the ack tells ours apart. Acks pass the 6.6+ event filter
+        // only for unfiltered listeners, so a refusal is detected where the kernel sends it.
+        let nonce = local_port(socket.as_raw_fd())?;
         send_control(
             socket.as_raw_fd(),
             PROC_CN_MCAST_LISTEN,
             kernel_filters.then_some(config.event_mask),
+            nonce,
         )?;
         // SAFETY: the `OwnedFd` is moved into the `AsyncFd` and never replaced, so its fd stays
         // open and the same for the `AsyncFd`'s whole life.
@@ -213,6 +225,7 @@ impl ProcEvents {
             batch_size,
             event_mask: config.event_mask,
             kernel_filters,
+            nonce,
         })
     }
 
@@ -305,7 +318,11 @@ impl ProcEvents {
                         events.push(event);
                     }
                 }
-                Decoded::Ack { errno } if errno != 0 => {
+                Decoded::Ack {
+                    errno,
+                    acknowledgement,
+                    ..
+                } if errno != 0 && acknowledgement == self.nonce.wrapping_add(1) => {
                     return Err(ProcEventsError::SubscriptionRefused {
                         event_mask: self.event_mask,
                         source: io::Error::from_raw_os_error(errno),
@@ -343,6 +360,7 @@ impl Drop for ProcEvents {
             self.socket.get_ref().as_raw_fd(),
             PROC_CN_MCAST_IGNORE,
             None,
+            self.nonce,
         );
     }
 }
@@ -437,24 +455,20 @@ fn set_int_option(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Res
 }
 
 /// Builds the subscription message: `nlmsghdr` + `cn_msg` + the op (+ the event mask).
-pub fn encode_control(
-    operation: u32,
-    event_mask: Option<u32>,
-    sequence: u32,
-    port: u32,
-) -> Vec<u8> {
+/// `nonce` goes into the `cn_msg` sequence and ack fields (the kernel acks with ack + 1).
+pub fn encode_control(operation: u32, event_mask: Option<u32>, nonce: u32, port: u32) -> Vec<u8> {
     let payload_len = if event_mask.is_some() { 8 } else { 4 };
     let total = NLMSG_HEADER_LEN + CN_MSG_LEN + payload_len;
     let mut message = Vec::with_capacity(total);
     message.extend_from_slice(&(total as u32).to_ne_bytes());
     message.extend_from_slice(&3u16.to_ne_bytes()); // NLMSG_DONE, as the connector expects
     message.extend_from_slice(&0u16.to_ne_bytes());
-    message.extend_from_slice(&sequence.to_ne_bytes());
+    message.extend_from_slice(&nonce.to_ne_bytes());
     message.extend_from_slice(&port.to_ne_bytes());
     message.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
     message.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
-    message.extend_from_slice(&sequence.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes()); // ack
+    message.extend_from_slice(&nonce.to_ne_bytes()); // seq
+    message.extend_from_slice(&nonce.to_ne_bytes()); // ack
     message.extend_from_slice(&(payload_len as u16).to_ne_bytes());
     message.extend_from_slice(&0u16.to_ne_bytes()); // flags
     message.extend_from_slice(&operation.to_ne_bytes());
@@ -464,8 +478,13 @@ pub fn encode_control(
     message
 }
 
-fn send_control(fd: RawFd, operation: u32, event_mask: Option<u32>) -> Result<(), ProcEventsError> {
-    let message = encode_control(operation, event_mask, 0, std::process::id());
+fn send_control(
+    fd: RawFd,
+    operation: u32,
+    event_mask: Option<u32>,
+    nonce: u32,
+) -> Result<(), ProcEventsError> {
+    let message = encode_control(operation, event_mask, nonce, nonce);
     // SAFETY: `message` is a readable buffer of the given length.
     let sent = unsafe { libc::send(fd, message.as_ptr().cast(), message.len(), 0) };
     if sent < 0 {
@@ -475,6 +494,27 @@ fn send_control(fd: RawFd, operation: u32, event_mask: Option<u32>) -> Result<()
         });
     }
     Ok(())
+}
+
+/// The socket's netlink port id (unique on the system while the socket is open).
+fn local_port(fd: RawFd) -> Result<u32, ProcEventsError> {
+    // SAFETY: a zeroed sockaddr_nl is valid; getsockname fills at most `length` bytes.
+    let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    let mut length = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    let result = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut address as *mut libc::sockaddr_nl).cast(),
+            &mut length,
+        )
+    };
+    if result != 0 {
+        return Err(ProcEventsError::Socket {
+            operation: "read the socket's port id",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(address.nl_pid)
 }
 
 /// What one `recvmmsg` returned: datagram lengths and whether each came from the kernel.
@@ -530,10 +570,15 @@ fn receive_batch(fd: RawFd, slab: &mut [u8], batch_size: usize) -> io::Result<Re
 pub enum Decoded {
     /// A proc event (or an overrun notice).
     Event(ProcEvent),
-    /// The kernel's answer to a subscription (`PROC_EVENT_NONE`), with its error number.
+    /// The kernel's answer to a subscription (`PROC_EVENT_NONE`). Acks are multicast to every
+    /// listener; `acknowledgement` (the request's ack + 1) tells whose it is.
     Ack {
         /// 0 on success.
         errno: i32,
+        /// The `cn_msg` sequence (the request's on old kernels, a per-CPU counter on new ones).
+        sequence: u32,
+        /// The request's `cn_msg` ack plus one.
+        acknowledgement: u32,
     },
     /// Not a proc connector message, or too short.
     Ignored,
@@ -590,6 +635,8 @@ fn decode_inner(datagram: &[u8]) -> Option<Decoded> {
         0 => {
             return Some(Decoded::Ack {
                 errno: read_u32(data, 0)? as i32,
+                sequence: read_u32(datagram, NLMSG_HEADER_LEN + 8)?,
+                acknowledgement: read_u32(datagram, NLMSG_HEADER_LEN + 12)?,
             })
         }
         event_bits::FORK => EventKind::Fork {
@@ -635,7 +682,8 @@ mod tests {
         bytes.extend_from_slice(&[0; 10]);
         bytes.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
         bytes.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
-        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&5u32.to_ne_bytes()); // cn_msg seq
+        bytes.extend_from_slice(&6u32.to_ne_bytes()); // cn_msg ack
         bytes.extend_from_slice(&((EVENT_DATA_OFFSET + data.len()) as u16).to_ne_bytes());
         bytes.extend_from_slice(&[0; 2]);
         bytes.extend_from_slice(&what.to_ne_bytes());
@@ -707,11 +755,19 @@ mod tests {
     fn ack_other_and_garbage() {
         assert_eq!(
             decode_datagram(&datagram(0, &words(&[0]))),
-            Decoded::Ack { errno: 0 }
+            Decoded::Ack {
+                errno: 0,
+                sequence: 5,
+                acknowledgement: 6
+            }
         );
         assert_eq!(
             decode_datagram(&datagram(0, &words(&[22]))),
-            Decoded::Ack { errno: 22 }
+            Decoded::Ack {
+                errno: 22,
+                sequence: 5,
+                acknowledgement: 6
+            }
         );
         let Decoded::Event(uid) =
             decode_datagram(&datagram(event_bits::UID, &words(&[1, 1, 0, 0])))
@@ -735,11 +791,22 @@ mod tests {
 
     #[test]
     fn subscription_message_layout() {
-        let filtered = encode_control(PROC_CN_MCAST_LISTEN, Some(0x8000_0203), 0, 99);
+        let filtered = encode_control(PROC_CN_MCAST_LISTEN, Some(0x8000_0203), 41, 99);
         assert_eq!(filtered.len(), 16 + 20 + 8);
         assert_eq!(read_u32(&filtered, 0), Some(44));
         assert_eq!(read_u16(&filtered, 4), Some(3));
         assert_eq!(read_u32(&filtered, 12), Some(99));
+        assert_eq!(read_u32(&filtered, 16), Some(CN_IDX_PROC));
+        assert_eq!(
+            read_u32(&filtered, 24),
+            Some(41),
+            "cn_msg seq carries the nonce"
+        );
+        assert_eq!(
+            read_u32(&filtered, 28),
+            Some(41),
+            "cn_msg ack carries the nonce"
+        );
         assert_eq!(read_u16(&filtered, 32), Some(8));
         assert_eq!(read_u32(&filtered, 36), Some(PROC_CN_MCAST_LISTEN));
         assert_eq!(read_u32(&filtered, 40), Some(0x8000_0203));

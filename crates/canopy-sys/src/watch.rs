@@ -85,10 +85,10 @@ pub enum WatchEvent {
 enum Target {
     /// A cgroup directory of a recursively watched tree.
     Cgroup(PathBuf),
-    /// A directory holding policy files; `only` limits it to one file name.
+    /// A directory holding policy files; `only` limits it to some file names (`None`: all).
     PolicyDirectory {
         dir: PathBuf,
-        only: Option<OsString>,
+        only: Option<Vec<OsString>>,
     },
 }
 
@@ -151,7 +151,8 @@ impl Watcher {
         Ok(watched)
     }
 
-    /// Watches one policy file through its directory (so rename-replace is seen).
+    /// Watches one policy file through its directory (so rename-replace is seen). Several files
+    /// of one directory may be watched; a watched directory already covers its files.
     pub fn watch_policy_file(&mut self, file: &Path) -> Result<(), WatchError> {
         let dir = file
             .parent()
@@ -194,6 +195,24 @@ impl Watcher {
                     path: dir.to_path_buf(),
                     source,
                 })?;
+        // inotify gives the same descriptor for the same directory: merge what is watched.
+        let only = match (
+            self.targets.get(&descriptor.get_watch_descriptor_id()),
+            only,
+        ) {
+            (Some(Target::PolicyDirectory { only: None, .. }), _) | (_, None) => None,
+            (
+                Some(Target::PolicyDirectory {
+                    only: Some(names), ..
+                }),
+                Some(name),
+            ) => {
+                let mut names = names.clone();
+                names.push(name);
+                Some(names)
+            }
+            (_, Some(name)) => Some(vec![name]),
+        };
         self.targets.insert(
             descriptor.get_watch_descriptor_id(),
             Target::PolicyDirectory {
@@ -264,7 +283,7 @@ impl Watcher {
                     self.pending
                         .push_back(WatchEvent::PolicyChanged { path: dir });
                 } else if let Some(name) = name {
-                    if only.as_ref().is_none_or(|only| *only == name) {
+                    if only.as_ref().is_none_or(|names| names.contains(&name)) {
                         self.pending.push_back(WatchEvent::PolicyChanged {
                             path: dir.join(name),
                         });

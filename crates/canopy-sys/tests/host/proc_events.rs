@@ -166,3 +166,44 @@ async fn a_fork_storm_against_a_tiny_buffer_overruns() {
     }
     panic!("no event got through after the overrun");
 }
+
+/// The path for kernels before 6.6: subscribe to everything and filter in userspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userspace_filtering_without_the_kernel_filter() {
+    let _flood = flood_lock();
+    let config = ProcEventsConfig {
+        event_mask: canopy_sys::proc_events::event_bits::COMM,
+        prefer_kernel_filter: false,
+        ..ProcEventsConfig::default()
+    };
+    let mut events = ProcEvents::subscribe(config).unwrap();
+    assert!(!events.kernel_filters());
+    for attempt in 0..3 {
+        // A thread's fork, comm and exit happen; only the comm may come through.
+        let tid = std::thread::spawn(move || {
+            set_thread_name(&format!("unfiltered-{attempt}"));
+            current_tid()
+        })
+        .join()
+        .unwrap();
+        let mut unwanted = Vec::new();
+        let (found, overrun) = wait_for(&mut events, Duration::from_secs(5), |event| {
+            match event.kind {
+                EventKind::Comm { tid: seen, .. } => return seen == tid,
+                EventKind::Overrun => {}
+                other => unwanted.push(other),
+            }
+            false
+        })
+        .await;
+        assert!(unwanted.is_empty(), "events outside the mask: {unwanted:?}");
+        if found {
+            return;
+        }
+        assert!(
+            overrun,
+            "no comm event for {tid} and no overrun to explain it"
+        );
+    }
+    panic!("three renames lost to overruns");
+}
