@@ -81,3 +81,19 @@ impl<T> Outcome<T> {
 pub(crate) fn is_gone_error(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The daemon moves these into tokio tasks and shares the applier across them.
+    #[test]
+    fn handles_cross_threads() {
+        fn send<T: Send>() {}
+        fn send_and_sync<T: Send + Sync>() {}
+        send::<crate::procfs::ProcFs>();
+        send::<crate::proc_events::ProcEvents>();
+        send::<crate::watch::Watcher>();
+        send_and_sync::<crate::sched::SchedApplier>();
+        send_and_sync::<crate::cgroup::CgroupHierarchy>();
+        send_and_sync::<crate::cgroup::Cgroup>();
+    }
+}
