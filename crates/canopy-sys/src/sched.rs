@@ -363,6 +363,33 @@ impl SchedApplier {
         }
     }
 
+    /// Finds out now what the kernel supports, by applying uclamp and a custom slice to a
+    /// short-lived helper thread (nothing else is touched). The daemon calls this at start
+    /// to log its mode once; later [`Applied::Changed`] values then report nothing new.
+    pub fn probe(&self) -> Result<SchedCapabilities, SchedError> {
+        let probe_request = SchedRequest {
+            policy: FairPolicy::Other,
+            nice: 0,
+            slice: Some(Duration::from_millis(3)),
+            uclamp_min: Some(0),
+            uclamp_max: Some(UCLAMP_MAX_VALUE),
+            reset_on_fork: false,
+            // Our own helper thread: probe it even if it inherited a real-time policy.
+            override_realtime: true,
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: gettid has no preconditions.
+                    let tid = unsafe { libc::gettid() };
+                    self.apply(tid, &probe_request).map(|_| ())
+                })
+                .join()
+                .expect("the probe thread does not panic")
+        })?;
+        Ok(self.capabilities())
+    }
+
     /// Applies `request` to thread `tid`: reads its current attributes (returned as
     /// `previous`), leaves real-time/deadline threads alone unless asked, and sets policy,
     /// nice, slice and uclamp, dropping whatever the kernel lacks.
