@@ -33,7 +33,19 @@ impl ChildGuard {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn sleep");
-        ChildGuard { child: Some(child) }
+        let guard = ChildGuard { child: Some(child) };
+        // spawn() returns once the child's exec has released the parent (vfork), which the
+        // kernel does before it sets the new comm and argv: wait until exec has finished.
+        let comm_path = format!("/proc/{}/comm", guard.pid());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_to_string(&comm_path).unwrap_or_default() != "sleep\n" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep never finished its exec"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        guard
     }
 
     /// The child's pid.
