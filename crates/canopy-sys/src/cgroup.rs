@@ -832,6 +832,17 @@ pub enum Focus {
 }
 
 impl Focus {
+    /// How long the app has been without focus at monotonic time `now_us` (see
+    /// [`crate::monotonic_now_ns`]); `None` if it has focus or nothing reports it.
+    pub fn inactive_for(&self, now_us: u64) -> Option<std::time::Duration> {
+        match *self {
+            Focus::InactiveSince { monotonic_us } => Some(std::time::Duration::from_micros(
+                now_us.saturating_sub(monotonic_us),
+            )),
+            Focus::Focused | Focus::NotSet => None,
+        }
+    }
+
     /// Parses an xattr value (`-1` or a decimal µs count; a trailing NUL or newline is fine).
     pub fn parse(value: &[u8]) -> Result<Focus, &'static str> {
         let text = std::str::from_utf8(value).map_err(|_| "not UTF-8")?;
@@ -1133,6 +1144,19 @@ mod tests {
             }
         );
         assert!(Focus::parse(b"soon").is_err());
+        let lost = Focus::InactiveSince {
+            monotonic_us: 1_000_000,
+        };
+        assert_eq!(
+            lost.inactive_for(3_500_000),
+            Some(std::time::Duration::from_millis(2_500))
+        );
+        assert_eq!(
+            lost.inactive_for(10),
+            Some(std::time::Duration::ZERO),
+            "clock skew"
+        );
+        assert_eq!(Focus::Focused.inactive_for(3_500_000), None);
         assert!(Focus::parse(b"-2").is_err());
     }
 

@@ -77,6 +77,19 @@ impl<T> Outcome<T> {
     }
 }
 
+/// The current `CLOCK_MONOTONIC` time in ns: the clock of [`proc_events::ProcEvent`]'s
+/// `timestamp_ns` (the kernel's `ktime_get_ns`) and, divided by 1000, of GNOME's
+/// `user.xdg.inactive-since` (`g_get_monotonic_time`).
+pub fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 /// Whether an OS error means "that task (or its /proc entry) no longer exists".
 pub(crate) fn is_gone_error(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH))

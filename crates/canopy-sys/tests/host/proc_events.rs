@@ -62,11 +62,19 @@ async fn a_prctl_rename_is_a_comm_event() {
             pid: own_pid,
             comm: Comm::from(name.as_str()),
         };
+        let mut timestamp_ns = 0;
         let (found, overrun) = wait_for(&mut events, Duration::from_secs(5), |event| {
+            timestamp_ns = event.timestamp_ns;
             event.kind == expected
         })
         .await;
         if found {
+            // The event's time is CLOCK_MONOTONIC, comparable with monotonic_now_ns().
+            let age_ns = canopy_sys::monotonic_now_ns().saturating_sub(timestamp_ns);
+            assert!(
+                timestamp_ns > 0 && age_ns < 5_000_000_000,
+                "event age {age_ns} ns"
+            );
             return;
         }
         assert!(
