@@ -18,6 +18,8 @@
 //! return [`Outcome::Gone`] for `ENOENT`/`ESRCH`, and the caller simply forgets the task.
 //! No module logs; callers decide what is worth saying.
 
+#![deny(missing_docs)]
+
 pub mod cgroup;
 pub mod peer;
 pub mod proc_events;
