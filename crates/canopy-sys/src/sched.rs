@@ -410,6 +410,8 @@ impl SchedApplier {
         let mut use_uclamp = wants_uclamp && self.uclamp.load(Ordering::Relaxed) != UNSUPPORTED;
         let mut use_slice = wants_slice && self.custom_slice.load(Ordering::Relaxed) != UNSUPPORTED;
         let mut newly_unsupported = NewlyUnsupported::default();
+        let mut dropped_uclamp = false;
+        let mut dropped_slice = false;
 
         loop {
             let attr = build_attr(request, use_uclamp, use_slice);
@@ -418,18 +420,24 @@ impl SchedApplier {
                 Err(error) if is_gone_error(&error) => return Ok(Outcome::Gone),
                 Err(error) => {
                     let errno = error.raw_os_error();
-                    let refusal = matches!(errno, Some(libc::EOPNOTSUPP) | Some(libc::EINVAL));
-                    // The request was validated, so EINVAL/EOPNOTSUPP with uclamp flags means
-                    // the kernel lacks uclamp; try again without it, then without the slice.
-                    if refusal && use_uclamp {
+                    // The request was validated, so EOPNOTSUPP (no CONFIG_UCLAMP_TASK) or
+                    // EINVAL (a kernel older than the uclamp flags) with uclamp flags means
+                    // the kernel lacks uclamp, unless it has already taken them. Try again
+                    // without; then likewise without the slice. A feature is marked missing
+                    // only once the call succeeds without it.
+                    let uclamp_known = self.uclamp.load(Ordering::Relaxed) == SUPPORTED;
+                    if use_uclamp
+                        && (errno == Some(libc::EOPNOTSUPP)
+                            || (errno == Some(libc::EINVAL) && !uclamp_known))
+                    {
                         use_uclamp = false;
-                        newly_unsupported.uclamp |= self.mark(&self.uclamp, UNSUPPORTED);
+                        dropped_uclamp = true;
                         continue;
                     }
-                    if errno == Some(libc::EINVAL) && use_slice {
+                    let slice_known = self.custom_slice.load(Ordering::Relaxed) == SUPPORTED;
+                    if use_slice && errno == Some(libc::EINVAL) && !slice_known {
                         use_slice = false;
-                        newly_unsupported.custom_slice |=
-                            self.mark(&self.custom_slice, UNSUPPORTED);
+                        dropped_slice = true;
                         continue;
                     }
                     return Err(SchedError::Set {
@@ -439,6 +447,12 @@ impl SchedApplier {
                     });
                 }
             }
+        }
+        if dropped_uclamp {
+            newly_unsupported.uclamp = self.mark(&self.uclamp, UNSUPPORTED);
+        }
+        if dropped_slice {
+            newly_unsupported.custom_slice = self.mark(&self.custom_slice, UNSUPPORTED);
         }
         if use_uclamp {
             self.mark(&self.uclamp, SUPPORTED);
