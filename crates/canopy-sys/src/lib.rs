@@ -17,6 +17,12 @@
 //! pid, value). A task that exits while we look at it is not an error: operations on a task
 //! return [`Outcome::Gone`] for `ENOENT`/`ESRCH`, and the caller simply forgets the task.
 //! No module logs; callers decide what is worth saying.
+//!
+//! # Tests
+//! Pure parsing and formatting have unit tests beside the code. `tests/host/` is one test
+//! binary that runs against the live kernel as root (real /proc, sched_setattr, the host's
+//! cgroup2 mount, the proc connector, inotify); the cpu-controller knobs run there only
+//! where cgroup2 has the cpu controller (the VM kernel).
 
 #![deny(missing_docs)]
 
