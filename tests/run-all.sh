@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+bpf/vmlinux/check.sh
 cargo test --workspace --locked
