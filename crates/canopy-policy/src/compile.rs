@@ -131,6 +131,8 @@ struct MergedRule {
     def: RuleDef,
     span: Span,
     file: FileId,
+    /// A bad field was dropped while parsing: don't report what its absence implies.
+    damaged: bool,
 }
 
 struct MergedGroup {
@@ -234,7 +236,7 @@ fn merge(parsed: Vec<crate::parse::ParsedFile>, reporter: &mut Reporter<'_>) -> 
             }
         }
         let first_rule_of_file = merged.rules.len();
-        for (rule, span) in parsed.rules {
+        for (rule, span, damaged) in parsed.rules {
             if let Some(name) = &rule.name {
                 let same_name = merged.rules.iter().position(|existing| {
                     existing
@@ -259,6 +261,7 @@ fn merge(parsed: Vec<crate::parse::ParsedFile>, reporter: &mut Reporter<'_>) -> 
                             def: rule,
                             span,
                             file,
+                            damaged,
                         };
                     }
                     continue;
@@ -268,6 +271,7 @@ fn merge(parsed: Vec<crate::parse::ParsedFile>, reporter: &mut Reporter<'_>) -> 
                 def: rule,
                 span,
                 file,
+                damaged,
             });
         }
         for (Named { name, span, item }, state_spans) in
@@ -805,14 +809,14 @@ fn resolve_rule(
         || def.uid.is_some()
         || def.user.is_some()
         || def.parent_comm.is_some();
-    if !has_condition {
+    if !has_condition && !merged.damaged {
         reporter.error(
             &merged.span,
             Problem::EmptyRule { rule: label.clone() },
             Some("add a condition (comm, exe, cmdline, cgroup, uid, user, parent_comm), or set `[defaults] class` for untagged tasks".into()),
         );
     }
-    if def.class.is_none() && def.threads.is_empty() {
+    if def.class.is_none() && def.threads.is_empty() && !merged.damaged {
         reporter.error(
             &merged.span,
             Problem::RuleWithoutEffect {
@@ -1264,6 +1268,40 @@ fn apply_overrides(base: &GroupSettings, overrides: &SettingsOverrides) -> Group
 }
 
 /// Computes `allowed` and reports contradictions of a group's (or state's) effective settings.
+/// Where the fields that settings checks point at were written (None: not written here).
+#[derive(Default)]
+struct FieldSpans {
+    deny: Option<Span>,
+    ceiling: Option<Span>,
+    guarantee: Option<Span>,
+}
+
+impl FieldSpans {
+    fn of(input: &SettingsInput<'_>, file_of: &dyn Fn(&str) -> FileId) -> Self {
+        let at = |field: &str, range: Option<std::ops::Range<usize>>| {
+            range.map(|range| Span::new(file_of(field), range))
+        };
+        FieldSpans {
+            deny: at(
+                "deny",
+                input.deny.and_then(|d| d.as_ref()).map(|d| d.span()),
+            ),
+            ceiling: at(
+                "ceiling",
+                input.ceiling.and_then(|c| c.as_ref()).map(|c| c.span()),
+            ),
+            guarantee: at(
+                "guarantee_percent",
+                input
+                    .guarantee_percent
+                    .and_then(|g| g.as_ref())
+                    .map(|g| g.span()),
+            ),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn finish_settings(
     report: bool,
     settings: &mut GroupSettings,
@@ -1271,6 +1309,7 @@ fn finish_settings(
     table: &ClassTable,
     item: &str,
     span: &Span,
+    fields: &FieldSpans,
     reporter: &mut Reporter<'_>,
 ) {
     let name = |id: ClassId| table.classes[id.index()].name.clone();
@@ -1289,7 +1328,7 @@ fn finish_settings(
         {
             if report {
                 reporter.error(
-                    span,
+                    fields.deny.as_ref().unwrap_or(span),
                     Problem::AllowDenyContradiction {
                         class: name(denied),
                         item: item.into(),
@@ -1305,7 +1344,7 @@ fn finish_settings(
         if floor.is_higher_than(ceiling) {
             if report {
                 reporter.error(
-                span,
+                fields.ceiling.as_ref().unwrap_or(span),
                 Problem::CeilingBelowFloor { ceiling: name(ceiling), floor: name(floor), item: item.into() },
                 Some("classes are ordered highest first (USER_INTERACTIVE ... BACKGROUND); the ceiling must be at or above the floor".into()),
             );
@@ -1333,7 +1372,7 @@ fn finish_settings(
     if let (Some(guarantee), Some(Cap::Percent(cap))) = (settings.guarantee_percent, settings.cap) {
         if guarantee > cap && report {
             reporter.error(
-                span,
+                fields.guarantee.as_ref().unwrap_or(span),
                 Problem::ShareSettings {
                     message: format!("guarantee_percent {guarantee} is above cap_percent {cap}"),
                     item: item.into(),
@@ -1440,6 +1479,7 @@ fn resolve_group(
         table,
         &item,
         &merged.span,
+        &FieldSpans::of(&group_input(def), &file_of),
         reporter,
     );
     let scheduler_kind = def
@@ -1522,6 +1562,7 @@ fn resolve_group(
             table,
             &state_item,
             &span,
+            &FieldSpans::of(&state_input(state), &state_file_of),
             reporter,
         );
         states.push(GroupState {
