@@ -4,7 +4,10 @@
 //! one VM at a time (the harness holds a lock); each prints the kernel it ran on.
 
 mod boot;
+mod canopy_cli;
 mod fair_baseline;
+mod harness;
+mod workloads;
 
 use std::time::Duration;
 

@@ -1,11 +1,14 @@
 //! `canopy-guest`: the one binary the VM harness puts in every guest. `/init` runs `setup`
 //! (mounts, cgroup controllers, the `boot` result); scenario scripts then call the workloads
-//! (`hog`, `wakeprobe`, `storm`), the measurements (`cpu-split`, `sched-ext-state`) and `report`.
+//! (`hog`, `wakeprobe`, `storm`), the measurements (`cpu-split`, `sched-ext-state`, `dmesg`), `exec` (run a command, report its status and
+//! output) and `report`.
 //! Every measurement prints one `CANOPY-RESULT {json}` line on stdout (the serial console),
 //! which the host side (`canopy-vmtest`) parses.
 
 mod cgroup;
 mod cpu_split;
+mod dmesg;
+mod exec;
 mod hog;
 mod result;
 mod sched_ext_state;
@@ -36,6 +39,10 @@ enum Command {
     Storm(storm::StormArgs),
     /// Create weighted cgroups, run hogs in each, measure the CPU split from cpu.stat.
     CpuSplit(cpu_split::CpuSplitArgs),
+    /// Run a command and report its status, duration and output.
+    Exec(exec::ExecArgs),
+    /// Report kernel log lines (optionally filtered).
+    Dmesg(dmesg::DmesgArgs),
     /// Report /sys/kernel/sched_ext as a JSON tree.
     SchedExtState(sched_ext_state::SchedExtStateArgs),
     /// Print a CANOPY-RESULT line: `report KIND key=value...` (values that parse as JSON stay
@@ -53,6 +60,8 @@ fn main() -> Result<()> {
         Command::Wakeprobe(args) => wakeprobe::run(&args),
         Command::Storm(args) => storm::run(&args),
         Command::CpuSplit(args) => cpu_split::run(&args),
+        Command::Exec(args) => exec::run(&args),
+        Command::Dmesg(args) => dmesg::run(&args),
         Command::SchedExtState(args) => sched_ext_state::run(&args),
         Command::Report { kind, fields } => result::report_fields(&kind, &fields),
     }

@@ -16,6 +16,7 @@ const MOUNTS: &[(&str, &str, &str, bool)] = &[
     ("sysfs", "/sys", "sysfs", true),
     ("devtmpfs", "/dev", "devtmpfs", true),
     ("devpts", "/dev/pts", "devpts", false),
+    ("tmpfs", "/dev/shm", "tmpfs", true),
     ("tmpfs", "/tmp", "tmpfs", true),
     ("tmpfs", "/run", "tmpfs", true),
     ("cgroup2", "/sys/fs/cgroup", "cgroup2", true),

@@ -1,0 +1,46 @@
+//! The guest workloads and Debian's tools work in the test kernel: the wakeup-latency probe
+//! (timer and pipe), the fork/thread/rename storm, `dmesg`, and hackbench, cyclictest and
+//! stress-ng from the host's Debian packages. Guards the harness itself (library resolution,
+//! result parsing) so scheduler scenarios can rely on it.
+
+use std::time::Duration;
+
+#[test]
+fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
+    let outcome = crate::scenario("workloads")
+        .with_debian_tools(&["cyclictest", "hackbench", "stress-ng"])
+        .script(
+            "canopy-guest wakeprobe --mode timer --threads 2 --seconds 2 --kind wake-timer\n\
+             canopy-guest wakeprobe --mode pipe --threads 2 --seconds 2 --kind wake-pipe\n\
+             canopy-guest storm --threads 1000 --renames 2 --forks 100 --execs 20 --hold-ms 50\n\
+             canopy-guest exec --check --kind hackbench -- hackbench -T -p -l 50 -g 2\n\
+             canopy-guest exec --check --kind cyclictest -- cyclictest -t 1 -i 1000 -D 2 -q -m\n\
+             canopy-guest exec --check --kind stress-ng -- stress-ng --cpu 1 --timeout 2 --quiet\n\
+             canopy-guest dmesg --grep 'Linux version' --kind dmesg-version\n",
+        )
+        .timeout(Duration::from_secs(90))
+        .run()?;
+    println!("{}", outcome.summary());
+
+    for kind in ["wake-timer", "wake-pipe"] {
+        let probe = outcome.result(kind)?;
+        let samples = probe["samples"].as_u64().unwrap_or(0);
+        let p50 = probe["p50_us"].as_f64().unwrap_or(f64::NAN);
+        let p99 = probe["p99_us"].as_f64().unwrap_or(f64::NAN);
+        println!("{kind}: {samples} samples, p50 {p50:.0} us, p99 {p99:.0} us, max {} us", probe["max_us"]);
+        // 2 threads x ~1000 wakeups/s x 2 s, minus slow TCG periods.
+        assert!(samples >= 1000, "{kind}: too few samples: {probe}");
+        assert!(p50 > 0.0 && p50 <= p99, "{kind}: {probe}");
+    }
+    let storm = outcome.result("storm")?;
+    assert_eq!(storm["threads"], 1000, "{storm}");
+    println!("storm: 1000 threads + 100 forks + 20 execs created in {:.3} s", storm["creation_s"].as_f64().unwrap_or_default());
+    for kind in ["hackbench", "cyclictest", "stress-ng"] {
+        let run = outcome.result(kind)?;
+        assert_eq!(run["success"], true, "{kind}: {run}");
+    }
+    let dmesg = outcome.result("dmesg-version")?;
+    let line = dmesg["lines"][0].as_str().unwrap_or_default();
+    assert!(line.contains(&outcome.kernel_release), "dmesg has no Linux version line naming {}: {dmesg}", outcome.kernel_release);
+    Ok(())
+}
