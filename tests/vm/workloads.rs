@@ -1,5 +1,5 @@
 //! The guest workloads and Debian's tools work in the test kernel: the wakeup-latency probe
-//! (timer and pipe), the fork/thread/rename storm, `dmesg`, and hackbench, cyclictest and
+//! (timer and pipe), the fork/thread/rename storm, `dmesg`, `latency` (cyclictest under hackbench), and hackbench, cyclictest and
 //! stress-ng from the host's Debian packages. Guards the harness itself (library resolution,
 //! result parsing) so scheduler scenarios can rely on it.
 
@@ -16,6 +16,7 @@ fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
              canopy-guest exec --check --kind hackbench -- hackbench -T -p -l 50 -g 2\n\
              canopy-guest exec --check --kind cyclictest -- cyclictest -t 1 -i 1000 -D 2 -q -m\n\
              canopy-guest exec --check --kind stress-ng -- stress-ng --cpu 1 --timeout 2 --quiet\n\
+             canopy-guest latency --seconds 3 --load 'hackbench -T -p -g 2 -l 100000000' --kind latency-hackbench\n\
              canopy-guest dmesg --grep 'Linux version' --kind dmesg-version\n",
         )
         .timeout(Duration::from_secs(90))
@@ -39,6 +40,12 @@ fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
         let run = outcome.result(kind)?;
         assert_eq!(run["success"], true, "{kind}: {run}");
     }
+    let latency = outcome.result("latency-hackbench")?;
+    println!(
+        "cyclictest -i 1777 under hackbench -T -p -g 2 (fair, 3 s): p50 {} us, p99 {} us, max {} us, {} samples",
+        latency["p50_us"], latency["p99_us"], latency["max_us"], latency["samples"]
+    );
+    assert!(latency["samples"].as_u64().unwrap_or(0) > 100, "{latency}");
     let dmesg = outcome.result("dmesg-version")?;
     let line = dmesg["lines"][0].as_str().unwrap_or_default();
     assert!(line.contains(&outcome.kernel_release), "dmesg has no Linux version line naming {}: {dmesg}", outcome.kernel_release);

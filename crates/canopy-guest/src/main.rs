@@ -1,6 +1,6 @@
 //! `canopy-guest`: the one binary the VM harness puts in every guest. `/init` runs `setup`
 //! (mounts, cgroup controllers, the `boot` result); scenario scripts then call the workloads
-//! (`hog`, `wakeprobe`, `storm`), the measurements (`cpu-split`, `sched-ext-state`, `dmesg`), `exec` (run a command, report its status and
+//! (`hog`, `wakeprobe`, `storm`, `latency` around cyclictest), the measurements (`cpu-split`, `sched-ext-state`, `dmesg`), `exec` (run a command, report its status and
 //! output) and `report`.
 //! Every measurement prints one `CANOPY-RESULT {json}` line on stdout (the serial console),
 //! which the host side (`canopy-vmtest`) parses.
@@ -10,6 +10,7 @@ mod cpu_split;
 mod dmesg;
 mod exec;
 mod hog;
+mod latency;
 mod result;
 mod sched_ext_state;
 mod setup;
@@ -35,6 +36,8 @@ enum Command {
     Hog(hog::HogArgs),
     /// Wakeup-latency probe (timer and/or pipe wakeups), prints percentiles.
     Wakeprobe(wakeprobe::WakeprobeArgs),
+    /// cyclictest (optionally under a background load) with histogram percentiles.
+    Latency(latency::LatencyArgs),
     /// Fork, thread-create and PR_SET_NAME rename storm.
     Storm(storm::StormArgs),
     /// Create weighted cgroups, run hogs in each, measure the CPU split from cpu.stat.
@@ -58,6 +61,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::Hog(args) => hog::run(&args),
         Command::Wakeprobe(args) => wakeprobe::run(&args),
+        Command::Latency(args) => latency::run(&args),
         Command::Storm(args) => storm::run(&args),
         Command::CpuSplit(args) => cpu_split::run(&args),
         Command::Exec(args) => exec::run(&args),
