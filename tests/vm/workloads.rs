@@ -1,5 +1,5 @@
 //! The guest workloads and Debian's tools work in the test kernel: the wakeup-latency probe
-//! (timer and pipe), the fork/thread/rename storm, `dmesg`, `latency` (cyclictest under hackbench), and hackbench, cyclictest and
+//! (timer and pipe), the fork/thread/rename storm, `dmesg`, `latency` (cyclictest under hackbench), `wait-for`, `report key=@file`, and hackbench, cyclictest and
 //! stress-ng from the host's Debian packages. Guards the harness itself (library resolution,
 //! result parsing) so scheduler scenarios can rely on it.
 
@@ -17,6 +17,9 @@ fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
              canopy-guest exec --check --kind cyclictest -- cyclictest -t 1 -i 1000 -D 2 -q -m\n\
              canopy-guest exec --check --kind stress-ng -- stress-ng --cpu 1 --timeout 2 --quiet\n\
              canopy-guest latency --seconds 3 --load 'hackbench -T -p -g 2 -l 100000000' --kind latency-hackbench\n\
+             (sleep 1; echo daemon-ready > /tmp/ready.log) & helper=$!\n\
+             canopy-guest wait-for --file /tmp/ready.log --contains daemon-ready --pid $helper --timeout 20\n\
+             canopy-guest report waited log=@/tmp/ready.log\n\
              canopy-guest dmesg --grep 'Linux version' --kind dmesg-version\n",
         )
         .timeout(Duration::from_secs(90))
@@ -46,6 +49,7 @@ fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
         latency["p50_us"], latency["p99_us"], latency["max_us"], latency["samples"]
     );
     assert!(latency["samples"].as_u64().unwrap_or(0) > 100, "{latency}");
+    assert_eq!(outcome.result("waited")?["log"], "daemon-ready\n");
     let dmesg = outcome.result("dmesg-version")?;
     let line = dmesg["lines"][0].as_str().unwrap_or_default();
     assert!(line.contains(&outcome.kernel_release), "dmesg has no Linux version line naming {}: {dmesg}", outcome.kernel_release);

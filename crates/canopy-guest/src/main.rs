@@ -15,6 +15,7 @@ mod result;
 mod sched_ext_state;
 mod setup;
 mod storm;
+mod wait_for;
 mod wakeprobe;
 
 use anyhow::Result;
@@ -48,8 +49,10 @@ enum Command {
     Dmesg(dmesg::DmesgArgs),
     /// Report /sys/kernel/sched_ext as a JSON tree.
     SchedExtState(sched_ext_state::SchedExtStateArgs),
+    /// Wait until a file contains a text and/or sched_ext reaches a state.
+    WaitFor(wait_for::WaitForArgs),
     /// Print a CANOPY-RESULT line: `report KIND key=value...` (values that parse as JSON stay
-    /// JSON, the rest become strings).
+    /// JSON, the rest become strings; `key=@FILE` takes the file's content).
     Report {
         kind: String,
         fields: Vec<String>,
@@ -67,6 +70,7 @@ fn main() -> Result<()> {
         Command::Exec(args) => exec::run(&args),
         Command::Dmesg(args) => dmesg::run(&args),
         Command::SchedExtState(args) => sched_ext_state::run(&args),
+        Command::WaitFor(args) => wait_for::run(&args),
         Command::Report { kind, fields } => result::report_fields(&kind, &fields),
     }
 }

@@ -45,11 +45,12 @@ pub enum Error {
         log_tail: String,
     },
 
-    #[error("scenario `{scenario}`: no result of kind `{kind}` among {available:?}; guest log {log_path}")]
+    #[error("scenario `{scenario}`: no result of kind `{kind}` among {available:?} (unparsable result lines: {malformed:?}); guest log {log_path}")]
     MissingResult {
         scenario: String,
         kind: String,
         available: Vec<String>,
+        malformed: Vec<String>,
         log_path: PathBuf,
     },
 }

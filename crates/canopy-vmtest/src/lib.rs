@@ -236,18 +236,18 @@ impl Scenario {
         let mut qemu = RunningQemu::start(&launch, &log_path, echo)?;
         let deadline = qemu.started + self.timeout;
         let mut results = Vec::new();
+        let mut malformed = Vec::new();
         let mut panic_line = None;
         let mut closed = false;
         while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
             match qemu.lines.recv_timeout(remaining) {
                 Ok(SerialEvent::Line(line)) => {
                     if let Some(json) = line.find(RESULT_PREFIX).map(|at| &line[at + RESULT_PREFIX.len()..]) {
-                        match serde_json::from_str::<Value>(json.trim()) {
-                            Ok(value) => results.push(value),
-                            Err(err) => {
-                                qemu.kill();
-                                return Err(self.guest_error(&log_path, format!("unparsable result line ({err}): {line}")));
-                            }
+                        // Trailing text is ignored; a line that kernel output cut in two is kept
+                        // aside (asking for its kind later names it) rather than failing the run.
+                        match serde_json::Deserializer::from_str(json).into_iter::<Value>().next() {
+                            Some(Ok(value)) if value.is_object() => results.push(value),
+                            _ => malformed.push(line),
                         }
                     } else if line.contains("Kernel panic - not syncing") && panic_line.is_none() {
                         panic_line = Some(line);
@@ -300,6 +300,7 @@ impl Scenario {
             scenario: self.name.clone(),
             kernel_release,
             results,
+            malformed_results: malformed,
             log_path,
             duration,
             accel,
@@ -361,6 +362,8 @@ pub struct Outcome {
     /// Every `CANOPY-RESULT` object in console order, including the harness's own `boot` and
     /// `script-exit` records.
     pub results: Vec<Value>,
+    /// `CANOPY-RESULT` lines that did not parse as a JSON object (e.g. cut by kernel output).
+    pub malformed_results: Vec<String>,
     pub log_path: PathBuf,
     /// From qemu's start to its exit.
     pub duration: Duration,
@@ -379,6 +382,7 @@ impl Outcome {
                 .iter()
                 .filter_map(|value| value["kind"].as_str().map(String::from))
                 .collect(),
+            malformed: self.malformed_results.clone(),
             log_path: self.log_path.clone(),
         })
     }
