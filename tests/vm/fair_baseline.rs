@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! Scenario (c), fair-scheduler baseline: two cgroups at cpu.weight 200 and 100 with two CPU
 //! hogs each, 10 s; the fair scheduler must split CPU 2:1 within 3% (TESTBED measured 2.000:1).
 //! The ratio is measured inside the guest from cpu.stat, so host load slows the guest but does
@@ -19,6 +20,9 @@ fn fair_scheduler_splits_cpu_by_weight() -> anyhow::Result<()> {
         split["window_s"].as_f64().unwrap_or_default(),
         split["utilization"].as_f64().unwrap_or_default()
     );
-    assert!((ratio / 2.0 - 1.0).abs() <= 0.03, "CPU split {ratio:.3}:1 is not within 3% of 2:1: {split}");
+    assert!(
+        (ratio / 2.0 - 1.0).abs() <= 0.03,
+        "CPU split {ratio:.3}:1 is not within 3% of 2:1: {split}"
+    );
     Ok(())
 }

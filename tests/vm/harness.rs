@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! The harness's own failure paths, in a real guest: a failing script, a hung guest and a
 //! kernel panic are errors that name the cause and carry the guest log's tail, and qemu is
 //! gone afterwards. Scheduler scenarios depend on these (a broken BPF scheduler can hang or
@@ -9,12 +10,20 @@ use canopy_vmtest::Error;
 
 /// True while some process's command line mentions the scenario's log stem (its initramfs).
 fn qemu_still_running(log_path: &std::path::Path) -> bool {
-    let stem = log_path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-    std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|entry| {
-        std::fs::read(entry.path().join("cmdline"))
-            .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(&stem))
-            .unwrap_or(false)
-    })
+    let stem = log_path
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(&stem))
+                .unwrap_or(false)
+        })
 }
 
 #[test]
@@ -25,7 +34,12 @@ fn failing_script_is_an_error_with_the_log_tail() {
         .run()
         .expect_err("a script that fails must fail the scenario");
     match &error {
-        Error::Guest { reason, log_tail, log_path, .. } => {
+        Error::Guest {
+            reason,
+            log_tail,
+            log_path,
+            ..
+        } => {
             assert!(reason.contains("exited with status 1"), "{error}");
             assert!(log_tail.contains("before-the-failure"), "{error}");
             assert!(!log_tail.contains("never-printed"), "{error}");
@@ -44,7 +58,9 @@ fn hung_guest_times_out_and_qemu_is_killed() {
         .run()
         .expect_err("a hung guest must time out");
     match &error {
-        Error::Timeout { log_tail, log_path, .. } => {
+        Error::Timeout {
+            log_tail, log_path, ..
+        } => {
             assert!(log_tail.contains("about-to-hang"), "{error}");
             assert!(!qemu_still_running(log_path), "qemu survived the timeout");
         }
@@ -61,7 +77,9 @@ fn kernel_panic_is_reported() {
         .run()
         .expect_err("a kernel panic must fail the scenario");
     match &error {
-        Error::Guest { reason, log_path, .. } => {
+        Error::Guest {
+            reason, log_path, ..
+        } => {
             assert!(reason.contains("kernel panic"), "{error}");
             assert!(!qemu_still_running(log_path));
         }

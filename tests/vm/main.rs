@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! canopy's VM scenarios: each test boots Debian's sched_ext kernel under qemu (see
 //! `tests/vm/README.md`) with the `canopy` binary and `canopy-guest` in the initramfs, runs a
 //! shell script in the guest and asserts on the `CANOPY-RESULT` objects it printed. Tests run

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! The guest workloads and Debian's tools work in the test kernel: the wakeup-latency probe
 //! (timer and pipe), the fork/thread/rename storm, `dmesg`, `latency` (cyclictest under hackbench), `wait-for`, `report key=@file`, and hackbench, cyclictest and
 //! stress-ng from the host's Debian packages. Guards the harness itself (library resolution,
@@ -31,14 +32,20 @@ fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
         let samples = probe["samples"].as_u64().unwrap_or(0);
         let p50 = probe["p50_us"].as_f64().unwrap_or(f64::NAN);
         let p99 = probe["p99_us"].as_f64().unwrap_or(f64::NAN);
-        println!("{kind}: {samples} samples, p50 {p50:.0} us, p99 {p99:.0} us, max {} us", probe["max_us"]);
+        println!(
+            "{kind}: {samples} samples, p50 {p50:.0} us, p99 {p99:.0} us, max {} us",
+            probe["max_us"]
+        );
         // 2 threads x ~1000 wakeups/s x 2 s, minus slow TCG periods.
         assert!(samples >= 1000, "{kind}: too few samples: {probe}");
         assert!(p50 > 0.0 && p50 <= p99, "{kind}: {probe}");
     }
     let storm = outcome.result("storm")?;
     assert_eq!(storm["threads"], 1000, "{storm}");
-    println!("storm: 1000 threads + 100 forks + 20 execs created in {:.3} s", storm["creation_s"].as_f64().unwrap_or_default());
+    println!(
+        "storm: 1000 threads + 100 forks + 20 execs created in {:.3} s",
+        storm["creation_s"].as_f64().unwrap_or_default()
+    );
     for kind in ["hackbench", "cyclictest", "stress-ng"] {
         let run = outcome.result(kind)?;
         assert_eq!(run["success"], true, "{kind}: {run}");
@@ -52,6 +59,10 @@ fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
     assert_eq!(outcome.result("waited")?["log"], "daemon-ready\n");
     let dmesg = outcome.result("dmesg-version")?;
     let line = dmesg["lines"][0].as_str().unwrap_or_default();
-    assert!(line.contains(&outcome.kernel_release), "dmesg has no Linux version line naming {}: {dmesg}", outcome.kernel_release);
+    assert!(
+        line.contains(&outcome.kernel_release),
+        "dmesg has no Linux version line naming {}: {dmesg}",
+        outcome.kernel_release
+    );
     Ok(())
 }

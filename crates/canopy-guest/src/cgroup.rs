@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! Small cgroup2 helpers for the guest: create a group, set cpu.weight, read cpu.stat, and
 //! start a command already inside a group (it joins before exec, so no CPU is charged elsewhere).
 
@@ -54,7 +55,9 @@ pub fn spawn_in(group: &Path, command: &mut Command) -> Result<Child> {
             Ok(())
         });
     }
-    let child = command.spawn().with_context(|| format!("starting {command:?} in {}", group.display()))?;
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {command:?} in {}", group.display()))?;
     drop(procs);
     Ok(child)
 }

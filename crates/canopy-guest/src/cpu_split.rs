@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! CPU-split measurement: create cgroups with given cpu.weight, start hog processes inside
 //! each, let the split settle, then sample each group's cpu.stat `usage_usec` over a window and
 //! report per-group CPU time, shares against the weight targets, and the first:second ratio.
@@ -47,18 +48,28 @@ fn parse_group(spec: &str) -> Result<Group> {
     };
     let weight = match weight {
         "-" | "" => None,
-        value => Some(value.parse().with_context(|| format!("weight in `{spec}`"))?),
+        value => Some(
+            value
+                .parse()
+                .with_context(|| format!("weight in `{spec}`"))?,
+        ),
     };
     Ok(Group {
         name: name.into(),
         path: cgroup::group_path(name),
         weight,
-        hogs: hogs.parse().with_context(|| format!("hog count in `{spec}`"))?,
+        hogs: hogs
+            .parse()
+            .with_context(|| format!("hog count in `{spec}`"))?,
     })
 }
 
 pub fn run(args: &CpuSplitArgs) -> Result<()> {
-    let groups = args.groups.iter().map(|spec| parse_group(spec)).collect::<Result<Vec<_>>>()?;
+    let groups = args
+        .groups
+        .iter()
+        .map(|spec| parse_group(spec))
+        .collect::<Result<Vec<_>>>()?;
     let own_exe = std::env::current_exe().context("locating canopy-guest")?;
     let mut hogs = Vec::new();
     let outcome = (|| -> Result<serde_json::Value> {
@@ -76,12 +87,22 @@ pub fn run(args: &CpuSplitArgs) -> Result<()> {
             }
         }
         std::thread::sleep(Duration::from_secs_f64(args.warmup));
-        let before = groups.iter().map(|g| cgroup::usage_usec(&g.path)).collect::<Result<Vec<_>>>()?;
+        let before = groups
+            .iter()
+            .map(|g| cgroup::usage_usec(&g.path))
+            .collect::<Result<Vec<_>>>()?;
         let started = Instant::now();
         std::thread::sleep(Duration::from_secs_f64(args.seconds));
-        let after = groups.iter().map(|g| cgroup::usage_usec(&g.path)).collect::<Result<Vec<_>>>()?;
+        let after = groups
+            .iter()
+            .map(|g| cgroup::usage_usec(&g.path))
+            .collect::<Result<Vec<_>>>()?;
         let window = started.elapsed().as_secs_f64();
-        let used: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
+        let used: Vec<u64> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
         Ok(summarize(&groups, &used, window))
     })();
     for hog in &mut hogs {
@@ -107,9 +128,17 @@ fn summarize(groups: &[Group], used_usec: &[u64], window_s: f64) -> serde_json::
         .iter()
         .zip(used_usec)
         .map(|(group, &usec)| {
-            let share = if total > 0 { usec as f64 / total as f64 } else { 0.0 };
+            let share = if total > 0 {
+                usec as f64 / total as f64
+            } else {
+                0.0
+            };
             let target = group.weight.unwrap_or(100) as f64 / weight_total as f64;
-            let error = if target > 0.0 { share / target - 1.0 } else { 0.0 };
+            let error = if target > 0.0 {
+                share / target - 1.0
+            } else {
+                0.0
+            };
             max_share_error = max_share_error.max(error.abs());
             json!({
                 "name": group.name,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! `dmesg`: the kernel log (syslog(2) READ_ALL) as a CANOPY-RESULT, optionally only lines that
 //! contain a pattern, e.g. `canopy-guest dmesg --grep sched_ext` to check that the kernel logged
 //! a scheduler's registration or unregistration (hidden from the console by `quiet`).
@@ -24,7 +25,13 @@ const SYSLOG_ACTION_SIZE_BUFFER: libc::c_int = 10;
 pub fn run(args: &DmesgArgs) -> Result<()> {
     let lines: Vec<String> = read_kernel_log()?
         .lines()
-        .filter(|line| args.grep.is_empty() || args.grep.iter().any(|pattern| line.contains(pattern.as_str())))
+        .filter(|line| {
+            args.grep.is_empty()
+                || args
+                    .grep
+                    .iter()
+                    .any(|pattern| line.contains(pattern.as_str()))
+        })
         .map(String::from)
         .collect();
     emit(&args.kind, json!({ "grep": args.grep, "lines": lines }))
@@ -36,7 +43,13 @@ pub fn read_kernel_log() -> Result<String> {
     let size = if size > 0 { size as usize } else { 1 << 20 };
     let mut buffer = vec![0u8; size];
     // SAFETY: the kernel writes at most `size` bytes into our buffer.
-    let read = unsafe { libc::klogctl(SYSLOG_ACTION_READ_ALL, buffer.as_mut_ptr().cast(), size as libc::c_int) };
+    let read = unsafe {
+        libc::klogctl(
+            SYSLOG_ACTION_READ_ALL,
+            buffer.as_mut_ptr().cast(),
+            size as libc::c_int,
+        )
+    };
     if read < 0 {
         return Err(std::io::Error::last_os_error()).context("syslog(READ_ALL)");
     }

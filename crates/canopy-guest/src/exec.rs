@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! `exec`: run a command (typically `canopy ...`) and report its exit status, duration and
 //! output as one CANOPY-RESULT, so a scenario can assert on a command without shell plumbing.
 //! Standard output that is one JSON document (e.g. `canopy status --json`) is embedded as JSON.

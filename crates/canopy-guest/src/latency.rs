@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! `latency`: Debian's cyclictest as a measurement. Runs `cyclictest -q -h <limit>` (by default
 //! SCHED_OTHER, one thread, as in TESTBED's baselines), optionally under a background load
 //! command that is started first and killed afterwards (e.g. `hackbench -T -p -g 2 -l 100000000`),
@@ -71,7 +72,11 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
     }
     let output = output.context("running cyclictest (add it with with_debian_tools)")?;
     if !output.status.success() {
-        bail!("cyclictest failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "cyclictest failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let histogram = Histogram::parse(&String::from_utf8_lossy(&output.stdout))?;
     emit(
@@ -113,7 +118,12 @@ impl Histogram {
         let summary = |line: &str| -> u64 {
             line.split(':')
                 .nth(1)
-                .map(|values| values.split_whitespace().filter_map(|v| v.parse::<u64>().ok()).collect::<Vec<_>>())
+                .map(|values| {
+                    values
+                        .split_whitespace()
+                        .filter_map(|v| v.parse::<u64>().ok())
+                        .collect::<Vec<_>>()
+                })
                 .map(|values| values.into_iter().max().unwrap_or(0))
                 .unwrap_or(0)
         };
@@ -130,13 +140,20 @@ impl Histogram {
                     histogram.overflows = rest
                         .split(':')
                         .nth(1)
-                        .map(|values| values.split_whitespace().filter_map(|v| v.parse::<u64>().ok()).sum())
+                        .map(|values| {
+                            values
+                                .split_whitespace()
+                                .filter_map(|v| v.parse::<u64>().ok())
+                                .sum()
+                        })
                         .unwrap_or(0);
                 }
                 continue;
             }
             let mut fields = line.split_whitespace().map(|field| field.parse::<u64>());
-            let Some(Ok(bucket)) = fields.next() else { continue };
+            let Some(Ok(bucket)) = fields.next() else {
+                continue;
+            };
             let count: u64 = fields.filter_map(|count| count.ok()).sum();
             let bucket = bucket as usize;
             if histogram.counts.len() <= bucket {
@@ -155,7 +172,9 @@ impl Histogram {
     }
 
     fn rank(&self, percent: f64) -> u64 {
-        ((percent / 100.0) * self.samples() as f64 - 1e-9).ceil().max(1.0) as u64
+        ((percent / 100.0) * self.samples() as f64 - 1e-9)
+            .ceil()
+            .max(1.0) as u64
     }
 
     /// Nearest-rank percentile in microseconds; the histogram limit if it is an overflow.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! `canopy-guest`: the one binary the VM harness puts in every guest. `/init` runs `setup`
 //! (mounts, cgroup controllers, the `boot` result); scenario scripts then call the workloads
 //! (`hog`, `wakeprobe`, `storm`, `latency` around cyclictest), the measurements (`cpu-split`, `sched-ext-state`, `dmesg`), `exec` (run a command, report its status and
@@ -22,7 +23,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "canopy-guest", about = "canopy's VM scenario runner and workloads")]
+#[command(
+    name = "canopy-guest",
+    about = "canopy's VM scenario runner and workloads"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,10 +57,7 @@ enum Command {
     WaitFor(wait_for::WaitForArgs),
     /// Print a CANOPY-RESULT line: `report KIND key=value...` (values that parse as JSON stay
     /// JSON, the rest become strings; `key=@FILE` takes the file's content).
-    Report {
-        kind: String,
-        fields: Vec<String>,
-    },
+    Report { kind: String, fields: Vec<String> },
 }
 
 fn main() -> Result<()> {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! The guest's half of the result protocol: one `CANOPY-RESULT {json}` line per result, written
 //! with a single `write` so lines from concurrent processes do not interleave.
 

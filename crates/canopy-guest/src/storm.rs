@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! Storm generator for the controller's event paths: `--threads` threads created (each renamed
 //! with PR_SET_NAME, `--renames` times in all), `--forks` short-lived child processes (each can
 //! rename itself too) and `--execs` fork+exec of `/bin/true`, at a target `--rate` of operations
@@ -56,7 +57,9 @@ pub fn run(args: &StormArgs) -> Result<()> {
     let mut children = Vec::new();
     for index in 0..args.forks {
         pacer.wait(operations, started);
-        let names: Vec<Vec<u8>> = (0..args.renames).map(|_| c_name(&format!("{}f{index}", args.name_prefix))).collect();
+        let names: Vec<Vec<u8>> = (0..args.renames)
+            .map(|_| c_name(&format!("{}f{index}", args.name_prefix)))
+            .collect();
         // SAFETY: the child only calls prctl, nanosleep and _exit.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
@@ -83,7 +86,9 @@ pub fn run(args: &StormArgs) -> Result<()> {
 
     for _ in 0..args.execs {
         pacer.wait(operations, started);
-        let child = Command::new("/bin/true").spawn().context("exec /bin/true")?;
+        let child = Command::new("/bin/true")
+            .spawn()
+            .context("exec /bin/true")?;
         children.push(child.id() as libc::pid_t);
         std::mem::forget(child); // reaped below with the forks
         operations += 1;
@@ -150,7 +155,9 @@ struct Pacer {
 
 impl Pacer {
     fn new(rate: f64) -> Pacer {
-        Pacer { period: (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate)) }
+        Pacer {
+            period: (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate)),
+        }
     }
 
     fn wait(&self, done: usize, started: Instant) {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! `wait-for`: block until a condition holds, so scenario scripts need no polling loops: a file
 //! contains a text (at least `--count` times), and/or `/sys/kernel/sched_ext/state` has a value.
 //! Fails (exit 1, printing the file) on timeout or when `--pid` (the process expected to make
@@ -50,7 +51,11 @@ pub fn run(args: &WaitForArgs) -> Result<()> {
                 let text = std::fs::read_to_string(file).unwrap_or_default();
                 eprintln!("--- {} ---\n{text}--- end ---", file.display());
             }
-            let why = if gone { format!("process {} exited", args.pid.unwrap_or(0)) } else { format!("{} s passed", args.timeout) };
+            let why = if gone {
+                format!("process {} exited", args.pid.unwrap_or(0))
+            } else {
+                format!("{} s passed", args.timeout)
+            };
             bail!("wait-for {args:?}: {why} before the condition held");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -77,7 +82,13 @@ fn condition_holds(args: &WaitForArgs) -> bool {
 /// the shell waits for it).
 fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(stat.rsplit(')').next().map(str::trim_start).and_then(|rest| rest.chars().next()), Some('Z') | Some('X')),
+        Ok(stat) => !matches!(
+            stat.rsplit(')')
+                .next()
+                .map(str::trim_start)
+                .and_then(|rest| rest.chars().next()),
+            Some('Z') | Some('X')
+        ),
         Err(_) => false,
     }
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! Wakeup-latency probe, schbench-like: sleeper threads are woken either by their own absolute
 //! timer (`timer`: latency = wake time - timer expiry) or by a waker thread writing a timestamp
 //! into each sleeper's pipe (`pipe`: latency = wake time - write time). After each wakeup a
@@ -89,18 +90,25 @@ pub fn run(args: &WakeprobeArgs) -> Result<()> {
         })
     });
     if let Some(waker) = waker {
-        waker.join().map_err(|_| anyhow::anyhow!("waker thread panicked"))?;
+        waker
+            .join()
+            .map_err(|_| anyhow::anyhow!("waker thread panicked"))?;
     }
     let mut samples_ns = Vec::new();
     for sleeper in sleepers {
-        samples_ns.extend(sleeper.join().map_err(|_| anyhow::anyhow!("sleeper thread panicked"))?);
+        samples_ns.extend(
+            sleeper
+                .join()
+                .map_err(|_| anyhow::anyhow!("sleeper thread panicked"))?,
+        );
     }
     if samples_ns.is_empty() {
         bail!("wakeprobe collected no samples");
     }
     samples_ns.sort_unstable();
     let us = |ns: u64| ns as f64 / 1000.0;
-    let mean = samples_ns.iter().map(|&ns| ns as f64).sum::<f64>() / samples_ns.len() as f64 / 1000.0;
+    let mean =
+        samples_ns.iter().map(|&ns| ns as f64).sum::<f64>() / samples_ns.len() as f64 / 1000.0;
     emit(
         &args.kind,
         json!({
@@ -147,7 +155,10 @@ fn prepare_thread(comm: Option<&str>, nice: Option<i32>) {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime fills a timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
@@ -160,7 +171,12 @@ fn sleep_until_ns(target_ns: u64) {
     };
     // SAFETY: absolute monotonic sleep; EINTR just ends the sleep early (it is re-measured).
     unsafe {
-        libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &target, std::ptr::null_mut());
+        libc::clock_nanosleep(
+            libc::CLOCK_MONOTONIC,
+            libc::TIMER_ABSTIME,
+            &target,
+            std::ptr::null_mut(),
+        );
     }
 }
 
@@ -170,7 +186,12 @@ fn burn(work: Duration) {
     }
 }
 
-fn timer_sleeper(interval: Duration, work: Duration, warmup_end: Instant, end: Instant) -> Vec<u64> {
+fn timer_sleeper(
+    interval: Duration,
+    work: Duration,
+    warmup_end: Instant,
+    end: Instant,
+) -> Vec<u64> {
     let interval_ns = interval.as_nanos() as u64;
     let mut samples = Vec::new();
     let mut next = monotonic_ns() + interval_ns;
@@ -259,7 +280,12 @@ mod tests {
     #[test]
     fn timer_probe_measures_small_latencies_on_an_idle_machine() {
         let start = Instant::now();
-        let samples = timer_sleeper(Duration::from_millis(1), Duration::ZERO, start, start + Duration::from_millis(50));
+        let samples = timer_sleeper(
+            Duration::from_millis(1),
+            Duration::ZERO,
+            start,
+            start + Duration::from_millis(50),
+        );
         assert!(samples.len() >= 10, "{} samples", samples.len());
     }
 }

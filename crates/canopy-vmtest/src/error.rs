@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! The harness's one error type. Every variant carries what a developer needs to act on it:
 //! the command or path that failed and, for guest failures, the log path and its tail.
 
@@ -37,7 +38,9 @@ pub enum Error {
         log_tail: String,
     },
 
-    #[error("scenario `{scenario}` failed: {reason}; guest log {log_path}, last lines:\n{log_tail}")]
+    #[error(
+        "scenario `{scenario}` failed: {reason}; guest log {log_path}, last lines:\n{log_tail}"
+    )]
     Guest {
         scenario: String,
         reason: String,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! canopy-vmtest: the host side of the VM test harness. It fetches and checks the test kernel
 //! (`scripts/fetch-kernel.sh`), builds a gzip'd cpio initramfs (busybox, the binaries under
 //! test and their libraries, `canopy-guest`, optional Debian tools), boots it under qemu, streams
@@ -107,15 +108,25 @@ impl Scenario {
     }
 
     /// Writes `contents` to an absolute guest path with `mode` (e.g. 0o644, 0o755).
-    pub fn with_file_contents(mut self, guest_path: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Scenario {
-        self.files.push(GuestFile::Contents { guest_path: guest_path.into(), contents: contents.into(), mode });
+    pub fn with_file_contents(
+        mut self,
+        guest_path: &str,
+        contents: impl Into<Vec<u8>>,
+        mode: u32,
+    ) -> Scenario {
+        self.files.push(GuestFile::Contents {
+            guest_path: guest_path.into(),
+            contents: contents.into(),
+            mode,
+        });
         self
     }
 
     /// Adds Debian's `cyclictest`, `hackbench` and/or `stress-ng` (from the host, which
     /// `scripts/install-deps.sh` provisions) at `/usr/bin/<name>`.
     pub fn with_debian_tools(mut self, tools: &[&str]) -> Scenario {
-        self.debian_tools.extend(tools.iter().map(|tool| tool.to_string()));
+        self.debian_tools
+            .extend(tools.iter().map(|tool| tool.to_string()));
         self
     }
 
@@ -161,14 +172,22 @@ impl Scenario {
 
     fn effective_cpus(&self) -> usize {
         self.cpus
-            .or_else(|| std::env::var("CANOPY_VM_CPUS").ok().and_then(|v| v.trim().parse().ok()))
+            .or_else(|| {
+                std::env::var("CANOPY_VM_CPUS")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or(2)
             .max(1)
     }
 
     fn effective_show_log(&self) -> bool {
-        self.show_log
-            .unwrap_or_else(|| matches!(std::env::var("CANOPY_VM_SHOW_LOG").as_deref(), Ok("1") | Ok("true") | Ok("yes")))
+        self.show_log.unwrap_or_else(|| {
+            matches!(
+                std::env::var("CANOPY_VM_SHOW_LOG").as_deref(),
+                Ok("1") | Ok("true") | Ok("yes")
+            )
+        })
     }
 
     /// Builds what the guest needs (kernel, guest binary, initramfs) into a prepared launch.
@@ -201,7 +220,12 @@ impl Scenario {
         ));
         let archive = initramfs::build(&files, script)?;
         std::fs::write(&initramfs_path, archive).map_err(io_error(&initramfs_path))?;
-        Ok(Prepared { kernel, initramfs_path, log_path, work_dir })
+        Ok(Prepared {
+            kernel,
+            initramfs_path,
+            log_path,
+            work_dir,
+        })
     }
 
     /// Boots the guest, runs the script and collects its results. Fails (never skips) when the
@@ -231,7 +255,12 @@ impl Scenario {
         let log_path = prepared.log_path.clone();
         let echo = self.effective_show_log().then_some(Echo::Stderr);
         if echo.is_some() {
-            eprintln!("canopy-vmtest: `{}` on {} ({accel:?}, {cpus} vCPUs), log {}", self.name, prepared.kernel.release, log_path.display());
+            eprintln!(
+                "canopy-vmtest: `{}` on {} ({accel:?}, {cpus} vCPUs), log {}",
+                self.name,
+                prepared.kernel.release,
+                log_path.display()
+            );
         }
         let mut qemu = RunningQemu::start(&launch, &log_path, echo)?;
         let deadline = qemu.started + self.timeout;
@@ -242,10 +271,16 @@ impl Scenario {
         while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
             match qemu.lines.recv_timeout(remaining) {
                 Ok(SerialEvent::Line(line)) => {
-                    if let Some(json) = line.find(RESULT_PREFIX).map(|at| &line[at + RESULT_PREFIX.len()..]) {
+                    if let Some(json) = line
+                        .find(RESULT_PREFIX)
+                        .map(|at| &line[at + RESULT_PREFIX.len()..])
+                    {
                         // Trailing text is ignored; a line that kernel output cut in two is kept
                         // aside (asking for its kind later names it) rather than failing the run.
-                        match serde_json::Deserializer::from_str(json).into_iter::<Value>().next() {
+                        match serde_json::Deserializer::from_str(json)
+                            .into_iter::<Value>()
+                            .next()
+                        {
                             Some(Ok(value)) if value.is_object() => results.push(value),
                             _ => malformed.push(line),
                         }
@@ -277,9 +312,14 @@ impl Scenario {
             return Err(self.guest_error(&log_path, format!("kernel panic: {}", line.trim())));
         }
         let kernel_release = match find_kind(&results, "boot") {
-            Some(boot) => boot["kernel_release"].as_str().unwrap_or_default().to_string(),
+            Some(boot) => boot["kernel_release"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             None => {
-                let status = exit_status.map(|s| s.to_string()).unwrap_or_else(|| "no exit status".into());
+                let status = exit_status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "no exit status".into());
                 return Err(self.guest_error(
                     &log_path,
                     format!("the guest never reached its /init setup (qemu {status}, {:?} acceleration)", accel),
@@ -289,11 +329,19 @@ impl Scenario {
         match find_kind(&results, "script-exit").map(|exit| exit["status"].as_i64()) {
             Some(Some(0)) => {}
             Some(status) => {
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into());
-                return Err(self.guest_error(&log_path, format!("the scenario script exited with status {status}")));
+                let status = status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "unknown".into());
+                return Err(self.guest_error(
+                    &log_path,
+                    format!("the scenario script exited with status {status}"),
+                ));
             }
             None => {
-                return Err(self.guest_error(&log_path, "the guest stopped before the scenario script finished".into()));
+                return Err(self.guest_error(
+                    &log_path,
+                    "the guest stopped before the scenario script finished".into(),
+                ));
             }
         }
         Ok(Outcome {
@@ -389,7 +437,9 @@ impl Outcome {
 
     /// Every result of `kind`, in console order.
     pub fn results_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-        self.results.iter().filter(move |value| value["kind"] == kind)
+        self.results
+            .iter()
+            .filter(move |value| value["kind"] == kind)
     }
 
     /// The last `lines` lines of the guest log.
