@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The guest workloads and Debian's tools work in the test kernel: the wakeup-latency probe
-//! (timer and pipe), the fork/thread/rename storm, `dmesg`, `latency` (cyclictest under hackbench), `wait-for`, `report key=@file`, and hackbench, cyclictest and
+//! (timer and pipe), the fork/thread/rename storm, `dmesg`, `latency` (cyclictest under hackbench), `wait-for`, `report key=@file`, `xattr` on a cgroup, `run-as`, and hackbench, cyclictest and
 //! stress-ng from the host's Debian packages. Guards the harness itself (library resolution,
 //! result parsing) so scheduler scenarios can rely on it.
 
@@ -21,6 +21,10 @@ fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
              (sleep 1; echo daemon-ready > /tmp/ready.log) & helper=$!\n\
              canopy-guest wait-for --file /tmp/ready.log --contains daemon-ready --pid $helper --timeout 20\n\
              canopy-guest report waited log=@/tmp/ready.log\n\
+             mkdir /sys/fs/cgroup/app.scope\n\
+             canopy-guest xattr set /sys/fs/cgroup/app.scope user.xdg.inactive-since -1\n\
+             canopy-guest xattr get /sys/fs/cgroup/app.scope user.xdg.inactive-since\n\
+             canopy-guest exec --kind run-as -- canopy-guest run-as --uid 65534 -- id -u\n\
              canopy-guest dmesg --grep 'Linux version' --kind dmesg-version\n",
         )
         .timeout(Duration::from_secs(90))
@@ -57,6 +61,10 @@ fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
     );
     assert!(latency["samples"].as_u64().unwrap_or(0) > 100, "{latency}");
     assert_eq!(outcome.result("waited")?["log"], "daemon-ready\n");
+    let xattr = outcome.result("xattr")?;
+    assert_eq!(xattr["value"], "-1", "user xattrs on cgroupfs: {xattr}");
+    let run_as = outcome.result("run-as")?;
+    assert_eq!(run_as["stdout"], "65534\n", "{run_as}");
     let dmesg = outcome.result("dmesg-version")?;
     let line = dmesg["lines"][0].as_str().unwrap_or_default();
     assert!(

@@ -29,6 +29,15 @@ pub fn set_weight(path: &Path, weight: u32) -> Result<()> {
         .with_context(|| format!("writing cpu.weight={weight} in {}", path.display()))
 }
 
+/// The group's current cpu.weight.
+pub fn weight(path: &Path) -> Result<u32> {
+    let text = std::fs::read_to_string(path.join("cpu.weight"))
+        .with_context(|| format!("reading {}/cpu.weight", path.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("cpu.weight `{}` in {}", text.trim(), path.display()))
+}
+
 /// `usage_usec` from the group's cpu.stat.
 pub fn usage_usec(path: &Path) -> Result<u64> {
     let stat = std::fs::read_to_string(path.join("cpu.stat"))

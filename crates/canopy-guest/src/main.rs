@@ -13,11 +13,13 @@ mod exec;
 mod hog;
 mod latency;
 mod result;
+mod run_as;
 mod sched_ext_state;
 mod setup;
 mod storm;
 mod wait_for;
 mod wakeprobe;
+mod xattr;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -55,6 +57,10 @@ enum Command {
     SchedExtState(sched_ext_state::SchedExtStateArgs),
     /// Wait until a file contains a text and/or sched_ext reaches a state.
     WaitFor(wait_for::WaitForArgs),
+    /// Set, get or remove an extended attribute.
+    Xattr(xattr::XattrArgs),
+    /// Exec a command as another uid/gid (optionally in a cgroup).
+    RunAs(run_as::RunAsArgs),
     /// Print a CANOPY-RESULT line: `report KIND key=value...` (values that parse as JSON stay
     /// JSON, the rest become strings; `key=@FILE` takes the file's content).
     Report { kind: String, fields: Vec<String> },
@@ -72,6 +78,8 @@ fn main() -> Result<()> {
         Command::Dmesg(args) => dmesg::run(&args),
         Command::SchedExtState(args) => sched_ext_state::run(&args),
         Command::WaitFor(args) => wait_for::run(&args),
+        Command::Xattr(args) => xattr::run(&args),
+        Command::RunAs(args) => run_as::run(&args),
         Command::Report { kind, fields } => result::report_fields(&kind, &fields),
     }
 }

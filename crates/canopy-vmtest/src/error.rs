@@ -56,6 +56,9 @@ pub enum Error {
         malformed: Vec<String>,
         log_path: PathBuf,
     },
+
+    #[error("result lacks a valid `{what}`: {result}")]
+    BadResult { what: String, result: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

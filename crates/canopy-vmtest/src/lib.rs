@@ -22,6 +22,7 @@
 //! timeout are all errors carrying the tail of the guest log.
 
 mod cpio;
+mod cpu_split;
 mod error;
 mod guest_build;
 mod initramfs;
@@ -33,6 +34,7 @@ mod qemu;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use cpu_split::CpuSplit;
 pub use error::{Error, Result};
 pub use guest_build::guest_binary;
 pub use initramfs::GuestFile;
