@@ -89,7 +89,11 @@ pub fn build(files: &[GuestFile], scenario_script: &str) -> Result<Vec<u8>> {
                 mode,
                 with_libraries,
             } => {
-                let contents = std::fs::read(host_path).map_err(io_error(host_path))?;
+                let contents = if *with_libraries {
+                    read_without_debug_info(host_path)?
+                } else {
+                    std::fs::read(host_path).map_err(io_error(host_path))?
+                };
                 archive.file(guest_path, *mode, &contents);
                 if *with_libraries {
                     libraries.extend(shared_libraries(host_path)?);
@@ -120,6 +124,34 @@ pub fn build(files: &[GuestFile], scenario_script: &str) -> Result<Vec<u8>> {
         }
     }
     archive.finish().map_err(io_error("<initramfs in memory>"))
+}
+
+/// A binary's bytes without DWARF (`strip --strip-debug`; symbols stay for backtraces): a
+/// debug build of `canopy` shrinks from ~22 MB to ~5 MB, which the TCG guest then need not
+/// decompress. Falls back to the file as it is when `strip` is missing or fails.
+fn read_without_debug_info(host_path: &Path) -> Result<Vec<u8>> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let stripped = std::env::temp_dir().join(format!(
+        "canopy-vmtest-strip-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(host_path)
+        .stderr(std::process::Stdio::null())
+        .status();
+    let contents = match status {
+        Ok(status) if status.success() => std::fs::read(&stripped).ok(),
+        _ => None,
+    };
+    let _ = std::fs::remove_file(&stripped);
+    match contents {
+        Some(contents) => Ok(contents),
+        None => std::fs::read(host_path).map_err(io_error(host_path)),
+    }
 }
 
 /// Finds a host program in PATH or the usual Debian directories.
