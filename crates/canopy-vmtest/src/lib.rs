@@ -45,7 +45,7 @@ pub use qemu::Accel;
 pub use serde_json;
 
 use error::io_error;
-use qemu::{Echo, Launch, RunningQemu, SerialEvent};
+use qemu::{Launch, RunningQemu, SerialEvent};
 use serde_json::Value;
 
 /// The prefix of a structured result line on the guest console.
@@ -252,11 +252,11 @@ impl Scenario {
             memory: &self.memory,
             accel,
             kernel_args: &self.kernel_args,
-            interactive: false,
+            interactive_log: None,
         };
         let log_path = prepared.log_path.clone();
-        let echo = self.effective_show_log().then_some(Echo::Stderr);
-        if echo.is_some() {
+        let echo = self.effective_show_log();
+        if echo {
             eprintln!(
                 "canopy-vmtest: `{}` on {} ({accel:?}, {cpus} vCPUs), log {}",
                 self.name,
@@ -373,15 +373,13 @@ impl Scenario {
             memory: &self.memory,
             accel,
             kernel_args: &self.kernel_args,
-            interactive: true,
+            interactive_log: Some(&prepared.log_path),
         };
-        let mut qemu = RunningQemu::start(&launch, &prepared.log_path, Some(Echo::Stdout))?;
-        while let Ok(event) = qemu.lines.recv() {
-            if let SerialEvent::Closed = event {
-                break;
-            }
-        }
-        qemu.wait_exit(Duration::from_secs(5));
+        let mut qemu = launch.command().spawn().map_err(|source| Error::Spawn {
+            command: launch.describe(),
+            source,
+        })?;
+        let _ = qemu.wait();
         let _ = std::fs::remove_file(&prepared.initramfs_path);
         Ok(prepared.log_path)
     }

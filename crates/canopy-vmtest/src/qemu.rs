@@ -44,9 +44,10 @@ pub struct Launch<'a> {
     pub memory: &'a str,
     pub accel: Accel,
     pub kernel_args: &'a [String],
-    /// Interactive: stdin comes from the terminal and qemu stays in our process group so it
-    /// may read it; otherwise stdin is /dev/null and qemu leads its own process group.
-    pub interactive: bool,
+    /// Interactive: the console is the terminal itself (qemu's stdio, logged by qemu to this
+    /// file) and qemu stays in our process group so it may read the terminal. Otherwise
+    /// stdin is /dev/null, the console is piped to us, and qemu leads its own process group.
+    pub interactive_log: Option<&'a Path>,
 }
 
 impl Launch<'_> {
@@ -56,7 +57,7 @@ impl Launch<'_> {
             .args(self.accel.qemu_args())
             .args(["-smp", &self.cpus.to_string(), "-m", self.memory])
             // No NIC: nothing needs a network, and skipping iPXE's option ROM saves boot time.
-            .args(["-nographic", "-no-reboot", "-nic", "none"])
+            .args(["-no-reboot", "-nic", "none"])
             .arg("-kernel")
             .arg(self.vmlinuz)
             .arg("-initrd")
@@ -67,11 +68,32 @@ impl Launch<'_> {
             append.push_str(arg);
         }
         command.args(["-append", &append]);
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        if self.interactive {
-            command.stdin(Stdio::inherit());
-        } else {
-            command.stdin(Stdio::null()).process_group(0);
+        match self.interactive_log {
+            Some(log) => {
+                // The serial console and qemu's monitor (Ctrl-A C; Ctrl-A X quits) share the
+                // terminal; Ctrl-C goes to the guest. Commas in an option value are doubled.
+                let log = log.to_string_lossy().replace(',', ",,");
+                command
+                    .args(["-display", "none", "-chardev"])
+                    .arg(format!("stdio,id=console,mux=on,signal=off,logfile={log}"))
+                    .args([
+                        "-serial",
+                        "chardev:console",
+                        "-mon",
+                        "chardev=console,mode=readline",
+                    ])
+                    .stdin(Stdio::inherit())
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::inherit());
+            }
+            None => {
+                command
+                    .arg("-nographic")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
+            }
         }
         // SAFETY: prctl is async-signal-safe. If the test process dies without unwinding
         // (SIGKILL, abort), the kernel kills qemu too.
@@ -111,8 +133,8 @@ pub enum SerialEvent {
 }
 
 impl RunningQemu {
-    /// Starts qemu; serial lines go to `log_path` (and to `echo`, if given) and to `lines`.
-    pub fn start(launch: &Launch, log_path: &Path, echo: Option<Echo>) -> Result<RunningQemu> {
+    /// Starts qemu; serial lines go to `log_path` (and to stderr when `echo`) and to `lines`.
+    pub fn start(launch: &Launch, log_path: &Path, echo: bool) -> Result<RunningQemu> {
         let mut log = File::create(log_path).map_err(io_error(log_path))?;
         let _ = writeln!(log, "# {}", launch.describe());
         let mut child = launch.command().spawn().map_err(|source| Error::Spawn {
@@ -148,8 +170,8 @@ impl RunningQemu {
                 let line = text.trim_end_matches(['\n', '\r']).replace('\r', "");
                 let _ = writeln!(log, "{line}");
                 let _ = log.flush();
-                if let Some(echo) = echo {
-                    echo.write_line(&line);
+                if echo {
+                    echo_line(&line);
                 }
                 if sender.send(SerialEvent::Line(line)).is_err() {
                     break;
@@ -159,7 +181,7 @@ impl RunningQemu {
         });
         Ok(RunningQemu {
             child,
-            own_group: !launch.interactive,
+            own_group: launch.interactive_log.is_none(),
             lines,
             started,
         })
@@ -202,25 +224,10 @@ impl Drop for RunningQemu {
     }
 }
 
-/// Where serial lines are echoed live.
-#[derive(Debug, Clone, Copy)]
-pub enum Echo {
-    Stderr,
-    Stdout,
-}
-
-impl Echo {
-    fn write_line(self, line: &str) {
-        // Straight to the file descriptors: the test harness's output capture would otherwise
-        // hold the lines back until the test ends.
-        let _ = match self {
-            Echo::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
-            Echo::Stdout => {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}").and_then(|_| out.flush())
-            }
-        };
-    }
+/// Writes a console line to stderr straight away: the test harness's output capture would
+/// otherwise hold it back until the test ends.
+fn echo_line(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The accelerator to use: `CANOPY_VM_ACCEL` (`kvm`, `tcg` or `auto`, the default). `auto`
@@ -275,10 +282,10 @@ fn kvm_probe_boots(vmlinuz: &Path, scratch: &Path) -> bool {
             memory: "256M",
             accel: Accel::Kvm,
             kernel_args: &[],
-            interactive: false,
+            interactive_log: None,
         };
         let log_path = scratch.join("kvm-probe.log");
-        let qemu = RunningQemu::start(&launch, &log_path, None)?;
+        let qemu = RunningQemu::start(&launch, &log_path, false)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
             match qemu.lines.recv_timeout(remaining) {
