@@ -167,10 +167,7 @@ pub fn find_host_tool(name: &str) -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    Err(Error::GuestFile {
-        host_path: PathBuf::from(name),
-        message: "not found on the host; run scripts/install-deps.sh".into(),
-    })
+    Err(Error::MissingTool { tool: name.into() })
 }
 
 /// The libraries (and the loader) a dynamic binary needs, per `ldd`. Static binaries need none.

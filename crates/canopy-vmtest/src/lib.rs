@@ -44,7 +44,7 @@ pub use qemu::Accel;
 /// Re-exported so scenario tests can read results without their own dependency.
 pub use serde_json;
 
-use error::io_error;
+use error::{io_error, spawn_error};
 use qemu::{Launch, RunningQemu, SerialEvent};
 use serde_json::Value;
 
@@ -375,10 +375,10 @@ impl Scenario {
             kernel_args: &self.kernel_args,
             interactive_log: Some(&prepared.log_path),
         };
-        let mut qemu = launch.command().spawn().map_err(|source| Error::Spawn {
-            command: launch.describe(),
-            source,
-        })?;
+        let mut qemu = launch
+            .command()
+            .spawn()
+            .map_err(spawn_error(launch.describe()))?;
         let _ = qemu.wait();
         let _ = std::fs::remove_file(&prepared.initramfs_path);
         Ok(prepared.log_path)

@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::error::{io_error, Error, Result};
+use crate::error::{io_error, spawn_error, Result};
 
 /// How the guest's CPUs are emulated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,10 +137,10 @@ impl RunningQemu {
     pub fn start(launch: &Launch, log_path: &Path, echo: bool) -> Result<RunningQemu> {
         let mut log = File::create(log_path).map_err(io_error(log_path))?;
         let _ = writeln!(log, "# {}", launch.describe());
-        let mut child = launch.command().spawn().map_err(|source| Error::Spawn {
-            command: launch.describe(),
-            source,
-        })?;
+        let mut child = launch
+            .command()
+            .spawn()
+            .map_err(spawn_error(launch.describe()))?;
         let started = Instant::now();
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
