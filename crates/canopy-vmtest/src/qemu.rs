@@ -36,6 +36,12 @@ pub fn qemu_binary() -> String {
     std::env::var("CANOPY_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
 }
 
+/// `CANOPY_VM_NICE`: the host nice value for qemu (e.g. `-10`, so that timing scenarios suffer
+/// less from compiles sharing the host). Unset: qemu inherits ours.
+fn host_nice() -> Option<libc::c_int> {
+    std::env::var("CANOPY_VM_NICE").ok()?.trim().parse().ok()
+}
+
 /// Everything one qemu invocation needs.
 pub struct Launch<'a> {
     pub vmlinuz: &'a Path,
@@ -98,8 +104,13 @@ impl Launch<'_> {
         // SAFETY: prctl is async-signal-safe. If the test process dies without unwinding
         // (SIGKILL, abort), the kernel kills qemu too.
         unsafe {
-            command.pre_exec(|| {
+            let nice = host_nice();
+            command.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(nice) = nice {
+                    // Best effort: a negative value needs root (or CAP_SYS_NICE).
+                    libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+                }
                 Ok(())
             });
         }
