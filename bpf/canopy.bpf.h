@@ -53,6 +53,23 @@ struct cgroup *bpf_cgroup_from_id(u64 cgid) __ksym;
 void bpf_cgroup_release(struct cgroup *cgrp) __ksym;
 bool bpf_cpumask_test_cpu(u32 cpu, const struct cpumask *cpumask) __ksym;
 
+/*
+ * Open-coded numeric iterator loop: `canopy_for(i, 0, n)` runs i = 0..n-1. The verifier checks
+ * the body once per distinct state instead of unrolling every iteration, which keeps loops
+ * over members and cids inside the complexity limit. `i` is an unknown scalar in the body:
+ * bound-check it before indexing arrays.
+ */
+int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end) __ksym;
+int *bpf_iter_num_next(struct bpf_iter_num *it) __ksym;
+void bpf_iter_num_destroy(struct bpf_iter_num *it) __ksym;
+
+#define canopy_for(i, start, end)							\
+	for (struct bpf_iter_num ___it __attribute__((aligned(8),			\
+						      cleanup(bpf_iter_num_destroy))),	\
+	     *___unused __attribute__((unused)) =					\
+		(bpf_iter_num_new(&___it, (start), (end)), (void *)0);			\
+	     ({ int *___cur = bpf_iter_num_next(&___it); ___cur ? ((i) = *___cur, 1) : 0; });)
+
 /* ---- kernel constants, resolved by the loader from the running kernel's BTF ---- */
 const volatile u64 canopy_kconst[CANOPY_NR_KCONSTS];
 #define KCONST(name) (canopy_kconst[CANOPY_K_##name])

@@ -40,7 +40,7 @@ static __always_inline u64 caps_on(s32 cid)
 {
 	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
 		return 0;
-	return cid_caps[cid];
+	return cid_caps[cid & (CANOPY_MAX_CIDS - 1)];
 }
 
 static __always_inline bool cid_is_idle(s32 cid)
@@ -52,23 +52,29 @@ static __always_inline bool cid_is_idle(s32 cid)
 
 s32 CANOPY_OP(canopy_child_select_cid, struct task_struct *p, s32 prev_cid, u64 wake_flags)
 {
-	u32 nr = scx_bpf_nr_cids(), i;
+	u32 nr = scx_bpf_nr_cids();
+	s32 found = prev_cid;
+	int i;
 
 	if (cid_is_idle(prev_cid) && task_may_run_on(p, prev_cid))
 		return prev_cid;
-	for (i = 0; i < CANOPY_MAX_CIDS && i < nr; i++)
-		if (cid_is_idle(i) && task_may_run_on(p, i))
-			return i;
-	return prev_cid;
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+		if (cid_is_idle(i) && task_may_run_on(p, i)) {
+			found = i;
+			break;
+		}
+	}
+	return found;
 }
 
 void CANOPY_OP(canopy_child_enqueue, struct task_struct *p, u64 enq_flags)
 {
-	u32 nr = scx_bpf_nr_cids(), i;
+	u32 nr = scx_bpf_nr_cids();
+	int i;
 
 	queue_by_class(p, CANOPY_OWN_DSQ, enq_flags);
 
-	for (i = 0; i < CANOPY_MAX_CIDS && i < nr; i++) {
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		if (cid_is_idle(i) && (caps_on(i) & KCONST(SCX_CAP_ENQ_IMMED)) &&
 		    task_may_run_on(p, i)) {
 			scx_bpf_kick_cid(i, KCONST(SCX_KICK_IDLE));
@@ -117,7 +123,7 @@ void CANOPY_OP(canopy_child_update_idle, s32 cid, bool idle)
 void CANOPY_OP(canopy_child_sub_ecaps_updated, s32 cid, u64 before, u64 after)
 {
 	if (cid >= 0 && cid < CANOPY_MAX_CIDS)
-		cid_caps[cid] = after;
+		cid_caps[cid & (CANOPY_MAX_CIDS - 1)] = after;
 }
 
 s32 CANOPY_OP_SLEEPABLE(canopy_child_init_task, struct task_struct *p, struct scx_init_task_args *args)

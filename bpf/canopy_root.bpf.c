@@ -99,7 +99,8 @@ static __always_inline struct cid_state *cid_state_of(s32 cid)
 {
 	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
 		return NULL;
-	return &cid_states[cid];
+	/* the mask keeps the offset provably bounded even if clang hoists the address */
+	return &cid_states[cid & (CANOPY_MAX_CIDS - 1)];
 }
 
 static __always_inline struct canopy_member *member_of(u32 slot)
@@ -165,20 +166,21 @@ static __always_inline void hand_cid(s32 cid, u32 slot, u64 now)
  * The next member to offer a cid: lowest vtime among active members not yet
  * tried, members below their guarantee first, members at their cap never.
  */
-static u32 pick_member(u64 now, u32 tried, u32 nr_cids)
+__noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 {
-	u32 best = NO_OWNER, i;
+	u32 best = NO_OWNER;
+	int i;
 	u64 best_vtime = (u64)-1;
 	bool best_guaranteed = false;
 	u64 floor = member_vtime_now > KCONST(SCX_SLICE_DFL) ?
 		    member_vtime_now - KCONST(SCX_SLICE_DFL) : 0;
 
-	for (i = 0; i < CANOPY_MAX_MEMBERS; i++) {
+	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m;
 		bool guaranteed;
 		u64 capacity;
 
-		if (tried & (1U << i))
+		if (i < 0 || i >= CANOPY_MAX_MEMBERS || (tried & (1U << i)))
 			continue;
 		m = member_of(i);
 		if (!m || !m->active)
@@ -212,13 +214,14 @@ static u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 wake_flags)
 {
 	struct canopy_class_params *cp;
-	u32 nr = scx_bpf_nr_cids(), i;
+	u32 nr = scx_bpf_nr_cids();
 	s32 cid = -1;
+	int i;
 
 	if (cid_is_idle(prev_cid) && task_may_run_on(p, prev_cid)) {
 		cid = prev_cid;
 	} else {
-		for (i = 0; i < CANOPY_MAX_CIDS && i < nr; i++) {
+		canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 			if (cid_is_idle(i) && task_may_run_on(p, i)) {
 				cid = i;
 				break;
@@ -237,12 +240,15 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 /* A cid running one of our tasks of a class that @p may preempt, or -1. */
 static s32 find_preemptible_cid(struct task_struct *p)
 {
-	u32 nr = scx_bpf_nr_cids(), i;
+	u32 nr = scx_bpf_nr_cids();
+	int i;
 
-	for (i = 0; i < CANOPY_MAX_CIDS && i < nr; i++) {
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		struct canopy_class_params *victim;
-		struct cid_state *cs = &cid_states[i];
+		struct cid_state *cs = cid_state_of(i);
 
+		if (!cs)
+			continue;
 		if (cs->owner != CANOPY_SELF_SLOT || cs->running_class >= NO_CLASS)
 			continue;
 		victim = class_of(cs->running_class);
@@ -255,9 +261,10 @@ static s32 find_preemptible_cid(struct task_struct *p)
 void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct canopy_class_params *cp;
-	u32 nr = scx_bpf_nr_cids(), i;
+	u32 nr = scx_bpf_nr_cids();
 	u32 class;
 	s32 victim;
+	int i;
 
 	class = task_class(p);
 	cp = class_of(class);
@@ -274,7 +281,7 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 
 	queue_by_class(p, CANOPY_OWN_DSQ, enq_flags);
 
-	for (i = 0; i < CANOPY_MAX_CIDS && i < nr; i++) {
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		if (cid_is_idle(i) && task_may_run_on(p, i)) {
 			scx_bpf_kick_cid(i, KCONST(SCX_KICK_IDLE));
 			stat_inc(CANOPY_STAT_IDLE_KICKS);
@@ -285,18 +292,19 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 
 void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 {
-	u32 nr = scx_bpf_nr_online_cids(), tried = 0, attempt;
+	u32 nr = scx_bpf_nr_online_cids(), tried = 0;
 	u64 now = scx_bpf_now();
+	int attempt;
 
 	charge_cid(cid, now);
 
-	for (attempt = 0; attempt < CANOPY_MAX_MEMBERS; attempt++) {
+	canopy_for(attempt, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m;
 		u32 slot = pick_member(now, tried, nr ?: 1);
 
 		if (slot >= CANOPY_MAX_MEMBERS)
 			break;
-		tried |= 1U << slot;
+		tried |= 1U << (slot & 31);
 		m = member_of(slot);
 		if (!m)
 			break;

@@ -3,6 +3,9 @@
 mod scheduler;
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("scheduler") {
+        return scheduler::cli::main(std::env::args_os().skip(1));
+    }
     println!("canopy: not yet implemented");
     Ok(())
 }
