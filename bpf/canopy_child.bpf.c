@@ -94,7 +94,9 @@ void CANOPY_OP(canopy_child_dispatch, s32 cid, struct task_struct *prev)
 		stat_inc(CANOPY_STAT_OWN_DISPATCHES);
 		if (flags)
 			stat_inc(CANOPY_STAT_IMMED_INSERTS);
+		return;
 	}
+	class_vtime_keep_prev(prev);
 }
 
 void CANOPY_OP(canopy_child_running, struct task_struct *p)

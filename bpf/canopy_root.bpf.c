@@ -12,7 +12,8 @@
  *    vtime, then the next, and so on: a member with nothing to run is skipped
  *    at once, so capacity never idles while anyone has work (work-conserving
  *    within one slice). A member that was idle re-enters at most one default
- *    slice behind the busiest member, so it cannot hoard credit.
+ *    slice behind the member with the most vtime, so it cannot hoard credit
+ *    (busy members are never lifted: they keep whatever lag they have).
  *    Optional per-member terms, per 100 ms window and across all online cids:
  *    a cap (skipped once it used cap% of the window's capacity) and a
  *    guarantee (offered first while below guarantee% of the capacity elapsed).
@@ -198,7 +199,8 @@ __noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 			     m->period_used_ns < (now - m->period_start_ns) * nr_cids / 100 *
 						 m->guarantee_pct;
 
-		if (m->vtime < floor)
+		/* only a member coming back from idle is lifted to the floor: busy ones keep their lag */
+		if (m->empty && m->vtime < floor)
 			m->vtime = floor;
 
 		if ((guaranteed && !best_guaranteed) ||
@@ -311,25 +313,30 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 
 		if (slot == CANOPY_SELF_SLOT) {
 			if (scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_OWN_DSQ, 0)) {
+				m->empty = 0;
 				hand_cid(cid, slot, now);
 				m->dispatches++;
 				stat_inc(CANOPY_STAT_OWN_DISPATCHES);
 				return;
 			}
+			if (class_vtime_keep_prev(prev)) {
+				m->empty = 0;
+				hand_cid(cid, slot, now);
+				return;
+			}
+			m->empty = 1;
 			continue;
 		}
 		if (scx_bpf_sub_dispatch(m->cgroup_id)) {
+			m->empty = 0;
 			hand_cid(cid, slot, now);
 			m->dispatches++;
 			stat_inc(CANOPY_STAT_SUB_DISPATCHES);
 			return;
 		}
+		m->empty = 1;
 		stat_inc(CANOPY_STAT_SUB_DISPATCH_EMPTY);
 	}
-
-	/* nothing new: our own prev, if still runnable, keeps the cid */
-	if (prev && (prev->scx.flags & SCX_TASK_QUEUED))
-		hand_cid(cid, CANOPY_SELF_SLOT, now);
 }
 
 void CANOPY_OP(canopy_root_running, struct task_struct *p)

@@ -97,6 +97,22 @@ static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now)
 	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + used * 100 / (tctx->weight ?: 1));
 }
 
+/*
+ * Called from ops.dispatch when we had nothing new for the cid: if our @prev is still
+ * runnable, give it a fresh class slice so the kernel keeps it running *as our dispatch*
+ * (SCX_DSP_PREV). Without this the kernel still keeps prev, but only after the parent's
+ * dispatch returned empty-handed, so the parent cannot account the time to us.
+ */
+static __always_inline bool class_vtime_keep_prev(struct task_struct *prev)
+{
+	struct task_ctx *tctx;
+
+	if (!prev || !(prev->scx.flags & SCX_TASK_QUEUED))
+		return false;
+	tctx = task_ctx_of(prev);
+	return scx_bpf_task_set_slice(prev, class_slice(class_of(tctx ? tctx->class : task_class(prev))));
+}
+
 static __always_inline s32 class_vtime_init_task(struct task_struct *p)
 {
 	if (!bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE))

@@ -95,6 +95,8 @@ struct canopy_member {
 	u32 guarantee_pct;
 	u32 cap_pct;
 	u32 active;		/* 1: slot in use */
+	u32 empty;		/* 1: had no work when last offered a cid (re-enters at the vtime floor) */
+	u32 reserved;
 	u64 vtime;		/* weighted CPU time received (ns * 100 / weight) */
 	u64 cpu_ns;		/* CPU time handed out to this member */
 	u64 dispatches;		/* dispatches that gave this member a CPU */

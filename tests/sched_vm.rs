@@ -55,3 +55,76 @@ canopy-guest report root-unloaded state="$(cat /sys/kernel/sched_ext/state)" dme
     assert!(dmesg.contains("unregistered from user space"), "no unregistration logged: {dmesg}");
     Ok(())
 }
+
+/// A scheduler config with canopy_child admitted and attached on each named cgroup (weights
+/// follow cpu.weight).
+fn children_config(groups: &[&str]) -> String {
+    let groups: Vec<String> = groups
+        .iter()
+        .map(|g| format!(r#"{{"cgroup":"{g}","admit":["canopy_child"],"attach_canopy_child":true}}"#))
+        .collect();
+    format!(r#"{{"groups":[{}]}}"#, groups.join(","))
+}
+
+/// Starts the root with /etc/canopy-sched.json and waits for `children` child schedulers.
+fn start_root_with_children(children: usize) -> String {
+    format!(
+        r#"
+canopy scheduler run --config /etc/canopy-sched.json > /tmp/root.log 2>&1 &
+ROOT=$!
+{WAIT_ROOT}
+for i in $(seq 1 100); do
+  [ "$(grep -c 'child scheduler canopy_child enabled' /tmp/root.log)" -ge {children} ] && break
+  sleep 0.1
+done
+cat /tmp/root.log
+"#
+    )
+}
+
+const STOP_ROOT: &str = r#"
+canopy scheduler status --interval-ms 500 || true
+kill -TERM $ROOT; wait $ROOT || true
+cat /tmp/root.log
+canopy-guest report root-stopped state="$(cat /sys/kernel/sched_ext/state)" log="$(tr '\n' '|' < /tmp/root.log)"
+"#;
+
+fn split_ratio(outcome: &canopy_vmtest::Outcome, kind: &str) -> anyhow::Result<(f64, f64)> {
+    let split = outcome.result(kind)?;
+    let ratio = split["ratio"].as_f64().unwrap_or(f64::NAN);
+    let utilization = split["utilization"].as_f64().unwrap_or(f64::NAN);
+    Ok((ratio, utilization))
+}
+
+/// Issue 4 acceptance (a): canopy_child on two cgroups weighted 200:100 (two hogs each) and
+/// 400:100 (four hogs each); the root divides CPU by weight within 3% (cpu.stat, 10 s).
+#[test]
+fn children_split_cpu_by_weight() -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tb
+echo 200 > /sys/fs/cgroup/ta/cpu.weight
+echo 100 > /sys/fs/cgroup/tb/cpu.weight
+{start}
+canopy-guest cpu-split --group ta:200:2 --group tb:100:2 --seconds 10 --warmup 1 --keep --kind split-200-100
+canopy-guest cpu-split --group ta:400:4 --group tb:100:4 --seconds 10 --warmup 1 --keep --kind split-400-100
+{STOP_ROOT}
+"#,
+        start = start_root_with_children(2)
+    );
+    let outcome = scenario("sched-weight-split")
+        .with_file_contents("/etc/canopy-sched.json", children_config(&["ta", "tb"]), 0o644)
+        .timeout(Duration::from_secs(240))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let (r2, u2) = split_ratio(&outcome, "split-200-100")?;
+    let (r4, u4) = split_ratio(&outcome, "split-400-100")?;
+    println!("canopy children, 200:100 with 2+2 hogs: {r2:.3}:1 (utilization {u2:.3})");
+    println!("canopy children, 400:100 with 4+4 hogs: {r4:.3}:1 (utilization {u4:.3})");
+    let stopped = outcome.result("root-stopped")?;
+    assert_eq!(stopped["state"], "disabled", "{stopped}");
+    assert!((r2 / 2.0 - 1.0).abs() <= 0.03, "200:100 split {r2:.3}:1 is not within 3% of 2:1");
+    assert!((r4 / 4.0 - 1.0).abs() <= 0.03, "400:100 split {r4:.3}:1 is not within 3% of 4:1");
+    Ok(())
+}
