@@ -128,3 +128,65 @@ canopy-guest cpu-split --group ta:400:4 --group tb:100:4 --seconds 10 --warmup 1
     assert!((r4 / 4.0 - 1.0).abs() <= 0.03, "400:100 split {r4:.3}:1 is not within 3% of 4:1");
     Ok(())
 }
+
+/// Guest shell helpers: a cgroup's usage_usec, uptime in seconds, and a hog started in a cgroup.
+const SHELL_HELPERS: &str = r#"
+usage() { grep usage_usec /sys/fs/cgroup/$1/cpu.stat | cut -d' ' -f2; }
+# both groups' usage_usec read by one process, so the two samples are taken together
+usage_ab() { grep -h usage_usec /sys/fs/cgroup/ta/cpu.stat /sys/fs/cgroup/tb/cpu.stat | cut -d' ' -f2 | tr '\n' ' '; }
+now() { cut -d' ' -f1 /proc/uptime; }
+hog_in() { sh -c "echo \$\$ > /sys/fs/cgroup/$1/cgroup.procs; exec canopy-guest hog --threads 1" & }
+"#;
+
+/// Issue 4 acceptance (b), work conservation: with child B idle, child A's two hogs get at
+/// least 90% of both CPUs; when B's hogs start, the 2:1 split is back within 1 s.
+#[test]
+fn idle_child_capacity_goes_to_busy_child() -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+{SHELL_HELPERS}
+mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tb
+echo 200 > /sys/fs/cgroup/ta/cpu.weight
+echo 100 > /sys/fs/cgroup/tb/cpu.weight
+{start}
+hog_in ta; hog_in ta
+sleep 1
+a0=$(usage ta); t0=$(now)
+sleep 3
+set -- $(usage_ab); a1=$1; b1=$2; t1=$(now)
+canopy-guest report b-idle a_usec=$((a1 - a0)) t0=$t0 t1=$t1
+hog_in tb; hog_in tb
+sleep 1
+set -- $(usage_ab); a2=$1; b2=$2; t2=$(now)
+sleep 1
+set -- $(usage_ab); a3=$1; b3=$2; t3=$(now)
+sleep 2
+set -- $(usage_ab); a4=$1; b4=$2; t4=$(now)
+canopy-guest report b-woke first_a=$((a2 - a1)) first_b=$((b2 - b1)) second_a=$((a3 - a2)) second_b=$((b3 - b2)) then_a=$((a4 - a2)) then_b=$((b4 - b2)) t1=$t1 t2=$t2 t3=$t3 t4=$t4
+{STOP_ROOT}
+"#,
+        start = start_root_with_children(2)
+    );
+    let outcome = scenario("sched-work-conserving")
+        .with_file_contents("/etc/canopy-sched.json", children_config(&["ta", "tb"]), 0o644)
+        .timeout(Duration::from_secs(200))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let idle = outcome.result("b-idle")?;
+    let idle_util = num(idle, "a_usec") / 1e6 / (num(idle, "t1") - num(idle, "t0")) / 2.0;
+    let woke = outcome.result("b-woke")?;
+    let first_ratio = num(woke, "first_a") / num(woke, "first_b");
+    let second_ratio = num(woke, "second_a") / num(woke, "second_b");
+    let then_ratio = num(woke, "then_a") / num(woke, "then_b");
+    println!("B idle: A used {:.1}% of 2 CPUs", idle_util * 100.0);
+    println!(
+        "B woke: second 0-1 {first_ratio:.3}:1 (includes starting B's hogs), second 1-2 {second_ratio:.3}:1, \
+         seconds 1-4 {then_ratio:.3}:1 (target 2:1)"
+    );
+    assert!(idle_util >= 0.90, "A got only {:.1}% of both CPUs while B was idle", idle_util * 100.0);
+    assert!((second_ratio / 2.0 - 1.0).abs() <= 0.05, "1-2 s after B woke: {second_ratio:.3}:1");
+    assert!((then_ratio / 2.0 - 1.0).abs() <= 0.03, "1-4 s after B woke: {then_ratio:.3}:1");
+    Ok(())
+}
