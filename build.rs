@@ -2,7 +2,7 @@
 //! Build script for the `canopy` binary.
 //!
 //! It owns two generated artefacts, both under OUT_DIR:
-//! - one libbpf-rs skeleton per `bpf/*.bpf.c` (`<name>.skel.rs`), compiled with clang-22
+//! - one libbpf-rs skeleton per `bpf/*.bpf.c` and `bpf/fixtures/*.bpf.c` (`<name>.skel.rs`), compiled with clang-22
 //!   (arena-based cid-form schedulers need it; see TESTBED.md);
 //! - `bpf_intf.rs`, the Rust side of `bpf/intf.h`: bindgen output for every type and enum, plus
 //!   a small generator for the stats struct (one field and description per `enum canopy_stat`
@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 const BPF_DIR: &str = "bpf";
+/// Test fixtures (foreign sub-schedulers); built the same way.
+const FIXTURE_DIR: &str = "bpf/fixtures";
 const INTF_HEADER: &str = "bpf/intf.h";
 const BPF_CLANG: &str = "clang-22";
 
@@ -32,8 +34,9 @@ fn main() {
 /// Compiles every `bpf/*.bpf.c` into `OUT_DIR/<name>.bpf.o` and `OUT_DIR/<name>.skel.rs`.
 fn build_skeletons(out_dir: &Path) {
     let clang = env::var("CANOPY_BPF_CLANG").unwrap_or_else(|_| BPF_CLANG.to_string());
-    let mut sources: Vec<PathBuf> = fs::read_dir(BPF_DIR)
-        .expect("bpf/ exists")
+    let mut sources: Vec<PathBuf> = [BPF_DIR, FIXTURE_DIR]
+        .iter()
+        .flat_map(|dir| fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {dir}: {e}")))
         .map(|entry| entry.expect("readable bpf/ entry").path())
         .filter(|path| path.to_string_lossy().ends_with(".bpf.c"))
         .collect();

@@ -190,3 +190,56 @@ canopy-guest report b-woke first_a=$((a2 - a1)) first_b=$((b2 - b1)) second_a=$(
     assert!((then_ratio / 2.0 - 1.0).abs() <= 0.03, "1-4 s after B woke: {then_ratio:.3}:1");
     Ok(())
 }
+
+/// Issue 4 acceptance (e), admission: the foreign fixture `foreign_fifo` is refused on a cgroup
+/// whose policy admits only canopy_child (errno + log line), and admitted where the policy
+/// names it, where it then gets CPU by its weight (200 against canopy_child's 100).
+#[test]
+fn foreign_child_is_admitted_only_where_the_policy_names_it() -> anyhow::Result<()> {
+    let config = r#"{"groups":[
+        {"cgroup":"ta","admit":["canopy_child"],"attach_canopy_child":true},
+        {"cgroup":"tf","admit":["foreign_fifo"]},
+        {"cgroup":"tg","admit":["canopy_child"]}]}"#;
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tf /sys/fs/cgroup/tg
+echo 100 > /sys/fs/cgroup/ta/cpu.weight
+echo 200 > /sys/fs/cgroup/tf/cpu.weight
+{start}
+if canopy scheduler child --cgroup tg --foreign-fixture --seconds 1 > /tmp/refused.log 2>&1; then status=0; else status=$?; fi
+canopy-guest report refused-attach status=$status output="$(tr '\n' '|' < /tmp/refused.log)"
+canopy scheduler child --cgroup tf --foreign-fixture > /tmp/fixture.log 2>&1 &
+FIXTURE=$!
+for i in $(seq 1 50); do grep -q 'enabled on' /tmp/fixture.log && break; sleep 0.1; done
+cat /tmp/fixture.log
+canopy-guest report admitted-attach output="$(tr '\n' '|' < /tmp/fixture.log)" sysfs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')"
+canopy-guest cpu-split --group tf:200:2 --group ta:100:2 --seconds 8 --warmup 1 --keep --kind foreign-split
+kill -TERM $FIXTURE; wait $FIXTURE || true
+cat /tmp/fixture.log
+{STOP_ROOT}
+"#,
+        start = start_root_with_children(1)
+    );
+    let outcome = scenario("sched-admission")
+        .with_file_contents("/etc/canopy-sched.json", config, 0o644)
+        .timeout(Duration::from_secs(200))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let refused = outcome.result("refused-attach")?;
+    println!("refused attach: {refused}");
+    assert_ne!(refused["status"], 0, "foreign_fifo attached where the policy does not admit it: {refused}");
+    let stopped = outcome.result("root-stopped")?;
+    let root_log = stopped["log"].as_str().unwrap_or_default();
+    assert!(
+        root_log.contains("refused sub-scheduler foreign_fifo on /tg"),
+        "the root did not log the refusal: {root_log}"
+    );
+    assert!(root_log.contains("admitted sub-scheduler foreign_fifo on /tf"), "{root_log}");
+    let admitted = outcome.result("admitted-attach")?;
+    assert!(admitted["output"].as_str().unwrap_or_default().contains("foreign_fifo enabled"), "{admitted}");
+    let (ratio, utilization) = split_ratio(&outcome, "foreign-split")?;
+    println!("foreign_fifo (200) : canopy_child (100) = {ratio:.3}:1, utilization {utilization:.3}");
+    assert!((ratio / 2.0 - 1.0).abs() <= 0.05, "foreign child split {ratio:.3}:1 is not within 5% of 2:1");
+    Ok(())
+}

@@ -131,7 +131,7 @@ impl Drop for ChildScheduler {
 }
 
 /// Explains the errnos `bpf_link_create` returns before the scheduler exists (sub.c).
-fn attach_hint(error: &libbpf_rs::Error) -> &'static str {
+pub(super) fn attach_hint(error: &libbpf_rs::Error) -> &'static str {
     let text = error.to_string();
     if text.contains("ENODEV") || text.contains("No such device") {
         " (no root scheduler is loaded)"

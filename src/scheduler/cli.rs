@@ -28,6 +28,7 @@ use super::child::ChildOptions;
 use super::child::ChildScheduler;
 use super::config::class_id;
 use super::config::SchedulerConfig;
+use super::fixture::ForeignFixture;
 use super::kernel;
 use super::root::from_bytes;
 use super::root::RootScheduler;
@@ -60,6 +61,9 @@ enum SchedulerCommand {
         /// Register under another ops name (to test admission).
         #[arg(long)]
         ops_name: Option<String>,
+        /// Attach the foreign test fixture (`foreign_fifo`) instead of canopy_child.
+        #[arg(long)]
+        foreign_fixture: bool,
         /// Detach after this many seconds (0: hold until a signal).
         #[arg(long, default_value_t = 0.0)]
         seconds: f64,
@@ -117,7 +121,13 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             };
             run(&config, seconds)
         }
-        SchedulerCommand::Child { cgroup, ops_name, seconds } => hold_child(&cgroup, ops_name, seconds),
+        SchedulerCommand::Child { cgroup, ops_name, foreign_fixture, seconds } => {
+            if foreign_fixture {
+                hold_fixture(&cgroup, seconds)
+            } else {
+                hold_child(&cgroup, ops_name, seconds)
+            }
+        }
         SchedulerCommand::Tag { tid, class } => {
             let class = class_id(&class)?;
             let map = MapHandle::from_pinned_path(Path::new(PIN_DIR).join("task_classes"))
@@ -249,5 +259,22 @@ fn hold_child(cgroup: &Path, ops_name: Option<String>, seconds: f64) -> anyhow::
     let path = child.cgroup().to_path_buf();
     let report = child.detach();
     println!("canopy: child scheduler on {} detached: {}", path.display(), report.map(|r| r.to_string()).unwrap_or_else(|| "no exit record".into()));
+    Ok(())
+}
+
+fn hold_fixture(cgroup: &Path, seconds: f64) -> anyhow::Result<()> {
+    install_stop_handlers();
+    let stop_at = deadline(seconds);
+    let fixture = ForeignFixture::attach(cgroup)?;
+    println!("canopy: foreign_fifo enabled on {} (cgroup id {})", fixture.cgroup.display(), fixture.cgroup_id);
+    while !should_stop(stop_at) {
+        if let Some(report) = fixture.exit_report() {
+            anyhow::bail!("foreign_fifo on {} exited: {report}", fixture.cgroup.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let path = fixture.cgroup.clone();
+    let report = fixture.detach();
+    println!("canopy: foreign_fifo on {} detached: {}", path.display(), report.map(|r| r.to_string()).unwrap_or_else(|| "no exit record".into()));
     Ok(())
 }

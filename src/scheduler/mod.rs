@@ -7,6 +7,7 @@
 //!   cgroup ids, program association);
 //! - `config`: the scheduler-side view of a policy (1:1 with the policy's Plan);
 //! - `root`, `child`: load/attach/detach, exit checks, map writes;
+//! - `fixture`: the foreign sub-scheduler test fixture's loader;
 //! - `exit`: decoding why a scheduler stopped and whether to restart;
 //! - `status`: the hierarchy from sysfs and the root's pinned maps;
 //! - `cli`: the `canopy scheduler ...` debug commands (the VM tests drive these).
@@ -15,6 +16,7 @@ pub mod child;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod fixture;
 pub mod kernel;
 pub mod root;
 pub mod skel;

@@ -10,3 +10,8 @@ pub mod root {
 pub mod child {
     include!(concat!(env!("OUT_DIR"), "/canopy_child.skel.rs"));
 }
+
+/// Test fixture: a foreign sub-scheduler (`bpf/fixtures/foreign_fifo.bpf.c`).
+pub mod foreign_fifo {
+    include!(concat!(env!("OUT_DIR"), "/foreign_fifo.skel.rs"));
+}
