@@ -243,3 +243,75 @@ cat /tmp/fixture.log
     assert!((ratio / 2.0 - 1.0).abs() <= 0.05, "foreign child split {ratio:.3}:1 is not within 5% of 2:1");
     Ok(())
 }
+
+/// Issue 4 acceptance (d): a child scheduler's process killed with SIGKILL: its tasks return to
+/// the root and keep running, the root and the other child keep running, no watchdog stall;
+/// attaching again works.
+#[test]
+fn killed_child_process_returns_its_tasks_to_the_root() -> anyhow::Result<()> {
+    let config = r#"{"groups":[
+        {"cgroup":"ta","admit":["canopy_child"],"attach_canopy_child":true},
+        {"cgroup":"tc","admit":["canopy_child"]}]}"#;
+    let script = format!(
+        r#"
+{SHELL_HELPERS}
+mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tc
+{start}
+canopy scheduler child --cgroup tc > /tmp/child.log 2>&1 &
+CHILD=$!
+for i in $(seq 1 50); do grep -q 'enabled on' /tmp/child.log && break; sleep 0.1; done
+hog_in ta; hog_in ta; hog_in tc; hog_in tc
+sleep 2
+canopy-guest report before-kill subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" tc_id=$(stat -c %i /sys/fs/cgroup/tc) ta_id=$(stat -c %i /sys/fs/cgroup/ta)
+kill -KILL $CHILD
+wait $CHILD || true
+sleep 1
+a0=$(usage ta); c0=$(usage tc)
+sleep 3
+a1=$(usage ta); c1=$(usage tc)
+canopy-guest report after-kill state="$(cat /sys/kernel/sched_ext/state)" subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" ta_usec=$((a1 - a0)) tc_usec=$((c1 - c0)) root_alive=$(kill -0 $ROOT && echo yes || echo no)
+canopy scheduler child --cgroup tc > /tmp/child2.log 2>&1 &
+CHILD=$!
+for i in $(seq 1 50); do grep -q 'enabled on' /tmp/child2.log && break; sleep 0.1; done
+sleep 1
+canopy-guest report reattached output="$(tr '\n' '|' < /tmp/child2.log)" subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')"
+kill -TERM $CHILD; wait $CHILD || true
+canopy-guest report kernel-log dmesg="$(dmesg | grep 'sched_ext' | tr '\n' '|')"
+{STOP_ROOT}
+"#,
+        start = start_root_with_children(1)
+    );
+    let outcome = scenario("sched-child-killed")
+        .with_file_contents("/etc/canopy-sched.json", config, 0o644)
+        .timeout(Duration::from_secs(200))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let before = outcome.result("before-kill")?;
+    let (ta_sub, tc_sub) = (format!("sub-{}", before["ta_id"]), format!("sub-{}", before["tc_id"]));
+    let subs = before["subs"].as_str().unwrap_or_default();
+    assert!(subs.contains(&ta_sub) && subs.contains(&tc_sub), "both children attached before: {before}");
+    let after = outcome.result("after-kill")?;
+    println!("after SIGKILL: {after}");
+    assert_eq!(after["state"], "enabled", "{after}");
+    assert_eq!(after["root_alive"], "yes", "{after}");
+    let subs = after["subs"].as_str().unwrap_or_default();
+    assert!(subs.contains(&ta_sub), "the other child went away: {after}");
+    assert!(!subs.contains(&tc_sub), "the killed child is still attached: {after}");
+    let tc_cpu = after["tc_usec"].as_f64().unwrap_or_default() / 3e6;
+    let ta_cpu = after["ta_usec"].as_f64().unwrap_or_default() / 3e6;
+    println!("after SIGKILL: tc (now under the root) {tc_cpu:.2} CPUs, ta (child) {ta_cpu:.2} CPUs");
+    assert!(tc_cpu > 0.3, "tc's tasks did not run under the root: {after}");
+    assert!(ta_cpu > 0.3, "the other child's tasks stopped: {after}");
+    let again = outcome.result("reattached")?;
+    assert!(again["subs"].as_str().unwrap_or_default().contains(&tc_sub), "re-attach failed: {again}");
+    let log = outcome.result("kernel-log")?;
+    let dmesg = log["dmesg"].as_str().unwrap_or_default();
+    println!("kernel log: {dmesg}");
+    for bad in ["stall", "watchdog", "error", "runtime error"] {
+        assert!(!dmesg.contains(bad), "sched_ext logged `{bad}`: {dmesg}");
+    }
+    let stopped = outcome.result("root-stopped")?;
+    assert_eq!(stopped["state"], "disabled", "{stopped}");
+    Ok(())
+}
