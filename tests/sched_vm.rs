@@ -315,3 +315,32 @@ canopy-guest report kernel-log dmesg="$(dmesg | grep 'sched_ext' | tr '\n' '|')"
     assert_eq!(stopped["state"], "disabled", "{stopped}");
     Ok(())
 }
+
+/// Issue 4 acceptance (g), nesting: canopy_child does not host children, so a child on `ta/tb`
+/// under the canopy_child on `ta` is refused with a clear message, and the hierarchy is intact.
+#[test]
+fn nested_child_under_canopy_child_is_refused_clearly() -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/ta/tb
+{start}
+if canopy scheduler child --cgroup ta/tb --seconds 1 > /tmp/nested.log 2>&1; then status=0; else status=$?; fi
+canopy-guest report nested status=$status output="$(tr '\n' '|' < /tmp/nested.log)" state="$(cat /sys/kernel/sched_ext/state)" subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" nested_subs="$(ls /sys/kernel/sched_ext/root/sub/*/sub 2>/dev/null | tr '\n' ' ')"
+{STOP_ROOT}
+"#,
+        start = start_root_with_children(1)
+    );
+    let outcome = scenario("sched-nesting")
+        .with_file_contents("/etc/canopy-sched.json", children_config(&["ta"]), 0o644)
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let nested = outcome.result("nested")?;
+    println!("nested attach: {nested}");
+    assert_ne!(nested["status"], 0, "{nested}");
+    let output = nested["output"].as_str().unwrap_or_default();
+    assert!(output.contains("nesting is not allowed here"), "unclear refusal: {output}");
+    assert_eq!(nested["state"], "enabled", "{nested}");
+    assert!(!nested["subs"].as_str().unwrap_or_default().trim().is_empty(), "the child on ta went away: {nested}");
+    Ok(())
+}

@@ -132,7 +132,7 @@ impl Drop for ChildScheduler {
 
 /// Explains the errnos `bpf_link_create` returns before the scheduler exists (sub.c).
 pub(super) fn attach_hint(error: &libbpf_rs::Error) -> &'static str {
-    let text = error.to_string();
+    let text = format!("{error:#}");
     if text.contains("ENODEV") || text.contains("No such device") {
         " (no root scheduler is loaded)"
     } else if text.contains("EOPNOTSUPP") || text.contains("Operation not supported") {

@@ -179,6 +179,17 @@ impl SchedulerConfig {
                 problems.push(format!("{at}: attach_canopy_child needs {CANOPY_CHILD_NAME:?} in admit"));
             }
         }
+        for outer in self.groups.iter().filter(|g| g.attach_canopy_child) {
+            for inner in self.groups.iter().filter(|g| !g.admit.is_empty()) {
+                if inner.cgroup != outer.cgroup && inner.cgroup.starts_with(&outer.cgroup) {
+                    problems.push(format!(
+                        "{}: no sub-scheduler can attach below {}, whose canopy_child does not host children",
+                        inner.cgroup.display(),
+                        outer.cgroup.display()
+                    ));
+                }
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -244,6 +255,17 @@ mod tests {
         assert!(err.contains("unknown class NOPE"), "{err}");
         assert!(err.contains("exceeds cap"), "{err}");
         assert!(err.contains("attach_canopy_child"), "{err}");
+    }
+
+    #[test]
+    fn nesting_below_canopy_child_is_refused() {
+        let err = SchedulerConfig::from_json(
+            r#"{"groups":[{"cgroup":"a","admit":["canopy_child"],"attach_canopy_child":true},
+                          {"cgroup":"a/b","admit":["canopy_child"]}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("does not host children"), "{err}");
     }
 
     #[test]
