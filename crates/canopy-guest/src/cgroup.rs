@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! Small cgroup2 helpers for the guest: create a group, set cpu.weight, read cpu.stat, and
 //! start a command already inside a group (it joins before exec, so no CPU is charged elsewhere).
 
@@ -28,6 +29,15 @@ pub fn set_weight(path: &Path, weight: u32) -> Result<()> {
         .with_context(|| format!("writing cpu.weight={weight} in {}", path.display()))
 }
 
+/// The group's current cpu.weight.
+pub fn weight(path: &Path) -> Result<u32> {
+    let text = std::fs::read_to_string(path.join("cpu.weight"))
+        .with_context(|| format!("reading {}/cpu.weight", path.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("cpu.weight `{}` in {}", text.trim(), path.display()))
+}
+
 /// `usage_usec` from the group's cpu.stat.
 pub fn usage_usec(path: &Path) -> Result<u64> {
     let stat = std::fs::read_to_string(path.join("cpu.stat"))
@@ -54,7 +64,9 @@ pub fn spawn_in(group: &Path, command: &mut Command) -> Result<Child> {
             Ok(())
         });
     }
-    let child = command.spawn().with_context(|| format!("starting {command:?} in {}", group.display()))?;
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {command:?} in {}", group.display()))?;
     drop(procs);
     Ok(child)
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! The CPU hog: N threads spinning on arithmetic until a deadline (or forever), optionally
 //! renamed (PR_SET_NAME) so the controller's rules can match them.
 
@@ -21,7 +22,8 @@ pub struct HogArgs {
 }
 
 pub fn run(args: &HogArgs) -> Result<()> {
-    let deadline = (args.seconds > 0.0).then(|| Instant::now() + Duration::from_secs_f64(args.seconds));
+    let deadline =
+        (args.seconds > 0.0).then(|| Instant::now() + Duration::from_secs_f64(args.seconds));
     let mut workers = Vec::new();
     for _ in 0..args.threads.max(1) {
         let comm = args.comm.clone();

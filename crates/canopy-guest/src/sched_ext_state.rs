@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! `/sys/kernel/sched_ext` as JSON: the whole tree (directories as objects, files as their
 //! trimmed text) plus the fields scenarios assert on most: `state`, the root's `ops` and every
 //! sub-scheduler (`.../sub/sub-<cgroup inode>/ops`).
@@ -25,7 +26,11 @@ pub fn run(args: &SchedExtStateArgs) -> Result<()> {
         return emit(&args.kind, json!({ "present": false, "state": "absent" }));
     }
     let tree = read_tree(root, 0);
-    let state = tree.get("state").and_then(Value::as_str).unwrap_or("unknown").to_string();
+    let state = tree
+        .get("state")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string();
     let root_ops = tree.pointer("/root/ops").cloned().unwrap_or(Value::Null);
     let mut subs = Vec::new();
     if let Some(root_dir) = tree.get("root") {
@@ -52,7 +57,9 @@ fn read_tree(dir: &Path, depth: usize) -> Value {
     entries.sort_by_key(|entry| entry.file_name());
     for entry in entries {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Ok(kind) = entry.file_type() else { continue };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
         let path = entry.path();
         if kind.is_dir() && depth < 8 {
             object.insert(name, read_tree(&path, depth + 1));
@@ -68,7 +75,9 @@ fn read_tree(dir: &Path, depth: usize) -> Value {
 }
 
 fn collect_subs(dir: &Value, path: &str, out: &mut Vec<Value>) {
-    let Some(subs) = dir.get("sub").and_then(Value::as_object) else { return };
+    let Some(subs) = dir.get("sub").and_then(Value::as_object) else {
+        return;
+    };
     for (name, sub) in subs {
         let sub_path = format!("{path}/sub/{name}");
         out.push(json!({

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! Guest setup run by `/init`: the pseudo file systems, the cgroup2 controllers scenarios need,
 //! and the `boot` result (kernel release, CPUs, sched_ext state) the harness requires.
 
@@ -16,6 +17,7 @@ const MOUNTS: &[(&str, &str, &str, bool)] = &[
     ("sysfs", "/sys", "sysfs", true),
     ("devtmpfs", "/dev", "devtmpfs", true),
     ("devpts", "/dev/pts", "devpts", false),
+    ("tmpfs", "/dev/shm", "tmpfs", true),
     ("tmpfs", "/tmp", "tmpfs", true),
     ("tmpfs", "/run", "tmpfs", true),
     ("cgroup2", "/sys/fs/cgroup", "cgroup2", true),
@@ -40,7 +42,8 @@ pub fn run() -> Result<()> {
         bail!("the cpu controller is not available in cgroup2 (controllers: {controllers:?})");
     }
     let subtree_control = Path::new(CGROUP_ROOT).join("cgroup.subtree_control");
-    std::fs::write(&subtree_control, "+cpu").context("enabling +cpu in the root cgroup.subtree_control")?;
+    std::fs::write(&subtree_control, "+cpu")
+        .context("enabling +cpu in the root cgroup.subtree_control")?;
     if controllers.contains(&"cpuset") {
         if let Err(err) = std::fs::write(&subtree_control, "+cpuset") {
             eprintln!("canopy-guest setup: +cpuset not enabled: {err}");
@@ -69,7 +72,13 @@ fn mount(source: &str, target: &str, fstype: &str) -> Result<()> {
     let c_fstype = CString::new(fstype)?;
     // SAFETY: valid NUL-terminated strings; no mount data.
     let rc = unsafe {
-        libc::mount(c_source.as_ptr(), c_target.as_ptr(), c_fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c_source.as_ptr(),
+            c_target.as_ptr(),
+            c_fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
@@ -88,11 +97,15 @@ pub fn kernel_release() -> String {
         return "unknown".into();
     }
     // SAFETY: uname NUL-terminates release.
-    unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 pub fn online_cpus() -> usize {
-    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
 }
 
 fn mem_total_kb() -> u64 {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! The initramfs archive: a gzip'd "newc" cpio written directly, so device nodes
 //! (`/dev/console`) and root-owned files need no privileges on the host and no staging
 //! directory. Owns only the byte format; what goes into the archive is `initramfs.rs`'s job.
@@ -57,12 +58,16 @@ impl CpioWriter {
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) {
-        self.with_parent(path, |w, p| w.entry(p, S_IFLNK | 0o777, 0, target.as_bytes()));
+        self.with_parent(path, |w, p| {
+            w.entry(p, S_IFLNK | 0o777, 0, target.as_bytes())
+        });
     }
 
     pub fn char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) {
         let rdev = (major << 8) | minor;
-        self.with_parent(path, |w, p| w.entry(p, S_IFCHR | (mode & 0o7777), rdev, &[]));
+        self.with_parent(path, |w, p| {
+            w.entry(p, S_IFCHR | (mode & 0o7777), rdev, &[])
+        });
     }
 
     /// Finishes the archive (trailer, gzip footer) and returns its bytes.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! The harness's one error type. Every variant carries what a developer needs to act on it:
 //! the command or path that failed and, for guest failures, the log path and its tail.
 
@@ -37,7 +38,9 @@ pub enum Error {
         log_tail: String,
     },
 
-    #[error("scenario `{scenario}` failed: {reason}; guest log {log_path}, last lines:\n{log_tail}")]
+    #[error(
+        "scenario `{scenario}` failed: {reason}; guest log {log_path}, last lines:\n{log_tail}"
+    )]
     Guest {
         scenario: String,
         reason: String,
@@ -45,13 +48,17 @@ pub enum Error {
         log_tail: String,
     },
 
-    #[error("scenario `{scenario}`: no result of kind `{kind}` among {available:?}; guest log {log_path}")]
+    #[error("scenario `{scenario}`: no result of kind `{kind}` among {available:?} (unparsable result lines: {malformed:?}); guest log {log_path}")]
     MissingResult {
         scenario: String,
         kind: String,
         available: Vec<String>,
+        malformed: Vec<String>,
         log_path: PathBuf,
     },
+
+    #[error("result lacks a valid `{what}`: {result}")]
+    BadResult { what: String, result: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

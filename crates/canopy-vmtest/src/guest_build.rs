@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! Builds `canopy-guest` (the guest-side runner and workloads) once per process with a nested
 //! `cargo build` in its own target directory (`target/guest`), so it never waits on the build
 //! lock of the `cargo test` that is running us.
@@ -48,7 +49,10 @@ fn build() -> std::result::Result<PathBuf, (String, String)> {
         .output()
         .map_err(|err| (command_text.clone(), err.to_string()))?;
     if !output.status.success() {
-        return Err((command_text, String::from_utf8_lossy(&output.stderr).into_owned()));
+        return Err((
+            command_text,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ));
     }
     Ok(guest_target.join("release/canopy-guest"))
 }

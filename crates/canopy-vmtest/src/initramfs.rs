@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! What goes into a scenario's initramfs: busybox and its applet links, the binaries under test
 //! in /bin, Debian tools in /usr/bin, every shared library `ldd` names (at the same path as on
 //! the host) plus the dynamic loader, extra files, `/scenario.sh` and the `/init` that runs it.
@@ -48,15 +49,32 @@ pub enum GuestFile {
 pub fn build(files: &[GuestFile], scenario_script: &str) -> Result<Vec<u8>> {
     let mut archive = CpioWriter::new();
     for dir in [
-        "/bin", "/sbin", "/usr/bin", "/usr/sbin", "/lib", "/lib64", "/proc", "/sys", "/dev",
-        "/tmp", "/run", "/root", "/etc", "/mnt", "/var/tmp",
+        "/bin",
+        "/sbin",
+        "/usr/bin",
+        "/usr/sbin",
+        "/lib",
+        "/lib64",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/tmp",
+        "/run",
+        "/root",
+        "/etc",
+        "/mnt",
+        "/var/tmp",
     ] {
         archive.dir(dir);
     }
     // The kernel opens /dev/console for /init before anything is mounted.
     archive.char_device("/dev/console", 0o600, 5, 1);
     archive.char_device("/dev/null", 0o666, 1, 3);
-    archive.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n");
+    archive.file(
+        "/etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    );
     archive.file("/etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
     archive.file("/etc/hostname", 0o644, b"canopy-vm\n");
     archive.file("/init", 0o755, INIT_SCRIPT.as_bytes());
@@ -65,14 +83,27 @@ pub fn build(files: &[GuestFile], scenario_script: &str) -> Result<Vec<u8>> {
     let mut libraries = BTreeSet::new();
     for file in files {
         match file {
-            GuestFile::Host { host_path, guest_path, mode, with_libraries } => {
-                let contents = std::fs::read(host_path).map_err(io_error(host_path))?;
+            GuestFile::Host {
+                host_path,
+                guest_path,
+                mode,
+                with_libraries,
+            } => {
+                let contents = if *with_libraries {
+                    read_without_debug_info(host_path)?
+                } else {
+                    std::fs::read(host_path).map_err(io_error(host_path))?
+                };
                 archive.file(guest_path, *mode, &contents);
                 if *with_libraries {
                     libraries.extend(shared_libraries(host_path)?);
                 }
             }
-            GuestFile::Contents { guest_path, contents, mode } => {
+            GuestFile::Contents {
+                guest_path,
+                contents,
+                mode,
+            } => {
                 archive.file(guest_path, *mode, contents);
             }
         }
@@ -93,6 +124,34 @@ pub fn build(files: &[GuestFile], scenario_script: &str) -> Result<Vec<u8>> {
         }
     }
     archive.finish().map_err(io_error("<initramfs in memory>"))
+}
+
+/// A binary's bytes without DWARF (`strip --strip-debug`; symbols stay for backtraces): a
+/// debug build of `canopy` shrinks from ~22 MB to ~5 MB, which the TCG guest then need not
+/// decompress. Falls back to the file as it is when `strip` is missing or fails.
+fn read_without_debug_info(host_path: &Path) -> Result<Vec<u8>> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let stripped = std::env::temp_dir().join(format!(
+        "canopy-vmtest-strip-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(host_path)
+        .stderr(std::process::Stdio::null())
+        .status();
+    let contents = match status {
+        Ok(status) if status.success() => std::fs::read(&stripped).ok(),
+        _ => None,
+    };
+    let _ = std::fs::remove_file(&stripped);
+    match contents {
+        Some(contents) => Ok(contents),
+        None => std::fs::read(host_path).map_err(io_error(host_path)),
+    }
 }
 
 /// Finds a host program in PATH or the usual Debian directories.
@@ -119,11 +178,15 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let output = Command::new("ldd")
         .arg(binary)
         .output()
-        .map_err(|source| Error::Spawn { command: format!("ldd {}", binary.display()), source })?;
+        .map_err(|source| Error::Spawn {
+            command: format!("ldd {}", binary.display()),
+            source,
+        })?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        if stdout.contains("not a dynamic executable") || stderr.contains("not a dynamic executable")
+        if stdout.contains("not a dynamic executable")
+            || stderr.contains("not a dynamic executable")
             || stdout.contains("statically linked")
         {
             return Ok(Vec::new());
@@ -159,7 +222,10 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
     let output = Command::new(busybox)
         .arg("--list-full")
         .output()
-        .map_err(|source| Error::Spawn { command: format!("{} --list-full", busybox.display()), source })?;
+        .map_err(|source| Error::Spawn {
+            command: format!("{} --list-full", busybox.display()),
+            source,
+        })?;
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|line| !line.trim().is_empty())
@@ -174,7 +240,17 @@ mod tests {
     #[test]
     fn ldd_of_a_dynamic_binary_includes_libc_and_the_loader() {
         let libraries = shared_libraries(Path::new("/bin/sh")).unwrap();
-        assert!(libraries.iter().any(|lib| lib.to_string_lossy().contains("libc.so")), "{libraries:?}");
-        assert!(libraries.iter().any(|lib| lib.to_string_lossy().contains("ld-linux")), "{libraries:?}");
+        assert!(
+            libraries
+                .iter()
+                .any(|lib| lib.to_string_lossy().contains("libc.so")),
+            "{libraries:?}"
+        );
+        assert!(
+            libraries
+                .iter()
+                .any(|lib| lib.to_string_lossy().contains("ld-linux")),
+            "{libraries:?}"
+        );
     }
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! The test kernel: resolved once per process by running `scripts/fetch-kernel.sh`, which
 //! downloads, checks and caches Debian's sched_ext kernel (or reuses the cached one).
 
@@ -45,10 +46,23 @@ fn fetch() -> std::result::Result<Kernel, String> {
     let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
     let vmlinuz = dir.join("vmlinuz");
     if !vmlinuz.is_file() {
-        return Err(format!("{} printed {}, which has no vmlinuz", script.display(), dir.display()));
+        return Err(format!(
+            "{} printed {}, which has no vmlinuz",
+            script.display(),
+            dir.display()
+        ));
     }
     let release = std::fs::read_to_string(dir.join("version"))
         .map(|text| text.trim().to_string())
-        .unwrap_or_else(|_| dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
-    Ok(Kernel { dir, vmlinuz, release })
+        .unwrap_or_else(|_| {
+            dir.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        });
+    Ok(Kernel {
+        dir,
+        vmlinuz,
+        release,
+    })
 }

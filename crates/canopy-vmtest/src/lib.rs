@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! canopy-vmtest: the host side of the VM test harness. It fetches and checks the test kernel
 //! (`scripts/fetch-kernel.sh`), builds a gzip'd cpio initramfs (busybox, the binaries under
 //! test and their libraries, `canopy-guest`, optional Debian tools), boots it under qemu, streams
@@ -21,6 +22,7 @@
 //! timeout are all errors carrying the tail of the guest log.
 
 mod cpio;
+mod cpu_split;
 mod error;
 mod guest_build;
 mod initramfs;
@@ -32,6 +34,7 @@ mod qemu;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use cpu_split::CpuSplit;
 pub use error::{Error, Result};
 pub use guest_build::guest_binary;
 pub use initramfs::GuestFile;
@@ -107,15 +110,25 @@ impl Scenario {
     }
 
     /// Writes `contents` to an absolute guest path with `mode` (e.g. 0o644, 0o755).
-    pub fn with_file_contents(mut self, guest_path: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Scenario {
-        self.files.push(GuestFile::Contents { guest_path: guest_path.into(), contents: contents.into(), mode });
+    pub fn with_file_contents(
+        mut self,
+        guest_path: &str,
+        contents: impl Into<Vec<u8>>,
+        mode: u32,
+    ) -> Scenario {
+        self.files.push(GuestFile::Contents {
+            guest_path: guest_path.into(),
+            contents: contents.into(),
+            mode,
+        });
         self
     }
 
     /// Adds Debian's `cyclictest`, `hackbench` and/or `stress-ng` (from the host, which
     /// `scripts/install-deps.sh` provisions) at `/usr/bin/<name>`.
     pub fn with_debian_tools(mut self, tools: &[&str]) -> Scenario {
-        self.debian_tools.extend(tools.iter().map(|tool| tool.to_string()));
+        self.debian_tools
+            .extend(tools.iter().map(|tool| tool.to_string()));
         self
     }
 
@@ -161,14 +174,22 @@ impl Scenario {
 
     fn effective_cpus(&self) -> usize {
         self.cpus
-            .or_else(|| std::env::var("CANOPY_VM_CPUS").ok().and_then(|v| v.trim().parse().ok()))
+            .or_else(|| {
+                std::env::var("CANOPY_VM_CPUS")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or(2)
             .max(1)
     }
 
     fn effective_show_log(&self) -> bool {
-        self.show_log
-            .unwrap_or_else(|| matches!(std::env::var("CANOPY_VM_SHOW_LOG").as_deref(), Ok("1") | Ok("true") | Ok("yes")))
+        self.show_log.unwrap_or_else(|| {
+            matches!(
+                std::env::var("CANOPY_VM_SHOW_LOG").as_deref(),
+                Ok("1") | Ok("true") | Ok("yes")
+            )
+        })
     }
 
     /// Builds what the guest needs (kernel, guest binary, initramfs) into a prepared launch.
@@ -201,7 +222,12 @@ impl Scenario {
         ));
         let archive = initramfs::build(&files, script)?;
         std::fs::write(&initramfs_path, archive).map_err(io_error(&initramfs_path))?;
-        Ok(Prepared { kernel, initramfs_path, log_path, work_dir })
+        Ok(Prepared {
+            kernel,
+            initramfs_path,
+            log_path,
+            work_dir,
+        })
     }
 
     /// Boots the guest, runs the script and collects its results. Fails (never skips) when the
@@ -231,23 +257,34 @@ impl Scenario {
         let log_path = prepared.log_path.clone();
         let echo = self.effective_show_log().then_some(Echo::Stderr);
         if echo.is_some() {
-            eprintln!("canopy-vmtest: `{}` on {} ({accel:?}, {cpus} vCPUs), log {}", self.name, prepared.kernel.release, log_path.display());
+            eprintln!(
+                "canopy-vmtest: `{}` on {} ({accel:?}, {cpus} vCPUs), log {}",
+                self.name,
+                prepared.kernel.release,
+                log_path.display()
+            );
         }
         let mut qemu = RunningQemu::start(&launch, &log_path, echo)?;
         let deadline = qemu.started + self.timeout;
         let mut results = Vec::new();
+        let mut malformed = Vec::new();
         let mut panic_line = None;
         let mut closed = false;
         while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
             match qemu.lines.recv_timeout(remaining) {
                 Ok(SerialEvent::Line(line)) => {
-                    if let Some(json) = line.find(RESULT_PREFIX).map(|at| &line[at + RESULT_PREFIX.len()..]) {
-                        match serde_json::from_str::<Value>(json.trim()) {
-                            Ok(value) => results.push(value),
-                            Err(err) => {
-                                qemu.kill();
-                                return Err(self.guest_error(&log_path, format!("unparsable result line ({err}): {line}")));
-                            }
+                    if let Some(json) = line
+                        .find(RESULT_PREFIX)
+                        .map(|at| &line[at + RESULT_PREFIX.len()..])
+                    {
+                        // Trailing text is ignored; a line that kernel output cut in two is kept
+                        // aside (asking for its kind later names it) rather than failing the run.
+                        match serde_json::Deserializer::from_str(json)
+                            .into_iter::<Value>()
+                            .next()
+                        {
+                            Some(Ok(value)) if value.is_object() => results.push(value),
+                            _ => malformed.push(line),
                         }
                     } else if line.contains("Kernel panic - not syncing") && panic_line.is_none() {
                         panic_line = Some(line);
@@ -277,9 +314,14 @@ impl Scenario {
             return Err(self.guest_error(&log_path, format!("kernel panic: {}", line.trim())));
         }
         let kernel_release = match find_kind(&results, "boot") {
-            Some(boot) => boot["kernel_release"].as_str().unwrap_or_default().to_string(),
+            Some(boot) => boot["kernel_release"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             None => {
-                let status = exit_status.map(|s| s.to_string()).unwrap_or_else(|| "no exit status".into());
+                let status = exit_status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "no exit status".into());
                 return Err(self.guest_error(
                     &log_path,
                     format!("the guest never reached its /init setup (qemu {status}, {:?} acceleration)", accel),
@@ -289,17 +331,26 @@ impl Scenario {
         match find_kind(&results, "script-exit").map(|exit| exit["status"].as_i64()) {
             Some(Some(0)) => {}
             Some(status) => {
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into());
-                return Err(self.guest_error(&log_path, format!("the scenario script exited with status {status}")));
+                let status = status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "unknown".into());
+                return Err(self.guest_error(
+                    &log_path,
+                    format!("the scenario script exited with status {status}"),
+                ));
             }
             None => {
-                return Err(self.guest_error(&log_path, "the guest stopped before the scenario script finished".into()));
+                return Err(self.guest_error(
+                    &log_path,
+                    "the guest stopped before the scenario script finished".into(),
+                ));
             }
         }
         Ok(Outcome {
             scenario: self.name.clone(),
             kernel_release,
             results,
+            malformed_results: malformed,
             log_path,
             duration,
             accel,
@@ -361,6 +412,8 @@ pub struct Outcome {
     /// Every `CANOPY-RESULT` object in console order, including the harness's own `boot` and
     /// `script-exit` records.
     pub results: Vec<Value>,
+    /// `CANOPY-RESULT` lines that did not parse as a JSON object (e.g. cut by kernel output).
+    pub malformed_results: Vec<String>,
     pub log_path: PathBuf,
     /// From qemu's start to its exit.
     pub duration: Duration,
@@ -379,13 +432,16 @@ impl Outcome {
                 .iter()
                 .filter_map(|value| value["kind"].as_str().map(String::from))
                 .collect(),
+            malformed: self.malformed_results.clone(),
             log_path: self.log_path.clone(),
         })
     }
 
     /// Every result of `kind`, in console order.
     pub fn results_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-        self.results.iter().filter(move |value| value["kind"] == kind)
+        self.results
+            .iter()
+            .filter(move |value| value["kind"] == kind)
     }
 
     /// The last `lines` lines of the guest log.

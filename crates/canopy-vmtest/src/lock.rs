@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! One VM at a time: an exclusive `flock` held for the whole life of a guest. Test threads of
 //! one `cargo test` and other work trees' tests queue on it instead of halving each other's
 //! CPU (a 2-vCPU TCG guest saturates both host cores).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! Where the harness finds the repository and keeps its outputs (guest build, logs, lock).
 
 use std::path::PathBuf;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 //! `canopy-vm`: the harness by hand. `shell` boots the test kernel and drops into a guest
 //! shell (after an optional script); `run` runs a script file as a scenario with the console
 //! shown live and prints the results. Wrapped by `scripts/vm-shell` and `scripts/vm-run`.
@@ -6,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
 use canopy_vmtest::Scenario;
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(about = "Boot canopy's test kernel under qemu by hand")]
@@ -60,7 +61,11 @@ impl GuestOptions {
                 Some((path, name)) => (PathBuf::from(path), name.to_string()),
                 None => {
                     let path = PathBuf::from(binary);
-                    let name = path.file_name().context("binary path has no file name")?.to_string_lossy().into_owned();
+                    let name = path
+                        .file_name()
+                        .context("binary path has no file name")?
+                        .to_string_lossy()
+                        .into_owned();
                     (path, name)
                 }
             };
@@ -76,9 +81,11 @@ impl GuestOptions {
         }
         if let Some(path) = &self.script {
             let text = if path.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading the script from stdin")?
+                std::io::read_to_string(std::io::stdin())
+                    .context("reading the script from stdin")?
             } else {
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?
             };
             scenario = scenario.script(text);
         }
