@@ -239,22 +239,32 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 	return cid;
 }
 
-/* A cid running one of our tasks of a class that @p may preempt, or -1. */
+static __always_inline bool cid_preemptible_for(struct task_struct *p, s32 cid)
+{
+	struct canopy_class_params *victim;
+	struct cid_state *cs = cid_state_of(cid);
+
+	if (!cs || cs->owner != CANOPY_SELF_SLOT || cs->running_class >= NO_CLASS)
+		return false;
+	victim = class_of(cs->running_class);
+	return victim && victim->preemptible && task_may_run_on(p, cid);
+}
+
+/*
+ * A cid running one of our tasks of a class that @p may preempt, or -1. The task's own cid
+ * comes first: preempting locally needs no IPI, and the wakeup timer fired there.
+ */
 static s32 find_preemptible_cid(struct task_struct *p)
 {
 	u32 nr = scx_bpf_nr_cids();
+	s32 own = scx_bpf_task_cid(p);
 	int i;
 
-	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
-		struct canopy_class_params *victim;
-		struct cid_state *cs = cid_state_of(i);
+	if (cid_preemptible_for(p, own))
+		return own;
 
-		if (!cs)
-			continue;
-		if (cs->owner != CANOPY_SELF_SLOT || cs->running_class >= NO_CLASS)
-			continue;
-		victim = class_of(cs->running_class);
-		if (victim && victim->preemptible && task_may_run_on(p, i))
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+		if (cid_preemptible_for(p, i))
 			return i;
 	}
 	return -1;

@@ -75,6 +75,16 @@ enum SchedulerCommand {
         #[arg(long)]
         class: String,
     },
+    /// Run a command with a nice value and optionally SCHED_BATCH (baseline measurements:
+    /// schedqos's sched_setattr mapping without a uclamp/slice-capable tool in the guest).
+    Exec {
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        nice: i32,
+        #[arg(long)]
+        batch: bool,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
     /// Show the scheduler hierarchy, the root's members and counters.
     Status {
         #[arg(long)]
@@ -136,6 +146,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
                 .context("writing task_classes")?;
             Ok(())
         }
+        SchedulerCommand::Exec { nice, batch, command } => exec_with(nice, batch, &command),
         SchedulerCommand::Status { json, interval_ms } => {
             let status = status::collect(Duration::from_millis(interval_ms))?;
             if json {
@@ -277,4 +288,22 @@ fn hold_fixture(cgroup: &Path, seconds: f64) -> anyhow::Result<()> {
     let report = fixture.detach();
     println!("canopy: foreign_fifo on {} detached: {}", path.display(), report.map(|r| r.to_string()).unwrap_or_else(|| "no exit record".into()));
     Ok(())
+}
+
+fn exec_with(nice: i32, batch: bool, command: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: plain syscalls on the calling process before exec.
+    unsafe {
+        if batch {
+            let param = libc::sched_param { sched_priority: 0 };
+            if libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) != 0 {
+                anyhow::bail!("sched_setscheduler(SCHED_BATCH): {}", std::io::Error::last_os_error());
+            }
+        }
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+            anyhow::bail!("setpriority({nice}): {}", std::io::Error::last_os_error());
+        }
+    }
+    let error = std::process::Command::new(&command[0]).args(&command[1..]).exec();
+    Err(anyhow::anyhow!("exec {}: {error}", command[0]))
 }
