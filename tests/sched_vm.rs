@@ -393,3 +393,44 @@ canopy-guest latency --seconds 10 --load "$LOAD" --kind latency-canopy
     assert!(canopy <= schedqos / 2.0, "canopy p99 {canopy} us is not at most half of schedqos's {schedqos} us");
     Ok(())
 }
+
+/// Issue 4 acceptance (f): 60 s of stress-ng (cpu, fork, affinity changes) in two children and
+/// in the root's own tasks at once: no stall, no scheduler exit.
+#[test]
+fn stress_under_the_full_hierarchy_keeps_every_scheduler_running() -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tb
+{start}
+stress_in() {{ sh -c "echo \$\$ > /sys/fs/cgroup/$1/cgroup.procs; exec stress-ng --cpu 2 --fork 2 --affinity 2 --timeout 60s --quiet" & }}
+stress_in ta; SA=$!
+stress_in tb; SB=$!
+stress-ng --cpu 1 --fork 1 --affinity 1 --timeout 60s --quiet &
+SR=$!
+wait $SA || true; wait $SB || true; wait $SR || true
+canopy-guest report after-stress state="$(cat /sys/kernel/sched_ext/state)" subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" root_alive=$(kill -0 $ROOT && echo yes || echo no) dmesg="$(dmesg | grep sched_ext | tr '\n' '|')"
+{STOP_ROOT}
+"#,
+        start = start_root_with_children(2)
+    );
+    let outcome = scenario("sched-stress")
+        .with_debian_tools(&["stress-ng"])
+        .with_file_contents("/etc/canopy-sched.json", children_config(&["ta", "tb"]), 0o644)
+        .timeout(Duration::from_secs(300))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let after = outcome.result("after-stress")?;
+    println!("after 60 s of stress-ng: {after}");
+    assert_eq!(after["state"], "enabled", "{after}");
+    assert_eq!(after["root_alive"], "yes", "{after}");
+    assert_eq!(after["subs"].as_str().unwrap_or_default().split_whitespace().count(), 2, "a child exited: {after}");
+    let dmesg = after["dmesg"].as_str().unwrap_or_default();
+    for bad in ["stall", "error", "disabled"] {
+        assert!(!dmesg.contains(bad), "sched_ext logged `{bad}`: {dmesg}");
+    }
+    let stopped = outcome.result("root-stopped")?;
+    let log = stopped["log"].as_str().unwrap_or_default();
+    assert!(!log.contains("exited"), "a scheduler exited during the run: {log}");
+    Ok(())
+}
