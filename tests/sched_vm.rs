@@ -434,3 +434,62 @@ canopy-guest report after-stress state="$(cat /sys/kernel/sched_ext/state)" subs
     assert!(!log.contains("exited"), "a scheduler exited during the run: {log}");
     Ok(())
 }
+
+/// `canopy run POLICY` drives the loader from a compiled Plan: canopy_child on every existing
+/// cgroup of a `scheduler = "canopy"` group with the policy's weights, a cgroup created later
+/// gets its child within the rescan interval, and SIGTERM unloads everything.
+#[test]
+fn canopy_run_applies_a_policy_and_picks_up_new_cgroups() -> anyhow::Result<()> {
+    let policy = r#"
+[groups.heavy]
+path = "ta"
+weight = 200
+scheduler = "canopy"
+
+[groups.light]
+path = "tb"
+weight = 100
+scheduler = "canopy"
+
+[groups.late]
+path = "late-*"
+weight = 100
+scheduler = "canopy"
+"#;
+    let script = r#"
+mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tb
+canopy run /etc/canopy/policy.toml > /tmp/root.log 2>&1 &
+ROOT=$!
+for i in $(seq 1 150); do
+  [ "$(grep -c 'child scheduler canopy_child enabled' /tmp/root.log)" -ge 2 ] && break
+  kill -0 $ROOT || break
+  sleep 0.1
+done
+cat /tmp/root.log
+canopy-guest cpu-split --group ta:-:2 --group tb:-:2 --seconds 6 --warmup 1 --keep --kind policy-split
+mkdir /sys/fs/cgroup/late-1
+for i in $(seq 1 50); do grep -q 'enabled on /sys/fs/cgroup/late-1' /tmp/root.log && break; sleep 0.1; done
+canopy-guest report late-cgroup subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" late_id=$(stat -c %i /sys/fs/cgroup/late-1)
+kill -TERM $ROOT; wait $ROOT || true
+cat /tmp/root.log
+canopy-guest report run-stopped state="$(cat /sys/kernel/sched_ext/state)" log="$(tr '\n' '|' < /tmp/root.log)"
+"#;
+    let outcome = scenario("sched-canopy-run")
+        .with_file_contents("/etc/canopy/policy.toml", policy, 0o644)
+        .timeout(Duration::from_secs(200))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let split = outcome.result("policy-split")?;
+    let ratio = split["ratio"].as_f64().unwrap_or(f64::NAN);
+    println!("canopy run, policy weights 200:100: {ratio:.3}:1");
+    let late = outcome.result("late-cgroup")?;
+    assert!(
+        late["subs"].as_str().unwrap_or_default().contains(&format!("sub-{}", late["late_id"])),
+        "no child on the cgroup created later: {late}"
+    );
+    let stopped = outcome.result("run-stopped")?;
+    assert_eq!(stopped["state"], "disabled", "{stopped}");
+    assert!((ratio / 2.0 - 1.0).abs() <= 0.05, "policy split {ratio:.3}:1 is not within 5% of 2:1");
+    Ok(())
+}

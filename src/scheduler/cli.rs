@@ -179,8 +179,59 @@ fn log_admission(bytes: &[u8]) -> i32 {
     0
 }
 
-/// The supervisor: load, attach children, watch, restart on request, unload on a signal.
+/// Rebuilds the config from the policy and the cgroups that exist now (for rescans).
+pub type Refresh<'a> = &'a dyn Fn() -> SchedulerConfig;
+
+/// How often the supervisor looks for cgroups created (or removed) since the last look.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The supervisor without rescans (the config is fixed).
 pub fn run(config: &SchedulerConfig, seconds: f64) -> anyhow::Result<()> {
+    run_with_refresh(config, seconds, None)
+}
+
+/// Applies groups of `config` not applied yet: policy into the root's map, and a canopy child
+/// where the group asks for one. Forgets groups whose cgroup is gone (a re-created cgroup is
+/// applied again; the kernel already detached its child when it went offline).
+fn apply_new_groups(
+    root: &RootScheduler,
+    config: &SchedulerConfig,
+    applied: &mut std::collections::HashSet<PathBuf>,
+    children: &mut Vec<ChildScheduler>,
+) -> anyhow::Result<()> {
+    applied.retain(|cgroup| kernel::cgroup_path(cgroup).exists());
+    for group in &config.groups {
+        if applied.contains(&group.cgroup) {
+            continue;
+        }
+        let path = kernel::cgroup_path(&group.cgroup);
+        let Ok(cgroup_id) = kernel::cgroup_id(&path) else {
+            continue;
+        };
+        root.set_group_policy(cgroup_id, &group.to_policy())?;
+        applied.insert(group.cgroup.clone());
+        if !group.attach_canopy_child {
+            continue;
+        }
+        let options = ChildOptions { default_class: Some(config.default_class_id()?), ..Default::default() };
+        match ChildScheduler::attach(&group.cgroup, &options) {
+            Ok(child) => {
+                println!(
+                    "canopy: child scheduler canopy_child enabled on {} (cgroup id {})",
+                    child.cgroup().display(),
+                    child.cgroup_id()
+                );
+                children.push(child);
+            }
+            Err(e) => println!("canopy: child scheduler on {} not attached: {e}", path.display()),
+        }
+    }
+    Ok(())
+}
+
+/// The supervisor: load, attach children, watch (rescanning with `refresh` when given),
+/// restart on request, unload on a signal.
+pub fn run_with_refresh(config: &SchedulerConfig, seconds: f64, refresh: Option<Refresh<'_>>) -> anyhow::Result<()> {
     install_stop_handlers();
     let stop_at = deadline(seconds);
     loop {
@@ -197,17 +248,22 @@ pub fn run(config: &SchedulerConfig, seconds: f64) -> anyhow::Result<()> {
         let events = events.build()?;
 
         let mut children = Vec::new();
-        for group in config.groups.iter().filter(|g| g.attach_canopy_child) {
-            match ChildScheduler::attach(&group.cgroup, &ChildOptions { default_class: Some(config.default_class_id()?), ..Default::default() }) {
-                Ok(child) => {
-                    println!("canopy: child scheduler canopy_child enabled on {} (cgroup id {})", child.cgroup().display(), child.cgroup_id());
-                    children.push(child);
-                }
-                Err(e) => println!("canopy: child scheduler on {} not attached: {e}", group.cgroup.display()),
-            }
-        }
+        let mut applied = std::collections::HashSet::new();
+        apply_new_groups(&root, config, &mut applied, &mut children)?;
+        let mut last_scan = Instant::now();
 
         let report = loop {
+            if let Some(refresh) = refresh {
+                if last_scan.elapsed() >= RESCAN_INTERVAL {
+                    last_scan = Instant::now();
+                    let current = refresh();
+                    if let Err(e) = current.validate().map_err(anyhow::Error::from).and_then(|()| {
+                        apply_new_groups(&root, &current, &mut applied, &mut children)
+                    }) {
+                        println!("canopy: rescan failed: {e:#}");
+                    }
+                }
+            }
             let _ = events.consume();
             if let Some(report) = root.exit_report() {
                 break Some(report);

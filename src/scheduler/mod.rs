@@ -6,6 +6,7 @@
 //! - `kernel`: what the loader learns from or does to the running kernel (BTF enums, sysfs,
 //!   cgroup ids, program association);
 //! - `config`: the scheduler-side view of a policy (1:1 with the policy's Plan);
+//! - `plan`: building that view from a compiled Plan and the existing cgroups;
 //! - `root`, `child`: load/attach/detach, exit checks, map writes;
 //! - `fixture`: the foreign sub-scheduler test fixture's loader;
 //! - `exit`: decoding why a scheduler stopped and whether to restart;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod exit;
 pub mod fixture;
 pub mod kernel;
+pub mod plan;
 pub mod root;
 pub mod skel;
 pub mod status;
