@@ -95,7 +95,12 @@ fn enum_lines<'a>(header: &'a str, name: &str) -> Vec<&'a str> {
         .unwrap_or_else(|| panic!("intf.h declares enum {name}"));
     let body = &header[start..];
     let end = body.find("};").expect("enum is closed");
-    body[..end].lines().skip(1).map(str::trim).filter(|l| !l.is_empty()).collect()
+    body[..end]
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// `pub struct Stats` with one `u64` per `CANOPY_STAT_*` entry, and its description table.
@@ -112,7 +117,11 @@ fn generate_stats(header: &str) -> String {
             .and_then(|c| c.strip_suffix("*/"))
             .unwrap_or_else(|| panic!("stat CANOPY_STAT_{name} has a /* description */"))
             .trim();
-        fields.push((name.to_lowercase(), name.to_string(), description.to_string()));
+        fields.push((
+            name.to_lowercase(),
+            name.to_string(),
+            description.to_string(),
+        ));
     }
     let mut out = String::from(
         "\n/// Scheduler counters, one per `enum canopy_stat` entry (generated from intf.h).\n\
@@ -121,17 +130,23 @@ fn generate_stats(header: &str) -> String {
     for (field, _, description) in &fields {
         writeln!(out, "    /// {description}\n    pub {field}: u64,").unwrap();
     }
-    out.push_str("}\n\nimpl Stats {\n    /// (field name, description) for every counter, in enum order.\n");
+    out.push_str(
+        "}\n\nimpl Stats {\n    /// (field name, description) for every counter, in enum order.\n",
+    );
     out.push_str("    pub const DESCRIPTIONS: &'static [(&'static str, &'static str)] = &[\n");
     for (field, _, description) in &fields {
         writeln!(out, "        ({field:?}, {description:?}),").unwrap();
     }
-    out.push_str("    ];\n\n    /// Builds the struct from counters indexed by `enum canopy_stat`.\n");
+    out.push_str(
+        "    ];\n\n    /// Builds the struct from counters indexed by `enum canopy_stat`.\n",
+    );
     out.push_str("    pub fn from_indexed(values: &[u64]) -> Self {\n        let at = |i: u32| values.get(i as usize).copied().unwrap_or(0);\n        Self {\n");
     for (field, name, _) in &fields {
         writeln!(out, "            {field}: at(CANOPY_STAT_{name}),").unwrap();
     }
-    out.push_str("        }\n    }\n\n    /// (field name, value) for every counter, in enum order.\n");
+    out.push_str(
+        "        }\n    }\n\n    /// (field name, value) for every counter, in enum order.\n",
+    );
     out.push_str("    pub fn values(&self) -> Vec<(&'static str, u64)> {\n        vec![\n");
     for (field, _, _) in &fields {
         writeln!(out, "            ({field:?}, self.{field}),").unwrap();

@@ -52,7 +52,10 @@ canopy-guest report root-unloaded state="$(cat /sys/kernel/sched_ext/state)" dme
     let unloaded = outcome.result("root-unloaded")?;
     assert_eq!(unloaded["state"], "disabled", "{unloaded}");
     let dmesg = unloaded["dmesg"].as_str().unwrap_or_default();
-    assert!(dmesg.contains("unregistered from user space"), "no unregistration logged: {dmesg}");
+    assert!(
+        dmesg.contains("unregistered from user space"),
+        "no unregistration logged: {dmesg}"
+    );
     Ok(())
 }
 
@@ -61,7 +64,9 @@ canopy-guest report root-unloaded state="$(cat /sys/kernel/sched_ext/state)" dme
 fn children_config(groups: &[&str]) -> String {
     let groups: Vec<String> = groups
         .iter()
-        .map(|g| format!(r#"{{"cgroup":"{g}","admit":["canopy_child"],"attach_canopy_child":true}}"#))
+        .map(|g| {
+            format!(r#"{{"cgroup":"{g}","admit":["canopy_child"],"attach_canopy_child":true}}"#)
+        })
         .collect();
     format!(r#"{{"groups":[{}]}}"#, groups.join(","))
 }
@@ -113,7 +118,11 @@ canopy-guest cpu-split --group ta:400:4 --group tb:100:4 --seconds 10 --warmup 1
         start = start_root_with_children(2)
     );
     let outcome = scenario("sched-weight-split")
-        .with_file_contents("/etc/canopy-sched.json", children_config(&["ta", "tb"]), 0o644)
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            children_config(&["ta", "tb"]),
+            0o644,
+        )
         .timeout(Duration::from_secs(240))
         .script(script)
         .run()?;
@@ -124,8 +133,14 @@ canopy-guest cpu-split --group ta:400:4 --group tb:100:4 --seconds 10 --warmup 1
     println!("canopy children, 400:100 with 4+4 hogs: {r4:.3}:1 (utilization {u4:.3})");
     let stopped = outcome.result("root-stopped")?;
     assert_eq!(stopped["state"], "disabled", "{stopped}");
-    assert!((r2 / 2.0 - 1.0).abs() <= 0.03, "200:100 split {r2:.3}:1 is not within 3% of 2:1");
-    assert!((r4 / 4.0 - 1.0).abs() <= 0.03, "400:100 split {r4:.3}:1 is not within 3% of 4:1");
+    assert!(
+        (r2 / 2.0 - 1.0).abs() <= 0.03,
+        "200:100 split {r2:.3}:1 is not within 3% of 2:1"
+    );
+    assert!(
+        (r4 / 4.0 - 1.0).abs() <= 0.03,
+        "400:100 split {r4:.3}:1 is not within 3% of 4:1"
+    );
     Ok(())
 }
 
@@ -168,7 +183,11 @@ canopy-guest report b-woke first_a=$((a2 - a1)) first_b=$((b2 - b1)) second_a=$(
         start = start_root_with_children(2)
     );
     let outcome = scenario("sched-work-conserving")
-        .with_file_contents("/etc/canopy-sched.json", children_config(&["ta", "tb"]), 0o644)
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            children_config(&["ta", "tb"]),
+            0o644,
+        )
         .timeout(Duration::from_secs(200))
         .script(script)
         .run()?;
@@ -185,9 +204,19 @@ canopy-guest report b-woke first_a=$((a2 - a1)) first_b=$((b2 - b1)) second_a=$(
         "B woke: second 0-1 {first_ratio:.3}:1 (includes starting B's hogs), second 1-2 {second_ratio:.3}:1, \
          seconds 1-4 {then_ratio:.3}:1 (target 2:1)"
     );
-    assert!(idle_util >= 0.90, "A got only {:.1}% of both CPUs while B was idle", idle_util * 100.0);
-    assert!((second_ratio / 2.0 - 1.0).abs() <= 0.05, "1-2 s after B woke: {second_ratio:.3}:1");
-    assert!((then_ratio / 2.0 - 1.0).abs() <= 0.03, "1-4 s after B woke: {then_ratio:.3}:1");
+    assert!(
+        idle_util >= 0.90,
+        "A got only {:.1}% of both CPUs while B was idle",
+        idle_util * 100.0
+    );
+    assert!(
+        (second_ratio / 2.0 - 1.0).abs() <= 0.05,
+        "1-2 s after B woke: {second_ratio:.3}:1"
+    );
+    assert!(
+        (then_ratio / 2.0 - 1.0).abs() <= 0.03,
+        "1-4 s after B woke: {then_ratio:.3}:1"
+    );
     Ok(())
 }
 
@@ -228,19 +257,36 @@ cat /tmp/fixture.log
     println!("{}", outcome.summary());
     let refused = outcome.result("refused-attach")?;
     println!("refused attach: {refused}");
-    assert_ne!(refused["status"], 0, "foreign_fifo attached where the policy does not admit it: {refused}");
+    assert_ne!(
+        refused["status"], 0,
+        "foreign_fifo attached where the policy does not admit it: {refused}"
+    );
     let stopped = outcome.result("root-stopped")?;
     let root_log = stopped["log"].as_str().unwrap_or_default();
     assert!(
         root_log.contains("refused sub-scheduler foreign_fifo on /tg"),
         "the root did not log the refusal: {root_log}"
     );
-    assert!(root_log.contains("admitted sub-scheduler foreign_fifo on /tf"), "{root_log}");
+    assert!(
+        root_log.contains("admitted sub-scheduler foreign_fifo on /tf"),
+        "{root_log}"
+    );
     let admitted = outcome.result("admitted-attach")?;
-    assert!(admitted["output"].as_str().unwrap_or_default().contains("foreign_fifo enabled"), "{admitted}");
+    assert!(
+        admitted["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("foreign_fifo enabled"),
+        "{admitted}"
+    );
     let (ratio, utilization) = split_ratio(&outcome, "foreign-split")?;
-    println!("foreign_fifo (200) : canopy_child (100) = {ratio:.3}:1, utilization {utilization:.3}");
-    assert!((ratio / 2.0 - 1.0).abs() <= 0.05, "foreign child split {ratio:.3}:1 is not within 5% of 2:1");
+    println!(
+        "foreign_fifo (200) : canopy_child (100) = {ratio:.3}:1, utilization {utilization:.3}"
+    );
+    assert!(
+        (ratio / 2.0 - 1.0).abs() <= 0.05,
+        "foreign child split {ratio:.3}:1 is not within 5% of 2:1"
+    );
     Ok(())
 }
 
@@ -288,23 +334,40 @@ canopy-guest report kernel-log dmesg="$(dmesg | grep 'sched_ext' | tr '\n' '|')"
         .run()?;
     println!("{}", outcome.summary());
     let before = outcome.result("before-kill")?;
-    let (ta_sub, tc_sub) = (format!("sub-{}", before["ta_id"]), format!("sub-{}", before["tc_id"]));
+    let (ta_sub, tc_sub) = (
+        format!("sub-{}", before["ta_id"]),
+        format!("sub-{}", before["tc_id"]),
+    );
     let subs = before["subs"].as_str().unwrap_or_default();
-    assert!(subs.contains(&ta_sub) && subs.contains(&tc_sub), "both children attached before: {before}");
+    assert!(
+        subs.contains(&ta_sub) && subs.contains(&tc_sub),
+        "both children attached before: {before}"
+    );
     let after = outcome.result("after-kill")?;
     println!("after SIGKILL: {after}");
     assert_eq!(after["state"], "enabled", "{after}");
     assert_eq!(after["root_alive"], "yes", "{after}");
     let subs = after["subs"].as_str().unwrap_or_default();
     assert!(subs.contains(&ta_sub), "the other child went away: {after}");
-    assert!(!subs.contains(&tc_sub), "the killed child is still attached: {after}");
+    assert!(
+        !subs.contains(&tc_sub),
+        "the killed child is still attached: {after}"
+    );
     let tc_cpu = after["tc_usec"].as_f64().unwrap_or_default() / 3e6;
     let ta_cpu = after["ta_usec"].as_f64().unwrap_or_default() / 3e6;
-    println!("after SIGKILL: tc (now under the root) {tc_cpu:.2} CPUs, ta (child) {ta_cpu:.2} CPUs");
-    assert!(tc_cpu > 0.3, "tc's tasks did not run under the root: {after}");
+    println!(
+        "after SIGKILL: tc (now under the root) {tc_cpu:.2} CPUs, ta (child) {ta_cpu:.2} CPUs"
+    );
+    assert!(
+        tc_cpu > 0.3,
+        "tc's tasks did not run under the root: {after}"
+    );
     assert!(ta_cpu > 0.3, "the other child's tasks stopped: {after}");
     let again = outcome.result("reattached")?;
-    assert!(again["subs"].as_str().unwrap_or_default().contains(&tc_sub), "re-attach failed: {again}");
+    assert!(
+        again["subs"].as_str().unwrap_or_default().contains(&tc_sub),
+        "re-attach failed: {again}"
+    );
     let log = outcome.result("kernel-log")?;
     let dmesg = log["dmesg"].as_str().unwrap_or_default();
     println!("kernel log: {dmesg}");
@@ -339,9 +402,19 @@ canopy-guest report nested status=$status output="$(tr '\n' '|' < /tmp/nested.lo
     println!("nested attach: {nested}");
     assert_ne!(nested["status"], 0, "{nested}");
     let output = nested["output"].as_str().unwrap_or_default();
-    assert!(output.contains("nesting is not allowed here"), "unclear refusal: {output}");
+    assert!(
+        output.contains("nesting is not allowed here"),
+        "unclear refusal: {output}"
+    );
     assert_eq!(nested["state"], "enabled", "{nested}");
-    assert!(!nested["subs"].as_str().unwrap_or_default().trim().is_empty(), "the child on ta went away: {nested}");
+    assert!(
+        !nested["subs"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .is_empty(),
+        "the child on ta went away: {nested}"
+    );
     Ok(())
 }
 
@@ -376,7 +449,11 @@ canopy-guest latency --seconds 10 --load "$LOAD" --kind latency-canopy
     );
     let outcome = scenario("sched-latency")
         .with_debian_tools(&["cyclictest", "hackbench"])
-        .with_file_contents("/etc/canopy-sched.json", r#"{"default_class":"BACKGROUND"}"#, 0o644)
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            r#"{"default_class":"BACKGROUND"}"#,
+            0o644,
+        )
         .timeout(Duration::from_secs(240))
         .script(script)
         .run()?;
@@ -386,11 +463,21 @@ canopy-guest latency --seconds 10 --load "$LOAD" --kind latency-canopy
         println!("{kind}: {latency}");
         Ok(latency["p99_us"].as_f64().unwrap_or(f64::NAN))
     };
-    let (fair, schedqos, canopy) = (p99("latency-fair")?, p99("latency-schedqos")?, p99("latency-canopy")?);
+    let (fair, schedqos, canopy) = (
+        p99("latency-fair")?,
+        p99("latency-schedqos")?,
+        p99("latency-canopy")?,
+    );
     println!("cyclictest p99 under hackbench: fair {fair} us, schedqos mapping {schedqos} us, canopy {canopy} us");
     println!("tagged: {}", outcome.result("tagged")?);
-    assert!(canopy <= fair / 4.0, "canopy p99 {canopy} us is not at most a quarter of fair's {fair} us");
-    assert!(canopy <= schedqos / 2.0, "canopy p99 {canopy} us is not at most half of schedqos's {schedqos} us");
+    assert!(
+        canopy <= fair / 4.0,
+        "canopy p99 {canopy} us is not at most a quarter of fair's {fair} us"
+    );
+    assert!(
+        canopy <= schedqos / 2.0,
+        "canopy p99 {canopy} us is not at most half of schedqos's {schedqos} us"
+    );
     Ok(())
 }
 
@@ -415,7 +502,11 @@ canopy-guest report after-stress state="$(cat /sys/kernel/sched_ext/state)" subs
     );
     let outcome = scenario("sched-stress")
         .with_debian_tools(&["stress-ng"])
-        .with_file_contents("/etc/canopy-sched.json", children_config(&["ta", "tb"]), 0o644)
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            children_config(&["ta", "tb"]),
+            0o644,
+        )
         .timeout(Duration::from_secs(300))
         .script(script)
         .run()?;
@@ -424,14 +515,25 @@ canopy-guest report after-stress state="$(cat /sys/kernel/sched_ext/state)" subs
     println!("after 60 s of stress-ng: {after}");
     assert_eq!(after["state"], "enabled", "{after}");
     assert_eq!(after["root_alive"], "yes", "{after}");
-    assert_eq!(after["subs"].as_str().unwrap_or_default().split_whitespace().count(), 2, "a child exited: {after}");
+    assert_eq!(
+        after["subs"]
+            .as_str()
+            .unwrap_or_default()
+            .split_whitespace()
+            .count(),
+        2,
+        "a child exited: {after}"
+    );
     let dmesg = after["dmesg"].as_str().unwrap_or_default();
     for bad in ["stall", "error", "disabled"] {
         assert!(!dmesg.contains(bad), "sched_ext logged `{bad}`: {dmesg}");
     }
     let stopped = outcome.result("root-stopped")?;
     let log = stopped["log"].as_str().unwrap_or_default();
-    assert!(!log.contains("exited"), "a scheduler exited during the run: {log}");
+    assert!(
+        !log.contains("exited"),
+        "a scheduler exited during the run: {log}"
+    );
     Ok(())
 }
 
@@ -485,11 +587,17 @@ canopy-guest report run-stopped state="$(cat /sys/kernel/sched_ext/state)" log="
     println!("canopy run, policy weights 200:100: {ratio:.3}:1");
     let late = outcome.result("late-cgroup")?;
     assert!(
-        late["subs"].as_str().unwrap_or_default().contains(&format!("sub-{}", late["late_id"])),
+        late["subs"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("sub-{}", late["late_id"])),
         "no child on the cgroup created later: {late}"
     );
     let stopped = outcome.result("run-stopped")?;
     assert_eq!(stopped["state"], "disabled", "{stopped}");
-    assert!((ratio / 2.0 - 1.0).abs() <= 0.05, "policy split {ratio:.3}:1 is not within 5% of 2:1");
+    assert!(
+        (ratio / 2.0 - 1.0).abs() <= 0.05,
+        "policy split {ratio:.3}:1 is not within 5% of 2:1"
+    );
     Ok(())
 }

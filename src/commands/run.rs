@@ -21,11 +21,17 @@ pub(crate) fn run(paths: &[PathBuf]) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let plan = compiled.plan;
-    let nr_cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let nr_cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let refresh = || config_from_plan(&plan, Path::new(CGROUP2_ROOT), nr_cpus);
     let config = refresh();
     config.validate()?;
-    println!("canopy: plan {} ({} groups on existing cgroups)", plan.hash_hex(), config.groups.len());
+    println!(
+        "canopy: plan {} ({} groups on existing cgroups)",
+        plan.hash_hex(),
+        config.groups.len()
+    );
     run_with_refresh(&config, 0.0, Some(&refresh))?;
     Ok(ExitCode::SUCCESS)
 }

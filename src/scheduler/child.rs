@@ -55,7 +55,11 @@ impl ChildScheduler {
             .open(storage)
             .map_err(|e| SchedulerError::Load(format!("opening canopy_child: {e:#}")))?;
         {
-            let rodata = open.maps.rodata_data.as_deref_mut().expect("canopy_child has rodata");
+            let rodata = open
+                .maps
+                .rodata_data
+                .as_deref_mut()
+                .expect("canopy_child has rodata");
             rodata.canopy_kconst.copy_from_slice(&kconsts);
             rodata.attach_cgroup_id = cgroup_id;
             if let Some(class) = options.default_class {
@@ -74,11 +78,15 @@ impl ChildScheduler {
                 }
             }
         }
-        for (name, map) in [("class_params", &mut open.maps.class_params), ("task_classes", &mut open.maps.task_classes)] {
+        for (name, map) in [
+            ("class_params", &mut open.maps.class_params),
+            ("task_classes", &mut open.maps.task_classes),
+        ] {
             let pinned = Path::new(PIN_DIR).join(name);
             if pinned.exists() {
-                map.reuse_pinned_map(&pinned)
-                    .map_err(|e| SchedulerError::Load(format!("sharing {}: {e}", pinned.display())))?;
+                map.reuse_pinned_map(&pinned).map_err(|e| {
+                    SchedulerError::Load(format!("sharing {}: {e}", pinned.display()))
+                })?;
             }
         }
         let skel = open
@@ -86,14 +94,25 @@ impl ChildScheduler {
             .map_err(|e| SchedulerError::Load(format!("loading canopy_child (verifier): {e:#}")))?;
         kernel::associate_programs(skel.object(), "canopy_child_ops")?;
 
-        let mut child = ChildScheduler { skel, link: None, enums, cgroup: cgroup.clone(), cgroup_id };
-        let link = child.skel.maps.canopy_child_ops.attach_struct_ops().map_err(|e| {
-            SchedulerError::Attach(format!(
-                "attaching canopy_child to {} (cgroup id {cgroup_id}): {e:#}{}",
-                cgroup.display(),
-                attach_hint(&e)
-            ))
-        })?;
+        let mut child = ChildScheduler {
+            skel,
+            link: None,
+            enums,
+            cgroup: cgroup.clone(),
+            cgroup_id,
+        };
+        let link = child
+            .skel
+            .maps
+            .canopy_child_ops
+            .attach_struct_ops()
+            .map_err(|e| {
+                SchedulerError::Attach(format!(
+                    "attaching canopy_child to {} (cgroup id {cgroup_id}): {e:#}{}",
+                    cgroup.display(),
+                    attach_hint(&e)
+                ))
+            })?;
         child.link = Some(link);
         if let Some(report) = child.exit_report() {
             return Err(SchedulerError::Refused(format!(

@@ -36,7 +36,10 @@ use super::root::PIN_DIR;
 use super::status;
 
 #[derive(Parser, Debug)]
-#[command(name = "canopy scheduler", about = "Debug commands for canopy's BPF schedulers")]
+#[command(
+    name = "canopy scheduler",
+    about = "Debug commands for canopy's BPF schedulers"
+)]
 struct SchedulerCli {
     #[command(subcommand)]
     command: SchedulerCommand,
@@ -104,8 +107,14 @@ extern "C" fn request_stop(_signal: libc::c_int) {
 fn install_stop_handlers() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGINT, request_stop as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, request_stop as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            request_stop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as *const () as libc::sighandler_t,
+        );
     }
 }
 
@@ -124,14 +133,20 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
         SchedulerCommand::Run { config, seconds } => {
             let config = match config {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
                     SchedulerConfig::from_json(&text)?
                 }
                 None => SchedulerConfig::default(),
             };
             run(&config, seconds)
         }
-        SchedulerCommand::Child { cgroup, ops_name, foreign_fixture, seconds } => {
+        SchedulerCommand::Child {
+            cgroup,
+            ops_name,
+            foreign_fixture,
+            seconds,
+        } => {
             if foreign_fixture {
                 hold_fixture(&cgroup, seconds)
             } else {
@@ -146,7 +161,11 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
                 .context("writing task_classes")?;
             Ok(())
         }
-        SchedulerCommand::Exec { nice, batch, command } => exec_with(nice, batch, &command),
+        SchedulerCommand::Exec {
+            nice,
+            batch,
+            command,
+        } => exec_with(nice, batch, &command),
         SchedulerCommand::Status { json, interval_ms } => {
             let status = status::collect(Duration::from_millis(interval_ms))?;
             if json {
@@ -162,18 +181,29 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
 fn log_admission(bytes: &[u8]) -> i32 {
     let event: bpf_intf::canopy_admission_event = from_bytes(bytes);
     let text = |raw: &[std::os::raw::c_char]| {
-        let raw: Vec<u8> = raw.iter().take_while(|&&b| b != 0).map(|&b| b as u8).collect();
+        let raw: Vec<u8> = raw
+            .iter()
+            .take_while(|&&b| b != 0)
+            .map(|&b| b as u8)
+            .collect();
         String::from_utf8_lossy(&raw).into_owned()
     };
     let (name, path) = (text(&event.ops_name), text(&event.cgroup_path));
     if event.verdict == 0 {
-        println!("canopy: admitted sub-scheduler {name} on {path} (cgroup id {}, slot {})", event.cgroup_id, event.slot);
+        println!(
+            "canopy: admitted sub-scheduler {name} on {path} (cgroup id {}, slot {})",
+            event.cgroup_id, event.slot
+        );
     } else {
         println!(
             "canopy: refused sub-scheduler {name} on {path} (cgroup id {}): errno {} ({})",
             event.cgroup_id,
             -event.verdict,
-            if event.verdict == -1 { "the policy does not admit it there" } else { "no room" }
+            if event.verdict == -1 {
+                "the policy does not admit it there"
+            } else {
+                "no room"
+            }
         );
     }
     0
@@ -213,7 +243,10 @@ fn apply_new_groups(
         if !group.attach_canopy_child {
             continue;
         }
-        let options = ChildOptions { default_class: Some(config.default_class_id()?), ..Default::default() };
+        let options = ChildOptions {
+            default_class: Some(config.default_class_id()?),
+            ..Default::default()
+        };
         match ChildScheduler::attach(&group.cgroup, &options) {
             Ok(child) => {
                 println!(
@@ -223,7 +256,10 @@ fn apply_new_groups(
                 );
                 children.push(child);
             }
-            Err(e) => println!("canopy: child scheduler on {} not attached: {e}", path.display()),
+            Err(e) => println!(
+                "canopy: child scheduler on {} not attached: {e}",
+                path.display()
+            ),
         }
     }
     Ok(())
@@ -231,7 +267,11 @@ fn apply_new_groups(
 
 /// The supervisor: load, attach children, watch (rescanning with `refresh` when given),
 /// restart on request, unload on a signal.
-pub fn run_with_refresh(config: &SchedulerConfig, seconds: f64, refresh: Option<Refresh<'_>>) -> anyhow::Result<()> {
+pub fn run_with_refresh(
+    config: &SchedulerConfig,
+    seconds: f64,
+    refresh: Option<Refresh<'_>>,
+) -> anyhow::Result<()> {
     install_stop_handlers();
     let stop_at = deadline(seconds);
     loop {
@@ -257,9 +297,13 @@ pub fn run_with_refresh(config: &SchedulerConfig, seconds: f64, refresh: Option<
                 if last_scan.elapsed() >= RESCAN_INTERVAL {
                     last_scan = Instant::now();
                     let current = refresh();
-                    if let Err(e) = current.validate().map_err(anyhow::Error::from).and_then(|()| {
-                        apply_new_groups(&root, &current, &mut applied, &mut children)
-                    }) {
+                    if let Err(e) = current
+                        .validate()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|()| {
+                            apply_new_groups(&root, &current, &mut applied, &mut children)
+                        })
+                    {
                         println!("canopy: rescan failed: {e:#}");
                     }
                 }
@@ -270,7 +314,10 @@ pub fn run_with_refresh(config: &SchedulerConfig, seconds: f64, refresh: Option<
             }
             children.retain(|child| match child.exit_report() {
                 Some(report) => {
-                    println!("canopy: child scheduler on {} exited: {report}", child.cgroup().display());
+                    println!(
+                        "canopy: child scheduler on {} exited: {report}",
+                        child.cgroup().display()
+                    );
                     false
                 }
                 None => true,
@@ -285,7 +332,13 @@ pub fn run_with_refresh(config: &SchedulerConfig, seconds: f64, refresh: Option<
         for child in children.drain(..) {
             let path = child.cgroup().to_path_buf();
             let report = child.detach();
-            println!("canopy: child scheduler on {} detached: {}", path.display(), report.map(|r| r.to_string()).unwrap_or_else(|| "no exit record".into()));
+            println!(
+                "canopy: child scheduler on {} detached: {}",
+                path.display(),
+                report
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "no exit record".into())
+            );
         }
         let final_report = match report {
             Some(report) => report,
@@ -293,7 +346,10 @@ pub fn run_with_refresh(config: &SchedulerConfig, seconds: f64, refresh: Option<
                 let report = root.detach();
                 println!(
                     "canopy: root scheduler unloaded: {} (sched_ext state {})",
-                    report.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "no exit record".into()),
+                    report
+                        .as_ref()
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "no exit record".into()),
                     kernel::sched_ext_state().unwrap_or_default()
                 );
                 return Ok(());
@@ -315,17 +371,36 @@ pub fn run_with_refresh(config: &SchedulerConfig, seconds: f64, refresh: Option<
 fn hold_child(cgroup: &Path, ops_name: Option<String>, seconds: f64) -> anyhow::Result<()> {
     install_stop_handlers();
     let stop_at = deadline(seconds);
-    let child = ChildScheduler::attach(cgroup, &ChildOptions { ops_name, default_class: None })?;
-    println!("canopy: child scheduler enabled on {} (cgroup id {})", child.cgroup().display(), child.cgroup_id());
+    let child = ChildScheduler::attach(
+        cgroup,
+        &ChildOptions {
+            ops_name,
+            default_class: None,
+        },
+    )?;
+    println!(
+        "canopy: child scheduler enabled on {} (cgroup id {})",
+        child.cgroup().display(),
+        child.cgroup_id()
+    );
     while !should_stop(stop_at) {
         if let Some(report) = child.exit_report() {
-            anyhow::bail!("child scheduler on {} exited: {report}", child.cgroup().display());
+            anyhow::bail!(
+                "child scheduler on {} exited: {report}",
+                child.cgroup().display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let path = child.cgroup().to_path_buf();
     let report = child.detach();
-    println!("canopy: child scheduler on {} detached: {}", path.display(), report.map(|r| r.to_string()).unwrap_or_else(|| "no exit record".into()));
+    println!(
+        "canopy: child scheduler on {} detached: {}",
+        path.display(),
+        report
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "no exit record".into())
+    );
     Ok(())
 }
 
@@ -333,16 +408,29 @@ fn hold_fixture(cgroup: &Path, seconds: f64) -> anyhow::Result<()> {
     install_stop_handlers();
     let stop_at = deadline(seconds);
     let fixture = ForeignFixture::attach(cgroup)?;
-    println!("canopy: foreign_fifo enabled on {} (cgroup id {})", fixture.cgroup.display(), fixture.cgroup_id);
+    println!(
+        "canopy: foreign_fifo enabled on {} (cgroup id {})",
+        fixture.cgroup.display(),
+        fixture.cgroup_id
+    );
     while !should_stop(stop_at) {
         if let Some(report) = fixture.exit_report() {
-            anyhow::bail!("foreign_fifo on {} exited: {report}", fixture.cgroup.display());
+            anyhow::bail!(
+                "foreign_fifo on {} exited: {report}",
+                fixture.cgroup.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let path = fixture.cgroup.clone();
     let report = fixture.detach();
-    println!("canopy: foreign_fifo on {} detached: {}", path.display(), report.map(|r| r.to_string()).unwrap_or_else(|| "no exit record".into()));
+    println!(
+        "canopy: foreign_fifo on {} detached: {}",
+        path.display(),
+        report
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "no exit record".into())
+    );
     Ok(())
 }
 
@@ -353,13 +441,18 @@ fn exec_with(nice: i32, batch: bool, command: &[String]) -> anyhow::Result<()> {
         if batch {
             let param = libc::sched_param { sched_priority: 0 };
             if libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) != 0 {
-                anyhow::bail!("sched_setscheduler(SCHED_BATCH): {}", std::io::Error::last_os_error());
+                anyhow::bail!(
+                    "sched_setscheduler(SCHED_BATCH): {}",
+                    std::io::Error::last_os_error()
+                );
             }
         }
         if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
             anyhow::bail!("setpriority({nice}): {}", std::io::Error::last_os_error());
         }
     }
-    let error = std::process::Command::new(&command[0]).args(&command[1..]).exec();
+    let error = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .exec();
     Err(anyhow::anyhow!("exec {}: {error}", command[0]))
 }

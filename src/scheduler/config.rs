@@ -136,7 +136,8 @@ impl Default for SchedulerConfig {
 
 impl SchedulerConfig {
     pub fn from_json(text: &str) -> Result<Self, SchedulerError> {
-        let config: Self = serde_json::from_str(text).map_err(|e| SchedulerError::Config(e.to_string()))?;
+        let config: Self =
+            serde_json::from_str(text).map_err(|e| SchedulerError::Config(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -152,14 +153,19 @@ impl SchedulerConfig {
                 problems.push(e.to_string());
             }
             if class.weight == 0 || class.weight > 10000 {
-                problems.push(format!("class {}: weight {} is not in 1..10000", class.name, class.weight));
+                problems.push(format!(
+                    "class {}: weight {} is not in 1..10000",
+                    class.name, class.weight
+                ));
             }
         }
         let max_admitted = bpf_intf::CANOPY_MAX_ADMITTED as usize;
         for group in &self.groups {
             let at = group.cgroup.display();
             if group.admit.len() > max_admitted {
-                problems.push(format!("{at}: at most {max_admitted} admitted scheduler names"));
+                problems.push(format!(
+                    "{at}: at most {max_admitted} admitted scheduler names"
+                ));
             }
             for name in &group.admit {
                 if name.is_empty() || name.len() >= bpf_intf::CANOPY_NAME_LEN as usize {
@@ -170,13 +176,18 @@ impl SchedulerConfig {
                 problems.push(format!("{at}: guarantee and cap are percentages (0..100)"));
             }
             if group.cap_pct != 0 && group.guarantee_pct > group.cap_pct {
-                problems.push(format!("{at}: guarantee {}% exceeds cap {}%", group.guarantee_pct, group.cap_pct));
+                problems.push(format!(
+                    "{at}: guarantee {}% exceeds cap {}%",
+                    group.guarantee_pct, group.cap_pct
+                ));
             }
             if group.weight == Some(0) || group.weight.is_some_and(|w| w > 10000) {
                 problems.push(format!("{at}: weight must be in 1..10000"));
             }
             if group.attach_canopy_child && !group.admit.iter().any(|n| n == CANOPY_CHILD_NAME) {
-                problems.push(format!("{at}: attach_canopy_child needs {CANOPY_CHILD_NAME:?} in admit"));
+                problems.push(format!(
+                    "{at}: attach_canopy_child needs {CANOPY_CHILD_NAME:?} in admit"
+                ));
             }
         }
         for outer in self.groups.iter().filter(|g| g.attach_canopy_child) {

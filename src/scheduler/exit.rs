@@ -27,7 +27,11 @@ pub struct ExitReport {
 }
 
 fn c_string(bytes: &[std::os::raw::c_char]) -> String {
-    let bytes: Vec<u8> = bytes.iter().take_while(|&&b| b != 0).map(|&b| b as u8).collect();
+    let bytes: Vec<u8> = bytes
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

@@ -38,18 +38,40 @@ impl ForeignFixture {
         let mut open = ForeignFifoSkelBuilder::default()
             .open(storage)
             .map_err(|e| SchedulerError::Load(format!("opening foreign_fifo: {e:#}")))?;
-        open.maps.rodata_data.as_deref_mut().expect("rodata").canopy_kconst.copy_from_slice(&kconsts);
+        open.maps
+            .rodata_data
+            .as_deref_mut()
+            .expect("rodata")
+            .canopy_kconst
+            .copy_from_slice(&kconsts);
         {
             let ops = open.struct_ops.foreign_fifo_ops_mut();
             ops.sub_cgroup_id = cgroup_id;
             ops.hotplug_seq = kernel::hotplug_seq();
         }
-        let skel = open.load().map_err(|e| SchedulerError::Load(format!("loading foreign_fifo: {e:#}")))?;
+        let skel = open
+            .load()
+            .map_err(|e| SchedulerError::Load(format!("loading foreign_fifo: {e:#}")))?;
         kernel::associate_programs(skel.object(), "foreign_fifo_ops")?;
-        let mut fixture = ForeignFixture { skel, link: None, enums, cgroup: cgroup.clone(), cgroup_id };
-        let link = fixture.skel.maps.foreign_fifo_ops.attach_struct_ops().map_err(|e| {
-            SchedulerError::Attach(format!("attaching foreign_fifo to {}: {e:#}{}", cgroup.display(), attach_hint(&e)))
-        })?;
+        let mut fixture = ForeignFixture {
+            skel,
+            link: None,
+            enums,
+            cgroup: cgroup.clone(),
+            cgroup_id,
+        };
+        let link = fixture
+            .skel
+            .maps
+            .foreign_fifo_ops
+            .attach_struct_ops()
+            .map_err(|e| {
+                SchedulerError::Attach(format!(
+                    "attaching foreign_fifo to {}: {e:#}{}",
+                    cgroup.display(),
+                    attach_hint(&e)
+                ))
+            })?;
         fixture.link = Some(link);
         if let Some(report) = fixture.exit_report() {
             return Err(SchedulerError::Refused(format!(

@@ -28,7 +28,8 @@ pub const EXIT_KIND_NAME_PREFIX: &str = "exit-kind-name:";
 /// Every enumerator in vmlinux BTF, by name (ENUM and ENUM64; a truncated 32-bit copy of a
 /// 64-bit enum is ignored when the ENUM64 is present).
 pub fn kernel_enums() -> Result<HashMap<String, u64>, SchedulerError> {
-    let btf = Btf::from_vmlinux().map_err(|e| SchedulerError::Kernel(format!("reading vmlinux BTF: {e}")))?;
+    let btf = Btf::from_vmlinux()
+        .map_err(|e| SchedulerError::Kernel(format!("reading vmlinux BTF: {e}")))?;
     let mut values = HashMap::new();
     for enum64 in btf.type_by_kind::<Enum64<'_>>() {
         for member in enum64.iter() {
@@ -41,7 +42,10 @@ pub fn kernel_enums() -> Result<HashMap<String, u64>, SchedulerError> {
         let exit_kinds = enum32.name().is_some_and(|n| n == "scx_exit_kind");
         for member in enum32.iter() {
             if let (true, Some(name)) = (exit_kinds, member.name) {
-                values.insert(format!("{EXIT_KIND_NAME_PREFIX}{}", name.to_string_lossy()), member.value as u32 as u64);
+                values.insert(
+                    format!("{EXIT_KIND_NAME_PREFIX}{}", name.to_string_lossy()),
+                    member.value as u32 as u64,
+                );
             }
             if let Some(name) = member.name {
                 values
@@ -58,10 +62,9 @@ pub fn resolve_kconsts(enums: &HashMap<String, u64>) -> Result<Vec<u64>, Schedul
     KCONST_NAMES
         .iter()
         .map(|name| {
-            enums
-                .get(*name)
-                .copied()
-                .ok_or_else(|| SchedulerError::Kernel(format!("kernel BTF has no enum value {name}")))
+            enums.get(*name).copied().ok_or_else(|| {
+                SchedulerError::Kernel(format!("kernel BTF has no enum value {name}"))
+            })
         })
         .collect()
 }
@@ -73,7 +76,8 @@ pub fn check_support() -> Result<(), SchedulerError> {
             "this kernel has no sched_ext (/sys/kernel/sched_ext is missing)".into(),
         ));
     }
-    let btf = Btf::from_vmlinux().map_err(|e| SchedulerError::Kernel(format!("reading vmlinux BTF: {e}")))?;
+    let btf = Btf::from_vmlinux()
+        .map_err(|e| SchedulerError::Kernel(format!("reading vmlinux BTF: {e}")))?;
     if btf
         .type_by_name::<libbpf_rs::btf::types::Struct<'_>>("sched_ext_ops_cid")
         .is_none()
@@ -103,9 +107,13 @@ pub fn read_trimmed(path: &Path) -> Option<String> {
 
 /// The cgroup id the kernel uses for a cgroup2 directory: its inode number.
 pub fn cgroup_id(path: &Path) -> Result<u64, SchedulerError> {
-    let meta = fs::metadata(path).map_err(|e| SchedulerError::Cgroup(path.to_path_buf(), e.to_string()))?;
+    let meta = fs::metadata(path)
+        .map_err(|e| SchedulerError::Cgroup(path.to_path_buf(), e.to_string()))?;
     if !meta.is_dir() {
-        return Err(SchedulerError::Cgroup(path.to_path_buf(), "not a directory".into()));
+        return Err(SchedulerError::Cgroup(
+            path.to_path_buf(),
+            "not a directory".into(),
+        ));
     }
     Ok(meta.ino())
 }

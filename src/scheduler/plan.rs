@@ -65,7 +65,10 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
             cap_pct: match settings.cap {
                 None => 0,
                 Some(Cap::Percent(percent)) => percent as u32,
-                Some(Cap::Quota { quota_us, period_us }) => {
+                Some(Cap::Quota {
+                    quota_us,
+                    period_us,
+                }) => {
                     let machine = period_us.max(1) * nr_cpus.max(1) as u64;
                     ((quota_us * 100).div_ceil(machine)).clamp(1, 100) as u32
                 }
@@ -75,15 +78,26 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
         });
     }
     // A canopy child cannot host children: drop admissions below one rather than fail.
-    let canopy_roots: Vec<_> =
-        groups.iter().filter(|g| g.attach_canopy_child).map(|g| g.cgroup.clone()).collect();
+    let canopy_roots: Vec<_> = groups
+        .iter()
+        .filter(|g| g.attach_canopy_child)
+        .map(|g| g.cgroup.clone())
+        .collect();
     for group in &mut groups {
-        if canopy_roots.iter().any(|outer| *outer != group.cgroup && group.cgroup.starts_with(outer)) {
+        if canopy_roots
+            .iter()
+            .any(|outer| *outer != group.cgroup && group.cgroup.starts_with(outer))
+        {
             group.admit.clear();
             group.attach_canopy_child = false;
         }
     }
-    SchedulerConfig { default_class, own_weight: bpf_intf::CANOPY_DEFAULT_WEIGHT, classes, groups }
+    SchedulerConfig {
+        default_class,
+        own_weight: bpf_intf::CANOPY_DEFAULT_WEIGHT,
+        classes,
+        groups,
+    }
 }
 
 /// Every cgroup directory below `dir`, as a path relative to `root`, parents first.
@@ -135,11 +149,19 @@ scheduler = "none"
         let config = config_from_plan(&compiled.plan, &root, 2);
         fs::remove_dir_all(&root).unwrap();
         config.validate().unwrap();
-        let editor = config.groups.iter().find(|g| g.cgroup == Path::new("apps/editor")).unwrap();
+        let editor = config
+            .groups
+            .iter()
+            .find(|g| g.cgroup == Path::new("apps/editor"))
+            .unwrap();
         assert_eq!(editor.weight, Some(300));
         assert!(editor.attach_canopy_child);
         assert_eq!(editor.admit, vec![CANOPY_CHILD_NAME.to_string()]);
-        let batch = config.groups.iter().find(|g| g.cgroup == Path::new("batch")).unwrap();
+        let batch = config
+            .groups
+            .iter()
+            .find(|g| g.cgroup == Path::new("batch"))
+            .unwrap();
         assert_eq!(batch.weight, Some(50));
         assert!(batch.admit.is_empty());
         assert!(config.groups.iter().all(|g| g.cgroup != Path::new("other")));

@@ -32,8 +32,14 @@ use super::SchedulerError;
 /// Where the root pins the maps other processes read or share.
 pub const PIN_DIR: &str = "/sys/fs/bpf/canopy";
 /// Maps pinned under PIN_DIR.
-pub const PINNED_MAPS: &[&str] =
-    &["members", "stats", "class_params", "task_classes", "group_policy", "admission_events"];
+pub const PINNED_MAPS: &[&str] = &[
+    "members",
+    "stats",
+    "class_params",
+    "task_classes",
+    "group_policy",
+    "admission_events",
+];
 
 pub struct RootScheduler {
     skel: CanopyRootSkel<'static>,
@@ -48,7 +54,10 @@ fn load_err(what: &'static str) -> impl Fn(libbpf_rs::Error) -> SchedulerError {
 
 /// The exit record of a skeleton's `.data.exit_info` map, as intf.h's type.
 pub(super) fn exit_record<T>(data: &T) -> &bpf_intf::canopy_exit_info {
-    assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<bpf_intf::canopy_exit_info>());
+    assert_eq!(
+        std::mem::size_of::<T>(),
+        std::mem::size_of::<bpf_intf::canopy_exit_info>()
+    );
     // SAFETY: the skeleton's datasec struct holds exactly one `struct canopy_exit_info`
     // (same C declaration as intf.h's, size checked above).
     unsafe { &*(data as *const T as *const bpf_intf::canopy_exit_info) }
@@ -69,7 +78,11 @@ impl RootScheduler {
             .open(storage)
             .map_err(load_err("opening canopy_root"))?;
         {
-            let rodata = open.maps.rodata_data.as_deref_mut().expect("canopy_root has rodata");
+            let rodata = open
+                .maps
+                .rodata_data
+                .as_deref_mut()
+                .expect("canopy_root has rodata");
             rodata.canopy_kconst.copy_from_slice(&kconsts);
             rodata.default_class = config.default_class_id()?;
             rodata.own_weight = config.own_weight.max(1);
@@ -79,10 +92,17 @@ impl RootScheduler {
             ops.hotplug_seq = kernel::hotplug_seq();
             ops.exit_dump_len = bpf_intf::CANOPY_EXIT_DUMP_LEN;
         }
-        let skel = open.load().map_err(load_err("loading canopy_root (verifier)"))?;
+        let skel = open
+            .load()
+            .map_err(load_err("loading canopy_root (verifier)"))?;
         kernel::associate_programs(skel.object(), "canopy_root_ops")?;
 
-        let mut root = RootScheduler { skel, link: None, enums, pinned: Vec::new() };
+        let mut root = RootScheduler {
+            skel,
+            link: None,
+            enums,
+            pinned: Vec::new(),
+        };
         root.push_config(config)?;
         root.pin_maps()?;
 
@@ -94,7 +114,9 @@ impl RootScheduler {
             .map_err(|e| SchedulerError::Attach(format!("attaching canopy_root: {e:#}")))?;
         root.link = Some(link);
         if let Some(report) = root.exit_report() {
-            return Err(SchedulerError::Exited(format!("canopy_root died while enabling: {report}")));
+            return Err(SchedulerError::Exited(format!(
+                "canopy_root died while enabling: {report}"
+            )));
         }
         Ok(root)
     }
@@ -113,7 +135,10 @@ impl RootScheduler {
             let cgid = match kernel::cgroup_id(&path) {
                 Ok(id) => id,
                 Err(e) => {
-                    eprintln!("canopy: policy group {} skipped for now: {e}", path.display());
+                    eprintln!(
+                        "canopy: policy group {} skipped for now: {e}",
+                        path.display()
+                    );
                     continue;
                 }
             };
@@ -123,7 +148,11 @@ impl RootScheduler {
     }
 
     /// Writes (or replaces) the policy of one cgroup.
-    pub fn set_group_policy(&self, cgroup_id: u64, policy: &bpf_intf::canopy_group_policy) -> Result<(), SchedulerError> {
+    pub fn set_group_policy(
+        &self,
+        cgroup_id: u64,
+        policy: &bpf_intf::canopy_group_policy,
+    ) -> Result<(), SchedulerError> {
         self.skel
             .maps
             .group_policy
@@ -141,7 +170,8 @@ impl RootScheduler {
     }
 
     fn pin_maps(&mut self) -> Result<(), SchedulerError> {
-        fs::create_dir_all(PIN_DIR).map_err(|e| SchedulerError::Load(format!("creating {PIN_DIR}: {e}")))?;
+        fs::create_dir_all(PIN_DIR)
+            .map_err(|e| SchedulerError::Load(format!("creating {PIN_DIR}: {e}")))?;
         let maps = &mut self.skel.maps;
         for (name, map) in [
             ("members", &mut maps.members),
@@ -152,7 +182,8 @@ impl RootScheduler {
             ("admission_events", &mut maps.admission_events),
         ] {
             let path = Path::new(PIN_DIR).join(name);
-            map.pin(&path).map_err(|e| SchedulerError::Load(format!("pinning {}: {e}", path.display())))?;
+            map.pin(&path)
+                .map_err(|e| SchedulerError::Load(format!("pinning {}: {e}", path.display())))?;
             self.pinned.push(path);
         }
         Ok(())

@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The libbpf-rs skeletons build.rs generates from `bpf/*.bpf.c`. Only `include!`s.
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
 #![allow(clippy::all)]
 
 pub mod root {

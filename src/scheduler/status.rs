@@ -91,7 +91,11 @@ fn read_stats(map: &MapHandle) -> Stats {
 }
 
 fn c_name(bytes: &[std::os::raw::c_char]) -> String {
-    let bytes: Vec<u8> = bytes.iter().take_while(|&&b| b != 0).map(|&b| b as u8).collect();
+    let bytes: Vec<u8> = bytes
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -125,7 +129,12 @@ pub fn scheduler_tree() -> Vec<SchedulerNode> {
         }
     }
     let mut nodes = Vec::new();
-    walk(&Path::new(kernel::SCHED_EXT_SYSFS).join("root"), 0, 0, &mut nodes);
+    walk(
+        &Path::new(kernel::SCHED_EXT_SYSFS).join("root"),
+        0,
+        0,
+        &mut nodes,
+    );
     nodes
 }
 
@@ -147,9 +156,16 @@ pub fn collect(interval: Duration) -> Result<Status, SchedulerError> {
     let after = members_map.as_ref().map(read_members).unwrap_or_default();
 
     let delta_of = |slot: u32, now: u64| -> u64 {
-        before.iter().find(|(s, _)| *s == slot).map(|(_, m)| now.saturating_sub(m.cpu_ns)).unwrap_or(0)
+        before
+            .iter()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, m)| now.saturating_sub(m.cpu_ns))
+            .unwrap_or(0)
     };
-    let total_delta: u64 = after.iter().map(|(slot, m)| delta_of(*slot, m.cpu_ns)).sum();
+    let total_delta: u64 = after
+        .iter()
+        .map(|(slot, m)| delta_of(*slot, m.cpu_ns))
+        .sum();
     let running_weight: u64 = after
         .iter()
         .filter(|(slot, m)| delta_of(*slot, m.cpu_ns) > 0)
@@ -162,7 +178,11 @@ pub fn collect(interval: Duration) -> Result<Status, SchedulerError> {
             let delta = delta_of(*slot, m.cpu_ns);
             MemberStatus {
                 slot: *slot,
-                name: if *slot == bpf_intf::CANOPY_SELF_SLOT { "(root tasks)".into() } else { c_name(&m.name) },
+                name: if *slot == bpf_intf::CANOPY_SELF_SLOT {
+                    "(root tasks)".into()
+                } else {
+                    c_name(&m.name)
+                },
                 cgroup_id: m.cgroup_id,
                 cgroup: if m.cgroup_id == 1 {
                     Some(kernel::CGROUP2_ROOT.into())
@@ -176,7 +196,11 @@ pub fn collect(interval: Duration) -> Result<Status, SchedulerError> {
                 dispatches: m.dispatches,
                 throttled: m.throttled,
                 cpus_used: delta as f64 / 1e9 / elapsed,
-                share: if total_delta > 0 { delta as f64 / total_delta as f64 } else { 0.0 },
+                share: if total_delta > 0 {
+                    delta as f64 / total_delta as f64
+                } else {
+                    0.0
+                },
                 target_share: if delta > 0 && running_weight > 0 {
                     m.weight as f64 / running_weight as f64
                 } else {
@@ -207,7 +231,11 @@ impl Status {
         for node in &self.schedulers {
             let indent = "  ".repeat(node.level as usize + 1);
             let place = node.cgroup.clone().unwrap_or_else(|| {
-                if node.level == 0 { "/".into() } else { format!("cgroup id {}", node.cgroup_id) }
+                if node.level == 0 {
+                    "/".into()
+                } else {
+                    format!("cgroup id {}", node.cgroup_id)
+                }
             });
             out.push_str(&format!("{indent}{} on {place}", node.ops));
             if !node.caps.is_empty() && node.level > 0 {
