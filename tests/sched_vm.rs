@@ -601,3 +601,47 @@ canopy-guest report run-stopped state="$(cat /sys/kernel/sched_ext/state)" log="
     );
     Ok(())
 }
+
+/// Issue 4 deliverable: the root implements cid_online/cid_offline, so taking a CPU offline and
+/// back does not take the hierarchy down (without them the kernel exits every scheduler).
+#[test]
+fn cpu_hotplug_keeps_the_hierarchy_running() -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+{SHELL_HELPERS}
+mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tb
+{start}
+hog_in ta; hog_in tb
+sleep 1
+echo 0 > /sys/devices/system/cpu/cpu1/online
+sleep 2
+canopy-guest report cpu-offline online="$(cat /sys/devices/system/cpu/online)" state="$(cat /sys/kernel/sched_ext/state)" subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')"
+echo 1 > /sys/devices/system/cpu/cpu1/online
+sleep 2
+set -- $(usage ta) $(usage tb)
+sleep 2
+canopy-guest report cpu-online online="$(cat /sys/devices/system/cpu/online)" state="$(cat /sys/kernel/sched_ext/state)" subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" ta_usec=$(( $(usage ta) - $1 )) tb_usec=$(( $(usage tb) - $2 ))
+canopy-guest report hotplug-log dmesg="$(dmesg | grep sched_ext | tr '\n' '|')"
+{STOP_ROOT}
+"#,
+        start = start_root_with_children(2)
+    );
+    let outcome = scenario("sched-hotplug")
+        .with_file_contents("/etc/canopy-sched.json", children_config(&["ta", "tb"]), 0o644)
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    for kind in ["cpu-offline", "cpu-online"] {
+        let report = outcome.result(kind)?;
+        println!("{kind}: {report}");
+        assert_eq!(report["state"], "enabled", "{report}");
+        assert_eq!(report["subs"].as_str().unwrap_or_default().split_whitespace().count(), 2, "{report}");
+    }
+    let online = outcome.result("cpu-online")?;
+    assert_eq!(online["online"], "0-1", "{online}");
+    assert!(online["ta_usec"].as_f64().unwrap_or_default() > 0.5e6, "{online}");
+    assert!(online["tb_usec"].as_f64().unwrap_or_default() > 0.5e6, "{online}");
+    let log = outcome.result("hotplug-log")?;
+    assert!(!log["dmesg"].as_str().unwrap_or_default().contains("disabled"), "{log}");
+    Ok(())
+}
