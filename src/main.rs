@@ -5,6 +5,7 @@
 
 mod commands;
 mod policy_files;
+mod scheduler;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,6 +107,16 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    // Hidden debug commands over the BPF loader (`canopy scheduler --help`), used by the VM tests.
+    if std::env::args().nth(1).as_deref() == Some("scheduler") {
+        return match scheduler::cli::main(std::env::args_os().skip(1)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("Error: {error:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { paths, format } => commands::check::run(&paths, format),

@@ -1,11 +1,37 @@
-//! `canopy run`: the daemon. Not implemented yet (the daemon issues will fill this in).
+//! `canopy run`: compile the policy, then load canopy's root scheduler with the policy's class
+//! table and group terms, attach canopy's child scheduler on every existing cgroup whose group
+//! asks for it, admit foreign schedulers where the policy names them, pick up cgroups created
+//! later (rescanned every second) and unload cleanly on SIGINT/SIGTERM. Class tagging of tasks
+//! (the controller) is the next issue; until then untagged tasks take the policy's default class.
+//! The scheduler side lives in `crate::scheduler`; this file is only the glue from the Plan.
 
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 
-pub(crate) fn run(_paths: &[PathBuf]) -> Result<ExitCode> {
-    eprintln!("canopy run: not implemented yet");
-    Ok(ExitCode::from(2))
+use super::load_and_compile;
+use crate::scheduler::cli::run_with_refresh;
+use crate::scheduler::kernel::CGROUP2_ROOT;
+use crate::scheduler::plan::config_from_plan;
+
+pub(crate) fn run(paths: &[PathBuf]) -> Result<ExitCode> {
+    let Some(compiled) = load_and_compile(paths)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let plan = compiled.plan;
+    let nr_cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let refresh = || config_from_plan(&plan, Path::new(CGROUP2_ROOT), nr_cpus);
+    let config = refresh();
+    config.validate()?;
+    println!(
+        "canopy: plan {} ({} groups on existing cgroups)",
+        plan.hash_hex(),
+        config.groups.len()
+    );
+    run_with_refresh(&config, 0.0, Some(&refresh))?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,230 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * canopy.bpf.h: canopy's own helper header for its cid-form sched_ext
+ * schedulers. It owns the kfunc prototypes we call (bpftool 7.1 does not put
+ * them in vmlinux.h), the arena map and cmask helpers, the kernel constants
+ * read from rodata, the stats counter, error reporting and exit recording.
+ * Both schedulers include it; nothing in here is policy.
+ */
+#ifndef CANOPY_BPF_H
+#define CANOPY_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "intf.h"
+
+#define __arena __attribute__((address_space(1)))
+
+#ifndef EINVAL
+#define EPERM 1
+#define ENOENT 2
+#define ENOMEM 12
+#define EACCES 13
+#define EBUSY 16
+#define EINVAL 22
+#define ENOSPC 28
+#endif
+
+/* ---- kfuncs (signatures as the BPF side sees them: implicit aux args omitted) ---- */
+s32 scx_bpf_create_dsq(u64 dsq_id, s32 node) __ksym;
+bool scx_bpf_dsq_insert___v2___canopy(struct task_struct *p, u64 dsq_id, u64 slice, u64 enq_flags) __ksym;
+bool __scx_bpf_dsq_insert_vtime(struct task_struct *p, struct scx_bpf_dsq_insert_vtime_args *args) __ksym;
+bool scx_bpf_dsq_move_to_local___v2___canopy(u64 dsq_id, u64 enq_flags) __ksym;
+s32 scx_bpf_dsq_nr_queued(u64 dsq_id) __ksym;
+void scx_bpf_kick_cid(s32 cid, u64 flags) __ksym;
+s32 scx_bpf_task_cid(const struct task_struct *p) __ksym;
+s32 scx_bpf_cid_to_cpu(s32 cid) __ksym;
+u32 scx_bpf_nr_cids(void) __ksym;
+u32 scx_bpf_nr_online_cids(void) __ksym;
+u64 scx_bpf_now(void) __ksym;
+bool scx_bpf_task_running(const struct task_struct *p) __ksym;
+bool scx_bpf_task_set_dsq_vtime(struct task_struct *p, u64 vtime) __ksym;
+bool scx_bpf_task_set_slice(struct task_struct *p, u64 slice) __ksym;
+void scx_bpf_error_bstr(char *fmt, unsigned long long *data, u32 data_len) __ksym;
+void scx_bpf_dump_bstr(char *fmt, unsigned long long *data, u32 data_len) __ksym;
+bool scx_bpf_sub_dispatch(u64 cgroup_id) __ksym;
+s32 scx_bpf_sub_grant(u64 cgroup_id, u64 caps, const struct scx_cmask __arena *cmask__arena,
+		      struct scx_cmask __arena *denied_out__arena__nullable) __ksym;
+void scx_bpf_sub_revoke(u64 cgroup_id, u64 caps, const struct scx_cmask __arena *cmask__arena) __ksym;
+s32 scx_bpf_sub_caps(u64 cgroup_id, u64 caps, struct scx_cmask __arena *out__arena) __ksym;
+struct cgroup *bpf_cgroup_from_id(u64 cgid) __ksym;
+void bpf_cgroup_release(struct cgroup *cgrp) __ksym;
+bool bpf_cpumask_test_cpu(u32 cpu, const struct cpumask *cpumask) __ksym;
+
+/*
+ * Open-coded numeric iterator loop: `canopy_for(i, 0, n)` runs i = 0..n-1. The verifier checks
+ * the body once per distinct state instead of unrolling every iteration, which keeps loops
+ * over members and cids inside the complexity limit. `i` is an unknown scalar in the body:
+ * bound-check it before indexing arrays.
+ */
+int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end) __ksym;
+int *bpf_iter_num_next(struct bpf_iter_num *it) __ksym;
+void bpf_iter_num_destroy(struct bpf_iter_num *it) __ksym;
+
+#define canopy_for(i, start, end)							\
+	for (struct bpf_iter_num ___it __attribute__((aligned(8),			\
+						      cleanup(bpf_iter_num_destroy))),	\
+	     *___unused __attribute__((unused)) =					\
+		(bpf_iter_num_new(&___it, (start), (end)), (void *)0);			\
+	     ({ int *___cur = bpf_iter_num_next(&___it); ___cur ? ((i) = *___cur, 1) : 0; });)
+
+/* ---- kernel constants, resolved by the loader from the running kernel's BTF ---- */
+const volatile u64 canopy_kconst[CANOPY_NR_KCONSTS];
+#define KCONST(name) (canopy_kconst[CANOPY_K_##name])
+
+/* ---- the arena every cid-form scheduler must own (the kernel allocates in it too) ---- */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARENA);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 64);	/* pages */
+} arena SEC(".maps");
+
+/* A cmask with room for CANOPY_MAX_CIDS; layout-compatible with struct scx_cmask. */
+#define CANOPY_CMASK_WORDS (CANOPY_MAX_CIDS / 64 + 1)
+struct canopy_cmask {
+	u32 base;
+	u32 nr_cids;
+	u32 alloc_words;
+	u32 pad;
+	u64 bits[CANOPY_CMASK_WORDS];
+};
+
+static __always_inline void cmask_reset(struct canopy_cmask __arena *m, u32 nr_cids)
+{
+	u32 i;
+
+	m->base = 0;
+	m->nr_cids = nr_cids < CANOPY_MAX_CIDS ? nr_cids : CANOPY_MAX_CIDS;
+	m->alloc_words = CANOPY_CMASK_WORDS;
+	for (i = 0; i < CANOPY_CMASK_WORDS; i++)
+		m->bits[i] = 0;
+}
+
+static __always_inline void cmask_set(struct canopy_cmask __arena *m, u32 cid)
+{
+	if (cid < CANOPY_MAX_CIDS)
+		m->bits[(cid / 64) & (CANOPY_CMASK_WORDS - 1)] |= 1ULL << (cid & 63);
+}
+
+static __always_inline bool cmask_test(struct canopy_cmask __arena *m, u32 cid)
+{
+	if (cid >= CANOPY_MAX_CIDS)
+		return false;
+	return m->bits[(cid / 64) & (CANOPY_CMASK_WORDS - 1)] & (1ULL << (cid & 63));
+}
+
+#define AS_SCX_CMASK(m) ((struct scx_cmask __arena *)(m))
+
+/* ---- errors and exit info ---- */
+#define canopy_error(fmt, args...)						\
+({										\
+	static char ___fmt[] = fmt;						\
+	unsigned long long ___param[___bpf_narg(args)];				\
+	_Pragma("GCC diagnostic push")						\
+	_Pragma("GCC diagnostic ignored \"-Wint-conversion\"")			\
+	___bpf_fill(___param, args);						\
+	_Pragma("GCC diagnostic pop")						\
+	scx_bpf_error_bstr(___fmt, ___param, sizeof(___param));			\
+})
+
+#define canopy_dump(fmt, args...)						\
+({										\
+	static char ___fmt[] = fmt;						\
+	unsigned long long ___param[___bpf_narg(args)];				\
+	_Pragma("GCC diagnostic push")						\
+	_Pragma("GCC diagnostic ignored \"-Wint-conversion\"")			\
+	___bpf_fill(___param, args);						\
+	_Pragma("GCC diagnostic pop")						\
+	scx_bpf_dump_bstr(___fmt, ___param, sizeof(___param));			\
+})
+
+/* Filled by ops.exit; userspace polls `kind` (0 while running). */
+struct canopy_exit_info exit_info SEC(".data.exit_info");
+
+static __always_inline void canopy_record_exit(struct scx_exit_info *ei)
+{
+	bpf_probe_read_kernel_str(exit_info.reason, sizeof(exit_info.reason), ei->reason);
+	bpf_probe_read_kernel_str(exit_info.msg, sizeof(exit_info.msg), ei->msg);
+	bpf_probe_read_kernel_str(exit_info.dump, sizeof(exit_info.dump), ei->dump);
+	exit_info.exit_cpu = ei->exit_cpu;
+	exit_info.exit_code = ei->exit_code;
+	/* kind last: it is what userspace polls */
+	__sync_lock_test_and_set(&exit_info.kind, ei->kind);
+}
+
+/* ---- stats ---- */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CANOPY_NR_STATS);
+	__type(key, u32);
+	__type(value, u64);
+} stats SEC(".maps");
+
+static __always_inline void stat_add(enum canopy_stat idx, u64 n)
+{
+	u32 key = idx;
+	u64 *counter = bpf_map_lookup_elem(&stats, &key);
+
+	if (counter)
+		(*counter) += n;
+}
+#define stat_inc(idx) stat_add(idx, 1)
+
+/* ---- task classes (shared by every canopy scheduler: the loader reuses the root's maps) ---- */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CANOPY_NR_CLASSES);
+	__type(key, u32);
+	__type(value, struct canopy_class_params);
+} class_params SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CANOPY_MAX_TASKS);
+	__type(key, u32);
+	__type(value, u32);
+} task_classes SEC(".maps");
+
+/* The policy's default class for tasks the controller has not tagged. */
+const volatile u32 default_class = CANOPY_CLASS_DEFAULT;
+
+static __always_inline u32 task_class(const struct task_struct *p)
+{
+	u32 tid = p->pid;
+	u32 *class = bpf_map_lookup_elem(&task_classes, &tid);
+	u32 c = class ? *class : default_class;
+
+	return c < CANOPY_NR_CLASSES ? c : CANOPY_CLASS_DEFAULT;
+}
+
+static __always_inline struct canopy_class_params *class_of(u32 class)
+{
+	return bpf_map_lookup_elem(&class_params, &class);
+}
+
+/* slice of a class, falling back to the kernel default when the loader left it 0 */
+static __always_inline u64 class_slice(const struct canopy_class_params *cp)
+{
+	return (cp && cp->slice_ns) ? cp->slice_ns : KCONST(SCX_SLICE_DFL);
+}
+
+static __always_inline u32 class_weight(const struct canopy_class_params *cp)
+{
+	return (cp && cp->weight) ? cp->weight : CANOPY_DEFAULT_WEIGHT;
+}
+
+static __always_inline bool task_may_run_on(const struct task_struct *p, s32 cid)
+{
+	s32 cpu = scx_bpf_cid_to_cpu(cid);
+
+	if (cpu < 0)
+		return false;
+	return bpf_cpumask_test_cpu(cpu, p->cpus_ptr);
+}
+
+#define CANOPY_OP(name, args...) SEC("struct_ops/" #name) BPF_PROG(name, ##args)
+#define CANOPY_OP_SLEEPABLE(name, args...) SEC("struct_ops.s/" #name) BPF_PROG(name, ##args)
+
+#endif /* CANOPY_BPF_H */

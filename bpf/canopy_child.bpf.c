@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * canopy_child: canopy's child sched_ext scheduler for one cgroup subtree
+ * (cid form, with an arena), attached below canopy_root (or any parent that
+ * admits it).
+ *
+ * Policy: class-aware weighted vtime over the subtree's tasks, the same order
+ * the root uses for its own tasks (class_vtime.bpf.h). Example: a
+ * USER_INTERACTIVE task (class weight 800) and a BACKGROUND hog (25) both
+ * runnable in this subtree: for every 25 ms the hog runs the interactive task
+ * may run 800 ms, so it effectively never waits behind the hog for more than
+ * one slice.
+ *
+ * Capabilities: the parent decides which cids we may use and how. We track
+ * the caps in effect per cid (sub_ecaps_updated) and insert into a local DSQ
+ * with SCX_ENQ_IMMED wherever we hold only a time share (ENQ_IMMED without
+ * ENQ), plainly where we own the cid (ENQ). We never insert directly from
+ * select_cid/enqueue: tasks wait on our DSQ and run when the parent hands us a
+ * cid through scx_bpf_sub_dispatch(), so the parent's accounting sees all of
+ * our CPU time. We kick an idle cid we hold when work arrives.
+ *
+ * Known cost: one extra kick on wake-ups that find an idle cid, against
+ * inserting directly there.
+ */
+#include "class_vtime.bpf.h"
+
+char _license[] SEC("license") = "GPL";
+
+/* the cgroup this instance is attached to (informational; the ops field is what counts) */
+const volatile u64 attach_cgroup_id;
+
+/* caps in effect per cid, from sub_ecaps_updated */
+u64 cid_caps[CANOPY_MAX_CIDS];
+u64 idle_cids[CANOPY_MAX_CIDS / 64];
+
+/* the cids we hold a cap on, as the kernel reports them (arena: the kernel writes it) */
+struct canopy_cmask __arena held_mask;
+
+static __always_inline u64 caps_on(s32 cid)
+{
+	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
+		return 0;
+	return cid_caps[cid & (CANOPY_MAX_CIDS - 1)];
+}
+
+static __always_inline bool cid_is_idle(s32 cid)
+{
+	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
+		return false;
+	return idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)] & (1ULL << (cid & 63));
+}
+
+s32 CANOPY_OP(canopy_child_select_cid, struct task_struct *p, s32 prev_cid, u64 wake_flags)
+{
+	u32 nr = scx_bpf_nr_cids();
+	s32 found = prev_cid;
+	int i;
+
+	if (cid_is_idle(prev_cid) && task_may_run_on(p, prev_cid))
+		return prev_cid;
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+		if (cid_is_idle(i) && task_may_run_on(p, i)) {
+			found = i;
+			break;
+		}
+	}
+	return found;
+}
+
+void CANOPY_OP(canopy_child_enqueue, struct task_struct *p, u64 enq_flags)
+{
+	u32 nr = scx_bpf_nr_cids();
+	int i;
+
+	queue_by_class(p, CANOPY_OWN_DSQ, enq_flags);
+
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+		if (cid_is_idle(i) && (caps_on(i) & KCONST(SCX_CAP_ENQ_IMMED)) &&
+		    task_may_run_on(p, i)) {
+			scx_bpf_kick_cid(i, KCONST(SCX_KICK_IDLE));
+			stat_inc(CANOPY_STAT_IDLE_KICKS);
+			break;
+		}
+	}
+}
+
+void CANOPY_OP(canopy_child_dispatch, s32 cid, struct task_struct *prev)
+{
+	u64 flags = 0;
+
+	if (!(caps_on(cid) & KCONST(SCX_CAP_ENQ)))
+		flags = KCONST(SCX_ENQ_IMMED);
+	if (scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_OWN_DSQ, flags)) {
+		stat_inc(CANOPY_STAT_OWN_DISPATCHES);
+		if (flags)
+			stat_inc(CANOPY_STAT_IMMED_INSERTS);
+		return;
+	}
+	class_vtime_keep_prev(prev);
+}
+
+void CANOPY_OP(canopy_child_running, struct task_struct *p)
+{
+	class_vtime_running(p, scx_bpf_now());
+}
+
+void CANOPY_OP(canopy_child_stopping, struct task_struct *p, bool runnable)
+{
+	class_vtime_stopping(p, scx_bpf_now());
+}
+
+void CANOPY_OP(canopy_child_update_idle, s32 cid, bool idle)
+{
+	u64 bit;
+
+	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
+		return;
+	bit = 1ULL << (cid & 63);
+	if (idle)
+		__sync_fetch_and_or(&idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)], bit);
+	else
+		__sync_fetch_and_and(&idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)], ~bit);
+}
+
+void CANOPY_OP(canopy_child_sub_ecaps_updated, s32 cid, u64 before, u64 after)
+{
+	if (cid >= 0 && cid < CANOPY_MAX_CIDS)
+		cid_caps[cid & (CANOPY_MAX_CIDS - 1)] = after;
+}
+
+s32 CANOPY_OP_SLEEPABLE(canopy_child_init_task, struct task_struct *p, struct scx_init_task_args *args)
+{
+	return class_vtime_init_task(p);
+}
+
+void CANOPY_OP(canopy_child_enable, struct task_struct *p, struct scx_enable_args *args)
+{
+	scx_bpf_task_set_dsq_vtime(p, own_vtime_now);
+}
+
+/* Seed cid_caps with what we already hold (normally nothing: grants arrive after attach). */
+static void seed_caps(u64 cap)
+{
+	u32 nr = scx_bpf_nr_cids(), i;
+
+	cmask_reset(&held_mask, nr);
+	if (scx_bpf_sub_caps(0, cap, AS_SCX_CMASK(&held_mask)) < 0)
+		return;
+	for (i = 0; i < CANOPY_MAX_CIDS && i < nr; i++)
+		if (cmask_test(&held_mask, i))
+			cid_caps[i] |= cap;
+}
+
+s32 CANOPY_OP_SLEEPABLE(canopy_child_init)
+{
+	seed_caps(KCONST(SCX_CAP_ENQ_IMMED));
+	seed_caps(KCONST(SCX_CAP_ENQ));
+	return scx_bpf_create_dsq(CANOPY_OWN_DSQ, -1);
+}
+
+void CANOPY_OP(canopy_child_exit, struct scx_exit_info *ei)
+{
+	canopy_record_exit(ei);
+}
+
+void CANOPY_OP(canopy_child_dump, struct scx_dump_ctx *dump_ctx)
+{
+	canopy_dump("canopy_child on cgroup %llu: %d queued, vtime now %llu",
+		    attach_cgroup_id, scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ), own_vtime_now);
+}
+
+SEC(".struct_ops.link")
+struct sched_ext_ops_cid canopy_child_ops = {
+	.select_cid = (void *)canopy_child_select_cid,
+	.enqueue = (void *)canopy_child_enqueue,
+	.dispatch = (void *)canopy_child_dispatch,
+	.running = (void *)canopy_child_running,
+	.stopping = (void *)canopy_child_stopping,
+	.update_idle = (void *)canopy_child_update_idle,
+	.sub_ecaps_updated = (void *)canopy_child_sub_ecaps_updated,
+	.init_task = (void *)canopy_child_init_task,
+	.enable = (void *)canopy_child_enable,
+	.init = (void *)canopy_child_init,
+	.exit = (void *)canopy_child_exit,
+	.dump = (void *)canopy_child_dump,
+	.timeout_ms = 10000,
+	.exit_dump_len = CANOPY_EXIT_DUMP_LEN,
+	.name = "canopy_child",
+};

@@ -1,0 +1,664 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * canopy_root: canopy's root sched_ext scheduler (cid form, with an arena).
+ *
+ * It owns two jobs:
+ *
+ * 1. Dividing CPU among "members": its own tasks (member 0: every task not
+ *    below an attached child) and each attached child scheduler. Every
+ *    dispatch on a cid first charges the wall time since the previous dispatch
+ *    on that cid to whichever member owned it, as member vtime
+ *    (ns * 100 / weight), then offers the cid to the member with the lowest
+ *    vtime, then the next, and so on: a member with nothing to run is skipped
+ *    at once, so capacity never idles while anyone has work (work-conserving
+ *    within one slice). A member that was idle re-enters at most one default
+ *    slice behind the member with the most vtime, so it cannot hoard credit
+ *    (busy members are never lifted: they keep whatever lag they have).
+ *    Optional per-member terms, per 100 ms window and across all online cids:
+ *    a cap (skipped once it used cap% of the window's capacity) and a
+ *    guarantee (offered first while below guarantee% of the capacity elapsed).
+ *    Children hold SCX_CAP_ENQ_IMMED on every cid (a time share, never
+ *    ownership); they run only when this scheduler calls
+ *    scx_bpf_sub_dispatch() for them, which is what makes the accounting exact.
+ *
+ *    Worked example: 2 cids; member 0 (own tasks) weight 100 with nothing
+ *    runnable; child A weight 200 and child B weight 100, each with two CPU
+ *    hogs, 20 ms slices. After A has run 40 ms its vtime is 40*100/200 = 20;
+ *    after B has run 20 ms its vtime is 20*100/100 = 20. Picking the lowest
+ *    vtime each time keeps the vtimes level, so A receives 2/3 and B 1/3 of
+ *    the 2 cids: 1.33 and 0.67 CPUs. If B's hogs stop, B is skipped and A gets
+ *    both cids; when they resume, B starts 20 ms (one default slice) of vtime
+ *    behind A and the 2:1 split is restored within a few slices.
+ *    With B capped at 25%: B may use 0.25 * 100 ms * 2 cids = 50 ms per
+ *    window; A (or member 0) gets the rest even though B has work.
+ *
+ * 2. Scheduling its own tasks by QoS class: the controller writes tid -> class
+ *    into `task_classes`; unknown tasks take the policy's default class. Tasks
+ *    are ordered by class-weighted vtime (class_vtime.bpf.h) with the class
+ *    slice. A waking task of a preempting class (USER_INTERACTIVE) goes
+ *    straight to an idle cid, else preempts a cid running one of our tasks of a
+ *    preemptible class (UTILITY, BACKGROUND).
+ *
+ * Admission (sub_attach): a child may attach only on a cgroup that the policy
+ * (map `group_policy`, pushed by the loader) names with a scheduler kind
+ * admitting the child's ops name. Anything else is refused with -EPERM (not
+ * named / name not admitted) or -ENOSPC (no free member slot); each decision is
+ * logged through the `admission_events` ring buffer and bpf_printk.
+ *
+ * Known costs, stated honestly: a child's task runs for the slice its own
+ * scheduler chose (we cannot shorten a child's slice), so the split is exact
+ * only over many slices; charging at dispatch attributes the gap between a
+ * task stopping and the next dispatch to the previous owner (microseconds);
+ * member vtime updates race between cids (a lost update skews one slice, and
+ * the next dispatch corrects it).
+ */
+#include "class_vtime.bpf.h"
+
+char _license[] SEC("license") = "GPL";
+
+/* weight of the root's own tasks (member 0) when the policy names no weight for "/" */
+const volatile u32 own_weight = CANOPY_DEFAULT_WEIGHT;
+
+#define NO_OWNER CANOPY_MAX_MEMBERS
+#define NO_CLASS CANOPY_NR_CLASSES
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CANOPY_MAX_GROUPS);
+	__type(key, u64);
+	__type(value, struct canopy_group_policy);
+} group_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CANOPY_MAX_MEMBERS);
+	__type(key, u32);
+	__type(value, struct canopy_member);
+} members SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} admission_events SEC(".maps");
+
+/* Who a cid is currently handed to, and since when. */
+struct cid_state {
+	u32 owner;		/* member slot, NO_OWNER when idle */
+	u32 running_class;	/* class of our own task running there, NO_CLASS otherwise */
+	u64 since;
+};
+
+struct cid_state cid_states[CANOPY_MAX_CIDS];
+u64 idle_cids[CANOPY_MAX_CIDS / 64];
+/* highest member vtime charged so far: re-entering members start at most one slice behind */
+u64 member_vtime_now;
+
+/* cmask scratch for grants; only used from sub_attach and cid_online (serialised by the kernel) */
+struct canopy_cmask __arena grant_mask;
+
+static __always_inline struct cid_state *cid_state_of(s32 cid)
+{
+	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
+		return NULL;
+	/* the mask keeps the offset provably bounded even if clang hoists the address */
+	return &cid_states[cid & (CANOPY_MAX_CIDS - 1)];
+}
+
+static __always_inline struct canopy_member *member_of(u32 slot)
+{
+	return bpf_map_lookup_elem(&members, &slot);
+}
+
+static __always_inline bool cid_is_idle(s32 cid)
+{
+	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
+		return false;
+	return idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)] & (1ULL << (cid & 63));
+}
+
+static __always_inline void roll_window(struct canopy_member *m, u64 now)
+{
+	if (now - m->period_start_ns >= CANOPY_PERIOD_NS) {
+		m->period_start_ns = now;
+		m->period_used_ns = 0;
+	}
+}
+
+/* Charge the time @cid has been handed to its owner and mark it unowned. */
+static __always_inline void charge_cid(s32 cid, u64 now)
+{
+	struct cid_state *cs = cid_state_of(cid);
+	struct canopy_member *m;
+	u64 delta, vt;
+	u32 owner;
+
+	if (!cs)
+		return;
+	owner = cs->owner;
+	cs->owner = NO_OWNER;
+	cs->running_class = NO_CLASS;
+	if (owner >= CANOPY_MAX_MEMBERS || now <= cs->since)
+		return;
+	delta = now - cs->since;
+
+	m = member_of(owner);
+	if (!m || !m->active)
+		return;
+	__sync_fetch_and_add(&m->cpu_ns, delta);
+	roll_window(m, now);
+	m->period_used_ns += delta;
+	vt = m->vtime + delta * 100 / (m->weight ?: 1);
+	m->vtime = vt;
+	if ((s64)(vt - member_vtime_now) > 0)
+		member_vtime_now = vt;
+}
+
+static __always_inline void hand_cid(s32 cid, u32 slot, u64 now)
+{
+	struct cid_state *cs = cid_state_of(cid);
+
+	if (!cs)
+		return;
+	cs->owner = slot;
+	cs->since = now;
+}
+
+/*
+ * The next member to offer a cid: lowest vtime among active members not yet
+ * tried, members below their guarantee first, members at their cap never.
+ */
+__noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
+{
+	u32 best = NO_OWNER;
+	int i;
+	u64 best_vtime = (u64)-1;
+	bool best_guaranteed = false;
+	u64 floor = member_vtime_now > KCONST(SCX_SLICE_DFL) ?
+		    member_vtime_now - KCONST(SCX_SLICE_DFL) : 0;
+
+	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
+		struct canopy_member *m;
+		bool guaranteed;
+		u64 capacity;
+
+		if (i < 0 || i >= CANOPY_MAX_MEMBERS || (tried & (1U << i)))
+			continue;
+		m = member_of(i);
+		if (!m || !m->active)
+			continue;
+
+		roll_window(m, now);
+		capacity = CANOPY_PERIOD_NS * (u64)nr_cids;
+		if (m->cap_pct && m->cap_pct < 100 &&
+		    m->period_used_ns >= capacity / 100 * m->cap_pct) {
+			m->throttled++;
+			stat_inc(CANOPY_STAT_CAP_THROTTLED);
+			continue;
+		}
+		guaranteed = m->guarantee_pct &&
+			     m->period_used_ns < (now - m->period_start_ns) * nr_cids / 100 *
+						 m->guarantee_pct;
+
+		/* only a member coming back from idle is lifted to the floor: busy ones keep their lag */
+		if (m->empty && m->vtime < floor)
+			m->vtime = floor;
+
+		if ((guaranteed && !best_guaranteed) ||
+		    (guaranteed == best_guaranteed && m->vtime < best_vtime)) {
+			best = i;
+			best_vtime = m->vtime;
+			best_guaranteed = guaranteed;
+		}
+	}
+	return best;
+}
+
+s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 wake_flags)
+{
+	struct canopy_class_params *cp;
+	u32 nr = scx_bpf_nr_cids();
+	s32 cid = -1;
+	int i;
+
+	if (cid_is_idle(prev_cid) && task_may_run_on(p, prev_cid)) {
+		cid = prev_cid;
+	} else {
+		canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+			if (cid_is_idle(i) && task_may_run_on(p, i)) {
+				cid = i;
+				break;
+			}
+		}
+	}
+	if (cid < 0)
+		return prev_cid;
+
+	/* an idle cid: run there at once */
+	cp = class_of(task_class(p));
+	scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL), class_slice(cp), 0);
+	return cid;
+}
+
+static __always_inline bool cid_preemptible_for(struct task_struct *p, s32 cid)
+{
+	struct canopy_class_params *victim;
+	struct cid_state *cs = cid_state_of(cid);
+
+	if (!cs || cs->owner != CANOPY_SELF_SLOT || cs->running_class >= NO_CLASS)
+		return false;
+	victim = class_of(cs->running_class);
+	return victim && victim->preemptible && task_may_run_on(p, cid);
+}
+
+/*
+ * A cid running one of our tasks of a class that @p may preempt, or -1. The task's own cid
+ * comes first: preempting locally needs no IPI, and the wakeup timer fired there.
+ */
+static s32 find_preemptible_cid(struct task_struct *p)
+{
+	u32 nr = scx_bpf_nr_cids();
+	s32 own = scx_bpf_task_cid(p);
+	int i;
+
+	if (cid_preemptible_for(p, own))
+		return own;
+
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+		if (cid_preemptible_for(p, i))
+			return i;
+	}
+	return -1;
+}
+
+void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
+{
+	struct canopy_class_params *cp;
+	u32 nr = scx_bpf_nr_cids();
+	u32 class;
+	s32 victim;
+	int i;
+
+	class = task_class(p);
+	cp = class_of(class);
+	if (cp && cp->preempts && (enq_flags & KCONST(SCX_ENQ_WAKEUP))) {
+		victim = find_preemptible_cid(p);
+		if (victim >= 0) {
+			scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL_ON) | victim,
+							 class_slice(cp),
+							 enq_flags | KCONST(SCX_ENQ_PREEMPT));
+			stat_inc(CANOPY_STAT_PREEMPT_KICKS);
+			return;
+		}
+	}
+
+	queue_by_class(p, CANOPY_OWN_DSQ, enq_flags);
+
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+		if (cid_is_idle(i) && task_may_run_on(p, i)) {
+			scx_bpf_kick_cid(i, KCONST(SCX_KICK_IDLE));
+			stat_inc(CANOPY_STAT_IDLE_KICKS);
+			break;
+		}
+	}
+}
+
+void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
+{
+	u32 nr = scx_bpf_nr_online_cids(), tried = 0;
+	u64 now = scx_bpf_now();
+	int attempt;
+
+	charge_cid(cid, now);
+
+	canopy_for(attempt, 0, CANOPY_MAX_MEMBERS) {
+		struct canopy_member *m;
+		u32 slot = pick_member(now, tried, nr ?: 1);
+
+		if (slot >= CANOPY_MAX_MEMBERS)
+			break;
+		tried |= 1U << (slot & 31);
+		m = member_of(slot);
+		if (!m)
+			break;
+
+		if (slot == CANOPY_SELF_SLOT) {
+			if (scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_OWN_DSQ, 0)) {
+				m->empty = 0;
+				hand_cid(cid, slot, now);
+				m->dispatches++;
+				stat_inc(CANOPY_STAT_OWN_DISPATCHES);
+				return;
+			}
+			if (class_vtime_keep_prev(prev)) {
+				m->empty = 0;
+				hand_cid(cid, slot, now);
+				return;
+			}
+			m->empty = 1;
+			continue;
+		}
+		if (scx_bpf_sub_dispatch(m->cgroup_id)) {
+			m->empty = 0;
+			hand_cid(cid, slot, now);
+			m->dispatches++;
+			stat_inc(CANOPY_STAT_SUB_DISPATCHES);
+			return;
+		}
+		m->empty = 1;
+		stat_inc(CANOPY_STAT_SUB_DISPATCH_EMPTY);
+	}
+}
+
+void CANOPY_OP(canopy_root_running, struct task_struct *p)
+{
+	s32 cid = scx_bpf_task_cid(p);
+	struct cid_state *cs = cid_state_of(cid);
+	struct task_ctx *tctx = task_ctx_of(p);
+	u64 now = scx_bpf_now();
+
+	class_vtime_running(p, now);
+	if (!cs)
+		return;
+	if (cs->owner != CANOPY_SELF_SLOT) {
+		charge_cid(cid, now);
+		hand_cid(cid, CANOPY_SELF_SLOT, now);
+	}
+	cs->running_class = tctx ? tctx->class : task_class(p);
+}
+
+void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)
+{
+	class_vtime_stopping(p, scx_bpf_now());
+}
+
+void CANOPY_OP(canopy_root_update_idle, s32 cid, bool idle)
+{
+	u64 bit;
+
+	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
+		return;
+	bit = 1ULL << (cid & 63);
+	if (idle) {
+		__sync_fetch_and_or(&idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)], bit);
+		charge_cid(cid, scx_bpf_now());
+	} else {
+		__sync_fetch_and_and(&idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)], ~bit);
+	}
+}
+
+s32 CANOPY_OP_SLEEPABLE(canopy_root_init_task, struct task_struct *p, struct scx_init_task_args *args)
+{
+	return class_vtime_init_task(p);
+}
+
+void CANOPY_OP(canopy_root_enable, struct task_struct *p, struct scx_enable_args *args)
+{
+	scx_bpf_task_set_dsq_vtime(p, own_vtime_now);
+}
+
+/* The cgroup's cpu.weight as the cpu controller holds it (100 when unknown). */
+static u32 cgroup_cpu_weight(u64 cgid)
+{
+	struct cgroup_subsys_state *css;
+	struct cgroup *cgrp;
+	u32 weight = CANOPY_DEFAULT_WEIGHT;
+
+	cgrp = bpf_cgroup_from_id(cgid);
+	if (!cgrp)
+		return weight;
+	css = BPF_CORE_READ(cgrp, subsys[cpu_cgrp_id]);
+	if (css) {
+		struct task_group *tg = container_of(css, struct task_group, css);
+		u32 w = BPF_CORE_READ(tg, scx.weight);
+
+		if (w)
+			weight = w;
+	}
+	bpf_cgroup_release(cgrp);
+	return weight;
+}
+
+static bool names_equal(const char *a, const char *b)
+{
+	u32 i;
+
+	for (i = 0; i < CANOPY_NAME_LEN; i++) {
+		if (a[i] != b[i])
+			return false;
+		if (!a[i])
+			return true;
+	}
+	return true;
+}
+
+static bool admits(struct canopy_group_policy *pol, const char *name)
+{
+	u32 i;
+
+	for (i = 0; i < CANOPY_MAX_ADMITTED; i++) {
+		if (i >= pol->nr_admitted)
+			break;
+		if (names_equal(pol->admitted[i], name))
+			return true;
+	}
+	return false;
+}
+
+static void report_admission(u64 cgid, s32 verdict, u32 slot, const char *name,
+			     const char *path)
+{
+	struct canopy_admission_event *ev;
+
+	ev = bpf_ringbuf_reserve(&admission_events, sizeof(*ev), 0);
+	if (!ev)
+		return;
+	ev->cgroup_id = cgid;
+	ev->verdict = verdict;
+	ev->slot = slot;
+	__builtin_memcpy(ev->ops_name, name, CANOPY_NAME_LEN);
+	bpf_probe_read_kernel_str(ev->cgroup_path, sizeof(ev->cgroup_path), path);
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* Share every online cid with @cgid as a time share. */
+static s32 grant_time_share(u64 cgid)
+{
+	u32 nr = scx_bpf_nr_cids(), i;
+
+	cmask_reset(&grant_mask, nr);
+	for (i = 0; i < CANOPY_MAX_CIDS && i < nr; i++)
+		cmask_set(&grant_mask, i);
+	return scx_bpf_sub_grant(cgid, KCONST(SCX_CAP_ENQ_IMMED), AS_SCX_CMASK(&grant_mask), NULL);
+}
+
+s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args)
+{
+	struct canopy_group_policy *pol;
+	struct canopy_member *m;
+	char name[CANOPY_NAME_LEN] = {};
+	u64 cgid = args->ops->sub_cgroup_id;
+	u32 slot, free_slot = NO_OWNER;
+	s32 ret;
+
+	bpf_probe_read_kernel_str(name, sizeof(name), args->ops->name);
+
+	pol = bpf_map_lookup_elem(&group_policy, &cgid);
+	if (!pol || !pol->nr_admitted || !admits(pol, name)) {
+		bpf_printk("canopy: refusing sub-scheduler %s on %s: not admitted by the policy",
+			   name, args->cgroup_path);
+		stat_inc(CANOPY_STAT_REFUSED);
+		report_admission(cgid, -EPERM, NO_OWNER, name, args->cgroup_path);
+		return -EPERM;
+	}
+
+	for (slot = 1; slot < CANOPY_MAX_MEMBERS; slot++) {
+		m = member_of(slot);
+		if (m && !m->active) {
+			free_slot = slot;
+			break;
+		}
+	}
+	m = member_of(free_slot);
+	if (!m) {
+		bpf_printk("canopy: refusing sub-scheduler %s on %s: no free slot",
+			   name, args->cgroup_path);
+		stat_inc(CANOPY_STAT_REFUSED);
+		report_admission(cgid, -ENOSPC, NO_OWNER, name, args->cgroup_path);
+		return -ENOSPC;
+	}
+
+	ret = grant_time_share(cgid);
+	if (ret < 0) {
+		bpf_printk("canopy: refusing sub-scheduler %s on %s: grant failed %d",
+			   name, args->cgroup_path, ret);
+		stat_inc(CANOPY_STAT_REFUSED);
+		report_admission(cgid, ret, NO_OWNER, name, args->cgroup_path);
+		return ret;
+	}
+
+	m->cgroup_id = cgid;
+	m->weight = pol->weight ?: cgroup_cpu_weight(cgid);
+	m->guarantee_pct = pol->guarantee_pct;
+	m->cap_pct = pol->cap_pct;
+	m->vtime = member_vtime_now;
+	m->period_start_ns = scx_bpf_now();
+	m->period_used_ns = 0;
+	__builtin_memcpy(m->name, name, CANOPY_NAME_LEN);
+	m->active = 1;
+
+	bpf_printk("canopy: admitted sub-scheduler %s on %s weight %u", name,
+		   args->cgroup_path, m->weight);
+	stat_inc(CANOPY_STAT_ADMITTED);
+	report_admission(cgid, 0, free_slot, name, args->cgroup_path);
+	return 0;
+}
+
+void CANOPY_OP_SLEEPABLE(canopy_root_sub_detach, struct scx_sub_detach_args *args)
+{
+	u64 cgid = args->ops->sub_cgroup_id;
+	u32 slot;
+
+	for (slot = 1; slot < CANOPY_MAX_MEMBERS; slot++) {
+		struct canopy_member *m = member_of(slot);
+
+		if (m && m->active && m->cgroup_id == cgid) {
+			m->active = 0;
+			stat_inc(CANOPY_STAT_DETACHED);
+			bpf_printk("canopy: sub-scheduler on %s detached", args->cgroup_path);
+			break;
+		}
+	}
+}
+
+/* Knobs of an attach-point cgroup stay with us: follow cpu.weight unless the policy set one. */
+void CANOPY_OP(canopy_root_cpuctl_set_weight, struct cgroup *cgrp, u32 weight)
+{
+	u64 cgid = cgrp->kn->id;
+	struct canopy_group_policy *pol = bpf_map_lookup_elem(&group_policy, &cgid);
+	u32 slot;
+
+	if (pol && pol->weight)
+		return;
+	for (slot = 1; slot < CANOPY_MAX_MEMBERS; slot++) {
+		struct canopy_member *m = member_of(slot);
+
+		if (m && m->active && m->cgroup_id == cgid) {
+			m->weight = weight ?: 1;
+			break;
+		}
+	}
+}
+
+void CANOPY_OP(canopy_root_cid_online, s32 cid)
+{
+	u32 slot;
+
+	stat_inc(CANOPY_STAT_CID_ONLINE);
+	cmask_reset(&grant_mask, scx_bpf_nr_cids());
+	cmask_set(&grant_mask, cid);
+	for (slot = 1; slot < CANOPY_MAX_MEMBERS; slot++) {
+		struct canopy_member *m = member_of(slot);
+
+		if (m && m->active)
+			scx_bpf_sub_grant(m->cgroup_id, KCONST(SCX_CAP_ENQ_IMMED),
+					  AS_SCX_CMASK(&grant_mask), NULL);
+	}
+}
+
+void CANOPY_OP(canopy_root_cid_offline, s32 cid)
+{
+	stat_inc(CANOPY_STAT_CID_OFFLINE);
+	charge_cid(cid, scx_bpf_now());
+	if (cid >= 0 && cid < CANOPY_MAX_CIDS)
+		__sync_fetch_and_and(&idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)],
+				     ~(1ULL << (cid & 63)));
+}
+
+s32 CANOPY_OP_SLEEPABLE(canopy_root_init)
+{
+	struct canopy_group_policy *pol;
+	struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
+	u64 root_cgid = 1;
+
+	if (!self)
+		return -ENOENT;
+	pol = bpf_map_lookup_elem(&group_policy, &root_cgid);
+	self->cgroup_id = root_cgid;
+	self->weight = (pol && pol->weight) ? pol->weight : own_weight;
+	self->period_start_ns = scx_bpf_now();
+	self->active = 1;
+	return scx_bpf_create_dsq(CANOPY_OWN_DSQ, -1);
+}
+
+void CANOPY_OP(canopy_root_exit, struct scx_exit_info *ei)
+{
+	canopy_record_exit(ei);
+}
+
+void CANOPY_OP(canopy_root_dump, struct scx_dump_ctx *dump_ctx)
+{
+	u32 slot;
+
+	canopy_dump("canopy_root: own DSQ %d queued, member vtime floor %llu",
+		    scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ), member_vtime_now);
+	for (slot = 0; slot < CANOPY_MAX_MEMBERS; slot++) {
+		struct canopy_member *m = member_of(slot);
+
+		if (m && m->active)
+			canopy_dump("member %u cgroup %llu weight %u vtime %llu cpu_ns %llu",
+				    slot, m->cgroup_id, m->weight, m->vtime, m->cpu_ns);
+	}
+}
+
+void CANOPY_OP(canopy_root_dump_cid, struct scx_dump_ctx *dump_ctx, s32 cid, bool idle)
+{
+	struct cid_state *cs = cid_state_of(cid);
+
+	if (cs)
+		canopy_dump("cid %d owner %u class %u since %llu", cid, cs->owner,
+			    cs->running_class, cs->since);
+}
+
+SEC(".struct_ops.link")
+struct sched_ext_ops_cid canopy_root_ops = {
+	.select_cid = (void *)canopy_root_select_cid,
+	.enqueue = (void *)canopy_root_enqueue,
+	.dispatch = (void *)canopy_root_dispatch,
+	.running = (void *)canopy_root_running,
+	.stopping = (void *)canopy_root_stopping,
+	.update_idle = (void *)canopy_root_update_idle,
+	.init_task = (void *)canopy_root_init_task,
+	.enable = (void *)canopy_root_enable,
+	.cpuctl_set_weight = (void *)canopy_root_cpuctl_set_weight,
+	.sub_attach = (void *)canopy_root_sub_attach,
+	.sub_detach = (void *)canopy_root_sub_detach,
+	.cid_online = (void *)canopy_root_cid_online,
+	.cid_offline = (void *)canopy_root_cid_offline,
+	.init = (void *)canopy_root_init,
+	.exit = (void *)canopy_root_exit,
+	.dump = (void *)canopy_root_dump,
+	.dump_cid = (void *)canopy_root_dump_cid,
+	.timeout_ms = 10000,
+	.exit_dump_len = CANOPY_EXIT_DUMP_LEN,
+	.name = "canopy_root",
+};

@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * class_vtime.bpf.h: class-aware weighted virtual time for the tasks a canopy
+ * scheduler owns itself (the root's tasks outside any child, and every task of
+ * a canopy child). Shared so both schedulers order tasks the same way.
+ *
+ * A task's weight is its class weight scaled by its nice weight
+ * (p->scx.weight, 100 at nice 0). Running for t ns advances its vtime by
+ * t * 100 / weight, so at equal demand a USER_INTERACTIVE task (weight 800 in
+ * the shipped classes) gets 8x the CPU of a DEFAULT one (100) and 32x that of
+ * a BACKGROUND one (25). A waking task's vtime is raised to at least
+ * `own_vtime_now - one slice`, so sleeping banks at most one slice of credit.
+ */
+#ifndef CANOPY_CLASS_VTIME_BPF_H
+#define CANOPY_CLASS_VTIME_BPF_H
+
+#include "canopy.bpf.h"
+
+struct task_ctx {
+	u64 running_at;	/* scx_bpf_now() when it last started running */
+	u32 class;	/* class it was queued with */
+	u32 weight;	/* effective weight it was queued with */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_ctx);
+} task_ctxs SEC(".maps");
+
+/* vtime of the most recently started own task: the floor for waking tasks */
+u64 own_vtime_now;
+
+static __always_inline struct task_ctx *task_ctx_of(struct task_struct *p)
+{
+	return bpf_task_storage_get(&task_ctxs, p, 0, 0);
+}
+
+static __always_inline u32 effective_weight(const struct task_struct *p,
+					    const struct canopy_class_params *cp)
+{
+	u64 w = (u64)class_weight(cp) * p->scx.weight / 100;
+
+	return w ? (w < 100000 ? w : 100000) : 1;
+}
+
+/* Queue @p on @dsq in class-weighted vtime order. Returns the class. */
+static __always_inline u32 queue_by_class(struct task_struct *p, u64 dsq, u64 enq_flags)
+{
+	struct scx_bpf_dsq_insert_vtime_args args = {};
+	struct canopy_class_params *cp;
+	struct task_ctx *tctx;
+	u32 class = task_class(p);
+	u64 vtime = p->scx.dsq_vtime, slice, floor, now_v = own_vtime_now;
+
+	cp = class_of(class);
+	slice = class_slice(cp);
+	floor = now_v > slice ? now_v - slice : 0;
+	if (vtime < floor)
+		vtime = floor;
+
+	tctx = task_ctx_of(p);
+	if (tctx) {
+		tctx->class = class;
+		tctx->weight = effective_weight(p, cp);
+	}
+
+	args.dsq_id = dsq;
+	args.slice = slice;
+	args.vtime = vtime;
+	args.enq_flags = enq_flags;
+	__scx_bpf_dsq_insert_vtime(p, &args);
+	stat_inc(CANOPY_STAT_ENQUEUES);
+	return class;
+}
+
+static __always_inline void class_vtime_running(struct task_struct *p, u64 now)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+
+	if (tctx)
+		tctx->running_at = now;
+	if ((s64)(p->scx.dsq_vtime - own_vtime_now) > 0)
+		own_vtime_now = p->scx.dsq_vtime;
+}
+
+static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+	u64 used;
+
+	if (!tctx || !tctx->running_at || now < tctx->running_at)
+		return;
+	used = now - tctx->running_at;
+	tctx->running_at = 0;
+	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + used * 100 / (tctx->weight ?: 1));
+}
+
+/*
+ * Called from ops.dispatch when we had nothing new for the cid: if our @prev is still
+ * runnable, give it a fresh class slice so the kernel keeps it running *as our dispatch*
+ * (SCX_DSP_PREV). Without this the kernel still keeps prev, but only after the parent's
+ * dispatch returned empty-handed, so the parent cannot account the time to us.
+ */
+static __always_inline bool class_vtime_keep_prev(struct task_struct *prev)
+{
+	struct task_ctx *tctx;
+
+	if (!prev || !(prev->scx.flags & SCX_TASK_QUEUED))
+		return false;
+	tctx = task_ctx_of(prev);
+	return scx_bpf_task_set_slice(prev, class_slice(class_of(tctx ? tctx->class : task_class(prev))));
+}
+
+static __always_inline s32 class_vtime_init_task(struct task_struct *p)
+{
+	if (!bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE))
+		return -ENOMEM;
+	return 0;
+}
+
+#endif /* CANOPY_CLASS_VTIME_BPF_H */

@@ -1,0 +1,163 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * intf.h: the one ABI between canopy's BPF schedulers and the Rust loader.
+ *
+ * Everything both sides must agree on lives here and only here: limits, class
+ * ids, the layout of every map value, the stats enum and the list of kernel
+ * constants the loader resolves from the running kernel's BTF. build.rs turns
+ * this file into Rust (bindgen for the types and enums, a small generator for
+ * the stats struct and the kernel-constant names); Rust never restates any of it.
+ *
+ * Conventions the generator relies on:
+ *   - every `enum canopy_stat` entry is `CANOPY_STAT_<NAME>, / * description * /`
+ *     on one line, and the list ends with CANOPY_NR_STATS;
+ *   - every `enum canopy_kconst` entry is `CANOPY_K_<KERNEL_ENUM_NAME>,` and the
+ *     list ends with CANOPY_NR_KCONSTS.
+ */
+#ifndef CANOPY_INTF_H
+#define CANOPY_INTF_H
+
+#ifndef __VMLINUX_H__
+typedef unsigned char u8;
+typedef unsigned int u32;
+typedef int s32;
+typedef unsigned long long u64;
+typedef long long s64;
+#endif
+
+enum canopy_limits {
+	/* cids the schedulers track (cmask words, per-cid state arrays) */
+	CANOPY_MAX_CIDS = 256,
+	/* child schedulers one parent tracks at a time (slot 0 is the parent itself) */
+	CANOPY_MAX_MEMBERS = 17,
+	/* cgroups the policy may name */
+	CANOPY_MAX_GROUPS = 1024,
+	/* tasks the controller may tag with a class */
+	CANOPY_MAX_TASKS = 65536,
+	/* scheduler (ops) names a group may admit */
+	CANOPY_MAX_ADMITTED = 4,
+	/* bytes of an ops name that admission compares (the kernel allows 128) */
+	CANOPY_NAME_LEN = 32,
+	/* bytes of a cgroup path kept in admission events */
+	CANOPY_PATH_LEN = 128,
+	/* exit information copied out of the kernel's scx_exit_info */
+	CANOPY_EXIT_REASON_LEN = 128,
+	CANOPY_EXIT_MSG_LEN = 1024,
+	CANOPY_EXIT_DUMP_LEN = 16384,
+	/* the member slot of the scheduler's own tasks */
+	CANOPY_SELF_SLOT = 0,
+	/* the shared DSQ of a scheduler's own tasks */
+	CANOPY_OWN_DSQ = 1,
+	/* CPU-time accounting window for guarantees and caps, per cid */
+	CANOPY_PERIOD_NS = 100000000,
+	/* weight of a member whose policy and cgroup give none */
+	CANOPY_DEFAULT_WEIGHT = 100,
+};
+
+/* QoS classes, highest first; the ids are the policy's class order. */
+enum canopy_class {
+	CANOPY_CLASS_USER_INTERACTIVE = 0,
+	CANOPY_CLASS_USER_INITIATED = 1,
+	CANOPY_CLASS_DEFAULT = 2,
+	CANOPY_CLASS_UTILITY = 3,
+	CANOPY_CLASS_BACKGROUND = 4,
+	CANOPY_NR_CLASSES = 5,
+};
+
+/* Map `class_params`, index = class id. Written by the loader from the policy. */
+struct canopy_class_params {
+	u32 weight;		/* share of CPU among runnable tasks, 1..10000, 100 = nice 0 */
+	u32 preempts;		/* 1: a waking task of this class preempts preemptible classes */
+	u32 preemptible;	/* 1: tasks of this class may be preempted by a preempting class */
+	u32 pad;
+	u64 slice_ns;		/* time slice */
+};
+
+/* Map `task_classes`: tid (u32) -> class id (u32). Written by the controller. */
+
+/* Map `group_policy`: cgroup id (u64) -> policy. Written by the loader from the policy. */
+struct canopy_group_policy {
+	u32 weight;		/* 0: follow the cgroup's cpu.weight */
+	u32 guarantee_pct;	/* 0: none; else share of all CPUs kept available under contention */
+	u32 cap_pct;		/* 0: none; else most of all CPUs it may use */
+	u32 nr_admitted;	/* 0: no sub-scheduler may attach here */
+	char admitted[CANOPY_MAX_ADMITTED][CANOPY_NAME_LEN];	/* ops names admitted */
+};
+
+/*
+ * Map `members` (array, CANOPY_MAX_MEMBERS): the parties a parent divides CPU
+ * among. Slot 0 is the scheduler's own tasks; the others are attached children.
+ * Counters only ever grow; userspace computes rates from two samples.
+ */
+struct canopy_member {
+	u64 cgroup_id;		/* 0: free slot; the slot-0 entry holds the parent's own cgroup id */
+	u32 weight;		/* effective weight */
+	u32 guarantee_pct;
+	u32 cap_pct;
+	u32 active;		/* 1: slot in use */
+	u32 empty;		/* 1: had no work when last offered a cid (re-enters at the vtime floor) */
+	u32 reserved;
+	u64 vtime;		/* weighted CPU time received (ns * 100 / weight) */
+	u64 cpu_ns;		/* CPU time handed out to this member */
+	u64 dispatches;		/* dispatches that gave this member a CPU */
+	u64 throttled;		/* times it was skipped because it reached its cap */
+	u64 period_start_ns;	/* start of the current accounting window */
+	u64 period_used_ns;	/* CPU time used in the current window */
+	char name[CANOPY_NAME_LEN];	/* ops name of the child ("" for slot 0) */
+};
+
+/* Ring buffer `admission_events`: one record per sub_attach decision. */
+struct canopy_admission_event {
+	u64 cgroup_id;
+	s32 verdict;		/* 0: admitted, else the -errno returned */
+	u32 slot;
+	char ops_name[CANOPY_NAME_LEN];
+	char cgroup_path[CANOPY_PATH_LEN];
+};
+
+/* The scheduler's own record of why it exited, filled in ops.exit (global `exit_info`). */
+struct canopy_exit_info {
+	s32 kind;		/* enum scx_exit_kind; 0 while running */
+	s32 exit_cpu;
+	s64 exit_code;		/* user [31:0], reason [47:32], action [63:48] */
+	char reason[CANOPY_EXIT_REASON_LEN];
+	char msg[CANOPY_EXIT_MSG_LEN];
+	char dump[CANOPY_EXIT_DUMP_LEN];
+};
+
+/* Per-CPU array `stats`, one u64 per entry. */
+enum canopy_stat {
+	CANOPY_STAT_ENQUEUES, /* tasks queued on the scheduler's own DSQ */
+	CANOPY_STAT_OWN_DISPATCHES, /* CPUs given to the scheduler's own tasks */
+	CANOPY_STAT_SUB_DISPATCHES, /* CPUs a child scheduler filled when asked */
+	CANOPY_STAT_SUB_DISPATCH_EMPTY, /* children asked for work that had none */
+	CANOPY_STAT_PREEMPT_KICKS, /* CPUs kicked so a waking preempting task runs */
+	CANOPY_STAT_IDLE_KICKS, /* idle CPUs woken for newly queued work */
+	CANOPY_STAT_CAP_THROTTLED, /* dispatch decisions that skipped a member at its cap */
+	CANOPY_STAT_ADMITTED, /* child schedulers admitted */
+	CANOPY_STAT_REFUSED, /* child schedulers refused */
+	CANOPY_STAT_DETACHED, /* child schedulers detached */
+	CANOPY_STAT_CID_ONLINE, /* CPUs brought online */
+	CANOPY_STAT_CID_OFFLINE, /* CPUs taken offline */
+	CANOPY_STAT_IMMED_INSERTS, /* inserts made with ENQ_IMMED (time share only) */
+	CANOPY_NR_STATS,
+};
+
+/* Kernel enum values the loader writes into rodata from the kernel's BTF. */
+enum canopy_kconst {
+	CANOPY_K_SCX_DSQ_LOCAL,
+	CANOPY_K_SCX_DSQ_LOCAL_ON,
+	CANOPY_K_SCX_SLICE_DFL,
+	CANOPY_K_SCX_ENQ_WAKEUP,
+	CANOPY_K_SCX_ENQ_IMMED,
+	CANOPY_K_SCX_ENQ_PREEMPT,
+	CANOPY_K_SCX_KICK_IDLE,
+	CANOPY_K_SCX_KICK_PREEMPT,
+	CANOPY_K_SCX_CAP_ENQ_IMMED,
+	CANOPY_K_SCX_CAP_ENQ,
+	CANOPY_K_SCX_CAP_PREEMPT,
+	CANOPY_K_SCX_CAP_PERF,
+	CANOPY_NR_KCONSTS,
+};
+
+#endif /* CANOPY_INTF_H */

@@ -1,0 +1,458 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! `canopy scheduler ...`: hidden debug commands over the loader, used by the VM tests and by
+//! hand until `canopy run --policy` drives the loader from a compiled Plan.
+//!
+//! - `run [--config FILE]`: load the root, attach canopy_child where the config says, log
+//!   admission decisions, restart on the kernel's restart action, unload on SIGINT/SIGTERM;
+//! - `child --cgroup PATH [--ops-name NAME]`: attach one child scheduler and hold it;
+//! - `tag --tid N --class NAME`: tag a task with a class in the shared class map;
+//! - `status [--json]`: the hierarchy, members and counters.
+use std::ffi::OsString;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use clap::Subcommand;
+use libbpf_rs::MapCore;
+use libbpf_rs::MapFlags;
+use libbpf_rs::MapHandle;
+use libbpf_rs::RingBufferBuilder;
+
+use super::bpf_intf;
+use super::child::ChildOptions;
+use super::child::ChildScheduler;
+use super::config::class_id;
+use super::config::SchedulerConfig;
+use super::fixture::ForeignFixture;
+use super::kernel;
+use super::root::from_bytes;
+use super::root::RootScheduler;
+use super::root::PIN_DIR;
+use super::status;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "canopy scheduler",
+    about = "Debug commands for canopy's BPF schedulers"
+)]
+struct SchedulerCli {
+    #[command(subcommand)]
+    command: SchedulerCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum SchedulerCommand {
+    /// Load the root scheduler (and configured children) until SIGINT/SIGTERM.
+    Run {
+        /// Scheduler config as JSON (see `config.rs`); default: no groups, built-in classes.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Unload after this many seconds (0: run until a signal).
+        #[arg(long, default_value_t = 0.0)]
+        seconds: f64,
+    },
+    /// Attach canopy_child to a cgroup and hold it until SIGINT/SIGTERM.
+    Child {
+        /// The cgroup, relative to /sys/fs/cgroup or absolute.
+        #[arg(long)]
+        cgroup: PathBuf,
+        /// Register under another ops name (to test admission).
+        #[arg(long)]
+        ops_name: Option<String>,
+        /// Attach the foreign test fixture (`foreign_fifo`) instead of canopy_child.
+        #[arg(long)]
+        foreign_fixture: bool,
+        /// Detach after this many seconds (0: hold until a signal).
+        #[arg(long, default_value_t = 0.0)]
+        seconds: f64,
+    },
+    /// Tag a task (thread id) with a class in the shared class map.
+    Tag {
+        #[arg(long)]
+        tid: u32,
+        #[arg(long)]
+        class: String,
+    },
+    /// Run a command with a nice value and optionally SCHED_BATCH (baseline measurements:
+    /// schedqos's sched_setattr mapping without a uclamp/slice-capable tool in the guest).
+    Exec {
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        nice: i32,
+        #[arg(long)]
+        batch: bool,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show the scheduler hierarchy, the root's members and counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Sampling interval for the CPU rates, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_stop_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            request_stop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as *const () as libc::sighandler_t,
+        );
+    }
+}
+
+fn deadline(seconds: f64) -> Option<Instant> {
+    (seconds > 0.0).then(|| Instant::now() + Duration::from_secs_f64(seconds))
+}
+
+fn should_stop(deadline: Option<Instant>) -> bool {
+    STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// Entry point: `args` starts with the word `scheduler`.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
+    let cli = SchedulerCli::parse_from(args);
+    match cli.command {
+        SchedulerCommand::Run { config, seconds } => {
+            let config = match config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    SchedulerConfig::from_json(&text)?
+                }
+                None => SchedulerConfig::default(),
+            };
+            run(&config, seconds)
+        }
+        SchedulerCommand::Child {
+            cgroup,
+            ops_name,
+            foreign_fixture,
+            seconds,
+        } => {
+            if foreign_fixture {
+                hold_fixture(&cgroup, seconds)
+            } else {
+                hold_child(&cgroup, ops_name, seconds)
+            }
+        }
+        SchedulerCommand::Tag { tid, class } => {
+            let class = class_id(&class)?;
+            let map = MapHandle::from_pinned_path(Path::new(PIN_DIR).join("task_classes"))
+                .context("opening the shared task_classes map (is the root loaded?)")?;
+            map.update(&tid.to_ne_bytes(), &class.to_ne_bytes(), MapFlags::ANY)
+                .context("writing task_classes")?;
+            Ok(())
+        }
+        SchedulerCommand::Exec {
+            nice,
+            batch,
+            command,
+        } => exec_with(nice, batch, &command),
+        SchedulerCommand::Status { json, interval_ms } => {
+            let status = status::collect(Duration::from_millis(interval_ms))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.table());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn log_admission(bytes: &[u8]) -> i32 {
+    let event: bpf_intf::canopy_admission_event = from_bytes(bytes);
+    let text = |raw: &[std::os::raw::c_char]| {
+        let raw: Vec<u8> = raw
+            .iter()
+            .take_while(|&&b| b != 0)
+            .map(|&b| b as u8)
+            .collect();
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    let (name, path) = (text(&event.ops_name), text(&event.cgroup_path));
+    if event.verdict == 0 {
+        println!(
+            "canopy: admitted sub-scheduler {name} on {path} (cgroup id {}, slot {})",
+            event.cgroup_id, event.slot
+        );
+    } else {
+        println!(
+            "canopy: refused sub-scheduler {name} on {path} (cgroup id {}): errno {} ({})",
+            event.cgroup_id,
+            -event.verdict,
+            if event.verdict == -1 {
+                "the policy does not admit it there"
+            } else {
+                "no room"
+            }
+        );
+    }
+    0
+}
+
+/// Rebuilds the config from the policy and the cgroups that exist now (for rescans).
+pub type Refresh<'a> = &'a dyn Fn() -> SchedulerConfig;
+
+/// How often the supervisor looks for cgroups created (or removed) since the last look.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The supervisor without rescans (the config is fixed).
+pub fn run(config: &SchedulerConfig, seconds: f64) -> anyhow::Result<()> {
+    run_with_refresh(config, seconds, None)
+}
+
+/// Applies groups of `config` not applied yet: policy into the root's map, and a canopy child
+/// where the group asks for one. Forgets groups whose cgroup is gone (a re-created cgroup is
+/// applied again; the kernel already detached its child when it went offline).
+fn apply_new_groups(
+    root: &RootScheduler,
+    config: &SchedulerConfig,
+    applied: &mut std::collections::HashSet<PathBuf>,
+    children: &mut Vec<ChildScheduler>,
+) -> anyhow::Result<()> {
+    applied.retain(|cgroup| kernel::cgroup_path(cgroup).exists());
+    for group in &config.groups {
+        if applied.contains(&group.cgroup) {
+            continue;
+        }
+        let path = kernel::cgroup_path(&group.cgroup);
+        let Ok(cgroup_id) = kernel::cgroup_id(&path) else {
+            continue;
+        };
+        root.set_group_policy(cgroup_id, &group.to_policy())?;
+        applied.insert(group.cgroup.clone());
+        if !group.attach_canopy_child {
+            continue;
+        }
+        let options = ChildOptions {
+            default_class: Some(config.default_class_id()?),
+            ..Default::default()
+        };
+        match ChildScheduler::attach(&group.cgroup, &options) {
+            Ok(child) => {
+                println!(
+                    "canopy: child scheduler canopy_child enabled on {} (cgroup id {})",
+                    child.cgroup().display(),
+                    child.cgroup_id()
+                );
+                children.push(child);
+            }
+            Err(e) => println!(
+                "canopy: child scheduler on {} not attached: {e}",
+                path.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The supervisor: load, attach children, watch (rescanning with `refresh` when given),
+/// restart on request, unload on a signal.
+pub fn run_with_refresh(
+    config: &SchedulerConfig,
+    seconds: f64,
+    refresh: Option<Refresh<'_>>,
+) -> anyhow::Result<()> {
+    install_stop_handlers();
+    let stop_at = deadline(seconds);
+    loop {
+        let root = RootScheduler::load(config).context("starting the root scheduler")?;
+        println!(
+            "canopy: root scheduler enabled (sched_ext state {}, root ops {})",
+            kernel::sched_ext_state().unwrap_or_default(),
+            kernel::read_trimmed(Path::new("/sys/kernel/sched_ext/root/ops")).unwrap_or_default()
+        );
+        let events_map = MapHandle::from_pinned_path(Path::new(PIN_DIR).join("admission_events"))
+            .context("opening admission_events")?;
+        let mut events = RingBufferBuilder::new();
+        events.add(&events_map, log_admission)?;
+        let events = events.build()?;
+
+        let mut children = Vec::new();
+        let mut applied = std::collections::HashSet::new();
+        apply_new_groups(&root, config, &mut applied, &mut children)?;
+        let mut last_scan = Instant::now();
+
+        let report = loop {
+            if let Some(refresh) = refresh {
+                if last_scan.elapsed() >= RESCAN_INTERVAL {
+                    last_scan = Instant::now();
+                    let current = refresh();
+                    if let Err(e) = current
+                        .validate()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|()| {
+                            apply_new_groups(&root, &current, &mut applied, &mut children)
+                        })
+                    {
+                        println!("canopy: rescan failed: {e:#}");
+                    }
+                }
+            }
+            let _ = events.consume();
+            if let Some(report) = root.exit_report() {
+                break Some(report);
+            }
+            children.retain(|child| match child.exit_report() {
+                Some(report) => {
+                    println!(
+                        "canopy: child scheduler on {} exited: {report}",
+                        child.cgroup().display()
+                    );
+                    false
+                }
+                None => true,
+            });
+            if should_stop(stop_at) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = events.consume();
+
+        for child in children.drain(..) {
+            let path = child.cgroup().to_path_buf();
+            let report = child.detach();
+            println!(
+                "canopy: child scheduler on {} detached: {}",
+                path.display(),
+                report
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "no exit record".into())
+            );
+        }
+        let final_report = match report {
+            Some(report) => report,
+            None => {
+                let report = root.detach();
+                println!(
+                    "canopy: root scheduler unloaded: {} (sched_ext state {})",
+                    report
+                        .as_ref()
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "no exit record".into()),
+                    kernel::sched_ext_state().unwrap_or_default()
+                );
+                return Ok(());
+            }
+        };
+        drop(root);
+        println!("canopy: root scheduler exited: {final_report}");
+        if !final_report.dump.is_empty() {
+            println!("canopy: scheduler dump:\n{}", final_report.dump);
+        }
+        if final_report.should_restart() && !should_stop(stop_at) {
+            println!("canopy: the kernel asked for a restart; loading again");
+            continue;
+        }
+        anyhow::bail!("the root scheduler exited: {final_report}");
+    }
+}
+
+fn hold_child(cgroup: &Path, ops_name: Option<String>, seconds: f64) -> anyhow::Result<()> {
+    install_stop_handlers();
+    let stop_at = deadline(seconds);
+    let child = ChildScheduler::attach(
+        cgroup,
+        &ChildOptions {
+            ops_name,
+            default_class: None,
+        },
+    )?;
+    println!(
+        "canopy: child scheduler enabled on {} (cgroup id {})",
+        child.cgroup().display(),
+        child.cgroup_id()
+    );
+    while !should_stop(stop_at) {
+        if let Some(report) = child.exit_report() {
+            anyhow::bail!(
+                "child scheduler on {} exited: {report}",
+                child.cgroup().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let path = child.cgroup().to_path_buf();
+    let report = child.detach();
+    println!(
+        "canopy: child scheduler on {} detached: {}",
+        path.display(),
+        report
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "no exit record".into())
+    );
+    Ok(())
+}
+
+fn hold_fixture(cgroup: &Path, seconds: f64) -> anyhow::Result<()> {
+    install_stop_handlers();
+    let stop_at = deadline(seconds);
+    let fixture = ForeignFixture::attach(cgroup)?;
+    println!(
+        "canopy: foreign_fifo enabled on {} (cgroup id {})",
+        fixture.cgroup.display(),
+        fixture.cgroup_id
+    );
+    while !should_stop(stop_at) {
+        if let Some(report) = fixture.exit_report() {
+            anyhow::bail!(
+                "foreign_fifo on {} exited: {report}",
+                fixture.cgroup.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let path = fixture.cgroup.clone();
+    let report = fixture.detach();
+    println!(
+        "canopy: foreign_fifo on {} detached: {}",
+        path.display(),
+        report
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "no exit record".into())
+    );
+    Ok(())
+}
+
+fn exec_with(nice: i32, batch: bool, command: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: plain syscalls on the calling process before exec.
+    unsafe {
+        if batch {
+            let param = libc::sched_param { sched_priority: 0 };
+            if libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) != 0 {
+                anyhow::bail!(
+                    "sched_setscheduler(SCHED_BATCH): {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+            anyhow::bail!("setpriority({nice}): {}", std::io::Error::last_os_error());
+        }
+    }
+    let error = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .exec();
+    Err(anyhow::anyhow!("exec {}: {error}", command[0]))
+}

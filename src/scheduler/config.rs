@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The scheduler-side configuration: exactly what the BPF schedulers need from a compiled
+//! policy (class parameters, the default class, the weight of the root's own tasks, and per
+//! cgroup: weight, guarantee, cap and the scheduler names admitted there). It is a plain
+//! value, 1:1 with what the policy's Plan provides, so `canopy run` can build it from a Plan;
+//! until then it can be read from JSON (`canopy scheduler run --config`).
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::bpf_intf;
+use super::SchedulerError;
+
+/// The ops name of canopy's own child scheduler.
+pub const CANOPY_CHILD_NAME: &str = "canopy_child";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Class for tasks the controller has not tagged.
+    #[serde(default = "default_class_name")]
+    pub default_class: String,
+    /// Weight of the root's own tasks (those outside every child) against the children.
+    #[serde(default = "default_weight")]
+    pub own_weight: u32,
+    /// Parameters per class; classes not listed keep `ClassConfig::builtin`.
+    #[serde(default)]
+    pub classes: Vec<ClassConfig>,
+    /// The cgroups the policy names.
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClassConfig {
+    /// USER_INTERACTIVE, USER_INITIATED, DEFAULT, UTILITY or BACKGROUND.
+    pub name: String,
+    /// CPU share among runnable tasks, 1..10000 (100 = a nice-0 task).
+    pub weight: u32,
+    /// Time slice in microseconds.
+    pub slice_us: u64,
+    /// A waking task of this class preempts a running task of a preemptible class.
+    #[serde(default)]
+    pub preempts: bool,
+    /// Tasks of this class may be preempted by a preempting class.
+    #[serde(default)]
+    pub preemptible: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// The cgroup, relative to /sys/fs/cgroup or absolute.
+    pub cgroup: PathBuf,
+    /// CPU weight against the other children and the root's own tasks; None follows the
+    /// cgroup's cpu.weight.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Percent of all CPUs kept available to it under contention (0 = none).
+    #[serde(default)]
+    pub guarantee_pct: u32,
+    /// Most of all CPUs it may use, in percent (0 or 100 = no cap).
+    #[serde(default)]
+    pub cap_pct: u32,
+    /// Ops names of the sub-schedulers the policy admits on this cgroup (empty: none).
+    #[serde(default)]
+    pub admit: Vec<String>,
+    /// Whether canopy attaches its own child scheduler here (`canopy_child` must be admitted).
+    #[serde(default)]
+    pub attach_canopy_child: bool,
+}
+
+fn default_class_name() -> String {
+    "DEFAULT".into()
+}
+
+fn default_weight() -> u32 {
+    bpf_intf::CANOPY_DEFAULT_WEIGHT
+}
+
+/// Class id (index into `class_params`) of a class name.
+pub fn class_id(name: &str) -> Result<u32, SchedulerError> {
+    Ok(match name {
+        "USER_INTERACTIVE" => bpf_intf::CANOPY_CLASS_USER_INTERACTIVE,
+        "USER_INITIATED" => bpf_intf::CANOPY_CLASS_USER_INITIATED,
+        "DEFAULT" => bpf_intf::CANOPY_CLASS_DEFAULT,
+        "UTILITY" => bpf_intf::CANOPY_CLASS_UTILITY,
+        "BACKGROUND" => bpf_intf::CANOPY_CLASS_BACKGROUND,
+        other => return Err(SchedulerError::Config(format!("unknown class {other}"))),
+    })
+}
+
+impl ClassConfig {
+    /// The shipped class table: weights 800/400/100/50/25, slices 3/5/10/20/20 ms;
+    /// USER_INTERACTIVE preempts UTILITY and BACKGROUND.
+    pub fn builtin() -> Vec<ClassConfig> {
+        let class = |name: &str, weight, slice_ms: u64, preempts, preemptible| ClassConfig {
+            name: name.into(),
+            weight,
+            slice_us: slice_ms * 1000,
+            preempts,
+            preemptible,
+        };
+        vec![
+            class("USER_INTERACTIVE", 800, 3, true, false),
+            class("USER_INITIATED", 400, 5, false, false),
+            class("DEFAULT", 100, 10, false, false),
+            class("UTILITY", 50, 20, false, true),
+            class("BACKGROUND", 25, 20, false, true),
+        ]
+    }
+
+    pub fn to_params(&self) -> bpf_intf::canopy_class_params {
+        bpf_intf::canopy_class_params {
+            weight: self.weight.clamp(1, 10000),
+            preempts: self.preempts as u32,
+            preemptible: self.preemptible as u32,
+            pad: 0,
+            slice_ns: self.slice_us * 1000,
+        }
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            default_class: default_class_name(),
+            own_weight: default_weight(),
+            classes: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn from_json(text: &str) -> Result<Self, SchedulerError> {
+        let config: Self =
+            serde_json::from_str(text).map_err(|e| SchedulerError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every problem at once, before anything reaches the kernel.
+    pub fn validate(&self) -> Result<(), SchedulerError> {
+        let mut problems = Vec::new();
+        if let Err(e) = class_id(&self.default_class) {
+            problems.push(e.to_string());
+        }
+        for class in &self.classes {
+            if let Err(e) = class_id(&class.name) {
+                problems.push(e.to_string());
+            }
+            if class.weight == 0 || class.weight > 10000 {
+                problems.push(format!(
+                    "class {}: weight {} is not in 1..10000",
+                    class.name, class.weight
+                ));
+            }
+        }
+        let max_admitted = bpf_intf::CANOPY_MAX_ADMITTED as usize;
+        for group in &self.groups {
+            let at = group.cgroup.display();
+            if group.admit.len() > max_admitted {
+                problems.push(format!(
+                    "{at}: at most {max_admitted} admitted scheduler names"
+                ));
+            }
+            for name in &group.admit {
+                if name.is_empty() || name.len() >= bpf_intf::CANOPY_NAME_LEN as usize {
+                    problems.push(format!("{at}: scheduler name {name:?} must be 1..31 bytes"));
+                }
+            }
+            if group.guarantee_pct > 100 || group.cap_pct > 100 {
+                problems.push(format!("{at}: guarantee and cap are percentages (0..100)"));
+            }
+            if group.cap_pct != 0 && group.guarantee_pct > group.cap_pct {
+                problems.push(format!(
+                    "{at}: guarantee {}% exceeds cap {}%",
+                    group.guarantee_pct, group.cap_pct
+                ));
+            }
+            if group.weight == Some(0) || group.weight.is_some_and(|w| w > 10000) {
+                problems.push(format!("{at}: weight must be in 1..10000"));
+            }
+            if group.attach_canopy_child && !group.admit.iter().any(|n| n == CANOPY_CHILD_NAME) {
+                problems.push(format!(
+                    "{at}: attach_canopy_child needs {CANOPY_CHILD_NAME:?} in admit"
+                ));
+            }
+        }
+        for outer in self.groups.iter().filter(|g| g.attach_canopy_child) {
+            for inner in self.groups.iter().filter(|g| !g.admit.is_empty()) {
+                if inner.cgroup != outer.cgroup && inner.cgroup.starts_with(&outer.cgroup) {
+                    problems.push(format!(
+                        "{}: no sub-scheduler can attach below {}, whose canopy_child does not host children",
+                        inner.cgroup.display(),
+                        outer.cgroup.display()
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SchedulerError::Config(problems.join("; ")))
+        }
+    }
+
+    /// The class table with this config's overrides applied, indexed by class id.
+    pub fn class_table(&self) -> Result<Vec<ClassConfig>, SchedulerError> {
+        let mut table = ClassConfig::builtin();
+        for class in &self.classes {
+            table[class_id(&class.name)? as usize] = class.clone();
+        }
+        Ok(table)
+    }
+
+    pub fn default_class_id(&self) -> Result<u32, SchedulerError> {
+        class_id(&self.default_class)
+    }
+}
+
+impl GroupConfig {
+    pub fn to_policy(&self) -> bpf_intf::canopy_group_policy {
+        let mut policy = bpf_intf::canopy_group_policy {
+            weight: self.weight.unwrap_or(0),
+            guarantee_pct: self.guarantee_pct,
+            cap_pct: self.cap_pct,
+            nr_admitted: self.admit.len() as u32,
+            ..Default::default()
+        };
+        for (slot, name) in policy.admitted.iter_mut().zip(&self.admit) {
+            for (dst, src) in slot.iter_mut().zip(name.bytes()) {
+                *dst = src as std::os::raw::c_char;
+            }
+        }
+        policy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_config_round_trips_and_validates() {
+        let config = SchedulerConfig::from_json(
+            r#"{"groups":[{"cgroup":"a","weight":200,"admit":["canopy_child"],"attach_canopy_child":true}]}"#,
+        )
+        .unwrap();
+        assert_eq!(config.groups[0].weight, Some(200));
+        let policy = config.groups[0].to_policy();
+        assert_eq!(policy.nr_admitted, 1);
+        assert_eq!(policy.admitted[0][0] as u8, b'c');
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = SchedulerConfig::from_json(
+            r#"{"default_class":"NOPE","groups":[{"cgroup":"a","guarantee_pct":50,"cap_pct":20,"attach_canopy_child":true}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown class NOPE"), "{err}");
+        assert!(err.contains("exceeds cap"), "{err}");
+        assert!(err.contains("attach_canopy_child"), "{err}");
+    }
+
+    #[test]
+    fn nesting_below_canopy_child_is_refused() {
+        let err = SchedulerConfig::from_json(
+            r#"{"groups":[{"cgroup":"a","admit":["canopy_child"],"attach_canopy_child":true},
+                          {"cgroup":"a/b","admit":["canopy_child"]}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("does not host children"), "{err}");
+    }
+
+    #[test]
+    fn builtin_classes_follow_intf_ids() {
+        let table = ClassConfig::builtin();
+        assert_eq!(table.len(), bpf_intf::CANOPY_NR_CLASSES as usize);
+        for (id, class) in table.iter().enumerate() {
+            assert_eq!(class_id(&class.name).unwrap() as usize, id);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! Why a scheduler stopped: the `struct canopy_exit_info` each canopy scheduler fills in
+//! ops.exit, decoded (exit kind by its kernel name, exit code split into the user code,
+//! reason and action fields) and the restart decision.
+use std::collections::HashMap;
+use std::fmt;
+
+use super::bpf_intf::canopy_exit_info;
+use super::kernel::EXIT_KIND_NAME_PREFIX;
+
+/// Exit code layout (kernel internal.h): user [31:0], reason [47:32], action [63:48].
+const ECODE_USER_MASK: i64 = 0xffff_ffff;
+const ECODE_REASON_SHIFT: u32 = 32;
+const ECODE_ACTION_SHIFT: u32 = 48;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExitReport {
+    /// `enum scx_exit_kind` value.
+    pub kind: i32,
+    /// Its kernel name (e.g. `SCX_EXIT_UNREG`), when the kernel's BTF names it.
+    pub kind_name: String,
+    pub exit_code: i64,
+    pub exit_cpu: i32,
+    pub reason: String,
+    pub msg: String,
+    pub dump: String,
+}
+
+fn c_string(bytes: &[std::os::raw::c_char]) -> String {
+    let bytes: Vec<u8> = bytes
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+impl ExitReport {
+    /// Decodes the exit record; `None` while the scheduler is still running (kind 0).
+    pub fn from_record(record: &canopy_exit_info, enums: &HashMap<String, u64>) -> Option<Self> {
+        // SAFETY: `kind` is a plain i32 in mmapped map memory the kernel writes last.
+        let kind = unsafe { std::ptr::read_volatile(&record.kind) };
+        if kind == 0 {
+            return None;
+        }
+        let kind_name = enums
+            .iter()
+            .find_map(|(key, value)| {
+                let name = key.strip_prefix(EXIT_KIND_NAME_PREFIX)?;
+                (*value == kind as u32 as u64).then(|| name.to_string())
+            })
+            .unwrap_or_else(|| format!("exit kind {kind}"));
+        Some(Self {
+            kind,
+            kind_name,
+            exit_code: record.exit_code,
+            exit_cpu: record.exit_cpu,
+            reason: c_string(&record.reason),
+            msg: c_string(&record.msg),
+            dump: c_string(&record.dump),
+        })
+    }
+
+    pub fn user_code(&self) -> u32 {
+        (self.exit_code & ECODE_USER_MASK) as u32
+    }
+
+    /// The kernel's reason bits (1 = hotplug, 2 = cgroup offline).
+    pub fn reason_code(&self) -> u16 {
+        ((self.exit_code as u64) >> ECODE_REASON_SHIFT) as u16
+    }
+
+    /// The kernel's action bits (1 = restart).
+    pub fn action_code(&self) -> u16 {
+        ((self.exit_code as u64) >> ECODE_ACTION_SHIFT) as u16
+    }
+
+    /// The kernel asks userspace to load the scheduler again (e.g. after CPU hotplug).
+    pub fn should_restart(&self) -> bool {
+        self.action_code() & 1 != 0
+    }
+
+    /// Ended by an error (kinds >= 1024), not by an orderly unregistration.
+    pub fn is_error(&self) -> bool {
+        self.kind >= 1024
+    }
+}
+
+impl fmt::Display for ExitReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.kind_name, self.reason)?;
+        if !self.msg.is_empty() {
+            write!(f, ": {}", self.msg)?;
+        }
+        let reason = match self.reason_code() {
+            0 => String::new(),
+            1 => " [reason: cpu hotplug]".into(),
+            2 => " [reason: cgroup went offline]".into(),
+            other => format!(" [reason {other}]"),
+        };
+        write!(f, "{reason}")?;
+        if self.should_restart() {
+            write!(f, " [action: restart]")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(code: i64) -> ExitReport {
+        ExitReport {
+            kind: 64,
+            kind_name: "SCX_EXIT_UNREG".into(),
+            exit_code: code,
+            exit_cpu: 0,
+            reason: String::new(),
+            msg: String::new(),
+            dump: String::new(),
+        }
+    }
+
+    #[test]
+    fn exit_code_fields_decode() {
+        let r = report((1 << 48) | (1 << 32) | 7);
+        assert_eq!(r.user_code(), 7);
+        assert_eq!(r.reason_code(), 1);
+        assert!(r.should_restart());
+        assert!(!report(2 << 32).should_restart());
+        assert_eq!(report(2 << 32).reason_code(), 2);
+    }
+}

@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The BPF scheduler loader: canopy's root scheduler (`canopy_root`) and its child scheduler
+//! (`canopy_child`), both cid-form sched_ext schedulers built from `bpf/` by build.rs.
+//!
+//! - `bpf_intf`, `skel`: generated code (intf.h in Rust, libbpf-rs skeletons);
+//! - `kernel`: what the loader learns from or does to the running kernel (BTF enums, sysfs,
+//!   cgroup ids, program association);
+//! - `config`: the scheduler-side view of a policy (1:1 with the policy's Plan);
+//! - `plan`: building that view from a compiled Plan and the existing cgroups;
+//! - `root`, `child`: load/attach/detach, exit checks, map writes;
+//! - `fixture`: the foreign sub-scheduler test fixture's loader;
+//! - `exit`: decoding why a scheduler stopped and whether to restart;
+//! - `status`: the hierarchy from sysfs and the root's pinned maps;
+//! - `cli`: the `canopy scheduler ...` debug commands (the VM tests drive these).
+pub mod bpf_intf;
+pub mod child;
+pub mod cli;
+pub mod config;
+pub mod exit;
+pub mod fixture;
+pub mod kernel;
+pub mod plan;
+pub mod root;
+pub mod skel;
+pub mod status;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading or running a scheduler.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("kernel: {0}")]
+    Kernel(String),
+    #[error("scheduler config: {0}")]
+    Config(String),
+    #[error("cgroup {0}: {1}")]
+    Cgroup(PathBuf, String),
+    #[error("load: {0}")]
+    Load(String),
+    #[error("attach: {0}")]
+    Attach(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Exited(String),
+}

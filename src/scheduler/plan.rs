@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! From a compiled policy [`Plan`] to the scheduler-side [`SchedulerConfig`]: the class table
+//! (weight, slice, who preempts whom), the default class, and one group entry per *existing*
+//! cgroup a policy group's path glob matches (its weight, guarantee, cap and the scheduler names
+//! admitted there). Called at start and on every rescan, so cgroups created later are picked up.
+use std::fs;
+use std::path::Path;
+
+use canopy_policy::Cap;
+use canopy_policy::ClassId;
+use canopy_policy::Plan;
+use canopy_policy::Scheduler;
+
+use super::bpf_intf;
+use super::config::ClassConfig;
+use super::config::GroupConfig;
+use super::config::SchedulerConfig;
+use super::config::CANOPY_CHILD_NAME;
+
+/// How deep below the cgroup2 root group paths are looked for.
+const MAX_CGROUP_DEPTH: usize = 8;
+
+/// The scheduler config for `plan` on this machine (cgroups under `cgroup_root`, `nr_cpus`
+/// online CPUs for converting a `cpu.max`-style cap into a percentage).
+pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> SchedulerConfig {
+    let classes = (0..bpf_intf::CANOPY_NR_CLASSES)
+        .map(|id| {
+            let class = plan.class(ClassId(id as u8));
+            let params = plan.class_params(class.id);
+            ClassConfig {
+                name: class.name.clone(),
+                weight: params.weight.clamp(1, 10000),
+                slice_us: params.slice_us.max(100) as u64,
+                preempts: params.preempt,
+                // classes below DEFAULT give way to preempting classes
+                preemptible: id > bpf_intf::CANOPY_CLASS_DEFAULT,
+            }
+        })
+        .collect();
+    let default = plan.defaults().class;
+    let default_class = if (default.index() as u32) < bpf_intf::CANOPY_NR_CLASSES {
+        plan.class(default).name.clone()
+    } else {
+        "DEFAULT".into()
+    };
+
+    let mut groups = Vec::new();
+    let mut relative_paths = Vec::new();
+    collect_cgroups(cgroup_root, cgroup_root, 0, &mut relative_paths);
+    for relative in relative_paths {
+        let Some(group_ref) = plan.group_for_cgroup(&relative) else {
+            continue;
+        };
+        let group = plan.group(group_ref);
+        let settings = &group.base;
+        let (admit, attach_canopy_child) = match &group.scheduler {
+            Scheduler::Canopy => (vec![CANOPY_CHILD_NAME.to_string()], true),
+            Scheduler::External(names) => (names.clone(), false),
+            Scheduler::None => (Vec::new(), false),
+        };
+        groups.push(GroupConfig {
+            cgroup: relative.into(),
+            weight: Some(settings.weight.clamp(1, 10000)),
+            guarantee_pct: settings.guarantee_percent.unwrap_or(0) as u32,
+            cap_pct: match settings.cap {
+                None => 0,
+                Some(Cap::Percent(percent)) => percent as u32,
+                Some(Cap::Quota {
+                    quota_us,
+                    period_us,
+                }) => {
+                    let machine = period_us.max(1) * nr_cpus.max(1) as u64;
+                    ((quota_us * 100).div_ceil(machine)).clamp(1, 100) as u32
+                }
+            },
+            admit,
+            attach_canopy_child,
+        });
+    }
+    // A canopy child cannot host children: drop admissions below one rather than fail.
+    let canopy_roots: Vec<_> = groups
+        .iter()
+        .filter(|g| g.attach_canopy_child)
+        .map(|g| g.cgroup.clone())
+        .collect();
+    for group in &mut groups {
+        if canopy_roots
+            .iter()
+            .any(|outer| *outer != group.cgroup && group.cgroup.starts_with(outer))
+        {
+            group.admit.clear();
+            group.attach_canopy_child = false;
+        }
+    }
+    SchedulerConfig {
+        default_class,
+        own_weight: bpf_intf::CANOPY_DEFAULT_WEIGHT,
+        classes,
+        groups,
+    }
+}
+
+/// Every cgroup directory below `dir`, as a path relative to `root`, parents first.
+fn collect_cgroups(root: &Path, dir: &Path, depth: usize, out: &mut Vec<String>) {
+    if depth > MAX_CGROUP_DEPTH {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut children: Vec<_> = entries
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.path())
+        .collect();
+    children.sort();
+    for child in children {
+        if let Ok(relative) = child.strip_prefix(root) {
+            out.push(relative.to_string_lossy().into_owned());
+        }
+        collect_cgroups(root, &child, depth + 1, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_groups_become_scheduler_groups_for_existing_cgroups() {
+        let root = std::env::temp_dir().join(format!("canopy-plan-test-{}", std::process::id()));
+        for dir in ["apps/editor", "batch", "other"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        let compiled = canopy_policy::compile_str(
+            "policy.toml",
+            r#"
+[groups.apps]
+path = "apps/*"
+weight = 300
+scheduler = "canopy"
+[groups.batch]
+path = "batch"
+weight = 50
+scheduler = "none"
+"#,
+        )
+        .expect("valid policy");
+        let config = config_from_plan(&compiled.plan, &root, 2);
+        fs::remove_dir_all(&root).unwrap();
+        config.validate().unwrap();
+        let editor = config
+            .groups
+            .iter()
+            .find(|g| g.cgroup == Path::new("apps/editor"))
+            .unwrap();
+        assert_eq!(editor.weight, Some(300));
+        assert!(editor.attach_canopy_child);
+        assert_eq!(editor.admit, vec![CANOPY_CHILD_NAME.to_string()]);
+        let batch = config
+            .groups
+            .iter()
+            .find(|g| g.cgroup == Path::new("batch"))
+            .unwrap();
+        assert_eq!(batch.weight, Some(50));
+        assert!(batch.admit.is_empty());
+        assert!(config.groups.iter().all(|g| g.cgroup != Path::new("other")));
+        assert_eq!(config.classes.len(), bpf_intf::CANOPY_NR_CLASSES as usize);
+    }
+}

@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The hierarchy as the kernel and the root scheduler see it: sysfs (`state`, each scheduler's
+//! `ops` and `caps` under `root/sub/sub-<cgroup id>`) joined with the root's pinned `members`
+//! and `stats` maps. Two samples an interval apart give each member's CPU rate and its share
+//! against the target its weight implies. Works from any process while a root is loaded.
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+use std::time::Instant;
+
+use libbpf_rs::MapCore;
+use libbpf_rs::MapFlags;
+use libbpf_rs::MapHandle;
+use serde::Serialize;
+
+use super::bpf_intf;
+use super::bpf_intf::Stats;
+use super::kernel;
+use super::root::from_bytes;
+use super::root::PIN_DIR;
+use super::SchedulerError;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// /sys/kernel/sched_ext/state
+    pub state: String,
+    /// ops name of the root scheduler, if any
+    pub root_ops: Option<String>,
+    /// every scheduler in the hierarchy, root first (from sysfs)
+    pub schedulers: Vec<SchedulerNode>,
+    /// what the root divides CPU among (from its maps; empty unless canopy_root is loaded)
+    pub members: Vec<MemberStatus>,
+    /// root scheduler counters
+    pub stats: Stats,
+    /// sampling interval used for the rates, in seconds
+    pub interval_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SchedulerNode {
+    pub ops: String,
+    /// 0 for the root
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub level: u32,
+    /// `caps` file, one `name: cid-list` line per capability
+    pub caps: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberStatus {
+    pub slot: u32,
+    pub name: String,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub weight: u32,
+    pub guarantee_pct: u32,
+    pub cap_pct: u32,
+    pub cpu_ns_total: u64,
+    pub dispatches: u64,
+    pub throttled: u64,
+    /// CPUs' worth of time it received during the interval
+    pub cpus_used: f64,
+    /// its part of all CPU time handed out during the interval
+    pub share: f64,
+    /// the part its weight entitles it to among the members that ran
+    pub target_share: f64,
+}
+
+fn read_members(map: &MapHandle) -> Vec<(u32, bpf_intf::canopy_member)> {
+    (0..bpf_intf::CANOPY_MAX_MEMBERS)
+        .filter_map(|slot| {
+            let bytes = map.lookup(&slot.to_ne_bytes(), MapFlags::ANY).ok()??;
+            let member: bpf_intf::canopy_member = from_bytes(&bytes);
+            (member.active != 0).then_some((slot, member))
+        })
+        .collect()
+}
+
+fn read_stats(map: &MapHandle) -> Stats {
+    let values: Vec<u64> = (0..bpf_intf::CANOPY_NR_STATS)
+        .map(|index| {
+            map.lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
+                .ok()
+                .flatten()
+                .map(|per_cpu| per_cpu.iter().map(|b| from_bytes::<u64>(b)).sum())
+                .unwrap_or(0)
+        })
+        .collect();
+    Stats::from_indexed(&values)
+}
+
+fn c_name(bytes: &[std::os::raw::c_char]) -> String {
+    let bytes: Vec<u8> = bytes
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Walks /sys/kernel/sched_ext/root and its `sub/sub-<id>` directories.
+pub fn scheduler_tree() -> Vec<SchedulerNode> {
+    fn walk(dir: &Path, cgroup_id: u64, level: u32, out: &mut Vec<SchedulerNode>) {
+        let Some(ops) = kernel::read_trimmed(&dir.join("ops")) else {
+            return;
+        };
+        let caps = fs::read_to_string(dir.join("caps"))
+            .map(|text| text.lines().map(str::to_string).collect())
+            .unwrap_or_default();
+        out.push(SchedulerNode {
+            ops,
+            cgroup_id,
+            cgroup: (cgroup_id > 1)
+                .then(|| kernel::cgroup_path_of_id(cgroup_id))
+                .flatten()
+                .map(|p| p.display().to_string()),
+            level,
+            caps,
+        });
+        let Ok(entries) = fs::read_dir(dir.join("sub")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_prefix("sub-").and_then(|id| id.parse().ok()) {
+                walk(&entry.path(), id, level + 1, out);
+            }
+        }
+    }
+    let mut nodes = Vec::new();
+    walk(
+        &Path::new(kernel::SCHED_EXT_SYSFS).join("root"),
+        0,
+        0,
+        &mut nodes,
+    );
+    nodes
+}
+
+/// Samples the hierarchy twice, `interval` apart.
+pub fn collect(interval: Duration) -> Result<Status, SchedulerError> {
+    let state = kernel::sched_ext_state().unwrap_or_else(|| "absent".into());
+    let pinned = |name: &str| MapHandle::from_pinned_path(Path::new(PIN_DIR).join(name));
+    let (members_map, stats_map) = match (pinned("members"), pinned("stats")) {
+        (Ok(m), Ok(s)) => (Some(m), Some(s)),
+        _ => (None, None),
+    };
+
+    let before = members_map.as_ref().map(read_members).unwrap_or_default();
+    let started = Instant::now();
+    if members_map.is_some() && !interval.is_zero() {
+        std::thread::sleep(interval);
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    let after = members_map.as_ref().map(read_members).unwrap_or_default();
+
+    let delta_of = |slot: u32, now: u64| -> u64 {
+        before
+            .iter()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, m)| now.saturating_sub(m.cpu_ns))
+            .unwrap_or(0)
+    };
+    let total_delta: u64 = after
+        .iter()
+        .map(|(slot, m)| delta_of(*slot, m.cpu_ns))
+        .sum();
+    let running_weight: u64 = after
+        .iter()
+        .filter(|(slot, m)| delta_of(*slot, m.cpu_ns) > 0)
+        .map(|(_, m)| m.weight as u64)
+        .sum();
+
+    let members = after
+        .iter()
+        .map(|(slot, m)| {
+            let delta = delta_of(*slot, m.cpu_ns);
+            MemberStatus {
+                slot: *slot,
+                name: if *slot == bpf_intf::CANOPY_SELF_SLOT {
+                    "(root tasks)".into()
+                } else {
+                    c_name(&m.name)
+                },
+                cgroup_id: m.cgroup_id,
+                cgroup: if m.cgroup_id == 1 {
+                    Some(kernel::CGROUP2_ROOT.into())
+                } else {
+                    kernel::cgroup_path_of_id(m.cgroup_id).map(|p| p.display().to_string())
+                },
+                weight: m.weight,
+                guarantee_pct: m.guarantee_pct,
+                cap_pct: m.cap_pct,
+                cpu_ns_total: m.cpu_ns,
+                dispatches: m.dispatches,
+                throttled: m.throttled,
+                cpus_used: delta as f64 / 1e9 / elapsed,
+                share: if total_delta > 0 {
+                    delta as f64 / total_delta as f64
+                } else {
+                    0.0
+                },
+                target_share: if delta > 0 && running_weight > 0 {
+                    m.weight as f64 / running_weight as f64
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+
+    Ok(Status {
+        state,
+        root_ops: kernel::read_trimmed(&Path::new(kernel::SCHED_EXT_SYSFS).join("root/ops")),
+        schedulers: scheduler_tree(),
+        members,
+        stats: stats_map.as_ref().map(read_stats).unwrap_or_default(),
+        interval_s: elapsed,
+    })
+}
+
+impl Status {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = format!("sched_ext: {}", self.state);
+        if let Some(ops) = &self.root_ops {
+            out.push_str(&format!(" (root: {ops})"));
+        }
+        out.push('\n');
+        for node in &self.schedulers {
+            let indent = "  ".repeat(node.level as usize + 1);
+            let place = node.cgroup.clone().unwrap_or_else(|| {
+                if node.level == 0 {
+                    "/".into()
+                } else {
+                    format!("cgroup id {}", node.cgroup_id)
+                }
+            });
+            out.push_str(&format!("{indent}{} on {place}", node.ops));
+            if !node.caps.is_empty() && node.level > 0 {
+                out.push_str(&format!("  [{}]", node.caps.join(", ")));
+            }
+            out.push('\n');
+        }
+        if !self.members.is_empty() {
+            out.push_str(&format!(
+                "\n{:<4} {:<16} {:<28} {:>6} {:>5} {:>4} {:>9} {:>7} {:>7}\n",
+                "slot", "member", "cgroup", "weight", "guar%", "cap%", "cpus", "share", "target"
+            ));
+            for m in &self.members {
+                out.push_str(&format!(
+                    "{:<4} {:<16} {:<28} {:>6} {:>5} {:>4} {:>9.3} {:>6.1}% {:>6.1}%\n",
+                    m.slot,
+                    m.name,
+                    m.cgroup.clone().unwrap_or_else(|| m.cgroup_id.to_string()),
+                    m.weight,
+                    m.guarantee_pct,
+                    m.cap_pct,
+                    m.cpus_used,
+                    m.share * 100.0,
+                    m.target_share * 100.0
+                ));
+            }
+            out.push_str(&format!("(rates over {:.2} s)\n\n", self.interval_s));
+            for (name, value) in self.stats.values() {
+                out.push_str(&format!("{name:<22} {value}\n"));
+            }
+        }
+        out
+    }
+}
