@@ -1,0 +1,1060 @@
+//! The compiler: merges the parsed files (drop-ins in order), validates everything, reporting
+//! every problem with its location, and builds the `Plan`. Nothing is half-compiled: any error
+//! means no plan.
+//!
+//! Merge rules: `[defaults]` and `[daemon]` fields are overridden one by one by later files;
+//! `[classes.X]` and `[groups.X]` merge field by field (states by name), except that moving a
+//! class (`after`) or a group (`path`) to somewhere else is an unmergeable redefinition; a rule
+//! with the `name` of an earlier file's rule replaces it in place; other rules are appended.
+
+use std::collections::HashMap;
+
+use globset::GlobSetBuilder;
+use toml::Spanned;
+
+use crate::class::Class;
+use crate::class::ClassId;
+use crate::class::ClassMask;
+use crate::class::ClassParams;
+use crate::class::BUILTINS;
+use crate::class::MAX_CLASSES;
+use crate::diagnostic::did_you_mean;
+use crate::diagnostic::Diagnostic;
+use crate::diagnostic::FileId;
+use crate::diagnostic::Problem;
+use crate::diagnostic::Reporter;
+use crate::diagnostic::Source;
+use crate::diagnostic::Span;
+use crate::glob;
+use crate::matcher::RuleMatcher;
+use crate::matcher::REGEX_SIZE_LIMIT;
+use crate::model::ClassDef;
+use crate::model::DaemonDef;
+use crate::model::DaemonMode;
+use crate::model::DefaultsDef;
+use crate::model::GroupDef;
+use crate::model::RuleDef;
+use crate::model::SchedulerKind;
+use crate::model::StateDef;
+use crate::parse::parse_file;
+use crate::parse::Named;
+use crate::plan::Cap;
+use crate::plan::Conditions;
+use crate::plan::DaemonSettings;
+use crate::plan::Defaults;
+use crate::plan::Group;
+use crate::plan::GroupSettings;
+use crate::plan::GroupState;
+use crate::plan::Plan;
+use crate::plan::PlanData;
+use crate::plan::Rule;
+use crate::plan::Scheduler;
+use crate::plan::SettingsOverrides;
+use crate::plan::ThreadRule;
+use crate::plan::DEFAULT_SOCKET_PATH;
+
+/// Deepest nesting of child schedulers below the root scheduler the kernel allows.
+pub const MAX_SCHEDULER_DEPTH: usize = 3;
+
+/// A failed compilation: every diagnostic found (errors and warnings).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the policy has {} error(s)", .diagnostics.iter().filter(|d| d.is_error()).count())]
+pub struct CompileError {
+    /// All diagnostics, in source order within each check.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// A successful compilation: the plan and any warnings.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The plan.
+    pub plan: Plan,
+    /// Warnings (nothing here rejects the policy).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Compiles `sources` (main file first, then drop-ins in lexical order) into a plan.
+pub fn compile(sources: &[Source]) -> Result<Compiled, CompileError> {
+    let mut reporter = Reporter::new(sources);
+    let parsed: Vec<_> = sources
+        .iter()
+        .enumerate()
+        .map(|(file, source)| parse_file(file, &source.text, &mut reporter))
+        .collect();
+    let merged = merge(parsed, &mut reporter);
+    let data = resolve(&merged, &mut reporter);
+    let plan = data.and_then(|data| build_plan(data, &mut reporter));
+    match plan {
+        Some(plan) if !reporter.has_errors() => Ok(Compiled {
+            plan,
+            warnings: reporter.diagnostics,
+        }),
+        _ => Err(CompileError {
+            diagnostics: reporter.diagnostics,
+        }),
+    }
+}
+
+/// Compiles one text (a convenience for tests and tools).
+pub fn compile_str(path: &str, text: &str) -> Result<Compiled, CompileError> {
+    compile(&[Source::new(path, text)])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merging drop-ins.
+
+struct MergedClass {
+    name: String,
+    span: Span,
+    def: ClassDef,
+    after_file: Option<FileId>,
+    /// Which file each overridden field last came from (default: the defining file).
+    field_files: HashMap<&'static str, FileId>,
+}
+
+struct MergedRule {
+    def: RuleDef,
+    span: Span,
+    file: FileId,
+}
+
+struct MergedGroup {
+    name: String,
+    span: Span,
+    def: GroupDef,
+    path_file: Option<FileId>,
+    state_spans: HashMap<String, Span>,
+    /// Which file each overridden field last came from (default: the defining file).
+    field_files: HashMap<&'static str, FileId>,
+    /// The same for each state's fields.
+    state_field_files: HashMap<String, HashMap<&'static str, FileId>>,
+}
+
+#[derive(Default)]
+struct Merged {
+    defaults: DefaultsDef,
+    defaults_span: Option<Span>,
+    daemon: DaemonDef,
+    classes: Vec<MergedClass>,
+    rules: Vec<MergedRule>,
+    groups: Vec<MergedGroup>,
+}
+
+macro_rules! override_fields {
+    ($target:expr, $source:expr, $($field:ident),+ $(,)?) => {
+        $( if $source.$field.is_some() { $target.$field = $source.$field.clone(); } )+
+    };
+    (files $files:expr, $file:expr; $target:expr, $source:expr, $($field:ident),+ $(,)?) => {
+        $( if $source.$field.is_some() {
+            $target.$field = $source.$field.clone();
+            $files.insert(stringify!($field), $file);
+        } )+
+    };
+}
+
+fn spanned_span<T>(file: FileId, value: &Spanned<T>) -> Span {
+    Span::new(file, value.span())
+}
+
+fn merge(parsed: Vec<crate::parse::ParsedFile>, reporter: &mut Reporter<'_>) -> Merged {
+    let mut merged = Merged::default();
+    for (file, parsed) in parsed.into_iter().enumerate() {
+        if let Some((defaults, span)) = parsed.defaults {
+            if defaults.class.is_some() {
+                merged.defaults_span = Some(span);
+            }
+            override_fields!(merged.defaults, defaults, class, leave_kernel_threads, leave_realtime);
+            // Spans of `class` are only meaningful with their file: remember it.
+            if let Some(class) = &defaults.class {
+                merged.defaults_span = Some(spanned_span(file, class));
+            }
+        }
+        if let Some((daemon, _)) = parsed.daemon {
+            override_fields!(merged.daemon, daemon, socket_path, metrics_address, mode);
+        }
+        for Named { name, span, item } in parsed.classes {
+            match merged.classes.iter_mut().find(|class| class.name == name) {
+                None => merged.classes.push(MergedClass {
+                    name,
+                    span,
+                    after_file: item.after.as_ref().map(|_| file),
+                    def: item,
+                    field_files: HashMap::new(),
+                }),
+                Some(existing) => {
+                    if let (Some(old), Some(new)) = (&existing.def.after, &item.after) {
+                        if old.get_ref() != new.get_ref() {
+                            let first = reporter.location(&spanned_span(existing.after_file.unwrap_or(file), old));
+                            reporter.error(
+                                &spanned_span(file, new),
+                                Problem::Redefinition {
+                                    what: "class".into(),
+                                    name: name.clone(),
+                                    detail: format!("placed after `{}`, earlier after `{}`", new.get_ref(), old.get_ref()),
+                                    first: first.to_string(),
+                                },
+                                Some("a drop-in may change a class's parameters, not move it".into()),
+                            );
+                            continue;
+                        }
+                    }
+                    if item.after.is_some() && existing.def.after.is_none() {
+                        existing.after_file = Some(file);
+                    }
+                    override_fields!(files existing.field_files, file; existing.def, item, after, description, policy, nice, slice_us, uclamp_min, uclamp_max, weight, preempt);
+                }
+            }
+        }
+        let first_rule_of_file = merged.rules.len();
+        for (rule, span) in parsed.rules {
+            if let Some(name) = &rule.name {
+                let same_name = merged.rules.iter().position(|existing| {
+                    existing.def.name.as_ref().is_some_and(|other| other.get_ref() == name.get_ref())
+                });
+                if let Some(position) = same_name {
+                    if position >= first_rule_of_file {
+                        let first = reporter.location(&merged.rules[position].span);
+                        reporter.error(
+                            &spanned_span(file, name),
+                            Problem::DuplicateRuleName {
+                                name: name.get_ref().clone(),
+                                first: first.to_string(),
+                            },
+                            Some("rule names must be unique within a file; a later file may reuse one to replace the rule".into()),
+                        );
+                    } else {
+                        merged.rules[position] = MergedRule { def: rule, span, file };
+                    }
+                    continue;
+                }
+            }
+            merged.rules.push(MergedRule { def: rule, span, file });
+        }
+        for (Named { name, span, item }, state_spans) in parsed.groups.into_iter().zip(parsed.state_spans) {
+            let state_spans: HashMap<String, Span> = state_spans.into_iter().collect();
+            match merged.groups.iter_mut().find(|group| group.name == name) {
+                None => merged.groups.push(MergedGroup {
+                    name,
+                    span,
+                    path_file: item.path.as_ref().map(|_| file),
+                    def: item,
+                    state_spans,
+                    field_files: HashMap::new(),
+                    state_field_files: HashMap::new(),
+                }),
+                Some(existing) => {
+                    if let (Some(old), Some(new)) = (&existing.def.path, &item.path) {
+                        if old.get_ref() != new.get_ref() {
+                            let first = reporter.location(&spanned_span(existing.path_file.unwrap_or(file), old));
+                            reporter.error(
+                                &spanned_span(file, new),
+                                Problem::Redefinition {
+                                    what: "group".into(),
+                                    name: name.clone(),
+                                    detail: format!("path `{}`, earlier `{}`", new.get_ref(), old.get_ref()),
+                                    first: first.to_string(),
+                                },
+                                Some("give the new group another name, or drop `path` to only change its settings".into()),
+                            );
+                            continue;
+                        }
+                    }
+                    if item.path.is_some() && existing.path_file.is_none() {
+                        existing.path_file = Some(file);
+                    }
+                    let def = &mut existing.def;
+                    override_fields!(files existing.field_files, file; def, item, path, scheduler, external_ops, default_state, weight, allow, deny, ceiling, floor, guarantee_percent, cap_percent, cap_quota_us, cap_period_us);
+                    for (state_name, state) in item.states {
+                        match def.states.get_mut(&state_name) {
+                            Some(old) => {
+                                let files = existing.state_field_files.entry(state_name.clone()).or_default();
+                                override_fields!(files files, file; old, state, after_s, user_settable, weight, allow, deny, ceiling, floor, guarantee_percent, cap_percent, cap_quota_us, cap_period_us);
+                            }
+                            None => {
+                                def.states.insert(state_name.clone(), state);
+                                let files = existing.state_field_files.entry(state_name.clone()).or_default();
+                                for field in STATE_FIELDS {
+                                    files.insert(field, file);
+                                }
+                            }
+                        }
+                        if let Some(span) = state_spans.get(&state_name) {
+                            existing.state_spans.entry(state_name).or_insert_with(|| span.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    merged
+}
+
+const STATE_FIELDS: [&str; 11] = ["after_s", "user_settable", "weight", "allow", "deny", "ceiling", "floor", "guarantee_percent", "cap_percent", "cap_quota_us", "cap_period_us"];
+
+// ---------------------------------------------------------------------------------------------
+// Resolution and validation.
+
+/// Class names → ids, with the ability to report unknown names.
+struct ClassTable {
+    classes: Vec<Class>,
+    by_name: HashMap<String, ClassId>,
+}
+
+impl ClassTable {
+    fn resolve(&self, name: &Spanned<String>, file: FileId, reporter: &mut Reporter<'_>) -> Option<ClassId> {
+        let text = name.get_ref();
+        if let Some(id) = self.by_name.get(text) {
+            return Some(*id);
+        }
+        let hint = match text.strip_prefix("QOS_") {
+            Some(stripped) if self.by_name.contains_key(stripped) => {
+                Some(format!("canopy class names have no `QOS_` prefix: write `{stripped}`"))
+            }
+            _ => did_you_mean(text, self.classes.iter().map(|class| class.name.as_str())).or_else(|| {
+                Some(format!(
+                    "classes are: {}",
+                    self.classes.iter().map(|class| class.name.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            }),
+        };
+        reporter.error(&spanned_span(file, name), Problem::UnknownClass { name: text.clone() }, hint);
+        None
+    }
+}
+
+fn check_range(
+    value: &Option<Spanned<i64>>,
+    field: &str,
+    min: i64,
+    max: i64,
+    file: FileId,
+    reporter: &mut Reporter<'_>,
+) -> Option<i64> {
+    let value = value.as_ref()?;
+    let number = *value.get_ref();
+    if number < min || number > max {
+        reporter.error(
+            &spanned_span(file, value),
+            Problem::OutOfRange {
+                field: field.into(),
+                value: number,
+                min,
+                max,
+            },
+            None,
+        );
+        return None;
+    }
+    Some(number)
+}
+
+fn resolve_classes(merged: &Merged, reporter: &mut Reporter<'_>) -> ClassTable {
+    // Place custom classes: children of each anchor in definition order, depth first.
+    let builtin_names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
+    let mut children: HashMap<&str, Vec<&MergedClass>> = HashMap::new();
+    for class in &merged.classes {
+        let is_builtin = builtin_names.contains(&class.name.as_str());
+        match (&class.def.after, is_builtin) {
+            (Some(after), true) => reporter.error(
+                &spanned_span(class.after_file.unwrap_or(class.span.file), after),
+                Problem::BuiltinClassMoved { class: class.name.clone() },
+                Some("remove `after`; built-in classes keep their order".into()),
+            ),
+            (None, false) => reporter.error(
+                &class.span,
+                Problem::CustomClassUnplaced { class: class.name.clone() },
+                Some(format!("for example `after = \"UTILITY\"`{}", did_you_mean(&class.name, builtin_names.iter().copied()).map(|h| format!("; or {h}")).unwrap_or_default())),
+            ),
+            (Some(after), false) => children.entry(after.get_ref().as_str()).or_default().push(class),
+            (None, true) => {}
+        }
+    }
+    let mut order: Vec<(String, Option<&MergedClass>)> = Vec::new();
+    fn place<'m>(name: &str, children: &HashMap<&str, Vec<&'m MergedClass>>, order: &mut Vec<(String, Option<&'m MergedClass>)>, depth: usize) {
+        if depth > MAX_CLASSES + 1 {
+            return;
+        }
+        for child in children.get(name).into_iter().flatten() {
+            if order.iter().any(|(placed, _)| placed == &child.name) {
+                continue;
+            }
+            order.push((child.name.clone(), Some(child)));
+            place(&child.name, children, order, depth + 1);
+        }
+    }
+    for builtin in &builtin_names {
+        order.push((builtin.to_string(), merged.classes.iter().find(|c| c.name == *builtin)));
+        place(builtin, &children, &mut order, 0);
+    }
+    // Customs never placed: unknown anchor or a cycle.
+    for class in &merged.classes {
+        if builtin_names.contains(&class.name.as_str()) || order.iter().any(|(name, _)| name == &class.name) {
+            continue;
+        }
+        let Some(after) = &class.def.after else { continue };
+        let known = builtin_names.contains(&after.get_ref().as_str())
+            || merged.classes.iter().any(|c| c.name == *after.get_ref());
+        let span = spanned_span(class.after_file.unwrap_or(class.span.file), after);
+        if known {
+            reporter.error(&span, Problem::ClassOrderCycle { class: class.name.clone() }, None);
+        } else {
+            let names = builtin_names.iter().copied().chain(merged.classes.iter().map(|c| c.name.as_str()));
+            reporter.error(&span, Problem::UnknownClass { name: after.get_ref().clone() }, did_you_mean(after.get_ref(), names));
+        }
+    }
+    if order.len() > MAX_CLASSES {
+        reporter.error(
+            &merged.classes.last().map(|c| c.span.clone()).unwrap_or(Span::new(0, 0..0)),
+            Problem::TooManyClasses { count: order.len(), max: MAX_CLASSES },
+            None,
+        );
+        order.truncate(MAX_CLASSES);
+    }
+    let mut classes: Vec<Class> = Vec::with_capacity(order.len());
+    for (index, (name, merged_class)) in order.iter().enumerate() {
+        let builtin = BUILTINS.iter().find(|b| b.name == name);
+        let (mut params, mut description) = match builtin {
+            Some(builtin) => (builtin.params.clone(), builtin.description.to_string()),
+            None => {
+                let anchor = merged_class.and_then(|c| c.def.after.as_ref()).map(|a| a.get_ref().clone());
+                let base = anchor.and_then(|a| classes.iter().find(|c| c.name == a)).map(|c| c.params.clone());
+                (base.unwrap_or_else(|| BUILTINS[2].params.clone()), String::new())
+            }
+        };
+        if let Some(merged_class) = merged_class {
+            apply_class_def(&mut params, &mut description, merged_class, reporter);
+        }
+        classes.push(Class {
+            id: ClassId(index as u8),
+            name: name.clone(),
+            builtin: builtin.is_some(),
+            description,
+            params,
+        });
+    }
+    let by_name = classes.iter().map(|class| (class.name.clone(), class.id)).collect();
+    ClassTable { classes, by_name }
+}
+
+fn apply_class_def(params: &mut ClassParams, description: &mut String, class: &MergedClass, reporter: &mut Reporter<'_>) {
+    // Field spans may come from different files; the class's own span file is used for all
+    // fields, which is right for the common case of one definition.
+    let file_of = |field: &str| class.field_files.get(field).copied().unwrap_or(class.span.file);
+    let def = &class.def;
+    if let Some(text) = &def.description {
+        *description = text.clone();
+    }
+    if let Some(policy) = def.policy {
+        params.policy = policy;
+    }
+    if let Some(nice) = check_range(&def.nice, "nice", -20, 19, file_of("nice"), reporter) {
+        params.nice = nice as i8;
+    }
+    if let Some(slice) = check_range(&def.slice_us, "slice_us", 100, 100_000, file_of("slice_us"), reporter) {
+        params.slice_us = slice as u32;
+    }
+    if let Some(min) = check_range(&def.uclamp_min, "uclamp_min", 0, 1024, file_of("uclamp_min"), reporter) {
+        params.uclamp_min = min as u16;
+    }
+    if let Some(max) = check_range(&def.uclamp_max, "uclamp_max", 0, 1024, file_of("uclamp_max"), reporter) {
+        params.uclamp_max = max as u16;
+    }
+    if let Some(weight) = check_range(&def.weight, "weight", 1, 10_000, file_of("weight"), reporter) {
+        params.weight = weight as u32;
+    }
+    if let Some(preempt) = def.preempt {
+        params.preempt = preempt;
+    }
+    if params.uclamp_min > params.uclamp_max {
+        reporter.error(
+            &class.span,
+            Problem::UclampInverted { class: class.name.clone(), min: params.uclamp_min.into(), max: params.uclamp_max.into() },
+            None,
+        );
+    }
+}
+
+fn resolve(merged: &Merged, reporter: &mut Reporter<'_>) -> Option<PlanData> {
+    let table = resolve_classes(merged, reporter);
+    let default_class = match &merged.defaults.class {
+        Some(name) => {
+            let file = merged.defaults_span.as_ref().map_or(0, |span| span.file);
+            table.resolve(name, file, reporter).unwrap_or(ClassId(2))
+        }
+        None => table.by_name["DEFAULT"],
+    };
+    let defaults = Defaults {
+        class: default_class,
+        leave_kernel_threads: merged.defaults.leave_kernel_threads.unwrap_or(true),
+        leave_realtime: merged.defaults.leave_realtime.unwrap_or(true),
+    };
+    let daemon = DaemonSettings {
+        socket_path: merged.daemon.socket_path.clone().unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
+        metrics_address: merged.daemon.metrics_address.clone(),
+        mode: merged.daemon.mode.unwrap_or(DaemonMode::Auto),
+    };
+    let rules: Vec<Rule> = merged
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| resolve_rule(index, rule, &table, default_class, reporter))
+        .collect();
+    check_shadowed_rules(&rules, &merged.rules, reporter);
+    let groups: Vec<Group> = merged
+        .groups
+        .iter()
+        .filter_map(|group| resolve_group(group, &table, reporter))
+        .collect();
+    check_group_overlaps(&groups, reporter);
+    Some(PlanData {
+        classes: table.classes,
+        defaults,
+        daemon,
+        rules,
+        groups,
+    })
+}
+
+fn resolve_rule(index: usize, merged: &MergedRule, table: &ClassTable, default_class: ClassId, reporter: &mut Reporter<'_>) -> Rule {
+    let file = merged.file;
+    let def = &merged.def;
+    let label = match &def.name {
+        Some(name) => format!("`{}`", name.get_ref()),
+        None => format!("#{}", index + 1),
+    };
+    let mut pattern = |value: &Option<Spanned<String>>, field: &str, path: bool| -> Option<String> {
+        let value = value.as_ref()?;
+        let text = value.get_ref();
+        if text.is_empty() {
+            reporter.error(&spanned_span(file, value), Problem::EmptyPattern { field: field.into() }, None);
+            return None;
+        }
+        let compiled = if path { glob::path_glob(text) } else { glob::name_glob(text) };
+        if let Err(error) = compiled {
+            reporter.error(
+                &spanned_span(file, value),
+                Problem::InvalidGlob { pattern: text.clone(), reason: glob::glob_error_reason(&error) },
+                None,
+            );
+            return None;
+        }
+        Some(text.clone())
+    };
+    let comm = pattern(&def.comm, "comm", false);
+    let exe = def.exe.as_ref().and_then(|exe| {
+        let path = exe.get_ref().contains('/');
+        pattern(&def.exe, "exe", path)
+    });
+    let cgroup = pattern(&def.cgroup, "cgroup", true).map(|p| p.trim_start_matches('/').to_string());
+    let parent_comm = pattern(&def.parent_comm, "parent_comm", false);
+    let cmdline = def.cmdline.as_ref().and_then(|value| {
+        let text = value.get_ref();
+        match regex::RegexBuilder::new(text).size_limit(REGEX_SIZE_LIMIT).build() {
+            Ok(_) => Some(text.clone()),
+            Err(error) => {
+                let reason = error.to_string().lines().last().unwrap_or("").trim_start_matches("error: ").to_string();
+                reporter.error(
+                    &spanned_span(file, value),
+                    Problem::InvalidRegex { pattern: text.clone(), reason },
+                    Some("cmdline is a regular expression (Rust `regex` syntax), not a glob".into()),
+                );
+                None
+            }
+        }
+    });
+    let user = def.user.as_ref().map(|user| user.get_ref().clone());
+    let conditions = Conditions { comm, exe, cmdline, cgroup, uid: def.uid, user, parent_comm };
+    let has_condition = def.comm.is_some()
+        || def.exe.is_some()
+        || def.cmdline.is_some()
+        || def.cgroup.is_some()
+        || def.uid.is_some()
+        || def.user.is_some()
+        || def.parent_comm.is_some();
+    if !has_condition {
+        reporter.error(
+            &merged.span,
+            Problem::EmptyRule { rule: label.clone() },
+            Some("add a condition (comm, exe, cmdline, cgroup, uid, user, parent_comm), or set `[defaults] class` for untagged tasks".into()),
+        );
+    }
+    if def.class.is_none() && def.threads.is_empty() {
+        reporter.error(&merged.span, Problem::RuleWithoutEffect { rule: label.clone() }, Some("add `class = \"...\"`".into()));
+    }
+    let class = def.class.as_ref().and_then(|class| table.resolve(class, file, reporter));
+    let threads = def
+        .threads
+        .iter()
+        .filter_map(|thread| {
+            let name = pattern_thread(&thread.name, file, reporter);
+            let class = table.resolve(&thread.class, file, reporter);
+            Some(ThreadRule { name: name?, class: class? })
+        })
+        .collect();
+    Rule {
+        name: def.name.as_ref().map(|name| name.get_ref().clone()),
+        conditions,
+        class: class.unwrap_or(default_class),
+        class_explicit: def.class.is_some(),
+        inherit: def.inherit.unwrap_or(false),
+        threads,
+        defined_at: Some(reporter.location(&merged.span)),
+    }
+}
+
+fn pattern_thread(value: &Spanned<String>, file: FileId, reporter: &mut Reporter<'_>) -> Option<String> {
+    let text = value.get_ref();
+    if text.is_empty() {
+        reporter.error(&spanned_span(file, value), Problem::EmptyPattern { field: "thread name".into() }, None);
+        return None;
+    }
+    if let Err(error) = glob::name_glob(text) {
+        reporter.error(
+            &spanned_span(file, value),
+            Problem::InvalidGlob { pattern: text.clone(), reason: glob::glob_error_reason(&error) },
+            None,
+        );
+        return None;
+    }
+    Some(text.clone())
+}
+
+/// Literal-valued conditions of a rule, for the hashed shadowing check.
+fn literal_signature(c: &Conditions) -> Option<Vec<(u8, String)>> {
+    let mut signature = Vec::new();
+    let fields: [(u8, &Option<String>); 5] = [(0, &c.comm), (1, &c.exe), (2, &c.cgroup), (3, &c.user), (4, &c.parent_comm)];
+    for (tag, value) in fields {
+        if let Some(value) = value {
+            if tag != 3 && !glob::is_literal(value) {
+                return None;
+            }
+            signature.push((tag, value.clone()));
+        }
+    }
+    if let Some(uid) = c.uid {
+        signature.push((5, uid.to_string()));
+    }
+    if c.cmdline.is_some() {
+        return None;
+    }
+    Some(signature)
+}
+
+/// Whether every task `later` matches is matched by `earlier`.
+fn rule_covers(earlier: &Conditions, later: &Conditions) -> bool {
+    fn field(broad: &Option<String>, narrow: &Option<String>, path: bool) -> bool {
+        match (broad, narrow) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(b), Some(n)) => glob::covers(b, n, path),
+        }
+    }
+    let exe_path = earlier.exe.as_deref().is_some_and(|e| e.contains('/'));
+    let exe_compatible = match (&earlier.exe, &later.exe) {
+        (Some(b), Some(n)) => b.contains('/') == n.contains('/'),
+        _ => true,
+    };
+    field(&earlier.comm, &later.comm, false)
+        && exe_compatible
+        && field(&earlier.exe, &later.exe, exe_path)
+        && field(&earlier.cgroup, &later.cgroup, true)
+        && field(&earlier.parent_comm, &later.parent_comm, false)
+        && (earlier.cmdline.is_none() || earlier.cmdline == later.cmdline)
+        && (earlier.uid.is_none() || earlier.uid == later.uid)
+        && (earlier.user.is_none() || earlier.user == later.user)
+}
+
+fn has_any_condition(c: &Conditions) -> bool {
+    c.comm.is_some() || c.exe.is_some() || c.cmdline.is_some() || c.cgroup.is_some() || c.uid.is_some() || c.user.is_some() || c.parent_comm.is_some()
+}
+
+/// Warns about rules an earlier, broader rule always matches first. Literal-only earlier rules
+/// are found by hashing (every subset of the later rule's literal conditions); rules with globs
+/// or regexes are compared pairwise.
+fn check_shadowed_rules(rules: &[Rule], merged: &[MergedRule], reporter: &mut Reporter<'_>) {
+    let mut literal_rules: HashMap<Vec<(u8, String)>, usize> = HashMap::new();
+    let mut wild_rules: Vec<usize> = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        if !has_any_condition(&rule.conditions) {
+            continue;
+        }
+        let mut shadow: Option<usize> = None;
+        if let Some(signature) = literal_signature(&rule.conditions) {
+            let count = signature.len();
+            for subset in 1u32..(1 << count) {
+                let key: Vec<(u8, String)> = (0..count).filter(|bit| subset & (1 << bit) != 0).map(|bit| signature[bit].clone()).collect();
+                if let Some(&earlier) = literal_rules.get(&key) {
+                    shadow = Some(shadow.map_or(earlier, |s: usize| s.min(earlier)));
+                }
+            }
+        }
+        if shadow.is_none() {
+            shadow = wild_rules.iter().copied().find(|&earlier| rule_covers(&rules[earlier].conditions, &rule.conditions));
+        } else if let Some(wild) = wild_rules.iter().copied().find(|&earlier| rule_covers(&rules[earlier].conditions, &rule.conditions)) {
+            shadow = shadow.map(|s| s.min(wild));
+        }
+        if let Some(earlier) = shadow {
+            let by_location = reporter.location(&merged[earlier].span);
+            reporter.warning(
+                &merged[index].span,
+                Problem::ShadowedRule { rule: rule.label(index), by: rules[earlier].label(earlier), by_location: by_location.to_string() },
+                Some("move the narrower rule before the broader one, or delete it".into()),
+            );
+        }
+        match literal_signature(&rule.conditions) {
+            Some(signature) => {
+                literal_rules.entry(signature).or_insert(index);
+            }
+            None => wild_rules.push(index),
+        }
+    }
+}
+
+#[derive(Default)]
+struct SettingsInput<'d> {
+    weight: Option<&'d Option<Spanned<i64>>>,
+    allow: Option<&'d Option<Spanned<Vec<Spanned<String>>>>>,
+    deny: Option<&'d Option<Spanned<Vec<Spanned<String>>>>>,
+    ceiling: Option<&'d Option<Spanned<String>>>,
+    floor: Option<&'d Option<Spanned<String>>>,
+    guarantee_percent: Option<&'d Option<Spanned<i64>>>,
+    cap_percent: Option<&'d Option<Spanned<i64>>>,
+    cap_quota_us: Option<&'d Option<Spanned<i64>>>,
+    cap_period_us: Option<&'d Option<Spanned<i64>>>,
+}
+
+fn group_input(def: &GroupDef) -> SettingsInput<'_> {
+    SettingsInput {
+        weight: Some(&def.weight),
+        allow: Some(&def.allow),
+        deny: Some(&def.deny),
+        ceiling: Some(&def.ceiling),
+        floor: Some(&def.floor),
+        guarantee_percent: Some(&def.guarantee_percent),
+        cap_percent: Some(&def.cap_percent),
+        cap_quota_us: Some(&def.cap_quota_us),
+        cap_period_us: Some(&def.cap_period_us),
+    }
+}
+
+fn state_input(def: &StateDef) -> SettingsInput<'_> {
+    SettingsInput {
+        weight: Some(&def.weight),
+        allow: Some(&def.allow),
+        deny: Some(&def.deny),
+        ceiling: Some(&def.ceiling),
+        floor: Some(&def.floor),
+        guarantee_percent: Some(&def.guarantee_percent),
+        cap_percent: Some(&def.cap_percent),
+        cap_quota_us: Some(&def.cap_quota_us),
+        cap_period_us: Some(&def.cap_period_us),
+    }
+}
+
+/// Resolves the overrides written in `input` (for the base settings: everything written).
+fn resolve_overrides(input: &SettingsInput<'_>, file_of: &dyn Fn(&str) -> FileId, table: &ClassTable, reporter: &mut Reporter<'_>) -> SettingsOverrides {
+    let flat = |o: Option<&Option<Spanned<i64>>>| o.and_then(|v| v.clone());
+    let weight = check_range(&flat(input.weight), "weight", 1, 10_000, file_of("weight"), reporter).map(|w| w as u32);
+    let mut list = |value: Option<&Option<Spanned<Vec<Spanned<String>>>>>, file: FileId| -> Option<Vec<ClassId>> {
+        let value = value?.as_ref()?;
+        Some(value.get_ref().iter().filter_map(|name| table.resolve(name, file, reporter)).collect())
+    };
+    let allow = list(input.allow, file_of("allow"));
+    let deny = list(input.deny, file_of("deny"));
+    let ceiling = input.ceiling.and_then(|c| c.as_ref()).and_then(|c| table.resolve(c, file_of("ceiling"), reporter));
+    let floor = input.floor.and_then(|c| c.as_ref()).and_then(|c| table.resolve(c, file_of("floor"), reporter));
+    let guarantee_percent = check_range(&flat(input.guarantee_percent), "guarantee_percent", 1, 100, file_of("guarantee_percent"), reporter).map(|p| p as u8);
+    let cap_percent = check_range(&flat(input.cap_percent), "cap_percent", 1, 100, file_of("cap_percent"), reporter);
+    let quota = check_range(&flat(input.cap_quota_us), "cap_quota_us", 1_000, 1_000_000_000, file_of("cap_quota_us"), reporter);
+    let period = check_range(&flat(input.cap_period_us), "cap_period_us", 1_000, 1_000_000, file_of("cap_period_us"), reporter);
+    let cap = match (cap_percent, quota) {
+        (Some(percent), None) => Some(Cap::Percent(percent as u8)),
+        (None, Some(quota_us)) => Some(Cap::Quota { quota_us: quota_us as u64, period_us: period.unwrap_or(100_000) as u64 }),
+        _ => None,
+    };
+    SettingsOverrides { weight, allow, deny, ceiling, floor, guarantee_percent, cap }
+}
+
+fn apply_overrides(base: &GroupSettings, overrides: &SettingsOverrides) -> GroupSettings {
+    let mut settings = base.clone();
+    if let Some(weight) = overrides.weight {
+        settings.weight = weight;
+    }
+    if let Some(allow) = &overrides.allow {
+        settings.allow = Some(allow.clone());
+    }
+    if let Some(deny) = &overrides.deny {
+        settings.deny = deny.clone();
+    }
+    if overrides.ceiling.is_some() {
+        settings.ceiling = overrides.ceiling;
+    }
+    if overrides.floor.is_some() {
+        settings.floor = overrides.floor;
+    }
+    if overrides.guarantee_percent.is_some() {
+        settings.guarantee_percent = overrides.guarantee_percent;
+    }
+    if overrides.cap.is_some() {
+        settings.cap = overrides.cap;
+    }
+    settings
+}
+
+/// Computes `allowed` and reports contradictions of a group's (or state's) effective settings.
+fn finish_settings(settings: &mut GroupSettings, class_count: usize, table: &ClassTable, item: &str, span: &Span, reporter: &mut Reporter<'_>) {
+    let name = |id: ClassId| table.classes[id.index()].name.clone();
+    let mut allowed = match &settings.allow {
+        Some(allow) => allow.iter().fold(ClassMask::default(), |mask, &id| mask.with(id)),
+        None => ClassMask::all(class_count),
+    };
+    let mut consistent = true;
+    for &denied in &settings.deny {
+        if settings.allow.as_ref().is_some_and(|allow| allow.contains(&denied)) {
+            reporter.error(span, Problem::AllowDenyContradiction { class: name(denied), item: item.into() }, Some("remove the class from one of the two lists".into()));
+            consistent = false;
+        }
+        allowed = allowed.without(denied);
+    }
+    if let (Some(ceiling), Some(floor)) = (settings.ceiling, settings.floor) {
+        if floor.is_higher_than(ceiling) {
+            reporter.error(
+                span,
+                Problem::CeilingBelowFloor { ceiling: name(ceiling), floor: name(floor), item: item.into() },
+                Some("classes are ordered highest first (USER_INTERACTIVE ... BACKGROUND); the ceiling must be at or above the floor".into()),
+            );
+            consistent = false;
+        }
+    }
+    for id in 0..class_count {
+        let id = ClassId(id as u8);
+        let above = settings.ceiling.is_some_and(|ceiling| id.is_higher_than(ceiling));
+        let below = settings.floor.is_some_and(|floor| floor.is_higher_than(id));
+        if above || below {
+            allowed = allowed.without(id);
+        }
+    }
+    if consistent && allowed.is_empty() {
+        reporter.error(span, Problem::NothingAllowed { item: item.into() }, Some("allow, deny, ceiling and floor together exclude every class".into()));
+    }
+    if let (Some(guarantee), Some(Cap::Percent(cap))) = (settings.guarantee_percent, settings.cap) {
+        if guarantee > cap {
+            reporter.error(span, Problem::ShareSettings { message: format!("guarantee_percent {guarantee} is above cap_percent {cap}"), item: item.into() }, None);
+        }
+    }
+    settings.allowed = allowed;
+}
+
+fn resolve_group(merged: &MergedGroup, table: &ClassTable, reporter: &mut Reporter<'_>) -> Option<Group> {
+    let def = &merged.def;
+    let file = merged.span.file;
+    let item = format!("group `{}`", merged.name);
+    let class_count = table.classes.len();
+    let Some(path) = &def.path else {
+        reporter.error(&merged.span, Problem::MissingField { field: "path".into(), item }, Some("e.g. `path = \"system.slice/*.service\"`".into()));
+        return None;
+    };
+    let path_file = merged.path_file.unwrap_or(file);
+    let path_text = path.get_ref();
+    let path_span = spanned_span(path_file, path);
+    let mut path_ok = true;
+    if path_text.starts_with('/') {
+        reporter.error(&path_span, Problem::BadGroupPath { path: path_text.clone(), reason: "must be relative to the cgroup2 root".into() }, Some(format!("write `{}`", path_text.trim_start_matches('/'))));
+        path_ok = false;
+    } else if path_text.is_empty() || path_text.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
+        reporter.error(&path_span, Problem::BadGroupPath { path: path_text.clone(), reason: "has an empty, `.` or `..` segment".into() }, None);
+        path_ok = false;
+    } else if let Err(error) = glob::path_glob(path_text) {
+        reporter.error(&path_span, Problem::InvalidGlob { pattern: path_text.clone(), reason: glob::glob_error_reason(&error) }, None);
+        path_ok = false;
+    }
+    for (field, a, b) in [("cap_percent and cap_quota_us", def.cap_percent.is_some(), def.cap_quota_us.is_some())] {
+        if a && b {
+            reporter.error(&merged.span, Problem::ShareSettings { message: format!("{field} are exclusive"), item: item.clone() }, Some("cap either by percent or by quota".into()));
+        }
+    }
+    let file_of = |field: &str| merged.field_files.get(field).copied().unwrap_or(file);
+    let overrides = resolve_overrides(&group_input(def), &file_of, table, reporter);
+    let empty = GroupSettings {
+        weight: 100,
+        allow: None,
+        deny: Vec::new(),
+        ceiling: None,
+        floor: None,
+        allowed: ClassMask::all(class_count),
+        guarantee_percent: None,
+        cap: None,
+    };
+    let mut base = apply_overrides(&empty, &overrides);
+    finish_settings(&mut base, class_count, table, &item, &merged.span, reporter);
+    let scheduler_kind = def.scheduler.as_ref().map_or(SchedulerKind::Canopy, |s| *s.get_ref());
+    let scheduler = match (scheduler_kind, &def.external_ops) {
+        (SchedulerKind::External, Some(ops)) if !ops.get_ref().is_empty() => Scheduler::External(ops.get_ref().clone()),
+        (SchedulerKind::External, _) => {
+            let span = def.scheduler.as_ref().map_or(merged.span.clone(), |s| spanned_span(file_of("scheduler"), s));
+            reporter.error(&span, Problem::SchedulerSettings { message: "`external` scheduler without admitted `external_ops`".into(), group: merged.name.clone() }, Some("e.g. `external_ops = [\"lavd\"]`".into()));
+            Scheduler::External(Vec::new())
+        }
+        (kind, Some(ops)) => {
+            reporter.error(&spanned_span(file_of("external_ops"), ops), Problem::SchedulerSettings { message: "`external_ops` without `scheduler = \"external\"`".into(), group: merged.name.clone() }, None);
+            if kind == SchedulerKind::None { Scheduler::None } else { Scheduler::Canopy }
+        }
+        (SchedulerKind::Canopy, None) => Scheduler::Canopy,
+        (SchedulerKind::None, None) => Scheduler::None,
+    };
+    let mut states = Vec::new();
+    for (name, state) in &def.states {
+        let state_item = format!("state `{name}` of group `{}`", merged.name);
+        let span = merged.state_spans.get(name).cloned().unwrap_or(merged.span.clone());
+        let state_file = span.file;
+        if state.cap_percent.is_some() && state.cap_quota_us.is_some() {
+            reporter.error(&span, Problem::ShareSettings { message: "cap_percent and cap_quota_us are exclusive".into(), item: state_item.clone() }, None);
+        }
+        let state_files = merged.state_field_files.get(name);
+        let state_file_of = |field: &str| state_files.and_then(|files| files.get(field).copied()).unwrap_or(state_file);
+        let overrides = resolve_overrides(&state_input(state), &state_file_of, table, reporter);
+        let mut settings = apply_overrides(&base, &overrides);
+        finish_settings(&mut settings, class_count, table, &state_item, &span, reporter);
+        states.push(GroupState {
+            name: name.clone(),
+            after_s: state.after_s.unwrap_or(0),
+            user_settable: state.user_settable.unwrap_or(false),
+            overrides,
+            settings,
+        });
+    }
+    if let Some(default_state) = &def.default_state {
+        if !def.states.contains_key(default_state.get_ref()) {
+            reporter.error(
+                &spanned_span(file_of("default_state"), default_state),
+                Problem::UnknownState { state: default_state.get_ref().clone(), group: merged.name.clone() },
+                did_you_mean(default_state.get_ref(), def.states.keys().map(String::as_str)),
+            );
+        }
+    }
+    path_ok.then(|| Group {
+        name: merged.name.clone(),
+        path: path_text.clone(),
+        scheduler,
+        base,
+        states,
+        default_state: def.default_state.as_ref().map(|s| s.get_ref().clone()),
+        defined_at: Some(reporter.location(&merged.span)),
+    })
+}
+
+/// Scheduler conflicts, shadowed groups and scheduler nesting depth.
+fn check_group_overlaps(groups: &[Group], reporter: &mut Reporter<'_>) {
+    let location = |group: &Group| group.defined_at.as_ref().map(ToString::to_string).unwrap_or_default();
+    // Bucket by segment count: globs without `**` only overlap with equal counts.
+    let mut by_depth: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut deep: Vec<usize> = Vec::new();
+    for (index, group) in groups.iter().enumerate() {
+        if group.path.contains("**") {
+            deep.push(index);
+        } else {
+            by_depth.entry(group.path.split('/').count()).or_default().push(index);
+        }
+    }
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    for members in by_depth.values() {
+        for (position, &later) in members.iter().enumerate() {
+            for &earlier in &members[..position] {
+                pairs.push((earlier.min(later), earlier.max(later)));
+            }
+        }
+    }
+    for &index in &deep {
+        for other in 0..groups.len() {
+            if other != index {
+                pairs.push((index.min(other), index.max(other)));
+            }
+        }
+    }
+    pairs.sort_unstable();
+    pairs.dedup();
+    for (earlier, later) in pairs {
+        let (a, b) = (&groups[earlier], &groups[later]);
+        if !glob::paths_overlap(&a.path, &b.path) {
+            continue;
+        }
+        let span_of = |group: &Group| group.defined_at.clone();
+        let _ = span_of;
+        if a.scheduler.kind_name() != b.scheduler.kind_name() || a.scheduler != b.scheduler {
+            push_at(reporter, b, true, Problem::SchedulerConflict {
+                group: b.name.clone(),
+                glob: b.path.clone(),
+                scheduler: b.scheduler.kind_name().into(),
+                other: a.name.clone(),
+                other_glob: a.path.clone(),
+                other_scheduler: a.scheduler.kind_name().into(),
+                other_location: location(a),
+            }, Some("make the globs disjoint, or give both groups the same scheduler".into()));
+        } else if a.path == b.path {
+            push_at(reporter, b, false, Problem::ShadowedGroup { group: b.name.clone(), glob: b.path.clone(), other: a.name.clone(), other_location: location(a) }, Some("merge the two groups".into()));
+        }
+    }
+    // Nesting: level of a scheduler group = 1 + deepest scheduler-group ancestor.
+    let mut levels: Vec<usize> = vec![0; groups.len()];
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_by_key(|&index| groups[index].path.split('/').count());
+    let mut reported = false;
+    for &index in &order {
+        let group = &groups[index];
+        if matches!(group.scheduler, Scheduler::None) {
+            continue;
+        }
+        let parent = order
+            .iter()
+            .copied()
+            .filter(|&other| other != index && !matches!(groups[other].scheduler, Scheduler::None) && glob::path_may_contain(&groups[other].path, &group.path))
+            .max_by_key(|&other| levels[other]);
+        levels[index] = 1 + parent.map_or(0, |p| levels[p]);
+        if levels[index] > MAX_SCHEDULER_DEPTH && !reported {
+            let mut chain = vec![group.name.clone()];
+            let mut current = parent;
+            while let Some(p) = current {
+                chain.push(groups[p].name.clone());
+                current = order
+                    .iter()
+                    .copied()
+                    .filter(|&other| other != p && !matches!(groups[other].scheduler, Scheduler::None) && glob::path_may_contain(&groups[other].path, &groups[p].path) && levels[other] + 1 == levels[p])
+                    .next();
+            }
+            chain.push("root".into());
+            chain.reverse();
+            push_at(reporter, group, true, Problem::NestingTooDeep { group: group.name.clone(), depth: levels[index], max: MAX_SCHEDULER_DEPTH, chain: chain.join(" > ") }, Some("set `scheduler = \"none\"` on an intermediate group".into()));
+            reported = true;
+        }
+    }
+}
+
+/// Reports at a group's definition (resolved location already known).
+fn push_at(reporter: &mut Reporter<'_>, group: &Group, error: bool, problem: Problem, hint: Option<String>) {
+    let location = group.defined_at.clone().expect("resolved groups have a location");
+    reporter.diagnostics.push(Diagnostic {
+        severity: if error { crate::diagnostic::Severity::Error } else { crate::diagnostic::Severity::Warning },
+        location,
+        problem,
+        hint,
+    });
+}
+
+fn build_plan(data: PlanData, reporter: &mut Reporter<'_>) -> Option<Plan> {
+    if reporter.has_errors() {
+        return None;
+    }
+    let matcher = match RuleMatcher::build(&data.rules) {
+        Ok(matcher) => matcher,
+        Err(error) => {
+            reporter.error(&Span::new(0, 0..0), Problem::InvalidRegex { pattern: "(rule set)".into(), reason: error.to_string() }, None);
+            return None;
+        }
+    };
+    let mut builder = GlobSetBuilder::new();
+    for group in &data.groups {
+        builder.add(glob::path_glob(&group.path).ok()?);
+    }
+    let groups_by_path = builder.build().ok()?;
+    Some(Plan::new(data, matcher, groups_by_path))
+}
