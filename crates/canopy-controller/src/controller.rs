@@ -435,27 +435,35 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         let Some(focus) = self.plan.focus_states(group) else { return };
         self.ensure_group(cgroup);
         match value.map(str::trim) {
-            Some("-1") => {
-                if let Some(g) = self.groups.get_mut(cgroup) {
-                    g.pending = None;
-                }
-                self.set_state(cgroup, Some(focus.focused));
-            }
+            Some("-1") => self.switch_state(cgroup, focus.focused, now),
             Some(_) => {
-                if let Some(g) = self.groups.get_mut(cgroup) {
-                    g.pending = Some((now + focus.unfocused_after, focus.unfocused));
-                }
-                if focus.unfocused_after.is_zero() {
-                    self.fire_timers(now);
+                if let Some(unfocused) = focus.unfocused {
+                    self.switch_state(cgroup, Some(unfocused), now);
                 }
             }
-            None => {
-                if let Some(g) = self.groups.get_mut(cgroup) {
-                    g.pending = None;
+            None => self.switch_state(cgroup, None, now),
+        }
+    }
+
+    /// Switches a group to `state`, at once or after the state's delay from the policy. A newer
+    /// switch replaces a pending one.
+    fn switch_state(&mut self, cgroup: &str, state: Option<String>, now: Instant) {
+        let Some(inst) = self.groups.get(cgroup) else { return };
+        let delay = state
+            .as_deref()
+            .and_then(|s| self.plan.state_info(inst.group, s))
+            .map(|i| i.after)
+            .unwrap_or_default();
+        if let Some(g) = self.groups.get_mut(cgroup) {
+            g.pending = None;
+            if !delay.is_zero() && g.state != state {
+                if let Some(s) = state {
+                    g.pending = Some((now + delay, s));
                 }
-                self.set_state(cgroup, None);
+                return;
             }
         }
+        self.set_state(cgroup, state);
     }
 
     /// The earliest pending delayed state change.
@@ -626,7 +634,8 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         if !self.in_scope(cgroup) {
             return;
         }
-        self.groups.insert(cgroup.to_string(), GroupInstance { group, state: None, pending: None });
+        let state = self.plan.default_state(group);
+        self.groups.insert(cgroup.to_string(), GroupInstance { group, state, pending: None });
         self.apply_group_knobs(cgroup);
     }
 
@@ -763,7 +772,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
 
     /// `ctl state <cgroup> <state>` (authorization happens before this). `base` (or an empty
     /// name) returns the group to its base state.
-    pub fn request_state(&mut self, cgroup: &str, state: &str) -> Result<(), RequestError> {
+    pub fn request_state(&mut self, cgroup: &str, state: &str, now: Instant) -> Result<(), RequestError> {
         let group = self.group_of(cgroup).ok_or_else(|| RequestError::NoGroup(cgroup.into()))?;
         let state = if state.is_empty() || state == "base" {
             None
@@ -777,10 +786,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             Some(state.to_string())
         };
         self.ensure_group(cgroup);
-        if let Some(g) = self.groups.get_mut(cgroup) {
-            g.pending = None;
-        }
-        self.set_state(cgroup, state);
+        self.switch_state(cgroup, state, now);
         Ok(())
     }
 

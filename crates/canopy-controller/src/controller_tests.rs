@@ -61,7 +61,7 @@ fn minimized_state_demotes_and_base_restores() {
     src.spawn(100, "player", APP);
     src.thread(100, 101, "audio-out");
     let mut c = controller(src);
-    c.request_state(APP, "minimized").unwrap();
+    c.request_state(APP, "minimized", Instant::now()).unwrap();
     assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
     assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
     assert_eq!(c.stats.counters.demotions_by_ceiling, 2);
@@ -69,11 +69,11 @@ fn minimized_state_demotes_and_base_restores() {
     // A rename while minimized asks for more than the ceiling allows: refused, not applied.
     c.handle(Event::Comm { tid: 101, tgid: 100, comm: Some("audio-2".into()), timestamp_ns: None }, Instant::now());
     assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
-    c.request_state(APP, "base").unwrap();
+    c.request_state(APP, "base", Instant::now()).unwrap();
     assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
     assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
-    assert!(c.request_state(APP, "bogus").is_err());
-    assert!(c.request_state(OTHER, "minimized").is_err());
+    assert!(c.request_state(APP, "bogus", Instant::now()).is_err());
+    assert!(c.request_state(OTHER, "minimized", Instant::now()).is_err());
 }
 
 #[test]
@@ -81,11 +81,11 @@ fn refused_promotion_is_counted_for_ctl_tag() {
     let mut src = FakeSource::default();
     src.spawn(100, "player", APP);
     let mut c = controller(src);
-    c.request_state(APP, "unfocused").unwrap();
-    assert_eq!(applied(&c, 100).as_deref(), Some("UTILITY"));
+    c.request_state(APP, "minimized", Instant::now()).unwrap();
+    assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
     let before = c.stats.counters.refused_promotions;
     c.request_tag(100, false, "USER_INTERACTIVE").unwrap();
-    assert_eq!(applied(&c, 100).as_deref(), Some("UTILITY"));
+    assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
     assert_eq!(c.stats.counters.refused_promotions, before + 1);
     assert!(c.request_tag(100, false, "NOPE").is_err());
     assert!(c.request_tag(999, true, "BACKGROUND").is_err());
@@ -99,7 +99,7 @@ fn move_into_minimized_group_reclamps_at_once_and_back_restores() {
     src.thread(100, 101, "audio-out");
     src.spawn(200, "sleeper", mini);
     let mut c = controller(src);
-    c.request_state(mini, "minimized").unwrap();
+    c.request_state(mini, "minimized", Instant::now()).unwrap();
     assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
     c.source_mut().move_to(100, mini);
     c.handle(Event::CgroupMembershipChanged { cgroup: mini.into() }, Instant::now());
@@ -226,7 +226,7 @@ fn explain_says_why() {
     src.spawn(100, "player", APP);
     src.thread(100, 101, "audio-out");
     let mut c = controller(src);
-    c.request_state(APP, "minimized").unwrap();
+    c.request_state(APP, "minimized", Instant::now()).unwrap();
     let e = c.explain(101).unwrap();
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].requested.as_deref(), Some("USER_INTERACTIVE"));

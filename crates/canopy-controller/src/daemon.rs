@@ -422,7 +422,7 @@ pub fn handle_control<B: Backend, S: crate::backend::TaskSource>(
     let now = Instant::now();
     let result: Result<serde_json::Value, String> = match request {
         Request::State { cgroup, state } => {
-            ctl.request_state(&cgroup, &state).map(|()| serde_json::json!({"cgroup": cgroup, "state": state})).map_err(|e| e.to_string())
+            ctl.request_state(&cgroup, &state, now).map(|()| serde_json::json!({"cgroup": cgroup, "state": state})).map_err(|e| e.to_string())
         }
         Request::Tag { pid, tid, class } => {
             let (id, whole) = match (pid, tid) {

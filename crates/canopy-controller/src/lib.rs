@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod event;
 pub mod fallback;
 pub mod plan;
+pub mod policy_adapter;
 pub mod procfs;
 pub mod protocol;
 pub mod scx;

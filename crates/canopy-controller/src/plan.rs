@@ -117,15 +117,15 @@ pub struct RuleMatch {
     pub inherit: bool,
 }
 
-/// Which states a group uses for focus, from the policy.
+/// Which states a group uses for focus, from the policy: by convention the states named
+/// `focused` and `unfocused`. A missing `focused` state means focus returns the group to its
+/// base settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FocusStates {
-    /// State entered at once when the group gains focus (xattr `-1`).
-    pub focused: String,
-    /// State entered after `unfocused_after` once focus is lost.
-    pub unfocused: String,
-    /// The delay before `unfocused` applies.
-    pub unfocused_after: Duration,
+    /// State entered when the group gains focus (xattr `-1`); `None` = base settings.
+    pub focused: Option<String>,
+    /// State entered once focus is lost (xattr = a timestamp), after that state's delay.
+    pub unfocused: Option<String>,
 }
 
 /// A named state of a group as the policy defines it.
@@ -133,6 +133,8 @@ pub struct FocusStates {
 pub struct StateInfo {
     /// Whether the user owning the cgroup (inside their `user@UID.service`) may set this state.
     pub user_settable: bool,
+    /// How long a switch to this state waits before it applies ("unfocused for 30 s").
+    pub after: Duration,
 }
 
 /// cgroup knobs the fallback backend writes for a group in a state. `None` leaves a knob alone.
@@ -191,6 +193,8 @@ pub trait PolicyPlan: Send + Sync + std::fmt::Debug {
     fn state_info(&self, group: GroupId, state: &str) -> Option<StateInfo>;
     /// The focus states of a group, if the policy gives it any.
     fn focus_states(&self, group: GroupId) -> Option<FocusStates>;
+    /// The state a newly seen cgroup of this group starts in.
+    fn default_state(&self, group: GroupId) -> Option<String>;
     /// Fallback knobs for a group in a state.
     fn group_knobs(&self, group: GroupId, state: Option<&str>) -> GroupKnobs;
     /// scx group policy for a group in a state.

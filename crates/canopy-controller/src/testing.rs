@@ -34,6 +34,8 @@ pub struct TestState {
     pub user_settable: bool,
     /// cpu.weight in this state.
     pub weight: Option<u32>,
+    /// Delay before the state applies.
+    pub after: Duration,
 }
 
 /// A group: cgroup glob, base ceiling/floor, states, focus handling.
@@ -49,8 +51,8 @@ pub struct TestGroup {
     pub floor: Option<u16>,
     /// Named states.
     pub states: Vec<TestState>,
-    /// Focus states (focused, unfocused, delay).
-    pub focus: Option<FocusStates>,
+    /// Whether the xattr focus signal drives this group (`focused`/`unfocused` states).
+    pub focus: bool,
 }
 
 /// The test plan.
@@ -152,12 +154,12 @@ impl TestPlan {
             ceiling: None,
             floor: None,
             states: vec![
-                TestState { name: "focused".into(), ceiling: None, user_settable: true, weight: Some(200) },
-                TestState { name: "unfocused".into(), ceiling: Some(class::UTILITY), user_settable: true, weight: Some(100) },
-                TestState { name: "minimized".into(), ceiling: Some(class::BACKGROUND), user_settable: true, weight: Some(20) },
-                TestState { name: "locked".into(), ceiling: Some(class::BACKGROUND), user_settable: false, weight: None },
+                TestState { name: "focused".into(), ceiling: None, user_settable: true, weight: Some(200), after: Duration::ZERO },
+                TestState { name: "unfocused".into(), ceiling: Some(class::UTILITY), user_settable: true, weight: Some(100), after: Duration::from_secs(30) },
+                TestState { name: "minimized".into(), ceiling: Some(class::BACKGROUND), user_settable: true, weight: Some(20), after: Duration::ZERO },
+                TestState { name: "locked".into(), ceiling: Some(class::BACKGROUND), user_settable: false, weight: None, after: Duration::ZERO },
             ],
-            focus: Some(FocusStates { focused: "focused".into(), unfocused: "unfocused".into(), unfocused_after: Duration::from_secs(30) }),
+            focus: true,
         });
         p
     }
@@ -218,10 +220,15 @@ impl PolicyPlan for TestPlan {
         Clamp { class: requested, reason: ClampReason::Unclamped }
     }
     fn state_info(&self, group: GroupId, state: &str) -> Option<StateInfo> {
-        self.group(group).states.iter().find(|s| s.name == state).map(|s| StateInfo { user_settable: s.user_settable })
+        self.group(group).states.iter().find(|s| s.name == state).map(|s| StateInfo { user_settable: s.user_settable, after: s.after })
     }
     fn focus_states(&self, group: GroupId) -> Option<FocusStates> {
-        self.group(group).focus.clone()
+        let g = self.group(group);
+        let has = |n: &str| g.states.iter().any(|s| s.name == n).then(|| n.to_string());
+        g.focus.then(|| FocusStates { focused: has("focused"), unfocused: has("unfocused") })
+    }
+    fn default_state(&self, _group: GroupId) -> Option<String> {
+        None
     }
     fn group_knobs(&self, group: GroupId, state: Option<&str>) -> GroupKnobs {
         GroupKnobs { weight: self.state(group, state).and_then(|s| s.weight), ..Default::default() }
