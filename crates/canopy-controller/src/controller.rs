@@ -209,12 +209,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         self.stats.count_event(event.kind());
         match event {
             Event::Fork { parent_tid, parent_tgid, child_tid, child_tgid, timestamp_ns } => {
+                let _ = timestamp_ns;
                 self.on_fork(parent_tid, parent_tgid, child_tid, child_tgid);
-                self.record_latency(child_tid, timestamp_ns);
             }
             Event::Exec { tid, tgid, timestamp_ns } => {
+                let _ = timestamp_ns;
                 self.on_exec(tid, tgid);
-                self.record_latency(tid, timestamp_ns);
             }
             Event::Comm { tid, tgid, comm, timestamp_ns } => {
                 self.on_comm(tid, tgid, comm);

@@ -106,7 +106,7 @@ pub struct Stats {
     pub counters: Counters,
     /// Events handled, by type.
     pub events: BTreeMap<&'static str, u64>,
-    /// Event-to-applied latency samples.
+    /// Rename-to-applied latency samples (kernel event timestamp to the backend call returning).
     pub apply_latency: LatencyRing,
 }
 
@@ -140,9 +140,9 @@ pub struct Snapshot {
     pub events: BTreeMap<String, u64>,
     /// Sub-scheduler attaches refused by the root scheduler.
     pub refused_subsched_attaches: u64,
-    /// p50 of event → applied, µs.
+    /// p50 of rename → applied, µs.
     pub apply_latency_p50_us: Option<u64>,
-    /// p99 of event → applied, µs.
+    /// p99 of rename → applied, µs.
     pub apply_latency_p99_us: Option<u64>,
     /// Managed groups.
     pub groups: Vec<GroupSnapshot>,
@@ -182,7 +182,7 @@ impl Snapshot {
         }
         let _ = writeln!(s, "tasks:           {} tracked, {} managed", self.tasks_tracked, self.tasks_managed);
         if let (Some(p50), Some(p99)) = (self.apply_latency_p50_us, self.apply_latency_p99_us) {
-            let _ = writeln!(s, "event→applied:   p50 {p50} µs, p99 {p99} µs");
+            let _ = writeln!(s, "rename→applied:  p50 {p50} µs, p99 {p99} µs");
         }
         let ev: Vec<String> = self.events.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(s, "events:          {}", ev.join(" "));
@@ -234,7 +234,7 @@ impl Snapshot {
         let _ = writeln!(s, "# TYPE canopy_policy_reload_error gauge");
         let _ = writeln!(s, "canopy_policy_reload_error {}", u8::from(self.policy_error.is_some()));
         if let Some(p99) = self.apply_latency_p99_us {
-            let _ = writeln!(s, "# HELP canopy_apply_latency_us Event to applied class, µs, over recent samples.");
+            let _ = writeln!(s, "# HELP canopy_apply_latency_us Thread rename to applied class, µs, over recent samples.");
             let _ = writeln!(s, "# TYPE canopy_apply_latency_us gauge");
             let _ = writeln!(s, "canopy_apply_latency_us{{quantile=\"0.5\"}} {}", self.apply_latency_p50_us.unwrap_or(0));
             let _ = writeln!(s, "canopy_apply_latency_us{{quantile=\"0.99\"}} {p99}");

@@ -389,3 +389,113 @@ impl crate::backend::Backend for RecordingBackend {
         Vec::new()
     }
 }
+
+/// Malformed-request generator and driver for the control-socket fuzz tests.
+pub mod fuzz {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixStream;
+
+    use crate::protocol::MAX_REQUEST_BYTES;
+
+    /// A tiny deterministic PRNG (xorshift64*).
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        /// Next value.
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        /// A value below `n`.
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// The i-th malformed request (without newline). Every one must get an error reply.
+    pub fn malformed(rng: &mut Rng, i: usize) -> Vec<u8> {
+        let valid = [
+            r#"{"cmd":"state","cgroup":"a/b","state":"minimized"}"#,
+            r#"{"cmd":"tag","pid":1,"class":"BACKGROUND"}"#,
+            r#"{"cmd":"explain","pid":1}"#,
+            r#"{"cmd":"status"}"#,
+        ];
+        let base = valid[i % valid.len()].as_bytes();
+        match rng.below(10) {
+            0 => (0..rng.below(200) + 1).map(|_| (rng.below(256) as u8).max(1)).map(|b| if b == b'\n' { b' ' } else { b }).collect(),
+            1 => base[..rng.below(base.len() as u64 - 1) as usize].to_vec(),
+            2 => br#"{"cmd":"explain","pid":"one"}"#.to_vec(),
+            3 => format!(r#"{{"cmd":"x{}"}}"#, rng.next()).into_bytes(),
+            4 => br#"{"cmd":"status","admin":true}"#.to_vec(),
+            5 => {
+                let depth = 200 + rng.below(5000) as usize;
+                let mut v = vec![b'['; depth];
+                v.extend(std::iter::repeat_n(b']', depth));
+                v
+            }
+            6 => br#"{"cmd":"state","cgroup":"../../etc","state":"minimized"}"#.to_vec(),
+            7 => br#"{"cmd":"tag","pid":1,"tid":2,"class":"BACKGROUND"}"#.to_vec(),
+            8 => br#"{"cmd":"explain","pid":99999999999}"#.to_vec(),
+            _ => {
+                let mut v = base.to_vec();
+                let at = rng.below(v.len() as u64) as usize;
+                let bytes = b"{}[]\",:\\\x00\xff";
+                v[at] = bytes[rng.below(bytes.len() as u64) as usize];
+                if v == base {
+                    v.push(b'}');
+                }
+                v
+            }
+        }
+    }
+
+    /// Sends `n` malformed requests over 8 concurrent connections (plus a few oversized lines),
+    /// asserting each gets an error reply. Returns the number sent.
+    pub fn send_malformed(rt: &tokio::runtime::Runtime, socket: &Path, n: usize) -> usize {
+        rt.block_on(send_malformed_async(socket, n))
+    }
+
+    /// Async version of [`send_malformed`].
+    pub async fn send_malformed_async(socket: &Path, n: usize) -> usize {
+        let conns = 8;
+        let mut tasks = Vec::new();
+        for c in 0..conns {
+            let socket = socket.to_path_buf();
+            let count = n / conns + usize::from(c < n % conns);
+            tasks.push(tokio::spawn(async move {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1));
+                let mut s = BufReader::new(UnixStream::connect(&socket).await.expect("connect"));
+                for i in 0..count {
+                    if i % 1000 == 999 {
+                        // An oversized line: error reply, then the server closes the connection.
+                        let mut big = vec![b'x'; MAX_REQUEST_BYTES + 10];
+                        big.push(b'\n');
+                        s.get_mut().write_all(&big).await.expect("write big");
+                        let mut reply = String::new();
+                        s.read_line(&mut reply).await.expect("reply to big");
+                        assert!(reply.contains("\"ok\":false"), "oversized got {reply:?}");
+                        s = BufReader::new(UnixStream::connect(&socket).await.expect("reconnect"));
+                        continue;
+                    }
+                    let mut req = malformed(&mut rng, i);
+                    req.push(b'\n');
+                    s.get_mut().write_all(&req).await.expect("write");
+                    let mut reply = String::new();
+                    tokio::time::timeout(Duration::from_secs(10), s.read_line(&mut reply)).await.expect("reply in time").expect("read");
+                    assert!(reply.contains("\"ok\":false"), "request {:?} got {reply:?}", String::from_utf8_lossy(&req));
+                }
+                count
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("fuzz connection");
+        }
+        total
+    }
+}
