@@ -28,6 +28,27 @@ pub trait TaskSource: Send {
     fn process_cgroup(&mut self, tgid: u32) -> Result<String, Gone>;
     /// The tgid of a thread.
     fn tgid_of(&mut self, tid: u32) -> Result<u32, Gone>;
+    /// Every (tgid, tid) whose process sits in `scope` (a cgroup path) or below it.
+    fn scope_tasks(&mut self, scope: &str) -> Vec<(u32, u32)> {
+        let all = self.all_tasks();
+        let mut out = Vec::new();
+        let mut last: Option<(u32, bool)> = None;
+        for (tgid, tid) in all {
+            let inside = match last {
+                Some((t, inside)) if t == tgid => inside,
+                _ => {
+                    let c = self.process_cgroup(tgid).unwrap_or_default();
+                    let inside = c == scope || c.starts_with(&format!("{scope}/"));
+                    last = Some((tgid, inside));
+                    inside
+                }
+            };
+            if inside {
+                out.push((tgid, tid));
+            }
+        }
+        out
+    }
     /// CPU time a cgroup used (cpu.stat `usage_usec`), when readable.
     fn cgroup_cpu_usage_usec(&mut self, _cgroup: &str) -> Option<u64> {
         None

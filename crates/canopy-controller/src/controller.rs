@@ -149,6 +149,12 @@ pub struct Controller<B: Backend, S: TaskSource> {
     tasks: HashMap<u32, Task>,
     groups: HashMap<String, GroupInstance>,
     group_cache: HashMap<String, Option<GroupId>>,
+    /// Processes outside the cgroup scope: not tracked, their events are dropped cheaply.
+    ignored: std::collections::HashSet<u32>,
+    /// An overrun rescan waiting out the rate limit.
+    rescan_due: Option<Instant>,
+    /// When the last overrun rescan ran.
+    last_overrun_rescan: Option<Instant>,
     policy_error: Option<String>,
     /// Counters; public so the daemon can count API traffic.
     pub stats: Stats,
@@ -166,6 +172,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             tasks: HashMap::new(),
             groups: HashMap::new(),
             group_cache: HashMap::new(),
+            ignored: std::collections::HashSet::new(),
+            rescan_due: None,
+            last_overrun_rescan: None,
             policy_error: None,
             stats: Stats::default(),
         }
@@ -223,7 +232,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             Event::Exit { tid, tgid } => self.forget_task(tid, tgid),
             Event::CgroupMembershipChanged { cgroup } => self.on_membership_changed(&cgroup),
             Event::TaskMoved { tid, .. } => self.on_task_moved(tid),
-            Event::Overrun => self.rescan(),
+            Event::Overrun => self.overrun(now),
             Event::CgroupCreated { cgroup } => {
                 self.ensure_group(&cgroup);
             }
@@ -249,7 +258,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     }
 
     fn on_fork(&mut self, parent_tid: u32, parent_tgid: u32, child_tid: u32, child_tgid: u32) {
-        if self.tasks.contains_key(&child_tid) {
+        if self.tasks.contains_key(&child_tid) || self.ignored.contains(&child_tgid) {
             return;
         }
         if child_tgid == parent_tgid && self.processes.contains_key(&child_tgid) {
@@ -274,8 +283,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                     .filter(|r| r.inherit);
                 own.or_else(|| p.inherited.clone())
             });
-            if self.load_process(child_tgid, inherited).is_err() {
-                return self.count_gone();
+            match self.load_process(child_tgid, inherited) {
+                Err(_) => return self.count_gone(),
+                Ok(false) => return,
+                Ok(true) => {}
             }
         }
         match self.source.thread_comm(child_tgid, child_tid) {
@@ -285,6 +296,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     }
 
     fn on_exec(&mut self, tid: u32, tgid: u32) {
+        if self.ignored.contains(&tgid) {
+            return;
+        }
         // execve kills the other threads and may change everything a rule matches on.
         let inherited = self.processes.get(&tgid).and_then(|p| p.inherited.clone());
         let old_threads = self.processes.get(&tgid).map(|p| p.threads.clone()).unwrap_or_default();
@@ -293,9 +307,13 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 self.forget_task(t, tgid);
             }
         }
-        if self.load_process(tgid, inherited).is_err() {
-            self.forget_task(tid, tgid);
-            return self.count_gone();
+        match self.load_process(tgid, inherited) {
+            Err(_) => {
+                self.forget_task(tid, tgid);
+                return self.count_gone();
+            }
+            Ok(false) => return,
+            Ok(true) => {}
         }
         let comm = match self.source.thread_comm(tgid, tid) {
             Ok(c) => c,
@@ -314,10 +332,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     }
 
     fn on_comm(&mut self, tid: u32, tgid: u32, comm: Option<String>) {
+        if self.ignored.contains(&tgid) {
+            return;
+        }
         if !self.tasks.contains_key(&tid) {
             // Not seen yet (e.g. the fork event was lost): discover it.
-            if !self.processes.contains_key(&tgid) && self.load_process(tgid, None).is_err() {
-                return self.count_gone();
+            if !self.processes.contains_key(&tgid) {
+                match self.load_process(tgid, None) {
+                    Err(_) => return self.count_gone(),
+                    Ok(false) => return,
+                    Ok(true) => {}
+                }
             }
             let comm = match comm {
                 Some(c) => c,
@@ -399,9 +424,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 Err(_) => return self.count_gone(),
             },
         };
+        self.ignored.remove(&tgid);
         if !self.processes.contains_key(&tgid) {
-            if self.load_process(tgid, None).is_err() {
-                return self.count_gone();
+            match self.load_process(tgid, None) {
+                Err(_) => return self.count_gone(),
+                Ok(false) => return,
+                Ok(true) => {}
             }
             for tid in self.source.threads_of(tgid) {
                 if let Ok(comm) = self.source.thread_comm(tgid, tid) {
@@ -468,11 +496,20 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
 
     /// The earliest pending delayed state change.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.groups.values().filter_map(|g| g.pending.as_ref().map(|p| p.0)).min()
+        let state = self.groups.values().filter_map(|g| g.pending.as_ref().map(|p| p.0)).min();
+        match (state, self.rescan_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Applies every delayed state whose time has come.
     pub fn fire_timers(&mut self, now: Instant) {
+        if self.rescan_due.is_some_and(|d| d <= now) {
+            self.rescan_due = None;
+            self.last_overrun_rescan = Some(now);
+            self.rescan();
+        }
         let due: Vec<(String, String)> = self
             .groups
             .iter()
@@ -495,7 +532,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// and re-matches everything (events may have been lost).
     pub fn rescan(&mut self) {
         self.stats.counters.rescans += 1;
-        let all = self.source.all_tasks();
+        self.ignored.clear();
+        let all = match self.config.cgroup_scope.clone() {
+            Some(scope) => self.source.scope_tasks(&scope),
+            None => self.source.all_tasks(),
+        };
         let alive: std::collections::HashSet<u32> = all.iter().map(|&(_, tid)| tid).collect();
         let vanished: Vec<(u32, u32)> = self
             .tasks
@@ -510,7 +551,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         for (tgid, tid) in all {
             if seen_processes.insert(tgid) {
                 let inherited = self.processes.get(&tgid).and_then(|p| p.inherited.clone());
-                if self.load_process(tgid, inherited).is_err() {
+                if !matches!(self.load_process(tgid, inherited), Ok(true)) {
                     continue;
                 }
             }
@@ -528,7 +569,16 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         }
     }
 
-    fn load_process(&mut self, tgid: u32, inherited: Option<RuleMatch>) -> Result<(), Gone> {
+    /// Reads a process's facts. `Ok(false)`: it is outside the cgroup scope and now ignored.
+    fn load_process(&mut self, tgid: u32, inherited: Option<RuleMatch>) -> Result<bool, Gone> {
+        if self.config.cgroup_scope.is_some() && !self.processes.contains_key(&tgid) {
+            // One cheap read decides whether the process is ours at all.
+            let cgroup = self.source.process_cgroup(tgid)?;
+            if !self.in_scope(&cgroup) {
+                self.ignored.insert(tgid);
+                return Ok(false);
+            }
+        }
         let facts = self.source.process_facts(tgid)?;
         self.ensure_group(&facts.cgroup);
         match self.processes.get_mut(&tgid) {
@@ -545,7 +595,23 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 );
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Events were lost: rescan, at most every 100 ms (an overrun storm must not become a
+    /// rescan storm); a deferred rescan runs from `fire_timers`.
+    fn overrun(&mut self, now: Instant) {
+        const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+        match self.last_overrun_rescan {
+            Some(last) if now < last + MIN_INTERVAL => {
+                self.rescan_due.get_or_insert(last + MIN_INTERVAL);
+            }
+            _ => {
+                self.last_overrun_rescan = Some(now);
+                self.rescan_due = None;
+                self.rescan();
+            }
+        }
     }
 
     fn add_task(&mut self, tgid: u32, tid: u32, comm: String, cause: Cause) {
@@ -581,6 +647,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     }
 
     fn forget_task(&mut self, tid: u32, tgid: u32) {
+        if tid == tgid {
+            self.ignored.remove(&tgid);
+        }
         if self.tasks.remove(&tid).is_some() {
             self.backend.forget_task(tid);
         }

@@ -182,6 +182,29 @@ impl TaskSource for ProcSource {
             .ok_or(Gone(tid))
     }
 
+    fn scope_tasks(&mut self, scope: &str) -> Vec<(u32, u32)> {
+        // Walk the scope's cgroups instead of all of /proc.
+        let mut out = Vec::new();
+        let mut dirs = vec![self.cgroup_root.join(scope)];
+        while let Some(dir) = dirs.pop() {
+            if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+                for tgid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                    for tid in self.threads_of(tgid) {
+                        out.push((tgid, tid));
+                    }
+                }
+            }
+            if let Ok(rd) = fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        dirs.push(e.path());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn cgroup_cpu_usage_usec(&mut self, cgroup: &str) -> Option<u64> {
         let s = fs::read_to_string(self.cgroup_root.join(cgroup).join("cpu.stat")).ok()?;
         s.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok())

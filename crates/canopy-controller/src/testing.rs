@@ -339,6 +339,17 @@ impl crate::backend::TaskSource for FakeSource {
     fn process_cgroup(&mut self, tgid: u32) -> Result<String, crate::backend::Gone> {
         self.processes.get(&tgid).map(|p| p.cgroup.clone()).ok_or(crate::backend::Gone(tgid))
     }
+    fn scope_tasks(&mut self, scope: &str) -> Vec<(u32, u32)> {
+        let inside = |c: &str| c == scope || c.starts_with(&format!("{scope}/"));
+        let mut v: Vec<(u32, u32)> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| self.processes.get(&t.0).is_some_and(|p| inside(&p.cgroup)))
+            .map(|(&tid, t)| (t.0, tid))
+            .collect();
+        v.sort();
+        v
+    }
     fn tgid_of(&mut self, tid: u32) -> Result<u32, crate::backend::Gone> {
         self.threads.get(&tid).map(|t| t.0).ok_or(crate::backend::Gone(tid))
     }

@@ -207,6 +207,11 @@ fn base_policy(env: &Env, extra: &str) -> String {
     format!(
         r#"
 [[rules]]
+name = "storm-children"
+comm = "f-*"
+class = "BACKGROUND"
+
+[[rules]]
 name = "testload"
 comm = "canopy-testload"
 class = "USER_INTERACTIVE"
