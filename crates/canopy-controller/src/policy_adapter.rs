@@ -244,6 +244,11 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 
 /// Reads and compiles the policy at `paths`. The error is the full diagnostics text.
 pub fn load_policy(paths: &[PathBuf]) -> Result<Arc<dyn PolicyPlan>, String> {
+    load_compiled(paths).map(|p| Arc::new(p) as Arc<dyn PolicyPlan>)
+}
+
+/// Like [`load_policy`], keeping the concrete type (the binary reads the daemon settings).
+pub fn load_compiled(paths: &[PathBuf]) -> Result<CompiledPlan, String> {
     let files = policy_files(paths)?;
     let mut sources = Vec::new();
     for f in &files {
@@ -255,7 +260,7 @@ pub fn load_policy(paths: &[PathBuf]) -> Result<Arc<dyn PolicyPlan>, String> {
             for w in &compiled.warnings {
                 tracing::warn!("{w}");
             }
-            Ok(Arc::new(CompiledPlan::new(compiled.plan)))
+            Ok(CompiledPlan::new(compiled.plan))
         }
         Err(e) => Err(e.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")),
     }

@@ -9,7 +9,7 @@ use crate::event::EventKind;
 macro_rules! counters {
     ($( $(#[doc = $doc:literal])+ $name:ident ),* $(,)?) => {
         /// Monotonic counters. Each field's doc is its description in every rendering.
-        #[derive(Debug, Default, Clone, serde::Serialize)]
+        #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
         pub struct Counters {
             $( $(#[doc = $doc])+ pub $name: u64, )*
         }
@@ -118,7 +118,7 @@ impl Stats {
 }
 
 /// A point-in-time view assembled by the controller for rendering.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     /// `scx` or `fallback`.
     pub mode: String,
@@ -149,7 +149,7 @@ pub struct Snapshot {
 }
 
 /// One managed cgroup in a snapshot.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GroupSnapshot {
     /// cgroup path relative to the cgroup2 root.
     pub cgroup: String,

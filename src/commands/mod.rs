@@ -1,0 +1,2 @@
+//! One module per `canopy` subcommand.
+pub mod ctl;
