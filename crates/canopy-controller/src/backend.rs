@@ -14,6 +14,11 @@ pub struct Gone(pub u32);
 pub trait TaskSource: Send {
     /// Process-level facts of `tgid`.
     fn process_facts(&mut self, tgid: u32) -> Result<ProcessFacts, Gone>;
+    /// A process's facts after execve, given those before: exec changes comm, exe and cmdline;
+    /// the real uid, ppid, flags and cgroup stay. Default: read everything.
+    fn exec_facts(&mut self, before: &ProcessFacts) -> Result<ProcessFacts, Gone> {
+        self.process_facts(before.tgid)
+    }
     /// A thread's current comm.
     fn thread_comm(&mut self, tgid: u32, tid: u32) -> Result<String, Gone>;
     /// A thread's scheduling policy (SCHED_* number), to leave RT/DL tasks alone.

@@ -273,6 +273,30 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             self.add_task(child_tgid, child_tid, comm, Cause::Request);
             return;
         }
+        // A new process forked from one we know: fork copies exe, cmdline, uid and the creating
+        // thread's comm; only the cgroup can differ (clone3 CLONE_INTO_CGROUP). One read.
+        if child_tgid == child_tid && !self.processes.contains_key(&child_tgid) {
+            if let (Some(parent), Some(creator)) = (self.processes.get(&parent_tgid), self.tasks.get(&parent_tid)) {
+                let mut facts = (*parent.facts).clone();
+                let own = self.tasks.get(&parent_tgid).and_then(|t| t.rule.clone()).filter(|r| r.inherit);
+                let inherited = own.or_else(|| parent.inherited.clone());
+                let comm = creator.comm.clone();
+                facts.parent_comm = std::mem::replace(&mut facts.comm, comm.clone());
+                facts.tgid = child_tgid;
+                facts.cgroup = match self.source.process_cgroup(child_tgid) {
+                    Ok(c) => c,
+                    Err(_) => return self.count_gone(),
+                };
+                if !self.in_scope(&facts.cgroup) && self.config.cgroup_scope.is_some() {
+                    self.ignored.insert(child_tgid);
+                    return;
+                }
+                self.ensure_group(&facts.cgroup);
+                self.processes.insert(child_tgid, Process { facts: Arc::new(facts), threads: Vec::new(), inherited });
+                self.add_task(child_tgid, child_tid, comm, Cause::Request);
+                return;
+            }
+        }
         // A new process (or a thread of a process we never saw): read its facts.
         if !self.processes.contains_key(&child_tgid) {
             let inherited = self.processes.get(&parent_tgid).and_then(|p| {
@@ -307,7 +331,20 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 self.forget_task(t, tgid);
             }
         }
-        match self.load_process(tgid, inherited) {
+        let reloaded = match self.processes.get(&tgid).map(|p| p.facts.clone()) {
+            // exec changes comm, exe, cmdline and maybe the uid; nothing else.
+            Some(prev) => match self.source.exec_facts(&prev) {
+                Ok(facts) => {
+                    if let Some(p) = self.processes.get_mut(&tgid) {
+                        p.facts = Arc::new(facts);
+                    }
+                    Ok(true)
+                }
+                Err(g) => Err(g),
+            },
+            None => self.load_process(tgid, inherited),
+        };
+        match reloaded {
             Err(_) => {
                 self.forget_task(tid, tgid);
                 return self.count_gone();
@@ -315,12 +352,16 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             Ok(false) => return,
             Ok(true) => {}
         }
-        let comm = match self.source.thread_comm(tgid, tid) {
-            Ok(c) => c,
-            Err(_) => {
-                self.forget_task(tid, tgid);
-                return self.count_gone();
-            }
+        // After execve the thread is the leader and its comm is the process comm just read.
+        let comm = match self.processes.get(&tgid) {
+            Some(p) if tid == tgid => p.facts.comm.clone(),
+            _ => match self.source.thread_comm(tgid, tid) {
+                Ok(c) => c,
+                Err(_) => {
+                    self.forget_task(tid, tgid);
+                    return self.count_gone();
+                }
+            },
         };
         if let Some(task) = self.tasks.get_mut(&tid) {
             task.comm = comm;

@@ -125,8 +125,11 @@ fn inherit_tags_forked_children_and_survives_exec() {
     // Without inherit, a child of player that execs into something unmatched is left alone.
     c.source_mut().spawn(400, "player", APP);
     c.handle(fork(1, 1, 400, 400), Instant::now());
-    c.source_mut().spawn(401, "helper", APP);
+    c.source_mut().spawn(401, "player", APP);
     c.handle(fork(400, 400, 401, 401), Instant::now());
+    assert_eq!(applied(&c, 401).as_deref(), Some("USER_INITIATED"), "a fork is its parent until it execs");
+    c.source_mut().rename(401, "helper");
+    c.handle(Event::Exec { tid: 401, tgid: 401, timestamp_ns: None }, Instant::now());
     assert_eq!(applied(&c, 401), None);
 }
 

@@ -75,6 +75,27 @@ impl ProcSource {
     }
 }
 
+impl ProcSource {
+    fn cmdline(&mut self, tgid: u32) -> Result<String, Gone> {
+        let p = self.proc_root.join(format!("{tgid}/cmdline"));
+        let b = self.read(&p).map_err(|_| Gone(tgid))?;
+        let mut s = String::from_utf8_lossy(b).replace('\0', " ");
+        s.truncate(s.trim_end().len());
+        Ok(s)
+    }
+
+    /// Real uid: the owner of /proc/PID/status would be the effective uid, so read the line.
+    fn uid(&mut self, tgid: u32) -> Result<u32, Gone> {
+        let status = self.read_string(&self.proc_root.join(format!("{tgid}/status")), tgid)?;
+        Ok(status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+}
+
 /// Parses the `0::/path` line of /proc/PID/cgroup into a path relative to the cgroup2 root.
 pub fn parse_cgroup2(content: &str) -> Option<String> {
     content
@@ -92,20 +113,8 @@ impl TaskSource for ProcSource {
         let exe = fs::read_link(self.proc_root.join(format!("{tgid}/exe")))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let cmdline = {
-            let p = self.proc_root.join(format!("{tgid}/cmdline"));
-            let b = self.read(&p).map_err(|_| Gone(tgid))?;
-            let mut s = String::from_utf8_lossy(b).replace('\0', " ");
-            s.truncate(s.trim_end().len());
-            s
-        };
-        let status = self.read_string(&self.proc_root.join(format!("{tgid}/status")), tgid)?;
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let cmdline = self.cmdline(tgid)?;
+        let uid = self.uid(tgid)?;
         let cgroup = self.process_cgroup(tgid)?;
         let parent_comm = if ppid > 0 {
             self.read_string(&self.proc_root.join(format!("{ppid}/comm")), ppid).unwrap_or_default()
@@ -122,6 +131,18 @@ impl TaskSource for ProcSource {
             parent_comm,
             kthread: flags & PF_KTHREAD != 0,
         })
+    }
+
+    fn exec_facts(&mut self, before: &ProcessFacts) -> Result<ProcessFacts, Gone> {
+        let tgid = before.tgid;
+        let mut facts = before.clone();
+        facts.comm = self.read_string(&self.proc_root.join(format!("{tgid}/comm")), tgid)?;
+        facts.exe = fs::read_link(self.proc_root.join(format!("{tgid}/exe")))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        facts.cmdline = self.cmdline(tgid)?;
+        // The real uid survives execve (a setuid binary changes the effective uid only).
+        Ok(facts)
     }
 
     fn thread_comm(&mut self, tgid: u32, tid: u32) -> Result<String, Gone> {
