@@ -54,6 +54,10 @@ impl Env {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::create_dir_all(cgroot.join(&scope)).unwrap();
+        // The daemon's threads inherit this thread's nice: -5, as deploy/systemd/canopy.service
+        // gives the daemon (its workloads run as high as USER_INTERACTIVE, nice -4).
+        // SAFETY: setpriority on the calling thread.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -5) };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         Env { name: name.into(), dir, cgroot, scope, rt, stop: None, daemon: None, children: Vec::new() }
     }
