@@ -491,7 +491,7 @@ fn start_proc_connector(
         .spawn(move || {
             let mut buf = vec![0u8; 8192];
             while !stop.load(Ordering::Relaxed) {
-                let ev = match conn.recv_timeout(&mut buf, Duration::from_millis(250)) {
+                let ev = match conn.recv_timeout(&mut buf, Duration::from_millis(500)) {
                     Ok(None) => continue,
                     Ok(Some(ev)) => ev,
                     Err(proc_connector::Error::Overrun) => {
@@ -654,7 +654,7 @@ fn inotify_loop(mut ino: Inotify, tx: mpsc::Sender<Input>, stop: Arc<AtomicBool>
     while !stop.load(Ordering::Relaxed) {
         let mut pfd = libc::pollfd { fd: ino.fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one pollfd we own.
-        let r = unsafe { libc::poll(&mut pfd, 1, 250) };
+        let r = unsafe { libc::poll(&mut pfd, 1, 500) };
         if r <= 0 {
             continue;
         }

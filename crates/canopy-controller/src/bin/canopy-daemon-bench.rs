@@ -212,20 +212,38 @@ fn run_daemon_for(opts: DaemonOptions, during: impl FnOnce() + Send + 'static) {
     });
 }
 
+fn events_handled(sock: &std::path::Path) -> u64 {
+    let st = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(
+        canopy_controller::server::call(sock, &canopy_controller::protocol::Request::Status {}, Duration::from_secs(5)),
+    );
+    st.ok()
+        .and_then(|r| r.result)
+        .map(|v| v["events"].as_object().map(|m| m.values().filter_map(|x| x.as_u64()).sum()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
 fn idle(seconds: u64) {
     let s = Scoped::new("idle");
     let opts = s.opts();
+    let sock = s.dir.join("control.sock");
     let hz = 100.0; // USER_HZ
     let report = Arc::new(std::sync::Mutex::new(String::new()));
     let r2 = report.clone();
     run_daemon_for(opts, move || {
         std::thread::sleep(Duration::from_secs(2));
+        let e0 = events_handled(&sock);
         let t0 = cpu_ticks_self();
         let w0 = Instant::now();
         std::thread::sleep(Duration::from_secs(seconds));
         let cpu = (cpu_ticks_self() - t0) as f64 / hz;
         let wall = w0.elapsed().as_secs_f64();
-        *r2.lock().unwrap() = format!("idle CPU over {wall:.0} s: {:.3} % of one CPU ({cpu:.2} s CPU); machine load average now: {}", 100.0 * cpu / wall, std::fs::read_to_string("/proc/loadavg").unwrap().trim());
+        let events = events_handled(&sock).saturating_sub(e0);
+        *r2.lock().unwrap() = format!(
+            "idle CPU over {wall:.0} s: {:.3} % of one CPU ({cpu:.2} s CPU) while receiving {events} proc events from the rest of the machine ({:.1}/s); load average now: {}",
+            100.0 * cpu / wall,
+            events as f64 / wall,
+            std::fs::read_to_string("/proc/loadavg").unwrap().trim()
+        );
     });
     println!("{}", report.lock().unwrap());
 }
