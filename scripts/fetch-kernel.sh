@@ -56,6 +56,7 @@ fi
 kernel_dir=$cache/kernels/$version-cloud-amd64
 if [[ ! -s $kernel_dir/vmlinux ]]; then
   [[ -d $apt_state/lists ]] || refresh_lists
+  mkdir -p "$cache/kernels"
   work=$(mktemp -d "$cache/kernels/.fetch.XXXXXX"); trap 'rm -rf "$work"' EXIT
   (cd "$work" && apt-get "${apt_options[@]}" -qq download \
       "linux-binary-$version-cloud-amd64" "linux-base-$version-cloud-amd64" >&2) \

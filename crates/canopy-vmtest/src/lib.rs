@@ -1,2 +1,466 @@
-//! canopy-vmtest: the host side of the VM test harness: fetches and checks the test kernel, builds
-//! an initramfs, boots it under qemu, streams the serial log and parses CANOPY-RESULT lines.
+// SPDX-License-Identifier: GPL-2.0-only
+//! canopy-vmtest: the host side of the VM test harness. It fetches and checks the test kernel
+//! (`scripts/fetch-kernel.sh`), builds a gzip'd cpio initramfs (busybox, the binaries under
+//! test and their libraries, `canopy-guest`, optional Debian tools), boots it under qemu, streams
+//! the serial console to `target/vm-logs/`, parses `CANOPY-RESULT {json}` lines, enforces a
+//! timeout and always kills qemu.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! let outcome = canopy_vmtest::Scenario::new("boot")
+//!     .script("canopy-guest sched-ext-state")
+//!     .timeout(Duration::from_secs(60))
+//!     .run()?;
+//! let state = outcome.result("sched-ext-state")?;
+//! assert_eq!(state["state"], "disabled");
+//! # Ok::<(), canopy_vmtest::Error>(())
+//! ```
+//!
+//! Inside the guest, `/init` runs `canopy-guest setup` (mounts, `+cpu` in the root cgroup, prints
+//! the `boot` result with `kernel_release`), then the scenario script under `sh -e`, then reports
+//! `script-exit` and powers off. A non-zero exit, a kernel panic, a guest that stops early and a
+//! timeout are all errors carrying the tail of the guest log.
+
+mod cpio;
+mod cpu_split;
+mod error;
+mod guest_build;
+mod initramfs;
+mod kernel;
+mod lock;
+mod paths;
+mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use cpu_split::CpuSplit;
+pub use error::{Error, Result};
+pub use guest_build::guest_binary;
+pub use initramfs::GuestFile;
+pub use kernel::{kernel, Kernel};
+pub use paths::{log_dir, repo_root, target_dir};
+pub use qemu::Accel;
+/// Re-exported so scenario tests can read results without their own dependency.
+pub use serde_json;
+
+use error::{io_error, spawn_error};
+use qemu::{Launch, RunningQemu, SerialEvent};
+use serde_json::Value;
+
+/// The prefix of a structured result line on the guest console.
+pub const RESULT_PREFIX: &str = "CANOPY-RESULT ";
+/// Lines of guest log shown in an error.
+const LOG_TAIL_LINES: usize = 60;
+/// Debian tools the harness knows how to bring into the guest.
+pub const DEBIAN_TOOLS: &[&str] = &["cyclictest", "hackbench", "stress-ng"];
+
+/// One guest boot running one script. Build it with the `with_*` methods, then `run()`.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    name: String,
+    files: Vec<GuestFile>,
+    debian_tools: Vec<String>,
+    script: String,
+    timeout: Duration,
+    cpus: Option<usize>,
+    memory: String,
+    kernel_args: Vec<String>,
+    show_log: Option<bool>,
+}
+
+impl Scenario {
+    /// A scenario named `name` (used for the log file). Defaults: 2 vCPUs (or
+    /// `CANOPY_VM_CPUS`), 2G of memory, a 120 s timeout, an empty script.
+    pub fn new(name: impl Into<String>) -> Scenario {
+        Scenario {
+            name: name.into(),
+            files: Vec::new(),
+            debian_tools: Vec::new(),
+            script: String::new(),
+            timeout: Duration::from_secs(120),
+            cpus: None,
+            memory: "2G".into(),
+            kernel_args: Vec::new(),
+            show_log: None,
+        }
+    }
+
+    /// Puts a host binary at `/bin/<guest_name>` with the shared libraries `ldd` lists.
+    /// For the `canopy` binary in a root-package test: `env!("CARGO_BIN_EXE_canopy")`.
+    pub fn with_binary(mut self, host_path: impl AsRef<Path>, guest_name: &str) -> Scenario {
+        self.files.push(GuestFile::Host {
+            host_path: host_path.as_ref().to_path_buf(),
+            guest_path: format!("/bin/{guest_name}"),
+            mode: 0o755,
+            with_libraries: true,
+        });
+        self
+    }
+
+    /// Copies a host file to an absolute guest path (no library resolution).
+    pub fn with_file(mut self, host_path: impl AsRef<Path>, guest_path: &str) -> Scenario {
+        self.files.push(GuestFile::Host {
+            host_path: host_path.as_ref().to_path_buf(),
+            guest_path: guest_path.into(),
+            mode: 0o644,
+            with_libraries: false,
+        });
+        self
+    }
+
+    /// Writes `contents` to an absolute guest path with `mode` (e.g. 0o644, 0o755).
+    pub fn with_file_contents(
+        mut self,
+        guest_path: &str,
+        contents: impl Into<Vec<u8>>,
+        mode: u32,
+    ) -> Scenario {
+        self.files.push(GuestFile::Contents {
+            guest_path: guest_path.into(),
+            contents: contents.into(),
+            mode,
+        });
+        self
+    }
+
+    /// Adds Debian's `cyclictest`, `hackbench` and/or `stress-ng` (from the host, which
+    /// `scripts/install-deps.sh` provisions) at `/usr/bin/<name>`.
+    pub fn with_debian_tools(mut self, tools: &[&str]) -> Scenario {
+        self.debian_tools
+            .extend(tools.iter().map(|tool| tool.to_string()));
+        self
+    }
+
+    /// The shell script `/init` runs (with `sh -e`) after setup, from `/root`.
+    pub fn script(mut self, script: impl Into<String>) -> Scenario {
+        self.script = script.into();
+        self
+    }
+
+    /// Wall-clock limit from qemu's start (time spent waiting for the VM lock is not counted).
+    pub fn timeout(mut self, timeout: Duration) -> Scenario {
+        self.timeout = timeout;
+        self
+    }
+
+    /// vCPUs; overrides `CANOPY_VM_CPUS` and the default of 2.
+    pub fn cpus(mut self, cpus: usize) -> Scenario {
+        self.cpus = Some(cpus.max(1));
+        self
+    }
+
+    /// qemu's `-m` value, e.g. `"2G"`.
+    pub fn memory(mut self, memory: &str) -> Scenario {
+        self.memory = memory.into();
+        self
+    }
+
+    /// Appends to the kernel command line (after `console=ttyS0 panic=-1 quiet`).
+    pub fn kernel_arg(mut self, arg: &str) -> Scenario {
+        self.kernel_args.push(arg.into());
+        self
+    }
+
+    /// Echo the guest console live on stderr; defaults to `CANOPY_VM_SHOW_LOG=1`.
+    pub fn show_log(mut self, show: bool) -> Scenario {
+        self.show_log = Some(show);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn effective_cpus(&self) -> usize {
+        self.cpus
+            .or_else(|| {
+                std::env::var("CANOPY_VM_CPUS")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(2)
+            .max(1)
+    }
+
+    fn effective_show_log(&self) -> bool {
+        self.show_log.unwrap_or_else(|| {
+            matches!(
+                std::env::var("CANOPY_VM_SHOW_LOG").as_deref(),
+                Ok("1") | Ok("true") | Ok("yes")
+            )
+        })
+    }
+
+    /// Builds what the guest needs (kernel, guest binary, initramfs) into a prepared launch.
+    fn prepare(&self, script: &str) -> Result<Prepared> {
+        let kernel = kernel()?;
+        let guest = guest_binary()?;
+        let mut files = vec![GuestFile::Host {
+            host_path: guest,
+            guest_path: "/bin/canopy-guest".into(),
+            mode: 0o755,
+            with_libraries: true,
+        }];
+        files.extend(self.files.iter().cloned());
+        for tool in &self.debian_tools {
+            files.push(GuestFile::Host {
+                host_path: initramfs::find_host_tool(tool)?,
+                guest_path: format!("/usr/bin/{tool}"),
+                mode: 0o755,
+                with_libraries: true,
+            });
+        }
+        let work_dir = target_dir().join("vm-work");
+        std::fs::create_dir_all(&work_dir).map_err(io_error(&work_dir))?;
+        let log_dir = log_dir();
+        std::fs::create_dir_all(&log_dir).map_err(io_error(&log_dir))?;
+        let log_path = qemu::new_log_path(&log_dir, &self.name);
+        let initramfs_path = work_dir.join(format!(
+            "{}.cpio.gz",
+            log_path.file_stem().unwrap_or_default().to_string_lossy()
+        ));
+        let archive = initramfs::build(&files, script)?;
+        std::fs::write(&initramfs_path, archive).map_err(io_error(&initramfs_path))?;
+        Ok(Prepared {
+            kernel,
+            initramfs_path,
+            log_path,
+            work_dir,
+        })
+    }
+
+    /// Boots the guest, runs the script and collects its results. Fails (never skips) when the
+    /// kernel is missing, qemu cannot boot, the guest panics or stops early, the script exits
+    /// non-zero, or the timeout passes.
+    pub fn run(&self) -> Result<Outcome> {
+        let prepared = self.prepare(&self.script)?;
+        let _lock = lock::VmLock::acquire(&paths::vm_lock_path(), &self.name)?;
+        let result = self.boot(&prepared);
+        // The initramfs is only needed while qemu runs.
+        let _ = std::fs::remove_file(&prepared.initramfs_path);
+        result
+    }
+
+    fn boot(&self, prepared: &Prepared) -> Result<Outcome> {
+        let accel = qemu::choose_accel(&prepared.kernel.vmlinuz, &prepared.work_dir);
+        let cpus = self.effective_cpus();
+        let launch = Launch {
+            vmlinuz: &prepared.kernel.vmlinuz,
+            initramfs: &prepared.initramfs_path,
+            cpus,
+            memory: &self.memory,
+            accel,
+            kernel_args: &self.kernel_args,
+            interactive_log: None,
+        };
+        let log_path = prepared.log_path.clone();
+        let echo = self.effective_show_log();
+        if echo {
+            eprintln!(
+                "canopy-vmtest: `{}` on {} ({accel:?}, {cpus} vCPUs), log {}",
+                self.name,
+                prepared.kernel.release,
+                log_path.display()
+            );
+        }
+        let mut qemu = RunningQemu::start(&launch, &log_path, echo)?;
+        let deadline = qemu.started + self.timeout;
+        let mut results = Vec::new();
+        let mut malformed = Vec::new();
+        let mut panic_line = None;
+        let mut closed = false;
+        while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
+            match qemu.lines.recv_timeout(remaining) {
+                Ok(SerialEvent::Line(line)) => {
+                    if let Some(json) = line
+                        .find(RESULT_PREFIX)
+                        .map(|at| &line[at + RESULT_PREFIX.len()..])
+                    {
+                        // Trailing text is ignored; a line that kernel output cut in two is kept
+                        // aside (asking for its kind later names it) rather than failing the run.
+                        match serde_json::Deserializer::from_str(json)
+                            .into_iter::<Value>()
+                            .next()
+                        {
+                            Some(Ok(value)) if value.is_object() => results.push(value),
+                            _ => malformed.push(line),
+                        }
+                    } else if line.contains("Kernel panic - not syncing") && panic_line.is_none() {
+                        panic_line = Some(line);
+                    }
+                }
+                Ok(SerialEvent::Closed) => {
+                    closed = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if !closed {
+            qemu.kill();
+            return Err(Error::Timeout {
+                scenario: self.name.clone(),
+                timeout: self.timeout,
+                log_path: log_path.clone(),
+                log_tail: qemu::log_tail(&log_path, LOG_TAIL_LINES),
+            });
+        }
+        let exit_status = qemu.wait_exit(Duration::from_secs(5));
+        qemu.kill();
+        let duration = qemu.started.elapsed();
+
+        if let Some(line) = panic_line {
+            return Err(self.guest_error(&log_path, format!("kernel panic: {}", line.trim())));
+        }
+        let kernel_release = match find_kind(&results, "boot") {
+            Some(boot) => boot["kernel_release"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            None => {
+                let status = exit_status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "no exit status".into());
+                return Err(self.guest_error(
+                    &log_path,
+                    format!("the guest never reached its /init setup (qemu {status}, {:?} acceleration)", accel),
+                ));
+            }
+        };
+        match find_kind(&results, "script-exit").map(|exit| exit["status"].as_i64()) {
+            Some(Some(0)) => {}
+            Some(status) => {
+                let status = status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "unknown".into());
+                return Err(self.guest_error(
+                    &log_path,
+                    format!("the scenario script exited with status {status}"),
+                ));
+            }
+            None => {
+                return Err(self.guest_error(
+                    &log_path,
+                    "the guest stopped before the scenario script finished".into(),
+                ));
+            }
+        }
+        Ok(Outcome {
+            scenario: self.name.clone(),
+            kernel_release,
+            results,
+            malformed_results: malformed,
+            log_path,
+            duration,
+            accel,
+            cpus,
+        })
+    }
+
+    /// Boots the guest with the terminal attached and drops into a shell after setup (the
+    /// scenario script, if any, runs first). Quit with `poweroff -f` or Ctrl-A X. The console is
+    /// still logged. No timeout.
+    pub fn run_interactive(&self) -> Result<PathBuf> {
+        let script = format!("{}\necho 'canopy-vmtest: interactive shell; poweroff -f (or Ctrl-A X) to quit'\nsetsid cttyhack sh -l || true\n", self.script);
+        let prepared = self.prepare(&script)?;
+        let _lock = lock::VmLock::acquire(&paths::vm_lock_path(), &self.name)?;
+        let accel = qemu::choose_accel(&prepared.kernel.vmlinuz, &prepared.work_dir);
+        let launch = Launch {
+            vmlinuz: &prepared.kernel.vmlinuz,
+            initramfs: &prepared.initramfs_path,
+            cpus: self.effective_cpus(),
+            memory: &self.memory,
+            accel,
+            kernel_args: &self.kernel_args,
+            interactive_log: Some(&prepared.log_path),
+        };
+        let mut qemu = launch
+            .command()
+            .spawn()
+            .map_err(spawn_error(launch.describe()))?;
+        let _ = qemu.wait();
+        let _ = std::fs::remove_file(&prepared.initramfs_path);
+        Ok(prepared.log_path)
+    }
+
+    fn guest_error(&self, log_path: &Path, reason: String) -> Error {
+        Error::Guest {
+            scenario: self.name.clone(),
+            reason,
+            log_path: log_path.to_path_buf(),
+            log_tail: qemu::log_tail(log_path, LOG_TAIL_LINES),
+        }
+    }
+}
+
+struct Prepared {
+    kernel: Kernel,
+    initramfs_path: PathBuf,
+    log_path: PathBuf,
+    work_dir: PathBuf,
+}
+
+/// What a successful scenario produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub scenario: String,
+    /// `uname -r` inside the guest, e.g. `7.3.4+deb13-cloud-amd64`.
+    pub kernel_release: String,
+    /// Every `CANOPY-RESULT` object in console order, including the harness's own `boot` and
+    /// `script-exit` records.
+    pub results: Vec<Value>,
+    /// `CANOPY-RESULT` lines that did not parse as a JSON object (e.g. cut by kernel output).
+    pub malformed_results: Vec<String>,
+    pub log_path: PathBuf,
+    /// From qemu's start to its exit.
+    pub duration: Duration,
+    pub accel: Accel,
+    pub cpus: usize,
+}
+
+impl Outcome {
+    /// The first result whose `"kind"` is `kind`, or an error naming the kinds that exist.
+    pub fn result(&self, kind: &str) -> Result<&Value> {
+        find_kind(&self.results, kind).ok_or_else(|| Error::MissingResult {
+            scenario: self.scenario.clone(),
+            kind: kind.into(),
+            available: self
+                .results
+                .iter()
+                .filter_map(|value| value["kind"].as_str().map(String::from))
+                .collect(),
+            malformed: self.malformed_results.clone(),
+            log_path: self.log_path.clone(),
+        })
+    }
+
+    /// Every result of `kind`, in console order.
+    pub fn results_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.results
+            .iter()
+            .filter(move |value| value["kind"] == kind)
+    }
+
+    /// The last `lines` lines of the guest log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        qemu::log_tail(&self.log_path, lines)
+    }
+
+    /// One line for test output: scenario, kernel, accelerator, vCPUs, wall time, log.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: kernel {}, {:?}, {} vCPUs, {:.1} s, log {}",
+            self.scenario,
+            self.kernel_release,
+            self.accel,
+            self.cpus,
+            self.duration.as_secs_f64(),
+            self.log_path.display()
+        )
+    }
+}
+
+fn find_kind<'a>(results: &'a [Value], kind: &str) -> Option<&'a Value> {
+    results.iter().find(|value| value["kind"] == kind)
+}

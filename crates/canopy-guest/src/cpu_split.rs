@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! CPU-split measurement: create cgroups with given cpu.weight, start hog processes inside
+//! each, let the split settle, then sample each group's cpu.stat `usage_usec` over a window and
+//! report per-group CPU time, shares against the weight targets, and the first:second ratio.
+//! Hogs can start or stop during the window and usage can be sampled as a time series, for
+//! work-conservation scenarios (one group idle, then waking).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use crate::cgroup;
+use crate::result::emit;
+
+#[derive(Args, Debug)]
+pub struct CpuSplitArgs {
+    /// A group as NAME:WEIGHT:HOGS[:START_S[:STOP_S]]. WEIGHT `-` leaves cpu.weight alone
+    /// (the target then uses the group's current cpu.weight). NAME is relative to
+    /// /sys/fs/cgroup unless absolute. START_S/STOP_S start and stop the group's hogs that many
+    /// seconds into the measurement window (default: running from before the warmup to the
+    /// end). Repeatable; the ratio compares the first two groups.
+    #[arg(
+        long = "group",
+        required = true,
+        value_name = "NAME:WEIGHT:HOGS[:START_S[:STOP_S]]"
+    )]
+    groups: Vec<String>,
+    /// Measurement window in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Settling time before the window, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Also report a time series: each group's CPU time per interval of this many ms.
+    #[arg(long)]
+    sample_ms: Option<u64>,
+    /// Result kind (to tell several splits in one run apart).
+    #[arg(long, default_value = "cpu-split")]
+    kind: String,
+    /// Leave the groups in place afterwards (hogs are always stopped).
+    #[arg(long)]
+    keep: bool,
+}
+
+struct Group {
+    name: String,
+    path: PathBuf,
+    /// The weight asked for (None: leave the group's cpu.weight as it is).
+    requested_weight: Option<u32>,
+    /// The weight in force when the window started (read back from cpu.weight).
+    weight: u32,
+    hogs: usize,
+    start_s: f64,
+    stop_s: Option<f64>,
+}
+
+fn parse_group(spec: &str) -> Result<Group> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    if !(3..=5).contains(&parts.len()) {
+        bail!("group `{spec}` is not NAME:WEIGHT:HOGS[:START_S[:STOP_S]]");
+    }
+    let seconds = |index: usize, what: &str| -> Result<Option<f64>> {
+        parts
+            .get(index)
+            .map(|value| {
+                value
+                    .parse::<f64>()
+                    .with_context(|| format!("{what} in `{spec}`"))
+            })
+            .transpose()
+    };
+    let requested_weight = match parts[1] {
+        "-" | "" => None,
+        value => Some(
+            value
+                .parse()
+                .with_context(|| format!("weight in `{spec}`"))?,
+        ),
+    };
+    Ok(Group {
+        name: parts[0].into(),
+        path: cgroup::group_path(parts[0]),
+        requested_weight,
+        weight: requested_weight.unwrap_or(100),
+        hogs: parts[2]
+            .parse()
+            .with_context(|| format!("hog count in `{spec}`"))?,
+        start_s: seconds(3, "start time")?.unwrap_or(0.0),
+        stop_s: seconds(4, "stop time")?,
+    })
+}
+
+/// A change of load during the window.
+enum Event {
+    Start(usize),
+    Stop(usize),
+}
+
+pub fn run(args: &CpuSplitArgs) -> Result<()> {
+    let mut groups = args
+        .groups
+        .iter()
+        .map(|spec| parse_group(spec))
+        .collect::<Result<Vec<_>>>()?;
+    let own_exe = std::env::current_exe().context("locating canopy-guest")?;
+    let mut hogs: Vec<Vec<Child>> = groups.iter().map(|_| Vec::new()).collect();
+    let outcome = measure(args, &mut groups, &own_exe, &mut hogs);
+    for hog in hogs.iter_mut().flatten() {
+        let _ = hog.kill();
+        let _ = hog.wait();
+    }
+    if !args.keep {
+        for group in &groups {
+            let _ = std::fs::remove_dir(&group.path);
+        }
+    }
+    emit(&args.kind, outcome?)
+}
+
+fn start_hogs(group: &Group, own_exe: &Path, hogs: &mut Vec<Child>) -> Result<()> {
+    for _ in 0..group.hogs {
+        let mut command = Command::new(own_exe);
+        command.args(["hog", "--threads", "1", "--seconds", "0"]);
+        hogs.push(cgroup::spawn_in(&group.path, &mut command)?);
+    }
+    Ok(())
+}
+
+fn read_usage(groups: &[Group]) -> Result<Vec<u64>> {
+    groups.iter().map(|g| cgroup::usage_usec(&g.path)).collect()
+}
+
+fn measure(
+    args: &CpuSplitArgs,
+    groups: &mut [Group],
+    own_exe: &Path,
+    hogs: &mut [Vec<Child>],
+) -> Result<serde_json::Value> {
+    for group in groups.iter_mut() {
+        cgroup::create(&group.path)?;
+        if let Some(weight) = group.requested_weight {
+            cgroup::set_weight(&group.path, weight)?;
+        }
+        group.weight = cgroup::weight(&group.path).unwrap_or(group.weight);
+    }
+    let mut events = Vec::new();
+    for (index, group) in groups.iter().enumerate() {
+        if group.start_s <= 0.0 {
+            start_hogs(group, own_exe, &mut hogs[index])?;
+        } else {
+            events.push((group.start_s, Event::Start(index)));
+        }
+        if let Some(stop) = group.stop_s {
+            events.push((stop, Event::Stop(index)));
+        }
+    }
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut events = events.into_iter().peekable();
+    std::thread::sleep(Duration::from_secs_f64(args.warmup));
+
+    let before = read_usage(groups)?;
+    let started = Instant::now();
+    let end = Duration::from_secs_f64(args.seconds);
+    let tick = args.sample_ms.map(Duration::from_millis);
+    let mut next_tick = tick;
+    let mut last_sample = before.clone();
+    let mut series = Vec::new();
+    loop {
+        let next_event = events.peek().map(|(at, _)| Duration::from_secs_f64(*at));
+        let wake = [Some(end), next_event, next_tick]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(end);
+        if let Some(pause) = wake.checked_sub(started.elapsed()) {
+            std::thread::sleep(pause);
+        }
+        let now = started.elapsed();
+        if next_tick.is_some_and(|at| now >= at) {
+            let usage = read_usage(groups)?;
+            let deltas: Vec<u64> = usage
+                .iter()
+                .zip(&last_sample)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect();
+            series.push(json!({ "t_s": now.as_secs_f64(), "usage_usec": deltas }));
+            last_sample = usage;
+            next_tick = next_tick.zip(tick).map(|(at, step)| at + step);
+        }
+        while events
+            .peek()
+            .is_some_and(|(at, _)| Duration::from_secs_f64(*at) <= now)
+        {
+            match events.next() {
+                Some((_, Event::Start(index))) => {
+                    start_hogs(&groups[index], own_exe, &mut hogs[index])?
+                }
+                Some((_, Event::Stop(index))) => {
+                    for hog in &mut hogs[index] {
+                        let _ = hog.kill();
+                        let _ = hog.wait();
+                    }
+                    hogs[index].clear();
+                }
+                None => {}
+            }
+        }
+        if now >= end {
+            break;
+        }
+    }
+    let after = read_usage(groups)?;
+    let window = started.elapsed().as_secs_f64();
+    let used: Vec<u64> = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    let mut result = summarize(groups, &used, window);
+    if args.sample_ms.is_some() {
+        result["sample_ms"] = json!(args.sample_ms);
+        result["series"] = json!(series);
+    }
+    Ok(result)
+}
+
+fn summarize(groups: &[Group], used_usec: &[u64], window_s: f64) -> serde_json::Value {
+    let total: u64 = used_usec.iter().sum();
+    let weight_total: u32 = groups.iter().map(|g| g.weight).sum();
+    let cpus = crate::setup::online_cpus();
+    let mut max_share_error: f64 = 0.0;
+    let entries: Vec<_> = groups
+        .iter()
+        .zip(used_usec)
+        .map(|(group, &usec)| {
+            let share = if total > 0 {
+                usec as f64 / total as f64
+            } else {
+                0.0
+            };
+            let target = group.weight as f64 / weight_total as f64;
+            let error = if target > 0.0 {
+                share / target - 1.0
+            } else {
+                0.0
+            };
+            max_share_error = max_share_error.max(error.abs());
+            json!({
+                "name": group.name,
+                "weight": group.weight,
+                "hogs": group.hogs,
+                "start_s": group.start_s,
+                "stop_s": group.stop_s,
+                "usage_usec": usec,
+                "cpu_seconds": usec as f64 / 1e6,
+                "share": share,
+                "target_share": target,
+                "share_error": error,
+            })
+        })
+        .collect();
+    let (ratio, expected_ratio) = match (used_usec, groups) {
+        ([first, second, ..], [g1, g2, ..]) if *second > 0 => (
+            Some(*first as f64 / *second as f64),
+            Some(g1.weight as f64 / g2.weight as f64),
+        ),
+        _ => (None, None),
+    };
+    json!({
+        "window_s": window_s,
+        "cpus": cpus,
+        "groups": entries,
+        "total_cpu_seconds": total as f64 / 1e6,
+        "utilization": total as f64 / 1e6 / (window_s * cpus as f64),
+        "ratio": ratio,
+        "expected_ratio": expected_ratio,
+        "ratio_error": ratio.zip(expected_ratio).map(|(r, e)| r / e - 1.0),
+        "max_share_error": max_share_error,
+    })
+}

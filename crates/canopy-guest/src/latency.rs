@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! `latency`: Debian's cyclictest as a measurement. Runs `cyclictest -q -h <limit>` (by default
+//! SCHED_OTHER, one thread, as in TESTBED's baselines), optionally under a background load
+//! command that is started first and killed afterwards (e.g. `hackbench -T -p -g 2 -l 100000000`),
+//! and turns the histogram into percentiles. Samples above the histogram limit count as
+//! overflows; a percentile that lands among them is reported as the limit and flagged.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use crate::result::emit;
+
+#[derive(Args, Debug)]
+pub struct LatencyArgs {
+    /// cyclictest's wakeup interval (-i) in microseconds.
+    #[arg(long, default_value_t = 1777)]
+    interval_us: u64,
+    /// Measurement duration (-D) in seconds.
+    #[arg(long, default_value_t = 12)]
+    seconds: u64,
+    /// Measuring threads (-t).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Histogram limit (-h) in microseconds.
+    #[arg(long, default_value_t = 20000)]
+    histogram_us: usize,
+    /// Background load, a shell command started before and killed after the measurement.
+    #[arg(long)]
+    load: Option<String>,
+    /// Seconds between starting the load and starting cyclictest.
+    #[arg(long, default_value_t = 1.0)]
+    load_settle: f64,
+    /// Result kind.
+    #[arg(long, default_value = "latency")]
+    kind: String,
+    /// Extra cyclictest arguments (after `--`), e.g. `-- -p 50` or `-- --policy=batch`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    extra: Vec<String>,
+}
+
+pub fn run(args: &LatencyArgs) -> Result<()> {
+    let mut load = match &args.load {
+        Some(command) => {
+            let child = Command::new("/bin/sh")
+                .args(["-c", command])
+                .stdout(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("starting load `{command}`"))?;
+            std::thread::sleep(Duration::from_secs_f64(args.load_settle));
+            Some(child)
+        }
+        None => None,
+    };
+    let output = Command::new("cyclictest")
+        .args(["-q", "-m"])
+        .arg(format!("-t{}", args.threads))
+        .arg(format!("-i{}", args.interval_us))
+        .arg(format!("-D{}", args.seconds))
+        .arg(format!("-h{}", args.histogram_us))
+        .args(&args.extra)
+        .output();
+    if let Some(child) = &mut load {
+        // SAFETY: killing the process group the load leads.
+        unsafe { libc::killpg(child.id() as libc::pid_t, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+    let output = output.context("running cyclictest (add it with with_debian_tools)")?;
+    if !output.status.success() {
+        bail!(
+            "cyclictest failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let histogram = Histogram::parse(&String::from_utf8_lossy(&output.stdout))?;
+    emit(
+        &args.kind,
+        json!({
+            "tool": "cyclictest",
+            "interval_us": args.interval_us,
+            "seconds": args.seconds,
+            "threads": args.threads,
+            "load": args.load,
+            "samples": histogram.samples(),
+            "overflows": histogram.overflows,
+            "min_us": histogram.min_us,
+            "avg_us": histogram.avg_us,
+            "max_us": histogram.max_us,
+            "p50_us": histogram.percentile(50.0),
+            "p90_us": histogram.percentile(90.0),
+            "p99_us": histogram.percentile(99.0),
+            "p99_9_us": histogram.percentile(99.9),
+            "p99_overflowed": histogram.percentile_overflows(99.0),
+        }),
+    )
+}
+
+/// cyclictest's `-h` output: one `bucket count [count...]` line per microsecond (counts summed
+/// over threads), then `# Min/Avg/Max Latencies` and `# Histogram Overflows`.
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    overflows: u64,
+    min_us: u64,
+    avg_us: u64,
+    max_us: u64,
+}
+
+impl Histogram {
+    fn parse(text: &str) -> Result<Histogram> {
+        let mut histogram = Histogram::default();
+        let summary = |line: &str| -> u64 {
+            line.split(':')
+                .nth(1)
+                .map(|values| {
+                    values
+                        .split_whitespace()
+                        .filter_map(|v| v.parse::<u64>().ok())
+                        .collect::<Vec<_>>()
+                })
+                .map(|values| values.into_iter().max().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix('#') {
+                let rest = rest.trim();
+                if rest.starts_with("Min Latencies") {
+                    histogram.min_us = summary(rest);
+                } else if rest.starts_with("Avg Latencies") {
+                    histogram.avg_us = summary(rest);
+                } else if rest.starts_with("Max Latencies") {
+                    histogram.max_us = summary(rest);
+                } else if rest.starts_with("Histogram Overflows") {
+                    histogram.overflows = rest
+                        .split(':')
+                        .nth(1)
+                        .map(|values| {
+                            values
+                                .split_whitespace()
+                                .filter_map(|v| v.parse::<u64>().ok())
+                                .sum()
+                        })
+                        .unwrap_or(0);
+                }
+                continue;
+            }
+            let mut fields = line.split_whitespace().map(|field| field.parse::<u64>());
+            let Some(Ok(bucket)) = fields.next() else {
+                continue;
+            };
+            let count: u64 = fields.filter_map(|count| count.ok()).sum();
+            let bucket = bucket as usize;
+            if histogram.counts.len() <= bucket {
+                histogram.counts.resize(bucket + 1, 0);
+            }
+            histogram.counts[bucket] += count;
+        }
+        if histogram.counts.is_empty() {
+            bail!("cyclictest printed no histogram");
+        }
+        Ok(histogram)
+    }
+
+    fn samples(&self) -> u64 {
+        self.counts.iter().sum::<u64>() + self.overflows
+    }
+
+    fn rank(&self, percent: f64) -> u64 {
+        ((percent / 100.0) * self.samples() as f64 - 1e-9)
+            .ceil()
+            .max(1.0) as u64
+    }
+
+    /// Nearest-rank percentile in microseconds; the histogram limit if it is an overflow.
+    fn percentile(&self, percent: f64) -> u64 {
+        let rank = self.rank(percent);
+        let mut seen = 0;
+        for (bucket, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return bucket as u64;
+            }
+        }
+        self.counts.len() as u64
+    }
+
+    fn percentile_overflows(&self, percent: f64) -> bool {
+        self.rank(percent) > self.counts.iter().sum::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "# /dev/cpu_dma_latency set to 0us\n# Histogram\n000000 000000\n000001 000090\n000002 000009\n000003 000000\n# Total: 000000099\n# Min Latencies: 00001\n# Avg Latencies: 00001\n# Max Latencies: 00950\n# Histogram Overflows: 00001\n";
+
+    #[test]
+    fn percentiles_come_from_the_histogram_and_overflows_are_flagged() {
+        let histogram = Histogram::parse(SAMPLE).unwrap();
+        assert_eq!(histogram.samples(), 100);
+        assert_eq!(histogram.percentile(50.0), 1);
+        assert_eq!(histogram.percentile(99.0), 2);
+        assert!(!histogram.percentile_overflows(99.0));
+        assert!(histogram.percentile_overflows(100.0));
+        assert_eq!(histogram.max_us, 950);
+    }
+}

@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! `canopy-guest`: the one binary the VM harness puts in every guest. `/init` runs `setup`
+//! (mounts, cgroup controllers, the `boot` result); scenario scripts then call the workloads
+//! (`hog`, `wakeprobe`, `storm`, `latency` around cyclictest), the measurements (`cpu-split`, `sched-ext-state`, `dmesg`), `exec` (run a command, report its status and
+//! output) and `report`.
+//! Every measurement prints one `CANOPY-RESULT {json}` line on stdout (the serial console),
+//! which the host side (`canopy-vmtest`) parses.
+
+mod cgroup;
+mod cpu_split;
+mod dmesg;
+mod exec;
+mod hog;
+mod latency;
+mod result;
+mod run_as;
+mod sched_ext_state;
+mod setup;
+mod storm;
+mod wait_for;
+mod wakeprobe;
+mod xattr;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "canopy-guest",
+    about = "canopy's VM scenario runner and workloads"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount proc, sysfs, devtmpfs, bpffs, cgroup2, tracefs, debugfs; enable +cpu (+cpuset) in
+    /// the root cgroup; print the `boot` result.
+    Setup,
+    /// Spin CPU-bound threads.
+    Hog(hog::HogArgs),
+    /// Wakeup-latency probe (timer and/or pipe wakeups), prints percentiles.
+    Wakeprobe(wakeprobe::WakeprobeArgs),
+    /// cyclictest (optionally under a background load) with histogram percentiles.
+    Latency(latency::LatencyArgs),
+    /// Fork, thread-create and PR_SET_NAME rename storm.
+    Storm(storm::StormArgs),
+    /// Create weighted cgroups, run hogs in each, measure the CPU split from cpu.stat.
+    CpuSplit(cpu_split::CpuSplitArgs),
+    /// Run a command and report its status, duration and output.
+    Exec(exec::ExecArgs),
+    /// Report kernel log lines (optionally filtered).
+    Dmesg(dmesg::DmesgArgs),
+    /// Report /sys/kernel/sched_ext as a JSON tree.
+    SchedExtState(sched_ext_state::SchedExtStateArgs),
+    /// Wait until a file contains a text and/or sched_ext reaches a state.
+    WaitFor(wait_for::WaitForArgs),
+    /// Set, get or remove an extended attribute.
+    Xattr(xattr::XattrArgs),
+    /// Exec a command as another uid/gid (optionally in a cgroup).
+    RunAs(run_as::RunAsArgs),
+    /// Print a CANOPY-RESULT line: `report KIND key=value...` (values that parse as JSON stay
+    /// JSON, the rest become strings; `key=@FILE` takes the file's content).
+    Report { kind: String, fields: Vec<String> },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Hog(args) => hog::run(&args),
+        Command::Wakeprobe(args) => wakeprobe::run(&args),
+        Command::Latency(args) => latency::run(&args),
+        Command::Storm(args) => storm::run(&args),
+        Command::CpuSplit(args) => cpu_split::run(&args),
+        Command::Exec(args) => exec::run(&args),
+        Command::Dmesg(args) => dmesg::run(&args),
+        Command::SchedExtState(args) => sched_ext_state::run(&args),
+        Command::WaitFor(args) => wait_for::run(&args),
+        Command::Xattr(args) => xattr::run(&args),
+        Command::RunAs(args) => run_as::run(&args),
+        Command::Report { kind, fields } => result::report_fields(&kind, &fields),
+    }
+}

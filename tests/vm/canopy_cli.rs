@@ -1,0 +1,26 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The `canopy` binary under test runs in the guest (its shared libraries resolved by the
+//! harness). The pattern for scheduler and daemon scenarios: run `canopy <subcommand>` through
+//! `canopy-guest exec`, which reports exit status, duration and output (parsed when JSON).
+
+use std::time::Duration;
+
+#[test]
+fn canopy_binary_runs_in_guest() -> anyhow::Result<()> {
+    let outcome = crate::scenario("canopy-cli")
+        .script("canopy-guest exec --check --kind canopy-help -- canopy --help\n")
+        .timeout(Duration::from_secs(60))
+        .run()?;
+    println!("{}", outcome.summary());
+    let help = outcome.result("canopy-help")?;
+    assert_eq!(help["success"], true, "{help}");
+    assert!(
+        !help["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .is_empty(),
+        "{help}"
+    );
+    Ok(())
+}

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! Scenario (c), fair-scheduler baseline: two cgroups at cpu.weight 200 and 100 with two CPU
+//! hogs each, 10 s; the fair scheduler must split CPU 2:1 within 3% (TESTBED measured 2.000:1).
+//! The ratio is measured inside the guest from cpu.stat, so host load slows the guest but does
+//! not skew the split.
+
+use std::time::Duration;
+
+use canopy_vmtest::CpuSplit;
+
+#[test]
+fn fair_scheduler_splits_cpu_by_weight() -> anyhow::Result<()> {
+    let outcome = crate::scenario("fair-baseline")
+        .script("canopy-guest cpu-split --group fair_a:200:2 --group fair_b:100:2 --seconds 10 --warmup 1\n")
+        .timeout(Duration::from_secs(90))
+        .run()?;
+    println!("{}", outcome.summary());
+    let split = outcome.result("cpu-split")?;
+    let ratio = split["ratio"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "fair scheduler, weights 200:100, 2+2 hogs, {:.1} s window: ratio {ratio:.3}:1, utilization {:.3}",
+        split["window_s"].as_f64().unwrap_or_default(),
+        split["utilization"].as_f64().unwrap_or_default()
+    );
+    assert!(
+        (ratio / 2.0 - 1.0).abs() <= 0.03,
+        "CPU split {ratio:.3}:1 is not within 3% of 2:1: {split}"
+    );
+    Ok(())
+}
+
+/// The fair scheduler's figures for issue 4's other CPU targets, same VM: 400:100 with four
+/// hogs each must split within 3% of 4:1 (TESTBED: 4.01:1). Work conservation: group A (200,
+/// two hogs) alone for 4 s must get at least 90% of both CPUs. B (100, two hogs) then wakes;
+/// how long the 250 ms interval ratio takes to come back within 10% of 2:1 is only reported:
+/// the fair scheduler does not reliably settle within 1 s here (its fork placement can put
+/// both new hogs on one CPU; runs measured 1:1 or 4:1 for 2-4 s before 2:1), which is the
+/// baseline canopy's root scheduler is meant to beat (issue 4, acceptance b).
+#[test]
+fn fair_scheduler_400_100_and_work_conservation() -> anyhow::Result<()> {
+    let outcome = crate::scenario("fair-4to1-conserve")
+        .script(
+            "canopy-guest cpu-split --group fair_a:400:4 --group fair_b:100:4 --seconds 10 --kind split-400-100\n\
+             canopy-guest cpu-split --group fair_a:200:2 --group fair_b:100:2:4 --seconds 8 --sample-ms 250 --kind conserve\n",
+        )
+        .timeout(Duration::from_secs(120))
+        .run()?;
+    println!("{}", outcome.summary());
+    let four = CpuSplit::from_value(outcome.result("split-400-100")?)?;
+    println!(
+        "fair scheduler, weights 400:100, 4+4 hogs: ratio {:.3}:1",
+        four.ratio
+    );
+    let conserve = CpuSplit::from_value(outcome.result("conserve")?)?;
+    let alone = conserve.utilization_between(0, 0.0, 4.0);
+    let settle = conserve.settle_time(4.0, 2.0, 0.10);
+    let after = conserve.ratio_between(5.0, 8.0); // reported only, see above
+    println!(
+        "fair scheduler, A alone: {:.1}% of both CPUs; B wakes at 4 s: back within 10% of 2:1 after {settle:?} s, ratio {after:.3}:1 over 5-8 s",
+        alone * 100.0
+    );
+    assert!(
+        (four.ratio / 4.0 - 1.0).abs() <= 0.03,
+        "400:100 split {:.3}:1 is not within 3% of 4:1",
+        four.ratio
+    );
+    assert!(
+        alone >= 0.90,
+        "A alone got only {:.1}% of the CPUs",
+        alone * 100.0
+    );
+    Ok(())
+}

@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The harness's own failure paths, in a real guest: a failing script, a hung guest and a
+//! kernel panic are errors that name the cause and carry the guest log's tail, and qemu is
+//! gone afterwards. Scheduler scenarios depend on these (a broken BPF scheduler can hang or
+//! crash the guest).
+
+use std::time::Duration;
+
+use canopy_vmtest::Error;
+
+/// True while some process's command line mentions the scenario's log stem (its initramfs).
+fn qemu_still_running(log_path: &std::path::Path) -> bool {
+    let stem = log_path
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(&stem))
+                .unwrap_or(false)
+        })
+}
+
+#[test]
+fn failing_script_is_an_error_with_the_log_tail() {
+    let error = crate::scenario("harness-fail")
+        .script("echo before-the-failure\nfalse\necho never-printed\n")
+        .timeout(Duration::from_secs(60))
+        .run()
+        .expect_err("a script that fails must fail the scenario");
+    match &error {
+        Error::Guest {
+            reason,
+            log_tail,
+            log_path,
+            ..
+        } => {
+            assert!(reason.contains("exited with status 1"), "{error}");
+            assert!(log_tail.contains("before-the-failure"), "{error}");
+            assert!(!log_tail.contains("never-printed"), "{error}");
+            assert!(!qemu_still_running(log_path));
+        }
+        other => panic!("expected Error::Guest, got {other}"),
+    }
+}
+
+#[test]
+fn hung_guest_times_out_and_qemu_is_killed() {
+    let started = std::time::Instant::now();
+    let error = crate::scenario("harness-timeout")
+        .script("echo about-to-hang\nsleep 600\n")
+        .timeout(Duration::from_secs(15))
+        .run()
+        .expect_err("a hung guest must time out");
+    match &error {
+        Error::Timeout {
+            log_tail, log_path, ..
+        } => {
+            assert!(log_tail.contains("about-to-hang"), "{error}");
+            assert!(!qemu_still_running(log_path), "qemu survived the timeout");
+        }
+        other => panic!("expected Error::Timeout, got {other}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
+
+#[test]
+fn kernel_panic_is_reported() {
+    let error = crate::scenario("harness-panic")
+        .script("echo c > /proc/sysrq-trigger\nsleep 60\n")
+        .timeout(Duration::from_secs(60))
+        .run()
+        .expect_err("a kernel panic must fail the scenario");
+    match &error {
+        Error::Guest {
+            reason, log_path, ..
+        } => {
+            assert!(reason.contains("kernel panic"), "{error}");
+            assert!(!qemu_still_running(log_path));
+        }
+        other => panic!("expected Error::Guest, got {other}"),
+    }
+}
