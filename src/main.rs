@@ -1,9 +1,10 @@
 //! The `canopy` command: thin glue over the policy compiler (`canopy-policy`), the OS layer
-//! (`canopy-sys`) and the BPF schedulers. This file owns the command-line surface (clap derive,
+//! (`canopy-sys`), the controller daemon (`canopy-controller`) and the BPF schedulers. This file owns the command-line surface (clap derive,
 //! so `--help`, completions and the man page come from one definition) and the exit codes:
 //! 0 success, 1 invalid input or failure, 2 not implemented / usage error.
 
 mod commands;
+mod daemon_cli;
 mod policy_files;
 mod scheduler;
 
@@ -67,10 +68,29 @@ enum Command {
     /// Convert another tool's configuration into a canopy policy on stdout.
     #[command(subcommand)]
     Import(ImportCommand),
-    /// Run the daemon (not implemented yet).
-    Run {
+    /// Run the controller daemon in the foreground (systemd Type=notify): tag tasks by the
+    /// policy, clamp them per group, and in scx mode run canopy's root and child schedulers.
+    Run(daemon_cli::RunArgs),
+    /// Run only the schedulers of a policy, without the controller (debugging; VM tests).
+    #[command(hide = true)]
+    RunSchedulers {
         /// Policy files or directories (default: /etc/canopy).
         paths: Vec<PathBuf>,
+    },
+    /// Talk to the running daemon: change group states, tag, explain, reload, metrics.
+    Ctl {
+        #[command(flatten)]
+        socket: commands::ctl::SocketArg,
+        #[command(subcommand)]
+        command: commands::ctl::CtlCommand,
+    },
+    /// The daemon's status: mode and why, policy, counters, groups, schedulers.
+    Status {
+        #[command(flatten)]
+        socket: commands::ctl::SocketArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script.
     Completions {
@@ -127,7 +147,14 @@ fn main() -> ExitCode {
         } => commands::compile::run(&paths, explain, &cgroup_root),
         Command::Diff { old, new } => commands::diff::run(&old, &new),
         Command::Import(ImportCommand::Schedqos { dir }) => commands::import::schedqos(&dir),
-        Command::Run { paths } => commands::run::run(&paths),
+        Command::Run(args) => daemon_cli::run(args).map(|()| ExitCode::SUCCESS),
+        Command::RunSchedulers { paths } => commands::run::run(&paths),
+        Command::Ctl { socket, command } => {
+            commands::ctl::ctl(&socket.socket, command).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Status { socket, json } => {
+            commands::ctl::status(&socket.socket, json).map(|()| ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => commands::generate::completions(shell),
         Command::Man => commands::generate::man(),
         Command::Bench(BenchCommand::Policy { rules, groups }) => {

@@ -560,7 +560,7 @@ scheduler = "canopy"
 "#;
     let script = r#"
 mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tb
-canopy run /etc/canopy/policy.toml > /tmp/root.log 2>&1 &
+canopy run-schedulers /etc/canopy/policy.toml > /tmp/root.log 2>&1 &
 ROOT=$!
 for i in $(seq 1 150); do
   [ "$(grep -c 'child scheduler canopy_child enabled' /tmp/root.log)" -ge 2 ] && break

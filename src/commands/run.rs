@@ -1,4 +1,4 @@
-//! `canopy run`: compile the policy, then load canopy's root scheduler with the policy's class
+//! `canopy run-schedulers` (hidden; `canopy run` in scx mode uses the same supervisor): compile the policy, then load canopy's root scheduler with the policy's class
 //! table and group terms, attach canopy's child scheduler on every existing cgroup whose group
 //! asks for it, admit foreign schedulers where the policy names them, pick up cgroups created
 //! later (rescanned every second) and unload cleanly on SIGINT/SIGTERM. Class tagging of tasks

@@ -274,8 +274,22 @@ pub fn run_with_refresh(
 ) -> anyhow::Result<()> {
     install_stop_handlers();
     let stop_at = deadline(seconds);
+    supervise(config, refresh, &|| should_stop(stop_at), &mut || {})
+}
+
+/// The supervisor: loads the root, attaches children where `config` asks, applies cgroups that
+/// appear later (through `refresh`, every RESCAN_INTERVAL), logs admission decisions, reloads on
+/// the kernel's restart action, and unloads when `stop` says so (polled every 100 ms).
+/// `on_enabled` runs after each successful load, once the root's maps are pinned.
+pub fn supervise(
+    config: &SchedulerConfig,
+    refresh: Option<Refresh<'_>>,
+    stop: &dyn Fn() -> bool,
+    on_enabled: &mut dyn FnMut(),
+) -> anyhow::Result<()> {
     loop {
         let root = RootScheduler::load(config).context("starting the root scheduler")?;
+        on_enabled();
         println!(
             "canopy: root scheduler enabled (sched_ext state {}, root ops {})",
             kernel::sched_ext_state().unwrap_or_default(),
@@ -322,7 +336,7 @@ pub fn run_with_refresh(
                 }
                 None => true,
             });
-            if should_stop(stop_at) {
+            if stop() {
                 break None;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -360,7 +374,7 @@ pub fn run_with_refresh(
         if !final_report.dump.is_empty() {
             println!("canopy: scheduler dump:\n{}", final_report.dump);
         }
-        if final_report.should_restart() && !should_stop(stop_at) {
+        if final_report.should_restart() && !stop() {
             println!("canopy: the kernel asked for a restart; loading again");
             continue;
         }

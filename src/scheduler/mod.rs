@@ -11,11 +11,13 @@
 //! - `fixture`: the foreign sub-scheduler test fixture's loader;
 //! - `exit`: decoding why a scheduler stopped and whether to restart;
 //! - `status`: the hierarchy from sysfs and the root's pinned maps;
-//! - `cli`: the `canopy scheduler ...` debug commands (the VM tests drive these).
+//! - `cli`: the `canopy scheduler ...` debug commands (the VM tests drive these) and the supervisor;
+//! - `daemon_link`: the scx backend's seam: the supervisor thread and the daemon's map writes.
 pub mod bpf_intf;
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod daemon_link;
 pub mod exit;
 pub mod fixture;
 pub mod kernel;

@@ -1,0 +1,138 @@
+//! The two seams between the controller's decisions and the OS: [`TaskSource`] reads facts
+//! (/proc, cgroupfs) and [`Backend`] applies decisions (fallback: sched_setattr + cgroup knobs;
+//! scx: the schedulers' BPF maps). Backends decide nothing; they apply what the Plan's clamp chose
+//! and remember what they changed so that `restore_all` can put it back.
+
+use crate::plan::{ClassId, ClassParams, GroupKnobs, ProcessFacts, ScxGroupPolicy};
+
+/// A task or process vanished mid-operation (ESRCH/ENOENT). Normal flow, not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("task {0} is gone")]
+pub struct Gone(pub u32);
+
+/// Reads what the controller needs to know about tasks and cgroups.
+pub trait TaskSource: Send {
+    /// Process-level facts of `tgid`.
+    fn process_facts(&mut self, tgid: u32) -> Result<ProcessFacts, Gone>;
+    /// A process's facts after execve, given those before: exec changes comm, exe and cmdline;
+    /// the real uid, ppid, flags and cgroup stay. Default: read everything.
+    fn exec_facts(&mut self, before: &ProcessFacts) -> Result<ProcessFacts, Gone> {
+        self.process_facts(before.tgid)
+    }
+    /// A thread's current comm.
+    fn thread_comm(&mut self, tgid: u32, tid: u32) -> Result<String, Gone>;
+    /// A thread's scheduling policy (SCHED_* number), to leave RT/DL tasks alone.
+    fn thread_policy(&mut self, tid: u32) -> Result<i32, Gone>;
+    /// Every (tgid, tid) alive now.
+    fn all_tasks(&mut self) -> Vec<(u32, u32)>;
+    /// The thread ids of one process.
+    fn threads_of(&mut self, tgid: u32) -> Vec<u32>;
+    /// Thread ids currently in a cgroup (relative path); empty if it vanished.
+    fn cgroup_threads(&mut self, cgroup: &str) -> Vec<u32>;
+    /// A process's current cgroup2 path.
+    fn process_cgroup(&mut self, tgid: u32) -> Result<String, Gone>;
+    /// The tgid of a thread.
+    fn tgid_of(&mut self, tid: u32) -> Result<u32, Gone>;
+    /// Every (tgid, tid) whose process sits in `scope` (a cgroup path) or below it.
+    fn scope_tasks(&mut self, scope: &str) -> Vec<(u32, u32)> {
+        let all = self.all_tasks();
+        let mut out = Vec::new();
+        let mut last: Option<(u32, bool)> = None;
+        for (tgid, tid) in all {
+            let inside = match last {
+                Some((t, inside)) if t == tgid => inside,
+                _ => {
+                    let c = self.process_cgroup(tgid).unwrap_or_default();
+                    let inside = c == scope || c.starts_with(&format!("{scope}/"));
+                    last = Some((tgid, inside));
+                    inside
+                }
+            };
+            if inside {
+                out.push((tgid, tid));
+            }
+        }
+        out
+    }
+    /// CPU time a cgroup used (cpu.stat `usage_usec`), when readable.
+    fn cgroup_cpu_usage_usec(&mut self, _cgroup: &str) -> Option<u64> {
+        None
+    }
+}
+
+/// Which backend applies decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// sched_ext root + child schedulers; the daemon writes BPF maps.
+    Scx,
+    /// sched_setattr per task and cgroup v2 knobs per group.
+    Fallback,
+}
+
+impl Mode {
+    /// Display name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Scx => "scx",
+            Mode::Fallback => "fallback",
+        }
+    }
+}
+
+/// Why a backend could not apply a decision.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The task exited: normal flow.
+    #[error(transparent)]
+    Gone(#[from] Gone),
+    /// The kernel refused (EPERM, EINVAL...).
+    #[error("applying {what} to {target} failed: {source}")]
+    Refused {
+        /// What was being applied (e.g. `class BACKGROUND`, `cpu.weight=50`).
+        what: String,
+        /// The tid or cgroup path.
+        target: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What `restore_all` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RestoreReport {
+    /// Tasks put back to their original attributes.
+    pub tasks_restored: u64,
+    /// Tasks that had exited meanwhile.
+    pub tasks_gone: u64,
+    /// Groups whose knobs were put back.
+    pub groups_restored: u64,
+    /// Failures, with the offending target.
+    pub failures: Vec<String>,
+}
+
+/// Applies decisions. Implementations remember originals so `restore_all` can undo everything.
+pub trait Backend: Send {
+    /// Which mode this backend implements.
+    fn mode(&self) -> Mode;
+    /// Applies a class to a thread (first call for a tid saves its original attributes).
+    fn apply_task(&mut self, tid: u32, class: ClassId, params: &ClassParams)
+        -> Result<(), ApplyError>;
+    /// Restores one thread (it left the managed set) and forgets it.
+    fn release_task(&mut self, tid: u32);
+    /// The thread exited: forget whatever was saved for it.
+    fn forget_task(&mut self, tid: u32);
+    /// Applies a group's knobs / map entry for its current state.
+    fn apply_group(&mut self, cgroup: &str, knobs: &GroupKnobs, scx: &ScxGroupPolicy)
+        -> Result<(), ApplyError>;
+    /// The group is no longer managed (or vanished): restore and forget it.
+    fn release_group(&mut self, cgroup: &str);
+    /// Puts every task and group back as it was found (SIGTERM).
+    fn restore_all(&mut self) -> RestoreReport;
+    /// One-line notes for `status` (e.g. "uclamp unsupported by this kernel").
+    fn notes(&self) -> Vec<String>;
+    /// Counter of sub-scheduler attaches the root refused (scx only).
+    fn refused_subsched_attaches(&self) -> u64 {
+        0
+    }
+}

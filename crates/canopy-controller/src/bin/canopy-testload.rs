@@ -1,0 +1,119 @@
+//! canopy-testload: the workloads the controller's host tests and benchmark drive: a burst of
+//! renamed threads, a fork storm, an idle process, and a one-shot control-socket client. Each
+//! waits for a line on stdin before starting, prints the ids it created, then `ready`, and
+//! lives until stdin closes. Test tooling, not part of the product.
+
+use std::io::{BufRead, Write};
+use std::time::Instant;
+
+fn wait_line() {
+    let mut l = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut l);
+}
+
+fn gettid() -> i32 {
+    // SAFETY: trivial syscall.
+    unsafe { libc::gettid() }
+}
+
+fn set_name(name: &str) {
+    let c = std::ffi::CString::new(name).expect("no NUL");
+    // SAFETY: PR_SET_NAME with a NUL-terminated string of ≤ 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr(), 0, 0, 0) };
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let out = std::io::stdout();
+    match args.get(1).map(String::as_str) {
+        Some("threads") => {
+            let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1000);
+            let prefix = args.get(3).cloned().unwrap_or_else(|| "w-".into());
+            wait_line();
+            let start = Instant::now();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+            let stop_rx = std::sync::Arc::new(std::sync::Mutex::new(stop_rx));
+            let mut handles = Vec::new();
+            for i in 0..n {
+                let tx = tx.clone();
+                let prefix = prefix.clone();
+                let stop = stop_rx.clone();
+                handles.push(std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+                    set_name(&format!("{prefix}{i}"));
+                    tx.send(gettid()).unwrap();
+                    let _ = stop.lock().map(|r| r.recv());
+                }).expect("spawn"));
+            }
+            let tids: Vec<i32> = (0..n).map(|_| rx.recv().unwrap()).collect();
+            let elapsed = start.elapsed();
+            let mut o = out.lock();
+            for t in &tids {
+                writeln!(o, "{t}").unwrap();
+            }
+            writeln!(o, "elapsed_ms {}", elapsed.as_millis()).unwrap();
+            writeln!(o, "ready").unwrap();
+            o.flush().unwrap();
+            drop(o);
+            wait_line();
+            drop(stop_tx);
+            for h in handles {
+                let _ = h.join();
+            }
+        }
+        Some("forkstorm") => {
+            let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1000);
+            wait_line();
+            let mut pids = Vec::new();
+            for _ in 0..n {
+                // SAFETY: single-threaded here; the child only calls async-signal-safe functions.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    let name = format!("f-{}\0", pids.len());
+                    unsafe {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
+                        libc::pause();
+                        libc::_exit(0);
+                    }
+                }
+                pids.push(pid);
+            }
+            let mut o = out.lock();
+            for p in &pids {
+                writeln!(o, "{p}").unwrap();
+            }
+            writeln!(o, "ready").unwrap();
+            o.flush().unwrap();
+            drop(o);
+            wait_line();
+            for p in pids {
+                // SAFETY: our own children.
+                unsafe {
+                    libc::kill(p, libc::SIGKILL);
+                    libc::waitpid(p, std::ptr::null_mut(), 0);
+                }
+            }
+        }
+        Some("idle") => {
+            if let Some(name) = args.get(2) {
+                set_name(name);
+            }
+            writeln!(out.lock(), "{}", std::process::id()).unwrap();
+            wait_line();
+        }
+        Some("client") => {
+            // client SOCKET JSON-LINE: prints the reply line.
+            let mut s = std::os::unix::net::UnixStream::connect(&args[2]).expect("connect");
+            s.write_all(args[3].as_bytes()).unwrap();
+            s.write_all(b"\n").unwrap();
+            let mut reply = String::new();
+            let _ = std::io::BufReader::new(s).read_line(&mut reply);
+            print!("{reply}");
+        }
+        _ => {
+            eprintln!("usage: canopy-testload threads N [PREFIX] | forkstorm N | idle [NAME] | client SOCKET JSON");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Unit tests of the controller's pure logic against an in-memory task source and a recording
+//! backend: clamping, thread rules, inheritance, moves, focus delays (paused time), reload,
+//! rescans, and the tasks it must leave alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::controller::{Controller, ControllerConfig};
+use crate::event::Event;
+use crate::testing::{class, FakeSource, RecordingBackend, TestPlan, TestRule};
+
+const APP: &str = "user.slice/user-1000.slice/user@1000.service/app.slice/app-player.scope";
+const OTHER: &str = "user.slice/user-1000.slice/user@1000.service/session.slice";
+
+fn controller(src: FakeSource) -> Controller<RecordingBackend, FakeSource> {
+    let mut c = Controller::new(Arc::new(TestPlan::desktop()), RecordingBackend::default(), src, ControllerConfig::default());
+    c.rescan();
+    c
+}
+
+fn applied(c: &Controller<RecordingBackend, FakeSource>, tid: u32) -> Option<String> {
+    c.backend().applied.get(&tid).cloned()
+}
+
+fn fork(parent: u32, parent_tgid: u32, child: u32, child_tgid: u32) -> Event {
+    Event::Fork { parent_tid: parent, parent_tgid, child_tid: child, child_tgid, timestamp_ns: None }
+}
+
+#[test]
+fn rule_and_thread_rules_pick_classes() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.thread(100, 101, "audio-out");
+    src.thread(100, 102, "indexer");
+    src.thread(100, 103, "worker");
+    let c = controller(src);
+    assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
+    assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+    assert_eq!(applied(&c, 102).as_deref(), Some("BACKGROUND"));
+    assert_eq!(applied(&c, 103).as_deref(), Some("USER_INITIATED"));
+}
+
+#[test]
+fn new_thread_then_rename_rematches_thread_rules() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    let mut c = controller(src);
+    let now = Instant::now();
+    c.source_mut().thread(100, 105, "player");
+    c.handle(fork(100, 100, 105, 100), now);
+    assert_eq!(applied(&c, 105).as_deref(), Some("USER_INITIATED"));
+    c.handle(Event::Comm { tid: 105, tgid: 100, comm: Some("audio-mix".into()), timestamp_ns: None }, now);
+    assert_eq!(applied(&c, 105).as_deref(), Some("USER_INTERACTIVE"));
+}
+
+#[test]
+fn minimized_state_demotes_and_base_restores() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.thread(100, 101, "audio-out");
+    let mut c = controller(src);
+    c.request_state(APP, "minimized", Instant::now()).unwrap();
+    assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
+    assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
+    assert_eq!(c.stats.counters.demotions_by_ceiling, 2);
+    assert_eq!(c.backend().groups[APP].weight, Some(20));
+    // A rename while minimized asks for more than the ceiling allows: refused, not applied.
+    c.handle(Event::Comm { tid: 101, tgid: 100, comm: Some("audio-2".into()), timestamp_ns: None }, Instant::now());
+    assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
+    c.request_state(APP, "base", Instant::now()).unwrap();
+    assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
+    assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+    assert!(c.request_state(APP, "bogus", Instant::now()).is_err());
+    assert!(c.request_state(OTHER, "minimized", Instant::now()).is_err());
+}
+
+#[test]
+fn refused_promotion_is_counted_for_ctl_tag() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    let mut c = controller(src);
+    c.request_state(APP, "minimized", Instant::now()).unwrap();
+    assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
+    let before = c.stats.counters.refused_promotions;
+    c.request_tag(100, false, "USER_INTERACTIVE").unwrap();
+    assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
+    assert_eq!(c.stats.counters.refused_promotions, before + 1);
+    assert!(c.request_tag(100, false, "NOPE").is_err());
+    assert!(c.request_tag(999, true, "BACKGROUND").is_err());
+}
+
+#[test]
+fn move_into_minimized_group_reclamps_at_once_and_back_restores() {
+    let mini = "user.slice/user-1000.slice/user@1000.service/app.slice/app-mini.scope";
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", OTHER);
+    src.thread(100, 101, "audio-out");
+    src.spawn(200, "sleeper", mini);
+    let mut c = controller(src);
+    c.request_state(mini, "minimized", Instant::now()).unwrap();
+    assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+    c.source_mut().move_to(100, mini);
+    c.handle(Event::CgroupMembershipChanged { cgroup: mini.into() }, Instant::now());
+    assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
+    assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
+    c.source_mut().move_to(100, OTHER);
+    c.handle(Event::CgroupMembershipChanged { cgroup: OTHER.into() }, Instant::now());
+    assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+}
+
+#[test]
+fn inherit_tags_forked_children_and_survives_exec() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "wine-preloader", OTHER);
+    let mut c = controller(src);
+    c.source_mut().spawn(300, "wine-preloader", OTHER);
+    c.handle(fork(100, 100, 300, 300), Instant::now());
+    c.source_mut().rename(300, "game.exe");
+    c.handle(Event::Exec { tid: 300, tgid: 300, timestamp_ns: None }, Instant::now());
+    assert_eq!(applied(&c, 300).as_deref(), Some("USER_INTERACTIVE"));
+    let e = c.explain(300).unwrap();
+    assert_eq!(e[0].inherited_rule.as_deref(), Some("wine"));
+    // Without inherit, a child of player that execs into something unmatched is left alone.
+    c.source_mut().spawn(400, "player", APP);
+    c.handle(fork(1, 1, 400, 400), Instant::now());
+    c.source_mut().spawn(401, "player", APP);
+    c.handle(fork(400, 400, 401, 401), Instant::now());
+    assert_eq!(applied(&c, 401).as_deref(), Some("USER_INITIATED"), "a fork is its parent until it execs");
+    c.source_mut().rename(401, "helper");
+    c.handle(Event::Exec { tid: 401, tgid: 401, timestamp_ns: None }, Instant::now());
+    assert_eq!(applied(&c, 401), None);
+}
+
+#[test]
+fn exit_forgets_and_kernel_and_realtime_threads_are_left_alone() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.spawn(2, "kthreadd", "");
+    src.processes.get_mut(&2).unwrap().kthread = true;
+    src.spawn(50, "player", APP);
+    src.threads.get_mut(&50).unwrap().2 = 1; // SCHED_FIFO
+    let mut plan = TestPlan::desktop();
+    plan.default_class = Some(class::UTILITY);
+    let mut c = Controller::new(Arc::new(plan), RecordingBackend::default(), src, ControllerConfig::default());
+    c.rescan();
+    assert_eq!(applied(&c, 2), None);
+    assert_eq!(applied(&c, 50), None);
+    assert_eq!(c.explain(50).unwrap()[0].why, "RT/DL task: left alone by the policy");
+    assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
+    c.source_mut().exit(100);
+    c.handle(Event::Exit { tid: 100, tgid: 100 }, Instant::now());
+    assert_eq!(applied(&c, 100), None);
+    assert!(c.explain(100).is_err());
+}
+
+#[test]
+fn overrun_rescan_finds_missed_tasks_and_drops_dead_ones() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    let mut c = controller(src);
+    for tid in 101..=150 {
+        c.source_mut().thread(100, tid, "audio");
+    }
+    c.source_mut().spawn(500, "player", APP);
+    c.source_mut().exit(100);
+    c.handle(Event::Overrun, Instant::now());
+    assert_eq!(applied(&c, 100), None);
+    assert_eq!(applied(&c, 500).as_deref(), Some("USER_INITIATED"));
+    assert_eq!(c.stats.counters.rescans, 2);
+}
+
+#[test]
+fn reload_reevaluates_everything_and_failed_reload_keeps_the_old_plan() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.spawn(200, "make", OTHER);
+    let mut c = controller(src);
+    assert_eq!(applied(&c, 200), None);
+    c.record_reload_error("policy.toml:3:1: error: unknown class".into());
+    let snap = c.snapshot(Instant::now());
+    assert!(snap.policy_error.unwrap().contains("unknown class"));
+    assert_eq!(snap.policy_hash, "test:desktop");
+    let mut plan = TestPlan::desktop();
+    plan.tag = "v2".into();
+    plan.rules.insert(0, TestRule { name: "build".into(), comm: "make".into(), class: class::BACKGROUND, threads: vec![], inherit: false });
+    plan.rules.retain(|r| r.name != "player");
+    c.install_plan(Arc::new(plan));
+    assert_eq!(applied(&c, 200).as_deref(), Some("BACKGROUND"));
+    assert_eq!(applied(&c, 100), None, "no longer matched, no default: released");
+    let snap = c.snapshot(Instant::now());
+    assert!(snap.policy_error.is_none());
+    assert_eq!(snap.policy_hash, "test:v2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn focus_xattr_focused_at_once_unfocused_after_the_delay() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    let mut c = controller(src);
+    let t0 = Instant::now();
+    c.handle(Event::FocusChanged { cgroup: APP.into(), value: Some("-1".into()) }, t0);
+    assert_eq!(c.group_state(APP).as_deref(), Some("focused"));
+    c.handle(Event::FocusChanged { cgroup: APP.into(), value: Some("123456789".into()) }, Instant::now());
+    assert_eq!(c.group_state(APP).as_deref(), Some("focused"), "not before the delay");
+    let deadline = c.next_deadline().expect("pending unfocus");
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    c.fire_timers(Instant::now());
+    assert_eq!(c.group_state(APP).as_deref(), Some("focused"));
+    tokio::time::sleep_until(deadline).await;
+    c.fire_timers(Instant::now());
+    assert_eq!(c.group_state(APP).as_deref(), Some("unfocused"));
+    assert_eq!(applied(&c, 100).as_deref(), Some("UTILITY"));
+    // Regaining focus cancels a pending unfocus and applies at once.
+    c.handle(Event::FocusChanged { cgroup: APP.into(), value: Some("-1".into()) }, Instant::now());
+    assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
+    c.handle(Event::FocusChanged { cgroup: APP.into(), value: Some("5".into()) }, Instant::now());
+    c.handle(Event::FocusChanged { cgroup: APP.into(), value: Some("-1".into()) }, Instant::now());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    c.fire_timers(Instant::now());
+    assert_eq!(c.group_state(APP).as_deref(), Some("focused"));
+    assert!(c.next_deadline().is_none());
+}
+
+#[test]
+fn explain_says_why() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.thread(100, 101, "audio-out");
+    let mut c = controller(src);
+    c.request_state(APP, "minimized", Instant::now()).unwrap();
+    let e = c.explain(101).unwrap();
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].requested.as_deref(), Some("USER_INTERACTIVE"));
+    assert_eq!(e[0].effective.as_deref(), Some("BACKGROUND"));
+    assert!(e[0].why.contains("ceiling"), "{}", e[0].why);
+    assert!(e[0].why.contains("thread rule audio*"), "{}", e[0].why);
+    assert_eq!(c.explain(100).unwrap().len(), 2);
+}
+
+#[test]
+fn scope_limits_management() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.spawn(200, "player", OTHER);
+    let config = ControllerConfig { cgroup_scope: Some("user.slice/user-1000.slice/user@1000.service/app.slice".into()), ..Default::default() };
+    let mut c = Controller::new(Arc::new(TestPlan::desktop()), RecordingBackend::default(), src, config);
+    c.rescan();
+    assert!(applied(&c, 100).is_some());
+    assert!(applied(&c, 200).is_none());
+    c.source_mut().move_to(200, APP);
+    c.handle(Event::CgroupMembershipChanged { cgroup: APP.into() }, Instant::now());
+    assert!(applied(&c, 200).is_some());
+}

@@ -1,0 +1,747 @@
+//! The daemon's wiring: picks the mode, starts the event sources (proc connector and cgroupfs
+//! inotify on their own threads, signals, timers), subscribes before the first /proc scan, runs
+//! the control socket and the optional metrics listener, reloads on SIGHUP or policy file changes,
+//! and on shutdown restores everything it changed. All decisions stay in `controller`.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::auth::{authorize, Peer};
+use crate::backend::{Backend, Mode, RestoreReport};
+use crate::controller::{Controller, ControllerConfig};
+use crate::event::Event;
+use crate::fallback::FallbackBackend;
+use crate::plan::{ClassId, ClassParams, GroupKnobs, PlanLoader, ScxGroupPolicy};
+use crate::procfs::{detect_cgroup2_root, ProcSource};
+use crate::protocol::{normalize_cgroup, Request, Response};
+use crate::scx::{ScxBackend, ScxMaps};
+use crate::server::{self, ControlMsg, Limits};
+use crate::sdnotify;
+
+/// How the user asked to pick the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeChoice {
+    /// scx when the kernel has sched_ext with sub-schedulers and the scx backend is built in.
+    Auto,
+    /// scx or fail.
+    Scx,
+    /// sched_setattr + cgroup knobs.
+    Fallback,
+}
+
+impl std::str::FromStr for ModeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ModeChoice::Auto),
+            "scx" => Ok(ModeChoice::Scx),
+            "fallback" => Ok(ModeChoice::Fallback),
+            other => Err(format!("unknown mode {other:?} (auto, scx, fallback)")),
+        }
+    }
+}
+
+/// Opens the schedulers' maps (provided by the scheduler loader in the root package).
+pub type ScxFactory = Box<dyn FnOnce() -> Result<Box<dyn ScxMaps>, String> + Send>;
+
+/// Everything `canopy run` passes in.
+pub struct DaemonOptions {
+    /// Compiles the policy (start and every reload).
+    pub loader: PlanLoader,
+    /// Policy files and directories to watch for changes.
+    pub watch_paths: Vec<PathBuf>,
+    /// Backend choice.
+    pub mode: ModeChoice,
+    /// The scx map provider, when this binary has the schedulers.
+    pub scx: Option<ScxFactory>,
+    /// Control socket path.
+    pub socket_path: PathBuf,
+    /// Optional Prometheus listener (plain HTTP, `GET /metrics`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// cgroup2 mount (detected when `None`).
+    pub cgroup_root: Option<PathBuf>,
+    /// Manage only this cgroup subtree (relative to the cgroup2 root).
+    pub cgroup_scope: Option<String>,
+    /// SO_RCVBUF for the proc connector (tests shrink it to provoke overruns).
+    pub proc_rcvbuf: Option<usize>,
+    /// Control socket limits.
+    pub limits: Limits,
+    /// Install SIGHUP/SIGTERM/SIGINT handlers (the binary does; in-process tests don't).
+    pub handle_signals: bool,
+    /// Told once the daemon is ready (after the first scan).
+    pub on_ready: Option<oneshot::Sender<()>>,
+}
+
+impl DaemonOptions {
+    /// Options with defaults around a loader and a socket path.
+    pub fn new(loader: PlanLoader, socket_path: PathBuf) -> Self {
+        DaemonOptions {
+            loader,
+            watch_paths: Vec::new(),
+            mode: ModeChoice::Auto,
+            scx: None,
+            socket_path,
+            metrics_listen: None,
+            cgroup_root: None,
+            cgroup_scope: None,
+            proc_rcvbuf: None,
+            limits: Limits::default(),
+            handle_signals: true,
+            on_ready: None,
+        }
+    }
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The policy did not compile at start.
+    #[error("policy does not compile:\n{0}")]
+    Policy(String),
+    /// `--mode scx` but scx is unavailable.
+    #[error("scx mode unavailable: {0}")]
+    ScxUnavailable(String),
+    /// The proc connector could not be opened.
+    #[error("proc connector: {0}")]
+    ProcConnector(String),
+    /// The control socket could not be bound.
+    #[error("control socket {path}: {source}")]
+    Socket {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The metrics listener could not be bound.
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Installing a signal handler failed.
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Decides the mode. Returns the mode and the reason `status` shows.
+pub fn choose_mode(choice: ModeChoice, scx_built_in: bool) -> Result<(Mode, String), DaemonError> {
+    let probe = probe_scx();
+    match (choice, probe) {
+        (ModeChoice::Fallback, _) => Ok((Mode::Fallback, "fallback requested (--mode fallback)".into())),
+        (ModeChoice::Scx, Err(why)) => Err(DaemonError::ScxUnavailable(why)),
+        (ModeChoice::Scx, Ok(())) if !scx_built_in => {
+            Err(DaemonError::ScxUnavailable("this binary has no scheduler loader".into()))
+        }
+        (ModeChoice::Scx, Ok(())) => Ok((Mode::Scx, "scx requested (--mode scx)".into())),
+        (ModeChoice::Auto, Err(why)) => Ok((Mode::Fallback, format!("auto: {why}"))),
+        (ModeChoice::Auto, Ok(())) if !scx_built_in => {
+            Ok((Mode::Fallback, "auto: kernel has sched_ext sub-schedulers but this binary has no scheduler loader".into()))
+        }
+        (ModeChoice::Auto, Ok(())) => Ok((Mode::Scx, "auto: kernel has sched_ext with cgroup sub-schedulers".into())),
+    }
+}
+
+/// Whether this kernel has sched_ext with cgroup sub-scheduler support.
+pub fn probe_scx() -> Result<(), String> {
+    if !Path::new("/sys/kernel/sched_ext").exists() {
+        return Err("kernel has no sched_ext (/sys/kernel/sched_ext absent)".into());
+    }
+    match std::fs::read("/sys/kernel/btf/vmlinux") {
+        Ok(btf) if contains(&btf, b"scx_bpf_sub_dispatch") => Ok(()),
+        Ok(_) => Err("kernel has sched_ext but no cgroup sub-schedulers (no scx_bpf_sub_dispatch in BTF)".into()),
+        Err(e) => Err(format!("cannot read kernel BTF to probe sub-scheduler support: {e}")),
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A runtime-chosen backend.
+pub struct AnyBackend(Box<dyn Backend>);
+
+impl Backend for AnyBackend {
+    fn mode(&self) -> Mode {
+        self.0.mode()
+    }
+    fn apply_task(&mut self, tid: u32, class: ClassId, params: &ClassParams) -> Result<(), crate::backend::ApplyError> {
+        self.0.apply_task(tid, class, params)
+    }
+    fn release_task(&mut self, tid: u32) {
+        self.0.release_task(tid)
+    }
+    fn forget_task(&mut self, tid: u32) {
+        self.0.forget_task(tid)
+    }
+    fn apply_group(&mut self, cgroup: &str, knobs: &GroupKnobs, scx: &ScxGroupPolicy) -> Result<(), crate::backend::ApplyError> {
+        self.0.apply_group(cgroup, knobs, scx)
+    }
+    fn release_group(&mut self, cgroup: &str) {
+        self.0.release_group(cgroup)
+    }
+    fn restore_all(&mut self) -> RestoreReport {
+        self.0.restore_all()
+    }
+    fn notes(&self) -> Vec<String> {
+        self.0.notes()
+    }
+    fn refused_subsched_attaches(&self) -> u64 {
+        self.0.refused_subsched_attaches()
+    }
+}
+
+struct BoxedMaps(Box<dyn ScxMaps>);
+
+impl ScxMaps for BoxedMaps {
+    fn set_task_class(&mut self, tid: u32, c: u32) -> std::io::Result<()> {
+        self.0.set_task_class(tid, c)
+    }
+    fn clear_task(&mut self, tid: u32) {
+        self.0.clear_task(tid)
+    }
+    fn set_group(&mut self, id: u64, p: &ScxGroupPolicy) -> std::io::Result<()> {
+        self.0.set_group(id, p)
+    }
+    fn clear_group(&mut self, id: u64) {
+        self.0.clear_group(id)
+    }
+    fn refused_attaches(&self) -> u64 {
+        self.0.refused_attaches()
+    }
+}
+
+/// What the event threads send to the controller loop.
+#[derive(Debug)]
+enum Input {
+    Event(Event),
+    PolicyChanged,
+}
+
+/// Runs the daemon until `shutdown` resolves (or SIGTERM/SIGINT when signals are handled), then
+/// restores what it changed and returns the restore report.
+pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) -> Result<RestoreReport, DaemonError> {
+    let plan = (opts.loader)().map_err(DaemonError::Policy)?;
+    let cgroup_root = opts.cgroup_root.clone().unwrap_or_else(detect_cgroup2_root);
+    let (mode, mode_reason) = choose_mode(opts.mode, opts.scx.is_some())?;
+    let backend = match mode {
+        Mode::Fallback => AnyBackend(Box::new(FallbackBackend::new(cgroup_root.clone()))),
+        Mode::Scx => {
+            let maps = (opts.scx.take().expect("checked by choose_mode"))().map_err(DaemonError::ScxUnavailable)?;
+            AnyBackend(Box::new(ScxBackend::new(BoxedMaps(maps), cgroup_root.clone())))
+        }
+    };
+    tracing::info!(mode = mode.label(), reason = %mode_reason, policy = %plan.hash(), "starting");
+
+    let listener = server::bind(&opts.socket_path)
+        .map_err(|source| DaemonError::Socket { path: opts.socket_path.clone(), source })?;
+
+    // Subscribe to events before the first scan so nothing falls between the two.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (in_tx, mut in_rx) = mpsc::channel::<Input>(65536);
+    let proc_thread = start_proc_connector(in_tx.clone(), stop.clone(), opts.proc_rcvbuf)?;
+    let watch_root = match &opts.cgroup_scope {
+        Some(s) => cgroup_root.join(s),
+        None => cgroup_root.clone(),
+    };
+    let inotify_thread = start_inotify(in_tx.clone(), stop.clone(), cgroup_root.clone(), watch_root, opts.watch_paths.clone());
+
+    let config = ControllerConfig { cgroup_scope: opts.cgroup_scope.clone(), mode_reason };
+    let mut ctl = Controller::new(plan, backend, ProcSource::new(cgroup_root.clone()), config);
+    ctl.rescan();
+    // Focus xattrs already set before we started.
+    for (cgroup, value) in read_focus_xattrs(&cgroup_root, opts.cgroup_scope.as_deref()) {
+        ctl.handle(Event::FocusChanged { cgroup, value: Some(value) }, Instant::now());
+    }
+
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(256);
+    let server_task = tokio::spawn(server::serve(listener, ctl_tx.clone(), opts.limits));
+    let metrics_task = match opts.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Metrics { addr, source })?;
+            Some(tokio::spawn(serve_metrics(l, ctl_tx.clone())))
+        }
+        None => None,
+    };
+
+    // Signals arrive as messages: true = stop (SIGTERM/SIGINT), false = reload (SIGHUP).
+    let (sig_tx, mut sig_rx) = mpsc::channel::<bool>(8);
+    let signal_task = if opts.handle_signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+        let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+        Some(tokio::spawn(async move {
+            loop {
+                let stop = tokio::select! {
+                    _ = hup.recv() => false,
+                    _ = term.recv() => true,
+                    _ = int.recv() => true,
+                };
+                if sig_tx.send(stop).await.is_err() {
+                    return;
+                }
+            }
+        }))
+    } else {
+        None
+    };
+
+    let _ = sdnotify::notify("READY=1\nSTATUS=tagging");
+    if let Some(r) = opts.on_ready.take() {
+        let _ = r.send(());
+    }
+    tracing::info!(tasks = ctl.task_count(), "ready");
+
+    let cgroup_root_str = cgroup_root.to_string_lossy().into_owned();
+    let mut policy_debounce: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let timer = match (ctl.next_deadline(), policy_debounce) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(stop) = sig_rx.recv() => {
+                if stop {
+                    break;
+                }
+                tracing::info!("SIGHUP: reloading policy");
+                let _ = reload(&mut ctl, &opts.loader);
+            }
+            input = in_rx.recv() => {
+                let Some(input) = input else { break };
+                let now = Instant::now();
+                let mut next = Some(input);
+                // Drain a batch without yielding to keep per-event overhead low.
+                let mut budget = 1024;
+                while let Some(i) = next {
+                    match i {
+                        Input::Event(e) => ctl.handle(e, now),
+                        Input::PolicyChanged => policy_debounce = Some(now + Duration::from_millis(200)),
+                    }
+                    budget -= 1;
+                    next = if budget > 0 { in_rx.try_recv().ok() } else { None };
+                }
+            }
+            msg = ctl_rx.recv() => {
+                if let Some(msg) = msg {
+                    let response = handle_control(&mut ctl, &opts.loader, &cgroup_root_str, msg.peer, msg.request);
+                    let _ = msg.reply.send(response);
+                }
+            }
+            _ = async { tokio::time::sleep_until(timer.unwrap()).await }, if timer.is_some() => {
+                let now = Instant::now();
+                if policy_debounce.is_some_and(|d| d <= now) {
+                    policy_debounce = None;
+                    tracing::info!("policy files changed; reloading");
+                    let _ = reload(&mut ctl, &opts.loader);
+                }
+                ctl.fire_timers(now);
+            }
+        }
+    }
+
+    let _ = sdnotify::notify("STOPPING=1");
+    tracing::info!("stopping: restoring original attributes");
+    stop.store(true, Ordering::SeqCst);
+    server_task.abort();
+    if let Some(m) = metrics_task {
+        m.abort();
+    }
+    if let Some(t) = signal_task {
+        t.abort();
+    }
+    let report = ctl.restore_all();
+    let _ = std::fs::remove_file(&opts.socket_path);
+    drop(in_rx);
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = proc_thread.join();
+        let _ = inotify_thread.map(|t| t.join());
+    })
+    .await;
+    tracing::info!(restored = report.tasks_restored, gone = report.tasks_gone, groups = report.groups_restored, failures = report.failures.len(), "stopped");
+    Ok(report)
+}
+
+fn reload<B: Backend, S: crate::backend::TaskSource>(ctl: &mut Controller<B, S>, loader: &PlanLoader) -> Result<String, String> {
+    let _ = sdnotify::notify(&sdnotify::reloading_message());
+    let result = match loader() {
+        Ok(plan) => {
+            let hash = plan.hash();
+            ctl.install_plan(plan);
+            tracing::info!(policy = %hash, "policy reloaded");
+            Ok(hash)
+        }
+        Err(e) => {
+            ctl.record_reload_error(e.clone());
+            Err(e)
+        }
+    };
+    let _ = sdnotify::notify("READY=1");
+    result
+}
+
+/// Carries out one control request for `peer` (authorization included).
+pub fn handle_control<B: Backend, S: crate::backend::TaskSource>(
+    ctl: &mut Controller<B, S>,
+    loader: &PlanLoader,
+    cgroup_root: &str,
+    peer: Peer,
+    request: Request,
+) -> Response {
+    ctl.stats.counters.api_requests += 1;
+    let request = match request {
+        Request::State { cgroup, state } => match normalize_cgroup(&cgroup, cgroup_root) {
+            Ok(c) => Request::State { cgroup: c, state },
+            Err(e) => {
+                ctl.stats.counters.api_errors += 1;
+                return Response::error(e.to_string());
+            }
+        },
+        other => other,
+    };
+    let plan = ctl.plan().clone();
+    if let Err(refusal) = authorize(&peer, &request, plan.as_ref(), |pid| ctl.process_uid(pid)) {
+        ctl.stats.counters.api_refused += 1;
+        tracing::warn!(uid = peer.uid, pid = ?peer.pid, %refusal, "control request refused");
+        return Response::error(refusal.to_string());
+    }
+    let now = Instant::now();
+    let result: Result<serde_json::Value, String> = match request {
+        Request::State { cgroup, state } => {
+            ctl.request_state(&cgroup, &state, now).map(|()| serde_json::json!({"cgroup": cgroup, "state": state})).map_err(|e| e.to_string())
+        }
+        Request::Tag { pid, tid, class } => {
+            let (id, whole) = match (pid, tid) {
+                (Some(p), _) => (p, true),
+                (None, Some(t)) => (t, false),
+                (None, None) => unreachable!("protocol checks tag targets"),
+            };
+            ctl.request_tag(id, whole, &class).map(|tids| serde_json::json!({"tagged": tids, "class": class})).map_err(|e| e.to_string())
+        }
+        Request::Explain { pid } => ctl.explain(pid).map(|v| serde_json::to_value(v).unwrap_or_default()).map_err(|e| e.to_string()),
+        Request::Status {} => Ok(serde_json::to_value(ctl.snapshot(now)).unwrap_or_default()),
+        Request::Metrics {} => Ok(serde_json::json!({"text": ctl.snapshot(now).render_prometheus()})),
+        Request::Reload {} => reload(ctl, loader).map(|hash| serde_json::json!({"policy": hash})),
+    };
+    match result {
+        Ok(v) => Response::ok(v),
+        Err(e) => {
+            ctl.stats.counters.api_errors += 1;
+            Response::error(e)
+        }
+    }
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, ctl: mpsc::Sender<ControlMsg>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
+            let (reply, answer) = oneshot::channel();
+            let peer = Peer { uid: 0, gid: 0, pid: None };
+            if ctl.send(ControlMsg { peer, request: Request::Metrics {}, reply }).await.is_err() {
+                return;
+            }
+            let Ok(resp) = answer.await else { return };
+            let text = resp.result.as_ref().and_then(|v| v["text"].as_str()).unwrap_or("").to_string();
+            let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n", text.len());
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(text.as_bytes()).await
+            })
+            .await;
+        });
+    }
+}
+
+// ----- event source threads ------------------------------------------------------------------
+
+fn start_proc_connector(
+    tx: mpsc::Sender<Input>,
+    stop: Arc<AtomicBool>,
+    rcvbuf: Option<usize>,
+) -> Result<std::thread::JoinHandle<()>, DaemonError> {
+    use proc_connector::{EventMask, ProcConnector, ProcEvent};
+    let conn = ProcConnector::new().map_err(|e| DaemonError::ProcConnector(e.to_string()))?;
+    let mask = EventMask::FORK | EventMask::EXEC | EventMask::COMM | EventMask::EXIT;
+    if conn.subscribe_filtered(mask).is_err() {
+        conn.subscribe().map_err(|e| DaemonError::ProcConnector(e.to_string()))?;
+    }
+    let size = rcvbuf.unwrap_or(8 << 20);
+    set_rcvbuf(conn.as_raw_fd_compat(), size, rcvbuf.is_none());
+    let handle = std::thread::Builder::new()
+        .name("canopy-cnproc".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            while !stop.load(Ordering::Relaxed) {
+                let ev = match conn.recv_timeout(&mut buf, Duration::from_millis(500)) {
+                    Ok(None) => continue,
+                    Ok(Some(ev)) => ev,
+                    Err(proc_connector::Error::Overrun) => {
+                        tracing::warn!("proc connector overrun: events lost, rescanning /proc");
+                        if tx.blocking_send(Input::Event(Event::Overrun)).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(proc_connector::Error::Interrupted) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "proc connector receive");
+                        continue;
+                    }
+                };
+                let event = match ev {
+                    ProcEvent::Fork { parent_pid, parent_tgid, child_pid, child_tgid, timestamp_ns, .. } => Event::Fork {
+                        parent_tid: parent_pid,
+                        parent_tgid,
+                        child_tid: child_pid,
+                        child_tgid,
+                        timestamp_ns: Some(timestamp_ns),
+                    },
+                    ProcEvent::Exec { pid, tgid, timestamp_ns, .. } => Event::Exec { tid: pid, tgid, timestamp_ns: Some(timestamp_ns) },
+                    ProcEvent::Comm { pid, tgid, comm, timestamp_ns, .. } => {
+                        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+                        Event::Comm {
+                            tid: pid,
+                            tgid,
+                            comm: Some(String::from_utf8_lossy(&comm[..end]).into_owned()),
+                            timestamp_ns: Some(timestamp_ns),
+                        }
+                    }
+                    ProcEvent::Exit { pid, tgid, .. } => Event::Exit { tid: pid, tgid },
+                    _ => continue,
+                };
+                if tx.blocking_send(Input::Event(event)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| DaemonError::ProcConnector(e.to_string()))?;
+    Ok(handle)
+}
+
+trait RawFdCompat {
+    fn as_raw_fd_compat(&self) -> i32;
+}
+
+impl RawFdCompat for proc_connector::ProcConnector {
+    fn as_raw_fd_compat(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(self)
+    }
+}
+
+/// SO_RCVBUFFORCE (root) so the buffer may exceed rmem_max; plain SO_RCVBUF when `force` is off
+/// (tests that want a small buffer).
+fn set_rcvbuf(fd: i32, bytes: usize, force: bool) {
+    let size = bytes as libc::c_int;
+    let opt = if force { libc::SO_RCVBUFFORCE } else { libc::SO_RCVBUF };
+    // SAFETY: setsockopt with an int option on our own socket.
+    unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, opt, &size as *const _ as *const libc::c_void, std::mem::size_of::<libc::c_int>() as u32);
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Watch {
+    Dir(String),
+    Members(String),
+    Policy(PathBuf),
+}
+
+/// The xattr Mutter writes on an app's cgroup.
+pub const FOCUS_XATTR: &str = "user.xdg.inactive-since";
+
+/// Reads the focus xattr of a cgroup directory.
+pub fn read_focus_xattr(dir: &Path) -> Option<String> {
+    let path = CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    let name = CString::new(FOCUS_XATTR).expect("no NUL");
+    let mut buf = [0u8; 64];
+    // SAFETY: getxattr writes at most buf.len() bytes.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+    if n < 0 {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&buf[..n as usize]).trim_end_matches('\0').trim().to_string())
+}
+
+struct Inotify {
+    fd: i32,
+    watches: HashMap<i32, Watch>,
+    cgroup_root: PathBuf,
+}
+
+impl Inotify {
+    fn add(&mut self, path: &Path, mask: u32, what: Watch) {
+        let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return };
+        // SAFETY: plain syscall with a valid C string.
+        let wd = unsafe { libc::inotify_add_watch(self.fd, c.as_ptr(), mask) };
+        if wd >= 0 {
+            self.watches.insert(wd, what);
+        }
+    }
+
+    fn rel(&self, dir: &Path) -> String {
+        dir.strip_prefix(&self.cgroup_root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// Watches a cgroup directory and everything below it; returns the relative paths added.
+    fn watch_tree(&mut self, dir: &Path, added: &mut Vec<String>) {
+        let rel = self.rel(dir);
+        self.add(dir, libc::IN_CREATE | libc::IN_DELETE | libc::IN_ATTRIB | libc::IN_ONLYDIR, Watch::Dir(rel.clone()));
+        self.add(&dir.join("cgroup.procs"), libc::IN_MODIFY, Watch::Members(rel.clone()));
+        self.add(&dir.join("cgroup.threads"), libc::IN_MODIFY, Watch::Members(rel.clone()));
+        added.push(rel);
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    self.watch_tree(&e.path(), added);
+                }
+            }
+        }
+    }
+}
+
+fn start_inotify(
+    tx: mpsc::Sender<Input>,
+    stop: Arc<AtomicBool>,
+    cgroup_root: PathBuf,
+    watch_root: PathBuf,
+    policy_paths: Vec<PathBuf>,
+) -> Option<std::thread::JoinHandle<()>> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if fd < 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "inotify unavailable: no cgroup or policy watching");
+        return None;
+    }
+    let mut ino = Inotify { fd, watches: HashMap::new(), cgroup_root };
+    let mut added = Vec::new();
+    ino.watch_tree(&watch_root, &mut added);
+    for p in &policy_paths {
+        let (dir, what) = if p.is_dir() { (p.clone(), Watch::Policy(PathBuf::new())) } else {
+            (p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")), Watch::Policy(p.file_name().map(PathBuf::from).unwrap_or_default()))
+        };
+        ino.add(&dir, libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_DELETE, what);
+    }
+    tracing::info!(cgroups = added.len(), "watching cgroups");
+    std::thread::Builder::new()
+        .name("canopy-inotify".into())
+        .spawn(move || inotify_loop(ino, tx, stop))
+        .ok()
+}
+
+fn inotify_loop(mut ino: Inotify, tx: mpsc::Sender<Input>, stop: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last_focus: HashMap<String, Option<String>> = HashMap::new();
+    let send = |e: Input| tx.blocking_send(e).is_ok();
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd { fd: ino.fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd we own.
+        let r = unsafe { libc::poll(&mut pfd, 1, 500) };
+        if r <= 0 {
+            continue;
+        }
+        // SAFETY: read into our buffer.
+        let n = unsafe { libc::read(ino.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n <= 0 {
+            continue;
+        }
+        let mut off = 0usize;
+        let mut out: Vec<Input> = Vec::new();
+        while off + std::mem::size_of::<libc::inotify_event>() <= n as usize {
+            // SAFETY: the kernel wrote whole inotify_event records; read_unaligned copes with alignment.
+            let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr() as *const libc::inotify_event) };
+            let name_start = off + std::mem::size_of::<libc::inotify_event>();
+            let name_bytes = &buf[name_start..name_start + ev.len as usize];
+            let name_end = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+            let name = String::from_utf8_lossy(&name_bytes[..name_end]).into_owned();
+            off = name_start + ev.len as usize;
+            if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+                out.push(Input::Event(Event::Overrun));
+                continue;
+            }
+            let Some(w) = ino.watches.get(&ev.wd).cloned() else { continue };
+            match w {
+                Watch::Members(cg) => out.push(Input::Event(Event::CgroupMembershipChanged { cgroup: cg })),
+                Watch::Policy(file) => {
+                    let relevant = file.as_os_str().is_empty() && name.ends_with(".toml") || file.as_os_str() == name.as_str();
+                    if relevant {
+                        out.push(Input::PolicyChanged);
+                    }
+                }
+                Watch::Dir(cg) => {
+                    let child = if cg.is_empty() { name.clone() } else { format!("{cg}/{name}") };
+                    if ev.mask & libc::IN_CREATE != 0 && ev.mask & libc::IN_ISDIR != 0 {
+                        let mut added = Vec::new();
+                        let dir = ino.cgroup_root.join(&child);
+                        ino.watch_tree(&dir, &mut added);
+                        for c in added {
+                            out.push(Input::Event(Event::CgroupCreated { cgroup: c.clone() }));
+                            out.push(Input::Event(Event::CgroupMembershipChanged { cgroup: c }));
+                        }
+                    } else if ev.mask & libc::IN_DELETE != 0 && ev.mask & libc::IN_ISDIR != 0 {
+                        ino.watches.retain(|_, w| !matches!(w, Watch::Dir(c) | Watch::Members(c) if *c == child || c.starts_with(&format!("{child}/"))));
+                        last_focus.remove(&child);
+                        out.push(Input::Event(Event::CgroupRemoved { cgroup: child }));
+                    } else if ev.mask & libc::IN_ATTRIB != 0 {
+                        // IN_ATTRIB on the watched dir itself (name empty): an xattr may have changed.
+                        let target = if name.is_empty() { cg.clone() } else { child };
+                        let value = read_focus_xattr(&ino.cgroup_root.join(&target));
+                        if last_focus.get(&target) != Some(&value) {
+                            last_focus.insert(target.clone(), value.clone());
+                            out.push(Input::Event(Event::FocusChanged { cgroup: target, value }));
+                        }
+                    }
+                }
+            }
+        }
+        for e in out {
+            if !send(e) {
+                return;
+            }
+        }
+    }
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(ino.fd) };
+}
+
+/// Every cgroup under the root (or scope) that already carries a focus xattr.
+pub fn read_focus_xattrs(cgroup_root: &Path, scope: Option<&str>) -> Vec<(String, String)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+        if let Some(v) = read_focus_xattr(dir) {
+            let rel = dir.strip_prefix(root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            out.push((rel, v));
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(root, &e.path(), out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let start = match scope {
+        Some(s) => cgroup_root.join(s),
+        None => cgroup_root.to_path_buf(),
+    };
+    walk(cgroup_root, &start, &mut out);
+    out
+}

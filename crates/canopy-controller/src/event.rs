@@ -1,0 +1,150 @@
+//! The events the controller reacts to, whatever source produced them (proc connector, inotify,
+//! the policy watcher, a rescan). Sources translate into these; the controller never sees a
+//! netlink message or an inotify mask.
+
+/// One thing that happened in the system.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A task was created. A thread when `child_tgid == parent_tgid`'s process, else a process.
+    Fork {
+        /// Creating thread.
+        parent_tid: u32,
+        /// Creating process.
+        parent_tgid: u32,
+        /// New thread id.
+        child_tid: u32,
+        /// New task's process.
+        child_tgid: u32,
+        /// Kernel CLOCK_MONOTONIC timestamp of the event, when known.
+        timestamp_ns: Option<u64>,
+    },
+    /// A task called execve: the process facts changed.
+    Exec {
+        /// The thread that exec'd (it becomes the leader).
+        tid: u32,
+        /// Its process.
+        tgid: u32,
+        /// Kernel timestamp.
+        timestamp_ns: Option<u64>,
+    },
+    /// A thread was renamed (prctl PR_SET_NAME or /proc/.../comm).
+    Comm {
+        /// Thread.
+        tid: u32,
+        /// Process.
+        tgid: u32,
+        /// New name when the source carries it.
+        comm: Option<String>,
+        /// Kernel timestamp.
+        timestamp_ns: Option<u64>,
+    },
+    /// A thread exited.
+    Exit {
+        /// Thread.
+        tid: u32,
+        /// Process.
+        tgid: u32,
+    },
+    /// Tasks may have moved into this cgroup (its `cgroup.procs`/`cgroup.threads` changed, or a
+    /// move watcher saw an attach). The controller re-reads membership and re-clamps at once.
+    CgroupMembershipChanged {
+        /// cgroup path relative to the cgroup2 root.
+        cgroup: String,
+    },
+    /// A task was seen attached to a cgroup (BPF move watcher).
+    TaskMoved {
+        /// Thread (the leader when a whole process moved).
+        tid: u32,
+        /// Whether the whole thread group moved.
+        threadgroup: bool,
+    },
+    /// Events were lost (proc connector ENOBUFS, ring buffer overflow): rescan /proc.
+    Overrun,
+    /// A cgroup directory appeared.
+    CgroupCreated {
+        /// Path relative to the cgroup2 root.
+        cgroup: String,
+    },
+    /// A cgroup directory vanished.
+    CgroupRemoved {
+        /// Path relative to the cgroup2 root.
+        cgroup: String,
+    },
+    /// The focus xattr (`user.xdg.inactive-since`) of a cgroup changed.
+    FocusChanged {
+        /// Path relative to the cgroup2 root.
+        cgroup: String,
+        /// The xattr's value (`-1` = focused; a timestamp = focus lost then); `None` = removed.
+        value: Option<String>,
+    },
+}
+
+impl Event {
+    /// Stable name for counters and logs.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Fork { .. } => EventKind::Fork,
+            Event::Exec { .. } => EventKind::Exec,
+            Event::Comm { .. } => EventKind::Comm,
+            Event::Exit { .. } => EventKind::Exit,
+            Event::CgroupMembershipChanged { .. } | Event::TaskMoved { .. } => EventKind::Move,
+            Event::Overrun => EventKind::Overrun,
+            Event::CgroupCreated { .. } => EventKind::CgroupCreated,
+            Event::CgroupRemoved { .. } => EventKind::CgroupRemoved,
+            Event::FocusChanged { .. } => EventKind::Focus,
+        }
+    }
+}
+
+/// Event categories counted in the stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// fork/clone.
+    Fork,
+    /// execve.
+    Exec,
+    /// thread rename.
+    Comm,
+    /// exit.
+    Exit,
+    /// cgroup move.
+    Move,
+    /// lost events.
+    Overrun,
+    /// cgroup mkdir.
+    CgroupCreated,
+    /// cgroup rmdir.
+    CgroupRemoved,
+    /// focus xattr change.
+    Focus,
+}
+
+impl EventKind {
+    /// Every kind, in display order.
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Fork,
+        EventKind::Exec,
+        EventKind::Comm,
+        EventKind::Exit,
+        EventKind::Move,
+        EventKind::Overrun,
+        EventKind::CgroupCreated,
+        EventKind::CgroupRemoved,
+        EventKind::Focus,
+    ];
+
+    /// Label used in status, JSON and Prometheus.
+    pub fn label(self) -> &'static str {
+        match self {
+            EventKind::Fork => "fork",
+            EventKind::Exec => "exec",
+            EventKind::Comm => "comm",
+            EventKind::Exit => "exit",
+            EventKind::Move => "move",
+            EventKind::Overrun => "overrun",
+            EventKind::CgroupCreated => "cgroup_created",
+            EventKind::CgroupRemoved => "cgroup_removed",
+            EventKind::Focus => "focus",
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! canopy-controller: the controller daemon's core.
+//!
+//! # Layout
+//! - `plan`: the port onto a compiled policy, including THE decision function (the clamp).
+//! - `event`: what happened (fork, exec, rename, exit, move, overrun, cgroups, focus).
+//! - `controller`: tasks, groups, focus states, and the reaction to events; the one decision path.
+//! - `backend`: the seams: `TaskSource` (reads facts) and `Backend` (applies decisions).
+//! - `procfs`: the real `TaskSource`; `fallback`: sched_setattr + cgroup knobs; `scx`: BPF maps.
+//! - `stats`: the one stats struct and its renderings (table, JSON, Prometheus).
+//! - `protocol`, `auth`, `server`: the control API (JSON lines on a Unix socket, SO_PEERCRED).
+//! - `daemon`: the tokio wiring: event sources, timers, signals, reload, sd_notify.
+//! - `testing`: a small hand-built plan for tests and benchmarks.
+
+pub mod auth;
+pub mod backend;
+pub mod controller;
+pub mod daemon;
+pub mod event;
+pub mod fallback;
+pub mod plan;
+pub mod policy_adapter;
+pub mod procfs;
+pub mod protocol;
+pub mod scx;
+pub mod sdnotify;
+pub mod server;
+pub mod stats;
+pub mod testing;
+#[cfg(test)]
+mod controller_tests;

@@ -1,0 +1,112 @@
+//! The scx backend: decisions become entries in the BPF schedulers' maps (task tid → class id,
+//! group cgroup id → {weight, guarantee, cap, floor, ceiling, state}). The schedulers clamp at
+//! enqueue, so a move is enforced before userspace hears of it; the daemon keeps the maps right.
+//!
+//! Integration point: [`ScxMaps`] is implemented by the scheduler loader in the root package
+//! (`src/scheduler/*`, branch `sched`). Until it exists, `canopy run --mode scx` refuses to start
+//! and `auto` picks fallback.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport};
+use crate::plan::{ClassId, ClassParams, GroupKnobs, ScxGroupPolicy};
+
+/// The map writes the scheduler module provides.
+pub trait ScxMaps: Send {
+    /// Sets a task's class id in the task-class map.
+    fn set_task_class(&mut self, tid: u32, scx_class: u32) -> std::io::Result<()>;
+    /// Removes a task from the task-class map (it takes the default class).
+    fn clear_task(&mut self, tid: u32);
+    /// Writes a group's policy, keyed by cgroup id (the cgroup directory's inode).
+    fn set_group(&mut self, cgroup_id: u64, policy: &ScxGroupPolicy) -> std::io::Result<()>;
+    /// Removes a group's entry.
+    fn clear_group(&mut self, cgroup_id: u64);
+    /// Sub-scheduler attaches the root refused so far.
+    fn refused_attaches(&self) -> u64;
+}
+
+/// Backend writing decisions into the schedulers' maps.
+pub struct ScxBackend<M: ScxMaps> {
+    maps: M,
+    cgroup_root: PathBuf,
+    tasks: HashMap<u32, u32>,
+    groups: HashMap<String, u64>,
+}
+
+impl<M: ScxMaps> ScxBackend<M> {
+    /// A backend over the loader's maps; cgroup ids are inodes under `cgroup_root`.
+    pub fn new(maps: M, cgroup_root: PathBuf) -> Self {
+        ScxBackend { maps, cgroup_root, tasks: HashMap::new(), groups: HashMap::new() }
+    }
+}
+
+impl<M: ScxMaps> Backend for ScxBackend<M> {
+    fn mode(&self) -> Mode {
+        Mode::Scx
+    }
+
+    fn apply_task(&mut self, tid: u32, _class: ClassId, params: &ClassParams) -> Result<(), ApplyError> {
+        self.maps.set_task_class(tid, params.scx_id).map_err(|e| ApplyError::Refused {
+            what: format!("class {}", params.name),
+            target: format!("tid {tid}"),
+            source: e,
+        })?;
+        self.tasks.insert(tid, params.scx_id);
+        Ok(())
+    }
+
+    fn release_task(&mut self, tid: u32) {
+        if self.tasks.remove(&tid).is_some() {
+            self.maps.clear_task(tid);
+        }
+    }
+
+    fn forget_task(&mut self, tid: u32) {
+        self.release_task(tid);
+    }
+
+    fn apply_group(&mut self, cgroup: &str, _knobs: &GroupKnobs, scx: &ScxGroupPolicy) -> Result<(), ApplyError> {
+        let id = match std::fs::metadata(self.cgroup_root.join(cgroup)) {
+            Ok(m) => m.ino(),
+            Err(_) => return Err(Gone(0).into()),
+        };
+        self.maps.set_group(id, scx).map_err(|e| ApplyError::Refused {
+            what: "group policy".into(),
+            target: cgroup.into(),
+            source: e,
+        })?;
+        self.groups.insert(cgroup.to_string(), id);
+        Ok(())
+    }
+
+    fn release_group(&mut self, cgroup: &str) {
+        if let Some(id) = self.groups.remove(cgroup) {
+            self.maps.clear_group(id);
+        }
+    }
+
+    fn restore_all(&mut self) -> RestoreReport {
+        // Unloading the schedulers hands every task back to the fair class; clearing the maps
+        // keeps a still-loaded scheduler from acting on stale entries.
+        let mut report = RestoreReport::default();
+        for (tid, _) in std::mem::take(&mut self.tasks) {
+            self.maps.clear_task(tid);
+            report.tasks_restored += 1;
+        }
+        for (_, id) in std::mem::take(&mut self.groups) {
+            self.maps.clear_group(id);
+            report.groups_restored += 1;
+        }
+        report
+    }
+
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn refused_subsched_attaches(&self) -> u64 {
+        self.maps.refused_attaches()
+    }
+}

@@ -1,0 +1,298 @@
+//! The one stats struct: every counter the daemon keeps, each with its description, rendered to
+//! the `status` table, JSON and Prometheus text from the same list (no second copy of names).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::event::EventKind;
+
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])+ $name:ident ),* $(,)?) => {
+        /// Monotonic counters. Each field's doc is its description in every rendering.
+        #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+        pub struct Counters {
+            $( $(#[doc = $doc])+ pub $name: u64, )*
+        }
+
+        impl Counters {
+            /// (name, description, value) for every counter, in declaration order.
+            pub fn describe(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![ $( (stringify!($name), concat!($($doc),+).trim(), self.$name), )* ]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Class decisions applied to a task by the backend.
+    tags_applied,
+    /// Tasks lowered to their group's ceiling by a group move or state change.
+    demotions_by_ceiling,
+    /// Class requests (rule, rename, exec, ctl tag) refused because they exceed the group's ceiling.
+    refused_promotions,
+    /// Tasks raised to their group's floor.
+    raised_by_floor,
+    /// Tasks that exited while being handled (ESRCH; normal flow).
+    tasks_gone,
+    /// Backend failures other than a vanished task.
+    apply_errors,
+    /// Full /proc rescans (start, overrun, reload).
+    rescans,
+    /// Policy reloads that compiled and were swapped in.
+    reloads_ok,
+    /// Policy reloads that failed to compile (old policy kept).
+    reloads_failed,
+    /// Group state changes (API, focus, delayed timers).
+    state_changes,
+    /// Control API requests served.
+    api_requests,
+    /// Control API requests answered with an error (malformed, oversized, unknown target).
+    api_errors,
+    /// Control API requests refused by authorization.
+    api_refused,
+}
+
+/// Samples of the delay from a kernel event (e.g. a rename) to the class being applied.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyRing {
+    samples_us: Vec<u32>,
+    next: usize,
+    total: u64,
+}
+
+impl LatencyRing {
+    const CAPACITY: usize = 8192;
+
+    /// Records one latency in microseconds.
+    pub fn record(&mut self, us: u64) {
+        let us = us.min(u32::MAX as u64) as u32;
+        if self.samples_us.len() < Self::CAPACITY {
+            self.samples_us.push(us);
+        } else {
+            self.samples_us[self.next] = us;
+            self.next = (self.next + 1) % Self::CAPACITY;
+        }
+        self.total += 1;
+    }
+
+    /// The q-quantile (0..=1) over the last samples, in µs.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        if self.samples_us.is_empty() {
+            return None;
+        }
+        let mut v = self.samples_us.clone();
+        v.sort_unstable();
+        let idx = ((v.len() as f64 - 1.0) * q).round() as usize;
+        Some(v[idx.min(v.len() - 1)] as u64)
+    }
+
+    /// Forgets every sample.
+    pub fn clear(&mut self) {
+        self.samples_us.clear();
+        self.next = 0;
+        self.total = 0;
+    }
+
+    /// Number of samples ever recorded.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// Everything `status`/`metrics` show: counters, events by type, gauges, per-group figures.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Monotonic counters.
+    pub counters: Counters,
+    /// Events handled, by type.
+    pub events: BTreeMap<&'static str, u64>,
+    /// Rename-to-applied latency samples (kernel event timestamp to the backend call returning).
+    pub apply_latency: LatencyRing,
+}
+
+impl Stats {
+    /// Counts one event.
+    pub fn count_event(&mut self, kind: EventKind) {
+        *self.events.entry(kind.label()).or_default() += 1;
+    }
+}
+
+/// A point-in-time view assembled by the controller for rendering.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// `scx` or `fallback`.
+    pub mode: String,
+    /// Why that mode was chosen.
+    pub mode_reason: String,
+    /// Hash of the policy in force.
+    pub policy_hash: String,
+    /// The last reload error, if the last reload failed.
+    pub policy_error: Option<String>,
+    /// Backend notes (e.g. missing uclamp).
+    pub notes: Vec<String>,
+    /// Tasks tracked.
+    pub tasks_tracked: u64,
+    /// Tasks whose class the daemon manages.
+    pub tasks_managed: u64,
+    /// Counters.
+    pub counters: Counters,
+    /// Events by type.
+    pub events: BTreeMap<String, u64>,
+    /// Sub-scheduler attaches refused by the root scheduler.
+    pub refused_subsched_attaches: u64,
+    /// p50 of rename → applied, µs.
+    pub apply_latency_p50_us: Option<u64>,
+    /// p99 of rename → applied, µs.
+    pub apply_latency_p99_us: Option<u64>,
+    /// Managed groups.
+    pub groups: Vec<GroupSnapshot>,
+}
+
+/// One managed cgroup in a snapshot.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GroupSnapshot {
+    /// cgroup path relative to the cgroup2 root.
+    pub cgroup: String,
+    /// The policy group it belongs to.
+    pub group: String,
+    /// Current state (`base` when none).
+    pub state: String,
+    /// A state waiting for its delay, and the seconds left.
+    pub pending: Option<(String, f64)>,
+    /// Tracked tasks in it.
+    pub tasks: u64,
+    /// CPU time used (cpu.stat usage_usec), when readable.
+    pub cpu_usage_usec: Option<u64>,
+}
+
+impl Snapshot {
+    /// The `canopy status` table.
+    pub fn render_table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "mode:            {} ({})", self.mode, self.mode_reason);
+        let _ = writeln!(s, "policy:          {}", self.policy_hash);
+        if let Some(e) = &self.policy_error {
+            let _ = writeln!(s, "policy error:    last reload failed, old policy kept:");
+            for line in e.lines() {
+                let _ = writeln!(s, "                 {line}");
+            }
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "note:            {n}");
+        }
+        let _ = writeln!(s, "tasks:           {} tracked, {} managed", self.tasks_tracked, self.tasks_managed);
+        if let (Some(p50), Some(p99)) = (self.apply_latency_p50_us, self.apply_latency_p99_us) {
+            let _ = writeln!(s, "rename→applied:  p50 {p50} µs, p99 {p99} µs");
+        }
+        let ev: Vec<String> = self.events.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(s, "events:          {}", ev.join(" "));
+        let _ = writeln!(s, "\ncounters:");
+        for (name, desc, v) in self.counters.describe() {
+            let _ = writeln!(s, "  {name:<24} {v:>10}  {desc}");
+        }
+        let _ = writeln!(s, "  {:<24} {:>10}  Sub-scheduler attaches refused by the root scheduler.",
+            "refused_subsched_attaches", self.refused_subsched_attaches);
+        if !self.groups.is_empty() {
+            let _ = writeln!(s, "\n{:<50} {:<16} {:<12} {:>6} {:>12}", "CGROUP", "GROUP", "STATE", "TASKS", "CPU_USEC");
+            for g in &self.groups {
+                let state = match &g.pending {
+                    Some((p, secs)) => format!("{} (→{p} in {secs:.1}s)", g.state),
+                    None => g.state.clone(),
+                };
+                let cpu = g.cpu_usage_usec.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
+                let _ = writeln!(s, "{:<50} {:<16} {:<12} {:>6} {:>12}", g.cgroup, g.group, state, g.tasks, cpu);
+            }
+        }
+        s
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render_prometheus(&self) -> String {
+        let mut s = String::new();
+        for (name, desc, v) in self.counters.describe() {
+            let _ = writeln!(s, "# HELP canopy_{name}_total {desc}");
+            let _ = writeln!(s, "# TYPE canopy_{name}_total counter");
+            let _ = writeln!(s, "canopy_{name}_total {v}");
+        }
+        let _ = writeln!(s, "# HELP canopy_events_total Events handled, by type.");
+        let _ = writeln!(s, "# TYPE canopy_events_total counter");
+        for k in EventKind::ALL {
+            let v = self.events.get(k.label()).copied().unwrap_or(0);
+            let _ = writeln!(s, "canopy_events_total{{type=\"{}\"}} {v}", k.label());
+        }
+        let _ = writeln!(s, "# HELP canopy_refused_subsched_attaches_total Sub-scheduler attaches refused by the root scheduler.");
+        let _ = writeln!(s, "# TYPE canopy_refused_subsched_attaches_total counter");
+        let _ = writeln!(s, "canopy_refused_subsched_attaches_total {}", self.refused_subsched_attaches);
+        let _ = writeln!(s, "# HELP canopy_tasks Tasks tracked and managed.");
+        let _ = writeln!(s, "# TYPE canopy_tasks gauge");
+        let _ = writeln!(s, "canopy_tasks{{kind=\"tracked\"}} {}", self.tasks_tracked);
+        let _ = writeln!(s, "canopy_tasks{{kind=\"managed\"}} {}", self.tasks_managed);
+        let _ = writeln!(s, "# HELP canopy_mode Which backend runs (1 = active).");
+        let _ = writeln!(s, "# TYPE canopy_mode gauge");
+        let _ = writeln!(s, "canopy_mode{{mode=\"{}\"}} 1", self.mode);
+        let _ = writeln!(s, "# HELP canopy_policy_reload_error 1 when the last reload failed.");
+        let _ = writeln!(s, "# TYPE canopy_policy_reload_error gauge");
+        let _ = writeln!(s, "canopy_policy_reload_error {}", u8::from(self.policy_error.is_some()));
+        if let Some(p99) = self.apply_latency_p99_us {
+            let _ = writeln!(s, "# HELP canopy_apply_latency_us Thread rename to applied class, µs, over recent samples.");
+            let _ = writeln!(s, "# TYPE canopy_apply_latency_us gauge");
+            let _ = writeln!(s, "canopy_apply_latency_us{{quantile=\"0.5\"}} {}", self.apply_latency_p50_us.unwrap_or(0));
+            let _ = writeln!(s, "canopy_apply_latency_us{{quantile=\"0.99\"}} {p99}");
+        }
+        let _ = writeln!(s, "# HELP canopy_group_cpu_usage_usec_total CPU time used by a managed cgroup.");
+        let _ = writeln!(s, "# TYPE canopy_group_cpu_usage_usec_total counter");
+        for g in &self.groups {
+            if let Some(u) = g.cpu_usage_usec {
+                let _ = writeln!(s, "canopy_group_cpu_usage_usec_total{{cgroup=\"{}\",group=\"{}\",state=\"{}\"}} {u}",
+                    escape_label(&g.cgroup), escape_label(&g.group), escape_label(&g.state));
+            }
+        }
+        s
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_has_a_description_and_renders_everywhere() {
+        let c = Counters { tags_applied: 3, ..Default::default() };
+        for (name, desc, _) in c.describe() {
+            assert!(!desc.is_empty(), "{name} has no description");
+        }
+        let snap = Snapshot {
+            mode: "fallback".into(),
+            mode_reason: "test".into(),
+            policy_hash: "h".into(),
+            policy_error: None,
+            notes: vec![],
+            tasks_tracked: 1,
+            tasks_managed: 1,
+            counters: c,
+            events: BTreeMap::new(),
+            refused_subsched_attaches: 0,
+            apply_latency_p50_us: None,
+            apply_latency_p99_us: None,
+            groups: vec![],
+        };
+        assert!(snap.render_prometheus().contains("canopy_tags_applied_total 3"));
+        assert!(snap.render_table().contains("tags_applied"));
+        let json = serde_json::to_value(&snap).unwrap();
+        assert_eq!(json["counters"]["tags_applied"], 3);
+    }
+
+    #[test]
+    fn latency_quantiles() {
+        let mut r = LatencyRing::default();
+        for i in 1..=100 {
+            r.record(i);
+        }
+        assert_eq!(r.quantile_us(0.99), Some(99));
+        assert_eq!(r.quantile_us(0.0), Some(1));
+    }
+}

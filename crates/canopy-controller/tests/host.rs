@@ -1,0 +1,487 @@
+//! Host integration tests of the controller daemon in fallback mode against the live kernel:
+//! the real proc connector, /proc, cgroup2 directories under the host's cgroup2 mount, inotify,
+//! sched_setattr. Each test runs the daemon in-process, scoped to its own cgroup subtree so that
+//! nothing else on the machine is touched, and drives `canopy-testload` workloads.
+//!
+//! Needs root (skips otherwise). The tests run one at a time (a global lock): they share the
+//! proc connector and the CPUs, and their timings would skew each other.
+//! Acceptance items of issue 5: a (renames), b (moves), c (focus xattr), d (reload),
+//! e (SIGTERM restore), f (authorization + fuzz), g (overrun → rescan).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use canopy_controller::daemon::{self, DaemonOptions, ModeChoice};
+use canopy_controller::fallback::sched_getattr;
+use canopy_controller::policy_adapter::loader;
+use canopy_controller::procfs::detect_cgroup2_root;
+use canopy_controller::protocol::{Request, Response};
+use canopy_controller::server;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const TESTLOAD: &str = env!("CARGO_BIN_EXE_canopy-testload");
+
+fn can_run() -> bool {
+    // SAFETY: trivial syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return false;
+    }
+    true
+}
+
+/// One test's world: a cgroup subtree, a policy file, a socket, and the daemon.
+struct Env {
+    name: String,
+    dir: PathBuf,
+    cgroot: PathBuf,
+    scope: String,
+    rt: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    daemon: Option<tokio::task::JoinHandle<Result<canopy_controller::backend::RestoreReport, daemon::DaemonError>>>,
+    children: Vec<Child>,
+}
+
+impl Env {
+    fn new(name: &str) -> Env {
+        let cgroot = detect_cgroup2_root();
+        let scope = format!("canopy-host-{}-{name}", std::process::id());
+        let dir = std::env::temp_dir().join(&scope);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(cgroot.join(&scope)).unwrap();
+        // The daemon's threads inherit this thread's nice: -5, as deploy/systemd/canopy.service
+        // gives the daemon (its workloads run as high as USER_INTERACTIVE, nice -4).
+        // SAFETY: setpriority on the calling thread.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -5) };
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        Env { name: name.into(), dir, cgroot, scope, rt, stop: None, daemon: None, children: Vec::new() }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    fn policy_path(&self) -> PathBuf {
+        self.dir.join("policy.toml")
+    }
+
+    fn cg(&self, rel: &str) -> String {
+        if rel.is_empty() { self.scope.clone() } else { format!("{}/{rel}", self.scope) }
+    }
+
+    fn mkcg(&self, rel: &str) -> PathBuf {
+        let p = self.cgroot.join(self.cg(rel));
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    fn move_pid(&self, rel: &str, pid: u32) {
+        std::fs::write(self.cgroot.join(self.cg(rel)).join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    fn write_policy(&self, text: &str) {
+        // Write then rename, as an editor would.
+        let tmp = self.dir.join(".policy.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.policy_path()).unwrap();
+    }
+
+    fn start(&mut self, tweak: impl FnOnce(&mut DaemonOptions)) {
+        let mut opts = DaemonOptions::new(loader(vec![self.policy_path()]), self.socket());
+        opts.mode = ModeChoice::Fallback;
+        opts.cgroup_scope = Some(self.scope.clone());
+        opts.watch_paths = vec![self.policy_path()];
+        opts.handle_signals = false;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        opts.on_ready = Some(ready_tx);
+        tweak(&mut opts);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = self.rt.spawn(daemon::run(opts, async move {
+            let _ = stop_rx.await;
+        }));
+        self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), ready_rx).await }).expect("daemon ready in time").expect("daemon started");
+        self.stop = Some(stop_tx);
+        self.daemon = Some(handle);
+    }
+
+    fn stop(&mut self) -> canopy_controller::backend::RestoreReport {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let h = self.daemon.take().expect("running");
+        self.rt.block_on(h).expect("join").expect("daemon ran")
+    }
+
+    fn call(&self, req: Request) -> Response {
+        self.rt.block_on(server::call(&self.socket(), &req, Duration::from_secs(10))).expect("call")
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let r = self.call(Request::Status {});
+        assert!(r.ok, "{r:?}");
+        r.result.unwrap()
+    }
+
+    fn spawn(&mut self, args: &[&str]) -> (ChildStdin, BufReader<ChildStdout>, u32) {
+        let mut c = Command::new(TESTLOAD).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let stdin = c.stdin.take().unwrap();
+        let stdout = BufReader::new(c.stdout.take().unwrap());
+        let pid = c.id();
+        self.children.push(c);
+        (stdin, stdout, pid)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stop()));
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Remove the cgroup subtree, deepest first (it must be empty by now).
+        let root = self.cgroot.join(&self.scope);
+        let mut dirs = Vec::new();
+        fn collect(d: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        collect(&e.path(), out);
+                    }
+                }
+            }
+            out.push(d.to_path_buf());
+        }
+        collect(&root, &mut dirs);
+        for d in dirs {
+            for _ in 0..50 {
+                if std::fs::remove_dir(&d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = &self.name;
+    }
+}
+
+fn read_until_ready(out: &mut BufReader<ChildStdout>) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let mut l = String::new();
+        if out.read_line(&mut l).unwrap() == 0 {
+            panic!("workload ended early after {lines:?}");
+        }
+        let l = l.trim().to_string();
+        if l == "ready" {
+            return lines;
+        }
+        lines.push(l);
+    }
+}
+
+fn nice_policy(tid: u32) -> Option<(i32, u32)> {
+    sched_getattr(tid).ok().map(|a| (a.sched_nice, a.sched_policy))
+}
+
+const BATCH: u32 = 3;
+const NORMAL: u32 = 0;
+
+/// Polls until `check` holds or `limit` passes; returns the time it took.
+fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    if check() { Some(start.elapsed()) } else { None }
+}
+
+fn base_policy(env: &Env, extra: &str) -> String {
+    format!(
+        r#"
+[[rules]]
+name = "storm-children"
+comm = "f-*"
+class = "BACKGROUND"
+
+[[rules]]
+name = "testload"
+comm = "canopy-testload"
+class = "USER_INTERACTIVE"
+threads = [{{ name = "w-*", class = "BACKGROUND" }}, {{ name = "f-*", class = "BACKGROUND" }}]
+
+[groups.min]
+path = "{scope}/min"
+[groups.min.states.minimized]
+ceiling = "BACKGROUND"
+user_settable = true
+
+[groups.app]
+path = "{scope}/app"
+[groups.app.states.focused]
+user_settable = true
+[groups.app.states.unfocused]
+after_s = 1
+ceiling = "BACKGROUND"
+user_settable = true
+{extra}
+"#,
+        scope = env.scope
+    )
+}
+
+/// (a) 1,000 threads created and renamed within 1 s are all tagged; p99 rename → applied < 10 ms.
+#[test]
+fn a_thousand_renamed_threads_are_all_tagged_quickly() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new("a");
+    env.write_policy(&base_policy(&env, ""));
+    env.start(|_| {});
+    let (mut stdin, mut out, pid) = env.spawn(&["threads", "1000", "w-"]);
+    env.move_pid("", pid);
+    // The process is known (move seen) once it is tagged USER_INTERACTIVE.
+    assert!(wait_for(Duration::from_secs(5), || nice_policy(pid) == Some((-4, NORMAL))).is_some(), "workload not tagged after the move");
+    writeln!(stdin, "go").unwrap();
+    let lines = read_until_ready(&mut out);
+    let elapsed_ms: u64 = lines.iter().find_map(|l| l.strip_prefix("elapsed_ms ")).unwrap().parse().unwrap();
+    let tids: Vec<u32> = lines.iter().filter_map(|l| l.parse().ok()).collect();
+    assert_eq!(tids.len(), 1000);
+    let all = wait_for(Duration::from_secs(5), || tids.iter().all(|&t| nice_policy(t) == Some((4, BATCH))));
+    let untagged: Vec<u32> = tids.iter().copied().filter(|&t| nice_policy(t) != Some((4, BATCH))).collect();
+    assert!(untagged.is_empty(), "{} threads untagged, e.g. {:?}", untagged.len(), &untagged[..untagged.len().min(5)]);
+    let st = env.status();
+    let p50 = st["apply_latency_p50_us"].as_u64().unwrap();
+    let p99 = st["apply_latency_p99_us"].as_u64().unwrap();
+    eprintln!(
+        "ACCEPTANCE a: 1000 threads created+renamed in {elapsed_ms} ms; all tagged {:.1} ms after the workload reported; rename→applied p50 {p50} µs, p99 {p99} µs (fallback mode)",
+        all.unwrap().as_secs_f64() * 1000.0
+    );
+    assert!(elapsed_ms < 1000, "workload too slow to be a fair test: {elapsed_ms} ms");
+    assert!(p99 < 10_000, "p99 rename→applied {p99} µs ≥ 10 ms");
+    drop(stdin);
+}
+
+/// (b) A process with a USER_INTERACTIVE thread moved into a `minimized` group is demoted within
+/// 10 ms; moved back, it is restored.
+#[test]
+fn b_move_into_minimized_group_demotes_and_back_restores() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new("b");
+    env.mkcg("a");
+    env.mkcg("min");
+    env.write_policy(&base_policy(&env, ""));
+    env.start(|_| {});
+    let r = env.call(Request::State { cgroup: env.cg("min"), state: "minimized".into() });
+    assert!(r.ok, "{r:?}");
+    let (stdin, _out, pid) = env.spawn(&["idle"]);
+    env.move_pid("a", pid);
+    assert!(wait_for(Duration::from_secs(5), || nice_policy(pid) == Some((-4, NORMAL))).is_some());
+    let mut demote = Vec::new();
+    let mut restore = Vec::new();
+    for _ in 0..5 {
+        env.move_pid("min", pid);
+        demote.push(wait_for(Duration::from_secs(2), || nice_policy(pid) == Some((4, BATCH))).expect("demoted"));
+        env.move_pid("a", pid);
+        restore.push(wait_for(Duration::from_secs(2), || nice_policy(pid) == Some((-4, NORMAL))).expect("restored"));
+    }
+    let worst = demote.iter().max().unwrap();
+    eprintln!("ACCEPTANCE b: move into minimized → demoted in {:?} (worst of 5: {worst:?}); back → restored in {:?}", demote, restore);
+    assert!(*worst < Duration::from_millis(10), "demotion took {worst:?}");
+    let st = env.status();
+    assert!(st["counters"]["demotions_by_ceiling"].as_u64().unwrap() >= 5);
+    drop(stdin);
+}
+
+fn set_xattr(dir: &Path, value: &str) {
+    let p = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new("user.xdg.inactive-since").unwrap();
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr() as *const libc::c_void, value.len(), 0) };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+fn group_state(env: &Env, rel: &str) -> String {
+    let st = env.status();
+    st["groups"].as_array().unwrap().iter().find(|g| g["cgroup"] == env.cg(rel)).map(|g| g["state"].as_str().unwrap().to_string()).unwrap_or_default()
+}
+
+/// (c) The focus xattr: a timestamp gives `unfocused` after the policy's delay; `-1` gives
+/// `focused` at once.
+#[test]
+fn c_focus_xattr_switches_states() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new("c");
+    let app = env.mkcg("app");
+    env.write_policy(&base_policy(&env, ""));
+    env.start(|_| {});
+    let (stdin, _out, pid) = env.spawn(&["idle"]);
+    env.move_pid("app", pid);
+    assert!(wait_for(Duration::from_secs(5), || nice_policy(pid) == Some((-4, NORMAL))).is_some());
+    set_xattr(&app, "-1");
+    let focused = wait_for(Duration::from_secs(2), || group_state(&env, "app") == "focused").expect("focused");
+    set_xattr(&app, "123456789");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(group_state(&env, "app"), "focused", "unfocused must wait for after_s = 1");
+    assert_eq!(nice_policy(pid), Some((-4, NORMAL)));
+    let unfocused = wait_for(Duration::from_secs(3), || nice_policy(pid) == Some((4, BATCH))).expect("unfocused applied");
+    assert_eq!(group_state(&env, "app"), "unfocused");
+    set_xattr(&app, "-1");
+    let refocus = wait_for(Duration::from_secs(2), || nice_policy(pid) == Some((-4, NORMAL))).expect("refocused");
+    eprintln!("ACCEPTANCE c: -1 → focused in {focused:?}; timestamp → unfocused {:?} after the 0.5 s check (delay 1 s); -1 again → restored in {refocus:?}", unfocused);
+    assert!(refocus < Duration::from_millis(100));
+    drop(stdin);
+}
+
+/// (d) A broken reload keeps the old policy and shows the error; the fixed policy then applies.
+#[test]
+fn d_broken_reload_keeps_old_policy_then_fixed_policy_applies() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new("d");
+    env.write_policy(&base_policy(&env, ""));
+    env.start(|_| {});
+    let (stdin, _out, pid) = env.spawn(&["idle"]);
+    env.move_pid("", pid);
+    assert!(wait_for(Duration::from_secs(5), || nice_policy(pid) == Some((-4, NORMAL))).is_some());
+    let hash0 = env.status()["policy_hash"].as_str().unwrap().to_string();
+    env.write_policy("[[rules]]\ncomm = \"canopy-testload\"\nclass = \"NO_SUCH_CLASS\"\n");
+    let err = wait_for(Duration::from_secs(3), || !env.status()["policy_error"].is_null()).expect("error shown in status");
+    let st = env.status();
+    assert_eq!(st["policy_hash"].as_str().unwrap(), hash0);
+    assert!(st["policy_error"].as_str().unwrap().contains("NO_SUCH_CLASS"), "{}", st["policy_error"]);
+    assert_eq!(nice_policy(pid), Some((-4, NORMAL)), "old policy still applied");
+    // SIGHUP-equivalent through the API: same result.
+    let r = env.call(Request::Reload {});
+    assert!(!r.ok);
+    let fixed = base_policy(&env, "").replace("class = \"USER_INTERACTIVE\"", "class = \"UTILITY\"");
+    env.write_policy(&fixed);
+    let applied = wait_for(Duration::from_secs(3), || nice_policy(pid) == Some((2, BATCH))).expect("fixed policy applied");
+    let st = env.status();
+    assert!(st["policy_error"].is_null());
+    assert_ne!(st["policy_hash"].as_str().unwrap(), hash0);
+    eprintln!("ACCEPTANCE d: broken policy → error in status after {err:?}, old policy kept; fixed policy applied {applied:?} after writing it");
+    drop(stdin);
+}
+
+/// (e) SIGTERM in fallback mode restores the original attributes.
+#[test]
+fn e_sigterm_restores_original_attributes() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new("e");
+    env.write_policy(&base_policy(&env, ""));
+    let (stdin, _out, pid) = env.spawn(&["idle"]);
+    // SAFETY: setpriority on a child we own.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, 3) };
+    env.move_pid("", pid);
+    let before = sched_getattr(pid).unwrap();
+    assert_eq!((before.sched_nice, before.sched_policy), (3, NORMAL));
+    env.start(|o| o.handle_signals = true);
+    assert!(wait_for(Duration::from_secs(5), || nice_policy(pid) == Some((-4, NORMAL))).is_some());
+    // SAFETY: the daemon has a SIGTERM handler installed before it reported ready.
+    unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
+    let h = env.daemon.take().unwrap();
+    let report = env.rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), h).await }).expect("stopped on SIGTERM").unwrap().unwrap();
+    let after = sched_getattr(pid).unwrap();
+    eprintln!("ACCEPTANCE e: SIGTERM → {report:?}; task back to policy {} nice {} (was {} / {})", after.sched_policy, after.sched_nice, before.sched_policy, before.sched_nice);
+    assert_eq!((after.sched_nice, after.sched_policy, after.sched_runtime), (before.sched_nice, before.sched_policy, before.sched_runtime));
+    assert!(report.tasks_restored >= 1);
+    assert!(!env.socket().exists(), "socket removed on stop");
+    drop(stdin);
+}
+
+/// (f) A non-root caller is refused for another user's cgroup; 10,000 malformed requests don't
+/// crash or stall the daemon (it keeps tagging).
+#[test]
+fn f_non_root_refused_and_fuzzed_requests_do_not_disturb() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new("f");
+    env.write_policy(&base_policy(&env, ""));
+    env.start(|_| {});
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let client = |json: &str| -> String {
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(TESTLOAD).args(["client", env.socket().to_str().unwrap(), json]).uid(1000).gid(1000).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let theirs = r#"{"cmd":"state","cgroup":"user.slice/user-1001.slice/user@1001.service/app.slice/app-x.scope","state":"minimized"}"#;
+    let reply = client(theirs);
+    assert!(reply.contains("permission denied") && reply.contains("\"ok\":false"), "{reply}");
+    let reload = client(r#"{"cmd":"reload"}"#);
+    assert!(reload.contains("needs root"), "{reload}");
+    let status = client(r#"{"cmd":"status"}"#);
+    assert!(status.contains("\"ok\":true"), "{status}");
+
+    let n = canopy_controller::testing::fuzz::send_malformed(&env.rt, &env.socket(), 10_000);
+    // Still serving and still tagging.
+    let t = Instant::now();
+    assert!(env.status()["counters"]["api_errors"].as_u64().unwrap() >= 1);
+    let (stdin, _out, pid) = env.spawn(&["idle"]);
+    env.move_pid("", pid);
+    assert!(wait_for(Duration::from_secs(5), || nice_policy(pid) == Some((-4, NORMAL))).is_some());
+    eprintln!("ACCEPTANCE f: uid 1000 refused for user 1001's cgroup ({}); {n} malformed requests answered with errors; daemon answered status in {:?} afterwards and kept tagging", reply.trim(), t.elapsed());
+    drop(stdin);
+}
+
+/// (g) A proc-connector overrun (small receive buffer + fork storm) is detected and followed by a
+/// rescan; no task is left untagged.
+#[test]
+fn g_overrun_is_detected_and_rescan_leaves_nothing_untagged() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new("g");
+    env.write_policy(&base_policy(&env, ""));
+    env.start(|o| o.proc_rcvbuf = Some(1));
+    let (mut s1, mut o1, p1) = env.spawn(&["forkstorm", "2000"]);
+    let (mut s2, mut o2, p2) = env.spawn(&["threads", "1000", "w-"]);
+    env.move_pid("", p1);
+    env.move_pid("", p2);
+    assert!(wait_for(Duration::from_secs(5), || nice_policy(p1) == Some((-4, NORMAL)) && nice_policy(p2) == Some((-4, NORMAL))).is_some());
+    writeln!(s1, "go").unwrap();
+    writeln!(s2, "go").unwrap();
+    let mut ids: Vec<u32> = read_until_ready(&mut o1).iter().filter_map(|l| l.parse().ok()).collect();
+    ids.extend(read_until_ready(&mut o2).iter().filter_map(|l| l.parse::<u32>().ok()));
+    assert_eq!(ids.len(), 3000);
+    let done = wait_for(Duration::from_secs(10), || ids.iter().all(|&t| nice_policy(t) == Some((4, BATCH))));
+    let untagged = ids.iter().filter(|&&t| nice_policy(t) != Some((4, BATCH))).count();
+    let st = env.status();
+    let overruns = st["events"]["overrun"].as_u64().unwrap_or(0);
+    let rescans = st["counters"]["rescans"].as_u64().unwrap();
+    eprintln!("ACCEPTANCE g: {overruns} overruns detected, {rescans} rescans (incl. start); {untagged} of 3000 tasks untagged; all tagged after {done:?}");
+    assert!(overruns >= 1, "no overrun provoked");
+    assert!(rescans >= 2);
+    assert_eq!(untagged, 0);
+    drop(s1);
+    drop(s2);
+}

@@ -1,0 +1,121 @@
+//! `canopy run`: the binary glue around `canopy_controller::daemon`. Reads the policy once for
+//! the daemon settings (socket, metrics address, mode; flags override them), sets up logging
+//! (journald-friendly `<N>` priority prefixes when stderr is the journal), starts the tokio
+//! runtime and runs the daemon until SIGTERM/SIGINT. All daemon logic lives in the crate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+use canopy_controller::daemon::{self, DaemonOptions, ModeChoice};
+use canopy_controller::policy_adapter::{load_compiled, loader};
+
+/// Arguments of `canopy run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Policy files or directories (policy.toml + policy.d/*.toml).
+    #[arg(long = "policy", default_value = "/etc/canopy")]
+    pub policy: Vec<PathBuf>,
+    /// Backend: auto (scx when the kernel has sched_ext sub-schedulers), scx, or fallback.
+    /// Default: the policy's `daemon.mode`.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`). Default: the policy's
+    /// `daemon.metrics_address`.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Control socket path. Default: the policy's `daemon.socket_path`.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// cgroup2 mount (detected from /proc/self/mounts when absent).
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Manage only this cgroup subtree (relative to the cgroup2 root), e.g. for a staged rollout.
+    #[arg(long)]
+    pub scope: Option<String>,
+}
+
+/// Logging: plain lines for a terminal; `<N>`-prefixed lines without timestamps when stderr is
+/// connected to the journal (systemd sets $JOURNAL_STREAM), so journald keeps the levels.
+fn init_logging() {
+    use tracing_subscriber::fmt::format::{FmtSpan, Writer};
+    use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+    use tracing_subscriber::registry::LookupSpan;
+    use tracing_subscriber::EnvFilter;
+
+    struct Journald;
+    impl<S, N> FormatEvent<S, N> for Journald
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &tracing::Event<'_>) -> std::fmt::Result {
+            let prio = match *event.metadata().level() {
+                tracing::Level::ERROR => 3,
+                tracing::Level::WARN => 4,
+                tracing::Level::INFO => 6,
+                _ => 7,
+            };
+            write!(w, "<{prio}>")?;
+            ctx.field_format().format_fields(w.by_ref(), event)?;
+            writeln!(w)
+        }
+    }
+
+    let filter = EnvFilter::try_from_env("CANOPY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).event_format(Journald).init();
+    } else {
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_span_events(FmtSpan::NONE)
+            .init();
+    }
+}
+
+/// Runs the daemon in the foreground until SIGTERM/SIGINT.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging();
+    let compiled = load_compiled(&args.policy).map_err(|e| anyhow!("the policy does not compile:\n{e}"))?;
+    let settings = compiled.inner().daemon().clone();
+    drop(compiled);
+    let mode = match args.mode {
+        Some(m) => m,
+        None => format!("{:?}", settings.mode).to_lowercase(),
+    };
+    let mode: ModeChoice = mode.parse().map_err(|e: String| anyhow!(e))?;
+    let socket = args.socket.unwrap_or_else(|| PathBuf::from(&settings.socket_path));
+    let metrics = match (args.metrics_listen, &settings.metrics_address) {
+        (Some(a), _) => Some(a),
+        (None, Some(a)) => Some(a.parse().with_context(|| format!("policy daemon.metrics_address {a:?}"))?),
+        (None, None) => None,
+    };
+    let mut opts = DaemonOptions::new(loader(args.policy.clone()), socket);
+    opts.watch_paths = args.policy;
+    opts.mode = mode;
+    opts.metrics_listen = metrics;
+    opts.cgroup_root = args.cgroup_root;
+    opts.cgroup_scope = args.scope;
+    // scx mode: the schedulers run on a thread of their own; the daemon writes their maps.
+    let schedulers = crate::scheduler::daemon_link::SchedulerThread::default();
+    opts.scx = Some(schedulers.factory(opts.watch_paths.clone()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("canopy-daemon")
+        .build()
+        .context("starting the async runtime")?;
+    let report = rt.block_on(daemon::run(opts, std::future::pending()));
+    // Unload the schedulers (every task back to the fair scheduler) whatever the daemon's end.
+    schedulers.stop();
+    let report = report.context("canopy daemon")?;
+    if !report.failures.is_empty() {
+        for f in &report.failures {
+            tracing::warn!("restore failed: {f}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The seam between the controller daemon and the BPF schedulers in scx mode. The daemon asks
+//! for an `ScxMaps` (the controller's port for map writes); this module answers by starting the
+//! scheduler supervisor (root plus child schedulers, from the compiled Plan) on a thread of its
+//! own, waiting until the root is enabled and its maps are pinned, and then writing the
+//! daemon's decisions into those pinned maps. `SchedulerThread::stop` unloads everything, which
+//! hands every task back to the fair scheduler.
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use canopy_controller::daemon::ScxFactory;
+use canopy_controller::plan::ScxGroupPolicy;
+use canopy_controller::scx::ScxMaps;
+use libbpf_rs::MapCore;
+use libbpf_rs::MapFlags;
+use libbpf_rs::MapHandle;
+
+use super::bpf_intf;
+use super::cli::supervise;
+use super::kernel::CGROUP2_ROOT;
+use super::plan::config_from_plan;
+use super::root::as_bytes;
+use super::root::from_bytes;
+use super::root::PIN_DIR;
+
+/// How long the daemon waits for the root scheduler to load and enable (TCG guests are slow).
+const ENABLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The scheduler supervisor's thread, shared between the factory that starts it and the daemon
+/// glue that stops it.
+#[derive(Clone, Default)]
+pub struct SchedulerThread {
+    stop: Arc<AtomicBool>,
+    handle: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl SchedulerThread {
+    /// A factory for the daemon: when called (only in scx mode) it compiles the policy at
+    /// `policy_paths`, starts the supervisor and returns map writers once the root is enabled.
+    pub fn factory(&self, policy_paths: Vec<PathBuf>) -> ScxFactory {
+        let this = self.clone();
+        Box::new(move || this.start(policy_paths))
+    }
+
+    fn start(&self, policy_paths: Vec<PathBuf>) -> Result<Box<dyn ScxMaps>, String> {
+        let compiled = crate::commands::load_and_compile(&policy_paths)
+            .map_err(|e| format!("{e:#}"))?
+            .ok_or_else(|| "the policy does not compile".to_string())?;
+        let plan = compiled.plan;
+        let nr_cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        let (enabled_sender, enabled) = mpsc::channel::<()>();
+        let stop = Arc::clone(&self.stop);
+        let handle = std::thread::Builder::new()
+            .name("canopy-schedulers".into())
+            .spawn(move || {
+                let refresh = || config_from_plan(&plan, Path::new(CGROUP2_ROOT), nr_cpus);
+                let config = refresh();
+                let result = config.validate().map_err(anyhow::Error::from).and_then(|()| {
+                    supervise(
+                        &config,
+                        Some(&refresh),
+                        &|| stop.load(Ordering::SeqCst),
+                        &mut || {
+                            let _ = enabled_sender.send(());
+                        },
+                    )
+                });
+                if let Err(error) = result {
+                    tracing::error!("canopy schedulers stopped: {error:#}");
+                }
+            })
+            .map_err(|e| format!("starting the scheduler thread: {e}"))?;
+        *self.handle.lock().expect("scheduler thread handle") = Some(handle);
+        match enabled.recv_timeout(ENABLE_TIMEOUT) {
+            Ok(()) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.stop();
+                return Err("the root scheduler failed to load (see the log above)".into());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.stop();
+                return Err(format!(
+                    "the root scheduler did not enable within {ENABLE_TIMEOUT:?}"
+                ));
+            }
+        }
+        PinnedMaps::open().map(|maps| Box::new(maps) as Box<dyn ScxMaps>)
+    }
+
+    /// Unloads the schedulers (if running) and waits for the supervisor to finish.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.handle.lock().expect("scheduler thread handle").take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The root's pinned maps, opened by path so the daemon's thread needs no skeleton.
+struct PinnedMaps {
+    task_classes: MapHandle,
+    group_policy: MapHandle,
+    stats: MapHandle,
+}
+
+impl PinnedMaps {
+    fn open() -> Result<Self, String> {
+        let open = |name: &str| {
+            MapHandle::from_pinned_path(Path::new(PIN_DIR).join(name))
+                .map_err(|e| format!("opening pinned map {PIN_DIR}/{name}: {e}"))
+        };
+        Ok(PinnedMaps {
+            task_classes: open("task_classes")?,
+            group_policy: open("group_policy")?,
+            stats: open("stats")?,
+        })
+    }
+}
+
+fn io_error(error: libbpf_rs::Error) -> std::io::Error {
+    std::io::Error::other(error.to_string())
+}
+
+impl ScxMaps for PinnedMaps {
+    fn set_task_class(&mut self, tid: u32, scx_class: u32) -> std::io::Result<()> {
+        self.task_classes
+            .update(&tid.to_ne_bytes(), &scx_class.to_ne_bytes(), MapFlags::ANY)
+            .map_err(io_error)
+    }
+
+    fn clear_task(&mut self, tid: u32) {
+        // Absent already (the task never had an entry, or exited) is fine.
+        let _ = self.task_classes.delete(&tid.to_ne_bytes());
+    }
+
+    fn set_group(&mut self, cgroup_id: u64, policy: &ScxGroupPolicy) -> std::io::Result<()> {
+        // The supervisor owns admission (which sub-schedulers a group admits); the daemon owns
+        // the share terms of the group's current state. Keep the one, replace the other.
+        let key = cgroup_id.to_ne_bytes();
+        let mut entry: bpf_intf::canopy_group_policy = match self
+            .group_policy
+            .lookup(&key, MapFlags::ANY)
+            .map_err(io_error)?
+        {
+            Some(bytes) => from_bytes(&bytes),
+            None => Default::default(),
+        };
+        entry.weight = policy.weight;
+        entry.guarantee_pct = policy.guarantee_pct;
+        entry.cap_pct = policy.cap_pct;
+        self.group_policy
+            .update(&key, as_bytes(&entry), MapFlags::ANY)
+            .map_err(io_error)
+    }
+
+    fn clear_group(&mut self, _cgroup_id: u64) {
+        // Entries carry the supervisor's admission list, so the daemon never deletes them; a
+        // removed cgroup's entry is harmless (its id is not reused while the root runs).
+    }
+
+    fn refused_attaches(&self) -> u64 {
+        let index = bpf_intf::CANOPY_STAT_REFUSED as u32;
+        self.stats
+            .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .map(|per_cpu| per_cpu.iter().map(|b| from_bytes::<u64>(b)).sum())
+            .unwrap_or(0)
+    }
+}
