@@ -280,7 +280,8 @@ pub fn run_with_refresh(
 /// The supervisor: loads the root, attaches children where `config` asks, applies cgroups that
 /// appear later (through `refresh`, every RESCAN_INTERVAL), logs admission decisions, reloads on
 /// the kernel's restart action, and unloads when `stop` says so (polled every 100 ms).
-/// `on_enabled` runs after each successful load, once the root's maps are pinned.
+/// `on_enabled` runs after each successful load, once the root's maps are pinned and the
+/// children of the cgroups that exist now are attached.
 pub fn supervise(
     config: &SchedulerConfig,
     refresh: Option<Refresh<'_>>,
@@ -289,7 +290,6 @@ pub fn supervise(
 ) -> anyhow::Result<()> {
     loop {
         let root = RootScheduler::load(config).context("starting the root scheduler")?;
-        on_enabled();
         println!(
             "canopy: root scheduler enabled (sched_ext state {}, root ops {})",
             kernel::sched_ext_state().unwrap_or_default(),
@@ -304,6 +304,7 @@ pub fn supervise(
         let mut children = Vec::new();
         let mut applied = std::collections::HashSet::new();
         apply_new_groups(&root, config, &mut applied, &mut children)?;
+        on_enabled();
         let mut last_scan = Instant::now();
 
         let report = loop {
