@@ -257,6 +257,16 @@ pub enum Problem {
     /// uclamp_min above uclamp_max.
     #[error("uclamp_min {min} is above uclamp_max {max} in class `{class}`")]
     UclampInverted { class: String, min: i64, max: i64 },
+    /// A quadratic analysis stopped early on a huge policy.
+    #[error("{analysis} analysis stopped at {item}: work limit reached")]
+    AnalysisLimit { analysis: String, item: String },
+    /// More rules or groups than a plan may hold.
+    #[error("{count} {what} defined; at most {max} are supported")]
+    TooMany {
+        what: String,
+        count: usize,
+        max: usize,
+    },
     /// A group path that is absolute or otherwise malformed.
     #[error("group path `{path}` {reason}")]
     BadGroupPath { path: String, reason: String },
@@ -297,6 +307,8 @@ impl Problem {
             Problem::ShareSettings { .. } => "share-settings",
             Problem::UclampInverted { .. } => "uclamp-inverted",
             Problem::BadGroupPath { .. } => "bad-group-path",
+            Problem::AnalysisLimit { .. } => "analysis-limit",
+            Problem::TooMany { .. } => "too-many",
         }
     }
 }
