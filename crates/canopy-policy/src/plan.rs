@@ -237,6 +237,30 @@ pub struct Conditions {
     pub parent_comm: Option<String>,
 }
 
+impl Conditions {
+    /// The conditions as `field="pattern"` pairs separated by spaces, e.g. `comm="make" uid=1000`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let fields = [
+            ("comm", &self.comm),
+            ("exe", &self.exe),
+            ("cmdline", &self.cmdline),
+            ("cgroup", &self.cgroup),
+            ("user", &self.user),
+            ("parent_comm", &self.parent_comm),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                parts.push(format!("{field}={value:?}"));
+            }
+        }
+        if let Some(uid) = self.uid {
+            parts.push(format!("uid={uid}"));
+        }
+        parts.join(" ")
+    }
+}
+
 /// A per-thread rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ThreadRule {
