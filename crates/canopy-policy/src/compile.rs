@@ -1124,14 +1124,20 @@ fn check_shadowed_rules(rules: &[Rule], merged: &[MergedRule], reporter: &mut Re
             break;
         }
         let mut shadow: Option<usize> = None;
-        if let Some(signature) = literal_signature(&rule.conditions) {
+        let signature = literal_signature(&rule.conditions);
+        if let Some(signature) = &signature {
             let count = signature.len();
             for subset in 1u32..(1 << count) {
-                let key: Vec<(u8, String)> = (0..count)
-                    .filter(|bit| subset & (1 << bit) != 0)
-                    .map(|bit| signature[bit].clone())
-                    .collect();
-                if let Some(&earlier) = literal_rules.get(&key) {
+                let found = if subset == (1 << count) - 1 {
+                    literal_rules.get(signature)
+                } else {
+                    let key: Vec<(u8, String)> = (0..count)
+                        .filter(|bit| subset & (1 << bit) != 0)
+                        .map(|bit| signature[bit].clone())
+                        .collect();
+                    literal_rules.get(&key)
+                };
+                if let Some(&earlier) = found {
                     shadow = Some(shadow.map_or(earlier, |s: usize| s.min(earlier)));
                 }
             }
@@ -1155,7 +1161,7 @@ fn check_shadowed_rules(rules: &[Rule], merged: &[MergedRule], reporter: &mut Re
                 Some("move the narrower rule before the broader one, or delete it".into()),
             );
         }
-        match literal_signature(&rule.conditions) {
+        match signature {
             Some(signature) => {
                 literal_rules.entry(signature).or_insert(index);
             }

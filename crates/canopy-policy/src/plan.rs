@@ -335,6 +335,20 @@ pub(crate) struct PlanData {
     pub(crate) groups: Vec<Group>,
 }
 
+/// Feeds the canonical serialization straight into the hasher.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The compiled policy. Immutable; cheap to share behind an `Arc`.
 pub struct Plan {
     data: PlanData,
@@ -354,8 +368,9 @@ impl std::fmt::Debug for Plan {
 
 impl Plan {
     pub(crate) fn new(data: PlanData, matcher: RuleMatcher, groups_by_path: GlobIndex) -> Self {
-        let canonical = serde_json::to_vec(&data).expect("plan data serializes");
-        let hash: [u8; 32] = Sha256::digest(&canonical).into();
+        let mut hasher = HashWriter(Sha256::new());
+        serde_json::to_writer(&mut hasher, &data).expect("plan data serializes");
+        let hash: [u8; 32] = hasher.0.finalize().into();
         let class_by_name = data
             .classes
             .iter()
