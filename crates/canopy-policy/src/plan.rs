@@ -527,6 +527,12 @@ pub(crate) fn decide(requested: ClassId, settings: &GroupSettings, class_count: 
 mod tests {
     use super::*;
 
+    #[test]
+    fn plan_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Plan>();
+    }
+
     fn settings(allowed: ClassMask, ceiling: Option<u8>, floor: Option<u8>) -> GroupSettings {
         GroupSettings {
             weight: 100,
