@@ -550,7 +550,16 @@ fn resolve_classes(merged: &Merged, reporter: &mut Reporter<'_>) -> ClassTable {
             },
             None,
         );
-        order.truncate(MAX_CLASSES);
+        // Keep every built-in class (later code relies on them) and drop custom ones from the end.
+        while order.len() > MAX_CLASSES {
+            let Some(last_custom) = order
+                .iter()
+                .rposition(|(name, _)| !builtin_names.contains(&name.as_str()))
+            else {
+                break;
+            };
+            order.remove(last_custom);
+        }
     }
     let mut classes: Vec<Class> = Vec::with_capacity(order.len());
     for (index, (name, merged_class)) in order.iter().enumerate() {
@@ -2144,6 +2153,18 @@ mod tests {
                 MAX_GROUPS + 1
             )]
         );
+    }
+
+    #[test]
+    fn too_many_classes_above_default_is_reported_not_a_panic() {
+        let text: String = (0..40)
+            .map(|i| format!("[classes.C{i}]\nafter = \"USER_INTERACTIVE\"\n"))
+            .collect();
+        let error = compile_str("classes.toml", &text).unwrap_err();
+        assert!(error
+            .diagnostics
+            .iter()
+            .any(|d| d.problem.code() == "too-many-classes"));
     }
 
     #[test]

@@ -494,12 +494,12 @@ pub(crate) fn decide(requested: ClassId, settings: &GroupSettings, class_count: 
         };
     }
     let lower = || {
-        (requested.0 + 1..class_count as u8)
-            .map(ClassId)
+        (u16::from(requested.0) + 1..class_count as u16)
+            .map(|id| ClassId(id as u8))
             .find(|&c| allowed.contains(c))
     };
     let higher = || {
-        (0..requested.0)
+        (0..requested.0.min(class_count as u8))
             .rev()
             .map(ClassId)
             .find(|&c| allowed.contains(c))
@@ -571,6 +571,12 @@ mod tests {
                 reason: Reason::Allowed
             }
         );
+    }
+
+    #[test]
+    fn decide_survives_a_class_id_from_another_plan() {
+        let group = settings(ClassMask(0b00110), None, None);
+        assert_eq!(decide(ClassId(200), &group, 5).class, ClassId(2));
     }
 
     #[test]
