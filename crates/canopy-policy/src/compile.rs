@@ -805,6 +805,18 @@ fn resolve_rule(
     let cgroup =
         pattern(&def.cgroup, "cgroup", true).map(|p| p.trim_start_matches('/').to_string());
     let parent_comm = pattern(&def.parent_comm, "parent_comm", false);
+    if let Some(exe) = &def.exe {
+        let text = exe.get_ref();
+        if text.contains('/') && !text.starts_with('/') && !text.starts_with('*') {
+            reporter.warning(
+                &spanned_span(file, exe),
+                Problem::IneffectiveSetting {
+                    message: format!("exe pattern `{text}` has a `/`, so it is matched against the full path, which starts with `/`; it never matches"),
+                },
+                Some(format!("write `/{text}` or `**/{text}`, or drop the directory to match the basename")),
+            );
+        }
+    }
     let cmdline = def.cmdline.as_ref().and_then(|value| {
         let text = value.get_ref();
         match regex::RegexBuilder::new(text)
@@ -1276,6 +1288,15 @@ fn resolve_overrides(
         file_of("cap_percent"),
         reporter,
     );
+    if let (Some(period), None) = (flat(input.cap_period_us), flat(input.cap_quota_us)) {
+        reporter.warning(
+            &Span::new(file_of("cap_period_us"), period.span()),
+            Problem::IneffectiveSetting {
+                message: "cap_period_us has no effect without cap_quota_us".into(),
+            },
+            Some("add `cap_quota_us`, or remove `cap_period_us`".into()),
+        );
+    }
     let quota = check_range(
         &flat(input.cap_quota_us),
         "cap_quota_us",

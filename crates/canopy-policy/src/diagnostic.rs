@@ -257,6 +257,9 @@ pub enum Problem {
     /// uclamp_min above uclamp_max.
     #[error("uclamp_min {min} is above uclamp_max {max} in class `{class}`")]
     UclampInverted { class: String, min: i64, max: i64 },
+    /// A setting that is valid but can have no effect as written.
+    #[error("{message}")]
+    IneffectiveSetting { message: String },
     /// A quadratic analysis stopped early on a huge policy.
     #[error("{analysis} analysis stopped at {item}: work limit reached")]
     AnalysisLimit { analysis: String, item: String },
@@ -308,6 +311,7 @@ impl Problem {
             Problem::UclampInverted { .. } => "uclamp-inverted",
             Problem::BadGroupPath { .. } => "bad-group-path",
             Problem::AnalysisLimit { .. } => "analysis-limit",
+            Problem::IneffectiveSetting { .. } => "ineffective-setting",
             Problem::TooMany { .. } => "too-many",
         }
     }
