@@ -267,10 +267,15 @@ fn compile_prints_canonical_toml_that_recompiles_to_the_same_plan() {
 }
 
 #[test]
-fn run_is_not_implemented_yet() {
-    let output = canopy(&["run"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("not implemented yet"));
+fn run_refuses_a_policy_that_does_not_load() {
+    // The daemon never starts on a policy it cannot read or compile; the error names the path.
+    let output = canopy(&["run", "--policy", "/nonexistent/canopy/policy.toml"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("/nonexistent/canopy/policy.toml"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -282,6 +287,8 @@ fn help_completions_and_man_page() {
         &["diff", "--help"],
         &["import", "schedqos", "--help"],
         &["run", "--help"],
+        &["ctl", "--help"],
+        &["status", "--help"],
         &["bench", "policy", "--help"],
     ] {
         let output = canopy(args);
