@@ -72,14 +72,14 @@ pub struct Scenario {
 
 impl Scenario {
     /// A scenario named `name` (used for the log file). Defaults: 2 vCPUs (or
-    /// `CANOPY_VM_CPUS`), 2G of memory, a 120 s timeout, an empty script.
+    /// `CANOPY_VM_CPUS`), 2G of memory, a 180 s timeout, an empty script.
     pub fn new(name: impl Into<String>) -> Scenario {
         Scenario {
             name: name.into(),
             files: Vec::new(),
             debian_tools: Vec::new(),
             script: String::new(),
-            timeout: Duration::from_secs(120),
+            timeout: Duration::from_secs(180),
             cpus: None,
             memory: "2G".into(),
             kernel_args: Vec::new(),
