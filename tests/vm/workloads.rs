@@ -32,7 +32,7 @@ fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
              wait $hog\n\
              canopy-guest dmesg --grep 'Linux version' --kind dmesg-version\n",
         )
-        .timeout(Duration::from_secs(90))
+        .timeout(Duration::from_secs(300))
         .run()?;
     println!("{}", outcome.summary());
 

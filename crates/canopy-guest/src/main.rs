@@ -11,6 +11,7 @@ mod cpu_split;
 mod dmesg;
 mod exec;
 mod hog;
+mod kernel_health;
 mod latency;
 mod pingpong;
 mod proc_stat;
@@ -62,6 +63,9 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Report kernel log lines (optionally filtered).
     Dmesg(dmesg::DmesgArgs),
+    /// Report kernel warnings, stalls and sched_ext messages from the kernel log (run by /init
+    /// after every scenario).
+    KernelHealth,
     /// Report /sys/kernel/sched_ext as a JSON tree.
     SchedExtState(sched_ext_state::SchedExtStateArgs),
     /// Wait until a file contains a text and/or sched_ext reaches a state.
@@ -88,6 +92,7 @@ fn main() -> Result<()> {
         Command::CpuSplit(args) => cpu_split::run(&args),
         Command::Exec(args) => exec::run(&args),
         Command::Dmesg(args) => dmesg::run(&args),
+        Command::KernelHealth => kernel_health::run(),
         Command::SchedExtState(args) => sched_ext_state::run(&args),
         Command::WaitFor(args) => wait_for::run(&args),
         Command::Xattr(args) => xattr::run(&args),

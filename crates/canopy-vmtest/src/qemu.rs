@@ -317,8 +317,12 @@ pub fn log_tail(path: &Path, count: usize) -> String {
     lines[lines.len().saturating_sub(count)..].join("\n")
 }
 
+/// Logs kept in `target/vm-logs` (the oldest beyond this are deleted when a new one starts).
+const LOGS_KEPT: usize = 300;
+
 /// `target/vm-logs/<scenario>-<UTC timestamp>.log`, unique within the process.
 pub fn new_log_path(dir: &Path, scenario: &str) -> PathBuf {
+    prune_logs(dir);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -340,6 +344,24 @@ pub fn new_log_path(dir: &Path, scenario: &str) -> PathBuf {
         path = dir.join(format!("{safe}-{stamp}-{counter}.log"));
     }
     path
+}
+
+fn prune_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
+        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .collect();
+    if logs.len() <= LOGS_KEPT {
+        return;
+    }
+    logs.sort();
+    for (_, path) in &logs[..logs.len() - LOGS_KEPT] {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// `YYYYmmddTHHMMSSZ` from Unix seconds (civil-from-days, no date crate needed).
