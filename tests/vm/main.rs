@@ -6,6 +6,7 @@
 
 mod boot;
 mod canopy_cli;
+mod daemon_fallback;
 mod fair_baseline;
 mod harness;
 mod workloads;

@@ -249,7 +249,8 @@ pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) ->
     // Subscribe to events before the first scan so nothing falls between the two.
     let stop = Arc::new(AtomicBool::new(false));
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(65536);
-    let proc_thread = start_proc_connector(in_tx.clone(), stop.clone(), opts.proc_rcvbuf)?;
+    let mut proc_events = subscribe_proc_events(opts.proc_rcvbuf)?;
+    let mut proc_batch: Vec<canopy_sys::proc_events::ProcEvent> = Vec::with_capacity(64);
     let watch_root = match &opts.cgroup_scope {
         Some(s) => cgroup_root.join(s),
         None => cgroup_root.clone(),
@@ -321,6 +322,24 @@ pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) ->
                 tracing::info!("SIGHUP: reloading policy");
                 let _ = reload(&mut ctl, &opts.loader);
             }
+            received = proc_events.recv_batch(&mut proc_batch) => {
+                match received {
+                    Ok(_) => {
+                        // One batch (up to 64 datagrams) at a time: large enough to amortize the
+                        // wakeup, small enough that the first event of a storm is not kept waiting.
+                        let now = Instant::now();
+                        for ev in proc_batch.drain(..) {
+                            if let Some(e) = translate(&ev) {
+                                ctl.handle(e, now);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "proc connector receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
             input = in_rx.recv() => {
                 let Some(input) = input else { break };
                 let now = Instant::now();
@@ -367,8 +386,8 @@ pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) ->
     let report = ctl.restore_all();
     let _ = std::fs::remove_file(&opts.socket_path);
     drop(in_rx);
+    drop(proc_events);
     let _ = tokio::task::spawn_blocking(move || {
-        let _ = proc_thread.join();
         let _ = inotify_thread.map(|t| t.join());
     })
     .await;
@@ -473,89 +492,42 @@ async fn serve_metrics(listener: tokio::net::TcpListener, ctl: mpsc::Sender<Cont
 
 // ----- event source threads ------------------------------------------------------------------
 
-fn start_proc_connector(
-    tx: mpsc::Sender<Input>,
-    stop: Arc<AtomicBool>,
-    rcvbuf: Option<usize>,
-) -> Result<std::thread::JoinHandle<()>, DaemonError> {
-    use proc_connector::{EventMask, ProcConnector, ProcEvent};
-    let conn = ProcConnector::new().map_err(|e| DaemonError::ProcConnector(e.to_string()))?;
-    let mask = EventMask::FORK | EventMask::EXEC | EventMask::COMM | EventMask::EXIT;
-    if conn.subscribe_filtered(mask).is_err() {
-        conn.subscribe().map_err(|e| DaemonError::ProcConnector(e.to_string()))?;
+/// Subscribes to the proc connector (canopy-sys: filtered where the kernel can, batched,
+/// overruns surfaced as an event).
+fn subscribe_proc_events(rcvbuf: Option<usize>) -> Result<canopy_sys::proc_events::ProcEvents, DaemonError> {
+    let mut config = canopy_sys::proc_events::ProcEventsConfig::default();
+    if rcvbuf.is_some() {
+        config.receive_buffer_bytes = rcvbuf;
     }
-    let size = rcvbuf.unwrap_or(8 << 20);
-    set_rcvbuf(conn.as_raw_fd_compat(), size, rcvbuf.is_none());
-    let handle = std::thread::Builder::new()
-        .name("canopy-cnproc".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 8192];
-            while !stop.load(Ordering::Relaxed) {
-                let ev = match conn.recv_timeout(&mut buf, Duration::from_millis(500)) {
-                    Ok(None) => continue,
-                    Ok(Some(ev)) => ev,
-                    Err(proc_connector::Error::Overrun) => {
-                        tracing::warn!("proc connector overrun: events lost, rescanning /proc");
-                        if tx.blocking_send(Input::Event(Event::Overrun)).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(proc_connector::Error::Interrupted) => continue,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "proc connector receive");
-                        continue;
-                    }
-                };
-                let event = match ev {
-                    ProcEvent::Fork { parent_pid, parent_tgid, child_pid, child_tgid, timestamp_ns, .. } => Event::Fork {
-                        parent_tid: parent_pid,
-                        parent_tgid,
-                        child_tid: child_pid,
-                        child_tgid,
-                        timestamp_ns: Some(timestamp_ns),
-                    },
-                    ProcEvent::Exec { pid, tgid, timestamp_ns, .. } => Event::Exec { tid: pid, tgid, timestamp_ns: Some(timestamp_ns) },
-                    ProcEvent::Comm { pid, tgid, comm, timestamp_ns, .. } => {
-                        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-                        Event::Comm {
-                            tid: pid,
-                            tgid,
-                            comm: Some(String::from_utf8_lossy(&comm[..end]).into_owned()),
-                            timestamp_ns: Some(timestamp_ns),
-                        }
-                    }
-                    ProcEvent::Exit { pid, tgid, .. } => Event::Exit { tid: pid, tgid },
-                    _ => continue,
-                };
-                if tx.blocking_send(Input::Event(event)).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|e| DaemonError::ProcConnector(e.to_string()))?;
-    Ok(handle)
+    canopy_sys::proc_events::ProcEvents::subscribe(config).map_err(|e| DaemonError::ProcConnector(e.to_string()))
 }
 
-trait RawFdCompat {
-    fn as_raw_fd_compat(&self) -> i32;
-}
-
-impl RawFdCompat for proc_connector::ProcConnector {
-    fn as_raw_fd_compat(&self) -> i32 {
-        std::os::fd::AsRawFd::as_raw_fd(self)
-    }
-}
-
-/// SO_RCVBUFFORCE (root) so the buffer may exceed rmem_max; plain SO_RCVBUF when `force` is off
-/// (tests that want a small buffer).
-fn set_rcvbuf(fd: i32, bytes: usize, force: bool) {
-    let size = bytes as libc::c_int;
-    let opt = if force { libc::SO_RCVBUFFORCE } else { libc::SO_RCVBUF };
-    // SAFETY: setsockopt with an int option on our own socket.
-    unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, opt, &size as *const _ as *const libc::c_void, std::mem::size_of::<libc::c_int>() as u32);
-    }
+/// Translates a canopy-sys proc event into the controller's vocabulary.
+fn translate(ev: &canopy_sys::proc_events::ProcEvent) -> Option<Event> {
+    use canopy_sys::proc_events::EventKind as K;
+    let ts = Some(ev.timestamp_ns);
+    Some(match ev.kind {
+        K::Fork { parent_tid, parent_pid, child_tid, child_pid } => Event::Fork {
+            parent_tid: parent_tid as u32,
+            parent_tgid: parent_pid as u32,
+            child_tid: child_tid as u32,
+            child_tgid: child_pid as u32,
+            timestamp_ns: ts,
+        },
+        K::Exec { tid, pid } => Event::Exec { tid: tid as u32, tgid: pid as u32, timestamp_ns: ts },
+        K::Comm { tid, pid, comm } => Event::Comm {
+            tid: tid as u32,
+            tgid: pid as u32,
+            comm: Some(comm.to_string_lossy()),
+            timestamp_ns: ts,
+        },
+        K::Exit { tid, pid, .. } => Event::Exit { tid: tid as u32, tgid: pid as u32 },
+        K::Overrun => {
+            tracing::warn!("proc connector overrun: events lost, rescanning");
+            Event::Overrun
+        }
+        K::Other { .. } => return None,
+    })
 }
 
 #[derive(Debug, Clone)]
