@@ -261,6 +261,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         if self.tasks.contains_key(&child_tid) || self.ignored.contains(&child_tgid) {
             return;
         }
+        self.backend.inherit_original(child_tid, parent_tid);
         if child_tgid == parent_tgid && self.processes.contains_key(&child_tgid) {
             // A new thread: same process facts; at clone time it carries its creator's comm.
             let comm = match self.tasks.get(&parent_tid) {

@@ -181,6 +181,9 @@ impl Backend for AnyBackend {
     fn release_task(&mut self, tid: u32) {
         self.0.release_task(tid)
     }
+    fn inherit_original(&mut self, child: u32, parent: u32) {
+        self.0.inherit_original(child, parent)
+    }
     fn forget_task(&mut self, tid: u32) {
         self.0.forget_task(tid)
     }

@@ -214,6 +214,12 @@ impl Backend for FallbackBackend {
         }
     }
 
+    fn inherit_original(&mut self, child: u32, parent: u32) {
+        if let Some(orig) = self.originals.get(&parent).copied() {
+            self.originals.entry(child).or_insert(orig);
+        }
+    }
+
     fn release_task(&mut self, tid: u32) {
         if let Some(orig) = self.originals.remove(&tid) {
             let _ = restore_attr(tid, &orig, self.uclamp_supported == Some(true));
@@ -317,6 +323,17 @@ fn restore_attr(tid: u32, orig: &SchedAttr, with_uclamp: bool) -> io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forked_task_inherits_its_parents_original_attributes() {
+        let mut b = FallbackBackend::new(PathBuf::from("/nonexistent"));
+        let orig = SchedAttr { size: 56, sched_nice: 3, ..Default::default() };
+        b.originals.insert(10, orig);
+        b.inherit_original(11, 10);
+        b.inherit_original(12, 99);
+        assert_eq!(b.original(11), Some(&orig));
+        assert_eq!(b.original(12), None);
+    }
 
     #[test]
     fn sched_attr_is_the_kernel_size() {
