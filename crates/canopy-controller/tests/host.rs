@@ -473,7 +473,7 @@ fn g_overrun_is_detected_and_rescan_leaves_nothing_untagged() {
     let mut ids: Vec<u32> = read_until_ready(&mut o1).iter().filter_map(|l| l.parse().ok()).collect();
     ids.extend(read_until_ready(&mut o2).iter().filter_map(|l| l.parse::<u32>().ok()));
     assert_eq!(ids.len(), 3000);
-    let done = wait_for(Duration::from_secs(10), || ids.iter().all(|&t| nice_policy(t) == Some((4, BATCH))));
+    let done = wait_for(Duration::from_secs(20), || ids.iter().all(|&t| nice_policy(t) == Some((4, BATCH))));
     let untagged = ids.iter().filter(|&&t| nice_policy(t) != Some((4, BATCH))).count();
     let st = env.status();
     let overruns = st["events"]["overrun"].as_u64().unwrap_or(0);
