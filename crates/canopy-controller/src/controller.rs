@@ -536,6 +536,26 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         self.set_state(cgroup, state);
     }
 
+    /// Safety net for moves no event reported (clone3 into a cgroup, writes outside the watched
+    /// subtree): re-reads every tracked process's cgroup and re-clamps the ones that moved.
+    /// Returns how many had moved.
+    pub fn reconcile_cgroups(&mut self) -> usize {
+        let tracked: Vec<(u32, String)> =
+            self.processes.iter().map(|(&tgid, p)| (tgid, p.facts.cgroup.clone())).collect();
+        let mut moved = 0;
+        for (tgid, known) in tracked {
+            match self.source.process_cgroup(tgid) {
+                Ok(now) if now != known => {
+                    moved += 1;
+                    self.stats.count_event(crate::event::EventKind::Move);
+                    self.process_moved(tgid, Some(now));
+                }
+                _ => {}
+            }
+        }
+        moved
+    }
+
     /// The earliest pending delayed state change.
     pub fn next_deadline(&self) -> Option<Instant> {
         let state = self.groups.values().filter_map(|g| g.pending.as_ref().map(|p| p.0)).min();

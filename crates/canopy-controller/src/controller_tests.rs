@@ -253,3 +253,17 @@ fn scope_limits_management() {
     c.handle(Event::CgroupMembershipChanged { cgroup: APP.into() }, Instant::now());
     assert!(applied(&c, 200).is_some());
 }
+
+#[test]
+fn reconcile_catches_moves_no_event_reported() {
+    let mini = "user.slice/user-1000.slice/user@1000.service/app.slice/app-mini.scope";
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", OTHER);
+    src.spawn(200, "sleeper", mini);
+    let mut c = controller(src);
+    c.request_state(mini, "minimized", Instant::now()).unwrap();
+    assert_eq!(c.reconcile_cgroups(), 0);
+    c.source_mut().move_to(100, mini);
+    assert_eq!(c.reconcile_cgroups(), 1);
+    assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
+}

@@ -27,6 +27,9 @@ use crate::scx::{ScxBackend, ScxMaps};
 use crate::server::{self, ControlMsg, Limits};
 use crate::sdnotify;
 
+/// How often tracked processes' cgroups are re-read (moves no event reported).
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+
 /// How the user asked to pick the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModeChoice {
@@ -309,6 +312,9 @@ pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) ->
 
     let cgroup_root_str = cgroup_root.to_string_lossy().into_owned();
     let mut policy_debounce: Option<Instant> = None;
+    // Moves that no event reports are caught by a periodic re-read of tracked cgroups.
+    let mut reconcile = tokio::time::interval_at(Instant::now() + RECONCILE_EVERY, RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         let timer = match (ctl.next_deadline(), policy_debounce) {
@@ -356,6 +362,12 @@ pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) ->
                     }
                     budget -= 1;
                     next = if budget > 0 { in_rx.try_recv().ok() } else { None };
+                }
+            }
+            _ = reconcile.tick() => {
+                let moved = ctl.reconcile_cgroups();
+                if moved > 0 {
+                    tracing::info!(moved, "reconcile found cgroup moves no event reported");
                 }
             }
             msg = ctl_rx.recv() => {
