@@ -248,7 +248,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
 
     fn record_latency(&mut self, tid: u32, timestamp_ns: Option<u64>) {
         let Some(ts) = timestamp_ns else { return };
-        if !self.tasks.get(&tid).is_some_and(|t| t.applied.is_some()) {
+        if self.tasks.get(&tid).is_none_or(|t| t.applied.is_none()) {
             return;
         }
         let now = monotonic_ns();

@@ -300,7 +300,7 @@ user_settable = true
         let dir = std::env::temp_dir().join(format!("canopy-adapter-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
-        let plan = match load_policy(&[dir.clone()]) {
+        let plan = match load_policy(std::slice::from_ref(&dir)) {
             Ok(p) => p,
             Err(e) => panic!("{e}"),
         };
@@ -324,7 +324,7 @@ user_settable = true
         assert_eq!(plan.state_info(g, "unfocused").unwrap().after, Duration::from_secs(30));
         assert!(plan.focus_states(g).unwrap().focused.is_some());
         std::fs::write(dir.join("policy.toml"), "[[rules]]\ncomm = 'x'\nclass = 'NOPE'\n").unwrap();
-        let err = load_policy(&[dir.clone()]).unwrap_err();
+        let err = load_policy(std::slice::from_ref(&dir)).unwrap_err();
         assert!(err.contains("policy.toml:"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -416,7 +416,7 @@ pub mod fuzz {
 
     impl Rng {
         /// Next value.
-        pub fn next(&mut self) -> u64 {
+        pub fn next_u64(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
@@ -424,7 +424,7 @@ pub mod fuzz {
         }
         /// A value below `n`.
         pub fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 
@@ -441,7 +441,7 @@ pub mod fuzz {
             0 => (0..rng.below(200) + 1).map(|_| (rng.below(256) as u8).max(1)).map(|b| if b == b'\n' { b' ' } else { b }).collect(),
             1 => base[..rng.below(base.len() as u64 - 1) as usize].to_vec(),
             2 => br#"{"cmd":"explain","pid":"one"}"#.to_vec(),
-            3 => format!(r#"{{"cmd":"x{}"}}"#, rng.next()).into_bytes(),
+            3 => format!(r#"{{"cmd":"x{}"}}"#, rng.next_u64()).into_bytes(),
             4 => br#"{"cmd":"status","admin":true}"#.to_vec(),
             5 => {
                 let depth = 200 + rng.below(5000) as usize;

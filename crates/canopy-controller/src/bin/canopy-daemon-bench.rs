@@ -5,6 +5,7 @@
 //! - `idle SECONDS`: the daemon's CPU use while idle (scoped to an empty cgroup; events from the
 //!   rest of the machine still arrive and are dropped). Target < 0.5 %.
 //! - `rss`: the daemon's RSS while tracking 10,000 threads. Target < 30 MB.
+//!
 //! Needs root. Uses `canopy-testload` from the same directory for live threads.
 
 use std::io::{BufRead, BufReader, Write};
