@@ -13,9 +13,11 @@ use canopy_controller::policy_adapter::{load_compiled, loader};
 /// Arguments of `canopy run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Policy files or directories (policy.toml + policy.d/*.toml).
-    #[arg(long = "policy", default_value = "/etc/canopy")]
+    /// Policy files or directories (policy.toml + policy.d/*.toml); default /etc/canopy.
+    #[arg(long = "policy")]
     pub policy: Vec<PathBuf>,
+    /// Policy files or directories, as positional arguments (same as --policy).
+    pub paths: Vec<PathBuf>,
     /// Backend: auto (scx when the kernel has sched_ext sub-schedulers), scx, or fallback.
     /// Default: the policy's `daemon.mode`.
     #[arg(long)]
@@ -77,8 +79,12 @@ fn init_logging() {
 }
 
 /// Runs the daemon in the foreground until SIGTERM/SIGINT.
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     init_logging();
+    args.policy.append(&mut args.paths);
+    if args.policy.is_empty() {
+        args.policy.push(PathBuf::from("/etc/canopy"));
+    }
     let compiled = load_compiled(&args.policy).map_err(|e| anyhow!("the policy does not compile:\n{e}"))?;
     let settings = compiled.inner().daemon().clone();
     drop(compiled);

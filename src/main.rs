@@ -1,32 +1,84 @@
 //! The `canopy` command: thin glue over the policy compiler (`canopy-policy`), the OS layer
-//! (`canopy-sys`), the controller daemon (`canopy-controller`) and the BPF schedulers. Each
-//! subcommand lives in its own module.
+//! (`canopy-sys`), the controller daemon (`canopy-controller`) and the BPF schedulers. This file owns the command-line surface (clap derive,
+//! so `--help`, completions and the man page come from one definition) and the exit codes:
+//! 0 success, 1 invalid input or failure, 2 not implemented / usage error.
 
 mod commands;
 mod daemon_cli;
+mod policy_files;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// Linux scheduling QoS: tag tasks into classes by policy, clamp them per cgroup.
+use clap::Parser;
+use clap::Subcommand;
+use clap::ValueEnum;
+
+/// Linux scheduling QoS: tag tasks into classes by policy, clamp them per cgroup, and run
+/// per-cgroup sched_ext child schedulers.
 #[derive(Debug, Parser)]
-#[command(name = "canopy", version, about)]
-struct Cli {
+#[command(name = "canopy", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Output format of diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// `file:line:column: error: message` lines.
+    Text,
+    /// One JSON document with every diagnostic (for CI systems).
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the controller daemon (foreground; systemd Type=notify).
+    /// Validate a policy: exit 0 when valid, 1 with every diagnostic on stderr.
+    ///
+    /// Each PATH is a policy file, or a directory holding policy.toml and policy.d/*.toml
+    /// (merged in lexical order). Default: /etc/canopy.
+    Check {
+        /// Policy files or directories.
+        paths: Vec<PathBuf>,
+        /// Diagnostic format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Compile a policy and print it resolved (canonical TOML), or explain it.
+    Compile {
+        /// Policy files or directories (default: /etc/canopy).
+        paths: Vec<PathBuf>,
+        /// Explain instead: classes, rules in evaluation order, groups and the existing cgroups
+        /// each group owns on this machine.
+        #[arg(long)]
+        explain: bool,
+        /// cgroup2 mount to look for existing cgroups (with --explain).
+        #[arg(long, default_value = "/sys/fs/cgroup")]
+        cgroup_root: PathBuf,
+    },
+    /// Show the semantic difference between two policies (classes, rules, groups).
+    Diff {
+        /// The old policy (file or directory).
+        old: PathBuf,
+        /// The new policy (file or directory).
+        new: PathBuf,
+    },
+    /// Convert another tool's configuration into a canopy policy on stdout.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Run the controller daemon in the foreground (systemd Type=notify): tags tasks into
+    /// classes, clamps them per group state, serves the control socket; SIGHUP reloads,
+    /// SIGTERM restores everything it changed and exits.
     Run(daemon_cli::RunArgs),
-    /// Talk to the running daemon: change group states, tag, explain, reload.
+    /// Talk to the running daemon: change group states, tag, explain, metrics, reload.
     Ctl {
         #[command(flatten)]
         socket: commands::ctl::SocketArg,
         #[command(subcommand)]
         command: commands::ctl::CtlCommand,
     },
-    /// The daemon's status: mode and why, policy, counters, groups.
+    /// The daemon's status: mode and why, policy, counters, groups (`--json` for scripts).
     Status {
         #[command(flatten)]
         socket: commands::ctl::SocketArg,
@@ -34,12 +86,76 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script.
+    Completions {
+        /// Shell to generate for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout.
+    Man,
+    /// Benchmarks (not tests): print timings.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Run(args) => daemon_cli::run(args),
-        Command::Ctl { socket, command } => commands::ctl::ctl(&socket.socket, command),
-        Command::Status { socket, json } => commands::ctl::status(&socket.socket, json),
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// Convert a schedqos configuration directory (qos_mappings.json, app_configs/*.json).
+    Schedqos {
+        /// The schedqos configuration directory, e.g. /etc/schedqos.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Compile a generated policy and match tasks against it.
+    Policy {
+        /// Number of process rules.
+        #[arg(long, default_value_t = 10_000)]
+        rules: usize,
+        /// Number of groups.
+        #[arg(long, default_value_t = 1_000)]
+        groups: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { paths, format } => commands::check::run(&paths, format),
+        Command::Compile {
+            paths,
+            explain,
+            cgroup_root,
+        } => commands::compile::run(&paths, explain, &cgroup_root),
+        Command::Diff { old, new } => commands::diff::run(&old, &new),
+        Command::Import(ImportCommand::Schedqos { dir }) => commands::import::schedqos(&dir),
+        Command::Run(args) => commands::run::run(args),
+        Command::Ctl { socket, command } => {
+            commands::ctl::ctl(&socket.socket, command).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Status { socket, json } => {
+            commands::ctl::status(&socket.socket, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => commands::generate::completions(shell),
+        Command::Man => commands::generate::man(),
+        Command::Bench(BenchCommand::Policy { rules, groups }) => {
+            commands::bench::policy(rules, groups)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            if error.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("canopy: error: {error:#}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -128,22 +128,26 @@ pub struct ClassMask(pub u64);
 impl ClassMask {
     /// Every class of a table of `count` classes.
     pub fn all(count: usize) -> Self {
-        ClassMask(if count >= 64 { u64::MAX } else { (1u64 << count) - 1 })
+        ClassMask(if count >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << count) - 1
+        })
     }
 
     /// Whether `class` is in the set.
     pub fn contains(self, class: ClassId) -> bool {
-        self.0 & (1u64 << class.0) != 0
+        class.0 < 64 && self.0 & (1u64 << class.0) != 0
     }
 
     /// The set with `class` added.
     pub fn with(self, class: ClassId) -> Self {
-        ClassMask(self.0 | (1u64 << class.0))
+        ClassMask(self.0 | 1u64.checked_shl(class.0.into()).unwrap_or(0))
     }
 
     /// The set with `class` removed.
     pub fn without(self, class: ClassId) -> Self {
-        ClassMask(self.0 & !(1u64 << class.0))
+        ClassMask(self.0 & !1u64.checked_shl(class.0.into()).unwrap_or(0))
     }
 
     /// Whether the set is empty.
@@ -159,10 +163,20 @@ mod tests {
     #[test]
     fn builtins_follow_schedqos_mapping() {
         let interactive = &BUILTINS[0].params;
-        assert_eq!((interactive.nice, interactive.slice_us, interactive.uclamp_max), (-4, 8_000, 1024));
+        assert_eq!(
+            (
+                interactive.nice,
+                interactive.slice_us,
+                interactive.uclamp_max
+            ),
+            (-4, 8_000, 1024)
+        );
         let background = &BUILTINS[4].params;
         assert_eq!(background.policy, SchedPolicy::Batch);
-        assert_eq!((background.nice, background.slice_us, background.uclamp_max), (4, 20_000, 256));
+        assert_eq!(
+            (background.nice, background.slice_us, background.uclamp_max),
+            (4, 20_000, 256)
+        );
         assert_eq!(BUILTINS[2].params, BUILTINS[3].params, "DEFAULT = UTILITY");
     }
 

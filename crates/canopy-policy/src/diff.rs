@@ -40,8 +40,17 @@ fn field_changes(prefix: &str, old: &Value, new: &Value, out: &mut Vec<String>) 
             keys.sort();
             keys.dedup();
             for key in keys {
-                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-                field_changes(&path, a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), out);
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                field_changes(
+                    &path,
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                    out,
+                );
             }
         }
         _ if old != new => out.push(format!("{prefix}: {} -> {}", compact(old), compact(new))),
@@ -68,13 +77,25 @@ fn rename_classes(plan: &Plan, value: Value) -> Value {
         Value::Object(map) => Value::Object(
             map.into_iter()
                 .map(|(key, value)| {
-                    let is_class_field = matches!(key.as_str(), "class" | "ceiling" | "floor" | "allow" | "deny");
-                    let value = if is_class_field { ids_to_names(plan, value) } else { rename_classes(plan, value) };
+                    let is_class_field = matches!(
+                        key.as_str(),
+                        "class" | "ceiling" | "floor" | "allow" | "deny"
+                    );
+                    let value = if is_class_field {
+                        ids_to_names(plan, value)
+                    } else {
+                        rename_classes(plan, value)
+                    };
                     (key, value)
                 })
                 .collect(),
         ),
-        Value::Array(items) => Value::Array(items.into_iter().map(|item| rename_classes(plan, item)).collect()),
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|item| rename_classes(plan, item))
+                .collect(),
+        ),
         other => other,
     }
 }
@@ -84,16 +105,24 @@ fn ids_to_names(plan: &Plan, value: Value) -> Value {
         Value::Number(number) => number
             .as_u64()
             .and_then(|id| plan.classes().get(id as usize))
-            .map_or(Value::Number(number), |class| Value::String(class.name.clone())),
-        Value::Array(items) => Value::Array(items.into_iter().map(|item| ids_to_names(plan, item)).collect()),
+            .map_or(Value::Number(number), |class| {
+                Value::String(class.name.clone())
+            }),
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|item| ids_to_names(plan, item))
+                .collect(),
+        ),
         other => rename_classes(plan, other),
     }
 }
 
-fn rule_key(index: usize, rule: &Rule) -> String {
+/// Rules are identified by name, or by their conditions when unnamed.
+fn rule_key(rule: &Rule) -> String {
     match &rule.name {
         Some(name) => format!("rule `{name}`"),
-        None => format!("rule {}", serde_json::to_string(&rule.conditions).unwrap_or_else(|_| index.to_string())),
+        None => format!("rule {}", rule.conditions.describe()),
     }
 }
 
@@ -108,7 +137,11 @@ pub fn diff(old: &Plan, new: &Plan) -> Vec<Change> {
     let new_order: Vec<&str> = new.classes().iter().map(|c| c.name.as_str()).collect();
     for class in old.classes() {
         match new.classes().iter().find(|c| c.name == class.name) {
-            None => changes.push(Change { kind: '-', item: format!("class {}", class.name), details: Vec::new() }),
+            None => changes.push(Change {
+                kind: '-',
+                item: format!("class {}", class.name),
+                details: Vec::new(),
+            }),
             Some(other) => {
                 let mut details = Vec::new();
                 let mut a = serde_json::to_value(class).expect("serializes");
@@ -117,63 +150,142 @@ pub fn diff(old: &Plan, new: &Plan) -> Vec<Change> {
                 b.as_object_mut().map(|m| m.remove("id"));
                 field_changes("", &a, &b, &mut details);
                 if !details.is_empty() {
-                    changes.push(Change { kind: '~', item: format!("class {}", class.name), details });
+                    changes.push(Change {
+                        kind: '~',
+                        item: format!("class {}", class.name),
+                        details,
+                    });
                 }
             }
         }
     }
     for class in new.classes() {
         if !old_order.contains(&class.name.as_str()) {
-            changes.push(Change { kind: '+', item: format!("class {}", class.name), details: vec![format!("position {}", class.id.0)] });
+            changes.push(Change {
+                kind: '+',
+                item: format!("class {}", class.name),
+                details: vec![format!("position {}", class.id.0)],
+            });
         }
     }
-    let common_old: Vec<&str> = old_order.iter().copied().filter(|n| new_order.contains(n)).collect();
-    let common_new: Vec<&str> = new_order.iter().copied().filter(|n| old_order.contains(n)).collect();
+    let common_old: Vec<&str> = old_order
+        .iter()
+        .copied()
+        .filter(|n| new_order.contains(n))
+        .collect();
+    let common_new: Vec<&str> = new_order
+        .iter()
+        .copied()
+        .filter(|n| old_order.contains(n))
+        .collect();
     if common_old != common_new {
-        changes.push(Change { kind: '~', item: "class order".into(), details: vec![format!("{} -> {}", common_old.join(" > "), common_new.join(" > "))] });
+        changes.push(Change {
+            kind: '~',
+            item: "class order".into(),
+            details: vec![format!(
+                "{} -> {}",
+                common_old.join(" > "),
+                common_new.join(" > ")
+            )],
+        });
     }
     // Defaults and daemon.
     for (item, a, b) in [
-        ("defaults", named_json(old, old.defaults()), named_json(new, new.defaults())),
-        ("daemon", named_json(old, old.daemon()), named_json(new, new.daemon())),
+        (
+            "defaults",
+            named_json(old, old.defaults()),
+            named_json(new, new.defaults()),
+        ),
+        (
+            "daemon",
+            named_json(old, old.daemon()),
+            named_json(new, new.daemon()),
+        ),
     ] {
         let mut details = Vec::new();
         field_changes("", &a, &b, &mut details);
         if !details.is_empty() {
-            changes.push(Change { kind: '~', item: item.into(), details });
+            changes.push(Change {
+                kind: '~',
+                item: item.into(),
+                details,
+            });
         }
     }
     // Rules, by name or by their conditions.
-    let old_rules: Vec<(String, &Rule)> = old.rules().iter().enumerate().map(|(i, r)| (rule_key(i, r), r)).collect();
-    let new_rules: Vec<(String, &Rule)> = new.rules().iter().enumerate().map(|(i, r)| (rule_key(i, r), r)).collect();
-    let new_index: HashMap<&str, usize> = new_rules.iter().enumerate().map(|(i, (k, _))| (k.as_str(), i)).collect();
-    let old_index: HashMap<&str, usize> = old_rules.iter().enumerate().map(|(i, (k, _))| (k.as_str(), i)).collect();
+    let old_rules: Vec<(String, &Rule)> = old.rules().iter().map(|r| (rule_key(r), r)).collect();
+    let new_rules: Vec<(String, &Rule)> = new.rules().iter().map(|r| (rule_key(r), r)).collect();
+    let new_index: HashMap<&str, usize> = new_rules
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.as_str(), i))
+        .collect();
+    let old_index: HashMap<&str, usize> = old_rules
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.as_str(), i))
+        .collect();
     for (position, (key, rule)) in old_rules.iter().enumerate() {
         match new_index.get(key.as_str()) {
-            None => changes.push(Change { kind: '-', item: format!("{key} (was #{})", position + 1), details: Vec::new() }),
+            None => changes.push(Change {
+                kind: '-',
+                item: format!("{key} (was #{})", position + 1),
+                details: Vec::new(),
+            }),
             Some(&new_position) => {
                 let mut details = Vec::new();
-                field_changes("", &named_json(old, rule), &named_json(new, new_rules[new_position].1), &mut details);
+                field_changes(
+                    "",
+                    &named_json(old, rule),
+                    &named_json(new, new_rules[new_position].1),
+                    &mut details,
+                );
                 if !details.is_empty() {
-                    changes.push(Change { kind: '~', item: key.clone(), details });
+                    changes.push(Change {
+                        kind: '~',
+                        item: key.clone(),
+                        details,
+                    });
                 }
             }
         }
     }
     for (position, (key, _)) in new_rules.iter().enumerate() {
         if !old_index.contains_key(key.as_str()) {
-            changes.push(Change { kind: '+', item: format!("{key} (#{})", position + 1), details: Vec::new() });
+            changes.push(Change {
+                kind: '+',
+                item: format!("{key} (#{})", position + 1),
+                details: Vec::new(),
+            });
         }
     }
-    let kept_old: Vec<&str> = old_rules.iter().map(|(k, _)| k.as_str()).filter(|k| new_index.contains_key(k)).collect();
-    let kept_new: Vec<&str> = new_rules.iter().map(|(k, _)| k.as_str()).filter(|k| old_index.contains_key(k)).collect();
+    let kept_old: Vec<&str> = old_rules
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| new_index.contains_key(k))
+        .collect();
+    let kept_new: Vec<&str> = new_rules
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| old_index.contains_key(k))
+        .collect();
     if kept_old != kept_new {
-        changes.push(Change { kind: '~', item: "rule order".into(), details: vec!["rules present in both policies are evaluated in a different order".into()] });
+        changes.push(Change {
+            kind: '~',
+            item: "rule order".into(),
+            details: vec![
+                "rules present in both policies are evaluated in a different order".into(),
+            ],
+        });
     }
     // Groups, by name.
     for group in old.groups() {
         match new.groups().iter().find(|g| g.name == group.name) {
-            None => changes.push(Change { kind: '-', item: format!("group {}", group.name), details: Vec::new() }),
+            None => changes.push(Change {
+                kind: '-',
+                item: format!("group {}", group.name),
+                details: Vec::new(),
+            }),
             Some(other) => {
                 let mut details = Vec::new();
                 let mut a = named_json(old, group);
@@ -184,14 +296,22 @@ pub fn diff(old: &Plan, new: &Plan) -> Vec<Change> {
                 }
                 field_changes("", &a, &b, &mut details);
                 if !details.is_empty() {
-                    changes.push(Change { kind: '~', item: format!("group {}", group.name), details });
+                    changes.push(Change {
+                        kind: '~',
+                        item: format!("group {}", group.name),
+                        details,
+                    });
                 }
             }
         }
     }
     for group in new.groups() {
         if !old.groups().iter().any(|g| g.name == group.name) {
-            changes.push(Change { kind: '+', item: format!("group {} ({})", group.name, group.path), details: Vec::new() });
+            changes.push(Change {
+                kind: '+',
+                item: format!("group {} ({})", group.name, group.path),
+                details: Vec::new(),
+            });
         }
     }
     changes

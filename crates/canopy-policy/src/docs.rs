@@ -126,26 +126,45 @@ fn type_of(schema: &Value) -> String {
         let name = reference.rsplit('/').next().unwrap_or(reference);
         return format!("[{name}](#{})", name.to_lowercase());
     }
-    if let Some(options) = schema.get("anyOf").or_else(|| schema.get("oneOf")).and_then(Value::as_array) {
-        let parts: Vec<String> = options.iter().map(type_of).filter(|t| !t.is_empty() && t != "null").collect();
+    if let Some(options) = schema
+        .get("anyOf")
+        .or_else(|| schema.get("oneOf"))
+        .and_then(Value::as_array)
+    {
+        let parts: Vec<String> = options
+            .iter()
+            .map(type_of)
+            .filter(|t| !t.is_empty() && t != "null")
+            .collect();
         return parts.join(" or ");
     }
     if let Some(values) = schema.get("enum").and_then(Value::as_array) {
-        return values.iter().map(|v| format!("`{}`", v.as_str().unwrap_or("?"))).collect::<Vec<_>>().join(" \\| ");
+        return values
+            .iter()
+            .map(|v| format!("`{}`", v.as_str().unwrap_or("?")))
+            .collect::<Vec<_>>()
+            .join(" \\| ");
     }
     if let Some(constant) = schema.get("const").and_then(Value::as_str) {
         return format!("`{constant}`");
     }
     let types: Vec<String> = match schema.get("type") {
         Some(Value::String(t)) => vec![t.clone()],
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).map(String::from).collect(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect(),
         _ => vec!["any".into()],
     };
     types
         .into_iter()
         .filter(|t| t != "null")
         .map(|t| match t.as_str() {
-            "array" => format!("array of {}", schema.get("items").map_or("any".into(), type_of)),
+            "array" => format!(
+                "array of {}",
+                schema.get("items").map_or("any".into(), type_of)
+            ),
             "object" => match schema.get("additionalProperties") {
                 Some(value @ Value::Object(_)) => format!("table of {}", type_of(value)),
                 _ => "table".into(),
@@ -157,7 +176,10 @@ fn type_of(schema: &Value) -> String {
 }
 
 fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|")
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
 }
 
 fn type_section(name: &str, schema: &Value, required: &[&str]) -> String {
@@ -169,9 +191,20 @@ fn type_section(name: &str, schema: &Value, required: &[&str]) -> String {
     if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
         out.push_str("| field | type | description |\n|---|---|---|\n");
         for (field, property) in properties {
-            let marker = if required.contains(&field.as_str()) { " (required)" } else { "" };
-            let description = property.get("description").and_then(Value::as_str).unwrap_or("");
-            out.push_str(&format!("| `{field}`{marker} | {} | {} |\n", type_of(property), one_line(description)));
+            let marker = if required.contains(&field.as_str()) {
+                " (required)"
+            } else {
+                ""
+            };
+            let description = property
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            out.push_str(&format!(
+                "| `{field}`{marker} | {} | {} |\n",
+                type_of(property),
+                one_line(description)
+            ));
         }
         out.push('\n');
     }
@@ -180,10 +213,17 @@ fn type_section(name: &str, schema: &Value, required: &[&str]) -> String {
         for variant in variants {
             let values: Vec<String> = match (variant.get("const"), variant.get("enum")) {
                 (Some(c), _) => vec![c.as_str().unwrap_or("?").to_string()],
-                (_, Some(Value::Array(e))) => e.iter().filter_map(Value::as_str).map(String::from).collect(),
+                (_, Some(Value::Array(e))) => e
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect(),
                 _ => vec![],
             };
-            let description = variant.get("description").and_then(Value::as_str).unwrap_or("");
+            let description = variant
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             for value in values {
                 out.push_str(&format!("| `{value}` | {} |\n", one_line(description)));
             }
@@ -201,8 +241,24 @@ pub fn reference_markdown() -> String {
     out.push_str(&type_section("PolicyFile", &schema, &[]));
     if let Some(definitions) = schema.get("$defs").and_then(Value::as_object) {
         let mut names: Vec<&String> = definitions.keys().collect();
-        let preferred = ["DefaultsDef", "DaemonDef", "DaemonMode", "ClassDef", "SchedPolicy", "RuleDef", "ThreadRuleDef", "GroupDef", "SchedulerKind", "StateDef"];
-        names.sort_by_key(|name| preferred.iter().position(|p| p == name).unwrap_or(usize::MAX));
+        let preferred = [
+            "DefaultsDef",
+            "DaemonDef",
+            "DaemonMode",
+            "ClassDef",
+            "SchedPolicy",
+            "RuleDef",
+            "ThreadRuleDef",
+            "GroupDef",
+            "SchedulerKind",
+            "StateDef",
+        ];
+        names.sort_by_key(|name| {
+            preferred
+                .iter()
+                .position(|p| p == name)
+                .unwrap_or(usize::MAX)
+        });
         for name in names {
             let definition = &definitions[name];
             let required: Vec<&str> = definition
@@ -224,7 +280,9 @@ mod tests {
     use super::*;
 
     fn check_committed(relative: &str, generated: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(relative);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(relative);
         if std::env::var_os("CANOPY_BLESS").is_some() {
             std::fs::write(&path, generated).expect("write generated doc");
             return;
@@ -244,6 +302,42 @@ mod tests {
     #[test]
     fn docs_schema_matches_the_types() {
         check_committed("docs/policy.schema.json", &json_schema());
+    }
+
+    fn toml_blocks(markdown: &str) -> Vec<String> {
+        markdown
+            .split("```toml\n")
+            .skip(1)
+            .map(|block| block.split("```").next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn examples_in_the_docs_and_readme_compile_cleanly() {
+        let readme_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+        let readme = std::fs::read_to_string(readme_path).unwrap_or_default();
+        let blocks: Vec<String> = toml_blocks(&reference_markdown())
+            .into_iter()
+            .chain(toml_blocks(&readme))
+            .collect();
+        assert!(
+            blocks.len() >= 2,
+            "expected examples in docs/policy.md and README.md"
+        );
+        for block in blocks {
+            let compiled = crate::compile_str("example.toml", &block).unwrap_or_else(|error| {
+                panic!(
+                    "{}\n{block}",
+                    error
+                        .diagnostics
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            });
+            assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
+        }
     }
 
     #[test]

@@ -6,15 +6,14 @@
 
 use std::collections::HashMap;
 
-use globset::GlobMatcher;
-use globset::GlobSet;
-use globset::GlobSetBuilder;
 use regex::RegexSet;
 
 use crate::class::ClassId;
 use crate::glob::is_literal;
 use crate::glob::name_glob;
 use crate::glob::path_glob;
+use crate::glob::FastGlob;
+use crate::glob::GlobIndex;
 use crate::plan::Rule;
 use crate::plan::TaskFacts;
 
@@ -31,30 +30,23 @@ enum Check {
 #[derive(Default)]
 struct FactIndex {
     exact: HashMap<Box<str>, Vec<u32>>,
-    glob_patterns: Vec<globset::Glob>,
     glob_rules: Vec<u32>,
-    globs: GlobSet,
+    globs: GlobIndex,
 }
 
 impl FactIndex {
-    fn add(&mut self, rule: u32, pattern: &str, glob: globset::Glob) -> Check {
+    fn add(&mut self, rule: u32, pattern: &str, path: bool) -> Result<Check, globset::Error> {
         if is_literal(pattern) {
             self.exact.entry(pattern.into()).or_default().push(rule);
-            Check::Literal(pattern.into())
+            return Ok(Check::Literal(pattern.into()));
+        }
+        let glob = if path {
+            path_glob(pattern)?
         } else {
-            self.glob_patterns.push(glob);
-            self.glob_rules.push(rule);
-            Check::Glob(self.glob_patterns.len() - 1)
-        }
-    }
-
-    fn build(&mut self) -> Result<(), globset::Error> {
-        let mut builder = GlobSetBuilder::new();
-        for glob in self.glob_patterns.drain(..) {
-            builder.add(glob);
-        }
-        self.globs = builder.build()?;
-        Ok(())
+            name_glob(pattern)?
+        };
+        self.glob_rules.push(rule);
+        Ok(Check::Glob(self.globs.add(pattern, &glob, path)))
     }
 
     /// Adds the rules this fact's value selects to `candidates`; returns the matched globs.
@@ -68,7 +60,8 @@ impl FactIndex {
         if self.globs.is_empty() {
             return Vec::new();
         }
-        let matched = self.globs.matches(value);
+        let mut matched = Vec::new();
+        self.globs.matches_into(value, &mut matched);
         candidates.extend(matched.iter().map(|&index| self.glob_rules[index]));
         matched
     }
@@ -92,7 +85,7 @@ struct CompiledRule {
     cmdline: Option<usize>,
     uid: Option<u32>,
     user: Option<Box<str>>,
-    threads: Vec<(GlobMatcher, ClassId)>,
+    threads: Vec<(FastGlob, ClassId)>,
 }
 
 /// All rules, indexed.
@@ -137,23 +130,23 @@ impl RuleMatcher {
             let id = index as u32;
             let c = &rule.conditions;
             let comm_check = match &c.comm {
-                Some(p) => Some(comm.add(id, p, name_glob(p)?)),
+                Some(p) => Some(comm.add(id, p, false)?),
                 None => None,
             };
             let (mut base_check, mut path_check) = (None, None);
             if let Some(p) = &c.exe {
                 if p.contains('/') {
-                    path_check = Some(exe_path.add(id, p, path_glob(p)?));
+                    path_check = Some(exe_path.add(id, p, true)?);
                 } else {
-                    base_check = Some(exe_base.add(id, p, name_glob(p)?));
+                    base_check = Some(exe_base.add(id, p, false)?);
                 }
             }
             let cgroup_check = match &c.cgroup {
-                Some(p) => Some(cgroup.add(id, p, path_glob(p)?)),
+                Some(p) => Some(cgroup.add(id, p, true)?),
                 None => None,
             };
             let parent_check = match &c.parent_comm {
-                Some(p) => Some(parent.add(id, p, name_glob(p)?)),
+                Some(p) => Some(parent.add(id, p, false)?),
                 None => None,
             };
             let cmdline_check = c.cmdline.as_ref().map(|pattern| {
@@ -172,7 +165,12 @@ impl RuleMatcher {
             let threads = rule
                 .threads
                 .iter()
-                .map(|thread| Ok((name_glob(&thread.name)?.compile_matcher(), thread.class)))
+                .map(|thread| {
+                    Ok((
+                        FastGlob::new(&thread.name, &name_glob(&thread.name)?, false),
+                        thread.class,
+                    ))
+                })
                 .collect::<Result<_, globset::Error>>()?;
             compiled.push(CompiledRule {
                 comm: comm_check,
@@ -185,9 +183,6 @@ impl RuleMatcher {
                 user: c.user.as_deref().map(Into::into),
                 threads,
             });
-        }
-        for index in [&mut comm, &mut exe_base, &mut exe_path, &mut cgroup, &mut parent] {
-            index.build()?;
         }
         let cmdline = regex::RegexSetBuilder::new(&regexes)
             .size_limit(REGEX_SIZE_LIMIT.saturating_mul(regexes.len().max(1)))
@@ -233,10 +228,15 @@ impl RuleMatcher {
                 && check(&rule.cgroup, Some(cgroup), &cgroup_globs)
                 && check(&rule.parent, task.parent_comm, &parent_globs)
                 && rule.cmdline.is_none_or(|index| {
-                    cmdline_matches.as_ref().is_some_and(|matches| matches.matched(index))
+                    cmdline_matches
+                        .as_ref()
+                        .is_some_and(|matches| matches.matched(index))
                 })
                 && rule.uid.is_none_or(|uid| uid == task.uid)
-                && rule.user.as_deref().is_none_or(|user| task.user == Some(user))
+                && rule
+                    .user
+                    .as_deref()
+                    .is_none_or(|user| task.user == Some(user))
         })
     }
 

@@ -38,7 +38,8 @@ pub(crate) struct ParsedFile {
     pub(crate) defaults: Option<(DefaultsDef, Span)>,
     pub(crate) daemon: Option<(DaemonDef, Span)>,
     pub(crate) classes: Vec<Named<ClassDef>>,
-    pub(crate) rules: Vec<(RuleDef, Span)>,
+    /// Rules with their span and whether a bad field was dropped while reading them.
+    pub(crate) rules: Vec<(RuleDef, Span, bool)>,
     pub(crate) groups: Vec<Named<GroupDef>>,
     /// Name spans of each group's states, parallel to `groups`.
     pub(crate) state_spans: Vec<Vec<(String, Span)>>,
@@ -62,6 +63,8 @@ pub(crate) fn parse_file(file: FileId, text: &str, reporter: &mut Reporter<'_>) 
         }
     };
     let span = |range: std::ops::Range<usize>| Span::new(file, range);
+    let line_starts: Vec<usize> = text.match_indices('\n').map(|(i, _)| i).collect();
+    let line_of = |offset: usize| line_starts.partition_point(|&newline| newline < offset) + 1;
     for (key, value) in root.get_ref().iter() {
         let key_span = span(key.span());
         match key.get_ref().as_ref() {
@@ -90,7 +93,10 @@ pub(crate) fn parse_file(file: FileId, text: &str, reporter: &mut Reporter<'_>) 
                     reporter.error(
                         &span(value.span()),
                         Problem::WrongType {
-                            message: format!("expected an array of tables, found {}", value.get_ref().type_str()),
+                            message: format!(
+                                "expected an array of tables, found {}",
+                                value.get_ref().type_str()
+                            ),
                             item: "`rules`".into(),
                         },
                         Some("write each rule as a `[[rules]]` table".into()),
@@ -98,16 +104,20 @@ pub(crate) fn parse_file(file: FileId, text: &str, reporter: &mut Reporter<'_>) 
                     continue;
                 };
                 for value in array.iter() {
-                    let label = format!("rule at {}", describe_offset(text, value.span().start));
-                    if let Some(item) = deserialize_item(file, value, &label, None, reporter) {
-                        parsed.rules.push((item, span(value.span())));
+                    let label = format!("rule at line {}", line_of(value.span().start));
+                    let mut damaged = false;
+                    if let Some(item) =
+                        deserialize_item_flagged(file, value, &label, None, reporter, &mut damaged)
+                    {
+                        parsed.rules.push((item, span(value.span()), damaged));
                     }
                 }
             }
             "groups" => {
                 for (name, value) in table_entries(file, value, "[groups]", reporter) {
                     let label = format!("group `{}`", name.get_ref());
-                    let (group, states) = parse_group(file, name.get_ref(), value, &label, reporter);
+                    let (group, states) =
+                        parse_group(file, name.get_ref(), value, &label, reporter);
                     if let Some(group) = group {
                         parsed.groups.push(Named {
                             name: name.get_ref().to_string(),
@@ -121,9 +131,8 @@ pub(crate) fn parse_file(file: FileId, text: &str, reporter: &mut Reporter<'_>) 
             other => reporter.error(
                 &key_span,
                 Problem::UnknownSection { name: other.into() },
-                did_you_mean(other, SECTIONS).or_else(|| {
-                    Some(format!("sections are: {}", SECTIONS.join(", ")))
-                }),
+                did_you_mean(other, SECTIONS)
+                    .or_else(|| Some(format!("sections are: {}", SECTIONS.join(", ")))),
             ),
         }
     }
@@ -134,17 +143,15 @@ fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or("").trim().to_string()
 }
 
-fn describe_offset(text: &str, offset: usize) -> String {
-    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
-    format!("line {line}")
-}
-
 fn table_entries<'v, 'i>(
     file: FileId,
     value: &'v Spanned<DeValue<'i>>,
     label: &str,
     reporter: &mut Reporter<'_>,
-) -> Vec<(&'v Spanned<std::borrow::Cow<'i, str>>, &'v Spanned<DeValue<'i>>)> {
+) -> Vec<(
+    &'v Spanned<std::borrow::Cow<'i, str>>,
+    &'v Spanned<DeValue<'i>>,
+)> {
     match value.get_ref().as_table() {
         Some(table) => table.iter().collect(),
         None => {
@@ -171,7 +178,10 @@ fn parse_group(
     reporter: &mut Reporter<'_>,
 ) -> (Option<GroupDef>, Vec<(String, Span)>) {
     let Some(table) = value.get_ref().as_table() else {
-        return (deserialize_item(file, value, label, None, reporter), Vec::new());
+        return (
+            deserialize_item(file, value, label, None, reporter),
+            Vec::new(),
+        );
     };
     let mut without_states = table.clone();
     without_states.remove("states");
@@ -208,6 +218,18 @@ fn deserialize_item<T: DeserializeOwned>(
     label: &str,
     state: Option<&str>,
     reporter: &mut Reporter<'_>,
+) -> Option<T> {
+    deserialize_item_flagged(file, value, label, state, reporter, &mut false)
+}
+
+/// `deserialize_item`, also saying (in `damaged`) whether a bad field was dropped.
+fn deserialize_item_flagged<T: DeserializeOwned>(
+    file: FileId,
+    value: &Spanned<DeValue<'_>>,
+    label: &str,
+    state: Option<&str>,
+    reporter: &mut Reporter<'_>,
+    damaged: &mut bool,
 ) -> Option<T> {
     let Some(table) = value.get_ref().as_table() else {
         reporter.error(
@@ -271,13 +293,14 @@ fn deserialize_item<T: DeserializeOwned>(
         }
         let culprit = table
             .iter()
-            .find(|(key, value)| contains(&key.span(), error_span.start) || contains(&value.span(), error_span.start))
+            .find(|(key, value)| {
+                contains(&key.span(), error_span.start) || contains(&value.span(), error_span.start)
+            })
             .map(|(key, _)| key.get_ref().to_string());
-        let Some(culprit) = culprit else {
-            return None;
-        };
+        let culprit = culprit?;
         table.remove(culprit.as_str());
         removed.push(culprit);
+        *damaged = true;
     }
     None
 }
@@ -312,15 +335,23 @@ mod tests {
         let sources = [Source::new("p.toml", text)];
         let mut reporter = Reporter::new(&sources);
         let parsed = parse_file(0, text, &mut reporter);
-        let messages = reporter.diagnostics.iter().map(ToString::to_string).collect();
+        let messages = reporter
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         (parsed, messages)
     }
 
     #[test]
     fn reports_every_unknown_field_of_one_item() {
-        let (parsed, messages) = parse("[[rules]]\ncomm = \"make\"\nclas = \"BACKGROUND\"\nfoo = 1\n");
+        let (parsed, messages) =
+            parse("[[rules]]\ncomm = \"make\"\nclas = \"BACKGROUND\"\nfoo = 1\n");
         assert_eq!(messages.len(), 2, "{messages:?}");
-        assert!(messages[0].starts_with("p.toml:3:1: error: unknown field `clas`"), "{messages:?}");
+        assert!(
+            messages[0].starts_with("p.toml:3:1: error: unknown field `clas`"),
+            "{messages:?}"
+        );
         assert!(messages[0].contains("did you mean `class`?"));
         assert!(messages[1].starts_with("p.toml:4:1: error: unknown field `foo`"));
         assert_eq!(parsed.rules.len(), 1);
@@ -330,7 +361,10 @@ mod tests {
     fn wrong_type_points_at_the_value() {
         let (_, messages) = parse("[groups.a]\npath = \"a\"\nweight = \"heavy\"\n");
         assert_eq!(messages.len(), 1, "{messages:?}");
-        assert!(messages[0].starts_with("p.toml:3:10: error: invalid type"), "{messages:?}");
+        assert!(
+            messages[0].starts_with("p.toml:3:10: error: invalid type"),
+            "{messages:?}"
+        );
     }
 
     #[test]

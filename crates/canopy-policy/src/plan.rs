@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use globset::GlobSet;
 use serde::Serialize;
 use sha2::Digest;
 use sha2::Sha256;
@@ -14,6 +13,7 @@ use crate::class::ClassId;
 use crate::class::ClassMask;
 use crate::class::ClassParams;
 use crate::diagnostic::Location;
+use crate::glob::GlobIndex;
 use crate::matcher::RuleMatcher;
 use crate::model::DaemonMode;
 
@@ -237,6 +237,30 @@ pub struct Conditions {
     pub parent_comm: Option<String>,
 }
 
+impl Conditions {
+    /// The conditions as `field="pattern"` pairs separated by spaces, e.g. `comm="make" uid=1000`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let fields = [
+            ("comm", &self.comm),
+            ("exe", &self.exe),
+            ("cmdline", &self.cmdline),
+            ("cgroup", &self.cgroup),
+            ("user", &self.user),
+            ("parent_comm", &self.parent_comm),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                parts.push(format!("{field}={value:?}"));
+            }
+        }
+        if let Some(uid) = self.uid {
+            parts.push(format!("uid={uid}"));
+        }
+        parts.join(" ")
+    }
+}
+
 /// A per-thread rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ThreadRule {
@@ -311,25 +335,42 @@ pub(crate) struct PlanData {
     pub(crate) groups: Vec<Group>,
 }
 
+/// Feeds the canonical serialization straight into the hasher.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The compiled policy. Immutable; cheap to share behind an `Arc`.
 pub struct Plan {
     data: PlanData,
     class_by_name: HashMap<String, ClassId>,
     matcher: RuleMatcher,
-    groups_by_path: GlobSet,
+    groups_by_path: GlobIndex,
     hash: [u8; 32],
 }
 
 impl std::fmt::Debug for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plan").field("hash", &self.hash_hex()).finish_non_exhaustive()
+        f.debug_struct("Plan")
+            .field("hash", &self.hash_hex())
+            .finish_non_exhaustive()
     }
 }
 
 impl Plan {
-    pub(crate) fn new(data: PlanData, matcher: RuleMatcher, groups_by_path: GlobSet) -> Self {
-        let canonical = serde_json::to_vec(&data).expect("plan data serializes");
-        let hash: [u8; 32] = Sha256::digest(&canonical).into();
+    pub(crate) fn new(data: PlanData, matcher: RuleMatcher, groups_by_path: GlobIndex) -> Self {
+        let mut hasher = HashWriter(Sha256::new());
+        serde_json::to_writer(&mut hasher, &data).expect("plan data serializes");
+        let hash: [u8; 32] = hasher.0.finalize().into();
         let class_by_name = data
             .classes
             .iter()
@@ -418,11 +459,7 @@ impl Plan {
     /// ignored): the first group in definition order whose glob matches.
     pub fn group_for_cgroup(&self, path: &str) -> Option<GroupRef> {
         let path = path.trim_start_matches('/');
-        self.groups_by_path
-            .matches(path)
-            .into_iter()
-            .min()
-            .map(GroupRef)
+        self.groups_by_path.first_match(path).map(GroupRef)
     }
 
     /// THE decision: the class a task requesting `requested` gets in `group` while the group is
@@ -456,10 +493,23 @@ pub(crate) fn decide(requested: ClassId, settings: &GroupSettings, class_count: 
             reason: Reason::Allowed,
         };
     }
-    let lower = || (requested.0 + 1..class_count as u8).map(ClassId).find(|&c| allowed.contains(c));
-    let higher = || (0..requested.0).rev().map(ClassId).find(|&c| allowed.contains(c));
-    let above_ceiling = settings.ceiling.is_some_and(|ceiling| requested.is_higher_than(ceiling));
-    let below_floor = settings.floor.is_some_and(|floor| floor.is_higher_than(requested));
+    let lower = || {
+        (u16::from(requested.0) + 1..class_count as u16)
+            .map(|id| ClassId(id as u8))
+            .find(|&c| allowed.contains(c))
+    };
+    let higher = || {
+        (0..requested.0.min(class_count as u8))
+            .rev()
+            .map(ClassId)
+            .find(|&c| allowed.contains(c))
+    };
+    let above_ceiling = settings
+        .ceiling
+        .is_some_and(|ceiling| requested.is_higher_than(ceiling));
+    let below_floor = settings
+        .floor
+        .is_some_and(|floor| floor.is_higher_than(requested));
     let (found, reason) = if above_ceiling {
         (lower().or_else(higher), Reason::ClampedToCeiling)
     } else if below_floor {
@@ -476,6 +526,12 @@ pub(crate) fn decide(requested: ClassId, settings: &GroupSettings, class_count: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Plan>();
+    }
 
     fn settings(allowed: ClassMask, ceiling: Option<u8>, floor: Option<u8>) -> GroupSettings {
         GroupSettings {
@@ -494,16 +550,46 @@ mod tests {
     fn decide_clamps_to_ceiling_and_raises_to_floor() {
         // Classes 0..5; ceiling 1, floor 3: allowed {1,2,3}.
         let group = settings(ClassMask(0b01110), Some(1), Some(3));
-        assert_eq!(decide(ClassId(0), &group, 5), Decision { class: ClassId(1), reason: Reason::ClampedToCeiling });
-        assert_eq!(decide(ClassId(4), &group, 5), Decision { class: ClassId(3), reason: Reason::RaisedToFloor });
-        assert_eq!(decide(ClassId(2), &group, 5), Decision { class: ClassId(2), reason: Reason::Allowed });
+        assert_eq!(
+            decide(ClassId(0), &group, 5),
+            Decision {
+                class: ClassId(1),
+                reason: Reason::ClampedToCeiling
+            }
+        );
+        assert_eq!(
+            decide(ClassId(4), &group, 5),
+            Decision {
+                class: ClassId(3),
+                reason: Reason::RaisedToFloor
+            }
+        );
+        assert_eq!(
+            decide(ClassId(2), &group, 5),
+            Decision {
+                class: ClassId(2),
+                reason: Reason::Allowed
+            }
+        );
+    }
+
+    #[test]
+    fn decide_survives_a_class_id_from_another_plan() {
+        let group = settings(ClassMask(0b00110), None, None);
+        assert_eq!(decide(ClassId(200), &group, 5).class, ClassId(2));
     }
 
     #[test]
     fn decide_prefers_the_class_below_a_denied_one() {
         // Deny class 1 of 0..5.
         let group = settings(ClassMask(0b11101), None, None);
-        assert_eq!(decide(ClassId(1), &group, 5), Decision { class: ClassId(2), reason: Reason::NotAllowed });
+        assert_eq!(
+            decide(ClassId(1), &group, 5),
+            Decision {
+                class: ClassId(2),
+                reason: Reason::NotAllowed
+            }
+        );
         // Only class 0 allowed: go up.
         let group = settings(ClassMask(0b00001), None, None);
         assert_eq!(decide(ClassId(3), &group, 5).class, ClassId(0));

@@ -107,8 +107,14 @@ pub fn to_toml(plan: &Plan) -> String {
             ..GroupDef::default()
         };
         let settings = settings_fields(&base_overrides, &name, &names);
-        (def.weight, def.allow, def.deny, def.ceiling, def.floor) = (settings.0, settings.1, settings.2, settings.3, settings.4);
-        (def.guarantee_percent, def.cap_percent, def.cap_quota_us, def.cap_period_us) = (settings.5, settings.6, settings.7, settings.8);
+        (def.weight, def.allow, def.deny, def.ceiling, def.floor) =
+            (settings.0, settings.1, settings.2, settings.3, settings.4);
+        (
+            def.guarantee_percent,
+            def.cap_percent,
+            def.cap_quota_us,
+            def.cap_period_us,
+        ) = (settings.5, settings.6, settings.7, settings.8);
         let mut states = IndexMap::new();
         for state in &group.states {
             let s = settings_fields(&state.overrides, &name, &names);
@@ -155,7 +161,14 @@ fn settings_fields(
 ) -> Fields {
     let (cap_percent, quota, period) = match o.cap {
         Some(Cap::Percent(percent)) => (Some(spanned(percent.into())), None, None),
-        Some(Cap::Quota { quota_us, period_us }) => (None, Some(spanned(quota_us as i64)), Some(spanned(period_us as i64))),
+        Some(Cap::Quota {
+            quota_us,
+            period_us,
+        }) => (
+            None,
+            Some(spanned(quota_us as i64)),
+            Some(spanned(period_us as i64)),
+        ),
         None => (None, None, None),
     };
     (

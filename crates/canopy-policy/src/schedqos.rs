@@ -26,7 +26,9 @@ pub enum ImportError {
         expected: String,
     },
     /// A class name schedqos doesn't have.
-    #[error("{file}: {path}: unknown QoS class `{name}` (schedqos would silently use QOS_DEFAULT)")]
+    #[error(
+        "{file}: {path}: unknown QoS class `{name}` (schedqos would silently use QOS_DEFAULT)"
+    )]
     UnknownClass {
         file: String,
         path: String,
@@ -51,12 +53,20 @@ const TAGS: [(&str, &str); 5] = [
 
 fn class_of(file: &str, path: &str, value: &Value) -> Result<&'static str, ImportError> {
     let Some(name) = value.as_str() else {
-        return Err(ImportError::Shape { file: file.into(), path: path.into(), expected: "expected a class name string".into() });
+        return Err(ImportError::Shape {
+            file: file.into(),
+            path: path.into(),
+            expected: "expected a class name string".into(),
+        });
     };
     TAGS.iter()
         .find(|(tag, _)| *tag == name)
         .map(|(_, class)| *class)
-        .ok_or_else(|| ImportError::UnknownClass { file: file.into(), path: path.into(), name: name.into() })
+        .ok_or_else(|| ImportError::UnknownClass {
+            file: file.into(),
+            path: path.into(),
+            name: name.into(),
+        })
 }
 
 fn quote(text: &str) -> String {
@@ -64,10 +74,17 @@ fn quote(text: &str) -> String {
 }
 
 fn parse_json(file: &str, text: &str) -> Result<serde_json::Map<String, Value>, ImportError> {
-    let value: Value = serde_json::from_str(text).map_err(|error| ImportError::Json { file: file.into(), reason: error.to_string() })?;
+    let value: Value = serde_json::from_str(text).map_err(|error| ImportError::Json {
+        file: file.into(),
+        reason: error.to_string(),
+    })?;
     match value {
         Value::Object(map) => Ok(map),
-        _ => Err(ImportError::Shape { file: file.into(), path: "(top level)".into(), expected: "expected an object".into() }),
+        _ => Err(ImportError::Shape {
+            file: file.into(),
+            path: "(top level)".into(),
+            expected: "expected an object".into(),
+        }),
     }
 }
 
@@ -75,25 +92,44 @@ fn mapping_toml(file: &str, text: &str, out: &mut String) -> Result<(), ImportEr
     for (tag, attributes) in parse_json(file, text)? {
         let class = class_of(file, &tag, &Value::String(tag.clone()))?;
         let Value::Object(attributes) = attributes else {
-            return Err(ImportError::Shape { file: file.into(), path: tag, expected: "expected an object of sched_attr fields".into() });
+            return Err(ImportError::Shape {
+                file: file.into(),
+                path: tag,
+                expected: "expected an object of sched_attr fields".into(),
+            });
         };
         out.push_str(&format!("\n[classes.{class}]\n"));
         for (field, value) in attributes {
             let path = format!("{tag}.{field}");
             let number = || {
-                value.as_i64().ok_or_else(|| ImportError::Shape { file: file.into(), path: path.clone(), expected: "expected an integer".into() })
+                value.as_i64().ok_or_else(|| ImportError::Shape {
+                    file: file.into(),
+                    path: path.clone(),
+                    expected: "expected an integer".into(),
+                })
             };
             match field.as_str() {
                 "sched_policy" => {
-                    let policy = match value.as_str() {
-                        Some("SCHED_NORMAL" | "SCHED_OTHER") => "normal",
-                        Some("SCHED_BATCH") => "batch",
-                        Some("SCHED_IDLE") => "idle",
-                        Some(other) => {
-                            return Err(ImportError::Unsupported { file: file.into(), path, reason: format!("policy {other} is not a fair policy; canopy leaves RT/DL tasks alone") })
-                        }
-                        None => return Err(ImportError::Shape { file: file.into(), path, expected: "expected a policy name".into() }),
-                    };
+                    let policy =
+                        match value.as_str() {
+                            Some("SCHED_NORMAL" | "SCHED_OTHER") => "normal",
+                            Some("SCHED_BATCH") => "batch",
+                            Some("SCHED_IDLE") => "idle",
+                            Some(other) => return Err(ImportError::Unsupported {
+                                file: file.into(),
+                                path,
+                                reason: format!(
+                                    "policy {other} is not a fair policy; canopy leaves RT/DL tasks alone"
+                                ),
+                            }),
+                            None => {
+                                return Err(ImportError::Shape {
+                                    file: file.into(),
+                                    path,
+                                    expected: "expected a policy name".into(),
+                                })
+                            }
+                        };
                     out.push_str(&format!("policy = \"{policy}\"\n"));
                 }
                 "sched_nice" => out.push_str(&format!("nice = {}\n", number()?)),
@@ -101,10 +137,17 @@ fn mapping_toml(file: &str, text: &str, out: &mut String) -> Result<(), ImportEr
                 "sched_util_min" => out.push_str(&format!("uclamp_min = {}\n", number()?)),
                 "sched_util_max" => out.push_str(&format!("uclamp_max = {}\n", number()?)),
                 "sched_priority" | "sched_deadline" | "sched_period" => {
-                    out.push_str(&format!("# {field} = {} dropped: no effect on fair tasks\n", value));
+                    out.push_str(&format!(
+                        "# {field} = {} dropped: no effect on fair tasks\n",
+                        value
+                    ));
                 }
                 other => {
-                    return Err(ImportError::Unsupported { file: file.into(), path, reason: format!("unknown sched_attr field `{other}`") })
+                    return Err(ImportError::Unsupported {
+                        file: file.into(),
+                        path,
+                        reason: format!("unknown sched_attr field `{other}`"),
+                    })
                 }
             }
         }
@@ -124,16 +167,30 @@ fn parse_apps(file: &str, text: &str) -> Result<Vec<App>, ImportError> {
     let mut apps = Vec::new();
     for (key, config) in parse_json(file, text)? {
         let Value::Object(config) = config else {
-            return Err(ImportError::Shape { file: file.into(), path: key, expected: "expected an object".into() });
+            return Err(ImportError::Shape {
+                file: file.into(),
+                path: key,
+                expected: "expected an object".into(),
+            });
         };
-        let mut app = App { file: file.into(), key: key.clone(), class: None, threads: Vec::new(), dropped: Vec::new() };
+        let mut app = App {
+            file: file.into(),
+            key: key.clone(),
+            class: None,
+            threads: Vec::new(),
+            dropped: Vec::new(),
+        };
         for (field, value) in config {
             let path = format!("{key}.{field}");
             match field.as_str() {
                 "qos" => app.class = Some(class_of(file, &path, &value)?),
                 "thread_qos" => {
                     let Value::Object(threads) = value else {
-                        return Err(ImportError::Shape { file: file.into(), path, expected: "expected an object of thread name to class".into() });
+                        return Err(ImportError::Shape {
+                            file: file.into(),
+                            path,
+                            expected: "expected an object of thread name to class".into(),
+                        });
                     };
                     for (thread, class) in threads {
                         let thread_path = format!("{path}.{thread}");
@@ -143,7 +200,11 @@ fn parse_apps(file: &str, text: &str) -> Result<Vec<App>, ImportError> {
                                 for item in items {
                                     last = Some(class_of(file, &thread_path, item)?);
                                 }
-                                last.ok_or_else(|| ImportError::Shape { file: file.into(), path: thread_path.clone(), expected: "expected at least one class".into() })?
+                                last.ok_or_else(|| ImportError::Shape {
+                                    file: file.into(),
+                                    path: thread_path.clone(),
+                                    expected: "expected at least one class".into(),
+                                })?
                             }
                             other => class_of(file, &thread_path, other)?,
                         };
@@ -152,12 +213,20 @@ fn parse_apps(file: &str, text: &str) -> Result<Vec<App>, ImportError> {
                 }
                 "period" | "version" => app.dropped.push(format!("{field} = {value}")),
                 other => {
-                    return Err(ImportError::Unsupported { file: file.into(), path, reason: format!("unknown app setting `{other}`") })
+                    return Err(ImportError::Unsupported {
+                        file: file.into(),
+                        path,
+                        reason: format!("unknown app setting `{other}`"),
+                    })
                 }
             }
         }
         if app.class.is_none() && app.threads.is_empty() {
-            return Err(ImportError::Shape { file: file.into(), path: key, expected: "expected `qos` or `thread_qos`".into() });
+            return Err(ImportError::Shape {
+                file: file.into(),
+                path: key,
+                expected: "expected `qos` or `thread_qos`".into(),
+            });
         }
         apps.push(app);
     }
@@ -166,7 +235,10 @@ fn parse_apps(file: &str, text: &str) -> Result<Vec<App>, ImportError> {
 
 /// Converts a schedqos configuration to canopy TOML. `mappings` is `qos_mappings.json` if the
 /// directory has one; `app_configs` are the `app_configs/*.json` files in the order to use.
-pub fn import(mappings: Option<(&str, &str)>, app_configs: &[(&str, &str)]) -> Result<String, ImportError> {
+pub fn import(
+    mappings: Option<(&str, &str)>,
+    app_configs: &[(&str, &str)],
+) -> Result<String, ImportError> {
     let mut out = String::from(
         "# Converted from a schedqos configuration by `canopy import schedqos`.\n\
          # App keys match the program's basename (a full path when the key has a `/`): `exe`.\n\
@@ -179,10 +251,14 @@ pub fn import(mappings: Option<(&str, &str)>, app_configs: &[(&str, &str)]) -> R
     for (file, text) in app_configs {
         apps.extend(parse_apps(file, text)?);
     }
-    let (literal, globs): (Vec<&App>, Vec<&App>) = apps.iter().partition(|app| is_literal(&app.key));
+    let (literal, globs): (Vec<&App>, Vec<&App>) =
+        apps.iter().partition(|app| is_literal(&app.key));
     for app in literal.into_iter().chain(globs) {
         out.push_str(&format!("\n# {}: \"{}\"\n[[rules]]\n", app.file, app.key));
-        out.push_str(&format!("name = {}\n", quote(&format!("schedqos:{}", app.key))));
+        out.push_str(&format!(
+            "name = {}\n",
+            quote(&format!("schedqos:{}", app.key))
+        ));
         out.push_str(&format!("exe = {}\n", quote(&app.key)));
         if let Some(class) = app.class {
             out.push_str(&format!("class = \"{class}\"\n"));
@@ -191,7 +267,10 @@ pub fn import(mappings: Option<(&str, &str)>, app_configs: &[(&str, &str)]) -> R
             out.push_str(&format!("# dropped: {dropped} (no effect on fair tasks)\n"));
         }
         for (thread, class) in &app.threads {
-            out.push_str(&format!("[[rules.threads]]\nname = {}\nclass = \"{class}\"\n", quote(thread)));
+            out.push_str(&format!(
+                "[[rules.threads]]\nname = {}\nclass = \"{class}\"\n",
+                quote(thread)
+            ));
         }
     }
     Ok(out)
@@ -203,14 +282,28 @@ mod tests {
 
     #[test]
     fn unknown_class_is_an_error_not_default() {
-        let error = import(None, &[("a.json", r#"{"make": {"qos": "QOS_BACKGRUND"}}"#)]).unwrap_err();
-        assert_eq!(error.to_string(), "a.json: make.qos: unknown QoS class `QOS_BACKGRUND` (schedqos would silently use QOS_DEFAULT)");
+        let error =
+            import(None, &[("a.json", r#"{"make": {"qos": "QOS_BACKGRUND"}}"#)]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "a.json: make.qos: unknown QoS class `QOS_BACKGRUND` (schedqos would silently use QOS_DEFAULT)"
+        );
     }
 
     #[test]
     fn thread_qos_array_takes_the_last_class() {
-        let toml = import(None, &[("a.json", r#"{"app": {"thread_qos": {"t": ["QOS_UTILITY", "QOS_BACKGROUND"]}}}"#)]).unwrap();
-        assert!(toml.contains("name = \"t\"\nclass = \"BACKGROUND\""), "{toml}");
+        let toml = import(
+            None,
+            &[(
+                "a.json",
+                r#"{"app": {"thread_qos": {"t": ["QOS_UTILITY", "QOS_BACKGROUND"]}}}"#,
+            )],
+        )
+        .unwrap();
+        assert!(
+            toml.contains("name = \"t\"\nclass = \"BACKGROUND\""),
+            "{toml}"
+        );
     }
 
     #[test]
@@ -222,6 +315,9 @@ mod tests {
         .unwrap();
         let compiled = crate::compile_str("imported.toml", &toml).unwrap();
         // cc1 (literal) is emitted before c* (glob).
-        assert_eq!(compiled.plan.rules()[0].conditions.exe.as_deref(), Some("cc1"));
+        assert_eq!(
+            compiled.plan.rules()[0].conditions.exe.as_deref(),
+            Some("cc1")
+        );
     }
 }

@@ -56,6 +56,18 @@ pub enum CgroupError {
         /// The offending content.
         content: String,
     },
+    /// An xattr's value did not parse.
+    #[error("cannot parse xattr {name} of {path}: {reason}: {value:?}")]
+    BadXattr {
+        /// The file or directory.
+        path: PathBuf,
+        /// The xattr.
+        name: &'static str,
+        /// What was wrong.
+        reason: &'static str,
+        /// The offending value.
+        value: String,
+    },
     /// A value to write is out of range (checked before writing).
     #[error("invalid {knob} value {value}: {reason}")]
     InvalidValue {
@@ -171,19 +183,24 @@ impl CgroupHierarchy {
     }
 
     /// The cgroup at a relative path such as `/proc/PID/cgroup` shows (`/a/b`; `/` is the root).
-    pub fn cgroup(&self, relative: &str) -> Cgroup {
-        let trimmed = relative.trim_start_matches('/');
+    /// Paths with `.` or `..` components are refused (a control-API caller must not climb out
+    /// of the subtree it was authorized for).
+    pub fn cgroup(&self, relative: &str) -> Result<Cgroup, CgroupError> {
+        check_relative_path(relative)?;
+        let trimmed = relative.trim_matches('/');
         let dir = if trimmed.is_empty() {
             self.mount_point.clone()
         } else {
             self.mount_point.join(trimmed)
         };
-        Cgroup { dir }
+        Ok(Cgroup { dir })
     }
 
     /// The root cgroup.
     pub fn root(&self) -> Cgroup {
-        self.cgroup("/")
+        Cgroup {
+            dir: self.mount_point.clone(),
+        }
     }
 
     /// The relative path of a cgroup directory (`/` for the mount point itself).
@@ -244,7 +261,7 @@ impl CgroupHierarchy {
 
     /// Creates the cgroup (and missing parents); an existing one is fine.
     pub fn create(&self, relative: &str) -> Result<Cgroup, CgroupError> {
-        let cgroup = self.cgroup(relative);
+        let cgroup = self.cgroup(relative)?;
         std::fs::create_dir_all(&cgroup.dir).map_err(|source| CgroupError::Io {
             operation: "mkdir",
             path: cgroup.dir.clone(),
@@ -254,10 +271,39 @@ impl CgroupHierarchy {
     }
 }
 
+/// Refuses relative cgroup paths that are not plain: `.`/`..` components, NUL bytes, or no
+/// leading `/`.
+pub fn check_relative_path(relative: &str) -> Result<(), CgroupError> {
+    let reason = if !relative.starts_with('/') {
+        Some("must start with '/'")
+    } else if relative.contains('\0') {
+        Some("contains a NUL byte")
+    } else if relative
+        .split('/')
+        .any(|component| component == "." || component == "..")
+    {
+        Some("has a '.' or '..' component")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(CgroupError::InvalidValue {
+            knob: "cgroup path",
+            value: relative.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The part of relative cgroup path `path` below `ancestor`, compared by components:
 /// `Some("")` for the ancestor itself, `Some("app.scope/sub")` below it, `None` outside it
-/// (`/user.slice-2` is not inside `/user.slice`). `/` contains everything.
+/// (`/user.slice-2` is not inside `/user.slice`) or if either path is not plain (see
+/// [`check_relative_path`]). `/` contains everything.
 pub fn path_below<'a>(path: &'a str, ancestor: &str) -> Option<&'a str> {
+    if check_relative_path(path).is_err() || check_relative_path(ancestor).is_err() {
+        return None;
+    }
     let ancestor = ancestor.trim_end_matches('/');
     let rest = path.strip_prefix(ancestor)?;
     if rest.is_empty() {
@@ -438,10 +484,11 @@ impl Cgroup {
     pub fn focus(&self) -> Result<Focus, CgroupError> {
         match read_xattr(&self.dir, INACTIVE_SINCE_XATTR)? {
             None => Ok(Focus::NotSet),
-            Some(value) => Focus::parse(&value).map_err(|reason| CgroupError::Parse {
-                path: self.dir.join(format!("@{INACTIVE_SINCE_XATTR}")),
+            Some(value) => Focus::parse(&value).map_err(|reason| CgroupError::BadXattr {
+                path: self.dir.clone(),
+                name: INACTIVE_SINCE_XATTR,
                 reason,
-                content: String::from_utf8_lossy(&value).into_owned(),
+                value: String::from_utf8_lossy(&value).into_owned(),
             }),
         }
     }
@@ -785,6 +832,17 @@ pub enum Focus {
 }
 
 impl Focus {
+    /// How long the app has been without focus at monotonic time `now_us` (see
+    /// [`crate::monotonic_now_ns`]); `None` if it has focus or nothing reports it.
+    pub fn inactive_for(&self, now_us: u64) -> Option<std::time::Duration> {
+        match *self {
+            Focus::InactiveSince { monotonic_us } => Some(std::time::Duration::from_micros(
+                now_us.saturating_sub(monotonic_us),
+            )),
+            Focus::Focused | Focus::NotSet => None,
+        }
+    }
+
     /// Parses an xattr value (`-1` or a decimal µs count; a trailing NUL or newline is fine).
     pub fn parse(value: &[u8]) -> Result<Focus, &'static str> {
         let text = std::str::from_utf8(value).map_err(|_| "not UTF-8")?;
@@ -961,7 +1019,7 @@ mod tests {
     #[test]
     fn relative_paths_map_both_ways() {
         let hierarchy = CgroupHierarchy::at("/sys/fs/cgroup/unified");
-        let cgroup = hierarchy.cgroup("/user.slice/app.scope");
+        let cgroup = hierarchy.cgroup("/user.slice/app.scope").unwrap();
         assert_eq!(
             cgroup.dir(),
             Path::new("/sys/fs/cgroup/unified/user.slice/app.scope")
@@ -976,6 +1034,15 @@ mod tests {
             "/"
         );
         assert!(hierarchy.relative_path(Path::new("/tmp")).is_err());
+        let escape = "/user.slice/user@1000.service/../../system.slice";
+        assert!(hierarchy
+            .cgroup(escape)
+            .unwrap_err()
+            .to_string()
+            .contains(escape));
+        assert!(hierarchy.cgroup("user.slice").is_err());
+        assert!(hierarchy.cgroup("/a/./b").is_err());
+        assert_eq!(hierarchy.cgroup("/").unwrap(), hierarchy.root());
     }
 
     #[test]
@@ -995,6 +1062,10 @@ mod tests {
         assert_eq!(path_below("/user.slice-2/x", "/user.slice"), None);
         assert_eq!(path_below("/system.slice", "/user.slice"), None);
         assert_eq!(path_below("/user.slice", "/user.slice/app.slice"), None);
+        assert_eq!(
+            path_below("/user.slice/../system.slice", "/user.slice"),
+            None
+        );
     }
 
     #[test]
@@ -1073,6 +1144,19 @@ mod tests {
             }
         );
         assert!(Focus::parse(b"soon").is_err());
+        let lost = Focus::InactiveSince {
+            monotonic_us: 1_000_000,
+        };
+        assert_eq!(
+            lost.inactive_for(3_500_000),
+            Some(std::time::Duration::from_millis(2_500))
+        );
+        assert_eq!(
+            lost.inactive_for(10),
+            Some(std::time::Duration::ZERO),
+            "clock skew"
+        );
+        assert_eq!(Focus::Focused.inactive_for(3_500_000), None);
         assert!(Focus::parse(b"-2").is_err());
     }
 

@@ -17,6 +17,14 @@
 //! pid, value). A task that exits while we look at it is not an error: operations on a task
 //! return [`Outcome::Gone`] for `ENOENT`/`ESRCH`, and the caller simply forgets the task.
 //! No module logs; callers decide what is worth saying.
+//!
+//! # Tests
+//! Pure parsing and formatting have unit tests beside the code. `tests/host/` is one test
+//! binary that runs against the live kernel as root (real /proc, sched_setattr, the host's
+//! cgroup2 mount, the proc connector, inotify); the cpu-controller knobs run there only
+//! where cgroup2 has the cpu controller (the VM kernel).
+
+#![deny(missing_docs)]
 
 pub mod cgroup;
 pub mod peer;
@@ -77,7 +85,36 @@ impl<T> Outcome<T> {
     }
 }
 
+/// The current `CLOCK_MONOTONIC` time in ns: the clock of [`proc_events::ProcEvent`]'s
+/// `timestamp_ns` (the kernel's `ktime_get_ns`) and, divided by 1000, of GNOME's
+/// `user.xdg.inactive-since` (`g_get_monotonic_time`).
+pub fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 /// Whether an OS error means "that task (or its /proc entry) no longer exists".
 pub(crate) fn is_gone_error(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The daemon moves these into tokio tasks and shares the applier across them.
+    #[test]
+    fn handles_cross_threads() {
+        fn send<T: Send>() {}
+        fn send_and_sync<T: Send + Sync>() {}
+        send::<crate::procfs::ProcFs>();
+        send::<crate::proc_events::ProcEvents>();
+        send::<crate::watch::Watcher>();
+        send_and_sync::<crate::sched::SchedApplier>();
+        send_and_sync::<crate::cgroup::CgroupHierarchy>();
+        send_and_sync::<crate::cgroup::Cgroup>();
+    }
 }

@@ -123,29 +123,59 @@ impl Cmdline {
     }
 }
 
-/// Everything canopy's matcher looks at for one thread.
+/// The per-process facts canopy's matcher looks at (the same for every thread of it; a
+/// caller may read them once per process and cache them).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskInfo {
-    /// Which thread.
-    pub task: TaskId,
-    /// The thread's own stat: its name (`comm`), flags, nice, policy.
-    pub thread: TaskStat,
+pub struct ProcessInfo {
+    /// The process id.
+    pub pid: Pid,
     /// The process's comm (its main thread's name).
-    pub process_comm: Comm,
-    /// The executable (`/proc/PID/exe`); `None` for kernel threads and zombies. A deleted
-    /// executable reads with the kernel's ` (deleted)` suffix.
+    pub comm: Comm,
+    /// Whether it is a kernel thread (`PF_KTHREAD`).
+    pub is_kernel_thread: bool,
+    /// The executable (`/proc/PID/exe`); `None` for kernel threads, zombies and processes the
+    /// kernel will not show it for (`EACCES`). A deleted executable reads with the kernel's
+    /// ` (deleted)` suffix.
     pub exe: Option<PathBuf>,
     /// The command line.
     pub cmdline: Cmdline,
-    /// The cgroup v2 path relative to the cgroup2 root (the `0::` line); `None` if the kernel
-    /// has no cgroup2 hierarchy.
-    pub cgroup: Option<String>,
-    /// The real uid of the process.
+    /// The real uid.
     pub real_uid: u32,
     /// The parent process id (0 if none).
     pub parent_pid: Pid,
     /// The parent's comm; `None` if there is no parent or it has gone.
     pub parent_comm: Option<Comm>,
+}
+
+/// The per-thread facts: its stat (name, flags, nice, policy) and its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadInfo {
+    /// Which thread.
+    pub task: TaskId,
+    /// The thread's own stat: its name (`comm`), flags, nice, policy.
+    pub stat: TaskStat,
+    /// The cgroup v2 path relative to the cgroup2 root (the `0::` line); `None` if the kernel
+    /// has no cgroup2 hierarchy.
+    pub cgroup: Option<String>,
+}
+
+/// Everything canopy's matcher looks at for one thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskInfo {
+    /// The thread's own facts.
+    pub thread: ThreadInfo,
+    /// Its process's facts.
+    pub process: ProcessInfo,
+}
+
+/// Unwraps a `Result<Outcome<T>, _>` or returns `Ok(Outcome::Gone)` from the caller.
+macro_rules! or_gone {
+    ($read:expr) => {
+        match $read? {
+            Outcome::Done(value) => value,
+            Outcome::Gone => return Ok(Outcome::Gone),
+        }
+    };
 }
 
 /// A reader of one `/proc` mount, reusing its buffers for every read (one per thread of use).
@@ -258,11 +288,16 @@ impl ProcFs {
             .map(|content| Comm::from_bytes(content.strip_suffix(b"\n").unwrap_or(content))))
     }
 
-    /// The process's executable (`/proc/PID/exe`); `Done(None)` for kernel threads and zombies.
+    /// The process's executable (`/proc/PID/exe`); `Done(None)` for kernel threads, zombies
+    /// and processes whose exe link the kernel will not show us (the link needs ptrace read
+    /// access, which even root lacks for some processes, e.g. a sandbox's init).
     pub fn exe(&mut self, pid: Pid) -> Result<Outcome<Option<PathBuf>>, ProcError> {
         self.set_path(format_args!("{pid}/exe"));
         match std::fs::read_link(&self.path) {
             Ok(target) => Ok(Outcome::Done(Some(target))),
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                Ok(Outcome::Done(None))
+            }
             Err(error) if is_gone_error(&error) => {
                 // Kernel threads and zombies have no exe link; a process that exited has no
                 // directory at all.
@@ -310,47 +345,46 @@ impl ProcFs {
         }
     }
 
-    /// Everything the matcher needs about one thread. Reads the thread's stat, the process's
-    /// comm, exe, cmdline and uid, the thread's cgroup and the parent's comm; `Gone` if the
-    /// thread or its process exits on the way (the parent exiting only empties `parent_comm`).
-    pub fn task_info(&mut self, task: TaskId) -> Result<Outcome<TaskInfo>, ProcError> {
-        macro_rules! or_gone {
-            ($read:expr) => {
-                match $read? {
-                    Outcome::Done(value) => value,
-                    Outcome::Gone => return Ok(Outcome::Gone),
-                }
-            };
-        }
-        let thread = or_gone!(self.task_stat(task));
-        let process = if task.tid == task.pid {
-            thread
-        } else {
-            or_gone!(self.process_stat(task.pid))
-        };
-        let exe = or_gone!(self.exe(task.pid));
-        let cmdline = or_gone!(self.cmdline(task.pid));
-        let cgroup = or_gone!(self.cgroup(task));
-        let real_uid = or_gone!(self.real_uid(task.pid));
-        let parent_pid = process.parent_pid;
-        let parent_comm = if parent_pid > 0 {
-            self.process_stat(parent_pid)?
+    /// The per-process facts: stat (comm, flags, parent), exe, cmdline, real uid and the
+    /// parent's comm. `Gone` if the process exits on the way (the parent exiting only empties
+    /// `parent_comm`).
+    pub fn process_info(&mut self, pid: Pid) -> Result<Outcome<ProcessInfo>, ProcError> {
+        let stat = or_gone!(self.process_stat(pid));
+        let exe = or_gone!(self.exe(pid));
+        let cmdline = or_gone!(self.cmdline(pid));
+        let real_uid = or_gone!(self.real_uid(pid));
+        let parent_comm = if stat.parent_pid > 0 {
+            self.process_stat(stat.parent_pid)?
                 .done()
                 .map(|parent| parent.comm)
         } else {
             None
         };
-        Ok(Outcome::Done(TaskInfo {
-            task,
-            thread,
-            process_comm: process.comm,
+        Ok(Outcome::Done(ProcessInfo {
+            pid,
+            comm: stat.comm,
+            is_kernel_thread: stat.is_kernel_thread(),
             exe,
             cmdline,
-            cgroup,
             real_uid,
-            parent_pid,
+            parent_pid: stat.parent_pid,
             parent_comm,
         }))
+    }
+
+    /// The per-thread facts: the thread's stat and cgroup.
+    pub fn thread_info(&mut self, task: TaskId) -> Result<Outcome<ThreadInfo>, ProcError> {
+        let stat = or_gone!(self.task_stat(task));
+        let cgroup = or_gone!(self.cgroup(task));
+        Ok(Outcome::Done(ThreadInfo { task, stat, cgroup }))
+    }
+
+    /// Everything the matcher needs about one thread: [`ProcFs::thread_info`] and
+    /// [`ProcFs::process_info`]. `Gone` if the thread or its process exits on the way.
+    pub fn task_info(&mut self, task: TaskId) -> Result<Outcome<TaskInfo>, ProcError> {
+        let thread = or_gone!(self.thread_info(task));
+        let process = or_gone!(self.process_info(task.pid));
+        Ok(Outcome::Done(TaskInfo { thread, process }))
     }
 
     fn set_path(&mut self, relative: std::fmt::Arguments<'_>) {

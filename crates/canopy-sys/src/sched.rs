@@ -363,6 +363,33 @@ impl SchedApplier {
         }
     }
 
+    /// Finds out now what the kernel supports, by applying uclamp and a custom slice to a
+    /// short-lived helper thread (nothing else is touched). The daemon calls this at start
+    /// to log its mode once; later [`Applied::Changed`] values then report nothing new.
+    pub fn probe(&self) -> Result<SchedCapabilities, SchedError> {
+        let probe_request = SchedRequest {
+            policy: FairPolicy::Other,
+            nice: 0,
+            slice: Some(Duration::from_millis(3)),
+            uclamp_min: Some(0),
+            uclamp_max: Some(UCLAMP_MAX_VALUE),
+            reset_on_fork: false,
+            // Our own helper thread: probe it even if it inherited a real-time policy.
+            override_realtime: true,
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: gettid has no preconditions.
+                    let tid = unsafe { libc::gettid() };
+                    self.apply(tid, &probe_request).map(|_| ())
+                })
+                .join()
+                .expect("the probe thread does not panic")
+        })?;
+        Ok(self.capabilities())
+    }
+
     /// Applies `request` to thread `tid`: reads its current attributes (returned as
     /// `previous`), leaves real-time/deadline threads alone unless asked, and sets policy,
     /// nice, slice and uclamp, dropping whatever the kernel lacks.
@@ -383,6 +410,8 @@ impl SchedApplier {
         let mut use_uclamp = wants_uclamp && self.uclamp.load(Ordering::Relaxed) != UNSUPPORTED;
         let mut use_slice = wants_slice && self.custom_slice.load(Ordering::Relaxed) != UNSUPPORTED;
         let mut newly_unsupported = NewlyUnsupported::default();
+        let mut dropped_uclamp = false;
+        let mut dropped_slice = false;
 
         loop {
             let attr = build_attr(request, use_uclamp, use_slice);
@@ -391,18 +420,24 @@ impl SchedApplier {
                 Err(error) if is_gone_error(&error) => return Ok(Outcome::Gone),
                 Err(error) => {
                     let errno = error.raw_os_error();
-                    let refusal = matches!(errno, Some(libc::EOPNOTSUPP) | Some(libc::EINVAL));
-                    // The request was validated, so EINVAL/EOPNOTSUPP with uclamp flags means
-                    // the kernel lacks uclamp; try again without it, then without the slice.
-                    if refusal && use_uclamp {
+                    // The request was validated, so EOPNOTSUPP (no CONFIG_UCLAMP_TASK) or
+                    // EINVAL (a kernel older than the uclamp flags) with uclamp flags means
+                    // the kernel lacks uclamp, unless it has already taken them. Try again
+                    // without; then likewise without the slice. A feature is marked missing
+                    // only once the call succeeds without it.
+                    let uclamp_known = self.uclamp.load(Ordering::Relaxed) == SUPPORTED;
+                    if use_uclamp
+                        && (errno == Some(libc::EOPNOTSUPP)
+                            || (errno == Some(libc::EINVAL) && !uclamp_known))
+                    {
                         use_uclamp = false;
-                        newly_unsupported.uclamp |= self.mark(&self.uclamp, UNSUPPORTED);
+                        dropped_uclamp = true;
                         continue;
                     }
-                    if errno == Some(libc::EINVAL) && use_slice {
+                    let slice_known = self.custom_slice.load(Ordering::Relaxed) == SUPPORTED;
+                    if use_slice && errno == Some(libc::EINVAL) && !slice_known {
                         use_slice = false;
-                        newly_unsupported.custom_slice |=
-                            self.mark(&self.custom_slice, UNSUPPORTED);
+                        dropped_slice = true;
                         continue;
                     }
                     return Err(SchedError::Set {
@@ -412,6 +447,12 @@ impl SchedApplier {
                     });
                 }
             }
+        }
+        if dropped_uclamp {
+            newly_unsupported.uclamp = self.mark(&self.uclamp, UNSUPPORTED);
+        }
+        if dropped_slice {
+            newly_unsupported.custom_slice = self.mark(&self.custom_slice, UNSUPPORTED);
         }
         if use_uclamp {
             self.mark(&self.uclamp, SUPPORTED);

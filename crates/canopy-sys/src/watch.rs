@@ -303,13 +303,15 @@ impl Watcher {
         let is_dir = mask.contains(EventMask::ISDIR);
         match name {
             Some(name) if is_dir && mask.contains(EventMask::CREATE) => {
+                // Report what did get watched even if a watch failed (ENOSPC) on the way.
                 let mut watched = Vec::new();
-                self.add_cgroup_subtree(dir.join(name), &mut watched, false)?;
+                let result = self.add_cgroup_subtree(dir.join(name), &mut watched, false);
                 self.pending.extend(
                     watched
                         .into_iter()
                         .map(|dir| WatchEvent::CgroupCreated { dir }),
                 );
+                result?;
             }
             Some(name) if is_dir && mask.contains(EventMask::DELETE) => {
                 self.forget_cgroup(&dir.join(name));

@@ -62,11 +62,19 @@ async fn a_prctl_rename_is_a_comm_event() {
             pid: own_pid,
             comm: Comm::from(name.as_str()),
         };
+        let mut timestamp_ns = 0;
         let (found, overrun) = wait_for(&mut events, Duration::from_secs(5), |event| {
+            timestamp_ns = event.timestamp_ns;
             event.kind == expected
         })
         .await;
         if found {
+            // The event's time is CLOCK_MONOTONIC, comparable with monotonic_now_ns().
+            let age_ns = canopy_sys::monotonic_now_ns().saturating_sub(timestamp_ns);
+            assert!(
+                timestamp_ns > 0 && age_ns < 5_000_000_000,
+                "event age {age_ns} ns"
+            );
             return;
         }
         assert!(
@@ -206,4 +214,117 @@ async fn userspace_filtering_without_the_kernel_filter() {
         );
     }
     panic!("three renames lost to overruns");
+}
+
+/// A renaming loop in a forked child (a real second process calling prctl) is seen as comm
+/// events for that child, between its fork and its exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_child_renames_itself() {
+    let _flood = flood_lock();
+    let mut events = ProcEvents::subscribe(ProcEventsConfig::default()).unwrap();
+    for _attempt in 0..3 {
+        // SAFETY: the child only calls async-signal-safe syscalls (prctl, _exit).
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_NAME,
+                    c"cn-forked".as_ptr() as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                libc::_exit(7);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        let mut order = Vec::new();
+        let (found, overrun) = wait_for(&mut events, Duration::from_secs(5), |event| {
+            match event.kind {
+                EventKind::Fork { child_tid, .. } if child_tid == child => order.push("fork"),
+                EventKind::Comm { tid, pid, comm } if tid == child => {
+                    assert_eq!((pid, comm), (child, Comm::from("cn-forked")));
+                    order.push("comm");
+                }
+                EventKind::Exit { tid, exit_code, .. } if tid == child => {
+                    assert_eq!(exit_code, 7 << 8, "wait status of _exit(7)");
+                    order.push("exit");
+                    return true;
+                }
+                _ => {}
+            }
+            false
+        })
+        .await;
+        if found && !overrun {
+            assert_eq!(order, ["fork", "comm", "exit"]);
+            return;
+        }
+        assert!(
+            overrun,
+            "the child's exit was not seen and no overrun explains it"
+        );
+    }
+    panic!("three tries lost to overruns");
+}
+
+/// How fast events come through: 20,000 renames of one thread while a tokio task receives.
+/// Prints the rate; asserts only that most arrived (an overrun is legitimate under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_rate_under_a_rename_storm() {
+    const RENAMES: usize = 20_000;
+    let _flood = flood_lock();
+    let mut events = ProcEvents::subscribe(ProcEventsConfig::default()).unwrap();
+    let (tid_sender, tid_receiver) = tokio::sync::oneshot::channel();
+    let renamer = std::thread::spawn(move || {
+        tid_sender.send(current_tid()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        for index in 0..RENAMES {
+            set_thread_name(&format!("storm-{index}"));
+        }
+        set_thread_name("storm-done");
+    });
+    let tid = tid_receiver.await.unwrap();
+    let mut batch = Vec::with_capacity(1024);
+    let mut received = 0usize;
+    let mut overruns = 0usize;
+    let mut first: Option<std::time::Instant> = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    'receiving: loop {
+        batch.clear();
+        let Ok(result) = tokio::time::timeout_at(deadline, events.recv_batch(&mut batch)).await
+        else {
+            break;
+        };
+        result.unwrap();
+        for event in &batch {
+            match event.kind {
+                EventKind::Comm {
+                    tid: seen, comm, ..
+                } if seen == tid => {
+                    first.get_or_insert_with(std::time::Instant::now);
+                    received += 1;
+                    if comm == "storm-done" {
+                        break 'receiving;
+                    }
+                }
+                EventKind::Overrun => overruns += 1,
+                _ => {}
+            }
+        }
+    }
+    let elapsed = first.map(|start| start.elapsed()).unwrap_or_default();
+    renamer.join().unwrap();
+    eprintln!(
+        "received {received} of {} comm events in {elapsed:?} ({:.0} events/s), {overruns} overruns",
+        RENAMES + 1,
+        received as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    assert!(
+        received > RENAMES / 2 || overruns > 0,
+        "events went missing without an overrun"
+    );
 }

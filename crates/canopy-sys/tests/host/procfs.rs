@@ -54,26 +54,29 @@ fn scan_sees_this_process_and_a_named_thread() {
     );
 
     let info = proc_fs.task_info(task).unwrap().expect_done("task_info");
-    assert_eq!(info.thread.comm, "canopy scan(x)");
+    assert_eq!(info.thread.stat.comm, "canopy scan(x)");
     let main_comm = std::fs::read_to_string("/proc/self/comm").unwrap();
-    assert_eq!(info.process_comm, main_comm.trim_end());
+    let process = &info.process;
+    assert_eq!(process.comm, main_comm.trim_end());
+    assert!(!process.is_kernel_thread);
     assert_eq!(
-        info.exe.as_deref(),
+        process.exe.as_deref(),
         Some(std::env::current_exe().unwrap().as_path())
     );
     let expected_args: Vec<String> = std::env::args().collect();
-    assert_eq!(info.cmdline.to_strings(), expected_args);
+    assert_eq!(process.cmdline.to_strings(), expected_args);
     let expected_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let expected_cgroup = expected_cgroup
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
         .map(str::to_owned);
-    assert_eq!(info.cgroup, expected_cgroup);
+    assert_eq!(info.thread.cgroup, expected_cgroup);
     // SAFETY: getuid/getppid have no preconditions.
-    assert_eq!(info.real_uid, unsafe { libc::getuid() });
-    assert_eq!(info.parent_pid, unsafe { libc::getppid() });
-    let parent_comm = std::fs::read_to_string(format!("/proc/{}/comm", info.parent_pid)).unwrap();
-    assert_eq!(info.parent_comm.unwrap(), parent_comm.trim_end());
+    assert_eq!(process.real_uid, unsafe { libc::getuid() });
+    assert_eq!(process.parent_pid, unsafe { libc::getppid() });
+    let parent_comm =
+        std::fs::read_to_string(format!("/proc/{}/comm", process.parent_pid)).unwrap();
+    assert_eq!(process.parent_comm.unwrap(), parent_comm.trim_end());
 
     drop(stop);
     thread.join().unwrap();
@@ -85,6 +88,9 @@ fn kernel_threads_are_flagged_and_have_no_exe() {
     let mut proc_fs = ProcFs::new();
     let stat = proc_fs.process_stat(2).unwrap().expect_done("kthreadd");
     assert!(stat.is_kernel_thread(), "PF_KTHREAD on {stat:?}");
+    let kthreadd = proc_fs.process_info(2).unwrap().expect_done("kthreadd");
+    assert!(kthreadd.is_kernel_thread);
+    assert_eq!((kthreadd.exe, kthreadd.parent_comm), (None, None));
     assert_eq!(proc_fs.exe(2).unwrap(), Outcome::Done(None));
     assert!(proc_fs
         .cmdline(2)
@@ -106,6 +112,8 @@ fn an_exited_task_is_gone_not_an_error() {
     assert_eq!(proc_fs.cgroup(task).unwrap(), Outcome::Gone);
     assert_eq!(proc_fs.real_uid(pid).unwrap(), Outcome::Gone);
     assert_eq!(proc_fs.task_info(task).unwrap(), Outcome::Gone);
+    assert_eq!(proc_fs.process_info(pid).unwrap(), Outcome::Gone);
+    assert_eq!(proc_fs.thread_info(task).unwrap(), Outcome::Gone);
     let mut tids = Vec::new();
     assert_eq!(proc_fs.thread_ids(pid, &mut tids).unwrap(), Outcome::Gone);
 }
@@ -119,10 +127,10 @@ fn a_live_child_reads_fully() {
         tid: child.pid(),
     };
     let info = proc_fs.task_info(task).unwrap().expect_done("child");
-    assert_eq!(info.thread.comm, "sleep");
-    assert_eq!(info.cmdline.to_strings(), ["sleep", "60"]);
-    assert_eq!(info.parent_pid, own_pid());
-    assert!(info.exe.unwrap().ends_with("sleep"));
+    assert_eq!(info.thread.stat.comm, "sleep");
+    assert_eq!(info.process.cmdline.to_strings(), ["sleep", "60"]);
+    assert_eq!(info.process.parent_pid, own_pid());
+    assert!(info.process.exe.unwrap().ends_with("sleep"));
 }
 
 /// 10,000 extra threads, then a full scan that reads every thread's stat (what the daemon
@@ -161,6 +169,27 @@ fn scan_of_ten_thousand_threads_is_fast() {
     }
     let elapsed = started.elapsed();
 
+    // What the daemon does at start: per-process facts once per process, per-thread facts for
+    // every thread.
+    let info_started = Instant::now();
+    let mut last_pid = 0;
+    let mut infos = 0;
+    for &task in &tasks {
+        if task.pid != last_pid {
+            last_pid = task.pid;
+            let _ = proc_fs.process_info(task.pid).unwrap();
+        }
+        if proc_fs.thread_info(task).unwrap().done().is_some() {
+            infos += 1;
+        }
+    }
+    let info_elapsed = info_started.elapsed();
+    let cgroup_started = Instant::now();
+    for &task in &tasks {
+        let _ = proc_fs.cgroup(task).unwrap();
+    }
+    let cgroup_elapsed = cgroup_started.elapsed();
+
     barrier.wait();
     for handle in handles {
         handle.join().unwrap();
@@ -179,4 +208,29 @@ fn scan_of_ten_thousand_threads_is_fast() {
     assert!(read >= THREADS);
     // Generous for a shared 2-core machine; a scan takes well under a second here.
     assert!(elapsed.as_secs_f64() < 5.0, "scan took {elapsed:?}");
+    eprintln!(
+        "process_info per process + thread_info (stat, cgroup) per thread, {infos} threads: \
+         {info_elapsed:?} (of which /proc/PID/task/TID/cgroup alone: {cgroup_elapsed:?})"
+    );
+    assert!(
+        info_elapsed.as_secs_f64() < 10.0,
+        "reading task facts took {info_elapsed:?}"
+    );
+}
+
+/// Every process on the host reads without an error (Gone is fine): no /proc quirk of a real
+/// system (unreadable exe links, zombies, kernel threads) stops a scan.
+#[test]
+fn every_process_on_the_host_reads() {
+    let mut proc_fs = ProcFs::new();
+    let mut read = 0;
+    for pid in proc_fs.process_ids().unwrap() {
+        let info = proc_fs.task_info(TaskId { pid, tid: pid });
+        match info {
+            Ok(Outcome::Done(_)) => read += 1,
+            Ok(Outcome::Gone) => {}
+            Err(error) => panic!("pid {pid}: {error}"),
+        }
+    }
+    assert!(read > 10, "read {read} processes");
 }

@@ -219,3 +219,32 @@ fn invalid_requests_carry_the_value() {
         .unwrap_err();
     assert!(error.to_string().contains("nice = -21"), "{error}");
 }
+
+#[test]
+fn probe_finds_out_before_any_task_is_touched() {
+    let applier = SchedApplier::new();
+    let capabilities = applier.probe().unwrap();
+    assert_ne!(capabilities.uclamp, Support::Unknown);
+    assert_ne!(capabilities.custom_slice, Support::Unknown);
+    if kernel_at_least(6, 12) {
+        assert_eq!(capabilities.custom_slice, Support::Supported);
+    }
+    eprintln!("probed: {capabilities:?}");
+    // Nothing is left to report by the first real apply.
+    let child = ChildGuard::sleeper();
+    match applier
+        .apply(child.pid(), &batch_request())
+        .unwrap()
+        .expect_done("apply")
+    {
+        Applied::Changed {
+            newly_unsupported,
+            uclamp_skipped,
+            ..
+        } => {
+            assert!(!newly_unsupported.any());
+            assert_eq!(uclamp_skipped, capabilities.uclamp == Support::Unsupported);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -33,7 +33,19 @@ impl ChildGuard {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn sleep");
-        ChildGuard { child: Some(child) }
+        let guard = ChildGuard { child: Some(child) };
+        // spawn() returns once the child's exec has released the parent (vfork), which the
+        // kernel does before it sets the new comm and argv: wait until exec has finished.
+        let comm_path = format!("/proc/{}/comm", guard.pid());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_to_string(&comm_path).unwrap_or_default() != "sleep\n" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep never finished its exec"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        guard
     }
 
     /// The child's pid.
@@ -74,6 +86,7 @@ impl ScratchCgroup {
     pub fn new(purpose: &str) -> ScratchCgroup {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let hierarchy = CgroupHierarchy::discover().expect("a cgroup2 mount");
+        remove_stale_scratch_cgroups(&hierarchy);
         let relative = format!(
             "/canopy-sys-test-{purpose}-{}-{}",
             std::process::id(),
@@ -92,17 +105,47 @@ impl ScratchCgroup {
 
 impl Drop for ScratchCgroup {
     fn drop(&mut self) {
-        let root = self.hierarchy.root();
-        let Ok(mut entries) = self.hierarchy.walk(&self.cgroup) else {
-            return;
+        remove_subtree(&self.hierarchy, &self.cgroup);
+    }
+}
+
+/// Moves every process below `top` to the root and removes the directories, children first.
+fn remove_subtree(hierarchy: &CgroupHierarchy, top: &Cgroup) {
+    let root = hierarchy.root();
+    let Ok(mut entries) = hierarchy.walk(top) else {
+        return;
+    };
+    entries.reverse(); // children first
+    for entry in entries {
+        let cgroup = Cgroup::from_dir(&entry.dir);
+        for pid in cgroup.processes().unwrap_or_default() {
+            let _ = root.move_process(pid);
+        }
+        let _ = cgroup.remove();
+    }
+}
+
+/// Scratch cgroups of test runs that were killed before their guards ran
+/// (`canopy-sys-test-PURPOSE-PID-N` whose PID is gone).
+fn remove_stale_scratch_cgroups(hierarchy: &CgroupHierarchy) {
+    let Ok(children) = std::fs::read_dir(hierarchy.mount_point()) else {
+        return;
+    };
+    for child in children.flatten() {
+        let name = child.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("canopy-sys-test-") else {
+            continue;
         };
-        entries.reverse(); // children first
-        for entry in entries {
-            let cgroup = Cgroup::from_dir(&entry.dir);
-            for pid in cgroup.processes().unwrap_or_default() {
-                let _ = root.move_process(pid);
-            }
-            let _ = cgroup.remove();
+        let fields: Vec<&str> = rest.split('-').collect();
+        let Some(pid) = fields
+            .len()
+            .checked_sub(2)
+            .and_then(|index| fields[index].parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            remove_subtree(hierarchy, &Cgroup::from_dir(child.path()));
         }
     }
 }
