@@ -424,7 +424,20 @@ fn f_non_root_refused_and_fuzzed_requests_do_not_disturb() {
     }
     let mut env = Env::new("f");
     env.write_policy(&base_policy(&env, ""));
-    env.start(|_| {});
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    env.start(|o| o.metrics_listen = Some(metrics_addr));
+    // The Prometheus listener answers plain HTTP.
+    {
+        use std::io::Read;
+        let mut c = std::net::TcpStream::connect(metrics_addr).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        assert!(body.starts_with("HTTP/1.0 200 OK") && body.contains("canopy_events_total{type=\"fork\"}"), "{body}");
+    }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
