@@ -155,6 +155,9 @@ pub struct Controller<B: Backend, S: TaskSource> {
     rescan_due: Option<Instant>,
     /// When the last overrun rescan ran.
     last_overrun_rescan: Option<Instant>,
+    /// One more rescan once an overrun storm has calmed down: while a netlink socket stays
+    /// congested the kernel drops further events without reporting ENOBUFS again.
+    settle_rescan: Option<Instant>,
     policy_error: Option<String>,
     /// Counters; public so the daemon can count API traffic.
     pub stats: Stats,
@@ -175,6 +178,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             ignored: std::collections::HashSet::new(),
             rescan_due: None,
             last_overrun_rescan: None,
+            settle_rescan: None,
             policy_error: None,
             stats: Stats::default(),
         }
@@ -258,7 +262,22 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     }
 
     fn on_fork(&mut self, parent_tid: u32, parent_tgid: u32, child_tid: u32, child_tgid: u32) {
-        if self.tasks.contains_key(&child_tid) || self.ignored.contains(&child_tgid) {
+        // A fork is authoritative: the child's ids are new, so anything we hold under them is
+        // stale (its exit event was lost and the pid reused).
+        if self.tasks.contains_key(&child_tid) {
+            let stale_tgid = self.tasks[&child_tid].tgid;
+            self.forget_task(child_tid, stale_tgid);
+        }
+        if child_tid == child_tgid {
+            self.ignored.remove(&child_tgid);
+            if let Some(stale) = self.processes.remove(&child_tgid) {
+                for t in stale.threads {
+                    if self.tasks.remove(&t).is_some() {
+                        self.backend.forget_task(t);
+                    }
+                }
+            }
+        } else if self.ignored.contains(&child_tgid) {
             return;
         }
         self.backend.inherit_original(child_tid, parent_tid);
@@ -559,16 +578,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// The earliest pending delayed state change.
     pub fn next_deadline(&self) -> Option<Instant> {
         let state = self.groups.values().filter_map(|g| g.pending.as_ref().map(|p| p.0)).min();
-        match (state, self.rescan_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [state, self.rescan_due, self.settle_rescan].into_iter().flatten().min()
     }
 
     /// Applies every delayed state whose time has come.
     pub fn fire_timers(&mut self, now: Instant) {
-        if self.rescan_due.is_some_and(|d| d <= now) {
+        let settle = self.settle_rescan.is_some_and(|d| d <= now);
+        if settle || self.rescan_due.is_some_and(|d| d <= now) {
             self.rescan_due = None;
+            if settle {
+                self.settle_rescan = None;
+            }
             self.last_overrun_rescan = Some(now);
             self.rescan();
         }
@@ -664,6 +684,8 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// rescan storm); a deferred rescan runs from `fire_timers`.
     fn overrun(&mut self, now: Instant) {
         const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+        const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+        self.settle_rescan = Some(now + SETTLE);
         match self.last_overrun_rescan {
             Some(last) if now < last + MIN_INTERVAL => {
                 self.rescan_due.get_or_insert(last + MIN_INTERVAL);

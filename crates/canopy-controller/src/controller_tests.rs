@@ -267,3 +267,18 @@ fn reconcile_catches_moves_no_event_reported() {
     assert_eq!(c.reconcile_cgroups(), 1);
     assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
 }
+
+#[test]
+fn a_fork_replaces_stale_state_left_by_a_lost_exit() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.spawn(300, "make", APP);
+    let mut c = controller(src);
+    assert_eq!(applied(&c, 300), None);
+    // 300 exits without an exit event; its pid is reused by a child of player.
+    c.source_mut().exit(300);
+    c.source_mut().spawn(300, "player", APP);
+    c.handle(fork(100, 100, 300, 300), Instant::now());
+    assert_eq!(applied(&c, 300).as_deref(), Some("USER_INITIATED"));
+    assert_eq!(c.explain(300).unwrap()[0].comm, "player");
+}

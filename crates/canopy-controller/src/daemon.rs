@@ -342,6 +342,11 @@ pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) ->
                                 ctl.handle(e, now);
                             }
                         }
+                        // A busy machine keeps this branch ready; due timers (deferred overrun
+                        // rescans, delayed states) must not wait for a quiet moment.
+                        if ctl.next_deadline().is_some_and(|d| d <= Instant::now()) {
+                            ctl.fire_timers(Instant::now());
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "proc connector receive failed");

@@ -486,6 +486,12 @@ fn g_overrun_is_detected_and_rescan_leaves_nothing_untagged() {
     let mut ids: Vec<u32> = read_until_ready(&mut o1).iter().filter_map(|l| l.parse().ok()).collect();
     ids.extend(read_until_ready(&mut o2).iter().filter_map(|l| l.parse::<u32>().ok()));
     assert_eq!(ids.len(), 3000);
+    if wait_for(Duration::from_secs(1), || ids.iter().all(|&t| nice_policy(t) == Some((4, BATCH)))).is_none() {
+        let left: Vec<u32> = ids.iter().copied().filter(|&t| nice_policy(t) != Some((4, BATCH))).collect();
+        let r = env.call(Request::Explain { pid: left[0] });
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", left[0])).unwrap_or_default();
+        eprintln!("after 1 s: {} untagged; first {} comm {comm:?} attrs {:?}: {r:?}", left.len(), left[0], nice_policy(left[0]));
+    }
     let done = wait_for(Duration::from_secs(20), || ids.iter().all(|&t| nice_policy(t) == Some((4, BATCH))));
     let untagged = ids.iter().filter(|&&t| nice_policy(t) != Some((4, BATCH))).count();
     let st = env.status();
