@@ -7,6 +7,7 @@
 mod boot;
 mod canopy_cli;
 mod daemon_fallback;
+mod daemon_storm;
 mod fair_baseline;
 mod harness;
 mod workloads;

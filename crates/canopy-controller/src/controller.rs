@@ -73,6 +73,9 @@ struct Task {
     applied: Option<(ClassId, ClampReason)>,
     /// The class last requested (to count a refused promotion once per new request).
     requested: Option<ClassId>,
+    /// CLOCK_MONOTONIC ns when we first learned of it (event timestamp, else discovery time):
+    /// tells a stale entry under a reused id from one a reordered event created.
+    seen_ns: u64,
     skip: Option<Skip>,
 }
 
@@ -159,6 +162,8 @@ pub struct Controller<B: Backend, S: TaskSource> {
     /// congested the kernel drops further events without reporting ENOBUFS again.
     settle_rescan: Option<Instant>,
     policy_error: Option<String>,
+    /// Timestamp of the event being handled, if it carries one.
+    event_ns: Option<u64>,
     /// Counters; public so the daemon can count API traffic.
     pub stats: Stats,
 }
@@ -180,6 +185,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             last_overrun_rescan: None,
             settle_rescan: None,
             policy_error: None,
+            event_ns: None,
             stats: Stats::default(),
         }
     }
@@ -220,10 +226,13 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// Handles one event at time `now` (tokio's clock, so tests can pause it).
     pub fn handle(&mut self, event: Event, now: Instant) {
         self.stats.count_event(event.kind());
+        self.event_ns = match &event {
+            Event::Fork { timestamp_ns, .. } | Event::Exec { timestamp_ns, .. } | Event::Comm { timestamp_ns, .. } => *timestamp_ns,
+            _ => None,
+        };
         match event {
             Event::Fork { parent_tid, parent_tgid, child_tid, child_tgid, timestamp_ns } => {
-                let _ = timestamp_ns;
-                self.on_fork(parent_tid, parent_tgid, child_tid, child_tgid);
+                self.on_fork(parent_tid, parent_tgid, child_tid, child_tgid, timestamp_ns);
             }
             Event::Exec { tid, tgid, timestamp_ns } => {
                 let _ = timestamp_ns;
@@ -261,11 +270,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         }
     }
 
-    fn on_fork(&mut self, parent_tid: u32, parent_tgid: u32, child_tid: u32, child_tgid: u32) {
-        // A fork is authoritative: the child's ids are new, so anything we hold under them is
-        // stale (its exit event was lost and the pid reused).
-        if self.tasks.contains_key(&child_tid) {
-            let stale_tgid = self.tasks[&child_tid].tgid;
+    fn on_fork(&mut self, parent_tid: u32, parent_tgid: u32, child_tid: u32, child_tgid: u32, fork_ns: Option<u64>) {
+        // Events from different CPUs arrive out of order: a rename may be handled before the
+        // fork that created the thread. An entry first seen after the fork happened is that
+        // newer knowledge: keep it. One seen before it is stale (its exit event was lost and
+        // the id reused): replace it.
+        let stale = |seen: u64| fork_ns.is_some_and(|f| seen <= f);
+        if let Some(t) = self.tasks.get(&child_tid) {
+            if !stale(t.seen_ns) {
+                return;
+            }
+            let stale_tgid = t.tgid;
             self.forget_task(child_tid, stale_tgid);
         }
         if child_tid == child_tgid {
@@ -724,7 +739,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         };
         self.tasks.insert(
             tid,
-            Task { tgid, comm, realtime, rule: None, manual: None, applied: None, requested: None, skip },
+            Task { tgid, comm, realtime, rule: None, manual: None, applied: None, requested: None, seen_ns: self.event_ns.unwrap_or_else(monotonic_ns), skip },
         );
         self.rematch(tid);
         self.evaluate(tid, cause);

@@ -25,7 +25,7 @@ fn applied(c: &Controller<RecordingBackend, FakeSource>, tid: u32) -> Option<Str
 }
 
 fn fork(parent: u32, parent_tgid: u32, child: u32, child_tgid: u32) -> Event {
-    Event::Fork { parent_tid: parent, parent_tgid, child_tid: child, child_tgid, timestamp_ns: None }
+    Event::Fork { parent_tid: parent, parent_tgid, child_tid: child, child_tgid, timestamp_ns: Some(crate::controller::monotonic_ns()) }
 }
 
 #[test]
@@ -281,4 +281,18 @@ fn a_fork_replaces_stale_state_left_by_a_lost_exit() {
     c.handle(fork(100, 100, 300, 300), Instant::now());
     assert_eq!(applied(&c, 300).as_deref(), Some("USER_INITIATED"));
     assert_eq!(c.explain(300).unwrap()[0].comm, "player");
+}
+
+#[test]
+fn a_rename_handled_before_its_fork_is_kept() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    let mut c = controller(src);
+    let fork_ns = crate::controller::monotonic_ns();
+    c.source_mut().thread(100, 105, "audio-1");
+    // The rename (later on another CPU) is handled first.
+    c.handle(Event::Comm { tid: 105, tgid: 100, comm: Some("audio-1".into()), timestamp_ns: Some(fork_ns + 1000) }, Instant::now());
+    assert_eq!(applied(&c, 105).as_deref(), Some("USER_INTERACTIVE"));
+    c.handle(Event::Fork { parent_tid: 100, parent_tgid: 100, child_tid: 105, child_tgid: 100, timestamp_ns: Some(fork_ns) }, Instant::now());
+    assert_eq!(applied(&c, 105).as_deref(), Some("USER_INTERACTIVE"), "the older fork must not undo the rename");
 }
