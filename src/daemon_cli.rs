@@ -51,7 +51,12 @@ fn init_logging() {
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
         N: for<'a> FormatFields<'a> + 'static,
     {
-        fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &tracing::Event<'_>) -> std::fmt::Result {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut w: Writer<'_>,
+            event: &tracing::Event<'_>,
+        ) -> std::fmt::Result {
             let prio = match *event.metadata().level() {
                 tracing::Level::ERROR => 3,
                 tracing::Level::WARN => 4,
@@ -66,7 +71,11 @@ fn init_logging() {
 
     let filter = EnvFilter::try_from_env("CANOPY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).event_format(Journald).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .event_format(Journald)
+            .init();
     } else {
         use std::io::IsTerminal;
         tracing_subscriber::fmt()
@@ -85,7 +94,8 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     if args.policy.is_empty() {
         args.policy.push(PathBuf::from("/etc/canopy"));
     }
-    let compiled = load_compiled(&args.policy).map_err(|e| anyhow!("the policy does not compile:\n{e}"))?;
+    let compiled =
+        load_compiled(&args.policy).map_err(|e| anyhow!("the policy does not compile:\n{e}"))?;
     let settings = compiled.inner().daemon().clone();
     drop(compiled);
     let mode = match args.mode {
@@ -93,10 +103,15 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         None => format!("{:?}", settings.mode).to_lowercase(),
     };
     let mode: ModeChoice = mode.parse().map_err(|e: String| anyhow!(e))?;
-    let socket = args.socket.unwrap_or_else(|| PathBuf::from(&settings.socket_path));
+    let socket = args
+        .socket
+        .unwrap_or_else(|| PathBuf::from(&settings.socket_path));
     let metrics = match (args.metrics_listen, &settings.metrics_address) {
         (Some(a), _) => Some(a),
-        (None, Some(a)) => Some(a.parse().with_context(|| format!("policy daemon.metrics_address {a:?}"))?),
+        (None, Some(a)) => Some(
+            a.parse()
+                .with_context(|| format!("policy daemon.metrics_address {a:?}"))?,
+        ),
         (None, None) => None,
     };
     let mut opts = DaemonOptions::new(loader(args.policy.clone()), socket);
@@ -113,7 +128,9 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         .thread_name("canopy-daemon")
         .build()
         .context("starting the async runtime")?;
-    let report = rt.block_on(daemon::run(opts, std::future::pending())).context("canopy daemon")?;
+    let report = rt
+        .block_on(daemon::run(opts, std::future::pending()))
+        .context("canopy daemon")?;
     if !report.failures.is_empty() {
         for f in &report.failures {
             tracing::warn!("restore failed: {f}");

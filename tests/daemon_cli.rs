@@ -10,13 +10,20 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn canopy(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_canopy")).args(args).output().expect("run canopy")
+    Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args(args)
+        .output()
+        .expect("run canopy")
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|v| v.split_whitespace().next() == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().next() == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -50,7 +57,8 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn notifications(sock: &UnixDatagram, until: &str, limit: Duration) -> Vec<String> {
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let t = Instant::now();
     let mut got = Vec::new();
     let mut buf = [0u8; 512];
@@ -117,7 +125,15 @@ fn canopy_run_notifies_systemd_serves_ctl_reloads_and_restores_on_sigterm() {
     let before = policy_nice(wpid);
 
     let daemon = Command::new(env!("CARGO_BIN_EXE_canopy"))
-        .args(["run", "--mode", "fallback", "--scope", &scope, "--socket", socket.to_str().unwrap()])
+        .args([
+            "run",
+            "--mode",
+            "fallback",
+            "--scope",
+            &scope,
+            "--socket",
+            socket.to_str().unwrap(),
+        ])
         .arg(&policy)
         .env("NOTIFY_SOCKET", &notify_path)
         .stdout(Stdio::null())
@@ -128,38 +144,82 @@ fn canopy_run_notifies_systemd_serves_ctl_reloads_and_restores_on_sigterm() {
     cleanup.0.push(daemon);
 
     let ready = notifications(&notify, "READY=1", Duration::from_secs(20));
-    assert!(ready.iter().any(|m| m.contains("READY=1")), "no READY=1: {ready:?}");
-    assert!(wait_until(Duration::from_secs(5), || policy_nice(wpid) == (3, 4)), "workload not tagged BACKGROUND: {:?}", policy_nice(wpid));
+    assert!(
+        ready.iter().any(|m| m.contains("READY=1")),
+        "no READY=1: {ready:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || policy_nice(wpid) == (3, 4)),
+        "workload not tagged BACKGROUND: {:?}",
+        policy_nice(wpid)
+    );
 
     let sock = socket.to_str().unwrap();
     let status = canopy(&["status", "--socket", sock]);
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success() && text.contains("mode:            fallback"), "{text}");
-    let explain = canopy(&["ctl", "--socket", sock, "explain", "--pid", &wpid.to_string()]);
+    assert!(
+        status.status.success() && text.contains("mode:            fallback"),
+        "{text}"
+    );
+    let explain = canopy(&[
+        "ctl",
+        "--socket",
+        sock,
+        "explain",
+        "--pid",
+        &wpid.to_string(),
+    ]);
     let text = String::from_utf8_lossy(&explain.stdout);
-    assert!(text.contains("rule:      sleepers") && text.contains("effective: BACKGROUND"), "{text}");
+    assert!(
+        text.contains("rule:      sleepers") && text.contains("effective: BACKGROUND"),
+        "{text}"
+    );
     let state = canopy(&["ctl", "--socket", sock, "state", &scope, "minimized"]);
-    assert!(state.status.success(), "{}", String::from_utf8_lossy(&state.stderr));
+    assert!(
+        state.status.success(),
+        "{}",
+        String::from_utf8_lossy(&state.stderr)
+    );
     let bad = canopy(&["ctl", "--socket", sock, "state", &scope, "no-such-state"]);
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no state"), "{bad:?}");
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no state"),
+        "{bad:?}"
+    );
     let metrics = canopy(&["ctl", "--socket", sock, "metrics"]);
     assert!(String::from_utf8_lossy(&metrics.stdout).contains("canopy_tags_applied_total"));
 
-    Command::new("kill").args(["-HUP", &dpid.to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-HUP", &dpid.to_string()])
+        .status()
+        .unwrap();
     let reload = notifications(&notify, "READY=1", Duration::from_secs(10));
-    assert!(reload.iter().any(|m| m.contains("RELOADING=1") && m.contains("MONOTONIC_USEC=")), "{reload:?}");
+    assert!(
+        reload
+            .iter()
+            .any(|m| m.contains("RELOADING=1") && m.contains("MONOTONIC_USEC=")),
+        "{reload:?}"
+    );
     assert!(reload.iter().any(|m| m.contains("READY=1")), "{reload:?}");
 
-    Command::new("kill").args(["-TERM", &dpid.to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &dpid.to_string()])
+        .status()
+        .unwrap();
     let stopping = notifications(&notify, "STOPPING=1", Duration::from_secs(10));
-    assert!(stopping.iter().any(|m| m.contains("STOPPING=1")), "{stopping:?}");
+    assert!(
+        stopping.iter().any(|m| m.contains("STOPPING=1")),
+        "{stopping:?}"
+    );
     let mut daemon = cleanup.0.pop().unwrap();
     let t = Instant::now();
     let exit = loop {
         if let Some(s) = daemon.try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "daemon did not exit on SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "daemon did not exit on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "{exit:?}");

@@ -86,9 +86,22 @@ kill $hog
     let minimized = outcome.result("minimized")?;
     let restored = outcome.result("restored")?;
     let daemon = outcome.result("daemon")?;
-    let log = outcome.result("canopy-log")?["log"].as_str().unwrap_or_default().to_string();
-    let (b, s, m, r) = (sched_fields(before), sched_fields(base), sched_fields(minimized), sched_fields(restored));
-    for (name, snap, f) in [("before", before, &b), ("base", base, &s), ("minimized", minimized, &m), ("restored", restored, &r)] {
+    let log = outcome.result("canopy-log")?["log"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (b, s, m, r) = (
+        sched_fields(before),
+        sched_fields(base),
+        sched_fields(minimized),
+        sched_fields(restored),
+    );
+    for (name, snap, f) in [
+        ("before", before, &b),
+        ("base", base, &s),
+        ("minimized", minimized, &m),
+        ("restored", restored, &r),
+    ] {
         println!(
             "{name:9}: policy {} prio {} uclamp.max {} | cpu.weight {} cpu.max {} cpu.uclamp.max {}",
             f.get("policy").map(String::as_str).unwrap_or("?"),
@@ -101,7 +114,10 @@ kill $hog
     }
     println!("explain: {}", daemon["explain"]);
     let notes = &daemon["status"]["notes"];
-    assert!(!log.contains("uclamp unsupported"), "this kernel has UCLAMP_TASK: {log}");
+    assert!(
+        !log.contains("uclamp unsupported"),
+        "this kernel has UCLAMP_TASK: {log}"
+    );
     // Base: USER_INTERACTIVE = SCHED_NORMAL nice -4 (prio 116), uclamp.max 1024; group weight 300.
     assert_eq!(s["policy"], "0", "{base}");
     assert_eq!(s["prio"], "116", "{base}");
@@ -114,7 +130,11 @@ kill $hog
     assert_eq!(knob(minimized, "weight"), "20");
     assert_eq!(knob(minimized, "max"), "100000 100000", "50 % of 2 CPUs");
     assert_eq!(minimized["uclamp_max"].as_f64(), Some(25.0), "{minimized}");
-    assert_eq!(daemon["explain"][0]["effective"], "BACKGROUND", "{}", daemon["explain"]);
+    assert_eq!(
+        daemon["explain"][0]["effective"], "BACKGROUND",
+        "{}",
+        daemon["explain"]
+    );
     assert_eq!(daemon["status"]["mode"], "fallback");
     // SIGTERM restores what was there before the daemon touched anything: the hog was forked
     // (from a shell the daemon had tagged DEFAULT) after the daemon started, so its original is

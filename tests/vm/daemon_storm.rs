@@ -43,7 +43,11 @@ wait $pid || true
     let status = &outcome.result("daemon")?["status"];
     println!(
         "VM storm: {} of {} tasks BACKGROUND; rename→applied p50 {} µs, p99 {} µs; events {}",
-        tagged["background"], tagged["tasks"], status["apply_latency_p50_us"], status["apply_latency_p99_us"], status["events"]
+        tagged["background"],
+        tagged["tasks"],
+        status["apply_latency_p50_us"],
+        status["apply_latency_p99_us"],
+        status["events"]
     );
     assert_eq!(tagged["background"].as_u64(), Some(1000), "{tagged}");
     Ok(())

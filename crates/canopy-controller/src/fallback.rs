@@ -101,13 +101,23 @@ fn knob_values(knobs: &GroupKnobs) -> Vec<(&'static str, String)> {
         v.push(("cpu.uclamp.min", format!("{:.2}", m.clamp(0.0, 100.0))));
     }
     if let Some(m) = knobs.uclamp_max_pct {
-        v.push(("cpu.uclamp.max", if m >= 100.0 { "max".into() } else { format!("{:.2}", m.max(0.0)) }));
+        v.push((
+            "cpu.uclamp.max",
+            if m >= 100.0 {
+                "max".into()
+            } else {
+                format!("{:.2}", m.max(0.0))
+            },
+        ));
     }
     if let Some((quota, period)) = knobs.max {
-        v.push(("cpu.max", match quota {
-            Some(q) => format!("{q} {period}"),
-            None => format!("max {period}"),
-        }));
+        v.push((
+            "cpu.max",
+            match quota {
+                Some(q) => format!("{q} {period}"),
+                None => format!("max {period}"),
+            },
+        ));
     }
     v
 }
@@ -117,10 +127,19 @@ impl Backend for FallbackBackend {
         Mode::Fallback
     }
 
-    fn apply_task(&mut self, tid: u32, _class: ClassId, params: &ClassParams) -> Result<(), ApplyError> {
+    fn apply_task(
+        &mut self,
+        tid: u32,
+        _class: ClassId,
+        params: &ClassParams,
+    ) -> Result<(), ApplyError> {
         match self.applier.apply(tid as i32, &Self::request_for(params)) {
             Ok(Outcome::Gone) => Err(Gone(tid).into()),
-            Ok(Outcome::Done(Applied::Changed { previous, newly_unsupported, .. })) => {
+            Ok(Outcome::Done(Applied::Changed {
+                previous,
+                newly_unsupported,
+                ..
+            })) => {
                 self.originals.entry(tid).or_insert(previous);
                 if newly_unsupported.uclamp {
                     self.note_once("uclamp unsupported by this kernel (no UCLAMP_TASK); classes apply policy, nice and slice only".into());
@@ -155,10 +174,19 @@ impl Backend for FallbackBackend {
         self.originals.remove(&tid);
     }
 
-    fn apply_group(&mut self, cgroup: &str, knobs: &GroupKnobs, _scx: &ScxGroupPolicy) -> Result<(), ApplyError> {
+    fn apply_group(
+        &mut self,
+        cgroup: &str,
+        knobs: &GroupKnobs,
+        _scx: &ScxGroupPolicy,
+    ) -> Result<(), ApplyError> {
         let values = knob_values(knobs);
         // Restore knobs the new state no longer sets, then write the new values.
-        let saved = self.group_originals.entry(cgroup.to_string()).or_default().clone();
+        let saved = self
+            .group_originals
+            .entry(cgroup.to_string())
+            .or_default()
+            .clone();
         for (file, orig) in &saved {
             if !values.iter().any(|(f, _)| f == file) {
                 let _ = fs::write(self.knob_path(cgroup, file), orig);
@@ -167,7 +195,10 @@ impl Backend for FallbackBackend {
         let mut missing = Vec::new();
         for (file, value) in values {
             let path = self.knob_path(cgroup, file);
-            let entry = self.group_originals.get(cgroup).map(|v| v.iter().any(|(f, _)| *f == file));
+            let entry = self
+                .group_originals
+                .get(cgroup)
+                .map(|v| v.iter().any(|(f, _)| *f == file));
             if entry != Some(true) {
                 match fs::read_to_string(&path) {
                     Ok(orig) => self
@@ -183,12 +214,20 @@ impl Backend for FallbackBackend {
                         continue;
                     }
                     Err(e) => {
-                        return Err(ApplyError::Refused { what: format!("reading {file}"), target: cgroup.into(), source: e })
+                        return Err(ApplyError::Refused {
+                            what: format!("reading {file}"),
+                            target: cgroup.into(),
+                            source: e,
+                        })
                     }
                 }
             }
             if let Err(e) = fs::write(&path, &value) {
-                return Err(ApplyError::Refused { what: format!("{file}={value}"), target: cgroup.into(), source: e });
+                return Err(ApplyError::Refused {
+                    what: format!("{file}={value}"),
+                    target: cgroup.into(),
+                    source: e,
+                });
             }
         }
         if !missing.is_empty() && !self.missing_knobs_noted {
@@ -238,14 +277,17 @@ mod tests {
     #[test]
     fn a_forked_task_inherits_its_parents_original_attributes() {
         let mut b = FallbackBackend::new(PathBuf::from("/nonexistent"));
-        let orig = SchedAttr { size: 56, sched_nice: 3, ..Default::default() };
+        let orig = SchedAttr {
+            size: 56,
+            sched_nice: 3,
+            ..Default::default()
+        };
         b.originals.insert(10, orig);
         b.inherit_original(11, 10);
         b.inherit_original(12, 99);
         assert_eq!(b.original(11), Some(&orig));
         assert_eq!(b.original(12), None);
     }
-
 
     #[test]
     fn knob_rendering() {

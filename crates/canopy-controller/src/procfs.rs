@@ -41,7 +41,11 @@ pub struct ProcSource {
 impl ProcSource {
     /// A source over `/proc` and the given cgroup2 root.
     pub fn new(cgroup_root: PathBuf) -> Self {
-        ProcSource { proc: ProcFs::new(), cgroup_root, tids: Vec::new() }
+        ProcSource {
+            proc: ProcFs::new(),
+            cgroup_root,
+            tids: Vec::new(),
+        }
     }
 
     /// The cgroup2 mount this source reads.
@@ -71,7 +75,10 @@ fn done<T>(r: Result<Outcome<T>, canopy_sys::procfs::ProcError>, id: u32) -> Res
 }
 
 fn task(tgid: u32, tid: u32) -> TaskId {
-    TaskId { pid: tgid as i32, tid: tid as i32 }
+    TaskId {
+        pid: tgid as i32,
+        tid: tid as i32,
+    }
 }
 
 impl TaskSource for ProcSource {
@@ -81,11 +88,17 @@ impl TaskSource for ProcSource {
         Ok(ProcessFacts {
             tgid,
             comm: info.comm.to_string_lossy(),
-            exe: info.exe.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+            exe: info
+                .exe
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             cmdline: info.cmdline.to_strings().join(" "),
             uid: info.real_uid,
             cgroup,
-            parent_comm: info.parent_comm.map(|c| c.to_string_lossy()).unwrap_or_default(),
+            parent_comm: info
+                .parent_comm
+                .map(|c| c.to_string_lossy())
+                .unwrap_or_default(),
             kthread: info.is_kernel_thread,
         })
     }
@@ -98,7 +111,9 @@ impl TaskSource for ProcSource {
         facts.exe = done(self.proc.exe(tgid as i32), tgid)?
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        facts.cmdline = done(self.proc.cmdline(tgid as i32), tgid)?.to_strings().join(" ");
+        facts.cmdline = done(self.proc.cmdline(tgid as i32), tgid)?
+            .to_strings()
+            .join(" ");
         Ok(facts)
     }
 
@@ -118,7 +133,9 @@ impl TaskSource for ProcSource {
 
     fn all_tasks(&mut self) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
-        let _ = self.proc.for_each_task(|t| out.push((t.pid as u32, t.tid as u32)));
+        let _ = self
+            .proc
+            .for_each_task(|t| out.push((t.pid as u32, t.tid as u32)));
         out
     }
 
@@ -139,7 +156,10 @@ impl TaskSource for ProcSource {
     }
 
     fn process_cgroup(&mut self, tgid: u32) -> Result<String, Gone> {
-        Ok(done(self.proc.cgroup(task(tgid, tgid)), tgid)?.as_deref().map(relative_cgroup).unwrap_or_default())
+        Ok(done(self.proc.cgroup(task(tgid, tgid)), tgid)?
+            .as_deref()
+            .map(relative_cgroup)
+            .unwrap_or_default())
     }
 
     fn tgid_of(&mut self, tid: u32) -> Result<u32, Gone> {
@@ -176,7 +196,9 @@ impl TaskSource for ProcSource {
 
     fn cgroup_cpu_usage_usec(&mut self, cgroup: &str) -> Option<u64> {
         let s = fs::read_to_string(self.cgroup_root.join(cgroup).join("cpu.stat")).ok()?;
-        s.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok())
+        s.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
     }
 }
 
@@ -186,7 +208,10 @@ mod tests {
 
     #[test]
     fn cgroup2_line_is_relative() {
-        assert_eq!(parse_cgroup2("12:cpu:/x\n0::/user.slice/a.scope\n").as_deref(), Some("user.slice/a.scope"));
+        assert_eq!(
+            parse_cgroup2("12:cpu:/x\n0::/user.slice/a.scope\n").as_deref(),
+            Some("user.slice/a.scope")
+        );
         assert_eq!(parse_cgroup2("0::/\n").as_deref(), Some(""));
         assert_eq!(parse_cgroup2("1:cpu:/\n"), None);
     }
