@@ -13,9 +13,11 @@ use canopy_controller::policy_adapter::{load_compiled, loader};
 /// Arguments of `canopy run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Policy files or directories (policy.toml + policy.d/*.toml).
-    #[arg(long = "policy", default_value = "/etc/canopy")]
+    /// Policy files or directories (policy.toml + policy.d/*.toml); default /etc/canopy.
+    #[arg(long = "policy")]
     pub policy: Vec<PathBuf>,
+    /// Policy files or directories, as positional arguments (same as --policy).
+    pub paths: Vec<PathBuf>,
     /// Backend: auto (scx when the kernel has sched_ext sub-schedulers), scx, or fallback.
     /// Default: the policy's `daemon.mode`.
     #[arg(long)]
@@ -49,7 +51,12 @@ fn init_logging() {
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
         N: for<'a> FormatFields<'a> + 'static,
     {
-        fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &tracing::Event<'_>) -> std::fmt::Result {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut w: Writer<'_>,
+            event: &tracing::Event<'_>,
+        ) -> std::fmt::Result {
             let prio = match *event.metadata().level() {
                 tracing::Level::ERROR => 3,
                 tracing::Level::WARN => 4,
@@ -64,7 +71,11 @@ fn init_logging() {
 
     let filter = EnvFilter::try_from_env("CANOPY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).event_format(Journald).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .event_format(Journald)
+            .init();
     } else {
         use std::io::IsTerminal;
         tracing_subscriber::fmt()
@@ -77,9 +88,14 @@ fn init_logging() {
 }
 
 /// Runs the daemon in the foreground until SIGTERM/SIGINT.
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     init_logging();
-    let compiled = load_compiled(&args.policy).map_err(|e| anyhow!("the policy does not compile:\n{e}"))?;
+    args.policy.append(&mut args.paths);
+    if args.policy.is_empty() {
+        args.policy.push(PathBuf::from("/etc/canopy"));
+    }
+    let compiled =
+        load_compiled(&args.policy).map_err(|e| anyhow!("the policy does not compile:\n{e}"))?;
     let settings = compiled.inner().daemon().clone();
     drop(compiled);
     let mode = match args.mode {
@@ -87,10 +103,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         None => format!("{:?}", settings.mode).to_lowercase(),
     };
     let mode: ModeChoice = mode.parse().map_err(|e: String| anyhow!(e))?;
-    let socket = args.socket.unwrap_or_else(|| PathBuf::from(&settings.socket_path));
+    let socket = args
+        .socket
+        .unwrap_or_else(|| PathBuf::from(&settings.socket_path));
     let metrics = match (args.metrics_listen, &settings.metrics_address) {
         (Some(a), _) => Some(a),
-        (None, Some(a)) => Some(a.parse().with_context(|| format!("policy daemon.metrics_address {a:?}"))?),
+        (None, Some(a)) => Some(
+            a.parse()
+                .with_context(|| format!("policy daemon.metrics_address {a:?}"))?,
+        ),
         (None, None) => None,
     };
     let mut opts = DaemonOptions::new(loader(args.policy.clone()), socket);

@@ -68,8 +68,9 @@ enum Command {
     /// Convert another tool's configuration into a canopy policy on stdout.
     #[command(subcommand)]
     Import(ImportCommand),
-    /// Run the controller daemon in the foreground (systemd Type=notify): tag tasks by the
-    /// policy, clamp them per group, and in scx mode run canopy's root and child schedulers.
+    /// Run the controller daemon in the foreground (systemd Type=notify): tags tasks into
+    /// classes, clamps them per group state, serves the control socket; SIGHUP reloads,
+    /// SIGTERM restores everything it changed and exits.
     Run(daemon_cli::RunArgs),
     /// Run only the schedulers of a policy, without the controller (debugging; VM tests).
     #[command(hide = true)]
@@ -77,14 +78,14 @@ enum Command {
         /// Policy files or directories (default: /etc/canopy).
         paths: Vec<PathBuf>,
     },
-    /// Talk to the running daemon: change group states, tag, explain, reload, metrics.
+    /// Talk to the running daemon: change group states, tag, explain, metrics, reload.
     Ctl {
         #[command(flatten)]
         socket: commands::ctl::SocketArg,
         #[command(subcommand)]
         command: commands::ctl::CtlCommand,
     },
-    /// The daemon's status: mode and why, policy, counters, groups, schedulers.
+    /// The daemon's status: mode and why, policy, counters, groups (`--json` for scripts).
     Status {
         #[command(flatten)]
         socket: commands::ctl::SocketArg,

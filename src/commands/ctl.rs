@@ -66,7 +66,10 @@ pub enum CtlCommand {
 }
 
 fn call(socket: &Path, request: Request) -> anyhow::Result<Response> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(server::call(socket, &request, Duration::from_secs(10)))
         .with_context(|| format!("talking to the canopy daemon at {}", socket.display()))
 }
@@ -83,7 +86,13 @@ fn ok_result(r: Response) -> anyhow::Result<serde_json::Value> {
 pub fn ctl(socket: &Path, cmd: CtlCommand) -> anyhow::Result<()> {
     match cmd {
         CtlCommand::State { cgroup, state } => {
-            ok_result(call(socket, Request::State { cgroup: cgroup.clone(), state: state.clone() })?)?;
+            ok_result(call(
+                socket,
+                Request::State {
+                    cgroup: cgroup.clone(),
+                    state: state.clone(),
+                },
+            )?)?;
             println!("{cgroup}: {state}");
         }
         CtlCommand::Tag { pid, tid, class } => {
@@ -96,11 +105,26 @@ pub fn ctl(socket: &Path, cmd: CtlCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for t in v.as_array().into_iter().flatten() {
-                    let s = |k: &str| t[k].as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+                    let s = |k: &str| {
+                        t[k].as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| "-".into())
+                    };
                     println!("tid {} ({}) pid {}", t["tid"], s("comm"), t["tgid"]);
                     println!("  cgroup:    /{}", s("cgroup"));
-                    println!("  rule:      {}{}", s("rule"), t["thread_rule"].as_str().map(|r| format!(" (thread rule {r})")).unwrap_or_default());
-                    println!("  group:     {} (state {})", s("group"), t["state"].as_str().unwrap_or("base"));
+                    println!(
+                        "  rule:      {}{}",
+                        s("rule"),
+                        t["thread_rule"]
+                            .as_str()
+                            .map(|r| format!(" (thread rule {r})"))
+                            .unwrap_or_default()
+                    );
+                    println!(
+                        "  group:     {} (state {})",
+                        s("group"),
+                        t["state"].as_str().unwrap_or("base")
+                    );
                     println!("  requested: {}", s("requested"));
                     println!("  effective: {}", s("effective"));
                     println!("  why:       {}", s("why"));

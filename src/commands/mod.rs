@@ -4,7 +4,7 @@
 pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod compile;
-pub mod ctl;
+pub(crate) mod ctl;
 pub(crate) mod diff;
 pub(crate) mod generate;
 pub(crate) mod import;

@@ -6,6 +6,8 @@
 
 mod boot;
 mod canopy_cli;
+mod daemon_fallback;
+mod daemon_storm;
 mod fair_baseline;
 mod harness;
 mod workloads;

@@ -80,7 +80,10 @@ pub fn authorize(
         Request::Reload {} => Err(Refusal::RootOnly { what: "reload" }),
         Request::State { cgroup, state } => {
             if !inside_user_manager(cgroup, peer.uid) {
-                return Err(Refusal::NotYourCgroup { uid: peer.uid, cgroup: cgroup.clone() });
+                return Err(Refusal::NotYourCgroup {
+                    uid: peer.uid,
+                    cgroup: cgroup.clone(),
+                });
             }
             let settable = plan
                 .group_for_cgroup(cgroup)
@@ -89,7 +92,10 @@ pub fn authorize(
             if settable {
                 Ok(())
             } else {
-                Err(Refusal::StateNotUserSettable { cgroup: cgroup.clone(), state: state.clone() })
+                Err(Refusal::StateNotUserSettable {
+                    cgroup: cgroup.clone(),
+                    state: state.clone(),
+                })
             }
         }
     }
@@ -101,11 +107,18 @@ mod tests {
     use crate::testing::TestPlan;
 
     fn peer(uid: u32) -> Peer {
-        Peer { uid, gid: uid, pid: Some(1) }
+        Peer {
+            uid,
+            gid: uid,
+            pid: Some(1),
+        }
     }
 
     fn state(cgroup: &str, state: &str) -> Request {
-        Request::State { cgroup: cgroup.into(), state: state.into() }
+        Request::State {
+            cgroup: cgroup.into(),
+            state: state.into(),
+        }
     }
 
     const MINE: &str = "user.slice/user-1000.slice/user@1000.service/app.slice/app-x.scope";
@@ -114,7 +127,15 @@ mod tests {
     #[test]
     fn root_may_do_everything() {
         let plan = TestPlan::desktop();
-        for r in [state(THEIRS, "minimized"), Request::Reload {}, Request::Tag { pid: Some(1), tid: None, class: "BACKGROUND".into() }] {
+        for r in [
+            state(THEIRS, "minimized"),
+            Request::Reload {},
+            Request::Tag {
+                pid: Some(1),
+                tid: None,
+                class: "BACKGROUND".into(),
+            },
+        ] {
             assert_eq!(authorize(&peer(0), &r, &plan, |_| Some(5)), Ok(()));
         }
     }
@@ -122,24 +143,71 @@ mod tests {
     #[test]
     fn users_change_only_their_own_cgroups_to_user_settable_states() {
         let plan = TestPlan::desktop();
-        assert_eq!(authorize(&peer(1000), &state(MINE, "minimized"), &plan, |_| None), Ok(()));
-        assert!(matches!(authorize(&peer(1000), &state(THEIRS, "minimized"), &plan, |_| None), Err(Refusal::NotYourCgroup { .. })));
-        assert!(matches!(authorize(&peer(1000), &state(MINE, "locked"), &plan, |_| None), Err(Refusal::StateNotUserSettable { .. })));
-        assert!(matches!(authorize(&peer(1000), &state(MINE, "nonexistent"), &plan, |_| None), Err(Refusal::StateNotUserSettable { .. })));
+        assert_eq!(
+            authorize(&peer(1000), &state(MINE, "minimized"), &plan, |_| None),
+            Ok(())
+        );
+        assert!(matches!(
+            authorize(&peer(1000), &state(THEIRS, "minimized"), &plan, |_| None),
+            Err(Refusal::NotYourCgroup { .. })
+        ));
+        assert!(matches!(
+            authorize(&peer(1000), &state(MINE, "locked"), &plan, |_| None),
+            Err(Refusal::StateNotUserSettable { .. })
+        ));
+        assert!(matches!(
+            authorize(&peer(1000), &state(MINE, "nonexistent"), &plan, |_| None),
+            Err(Refusal::StateNotUserSettable { .. })
+        ));
         // The user manager itself and look-alike prefixes are not "inside".
-        assert!(!inside_user_manager("user.slice/user-1000.slice/user@1000.service/", 1000));
-        assert!(!inside_user_manager("user.slice/user-1000.slice/user@1000.servicex/a", 1000));
-        assert!(!inside_user_manager("user.slice/user-10000.slice/user@10000.service/a", 1000));
+        assert!(!inside_user_manager(
+            "user.slice/user-1000.slice/user@1000.service/",
+            1000
+        ));
+        assert!(!inside_user_manager(
+            "user.slice/user-1000.slice/user@1000.servicex/a",
+            1000
+        ));
+        assert!(!inside_user_manager(
+            "user.slice/user-10000.slice/user@10000.service/a",
+            1000
+        ));
     }
 
     #[test]
     fn users_read_status_and_explain_their_own_processes_only() {
         let plan = TestPlan::desktop();
-        assert_eq!(authorize(&peer(1000), &Request::Status {}, &plan, |_| None), Ok(()));
-        assert_eq!(authorize(&peer(1000), &Request::Metrics {}, &plan, |_| None), Ok(()));
-        assert_eq!(authorize(&peer(1000), &Request::Explain { pid: 7 }, &plan, |_| Some(1000)), Ok(()));
-        assert!(authorize(&peer(1000), &Request::Explain { pid: 7 }, &plan, |_| Some(0)).is_err());
+        assert_eq!(
+            authorize(&peer(1000), &Request::Status {}, &plan, |_| None),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&peer(1000), &Request::Metrics {}, &plan, |_| None),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&peer(1000), &Request::Explain { pid: 7 }, &plan, |_| Some(
+                1000
+            )),
+            Ok(())
+        );
+        assert!(
+            authorize(&peer(1000), &Request::Explain { pid: 7 }, &plan, |_| Some(
+                0
+            ))
+            .is_err()
+        );
         assert!(authorize(&peer(1000), &Request::Reload {}, &plan, |_| None).is_err());
-        assert!(authorize(&peer(1000), &Request::Tag { pid: None, tid: Some(1), class: "X".into() }, &plan, |_| None).is_err());
+        assert!(authorize(
+            &peer(1000),
+            &Request::Tag {
+                pid: None,
+                tid: Some(1),
+                class: "X".into()
+            },
+            &plan,
+            |_| None
+        )
+        .is_err());
     }
 }

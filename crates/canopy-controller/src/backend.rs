@@ -116,15 +116,26 @@ pub trait Backend: Send {
     /// Which mode this backend implements.
     fn mode(&self) -> Mode;
     /// Applies a class to a thread (first call for a tid saves its original attributes).
-    fn apply_task(&mut self, tid: u32, class: ClassId, params: &ClassParams)
-        -> Result<(), ApplyError>;
+    fn apply_task(
+        &mut self,
+        tid: u32,
+        class: ClassId,
+        params: &ClassParams,
+    ) -> Result<(), ApplyError>;
+    /// A task was forked from `parent`: what it inherited is the parent's *applied* class, so
+    /// its original attributes (for restore) are the parent's originals, when we hold those.
+    fn inherit_original(&mut self, _child: u32, _parent: u32) {}
     /// Restores one thread (it left the managed set) and forgets it.
     fn release_task(&mut self, tid: u32);
     /// The thread exited: forget whatever was saved for it.
     fn forget_task(&mut self, tid: u32);
     /// Applies a group's knobs / map entry for its current state.
-    fn apply_group(&mut self, cgroup: &str, knobs: &GroupKnobs, scx: &ScxGroupPolicy)
-        -> Result<(), ApplyError>;
+    fn apply_group(
+        &mut self,
+        cgroup: &str,
+        knobs: &GroupKnobs,
+        scx: &ScxGroupPolicy,
+    ) -> Result<(), ApplyError>;
     /// The group is no longer managed (or vanished): restore and forget it.
     fn release_group(&mut self, cgroup: &str);
     /// Puts every task and group back as it was found (SIGTERM).

@@ -11,9 +11,7 @@ use tokio::time::Instant;
 
 use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport, TaskSource};
 use crate::event::Event;
-use crate::plan::{
-    ClampReason, ClassId, GroupId, PolicyPlan, ProcessFacts, RuleMatch, TaskFacts,
-};
+use crate::plan::{ClampReason, ClassId, GroupId, PolicyPlan, ProcessFacts, RuleMatch, TaskFacts};
 use crate::stats::{GroupSnapshot, Snapshot, Stats};
 
 const SCHED_FIFO: i32 = 1;
@@ -73,6 +71,9 @@ struct Task {
     applied: Option<(ClassId, ClampReason)>,
     /// The class last requested (to count a refused promotion once per new request).
     requested: Option<ClassId>,
+    /// CLOCK_MONOTONIC ns when we first learned of it (event timestamp, else discovery time):
+    /// tells a stale entry under a reused id from one a reordered event created.
+    seen_ns: u64,
     skip: Option<Skip>,
 }
 
@@ -155,7 +156,12 @@ pub struct Controller<B: Backend, S: TaskSource> {
     rescan_due: Option<Instant>,
     /// When the last overrun rescan ran.
     last_overrun_rescan: Option<Instant>,
+    /// One more rescan once an overrun storm has calmed down: while a netlink socket stays
+    /// congested the kernel drops further events without reporting ENOBUFS again.
+    settle_rescan: Option<Instant>,
     policy_error: Option<String>,
+    /// Timestamp of the event being handled, if it carries one.
+    event_ns: Option<u64>,
     /// Counters; public so the daemon can count API traffic.
     pub stats: Stats,
 }
@@ -175,7 +181,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             ignored: std::collections::HashSet::new(),
             rescan_due: None,
             last_overrun_rescan: None,
+            settle_rescan: None,
             policy_error: None,
+            event_ns: None,
             stats: Stats::default(),
         }
     }
@@ -216,16 +224,36 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// Handles one event at time `now` (tokio's clock, so tests can pause it).
     pub fn handle(&mut self, event: Event, now: Instant) {
         self.stats.count_event(event.kind());
+        self.event_ns = match &event {
+            Event::Fork { timestamp_ns, .. }
+            | Event::Exec { timestamp_ns, .. }
+            | Event::Comm { timestamp_ns, .. } => *timestamp_ns,
+            _ => None,
+        };
         match event {
-            Event::Fork { parent_tid, parent_tgid, child_tid, child_tgid, timestamp_ns } => {
-                let _ = timestamp_ns;
-                self.on_fork(parent_tid, parent_tgid, child_tid, child_tgid);
+            Event::Fork {
+                parent_tid,
+                parent_tgid,
+                child_tid,
+                child_tgid,
+                timestamp_ns,
+            } => {
+                self.on_fork(parent_tid, parent_tgid, child_tid, child_tgid, timestamp_ns);
             }
-            Event::Exec { tid, tgid, timestamp_ns } => {
+            Event::Exec {
+                tid,
+                tgid,
+                timestamp_ns,
+            } => {
                 let _ = timestamp_ns;
                 self.on_exec(tid, tgid);
             }
-            Event::Comm { tid, tgid, comm, timestamp_ns } => {
+            Event::Comm {
+                tid,
+                tgid,
+                comm,
+                timestamp_ns,
+            } => {
                 self.on_comm(tid, tgid, comm);
                 self.record_latency(tid, timestamp_ns);
             }
@@ -244,11 +272,13 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             }
             Event::FocusChanged { cgroup, value } => self.on_focus(&cgroup, value.as_deref(), now),
         }
+        // Tasks found outside event handling (rescans, requests) are stamped with the clock.
+        self.event_ns = None;
     }
 
     fn record_latency(&mut self, tid: u32, timestamp_ns: Option<u64>) {
         let Some(ts) = timestamp_ns else { return };
-        if !self.tasks.get(&tid).is_some_and(|t| t.applied.is_some()) {
+        if self.tasks.get(&tid).is_none_or(|t| t.applied.is_none()) {
             return;
         }
         let now = monotonic_ns();
@@ -257,10 +287,39 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         }
     }
 
-    fn on_fork(&mut self, parent_tid: u32, parent_tgid: u32, child_tid: u32, child_tgid: u32) {
-        if self.tasks.contains_key(&child_tid) || self.ignored.contains(&child_tgid) {
+    fn on_fork(
+        &mut self,
+        parent_tid: u32,
+        parent_tgid: u32,
+        child_tid: u32,
+        child_tgid: u32,
+        fork_ns: Option<u64>,
+    ) {
+        // Events from different CPUs arrive out of order: a rename may be handled before the
+        // fork that created the thread. An entry first seen after the fork happened is that
+        // newer knowledge: keep it. One seen before it is stale (its exit event was lost and
+        // the id reused): replace it.
+        let stale = |seen: u64| fork_ns.is_some_and(|f| seen <= f);
+        if let Some(t) = self.tasks.get(&child_tid) {
+            if !stale(t.seen_ns) {
+                return;
+            }
+            let stale_tgid = t.tgid;
+            self.forget_task(child_tid, stale_tgid);
+        }
+        if child_tid == child_tgid {
+            self.ignored.remove(&child_tgid);
+            if let Some(stale) = self.processes.remove(&child_tgid) {
+                for t in stale.threads {
+                    if self.tasks.remove(&t).is_some() {
+                        self.backend.forget_task(t);
+                    }
+                }
+            }
+        } else if self.ignored.contains(&child_tgid) {
             return;
         }
+        self.backend.inherit_original(child_tid, parent_tid);
         if child_tgid == parent_tgid && self.processes.contains_key(&child_tgid) {
             // A new thread: same process facts; at clone time it carries its creator's comm.
             let comm = match self.tasks.get(&parent_tid) {
@@ -276,9 +335,16 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         // A new process forked from one we know: fork copies exe, cmdline, uid and the creating
         // thread's comm; only the cgroup can differ (clone3 CLONE_INTO_CGROUP). One read.
         if child_tgid == child_tid && !self.processes.contains_key(&child_tgid) {
-            if let (Some(parent), Some(creator)) = (self.processes.get(&parent_tgid), self.tasks.get(&parent_tid)) {
+            if let (Some(parent), Some(creator)) = (
+                self.processes.get(&parent_tgid),
+                self.tasks.get(&parent_tid),
+            ) {
                 let mut facts = (*parent.facts).clone();
-                let own = self.tasks.get(&parent_tgid).and_then(|t| t.rule.clone()).filter(|r| r.inherit);
+                let own = self
+                    .tasks
+                    .get(&parent_tgid)
+                    .and_then(|t| t.rule.clone())
+                    .filter(|r| r.inherit);
                 let inherited = own.or_else(|| parent.inherited.clone());
                 let comm = creator.comm.clone();
                 facts.parent_comm = std::mem::replace(&mut facts.comm, comm.clone());
@@ -292,7 +358,14 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                     return;
                 }
                 self.ensure_group(&facts.cgroup);
-                self.processes.insert(child_tgid, Process { facts: Arc::new(facts), threads: Vec::new(), inherited });
+                self.processes.insert(
+                    child_tgid,
+                    Process {
+                        facts: Arc::new(facts),
+                        threads: Vec::new(),
+                        inherited,
+                    },
+                );
                 self.add_task(child_tgid, child_tid, comm, Cause::Request);
                 return;
             }
@@ -325,7 +398,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         }
         // execve kills the other threads and may change everything a rule matches on.
         let inherited = self.processes.get(&tgid).and_then(|p| p.inherited.clone());
-        let old_threads = self.processes.get(&tgid).map(|p| p.threads.clone()).unwrap_or_default();
+        let old_threads = self
+            .processes
+            .get(&tgid)
+            .map(|p| p.threads.clone())
+            .unwrap_or_default();
         for t in old_threads {
             if t != tid {
                 self.forget_task(t, tgid);
@@ -490,7 +567,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             if let Some(t) = self.tasks.get_mut(&tid) {
                 match (t.skip, scope_ok) {
                     (Some(Skip::OutOfScope), true) => t.skip = None,
-                    (None, false) | (Some(Skip::Unmatched), false) => t.skip = Some(Skip::OutOfScope),
+                    (None, false) | (Some(Skip::Unmatched), false) => {
+                        t.skip = Some(Skip::OutOfScope)
+                    }
                     _ => {}
                 }
             }
@@ -500,8 +579,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     }
 
     fn on_focus(&mut self, cgroup: &str, value: Option<&str>, now: Instant) {
-        let Some(group) = self.group_of(cgroup) else { return };
-        let Some(focus) = self.plan.focus_states(group) else { return };
+        let Some(group) = self.group_of(cgroup) else {
+            return;
+        };
+        let Some(focus) = self.plan.focus_states(group) else {
+            return;
+        };
         self.ensure_group(cgroup);
         match value.map(str::trim) {
             Some("-1") => self.switch_state(cgroup, focus.focused, now),
@@ -517,7 +600,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// Switches a group to `state`, at once or after the state's delay from the policy. A newer
     /// switch replaces a pending one.
     fn switch_state(&mut self, cgroup: &str, state: Option<String>, now: Instant) {
-        let Some(inst) = self.groups.get(cgroup) else { return };
+        let Some(inst) = self.groups.get(cgroup) else {
+            return;
+        };
         let delay = state
             .as_deref()
             .and_then(|s| self.plan.state_info(inst.group, s))
@@ -535,19 +620,50 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         self.set_state(cgroup, state);
     }
 
+    /// Safety net for moves no event reported (clone3 into a cgroup, writes outside the watched
+    /// subtree): re-reads every tracked process's cgroup and re-clamps the ones that moved.
+    /// Returns how many had moved.
+    pub fn reconcile_cgroups(&mut self) -> usize {
+        let tracked: Vec<(u32, String)> = self
+            .processes
+            .iter()
+            .map(|(&tgid, p)| (tgid, p.facts.cgroup.clone()))
+            .collect();
+        let mut moved = 0;
+        for (tgid, known) in tracked {
+            match self.source.process_cgroup(tgid) {
+                Ok(now) if now != known => {
+                    moved += 1;
+                    self.stats.count_event(crate::event::EventKind::Move);
+                    self.process_moved(tgid, Some(now));
+                }
+                _ => {}
+            }
+        }
+        moved
+    }
+
     /// The earliest pending delayed state change.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let state = self.groups.values().filter_map(|g| g.pending.as_ref().map(|p| p.0)).min();
-        match (state, self.rescan_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let state = self
+            .groups
+            .values()
+            .filter_map(|g| g.pending.as_ref().map(|p| p.0))
+            .min();
+        [state, self.rescan_due, self.settle_rescan]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Applies every delayed state whose time has come.
     pub fn fire_timers(&mut self, now: Instant) {
-        if self.rescan_due.is_some_and(|d| d <= now) {
+        let settle = self.settle_rescan.is_some_and(|d| d <= now);
+        if settle || self.rescan_due.is_some_and(|d| d <= now) {
             self.rescan_due = None;
+            if settle {
+                self.settle_rescan = None;
+            }
             self.last_overrun_rescan = Some(now);
             self.rescan();
         }
@@ -599,7 +715,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             if !self.processes.contains_key(&tgid) {
                 continue;
             }
-            let Ok(comm) = self.source.thread_comm(tgid, tid) else { continue };
+            let Ok(comm) = self.source.thread_comm(tgid, tid) else {
+                continue;
+            };
             if let Some(t) = self.tasks.get_mut(&tid) {
                 t.comm = comm;
                 self.rematch(tid);
@@ -632,7 +750,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             None => {
                 self.processes.insert(
                     tgid,
-                    Process { facts: Arc::new(facts), threads: Vec::new(), inherited },
+                    Process {
+                        facts: Arc::new(facts),
+                        threads: Vec::new(),
+                        inherited,
+                    },
                 );
             }
         }
@@ -643,6 +765,8 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// rescan storm); a deferred rescan runs from `fire_timers`.
     fn overrun(&mut self, now: Instant) {
         const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+        const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+        self.settle_rescan = Some(now + SETTLE);
         match self.last_overrun_rescan {
             Some(last) if now < last + MIN_INTERVAL => {
                 self.rescan_due.get_or_insert(last + MIN_INTERVAL);
@@ -656,7 +780,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     }
 
     fn add_task(&mut self, tgid: u32, tid: u32, comm: String, cause: Cause) {
-        let Some(process) = self.processes.get_mut(&tgid) else { return };
+        let Some(process) = self.processes.get_mut(&tgid) else {
+            return;
+        };
         if !process.threads.contains(&tid) {
             process.threads.push(tid);
         }
@@ -681,7 +807,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         };
         self.tasks.insert(
             tid,
-            Task { tgid, comm, realtime, rule: None, manual: None, applied: None, requested: None, skip },
+            Task {
+                tgid,
+                comm,
+                realtime,
+                rule: None,
+                manual: None,
+                applied: None,
+                requested: None,
+                seen_ns: self.event_ns.unwrap_or_else(monotonic_ns),
+                skip,
+            },
         );
         self.rematch(tid);
         self.evaluate(tid, cause);
@@ -712,7 +848,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     }
 
     fn threads_of(&self, tgid: u32) -> Vec<u32> {
-        self.processes.get(&tgid).map(|p| p.threads.clone()).unwrap_or_default()
+        self.processes
+            .get(&tgid)
+            .map(|p| p.threads.clone())
+            .unwrap_or_default()
     }
 
     fn in_scope(&self, cgroup: &str) -> bool {
@@ -740,19 +879,32 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         if self.groups.contains_key(cgroup) {
             return;
         }
-        let Some(group) = self.group_of(cgroup) else { return };
+        let Some(group) = self.group_of(cgroup) else {
+            return;
+        };
         if !self.in_scope(cgroup) {
             return;
         }
         let state = self.plan.default_state(group);
-        self.groups.insert(cgroup.to_string(), GroupInstance { group, state, pending: None });
+        self.groups.insert(
+            cgroup.to_string(),
+            GroupInstance {
+                group,
+                state,
+                pending: None,
+            },
+        );
         self.apply_group_knobs(cgroup);
     }
 
     fn apply_group_knobs(&mut self, cgroup: &str) {
-        let Some(inst) = self.groups.get(cgroup) else { return };
+        let Some(inst) = self.groups.get(cgroup) else {
+            return;
+        };
         let knobs = self.plan.group_knobs(inst.group, inst.state.as_deref());
-        let scx = self.plan.scx_group_policy(inst.group, inst.state.as_deref());
+        let scx = self
+            .plan
+            .scx_group_policy(inst.group, inst.state.as_deref());
         match self.backend.apply_group(cgroup, &knobs, &scx) {
             Ok(()) => {}
             Err(ApplyError::Gone(_)) => {}
@@ -764,7 +916,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     }
 
     fn set_state(&mut self, cgroup: &str, state: Option<String>) {
-        let Some(inst) = self.groups.get_mut(cgroup) else { return };
+        let Some(inst) = self.groups.get_mut(cgroup) else {
+            return;
+        };
         if inst.state == state {
             return;
         }
@@ -786,9 +940,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     // ----- the decision -------------------------------------------------------------------
 
     fn rematch(&mut self, tid: u32) {
-        let Some(task) = self.tasks.get(&tid) else { return };
-        let Some(process) = self.processes.get(&task.tgid) else { return };
-        let facts = TaskFacts { tid, comm: task.comm.clone(), process: process.facts.clone() };
+        let Some(task) = self.tasks.get(&tid) else {
+            return;
+        };
+        let Some(process) = self.processes.get(&task.tgid) else {
+            return;
+        };
+        let facts = TaskFacts {
+            tid,
+            comm: task.comm.clone(),
+            process: process.facts.clone(),
+        };
         let rule = self.plan.match_task(&facts);
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.rule = rule;
@@ -808,9 +970,16 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
 
     /// Decides a task's class through the Plan's clamp and has the backend apply it.
     fn evaluate(&mut self, tid: u32, cause: Cause) {
-        let Some(task) = self.tasks.get(&tid) else { return };
-        let Some(process) = self.processes.get(&task.tgid) else { return };
-        if matches!(task.skip, Some(Skip::OutOfScope | Skip::KernelThread | Skip::Realtime)) {
+        let Some(task) = self.tasks.get(&tid) else {
+            return;
+        };
+        let Some(process) = self.processes.get(&task.tgid) else {
+            return;
+        };
+        if matches!(
+            task.skip,
+            Some(Skip::OutOfScope | Skip::KernelThread | Skip::Realtime)
+        ) {
             return;
         }
         let Some(requested) = self.requested(task, process) else {
@@ -882,8 +1051,15 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
 
     /// `ctl state <cgroup> <state>` (authorization happens before this). `base` (or an empty
     /// name) returns the group to its base state.
-    pub fn request_state(&mut self, cgroup: &str, state: &str, now: Instant) -> Result<(), RequestError> {
-        let group = self.group_of(cgroup).ok_or_else(|| RequestError::NoGroup(cgroup.into()))?;
+    pub fn request_state(
+        &mut self,
+        cgroup: &str,
+        state: &str,
+        now: Instant,
+    ) -> Result<(), RequestError> {
+        let group = self
+            .group_of(cgroup)
+            .ok_or_else(|| RequestError::NoGroup(cgroup.into()))?;
         let state = if state.is_empty() || state == "base" {
             None
         } else {
@@ -901,9 +1077,16 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     }
 
     /// `ctl tag --tid N CLASS` or `--pid N CLASS` (every thread). Returns the tids tagged.
-    pub fn request_tag(&mut self, id: u32, whole_process: bool, class: &str)
-        -> Result<Vec<u32>, RequestError> {
-        let class_id = self.plan.class_by_name(class).ok_or_else(|| RequestError::NoClass(class.into()))?;
+    pub fn request_tag(
+        &mut self,
+        id: u32,
+        whole_process: bool,
+        class: &str,
+    ) -> Result<Vec<u32>, RequestError> {
+        let class_id = self
+            .plan
+            .class_by_name(class)
+            .ok_or_else(|| RequestError::NoClass(class.into()))?;
         let class_name: Arc<str> = self.plan.class_params(class_id).name.clone();
         let tids = if whole_process {
             if !self.processes.contains_key(&id) {
@@ -916,7 +1099,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                     self.on_comm(id, tgid, None);
                 }
             }
-            if self.tasks.contains_key(&id) { vec![id] } else { vec![] }
+            if self.tasks.contains_key(&id) {
+                vec![id]
+            } else {
+                vec![]
+            }
         };
         if tids.is_empty() {
             return Err(RequestError::NoTask(id));
@@ -946,11 +1133,19 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         };
         let mut out = Vec::new();
         for tid in tids {
-            let Some(task) = self.tasks.get(&tid) else { continue };
-            let Some(process) = self.processes.get(&task.tgid) else { continue };
+            let Some(task) = self.tasks.get(&tid) else {
+                continue;
+            };
+            let Some(process) = self.processes.get(&task.tgid) else {
+                continue;
+            };
             let cgroup = process.facts.cgroup.clone();
             let requested = self.requested(task, process);
-            let group = self.group_cache.get(&cgroup).copied().flatten()
+            let group = self
+                .group_cache
+                .get(&cgroup)
+                .copied()
+                .flatten()
                 .or_else(|| self.plan.group_for_cgroup(&cgroup));
             let state = self.groups.get(&cgroup).and_then(|g| g.state.clone());
             let name = |c: ClassId| self.plan.class_params(c).name.to_string();
@@ -981,10 +1176,21 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                         state.as_deref().unwrap_or("base")
                     );
                     match c.reason {
-                        ClampReason::Unclamped => format!("{req} requested by {source}; allowed by {gs}"),
-                        ClampReason::Ceiling => format!("{req} requested by {source}; lowered to {} by the ceiling of {gs}", name(c.class)),
-                        ClampReason::Floor => format!("{req} requested by {source}; raised to {} by the floor of {gs}", name(c.class)),
-                        ClampReason::Denied => format!("{req} requested by {source}; denied in {gs}, so {}", name(c.class)),
+                        ClampReason::Unclamped => {
+                            format!("{req} requested by {source}; allowed by {gs}")
+                        }
+                        ClampReason::Ceiling => format!(
+                            "{req} requested by {source}; lowered to {} by the ceiling of {gs}",
+                            name(c.class)
+                        ),
+                        ClampReason::Floor => format!(
+                            "{req} requested by {source}; raised to {} by the floor of {gs}",
+                            name(c.class)
+                        ),
+                        ClampReason::Denied => format!(
+                            "{req} requested by {source}; denied in {gs}, so {}",
+                            name(c.class)
+                        ),
                     }
                 }
             };
@@ -994,7 +1200,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 comm: task.comm.clone(),
                 cgroup,
                 rule: task.rule.as_ref().map(|r| r.rule.to_string()),
-                thread_rule: task.rule.as_ref().and_then(|r| r.thread_rule.as_ref().map(|s| s.to_string())),
+                thread_rule: task
+                    .rule
+                    .as_ref()
+                    .and_then(|r| r.thread_rule.as_ref().map(|s| s.to_string())),
                 inherited_rule: process.inherited.as_ref().map(|r| r.rule.to_string()),
                 manual_class: task.manual.as_ref().map(|m| m.to_string()),
                 group: group_name,
@@ -1034,7 +1243,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 }
             }
         }
-        let cgroups: Vec<String> = self.processes.values().map(|p| p.facts.cgroup.clone()).collect();
+        let cgroups: Vec<String> = self
+            .processes
+            .values()
+            .map(|p| p.facts.cgroup.clone())
+            .collect();
         for c in cgroups {
             self.ensure_group(&c);
         }
@@ -1067,7 +1280,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             self.rematch(tid);
             // Class ids are plan-local: force a re-apply.
             if let Some(t) = self.tasks.get_mut(&tid) {
-                t.applied = t.applied.map(|_| (ClassId(u16::MAX), ClampReason::Unclamped));
+                t.applied = t
+                    .applied
+                    .map(|_| (ClassId(u16::MAX), ClampReason::Unclamped));
                 t.requested = None;
             }
             self.evaluate(tid, Cause::Request);
@@ -1095,20 +1310,20 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         for p in self.processes.values() {
             *per_cgroup.entry(p.facts.cgroup.as_str()).or_default() += p.threads.len() as u64;
         }
-        let mut groups: Vec<GroupSnapshot> = self
-            .groups
-            .iter()
-            .map(|(cgroup, g)| GroupSnapshot {
-                cgroup: cgroup.clone(),
-                group: self.plan.group_name(g.group).to_string(),
-                state: g.state.clone().unwrap_or_else(|| "base".into()),
-                pending: g.pending.as_ref().map(|(at, s)| {
-                    (s.clone(), at.saturating_duration_since(now).as_secs_f64())
-                }),
-                tasks: per_cgroup.get(cgroup.as_str()).copied().unwrap_or(0),
-                cpu_usage_usec: None,
-            })
-            .collect();
+        let mut groups: Vec<GroupSnapshot> =
+            self.groups
+                .iter()
+                .map(|(cgroup, g)| GroupSnapshot {
+                    cgroup: cgroup.clone(),
+                    group: self.plan.group_name(g.group).to_string(),
+                    state: g.state.clone().unwrap_or_else(|| "base".into()),
+                    pending: g.pending.as_ref().map(|(at, s)| {
+                        (s.clone(), at.saturating_duration_since(now).as_secs_f64())
+                    }),
+                    tasks: per_cgroup.get(cgroup.as_str()).copied().unwrap_or(0),
+                    cpu_usage_usec: None,
+                })
+                .collect();
         groups.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
         for g in &mut groups {
             g.cpu_usage_usec = self.source_cpu_usage(&g.cgroup);
@@ -1123,7 +1338,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             tasks_tracked: self.tasks.len() as u64,
             tasks_managed: self.tasks.values().filter(|t| t.applied.is_some()).count() as u64,
             counters,
-            events: self.stats.events.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            events: self
+                .stats
+                .events
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             refused_subsched_attaches: self.backend.refused_subsched_attaches(),
             apply_latency_p50_us: self.stats.apply_latency.quantile_us(0.5),
             apply_latency_p99_us: self.stats.apply_latency.quantile_us(0.99),
@@ -1143,7 +1363,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
 
 /// CLOCK_MONOTONIC in nanoseconds (the proc connector's timestamp clock).
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

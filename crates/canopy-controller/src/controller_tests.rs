@@ -15,7 +15,12 @@ const APP: &str = "user.slice/user-1000.slice/user@1000.service/app.slice/app-pl
 const OTHER: &str = "user.slice/user-1000.slice/user@1000.service/session.slice";
 
 fn controller(src: FakeSource) -> Controller<RecordingBackend, FakeSource> {
-    let mut c = Controller::new(Arc::new(TestPlan::desktop()), RecordingBackend::default(), src, ControllerConfig::default());
+    let mut c = Controller::new(
+        Arc::new(TestPlan::desktop()),
+        RecordingBackend::default(),
+        src,
+        ControllerConfig::default(),
+    );
     c.rescan();
     c
 }
@@ -25,7 +30,13 @@ fn applied(c: &Controller<RecordingBackend, FakeSource>, tid: u32) -> Option<Str
 }
 
 fn fork(parent: u32, parent_tgid: u32, child: u32, child_tgid: u32) -> Event {
-    Event::Fork { parent_tid: parent, parent_tgid, child_tid: child, child_tgid, timestamp_ns: None }
+    Event::Fork {
+        parent_tid: parent,
+        parent_tgid,
+        child_tid: child,
+        child_tgid,
+        timestamp_ns: Some(crate::controller::monotonic_ns()),
+    }
 }
 
 #[test]
@@ -51,7 +62,15 @@ fn new_thread_then_rename_rematches_thread_rules() {
     c.source_mut().thread(100, 105, "player");
     c.handle(fork(100, 100, 105, 100), now);
     assert_eq!(applied(&c, 105).as_deref(), Some("USER_INITIATED"));
-    c.handle(Event::Comm { tid: 105, tgid: 100, comm: Some("audio-mix".into()), timestamp_ns: None }, now);
+    c.handle(
+        Event::Comm {
+            tid: 105,
+            tgid: 100,
+            comm: Some("audio-mix".into()),
+            timestamp_ns: None,
+        },
+        now,
+    );
     assert_eq!(applied(&c, 105).as_deref(), Some("USER_INTERACTIVE"));
 }
 
@@ -67,7 +86,15 @@ fn minimized_state_demotes_and_base_restores() {
     assert_eq!(c.stats.counters.demotions_by_ceiling, 2);
     assert_eq!(c.backend().groups[APP].weight, Some(20));
     // A rename while minimized asks for more than the ceiling allows: refused, not applied.
-    c.handle(Event::Comm { tid: 101, tgid: 100, comm: Some("audio-2".into()), timestamp_ns: None }, Instant::now());
+    c.handle(
+        Event::Comm {
+            tid: 101,
+            tgid: 100,
+            comm: Some("audio-2".into()),
+            timestamp_ns: None,
+        },
+        Instant::now(),
+    );
     assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
     c.request_state(APP, "base", Instant::now()).unwrap();
     assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
@@ -102,11 +129,21 @@ fn move_into_minimized_group_reclamps_at_once_and_back_restores() {
     c.request_state(mini, "minimized", Instant::now()).unwrap();
     assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
     c.source_mut().move_to(100, mini);
-    c.handle(Event::CgroupMembershipChanged { cgroup: mini.into() }, Instant::now());
+    c.handle(
+        Event::CgroupMembershipChanged {
+            cgroup: mini.into(),
+        },
+        Instant::now(),
+    );
     assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
     assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
     c.source_mut().move_to(100, OTHER);
-    c.handle(Event::CgroupMembershipChanged { cgroup: OTHER.into() }, Instant::now());
+    c.handle(
+        Event::CgroupMembershipChanged {
+            cgroup: OTHER.into(),
+        },
+        Instant::now(),
+    );
     assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
 }
 
@@ -118,7 +155,14 @@ fn inherit_tags_forked_children_and_survives_exec() {
     c.source_mut().spawn(300, "wine-preloader", OTHER);
     c.handle(fork(100, 100, 300, 300), Instant::now());
     c.source_mut().rename(300, "game.exe");
-    c.handle(Event::Exec { tid: 300, tgid: 300, timestamp_ns: None }, Instant::now());
+    c.handle(
+        Event::Exec {
+            tid: 300,
+            tgid: 300,
+            timestamp_ns: None,
+        },
+        Instant::now(),
+    );
     assert_eq!(applied(&c, 300).as_deref(), Some("USER_INTERACTIVE"));
     let e = c.explain(300).unwrap();
     assert_eq!(e[0].inherited_rule.as_deref(), Some("wine"));
@@ -127,9 +171,20 @@ fn inherit_tags_forked_children_and_survives_exec() {
     c.handle(fork(1, 1, 400, 400), Instant::now());
     c.source_mut().spawn(401, "player", APP);
     c.handle(fork(400, 400, 401, 401), Instant::now());
-    assert_eq!(applied(&c, 401).as_deref(), Some("USER_INITIATED"), "a fork is its parent until it execs");
+    assert_eq!(
+        applied(&c, 401).as_deref(),
+        Some("USER_INITIATED"),
+        "a fork is its parent until it execs"
+    );
     c.source_mut().rename(401, "helper");
-    c.handle(Event::Exec { tid: 401, tgid: 401, timestamp_ns: None }, Instant::now());
+    c.handle(
+        Event::Exec {
+            tid: 401,
+            tgid: 401,
+            timestamp_ns: None,
+        },
+        Instant::now(),
+    );
     assert_eq!(applied(&c, 401), None);
 }
 
@@ -143,14 +198,28 @@ fn exit_forgets_and_kernel_and_realtime_threads_are_left_alone() {
     src.threads.get_mut(&50).unwrap().2 = 1; // SCHED_FIFO
     let mut plan = TestPlan::desktop();
     plan.default_class = Some(class::UTILITY);
-    let mut c = Controller::new(Arc::new(plan), RecordingBackend::default(), src, ControllerConfig::default());
+    let mut c = Controller::new(
+        Arc::new(plan),
+        RecordingBackend::default(),
+        src,
+        ControllerConfig::default(),
+    );
     c.rescan();
     assert_eq!(applied(&c, 2), None);
     assert_eq!(applied(&c, 50), None);
-    assert_eq!(c.explain(50).unwrap()[0].why, "RT/DL task: left alone by the policy");
+    assert_eq!(
+        c.explain(50).unwrap()[0].why,
+        "RT/DL task: left alone by the policy"
+    );
     assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
     c.source_mut().exit(100);
-    c.handle(Event::Exit { tid: 100, tgid: 100 }, Instant::now());
+    c.handle(
+        Event::Exit {
+            tid: 100,
+            tgid: 100,
+        },
+        Instant::now(),
+    );
     assert_eq!(applied(&c, 100), None);
     assert!(c.explain(100).is_err());
 }
@@ -184,11 +253,24 @@ fn reload_reevaluates_everything_and_failed_reload_keeps_the_old_plan() {
     assert_eq!(snap.policy_hash, "test:desktop");
     let mut plan = TestPlan::desktop();
     plan.tag = "v2".into();
-    plan.rules.insert(0, TestRule { name: "build".into(), comm: "make".into(), class: class::BACKGROUND, threads: vec![], inherit: false });
+    plan.rules.insert(
+        0,
+        TestRule {
+            name: "build".into(),
+            comm: "make".into(),
+            class: class::BACKGROUND,
+            threads: vec![],
+            inherit: false,
+        },
+    );
     plan.rules.retain(|r| r.name != "player");
     c.install_plan(Arc::new(plan));
     assert_eq!(applied(&c, 200).as_deref(), Some("BACKGROUND"));
-    assert_eq!(applied(&c, 100), None, "no longer matched, no default: released");
+    assert_eq!(
+        applied(&c, 100),
+        None,
+        "no longer matched, no default: released"
+    );
     let snap = c.snapshot(Instant::now());
     assert!(snap.policy_error.is_none());
     assert_eq!(snap.policy_hash, "test:v2");
@@ -200,10 +282,26 @@ async fn focus_xattr_focused_at_once_unfocused_after_the_delay() {
     src.spawn(100, "player", APP);
     let mut c = controller(src);
     let t0 = Instant::now();
-    c.handle(Event::FocusChanged { cgroup: APP.into(), value: Some("-1".into()) }, t0);
+    c.handle(
+        Event::FocusChanged {
+            cgroup: APP.into(),
+            value: Some("-1".into()),
+        },
+        t0,
+    );
     assert_eq!(c.group_state(APP).as_deref(), Some("focused"));
-    c.handle(Event::FocusChanged { cgroup: APP.into(), value: Some("123456789".into()) }, Instant::now());
-    assert_eq!(c.group_state(APP).as_deref(), Some("focused"), "not before the delay");
+    c.handle(
+        Event::FocusChanged {
+            cgroup: APP.into(),
+            value: Some("123456789".into()),
+        },
+        Instant::now(),
+    );
+    assert_eq!(
+        c.group_state(APP).as_deref(),
+        Some("focused"),
+        "not before the delay"
+    );
     let deadline = c.next_deadline().expect("pending unfocus");
     tokio::time::sleep(Duration::from_secs(29)).await;
     c.fire_timers(Instant::now());
@@ -213,10 +311,28 @@ async fn focus_xattr_focused_at_once_unfocused_after_the_delay() {
     assert_eq!(c.group_state(APP).as_deref(), Some("unfocused"));
     assert_eq!(applied(&c, 100).as_deref(), Some("UTILITY"));
     // Regaining focus cancels a pending unfocus and applies at once.
-    c.handle(Event::FocusChanged { cgroup: APP.into(), value: Some("-1".into()) }, Instant::now());
+    c.handle(
+        Event::FocusChanged {
+            cgroup: APP.into(),
+            value: Some("-1".into()),
+        },
+        Instant::now(),
+    );
     assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
-    c.handle(Event::FocusChanged { cgroup: APP.into(), value: Some("5".into()) }, Instant::now());
-    c.handle(Event::FocusChanged { cgroup: APP.into(), value: Some("-1".into()) }, Instant::now());
+    c.handle(
+        Event::FocusChanged {
+            cgroup: APP.into(),
+            value: Some("5".into()),
+        },
+        Instant::now(),
+    );
+    c.handle(
+        Event::FocusChanged {
+            cgroup: APP.into(),
+            value: Some("-1".into()),
+        },
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(60)).await;
     c.fire_timers(Instant::now());
     assert_eq!(c.group_state(APP).as_deref(), Some("focused"));
@@ -244,12 +360,87 @@ fn scope_limits_management() {
     let mut src = FakeSource::default();
     src.spawn(100, "player", APP);
     src.spawn(200, "player", OTHER);
-    let config = ControllerConfig { cgroup_scope: Some("user.slice/user-1000.slice/user@1000.service/app.slice".into()), ..Default::default() };
-    let mut c = Controller::new(Arc::new(TestPlan::desktop()), RecordingBackend::default(), src, config);
+    let config = ControllerConfig {
+        cgroup_scope: Some("user.slice/user-1000.slice/user@1000.service/app.slice".into()),
+        ..Default::default()
+    };
+    let mut c = Controller::new(
+        Arc::new(TestPlan::desktop()),
+        RecordingBackend::default(),
+        src,
+        config,
+    );
     c.rescan();
     assert!(applied(&c, 100).is_some());
     assert!(applied(&c, 200).is_none());
     c.source_mut().move_to(200, APP);
-    c.handle(Event::CgroupMembershipChanged { cgroup: APP.into() }, Instant::now());
+    c.handle(
+        Event::CgroupMembershipChanged { cgroup: APP.into() },
+        Instant::now(),
+    );
     assert!(applied(&c, 200).is_some());
+}
+
+#[test]
+fn reconcile_catches_moves_no_event_reported() {
+    let mini = "user.slice/user-1000.slice/user@1000.service/app.slice/app-mini.scope";
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", OTHER);
+    src.spawn(200, "sleeper", mini);
+    let mut c = controller(src);
+    c.request_state(mini, "minimized", Instant::now()).unwrap();
+    assert_eq!(c.reconcile_cgroups(), 0);
+    c.source_mut().move_to(100, mini);
+    assert_eq!(c.reconcile_cgroups(), 1);
+    assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
+}
+
+#[test]
+fn a_fork_replaces_stale_state_left_by_a_lost_exit() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.spawn(300, "make", APP);
+    let mut c = controller(src);
+    assert_eq!(applied(&c, 300), None);
+    // 300 exits without an exit event; its pid is reused by a child of player.
+    c.source_mut().exit(300);
+    c.source_mut().spawn(300, "player", APP);
+    c.handle(fork(100, 100, 300, 300), Instant::now());
+    assert_eq!(applied(&c, 300).as_deref(), Some("USER_INITIATED"));
+    assert_eq!(c.explain(300).unwrap()[0].comm, "player");
+}
+
+#[test]
+fn a_rename_handled_before_its_fork_is_kept() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    let mut c = controller(src);
+    let fork_ns = crate::controller::monotonic_ns();
+    c.source_mut().thread(100, 105, "audio-1");
+    // The rename (later on another CPU) is handled first.
+    c.handle(
+        Event::Comm {
+            tid: 105,
+            tgid: 100,
+            comm: Some("audio-1".into()),
+            timestamp_ns: Some(fork_ns + 1000),
+        },
+        Instant::now(),
+    );
+    assert_eq!(applied(&c, 105).as_deref(), Some("USER_INTERACTIVE"));
+    c.handle(
+        Event::Fork {
+            parent_tid: 100,
+            parent_tgid: 100,
+            child_tid: 105,
+            child_tgid: 100,
+            timestamp_ns: Some(fork_ns),
+        },
+        Instant::now(),
+    );
+    assert_eq!(
+        applied(&c, 105).as_deref(),
+        Some("USER_INTERACTIVE"),
+        "the older fork must not undo the rename"
+    );
 }

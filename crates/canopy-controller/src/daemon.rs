@@ -24,8 +24,11 @@ use crate::plan::{ClassId, ClassParams, GroupKnobs, PlanLoader, ScxGroupPolicy};
 use crate::procfs::{detect_cgroup2_root, ProcSource};
 use crate::protocol::{normalize_cgroup, Request, Response};
 use crate::scx::{ScxBackend, ScxMaps};
-use crate::server::{self, ControlMsg, Limits};
 use crate::sdnotify;
+use crate::server::{self, ControlMsg, Limits};
+
+/// How often tracked processes' cgroups are re-read (moves no event reported).
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 
 /// How the user asked to pick the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,17 +141,25 @@ pub enum DaemonError {
 pub fn choose_mode(choice: ModeChoice, scx_built_in: bool) -> Result<(Mode, String), DaemonError> {
     let probe = probe_scx();
     match (choice, probe) {
-        (ModeChoice::Fallback, _) => Ok((Mode::Fallback, "fallback requested (--mode fallback)".into())),
+        (ModeChoice::Fallback, _) => Ok((
+            Mode::Fallback,
+            "fallback requested (--mode fallback)".into(),
+        )),
         (ModeChoice::Scx, Err(why)) => Err(DaemonError::ScxUnavailable(why)),
-        (ModeChoice::Scx, Ok(())) if !scx_built_in => {
-            Err(DaemonError::ScxUnavailable("this binary has no scheduler loader".into()))
-        }
+        (ModeChoice::Scx, Ok(())) if !scx_built_in => Err(DaemonError::ScxUnavailable(
+            "this binary has no scheduler loader".into(),
+        )),
         (ModeChoice::Scx, Ok(())) => Ok((Mode::Scx, "scx requested (--mode scx)".into())),
         (ModeChoice::Auto, Err(why)) => Ok((Mode::Fallback, format!("auto: {why}"))),
-        (ModeChoice::Auto, Ok(())) if !scx_built_in => {
-            Ok((Mode::Fallback, "auto: kernel has sched_ext sub-schedulers but this binary has no scheduler loader".into()))
-        }
-        (ModeChoice::Auto, Ok(())) => Ok((Mode::Scx, "auto: kernel has sched_ext with cgroup sub-schedulers".into())),
+        (ModeChoice::Auto, Ok(())) if !scx_built_in => Ok((
+            Mode::Fallback,
+            "auto: kernel has sched_ext sub-schedulers but this binary has no scheduler loader"
+                .into(),
+        )),
+        (ModeChoice::Auto, Ok(())) => Ok((
+            Mode::Scx,
+            "auto: kernel has sched_ext with cgroup sub-schedulers".into(),
+        )),
     }
 }
 
@@ -159,8 +170,13 @@ pub fn probe_scx() -> Result<(), String> {
     }
     match std::fs::read("/sys/kernel/btf/vmlinux") {
         Ok(btf) if contains(&btf, b"scx_bpf_sub_dispatch") => Ok(()),
-        Ok(_) => Err("kernel has sched_ext but no cgroup sub-schedulers (no scx_bpf_sub_dispatch in BTF)".into()),
-        Err(e) => Err(format!("cannot read kernel BTF to probe sub-scheduler support: {e}")),
+        Ok(_) => Err(
+            "kernel has sched_ext but no cgroup sub-schedulers (no scx_bpf_sub_dispatch in BTF)"
+                .into(),
+        ),
+        Err(e) => Err(format!(
+            "cannot read kernel BTF to probe sub-scheduler support: {e}"
+        )),
     }
 }
 
@@ -175,16 +191,29 @@ impl Backend for AnyBackend {
     fn mode(&self) -> Mode {
         self.0.mode()
     }
-    fn apply_task(&mut self, tid: u32, class: ClassId, params: &ClassParams) -> Result<(), crate::backend::ApplyError> {
+    fn apply_task(
+        &mut self,
+        tid: u32,
+        class: ClassId,
+        params: &ClassParams,
+    ) -> Result<(), crate::backend::ApplyError> {
         self.0.apply_task(tid, class, params)
     }
     fn release_task(&mut self, tid: u32) {
         self.0.release_task(tid)
     }
+    fn inherit_original(&mut self, child: u32, parent: u32) {
+        self.0.inherit_original(child, parent)
+    }
     fn forget_task(&mut self, tid: u32) {
         self.0.forget_task(tid)
     }
-    fn apply_group(&mut self, cgroup: &str, knobs: &GroupKnobs, scx: &ScxGroupPolicy) -> Result<(), crate::backend::ApplyError> {
+    fn apply_group(
+        &mut self,
+        cgroup: &str,
+        knobs: &GroupKnobs,
+        scx: &ScxGroupPolicy,
+    ) -> Result<(), crate::backend::ApplyError> {
         self.0.apply_group(cgroup, knobs, scx)
     }
     fn release_group(&mut self, cgroup: &str) {
@@ -230,45 +259,72 @@ enum Input {
 
 /// Runs the daemon until `shutdown` resolves (or SIGTERM/SIGINT when signals are handled), then
 /// restores what it changed and returns the restore report.
-pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) -> Result<RestoreReport, DaemonError> {
+pub async fn run(
+    mut opts: DaemonOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RestoreReport, DaemonError> {
     let plan = (opts.loader)().map_err(DaemonError::Policy)?;
     let cgroup_root = opts.cgroup_root.clone().unwrap_or_else(detect_cgroup2_root);
     let (mode, mode_reason) = choose_mode(opts.mode, opts.scx.is_some())?;
     let backend = match mode {
         Mode::Fallback => AnyBackend(Box::new(FallbackBackend::new(cgroup_root.clone()))),
         Mode::Scx => {
-            let maps = (opts.scx.take().expect("checked by choose_mode"))().map_err(DaemonError::ScxUnavailable)?;
-            AnyBackend(Box::new(ScxBackend::new(BoxedMaps(maps), cgroup_root.clone())))
+            let maps = (opts.scx.take().expect("checked by choose_mode"))()
+                .map_err(DaemonError::ScxUnavailable)?;
+            AnyBackend(Box::new(ScxBackend::new(
+                BoxedMaps(maps),
+                cgroup_root.clone(),
+            )))
         }
     };
     tracing::info!(mode = mode.label(), reason = %mode_reason, policy = %plan.hash(), "starting");
 
-    let listener = server::bind(&opts.socket_path)
-        .map_err(|source| DaemonError::Socket { path: opts.socket_path.clone(), source })?;
+    let listener = server::bind(&opts.socket_path).map_err(|source| DaemonError::Socket {
+        path: opts.socket_path.clone(),
+        source,
+    })?;
 
     // Subscribe to events before the first scan so nothing falls between the two.
     let stop = Arc::new(AtomicBool::new(false));
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(65536);
-    let proc_thread = start_proc_connector(in_tx.clone(), stop.clone(), opts.proc_rcvbuf)?;
+    let mut proc_events = subscribe_proc_events(opts.proc_rcvbuf)?;
+    let mut proc_batch: Vec<canopy_sys::proc_events::ProcEvent> = Vec::with_capacity(64);
     let watch_root = match &opts.cgroup_scope {
         Some(s) => cgroup_root.join(s),
         None => cgroup_root.clone(),
     };
-    let inotify_thread = start_inotify(in_tx.clone(), stop.clone(), cgroup_root.clone(), watch_root, opts.watch_paths.clone());
+    let inotify_thread = start_inotify(
+        in_tx.clone(),
+        stop.clone(),
+        cgroup_root.clone(),
+        watch_root,
+        opts.watch_paths.clone(),
+    );
 
-    let config = ControllerConfig { cgroup_scope: opts.cgroup_scope.clone(), mode_reason };
+    let config = ControllerConfig {
+        cgroup_scope: opts.cgroup_scope.clone(),
+        mode_reason,
+    };
     let mut ctl = Controller::new(plan, backend, ProcSource::new(cgroup_root.clone()), config);
     ctl.rescan();
     // Focus xattrs already set before we started.
     for (cgroup, value) in read_focus_xattrs(&cgroup_root, opts.cgroup_scope.as_deref()) {
-        ctl.handle(Event::FocusChanged { cgroup, value: Some(value) }, Instant::now());
+        ctl.handle(
+            Event::FocusChanged {
+                cgroup,
+                value: Some(value),
+            },
+            Instant::now(),
+        );
     }
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(256);
     let server_task = tokio::spawn(server::serve(listener, ctl_tx.clone(), opts.limits));
     let metrics_task = match opts.metrics_listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Metrics { addr, source })?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics { addr, source })?;
             Some(tokio::spawn(serve_metrics(l, ctl_tx.clone())))
         }
         None => None,
@@ -305,6 +361,9 @@ pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) ->
 
     let cgroup_root_str = cgroup_root.to_string_lossy().into_owned();
     let mut policy_debounce: Option<Instant> = None;
+    // Moves that no event reports are caught by a periodic re-read of tracked cgroups.
+    let mut reconcile = tokio::time::interval_at(Instant::now() + RECONCILE_EVERY, RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         let timer = match (ctl.next_deadline(), policy_debounce) {
@@ -321,6 +380,29 @@ pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) ->
                 tracing::info!("SIGHUP: reloading policy");
                 let _ = reload(&mut ctl, &opts.loader);
             }
+            received = proc_events.recv_batch(&mut proc_batch) => {
+                match received {
+                    Ok(_) => {
+                        // One batch (up to 64 datagrams) at a time: large enough to amortize the
+                        // wakeup, small enough that the first event of a storm is not kept waiting.
+                        let now = Instant::now();
+                        for ev in proc_batch.drain(..) {
+                            if let Some(e) = translate(&ev) {
+                                ctl.handle(e, now);
+                            }
+                        }
+                        // A busy machine keeps this branch ready; due timers (deferred overrun
+                        // rescans, delayed states) must not wait for a quiet moment.
+                        if ctl.next_deadline().is_some_and(|d| d <= Instant::now()) {
+                            ctl.fire_timers(Instant::now());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "proc connector receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
             input = in_rx.recv() => {
                 let Some(input) = input else { break };
                 let now = Instant::now();
@@ -334,6 +416,12 @@ pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) ->
                     }
                     budget -= 1;
                     next = if budget > 0 { in_rx.try_recv().ok() } else { None };
+                }
+            }
+            _ = reconcile.tick() => {
+                let moved = ctl.reconcile_cgroups();
+                if moved > 0 {
+                    tracing::info!(moved, "reconcile found cgroup moves no event reported");
                 }
             }
             msg = ctl_rx.recv() => {
@@ -367,16 +455,25 @@ pub async fn run(mut opts: DaemonOptions, shutdown: impl Future<Output = ()>) ->
     let report = ctl.restore_all();
     let _ = std::fs::remove_file(&opts.socket_path);
     drop(in_rx);
+    drop(proc_events);
     let _ = tokio::task::spawn_blocking(move || {
-        let _ = proc_thread.join();
         let _ = inotify_thread.map(|t| t.join());
     })
     .await;
-    tracing::info!(restored = report.tasks_restored, gone = report.tasks_gone, groups = report.groups_restored, failures = report.failures.len(), "stopped");
+    tracing::info!(
+        restored = report.tasks_restored,
+        gone = report.tasks_gone,
+        groups = report.groups_restored,
+        failures = report.failures.len(),
+        "stopped"
+    );
     Ok(report)
 }
 
-fn reload<B: Backend, S: crate::backend::TaskSource>(ctl: &mut Controller<B, S>, loader: &PlanLoader) -> Result<String, String> {
+fn reload<B: Backend, S: crate::backend::TaskSource>(
+    ctl: &mut Controller<B, S>,
+    loader: &PlanLoader,
+) -> Result<String, String> {
     let _ = sdnotify::notify(&sdnotify::reloading_message());
     let result = match loader() {
         Ok(plan) => {
@@ -421,20 +518,28 @@ pub fn handle_control<B: Backend, S: crate::backend::TaskSource>(
     }
     let now = Instant::now();
     let result: Result<serde_json::Value, String> = match request {
-        Request::State { cgroup, state } => {
-            ctl.request_state(&cgroup, &state, now).map(|()| serde_json::json!({"cgroup": cgroup, "state": state})).map_err(|e| e.to_string())
-        }
+        Request::State { cgroup, state } => ctl
+            .request_state(&cgroup, &state, now)
+            .map(|()| serde_json::json!({"cgroup": cgroup, "state": state}))
+            .map_err(|e| e.to_string()),
         Request::Tag { pid, tid, class } => {
             let (id, whole) = match (pid, tid) {
                 (Some(p), _) => (p, true),
                 (None, Some(t)) => (t, false),
                 (None, None) => unreachable!("protocol checks tag targets"),
             };
-            ctl.request_tag(id, whole, &class).map(|tids| serde_json::json!({"tagged": tids, "class": class})).map_err(|e| e.to_string())
+            ctl.request_tag(id, whole, &class)
+                .map(|tids| serde_json::json!({"tagged": tids, "class": class}))
+                .map_err(|e| e.to_string())
         }
-        Request::Explain { pid } => ctl.explain(pid).map(|v| serde_json::to_value(v).unwrap_or_default()).map_err(|e| e.to_string()),
+        Request::Explain { pid } => ctl
+            .explain(pid)
+            .map(|v| serde_json::to_value(v).unwrap_or_default())
+            .map_err(|e| e.to_string()),
         Request::Status {} => Ok(serde_json::to_value(ctl.snapshot(now)).unwrap_or_default()),
-        Request::Metrics {} => Ok(serde_json::json!({"text": ctl.snapshot(now).render_prometheus()})),
+        Request::Metrics {} => {
+            Ok(serde_json::json!({"text": ctl.snapshot(now).render_prometheus()}))
+        }
         Request::Reload {} => reload(ctl, loader).map(|hash| serde_json::json!({"policy": hash})),
     };
     match result {
@@ -449,18 +554,37 @@ pub fn handle_control<B: Backend, S: crate::backend::TaskSource>(
 async fn serve_metrics(listener: tokio::net::TcpListener, ctl: mpsc::Sender<ControlMsg>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
         let ctl = ctl.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
             let (reply, answer) = oneshot::channel();
-            let peer = Peer { uid: 0, gid: 0, pid: None };
-            if ctl.send(ControlMsg { peer, request: Request::Metrics {}, reply }).await.is_err() {
+            let peer = Peer {
+                uid: 0,
+                gid: 0,
+                pid: None,
+            };
+            if ctl
+                .send(ControlMsg {
+                    peer,
+                    request: Request::Metrics {},
+                    reply,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
             let Ok(resp) = answer.await else { return };
-            let text = resp.result.as_ref().and_then(|v| v["text"].as_str()).unwrap_or("").to_string();
+            let text = resp
+                .result
+                .as_ref()
+                .and_then(|v| v["text"].as_str())
+                .unwrap_or("")
+                .to_string();
             let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n", text.len());
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 stream.write_all(head.as_bytes()).await?;
@@ -473,89 +597,57 @@ async fn serve_metrics(listener: tokio::net::TcpListener, ctl: mpsc::Sender<Cont
 
 // ----- event source threads ------------------------------------------------------------------
 
-fn start_proc_connector(
-    tx: mpsc::Sender<Input>,
-    stop: Arc<AtomicBool>,
+/// Subscribes to the proc connector (canopy-sys: filtered where the kernel can, batched,
+/// overruns surfaced as an event).
+fn subscribe_proc_events(
     rcvbuf: Option<usize>,
-) -> Result<std::thread::JoinHandle<()>, DaemonError> {
-    use proc_connector::{EventMask, ProcConnector, ProcEvent};
-    let conn = ProcConnector::new().map_err(|e| DaemonError::ProcConnector(e.to_string()))?;
-    let mask = EventMask::FORK | EventMask::EXEC | EventMask::COMM | EventMask::EXIT;
-    if conn.subscribe_filtered(mask).is_err() {
-        conn.subscribe().map_err(|e| DaemonError::ProcConnector(e.to_string()))?;
+) -> Result<canopy_sys::proc_events::ProcEvents, DaemonError> {
+    let mut config = canopy_sys::proc_events::ProcEventsConfig::default();
+    if rcvbuf.is_some() {
+        config.receive_buffer_bytes = rcvbuf;
     }
-    let size = rcvbuf.unwrap_or(8 << 20);
-    set_rcvbuf(conn.as_raw_fd_compat(), size, rcvbuf.is_none());
-    let handle = std::thread::Builder::new()
-        .name("canopy-cnproc".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 8192];
-            while !stop.load(Ordering::Relaxed) {
-                let ev = match conn.recv_timeout(&mut buf, Duration::from_millis(500)) {
-                    Ok(None) => continue,
-                    Ok(Some(ev)) => ev,
-                    Err(proc_connector::Error::Overrun) => {
-                        tracing::warn!("proc connector overrun: events lost, rescanning /proc");
-                        if tx.blocking_send(Input::Event(Event::Overrun)).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(proc_connector::Error::Interrupted) => continue,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "proc connector receive");
-                        continue;
-                    }
-                };
-                let event = match ev {
-                    ProcEvent::Fork { parent_pid, parent_tgid, child_pid, child_tgid, timestamp_ns, .. } => Event::Fork {
-                        parent_tid: parent_pid,
-                        parent_tgid,
-                        child_tid: child_pid,
-                        child_tgid,
-                        timestamp_ns: Some(timestamp_ns),
-                    },
-                    ProcEvent::Exec { pid, tgid, timestamp_ns, .. } => Event::Exec { tid: pid, tgid, timestamp_ns: Some(timestamp_ns) },
-                    ProcEvent::Comm { pid, tgid, comm, timestamp_ns, .. } => {
-                        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-                        Event::Comm {
-                            tid: pid,
-                            tgid,
-                            comm: Some(String::from_utf8_lossy(&comm[..end]).into_owned()),
-                            timestamp_ns: Some(timestamp_ns),
-                        }
-                    }
-                    ProcEvent::Exit { pid, tgid, .. } => Event::Exit { tid: pid, tgid },
-                    _ => continue,
-                };
-                if tx.blocking_send(Input::Event(event)).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|e| DaemonError::ProcConnector(e.to_string()))?;
-    Ok(handle)
+    canopy_sys::proc_events::ProcEvents::subscribe(config)
+        .map_err(|e| DaemonError::ProcConnector(e.to_string()))
 }
 
-trait RawFdCompat {
-    fn as_raw_fd_compat(&self) -> i32;
-}
-
-impl RawFdCompat for proc_connector::ProcConnector {
-    fn as_raw_fd_compat(&self) -> i32 {
-        std::os::fd::AsRawFd::as_raw_fd(self)
-    }
-}
-
-/// SO_RCVBUFFORCE (root) so the buffer may exceed rmem_max; plain SO_RCVBUF when `force` is off
-/// (tests that want a small buffer).
-fn set_rcvbuf(fd: i32, bytes: usize, force: bool) {
-    let size = bytes as libc::c_int;
-    let opt = if force { libc::SO_RCVBUFFORCE } else { libc::SO_RCVBUF };
-    // SAFETY: setsockopt with an int option on our own socket.
-    unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, opt, &size as *const _ as *const libc::c_void, std::mem::size_of::<libc::c_int>() as u32);
-    }
+/// Translates a canopy-sys proc event into the controller's vocabulary.
+fn translate(ev: &canopy_sys::proc_events::ProcEvent) -> Option<Event> {
+    use canopy_sys::proc_events::EventKind as K;
+    let ts = Some(ev.timestamp_ns);
+    Some(match ev.kind {
+        K::Fork {
+            parent_tid,
+            parent_pid,
+            child_tid,
+            child_pid,
+        } => Event::Fork {
+            parent_tid: parent_tid as u32,
+            parent_tgid: parent_pid as u32,
+            child_tid: child_tid as u32,
+            child_tgid: child_pid as u32,
+            timestamp_ns: ts,
+        },
+        K::Exec { tid, pid } => Event::Exec {
+            tid: tid as u32,
+            tgid: pid as u32,
+            timestamp_ns: ts,
+        },
+        K::Comm { tid, pid, comm } => Event::Comm {
+            tid: tid as u32,
+            tgid: pid as u32,
+            comm: Some(comm.to_string_lossy()),
+            timestamp_ns: ts,
+        },
+        K::Exit { tid, pid, .. } => Event::Exit {
+            tid: tid as u32,
+            tgid: pid as u32,
+        },
+        K::Overrun => {
+            tracing::warn!("proc connector overrun: events lost, rescanning");
+            Event::Overrun
+        }
+        K::Other { .. } => return None,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -574,11 +666,23 @@ pub fn read_focus_xattr(dir: &Path) -> Option<String> {
     let name = CString::new(FOCUS_XATTR).expect("no NUL");
     let mut buf = [0u8; 64];
     // SAFETY: getxattr writes at most buf.len() bytes.
-    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
     if n < 0 {
         return None;
     }
-    Some(String::from_utf8_lossy(&buf[..n as usize]).trim_end_matches('\0').trim().to_string())
+    Some(
+        String::from_utf8_lossy(&buf[..n as usize])
+            .trim_end_matches('\0')
+            .trim()
+            .to_string(),
+    )
 }
 
 struct Inotify {
@@ -589,7 +693,9 @@ struct Inotify {
 
 impl Inotify {
     fn add(&mut self, path: &Path, mask: u32, what: Watch) {
-        let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return };
+        let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+            return;
+        };
         // SAFETY: plain syscall with a valid C string.
         let wd = unsafe { libc::inotify_add_watch(self.fd, c.as_ptr(), mask) };
         if wd >= 0 {
@@ -598,15 +704,29 @@ impl Inotify {
     }
 
     fn rel(&self, dir: &Path) -> String {
-        dir.strip_prefix(&self.cgroup_root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+        dir.strip_prefix(&self.cgroup_root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     /// Watches a cgroup directory and everything below it; returns the relative paths added.
     fn watch_tree(&mut self, dir: &Path, added: &mut Vec<String>) {
         let rel = self.rel(dir);
-        self.add(dir, libc::IN_CREATE | libc::IN_DELETE | libc::IN_ATTRIB | libc::IN_ONLYDIR, Watch::Dir(rel.clone()));
-        self.add(&dir.join("cgroup.procs"), libc::IN_MODIFY, Watch::Members(rel.clone()));
-        self.add(&dir.join("cgroup.threads"), libc::IN_MODIFY, Watch::Members(rel.clone()));
+        self.add(
+            dir,
+            libc::IN_CREATE | libc::IN_DELETE | libc::IN_ATTRIB | libc::IN_ONLYDIR,
+            Watch::Dir(rel.clone()),
+        );
+        self.add(
+            &dir.join("cgroup.procs"),
+            libc::IN_MODIFY,
+            Watch::Members(rel.clone()),
+        );
+        self.add(
+            &dir.join("cgroup.threads"),
+            libc::IN_MODIFY,
+            Watch::Members(rel.clone()),
+        );
         added.push(rel);
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
@@ -631,14 +751,29 @@ fn start_inotify(
         tracing::warn!(error = %std::io::Error::last_os_error(), "inotify unavailable: no cgroup or policy watching");
         return None;
     }
-    let mut ino = Inotify { fd, watches: HashMap::new(), cgroup_root };
+    let mut ino = Inotify {
+        fd,
+        watches: HashMap::new(),
+        cgroup_root,
+    };
     let mut added = Vec::new();
     ino.watch_tree(&watch_root, &mut added);
     for p in &policy_paths {
-        let (dir, what) = if p.is_dir() { (p.clone(), Watch::Policy(PathBuf::new())) } else {
-            (p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")), Watch::Policy(p.file_name().map(PathBuf::from).unwrap_or_default()))
+        let (dir, what) = if p.is_dir() {
+            (p.clone(), Watch::Policy(PathBuf::new()))
+        } else {
+            (
+                p.parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from(".")),
+                Watch::Policy(p.file_name().map(PathBuf::from).unwrap_or_default()),
+            )
         };
-        ino.add(&dir, libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_DELETE, what);
+        ino.add(
+            &dir,
+            libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_DELETE,
+            what,
+        );
     }
     tracing::info!(cgroups = added.len(), "watching cgroups");
     std::thread::Builder::new()
@@ -652,7 +787,11 @@ fn inotify_loop(mut ino: Inotify, tx: mpsc::Sender<Input>, stop: Arc<AtomicBool>
     let mut last_focus: HashMap<String, Option<String>> = HashMap::new();
     let send = |e: Input| tx.blocking_send(e).is_ok();
     while !stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd { fd: ino.fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: ino.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one pollfd we own.
         let r = unsafe { libc::poll(&mut pfd, 1, 500) };
         if r <= 0 {
@@ -667,27 +806,41 @@ fn inotify_loop(mut ino: Inotify, tx: mpsc::Sender<Input>, stop: Arc<AtomicBool>
         let mut out: Vec<Input> = Vec::new();
         while off + std::mem::size_of::<libc::inotify_event>() <= n as usize {
             // SAFETY: the kernel wrote whole inotify_event records; read_unaligned copes with alignment.
-            let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr() as *const libc::inotify_event) };
+            let ev: libc::inotify_event = unsafe {
+                std::ptr::read_unaligned(buf[off..].as_ptr() as *const libc::inotify_event)
+            };
             let name_start = off + std::mem::size_of::<libc::inotify_event>();
             let name_bytes = &buf[name_start..name_start + ev.len as usize];
-            let name_end = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+            let name_end = name_bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_bytes.len());
             let name = String::from_utf8_lossy(&name_bytes[..name_end]).into_owned();
             off = name_start + ev.len as usize;
             if ev.mask & libc::IN_Q_OVERFLOW != 0 {
                 out.push(Input::Event(Event::Overrun));
                 continue;
             }
-            let Some(w) = ino.watches.get(&ev.wd).cloned() else { continue };
+            let Some(w) = ino.watches.get(&ev.wd).cloned() else {
+                continue;
+            };
             match w {
-                Watch::Members(cg) => out.push(Input::Event(Event::CgroupMembershipChanged { cgroup: cg })),
+                Watch::Members(cg) => {
+                    out.push(Input::Event(Event::CgroupMembershipChanged { cgroup: cg }))
+                }
                 Watch::Policy(file) => {
-                    let relevant = file.as_os_str().is_empty() && name.ends_with(".toml") || file.as_os_str() == name.as_str();
+                    let relevant = file.as_os_str().is_empty() && name.ends_with(".toml")
+                        || file.as_os_str() == name.as_str();
                     if relevant {
                         out.push(Input::PolicyChanged);
                     }
                 }
                 Watch::Dir(cg) => {
-                    let child = if cg.is_empty() { name.clone() } else { format!("{cg}/{name}") };
+                    let child = if cg.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{cg}/{name}")
+                    };
                     if ev.mask & libc::IN_CREATE != 0 && ev.mask & libc::IN_ISDIR != 0 {
                         let mut added = Vec::new();
                         let dir = ino.cgroup_root.join(&child);
@@ -706,7 +859,10 @@ fn inotify_loop(mut ino: Inotify, tx: mpsc::Sender<Input>, stop: Arc<AtomicBool>
                         let value = read_focus_xattr(&ino.cgroup_root.join(&target));
                         if last_focus.get(&target) != Some(&value) {
                             last_focus.insert(target.clone(), value.clone());
-                            out.push(Input::Event(Event::FocusChanged { cgroup: target, value }));
+                            out.push(Input::Event(Event::FocusChanged {
+                                cgroup: target,
+                                value,
+                            }));
                         }
                     }
                 }
@@ -726,7 +882,10 @@ fn inotify_loop(mut ino: Inotify, tx: mpsc::Sender<Input>, stop: Arc<AtomicBool>
 pub fn read_focus_xattrs(cgroup_root: &Path, scope: Option<&str>) -> Vec<(String, String)> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
         if let Some(v) = read_focus_xattr(dir) {
-            let rel = dir.strip_prefix(root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            let rel = dir
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
             out.push((rel, v));
         }
         if let Ok(entries) = std::fs::read_dir(dir) {

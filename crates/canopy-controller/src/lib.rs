@@ -14,6 +14,8 @@
 pub mod auth;
 pub mod backend;
 pub mod controller;
+#[cfg(test)]
+mod controller_tests;
 pub mod daemon;
 pub mod event;
 pub mod fallback;
@@ -26,5 +28,3 @@ pub mod sdnotify;
 pub mod server;
 pub mod stats;
 pub mod testing;
-#[cfg(test)]
-mod controller_tests;

@@ -187,8 +187,12 @@ pub trait PolicyPlan: Send + Sync + std::fmt::Debug {
     /// A group's name for logs and status.
     fn group_name(&self, group: GroupId) -> Arc<str>;
     /// THE decision: the requested class clamped by the group's allowed classes in `state`.
-    fn effective_class(&self, requested: ClassId, group: Option<GroupId>, state: Option<&str>)
-        -> Clamp;
+    fn effective_class(
+        &self,
+        requested: ClassId,
+        group: Option<GroupId>,
+        state: Option<&str>,
+    ) -> Clamp;
     /// A named state of a group, if the policy defines it.
     fn state_info(&self, group: GroupId, state: &str) -> Option<StateInfo>;
     /// The focus states of a group, if the policy gives it any.
@@ -207,5 +211,4 @@ pub trait PolicyPlan: Send + Sync + std::fmt::Debug {
 
 /// Compiles the policy at the given paths. The daemon calls it at start and on every reload; an
 /// `Err` carries the full diagnostics text, and the old plan stays in force.
-pub type PlanLoader =
-    Arc<dyn Fn() -> Result<Arc<dyn PolicyPlan>, String> + Send + Sync + 'static>;
+pub type PlanLoader = Arc<dyn Fn() -> Result<Arc<dyn PolicyPlan>, String> + Send + Sync + 'static>;

@@ -51,10 +51,27 @@ impl CompiledPlan {
                 uclamp_max: c.params.uclamp_max as u32,
             })
             .collect();
-        let rule_names = plan.rules().iter().enumerate().map(|(i, r)| Arc::from(r.label(i).trim_matches('`'))).collect();
-        let group_names = plan.groups().iter().map(|g| Arc::from(g.name.as_str())).collect();
-        let ncpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
-        CompiledPlan { plan, classes, rule_names, group_names, ncpus }
+        let rule_names = plan
+            .rules()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Arc::from(r.label(i).trim_matches('`')))
+            .collect();
+        let group_names = plan
+            .groups()
+            .iter()
+            .map(|g| Arc::from(g.name.as_str()))
+            .collect();
+        let ncpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1);
+        CompiledPlan {
+            plan,
+            classes,
+            rule_names,
+            group_names,
+            ncpus,
+        }
     }
 
     /// The wrapped plan.
@@ -116,14 +133,21 @@ impl PolicyPlan for CompiledPlan {
     }
 
     fn group_for_cgroup(&self, cgroup: &str) -> Option<GroupId> {
-        self.plan.group_for_cgroup(cgroup).map(|g| GroupId(g.0 as u32))
+        self.plan
+            .group_for_cgroup(cgroup)
+            .map(|g| GroupId(g.0 as u32))
     }
 
     fn group_name(&self, group: GroupId) -> Arc<str> {
         self.group_names[group.0 as usize].clone()
     }
 
-    fn effective_class(&self, requested: ClassId, group: Option<GroupId>, state: Option<&str>) -> Clamp {
+    fn effective_class(
+        &self,
+        requested: ClassId,
+        group: Option<GroupId>,
+        state: Option<&str>,
+    ) -> Clamp {
         let d = self.plan.effective_class(
             to_policy_class(requested),
             group.map(|g| policy::GroupRef(g.0 as usize)),
@@ -168,7 +192,10 @@ impl PolicyPlan for CompiledPlan {
             uclamp_max_pct: s.ceiling.map(|c| pct(self.plan.class_params(c).uclamp_max)),
             max: s.cap.map(|cap| match cap {
                 policy::Cap::Percent(p) => (Some(p as u64 * self.ncpus * 1000), 100_000),
-                policy::Cap::Quota { quota_us, period_us } => (Some(quota_us), period_us),
+                policy::Cap::Quota {
+                    quota_us,
+                    period_us,
+                } => (Some(quota_us), period_us),
             }),
         }
     }
@@ -182,13 +209,17 @@ impl PolicyPlan for CompiledPlan {
             cap_pct: match s.cap {
                 None => 0,
                 Some(policy::Cap::Percent(p)) => p as u32,
-                Some(policy::Cap::Quota { quota_us, period_us }) => {
-                    (quota_us * 100 / period_us.max(1) / self.ncpus.max(1)).min(100) as u32
-                }
+                Some(policy::Cap::Quota {
+                    quota_us,
+                    period_us,
+                }) => (quota_us * 100 / period_us.max(1) / self.ncpus.max(1)).min(100) as u32,
             },
             floor: s.floor.map(from_policy_class),
             ceiling: s.ceiling.map(from_policy_class),
-            state: state.and_then(|n| g.states.iter().position(|st| st.name == n)).map(|i| i as u32 + 1).unwrap_or(0),
+            state: state
+                .and_then(|n| g.states.iter().position(|st| st.name == n))
+                .map(|i| i as u32 + 1)
+                .unwrap_or(0),
         }
     }
 
@@ -237,7 +268,14 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
         }
     }
     if out.is_empty() {
-        return Err(format!("no policy files found at {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")));
+        return Err(format!(
+            "no policy files found at {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     Ok(out)
 }
@@ -262,7 +300,12 @@ pub fn load_compiled(paths: &[PathBuf]) -> Result<CompiledPlan, String> {
             }
             Ok(CompiledPlan::new(compiled.plan))
         }
-        Err(e) => Err(e.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")),
+        Err(e) => Err(e
+            .diagnostics
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")),
     }
 }
 
@@ -300,7 +343,7 @@ user_settable = true
         let dir = std::env::temp_dir().join(format!("canopy-adapter-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
-        let plan = match load_policy(&[dir.clone()]) {
+        let plan = match load_policy(std::slice::from_ref(&dir)) {
             Ok(p) => p,
             Err(e) => panic!("{e}"),
         };
@@ -321,10 +364,17 @@ user_settable = true
         let c = plan.effective_class(m.class, Some(g), Some("minimized"));
         assert_eq!(&*plan.class_params(c.class).name, "BACKGROUND");
         assert_eq!(c.reason, ClampReason::Ceiling);
-        assert_eq!(plan.state_info(g, "unfocused").unwrap().after, Duration::from_secs(30));
+        assert_eq!(
+            plan.state_info(g, "unfocused").unwrap().after,
+            Duration::from_secs(30)
+        );
         assert!(plan.focus_states(g).unwrap().focused.is_some());
-        std::fs::write(dir.join("policy.toml"), "[[rules]]\ncomm = 'x'\nclass = 'NOPE'\n").unwrap();
-        let err = load_policy(&[dir.clone()]).unwrap_err();
+        std::fs::write(
+            dir.join("policy.toml"),
+            "[[rules]]\ncomm = 'x'\nclass = 'NOPE'\n",
+        )
+        .unwrap();
+        let err = load_policy(std::slice::from_ref(&dir)).unwrap_err();
         assert!(err.contains("policy.toml:"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

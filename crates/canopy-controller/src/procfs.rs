@@ -1,12 +1,11 @@
-//! The real [`TaskSource`]: facts from /proc and membership from cgroupfs. A thin adapter; a
-//! vanished task (ENOENT/ESRCH) is `Gone`, never an error.
-//!
-//! Integration point: canopy-sys owns /proc parsing; when its `ProcFs` lands this adapter
-//! delegates to it instead of the few direct reads below.
+//! The real [`TaskSource`]: facts from /proc (through canopy-sys's `ProcFs`) and membership from
+//! cgroupfs. A thin adapter; a vanished task (ENOENT/ESRCH) is `Gone`, never an error.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use canopy_sys::procfs::{ProcFs, TaskId};
+use canopy_sys::Outcome;
 
 use crate::backend::{Gone, TaskSource};
 use crate::plan::ProcessFacts;
@@ -31,122 +30,95 @@ pub fn detect_cgroup2_root() -> PathBuf {
     PathBuf::from(DEFAULT_CGROUP2_ROOT)
 }
 
-/// Reads tasks from a procfs mount and cgroups from a cgroup2 mount.
-#[derive(Debug, Clone)]
+/// Reads tasks through canopy-sys's `ProcFs` and cgroup membership from the cgroup2 mount.
+#[derive(Debug)]
 pub struct ProcSource {
-    proc_root: PathBuf,
+    proc: ProcFs,
     cgroup_root: PathBuf,
-    buf: Vec<u8>,
+    tids: Vec<i32>,
 }
 
 impl ProcSource {
     /// A source over `/proc` and the given cgroup2 root.
     pub fn new(cgroup_root: PathBuf) -> Self {
-        ProcSource { proc_root: PathBuf::from("/proc"), cgroup_root, buf: Vec::with_capacity(4096) }
+        ProcSource {
+            proc: ProcFs::new(),
+            cgroup_root,
+            tids: Vec::new(),
+        }
     }
 
     /// The cgroup2 mount this source reads.
     pub fn cgroup_root(&self) -> &Path {
         &self.cgroup_root
     }
-
-    fn read(&mut self, path: &Path) -> std::io::Result<&[u8]> {
-        self.buf.clear();
-        fs::File::open(path)?.read_to_end(&mut self.buf)?;
-        Ok(&self.buf)
-    }
-
-    fn read_string(&mut self, path: &Path, id: u32) -> Result<String, Gone> {
-        let b = self.read(path).map_err(|_| Gone(id))?;
-        Ok(String::from_utf8_lossy(b).trim_end_matches('\n').to_string())
-    }
-
-    /// (ppid, flags) from /proc/PID/stat.
-    fn stat(&mut self, tgid: u32) -> Result<(u32, u64), Gone> {
-        let p = self.proc_root.join(format!("{tgid}/stat"));
-        let b = self.read(&p).map_err(|_| Gone(tgid))?;
-        let s = String::from_utf8_lossy(b);
-        let after = s.rfind(')').map(|i| &s[i + 1..]).ok_or(Gone(tgid))?;
-        let f: Vec<&str> = after.split_whitespace().collect();
-        // after ")": state(0) ppid(1) ... flags is field 9 of stat = index 6 here.
-        let ppid = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let flags = f.get(6).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Ok((ppid, flags))
-    }
-}
-
-impl ProcSource {
-    fn cmdline(&mut self, tgid: u32) -> Result<String, Gone> {
-        let p = self.proc_root.join(format!("{tgid}/cmdline"));
-        let b = self.read(&p).map_err(|_| Gone(tgid))?;
-        let mut s = String::from_utf8_lossy(b).replace('\0', " ");
-        s.truncate(s.trim_end().len());
-        Ok(s)
-    }
-
-    /// Real uid: the owner of /proc/PID/status would be the effective uid, so read the line.
-    fn uid(&mut self, tgid: u32) -> Result<u32, Gone> {
-        let status = self.read_string(&self.proc_root.join(format!("{tgid}/status")), tgid)?;
-        Ok(status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
-    }
 }
 
 /// Parses the `0::/path` line of /proc/PID/cgroup into a path relative to the cgroup2 root.
 pub fn parse_cgroup2(content: &str) -> Option<String> {
-    content
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| p.trim_start_matches('/').trim_end().to_string())
+    canopy_sys::procfs::parse_cgroup_v2_path(content.as_bytes())
+        .ok()
+        .flatten()
+        .map(relative_cgroup)
 }
 
-const PF_KTHREAD: u64 = 0x0020_0000;
+fn relative_cgroup(path: &str) -> String {
+    path.trim_start_matches('/').trim_end().to_string()
+}
+
+/// `Done` → value, `Gone` or a parse error → `Gone(id)` (a task mid-exit can show a torn file).
+fn done<T>(r: Result<Outcome<T>, canopy_sys::procfs::ProcError>, id: u32) -> Result<T, Gone> {
+    match r {
+        Ok(Outcome::Done(v)) => Ok(v),
+        _ => Err(Gone(id)),
+    }
+}
+
+fn task(tgid: u32, tid: u32) -> TaskId {
+    TaskId {
+        pid: tgid as i32,
+        tid: tid as i32,
+    }
+}
 
 impl TaskSource for ProcSource {
     fn process_facts(&mut self, tgid: u32) -> Result<ProcessFacts, Gone> {
-        let (ppid, flags) = self.stat(tgid)?;
-        let comm = self.read_string(&self.proc_root.join(format!("{tgid}/comm")), tgid)?;
-        let exe = fs::read_link(self.proc_root.join(format!("{tgid}/exe")))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let cmdline = self.cmdline(tgid)?;
-        let uid = self.uid(tgid)?;
+        let info = done(self.proc.process_info(tgid as i32), tgid)?;
         let cgroup = self.process_cgroup(tgid)?;
-        let parent_comm = if ppid > 0 {
-            self.read_string(&self.proc_root.join(format!("{ppid}/comm")), ppid).unwrap_or_default()
-        } else {
-            String::new()
-        };
         Ok(ProcessFacts {
             tgid,
-            comm,
-            exe,
-            cmdline,
-            uid,
+            comm: info.comm.to_string_lossy(),
+            exe: info
+                .exe
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            cmdline: info.cmdline.to_strings().join(" "),
+            uid: info.real_uid,
             cgroup,
-            parent_comm,
-            kthread: flags & PF_KTHREAD != 0,
+            parent_comm: info
+                .parent_comm
+                .map(|c| c.to_string_lossy())
+                .unwrap_or_default(),
+            kthread: info.is_kernel_thread,
         })
     }
 
     fn exec_facts(&mut self, before: &ProcessFacts) -> Result<ProcessFacts, Gone> {
+        // execve changes comm, exe and cmdline; the real uid, parent, flags and cgroup stay.
         let tgid = before.tgid;
         let mut facts = before.clone();
-        facts.comm = self.read_string(&self.proc_root.join(format!("{tgid}/comm")), tgid)?;
-        facts.exe = fs::read_link(self.proc_root.join(format!("{tgid}/exe")))
+        facts.comm = self.thread_comm(tgid, tgid)?;
+        facts.exe = done(self.proc.exe(tgid as i32), tgid)?
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        facts.cmdline = self.cmdline(tgid)?;
-        // The real uid survives execve (a setuid binary changes the effective uid only).
+        facts.cmdline = done(self.proc.cmdline(tgid as i32), tgid)?
+            .to_strings()
+            .join(" ");
         Ok(facts)
     }
 
     fn thread_comm(&mut self, tgid: u32, tid: u32) -> Result<String, Gone> {
-        self.read_string(&self.proc_root.join(format!("{tgid}/task/{tid}/comm")), tid)
+        done(self.proc.thread_comm(task(tgid, tid)), tid).map(|c| c.to_string_lossy())
     }
 
     fn thread_policy(&mut self, tid: u32) -> Result<i32, Gone> {
@@ -161,25 +133,18 @@ impl TaskSource for ProcSource {
 
     fn all_tasks(&mut self) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
-        let Ok(dir) = fs::read_dir(&self.proc_root) else { return out };
-        for e in dir.flatten() {
-            let Some(tgid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            for tid in self.threads_of(tgid) {
-                out.push((tgid, tid));
-            }
-        }
+        let _ = self
+            .proc
+            .for_each_task(|t| out.push((t.pid as u32, t.tid as u32)));
         out
     }
 
     fn threads_of(&mut self, tgid: u32) -> Vec<u32> {
-        let Ok(dir) = fs::read_dir(self.proc_root.join(format!("{tgid}/task"))) else {
-            return Vec::new();
-        };
-        dir.flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-            .collect()
+        self.tids.clear();
+        match self.proc.thread_ids(tgid as i32, &mut self.tids) {
+            Ok(Outcome::Done(())) => self.tids.iter().map(|&t| t as u32).collect(),
+            _ => Vec::new(),
+        }
     }
 
     fn cgroup_threads(&mut self, cgroup: &str) -> Vec<u32> {
@@ -191,12 +156,15 @@ impl TaskSource for ProcSource {
     }
 
     fn process_cgroup(&mut self, tgid: u32) -> Result<String, Gone> {
-        let s = self.read_string(&self.proc_root.join(format!("{tgid}/cgroup")), tgid)?;
-        Ok(parse_cgroup2(&s).unwrap_or_default())
+        Ok(done(self.proc.cgroup(task(tgid, tgid)), tgid)?
+            .as_deref()
+            .map(relative_cgroup)
+            .unwrap_or_default())
     }
 
     fn tgid_of(&mut self, tid: u32) -> Result<u32, Gone> {
-        let s = self.read_string(&self.proc_root.join(format!("{tid}/status")), tid)?;
+        // /proc/TID resolves for any thread id; its status names the thread group.
+        let s = fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Gone(tid))?;
         s.lines()
             .find_map(|l| l.strip_prefix("Tgid:"))
             .and_then(|v| v.trim().parse().ok())
@@ -228,7 +196,9 @@ impl TaskSource for ProcSource {
 
     fn cgroup_cpu_usage_usec(&mut self, cgroup: &str) -> Option<u64> {
         let s = fs::read_to_string(self.cgroup_root.join(cgroup).join("cpu.stat")).ok()?;
-        s.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok())
+        s.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
     }
 }
 
@@ -238,7 +208,10 @@ mod tests {
 
     #[test]
     fn cgroup2_line_is_relative() {
-        assert_eq!(parse_cgroup2("12:cpu:/x\n0::/user.slice/a.scope\n").as_deref(), Some("user.slice/a.scope"));
+        assert_eq!(
+            parse_cgroup2("12:cpu:/x\n0::/user.slice/a.scope\n").as_deref(),
+            Some("user.slice/a.scope")
+        );
         assert_eq!(parse_cgroup2("0::/\n").as_deref(), Some(""));
         assert_eq!(parse_cgroup2("1:cpu:/\n"), None);
     }

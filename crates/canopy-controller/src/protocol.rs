@@ -59,17 +59,26 @@ pub struct Response {
 impl Response {
     /// A success carrying `result`.
     pub fn ok(result: serde_json::Value) -> Self {
-        Response { ok: true, result: Some(result), error: None }
+        Response {
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
     }
 
     /// A failure with a message.
     pub fn error(msg: impl Into<String>) -> Self {
-        Response { ok: false, result: None, error: Some(msg.into()) }
+        Response {
+            ok: false,
+            result: None,
+            error: Some(msg.into()),
+        }
     }
 
     /// The reply as one line (with the newline).
     pub fn to_line(&self) -> String {
-        let mut s = serde_json::to_string(self).unwrap_or_else(|_| r#"{"ok":false,"error":"unserializable reply"}"#.into());
+        let mut s = serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"ok":false,"error":"unserializable reply"}"#.into());
         s.push('\n');
         s
     }
@@ -143,16 +152,35 @@ mod tests {
     fn parses_every_command() {
         assert_eq!(
             parse_request(br#"{"cmd":"state","cgroup":"a/b","state":"minimized"}"#).unwrap(),
-            Request::State { cgroup: "a/b".into(), state: "minimized".into() }
+            Request::State {
+                cgroup: "a/b".into(),
+                state: "minimized".into()
+            }
         );
         assert_eq!(
             parse_request(b"{\"cmd\":\"tag\",\"pid\":5,\"class\":\"BACKGROUND\"}\n").unwrap(),
-            Request::Tag { pid: Some(5), tid: None, class: "BACKGROUND".into() }
+            Request::Tag {
+                pid: Some(5),
+                tid: None,
+                class: "BACKGROUND".into()
+            }
         );
-        assert_eq!(parse_request(br#"{"cmd":"explain","pid":1}"#).unwrap(), Request::Explain { pid: 1 });
-        assert_eq!(parse_request(br#"{"cmd":"status"}"#).unwrap(), Request::Status {});
-        assert_eq!(parse_request(br#"{"cmd":"metrics"}"#).unwrap(), Request::Metrics {});
-        assert_eq!(parse_request(br#"{"cmd":"reload"}"#).unwrap(), Request::Reload {});
+        assert_eq!(
+            parse_request(br#"{"cmd":"explain","pid":1}"#).unwrap(),
+            Request::Explain { pid: 1 }
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"status"}"#).unwrap(),
+            Request::Status {}
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"metrics"}"#).unwrap(),
+            Request::Metrics {}
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"reload"}"#).unwrap(),
+            Request::Reload {}
+        );
     }
 
     #[test]
@@ -170,7 +198,11 @@ mod tests {
             b"{\"cmd\":\"tag\",\"pid\":1,\"tid\":2,\"class\":\"X\"}",
             b"\xff\xfe",
         ] {
-            assert!(parse_request(bad).is_err(), "{:?} accepted", String::from_utf8_lossy(bad));
+            assert!(
+                parse_request(bad).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
         }
         let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
         assert_eq!(parse_request(&huge), Err(ProtocolError::TooLarge));
@@ -179,7 +211,10 @@ mod tests {
     #[test]
     fn cgroup_paths() {
         let root = "/sys/fs/cgroup";
-        assert_eq!(normalize_cgroup("/sys/fs/cgroup/a/b/", root).unwrap(), "a/b");
+        assert_eq!(
+            normalize_cgroup("/sys/fs/cgroup/a/b/", root).unwrap(),
+            "a/b"
+        );
         assert_eq!(normalize_cgroup("a/b", root).unwrap(), "a/b");
         assert_eq!(normalize_cgroup("/a/b", root).unwrap(), "a/b");
         assert!(normalize_cgroup("a/../b", root).is_err());

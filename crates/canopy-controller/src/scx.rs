@@ -38,7 +38,12 @@ pub struct ScxBackend<M: ScxMaps> {
 impl<M: ScxMaps> ScxBackend<M> {
     /// A backend over the loader's maps; cgroup ids are inodes under `cgroup_root`.
     pub fn new(maps: M, cgroup_root: PathBuf) -> Self {
-        ScxBackend { maps, cgroup_root, tasks: HashMap::new(), groups: HashMap::new() }
+        ScxBackend {
+            maps,
+            cgroup_root,
+            tasks: HashMap::new(),
+            groups: HashMap::new(),
+        }
     }
 }
 
@@ -47,12 +52,19 @@ impl<M: ScxMaps> Backend for ScxBackend<M> {
         Mode::Scx
     }
 
-    fn apply_task(&mut self, tid: u32, _class: ClassId, params: &ClassParams) -> Result<(), ApplyError> {
-        self.maps.set_task_class(tid, params.scx_id).map_err(|e| ApplyError::Refused {
-            what: format!("class {}", params.name),
-            target: format!("tid {tid}"),
-            source: e,
-        })?;
+    fn apply_task(
+        &mut self,
+        tid: u32,
+        _class: ClassId,
+        params: &ClassParams,
+    ) -> Result<(), ApplyError> {
+        self.maps
+            .set_task_class(tid, params.scx_id)
+            .map_err(|e| ApplyError::Refused {
+                what: format!("class {}", params.name),
+                target: format!("tid {tid}"),
+                source: e,
+            })?;
         self.tasks.insert(tid, params.scx_id);
         Ok(())
     }
@@ -67,16 +79,23 @@ impl<M: ScxMaps> Backend for ScxBackend<M> {
         self.release_task(tid);
     }
 
-    fn apply_group(&mut self, cgroup: &str, _knobs: &GroupKnobs, scx: &ScxGroupPolicy) -> Result<(), ApplyError> {
+    fn apply_group(
+        &mut self,
+        cgroup: &str,
+        _knobs: &GroupKnobs,
+        scx: &ScxGroupPolicy,
+    ) -> Result<(), ApplyError> {
         let id = match std::fs::metadata(self.cgroup_root.join(cgroup)) {
             Ok(m) => m.ino(),
             Err(_) => return Err(Gone(0).into()),
         };
-        self.maps.set_group(id, scx).map_err(|e| ApplyError::Refused {
-            what: "group policy".into(),
-            target: cgroup.into(),
-            source: e,
-        })?;
+        self.maps
+            .set_group(id, scx)
+            .map_err(|e| ApplyError::Refused {
+                what: "group policy".into(),
+                target: cgroup.into(),
+                source: e,
+            })?;
         self.groups.insert(cgroup.to_string(), id);
         Ok(())
     }

@@ -6,7 +6,9 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 /// Sends `state` (e.g. `READY=1`) to the service manager, if there is one.
 pub fn notify(state: &str) -> std::io::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(false) };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
     let path = path.to_string_lossy().into_owned();
     let sock = UnixDatagram::unbound()?;
     let addr = match path.strip_prefix('@') {
@@ -19,7 +21,10 @@ pub fn notify(state: &str) -> std::io::Result<bool> {
 
 /// `RELOADING=1` with the monotonic timestamp systemd wants for Type=notify-reload.
 pub fn reloading_message() -> String {
-    format!("RELOADING=1\nMONOTONIC_USEC={}", crate::controller::monotonic_ns() / 1000)
+    format!(
+        "RELOADING=1\nMONOTONIC_USEC={}",
+        crate::controller::monotonic_ns() / 1000
+    )
 }
 
 #[cfg(test)]

@@ -38,7 +38,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { idle_timeout: Duration::from_secs(10), write_timeout: Duration::from_secs(5), max_connections: 64 }
+        Limits {
+            idle_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(5),
+            max_connections: 64,
+        }
     }
 }
 
@@ -59,7 +63,11 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves connections until the task is dropped.
-pub async fn serve(listener: UnixListener, to_controller: mpsc::Sender<ControlMsg>, limits: Limits) {
+pub async fn serve(
+    listener: UnixListener,
+    to_controller: mpsc::Sender<ControlMsg>,
+    limits: Limits,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -73,7 +81,15 @@ pub async fn serve(listener: UnixListener, to_controller: mpsc::Sender<ControlMs
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tokio::spawn(async move {
                 let mut s = stream;
-                let _ = tokio::time::timeout(limits.write_timeout, s.write_all(Response::error("busy: too many connections").to_line().as_bytes())).await;
+                let _ = tokio::time::timeout(
+                    limits.write_timeout,
+                    s.write_all(
+                        Response::error("busy: too many connections")
+                            .to_line()
+                            .as_bytes(),
+                    ),
+                )
+                .await;
             });
             continue;
         };
@@ -87,9 +103,17 @@ pub async fn serve(listener: UnixListener, to_controller: mpsc::Sender<ControlMs
     }
 }
 
-async fn connection(stream: UnixStream, tx: mpsc::Sender<ControlMsg>, limits: Limits) -> std::io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    tx: mpsc::Sender<ControlMsg>,
+    limits: Limits,
+) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
-    let peer = Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() };
+    let peer = Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+    };
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(256);
@@ -97,10 +121,17 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<ControlMsg>, limits: Li
         line.clear();
         let n = {
             let mut limited = (&mut reader).take(MAX_REQUEST_BYTES as u64 + 1);
-            match tokio::time::timeout(limits.idle_timeout, limited.read_until(b'\n', &mut line)).await {
+            match tokio::time::timeout(limits.idle_timeout, limited.read_until(b'\n', &mut line))
+                .await
+            {
                 Ok(r) => r?,
                 Err(_) => {
-                    let _ = send(&mut write, &Response::error("timeout: no complete request"), limits).await;
+                    let _ = send(
+                        &mut write,
+                        &Response::error("timeout: no complete request"),
+                        limits,
+                    )
+                    .await;
                     return Ok(());
                 }
             }
@@ -108,30 +139,64 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<ControlMsg>, limits: Li
         if n == 0 {
             return Ok(());
         }
-        if line.len() > MAX_REQUEST_BYTES || (line.last() != Some(&b'\n') && line.len() > MAX_REQUEST_BYTES - 1) {
+        if line.len() > MAX_REQUEST_BYTES
+            || (line.last() != Some(&b'\n') && line.len() > MAX_REQUEST_BYTES - 1)
+        {
             // We cannot find the next request boundary reliably: answer and close.
-            send(&mut write, &Response::error(format!("request larger than {MAX_REQUEST_BYTES} bytes")), limits).await?;
+            send(
+                &mut write,
+                &Response::error(format!("request larger than {MAX_REQUEST_BYTES} bytes")),
+                limits,
+            )
+            .await?;
             return Ok(());
         }
         let response = match parse_request(&line) {
             Err(e) => Response::error(e.to_string()),
             Ok(request) => {
                 let (reply, answer) = oneshot::channel();
-                if tx.send(ControlMsg { peer, request, reply }).await.is_err() {
-                    send(&mut write, &Response::error("daemon is shutting down"), limits).await?;
+                if tx
+                    .send(ControlMsg {
+                        peer,
+                        request,
+                        reply,
+                    })
+                    .await
+                    .is_err()
+                {
+                    send(
+                        &mut write,
+                        &Response::error("daemon is shutting down"),
+                        limits,
+                    )
+                    .await?;
                     return Ok(());
                 }
-                answer.await.unwrap_or_else(|_| Response::error("daemon is shutting down"))
+                answer
+                    .await
+                    .unwrap_or_else(|_| Response::error("daemon is shutting down"))
             }
         };
         send(&mut write, &response, limits).await?;
     }
 }
 
-async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, r: &Response, limits: Limits) -> std::io::Result<()> {
-    match tokio::time::timeout(limits.write_timeout, write.write_all(r.to_line().as_bytes())).await {
+async fn send(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    r: &Response,
+    limits: Limits,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(
+        limits.write_timeout,
+        write.write_all(r.to_line().as_bytes()),
+    )
+    .await
+    {
         Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "reply write timed out")),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "reply write timed out",
+        )),
     }
 }
 
@@ -145,9 +210,19 @@ pub async fn call(path: &Path, request: &Request, timeout: Duration) -> std::io:
         let mut reader = BufReader::new(s);
         let mut reply = String::new();
         reader.read_line(&mut reply).await?;
-        serde_json::from_str::<Response>(&reply).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply {reply:?}: {e}")))
+        serde_json::from_str::<Response>(&reply).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad reply {reply:?}: {e}"),
+            )
+        })
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "daemon did not answer in time")))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "daemon did not answer in time",
+            ))
+        })
 }

@@ -180,27 +180,49 @@ impl Snapshot {
         for n in &self.notes {
             let _ = writeln!(s, "note:            {n}");
         }
-        let _ = writeln!(s, "tasks:           {} tracked, {} managed", self.tasks_tracked, self.tasks_managed);
+        let _ = writeln!(
+            s,
+            "tasks:           {} tracked, {} managed",
+            self.tasks_tracked, self.tasks_managed
+        );
         if let (Some(p50), Some(p99)) = (self.apply_latency_p50_us, self.apply_latency_p99_us) {
             let _ = writeln!(s, "rename→applied:  p50 {p50} µs, p99 {p99} µs");
         }
-        let ev: Vec<String> = self.events.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let ev: Vec<String> = self
+            .events
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let _ = writeln!(s, "events:          {}", ev.join(" "));
         let _ = writeln!(s, "\ncounters:");
         for (name, desc, v) in self.counters.describe() {
             let _ = writeln!(s, "  {name:<24} {v:>10}  {desc}");
         }
-        let _ = writeln!(s, "  {:<24} {:>10}  Sub-scheduler attaches refused by the root scheduler.",
-            "refused_subsched_attaches", self.refused_subsched_attaches);
+        let _ = writeln!(
+            s,
+            "  {:<24} {:>10}  Sub-scheduler attaches refused by the root scheduler.",
+            "refused_subsched_attaches", self.refused_subsched_attaches
+        );
         if !self.groups.is_empty() {
-            let _ = writeln!(s, "\n{:<50} {:<16} {:<12} {:>6} {:>12}", "CGROUP", "GROUP", "STATE", "TASKS", "CPU_USEC");
+            let _ = writeln!(
+                s,
+                "\n{:<50} {:<16} {:<12} {:>6} {:>12}",
+                "CGROUP", "GROUP", "STATE", "TASKS", "CPU_USEC"
+            );
             for g in &self.groups {
                 let state = match &g.pending {
                     Some((p, secs)) => format!("{} (→{p} in {secs:.1}s)", g.state),
                     None => g.state.clone(),
                 };
-                let cpu = g.cpu_usage_usec.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
-                let _ = writeln!(s, "{:<50} {:<16} {:<12} {:>6} {:>12}", g.cgroup, g.group, state, g.tasks, cpu);
+                let cpu = g
+                    .cpu_usage_usec
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    s,
+                    "{:<50} {:<16} {:<12} {:>6} {:>12}",
+                    g.cgroup, g.group, state, g.tasks, cpu
+                );
             }
         }
         s
@@ -222,7 +244,11 @@ impl Snapshot {
         }
         let _ = writeln!(s, "# HELP canopy_refused_subsched_attaches_total Sub-scheduler attaches refused by the root scheduler.");
         let _ = writeln!(s, "# TYPE canopy_refused_subsched_attaches_total counter");
-        let _ = writeln!(s, "canopy_refused_subsched_attaches_total {}", self.refused_subsched_attaches);
+        let _ = writeln!(
+            s,
+            "canopy_refused_subsched_attaches_total {}",
+            self.refused_subsched_attaches
+        );
         let _ = writeln!(s, "# HELP canopy_tasks Tasks tracked and managed.");
         let _ = writeln!(s, "# TYPE canopy_tasks gauge");
         let _ = writeln!(s, "canopy_tasks{{kind=\"tracked\"}} {}", self.tasks_tracked);
@@ -230,16 +256,30 @@ impl Snapshot {
         let _ = writeln!(s, "# HELP canopy_mode Which backend runs (1 = active).");
         let _ = writeln!(s, "# TYPE canopy_mode gauge");
         let _ = writeln!(s, "canopy_mode{{mode=\"{}\"}} 1", self.mode);
-        let _ = writeln!(s, "# HELP canopy_policy_reload_error 1 when the last reload failed.");
+        let _ = writeln!(
+            s,
+            "# HELP canopy_policy_reload_error 1 when the last reload failed."
+        );
         let _ = writeln!(s, "# TYPE canopy_policy_reload_error gauge");
-        let _ = writeln!(s, "canopy_policy_reload_error {}", u8::from(self.policy_error.is_some()));
+        let _ = writeln!(
+            s,
+            "canopy_policy_reload_error {}",
+            u8::from(self.policy_error.is_some())
+        );
         if let Some(p99) = self.apply_latency_p99_us {
             let _ = writeln!(s, "# HELP canopy_apply_latency_us Thread rename to applied class, µs, over recent samples.");
             let _ = writeln!(s, "# TYPE canopy_apply_latency_us gauge");
-            let _ = writeln!(s, "canopy_apply_latency_us{{quantile=\"0.5\"}} {}", self.apply_latency_p50_us.unwrap_or(0));
+            let _ = writeln!(
+                s,
+                "canopy_apply_latency_us{{quantile=\"0.5\"}} {}",
+                self.apply_latency_p50_us.unwrap_or(0)
+            );
             let _ = writeln!(s, "canopy_apply_latency_us{{quantile=\"0.99\"}} {p99}");
         }
-        let _ = writeln!(s, "# HELP canopy_group_cpu_usage_usec_total CPU time used by a managed cgroup.");
+        let _ = writeln!(
+            s,
+            "# HELP canopy_group_cpu_usage_usec_total CPU time used by a managed cgroup."
+        );
         let _ = writeln!(s, "# TYPE canopy_group_cpu_usage_usec_total counter");
         for g in &self.groups {
             if let Some(u) = g.cpu_usage_usec {
@@ -252,7 +292,9 @@ impl Snapshot {
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -261,7 +303,10 @@ mod tests {
 
     #[test]
     fn every_counter_has_a_description_and_renders_everywhere() {
-        let c = Counters { tags_applied: 3, ..Default::default() };
+        let c = Counters {
+            tags_applied: 3,
+            ..Default::default()
+        };
         for (name, desc, _) in c.describe() {
             assert!(!desc.is_empty(), "{name} has no description");
         }
@@ -280,7 +325,9 @@ mod tests {
             apply_latency_p99_us: None,
             groups: vec![],
         };
-        assert!(snap.render_prometheus().contains("canopy_tags_applied_total 3"));
+        assert!(snap
+            .render_prometheus()
+            .contains("canopy_tags_applied_total 3"));
         assert!(snap.render_table().contains("tags_applied"));
         let json = serde_json::to_value(&snap).unwrap();
         assert_eq!(json["counters"]["tags_applied"], 3);

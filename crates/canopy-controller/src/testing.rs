@@ -133,7 +133,13 @@ impl TestPlan {
 
     /// An empty plan with the five classes and no default class.
     pub fn empty() -> Self {
-        TestPlan { classes: Self::classes_schedqos(), rules: vec![], groups: vec![], default_class: None, tag: "empty".into() }
+        TestPlan {
+            classes: Self::classes_schedqos(),
+            rules: vec![],
+            groups: vec![],
+            default_class: None,
+            tag: "empty".into(),
+        }
     }
 
     /// A desktop-like plan: app scopes with focused/unfocused/minimized/locked states.
@@ -144,20 +150,53 @@ impl TestPlan {
             name: "player".into(),
             comm: "player".into(),
             class: class::USER_INITIATED,
-            threads: vec![("audio*".into(), class::USER_INTERACTIVE), ("indexer*".into(), class::BACKGROUND)],
+            threads: vec![
+                ("audio*".into(), class::USER_INTERACTIVE),
+                ("indexer*".into(), class::BACKGROUND),
+            ],
             inherit: false,
         });
-        p.rules.push(TestRule { name: "wine".into(), comm: "wine*".into(), class: class::USER_INTERACTIVE, threads: vec![], inherit: true });
+        p.rules.push(TestRule {
+            name: "wine".into(),
+            comm: "wine*".into(),
+            class: class::USER_INTERACTIVE,
+            threads: vec![],
+            inherit: true,
+        });
         p.groups.push(TestGroup {
             name: "apps".into(),
             cgroup: "user.slice/user-*.slice/user@*.service/app.slice/*".into(),
             ceiling: None,
             floor: None,
             states: vec![
-                TestState { name: "focused".into(), ceiling: None, user_settable: true, weight: Some(200), after: Duration::ZERO },
-                TestState { name: "unfocused".into(), ceiling: Some(class::UTILITY), user_settable: true, weight: Some(100), after: Duration::from_secs(30) },
-                TestState { name: "minimized".into(), ceiling: Some(class::BACKGROUND), user_settable: true, weight: Some(20), after: Duration::ZERO },
-                TestState { name: "locked".into(), ceiling: Some(class::BACKGROUND), user_settable: false, weight: None, after: Duration::ZERO },
+                TestState {
+                    name: "focused".into(),
+                    ceiling: None,
+                    user_settable: true,
+                    weight: Some(200),
+                    after: Duration::ZERO,
+                },
+                TestState {
+                    name: "unfocused".into(),
+                    ceiling: Some(class::UTILITY),
+                    user_settable: true,
+                    weight: Some(100),
+                    after: Duration::from_secs(30),
+                },
+                TestState {
+                    name: "minimized".into(),
+                    ceiling: Some(class::BACKGROUND),
+                    user_settable: true,
+                    weight: Some(20),
+                    after: Duration::ZERO,
+                },
+                TestState {
+                    name: "locked".into(),
+                    ceiling: Some(class::BACKGROUND),
+                    user_settable: false,
+                    weight: None,
+                    after: Duration::ZERO,
+                },
             ],
             focus: true,
         });
@@ -184,11 +223,20 @@ impl PolicyPlan for TestPlan {
         &self.classes[class.0 as usize]
     }
     fn class_by_name(&self, name: &str) -> Option<ClassId> {
-        self.classes.iter().position(|c| &*c.name == name).map(|i| ClassId(i as u16))
+        self.classes
+            .iter()
+            .position(|c| &*c.name == name)
+            .map(|i| ClassId(i as u16))
     }
     fn match_task(&self, facts: &TaskFacts) -> Option<RuleMatch> {
-        let rule = self.rules.iter().find(|r| glob_match(&r.comm, &facts.process.comm))?;
-        let thread = rule.threads.iter().find(|(g, _)| glob_match(g, &facts.comm));
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| glob_match(&r.comm, &facts.process.comm))?;
+        let thread = rule
+            .threads
+            .iter()
+            .find(|(g, _)| glob_match(g, &facts.comm));
         Some(RuleMatch {
             rule: Arc::from(rule.name.as_str()),
             class: ClassId(thread.map(|t| t.1).unwrap_or(rule.class)),
@@ -197,41 +245,76 @@ impl PolicyPlan for TestPlan {
         })
     }
     fn group_for_cgroup(&self, cgroup: &str) -> Option<GroupId> {
-        self.groups.iter().position(|g| glob_match(&g.cgroup, cgroup)).map(|i| GroupId(i as u32))
+        self.groups
+            .iter()
+            .position(|g| glob_match(&g.cgroup, cgroup))
+            .map(|i| GroupId(i as u32))
     }
     fn group_name(&self, group: GroupId) -> Arc<str> {
         Arc::from(self.group(group).name.as_str())
     }
-    fn effective_class(&self, requested: ClassId, group: Option<GroupId>, state: Option<&str>) -> Clamp {
-        let Some(g) = group else { return Clamp { class: requested, reason: ClampReason::Unclamped } };
+    fn effective_class(
+        &self,
+        requested: ClassId,
+        group: Option<GroupId>,
+        state: Option<&str>,
+    ) -> Clamp {
+        let Some(g) = group else {
+            return Clamp {
+                class: requested,
+                reason: ClampReason::Unclamped,
+            };
+        };
         let st = self.state(g, state);
         let ceiling = st.and_then(|s| s.ceiling).or(self.group(g).ceiling);
         let floor = self.group(g).floor;
         if let Some(c) = ceiling {
             if requested.0 > c {
-                return Clamp { class: ClassId(c), reason: ClampReason::Ceiling };
+                return Clamp {
+                    class: ClassId(c),
+                    reason: ClampReason::Ceiling,
+                };
             }
         }
         if let Some(f) = floor {
             if requested.0 < f {
-                return Clamp { class: ClassId(f), reason: ClampReason::Floor };
+                return Clamp {
+                    class: ClassId(f),
+                    reason: ClampReason::Floor,
+                };
             }
         }
-        Clamp { class: requested, reason: ClampReason::Unclamped }
+        Clamp {
+            class: requested,
+            reason: ClampReason::Unclamped,
+        }
     }
     fn state_info(&self, group: GroupId, state: &str) -> Option<StateInfo> {
-        self.group(group).states.iter().find(|s| s.name == state).map(|s| StateInfo { user_settable: s.user_settable, after: s.after })
+        self.group(group)
+            .states
+            .iter()
+            .find(|s| s.name == state)
+            .map(|s| StateInfo {
+                user_settable: s.user_settable,
+                after: s.after,
+            })
     }
     fn focus_states(&self, group: GroupId) -> Option<FocusStates> {
         let g = self.group(group);
         let has = |n: &str| g.states.iter().any(|s| s.name == n).then(|| n.to_string());
-        g.focus.then(|| FocusStates { focused: has("focused"), unfocused: has("unfocused") })
+        g.focus.then(|| FocusStates {
+            focused: has("focused"),
+            unfocused: has("unfocused"),
+        })
     }
     fn default_state(&self, _group: GroupId) -> Option<String> {
         None
     }
     fn group_knobs(&self, group: GroupId, state: Option<&str>) -> GroupKnobs {
-        GroupKnobs { weight: self.state(group, state).and_then(|s| s.weight), ..Default::default() }
+        GroupKnobs {
+            weight: self.state(group, state).and_then(|s| s.weight),
+            ..Default::default()
+        }
     }
     fn scx_group_policy(&self, group: GroupId, state: Option<&str>) -> ScxGroupPolicy {
         let idx = state
@@ -243,7 +326,11 @@ impl PolicyPlan for TestPlan {
             guarantee_pct: 0,
             cap_pct: 0,
             floor: self.group(group).floor.map(ClassId),
-            ceiling: self.state(group, state).and_then(|s| s.ceiling).or(self.group(group).ceiling).map(ClassId),
+            ceiling: self
+                .state(group, state)
+                .and_then(|s| s.ceiling)
+                .or(self.group(group).ceiling)
+                .map(ClassId),
             state: idx,
         }
     }
@@ -281,7 +368,16 @@ pub struct FakeSource {
 impl FakeSource {
     /// Adds a process with its leader thread.
     pub fn spawn(&mut self, tgid: u32, comm: &str, cgroup: &str) {
-        self.processes.insert(tgid, ProcessFacts { tgid, comm: comm.into(), cgroup: cgroup.into(), uid: 1000, ..Default::default() });
+        self.processes.insert(
+            tgid,
+            ProcessFacts {
+                tgid,
+                comm: comm.into(),
+                cgroup: cgroup.into(),
+                uid: 1000,
+                ..Default::default()
+            },
+        );
         self.threads.insert(tgid, (tgid, comm.into(), 0));
     }
     /// Adds a thread.
@@ -314,13 +410,22 @@ impl FakeSource {
 
 impl crate::backend::TaskSource for FakeSource {
     fn process_facts(&mut self, tgid: u32) -> Result<ProcessFacts, crate::backend::Gone> {
-        self.processes.get(&tgid).cloned().ok_or(crate::backend::Gone(tgid))
+        self.processes
+            .get(&tgid)
+            .cloned()
+            .ok_or(crate::backend::Gone(tgid))
     }
     fn thread_comm(&mut self, _tgid: u32, tid: u32) -> Result<String, crate::backend::Gone> {
-        self.threads.get(&tid).map(|t| t.1.clone()).ok_or(crate::backend::Gone(tid))
+        self.threads
+            .get(&tid)
+            .map(|t| t.1.clone())
+            .ok_or(crate::backend::Gone(tid))
     }
     fn thread_policy(&mut self, tid: u32) -> Result<i32, crate::backend::Gone> {
-        self.threads.get(&tid).map(|t| t.2).ok_or(crate::backend::Gone(tid))
+        self.threads
+            .get(&tid)
+            .map(|t| t.2)
+            .ok_or(crate::backend::Gone(tid))
     }
     fn all_tasks(&mut self) -> Vec<(u32, u32)> {
         let mut v: Vec<(u32, u32)> = self.threads.iter().map(|(&tid, t)| (t.0, tid)).collect();
@@ -328,16 +433,33 @@ impl crate::backend::TaskSource for FakeSource {
         v
     }
     fn threads_of(&mut self, tgid: u32) -> Vec<u32> {
-        let mut v: Vec<u32> = self.threads.iter().filter(|(_, t)| t.0 == tgid).map(|(&tid, _)| tid).collect();
+        let mut v: Vec<u32> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.0 == tgid)
+            .map(|(&tid, _)| tid)
+            .collect();
         v.sort();
         v
     }
     fn cgroup_threads(&mut self, cgroup: &str) -> Vec<u32> {
-        let procs: Vec<u32> = self.processes.values().filter(|p| p.cgroup == cgroup).map(|p| p.tgid).collect();
-        self.threads.iter().filter(|(_, t)| procs.contains(&t.0)).map(|(&tid, _)| tid).collect()
+        let procs: Vec<u32> = self
+            .processes
+            .values()
+            .filter(|p| p.cgroup == cgroup)
+            .map(|p| p.tgid)
+            .collect();
+        self.threads
+            .iter()
+            .filter(|(_, t)| procs.contains(&t.0))
+            .map(|(&tid, _)| tid)
+            .collect()
     }
     fn process_cgroup(&mut self, tgid: u32) -> Result<String, crate::backend::Gone> {
-        self.processes.get(&tgid).map(|p| p.cgroup.clone()).ok_or(crate::backend::Gone(tgid))
+        self.processes
+            .get(&tgid)
+            .map(|p| p.cgroup.clone())
+            .ok_or(crate::backend::Gone(tgid))
     }
     fn scope_tasks(&mut self, scope: &str) -> Vec<(u32, u32)> {
         let inside = |c: &str| c == scope || c.starts_with(&format!("{scope}/"));
@@ -351,7 +473,10 @@ impl crate::backend::TaskSource for FakeSource {
         v
     }
     fn tgid_of(&mut self, tid: u32) -> Result<u32, crate::backend::Gone> {
-        self.threads.get(&tid).map(|t| t.0).ok_or(crate::backend::Gone(tid))
+        self.threads
+            .get(&tid)
+            .map(|t| t.0)
+            .ok_or(crate::backend::Gone(tid))
     }
 }
 
@@ -372,7 +497,12 @@ impl crate::backend::Backend for RecordingBackend {
     fn mode(&self) -> crate::backend::Mode {
         crate::backend::Mode::Fallback
     }
-    fn apply_task(&mut self, tid: u32, _class: ClassId, params: &ClassParams) -> Result<(), crate::backend::ApplyError> {
+    fn apply_task(
+        &mut self,
+        tid: u32,
+        _class: ClassId,
+        params: &ClassParams,
+    ) -> Result<(), crate::backend::ApplyError> {
         self.apply_calls += 1;
         self.applied.insert(tid, params.name.to_string());
         Ok(())
@@ -383,7 +513,12 @@ impl crate::backend::Backend for RecordingBackend {
     fn forget_task(&mut self, tid: u32) {
         self.applied.remove(&tid);
     }
-    fn apply_group(&mut self, cgroup: &str, knobs: &GroupKnobs, _scx: &ScxGroupPolicy) -> Result<(), crate::backend::ApplyError> {
+    fn apply_group(
+        &mut self,
+        cgroup: &str,
+        knobs: &GroupKnobs,
+        _scx: &ScxGroupPolicy,
+    ) -> Result<(), crate::backend::ApplyError> {
         self.groups.insert(cgroup.into(), knobs.clone());
         Ok(())
     }
@@ -394,7 +529,10 @@ impl crate::backend::Backend for RecordingBackend {
         self.restores += 1;
         let n = self.applied.len() as u64;
         self.applied.clear();
-        crate::backend::RestoreReport { tasks_restored: n, ..Default::default() }
+        crate::backend::RestoreReport {
+            tasks_restored: n,
+            ..Default::default()
+        }
     }
     fn notes(&self) -> Vec<String> {
         Vec::new()
@@ -416,7 +554,7 @@ pub mod fuzz {
 
     impl Rng {
         /// Next value.
-        pub fn next(&mut self) -> u64 {
+        pub fn next_u64(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
@@ -424,7 +562,7 @@ pub mod fuzz {
         }
         /// A value below `n`.
         pub fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 
@@ -438,10 +576,13 @@ pub mod fuzz {
         ];
         let base = valid[i % valid.len()].as_bytes();
         match rng.below(10) {
-            0 => (0..rng.below(200) + 1).map(|_| (rng.below(256) as u8).max(1)).map(|b| if b == b'\n' { b' ' } else { b }).collect(),
+            0 => (0..rng.below(200) + 1)
+                .map(|_| (rng.below(256) as u8).max(1))
+                .map(|b| if b == b'\n' { b' ' } else { b })
+                .collect(),
             1 => base[..rng.below(base.len() as u64 - 1) as usize].to_vec(),
             2 => br#"{"cmd":"explain","pid":"one"}"#.to_vec(),
-            3 => format!(r#"{{"cmd":"x{}"}}"#, rng.next()).into_bytes(),
+            3 => format!(r#"{{"cmd":"x{}"}}"#, rng.next_u64()).into_bytes(),
             4 => br#"{"cmd":"status","admin":true}"#.to_vec(),
             5 => {
                 let depth = 200 + rng.below(5000) as usize;
@@ -497,8 +638,15 @@ pub mod fuzz {
                     req.push(b'\n');
                     s.get_mut().write_all(&req).await.expect("write");
                     let mut reply = String::new();
-                    tokio::time::timeout(Duration::from_secs(10), s.read_line(&mut reply)).await.expect("reply in time").expect("read");
-                    assert!(reply.contains("\"ok\":false"), "request {:?} got {reply:?}", String::from_utf8_lossy(&req));
+                    tokio::time::timeout(Duration::from_secs(10), s.read_line(&mut reply))
+                        .await
+                        .expect("reply in time")
+                        .expect("read");
+                    assert!(
+                        reply.contains("\"ok\":false"),
+                        "request {:?} got {reply:?}",
+                        String::from_utf8_lossy(&req)
+                    );
                 }
                 count
             }));

@@ -17,7 +17,11 @@ use tokio::sync::mpsc;
 const APP: &str = "user.slice/user-1000.slice/user@1000.service/app.slice/app-player.scope";
 
 async fn start(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<()>) {
-    let dir = std::env::temp_dir().join(format!("canopy-api-{}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "canopy-api-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("control.sock");
     let listener = server::bind(&path).unwrap();
@@ -27,7 +31,12 @@ async fn start(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<(
     src.spawn(100, "player", APP);
     let plan: Arc<dyn PolicyPlan> = Arc::new(TestPlan::desktop());
     let loader: PlanLoader = Arc::new(|| Err("reload disabled in this test".to_string()));
-    let mut ctl = Controller::new(plan, RecordingBackend::default(), src, ControllerConfig::default());
+    let mut ctl = Controller::new(
+        plan,
+        RecordingBackend::default(),
+        src,
+        ControllerConfig::default(),
+    );
     ctl.rescan();
     let task = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
@@ -39,7 +48,10 @@ async fn start(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<(
 }
 
 fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,13 +61,30 @@ async fn ten_thousand_malformed_requests_get_errors_and_the_daemon_keeps_serving
     let n = canopy_controller::testing::fuzz::send_malformed_async(&path, 10_000).await;
     assert_eq!(n, 10_000);
     let elapsed = t.elapsed();
-    let r = server::call(&path, &Request::Status {}, Duration::from_secs(2)).await.unwrap();
+    let r = server::call(&path, &Request::Status {}, Duration::from_secs(2))
+        .await
+        .unwrap();
     assert!(r.ok);
     let counters = &r.result.as_ref().unwrap()["counters"];
     assert!(counters["api_errors"].as_u64().unwrap() > 0);
-    let r = server::call(&path, &Request::State { cgroup: format!("/sys/fs/cgroup/{APP}"), state: "minimized".into() }, Duration::from_secs(2)).await.unwrap();
+    let r = server::call(
+        &path,
+        &Request::State {
+            cgroup: format!("/sys/fs/cgroup/{APP}"),
+            state: "minimized".into(),
+        },
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
     assert!(r.ok, "{r:?}");
-    let r = server::call(&path, &Request::Explain { pid: 100 }, Duration::from_secs(2)).await.unwrap();
+    let r = server::call(
+        &path,
+        &Request::Explain { pid: 100 },
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
     assert!(r.ok);
     assert_eq!(r.result.unwrap()[0]["effective"], "BACKGROUND");
     eprintln!("10,000 malformed requests answered in {elapsed:?}");
@@ -63,7 +92,11 @@ async fn ten_thousand_malformed_requests_get_errors_and_the_daemon_keeps_serving
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_connection_limits_hold() {
-    let limits = Limits { idle_timeout: Duration::from_millis(200), write_timeout: Duration::from_secs(1), max_connections: 2 };
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(200),
+        write_timeout: Duration::from_secs(1),
+        max_connections: 2,
+    };
     let (path, _task) = start(limits).await;
     // A client that sends half a line and stalls gets a timeout reply and is closed.
     let mut slow = BufReader::new(tokio::net::UnixStream::connect(&path).await.unwrap());

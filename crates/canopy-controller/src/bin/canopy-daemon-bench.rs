@@ -5,6 +5,7 @@
 //! - `idle SECONDS`: the daemon's CPU use while idle (scoped to an empty cgroup; events from the
 //!   rest of the machine still arrive and are dropped). Target < 0.5 %.
 //! - `rss`: the daemon's RSS while tracking 10,000 threads. Target < 30 MB.
+//!
 //! Needs root. Uses `canopy-testload` from the same directory for live threads.
 
 use std::io::{BufRead, BufReader, Write};
@@ -31,18 +32,23 @@ fn pin_to_cpu0() {
 }
 
 fn testload() -> PathBuf {
-    std::env::current_exe().unwrap().with_file_name("canopy-testload")
+    std::env::current_exe()
+        .unwrap()
+        .with_file_name("canopy-testload")
 }
 
 fn bench_plan() -> TestPlan {
     let mut p = TestPlan::desktop();
-    p.rules.insert(0, TestRule {
-        name: "testload".into(),
-        comm: "canopy-testload".into(),
-        class: canopy_controller::testing::class::USER_INITIATED,
-        threads: vec![("w-*".into(), canopy_controller::testing::class::BACKGROUND)],
-        inherit: false,
-    });
+    p.rules.insert(
+        0,
+        TestRule {
+            name: "testload".into(),
+            comm: "canopy-testload".into(),
+            class: canopy_controller::testing::class::USER_INITIATED,
+            threads: vec![("w-*".into(), canopy_controller::testing::class::BACKGROUND)],
+            inherit: false,
+        },
+    );
     p
 }
 
@@ -50,9 +56,25 @@ fn thread_events(tgid: u32, tids: &[u32], rounds: usize) -> Vec<Event> {
     let mut ev = Vec::with_capacity(tids.len() * 4 * rounds);
     for r in 0..rounds {
         for &tid in tids {
-            ev.push(Event::Fork { parent_tid: tgid, parent_tgid: tgid, child_tid: tid, child_tgid: tgid, timestamp_ns: None });
-            ev.push(Event::Comm { tid, tgid, comm: Some(format!("w-{r}")), timestamp_ns: None });
-            ev.push(Event::Comm { tid, tgid, comm: Some("canopy-testload".into()), timestamp_ns: None });
+            ev.push(Event::Fork {
+                parent_tid: tgid,
+                parent_tgid: tgid,
+                child_tid: tid,
+                child_tgid: tgid,
+                timestamp_ns: None,
+            });
+            ev.push(Event::Comm {
+                tid,
+                tgid,
+                comm: Some(format!("w-{r}")),
+                timestamp_ns: None,
+            });
+            ev.push(Event::Comm {
+                tid,
+                tgid,
+                comm: Some("canopy-testload".into()),
+                timestamp_ns: None,
+            });
             ev.push(Event::Exit { tid, tgid });
         }
     }
@@ -68,7 +90,12 @@ fn events() {
     for &t in &tids {
         src.thread(100, t, "canopy-testload");
     }
-    let mut c = Controller::new(Arc::new(bench_plan()) as Arc<dyn PolicyPlan>, RecordingBackend::default(), src, ControllerConfig::default());
+    let mut c = Controller::new(
+        Arc::new(bench_plan()) as Arc<dyn PolicyPlan>,
+        RecordingBackend::default(),
+        src,
+        ControllerConfig::default(),
+    );
     c.rescan();
     let ev = thread_events(100, &tids, 25);
     let n = ev.len();
@@ -81,7 +108,12 @@ fn events() {
     println!("events/s (decision path only, in-memory source, recording backend, 1 core): {pure:.0} ({n} events)");
 
     // Real source and real sched_setattr on 2,000 live threads.
-    let mut child = Command::new(testload()).args(["threads", "2000", "x-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("canopy-testload next to this binary");
+    let mut child = Command::new(testload())
+        .args(["threads", "2000", "x-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("canopy-testload next to this binary");
     let mut stdin = child.stdin.take().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     writeln!(stdin, "go").unwrap();
@@ -105,7 +137,13 @@ fn events() {
         ControllerConfig::default(),
     );
     // Track just this process (a full rescan would tag the whole machine).
-    c.handle(Event::TaskMoved { tid: tgid, threadgroup: true }, now);
+    c.handle(
+        Event::TaskMoved {
+            tid: tgid,
+            threadgroup: true,
+        },
+        now,
+    );
     let ev = thread_events(tgid, &tids, 10);
     let n = ev.len();
     let t = Instant::now();
@@ -120,17 +158,42 @@ fn events() {
     let execs = 20_000;
     let t = Instant::now();
     for _ in 0..execs {
-        c.handle(Event::Exec { tid: tgid, tgid, timestamp_ns: None }, now);
+        c.handle(
+            Event::Exec {
+                tid: tgid,
+                tgid,
+                timestamp_ns: None,
+            },
+            now,
+        );
     }
     let exec_rate = execs as f64 / t.elapsed().as_secs_f64();
     println!("events/s (exec of a 2,000-thread process: /proc re-read + match + clamp, 1 core): {exec_rate:.0}");
-    let mut small = Command::new(testload()).args(["idle"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut small = Command::new(testload())
+        .args(["idle"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let spid = small.id();
     std::thread::sleep(Duration::from_millis(100));
-    c.handle(Event::TaskMoved { tid: spid, threadgroup: true }, now);
+    c.handle(
+        Event::TaskMoved {
+            tid: spid,
+            threadgroup: true,
+        },
+        now,
+    );
     let t = Instant::now();
     for _ in 0..execs {
-        c.handle(Event::Exec { tid: spid, tgid: spid, timestamp_ns: None }, now);
+        c.handle(
+            Event::Exec {
+                tid: spid,
+                tgid: spid,
+                timestamp_ns: None,
+            },
+            now,
+        );
     }
     let small_rate = execs as f64 / t.elapsed().as_secs_f64();
     println!("events/s (exec of a single-threaded process: /proc re-read + match + clamp, 1 core): {small_rate:.0}");
@@ -138,9 +201,31 @@ fn events() {
     let rounds = 20_000;
     let t = Instant::now();
     for _ in 0..rounds {
-        c.handle(Event::Exit { tid: spid, tgid: spid }, now);
-        c.handle(Event::Fork { parent_tid: tgid, parent_tgid: tgid, child_tid: spid, child_tgid: spid, timestamp_ns: None }, now);
-        c.handle(Event::Exec { tid: spid, tgid: spid, timestamp_ns: None }, now);
+        c.handle(
+            Event::Exit {
+                tid: spid,
+                tgid: spid,
+            },
+            now,
+        );
+        c.handle(
+            Event::Fork {
+                parent_tid: tgid,
+                parent_tgid: tgid,
+                child_tid: spid,
+                child_tgid: spid,
+                timestamp_ns: None,
+            },
+            now,
+        );
+        c.handle(
+            Event::Exec {
+                tid: spid,
+                tgid: spid,
+                timestamp_ns: None,
+            },
+            now,
+        );
     }
     let mix = 3.0 * rounds as f64 / t.elapsed().as_secs_f64();
     println!("events/s (process lifecycles fork+exec+exit, real /proc + sched_setattr, 1 core): {mix:.0}");
@@ -159,7 +244,16 @@ fn cpu_ticks_self() -> u64 {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status").unwrap().lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 struct Scoped {
@@ -179,7 +273,10 @@ impl Scoped {
         Scoped { dir, cg, scope }
     }
     fn opts(&self) -> DaemonOptions {
-        let mut o = DaemonOptions::new(canopy_controller::policy_adapter::loader(vec![self.dir.join("policy.toml")]), self.dir.join("control.sock"));
+        let mut o = DaemonOptions::new(
+            canopy_controller::policy_adapter::loader(vec![self.dir.join("policy.toml")]),
+            self.dir.join("control.sock"),
+        );
         o.mode = ModeChoice::Fallback;
         o.cgroup_scope = Some(self.scope.clone());
         o.handle_signals = false;
@@ -200,7 +297,11 @@ impl Drop for Scoped {
 }
 
 fn run_daemon_for(opts: DaemonOptions, during: impl FnOnce() + Send + 'static) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     rt.block_on(async move {
         let d = tokio::spawn(daemon::run(opts, async move {
@@ -213,12 +314,23 @@ fn run_daemon_for(opts: DaemonOptions, during: impl FnOnce() + Send + 'static) {
 }
 
 fn events_handled(sock: &std::path::Path) -> u64 {
-    let st = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(
-        canopy_controller::server::call(sock, &canopy_controller::protocol::Request::Status {}, Duration::from_secs(5)),
-    );
+    let st = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(canopy_controller::server::call(
+            sock,
+            &canopy_controller::protocol::Request::Status {},
+            Duration::from_secs(5),
+        ));
     st.ok()
         .and_then(|r| r.result)
-        .map(|v| v["events"].as_object().map(|m| m.values().filter_map(|x| x.as_u64()).sum()).unwrap_or(0))
+        .map(|v| {
+            v["events"]
+                .as_object()
+                .map(|m| m.values().filter_map(|x| x.as_u64()).sum())
+                .unwrap_or(0)
+        })
         .unwrap_or(0)
 }
 
@@ -259,7 +371,12 @@ fn rss() {
     run_daemon_for(opts, move || {
         std::thread::sleep(Duration::from_millis(500));
         let idle_rss = rss_kib();
-        let mut child = Command::new(testload()).args(["threads", "10000", "w-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new(testload())
+            .args(["threads", "10000", "w-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         std::fs::write(cg.join("cgroup.procs"), child.id().to_string()).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let mut stdin = child.stdin.take().unwrap();
@@ -273,10 +390,20 @@ fn rss() {
         }
         std::thread::sleep(Duration::from_secs(2));
         let threads_rss = rss_kib();
-        let st = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(
-            canopy_controller::server::call(&sock, &canopy_controller::protocol::Request::Status {}, Duration::from_secs(5)),
-        );
-        let tracked = st.ok().and_then(|r| r.result).map(|v| v["tasks_tracked"].clone()).unwrap_or_default();
+        let st = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(canopy_controller::server::call(
+                &sock,
+                &canopy_controller::protocol::Request::Status {},
+                Duration::from_secs(5),
+            ));
+        let tracked = st
+            .ok()
+            .and_then(|r| r.result)
+            .map(|v| v["tasks_tracked"].clone())
+            .unwrap_or_default();
         *r2.lock().unwrap() = format!(
             "RSS: {before} KiB before the daemon, {idle_rss} KiB idle, {threads_rss} KiB while tracking {tracked} tasks (+{} KiB)",
             threads_rss.saturating_sub(idle_rss)

@@ -39,11 +39,16 @@ fn main() {
                 let tx = tx.clone();
                 let prefix = prefix.clone();
                 let stop = stop_rx.clone();
-                handles.push(std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
-                    set_name(&format!("{prefix}{i}"));
-                    tx.send(gettid()).unwrap();
-                    let _ = stop.lock().map(|r| r.recv());
-                }).expect("spawn"));
+                handles.push(
+                    std::thread::Builder::new()
+                        .stack_size(64 * 1024)
+                        .spawn(move || {
+                            set_name(&format!("{prefix}{i}"));
+                            tx.send(gettid()).unwrap();
+                            let _ = stop.lock().map(|r| r.recv());
+                        })
+                        .expect("spawn"),
+                );
             }
             let tids: Vec<i32> = (0..n).map(|_| rx.recv().unwrap()).collect();
             let elapsed = start.elapsed();
