@@ -234,13 +234,38 @@ impl Scenario {
     /// Boots the guest, runs the script and collects its results. Fails (never skips) when the
     /// kernel is missing, qemu cannot boot, the guest panics or stops early, the script exits
     /// non-zero, or the timeout passes.
+    ///
+    /// One failure is not the scenario's: qemu 7.2's multi-threaded TCG can run stale translated
+    /// code after the kernel patches its own text (static keys, which sched_ext flips on every
+    /// enable and disable), and the guest dies of an `Oops: int3` at a patch site, even in
+    /// scenarios that never load BPF and even during boot. Nothing a scenario does can raise
+    /// that, so such a run is retried (at most [`EMULATOR_FAULT_RETRIES`] times, said on
+    /// stderr with the failed run's log); any other failure is final.
     pub fn run(&self) -> Result<Outcome> {
-        let prepared = self.prepare(&self.script)?;
-        let _lock = lock::VmLock::acquire(&paths::vm_lock_path(), &self.name)?;
-        let result = self.boot(&prepared);
-        // The initramfs is only needed while qemu runs.
-        let _ = std::fs::remove_file(&prepared.initramfs_path);
-        result
+        let mut attempt = 0;
+        loop {
+            let prepared = self.prepare(&self.script)?;
+            let lock = lock::VmLock::acquire(&paths::vm_lock_path(), &self.name)?;
+            let result = self.boot(&prepared);
+            drop(lock);
+            // The initramfs is only needed while qemu runs.
+            let _ = std::fs::remove_file(&prepared.initramfs_path);
+            if result.is_err()
+                && attempt < EMULATOR_FAULT_RETRIES
+                && hit_emulator_text_patching_fault(&prepared.log_path)
+            {
+                attempt += 1;
+                eprintln!(
+                    "canopy-vmtest: `{}`: the guest died of qemu TCG's stale-code `Oops: int3` \
+                     (an emulator fault, not the scenario's; log {}); retry {attempt} of \
+                     {EMULATOR_FAULT_RETRIES}",
+                    self.name,
+                    prepared.log_path.display()
+                );
+                continue;
+            }
+            return result;
+        }
     }
 
     fn boot(&self, prepared: &Prepared) -> Result<Outcome> {
@@ -488,4 +513,43 @@ impl Outcome {
 
 fn find_kind<'a>(results: &'a [Value], kind: &str) -> Option<&'a Value> {
     results.iter().find(|value| value["kind"] == kind)
+}
+
+/// How often [`Scenario::run`] retries a run that died of the emulator's text-patching fault.
+pub const EMULATOR_FAULT_RETRIES: u32 = 2;
+
+/// Whether a guest log shows qemu TCG's stale-code fault: an `Oops: int3` (a breakpoint trap no
+/// kernel code path raises on purpose; the kernel's text patching leaves one in place for a
+/// moment, and MTTCG can keep executing it after the patch completed).
+fn hit_emulator_text_patching_fault(log_path: &Path) -> bool {
+    std::fs::read(log_path)
+        .map(|log| log.windows(11).any(|window| window == b"Oops: int3:"))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod emulator_fault_tests {
+    use super::hit_emulator_text_patching_fault;
+
+    #[test]
+    fn only_an_int3_oops_counts_as_the_emulator_fault() {
+        let dir = std::env::temp_dir().join(format!("canopy-vmtest-fault-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let int3 = dir.join("int3.log");
+        std::fs::write(
+            &int3,
+            "[    0.940291] Oops: int3: 0000 [#1] SMP NOPTI\n[    0.94] Kernel panic - not syncing: Fatal exception in interrupt\n",
+        )
+        .unwrap();
+        let other = dir.join("other.log");
+        std::fs::write(
+            &other,
+            "[    3.1] Oops: invalid opcode: 0000 [#1] SMP NOPTI\n[    3.2] Kernel panic - not syncing: Fatal exception\n",
+        )
+        .unwrap();
+        assert!(hit_emulator_text_patching_fault(&int3));
+        assert!(!hit_emulator_text_patching_fault(&other));
+        assert!(!hit_emulator_text_patching_fault(&dir.join("missing.log")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
