@@ -90,6 +90,8 @@ struct cid_state {
 
 struct cid_state cid_states[CANOPY_MAX_CIDS];
 u64 idle_cids[CANOPY_MAX_CIDS / 64];
+/* attached children; with none, dispatch skips member selection entirely */
+u32 nr_children;
 /* highest member vtime charged so far: re-entering members start at most one slice behind */
 u64 member_vtime_now;
 
@@ -310,6 +312,20 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 
 	charge_cid(cid, now);
 
+	/* fast path: no children, so the cid can only go to our own tasks */
+	if (!nr_children) {
+		struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
+
+		if (scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_OWN_DSQ, 0) ||
+		    class_vtime_keep_prev(prev)) {
+			hand_cid(cid, CANOPY_SELF_SLOT, now);
+			if (self)
+				self->dispatches++;
+			stat_inc(CANOPY_STAT_OWN_DISPATCHES);
+		}
+		return;
+	}
+
 	canopy_for(attempt, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m;
 		u32 slot = pick_member(now, tried, nr ?: 1);
@@ -525,6 +541,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args
 	m->period_used_ns = 0;
 	__builtin_memcpy(m->name, name, CANOPY_NAME_LEN);
 	m->active = 1;
+	__sync_fetch_and_add(&nr_children, 1);
 
 	bpf_printk("canopy: admitted sub-scheduler %s on %s weight %u", name,
 		   args->cgroup_path, m->weight);
@@ -543,6 +560,7 @@ void CANOPY_OP_SLEEPABLE(canopy_root_sub_detach, struct scx_sub_detach_args *arg
 
 		if (m && m->active && m->cgroup_id == cgid) {
 			m->active = 0;
+			__sync_fetch_and_sub(&nr_children, 1);
 			stat_inc(CANOPY_STAT_DETACHED);
 			bpf_printk("canopy: sub-scheduler on %s detached", args->cgroup_path);
 			break;

@@ -427,10 +427,10 @@ fn interactive_task_latency_under_background_load() -> anyhow::Result<()> {
     let script = format!(
         r#"
 LOAD='hackbench -T -p -g 2 -l 100000000'
-canopy-guest latency --seconds 10 --load "$LOAD" --kind latency-fair
+canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-fair
 autogroup=$(cat /proc/sys/kernel/sched_autogroup_enabled)
 echo 0 > /proc/sys/kernel/sched_autogroup_enabled
-canopy scheduler exec --nice -4 -- canopy-guest latency --seconds 10 --load "canopy scheduler exec --nice 4 --batch -- $LOAD" --kind latency-schedqos
+canopy scheduler exec --nice -4 -- canopy-guest latency --seconds 10 --histogram-us 200000 --load "canopy scheduler exec --nice 4 --batch -- $LOAD" --kind latency-schedqos
 echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled
 {start}
 tag_cyclictest() {{
@@ -442,7 +442,7 @@ tag_cyclictest() {{
   canopy-guest report tagged pid=$pid tids="$(ls /proc/$pid/task | tr '\n' ' ')"
 }}
 tag_cyclictest &
-canopy-guest latency --seconds 10 --load "$LOAD" --kind latency-canopy
+canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-canopy
 {STOP_ROOT}
 "#,
         start = start_root_with_children(0)
