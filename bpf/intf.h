@@ -103,6 +103,7 @@ struct canopy_member {
 	u64 throttled;		/* times it was skipped because it reached its cap */
 	u64 period_start_ns;	/* start of the current accounting window */
 	u64 period_used_ns;	/* CPU time used in the current window */
+	u64 guarantee_owed_ns;	/* guaranteed time it did not get in past windows (at most one window) */
 	char name[CANOPY_NAME_LEN];	/* ops name of the child ("" for slot 0) */
 };
 

@@ -627,7 +627,11 @@ canopy-guest report hotplug-log dmesg="$(dmesg | grep sched_ext | tr '\n' '|')"
         start = start_root_with_children(2)
     );
     let outcome = scenario("sched-hotplug")
-        .with_file_contents("/etc/canopy-sched.json", children_config(&["ta", "tb"]), 0o644)
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            children_config(&["ta", "tb"]),
+            0o644,
+        )
         .script(script)
         .run()?;
     println!("{}", outcome.summary());
@@ -635,13 +639,82 @@ canopy-guest report hotplug-log dmesg="$(dmesg | grep sched_ext | tr '\n' '|')"
         let report = outcome.result(kind)?;
         println!("{kind}: {report}");
         assert_eq!(report["state"], "enabled", "{report}");
-        assert_eq!(report["subs"].as_str().unwrap_or_default().split_whitespace().count(), 2, "{report}");
+        assert_eq!(
+            report["subs"]
+                .as_str()
+                .unwrap_or_default()
+                .split_whitespace()
+                .count(),
+            2,
+            "{report}"
+        );
     }
     let online = outcome.result("cpu-online")?;
     assert_eq!(online["online"], "0-1", "{online}");
-    assert!(online["ta_usec"].as_f64().unwrap_or_default() > 0.5e6, "{online}");
-    assert!(online["tb_usec"].as_f64().unwrap_or_default() > 0.5e6, "{online}");
+    assert!(
+        online["ta_usec"].as_f64().unwrap_or_default() > 0.5e6,
+        "{online}"
+    );
+    assert!(
+        online["tb_usec"].as_f64().unwrap_or_default() > 0.5e6,
+        "{online}"
+    );
     let log = outcome.result("hotplug-log")?;
-    assert!(!log["dmesg"].as_str().unwrap_or_default().contains("disabled"), "{log}");
+    assert!(
+        !log["dmesg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("disabled"),
+        "{log}"
+    );
+    Ok(())
+}
+
+/// Issue 4 deliverable: optional guarantee and cap per child. A child capped at 25% stays near
+/// 25% against an equal-weight busy sibling; a child with weight 100 and a 50% guarantee gets
+/// about half the machine against a weight-400 sibling (its weight alone would give it 20%).
+#[test]
+fn cap_and_guarantee_bound_a_childs_share() -> anyhow::Result<()> {
+    let config = r#"{"groups":[
+        {"cgroup":"ta","weight":100,"admit":["canopy_child"],"attach_canopy_child":true},
+        {"cgroup":"tb","weight":100,"cap_pct":25,"admit":["canopy_child"],"attach_canopy_child":true},
+        {"cgroup":"tc","weight":100,"guarantee_pct":50,"admit":["canopy_child"],"attach_canopy_child":true},
+        {"cgroup":"td","weight":400,"admit":["canopy_child"],"attach_canopy_child":true}]}"#;
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tb /sys/fs/cgroup/tc /sys/fs/cgroup/td
+{start}
+canopy-guest cpu-split --group tb:-:2 --group ta:-:2 --seconds 8 --warmup 1 --keep --kind capped
+canopy-guest cpu-split --group tc:-:2 --group td:-:2 --seconds 8 --warmup 1 --keep --kind guaranteed
+{STOP_ROOT}
+"#,
+        start = start_root_with_children(4)
+    );
+    let outcome = scenario("sched-cap-guarantee")
+        .with_file_contents("/etc/canopy-sched.json", config, 0o644)
+        .timeout(Duration::from_secs(200))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let first_share = |kind: &str| -> anyhow::Result<f64> {
+        let split = outcome.result(kind)?;
+        Ok(split["groups"][0]["share"].as_f64().unwrap_or(f64::NAN))
+    };
+    let (capped, guaranteed) = (first_share("capped")?, first_share("guaranteed")?);
+    println!(
+        "cap 25%: share {:.1}%; guarantee 50% at weight 100 vs 400: share {:.1}%",
+        capped * 100.0,
+        guaranteed * 100.0
+    );
+    assert!(
+        (capped - 0.25).abs() <= 0.03,
+        "capped child got {:.1}%",
+        capped * 100.0
+    );
+    assert!(
+        guaranteed >= 0.47,
+        "guaranteed child got {:.1}%",
+        guaranteed * 100.0
+    );
     Ok(())
 }
