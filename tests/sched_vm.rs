@@ -111,7 +111,9 @@ mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tb
 echo 200 > /sys/fs/cgroup/ta/cpu.weight
 echo 100 > /sys/fs/cgroup/tb/cpu.weight
 {start}
+(sleep 5; canopy scheduler status --json --interval-ms 2000 > /tmp/status.json) &
 canopy-guest cpu-split --group ta:200:2 --group tb:100:2 --seconds 10 --warmup 1 --keep --kind split-200-100
+canopy-guest report root-status status=@/tmp/status.json
 canopy-guest cpu-split --group ta:400:4 --group tb:100:4 --seconds 10 --warmup 1 --keep --kind split-400-100
 {STOP_ROOT}
 "#,
@@ -131,6 +133,21 @@ canopy-guest cpu-split --group ta:400:4 --group tb:100:4 --seconds 10 --warmup 1
     let (r4, u4) = split_ratio(&outcome, "split-400-100")?;
     println!("canopy children, 200:100 with 2+2 hogs: {r2:.3}:1 (utilization {u2:.3})");
     println!("canopy children, 400:100 with 4+4 hogs: {r4:.3}:1 (utilization {u4:.3})");
+    // the root's own accounting (members map, read by `canopy scheduler status --json`)
+    let status = &outcome.result("root-status")?["status"];
+    let member_share = |cgroup: &str| -> f64 {
+        status["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["cgroup"].as_str().is_some_and(|c| c.ends_with(cgroup)))
+            .and_then(|m| m["share"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    let (ta_share, tb_share) = (member_share("/ta"), member_share("/tb"));
+    println!("root accounting over 2 s: ta {:.1}%, tb {:.1}%", ta_share * 100.0, tb_share * 100.0);
+    assert!((ta_share - 2.0 / 3.0).abs() <= 0.05, "root accounting: {status}");
+    assert_eq!(status["schedulers"].as_array().map(|a| a.len()), Some(3), "{status}");
     let stopped = outcome.result("root-stopped")?;
     assert_eq!(stopped["state"], "disabled", "{stopped}");
     assert!(
