@@ -665,13 +665,13 @@ void CANOPY_OP(canopy_root_dump, struct scx_dump_ctx *dump_ctx)
 {
 	u32 slot;
 
-	canopy_dump("canopy_root: own DSQ %d queued, member vtime floor %llu",
+	canopy_dump("canopy_root: own DSQ %d queued, member vtime floor %llu\n",
 		    scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ), member_vtime_min);
 	for (slot = 0; slot < CANOPY_MAX_MEMBERS; slot++) {
 		struct canopy_member *m = member_of(slot);
 
 		if (m && m->active)
-			canopy_dump("member %u cgroup %llu weight %u vtime %llu cpu_ns %llu",
+			canopy_dump("member %u cgroup %llu weight %u vtime %llu cpu_ns %llu\n",
 				    slot, m->cgroup_id, m->weight, m->vtime, m->cpu_ns);
 	}
 }
@@ -681,7 +681,7 @@ void CANOPY_OP(canopy_root_dump_cid, struct scx_dump_ctx *dump_ctx, s32 cid, boo
 	struct cid_state *cs = cid_state_of(cid);
 
 	if (cs)
-		canopy_dump("cid %d owner %u class %u since %llu", cid, cs->owner,
+		canopy_dump("cid %d owner %u class %u since %llu\n", cid, cs->owner,
 			    cs->running_class, cs->since);
 }
 

@@ -145,9 +145,20 @@ canopy-guest cpu-split --group ta:400:4 --group tb:100:4 --seconds 10 --warmup 1
             .unwrap_or(f64::NAN)
     };
     let (ta_share, tb_share) = (member_share("/ta"), member_share("/tb"));
-    println!("root accounting over 2 s: ta {:.1}%, tb {:.1}%", ta_share * 100.0, tb_share * 100.0);
-    assert!((ta_share - 2.0 / 3.0).abs() <= 0.05, "root accounting: {status}");
-    assert_eq!(status["schedulers"].as_array().map(|a| a.len()), Some(3), "{status}");
+    println!(
+        "root accounting over 2 s: ta {:.1}%, tb {:.1}%",
+        ta_share * 100.0,
+        tb_share * 100.0
+    );
+    assert!(
+        (ta_share - 2.0 / 3.0).abs() <= 0.05,
+        "root accounting: {status}"
+    );
+    assert_eq!(
+        status["schedulers"].as_array().map(|a| a.len()),
+        Some(3),
+        "{status}"
+    );
     let stopped = outcome.result("root-stopped")?;
     assert_eq!(stopped["state"], "disabled", "{stopped}");
     assert!(
@@ -620,7 +631,8 @@ canopy-guest report run-stopped state="$(cat /sys/kernel/sched_ext/state)" log="
 }
 
 /// Issue 4 deliverable: the root implements cid_online/cid_offline, so taking a CPU offline and
-/// back does not take the hierarchy down (without them the kernel exits every scheduler).
+/// back does not take the hierarchy down (without them the kernel exits every scheduler). Then
+/// SysRq-D shows the root's and the children's dump output.
 #[test]
 fn cpu_hotplug_keeps_the_hierarchy_running() -> anyhow::Result<()> {
     let script = format!(
@@ -639,6 +651,13 @@ set -- $(usage ta) $(usage tb)
 sleep 2
 canopy-guest report cpu-online online="$(cat /sys/devices/system/cpu/online)" state="$(cat /sys/kernel/sched_ext/state)" subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" ta_usec=$(( $(usage ta) - $1 )) tb_usec=$(( $(usage tb) - $2 ))
 canopy-guest report hotplug-log dmesg="$(dmesg | grep sched_ext | tr '\n' '|')"
+echo 1 > /proc/sys/kernel/sysrq
+T=/sys/kernel/tracing; [ -d $T/events ] || T=/sys/kernel/debug/tracing
+echo 1 > $T/events/sched_ext/sched_ext_dump/enable
+echo D > /proc/sysrq-trigger
+sleep 1
+cat $T/trace > /tmp/dump.txt
+canopy-guest report sysrq-dump own="$(grep -c 'canopy_root: own DSQ' /tmp/dump.txt)" members="$(grep -c 'member [0-9]* cgroup' /tmp/dump.txt)" cids="$(grep -c 'cid [0-9]* owner' /tmp/dump.txt)" child="$(grep -c 'canopy_child on cgroup' /tmp/dump.txt)"
 {STOP_ROOT}
 "#,
         start = start_root_with_children(2)
@@ -676,6 +695,21 @@ canopy-guest report hotplug-log dmesg="$(dmesg | grep sched_ext | tr '\n' '|')"
         online["tb_usec"].as_f64().unwrap_or_default() > 0.5e6,
         "{online}"
     );
+    // SysRq-D dumps every scheduler (to the sched_ext_dump tracepoint): ops.dump / dump_cid of
+    // the root and the children's ops.dump
+    let dump = outcome.result("sysrq-dump")?;
+    println!("sysrq-d dump lines: {dump}");
+    for (key, at_least) in [
+        ("own", 1.0),
+        ("members", 3.0),
+        ("cids", 2.0),
+        ("child", 2.0),
+    ] {
+        assert!(
+            dump[key].as_f64().unwrap_or_default() >= at_least,
+            "too few `{key}` lines in the dump: {dump}"
+        );
+    }
     let log = outcome.result("hotplug-log")?;
     assert!(
         !log["dmesg"]
