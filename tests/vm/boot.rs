@@ -8,7 +8,7 @@ use std::time::Duration;
 fn boot_reports_kernel_and_sched_ext_disabled() -> anyhow::Result<()> {
     let outcome = crate::scenario("boot")
         .script("canopy-guest sched-ext-state\ncanopy --version || true\n")
-        .timeout(Duration::from_secs(60))
+        .timeout(Duration::from_secs(180))
         .run()?;
     println!("{}", outcome.summary());
 

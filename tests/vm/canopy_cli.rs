@@ -9,7 +9,7 @@ use std::time::Duration;
 fn canopy_binary_runs_in_guest() -> anyhow::Result<()> {
     let outcome = crate::scenario("canopy-cli")
         .script("canopy-guest exec --check --kind canopy-help -- canopy --help\n")
-        .timeout(Duration::from_secs(60))
+        .timeout(Duration::from_secs(180))
         .run()?;
     println!("{}", outcome.summary());
     let help = outcome.result("canopy-help")?;

@@ -12,7 +12,7 @@ use canopy_vmtest::CpuSplit;
 fn fair_scheduler_splits_cpu_by_weight() -> anyhow::Result<()> {
     let outcome = crate::scenario("fair-baseline")
         .script("canopy-guest cpu-split --group fair_a:200:2 --group fair_b:100:2 --seconds 10 --warmup 1\n")
-        .timeout(Duration::from_secs(90))
+        .timeout(Duration::from_secs(240))
         .run()?;
     println!("{}", outcome.summary());
     let split = outcome.result("cpu-split")?;
@@ -43,7 +43,7 @@ fn fair_scheduler_400_100_and_work_conservation() -> anyhow::Result<()> {
             "canopy-guest cpu-split --group fair_a:400:4 --group fair_b:100:4 --seconds 10 --kind split-400-100\n\
              canopy-guest cpu-split --group fair_a:200:2 --group fair_b:100:2:4 --seconds 8 --sample-ms 250 --kind conserve\n",
         )
-        .timeout(Duration::from_secs(120))
+        .timeout(Duration::from_secs(300))
         .run()?;
     println!("{}", outcome.summary());
     let four = CpuSplit::from_value(outcome.result("split-400-100")?)?;

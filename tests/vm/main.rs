@@ -18,5 +18,5 @@ use canopy_vmtest::Scenario;
 pub fn scenario(name: &str) -> Scenario {
     Scenario::new(name)
         .with_binary(env!("CARGO_BIN_EXE_canopy"), "canopy")
-        .timeout(Duration::from_secs(120))
+        .timeout(Duration::from_secs(180))
 }

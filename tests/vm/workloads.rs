@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The guest workloads and Debian's tools work in the test kernel: the wakeup-latency probe
-//! (timer and pipe), the fork/thread/rename storm, `dmesg`, `latency` (cyclictest under hackbench), `wait-for`, `report key=@file`, `xattr` on a cgroup, `run-as`, and hackbench, cyclictest and
+//! (timer and pipe), the fork/thread/rename storm, `dmesg`, `latency` (cyclictest under hackbench), `wait-for`, `report key=@file`, `xattr` on a cgroup, `run-as`, `pingpong`, `proc-stat`, `task-attrs`, and hackbench, cyclictest and
 //! stress-ng from the host's Debian packages. Guards the harness itself (library resolution,
 //! result parsing) so scheduler scenarios can rely on it.
 
@@ -25,9 +25,14 @@ fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
              canopy-guest xattr set /sys/fs/cgroup/app.scope user.xdg.inactive-since -1\n\
              canopy-guest xattr get /sys/fs/cgroup/app.scope user.xdg.inactive-since\n\
              canopy-guest exec --kind run-as -- canopy-guest run-as --uid 65534 -- id -u\n\
+             canopy-guest pingpong --seconds 2\n\
+             canopy-guest hog --threads 1 --seconds 3 --comm attr-probe & hog=$!\n\
+             canopy-guest proc-stat --pid $hog --seconds 1\n\
+             canopy-guest task-attrs --comm-prefix attr-probe\n\
+             wait $hog\n\
              canopy-guest dmesg --grep 'Linux version' --kind dmesg-version\n",
         )
-        .timeout(Duration::from_secs(90))
+        .timeout(Duration::from_secs(300))
         .run()?;
     println!("{}", outcome.summary());
 
@@ -65,6 +70,26 @@ fn guest_workloads_and_debian_tools_run() -> anyhow::Result<()> {
     assert_eq!(xattr["value"], "-1", "user xattrs on cgroupfs: {xattr}");
     let run_as = outcome.result("run-as")?;
     assert_eq!(run_as["stdout"], "65534\n", "{run_as}");
+    let pingpong = outcome.result("pingpong")?;
+    println!(
+        "pipe ping-pong: {:.0} round trips/s",
+        pingpong["round_trips_per_s"].as_f64().unwrap_or_default()
+    );
+    assert!(
+        pingpong["round_trips"].as_u64().unwrap_or(0) > 100,
+        "{pingpong}"
+    );
+    let hog_usage = outcome.result("proc-stat")?;
+    assert!(
+        hog_usage["cpu_fraction"].as_f64().unwrap_or(0.0) > 0.3,
+        "a spinning hog used little CPU: {hog_usage}"
+    );
+    let attrs = outcome.result("task-attrs")?;
+    assert_eq!(attrs["count"], 1, "{attrs}");
+    assert_eq!(
+        attrs["tasks"][0]["uclamp_max"], 1024,
+        "UCLAMP_TASK is on in the test kernel: {attrs}"
+    );
     let dmesg = outcome.result("dmesg-version")?;
     let line = dmesg["lines"][0].as_str().unwrap_or_default();
     assert!(

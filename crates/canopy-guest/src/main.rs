@@ -11,12 +11,16 @@ mod cpu_split;
 mod dmesg;
 mod exec;
 mod hog;
+mod kernel_health;
 mod latency;
+mod pingpong;
+mod proc_stat;
 mod result;
 mod run_as;
 mod sched_ext_state;
 mod setup;
 mod storm;
+mod task_attrs;
 mod wait_for;
 mod wakeprobe;
 mod xattr;
@@ -45,6 +49,12 @@ enum Command {
     Wakeprobe(wakeprobe::WakeprobeArgs),
     /// cyclictest (optionally under a background load) with histogram percentiles.
     Latency(latency::LatencyArgs),
+    /// Pipe ping-pong between thread pairs: round trips per second.
+    Pingpong(pingpong::PingpongArgs),
+    /// A process's CPU use over a window, RSS and thread count.
+    ProcStat(proc_stat::ProcStatArgs),
+    /// Scheduling attributes (policy, nice, slice, uclamp, cgroup) of threads.
+    TaskAttrs(task_attrs::TaskAttrsArgs),
     /// Fork, thread-create and PR_SET_NAME rename storm.
     Storm(storm::StormArgs),
     /// Create weighted cgroups, run hogs in each, measure the CPU split from cpu.stat.
@@ -53,6 +63,9 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Report kernel log lines (optionally filtered).
     Dmesg(dmesg::DmesgArgs),
+    /// Report kernel warnings, stalls and sched_ext messages from the kernel log (run by /init
+    /// after every scenario).
+    KernelHealth,
     /// Report /sys/kernel/sched_ext as a JSON tree.
     SchedExtState(sched_ext_state::SchedExtStateArgs),
     /// Wait until a file contains a text and/or sched_ext reaches a state.
@@ -72,10 +85,14 @@ fn main() -> Result<()> {
         Command::Hog(args) => hog::run(&args),
         Command::Wakeprobe(args) => wakeprobe::run(&args),
         Command::Latency(args) => latency::run(&args),
+        Command::Pingpong(args) => pingpong::run(&args),
+        Command::ProcStat(args) => proc_stat::run(&args),
+        Command::TaskAttrs(args) => task_attrs::run(&args),
         Command::Storm(args) => storm::run(&args),
         Command::CpuSplit(args) => cpu_split::run(&args),
         Command::Exec(args) => exec::run(&args),
         Command::Dmesg(args) => dmesg::run(&args),
+        Command::KernelHealth => kernel_health::run(),
         Command::SchedExtState(args) => sched_ext_state::run(&args),
         Command::WaitFor(args) => wait_for::run(&args),
         Command::Xattr(args) => xattr::run(&args),

@@ -16,6 +16,9 @@ pub enum Error {
     #[error("guest file {host_path}: {message}")]
     GuestFile { host_path: PathBuf, message: String },
 
+    #[error("`{tool}` is not installed on the host; run scripts/install-deps.sh")]
+    MissingTool { tool: String },
+
     #[error("I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -66,4 +69,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { path, source }
+}
+
+/// Error::Spawn, or Error::MissingTool when the program does not exist.
+pub(crate) fn spawn_error(command: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            let tool = command
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            Error::MissingTool { tool }
+        } else {
+            Error::Spawn { command, source }
+        }
+    }
 }

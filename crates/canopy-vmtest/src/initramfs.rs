@@ -11,7 +11,8 @@ use crate::cpio::CpioWriter;
 use crate::error::{io_error, Error, Result};
 
 /// The guest's `/init`: set up the mounts (the guest binary also prints the `boot` result),
-/// run the scenario under `sh -e`, report its exit status, power off.
+/// run the scenario under `sh -e`, report kernel warnings (`kernel-health`) and the script's
+/// exit status, power off.
 pub const INIT_SCRIPT: &str = r#"#!/bin/sh
 # canopy VM harness /init: mounts, runs /scenario.sh, reports its exit status, powers off.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=${TERM:-linux}
@@ -22,6 +23,7 @@ fi
 cd /root
 /bin/sh -e /scenario.sh
 status=$?
+/bin/canopy-guest kernel-health
 /bin/canopy-guest report script-exit status=$status
 sync
 poweroff -f
@@ -167,10 +169,7 @@ pub fn find_host_tool(name: &str) -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    Err(Error::GuestFile {
-        host_path: PathBuf::from(name),
-        message: "not found on the host; run scripts/install-deps.sh".into(),
-    })
+    Err(Error::MissingTool { tool: name.into() })
 }
 
 /// The libraries (and the loader) a dynamic binary needs, per `ldd`. Static binaries need none.

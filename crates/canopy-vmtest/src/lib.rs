@@ -18,8 +18,9 @@
 //!
 //! Inside the guest, `/init` runs `canopy-guest setup` (mounts, `+cpu` in the root cgroup, prints
 //! the `boot` result with `kernel_release`), then the scenario script under `sh -e`, then reports
-//! `script-exit` and powers off. A non-zero exit, a kernel panic, a guest that stops early and a
-//! timeout are all errors carrying the tail of the guest log.
+//! `kernel-health` (warnings from the kernel log) and `script-exit`, and powers off. A non-zero
+//! exit, a kernel panic, a guest that stops early and a timeout are all errors carrying the
+//! tail of the guest log.
 
 mod cpio;
 mod cpu_split;
@@ -44,8 +45,8 @@ pub use qemu::Accel;
 /// Re-exported so scenario tests can read results without their own dependency.
 pub use serde_json;
 
-use error::io_error;
-use qemu::{Echo, Launch, RunningQemu, SerialEvent};
+use error::{io_error, spawn_error};
+use qemu::{Launch, RunningQemu, SerialEvent};
 use serde_json::Value;
 
 /// The prefix of a structured result line on the guest console.
@@ -71,14 +72,14 @@ pub struct Scenario {
 
 impl Scenario {
     /// A scenario named `name` (used for the log file). Defaults: 2 vCPUs (or
-    /// `CANOPY_VM_CPUS`), 2G of memory, a 120 s timeout, an empty script.
+    /// `CANOPY_VM_CPUS`), 2G of memory, a 180 s timeout, an empty script.
     pub fn new(name: impl Into<String>) -> Scenario {
         Scenario {
             name: name.into(),
             files: Vec::new(),
             debian_tools: Vec::new(),
             script: String::new(),
-            timeout: Duration::from_secs(120),
+            timeout: Duration::from_secs(180),
             cpus: None,
             memory: "2G".into(),
             kernel_args: Vec::new(),
@@ -252,11 +253,11 @@ impl Scenario {
             memory: &self.memory,
             accel,
             kernel_args: &self.kernel_args,
-            interactive: false,
+            interactive_log: None,
         };
         let log_path = prepared.log_path.clone();
-        let echo = self.effective_show_log().then_some(Echo::Stderr);
-        if echo.is_some() {
+        let echo = self.effective_show_log();
+        if echo {
             eprintln!(
                 "canopy-vmtest: `{}` on {} ({accel:?}, {cpus} vCPUs), log {}",
                 self.name,
@@ -373,15 +374,13 @@ impl Scenario {
             memory: &self.memory,
             accel,
             kernel_args: &self.kernel_args,
-            interactive: true,
+            interactive_log: Some(&prepared.log_path),
         };
-        let mut qemu = RunningQemu::start(&launch, &prepared.log_path, Some(Echo::Stdout))?;
-        while let Ok(event) = qemu.lines.recv() {
-            if let SerialEvent::Closed = event {
-                break;
-            }
-        }
-        qemu.wait_exit(Duration::from_secs(5));
+        let mut qemu = launch
+            .command()
+            .spawn()
+            .map_err(spawn_error(launch.describe()))?;
+        let _ = qemu.wait();
         let _ = std::fs::remove_file(&prepared.initramfs_path);
         Ok(prepared.log_path)
     }
@@ -409,8 +408,8 @@ pub struct Outcome {
     pub scenario: String,
     /// `uname -r` inside the guest, e.g. `7.3.4+deb13-cloud-amd64`.
     pub kernel_release: String,
-    /// Every `CANOPY-RESULT` object in console order, including the harness's own `boot` and
-    /// `script-exit` records.
+    /// Every `CANOPY-RESULT` object in console order, including the harness's own `boot`,
+    /// `kernel-health` and `script-exit` records.
     pub results: Vec<Value>,
     /// `CANOPY-RESULT` lines that did not parse as a JSON object (e.g. cut by kernel output).
     pub malformed_results: Vec<String>,
@@ -442,6 +441,30 @@ impl Outcome {
         self.results
             .iter()
             .filter(move |value| value["kind"] == kind)
+    }
+
+    /// Kernel log lines reporting trouble during the scenario (WARN splats, BUGs, Oopses,
+    /// lockups, RCU stalls, hung tasks, OOM), from the `kernel-health` record `/init` prints
+    /// after the script. The console is `quiet`, so these are not all in the serial log.
+    pub fn kernel_warnings(&self) -> Vec<String> {
+        self.kernel_health_lines("warnings")
+    }
+
+    /// Every kernel log line mentioning sched_ext (schedulers enabled, disabled and why).
+    pub fn sched_ext_events(&self) -> Vec<String> {
+        self.kernel_health_lines("sched_ext")
+    }
+
+    fn kernel_health_lines(&self, key: &str) -> Vec<String> {
+        find_kind(&self.results, "kernel-health")
+            .and_then(|health| health[key].as_array())
+            .map(|lines| {
+                lines
+                    .iter()
+                    .filter_map(|line| line.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The last `lines` lines of the guest log.

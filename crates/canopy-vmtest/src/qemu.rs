@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::error::{io_error, Error, Result};
+use crate::error::{io_error, spawn_error, Result};
 
 /// How the guest's CPUs are emulated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,12 @@ pub fn qemu_binary() -> String {
     std::env::var("CANOPY_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
 }
 
+/// `CANOPY_VM_NICE`: the host nice value for qemu (e.g. `-10`, so that timing scenarios suffer
+/// less from compiles sharing the host). Unset: qemu inherits ours.
+fn host_nice() -> Option<libc::c_int> {
+    std::env::var("CANOPY_VM_NICE").ok()?.trim().parse().ok()
+}
+
 /// Everything one qemu invocation needs.
 pub struct Launch<'a> {
     pub vmlinuz: &'a Path,
@@ -44,9 +50,10 @@ pub struct Launch<'a> {
     pub memory: &'a str,
     pub accel: Accel,
     pub kernel_args: &'a [String],
-    /// Interactive: stdin comes from the terminal and qemu stays in our process group so it
-    /// may read it; otherwise stdin is /dev/null and qemu leads its own process group.
-    pub interactive: bool,
+    /// Interactive: the console is the terminal itself (qemu's stdio, logged by qemu to this
+    /// file) and qemu stays in our process group so it may read the terminal. Otherwise
+    /// stdin is /dev/null, the console is piped to us, and qemu leads its own process group.
+    pub interactive_log: Option<&'a Path>,
 }
 
 impl Launch<'_> {
@@ -56,7 +63,7 @@ impl Launch<'_> {
             .args(self.accel.qemu_args())
             .args(["-smp", &self.cpus.to_string(), "-m", self.memory])
             // No NIC: nothing needs a network, and skipping iPXE's option ROM saves boot time.
-            .args(["-nographic", "-no-reboot", "-nic", "none"])
+            .args(["-no-reboot", "-nic", "none"])
             .arg("-kernel")
             .arg(self.vmlinuz)
             .arg("-initrd")
@@ -67,17 +74,43 @@ impl Launch<'_> {
             append.push_str(arg);
         }
         command.args(["-append", &append]);
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        if self.interactive {
-            command.stdin(Stdio::inherit());
-        } else {
-            command.stdin(Stdio::null()).process_group(0);
+        match self.interactive_log {
+            Some(log) => {
+                // The serial console and qemu's monitor (Ctrl-A C; Ctrl-A X quits) share the
+                // terminal; Ctrl-C goes to the guest. Commas in an option value are doubled.
+                let log = log.to_string_lossy().replace(',', ",,");
+                command
+                    .args(["-display", "none", "-chardev"])
+                    .arg(format!("stdio,id=console,mux=on,signal=off,logfile={log}"))
+                    .args([
+                        "-serial",
+                        "chardev:console",
+                        "-mon",
+                        "chardev=console,mode=readline",
+                    ])
+                    .stdin(Stdio::inherit())
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::inherit());
+            }
+            None => {
+                command
+                    .arg("-nographic")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
+            }
         }
         // SAFETY: prctl is async-signal-safe. If the test process dies without unwinding
         // (SIGKILL, abort), the kernel kills qemu too.
         unsafe {
-            command.pre_exec(|| {
+            let nice = host_nice();
+            command.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(nice) = nice {
+                    // Best effort: a negative value needs root (or CAP_SYS_NICE).
+                    libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+                }
                 Ok(())
             });
         }
@@ -111,14 +144,14 @@ pub enum SerialEvent {
 }
 
 impl RunningQemu {
-    /// Starts qemu; serial lines go to `log_path` (and to `echo`, if given) and to `lines`.
-    pub fn start(launch: &Launch, log_path: &Path, echo: Option<Echo>) -> Result<RunningQemu> {
+    /// Starts qemu; serial lines go to `log_path` (and to stderr when `echo`) and to `lines`.
+    pub fn start(launch: &Launch, log_path: &Path, echo: bool) -> Result<RunningQemu> {
         let mut log = File::create(log_path).map_err(io_error(log_path))?;
         let _ = writeln!(log, "# {}", launch.describe());
-        let mut child = launch.command().spawn().map_err(|source| Error::Spawn {
-            command: launch.describe(),
-            source,
-        })?;
+        let mut child = launch
+            .command()
+            .spawn()
+            .map_err(spawn_error(launch.describe()))?;
         let started = Instant::now();
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -148,8 +181,8 @@ impl RunningQemu {
                 let line = text.trim_end_matches(['\n', '\r']).replace('\r', "");
                 let _ = writeln!(log, "{line}");
                 let _ = log.flush();
-                if let Some(echo) = echo {
-                    echo.write_line(&line);
+                if echo {
+                    echo_line(&line);
                 }
                 if sender.send(SerialEvent::Line(line)).is_err() {
                     break;
@@ -159,7 +192,7 @@ impl RunningQemu {
         });
         Ok(RunningQemu {
             child,
-            own_group: !launch.interactive,
+            own_group: launch.interactive_log.is_none(),
             lines,
             started,
         })
@@ -202,25 +235,10 @@ impl Drop for RunningQemu {
     }
 }
 
-/// Where serial lines are echoed live.
-#[derive(Debug, Clone, Copy)]
-pub enum Echo {
-    Stderr,
-    Stdout,
-}
-
-impl Echo {
-    fn write_line(self, line: &str) {
-        // Straight to the file descriptors: the test harness's output capture would otherwise
-        // hold the lines back until the test ends.
-        let _ = match self {
-            Echo::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
-            Echo::Stdout => {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}").and_then(|_| out.flush())
-            }
-        };
-    }
+/// Writes a console line to stderr straight away: the test harness's output capture would
+/// otherwise hold it back until the test ends.
+fn echo_line(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The accelerator to use: `CANOPY_VM_ACCEL` (`kvm`, `tcg` or `auto`, the default). `auto`
@@ -275,10 +293,10 @@ fn kvm_probe_boots(vmlinuz: &Path, scratch: &Path) -> bool {
             memory: "256M",
             accel: Accel::Kvm,
             kernel_args: &[],
-            interactive: false,
+            interactive_log: None,
         };
         let log_path = scratch.join("kvm-probe.log");
-        let qemu = RunningQemu::start(&launch, &log_path, None)?;
+        let qemu = RunningQemu::start(&launch, &log_path, false)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
             match qemu.lines.recv_timeout(remaining) {
@@ -299,8 +317,12 @@ pub fn log_tail(path: &Path, count: usize) -> String {
     lines[lines.len().saturating_sub(count)..].join("\n")
 }
 
+/// Logs kept in `target/vm-logs` (the oldest beyond this are deleted when a new one starts).
+const LOGS_KEPT: usize = 300;
+
 /// `target/vm-logs/<scenario>-<UTC timestamp>.log`, unique within the process.
 pub fn new_log_path(dir: &Path, scenario: &str) -> PathBuf {
+    prune_logs(dir);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -322,6 +344,24 @@ pub fn new_log_path(dir: &Path, scenario: &str) -> PathBuf {
         path = dir.join(format!("{safe}-{stamp}-{counter}.log"));
     }
     path
+}
+
+fn prune_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
+        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .collect();
+    if logs.len() <= LOGS_KEPT {
+        return;
+    }
+    logs.sort();
+    for (_, path) in &logs[..logs.len() - LOGS_KEPT] {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// `YYYYmmddTHHMMSSZ` from Unix seconds (civil-from-days, no date crate needed).
