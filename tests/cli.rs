@@ -206,7 +206,7 @@ fn diff_reports_semantic_changes_only() {
         text.contains("~ rule `build`\n    class: \"BACKGROUND\" -> \"UTILITY\""),
         "{text}"
     );
-    assert!(text.contains("+ rule {\"comm\":\"rustc\""), "{text}");
+    assert!(text.contains("+ rule comm=\"rustc\" (#2)"), "{text}");
     assert!(text.contains("~ group apps"), "{text}");
     assert!(text.contains("weight: 100 -> 300"), "{text}");
 }

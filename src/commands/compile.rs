@@ -147,23 +147,7 @@ pub(crate) fn explanation(plan: &Plan, cgroup_root: &Path, cgroups: Option<&[Str
         let _ = writeln!(out, "  (none)");
     }
     for (index, rule) in plan.rules().iter().enumerate() {
-        let c = &rule.conditions;
-        let mut conditions = Vec::new();
-        for (field, value) in [
-            ("comm", &c.comm),
-            ("exe", &c.exe),
-            ("cmdline", &c.cmdline),
-            ("cgroup", &c.cgroup),
-            ("user", &c.user),
-            ("parent_comm", &c.parent_comm),
-        ] {
-            if let Some(value) = value {
-                conditions.push(format!("{field}={value:?}"));
-            }
-        }
-        if let Some(uid) = c.uid {
-            conditions.push(format!("uid={uid}"));
-        }
+        let conditions = rule.conditions.describe();
         let class = if rule.class_explicit {
             plan.class(rule.class).name.clone()
         } else {
@@ -173,7 +157,7 @@ pub(crate) fn explanation(plan: &Plan, cgroup_root: &Path, cgroups: Option<&[Str
             out,
             "  {:>3}. {} -> {}{}{}",
             index + 1,
-            conditions.join(" "),
+            conditions,
             class,
             if rule.inherit {
                 ", inherited by children"

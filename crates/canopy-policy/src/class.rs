@@ -137,17 +137,17 @@ impl ClassMask {
 
     /// Whether `class` is in the set.
     pub fn contains(self, class: ClassId) -> bool {
-        self.0 & (1u64 << class.0) != 0
+        class.0 < 64 && self.0 & (1u64 << class.0) != 0
     }
 
     /// The set with `class` added.
     pub fn with(self, class: ClassId) -> Self {
-        ClassMask(self.0 | (1u64 << class.0))
+        ClassMask(self.0 | 1u64.checked_shl(class.0.into()).unwrap_or(0))
     }
 
     /// The set with `class` removed.
     pub fn without(self, class: ClassId) -> Self {
-        ClassMask(self.0 & !(1u64 << class.0))
+        ClassMask(self.0 & !1u64.checked_shl(class.0.into()).unwrap_or(0))
     }
 
     /// Whether the set is empty.

@@ -55,6 +55,12 @@ use crate::plan::DEFAULT_SOCKET_PATH;
 /// Deepest nesting of child schedulers below the root scheduler the kernel allows.
 pub const MAX_SCHEDULER_DEPTH: usize = 3;
 
+/// Most process rules a plan may have (the benchmark compiles 10,000 in well under 100 ms).
+pub const MAX_RULES: usize = 100_000;
+
+/// Most groups a plan may have.
+pub const MAX_GROUPS: usize = 4_096;
+
 /// A failed compilation: every diagnostic found (errors and warnings).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the policy has {} error(s)", .diagnostics.iter().filter(|d| d.is_error()).count())]
@@ -131,6 +137,8 @@ struct MergedRule {
     def: RuleDef,
     span: Span,
     file: FileId,
+    /// A bad field was dropped while parsing: don't report what its absence implies.
+    damaged: bool,
 }
 
 struct MergedGroup {
@@ -234,7 +242,7 @@ fn merge(parsed: Vec<crate::parse::ParsedFile>, reporter: &mut Reporter<'_>) -> 
             }
         }
         let first_rule_of_file = merged.rules.len();
-        for (rule, span) in parsed.rules {
+        for (rule, span, damaged) in parsed.rules {
             if let Some(name) = &rule.name {
                 let same_name = merged.rules.iter().position(|existing| {
                     existing
@@ -259,6 +267,7 @@ fn merge(parsed: Vec<crate::parse::ParsedFile>, reporter: &mut Reporter<'_>) -> 
                             def: rule,
                             span,
                             file,
+                            damaged,
                         };
                     }
                     continue;
@@ -268,6 +277,7 @@ fn merge(parsed: Vec<crate::parse::ParsedFile>, reporter: &mut Reporter<'_>) -> 
                 def: rule,
                 span,
                 file,
+                damaged,
             });
         }
         for (Named { name, span, item }, state_spans) in
@@ -540,7 +550,16 @@ fn resolve_classes(merged: &Merged, reporter: &mut Reporter<'_>) -> ClassTable {
             },
             None,
         );
-        order.truncate(MAX_CLASSES);
+        // Keep every built-in class (later code relies on them) and drop custom ones from the end.
+        while order.len() > MAX_CLASSES {
+            let Some(last_custom) = order
+                .iter()
+                .rposition(|(name, _)| !builtin_names.contains(&name.as_str()))
+            else {
+                break;
+            };
+            order.remove(last_custom);
+        }
     }
     let mut classes: Vec<Class> = Vec::with_capacity(order.len());
     for (index, (name, merged_class)) in order.iter().enumerate() {
@@ -660,6 +679,33 @@ fn apply_class_def(
 }
 
 fn resolve(merged: &Merged, reporter: &mut Reporter<'_>) -> Option<PlanData> {
+    // Refuse sizes whose pairwise checks would take too long, before doing any of them.
+    if merged.rules.len() > MAX_RULES {
+        let span = &merged.rules[MAX_RULES].span;
+        reporter.error(
+            span,
+            Problem::TooMany {
+                what: "rules".into(),
+                count: merged.rules.len(),
+                max: MAX_RULES,
+            },
+            None,
+        );
+        return None;
+    }
+    if merged.groups.len() > MAX_GROUPS {
+        let span = &merged.groups[MAX_GROUPS].span;
+        reporter.error(
+            span,
+            Problem::TooMany {
+                what: "groups".into(),
+                count: merged.groups.len(),
+                max: MAX_GROUPS,
+            },
+            None,
+        );
+        return None;
+    }
     let table = resolve_classes(merged, reporter);
     let default_class = match &merged.defaults.class {
         Some(name) => {
@@ -759,6 +805,18 @@ fn resolve_rule(
     let cgroup =
         pattern(&def.cgroup, "cgroup", true).map(|p| p.trim_start_matches('/').to_string());
     let parent_comm = pattern(&def.parent_comm, "parent_comm", false);
+    if let Some(exe) = &def.exe {
+        let text = exe.get_ref();
+        if text.contains('/') && !text.starts_with('/') && !text.starts_with('*') {
+            reporter.warning(
+                &spanned_span(file, exe),
+                Problem::IneffectiveSetting {
+                    message: format!("exe pattern `{text}` has a `/`, so it is matched against the full path, which starts with `/`; it never matches"),
+                },
+                Some(format!("write `/{text}` or `**/{text}`, or drop the directory to match the basename")),
+            );
+        }
+    }
     let cmdline = def.cmdline.as_ref().and_then(|value| {
         let text = value.get_ref();
         match regex::RegexBuilder::new(text)
@@ -805,14 +863,14 @@ fn resolve_rule(
         || def.uid.is_some()
         || def.user.is_some()
         || def.parent_comm.is_some();
-    if !has_condition {
+    if !has_condition && !merged.damaged {
         reporter.error(
             &merged.span,
             Problem::EmptyRule { rule: label.clone() },
             Some("add a condition (comm, exe, cmdline, cgroup, uid, user, parent_comm), or set `[defaults] class` for untagged tasks".into()),
         );
     }
-    if def.class.is_none() && def.threads.is_empty() {
+    if def.class.is_none() && def.threads.is_empty() && !merged.damaged {
         reporter.error(
             &merged.span,
             Problem::RuleWithoutEffect {
@@ -1028,12 +1086,14 @@ impl WildIndex {
         }
     }
 
-    fn candidates(&self, c: &Conditions) -> Vec<usize> {
+    /// Earlier rules that may cover a rule with conditions `c`; adds the work done to `work`.
+    fn candidates(&self, c: &Conditions, work: &mut usize) -> Vec<usize> {
         let mut found = Vec::new();
         let mut matched = Vec::new();
         for (tag, value, _) in string_fields(c) {
             let t = tag as usize;
             if glob::is_literal(value) && !self.key_globs[t].is_empty() {
+                *work += self.key_globs[t].unprefixed_count();
                 self.key_globs[t].matches_into(value, &mut matched);
                 found.extend(matched.iter().map(|&id| self.key_rules[t][id]));
             }
@@ -1047,11 +1107,16 @@ impl WildIndex {
                 found.extend_from_slice(rules);
             }
         }
+        *work += found.len();
         found.sort_unstable();
         found.dedup();
         found
     }
 }
+
+/// Work budget of the shadowing analysis (glob evaluations and candidates), so a huge,
+/// pathological policy (thousands of leading-wildcard globs) is checked in bounded time.
+const SHADOW_ANALYSIS_BUDGET: usize = 20_000_000;
 
 /// Warns about rules an earlier, broader rule always matches first. Literal-only earlier rules
 /// are found by hashing (every subset of the later rule's literal conditions); rules with globs
@@ -1060,25 +1125,46 @@ fn check_shadowed_rules(rules: &[Rule], merged: &[MergedRule], reporter: &mut Re
     let mut literal_rules: HashMap<Vec<(u8, String)>, usize> = HashMap::new();
     let mut wild = WildIndex::default();
     let mut cache = GlobCache::default();
+    let mut work = 0usize;
     for (index, rule) in rules.iter().enumerate() {
         if !has_any_condition(&rule.conditions) {
             continue;
         }
+        if work > SHADOW_ANALYSIS_BUDGET {
+            reporter.warning(
+                &merged[index].span,
+                Problem::AnalysisLimit {
+                    analysis: "shadowed-rule".into(),
+                    item: rule.label(index),
+                },
+                Some(
+                    "the policy has too many overlapping globs to analyse fully; it still compiles"
+                        .into(),
+                ),
+            );
+            break;
+        }
         let mut shadow: Option<usize> = None;
-        if let Some(signature) = literal_signature(&rule.conditions) {
+        let signature = literal_signature(&rule.conditions);
+        if let Some(signature) = &signature {
             let count = signature.len();
             for subset in 1u32..(1 << count) {
-                let key: Vec<(u8, String)> = (0..count)
-                    .filter(|bit| subset & (1 << bit) != 0)
-                    .map(|bit| signature[bit].clone())
-                    .collect();
-                if let Some(&earlier) = literal_rules.get(&key) {
+                let found = if subset == (1 << count) - 1 {
+                    literal_rules.get(signature)
+                } else {
+                    let key: Vec<(u8, String)> = (0..count)
+                        .filter(|bit| subset & (1 << bit) != 0)
+                        .map(|bit| signature[bit].clone())
+                        .collect();
+                    literal_rules.get(&key)
+                };
+                if let Some(&earlier) = found {
                     shadow = Some(shadow.map_or(earlier, |s: usize| s.min(earlier)));
                 }
             }
         }
         let wild_shadow = wild
-            .candidates(&rule.conditions)
+            .candidates(&rule.conditions, &mut work)
             .into_iter()
             .find(|&earlier| cache.rule_covers(&rules[earlier].conditions, &rule.conditions));
         if let Some(wild_shadow) = wild_shadow {
@@ -1096,7 +1182,7 @@ fn check_shadowed_rules(rules: &[Rule], merged: &[MergedRule], reporter: &mut Re
                 Some("move the narrower rule before the broader one, or delete it".into()),
             );
         }
-        match literal_signature(&rule.conditions) {
+        match signature {
             Some(signature) => {
                 literal_rules.entry(signature).or_insert(index);
             }
@@ -1202,6 +1288,15 @@ fn resolve_overrides(
         file_of("cap_percent"),
         reporter,
     );
+    if let (Some(period), None) = (flat(input.cap_period_us), flat(input.cap_quota_us)) {
+        reporter.warning(
+            &Span::new(file_of("cap_period_us"), period.span()),
+            Problem::IneffectiveSetting {
+                message: "cap_period_us has no effect without cap_quota_us".into(),
+            },
+            Some("add `cap_quota_us`, or remove `cap_period_us`".into()),
+        );
+    }
     let quota = check_range(
         &flat(input.cap_quota_us),
         "cap_quota_us",
@@ -1264,6 +1359,40 @@ fn apply_overrides(base: &GroupSettings, overrides: &SettingsOverrides) -> Group
 }
 
 /// Computes `allowed` and reports contradictions of a group's (or state's) effective settings.
+/// Where the fields that settings checks point at were written (None: not written here).
+#[derive(Default)]
+struct FieldSpans {
+    deny: Option<Span>,
+    ceiling: Option<Span>,
+    guarantee: Option<Span>,
+}
+
+impl FieldSpans {
+    fn of(input: &SettingsInput<'_>, file_of: &dyn Fn(&str) -> FileId) -> Self {
+        let at = |field: &str, range: Option<std::ops::Range<usize>>| {
+            range.map(|range| Span::new(file_of(field), range))
+        };
+        FieldSpans {
+            deny: at(
+                "deny",
+                input.deny.and_then(|d| d.as_ref()).map(|d| d.span()),
+            ),
+            ceiling: at(
+                "ceiling",
+                input.ceiling.and_then(|c| c.as_ref()).map(|c| c.span()),
+            ),
+            guarantee: at(
+                "guarantee_percent",
+                input
+                    .guarantee_percent
+                    .and_then(|g| g.as_ref())
+                    .map(|g| g.span()),
+            ),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn finish_settings(
     report: bool,
     settings: &mut GroupSettings,
@@ -1271,6 +1400,7 @@ fn finish_settings(
     table: &ClassTable,
     item: &str,
     span: &Span,
+    fields: &FieldSpans,
     reporter: &mut Reporter<'_>,
 ) {
     let name = |id: ClassId| table.classes[id.index()].name.clone();
@@ -1289,7 +1419,7 @@ fn finish_settings(
         {
             if report {
                 reporter.error(
-                    span,
+                    fields.deny.as_ref().unwrap_or(span),
                     Problem::AllowDenyContradiction {
                         class: name(denied),
                         item: item.into(),
@@ -1305,7 +1435,7 @@ fn finish_settings(
         if floor.is_higher_than(ceiling) {
             if report {
                 reporter.error(
-                span,
+                fields.ceiling.as_ref().unwrap_or(span),
                 Problem::CeilingBelowFloor { ceiling: name(ceiling), floor: name(floor), item: item.into() },
                 Some("classes are ordered highest first (USER_INTERACTIVE ... BACKGROUND); the ceiling must be at or above the floor".into()),
             );
@@ -1323,29 +1453,23 @@ fn finish_settings(
             allowed = allowed.without(id);
         }
     }
-    if consistent && allowed.is_empty() {
-        if report {
-            reporter.error(
-                span,
-                Problem::NothingAllowed { item: item.into() },
-                Some("allow, deny, ceiling and floor together exclude every class".into()),
-            );
-        }
+    if consistent && allowed.is_empty() && report {
+        reporter.error(
+            span,
+            Problem::NothingAllowed { item: item.into() },
+            Some("allow, deny, ceiling and floor together exclude every class".into()),
+        );
     }
     if let (Some(guarantee), Some(Cap::Percent(cap))) = (settings.guarantee_percent, settings.cap) {
-        if guarantee > cap {
-            if report {
-                reporter.error(
-                    span,
-                    Problem::ShareSettings {
-                        message: format!(
-                            "guarantee_percent {guarantee} is above cap_percent {cap}"
-                        ),
-                        item: item.into(),
-                    },
-                    None,
-                );
-            }
+        if guarantee > cap && report {
+            reporter.error(
+                fields.guarantee.as_ref().unwrap_or(span),
+                Problem::ShareSettings {
+                    message: format!("guarantee_percent {guarantee} is above cap_percent {cap}"),
+                    item: item.into(),
+                },
+                None,
+            );
         }
     }
     settings.allowed = allowed;
@@ -1446,6 +1570,7 @@ fn resolve_group(
         table,
         &item,
         &merged.span,
+        &FieldSpans::of(&group_input(def), &file_of),
         reporter,
     );
     let scheduler_kind = def
@@ -1528,6 +1653,7 @@ fn resolve_group(
             table,
             &state_item,
             &span,
+            &FieldSpans::of(&state_input(state), &state_file_of),
             reporter,
         );
         states.push(GroupState {
@@ -1587,40 +1713,70 @@ fn check_group_overlaps(groups: &[Group], reporter: &mut Reporter<'_>) {
         })
         .collect();
     let first_key = |index: usize| first_keys[index];
-    let mut buckets: HashMap<(usize, &str), Vec<usize>> = HashMap::new();
+    // Two globs without `**` can only overlap when they have as many segments and the leading
+    // literal segments of one are a prefix of the other's: file each group under its segment
+    // count and leading literal segments, and pair it with the groups filed under a prefix of
+    // its own key (equal keys pair with earlier members only).
+    let leading_literals = |index: usize| -> usize {
+        segments[index]
+            .iter()
+            .take_while(|segment| glob::is_literal(segment))
+            .count()
+    };
+    // A group with the same path as an earlier one is compared with that one only: it overlaps
+    // exactly what the earlier one overlaps, so pairing it again would only repeat reports.
+    let mut first_with_path: HashMap<&str, usize> = HashMap::new();
+    let mut duplicate_of: Vec<Option<usize>> = vec![None; groups.len()];
+    for (index, group) in groups.iter().enumerate() {
+        match first_with_path.get(group.path.as_str()) {
+            Some(&first) => duplicate_of[index] = Some(first),
+            None => {
+                first_with_path.insert(&group.path, index);
+            }
+        }
+    }
+    let mut by_key: HashMap<(usize, &[&str]), Vec<usize>> = HashMap::new();
     let mut deep: Vec<usize> = Vec::new();
     for (index, group) in groups.iter().enumerate() {
+        if duplicate_of[index].is_some() {
+            continue;
+        }
         if group.path.contains("**") {
             deep.push(index);
         } else {
-            buckets
-                .entry((segments[index].len(), first_key(index)))
+            let key = &segments[index][..leading_literals(index)];
+            by_key
+                .entry((segments[index].len(), key))
                 .or_default()
                 .push(index);
         }
     }
     let mut pairs: Vec<(usize, usize)> = Vec::new();
-    for ((count, key), members) in &buckets {
-        for (position, &later) in members.iter().enumerate() {
-            for &earlier in &members[..position] {
-                pairs.push((earlier.min(later), earlier.max(later)));
-            }
+    for (index, group) in groups.iter().enumerate() {
+        if group.path.contains("**") || duplicate_of[index].is_some() {
+            continue;
         }
-        if *key == "*" {
-            for ((other_count, other_key), others) in &buckets {
-                if other_count == count && *other_key != "*" {
-                    for &a in members {
-                        for &b in others {
-                            pairs.push((a.min(b), a.max(b)));
-                        }
-                    }
+        let count = segments[index].len();
+        let key = &segments[index][..leading_literals(index)];
+        for length in 0..=key.len() {
+            let Some(members) = by_key.get(&(count, &key[..length])) else {
+                continue;
+            };
+            for &other in members {
+                let keep = if length == key.len() {
+                    other < index
+                } else {
+                    true
+                };
+                if keep {
+                    pairs.push((other.min(index), other.max(index)));
                 }
             }
         }
     }
     for &index in &deep {
-        for other in 0..groups.len() {
-            if other != index {
+        for (other, duplicate) in duplicate_of.iter().enumerate() {
+            if other != index && duplicate.is_none() {
                 pairs.push((index.min(other), index.max(other)));
             }
         }
@@ -1629,11 +1785,18 @@ fn check_group_overlaps(groups: &[Group], reporter: &mut Reporter<'_>) {
         pairs.sort_unstable();
         pairs.dedup();
     }
+    let mut is_deep = vec![false; groups.len()];
+    for &index in &deep {
+        is_deep[index] = true;
+    }
+    let mut cache = GlobCache::default();
     let mut overlapping = Vec::new();
     for (earlier, later) in pairs {
         let (a, b) = (&groups[earlier], &groups[later]);
-        let overlap = if deep.contains(&earlier) || deep.contains(&later) {
-            glob::paths_overlap(&a.path, &b.path)
+        let overlap = if is_deep[earlier] || is_deep[later] {
+            a.path == b.path
+                || cache.covers(&a.path, &b.path, true)
+                || cache.covers(&b.path, &a.path, true)
         } else {
             segments[earlier].len() == segments[later].len()
                 && segments[earlier]
@@ -1645,10 +1808,28 @@ fn check_group_overlaps(groups: &[Group], reporter: &mut Reporter<'_>) {
             overlapping.push((earlier, later));
         }
     }
-    overlapping.sort_unstable();
+    overlapping.extend(
+        duplicate_of
+            .iter()
+            .enumerate()
+            .filter_map(|(index, first)| first.map(|first| (first, index))),
+    );
+    overlapping.sort_unstable_by_key(|&(earlier, later)| (later, earlier));
+    // Report each group at most once per kind, against the first earlier group concerned.
+    let mut reported_conflict = vec![false; groups.len()];
+    let mut reported_shadow = vec![false; groups.len()];
     for (earlier, later) in overlapping {
         let (a, b) = (&groups[earlier], &groups[later]);
-        if a.scheduler.kind_name() != b.scheduler.kind_name() || a.scheduler != b.scheduler {
+        let conflict = a.scheduler != b.scheduler;
+        let already = if conflict {
+            &mut reported_conflict[later]
+        } else {
+            &mut reported_shadow[later]
+        };
+        if std::mem::replace(already, true) {
+            continue;
+        }
+        if conflict {
             push_at(
                 reporter,
                 b,
@@ -1714,16 +1895,12 @@ fn check_group_overlaps(groups: &[Group], reporter: &mut Reporter<'_>) {
             let mut current = parent;
             while let Some(p) = current {
                 chain.push(groups[p].name.clone());
-                current = order
-                    .iter()
-                    .copied()
-                    .filter(|&other| {
-                        other != p
-                            && !matches!(groups[other].scheduler, Scheduler::None)
-                            && glob::path_may_contain(&groups[other].path, &groups[p].path)
-                            && levels[other] + 1 == levels[p]
-                    })
-                    .next();
+                current = order.iter().copied().find(|&other| {
+                    other != p
+                        && !matches!(groups[other].scheduler, Scheduler::None)
+                        && glob::path_may_contain(&groups[other].path, &groups[p].path)
+                        && levels[other] + 1 == levels[p]
+                });
             }
             chain.push("root".into());
             chain.reverse();
@@ -1980,6 +2157,44 @@ mod tests {
             ("2.toml", ""),
         ]);
         assert_eq!(a.hash(), split.hash());
+    }
+
+    #[test]
+    fn too_many_groups_is_an_error_before_pairwise_checks() {
+        let text: String = (0..=MAX_GROUPS)
+            .map(|i| format!("[groups.g{i}]\npath = \"t/*\"\n"))
+            .collect();
+        let error = compile_str("big.toml", &text).unwrap_err();
+        let messages: Vec<String> = error.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [format!(
+                "big.toml:{}:9: error: {} groups defined; at most {MAX_GROUPS} are supported",
+                2 * MAX_GROUPS + 1,
+                MAX_GROUPS + 1
+            )]
+        );
+    }
+
+    #[test]
+    fn too_many_classes_above_default_is_reported_not_a_panic() {
+        let text: String = (0..40)
+            .map(|i| format!("[classes.C{i}]\nafter = \"USER_INTERACTIVE\"\n"))
+            .collect();
+        let error = compile_str("classes.toml", &text).unwrap_err();
+        assert!(error
+            .diagnostics
+            .iter()
+            .any(|d| d.problem.code() == "too-many-classes"));
+    }
+
+    #[test]
+    fn identical_group_paths_are_reported_once_each() {
+        let text: String = (0..50)
+            .map(|i| format!("[groups.g{i}]\npath = \"t/*\"\n"))
+            .collect();
+        let compiled = compile_str("same.toml", &text).unwrap();
+        assert_eq!(compiled.warnings.len(), 49);
     }
 
     #[test]

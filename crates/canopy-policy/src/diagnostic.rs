@@ -257,6 +257,19 @@ pub enum Problem {
     /// uclamp_min above uclamp_max.
     #[error("uclamp_min {min} is above uclamp_max {max} in class `{class}`")]
     UclampInverted { class: String, min: i64, max: i64 },
+    /// A setting that is valid but can have no effect as written.
+    #[error("{message}")]
+    IneffectiveSetting { message: String },
+    /// A quadratic analysis stopped early on a huge policy.
+    #[error("{analysis} analysis stopped at {item}: work limit reached")]
+    AnalysisLimit { analysis: String, item: String },
+    /// More rules or groups than a plan may hold.
+    #[error("{count} {what} defined; at most {max} are supported")]
+    TooMany {
+        what: String,
+        count: usize,
+        max: usize,
+    },
     /// A group path that is absolute or otherwise malformed.
     #[error("group path `{path}` {reason}")]
     BadGroupPath { path: String, reason: String },
@@ -297,6 +310,9 @@ impl Problem {
             Problem::ShareSettings { .. } => "share-settings",
             Problem::UclampInverted { .. } => "uclamp-inverted",
             Problem::BadGroupPath { .. } => "bad-group-path",
+            Problem::AnalysisLimit { .. } => "analysis-limit",
+            Problem::IneffectiveSetting { .. } => "ineffective-setting",
+            Problem::TooMany { .. } => "too-many",
         }
     }
 }

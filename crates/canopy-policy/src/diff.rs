@@ -118,13 +118,11 @@ fn ids_to_names(plan: &Plan, value: Value) -> Value {
     }
 }
 
-fn rule_key(index: usize, rule: &Rule) -> String {
+/// Rules are identified by name, or by their conditions when unnamed.
+fn rule_key(rule: &Rule) -> String {
     match &rule.name {
         Some(name) => format!("rule `{name}`"),
-        None => format!(
-            "rule {}",
-            serde_json::to_string(&rule.conditions).unwrap_or_else(|_| index.to_string())
-        ),
+        None => format!("rule {}", rule.conditions.describe()),
     }
 }
 
@@ -215,18 +213,8 @@ pub fn diff(old: &Plan, new: &Plan) -> Vec<Change> {
         }
     }
     // Rules, by name or by their conditions.
-    let old_rules: Vec<(String, &Rule)> = old
-        .rules()
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (rule_key(i, r), r))
-        .collect();
-    let new_rules: Vec<(String, &Rule)> = new
-        .rules()
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (rule_key(i, r), r))
-        .collect();
+    let old_rules: Vec<(String, &Rule)> = old.rules().iter().map(|r| (rule_key(r), r)).collect();
+    let new_rules: Vec<(String, &Rule)> = new.rules().iter().map(|r| (rule_key(r), r)).collect();
     let new_index: HashMap<&str, usize> = new_rules
         .iter()
         .enumerate()

@@ -304,6 +304,42 @@ mod tests {
         check_committed("docs/policy.schema.json", &json_schema());
     }
 
+    fn toml_blocks(markdown: &str) -> Vec<String> {
+        markdown
+            .split("```toml\n")
+            .skip(1)
+            .map(|block| block.split("```").next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn examples_in_the_docs_and_readme_compile_cleanly() {
+        let readme_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+        let readme = std::fs::read_to_string(readme_path).unwrap_or_default();
+        let blocks: Vec<String> = toml_blocks(&reference_markdown())
+            .into_iter()
+            .chain(toml_blocks(&readme))
+            .collect();
+        assert!(
+            blocks.len() >= 2,
+            "expected examples in docs/policy.md and README.md"
+        );
+        for block in blocks {
+            let compiled = crate::compile_str("example.toml", &block).unwrap_or_else(|error| {
+                panic!(
+                    "{}\n{block}",
+                    error
+                        .diagnostics
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            });
+            assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
+        }
+    }
+
     #[test]
     fn schema_rejects_unknown_fields() {
         let schema: Value = serde_json::from_str(&json_schema()).unwrap();

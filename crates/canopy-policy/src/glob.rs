@@ -51,6 +51,7 @@ fn matcher(pattern: &str, path: bool) -> Option<GlobMatcher> {
 
 /// Whether every string `narrow` matches is also matched by `broad`, as far as can be told
 /// cheaply: identical patterns, `broad` matching the literal `narrow`, or `broad` being `*`/`**`.
+#[cfg(test)]
 pub(crate) fn covers(broad: &str, narrow: &str, path: bool) -> bool {
     if broad == narrow || broad == "**" || (!path && broad == "*") {
         return true;
@@ -103,6 +104,7 @@ fn segments(pattern: &str) -> Vec<&str> {
 }
 
 /// Whether two cgroup path globs can match one cgroup path.
+#[cfg(test)]
 pub(crate) fn paths_overlap(a: &str, b: &str) -> bool {
     if a == b {
         return true;
@@ -285,6 +287,11 @@ impl GlobIndex {
     /// Whether no glob was added.
     pub(crate) fn is_empty(&self) -> bool {
         self.matchers.is_empty()
+    }
+
+    /// How many globs start with a wildcard (and so are run on every lookup).
+    pub(crate) fn unprefixed_count(&self) -> usize {
+        self.always.len()
     }
 
     /// Ids of the globs matching `value`, ascending, into `out` (cleared first).

@@ -71,6 +71,8 @@ pub use compile::compile;
 pub use compile::compile_str;
 pub use compile::CompileError;
 pub use compile::Compiled;
+pub use compile::MAX_GROUPS;
+pub use compile::MAX_RULES;
 pub use compile::MAX_SCHEDULER_DEPTH;
 pub use diagnostic::Diagnostic;
 pub use diagnostic::Location;

@@ -38,7 +38,8 @@ pub(crate) struct ParsedFile {
     pub(crate) defaults: Option<(DefaultsDef, Span)>,
     pub(crate) daemon: Option<(DaemonDef, Span)>,
     pub(crate) classes: Vec<Named<ClassDef>>,
-    pub(crate) rules: Vec<(RuleDef, Span)>,
+    /// Rules with their span and whether a bad field was dropped while reading them.
+    pub(crate) rules: Vec<(RuleDef, Span, bool)>,
     pub(crate) groups: Vec<Named<GroupDef>>,
     /// Name spans of each group's states, parallel to `groups`.
     pub(crate) state_spans: Vec<Vec<(String, Span)>>,
@@ -104,8 +105,11 @@ pub(crate) fn parse_file(file: FileId, text: &str, reporter: &mut Reporter<'_>) 
                 };
                 for value in array.iter() {
                     let label = format!("rule at line {}", line_of(value.span().start));
-                    if let Some(item) = deserialize_item(file, value, &label, None, reporter) {
-                        parsed.rules.push((item, span(value.span())));
+                    let mut damaged = false;
+                    if let Some(item) =
+                        deserialize_item_flagged(file, value, &label, None, reporter, &mut damaged)
+                    {
+                        parsed.rules.push((item, span(value.span()), damaged));
                     }
                 }
             }
@@ -215,6 +219,18 @@ fn deserialize_item<T: DeserializeOwned>(
     state: Option<&str>,
     reporter: &mut Reporter<'_>,
 ) -> Option<T> {
+    deserialize_item_flagged(file, value, label, state, reporter, &mut false)
+}
+
+/// `deserialize_item`, also saying (in `damaged`) whether a bad field was dropped.
+fn deserialize_item_flagged<T: DeserializeOwned>(
+    file: FileId,
+    value: &Spanned<DeValue<'_>>,
+    label: &str,
+    state: Option<&str>,
+    reporter: &mut Reporter<'_>,
+    damaged: &mut bool,
+) -> Option<T> {
     let Some(table) = value.get_ref().as_table() else {
         reporter.error(
             &Span::new(file, value.span()),
@@ -281,11 +297,10 @@ fn deserialize_item<T: DeserializeOwned>(
                 contains(&key.span(), error_span.start) || contains(&value.span(), error_span.start)
             })
             .map(|(key, _)| key.get_ref().to_string());
-        let Some(culprit) = culprit else {
-            return None;
-        };
+        let culprit = culprit?;
         table.remove(culprit.as_str());
         removed.push(culprit);
+        *damaged = true;
     }
     None
 }

@@ -237,6 +237,30 @@ pub struct Conditions {
     pub parent_comm: Option<String>,
 }
 
+impl Conditions {
+    /// The conditions as `field="pattern"` pairs separated by spaces, e.g. `comm="make" uid=1000`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let fields = [
+            ("comm", &self.comm),
+            ("exe", &self.exe),
+            ("cmdline", &self.cmdline),
+            ("cgroup", &self.cgroup),
+            ("user", &self.user),
+            ("parent_comm", &self.parent_comm),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                parts.push(format!("{field}={value:?}"));
+            }
+        }
+        if let Some(uid) = self.uid {
+            parts.push(format!("uid={uid}"));
+        }
+        parts.join(" ")
+    }
+}
+
 /// A per-thread rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ThreadRule {
@@ -311,6 +335,20 @@ pub(crate) struct PlanData {
     pub(crate) groups: Vec<Group>,
 }
 
+/// Feeds the canonical serialization straight into the hasher.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The compiled policy. Immutable; cheap to share behind an `Arc`.
 pub struct Plan {
     data: PlanData,
@@ -330,8 +368,9 @@ impl std::fmt::Debug for Plan {
 
 impl Plan {
     pub(crate) fn new(data: PlanData, matcher: RuleMatcher, groups_by_path: GlobIndex) -> Self {
-        let canonical = serde_json::to_vec(&data).expect("plan data serializes");
-        let hash: [u8; 32] = Sha256::digest(&canonical).into();
+        let mut hasher = HashWriter(Sha256::new());
+        serde_json::to_writer(&mut hasher, &data).expect("plan data serializes");
+        let hash: [u8; 32] = hasher.0.finalize().into();
         let class_by_name = data
             .classes
             .iter()
@@ -455,12 +494,12 @@ pub(crate) fn decide(requested: ClassId, settings: &GroupSettings, class_count: 
         };
     }
     let lower = || {
-        (requested.0 + 1..class_count as u8)
-            .map(ClassId)
+        (u16::from(requested.0) + 1..class_count as u16)
+            .map(|id| ClassId(id as u8))
             .find(|&c| allowed.contains(c))
     };
     let higher = || {
-        (0..requested.0)
+        (0..requested.0.min(class_count as u8))
             .rev()
             .map(ClassId)
             .find(|&c| allowed.contains(c))
@@ -487,6 +526,12 @@ pub(crate) fn decide(requested: ClassId, settings: &GroupSettings, class_count: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Plan>();
+    }
 
     fn settings(allowed: ClassMask, ceiling: Option<u8>, floor: Option<u8>) -> GroupSettings {
         GroupSettings {
@@ -526,6 +571,12 @@ mod tests {
                 reason: Reason::Allowed
             }
         );
+    }
+
+    #[test]
+    fn decide_survives_a_class_id_from_another_plan() {
+        let group = settings(ClassMask(0b00110), None, None);
+        assert_eq!(decide(ClassId(200), &group, 5).class, ClassId(2));
     }
 
     #[test]

@@ -105,6 +105,7 @@ golden!(
     too_many_classes,
     dropin_merge,
     valid_policy_with_custom_class,
+    ineffective_setting,
 );
 
 #[test]
@@ -142,6 +143,7 @@ fn every_problem_has_a_golden_case() {
         "share-settings",
         "uclamp-inverted",
         "bad-group-path",
+        "ineffective-setting",
     ];
     let missing: Vec<&&str> = all.iter().filter(|code| !seen.contains(**code)).collect();
     assert!(

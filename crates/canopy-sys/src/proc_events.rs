@@ -1,0 +1,827 @@
+//! The netlink proc connector (`NETLINK_CONNECTOR`, `CN_IDX_PROC`): fork, exec, comm and exit
+//! events for every task on the system, on tokio.
+//!
+//! Hand-written rather than the `proc-connector` crate (0.3.0): that crate receives one event
+//! per `recv` call and hands back a freshly parsed value each time, subscribes unfiltered in
+//! `new()` before a filter can be set, and then blocks reading the subscription ack (eating
+//! whatever event comes first). canopy needs a batch of datagrams per wakeup (`recvmmsg`) decoded
+//! into a caller-owned `Vec` of `Copy` events, an overrun that is an event rather than an error,
+//! and an `AsyncFd`; that is about as much code as the glue around the crate would be.
+//!
+//! Event filtering: since Linux 6.6 a listener may send `struct proc_input { mcast_op,
+//! event_type }` to receive only some events; older kernels silently ignore an 8-byte
+//! subscription (no events, no ack), so the kernel release decides which form is sent.
+//!
+//! The connector is lossy: when the socket's receive buffer fills, the kernel drops events and
+//! the next receive fails with `ENOBUFS`. That becomes [`EventKind::Overrun`]; the caller must
+//! rescan `/proc`.
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::{Comm, Pid};
+
+const NETLINK_CONNECTOR: libc::c_int = 11;
+const CN_IDX_PROC: u32 = 1;
+const CN_VAL_PROC: u32 = 1;
+const PROC_CN_MCAST_LISTEN: u32 = 1;
+const PROC_CN_MCAST_IGNORE: u32 = 2;
+const NLMSG_HEADER_LEN: usize = 16;
+const CN_MSG_LEN: usize = 20;
+const NLMSG_NOOP: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_OVERRUN: u16 = 4;
+/// Offset of `struct proc_event` in a datagram (after `nlmsghdr` and `cn_msg`).
+const PROC_EVENT_OFFSET: usize = NLMSG_HEADER_LEN + CN_MSG_LEN;
+/// Offset of the event's union within `struct proc_event` (`what`, `cpu`, `timestamp_ns`).
+const EVENT_DATA_OFFSET: usize = 16;
+/// Room for one datagram; a proc event message is 76 bytes today.
+const SLOT_LEN: usize = 256;
+/// The most datagrams one receive call takes.
+pub const MAX_BATCH: usize = 64;
+
+/// `PROC_EVENT_*` bits (`include/uapi/linux/cn_proc.h`).
+pub mod event_bits {
+    /// A task forked (process or thread).
+    pub const FORK: u32 = 0x0000_0001;
+    /// A task exec'd.
+    pub const EXEC: u32 = 0x0000_0002;
+    /// A task's uid changed.
+    pub const UID: u32 = 0x0000_0004;
+    /// A task's gid changed.
+    pub const GID: u32 = 0x0000_0040;
+    /// A task called setsid.
+    pub const SID: u32 = 0x0000_0080;
+    /// A task was ptrace-attached or detached.
+    pub const PTRACE: u32 = 0x0000_0100;
+    /// A task's comm changed (prctl PR_SET_NAME, exec, pthread_setname_np).
+    pub const COMM: u32 = 0x0000_0200;
+    /// A task exited with a non-zero code (filter only, 6.6+).
+    pub const NONZERO_EXIT: u32 = 0x2000_0000;
+    /// A task dumped core.
+    pub const COREDUMP: u32 = 0x4000_0000;
+    /// A task exited.
+    pub const EXIT: u32 = 0x8000_0000;
+}
+
+/// The proc connector socket could not be set up or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcEventsError {
+    /// A socket operation failed.
+    #[error("proc connector: cannot {operation}: {source}")]
+    Socket {
+        /// What was being done.
+        operation: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel answered the subscription with an error.
+    #[error("proc connector: the kernel refused the subscription (event mask {event_mask:#x}): {source}")]
+    SubscriptionRefused {
+        /// The events asked for.
+        event_mask: u32,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How to subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcEventsConfig {
+    /// `PROC_EVENT_*` bits to receive (see [`event_bits`]); applied by the kernel on 6.6+,
+    /// and by this module on older kernels.
+    pub event_mask: u32,
+    /// The socket's receive buffer in bytes (`SO_RCVBUFFORCE`, else `SO_RCVBUF`); `None`
+    /// keeps the system default. Small buffers overrun sooner (tests use that).
+    pub receive_buffer_bytes: Option<usize>,
+    /// How many datagrams one wakeup takes at most (1..=[`MAX_BATCH`]).
+    pub batch_size: usize,
+    /// Ask the kernel to filter where it can (6.6+); `false` subscribes to everything and
+    /// filters here, as on older kernels (tests use it to cover that path).
+    pub prefer_kernel_filter: bool,
+}
+
+impl Default for ProcEventsConfig {
+    /// Fork, exec, comm and exit; a 4 MiB receive buffer; batches of 64; kernel filtering.
+    fn default() -> Self {
+        ProcEventsConfig {
+            event_mask: event_bits::FORK | event_bits::EXEC | event_bits::COMM | event_bits::EXIT,
+            receive_buffer_bytes: Some(4 << 20),
+            batch_size: MAX_BATCH,
+            prefer_kernel_filter: true,
+        }
+    }
+}
+
+/// One event with the kernel's timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcEvent {
+    /// `CLOCK_MONOTONIC` time of the event in ns (`ktime_get_ns`); 0 for [`EventKind::Overrun`].
+    pub timestamp_ns: u64,
+    /// The CPU that reported it.
+    pub cpu: u32,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A task was created. `child_tid == child_pid` for a new process, else a new thread of
+    /// `child_pid`.
+    Fork {
+        /// The parent thread.
+        parent_tid: Pid,
+        /// The parent's process.
+        parent_pid: Pid,
+        /// The new thread.
+        child_tid: Pid,
+        /// The new thread's process.
+        child_pid: Pid,
+    },
+    /// A task exec'd (its comm and exe changed).
+    Exec {
+        /// The thread.
+        tid: Pid,
+        /// Its process.
+        pid: Pid,
+    },
+    /// A task's comm changed.
+    Comm {
+        /// The thread.
+        tid: Pid,
+        /// Its process.
+        pid: Pid,
+        /// The new name.
+        comm: Comm,
+    },
+    /// A task exited.
+    Exit {
+        /// The thread.
+        tid: Pid,
+        /// Its process.
+        pid: Pid,
+        /// The exit code (`wait` status form).
+        exit_code: u32,
+        /// The signal sent to the parent.
+        exit_signal: u32,
+    },
+    /// Events were lost (the receive buffer overflowed): rescan `/proc`.
+    Overrun,
+    /// Another event type (uid, gid, sid, ptrace, coredump) with its `PROC_EVENT_*` value.
+    Other {
+        /// The `what` field.
+        what: u32,
+    },
+}
+
+/// A subscribed proc connector socket, registered with the tokio reactor.
+#[derive(Debug)]
+pub struct ProcEvents {
+    socket: AsyncFd<OwnedFd>,
+    slab: Box<[u8]>,
+    batch_size: usize,
+    event_mask: u32,
+    kernel_filters: bool,
+    nonce: u32,
+}
+
+impl ProcEvents {
+    /// Opens, binds and subscribes. Must run inside a tokio runtime.
+    pub fn subscribe(config: ProcEventsConfig) -> Result<ProcEvents, ProcEventsError> {
+        let socket = open_socket(config.receive_buffer_bytes)?;
+        let kernel_filters = config.prefer_kernel_filter
+            && kernel_release()
+                .map(|release| kernel_supports_event_filter(&release))
+                .unwrap_or(false);
+        // The kernel multicasts every subscription's ack to every listener with the request's
+        // ack + 1 (the sequence is overwritten by its per-CPU counter on current kernels), so
+        // our socket's port id as the ack tells ours apart. Acks pass the 6.6+ event filter
+        // only for unfiltered listeners, so a refusal is detected where the kernel sends it.
+        let nonce = local_port(socket.as_raw_fd())?;
+        send_control(
+            socket.as_raw_fd(),
+            PROC_CN_MCAST_LISTEN,
+            kernel_filters.then_some(config.event_mask),
+            nonce,
+        )?;
+        // SAFETY: the `OwnedFd` is moved into the `AsyncFd` and never replaced, so its fd stays
+        // open and the same for the `AsyncFd`'s whole life.
+        let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+            .map_err(|error| ProcEventsError::Socket {
+                operation: "register with tokio",
+                source: error.into_parts().1,
+            })?;
+        let batch_size = config.batch_size.clamp(1, MAX_BATCH);
+        Ok(ProcEvents {
+            socket,
+            slab: vec![0u8; batch_size * SLOT_LEN].into_boxed_slice(),
+            batch_size,
+            event_mask: config.event_mask,
+            kernel_filters,
+            nonce,
+        })
+    }
+
+    /// Whether the kernel filters events for us (6.6+), rather than this module.
+    pub fn kernel_filters(&self) -> bool {
+        self.kernel_filters
+    }
+
+    /// Waits for events, then appends every one that is ready (up to the batch size in
+    /// datagrams) to `events`. Returns how many were appended (at least one). An overrun
+    /// appends [`EventKind::Overrun`]. Cancel-safe.
+    pub async fn recv_batch(
+        &mut self,
+        events: &mut Vec<ProcEvent>,
+    ) -> Result<usize, ProcEventsError> {
+        loop {
+            let mut guard =
+                self.socket
+                    .readable()
+                    .await
+                    .map_err(|source| ProcEventsError::Socket {
+                        operation: "wait for events",
+                        source,
+                    })?;
+            let fd = guard.get_inner().as_raw_fd();
+            let result = guard.try_io(|_| receive_batch(fd, &mut self.slab, self.batch_size));
+            let Ok(received) = result else {
+                continue; // spurious readiness: try_io cleared it
+            };
+            let appended = self.decode_received(received, events)?;
+            if appended > 0 {
+                return Ok(appended);
+            }
+        }
+    }
+
+    /// Appends whatever events are ready now, without waiting; `Ok(0)` if none.
+    pub fn try_recv_batch(
+        &mut self,
+        events: &mut Vec<ProcEvent>,
+    ) -> Result<usize, ProcEventsError> {
+        let received = receive_batch(
+            self.socket.get_ref().as_raw_fd(),
+            &mut self.slab,
+            self.batch_size,
+        );
+        match received {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            other => self.decode_received(other, events),
+        }
+    }
+
+    fn decode_received(
+        &self,
+        received: io::Result<ReceivedBatch>,
+        events: &mut Vec<ProcEvent>,
+    ) -> Result<usize, ProcEventsError> {
+        let batch = match received {
+            Ok(batch) => batch,
+            Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => {
+                events.push(ProcEvent {
+                    timestamp_ns: 0,
+                    cpu: 0,
+                    kind: EventKind::Overrun,
+                });
+                return Ok(1);
+            }
+            Err(error)
+                if error.kind() == io::ErrorKind::WouldBlock
+                    || error.kind() == io::ErrorKind::Interrupted =>
+            {
+                return Ok(0)
+            }
+            Err(source) => {
+                return Err(ProcEventsError::Socket {
+                    operation: "receive",
+                    source,
+                })
+            }
+        };
+        let before = events.len();
+        for index in 0..batch.count {
+            if !batch.from_kernel[index] {
+                continue; // only the kernel (port 0) may speak on this group
+            }
+            let datagram = &self.slab[index * SLOT_LEN..index * SLOT_LEN + batch.lengths[index]];
+            match decode_datagram(datagram) {
+                Decoded::Event(event) => {
+                    if self.wanted(&event) {
+                        events.push(event);
+                    }
+                }
+                Decoded::Ack {
+                    errno,
+                    acknowledgement,
+                    ..
+                } if errno != 0 && acknowledgement == self.nonce.wrapping_add(1) => {
+                    return Err(ProcEventsError::SubscriptionRefused {
+                        event_mask: self.event_mask,
+                        source: io::Error::from_raw_os_error(errno),
+                    });
+                }
+                Decoded::Ack { .. } | Decoded::Ignored => {}
+            }
+        }
+        Ok(events.len() - before)
+    }
+
+    fn wanted(&self, event: &ProcEvent) -> bool {
+        let bit = match event.kind {
+            EventKind::Overrun => return true,
+            EventKind::Fork { .. } => event_bits::FORK,
+            EventKind::Exec { .. } => event_bits::EXEC,
+            EventKind::Comm { .. } => event_bits::COMM,
+            EventKind::Exit { .. } => event_bits::EXIT,
+            EventKind::Other { what } => what,
+        };
+        self.kernel_filters || self.event_mask & bit != 0
+    }
+}
+
+impl AsFd for ProcEvents {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.get_ref().as_fd()
+    }
+}
+
+impl Drop for ProcEvents {
+    fn drop(&mut self) {
+        // Lets the kernel stop building events nobody reads (it counts listeners).
+        let _ = send_control(
+            self.socket.get_ref().as_raw_fd(),
+            PROC_CN_MCAST_IGNORE,
+            None,
+            self.nonce,
+        );
+    }
+}
+
+/// Whether a kernel release string (`uname -r`) is 6.6 or later, where subscriptions can
+/// carry an event filter.
+pub fn kernel_supports_event_filter(release: &str) -> bool {
+    let mut numbers = release
+        .split(|character: char| !character.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (6, 6)
+}
+
+fn kernel_release() -> Option<String> {
+    // SAFETY: uname fills a zeroed utsname.
+    let mut names: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut names) } != 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = names
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8(bytes).ok()
+}
+
+fn open_socket(receive_buffer_bytes: Option<usize>) -> Result<OwnedFd, ProcEventsError> {
+    let socket_error = |operation| move |source| ProcEventsError::Socket { operation, source };
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            NETLINK_CONNECTOR,
+        )
+    };
+    if raw < 0 {
+        return Err(socket_error("open a NETLINK_CONNECTOR socket")(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `raw` is a fresh, valid fd that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    if let Some(bytes) = receive_buffer_bytes {
+        let size = bytes.min(i32::MAX as usize) as libc::c_int;
+        if set_int_option(raw, libc::SO_RCVBUFFORCE, size).is_err() {
+            set_int_option(raw, libc::SO_RCVBUF, size).map_err(socket_error("set SO_RCVBUF"))?;
+        }
+    }
+    // SAFETY: a zeroed sockaddr_nl is valid; fields are set below.
+    let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    address.nl_pid = 0;
+    address.nl_groups = CN_IDX_PROC;
+    // SAFETY: `address` is a valid sockaddr_nl of the given length.
+    let bound = unsafe {
+        libc::bind(
+            raw,
+            (&address as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if bound != 0 {
+        return Err(socket_error("bind to CN_IDX_PROC")(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(socket)
+}
+
+fn set_int_option(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` is a c_int of the given length.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Builds the subscription message: `nlmsghdr` + `cn_msg` + the op (+ the event mask).
+/// `nonce` goes into the `cn_msg` sequence and ack fields (the kernel acks with ack + 1).
+pub fn encode_control(operation: u32, event_mask: Option<u32>, nonce: u32, port: u32) -> Vec<u8> {
+    let payload_len = if event_mask.is_some() { 8 } else { 4 };
+    let total = NLMSG_HEADER_LEN + CN_MSG_LEN + payload_len;
+    let mut message = Vec::with_capacity(total);
+    message.extend_from_slice(&(total as u32).to_ne_bytes());
+    message.extend_from_slice(&3u16.to_ne_bytes()); // NLMSG_DONE, as the connector expects
+    message.extend_from_slice(&0u16.to_ne_bytes());
+    message.extend_from_slice(&nonce.to_ne_bytes());
+    message.extend_from_slice(&port.to_ne_bytes());
+    message.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
+    message.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
+    message.extend_from_slice(&nonce.to_ne_bytes()); // seq
+    message.extend_from_slice(&nonce.to_ne_bytes()); // ack
+    message.extend_from_slice(&(payload_len as u16).to_ne_bytes());
+    message.extend_from_slice(&0u16.to_ne_bytes()); // flags
+    message.extend_from_slice(&operation.to_ne_bytes());
+    if let Some(mask) = event_mask {
+        message.extend_from_slice(&mask.to_ne_bytes());
+    }
+    message
+}
+
+fn send_control(
+    fd: RawFd,
+    operation: u32,
+    event_mask: Option<u32>,
+    nonce: u32,
+) -> Result<(), ProcEventsError> {
+    let message = encode_control(operation, event_mask, nonce, nonce);
+    // SAFETY: `message` is a readable buffer of the given length.
+    let sent = unsafe { libc::send(fd, message.as_ptr().cast(), message.len(), 0) };
+    if sent < 0 {
+        return Err(ProcEventsError::Socket {
+            operation: "send the subscription",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// The socket's netlink port id (unique on the system while the socket is open).
+fn local_port(fd: RawFd) -> Result<u32, ProcEventsError> {
+    // SAFETY: a zeroed sockaddr_nl is valid; getsockname fills at most `length` bytes.
+    let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    let mut length = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    let result = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut address as *mut libc::sockaddr_nl).cast(),
+            &mut length,
+        )
+    };
+    if result != 0 {
+        return Err(ProcEventsError::Socket {
+            operation: "read the socket's port id",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(address.nl_pid)
+}
+
+/// What one `recvmmsg` returned: datagram lengths and whether each came from the kernel.
+struct ReceivedBatch {
+    count: usize,
+    lengths: [usize; MAX_BATCH],
+    from_kernel: [bool; MAX_BATCH],
+}
+
+fn receive_batch(fd: RawFd, slab: &mut [u8], batch_size: usize) -> io::Result<ReceivedBatch> {
+    // The headers point into `slab`; they live on the stack so that `ProcEvents` stays `Send`.
+    // SAFETY (zeroed): all-zero iovec, sockaddr_nl and mmsghdr values are valid.
+    let mut io_vectors: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    let mut senders: [libc::sockaddr_nl; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    for (index, chunk) in slab.chunks_exact_mut(SLOT_LEN).take(batch_size).enumerate() {
+        io_vectors[index] = libc::iovec {
+            iov_base: chunk.as_mut_ptr().cast(),
+            iov_len: SLOT_LEN,
+        };
+        headers[index].msg_hdr.msg_iov = &mut io_vectors[index];
+        headers[index].msg_hdr.msg_iovlen = 1;
+        headers[index].msg_hdr.msg_name = (&mut senders[index] as *mut libc::sockaddr_nl).cast();
+        headers[index].msg_hdr.msg_namelen = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    }
+    // SAFETY: `headers[..batch_size]` describe valid, writable buffers that outlive the call.
+    let received = unsafe {
+        libc::recvmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            batch_size as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut batch = ReceivedBatch {
+        count: received as usize,
+        lengths: [0; MAX_BATCH],
+        from_kernel: [false; MAX_BATCH],
+    };
+    for index in 0..batch.count {
+        batch.lengths[index] = (headers[index].msg_len as usize).min(SLOT_LEN);
+        batch.from_kernel[index] = senders[index].nl_pid == 0;
+    }
+    Ok(batch)
+}
+
+/// What one datagram held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded {
+    /// A proc event (or an overrun notice).
+    Event(ProcEvent),
+    /// The kernel's answer to a subscription (`PROC_EVENT_NONE`). Acks are multicast to every
+    /// listener; `acknowledgement` (the request's ack + 1) tells whose it is.
+    Ack {
+        /// 0 on success.
+        errno: i32,
+        /// The `cn_msg` sequence (the request's on old kernels, a per-CPU counter on new ones).
+        sequence: u32,
+        /// The request's `cn_msg` ack plus one.
+        acknowledgement: u32,
+    },
+    /// Not a proc connector message, or too short.
+    Ignored,
+}
+
+fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(
+        bytes.get(offset..offset + 4)?.try_into().ok()?,
+    ))
+}
+
+fn read_u64(bytes: &[u8], offset: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(
+        bytes.get(offset..offset + 8)?.try_into().ok()?,
+    ))
+}
+
+fn read_u16(bytes: &[u8], offset: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(
+        bytes.get(offset..offset + 2)?.try_into().ok()?,
+    ))
+}
+
+/// Decodes one datagram from the connector (pure; unit-tested with hand-built messages).
+pub fn decode_datagram(datagram: &[u8]) -> Decoded {
+    decode_inner(datagram).unwrap_or(Decoded::Ignored)
+}
+
+fn decode_inner(datagram: &[u8]) -> Option<Decoded> {
+    let message_type = read_u16(datagram, 4)?;
+    match message_type {
+        NLMSG_OVERRUN => {
+            return Some(Decoded::Event(ProcEvent {
+                timestamp_ns: 0,
+                cpu: 0,
+                kind: EventKind::Overrun,
+            }))
+        }
+        NLMSG_NOOP | NLMSG_ERROR => return Some(Decoded::Ignored),
+        _ => {}
+    }
+    if read_u32(datagram, NLMSG_HEADER_LEN)? != CN_IDX_PROC
+        || read_u32(datagram, NLMSG_HEADER_LEN + 4)? != CN_VAL_PROC
+    {
+        return Some(Decoded::Ignored);
+    }
+    let event = datagram.get(PROC_EVENT_OFFSET..)?;
+    let what = read_u32(event, 0)?;
+    let cpu = read_u32(event, 4)?;
+    let timestamp_ns = read_u64(event, 8)?;
+    let data = event.get(EVENT_DATA_OFFSET..)?;
+    let pid_at = |index: usize| read_u32(data, index * 4).map(|value| value as Pid);
+    let kind = match what {
+        0 => {
+            return Some(Decoded::Ack {
+                errno: read_u32(data, 0)? as i32,
+                sequence: read_u32(datagram, NLMSG_HEADER_LEN + 8)?,
+                acknowledgement: read_u32(datagram, NLMSG_HEADER_LEN + 12)?,
+            })
+        }
+        event_bits::FORK => EventKind::Fork {
+            parent_tid: pid_at(0)?,
+            parent_pid: pid_at(1)?,
+            child_tid: pid_at(2)?,
+            child_pid: pid_at(3)?,
+        },
+        event_bits::EXEC => EventKind::Exec {
+            tid: pid_at(0)?,
+            pid: pid_at(1)?,
+        },
+        event_bits::COMM => EventKind::Comm {
+            tid: pid_at(0)?,
+            pid: pid_at(1)?,
+            comm: Comm::from_bytes(data.get(8..24)?),
+        },
+        event_bits::EXIT => EventKind::Exit {
+            tid: pid_at(0)?,
+            pid: pid_at(1)?,
+            exit_code: read_u32(data, 8)?,
+            exit_signal: read_u32(data, 12)?,
+        },
+        other => EventKind::Other { what: other },
+    };
+    Some(Decoded::Event(ProcEvent {
+        timestamp_ns,
+        cpu,
+        kind,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A datagram as the kernel sends it: nlmsghdr, cn_msg, proc_event header, `data`.
+    fn datagram(what: u32, data: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let total = (PROC_EVENT_OFFSET + EVENT_DATA_OFFSET + data.len()) as u32;
+        bytes.extend_from_slice(&total.to_ne_bytes());
+        bytes.extend_from_slice(&3u16.to_ne_bytes());
+        bytes.extend_from_slice(&[0; 10]);
+        bytes.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
+        bytes.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
+        bytes.extend_from_slice(&5u32.to_ne_bytes()); // cn_msg seq
+        bytes.extend_from_slice(&6u32.to_ne_bytes()); // cn_msg ack
+        bytes.extend_from_slice(&((EVENT_DATA_OFFSET + data.len()) as u16).to_ne_bytes());
+        bytes.extend_from_slice(&[0; 2]);
+        bytes.extend_from_slice(&what.to_ne_bytes());
+        bytes.extend_from_slice(&1u32.to_ne_bytes()); // cpu
+        bytes.extend_from_slice(&777u64.to_ne_bytes()); // timestamp
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    fn words(values: &[u32]) -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|value| value.to_ne_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn decodes_fork_exec_comm_exit() {
+        let fork = decode_datagram(&datagram(event_bits::FORK, &words(&[10, 10, 11, 10])));
+        assert_eq!(
+            fork,
+            Decoded::Event(ProcEvent {
+                timestamp_ns: 777,
+                cpu: 1,
+                kind: EventKind::Fork {
+                    parent_tid: 10,
+                    parent_pid: 10,
+                    child_tid: 11,
+                    child_pid: 10
+                }
+            })
+        );
+        let Decoded::Event(exec) = decode_datagram(&datagram(event_bits::EXEC, &words(&[12, 12])))
+        else {
+            panic!("exec not decoded")
+        };
+        assert_eq!(exec.kind, EventKind::Exec { tid: 12, pid: 12 });
+        let mut comm_data = words(&[13, 12]);
+        comm_data.extend_from_slice(b"worker-7\0\0\0\0\0\0\0\0");
+        let Decoded::Event(comm) = decode_datagram(&datagram(event_bits::COMM, &comm_data)) else {
+            panic!("comm not decoded")
+        };
+        assert_eq!(
+            comm.kind,
+            EventKind::Comm {
+                tid: 13,
+                pid: 12,
+                comm: Comm::from("worker-7")
+            }
+        );
+        let Decoded::Event(exit) = decode_datagram(&datagram(
+            event_bits::EXIT,
+            &words(&[13, 12, 256, 17, 1, 1]),
+        )) else {
+            panic!("exit not decoded")
+        };
+        assert_eq!(
+            exit.kind,
+            EventKind::Exit {
+                tid: 13,
+                pid: 12,
+                exit_code: 256,
+                exit_signal: 17
+            }
+        );
+    }
+
+    #[test]
+    fn ack_other_and_garbage() {
+        assert_eq!(
+            decode_datagram(&datagram(0, &words(&[0]))),
+            Decoded::Ack {
+                errno: 0,
+                sequence: 5,
+                acknowledgement: 6
+            }
+        );
+        assert_eq!(
+            decode_datagram(&datagram(0, &words(&[22]))),
+            Decoded::Ack {
+                errno: 22,
+                sequence: 5,
+                acknowledgement: 6
+            }
+        );
+        let Decoded::Event(uid) =
+            decode_datagram(&datagram(event_bits::UID, &words(&[1, 1, 0, 0])))
+        else {
+            panic!("uid not decoded")
+        };
+        assert_eq!(
+            uid.kind,
+            EventKind::Other {
+                what: event_bits::UID
+            }
+        );
+        assert_eq!(decode_datagram(&[1, 2, 3]), Decoded::Ignored);
+        let mut truncated = datagram(event_bits::COMM, &words(&[1, 1]));
+        truncated.truncate(truncated.len() - 2);
+        assert_eq!(decode_datagram(&truncated), Decoded::Ignored);
+        let mut other_connector = datagram(event_bits::EXEC, &words(&[1, 1]));
+        other_connector[NLMSG_HEADER_LEN] = 9;
+        assert_eq!(decode_datagram(&other_connector), Decoded::Ignored);
+    }
+
+    #[test]
+    fn subscription_message_layout() {
+        let filtered = encode_control(PROC_CN_MCAST_LISTEN, Some(0x8000_0203), 41, 99);
+        assert_eq!(filtered.len(), 16 + 20 + 8);
+        assert_eq!(read_u32(&filtered, 0), Some(44));
+        assert_eq!(read_u16(&filtered, 4), Some(3));
+        assert_eq!(read_u32(&filtered, 12), Some(99));
+        assert_eq!(read_u32(&filtered, 16), Some(CN_IDX_PROC));
+        assert_eq!(
+            read_u32(&filtered, 24),
+            Some(41),
+            "cn_msg seq carries the nonce"
+        );
+        assert_eq!(
+            read_u32(&filtered, 28),
+            Some(41),
+            "cn_msg ack carries the nonce"
+        );
+        assert_eq!(read_u16(&filtered, 32), Some(8));
+        assert_eq!(read_u32(&filtered, 36), Some(PROC_CN_MCAST_LISTEN));
+        assert_eq!(read_u32(&filtered, 40), Some(0x8000_0203));
+        let plain = encode_control(PROC_CN_MCAST_IGNORE, None, 0, 99);
+        assert_eq!(plain.len(), 40);
+        assert_eq!(read_u16(&plain, 32), Some(4));
+    }
+
+    #[test]
+    fn filter_needs_six_point_six() {
+        assert!(kernel_supports_event_filter("6.18.44-fc-v657"));
+        assert!(kernel_supports_event_filter("6.6.0"));
+        assert!(kernel_supports_event_filter("7.3.4+deb13-cloud-amd64"));
+        assert!(!kernel_supports_event_filter("6.5.13-generic"));
+        assert!(!kernel_supports_event_filter("5.15.0"));
+        assert!(!kernel_supports_event_filter("garbage"));
+    }
+}

@@ -1,0 +1,634 @@
+//! Reading `/proc`: enumerating processes and threads, and the few per-task facts canopy
+//! matches on (comm, thread name, exe, cmdline, cgroup v2 path, real uid, parent, flags,
+//! scheduling policy).
+//!
+//! Hand-written rather than the `procfs` crate: canopy reads five small files per task, and a
+//! full scan of every `/proc/*/task/*` must stay cheap. [`ProcFs`] keeps one path buffer and
+//! one read buffer and reuses them for every read, `stat` is parsed in place (the comm lands in
+//! an inline [`Comm`]), and a task that vanishes mid-read is [`Outcome::Gone`], never an error.
+//! The parsers are pure functions with unit tests; the reads are tested against the live host.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use crate::{is_gone_error, Comm, Outcome, Pid};
+
+/// `PF_KTHREAD` from the kernel's `include/linux/sched.h`: the task is a kernel thread.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Something in `/proc` could not be read or did not have the expected shape.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// Reading a file or directory failed for a reason other than the task having gone.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file's content did not parse.
+    #[error("cannot parse {path}: {reason}: {content:?}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: &'static str,
+        /// The offending content (cut to 256 bytes).
+        content: String,
+    },
+}
+
+/// A thread, named by its process (thread group) id and its own thread id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    /// The process id (tgid).
+    pub pid: Pid,
+    /// The thread id (equal to `pid` for the main thread).
+    pub tid: Pid,
+}
+
+/// The fields canopy uses from `/proc/PID[/task/TID]/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskStat {
+    /// Field 1: the id this stat file describes (the tid for a thread's stat).
+    pub id: Pid,
+    /// Field 2: the command name (thread name for a thread's stat).
+    pub comm: Comm,
+    /// Field 3: the state letter (`R`, `S`, `D`, `Z`, ...).
+    pub state: u8,
+    /// Field 4: the parent's process id (0 for init and kthreadd).
+    pub parent_pid: Pid,
+    /// Field 9: the kernel's `PF_*` flags.
+    pub flags: u32,
+    /// Field 19: the nice value.
+    pub nice: i32,
+    /// Field 20: the number of threads in the process.
+    pub thread_count: u32,
+    /// Field 22: the start time in clock ticks after boot (tells a reused pid apart).
+    pub start_time_ticks: u64,
+    /// Field 39: the CPU the task last ran on.
+    pub last_cpu: u32,
+    /// Field 40: the real-time priority (0 for fair-class tasks).
+    pub realtime_priority: u32,
+    /// Field 41: the scheduling policy (`SCHED_*` number).
+    pub policy: u32,
+}
+
+impl TaskStat {
+    /// Whether the task is a kernel thread (`PF_KTHREAD`, not a pid range guess).
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+
+    /// The scheduling policy as a typed value.
+    pub fn scheduling_policy(&self) -> crate::sched::SchedPolicy {
+        crate::sched::SchedPolicy::from_raw(self.policy)
+    }
+}
+
+/// A process's command line: the NUL-separated bytes of `/proc/PID/cmdline`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cmdline {
+    raw: Vec<u8>,
+}
+
+impl Cmdline {
+    /// A command line from the raw bytes of `/proc/PID/cmdline`.
+    pub fn from_raw(raw: Vec<u8>) -> Cmdline {
+        Cmdline { raw }
+    }
+
+    /// The arguments, `argv[0]` first, as bytes (empty for kernel threads and zombies).
+    pub fn args(&self) -> impl Iterator<Item = &[u8]> {
+        let trimmed = self.raw.strip_suffix(b"\0").unwrap_or(&self.raw);
+        trimmed
+            .split(|&byte| byte == 0)
+            .filter(move |_| !trimmed.is_empty())
+    }
+
+    /// The arguments as strings, invalid UTF-8 replaced.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.args()
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect()
+    }
+
+    /// Whether the command line is empty.
+    pub fn is_empty(&self) -> bool {
+        self.args().next().is_none()
+    }
+}
+
+/// The per-process facts canopy's matcher looks at (the same for every thread of it; a
+/// caller may read them once per process and cache them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// The process id.
+    pub pid: Pid,
+    /// The process's comm (its main thread's name).
+    pub comm: Comm,
+    /// Whether it is a kernel thread (`PF_KTHREAD`).
+    pub is_kernel_thread: bool,
+    /// The executable (`/proc/PID/exe`); `None` for kernel threads, zombies and processes the
+    /// kernel will not show it for (`EACCES`). A deleted executable reads with the kernel's
+    /// ` (deleted)` suffix.
+    pub exe: Option<PathBuf>,
+    /// The command line.
+    pub cmdline: Cmdline,
+    /// The real uid.
+    pub real_uid: u32,
+    /// The parent process id (0 if none).
+    pub parent_pid: Pid,
+    /// The parent's comm; `None` if there is no parent or it has gone.
+    pub parent_comm: Option<Comm>,
+}
+
+/// The per-thread facts: its stat (name, flags, nice, policy) and its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadInfo {
+    /// Which thread.
+    pub task: TaskId,
+    /// The thread's own stat: its name (`comm`), flags, nice, policy.
+    pub stat: TaskStat,
+    /// The cgroup v2 path relative to the cgroup2 root (the `0::` line); `None` if the kernel
+    /// has no cgroup2 hierarchy.
+    pub cgroup: Option<String>,
+}
+
+/// Everything canopy's matcher looks at for one thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskInfo {
+    /// The thread's own facts.
+    pub thread: ThreadInfo,
+    /// Its process's facts.
+    pub process: ProcessInfo,
+}
+
+/// Unwraps a `Result<Outcome<T>, _>` or returns `Ok(Outcome::Gone)` from the caller.
+macro_rules! or_gone {
+    ($read:expr) => {
+        match $read? {
+            Outcome::Done(value) => value,
+            Outcome::Gone => return Ok(Outcome::Gone),
+        }
+    };
+}
+
+/// A reader of one `/proc` mount, reusing its buffers for every read (one per thread of use).
+#[derive(Debug)]
+pub struct ProcFs {
+    root: String,
+    path: String,
+    buffer: Vec<u8>,
+}
+
+impl Default for ProcFs {
+    fn default() -> Self {
+        ProcFs::new()
+    }
+}
+
+impl ProcFs {
+    /// A reader of `/proc`.
+    pub fn new() -> ProcFs {
+        ProcFs::at(Path::new("/proc"))
+    }
+
+    /// A reader of a procfs-shaped tree elsewhere (tests use a fake one). The path must be
+    /// UTF-8.
+    pub fn at(root: &Path) -> ProcFs {
+        ProcFs {
+            root: root.to_string_lossy().trim_end_matches('/').to_owned(),
+            path: String::with_capacity(64),
+            buffer: Vec::with_capacity(1024),
+        }
+    }
+
+    /// The root this reader reads.
+    pub fn root(&self) -> &Path {
+        Path::new(&self.root)
+    }
+
+    /// Every process id in `/proc`, in directory order.
+    pub fn process_ids(&mut self) -> Result<Vec<Pid>, ProcError> {
+        let mut pids = Vec::with_capacity(512);
+        let entries = std::fs::read_dir(&self.root).map_err(|source| ProcError::Read {
+            path: PathBuf::from(&self.root),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            if let Some(pid) = parse_pid_name(entry.file_name().as_encoded_bytes()) {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    }
+
+    /// Appends the thread ids of process `pid` to `tids` (`/proc/PID/task/*`).
+    pub fn thread_ids(&mut self, pid: Pid, tids: &mut Vec<Pid>) -> Result<Outcome<()>, ProcError> {
+        self.set_path(format_args!("{pid}/task"));
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(entries) => entries,
+            Err(error) if is_gone_error(&error) => return Ok(Outcome::Gone),
+            Err(source) => return Err(self.read_error(source)),
+        };
+        for entry in entries {
+            match entry {
+                Ok(entry) => {
+                    if let Some(tid) = parse_pid_name(entry.file_name().as_encoded_bytes()) {
+                        tids.push(tid);
+                    }
+                }
+                Err(error) if is_gone_error(&error) => return Ok(Outcome::Gone),
+                Err(source) => return Err(self.read_error(source)),
+            }
+        }
+        Ok(Outcome::Done(()))
+    }
+
+    /// Calls `visit` for every thread of every process (`/proc/*/task/*`); processes that exit
+    /// during the scan are skipped. Returns the number of threads visited.
+    pub fn for_each_task(&mut self, mut visit: impl FnMut(TaskId)) -> Result<usize, ProcError> {
+        let mut tids = Vec::with_capacity(64);
+        let mut visited = 0;
+        for pid in self.process_ids()? {
+            tids.clear();
+            if self.thread_ids(pid, &mut tids)?.is_gone() {
+                continue;
+            }
+            for &tid in &tids {
+                visit(TaskId { pid, tid });
+                visited += 1;
+            }
+        }
+        Ok(visited)
+    }
+
+    /// The stat of one thread (`/proc/PID/task/TID/stat`).
+    pub fn task_stat(&mut self, task: TaskId) -> Result<Outcome<TaskStat>, ProcError> {
+        self.set_path(format_args!("{}/task/{}/stat", task.pid, task.tid));
+        self.read_stat()
+    }
+
+    /// The stat of a process (`/proc/PID/stat`, its main thread's view plus process totals).
+    pub fn process_stat(&mut self, pid: Pid) -> Result<Outcome<TaskStat>, ProcError> {
+        self.set_path(format_args!("{pid}/stat"));
+        self.read_stat()
+    }
+
+    /// The thread's name (`/proc/PID/task/TID/comm`).
+    pub fn thread_comm(&mut self, task: TaskId) -> Result<Outcome<Comm>, ProcError> {
+        self.set_path(format_args!("{}/task/{}/comm", task.pid, task.tid));
+        Ok(self
+            .read_file()?
+            .map(|content| Comm::from_bytes(content.strip_suffix(b"\n").unwrap_or(content))))
+    }
+
+    /// The process's executable (`/proc/PID/exe`); `Done(None)` for kernel threads, zombies
+    /// and processes whose exe link the kernel will not show us (the link needs ptrace read
+    /// access, which even root lacks for some processes, e.g. a sandbox's init).
+    pub fn exe(&mut self, pid: Pid) -> Result<Outcome<Option<PathBuf>>, ProcError> {
+        self.set_path(format_args!("{pid}/exe"));
+        match std::fs::read_link(&self.path) {
+            Ok(target) => Ok(Outcome::Done(Some(target))),
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                Ok(Outcome::Done(None))
+            }
+            Err(error) if is_gone_error(&error) => {
+                // Kernel threads and zombies have no exe link; a process that exited has no
+                // directory at all.
+                self.set_path(format_args!("{pid}"));
+                if Path::new(&self.path).exists() {
+                    Ok(Outcome::Done(None))
+                } else {
+                    Ok(Outcome::Gone)
+                }
+            }
+            Err(source) => Err(self.read_error(source)),
+        }
+    }
+
+    /// The process's command line (`/proc/PID/cmdline`).
+    pub fn cmdline(&mut self, pid: Pid) -> Result<Outcome<Cmdline>, ProcError> {
+        self.set_path(format_args!("{pid}/cmdline"));
+        Ok(self
+            .read_file()?
+            .map(|content| Cmdline::from_raw(content.to_vec())))
+    }
+
+    /// The thread's cgroup v2 path (`0::` line of `/proc/PID/task/TID/cgroup`); `Done(None)`
+    /// when the kernel has no cgroup2 hierarchy.
+    pub fn cgroup(&mut self, task: TaskId) -> Result<Outcome<Option<String>>, ProcError> {
+        self.set_path(format_args!("{}/task/{}/cgroup", task.pid, task.tid));
+        match self.read_file()? {
+            Outcome::Gone => Ok(Outcome::Gone),
+            Outcome::Done(content) => match parse_cgroup_v2_path(content) {
+                Ok(path) => Ok(Outcome::Done(path.map(str::to_owned))),
+                Err(reason) => Err(self.parse_error(reason)),
+            },
+        }
+    }
+
+    /// The process's real uid (first field of the `Uid:` line of `/proc/PID/status`).
+    pub fn real_uid(&mut self, pid: Pid) -> Result<Outcome<u32>, ProcError> {
+        self.set_path(format_args!("{pid}/status"));
+        match self.read_file()? {
+            Outcome::Gone => Ok(Outcome::Gone),
+            Outcome::Done(content) => match parse_status_real_uid(content) {
+                Ok(uid) => Ok(Outcome::Done(uid)),
+                Err(reason) => Err(self.parse_error(reason)),
+            },
+        }
+    }
+
+    /// The per-process facts: stat (comm, flags, parent), exe, cmdline, real uid and the
+    /// parent's comm. `Gone` if the process exits on the way (the parent exiting only empties
+    /// `parent_comm`).
+    pub fn process_info(&mut self, pid: Pid) -> Result<Outcome<ProcessInfo>, ProcError> {
+        let stat = or_gone!(self.process_stat(pid));
+        let exe = or_gone!(self.exe(pid));
+        let cmdline = or_gone!(self.cmdline(pid));
+        let real_uid = or_gone!(self.real_uid(pid));
+        let parent_comm = if stat.parent_pid > 0 {
+            self.process_stat(stat.parent_pid)?
+                .done()
+                .map(|parent| parent.comm)
+        } else {
+            None
+        };
+        Ok(Outcome::Done(ProcessInfo {
+            pid,
+            comm: stat.comm,
+            is_kernel_thread: stat.is_kernel_thread(),
+            exe,
+            cmdline,
+            real_uid,
+            parent_pid: stat.parent_pid,
+            parent_comm,
+        }))
+    }
+
+    /// The per-thread facts: the thread's stat and cgroup.
+    pub fn thread_info(&mut self, task: TaskId) -> Result<Outcome<ThreadInfo>, ProcError> {
+        let stat = or_gone!(self.task_stat(task));
+        let cgroup = or_gone!(self.cgroup(task));
+        Ok(Outcome::Done(ThreadInfo { task, stat, cgroup }))
+    }
+
+    /// Everything the matcher needs about one thread: [`ProcFs::thread_info`] and
+    /// [`ProcFs::process_info`]. `Gone` if the thread or its process exits on the way.
+    pub fn task_info(&mut self, task: TaskId) -> Result<Outcome<TaskInfo>, ProcError> {
+        let thread = or_gone!(self.thread_info(task));
+        let process = or_gone!(self.process_info(task.pid));
+        Ok(Outcome::Done(TaskInfo { thread, process }))
+    }
+
+    fn set_path(&mut self, relative: std::fmt::Arguments<'_>) {
+        self.path.clear();
+        self.path.push_str(&self.root);
+        self.path.push('/');
+        let _ = self.path.write_fmt(relative);
+    }
+
+    fn read_stat(&mut self) -> Result<Outcome<TaskStat>, ProcError> {
+        match self.read_file()? {
+            Outcome::Gone => Ok(Outcome::Gone),
+            Outcome::Done(content) => match parse_stat(content) {
+                Ok(stat) => Ok(Outcome::Done(stat)),
+                Err(reason) => Err(self.parse_error(reason)),
+            },
+        }
+    }
+
+    /// Reads the file at `self.path` into the reused buffer.
+    fn read_file(&mut self) -> Result<Outcome<&[u8]>, ProcError> {
+        self.buffer.clear();
+        let result = File::open(&self.path).and_then(|mut file| file.read_to_end(&mut self.buffer));
+        match result {
+            Ok(_) => Ok(Outcome::Done(&self.buffer)),
+            Err(error) if is_gone_error(&error) => Ok(Outcome::Gone),
+            Err(source) => Err(ProcError::Read {
+                path: PathBuf::from(&self.path),
+                source,
+            }),
+        }
+    }
+
+    fn read_error(&self, source: io::Error) -> ProcError {
+        ProcError::Read {
+            path: PathBuf::from(&self.path),
+            source,
+        }
+    }
+
+    fn parse_error(&self, reason: &'static str) -> ProcError {
+        let shown = &self.buffer[..self.buffer.len().min(256)];
+        ProcError::Parse {
+            path: PathBuf::from(&self.path),
+            reason,
+            content: String::from_utf8_lossy(shown).into_owned(),
+        }
+    }
+}
+
+/// A `/proc` directory name that is a pid (all digits, no leading `+`/`-`).
+fn parse_pid_name(name: &[u8]) -> Option<Pid> {
+    if name.is_empty() || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// Parses a `stat` line. The comm (field 2) may hold spaces, parentheses and even newlines,
+/// so it spans from the first `(` to the *last* `)`; the numeric fields follow that.
+pub fn parse_stat(content: &[u8]) -> Result<TaskStat, &'static str> {
+    let open = content
+        .iter()
+        .position(|&byte| byte == b'(')
+        .ok_or("no '(' before the comm")?;
+    let close = content
+        .iter()
+        .rposition(|&byte| byte == b')')
+        .ok_or("no ')' after the comm")?;
+    if close < open {
+        return Err("')' before '('");
+    }
+    let id = parse_number::<Pid>(content[..open].trim_ascii()).ok_or("bad pid field")?;
+    let comm = Comm::from_bytes(&content[open + 1..close]);
+    let rest =
+        std::str::from_utf8(&content[close + 1..]).map_err(|_| "fields after comm not UTF-8")?;
+    // Fields 3 (state) to 41 (policy) follow the comm; later fields are not needed.
+    let mut fields = [""; 39];
+    let mut count = 0;
+    for (slot, token) in fields.iter_mut().zip(rest.split_ascii_whitespace()) {
+        *slot = token;
+        count += 1;
+    }
+    if count < fields.len() {
+        return Err("too few fields");
+    }
+    let field = |number: usize| fields[number - 3];
+    let state = *field(3).as_bytes().first().ok_or("empty state")?;
+    let parent_pid = field(4).parse().map_err(|_| "bad ppid (field 4)")?;
+    let flags = field(9).parse().map_err(|_| "bad flags (field 9)")?;
+    let nice = field(19).parse().map_err(|_| "bad nice (field 19)")?;
+    let thread_count = field(20)
+        .parse()
+        .map_err(|_| "bad num_threads (field 20)")?;
+    let start_time_ticks = field(22).parse().map_err(|_| "bad starttime (field 22)")?;
+    let last_cpu = field(39).parse().map_err(|_| "bad processor (field 39)")?;
+    let realtime_priority = field(40)
+        .parse()
+        .map_err(|_| "bad rt_priority (field 40)")?;
+    let policy = field(41).parse().map_err(|_| "bad policy (field 41)")?;
+    Ok(TaskStat {
+        id,
+        comm,
+        state,
+        parent_pid,
+        flags,
+        nice,
+        thread_count,
+        start_time_ticks,
+        last_cpu,
+        realtime_priority,
+        policy,
+    })
+}
+
+/// The cgroup v2 path from a `/proc/PID/cgroup` file (the `0::PATH` line); `None` if absent.
+/// The path may itself contain `:`.
+pub fn parse_cgroup_v2_path(content: &[u8]) -> Result<Option<&str>, &'static str> {
+    let text = std::str::from_utf8(content).map_err(|_| "not UTF-8")?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(hierarchy), Some(controllers), Some(path)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err("a line without two ':'");
+        };
+        if hierarchy == "0" && controllers.is_empty() {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
+/// The real uid from `/proc/PID/status` (`Uid:\treal\teffective\tsaved\tfs`).
+pub fn parse_status_real_uid(content: &[u8]) -> Result<u32, &'static str> {
+    let text = std::str::from_utf8(content).map_err(|_| "not UTF-8")?;
+    let line = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .ok_or("no Uid: line")?;
+    line.split_ascii_whitespace()
+        .next()
+        .and_then(|real| real.parse().ok())
+        .ok_or("bad Uid: line")
+}
+
+fn parse_number<T: std::str::FromStr>(bytes: &[u8]) -> Option<T> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real stat line of a user thread (kernel 6.18), with its comm replaced.
+    fn stat_line(comm: &str) -> String {
+        format!(
+            "4242 ({comm}) S 4200 4242 4200 34816 4242 4194560 1339 0 0 0 3 1 0 0 20 0 3 0 \
+             987654 10063872 1024 18446744073709551615 1 1 0 0 0 0 0 3670020 1266777851 0 0 0 \
+             17 1 0 3 0 0 0 0 0 0 0 0 0 0 0\n"
+        )
+    }
+
+    #[test]
+    fn stat_plain_comm() {
+        let stat = parse_stat(stat_line("bash").as_bytes()).unwrap();
+        assert_eq!(stat.id, 4242);
+        assert_eq!(stat.comm, "bash");
+        assert_eq!(stat.state, b'S');
+        assert_eq!(stat.parent_pid, 4200);
+        assert_eq!(stat.flags, 4194560);
+        assert!(!stat.is_kernel_thread());
+        assert_eq!(stat.nice, 0);
+        assert_eq!(stat.thread_count, 3);
+        assert_eq!(stat.start_time_ticks, 987654);
+        assert_eq!(stat.last_cpu, 1);
+        assert_eq!(stat.realtime_priority, 0);
+        assert_eq!(stat.policy, 3);
+    }
+
+    #[test]
+    fn stat_comm_with_spaces_and_parentheses() {
+        for comm in ["Web Content", "a) R 1 2 (b", "))", "((", ") (", "x\ny", ""] {
+            let stat = parse_stat(stat_line(comm).as_bytes()).unwrap();
+            assert_eq!(stat.comm, comm, "comm {comm:?}");
+            assert_eq!(stat.parent_pid, 4200, "comm {comm:?}");
+            assert_eq!(stat.policy, 3, "comm {comm:?}");
+        }
+    }
+
+    #[test]
+    fn stat_kernel_thread_and_negative_nice() {
+        let line = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 -5 1 0 5 0 0 \
+                    18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
+        let stat = parse_stat(line.as_bytes()).unwrap();
+        assert!(stat.is_kernel_thread());
+        assert_eq!(stat.nice, -5);
+        assert_eq!(stat.parent_pid, 0);
+    }
+
+    #[test]
+    fn stat_truncated_or_garbled_is_an_error() {
+        assert_eq!(parse_stat(b"12 (x) S 1 2 3").unwrap_err(), "too few fields");
+        assert!(parse_stat(b"12 x S 1").is_err());
+        assert!(parse_stat(b"zz (x) S 1 2 3 4 5 6").is_err());
+        assert_eq!(parse_stat(b"1 )x( S").unwrap_err(), "')' before '('");
+    }
+
+    #[test]
+    fn cgroup_v2_line_on_hybrid_and_unified_hosts() {
+        let hybrid = b"9:name=systemd:/\n4:memory:/x\n1:cpu:/\n0::/user.slice/app-a:b.scope\n";
+        assert_eq!(
+            parse_cgroup_v2_path(hybrid).unwrap(),
+            Some("/user.slice/app-a:b.scope")
+        );
+        assert_eq!(parse_cgroup_v2_path(b"0::/\n").unwrap(), Some("/"));
+        assert_eq!(parse_cgroup_v2_path(b"1:cpu:/\n").unwrap(), None);
+        assert!(parse_cgroup_v2_path(b"garbage\n").is_err());
+    }
+
+    #[test]
+    fn status_real_uid_is_the_first_uid_field() {
+        let status = b"Name:\tsudo\nUmask:\t0022\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n";
+        assert_eq!(parse_status_real_uid(status).unwrap(), 1000);
+        assert!(parse_status_real_uid(b"Name:\tx\n").is_err());
+    }
+
+    #[test]
+    fn cmdline_splits_at_nul() {
+        let cmdline = Cmdline::from_raw(b"/usr/bin/foo\0--bar\0\0baz\0".to_vec());
+        assert_eq!(cmdline.to_strings(), ["/usr/bin/foo", "--bar", "", "baz"]);
+        assert!(Cmdline::from_raw(Vec::new()).is_empty());
+        // A process that rewrote its argv without a trailing NUL.
+        assert_eq!(
+            Cmdline::from_raw(b"nginx: worker".to_vec()).to_strings(),
+            ["nginx: worker"]
+        );
+    }
+
+    #[test]
+    fn pid_names() {
+        assert_eq!(parse_pid_name(b"123"), Some(123));
+        assert_eq!(parse_pid_name(b"self"), None);
+        assert_eq!(parse_pid_name(b"+1"), None);
+        assert_eq!(parse_pid_name(b""), None);
+    }
+}

@@ -1,0 +1,367 @@
+//! inotify, on tokio (the `inotify` crate's `EventStream`): cgroup subtrees watched
+//! recursively for cgroups created and removed, xattr changes on a cgroup (GNOME's focus
+//! signal, IN_ATTRIB) and writes to its `cgroup.procs`/`cgroup.threads`; and policy files and
+//! drop-in directories, watched through their directory so that editors that write a new file
+//! and rename it over the old one are seen.
+//!
+//! A cgroup created between a `mkdir` event and the watch on it is not missed: each new
+//! directory is listed after its watch is added and its subdirectories are reported too. A
+//! queue overflow becomes [`WatchEvent::Overflow`]: rescan.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt as _;
+use inotify::{EventMask, EventStream, Inotify, WatchMask, Watches};
+
+/// An inotify operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// inotify could not be set up.
+    #[error("cannot set up inotify: {source}")]
+    Init {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A watch could not be added.
+    #[error("cannot watch {path}: {source}")]
+    AddWatch {
+        /// The watched path.
+        path: PathBuf,
+        /// The OS error (`ENOSPC`: raise `fs.inotify.max_user_watches`).
+        #[source]
+        source: io::Error,
+    },
+    /// Reading events failed.
+    #[error("cannot read inotify events: {source}")]
+    Read {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The inotify stream ended.
+    #[error("the inotify stream ended")]
+    Closed,
+}
+
+/// A change seen by a [`Watcher`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A cgroup directory appeared in a watched tree (it is watched from now on).
+    CgroupCreated {
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// A cgroup directory of a watched tree was removed.
+    CgroupRemoved {
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// A watched cgroup's attributes changed: an xattr such as `user.xdg.inactive-since`.
+    CgroupAttributesChanged {
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// Someone wrote to a watched cgroup's `cgroup.procs` or `cgroup.threads` (a move into it;
+    /// the event does not say which task).
+    CgroupMembershipChanged {
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// A policy file was written, replaced, created by rename, or removed.
+    PolicyChanged {
+        /// The file (or the watched directory itself if that was removed or moved).
+        path: PathBuf,
+    },
+    /// The kernel's event queue overflowed; events were lost.
+    Overflow,
+}
+
+/// What one watch descriptor stands for.
+#[derive(Debug, Clone)]
+enum Target {
+    /// A cgroup directory of a recursively watched tree.
+    Cgroup(PathBuf),
+    /// A directory holding policy files; `only` limits it to some file names (`None`: all).
+    PolicyDirectory {
+        dir: PathBuf,
+        only: Option<Vec<OsString>>,
+    },
+}
+
+const CGROUP_MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::DELETE)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::MODIFY)
+    .union(WatchMask::ONLYDIR);
+
+const POLICY_MASK: WatchMask = WatchMask::CLOSE_WRITE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::ONLYDIR);
+
+/// One inotify instance with canopy's watches. Must be created inside a tokio runtime.
+pub struct Watcher {
+    stream: EventStream<Vec<u8>>,
+    watches: Watches,
+    targets: HashMap<i32, Target>,
+    cgroup_dirs: HashMap<PathBuf, i32>,
+    pending: VecDeque<WatchEvent>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Watcher")
+            .field("watches", &self.targets.len())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl Watcher {
+    /// A watcher with no watches yet.
+    pub fn new() -> Result<Watcher, WatchError> {
+        let inotify = Inotify::init().map_err(|source| WatchError::Init { source })?;
+        let stream = inotify
+            .into_event_stream(vec![0u8; 16 * 1024])
+            .map_err(|source| WatchError::Init { source })?;
+        let watches = stream.watches();
+        Ok(Watcher {
+            stream,
+            watches,
+            targets: HashMap::new(),
+            cgroup_dirs: HashMap::new(),
+            pending: VecDeque::new(),
+        })
+    }
+
+    /// Watches `top` and every cgroup below it, now and as they are created. Returns every
+    /// directory watched (top first). Directories that vanish meanwhile are skipped.
+    pub fn watch_cgroup_tree(&mut self, top: &Path) -> Result<Vec<PathBuf>, WatchError> {
+        let mut watched = Vec::new();
+        self.add_cgroup_subtree(top.to_path_buf(), &mut watched, true)?;
+        Ok(watched)
+    }
+
+    /// Watches one policy file through its directory (so rename-replace is seen). Several files
+    /// of one directory may be watched; a watched directory already covers its files.
+    pub fn watch_policy_file(&mut self, file: &Path) -> Result<(), WatchError> {
+        let dir = file
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = file.file_name().map(OsStr::to_os_string);
+        self.add_policy_watch(dir, name)
+    }
+
+    /// Watches every file in a policy (drop-in) directory.
+    pub fn watch_policy_directory(&mut self, dir: &Path) -> Result<(), WatchError> {
+        self.add_policy_watch(dir, None)
+    }
+
+    /// The number of active watches.
+    pub fn watch_count(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Waits for the next change. Cancel-safe (events already read stay queued).
+    pub async fn next_event(&mut self) -> Result<WatchEvent, WatchError> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            let raw = match self.stream.next().await {
+                Some(Ok(raw)) => raw,
+                Some(Err(source)) => return Err(WatchError::Read { source }),
+                None => return Err(WatchError::Closed),
+            };
+            self.translate(raw.wd.get_watch_descriptor_id(), raw.mask, raw.name)?;
+        }
+    }
+
+    fn add_policy_watch(&mut self, dir: &Path, only: Option<OsString>) -> Result<(), WatchError> {
+        let descriptor =
+            self.watches
+                .add(dir, POLICY_MASK)
+                .map_err(|source| WatchError::AddWatch {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        // inotify gives the same descriptor for the same directory: merge what is watched.
+        let only = match (
+            self.targets.get(&descriptor.get_watch_descriptor_id()),
+            only,
+        ) {
+            (Some(Target::PolicyDirectory { only: None, .. }), _) | (_, None) => None,
+            (
+                Some(Target::PolicyDirectory {
+                    only: Some(names), ..
+                }),
+                Some(name),
+            ) => {
+                let mut names = names.clone();
+                names.push(name);
+                Some(names)
+            }
+            (_, Some(name)) => Some(vec![name]),
+        };
+        self.targets.insert(
+            descriptor.get_watch_descriptor_id(),
+            Target::PolicyDirectory {
+                dir: dir.to_path_buf(),
+                only,
+            },
+        );
+        Ok(())
+    }
+
+    /// Watches `top` and its subdirectories; `strict` makes a failure on `top` an error.
+    fn add_cgroup_subtree(
+        &mut self,
+        top: PathBuf,
+        watched: &mut Vec<PathBuf>,
+        strict: bool,
+    ) -> Result<(), WatchError> {
+        let mut pending = vec![top];
+        let mut first = strict;
+        while let Some(dir) = pending.pop() {
+            let is_top = std::mem::replace(&mut first, false);
+            if self.cgroup_dirs.contains_key(&dir) {
+                continue;
+            }
+            let descriptor = match self.watches.add(&dir, CGROUP_MASK) {
+                Ok(descriptor) => descriptor,
+                Err(error) if !is_top && vanished(&error) => continue,
+                Err(source) => return Err(WatchError::AddWatch { path: dir, source }),
+            };
+            let id = descriptor.get_watch_descriptor_id();
+            self.targets.insert(id, Target::Cgroup(dir.clone()));
+            self.cgroup_dirs.insert(dir.clone(), id);
+            // List after the watch exists, so nothing created in between is missed.
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                let mut subdirs: Vec<PathBuf> = children
+                    .flatten()
+                    .filter(|child| child.file_type().map(|kind| kind.is_dir()).unwrap_or(false))
+                    .map(|child| child.path())
+                    .collect();
+                subdirs.sort_unstable_by(|left, right| right.cmp(left));
+                pending.extend(subdirs);
+            }
+            watched.push(dir);
+        }
+        Ok(())
+    }
+
+    fn translate(
+        &mut self,
+        id: i32,
+        mask: EventMask,
+        name: Option<OsString>,
+    ) -> Result<(), WatchError> {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            self.pending.push_back(WatchEvent::Overflow);
+            return Ok(());
+        }
+        let Some(target) = self.targets.get(&id).cloned() else {
+            return Ok(()); // a watch removed a moment ago
+        };
+        if mask.contains(EventMask::IGNORED) {
+            self.targets.remove(&id);
+        }
+        match target {
+            Target::Cgroup(dir) => self.translate_cgroup(&dir, mask, name)?,
+            Target::PolicyDirectory { dir, only } => {
+                if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+                    self.pending
+                        .push_back(WatchEvent::PolicyChanged { path: dir });
+                } else if let Some(name) = name {
+                    if only.as_ref().is_none_or(|names| names.contains(&name)) {
+                        self.pending.push_back(WatchEvent::PolicyChanged {
+                            path: dir.join(name),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn translate_cgroup(
+        &mut self,
+        dir: &Path,
+        mask: EventMask,
+        name: Option<OsString>,
+    ) -> Result<(), WatchError> {
+        let is_dir = mask.contains(EventMask::ISDIR);
+        match name {
+            Some(name) if is_dir && mask.contains(EventMask::CREATE) => {
+                // Report what did get watched even if a watch failed (ENOSPC) on the way.
+                let mut watched = Vec::new();
+                let result = self.add_cgroup_subtree(dir.join(name), &mut watched, false);
+                self.pending.extend(
+                    watched
+                        .into_iter()
+                        .map(|dir| WatchEvent::CgroupCreated { dir }),
+                );
+                result?;
+            }
+            Some(name) if is_dir && mask.contains(EventMask::DELETE) => {
+                self.forget_cgroup(&dir.join(name));
+            }
+            Some(name)
+                if mask.contains(EventMask::MODIFY)
+                    && (name == "cgroup.procs" || name == "cgroup.threads") =>
+            {
+                self.pending.push_back(WatchEvent::CgroupMembershipChanged {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            None if mask.contains(EventMask::ATTRIB) => {
+                self.pending.push_back(WatchEvent::CgroupAttributesChanged {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            None if mask.intersects(EventMask::DELETE_SELF | EventMask::IGNORED) => {
+                self.forget_cgroup(dir);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reports a removed cgroup once (its parent's IN_DELETE and its own IN_DELETE_SELF may
+    /// both arrive) and drops the watches on it and below it.
+    fn forget_cgroup(&mut self, dir: &Path) {
+        let below: Vec<PathBuf> = self
+            .cgroup_dirs
+            .keys()
+            .filter(|path| path.starts_with(dir))
+            .cloned()
+            .collect();
+        if below.is_empty() {
+            return;
+        }
+        for path in below {
+            if let Some(id) = self.cgroup_dirs.remove(&path) {
+                self.targets.remove(&id);
+            }
+            self.pending
+                .push_back(WatchEvent::CgroupRemoved { dir: path });
+        }
+    }
+}
+
+fn vanished(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR)
+    )
+}

@@ -1,0 +1,178 @@
+//! inotify on a real cgroup2 subtree and a real policy directory: cgroups created (also
+//! nested ones made before their parent's watch could exist), removed, their xattr changed,
+//! a task moved in; policy files written in place and replaced by rename.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use canopy_sys::cgroup::{Cgroup, Focus};
+use canopy_sys::watch::{WatchEvent, Watcher};
+
+use crate::support::{ChildGuard, ScratchCgroup, TempDir};
+
+/// The next event, failing the test after 5 s.
+async fn next(watcher: &mut Watcher) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(5), watcher.next_event())
+        .await
+        .expect("an inotify event within 5 s")
+        .expect("inotify works")
+}
+
+/// Reads events until one equals `wanted`; returns the events skipped on the way.
+async fn expect_event(watcher: &mut Watcher, wanted: WatchEvent) -> Vec<WatchEvent> {
+    let mut skipped = Vec::new();
+    loop {
+        let event = next(watcher).await;
+        if event == wanted {
+            return skipped;
+        }
+        skipped.push(event);
+        assert!(skipped.len() < 100, "never saw {wanted:?}; saw {skipped:?}");
+    }
+}
+
+#[tokio::test]
+async fn cgroup_tree_create_attrib_move_remove() {
+    let scratch = ScratchCgroup::new("watch");
+    let top = scratch.cgroup.dir().to_path_buf();
+    let existing = top.join("existing");
+    std::fs::create_dir(&existing).unwrap();
+
+    let mut watcher = Watcher::new().unwrap();
+    let watched = watcher.watch_cgroup_tree(&top).unwrap();
+    assert_eq!(
+        watched,
+        [top.clone(), existing.clone()],
+        "existing subtree is watched"
+    );
+
+    // A new cgroup with a child made right away: both are reported, both watched.
+    let app = top.join("app.scope");
+    let nested = app.join("nested");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::create_dir(&nested).unwrap();
+    let mut created = Vec::new();
+    while created.len() < 2 {
+        match next(&mut watcher).await {
+            WatchEvent::CgroupCreated { dir } => created.push(dir),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    created.sort();
+    assert_eq!(created, [app.clone(), nested.clone()]);
+    assert_eq!(watcher.watch_count(), 4);
+
+    // The focus xattr on the app's cgroup: IN_ATTRIB, reported once, for that cgroup.
+    let app_cgroup = Cgroup::from_dir(&app);
+    if app_cgroup.set_focus(Focus::Focused).is_ok() {
+        let skipped = expect_event(
+            &mut watcher,
+            WatchEvent::CgroupAttributesChanged { dir: app.clone() },
+        )
+        .await;
+        assert!(skipped.is_empty(), "{skipped:?}");
+    } else {
+        eprintln!("this kernel refuses user.* xattrs on cgroupfs; IN_ATTRIB not tested here");
+    }
+
+    // A task moved into a watched cgroup (a write to cgroup.procs).
+    let child = ChildGuard::sleeper();
+    assert!(!app_cgroup.move_process(child.pid()).unwrap().is_gone());
+    let skipped = expect_event(
+        &mut watcher,
+        WatchEvent::CgroupMembershipChanged { dir: app.clone() },
+    )
+    .await;
+    assert!(
+        skipped
+            .iter()
+            .all(|event| matches!(event, WatchEvent::CgroupAttributesChanged { .. })),
+        "{skipped:?}"
+    );
+    assert!(!scratch
+        .hierarchy
+        .root()
+        .move_process(child.pid())
+        .unwrap()
+        .is_gone());
+
+    // Removal, bottom-up, each reported once.
+    std::fs::remove_dir(&nested).unwrap();
+    std::fs::remove_dir(&app).unwrap();
+    let mut removed = Vec::new();
+    while removed.len() < 2 {
+        match next(&mut watcher).await {
+            WatchEvent::CgroupRemoved { dir } => removed.push(dir),
+            WatchEvent::CgroupMembershipChanged { .. }
+            | WatchEvent::CgroupAttributesChanged { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(removed, [nested, app]);
+    // No duplicate removal reports trail behind.
+    let late = tokio::time::timeout(Duration::from_millis(300), watcher.next_event()).await;
+    assert!(
+        !matches!(late, Ok(Ok(WatchEvent::CgroupRemoved { .. }))),
+        "a removal was reported twice: {late:?}"
+    );
+    assert_eq!(watcher.watch_count(), 2);
+}
+
+fn write_by_rename(path: &Path, content: &str) {
+    let temporary = path.with_extension("tmp~");
+    std::fs::write(&temporary, content).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+#[tokio::test]
+async fn policy_file_in_place_and_rename_replace() {
+    let dir = TempDir::new("/tmp");
+    let policy = dir.path().join("canopy.toml");
+    std::fs::write(&policy, "# v1\n").unwrap();
+    let mut watcher = Watcher::new().unwrap();
+    watcher.watch_policy_file(&policy).unwrap();
+
+    // An unrelated file in the same directory is ignored ...
+    std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+    // ... a rename-replace (vim, most editors) is seen under the policy's own name ...
+    write_by_rename(&policy, "# v2\n");
+    assert_eq!(
+        next(&mut watcher).await,
+        WatchEvent::PolicyChanged {
+            path: policy.clone()
+        }
+    );
+    // ... and so is an in-place write (close after writing).
+    std::fs::write(&policy, "# v3\n").unwrap();
+    assert_eq!(
+        next(&mut watcher).await,
+        WatchEvent::PolicyChanged {
+            path: policy.clone()
+        }
+    );
+    // Removing it is a change too (the daemon keeps the old policy and says so).
+    std::fs::remove_file(&policy).unwrap();
+    assert_eq!(
+        next(&mut watcher).await,
+        WatchEvent::PolicyChanged {
+            path: policy.clone()
+        }
+    );
+}
+
+#[tokio::test]
+async fn policy_drop_in_directory() {
+    let dir = TempDir::new("/tmp");
+    let mut watcher = Watcher::new().unwrap();
+    watcher.watch_policy_directory(dir.path()).unwrap();
+    let drop_in: PathBuf = dir.path().join("50-games.toml");
+    write_by_rename(&drop_in, "# games\n");
+    // The temporary file's close-after-write comes first, then the rename onto the real name.
+    let mut paths = Vec::new();
+    while !paths.contains(&drop_in) {
+        match next(&mut watcher).await {
+            WatchEvent::PolicyChanged { path } => paths.push(path),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
