@@ -73,7 +73,10 @@ struct canopy_class_params {
 	u64 slice_ns;		/* time slice */
 };
 
-/* Map `task_classes`: tid (u32) -> class id (u32). Written by the controller. */
+/*
+ * Map `task_classes`: tid (u32) -> class id (u32). Written by the controller. A thread without
+ * an entry takes its process's entry (key = tgid), then the policy's default class.
+ */
 
 /* Map `group_policy`: cgroup id (u64) -> policy. Written by the loader from the policy. */
 struct canopy_group_policy {

@@ -193,12 +193,16 @@ echo 200 > /sys/fs/cgroup/ta/cpu.weight
 echo 100 > /sys/fs/cgroup/tb/cpu.weight
 {start}
 hog_in ta; hog_in ta
+# B's hogs exist but are stopped: B is idle until SIGCONT wakes both at once
+hog_in tb; B1=$!; hog_in tb; B2=$!
+sleep 1
+kill -STOP $B1 $B2
 sleep 1
 a0=$(usage ta); t0=$(now)
 sleep 3
 set -- $(usage_ab); a1=$1; b1=$2; t1=$(now)
 canopy-guest report b-idle a_usec=$((a1 - a0)) t0=$t0 t1=$t1
-hog_in tb; hog_in tb
+kill -CONT $B1 $B2
 sleep 1
 set -- $(usage_ab); a2=$1; b2=$2; t2=$(now)
 sleep 1
@@ -229,7 +233,7 @@ canopy-guest report b-woke first_a=$((a2 - a1)) first_b=$((b2 - b1)) second_a=$(
     let then_ratio = num(woke, "then_a") / num(woke, "then_b");
     println!("B idle: A used {:.1}% of 2 CPUs", idle_util * 100.0);
     println!(
-        "B woke: second 0-1 {first_ratio:.3}:1 (includes starting B's hogs), second 1-2 {second_ratio:.3}:1, \
+        "B woke (SIGCONT): second 0-1 {first_ratio:.3}:1, second 1-2 {second_ratio:.3}:1, \
          seconds 1-4 {then_ratio:.3}:1 (target 2:1)"
     );
     assert!(
@@ -461,15 +465,7 @@ echo 0 > /proc/sys/kernel/sched_autogroup_enabled
 canopy scheduler exec --nice -4 -- canopy-guest latency --seconds 10 --histogram-us 200000 --load "canopy scheduler exec --nice 4 --batch -- $LOAD" --kind latency-schedqos
 echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled
 {start}
-tag_cyclictest() {{
-  for i in $(seq 1 200); do
-    pid=$(pidof cyclictest) && [ "$(ls /proc/$pid/task | wc -l)" -ge 2 ] && break
-    sleep 0.05
-  done
-  for t in $(ls /proc/$pid/task); do canopy scheduler tag --tid $t --class USER_INTERACTIVE; done
-  canopy-guest report tagged pid=$pid tids="$(ls /proc/$pid/task | tr '\n' ' ')"
-}}
-tag_cyclictest &
+canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 20 > /tmp/tagger.log 2>&1 &
 canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-canopy
 {STOP_ROOT}
 "#,
@@ -497,7 +493,6 @@ canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind la
         p99("latency-canopy")?,
     );
     println!("cyclictest p99 under hackbench: fair {fair} us, schedqos mapping {schedqos} us, canopy {canopy} us");
-    println!("tagged: {}", outcome.result("tagged")?);
     assert!(
         canopy <= fair / 4.0,
         "canopy p99 {canopy} us is not at most a quarter of fair's {fair} us"
@@ -790,14 +785,7 @@ canopy scheduler exec --nice -4 -- canopy-guest latency --seconds 8 --histogram-
 echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled
 {start}
 canopy-guest cpu-split --group ta:200:2 --group tb:100:2 --seconds 8 --warmup 1 --keep --kind split-canopy
-tag_cyclictest() {{
-  for i in $(seq 1 200); do
-    pid=$(pidof cyclictest) && [ "$(ls /proc/$pid/task | wc -l)" -ge 2 ] && break
-    sleep 0.05
-  done
-  for t in $(ls /proc/$pid/task); do canopy scheduler tag --tid $t --class USER_INTERACTIVE; done
-}}
-tag_cyclictest &
+canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 20 > /tmp/tagger.log 2>&1 &
 canopy-guest latency --seconds 8 --histogram-us 200000 --load "$LOAD" --kind latency-canopy
 canopy-guest exec --kind hackbench-canopy -- hackbench -T -p -l 300 -g 4
 {STOP_ROOT}
