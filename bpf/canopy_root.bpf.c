@@ -246,7 +246,7 @@ __noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 wake_flags)
 {
 	struct canopy_class_params *cp;
-	u32 nr = scx_bpf_nr_cids();
+	u32 nr = scx_bpf_nr_cids(), class;
 	s32 cid = -1;
 	int i;
 
@@ -264,7 +264,9 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 		return prev_cid;
 
 	/* an idle cid: run there at once */
-	cp = class_of(task_class(p));
+	class = task_class(p);
+	cp = class_of(class);
+	remember_class(p, class, cp);
 	scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL), class_slice(cp), 0);
 	return cid;
 }
@@ -313,6 +315,7 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 	if (cp && cp->preempts && (enq_flags & KCONST(SCX_ENQ_WAKEUP))) {
 		victim = find_preemptible_cid(p);
 		if (victim >= 0) {
+			remember_class(p, class, cp);
 			scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL_ON) | victim,
 							 class_slice(cp),
 							 enq_flags | KCONST(SCX_ENQ_PREEMPT));
