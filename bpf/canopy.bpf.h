@@ -190,11 +190,16 @@ struct {
 /* The policy's default class for tasks the controller has not tagged. */
 const volatile u32 default_class = CANOPY_CLASS_DEFAULT;
 
+/* A task's class: its own tag, else its process's tag (tid == tgid), else the default. */
 static __always_inline u32 task_class(const struct task_struct *p)
 {
-	u32 tid = p->pid;
+	u32 tid = p->pid, tgid = p->tgid;
 	u32 *class = bpf_map_lookup_elem(&task_classes, &tid);
-	u32 c = class ? *class : default_class;
+	u32 c;
+
+	if (!class && tgid != tid)
+		class = bpf_map_lookup_elem(&task_classes, &tgid);
+	c = class ? *class : default_class;
 
 	return c < CANOPY_NR_CLASSES ? c : CANOPY_CLASS_DEFAULT;
 }

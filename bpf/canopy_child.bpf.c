@@ -165,7 +165,7 @@ void CANOPY_OP(canopy_child_exit, struct scx_exit_info *ei)
 
 void CANOPY_OP(canopy_child_dump, struct scx_dump_ctx *dump_ctx)
 {
-	canopy_dump("canopy_child on cgroup %llu: %d queued, vtime now %llu",
+	canopy_dump("canopy_child on cgroup %llu: %d queued, vtime now %llu\n",
 		    attach_cgroup_id, scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ), own_vtime_now);
 }
 

@@ -12,7 +12,7 @@
  *    vtime, then the next, and so on: a member with nothing to run is skipped
  *    at once, so capacity never idles while anyone has work (work-conserving
  *    within one slice). A member that was idle re-enters at most one default
- *    slice behind the member with the most vtime, so it cannot hoard credit
+ *    slice behind the busy member with the least vtime, so it cannot hoard credit
  *    (busy members are never lifted: they keep whatever lag they have).
  *    Optional per-member terms, per 100 ms window and across all online cids:
  *    a cap (skipped once it used cap% of the window's capacity) and a
@@ -28,7 +28,7 @@
  *    vtime each time keeps the vtimes level, so A receives 2/3 and B 1/3 of
  *    the 2 cids: 1.33 and 0.67 CPUs. If B's hogs stop, B is skipped and A gets
  *    both cids; when they resume, B starts 20 ms (one default slice) of vtime
- *    behind A and the 2:1 split is restored within a few slices.
+ *    behind A (the least-served busy member) and the 2:1 split is restored within a few slices.
  *    With B capped at 25%: B may use 0.25 * 100 ms * 2 cids = 50 ms per
  *    window; A (or member 0) gets the rest even though B has work.
  *
@@ -90,8 +90,14 @@ struct cid_state {
 
 struct cid_state cid_states[CANOPY_MAX_CIDS];
 u64 idle_cids[CANOPY_MAX_CIDS / 64];
-/* highest member vtime charged so far: re-entering members start at most one slice behind */
-u64 member_vtime_now;
+/* attached children; with none, dispatch skips member selection entirely */
+u32 nr_children;
+/*
+ * Lowest vtime among members that have work (CFS's min_vruntime): a member coming back from
+ * idle re-enters at most one slice behind it. Tracking the lowest, not the highest, matters:
+ * a member running ahead on its guarantee must not push returning members past busy ones.
+ */
+u64 member_vtime_min;
 
 /* cmask scratch for grants; only used from sub_attach and cid_online (serialised by the kernel) */
 struct canopy_cmask __arena grant_mask;
@@ -116,12 +122,28 @@ static __always_inline bool cid_is_idle(s32 cid)
 	return idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)] & (1ULL << (cid & 63));
 }
 
-static __always_inline void roll_window(struct canopy_member *m, u64 now)
+/*
+ * Start a new accounting window when the current one is over. A capped member carries what
+ * it used beyond its cap into the next window (a dispatch can overshoot the cap by up to a
+ * slice per cid), so over time it averages exactly its cap; a guaranteed member carries what
+ * it was promised but did not get (a sibling's slice may hold a cid past the window).
+ */
+static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr_cids)
 {
-	if (now - m->period_start_ns >= CANOPY_PERIOD_NS) {
-		m->period_start_ns = now;
+	u64 budget, promised, owed;
+
+	if (now - m->period_start_ns < CANOPY_PERIOD_NS)
+		return;
+	budget = (now - m->period_start_ns) * nr_cids / 100 * m->cap_pct;
+	/* a guaranteed member that got less than promised is owed the rest (up to one window) */
+	promised = (now - m->period_start_ns) * nr_cids / 100 * m->guarantee_pct + m->guarantee_owed_ns;
+	owed = (m->guarantee_pct && promised > m->period_used_ns) ? promised - m->period_used_ns : 0;
+	m->guarantee_owed_ns = owed < CANOPY_PERIOD_NS * (u64)nr_cids ? owed : CANOPY_PERIOD_NS * (u64)nr_cids;
+	m->period_start_ns = now;
+	if (m->cap_pct && m->cap_pct < 100 && m->period_used_ns > budget)
+		m->period_used_ns -= budget;
+	else
 		m->period_used_ns = 0;
-	}
 }
 
 /* Charge the time @cid has been handed to its owner and mark it unowned. */
@@ -145,12 +167,10 @@ static __always_inline void charge_cid(s32 cid, u64 now)
 	if (!m || !m->active)
 		return;
 	__sync_fetch_and_add(&m->cpu_ns, delta);
-	roll_window(m, now);
+	roll_window(m, now, scx_bpf_nr_online_cids() ?: 1);
 	m->period_used_ns += delta;
 	vt = m->vtime + delta * 100 / (m->weight ?: 1);
 	m->vtime = vt;
-	if ((s64)(vt - member_vtime_now) > 0)
-		member_vtime_now = vt;
 }
 
 static __always_inline void hand_cid(s32 cid, u32 slot, u64 now)
@@ -173,8 +193,18 @@ __noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 	int i;
 	u64 best_vtime = (u64)-1;
 	bool best_guaranteed = false;
-	u64 floor = member_vtime_now > KCONST(SCX_SLICE_DFL) ?
-		    member_vtime_now - KCONST(SCX_SLICE_DFL) : 0;
+	u64 min_busy = (u64)-1, floor;
+
+	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
+		struct canopy_member *m = member_of(i);
+
+		if (m && m->active && !m->empty && m->vtime < min_busy)
+			min_busy = m->vtime;
+	}
+	if (min_busy != (u64)-1)
+		member_vtime_min = min_busy;
+	floor = member_vtime_min > KCONST(SCX_SLICE_DFL) ?
+		member_vtime_min - KCONST(SCX_SLICE_DFL) : 0;
 
 	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m;
@@ -187,7 +217,7 @@ __noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 		if (!m || !m->active)
 			continue;
 
-		roll_window(m, now);
+		roll_window(m, now, nr_cids);
 		capacity = CANOPY_PERIOD_NS * (u64)nr_cids;
 		if (m->cap_pct && m->cap_pct < 100 &&
 		    m->period_used_ns >= capacity / 100 * m->cap_pct) {
@@ -197,7 +227,7 @@ __noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 		}
 		guaranteed = m->guarantee_pct &&
 			     m->period_used_ns < (now - m->period_start_ns) * nr_cids / 100 *
-						 m->guarantee_pct;
+						 m->guarantee_pct + m->guarantee_owed_ns;
 
 		/* only a member coming back from idle is lifted to the floor: busy ones keep their lag */
 		if (m->empty && m->vtime < floor)
@@ -216,7 +246,7 @@ __noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 wake_flags)
 {
 	struct canopy_class_params *cp;
-	u32 nr = scx_bpf_nr_cids();
+	u32 nr = scx_bpf_nr_cids(), class;
 	s32 cid = -1;
 	int i;
 
@@ -234,7 +264,9 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 		return prev_cid;
 
 	/* an idle cid: run there at once */
-	cp = class_of(task_class(p));
+	class = task_class(p);
+	cp = class_of(class);
+	remember_class(p, class, cp);
 	scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL), class_slice(cp), 0);
 	return cid;
 }
@@ -283,6 +315,7 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 	if (cp && cp->preempts && (enq_flags & KCONST(SCX_ENQ_WAKEUP))) {
 		victim = find_preemptible_cid(p);
 		if (victim >= 0) {
+			remember_class(p, class, cp);
 			scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL_ON) | victim,
 							 class_slice(cp),
 							 enq_flags | KCONST(SCX_ENQ_PREEMPT));
@@ -309,6 +342,20 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 	int attempt;
 
 	charge_cid(cid, now);
+
+	/* fast path: no children, so the cid can only go to our own tasks */
+	if (!nr_children) {
+		struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
+
+		if (scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_OWN_DSQ, 0) ||
+		    class_vtime_keep_prev(prev)) {
+			hand_cid(cid, CANOPY_SELF_SLOT, now);
+			if (self)
+				self->dispatches++;
+			stat_inc(CANOPY_STAT_OWN_DISPATCHES);
+		}
+		return;
+	}
 
 	canopy_for(attempt, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m;
@@ -520,11 +567,12 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args
 	m->weight = pol->weight ?: cgroup_cpu_weight(cgid);
 	m->guarantee_pct = pol->guarantee_pct;
 	m->cap_pct = pol->cap_pct;
-	m->vtime = member_vtime_now;
+	m->vtime = member_vtime_min;
 	m->period_start_ns = scx_bpf_now();
 	m->period_used_ns = 0;
 	__builtin_memcpy(m->name, name, CANOPY_NAME_LEN);
 	m->active = 1;
+	__sync_fetch_and_add(&nr_children, 1);
 
 	bpf_printk("canopy: admitted sub-scheduler %s on %s weight %u", name,
 		   args->cgroup_path, m->weight);
@@ -543,6 +591,7 @@ void CANOPY_OP_SLEEPABLE(canopy_root_sub_detach, struct scx_sub_detach_args *arg
 
 		if (m && m->active && m->cgroup_id == cgid) {
 			m->active = 0;
+			__sync_fetch_and_sub(&nr_children, 1);
 			stat_inc(CANOPY_STAT_DETACHED);
 			bpf_printk("canopy: sub-scheduler on %s detached", args->cgroup_path);
 			break;
@@ -619,13 +668,13 @@ void CANOPY_OP(canopy_root_dump, struct scx_dump_ctx *dump_ctx)
 {
 	u32 slot;
 
-	canopy_dump("canopy_root: own DSQ %d queued, member vtime floor %llu",
-		    scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ), member_vtime_now);
+	canopy_dump("canopy_root: own DSQ %d queued, member vtime floor %llu\n",
+		    scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ), member_vtime_min);
 	for (slot = 0; slot < CANOPY_MAX_MEMBERS; slot++) {
 		struct canopy_member *m = member_of(slot);
 
 		if (m && m->active)
-			canopy_dump("member %u cgroup %llu weight %u vtime %llu cpu_ns %llu",
+			canopy_dump("member %u cgroup %llu weight %u vtime %llu cpu_ns %llu\n",
 				    slot, m->cgroup_id, m->weight, m->vtime, m->cpu_ns);
 	}
 }
@@ -635,7 +684,7 @@ void CANOPY_OP(canopy_root_dump_cid, struct scx_dump_ctx *dump_ctx, s32 cid, boo
 	struct cid_state *cs = cid_state_of(cid);
 
 	if (cs)
-		canopy_dump("cid %d owner %u class %u since %llu", cid, cs->owner,
+		canopy_dump("cid %d owner %u class %u since %llu\n", cid, cs->owner,
 			    cs->running_class, cs->since);
 }
 

@@ -45,12 +45,28 @@ static __always_inline u32 effective_weight(const struct task_struct *p,
 	return w ? (w < 100000 ? w : 100000) : 1;
 }
 
+/*
+ * Record the class and weight @p is being inserted with. Every insert path must call this
+ * (queueing, direct dispatch to an idle cid, preempting insert): running() and stopping() read
+ * it, and a stale record would misclassify the running task (hiding it from preemption) or
+ * charge its vtime with the wrong weight.
+ */
+static __always_inline void remember_class(struct task_struct *p, u32 class,
+					   const struct canopy_class_params *cp)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+
+	if (tctx) {
+		tctx->class = class;
+		tctx->weight = effective_weight(p, cp);
+	}
+}
+
 /* Queue @p on @dsq in class-weighted vtime order. Returns the class. */
 static __always_inline u32 queue_by_class(struct task_struct *p, u64 dsq, u64 enq_flags)
 {
 	struct scx_bpf_dsq_insert_vtime_args args = {};
 	struct canopy_class_params *cp;
-	struct task_ctx *tctx;
 	u32 class = task_class(p);
 	u64 vtime = p->scx.dsq_vtime, slice, floor, now_v = own_vtime_now;
 
@@ -60,11 +76,7 @@ static __always_inline u32 queue_by_class(struct task_struct *p, u64 dsq, u64 en
 	if (vtime < floor)
 		vtime = floor;
 
-	tctx = task_ctx_of(p);
-	if (tctx) {
-		tctx->class = class;
-		tctx->weight = effective_weight(p, cp);
-	}
+	remember_class(p, class, cp);
 
 	args.dsq_id = dsq;
 	args.slice = slice;

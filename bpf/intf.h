@@ -73,7 +73,10 @@ struct canopy_class_params {
 	u64 slice_ns;		/* time slice */
 };
 
-/* Map `task_classes`: tid (u32) -> class id (u32). Written by the controller. */
+/*
+ * Map `task_classes`: tid (u32) -> class id (u32). Written by the controller. A thread without
+ * an entry takes its process's entry (key = tgid), then the policy's default class.
+ */
 
 /* Map `group_policy`: cgroup id (u64) -> policy. Written by the loader from the policy. */
 struct canopy_group_policy {
@@ -103,6 +106,7 @@ struct canopy_member {
 	u64 throttled;		/* times it was skipped because it reached its cap */
 	u64 period_start_ns;	/* start of the current accounting window */
 	u64 period_used_ns;	/* CPU time used in the current window */
+	u64 guarantee_owed_ns;	/* guaranteed time it did not get in past windows (at most one window) */
 	char name[CANOPY_NAME_LEN];	/* ops name of the child ("" for slot 0) */
 };
 

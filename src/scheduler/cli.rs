@@ -71,10 +71,17 @@ enum SchedulerCommand {
         #[arg(long, default_value_t = 0.0)]
         seconds: f64,
     },
-    /// Tag a task (thread id) with a class in the shared class map.
+    /// Tag a task (thread id) with a class in the shared class map, or, with --comm, wait for
+    /// processes of that name and tag them (by process id: their threads follow).
     Tag {
+        #[arg(long, required_unless_present = "comm")]
+        tid: Option<u32>,
+        /// Process name (comm) to watch for instead of one tid.
         #[arg(long)]
-        tid: u32,
+        comm: Option<String>,
+        /// With --comm: how long to keep watching, in seconds.
+        #[arg(long, default_value_t = 30.0)]
+        watch_seconds: f64,
         #[arg(long)]
         class: String,
     },
@@ -153,13 +160,24 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
                 hold_child(&cgroup, ops_name, seconds)
             }
         }
-        SchedulerCommand::Tag { tid, class } => {
+        SchedulerCommand::Tag {
+            tid,
+            comm,
+            watch_seconds,
+            class,
+        } => {
             let class = class_id(&class)?;
             let map = MapHandle::from_pinned_path(Path::new(PIN_DIR).join("task_classes"))
                 .context("opening the shared task_classes map (is the root loaded?)")?;
-            map.update(&tid.to_ne_bytes(), &class.to_ne_bytes(), MapFlags::ANY)
-                .context("writing task_classes")?;
-            Ok(())
+            let tag = |tid: u32| {
+                map.update(&tid.to_ne_bytes(), &class.to_ne_bytes(), MapFlags::ANY)
+                    .context("writing task_classes")
+            };
+            match (tid, comm) {
+                (Some(tid), _) => tag(tid),
+                (None, Some(comm)) => watch_and_tag(&comm, watch_seconds, &tag),
+                (None, None) => unreachable!("clap requires --tid or --comm"),
+            }
         }
         SchedulerCommand::Exec {
             nice,
@@ -470,4 +488,45 @@ fn exec_with(nice: i32, batch: bool, command: &[String]) -> anyhow::Result<()> {
         .args(&command[1..])
         .exec();
     Err(anyhow::anyhow!("exec {}: {error}", command[0]))
+}
+
+/// Tags the processes named `comm` (by pid; their threads take the process's class) as soon as
+/// they appear, polling /proc every 2 ms until the first scan that finds one, or `seconds`. A stand-in for the controller's rules in the
+/// VM tests; it tags itself first so it is not stuck behind the load it races with.
+fn watch_and_tag(
+    comm: &str,
+    seconds: f64,
+    tag: &dyn Fn(u32) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    tag(std::process::id())?;
+    let stop_at = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tagged = std::collections::HashSet::new();
+    while Instant::now() < stop_at {
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if tagged.contains(&pid) {
+                continue;
+            }
+            let Ok(name) = std::fs::read_to_string(entry.path().join("comm")) else {
+                continue;
+            };
+            if name.trim_end() == comm {
+                tag(pid)?;
+                tagged.insert(pid);
+                println!("canopy: tagged {comm} (pid {pid})");
+            }
+        }
+        if !tagged.is_empty() {
+            // its threads follow the process's tag; stop competing with what we just tagged
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
 }

@@ -61,6 +61,7 @@ impl ExitReport {
         })
     }
 
+    #[allow(dead_code)] // part of the decoded exit code; shown by callers that need it
     pub fn user_code(&self) -> u32 {
         (self.exit_code & ECODE_USER_MASK) as u32
     }
@@ -81,6 +82,7 @@ impl ExitReport {
     }
 
     /// Ended by an error (kinds >= 1024), not by an orderly unregistration.
+    #[allow(dead_code)]
     pub fn is_error(&self) -> bool {
         self.kind >= 1024
     }

@@ -160,7 +160,9 @@ impl RootScheduler {
             .map_err(|e| SchedulerError::Load(format!("writing group_policy: {e}")))
     }
 
-    /// Tags a task (thread id) with a class.
+    /// Tags a task (thread id) with a class. For the controller (next issue); the VM tests tag
+    /// through the pinned map with `canopy scheduler tag`.
+    #[allow(dead_code)]
     pub fn set_task_class(&self, tid: u32, class: u32) -> Result<(), SchedulerError> {
         self.skel
             .maps
