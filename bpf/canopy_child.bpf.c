@@ -183,7 +183,7 @@ struct sched_ext_ops_cid canopy_child_ops = {
 	.init = (void *)canopy_child_init,
 	.exit = (void *)canopy_child_exit,
 	.dump = (void *)canopy_child_dump,
-	.timeout_ms = 10000,
+	.timeout_ms = 30000,
 	.exit_dump_len = CANOPY_EXIT_DUMP_LEN,
 	.name = "canopy_child",
 };

@@ -707,7 +707,7 @@ struct sched_ext_ops_cid canopy_root_ops = {
 	.exit = (void *)canopy_root_exit,
 	.dump = (void *)canopy_root_dump,
 	.dump_cid = (void *)canopy_root_dump_cid,
-	.timeout_ms = 10000,
+	.timeout_ms = 30000,
 	.exit_dump_len = CANOPY_EXIT_DUMP_LEN,
 	.name = "canopy_root",
 };

@@ -9,7 +9,8 @@
  * t * 100 / weight, so at equal demand a USER_INTERACTIVE task (weight 800 in
  * the shipped classes) gets 8x the CPU of a DEFAULT one (100) and 32x that of
  * a BACKGROUND one (25). A waking task's vtime is raised to at least
- * `own_vtime_now - one slice`, so sleeping banks at most one slice of credit.
+ * `own_vtime_now - one slice`, so sleeping banks at most one slice of credit, and capped at
+ * `own_vtime_now + CANOPY_MAX_VTIME_AHEAD`, so no task waits unboundedly behind the others.
  */
 #ifndef CANOPY_CLASS_VTIME_BPF_H
 #define CANOPY_CLASS_VTIME_BPF_H
@@ -42,7 +43,8 @@ static __always_inline u32 effective_weight(const struct task_struct *p,
 {
 	u64 w = (u64)class_weight(cp) * p->scx.weight / 100;
 
-	return w ? (w < 100000 ? w : 100000) : 1;
+	/* at least 10: a nice-19 kthread (scx weight 1) must not fall minutes behind */
+	return w < 10 ? 10 : (w < 100000 ? w : 100000);
 }
 
 /*
@@ -75,6 +77,13 @@ static __always_inline u32 queue_by_class(struct task_struct *p, u64 dsq, u64 en
 	floor = now_v > slice ? now_v - slice : 0;
 	if (vtime < floor)
 		vtime = floor;
+	/*
+	 * Nor more than CANOPY_MAX_VTIME_AHEAD ahead: a low-weight task that just ran a long slice
+	 * would otherwise wait for every other task to catch up, long enough for the sched_ext
+	 * watchdog to call it a stall.
+	 */
+	if (vtime > now_v + CANOPY_MAX_VTIME_AHEAD)
+		vtime = now_v + CANOPY_MAX_VTIME_AHEAD;
 
 	remember_class(p, class, cp);
 

@@ -50,6 +50,8 @@ enum canopy_limits {
 	CANOPY_OWN_DSQ = 1,
 	/* CPU-time accounting window for guarantees and caps, per cid */
 	CANOPY_PERIOD_NS = 100000000,
+	/* how far (weighted ns) a queued task's vtime may run ahead of the scheduler's vtime clock */
+	CANOPY_MAX_VTIME_AHEAD = 200000000,
 	/* weight of a member whose policy and cgroup give none */
 	CANOPY_DEFAULT_WEIGHT = 100,
 };
