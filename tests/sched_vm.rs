@@ -615,7 +615,7 @@ for i in $(seq 1 300); do
   sleep 0.1
 done
 cat /tmp/root.log
-canopy-guest cpu-split --group ta:-:2 --group tb:-:2 --seconds 6 --warmup 1 --keep --kind policy-split
+canopy-guest cpu-split --group ta:-:2 --group tb:-:2 --seconds 10 --warmup 1 --keep --kind policy-split
 mkdir /sys/fs/cgroup/late-1
 for i in $(seq 1 300); do grep -q 'enabled on /sys/fs/cgroup/late-1' /tmp/root.log && break; sleep 0.1; done
 canopy-guest report late-cgroup subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" late_id=$(stat -c %i /sys/fs/cgroup/late-1)
