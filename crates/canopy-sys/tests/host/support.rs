@@ -35,10 +35,16 @@ impl ChildGuard {
             .expect("spawn sleep");
         let guard = ChildGuard { child: Some(child) };
         // spawn() returns once the child's exec has released the parent (vfork), which the
-        // kernel does before it sets the new comm and argv: wait until exec has finished.
+        // kernel does before it sets the new comm and argv; and it sets the comm
+        // (setup_new_exec) before the new argv exists (create_elf_tables): wait for both.
         let comm_path = format!("/proc/{}/comm", guard.pid());
+        let cmdline_path = format!("/proc/{}/cmdline", guard.pid());
+        let exec_finished = || {
+            std::fs::read_to_string(&comm_path).unwrap_or_default() == "sleep\n"
+                && std::fs::read(&cmdline_path).unwrap_or_default() == b"sleep\x0060\x00"
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::fs::read_to_string(&comm_path).unwrap_or_default() != "sleep\n" {
+        while !exec_finished() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "sleep never finished its exec"
