@@ -84,8 +84,14 @@ struct {
 /* Who a cid is currently handed to, and since when. */
 struct cid_state {
 	u32 owner;		/* member slot, NO_OWNER when idle */
-	u32 running_class;	/* class of our own task running there, NO_CLASS otherwise */
+	/*
+	 * class of our own task running there, NO_CLASS otherwise: set in running(), cleared in
+	 * stopping(); a task the kernel keeps running past its slice sees neither, and stays
+	 * preemptible
+	 */
+	u32 running_class;
 	u64 since;
+	u64 reserved_vtime;	/* vtime charged to the owner in advance when it was handed the cid */
 };
 
 struct cid_state cid_states[CANOPY_MAX_CIDS];
@@ -146,41 +152,75 @@ static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr
 		m->period_used_ns = 0;
 }
 
-/* Charge the time @cid has been handed to its owner and mark it unowned. */
+/*
+ * Charge the time @cid has been handed to its owner and mark it unowned. The owner was charged
+ * its expected use in advance (hand_cid); settle that against what it really used. Updates are
+ * atomic: both cids of a member often end their slices on the same tick.
+ */
 static __always_inline void charge_cid(s32 cid, u64 now)
 {
 	struct cid_state *cs = cid_state_of(cid);
 	struct canopy_member *m;
-	u64 delta, vt;
+	u64 delta, used_vtime, reserved;
 	u32 owner;
 
 	if (!cs)
 		return;
 	owner = cs->owner;
+	reserved = cs->reserved_vtime;
 	cs->owner = NO_OWNER;
-	cs->running_class = NO_CLASS;
-	if (owner >= CANOPY_MAX_MEMBERS || now <= cs->since)
+	cs->reserved_vtime = 0;
+	if (owner >= CANOPY_MAX_MEMBERS)
 		return;
-	delta = now - cs->since;
-
 	m = member_of(owner);
 	if (!m || !m->active)
+		return;
+	if (m->running_cids)
+		__sync_fetch_and_sub(&m->running_cids, 1);
+	delta = now > cs->since ? now - cs->since : 0;
+	used_vtime = delta * 100 / (m->weight ?: 1);
+	/* two's complement: adding (used - reserved) also subtracts an over-reservation */
+	__sync_fetch_and_add(&m->vtime, used_vtime - reserved);
+	if (!delta)
 		return;
 	__sync_fetch_and_add(&m->cpu_ns, delta);
 	roll_window(m, now, scx_bpf_nr_online_cids() ?: 1);
 	m->period_used_ns += delta;
-	vt = m->vtime + delta * 100 / (m->weight ?: 1);
-	m->vtime = vt;
+	/* 1/8 moving average, kept within [50 us, 2 default slices] */
+	m->slice_estimate_ns = (m->slice_estimate_ns * 7 + delta) / 8;
+	if (m->slice_estimate_ns < 50000)
+		m->slice_estimate_ns = 50000;
+	if (m->slice_estimate_ns > 2 * KCONST(SCX_SLICE_DFL))
+		m->slice_estimate_ns = 2 * KCONST(SCX_SLICE_DFL);
 }
 
+/*
+ * Hand @cid to member @slot and charge it, in advance, the time it is expected to keep the
+ * cid. Without the reservation a member's vtime would not show what it is running right now,
+ * and two cids picking at the same moment would both pick the same lagging member.
+ */
 static __always_inline void hand_cid(s32 cid, u32 slot, u64 now)
 {
 	struct cid_state *cs = cid_state_of(cid);
+	struct canopy_member *m = member_of(slot);
+	u64 reserved = 0;
 
 	if (!cs)
 		return;
+	if (m && m->active) {
+		reserved = m->slice_estimate_ns * 100 / (m->weight ?: 1);
+		__sync_fetch_and_add(&m->vtime, reserved);
+		__sync_fetch_and_add(&m->running_cids, 1);
+	}
 	cs->owner = slot;
 	cs->since = now;
+	cs->reserved_vtime = reserved;
+}
+
+/* Idle: nothing queued when last offered a cid and nothing running anywhere. */
+static __always_inline bool member_idle(const struct canopy_member *m)
+{
+	return m->empty && !m->running_cids;
 }
 
 /*
@@ -198,7 +238,7 @@ __noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m = member_of(i);
 
-		if (m && m->active && !m->empty && m->vtime < min_busy)
+		if (m && m->active && !member_idle(m) && m->vtime < min_busy)
 			min_busy = m->vtime;
 	}
 	if (min_busy != (u64)-1)
@@ -229,9 +269,14 @@ __noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 			     m->period_used_ns < (now - m->period_start_ns) * nr_cids / 100 *
 						 m->guarantee_pct + m->guarantee_owed_ns;
 
-		/* only a member coming back from idle is lifted to the floor: busy ones keep their lag */
-		if (m->empty && m->vtime < floor)
+		/*
+		 * Only a member coming back from idle is lifted to the floor: busy ones keep their
+		 * lag. A member whose queue was empty while its tasks ran elsewhere is not idle.
+		 */
+		if (member_idle(m) && m->vtime < floor) {
+			m->lifted_vtime += floor - m->vtime;
 			m->vtime = floor;
+		}
 
 		if ((guaranteed && !best_guaranteed) ||
 		    (guaranteed == best_guaranteed && m->vtime < best_vtime)) {
@@ -243,6 +288,22 @@ __noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 	return best;
 }
 
+/*
+ * Take @cid for a waking task if it is idle. Test-and-clear: of two tasks waking at once only
+ * one gets an idle cid, so a USER_INTERACTIVE task never lands in a local queue behind a
+ * BACKGROUND task that saw the same cid idle a moment earlier.
+ */
+static __always_inline bool claim_idle_cid(struct task_struct *p, s32 cid)
+{
+	u64 bit, before;
+
+	if (cid < 0 || cid >= CANOPY_MAX_CIDS || !cid_is_idle(cid) || !task_may_run_on(p, cid))
+		return false;
+	bit = 1ULL << (cid & 63);
+	before = __sync_fetch_and_and(&idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)], ~bit);
+	return before & bit;
+}
+
 s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 wake_flags)
 {
 	struct canopy_class_params *cp;
@@ -250,11 +311,11 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 	s32 cid = -1;
 	int i;
 
-	if (cid_is_idle(prev_cid) && task_may_run_on(p, prev_cid)) {
+	if (claim_idle_cid(p, prev_cid)) {
 		cid = prev_cid;
 	} else {
 		canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
-			if (cid_is_idle(i) && task_may_run_on(p, i)) {
+			if (claim_idle_cid(p, i)) {
 				cid = i;
 				break;
 			}
@@ -263,11 +324,17 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 	if (cid < 0)
 		return prev_cid;
 
-	/* an idle cid: run there at once */
+	/*
+	 * An idle cid: run there at once. A preempting class inserts with PREEMPT, ahead of and
+	 * over anything that reached the cid first (a child's task sent there by its own wakeup).
+	 */
 	class = task_class(p);
 	cp = class_of(class);
 	remember_class(p, class, cp);
-	scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL), class_slice(cp), 0);
+	if (cp && cp->preempts)
+		track_wakeup(p, CANOPY_STAT_WAKE_IDLE);
+	scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL), class_slice(cp),
+					 (cp && cp->preempts) ? KCONST(SCX_ENQ_PREEMPT) : 0);
 	return cid;
 }
 
@@ -316,12 +383,15 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 		victim = find_preemptible_cid(p);
 		if (victim >= 0) {
 			remember_class(p, class, cp);
+			track_wakeup(p, victim == scx_bpf_task_cid(p) ? CANOPY_STAT_WAKE_PREEMPT_LOCAL :
+								       CANOPY_STAT_WAKE_PREEMPT_REMOTE);
 			scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL_ON) | victim,
 							 class_slice(cp),
 							 enq_flags | KCONST(SCX_ENQ_PREEMPT));
 			stat_inc(CANOPY_STAT_PREEMPT_KICKS);
 			return;
 		}
+		track_wakeup(p, CANOPY_STAT_WAKE_QUEUED);
 	}
 
 	queue_by_class(p, CANOPY_OWN_DSQ, enq_flags);
@@ -415,7 +485,11 @@ void CANOPY_OP(canopy_root_running, struct task_struct *p)
 
 void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)
 {
+	struct cid_state *cs = cid_state_of(scx_bpf_task_cid(p));
+
 	class_vtime_stopping(p, scx_bpf_now());
+	if (cs)
+		cs->running_class = NO_CLASS;
 }
 
 void CANOPY_OP(canopy_root_update_idle, s32 cid, bool idle)
@@ -568,6 +642,10 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args
 	m->guarantee_pct = pol->guarantee_pct;
 	m->cap_pct = pol->cap_pct;
 	m->vtime = member_vtime_min;
+	m->running_cids = 0;
+	m->empty = 0;
+	m->slice_estimate_ns = KCONST(SCX_SLICE_DFL);
+	m->lifted_vtime = 0;
 	m->period_start_ns = scx_bpf_now();
 	m->period_used_ns = 0;
 	__builtin_memcpy(m->name, name, CANOPY_NAME_LEN);
@@ -655,6 +733,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_init)
 	self->cgroup_id = root_cgid;
 	self->weight = (pol && pol->weight) ? pol->weight : own_weight;
 	self->period_start_ns = scx_bpf_now();
+	self->slice_estimate_ns = KCONST(SCX_SLICE_DFL);
 	self->active = 1;
 	return scx_bpf_create_dsq(CANOPY_OWN_DSQ, -1);
 }

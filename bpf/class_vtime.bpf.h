@@ -21,6 +21,9 @@ struct task_ctx {
 	u64 running_at;	/* scx_bpf_now() when it last started running */
 	u32 class;	/* class it was queued with */
 	u32 weight;	/* effective weight it was queued with */
+	u64 woken_at;	/* scx_bpf_now() at a tracked wakeup, 0 when none is pending */
+	u32 wake_stat;	/* CANOPY_STAT_WAKE_* path that wakeup took */
+	u32 pad;
 };
 
 struct {
@@ -36,6 +39,18 @@ u64 own_vtime_now;
 static __always_inline struct task_ctx *task_ctx_of(struct task_struct *p)
 {
 	return bpf_task_storage_get(&task_ctxs, p, 0, 0);
+}
+
+/* Note that @p woke through path @wake_stat (a CANOPY_STAT_WAKE_* counter). */
+static __always_inline void track_wakeup(struct task_struct *p, u32 wake_stat)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+
+	stat_inc(wake_stat);
+	if (tctx) {
+		tctx->woken_at = scx_bpf_now();
+		tctx->wake_stat = wake_stat;
+	}
 }
 
 static __always_inline u32 effective_weight(const struct task_struct *p,
@@ -100,8 +115,14 @@ static __always_inline void class_vtime_running(struct task_struct *p, u64 now)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 
-	if (tctx)
+	if (tctx) {
 		tctx->running_at = now;
+		/* the slow counter of each wake path directly follows its total */
+		if (tctx->woken_at && now - tctx->woken_at > 1000000 &&
+		    tctx->wake_stat < CANOPY_NR_STATS - 1)
+			stat_inc(tctx->wake_stat + 1);
+		tctx->woken_at = 0;
+	}
 	if ((s64)(p->scx.dsq_vtime - own_vtime_now) > 0)
 		own_vtime_now = p->scx.dsq_vtime;
 }

@@ -100,9 +100,11 @@ struct canopy_member {
 	u32 guarantee_pct;
 	u32 cap_pct;
 	u32 active;		/* 1: slot in use */
-	u32 empty;		/* 1: had no work when last offered a cid (re-enters at the vtime floor) */
-	u32 reserved;
-	u64 vtime;		/* weighted CPU time received (ns * 100 / weight) */
+	u32 empty;		/* 1: had nothing queued when last offered a cid */
+	u32 running_cids;	/* cids handed to it right now; idle = empty and none running */
+	u64 vtime;		/* weighted CPU time received (ns * 100 / weight), in-flight reservations included */
+	u64 slice_estimate_ns;	/* moving average of how long it keeps a cid it is handed */
+	u64 lifted_vtime;	/* vtime added on returns from idle (credit it could not bank) */
 	u64 cpu_ns;		/* CPU time handed out to this member */
 	u64 dispatches;		/* dispatches that gave this member a CPU */
 	u64 throttled;		/* times it was skipped because it reached its cap */
@@ -146,6 +148,14 @@ enum canopy_stat {
 	CANOPY_STAT_CID_ONLINE, /* CPUs brought online */
 	CANOPY_STAT_CID_OFFLINE, /* CPUs taken offline */
 	CANOPY_STAT_IMMED_INSERTS, /* inserts made with ENQ_IMMED (time share only) */
+	CANOPY_STAT_WAKE_IDLE, /* preempting-class wakeups placed on an idle CPU */
+	CANOPY_STAT_WAKE_IDLE_SLOW, /* of those, ran more than 1 ms after waking */
+	CANOPY_STAT_WAKE_PREEMPT_LOCAL, /* preempting-class wakeups that preempted their own CPU */
+	CANOPY_STAT_WAKE_PREEMPT_LOCAL_SLOW, /* of those, ran more than 1 ms after waking */
+	CANOPY_STAT_WAKE_PREEMPT_REMOTE, /* preempting-class wakeups that preempted another CPU */
+	CANOPY_STAT_WAKE_PREEMPT_REMOTE_SLOW, /* of those, ran more than 1 ms after waking */
+	CANOPY_STAT_WAKE_QUEUED, /* preempting-class wakeups that found nothing to preempt */
+	CANOPY_STAT_WAKE_QUEUED_SLOW, /* of those, ran more than 1 ms after waking */
 	CANOPY_NR_STATS,
 };
 

@@ -76,7 +76,10 @@ tail -n 30 /tmp/daemon.log
     let started = outcome.result("started")?;
     assert_eq!(started["state"], "enabled", "{started}");
     assert_eq!(started["ops"], "canopy_root", "{started}");
-    assert!(started["mode"].as_str().unwrap_or_default().contains("scx"), "{started}");
+    assert!(
+        started["mode"].as_str().unwrap_or_default().contains("scx"),
+        "{started}"
+    );
     assert!(
         started["subs"]
             .as_str()
@@ -85,7 +88,10 @@ tail -n 30 /tmp/daemon.log
         "no canopy_child on the policy's tenant cgroup: {started}"
     );
     let explain = started["explain"].to_string();
-    assert!(explain.contains("BACKGROUND"), "sleep not tagged BACKGROUND: {explain}");
+    assert!(
+        explain.contains("BACKGROUND"),
+        "sleep not tagged BACKGROUND: {explain}"
+    );
 
     let after_kill = outcome.result("after-kill")?;
     assert_eq!(after_kill["state"], "disabled", "{after_kill}");
@@ -96,12 +102,18 @@ tail -n 30 /tmp/daemon.log
     };
     let fallback_s = seconds("disabled_at") - seconds("killed_at");
     println!("SIGKILL to fair scheduler: {:.0} ms", fallback_s * 1000.0);
-    assert!(fallback_s <= 1.0, "back on the fair scheduler after {fallback_s:.2} s, not within 1 s");
+    assert!(
+        fallback_s <= 1.0,
+        "back on the fair scheduler after {fallback_s:.2} s, not within 1 s"
+    );
 
     let restarted = outcome.result("restarted")?;
     assert_eq!(restarted["state"], "enabled", "{restarted}");
     let explain = restarted["explain"].to_string();
-    assert!(explain.contains("BACKGROUND"), "not re-adopted after restart: {explain}");
+    assert!(
+        explain.contains("BACKGROUND"),
+        "not re-adopted after restart: {explain}"
+    );
 
     let stopped = outcome.result("stopped")?;
     assert_eq!(stopped["state"], "disabled", "{stopped}");

@@ -453,20 +453,28 @@ canopy-guest report nested status=$status output="$(tr '\n' '|' < /tmp/nested.lo
 /// Issue 4 acceptance (c), the root's own tasks by class: cyclictest (tagged USER_INTERACTIVE)
 /// under hackbench (BACKGROUND, the policy default here), against the fair scheduler and
 /// schedqos's mapping (nice -4 against SCHED_BATCH nice 4, autogroup off; the guest has no tool
-/// for its custom slice and uclamp) in the same VM run.
+/// for its custom slice and uclamp) in the same VM run, plus the platform's floor under the same
+/// load: cyclictest as SCHED_FIFO 50 under the fair scheduler, which preempts everything the
+/// moment its timer fires, so no scheduling policy can do better.
 ///
-/// What this test gates: the probe is tagged, all three runs produce a latency histogram, and
-/// the root stays enabled under the load. The latency target itself (canopy's p99 at most a
-/// quarter of fair's and half of schedqos's) is NOT met yet: canopy's p50/p90 beat both, but a
-/// few percent of wakeups still wait one BACKGROUND slice, so its p99 is 11-34 ms on 7.3.4 under
-/// TCG. The comparison is printed here and in the scheduler benchmark, and issue 4 stays open
-/// until it holds; then the two asserts below return to being a gate.
+/// What this gates:
+/// - the scheduler's own part of the latency, measured in BPF from the wakeup to the task
+///   running: at most 1% of USER_INTERACTIVE wakeups take over 1 ms;
+/// - canopy's p99 is at the platform floor (at most 1.5x the SCHED_FIFO p99) and its p90 beats
+///   both baselines' p90;
+/// - the probe is tagged and the root survives the load.
+///
+/// The issue's literal target (p99 at most a quarter of fair's and half of schedqos's) is
+/// printed as met or NOT MET. Under TCG with both vCPUs busy, even SCHED_FIFO's p99 is 3-4 ms
+/// (timer interrupts reach a busy emulated CPU late), above half of schedqos's p99, so that
+/// target cannot be met by any scheduler in this VM; see issue 4's closing note.
 #[test]
 fn interactive_task_latency_under_background_load() -> anyhow::Result<()> {
     let script = format!(
         r#"
 LOAD='hackbench -T -p -g 2 -l 100000000'
 canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-fair
+canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-fifo-floor -- -p 50
 autogroup=$(cat /proc/sys/kernel/sched_autogroup_enabled)
 echo 0 > /proc/sys/kernel/sched_autogroup_enabled
 canopy scheduler exec --nice -4 -- canopy-guest latency --seconds 10 --histogram-us 200000 --load "canopy scheduler exec --nice 4 --batch -- $LOAD" --kind latency-schedqos
@@ -475,6 +483,8 @@ echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled
 canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 20 > /tmp/tagger.log 2>&1 &
 canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-canopy
 canopy-guest report tagged log="$(tr '\n' '|' < /tmp/tagger.log)"
+canopy scheduler status --json --interval-ms 100 > /tmp/status.json
+canopy-guest report root-status status=@/tmp/status.json
 {STOP_ROOT}
 "#,
         start = start_root_with_children(0)
@@ -486,22 +496,31 @@ canopy-guest report tagged log="$(tr '\n' '|' < /tmp/tagger.log)"
             r#"{"default_class":"BACKGROUND"}"#,
             0o644,
         )
-        .timeout(Duration::from_secs(240))
+        .timeout(Duration::from_secs(300))
         .script(script)
         .run()?;
     println!("{}", outcome.summary());
-    let p99 = |kind: &str| -> anyhow::Result<f64> {
+    let percentiles = |kind: &str| -> anyhow::Result<(f64, f64)> {
         let latency = outcome.result(kind)?;
         println!("{kind}: {latency}");
-        Ok(latency["p99_us"].as_f64().unwrap_or(f64::NAN))
+        let value = |key: &str| latency[key].as_f64().unwrap_or(f64::NAN);
+        Ok((value("p90_us"), value("p99_us")))
     };
-    let (fair, schedqos, canopy) = (
-        p99("latency-fair")?,
-        p99("latency-schedqos")?,
-        p99("latency-canopy")?,
+    let (fair_p90, fair) = percentiles("latency-fair")?;
+    let (_, fifo_floor) = percentiles("latency-fifo-floor")?;
+    let (schedqos_p90, schedqos) = percentiles("latency-schedqos")?;
+    let (canopy_p90, canopy) = percentiles("latency-canopy")?;
+    println!(
+        "cyclictest p99 under hackbench: fair {fair} us, schedqos mapping {schedqos} us, \
+         canopy {canopy} us, SCHED_FIFO floor {fifo_floor} us; p90: fair {fair_p90} us, \
+         schedqos {schedqos_p90} us, canopy {canopy_p90} us"
     );
-    println!("cyclictest p99 under hackbench: fair {fair} us, schedqos mapping {schedqos} us, canopy {canopy} us");
-    for (kind, value) in [("fair", fair), ("schedqos", schedqos), ("canopy", canopy)] {
+    for (kind, value) in [
+        ("fair", fair),
+        ("schedqos", schedqos),
+        ("canopy", canopy),
+        ("fifo floor", fifo_floor),
+    ] {
         assert!(value.is_finite() && value > 0.0, "no {kind} p99 measured");
     }
     let tagged = outcome.result("tagged")?;
@@ -512,18 +531,60 @@ canopy-guest report tagged log="$(tr '\n' '|' < /tmp/tagger.log)"
             .contains("tagged cyclictest"),
         "cyclictest was never tagged USER_INTERACTIVE: {tagged}"
     );
+    let stats = &outcome.result("root-status")?["status"]["stats"];
+    let stat = |name: &str| stats[name].as_u64().unwrap_or(0);
+    let wakeups: u64 = [
+        "wake_idle",
+        "wake_preempt_local",
+        "wake_preempt_remote",
+        "wake_queued",
+    ]
+    .iter()
+    .map(|name| stat(name))
+    .sum();
+    let slow: u64 = [
+        "wake_idle_slow",
+        "wake_preempt_local_slow",
+        "wake_preempt_remote_slow",
+        "wake_queued_slow",
+    ]
+    .iter()
+    .map(|name| stat(name))
+    .sum();
+    println!(
+        "USER_INTERACTIVE wakeups seen by the root: {wakeups}, over 1 ms to run: {slow}; {stats}"
+    );
     let stopped = outcome.result("root-stopped")?;
     assert!(
-        stopped["log"].as_str().unwrap_or_default().contains("unloaded"),
+        stopped["log"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unloaded"),
         "the root did not survive the load until its orderly stop: {stopped}"
     );
-    // The latency target (issue 4 (c)), reported rather than gated while it is not met.
+    // The issue's literal target, reported (see the doc comment for why it is not gated).
     let quarter_of_fair = canopy <= fair / 4.0;
     let half_of_schedqos = canopy <= schedqos / 2.0;
     println!(
-        "issue 4 (c) latency target: canopy p99 <= fair/4: {}; canopy p99 <= schedqos/2: {}",
+        "issue 4 (c) literal target: canopy p99 <= fair/4: {}; canopy p99 <= schedqos/2: {}",
         if quarter_of_fair { "met" } else { "NOT MET" },
         if half_of_schedqos { "met" } else { "NOT MET" }
+    );
+    assert!(
+        wakeups >= 1000,
+        "the root saw only {wakeups} USER_INTERACTIVE wakeups: was the probe tagged?"
+    );
+    assert!(
+        slow * 100 <= wakeups,
+        "{slow} of {wakeups} USER_INTERACTIVE wakeups waited over 1 ms in the scheduler"
+    );
+    assert!(
+        canopy <= 1.5 * fifo_floor,
+        "canopy p99 {canopy} us is above the platform floor (SCHED_FIFO p99 {fifo_floor} us) x 1.5"
+    );
+    assert!(
+        canopy_p90 < fair_p90 && canopy_p90 < schedqos_p90,
+        "canopy p90 {canopy_p90} us does not beat fair ({fair_p90} us) and schedqos ({schedqos_p90} us)"
     );
     Ok(())
 }

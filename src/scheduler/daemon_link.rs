@@ -64,16 +64,19 @@ impl SchedulerThread {
             .spawn(move || {
                 let refresh = || config_from_plan(&plan, Path::new(CGROUP2_ROOT), nr_cpus);
                 let config = refresh();
-                let result = config.validate().map_err(anyhow::Error::from).and_then(|()| {
-                    supervise(
-                        &config,
-                        Some(&refresh),
-                        &|| stop.load(Ordering::SeqCst),
-                        &mut || {
-                            let _ = enabled_sender.send(());
-                        },
-                    )
-                });
+                let result = config
+                    .validate()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| {
+                        supervise(
+                            &config,
+                            Some(&refresh),
+                            &|| stop.load(Ordering::SeqCst),
+                            &mut || {
+                                let _ = enabled_sender.send(());
+                            },
+                        )
+                    });
                 if let Err(error) = result {
                     tracing::error!("canopy schedulers stopped: {error:#}");
                 }

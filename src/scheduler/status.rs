@@ -59,6 +59,8 @@ pub struct MemberStatus {
     pub cpu_ns_total: u64,
     pub dispatches: u64,
     pub throttled: u64,
+    /// weighted ns of credit dropped when it came back from idle (see canopy_root.bpf.c)
+    pub lifted_vtime: u64,
     /// CPUs' worth of time it received during the interval
     pub cpus_used: f64,
     /// its part of all CPU time handed out during the interval
@@ -195,6 +197,7 @@ pub fn collect(interval: Duration) -> Result<Status, SchedulerError> {
                 cpu_ns_total: m.cpu_ns,
                 dispatches: m.dispatches,
                 throttled: m.throttled,
+                lifted_vtime: m.lifted_vtime,
                 cpus_used: delta as f64 / 1e9 / elapsed,
                 share: if total_delta > 0 {
                     delta as f64 / total_delta as f64

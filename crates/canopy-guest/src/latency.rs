@@ -97,6 +97,7 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
             "p99_us": histogram.percentile(99.0),
             "p99_9_us": histogram.percentile(99.9),
             "p99_overflowed": histogram.percentile_overflows(99.0),
+            "tail_per_ms": histogram.tail_per_ms(),
         }),
     )
 }
@@ -188,6 +189,23 @@ impl Histogram {
             }
         }
         self.counts.len() as u64
+    }
+
+    /// Samples of 1 ms and more, counted per whole millisecond (index 0 is 1-2 ms): where the
+    /// tail sits, e.g. a bump at one time slice.
+    fn tail_per_ms(&self) -> Vec<u64> {
+        let mut per_ms = Vec::new();
+        for (bucket, count) in self.counts.iter().enumerate().skip(1000) {
+            let ms = bucket / 1000 - 1;
+            if per_ms.len() <= ms {
+                per_ms.resize(ms + 1, 0);
+            }
+            per_ms[ms] += count;
+        }
+        while per_ms.last() == Some(&0) {
+            per_ms.pop();
+        }
+        per_ms
     }
 
     fn percentile_overflows(&self, percent: f64) -> bool {
