@@ -20,6 +20,10 @@
  *    Children hold SCX_CAP_ENQ_IMMED on every cid (a time share, never
  *    ownership); they run only when this scheduler calls
  *    scx_bpf_sub_dispatch() for them, which is what makes the accounting exact.
+ *    A child's task runs for the slice its own scheduler chose; while another
+ *    member has work, a per-cid timer cuts each grant to a child at
+ *    CANOPY_QUANTUM_NS (5 ms) with a preempting kick, so the split is corrected
+ *    every few milliseconds instead of every (up to 20 ms) slice.
  *
  *    Worked example: 2 cids; member 0 (own tasks) weight 100 with nothing
  *    runnable; child A weight 200 and child B weight 100, each with two CPU
@@ -45,9 +49,8 @@
  * named / name not admitted) or -ENOSPC (no free member slot); each decision is
  * logged through the `admission_events` ring buffer and bpf_printk.
  *
- * Known costs, stated honestly: a child's task runs for the slice its own
- * scheduler chose (we cannot shorten a child's slice), so the split is exact
- * only over many slices; charging at dispatch attributes the gap between a
+ * Known costs, stated honestly: cutting a grant at the quantum costs one
+ * timer and one kick per grant under contention; charging at dispatch attributes the gap between a
  * task stopping and the next dispatch to the previous owner (microseconds);
  * member vtime updates race between cids (a lost update skews one slice, and
  * the next dispatch corrects it).
@@ -221,6 +224,76 @@ static __always_inline void hand_cid(s32 cid, u32 slot, u64 now)
 static __always_inline bool member_idle(const struct canopy_member *m)
 {
 	return m->empty && !m->running_cids;
+}
+
+/* One timer per cid, cutting a child's grant at the quantum (see the top of this file). */
+struct cid_quantum {
+	struct bpf_timer timer;
+	u64 armed_since;	/* cid_state.since of the grant the timer was armed for */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CANOPY_MAX_CIDS);
+	__type(key, u32);
+	__type(value, struct cid_quantum);
+} cid_quanta SEC(".maps");
+
+/* Another active member than @slot has work queued or running. */
+static __always_inline bool others_busy(u32 slot)
+{
+	int i;
+
+	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
+		struct canopy_member *m = member_of(i);
+
+		if (i != slot && m && m->active && !member_idle(m))
+			return true;
+	}
+	return false;
+}
+
+static int quantum_expired(void *map, u32 *key, struct cid_quantum *quantum)
+{
+	s32 cid = *key;
+	struct cid_state *cs = cid_state_of(cid);
+	u32 owner;
+
+	if (!cs)
+		return 0;
+	owner = cs->owner;
+	/* still the same grant to a child, and someone else wants the cid: end it */
+	if (owner != NO_OWNER && owner != CANOPY_SELF_SLOT && cs->since == quantum->armed_since &&
+	    others_busy(owner)) {
+		scx_bpf_kick_cid(cid, KCONST(SCX_KICK_PREEMPT));
+		stat_inc(CANOPY_STAT_QUANTUM_KICKS);
+	}
+	return 0;
+}
+
+/* Arm @cid's quantum timer for the grant just made (on this CPU: dispatch runs there). */
+static __always_inline void arm_quantum(s32 cid)
+{
+	struct cid_state *cs = cid_state_of(cid);
+	struct cid_quantum *quantum;
+	u32 key = cid;
+
+	quantum = bpf_map_lookup_elem(&cid_quanta, &key);
+	if (!quantum || !cs)
+		return;
+	quantum->armed_since = cs->since;
+	bpf_timer_start(&quantum->timer, CANOPY_QUANTUM_NS, BPF_F_TIMER_CPU_PIN);
+}
+
+/* Called once per cid from init. */
+static __always_inline void init_quantum(u32 cid)
+{
+	struct cid_quantum *quantum = bpf_map_lookup_elem(&cid_quanta, &cid);
+
+	if (!quantum)
+		return;
+	bpf_timer_init(&quantum->timer, &cid_quanta, 1 /* CLOCK_MONOTONIC */);
+	bpf_timer_set_callback(&quantum->timer, quantum_expired);
 }
 
 /*
@@ -457,6 +530,8 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 		if (scx_bpf_sub_dispatch(m->cgroup_id)) {
 			m->empty = 0;
 			hand_cid(cid, slot, now);
+			if (others_busy(slot))
+				arm_quantum(cid);
 			m->dispatches++;
 			stat_inc(CANOPY_STAT_SUB_DISPATCHES);
 			return;
@@ -726,6 +801,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_init)
 	struct canopy_group_policy *pol;
 	struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
 	u64 root_cgid = 1;
+	u32 cid;
 
 	if (!self)
 		return -ENOENT;
@@ -735,6 +811,8 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_init)
 	self->period_start_ns = scx_bpf_now();
 	self->slice_estimate_ns = KCONST(SCX_SLICE_DFL);
 	self->active = 1;
+	for (cid = 0; cid < CANOPY_MAX_CIDS; cid++)
+		init_quantum(cid);
 	return scx_bpf_create_dsq(CANOPY_OWN_DSQ, -1);
 }
 

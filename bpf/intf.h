@@ -52,6 +52,11 @@ enum canopy_limits {
 	CANOPY_PERIOD_NS = 100000000,
 	/* how far (weighted ns) a queued task's vtime may run ahead of the scheduler's vtime clock */
 	CANOPY_MAX_VTIME_AHEAD = 200000000,
+	/*
+	 * longest a child keeps a cid the root handed it while another member has work, however
+	 * long the slice its own scheduler chose (the root cuts it with a preempting kick)
+	 */
+	CANOPY_QUANTUM_NS = 5000000,
 	/* weight of a member whose policy and cgroup give none */
 	CANOPY_DEFAULT_WEIGHT = 100,
 };
@@ -148,6 +153,7 @@ enum canopy_stat {
 	CANOPY_STAT_CID_ONLINE, /* CPUs brought online */
 	CANOPY_STAT_CID_OFFLINE, /* CPUs taken offline */
 	CANOPY_STAT_IMMED_INSERTS, /* inserts made with ENQ_IMMED (time share only) */
+	CANOPY_STAT_QUANTUM_KICKS, /* child grants cut at the quantum because another member had work */
 	CANOPY_STAT_WAKE_IDLE, /* preempting-class wakeups placed on an idle CPU */
 	CANOPY_STAT_WAKE_IDLE_SLOW, /* of those, ran more than 1 ms after waking */
 	CANOPY_STAT_WAKE_PREEMPT_LOCAL, /* preempting-class wakeups that preempted their own CPU */
