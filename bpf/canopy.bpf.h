@@ -175,7 +175,7 @@ static __always_inline void stat_add(enum canopy_stat idx, u64 n)
 /* ---- task classes (shared by every canopy scheduler: the loader reuses the root's maps) ---- */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, CANOPY_NR_CLASSES);
+	__uint(max_entries, CANOPY_MAX_CLASSES);
 	__type(key, u32);
 	__type(value, struct canopy_class_params);
 } class_params SEC(".maps");
@@ -201,7 +201,7 @@ static __always_inline u32 task_class(const struct task_struct *p)
 		class = bpf_map_lookup_elem(&task_classes, &tgid);
 	c = class ? *class : default_class;
 
-	return c < CANOPY_NR_CLASSES ? c : CANOPY_CLASS_DEFAULT;
+	return c < CANOPY_MAX_CLASSES ? c : default_class;
 }
 
 static __always_inline struct canopy_class_params *class_of(u32 class)

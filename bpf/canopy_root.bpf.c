@@ -63,7 +63,7 @@ char _license[] SEC("license") = "GPL";
 const volatile u32 own_weight = CANOPY_DEFAULT_WEIGHT;
 
 #define NO_OWNER CANOPY_MAX_MEMBERS
-#define NO_CLASS CANOPY_NR_CLASSES
+#define NO_CLASS CANOPY_MAX_CLASSES
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -32,6 +32,8 @@ enum canopy_limits {
 	CANOPY_MAX_MEMBERS = 17,
 	/* cgroups the policy may name */
 	CANOPY_MAX_GROUPS = 1024,
+	/* classes a policy may define (the five built-ins and custom ones between them) */
+	CANOPY_MAX_CLASSES = 32,
 	/* tasks the controller may tag with a class */
 	CANOPY_MAX_TASKS = 65536,
 	/* scheduler (ops) names a group may admit */
@@ -61,7 +63,11 @@ enum canopy_limits {
 	CANOPY_DEFAULT_WEIGHT = 100,
 };
 
-/* QoS classes, highest first; the ids are the policy's class order. */
+/*
+ * The built-in QoS classes, highest first, with their ids when the policy defines no custom
+ * class. A class id is always the class's position in the policy's order (highest first), so
+ * a custom class moves the built-ins below it down by one; the loader writes the whole table.
+ */
 enum canopy_class {
 	CANOPY_CLASS_USER_INTERACTIVE = 0,
 	CANOPY_CLASS_USER_INITIATED = 1,
@@ -71,7 +77,7 @@ enum canopy_class {
 	CANOPY_NR_CLASSES = 5,
 };
 
-/* Map `class_params`, index = class id. Written by the loader from the policy. */
+/* Map `class_params` (CANOPY_MAX_CLASSES), index = class id. Written by the loader from the policy. */
 struct canopy_class_params {
 	u32 weight;		/* share of CPU among runnable tasks, 1..10000, 100 = nice 0 */
 	u32 preempts;		/* 1: a waking task of this class preempts preemptible classes */

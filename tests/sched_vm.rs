@@ -646,11 +646,20 @@ canopy-guest report after-stress state="$(cat /sys/kernel/sched_ext/state)" subs
 }
 
 /// `canopy run POLICY` drives the loader from a compiled Plan: canopy_child on every existing
-/// cgroup of a `scheduler = "canopy"` group with the policy's weights, a cgroup created later
-/// gets its child within the rescan interval, and SIGTERM unloads everything.
+/// cgroup of a `scheduler = "canopy"` group with the policy's weights, the policy's custom class
+/// in the schedulers' class table at its policy id, a cgroup created later gets its child
+/// within the rescan interval, and SIGTERM unloads everything.
 #[test]
 fn canopy_run_applies_a_policy_and_picks_up_new_cgroups() -> anyhow::Result<()> {
     let policy = r#"
+[defaults]
+class = "BATCH"
+
+[classes.BATCH]
+after = "DEFAULT"
+weight = 70
+slice_us = 15000
+
 [groups.heavy]
 path = "ta"
 weight = 200
@@ -676,6 +685,7 @@ for i in $(seq 1 300); do
   sleep 0.1
 done
 cat /tmp/root.log
+canopy-guest report class-table dump="$(bpftool -j map dump pinned /sys/fs/bpf/canopy/class_params)"
 canopy-guest cpu-split --group ta:-:2 --group tb:-:2 --seconds 10 --warmup 1 --keep --kind policy-split
 mkdir /sys/fs/cgroup/late-1
 for i in $(seq 1 300); do grep -q 'enabled on /sys/fs/cgroup/late-1' /tmp/root.log && break; sleep 0.1; done
@@ -685,6 +695,7 @@ cat /tmp/root.log
 canopy-guest report run-stopped state="$(cat /sys/kernel/sched_ext/state)" log="$(tr '\n' '|' < /tmp/root.log)"
 "#;
     let outcome = scenario("sched-canopy-run")
+        .with_debian_tools(&["bpftool"])
         .with_file_contents("/etc/canopy/policy.toml", policy, 0o644)
         .timeout(Duration::from_secs(200))
         .script(script)
@@ -693,6 +704,20 @@ canopy-guest report run-stopped state="$(cat /sys/kernel/sched_ext/state)" log="
     let split = outcome.result("policy-split")?;
     let ratio = split["ratio"].as_f64().unwrap_or(f64::NAN);
     println!("canopy run, policy weights 200:100: {ratio:.3}:1");
+    // class ids are policy positions: USER_INTERACTIVE 0 .. DEFAULT 2, BATCH 3, .. BACKGROUND 5
+    let dump = &outcome.result("class-table")?["dump"];
+    let weights: Vec<u64> = dump
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["formatted"]["value"]["weight"].as_u64())
+        .collect();
+    println!("class_params weights by id: {weights:?}");
+    assert_eq!(
+        &weights[..6],
+        &[2501, 1586, 655, 70, 655, 423],
+        "class table: {dump}"
+    );
     let late = outcome.result("late-cgroup")?;
     assert!(
         late["subs"]

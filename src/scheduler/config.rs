@@ -24,7 +24,10 @@ pub struct SchedulerConfig {
     /// Weight of the root's own tasks (those outside every child) against the children.
     #[serde(default = "default_weight")]
     pub own_weight: u32,
-    /// Parameters per class; classes not listed keep `ClassConfig::builtin`.
+    /// Parameters per class. When every name is a built-in class, these override the
+    /// built-ins and classes not listed keep `ClassConfig::builtin`. When any name is a custom
+    /// class, the list is the whole class table, highest first (a class's id is its position),
+    /// and it must hold the five built-ins too.
     #[serde(default)]
     pub classes: Vec<ClassConfig>,
     /// The cgroups the policy names.
@@ -35,7 +38,7 @@ pub struct SchedulerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClassConfig {
-    /// USER_INTERACTIVE, USER_INITIATED, DEFAULT, UTILITY or BACKGROUND.
+    /// USER_INTERACTIVE, USER_INITIATED, DEFAULT, UTILITY, BACKGROUND or a custom class.
     pub name: String,
     /// CPU share among runnable tasks, 1..10000 (100 = a nice-0 task).
     pub weight: u32,
@@ -80,7 +83,7 @@ fn default_weight() -> u32 {
     bpf_intf::CANOPY_DEFAULT_WEIGHT
 }
 
-/// Class id (index into `class_params`) of a class name.
+/// Class id (index into `class_params`) of a built-in class name in the built-in table.
 pub fn class_id(name: &str) -> Result<u32, SchedulerError> {
     Ok(match name {
         "USER_INTERACTIVE" => bpf_intf::CANOPY_CLASS_USER_INTERACTIVE,
@@ -145,13 +148,10 @@ impl SchedulerConfig {
     /// Every problem at once, before anything reaches the kernel.
     pub fn validate(&self) -> Result<(), SchedulerError> {
         let mut problems = Vec::new();
-        if let Err(e) = class_id(&self.default_class) {
+        if let Err(e) = self.class_table().and_then(|_| self.default_class_id()) {
             problems.push(e.to_string());
         }
         for class in &self.classes {
-            if let Err(e) = class_id(&class.name) {
-                problems.push(e.to_string());
-            }
             if class.weight == 0 || class.weight > 10000 {
                 problems.push(format!(
                     "class {}: weight {} is not in 1..10000",
@@ -209,16 +209,56 @@ impl SchedulerConfig {
     }
 
     /// The class table with this config's overrides applied, indexed by class id.
+    /// The class table the schedulers get, index = class id (see `classes`).
     pub fn class_table(&self) -> Result<Vec<ClassConfig>, SchedulerError> {
-        let mut table = ClassConfig::builtin();
-        for class in &self.classes {
-            table[class_id(&class.name)? as usize] = class.clone();
+        let custom = self
+            .classes
+            .iter()
+            .any(|class| class_id(&class.name).is_err());
+        if !custom {
+            let mut table = ClassConfig::builtin();
+            for class in &self.classes {
+                table[class_id(&class.name)? as usize] = class.clone();
+            }
+            return Ok(table);
         }
-        Ok(table)
+        let max = bpf_intf::CANOPY_MAX_CLASSES as usize;
+        if self.classes.len() > max {
+            return Err(SchedulerError::Config(format!(
+                "{} classes: the schedulers hold at most {max}",
+                self.classes.len()
+            )));
+        }
+        for (index, class) in self.classes.iter().enumerate() {
+            if self.classes[..index].iter().any(|c| c.name == class.name) {
+                return Err(SchedulerError::Config(format!(
+                    "class {} is listed twice",
+                    class.name
+                )));
+            }
+        }
+        for builtin in ClassConfig::builtin() {
+            if !self.classes.iter().any(|class| class.name == builtin.name) {
+                return Err(SchedulerError::Config(format!(
+                    "a class table with custom classes must list every built-in class: {} is missing",
+                    builtin.name
+                )));
+            }
+        }
+        Ok(self.classes.clone())
+    }
+
+    /// The id of a class name in this config's table.
+    pub fn class_id_of(&self, name: &str) -> Result<u32, SchedulerError> {
+        self.class_table()?
+            .iter()
+            .position(|class| class.name == name)
+            .map(|id| id as u32)
+            .ok_or_else(|| SchedulerError::Config(format!("unknown class {name}")))
     }
 
     pub fn default_class_id(&self) -> Result<u32, SchedulerError> {
-        class_id(&self.default_class)
+        self.class_id_of(&self.default_class)
     }
 }
 
@@ -277,6 +317,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("does not host children"), "{err}");
+    }
+
+    #[test]
+    fn custom_classes_make_the_list_the_whole_table() {
+        let config = SchedulerConfig::from_json(
+            r#"{"default_class":"BATCH","classes":[
+                {"name":"USER_INTERACTIVE","weight":800,"slice_us":3000,"preempts":true},
+                {"name":"USER_INITIATED","weight":400,"slice_us":5000},
+                {"name":"DEFAULT","weight":100,"slice_us":10000},
+                {"name":"BATCH","weight":70,"slice_us":15000,"preemptible":true},
+                {"name":"UTILITY","weight":50,"slice_us":20000,"preemptible":true},
+                {"name":"BACKGROUND","weight":25,"slice_us":20000,"preemptible":true}]}"#,
+        )
+        .unwrap();
+        let table = config.class_table().unwrap();
+        assert_eq!(table.len(), 6);
+        assert_eq!(config.default_class_id().unwrap(), 3);
+        assert_eq!(config.class_id_of("BACKGROUND").unwrap(), 5);
+    }
+
+    #[test]
+    fn a_custom_table_without_every_builtin_is_refused() {
+        let err = SchedulerConfig::from_json(
+            r#"{"classes":[{"name":"BATCH","weight":70,"slice_us":15000}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("USER_INTERACTIVE is missing"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::fs;
 use std::path::Path;
 
 use canopy_policy::Cap;
-use canopy_policy::ClassId;
 use canopy_policy::Plan;
 use canopy_policy::Scheduler;
 
@@ -23,9 +22,19 @@ const MAX_CGROUP_DEPTH: usize = 8;
 /// The scheduler config for `plan` on this machine (cgroups under `cgroup_root`, `nr_cpus`
 /// online CPUs for converting a `cpu.max`-style cap into a percentage).
 pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> SchedulerConfig {
-    let classes = (0..bpf_intf::CANOPY_NR_CLASSES)
-        .map(|id| {
-            let class = plan.class(ClassId(id as u8));
+    // The whole class table in the policy's order (custom classes included): a class id is
+    // its position, as in the plan, so the controller's tags need no translation.
+    let default_position = plan
+        .classes()
+        .iter()
+        .position(|class| class.name == "DEFAULT")
+        .unwrap_or(bpf_intf::CANOPY_CLASS_DEFAULT as usize);
+    let classes = plan
+        .classes()
+        .iter()
+        .take(bpf_intf::CANOPY_MAX_CLASSES as usize)
+        .enumerate()
+        .map(|(position, class)| {
             let params = plan.class_params(class.id);
             ClassConfig {
                 name: class.name.clone(),
@@ -33,16 +42,11 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
                 slice_us: params.slice_us.max(100) as u64,
                 preempts: params.preempt,
                 // classes below DEFAULT give way to preempting classes
-                preemptible: id > bpf_intf::CANOPY_CLASS_DEFAULT,
+                preemptible: position > default_position,
             }
         })
         .collect();
-    let default = plan.defaults().class;
-    let default_class = if (default.index() as u32) < bpf_intf::CANOPY_NR_CLASSES {
-        plan.class(default).name.clone()
-    } else {
-        "DEFAULT".into()
-    };
+    let default_class = plan.class(plan.defaults().class).name.clone();
 
     let mut groups = Vec::new();
     let mut relative_paths = Vec::new();
@@ -166,5 +170,44 @@ scheduler = "none"
         assert!(batch.admit.is_empty());
         assert!(config.groups.iter().all(|g| g.cgroup != Path::new("other")));
         assert_eq!(config.classes.len(), bpf_intf::CANOPY_NR_CLASSES as usize);
+    }
+
+    #[test]
+    fn custom_classes_reach_the_schedulers_at_their_policy_ids() {
+        let root = std::env::temp_dir().join(format!("canopy-plan-custom-{}", std::process::id()));
+        fs::create_dir_all(&root).unwrap();
+        let compiled = canopy_policy::compile_str(
+            "policy.toml",
+            r#"
+[defaults]
+class = "BATCH"
+[classes.BATCH]
+after = "DEFAULT"
+weight = 70
+"#,
+        )
+        .expect("valid policy");
+        let config = config_from_plan(&compiled.plan, &root, 2);
+        fs::remove_dir_all(&root).unwrap();
+        config.validate().unwrap();
+        let table = config.class_table().unwrap();
+        let names: Vec<&str> = table.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "USER_INTERACTIVE",
+                "USER_INITIATED",
+                "DEFAULT",
+                "BATCH",
+                "UTILITY",
+                "BACKGROUND"
+            ]
+        );
+        for class in compiled.plan.classes() {
+            assert_eq!(config.class_id_of(&class.name).unwrap(), class.id.0 as u32);
+        }
+        assert_eq!(config.default_class_id().unwrap(), 3);
+        assert_eq!(table[3].weight, 70);
+        assert!(table[3].preemptible && !table[2].preemptible);
     }
 }
