@@ -187,21 +187,60 @@ struct {
 	__type(value, u32);
 } task_classes SEC(".maps");
 
+/* Per cgroup id: share terms, admission, and the allowed classes of its current state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CANOPY_MAX_GROUPS);
+	__type(key, u64);
+	__type(value, struct canopy_group_policy);
+} group_policy SEC(".maps");
+
 /* The policy's default class for tasks the controller has not tagged. */
 const volatile u32 default_class = CANOPY_CLASS_DEFAULT;
 
-/* A task's class: its own tag, else its process's tag (tid == tgid), else the default. */
-static __always_inline u32 task_class(const struct task_struct *p)
+/*
+ * The id of @p's cgroup (v2). Not inlined: inlined, clang may compute the field address
+ * before a caller's NULL check of @p, which the verifier rejects.
+ */
+static __noinline u64 task_cgroup_id(struct task_struct *p)
+{
+	return BPF_CORE_READ(p, cgroups, dfl_cgrp, kn, id);
+}
+
+/*
+ * A task's class: its own tag, else its process's tag (tid == tgid), else the default; then
+ * clamped to the allowed classes of its cgroup's current state. The clamp is what makes a move
+ * into a minimized app's cgroup take effect at the task's next enqueue, before the controller
+ * has heard of the move. Ids count down from the highest class: a ceiling of BACKGROUND (4)
+ * turns a USER_INTERACTIVE (0) tag into 4.
+ */
+static __always_inline u32 task_class(struct task_struct *p)
 {
 	u32 tid = p->pid, tgid = p->tgid;
 	u32 *class = bpf_map_lookup_elem(&task_classes, &tid);
+	struct canopy_group_policy *group;
+	u64 cgroup_id;
 	u32 c;
 
 	if (!class && tgid != tid)
 		class = bpf_map_lookup_elem(&task_classes, &tgid);
 	c = class ? *class : default_class;
+	if (c >= CANOPY_MAX_CLASSES)
+		c = default_class;
 
-	return c < CANOPY_MAX_CLASSES ? c : default_class;
+	cgroup_id = task_cgroup_id(p);
+	group = bpf_map_lookup_elem(&group_policy, &cgroup_id);
+	if (group) {
+		u32 requested = c;
+
+		if (group->ceiling_plus_one && c < group->ceiling_plus_one - 1)
+			c = group->ceiling_plus_one - 1;
+		if (group->floor_plus_one && c > group->floor_plus_one - 1)
+			c = group->floor_plus_one - 1;
+		if (c != requested)
+			stat_inc(CANOPY_STAT_CLASS_CLAMPED);
+	}
+	return c;
 }
 
 static __always_inline struct canopy_class_params *class_of(u32 class)

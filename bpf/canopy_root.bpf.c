@@ -66,13 +66,6 @@ const volatile u32 own_weight = CANOPY_DEFAULT_WEIGHT;
 #define NO_CLASS CANOPY_MAX_CLASSES
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, CANOPY_MAX_GROUPS);
-	__type(key, u64);
-	__type(value, struct canopy_group_policy);
-} group_policy SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, CANOPY_MAX_MEMBERS);
 	__type(key, u32);

@@ -98,6 +98,13 @@ struct canopy_group_policy {
 	u32 cap_pct;		/* 0: none; else most of all CPUs it may use */
 	u32 nr_admitted;	/* 0: no sub-scheduler may attach here */
 	char admitted[CANOPY_MAX_ADMITTED][CANOPY_NAME_LEN];	/* ops names admitted */
+	/*
+	 * The allowed classes of the group's current state, written by the controller: 0 = no
+	 * limit, else class id + 1. A task of this cgroup tagged above the ceiling runs as the
+	 * ceiling, below the floor as the floor, from its first enqueue after a move.
+	 */
+	u32 ceiling_plus_one;
+	u32 floor_plus_one;
 };
 
 /*
@@ -159,6 +166,7 @@ enum canopy_stat {
 	CANOPY_STAT_CID_ONLINE, /* CPUs brought online */
 	CANOPY_STAT_CID_OFFLINE, /* CPUs taken offline */
 	CANOPY_STAT_IMMED_INSERTS, /* inserts made with ENQ_IMMED (time share only) */
+	CANOPY_STAT_CLASS_CLAMPED, /* class lookups the task's cgroup state clamped (ceiling or floor) */
 	CANOPY_STAT_QUANTUM_KICKS, /* child grants cut at the quantum because another member had work */
 	CANOPY_STAT_WAKE_IDLE, /* preempting-class wakeups placed on an idle CPU */
 	CANOPY_STAT_WAKE_IDLE_SLOW, /* of those, ran more than 1 ms after waking */

@@ -81,6 +81,7 @@ impl ChildScheduler {
         for (name, map) in [
             ("class_params", &mut open.maps.class_params),
             ("task_classes", &mut open.maps.task_classes),
+            ("group_policy", &mut open.maps.group_policy),
         ] {
             let pinned = Path::new(PIN_DIR).join(name);
             if pinned.exists() {

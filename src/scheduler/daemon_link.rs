@@ -160,6 +160,9 @@ impl ScxMaps for PinnedMaps {
         entry.weight = policy.weight;
         entry.guarantee_pct = policy.guarantee_pct;
         entry.cap_pct = policy.cap_pct;
+        // the BPF clamp at enqueue (canopy.bpf.h task_class): 0 = no limit, else id + 1
+        entry.ceiling_plus_one = policy.ceiling.map_or(0, |class| class.0 as u32 + 1);
+        entry.floor_plus_one = policy.floor.map_or(0, |class| class.0 as u32 + 1);
         self.group_policy
             .update(&key, as_bytes(&entry), MapFlags::ANY)
             .map_err(io_error)

@@ -153,10 +153,18 @@ impl RootScheduler {
         cgroup_id: u64,
         policy: &bpf_intf::canopy_group_policy,
     ) -> Result<(), SchedulerError> {
+        // The allowed classes of the group's current state belong to the controller: keep them.
+        let key = cgroup_id.to_ne_bytes();
+        let mut policy = *policy;
+        if let Ok(Some(bytes)) = self.skel.maps.group_policy.lookup(&key, MapFlags::ANY) {
+            let current: bpf_intf::canopy_group_policy = from_bytes(&bytes);
+            policy.ceiling_plus_one = current.ceiling_plus_one;
+            policy.floor_plus_one = current.floor_plus_one;
+        }
         self.skel
             .maps
             .group_policy
-            .update(&cgroup_id.to_ne_bytes(), as_bytes(policy), MapFlags::ANY)
+            .update(&key, as_bytes(&policy), MapFlags::ANY)
             .map_err(|e| SchedulerError::Load(format!("writing group_policy: {e}")))
     }
 
