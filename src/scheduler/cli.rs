@@ -185,7 +185,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             command,
         } => exec_with(nice, batch, &command),
         SchedulerCommand::Status { json, interval_ms } => {
-            let status = status::collect(Duration::from_millis(interval_ms))?;
+            let status = status::collect(Duration::from_millis(interval_ms));
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
