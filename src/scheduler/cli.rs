@@ -24,6 +24,7 @@ use libbpf_rs::MapHandle;
 use libbpf_rs::RingBufferBuilder;
 
 use super::bpf_intf;
+use super::cgroup_watch::CgroupWatch;
 use super::child::ChildOptions;
 use super::child::ChildScheduler;
 use super::config::class_id;
@@ -230,8 +231,16 @@ fn log_admission(bytes: &[u8]) -> i32 {
 /// Rebuilds the config from the policy and the cgroups that exist now (for rescans).
 pub type Refresh<'a> = &'a dyn Fn() -> SchedulerConfig;
 
-/// How often the supervisor looks for cgroups created (or removed) since the last look.
-const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the supervisor reconciles with cgroupfs although inotify reported nothing (a safety
+/// net for a lost event); inotify wakes it as soon as a cgroup is created or removed.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How often it rescans cgroupfs when inotify cannot be used (no watches left, say).
+const POLL_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the supervisor looks at exit records, admission events and `stop` when nothing
+/// wakes it.
+const TICK: Duration = Duration::from_millis(100);
 
 /// The supervisor without rescans (the config is fixed).
 pub fn run(config: &SchedulerConfig, seconds: f64) -> anyhow::Result<()> {
@@ -296,8 +305,9 @@ pub fn run_with_refresh(
 }
 
 /// The supervisor: loads the root, attaches children where `config` asks, applies cgroups that
-/// appear later (through `refresh`, every RESCAN_INTERVAL), logs admission decisions, reloads on
-/// the kernel's restart action, and unloads when `stop` says so (polled every 100 ms).
+/// appear later (through `refresh`, woken by inotify on cgroupfs, with a reconcile every
+/// RECONCILE_INTERVAL), logs admission decisions, reloads on the kernel's restart action, and
+/// unloads when `stop` says so (polled every TICK).
 /// `on_enabled` runs after each successful load, once the root's maps are pinned and the
 /// children of the cgroups that exist now are attached.
 pub fn supervise(
@@ -306,6 +316,7 @@ pub fn supervise(
     stop: &dyn Fn() -> bool,
     on_enabled: &mut dyn FnMut(),
 ) -> anyhow::Result<()> {
+    let mut watch = refresh.and_then(|_| watch_cgroups());
     loop {
         let root = RootScheduler::load(config).context("starting the root scheduler")?;
         println!(
@@ -324,10 +335,15 @@ pub fn supervise(
         apply_new_groups(&root, config, &mut applied, &mut children)?;
         on_enabled();
         let mut last_scan = Instant::now();
+        let mut cgroups_changed = false;
 
         let report = loop {
             if let Some(refresh) = refresh {
-                if last_scan.elapsed() >= RESCAN_INTERVAL {
+                let rescan_interval = match watch {
+                    Some(_) => RECONCILE_INTERVAL,
+                    None => POLL_RESCAN_INTERVAL,
+                };
+                if cgroups_changed || last_scan.elapsed() >= rescan_interval {
                     last_scan = Instant::now();
                     let current = refresh();
                     if let Err(e) = current
@@ -358,7 +374,19 @@ pub fn supervise(
             if stop() {
                 break None;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            cgroups_changed = match &mut watch {
+                Some(cgroup_watch) => cgroup_watch.wait(TICK).unwrap_or_else(|e| {
+                    println!(
+                        "canopy: inotify on cgroupfs failed ({e:#}); rescanning every {POLL_RESCAN_INTERVAL:?}"
+                    );
+                    watch = None;
+                    true
+                }),
+                None => {
+                    std::thread::sleep(TICK);
+                    false
+                }
+            };
         };
         let _ = events.consume();
 
@@ -398,6 +426,25 @@ pub fn supervise(
             continue;
         }
         anyhow::bail!("the root scheduler exited: {final_report}");
+    }
+}
+
+/// inotify on the whole cgroup2 tree, or None (and a note) where it cannot be set up.
+fn watch_cgroups() -> Option<CgroupWatch> {
+    match CgroupWatch::new(Path::new(kernel::CGROUP2_ROOT)) {
+        Ok(cgroup_watch) => {
+            println!(
+                "canopy: watching {} cgroups for new and removed ones (inotify)",
+                cgroup_watch.watch_count()
+            );
+            Some(cgroup_watch)
+        }
+        Err(e) => {
+            println!(
+                "canopy: no inotify on cgroupfs ({e:#}); rescanning every {POLL_RESCAN_INTERVAL:?}"
+            );
+            None
+        }
     }
 }
 

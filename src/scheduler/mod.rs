@@ -11,9 +11,11 @@
 //! - `fixture`: the foreign sub-scheduler test fixture's loader;
 //! - `exit`: decoding why a scheduler stopped and whether to restart;
 //! - `status`: the hierarchy from sysfs and the root's pinned maps;
+//! - `cgroup_watch`: inotify on cgroupfs, waking the supervisor when cgroups come and go;
 //! - `cli`: the `canopy scheduler ...` debug commands (the VM tests drive these) and the supervisor;
 //! - `daemon_link`: the scx backend's seam: the supervisor thread and the daemon's map writes.
 pub mod bpf_intf;
+pub mod cgroup_watch;
 pub mod child;
 pub mod cli;
 pub mod config;
