@@ -23,14 +23,19 @@ use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
 use libbpf_rs::RingBufferBuilder;
 
+use super::attach::describe_exit;
+use super::attach::Registered;
+use super::attach::SchedulerSkel;
 use super::bpf_intf;
 use super::cgroup_watch::CgroupWatch;
+use super::child::attach_child;
 use super::child::ChildOptions;
 use super::child::ChildScheduler;
 use super::config::class_id;
 use super::config::SchedulerConfig;
-use super::fixture::ForeignFixture;
+use super::fixture::attach_fixture;
 use super::kernel;
+use super::root::c_string;
 use super::root::from_bytes;
 use super::root::RootScheduler;
 use super::root::PIN_DIR;
@@ -155,10 +160,16 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             foreign_fixture,
             seconds,
         } => {
+            install_stop_handlers();
+            let stop_at = deadline(seconds);
             if foreign_fixture {
-                hold_fixture(&cgroup, seconds)
+                hold("foreign_fifo", attach_fixture(&cgroup)?, stop_at)
             } else {
-                hold_child(&cgroup, ops_name, seconds)
+                let options = ChildOptions {
+                    ops_name,
+                    default_class: None,
+                };
+                hold("child scheduler", attach_child(&cgroup, &options)?, stop_at)
             }
         }
         SchedulerCommand::Tag {
@@ -199,15 +210,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
 
 fn log_admission(bytes: &[u8]) -> i32 {
     let event: bpf_intf::canopy_admission_event = from_bytes(bytes);
-    let text = |raw: &[std::os::raw::c_char]| {
-        let raw: Vec<u8> = raw
-            .iter()
-            .take_while(|&&b| b != 0)
-            .map(|&b| b as u8)
-            .collect();
-        String::from_utf8_lossy(&raw).into_owned()
-    };
-    let (name, path) = (text(&event.ops_name), text(&event.cgroup_path));
+    let (name, path) = (c_string(&event.ops_name), c_string(&event.cgroup_path));
     if event.verdict == 0 {
         println!(
             "canopy: admitted sub-scheduler {name} on {path} (cgroup id {}, slot {})",
@@ -274,12 +277,15 @@ fn apply_new_groups(
             default_class: Some(config.default_class_id()?),
             ..Default::default()
         };
-        match ChildScheduler::attach(&group.cgroup, &options) {
+        let started_at_uptime = kernel::uptime_s().unwrap_or(f64::NAN);
+        let started = Instant::now();
+        match attach_child(&group.cgroup, &options) {
             Ok(child) => {
                 println!(
-                    "canopy: child scheduler canopy_child enabled on {} (cgroup id {})",
+                    "canopy: child scheduler canopy_child enabled on {} (cgroup id {}; load started at uptime {started_at_uptime:.2} s, took {} ms)",
                     child.cgroup().display(),
-                    child.cgroup_id()
+                    child.cgroup_id(),
+                    started.elapsed().as_millis()
                 );
                 children.push(child);
             }
@@ -391,15 +397,7 @@ pub fn supervise(
         let _ = events.consume();
 
         for child in children.drain(..) {
-            let path = child.cgroup().to_path_buf();
-            let report = child.detach();
-            println!(
-                "canopy: child scheduler on {} detached: {}",
-                path.display(),
-                report
-                    .map(|r| r.to_string())
-                    .unwrap_or_else(|| "no exit record".into())
-            );
+            detach_and_log("child scheduler", child);
         }
         let final_report = match report {
             Some(report) => report,
@@ -407,10 +405,7 @@ pub fn supervise(
                 let report = root.detach();
                 println!(
                     "canopy: root scheduler unloaded: {} (sched_ext state {})",
-                    report
-                        .as_ref()
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|| "no exit record".into()),
+                    describe_exit(report),
                     kernel::sched_ext_state().unwrap_or_default()
                 );
                 return Ok(());
@@ -448,70 +443,40 @@ fn watch_cgroups() -> Option<CgroupWatch> {
     }
 }
 
-fn hold_child(cgroup: &Path, ops_name: Option<String>, seconds: f64) -> anyhow::Result<()> {
-    install_stop_handlers();
-    let stop_at = deadline(seconds);
-    let child = ChildScheduler::attach(
-        cgroup,
-        &ChildOptions {
-            ops_name,
-            default_class: None,
-        },
-    )?;
+/// Holds a scheduler registered on a cgroup until a signal or `seconds`, then detaches it;
+/// fails if it exits first. `label` names it in the log lines.
+fn hold<S: SchedulerSkel>(
+    label: &str,
+    scheduler: Registered<S>,
+    stop_at: Option<Instant>,
+) -> anyhow::Result<()> {
     println!(
-        "canopy: child scheduler enabled on {} (cgroup id {})",
-        child.cgroup().display(),
-        child.cgroup_id()
+        "canopy: {label} enabled on {} (cgroup id {})",
+        scheduler.cgroup().display(),
+        scheduler.cgroup_id()
     );
     while !should_stop(stop_at) {
-        if let Some(report) = child.exit_report() {
+        if let Some(report) = scheduler.exit_report() {
             anyhow::bail!(
-                "child scheduler on {} exited: {report}",
-                child.cgroup().display()
+                "{label} on {} exited: {report}",
+                scheduler.cgroup().display()
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(TICK);
     }
-    let path = child.cgroup().to_path_buf();
-    let report = child.detach();
-    println!(
-        "canopy: child scheduler on {} detached: {}",
-        path.display(),
-        report
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "no exit record".into())
-    );
+    detach_and_log(label, scheduler);
     Ok(())
 }
 
-fn hold_fixture(cgroup: &Path, seconds: f64) -> anyhow::Result<()> {
-    install_stop_handlers();
-    let stop_at = deadline(seconds);
-    let fixture = ForeignFixture::attach(cgroup)?;
+/// Unregisters a scheduler registered on a cgroup and logs how it ended.
+fn detach_and_log<S: SchedulerSkel>(label: &str, scheduler: Registered<S>) {
+    let path = scheduler.cgroup().to_path_buf();
+    let report = scheduler.detach();
     println!(
-        "canopy: foreign_fifo enabled on {} (cgroup id {})",
-        fixture.cgroup.display(),
-        fixture.cgroup_id
-    );
-    while !should_stop(stop_at) {
-        if let Some(report) = fixture.exit_report() {
-            anyhow::bail!(
-                "foreign_fifo on {} exited: {report}",
-                fixture.cgroup.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let path = fixture.cgroup.clone();
-    let report = fixture.detach();
-    println!(
-        "canopy: foreign_fifo on {} detached: {}",
+        "canopy: {label} on {} detached: {}",
         path.display(),
-        report
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "no exit record".into())
+        describe_exit(report)
     );
-    Ok(())
 }
 
 fn exec_with(nice: i32, batch: bool, command: &[String]) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@ use std::fmt;
 
 use super::bpf_intf::canopy_exit_info;
 use super::kernel::EXIT_KIND_NAME_PREFIX;
+use super::root::c_string;
 
 /// Exit code layout (kernel internal.h): user [31:0], reason [47:32], action [63:48].
 const ECODE_USER_MASK: i64 = 0xffff_ffff;
@@ -24,15 +25,6 @@ pub struct ExitReport {
     pub reason: String,
     pub msg: String,
     pub dump: String,
-}
-
-fn c_string(bytes: &[std::os::raw::c_char]) -> String {
-    let bytes: Vec<u8> = bytes
-        .iter()
-        .take_while(|&&b| b != 0)
-        .map(|&b| b as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 impl ExitReport {

@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::bpf_intf;
 use super::bpf_intf::Stats;
 use super::kernel;
+use super::root::c_string;
 use super::root::from_bytes;
 use super::root::PIN_DIR;
 
@@ -90,15 +91,6 @@ fn read_stats(map: &MapHandle) -> Stats {
         })
         .collect();
     Stats::from_indexed(&values)
-}
-
-fn c_name(bytes: &[std::os::raw::c_char]) -> String {
-    let bytes: Vec<u8> = bytes
-        .iter()
-        .take_while(|&&b| b != 0)
-        .map(|&b| b as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Walks /sys/kernel/sched_ext/root and its `sub/sub-<id>` directories.
@@ -204,7 +196,7 @@ impl Sampler {
                     name: if *slot == bpf_intf::CANOPY_SELF_SLOT {
                         "(root tasks)".into()
                     } else {
-                        c_name(&m.name)
+                        c_string(&m.name)
                     },
                     cgroup_id: m.cgroup_id,
                     cgroup: if m.cgroup_id == 1 {
