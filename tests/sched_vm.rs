@@ -828,6 +828,48 @@ canopy-guest report late-detach gone=$([ -d $dir ] && echo no || echo yes) t0=$t
     Ok(())
 }
 
+/// Issue 4 deliverable 3, the restart action: the `restart_once` fixture, loaded as the root,
+/// unregisters itself with SCX_ECODE_ACT_RESTART in its exit code (as the kernel does when it
+/// wants a scheduler loaded again); the loader decodes the action from the exit record and
+/// loads it again, twice, through the same decision as canopy_root's supervisor; the third load
+/// keeps running and unloads cleanly on SIGTERM.
+#[test]
+fn root_asking_for_a_restart_is_loaded_again() -> anyhow::Result<()> {
+    let script = r#"
+canopy scheduler restart-fixture --restarts 2 > /tmp/restart.log 2>&1 &
+R=$!
+canopy-guest wait-for --file /tmp/restart.log --contains 'enabled as the root scheduler (load 2)' --pid $R --timeout 90
+canopy-guest hog --threads 2 --seconds 2
+canopy-guest report restarted state="$(cat /sys/kernel/sched_ext/state)" ops="$(cat /sys/kernel/sched_ext/root/ops)" alive=$(kill -0 $R && echo yes || echo no)
+kill -TERM $R; code=0; wait $R || code=$?
+cat /tmp/restart.log
+canopy-guest report restart-stopped state="$(cat /sys/kernel/sched_ext/state)" exit_code=$code log="$(tr '\n' '|' < /tmp/restart.log)"
+"#;
+    let outcome = scenario("sched-restart-action").script(script).run()?;
+    println!("{}", outcome.summary());
+    let restarted = outcome.result("restarted")?;
+    assert_eq!(restarted["state"], "enabled", "{restarted}");
+    assert_eq!(restarted["ops"], "restart_once", "{restarted}");
+    assert_eq!(restarted["alive"], "yes", "{restarted}");
+    let stopped = outcome.result("restart-stopped")?;
+    let log = stopped["log"].as_str().unwrap_or_default();
+    println!("restart log: {}", log.replace('|', "\n"));
+    assert_eq!(
+        log.matches("SCX_EXIT_UNREG_BPF").count(),
+        2,
+        "two exits by the fixture expected: {log}"
+    );
+    assert_eq!(log.matches("[action: restart]").count(), 2, "{log}");
+    assert_eq!(log.matches("loading again").count(), 2, "{log}");
+    assert!(
+        log.contains("restart_once unloaded: SCX_EXIT_UNREG "),
+        "{log}"
+    );
+    assert_eq!(stopped["exit_code"], 0, "{stopped}");
+    assert_eq!(stopped["state"], "disabled", "{stopped}");
+    Ok(())
+}
+
 /// Issue 4 deliverable: the root implements cid_online/cid_offline, so taking a CPU offline and
 /// back does not take the hierarchy down (without them the kernel exits every scheduler). Then
 /// SysRq-D shows the root's and the children's dump output.

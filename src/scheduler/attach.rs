@@ -18,6 +18,7 @@ use super::exit::ExitReport;
 use super::kernel;
 use super::skel::child::CanopyChildSkel;
 use super::skel::foreign_fifo::ForeignFifoSkel;
+use super::skel::restart_once::RestartOnceSkel;
 use super::skel::root::CanopyRootSkel;
 use super::SchedulerError;
 
@@ -83,6 +84,7 @@ macro_rules! scheduler_skel {
 scheduler_skel!(CanopyRootSkel<'static>, canopy_root_ops);
 scheduler_skel!(CanopyChildSkel<'static>, canopy_child_ops);
 scheduler_skel!(ForeignFifoSkel<'static>, foreign_fifo_ops);
+scheduler_skel!(RestartOnceSkel<'static>, restart_once_ops);
 
 /// Where a scheduler is attached.
 #[derive(Debug, Clone)]

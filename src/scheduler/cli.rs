@@ -6,6 +6,7 @@
 //!   admission decisions, restart on the kernel's restart action, unload on SIGINT/SIGTERM;
 //! - `child --cgroup PATH [--ops-name NAME]`: attach one child scheduler and hold it;
 //! - `tag --tid N --class NAME`: tag a task with a class in the shared class map;
+//! - `restart-fixture`: the restart path, with a fixture root that asks for restarts;
 //! - `status [--json]`: the hierarchy, members and counters.
 use std::ffi::OsString;
 use std::path::Path;
@@ -33,7 +34,9 @@ use super::child::ChildOptions;
 use super::child::ChildScheduler;
 use super::config::class_id;
 use super::config::SchedulerConfig;
+use super::exit::ExitReport;
 use super::fixture::attach_fixture;
+use super::fixture::attach_restart_fixture;
 use super::kernel;
 use super::root::c_string;
 use super::root::from_bytes;
@@ -100,6 +103,15 @@ enum SchedulerCommand {
         batch: bool,
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
+    },
+    /// Load the `restart_once` test fixture as the root: it asks for a restart after a few
+    /// dispatches `restarts` times; each time it is loaded again as canopy_root would be.
+    RestartFixture {
+        #[arg(long, default_value_t = 1)]
+        restarts: u32,
+        /// Unload after this many seconds (0: run until a signal).
+        #[arg(long, default_value_t = 0.0)]
+        seconds: f64,
     },
     /// Show the scheduler hierarchy, the root's members and counters.
     Status {
@@ -196,6 +208,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             batch,
             command,
         } => exec_with(nice, batch, &command),
+        SchedulerCommand::RestartFixture { restarts, seconds } => {
+            install_stop_handlers();
+            run_restart_fixture(restarts, deadline(seconds))
+        }
         SchedulerCommand::Status { json, interval_ms } => {
             let status = status::collect(Duration::from_millis(interval_ms));
             if json {
@@ -412,16 +428,58 @@ pub fn supervise(
             }
         };
         drop(root);
-        println!("canopy: root scheduler exited: {final_report}");
-        if !final_report.dump.is_empty() {
-            println!("canopy: scheduler dump:\n{}", final_report.dump);
-        }
-        if final_report.should_restart() && !stop() {
-            println!("canopy: the kernel asked for a restart; loading again");
-            continue;
-        }
-        anyhow::bail!("the root scheduler exited: {final_report}");
+        after_root_exit(final_report, stop())?;
     }
+}
+
+/// After the root scheduler exited on its own: logs why, and returns Ok when it should be
+/// loaded again (the exit code's action asks for a restart and no stop was requested), else
+/// the exit as an error.
+fn after_root_exit(report: ExitReport, stopping: bool) -> anyhow::Result<()> {
+    println!("canopy: root scheduler exited: {report}");
+    if !report.dump.is_empty() {
+        println!("canopy: scheduler dump:\n{}", report.dump);
+    }
+    if report.should_restart() && !stopping {
+        println!("canopy: the kernel asked for a restart; loading again");
+        return Ok(());
+    }
+    anyhow::bail!("the root scheduler exited: {report}")
+}
+
+/// `canopy scheduler restart-fixture`: the restart path with the `restart_once` fixture as the
+/// root. The first `restarts` loads ask for a restart after a few dispatches; each exit goes
+/// through `after_root_exit` as canopy_root's would; the last load runs until a signal or
+/// `stop_at`.
+fn run_restart_fixture(restarts: u32, stop_at: Option<Instant>) -> anyhow::Result<()> {
+    for load in 0..=restarts {
+        let after_dispatches = if load < restarts { 500 } else { 0 };
+        let root = attach_restart_fixture(after_dispatches)?;
+        println!("canopy: restart_once enabled as the root scheduler (load {load})");
+        let report = loop {
+            if let Some(report) = root.exit_report() {
+                break Some(report);
+            }
+            if should_stop(stop_at) {
+                break None;
+            }
+            std::thread::sleep(TICK);
+        };
+        match report {
+            Some(report) => {
+                drop(root);
+                after_root_exit(report, should_stop(stop_at))?;
+            }
+            None => {
+                println!(
+                    "canopy: restart_once unloaded: {}",
+                    describe_exit(root.detach())
+                );
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!("restart_once asked for more restarts than requested")
 }
 
 /// inotify on the whole cgroup2 tree, or None (and a note) where it cannot be set up.
@@ -541,4 +599,34 @@ fn watch_and_tag(
         std::thread::sleep(Duration::from_millis(2));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(exit_code: i64) -> ExitReport {
+        ExitReport {
+            kind: 66,
+            kind_name: "SCX_EXIT_UNREG_KERN".into(),
+            exit_code,
+            exit_cpu: 0,
+            reason: String::new(),
+            msg: String::new(),
+            dump: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_root_is_loaded_again_only_on_the_restart_action() {
+        let restart = (1 << 48) | (1 << 32);
+        assert!(after_root_exit(exit(restart), false).is_ok());
+        // a stop requested meanwhile wins over the restart
+        assert!(after_root_exit(exit(restart), true).is_err());
+        let error = after_root_exit(exit(1 << 32), false).unwrap_err();
+        assert!(
+            error.to_string().contains("[reason: cpu hotplug]"),
+            "{error}"
+        );
+    }
 }

@@ -116,6 +116,67 @@ mod tests {
         }
     }
 
+    fn record(kind: i32, exit_code: i64, msg: &str) -> canopy_exit_info {
+        let mut record = canopy_exit_info {
+            kind,
+            exit_code,
+            ..Default::default()
+        };
+        for (dst, src) in record.msg.iter_mut().zip(msg.bytes()) {
+            *dst = src as std::os::raw::c_char;
+        }
+        record
+    }
+
+    fn exit_kinds() -> HashMap<String, u64> {
+        [("SCX_EXIT_UNREG_BPF", 65u64), ("SCX_EXIT_UNREG_KERN", 66)]
+            .into_iter()
+            .map(|(name, value)| (format!("{EXIT_KIND_NAME_PREFIX}{name}"), value))
+            .collect()
+    }
+
+    #[test]
+    fn a_running_scheduler_has_no_report() {
+        assert!(ExitReport::from_record(&record(0, 0, ""), &exit_kinds()).is_none());
+    }
+
+    #[test]
+    fn a_restart_request_decodes_with_kind_name_and_action() {
+        let restart = 1i64 << 48;
+        let report =
+            ExitReport::from_record(&record(65, restart, "asking again"), &exit_kinds()).unwrap();
+        assert_eq!(report.kind_name, "SCX_EXIT_UNREG_BPF");
+        assert_eq!(report.msg, "asking again");
+        assert_eq!(report.action_code(), 1);
+        assert!(report.should_restart());
+        assert!(!report.is_error());
+        assert!(
+            report.to_string().ends_with("[action: restart]"),
+            "{report}"
+        );
+
+        // the kernel's own request after a hotplug: reason and action together
+        let hotplug =
+            ExitReport::from_record(&record(66, restart | (1 << 32), ""), &exit_kinds()).unwrap();
+        assert!(hotplug.should_restart());
+        assert!(
+            hotplug
+                .to_string()
+                .ends_with("[reason: cpu hotplug] [action: restart]"),
+            "{hotplug}"
+        );
+    }
+
+    #[test]
+    fn exits_without_the_action_bit_are_not_restarted() {
+        for code in [0, 7, 2 << 32, 2 << 48] {
+            let report = ExitReport::from_record(&record(1025, code, ""), &exit_kinds()).unwrap();
+            assert!(!report.should_restart(), "{code:#x}");
+            assert!(report.is_error());
+            assert_eq!(report.kind_name, "exit kind 1025");
+        }
+    }
+
     #[test]
     fn exit_code_fields_decode() {
         let r = report((1 << 48) | (1 << 32) | 7);
