@@ -39,7 +39,8 @@ enum Command {
     /// Validate a policy: exit 0 when valid, 1 with every diagnostic on stderr.
     ///
     /// Each PATH is a policy file, or a directory holding policy.toml and policy.d/*.toml
-    /// (merged in lexical order). Default: /etc/canopy.
+    /// (merged in lexical order); a file named policy.toml brings its policy.d/*.toml too, as
+    /// for the daemon. Default: /etc/canopy.
     Check {
         /// Policy files or directories.
         paths: Vec<PathBuf>,

@@ -441,7 +441,7 @@ fn after_root_exit(report: ExitReport, stopping: bool) -> anyhow::Result<()> {
         println!("canopy: scheduler dump:\n{}", report.dump);
     }
     if report.should_restart() && !stopping {
-        println!("canopy: the kernel asked for a restart; loading again");
+        println!("canopy: the exit code asks for a restart; loading again");
         return Ok(());
     }
     anyhow::bail!("the root scheduler exited: {report}")
