@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::OnceLock;
 
 use libbpf_rs::Link;
 use libbpf_rs::MapMut;
@@ -24,16 +26,28 @@ use super::SchedulerError;
 
 /// What a load needs from the running kernel: every enum value (for decoding exit kinds) and
 /// the `canopy_kconst` table resolved from them (written into rodata).
+#[derive(Clone)]
 pub struct KernelConsts {
-    pub enums: HashMap<String, u64>,
+    pub enums: Arc<HashMap<String, u64>>,
     pub kconsts: Vec<u64>,
 }
 
 impl KernelConsts {
+    /// Read from vmlinux BTF once per process (the running kernel's values cannot change), so
+    /// attaching a child to a new cgroup does not parse the kernel's BTF again.
     pub fn read() -> Result<Self, SchedulerError> {
+        static CACHE: OnceLock<KernelConsts> = OnceLock::new();
+        if let Some(cached) = CACHE.get() {
+            return Ok(cached.clone());
+        }
         let enums = kernel::kernel_enums()?;
         let kconsts = kernel::resolve_kconsts(&enums)?;
-        Ok(KernelConsts { enums, kconsts })
+        Ok(CACHE
+            .get_or_init(|| KernelConsts {
+                enums: Arc::new(enums),
+                kconsts,
+            })
+            .clone())
     }
 }
 
@@ -100,7 +114,7 @@ pub enum Place {
 pub struct Registered<S: SchedulerSkel> {
     skel: S,
     link: Option<Link>,
-    enums: HashMap<String, u64>,
+    enums: Arc<HashMap<String, u64>>,
     place: Place,
 }
 
@@ -108,7 +122,7 @@ impl<S: SchedulerSkel> Registered<S> {
     /// Attaches the loaded `skel` (ops name `name`) at `place` and checks at once that it runs.
     pub fn attach(
         mut skel: S,
-        enums: HashMap<String, u64>,
+        enums: Arc<HashMap<String, u64>>,
         name: &str,
         place: Place,
     ) -> Result<Self, SchedulerError> {
