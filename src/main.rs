@@ -1,15 +1,16 @@
 //! The `canopy` command: thin glue over the policy compiler (`canopy-policy`), the OS layer
 //! (`canopy-sys`), the controller daemon (`canopy-controller`) and the BPF schedulers. This file owns the command-line surface (clap derive,
 //! so `--help`, completions and the man page come from one definition) and the exit codes:
-//! 0 success, 1 invalid input or failure, 2 not implemented / usage error.
+//! 0 success, 1 invalid input or failure, 2 not implemented / usage error, 3 (`status`) the
+//! daemon is not running.
 
 mod commands;
 mod daemon_cli;
-mod policy_files;
 mod scheduler;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use clap::Subcommand;
@@ -38,7 +39,8 @@ enum Command {
     /// Validate a policy: exit 0 when valid, 1 with every diagnostic on stderr.
     ///
     /// Each PATH is a policy file, or a directory holding policy.toml and policy.d/*.toml
-    /// (merged in lexical order). Default: /etc/canopy.
+    /// (merged in lexical order); a file named policy.toml brings its policy.d/*.toml too, as
+    /// for the daemon. Default: /etc/canopy.
     Check {
         /// Policy files or directories.
         paths: Vec<PathBuf>,
@@ -85,13 +87,20 @@ enum Command {
         #[command(subcommand)]
         command: commands::ctl::CtlCommand,
     },
-    /// The daemon's status: mode and why, policy, counters, groups (`--json` for scripts).
+    /// canopy's status: the daemon's (mode and why, policy, counters, groups) and the sched_ext
+    /// scheduler hierarchy (each scheduler's cgroup, weight, granted CPUs, CPU time and share).
+    ///
+    /// Works without the daemon: the hierarchy is read from sysfs and the root scheduler's
+    /// pinned maps. Exit status 0 when the daemon answered, 3 when it did not.
     Status {
         #[command(flatten)]
         socket: commands::ctl::SocketArg,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Interval the schedulers' CPU time and shares are measured over, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
     },
     /// Print a shell completion script.
     Completions {
@@ -150,12 +159,12 @@ fn main() -> ExitCode {
         Command::Import(ImportCommand::Schedqos { dir }) => commands::import::schedqos(&dir),
         Command::Run(args) => daemon_cli::run(args).map(|()| ExitCode::SUCCESS),
         Command::RunSchedulers { paths } => commands::run::run(&paths),
-        Command::Ctl { socket, command } => {
-            commands::ctl::ctl(&socket.socket, command).map(|()| ExitCode::SUCCESS)
-        }
-        Command::Status { socket, json } => {
-            commands::ctl::status(&socket.socket, json).map(|()| ExitCode::SUCCESS)
-        }
+        Command::Ctl { socket, command } => commands::ctl::ctl(&socket.socket, command),
+        Command::Status {
+            socket,
+            json,
+            interval_ms,
+        } => commands::status::run(&socket.socket, json, Duration::from_millis(interval_ms)),
         Command::Completions { shell } => commands::generate::completions(shell),
         Command::Man => commands::generate::man(),
         Command::Bench(BenchCommand::Policy { rules, groups }) => {

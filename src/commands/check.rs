@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use canopy_policy::Diagnostic;
 
+use super::load_sources;
 use super::print_diagnostics;
-use crate::policy_files::load_sources;
 use crate::Format;
 
 pub(crate) fn run(paths: &[PathBuf], format: Format) -> Result<ExitCode> {

@@ -1,13 +1,14 @@
-//! `canopy ctl ...` and `canopy status`: clients of the daemon's control socket. They build one
-//! request, print the reply (a table or JSON), and map refusals and errors to exit code 1.
+//! `canopy ctl ...`: clients of the daemon's control socket. They build one request, print the
+//! reply (a table or JSON), and map refusals and errors to exit code 1. `ctl status` is
+//! `canopy status` (`status.rs`).
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use canopy_controller::protocol::{Request, Response};
 use canopy_controller::server;
-use canopy_controller::stats::Snapshot;
 
 /// Default control socket (the policy's `daemon.socket_path` default).
 pub const DEFAULT_SOCKET: &str = "/run/canopy/control.sock";
@@ -65,7 +66,8 @@ pub enum CtlCommand {
     Reload,
 }
 
-fn call(socket: &Path, request: Request) -> anyhow::Result<Response> {
+/// Sends one request to the daemon and waits for its reply.
+pub(crate) fn call(socket: &Path, request: Request) -> anyhow::Result<Response> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -74,7 +76,8 @@ fn call(socket: &Path, request: Request) -> anyhow::Result<Response> {
         .with_context(|| format!("talking to the canopy daemon at {}", socket.display()))
 }
 
-fn ok_result(r: Response) -> anyhow::Result<serde_json::Value> {
+/// The result of a reply, or its error.
+pub(crate) fn ok_result(r: Response) -> anyhow::Result<serde_json::Value> {
     if r.ok {
         Ok(r.result.unwrap_or_default())
     } else {
@@ -83,7 +86,7 @@ fn ok_result(r: Response) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Runs `canopy ctl CMD`.
-pub fn ctl(socket: &Path, cmd: CtlCommand) -> anyhow::Result<()> {
+pub fn ctl(socket: &Path, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         CtlCommand::State { cgroup, state } => {
             ok_result(call(
@@ -131,7 +134,9 @@ pub fn ctl(socket: &Path, cmd: CtlCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        CtlCommand::Status { json } => status(socket, json)?,
+        CtlCommand::Status { json } => {
+            return super::status::run(socket, json, super::status::DEFAULT_INTERVAL)
+        }
         CtlCommand::Metrics => {
             let v = ok_result(call(socket, Request::Metrics {})?)?;
             print!("{}", v["text"].as_str().unwrap_or_default());
@@ -141,17 +146,5 @@ pub fn ctl(socket: &Path, cmd: CtlCommand) -> anyhow::Result<()> {
             println!("policy {}", v["policy"].as_str().unwrap_or_default());
         }
     }
-    Ok(())
-}
-
-/// Runs `canopy status [--json]`.
-pub fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
-    let v = ok_result(call(socket, Request::Status {})?)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    let snap: Snapshot = serde_json::from_value(v).context("decoding the daemon's status")?;
-    print!("{}", snap.render_table());
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,9 +8,9 @@ use anyhow::bail;
 use anyhow::Context;
 use anyhow::Result;
 
-use crate::policy_files::read_bounded_text;
-use crate::policy_files::MAX_DROP_INS;
-use crate::policy_files::MAX_FILE_BYTES;
+use canopy_sys::policy_files::read_bounded_text;
+use canopy_sys::policy_files::MAX_DROP_INS;
+use canopy_sys::policy_files::MAX_FILE_BYTES;
 
 pub(crate) fn schedqos(dir: &Path) -> Result<ExitCode> {
     if !dir.is_dir() {

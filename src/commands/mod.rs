@@ -9,14 +9,24 @@ pub(crate) mod diff;
 pub(crate) mod generate;
 pub(crate) mod import;
 pub(crate) mod run;
+pub(crate) mod status;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use canopy_policy::Compiled;
 use canopy_policy::Diagnostic;
+use canopy_policy::Source;
+use canopy_sys::policy_files::read_policy;
 
-use crate::policy_files::load_sources;
+/// The sources of the policy at `paths` (the default directory when empty), in merge order
+/// (`canopy_sys::policy_files` finds and reads them).
+pub(crate) fn load_sources(paths: &[PathBuf]) -> Result<Vec<Source>> {
+    Ok(read_policy(paths)?
+        .into_iter()
+        .map(|file| Source::new(file.name(), file.text))
+        .collect())
+}
 
 /// Prints diagnostics as text on stderr.
 pub(crate) fn print_diagnostics(diagnostics: &[Diagnostic]) {

@@ -1,7 +1,7 @@
 //! `canopy run-schedulers` (hidden; `canopy run` in scx mode uses the same supervisor): compile the policy, then load canopy's root scheduler with the policy's class
 //! table and group terms, attach canopy's child scheduler on every existing cgroup whose group
 //! asks for it, admit foreign schedulers where the policy names them, pick up cgroups created
-//! later (rescanned every second) and unload cleanly on SIGINT/SIGTERM. Class tagging of tasks
+//! later (inotify on cgroupfs) and unload cleanly on SIGINT/SIGTERM. Class tagging of tasks
 //! (the controller) is the next issue; until then untagged tasks take the policy's default class.
 //! The scheduler side lives in `crate::scheduler`; this file is only the glue from the Plan.
 

@@ -6,6 +6,7 @@
 //!   admission decisions, restart on the kernel's restart action, unload on SIGINT/SIGTERM;
 //! - `child --cgroup PATH [--ops-name NAME]`: attach one child scheduler and hold it;
 //! - `tag --tid N --class NAME`: tag a task with a class in the shared class map;
+//! - `restart-fixture`: the restart path, with a fixture root that asks for restarts;
 //! - `status [--json]`: the hierarchy, members and counters.
 use std::ffi::OsString;
 use std::path::Path;
@@ -23,13 +24,21 @@ use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
 use libbpf_rs::RingBufferBuilder;
 
+use super::attach::describe_exit;
+use super::attach::Registered;
+use super::attach::SchedulerSkel;
 use super::bpf_intf;
+use super::cgroup_watch::CgroupWatch;
+use super::child::attach_child;
 use super::child::ChildOptions;
 use super::child::ChildScheduler;
 use super::config::class_id;
 use super::config::SchedulerConfig;
-use super::fixture::ForeignFixture;
+use super::exit::ExitReport;
+use super::fixture::attach_fixture;
+use super::fixture::attach_restart_fixture;
 use super::kernel;
+use super::root::c_string;
 use super::root::from_bytes;
 use super::root::RootScheduler;
 use super::root::PIN_DIR;
@@ -95,6 +104,15 @@ enum SchedulerCommand {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// Load the `restart_once` test fixture as the root: it asks for a restart after a few
+    /// dispatches `restarts` times; each time it is loaded again as canopy_root would be.
+    RestartFixture {
+        #[arg(long, default_value_t = 1)]
+        restarts: u32,
+        /// Unload after this many seconds (0: run until a signal).
+        #[arg(long, default_value_t = 0.0)]
+        seconds: f64,
+    },
     /// Show the scheduler hierarchy, the root's members and counters.
     Status {
         #[arg(long)]
@@ -154,10 +172,16 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             foreign_fixture,
             seconds,
         } => {
+            install_stop_handlers();
+            let stop_at = deadline(seconds);
             if foreign_fixture {
-                hold_fixture(&cgroup, seconds)
+                hold("foreign_fifo", attach_fixture(&cgroup)?, stop_at)
             } else {
-                hold_child(&cgroup, ops_name, seconds)
+                let options = ChildOptions {
+                    ops_name,
+                    default_class: None,
+                };
+                hold("child scheduler", attach_child(&cgroup, &options)?, stop_at)
             }
         }
         SchedulerCommand::Tag {
@@ -184,8 +208,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             batch,
             command,
         } => exec_with(nice, batch, &command),
+        SchedulerCommand::RestartFixture { restarts, seconds } => {
+            install_stop_handlers();
+            run_restart_fixture(restarts, deadline(seconds))
+        }
         SchedulerCommand::Status { json, interval_ms } => {
-            let status = status::collect(Duration::from_millis(interval_ms))?;
+            let status = status::collect(Duration::from_millis(interval_ms));
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -198,15 +226,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
 
 fn log_admission(bytes: &[u8]) -> i32 {
     let event: bpf_intf::canopy_admission_event = from_bytes(bytes);
-    let text = |raw: &[std::os::raw::c_char]| {
-        let raw: Vec<u8> = raw
-            .iter()
-            .take_while(|&&b| b != 0)
-            .map(|&b| b as u8)
-            .collect();
-        String::from_utf8_lossy(&raw).into_owned()
-    };
-    let (name, path) = (text(&event.ops_name), text(&event.cgroup_path));
+    let (name, path) = (c_string(&event.ops_name), c_string(&event.cgroup_path));
     if event.verdict == 0 {
         println!(
             "canopy: admitted sub-scheduler {name} on {path} (cgroup id {}, slot {})",
@@ -230,8 +250,16 @@ fn log_admission(bytes: &[u8]) -> i32 {
 /// Rebuilds the config from the policy and the cgroups that exist now (for rescans).
 pub type Refresh<'a> = &'a dyn Fn() -> SchedulerConfig;
 
-/// How often the supervisor looks for cgroups created (or removed) since the last look.
-const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the supervisor reconciles with cgroupfs although inotify reported nothing (a safety
+/// net for a lost event); inotify wakes it as soon as a cgroup is created or removed.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How often it rescans cgroupfs when inotify cannot be used (no watches left, say).
+const POLL_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the supervisor looks at exit records, admission events and `stop` when nothing
+/// wakes it.
+const TICK: Duration = Duration::from_millis(100);
 
 /// The supervisor without rescans (the config is fixed).
 pub fn run(config: &SchedulerConfig, seconds: f64) -> anyhow::Result<()> {
@@ -265,12 +293,15 @@ fn apply_new_groups(
             default_class: Some(config.default_class_id()?),
             ..Default::default()
         };
-        match ChildScheduler::attach(&group.cgroup, &options) {
+        let started_at_uptime = kernel::uptime_s().unwrap_or(f64::NAN);
+        let started = Instant::now();
+        match attach_child(&group.cgroup, &options) {
             Ok(child) => {
                 println!(
-                    "canopy: child scheduler canopy_child enabled on {} (cgroup id {})",
+                    "canopy: child scheduler canopy_child enabled on {} (cgroup id {}; load started at uptime {started_at_uptime:.2} s, took {} ms)",
                     child.cgroup().display(),
-                    child.cgroup_id()
+                    child.cgroup_id(),
+                    started.elapsed().as_millis()
                 );
                 children.push(child);
             }
@@ -296,8 +327,9 @@ pub fn run_with_refresh(
 }
 
 /// The supervisor: loads the root, attaches children where `config` asks, applies cgroups that
-/// appear later (through `refresh`, every RESCAN_INTERVAL), logs admission decisions, reloads on
-/// the kernel's restart action, and unloads when `stop` says so (polled every 100 ms).
+/// appear later (through `refresh`, woken by inotify on cgroupfs, with a reconcile every
+/// RECONCILE_INTERVAL), logs admission decisions, reloads on the kernel's restart action, and
+/// unloads when `stop` says so (polled every TICK).
 /// `on_enabled` runs after each successful load, once the root's maps are pinned and the
 /// children of the cgroups that exist now are attached.
 pub fn supervise(
@@ -306,6 +338,7 @@ pub fn supervise(
     stop: &dyn Fn() -> bool,
     on_enabled: &mut dyn FnMut(),
 ) -> anyhow::Result<()> {
+    let mut watch = refresh.and_then(|_| watch_cgroups());
     loop {
         let root = RootScheduler::load(config).context("starting the root scheduler")?;
         println!(
@@ -324,10 +357,15 @@ pub fn supervise(
         apply_new_groups(&root, config, &mut applied, &mut children)?;
         on_enabled();
         let mut last_scan = Instant::now();
+        let mut cgroups_changed = false;
 
         let report = loop {
             if let Some(refresh) = refresh {
-                if last_scan.elapsed() >= RESCAN_INTERVAL {
+                let rescan_interval = match watch {
+                    Some(_) => RECONCILE_INTERVAL,
+                    None => POLL_RESCAN_INTERVAL,
+                };
+                if cgroups_changed || last_scan.elapsed() >= rescan_interval {
                     last_scan = Instant::now();
                     let current = refresh();
                     if let Err(e) = current
@@ -358,20 +396,24 @@ pub fn supervise(
             if stop() {
                 break None;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            cgroups_changed = match &mut watch {
+                Some(cgroup_watch) => cgroup_watch.wait(TICK).unwrap_or_else(|e| {
+                    println!(
+                        "canopy: inotify on cgroupfs failed ({e:#}); rescanning every {POLL_RESCAN_INTERVAL:?}"
+                    );
+                    watch = None;
+                    true
+                }),
+                None => {
+                    std::thread::sleep(TICK);
+                    false
+                }
+            };
         };
         let _ = events.consume();
 
         for child in children.drain(..) {
-            let path = child.cgroup().to_path_buf();
-            let report = child.detach();
-            println!(
-                "canopy: child scheduler on {} detached: {}",
-                path.display(),
-                report
-                    .map(|r| r.to_string())
-                    .unwrap_or_else(|| "no exit record".into())
-            );
+            detach_and_log("child scheduler", child);
         }
         let final_report = match report {
             Some(report) => report,
@@ -379,92 +421,120 @@ pub fn supervise(
                 let report = root.detach();
                 println!(
                     "canopy: root scheduler unloaded: {} (sched_ext state {})",
-                    report
-                        .as_ref()
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|| "no exit record".into()),
+                    describe_exit(report),
                     kernel::sched_ext_state().unwrap_or_default()
                 );
                 return Ok(());
             }
         };
         drop(root);
-        println!("canopy: root scheduler exited: {final_report}");
-        if !final_report.dump.is_empty() {
-            println!("canopy: scheduler dump:\n{}", final_report.dump);
-        }
-        if final_report.should_restart() && !stop() {
-            println!("canopy: the kernel asked for a restart; loading again");
-            continue;
-        }
-        anyhow::bail!("the root scheduler exited: {final_report}");
+        after_root_exit(final_report, stop())?;
     }
 }
 
-fn hold_child(cgroup: &Path, ops_name: Option<String>, seconds: f64) -> anyhow::Result<()> {
-    install_stop_handlers();
-    let stop_at = deadline(seconds);
-    let child = ChildScheduler::attach(
-        cgroup,
-        &ChildOptions {
-            ops_name,
-            default_class: None,
-        },
-    )?;
+/// After the root scheduler exited on its own: logs why, and returns Ok when it should be
+/// loaded again (the exit code's action asks for a restart and no stop was requested), else
+/// the exit as an error.
+fn after_root_exit(report: ExitReport, stopping: bool) -> anyhow::Result<()> {
+    println!("canopy: root scheduler exited: {report}");
+    if !report.dump.is_empty() {
+        println!("canopy: scheduler dump:\n{}", report.dump);
+    }
+    if report.should_restart() && !stopping {
+        println!("canopy: the exit code asks for a restart; loading again");
+        return Ok(());
+    }
+    anyhow::bail!("the root scheduler exited: {report}")
+}
+
+/// `canopy scheduler restart-fixture`: the restart path with the `restart_once` fixture as the
+/// root. The first `restarts` loads ask for a restart after a few dispatches; each exit goes
+/// through `after_root_exit` as canopy_root's would; the last load runs until a signal or
+/// `stop_at`.
+fn run_restart_fixture(restarts: u32, stop_at: Option<Instant>) -> anyhow::Result<()> {
+    for load in 0..=restarts {
+        let after_dispatches = if load < restarts { 500 } else { 0 };
+        let root = attach_restart_fixture(after_dispatches)?;
+        println!("canopy: restart_once enabled as the root scheduler (load {load})");
+        let report = loop {
+            if let Some(report) = root.exit_report() {
+                break Some(report);
+            }
+            if should_stop(stop_at) {
+                break None;
+            }
+            std::thread::sleep(TICK);
+        };
+        match report {
+            Some(report) => {
+                drop(root);
+                after_root_exit(report, should_stop(stop_at))?;
+            }
+            None => {
+                println!(
+                    "canopy: restart_once unloaded: {}",
+                    describe_exit(root.detach())
+                );
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!("restart_once asked for more restarts than requested")
+}
+
+/// inotify on the whole cgroup2 tree, or None (and a note) where it cannot be set up.
+fn watch_cgroups() -> Option<CgroupWatch> {
+    match CgroupWatch::new(Path::new(kernel::CGROUP2_ROOT)) {
+        Ok(cgroup_watch) => {
+            println!(
+                "canopy: watching {} cgroups for new and removed ones (inotify)",
+                cgroup_watch.watch_count()
+            );
+            Some(cgroup_watch)
+        }
+        Err(e) => {
+            println!(
+                "canopy: no inotify on cgroupfs ({e:#}); rescanning every {POLL_RESCAN_INTERVAL:?}"
+            );
+            None
+        }
+    }
+}
+
+/// Holds a scheduler registered on a cgroup until a signal or `seconds`, then detaches it;
+/// fails if it exits first. `label` names it in the log lines.
+fn hold<S: SchedulerSkel>(
+    label: &str,
+    scheduler: Registered<S>,
+    stop_at: Option<Instant>,
+) -> anyhow::Result<()> {
     println!(
-        "canopy: child scheduler enabled on {} (cgroup id {})",
-        child.cgroup().display(),
-        child.cgroup_id()
+        "canopy: {label} enabled on {} (cgroup id {})",
+        scheduler.cgroup().display(),
+        scheduler.cgroup_id()
     );
     while !should_stop(stop_at) {
-        if let Some(report) = child.exit_report() {
+        if let Some(report) = scheduler.exit_report() {
             anyhow::bail!(
-                "child scheduler on {} exited: {report}",
-                child.cgroup().display()
+                "{label} on {} exited: {report}",
+                scheduler.cgroup().display()
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(TICK);
     }
-    let path = child.cgroup().to_path_buf();
-    let report = child.detach();
-    println!(
-        "canopy: child scheduler on {} detached: {}",
-        path.display(),
-        report
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "no exit record".into())
-    );
+    detach_and_log(label, scheduler);
     Ok(())
 }
 
-fn hold_fixture(cgroup: &Path, seconds: f64) -> anyhow::Result<()> {
-    install_stop_handlers();
-    let stop_at = deadline(seconds);
-    let fixture = ForeignFixture::attach(cgroup)?;
+/// Unregisters a scheduler registered on a cgroup and logs how it ended.
+fn detach_and_log<S: SchedulerSkel>(label: &str, scheduler: Registered<S>) {
+    let path = scheduler.cgroup().to_path_buf();
+    let report = scheduler.detach();
     println!(
-        "canopy: foreign_fifo enabled on {} (cgroup id {})",
-        fixture.cgroup.display(),
-        fixture.cgroup_id
-    );
-    while !should_stop(stop_at) {
-        if let Some(report) = fixture.exit_report() {
-            anyhow::bail!(
-                "foreign_fifo on {} exited: {report}",
-                fixture.cgroup.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let path = fixture.cgroup.clone();
-    let report = fixture.detach();
-    println!(
-        "canopy: foreign_fifo on {} detached: {}",
+        "canopy: {label} on {} detached: {}",
         path.display(),
-        report
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "no exit record".into())
+        describe_exit(report)
     );
-    Ok(())
 }
 
 fn exec_with(nice: i32, batch: bool, command: &[String]) -> anyhow::Result<()> {
@@ -529,4 +599,34 @@ fn watch_and_tag(
         std::thread::sleep(Duration::from_millis(2));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(exit_code: i64) -> ExitReport {
+        ExitReport {
+            kind: 66,
+            kind_name: "SCX_EXIT_UNREG_KERN".into(),
+            exit_code,
+            exit_cpu: 0,
+            reason: String::new(),
+            msg: String::new(),
+            dump: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_root_is_loaded_again_only_on_the_restart_action() {
+        let restart = (1 << 48) | (1 << 32);
+        assert!(after_root_exit(exit(restart), false).is_ok());
+        // a stop requested meanwhile wins over the restart
+        assert!(after_root_exit(exit(restart), true).is_err());
+        let error = after_root_exit(exit(1 << 32), false).unwrap_err();
+        assert!(
+            error.to_string().contains("[reason: cpu hotplug]"),
+            "{error}"
+        );
+    }
 }

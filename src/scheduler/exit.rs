@@ -7,6 +7,7 @@ use std::fmt;
 
 use super::bpf_intf::canopy_exit_info;
 use super::kernel::EXIT_KIND_NAME_PREFIX;
+use super::root::c_string;
 
 /// Exit code layout (kernel internal.h): user [31:0], reason [47:32], action [63:48].
 const ECODE_USER_MASK: i64 = 0xffff_ffff;
@@ -24,15 +25,6 @@ pub struct ExitReport {
     pub reason: String,
     pub msg: String,
     pub dump: String,
-}
-
-fn c_string(bytes: &[std::os::raw::c_char]) -> String {
-    let bytes: Vec<u8> = bytes
-        .iter()
-        .take_while(|&&b| b != 0)
-        .map(|&b| b as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 impl ExitReport {
@@ -121,6 +113,67 @@ mod tests {
             reason: String::new(),
             msg: String::new(),
             dump: String::new(),
+        }
+    }
+
+    fn record(kind: i32, exit_code: i64, msg: &str) -> canopy_exit_info {
+        let mut record = canopy_exit_info {
+            kind,
+            exit_code,
+            ..Default::default()
+        };
+        for (dst, src) in record.msg.iter_mut().zip(msg.bytes()) {
+            *dst = src as std::os::raw::c_char;
+        }
+        record
+    }
+
+    fn exit_kinds() -> HashMap<String, u64> {
+        [("SCX_EXIT_UNREG_BPF", 65u64), ("SCX_EXIT_UNREG_KERN", 66)]
+            .into_iter()
+            .map(|(name, value)| (format!("{EXIT_KIND_NAME_PREFIX}{name}"), value))
+            .collect()
+    }
+
+    #[test]
+    fn a_running_scheduler_has_no_report() {
+        assert!(ExitReport::from_record(&record(0, 0, ""), &exit_kinds()).is_none());
+    }
+
+    #[test]
+    fn a_restart_request_decodes_with_kind_name_and_action() {
+        let restart = 1i64 << 48;
+        let report =
+            ExitReport::from_record(&record(65, restart, "asking again"), &exit_kinds()).unwrap();
+        assert_eq!(report.kind_name, "SCX_EXIT_UNREG_BPF");
+        assert_eq!(report.msg, "asking again");
+        assert_eq!(report.action_code(), 1);
+        assert!(report.should_restart());
+        assert!(!report.is_error());
+        assert!(
+            report.to_string().ends_with("[action: restart]"),
+            "{report}"
+        );
+
+        // the kernel's own request after a hotplug: reason and action together
+        let hotplug =
+            ExitReport::from_record(&record(66, restart | (1 << 32), ""), &exit_kinds()).unwrap();
+        assert!(hotplug.should_restart());
+        assert!(
+            hotplug
+                .to_string()
+                .ends_with("[reason: cpu hotplug] [action: restart]"),
+            "{hotplug}"
+        );
+    }
+
+    #[test]
+    fn exits_without_the_action_bit_are_not_restarted() {
+        for code in [0, 7, 2 << 32, 2 << 48] {
+            let report = ExitReport::from_record(&record(1025, code, ""), &exit_kinds()).unwrap();
+            assert!(!report.should_restart(), "{code:#x}");
+            assert!(report.is_error());
+            assert_eq!(report.kind_name, "exit kind 1025");
         }
     }
 

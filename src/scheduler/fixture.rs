@@ -1,94 +1,79 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! Loader for the foreign sub-scheduler test fixture (`bpf/fixtures/foreign_fifo.bpf.c`): the
-//! same attach sequence as `child.rs` (sub_cgroup_id before load, kernel constants from BTF,
-//! exit record checked right after attaching) for a scheduler that is not canopy's.
-use std::collections::HashMap;
-use std::mem::MaybeUninit;
+//! Loaders for the test fixtures in `bpf/fixtures/`: the foreign sub-scheduler `foreign_fifo`
+//! (the same sequence as `child.rs`: sub_cgroup_id before load, kernel constants from BTF, exit
+//! record checked right after attaching, all but the skeleton in `attach.rs`, for a scheduler
+//! that is not canopy's), and `restart_once`, a root scheduler that asks for a restart.
 use std::path::Path;
-use std::path::PathBuf;
 
 use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::skel::Skel;
 use libbpf_rs::skel::SkelBuilder;
-use libbpf_rs::Link;
 
-use super::child::attach_hint;
-use super::exit::ExitReport;
+use super::attach::load_err;
+use super::attach::object_storage;
+use super::attach::KernelConsts;
+use super::attach::Place;
+use super::attach::Registered;
 use super::kernel;
-use super::root::exit_record;
 use super::skel::foreign_fifo::ForeignFifoSkel;
 use super::skel::foreign_fifo::ForeignFifoSkelBuilder;
+use super::skel::restart_once::RestartOnceSkel;
+use super::skel::restart_once::RestartOnceSkelBuilder;
 use super::SchedulerError;
 
-pub struct ForeignFixture {
-    skel: ForeignFifoSkel<'static>,
-    link: Option<Link>,
-    enums: HashMap<String, u64>,
-    pub cgroup: PathBuf,
-    pub cgroup_id: u64,
+/// foreign_fifo, registered on one cgroup.
+pub type ForeignFixture = Registered<ForeignFifoSkel<'static>>;
+
+/// Attaches the fixture to `cgroup` (relative to /sys/fs/cgroup or absolute).
+pub fn attach_fixture(cgroup: &Path) -> Result<ForeignFixture, SchedulerError> {
+    let path = kernel::cgroup_path(cgroup);
+    let cgroup_id = kernel::cgroup_id(&path)?;
+    let kernel_consts = KernelConsts::read()?;
+    let mut open = ForeignFifoSkelBuilder::default()
+        .open(object_storage())
+        .map_err(load_err("opening foreign_fifo"))?;
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .expect("rodata")
+        .canopy_kconst
+        .copy_from_slice(&kernel_consts.kconsts);
+    {
+        let ops = open.struct_ops.foreign_fifo_ops_mut();
+        ops.sub_cgroup_id = cgroup_id;
+        ops.hotplug_seq = kernel::hotplug_seq();
+    }
+    let skel = open.load().map_err(load_err("loading foreign_fifo"))?;
+    kernel::associate_programs(skel.object(), "foreign_fifo_ops")?;
+    Registered::attach(
+        skel,
+        kernel_consts.enums,
+        "foreign_fifo",
+        Place::Cgroup {
+            path,
+            id: cgroup_id,
+        },
+    )
 }
 
-impl ForeignFixture {
-    pub fn attach(cgroup: &Path) -> Result<Self, SchedulerError> {
-        let cgroup = kernel::cgroup_path(cgroup);
-        let cgroup_id = kernel::cgroup_id(&cgroup)?;
-        let enums = kernel::kernel_enums()?;
-        let kconsts = kernel::resolve_kconsts(&enums)?;
-        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = ForeignFifoSkelBuilder::default()
-            .open(storage)
-            .map_err(|e| SchedulerError::Load(format!("opening foreign_fifo: {e:#}")))?;
-        open.maps
-            .rodata_data
-            .as_deref_mut()
-            .expect("rodata")
-            .canopy_kconst
-            .copy_from_slice(&kconsts);
-        {
-            let ops = open.struct_ops.foreign_fifo_ops_mut();
-            ops.sub_cgroup_id = cgroup_id;
-            ops.hotplug_seq = kernel::hotplug_seq();
-        }
-        let skel = open
-            .load()
-            .map_err(|e| SchedulerError::Load(format!("loading foreign_fifo: {e:#}")))?;
-        kernel::associate_programs(skel.object(), "foreign_fifo_ops")?;
-        let mut fixture = ForeignFixture {
-            skel,
-            link: None,
-            enums,
-            cgroup: cgroup.clone(),
-            cgroup_id,
-        };
-        let link = fixture
-            .skel
-            .maps
-            .foreign_fifo_ops
-            .attach_struct_ops()
-            .map_err(|e| {
-                SchedulerError::Attach(format!(
-                    "attaching foreign_fifo to {}: {e:#}{}",
-                    cgroup.display(),
-                    attach_hint(&e)
-                ))
-            })?;
-        fixture.link = Some(link);
-        if let Some(report) = fixture.exit_report() {
-            return Err(SchedulerError::Refused(format!(
-                "foreign_fifo on {} was not enabled: {report}",
-                cgroup.display()
-            )));
-        }
-        Ok(fixture)
-    }
+/// restart_once, registered as the root scheduler.
+pub type RestartFixture = Registered<RestartOnceSkel<'static>>;
 
-    pub fn exit_report(&self) -> Option<ExitReport> {
-        let data = self.skel.maps.data_exit_info_data.as_deref()?;
-        ExitReport::from_record(exit_record(data), &self.enums)
-    }
-
-    pub fn detach(mut self) -> Option<ExitReport> {
-        self.link.take();
-        self.exit_report()
-    }
+/// Loads and attaches restart_once as the root scheduler; with `restart_after_dispatches` > 0 it
+/// unregisters itself after that many dispatches with the restart action set.
+pub fn attach_restart_fixture(
+    restart_after_dispatches: u64,
+) -> Result<RestartFixture, SchedulerError> {
+    kernel::check_support()?;
+    let kernel_consts = KernelConsts::read()?;
+    let mut open = RestartOnceSkelBuilder::default()
+        .open(object_storage())
+        .map_err(load_err("opening restart_once"))?;
+    let rodata = open.maps.rodata_data.as_deref_mut().expect("rodata");
+    rodata.canopy_kconst.copy_from_slice(&kernel_consts.kconsts);
+    rodata.restart_after_dispatches = restart_after_dispatches;
+    open.struct_ops.restart_once_ops_mut().hotplug_seq = kernel::hotplug_seq();
+    let skel = open.load().map_err(load_err("loading restart_once"))?;
+    kernel::associate_programs(skel.object(), "restart_once_ops")?;
+    Registered::attach(skel, kernel_consts.enums, "restart_once", Place::Root)
 }

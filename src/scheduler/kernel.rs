@@ -101,6 +101,16 @@ pub fn sched_ext_state() -> Option<String> {
     read_trimmed(&Path::new(SCHED_EXT_SYSFS).join("state"))
 }
 
+/// Seconds since boot (`/proc/uptime`, the clock of the VM tests' timestamps), for log lines
+/// that say when something happened.
+pub fn uptime_s() -> Option<f64> {
+    read_trimmed(Path::new("/proc/uptime"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn read_trimmed(path: &Path) -> Option<String> {
     fs::read_to_string(path).ok().map(|s| s.trim().to_string())
 }

@@ -7,13 +7,18 @@
 //!   cgroup ids, program association);
 //! - `config`: the scheduler-side view of a policy (1:1 with the policy's Plan);
 //! - `plan`: building that view from a compiled Plan and the existing cgroups;
-//! - `root`, `child`: load/attach/detach, exit checks, map writes;
+//! - `attach`: what every scheduler's load shares (kernel constants, attach and the exit check
+//!   right after it, exit records, unregistering);
+//! - `root`, `child`: each scheduler's own load steps and map writes;
 //! - `fixture`: the foreign sub-scheduler test fixture's loader;
 //! - `exit`: decoding why a scheduler stopped and whether to restart;
 //! - `status`: the hierarchy from sysfs and the root's pinned maps;
+//! - `cgroup_watch`: inotify on cgroupfs, waking the supervisor when cgroups come and go;
 //! - `cli`: the `canopy scheduler ...` debug commands (the VM tests drive these) and the supervisor;
 //! - `daemon_link`: the scx backend's seam: the supervisor thread and the daemon's map writes.
+pub mod attach;
 pub mod bpf_intf;
+pub mod cgroup_watch;
 pub mod child;
 pub mod cli;
 pub mod config;

@@ -8,19 +8,21 @@
 //! the exit record at once, because the kernel can report a successful attach for a
 //! scheduler that has already died. Dropping the value unregisters the scheduler (every task
 //! returns to the fair scheduler) and removes the pins.
-use std::collections::HashMap;
 use std::fs;
-use std::mem::MaybeUninit;
 use std::path::Path;
 use std::path::PathBuf;
 
 use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::skel::Skel;
 use libbpf_rs::skel::SkelBuilder;
-use libbpf_rs::Link;
 use libbpf_rs::MapCore;
 use libbpf_rs::MapFlags;
 
+use super::attach::load_err;
+use super::attach::object_storage;
+use super::attach::KernelConsts;
+use super::attach::Place;
+use super::attach::Registered;
 use super::bpf_intf;
 use super::config::SchedulerConfig;
 use super::exit::ExitReport;
@@ -42,25 +44,20 @@ pub const PINNED_MAPS: &[&str] = &[
 ];
 
 pub struct RootScheduler {
-    skel: CanopyRootSkel<'static>,
-    link: Option<Link>,
-    enums: HashMap<String, u64>,
-    pinned: Vec<PathBuf>,
+    // Field order is drop order: unregister first, then remove the pins.
+    scheduler: Registered<CanopyRootSkel<'static>>,
+    _pins: Pins,
 }
 
-fn load_err(what: &'static str) -> impl Fn(libbpf_rs::Error) -> SchedulerError {
-    move |e| SchedulerError::Load(format!("{what}: {e:#}"))
-}
+/// Pinned map paths, removed when dropped (also when a load fails after pinning).
+struct Pins(Vec<PathBuf>);
 
-/// The exit record of a skeleton's `.data.exit_info` map, as intf.h's type.
-pub(super) fn exit_record<T>(data: &T) -> &bpf_intf::canopy_exit_info {
-    assert_eq!(
-        std::mem::size_of::<T>(),
-        std::mem::size_of::<bpf_intf::canopy_exit_info>()
-    );
-    // SAFETY: the skeleton's datasec struct holds exactly one `struct canopy_exit_info`
-    // (same C declaration as intf.h's, size checked above).
-    unsafe { &*(data as *const T as *const bpf_intf::canopy_exit_info) }
+impl Drop for Pins {
+    fn drop(&mut self) {
+        for path in self.0.drain(..) {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 impl RootScheduler {
@@ -68,14 +65,11 @@ impl RootScheduler {
     pub fn load(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
         config.validate()?;
         kernel::check_support()?;
-        let enums = kernel::kernel_enums()?;
-        let kconsts = kernel::resolve_kconsts(&enums)?;
+        let kernel_consts = KernelConsts::read()?;
         remove_stale_pins();
 
-        // One leaked OpenObject per load: the skeleton borrows it for its whole life.
-        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = CanopyRootSkelBuilder::default()
-            .open(storage)
+            .open(object_storage())
             .map_err(load_err("opening canopy_root"))?;
         {
             let rodata = open
@@ -83,7 +77,7 @@ impl RootScheduler {
                 .rodata_data
                 .as_deref_mut()
                 .expect("canopy_root has rodata");
-            rodata.canopy_kconst.copy_from_slice(&kconsts);
+            rodata.canopy_kconst.copy_from_slice(&kernel_consts.kconsts);
             rodata.default_class = config.default_class_id()?;
             rodata.own_weight = config.own_weight.max(1);
         }
@@ -92,59 +86,17 @@ impl RootScheduler {
             ops.hotplug_seq = kernel::hotplug_seq();
             ops.exit_dump_len = bpf_intf::CANOPY_EXIT_DUMP_LEN;
         }
-        let skel = open
+        let mut skel = open
             .load()
             .map_err(load_err("loading canopy_root (verifier)"))?;
         kernel::associate_programs(skel.object(), "canopy_root_ops")?;
-
-        let mut root = RootScheduler {
-            skel,
-            link: None,
-            enums,
-            pinned: Vec::new(),
-        };
-        root.push_config(config)?;
-        root.pin_maps()?;
-
-        let link = root
-            .skel
-            .maps
-            .canopy_root_ops
-            .attach_struct_ops()
-            .map_err(|e| SchedulerError::Attach(format!("attaching canopy_root: {e:#}")))?;
-        root.link = Some(link);
-        if let Some(report) = root.exit_report() {
-            return Err(SchedulerError::Exited(format!(
-                "canopy_root died while enabling: {report}"
-            )));
-        }
-        Ok(root)
-    }
-
-    fn push_config(&mut self, config: &SchedulerConfig) -> Result<(), SchedulerError> {
-        for (id, class) in config.class_table()?.iter().enumerate() {
-            let params = class.to_params();
-            self.skel
-                .maps
-                .class_params
-                .update(&(id as u32).to_ne_bytes(), as_bytes(&params), MapFlags::ANY)
-                .map_err(|e| SchedulerError::Load(format!("writing class_params: {e}")))?;
-        }
-        for group in &config.groups {
-            let path = kernel::cgroup_path(&group.cgroup);
-            let cgid = match kernel::cgroup_id(&path) {
-                Ok(id) => id,
-                Err(e) => {
-                    eprintln!(
-                        "canopy: policy group {} skipped for now: {e}",
-                        path.display()
-                    );
-                    continue;
-                }
-            };
-            self.set_group_policy(cgid, &group.to_policy())?;
-        }
-        Ok(())
+        push_config(&skel, config)?;
+        let pins = pin_maps(&mut skel)?;
+        let scheduler = Registered::attach(skel, kernel_consts.enums, "canopy_root", Place::Root)?;
+        Ok(RootScheduler {
+            scheduler,
+            _pins: pins,
+        })
     }
 
     /// Writes (or replaces) the policy of one cgroup.
@@ -153,72 +105,97 @@ impl RootScheduler {
         cgroup_id: u64,
         policy: &bpf_intf::canopy_group_policy,
     ) -> Result<(), SchedulerError> {
-        // The allowed classes of the group's current state belong to the controller: keep them.
-        let key = cgroup_id.to_ne_bytes();
-        let mut policy = *policy;
-        if let Ok(Some(bytes)) = self.skel.maps.group_policy.lookup(&key, MapFlags::ANY) {
-            let current: bpf_intf::canopy_group_policy = from_bytes(&bytes);
-            policy.ceiling_plus_one = current.ceiling_plus_one;
-            policy.floor_plus_one = current.floor_plus_one;
-        }
-        self.skel
-            .maps
-            .group_policy
-            .update(&key, as_bytes(&policy), MapFlags::ANY)
-            .map_err(|e| SchedulerError::Load(format!("writing group_policy: {e}")))
+        write_group_policy(self.scheduler.skel(), cgroup_id, policy)
     }
 
     /// Tags a task (thread id) with a class. For the controller (next issue); the VM tests tag
     /// through the pinned map with `canopy scheduler tag`.
     #[allow(dead_code)]
     pub fn set_task_class(&self, tid: u32, class: u32) -> Result<(), SchedulerError> {
-        self.skel
+        self.scheduler
+            .skel()
             .maps
             .task_classes
             .update(&tid.to_ne_bytes(), &class.to_ne_bytes(), MapFlags::ANY)
             .map_err(|e| SchedulerError::Load(format!("writing task_classes: {e}")))
     }
 
-    fn pin_maps(&mut self) -> Result<(), SchedulerError> {
-        fs::create_dir_all(PIN_DIR)
-            .map_err(|e| SchedulerError::Load(format!("creating {PIN_DIR}: {e}")))?;
-        let maps = &mut self.skel.maps;
-        for (name, map) in [
-            ("members", &mut maps.members),
-            ("stats", &mut maps.stats),
-            ("class_params", &mut maps.class_params),
-            ("task_classes", &mut maps.task_classes),
-            ("group_policy", &mut maps.group_policy),
-            ("admission_events", &mut maps.admission_events),
-        ] {
-            let path = Path::new(PIN_DIR).join(name);
-            map.pin(&path)
-                .map_err(|e| SchedulerError::Load(format!("pinning {}: {e}", path.display())))?;
-            self.pinned.push(path);
-        }
-        Ok(())
-    }
-
     /// Why the scheduler stopped, or None while it runs.
     pub fn exit_report(&self) -> Option<ExitReport> {
-        let data = self.skel.maps.data_exit_info_data.as_deref()?;
-        ExitReport::from_record(exit_record(data), &self.enums)
+        self.scheduler.exit_report()
     }
 
     /// Unregisters the scheduler and returns the kernel's account of the exit.
-    pub fn detach(mut self) -> Option<ExitReport> {
-        self.link.take();
-        self.exit_report()
+    pub fn detach(self) -> Option<ExitReport> {
+        self.scheduler.detach()
     }
 }
 
-impl Drop for RootScheduler {
-    fn drop(&mut self) {
-        self.link.take();
-        for path in self.pinned.drain(..) {
-            let _ = fs::remove_file(path);
-        }
+/// Pushes the class table and the groups of `config` into the maps ops.init reads.
+fn push_config(skel: &CanopyRootSkel<'_>, config: &SchedulerConfig) -> Result<(), SchedulerError> {
+    for (id, class) in config.class_table()?.iter().enumerate() {
+        let params = class.to_params();
+        skel.maps
+            .class_params
+            .update(&(id as u32).to_ne_bytes(), as_bytes(&params), MapFlags::ANY)
+            .map_err(|e| SchedulerError::Load(format!("writing class_params: {e}")))?;
     }
+    for group in &config.groups {
+        let path = kernel::cgroup_path(&group.cgroup);
+        let cgid = match kernel::cgroup_id(&path) {
+            Ok(id) => id,
+            Err(e) => {
+                eprintln!(
+                    "canopy: policy group {} skipped for now: {e}",
+                    path.display()
+                );
+                continue;
+            }
+        };
+        write_group_policy(skel, cgid, &group.to_policy())?;
+    }
+    Ok(())
+}
+
+fn write_group_policy(
+    skel: &CanopyRootSkel<'_>,
+    cgroup_id: u64,
+    policy: &bpf_intf::canopy_group_policy,
+) -> Result<(), SchedulerError> {
+    // The allowed classes of the group's current state belong to the controller: keep them.
+    let key = cgroup_id.to_ne_bytes();
+    let mut policy = *policy;
+    if let Ok(Some(bytes)) = skel.maps.group_policy.lookup(&key, MapFlags::ANY) {
+        let current: bpf_intf::canopy_group_policy = from_bytes(&bytes);
+        policy.ceiling_plus_one = current.ceiling_plus_one;
+        policy.floor_plus_one = current.floor_plus_one;
+    }
+    skel.maps
+        .group_policy
+        .update(&key, as_bytes(&policy), MapFlags::ANY)
+        .map_err(|e| SchedulerError::Load(format!("writing group_policy: {e}")))
+}
+
+/// Pins the maps other processes read or share under PIN_DIR.
+fn pin_maps(skel: &mut CanopyRootSkel<'_>) -> Result<Pins, SchedulerError> {
+    fs::create_dir_all(PIN_DIR)
+        .map_err(|e| SchedulerError::Load(format!("creating {PIN_DIR}: {e}")))?;
+    let mut pins = Pins(Vec::new());
+    let maps = &mut skel.maps;
+    for (name, map) in [
+        ("members", &mut maps.members),
+        ("stats", &mut maps.stats),
+        ("class_params", &mut maps.class_params),
+        ("task_classes", &mut maps.task_classes),
+        ("group_policy", &mut maps.group_policy),
+        ("admission_events", &mut maps.admission_events),
+    ] {
+        let path = Path::new(PIN_DIR).join(name);
+        map.pin(&path)
+            .map_err(|e| SchedulerError::Load(format!("pinning {}: {e}", path.display())))?;
+        pins.0.push(path);
+    }
+    Ok(pins)
 }
 
 fn remove_stale_pins() {
@@ -241,4 +218,14 @@ pub(super) fn from_bytes<T: Copy + Default>(bytes: &[u8]) -> T {
     // SAFETY: copies at most size_of::<T>() bytes into a valid T of plain integers/arrays.
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), &mut value as *mut T as *mut u8, n) };
     value
+}
+
+/// A NUL-terminated C string from a fixed-size `char` array of intf.h (lossy UTF-8).
+pub(super) fn c_string(bytes: &[std::os::raw::c_char]) -> String {
+    let bytes: Vec<u8> = bytes
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }

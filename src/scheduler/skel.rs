@@ -20,3 +20,8 @@ pub mod child {
 pub mod foreign_fifo {
     include!(concat!(env!("OUT_DIR"), "/foreign_fifo.skel.rs"));
 }
+
+/// Test fixture: a root scheduler that asks for a restart (`bpf/fixtures/restart_once.bpf.c`).
+pub mod restart_once {
+    include!(concat!(env!("OUT_DIR"), "/restart_once.skel.rs"));
+}

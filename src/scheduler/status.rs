@@ -2,7 +2,8 @@
 //! The hierarchy as the kernel and the root scheduler see it: sysfs (`state`, each scheduler's
 //! `ops` and `caps` under `root/sub/sub-<cgroup id>`) joined with the root's pinned `members`
 //! and `stats` maps. Two samples an interval apart give each member's CPU rate and its share
-//! against the target its weight implies. Works from any process while a root is loaded.
+//! against the target its weight implies. Works from any process while a root is loaded;
+//! `canopy status` and `canopy scheduler status` both show it.
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
@@ -16,9 +17,9 @@ use serde::Serialize;
 use super::bpf_intf;
 use super::bpf_intf::Stats;
 use super::kernel;
+use super::root::c_string;
 use super::root::from_bytes;
 use super::root::PIN_DIR;
-use super::SchedulerError;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -57,6 +58,8 @@ pub struct MemberStatus {
     pub guarantee_pct: u32,
     pub cap_pct: u32,
     pub cpu_ns_total: u64,
+    /// CPU time it received during the interval
+    pub cpu_ns_interval: u64,
     pub dispatches: u64,
     pub throttled: u64,
     /// weighted ns of credit dropped when it came back from idle (see canopy_root.bpf.c)
@@ -90,15 +93,6 @@ fn read_stats(map: &MapHandle) -> Stats {
         })
         .collect();
     Stats::from_indexed(&values)
-}
-
-fn c_name(bytes: &[std::os::raw::c_char]) -> String {
-    let bytes: Vec<u8> = bytes
-        .iter()
-        .take_while(|&&b| b != 0)
-        .map(|&b| b as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Walks /sys/kernel/sched_ext/root and its `sub/sub-<id>` directories.
@@ -140,90 +134,123 @@ pub fn scheduler_tree() -> Vec<SchedulerNode> {
     nodes
 }
 
-/// Samples the hierarchy twice, `interval` apart.
-pub fn collect(interval: Duration) -> Result<Status, SchedulerError> {
-    let state = kernel::sched_ext_state().unwrap_or_else(|| "absent".into());
-    let pinned = |name: &str| MapHandle::from_pinned_path(Path::new(PIN_DIR).join(name));
-    let (members_map, stats_map) = match (pinned("members"), pinned("stats")) {
-        (Ok(m), Ok(s)) => (Some(m), Some(s)),
-        _ => (None, None),
-    };
+/// The first of the two samples `canopy status` takes: the root's members now. Taking it,
+/// doing other work (asking the daemon) and then [`finish`](Sampler::finish)ing lets the
+/// interval overlap that work.
+pub struct Sampler {
+    members_map: Option<MapHandle>,
+    stats_map: Option<MapHandle>,
+    before: Vec<(u32, bpf_intf::canopy_member)>,
+    started: Instant,
+}
 
-    let before = members_map.as_ref().map(read_members).unwrap_or_default();
-    let started = Instant::now();
-    if members_map.is_some() && !interval.is_zero() {
-        std::thread::sleep(interval);
+impl Sampler {
+    /// Takes the first sample (nothing to sample unless canopy_root's maps are pinned).
+    pub fn start() -> Sampler {
+        let pinned = |name: &str| MapHandle::from_pinned_path(Path::new(PIN_DIR).join(name));
+        let (members_map, stats_map) = match (pinned("members"), pinned("stats")) {
+            (Ok(m), Ok(s)) => (Some(m), Some(s)),
+            _ => (None, None),
+        };
+        Sampler {
+            before: members_map.as_ref().map(read_members).unwrap_or_default(),
+            members_map,
+            stats_map,
+            started: Instant::now(),
+        }
     }
-    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-    let after = members_map.as_ref().map(read_members).unwrap_or_default();
 
-    let delta_of = |slot: u32, now: u64| -> u64 {
-        before
+    /// Takes the second sample at least `interval` after the first and computes the rates.
+    pub fn finish(self, interval: Duration) -> Status {
+        if self.members_map.is_some() {
+            std::thread::sleep(interval.saturating_sub(self.started.elapsed()));
+        }
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        let after = self
+            .members_map
+            .as_ref()
+            .map(read_members)
+            .unwrap_or_default();
+        let before = &self.before;
+        let delta_of = |slot: u32, now: u64| -> u64 {
+            before
+                .iter()
+                .find(|(s, _)| *s == slot)
+                .map(|(_, m)| now.saturating_sub(m.cpu_ns))
+                .unwrap_or(0)
+        };
+        let total_delta: u64 = after
             .iter()
-            .find(|(s, _)| *s == slot)
-            .map(|(_, m)| now.saturating_sub(m.cpu_ns))
-            .unwrap_or(0)
-    };
-    let total_delta: u64 = after
-        .iter()
-        .map(|(slot, m)| delta_of(*slot, m.cpu_ns))
-        .sum();
-    let running_weight: u64 = after
-        .iter()
-        .filter(|(slot, m)| delta_of(*slot, m.cpu_ns) > 0)
-        .map(|(_, m)| m.weight as u64)
-        .sum();
+            .map(|(slot, m)| delta_of(*slot, m.cpu_ns))
+            .sum();
+        let running_weight: u64 = after
+            .iter()
+            .filter(|(slot, m)| delta_of(*slot, m.cpu_ns) > 0)
+            .map(|(_, m)| m.weight as u64)
+            .sum();
 
-    let members = after
-        .iter()
-        .map(|(slot, m)| {
-            let delta = delta_of(*slot, m.cpu_ns);
-            MemberStatus {
-                slot: *slot,
-                name: if *slot == bpf_intf::CANOPY_SELF_SLOT {
-                    "(root tasks)".into()
-                } else {
-                    c_name(&m.name)
-                },
-                cgroup_id: m.cgroup_id,
-                cgroup: if m.cgroup_id == 1 {
-                    Some(kernel::CGROUP2_ROOT.into())
-                } else {
-                    kernel::cgroup_path_of_id(m.cgroup_id).map(|p| p.display().to_string())
-                },
-                weight: m.weight,
-                guarantee_pct: m.guarantee_pct,
-                cap_pct: m.cap_pct,
-                cpu_ns_total: m.cpu_ns,
-                dispatches: m.dispatches,
-                throttled: m.throttled,
-                lifted_vtime: m.lifted_vtime,
-                cpus_used: delta as f64 / 1e9 / elapsed,
-                share: if total_delta > 0 {
-                    delta as f64 / total_delta as f64
-                } else {
-                    0.0
-                },
-                target_share: if delta > 0 && running_weight > 0 {
-                    m.weight as f64 / running_weight as f64
-                } else {
-                    0.0
-                },
-            }
-        })
-        .collect();
+        let members = after
+            .iter()
+            .map(|(slot, m)| {
+                let delta = delta_of(*slot, m.cpu_ns);
+                MemberStatus {
+                    slot: *slot,
+                    name: if *slot == bpf_intf::CANOPY_SELF_SLOT {
+                        "(root tasks)".into()
+                    } else {
+                        c_string(&m.name)
+                    },
+                    cgroup_id: m.cgroup_id,
+                    cgroup: if m.cgroup_id == 1 {
+                        Some(kernel::CGROUP2_ROOT.into())
+                    } else {
+                        kernel::cgroup_path_of_id(m.cgroup_id).map(|p| p.display().to_string())
+                    },
+                    weight: m.weight,
+                    guarantee_pct: m.guarantee_pct,
+                    cap_pct: m.cap_pct,
+                    cpu_ns_total: m.cpu_ns,
+                    cpu_ns_interval: delta,
+                    dispatches: m.dispatches,
+                    throttled: m.throttled,
+                    lifted_vtime: m.lifted_vtime,
+                    cpus_used: delta as f64 / 1e9 / elapsed,
+                    share: if total_delta > 0 {
+                        delta as f64 / total_delta as f64
+                    } else {
+                        0.0
+                    },
+                    target_share: if delta > 0 && running_weight > 0 {
+                        m.weight as f64 / running_weight as f64
+                    } else {
+                        0.0
+                    },
+                }
+            })
+            .collect();
 
-    Ok(Status {
-        state,
-        root_ops: kernel::read_trimmed(&Path::new(kernel::SCHED_EXT_SYSFS).join("root/ops")),
-        schedulers: scheduler_tree(),
-        members,
-        stats: stats_map.as_ref().map(read_stats).unwrap_or_default(),
-        interval_s: elapsed,
-    })
+        Status {
+            state: kernel::sched_ext_state().unwrap_or_else(|| "absent".into()),
+            root_ops: kernel::read_trimmed(&Path::new(kernel::SCHED_EXT_SYSFS).join("root/ops")),
+            schedulers: scheduler_tree(),
+            members,
+            stats: self.stats_map.as_ref().map(read_stats).unwrap_or_default(),
+            interval_s: elapsed,
+        }
+    }
+}
+
+/// Samples the hierarchy twice, `interval` apart.
+pub fn collect(interval: Duration) -> Status {
+    Sampler::start().finish(interval)
 }
 
 impl Status {
+    /// Whether any sched_ext scheduler is loaded (the hierarchy has a root).
+    pub fn is_loaded(&self) -> bool {
+        self.root_ops.is_some()
+    }
+
     /// The human-readable table.
     pub fn table(&self) -> String {
         let mut out = format!("sched_ext: {}", self.state);
@@ -248,18 +275,28 @@ impl Status {
         }
         if !self.members.is_empty() {
             out.push_str(&format!(
-                "\n{:<4} {:<16} {:<28} {:>6} {:>5} {:>4} {:>9} {:>7} {:>7}\n",
-                "slot", "member", "cgroup", "weight", "guar%", "cap%", "cpus", "share", "target"
+                "\n{:<4} {:<16} {:<28} {:>6} {:>5} {:>4} {:>9} {:>9} {:>7} {:>7}\n",
+                "slot",
+                "member",
+                "cgroup",
+                "weight",
+                "guar%",
+                "cap%",
+                "cpu_ms",
+                "cpus",
+                "share",
+                "target"
             ));
             for m in &self.members {
                 out.push_str(&format!(
-                    "{:<4} {:<16} {:<28} {:>6} {:>5} {:>4} {:>9.3} {:>6.1}% {:>6.1}%\n",
+                    "{:<4} {:<16} {:<28} {:>6} {:>5} {:>4} {:>9.1} {:>9.3} {:>6.1}% {:>6.1}%\n",
                     m.slot,
                     m.name,
                     m.cgroup.clone().unwrap_or_else(|| m.cgroup_id.to_string()),
                     m.weight,
                     m.guarantee_pct,
                     m.cap_pct,
+                    m.cpu_ns_interval as f64 / 1e6,
                     m.cpus_used,
                     m.share * 100.0,
                     m.target_share * 100.0

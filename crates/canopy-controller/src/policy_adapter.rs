@@ -1,11 +1,12 @@
-//! `canopy_policy::Plan` behind the controller's [`PolicyPlan`] port, and the loader that finds,
-//! reads and compiles the policy files (`policy.toml`, then `policy.d/*.toml` in lexical order).
+//! `canopy_policy::Plan` behind the controller's [`PolicyPlan`] port, and the loader that
+//! compiles the policy files (found and read by `canopy_sys::policy_files`, the same rules as
+//! `canopy check`).
 //! The clamp is the Plan's own `effective_class`; this file only translates types.
 //!
 //! Conventions the daemon adds on top of the language: the states named `focused` and
 //! `unfocused` are the ones the GNOME focus xattr selects, each after its own `after_s`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -232,54 +233,6 @@ impl PolicyPlan for CompiledPlan {
     }
 }
 
-/// The files making up the policy at `paths`: a directory contributes `policy.toml` then
-/// `policy.d/*.toml` in lexical order; a file contributes itself and, when it is named
-/// `policy.toml`, its sibling `policy.d/*.toml`.
-pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
-    let mut out = Vec::new();
-    let dropins = |dir: &Path, out: &mut Vec<PathBuf>| -> Result<(), String> {
-        let d = dir.join("policy.d");
-        if d.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(&d)
-                .map_err(|e| format!("{}: {e}", d.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect();
-            v.sort();
-            out.extend(v);
-        }
-        Ok(())
-    };
-    for p in paths {
-        if p.is_dir() {
-            let main = p.join("policy.toml");
-            if main.exists() {
-                out.push(main);
-            }
-            dropins(p, &mut out)?;
-        } else {
-            out.push(p.clone());
-            if p.file_name().is_some_and(|n| n == "policy.toml") {
-                if let Some(dir) = p.parent() {
-                    dropins(dir, &mut out)?;
-                }
-            }
-        }
-    }
-    if out.is_empty() {
-        return Err(format!(
-            "no policy files found at {}",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    Ok(out)
-}
-
 /// Reads and compiles the policy at `paths`. The error is the full diagnostics text.
 pub fn load_policy(paths: &[PathBuf]) -> Result<Arc<dyn PolicyPlan>, String> {
     load_compiled(paths).map(|p| Arc::new(p) as Arc<dyn PolicyPlan>)
@@ -287,12 +240,11 @@ pub fn load_policy(paths: &[PathBuf]) -> Result<Arc<dyn PolicyPlan>, String> {
 
 /// Like [`load_policy`], keeping the concrete type (the binary reads the daemon settings).
 pub fn load_compiled(paths: &[PathBuf]) -> Result<CompiledPlan, String> {
-    let files = policy_files(paths)?;
-    let mut sources = Vec::new();
-    for f in &files {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
-        sources.push(policy::Source::new(f.display().to_string(), text));
-    }
+    let sources: Vec<policy::Source> = canopy_sys::policy_files::read_policy(paths)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|file| policy::Source::new(file.name(), file.text))
+        .collect();
     match policy::compile(&sources) {
         Ok(compiled) => {
             for w in &compiled.warnings {

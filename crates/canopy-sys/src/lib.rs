@@ -11,6 +11,8 @@
 //! - [`watch`]: inotify on cgroup subtrees (recursive create/remove, xattr changes) and on
 //!   policy files (editors' rename-replace included).
 //! - [`peer`]: `SO_PEERCRED` on Unix stream sockets.
+//! - [`policy_files`]: finding and reading policy files (`policy.toml`, `policy.d/*.toml`),
+//!   bounded and with the path in every error, for the CLI and the daemon alike.
 //!
 //! # Conventions
 //! Every module has its own `thiserror` error type that carries the offending input (path,
@@ -28,6 +30,7 @@
 
 pub mod cgroup;
 pub mod peer;
+pub mod policy_files;
 pub mod proc_events;
 pub mod procfs;
 pub mod sched;

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use canopy_controller::backend::{Backend, TaskSource};
 use canopy_controller::controller::{Controller, ControllerConfig};
 use canopy_controller::daemon::{self, DaemonOptions, ModeChoice};
 use canopy_controller::event::Event;
@@ -81,6 +82,53 @@ fn thread_events(tgid: u32, tids: &[u32], rounds: usize) -> Vec<Event> {
     ev
 }
 
+/// `count` exec events of process `pid`: each makes the controller re-read the process's facts
+/// from /proc (stat, comm, exe, cmdline, status, cgroup, parent comm) and match it again.
+fn exec_events(pid: u32, count: usize) -> Vec<Event> {
+    (0..count)
+        .map(|_| Event::Exec {
+            tid: pid,
+            tgid: pid,
+            timestamp_ns: None,
+        })
+        .collect()
+}
+
+/// `rounds` process lifecycles of `child` forked from `parent`: exit, fork, exec.
+fn lifecycle_events(parent: u32, child: u32, rounds: usize) -> Vec<Event> {
+    let mut events = Vec::with_capacity(3 * rounds);
+    for _ in 0..rounds {
+        events.push(Event::Exit {
+            tid: child,
+            tgid: child,
+        });
+        events.push(Event::Fork {
+            parent_tid: parent,
+            parent_tgid: parent,
+            child_tid: child,
+            child_tgid: child,
+            timestamp_ns: None,
+        });
+        events.extend(exec_events(child, 1));
+    }
+    events
+}
+
+/// Handles `events` one at a time (the daemon's loop without the source) and returns how many
+/// were handled per second.
+fn handle_timed<B: Backend, S: TaskSource>(
+    controller: &mut Controller<B, S>,
+    events: Vec<Event>,
+    now: tokio::time::Instant,
+) -> f64 {
+    let count = events.len();
+    let started = Instant::now();
+    for event in events {
+        controller.handle(event, now);
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
 fn events() {
     pin_to_cpu0();
     // Pure decision path: in-memory source, recording backend.
@@ -100,11 +148,7 @@ fn events() {
     let ev = thread_events(100, &tids, 25);
     let n = ev.len();
     let now = tokio::time::Instant::now();
-    let t = Instant::now();
-    for e in ev {
-        c.handle(e, now);
-    }
-    let pure = n as f64 / t.elapsed().as_secs_f64();
+    let pure = handle_timed(&mut c, ev, now);
     println!("events/s (decision path only, in-memory source, recording backend, 1 core): {pure:.0} ({n} events)");
 
     // Real source and real sched_setattr on 2,000 live threads.
@@ -146,28 +190,11 @@ fn events() {
     );
     let ev = thread_events(tgid, &tids, 10);
     let n = ev.len();
-    let t = Instant::now();
-    for e in ev {
-        c.handle(e, now);
-    }
-    let real = n as f64 / t.elapsed().as_secs_f64();
+    let real = handle_timed(&mut c, ev, now);
     let applied = c.stats.counters.tags_applied;
     println!("events/s (real /proc + sched_setattr on 2,000 live threads, 1 core): {real:.0} ({n} events, {applied} sched_setattr applied)");
-    // exec: every event re-reads the process's facts from /proc (stat, comm, exe, cmdline,
-    // status, cgroup, parent comm) and re-matches.
     let execs = 20_000;
-    let t = Instant::now();
-    for _ in 0..execs {
-        c.handle(
-            Event::Exec {
-                tid: tgid,
-                tgid,
-                timestamp_ns: None,
-            },
-            now,
-        );
-    }
-    let exec_rate = execs as f64 / t.elapsed().as_secs_f64();
+    let exec_rate = handle_timed(&mut c, exec_events(tgid, execs), now);
     println!("events/s (exec of a 2,000-thread process: /proc re-read + match + clamp, 1 core): {exec_rate:.0}");
     let mut small = Command::new(testload())
         .args(["idle"])
@@ -184,50 +211,10 @@ fn events() {
         },
         now,
     );
-    let t = Instant::now();
-    for _ in 0..execs {
-        c.handle(
-            Event::Exec {
-                tid: spid,
-                tgid: spid,
-                timestamp_ns: None,
-            },
-            now,
-        );
-    }
-    let small_rate = execs as f64 / t.elapsed().as_secs_f64();
+    let small_rate = handle_timed(&mut c, exec_events(spid, execs), now);
     println!("events/s (exec of a single-threaded process: /proc re-read + match + clamp, 1 core): {small_rate:.0}");
     // Process lifecycles: fork (from a known parent) + exec + exit, against a live process.
-    let rounds = 20_000;
-    let t = Instant::now();
-    for _ in 0..rounds {
-        c.handle(
-            Event::Exit {
-                tid: spid,
-                tgid: spid,
-            },
-            now,
-        );
-        c.handle(
-            Event::Fork {
-                parent_tid: tgid,
-                parent_tgid: tgid,
-                child_tid: spid,
-                child_tgid: spid,
-                timestamp_ns: None,
-            },
-            now,
-        );
-        c.handle(
-            Event::Exec {
-                tid: spid,
-                tgid: spid,
-                timestamp_ns: None,
-            },
-            now,
-        );
-    }
-    let mix = 3.0 * rounds as f64 / t.elapsed().as_secs_f64();
+    let mix = handle_timed(&mut c, lifecycle_events(tgid, spid, 20_000), now);
     println!("events/s (process lifecycles fork+exec+exit, real /proc + sched_setattr, 1 core): {mix:.0}");
     let _ = small.kill();
     let _ = small.wait();
