@@ -450,6 +450,25 @@ canopy-guest report nested status=$status output="$(tr '\n' '|' < /tmp/nested.lo
     Ok(())
 }
 
+/// Wakeups of a preempting class (USER_INTERACTIVE) the root saw, over every path, and how many
+/// of them took over 1 ms to run, from the root's `stats` (`canopy scheduler status --json`).
+fn preempting_wakeups(stats: &serde_json::Value) -> (u64, u64) {
+    let paths = [
+        "wake_idle",
+        "wake_preempt_local",
+        "wake_preempt_remote",
+        "wake_queued",
+    ];
+    let count = |name: &str| stats[name].as_u64().unwrap_or(0);
+    (
+        paths.iter().map(|path| count(path)).sum(),
+        paths
+            .iter()
+            .map(|path| count(&format!("{path}_slow")))
+            .sum(),
+    )
+}
+
 /// Issue 4 acceptance (c), the root's own tasks by class: cyclictest (tagged USER_INTERACTIVE)
 /// under hackbench (BACKGROUND, the policy default here), against the fair scheduler and
 /// schedqos's mapping (nice -4 against SCHED_BATCH nice 4, autogroup off; the guest has no tool
@@ -532,25 +551,7 @@ canopy-guest report root-status status=@/tmp/status.json
         "cyclictest was never tagged USER_INTERACTIVE: {tagged}"
     );
     let stats = &outcome.result("root-status")?["status"]["stats"];
-    let stat = |name: &str| stats[name].as_u64().unwrap_or(0);
-    let wakeups: u64 = [
-        "wake_idle",
-        "wake_preempt_local",
-        "wake_preempt_remote",
-        "wake_queued",
-    ]
-    .iter()
-    .map(|name| stat(name))
-    .sum();
-    let slow: u64 = [
-        "wake_idle_slow",
-        "wake_preempt_local_slow",
-        "wake_preempt_remote_slow",
-        "wake_queued_slow",
-    ]
-    .iter()
-    .map(|name| stat(name))
-    .sum();
+    let (wakeups, slow) = preempting_wakeups(stats);
     println!(
         "USER_INTERACTIVE wakeups seen by the root: {wakeups}, over 1 ms to run: {slow}; {stats}"
     );
@@ -1176,5 +1177,75 @@ canopy-guest exec --kind hackbench-canopy -- hackbench -T -p -l 300 -g 4
     println!("{table}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sched-bench.md");
     std::fs::write(&out, &table)?;
+    Ok(())
+}
+
+/// The schedulers enforce a group state's allowed classes themselves, at the task's next
+/// enqueue (canopy.bpf.h task_class), without waiting for the controller to re-tag the task. A
+/// cgroup's `group_policy` entry gets a BACKGROUND ceiling (as the controller writes it for a
+/// `minimized` state); a cyclictest tagged USER_INTERACTIVE inside it is clamped (no preempting
+/// wakeups, clamp counter grows), and moved out it preempts again.
+#[test]
+fn a_state_ceiling_clamps_a_tagged_task_at_enqueue() -> anyhow::Result<()> {
+    // group_policy value: weight, guarantee_pct, cap_pct, nr_admitted (4 x u32), admitted
+    // (4 x 32 bytes), ceiling_plus_one, floor_plus_one; BACKGROUND is id 4, so ceiling 5.
+    let script = r#"
+mkdir -p /sys/fs/cgroup/minimized
+canopy scheduler run --config /etc/canopy-sched.json > /tmp/root.log 2>&1 &
+ROOT=$!
+for i in $(seq 1 300); do grep -q 'root scheduler enabled' /tmp/root.log && break; sleep 0.1; done
+id=$(stat -c %i /sys/fs/cgroup/minimized)
+key=$(printf '%016x' $id | sed 's/../& /g' | awk '{for(i=8;i>=1;i--) printf "%s ", $i}')
+value="$(for i in $(seq 1 144); do printf '00 '; done)05 00 00 00 00 00 00 00"
+bpftool map update pinned /sys/fs/bpf/canopy/group_policy key hex $key value hex $value
+stats() { canopy scheduler status --json --interval-ms 10 | tr -d '\n '; }
+hog() { sh -c "echo \$\$ > /sys/fs/cgroup/$1/cgroup.procs; exec canopy-guest hog --threads 2 --seconds 12" & }
+hog minimized
+sh -c 'echo $$ > /sys/fs/cgroup/minimized/cgroup.procs; exec cyclictest -q -t1 -i 2000 -D 4 > /dev/null' &
+PROBE=$!
+canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 5 > /tmp/tag.log 2>&1
+sleep 3
+canopy-guest report inside status="$(stats)" procs="$(cat /sys/fs/cgroup/minimized/cgroup.procs | tr '\n' ' ')"
+wait $PROBE
+cyclictest -q -t1 -i 2000 -D 4 > /dev/null &
+PROBE=$!
+canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 5 > /tmp/tag.log 2>&1
+sleep 3
+canopy-guest report outside status="$(stats)"
+wait $PROBE
+kill -TERM $ROOT; wait $ROOT || true
+"#;
+    let outcome = scenario("sched-state-clamp")
+        .with_debian_tools(&["cyclictest", "bpftool"])
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            r#"{"default_class":"BACKGROUND"}"#,
+            0o644,
+        )
+        .timeout(Duration::from_secs(150))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let stats = |kind: &str| -> anyhow::Result<serde_json::Value> {
+        Ok(outcome.result(kind)?["status"]["stats"].clone())
+    };
+    let (inside, outside) = (stats("inside")?, stats("outside")?);
+    let inside_clamped = inside["class_clamped"].as_u64().unwrap_or(0);
+    let inside_wakes = preempting_wakeups(&inside).0;
+    let outside_wakes = preempting_wakeups(&outside).0 - inside_wakes;
+    println!(
+        "inside the minimized cgroup: {inside_clamped} clamped lookups, {inside_wakes} preempting \
+         wakeups; outside: {outside_wakes} preempting wakeups"
+    );
+    assert!(inside_clamped > 100, "{}", outcome.result("inside")?);
+    assert!(
+        inside_wakes < 10,
+        "a USER_INTERACTIVE task under a BACKGROUND ceiling still woke as a preempting class \
+         {inside_wakes} times"
+    );
+    assert!(
+        outside_wakes > 500,
+        "moved out of the minimized cgroup, the task did not preempt again ({outside_wakes})"
+    );
     Ok(())
 }
