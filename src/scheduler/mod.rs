@@ -12,7 +12,8 @@
 //! - `exit`: decoding why a scheduler stopped and whether to restart;
 //! - `status`: the hierarchy from sysfs and the root's pinned maps;
 //! - `cli`: the `canopy scheduler ...` debug commands (the VM tests drive these) and the supervisor;
-//! - `daemon_link`: the scx backend's seam: the supervisor thread and the daemon's map writes.
+//! - `daemon_link`: the scx backend's seam: the supervisor thread and the daemon's map writes;
+//! - `move_watch`: the BPF cgroup move watcher (`canopy_moves`), a daemon event source.
 pub mod bpf_intf;
 pub mod child;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod daemon_link;
 pub mod exit;
 pub mod fixture;
 pub mod kernel;
+pub mod move_watch;
 pub mod plan;
 pub mod root;
 pub mod skel;

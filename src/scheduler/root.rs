@@ -122,14 +122,7 @@ impl RootScheduler {
     }
 
     fn push_config(&mut self, config: &SchedulerConfig) -> Result<(), SchedulerError> {
-        for (id, class) in config.class_table()?.iter().enumerate() {
-            let params = class.to_params();
-            self.skel
-                .maps
-                .class_params
-                .update(&(id as u32).to_ne_bytes(), as_bytes(&params), MapFlags::ANY)
-                .map_err(|e| SchedulerError::Load(format!("writing class_params: {e}")))?;
-        }
+        self.write_class_params(config)?;
         for group in &config.groups {
             let path = kernel::cgroup_path(&group.cgroup);
             let cgid = match kernel::cgroup_id(&path) {
@@ -145,6 +138,29 @@ impl RootScheduler {
             self.set_group_policy(cgid, &group.to_policy())?;
         }
         Ok(())
+    }
+
+    /// Writes the class table (weight, slice, preemption per class; children share the map).
+    /// The default class is rodata: it changes only with a new load.
+    pub fn write_class_params(&self, config: &SchedulerConfig) -> Result<(), SchedulerError> {
+        for (id, class) in config.class_table()?.iter().enumerate() {
+            let params = class.to_params();
+            self.skel
+                .maps
+                .class_params
+                .update(&(id as u32).to_ne_bytes(), as_bytes(&params), MapFlags::ANY)
+                .map_err(|e| SchedulerError::Load(format!("writing class_params: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the policy of one cgroup (it admits no sub-scheduler any more); absent is fine.
+    pub fn clear_group_policy(&self, cgroup_id: u64) -> Result<(), SchedulerError> {
+        match self.skel.maps.group_policy.delete(&cgroup_id.to_ne_bytes()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SchedulerError::Load(format!("deleting from group_policy: {e}"))),
+        }
     }
 
     /// Writes (or replaces) the policy of one cgroup.

@@ -230,6 +230,10 @@ impl PolicyPlan for CompiledPlan {
     fn manage_realtime(&self) -> bool {
         !self.plan.defaults().leave_realtime
     }
+
+    fn compiled(&self) -> Option<&canopy_policy::Plan> {
+        Some(&self.plan)
+    }
 }
 
 /// The files making up the policy at `paths`: a directory contributes `policy.toml` then

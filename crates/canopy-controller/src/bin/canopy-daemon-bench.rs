@@ -141,6 +141,7 @@ fn events() {
         Event::TaskMoved {
             tid: tgid,
             threadgroup: true,
+            timestamp_ns: None,
         },
         now,
     );
@@ -181,6 +182,7 @@ fn events() {
         Event::TaskMoved {
             tid: spid,
             threadgroup: true,
+            timestamp_ns: None,
         },
         now,
     );
