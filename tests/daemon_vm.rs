@@ -76,7 +76,10 @@ tail -n 30 /tmp/daemon.log
     let started = outcome.result("started")?;
     assert_eq!(started["state"], "enabled", "{started}");
     assert_eq!(started["ops"], "canopy_root", "{started}");
-    assert!(started["mode"].as_str().unwrap_or_default().contains("scx"), "{started}");
+    assert!(
+        started["mode"].as_str().unwrap_or_default().contains("scx"),
+        "{started}"
+    );
     assert!(
         started["subs"]
             .as_str()
@@ -85,7 +88,10 @@ tail -n 30 /tmp/daemon.log
         "no canopy_child on the policy's tenant cgroup: {started}"
     );
     let explain = started["explain"].to_string();
-    assert!(explain.contains("BACKGROUND"), "sleep not tagged BACKGROUND: {explain}");
+    assert!(
+        explain.contains("BACKGROUND"),
+        "sleep not tagged BACKGROUND: {explain}"
+    );
 
     let after_kill = outcome.result("after-kill")?;
     assert_eq!(after_kill["state"], "disabled", "{after_kill}");
@@ -96,12 +102,18 @@ tail -n 30 /tmp/daemon.log
     };
     let fallback_s = seconds("disabled_at") - seconds("killed_at");
     println!("SIGKILL to fair scheduler: {:.0} ms", fallback_s * 1000.0);
-    assert!(fallback_s <= 1.0, "back on the fair scheduler after {fallback_s:.2} s, not within 1 s");
+    assert!(
+        fallback_s <= 1.0,
+        "back on the fair scheduler after {fallback_s:.2} s, not within 1 s"
+    );
 
     let restarted = outcome.result("restarted")?;
     assert_eq!(restarted["state"], "enabled", "{restarted}");
     let explain = restarted["explain"].to_string();
-    assert!(explain.contains("BACKGROUND"), "not re-adopted after restart: {explain}");
+    assert!(
+        explain.contains("BACKGROUND"),
+        "not re-adopted after restart: {explain}"
+    );
 
     let stopped = outcome.result("stopped")?;
     assert_eq!(stopped["state"], "disabled", "{stopped}");
@@ -162,6 +174,7 @@ canopy-guest storm --threads 1000 --renames 1 --name-prefix w- --hold-ms 15000 &
 i=0; while [ $(ls /proc/$STORM/task | wc -l) -lt 1001 ] && [ $i -lt 600 ]; do usleep 100000; i=$((i+1)); done
 sleep 2
 canopy-guest class-map --pid $STORM --comm-prefix w- --kind storm-classes
+canopy-guest class-map --pid $DAEMON --kind daemon-classes
 canopy status --json > /tmp/status.json
 canopy-guest report daemon status=@/tmp/status.json
 wait $STORM
@@ -181,6 +194,11 @@ tail -n 30 /tmp/daemon.log
     let storm = outcome.result("storm")?;
     let classes = outcome.result("storm-classes")?;
     let status = &outcome.result("daemon")?["status"];
+    let own = outcome.result("daemon-classes")?;
+    println!(
+        "the daemon's own threads in the map: {} (class {USER_INTERACTIVE} = USER_INTERACTIVE)",
+        own["classes"]
+    );
     println!(
         "scx (b): move into minimized -> BACKGROUND in the map, from the start of the write to cgroup.procs: {} µs (max {}); back -> USER_INTERACTIVE: {} µs (max {})",
         probe["to_us"], probe["max_to_us"], probe["back_us"], probe["max_back_us"]
@@ -210,7 +228,11 @@ tail -n 30 /tmp/daemon.log
     assert_eq!(probe["missed_to"], 0, "{probe}");
     assert_eq!(probe["missed_back"], 0, "{probe}");
     assert_eq!(probe["to_us"].as_array().map(Vec::len), Some(20), "{probe}");
-    assert_eq!(probe["back_us"].as_array().map(Vec::len), Some(20), "{probe}");
+    assert_eq!(
+        probe["back_us"].as_array().map(Vec::len),
+        Some(20),
+        "{probe}"
+    );
     assert!(
         status["counters"]["demotions_by_ceiling"].as_u64() >= Some(20),
         "{}",
@@ -243,6 +265,13 @@ tail -n 30 /tmp/daemon.log
         "not every storm thread is BACKGROUND in task_classes: {classes}"
     );
     // The rename→applied p99 is printed above, not gated, for the same reason as the moves.
+
+    // The daemon runs its own threads in the highest class (it must keep up with the storm).
+    assert_eq!(
+        own["classes"][USER_INTERACTIVE.to_string()],
+        own["threads"],
+        "{own}"
+    );
     Ok(())
 }
 
@@ -339,12 +368,26 @@ grep canopy: /tmp/daemon.log | tail -n 20
 
     assert!(subs(before).contains(&format!("sub-{tenant}")), "{before}");
     assert!(subs(before).contains(&format!("sub-{batch}")), "{before}");
-    assert_eq!(member_weight(&before["sched"], tenant), Some(200), "{before}");
-    assert_eq!(member_weight(&before["sched"], batch), Some(100), "{before}");
+    assert_eq!(
+        member_weight(&before["sched"], tenant),
+        Some(200),
+        "{before}"
+    );
+    assert_eq!(
+        member_weight(&before["sched"], batch),
+        Some(100),
+        "{before}"
+    );
 
-    assert!(after["status"]["counters"]["reloads_ok"].as_u64() >= Some(1), "{after}");
+    assert!(
+        after["status"]["counters"]["reloads_ok"].as_u64() >= Some(1),
+        "{after}"
+    );
     assert!(after["status"]["policy_error"].is_null(), "{after}");
-    assert!(subs(after).contains(&format!("sub-{tenant}")), "tenant lost its child: {after}");
+    assert!(
+        subs(after).contains(&format!("sub-{tenant}")),
+        "tenant lost its child: {after}"
+    );
     assert!(
         !subs(after).contains(&format!("sub-{batch}")),
         "batch's canopy child still attached after the reload removed it: {after}"

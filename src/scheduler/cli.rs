@@ -251,7 +251,10 @@ pub struct ReloadRequest {
     pub done: std::sync::mpsc::Sender<Result<(), String>>,
 }
 
-fn attach_child(config: &SchedulerConfig, group: &GroupConfig) -> anyhow::Result<Option<ChildScheduler>> {
+fn attach_child(
+    config: &SchedulerConfig,
+    group: &GroupConfig,
+) -> anyhow::Result<Option<ChildScheduler>> {
     let options = ChildOptions {
         default_class: Some(config.default_class_id()?),
         ..Default::default()
@@ -438,7 +441,9 @@ pub fn supervise(
                         .map_err(|e| format!("{e:#}"));
                     match &result {
                         Ok(()) => println!("canopy: schedulers follow the reloaded policy"),
-                        Err(e) => println!("canopy: schedulers could not follow the reloaded policy: {e}"),
+                        Err(e) => {
+                            println!("canopy: schedulers could not follow the reloaded policy: {e}")
+                        }
                     }
                     if result.is_ok() {
                         // A restart (the kernel's restart action) loads what is in force now.

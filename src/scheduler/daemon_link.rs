@@ -89,17 +89,20 @@ impl SchedulerThread {
                     config_for(plan.as_ref(), nr_cpus)
                 };
                 let config = refresh();
-                let result = config.validate().map_err(anyhow::Error::from).and_then(|()| {
-                    supervise(
-                        &config,
-                        Some(&refresh),
-                        Some(&reloads),
-                        &|| stop.load(Ordering::SeqCst),
-                        &mut || {
-                            let _ = enabled_sender.send(());
-                        },
-                    )
-                });
+                let result = config
+                    .validate()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| {
+                        supervise(
+                            &config,
+                            Some(&refresh),
+                            Some(&reloads),
+                            &|| stop.load(Ordering::SeqCst),
+                            &mut || {
+                                let _ = enabled_sender.send(());
+                            },
+                        )
+                    });
                 if let Err(error) = result {
                     tracing::error!("canopy schedulers stopped: {error:#}");
                 }
@@ -204,13 +207,13 @@ impl ScxMaps for PinnedMaps {
         self.reloads
             .send(ReloadRequest { done })
             .map_err(|_| "the scheduler supervisor is not running".to_string())?;
-        answer
-            .recv_timeout(RELOAD_TIMEOUT)
-            .map_err(|_| format!("the schedulers did not follow the new policy within {RELOAD_TIMEOUT:?}"))?
+        answer.recv_timeout(RELOAD_TIMEOUT).map_err(|_| {
+            format!("the schedulers did not follow the new policy within {RELOAD_TIMEOUT:?}")
+        })?
     }
 
     fn refused_attaches(&self) -> u64 {
-        let index = bpf_intf::CANOPY_STAT_REFUSED as u32;
+        let index = bpf_intf::CANOPY_STAT_REFUSED;
         self.stats
             .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
             .ok()

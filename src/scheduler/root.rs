@@ -159,7 +159,9 @@ impl RootScheduler {
         match self.skel.maps.group_policy.delete(&cgroup_id.to_ne_bytes()) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SchedulerError::Load(format!("deleting from group_policy: {e}"))),
+            Err(e) => Err(SchedulerError::Load(format!(
+                "deleting from group_policy: {e}"
+            ))),
         }
     }
 

@@ -299,7 +299,9 @@ impl Backend for FallbackBackend {
 
     fn release_group(&mut self, cgroup: &str) {
         if let Some(recorded) = self.adopted.groups.remove(cgroup) {
-            self.group_originals.entry(cgroup.to_string()).or_insert(recorded);
+            self.group_originals
+                .entry(cgroup.to_string())
+                .or_insert(recorded);
         }
         if let Some(saved) = self.group_originals.remove(cgroup) {
             for (file, orig) in saved.iter().rev() {
@@ -359,7 +361,9 @@ impl Backend for FallbackBackend {
             .map(|(tid, attr)| (*tid, attr));
         let mut groups = self.group_originals.clone();
         for (cgroup, knobs) in &self.adopted.groups {
-            groups.entry(cgroup.clone()).or_insert_with(|| knobs.clone());
+            groups
+                .entry(cgroup.clone())
+                .or_insert_with(|| knobs.clone());
         }
         if let Err(error) = state.flush(tasks, &groups, force) {
             let note = format!("{error}; originals are kept in memory only");

@@ -178,10 +178,7 @@ impl StateFile {
             let knobs: Vec<(&'static str, String)> = knobs
                 .into_iter()
                 .filter_map(|(file, value)| {
-                    KNOB_FILES
-                        .iter()
-                        .find(|k| **k == file)
-                        .map(|k| (*k, value))
+                    KNOB_FILES.iter().find(|k| **k == file).map(|k| (*k, value))
                 })
                 .collect();
             if !knobs.is_empty() {
@@ -300,7 +297,10 @@ mod tests {
         let mut groups = HashMap::new();
         groups.insert(
             "app".to_string(),
-            vec![("cpu.weight", "100".to_string()), ("cpu.max", "max 100000".to_string())],
+            vec![
+                ("cpu.weight", "100".to_string()),
+                ("cpu.max", "max 100000".to_string()),
+            ],
         );
         file.flush(tasks.iter().map(|(t, a)| (*t, a)), &groups, false)
             .unwrap();
@@ -308,7 +308,11 @@ mod tests {
 
         let adopted = StateFile::new(path.clone()).adopt();
         assert_eq!(adopted.tasks.get(&me), Some(&attr(3)));
-        assert_eq!(adopted.tasks.len(), 1, "a tid that does not exist is dropped");
+        assert_eq!(
+            adopted.tasks.len(),
+            1,
+            "a tid that does not exist is dropped"
+        );
         assert_eq!(adopted.groups["app"], groups["app"]);
 
         // A record whose start time no longer matches (a reused tid) is not trusted.

@@ -368,7 +368,9 @@ mod tests {
             .render_prometheus()
             .contains("canopy_tags_applied_total 3"));
         assert!(snap.render_table().contains("tags_applied"));
-        assert!(snap.render_table().contains("move→re-clamped: p50 80 µs, p99 700 µs"));
+        assert!(snap
+            .render_table()
+            .contains("move→re-clamped: p50 80 µs, p99 700 µs"));
         assert!(snap
             .render_prometheus()
             .contains("canopy_move_latency_us{quantile=\"0.99\"} 700"));

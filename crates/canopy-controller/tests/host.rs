@@ -602,7 +602,9 @@ fn e_after_a_crash_the_state_file_restores_or_readopts_originals() {
     env.start(move |o| o.state_file = Some(path));
     for pid in [kept, dropped] {
         assert!(
-            wait_for(Duration::from_secs(5), || nice_policy(pid) == Some((-4, NORMAL))).is_some(),
+            wait_for(Duration::from_secs(5), || nice_policy(pid)
+                == Some((-4, NORMAL)))
+            .is_some(),
             "{pid} not tagged USER_INTERACTIVE"
         );
     }
@@ -626,7 +628,11 @@ fn e_after_a_crash_the_state_file_restores_or_readopts_originals() {
         Some((2, NORMAL)),
         "the unmanaged task got its recorded original back at start"
     );
-    assert_eq!(nice_policy(kept), Some((-4, NORMAL)), "the managed task stays tagged");
+    assert_eq!(
+        nice_policy(kept),
+        Some((-4, NORMAL)),
+        "the managed task stays tagged"
+    );
     let report = env.stop();
     eprintln!(
         "ACCEPTANCE e (crash record): restart restored the unmanaged task to nice {:?}; stop restored the re-adopted one to {:?} ({report:?})",

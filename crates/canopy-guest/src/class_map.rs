@@ -39,7 +39,8 @@ impl PinnedU32Map {
             )
         };
         if fd < 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("BPF_OBJ_GET {path}"));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("BPF_OBJ_GET {path}"));
         }
         // SAFETY: the kernel returned a new fd that we own.
         Ok(PinnedU32Map {
@@ -160,7 +161,12 @@ struct TimedMove {
 }
 
 /// Moves the process, then polls the map (every 20 µs) until the class follows.
-fn move_and_wait(map: &PinnedU32Map, args: &MoveProbeArgs, cgroup: &str, class: u32) -> Result<TimedMove> {
+fn move_and_wait(
+    map: &PinnedU32Map,
+    args: &MoveProbeArgs,
+    cgroup: &str,
+    class: u32,
+) -> Result<TimedMove> {
     let tid = args.tid.unwrap_or(args.pid);
     let procs = format!("/sys/fs/cgroup/{cgroup}/cgroup.procs");
     let started = Instant::now();
@@ -188,7 +194,10 @@ pub fn probe(args: &MoveProbeArgs) -> Result<()> {
     let map = PinnedU32Map::open(&args.map)?;
     let tid = args.tid.unwrap_or(args.pid);
     if map.get(tid).is_none() {
-        bail!("tid {tid} has no entry in {} before the first move", args.map);
+        bail!(
+            "tid {tid} has no entry in {} before the first move",
+            args.map
+        );
     }
     let (mut to_us, mut back_us) = (Vec::new(), Vec::new());
     let (mut write_to_us, mut write_back_us) = (Vec::new(), Vec::new());
