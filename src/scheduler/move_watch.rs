@@ -71,12 +71,22 @@ fn watch(sink: MoveSink, started: mpsc::Sender<Result<(), String>>) {
         }
     };
     let events_sink = sink.clone();
+    // How long the kernel's attach took to reach this thread (µs), for the log at stop: it
+    // tells the ring buffer's share of the daemon's move → re-clamped latency from the rest.
+    let delivery_us = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let delivered = std::sync::Arc::clone(&delivery_us);
     let mut builder = RingBufferBuilder::new();
     let added = builder.add(&skel.maps.move_events, move |bytes: &[u8]| {
         if bytes.len() < std::mem::size_of::<bpf_intf::canopy_move_event>() {
             return 0;
         }
         let event: bpf_intf::canopy_move_event = from_bytes(bytes);
+        let now = canopy_controller::controller::monotonic_ns();
+        if let Ok(mut samples) = delivered.lock() {
+            if samples.len() < 65536 {
+                samples.push(now.saturating_sub(event.timestamp_ns) / 1000);
+            }
+        }
         // A negative return stops the poll: the daemon is gone.
         if events_sink.moved(event.tid, event.threadgroup != 0, event.timestamp_ns) {
             0
@@ -116,4 +126,16 @@ fn watch(sink: MoveSink, started: mpsc::Sender<Result<(), String>>) {
     }
     drop(ring);
     drop(skel);
+    let mut samples = delivery_us.lock().map(|s| s.clone()).unwrap_or_default();
+    if !samples.is_empty() {
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        tracing::info!(
+            moves = samples.len(),
+            p50_us = at(0.5),
+            p99_us = at(0.99),
+            max_us = at(1.0),
+            "move watcher: kernel attach → ring buffer record read"
+        );
+    }
 }
