@@ -302,15 +302,18 @@ fn detach_child_of(cgroup: &Path, children: &mut Vec<ChildScheduler>, why: &str)
 /// gets its entry rewritten and its child detached, re-attached (the root reads a child's
 /// share terms when it attaches) or attached; a group the config no longer has (a reload
 /// removed it, or its cgroup no longer matches) loses its child and its entry. Groups whose
-/// cgroup is gone are forgotten (the kernel already detached their child when it went offline;
-/// a re-created cgroup is applied again).
+/// cgroup is gone (or was re-created, with a new id) are forgotten (the kernel already detached
+/// their child when it went offline; a re-created cgroup is applied again).
 fn reconcile_groups(
     root: &RootScheduler,
     config: &SchedulerConfig,
     applied: &mut std::collections::HashMap<PathBuf, AppliedGroup>,
     children: &mut Vec<ChildScheduler>,
 ) -> anyhow::Result<()> {
-    applied.retain(|cgroup, _| kernel::cgroup_path(cgroup).exists());
+    // A cgroup removed (and maybe re-created under the same path, with a new id) is forgotten.
+    applied.retain(|cgroup, group| {
+        kernel::cgroup_id(&kernel::cgroup_path(cgroup)).ok() == Some(group.cgroup_id)
+    });
     let wanted: std::collections::HashSet<&PathBuf> =
         config.groups.iter().map(|g| &g.cgroup).collect();
     let dropped: Vec<PathBuf> = applied

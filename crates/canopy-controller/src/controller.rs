@@ -14,6 +14,9 @@ use crate::event::Event;
 use crate::plan::{ClampReason, ClassId, GroupId, PolicyPlan, ProcessFacts, RuleMatch, TaskFacts};
 use crate::stats::{GroupSnapshot, Snapshot, Stats};
 
+/// The class canopy's own threads run in, in scx mode (the schedulers' highest built-in class).
+const HIGHEST_CLASS: &str = "USER_INTERACTIVE";
+
 const SCHED_FIFO: i32 = 1;
 const SCHED_RR: i32 = 2;
 const SCHED_DEADLINE: i32 = 6;
@@ -29,9 +32,9 @@ pub struct ControllerConfig {
     /// How cgroup moves are noticed (shown by `status`).
     pub move_watcher: String,
     /// canopy's own process. The policy it enforces never demotes it: its latency is what the
-    /// acceptance figures measure. In scx mode its threads run in the highest class (the
-    /// schedulers' counterpart of the systemd unit's Nice=-5); in fallback mode they keep what
-    /// the service manager gave them.
+    /// acceptance figures measure. In scx mode its threads run in the highest class,
+    /// USER_INTERACTIVE (the schedulers' counterpart of the systemd unit's Nice=-5); in fallback
+    /// mode they keep what the service manager gave them.
     pub daemon_pid: Option<u32>,
 }
 
@@ -1027,12 +1030,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         ) {
             return;
         }
-        let own = self.config.daemon_pid == Some(task.tgid);
-        let requested = if own {
-            Some(ClassId(0))
-        } else {
-            self.requested(task, process)
-        };
+        // canopy's own threads (scx mode; fallback skipped them above) run in the highest class.
+        let own_class = (self.config.daemon_pid == Some(task.tgid))
+            .then(|| self.plan.class_by_name(HIGHEST_CLASS))
+            .flatten();
+        let own = own_class.is_some();
+        let requested = own_class.or_else(|| self.requested(task, process));
         let Some(requested) = requested else {
             let was_applied = task.applied.is_some();
             if let Some(t) = self.tasks.get_mut(&tid) {
@@ -1228,9 +1231,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 (Some(Skip::Daemon), _) => {
                     "canopy's own process: left as the service manager started it".into()
                 }
-                (_, Some(_)) if self.config.daemon_pid == Some(task.tgid) => {
-                    "canopy's own process: runs in the highest class so it keeps up with the load it manages".into()
-                }
+                _ if self.config.daemon_pid == Some(task.tgid) => format!(
+                    "canopy's own process: runs in {HIGHEST_CLASS} so it keeps up with the load it manages"
+                ),
                 (_, None) => "no rule matched and the policy has no default class".into(),
                 (_, Some(c)) => {
                     let req = name(requested.expect("clamp implies requested"));
