@@ -61,6 +61,8 @@ enum canopy_limits {
 	CANOPY_QUANTUM_NS = 5000000,
 	/* weight of a member whose policy and cgroup give none */
 	CANOPY_DEFAULT_WEIGHT = 100,
+	/* bytes of the move watcher's ring buffer (a power of two, a multiple of the page size) */
+	CANOPY_MOVE_RINGBUF_BYTES = 262144,
 };
 
 /*
@@ -139,6 +141,19 @@ struct canopy_admission_event {
 	u32 slot;
 	char ops_name[CANOPY_NAME_LEN];
 	char cgroup_path[CANOPY_PATH_LEN];
+};
+
+/*
+ * Ring buffer `move_events` (canopy_moves.bpf.c): one record per successful attach of a task
+ * (or a whole process) to a cgroup2 cgroup, from the `cgroup:cgroup_attach_task` tracepoint.
+ */
+struct canopy_move_event {
+	u64 cgroup_id;		/* destination cgroup id (the inode of its directory) */
+	u32 pid;		/* process (tgid) of the moved task */
+	u32 tid;		/* the moved thread; the leader when the whole process moved */
+	u32 threadgroup;	/* 1: the whole process moved (cgroup.procs), 0: one thread */
+	u32 pad;
+	u64 timestamp_ns;	/* CLOCK_MONOTONIC (bpf_ktime_get_ns) at the attach */
 };
 
 /* The scheduler's own record of why it exited, filled in ops.exit (global `exit_info`). */

@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// Manage only this cgroup subtree (relative to the cgroup2 root), e.g. for a staged rollout.
     #[arg(long)]
     pub scope: Option<String>,
+    /// Fallback mode: where the original attributes of changed tasks and groups are recorded,
+    /// so a restart after SIGKILL restores or re-adopts them.
+    #[arg(long, default_value = canopy_controller::state_file::DEFAULT_PATH)]
+    pub state_file: PathBuf,
 }
 
 /// Logging: plain lines for a terminal; `<N>`-prefixed lines without timestamps when stderr is
@@ -120,9 +124,12 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     opts.metrics_listen = metrics;
     opts.cgroup_root = args.cgroup_root;
     opts.cgroup_scope = args.scope;
+    opts.state_file = Some(args.state_file);
     // scx mode: the schedulers run on a thread of their own; the daemon writes their maps.
     let schedulers = crate::scheduler::daemon_link::SchedulerThread::default();
     opts.scx = Some(schedulers.factory(opts.watch_paths.clone()));
+    // Both modes: cgroup moves through BPF where the kernel allows it (inotify otherwise).
+    opts.move_watcher = Some(crate::scheduler::move_watch::factory());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -133,6 +133,8 @@ fn canopy_run_notifies_systemd_serves_ctl_reloads_and_restores_on_sigterm() {
             &scope,
             "--socket",
             socket.to_str().unwrap(),
+            "--state-file",
+            dir.join("fallback-state.json").to_str().unwrap(),
         ])
         .arg(&policy)
         .env("NOTIFY_SOCKET", &notify_path)

@@ -120,3 +120,279 @@ tail -n 30 /tmp/daemon.log
     assert_eq!(stopped["exit_code"], 0, "{stopped}");
     Ok(())
 }
+
+/// Acceptance (a) and (b) of issue 5 in scx mode, checked in the schedulers' `task_classes` map
+/// rather than in the daemon's own view.
+const CLAMP_POLICY: &str = r#"
+[defaults]
+class = "DEFAULT"
+
+[daemon]
+mode = "scx"
+socket_path = "/run/canopy/control.sock"
+
+[[rules]]
+name = "storm"
+comm = "canopy-guest"
+class = "DEFAULT"
+threads = [{ name = "w-*", class = "BACKGROUND" }]
+
+[[rules]]
+name = "interactive sleeper"
+comm = "sleep"
+class = "USER_INTERACTIVE"
+
+[groups.app]
+path = "app"
+
+[groups.min]
+path = "min"
+[groups.min.states.minimized]
+ceiling = "BACKGROUND"
+"#;
+
+/// Class ids in the map (`enum canopy_class` in bpf/intf.h).
+const USER_INTERACTIVE: u64 = 0;
+const BACKGROUND: u64 = 4;
+
+#[test]
+fn daemon_in_scx_mode_tags_a_rename_storm_and_clamps_moves_in_the_class_map() -> anyhow::Result<()>
+{
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/app /sys/fs/cgroup/min
+{START_DAEMON}
+canopy ctl state min minimized
+sleep 600 &
+SLEEPER=$!
+echo $SLEEPER > /sys/fs/cgroup/app/cgroup.procs
+i=0; until canopy-guest class-map --pid $SLEEPER --kind sleeper-class | grep -q '"0":1' || [ $i -ge 100 ]; do usleep 50000; i=$((i+1)); done
+# (b): 20 round trips app -> min (minimized: ceiling BACKGROUND) -> app.
+canopy-guest move-probe --pid $SLEEPER --to min --to-class {BACKGROUND} --back app --back-class {USER_INTERACTIVE} --rounds 20
+# (a): 1,000 threads created and renamed w-N; the storm reports its own creation time at the end.
+canopy-guest storm --threads 1000 --renames 1 --name-prefix w- --hold-ms 15000 & STORM=$!
+i=0; while [ $(ls /proc/$STORM/task | wc -l) -lt 1001 ] && [ $i -lt 600 ]; do usleep 100000; i=$((i+1)); done
+sleep 2
+canopy-guest class-map --pid $STORM --comm-prefix w- --kind storm-classes
+canopy-guest class-map --pid $DAEMON --kind daemon-classes
+canopy status --json > /tmp/status.json
+canopy-guest report daemon status=@/tmp/status.json
+wait $STORM
+kill -TERM $DAEMON; wait $DAEMON
+tail -n 30 /tmp/daemon.log
+"#
+    );
+    let outcome = Scenario::new("daemon-scx-clamp")
+        .with_binary(env!("CARGO_BIN_EXE_canopy"), "canopy")
+        .with_file_contents("/etc/canopy/policy.toml", CLAMP_POLICY, 0o644)
+        .timeout(Duration::from_secs(300))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+
+    let probe = outcome.result("move-probe")?;
+    let storm = outcome.result("storm")?;
+    let classes = outcome.result("storm-classes")?;
+    let status = &outcome.result("daemon")?["status"];
+    let own = outcome.result("daemon-classes")?;
+    println!(
+        "the daemon's own threads in the map: {} (class {USER_INTERACTIVE} = USER_INTERACTIVE)",
+        own["classes"]
+    );
+    println!(
+        "scx (b): move into minimized -> BACKGROUND in the map, from the start of the write to cgroup.procs: {} µs (max {}); back -> USER_INTERACTIVE: {} µs (max {})",
+        probe["to_us"], probe["max_to_us"], probe["back_us"], probe["max_back_us"]
+    );
+    println!(
+        "scx (b): the writes to cgroup.procs themselves took {} µs (into min) and {} µs (back)",
+        probe["write_to_us"], probe["write_back_us"]
+    );
+    println!(
+        "scx (b): daemon's move (kernel attach timestamp) -> re-clamped in the map: p50 {} µs, p99 {} µs",
+        status["move_latency_p50_us"], status["move_latency_p99_us"]
+    );
+    println!(
+        "scx (a): 1000 threads created+renamed in {:.0} ms; map classes {}; daemon rename→applied p50 {} µs, p99 {} µs; events {}",
+        storm["creation_s"].as_f64().unwrap_or(f64::NAN) * 1000.0,
+        classes["classes"],
+        status["apply_latency_p50_us"],
+        status["apply_latency_p99_us"],
+        status["events"]
+    );
+
+    // (b): every move followed, both ways. The 10 ms figures are printed, not gated: under TCG
+    // on a shared 2-core host, guest time stretches with the host's load (the same daemon meets
+    // them natively: crates/canopy-controller/tests/host.rs), and the write to cgroup.procs
+    // itself takes 5-30 ms here (cgroup_attach_lock waits for an RCU grace period before the
+    // attach), which the daemon cannot shorten.
+    assert_eq!(probe["missed_to"], 0, "{probe}");
+    assert_eq!(probe["missed_back"], 0, "{probe}");
+    assert_eq!(probe["to_us"].as_array().map(Vec::len), Some(20), "{probe}");
+    assert_eq!(
+        probe["back_us"].as_array().map(Vec::len),
+        Some(20),
+        "{probe}"
+    );
+    assert!(
+        status["counters"]["demotions_by_ceiling"].as_u64() >= Some(20),
+        "{}",
+        status["counters"]
+    );
+    // The moves reached the daemon through the BPF move watcher's ring buffer.
+    println!(
+        "move watcher: {}; counters {}",
+        status["move_watcher"], status["counters"]
+    );
+    assert!(
+        status["move_watcher"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("BPF ring buffer"),
+        "{}",
+        status["move_watcher"]
+    );
+    assert!(
+        status["counters"]["moves_ring_buffer"].as_u64() >= Some(40),
+        "{}",
+        status["counters"]
+    );
+
+    // (a): all 1,000 renamed threads carry BACKGROUND in the map.
+    assert_eq!(classes["threads"], 1000, "{classes}");
+    assert_eq!(
+        classes["classes"][BACKGROUND.to_string()],
+        1000,
+        "not every storm thread is BACKGROUND in task_classes: {classes}"
+    );
+    // The rename→applied p99 is printed above, not gated, for the same reason as the moves.
+
+    // The daemon runs its own threads in the highest class (it must keep up with the storm).
+    assert_eq!(
+        own["classes"][USER_INTERACTIVE.to_string()],
+        own["threads"],
+        "{own}"
+    );
+    Ok(())
+}
+
+/// The policy before and after the reload in `sighup_reload_moves_the_schedulers_to_the_new_plan`:
+/// tenant's weight goes from 200 to 400 (its canopy child re-attaches with the new weight) and
+/// batch no longer asks for a canopy child (it is detached).
+const RELOAD_BEFORE: &str = r#"
+[daemon]
+mode = "scx"
+socket_path = "/run/canopy/control.sock"
+
+[groups.tenant]
+path = "tenant"
+weight = 200
+scheduler = "canopy"
+
+[groups.batch]
+path = "batch"
+weight = 100
+scheduler = "canopy"
+"#;
+
+const RELOAD_AFTER: &str = r#"
+[daemon]
+mode = "scx"
+socket_path = "/run/canopy/control.sock"
+
+[groups.tenant]
+path = "tenant"
+weight = 400
+scheduler = "canopy"
+
+[groups.batch]
+path = "batch"
+weight = 100
+scheduler = "none"
+"#;
+
+/// The weight of the root's member on `cgroup_id`, if it has one.
+fn member_weight(status: &serde_json::Value, cgroup_id: &serde_json::Value) -> Option<u64> {
+    status["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["cgroup_id"] == *cgroup_id)
+        .and_then(|m| m["weight"].as_u64())
+}
+
+#[test]
+fn sighup_reload_moves_the_schedulers_to_the_new_plan() -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/tenant /sys/fs/cgroup/batch
+{START_DAEMON}
+canopy scheduler status --json --interval-ms 100 > /tmp/sched.json
+canopy-guest report before tenant_id=$(stat -c %i /sys/fs/cgroup/tenant) batch_id=$(stat -c %i /sys/fs/cgroup/batch) subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" sched=@/tmp/sched.json
+cp /etc/canopy/after.toml /etc/canopy/policy.toml
+kill -HUP $DAEMON
+# A reload counts as done once the schedulers have followed it (the daemon waits for them).
+i=0; until canopy status --json | tr -d ' \n' | grep -q '"reloads_ok":[1-9]' || [ $i -ge 200 ]; do usleep 50000; i=$((i+1)); done
+# The policy file watcher reloads once more (the same plan: nothing changes); let it pass.
+sleep 1
+canopy scheduler status --json --interval-ms 100 > /tmp/sched.json
+canopy status --json > /tmp/status.json
+canopy-guest report after subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" sched=@/tmp/sched.json status=@/tmp/status.json
+kill -TERM $DAEMON; wait $DAEMON
+grep canopy: /tmp/daemon.log | tail -n 20
+"#
+    );
+    let outcome = Scenario::new("daemon-scx-reload")
+        .with_binary(env!("CARGO_BIN_EXE_canopy"), "canopy")
+        .with_file_contents("/etc/canopy/policy.toml", RELOAD_BEFORE, 0o644)
+        .with_file_contents("/etc/canopy/after.toml", RELOAD_AFTER, 0o644)
+        .timeout(Duration::from_secs(200))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let before = outcome.result("before")?;
+    let after = outcome.result("after")?;
+    let (tenant, batch) = (&before["tenant_id"], &before["batch_id"]);
+    let subs = |v: &serde_json::Value| v["subs"].as_str().unwrap_or_default().to_string();
+    println!(
+        "before: subs {}; tenant weight {:?}, batch weight {:?}",
+        subs(before),
+        member_weight(&before["sched"], tenant),
+        member_weight(&before["sched"], batch)
+    );
+    println!(
+        "after:  subs {}; tenant weight {:?}, batch weight {:?}; reloads_ok {}",
+        subs(after),
+        member_weight(&after["sched"], tenant),
+        member_weight(&after["sched"], batch),
+        after["status"]["counters"]["reloads_ok"]
+    );
+
+    assert!(subs(before).contains(&format!("sub-{tenant}")), "{before}");
+    assert!(subs(before).contains(&format!("sub-{batch}")), "{before}");
+    assert_eq!(
+        member_weight(&before["sched"], tenant),
+        Some(200),
+        "{before}"
+    );
+    assert_eq!(
+        member_weight(&before["sched"], batch),
+        Some(100),
+        "{before}"
+    );
+
+    assert!(
+        after["status"]["counters"]["reloads_ok"].as_u64() >= Some(1),
+        "{after}"
+    );
+    assert!(after["status"]["policy_error"].is_null(), "{after}");
+    assert!(
+        subs(after).contains(&format!("sub-{tenant}")),
+        "tenant lost its child: {after}"
+    );
+    assert!(
+        !subs(after).contains(&format!("sub-{batch}")),
+        "batch's canopy child still attached after the reload removed it: {after}"
+    );
+    assert_eq!(member_weight(&after["sched"], tenant), Some(400), "{after}");
+    assert_eq!(member_weight(&after["sched"], batch), None, "{after}");
+    Ok(())
+}

@@ -33,6 +33,7 @@ use super::child::attach_child;
 use super::child::ChildOptions;
 use super::child::ChildScheduler;
 use super::config::class_id;
+use super::config::GroupConfig;
 use super::config::SchedulerConfig;
 use super::exit::ExitReport;
 use super::fixture::attach_fixture;
@@ -266,49 +267,127 @@ pub fn run(config: &SchedulerConfig, seconds: f64) -> anyhow::Result<()> {
     run_with_refresh(config, seconds, None)
 }
 
-/// Applies groups of `config` not applied yet: policy into the root's map, and a canopy child
-/// where the group asks for one. Forgets groups whose cgroup is gone (a re-created cgroup is
-/// applied again; the kernel already detached its child when it went offline).
-fn apply_new_groups(
+/// A group as the supervisor last applied it: its config and cgroup id.
+struct AppliedGroup {
+    config: GroupConfig,
+    cgroup_id: u64,
+}
+
+/// A request to follow a new policy now: the supervisor re-reads its `refresh` (which already
+/// sees the new plan), reconciles every group and answers on `done`.
+pub struct ReloadRequest {
+    pub done: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+/// Attaches canopy_child on `group`'s cgroup and logs the outcome and how long the load took.
+fn attach_child_logged(
+    config: &SchedulerConfig,
+    group: &GroupConfig,
+) -> anyhow::Result<Option<ChildScheduler>> {
+    let options = ChildOptions {
+        default_class: Some(config.default_class_id()?),
+        ..Default::default()
+    };
+    let started_at_uptime = kernel::uptime_s().unwrap_or(f64::NAN);
+    let started = Instant::now();
+    Ok(match attach_child(&group.cgroup, &options) {
+        Ok(child) => {
+            println!(
+                "canopy: child scheduler canopy_child enabled on {} (cgroup id {}; load started at uptime {started_at_uptime:.2} s, took {} ms)",
+                child.cgroup().display(),
+                child.cgroup_id(),
+                started.elapsed().as_millis()
+            );
+            Some(child)
+        }
+        Err(e) => {
+            println!(
+                "canopy: child scheduler on {} not attached: {e}",
+                kernel::cgroup_path(&group.cgroup).display()
+            );
+            None
+        }
+    })
+}
+
+/// Detaches the children on `cgroup`, logging why.
+fn detach_child_of(cgroup: &Path, children: &mut Vec<ChildScheduler>, why: &str) {
+    let path = kernel::cgroup_path(cgroup);
+    let (gone, kept): (Vec<_>, Vec<_>) = children
+        .drain(..)
+        .partition(|child| child.cgroup() == path.as_path());
+    *children = kept;
+    for child in gone {
+        detach_and_log(&format!("child scheduler ({why})"), child);
+    }
+}
+
+/// Brings the schedulers in line with `config`: a group seen for the first time gets its policy
+/// entry and, where it asks for one, a canopy child; a group whose settings changed (a reload)
+/// gets its entry rewritten and its child detached, re-attached (the root reads a child's
+/// share terms when it attaches) or attached; a group the config no longer has (a reload
+/// removed it, or its cgroup no longer matches) loses its child and its entry. Groups whose
+/// cgroup is gone (or was re-created, with a new id) are forgotten (the kernel already detached
+/// their child when it went offline; a re-created cgroup is applied again).
+fn reconcile_groups(
     root: &RootScheduler,
     config: &SchedulerConfig,
-    applied: &mut std::collections::HashSet<PathBuf>,
+    applied: &mut std::collections::HashMap<PathBuf, AppliedGroup>,
     children: &mut Vec<ChildScheduler>,
 ) -> anyhow::Result<()> {
-    applied.retain(|cgroup| kernel::cgroup_path(cgroup).exists());
+    applied.retain(|cgroup, group| {
+        kernel::cgroup_id(&kernel::cgroup_path(cgroup)).ok() == Some(group.cgroup_id)
+    });
+    let wanted: std::collections::HashSet<&PathBuf> =
+        config.groups.iter().map(|g| &g.cgroup).collect();
+    let dropped: Vec<PathBuf> = applied
+        .keys()
+        .filter(|cgroup| !wanted.contains(cgroup))
+        .cloned()
+        .collect();
+    for cgroup in dropped {
+        let old = applied.remove(&cgroup).expect("listed");
+        if old.config.attach_canopy_child {
+            detach_child_of(&cgroup, children, "the policy no longer has this group");
+        }
+        root.clear_group_policy(old.cgroup_id)?;
+        println!("canopy: policy group {} removed", cgroup.display());
+    }
     for group in &config.groups {
-        if applied.contains(&group.cgroup) {
+        let previous = applied.get(&group.cgroup);
+        if previous.is_some_and(|p| p.config == *group) {
             continue;
         }
         let path = kernel::cgroup_path(&group.cgroup);
         let Ok(cgroup_id) = kernel::cgroup_id(&path) else {
             continue;
         };
-        root.set_group_policy(cgroup_id, &group.to_policy())?;
-        applied.insert(group.cgroup.clone());
-        if !group.attach_canopy_child {
-            continue;
+        if previous.is_some_and(|p| p.config.attach_canopy_child) {
+            // Detach before the admission list changes: the child's terms are read at attach.
+            detach_child_of(&group.cgroup, children, "its group changed");
         }
-        let options = ChildOptions {
-            default_class: Some(config.default_class_id()?),
-            ..Default::default()
-        };
-        let started_at_uptime = kernel::uptime_s().unwrap_or(f64::NAN);
-        let started = Instant::now();
-        match attach_child(&group.cgroup, &options) {
-            Ok(child) => {
-                println!(
-                    "canopy: child scheduler canopy_child enabled on {} (cgroup id {}; load started at uptime {started_at_uptime:.2} s, took {} ms)",
-                    child.cgroup().display(),
-                    child.cgroup_id(),
-                    started.elapsed().as_millis()
-                );
+        root.set_group_policy(cgroup_id, &group.to_policy())?;
+        if previous.is_some() {
+            println!(
+                "canopy: policy group {} updated (weight {:?}, guarantee {} %, cap {} %, canopy child {})",
+                path.display(),
+                group.weight,
+                group.guarantee_pct,
+                group.cap_pct,
+                if group.attach_canopy_child { "yes" } else { "no" }
+            );
+        }
+        applied.insert(
+            group.cgroup.clone(),
+            AppliedGroup {
+                config: group.clone(),
+                cgroup_id,
+            },
+        );
+        if group.attach_canopy_child {
+            if let Some(child) = attach_child_logged(config, group)? {
                 children.push(child);
             }
-            Err(e) => println!(
-                "canopy: child scheduler on {} not attached: {e}",
-                path.display()
-            ),
         }
     }
     Ok(())
@@ -323,24 +402,27 @@ pub fn run_with_refresh(
 ) -> anyhow::Result<()> {
     install_stop_handlers();
     let stop_at = deadline(seconds);
-    supervise(config, refresh, &|| should_stop(stop_at), &mut || {})
+    supervise(config, refresh, None, &|| should_stop(stop_at), &mut || {})
 }
 
 /// The supervisor: loads the root, attaches children where `config` asks, applies cgroups that
 /// appear later (through `refresh`, woken by inotify on cgroupfs, with a reconcile every
-/// RECONCILE_INTERVAL), logs admission decisions, reloads on the kernel's restart action, and
-/// unloads when `stop` says so (polled every TICK).
+/// RECONCILE_INTERVAL), follows a new policy when asked on `reloads` (refresh then sees it),
+/// logs admission decisions, reloads on the kernel's restart action, and unloads when `stop`
+/// says so (polled every TICK).
 /// `on_enabled` runs after each successful load, once the root's maps are pinned and the
 /// children of the cgroups that exist now are attached.
 pub fn supervise(
     config: &SchedulerConfig,
     refresh: Option<Refresh<'_>>,
+    reloads: Option<&std::sync::mpsc::Receiver<ReloadRequest>>,
     stop: &dyn Fn() -> bool,
     on_enabled: &mut dyn FnMut(),
 ) -> anyhow::Result<()> {
     let mut watch = refresh.and_then(|_| watch_cgroups());
+    let mut config = config.clone();
     loop {
-        let root = RootScheduler::load(config).context("starting the root scheduler")?;
+        let root = RootScheduler::load(&config).context("starting the root scheduler")?;
         println!(
             "canopy: root scheduler enabled (sched_ext state {}, root ops {})",
             kernel::sched_ext_state().unwrap_or_default(),
@@ -353,8 +435,8 @@ pub fn supervise(
         let events = events.build()?;
 
         let mut children = Vec::new();
-        let mut applied = std::collections::HashSet::new();
-        apply_new_groups(&root, config, &mut applied, &mut children)?;
+        let mut applied = std::collections::HashMap::new();
+        reconcile_groups(&root, &config, &mut applied, &mut children)?;
         on_enabled();
         let mut last_scan = Instant::now();
         let mut cgroups_changed = false;
@@ -372,11 +454,36 @@ pub fn supervise(
                         .validate()
                         .map_err(anyhow::Error::from)
                         .and_then(|()| {
-                            apply_new_groups(&root, &current, &mut applied, &mut children)
+                            reconcile_groups(&root, &current, &mut applied, &mut children)
                         })
                     {
                         println!("canopy: rescan failed: {e:#}");
                     }
+                }
+            }
+            if let (Some(reloads), Some(refresh)) = (reloads, refresh) {
+                while let Ok(request) = reloads.try_recv() {
+                    let current = refresh();
+                    let result = current
+                        .validate()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|()| Ok(root.write_class_params(&current)?))
+                        .and_then(|()| {
+                            reconcile_groups(&root, &current, &mut applied, &mut children)
+                        })
+                        .map_err(|e| format!("{e:#}"));
+                    match &result {
+                        Ok(()) => println!("canopy: schedulers follow the reloaded policy"),
+                        Err(e) => {
+                            println!("canopy: schedulers could not follow the reloaded policy: {e}")
+                        }
+                    }
+                    if result.is_ok() {
+                        // A restart (the kernel's restart action) loads what is in force now.
+                        config = current;
+                    }
+                    let _ = request.done.send(result);
+                    last_scan = Instant::now();
                 }
             }
             let _ = events.consume();

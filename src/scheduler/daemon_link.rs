@@ -3,8 +3,9 @@
 //! for an `ScxMaps` (the controller's port for map writes); this module answers by starting the
 //! scheduler supervisor (root plus child schedulers, from the compiled Plan) on a thread of its
 //! own, waiting until the root is enabled and its maps are pinned, and then writing the
-//! daemon's decisions into those pinned maps. `SchedulerThread::stop` unloads everything, which
-//! hands every task back to the fair scheduler.
+//! daemon's decisions into those pinned maps. A successful reload hands the supervisor the new
+//! plan and waits until its group setup (policy entries, admission, canopy children) follows.
+//! `SchedulerThread::stop` unloads everything, which hands every task back to the fair scheduler.
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -16,7 +17,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use canopy_controller::daemon::ScxFactory;
+use canopy_controller::plan::PolicyPlan;
 use canopy_controller::plan::ScxGroupPolicy;
+use canopy_controller::policy_adapter::CompiledPlan;
 use canopy_controller::scx::ScxMaps;
 use libbpf_rs::MapCore;
 use libbpf_rs::MapFlags;
@@ -24,6 +27,8 @@ use libbpf_rs::MapHandle;
 
 use super::bpf_intf;
 use super::cli::supervise;
+use super::cli::ReloadRequest;
+use super::config::SchedulerConfig;
 use super::kernel::CGROUP2_ROOT;
 use super::plan::config_from_plan;
 use super::root::as_bytes;
@@ -33,12 +38,26 @@ use super::root::PIN_DIR;
 /// How long the daemon waits for the root scheduler to load and enable (TCG guests are slow).
 const ENABLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a reload waits for the supervisor to follow the new plan (children re-attach).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The plan the supervisor follows; a reload swaps it, then asks the supervisor to reconcile.
+type CurrentPlan = Arc<Mutex<Arc<dyn PolicyPlan>>>;
+
 /// The scheduler supervisor's thread, shared between the factory that starts it and the daemon
 /// glue that stops it.
 #[derive(Clone, Default)]
 pub struct SchedulerThread {
     stop: Arc<AtomicBool>,
     handle: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// The supervisor's configuration for `plan` and the cgroups that exist now.
+fn config_for(plan: &dyn PolicyPlan, nr_cpus: u32) -> SchedulerConfig {
+    match plan.compiled() {
+        Some(plan) => config_from_plan(plan, Path::new(CGROUP2_ROOT), nr_cpus),
+        None => SchedulerConfig::default(),
+    }
 }
 
 impl SchedulerThread {
@@ -53,16 +72,22 @@ impl SchedulerThread {
         let compiled = crate::commands::load_and_compile(&policy_paths)
             .map_err(|e| format!("{e:#}"))?
             .ok_or_else(|| "the policy does not compile".to_string())?;
-        let plan = compiled.plan;
+        let plan: Arc<dyn PolicyPlan> = Arc::new(CompiledPlan::new(compiled.plan));
+        let current: CurrentPlan = Arc::new(Mutex::new(plan));
+        let (reload_sender, reloads) = mpsc::channel::<ReloadRequest>();
         let nr_cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
         let (enabled_sender, enabled) = mpsc::channel::<()>();
         let stop = Arc::clone(&self.stop);
+        let followed = Arc::clone(&current);
         let handle = std::thread::Builder::new()
             .name("canopy-schedulers".into())
             .spawn(move || {
-                let refresh = || config_from_plan(&plan, Path::new(CGROUP2_ROOT), nr_cpus);
+                let refresh = || {
+                    let plan = Arc::clone(&followed.lock().expect("current plan"));
+                    config_for(plan.as_ref(), nr_cpus)
+                };
                 let config = refresh();
                 let result = config
                     .validate()
@@ -71,6 +96,7 @@ impl SchedulerThread {
                         supervise(
                             &config,
                             Some(&refresh),
+                            Some(&reloads),
                             &|| stop.load(Ordering::SeqCst),
                             &mut || {
                                 let _ = enabled_sender.send(());
@@ -96,7 +122,7 @@ impl SchedulerThread {
                 ));
             }
         }
-        PinnedMaps::open().map(|maps| Box::new(maps) as Box<dyn ScxMaps>)
+        PinnedMaps::open(current, reload_sender).map(|maps| Box::new(maps) as Box<dyn ScxMaps>)
     }
 
     /// Unloads the schedulers (if running) and waits for the supervisor to finish.
@@ -108,15 +134,18 @@ impl SchedulerThread {
     }
 }
 
-/// The root's pinned maps, opened by path so the daemon's thread needs no skeleton.
+/// The root's pinned maps, opened by path so the daemon's thread needs no skeleton, plus the
+/// way to hand the supervisor a reloaded plan.
 struct PinnedMaps {
     task_classes: MapHandle,
     group_policy: MapHandle,
     stats: MapHandle,
+    current: CurrentPlan,
+    reloads: mpsc::Sender<ReloadRequest>,
 }
 
 impl PinnedMaps {
-    fn open() -> Result<Self, String> {
+    fn open(current: CurrentPlan, reloads: mpsc::Sender<ReloadRequest>) -> Result<Self, String> {
         let open = |name: &str| {
             MapHandle::from_pinned_path(Path::new(PIN_DIR).join(name))
                 .map_err(|e| format!("opening pinned map {PIN_DIR}/{name}: {e}"))
@@ -125,6 +154,8 @@ impl PinnedMaps {
             task_classes: open("task_classes")?,
             group_policy: open("group_policy")?,
             stats: open("stats")?,
+            current,
+            reloads,
         })
     }
 }
@@ -173,8 +204,19 @@ impl ScxMaps for PinnedMaps {
         // removed cgroup's entry is harmless (its id is not reused while the root runs).
     }
 
+    fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
+        *self.current.lock().expect("current plan") = Arc::clone(plan);
+        let (done, answer) = mpsc::channel();
+        self.reloads
+            .send(ReloadRequest { done })
+            .map_err(|_| "the scheduler supervisor is not running".to_string())?;
+        answer.recv_timeout(RELOAD_TIMEOUT).map_err(|_| {
+            format!("the schedulers did not follow the new policy within {RELOAD_TIMEOUT:?}")
+        })?
+    }
+
     fn refused_attaches(&self) -> u64 {
-        let index = bpf_intf::CANOPY_STAT_REFUSED as u32;
+        let index = bpf_intf::CANOPY_STAT_REFUSED;
         self.stats
             .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
             .ok()

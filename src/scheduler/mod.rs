@@ -15,7 +15,8 @@
 //! - `status`: the hierarchy from sysfs and the root's pinned maps;
 //! - `cgroup_watch`: inotify on cgroupfs, waking the supervisor when cgroups come and go;
 //! - `cli`: the `canopy scheduler ...` debug commands (the VM tests drive these) and the supervisor;
-//! - `daemon_link`: the scx backend's seam: the supervisor thread and the daemon's map writes.
+//! - `daemon_link`: the scx backend's seam: the supervisor thread and the daemon's map writes;
+//! - `move_watch`: the BPF cgroup move watcher (`canopy_moves`), a daemon event source.
 pub mod attach;
 pub mod bpf_intf;
 pub mod cgroup_watch;
@@ -26,6 +27,7 @@ pub mod daemon_link;
 pub mod exit;
 pub mod fixture;
 pub mod kernel;
+pub mod move_watch;
 pub mod plan;
 pub mod root;
 pub mod skel;

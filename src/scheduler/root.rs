@@ -99,6 +99,29 @@ impl RootScheduler {
         })
     }
 
+    /// Writes the class table (weight, slice, preemption per class; children share the map).
+    /// The default class is rodata: it changes only with a new load.
+    pub fn write_class_params(&self, config: &SchedulerConfig) -> Result<(), SchedulerError> {
+        write_class_params(self.scheduler.skel(), config)
+    }
+
+    /// Removes the policy of one cgroup (it admits no sub-scheduler any more); absent is fine.
+    pub fn clear_group_policy(&self, cgroup_id: u64) -> Result<(), SchedulerError> {
+        match self
+            .scheduler
+            .skel()
+            .maps
+            .group_policy
+            .delete(&cgroup_id.to_ne_bytes())
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SchedulerError::Load(format!(
+                "deleting from group_policy: {e}"
+            ))),
+        }
+    }
+
     /// Writes (or replaces) the policy of one cgroup.
     pub fn set_group_policy(
         &self,
@@ -131,8 +154,11 @@ impl RootScheduler {
     }
 }
 
-/// Pushes the class table and the groups of `config` into the maps ops.init reads.
-fn push_config(skel: &CanopyRootSkel<'_>, config: &SchedulerConfig) -> Result<(), SchedulerError> {
+/// The class table of `config` into `class_params`, index = class id.
+fn write_class_params(
+    skel: &CanopyRootSkel<'_>,
+    config: &SchedulerConfig,
+) -> Result<(), SchedulerError> {
     for (id, class) in config.class_table()?.iter().enumerate() {
         let params = class.to_params();
         skel.maps
@@ -140,6 +166,12 @@ fn push_config(skel: &CanopyRootSkel<'_>, config: &SchedulerConfig) -> Result<()
             .update(&(id as u32).to_ne_bytes(), as_bytes(&params), MapFlags::ANY)
             .map_err(|e| SchedulerError::Load(format!("writing class_params: {e}")))?;
     }
+    Ok(())
+}
+
+/// Pushes the class table and the groups of `config` into the maps ops.init reads.
+fn push_config(skel: &CanopyRootSkel<'_>, config: &SchedulerConfig) -> Result<(), SchedulerError> {
+    write_class_params(skel, config)?;
     for group in &config.groups {
         let path = kernel::cgroup_path(&group.cgroup);
         let cgid = match kernel::cgroup_id(&path) {

@@ -16,6 +16,11 @@ pub mod child {
     include!(concat!(env!("OUT_DIR"), "/canopy_child.skel.rs"));
 }
 
+/// The cgroup move watcher (`bpf/canopy_moves.bpf.c`).
+pub mod moves {
+    include!(concat!(env!("OUT_DIR"), "/canopy_moves.skel.rs"));
+}
+
 /// Test fixture: a foreign sub-scheduler (`bpf/fixtures/foreign_fifo.bpf.c`).
 pub mod foreign_fifo {
     include!(concat!(env!("OUT_DIR"), "/foreign_fifo.skel.rs"));

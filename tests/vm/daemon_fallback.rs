@@ -3,7 +3,8 @@
 //! and UCLAMP_TASK (what the host lacks): a thread tagged USER_INTERACTIVE by a thread rule gets
 //! nice -4 and uclamp.max 1024; switching its group to `minimized` (ceiling BACKGROUND, weight 20,
 //! cap 50 %) demotes it to SCHED_BATCH nice 4 uclamp.max 256 and writes cpu.weight, cpu.max and
-//! cpu.uclamp.max; SIGTERM puts every task attribute and every knob back as it was found.
+//! cpu.uclamp.max; SIGTERM puts every task attribute and every knob back as it was found. The
+//! move into the group reaches the daemon through the BPF move watcher's ring buffer.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -136,6 +137,22 @@ kill $hog
         daemon["explain"]
     );
     assert_eq!(daemon["status"]["mode"], "fallback");
+    // The move into tenant/app reached the daemon through the BPF move watcher's ring buffer
+    // (fallback mode too), which is what tagged the hog USER_INTERACTIVE above.
+    let counters = &daemon["status"]["counters"];
+    println!("moves: {} ({counters})", daemon["status"]["move_watcher"]);
+    assert!(
+        daemon["status"]["move_watcher"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("BPF ring buffer"),
+        "{}",
+        daemon["status"]["move_watcher"]
+    );
+    assert!(
+        counters["moves_ring_buffer"].as_u64() >= Some(1),
+        "{counters}"
+    );
     // SIGTERM restores what was there before the daemon touched anything: the hog was forked
     // (from a shell the daemon had tagged DEFAULT) after the daemon started, so its original is
     // its ancestors' original, SCHED_NORMAL nice 0 (prio 120) without a clamp; the knobs are as

@@ -3,7 +3,9 @@
 //! scx: the schedulers' BPF maps). Backends decide nothing; they apply what the Plan's clamp chose
 //! and remember what they changed so that `restore_all` can put it back.
 
-use crate::plan::{ClassId, ClassParams, GroupKnobs, ProcessFacts, ScxGroupPolicy};
+use std::sync::Arc;
+
+use crate::plan::{ClassId, ClassParams, GroupKnobs, PolicyPlan, ProcessFacts, ScxGroupPolicy};
 
 /// A task or process vanished mid-operation (ESRCH/ENOENT). Normal flow, not an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -146,4 +148,16 @@ pub trait Backend: Send {
     fn refused_subsched_attaches(&self) -> u64 {
         0
     }
+    /// A new plan is about to be installed (a successful reload): the backend brings whatever it
+    /// derived from the old plan itself in line (scx: the schedulers' group setup) before the
+    /// controller re-evaluates every task and group. An error leaves that part on the old plan.
+    fn plan_changed(&mut self, _plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
+        Ok(())
+    }
+    /// Writes the backend's crash record if it changed (rate-limited unless `force`). Called
+    /// every second and after the first scan; a no-op for backends that keep none.
+    fn persist(&mut self, _force: bool) {}
+    /// The first scan is done: originals a crashed predecessor recorded for tasks and groups
+    /// this daemon did not take over are restored now.
+    fn settle_adopted(&mut self) {}
 }

@@ -14,6 +14,9 @@ use crate::event::Event;
 use crate::plan::{ClampReason, ClassId, GroupId, PolicyPlan, ProcessFacts, RuleMatch, TaskFacts};
 use crate::stats::{GroupSnapshot, Snapshot, Stats};
 
+/// The class canopy's own threads run in, in scx mode (the schedulers' highest built-in class).
+const HIGHEST_CLASS: &str = "USER_INTERACTIVE";
+
 const SCHED_FIFO: i32 = 1;
 const SCHED_RR: i32 = 2;
 const SCHED_DEADLINE: i32 = 6;
@@ -26,6 +29,26 @@ pub struct ControllerConfig {
     pub cgroup_scope: Option<String>,
     /// Why the daemon runs in its mode (shown by `status`).
     pub mode_reason: String,
+    /// How cgroup moves are noticed (shown by `status`).
+    pub move_watcher: String,
+    /// canopy's own process. The policy it enforces never demotes it: its latency is what the
+    /// acceptance figures measure. In scx mode its threads run in the highest class,
+    /// USER_INTERACTIVE (the schedulers' counterpart of the systemd unit's Nice=-5); in fallback
+    /// mode they keep what the service manager gave them.
+    pub daemon_pid: Option<u32>,
+}
+
+/// Which source told the controller that a process may have changed cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MoveSource {
+    /// The BPF move watcher (cgroup_attach_task through a ring buffer).
+    RingBuffer,
+    /// inotify on cgroup.procs / cgroup.threads.
+    Inotify,
+    /// The periodic re-read of every tracked process's cgroup.
+    Reconcile,
+    /// A control request about a process not tracked yet.
+    Request,
 }
 
 /// Why a task is not managed.
@@ -40,6 +63,8 @@ pub enum Skip {
     OutOfScope,
     /// No rule matched and the policy has no default class.
     Unmatched,
+    /// canopy's own process in fallback mode (left as the service manager started it).
+    Daemon,
 }
 
 /// What made us evaluate a task: a new class request, or a change of its group or state. Decides
@@ -259,7 +284,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             }
             Event::Exit { tid, tgid } => self.forget_task(tid, tgid),
             Event::CgroupMembershipChanged { cgroup } => self.on_membership_changed(&cgroup),
-            Event::TaskMoved { tid, .. } => self.on_task_moved(tid),
+            Event::TaskMoved {
+                tid, timestamp_ns, ..
+            } => {
+                self.on_task_moved(tid, MoveSource::RingBuffer);
+                if let Some(ts) = timestamp_ns {
+                    let now = monotonic_ns();
+                    if now >= ts {
+                        self.stats.move_latency.record((now - ts) / 1000);
+                    }
+                }
+            }
             Event::Overrun => self.overrun(now),
             Event::CgroupCreated { cgroup } => {
                 self.ensure_group(&cgroup);
@@ -517,11 +552,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             }
         }
         for tgid in moved_processes {
-            self.process_moved(tgid, Some(cgroup.to_string()));
+            self.process_moved(tgid, Some(cgroup.to_string()), MoveSource::Inotify);
         }
     }
 
-    fn on_task_moved(&mut self, tid: u32) {
+    fn on_task_moved(&mut self, tid: u32, source: MoveSource) {
         let tgid = match self.tasks.get(&tid) {
             Some(t) => t.tgid,
             None => match self.source.tgid_of(tid) {
@@ -529,12 +564,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 Err(_) => return self.count_gone(),
             },
         };
-        self.process_moved(tgid, None);
+        self.process_moved(tgid, None, source);
     }
 
     /// A process changed cgroup: update its facts, then re-match (rules can match on the
     /// cgroup) and re-clamp every thread at once.
-    fn process_moved(&mut self, tgid: u32, cgroup: Option<String>) {
+    fn process_moved(&mut self, tgid: u32, cgroup: Option<String>, source: MoveSource) {
         let cgroup = match cgroup {
             Some(c) => c,
             None => match self.source.process_cgroup(tgid) {
@@ -542,6 +577,16 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 Err(_) => return self.count_gone(),
             },
         };
+        let known = self.processes.get(&tgid).map(|p| p.facts.cgroup.as_str());
+        if known != Some(cgroup.as_str()) {
+            let counters = &mut self.stats.counters;
+            match source {
+                MoveSource::RingBuffer => counters.moves_ring_buffer += 1,
+                MoveSource::Inotify => counters.moves_inotify += 1,
+                MoveSource::Reconcile => counters.moves_reconcile += 1,
+                MoveSource::Request => {}
+            }
+        }
         self.ignored.remove(&tgid);
         if !self.processes.contains_key(&tgid) {
             match self.load_process(tgid, None) {
@@ -635,7 +680,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 Ok(now) if now != known => {
                     moved += 1;
                     self.stats.count_event(crate::event::EventKind::Move);
-                    self.process_moved(tgid, Some(now));
+                    self.process_moved(tgid, Some(now), MoveSource::Reconcile);
                 }
                 _ => {}
             }
@@ -796,7 +841,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 Err(_) => return self.forget_gone(tid, tgid),
             }
         };
-        let skip = if !in_scope {
+        let own = self.config.daemon_pid == Some(tgid);
+        let skip = if own && self.backend.mode() == Mode::Fallback {
+            Some(Skip::Daemon)
+        } else if !in_scope && !own {
             Some(Skip::OutOfScope)
         } else if kthread && !self.plan.manage_kernel_threads() {
             Some(Skip::KernelThread)
@@ -978,11 +1026,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         };
         if matches!(
             task.skip,
-            Some(Skip::OutOfScope | Skip::KernelThread | Skip::Realtime)
+            Some(Skip::OutOfScope | Skip::KernelThread | Skip::Realtime | Skip::Daemon)
         ) {
             return;
         }
-        let Some(requested) = self.requested(task, process) else {
+        // canopy's own threads (scx mode; fallback skipped them above) run in the highest class.
+        let own_class = (self.config.daemon_pid == Some(task.tgid))
+            .then(|| self.plan.class_by_name(HIGHEST_CLASS))
+            .flatten();
+        let own = own_class.is_some();
+        let requested = own_class.or_else(|| self.requested(task, process));
+        let Some(requested) = requested else {
             let was_applied = task.applied.is_some();
             if let Some(t) = self.tasks.get_mut(&tid) {
                 t.skip = Some(Skip::Unmatched);
@@ -999,7 +1053,14 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         let tgid = task.tgid;
         let group = self.group_of(&cgroup);
         let state = self.groups.get(&cgroup).and_then(|g| g.state.as_deref());
-        let clamp = self.plan.effective_class(requested, group, state);
+        let clamp = if own {
+            crate::plan::Clamp {
+                class: requested,
+                reason: ClampReason::Unclamped,
+            }
+        } else {
+            self.plan.effective_class(requested, group, state)
+        };
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.skip = None;
             t.requested = Some(requested);
@@ -1090,7 +1151,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         let class_name: Arc<str> = self.plan.class_params(class_id).name.clone();
         let tids = if whole_process {
             if !self.processes.contains_key(&id) {
-                self.on_task_moved(id);
+                self.on_task_moved(id, MoveSource::Request);
             }
             self.threads_of(id)
         } else {
@@ -1167,6 +1228,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 (Some(Skip::KernelThread), _) => "kernel thread: left alone by the policy".into(),
                 (Some(Skip::Realtime), _) => "RT/DL task: left alone by the policy".into(),
                 (Some(Skip::OutOfScope), _) => "outside the daemon's cgroup scope".into(),
+                (Some(Skip::Daemon), _) => {
+                    "canopy's own process: left as the service manager started it".into()
+                }
+                _ if self.config.daemon_pid == Some(task.tgid) => format!(
+                    "canopy's own process: runs in {HIGHEST_CLASS} so it keeps up with the load it manages"
+                ),
                 (_, None) => "no rule matched and the policy has no default class".into(),
                 (_, Some(c)) => {
                     let req = name(requested.expect("clamp implies requested"));
@@ -1219,6 +1286,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
 
     /// Swaps in a freshly compiled plan and re-evaluates every task and group.
     pub fn install_plan(&mut self, plan: Arc<dyn PolicyPlan>) {
+        if let Err(error) = self.backend.plan_changed(&plan) {
+            self.stats.counters.apply_errors += 1;
+            tracing::error!(%error, "the backend could not follow the new policy everywhere");
+        }
         self.plan = plan;
         self.policy_error = None;
         self.stats.counters.reloads_ok += 1;
@@ -1263,7 +1334,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             };
             let plan = self.plan.clone();
             if let Some(t) = self.tasks.get_mut(&tid) {
-                if t.skip != Some(Skip::OutOfScope) {
+                if !matches!(t.skip, Some(Skip::OutOfScope | Skip::Daemon)) {
                     t.skip = if kthread && !plan.manage_kernel_threads() {
                         Some(Skip::KernelThread)
                     } else if realtime && !plan.manage_realtime() {
@@ -1287,6 +1358,16 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             }
             self.evaluate(tid, Cause::Request);
         }
+    }
+
+    /// Writes the backend's crash record if it changed (see [`Backend::persist`]).
+    pub fn persist_state(&mut self, force: bool) {
+        self.backend.persist(force);
+    }
+
+    /// Restores what a crashed predecessor changed and this daemon did not take over.
+    pub fn settle_adopted(&mut self) {
+        self.backend.settle_adopted();
     }
 
     /// Records a failed reload: the old plan stays in force.
@@ -1332,6 +1413,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         Snapshot {
             mode: self.backend.mode().label().into(),
             mode_reason: self.config.mode_reason.clone(),
+            move_watcher: self.config.move_watcher.clone(),
             policy_hash: self.plan.hash(),
             policy_error: self.policy_error.clone(),
             notes: self.backend.notes(),
@@ -1347,6 +1429,8 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             refused_subsched_attaches: self.backend.refused_subsched_attaches(),
             apply_latency_p50_us: self.stats.apply_latency.quantile_us(0.5),
             apply_latency_p99_us: self.stats.apply_latency.quantile_us(0.99),
+            move_latency_p50_us: self.stats.move_latency.quantile_us(0.5),
+            move_latency_p99_us: self.stats.move_latency.quantile_us(0.99),
             groups,
         }
     }

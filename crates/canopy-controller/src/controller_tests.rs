@@ -444,3 +444,83 @@ fn a_rename_handled_before_its_fork_is_kept() {
         "the older fork must not undo the rename"
     );
 }
+
+#[test]
+fn ring_buffer_moves_reclamp_at_once_and_are_counted_by_source() {
+    let mini = "user.slice/user-1000.slice/user@1000.service/app.slice/app-mini.scope";
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", OTHER);
+    src.thread(100, 101, "audio-out");
+    src.spawn(200, "sleeper", mini);
+    let mut c = controller(src);
+    c.request_state(mini, "minimized", Instant::now()).unwrap();
+    assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+    c.source_mut().move_to(100, mini);
+    c.handle(
+        Event::TaskMoved {
+            tid: 100,
+            threadgroup: true,
+            timestamp_ns: Some(crate::controller::monotonic_ns()),
+        },
+        Instant::now(),
+    );
+    assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
+    // A second report of the same move (e.g. a thread of it) changes and counts nothing.
+    c.handle(
+        Event::TaskMoved {
+            tid: 101,
+            threadgroup: false,
+            timestamp_ns: None,
+        },
+        Instant::now(),
+    );
+    let snap = c.snapshot(Instant::now());
+    assert_eq!(snap.counters.moves_ring_buffer, 1);
+    assert_eq!(snap.counters.moves_inotify, 0);
+    assert!(snap.move_latency_p99_us.is_some());
+    c.source_mut().move_to(100, OTHER);
+    c.handle(
+        Event::CgroupMembershipChanged {
+            cgroup: OTHER.into(),
+        },
+        Instant::now(),
+    );
+    assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+    assert_eq!(c.snapshot(Instant::now()).counters.moves_inotify, 1);
+}
+
+#[test]
+fn the_daemons_own_process_is_never_demoted() {
+    let mini = "user.slice/user-1000.slice/user@1000.service/app.slice/app-mini.scope";
+    for scx in [true, false] {
+        let mut src = FakeSource::default();
+        src.spawn(300, "canopy", mini);
+        src.thread(300, 301, "canopy-moves");
+        let config = ControllerConfig {
+            daemon_pid: Some(300),
+            ..Default::default()
+        };
+        let backend = RecordingBackend {
+            scx,
+            ..Default::default()
+        };
+        let mut c = Controller::new(Arc::new(TestPlan::desktop()), backend, src, config);
+        c.rescan();
+        c.request_state(mini, "minimized", Instant::now()).unwrap();
+        let explained = c.explain(300).unwrap();
+        if scx {
+            // The highest class, whatever the group's ceiling.
+            assert_eq!(applied(&c, 300).as_deref(), Some("USER_INTERACTIVE"));
+            assert_eq!(applied(&c, 301).as_deref(), Some("USER_INTERACTIVE"));
+            assert!(
+                explained[0].why.contains("canopy's own process"),
+                "{explained:?}"
+            );
+        } else {
+            // Left as the service manager started it.
+            assert_eq!(applied(&c, 300), None);
+            assert_eq!(applied(&c, 301), None);
+            assert_eq!(explained[0].skipped, Some(crate::controller::Skip::Daemon));
+        }
+    }
+}

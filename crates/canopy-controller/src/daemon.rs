@@ -1,7 +1,9 @@
-//! The daemon's wiring: picks the mode, starts the event sources (proc connector and cgroupfs
-//! inotify on their own threads, signals, timers), subscribes before the first /proc scan, runs
-//! the control socket and the optional metrics listener, reloads on SIGHUP or policy file changes,
-//! and on shutdown restores everything it changed. All decisions stay in `controller`.
+//! The daemon's wiring: picks the mode, starts the event sources (proc connector; the BPF cgroup
+//! move watcher when the binary has it and the kernel allows it, else inotify on cgroup.procs;
+//! cgroupfs inotify for mkdir/rmdir and focus xattrs; signals; timers), subscribes before the
+//! first /proc scan, runs the control socket and the optional metrics listener, reloads on SIGHUP
+//! or policy file changes, writes the fallback backend's crash record, and on shutdown restores
+//! everything it changed. All decisions stay in `controller`.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -20,7 +22,7 @@ use crate::backend::{Backend, Mode, RestoreReport};
 use crate::controller::{Controller, ControllerConfig};
 use crate::event::Event;
 use crate::fallback::FallbackBackend;
-use crate::plan::{ClassId, ClassParams, GroupKnobs, PlanLoader, ScxGroupPolicy};
+use crate::plan::{ClassId, ClassParams, GroupKnobs, PlanLoader, PolicyPlan, ScxGroupPolicy};
 use crate::procfs::{detect_cgroup2_root, ProcSource};
 use crate::protocol::{normalize_cgroup, Request, Response};
 use crate::scx::{ScxBackend, ScxMaps};
@@ -56,6 +58,44 @@ impl std::str::FromStr for ModeChoice {
 /// Opens the schedulers' maps (provided by the scheduler loader in the root package).
 pub type ScxFactory = Box<dyn FnOnce() -> Result<Box<dyn ScxMaps>, String> + Send>;
 
+/// Starts the BPF cgroup move watcher (provided by the root package, which has the BPF
+/// skeletons): it runs on a thread of its own, feeds `MoveSink` until the sink says stop, and is
+/// joined at shutdown. An error means the kernel refused it; the daemon then keeps inotify on
+/// cgroup.procs plus the periodic reconcile.
+pub type MoveWatcherFactory =
+    Box<dyn FnOnce(MoveSink) -> Result<std::thread::JoinHandle<()>, String> + Send>;
+
+/// Where the move watcher's thread delivers what it sees.
+#[derive(Clone)]
+pub struct MoveSink {
+    tx: mpsc::Sender<Input>,
+    stop: Arc<AtomicBool>,
+}
+
+impl MoveSink {
+    /// Reports that `tid` (or, with `threadgroup`, its whole process) was attached to a cgroup
+    /// at `timestamp_ns` (CLOCK_MONOTONIC). Returns false once the daemon is gone.
+    pub fn moved(&self, tid: u32, threadgroup: bool, timestamp_ns: u64) -> bool {
+        self.tx
+            .blocking_send(Input::Event(Event::TaskMoved {
+                tid,
+                threadgroup,
+                timestamp_ns: Some(timestamp_ns),
+            }))
+            .is_ok()
+    }
+
+    /// Reports that `count` move events were lost (ring buffer full): the daemon rescans.
+    pub fn lost(&self, count: u64) -> bool {
+        self.tx.blocking_send(Input::MovesLost(count)).is_ok()
+    }
+
+    /// True once the daemon is stopping: the watcher's thread should end.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
 /// Everything `canopy run` passes in.
 pub struct DaemonOptions {
     /// Compiles the policy (start and every reload).
@@ -66,6 +106,8 @@ pub struct DaemonOptions {
     pub mode: ModeChoice,
     /// The scx map provider, when this binary has the schedulers.
     pub scx: Option<ScxFactory>,
+    /// The BPF cgroup move watcher, when this binary has it (both modes).
+    pub move_watcher: Option<MoveWatcherFactory>,
     /// Control socket path.
     pub socket_path: PathBuf,
     /// Optional Prometheus listener (plain HTTP, `GET /metrics`).
@@ -74,6 +116,10 @@ pub struct DaemonOptions {
     pub cgroup_root: Option<PathBuf>,
     /// Manage only this cgroup subtree (relative to the cgroup2 root).
     pub cgroup_scope: Option<String>,
+    /// Fallback mode: where changed tasks' and groups' originals are recorded so a restart
+    /// after SIGKILL restores or re-adopts them (`canopy run`: /run/canopy/fallback-state.json);
+    /// `None` keeps them in memory only.
+    pub state_file: Option<PathBuf>,
     /// SO_RCVBUF for the proc connector (tests shrink it to provoke overruns).
     pub proc_rcvbuf: Option<usize>,
     /// Control socket limits.
@@ -92,10 +138,12 @@ impl DaemonOptions {
             watch_paths: Vec::new(),
             mode: ModeChoice::Auto,
             scx: None,
+            move_watcher: None,
             socket_path,
             metrics_listen: None,
             cgroup_root: None,
             cgroup_scope: None,
+            state_file: None,
             proc_rcvbuf: None,
             limits: Limits::default(),
             handle_signals: true,
@@ -228,6 +276,15 @@ impl Backend for AnyBackend {
     fn refused_subsched_attaches(&self) -> u64 {
         self.0.refused_subsched_attaches()
     }
+    fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
+        self.0.plan_changed(plan)
+    }
+    fn persist(&mut self, force: bool) {
+        self.0.persist(force)
+    }
+    fn settle_adopted(&mut self) {
+        self.0.settle_adopted()
+    }
 }
 
 struct BoxedMaps(Box<dyn ScxMaps>);
@@ -248,6 +305,9 @@ impl ScxMaps for BoxedMaps {
     fn refused_attaches(&self) -> u64 {
         self.0.refused_attaches()
     }
+    fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
+        self.0.plan_changed(plan)
+    }
 }
 
 /// What the event threads send to the controller loop.
@@ -255,6 +315,8 @@ impl ScxMaps for BoxedMaps {
 enum Input {
     Event(Event),
     PolicyChanged,
+    /// The move watcher's ring buffer dropped this many events.
+    MovesLost(u64),
 }
 
 /// Runs the daemon until `shutdown` resolves (or SIGTERM/SIGINT when signals are handled), then
@@ -267,7 +329,13 @@ pub async fn run(
     let cgroup_root = opts.cgroup_root.clone().unwrap_or_else(detect_cgroup2_root);
     let (mode, mode_reason) = choose_mode(opts.mode, opts.scx.is_some())?;
     let backend = match mode {
-        Mode::Fallback => AnyBackend(Box::new(FallbackBackend::new(cgroup_root.clone()))),
+        Mode::Fallback => {
+            let mut backend = FallbackBackend::new(cgroup_root.clone());
+            if let Some(path) = &opts.state_file {
+                backend = backend.with_state_file(path.clone());
+            }
+            AnyBackend(Box::new(backend))
+        }
         Mode::Scx => {
             let maps = (opts.scx.take().expect("checked by choose_mode"))()
                 .map_err(DaemonError::ScxUnavailable)?;
@@ -289,6 +357,28 @@ pub async fn run(
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(65536);
     let mut proc_events = subscribe_proc_events(opts.proc_rcvbuf)?;
     let mut proc_batch: Vec<canopy_sys::proc_events::ProcEvent> = Vec::with_capacity(64);
+    let move_thread = match opts.move_watcher.take() {
+        Some(start) => match start(MoveSink {
+            tx: in_tx.clone(),
+            stop: stop.clone(),
+        }) {
+            Ok(thread) => Some(thread),
+            Err(error) => {
+                tracing::warn!(%error, "BPF cgroup move watcher unavailable; moves are seen through inotify on cgroup.procs and a {}-s reconcile", RECONCILE_EVERY.as_secs());
+                None
+            }
+        },
+        None => None,
+    };
+    let move_watcher = if move_thread.is_some() {
+        "BPF ring buffer (cgroup_attach_task tracepoint) + reconcile".to_string()
+    } else {
+        format!(
+            "inotify on cgroup.procs + reconcile every {} s",
+            RECONCILE_EVERY.as_secs()
+        )
+    };
+    tracing::info!(source = %move_watcher, "cgroup moves");
     let watch_root = match &opts.cgroup_scope {
         Some(s) => cgroup_root.join(s),
         None => cgroup_root.clone(),
@@ -299,11 +389,14 @@ pub async fn run(
         cgroup_root.clone(),
         watch_root,
         opts.watch_paths.clone(),
+        move_thread.is_none(),
     );
 
     let config = ControllerConfig {
         cgroup_scope: opts.cgroup_scope.clone(),
         mode_reason,
+        move_watcher,
+        daemon_pid: Some(std::process::id()),
     };
     let mut ctl = Controller::new(plan, backend, ProcSource::new(cgroup_root.clone()), config);
     ctl.rescan();
@@ -353,6 +446,10 @@ pub async fn run(
         None
     };
 
+    // Originals a crashed predecessor recorded and this daemon did not take over go back now;
+    // what it did take over is on record again at once.
+    ctl.settle_adopted();
+    ctl.persist_state(true);
     let _ = sdnotify::notify("READY=1\nSTATUS=tagging");
     if let Some(r) = opts.on_ready.take() {
         let _ = r.send(());
@@ -364,6 +461,12 @@ pub async fn run(
     // Moves that no event reports are caught by a periodic re-read of tracked cgroups.
     let mut reconcile = tokio::time::interval_at(Instant::now() + RECONCILE_EVERY, RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The fallback backend's crash record is written at most this often (when it changed).
+    let mut persist = tokio::time::interval_at(
+        Instant::now() + crate::state_file::FLUSH_EVERY,
+        crate::state_file::FLUSH_EVERY,
+    );
+    persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         let timer = match (ctl.next_deadline(), policy_debounce) {
@@ -413,11 +516,17 @@ pub async fn run(
                     match i {
                         Input::Event(e) => ctl.handle(e, now),
                         Input::PolicyChanged => policy_debounce = Some(now + Duration::from_millis(200)),
+                        Input::MovesLost(count) => {
+                            tracing::warn!(count, "cgroup move events lost (ring buffer full): rescanning");
+                            ctl.stats.counters.moves_lost += count;
+                            ctl.handle(Event::Overrun, now);
+                        }
                     }
                     budget -= 1;
                     next = if budget > 0 { in_rx.try_recv().ok() } else { None };
                 }
             }
+            _ = persist.tick() => ctl.persist_state(false),
             _ = reconcile.tick() => {
                 let moved = ctl.reconcile_cgroups();
                 if moved > 0 {
@@ -458,6 +567,7 @@ pub async fn run(
     drop(proc_events);
     let _ = tokio::task::spawn_blocking(move || {
         let _ = inotify_thread.map(|t| t.join());
+        let _ = move_thread.map(|t| t.join());
     })
     .await;
     tracing::info!(
@@ -689,6 +799,8 @@ struct Inotify {
     fd: i32,
     watches: HashMap<i32, Watch>,
     cgroup_root: PathBuf,
+    /// Watch cgroup.procs/cgroup.threads for moves (off when the BPF move watcher runs).
+    watch_members: bool,
 }
 
 impl Inotify {
@@ -717,16 +829,18 @@ impl Inotify {
             libc::IN_CREATE | libc::IN_DELETE | libc::IN_ATTRIB | libc::IN_ONLYDIR,
             Watch::Dir(rel.clone()),
         );
-        self.add(
-            &dir.join("cgroup.procs"),
-            libc::IN_MODIFY,
-            Watch::Members(rel.clone()),
-        );
-        self.add(
-            &dir.join("cgroup.threads"),
-            libc::IN_MODIFY,
-            Watch::Members(rel.clone()),
-        );
+        if self.watch_members {
+            self.add(
+                &dir.join("cgroup.procs"),
+                libc::IN_MODIFY,
+                Watch::Members(rel.clone()),
+            );
+            self.add(
+                &dir.join("cgroup.threads"),
+                libc::IN_MODIFY,
+                Watch::Members(rel.clone()),
+            );
+        }
         added.push(rel);
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
@@ -744,6 +858,7 @@ fn start_inotify(
     cgroup_root: PathBuf,
     watch_root: PathBuf,
     policy_paths: Vec<PathBuf>,
+    watch_members: bool,
 ) -> Option<std::thread::JoinHandle<()>> {
     // SAFETY: plain syscall.
     let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
@@ -755,6 +870,7 @@ fn start_inotify(
         fd,
         watches: HashMap::new(),
         cgroup_root,
+        watch_members,
     };
     let mut added = Vec::new();
     ino.watch_tree(&watch_root, &mut added);

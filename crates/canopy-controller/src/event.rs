@@ -57,6 +57,8 @@ pub enum Event {
         tid: u32,
         /// Whether the whole thread group moved.
         threadgroup: bool,
+        /// Kernel CLOCK_MONOTONIC timestamp of the attach, when known.
+        timestamp_ns: Option<u64>,
     },
     /// Events were lost (proc connector ENOBUFS, ring buffer overflow): rescan /proc.
     Overrun,

@@ -1,7 +1,9 @@
 //! The fallback backend for kernels without sched_ext: a class becomes `sched_setattr` on the
 //! thread (policy, nice, custom slice via sched_runtime, uclamp when the kernel has UCLAMP_TASK)
 //! and a group state becomes cgroup v2 knobs (cpu.weight, cpu.idle, cpu.uclamp.min/max, cpu.max).
-//! It remembers every original value it overwrote and puts them back on `restore_all`.
+//! It remembers every original value it overwrote and puts them back on `restore_all`. With a
+//! state file ([`crate::state_file`]) those originals also survive a SIGKILL: the next daemon
+//! re-adopts the ones it takes over and restores the others once its first scan is done.
 //!
 //! sched_setattr and its kernel-capability detection come from canopy-sys (`SchedApplier`); the
 //! five cgroup knob files are written here.
@@ -17,6 +19,7 @@ use canopy_sys::Outcome;
 
 use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport};
 use crate::plan::{ClassId, ClassParams, FairPolicy, GroupKnobs, ScxGroupPolicy};
+use crate::state_file::{Adopted, StateFile};
 
 pub use canopy_sys::sched::SchedAttr;
 
@@ -39,6 +42,10 @@ pub struct FallbackBackend {
     group_originals: HashMap<String, Vec<(&'static str, String)>>,
     missing_knobs_noted: bool,
     notes: Vec<String>,
+    /// The crash record, when kept.
+    state: Option<StateFile>,
+    /// What a crashed predecessor recorded and this daemon has not taken over yet.
+    adopted: Adopted,
 }
 
 impl FallbackBackend {
@@ -51,6 +58,38 @@ impl FallbackBackend {
             group_originals: HashMap::new(),
             missing_knobs_noted: false,
             notes: Vec::new(),
+            state: None,
+            adopted: Adopted::default(),
+        }
+    }
+
+    /// Keeps the originals in a state file at `path` as well, and adopts what a crashed
+    /// predecessor left there.
+    pub fn with_state_file(mut self, path: PathBuf) -> Self {
+        let mut state = StateFile::new(path);
+        self.adopted = state.adopt();
+        if !self.adopted.tasks.is_empty() || !self.adopted.groups.is_empty() {
+            tracing::info!(
+                path = %state.path().display(),
+                tasks = self.adopted.tasks.len(),
+                groups = self.adopted.groups.len(),
+                "adopting the originals a previous daemon recorded"
+            );
+        }
+        self.state = Some(state);
+        self
+    }
+
+    fn changed(&mut self) {
+        if let Some(state) = &mut self.state {
+            state.mark_dirty();
+        }
+    }
+
+    /// Takes over a predecessor's record of `tid`'s original, if there is one.
+    fn claim_adopted(&mut self, tid: u32) {
+        if let Some(original) = self.adopted.tasks.remove(&tid) {
+            self.originals.entry(tid).or_insert(original);
         }
     }
 
@@ -133,6 +172,7 @@ impl Backend for FallbackBackend {
         _class: ClassId,
         params: &ClassParams,
     ) -> Result<(), ApplyError> {
+        self.claim_adopted(tid);
         match self.applier.apply(tid as i32, &Self::request_for(params)) {
             Ok(Outcome::Gone) => Err(Gone(tid).into()),
             Ok(Outcome::Done(Applied::Changed {
@@ -140,7 +180,10 @@ impl Backend for FallbackBackend {
                 newly_unsupported,
                 ..
             })) => {
-                self.originals.entry(tid).or_insert(previous);
+                if let std::collections::hash_map::Entry::Vacant(v) = self.originals.entry(tid) {
+                    v.insert(previous);
+                    self.changed();
+                }
                 if newly_unsupported.uclamp {
                     self.note_once("uclamp unsupported by this kernel (no UCLAMP_TASK); classes apply policy, nice and slice only".into());
                 }
@@ -159,19 +202,28 @@ impl Backend for FallbackBackend {
     }
 
     fn inherit_original(&mut self, child: u32, parent: u32) {
+        self.claim_adopted(parent);
         if let Some(orig) = self.originals.get(&parent).copied() {
-            self.originals.entry(child).or_insert(orig);
+            if let std::collections::hash_map::Entry::Vacant(v) = self.originals.entry(child) {
+                v.insert(orig);
+                self.changed();
+            }
         }
     }
 
     fn release_task(&mut self, tid: u32) {
+        self.claim_adopted(tid);
         if let Some(orig) = self.originals.remove(&tid) {
             let _ = self.applier.restore(tid as i32, &orig);
+            self.changed();
         }
     }
 
     fn forget_task(&mut self, tid: u32) {
-        self.originals.remove(&tid);
+        self.adopted.tasks.remove(&tid);
+        if self.originals.remove(&tid).is_some() {
+            self.changed();
+        }
     }
 
     fn apply_group(
@@ -181,6 +233,9 @@ impl Backend for FallbackBackend {
         _scx: &ScxGroupPolicy,
     ) -> Result<(), ApplyError> {
         let values = knob_values(knobs);
+        if let Some(recorded) = self.adopted.groups.remove(cgroup) {
+            self.group_originals.insert(cgroup.to_string(), recorded);
+        }
         // Restore knobs the new state no longer sets, then write the new values.
         let saved = self
             .group_originals
@@ -201,11 +256,13 @@ impl Backend for FallbackBackend {
                 .map(|v| v.iter().any(|(f, _)| *f == file));
             if entry != Some(true) {
                 match fs::read_to_string(&path) {
-                    Ok(orig) => self
-                        .group_originals
-                        .entry(cgroup.to_string())
-                        .or_default()
-                        .push((file, orig.trim().to_string())),
+                    Ok(orig) => {
+                        self.group_originals
+                            .entry(cgroup.to_string())
+                            .or_default()
+                            .push((file, orig.trim().to_string()));
+                        self.changed();
+                    }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         if !self.cgroup_root.join(cgroup).exists() {
                             return Err(Gone(0).into());
@@ -241,15 +298,28 @@ impl Backend for FallbackBackend {
     }
 
     fn release_group(&mut self, cgroup: &str) {
+        if let Some(recorded) = self.adopted.groups.remove(cgroup) {
+            self.group_originals
+                .entry(cgroup.to_string())
+                .or_insert(recorded);
+        }
         if let Some(saved) = self.group_originals.remove(cgroup) {
             for (file, orig) in saved.iter().rev() {
                 let _ = fs::write(self.knob_path(cgroup, file), orig);
             }
+            self.changed();
         }
     }
 
     fn restore_all(&mut self) -> RestoreReport {
         let mut report = RestoreReport::default();
+        // Whatever a predecessor recorded and nobody took over goes back too.
+        for (tid, orig) in std::mem::take(&mut self.adopted.tasks) {
+            self.originals.entry(tid).or_insert(orig);
+        }
+        for (cgroup, knobs) in std::mem::take(&mut self.adopted.groups) {
+            self.group_originals.entry(cgroup).or_insert(knobs);
+        }
         for (tid, orig) in std::mem::take(&mut self.originals) {
             match self.applier.restore(tid as i32, &orig) {
                 Ok(Outcome::Done(())) => report.tasks_restored += 1,
@@ -262,11 +332,71 @@ impl Backend for FallbackBackend {
             self.release_group(&c);
             report.groups_restored += 1;
         }
+        if report.failures.is_empty() {
+            if let Some(state) = &mut self.state {
+                state.remove();
+            }
+        } else {
+            self.persist(true);
+        }
         report
     }
 
     fn notes(&self) -> Vec<String> {
         self.notes.clone()
+    }
+
+    fn persist(&mut self, force: bool) {
+        let Some(state) = &mut self.state else {
+            return;
+        };
+        if !state.is_dirty() {
+            return;
+        }
+        // Unclaimed adopted entries stay on record until they are restored or taken over.
+        let tasks = self
+            .originals
+            .iter()
+            .chain(self.adopted.tasks.iter())
+            .map(|(tid, attr)| (*tid, attr));
+        let mut groups = self.group_originals.clone();
+        for (cgroup, knobs) in &self.adopted.groups {
+            groups
+                .entry(cgroup.clone())
+                .or_insert_with(|| knobs.clone());
+        }
+        if let Err(error) = state.flush(tasks, &groups, force) {
+            let note = format!("{error}; originals are kept in memory only");
+            self.note_once(note);
+        }
+    }
+
+    fn settle_adopted(&mut self) {
+        let tasks = std::mem::take(&mut self.adopted.tasks);
+        let groups = std::mem::take(&mut self.adopted.groups);
+        if tasks.is_empty() && groups.is_empty() {
+            return;
+        }
+        let (mut restored, mut gone) = (0u64, 0u64);
+        for (tid, orig) in tasks {
+            match self.applier.restore(tid as i32, &orig) {
+                Ok(Outcome::Done(())) => restored += 1,
+                Ok(Outcome::Gone) => gone += 1,
+                Err(error) => tracing::warn!(tid, %error, "restoring a recorded original failed"),
+            }
+        }
+        for (cgroup, knobs) in &groups {
+            for (file, orig) in knobs.iter().rev() {
+                let _ = fs::write(self.knob_path(cgroup, file), orig);
+            }
+        }
+        tracing::info!(
+            restored,
+            gone,
+            groups = groups.len(),
+            "restored originals a previous daemon recorded for tasks and groups no longer managed"
+        );
+        self.changed();
     }
 }
 

@@ -6,6 +6,7 @@
 //! - `controller`: tasks, groups, focus states, and the reaction to events; the one decision path.
 //! - `backend`: the seams: `TaskSource` (reads facts) and `Backend` (applies decisions).
 //! - `procfs`: the real `TaskSource`; `fallback`: sched_setattr + cgroup knobs; `scx`: BPF maps.
+//! - `state_file`: the fallback backend's crash record of original attributes and knobs.
 //! - `stats`: the one stats struct and its renderings (table, JSON, Prometheus).
 //! - `protocol`, `auth`, `server`: the control API (JSON lines on a Unix socket, SO_PEERCRED).
 //! - `daemon`: the tokio wiring: event sources, timers, signals, reload, sd_notify.
@@ -26,5 +27,6 @@ pub mod protocol;
 pub mod scx;
 pub mod sdnotify;
 pub mod server;
+pub mod state_file;
 pub mod stats;
 pub mod testing;

@@ -207,6 +207,11 @@ pub trait PolicyPlan: Send + Sync + std::fmt::Debug {
     fn manage_kernel_threads(&self) -> bool;
     /// Whether RT and DL tasks are managed (default: left alone).
     fn manage_realtime(&self) -> bool;
+    /// The compiled policy behind this plan, when there is one (the scheduler loader derives its
+    /// own configuration from it on a reload); test plans have none.
+    fn compiled(&self) -> Option<&canopy_policy::Plan> {
+        None
+    }
 }
 
 /// Compiles the policy at the given paths. The daemon calls it at start and on every reload; an

@@ -231,6 +231,10 @@ impl PolicyPlan for CompiledPlan {
     fn manage_realtime(&self) -> bool {
         !self.plan.defaults().leave_realtime
     }
+
+    fn compiled(&self) -> Option<&canopy_policy::Plan> {
+        Some(&self.plan)
+    }
 }
 
 /// Reads and compiles the policy at `paths`. The error is the full diagnostics text.

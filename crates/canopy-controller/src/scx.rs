@@ -9,9 +9,10 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport};
-use crate::plan::{ClassId, ClassParams, GroupKnobs, ScxGroupPolicy};
+use crate::plan::{ClassId, ClassParams, GroupKnobs, PolicyPlan, ScxGroupPolicy};
 
 /// The map writes the scheduler module provides.
 pub trait ScxMaps: Send {
@@ -25,6 +26,11 @@ pub trait ScxMaps: Send {
     fn clear_group(&mut self, cgroup_id: u64);
     /// Sub-scheduler attaches the root refused so far.
     fn refused_attaches(&self) -> u64;
+    /// A reload compiled `plan`: the schedulers follow it (group policy entries, admission,
+    /// which cgroups have a canopy child) before the daemon re-applies every group's state.
+    fn plan_changed(&mut self, _plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Backend writing decisions into the schedulers' maps.
@@ -127,5 +133,9 @@ impl<M: ScxMaps> Backend for ScxBackend<M> {
 
     fn refused_subsched_attaches(&self) -> u64 {
         self.maps.refused_attaches()
+    }
+
+    fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
+        self.maps.plan_changed(plan)
     }
 }

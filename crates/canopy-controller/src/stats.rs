@@ -50,6 +50,14 @@ counters! {
     api_errors,
     /// Control API requests refused by authorization.
     api_refused,
+    /// Processes found in a new cgroup through the BPF move watcher's ring buffer.
+    moves_ring_buffer,
+    /// Processes found in a new cgroup through inotify on cgroup.procs/cgroup.threads.
+    moves_inotify,
+    /// Processes found in a new cgroup by the periodic reconcile (no event reported the move).
+    moves_reconcile,
+    /// Move events the BPF watcher dropped because its ring buffer was full (each forces a rescan).
+    moves_lost,
 }
 
 /// Samples of the delay from a kernel event (e.g. a rename) to the class being applied.
@@ -108,6 +116,9 @@ pub struct Stats {
     pub events: BTreeMap<&'static str, u64>,
     /// Rename-to-applied latency samples (kernel event timestamp to the backend call returning).
     pub apply_latency: LatencyRing,
+    /// Move-to-re-clamped latency samples (the move watcher's kernel timestamp of the attach to
+    /// the moved threads' classes being applied).
+    pub move_latency: LatencyRing,
 }
 
 impl Stats {
@@ -124,6 +135,9 @@ pub struct Snapshot {
     pub mode: String,
     /// Why that mode was chosen.
     pub mode_reason: String,
+    /// How cgroup moves are noticed (the BPF watcher's ring buffer, or inotify plus reconcile).
+    #[serde(default)]
+    pub move_watcher: String,
     /// Hash of the policy in force.
     pub policy_hash: String,
     /// The last reload error, if the last reload failed.
@@ -144,6 +158,12 @@ pub struct Snapshot {
     pub apply_latency_p50_us: Option<u64>,
     /// p99 of rename → applied, µs.
     pub apply_latency_p99_us: Option<u64>,
+    /// p50 of cgroup move → re-clamped, µs (moves the BPF watcher timestamps).
+    #[serde(default)]
+    pub move_latency_p50_us: Option<u64>,
+    /// p99 of cgroup move → re-clamped, µs.
+    #[serde(default)]
+    pub move_latency_p99_us: Option<u64>,
     /// Managed groups.
     pub groups: Vec<GroupSnapshot>,
 }
@@ -170,6 +190,9 @@ impl Snapshot {
     pub fn render_table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "mode:            {} ({})", self.mode, self.mode_reason);
+        if !self.move_watcher.is_empty() {
+            let _ = writeln!(s, "cgroup moves:    {}", self.move_watcher);
+        }
         let _ = writeln!(s, "policy:          {}", self.policy_hash);
         if let Some(e) = &self.policy_error {
             let _ = writeln!(s, "policy error:    last reload failed, old policy kept:");
@@ -187,6 +210,9 @@ impl Snapshot {
         );
         if let (Some(p50), Some(p99)) = (self.apply_latency_p50_us, self.apply_latency_p99_us) {
             let _ = writeln!(s, "rename→applied:  p50 {p50} µs, p99 {p99} µs");
+        }
+        if let (Some(p50), Some(p99)) = (self.move_latency_p50_us, self.move_latency_p99_us) {
+            let _ = writeln!(s, "move→re-clamped: p50 {p50} µs, p99 {p99} µs");
         }
         let ev: Vec<String> = self
             .events
@@ -276,6 +302,16 @@ impl Snapshot {
             );
             let _ = writeln!(s, "canopy_apply_latency_us{{quantile=\"0.99\"}} {p99}");
         }
+        if let Some(p99) = self.move_latency_p99_us {
+            let _ = writeln!(s, "# HELP canopy_move_latency_us cgroup move to re-clamped classes, µs, over recent samples.");
+            let _ = writeln!(s, "# TYPE canopy_move_latency_us gauge");
+            let _ = writeln!(
+                s,
+                "canopy_move_latency_us{{quantile=\"0.5\"}} {}",
+                self.move_latency_p50_us.unwrap_or(0)
+            );
+            let _ = writeln!(s, "canopy_move_latency_us{{quantile=\"0.99\"}} {p99}");
+        }
         let _ = writeln!(
             s,
             "# HELP canopy_group_cpu_usage_usec_total CPU time used by a managed cgroup."
@@ -313,6 +349,7 @@ mod tests {
         let snap = Snapshot {
             mode: "fallback".into(),
             mode_reason: "test".into(),
+            move_watcher: "test".into(),
             policy_hash: "h".into(),
             policy_error: None,
             notes: vec![],
@@ -323,12 +360,20 @@ mod tests {
             refused_subsched_attaches: 0,
             apply_latency_p50_us: None,
             apply_latency_p99_us: None,
+            move_latency_p50_us: Some(80),
+            move_latency_p99_us: Some(700),
             groups: vec![],
         };
         assert!(snap
             .render_prometheus()
             .contains("canopy_tags_applied_total 3"));
         assert!(snap.render_table().contains("tags_applied"));
+        assert!(snap
+            .render_table()
+            .contains("move→re-clamped: p50 80 µs, p99 700 µs"));
+        assert!(snap
+            .render_prometheus()
+            .contains("canopy_move_latency_us{quantile=\"0.99\"} 700"));
         let json = serde_json::to_value(&snap).unwrap();
         assert_eq!(json["counters"]["tags_applied"], 3);
     }

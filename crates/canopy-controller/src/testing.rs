@@ -491,11 +491,17 @@ pub struct RecordingBackend {
     pub groups: std::collections::HashMap<String, GroupKnobs>,
     /// Number of restore_all calls.
     pub restores: u64,
+    /// Report scx mode instead of fallback.
+    pub scx: bool,
 }
 
 impl crate::backend::Backend for RecordingBackend {
     fn mode(&self) -> crate::backend::Mode {
-        crate::backend::Mode::Fallback
+        if self.scx {
+            crate::backend::Mode::Scx
+        } else {
+            crate::backend::Mode::Fallback
+        }
     }
     fn apply_task(
         &mut self,

@@ -137,6 +137,15 @@ impl Env {
         self.daemon = Some(handle);
     }
 
+    /// Simulates SIGKILL: the daemon's task is dropped where it stands, restoring nothing.
+    fn crash(&mut self) {
+        let h = self.daemon.take().expect("running");
+        h.abort();
+        let _ = self.rt.block_on(h);
+        // Only now: dropping the stop sender earlier would end the daemon cleanly.
+        self.stop.take();
+    }
+
     fn stop(&mut self) -> canopy_controller::backend::RestoreReport {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -557,6 +566,86 @@ fn e_sigterm_restores_original_attributes() {
     assert!(report.tasks_restored >= 1);
     assert!(!env.socket().exists(), "socket removed on stop");
     drop(stdin);
+}
+
+/// (e, SIGKILL half, fallback mode) A daemon that dies without restoring anything leaves its
+/// record of originals in the state file: the next daemon re-adopts a task it still manages
+/// (and restores the true original on stop, not the class the dead daemon applied), and at
+/// start restores a task it no longer manages.
+#[test]
+fn e_after_a_crash_the_state_file_restores_or_readopts_originals() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new("crash");
+    env.mkcg("kept");
+    env.mkcg("dropped");
+    env.write_policy(&base_policy(&env, ""));
+    let state = env.dir.join("run/fallback-state.json");
+    let (kept_in, _kept_out, kept) = env.spawn(&["idle"]);
+    let (dropped_in, _dropped_out, dropped) = env.spawn(&["idle"]);
+    // SAFETY: setpriority on children we own.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, kept, 3);
+        libc::setpriority(libc::PRIO_PROCESS, dropped, 2);
+    }
+    env.move_pid("kept", kept);
+    env.move_pid("dropped", dropped);
+    let record = |tid: u32| {
+        std::fs::read_to_string(&state)
+            .map(|text| text.contains(&format!("\"tid\":{tid},")))
+            .unwrap_or(false)
+    };
+
+    let path = state.clone();
+    env.start(move |o| o.state_file = Some(path));
+    for pid in [kept, dropped] {
+        assert!(
+            wait_for(Duration::from_secs(5), || nice_policy(pid)
+                == Some((-4, NORMAL)))
+            .is_some(),
+            "{pid} not tagged USER_INTERACTIVE"
+        );
+    }
+    let recorded = wait_for(Duration::from_secs(5), || record(kept) && record(dropped));
+    assert!(recorded.is_some(), "originals not in {}", state.display());
+
+    // The crash: the daemon's task is dropped mid-flight; nothing is restored.
+    env.crash();
+    assert_eq!(nice_policy(kept), Some((-4, NORMAL)));
+    assert_eq!(nice_policy(dropped), Some((-4, NORMAL)));
+
+    // The next daemon manages only `kept` (its scope leaves `dropped` out).
+    let path = state.clone();
+    let kept_scope = env.cg("kept");
+    env.start(move |o| {
+        o.state_file = Some(path);
+        o.cgroup_scope = Some(kept_scope);
+    });
+    assert_eq!(
+        nice_policy(dropped),
+        Some((2, NORMAL)),
+        "the unmanaged task got its recorded original back at start"
+    );
+    assert_eq!(
+        nice_policy(kept),
+        Some((-4, NORMAL)),
+        "the managed task stays tagged"
+    );
+    let report = env.stop();
+    eprintln!(
+        "ACCEPTANCE e (crash record): restart restored the unmanaged task to nice {:?}; stop restored the re-adopted one to {:?} ({report:?})",
+        nice_policy(dropped),
+        nice_policy(kept)
+    );
+    assert_eq!(
+        nice_policy(kept),
+        Some((3, NORMAL)),
+        "stop restored the original recorded before the crash, not the class the dead daemon applied"
+    );
+    assert!(!state.exists(), "a clean stop removes the record");
+    drop((kept_in, dropped_in));
 }
 
 /// (f) A non-root caller is refused for another user's cgroup; 10,000 malformed requests don't

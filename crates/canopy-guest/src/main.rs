@@ -7,6 +7,7 @@
 //! which the host side (`canopy-vmtest`) parses.
 
 mod cgroup;
+mod class_map;
 mod cpu_split;
 mod dmesg;
 mod exec;
@@ -55,6 +56,11 @@ enum Command {
     ProcStat(proc_stat::ProcStatArgs),
     /// Scheduling attributes (policy, nice, slice, uclamp, cgroup) of threads.
     TaskAttrs(task_attrs::TaskAttrsArgs),
+    /// Class ids of a process's threads in the schedulers' pinned `task_classes` map.
+    ClassMap(class_map::ClassMapArgs),
+    /// Move a process between two cgroups and time how long its class in `task_classes` takes
+    /// to follow each move.
+    MoveProbe(class_map::MoveProbeArgs),
     /// Fork, thread-create and PR_SET_NAME rename storm.
     Storm(storm::StormArgs),
     /// Create weighted cgroups, run hogs in each, measure the CPU split from cpu.stat.
@@ -89,6 +95,8 @@ fn main() -> Result<()> {
         Command::ProcStat(args) => proc_stat::run(&args),
         Command::TaskAttrs(args) => task_attrs::run(&args),
         Command::Storm(args) => storm::run(&args),
+        Command::ClassMap(args) => class_map::run(&args),
+        Command::MoveProbe(args) => class_map::probe(&args),
         Command::CpuSplit(args) => cpu_split::run(&args),
         Command::Exec(args) => exec::run(&args),
         Command::Dmesg(args) => dmesg::run(&args),

@@ -185,6 +185,7 @@ fn events() {
         Event::TaskMoved {
             tid: tgid,
             threadgroup: true,
+            timestamp_ns: None,
         },
         now,
     );
@@ -208,6 +209,7 @@ fn events() {
         Event::TaskMoved {
             tid: spid,
             threadgroup: true,
+            timestamp_ns: None,
         },
         now,
     );
