@@ -121,10 +121,14 @@ pub fn run(args: &CpuSplitArgs) -> Result<()> {
     emit(&args.kind, outcome?)
 }
 
+/// Starts the group's hogs, the i-th on CPU i modulo the CPU count (then free to move): each
+/// group starts evenly spread, whatever the fork placement would have been.
 fn start_hogs(group: &Group, own_exe: &Path, hogs: &mut Vec<Child>) -> Result<()> {
-    for _ in 0..group.hogs {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for index in 0..group.hogs {
         let mut command = Command::new(own_exe);
         command.args(["hog", "--threads", "1", "--seconds", "0"]);
+        command.arg(format!("--start-on-cpu={}", index % cpus));
         hogs.push(cgroup::spawn_in(&group.path, &mut command)?);
     }
     Ok(())

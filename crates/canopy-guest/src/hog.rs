@@ -19,6 +19,29 @@ pub struct HogArgs {
     /// Thread name (comm) for every hog thread.
     #[arg(long)]
     pub comm: Option<String>,
+    /// Start every thread on this CPU, then allow all CPUs again: an even initial placement
+    /// (cpu-split spreads its hogs), so a measurement does not start from a lopsided fork
+    /// placement the fair scheduler's balancer may keep for many seconds.
+    #[arg(long)]
+    pub start_on_cpu: Option<usize>,
+}
+
+/// Moves the calling thread to `cpu`, then lets it run anywhere it could before: it stays
+/// where it is until a scheduler moves it.
+fn start_on(cpu: usize) {
+    // SAFETY: plain sched_{get,set}affinity on the calling thread with a local cpu_set_t.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &mut allowed) != 0 {
+            return;
+        }
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        if libc::sched_setaffinity(0, size, &one) == 0 {
+            libc::sched_setaffinity(0, size, &allowed);
+        }
+    }
 }
 
 pub fn run(args: &HogArgs) -> Result<()> {
@@ -27,9 +50,13 @@ pub fn run(args: &HogArgs) -> Result<()> {
     let mut workers = Vec::new();
     for _ in 0..args.threads.max(1) {
         let comm = args.comm.clone();
+        let start_cpu = args.start_on_cpu;
         workers.push(std::thread::spawn(move || {
             if let Some(comm) = comm {
                 crate::storm::set_thread_name(&comm);
+            }
+            if let Some(cpu) = start_cpu {
+                start_on(cpu);
             }
             spin_until(deadline)
         }));
