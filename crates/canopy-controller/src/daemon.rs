@@ -58,41 +58,37 @@ impl std::str::FromStr for ModeChoice {
 /// Opens the schedulers' maps (provided by the scheduler loader in the root package).
 pub type ScxFactory = Box<dyn FnOnce() -> Result<Box<dyn ScxMaps>, String> + Send>;
 
-/// Starts the BPF cgroup move watcher (provided by the root package, which has the BPF
-/// skeletons): it runs on a thread of its own, feeds `MoveSink` until the sink says stop, and is
-/// joined at shutdown. An error means the kernel refused it; the daemon then keeps inotify on
-/// cgroup.procs plus the periodic reconcile.
-pub type MoveWatcherFactory =
-    Box<dyn FnOnce(MoveSink) -> Result<std::thread::JoinHandle<()>, String> + Send>;
-
-/// Where the move watcher's thread delivers what it sees.
-#[derive(Clone)]
-pub struct MoveSink {
-    tx: mpsc::Sender<Input>,
-    stop: Arc<AtomicBool>,
+/// One cgroup move the BPF watcher saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoveRecord {
+    /// The moved thread (the leader when the whole process moved).
+    pub tid: u32,
+    /// Whether the whole process moved.
+    pub threadgroup: bool,
+    /// CLOCK_MONOTONIC at the attach.
+    pub timestamp_ns: u64,
 }
 
-impl MoveSink {
-    /// Reports that `tid` (or, with `threadgroup`, its whole process) was attached to a cgroup
-    /// at `timestamp_ns` (CLOCK_MONOTONIC). Returns false once the daemon is gone.
-    pub fn moved(&self, tid: u32, threadgroup: bool, timestamp_ns: u64) -> bool {
-        self.tx
-            .blocking_send(Input::Event(Event::TaskMoved {
-                tid,
-                threadgroup,
-                timestamp_ns: Some(timestamp_ns),
-            }))
-            .is_ok()
-    }
+/// The BPF cgroup move watcher as the daemon polls it, on its own task: an fd that turns
+/// readable when records wait, and a non-blocking drain. Dropping it detaches the program.
+pub trait MoveSource: Send {
+    /// A pollable fd (the ring buffer's epoll fd).
+    fn fd(&self) -> std::os::fd::RawFd;
+    /// Appends every waiting record to `out`; returns the events lost (ring buffer full) so far.
+    fn drain(&mut self, out: &mut Vec<MoveRecord>) -> u64;
+}
 
-    /// Reports that `count` move events were lost (ring buffer full): the daemon rescans.
-    pub fn lost(&self, count: u64) -> bool {
-        self.tx.blocking_send(Input::MovesLost(count)).is_ok()
-    }
+/// Loads the BPF cgroup move watcher (provided by the root package, which has the BPF
+/// skeletons). An error means the kernel refused it; the daemon then keeps inotify on
+/// cgroup.procs plus the periodic reconcile.
+pub type MoveWatcherFactory = Box<dyn FnOnce() -> Result<Box<dyn MoveSource>, String> + Send>;
 
-    /// True once the daemon is stopping: the watcher's thread should end.
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+/// An fd the runtime polls for readiness (owned by the `MoveSource`, not closed here).
+struct BorrowedRawFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for BorrowedRawFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
     }
 }
 
@@ -315,8 +311,6 @@ impl ScxMaps for BoxedMaps {
 enum Input {
     Event(Event),
     PolicyChanged,
-    /// The move watcher's ring buffer dropped this many events.
-    MovesLost(u64),
 }
 
 /// Runs the daemon until `shutdown` resolves (or SIGTERM/SIGINT when signals are handled), then
@@ -357,20 +351,32 @@ pub async fn run(
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(65536);
     let mut proc_events = subscribe_proc_events(opts.proc_rcvbuf)?;
     let mut proc_batch: Vec<canopy_sys::proc_events::ProcEvent> = Vec::with_capacity(64);
-    let move_thread = match opts.move_watcher.take() {
-        Some(start) => match start(MoveSink {
-            tx: in_tx.clone(),
-            stop: stop.clone(),
-        }) {
-            Ok(thread) => Some(thread),
-            Err(error) => {
-                tracing::warn!(%error, "BPF cgroup move watcher unavailable; moves are seen through inotify on cgroup.procs and a {}-s reconcile", RECONCILE_EVERY.as_secs());
-                None
+    // The move watcher's ring buffer is polled right here (no thread hop between the kernel's
+    // wakeup and the controller).
+    let (mut move_source, move_fd) = match opts.move_watcher.take().map(|start| {
+        start().and_then(|source| {
+            // SAFETY: the fd belongs to `source`, which outlives the AsyncFd: the two are
+            // bound together below (dropped in reverse order, and explicitly at the end).
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    BorrowedRawFd(source.fd()),
+                    tokio::io::Interest::READABLE,
+                )
             }
-        },
-        None => None,
+            .map(|fd| (source, fd))
+            .map_err(|e| format!("polling the move_events ring buffer: {e}"))
+        })
+    }) {
+        Some(Ok((source, fd))) => (Some(source), Some(fd)),
+        Some(Err(error)) => {
+            tracing::warn!(%error, "BPF cgroup move watcher unavailable; moves are seen through inotify on cgroup.procs and a {}-s reconcile", RECONCILE_EVERY.as_secs());
+            (None, None)
+        }
+        None => (None, None),
     };
-    let move_watcher = if move_thread.is_some() {
+    let mut move_batch: Vec<MoveRecord> = Vec::with_capacity(64);
+    let mut moves_lost_seen = 0u64;
+    let move_watcher = if move_source.is_some() {
         "BPF ring buffer (cgroup_attach_task tracepoint) + reconcile".to_string()
     } else {
         format!(
@@ -389,7 +395,7 @@ pub async fn run(
         cgroup_root.clone(),
         watch_root,
         opts.watch_paths.clone(),
-        move_thread.is_none(),
+        move_source.is_none(),
     );
 
     let config = ControllerConfig {
@@ -506,6 +512,36 @@ pub async fn run(
                     }
                 }
             }
+            ready = async {
+                match &move_fd {
+                    Some(fd) => fd.readable().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Ok(mut guard) = ready else { continue };
+                // Clear first: a record that lands after the drain raises a fresh edge.
+                guard.clear_ready();
+                if let Some(source) = move_source.as_mut() {
+                    let lost = source.drain(&mut move_batch);
+                    let now = Instant::now();
+                    for m in move_batch.drain(..) {
+                        ctl.handle(
+                            Event::TaskMoved {
+                                tid: m.tid,
+                                threadgroup: m.threadgroup,
+                                timestamp_ns: Some(m.timestamp_ns),
+                            },
+                            now,
+                        );
+                    }
+                    if lost > moves_lost_seen {
+                        tracing::warn!(count = lost - moves_lost_seen, "cgroup move events lost (ring buffer full): rescanning");
+                        ctl.stats.counters.moves_lost += lost - moves_lost_seen;
+                        moves_lost_seen = lost;
+                        ctl.handle(Event::Overrun, now);
+                    }
+                }
+            }
             input = in_rx.recv() => {
                 let Some(input) = input else { break };
                 let now = Instant::now();
@@ -516,11 +552,6 @@ pub async fn run(
                     match i {
                         Input::Event(e) => ctl.handle(e, now),
                         Input::PolicyChanged => policy_debounce = Some(now + Duration::from_millis(200)),
-                        Input::MovesLost(count) => {
-                            tracing::warn!(count, "cgroup move events lost (ring buffer full): rescanning");
-                            ctl.stats.counters.moves_lost += count;
-                            ctl.handle(Event::Overrun, now);
-                        }
                     }
                     budget -= 1;
                     next = if budget > 0 { in_rx.try_recv().ok() } else { None };
@@ -565,9 +596,10 @@ pub async fn run(
     let _ = std::fs::remove_file(&opts.socket_path);
     drop(in_rx);
     drop(proc_events);
+    drop(move_fd);
+    drop(move_source);
     let _ = tokio::task::spawn_blocking(move || {
         let _ = inotify_thread.map(|t| t.join());
-        let _ = move_thread.map(|t| t.join());
     })
     .await;
     tracing::info!(
