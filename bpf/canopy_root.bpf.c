@@ -132,10 +132,24 @@ static __always_inline bool cid_is_idle(s32 cid)
  */
 static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr_cids)
 {
-	u64 budget, promised, owed;
+	struct canopy_group_policy *pol;
+	u64 budget, promised, owed, cgroup_id;
 
 	if (now - m->period_start_ns < CANOPY_PERIOD_NS)
 		return;
+	/*
+	 * Follow the share terms of the group's current state (the daemon rewrites group_policy
+	 * when a state changes), once a window: weight when the policy names one (else what
+	 * cpuctl_set_weight last gave), guarantee and cap.
+	 */
+	cgroup_id = m->cgroup_id;
+	pol = bpf_map_lookup_elem(&group_policy, &cgroup_id);
+	if (pol) {
+		if (pol->weight)
+			m->weight = pol->weight;
+		m->guarantee_pct = pol->guarantee_pct;
+		m->cap_pct = pol->cap_pct;
+	}
 	budget = (now - m->period_start_ns) * nr_cids / 100 * m->cap_pct;
 	/* a guaranteed member that got less than promised is owed the rest (up to one window) */
 	promised = (now - m->period_start_ns) * nr_cids / 100 * m->guarantee_pct + m->guarantee_owed_ns;
