@@ -1249,3 +1249,64 @@ kill -TERM $ROOT; wait $ROOT || true
     );
     Ok(())
 }
+
+/// A group's share terms follow its current state while its child stays attached: the daemon
+/// rewrites `group_policy` when a state changes, and the root picks the new weight up within
+/// one accounting window (100 ms), without re-attaching the child.
+#[test]
+fn a_rewritten_group_weight_reaches_the_attached_child() -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tb
+{start}
+hog_in() {{ sh -c "echo \$\$ > /sys/fs/cgroup/$1/cgroup.procs; exec canopy-guest hog --threads 2 --seconds 8" & }}
+hog_in ta; hog_in tb
+sleep 1
+key=$(printf '%016x' $(stat -c %i /sys/fs/cgroup/ta) | sed 's/../& /g' | awk '{{for(i=8;i>=1;i--) printf "%s ", $i}}')
+set -- $(bpftool -j map lookup pinned /sys/fs/bpf/canopy/group_policy key hex $key | sed 's/.*"value":\[//; s/\].*//; s/"//g; s/,/ /g; s/0x//g')
+shift 4
+bpftool map update pinned /sys/fs/bpf/canopy/group_policy key hex $key value hex 90 01 00 00 "$@"
+sleep 1
+canopy scheduler status --json --interval-ms 2000 > /tmp/status.json
+canopy-guest report after status=@/tmp/status.json
+{STOP_ROOT}
+"#,
+        start = start_root_with_children(2)
+    );
+    let outcome = scenario("sched-terms-follow")
+        .with_debian_tools(&["bpftool"])
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            children_config(&["ta", "tb"]),
+            0o644,
+        )
+        .timeout(Duration::from_secs(150))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let status = &outcome.result("after")?["status"];
+    let member = |cgroup: &str| {
+        status["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["cgroup"].as_str().is_some_and(|c| c.ends_with(cgroup)))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (ta, tb) = (member("/ta"), member("/tb"));
+    println!(
+        "after the rewrite: ta weight {} share {:.3}, tb weight {} share {:.3}",
+        ta["weight"],
+        ta["share"].as_f64().unwrap_or(f64::NAN),
+        tb["weight"],
+        tb["share"].as_f64().unwrap_or(f64::NAN)
+    );
+    assert_eq!(ta["weight"], 400, "{status}");
+    let ratio = ta["share"].as_f64().unwrap_or(0.0) / tb["share"].as_f64().unwrap_or(1.0);
+    assert!(
+        (ratio / 4.0 - 1.0).abs() <= 0.15,
+        "400:100 over 2 s measured {ratio:.2}:1: {status}"
+    );
+    Ok(())
+}
