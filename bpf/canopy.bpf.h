@@ -118,7 +118,8 @@ static __always_inline bool cmask_test(struct canopy_cmask __arena *m, u32 cid)
 #define AS_SCX_CMASK(m) ((struct scx_cmask __arena *)(m))
 
 /* ---- errors and exit info ---- */
-#define canopy_error(fmt, args...)						\
+/* Calls a kfunc taking (fmt, u64 params[], size) with printf-style arguments. */
+#define canopy_bstr_call(func, fmt, args...)					\
 ({										\
 	static char ___fmt[] = fmt;						\
 	unsigned long long ___param[___bpf_narg(args)];				\
@@ -126,19 +127,11 @@ static __always_inline bool cmask_test(struct canopy_cmask __arena *m, u32 cid)
 	_Pragma("GCC diagnostic ignored \"-Wint-conversion\"")			\
 	___bpf_fill(___param, args);						\
 	_Pragma("GCC diagnostic pop")						\
-	scx_bpf_error_bstr(___fmt, ___param, sizeof(___param));			\
+	func(___fmt, ___param, sizeof(___param));				\
 })
 
-#define canopy_dump(fmt, args...)						\
-({										\
-	static char ___fmt[] = fmt;						\
-	unsigned long long ___param[___bpf_narg(args)];				\
-	_Pragma("GCC diagnostic push")						\
-	_Pragma("GCC diagnostic ignored \"-Wint-conversion\"")			\
-	___bpf_fill(___param, args);						\
-	_Pragma("GCC diagnostic pop")						\
-	scx_bpf_dump_bstr(___fmt, ___param, sizeof(___param));			\
-})
+#define canopy_error(fmt, args...) canopy_bstr_call(scx_bpf_error_bstr, fmt, ##args)
+#define canopy_dump(fmt, args...) canopy_bstr_call(scx_bpf_dump_bstr, fmt, ##args)
 
 /* Filled by ops.exit; userspace polls `kind` (0 while running). */
 struct canopy_exit_info exit_info SEC(".data.exit_info");

@@ -72,7 +72,7 @@ void CANOPY_OP(canopy_child_enqueue, struct task_struct *p, u64 enq_flags)
 	u32 nr = scx_bpf_nr_cids();
 	int i;
 
-	queue_by_class(p, CANOPY_OWN_DSQ, enq_flags);
+	queue_by_class(p, task_class(p), CANOPY_OWN_DSQ, enq_flags);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		if (cid_is_idle(i) && (caps_on(i) & KCONST(SCX_CAP_ENQ_IMMED)) &&

@@ -474,7 +474,7 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 		track_wakeup(p, CANOPY_STAT_WAKE_QUEUED);
 	}
 
-	queue_by_class(p, CANOPY_OWN_DSQ, enq_flags);
+	queue_by_class(p, class, CANOPY_OWN_DSQ, enq_flags);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		if (cid_is_idle(i) && task_may_run_on(p, i)) {

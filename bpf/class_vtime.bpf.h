@@ -79,12 +79,15 @@ static __always_inline void remember_class(struct task_struct *p, u32 class,
 	}
 }
 
-/* Queue @p on @dsq in class-weighted vtime order. Returns the class. */
-static __always_inline u32 queue_by_class(struct task_struct *p, u64 dsq, u64 enq_flags)
+/*
+ * Queue @p on @dsq in class-weighted vtime order, as @class (the caller's task_class(p): one
+ * lookup per enqueue).
+ */
+static __always_inline void queue_by_class(struct task_struct *p, u32 class, u64 dsq,
+					   u64 enq_flags)
 {
 	struct scx_bpf_dsq_insert_vtime_args args = {};
 	struct canopy_class_params *cp;
-	u32 class = task_class(p);
 	u64 vtime = p->scx.dsq_vtime, slice, floor, now_v = own_vtime_now;
 
 	cp = class_of(class);
@@ -108,7 +111,6 @@ static __always_inline u32 queue_by_class(struct task_struct *p, u64 dsq, u64 en
 	args.enq_flags = enq_flags;
 	__scx_bpf_dsq_insert_vtime(p, &args);
 	stat_inc(CANOPY_STAT_ENQUEUES);
-	return class;
 }
 
 static __always_inline void class_vtime_running(struct task_struct *p, u64 now)
