@@ -3,8 +3,12 @@
 //! each, let the split settle, then sample each group's cpu.stat `usage_usec` over a window and
 //! report per-group CPU time, shares against the weight targets, and the first:second ratio.
 //! Hogs can start or stop during the window and usage can be sampled as a time series, for
-//! work-conservation scenarios (one group idle, then waking).
+//! work-conservation scenarios (one group idle, then waking). Every 100 ms the window also
+//! records where each hog thread last ran, so a lopsided split can be traced to the placement
+//! that caused it (`placements`: "0:ab 1:ab" means CPU 0 and CPU 1 each held one hog of the
+//! first and one of the second group, with the share of samples that saw it).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -44,6 +48,10 @@ pub struct CpuSplitArgs {
     /// Leave the groups in place afterwards (hogs are always stopped).
     #[arg(long)]
     keep: bool,
+    /// Run under this fair-scheduler group-share mode (`smp`, `concur`, ...; see fair_mode.rs)
+    /// and put the previous one back afterwards. The result always names the mode in force.
+    #[arg(long, value_name = "MODE")]
+    fair_cgroup_mode: Option<String>,
 }
 
 struct Group {
@@ -107,8 +115,16 @@ pub fn run(args: &CpuSplitArgs) -> Result<()> {
         .map(|spec| parse_group(spec))
         .collect::<Result<Vec<_>>>()?;
     let own_exe = std::env::current_exe().context("locating canopy-guest")?;
+    let previous_mode = match &args.fair_cgroup_mode {
+        Some(mode) => Some(crate::fair_mode::set(mode)?),
+        None => None,
+    };
+    let mode_in_force = crate::fair_mode::current();
     let mut hogs: Vec<Vec<Child>> = groups.iter().map(|_| Vec::new()).collect();
-    let outcome = measure(args, &mut groups, &own_exe, &mut hogs);
+    let outcome = measure(args, &mut groups, &own_exe, &mut hogs).map(|mut result| {
+        result["fair_cgroup_mode"] = mode_in_force.into();
+        result
+    });
     for hog in hogs.iter_mut().flatten() {
         let _ = hog.kill();
         let _ = hog.wait();
@@ -117,6 +133,9 @@ pub fn run(args: &CpuSplitArgs) -> Result<()> {
         for group in &groups {
             let _ = std::fs::remove_dir(&group.path);
         }
+    }
+    if let Some(Some(previous)) = previous_mode {
+        crate::fair_mode::set(&previous)?;
     }
     emit(&args.kind, outcome?)
 }
@@ -132,6 +151,50 @@ fn start_hogs(group: &Group, own_exe: &Path, hogs: &mut Vec<Child>) -> Result<()
         hogs.push(cgroup::spawn_in(&group.path, &mut command)?);
     }
     Ok(())
+}
+
+/// How often the window samples the hogs' placement.
+const PLACEMENT_TICK: Duration = Duration::from_millis(100);
+
+/// The CPU each hog thread last ran on (field 39 of /proc/PID/task/TID/stat), as
+/// "CPU:letters" per CPU: group 0's hogs are `a`, group 1's `b`, and so on. Hogs that exited
+/// between the listing and the read are skipped.
+fn placement(hogs: &[Vec<Child>]) -> String {
+    let mut per_cpu: BTreeMap<u32, String> = BTreeMap::new();
+    for (index, group) in hogs.iter().enumerate() {
+        let letter = char::from(b'a' + (index % 26) as u8);
+        for hog in group {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", hog.id())) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                    continue;
+                };
+                // The hog's main thread only waits in join; its spinning worker is the other.
+                let Some(after_comm) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+                    continue;
+                };
+                let fields: Vec<&str> = after_comm.split_whitespace().collect();
+                // After the comm: field 3 (state) is index 0, field 39 (processor) index 36.
+                if fields.first() != Some(&"R") {
+                    continue;
+                }
+                if let Some(cpu) = fields.get(36).and_then(|cpu| cpu.parse().ok()) {
+                    per_cpu.entry(cpu).or_default().push(letter);
+                }
+            }
+        }
+    }
+    per_cpu
+        .into_iter()
+        .map(|(cpu, letters)| {
+            let mut sorted: Vec<char> = letters.chars().collect();
+            sorted.sort_unstable();
+            format!("{cpu}:{}", sorted.into_iter().collect::<String>())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn read_usage(groups: &[Group]) -> Result<Vec<u64>> {
@@ -173,9 +236,11 @@ fn measure(
     let mut next_tick = tick;
     let mut last_sample = before.clone();
     let mut series = Vec::new();
+    let mut placements: BTreeMap<String, u32> = BTreeMap::new();
+    let mut next_placement = PLACEMENT_TICK;
     loop {
         let next_event = events.peek().map(|(at, _)| Duration::from_secs_f64(*at));
-        let wake = [Some(end), next_event, next_tick]
+        let wake = [Some(end), next_event, next_tick, Some(next_placement)]
             .into_iter()
             .flatten()
             .min()
@@ -184,6 +249,10 @@ fn measure(
             std::thread::sleep(pause);
         }
         let now = started.elapsed();
+        if now >= next_placement {
+            *placements.entry(placement(hogs)).or_default() += 1;
+            next_placement += PLACEMENT_TICK;
+        }
         if next_tick.is_some_and(|at| now >= at) {
             let usage = read_usage(groups)?;
             let deltas: Vec<u64> = usage
@@ -225,6 +294,12 @@ fn measure(
         .map(|(a, b)| a.saturating_sub(*b))
         .collect();
     let mut result = summarize(groups, &used, window);
+    let samples: u32 = placements.values().sum();
+    result["placements"] = placements
+        .into_iter()
+        .map(|(layout, count)| (layout, json!(count as f64 / samples.max(1) as f64)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
     if args.sample_ms.is_some() {
         result["sample_ms"] = json!(args.sample_ms);
         result["series"] = json!(series);

@@ -11,6 +11,7 @@ mod class_map;
 mod cpu_split;
 mod dmesg;
 mod exec;
+mod fair_mode;
 mod hog;
 mod kernel_health;
 mod latency;
