@@ -76,6 +76,8 @@ pub fn attach_child(
         ("class_params", &mut open.maps.class_params),
         ("task_classes", &mut open.maps.task_classes),
         ("group_policy", &mut open.maps.group_policy),
+        ("move_stamps", &mut open.maps.move_stamps),
+        ("move_log", &mut open.maps.move_log),
     ] {
         let pinned = Path::new(PIN_DIR).join(name);
         if pinned.exists() {

@@ -41,11 +41,15 @@ pub const PINNED_MAPS: &[&str] = &[
     "task_classes",
     "group_policy",
     "admission_events",
+    "move_stamps",
+    "move_log",
 ];
 
 pub struct RootScheduler {
     // Field order is drop order: unregister first, then remove the pins.
     scheduler: Registered<CanopyRootSkel<'static>>,
+    /// The fentry program stamping cgroup moves (`move_log`); None when the kernel refused it.
+    _move_stamps: Option<libbpf_rs::Link>,
     _pins: Pins,
 }
 
@@ -92,9 +96,19 @@ impl RootScheduler {
         kernel::associate_programs(skel.object(), "canopy_root_ops")?;
         push_config(&skel, config)?;
         let pins = pin_maps(&mut skel)?;
+        // Only a measurement (move_log, the move stats): the schedulers clamp moved tasks
+        // without it, so a kernel that refuses the fentry costs the log, not the scheduler.
+        let move_stamps = match skel.progs.canopy_root_note_move.attach() {
+            Ok(link) => Some(link),
+            Err(e) => {
+                eprintln!("canopy: cgroup moves will not be logged (fentry/sched_move_task: {e})");
+                None
+            }
+        };
         let scheduler = Registered::attach(skel, kernel_consts.enums, "canopy_root", Place::Root)?;
         Ok(RootScheduler {
             scheduler,
+            _move_stamps: move_stamps,
             _pins: pins,
         })
     }
@@ -221,6 +235,8 @@ fn pin_maps(skel: &mut CanopyRootSkel<'_>) -> Result<Pins, SchedulerError> {
         ("task_classes", &mut maps.task_classes),
         ("group_policy", &mut maps.group_policy),
         ("admission_events", &mut maps.admission_events),
+        ("move_stamps", &mut maps.move_stamps),
+        ("move_log", &mut maps.move_log),
     ] {
         let path = Path::new(PIN_DIR).join(name);
         map.pin(&path)
