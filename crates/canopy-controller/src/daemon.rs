@@ -281,6 +281,9 @@ impl Backend for AnyBackend {
     fn settle_adopted(&mut self) {
         self.0.settle_adopted()
     }
+    fn set_manage_realtime(&mut self, manage: bool) {
+        self.0.set_manage_realtime(manage)
+    }
 }
 
 struct BoxedMaps(Box<dyn ScxMaps>);

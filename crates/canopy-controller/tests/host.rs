@@ -780,3 +780,83 @@ fn g_overrun_is_detected_and_rescan_leaves_nothing_untagged() {
     drop(s1);
     drop(s2);
 }
+
+fn explain(env: &Env, pid: u32) -> serde_json::Value {
+    let r = env.call(Request::Explain { pid });
+    assert!(r.ok, "{r:?}");
+    r.result.unwrap()[0].clone()
+}
+
+fn policy_and_priority(tid: u32) -> (u32, u32) {
+    let a = sched_getattr(tid).unwrap();
+    (a.sched_policy, a.sched_priority)
+}
+
+const FIFO: u32 = libc::SCHED_FIFO as u32;
+
+/// Deliverable 2: RT/DL tasks are left alone unless the policy says otherwise. A real
+/// SCHED_FIFO process is managed from the start when the policy sets `leave_realtime = false`
+/// (and `explain` says why), and gets SCHED_FIFO at its priority back on stop; with the default
+/// it is left alone (and `explain` says so) until a reload sets `leave_realtime = false`.
+#[test]
+fn realtime_task_is_managed_when_the_policy_says_so_and_restored_on_stop() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new("rt");
+    let manage_rt = "\n[defaults]\nleave_realtime = false\n";
+    env.write_policy(&base_policy(&env, manage_rt));
+    let (stdin, _out, pid) = env.spawn(&["idle"]);
+    let param = libc::sched_param { sched_priority: 9 };
+    // SAFETY: sched_setscheduler on a child we own, with a valid param.
+    let r = unsafe { libc::sched_setscheduler(pid as i32, libc::SCHED_FIFO, &param) };
+    assert_eq!(r, 0, "SCHED_FIFO: {}", std::io::Error::last_os_error());
+    env.move_pid("", pid);
+
+    // Managed from the start.
+    env.start(|_| {});
+    let managed = wait_for(Duration::from_secs(5), || {
+        nice_policy(pid) == Some((-4, NORMAL))
+    });
+    assert!(
+        managed.is_some(),
+        "RT task not managed: {:?}",
+        explain(&env, pid)
+    );
+    let e = explain(&env, pid);
+    assert!(e["skipped"].is_null(), "{e}");
+    assert_eq!(e["effective"], "USER_INTERACTIVE", "{e}");
+    assert!(
+        e["why"]
+            .as_str()
+            .unwrap()
+            .contains("an RT/DL task, managed because the policy sets leave_realtime = false"),
+        "{e}"
+    );
+    let report = env.stop();
+    assert_eq!(policy_and_priority(pid), (FIFO, 9), "{report:?}");
+
+    // The default leaves it alone, and says so; a reload that manages RT tasks takes it over.
+    env.write_policy(&base_policy(&env, ""));
+    env.start(|_| {});
+    let e = explain(&env, pid);
+    assert_eq!(e["why"], "RT/DL task: left alone by the policy", "{e}");
+    assert!(e["effective"].is_null(), "{e}");
+    assert_eq!(policy_and_priority(pid), (FIFO, 9));
+    env.write_policy(&base_policy(&env, manage_rt));
+    let reloaded = wait_for(Duration::from_secs(3), || {
+        nice_policy(pid) == Some((-4, NORMAL))
+    });
+    assert!(
+        reloaded.is_some(),
+        "not managed after the reload: {:?}",
+        explain(&env, pid)
+    );
+    let report = env.stop();
+    eprintln!(
+        "RT: managed from start in {managed:?}, after a reload in {reloaded:?}; stop → {report:?}"
+    );
+    assert_eq!(policy_and_priority(pid), (FIFO, 9), "{report:?}");
+    drop(stdin);
+}
