@@ -1244,8 +1244,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 (None, Some(_)) if process.facts.kthread => {
                     "; a kernel thread, managed because the policy sets leave_kernel_threads = false"
                 }
-                (None, Some(_)) if task.realtime => {
+                (None, Some(_)) if task.realtime && self.backend.mode() == Mode::Fallback => {
                     "; an RT/DL task, managed because the policy sets leave_realtime = false (its RT/DL policy returns on stop)"
+                }
+                // sched_ext schedules fair-policy tasks only: the class waits in the map.
+                (None, Some(_)) if task.realtime => {
+                    "; an RT/DL task the policy manages (leave_realtime = false), but it keeps its RT/DL policy, which sched_ext does not schedule, so the class has no effect"
                 }
                 _ => "",
             };

@@ -280,6 +280,26 @@ fn kernel_and_realtime_threads_are_managed_when_the_policy_says_so() {
 }
 
 #[test]
+fn in_scx_mode_explain_says_a_managed_realtime_task_keeps_its_rt_policy() {
+    let mut src = FakeSource::default();
+    src.spawn(50, "player", APP);
+    src.threads.get_mut(&50).unwrap().2 = 1; // SCHED_FIFO
+    let mut plan = TestPlan::desktop();
+    plan.manage_realtime = true;
+    let backend = RecordingBackend {
+        scx: true,
+        ..Default::default()
+    };
+    let mut c = Controller::new(Arc::new(plan), backend, src, ControllerConfig::default());
+    c.rescan();
+    let why = &c.explain(50).unwrap()[0].why;
+    assert!(
+        why.contains("keeps its RT/DL policy, which sched_ext does not schedule"),
+        "{why}"
+    );
+}
+
+#[test]
 fn a_task_turned_realtime_after_first_sight_is_left_alone_and_explained_so() {
     let mut src = FakeSource::default();
     src.spawn(50, "player", APP);
