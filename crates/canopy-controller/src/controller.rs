@@ -196,7 +196,13 @@ pub struct Controller<B: Backend, S: TaskSource> {
 
 impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// A controller with no tasks yet; call [`Controller::rescan`] after subscribing to events.
-    pub fn new(plan: Arc<dyn PolicyPlan>, backend: B, source: S, config: ControllerConfig) -> Self {
+    pub fn new(
+        plan: Arc<dyn PolicyPlan>,
+        mut backend: B,
+        source: S,
+        config: ControllerConfig,
+    ) -> Self {
+        backend.set_manage_realtime(plan.manage_realtime());
         Controller {
             plan,
             backend,
@@ -1112,6 +1118,15 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 }
             }
             Err(ApplyError::Gone(_)) => self.forget_gone(tid, tgid),
+            // It turned RT/DL since we first saw it and the policy leaves those alone.
+            Err(ApplyError::Realtime(_)) => {
+                if let Some(t) = self.tasks.get_mut(&tid) {
+                    t.realtime = true;
+                    t.skip = Some(Skip::Realtime);
+                    t.applied = None;
+                    t.requested = None;
+                }
+            }
             Err(e) => {
                 self.stats.counters.apply_errors += 1;
                 tracing::warn!(tid, error = %e, "applying class failed");
@@ -1263,7 +1278,21 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 "the policy's default class".to_string()
             };
             let group_name = group.map(|g| self.plan.group_name(g).to_string());
-            let why = match (task.skip, clamp) {
+            // A kernel thread or an RT/DL task that is managed: because the policy says so.
+            let managed_because = match (task.skip, task.applied) {
+                (None, Some(_)) if process.facts.kthread => {
+                    "; a kernel thread, managed because the policy sets leave_kernel_threads = false"
+                }
+                (None, Some(_)) if task.realtime && self.backend.mode() == Mode::Fallback => {
+                    "; an RT/DL task, managed because the policy sets leave_realtime = false (its RT/DL policy returns on stop)"
+                }
+                // sched_ext schedules fair-policy tasks only: the class waits in the map.
+                (None, Some(_)) if task.realtime => {
+                    "; an RT/DL task the policy manages (leave_realtime = false), but it keeps its RT/DL policy, which sched_ext does not schedule, so the class has no effect"
+                }
+                _ => "",
+            };
+            let mut why: String = match (task.skip, clamp) {
                 (Some(Skip::KernelThread), _) => "kernel thread: left alone by the policy".into(),
                 (Some(Skip::Realtime), _) => "RT/DL task: left alone by the policy".into(),
                 (Some(Skip::OutOfScope), _) => "outside the daemon's cgroup scope".into(),
@@ -1300,6 +1329,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                     }
                 }
             };
+            why.push_str(managed_because);
             out.push(Explanation {
                 tid,
                 tgid: task.tgid,
@@ -1329,6 +1359,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             self.stats.counters.apply_errors += 1;
             tracing::error!(%error, "the backend could not follow the new policy everywhere");
         }
+        self.backend.set_manage_realtime(plan.manage_realtime());
         self.plan = plan;
         self.policy_error = None;
         self.stats.counters.reloads_ok += 1;

@@ -68,6 +68,10 @@ pub struct TestPlan {
     pub default_class: Option<u16>,
     /// A tag to tell plans apart in `hash`.
     pub tag: String,
+    /// The policy's `leave_kernel_threads = false`.
+    pub manage_kernel_threads: bool,
+    /// The policy's `leave_realtime = false`.
+    pub manage_realtime: bool,
 }
 
 /// Class indices of [`TestPlan::classes_schedqos`]. Ids follow the compiled plan's convention
@@ -140,6 +144,8 @@ impl TestPlan {
             groups: vec![],
             default_class: None,
             tag: "empty".into(),
+            manage_kernel_threads: false,
+            manage_realtime: false,
         }
     }
 
@@ -336,10 +342,10 @@ impl PolicyPlan for TestPlan {
         }
     }
     fn manage_kernel_threads(&self) -> bool {
-        false
+        self.manage_kernel_threads
     }
     fn manage_realtime(&self) -> bool {
-        false
+        self.manage_realtime
     }
 }
 
@@ -494,6 +500,11 @@ pub struct RecordingBackend {
     pub restores: u64,
     /// Report scx mode instead of fallback.
     pub scx: bool,
+    /// What `set_manage_realtime` last said.
+    pub manage_realtime: bool,
+    /// Threads a test made RT/DL after the controller first saw them: refused with
+    /// `ApplyError::Realtime` unless RT/DL tasks are managed, as the fallback backend does.
+    pub realtime_now: std::collections::HashSet<u32>,
 }
 
 impl crate::backend::Backend for RecordingBackend {
@@ -511,6 +522,10 @@ impl crate::backend::Backend for RecordingBackend {
         params: &ClassParams,
     ) -> Result<(), crate::backend::ApplyError> {
         self.apply_calls += 1;
+        if self.realtime_now.contains(&tid) && !self.manage_realtime {
+            self.applied.remove(&tid);
+            return Err(crate::backend::ApplyError::Realtime(tid));
+        }
         self.applied.insert(tid, params.name.to_string());
         Ok(())
     }
@@ -543,6 +558,9 @@ impl crate::backend::Backend for RecordingBackend {
     }
     fn notes(&self) -> Vec<String> {
         Vec::new()
+    }
+    fn set_manage_realtime(&mut self, manage: bool) {
+        self.manage_realtime = manage;
     }
 }
 
