@@ -111,6 +111,9 @@ struct GroupInstance {
     state: Option<String>,
     /// A state waiting for its delay (unfocused after N s).
     pending: Option<(Instant, String)>,
+    /// The backend took the current state's knobs / map entry (scx: the schedulers clamp
+    /// this cgroup's tasks by it themselves).
+    limits_applied: bool,
 }
 
 /// Why a control request could not be carried out.
@@ -950,6 +953,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 group,
                 state,
                 pending: None,
+                limits_applied: false,
             },
         );
         self.apply_group_knobs(cgroup);
@@ -963,13 +967,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         let scx = self
             .plan
             .scx_group_policy(inst.group, inst.state.as_deref());
-        match self.backend.apply_group(cgroup, &knobs, &scx) {
-            Ok(()) => {}
-            Err(ApplyError::Gone(_)) => {}
+        let applied = match self.backend.apply_group(cgroup, &knobs, &scx) {
+            Ok(()) => true,
+            Err(ApplyError::Gone(_)) => false,
             Err(e) => {
                 self.stats.counters.apply_errors += 1;
                 tracing::warn!(cgroup, error = %e, "applying group knobs failed");
+                false
             }
+        };
+        if let Some(inst) = self.groups.get_mut(cgroup) {
+            inst.limits_applied = applied;
         }
     }
 
@@ -1083,7 +1091,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         {
             self.stats.counters.refused_promotions += 1;
         }
-        let handed = self.class_for_backend(requested, clamp.class, group, state, own);
+        let handed = self.class_for_backend(requested, clamp.class, group, &cgroup, own);
         let backend_current = previous_handed == Some(handed);
         if previous == Some((clamp.class, clamp.reason)) && backend_current {
             return;
@@ -1145,15 +1153,22 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         requested: ClassId,
         effective: ClassId,
         group: Option<GroupId>,
-        state: Option<&str>,
+        cgroup: &str,
         own: bool,
     ) -> ClassId {
         if own || self.backend.mode() != Mode::Scx {
             return effective;
         }
-        let schedulers_clamp = match group {
-            Some(group) => self.plan.scx_group_policy(group, state).clamp(requested),
-            None => requested,
+        let schedulers_clamp = match (group, self.groups.get(cgroup)) {
+            // No group here: the schedulers find no entry and do not clamp.
+            (None, _) => requested,
+            // The schedulers hold this cgroup's current limits: they clamp as below.
+            (Some(_), Some(inst)) if inst.limits_applied => self
+                .plan
+                .scx_group_policy(inst.group, inst.state.as_deref())
+                .clamp(requested),
+            // Their entry is missing (the write failed, or the group is not set up yet).
+            (Some(_), _) => return effective,
         };
         if schedulers_clamp == effective {
             requested

@@ -676,3 +676,27 @@ fn scx_maps_keep_the_request_and_the_schedulers_clamp() {
         assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
     }
 }
+
+/// When the schedulers do not hold a group's limits (the map write failed), scx mode writes the
+/// clamped class itself: the daemon never relies on a clamp that is not there.
+#[test]
+fn scx_writes_the_clamped_class_when_the_group_entry_is_missing() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.thread(100, 101, "audio-out");
+    let backend = RecordingBackend {
+        scx: true,
+        refuse_groups: true,
+        ..Default::default()
+    };
+    let mut c = Controller::new(
+        Arc::new(TestPlan::desktop()),
+        backend,
+        src,
+        ControllerConfig::default(),
+    );
+    c.rescan();
+    c.request_state(APP, "minimized", Instant::now()).unwrap();
+    assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
+    assert!(c.stats.counters.apply_errors >= 1);
+}

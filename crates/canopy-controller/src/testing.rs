@@ -500,6 +500,8 @@ pub struct RecordingBackend {
     pub restores: u64,
     /// Report scx mode instead of fallback.
     pub scx: bool,
+    /// Refuse every group write (as a full BPF map or a missing knob would).
+    pub refuse_groups: bool,
     /// What `set_manage_realtime` last said.
     pub manage_realtime: bool,
     /// Threads a test made RT/DL after the controller first saw them: refused with
@@ -541,6 +543,13 @@ impl crate::backend::Backend for RecordingBackend {
         knobs: &GroupKnobs,
         _scx: &ScxGroupPolicy,
     ) -> Result<(), crate::backend::ApplyError> {
+        if self.refuse_groups {
+            return Err(crate::backend::ApplyError::Refused {
+                what: "group policy".into(),
+                target: cgroup.into(),
+                source: std::io::Error::from_raw_os_error(libc::E2BIG),
+            });
+        }
         self.groups.insert(cgroup.into(), knobs.clone());
         Ok(())
     }
