@@ -211,8 +211,9 @@ tail -n 30 /tmp/daemon.log
     );
     for name in ["to", "back"] {
         println!(
-            "scx (b) {name}: runnable move -> decided µs {}; asleep at the move, move -> next wakeup µs {}; the writes took {} µs",
+            "scx (b) {name}: runnable move -> decided µs {} (of which running at the move: {}); asleep at the move, move -> next wakeup µs {}; the writes took {} µs",
             probe[name]["runnable_move_to_decided_us"],
+            probe[name]["running_move_to_decided_us"],
             probe[name]["sleeping_move_to_decided_us"],
             probe[name]["write_us"]
         );

@@ -234,6 +234,8 @@ struct Direction {
     sleeping_move_to_decided_us: Vec<u64>,
     /// Of the runnable ones, how many were running (their slice was cut).
     were_running: u64,
+    /// Kernel move -> first class decision for the ones that were running.
+    running_move_to_decided_us: Vec<u64>,
     /// Start of the write to cgroup.procs -> first class decision, all threads.
     write_to_decided_us: Vec<u64>,
     /// The writes' own durations.
@@ -249,6 +251,7 @@ impl Direction {
             "max_runnable_move_to_decided_us": self.runnable_move_to_decided_us.iter().max(),
             "sleeping_move_to_decided_us": self.sleeping_move_to_decided_us,
             "were_running": self.were_running,
+            "running_move_to_decided_us": self.running_move_to_decided_us,
             "write_to_decided_us": self.write_to_decided_us,
             "write_us": self.write_us,
             "wrong_class": self.wrong_class,
@@ -299,7 +302,10 @@ fn move_and_watch(
                     direction
                         .runnable_move_to_decided_us
                         .push(move_to_decided_us);
-                    direction.were_running += u64::from(state == 2);
+                    if state == 2 {
+                        direction.were_running += 1;
+                        direction.running_move_to_decided_us.push(move_to_decided_us);
+                    }
                 }
             }
             direction
