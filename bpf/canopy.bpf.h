@@ -188,8 +188,25 @@ struct {
 	__type(value, struct canopy_group_policy);
 } group_policy SEC(".maps");
 
-/* The policy's default class for tasks the controller has not tagged. */
-const volatile u32 default_class = CANOPY_CLASS_DEFAULT;
+/* The policy's default class for tasks the controller has not tagged (one entry, key 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct canopy_policy_defaults);
+} policy_defaults SEC(".maps");
+
+/* The class of an untagged task: the policy's default, DEFAULT while nothing valid is written. */
+static __always_inline u32 policy_default_class(void)
+{
+	u32 key = 0;
+	struct canopy_policy_defaults *defaults = bpf_map_lookup_elem(&policy_defaults, &key);
+
+	if (defaults && defaults->default_class_plus_one &&
+	    defaults->default_class_plus_one <= CANOPY_MAX_CLASSES)
+		return defaults->default_class_plus_one - 1;
+	return CANOPY_CLASS_DEFAULT;
+}
 
 /*
  * The id of @p's cgroup (v2). Not inlined: inlined, clang may compute the field address
@@ -201,10 +218,10 @@ static __noinline u64 task_cgroup_id(struct task_struct *p)
 }
 
 /*
- * A task's class: its own tag, else its process's tag (tid == tgid), else the default; then
- * clamped to the allowed classes of its cgroup's current state. The clamp is what makes a move
- * into a minimized app's cgroup take effect at the task's next enqueue, before the controller
- * has heard of the move. Ids count down from the highest class: a ceiling of BACKGROUND (4)
+ * A task's class: its own tag, else its process's tag (tid == tgid), else the policy's default
+ * (`policy_defaults`, rewritten on reload); then clamped to the allowed classes of its
+ * cgroup's current state. The clamp is what makes a move into a minimized app's cgroup take
+ * effect at the task's next enqueue, before the controller has heard of the move. Ids count down from the highest class: a ceiling of BACKGROUND (4)
  * turns a USER_INTERACTIVE (0) tag into 4.
  */
 static __always_inline u32 task_class(struct task_struct *p)
@@ -217,9 +234,9 @@ static __always_inline u32 task_class(struct task_struct *p)
 
 	if (!class && tgid != tid)
 		class = bpf_map_lookup_elem(&task_classes, &tgid);
-	c = class ? *class : default_class;
+	c = class ? *class : CANOPY_MAX_CLASSES;
 	if (c >= CANOPY_MAX_CLASSES)
-		c = default_class;
+		c = policy_default_class();
 
 	cgroup_id = task_cgroup_id(p);
 	group = bpf_map_lookup_elem(&group_policy, &cgroup_id);

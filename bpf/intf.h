@@ -90,8 +90,20 @@ struct canopy_class_params {
 
 /*
  * Map `task_classes`: tid (u32) -> class id (u32). Written by the controller. A thread without
- * an entry takes its process's entry (key = tgid), then the policy's default class.
+ * an entry takes its process's entry (key = tgid), then the policy's default class
+ * (`policy_defaults`).
  */
+
+/*
+ * Map `policy_defaults` (array, one entry, key 0): what the policy says about tasks the
+ * controller has not tagged. Written by the loader before the root attaches and again on every
+ * reload; children share the root's map, so one write moves every scheduler. A zeroed entry
+ * (a child loaded without canopy_root's pinned maps) means CANOPY_CLASS_DEFAULT.
+ */
+struct canopy_policy_defaults {
+	u32 default_class_plus_one;	/* 0: CANOPY_CLASS_DEFAULT; else the default class id + 1 */
+	u32 pad;
+};
 
 /* Map `group_policy`: cgroup id (u64) -> policy. Written by the loader from the policy. */
 struct canopy_group_policy {

@@ -2,8 +2,10 @@
 //! Attaching canopy's child scheduler (`canopy_child`) to one cgroup, and detaching it.
 //!
 //! The child's `sub_cgroup_id` is the inode of the cgroup directory, written into the ops data
-//! before load. It shares the root's class tables (the pinned `class_params`, `task_classes`
-//! and `group_policy`, whose state limits clamp classes at enqueue) so the controller tags a task once whichever scheduler owns it. As with
+//! before load. It shares the root's class tables (the pinned `class_params`, `task_classes`,
+//! `policy_defaults` and `group_policy`, whose state limits clamp classes at enqueue) so the
+//! controller tags a task once whichever scheduler owns it, and a reload that rewrites the class
+//! table or the default class reaches every child without re-attaching it. As with
 //! the root, the exit record is checked right after attaching (`attach.rs`): the parent may
 //! have refused the child (admission) and the kernel still returns a link.
 use std::path::Path;
@@ -32,8 +34,6 @@ pub type ChildScheduler = Registered<CanopyChildSkel<'static>>;
 pub struct ChildOptions {
     /// Register under this ops name instead of `canopy_child` (tests of admission use it).
     pub ops_name: Option<String>,
-    /// Class for untagged tasks (id from intf.h); None keeps DEFAULT.
-    pub default_class: Option<u32>,
 }
 
 /// Attaches a canopy child scheduler to `cgroup` (relative to /sys/fs/cgroup or absolute).
@@ -56,9 +56,6 @@ pub fn attach_child(
             .expect("canopy_child has rodata");
         rodata.canopy_kconst.copy_from_slice(&kernel_consts.kconsts);
         rodata.attach_cgroup_id = cgroup_id;
-        if let Some(class) = options.default_class {
-            rodata.default_class = class;
-        }
     }
     {
         let ops = open.struct_ops.canopy_child_ops_mut();
@@ -76,6 +73,7 @@ pub fn attach_child(
         ("class_params", &mut open.maps.class_params),
         ("task_classes", &mut open.maps.task_classes),
         ("group_policy", &mut open.maps.group_policy),
+        ("policy_defaults", &mut open.maps.policy_defaults),
     ] {
         let pinned = Path::new(PIN_DIR).join(name);
         if pinned.exists() {

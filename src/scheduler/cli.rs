@@ -178,10 +178,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             if foreign_fixture {
                 hold("foreign_fifo", attach_fixture(&cgroup)?, stop_at)
             } else {
-                let options = ChildOptions {
-                    ops_name,
-                    default_class: None,
-                };
+                let options = ChildOptions { ops_name };
                 hold("child scheduler", attach_child(&cgroup, &options)?, stop_at)
             }
         }
@@ -280,17 +277,11 @@ pub struct ReloadRequest {
 }
 
 /// Attaches canopy_child on `group`'s cgroup and logs the outcome and how long the load took.
-fn attach_child_logged(
-    config: &SchedulerConfig,
-    group: &GroupConfig,
-) -> anyhow::Result<Option<ChildScheduler>> {
-    let options = ChildOptions {
-        default_class: Some(config.default_class_id()?),
-        ..Default::default()
-    };
+fn attach_child_logged(group: &GroupConfig) -> Option<ChildScheduler> {
+    let options = ChildOptions::default();
     let started_at_uptime = kernel::uptime_s().unwrap_or(f64::NAN);
     let started = Instant::now();
-    Ok(match attach_child(&group.cgroup, &options) {
+    match attach_child(&group.cgroup, &options) {
         Ok(child) => {
             println!(
                 "canopy: child scheduler canopy_child enabled on {} (cgroup id {}; load started at uptime {started_at_uptime:.2} s, took {} ms)",
@@ -307,7 +298,7 @@ fn attach_child_logged(
             );
             None
         }
-    })
+    }
 }
 
 /// Detaches the children on `cgroup`, logging why.
@@ -385,7 +376,7 @@ fn reconcile_groups(
             },
         );
         if group.attach_canopy_child {
-            if let Some(child) = attach_child_logged(config, group)? {
+            if let Some(child) = attach_child_logged(group) {
                 children.push(child);
             }
         }
@@ -467,7 +458,7 @@ pub fn supervise(
                     let result = current
                         .validate()
                         .map_err(anyhow::Error::from)
-                        .and_then(|()| Ok(root.write_class_params(&current)?))
+                        .and_then(|()| Ok(root.write_classes(&current)?))
                         .and_then(|()| {
                             reconcile_groups(&root, &current, &mut applied, &mut children)
                         })
