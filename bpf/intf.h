@@ -146,6 +146,19 @@ struct canopy_member {
 	char name[CANOPY_NAME_LEN];	/* ops name of the child ("" for slot 0) */
 };
 
+/*
+ * Map `child_restarts` (canopy_root, pinned): cgroup id (u64) -> the supervisor's record of the
+ * canopy children it loaded again on that cgroup because they exited with the kernel's restart
+ * action. Written by userspace only (the schedulers never read it); `canopy status` shows it.
+ */
+struct canopy_child_restarts {
+	u32 restarts;		/* times a child was loaded and attached again */
+	u32 gave_up;		/* 1: it kept asking; the supervisor stopped re-attaching it */
+	u32 in_a_row;		/* restarts since a child last ran long enough to count as stable */
+	u32 pad;
+	s64 last_exit_code;	/* exit code of the last exit that asked for a restart */
+};
+
 /* Ring buffer `admission_events`: one record per sub_attach decision. */
 struct canopy_admission_event {
 	u64 cgroup_id;

@@ -9,6 +9,8 @@
 //! the root, the exit record is checked right after attaching (`attach.rs`): the parent may
 //! have refused the child (admission) and the kernel still returns a link.
 use std::path::Path;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
 
 use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::skel::Skel;
@@ -28,6 +30,29 @@ use super::SchedulerError;
 
 /// canopy_child, registered on one cgroup.
 pub type ChildScheduler = Registered<CanopyChildSkel<'static>>;
+
+/// Dispatches after which a child loaded under [`ask_next_loads_for_a_restart`] asks for a
+/// restart.
+const TEST_RESTART_AFTER_DISPATCHES: u64 = 50;
+
+/// How many of the next child loads ask for a restart (test hook, see below).
+static LOADS_ASKING_FOR_A_RESTART: AtomicU32 = AtomicU32::new(0);
+
+/// Test hook (`canopy scheduler run --child-restart-loads N`): the next `loads` canopy_child
+/// loads in this process unregister themselves after a few dispatches with the kernel's restart
+/// action in their exit code, so the VM tests can drive the supervisor's re-attach path.
+pub fn ask_next_loads_for_a_restart(loads: u32) {
+    LOADS_ASKING_FOR_A_RESTART.store(loads, Ordering::SeqCst);
+}
+
+/// Takes one load from the test hook's count: whether this load should ask for a restart.
+fn this_load_asks_for_a_restart() -> bool {
+    LOADS_ASKING_FOR_A_RESTART
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            left.checked_sub(1)
+        })
+        .is_ok()
+}
 
 /// Options for a child attach.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +81,9 @@ pub fn attach_child(
             .expect("canopy_child has rodata");
         rodata.canopy_kconst.copy_from_slice(&kernel_consts.kconsts);
         rodata.attach_cgroup_id = cgroup_id;
+        if this_load_asks_for_a_restart() {
+            rodata.restart_after_dispatches = TEST_RESTART_AFTER_DISPATCHES;
+        }
     }
     {
         let ops = open.struct_ops.canopy_child_ops_mut();

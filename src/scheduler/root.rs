@@ -41,6 +41,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "task_classes",
     "group_policy",
     "policy_defaults",
+    "child_restarts",
     "admission_events",
 ];
 
@@ -129,6 +130,21 @@ impl RootScheduler {
         policy: &bpf_intf::canopy_group_policy,
     ) -> Result<(), SchedulerError> {
         write_group_policy(self.scheduler.skel(), cgroup_id, policy)
+    }
+
+    /// Records what the supervisor did about the canopy children of one cgroup that asked for
+    /// a restart (`child_restarts`, shown by `canopy status`).
+    pub fn record_child_restarts(
+        &self,
+        cgroup_id: u64,
+        record: &bpf_intf::canopy_child_restarts,
+    ) -> Result<(), SchedulerError> {
+        self.scheduler
+            .skel()
+            .maps
+            .child_restarts
+            .update(&cgroup_id.to_ne_bytes(), as_bytes(record), MapFlags::ANY)
+            .map_err(|e| SchedulerError::Load(format!("writing child_restarts: {e}")))
     }
 
     /// Tags a task (thread id) with a class. For the controller (next issue); the VM tests tag
@@ -226,6 +242,7 @@ fn pin_maps(skel: &mut CanopyRootSkel<'_>) -> Result<Pins, SchedulerError> {
         ("task_classes", &mut maps.task_classes),
         ("group_policy", &mut maps.group_policy),
         ("policy_defaults", &mut maps.policy_defaults),
+        ("child_restarts", &mut maps.child_restarts),
         ("admission_events", &mut maps.admission_events),
     ] {
         let path = Path::new(PIN_DIR).join(name);
