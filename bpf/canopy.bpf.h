@@ -219,18 +219,13 @@ static __noinline u64 task_cgroup_id(struct task_struct *p)
 }
 
 /*
- * A task's class: its own tag, else its process's tag (tid == tgid), else the policy's default
- * (`policy_defaults`, rewritten on reload); then clamped to the allowed classes of its
- * cgroup's current state. The clamp is what makes a move into a minimized app's cgroup take
- * effect at the task's next enqueue, before the controller has heard of the move. Ids count down from the highest class: a ceiling of BACKGROUND (4)
- * turns a USER_INTERACTIVE (0) tag into 4.
+ * A task's requested class: its own tag, else its process's tag (tid == tgid), else the
+ * policy's default (`policy_defaults`, rewritten on reload).
  */
-static __always_inline u32 task_class(struct task_struct *p)
+static __always_inline u32 task_requested_class(struct task_struct *p)
 {
 	u32 tid = p->pid, tgid = p->tgid;
 	u32 *class = bpf_map_lookup_elem(&task_classes, &tid);
-	struct canopy_group_policy *group;
-	u64 cgroup_id;
 	u32 c;
 
 	if (!class && tgid != tid)
@@ -238,12 +233,24 @@ static __always_inline u32 task_class(struct task_struct *p)
 	c = class ? *class : CANOPY_MAX_CLASSES;
 	if (c >= CANOPY_MAX_CLASSES)
 		c = policy_default_class();
+	return c;
+}
 
-	cgroup_id = task_cgroup_id(p);
+/*
+ * @requested clamped to the allowed classes of @p's cgroup's current state. The clamp is what
+ * makes a move into (or out of) a minimized app's cgroup take effect at the task's next
+ * enqueue, before the controller has heard of the move: the controller keeps the request in
+ * `task_classes` and the state's limits in `group_policy`. Ids count down from the highest
+ * class: a ceiling of BACKGROUND (4) turns a USER_INTERACTIVE (0) request into 4.
+ */
+static __always_inline u32 clamp_to_cgroup(struct task_struct *p, u32 requested)
+{
+	struct canopy_group_policy *group;
+	u64 cgroup_id = task_cgroup_id(p);
+	u32 c = requested;
+
 	group = bpf_map_lookup_elem(&group_policy, &cgroup_id);
 	if (group) {
-		u32 requested = c;
-
 		if (group->ceiling_plus_one && c < group->ceiling_plus_one - 1)
 			c = group->ceiling_plus_one - 1;
 		if (group->floor_plus_one && c > group->floor_plus_one - 1)
@@ -252,6 +259,83 @@ static __always_inline u32 task_class(struct task_struct *p)
 			stat_inc(CANOPY_STAT_CLASS_CLAMPED);
 	}
 	return c;
+}
+
+/* A task's class: its request clamped by its cgroup's state. */
+static __always_inline u32 task_class(struct task_struct *p)
+{
+	return clamp_to_cgroup(p, task_requested_class(p));
+}
+
+/* ---- moves: when a moved task's class is first decided under its new cgroup ---- */
+
+/* Per task: the kernel moved it and no class decision has been made for it since. */
+struct move_stamp {
+	u64 moved_at_ns;	/* 0: no move pending */
+	u32 state_at_move;	/* enum canopy_move_state */
+	u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct move_stamp);
+} move_stamps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct canopy_move_log);
+} move_log SEC(".maps");
+
+/*
+ * At the first decision about a moved task's class after the move (its enqueue, or keeping it
+ * running as a dispatch): log when it was moved, when its class was decided and which it got
+ * (issue 5 (b): a move into a minimized group demotes within 10 ms).
+ */
+static __always_inline void note_class_decided_after_move(struct task_struct *p, u32 requested,
+							 u32 class)
+{
+	struct move_stamp *stamp = bpf_task_storage_get(&move_stamps, p, 0, 0);
+	struct canopy_move_record *record;
+	struct canopy_move_log *log;
+	u32 key = 0;
+	u64 now, slot;
+
+	if (!stamp || !stamp->moved_at_ns)
+		return;
+	now = bpf_ktime_get_ns();
+	stat_inc(CANOPY_STAT_MOVED_DECISIONS);
+	if (now - stamp->moved_at_ns > CANOPY_MOVE_SLOW_NS)
+		stat_inc(CANOPY_STAT_MOVED_DECISIONS_SLOW);
+	log = bpf_map_lookup_elem(&move_log, &key);
+	if (log) {
+		slot = __sync_fetch_and_add(&log->next, 1) & (CANOPY_MOVE_RECORDS - 1);
+		record = &log->records[slot];
+		record->cgroup_id = task_cgroup_id(p);
+		record->moved_at_ns = stamp->moved_at_ns;
+		record->decided_at_ns = now;
+		record->tid = p->pid;
+		record->requested_class = requested;
+		record->class = class;
+		record->state_at_move = stamp->state_at_move;
+	}
+	stamp->moved_at_ns = 0;
+}
+
+/*
+ * ops.cpuctl_move, for moves between cgroups the same scheduler keeps: a task that is running
+ * gets its slice cut, so the kernel asks at once (ops.enqueue, or ops.dispatch keeping it) and
+ * the new cgroup's classes apply now rather than when its current slice would have ended.
+ */
+static __always_inline void cut_slice_of_moved_task(struct task_struct *p)
+{
+	if (scx_bpf_task_running(p)) {
+		scx_bpf_task_set_slice(p, 0);
+		stat_inc(CANOPY_STAT_MOVE_SLICE_CUTS);
+	}
 }
 
 static __always_inline struct canopy_class_params *class_of(u32 class)

@@ -78,10 +78,12 @@ s32 CANOPY_OP(canopy_child_select_cid, struct task_struct *p, s32 prev_cid, u64 
 
 void CANOPY_OP(canopy_child_enqueue, struct task_struct *p, u64 enq_flags)
 {
+	u32 requested = task_requested_class(p), class = clamp_to_cgroup(p, requested);
 	u32 nr = scx_bpf_nr_cids();
 	int i;
 
-	queue_by_class(p, task_class(p), CANOPY_OWN_DSQ, enq_flags);
+	note_class_decided_after_move(p, requested, class);
+	queue_by_class(p, class, CANOPY_OWN_DSQ, enq_flags);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		if (cid_is_idle(i) && (caps_on(i) & KCONST(SCX_CAP_ENQ_IMMED)) &&
@@ -144,6 +146,11 @@ void CANOPY_OP(canopy_child_sub_ecaps_updated, s32 cid, u64 before, u64 after)
 		cid_caps[cid & (CANOPY_MAX_CIDS - 1)] = after;
 }
 
+void CANOPY_OP(canopy_child_cpuctl_move, struct task_struct *p, struct cgroup *from, struct cgroup *to)
+{
+	cut_slice_of_moved_task(p);
+}
+
 s32 CANOPY_OP_SLEEPABLE(canopy_child_init_task, struct task_struct *p, struct scx_init_task_args *args)
 {
 	return class_vtime_init_task(p);
@@ -194,6 +201,7 @@ struct sched_ext_ops_cid canopy_child_ops = {
 	.stopping = (void *)canopy_child_stopping,
 	.update_idle = (void *)canopy_child_update_idle,
 	.sub_ecaps_updated = (void *)canopy_child_sub_ecaps_updated,
+	.cpuctl_move = (void *)canopy_child_cpuctl_move,
 	.init_task = (void *)canopy_child_init_task,
 	.enable = (void *)canopy_child_enable,
 	.init = (void *)canopy_child_init,

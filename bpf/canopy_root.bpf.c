@@ -461,11 +461,13 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct canopy_class_params *cp;
 	u32 nr = scx_bpf_nr_cids();
-	u32 class;
+	u32 requested, class;
 	s32 victim;
 	int i;
 
-	class = task_class(p);
+	requested = task_requested_class(p);
+	class = clamp_to_cgroup(p, requested);
+	note_class_decided_after_move(p, requested, class);
 	cp = class_of(class);
 	if (cp && cp->preempts && (enq_flags & KCONST(SCX_ENQ_WAKEUP))) {
 		victim = find_preemptible_cid(p);
@@ -493,6 +495,21 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 	}
 }
 
+/* Keeps @prev running on @cid as our dispatch, as the class decided afresh for it. */
+static __always_inline bool keep_own_prev(s32 cid, struct task_struct *prev)
+{
+	struct cid_state *cs;
+	struct task_ctx *tctx;
+
+	if (!class_vtime_keep_prev(prev))
+		return false;
+	cs = cid_state_of(cid);
+	tctx = task_ctx_of(prev);
+	if (cs && tctx)
+		cs->running_class = tctx->class;
+	return true;
+}
+
 void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 {
 	u32 nr = scx_bpf_nr_online_cids(), tried = 0;
@@ -506,7 +523,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 		struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
 
 		if (scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_OWN_DSQ, 0) ||
-		    class_vtime_keep_prev(prev)) {
+		    keep_own_prev(cid, prev)) {
 			hand_cid(cid, CANOPY_SELF_SLOT, now);
 			if (self)
 				self->dispatches++;
@@ -534,7 +551,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 				stat_inc(CANOPY_STAT_OWN_DISPATCHES);
 				return;
 			}
-			if (class_vtime_keep_prev(prev)) {
+			if (keep_own_prev(cid, prev)) {
 				m->empty = 0;
 				hand_cid(cid, slot, now);
 				return;
@@ -595,6 +612,34 @@ void CANOPY_OP(canopy_root_update_idle, s32 cid, bool idle)
 	} else {
 		__sync_fetch_and_and(&idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)], ~bit);
 	}
+}
+
+void CANOPY_OP(canopy_root_cpuctl_move, struct task_struct *p, struct cgroup *from, struct cgroup *to)
+{
+	cut_slice_of_moved_task(p);
+}
+
+/*
+ * Not an ops callback: the kernel calls sched_move_task() for each task of a cgroup migration
+ * right after switching the task's css_set, so task_cgroup_id() already names the
+ * destination. Stamp the task; its next enqueue (in whichever canopy scheduler keeps it) logs
+ * how long its new cgroup's classes took to apply. Autogroup changes are not cgroup moves.
+ */
+SEC("fentry/sched_move_task")
+int BPF_PROG(canopy_root_note_move, struct task_struct *p, bool for_autogroup)
+{
+	struct move_stamp *stamp;
+
+	if (for_autogroup)
+		return 0;
+	stamp = bpf_task_storage_get(&move_stamps, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!stamp)
+		return 0;
+	stamp->moved_at_ns = bpf_ktime_get_ns();
+	stamp->state_at_move = p->on_cpu ? CANOPY_MOVED_RUNNING :
+			       p->on_rq ? CANOPY_MOVED_QUEUED : CANOPY_MOVED_SLEEPING;
+	stat_inc(CANOPY_STAT_MOVES);
+	return 0;
 }
 
 s32 CANOPY_OP_SLEEPABLE(canopy_root_init_task, struct task_struct *p, struct scx_init_task_args *args)
@@ -871,6 +916,7 @@ struct sched_ext_ops_cid canopy_root_ops = {
 	.init_task = (void *)canopy_root_init_task,
 	.enable = (void *)canopy_root_enable,
 	.cpuctl_set_weight = (void *)canopy_root_cpuctl_set_weight,
+	.cpuctl_move = (void *)canopy_root_cpuctl_move,
 	.sub_attach = (void *)canopy_root_sub_attach,
 	.sub_detach = (void *)canopy_root_sub_detach,
 	.cid_online = (void *)canopy_root_cid_online,

@@ -145,16 +145,24 @@ static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now)
  * Called from ops.dispatch when we had nothing new for the cid: if our @prev is still
  * runnable, give it a fresh class slice so the kernel keeps it running *as our dispatch*
  * (SCX_DSP_PREV). Without this the kernel still keeps prev, but only after the parent's
- * dispatch returned empty-handed, so the parent cannot account the time to us.
+ * dispatch returned empty-handed, so the parent cannot account the time to us. Keeping it is
+ * a new decision about its class, like an enqueue: it may have moved to another cgroup (a
+ * move cuts a running task's slice, which brings us here when nothing else waits) or been
+ * re-tagged since it was queued.
  */
 static __always_inline bool class_vtime_keep_prev(struct task_struct *prev)
 {
-	struct task_ctx *tctx;
+	struct canopy_class_params *cp;
+	u32 requested, class;
 
 	if (!prev || !(prev->scx.flags & SCX_TASK_QUEUED))
 		return false;
-	tctx = task_ctx_of(prev);
-	return scx_bpf_task_set_slice(prev, class_slice(class_of(tctx ? tctx->class : task_class(prev))));
+	requested = task_requested_class(prev);
+	class = clamp_to_cgroup(prev, requested);
+	note_class_decided_after_move(prev, requested, class);
+	cp = class_of(class);
+	remember_class(prev, class, cp);
+	return scx_bpf_task_set_slice(prev, class_slice(cp));
 }
 
 static __always_inline s32 class_vtime_init_task(struct task_struct *p)

@@ -63,6 +63,10 @@ enum canopy_limits {
 	CANOPY_DEFAULT_WEIGHT = 100,
 	/* bytes of the move watcher's ring buffer (a power of two, a multiple of the page size) */
 	CANOPY_MOVE_RINGBUF_BYTES = 262144,
+	/* the most recent moves the schedulers keep a record of (`move_log`; a power of two) */
+	CANOPY_MOVE_RECORDS = 64,
+	/* a moved task first queued later than this after its move counts as slow (issue 5 (b)) */
+	CANOPY_MOVE_SLOW_NS = 10000000,
 };
 
 /*
@@ -181,6 +185,34 @@ struct canopy_move_event {
 	u64 timestamp_ns;	/* CLOCK_MONOTONIC (bpf_ktime_get_ns) at the attach */
 };
 
+/*
+ * Array `move_log` (one entry): the schedulers' record of the most recent task moves between
+ * cgroups, one record per move, written at the first decision about the moved task's class
+ * after the move (its enqueue, or keeping it running as a dispatch). Slot = next %
+ * CANOPY_MOVE_RECORDS.
+ */
+struct canopy_move_record {
+	u64 cgroup_id;		/* its cgroup at that decision (the move's destination) */
+	u64 moved_at_ns;	/* bpf_ktime_get_ns() when the kernel switched its cgroup */
+	u64 decided_at_ns;	/* bpf_ktime_get_ns() at that decision */
+	u32 tid;
+	u32 requested_class;	/* its own tag (task_classes), else its process's, else the default */
+	u32 class;		/* the class it got: the request clamped by the cgroup's state */
+	u32 state_at_move;	/* enum canopy_move_state */
+};
+
+/* What a task was doing when the kernel moved it (`canopy_move_record.state_at_move`). */
+enum canopy_move_state {
+	CANOPY_MOVED_SLEEPING = 0,	/* first decided when it next woke */
+	CANOPY_MOVED_QUEUED = 1,	/* runnable, waiting: requeued by the move itself */
+	CANOPY_MOVED_RUNNING = 2,	/* on a CPU: its slice was cut so the move requeues it */
+};
+
+struct canopy_move_log {
+	u64 next;		/* records written so far */
+	struct canopy_move_record records[CANOPY_MOVE_RECORDS];
+};
+
 /* The scheduler's own record of why it exited, filled in ops.exit (global `exit_info`). */
 struct canopy_exit_info {
 	s32 kind;		/* enum scx_exit_kind; 0 while running */
@@ -216,6 +248,10 @@ enum canopy_stat {
 	CANOPY_STAT_WAKE_PREEMPT_REMOTE_SLOW, /* of those, ran more than 1 ms after waking */
 	CANOPY_STAT_WAKE_QUEUED, /* preempting-class wakeups that found nothing to preempt */
 	CANOPY_STAT_WAKE_QUEUED_SLOW, /* of those, ran more than 1 ms after waking */
+	CANOPY_STAT_MOVES, /* tasks the kernel moved to another cgroup */
+	CANOPY_STAT_MOVE_SLICE_CUTS, /* moved tasks that were running and were requeued at once */
+	CANOPY_STAT_MOVED_DECISIONS, /* first class decisions (enqueue or keep) after a task's move */
+	CANOPY_STAT_MOVED_DECISIONS_SLOW, /* of those, more than 10 ms after the move (the task slept or waited) */
 	CANOPY_NR_STATS,
 };
 

@@ -102,6 +102,8 @@ pub fn attach_child(
         ("task_classes", &mut open.maps.task_classes),
         ("group_policy", &mut open.maps.group_policy),
         ("policy_defaults", &mut open.maps.policy_defaults),
+        ("move_stamps", &mut open.maps.move_stamps),
+        ("move_log", &mut open.maps.move_log),
     ] {
         let pinned = Path::new(PIN_DIR).join(name);
         if pinned.exists() {

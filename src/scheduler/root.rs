@@ -2,11 +2,12 @@
 //! Loading, configuring, attaching and detaching canopy's root scheduler (`canopy_root`).
 //!
 //! Order matters and is the whole point of this module: open the skeleton; write the kernel
-//! constants, the root's own weight and the ops data (`hotplug_seq`, `exit_dump_len`) before load;
-//! load; associate non-struct_ops programs with the ops map; push the policy maps (ops.init
-//! reads them; the class table and default class are rewritten on every reload); pin the maps `canopy status` and child schedulers share; attach; then read
-//! the exit record at once, because the kernel can report a successful attach for a
-//! scheduler that has already died. Dropping the value unregisters the scheduler (every task
+//! constants, the root's own weight and the ops data (`hotplug_seq`, `exit_dump_len`) before
+//! load; load; associate non-struct_ops programs with the ops map; push the policy maps
+//! (ops.init reads them; the class table and default class are rewritten on every reload); pin
+//! the maps `canopy status` and child schedulers share; attach; then read the exit record at
+//! once, because the kernel can report a successful attach for a scheduler that has already
+//! died. Dropping the value unregisters the scheduler (every task
 //! returns to the fair scheduler) and removes the pins.
 use std::fs;
 use std::path::Path;
@@ -43,11 +44,15 @@ pub const PINNED_MAPS: &[&str] = &[
     "policy_defaults",
     "child_restarts",
     "admission_events",
+    "move_stamps",
+    "move_log",
 ];
 
 pub struct RootScheduler {
     // Field order is drop order: unregister first, then remove the pins.
     scheduler: Registered<CanopyRootSkel<'static>>,
+    /// The fentry program stamping cgroup moves (`move_log`); None when the kernel refused it.
+    _move_stamps: Option<libbpf_rs::Link>,
     _pins: Pins,
 }
 
@@ -93,9 +98,19 @@ impl RootScheduler {
         kernel::associate_programs(skel.object(), "canopy_root_ops")?;
         push_config(&skel, config)?;
         let pins = pin_maps(&mut skel)?;
+        // Only a measurement (move_log, the move stats): the schedulers clamp moved tasks
+        // without it, so a kernel that refuses the fentry costs the log, not the scheduler.
+        let move_stamps = match skel.progs.canopy_root_note_move.attach() {
+            Ok(link) => Some(link),
+            Err(e) => {
+                eprintln!("canopy: cgroup moves will not be logged (fentry/sched_move_task: {e})");
+                None
+            }
+        };
         let scheduler = Registered::attach(skel, kernel_consts.enums, "canopy_root", Place::Root)?;
         Ok(RootScheduler {
             scheduler,
+            _move_stamps: move_stamps,
             _pins: pins,
         })
     }
@@ -244,6 +259,8 @@ fn pin_maps(skel: &mut CanopyRootSkel<'_>) -> Result<Pins, SchedulerError> {
         ("policy_defaults", &mut maps.policy_defaults),
         ("child_restarts", &mut maps.child_restarts),
         ("admission_events", &mut maps.admission_events),
+        ("move_stamps", &mut maps.move_stamps),
+        ("move_log", &mut maps.move_log),
     ] {
         let path = Path::new(PIN_DIR).join(name);
         map.pin(&path)

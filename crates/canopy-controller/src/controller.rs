@@ -94,6 +94,9 @@ struct Task {
     manual: Option<Arc<str>>,
     /// The class applied, and why, when managed.
     applied: Option<(ClassId, ClampReason)>,
+    /// The class handed to the backend for it (scx: the request, when the schedulers' own
+    /// clamp gives `applied`; see `class_for_backend`). None whenever `applied` is None.
+    handed: Option<ClassId>,
     /// The class last requested (to count a refused promotion once per new request).
     requested: Option<ClassId>,
     /// CLOCK_MONOTONIC ns when we first learned of it (event timestamp, else discovery time):
@@ -862,6 +865,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 rule: None,
                 manual: None,
                 applied: None,
+                handed: None,
                 requested: None,
                 seen_ns: self.event_ns.unwrap_or_else(monotonic_ns),
                 skip,
@@ -1041,6 +1045,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             if let Some(t) = self.tasks.get_mut(&tid) {
                 t.skip = Some(Skip::Unmatched);
                 t.applied = None;
+                t.handed = None;
             }
             if was_applied {
                 self.backend.release_task(tid);
@@ -1049,6 +1054,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         };
         let cgroup = process.facts.cgroup.clone();
         let previous = task.applied;
+        let previous_handed = task.handed;
         let new_request = task.requested != Some(requested);
         let tgid = task.tgid;
         let group = self.group_of(&cgroup);
@@ -1071,7 +1077,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         {
             self.stats.counters.refused_promotions += 1;
         }
-        if previous == Some((clamp.class, clamp.reason)) {
+        let handed = self.class_for_backend(requested, clamp.class, group, state, own);
+        let backend_current = previous_handed == Some(handed);
+        if previous == Some((clamp.class, clamp.reason)) && backend_current {
             return;
         }
         match clamp.reason {
@@ -1086,18 +1094,21 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             ClampReason::Floor => self.stats.counters.raised_by_floor += 1,
             ClampReason::Unclamped => {}
         }
-        if previous.map(|p| p.0) == Some(clamp.class) {
+        // The backend already holds what it needs (fallback: this class; scx: the request,
+        // which the schedulers clamp themselves): only the daemon's own view changes.
+        if backend_current {
             if let Some(t) = self.tasks.get_mut(&tid) {
                 t.applied = Some((clamp.class, clamp.reason));
             }
             return;
         }
-        let params = self.plan.class_params(clamp.class).clone();
-        match self.backend.apply_task(tid, clamp.class, &params) {
+        let params = self.plan.class_params(handed).clone();
+        match self.backend.apply_task(tid, handed, &params) {
             Ok(()) => {
                 self.stats.counters.tags_applied += 1;
                 if let Some(t) = self.tasks.get_mut(&tid) {
                     t.applied = Some((clamp.class, clamp.reason));
+                    t.handed = Some(handed);
                 }
             }
             Err(ApplyError::Gone(_)) => self.forget_gone(tid, tgid),
@@ -1105,6 +1116,34 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 self.stats.counters.apply_errors += 1;
                 tracing::warn!(tid, error = %e, "applying class failed");
             }
+        }
+    }
+
+    /// The class the backend gets for a task whose clamp gave `effective`. In scx mode the
+    /// schedulers clamp every enqueue by the task's cgroup state (`group_policy`), so when
+    /// their clamp of the request gives the same class, the map keeps the *request*: a move
+    /// into a minimized group demotes, and a move back restores, at the task's next enqueue,
+    /// without waiting for the daemon. Where their ceiling/floor cannot express the decision
+    /// (a denied class) the map gets the effective class. Fallback applies `effective`.
+    fn class_for_backend(
+        &self,
+        requested: ClassId,
+        effective: ClassId,
+        group: Option<GroupId>,
+        state: Option<&str>,
+        own: bool,
+    ) -> ClassId {
+        if own || self.backend.mode() != Mode::Scx {
+            return effective;
+        }
+        let schedulers_clamp = match group {
+            Some(group) => self.plan.scx_group_policy(group, state).clamp(requested),
+            None => requested,
+        };
+        if schedulers_clamp == effective {
+            requested
+        } else {
+            effective
         }
     }
 
@@ -1345,6 +1384,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 }
                 if t.skip.is_some() && t.applied.is_some() {
                     t.applied = None;
+                    t.handed = None;
                     self.backend.release_task(tid);
                 }
             }
@@ -1381,6 +1421,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     pub fn restore_all(&mut self) -> RestoreReport {
         for t in self.tasks.values_mut() {
             t.applied = None;
+            t.handed = None;
         }
         self.backend.restore_all()
     }

@@ -524,3 +524,53 @@ fn the_daemons_own_process_is_never_demoted() {
         }
     }
 }
+
+/// In scx mode the schedulers clamp every enqueue by the task's cgroup state, so the map keeps
+/// the request and a state change or move needs no map write; the daemon's own view (explain,
+/// counters) still shows the clamp. Fallback applies the clamped class itself.
+#[test]
+fn scx_maps_keep_the_request_and_the_schedulers_clamp() {
+    for scx in [true, false] {
+        let mut src = FakeSource::default();
+        src.spawn(100, "player", APP);
+        src.thread(100, 101, "audio-out");
+        let backend = RecordingBackend {
+            scx,
+            ..Default::default()
+        };
+        let mut c = Controller::new(
+            Arc::new(TestPlan::desktop()),
+            backend,
+            src,
+            ControllerConfig::default(),
+        );
+        c.rescan();
+        assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+        let calls = c.backend().apply_calls;
+        c.request_state(APP, "minimized", Instant::now()).unwrap();
+        let explained = c.explain(100).unwrap();
+        let audio = explained.iter().find(|e| e.tid == 101).unwrap();
+        assert_eq!(audio.effective.as_deref(), Some("BACKGROUND"), "{audio:?}");
+        assert_eq!(c.stats.counters.demotions_by_ceiling, 2);
+        if scx {
+            assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+            assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
+            assert_eq!(
+                c.backend().apply_calls,
+                calls,
+                "no map write for a state change"
+            );
+        } else {
+            assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
+            assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
+        }
+        // A new request while clamped reaches the map in scx mode (the schedulers need it for
+        // the next move out), and changes nothing in fallback (still BACKGROUND).
+        c.request_tag(101, false, "UTILITY").unwrap();
+        let expected = if scx { "UTILITY" } else { "BACKGROUND" };
+        assert_eq!(applied(&c, 101).as_deref(), Some(expected));
+        c.request_state(APP, "base", Instant::now()).unwrap();
+        assert_eq!(applied(&c, 101).as_deref(), Some("UTILITY"));
+        assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
+    }
+}

@@ -9,8 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Index of a class in the plan's class order (lowest importance first is the plan's business;
-/// the controller only passes ids around).
+/// Index of a class in the policy's class order, highest class first: the same id the BPF
+/// schedulers use (`ClassParams::scx_id`), so 0 is USER_INTERACTIVE unless a custom class
+/// comes first. Only `ScxGroupPolicy::clamp` relies on the order; elsewhere the controller
+/// just passes ids around.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct ClassId(pub u16);
 
@@ -169,6 +171,22 @@ pub struct ScxGroupPolicy {
     pub state: u32,
 }
 
+impl ScxGroupPolicy {
+    /// The class the BPF schedulers run a task of this group as when it asks for `requested`
+    /// (canopy.bpf.h `clamp_to_cgroup`): ids count down from the highest class, so a request
+    /// above the ceiling runs as the ceiling and one below the floor as the floor.
+    pub fn clamp(&self, requested: ClassId) -> ClassId {
+        let mut class = requested;
+        if let Some(ceiling) = self.ceiling {
+            class = class.max(ceiling);
+        }
+        if let Some(floor) = self.floor {
+            class = class.min(floor);
+        }
+        class
+    }
+}
+
 /// The questions the daemon asks a compiled policy. Implementations are immutable; a reload
 /// swaps the whole `Arc<dyn PolicyPlan>`.
 pub trait PolicyPlan: Send + Sync + std::fmt::Debug {
@@ -217,3 +235,29 @@ pub trait PolicyPlan: Send + Sync + std::fmt::Debug {
 /// Compiles the policy at the given paths. The daemon calls it at start and on every reload; an
 /// `Err` carries the full diagnostics text, and the old plan stays in force.
 pub type PlanLoader = Arc<dyn Fn() -> Result<Arc<dyn PolicyPlan>, String> + Send + Sync + 'static>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedulers_clamp_counts_ids_down_from_the_highest_class() {
+        let limits = ScxGroupPolicy {
+            weight: 100,
+            guarantee_pct: 0,
+            cap_pct: 0,
+            floor: Some(ClassId(3)),
+            ceiling: Some(ClassId(1)),
+            state: 1,
+        };
+        assert_eq!(limits.clamp(ClassId(0)), ClassId(1), "above the ceiling");
+        assert_eq!(limits.clamp(ClassId(2)), ClassId(2), "allowed");
+        assert_eq!(limits.clamp(ClassId(4)), ClassId(3), "below the floor");
+        let open = ScxGroupPolicy {
+            floor: None,
+            ceiling: None,
+            ..limits
+        };
+        assert_eq!(open.clamp(ClassId(0)), ClassId(0));
+    }
+}

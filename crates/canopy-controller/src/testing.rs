@@ -70,18 +70,19 @@ pub struct TestPlan {
     pub tag: String,
 }
 
-/// Class indices of [`TestPlan::classes_schedqos`].
+/// Class indices of [`TestPlan::classes_schedqos`]. Ids follow the compiled plan's convention
+/// (and the BPF schedulers'): the policy's order, highest class first.
 pub mod class {
-    /// BACKGROUND.
-    pub const BACKGROUND: u16 = 0;
-    /// UTILITY.
-    pub const UTILITY: u16 = 1;
+    /// USER_INTERACTIVE.
+    pub const USER_INTERACTIVE: u16 = 0;
+    /// USER_INITIATED.
+    pub const USER_INITIATED: u16 = 1;
     /// DEFAULT.
     pub const DEFAULT: u16 = 2;
-    /// USER_INITIATED.
-    pub const USER_INITIATED: u16 = 3;
-    /// USER_INTERACTIVE.
-    pub const USER_INTERACTIVE: u16 = 4;
+    /// UTILITY.
+    pub const UTILITY: u16 = 3;
+    /// BACKGROUND.
+    pub const BACKGROUND: u16 = 4;
 }
 
 /// fnmatch-style glob with `*` and `?` (no classes), `*` crossing `/`.
@@ -123,11 +124,11 @@ impl TestPlan {
             uclamp_max: umax,
         };
         vec![
-            c("BACKGROUND", 0, FairPolicy::Batch, 4, 20, 256),
-            c("UTILITY", 1, FairPolicy::Batch, 2, 16, 512),
+            c("USER_INTERACTIVE", 0, FairPolicy::Normal, -4, 8, 1024),
+            c("USER_INITIATED", 1, FairPolicy::Normal, -2, 12, 768),
             c("DEFAULT", 2, FairPolicy::Batch, 2, 16, 512),
-            c("USER_INITIATED", 3, FairPolicy::Normal, -2, 12, 768),
-            c("USER_INTERACTIVE", 4, FairPolicy::Normal, -4, 8, 1024),
+            c("UTILITY", 3, FairPolicy::Batch, 2, 16, 512),
+            c("BACKGROUND", 4, FairPolicy::Batch, 4, 20, 256),
         ]
     }
 
@@ -269,7 +270,7 @@ impl PolicyPlan for TestPlan {
         let ceiling = st.and_then(|s| s.ceiling).or(self.group(g).ceiling);
         let floor = self.group(g).floor;
         if let Some(c) = ceiling {
-            if requested.0 > c {
+            if requested.0 < c {
                 return Clamp {
                     class: ClassId(c),
                     reason: ClampReason::Ceiling,
@@ -277,7 +278,7 @@ impl PolicyPlan for TestPlan {
             }
         }
         if let Some(f) = floor {
-            if requested.0 < f {
+            if requested.0 > f {
                 return Clamp {
                     class: ClassId(f),
                     reason: ClampReason::Floor,

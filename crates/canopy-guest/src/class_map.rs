@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! Reads the schedulers' pinned `task_classes` map (tid → class id) from inside the guest with
 //! the raw `bpf(2)` syscall (no libbpf here): `class-map` reports the class of every thread of a
-//! process, `move-probe` moves a process between two cgroups and measures how long the class in
-//! the map takes to follow each move (the scx-mode half of issue 5's acceptance (a) and (b)).
+//! process (the scx-mode half of issue 5's acceptance (a)); `move-probe` moves processes between
+//! two cgroups and reads the schedulers' pinned `move_log` to report when, after each move, each
+//! thread's class was first decided (enqueue or keep) and which it got (acceptance (b)).
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -18,12 +19,12 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_OBJ_GET: libc::c_long = 7;
 const DEFAULT_MAP: &str = "/sys/fs/bpf/canopy/task_classes";
 
-/// A pinned BPF hash map with u32 keys and u32 values.
-struct PinnedU32Map {
+/// A pinned BPF map, looked up by raw key and value bytes.
+struct PinnedMap {
     fd: OwnedFd,
 }
 
-impl PinnedU32Map {
+impl PinnedMap {
     fn open(path: &str) -> Result<Self> {
         let path_c = std::ffi::CString::new(path)?;
         // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
@@ -43,20 +44,21 @@ impl PinnedU32Map {
                 .with_context(|| format!("BPF_OBJ_GET {path}"));
         }
         // SAFETY: the kernel returned a new fd that we own.
-        Ok(PinnedU32Map {
+        Ok(PinnedMap {
             fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
         })
     }
 
-    /// The value under `key`, or None when absent.
-    fn get(&self, key: u32) -> Option<u32> {
-        let mut value = 0u32;
+    /// Copies the value under `key` into `value` (which must be the map's value size); false
+    /// when absent.
+    fn lookup(&self, key: &[u8], value: &mut [u8]) -> bool {
         // union bpf_attr for map element ops: map_fd (u32), pad, key (u64), value (u64), flags.
         let mut attr = [0u8; 128];
         attr[0..4].copy_from_slice(&(self.fd.as_raw_fd() as u32).to_ne_bytes());
-        attr[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
-        attr[16..24].copy_from_slice(&(&mut value as *mut u32 as u64).to_ne_bytes());
-        // SAFETY: key and value outlive the call; attr is a valid bpf_attr.
+        attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(value.as_mut_ptr() as u64).to_ne_bytes());
+        // SAFETY: key and value outlive the call and are as large as the map's key and value
+        // (the callers pass the sizes bpf/intf.h defines); attr is a valid bpf_attr.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -65,7 +67,14 @@ impl PinnedU32Map {
                 attr.len() as u32,
             )
         };
-        (r == 0).then_some(value)
+        r == 0
+    }
+
+    /// The u32 value under a u32 key (`task_classes`), or None when absent.
+    fn get(&self, key: u32) -> Option<u32> {
+        let mut value = [0u8; 4];
+        self.lookup(&key.to_ne_bytes(), &mut value)
+            .then(|| u32::from_ne_bytes(value))
     }
 }
 
@@ -97,7 +106,7 @@ pub struct ClassMapArgs {
 
 /// Reports `{threads, classes: {"<id>"|"absent": count}}` for the process's threads.
 pub fn run(args: &ClassMapArgs) -> Result<()> {
-    let map = PinnedU32Map::open(&args.map)?;
+    let map = PinnedMap::open(&args.map)?;
     let mut classes: BTreeMap<String, u64> = BTreeMap::new();
     let mut threads = 0u64;
     for tid in threads_of(args.pid)? {
@@ -120,22 +129,23 @@ pub fn run(args: &ClassMapArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct MoveProbeArgs {
-    /// Process to move (all its threads move with it).
+    /// Process to move (all its threads move with it). Repeatable: each round moves them all.
+    #[arg(long = "pid", required = true)]
+    pids: Vec<u32>,
+    /// Watch the threads of those processes whose comm starts with this prefix (threads that
+    /// never wake, such as a main thread waiting in join, have no enqueue to watch).
     #[arg(long)]
-    pid: u32,
-    /// Thread whose class is watched (default: the process's main thread).
-    #[arg(long)]
-    tid: Option<u32>,
-    /// cgroup (relative to /sys/fs/cgroup) the probe moves the process into...
+    comm_prefix: String,
+    /// cgroup (relative to /sys/fs/cgroup) the probe moves the processes into...
     #[arg(long)]
     to: String,
-    /// ...where the thread's class must become this id...
+    /// ...where each watched thread must get this class id...
     #[arg(long)]
     to_class: u32,
-    /// ...and the cgroup it moves it back to...
+    /// ...and the cgroup it moves them back to...
     #[arg(long)]
     back: String,
-    /// ...where the class must become this id again.
+    /// ...where each must get this class id again.
     #[arg(long)]
     back_class: u32,
     /// Round trips.
@@ -144,92 +154,199 @@ pub struct MoveProbeArgs {
     /// Give up on one move after this long.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
-    /// The pinned map.
-    #[arg(long, default_value = DEFAULT_MAP)]
-    map: String,
+    /// The schedulers' pinned move log (`struct canopy_move_log`, bpf/intf.h).
+    #[arg(long, default_value = MOVE_LOG)]
+    log: String,
     /// Result kind.
     #[arg(long, default_value = "move-probe")]
     kind: String,
 }
 
-/// One timed move: how long the write to `cgroup.procs` took (the kernel attaches the task
-/// somewhere inside it, after taking the cgroup locks) and when the class followed, from just
-/// before the write.
-struct TimedMove {
-    write_us: u64,
-    class_us: Option<u64>,
+const MOVE_LOG: &str = "/sys/fs/bpf/canopy/move_log";
+/// `struct canopy_move_log`: u64 next, then 64 records of 40 bytes.
+const MOVE_RECORDS: usize = 64;
+const MOVE_RECORD_BYTES: usize = 40;
+
+/// One `struct canopy_move_record` (bpf/intf.h).
+#[derive(Debug, Clone, Copy)]
+struct MoveRecord {
+    moved_at_ns: u64,
+    decided_at_ns: u64,
+    tid: u32,
+    requested_class: u32,
+    class: u32,
+    /// `enum canopy_move_state`: 0 sleeping, 1 queued, 2 running.
+    state_at_move: u32,
 }
 
-/// Moves the process, then polls the map (every 20 µs) until the class follows.
-fn move_and_wait(
-    map: &PinnedU32Map,
+fn read_move_log(map: &PinnedMap) -> Vec<MoveRecord> {
+    let mut value = vec![0u8; 8 + MOVE_RECORDS * MOVE_RECORD_BYTES];
+    if !map.lookup(&0u32.to_ne_bytes(), &mut value) {
+        return Vec::new();
+    }
+    let u64_at = |at: usize| u64::from_ne_bytes(value[at..at + 8].try_into().expect("8 bytes"));
+    let u32_at = |at: usize| u32::from_ne_bytes(value[at..at + 4].try_into().expect("4 bytes"));
+    (0..MOVE_RECORDS)
+        .map(|i| 8 + i * MOVE_RECORD_BYTES)
+        .map(|at| MoveRecord {
+            moved_at_ns: u64_at(at + 8),
+            decided_at_ns: u64_at(at + 16),
+            tid: u32_at(at + 24),
+            requested_class: u32_at(at + 28),
+            class: u32_at(at + 32),
+            state_at_move: u32_at(at + 36),
+        })
+        .collect()
+}
+
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The watched threads of `pids`.
+fn watched_threads(pids: &[u32], comm_prefix: &str) -> Result<Vec<u32>> {
+    let mut watched = Vec::new();
+    for &pid in pids {
+        for tid in threads_of(pid)? {
+            let comm =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+            if comm.starts_with(comm_prefix) {
+                watched.push(tid);
+            }
+        }
+    }
+    Ok(watched)
+}
+
+/// One direction's findings over all rounds.
+#[derive(Default)]
+struct Direction {
+    /// Kernel move -> first class decision (enqueue, or keeping it running), for threads
+    /// runnable (queued or running) at the move: the move itself brings that decision.
+    runnable_move_to_decided_us: Vec<u64>,
+    /// Kernel move -> first class decision, for threads asleep at the move: their next wakeup.
+    sleeping_move_to_decided_us: Vec<u64>,
+    /// Of the runnable ones, how many were running (their slice was cut).
+    were_running: u64,
+    /// Start of the write to cgroup.procs -> first class decision, all threads.
+    write_to_decided_us: Vec<u64>,
+    /// The writes' own durations.
+    write_us: Vec<u64>,
+    wrong_class: Vec<serde_json::Value>,
+    missed: u64,
+}
+
+impl Direction {
+    fn report(&self) -> serde_json::Value {
+        json!({
+            "runnable_move_to_decided_us": self.runnable_move_to_decided_us,
+            "max_runnable_move_to_decided_us": self.runnable_move_to_decided_us.iter().max(),
+            "sleeping_move_to_decided_us": self.sleeping_move_to_decided_us,
+            "were_running": self.were_running,
+            "write_to_decided_us": self.write_to_decided_us,
+            "write_us": self.write_us,
+            "wrong_class": self.wrong_class,
+            "missed": self.missed,
+            "followed": self.runnable_move_to_decided_us.len() + self.sleeping_move_to_decided_us.len(),
+        })
+    }
+}
+
+/// Moves every process to `cgroup`, then polls the move log (every 200 µs) until each watched
+/// thread has a record of the first decision about its class after this move.
+fn move_and_watch(
+    log: &PinnedMap,
     args: &MoveProbeArgs,
+    watched: &[u32],
     cgroup: &str,
     class: u32,
-) -> Result<TimedMove> {
-    let tid = args.tid.unwrap_or(args.pid);
+    direction: &mut Direction,
+) -> Result<()> {
     let procs = format!("/sys/fs/cgroup/{cgroup}/cgroup.procs");
+    let started_ns = monotonic_ns();
     let started = Instant::now();
-    std::fs::write(&procs, args.pid.to_string()).with_context(|| format!("writing {procs}"))?;
-    let write_us = started.elapsed().as_micros() as u64;
-    let limit = Duration::from_millis(args.timeout_ms);
-    while started.elapsed() < limit {
-        if map.get(tid) == Some(class) {
-            return Ok(TimedMove {
-                write_us,
-                class_us: Some(started.elapsed().as_micros() as u64),
-            });
-        }
-        std::thread::sleep(Duration::from_micros(20));
+    for pid in &args.pids {
+        std::fs::write(&procs, pid.to_string()).with_context(|| format!("writing {procs}"))?;
     }
-    Ok(TimedMove {
-        write_us,
-        class_us: None,
-    })
+    direction
+        .write_us
+        .push(started.elapsed().as_micros() as u64);
+    let limit = Duration::from_millis(args.timeout_ms);
+    let mut pending: Vec<u32> = watched.to_vec();
+    while !pending.is_empty() && started.elapsed() < limit {
+        let records = read_move_log(log);
+        pending.retain(|&tid| {
+            // The latest record of this thread for a move made after the write started.
+            let Some(record) = records
+                .iter()
+                .filter(|r| r.tid == tid && r.moved_at_ns >= started_ns)
+                .max_by_key(|r| r.moved_at_ns)
+            else {
+                return true;
+            };
+            let move_to_decided_us = record.decided_at_ns.saturating_sub(record.moved_at_ns) / 1000;
+            match record.state_at_move {
+                0 => direction
+                    .sleeping_move_to_decided_us
+                    .push(move_to_decided_us),
+                state => {
+                    direction
+                        .runnable_move_to_decided_us
+                        .push(move_to_decided_us);
+                    direction.were_running += u64::from(state == 2);
+                }
+            }
+            direction
+                .write_to_decided_us
+                .push(record.decided_at_ns.saturating_sub(started_ns) / 1000);
+            if record.class != class {
+                direction.wrong_class.push(json!({
+                    "tid": tid,
+                    "class": record.class,
+                    "requested_class": record.requested_class,
+                }));
+            }
+            false
+        });
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    direction.missed += pending.len() as u64;
+    Ok(())
 }
 
-/// Reports `{to_us: [...], back_us: [...], missed_to, missed_back, max_to_us, max_back_us}`
-/// (from just before each write) and the writes' own durations (`write_to_us`, `write_back_us`).
+/// Reports, per direction (`to`, `back`), how long after each kernel move (and after the start
+/// of each write to cgroup.procs) each watched thread's class was first decided, and any thread
+/// given another class than expected.
 pub fn probe(args: &MoveProbeArgs) -> Result<()> {
-    let map = PinnedU32Map::open(&args.map)?;
-    let tid = args.tid.unwrap_or(args.pid);
-    if map.get(tid).is_none() {
+    let log = PinnedMap::open(&args.log)?;
+    let watched = watched_threads(&args.pids, &args.comm_prefix)?;
+    if watched.is_empty() {
         bail!(
-            "tid {tid} has no entry in {} before the first move",
-            args.map
+            "no thread of {:?} has a comm starting with {}",
+            args.pids,
+            args.comm_prefix
         );
     }
-    let (mut to_us, mut back_us) = (Vec::new(), Vec::new());
-    let (mut write_to_us, mut write_back_us) = (Vec::new(), Vec::new());
-    let (mut missed_to, mut missed_back) = (0u64, 0u64);
+    let (mut to, mut back) = (Direction::default(), Direction::default());
     for _ in 0..args.rounds {
-        let to = move_and_wait(&map, args, &args.to, args.to_class)?;
-        write_to_us.push(to.write_us);
-        match to.class_us {
-            Some(us) => to_us.push(us),
-            None => missed_to += 1,
-        }
-        // Let the daemon settle so each round measures one move.
+        move_and_watch(&log, args, &watched, &args.to, args.to_class, &mut to)?;
         std::thread::sleep(Duration::from_millis(20));
-        let back = move_and_wait(&map, args, &args.back, args.back_class)?;
-        write_back_us.push(back.write_us);
-        match back.class_us {
-            Some(us) => back_us.push(us),
-            None => missed_back += 1,
-        }
+        move_and_watch(&log, args, &watched, &args.back, args.back_class, &mut back)?;
         std::thread::sleep(Duration::from_millis(20));
     }
     emit(
         &args.kind,
         json!({
-            "to_us": to_us,
-            "back_us": back_us,
-            "missed_to": missed_to,
-            "missed_back": missed_back,
-            "max_to_us": to_us.iter().max(),
-            "max_back_us": back_us.iter().max(),
-            "write_to_us": write_to_us,
-            "write_back_us": write_back_us,
+            "watched_threads": watched.len(),
+            "rounds": args.rounds,
+            "to": to.report(),
+            "back": back.report(),
         }),
     )
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The CPU hog: N threads spinning on arithmetic until a deadline (or forever), optionally
-//! renamed (PR_SET_NAME) so the controller's rules can match them.
+//! renamed (PR_SET_NAME) so the controller's rules can match them, optionally in a duty cycle
+//! (spin, sleep, spin...) like an interactive thread that wakes every few milliseconds.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -24,6 +25,12 @@ pub struct HogArgs {
     /// placement the fair scheduler's balancer may keep for many seconds.
     #[arg(long)]
     pub start_on_cpu: Option<usize>,
+    /// Duty cycle: sleep this many µs after every `busy_us` of spinning (0: never sleep).
+    #[arg(long, default_value_t = 0)]
+    pub sleep_us: u64,
+    /// Duty cycle: µs of spinning between sleeps.
+    #[arg(long, default_value_t = 1000)]
+    pub busy_us: u64,
 }
 
 /// Moves the calling thread to `cpu`, then lets it run anywhere it could before: it stays
@@ -51,6 +58,10 @@ pub fn run(args: &HogArgs) -> Result<()> {
     for _ in 0..args.threads.max(1) {
         let comm = args.comm.clone();
         let start_cpu = args.start_on_cpu;
+        let (busy, pause) = (
+            Duration::from_micros(args.busy_us.max(1)),
+            Duration::from_micros(args.sleep_us),
+        );
         workers.push(std::thread::spawn(move || {
             if let Some(comm) = comm {
                 crate::storm::set_thread_name(&comm);
@@ -58,7 +69,15 @@ pub fn run(args: &HogArgs) -> Result<()> {
             if let Some(cpu) = start_cpu {
                 start_on(cpu);
             }
-            spin_until(deadline)
+            if pause.is_zero() {
+                return spin_until(deadline);
+            }
+            let mut counter = 0;
+            while deadline.is_none_or(|at| Instant::now() < at) {
+                counter ^= spin_until(Some(Instant::now() + busy));
+                std::thread::sleep(pause);
+            }
+            counter
         }));
     }
     for worker in workers {

@@ -59,8 +59,8 @@ enum Command {
     TaskAttrs(task_attrs::TaskAttrsArgs),
     /// Class ids of a process's threads in the schedulers' pinned `task_classes` map.
     ClassMap(class_map::ClassMapArgs),
-    /// Move a process between two cgroups and time how long its class in `task_classes` takes
-    /// to follow each move.
+    /// Move processes between two cgroups and report, from the schedulers' move log, when each
+    /// thread's class was first decided after each move, and which class it got.
     MoveProbe(class_map::MoveProbeArgs),
     /// Fork, thread-create and PR_SET_NAME rename storm.
     Storm(storm::StormArgs),
