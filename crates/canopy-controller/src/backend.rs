@@ -88,6 +88,10 @@ pub enum ApplyError {
     /// The task exited: normal flow.
     #[error(transparent)]
     Gone(#[from] Gone),
+    /// The thread is real-time or deadline now (it turned so after the controller first saw
+    /// it) and the policy leaves those alone: nothing was changed, nothing is held for it.
+    #[error("task {0} is real-time or deadline; the policy leaves those alone")]
+    Realtime(u32),
     /// The kernel refused (EPERM, EINVAL...).
     #[error("applying {what} to {target} failed: {source}")]
     Refused {
@@ -154,6 +158,12 @@ pub trait Backend: Send {
     fn plan_changed(&mut self, _plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
         Ok(())
     }
+    /// The policy's switch for real-time and deadline tasks (`leave_realtime = false` means
+    /// manage them), given at start and on every plan swap. With it on, `apply_task` changes an
+    /// RT/DL thread like any other (its original policy is restored on stop); with it off, a
+    /// thread found RT/DL at apply time is left alone and reported as
+    /// [`ApplyError::Realtime`].
+    fn set_manage_realtime(&mut self, _manage: bool) {}
     /// Writes the backend's crash record if it changed (rate-limited unless `force`). Called
     /// every second and after the first scan; a no-op for backends that keep none.
     fn persist(&mut self, _force: bool) {}

@@ -111,6 +111,9 @@ struct GroupInstance {
     state: Option<String>,
     /// A state waiting for its delay (unfocused after N s).
     pending: Option<(Instant, String)>,
+    /// The backend took the current state's knobs / map entry (scx: the schedulers clamp
+    /// this cgroup's tasks by it themselves).
+    limits_applied: bool,
 }
 
 /// Why a control request could not be carried out.
@@ -196,7 +199,13 @@ pub struct Controller<B: Backend, S: TaskSource> {
 
 impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// A controller with no tasks yet; call [`Controller::rescan`] after subscribing to events.
-    pub fn new(plan: Arc<dyn PolicyPlan>, backend: B, source: S, config: ControllerConfig) -> Self {
+    pub fn new(
+        plan: Arc<dyn PolicyPlan>,
+        mut backend: B,
+        source: S,
+        config: ControllerConfig,
+    ) -> Self {
+        backend.set_manage_realtime(plan.manage_realtime());
         Controller {
             plan,
             backend,
@@ -944,6 +953,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 group,
                 state,
                 pending: None,
+                limits_applied: false,
             },
         );
         self.apply_group_knobs(cgroup);
@@ -957,13 +967,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         let scx = self
             .plan
             .scx_group_policy(inst.group, inst.state.as_deref());
-        match self.backend.apply_group(cgroup, &knobs, &scx) {
-            Ok(()) => {}
-            Err(ApplyError::Gone(_)) => {}
+        let applied = match self.backend.apply_group(cgroup, &knobs, &scx) {
+            Ok(()) => true,
+            Err(ApplyError::Gone(_)) => false,
             Err(e) => {
                 self.stats.counters.apply_errors += 1;
                 tracing::warn!(cgroup, error = %e, "applying group knobs failed");
+                false
             }
+        };
+        if let Some(inst) = self.groups.get_mut(cgroup) {
+            inst.limits_applied = applied;
         }
     }
 
@@ -1077,7 +1091,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         {
             self.stats.counters.refused_promotions += 1;
         }
-        let handed = self.class_for_backend(requested, clamp.class, group, state, own);
+        let handed = self.class_for_backend(requested, clamp.class, group, &cgroup, own);
         let backend_current = previous_handed == Some(handed);
         if previous == Some((clamp.class, clamp.reason)) && backend_current {
             return;
@@ -1112,6 +1126,15 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 }
             }
             Err(ApplyError::Gone(_)) => self.forget_gone(tid, tgid),
+            // It turned RT/DL since we first saw it and the policy leaves those alone.
+            Err(ApplyError::Realtime(_)) => {
+                if let Some(t) = self.tasks.get_mut(&tid) {
+                    t.realtime = true;
+                    t.skip = Some(Skip::Realtime);
+                    t.applied = None;
+                    t.requested = None;
+                }
+            }
             Err(e) => {
                 self.stats.counters.apply_errors += 1;
                 tracing::warn!(tid, error = %e, "applying class failed");
@@ -1130,15 +1153,22 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         requested: ClassId,
         effective: ClassId,
         group: Option<GroupId>,
-        state: Option<&str>,
+        cgroup: &str,
         own: bool,
     ) -> ClassId {
         if own || self.backend.mode() != Mode::Scx {
             return effective;
         }
-        let schedulers_clamp = match group {
-            Some(group) => self.plan.scx_group_policy(group, state).clamp(requested),
-            None => requested,
+        let schedulers_clamp = match (group, self.groups.get(cgroup)) {
+            // No group here: the schedulers find no entry and do not clamp.
+            (None, _) => requested,
+            // The schedulers hold this cgroup's current limits: they clamp as below.
+            (Some(_), Some(inst)) if inst.limits_applied => self
+                .plan
+                .scx_group_policy(inst.group, inst.state.as_deref())
+                .clamp(requested),
+            // Their entry is missing (the write failed, or the group is not set up yet).
+            (Some(_), _) => return effective,
         };
         if schedulers_clamp == effective {
             requested
@@ -1263,7 +1293,21 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 "the policy's default class".to_string()
             };
             let group_name = group.map(|g| self.plan.group_name(g).to_string());
-            let why = match (task.skip, clamp) {
+            // A kernel thread or an RT/DL task that is managed: because the policy says so.
+            let managed_because = match (task.skip, task.applied) {
+                (None, Some(_)) if process.facts.kthread => {
+                    "; a kernel thread, managed because the policy sets leave_kernel_threads = false"
+                }
+                (None, Some(_)) if task.realtime && self.backend.mode() == Mode::Fallback => {
+                    "; an RT/DL task, managed because the policy sets leave_realtime = false (its RT/DL policy returns on stop)"
+                }
+                // sched_ext schedules fair-policy tasks only: the class waits in the map.
+                (None, Some(_)) if task.realtime => {
+                    "; an RT/DL task the policy manages (leave_realtime = false), but it keeps its RT/DL policy, which sched_ext does not schedule, so the class has no effect"
+                }
+                _ => "",
+            };
+            let mut why: String = match (task.skip, clamp) {
                 (Some(Skip::KernelThread), _) => "kernel thread: left alone by the policy".into(),
                 (Some(Skip::Realtime), _) => "RT/DL task: left alone by the policy".into(),
                 (Some(Skip::OutOfScope), _) => "outside the daemon's cgroup scope".into(),
@@ -1300,6 +1344,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                     }
                 }
             };
+            why.push_str(managed_because);
             out.push(Explanation {
                 tid,
                 tgid: task.tgid,
@@ -1329,6 +1374,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             self.stats.counters.apply_errors += 1;
             tracing::error!(%error, "the backend could not follow the new policy everywhere");
         }
+        self.backend.set_manage_realtime(plan.manage_realtime());
         self.plan = plan;
         self.policy_error = None;
         self.stats.counters.reloads_ok += 1;

@@ -225,6 +225,108 @@ fn exit_forgets_and_kernel_and_realtime_threads_are_left_alone() {
 }
 
 #[test]
+fn kernel_and_realtime_threads_are_managed_when_the_policy_says_so() {
+    let mut src = FakeSource::default();
+    src.spawn(2, "kthreadd", "");
+    src.processes.get_mut(&2).unwrap().kthread = true;
+    src.spawn(50, "player", APP);
+    src.threads.get_mut(&50).unwrap().2 = 1; // SCHED_FIFO
+    let mut plan = TestPlan::desktop();
+    plan.default_class = Some(class::UTILITY);
+    plan.manage_kernel_threads = true;
+    plan.manage_realtime = true;
+    let mut c = Controller::new(
+        Arc::new(plan.clone()),
+        RecordingBackend::default(),
+        src,
+        ControllerConfig::default(),
+    );
+    assert!(
+        c.backend().manage_realtime,
+        "the backend is told to change RT/DL tasks"
+    );
+    c.rescan();
+    assert_eq!(applied(&c, 2).as_deref(), Some("UTILITY"));
+    assert_eq!(applied(&c, 50).as_deref(), Some("USER_INITIATED"));
+    let rt = &c.explain(50).unwrap()[0];
+    assert_eq!(rt.skipped, None);
+    assert_eq!(rt.effective.as_deref(), Some("USER_INITIATED"));
+    assert!(
+        rt.why
+            .contains("an RT/DL task, managed because the policy sets leave_realtime = false"),
+        "{}",
+        rt.why
+    );
+    assert!(c.explain(2).unwrap()[0]
+        .why
+        .contains("a kernel thread, managed because the policy sets leave_kernel_threads = false"),);
+
+    // A reload back to the defaults leaves both alone again: released (originals restored).
+    plan.manage_kernel_threads = false;
+    plan.manage_realtime = false;
+    plan.tag = "defaults".into();
+    c.install_plan(Arc::new(plan));
+    assert!(!c.backend().manage_realtime);
+    assert_eq!(applied(&c, 2), None);
+    assert_eq!(applied(&c, 50), None);
+    assert_eq!(
+        c.explain(50).unwrap()[0].why,
+        "RT/DL task: left alone by the policy"
+    );
+    assert_eq!(
+        c.explain(2).unwrap()[0].why,
+        "kernel thread: left alone by the policy"
+    );
+}
+
+#[test]
+fn in_scx_mode_explain_says_a_managed_realtime_task_keeps_its_rt_policy() {
+    let mut src = FakeSource::default();
+    src.spawn(50, "player", APP);
+    src.threads.get_mut(&50).unwrap().2 = 1; // SCHED_FIFO
+    let mut plan = TestPlan::desktop();
+    plan.manage_realtime = true;
+    let backend = RecordingBackend {
+        scx: true,
+        ..Default::default()
+    };
+    let mut c = Controller::new(Arc::new(plan), backend, src, ControllerConfig::default());
+    c.rescan();
+    let why = &c.explain(50).unwrap()[0].why;
+    assert!(
+        why.contains("keeps its RT/DL policy, which sched_ext does not schedule"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_task_turned_realtime_after_first_sight_is_left_alone_and_explained_so() {
+    let mut src = FakeSource::default();
+    src.spawn(50, "player", APP);
+    // Fair when the controller reads its policy, RT/DL by the time the backend applies.
+    let backend = RecordingBackend {
+        realtime_now: [50].into_iter().collect(),
+        ..Default::default()
+    };
+    let mut c = Controller::new(
+        Arc::new(TestPlan::desktop()),
+        backend,
+        src,
+        ControllerConfig::default(),
+    );
+    c.rescan();
+    assert_eq!(applied(&c, 50), None);
+    let e = &c.explain(50).unwrap()[0];
+    assert_eq!(e.why, "RT/DL task: left alone by the policy");
+    assert_eq!(e.effective, None);
+    assert_eq!(
+        c.stats.counters.apply_errors, 0,
+        "normal flow, not an error"
+    );
+    assert_eq!(c.snapshot(Instant::now()).tasks_managed, 0);
+}
+
+#[test]
 fn overrun_rescan_finds_missed_tasks_and_drops_dead_ones() {
     let mut src = FakeSource::default();
     src.spawn(100, "player", APP);
@@ -573,4 +675,28 @@ fn scx_maps_keep_the_request_and_the_schedulers_clamp() {
         assert_eq!(applied(&c, 101).as_deref(), Some("UTILITY"));
         assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
     }
+}
+
+/// When the schedulers do not hold a group's limits (the map write failed), scx mode writes the
+/// clamped class itself: the daemon never relies on a clamp that is not there.
+#[test]
+fn scx_writes_the_clamped_class_when_the_group_entry_is_missing() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.thread(100, 101, "audio-out");
+    let backend = RecordingBackend {
+        scx: true,
+        refuse_groups: true,
+        ..Default::default()
+    };
+    let mut c = Controller::new(
+        Arc::new(TestPlan::desktop()),
+        backend,
+        src,
+        ControllerConfig::default(),
+    );
+    c.rescan();
+    c.request_state(APP, "minimized", Instant::now()).unwrap();
+    assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
+    assert!(c.stats.counters.apply_errors >= 1);
 }

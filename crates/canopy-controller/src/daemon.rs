@@ -1,19 +1,20 @@
 //! The daemon's wiring: picks the mode, starts the event sources (proc connector; the BPF cgroup
 //! move watcher when the binary has it and the kernel allows it, else inotify on cgroup.procs;
-//! cgroupfs inotify for mkdir/rmdir and focus xattrs; signals; timers), subscribes before the
-//! first /proc scan, runs the control socket and the optional metrics listener, reloads on SIGHUP
-//! or policy file changes, writes the fallback backend's crash record, and on shutdown restores
-//! everything it changed. All decisions stay in `controller`.
+//! inotify on the cgroup subtree for mkdir/rmdir and focus xattrs and on the policy files with
+//! their `policy.d` drop-ins, both through canopy-sys's `Watcher`; signals; timers), subscribes
+//! before the first /proc scan, runs the control socket and the optional metrics listener,
+//! reloads on SIGHUP or policy file changes, writes the fallback backend's crash record, and on
+//! shutdown restores everything it changed. All decisions stay in `controller`.
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use canopy_sys::watch::{WatchEvent, Watcher};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -281,6 +282,9 @@ impl Backend for AnyBackend {
     fn settle_adopted(&mut self) {
         self.0.settle_adopted()
     }
+    fn set_manage_realtime(&mut self, manage: bool) {
+        self.0.set_manage_realtime(manage)
+    }
 }
 
 struct BoxedMaps(Box<dyn ScxMaps>);
@@ -347,7 +351,6 @@ pub async fn run(
     })?;
 
     // Subscribe to events before the first scan so nothing falls between the two.
-    let stop = Arc::new(AtomicBool::new(false));
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(65536);
     let mut proc_events = subscribe_proc_events(opts.proc_rcvbuf)?;
     let mut proc_batch: Vec<canopy_sys::proc_events::ProcEvent> = Vec::with_capacity(64);
@@ -389,12 +392,11 @@ pub async fn run(
         Some(s) => cgroup_root.join(s),
         None => cgroup_root.clone(),
     };
-    let inotify_thread = start_inotify(
+    let watch_task = start_watcher(
         in_tx.clone(),
-        stop.clone(),
         cgroup_root.clone(),
-        watch_root,
-        opts.watch_paths.clone(),
+        &watch_root,
+        &opts.watch_paths,
         move_source.is_none(),
     );
 
@@ -584,7 +586,9 @@ pub async fn run(
 
     let _ = sdnotify::notify("STOPPING=1");
     tracing::info!("stopping: restoring original attributes");
-    stop.store(true, Ordering::SeqCst);
+    if let Some(t) = &watch_task {
+        t.abort();
+    }
     server_task.abort();
     if let Some(m) = metrics_task {
         m.abort();
@@ -598,10 +602,9 @@ pub async fn run(
     drop(proc_events);
     drop(move_fd);
     drop(move_source);
-    let _ = tokio::task::spawn_blocking(move || {
-        let _ = inotify_thread.map(|t| t.join());
-    })
-    .await;
+    if let Some(t) = watch_task {
+        let _ = t.await;
+    }
     tracing::info!(
         restored = report.tasks_restored,
         gone = report.tasks_gone,
@@ -792,13 +795,6 @@ fn translate(ev: &canopy_sys::proc_events::ProcEvent) -> Option<Event> {
     })
 }
 
-#[derive(Debug, Clone)]
-enum Watch {
-    Dir(String),
-    Members(String),
-    Policy(PathBuf),
-}
-
 /// The xattr Mutter writes on an app's cgroup.
 pub const FOCUS_XATTR: &str = "user.xdg.inactive-since";
 
@@ -827,203 +823,124 @@ pub fn read_focus_xattr(dir: &Path) -> Option<String> {
     )
 }
 
-struct Inotify {
-    fd: i32,
-    watches: HashMap<i32, Watch>,
-    cgroup_root: PathBuf,
-    /// Watch cgroup.procs/cgroup.threads for moves (off when the BPF move watcher runs).
-    watch_members: bool,
-}
-
-impl Inotify {
-    fn add(&mut self, path: &Path, mask: u32, what: Watch) {
-        let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-            return;
-        };
-        // SAFETY: plain syscall with a valid C string.
-        let wd = unsafe { libc::inotify_add_watch(self.fd, c.as_ptr(), mask) };
-        if wd >= 0 {
-            self.watches.insert(wd, what);
-        }
-    }
-
-    fn rel(&self, dir: &Path) -> String {
-        dir.strip_prefix(&self.cgroup_root)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    }
-
-    /// Watches a cgroup directory and everything below it; returns the relative paths added.
-    fn watch_tree(&mut self, dir: &Path, added: &mut Vec<String>) {
-        let rel = self.rel(dir);
-        self.add(
-            dir,
-            libc::IN_CREATE | libc::IN_DELETE | libc::IN_ATTRIB | libc::IN_ONLYDIR,
-            Watch::Dir(rel.clone()),
-        );
-        if self.watch_members {
-            self.add(
-                &dir.join("cgroup.procs"),
-                libc::IN_MODIFY,
-                Watch::Members(rel.clone()),
-            );
-            self.add(
-                &dir.join("cgroup.threads"),
-                libc::IN_MODIFY,
-                Watch::Members(rel.clone()),
-            );
-        }
-        added.push(rel);
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    self.watch_tree(&e.path(), added);
-                }
-            }
-        }
-    }
-}
-
-fn start_inotify(
+/// The cgroup and policy watches on a task of their own: canopy-sys's [`Watcher`] (cgroups
+/// created and removed under `watch_root`, focus xattrs, writes to cgroup.procs/cgroup.threads,
+/// the policy's files and `policy.d` drop-ins by the discovery rules of
+/// `canopy_sys::policy_files`), translated into controller inputs. `None` without inotify.
+fn start_watcher(
     tx: mpsc::Sender<Input>,
-    stop: Arc<AtomicBool>,
     cgroup_root: PathBuf,
-    watch_root: PathBuf,
-    policy_paths: Vec<PathBuf>,
+    watch_root: &Path,
+    policy_paths: &[PathBuf],
     watch_members: bool,
-) -> Option<std::thread::JoinHandle<()>> {
-    // SAFETY: plain syscall.
-    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-    if fd < 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "inotify unavailable: no cgroup or policy watching");
-        return None;
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut watcher = match Watcher::new() {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            tracing::warn!(%error, "no cgroup or policy watching");
+            return None;
+        }
+    };
+    match watcher.watch_cgroup_tree(watch_root) {
+        Ok(dirs) => tracing::info!(cgroups = dirs.len(), "watching cgroups"),
+        Err(error) => tracing::warn!(%error, "cgroups created or removed are not watched"),
     }
-    let mut ino = Inotify {
-        fd,
-        watches: HashMap::new(),
+    for path in policy_paths {
+        if let Err(error) = watcher.watch_policy(path) {
+            tracing::warn!(%error, policy = %path.display(), "policy changes there reload only on SIGHUP or `ctl reload`");
+        }
+    }
+    Some(tokio::spawn(forward_watch_events(
+        watcher,
+        tx,
         cgroup_root,
         watch_members,
-    };
-    let mut added = Vec::new();
-    ino.watch_tree(&watch_root, &mut added);
-    for p in &policy_paths {
-        let (dir, what) = if p.is_dir() {
-            (p.clone(), Watch::Policy(PathBuf::new()))
-        } else {
-            (
-                p.parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| PathBuf::from(".")),
-                Watch::Policy(p.file_name().map(PathBuf::from).unwrap_or_default()),
-            )
-        };
-        ino.add(
-            &dir,
-            libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_DELETE,
-            what,
-        );
-    }
-    tracing::info!(cgroups = added.len(), "watching cgroups");
-    std::thread::Builder::new()
-        .name("canopy-inotify".into())
-        .spawn(move || inotify_loop(ino, tx, stop))
-        .ok()
+    )))
 }
 
-fn inotify_loop(mut ino: Inotify, tx: mpsc::Sender<Input>, stop: Arc<AtomicBool>) {
-    let mut buf = vec![0u8; 64 * 1024];
+/// Turns watch events into controller inputs until the controller loop is gone.
+async fn forward_watch_events(
+    mut watcher: Watcher,
+    tx: mpsc::Sender<Input>,
+    cgroup_root: PathBuf,
+    watch_members: bool,
+) {
+    // The focus value last reported per cgroup.
     let mut last_focus: HashMap<String, Option<String>> = HashMap::new();
-    let send = |e: Input| tx.blocking_send(e).is_ok();
-    while !stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd {
-            fd: ino.fd,
-            events: libc::POLLIN,
-            revents: 0,
+    let relative = |dir: &Path| {
+        dir.strip_prefix(&cgroup_root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    loop {
+        let event = match watcher.next_event().await {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(%error, "inotify failed: cgroup and policy changes are no longer watched");
+                return;
+            }
         };
-        // SAFETY: one pollfd we own.
-        let r = unsafe { libc::poll(&mut pfd, 1, 500) };
-        if r <= 0 {
-            continue;
-        }
-        // SAFETY: read into our buffer.
-        let n = unsafe { libc::read(ino.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-        if n <= 0 {
-            continue;
-        }
-        let mut off = 0usize;
-        let mut out: Vec<Input> = Vec::new();
-        while off + std::mem::size_of::<libc::inotify_event>() <= n as usize {
-            // SAFETY: the kernel wrote whole inotify_event records; read_unaligned copes with alignment.
-            let ev: libc::inotify_event = unsafe {
-                std::ptr::read_unaligned(buf[off..].as_ptr() as *const libc::inotify_event)
-            };
-            let name_start = off + std::mem::size_of::<libc::inotify_event>();
-            let name_bytes = &buf[name_start..name_start + ev.len as usize];
-            let name_end = name_bytes
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(name_bytes.len());
-            let name = String::from_utf8_lossy(&name_bytes[..name_end]).into_owned();
-            off = name_start + ev.len as usize;
-            if ev.mask & libc::IN_Q_OVERFLOW != 0 {
-                out.push(Input::Event(Event::Overrun));
-                continue;
+        let inputs: Vec<Input> = match event {
+            WatchEvent::CgroupCreated { dir } => {
+                let cgroup = relative(&dir);
+                // Tasks moved in before the watch on its cgroup.procs existed are picked up,
+                // and so is a focus xattr set before the watch on the directory.
+                let focus = read_focus_xattr(&dir)
+                    .and_then(|value| focus_change(&mut last_focus, &cgroup, Some(value)));
+                [
+                    Input::Event(Event::CgroupCreated {
+                        cgroup: cgroup.clone(),
+                    }),
+                    Input::Event(Event::CgroupMembershipChanged { cgroup }),
+                ]
+                .into_iter()
+                .chain(focus)
+                .collect()
             }
-            let Some(w) = ino.watches.get(&ev.wd).cloned() else {
-                continue;
-            };
-            match w {
-                Watch::Members(cg) => {
-                    out.push(Input::Event(Event::CgroupMembershipChanged { cgroup: cg }))
-                }
-                Watch::Policy(file) => {
-                    let relevant = file.as_os_str().is_empty() && name.ends_with(".toml")
-                        || file.as_os_str() == name.as_str();
-                    if relevant {
-                        out.push(Input::PolicyChanged);
-                    }
-                }
-                Watch::Dir(cg) => {
-                    let child = if cg.is_empty() {
-                        name.clone()
-                    } else {
-                        format!("{cg}/{name}")
-                    };
-                    if ev.mask & libc::IN_CREATE != 0 && ev.mask & libc::IN_ISDIR != 0 {
-                        let mut added = Vec::new();
-                        let dir = ino.cgroup_root.join(&child);
-                        ino.watch_tree(&dir, &mut added);
-                        for c in added {
-                            out.push(Input::Event(Event::CgroupCreated { cgroup: c.clone() }));
-                            out.push(Input::Event(Event::CgroupMembershipChanged { cgroup: c }));
-                        }
-                    } else if ev.mask & libc::IN_DELETE != 0 && ev.mask & libc::IN_ISDIR != 0 {
-                        ino.watches.retain(|_, w| !matches!(w, Watch::Dir(c) | Watch::Members(c) if *c == child || c.starts_with(&format!("{child}/"))));
-                        last_focus.remove(&child);
-                        out.push(Input::Event(Event::CgroupRemoved { cgroup: child }));
-                    } else if ev.mask & libc::IN_ATTRIB != 0 {
-                        // IN_ATTRIB on the watched dir itself (name empty): an xattr may have changed.
-                        let target = if name.is_empty() { cg.clone() } else { child };
-                        let value = read_focus_xattr(&ino.cgroup_root.join(&target));
-                        if last_focus.get(&target) != Some(&value) {
-                            last_focus.insert(target.clone(), value.clone());
-                            out.push(Input::Event(Event::FocusChanged {
-                                cgroup: target,
-                                value,
-                            }));
-                        }
-                    }
-                }
+            WatchEvent::CgroupRemoved { dir } => {
+                let cgroup = relative(&dir);
+                last_focus.remove(&cgroup);
+                vec![Input::Event(Event::CgroupRemoved { cgroup })]
             }
-        }
-        for e in out {
-            if !send(e) {
+            WatchEvent::CgroupAttributesChanged { dir } => {
+                focus_change(&mut last_focus, &relative(&dir), read_focus_xattr(&dir))
+                    .into_iter()
+                    .collect()
+            }
+            // With the BPF move watcher, moves come from the ring buffer.
+            WatchEvent::CgroupMembershipChanged { dir } if watch_members => {
+                vec![Input::Event(Event::CgroupMembershipChanged {
+                    cgroup: relative(&dir),
+                })]
+            }
+            WatchEvent::CgroupMembershipChanged { .. } => Vec::new(),
+            WatchEvent::PolicyChanged { .. } => vec![Input::PolicyChanged],
+            // Lost events may have been cgroup or policy changes: rescan and reload.
+            WatchEvent::Overflow => vec![Input::Event(Event::Overrun), Input::PolicyChanged],
+        };
+        for input in inputs {
+            if tx.send(input).await.is_err() {
                 return;
             }
         }
     }
-    // SAFETY: closing our own fd.
-    unsafe { libc::close(ino.fd) };
+}
+
+/// A focus change to report, unless `value` is what was last reported for `cgroup` (IN_ATTRIB
+/// fires for any attribute change, not only the focus xattr).
+fn focus_change(
+    last_focus: &mut HashMap<String, Option<String>>,
+    cgroup: &str,
+    value: Option<String>,
+) -> Option<Input> {
+    if last_focus.get(cgroup) == Some(&value) {
+        return None;
+    }
+    last_focus.insert(cgroup.to_string(), value.clone());
+    Some(Input::Event(Event::FocusChanged {
+        cgroup: cgroup.to_string(),
+        value,
+    }))
 }
 
 /// Every cgroup under the root (or scope) that already carries a focus xattr.

@@ -5,6 +5,10 @@
 //! state file ([`crate::state_file`]) those originals also survive a SIGKILL: the next daemon
 //! re-adopts the ones it takes over and restores the others once its first scan is done.
 //!
+//! Real-time and deadline threads are changed only when the policy manages them
+//! (`leave_realtime = false`, passed in through `set_manage_realtime`); their original RT/DL
+//! policy and priority go back on stop like any other original.
+//!
 //! sched_setattr and its kernel-capability detection come from canopy-sys (`SchedApplier`); the
 //! five cgroup knob files are written here.
 
@@ -42,6 +46,8 @@ pub struct FallbackBackend {
     group_originals: HashMap<String, Vec<(&'static str, String)>>,
     missing_knobs_noted: bool,
     notes: Vec<String>,
+    /// Whether the policy manages RT/DL threads (otherwise a thread found RT/DL is left alone).
+    manage_realtime: bool,
     /// The crash record, when kept.
     state: Option<StateFile>,
     /// What a crashed predecessor recorded and this daemon has not taken over yet.
@@ -58,6 +64,7 @@ impl FallbackBackend {
             group_originals: HashMap::new(),
             missing_knobs_noted: false,
             notes: Vec::new(),
+            manage_realtime: false,
             state: None,
             adopted: Adopted::default(),
         }
@@ -98,7 +105,7 @@ impl FallbackBackend {
         self.originals.get(&tid)
     }
 
-    fn request_for(params: &ClassParams) -> SchedRequest {
+    fn request_for(params: &ClassParams, override_realtime: bool) -> SchedRequest {
         SchedRequest {
             policy: match params.policy {
                 FairPolicy::Normal => canopy_sys::sched::FairPolicy::Other,
@@ -110,9 +117,9 @@ impl FallbackBackend {
             uclamp_min: Some(params.uclamp_min.min(1024)),
             uclamp_max: Some(params.uclamp_max.min(1024)),
             reset_on_fork: false,
-            // The controller decided this task is managed (RT/DL are skipped by policy there);
-            // a task that turned RT since is left alone by the applier.
-            override_realtime: false,
+            // The policy's `leave_realtime`: when RT/DL tasks are left alone, one that turned
+            // RT/DL after the controller first saw it is left alone by the applier too.
+            override_realtime,
         }
     }
 
@@ -173,7 +180,8 @@ impl Backend for FallbackBackend {
         params: &ClassParams,
     ) -> Result<(), ApplyError> {
         self.claim_adopted(tid);
-        match self.applier.apply(tid as i32, &Self::request_for(params)) {
+        let request = Self::request_for(params, self.manage_realtime);
+        match self.applier.apply(tid as i32, &request) {
             Ok(Outcome::Gone) => Err(Gone(tid).into()),
             Ok(Outcome::Done(Applied::Changed {
                 previous,
@@ -192,7 +200,14 @@ impl Backend for FallbackBackend {
                 }
                 Ok(())
             }
-            Ok(Outcome::Done(Applied::LeftRealtimeAlone { .. })) => Ok(()),
+            Ok(Outcome::Done(Applied::LeftRealtimeAlone { .. })) => {
+                // Whoever made it RT/DL owns its attributes now: an original held from before
+                // must not overwrite theirs on stop.
+                if self.originals.remove(&tid).is_some() {
+                    self.changed();
+                }
+                Err(ApplyError::Realtime(tid))
+            }
             Err(e) => Err(ApplyError::Refused {
                 what: format!("class {}", params.name),
                 target: format!("tid {tid}"),
@@ -346,6 +361,10 @@ impl Backend for FallbackBackend {
         self.notes.clone()
     }
 
+    fn set_manage_realtime(&mut self, manage: bool) {
+        self.manage_realtime = manage;
+    }
+
     fn persist(&mut self, force: bool) {
         let Some(state) = &mut self.state else {
             return;
@@ -417,6 +436,78 @@ mod tests {
         b.inherit_original(12, 99);
         assert_eq!(b.original(11), Some(&orig));
         assert_eq!(b.original(12), None);
+    }
+
+    /// A real SCHED_FIFO thread (needs root; skipped otherwise): left alone, and reported so,
+    /// unless the policy manages RT/DL tasks; when managed, its FIFO policy and priority are
+    /// what `restore_all` puts back.
+    #[test]
+    fn a_realtime_thread_is_changed_only_when_the_policy_manages_realtime_tasks() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let parked = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() } as u32;
+            let param = libc::sched_param { sched_priority: 7 };
+            // SAFETY: sched_setscheduler on the calling thread with a valid param.
+            let fifo = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0;
+            tid_tx.send((tid, fifo)).unwrap();
+            let _ = done_rx.recv();
+        });
+        let (tid, fifo) = tid_rx.recv().unwrap();
+        if !fifo {
+            eprintln!("skipped: SCHED_FIFO refused (needs root)");
+            drop(done_tx);
+            parked.join().unwrap();
+            return;
+        }
+        let params = ClassParams {
+            name: "BACKGROUND".into(),
+            scx_id: 0,
+            policy: FairPolicy::Batch,
+            nice: 4,
+            slice_ns: 0,
+            uclamp_min: 0,
+            uclamp_max: 1024,
+        };
+        let mut backend = FallbackBackend::new(PathBuf::from("/nonexistent"));
+        assert!(matches!(
+            backend.apply_task(tid, ClassId(0), &params),
+            Err(ApplyError::Realtime(t)) if t == tid
+        ));
+        let attr = sched_getattr(tid).unwrap();
+        assert_eq!(
+            (attr.sched_policy, attr.sched_priority),
+            (libc::SCHED_FIFO as u32, 7)
+        );
+        assert_eq!(
+            backend.original(tid),
+            None,
+            "nothing held for a task left alone"
+        );
+
+        backend.set_manage_realtime(true);
+        backend.apply_task(tid, ClassId(0), &params).unwrap();
+        let attr = sched_getattr(tid).unwrap();
+        assert_eq!(
+            (attr.sched_policy, attr.sched_nice),
+            (libc::SCHED_BATCH as u32, 4)
+        );
+        assert_eq!(
+            backend
+                .original(tid)
+                .map(|o| (o.sched_policy, o.sched_priority)),
+            Some((libc::SCHED_FIFO as u32, 7))
+        );
+        let report = backend.restore_all();
+        assert_eq!(report.tasks_restored, 1, "{report:?}");
+        let attr = sched_getattr(tid).unwrap();
+        assert_eq!(
+            (attr.sched_policy, attr.sched_priority),
+            (libc::SCHED_FIFO as u32, 7)
+        );
+        drop(done_tx);
+        parked.join().unwrap();
     }
 
     #[test]

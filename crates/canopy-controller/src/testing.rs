@@ -68,6 +68,10 @@ pub struct TestPlan {
     pub default_class: Option<u16>,
     /// A tag to tell plans apart in `hash`.
     pub tag: String,
+    /// The policy's `leave_kernel_threads = false`.
+    pub manage_kernel_threads: bool,
+    /// The policy's `leave_realtime = false`.
+    pub manage_realtime: bool,
 }
 
 /// Class indices of [`TestPlan::classes_schedqos`]. Ids follow the compiled plan's convention
@@ -140,6 +144,8 @@ impl TestPlan {
             groups: vec![],
             default_class: None,
             tag: "empty".into(),
+            manage_kernel_threads: false,
+            manage_realtime: false,
         }
     }
 
@@ -336,10 +342,10 @@ impl PolicyPlan for TestPlan {
         }
     }
     fn manage_kernel_threads(&self) -> bool {
-        false
+        self.manage_kernel_threads
     }
     fn manage_realtime(&self) -> bool {
-        false
+        self.manage_realtime
     }
 }
 
@@ -494,6 +500,13 @@ pub struct RecordingBackend {
     pub restores: u64,
     /// Report scx mode instead of fallback.
     pub scx: bool,
+    /// Refuse every group write (as a full BPF map or a missing knob would).
+    pub refuse_groups: bool,
+    /// What `set_manage_realtime` last said.
+    pub manage_realtime: bool,
+    /// Threads a test made RT/DL after the controller first saw them: refused with
+    /// `ApplyError::Realtime` unless RT/DL tasks are managed, as the fallback backend does.
+    pub realtime_now: std::collections::HashSet<u32>,
 }
 
 impl crate::backend::Backend for RecordingBackend {
@@ -511,6 +524,10 @@ impl crate::backend::Backend for RecordingBackend {
         params: &ClassParams,
     ) -> Result<(), crate::backend::ApplyError> {
         self.apply_calls += 1;
+        if self.realtime_now.contains(&tid) && !self.manage_realtime {
+            self.applied.remove(&tid);
+            return Err(crate::backend::ApplyError::Realtime(tid));
+        }
         self.applied.insert(tid, params.name.to_string());
         Ok(())
     }
@@ -526,6 +543,13 @@ impl crate::backend::Backend for RecordingBackend {
         knobs: &GroupKnobs,
         _scx: &ScxGroupPolicy,
     ) -> Result<(), crate::backend::ApplyError> {
+        if self.refuse_groups {
+            return Err(crate::backend::ApplyError::Refused {
+                what: "group policy".into(),
+                target: cgroup.into(),
+                source: std::io::Error::from_raw_os_error(libc::E2BIG),
+            });
+        }
         self.groups.insert(cgroup.into(), knobs.clone());
         Ok(())
     }
@@ -543,6 +567,9 @@ impl crate::backend::Backend for RecordingBackend {
     }
     fn notes(&self) -> Vec<String> {
         Vec::new()
+    }
+    fn set_manage_realtime(&mut self, manage: bool) {
+        self.manage_realtime = manage;
     }
 }
 

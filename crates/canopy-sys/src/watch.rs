@@ -2,7 +2,9 @@
 //! recursively for cgroups created and removed, xattr changes on a cgroup (GNOME's focus
 //! signal, IN_ATTRIB) and writes to its `cgroup.procs`/`cgroup.threads`; and policy files and
 //! drop-in directories, watched through their directory so that editors that write a new file
-//! and rename it over the old one are seen.
+//! and rename it over the old one are seen. [`Watcher::watch_policy`] follows the discovery
+//! rules of [`crate::policy_files`]: a policy path stands for its `policy.toml` and its
+//! `policy.d/*.toml`, and a `policy.d` created (or removed) later is followed.
 //!
 //! A cgroup created between a `mkdir` event and the watch on it is not missed: each new
 //! directory is listed after its watch is added and its subdirectories are reported too. A
@@ -15,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt as _;
 use inotify::{EventMask, EventStream, Inotify, WatchMask, Watches};
+
+use crate::policy_files::{DROP_IN_DIR, MAIN_FILE};
 
 /// An inotify operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,10 +90,15 @@ enum Target {
     /// A cgroup directory of a recursively watched tree.
     Cgroup(PathBuf),
     /// A directory holding policy files; `only` limits it to some file names (`None`: all).
+    /// With `drop_ins`, its `policy.d` subdirectory is watched as a drop-in directory whenever
+    /// it exists (created or moved in later included).
     PolicyDirectory {
         dir: PathBuf,
         only: Option<Vec<OsString>>,
+        drop_ins: bool,
     },
+    /// A `policy.d` directory: only its `*.toml` files count, as in [`crate::policy_files`].
+    DropInDirectory(PathBuf),
 }
 
 const CGROUP_MASK: WatchMask = WatchMask::CREATE
@@ -99,7 +108,9 @@ const CGROUP_MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::MODIFY)
     .union(WatchMask::ONLYDIR);
 
+// CREATE only serves to see a `policy.d` appear (a new file is reported at its CLOSE_WRITE).
 const POLICY_MASK: WatchMask = WatchMask::CLOSE_WRITE
+    .union(WatchMask::CREATE)
     .union(WatchMask::MOVED_TO)
     .union(WatchMask::MOVED_FROM)
     .union(WatchMask::DELETE)
@@ -159,12 +170,57 @@ impl Watcher {
             .filter(|dir| !dir.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let name = file.file_name().map(OsStr::to_os_string);
-        self.add_policy_watch(dir, name)
+        self.add_policy_watch(dir, name, false)
     }
 
     /// Watches every file in a policy (drop-in) directory.
     pub fn watch_policy_directory(&mut self, dir: &Path) -> Result<(), WatchError> {
-        self.add_policy_watch(dir, None)
+        self.add_policy_watch(dir, None, false)
+    }
+
+    /// Watches every file the policy at `path` stands for ([`crate::policy_files`]'s rules): a
+    /// directory means its `policy.toml` and `policy.d/*.toml`; a file named `policy.toml`
+    /// means itself and its sibling `policy.d/*.toml`; any other file means itself. A
+    /// `policy.d` that appears later is watched from then on (and reported as a change).
+    pub fn watch_policy(&mut self, path: &Path) -> Result<(), WatchError> {
+        let base = if path.is_dir() {
+            path
+        } else if path.file_name().is_some_and(|name| name == MAIN_FILE) {
+            path.parent()
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+        } else {
+            return self.watch_policy_file(path);
+        };
+        for name in [MAIN_FILE, DROP_IN_DIR] {
+            self.add_policy_watch(base, Some(OsString::from(name)), true)?;
+        }
+        self.watch_drop_in_directory(&base.join(DROP_IN_DIR))
+    }
+
+    /// Watches a `policy.d` directory if it exists (absent is fine: its parent's watch sees it
+    /// appear).
+    fn watch_drop_in_directory(&mut self, dir: &Path) -> Result<(), WatchError> {
+        let descriptor = match self.watches.add(dir, POLICY_MASK) {
+            Ok(descriptor) => descriptor,
+            Err(error) if vanished(&error) => return Ok(()),
+            Err(source) => {
+                return Err(WatchError::AddWatch {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let id = descriptor.get_watch_descriptor_id();
+        // A directory already watched for all its files stays so.
+        if !matches!(
+            self.targets.get(&id),
+            Some(Target::PolicyDirectory { only: None, .. })
+        ) {
+            self.targets
+                .insert(id, Target::DropInDirectory(dir.to_path_buf()));
+        }
+        Ok(())
     }
 
     /// The number of active watches.
@@ -187,7 +243,12 @@ impl Watcher {
         }
     }
 
-    fn add_policy_watch(&mut self, dir: &Path, only: Option<OsString>) -> Result<(), WatchError> {
+    fn add_policy_watch(
+        &mut self,
+        dir: &Path,
+        only: Option<OsString>,
+        drop_ins: bool,
+    ) -> Result<(), WatchError> {
         let descriptor =
             self.watches
                 .add(dir, POLICY_MASK)
@@ -196,10 +257,13 @@ impl Watcher {
                     source,
                 })?;
         // inotify gives the same descriptor for the same directory: merge what is watched.
-        let only = match (
-            self.targets.get(&descriptor.get_watch_descriptor_id()),
-            only,
-        ) {
+        let existing = self.targets.get(&descriptor.get_watch_descriptor_id());
+        let drop_ins = drop_ins
+            || matches!(
+                existing,
+                Some(Target::PolicyDirectory { drop_ins: true, .. })
+            );
+        let only = match (existing, only) {
             (Some(Target::PolicyDirectory { only: None, .. }), _) | (_, None) => None,
             (
                 Some(Target::PolicyDirectory {
@@ -218,6 +282,7 @@ impl Watcher {
             Target::PolicyDirectory {
                 dir: dir.to_path_buf(),
                 only,
+                drop_ins,
             },
         );
         Ok(())
@@ -278,12 +343,45 @@ impl Watcher {
         }
         match target {
             Target::Cgroup(dir) => self.translate_cgroup(&dir, mask, name)?,
-            Target::PolicyDirectory { dir, only } => {
+            Target::PolicyDirectory {
+                dir,
+                only,
+                drop_ins,
+            } => {
                 if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
                     self.pending
                         .push_back(WatchEvent::PolicyChanged { path: dir });
                 } else if let Some(name) = name {
-                    if only.as_ref().is_none_or(|names| names.contains(&name)) {
+                    let is_drop_in_dir =
+                        drop_ins && name == DROP_IN_DIR && mask.contains(EventMask::ISDIR);
+                    if is_drop_in_dir && mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+                        // Its files may be there already (moved in, or written before the
+                        // watch): report it as a change.
+                        self.watch_drop_in_directory(&dir.join(&name))?;
+                    }
+                    let counts = if mask.contains(EventMask::CREATE) {
+                        is_drop_in_dir
+                    } else {
+                        only.as_ref().is_none_or(|names| names.contains(&name))
+                    };
+                    if counts {
+                        self.pending.push_back(WatchEvent::PolicyChanged {
+                            path: dir.join(name),
+                        });
+                    }
+                }
+            }
+            Target::DropInDirectory(dir) => {
+                if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+                    // Moved away, it is no longer this policy's drop-in directory.
+                    self.targets.remove(&id);
+                    self.pending
+                        .push_back(WatchEvent::PolicyChanged { path: dir });
+                } else if let Some(name) = name {
+                    let toml = Path::new(&name)
+                        .extension()
+                        .is_some_and(|ext| ext == "toml");
+                    if toml && !mask.contains(EventMask::CREATE) {
                         self.pending.push_back(WatchEvent::PolicyChanged {
                             path: dir.join(name),
                         });

@@ -1,6 +1,7 @@
 //! inotify on a real cgroup2 subtree and a real policy directory: cgroups created (also
 //! nested ones made before their parent's watch could exist), removed, their xattr changed,
-//! a task moved in; policy files written in place and replaced by rename.
+//! a task moved in; policy files written in place and replaced by rename; a policy path's
+//! `policy.d` drop-ins, also when the directory appears after the watch.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -175,4 +176,70 @@ async fn policy_drop_in_directory() {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn policy_path_follows_its_drop_in_directory() {
+    let dir = TempDir::new("/tmp");
+    let main = dir.path().join("policy.toml");
+    std::fs::write(&main, "# main\n").unwrap();
+    let mut watcher = Watcher::new().unwrap();
+    watcher.watch_policy(&main).unwrap();
+
+    // policy.d made after the watch: reported, and followed from then on.
+    let drop_in_dir = dir.path().join("policy.d");
+    std::fs::create_dir(&drop_in_dir).unwrap();
+    assert_eq!(
+        next(&mut watcher).await,
+        WatchEvent::PolicyChanged {
+            path: drop_in_dir.clone()
+        }
+    );
+    // Files that are not part of the policy are ignored (a non-.toml file in policy.d, another
+    // .toml beside policy.toml, an editor's temporary file); a drop-in written by rename is seen.
+    std::fs::write(drop_in_dir.join("README"), "x").unwrap();
+    std::fs::write(dir.path().join("notes.toml"), "x").unwrap();
+    let drop_in = drop_in_dir.join("50-games.toml");
+    write_by_rename(&drop_in, "# games\n");
+    assert_eq!(
+        next(&mut watcher).await,
+        WatchEvent::PolicyChanged {
+            path: drop_in.clone()
+        }
+    );
+    // The main file still counts.
+    std::fs::write(&main, "# main v2\n").unwrap();
+    assert_eq!(
+        next(&mut watcher).await,
+        WatchEvent::PolicyChanged { path: main.clone() }
+    );
+    // A removed drop-in, then the whole policy.d removed.
+    std::fs::remove_file(&drop_in).unwrap();
+    assert_eq!(
+        next(&mut watcher).await,
+        WatchEvent::PolicyChanged {
+            path: drop_in.clone()
+        }
+    );
+    std::fs::remove_file(drop_in_dir.join("README")).unwrap();
+    std::fs::remove_dir(&drop_in_dir).unwrap();
+    assert_eq!(
+        next(&mut watcher).await,
+        WatchEvent::PolicyChanged {
+            path: drop_in_dir.clone()
+        }
+    );
+
+    // The directory form: DIR means DIR/policy.toml and DIR/policy.d/*.toml.
+    let other = TempDir::new("/tmp");
+    std::fs::create_dir(other.path().join("policy.d")).unwrap();
+    let mut watcher = Watcher::new().unwrap();
+    watcher.watch_policy(other.path()).unwrap();
+    std::fs::write(other.path().join("unrelated.toml"), "x").unwrap();
+    let drop_in = other.path().join("policy.d/10-base.toml");
+    std::fs::write(&drop_in, "# base\n").unwrap();
+    assert_eq!(
+        next(&mut watcher).await,
+        WatchEvent::PolicyChanged { path: drop_in }
+    );
 }
