@@ -545,7 +545,7 @@ grep canopy: /tmp/daemon.log | tail -n 20
         "both hogs DEFAULT before the reload, yet split {ratio_before:.2}:1"
     );
     // 655:60 would be about 11:1 if the reference could use all the CPU the weights give it;
-    // measured 2.64:1 under TCG (1.00:1 before the reload)
+    // measured 2.37-2.73:1 in four runs under TCG (1.00-1.01:1 before the reload)
     assert!(
         ratio_after >= 2.0,
         "the untagged hog should run as BULK (60 against 655) after the reload, yet split {ratio_after:.2}:1"
