@@ -44,6 +44,7 @@ bool scx_bpf_task_set_dsq_vtime(struct task_struct *p, u64 vtime) __ksym;
 bool scx_bpf_task_set_slice(struct task_struct *p, u64 slice) __ksym;
 void scx_bpf_error_bstr(char *fmt, unsigned long long *data, u32 data_len) __ksym;
 void scx_bpf_dump_bstr(char *fmt, unsigned long long *data, u32 data_len) __ksym;
+void scx_bpf_exit_bstr(s64 exit_code, char *fmt, unsigned long long *data, u32 data_len) __ksym;
 bool scx_bpf_sub_dispatch(u64 cgroup_id) __ksym;
 s32 scx_bpf_sub_grant(u64 cgroup_id, u64 caps, const struct scx_cmask __arena *cmask__arena,
 		      struct scx_cmask __arena *denied_out__arena__nullable) __ksym;
@@ -188,8 +189,25 @@ struct {
 	__type(value, struct canopy_group_policy);
 } group_policy SEC(".maps");
 
-/* The policy's default class for tasks the controller has not tagged. */
-const volatile u32 default_class = CANOPY_CLASS_DEFAULT;
+/* The policy's default class for tasks the controller has not tagged (one entry, key 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct canopy_policy_defaults);
+} policy_defaults SEC(".maps");
+
+/* The class of an untagged task: the policy's default, DEFAULT while nothing valid is written. */
+static __always_inline u32 policy_default_class(void)
+{
+	u32 key = 0;
+	struct canopy_policy_defaults *defaults = bpf_map_lookup_elem(&policy_defaults, &key);
+
+	if (defaults && defaults->default_class_plus_one &&
+	    defaults->default_class_plus_one <= CANOPY_MAX_CLASSES)
+		return defaults->default_class_plus_one - 1;
+	return CANOPY_CLASS_DEFAULT;
+}
 
 /*
  * The id of @p's cgroup (v2). Not inlined: inlined, clang may compute the field address
@@ -200,7 +218,10 @@ static __noinline u64 task_cgroup_id(struct task_struct *p)
 	return BPF_CORE_READ(p, cgroups, dfl_cgrp, kn, id);
 }
 
-/* A task's requested class: its own tag, else its process's tag (tid == tgid), else the default. */
+/*
+ * A task's requested class: its own tag, else its process's tag (tid == tgid), else the
+ * policy's default (`policy_defaults`, rewritten on reload).
+ */
 static __always_inline u32 task_requested_class(struct task_struct *p)
 {
 	u32 tid = p->pid, tgid = p->tgid;
@@ -209,9 +230,9 @@ static __always_inline u32 task_requested_class(struct task_struct *p)
 
 	if (!class && tgid != tid)
 		class = bpf_map_lookup_elem(&task_classes, &tgid);
-	c = class ? *class : default_class;
+	c = class ? *class : CANOPY_MAX_CLASSES;
 	if (c >= CANOPY_MAX_CLASSES)
-		c = default_class;
+		c = policy_default_class();
 	return c;
 }
 

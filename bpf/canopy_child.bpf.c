@@ -29,6 +29,15 @@ char _license[] SEC("license") = "GPL";
 /* the cgroup this instance is attached to (informational; the ops field is what counts) */
 const volatile u64 attach_cgroup_id;
 
+/*
+ * Test hook for the supervisor's re-attach path: when the loader sets it, the child unregisters
+ * itself after that many dispatches with the restart action in its exit code, as a scheduler
+ * asking userspace to load it again does. 0 (always, outside `canopy scheduler run
+ * --child-restart-loads`) leaves the branch dead for the verifier.
+ */
+const volatile u64 restart_after_dispatches;
+u64 own_dispatches;
+
 /* caps in effect per cid, from sub_ecaps_updated */
 u64 cid_caps[CANOPY_MAX_CIDS];
 u64 idle_cids[CANOPY_MAX_CIDS / 64];
@@ -96,6 +105,13 @@ void CANOPY_OP(canopy_child_dispatch, s32 cid, struct task_struct *prev)
 		stat_inc(CANOPY_STAT_OWN_DISPATCHES);
 		if (flags)
 			stat_inc(CANOPY_STAT_IMMED_INSERTS);
+		if (restart_after_dispatches &&
+		    __sync_fetch_and_add(&own_dispatches, 1) + 1 == restart_after_dispatches) {
+			static char fmt[] = "canopy_child: asking for a restart after %llu dispatches";
+			unsigned long long param[1] = { restart_after_dispatches };
+
+			scx_bpf_exit_bstr(SCX_ECODE_ACT_RESTART, fmt, param, sizeof(param));
+		}
 		return;
 	}
 	class_vtime_keep_prev(prev);

@@ -77,6 +77,14 @@ struct {
 	__uint(max_entries, 64 * 1024);
 } admission_events SEC(".maps");
 
+/* The supervisor's record of children re-attached after a restart request (userspace only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CANOPY_MAX_GROUPS);
+	__type(key, u64);
+	__type(value, struct canopy_child_restarts);
+} child_restarts SEC(".maps");
+
 /* Who a cid is currently handed to, and since when. */
 struct cid_state {
 	u32 owner;		/* member slot, NO_OWNER when idle */

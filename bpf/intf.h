@@ -94,8 +94,20 @@ struct canopy_class_params {
 
 /*
  * Map `task_classes`: tid (u32) -> class id (u32). Written by the controller. A thread without
- * an entry takes its process's entry (key = tgid), then the policy's default class.
+ * an entry takes its process's entry (key = tgid), then the policy's default class
+ * (`policy_defaults`).
  */
+
+/*
+ * Map `policy_defaults` (array, one entry, key 0): what the policy says about tasks the
+ * controller has not tagged. Written by the loader before the root attaches and again on every
+ * reload; children share the root's map, so one write moves every scheduler. A zeroed entry
+ * (a child loaded without canopy_root's pinned maps) means CANOPY_CLASS_DEFAULT.
+ */
+struct canopy_policy_defaults {
+	u32 default_class_plus_one;	/* 0: CANOPY_CLASS_DEFAULT; else the default class id + 1 */
+	u32 pad;
+};
 
 /* Map `group_policy`: cgroup id (u64) -> policy. Written by the loader from the policy. */
 struct canopy_group_policy {
@@ -136,6 +148,19 @@ struct canopy_member {
 	u64 period_used_ns;	/* CPU time used in the current window */
 	u64 guarantee_owed_ns;	/* guaranteed time it did not get in past windows (at most one window) */
 	char name[CANOPY_NAME_LEN];	/* ops name of the child ("" for slot 0) */
+};
+
+/*
+ * Map `child_restarts` (canopy_root, pinned): cgroup id (u64) -> the supervisor's record of the
+ * canopy children it loaded again on that cgroup because they exited with the kernel's restart
+ * action. Written by userspace only (the schedulers never read it); `canopy status` shows it.
+ */
+struct canopy_child_restarts {
+	u32 restarts;		/* times a child was loaded and attached again */
+	u32 gave_up;		/* 1: it kept asking; the supervisor stopped re-attaching it */
+	u32 in_a_row;		/* restarts since a child last ran long enough to count as stable */
+	u32 pad;
+	s64 last_exit_code;	/* exit code of the last exit that asked for a restart */
 };
 
 /* Ring buffer `admission_events`: one record per sub_attach decision. */

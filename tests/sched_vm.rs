@@ -1323,3 +1323,134 @@ canopy-guest report after status=@/tmp/status.json
     );
     Ok(())
 }
+
+/// Starts `canopy scheduler run` on /etc/canopy-sched.json with the test hook that makes the
+/// first `loads` canopy_child loads ask for a restart after 50 dispatches, with two hogs in
+/// /sys/fs/cgroup/ta (so the child dispatches), waits until the log shows `until`, and reports
+/// `<kind>` (the supervisor's log, the sub-schedulers in sysfs, `canopy scheduler status --json`).
+fn restarting_child_phase(kind: &str, loads: u32, until: &str) -> String {
+    format!(
+        r#"
+canopy scheduler run --config /etc/canopy-sched.json --child-restart-loads {loads} > /tmp/root.log 2>&1 &
+ROOT=$!
+{WAIT_ROOT}
+canopy-guest wait-for --file /tmp/root.log --contains '{until}' --pid $ROOT --timeout 90
+sleep 2
+canopy scheduler status --json --interval-ms 200 > /tmp/sched.json
+canopy-guest report {kind} ta_id=$(stat -c %i /sys/fs/cgroup/ta) subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" state="$(cat /sys/kernel/sched_ext/state)" sched=@/tmp/sched.json log="$(tr '\n' '|' < /tmp/root.log)"
+kill -TERM $ROOT; wait $ROOT || true
+"#
+    )
+}
+
+/// The restart record of `ta` in a `canopy scheduler status --json` result.
+fn ta_restarts(phase: &serde_json::Value) -> serde_json::Value {
+    phase["sched"]["child_restarts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|record| record["cgroup_id"] == phase["ta_id"])
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A canopy child that exits with the kernel's restart action (SCX_ECODE_ACT_RESTART, here
+/// through the child's test hook: it unregisters itself after 50 dispatches) is loaded and
+/// attached again by the supervisor after a backoff, and the restarts are recorded in the
+/// root's `child_restarts` map (`canopy scheduler status`). First a child that asks three times:
+/// re-attached three times and then stays. Then one that always asks: re-attached five times
+/// in a row (200 ms .. 3.2 s apart), then the supervisor gives up and its cgroup's tasks stay
+/// with the root, which keeps running.
+#[test]
+fn a_child_asking_for_a_restart_is_attached_again_with_a_bound() -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/ta
+sh -c 'echo $$ > /sys/fs/cgroup/ta/cgroup.procs; exec canopy-guest hog --threads 2' &
+HOG=$!
+{asks_three_times}
+{always_asks}
+kill $HOG
+canopy-guest report restart-stopped state="$(cat /sys/kernel/sched_ext/state)"
+"#,
+        asks_three_times = restarting_child_phase(
+            "asks-three-times",
+            3,
+            "re-attached after a restart request (3 so far)"
+        ),
+        always_asks = restarting_child_phase("always-asks", 1000, "giving up"),
+    );
+    let outcome = scenario("sched-child-restart")
+        .with_file_contents("/etc/canopy-sched.json", children_config(&["ta"]), 0o644)
+        .timeout(Duration::from_secs(240))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+
+    let three = outcome.result("asks-three-times")?;
+    let log = three["log"].as_str().unwrap_or_default();
+    println!("asks three times: {}", log.replace('|', "\n"));
+    let ta = format!("sub-{}", three["ta_id"]);
+    assert_eq!(
+        log.matches("asking for a restart after 50 dispatches")
+            .count(),
+        3,
+        "{log}"
+    );
+    assert_eq!(log.matches("[action: restart]").count(), 3, "{log}");
+    assert_eq!(
+        log.matches("re-attached after a restart request").count(),
+        3,
+        "{log}"
+    );
+    assert!(
+        three["subs"].as_str().unwrap_or_default().contains(&ta),
+        "{three}"
+    );
+    let record = ta_restarts(three);
+    println!("child_restarts of ta: {record}");
+    assert_eq!(record["restarts"], 3, "{three}");
+    assert_eq!(record["gave_up"], false, "{three}");
+    assert_eq!(
+        record["last_exit_code"].as_i64().map(|code| code >> 48),
+        Some(1),
+        "{three}"
+    );
+
+    let always = outcome.result("always-asks")?;
+    let log = always["log"].as_str().unwrap_or_default();
+    println!("always asks: {}", log.replace('|', "\n"));
+    assert_eq!(log.matches("[action: restart]").count(), 6, "{log}");
+    assert_eq!(
+        log.matches("re-attached after a restart request").count(),
+        5,
+        "{log}"
+    );
+    for (n, wait_ms) in [(1, 200), (2, 400), (3, 800), (4, 1600), (5, 3200)] {
+        assert!(
+            log.contains(&format!("again in {wait_ms} ms (restart {n} in a row")),
+            "restart {n} should wait {wait_ms} ms: {log}"
+        );
+    }
+    assert!(
+        log.contains("after 5 restarts in a row; giving up"),
+        "{log}"
+    );
+    assert!(
+        !always["subs"].as_str().unwrap_or_default().contains(&ta),
+        "{always}"
+    );
+    assert_eq!(
+        always["state"], "enabled",
+        "the root keeps running: {always}"
+    );
+    let record = ta_restarts(always);
+    println!("child_restarts of ta: {record}");
+    assert_eq!(record["restarts"], 5, "{always}");
+    assert_eq!(record["in_a_row"], 5, "{always}");
+    assert_eq!(record["gave_up"], true, "{always}");
+
+    let stopped = outcome.result("restart-stopped")?;
+    assert_eq!(stopped["state"], "disabled", "{stopped}");
+    Ok(())
+}

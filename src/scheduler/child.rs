@@ -2,11 +2,15 @@
 //! Attaching canopy's child scheduler (`canopy_child`) to one cgroup, and detaching it.
 //!
 //! The child's `sub_cgroup_id` is the inode of the cgroup directory, written into the ops data
-//! before load. It shares the root's class tables (the pinned `class_params`, `task_classes`
-//! and `group_policy`, whose state limits clamp classes at enqueue) so the controller tags a task once whichever scheduler owns it. As with
+//! before load. It shares the root's class tables (the pinned `class_params`, `task_classes`,
+//! `policy_defaults` and `group_policy`, whose state limits clamp classes at enqueue) so the
+//! controller tags a task once whichever scheduler owns it, and a reload that rewrites the class
+//! table or the default class reaches every child without re-attaching it. As with
 //! the root, the exit record is checked right after attaching (`attach.rs`): the parent may
 //! have refused the child (admission) and the kernel still returns a link.
 use std::path::Path;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
 
 use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::skel::Skel;
@@ -27,13 +31,34 @@ use super::SchedulerError;
 /// canopy_child, registered on one cgroup.
 pub type ChildScheduler = Registered<CanopyChildSkel<'static>>;
 
+/// Dispatches after which a child loaded under [`ask_next_loads_for_a_restart`] asks for a
+/// restart.
+const TEST_RESTART_AFTER_DISPATCHES: u64 = 50;
+
+/// How many of the next child loads ask for a restart (test hook, see below).
+static LOADS_ASKING_FOR_A_RESTART: AtomicU32 = AtomicU32::new(0);
+
+/// Test hook (`canopy scheduler run --child-restart-loads N`): the next `loads` canopy_child
+/// loads in this process unregister themselves after a few dispatches with the kernel's restart
+/// action in their exit code, so the VM tests can drive the supervisor's re-attach path.
+pub fn ask_next_loads_for_a_restart(loads: u32) {
+    LOADS_ASKING_FOR_A_RESTART.store(loads, Ordering::SeqCst);
+}
+
+/// Takes one load from the test hook's count: whether this load should ask for a restart.
+fn this_load_asks_for_a_restart() -> bool {
+    LOADS_ASKING_FOR_A_RESTART
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            left.checked_sub(1)
+        })
+        .is_ok()
+}
+
 /// Options for a child attach.
 #[derive(Debug, Clone, Default)]
 pub struct ChildOptions {
     /// Register under this ops name instead of `canopy_child` (tests of admission use it).
     pub ops_name: Option<String>,
-    /// Class for untagged tasks (id from intf.h); None keeps DEFAULT.
-    pub default_class: Option<u32>,
 }
 
 /// Attaches a canopy child scheduler to `cgroup` (relative to /sys/fs/cgroup or absolute).
@@ -56,8 +81,8 @@ pub fn attach_child(
             .expect("canopy_child has rodata");
         rodata.canopy_kconst.copy_from_slice(&kernel_consts.kconsts);
         rodata.attach_cgroup_id = cgroup_id;
-        if let Some(class) = options.default_class {
-            rodata.default_class = class;
+        if this_load_asks_for_a_restart() {
+            rodata.restart_after_dispatches = TEST_RESTART_AFTER_DISPATCHES;
         }
     }
     {
@@ -76,6 +101,7 @@ pub fn attach_child(
         ("class_params", &mut open.maps.class_params),
         ("task_classes", &mut open.maps.task_classes),
         ("group_policy", &mut open.maps.group_policy),
+        ("policy_defaults", &mut open.maps.policy_defaults),
         ("move_stamps", &mut open.maps.move_stamps),
         ("move_log", &mut open.maps.move_log),
     ] {

@@ -3,7 +3,8 @@
 //! hand until `canopy run --policy` drives the loader from a compiled Plan.
 //!
 //! - `run [--config FILE]`: load the root, attach canopy_child where the config says, log
-//!   admission decisions, restart on the kernel's restart action, unload on SIGINT/SIGTERM;
+//!   admission decisions, load the root or a child again on the kernel's restart action (a child
+//!   with a bounded backoff, `child_restart.rs`), unload on SIGINT/SIGTERM;
 //! - `child --cgroup PATH [--ops-name NAME]`: attach one child scheduler and hold it;
 //! - `tag --tid N --class NAME`: tag a task with a class in the shared class map;
 //! - `restart-fixture`: the restart path, with a fixture root that asks for restarts;
@@ -29,9 +30,13 @@ use super::attach::Registered;
 use super::attach::SchedulerSkel;
 use super::bpf_intf;
 use super::cgroup_watch::CgroupWatch;
+use super::child::ask_next_loads_for_a_restart;
 use super::child::attach_child;
 use super::child::ChildOptions;
 use super::child::ChildScheduler;
+use super::child_restart::ChildRestarts;
+use super::child_restart::Decision;
+use super::child_restart::RESTART_LIMIT;
 use super::config::class_id;
 use super::config::GroupConfig;
 use super::config::SchedulerConfig;
@@ -65,6 +70,10 @@ enum SchedulerCommand {
         /// Unload after this many seconds (0: run until a signal).
         #[arg(long, default_value_t = 0.0)]
         seconds: f64,
+        /// Test hook: the first N canopy_child loads ask for a restart (the kernel's restart
+        /// action) after a few dispatches, to exercise re-attaching them.
+        #[arg(long, default_value_t = 0, hide = true)]
+        child_restart_loads: u32,
     },
     /// Attach canopy_child to a cgroup and hold it until SIGINT/SIGTERM.
     Child {
@@ -156,7 +165,12 @@ fn should_stop(deadline: Option<Instant>) -> bool {
 pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
     let cli = SchedulerCli::parse_from(args);
     match cli.command {
-        SchedulerCommand::Run { config, seconds } => {
+        SchedulerCommand::Run {
+            config,
+            seconds,
+            child_restart_loads,
+        } => {
+            ask_next_loads_for_a_restart(child_restart_loads);
             let config = match config {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
@@ -178,10 +192,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             if foreign_fixture {
                 hold("foreign_fifo", attach_fixture(&cgroup)?, stop_at)
             } else {
-                let options = ChildOptions {
-                    ops_name,
-                    default_class: None,
-                };
+                let options = ChildOptions { ops_name };
                 hold("child scheduler", attach_child(&cgroup, &options)?, stop_at)
             }
         }
@@ -280,17 +291,11 @@ pub struct ReloadRequest {
 }
 
 /// Attaches canopy_child on `group`'s cgroup and logs the outcome and how long the load took.
-fn attach_child_logged(
-    config: &SchedulerConfig,
-    group: &GroupConfig,
-) -> anyhow::Result<Option<ChildScheduler>> {
-    let options = ChildOptions {
-        default_class: Some(config.default_class_id()?),
-        ..Default::default()
-    };
+fn attach_child_logged(group: &GroupConfig) -> Option<ChildScheduler> {
+    let options = ChildOptions::default();
     let started_at_uptime = kernel::uptime_s().unwrap_or(f64::NAN);
     let started = Instant::now();
-    Ok(match attach_child(&group.cgroup, &options) {
+    match attach_child(&group.cgroup, &options) {
         Ok(child) => {
             println!(
                 "canopy: child scheduler canopy_child enabled on {} (cgroup id {}; load started at uptime {started_at_uptime:.2} s, took {} ms)",
@@ -307,7 +312,7 @@ fn attach_child_logged(
             );
             None
         }
-    })
+    }
 }
 
 /// Detaches the children on `cgroup`, logging why.
@@ -385,7 +390,7 @@ fn reconcile_groups(
             },
         );
         if group.attach_canopy_child {
-            if let Some(child) = attach_child_logged(config, group)? {
+            if let Some(child) = attach_child_logged(group) {
                 children.push(child);
             }
         }
@@ -408,8 +413,9 @@ pub fn run_with_refresh(
 /// The supervisor: loads the root, attaches children where `config` asks, applies cgroups that
 /// appear later (through `refresh`, woken by inotify on cgroupfs, with a reconcile every
 /// RECONCILE_INTERVAL), follows a new policy when asked on `reloads` (refresh then sees it),
-/// logs admission decisions, reloads on the kernel's restart action, and unloads when `stop`
-/// says so (polled every TICK).
+/// logs admission decisions, reloads the root on the kernel's restart action, loads a child
+/// that exited with it again (bounded backoff, see `child_restart.rs`; recorded in the root's
+/// `child_restarts` map), and unloads when `stop` says so (polled every TICK).
 /// `on_enabled` runs after each successful load, once the root's maps are pinned and the
 /// children of the cgroups that exist now are attached.
 pub fn supervise(
@@ -436,6 +442,7 @@ pub fn supervise(
 
         let mut children = Vec::new();
         let mut applied = std::collections::HashMap::new();
+        let mut restarts = ChildRestarts::default();
         reconcile_groups(&root, &config, &mut applied, &mut children)?;
         on_enabled();
         let mut last_scan = Instant::now();
@@ -467,7 +474,7 @@ pub fn supervise(
                     let result = current
                         .validate()
                         .map_err(anyhow::Error::from)
-                        .and_then(|()| Ok(root.write_class_params(&current)?))
+                        .and_then(|()| Ok(root.write_classes(&current)?))
                         .and_then(|()| {
                             reconcile_groups(&root, &current, &mut applied, &mut children)
                         })
@@ -490,18 +497,30 @@ pub fn supervise(
             if let Some(report) = root.exit_report() {
                 break Some(report);
             }
+            let mut exited = Vec::new();
             children.retain(|child| match child.exit_report() {
                 Some(report) => {
                     println!(
                         "canopy: child scheduler on {} exited: {report}",
                         child.cgroup().display()
                     );
+                    exited.push((child.cgroup().to_path_buf(), child.cgroup_id(), report));
                     false
                 }
                 None => true,
             });
             if stop() {
                 break None;
+            }
+            for (cgroup, cgroup_id, report) in exited {
+                if report.should_restart() {
+                    let decision = restarts.exited(&cgroup, report.exit_code, Instant::now());
+                    log_restart_decision(&cgroup, decision);
+                    record_restarts(&root, &restarts, &cgroup, cgroup_id);
+                }
+            }
+            for cgroup in restarts.take_due(Instant::now()) {
+                restart_child(&root, &applied, &mut children, &mut restarts, &cgroup);
             }
             cgroups_changed = match &mut watch {
                 Some(cgroup_watch) => cgroup_watch.wait(TICK).unwrap_or_else(|e| {
@@ -537,6 +556,74 @@ pub fn supervise(
         drop(root);
         after_root_exit(final_report, stop())?;
     }
+}
+
+/// Logs what the supervisor does about a child on `cgroup` that asked for a restart.
+fn log_restart_decision(cgroup: &Path, decision: Decision) {
+    match decision {
+        Decision::RetryAt {
+            after, in_a_row, ..
+        } => println!(
+            "canopy: child scheduler on {} asked for a restart; loading it again in {} ms (restart {in_a_row} in a row, at most {RESTART_LIMIT})",
+            cgroup.display(),
+            after.as_millis()
+        ),
+        Decision::GiveUp { in_a_row } => println!(
+            "canopy: child scheduler on {} still asks for a restart after {in_a_row} restarts in a row; giving up (its tasks stay with the root)",
+            cgroup.display()
+        ),
+    }
+}
+
+/// Writes the restart record of `cgroup` into the root's `child_restarts` map.
+fn record_restarts(root: &RootScheduler, restarts: &ChildRestarts, cgroup: &Path, cgroup_id: u64) {
+    if let Err(e) = root.record_child_restarts(cgroup_id, &restarts.record(cgroup)) {
+        println!(
+            "canopy: could not record the restarts on {}: {e}",
+            cgroup.display()
+        );
+    }
+}
+
+/// Loads and attaches canopy_child again on `cgroup` (absolute), whose child asked for a
+/// restart, if its group still wants one and no child is there (a reload may have re-attached
+/// or removed it meanwhile); a failed attach is one more restart in the row.
+fn restart_child(
+    root: &RootScheduler,
+    applied: &std::collections::HashMap<PathBuf, AppliedGroup>,
+    children: &mut Vec<ChildScheduler>,
+    restarts: &mut ChildRestarts,
+    cgroup: &Path,
+) {
+    let group = applied
+        .iter()
+        .find(|(key, group)| kernel::cgroup_path(key) == cgroup && group.config.attach_canopy_child)
+        .map(|(_, group)| group);
+    let Some(group) = group else {
+        println!(
+            "canopy: child scheduler on {}: no restart (the policy no longer asks for one there)",
+            cgroup.display()
+        );
+        restarts.cancel(cgroup);
+        return;
+    };
+    if children.iter().any(|child| child.cgroup() == cgroup) {
+        restarts.cancel(cgroup);
+        return;
+    }
+    match attach_child_logged(&group.config) {
+        Some(child) => {
+            restarts.attached(cgroup, Instant::now());
+            println!(
+                "canopy: child scheduler on {} re-attached after a restart request ({} so far)",
+                cgroup.display(),
+                restarts.record(cgroup).restarts
+            );
+            children.push(child);
+        }
+        None => log_restart_decision(cgroup, restarts.attach_failed(cgroup, Instant::now())),
+    }
+    record_restarts(root, restarts, cgroup, group.cgroup_id);
 }
 
 /// After the root scheduler exited on its own: logs why, and returns Ok when it should be

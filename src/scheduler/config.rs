@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The scheduler-side configuration: exactly what the BPF schedulers need from a compiled
-//! policy (class parameters, the default class, the weight of the root's own tasks, and per
+//! policy (class parameters, the default class (`policy_defaults`), the weight of the root's own tasks, and per
 //! cgroup: weight, guarantee, cap and the scheduler names admitted there). It is a plain
 //! value, 1:1 with what the policy's Plan provides, so `canopy run` can build it from a Plan;
 //! until then it can be read from JSON (`canopy scheduler run --config`).
@@ -260,6 +260,15 @@ impl SchedulerConfig {
     pub fn default_class_id(&self) -> Result<u32, SchedulerError> {
         self.class_id_of(&self.default_class)
     }
+
+    /// The `policy_defaults` entry for this config: the default class's id in this config's
+    /// table, plus one (0 would mean the built-in DEFAULT to the schedulers).
+    pub fn policy_defaults(&self) -> Result<bpf_intf::canopy_policy_defaults, SchedulerError> {
+        Ok(bpf_intf::canopy_policy_defaults {
+            default_class_plus_one: self.default_class_id()? + 1,
+            ..Default::default()
+        })
+    }
 }
 
 impl GroupConfig {
@@ -335,6 +344,37 @@ mod tests {
         assert_eq!(table.len(), 6);
         assert_eq!(config.default_class_id().unwrap(), 3);
         assert_eq!(config.class_id_of("BACKGROUND").unwrap(), 5);
+    }
+
+    #[test]
+    fn the_default_class_reaches_the_schedulers_as_its_id_plus_one() {
+        let builtin = SchedulerConfig::default();
+        assert_eq!(
+            builtin.policy_defaults().unwrap().default_class_plus_one,
+            bpf_intf::CANOPY_CLASS_DEFAULT + 1
+        );
+        let background = SchedulerConfig::from_json(r#"{"default_class":"BACKGROUND"}"#).unwrap();
+        assert_eq!(
+            background.policy_defaults().unwrap().default_class_plus_one,
+            bpf_intf::CANOPY_CLASS_BACKGROUND + 1
+        );
+        // a custom class ahead of the default shifts its id: the entry follows the table
+        let shifted = SchedulerConfig::from_json(
+            r#"{"default_class":"UTILITY","classes":[
+                {"name":"USER_INTERACTIVE","weight":800,"slice_us":3000,"preempts":true},
+                {"name":"USER_INITIATED","weight":400,"slice_us":5000},
+                {"name":"DEFAULT","weight":100,"slice_us":10000},
+                {"name":"BATCH","weight":70,"slice_us":15000,"preemptible":true},
+                {"name":"UTILITY","weight":50,"slice_us":20000,"preemptible":true},
+                {"name":"BACKGROUND","weight":25,"slice_us":20000,"preemptible":true}]}"#,
+        )
+        .unwrap();
+        assert_eq!(shifted.policy_defaults().unwrap().default_class_plus_one, 5);
+        let unknown = SchedulerConfig {
+            default_class: "NOPE".into(),
+            ..Default::default()
+        };
+        assert!(unknown.policy_defaults().is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - `root`, `child`: each scheduler's own load steps and map writes;
 //! - `fixture`: the foreign sub-scheduler test fixture's loader;
 //! - `exit`: decoding why a scheduler stopped and whether to restart;
+//! - `child_restart`: when a child that asked for a restart is loaded again (bounded backoff);
 //! - `status`: the hierarchy from sysfs and the root's pinned maps;
 //! - `cgroup_watch`: inotify on cgroupfs, waking the supervisor when cgroups come and go;
 //! - `cli`: the `canopy scheduler ...` debug commands (the VM tests drive these) and the supervisor;
@@ -21,6 +22,7 @@ pub mod attach;
 pub mod bpf_intf;
 pub mod cgroup_watch;
 pub mod child;
+pub mod child_restart;
 pub mod cli;
 pub mod config;
 pub mod daemon_link;

@@ -2,11 +2,12 @@
 //! Loading, configuring, attaching and detaching canopy's root scheduler (`canopy_root`).
 //!
 //! Order matters and is the whole point of this module: open the skeleton; write the kernel
-//! constants, the default class and the ops data (`hotplug_seq`, `exit_dump_len`) before load;
-//! load; associate non-struct_ops programs with the ops map; push the policy maps (ops.init
-//! reads them); pin the maps `canopy status` and child schedulers share; attach; then read
-//! the exit record at once, because the kernel can report a successful attach for a
-//! scheduler that has already died. Dropping the value unregisters the scheduler (every task
+//! constants, the root's own weight and the ops data (`hotplug_seq`, `exit_dump_len`) before
+//! load; load; associate non-struct_ops programs with the ops map; push the policy maps
+//! (ops.init reads them; the class table and default class are rewritten on every reload); pin
+//! the maps `canopy status` and child schedulers share; attach; then read the exit record at
+//! once, because the kernel can report a successful attach for a scheduler that has already
+//! died. Dropping the value unregisters the scheduler (every task
 //! returns to the fair scheduler) and removes the pins.
 use std::fs;
 use std::path::Path;
@@ -40,6 +41,8 @@ pub const PINNED_MAPS: &[&str] = &[
     "class_params",
     "task_classes",
     "group_policy",
+    "policy_defaults",
+    "child_restarts",
     "admission_events",
     "move_stamps",
     "move_log",
@@ -82,7 +85,6 @@ impl RootScheduler {
                 .as_deref_mut()
                 .expect("canopy_root has rodata");
             rodata.canopy_kconst.copy_from_slice(&kernel_consts.kconsts);
-            rodata.default_class = config.default_class_id()?;
             rodata.own_weight = config.own_weight.max(1);
         }
         {
@@ -113,10 +115,10 @@ impl RootScheduler {
         })
     }
 
-    /// Writes the class table (weight, slice, preemption per class; children share the map).
-    /// The default class is rodata: it changes only with a new load.
-    pub fn write_class_params(&self, config: &SchedulerConfig) -> Result<(), SchedulerError> {
-        write_class_params(self.scheduler.skel(), config)
+    /// Writes the class table (weight, slice, preemption per class) and the default class of
+    /// untagged tasks; children share both maps, so a reload moves every scheduler at once.
+    pub fn write_classes(&self, config: &SchedulerConfig) -> Result<(), SchedulerError> {
+        write_classes(self.scheduler.skel(), config)
     }
 
     /// Removes the policy of one cgroup (it admits no sub-scheduler any more); absent is fine.
@@ -145,6 +147,21 @@ impl RootScheduler {
         write_group_policy(self.scheduler.skel(), cgroup_id, policy)
     }
 
+    /// Records what the supervisor did about the canopy children of one cgroup that asked for
+    /// a restart (`child_restarts`, shown by `canopy status`).
+    pub fn record_child_restarts(
+        &self,
+        cgroup_id: u64,
+        record: &bpf_intf::canopy_child_restarts,
+    ) -> Result<(), SchedulerError> {
+        self.scheduler
+            .skel()
+            .maps
+            .child_restarts
+            .update(&cgroup_id.to_ne_bytes(), as_bytes(record), MapFlags::ANY)
+            .map_err(|e| SchedulerError::Load(format!("writing child_restarts: {e}")))
+    }
+
     /// Tags a task (thread id) with a class. For the controller (next issue); the VM tests tag
     /// through the pinned map with `canopy scheduler tag`.
     #[allow(dead_code)]
@@ -168,11 +185,13 @@ impl RootScheduler {
     }
 }
 
-/// The class table of `config` into `class_params`, index = class id.
-fn write_class_params(
+/// The class table of `config` into `class_params` (index = class id), then its default class
+/// into `policy_defaults` (after the table, so the id it names is already described).
+fn write_classes(
     skel: &CanopyRootSkel<'_>,
     config: &SchedulerConfig,
 ) -> Result<(), SchedulerError> {
+    let defaults = config.policy_defaults()?;
     for (id, class) in config.class_table()?.iter().enumerate() {
         let params = class.to_params();
         skel.maps
@@ -180,12 +199,15 @@ fn write_class_params(
             .update(&(id as u32).to_ne_bytes(), as_bytes(&params), MapFlags::ANY)
             .map_err(|e| SchedulerError::Load(format!("writing class_params: {e}")))?;
     }
-    Ok(())
+    skel.maps
+        .policy_defaults
+        .update(&0u32.to_ne_bytes(), as_bytes(&defaults), MapFlags::ANY)
+        .map_err(|e| SchedulerError::Load(format!("writing policy_defaults: {e}")))
 }
 
 /// Pushes the class table and the groups of `config` into the maps ops.init reads.
 fn push_config(skel: &CanopyRootSkel<'_>, config: &SchedulerConfig) -> Result<(), SchedulerError> {
-    write_class_params(skel, config)?;
+    write_classes(skel, config)?;
     for group in &config.groups {
         let path = kernel::cgroup_path(&group.cgroup);
         let cgid = match kernel::cgroup_id(&path) {
@@ -234,6 +256,8 @@ fn pin_maps(skel: &mut CanopyRootSkel<'_>) -> Result<Pins, SchedulerError> {
         ("class_params", &mut maps.class_params),
         ("task_classes", &mut maps.task_classes),
         ("group_policy", &mut maps.group_policy),
+        ("policy_defaults", &mut maps.policy_defaults),
+        ("child_restarts", &mut maps.child_restarts),
         ("admission_events", &mut maps.admission_events),
         ("move_stamps", &mut maps.move_stamps),
         ("move_log", &mut maps.move_log),

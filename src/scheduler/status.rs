@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The hierarchy as the kernel and the root scheduler see it: sysfs (`state`, each scheduler's
-//! `ops` and `caps` under `root/sub/sub-<cgroup id>`) joined with the root's pinned `members`
-//! and `stats` maps. Two samples an interval apart give each member's CPU rate and its share
+//! `ops` and `caps` under `root/sub/sub-<cgroup id>`) joined with the root's pinned `members`,
+//! `stats` and `child_restarts` maps. Two samples an interval apart give each member's CPU rate and its share
 //! against the target its weight implies. Works from any process while a root is loaded;
 //! `canopy status` and `canopy scheduler status` both show it.
 use std::fs;
@@ -33,6 +33,9 @@ pub struct Status {
     pub members: Vec<MemberStatus>,
     /// root scheduler counters
     pub stats: Stats,
+    /// canopy children the supervisor loaded again after a restart request (root's
+    /// `child_restarts` map), per cgroup
+    pub child_restarts: Vec<ChildRestartStatus>,
     /// sampling interval used for the rates, in seconds
     pub interval_s: f64,
 }
@@ -70,6 +73,40 @@ pub struct MemberStatus {
     pub share: f64,
     /// the part its weight entitles it to among the members that ran
     pub target_share: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildRestartStatus {
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    /// times a child was loaded and attached again
+    pub restarts: u32,
+    /// restarts since a child last ran long enough to count as stable
+    pub in_a_row: u32,
+    /// the supervisor stopped re-attaching it (it kept asking)
+    pub gave_up: bool,
+    pub last_exit_code: i64,
+}
+
+fn read_child_restarts(map: &MapHandle) -> Vec<ChildRestartStatus> {
+    let mut records: Vec<ChildRestartStatus> = map
+        .keys()
+        .filter_map(|key| {
+            let bytes = map.lookup(&key, MapFlags::ANY).ok()??;
+            let record: bpf_intf::canopy_child_restarts = from_bytes(&bytes);
+            let cgroup_id: u64 = from_bytes(&key);
+            Some(ChildRestartStatus {
+                cgroup_id,
+                cgroup: kernel::cgroup_path_of_id(cgroup_id).map(|p| p.display().to_string()),
+                restarts: record.restarts,
+                in_a_row: record.in_a_row,
+                gave_up: record.gave_up != 0,
+                last_exit_code: record.last_exit_code,
+            })
+        })
+        .collect();
+    records.sort_by_key(|record| record.cgroup_id);
+    records
 }
 
 fn read_members(map: &MapHandle) -> Vec<(u32, bpf_intf::canopy_member)> {
@@ -140,6 +177,7 @@ pub fn scheduler_tree() -> Vec<SchedulerNode> {
 pub struct Sampler {
     members_map: Option<MapHandle>,
     stats_map: Option<MapHandle>,
+    child_restarts_map: Option<MapHandle>,
     before: Vec<(u32, bpf_intf::canopy_member)>,
     started: Instant,
 }
@@ -156,6 +194,7 @@ impl Sampler {
             before: members_map.as_ref().map(read_members).unwrap_or_default(),
             members_map,
             stats_map,
+            child_restarts_map: pinned("child_restarts").ok(),
             started: Instant::now(),
         }
     }
@@ -235,6 +274,11 @@ impl Sampler {
             schedulers: scheduler_tree(),
             members,
             stats: self.stats_map.as_ref().map(read_stats).unwrap_or_default(),
+            child_restarts: self
+                .child_restarts_map
+                .as_ref()
+                .map(read_child_restarts)
+                .unwrap_or_default(),
             interval_s: elapsed,
         }
     }
@@ -303,6 +347,21 @@ impl Status {
                 ));
             }
             out.push_str(&format!("(rates over {:.2} s)\n\n", self.interval_s));
+            for record in &self.child_restarts {
+                out.push_str(&format!(
+                    "child on {}: loaded again {} time(s) after restart requests ({} in a row){}\n",
+                    record
+                        .cgroup
+                        .clone()
+                        .unwrap_or_else(|| format!("cgroup id {}", record.cgroup_id)),
+                    record.restarts,
+                    record.in_a_row,
+                    if record.gave_up { "; gave up" } else { "" }
+                ));
+            }
+            if !self.child_restarts.is_empty() {
+                out.push('\n');
+            }
             for (name, value) in self.stats.values() {
                 out.push_str(&format!("{name:<22} {value}\n"));
             }
