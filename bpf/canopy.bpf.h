@@ -325,19 +325,6 @@ static __always_inline void note_class_decided_after_move(struct task_struct *p,
 	stamp->moved_at_ns = 0;
 }
 
-/*
- * ops.cpuctl_move, for moves between cgroups the same scheduler keeps: a task that is running
- * gets its slice cut, so the kernel asks at once (ops.enqueue, or ops.dispatch keeping it) and
- * the new cgroup's classes apply now rather than when its current slice would have ended.
- */
-static __always_inline void cut_slice_of_moved_task(struct task_struct *p)
-{
-	if (scx_bpf_task_running(p)) {
-		scx_bpf_task_set_slice(p, 0);
-		stat_inc(CANOPY_STAT_MOVE_SLICE_CUTS);
-	}
-}
-
 static __always_inline struct canopy_class_params *class_of(u32 class)
 {
 	return bpf_map_lookup_elem(&class_params, &class);

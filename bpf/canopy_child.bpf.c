@@ -148,7 +148,7 @@ void CANOPY_OP(canopy_child_sub_ecaps_updated, s32 cid, u64 before, u64 after)
 
 void CANOPY_OP(canopy_child_cpuctl_move, struct task_struct *p, struct cgroup *from, struct cgroup *to)
 {
-	cut_slice_of_moved_task(p);
+	class_vtime_cpuctl_move(p);
 }
 
 s32 CANOPY_OP_SLEEPABLE(canopy_child_init_task, struct task_struct *p, struct scx_init_task_args *args)

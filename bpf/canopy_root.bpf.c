@@ -616,7 +616,12 @@ void CANOPY_OP(canopy_root_update_idle, s32 cid, bool idle)
 
 void CANOPY_OP(canopy_root_cpuctl_move, struct task_struct *p, struct cgroup *from, struct cgroup *to)
 {
-	cut_slice_of_moved_task(p);
+	u32 class = class_vtime_cpuctl_move(p);
+	struct cid_state *cs;
+
+	/* a running task: its cid is judged by its new class from now (who may preempt it) */
+	if (class < NO_CLASS && (cs = cid_state_of(scx_bpf_task_cid(p))))
+		cs->running_class = class;
 }
 
 /*

@@ -165,6 +165,29 @@ static __always_inline bool class_vtime_keep_prev(struct task_struct *prev)
 	return scx_bpf_task_set_slice(prev, class_slice(cp));
 }
 
+/*
+ * ops.cpuctl_move, for a move between cgroups the same scheduler keeps. A queued task is
+ * requeued by the move itself (ops.enqueue decides its class) and a sleeping one is decided
+ * when it wakes. A running task is decided here, at the move: it takes its new class (and
+ * weight) now, and its slice is cut so it leaves the CPU at that CPU's next reschedule, which
+ * the move requests, and comes back through ops.enqueue or a keep as the new class. Returns
+ * the class of a running task, else CANOPY_MAX_CLASSES.
+ */
+static __always_inline u32 class_vtime_cpuctl_move(struct task_struct *p)
+{
+	u32 requested, class;
+
+	if (!scx_bpf_task_running(p))
+		return CANOPY_MAX_CLASSES;
+	requested = task_requested_class(p);
+	class = clamp_to_cgroup(p, requested);
+	remember_class(p, class, class_of(class));
+	note_class_decided_after_move(p, requested, class);
+	scx_bpf_task_set_slice(p, 0);
+	stat_inc(CANOPY_STAT_MOVE_SLICE_CUTS);
+	return class;
+}
+
 static __always_inline s32 class_vtime_init_task(struct task_struct *p)
 {
 	if (!bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE))

@@ -188,8 +188,9 @@ struct canopy_move_event {
 /*
  * Array `move_log` (one entry): the schedulers' record of the most recent task moves between
  * cgroups, one record per move, written at the first decision about the moved task's class
- * after the move (its enqueue, or keeping it running as a dispatch). Slot = next %
- * CANOPY_MOVE_RECORDS.
+ * after the move: at the move itself for a running task (ops.cpuctl_move), at the requeue the
+ * move causes for a queued one, at the next wakeup for a sleeping one (ops.enqueue, or
+ * keeping it running as a dispatch). Slot = next % CANOPY_MOVE_RECORDS.
  */
 struct canopy_move_record {
 	u64 cgroup_id;		/* its cgroup at that decision (the move's destination) */
@@ -205,7 +206,7 @@ struct canopy_move_record {
 enum canopy_move_state {
 	CANOPY_MOVED_SLEEPING = 0,	/* first decided when it next woke */
 	CANOPY_MOVED_QUEUED = 1,	/* runnable, waiting: requeued by the move itself */
-	CANOPY_MOVED_RUNNING = 2,	/* on a CPU: its slice was cut so the move requeues it */
+	CANOPY_MOVED_RUNNING = 2,	/* on a CPU: decided in ops.cpuctl_move, its slice cut */
 };
 
 struct canopy_move_log {
@@ -249,7 +250,7 @@ enum canopy_stat {
 	CANOPY_STAT_WAKE_QUEUED, /* preempting-class wakeups that found nothing to preempt */
 	CANOPY_STAT_WAKE_QUEUED_SLOW, /* of those, ran more than 1 ms after waking */
 	CANOPY_STAT_MOVES, /* tasks the kernel moved to another cgroup */
-	CANOPY_STAT_MOVE_SLICE_CUTS, /* moved tasks that were running and were requeued at once */
+	CANOPY_STAT_MOVE_SLICE_CUTS, /* moved tasks that were running: decided at the move, slice cut */
 	CANOPY_STAT_MOVED_DECISIONS, /* first class decisions (enqueue or keep) after a task's move */
 	CANOPY_STAT_MOVED_DECISIONS_SLOW, /* of those, more than 10 ms after the move (the task slept or waited) */
 	CANOPY_NR_STATS,
