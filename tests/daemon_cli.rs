@@ -2,7 +2,9 @@
 //! `canopy run` in fallback mode scoped to a test cgroup, with $NOTIFY_SOCKET set, must send
 //! READY=1, tag a workload, answer `canopy status` / `canopy ctl explain|state|metrics`, send
 //! RELOADING=1 then READY=1 on SIGHUP, and on SIGTERM send STOPPING=1, restore the workload's
-//! attributes, remove its socket and exit 0.
+//! attributes, remove its socket and exit 0. Also through the binary: `mode = "auto"` without
+//! sched_ext (fallback, and `status` says why), `ctl tag --pid/--tid` and its errors, per-group
+//! CPU in `ctl metrics`, and `deploy/window-managers/canopy-wm-state` against a real daemon.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -265,13 +267,23 @@ impl CliDaemon {
     /// Writes `policy` (`{scope}` stands for the scope's cgroup path) and makes the scope
     /// cgroup with the `subgroups`; does not start the daemon yet.
     fn prepare(name: &str, policy: &str, subgroups: &[&str]) -> CliDaemon {
-        let scope = format!("canopy-cli-{name}-{}", std::process::id());
+        CliDaemon::prepare_under("", name, policy, subgroups)
+    }
+
+    /// [`CliDaemon::prepare`] with the scope under the cgroup `parent` (which must exist).
+    fn prepare_under(parent: &str, name: &str, policy: &str, subgroups: &[&str]) -> CliDaemon {
+        let leaf = format!("canopy-cli-{name}-{}", std::process::id());
+        let scope = if parent.is_empty() {
+            leaf.clone()
+        } else {
+            format!("{parent}/{leaf}")
+        };
         let cgroup = cgroup2_root().join(&scope);
         for sub in subgroups {
             std::fs::create_dir_all(cgroup.join(sub)).unwrap();
         }
         std::fs::create_dir_all(&cgroup).unwrap();
-        let dir = std::env::temp_dir().join(&scope);
+        let dir = std::env::temp_dir().join(&leaf);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("policy.toml"), policy.replace("{scope}", &scope)).unwrap();
         CliDaemon {
@@ -574,16 +586,50 @@ fn ctl_metrics_reports_growing_cpu_usage_of_a_busy_group() {
     assert!(first.contains("# TYPE canopy_group_cpu_usage_usec_total counter"));
 }
 
-/// deploy/window-managers/canopy-wm-state STATE-PID, as the KWin unit runs it, against a real
-/// daemon: it finds the process's cgroup and the daemon switches that group's state (and the
-/// task's class follows); a malformed argument is refused. The `canopy` the script runs is the
-/// built binary, reached through a wrapper on $PATH that only adds this daemon's `--socket`.
+/// Removes, deepest first, the cgroup directories a test made (and only those) when dropped.
+struct MadeCgroups(Vec<PathBuf>);
+
+impl MadeCgroups {
+    /// Makes every missing directory of `rel` under the cgroup2 root, remembering which.
+    fn make(rel: &str) -> MadeCgroups {
+        let mut made = Vec::new();
+        let mut path = cgroup2_root();
+        for part in rel.split('/') {
+            path.push(part);
+            match std::fs::create_dir(&path) {
+                Ok(()) => made.push(path.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("mkdir {}: {e}", path.display()),
+            }
+        }
+        MadeCgroups(made)
+    }
+}
+
+impl Drop for MadeCgroups {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// deploy/window-managers/canopy-wm-state STATE-PID as the KWin user unit runs it: as the user
+/// (uid 1000), for an app scope inside their `user@1000.service`, against a real daemon. It
+/// finds the process's cgroup, the daemon accepts the user's request (SO_PEERCRED, a
+/// user-settable state) and switches the group's state, and the task's class follows; a
+/// malformed argument is refused. The `canopy` the script runs is the built binary, reached
+/// through a wrapper on $PATH that only adds this daemon's `--socket`.
 #[test]
 fn canopy_wm_state_switches_the_state_of_a_process_cgroup() {
     if !can_run_as_root() {
         return;
     }
-    let mut d = CliDaemon::prepare(
+    let manager = "user.slice/user-1000.slice/user@1000.service";
+    // Declared before the daemon, so removed after the daemon's own cgroups.
+    let _made = MadeCgroups::make(manager);
+    let mut d = CliDaemon::prepare_under(
+        manager,
         "wm",
         "[[rules]]\nname = \"sleepers\"\ncomm = \"sleep\"\nclass = \"USER_INTERACTIVE\"\n\n\
          [groups.apps]\npath = \"{scope}/app-*.scope\"\n\
@@ -619,11 +665,15 @@ fn canopy_wm_state_switches_the_state_of_a_process_cgroup() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
     let wm_state = |arg: &str| {
-        Command::new("sh")
-            .arg(&script)
+        use std::os::unix::process::CommandExt;
+        Command::new(&script)
             .arg(arg)
             .env("PATH", &path)
+            .uid(1000)
+            .gid(1000)
             .output()
             .unwrap()
     };

@@ -739,9 +739,10 @@ impl MadeCgroups {
         let mut path = root.to_path_buf();
         for part in rel.split('/') {
             path.push(part);
-            if !path.exists() {
-                std::fs::create_dir(&path).unwrap();
-                made.push(path.clone());
+            match std::fs::create_dir(&path) {
+                Ok(()) => made.push(path.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("mkdir {}: {e}", path.display()),
             }
         }
         MadeCgroups(made)
