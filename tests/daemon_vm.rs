@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! VM scenarios for the whole daemon in scx mode (issue 5's kernel-facing acceptance): `canopy
 //! run --mode scx` loads the root scheduler, tags tasks by the policy into the schedulers' maps,
-//! and when the daemon is killed with SIGKILL the kernel is back on the fair scheduler within a
-//! second, nothing stuck; a restarted daemon adopts everything again; SIGTERM unloads cleanly.
+//! counts the root's refusal of a foreign sub-scheduler the policy does not admit, and when the
+//! daemon is killed with SIGKILL the kernel is back on the fair scheduler within a second,
+//! nothing stuck; a daemon restarted with `--mode auto` picks scx (and says why) and adopts
+//! everything again; SIGTERM unloads cleanly.
 //! The guest's serial log is in target/vm-logs/<scenario>-*.log.
 use std::time::Duration;
 
@@ -27,17 +29,21 @@ weight = 200
 scheduler = "canopy"
 "#;
 
-/// Starts the daemon in the background as $DAEMON and waits until its control socket answers
-/// and sched_ext is enabled.
-const START_DAEMON: &str = r#"
-canopy run --policy /etc/canopy/policy.toml --mode scx >> /tmp/daemon.log 2>&1 &
+/// Shell lines that start the daemon in the background as $DAEMON with `--mode MODE` and wait
+/// until its control socket answers (its status in /tmp/status.json) and sched_ext is enabled.
+fn start_daemon(mode: &str) -> String {
+    format!(
+        r#"
+canopy run --policy /etc/canopy/policy.toml --mode {mode} >> /tmp/daemon.log 2>&1 &
 DAEMON=$!
 for i in $(seq 1 300); do
   if [ "$(cat /sys/kernel/sched_ext/state)" = enabled ] && canopy status --json > /tmp/status.json 2>/dev/null; then break; fi
   if ! kill -0 $DAEMON 2>/dev/null; then cat /tmp/daemon.log; break; fi
   usleep 100000
 done
-"#;
+"#
+    )
+}
 
 #[test]
 fn daemon_in_scx_mode_tags_survives_sigkill_and_restarts() -> anyhow::Result<()> {
@@ -46,9 +52,16 @@ fn daemon_in_scx_mode_tags_survives_sigkill_and_restarts() -> anyhow::Result<()>
 mkdir -p /sys/fs/cgroup/tenant
 sleep 600 &
 SLEEPER=$!
-{START_DAEMON}
+{start_scx}
 usleep 500000
 canopy-guest report started state="$(cat /sys/kernel/sched_ext/state)" ops="$(cat /sys/kernel/sched_ext/root/ops 2>/dev/null)" subs="$(ls /sys/kernel/sched_ext/root/sub 2>/dev/null | tr '\n' ' ')" tenant_id=$(stat -c %i /sys/fs/cgroup/tenant) mode="$(tr -d '\n' < /tmp/status.json | grep -o '"mode": *"[a-z]*"')" explain="$(canopy ctl explain --pid $SLEEPER --json | tr -d '\n')"
+# A foreign sub-scheduler on a cgroup the policy admits none on: the root refuses it, and the
+# daemon counts the refusal in status and metrics.
+mkdir -p /sys/fs/cgroup/stranger
+if canopy scheduler child --cgroup stranger --foreign-fixture --seconds 1 > /tmp/refused.log 2>&1; then attach_status=0; else attach_status=$?; fi
+canopy status --json > /tmp/status.json
+canopy ctl metrics > /tmp/metrics.txt
+canopy-guest report refused-attach attach_status=$attach_status output="$(tr '\n' '|' < /tmp/refused.log)" status=@/tmp/status.json metric="$(grep '^canopy_refused_subsched_attaches_total' /tmp/metrics.txt)"
 # SIGKILL: the kernel must unregister the schedulers on its own.
 killed_at=$(cut -d' ' -f1 /proc/uptime)
 kill -9 $DAEMON
@@ -56,14 +69,16 @@ while [ "$(cat /sys/kernel/sched_ext/state)" != disabled ]; do usleep 10000; don
 disabled_at=$(cut -d' ' -f1 /proc/uptime)
 canopy-guest hog --threads 2 --seconds 2
 canopy-guest report after-kill state="$(cat /sys/kernel/sched_ext/state)" killed_at=$killed_at disabled_at=$disabled_at sleeper_alive=$(kill -0 $SLEEPER && echo yes || echo no)
-# A restarted daemon adopts everything again.
-{START_DAEMON}
+# A restarted daemon adopts everything again; this time `--mode auto` must pick scx itself.
+{start_auto}
 usleep 500000
-canopy-guest report restarted state="$(cat /sys/kernel/sched_ext/state)" explain="$(canopy ctl explain --pid $SLEEPER --json | tr -d '\n')"
+canopy-guest report restarted state="$(cat /sys/kernel/sched_ext/state)" explain="$(canopy ctl explain --pid $SLEEPER --json | tr -d '\n')" status=@/tmp/status.json
 kill -TERM $DAEMON; wait $DAEMON; code=$?
 canopy-guest report stopped state="$(cat /sys/kernel/sched_ext/state)" exit_code=$code
 tail -n 30 /tmp/daemon.log
-"#
+"#,
+        start_scx = start_daemon("scx"),
+        start_auto = start_daemon("auto"),
     );
     let outcome = Scenario::new("daemon-scx")
         .with_binary(env!("CARGO_BIN_EXE_canopy"), "canopy")
@@ -93,6 +108,30 @@ tail -n 30 /tmp/daemon.log
         "sleep not tagged BACKGROUND: {explain}"
     );
 
+    // The root refused the foreign sub-scheduler the policy does not admit, and the daemon's
+    // counter (status and Prometheus) shows it.
+    let refused = outcome.result("refused-attach")?;
+    println!(
+        "foreign attach: exit {}, {}; daemon refused_subsched_attaches {}, metric {:?}",
+        refused["attach_status"],
+        refused["output"],
+        refused["status"]["refused_subsched_attaches"],
+        refused["metric"]
+    );
+    assert_ne!(
+        refused["attach_status"], 0,
+        "foreign_fifo attached where the policy admits no sub-scheduler: {refused}"
+    );
+    assert!(
+        refused["status"]["refused_subsched_attaches"].as_u64() >= Some(1),
+        "the daemon did not count the refusal: {refused}"
+    );
+    let metric = refused["metric"].as_str().unwrap_or_default();
+    let counted = metric
+        .strip_prefix("canopy_refused_subsched_attaches_total ")
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(counted >= Some(1), "ctl metrics: {metric:?}");
+
     let after_kill = outcome.result("after-kill")?;
     assert_eq!(after_kill["state"], "disabled", "{after_kill}");
     assert_eq!(after_kill["sleeper_alive"], "yes", "{after_kill}");
@@ -109,6 +148,19 @@ tail -n 30 /tmp/daemon.log
 
     let restarted = outcome.result("restarted")?;
     assert_eq!(restarted["state"], "enabled", "{restarted}");
+    // `--mode auto` on a kernel with sched_ext sub-schedulers picked scx and says why.
+    let (mode, reason) = (
+        &restarted["status"]["mode"],
+        &restarted["status"]["mode_reason"],
+    );
+    println!("--mode auto: {mode} ({reason})");
+    assert_eq!(mode, "scx", "{restarted}");
+    assert!(
+        reason
+            .as_str()
+            .is_some_and(|r| r.starts_with("auto:") && r.contains("sched_ext")),
+        "status does not say why auto picked scx: {reason}"
+    );
     let explain = restarted["explain"].to_string();
     assert!(
         explain.contains("BACKGROUND"),
@@ -156,7 +208,7 @@ fn daemon_in_scx_mode_tags_a_rename_storm_and_clamps_moves_in_the_class_map() ->
     let script = format!(
         r#"
 mkdir -p /sys/fs/cgroup/app /sys/fs/cgroup/min
-{START_DAEMON}
+{start_daemon}
 canopy ctl state min minimized
 # (b): two USER_INTERACTIVE threads in app: one always busy (running or queued at each move),
 # one waking every 2 ms like a UI thread; 20 round trips app -> min (minimized: ceiling
@@ -180,7 +232,8 @@ canopy-guest report daemon status=@/tmp/status.json
 wait $STORM
 kill -TERM $DAEMON; wait $DAEMON
 tail -n 30 /tmp/daemon.log
-"#
+"#,
+        start_daemon = start_daemon("scx"),
     );
     let outcome = Scenario::new("daemon-scx-clamp")
         .with_binary(env!("CARGO_BIN_EXE_canopy"), "canopy")
@@ -351,7 +404,7 @@ fn sighup_reload_moves_the_schedulers_to_the_new_plan() -> anyhow::Result<()> {
     let script = format!(
         r#"
 mkdir -p /sys/fs/cgroup/tenant /sys/fs/cgroup/batch
-{START_DAEMON}
+{start_daemon}
 canopy scheduler status --json --interval-ms 100 > /tmp/sched.json
 canopy-guest report before tenant_id=$(stat -c %i /sys/fs/cgroup/tenant) batch_id=$(stat -c %i /sys/fs/cgroup/batch) subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" sched=@/tmp/sched.json
 cp /etc/canopy/after.toml /etc/canopy/policy.toml
@@ -365,7 +418,8 @@ canopy status --json > /tmp/status.json
 canopy-guest report after subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" sched=@/tmp/sched.json status=@/tmp/status.json
 kill -TERM $DAEMON; wait $DAEMON
 grep canopy: /tmp/daemon.log | tail -n 20
-"#
+"#,
+        start_daemon = start_daemon("scx"),
     );
     let outcome = Scenario::new("daemon-scx-reload")
         .with_binary(env!("CARGO_BIN_EXE_canopy"), "canopy")

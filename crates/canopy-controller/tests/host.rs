@@ -57,9 +57,20 @@ struct Env {
 
 impl Env {
     fn new(name: &str) -> Env {
+        Env::new_under("", name)
+    }
+
+    /// An env whose cgroup subtree lies under `parent` (relative to the cgroup2 root; `""` for
+    /// the root itself). The caller removes `parent` if it made it.
+    fn new_under(parent: &str, name: &str) -> Env {
         let cgroot = detect_cgroup2_root();
-        let scope = format!("canopy-host-{}-{name}", std::process::id());
-        let dir = std::env::temp_dir().join(&scope);
+        let leaf = format!("canopy-host-{}-{name}", std::process::id());
+        let scope = if parent.is_empty() {
+            leaf.clone()
+        } else {
+            format!("{parent}/{leaf}")
+        };
+        let dir = std::env::temp_dir().join(&leaf);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::create_dir_all(cgroot.join(&scope)).unwrap();
@@ -715,6 +726,118 @@ fn f_non_root_refused_and_fuzzed_requests_do_not_disturb() {
         == Some((-4, NORMAL)))
     .is_some());
     eprintln!("ACCEPTANCE f: uid 1000 refused for user 1001's cgroup ({}); {n} malformed requests answered with errors; daemon answered status in {:?} afterwards and kept tagging", reply.trim(), t.elapsed());
+    drop(stdin);
+}
+
+/// Removes, deepest first, the cgroup directories a test made (and only those) when dropped.
+struct MadeCgroups(Vec<PathBuf>);
+
+impl MadeCgroups {
+    /// Makes every missing directory of `rel` (relative to `root`), remembering which it made.
+    fn make(root: &Path, rel: &str) -> MadeCgroups {
+        let mut made = Vec::new();
+        let mut path = root.to_path_buf();
+        for part in rel.split('/') {
+            path.push(part);
+            match std::fs::create_dir(&path) {
+                Ok(()) => made.push(path.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("mkdir {}: {e}", path.display()),
+            }
+        }
+        MadeCgroups(made)
+    }
+}
+
+impl Drop for MadeCgroups {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// (f), the allowed side of SO_PEERCRED: uid 1000 may switch a cgroup inside its own
+/// `user@1000.service` to a state the policy marks user-settable, and the state then applies;
+/// it is refused for a state that is not user-settable, and uid 1001 is refused for that cgroup.
+#[test]
+fn f_user_sets_user_settable_states_only_inside_its_own_user_manager() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let manager = "user.slice/user-1000.slice/user@1000.service";
+    // Declared before the env, so dropped after it (the env removes its own subtree first).
+    let _made = MadeCgroups::make(&detect_cgroup2_root(), manager);
+    let mut env = Env::new_under(manager, "f-user");
+    env.mkcg("min");
+    env.write_policy(&base_policy(
+        &env,
+        "[groups.min.states.locked]\nceiling = \"BACKGROUND\"\n",
+    ));
+    env.start(|_| {});
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (stdin, _out, pid) = env.spawn(&["idle"]);
+    env.move_pid("min", pid);
+    assert!(
+        wait_for(Duration::from_secs(5), || nice_policy(pid)
+            == Some((-4, NORMAL)))
+        .is_some(),
+        "workload not tagged USER_INTERACTIVE: {:?}",
+        nice_policy(pid)
+    );
+    let client = |uid: u32, state: &str| -> String {
+        use std::os::unix::process::CommandExt;
+        let request = serde_json::json!({"cmd": "state", "cgroup": env.cg("min"), "state": state});
+        let out = Command::new(TESTLOAD)
+            .args([
+                "client",
+                env.socket().to_str().unwrap(),
+                &request.to_string(),
+            ])
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let allowed = client(1000, "minimized");
+    assert!(allowed.contains("\"ok\":true"), "{allowed}");
+    assert_eq!(group_state(&env, "min"), "minimized");
+    assert!(
+        wait_for(Duration::from_secs(5), || nice_policy(pid)
+            == Some((4, BATCH)))
+        .is_some(),
+        "not demoted after the user's state change: {:?}",
+        nice_policy(pid)
+    );
+
+    let not_settable = client(1000, "locked");
+    assert!(
+        not_settable.contains("\"ok\":false") && not_settable.contains("not user-settable"),
+        "{not_settable}"
+    );
+    let other_user = client(1001, "minimized");
+    assert!(
+        other_user.contains("\"ok\":false") && other_user.contains("may only change cgroups under"),
+        "{other_user}"
+    );
+    assert_eq!(
+        group_state(&env, "min"),
+        "minimized",
+        "a refusal changed the state"
+    );
+    assert!(env.status()["counters"]["api_refused"].as_u64() >= Some(2));
+    eprintln!(
+        "f (allowed): uid 1000 set {} to minimized ({}); refused: {} / {}",
+        env.cg("min"),
+        allowed.trim(),
+        not_settable.trim(),
+        other_user.trim()
+    );
     drop(stdin);
 }
 
