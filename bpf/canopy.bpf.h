@@ -290,6 +290,14 @@ struct {
 	__type(value, struct canopy_move_log);
 } move_log SEC(".maps");
 
+/* The kernel moved @p and no class decision has been made for it since. */
+static __always_inline bool move_pending(struct task_struct *p)
+{
+	struct move_stamp *stamp = bpf_task_storage_get(&move_stamps, p, 0, 0);
+
+	return stamp && stamp->moved_at_ns;
+}
+
 /*
  * At the first decision about a moved task's class after the move (its enqueue, or keeping it
  * running as a dispatch): log when it was moved, when its class was decided and which it got

@@ -148,7 +148,7 @@ void CANOPY_OP(canopy_child_sub_ecaps_updated, s32 cid, u64 before, u64 after)
 
 void CANOPY_OP(canopy_child_cpuctl_move, struct task_struct *p, struct cgroup *from, struct cgroup *to)
 {
-	class_vtime_cpuctl_move(p);
+	class_vtime_moved(p);
 }
 
 s32 CANOPY_OP_SLEEPABLE(canopy_child_init_task, struct task_struct *p, struct scx_init_task_args *args)
@@ -159,6 +159,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_child_init_task, struct task_struct *p, struct sc
 void CANOPY_OP(canopy_child_enable, struct task_struct *p, struct scx_enable_args *args)
 {
 	scx_bpf_task_set_dsq_vtime(p, own_vtime_now);
+	class_vtime_moved(p);
 }
 
 /* Seed cid_caps with what we already hold (normally nothing: grants arrive after attach). */

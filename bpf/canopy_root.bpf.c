@@ -614,14 +614,19 @@ void CANOPY_OP(canopy_root_update_idle, s32 cid, bool idle)
 	}
 }
 
-void CANOPY_OP(canopy_root_cpuctl_move, struct task_struct *p, struct cgroup *from, struct cgroup *to)
+/* A running task moved to another cgroup: its cid is judged by its new class from now on. */
+static __always_inline void own_task_moved(struct task_struct *p)
 {
-	u32 class = class_vtime_cpuctl_move(p);
+	u32 class = class_vtime_moved(p);
 	struct cid_state *cs;
 
-	/* a running task: its cid is judged by its new class from now (who may preempt it) */
 	if (class < NO_CLASS && (cs = cid_state_of(scx_bpf_task_cid(p))))
 		cs->running_class = class;
+}
+
+void CANOPY_OP(canopy_root_cpuctl_move, struct task_struct *p, struct cgroup *from, struct cgroup *to)
+{
+	own_task_moved(p);
 }
 
 /*
@@ -655,6 +660,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_init_task, struct task_struct *p, struct scx
 void CANOPY_OP(canopy_root_enable, struct task_struct *p, struct scx_enable_args *args)
 {
 	scx_bpf_task_set_dsq_vtime(p, own_vtime_now);
+	own_task_moved(p);
 }
 
 /* The cgroup's cpu.weight as the cpu controller holds it (100 when unknown). */

@@ -166,18 +166,20 @@ static __always_inline bool class_vtime_keep_prev(struct task_struct *prev)
 }
 
 /*
- * ops.cpuctl_move, for a move between cgroups the same scheduler keeps. A queued task is
- * requeued by the move itself (ops.enqueue decides its class) and a sleeping one is decided
- * when it wakes. A running task is decided here, at the move: it takes its new class (and
- * weight) now, and its slice is cut so it leaves the CPU at that CPU's next reschedule, which
- * the move requests, and comes back through ops.enqueue or a keep as the new class. Returns
- * the class of a running task, else CANOPY_MAX_CLASSES.
+ * A move of @p to another cgroup: from ops.cpuctl_move (a move between cgroups the same
+ * scheduler keeps) and from ops.enable (a move into a cgroup another scheduler keeps re-homes
+ * the task: the old one disables it, the new one enables it). A queued task is requeued by the
+ * move itself (ops.enqueue decides its class) and a sleeping one is decided when it wakes. A
+ * running task is decided here, at the move: it takes its new class (and weight) now, and its
+ * slice is cut so it leaves the CPU at that CPU's next reschedule, which the move requests,
+ * and comes back through ops.enqueue or a keep as the new class. Returns the class of a
+ * running task, else CANOPY_MAX_CLASSES.
  */
-static __always_inline u32 class_vtime_cpuctl_move(struct task_struct *p)
+static __always_inline u32 class_vtime_moved(struct task_struct *p)
 {
 	u32 requested, class;
 
-	if (!scx_bpf_task_running(p))
+	if (!scx_bpf_task_running(p) || !move_pending(p))
 		return CANOPY_MAX_CLASSES;
 	requested = task_requested_class(p);
 	class = clamp_to_cgroup(p, requested);

@@ -188,7 +188,8 @@ struct canopy_move_event {
 /*
  * Array `move_log` (one entry): the schedulers' record of the most recent task moves between
  * cgroups, one record per move, written at the first decision about the moved task's class
- * after the move: at the move itself for a running task (ops.cpuctl_move), at the requeue the
+ * after the move: at the move itself for a running task (ops.cpuctl_move, or ops.enable when
+ * the move hands it to another scheduler), at the requeue the
  * move causes for a queued one, at the next wakeup for a sleeping one (ops.enqueue, or
  * keeping it running as a dispatch). Slot = next % CANOPY_MOVE_RECORDS.
  */
@@ -206,7 +207,7 @@ struct canopy_move_record {
 enum canopy_move_state {
 	CANOPY_MOVED_SLEEPING = 0,	/* first decided when it next woke */
 	CANOPY_MOVED_QUEUED = 1,	/* runnable, waiting: requeued by the move itself */
-	CANOPY_MOVED_RUNNING = 2,	/* on a CPU: decided in ops.cpuctl_move, its slice cut */
+	CANOPY_MOVED_RUNNING = 2,	/* on a CPU: decided at the move (cpuctl_move or enable), slice cut */
 };
 
 struct canopy_move_log {

@@ -304,7 +304,9 @@ fn move_and_watch(
                         .push(move_to_decided_us);
                     if state == 2 {
                         direction.were_running += 1;
-                        direction.running_move_to_decided_us.push(move_to_decided_us);
+                        direction
+                            .running_move_to_decided_us
+                            .push(move_to_decided_us);
                     }
                 }
             }
