@@ -34,7 +34,7 @@ use super::SchedulerError;
 
 /// Where the root pins the maps other processes read or share.
 pub const PIN_DIR: &str = "/sys/fs/bpf/canopy";
-/// Maps pinned under PIN_DIR.
+/// Maps pinned under PIN_DIR (by their names in canopy_root's object; the one list).
 pub const PINNED_MAPS: &[&str] = &[
     "members",
     "stats",
@@ -244,28 +244,26 @@ fn write_group_policy(
         .map_err(|e| SchedulerError::Load(format!("writing group_policy: {e}")))
 }
 
-/// Pins the maps other processes read or share under PIN_DIR.
+/// Pins the maps other processes read or share (PINNED_MAPS) under PIN_DIR.
 fn pin_maps(skel: &mut CanopyRootSkel<'_>) -> Result<Pins, SchedulerError> {
     fs::create_dir_all(PIN_DIR)
         .map_err(|e| SchedulerError::Load(format!("creating {PIN_DIR}: {e}")))?;
     let mut pins = Pins(Vec::new());
-    let maps = &mut skel.maps;
-    for (name, map) in [
-        ("members", &mut maps.members),
-        ("stats", &mut maps.stats),
-        ("class_params", &mut maps.class_params),
-        ("task_classes", &mut maps.task_classes),
-        ("group_policy", &mut maps.group_policy),
-        ("policy_defaults", &mut maps.policy_defaults),
-        ("child_restarts", &mut maps.child_restarts),
-        ("admission_events", &mut maps.admission_events),
-        ("move_stamps", &mut maps.move_stamps),
-        ("move_log", &mut maps.move_log),
-    ] {
-        let path = Path::new(PIN_DIR).join(name);
+    for mut map in skel.object_mut().maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        if !PINNED_MAPS.contains(&name.as_str()) {
+            continue;
+        }
+        let path = Path::new(PIN_DIR).join(&name);
         map.pin(&path)
             .map_err(|e| SchedulerError::Load(format!("pinning {}: {e}", path.display())))?;
         pins.0.push(path);
+    }
+    if pins.0.len() != PINNED_MAPS.len() {
+        return Err(SchedulerError::Load(format!(
+            "canopy_root has only {} of the maps it must pin ({PINNED_MAPS:?})",
+            pins.0.len()
+        )));
     }
     Ok(pins)
 }
