@@ -1132,6 +1132,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                     t.realtime = true;
                     t.skip = Some(Skip::Realtime);
                     t.applied = None;
+                    t.handed = None;
                     t.requested = None;
                 }
             }
