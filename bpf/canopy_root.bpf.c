@@ -395,7 +395,7 @@ static __always_inline bool claim_idle_cid(struct task_struct *p, s32 cid)
 s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 wake_flags)
 {
 	struct canopy_class_params *cp;
-	u32 nr = scx_bpf_nr_cids(), class;
+	u32 nr = scx_bpf_nr_cids(), requested, class;
 	s32 cid = -1;
 	int i;
 
@@ -416,7 +416,9 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 	 * An idle cid: run there at once. A preempting class inserts with PREEMPT, ahead of and
 	 * over anything that reached the cid first (a child's task sent there by its own wakeup).
 	 */
-	class = task_class(p);
+	requested = task_requested_class(p);
+	class = clamp_to_cgroup(p, requested);
+	note_class_decided_after_move(p, requested, class);
 	cp = class_of(class);
 	remember_class(p, class, cp);
 	if (cp && cp->preempts)

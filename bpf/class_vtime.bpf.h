@@ -80,7 +80,7 @@ static __always_inline void remember_class(struct task_struct *p, u32 class,
 }
 
 /*
- * Queue @p on @dsq in class-weighted vtime order, as @class (the caller's task_class(p): one
+ * Queue @p on @dsq in class-weighted vtime order, as @class (decided by the caller: one
  * lookup per enqueue).
  */
 static __always_inline void queue_by_class(struct task_struct *p, u32 class, u64 dsq,
