@@ -41,7 +41,8 @@
  *    are ordered by class-weighted vtime (class_vtime.bpf.h) with the class
  *    slice. A waking task of a preempting class (USER_INTERACTIVE) goes
  *    straight to an idle cid, else preempts a cid running one of our tasks of a
- *    preemptible class (UTILITY, BACKGROUND).
+ *    preemptible class (UTILITY, BACKGROUND; DEFAULT once it has run 1 ms of its
+ *    slice, so a UI thread or the daemon waits at most that long behind default work).
  *
  * Admission (sub_attach): a child may attach only on a cgroup that the policy
  * (map `group_policy`, pushed by the loader) names with a scheduler kind
@@ -436,7 +437,13 @@ static __always_inline bool cid_preemptible_for(struct task_struct *p, s32 cid)
 	if (!cs || cs->owner != CANOPY_SELF_SLOT || cs->running_class >= NO_CLASS)
 		return false;
 	victim = class_of(cs->running_class);
-	return victim && victim->preemptible && task_may_run_on(p, cid);
+	if (!victim || !task_may_run_on(p, cid))
+		return false;
+	if (victim->preemptible)
+		return true;
+	/* DEFAULT: once it has run a while of its slice (cs->since: when the cid was handed to it) */
+	return victim->preemptible_after_us &&
+	       scx_bpf_now() - cs->since >= victim->preemptible_after_us * 1000ULL;
 }
 
 /*

@@ -88,7 +88,7 @@ struct canopy_class_params {
 	u32 weight;		/* share of CPU among runnable tasks, 1..10000, 100 = nice 0 */
 	u32 preempts;		/* 1: a waking task of this class preempts preemptible classes */
 	u32 preemptible;	/* 1: tasks of this class may be preempted by a preempting class */
-	u32 pad;
+	u32 preemptible_after_us; /* not preemptible: preemptible once it has run this long (0: never) */
 	u64 slice_ns;		/* time slice */
 };
 

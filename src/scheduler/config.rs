@@ -50,6 +50,11 @@ pub struct ClassConfig {
     /// Tasks of this class may be preempted by a preempting class.
     #[serde(default)]
     pub preemptible: bool,
+    /// When not `preemptible`: a task of this class may be preempted once it has run this many
+    /// microseconds of its current slice (0: never). Bounds how long a waking USER_INTERACTIVE
+    /// task waits behind a DEFAULT one without preempting DEFAULT at every wakeup.
+    #[serde(default)]
+    pub preemptible_after_us: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,6 +100,9 @@ pub fn class_id(name: &str) -> Result<u32, SchedulerError> {
     })
 }
 
+/// How long a DEFAULT task runs before a waking preempting-class task may preempt it.
+pub const DEFAULT_PREEMPTIBLE_AFTER_US: u32 = 1000;
+
 impl ClassConfig {
     /// The shipped class table: weights 800/400/100/50/25, slices 3/5/10/20/20 ms;
     /// USER_INTERACTIVE preempts UTILITY and BACKGROUND.
@@ -105,6 +113,11 @@ impl ClassConfig {
             slice_us: slice_ms * 1000,
             preempts,
             preemptible,
+            preemptible_after_us: if name == "DEFAULT" {
+                DEFAULT_PREEMPTIBLE_AFTER_US
+            } else {
+                0
+            },
         };
         vec![
             class("USER_INTERACTIVE", 800, 3, true, false),
@@ -120,7 +133,7 @@ impl ClassConfig {
             weight: self.weight.clamp(1, 10000),
             preempts: self.preempts as u32,
             preemptible: self.preemptible as u32,
-            pad: 0,
+            preemptible_after_us: self.preemptible_after_us,
             slice_ns: self.slice_us * 1000,
         }
     }

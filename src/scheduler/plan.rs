@@ -41,8 +41,14 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
                 weight: params.weight.clamp(1, 10000),
                 slice_us: params.slice_us.max(100) as u64,
                 preempts: params.preempt,
-                // classes below DEFAULT give way to preempting classes
+                // classes below DEFAULT give way to preempting classes at once, DEFAULT after
+                // it has run a millisecond of its slice
                 preemptible: position > default_position,
+                preemptible_after_us: if position == default_position {
+                    super::config::DEFAULT_PREEMPTIBLE_AFTER_US
+                } else {
+                    0
+                },
             }
         })
         .collect();
