@@ -341,18 +341,22 @@ mod tests {
         assert!(err.contains("does not host children"), "{err}");
     }
 
+    /// A config whose class list adds BATCH between DEFAULT and UTILITY, with `default_class`.
+    fn with_batch_class(default_class: &str) -> String {
+        format!(
+            r#"{{"default_class":"{default_class}","classes":[
+                {{"name":"USER_INTERACTIVE","weight":800,"slice_us":3000,"preempts":true}},
+                {{"name":"USER_INITIATED","weight":400,"slice_us":5000}},
+                {{"name":"DEFAULT","weight":100,"slice_us":10000}},
+                {{"name":"BATCH","weight":70,"slice_us":15000,"preemptible":true}},
+                {{"name":"UTILITY","weight":50,"slice_us":20000,"preemptible":true}},
+                {{"name":"BACKGROUND","weight":25,"slice_us":20000,"preemptible":true}}]}}"#
+        )
+    }
+
     #[test]
     fn custom_classes_make_the_list_the_whole_table() {
-        let config = SchedulerConfig::from_json(
-            r#"{"default_class":"BATCH","classes":[
-                {"name":"USER_INTERACTIVE","weight":800,"slice_us":3000,"preempts":true},
-                {"name":"USER_INITIATED","weight":400,"slice_us":5000},
-                {"name":"DEFAULT","weight":100,"slice_us":10000},
-                {"name":"BATCH","weight":70,"slice_us":15000,"preemptible":true},
-                {"name":"UTILITY","weight":50,"slice_us":20000,"preemptible":true},
-                {"name":"BACKGROUND","weight":25,"slice_us":20000,"preemptible":true}]}"#,
-        )
-        .unwrap();
+        let config = SchedulerConfig::from_json(&with_batch_class("BATCH")).unwrap();
         let table = config.class_table().unwrap();
         assert_eq!(table.len(), 6);
         assert_eq!(config.default_class_id().unwrap(), 3);
@@ -372,16 +376,7 @@ mod tests {
             bpf_intf::CANOPY_CLASS_BACKGROUND + 1
         );
         // a custom class ahead of the default shifts its id: the entry follows the table
-        let shifted = SchedulerConfig::from_json(
-            r#"{"default_class":"UTILITY","classes":[
-                {"name":"USER_INTERACTIVE","weight":800,"slice_us":3000,"preempts":true},
-                {"name":"USER_INITIATED","weight":400,"slice_us":5000},
-                {"name":"DEFAULT","weight":100,"slice_us":10000},
-                {"name":"BATCH","weight":70,"slice_us":15000,"preemptible":true},
-                {"name":"UTILITY","weight":50,"slice_us":20000,"preemptible":true},
-                {"name":"BACKGROUND","weight":25,"slice_us":20000,"preemptible":true}]}"#,
-        )
-        .unwrap();
+        let shifted = SchedulerConfig::from_json(&with_batch_class("UTILITY")).unwrap();
         assert_eq!(shifted.policy_defaults().unwrap().default_class_plus_one, 5);
         let unknown = SchedulerConfig {
             default_class: "NOPE".into(),

@@ -199,16 +199,6 @@ fn read_move_log(map: &PinnedMap) -> Vec<MoveRecord> {
         .collect()
 }
 
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
 /// The watched threads of `pids`.
 fn watched_threads(pids: &[u32], comm_prefix: &str) -> Result<Vec<u32>> {
     let mut watched = Vec::new();
@@ -272,7 +262,7 @@ fn move_and_watch(
     direction: &mut Direction,
 ) -> Result<()> {
     let procs = format!("/sys/fs/cgroup/{cgroup}/cgroup.procs");
-    let started_ns = monotonic_ns();
+    let started_ns = crate::wakeprobe::monotonic_ns();
     let started = Instant::now();
     for pid in &args.pids {
         std::fs::write(&procs, pid.to_string()).with_context(|| format!("writing {procs}"))?;

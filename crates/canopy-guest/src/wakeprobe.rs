@@ -154,7 +154,8 @@ fn prepare_thread(comm: Option<&str>, nice: Option<i32>) {
     }
 }
 
-fn monotonic_ns() -> u64 {
+/// CLOCK_MONOTONIC in ns (the clock of bpf_ktime_get_ns, so it compares with BPF timestamps).
+pub(crate) fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
