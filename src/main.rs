@@ -56,9 +56,9 @@ enum Command {
         /// each group owns on this machine.
         #[arg(long)]
         explain: bool,
-        /// cgroup2 mount to look for existing cgroups (with --explain).
-        #[arg(long, default_value = "/sys/fs/cgroup")]
-        cgroup_root: PathBuf,
+        /// cgroup2 mount to look for existing cgroups (with --explain; detected when absent).
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
     },
     /// Show the semantic difference between two policies (classes, rules, groups).
     Diff {
@@ -154,7 +154,7 @@ fn main() -> ExitCode {
             paths,
             explain,
             cgroup_root,
-        } => commands::compile::run(&paths, explain, &cgroup_root),
+        } => commands::compile::run(&paths, explain, cgroup_root.as_deref()),
         Command::Diff { old, new } => commands::diff::run(&old, &new),
         Command::Import(ImportCommand::Schedqos { dir }) => commands::import::schedqos(&dir),
         Command::Run(args) => daemon_cli::run(args).map(|()| ExitCode::SUCCESS),

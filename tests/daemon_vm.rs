@@ -406,7 +406,7 @@ fn sighup_reload_moves_the_schedulers_to_the_new_plan() -> anyhow::Result<()> {
 mkdir -p /sys/fs/cgroup/tenant /sys/fs/cgroup/batch
 {start_daemon}
 canopy scheduler status --json --interval-ms 100 > /tmp/sched.json
-canopy-guest report before tenant_id=$(stat -c %i /sys/fs/cgroup/tenant) batch_id=$(stat -c %i /sys/fs/cgroup/batch) subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" sched=@/tmp/sched.json
+canopy-guest report before tenant_id=$(stat -c %i /sys/fs/cgroup/tenant) batch_id=$(stat -c %i /sys/fs/cgroup/batch) subs="$(ls /sys/kernel/sched_ext/root/sub | tr '\n' ' ')" sched=@/tmp/sched.json status=@/tmp/status.json
 cp /etc/canopy/after.toml /etc/canopy/policy.toml
 kill -HUP $DAEMON
 # A reload counts as done once the schedulers have followed it (the daemon waits for them).
@@ -465,6 +465,25 @@ grep canopy: /tmp/daemon.log | tail -n 20
         "{after}"
     );
     assert!(after["status"]["policy_error"].is_null(), "{after}");
+    // One plan: the daemon's process compiled the policy once to start (the controller and
+    // the scheduler supervisor share that plan) and once per reload, whatever the reload's
+    // trigger (SIGHUP, then the policy file watcher).
+    let compiles = |v: &serde_json::Value| v["status"]["counters"]["policy_compiles"].as_u64();
+    let counter = |name: &str| after["status"]["counters"][name].as_u64().unwrap_or(0);
+    println!(
+        "policy compiles: {:?} at start, {:?} after {} reloads",
+        compiles(before),
+        compiles(after),
+        counter("reloads_ok") + counter("reloads_failed")
+    );
+    assert_eq!(compiles(before), Some(1), "{before}");
+    // A failed reload compiled once, or not at all when the file could not even be read.
+    let compiled_after = compiles(after).unwrap_or(0);
+    assert!(
+        compiled_after >= 1 + counter("reloads_ok")
+            && compiled_after <= 1 + counter("reloads_ok") + counter("reloads_failed"),
+        "{compiled_after} compiles for one start and these reloads: {after}"
+    );
     assert!(
         subs(after).contains(&format!("sub-{tenant}")),
         "tenant lost its child: {after}"

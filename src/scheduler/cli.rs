@@ -47,7 +47,6 @@ use super::kernel;
 use super::root::c_string;
 use super::root::from_bytes;
 use super::root::RootScheduler;
-use super::root::PIN_DIR;
 use super::status;
 
 #[derive(Parser, Debug)]
@@ -203,8 +202,9 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             class,
         } => {
             let class = class_id(&class)?;
-            let map = MapHandle::from_pinned_path(Path::new(PIN_DIR).join("task_classes"))
-                .context("opening the shared task_classes map (is the root loaded?)")?;
+            let map =
+                MapHandle::from_pinned_path(canopy_sys::sched_ext::pinned_map("task_classes"))
+                    .context("opening the shared task_classes map (is the root loaded?)")?;
             let tag = |tid: u32| {
                 map.update(&tid.to_ne_bytes(), &class.to_ne_bytes(), MapFlags::ANY)
                     .context("writing task_classes")
@@ -293,7 +293,7 @@ pub struct ReloadRequest {
 /// Attaches canopy_child on `group`'s cgroup and logs the outcome and how long the load took.
 fn attach_child_logged(group: &GroupConfig) -> Option<ChildScheduler> {
     let options = ChildOptions::default();
-    let started_at_uptime = kernel::uptime_s().unwrap_or(f64::NAN);
+    let started_at_uptime = canopy_sys::procfs::uptime_s().unwrap_or(f64::NAN);
     let started = Instant::now();
     match attach_child(&group.cgroup, &options) {
         Ok(child) => {
@@ -431,11 +431,12 @@ pub fn supervise(
         let root = RootScheduler::load(&config).context("starting the root scheduler")?;
         println!(
             "canopy: root scheduler enabled (sched_ext state {}, root ops {})",
-            kernel::sched_ext_state().unwrap_or_default(),
-            kernel::read_trimmed(Path::new("/sys/kernel/sched_ext/root/ops")).unwrap_or_default()
+            canopy_sys::sched_ext::state().unwrap_or_default(),
+            canopy_sys::sched_ext::root_ops().unwrap_or_default()
         );
-        let events_map = MapHandle::from_pinned_path(Path::new(PIN_DIR).join("admission_events"))
-            .context("opening admission_events")?;
+        let events_map =
+            MapHandle::from_pinned_path(canopy_sys::sched_ext::pinned_map("admission_events"))
+                .context("opening admission_events")?;
         let mut events = RingBufferBuilder::new();
         events.add(&events_map, log_admission)?;
         let events = events.build()?;
@@ -548,7 +549,7 @@ pub fn supervise(
                 println!(
                     "canopy: root scheduler unloaded: {} (sched_ext state {})",
                     describe_exit(report),
-                    kernel::sched_ext_state().unwrap_or_default()
+                    canopy_sys::sched_ext::state().unwrap_or_default()
                 );
                 return Ok(());
             }
@@ -678,7 +679,7 @@ fn run_restart_fixture(restarts: u32, stop_at: Option<Instant>) -> anyhow::Resul
 
 /// inotify on the whole cgroup2 tree, or None (and a note) where it cannot be set up.
 fn watch_cgroups() -> Option<CgroupWatch> {
-    match CgroupWatch::new(Path::new(kernel::CGROUP2_ROOT)) {
+    match CgroupWatch::new(canopy_sys::cgroup::CgroupHierarchy::system().mount_point()) {
         Ok(cgroup_watch) => {
             println!(
                 "canopy: watching {} cgroups for new and removed ones (inotify)",
@@ -766,23 +767,19 @@ fn watch_and_tag(
     let stop_at = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tagged = std::collections::HashSet::new();
     while Instant::now() < stop_at {
-        for entry in std::fs::read_dir("/proc")?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if tagged.contains(&pid) {
+        let mut proc = canopy_sys::procfs::ProcFs::new();
+        for pid in proc.process_ids()? {
+            let pid_u32 = pid as u32;
+            if tagged.contains(&pid_u32) {
                 continue;
             }
-            let Ok(name) = std::fs::read_to_string(entry.path().join("comm")) else {
+            let task = canopy_sys::procfs::TaskId { pid, tid: pid };
+            let Ok(canopy_sys::Outcome::Done(name)) = proc.thread_comm(task) else {
                 continue;
             };
-            if name.trim_end() == comm {
-                tag(pid)?;
-                tagged.insert(pid);
+            if name.to_string_lossy() == comm {
+                tag(pid_u32)?;
+                tagged.insert(pid_u32);
                 println!("canopy: tagged {comm} (pid {pid})");
             }
         }

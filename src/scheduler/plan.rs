@@ -3,8 +3,9 @@
 //! (weight, slice, who preempts whom), the default class, and one group entry per *existing*
 //! cgroup a policy group's path glob matches (its weight, guarantee, cap and the scheduler names
 //! admitted there). Called at start and on every rescan, so cgroups created later are picked up.
-use std::fs;
 use std::path::Path;
+
+use canopy_sys::cgroup::Cgroup;
 
 use canopy_policy::Cap;
 use canopy_policy::Plan;
@@ -16,8 +17,8 @@ use super::config::GroupConfig;
 use super::config::SchedulerConfig;
 use super::config::CANOPY_CHILD_NAME;
 
-/// How deep below the cgroup2 root group paths are looked for.
-const MAX_CGROUP_DEPTH: usize = 8;
+/// How many levels below the cgroup2 root group paths are looked for.
+const MAX_CGROUP_LEVELS: usize = 9;
 
 /// The scheduler config for `plan` on this machine (cgroups under `cgroup_root`, `nr_cpus`
 /// online CPUs for converting a `cpu.max`-style cap into a percentage).
@@ -55,8 +56,7 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
     let default_class = plan.class(plan.defaults().class).name.clone();
 
     let mut groups = Vec::new();
-    let mut relative_paths = Vec::new();
-    collect_cgroups(cgroup_root, cgroup_root, 0, &mut relative_paths);
+    let relative_paths = Cgroup::from_dir(cgroup_root).descendants(MAX_CGROUP_LEVELS, usize::MAX);
     for relative in relative_paths {
         let Some(group_ref) = plan.group_for_cgroup(&relative) else {
             continue;
@@ -107,28 +107,6 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
         own_weight: bpf_intf::CANOPY_DEFAULT_WEIGHT,
         classes,
         groups,
-    }
-}
-
-/// Every cgroup directory below `dir`, as a path relative to `root`, parents first.
-fn collect_cgroups(root: &Path, dir: &Path, depth: usize, out: &mut Vec<String>) {
-    if depth > MAX_CGROUP_DEPTH {
-        return;
-    }
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    let mut children: Vec<_> = entries
-        .flatten()
-        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-        .map(|e| e.path())
-        .collect();
-    children.sort();
-    for child in children {
-        if let Ok(relative) = child.strip_prefix(root) {
-            out.push(relative.to_string_lossy().into_owned());
-        }
-        collect_cgroups(root, &child, depth + 1, out);
     }
 }
 

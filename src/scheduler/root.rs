@@ -10,7 +10,6 @@
 //! died. Dropping the value unregisters the scheduler (every task
 //! returns to the fair scheduler) and removes the pins.
 use std::fs;
-use std::path::Path;
 use std::path::PathBuf;
 
 use libbpf_rs::skel::OpenSkel;
@@ -33,7 +32,7 @@ use super::skel::root::CanopyRootSkelBuilder;
 use super::SchedulerError;
 
 /// Where the root pins the maps other processes read or share.
-pub const PIN_DIR: &str = "/sys/fs/bpf/canopy";
+pub use canopy_sys::sched_ext::PIN_DIR;
 /// Maps pinned under PIN_DIR (by their names in canopy_root's object; the one list).
 pub const PINNED_MAPS: &[&str] = &[
     "members",
@@ -89,7 +88,7 @@ impl RootScheduler {
         }
         {
             let ops = open.struct_ops.canopy_root_ops_mut();
-            ops.hotplug_seq = kernel::hotplug_seq();
+            ops.hotplug_seq = canopy_sys::sched_ext::hotplug_seq();
             ops.exit_dump_len = bpf_intf::CANOPY_EXIT_DUMP_LEN;
         }
         let mut skel = open
@@ -254,7 +253,7 @@ fn pin_maps(skel: &mut CanopyRootSkel<'_>) -> Result<Pins, SchedulerError> {
         if !PINNED_MAPS.contains(&name.as_str()) {
             continue;
         }
-        let path = Path::new(PIN_DIR).join(&name);
+        let path = canopy_sys::sched_ext::pinned_map(&name);
         map.pin(&path)
             .map_err(|e| SchedulerError::Load(format!("pinning {}: {e}", path.display())))?;
         pins.0.push(path);
@@ -270,7 +269,7 @@ fn pin_maps(skel: &mut CanopyRootSkel<'_>) -> Result<Pins, SchedulerError> {
 
 fn remove_stale_pins() {
     for name in PINNED_MAPS {
-        let _ = fs::remove_file(Path::new(PIN_DIR).join(name));
+        let _ = fs::remove_file(canopy_sys::sched_ext::pinned_map(name));
     }
 }
 

@@ -76,8 +76,8 @@ pub enum Event {
     FocusChanged {
         /// Path relative to the cgroup2 root.
         cgroup: String,
-        /// The xattr's value (`-1` = focused; a timestamp = focus lost then); `None` = removed.
-        value: Option<String>,
+        /// What it says now (`NotSet` when it was removed).
+        focus: canopy_sys::cgroup::Focus,
     },
 }
 

@@ -111,20 +111,14 @@ impl PolicyPlan for CompiledPlan {
             cmdline: (!p.cmdline.is_empty()).then_some(p.cmdline.as_str()),
             cgroup: &p.cgroup,
             uid: p.uid,
-            user: None,
+            user: p.user.as_deref(),
             parent_comm: (!p.parent_comm.is_empty()).then_some(p.parent_comm.as_str()),
         };
         let m = self.plan.match_task(&task)?;
-        let thread_rule = m.thread_class.map(|tc| {
-            let rule = &self.plan.rules()[m.rule];
-            let name = rule
-                .threads
-                .iter()
-                .find(|t| t.class == tc && crate::testing::glob_match(&t.name, &facts.comm))
-                .map(|t| t.name.clone())
-                .unwrap_or_else(|| format!("→ {}", self.plan.class(tc).name));
-            Arc::from(name.as_str())
-        });
+        // canopy-policy decided which thread rule matched; only its name is looked up here.
+        let thread_rule = m
+            .thread_rule
+            .map(|index| Arc::from(self.plan.rules()[m.rule].threads[index].name.as_str()));
         Some(RuleMatch {
             rule: self.rule_names[m.rule].clone(),
             class: from_policy_class(m.requested_class()),

@@ -58,6 +58,8 @@ counters! {
     moves_reconcile,
     /// Move events the BPF watcher dropped because its ring buffer was full (each forces a rescan).
     moves_lost,
+    /// Policies compiled in the daemon's process (canopy-policy's count): one per start and one per reload.
+    policy_compiles,
 }
 
 /// Samples of the delay from a kernel event (e.g. a rename) to the class being applied.

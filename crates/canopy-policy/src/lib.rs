@@ -67,7 +67,6 @@ pub use class::ClassId;
 pub use class::ClassMask;
 pub use class::ClassParams;
 pub use class::MAX_CLASSES;
-pub use compile::compile;
 pub use compile::compile_str;
 pub use compile::CompileError;
 pub use compile::Compiled;
@@ -101,3 +100,19 @@ pub use plan::SettingsOverrides;
 pub use plan::TaskFacts;
 pub use plan::ThreadRule;
 pub use print::to_toml;
+
+/// Policies compiled by [`compile`] in this process so far.
+static COMPILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Compiles policy sources (drop-ins merged in order) into an immutable [`Plan`], or every
+/// problem found. The one entry point: each call is counted ([`compiles_so_far`]), so the
+/// daemon can show that a start or a reload compiled the policy once.
+pub fn compile(sources: &[Source]) -> Result<Compiled, CompileError> {
+    COMPILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    compile::compile(sources)
+}
+
+/// How many times [`compile`] ran in this process (a counter, no syscall).
+pub fn compiles_so_far() -> u64 {
+    COMPILES.load(std::sync::atomic::Ordering::Relaxed)
+}

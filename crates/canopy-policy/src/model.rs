@@ -68,6 +68,19 @@ pub enum DaemonMode {
     Fallback,
 }
 
+impl std::str::FromStr for DaemonMode {
+    type Err = String;
+    /// `auto`, `scx` or `fallback`, as in the policy (`canopy run --mode` parses with this).
+    fn from_str(text: &str) -> Result<DaemonMode, String> {
+        match text {
+            "auto" => Ok(DaemonMode::Auto),
+            "scx" => Ok(DaemonMode::Scx),
+            "fallback" => Ok(DaemonMode::Fallback),
+            other => Err(format!("unknown mode {other:?} (auto, scx, fallback)")),
+        }
+    }
+}
+
 /// Settings of the `canopy run` daemon.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
