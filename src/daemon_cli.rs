@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
-use canopy_controller::daemon::{self, DaemonOptions};
+use canopy_controller::daemon::{Daemon, DaemonOptions};
 use canopy_controller::policy_adapter::loader;
 use canopy_policy::DaemonMode;
 
@@ -139,7 +139,8 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         .thread_name("canopy-daemon")
         .build()
         .context("starting the async runtime")?;
-    let report = rt.block_on(daemon::run(opts, std::future::pending()));
+    let report =
+        rt.block_on(async { Daemon::start(opts).await?.run(std::future::pending()).await });
     // Unload the schedulers (every task back to the fair scheduler) whatever the daemon's end.
     schedulers.stop();
     let report = report.context("canopy daemon")?;

@@ -49,9 +49,10 @@ pub struct ControllerConfig {
     pub daemon_pid: Option<u32>,
 }
 
-/// Which source told the controller that a process may have changed cgroup.
+/// What told the controller that a process may have changed cgroup (not to be confused with
+/// `daemon::MoveSource`, the BPF watcher the daemon polls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MoveSource {
+enum MoveNoticedBy {
     /// The BPF move watcher (cgroup_attach_task through a ring buffer).
     RingBuffer,
     /// inotify on cgroup.procs / cgroup.threads.
@@ -255,7 +256,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             Event::TaskMoved {
                 tid, timestamp_ns, ..
             } => {
-                self.on_task_moved(tid, MoveSource::RingBuffer);
+                self.on_task_moved(tid, MoveNoticedBy::RingBuffer);
                 if let Some(ts) = timestamp_ns {
                     let now = monotonic_now_ns();
                     if now >= ts {
@@ -520,11 +521,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             }
         }
         for tgid in moved_processes {
-            self.process_moved(tgid, Some(cgroup.to_string()), MoveSource::Inotify);
+            self.process_moved(tgid, Some(cgroup.to_string()), MoveNoticedBy::Inotify);
         }
     }
 
-    fn on_task_moved(&mut self, tid: u32, source: MoveSource) {
+    fn on_task_moved(&mut self, tid: u32, source: MoveNoticedBy) {
         let tgid = match self.tasks.get(&tid) {
             Some(t) => t.tgid,
             None => match self.source.tgid_of(tid) {
@@ -537,7 +538,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
 
     /// A process changed cgroup: update its facts, then re-match (rules can match on the
     /// cgroup) and re-clamp every thread at once.
-    fn process_moved(&mut self, tgid: u32, cgroup: Option<String>, source: MoveSource) {
+    fn process_moved(&mut self, tgid: u32, cgroup: Option<String>, source: MoveNoticedBy) {
         let cgroup = match cgroup {
             Some(c) => c,
             None => match self.source.process_cgroup(tgid) {
@@ -549,10 +550,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         if known != Some(cgroup.as_str()) {
             let counters = &mut self.stats.counters;
             match source {
-                MoveSource::RingBuffer => counters.moves_ring_buffer += 1,
-                MoveSource::Inotify => counters.moves_inotify += 1,
-                MoveSource::Reconcile => counters.moves_reconcile += 1,
-                MoveSource::Request => {}
+                MoveNoticedBy::RingBuffer => counters.moves_ring_buffer += 1,
+                MoveNoticedBy::Inotify => counters.moves_inotify += 1,
+                MoveNoticedBy::Reconcile => counters.moves_reconcile += 1,
+                MoveNoticedBy::Request => {}
             }
         }
         self.ignored.remove(&tgid);
@@ -647,8 +648,8 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             match self.source.process_cgroup(tgid) {
                 Ok(now) if now != known => {
                     moved += 1;
-                    self.stats.count_event(crate::event::EventKind::Move);
-                    self.process_moved(tgid, Some(now), MoveSource::Reconcile);
+                    self.stats.count_event(crate::event::EventType::Move);
+                    self.process_moved(tgid, Some(now), MoveNoticedBy::Reconcile);
                 }
                 _ => {}
             }

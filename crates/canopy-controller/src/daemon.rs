@@ -169,299 +169,359 @@ pub fn choose_mode(choice: DaemonMode, scx_built_in: bool) -> Result<(Mode, Stri
     }
 }
 
-/// Runs the daemon until `shutdown` resolves (or SIGTERM/SIGINT when signals are handled), then
-/// restores what it changed and returns the restore report.
-pub async fn run(
-    mut opts: DaemonOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<RestoreReport, DaemonError> {
-    let plan = match opts.initial_plan.take() {
-        Some(plan) => plan,
-        None => (opts.loader)().map_err(DaemonError::Policy)?,
-    };
-    let cgroup_root = opts
-        .cgroup_root
-        .clone()
-        .unwrap_or_else(|| CgroupHierarchy::system().mount_point().to_path_buf());
-    let (mode, mode_reason) = choose_mode(opts.mode, opts.scx.is_some())?;
-    let backend = match mode {
-        Mode::Fallback => {
-            let mut backend = FallbackBackend::new(cgroup_root.clone());
-            if let Some(path) = &opts.state_file {
-                backend = backend.with_state_file(path.clone());
-            }
-            Box::new(backend) as Box<dyn Backend>
-        }
-        Mode::Scx => {
-            let maps = (opts.scx.take().expect("checked by choose_mode"))(&plan)
-                .map_err(DaemonError::ScxUnavailable)?;
-            Box::new(ScxBackend::new(maps, cgroup_root.clone())) as Box<dyn Backend>
-        }
-    };
-    tracing::info!(mode = mode.label(), reason = %mode_reason, policy = %plan.hash(), "starting");
+/// A started daemon: the controller with its plan and backend, subscribed to every event
+/// source, its first scan done and the control socket listening. [`Daemon::start`] gets it
+/// there; [`Daemon::run`] serves until shutdown and restores what it changed.
+pub struct Daemon {
+    opts: DaemonOptions,
+    ctl: Controller<Box<dyn Backend>, ProcSource>,
+    cgroup_root: PathBuf,
+    inputs: (mpsc::Sender<Input>, mpsc::Receiver<Input>),
+    proc_events: canopy_sys::proc_events::ProcEvents,
+    move_source: Option<Box<dyn MoveSource>>,
+    move_fd: Option<tokio::io::unix::AsyncFd<BorrowedRawFd>>,
+    watch_task: Option<tokio::task::JoinHandle<()>>,
+    control: (mpsc::Sender<ControlMsg>, mpsc::Receiver<ControlMsg>),
+    server_task: tokio::task::JoinHandle<()>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+    signals: (mpsc::Sender<bool>, mpsc::Receiver<bool>),
+    signal_task: Option<tokio::task::JoinHandle<()>>,
+}
 
-    let listener = server::bind(&opts.socket_path).map_err(|source| DaemonError::Socket {
-        path: opts.socket_path.clone(),
-        source,
-    })?;
-
-    // Subscribe to events before the first scan so nothing falls between the two.
-    let (in_tx, mut in_rx) = mpsc::channel::<Input>(65536);
-    let mut proc_events = subscribe_proc_events(opts.proc_rcvbuf)?;
-    let mut proc_batch: Vec<canopy_sys::proc_events::ProcEvent> = Vec::with_capacity(64);
-    // The move watcher's ring buffer is polled right here (no thread hop between the kernel's
-    // wakeup and the controller).
-    let (mut move_source, move_fd) = match opts.move_watcher.take().map(|start| {
-        start().and_then(|source| {
-            // SAFETY: the fd belongs to `source`, which outlives the AsyncFd: the two are
-            // bound together below (dropped in reverse order, and explicitly at the end).
-            unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    BorrowedRawFd(source.fd()),
-                    tokio::io::Interest::READABLE,
-                )
-            }
-            .map(|fd| (source, fd))
-            .map_err(|e| format!("polling the move_events ring buffer: {e}"))
-        })
-    }) {
-        Some(Ok((source, fd))) => (Some(source), Some(fd)),
-        Some(Err(error)) => {
-            tracing::warn!(%error, "BPF cgroup move watcher unavailable; moves are seen through inotify on cgroup.procs and a {}-s reconcile", RECONCILE_EVERY.as_secs());
-            (None, None)
-        }
-        None => (None, None),
-    };
-    let mut move_batch: Vec<MoveRecord> = Vec::with_capacity(64);
-    let mut moves_lost_seen = 0u64;
-    let move_watcher = if move_source.is_some() {
-        "BPF ring buffer (cgroup_attach_task tracepoint) + reconcile".to_string()
-    } else {
-        format!(
-            "inotify on cgroup.procs + reconcile every {} s",
-            RECONCILE_EVERY.as_secs()
-        )
-    };
-    tracing::info!(source = %move_watcher, "cgroup moves");
-    let watch_root = match &opts.cgroup_scope {
-        Some(s) => cgroup_root.join(s),
-        None => cgroup_root.clone(),
-    };
-    let watch_task = start_watcher(
-        in_tx.clone(),
-        cgroup_root.clone(),
-        &watch_root,
-        &opts.watch_paths,
-        move_source.is_none(),
-    );
-
-    let config = ControllerConfig {
-        cgroup_scope: opts.cgroup_scope.clone(),
-        mode_reason,
-        move_watcher,
-        daemon_pid: Some(std::process::id()),
-    };
-    let mut ctl = Controller::new(plan, backend, ProcSource::new(cgroup_root.clone()), config);
-    ctl.rescan();
-    // Focus xattrs already set before we started.
-    for (cgroup, focus) in read_focus_xattrs(&cgroup_root, opts.cgroup_scope.as_deref()) {
-        ctl.handle(Event::FocusChanged { cgroup, focus }, Instant::now());
-    }
-
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(256);
-    let server_task = tokio::spawn(server::serve(listener, ctl_tx.clone(), opts.limits));
-    let metrics_task = match opts.metrics_listen {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::Metrics { addr, source })?;
-            Some(tokio::spawn(serve_metrics(l, ctl_tx.clone())))
-        }
-        None => None,
-    };
-
-    // Signals arrive as messages: true = stop (SIGTERM/SIGINT), false = reload (SIGHUP).
-    let (sig_tx, mut sig_rx) = mpsc::channel::<bool>(8);
-    let signal_task = if opts.handle_signals {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
-        let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-        Some(tokio::spawn(async move {
-            loop {
-                let stop = tokio::select! {
-                    _ = hup.recv() => false,
-                    _ = term.recv() => true,
-                    _ = int.recv() => true,
-                };
-                if sig_tx.send(stop).await.is_err() {
-                    return;
-                }
-            }
-        }))
-    } else {
-        None
-    };
-
-    // Originals a crashed predecessor recorded and this daemon did not take over go back now;
-    // what it did take over is on record again at once.
-    ctl.settle_adopted();
-    ctl.persist_state(true);
-    let _ = sdnotify::notify("READY=1\nSTATUS=tagging");
-    if let Some(r) = opts.on_ready.take() {
-        let _ = r.send(());
-    }
-    tracing::info!(tasks = ctl.task_count(), "ready");
-
-    let cgroup_root_str = cgroup_root.to_string_lossy().into_owned();
-    let mut policy_debounce: Option<Instant> = None;
-    // Moves that no event reports are caught by a periodic re-read of tracked cgroups.
-    let mut reconcile = tokio::time::interval_at(Instant::now() + RECONCILE_EVERY, RECONCILE_EVERY);
-    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The fallback backend's crash record is written at most this often (when it changed).
-    let mut persist = tokio::time::interval_at(
-        Instant::now() + crate::state_file::FLUSH_EVERY,
-        crate::state_file::FLUSH_EVERY,
-    );
-    persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        let timer = match (ctl.next_deadline(), policy_debounce) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+impl Daemon {
+    /// Compiles the policy (unless the caller passed the plan it compiled with the same
+    /// loader), picks the mode, builds the backend (in scx mode the scheduler loader starts
+    /// from this same plan), subscribes to the event sources before the first /proc scan,
+    /// binds the control socket and tells `on_ready` and systemd.
+    pub async fn start(mut opts: DaemonOptions) -> Result<Daemon, DaemonError> {
+        let plan = match opts.initial_plan.take() {
+            Some(plan) => plan,
+            None => (opts.loader)().map_err(DaemonError::Policy)?,
         };
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            Some(stop) = sig_rx.recv() => {
-                if stop {
-                    break;
+        let cgroup_root = opts
+            .cgroup_root
+            .clone()
+            .unwrap_or_else(|| CgroupHierarchy::system().mount_point().to_path_buf());
+        let (mode, mode_reason) = choose_mode(opts.mode, opts.scx.is_some())?;
+        let backend = match mode {
+            Mode::Fallback => {
+                let mut backend = FallbackBackend::new(cgroup_root.clone());
+                if let Some(path) = &opts.state_file {
+                    backend = backend.with_state_file(path.clone());
                 }
-                tracing::info!("SIGHUP: reloading policy");
-                let _ = reload(&mut ctl, &opts.loader);
+                Box::new(backend) as Box<dyn Backend>
             }
-            received = proc_events.recv_batch(&mut proc_batch) => {
-                match received {
-                    Ok(_) => {
-                        // One batch (up to 64 datagrams) at a time: large enough to amortize the
-                        // wakeup, small enough that the first event of a storm is not kept waiting.
-                        let now = Instant::now();
-                        for ev in proc_batch.drain(..) {
-                            if let Some(e) = translate(&ev) {
-                                ctl.handle(e, now);
-                            }
-                        }
-                        // A busy machine keeps this branch ready; due timers (deferred overrun
-                        // rescans, delayed states) must not wait for a quiet moment.
-                        if ctl.next_deadline().is_some_and(|d| d <= Instant::now()) {
-                            ctl.fire_timers(Instant::now());
-                        }
+            Mode::Scx => {
+                let maps = (opts.scx.take().expect("checked by choose_mode"))(&plan)
+                    .map_err(DaemonError::ScxUnavailable)?;
+                Box::new(ScxBackend::new(maps, cgroup_root.clone())) as Box<dyn Backend>
+            }
+        };
+        tracing::info!(mode = mode.label(), reason = %mode_reason, policy = %plan.hash(), "starting");
+
+        let listener = server::bind(&opts.socket_path).map_err(|source| DaemonError::Socket {
+            path: opts.socket_path.clone(),
+            source,
+        })?;
+
+        // Subscribe to events before the first scan so nothing falls between the two.
+        let (in_tx, in_rx) = mpsc::channel::<Input>(65536);
+        let proc_events = subscribe_proc_events(opts.proc_rcvbuf)?;
+        // The move watcher's ring buffer is polled right here (no thread hop between the kernel's
+        // wakeup and the controller).
+        let (move_source, move_fd) = match opts.move_watcher.take().map(|start| {
+            start().and_then(|source| {
+                // SAFETY: the fd belongs to `source`, which outlives the AsyncFd: the two are
+                // bound together below (dropped in reverse order, and explicitly at the end).
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        BorrowedRawFd(source.fd()),
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .map(|fd| (source, fd))
+                .map_err(|e| format!("polling the move_events ring buffer: {e}"))
+            })
+        }) {
+            Some(Ok((source, fd))) => (Some(source), Some(fd)),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "BPF cgroup move watcher unavailable; moves are seen through inotify on cgroup.procs and a {}-s reconcile", RECONCILE_EVERY.as_secs());
+                (None, None)
+            }
+            None => (None, None),
+        };
+        let move_watcher = if move_source.is_some() {
+            "BPF ring buffer (cgroup_attach_task tracepoint) + reconcile".to_string()
+        } else {
+            format!(
+                "inotify on cgroup.procs + reconcile every {} s",
+                RECONCILE_EVERY.as_secs()
+            )
+        };
+        tracing::info!(source = %move_watcher, "cgroup moves");
+        let watch_root = match &opts.cgroup_scope {
+            Some(s) => cgroup_root.join(s),
+            None => cgroup_root.clone(),
+        };
+        let watch_task = start_watcher(
+            in_tx.clone(),
+            cgroup_root.clone(),
+            &watch_root,
+            &opts.watch_paths,
+            move_source.is_none(),
+        );
+
+        let config = ControllerConfig {
+            cgroup_scope: opts.cgroup_scope.clone(),
+            mode_reason,
+            move_watcher,
+            daemon_pid: Some(std::process::id()),
+        };
+        let mut ctl = Controller::new(plan, backend, ProcSource::new(cgroup_root.clone()), config);
+        ctl.rescan();
+        // Focus xattrs already set before we started.
+        for (cgroup, focus) in read_focus_xattrs(&cgroup_root, opts.cgroup_scope.as_deref()) {
+            ctl.handle(Event::FocusChanged { cgroup, focus }, Instant::now());
+        }
+
+        let (ctl_tx, ctl_rx) = mpsc::channel::<ControlMsg>(256);
+        let server_task = tokio::spawn(server::serve(listener, ctl_tx.clone(), opts.limits));
+        let metrics_task = match opts.metrics_listen {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Metrics { addr, source })?;
+                Some(tokio::spawn(serve_metrics(l, ctl_tx.clone())))
+            }
+            None => None,
+        };
+
+        // Signals arrive as messages: true = stop (SIGTERM/SIGINT), false = reload (SIGHUP).
+        let (sig_tx, sig_rx) = mpsc::channel::<bool>(8);
+        let signal_task = if opts.handle_signals {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+            let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+            let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+            let sig_tx = sig_tx.clone();
+            Some(tokio::spawn(async move {
+                loop {
+                    let stop = tokio::select! {
+                        _ = hup.recv() => false,
+                        _ = term.recv() => true,
+                        _ = int.recv() => true,
+                    };
+                    if sig_tx.send(stop).await.is_err() {
+                        return;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "proc connector receive failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }))
+        } else {
+            None
+        };
+
+        // Originals a crashed predecessor recorded and this daemon did not take over go back now;
+        // what it did take over is on record again at once.
+        ctl.settle_adopted();
+        ctl.persist_state(true);
+        let _ = sdnotify::notify("READY=1\nSTATUS=tagging");
+        if let Some(r) = opts.on_ready.take() {
+            let _ = r.send(());
+        }
+        tracing::info!(tasks = ctl.task_count(), "ready");
+        Ok(Daemon {
+            opts,
+            ctl,
+            cgroup_root,
+            inputs: (in_tx, in_rx),
+            proc_events,
+            move_source,
+            move_fd,
+            watch_task,
+            control: (ctl_tx, ctl_rx),
+            server_task,
+            metrics_task,
+            signals: (sig_tx, sig_rx),
+            signal_task,
+        })
+    }
+
+    /// Serves until `shutdown` resolves (or SIGTERM/SIGINT when signals are handled), then
+    /// restores what it changed and returns the restore report.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RestoreReport, DaemonError> {
+        let Daemon {
+            opts,
+            mut ctl,
+            cgroup_root,
+            inputs: (_in_tx, mut in_rx),
+            mut proc_events,
+            mut move_source,
+            move_fd,
+            watch_task,
+            control: (_ctl_tx, mut ctl_rx),
+            server_task,
+            metrics_task,
+            signals: (_sig_tx, mut sig_rx),
+            signal_task,
+        } = self;
+        let mut proc_batch: Vec<canopy_sys::proc_events::ProcEvent> = Vec::with_capacity(64);
+        let mut move_batch: Vec<MoveRecord> = Vec::with_capacity(64);
+        let mut moves_lost_seen = 0u64;
+
+        let cgroup_root_str = cgroup_root.to_string_lossy().into_owned();
+        let mut policy_debounce: Option<Instant> = None;
+        // Moves that no event reports are caught by a periodic re-read of tracked cgroups.
+        let mut reconcile =
+            tokio::time::interval_at(Instant::now() + RECONCILE_EVERY, RECONCILE_EVERY);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The fallback backend's crash record is written at most this often (when it changed).
+        let mut persist = tokio::time::interval_at(
+            Instant::now() + crate::state_file::FLUSH_EVERY,
+            crate::state_file::FLUSH_EVERY,
+        );
+        persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            let timer = match (ctl.next_deadline(), policy_debounce) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(stop) = sig_rx.recv() => {
+                    if stop {
+                        break;
                     }
-                }
-            }
-            ready = async {
-                match &move_fd {
-                    Some(fd) => fd.readable().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let Ok(mut guard) = ready else { continue };
-                // Clear first: a record that lands after the drain raises a fresh edge.
-                guard.clear_ready();
-                if let Some(source) = move_source.as_mut() {
-                    let lost = source.drain(&mut move_batch);
-                    let now = Instant::now();
-                    for m in move_batch.drain(..) {
-                        ctl.handle(
-                            Event::TaskMoved {
-                                tid: m.tid,
-                                threadgroup: m.threadgroup,
-                                timestamp_ns: Some(m.timestamp_ns),
-                            },
-                            now,
-                        );
-                    }
-                    if lost > moves_lost_seen {
-                        tracing::warn!(count = lost - moves_lost_seen, "cgroup move events lost (ring buffer full): rescanning");
-                        ctl.stats.counters.moves_lost += lost - moves_lost_seen;
-                        moves_lost_seen = lost;
-                        ctl.handle(Event::Overrun, now);
-                    }
-                }
-            }
-            input = in_rx.recv() => {
-                let Some(input) = input else { break };
-                let now = Instant::now();
-                let mut next = Some(input);
-                // Drain a batch without yielding to keep per-event overhead low.
-                let mut budget = 1024;
-                while let Some(i) = next {
-                    match i {
-                        Input::Event(e) => ctl.handle(e, now),
-                        Input::PolicyChanged => policy_debounce = Some(now + Duration::from_millis(200)),
-                    }
-                    budget -= 1;
-                    next = if budget > 0 { in_rx.try_recv().ok() } else { None };
-                }
-            }
-            _ = persist.tick() => ctl.persist_state(false),
-            _ = reconcile.tick() => {
-                let moved = ctl.reconcile_cgroups();
-                if moved > 0 {
-                    tracing::info!(moved, "reconcile found cgroup moves no event reported");
-                }
-            }
-            msg = ctl_rx.recv() => {
-                if let Some(msg) = msg {
-                    let response = handle_control(&mut ctl, &opts.loader, &cgroup_root_str, msg.peer, msg.request);
-                    let _ = msg.reply.send(response);
-                }
-            }
-            _ = async { tokio::time::sleep_until(timer.unwrap()).await }, if timer.is_some() => {
-                let now = Instant::now();
-                if policy_debounce.is_some_and(|d| d <= now) {
-                    policy_debounce = None;
-                    tracing::info!("policy files changed; reloading");
+                    tracing::info!("SIGHUP: reloading policy");
                     let _ = reload(&mut ctl, &opts.loader);
                 }
-                ctl.fire_timers(now);
+                received = proc_events.recv_batch(&mut proc_batch) => {
+                    match received {
+                        Ok(_) => {
+                            // One batch (up to 64 datagrams) at a time: large enough to amortize the
+                            // wakeup, small enough that the first event of a storm is not kept waiting.
+                            let now = Instant::now();
+                            for ev in proc_batch.drain(..) {
+                                if let Some(e) = translate(&ev) {
+                                    ctl.handle(e, now);
+                                }
+                            }
+                            // A busy machine keeps this branch ready; due timers (deferred overrun
+                            // rescans, delayed states) must not wait for a quiet moment.
+                            if ctl.next_deadline().is_some_and(|d| d <= Instant::now()) {
+                                ctl.fire_timers(Instant::now());
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "proc connector receive failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+                ready = async {
+                    match &move_fd {
+                        Some(fd) => fd.readable().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Ok(mut guard) = ready else { continue };
+                    // Clear first: a record that lands after the drain raises a fresh edge.
+                    guard.clear_ready();
+                    if let Some(source) = move_source.as_mut() {
+                        let lost = source.drain(&mut move_batch);
+                        let now = Instant::now();
+                        for m in move_batch.drain(..) {
+                            ctl.handle(
+                                Event::TaskMoved {
+                                    tid: m.tid,
+                                    threadgroup: m.threadgroup,
+                                    timestamp_ns: Some(m.timestamp_ns),
+                                },
+                                now,
+                            );
+                        }
+                        if lost > moves_lost_seen {
+                            tracing::warn!(count = lost - moves_lost_seen, "cgroup move events lost (ring buffer full): rescanning");
+                            ctl.stats.counters.moves_lost += lost - moves_lost_seen;
+                            moves_lost_seen = lost;
+                            ctl.handle(Event::Overrun, now);
+                        }
+                    }
+                }
+                input = in_rx.recv() => {
+                    let Some(input) = input else { break };
+                    let now = Instant::now();
+                    let mut next = Some(input);
+                    // Drain a batch without yielding to keep per-event overhead low.
+                    let mut budget = 1024;
+                    while let Some(i) = next {
+                        match i {
+                            Input::Event(e) => ctl.handle(e, now),
+                            Input::PolicyChanged => policy_debounce = Some(now + Duration::from_millis(200)),
+                        }
+                        budget -= 1;
+                        next = if budget > 0 { in_rx.try_recv().ok() } else { None };
+                    }
+                }
+                _ = persist.tick() => ctl.persist_state(false),
+                _ = reconcile.tick() => {
+                    let moved = ctl.reconcile_cgroups();
+                    if moved > 0 {
+                        tracing::info!(moved, "reconcile found cgroup moves no event reported");
+                    }
+                }
+                msg = ctl_rx.recv() => {
+                    if let Some(msg) = msg {
+                        let response = handle_control(&mut ctl, &opts.loader, &cgroup_root_str, msg.peer, msg.request);
+                        let _ = msg.reply.send(response);
+                    }
+                }
+                _ = async { tokio::time::sleep_until(timer.unwrap()).await }, if timer.is_some() => {
+                    let now = Instant::now();
+                    if policy_debounce.is_some_and(|d| d <= now) {
+                        policy_debounce = None;
+                        tracing::info!("policy files changed; reloading");
+                        let _ = reload(&mut ctl, &opts.loader);
+                    }
+                    ctl.fire_timers(now);
+                }
             }
         }
-    }
 
-    let _ = sdnotify::notify("STOPPING=1");
-    tracing::info!("stopping: restoring original attributes");
-    if let Some(t) = &watch_task {
-        t.abort();
+        let _ = sdnotify::notify("STOPPING=1");
+        tracing::info!("stopping: restoring original attributes");
+        if let Some(t) = &watch_task {
+            t.abort();
+        }
+        server_task.abort();
+        if let Some(m) = metrics_task {
+            m.abort();
+        }
+        if let Some(t) = signal_task {
+            t.abort();
+        }
+        let report = ctl.restore_all();
+        let _ = std::fs::remove_file(&opts.socket_path);
+        drop(in_rx);
+        drop(proc_events);
+        drop(move_fd);
+        drop(move_source);
+        if let Some(t) = watch_task {
+            let _ = t.await;
+        }
+        tracing::info!(
+            restored = report.tasks_restored,
+            gone = report.tasks_gone,
+            groups = report.groups_restored,
+            failures = report.failures.len(),
+            "stopped"
+        );
+        Ok(report)
     }
-    server_task.abort();
-    if let Some(m) = metrics_task {
-        m.abort();
-    }
-    if let Some(t) = signal_task {
-        t.abort();
-    }
-    let report = ctl.restore_all();
-    let _ = std::fs::remove_file(&opts.socket_path);
-    drop(in_rx);
-    drop(proc_events);
-    drop(move_fd);
-    drop(move_source);
-    if let Some(t) = watch_task {
-        let _ = t.await;
-    }
-    tracing::info!(
-        restored = report.tasks_restored,
-        gone = report.tasks_gone,
-        groups = report.groups_restored,
-        failures = report.failures.len(),
-        "stopped"
-    );
-    Ok(report)
 }
 
 fn reload<B: Backend, S: crate::backend::TaskSource>(

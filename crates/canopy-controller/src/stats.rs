@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::event::EventKind;
+use crate::event::EventType;
 
 macro_rules! counters {
     ($( $(#[doc = $doc:literal])+ $name:ident ),* $(,)?) => {
@@ -125,7 +125,7 @@ pub struct Stats {
 
 impl Stats {
     /// Counts one event.
-    pub fn count_event(&mut self, kind: EventKind) {
+    pub fn count_event(&mut self, kind: EventType) {
         *self.events.entry(kind.label()).or_default() += 1;
     }
 }
@@ -266,7 +266,7 @@ impl Snapshot {
         }
         let _ = writeln!(s, "# HELP canopy_events_total Events handled, by type.");
         let _ = writeln!(s, "# TYPE canopy_events_total counter");
-        for k in EventKind::ALL {
+        for k in EventType::ALL {
             let v = self.events.get(k.label()).copied().unwrap_or(0);
             let _ = writeln!(s, "canopy_events_total{{type=\"{}\"}} {v}", k.label());
         }

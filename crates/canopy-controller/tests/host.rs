@@ -14,7 +14,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use canopy_controller::daemon::{self, DaemonOptions};
+use canopy_controller::daemon::{self, Daemon, DaemonOptions};
 use canopy_controller::fallback::sched_getattr;
 use canopy_controller::policy_adapter::loader;
 use canopy_controller::protocol::{Request, Response};
@@ -143,9 +143,12 @@ impl Env {
         opts.on_ready = Some(ready_tx);
         tweak(&mut opts);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = self.rt.spawn(daemon::run(opts, async move {
-            let _ = stop_rx.await;
-        }));
+        let handle = self.rt.spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+            };
+            Daemon::start(opts).await?.run(stop).await
+        });
         self.rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(30), ready_rx).await })
             .expect("daemon ready in time")

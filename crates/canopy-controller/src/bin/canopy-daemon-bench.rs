@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use canopy_controller::backend::{Backend, TaskSource};
 use canopy_controller::controller::{Controller, ControllerConfig};
-use canopy_controller::daemon::{self, DaemonOptions};
+use canopy_controller::daemon::{Daemon, DaemonOptions};
 use canopy_controller::event::Event;
 use canopy_controller::fallback::FallbackBackend;
 use canopy_controller::plan::PolicyPlan;
@@ -298,9 +298,12 @@ fn run_daemon_for(opts: DaemonOptions, during: impl FnOnce() + Send + 'static) {
         .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     rt.block_on(async move {
-        let d = tokio::spawn(daemon::run(opts, async move {
-            let _ = rx.await;
-        }));
+        let d = tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.await;
+            };
+            Daemon::start(opts).await?.run(stop).await
+        });
         tokio::task::spawn_blocking(during).await.unwrap();
         let _ = tx.send(());
         d.await.unwrap().unwrap();

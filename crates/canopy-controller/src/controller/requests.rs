@@ -107,7 +107,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         let class_name: Arc<str> = self.plan.class_params(class_id).name.clone();
         let tids = if whole_process {
             if !self.processes.contains_key(&id) {
-                self.on_task_moved(id, MoveSource::Request);
+                self.on_task_moved(id, MoveNoticedBy::Request);
             }
             self.threads_of(id)
         } else {
