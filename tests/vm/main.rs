@@ -10,6 +10,7 @@ mod daemon_fallback;
 mod daemon_storm;
 mod fair_baseline;
 mod harness;
+mod systemd_guest;
 mod workloads;
 
 use std::time::Duration;
