@@ -19,6 +19,7 @@ mod sched_root;
 mod sched_run_schedulers;
 mod sched_shares;
 mod support;
+mod systemd_guest;
 mod workloads;
 
 pub use support::scenario;
