@@ -9,9 +9,7 @@ use super::merge::MergedGroup;
 use super::rules::GlobCache;
 use super::settings::apply_overrides;
 use super::settings::finish_settings;
-use super::settings::group_input;
 use super::settings::resolve_overrides;
-use super::settings::state_input;
 use super::settings::FieldSpans;
 use crate::class::ClassMask;
 use crate::diagnostic::did_you_mean;
@@ -104,7 +102,7 @@ pub(super) fn resolve_group(
         }
     }
     let file_of = |field: &str| merged.field_files.get(field).copied().unwrap_or(file);
-    let overrides = resolve_overrides(&group_input(def), &file_of, table, reporter);
+    let overrides = resolve_overrides(&def.settings(), &file_of, table, reporter);
     let empty = GroupSettings {
         weight: 100,
         allow: None,
@@ -123,7 +121,7 @@ pub(super) fn resolve_group(
         table,
         &item,
         &merged.span,
-        &FieldSpans::of(&group_input(def), &file_of),
+        &FieldSpans::of(&def.settings(), &file_of),
         reporter,
     );
     let scheduler_kind = def
@@ -191,7 +189,7 @@ pub(super) fn resolve_group(
                 .and_then(|files| files.get(field).copied())
                 .unwrap_or(state_file)
         };
-        let overrides = resolve_overrides(&state_input(state), &state_file_of, table, reporter);
+        let overrides = resolve_overrides(&state.settings(), &state_file_of, table, reporter);
         let mut settings = apply_overrides(&base, &overrides);
         let restricts = overrides.allow.is_some()
             || overrides.deny.is_some()
@@ -206,7 +204,7 @@ pub(super) fn resolve_group(
             table,
             &state_item,
             &span,
-            &FieldSpans::of(&state_input(state), &state_file_of),
+            &FieldSpans::of(&state.settings(), &state_file_of),
             reporter,
         );
         states.push(GroupState {

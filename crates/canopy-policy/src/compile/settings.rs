@@ -12,61 +12,19 @@ use crate::diagnostic::FileId;
 use crate::diagnostic::Problem;
 use crate::diagnostic::Reporter;
 use crate::diagnostic::Span;
-use crate::model::GroupDef;
-use crate::model::StateDef;
+use crate::model::SettingsFields;
 use crate::plan::Cap;
 use crate::plan::GroupSettings;
 use crate::plan::SettingsOverrides;
 
-#[derive(Default)]
-pub(super) struct SettingsInput<'d> {
-    pub(super) weight: Option<&'d Option<Spanned<i64>>>,
-    pub(super) allow: Option<&'d Option<Spanned<Vec<Spanned<String>>>>>,
-    pub(super) deny: Option<&'d Option<Spanned<Vec<Spanned<String>>>>>,
-    pub(super) ceiling: Option<&'d Option<Spanned<String>>>,
-    pub(super) floor: Option<&'d Option<Spanned<String>>>,
-    pub(super) guarantee_percent: Option<&'d Option<Spanned<i64>>>,
-    pub(super) cap_percent: Option<&'d Option<Spanned<i64>>>,
-    pub(super) cap_quota_us: Option<&'d Option<Spanned<i64>>>,
-    pub(super) cap_period_us: Option<&'d Option<Spanned<i64>>>,
-}
-
-pub(super) fn group_input(def: &GroupDef) -> SettingsInput<'_> {
-    SettingsInput {
-        weight: Some(&def.weight),
-        allow: Some(&def.allow),
-        deny: Some(&def.deny),
-        ceiling: Some(&def.ceiling),
-        floor: Some(&def.floor),
-        guarantee_percent: Some(&def.guarantee_percent),
-        cap_percent: Some(&def.cap_percent),
-        cap_quota_us: Some(&def.cap_quota_us),
-        cap_period_us: Some(&def.cap_period_us),
-    }
-}
-
-pub(super) fn state_input(def: &StateDef) -> SettingsInput<'_> {
-    SettingsInput {
-        weight: Some(&def.weight),
-        allow: Some(&def.allow),
-        deny: Some(&def.deny),
-        ceiling: Some(&def.ceiling),
-        floor: Some(&def.floor),
-        guarantee_percent: Some(&def.guarantee_percent),
-        cap_percent: Some(&def.cap_percent),
-        cap_quota_us: Some(&def.cap_quota_us),
-        cap_period_us: Some(&def.cap_period_us),
-    }
-}
-
 /// Resolves the overrides written in `input` (for the base settings: everything written).
 pub(super) fn resolve_overrides(
-    input: &SettingsInput<'_>,
+    input: &SettingsFields<'_>,
     file_of: &dyn Fn(&str) -> FileId,
     table: &ClassTable,
     reporter: &mut Reporter<'_>,
 ) -> SettingsOverrides {
-    let flat = |o: Option<&Option<Spanned<i64>>>| o.and_then(|v| v.clone());
+    let flat = |o: &Option<Spanned<i64>>| o.clone();
     let weight = check_range(
         &flat(input.weight),
         "weight",
@@ -76,27 +34,26 @@ pub(super) fn resolve_overrides(
         reporter,
     )
     .map(|w| w as u32);
-    let mut list = |value: Option<&Option<Spanned<Vec<Spanned<String>>>>>,
-                    file: FileId|
-     -> Option<Vec<ClassId>> {
-        let value = value?.as_ref()?;
-        Some(
-            value
-                .get_ref()
-                .iter()
-                .filter_map(|name| table.resolve(name, file, reporter))
-                .collect(),
-        )
-    };
+    let mut list =
+        |value: &Option<Spanned<Vec<Spanned<String>>>>, file: FileId| -> Option<Vec<ClassId>> {
+            let value = value.as_ref()?;
+            Some(
+                value
+                    .get_ref()
+                    .iter()
+                    .filter_map(|name| table.resolve(name, file, reporter))
+                    .collect(),
+            )
+        };
     let allow = list(input.allow, file_of("allow"));
     let deny = list(input.deny, file_of("deny"));
     let ceiling = input
         .ceiling
-        .and_then(|c| c.as_ref())
+        .as_ref()
         .and_then(|c| table.resolve(c, file_of("ceiling"), reporter));
     let floor = input
         .floor
-        .and_then(|c| c.as_ref())
+        .as_ref()
         .and_then(|c| table.resolve(c, file_of("floor"), reporter));
     let guarantee_percent = check_range(
         &flat(input.guarantee_percent),
@@ -198,25 +155,16 @@ pub(super) struct FieldSpans {
 }
 
 impl FieldSpans {
-    pub(super) fn of(input: &SettingsInput<'_>, file_of: &dyn Fn(&str) -> FileId) -> Self {
+    pub(super) fn of(input: &SettingsFields<'_>, file_of: &dyn Fn(&str) -> FileId) -> Self {
         let at = |field: &str, range: Option<std::ops::Range<usize>>| {
             range.map(|range| Span::new(file_of(field), range))
         };
         FieldSpans {
-            deny: at(
-                "deny",
-                input.deny.and_then(|d| d.as_ref()).map(|d| d.span()),
-            ),
-            ceiling: at(
-                "ceiling",
-                input.ceiling.and_then(|c| c.as_ref()).map(|c| c.span()),
-            ),
+            deny: at("deny", input.deny.as_ref().map(|d| d.span())),
+            ceiling: at("ceiling", input.ceiling.as_ref().map(|c| c.span())),
             guarantee: at(
                 "guarantee_percent",
-                input
-                    .guarantee_percent
-                    .and_then(|g| g.as_ref())
-                    .map(|g| g.span()),
+                input.guarantee_percent.as_ref().map(|g| g.span()),
             ),
         }
     }
