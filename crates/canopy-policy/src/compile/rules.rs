@@ -31,40 +31,9 @@ pub(super) fn resolve_rule(
         Some(name) => format!("`{}`", name.get_ref()),
         None => format!("#{}", index + 1),
     };
-    let mut pattern =
-        |value: &Option<Spanned<String>>, field: &str, path: bool| -> Option<String> {
-            let value = value.as_ref()?;
-            let text = value.get_ref();
-            if text.is_empty() {
-                reporter.error(
-                    &spanned_span(file, value),
-                    Problem::EmptyPattern {
-                        field: field.into(),
-                    },
-                    None,
-                );
-                return None;
-            }
-            let compiled = if glob::is_literal(text) {
-                Ok(())
-            } else if path {
-                glob::path_glob(text).map(drop)
-            } else {
-                glob::name_glob(text).map(drop)
-            };
-            if let Err(error) = compiled {
-                reporter.error(
-                    &spanned_span(file, value),
-                    Problem::InvalidGlob {
-                        pattern: text.clone(),
-                        reason: glob::glob_error_reason(&error),
-                    },
-                    None,
-                );
-                return None;
-            }
-            Some(text.clone())
-        };
+    let mut pattern = |value: &Option<Spanned<String>>, field: &str, path: bool| {
+        checked_pattern(value.as_ref()?, field, path, file, reporter)
+    };
     let comm = pattern(&def.comm, "comm", false);
     let exe = def.exe.as_ref().and_then(|exe| {
         let path = exe.get_ref().contains('/');
@@ -155,7 +124,7 @@ pub(super) fn resolve_rule(
         .threads
         .iter()
         .filter_map(|thread| {
-            let name = pattern_thread(&thread.name, file, reporter);
+            let name = checked_pattern(&thread.name, "thread name", false, file, reporter);
             let class = table.resolve(&thread.class, file, reporter);
             Some(ThreadRule {
                 name: name?,
@@ -174,8 +143,12 @@ pub(super) fn resolve_rule(
     }
 }
 
-pub(super) fn pattern_thread(
+/// The pattern written at `value` for `field` (a path glob when `path`), or None after
+/// reporting it empty or not a valid glob.
+fn checked_pattern(
     value: &Spanned<String>,
+    field: &str,
+    path: bool,
     file: FileId,
     reporter: &mut Reporter<'_>,
 ) -> Option<String> {
@@ -184,13 +157,20 @@ pub(super) fn pattern_thread(
         reporter.error(
             &spanned_span(file, value),
             Problem::EmptyPattern {
-                field: "thread name".into(),
+                field: field.into(),
             },
             None,
         );
         return None;
     }
-    if let Err(error) = glob::name_glob(text) {
+    let compiled = if glob::is_literal(text) {
+        Ok(())
+    } else if path {
+        glob::path_glob(text).map(drop)
+    } else {
+        glob::name_glob(text).map(drop)
+    };
+    if let Err(error) = compiled {
         reporter.error(
             &spanned_span(file, value),
             Problem::InvalidGlob {
