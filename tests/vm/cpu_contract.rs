@@ -107,3 +107,80 @@ cat /tmp/root.log
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+/// Issue 10 acceptance (f), the schedulers' part: a state's ceiling reaches every cgroup below
+/// the one a group owns, including cgroups made after the policy loaded. `minimized` gets a
+/// BACKGROUND ceiling in `group_policy` (as the controller writes it for a `minimized` state);
+/// then `minimized/app/sub` is made and a cyclictest tagged USER_INTERACTIVE runs there: it is
+/// clamped (no preempting wakeups, the clamp counter grows). In the root cgroup it preempts.
+#[test]
+fn a_ceiling_reaches_cgroups_made_below_its_group_after_load() -> anyhow::Result<()> {
+    // group_policy value: weight, guarantee_pct, cap_pct, nr_admitted (4 x u32), admitted
+    // (4 x 32 bytes), ceiling_plus_one, floor_plus_one; BACKGROUND is id 4, so ceiling 5.
+    let script = r#"
+mkdir -p /sys/fs/cgroup/minimized
+canopy scheduler run --config /etc/canopy-sched.json > /tmp/root.log 2>&1 &
+ROOT=$!
+for i in $(seq 1 300); do grep -q 'root scheduler enabled' /tmp/root.log && break; sleep 0.1; done
+id=$(stat -c %i /sys/fs/cgroup/minimized)
+key=$(printf '%016x' $id | sed 's/../& /g' | awk '{for(i=8;i>=1;i--) printf "%s ", $i}')
+value="$(for i in $(seq 1 144); do printf '00 '; done)05 00 00 00 00 00 00 00"
+bpftool map update pinned /sys/fs/bpf/canopy/group_policy key hex $key value hex $value
+mkdir -p /sys/fs/cgroup/minimized/app/sub
+stats() { canopy scheduler status --json --interval-ms 10 | tr -d '\n '; }
+sh -c 'echo $$ > /sys/fs/cgroup/minimized/app/sub/cgroup.procs; exec canopy-guest hog --threads 2 --seconds 12' &
+sh -c 'echo $$ > /sys/fs/cgroup/minimized/app/sub/cgroup.procs; exec cyclictest -q -t1 -i 2000 -D 4 > /dev/null' &
+PROBE=$!
+canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 5 > /tmp/tag.log 2>&1
+sleep 3
+canopy-guest report inside status="$(stats)"
+wait $PROBE
+cyclictest -q -t1 -i 2000 -D 4 > /dev/null &
+PROBE=$!
+canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 5 > /tmp/tag.log 2>&1
+sleep 3
+canopy-guest report outside status="$(stats)"
+wait $PROBE
+kill -TERM $ROOT; wait $ROOT || true
+"#;
+    let outcome = crate::scenario("cpu-contract-ceiling-below")
+        .with_debian_tools(&["cyclictest", "bpftool"])
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            r#"{"default_class":"BACKGROUND"}"#,
+            0o644,
+        )
+        .timeout(Duration::from_secs(240))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let stats = |kind: &str| -> anyhow::Result<serde_json::Value> {
+        Ok(outcome.result(kind)?["status"]["stats"].clone())
+    };
+    let (inside, outside) = (stats("inside")?, stats("outside")?);
+    // Every path a preempting-class wakeup takes is counted once.
+    let wakeups = |stats: &serde_json::Value| -> u64 {
+        ["wake_idle", "wake_preempt_local", "wake_preempt_remote", "wake_queued"]
+            .iter()
+            .map(|path| stats[*path].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let inside_clamped = inside["class_clamped"].as_u64().unwrap_or(0);
+    let inside_wakes = wakeups(&inside);
+    let outside_wakes = wakeups(&outside) - inside_wakes;
+    println!(
+        "two levels below the minimized cgroup: {inside_clamped} clamped lookups, {inside_wakes} \
+         preempting wakeups; in the root cgroup: {outside_wakes} preempting wakeups"
+    );
+    assert!(inside_clamped > 100, "{}", outcome.result("inside")?);
+    assert!(
+        inside_wakes < 10,
+        "a USER_INTERACTIVE task below a BACKGROUND ceiling still woke as a preempting class \
+         {inside_wakes} times"
+    );
+    assert!(
+        outside_wakes > 500,
+        "outside the minimized tree the task did not preempt ({outside_wakes})"
+    );
+    Ok(())
+}
