@@ -28,7 +28,14 @@ fn largest_error_points(measured: &[f64], target: &[f64]) -> f64 {
         .iter()
         .zip(target)
         .map(|(m, t)| (m - t).abs() * 100.0)
-        .fold(if measured.len() == target.len() { 0.0 } else { f64::NAN }, f64::max)
+        .fold(
+            if measured.len() == target.len() {
+                0.0
+            } else {
+                f64::NAN
+            },
+            f64::max,
+        )
 }
 
 const FLAT: &str = "--group fa:300:2 --group fb:200:2 --group fc:100:2";
@@ -160,10 +167,15 @@ kill -TERM $ROOT; wait $ROOT || true
     let (inside, outside) = (stats("inside")?, stats("outside")?);
     // Every path a preempting-class wakeup takes is counted once.
     let wakeups = |stats: &serde_json::Value| -> u64 {
-        ["wake_idle", "wake_preempt_local", "wake_preempt_remote", "wake_queued"]
-            .iter()
-            .map(|path| stats[*path].as_u64().unwrap_or(0))
-            .sum()
+        [
+            "wake_idle",
+            "wake_preempt_local",
+            "wake_preempt_remote",
+            "wake_queued",
+        ]
+        .iter()
+        .map(|path| stats[*path].as_u64().unwrap_or(0))
+        .sum()
     };
     let inside_clamped = inside["class_clamped"].as_u64().unwrap_or(0);
     let inside_wakes = wakeups(&inside);
