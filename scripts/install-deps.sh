@@ -6,6 +6,8 @@ packages=(
   clang-22 llvm-22 libelf-dev zlib1g-dev pkg-config   # BPF build (arena programs need clang-22)
   qemu-system-x86 busybox-static cpio zstd bpftool   # VM test harness
   rt-tests stress-ng                                 # workloads run inside the guest
+  prometheus tmux                                    # fleet tests: promtool + a server; canopy top
+  ansible ansible-lint                               # fleet tests: the Ansible role
 )
 missing=()
 for package in "${packages[@]}"; do
@@ -16,4 +18,9 @@ if ((${#missing[@]})); then
   sudo_cmd=(); [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
+  # The tests run their own Prometheus on 127.0.0.1; the package's services (all interfaces)
+  # stay off where systemd would have started them.
+  if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+    "${sudo_cmd[@]}" systemctl disable --now prometheus.service prometheus-node-exporter.service || true
+  fi
 fi
