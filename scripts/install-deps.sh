@@ -8,6 +8,7 @@ packages=(
   rt-tests stress-ng                                 # workloads run inside the guest
   prometheus tmux                                    # fleet tests: promtool + a server; canopy top
   ansible ansible-lint                               # fleet tests: the Ansible role
+  python3-venv                                       # fleet tests: kubernetes-validate (below)
 )
 missing=()
 for package in "${packages[@]}"; do
@@ -23,4 +24,13 @@ if ((${#missing[@]})); then
   if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
     "${sudo_cmd[@]}" systemctl disable --now prometheus.service prometheus-node-exporter.service || true
   fi
+fi
+# The Kubernetes API schema validator (PyPI), in a venv of its own; tests/fleet.rs runs it.
+tools=/opt/canopy-test-tools
+kubernetes_validate=1.37.0
+if ! "$tools/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$kubernetes_validate"; then
+  echo "install-deps: installing kubernetes-validate $kubernetes_validate in $tools" >&2
+  sudo_cmd=(); [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" /usr/bin/python3 -m venv "$tools"
+  "${sudo_cmd[@]}" "$tools/bin/pip" install -q "kubernetes-validate==$kubernetes_validate"
 fi
