@@ -396,7 +396,7 @@ static __always_inline bool claim_idle_cid(struct task_struct *p, s32 cid)
 s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 wake_flags)
 {
 	struct canopy_class_params *cp;
-	u32 nr = scx_bpf_nr_cids(), requested, class;
+	u32 nr = scx_bpf_nr_cids();
 	s32 cid = -1;
 	int i;
 
@@ -417,11 +417,7 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 	 * An idle cid: run there at once. A preempting class inserts with PREEMPT, ahead of and
 	 * over anything that reached the cid first (a child's task sent there by its own wakeup).
 	 */
-	requested = task_requested_class(p);
-	class = clamp_to_cgroup(p, requested);
-	note_class_decided_after_move(p, requested, class);
-	cp = class_of(class);
-	remember_class(p, class, cp);
+	cp = class_of(decide_class(p));
 	if (cp && cp->preempts)
 		track_wakeup(p, CANOPY_STAT_WAKE_IDLE);
 	scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL), class_slice(cp),
@@ -470,18 +466,14 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct canopy_class_params *cp;
 	u32 nr = scx_bpf_nr_cids();
-	u32 requested, class;
+	u32 class = decide_class(p);
 	s32 victim;
 	int i;
 
-	requested = task_requested_class(p);
-	class = clamp_to_cgroup(p, requested);
-	note_class_decided_after_move(p, requested, class);
 	cp = class_of(class);
 	if (cp && cp->preempts && (enq_flags & KCONST(SCX_ENQ_WAKEUP))) {
 		victim = find_preemptible_cid(p);
 		if (victim >= 0) {
-			remember_class(p, class, cp);
 			track_wakeup(p, victim == scx_bpf_task_cid(p) ? CANOPY_STAT_WAKE_PREEMPT_LOCAL :
 								       CANOPY_STAT_WAKE_PREEMPT_REMOTE);
 			scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL_ON) | victim,

@@ -8,6 +8,20 @@
  * this file into Rust (bindgen for the types and enums, a small generator for
  * the stats struct and the kernel-constant names); Rust never restates any of it.
  *
+ * Glossary (the words the BPF files and their Rust readers use):
+ *   member     a party a parent divides CPU among: its own tasks, or one attached child scheduler.
+ *   slot       a member's index in the `members` map; slot 0 (CANOPY_SELF_SLOT) is the parent's
+ *              own tasks, slots 1.. are children.
+ *   grant      one hand-over of a cid to a member by the root's dispatch, from hand_cid() until
+ *              charge_cid() bills it (a child's grant is cut at the quantum). Not to be confused
+ *              with the kernel's scx_bpf_sub_grant(), which delegates capabilities on cids.
+ *   time share what every child holds on every cid: SCX_CAP_ENQ_IMMED without SCX_CAP_ENQ, so
+ *              its tasks reach a cid only when the root dispatches it (never ownership).
+ *   quantum    CANOPY_QUANTUM_NS (5 ms): the longest a child keeps a grant while another member
+ *              has work.
+ *   window     CANOPY_PERIOD_NS (100 ms) of all online cids: the accounting period in which caps
+ *              and guarantees are measured (a 25% cap on 2 cids = 50 ms of CPU per window).
+ *
  * Conventions the generator relies on:
  *   - every `enum canopy_stat` entry is `CANOPY_STAT_<NAME>, / * description * /`
  *     on one line, and the list ends with CANOPY_NR_STATS;

@@ -6,6 +6,8 @@ packages=(
   clang-22 llvm-22 libelf-dev zlib1g-dev pkg-config   # BPF build (arena programs need clang-22)
   qemu-system-x86 busybox-static cpio zstd bpftool   # VM test harness
   rt-tests stress-ng                                 # workloads run inside the guest
+  mmdebstrap e2fsprogs openssh-client                # the systemd guest (Debian 13 image, SSH)
+  dpkg-dev lintian                                   # the Debian package (dpkg-shlibdeps, checks)
   prometheus tmux                                    # fleet tests: promtool + a server; canopy top
   ansible ansible-lint                               # fleet tests: the Ansible role
   python3-venv                                       # fleet tests: kubernetes-validate (below)

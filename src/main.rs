@@ -150,7 +150,7 @@ enum BenchCommand {
 fn main() -> ExitCode {
     // Hidden debug commands over the BPF loader (`canopy scheduler --help`), used by the VM tests.
     if std::env::args().nth(1).as_deref() == Some("scheduler") {
-        return match scheduler::cli::main(std::env::args_os().skip(1)) {
+        return match scheduler::debug_cli::main(std::env::args_os().skip(1)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("Error: {error:#}");

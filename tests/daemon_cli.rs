@@ -414,7 +414,7 @@ fn auto_mode_without_sched_ext_picks_fallback_and_status_says_why() {
         // auto would load the schedulers machine-wide; the VM scenario
         // daemon_in_scx_mode_tags_survives_sigkill_and_restarts covers auto picking scx.
         eprintln!(
-            "skipped: this kernel has sched_ext (auto picks scx; covered in tests/daemon_vm.rs)"
+            "skipped: this kernel has sched_ext (auto picks scx; covered in tests/vm/daemon_scx.rs)"
         );
         return;
     }

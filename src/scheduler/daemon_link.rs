@@ -26,15 +26,15 @@ use libbpf_rs::MapCore;
 use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
 
+use super::bpf_bytes::as_bytes;
+use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
-use super::cli::supervise;
-use super::cli::ReloadRequest;
 use super::config::SchedulerConfig;
 use super::kernel::CGROUP2_ROOT;
 use super::plan::config_from_plan;
-use super::root::as_bytes;
-use super::root::from_bytes;
 use super::root::PIN_DIR;
+use super::supervisor::supervise;
+use super::supervisor::ReloadRequest;
 
 /// How long the daemon waits for the root scheduler to load and enable (TCG guests are slow).
 const ENABLE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -14,11 +14,11 @@ use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
 use serde::Serialize;
 
+use super::bpf_bytes::c_string;
+use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::bpf_intf::Stats;
 use super::kernel;
-use super::root::c_string;
-use super::root::from_bytes;
 use super::root::PIN_DIR;
 
 #[derive(Debug, Clone, Serialize)]
