@@ -2,7 +2,8 @@
 //! `scripts/install-deps.sh`; a missing tool fails the test rather than skipping it):
 //! `promtool check rules` and `promtool test rules` on `deploy/prometheus/`, the Grafana
 //! dashboard against the metric and rule names canopy has, the Kubernetes DaemonSet against the
-//! API schema (`kubernetes-validate`, strict) and against the systemd unit's privileges. The
+//! API schema (`kubernetes-validate`, strict) and against the systemd unit's privileges,
+//! `ansible-lint --profile production` on `deploy/ansible/`. The
 //! live checks (a real Prometheus
 //! scraping a daemon, `canopy top` in tmux) are in `tests/daemon_cli.rs`.
 
@@ -97,6 +98,24 @@ fn metric_names(expr: &str) -> Vec<String> {
         rest = &tail[end..];
     }
     names
+}
+
+#[test]
+fn ansible_lint_passes_the_production_profile() {
+    let out = run(Command::new("ansible-lint")
+        .args(["--profile", "production", "--nocolor"])
+        .current_dir(repo_file("deploy/ansible")));
+    assert!(out.status.success());
+    let syntax = run(Command::new("ansible-playbook")
+        .args([
+            "--syntax-check",
+            "-i",
+            "inventory.example.ini",
+            "rollout.yml",
+            "rollback.yml",
+        ])
+        .current_dir(repo_file("deploy/ansible")));
+    assert!(syntax.status.success());
 }
 
 /// The venv `scripts/install-deps.sh` puts the Python tools in.
