@@ -220,6 +220,13 @@ impl Snapshot {
         if let (Some(p50), Some(p99)) = (self.move_latency_p50_us, self.move_latency_p99_us) {
             let _ = writeln!(s, "move→re-clamped: p50 {p50} µs, p99 {p99} µs");
         }
+        if let Some(w) = &self.preempting_wakeups {
+            let _ = writeln!(
+                s,
+                "wakeups:         {} of preempting classes, {} over 1 ms late",
+                w.total, w.late
+            );
+        }
         let ev: Vec<String> = self
             .events
             .iter()
@@ -484,7 +491,10 @@ mod tests {
             apply_latency_p99_us: None,
             move_latency_p50_us: Some(80),
             move_latency_p99_us: Some(700),
-            preempting_wakeups: None,
+            preempting_wakeups: Some(PreemptingWakeups {
+                total: 200,
+                late: 3,
+            }),
             groups: vec![],
         };
         assert!(snap
@@ -497,6 +507,12 @@ mod tests {
         assert!(snap
             .render_prometheus()
             .contains("canopy_move_latency_seconds{quantile=\"0.99\"} 0.0007"));
+        assert!(snap
+            .render_table()
+            .contains("wakeups:         200 of preempting classes, 3 over 1 ms late"));
+        assert!(snap
+            .render_prometheus()
+            .contains("canopy_preempting_wakeups_late_total 3"));
         let json = serde_json::to_value(&snap).unwrap();
         assert_eq!(json["counters"]["tags_applied"], 3);
     }
