@@ -4,6 +4,7 @@
 //! shell script in the guest and asserts on the `CANOPY-RESULT` objects it printed. Tests run
 //! one VM at a time (the harness holds a lock); each prints the kernel it ran on.
 
+mod ansible_rollout;
 mod boot;
 mod canopy_cli;
 mod cpu_contract;

@@ -1491,6 +1491,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                     }),
                     tasks: per_cgroup.get(cgroup.as_str()).copied().unwrap_or(0),
                     cpu_usage_usec: None,
+                    weight: Some(
+                        self.plan
+                            .scx_group_policy(g.group, g.state.as_deref())
+                            .weight,
+                    ),
                 })
                 .collect();
         groups.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
@@ -1519,6 +1524,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             apply_latency_p99_us: self.stats.apply_latency.quantile_us(0.99),
             move_latency_p50_us: self.stats.move_latency.quantile_us(0.5),
             move_latency_p99_us: self.stats.move_latency.quantile_us(0.99),
+            preempting_wakeups: self.backend.preempting_wakeups(),
             groups,
         }
     }

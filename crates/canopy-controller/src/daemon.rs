@@ -273,6 +273,9 @@ impl Backend for AnyBackend {
     fn refused_subsched_attaches(&self) -> u64 {
         self.0.refused_subsched_attaches()
     }
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        self.0.preempting_wakeups()
+    }
     fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
         self.0.plan_changed(plan)
     }
@@ -304,6 +307,9 @@ impl ScxMaps for BoxedMaps {
     }
     fn refused_attaches(&self) -> u64 {
         self.0.refused_attaches()
+    }
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        self.0.preempting_wakeups()
     }
     fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
         self.0.plan_changed(plan)

@@ -26,6 +26,10 @@ pub trait ScxMaps: Send {
     fn clear_group(&mut self, cgroup_id: u64);
     /// Sub-scheduler attaches the root refused so far.
     fn refused_attaches(&self) -> u64;
+    /// Wakeup counters of the preempting classes, when the root scheduler keeps them.
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        None
+    }
     /// A reload compiled `plan`: the schedulers follow it (group policy entries, admission,
     /// which cgroups have a canopy child) before the daemon re-applies every group's state.
     fn plan_changed(&mut self, _plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
@@ -133,6 +137,10 @@ impl<M: ScxMaps> Backend for ScxBackend<M> {
 
     fn refused_subsched_attaches(&self) -> u64 {
         self.maps.refused_attaches()
+    }
+
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        self.maps.preempting_wakeups()
     }
 
     fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
