@@ -554,13 +554,13 @@ const PAYLOAD_RUN: &str = r#"set -u
 payload=/run/canopy-payload
 cp -a "$payload/root/." /
 state=$(systemctl is-system-running --wait 2>/dev/null)
-echo "CANOPY-RESULT {"kind":"boot","kernel_release":"$(uname -r)","system_state":"$state","pid1":"$(cat /proc/1/comm)","uptime_s":$(cut -d' ' -f1 /proc/uptime)}"
+echo "CANOPY-RESULT {\"kind\":\"boot\",\"kernel_release\":\"$(uname -r)\",\"system_state\":\"$state\",\"pid1\":\"$(cat /proc/1/comm)\",\"uptime_s\":$(cut -d' ' -f1 /proc/uptime)}"
 [[ -f $payload/scenario.sh ]] || exit 0
 cd /root
 bash -e "$payload/scenario.sh"
 status=$?
 canopy-guest kernel-health
-echo "CANOPY-RESULT {"kind":"script-exit","status":$status}"
+echo "CANOPY-RESULT {\"kind\":\"script-exit\",\"status\":$status}"
 systemctl poweroff
 "#;
 
