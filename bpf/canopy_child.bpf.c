@@ -122,7 +122,7 @@ void CANOPY_OP(canopy_child_running, struct task_struct *p)
 
 void CANOPY_OP(canopy_child_stopping, struct task_struct *p, bool runnable)
 {
-	class_vtime_stopping(p, scx_bpf_now());
+	class_vtime_stopping(p, scx_bpf_now(), 0);
 }
 
 void CANOPY_OP(canopy_child_update_idle, s32 cid, bool idle)

@@ -144,7 +144,12 @@ static __always_inline void class_vtime_running(struct task_struct *p, u64 now)
 		own_vtime_now = p->scx.dsq_vtime;
 }
 
-static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now)
+/*
+ * Charge @p for the time it just ran: vtime += used * 100 / weight, at @weight_fp (in 1/1024
+ * units; the root's cpu tree passes the task's weight in the tree) or, when that is 0, at the
+ * class weight it was queued with.
+ */
+static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now, u64 weight_fp)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 	u64 used;
@@ -153,7 +158,9 @@ static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now)
 		return;
 	used = now - tctx->running_at;
 	tctx->running_at = 0;
-	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + used * 100 / (tctx->weight ?: 1));
+	if (!weight_fp)
+		weight_fp = (u64)(tctx->weight ?: 1) << 10;
+	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + (used * 100 << 10) / weight_fp);
 }
 
 /*

@@ -46,6 +46,10 @@ enum canopy_limits {
 	CANOPY_MAX_MEMBERS = 17,
 	/* cgroups the policy may name */
 	CANOPY_MAX_GROUPS = 1024,
+	/* cgroups with the cpu controller the root tracks as weighted nodes (`cpu_tree`) */
+	CANOPY_MAX_CGROUPS = 65536,
+	/* deepest cgroup nesting the cpu tree's walks follow (the root cgroup is level 0) */
+	CANOPY_MAX_CGROUP_DEPTH = 16,
 	/* classes a policy may define (the five built-ins and custom ones between them) */
 	CANOPY_MAX_CLASSES = 32,
 	/* tasks the controller may tag with a class */
@@ -137,6 +141,17 @@ struct canopy_group_policy {
 	 */
 	u32 ceiling_plus_one;
 	u32 floor_plus_one;
+};
+
+/*
+ * Map `cpu_tree` (canopy_root): cgroup id (u64) -> the cgroup's node in the cpu.weight tree of
+ * the root's own tasks, from ops.cpuctl_init to ops.cpuctl_exit (cpu_tree.bpf.h has the policy).
+ */
+struct canopy_cgroup_node {
+	u64 parent_id;		/* the parent cgroup's id; 0 for the root cgroup */
+	u32 weight;		/* cpu.weight, 1..10000 */
+	u32 weight_in_parent;	/* the weight it added to its parent's active_weight when it turned active */
+	s64 active_weight;	/* weights of its runnable own tasks and of its child cgroups with runnable tasks */
 };
 
 /*
@@ -268,6 +283,7 @@ enum canopy_stat {
 	CANOPY_STAT_MOVE_SLICE_CUTS, /* moved tasks that were running: decided at the move, slice cut */
 	CANOPY_STAT_MOVED_DECISIONS, /* first class decisions (enqueue or keep) after a task's move */
 	CANOPY_STAT_MOVED_DECISIONS_SLOW, /* of those, more than 10 ms after the move (the task slept or waited) */
+	CANOPY_STAT_CPU_TREE_FULL, /* cgroups the cpu.weight tree could not track (map full) */
 	CANOPY_NR_STATS,
 };
 

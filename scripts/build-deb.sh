@@ -17,4 +17,5 @@ mkdir -p "$assets"
 "$target/release/canopy" completions bash > "$assets/canopy.bash"
 "$target/release/canopy" completions zsh > "$assets/_canopy"
 "$target/release/canopy" completions fish > "$assets/canopy.fish"
-cargo deb --no-build --locked --output "$target/debian/" "$@" | tail -n1
+# Stripped: the release profile keeps line tables for profiling, the package does not need them.
+cargo deb --no-build --locked --strip --output "$target/debian/" "$@" | tail -n1

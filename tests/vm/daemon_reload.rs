@@ -176,16 +176,11 @@ wait $P
 fn a_reload_changes_the_class_of_untagged_tasks() -> anyhow::Result<()> {
     let before = measure_hogs("before");
     let after = measure_hogs("after");
+    let start_daemon = start_daemon("scx --scope tenant");
     let script = format!(
         r#"
 mkdir -p /sys/fs/cgroup/tenant
-canopy run --policy /etc/canopy/policy.toml --mode scx --scope tenant >> /tmp/daemon.log 2>&1 &
-DAEMON=$!
-for i in $(seq 1 300); do
-  if [ "$(cat /sys/kernel/sched_ext/state)" = enabled ] && canopy status --json > /tmp/status.json 2>/dev/null; then break; fi
-  if ! kill -0 $DAEMON 2>/dev/null; then cat /tmp/daemon.log; break; fi
-  usleep 100000
-done
+{start_daemon}
 canopy-guest hog --threads 2 --comm reference & REFERENCE=$!
 canopy-guest hog --threads 2 --comm untagged & UNTAGGED=$!
 canopy scheduler tag --tid $REFERENCE --class DEFAULT

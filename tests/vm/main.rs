@@ -7,6 +7,7 @@
 mod ansible_rollout;
 mod boot;
 mod canopy_cli;
+mod cpu_contract;
 mod daemon_fallback;
 mod daemon_reload;
 mod daemon_scx;

@@ -72,8 +72,9 @@ now() { cut -d' ' -f1 /proc/uptime; }
 hog_in() { sh -c "echo \$\$ > /sys/fs/cgroup/$1/cgroup.procs; exec canopy-guest hog --threads 1" & }
 "#;
 
-/// Shell lines that start the daemon in the background as $DAEMON with `--mode MODE` and wait
-/// until its control socket answers (its status in /tmp/status.json) and sched_ext is enabled.
+/// Shell lines that start the daemon in the background as $DAEMON with `--mode MODE` (the mode,
+/// then any further options: `scx --scope tenant`) and wait until its control socket answers
+/// (its status in /tmp/status.json) and sched_ext is enabled.
 pub fn start_daemon(mode: &str) -> String {
     format!(
         r#"
