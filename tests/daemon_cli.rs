@@ -983,6 +983,7 @@ fn canopy_top_shows_the_groups_and_quits_on_q() {
     );
     assert!(shown.contains("daemon: fallback"), "{shown}");
     assert!(shown.contains("managed groups (2)"), "{shown}");
+    assert!(shown.contains("tasks by class: "), "{shown}");
     assert!(
         !shown.contains("before-top"),
         "top did not take the alternate screen:\n{shown}"

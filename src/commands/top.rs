@@ -1,5 +1,5 @@
 //! `canopy top`: a live terminal view of what `canopy status` shows, refreshed every interval:
-//! the daemon's mode, policy and counters, each managed cgroup (group, state, tasks, CPU share
+//! the daemon's mode, policy, counters and managed tasks by class, each managed cgroup (group, state, tasks, CPU share
 //! against the share its weight implies), and the sched_ext hierarchy (each scheduler member's
 //! weight, CPUs used, share against target, the root's preempting-class wakeups and refused
 //! attaches). Like `status`, it works without the daemon (the scheduler part alone) and
@@ -143,6 +143,15 @@ fn header_lines(view: &View) -> Vec<Line<'static>> {
                 figures.push_str(&format!("   rename→applied p50 {p50} µs p99 {p99} µs"));
             }
             lines.push(Line::from(figures));
+            let classes: Vec<String> = d
+                .tasks_by_class
+                .iter()
+                .map(|(class, tasks)| format!("{class} {tasks}"))
+                .collect();
+            lines.push(Line::from(format!(
+                "tasks by class: {}",
+                classes.join("   ")
+            )));
         }
         None => lines.push(Line::from(format!(
             "daemon: not running on {} ({})",
@@ -269,7 +278,7 @@ fn schedulers_table(view: &View) -> Table<'static> {
 
 fn draw(frame: &mut Frame, view: &View) {
     let [header, groups, schedulers, footer] = Layout::vertical([
-        Constraint::Length(3),
+        Constraint::Length(4),
         Constraint::Fill(2),
         Constraint::Fill(1),
         Constraint::Length(1),

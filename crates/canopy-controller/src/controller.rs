@@ -4,6 +4,7 @@
 //! only applies the result. Synchronous and free of I/O except through [`TaskSource`] and
 //! [`Backend`], so it is driven the same way by the daemon, the tests and the benchmark.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -1502,6 +1503,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         for g in &mut groups {
             g.cpu_usage_usec = self.source_cpu_usage(&g.cgroup);
         }
+        let mut tasks_by_class: BTreeMap<String, u64> = BTreeMap::new();
+        for (class, _) in self.tasks.values().filter_map(|t| t.applied) {
+            *tasks_by_class
+                .entry(self.plan.class_params(class).name.to_string())
+                .or_default() += 1;
+        }
         let counters = self.stats.counters.clone();
         Snapshot {
             mode: self.backend.mode().label().into(),
@@ -1512,6 +1519,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             notes: self.backend.notes(),
             tasks_tracked: self.tasks.len() as u64,
             tasks_managed: self.tasks.values().filter(|t| t.applied.is_some()).count() as u64,
+            tasks_by_class,
             counters,
             events: self
                 .stats

@@ -148,6 +148,9 @@ pub struct Snapshot {
     pub tasks_tracked: u64,
     /// Tasks whose class the daemon manages.
     pub tasks_managed: u64,
+    /// Managed tasks by the class applied to them (class name → tasks).
+    #[serde(default)]
+    pub tasks_by_class: BTreeMap<String, u64>,
     /// Counters.
     pub counters: Counters,
     /// Events by type.
@@ -219,6 +222,14 @@ impl Snapshot {
         }
         if let (Some(p50), Some(p99)) = (self.move_latency_p50_us, self.move_latency_p99_us) {
             let _ = writeln!(s, "move→re-clamped: p50 {p50} µs, p99 {p99} µs");
+        }
+        if !self.tasks_by_class.is_empty() {
+            let classes: Vec<String> = self
+                .tasks_by_class
+                .iter()
+                .map(|(class, tasks)| format!("{class}={tasks}"))
+                .collect();
+            let _ = writeln!(s, "classes:         {}", classes.join(" "));
         }
         if let Some(w) = &self.preempting_wakeups {
             let _ = writeln!(
@@ -311,6 +322,14 @@ impl Snapshot {
             "Tasks whose class the daemon manages.",
         );
         out.sample(&[], self.tasks_managed);
+        out.family(
+            "canopy_class_tasks",
+            "gauge",
+            "Managed tasks by the class applied to them.",
+        );
+        for (class, tasks) in &self.tasks_by_class {
+            out.sample(&[("class", class)], tasks);
+        }
         out.family(
             "canopy_mode",
             "gauge",
@@ -484,6 +503,7 @@ mod tests {
             notes: vec![],
             tasks_tracked: 1,
             tasks_managed: 1,
+            tasks_by_class: BTreeMap::from([("BACKGROUND".to_string(), 1)]),
             counters: c,
             events: BTreeMap::new(),
             refused_subsched_attaches: 0,
@@ -513,6 +533,12 @@ mod tests {
         assert!(snap
             .render_prometheus()
             .contains("canopy_preempting_wakeups_late_total 3"));
+        assert!(snap
+            .render_prometheus()
+            .contains("canopy_class_tasks{class=\"BACKGROUND\"} 1"));
+        assert!(snap
+            .render_table()
+            .contains("classes:         BACKGROUND=1"));
         let json = serde_json::to_value(&snap).unwrap();
         assert_eq!(json["counters"]["tags_applied"], 3);
     }
