@@ -237,19 +237,60 @@ static __always_inline u32 task_requested_class(struct task_struct *p)
 }
 
 /*
- * @requested clamped to the allowed classes of @p's cgroup's current state. The clamp is what
- * makes a move into (or out of) a minimized app's cgroup take effect at the task's next
- * enqueue, before the controller has heard of the move: the controller keeps the request in
- * `task_classes` and the state's limits in `group_policy`. Ids count down from the highest
- * class: a ceiling of BACKGROUND (4) turns a USER_INTERACTIVE (0) request into 4.
+ * The id of the cgroup @up levels above @p's cgroup (0: its own), 0 above the root. Not
+ * inlined, as task_cgroup_id().
+ */
+static __noinline u64 task_cgroup_ancestor_id(struct task_struct *p, u32 up)
+{
+	struct cgroup *cgrp = BPF_CORE_READ(p, cgroups, dfl_cgrp), *ancestor = NULL;
+	int level;
+
+	if (!cgrp)
+		return 0;
+	level = BPF_CORE_READ(cgrp, level);
+	if (level < 0 || up > (u32)level)
+		return 0;
+	bpf_probe_read_kernel(&ancestor, sizeof(ancestor), &cgrp->ancestors[level - up]);
+	return ancestor ? BPF_CORE_READ(ancestor, kn, id) : 0;
+}
+
+/*
+ * The `group_policy` entry of the nearest cgroup at or above @p's that has one (a group owns
+ * it), walking at most CANOPY_MAX_CGROUP_DEPTH levels up; NULL when none does. A thread moved
+ * into `app-x.scope/sub`, or a cgroup made below a scope after the policy loaded, is governed
+ * by the scope's entry. Cost: one hash lookup per level between the task's cgroup and the
+ * owner (a task in an owned cgroup: one).
+ */
+static __always_inline struct canopy_group_policy *owning_group_policy(struct task_struct *p)
+{
+	struct canopy_group_policy *group = NULL;
+	u64 cgroup_id;
+	int up;
+
+	canopy_for(up, 0, CANOPY_MAX_CGROUP_DEPTH) {
+		cgroup_id = task_cgroup_ancestor_id(p, up);
+		if (!cgroup_id)
+			break;
+		group = bpf_map_lookup_elem(&group_policy, &cgroup_id);
+		if (group)
+			break;
+	}
+	return group;
+}
+
+/*
+ * @requested clamped to the allowed classes of the current state of the group owning @p's
+ * cgroup (its own or the nearest ancestor with an entry). The clamp is what makes a move into
+ * (or out of) a minimized app's cgroup take effect at the task's next enqueue, before the
+ * controller has heard of the move: the controller keeps the request in `task_classes` and the
+ * state's limits in `group_policy`. Ids count down from the highest class: a ceiling of
+ * BACKGROUND (4) turns a USER_INTERACTIVE (0) request into 4.
  */
 static __always_inline u32 clamp_to_cgroup(struct task_struct *p, u32 requested)
 {
-	struct canopy_group_policy *group;
-	u64 cgroup_id = task_cgroup_id(p);
+	struct canopy_group_policy *group = owning_group_policy(p);
 	u32 c = requested;
 
-	group = bpf_map_lookup_elem(&group_policy, &cgroup_id);
 	if (group) {
 		if (group->ceiling_plus_one && c < group->ceiling_plus_one - 1)
 			c = group->ceiling_plus_one - 1;

@@ -78,12 +78,10 @@ s32 CANOPY_OP(canopy_child_select_cid, struct task_struct *p, s32 prev_cid, u64 
 
 void CANOPY_OP(canopy_child_enqueue, struct task_struct *p, u64 enq_flags)
 {
-	u32 requested = task_requested_class(p), class = clamp_to_cgroup(p, requested);
 	u32 nr = scx_bpf_nr_cids();
 	int i;
 
-	note_class_decided_after_move(p, requested, class);
-	queue_by_class(p, class, CANOPY_OWN_DSQ, enq_flags);
+	queue_by_class(p, decide_class(p), CANOPY_OWN_DSQ, enq_flags);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		if (cid_is_idle(i) && (caps_on(i) & KCONST(SCX_CAP_ENQ_IMMED)) &&
@@ -124,7 +122,7 @@ void CANOPY_OP(canopy_child_running, struct task_struct *p)
 
 void CANOPY_OP(canopy_child_stopping, struct task_struct *p, bool runnable)
 {
-	class_vtime_stopping(p, scx_bpf_now());
+	class_vtime_stopping(p, scx_bpf_now(), 0);
 }
 
 void CANOPY_OP(canopy_child_update_idle, s32 cid, bool idle)

@@ -36,9 +36,13 @@
  *    With B capped at 25%: B may use 0.25 * 100 ms * 2 cids = 50 ms per
  *    window; A (or member 0) gets the rest even though B has work.
  *
- * 2. Scheduling its own tasks by QoS class: the controller writes tid -> class
- *    into `task_classes`; unknown tasks take the policy's default class. Tasks
- *    are ordered by class-weighted vtime (class_vtime.bpf.h) with the class
+ * 2. Scheduling its own tasks by the cgroup tree and QoS class: every cgroup
+ *    with the cpu controller gets its cpu.weight share of its parent's part, as
+ *    the fair scheduler's classic `smp` group shares (cpu_tree.bpf.h, with its
+ *    cost and a worked example); inside a cgroup, tasks share by class. The
+ *    controller writes tid -> class into `task_classes`; unknown tasks take the
+ *    policy's default class. Tasks are ordered by class-weighted vtime
+ *    (class_vtime.bpf.h), charged at their weight in the tree, with the class
  *    slice. A waking task of a preempting class (USER_INTERACTIVE) goes
  *    straight to an idle cid, else preempts a cid running one of our tasks of a
  *    preemptible class (UTILITY, BACKGROUND; DEFAULT once it has run 1 ms of its
@@ -56,7 +60,7 @@
  * member vtime updates race between cids (a lost update skews one slice, and
  * the next dispatch corrects it).
  */
-#include "class_vtime.bpf.h"
+#include "cpu_tree.bpf.h"
 
 char _license[] SEC("license") = "GPL";
 
@@ -396,7 +400,7 @@ static __always_inline bool claim_idle_cid(struct task_struct *p, s32 cid)
 s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 wake_flags)
 {
 	struct canopy_class_params *cp;
-	u32 nr = scx_bpf_nr_cids(), requested, class;
+	u32 nr = scx_bpf_nr_cids();
 	s32 cid = -1;
 	int i;
 
@@ -417,11 +421,7 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 	 * An idle cid: run there at once. A preempting class inserts with PREEMPT, ahead of and
 	 * over anything that reached the cid first (a child's task sent there by its own wakeup).
 	 */
-	requested = task_requested_class(p);
-	class = clamp_to_cgroup(p, requested);
-	note_class_decided_after_move(p, requested, class);
-	cp = class_of(class);
-	remember_class(p, class, cp);
+	cp = class_of(decide_class(p));
 	if (cp && cp->preempts)
 		track_wakeup(p, CANOPY_STAT_WAKE_IDLE);
 	scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL), class_slice(cp),
@@ -470,18 +470,14 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct canopy_class_params *cp;
 	u32 nr = scx_bpf_nr_cids();
-	u32 requested, class;
+	u32 class = decide_class(p);
 	s32 victim;
 	int i;
 
-	requested = task_requested_class(p);
-	class = clamp_to_cgroup(p, requested);
-	note_class_decided_after_move(p, requested, class);
 	cp = class_of(class);
 	if (cp && cp->preempts && (enq_flags & KCONST(SCX_ENQ_WAKEUP))) {
 		victim = find_preemptible_cid(p);
 		if (victim >= 0) {
-			remember_class(p, class, cp);
 			track_wakeup(p, victim == scx_bpf_task_cid(p) ? CANOPY_STAT_WAKE_PREEMPT_LOCAL :
 								       CANOPY_STAT_WAKE_PREEMPT_REMOTE);
 			scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL_ON) | victim,
@@ -603,7 +599,7 @@ void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)
 {
 	struct cid_state *cs = cid_state_of(scx_bpf_task_cid(p));
 
-	class_vtime_stopping(p, scx_bpf_now());
+	class_vtime_stopping(p, scx_bpf_now(), tree_charge_weight_fp(p));
 	if (cs)
 		cs->running_class = NO_CLASS;
 }
@@ -663,7 +659,25 @@ int BPF_PROG(canopy_root_note_move, struct task_struct *p, bool for_autogroup)
 
 s32 CANOPY_OP_SLEEPABLE(canopy_root_init_task, struct task_struct *p, struct scx_init_task_args *args)
 {
+	if (!bpf_task_storage_get(&tree_tasks, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE))
+		return -ENOMEM;
 	return class_vtime_init_task(p);
+}
+
+void CANOPY_OP(canopy_root_runnable, struct task_struct *p, u64 enq_flags)
+{
+	tree_task_runnable(p);
+}
+
+void CANOPY_OP(canopy_root_quiescent, struct task_struct *p, u64 deq_flags)
+{
+	tree_task_quiescent(p);
+}
+
+/* @p leaves the root (exits, or moves below a child): it stops counting in the tree. */
+void CANOPY_OP(canopy_root_disable, struct task_struct *p)
+{
+	tree_task_quiescent(p);
 }
 
 void CANOPY_OP(canopy_root_enable, struct task_struct *p, struct scx_enable_args *args)
@@ -832,13 +846,30 @@ void CANOPY_OP_SLEEPABLE(canopy_root_sub_detach, struct scx_sub_detach_args *arg
 	}
 }
 
-/* Knobs of an attach-point cgroup stay with us: follow cpu.weight unless the policy set one. */
+s32 CANOPY_OP_SLEEPABLE(canopy_root_cpuctl_init, struct cgroup *cgrp, struct scx_cgroup_init_args *args)
+{
+	tree_cgroup_init(cgrp, args->weight);
+	return 0;
+}
+
+void CANOPY_OP_SLEEPABLE(canopy_root_cpuctl_exit, struct cgroup *cgrp)
+{
+	u64 cgid = cgrp->kn->id;
+
+	bpf_map_delete_elem(&cpu_tree, &cgid);
+}
+
+/*
+ * Every cgroup's cpu.weight places it in the tree; the knobs of an attach-point cgroup stay
+ * with us too: its member follows cpu.weight unless the policy set one.
+ */
 void CANOPY_OP(canopy_root_cpuctl_set_weight, struct cgroup *cgrp, u32 weight)
 {
 	u64 cgid = cgrp->kn->id;
 	struct canopy_group_policy *pol = bpf_map_lookup_elem(&group_policy, &cgid);
 	u32 slot;
 
+	tree_cgroup_set_weight(cgid, weight);
 	if (pol && pol->weight)
 		return;
 	for (slot = 1; slot < CANOPY_MAX_MEMBERS; slot++) {
@@ -880,11 +911,14 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_init)
 {
 	struct canopy_group_policy *pol;
 	struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
+	struct canopy_cgroup_node root_node = { .weight = CANOPY_DEFAULT_WEIGHT };
 	u64 root_cgid = 1;
 	u32 cid;
 
 	if (!self)
 		return -ENOENT;
+	/* the tree's root, in case the kernel does not deliver cpuctl_init for the root cgroup */
+	bpf_map_update_elem(&cpu_tree, &root_cgid, &root_node, BPF_NOEXIST);
 	pol = bpf_map_lookup_elem(&group_policy, &root_cgid);
 	self->cgroup_id = root_cgid;
 	self->weight = (pol && pol->weight) ? pol->weight : own_weight;
@@ -935,6 +969,11 @@ struct sched_ext_ops_cid canopy_root_ops = {
 	.update_idle = (void *)canopy_root_update_idle,
 	.init_task = (void *)canopy_root_init_task,
 	.enable = (void *)canopy_root_enable,
+	.runnable = (void *)canopy_root_runnable,
+	.quiescent = (void *)canopy_root_quiescent,
+	.disable = (void *)canopy_root_disable,
+	.cpuctl_init = (void *)canopy_root_cpuctl_init,
+	.cpuctl_exit = (void *)canopy_root_cpuctl_exit,
 	.cpuctl_set_weight = (void *)canopy_root_cpuctl_set_weight,
 	.cpuctl_move = (void *)canopy_root_cpuctl_move,
 	.sub_attach = (void *)canopy_root_sub_attach,

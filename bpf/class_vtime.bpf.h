@@ -63,10 +63,10 @@ static __always_inline u32 effective_weight(const struct task_struct *p,
 }
 
 /*
- * Record the class and weight @p is being inserted with. Every insert path must call this
- * (queueing, direct dispatch to an idle cid, preempting insert): running() and stopping() read
- * it, and a stale record would misclassify the running task (hiding it from preemption) or
- * charge its vtime with the wrong weight.
+ * Record the class and weight @p is being inserted with. Every insert path reaches this through
+ * decide_class() (queueing, direct dispatch to an idle cid, preempting insert, keeping prev, a
+ * move): running() and stopping() read it, and a stale record would misclassify the running
+ * task (hiding it from preemption) or charge its vtime with the wrong weight.
  */
 static __always_inline void remember_class(struct task_struct *p, u32 class,
 					   const struct canopy_class_params *cp)
@@ -80,8 +80,25 @@ static __always_inline void remember_class(struct task_struct *p, u32 class,
 }
 
 /*
- * Queue @p on @dsq in class-weighted vtime order, as @class (decided by the caller: one
- * lookup per enqueue).
+ * The one class decision every canopy scheduler makes about @p before it runs: its request
+ * (own tag, process tag, policy default), clamped by its cgroup's state, logged as the first
+ * decision after a move when one is pending, and remembered for running()/stopping(). Called
+ * at each enqueue, at a direct insert from select_cid, when keeping prev, and at a move of a
+ * running task. Example: a task tagged USER_INTERACTIVE (0) in a cgroup whose state has a
+ * ceiling of BACKGROUND (4) is decided BACKGROUND and charged at BACKGROUND's weight.
+ */
+static __always_inline u32 decide_class(struct task_struct *p)
+{
+	u32 requested = task_requested_class(p), class = clamp_to_cgroup(p, requested);
+
+	note_class_decided_after_move(p, requested, class);
+	remember_class(p, class, class_of(class));
+	return class;
+}
+
+/*
+ * Queue @p on @dsq in class-weighted vtime order, as @class (from the caller's decide_class():
+ * one lookup per enqueue).
  */
 static __always_inline void queue_by_class(struct task_struct *p, u32 class, u64 dsq,
 					   u64 enq_flags)
@@ -102,8 +119,6 @@ static __always_inline void queue_by_class(struct task_struct *p, u32 class, u64
 	 */
 	if (vtime > now_v + CANOPY_MAX_VTIME_AHEAD)
 		vtime = now_v + CANOPY_MAX_VTIME_AHEAD;
-
-	remember_class(p, class, cp);
 
 	args.dsq_id = dsq;
 	args.slice = slice;
@@ -129,7 +144,12 @@ static __always_inline void class_vtime_running(struct task_struct *p, u64 now)
 		own_vtime_now = p->scx.dsq_vtime;
 }
 
-static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now)
+/*
+ * Charge @p for the time it just ran: vtime += used * 100 / weight, at @weight_fp (in 1/1024
+ * units; the root's cpu tree passes the task's weight in the tree) or, when that is 0, at the
+ * class weight it was queued with.
+ */
+static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now, u64 weight_fp)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 	u64 used;
@@ -138,7 +158,9 @@ static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now)
 		return;
 	used = now - tctx->running_at;
 	tctx->running_at = 0;
-	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + used * 100 / (tctx->weight ?: 1));
+	if (!weight_fp)
+		weight_fp = (u64)(tctx->weight ?: 1) << 10;
+	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + (used * 100 << 10) / weight_fp);
 }
 
 /*
@@ -152,17 +174,9 @@ static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now)
  */
 static __always_inline bool class_vtime_keep_prev(struct task_struct *prev)
 {
-	struct canopy_class_params *cp;
-	u32 requested, class;
-
 	if (!prev || !(prev->scx.flags & SCX_TASK_QUEUED))
 		return false;
-	requested = task_requested_class(prev);
-	class = clamp_to_cgroup(prev, requested);
-	note_class_decided_after_move(prev, requested, class);
-	cp = class_of(class);
-	remember_class(prev, class, cp);
-	return scx_bpf_task_set_slice(prev, class_slice(cp));
+	return scx_bpf_task_set_slice(prev, class_slice(class_of(decide_class(prev))));
 }
 
 /*
@@ -177,14 +191,11 @@ static __always_inline bool class_vtime_keep_prev(struct task_struct *prev)
  */
 static __always_inline u32 class_vtime_moved(struct task_struct *p)
 {
-	u32 requested, class;
+	u32 class;
 
 	if (!scx_bpf_task_running(p) || !move_pending(p))
 		return CANOPY_MAX_CLASSES;
-	requested = task_requested_class(p);
-	class = clamp_to_cgroup(p, requested);
-	remember_class(p, class, class_of(class));
-	note_class_decided_after_move(p, requested, class);
+	class = decide_class(p);
 	scx_bpf_task_set_slice(p, 0);
 	stat_inc(CANOPY_STAT_MOVE_SLICE_CUTS);
 	return class;

@@ -8,6 +8,20 @@
  * this file into Rust (bindgen for the types and enums, a small generator for
  * the stats struct and the kernel-constant names); Rust never restates any of it.
  *
+ * Glossary (the words the BPF files and their Rust readers use):
+ *   member     a party a parent divides CPU among: its own tasks, or one attached child scheduler.
+ *   slot       a member's index in the `members` map; slot 0 (CANOPY_SELF_SLOT) is the parent's
+ *              own tasks, slots 1.. are children.
+ *   grant      one hand-over of a cid to a member by the root's dispatch, from hand_cid() until
+ *              charge_cid() bills it (a child's grant is cut at the quantum). Not to be confused
+ *              with the kernel's scx_bpf_sub_grant(), which delegates capabilities on cids.
+ *   time share what every child holds on every cid: SCX_CAP_ENQ_IMMED without SCX_CAP_ENQ, so
+ *              its tasks reach a cid only when the root dispatches it (never ownership).
+ *   quantum    CANOPY_QUANTUM_NS (5 ms): the longest a child keeps a grant while another member
+ *              has work.
+ *   window     CANOPY_PERIOD_NS (100 ms) of all online cids: the accounting period in which caps
+ *              and guarantees are measured (a 25% cap on 2 cids = 50 ms of CPU per window).
+ *
  * Conventions the generator relies on:
  *   - every `enum canopy_stat` entry is `CANOPY_STAT_<NAME>, / * description * /`
  *     on one line, and the list ends with CANOPY_NR_STATS;
@@ -32,6 +46,10 @@ enum canopy_limits {
 	CANOPY_MAX_MEMBERS = 17,
 	/* cgroups the policy may name */
 	CANOPY_MAX_GROUPS = 1024,
+	/* cgroups with the cpu controller the root tracks as weighted nodes (`cpu_tree`) */
+	CANOPY_MAX_CGROUPS = 65536,
+	/* deepest cgroup nesting the cpu tree's walks follow (the root cgroup is level 0) */
+	CANOPY_MAX_CGROUP_DEPTH = 16,
 	/* classes a policy may define (the five built-ins and custom ones between them) */
 	CANOPY_MAX_CLASSES = 32,
 	/* tasks the controller may tag with a class */
@@ -123,6 +141,17 @@ struct canopy_group_policy {
 	 */
 	u32 ceiling_plus_one;
 	u32 floor_plus_one;
+};
+
+/*
+ * Map `cpu_tree` (canopy_root): cgroup id (u64) -> the cgroup's node in the cpu.weight tree of
+ * the root's own tasks, from ops.cpuctl_init to ops.cpuctl_exit (cpu_tree.bpf.h has the policy).
+ */
+struct canopy_cgroup_node {
+	u64 parent_id;		/* the parent cgroup's id; 0 for the root cgroup */
+	u32 weight;		/* cpu.weight, 1..10000 */
+	u32 weight_in_parent;	/* the weight it added to its parent's active_weight when it turned active */
+	s64 active_weight;	/* weights of its runnable own tasks and of its child cgroups with runnable tasks */
 };
 
 /*
@@ -254,6 +283,7 @@ enum canopy_stat {
 	CANOPY_STAT_MOVE_SLICE_CUTS, /* moved tasks that were running: decided at the move, slice cut */
 	CANOPY_STAT_MOVED_DECISIONS, /* first class decisions (enqueue or keep) after a task's move */
 	CANOPY_STAT_MOVED_DECISIONS_SLOW, /* of those, more than 10 ms after the move (the task slept or waited) */
+	CANOPY_STAT_CPU_TREE_FULL, /* cgroups the cpu.weight tree could not track (map full) */
 	CANOPY_NR_STATS,
 };
 

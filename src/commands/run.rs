@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::load_and_compile;
-use crate::scheduler::cli::run_with_refresh;
 use crate::scheduler::plan::config_from_plan;
+use crate::scheduler::supervisor::run_with_refresh;
 
 pub(crate) fn run(paths: &[PathBuf]) -> Result<ExitCode> {
     let Some(compiled) = load_and_compile(paths)? else {

@@ -18,17 +18,18 @@ use canopy_controller::daemon::ScxFactory;
 use canopy_controller::plan::PolicyPlan;
 use canopy_controller::plan::ScxGroupPolicy;
 use canopy_controller::scx::ScxMaps;
+use canopy_controller::stats::PreemptingWakeups;
 use libbpf_rs::MapCore;
 use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
 
+use super::bpf_bytes::as_bytes;
+use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
-use super::cli::supervise;
-use super::cli::ReloadRequest;
 use super::config::SchedulerConfig;
 use super::plan::config_from_plan;
-use super::root::as_bytes;
-use super::root::from_bytes;
+use super::supervisor::supervise;
+use super::supervisor::ReloadRequest;
 
 /// How long the daemon waits for the root scheduler to load and enable (TCG guests are slow).
 const ENABLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -215,7 +216,32 @@ impl ScxMaps for PinnedMaps {
     }
 
     fn refused_attaches(&self) -> u64 {
-        let index = bpf_intf::CANOPY_STAT_REFUSED;
+        self.stat(bpf_intf::CANOPY_STAT_REFUSED)
+    }
+
+    fn preempting_wakeups(&self) -> Option<PreemptingWakeups> {
+        use bpf_intf::*;
+        let sum = |stats: &[u32]| stats.iter().map(|&index| self.stat(index)).sum();
+        Some(PreemptingWakeups {
+            total: sum(&[
+                CANOPY_STAT_WAKE_IDLE,
+                CANOPY_STAT_WAKE_PREEMPT_LOCAL,
+                CANOPY_STAT_WAKE_PREEMPT_REMOTE,
+                CANOPY_STAT_WAKE_QUEUED,
+            ]),
+            late: sum(&[
+                CANOPY_STAT_WAKE_IDLE_SLOW,
+                CANOPY_STAT_WAKE_PREEMPT_LOCAL_SLOW,
+                CANOPY_STAT_WAKE_PREEMPT_REMOTE_SLOW,
+                CANOPY_STAT_WAKE_QUEUED_SLOW,
+            ]),
+        })
+    }
+}
+
+impl PinnedMaps {
+    /// One of the root's counters, summed over CPUs (0 when unreadable).
+    fn stat(&self, index: u32) -> u64 {
         self.stats
             .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
             .ok()

@@ -20,8 +20,8 @@ use libbpf_rs::skel::SkelBuilder;
 use libbpf_rs::RingBuffer;
 use libbpf_rs::RingBufferBuilder;
 
+use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
-use super::root::from_bytes;
 use super::skel::moves::CanopyMovesSkel;
 use super::skel::moves::CanopyMovesSkelBuilder;
 

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use canopy_sys::cgroup::Cgroup;
 
-use canopy_policy::Cap;
 use canopy_policy::Plan;
 use canopy_policy::Scheduler;
 
@@ -21,7 +20,7 @@ use super::config::CANOPY_CHILD_NAME;
 const MAX_CGROUP_LEVELS: usize = 9;
 
 /// The scheduler config for `plan` on this machine (cgroups under `cgroup_root`, `nr_cpus`
-/// online CPUs for converting a `cpu.max`-style cap into a percentage).
+/// online CPUs for a group's share terms, `GroupSettings::share_terms`).
 pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> SchedulerConfig {
     // The whole class table in the policy's order (custom classes included): a class id is
     // its position, as in the plan, so the controller's tags need no translation.
@@ -62,7 +61,7 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
             continue;
         };
         let group = plan.group(group_ref);
-        let settings = &group.base;
+        let terms = group.base.share_terms(nr_cpus);
         let (admit, attach_canopy_child) = match &group.scheduler {
             Scheduler::Canopy => (vec![CANOPY_CHILD_NAME.to_string()], true),
             Scheduler::External(names) => (names.clone(), false),
@@ -70,19 +69,9 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
         };
         groups.push(GroupConfig {
             cgroup: relative.into(),
-            weight: Some(settings.weight.clamp(1, 10000)),
-            guarantee_pct: settings.guarantee_percent.unwrap_or(0) as u32,
-            cap_pct: match settings.cap {
-                None => 0,
-                Some(Cap::Percent(percent)) => percent as u32,
-                Some(Cap::Quota {
-                    quota_us,
-                    period_us,
-                }) => {
-                    let machine = period_us.max(1) * nr_cpus.max(1) as u64;
-                    ((quota_us * 100).div_ceil(machine)).clamp(1, 100) as u32
-                }
-            },
+            weight: Some(terms.weight),
+            guarantee_pct: terms.guarantee_percent,
+            cap_pct: terms.cap_percent,
             admit,
             attach_canopy_child,
         });

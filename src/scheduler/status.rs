@@ -2,7 +2,7 @@
 //! The hierarchy as the kernel and the root scheduler see it: sysfs (`state`, each scheduler's
 //! `ops` and `caps` under `root/sub/sub-<cgroup id>`) joined with the root's pinned `members`,
 //! `stats` and `child_restarts` maps. Two samples an interval apart give each member's CPU rate and its share
-//! against the target its weight implies. Works from any process while a root is loaded;
+//! against the target its weight and cap imply (`target_shares`). Works from any process while a root is loaded;
 //! `canopy status` and `canopy scheduler status` both show it.
 use std::time::Duration;
 use std::time::Instant;
@@ -14,10 +14,10 @@ use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
 use serde::Serialize;
 
+use super::bpf_bytes::c_string;
+use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::bpf_intf::Stats;
-use super::root::c_string;
-use super::root::from_bytes;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -69,7 +69,7 @@ pub struct MemberStatus {
     pub cpus_used: f64,
     /// its part of all CPU time handed out during the interval
     pub share: f64,
-    /// the part its weight entitles it to among the members that ran
+    /// the part its weight entitles it to among the members that ran, at most its cap
     pub target_share: f64,
 }
 
@@ -204,15 +204,20 @@ impl Sampler {
             .iter()
             .map(|(slot, m)| delta_of(*slot, m.cpu_ns))
             .sum();
-        let running_weight: u64 = after
-            .iter()
-            .filter(|(slot, m)| delta_of(*slot, m.cpu_ns) > 0)
-            .map(|(_, m)| m.weight as u64)
-            .sum();
+        let targets = target_shares(
+            &after
+                .iter()
+                .map(|(slot, m)| {
+                    let ran = delta_of(*slot, m.cpu_ns) > 0;
+                    (if ran { m.weight } else { 0 }, m.cap_pct)
+                })
+                .collect::<Vec<_>>(),
+        );
 
         let members = after
             .iter()
-            .map(|(slot, m)| {
+            .zip(targets)
+            .map(|((slot, m), target_share)| {
                 let delta = delta_of(*slot, m.cpu_ns);
                 MemberStatus {
                     slot: *slot,
@@ -237,11 +242,7 @@ impl Sampler {
                     } else {
                         0.0
                     },
-                    target_share: if delta > 0 && running_weight > 0 {
-                        m.weight as f64 / running_weight as f64
-                    } else {
-                        0.0
-                    },
+                    target_share,
                 }
             })
             .collect();
@@ -260,6 +261,49 @@ impl Sampler {
             interval_s: elapsed,
         }
     }
+}
+
+/// Each member's target share of the CPU time handed out, from (weight, cap_pct) pairs (weight 0:
+/// it did not run, target 0): weights divide the whole, and a member whose weight share is above
+/// its cap (a percentage of all CPUs) is held at the cap, the rest going to the others by
+/// weight, as the root's dispatch does. Example: weights 200 and 100 with a 25% cap on the
+/// first: 25% and 75% (not 66.7% and 33.3%).
+fn target_shares(members: &[(u32, u32)]) -> Vec<f64> {
+    let mut targets = vec![0.0; members.len()];
+    let mut capped = vec![false; members.len()];
+    // Each pass fixes at least one more member at its cap, or settles.
+    for _ in 0..=members.len() {
+        let fixed: f64 = (0..members.len())
+            .filter(|&i| capped[i])
+            .map(|i| targets[i])
+            .sum();
+        let free_weight: u64 = (0..members.len())
+            .filter(|&i| !capped[i])
+            .map(|i| members[i].0 as u64)
+            .sum();
+        let left = (1.0 - fixed).max(0.0);
+        let mut changed = false;
+        for (i, &(weight, cap_pct)) in members.iter().enumerate() {
+            if capped[i] {
+                continue;
+            }
+            targets[i] = if free_weight > 0 {
+                left * weight as f64 / free_weight as f64
+            } else {
+                0.0
+            };
+            let cap = cap_pct as f64 / 100.0;
+            if weight > 0 && cap_pct > 0 && cap_pct < 100 && targets[i] > cap {
+                targets[i] = cap;
+                capped[i] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    targets
 }
 
 /// Samples the hierarchy twice, `interval` apart.
@@ -345,5 +389,49 @@ impl Status {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_shares;
+
+    fn rounded(targets: Vec<f64>) -> Vec<f64> {
+        targets
+            .into_iter()
+            .map(|t| (t * 1000.0).round() / 1000.0)
+            .collect()
+    }
+
+    #[test]
+    fn weights_divide_the_whole_among_members_that_ran() {
+        assert_eq!(
+            rounded(target_shares(&[(100, 0), (200, 0), (0, 0)])),
+            vec![0.333, 0.667, 0.0]
+        );
+    }
+
+    #[test]
+    fn a_capped_member_is_held_at_its_cap_and_the_rest_goes_by_weight() {
+        // issue 10 Deliver 6: a child capped at 25% beside a heavier one showed 50%
+        assert_eq!(
+            rounded(target_shares(&[(100, 0), (200, 25), (100, 0)])),
+            vec![0.375, 0.25, 0.375]
+        );
+        // a cap above the weight share changes nothing
+        assert_eq!(
+            rounded(target_shares(&[(100, 60), (100, 0)])),
+            vec![0.5, 0.5]
+        );
+    }
+
+    #[test]
+    fn caps_that_bind_only_after_another_cap_are_found() {
+        // 300:100:100 with caps 40% and 25%: the first is held at 40%, which raises the
+        // second's weight share to 30%, above its 25% cap; the third gets the rest
+        assert_eq!(
+            rounded(target_shares(&[(300, 40), (100, 25), (100, 0)])),
+            vec![0.4, 0.25, 0.35]
+        );
     }
 }

@@ -152,6 +152,10 @@ pub trait Backend: Send {
     fn refused_subsched_attaches(&self) -> u64 {
         0
     }
+    /// Wakeup counters of the preempting classes (scx only).
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        None
+    }
     /// A new plan is about to be installed (a successful reload): the backend brings whatever it
     /// derived from the old plan itself in line (scx: the schedulers' group setup) before the
     /// controller re-evaluates every task and group. An error leaves that part on the old plan.
@@ -214,6 +218,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn refused_subsched_attaches(&self) -> u64 {
         (**self).refused_subsched_attaches()
+    }
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        (**self).preempting_wakeups()
     }
     fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
         (**self).plan_changed(plan)

@@ -27,6 +27,10 @@ pub trait ScxMaps: Send {
     fn clear_group(&mut self, cgroup_id: u64);
     /// Sub-scheduler attaches the root refused so far.
     fn refused_attaches(&self) -> u64;
+    /// Wakeup counters of the preempting classes, when the root scheduler keeps them.
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        None
+    }
     /// A reload compiled `plan`: the schedulers follow it (group policy entries, admission,
     /// which cgroups have a canopy child) before the daemon re-applies every group's state.
     fn plan_changed(&mut self, _plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
@@ -136,6 +140,10 @@ impl<M: ScxMaps> Backend for ScxBackend<M> {
         self.maps.refused_attaches()
     }
 
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        self.maps.preempting_wakeups()
+    }
+
     fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
         self.maps.plan_changed(plan)
     }
@@ -158,6 +166,9 @@ impl<M: ScxMaps + ?Sized> ScxMaps for Box<M> {
     }
     fn refused_attaches(&self) -> u64 {
         (**self).refused_attaches()
+    }
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        (**self).preempting_wakeups()
     }
     fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
         (**self).plan_changed(plan)

@@ -8,6 +8,8 @@
 //! - `parse`: TOML text → typed items, every bad field reported.
 //! - `compile`: drop-in merging, validation, and building the [`Plan`].
 //! - `plan`: the Plan, its API for the daemon, and the decision function.
+//! - `share`: a group's share terms (weight, guarantee, cap as percent and as quota) for both
+//!   backends.
 //! - `matcher`, `glob`: the indexed matcher and glob analysis.
 //! - `class`: built-in classes, [`ClassId`], [`ClassMask`].
 //! - `print`, `diff`: a plan back to canonical TOML, and the semantic difference of two plans.
@@ -60,6 +62,7 @@ mod parse;
 mod plan;
 mod print;
 pub mod schedqos;
+mod share;
 
 pub use class::builtin_class_names;
 pub use class::Class;
@@ -100,6 +103,9 @@ pub use plan::SettingsOverrides;
 pub use plan::TaskFacts;
 pub use plan::ThreadRule;
 pub use print::to_toml;
+pub use share::CpuQuota;
+pub use share::ShareTerms;
+pub use share::CAP_PERIOD_US;
 
 /// Policies compiled by [`compile`] in this process so far.
 static COMPILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

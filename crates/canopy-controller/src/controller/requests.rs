@@ -3,7 +3,7 @@
 //! Authorization happens before these (`crate::auth`); the daemon's `handle_control` routes a
 //! request here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tokio::time::Instant;
 
@@ -273,11 +273,22 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                     }),
                     tasks: per_cgroup.get(cgroup.as_str()).copied().unwrap_or(0),
                     cpu_usage_usec: None,
+                    weight: Some(
+                        self.plan
+                            .scx_group_policy(g.group, g.state.as_deref())
+                            .weight,
+                    ),
                 })
                 .collect();
         groups.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
         for g in &mut groups {
             g.cpu_usage_usec = self.source_cpu_usage(&g.cgroup);
+        }
+        let mut tasks_by_class: BTreeMap<String, u64> = BTreeMap::new();
+        for (class, _) in self.tasks.values().filter_map(|t| t.applied) {
+            *tasks_by_class
+                .entry(self.plan.class_params(class).name.to_string())
+                .or_default() += 1;
         }
         let mut counters = self.stats.counters.clone();
         counters.policy_compiles = canopy_policy::compiles_so_far();
@@ -290,6 +301,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             notes: self.backend.notes(),
             tasks_tracked: self.tasks.len() as u64,
             tasks_managed: self.tasks.values().filter(|t| t.applied.is_some()).count() as u64,
+            tasks_by_class,
             counters,
             events: self
                 .stats
@@ -302,6 +314,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             apply_latency_p99_us: self.stats.apply_latency.quantile_us(0.99),
             move_latency_p50_us: self.stats.move_latency.quantile_us(0.5),
             move_latency_p99_us: self.stats.move_latency.quantile_us(0.99),
+            preempting_wakeups: self.backend.preempting_wakeups(),
             groups,
         }
     }

@@ -1,0 +1,245 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * cpu_tree.bpf.h: the cgroup v2 cpu.weight tree for canopy_root's own tasks (member 0).
+ *
+ * Policy: every cgroup with the cpu controller is a weighted node at its place in the tree
+ * (ops.cpuctl_init / cpuctl_exit / cpuctl_set_weight keep `cpu_tree` in step with cgroupfs),
+ * and CPU is divided down the tree as the fair scheduler's classic `smp` group shares divide
+ * it: at every node the runnable tasks of the cgroup itself (at their class-and-nice weight,
+ * 100 for a DEFAULT nice-0 task, as a cgroup's default cpu.weight) and its child cgroups that
+ * have runnable tasks below them (at their cpu.weight) share the node's part in proportion to
+ * their weights. The tree is flattened: a task's hierarchical share `hw` is the product of
+ * those fractions from its cgroup up to the root, and the one vtime-ordered DSQ of the root's
+ * own tasks charges a task for running t ns as
+ *
+ *     t * 100 / W_eq,    W_eq = hw * (sum of the weights of all runnable own tasks)
+ *
+ * W_eq is the weight the task would need, alone with the same runnable tasks in a flat
+ * root, to get the same share; with no cgroups it is exactly the task's class weight, so the
+ * class order, the wake floor and CANOPY_MAX_VTIME_AHEAD mean what they meant without the tree.
+ *
+ * Worked example (issue 10, acceptance b): `p` (100) holding `p/a` (300) and `p/b` (100),
+ * beside `q` (100), two DEFAULT hogs in each leaf, nothing else runnable. Active weights:
+ * a = 200, b = 200, q = 200 (two tasks of 100), p = 300 + 100 = 400, root = 100 + 100 = 200.
+ * A hog in a: hw = 100/200 * 300/400 * 100/200 = 0.1875 (the cgroup a gets 0.375);
+ * in b: 100/200 * 100/400 * 100/200 = 0.0625 (b: 0.125); in q: 100/200 * 100/200 = 0.25
+ * (q: 0.5). Six hogs weigh 600, so W_eq = 112.5, 37.5 and 150: a 20 ms slice costs a hog in
+ * a 17.8 ms of vtime, in b 53.3 ms, in q 13.3 ms, and vtime order hands out CPU 3 : 1 : 4
+ * between the cgroups a, b and q, as the fair scheduler does.
+ *
+ * Cost: ops.runnable and ops.quiescent do one task-storage lookup and one atomic add on the
+ * task's cgroup node; only when a cgroup turns active or idle does the update walk up, one
+ * hash lookup and atomic add per level (at most CANOPY_MAX_CGROUP_DEPTH). ops.stopping walks
+ * the task's path to the root once: one hash lookup and two multiply-divides per level (a
+ * task in /user.slice/user-1000.slice/app.slice/x.scope: 5 lookups).
+ *
+ * Not yet in the tree: attached child schedulers. The root's own tasks as a whole are still
+ * member 0 (at `own_weight`) beside the children, which keep their attach cgroup's cpu.weight;
+ * inside member 0 the tree above holds.
+ *
+ * Races, stated: two CPUs crossing the same node's zero at once may add and remove its weight
+ * in the parent in either order, so a parent's sum can read low or high for that instant; the
+ * sums are exact again once the crossings complete (every add has its matching remove, and
+ * the weight removed is the weight that was added). A weight change of a busy cgroup
+ * corrects its parent's sum with one atomic add.
+ */
+#ifndef CANOPY_CPU_TREE_BPF_H
+#define CANOPY_CPU_TREE_BPF_H
+
+#include "class_vtime.bpf.h"
+
+/* hierarchical shares are fractions of the whole machine in units of 1/CPU_TREE_ONE */
+#define CPU_TREE_ONE (1ULL << 20)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CANOPY_MAX_CGROUPS);
+	__type(key, u64);
+	__type(value, struct canopy_cgroup_node);
+} cpu_tree SEC(".maps");
+
+/* Where a runnable task's weight is counted in the tree, so that it is taken back exactly. */
+struct tree_task {
+	u64 cgroup_id;	/* the cpu cgroup its weight was added to */
+	u32 weight;	/* that weight; 0: not counted (not runnable here) */
+	u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tree_task);
+} tree_tasks SEC(".maps");
+
+/* the summed weights of every runnable own task (W_eq's scale) */
+u64 tree_runnable_weight;
+
+/*
+ * The id of @p's cpu cgroup: the nearest cgroup at or above its own that has the cpu
+ * controller (its task group). Not inlined, as task_cgroup_id().
+ */
+static __noinline u64 task_cpu_cgroup_id(struct task_struct *p)
+{
+	return BPF_CORE_READ(p, sched_task_group, css.cgroup, kn, id);
+}
+
+static __always_inline struct canopy_cgroup_node *tree_node(u64 cgroup_id)
+{
+	return bpf_map_lookup_elem(&cpu_tree, &cgroup_id);
+}
+
+/* Add @weight to @cgroup_id's active weight and, where a node turns active, to its parents'. */
+static __always_inline void tree_add(u64 cgroup_id, u32 weight)
+{
+	struct canopy_cgroup_node *node;
+	s64 before;
+	int depth;
+
+	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
+		node = tree_node(cgroup_id);
+		if (!node)
+			break;
+		before = __sync_fetch_and_add(&node->active_weight, (s64)weight);
+		if (before != 0 || !node->parent_id)
+			break;
+		weight = node->weight ?: CANOPY_DEFAULT_WEIGHT;
+		node->weight_in_parent = weight;
+		cgroup_id = node->parent_id;
+	}
+}
+
+/* Take back what tree_add(@cgroup_id, @weight) added. */
+static __always_inline void tree_remove(u64 cgroup_id, u32 weight)
+{
+	struct canopy_cgroup_node *node;
+	s64 before;
+	int depth;
+
+	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
+		node = tree_node(cgroup_id);
+		if (!node)
+			break;
+		before = __sync_fetch_and_add(&node->active_weight, -(s64)weight);
+		if (before != (s64)weight || !node->parent_id)
+			break;
+		weight = node->weight_in_parent;
+		cgroup_id = node->parent_id;
+	}
+}
+
+/* @p stops counting in the tree (it slept, left the scheduler, or is being re-counted). */
+static __always_inline void tree_task_quiescent(struct task_struct *p)
+{
+	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
+	u32 weight;
+
+	if (!tt || !tt->weight)
+		return;
+	weight = tt->weight;
+	tt->weight = 0;
+	__sync_fetch_and_add(&tree_runnable_weight, -(u64)weight);
+	tree_remove(tt->cgroup_id, weight);
+}
+
+/* @p became runnable: count it at its class-and-nice weight in its cpu cgroup. */
+static __always_inline void tree_task_runnable(struct task_struct *p)
+{
+	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
+	struct task_ctx *tctx = task_ctx_of(p);
+	u32 weight = (tctx && tctx->weight) ? tctx->weight : CANOPY_DEFAULT_WEIGHT;
+
+	if (!tt)
+		return;
+	if (tt->weight)
+		tree_task_quiescent(p);
+	tt->cgroup_id = task_cpu_cgroup_id(p);
+	tt->weight = weight;
+	__sync_fetch_and_add(&tree_runnable_weight, weight);
+	tree_add(tt->cgroup_id, weight);
+}
+
+/* @numerator / @denominator of a non-negative sum that may read low for an instant (races). */
+static __always_inline u64 share_of(u64 value, u32 numerator, s64 denominator)
+{
+	u64 d = denominator > (s64)numerator ? (u64)denominator : numerator;
+
+	return d ? value * numerator / d : value;
+}
+
+/*
+ * The weight (in 1/1024 units) to charge @p's run time at: W_eq from the top of this file, or
+ * 0 (charge at its class weight) when it is not counted in the tree.
+ */
+static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
+{
+	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
+	struct canopy_cgroup_node *node;
+	u64 share, total = tree_runnable_weight;
+	u32 weight;
+	int depth;
+
+	if (!tt || !tt->weight)
+		return 0;
+	node = tree_node(tt->cgroup_id);
+	if (!node)
+		return 0;
+	share = share_of(CPU_TREE_ONE, tt->weight, node->active_weight);
+	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
+		if (!node || !node->parent_id)
+			break;
+		weight = node->weight ?: CANOPY_DEFAULT_WEIGHT;
+		node = tree_node(node->parent_id);
+		if (!node)
+			break;
+		share = share_of(share, weight, node->active_weight);
+	}
+	if (total < tt->weight)
+		total = tt->weight;
+	share = share * total >> 10;
+	return share ?: 1;
+}
+
+/* ops.cpuctl_init: a cgroup with the cpu controller joins the tree (or is re-initialised). */
+static __always_inline void tree_cgroup_init(struct cgroup *cgrp, u32 weight)
+{
+	struct cgroup_subsys_state *parent_css = BPF_CORE_READ(cgrp, self.parent);
+	struct canopy_cgroup_node fresh = {}, *node;
+	u64 cgroup_id = BPF_CORE_READ(cgrp, kn, id);
+
+	if (parent_css) {
+		struct cgroup *parent = container_of(parent_css, struct cgroup, self);
+
+		fresh.parent_id = BPF_CORE_READ(parent, kn, id);
+	}
+	fresh.weight = weight ?: CANOPY_DEFAULT_WEIGHT;
+	node = tree_node(cgroup_id);
+	if (node) {
+		node->parent_id = fresh.parent_id;
+		node->weight = fresh.weight;
+		return;
+	}
+	if (bpf_map_update_elem(&cpu_tree, &cgroup_id, &fresh, BPF_NOEXIST) &&
+	    !tree_node(cgroup_id))
+		stat_inc(CANOPY_STAT_CPU_TREE_FULL);
+}
+
+/* ops.cpuctl_set_weight: a new cpu.weight; a busy cgroup corrects its parent's sum at once. */
+static __always_inline void tree_cgroup_set_weight(u64 cgroup_id, u32 weight)
+{
+	struct canopy_cgroup_node *node = tree_node(cgroup_id), *parent;
+	u32 before;
+
+	if (!node)
+		return;
+	node->weight = weight ?: 1;
+	if (node->active_weight <= 0 || !node->parent_id)
+		return;
+	parent = tree_node(node->parent_id);
+	if (!parent)
+		return;
+	before = __sync_lock_test_and_set(&node->weight_in_parent, node->weight);
+	__sync_fetch_and_add(&parent->active_weight, (s64)node->weight - (s64)before);
+}
+
+#endif /* CANOPY_CPU_TREE_BPF_H */

@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! Scenario: the cgroup v2 CPU contract holds in scx mode (issue 10). Cgroups without a child
+//! scheduler keep their place in the cpu.weight tree once canopy's root scheduler is loaded:
+//! (a) flat cgroups at 300:200:100 and (b) a nested tree, `p` (100) holding `p/a` (300) and
+//! `p/b` (100), beside `q` (100), two hogs in every leaf. The fair scheduler in classic `smp`
+//! group-share mode is measured first in the same boot as the reference. Shares are measured
+//! in the guest from each cgroup's cpu.stat, so host load slows the guest but does not skew
+//! the split.
+
+use std::time::Duration;
+
+/// Shares as fractions of the CPU time all groups of one split used, in the split's order.
+fn shares(split: &serde_json::Value) -> Vec<f64> {
+    split["groups"]
+        .as_array()
+        .map(|groups| {
+            groups
+                .iter()
+                .map(|group| group["share"].as_f64().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The largest distance, in percentage points, between @measured and @target.
+fn largest_error_points(measured: &[f64], target: &[f64]) -> f64 {
+    measured
+        .iter()
+        .zip(target)
+        .map(|(m, t)| (m - t).abs() * 100.0)
+        .fold(
+            if measured.len() == target.len() {
+                0.0
+            } else {
+                f64::NAN
+            },
+            f64::max,
+        )
+}
+
+const FLAT: &str = "--group fa:300:2 --group fb:200:2 --group fc:100:2";
+const NESTED: &str = "--group p/a:300:2 --group p/b:100:2 --group q:100:2";
+const FLAT_TARGET: [f64; 3] = [1.0 / 2.0, 1.0 / 3.0, 1.0 / 6.0];
+const NESTED_TARGET: [f64; 3] = [0.375, 0.125, 0.5];
+
+/// Issue 10 acceptance (a) and (b): under canopy's root scheduler (no policy group), each
+/// share within 3 percentage points of the classic `smp` target. The fair scheduler's figures
+/// in the same boot are printed as the reference, not gated: in `smp` mode it missed the nested
+/// target by 3.1 points in one run here (q 46.9% for 50%).
+#[test]
+fn root_tasks_in_cgroups_split_cpu_by_the_weight_tree() -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/p
+echo +cpu > /sys/fs/cgroup/p/cgroup.subtree_control
+echo 100 > /sys/fs/cgroup/p/cpu.weight
+canopy-guest cpu-split {FLAT} --seconds 8 --warmup 1 --fair-cgroup-mode smp --kind flat-fair
+canopy-guest cpu-split {NESTED} --seconds 8 --warmup 1 --fair-cgroup-mode smp --kind nested-fair
+canopy scheduler run > /tmp/root.log 2>&1 &
+ROOT=$!
+for i in $(seq 1 300); do
+  grep -q 'root scheduler enabled' /tmp/root.log 2>/dev/null && break
+  if ! kill -0 $ROOT 2>/dev/null; then cat /tmp/root.log; exit 1; fi
+  sleep 0.1
+done
+canopy-guest cpu-split {FLAT} --seconds 8 --warmup 1 --kind flat-canopy
+canopy-guest cpu-split {NESTED} --seconds 8 --warmup 1 --kind nested-canopy
+canopy-guest report root-after state="$(cat /sys/kernel/sched_ext/state)"
+canopy scheduler status --json --interval-ms 500 > /tmp/status.json || true
+canopy-guest report status status=@/tmp/status.json
+kill -TERM $ROOT; wait $ROOT || true
+cat /tmp/root.log
+"#
+    );
+    let outcome = crate::scenario("cpu-contract-tree")
+        .script(script)
+        .timeout(Duration::from_secs(400))
+        .run()?;
+    println!("{}", outcome.summary());
+    let root = outcome.result("root-after")?;
+    assert_eq!(root["state"], "enabled", "the root scheduler died: {root}");
+    let mut failures = Vec::new();
+    for (kind, target, gated) in [
+        ("flat-fair", FLAT_TARGET, false),
+        ("nested-fair", NESTED_TARGET, false),
+        ("flat-canopy", FLAT_TARGET, true),
+        ("nested-canopy", NESTED_TARGET, true),
+    ] {
+        let split = outcome.result(kind)?;
+        let measured = shares(split);
+        let error = largest_error_points(&measured, &target);
+        let relative = measured
+            .iter()
+            .zip(&target)
+            .map(|(m, t)| (m / t - 1.0).abs() * 100.0)
+            .fold(0.0, f64::max);
+        println!(
+            "{kind}: shares {:?} (target {:?}), largest error {error:.2} points ({relative:.1}% of its target), utilization {:.3}, mode {}",
+            measured
+                .iter()
+                .map(|s| format!("{:.3}", s))
+                .collect::<Vec<_>>(),
+            target
+                .iter()
+                .map(|s| format!("{:.3}", s))
+                .collect::<Vec<_>>(),
+            split["utilization"].as_f64().unwrap_or(f64::NAN),
+            split["fair_cgroup_mode"]
+        );
+        if gated && !(error <= 3.0) {
+            failures.push(format!("{kind}: largest error {error:.2} points: {split}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// Issue 10 acceptance (f), the schedulers' part: a state's ceiling reaches every cgroup below
+/// the one a group owns, including cgroups made after the policy loaded. `minimized` gets a
+/// BACKGROUND ceiling in `group_policy` (as the controller writes it for a `minimized` state);
+/// then `minimized/app/sub` is made and a cyclictest tagged USER_INTERACTIVE runs there: it is
+/// clamped (no preempting wakeups, the clamp counter grows). In the root cgroup it preempts.
+#[test]
+fn a_ceiling_reaches_cgroups_made_below_its_group_after_load() -> anyhow::Result<()> {
+    // group_policy value: weight, guarantee_pct, cap_pct, nr_admitted (4 x u32), admitted
+    // (4 x 32 bytes), ceiling_plus_one, floor_plus_one; BACKGROUND is id 4, so ceiling 5.
+    let script = r#"
+mkdir -p /sys/fs/cgroup/minimized
+canopy scheduler run --config /etc/canopy-sched.json > /tmp/root.log 2>&1 &
+ROOT=$!
+for i in $(seq 1 300); do grep -q 'root scheduler enabled' /tmp/root.log && break; sleep 0.1; done
+id=$(stat -c %i /sys/fs/cgroup/minimized)
+key=$(printf '%016x' $id | sed 's/../& /g' | awk '{for(i=8;i>=1;i--) printf "%s ", $i}')
+value="$(for i in $(seq 1 144); do printf '00 '; done)05 00 00 00 00 00 00 00"
+bpftool map update pinned /sys/fs/bpf/canopy/group_policy key hex $key value hex $value
+mkdir -p /sys/fs/cgroup/minimized/app/sub
+stats() { canopy scheduler status --json --interval-ms 10 | tr -d '\n '; }
+sh -c 'echo $$ > /sys/fs/cgroup/minimized/app/sub/cgroup.procs; exec canopy-guest hog --threads 2 --seconds 12' &
+sh -c 'echo $$ > /sys/fs/cgroup/minimized/app/sub/cgroup.procs; exec cyclictest -q -t1 -i 2000 -D 4 > /dev/null' &
+PROBE=$!
+canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 5 > /tmp/tag.log 2>&1
+sleep 3
+canopy-guest report inside status="$(stats)"
+wait $PROBE
+cyclictest -q -t1 -i 2000 -D 4 > /dev/null &
+PROBE=$!
+canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 5 > /tmp/tag.log 2>&1
+sleep 3
+canopy-guest report outside status="$(stats)"
+wait $PROBE
+kill -TERM $ROOT; wait $ROOT || true
+"#;
+    let outcome = crate::scenario("cpu-contract-ceiling-below")
+        .with_debian_tools(&["cyclictest", "bpftool"])
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            r#"{"default_class":"BACKGROUND"}"#,
+            0o644,
+        )
+        .timeout(Duration::from_secs(240))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let stats = |kind: &str| -> anyhow::Result<serde_json::Value> {
+        Ok(outcome.result(kind)?["status"]["stats"].clone())
+    };
+    let (inside, outside) = (stats("inside")?, stats("outside")?);
+    // Every path a preempting-class wakeup takes is counted once.
+    let wakeups = |stats: &serde_json::Value| -> u64 {
+        [
+            "wake_idle",
+            "wake_preempt_local",
+            "wake_preempt_remote",
+            "wake_queued",
+        ]
+        .iter()
+        .map(|path| stats[*path].as_u64().unwrap_or(0))
+        .sum()
+    };
+    let inside_clamped = inside["class_clamped"].as_u64().unwrap_or(0);
+    let inside_wakes = wakeups(&inside);
+    let outside_wakes = wakeups(&outside) - inside_wakes;
+    println!(
+        "two levels below the minimized cgroup: {inside_clamped} clamped lookups, {inside_wakes} \
+         preempting wakeups; in the root cgroup: {outside_wakes} preempting wakeups"
+    );
+    assert!(inside_clamped > 100, "{}", outcome.result("inside")?);
+    assert!(
+        inside_wakes < 10,
+        "a USER_INTERACTIVE task below a BACKGROUND ceiling still woke as a preempting class \
+         {inside_wakes} times"
+    );
+    assert!(
+        outside_wakes > 500,
+        "outside the minimized tree the task did not preempt ({outside_wakes})"
+    );
+    Ok(())
+}
