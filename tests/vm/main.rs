@@ -8,6 +8,7 @@ mod boot;
 mod canopy_cli;
 mod daemon_fallback;
 mod daemon_storm;
+mod debian_package;
 mod fair_baseline;
 mod harness;
 mod systemd_guest;
