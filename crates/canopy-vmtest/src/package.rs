@@ -16,7 +16,9 @@ use crate::paths::{repo_root, target_dir};
 pub fn debian_package(revision: u32) -> Result<PathBuf> {
     static PACKAGES: Mutex<BTreeMap<u32, std::result::Result<PathBuf, (String, String)>>> =
         Mutex::new(BTreeMap::new());
-    let mut packages = PACKAGES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut packages = PACKAGES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     packages
         .entry(revision)
         .or_insert_with(|| build(revision))
