@@ -12,10 +12,12 @@ use std::sync::Mutex;
 use crate::error::{Error, Result};
 use crate::paths::{repo_root, target_dir};
 
+/// A build's package path, or the command that failed and its output.
+type BuildResult = std::result::Result<PathBuf, (String, String)>;
+
 /// Path of `canopy_<version>-<revision>_amd64.deb`, built on first use.
 pub fn debian_package(revision: u32) -> Result<PathBuf> {
-    static PACKAGES: Mutex<BTreeMap<u32, std::result::Result<PathBuf, (String, String)>>> =
-        Mutex::new(BTreeMap::new());
+    static PACKAGES: Mutex<BTreeMap<u32, BuildResult>> = Mutex::new(BTreeMap::new());
     let mut packages = PACKAGES
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -26,7 +28,7 @@ pub fn debian_package(revision: u32) -> Result<PathBuf> {
         .map_err(|(command, stderr)| Error::Package { command, stderr })
 }
 
-fn build(revision: u32) -> std::result::Result<PathBuf, (String, String)> {
+fn build(revision: u32) -> BuildResult {
     let script = repo_root().join("scripts/build-deb.sh");
     let command_text = format!(
         "bash {} --deb-revision {revision} (CARGO_TARGET_DIR={})",
