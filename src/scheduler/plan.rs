@@ -102,6 +102,7 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn plan_groups_become_scheduler_groups_for_existing_cgroups() {
