@@ -1,5 +1,6 @@
-//! `canopy run`: the binary glue around `canopy_controller::daemon`. Reads the policy once for
-//! the daemon settings (socket, metrics address, mode; flags override them), sets up logging
+//! `canopy run`: the binary glue around `canopy_controller::daemon`. Compiles the policy once
+//! through the daemon's loader and hands that plan to the daemon (its `[daemon]` settings give
+//! the socket, metrics address and mode; flags override them), sets up logging
 //! (journald-friendly `<N>` priority prefixes when stderr is the journal), starts the tokio
 //! runtime and runs the daemon until SIGTERM/SIGINT. All daemon logic lives in the crate.
 
@@ -7,8 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
-use canopy_controller::daemon::{self, DaemonOptions, ModeChoice};
-use canopy_controller::policy_adapter::{load_compiled, loader};
+use canopy_controller::daemon::{Daemon, DaemonOptions};
+use canopy_controller::policy_adapter::loader;
+use canopy_policy::DaemonMode;
 
 /// Arguments of `canopy run`.
 #[derive(Debug, clap::Args)]
@@ -21,7 +23,7 @@ pub struct RunArgs {
     /// Backend: auto (scx when the kernel has sched_ext sub-schedulers), scx, or fallback.
     /// Default: the policy's `daemon.mode`.
     #[arg(long)]
-    pub mode: Option<String>,
+    pub mode: Option<DaemonMode>,
     /// Serve Prometheus metrics on this address (`GET /metrics`). Default: the policy's
     /// `daemon.metrics_address`.
     #[arg(long)]
@@ -29,7 +31,7 @@ pub struct RunArgs {
     /// Control socket path. Default: the policy's `daemon.socket_path`.
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// cgroup2 mount (detected from /proc/self/mounts when absent).
+    /// cgroup2 mount (detected from the mount table when absent).
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
     /// Manage only this cgroup subtree (relative to the cgroup2 root), e.g. for a staged rollout.
@@ -98,15 +100,15 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     if args.policy.is_empty() {
         args.policy.push(PathBuf::from("/etc/canopy"));
     }
-    let compiled =
-        load_compiled(&args.policy).map_err(|e| anyhow!("the policy does not compile:\n{e}"))?;
-    let settings = compiled.inner().daemon().clone();
-    drop(compiled);
-    let mode = match args.mode {
-        Some(m) => m,
-        None => format!("{:?}", settings.mode).to_lowercase(),
-    };
-    let mode: ModeChoice = mode.parse().map_err(|e: String| anyhow!(e))?;
+    // The one compile of this start: the daemon starts from this plan (and its `[daemon]`
+    // settings are read from it); reloads go through the same loader.
+    let loader = loader(args.policy.clone());
+    let plan = loader().map_err(|e| anyhow!("the policy does not compile:\n{e}"))?;
+    let settings = plan
+        .compiled()
+        .map(|compiled| compiled.daemon().clone())
+        .context("the policy loader returned no compiled policy")?;
+    let mode = args.mode.unwrap_or(settings.mode);
     let socket = args
         .socket
         .unwrap_or_else(|| PathBuf::from(&settings.socket_path));
@@ -118,7 +120,8 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         ),
         (None, None) => None,
     };
-    let mut opts = DaemonOptions::new(loader(args.policy.clone()), socket);
+    let mut opts = DaemonOptions::new(loader, socket);
+    opts.initial_plan = Some(plan);
     opts.watch_paths = args.policy;
     opts.mode = mode;
     opts.metrics_listen = metrics;
@@ -127,7 +130,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     opts.state_file = Some(args.state_file);
     // scx mode: the schedulers run on a thread of their own; the daemon writes their maps.
     let schedulers = crate::scheduler::daemon_link::SchedulerThread::default();
-    opts.scx = Some(schedulers.factory(opts.watch_paths.clone()));
+    opts.scx = Some(schedulers.factory());
     // Both modes: cgroup moves through BPF where the kernel allows it (inotify otherwise).
     opts.move_watcher = Some(crate::scheduler::move_watch::factory());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -136,7 +139,8 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         .thread_name("canopy-daemon")
         .build()
         .context("starting the async runtime")?;
-    let report = rt.block_on(daemon::run(opts, std::future::pending()));
+    let report =
+        rt.block_on(async { Daemon::start(opts).await?.run(std::future::pending()).await });
     // Unload the schedulers (every task back to the fair scheduler) whatever the daemon's end.
     schedulers.stop();
     let report = report.context("canopy daemon")?;

@@ -56,9 +56,9 @@ enum Command {
         /// each group owns on this machine.
         #[arg(long)]
         explain: bool,
-        /// cgroup2 mount to look for existing cgroups (with --explain).
-        #[arg(long, default_value = "/sys/fs/cgroup")]
-        cgroup_root: PathBuf,
+        /// cgroup2 mount to look for existing cgroups (with --explain; detected when absent).
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
     },
     /// Show the semantic difference between two policies (classes, rules, groups).
     Diff {
@@ -102,6 +102,17 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
     },
+    /// A live terminal view of canopy: groups and their state, CPU share against target, task
+    /// counts, the sched_ext hierarchy, wakeup and refusal counters; refreshed every interval.
+    ///
+    /// Works without the daemon (the scheduler part alone). q, Esc or Ctrl-C quits.
+    Top {
+        #[command(flatten)]
+        socket: commands::ctl::SocketArg,
+        /// Refresh interval (and the span CPU shares are measured over), in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
     /// Print a shell completion script.
     Completions {
         /// Shell to generate for.
@@ -139,7 +150,7 @@ enum BenchCommand {
 fn main() -> ExitCode {
     // Hidden debug commands over the BPF loader (`canopy scheduler --help`), used by the VM tests.
     if std::env::args().nth(1).as_deref() == Some("scheduler") {
-        return match scheduler::cli::main(std::env::args_os().skip(1)) {
+        return match scheduler::debug_cli::main(std::env::args_os().skip(1)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("Error: {error:#}");
@@ -154,7 +165,7 @@ fn main() -> ExitCode {
             paths,
             explain,
             cgroup_root,
-        } => commands::compile::run(&paths, explain, &cgroup_root),
+        } => commands::compile::run(&paths, explain, cgroup_root.as_deref()),
         Command::Diff { old, new } => commands::diff::run(&old, &new),
         Command::Import(ImportCommand::Schedqos { dir }) => commands::import::schedqos(&dir),
         Command::Run(args) => daemon_cli::run(args).map(|()| ExitCode::SUCCESS),
@@ -165,6 +176,10 @@ fn main() -> ExitCode {
             json,
             interval_ms,
         } => commands::status::run(&socket.socket, json, Duration::from_millis(interval_ms)),
+        Command::Top {
+            socket,
+            interval_ms,
+        } => commands::top::run(&socket.socket, Duration::from_millis(interval_ms)),
         Command::Completions { shell } => commands::generate::completions(shell),
         Command::Man => commands::generate::man(),
         Command::Bench(BenchCommand::Policy { rules, groups }) => {

@@ -52,8 +52,27 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn shipped_policies_check_clean() {
-    for name in ["default", "desktop", "multi-tenant", "build-farm"] {
-        let path = repo(&format!("policies/{name}.toml"));
+    // Every file in policies/, so a new shipped policy is checked without being listed here.
+    let mut names: Vec<String> = fs::read_dir(repo("policies"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".toml"))
+        .collect();
+    names.sort();
+    for expected in [
+        "build-farm.toml",
+        "default.toml",
+        "desktop.toml",
+        "kubernetes.toml",
+        "multi-tenant.toml",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "policies/{expected} is missing: {names:?}"
+        );
+    }
+    for name in names {
+        let path = repo(&format!("policies/{name}"));
         let output = canopy(&["check", &path]);
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(0), "{name}: {text}");

@@ -4,7 +4,9 @@
 //! RELOADING=1 then READY=1 on SIGHUP, and on SIGTERM send STOPPING=1, restore the workload's
 //! attributes, remove its socket and exit 0. Also through the binary: `mode = "auto"` without
 //! sched_ext (fallback, and `status` says why), `ctl tag --pid/--tid` and its errors, per-group
-//! CPU in `ctl metrics`, and `deploy/window-managers/canopy-wm-state` against a real daemon.
+//! CPU in `ctl metrics`, `deploy/window-managers/canopy-wm-state` against a real daemon, a real
+//! Prometheus server scraping the daemon with `deploy/prometheus/` rules loaded, and `canopy
+//! top` driven in tmux.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -349,15 +351,15 @@ impl CliDaemon {
         pid
     }
 
-    /// Spawns a busy loop (`sh`, spinning) in the scope's cgroup.
-    fn spawn_busy(&mut self) -> u32 {
+    /// Spawns a busy loop (`sh`, spinning) in the scope's cgroup `sub` ("" = the scope itself).
+    fn spawn_busy_in(&mut self, sub: &str) -> u32 {
         let child = Command::new("sh")
             .args(["-c", "while :; do :; done"])
             .spawn()
             .unwrap();
         let pid = child.id();
         self.workloads.push(child);
-        std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
+        std::fs::write(self.cgroup.join(sub).join("cgroup.procs"), pid.to_string()).unwrap();
         pid
     }
 }
@@ -412,7 +414,7 @@ fn auto_mode_without_sched_ext_picks_fallback_and_status_says_why() {
         // auto would load the schedulers machine-wide; the VM scenario
         // daemon_in_scx_mode_tags_survives_sigkill_and_restarts covers auto picking scx.
         eprintln!(
-            "skipped: this kernel has sched_ext (auto picks scx; covered in tests/daemon_vm.rs)"
+            "skipped: this kernel has sched_ext (auto picks scx; covered in tests/vm/daemon_scx.rs)"
         );
         return;
     }
@@ -530,14 +532,15 @@ fn ctl_tag_applies_the_class_and_refuses_unknown_class_or_pid() {
     );
 }
 
-/// The value of `canopy_group_cpu_usage_usec_total` for `cgroup` in Prometheus text.
+/// The value of `canopy_group_cpu_usage_seconds_total` for `cgroup` in Prometheus text, in µs.
 fn group_cpu_usage(metrics: &str, cgroup: &str) -> Option<u64> {
-    let label = format!("canopy_group_cpu_usage_usec_total{{cgroup=\"{cgroup}\",");
+    let label = format!("canopy_group_cpu_usage_seconds_total{{cgroup=\"{cgroup}\",");
     metrics
         .lines()
         .find(|l| l.starts_with(&label))
         .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|seconds| (seconds * 1e6).round() as u64)
 }
 
 /// CPU time (utime + stime) of a process from /proc/PID/stat, in µs.
@@ -559,7 +562,7 @@ fn ctl_metrics_reports_growing_cpu_usage_of_a_busy_group() {
     }
     let mut d = CliDaemon::prepare("cpu", "[groups.busy]\npath = \"{scope}\"\n", &[]);
     d.start(&["--mode", "fallback"]);
-    let busy = d.spawn_busy();
+    let busy = d.spawn_busy_in("");
     let metrics = || String::from_utf8_lossy(&d.canopy(&["ctl", "metrics"]).stdout).into_owned();
     std::thread::sleep(Duration::from_millis(300));
     let first = metrics();
@@ -583,7 +586,7 @@ fn ctl_metrics_reports_growing_cpu_usage_of_a_busy_group() {
         after + 20_000 >= task_cpu_usec,
         "group usage {after} µs is below its task's own {task_cpu_usec} µs"
     );
-    assert!(first.contains("# TYPE canopy_group_cpu_usage_usec_total counter"));
+    assert!(first.contains("# TYPE canopy_group_cpu_usage_seconds_total counter"));
 }
 
 /// Removes, deepest first, the cgroup directories a test made (and only those) when dropped.
@@ -712,4 +715,289 @@ fn canopy_wm_state_switches_the_state_of_a_process_cgroup() {
         "{bad:?}"
     );
     assert_eq!(group_state(), "focused");
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server that uses it).
+fn free_local_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// `GET path` over HTTP/1.0 on 127.0.0.1:`port`; the body, or None when nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    reply
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+/// Percent-encodes a PromQL expression for a query string.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A Prometheus server (Debian's `prometheus`) on 127.0.0.1 with a scratch database, killed
+/// when dropped.
+struct PrometheusServer {
+    child: Child,
+    port: u16,
+}
+
+impl PrometheusServer {
+    /// Starts it with `config` written into `dir`, and waits until it answers.
+    fn start(dir: &Path, config: &str) -> PrometheusServer {
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let port = free_local_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus is installed (scripts/install-deps.sh)");
+        let server = PrometheusServer { child, port };
+        assert!(
+            wait_until(Duration::from_secs(30), || http_get(port, "/-/ready")
+                .is_some_and(|b| b.contains("Ready"))),
+            "prometheus did not become ready:\n{}",
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        );
+        server
+    }
+
+    /// `/api/v1/query` of `expr`, as JSON.
+    fn query(&self, expr: &str) -> serde_json::Value {
+        let body = http_get(
+            self.port,
+            &format!("/api/v1/query?query={}", url_encode(expr)),
+        )
+        .unwrap_or_default();
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("query {expr}: {e}: {body}"))
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A real Prometheus server scrapes a running daemon (fallback mode) with canopy's rules
+/// loaded: the exposition passes `promtool check metrics`, the per-group share recording rule
+/// returns a value for both busy groups (and the shares sum to 1), and every expression of the
+/// Grafana dashboard is valid PromQL that the server evaluates.
+#[test]
+fn prometheus_scrapes_the_daemon_and_answers_a_per_group_share_query() {
+    if !can_run_as_root() {
+        return;
+    }
+    let mut d = CliDaemon::prepare(
+        "prom",
+        "[groups.build]\npath = \"{scope}/build\"\nweight = 200\n\n\
+         [groups.apps]\npath = \"{scope}/apps\"\nweight = 100\n",
+        &["build", "apps"],
+    );
+    let metrics_port = free_local_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    d.start(&["--mode", "fallback", "--metrics-listen", &listen]);
+    d.spawn_busy_in("build");
+    d.spawn_busy_in("apps");
+
+    let mut exposition = String::new();
+    let served = wait_until(Duration::from_secs(10), || {
+        exposition = http_get(metrics_port, "/metrics").unwrap_or_default();
+        exposition.contains("canopy_group_cpu_usage_seconds_total{")
+    });
+    assert!(
+        served,
+        "no per-group CPU on {listen}/metrics:\n{exposition}\n{}",
+        d.log()
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/install-deps.sh)");
+    {
+        use std::io::Write;
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(exposition.as_bytes())
+            .unwrap();
+    }
+    let lint = promtool.wait_with_output().unwrap();
+    assert!(
+        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
+        "promtool check metrics: {lint:?}\n{exposition}"
+    );
+
+    let rules = repo_file("deploy/prometheus/canopy-rules.yml");
+    let server = PrometheusServer::start(
+        &d.dir,
+        &format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: canopy\n    static_configs:\n      - targets: [\"{listen}\"]\n",
+            rules.display()
+        ),
+    );
+    let mut shares = serde_json::Value::Null;
+    let answered = wait_until(Duration::from_secs(60), || {
+        shares = server.query("canopy:group_cpu_share:ratio");
+        shares["data"]["result"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+    });
+    assert!(answered, "no per-group share after 60 s: {shares}");
+    let result = shares["data"]["result"].as_array().unwrap();
+    let mut total = 0.0;
+    for series in result {
+        let value: f64 = series["value"][1].as_str().unwrap().parse().unwrap();
+        println!(
+            "share of {} ({}): {value:.3}",
+            series["metric"]["group"], series["metric"]["cgroup"]
+        );
+        assert!((0.0..=1.0).contains(&value), "{series}");
+        total += value;
+    }
+    assert!(
+        (total - 1.0).abs() < 1e-6,
+        "shares sum to {total}: {shares}"
+    );
+    let up = server.query("up{job=\"canopy\"}");
+    assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("deploy/prometheus/canopy-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap().replace("$instance", ".*");
+            let answer = server.query(&expr);
+            assert_eq!(
+                answer["status"], "success",
+                "panel {}: {expr}: {answer}",
+                panel["title"]
+            );
+        }
+    }
+}
+
+/// `canopy top` in tmux against a running daemon: it shows the managed groups with their
+/// weights and the daemon's mode, and `q` exits 0 with the terminal restored (the alternate
+/// screen left, so the shell's own output is back).
+#[test]
+fn canopy_top_shows_the_groups_and_quits_on_q() {
+    if !can_run_as_root() {
+        return;
+    }
+    let mut d = CliDaemon::prepare(
+        "top",
+        "[groups.build]\npath = \"{scope}/build\"\nweight = 200\n\n\
+         [groups.apps]\npath = \"{scope}/apps\"\nweight = 100\n",
+        &["build", "apps"],
+    );
+    d.start(&["--mode", "fallback"]);
+    d.spawn_busy_in("build");
+    d.spawn_sleep_in("apps");
+    let session = format!("canopy-top-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &session])
+            .args(args)
+            .output()
+            .expect("tmux is installed (scripts/install-deps.sh)")
+    };
+    struct KillServer<F: Fn(&[&str]) -> Output>(F);
+    impl<F: Fn(&[&str]) -> Output> Drop for KillServer<F> {
+        fn drop(&mut self) {
+            (self.0)(&["kill-server"]);
+        }
+    }
+    let tmux = KillServer(tmux);
+    let command = format!(
+        "echo before-top; {} top --socket {}; echo top-exited-$?; sleep 60",
+        env!("CARGO_BIN_EXE_canopy"),
+        d.socket()
+    );
+    let started = (tmux.0)(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "150",
+        "-y",
+        "30",
+        &command,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    let screen = || {
+        String::from_utf8_lossy(&(tmux.0)(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    };
+    let build = format!("{}/build", d.scope);
+    let apps = format!("{}/apps", d.scope);
+    let mut shown = String::new();
+    let rows_with_rates = wait_until(Duration::from_secs(20), || {
+        shown = screen();
+        let row = |cgroup: &str, weight: &str| {
+            shown
+                .lines()
+                .any(|l| l.contains(cgroup) && l.contains(weight) && l.contains('%'))
+        };
+        row(&build, "200") && row(&apps, "100")
+    });
+    println!("{shown}");
+    assert!(
+        rows_with_rates,
+        "groups with weights and shares not shown:\n{shown}"
+    );
+    assert!(shown.contains("daemon: fallback"), "{shown}");
+    assert!(shown.contains("managed groups (2)"), "{shown}");
+    assert!(shown.contains("tasks by class: "), "{shown}");
+    assert!(
+        !shown.contains("before-top"),
+        "top did not take the alternate screen:\n{shown}"
+    );
+
+    (tmux.0)(&["send-keys", "-t", "top", "q"]);
+    let exited = wait_until(Duration::from_secs(10), || {
+        shown = screen();
+        shown.contains("top-exited-")
+    });
+    assert!(exited, "top did not quit on q:\n{shown}");
+    assert!(shown.contains("top-exited-0"), "{shown}");
+    assert!(
+        shown.contains("before-top"),
+        "the terminal was not restored (the normal screen is not back):\n{shown}"
+    );
 }

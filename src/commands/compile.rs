@@ -12,17 +12,24 @@ use canopy_policy::Cap;
 use canopy_policy::GroupSettings;
 use canopy_policy::Plan;
 use canopy_policy::Scheduler;
+use canopy_sys::cgroup::Cgroup;
 
 use super::load_and_compile;
 
 /// Deepest cgroup level walked.
-const MAX_CGROUP_DEPTH: usize = 16;
+const MAX_CGROUP_LEVELS: usize = 16;
 /// Most cgroups listed.
 const MAX_CGROUPS: usize = 100_000;
 /// Most cgroups printed per group.
 const SHOWN_PER_GROUP: usize = 10;
 
-pub(crate) fn run(paths: &[PathBuf], explain: bool, cgroup_root: &Path) -> Result<ExitCode> {
+pub(crate) fn run(
+    paths: &[PathBuf],
+    explain: bool,
+    cgroup_root: Option<&Path>,
+) -> Result<ExitCode> {
+    let cgroup_root =
+        cgroup_root.unwrap_or_else(|| canopy_sys::cgroup::CgroupHierarchy::system().mount_point());
     let Some(compiled) = load_and_compile(paths)? else {
         return Ok(ExitCode::from(1));
     };
@@ -41,32 +48,9 @@ pub(crate) fn run(paths: &[PathBuf], explain: bool, cgroup_root: &Path) -> Resul
 
 /// cgroup paths under `root`, relative to it; None when `root` is not a readable cgroup2 mount.
 fn existing_cgroups(root: &Path) -> Option<Vec<String>> {
-    if !root.join("cgroup.controllers").exists() {
-        return None;
-    }
-    std::fs::read_dir(root).ok()?;
-    let mut found = Vec::new();
-    let mut stack = vec![(root.to_path_buf(), 0usize)];
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let path = entry.path();
-            if let Ok(relative) = path.strip_prefix(root) {
-                found.push(relative.to_string_lossy().into_owned());
-            }
-            if found.len() >= MAX_CGROUPS {
-                return Some(found);
-            }
-            if depth + 1 < MAX_CGROUP_DEPTH {
-                stack.push((path, depth + 1));
-            }
-        }
-    }
+    let mount = Cgroup::from_dir(root);
+    mount.controllers().ok()?;
+    let mut found = mount.descendants(MAX_CGROUP_LEVELS, MAX_CGROUPS);
     found.sort();
     Some(found)
 }

@@ -10,6 +10,7 @@ pub(crate) mod generate;
 pub(crate) mod import;
 pub(crate) mod run;
 pub(crate) mod status;
+pub(crate) mod top;
 
 use std::path::PathBuf;
 

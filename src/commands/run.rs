@@ -5,16 +5,14 @@
 //! (the controller) is the next issue; until then untagged tasks take the policy's default class.
 //! The scheduler side lives in `crate::scheduler`; this file is only the glue from the Plan.
 
-use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 
 use super::load_and_compile;
-use crate::scheduler::cli::run_with_refresh;
-use crate::scheduler::kernel::CGROUP2_ROOT;
 use crate::scheduler::plan::config_from_plan;
+use crate::scheduler::supervisor::run_with_refresh;
 
 pub(crate) fn run(paths: &[PathBuf]) -> Result<ExitCode> {
     let Some(compiled) = load_and_compile(paths)? else {
@@ -24,7 +22,13 @@ pub(crate) fn run(paths: &[PathBuf]) -> Result<ExitCode> {
     let nr_cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
-    let refresh = || config_from_plan(&plan, Path::new(CGROUP2_ROOT), nr_cpus);
+    let refresh = || {
+        config_from_plan(
+            &plan,
+            canopy_sys::cgroup::CgroupHierarchy::system().mount_point(),
+            nr_cpus,
+        )
+    };
     let config = refresh();
     config.validate()?;
     println!(

@@ -43,6 +43,9 @@ pub struct SystemStatus {
     pub daemon_error: Option<String>,
     /// `/sys/kernel/sched_ext/state` (`absent` without sched_ext).
     pub sched_ext_state: String,
+    /// canopy-sys's kernel probe: each check (sched_ext, cid-form ops, sub-scheduler kfuncs)
+    /// and whether canopy's schedulers can run, or which check failed.
+    pub kernel_support: String,
     /// The scheduler hierarchy, when a sched_ext scheduler is loaded.
     pub hierarchy: Option<Hierarchy>,
 }
@@ -67,6 +70,7 @@ impl SystemStatus {
             daemon,
             daemon_error,
             sched_ext_state: hierarchy.state.clone(),
+            kernel_support: canopy_sys::sched_ext::KernelSupport::probe().summary(),
             hierarchy: hierarchy.is_loaded().then_some(hierarchy),
         })
     }
@@ -82,6 +86,7 @@ impl SystemStatus {
                     self.daemon_error.as_deref().unwrap_or("no reply"),
                     self.sched_ext_state
                 );
+                let _ = writeln!(out, "kernel: {}", self.kernel_support);
                 return out;
             }
             (Some(snapshot), _) => out.push_str(&snapshot.render_table()),
@@ -94,6 +99,7 @@ impl SystemStatus {
             }
         }
         out.push_str("\nschedulers:\n");
+        let _ = writeln!(out, "  kernel: {}", self.kernel_support);
         match &self.hierarchy {
             Some(hierarchy) => out.push_str(&hierarchy.table()),
             None => {

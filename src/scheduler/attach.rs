@@ -163,7 +163,7 @@ impl<S: SchedulerSkel> Registered<S> {
     /// The cgroup directory it is attached to (the cgroup2 root for the root scheduler).
     pub fn cgroup(&self) -> &Path {
         match &self.place {
-            Place::Root => Path::new(kernel::CGROUP2_ROOT),
+            Place::Root => canopy_sys::cgroup::CgroupHierarchy::system().mount_point(),
             Place::Cgroup { path, .. } => path,
         }
     }

@@ -23,7 +23,6 @@ use super::attach::Place;
 use super::attach::Registered;
 use super::bpf_intf;
 use super::kernel;
-use super::root::PIN_DIR;
 use super::skel::child::CanopyChildSkel;
 use super::skel::child::CanopyChildSkelBuilder;
 use super::SchedulerError;
@@ -88,7 +87,7 @@ pub fn attach_child(
     {
         let ops = open.struct_ops.canopy_child_ops_mut();
         ops.sub_cgroup_id = cgroup_id;
-        ops.hotplug_seq = kernel::hotplug_seq();
+        ops.hotplug_seq = canopy_sys::sched_ext::hotplug_seq();
         ops.exit_dump_len = bpf_intf::CANOPY_EXIT_DUMP_LEN;
         if let Some(name) = &options.ops_name {
             ops.name = [0; 128];
@@ -105,7 +104,7 @@ pub fn attach_child(
         ("move_stamps", &mut open.maps.move_stamps),
         ("move_log", &mut open.maps.move_log),
     ] {
-        let pinned = Path::new(PIN_DIR).join(name);
+        let pinned = canopy_sys::sched_ext::pinned_map(name);
         if pinned.exists() {
             map.reuse_pinned_map(&pinned)
                 .map_err(|e| SchedulerError::Load(format!("sharing {}: {e}", pinned.display())))?;

@@ -1,13 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The seam between the controller daemon and the BPF schedulers in scx mode. The daemon asks
-//! for an `ScxMaps` (the controller's port for map writes); this module answers by starting the
-//! scheduler supervisor (root plus child schedulers, from the compiled Plan) on a thread of its
-//! own, waiting until the root is enabled and its maps are pinned, and then writing the
+//! for an `ScxMaps` (the controller's port for map writes) with its plan; this module answers by
+//! starting the scheduler supervisor (root plus child schedulers, from that same Plan: the loader
+//! never compiles the policy itself) on a thread of its own, waiting until the root is enabled and its maps are pinned, and then writing the
 //! daemon's decisions into those pinned maps. A successful reload hands the supervisor the new
 //! plan and waits until its group setup (policy entries, admission, canopy children) follows.
 //! `SchedulerThread::stop` unloads everything, which hands every task back to the fair scheduler.
-use std::path::Path;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -19,21 +17,19 @@ use std::time::Duration;
 use canopy_controller::daemon::ScxFactory;
 use canopy_controller::plan::PolicyPlan;
 use canopy_controller::plan::ScxGroupPolicy;
-use canopy_controller::policy_adapter::CompiledPlan;
 use canopy_controller::scx::ScxMaps;
+use canopy_controller::stats::PreemptingWakeups;
 use libbpf_rs::MapCore;
 use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
 
+use super::bpf_bytes::as_bytes;
+use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
-use super::cli::supervise;
-use super::cli::ReloadRequest;
 use super::config::SchedulerConfig;
-use super::kernel::CGROUP2_ROOT;
 use super::plan::config_from_plan;
-use super::root::as_bytes;
-use super::root::from_bytes;
-use super::root::PIN_DIR;
+use super::supervisor::supervise;
+use super::supervisor::ReloadRequest;
 
 /// How long the daemon waits for the root scheduler to load and enable (TCG guests are slow).
 const ENABLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,24 +51,24 @@ pub struct SchedulerThread {
 /// The supervisor's configuration for `plan` and the cgroups that exist now.
 fn config_for(plan: &dyn PolicyPlan, nr_cpus: u32) -> SchedulerConfig {
     match plan.compiled() {
-        Some(plan) => config_from_plan(plan, Path::new(CGROUP2_ROOT), nr_cpus),
+        Some(plan) => config_from_plan(
+            plan,
+            canopy_sys::cgroup::CgroupHierarchy::system().mount_point(),
+            nr_cpus,
+        ),
         None => SchedulerConfig::default(),
     }
 }
 
 impl SchedulerThread {
-    /// A factory for the daemon: when called (only in scx mode) it compiles the policy at
-    /// `policy_paths`, starts the supervisor and returns map writers once the root is enabled.
-    pub fn factory(&self, policy_paths: Vec<PathBuf>) -> ScxFactory {
+    /// A factory for the daemon: when called (only in scx mode) with the daemon's plan, it
+    /// starts the supervisor on that plan and returns map writers once the root is enabled.
+    pub fn factory(&self) -> ScxFactory {
         let this = self.clone();
-        Box::new(move || this.start(policy_paths))
+        Box::new(move |plan| this.start(Arc::clone(plan)))
     }
 
-    fn start(&self, policy_paths: Vec<PathBuf>) -> Result<Box<dyn ScxMaps>, String> {
-        let compiled = crate::commands::load_and_compile(&policy_paths)
-            .map_err(|e| format!("{e:#}"))?
-            .ok_or_else(|| "the policy does not compile".to_string())?;
-        let plan: Arc<dyn PolicyPlan> = Arc::new(CompiledPlan::new(compiled.plan));
+    fn start(&self, plan: Arc<dyn PolicyPlan>) -> Result<Box<dyn ScxMaps>, String> {
         let current: CurrentPlan = Arc::new(Mutex::new(plan));
         let (reload_sender, reloads) = mpsc::channel::<ReloadRequest>();
         let nr_cpus = std::thread::available_parallelism()
@@ -147,8 +143,12 @@ struct PinnedMaps {
 impl PinnedMaps {
     fn open(current: CurrentPlan, reloads: mpsc::Sender<ReloadRequest>) -> Result<Self, String> {
         let open = |name: &str| {
-            MapHandle::from_pinned_path(Path::new(PIN_DIR).join(name))
-                .map_err(|e| format!("opening pinned map {PIN_DIR}/{name}: {e}"))
+            MapHandle::from_pinned_path(canopy_sys::sched_ext::pinned_map(name)).map_err(|e| {
+                format!(
+                    "opening pinned map {}: {e}",
+                    canopy_sys::sched_ext::pinned_map(name).display()
+                )
+            })
         };
         Ok(PinnedMaps {
             task_classes: open("task_classes")?,
@@ -216,7 +216,32 @@ impl ScxMaps for PinnedMaps {
     }
 
     fn refused_attaches(&self) -> u64 {
-        let index = bpf_intf::CANOPY_STAT_REFUSED;
+        self.stat(bpf_intf::CANOPY_STAT_REFUSED)
+    }
+
+    fn preempting_wakeups(&self) -> Option<PreemptingWakeups> {
+        use bpf_intf::*;
+        let sum = |stats: &[u32]| stats.iter().map(|&index| self.stat(index)).sum();
+        Some(PreemptingWakeups {
+            total: sum(&[
+                CANOPY_STAT_WAKE_IDLE,
+                CANOPY_STAT_WAKE_PREEMPT_LOCAL,
+                CANOPY_STAT_WAKE_PREEMPT_REMOTE,
+                CANOPY_STAT_WAKE_QUEUED,
+            ]),
+            late: sum(&[
+                CANOPY_STAT_WAKE_IDLE_SLOW,
+                CANOPY_STAT_WAKE_PREEMPT_LOCAL_SLOW,
+                CANOPY_STAT_WAKE_PREEMPT_REMOTE_SLOW,
+                CANOPY_STAT_WAKE_QUEUED_SLOW,
+            ]),
+        })
+    }
+}
+
+impl PinnedMaps {
+    /// One of the root's counters, summed over CPUs (0 when unreadable).
+    fn stat(&self, index: u32) -> u64 {
         self.stats
             .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
             .ok()

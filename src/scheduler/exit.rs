@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use super::bpf_bytes::c_string;
 use super::bpf_intf::canopy_exit_info;
 use super::kernel::EXIT_KIND_NAME_PREFIX;
-use super::root::c_string;
 
 /// Exit code layout (kernel internal.h): user [31:0], reason [47:32], action [63:48].
 const ECODE_USER_MASK: i64 = 0xffff_ffff;

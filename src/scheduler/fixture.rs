@@ -41,7 +41,7 @@ pub fn attach_fixture(cgroup: &Path) -> Result<ForeignFixture, SchedulerError> {
     {
         let ops = open.struct_ops.foreign_fifo_ops_mut();
         ops.sub_cgroup_id = cgroup_id;
-        ops.hotplug_seq = kernel::hotplug_seq();
+        ops.hotplug_seq = canopy_sys::sched_ext::hotplug_seq();
     }
     let skel = open.load().map_err(load_err("loading foreign_fifo"))?;
     kernel::associate_programs(skel.object(), "foreign_fifo_ops")?;
@@ -72,7 +72,7 @@ pub fn attach_restart_fixture(
     let rodata = open.maps.rodata_data.as_deref_mut().expect("rodata");
     rodata.canopy_kconst.copy_from_slice(&kernel_consts.kconsts);
     rodata.restart_after_dispatches = restart_after_dispatches;
-    open.struct_ops.restart_once_ops_mut().hotplug_seq = kernel::hotplug_seq();
+    open.struct_ops.restart_once_ops_mut().hotplug_seq = canopy_sys::sched_ext::hotplug_seq();
     let skel = open.load().map_err(load_err("loading restart_once"))?;
     kernel::associate_programs(skel.object(), "restart_once_ops")?;
     Registered::attach(skel, kernel_consts.enums, "restart_once", Place::Root)

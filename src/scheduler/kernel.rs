@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! What the loader must learn from, or do to, the running kernel around any sched_ext
 //! scheduler: the enum values our BPF reads from rodata (resolved from vmlinux BTF, never
-//! compiled in), `hotplug_seq`, the sysfs state, cgroup ids, and associating non-struct_ops
-//! programs with their ops map (libbpf 1.7 `bpf_program__assoc_struct_ops`).
+//! compiled in), the support check and cgroup ids (both through canopy-sys), and associating
+//! non-struct_ops programs with their ops map (libbpf 1.7 `bpf_program__assoc_struct_ops`).
 use std::collections::HashMap;
-use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::path::PathBuf;
+
+use canopy_sys::cgroup::Cgroup;
+use canopy_sys::cgroup::CgroupHierarchy;
+use canopy_sys::sched_ext::KernelSupport;
 
 use libbpf_rs::btf::types::Enum;
 use libbpf_rs::btf::types::Enum64;
@@ -20,8 +22,6 @@ use libbpf_rs::ProgramType;
 use super::bpf_intf::KCONST_NAMES;
 use super::SchedulerError;
 
-pub const SCHED_EXT_SYSFS: &str = "/sys/kernel/sched_ext";
-pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
 /// Prefix under which `kernel_enums` also files the members of `enum scx_exit_kind`.
 pub const EXIT_KIND_NAME_PREFIX: &str = "exit-kind-name:";
 
@@ -69,93 +69,30 @@ pub fn resolve_kconsts(enums: &HashMap<String, u64>) -> Result<Vec<u64>, Schedul
         .collect()
 }
 
-/// Fails with a clear message unless this kernel can host cid-form sub-schedulers.
+/// Fails naming the missing piece unless this kernel can host canopy's cid-form schedulers
+/// (canopy-sys's one probe, which `--mode auto` and `canopy status` use too).
 pub fn check_support() -> Result<(), SchedulerError> {
-    if !Path::new(SCHED_EXT_SYSFS).exists() {
-        return Err(SchedulerError::Kernel(
-            "this kernel has no sched_ext (/sys/kernel/sched_ext is missing)".into(),
-        ));
-    }
-    let btf = Btf::from_vmlinux()
-        .map_err(|e| SchedulerError::Kernel(format!("reading vmlinux BTF: {e}")))?;
-    if btf
-        .type_by_name::<libbpf_rs::btf::types::Struct<'_>>("sched_ext_ops_cid")
-        .is_none()
-    {
-        return Err(SchedulerError::Kernel(
-            "this kernel's sched_ext has no cid-form ops (struct sched_ext_ops_cid); Linux 7.3+ is needed"
-                .into(),
-        ));
-    }
-    Ok(())
+    KernelSupport::probe()
+        .require_schedulers()
+        .map_err(|missing| SchedulerError::Kernel(missing.to_string()))
 }
 
-pub fn hotplug_seq() -> u64 {
-    read_trimmed(&Path::new(SCHED_EXT_SYSFS).join("hotplug_seq"))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-/// `/sys/kernel/sched_ext/state`: enabling, enabled, disabling or disabled.
-pub fn sched_ext_state() -> Option<String> {
-    read_trimmed(&Path::new(SCHED_EXT_SYSFS).join("state"))
-}
-
-/// Seconds since boot (`/proc/uptime`, the clock of the VM tests' timestamps), for log lines
-/// that say when something happened.
-pub fn uptime_s() -> Option<f64> {
-    read_trimmed(Path::new("/proc/uptime"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-pub fn read_trimmed(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+/// Resolves a cgroup given relative to the cgroup2 mount or absolute.
+pub fn cgroup_path(path: &Path) -> PathBuf {
+    CgroupHierarchy::system().resolve(path)
 }
 
 /// The cgroup id the kernel uses for a cgroup2 directory: its inode number.
 pub fn cgroup_id(path: &Path) -> Result<u64, SchedulerError> {
-    let meta = fs::metadata(path)
-        .map_err(|e| SchedulerError::Cgroup(path.to_path_buf(), e.to_string()))?;
-    if !meta.is_dir() {
+    if !path.is_dir() {
         return Err(SchedulerError::Cgroup(
             path.to_path_buf(),
             "not a directory".into(),
         ));
     }
-    Ok(meta.ino())
-}
-
-/// Resolves a cgroup given relative to the cgroup2 root or absolute.
-pub fn cgroup_path(path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        Path::new(CGROUP2_ROOT).join(path)
-    }
-}
-
-/// Finds the cgroup2 directory whose inode is `id` (depth-first under the cgroup2 root).
-pub fn cgroup_path_of_id(id: u64) -> Option<PathBuf> {
-    fn walk(dir: &Path, id: u64, depth: usize) -> Option<PathBuf> {
-        if fs::metadata(dir).ok()?.ino() == id {
-            return Some(dir.to_path_buf());
-        }
-        if depth > 16 {
-            return None;
-        }
-        for entry in fs::read_dir(dir).ok()?.flatten() {
-            if entry.file_type().ok()?.is_dir() {
-                if let Some(found) = walk(&entry.path(), id, depth + 1) {
-                    return Some(found);
-                }
-            }
-        }
-        None
-    }
-    walk(Path::new(CGROUP2_ROOT), id, 0)
+    Cgroup::from_dir(path)
+        .id()
+        .map_err(|e| SchedulerError::Cgroup(path.to_path_buf(), e.to_string()))
 }
 
 /// Associates every program of `object` that is not a struct_ops member with the ops map

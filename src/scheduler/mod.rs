@@ -3,6 +3,7 @@
 //! (`canopy_child`), both cid-form sched_ext schedulers built from `bpf/` by build.rs.
 //!
 //! - `bpf_intf`, `skel`: generated code (intf.h in Rust, libbpf-rs skeletons);
+//! - `bpf_bytes`: intf.h values in and out of map bytes, and their C strings;
 //! - `kernel`: what the loader learns from or does to the running kernel (BTF enums, sysfs,
 //!   cgroup ids, program association);
 //! - `config`: the scheduler-side view of a policy (1:1 with the policy's Plan);
@@ -15,17 +16,20 @@
 //! - `child_restart`: when a child that asked for a restart is loaded again (bounded backoff);
 //! - `status`: the hierarchy from sysfs and the root's pinned maps;
 //! - `cgroup_watch`: inotify on cgroupfs, waking the supervisor when cgroups come and go;
-//! - `cli`: the `canopy scheduler ...` debug commands (the VM tests drive these) and the supervisor;
+//! - `supervisor`: load the root, keep the children in line with the config (inotify, reloads),
+//!   restart on the kernel's request, unload on a stop request;
+//! - `debug_cli`: the hidden `canopy scheduler ...` debug commands (the VM tests drive these);
 //! - `daemon_link`: the scx backend's seam: the supervisor thread and the daemon's map writes;
 //! - `move_watch`: the BPF cgroup move watcher (`canopy_moves`), a daemon event source.
 pub mod attach;
+pub mod bpf_bytes;
 pub mod bpf_intf;
 pub mod cgroup_watch;
 pub mod child;
 pub mod child_restart;
-pub mod cli;
 pub mod config;
 pub mod daemon_link;
+pub mod debug_cli;
 pub mod exit;
 pub mod fixture;
 pub mod kernel;
@@ -34,6 +38,7 @@ pub mod plan;
 pub mod root;
 pub mod skel;
 pub mod status;
+pub mod supervisor;
 
 use std::path::PathBuf;
 

@@ -10,18 +10,18 @@ use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use canopy_controller::controller::monotonic_ns;
 use canopy_controller::daemon::MoveRecord;
 use canopy_controller::daemon::MoveSource;
 use canopy_controller::daemon::MoveWatcherFactory;
+use canopy_sys::monotonic_now_ns;
 use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::skel::Skel;
 use libbpf_rs::skel::SkelBuilder;
 use libbpf_rs::RingBuffer;
 use libbpf_rs::RingBufferBuilder;
 
+use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
-use super::root::from_bytes;
 use super::skel::moves::CanopyMovesSkel;
 use super::skel::moves::CanopyMovesSkelBuilder;
 
@@ -66,7 +66,7 @@ impl MoveWatcher {
                     return 0;
                 }
                 let event: bpf_intf::canopy_move_event = from_bytes(bytes);
-                let read_ns = monotonic_ns();
+                let read_ns = monotonic_now_ns();
                 if let Ok(mut collected) = sink.lock() {
                     collected.records.push(MoveRecord {
                         tid: event.tid,

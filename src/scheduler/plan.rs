@@ -3,10 +3,10 @@
 //! (weight, slice, who preempts whom), the default class, and one group entry per *existing*
 //! cgroup a policy group's path glob matches (its weight, guarantee, cap and the scheduler names
 //! admitted there). Called at start and on every rescan, so cgroups created later are picked up.
-use std::fs;
 use std::path::Path;
 
-use canopy_policy::Cap;
+use canopy_sys::cgroup::Cgroup;
+
 use canopy_policy::Plan;
 use canopy_policy::Scheduler;
 
@@ -16,11 +16,11 @@ use super::config::GroupConfig;
 use super::config::SchedulerConfig;
 use super::config::CANOPY_CHILD_NAME;
 
-/// How deep below the cgroup2 root group paths are looked for.
-const MAX_CGROUP_DEPTH: usize = 8;
+/// How many levels below the cgroup2 root group paths are looked for.
+const MAX_CGROUP_LEVELS: usize = 9;
 
 /// The scheduler config for `plan` on this machine (cgroups under `cgroup_root`, `nr_cpus`
-/// online CPUs for converting a `cpu.max`-style cap into a percentage).
+/// online CPUs for a group's share terms, `GroupSettings::share_terms`).
 pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> SchedulerConfig {
     // The whole class table in the policy's order (custom classes included): a class id is
     // its position, as in the plan, so the controller's tags need no translation.
@@ -55,14 +55,13 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
     let default_class = plan.class(plan.defaults().class).name.clone();
 
     let mut groups = Vec::new();
-    let mut relative_paths = Vec::new();
-    collect_cgroups(cgroup_root, cgroup_root, 0, &mut relative_paths);
+    let relative_paths = Cgroup::from_dir(cgroup_root).descendants(MAX_CGROUP_LEVELS, usize::MAX);
     for relative in relative_paths {
         let Some(group_ref) = plan.group_for_cgroup(&relative) else {
             continue;
         };
         let group = plan.group(group_ref);
-        let settings = &group.base;
+        let terms = group.base.share_terms(nr_cpus);
         let (admit, attach_canopy_child) = match &group.scheduler {
             Scheduler::Canopy => (vec![CANOPY_CHILD_NAME.to_string()], true),
             Scheduler::External(names) => (names.clone(), false),
@@ -70,19 +69,9 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
         };
         groups.push(GroupConfig {
             cgroup: relative.into(),
-            weight: Some(settings.weight.clamp(1, 10000)),
-            guarantee_pct: settings.guarantee_percent.unwrap_or(0) as u32,
-            cap_pct: match settings.cap {
-                None => 0,
-                Some(Cap::Percent(percent)) => percent as u32,
-                Some(Cap::Quota {
-                    quota_us,
-                    period_us,
-                }) => {
-                    let machine = period_us.max(1) * nr_cpus.max(1) as u64;
-                    ((quota_us * 100).div_ceil(machine)).clamp(1, 100) as u32
-                }
-            },
+            weight: Some(terms.weight),
+            guarantee_pct: terms.guarantee_percent,
+            cap_pct: terms.cap_percent,
             admit,
             attach_canopy_child,
         });
@@ -107,28 +96,6 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
         own_weight: bpf_intf::CANOPY_DEFAULT_WEIGHT,
         classes,
         groups,
-    }
-}
-
-/// Every cgroup directory below `dir`, as a path relative to `root`, parents first.
-fn collect_cgroups(root: &Path, dir: &Path, depth: usize, out: &mut Vec<String>) {
-    if depth > MAX_CGROUP_DEPTH {
-        return;
-    }
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    let mut children: Vec<_> = entries
-        .flatten()
-        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-        .map(|e| e.path())
-        .collect();
-    children.sort();
-    for child in children {
-        if let Ok(relative) = child.strip_prefix(root) {
-            out.push(relative.to_string_lossy().into_owned());
-        }
-        collect_cgroups(root, &child, depth + 1, out);
     }
 }
 

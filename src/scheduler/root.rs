@@ -10,7 +10,6 @@
 //! died. Dropping the value unregisters the scheduler (every task
 //! returns to the fair scheduler) and removes the pins.
 use std::fs;
-use std::path::Path;
 use std::path::PathBuf;
 
 use libbpf_rs::skel::OpenSkel;
@@ -24,6 +23,8 @@ use super::attach::object_storage;
 use super::attach::KernelConsts;
 use super::attach::Place;
 use super::attach::Registered;
+use super::bpf_bytes::as_bytes;
+use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::config::SchedulerConfig;
 use super::exit::ExitReport;
@@ -33,7 +34,7 @@ use super::skel::root::CanopyRootSkelBuilder;
 use super::SchedulerError;
 
 /// Where the root pins the maps other processes read or share.
-pub const PIN_DIR: &str = "/sys/fs/bpf/canopy";
+pub use canopy_sys::sched_ext::PIN_DIR;
 /// Maps pinned under PIN_DIR (by their names in canopy_root's object; the one list).
 pub const PINNED_MAPS: &[&str] = &[
     "members",
@@ -89,7 +90,7 @@ impl RootScheduler {
         }
         {
             let ops = open.struct_ops.canopy_root_ops_mut();
-            ops.hotplug_seq = kernel::hotplug_seq();
+            ops.hotplug_seq = canopy_sys::sched_ext::hotplug_seq();
             ops.exit_dump_len = bpf_intf::CANOPY_EXIT_DUMP_LEN;
         }
         let mut skel = open
@@ -254,7 +255,7 @@ fn pin_maps(skel: &mut CanopyRootSkel<'_>) -> Result<Pins, SchedulerError> {
         if !PINNED_MAPS.contains(&name.as_str()) {
             continue;
         }
-        let path = Path::new(PIN_DIR).join(&name);
+        let path = canopy_sys::sched_ext::pinned_map(&name);
         map.pin(&path)
             .map_err(|e| SchedulerError::Load(format!("pinning {}: {e}", path.display())))?;
         pins.0.push(path);
@@ -270,32 +271,6 @@ fn pin_maps(skel: &mut CanopyRootSkel<'_>) -> Result<Pins, SchedulerError> {
 
 fn remove_stale_pins() {
     for name in PINNED_MAPS {
-        let _ = fs::remove_file(Path::new(PIN_DIR).join(name));
+        let _ = fs::remove_file(canopy_sys::sched_ext::pinned_map(name));
     }
-}
-
-/// The bytes of a plain `#[repr(C)]` value from intf.h, for map updates.
-pub(super) fn as_bytes<T: Copy>(value: &T) -> &[u8] {
-    // SAFETY: T is a bindgen-generated plain-old-data struct without padding-sensitive
-    // invariants; the slice lives as long as the borrow.
-    unsafe { std::slice::from_raw_parts(value as *const T as *const u8, std::mem::size_of::<T>()) }
-}
-
-/// Reads a plain `#[repr(C)]` value from map bytes.
-pub(super) fn from_bytes<T: Copy + Default>(bytes: &[u8]) -> T {
-    let mut value = T::default();
-    let n = bytes.len().min(std::mem::size_of::<T>());
-    // SAFETY: copies at most size_of::<T>() bytes into a valid T of plain integers/arrays.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), &mut value as *mut T as *mut u8, n) };
-    value
-}
-
-/// A NUL-terminated C string from a fixed-size `char` array of intf.h (lossy UTF-8).
-pub(super) fn c_string(bytes: &[std::os::raw::c_char]) -> String {
-    let bytes: Vec<u8> = bytes
-        .iter()
-        .take_while(|&&b| b != 0)
-        .map(|&b| b as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }

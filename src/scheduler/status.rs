@@ -4,22 +4,20 @@
 //! `stats` and `child_restarts` maps. Two samples an interval apart give each member's CPU rate and its share
 //! against the target its weight and cap imply (`target_shares`). Works from any process while a root is loaded;
 //! `canopy status` and `canopy scheduler status` both show it.
-use std::fs;
-use std::path::Path;
 use std::time::Duration;
 use std::time::Instant;
 
+use canopy_sys::cgroup::CgroupHierarchy;
+use canopy_sys::sched_ext;
 use libbpf_rs::MapCore;
 use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
 use serde::Serialize;
 
+use super::bpf_bytes::c_string;
+use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::bpf_intf::Stats;
-use super::kernel;
-use super::root::c_string;
-use super::root::from_bytes;
-use super::root::PIN_DIR;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -97,7 +95,7 @@ fn read_child_restarts(map: &MapHandle) -> Vec<ChildRestartStatus> {
             let cgroup_id: u64 = from_bytes(&key);
             Some(ChildRestartStatus {
                 cgroup_id,
-                cgroup: kernel::cgroup_path_of_id(cgroup_id).map(|p| p.display().to_string()),
+                cgroup: cgroup_of_id(cgroup_id),
                 restarts: record.restarts,
                 in_a_row: record.in_a_row,
                 gave_up: record.gave_up != 0,
@@ -132,43 +130,27 @@ fn read_stats(map: &MapHandle) -> Stats {
     Stats::from_indexed(&values)
 }
 
-/// Walks /sys/kernel/sched_ext/root and its `sub/sub-<id>` directories.
+/// The directory of the cgroup with id `id` (the cgroup2 mount point for the root, id 1).
+fn cgroup_of_id(id: u64) -> Option<String> {
+    CgroupHierarchy::system()
+        .find_id(id)
+        .map(|path| path.display().to_string())
+}
+
+/// Every scheduler in the hierarchy from sysfs (canopy-sys), with its cgroup's path.
 pub fn scheduler_tree() -> Vec<SchedulerNode> {
-    fn walk(dir: &Path, cgroup_id: u64, level: u32, out: &mut Vec<SchedulerNode>) {
-        let Some(ops) = kernel::read_trimmed(&dir.join("ops")) else {
-            return;
-        };
-        let caps = fs::read_to_string(dir.join("caps"))
-            .map(|text| text.lines().map(str::to_string).collect())
-            .unwrap_or_default();
-        out.push(SchedulerNode {
-            ops,
-            cgroup_id,
-            cgroup: (cgroup_id > 1)
-                .then(|| kernel::cgroup_path_of_id(cgroup_id))
-                .flatten()
-                .map(|p| p.display().to_string()),
-            level,
-            caps,
-        });
-        let Ok(entries) = fs::read_dir(dir.join("sub")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_prefix("sub-").and_then(|id| id.parse().ok()) {
-                walk(&entry.path(), id, level + 1, out);
-            }
-        }
-    }
-    let mut nodes = Vec::new();
-    walk(
-        &Path::new(kernel::SCHED_EXT_SYSFS).join("root"),
-        0,
-        0,
-        &mut nodes,
-    );
-    nodes
+    canopy_sys::sched_ext::hierarchy()
+        .into_iter()
+        .map(|node| SchedulerNode {
+            cgroup: (node.cgroup_id > 1)
+                .then(|| cgroup_of_id(node.cgroup_id))
+                .flatten(),
+            ops: node.ops,
+            cgroup_id: node.cgroup_id,
+            level: node.level,
+            caps: node.caps,
+        })
+        .collect()
 }
 
 /// The first of the two samples `canopy status` takes: the root's members now. Taking it,
@@ -185,7 +167,7 @@ pub struct Sampler {
 impl Sampler {
     /// Takes the first sample (nothing to sample unless canopy_root's maps are pinned).
     pub fn start() -> Sampler {
-        let pinned = |name: &str| MapHandle::from_pinned_path(Path::new(PIN_DIR).join(name));
+        let pinned = |name: &str| MapHandle::from_pinned_path(sched_ext::pinned_map(name));
         let (members_map, stats_map) = match (pinned("members"), pinned("stats")) {
             (Ok(m), Ok(s)) => (Some(m), Some(s)),
             _ => (None, None),
@@ -245,11 +227,7 @@ impl Sampler {
                         c_string(&m.name)
                     },
                     cgroup_id: m.cgroup_id,
-                    cgroup: if m.cgroup_id == 1 {
-                        Some(kernel::CGROUP2_ROOT.into())
-                    } else {
-                        kernel::cgroup_path_of_id(m.cgroup_id).map(|p| p.display().to_string())
-                    },
+                    cgroup: cgroup_of_id(m.cgroup_id),
                     weight: m.weight,
                     guarantee_pct: m.guarantee_pct,
                     cap_pct: m.cap_pct,
@@ -270,8 +248,8 @@ impl Sampler {
             .collect();
 
         Status {
-            state: kernel::sched_ext_state().unwrap_or_else(|| "absent".into()),
-            root_ops: kernel::read_trimmed(&Path::new(kernel::SCHED_EXT_SYSFS).join("root/ops")),
+            state: sched_ext::state().unwrap_or_else(|| "absent".into()),
+            root_ops: sched_ext::root_ops(),
             schedulers: scheduler_tree(),
             members,
             stats: self.stats_map.as_ref().map(read_stats).unwrap_or_default(),

@@ -4,22 +4,25 @@
 //! shell script in the guest and asserts on the `CANOPY-RESULT` objects it printed. Tests run
 //! one VM at a time (the harness holds a lock); each prints the kernel it ran on.
 
+mod ansible_rollout;
 mod boot;
 mod canopy_cli;
 mod cpu_contract;
 mod daemon_fallback;
+mod daemon_reload;
+mod daemon_scx;
 mod daemon_storm;
+mod debian_package;
 mod fair_baseline;
 mod harness;
+mod sched_benchmark;
+mod sched_children;
+mod sched_classes;
+mod sched_root;
+mod sched_run_schedulers;
+mod sched_shares;
+mod support;
+mod systemd_guest;
 mod workloads;
 
-use std::time::Duration;
-
-use canopy_vmtest::Scenario;
-
-/// A scenario with the `canopy` binary at `/bin/canopy` in the guest.
-pub fn scenario(name: &str) -> Scenario {
-    Scenario::new(name)
-        .with_binary(env!("CARGO_BIN_EXE_canopy"), "canopy")
-        .timeout(Duration::from_secs(180))
-}
+pub use support::scenario;

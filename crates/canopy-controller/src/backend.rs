@@ -152,6 +152,10 @@ pub trait Backend: Send {
     fn refused_subsched_attaches(&self) -> u64 {
         0
     }
+    /// Wakeup counters of the preempting classes (scx only).
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        None
+    }
     /// A new plan is about to be installed (a successful reload): the backend brings whatever it
     /// derived from the old plan itself in line (scx: the schedulers' group setup) before the
     /// controller re-evaluates every task and group. An error leaves that part on the old plan.
@@ -170,4 +174,64 @@ pub trait Backend: Send {
     /// The first scan is done: originals a crashed predecessor recorded for tasks and groups
     /// this daemon did not take over are restored now.
     fn settle_adopted(&mut self) {}
+}
+
+/// A backend chosen at run time (`Box<dyn Backend>`) is a backend: every method forwards,
+/// the defaulted ones included.
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn mode(&self) -> Mode {
+        (**self).mode()
+    }
+    fn apply_task(
+        &mut self,
+        tid: u32,
+        class: ClassId,
+        params: &ClassParams,
+    ) -> Result<(), ApplyError> {
+        (**self).apply_task(tid, class, params)
+    }
+    fn release_task(&mut self, tid: u32) {
+        (**self).release_task(tid)
+    }
+    fn inherit_original(&mut self, child: u32, parent: u32) {
+        (**self).inherit_original(child, parent)
+    }
+    fn forget_task(&mut self, tid: u32) {
+        (**self).forget_task(tid)
+    }
+    fn apply_group(
+        &mut self,
+        cgroup: &str,
+        knobs: &GroupKnobs,
+        scx: &ScxGroupPolicy,
+    ) -> Result<(), ApplyError> {
+        (**self).apply_group(cgroup, knobs, scx)
+    }
+    fn release_group(&mut self, cgroup: &str) {
+        (**self).release_group(cgroup)
+    }
+    fn restore_all(&mut self) -> RestoreReport {
+        (**self).restore_all()
+    }
+    fn notes(&self) -> Vec<String> {
+        (**self).notes()
+    }
+    fn refused_subsched_attaches(&self) -> u64 {
+        (**self).refused_subsched_attaches()
+    }
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        (**self).preempting_wakeups()
+    }
+    fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
+        (**self).plan_changed(plan)
+    }
+    fn persist(&mut self, force: bool) {
+        (**self).persist(force)
+    }
+    fn settle_adopted(&mut self) {
+        (**self).settle_adopted()
+    }
+    fn set_manage_realtime(&mut self, manage: bool) {
+        (**self).set_manage_realtime(manage)
+    }
 }

@@ -3,16 +3,27 @@
 //! decision goes through [`PolicyPlan::effective_class`] (the clamp) in `evaluate`; the backend
 //! only applies the result. Synchronous and free of I/O except through [`TaskSource`] and
 //! [`Backend`], so it is driven the same way by the daemon, the tests and the benchmark.
+//!
+//! Why one file of about 1,200 lines: the event handlers, the task/group tables and `evaluate`
+//! are one state machine (every handler ends in `evaluate` or `set_state`, which read and write
+//! the same private tables); split apart, each part would reach into the others' state. The
+//! control API's answers are in `controller/requests.rs`, the unit tests in
+//! `controller_tests.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use canopy_sys::cgroup::Focus;
+use canopy_sys::monotonic_now_ns;
 use tokio::time::Instant;
 
 use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport, TaskSource};
 use crate::event::Event;
 use crate::plan::{ClampReason, ClassId, GroupId, PolicyPlan, ProcessFacts, RuleMatch, TaskFacts};
-use crate::stats::{GroupSnapshot, Snapshot, Stats};
+use crate::stats::Stats;
+
+mod requests;
+pub use requests::{Explanation, RequestError};
 
 /// The class canopy's own threads run in, in scx mode (the schedulers' highest built-in class).
 const HIGHEST_CLASS: &str = "USER_INTERACTIVE";
@@ -38,9 +49,10 @@ pub struct ControllerConfig {
     pub daemon_pid: Option<u32>,
 }
 
-/// Which source told the controller that a process may have changed cgroup.
+/// What told the controller that a process may have changed cgroup (not to be confused with
+/// `daemon::MoveSource`, the BPF watcher the daemon polls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MoveSource {
+enum MoveNoticedBy {
     /// The BPF move watcher (cgroup_attach_task through a ring buffer).
     RingBuffer,
     /// inotify on cgroup.procs / cgroup.threads.
@@ -114,61 +126,6 @@ struct GroupInstance {
     /// The backend took the current state's knobs / map entry (scx: the schedulers clamp
     /// this cgroup's tasks by it themselves).
     limits_applied: bool,
-}
-
-/// Why a control request could not be carried out.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// No tracked task or process with that id.
-    #[error("no task {0}")]
-    NoTask(u32),
-    /// The cgroup is not covered by any group of the policy.
-    #[error("cgroup {0:?} belongs to no group of the policy")]
-    NoGroup(String),
-    /// The group has no state of that name.
-    #[error("group {group} has no state {state:?}")]
-    NoState {
-        /// Group name.
-        group: String,
-        /// Requested state.
-        state: String,
-    },
-    /// The policy has no class of that name.
-    #[error("no class named {0:?}")]
-    NoClass(String),
-}
-
-/// The answer to `explain`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Explanation {
-    /// Thread id.
-    pub tid: u32,
-    /// Process id.
-    pub tgid: u32,
-    /// Thread comm.
-    pub comm: String,
-    /// cgroup path.
-    pub cgroup: String,
-    /// The process rule that matched.
-    pub rule: Option<String>,
-    /// The thread rule that chose the class.
-    pub thread_rule: Option<String>,
-    /// Rule inherited from an ancestor.
-    pub inherited_rule: Option<String>,
-    /// `ctl tag` override.
-    pub manual_class: Option<String>,
-    /// Policy group.
-    pub group: Option<String>,
-    /// Group state.
-    pub state: Option<String>,
-    /// Requested class.
-    pub requested: Option<String>,
-    /// Effective class.
-    pub effective: Option<String>,
-    /// Why the task is not managed.
-    pub skipped: Option<Skip>,
-    /// One sentence on why the effective class is what it is.
-    pub why: String,
 }
 
 /// The controller: state plus the plan in force, a task source and a backend.
@@ -299,9 +256,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             Event::TaskMoved {
                 tid, timestamp_ns, ..
             } => {
-                self.on_task_moved(tid, MoveSource::RingBuffer);
+                self.on_task_moved(tid, MoveNoticedBy::RingBuffer);
                 if let Some(ts) = timestamp_ns {
-                    let now = monotonic_ns();
+                    let now = monotonic_now_ns();
                     if now >= ts {
                         self.stats.move_latency.record((now - ts) / 1000);
                     }
@@ -317,7 +274,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 }
                 self.group_cache.remove(&cgroup);
             }
-            Event::FocusChanged { cgroup, value } => self.on_focus(&cgroup, value.as_deref(), now),
+            Event::FocusChanged { cgroup, focus } => self.on_focus(&cgroup, focus, now),
         }
         // Tasks found outside event handling (rescans, requests) are stamped with the clock.
         self.event_ns = None;
@@ -328,7 +285,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         if self.tasks.get(&tid).is_none_or(|t| t.applied.is_none()) {
             return;
         }
-        let now = monotonic_ns();
+        let now = monotonic_now_ns();
         if now >= ts {
             self.stats.apply_latency.record((now - ts) / 1000);
         }
@@ -564,11 +521,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             }
         }
         for tgid in moved_processes {
-            self.process_moved(tgid, Some(cgroup.to_string()), MoveSource::Inotify);
+            self.process_moved(tgid, Some(cgroup.to_string()), MoveNoticedBy::Inotify);
         }
     }
 
-    fn on_task_moved(&mut self, tid: u32, source: MoveSource) {
+    fn on_task_moved(&mut self, tid: u32, source: MoveNoticedBy) {
         let tgid = match self.tasks.get(&tid) {
             Some(t) => t.tgid,
             None => match self.source.tgid_of(tid) {
@@ -581,7 +538,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
 
     /// A process changed cgroup: update its facts, then re-match (rules can match on the
     /// cgroup) and re-clamp every thread at once.
-    fn process_moved(&mut self, tgid: u32, cgroup: Option<String>, source: MoveSource) {
+    fn process_moved(&mut self, tgid: u32, cgroup: Option<String>, source: MoveNoticedBy) {
         let cgroup = match cgroup {
             Some(c) => c,
             None => match self.source.process_cgroup(tgid) {
@@ -593,10 +550,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         if known != Some(cgroup.as_str()) {
             let counters = &mut self.stats.counters;
             match source {
-                MoveSource::RingBuffer => counters.moves_ring_buffer += 1,
-                MoveSource::Inotify => counters.moves_inotify += 1,
-                MoveSource::Reconcile => counters.moves_reconcile += 1,
-                MoveSource::Request => {}
+                MoveNoticedBy::RingBuffer => counters.moves_ring_buffer += 1,
+                MoveNoticedBy::Inotify => counters.moves_inotify += 1,
+                MoveNoticedBy::Reconcile => counters.moves_reconcile += 1,
+                MoveNoticedBy::Request => {}
             }
         }
         self.ignored.remove(&tgid);
@@ -635,7 +592,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         }
     }
 
-    fn on_focus(&mut self, cgroup: &str, value: Option<&str>, now: Instant) {
+    fn on_focus(&mut self, cgroup: &str, focus_xattr: Focus, now: Instant) {
         let Some(group) = self.group_of(cgroup) else {
             return;
         };
@@ -643,14 +600,14 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             return;
         };
         self.ensure_group(cgroup);
-        match value.map(str::trim) {
-            Some("-1") => self.switch_state(cgroup, focus.focused, now),
-            Some(_) => {
+        match focus_xattr {
+            Focus::Focused => self.switch_state(cgroup, focus.focused, now),
+            Focus::InactiveSince { .. } => {
                 if let Some(unfocused) = focus.unfocused {
                     self.switch_state(cgroup, Some(unfocused), now);
                 }
             }
-            None => self.switch_state(cgroup, None, now),
+            Focus::NotSet => self.switch_state(cgroup, None, now),
         }
     }
 
@@ -691,8 +648,8 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             match self.source.process_cgroup(tgid) {
                 Ok(now) if now != known => {
                     moved += 1;
-                    self.stats.count_event(crate::event::EventKind::Move);
-                    self.process_moved(tgid, Some(now), MoveSource::Reconcile);
+                    self.stats.count_event(crate::event::EventType::Move);
+                    self.process_moved(tgid, Some(now), MoveNoticedBy::Reconcile);
                 }
                 _ => {}
             }
@@ -876,7 +833,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 applied: None,
                 handed: None,
                 requested: None,
-                seen_ns: self.event_ns.unwrap_or_else(monotonic_ns),
+                seen_ns: self.event_ns.unwrap_or_else(monotonic_now_ns),
                 skip,
             },
         );
@@ -1178,197 +1135,6 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         }
     }
 
-    // ----- control requests ---------------------------------------------------------------
-
-    /// `ctl state <cgroup> <state>` (authorization happens before this). `base` (or an empty
-    /// name) returns the group to its base state.
-    pub fn request_state(
-        &mut self,
-        cgroup: &str,
-        state: &str,
-        now: Instant,
-    ) -> Result<(), RequestError> {
-        let group = self
-            .group_of(cgroup)
-            .ok_or_else(|| RequestError::NoGroup(cgroup.into()))?;
-        let state = if state.is_empty() || state == "base" {
-            None
-        } else {
-            if self.plan.state_info(group, state).is_none() {
-                return Err(RequestError::NoState {
-                    group: self.plan.group_name(group).to_string(),
-                    state: state.into(),
-                });
-            }
-            Some(state.to_string())
-        };
-        self.ensure_group(cgroup);
-        self.switch_state(cgroup, state, now);
-        Ok(())
-    }
-
-    /// `ctl tag --tid N CLASS` or `--pid N CLASS` (every thread). Returns the tids tagged.
-    pub fn request_tag(
-        &mut self,
-        id: u32,
-        whole_process: bool,
-        class: &str,
-    ) -> Result<Vec<u32>, RequestError> {
-        let class_id = self
-            .plan
-            .class_by_name(class)
-            .ok_or_else(|| RequestError::NoClass(class.into()))?;
-        let class_name: Arc<str> = self.plan.class_params(class_id).name.clone();
-        let tids = if whole_process {
-            if !self.processes.contains_key(&id) {
-                self.on_task_moved(id, MoveSource::Request);
-            }
-            self.threads_of(id)
-        } else {
-            if !self.tasks.contains_key(&id) {
-                if let Ok(tgid) = self.source.tgid_of(id) {
-                    self.on_comm(id, tgid, None);
-                }
-            }
-            if self.tasks.contains_key(&id) {
-                vec![id]
-            } else {
-                vec![]
-            }
-        };
-        if tids.is_empty() {
-            return Err(RequestError::NoTask(id));
-        }
-        for &tid in &tids {
-            if let Some(t) = self.tasks.get_mut(&tid) {
-                t.manual = Some(class_name.clone());
-            }
-            self.evaluate(tid, Cause::Request);
-        }
-        Ok(tids)
-    }
-
-    /// The owner uid of a tracked process (for authorization of `explain`).
-    pub fn process_uid(&self, tgid: u32) -> Option<u32> {
-        self.processes.get(&tgid).map(|p| p.facts.uid)
-    }
-
-    /// `ctl explain --pid N`: one explanation per thread (or the one thread for a tid).
-    pub fn explain(&mut self, id: u32) -> Result<Vec<Explanation>, RequestError> {
-        let tids = if self.processes.contains_key(&id) {
-            self.threads_of(id)
-        } else if self.tasks.contains_key(&id) {
-            vec![id]
-        } else {
-            return Err(RequestError::NoTask(id));
-        };
-        let mut out = Vec::new();
-        for tid in tids {
-            let Some(task) = self.tasks.get(&tid) else {
-                continue;
-            };
-            let Some(process) = self.processes.get(&task.tgid) else {
-                continue;
-            };
-            let cgroup = process.facts.cgroup.clone();
-            let requested = self.requested(task, process);
-            let group = self
-                .group_cache
-                .get(&cgroup)
-                .copied()
-                .flatten()
-                .or_else(|| self.plan.group_for_cgroup(&cgroup));
-            let state = self.groups.get(&cgroup).and_then(|g| g.state.clone());
-            let name = |c: ClassId| self.plan.class_params(c).name.to_string();
-            let clamp = requested.map(|r| self.plan.effective_class(r, group, state.as_deref()));
-            let source = if task.manual.is_some() {
-                "set by `ctl tag`".to_string()
-            } else if let Some(r) = &task.rule {
-                match &r.thread_rule {
-                    Some(tr) => format!("rule {} (thread rule {tr})", r.rule),
-                    None => format!("rule {}", r.rule),
-                }
-            } else if let Some(r) = &process.inherited {
-                format!("inherited from an ancestor matched by rule {}", r.rule)
-            } else {
-                "the policy's default class".to_string()
-            };
-            let group_name = group.map(|g| self.plan.group_name(g).to_string());
-            // A kernel thread or an RT/DL task that is managed: because the policy says so.
-            let managed_because = match (task.skip, task.applied) {
-                (None, Some(_)) if process.facts.kthread => {
-                    "; a kernel thread, managed because the policy sets leave_kernel_threads = false"
-                }
-                (None, Some(_)) if task.realtime && self.backend.mode() == Mode::Fallback => {
-                    "; an RT/DL task, managed because the policy sets leave_realtime = false (its RT/DL policy returns on stop)"
-                }
-                // sched_ext schedules fair-policy tasks only: the class waits in the map.
-                (None, Some(_)) if task.realtime => {
-                    "; an RT/DL task the policy manages (leave_realtime = false), but it keeps its RT/DL policy, which sched_ext does not schedule, so the class has no effect"
-                }
-                _ => "",
-            };
-            let mut why: String = match (task.skip, clamp) {
-                (Some(Skip::KernelThread), _) => "kernel thread: left alone by the policy".into(),
-                (Some(Skip::Realtime), _) => "RT/DL task: left alone by the policy".into(),
-                (Some(Skip::OutOfScope), _) => "outside the daemon's cgroup scope".into(),
-                (Some(Skip::Daemon), _) => {
-                    "canopy's own process: left as the service manager started it".into()
-                }
-                _ if self.config.daemon_pid == Some(task.tgid) => format!(
-                    "canopy's own process: runs in {HIGHEST_CLASS} so it keeps up with the load it manages"
-                ),
-                (_, None) => "no rule matched and the policy has no default class".into(),
-                (_, Some(c)) => {
-                    let req = name(requested.expect("clamp implies requested"));
-                    let gs = format!(
-                        "group {} in state {}",
-                        group_name.as_deref().unwrap_or("(none)"),
-                        state.as_deref().unwrap_or("base")
-                    );
-                    match c.reason {
-                        ClampReason::Unclamped => {
-                            format!("{req} requested by {source}; allowed by {gs}")
-                        }
-                        ClampReason::Ceiling => format!(
-                            "{req} requested by {source}; lowered to {} by the ceiling of {gs}",
-                            name(c.class)
-                        ),
-                        ClampReason::Floor => format!(
-                            "{req} requested by {source}; raised to {} by the floor of {gs}",
-                            name(c.class)
-                        ),
-                        ClampReason::Denied => format!(
-                            "{req} requested by {source}; denied in {gs}, so {}",
-                            name(c.class)
-                        ),
-                    }
-                }
-            };
-            why.push_str(managed_because);
-            out.push(Explanation {
-                tid,
-                tgid: task.tgid,
-                comm: task.comm.clone(),
-                cgroup,
-                rule: task.rule.as_ref().map(|r| r.rule.to_string()),
-                thread_rule: task
-                    .rule
-                    .as_ref()
-                    .and_then(|r| r.thread_rule.as_ref().map(|s| s.to_string())),
-                inherited_rule: process.inherited.as_ref().map(|r| r.rule.to_string()),
-                manual_class: task.manual.as_ref().map(|m| m.to_string()),
-                group: group_name,
-                state,
-                requested: requested.map(name),
-                effective: task.applied.map(|(c, _)| name(c)),
-                skipped: task.skip,
-                why,
-            });
-        }
-        Ok(out)
-    }
-
     /// Swaps in a freshly compiled plan and re-evaluates every task and group.
     pub fn install_plan(&mut self, plan: Arc<dyn PolicyPlan>) {
         if let Err(error) = self.backend.plan_changed(&plan) {
@@ -1473,73 +1239,8 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         self.backend.restore_all()
     }
 
-    /// A point-in-time view for `status` and `metrics`.
-    pub fn snapshot(&mut self, now: Instant) -> Snapshot {
-        let mut per_cgroup: HashMap<&str, u64> = HashMap::new();
-        for p in self.processes.values() {
-            *per_cgroup.entry(p.facts.cgroup.as_str()).or_default() += p.threads.len() as u64;
-        }
-        let mut groups: Vec<GroupSnapshot> =
-            self.groups
-                .iter()
-                .map(|(cgroup, g)| GroupSnapshot {
-                    cgroup: cgroup.clone(),
-                    group: self.plan.group_name(g.group).to_string(),
-                    state: g.state.clone().unwrap_or_else(|| "base".into()),
-                    pending: g.pending.as_ref().map(|(at, s)| {
-                        (s.clone(), at.saturating_duration_since(now).as_secs_f64())
-                    }),
-                    tasks: per_cgroup.get(cgroup.as_str()).copied().unwrap_or(0),
-                    cpu_usage_usec: None,
-                })
-                .collect();
-        groups.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
-        for g in &mut groups {
-            g.cpu_usage_usec = self.source_cpu_usage(&g.cgroup);
-        }
-        let counters = self.stats.counters.clone();
-        Snapshot {
-            mode: self.backend.mode().label().into(),
-            mode_reason: self.config.mode_reason.clone(),
-            move_watcher: self.config.move_watcher.clone(),
-            policy_hash: self.plan.hash(),
-            policy_error: self.policy_error.clone(),
-            notes: self.backend.notes(),
-            tasks_tracked: self.tasks.len() as u64,
-            tasks_managed: self.tasks.values().filter(|t| t.applied.is_some()).count() as u64,
-            counters,
-            events: self
-                .stats
-                .events
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect(),
-            refused_subsched_attaches: self.backend.refused_subsched_attaches(),
-            apply_latency_p50_us: self.stats.apply_latency.quantile_us(0.5),
-            apply_latency_p99_us: self.stats.apply_latency.quantile_us(0.99),
-            move_latency_p50_us: self.stats.move_latency.quantile_us(0.5),
-            move_latency_p99_us: self.stats.move_latency.quantile_us(0.99),
-            groups,
-        }
-    }
-
-    fn source_cpu_usage(&mut self, cgroup: &str) -> Option<u64> {
-        self.source.cgroup_cpu_usage_usec(cgroup)
-    }
-
     /// The backend's mode.
     pub fn mode(&self) -> Mode {
         self.backend.mode()
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds (the proc connector's timestamp clock).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use canopy_sys::cgroup::Focus;
 use tokio::time::Instant;
 
 use crate::controller::{Controller, ControllerConfig};
@@ -35,7 +36,7 @@ fn fork(parent: u32, parent_tgid: u32, child: u32, child_tgid: u32) -> Event {
         parent_tgid,
         child_tid: child,
         child_tgid,
-        timestamp_ns: Some(crate::controller::monotonic_ns()),
+        timestamp_ns: Some(canopy_sys::monotonic_now_ns()),
     }
 }
 
@@ -387,7 +388,7 @@ async fn focus_xattr_focused_at_once_unfocused_after_the_delay() {
     c.handle(
         Event::FocusChanged {
             cgroup: APP.into(),
-            value: Some("-1".into()),
+            focus: Focus::Focused,
         },
         t0,
     );
@@ -395,7 +396,9 @@ async fn focus_xattr_focused_at_once_unfocused_after_the_delay() {
     c.handle(
         Event::FocusChanged {
             cgroup: APP.into(),
-            value: Some("123456789".into()),
+            focus: Focus::InactiveSince {
+                monotonic_us: 123_456_789,
+            },
         },
         Instant::now(),
     );
@@ -416,7 +419,7 @@ async fn focus_xattr_focused_at_once_unfocused_after_the_delay() {
     c.handle(
         Event::FocusChanged {
             cgroup: APP.into(),
-            value: Some("-1".into()),
+            focus: Focus::Focused,
         },
         Instant::now(),
     );
@@ -424,14 +427,14 @@ async fn focus_xattr_focused_at_once_unfocused_after_the_delay() {
     c.handle(
         Event::FocusChanged {
             cgroup: APP.into(),
-            value: Some("5".into()),
+            focus: Focus::InactiveSince { monotonic_us: 5 },
         },
         Instant::now(),
     );
     c.handle(
         Event::FocusChanged {
             cgroup: APP.into(),
-            value: Some("-1".into()),
+            focus: Focus::Focused,
         },
         Instant::now(),
     );
@@ -517,7 +520,7 @@ fn a_rename_handled_before_its_fork_is_kept() {
     let mut src = FakeSource::default();
     src.spawn(100, "player", APP);
     let mut c = controller(src);
-    let fork_ns = crate::controller::monotonic_ns();
+    let fork_ns = canopy_sys::monotonic_now_ns();
     c.source_mut().thread(100, 105, "audio-1");
     // The rename (later on another CPU) is handled first.
     c.handle(
@@ -562,7 +565,7 @@ fn ring_buffer_moves_reclamp_at_once_and_are_counted_by_source() {
         Event::TaskMoved {
             tid: 100,
             threadgroup: true,
-            timestamp_ns: Some(crate::controller::monotonic_ns()),
+            timestamp_ns: Some(canopy_sys::monotonic_now_ns()),
         },
         Instant::now(),
     );

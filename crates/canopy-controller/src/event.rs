@@ -76,31 +76,32 @@ pub enum Event {
     FocusChanged {
         /// Path relative to the cgroup2 root.
         cgroup: String,
-        /// The xattr's value (`-1` = focused; a timestamp = focus lost then); `None` = removed.
-        value: Option<String>,
+        /// What it says now (`NotSet` when it was removed).
+        focus: canopy_sys::cgroup::Focus,
     },
 }
 
 impl Event {
     /// Stable name for counters and logs.
-    pub fn kind(&self) -> EventKind {
+    pub fn kind(&self) -> EventType {
         match self {
-            Event::Fork { .. } => EventKind::Fork,
-            Event::Exec { .. } => EventKind::Exec,
-            Event::Comm { .. } => EventKind::Comm,
-            Event::Exit { .. } => EventKind::Exit,
-            Event::CgroupMembershipChanged { .. } | Event::TaskMoved { .. } => EventKind::Move,
-            Event::Overrun => EventKind::Overrun,
-            Event::CgroupCreated { .. } => EventKind::CgroupCreated,
-            Event::CgroupRemoved { .. } => EventKind::CgroupRemoved,
-            Event::FocusChanged { .. } => EventKind::Focus,
+            Event::Fork { .. } => EventType::Fork,
+            Event::Exec { .. } => EventType::Exec,
+            Event::Comm { .. } => EventType::Comm,
+            Event::Exit { .. } => EventType::Exit,
+            Event::CgroupMembershipChanged { .. } | Event::TaskMoved { .. } => EventType::Move,
+            Event::Overrun => EventType::Overrun,
+            Event::CgroupCreated { .. } => EventType::CgroupCreated,
+            Event::CgroupRemoved { .. } => EventType::CgroupRemoved,
+            Event::FocusChanged { .. } => EventType::Focus,
         }
     }
 }
 
-/// Event categories counted in the stats.
+/// Event categories counted in the stats (the `type` label of `canopy_events_total`; not
+/// canopy-sys's `proc_events::EventKind`, the proc connector's raw event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
+pub enum EventType {
     /// fork/clone.
     Fork,
     /// execve.
@@ -121,32 +122,32 @@ pub enum EventKind {
     Focus,
 }
 
-impl EventKind {
+impl EventType {
     /// Every kind, in display order.
-    pub const ALL: [EventKind; 9] = [
-        EventKind::Fork,
-        EventKind::Exec,
-        EventKind::Comm,
-        EventKind::Exit,
-        EventKind::Move,
-        EventKind::Overrun,
-        EventKind::CgroupCreated,
-        EventKind::CgroupRemoved,
-        EventKind::Focus,
+    pub const ALL: [EventType; 9] = [
+        EventType::Fork,
+        EventType::Exec,
+        EventType::Comm,
+        EventType::Exit,
+        EventType::Move,
+        EventType::Overrun,
+        EventType::CgroupCreated,
+        EventType::CgroupRemoved,
+        EventType::Focus,
     ];
 
     /// Label used in status, JSON and Prometheus.
     pub fn label(self) -> &'static str {
         match self {
-            EventKind::Fork => "fork",
-            EventKind::Exec => "exec",
-            EventKind::Comm => "comm",
-            EventKind::Exit => "exit",
-            EventKind::Move => "move",
-            EventKind::Overrun => "overrun",
-            EventKind::CgroupCreated => "cgroup_created",
-            EventKind::CgroupRemoved => "cgroup_removed",
-            EventKind::Focus => "focus",
+            EventType::Fork => "fork",
+            EventType::Exec => "exec",
+            EventType::Comm => "comm",
+            EventType::Exit => "exit",
+            EventType::Move => "move",
+            EventType::Overrun => "overrun",
+            EventType::CgroupCreated => "cgroup_created",
+            EventType::CgroupRemoved => "cgroup_removed",
+            EventType::Focus => "focus",
         }
     }
 }

@@ -10,14 +10,15 @@
 //! policy and priority go back on stop like any other original.
 //!
 //! sched_setattr and its kernel-capability detection come from canopy-sys (`SchedApplier`); the
-//! five cgroup knob files are written here.
+//! five cgroup knob files are formatted by canopy-sys's typed knobs and read and written through
+//! its `Cgroup`.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use canopy_sys::cgroup::{Cgroup, CgroupError, CpuMax, CpuWeight, UclampPercent};
 use canopy_sys::sched::{Applied, SchedApplier, SchedRequest};
 use canopy_sys::Outcome;
 
@@ -130,40 +131,54 @@ impl FallbackBackend {
         }
     }
 
-    fn knob_path(&self, cgroup: &str, file: &str) -> PathBuf {
-        self.cgroup_root.join(cgroup).join(file)
+    /// The cgroup at `cgroup` (relative to the cgroup2 mount).
+    fn cgroup(&self, cgroup: &str) -> Cgroup {
+        Cgroup::from_dir(self.cgroup_root.join(cgroup))
+    }
+
+    /// Writes back an original knob value; failures are ignored (the cgroup may be gone).
+    fn put_back(&self, cgroup: &str, file: &str, original: &str) {
+        let _ = self.cgroup(cgroup).write_knob(file, original);
     }
 }
 
+/// The OS error under a cgroupfs failure (its kind tells a missing knob file apart).
+fn into_io(error: CgroupError) -> io::Error {
+    match error {
+        CgroupError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// The knob files a group state sets, each value formatted by canopy-sys's typed knob (out of
+/// range values are clamped to the kernel's range first).
 fn knob_values(knobs: &GroupKnobs) -> Vec<(&'static str, String)> {
+    let uclamp = |percent: f64| {
+        let hundredths = (percent.clamp(0.0, 100.0) * 100.0).round() as u32;
+        UclampPercent::from_hundredths(hundredths)
+            .expect("clamped to 0..=100 percent")
+            .to_string()
+    };
     let mut v = Vec::new();
     if let Some(w) = knobs.weight {
-        v.push(("cpu.weight", w.clamp(1, 10000).to_string()));
+        let weight = CpuWeight::new(w.clamp(1, 10_000)).expect("clamped to 1..=10000");
+        v.push(("cpu.weight", weight.to_string()));
     }
     if let Some(i) = knobs.idle {
         v.push(("cpu.idle", u8::from(i).to_string()));
     }
     if let Some(m) = knobs.uclamp_min_pct {
-        v.push(("cpu.uclamp.min", format!("{:.2}", m.clamp(0.0, 100.0))));
+        v.push(("cpu.uclamp.min", uclamp(m)));
     }
     if let Some(m) = knobs.uclamp_max_pct {
-        v.push((
-            "cpu.uclamp.max",
-            if m >= 100.0 {
-                "max".into()
-            } else {
-                format!("{:.2}", m.max(0.0))
-            },
-        ));
+        v.push(("cpu.uclamp.max", uclamp(m)));
     }
-    if let Some((quota, period)) = knobs.max {
-        v.push((
-            "cpu.max",
-            match quota {
-                Some(q) => format!("{q} {period}"),
-                None => format!("max {period}"),
-            },
-        ));
+    if let Some((quota_us, period_us)) = knobs.max {
+        let limit = CpuMax {
+            quota_us,
+            period_us,
+        };
+        v.push(("cpu.max", limit.to_string()));
     }
     v
 }
@@ -259,18 +274,18 @@ impl Backend for FallbackBackend {
             .clone();
         for (file, orig) in &saved {
             if !values.iter().any(|(f, _)| f == file) {
-                let _ = fs::write(self.knob_path(cgroup, file), orig);
+                self.put_back(cgroup, file, orig);
             }
         }
         let mut missing = Vec::new();
+        let dir = self.cgroup(cgroup);
         for (file, value) in values {
-            let path = self.knob_path(cgroup, file);
             let entry = self
                 .group_originals
                 .get(cgroup)
                 .map(|v| v.iter().any(|(f, _)| *f == file));
             if entry != Some(true) {
-                match fs::read_to_string(&path) {
+                match dir.read_knob(file).map_err(into_io) {
                     Ok(orig) => {
                         self.group_originals
                             .entry(cgroup.to_string())
@@ -279,7 +294,7 @@ impl Backend for FallbackBackend {
                         self.changed();
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        if !self.cgroup_root.join(cgroup).exists() {
+                        if !dir.exists() {
                             return Err(Gone(0).into());
                         }
                         missing.push(file);
@@ -294,11 +309,11 @@ impl Backend for FallbackBackend {
                     }
                 }
             }
-            if let Err(e) = fs::write(&path, &value) {
+            if let Err(e) = dir.write_knob(file, &value) {
                 return Err(ApplyError::Refused {
                     what: format!("{file}={value}"),
                     target: cgroup.into(),
-                    source: e,
+                    source: into_io(e),
                 });
             }
         }
@@ -320,7 +335,7 @@ impl Backend for FallbackBackend {
         }
         if let Some(saved) = self.group_originals.remove(cgroup) {
             for (file, orig) in saved.iter().rev() {
-                let _ = fs::write(self.knob_path(cgroup, file), orig);
+                self.put_back(cgroup, file, orig);
             }
             self.changed();
         }
@@ -406,7 +421,7 @@ impl Backend for FallbackBackend {
         }
         for (cgroup, knobs) in &groups {
             for (file, orig) in knobs.iter().rev() {
-                let _ = fs::write(self.knob_path(cgroup, file), orig);
+                self.put_back(cgroup, file, orig);
             }
         }
         tracing::info!(

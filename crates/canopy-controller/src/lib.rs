@@ -10,7 +10,8 @@
 //! - `stats`: the one stats struct and its renderings (table, JSON, Prometheus).
 //! - `protocol`, `auth`, `server`: the control API (JSON lines on a Unix socket, SO_PEERCRED).
 //! - `daemon`: the tokio wiring: event sources, timers, signals, reload, sd_notify.
-//! - `testing`: a small hand-built plan for tests and benchmarks.
+//! - `testing` (tests and the `testing` feature only, not in the release daemon): a small
+//!   hand-built plan, a fake task source and a recording backend for tests and benchmarks.
 
 pub mod auth;
 pub mod backend;
@@ -29,4 +30,5 @@ pub mod sdnotify;
 pub mod server;
 pub mod state_file;
 pub mod stats;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -98,6 +98,8 @@ pub struct ProcessFacts {
     pub cmdline: String,
     /// Real uid.
     pub uid: u32,
+    /// The real uid's user name (NSS), when it has one: what `user = "..."` rules match.
+    pub user: Option<Arc<str>>,
     /// cgroup2 path relative to the cgroup2 root, without a leading `/` (`""` is the root).
     pub cgroup: String,
     /// The parent's comm.

@@ -21,7 +21,7 @@ pub struct CompiledPlan {
     classes: Vec<ClassParams>,
     rule_names: Vec<Arc<str>>,
     group_names: Vec<Arc<str>>,
-    ncpus: u64,
+    ncpus: u32,
 }
 
 fn to_policy_class(c: ClassId) -> policy::ClassId {
@@ -64,7 +64,7 @@ impl CompiledPlan {
             .map(|g| Arc::from(g.name.as_str()))
             .collect();
         let ncpus = std::thread::available_parallelism()
-            .map(|n| n.get() as u64)
+            .map(|n| n.get() as u32)
             .unwrap_or(1);
         CompiledPlan {
             plan,
@@ -111,20 +111,14 @@ impl PolicyPlan for CompiledPlan {
             cmdline: (!p.cmdline.is_empty()).then_some(p.cmdline.as_str()),
             cgroup: &p.cgroup,
             uid: p.uid,
-            user: None,
+            user: p.user.as_deref(),
             parent_comm: (!p.parent_comm.is_empty()).then_some(p.parent_comm.as_str()),
         };
         let m = self.plan.match_task(&task)?;
-        let thread_rule = m.thread_class.map(|tc| {
-            let rule = &self.plan.rules()[m.rule];
-            let name = rule
-                .threads
-                .iter()
-                .find(|t| t.class == tc && crate::testing::glob_match(&t.name, &facts.comm))
-                .map(|t| t.name.clone())
-                .unwrap_or_else(|| format!("→ {}", self.plan.class(tc).name));
-            Arc::from(name.as_str())
-        });
+        // canopy-policy decided which thread rule matched; only its name is looked up here.
+        let thread_rule = m
+            .thread_rule
+            .map(|index| Arc::from(self.plan.rules()[m.rule].threads[index].name.as_str()));
         Some(RuleMatch {
             rule: self.rule_names[m.rule].clone(),
             class: from_policy_class(m.requested_class()),
@@ -191,30 +185,21 @@ impl PolicyPlan for CompiledPlan {
             idle: None,
             uclamp_min_pct: s.floor.map(|f| pct(self.plan.class_params(f).uclamp_min)),
             uclamp_max_pct: s.ceiling.map(|c| pct(self.plan.class_params(c).uclamp_max)),
-            max: s.cap.map(|cap| match cap {
-                policy::Cap::Percent(p) => (Some(p as u64 * self.ncpus * 1000), 100_000),
-                policy::Cap::Quota {
-                    quota_us,
-                    period_us,
-                } => (Some(quota_us), period_us),
-            }),
+            max: s
+                .share_terms(self.ncpus)
+                .cap_quota
+                .map(|quota| (Some(quota.quota_us), quota.period_us)),
         }
     }
 
     fn scx_group_policy(&self, group: GroupId, state: Option<&str>) -> ScxGroupPolicy {
         let g = self.group(group);
         let s = g.settings(state);
+        let terms = s.share_terms(self.ncpus);
         ScxGroupPolicy {
-            weight: s.weight,
-            guarantee_pct: s.guarantee_percent.unwrap_or(0) as u32,
-            cap_pct: match s.cap {
-                None => 0,
-                Some(policy::Cap::Percent(p)) => p as u32,
-                Some(policy::Cap::Quota {
-                    quota_us,
-                    period_us,
-                }) => (quota_us * 100 / period_us.max(1) / self.ncpus.max(1)).min(100) as u32,
-            },
+            weight: terms.weight,
+            guarantee_pct: terms.guarantee_percent,
+            cap_pct: terms.cap_percent,
             floor: s.floor.map(from_policy_class),
             ceiling: s.ceiling.map(from_policy_class),
             state: state

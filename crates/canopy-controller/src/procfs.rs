@@ -1,34 +1,16 @@
-//! The real [`TaskSource`]: facts from /proc (through canopy-sys's `ProcFs`) and membership from
-//! cgroupfs. A thin adapter; a vanished task (ENOENT/ESRCH) is `Gone`, never an error.
+//! The real [`TaskSource`]: facts from /proc (through canopy-sys's `ProcFs`) and membership and
+//! `cpu.stat` from cgroupfs (through canopy-sys's `Cgroup`), user names through NSS (canopy-sys's
+//! `UserNames`, once per uid). A thin adapter; a vanished task (ENOENT/ESRCH) is `Gone`, never an error.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
+use canopy_sys::cgroup::{Cgroup, CgroupHierarchy};
 use canopy_sys::procfs::{ProcFs, TaskId};
+use canopy_sys::users::UserNames;
 use canopy_sys::Outcome;
 
 use crate::backend::{Gone, TaskSource};
 use crate::plan::ProcessFacts;
-
-/// The default cgroup2 mount when none is configured (on hybrid hosts it is
-/// `/sys/fs/cgroup/unified`; see [`detect_cgroup2_root`]).
-pub const DEFAULT_CGROUP2_ROOT: &str = "/sys/fs/cgroup";
-
-/// Finds the cgroup2 mount point from /proc/self/mounts.
-pub fn detect_cgroup2_root() -> PathBuf {
-    if let Ok(m) = fs::read_to_string("/proc/self/mounts") {
-        for line in m.lines() {
-            let mut f = line.split_whitespace();
-            let (_, mnt, ty) = (f.next(), f.next(), f.next());
-            if ty == Some("cgroup2") {
-                if let Some(mnt) = mnt {
-                    return PathBuf::from(mnt);
-                }
-            }
-        }
-    }
-    PathBuf::from(DEFAULT_CGROUP2_ROOT)
-}
 
 /// Reads tasks through canopy-sys's `ProcFs` and cgroup membership from the cgroup2 mount.
 #[derive(Debug)]
@@ -36,6 +18,7 @@ pub struct ProcSource {
     proc: ProcFs,
     cgroup_root: PathBuf,
     tids: Vec<i32>,
+    user_names: UserNames,
 }
 
 impl ProcSource {
@@ -45,12 +28,18 @@ impl ProcSource {
             proc: ProcFs::new(),
             cgroup_root,
             tids: Vec::new(),
+            user_names: UserNames::new(),
         }
     }
 
     /// The cgroup2 mount this source reads.
     pub fn cgroup_root(&self) -> &Path {
         &self.cgroup_root
+    }
+
+    /// A cgroup by its path relative to the cgroup2 mount.
+    fn cgroup(&self, relative: &str) -> Cgroup {
+        Cgroup::from_dir(self.cgroup_root.join(relative))
     }
 }
 
@@ -94,6 +83,7 @@ impl TaskSource for ProcSource {
                 .unwrap_or_default(),
             cmdline: info.cmdline.to_strings().join(" "),
             uid: info.real_uid,
+            user: self.user_names.name(info.real_uid),
             cgroup,
             parent_comm: info
                 .parent_comm
@@ -148,9 +138,8 @@ impl TaskSource for ProcSource {
     }
 
     fn cgroup_threads(&mut self, cgroup: &str) -> Vec<u32> {
-        let p = self.cgroup_root.join(cgroup).join("cgroup.threads");
-        match fs::read_to_string(p) {
-            Ok(s) => s.lines().filter_map(|l| l.trim().parse().ok()).collect(),
+        match self.cgroup(cgroup).threads() {
+            Ok(tids) => tids.into_iter().map(|tid| tid as u32).collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -163,31 +152,19 @@ impl TaskSource for ProcSource {
     }
 
     fn tgid_of(&mut self, tid: u32) -> Result<u32, Gone> {
-        // /proc/TID resolves for any thread id; its status names the thread group.
-        let s = fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Gone(tid))?;
-        s.lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or(Gone(tid))
+        done(self.proc.thread_group_id(tid as i32), tid).map(|tgid| tgid as u32)
     }
 
     fn scope_tasks(&mut self, scope: &str) -> Vec<(u32, u32)> {
         // Walk the scope's cgroups instead of all of /proc.
+        let hierarchy = CgroupHierarchy::at(&self.cgroup_root);
+        let cgroups = hierarchy.walk(&self.cgroup(scope)).unwrap_or_default();
         let mut out = Vec::new();
-        let mut dirs = vec![self.cgroup_root.join(scope)];
-        while let Some(dir) = dirs.pop() {
-            if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-                for tgid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-                    for tid in self.threads_of(tgid) {
-                        out.push((tgid, tid));
-                    }
-                }
-            }
-            if let Ok(rd) = fs::read_dir(&dir) {
-                for e in rd.flatten() {
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        dirs.push(e.path());
-                    }
+        for entry in cgroups {
+            let processes = Cgroup::from_dir(entry.dir).processes().unwrap_or_default();
+            for tgid in processes {
+                for tid in self.threads_of(tgid as u32) {
+                    out.push((tgid as u32, tid));
                 }
             }
         }
@@ -195,10 +172,10 @@ impl TaskSource for ProcSource {
     }
 
     fn cgroup_cpu_usage_usec(&mut self, cgroup: &str) -> Option<u64> {
-        let s = fs::read_to_string(self.cgroup_root.join(cgroup).join("cpu.stat")).ok()?;
-        s.lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|v| v.trim().parse().ok())
+        self.cgroup(cgroup)
+            .cpu_stat()
+            .ok()
+            .map(|stat| stat.usage_usec)
     }
 }
 
@@ -218,7 +195,7 @@ mod tests {
 
     #[test]
     fn reads_own_process() {
-        let mut src = ProcSource::new(detect_cgroup2_root());
+        let mut src = ProcSource::new(CgroupHierarchy::system().mount_point().to_path_buf());
         let me = std::process::id();
         let f = src.process_facts(me).unwrap();
         assert_eq!(f.tgid, me);

@@ -7,9 +7,10 @@
 //! and `auto` picks fallback.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use canopy_sys::cgroup::Cgroup;
 
 use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport};
 use crate::plan::{ClassId, ClassParams, GroupKnobs, PolicyPlan, ScxGroupPolicy};
@@ -26,6 +27,10 @@ pub trait ScxMaps: Send {
     fn clear_group(&mut self, cgroup_id: u64);
     /// Sub-scheduler attaches the root refused so far.
     fn refused_attaches(&self) -> u64;
+    /// Wakeup counters of the preempting classes, when the root scheduler keeps them.
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        None
+    }
     /// A reload compiled `plan`: the schedulers follow it (group policy entries, admission,
     /// which cgroups have a canopy child) before the daemon re-applies every group's state.
     fn plan_changed(&mut self, _plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
@@ -91,8 +96,8 @@ impl<M: ScxMaps> Backend for ScxBackend<M> {
         _knobs: &GroupKnobs,
         scx: &ScxGroupPolicy,
     ) -> Result<(), ApplyError> {
-        let id = match std::fs::metadata(self.cgroup_root.join(cgroup)) {
-            Ok(m) => m.ino(),
+        let id = match Cgroup::from_dir(self.cgroup_root.join(cgroup)).id() {
+            Ok(id) => id,
             Err(_) => return Err(Gone(0).into()),
         };
         self.maps
@@ -135,7 +140,37 @@ impl<M: ScxMaps> Backend for ScxBackend<M> {
         self.maps.refused_attaches()
     }
 
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        self.maps.preempting_wakeups()
+    }
+
     fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
         self.maps.plan_changed(plan)
+    }
+}
+
+/// Map writers chosen at run time (`Box<dyn ScxMaps>`, from the scheduler loader) are map
+/// writers: every method forwards, the defaulted ones included.
+impl<M: ScxMaps + ?Sized> ScxMaps for Box<M> {
+    fn set_task_class(&mut self, tid: u32, c: u32) -> std::io::Result<()> {
+        (**self).set_task_class(tid, c)
+    }
+    fn clear_task(&mut self, tid: u32) {
+        (**self).clear_task(tid)
+    }
+    fn set_group(&mut self, id: u64, p: &ScxGroupPolicy) -> std::io::Result<()> {
+        (**self).set_group(id, p)
+    }
+    fn clear_group(&mut self, id: u64) {
+        (**self).clear_group(id)
+    }
+    fn refused_attaches(&self) -> u64 {
+        (**self).refused_attaches()
+    }
+    fn preempting_wakeups(&self) -> Option<crate::stats::PreemptingWakeups> {
+        (**self).preempting_wakeups()
+    }
+    fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
+        (**self).plan_changed(plan)
     }
 }

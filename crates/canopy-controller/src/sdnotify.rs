@@ -23,7 +23,7 @@ pub fn notify(state: &str) -> std::io::Result<bool> {
 pub fn reloading_message() -> String {
     format!(
         "RELOADING=1\nMONOTONIC_USEC={}",
-        crate::controller::monotonic_ns() / 1000
+        canopy_sys::monotonic_now_ns() / 1000
     )
 }
 

@@ -120,17 +120,16 @@ pub struct StateFile {
 }
 
 fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    canopy_sys::procfs::boot_id().unwrap_or_default()
 }
 
 /// Start time of a thread (clock ticks after boot), or None once it is gone.
 pub fn thread_start_time(tid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
-    // Fields after the comm (which may contain spaces and parentheses) start at field 3.
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    canopy_sys::procfs::ProcFs::new()
+        .process_stat(tid as i32)
+        .ok()?
+        .done()
+        .map(|stat| stat.start_time_ticks)
 }
 
 impl StateFile {

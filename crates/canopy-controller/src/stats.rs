@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::event::EventKind;
+use crate::event::EventType;
 
 macro_rules! counters {
     ($( $(#[doc = $doc:literal])+ $name:ident ),* $(,)?) => {
@@ -58,6 +58,8 @@ counters! {
     moves_reconcile,
     /// Move events the BPF watcher dropped because its ring buffer was full (each forces a rescan).
     moves_lost,
+    /// Policies compiled in the daemon's process (canopy-policy's count): one per start and one per reload.
+    policy_compiles,
 }
 
 /// Samples of the delay from a kernel event (e.g. a rename) to the class being applied.
@@ -123,7 +125,7 @@ pub struct Stats {
 
 impl Stats {
     /// Counts one event.
-    pub fn count_event(&mut self, kind: EventKind) {
+    pub fn count_event(&mut self, kind: EventType) {
         *self.events.entry(kind.label()).or_default() += 1;
     }
 }
@@ -148,6 +150,9 @@ pub struct Snapshot {
     pub tasks_tracked: u64,
     /// Tasks whose class the daemon manages.
     pub tasks_managed: u64,
+    /// Managed tasks by the class applied to them (class name → tasks).
+    #[serde(default)]
+    pub tasks_by_class: BTreeMap<String, u64>,
     /// Counters.
     pub counters: Counters,
     /// Events by type.
@@ -164,6 +169,9 @@ pub struct Snapshot {
     /// p99 of cgroup move → re-clamped, µs.
     #[serde(default)]
     pub move_latency_p99_us: Option<u64>,
+    /// Wakeup counters of the preempting classes (scx mode; none in fallback mode).
+    #[serde(default)]
+    pub preempting_wakeups: Option<PreemptingWakeups>,
     /// Managed groups.
     pub groups: Vec<GroupSnapshot>,
 }
@@ -183,6 +191,9 @@ pub struct GroupSnapshot {
     pub tasks: u64,
     /// CPU time used (cpu.stat usage_usec), when readable.
     pub cpu_usage_usec: Option<u64>,
+    /// The policy's CPU weight for the group in its current state.
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 impl Snapshot {
@@ -213,6 +224,21 @@ impl Snapshot {
         }
         if let (Some(p50), Some(p99)) = (self.move_latency_p50_us, self.move_latency_p99_us) {
             let _ = writeln!(s, "move→re-clamped: p50 {p50} µs, p99 {p99} µs");
+        }
+        if !self.tasks_by_class.is_empty() {
+            let classes: Vec<String> = self
+                .tasks_by_class
+                .iter()
+                .map(|(class, tasks)| format!("{class}={tasks}"))
+                .collect();
+            let _ = writeln!(s, "classes:         {}", classes.join(" "));
+        }
+        if let Some(w) = &self.preempting_wakeups {
+            let _ = writeln!(
+                s,
+                "wakeups:         {} of preempting classes, {} over 1 ms late",
+                w.total, w.late
+            );
         }
         let ev: Vec<String> = self
             .events
@@ -254,77 +280,201 @@ impl Snapshot {
         s
     }
 
-    /// Prometheus text exposition format.
+    /// Prometheus text exposition format. Conventions (checked by `promtool check metrics` in
+    /// `tests/prometheus.rs`): base units in names (`_seconds`), `_total` on counters, `_info`
+    /// gauges carrying text as labels, and every per-group series labelled exactly
+    /// `{cgroup, group}` so they join one to one (the state is its own `_info` series, so a state
+    /// change does not start new CPU series). Rules over these names: `deploy/prometheus/`.
     pub fn render_prometheus(&self) -> String {
-        let mut s = String::new();
+        let mut out = Exposition::default();
         for (name, desc, v) in self.counters.describe() {
-            let _ = writeln!(s, "# HELP canopy_{name}_total {desc}");
-            let _ = writeln!(s, "# TYPE canopy_{name}_total counter");
-            let _ = writeln!(s, "canopy_{name}_total {v}");
+            out.family(&format!("canopy_{name}_total"), "counter", desc);
+            out.sample(&[], v);
         }
-        let _ = writeln!(s, "# HELP canopy_events_total Events handled, by type.");
-        let _ = writeln!(s, "# TYPE canopy_events_total counter");
-        for k in EventKind::ALL {
+        out.family("canopy_events_total", "counter", "Events handled, by type.");
+        for k in EventType::ALL {
             let v = self.events.get(k.label()).copied().unwrap_or(0);
-            let _ = writeln!(s, "canopy_events_total{{type=\"{}\"}} {v}", k.label());
+            out.sample(&[("type", k.label())], v);
         }
-        let _ = writeln!(s, "# HELP canopy_refused_subsched_attaches_total Sub-scheduler attaches refused by the root scheduler.");
-        let _ = writeln!(s, "# TYPE canopy_refused_subsched_attaches_total counter");
-        let _ = writeln!(
-            s,
-            "canopy_refused_subsched_attaches_total {}",
-            self.refused_subsched_attaches
+        out.family(
+            "canopy_refused_subsched_attaches_total",
+            "counter",
+            "Sub-scheduler attaches refused by the root scheduler.",
         );
-        let _ = writeln!(s, "# HELP canopy_tasks Tasks tracked and managed.");
-        let _ = writeln!(s, "# TYPE canopy_tasks gauge");
-        let _ = writeln!(s, "canopy_tasks{{kind=\"tracked\"}} {}", self.tasks_tracked);
-        let _ = writeln!(s, "canopy_tasks{{kind=\"managed\"}} {}", self.tasks_managed);
-        let _ = writeln!(s, "# HELP canopy_mode Which backend runs (1 = active).");
-        let _ = writeln!(s, "# TYPE canopy_mode gauge");
-        let _ = writeln!(s, "canopy_mode{{mode=\"{}\"}} 1", self.mode);
-        let _ = writeln!(
-            s,
-            "# HELP canopy_policy_reload_error 1 when the last reload failed."
-        );
-        let _ = writeln!(s, "# TYPE canopy_policy_reload_error gauge");
-        let _ = writeln!(
-            s,
-            "canopy_policy_reload_error {}",
-            u8::from(self.policy_error.is_some())
-        );
-        if let Some(p99) = self.apply_latency_p99_us {
-            let _ = writeln!(s, "# HELP canopy_apply_latency_us Thread rename to applied class, µs, over recent samples.");
-            let _ = writeln!(s, "# TYPE canopy_apply_latency_us gauge");
-            let _ = writeln!(
-                s,
-                "canopy_apply_latency_us{{quantile=\"0.5\"}} {}",
-                self.apply_latency_p50_us.unwrap_or(0)
+        out.sample(&[], self.refused_subsched_attaches);
+        if let Some(w) = &self.preempting_wakeups {
+            out.family(
+                "canopy_preempting_wakeups_total",
+                "counter",
+                "Wakeups of preempting-class tasks (USER_INTERACTIVE by default) the root scheduler placed.",
             );
-            let _ = writeln!(s, "canopy_apply_latency_us{{quantile=\"0.99\"}} {p99}");
-        }
-        if let Some(p99) = self.move_latency_p99_us {
-            let _ = writeln!(s, "# HELP canopy_move_latency_us cgroup move to re-clamped classes, µs, over recent samples.");
-            let _ = writeln!(s, "# TYPE canopy_move_latency_us gauge");
-            let _ = writeln!(
-                s,
-                "canopy_move_latency_us{{quantile=\"0.5\"}} {}",
-                self.move_latency_p50_us.unwrap_or(0)
+            out.sample(&[], w.total);
+            out.family(
+                "canopy_preempting_wakeups_late_total",
+                "counter",
+                "Of those, wakeups that ran more than 1 ms after waking.",
             );
-            let _ = writeln!(s, "canopy_move_latency_us{{quantile=\"0.99\"}} {p99}");
+            out.sample(&[], w.late);
         }
-        let _ = writeln!(
-            s,
-            "# HELP canopy_group_cpu_usage_usec_total CPU time used by a managed cgroup."
+        out.family("canopy_tasks_tracked", "gauge", "Tasks the daemon tracks.");
+        out.sample(&[], self.tasks_tracked);
+        out.family(
+            "canopy_tasks_managed",
+            "gauge",
+            "Tasks whose class the daemon manages.",
         );
-        let _ = writeln!(s, "# TYPE canopy_group_cpu_usage_usec_total counter");
-        for g in &self.groups {
-            if let Some(u) = g.cpu_usage_usec {
-                let _ = writeln!(s, "canopy_group_cpu_usage_usec_total{{cgroup=\"{}\",group=\"{}\",state=\"{}\"}} {u}",
-                    escape_label(&g.cgroup), escape_label(&g.group), escape_label(&g.state));
+        out.sample(&[], self.tasks_managed);
+        out.family(
+            "canopy_class_tasks",
+            "gauge",
+            "Managed tasks by the class applied to them.",
+        );
+        for (class, tasks) in &self.tasks_by_class {
+            out.sample(&[("class", class)], tasks);
+        }
+        out.family(
+            "canopy_mode",
+            "gauge",
+            "The backend in force: 1 for the running mode, 0 for the other.",
+        );
+        for mode in ["scx", "fallback"] {
+            out.sample(&[("mode", mode)], u8::from(self.mode == mode));
+        }
+        out.family(
+            "canopy_policy_info",
+            "gauge",
+            "The hash of the policy in force (always 1; compare hash across a fleet).",
+        );
+        out.sample(&[("hash", &self.policy_hash)], 1);
+        out.family(
+            "canopy_policy_last_reload_failed",
+            "gauge",
+            "1 when the last reload failed and the old policy stayed in force.",
+        );
+        out.sample(&[], u8::from(self.policy_error.is_some()));
+        for (name, what, p50, p99) in [
+            (
+                "canopy_apply_latency_seconds",
+                "Thread rename to applied class",
+                self.apply_latency_p50_us,
+                self.apply_latency_p99_us,
+            ),
+            (
+                "canopy_move_latency_seconds",
+                "cgroup move to re-clamped classes",
+                self.move_latency_p50_us,
+                self.move_latency_p99_us,
+            ),
+        ] {
+            if let (Some(p50), Some(p99)) = (p50, p99) {
+                // A summary of quantiles only: the ring keeps the last samples, not a sum.
+                out.family(
+                    name,
+                    "summary",
+                    &format!("{what}, seconds, quantiles over the recent samples."),
+                );
+                out.sample(&[("quantile", "0.5")], seconds_from_us(p50));
+                out.sample(&[("quantile", "0.99")], seconds_from_us(p99));
             }
         }
-        s
+        out.family(
+            "canopy_group_state_info",
+            "gauge",
+            "A managed cgroup's current state (always 1).",
+        );
+        for g in &self.groups {
+            out.sample(
+                &[
+                    ("cgroup", &g.cgroup),
+                    ("group", &g.group),
+                    ("state", &g.state),
+                ],
+                1,
+            );
+        }
+        out.family(
+            "canopy_group_tasks",
+            "gauge",
+            "Tracked tasks in a managed cgroup.",
+        );
+        for g in &self.groups {
+            out.sample(&g.labels(), g.tasks);
+        }
+        out.family(
+            "canopy_group_weight",
+            "gauge",
+            "The policy's CPU weight of a managed cgroup's group in its current state.",
+        );
+        for g in &self.groups {
+            if let Some(w) = g.weight {
+                out.sample(&g.labels(), w);
+            }
+        }
+        out.family(
+            "canopy_group_cpu_usage_seconds_total",
+            "counter",
+            "CPU time used by a managed cgroup (cpu.stat usage_usec).",
+        );
+        for g in &self.groups {
+            if let Some(u) = g.cpu_usage_usec {
+                out.sample(&g.labels(), seconds_from_us(u));
+            }
+        }
+        out.text
     }
+}
+
+/// Wakeup counters of the preempting classes, summed over CPUs from the root scheduler's stats
+/// (scx mode only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PreemptingWakeups {
+    /// Wakeups of preempting-class tasks the root placed (idle CPU, preemption, or queued).
+    pub total: u64,
+    /// Of those, wakeups that ran more than 1 ms after waking.
+    pub late: u64,
+}
+
+impl GroupSnapshot {
+    /// The one label set of every per-group series.
+    fn labels(&self) -> [(&str, &str); 2] {
+        [("cgroup", &self.cgroup), ("group", &self.group)]
+    }
+}
+
+/// Prometheus text being written: one `# HELP`/`# TYPE` head per family, then its samples.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+    family: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(
+            self.text,
+            "# HELP {name} {}",
+            help.replace('\\', "\\\\").replace('\n', "\\n")
+        );
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+        self.family = name.to_string();
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = write!(self.text, "{}", self.family);
+        if !labels.is_empty() {
+            let pairs: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
+            let _ = write!(self.text, "{{{}}}", pairs.join(","));
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+}
+
+/// Microseconds as seconds (Prometheus' base unit).
+fn seconds_from_us(us: u64) -> f64 {
+    us as f64 / 1e6
 }
 
 fn escape_label(v: &str) -> String {
@@ -355,6 +505,7 @@ mod tests {
             notes: vec![],
             tasks_tracked: 1,
             tasks_managed: 1,
+            tasks_by_class: BTreeMap::from([("BACKGROUND".to_string(), 1)]),
             counters: c,
             events: BTreeMap::new(),
             refused_subsched_attaches: 0,
@@ -362,6 +513,10 @@ mod tests {
             apply_latency_p99_us: None,
             move_latency_p50_us: Some(80),
             move_latency_p99_us: Some(700),
+            preempting_wakeups: Some(PreemptingWakeups {
+                total: 200,
+                late: 3,
+            }),
             groups: vec![],
         };
         assert!(snap
@@ -373,7 +528,19 @@ mod tests {
             .contains("move→re-clamped: p50 80 µs, p99 700 µs"));
         assert!(snap
             .render_prometheus()
-            .contains("canopy_move_latency_us{quantile=\"0.99\"} 700"));
+            .contains("canopy_move_latency_seconds{quantile=\"0.99\"} 0.0007"));
+        assert!(snap
+            .render_table()
+            .contains("wakeups:         200 of preempting classes, 3 over 1 ms late"));
+        assert!(snap
+            .render_prometheus()
+            .contains("canopy_preempting_wakeups_late_total 3"));
+        assert!(snap
+            .render_prometheus()
+            .contains("canopy_class_tasks{class=\"BACKGROUND\"} 1"));
+        assert!(snap
+            .render_table()
+            .contains("classes:         BACKGROUND=1"));
         let json = serde_json::to_value(&snap).unwrap();
         assert_eq!(json["counters"]["tags_applied"], 3);
     }

@@ -14,12 +14,13 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use canopy_controller::daemon::{self, DaemonOptions, ModeChoice};
+use canopy_controller::daemon::{self, Daemon, DaemonOptions};
 use canopy_controller::fallback::sched_getattr;
 use canopy_controller::policy_adapter::loader;
-use canopy_controller::procfs::detect_cgroup2_root;
 use canopy_controller::protocol::{Request, Response};
 use canopy_controller::server;
+use canopy_policy::DaemonMode;
+use canopy_sys::cgroup::CgroupHierarchy;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -63,7 +64,7 @@ impl Env {
     /// An env whose cgroup subtree lies under `parent` (relative to the cgroup2 root; `""` for
     /// the root itself). The caller removes `parent` if it made it.
     fn new_under(parent: &str, name: &str) -> Env {
-        let cgroot = detect_cgroup2_root();
+        let cgroot = CgroupHierarchy::system().mount_point().to_path_buf();
         let leaf = format!("canopy-host-{}-{name}", std::process::id());
         let scope = if parent.is_empty() {
             leaf.clone()
@@ -134,7 +135,7 @@ impl Env {
 
     fn start(&mut self, tweak: impl FnOnce(&mut DaemonOptions)) {
         let mut opts = DaemonOptions::new(loader(vec![self.policy_path()]), self.socket());
-        opts.mode = ModeChoice::Fallback;
+        opts.mode = DaemonMode::Fallback;
         opts.cgroup_scope = Some(self.scope.clone());
         opts.watch_paths = vec![self.policy_path()];
         opts.handle_signals = false;
@@ -142,9 +143,12 @@ impl Env {
         opts.on_ready = Some(ready_tx);
         tweak(&mut opts);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = self.rt.spawn(daemon::run(opts, async move {
-            let _ = stop_rx.await;
-        }));
+        let handle = self.rt.spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+            };
+            Daemon::start(opts).await?.run(stop).await
+        });
         self.rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(30), ready_rx).await })
             .expect("daemon ready in time")
@@ -768,7 +772,10 @@ fn f_user_sets_user_settable_states_only_inside_its_own_user_manager() {
     }
     let manager = "user.slice/user-1000.slice/user@1000.service";
     // Declared before the env, so dropped after it (the env removes its own subtree first).
-    let _made = MadeCgroups::make(&detect_cgroup2_root(), manager);
+    let _made = MadeCgroups::make(
+        &CgroupHierarchy::system().mount_point().to_path_buf(),
+        manager,
+    );
     let mut env = Env::new_under(manager, "f-user");
     env.mkcg("min");
     env.write_policy(&base_policy(
@@ -1161,4 +1168,66 @@ fn cgroup_created_after_start_is_managed_and_forgotten_when_removed() {
     assert_eq!(st["counters"]["apply_errors"], 0, "{}", st["counters"]);
     assert!(st["policy_error"].is_null());
     drop(stdin);
+}
+
+/// Issue 9: a `user = "name"` rule tags a process of that user (the daemon resolves the
+/// process's real uid through NSS, once per uid), and not a process of another user. `nobody`
+/// is in every Debian `/etc/passwd`; the test runs `sleep` as it (root can setuid).
+#[test]
+fn a_user_rule_tags_a_process_of_that_user() {
+    use std::os::unix::process::CommandExt;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let nobody = canopy_sys::users::user_name(65534).expect("NSS answers");
+    assert_eq!(
+        nobody.as_deref(),
+        Some("nobody"),
+        "uid 65534 is not nobody here"
+    );
+    let mut env = Env::new("user");
+    env.write_policy(
+        r#"
+[[rules]]
+name = "nobody's work"
+user = "nobody"
+class = "BACKGROUND"
+
+[[rules]]
+name = "sleepers"
+comm = "sleep"
+class = "USER_INTERACTIVE"
+"#,
+    );
+    env.start(|_| {});
+    let mut sleep_as = |uid: Option<u32>| {
+        let mut command = Command::new("sleep");
+        command.arg("600");
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        let child = command.spawn().expect("sleep starts");
+        let pid = child.id();
+        env.children.push(child);
+        pid
+    };
+    let (as_nobody, as_root) = (sleep_as(Some(65534)), sleep_as(None));
+    env.move_pid("", as_nobody);
+    env.move_pid("", as_root);
+    let tagged = wait_for(Duration::from_secs(5), || {
+        nice_policy(as_nobody) == Some((4, BATCH)) && nice_policy(as_root) == Some((-4, NORMAL))
+    });
+    let (nobody_explained, root_explained) = (explain(&env, as_nobody), explain(&env, as_root));
+    assert!(
+        tagged.is_some(),
+        "nobody's sleep {:?} and root's {:?}: {nobody_explained} {root_explained}",
+        nice_policy(as_nobody),
+        nice_policy(as_root)
+    );
+    assert_eq!(
+        nobody_explained["rule"], "nobody's work",
+        "{nobody_explained}"
+    );
+    assert_eq!(root_explained["rule"], "sleepers", "{root_explained}");
 }

@@ -8,6 +8,8 @@
 //! - `parse`: TOML text → typed items, every bad field reported.
 //! - `compile`: drop-in merging, validation, and building the [`Plan`].
 //! - `plan`: the Plan, its API for the daemon, and the decision function.
+//! - `share`: a group's share terms (weight, guarantee, cap as percent and as quota) for both
+//!   backends.
 //! - `matcher`, `glob`: the indexed matcher and glob analysis.
 //! - `class`: built-in classes, [`ClassId`], [`ClassMask`].
 //! - `print`, `diff`: a plan back to canonical TOML, and the semantic difference of two plans.
@@ -60,6 +62,7 @@ mod parse;
 mod plan;
 mod print;
 pub mod schedqos;
+mod share;
 
 pub use class::builtin_class_names;
 pub use class::Class;
@@ -67,7 +70,6 @@ pub use class::ClassId;
 pub use class::ClassMask;
 pub use class::ClassParams;
 pub use class::MAX_CLASSES;
-pub use compile::compile;
 pub use compile::compile_str;
 pub use compile::CompileError;
 pub use compile::Compiled;
@@ -101,3 +103,22 @@ pub use plan::SettingsOverrides;
 pub use plan::TaskFacts;
 pub use plan::ThreadRule;
 pub use print::to_toml;
+pub use share::CpuQuota;
+pub use share::ShareTerms;
+pub use share::CAP_PERIOD_US;
+
+/// Policies compiled by [`compile`] in this process so far.
+static COMPILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Compiles policy sources (drop-ins merged in order) into an immutable [`Plan`], or every
+/// problem found. The one entry point: each call is counted ([`compiles_so_far`]), so the
+/// daemon can show that a start or a reload compiled the policy once.
+pub fn compile(sources: &[Source]) -> Result<Compiled, CompileError> {
+    COMPILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    compile::compile(sources)
+}
+
+/// How many times [`compile`] ran in this process (a counter, no syscall).
+pub fn compiles_so_far() -> u64 {
+    COMPILES.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -240,12 +240,14 @@ impl RuleMatcher {
         })
     }
 
-    /// The class of the first thread rule of rule `rule` matching `thread_name`.
-    pub(crate) fn thread_class(&self, rule: usize, thread_name: &str) -> Option<ClassId> {
+    /// The first thread rule of rule `rule` matching `thread_name`: its index in the rule's
+    /// `threads` and its class.
+    pub(crate) fn thread_rule(&self, rule: usize, thread_name: &str) -> Option<(usize, ClassId)> {
         self.rules[rule]
             .threads
             .iter()
-            .find(|(glob, _)| glob.is_match(thread_name))
-            .map(|(_, class)| *class)
+            .enumerate()
+            .find(|(_, (glob, _))| glob.is_match(thread_name))
+            .map(|(index, (_, class))| (index, *class))
     }
 }

@@ -4,7 +4,7 @@
 //! name (`slice_us`, `after_s`). Values that diagnostics must point at are `Spanned`.
 //!
 //! These types only describe *one* file. Merging drop-ins, resolving class names and checking
-//! ranges happen in `merge.rs` and `compile.rs`.
+//! ranges happen in `compile/`.
 
 use indexmap::IndexMap;
 use schemars::JsonSchema;
@@ -66,6 +66,19 @@ pub enum DaemonMode {
     Scx,
     /// Never load BPF; apply classes with sched_setattr and cgroup files only.
     Fallback,
+}
+
+impl std::str::FromStr for DaemonMode {
+    type Err = String;
+    /// `auto`, `scx` or `fallback`, as in the policy (`canopy run --mode` parses with this).
+    fn from_str(text: &str) -> Result<DaemonMode, String> {
+        match text {
+            "auto" => Ok(DaemonMode::Auto),
+            "scx" => Ok(DaemonMode::Scx),
+            "fallback" => Ok(DaemonMode::Fallback),
+            other => Err(format!("unknown mode {other:?} (auto, scx, fallback)")),
+        }
+    }
 }
 
 /// Settings of the `canopy run` daemon.
@@ -212,120 +225,141 @@ pub enum SchedulerKind {
     None,
 }
 
-/// A group: the cgroups matched by a path glob, what their tasks may do, and their CPU share.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GroupDef {
-    /// Glob on cgroup paths relative to the cgroup2 root, e.g. `system.slice/*.service` or
-    /// `user.slice/user-*.slice/user@*.service/app.slice/app-*.scope`. `*` does not cross `/`.
-    /// The first group (in file order) whose glob matches a cgroup owns it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
-    pub path: Option<Spanned<String>>,
-    /// Child scheduler: `canopy`, `external` or `none`. Default: `canopy`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<SchedulerKind>")]
-    pub scheduler: Option<Spanned<SchedulerKind>>,
-    /// With `scheduler = "external"`: the sched_ext ops names admitted to run this group.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<Vec<String>>")]
-    pub external_ops: Option<Spanned<Vec<String>>>,
-    /// Name of the state a group starts in; absent means the base settings apply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
-    pub default_state: Option<Spanned<String>>,
-    /// CPU weight, 1..=10000 (as cgroup `cpu.weight`). Default: 100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
-    pub weight: Option<Spanned<i64>>,
-    /// Only these classes may run here; any other requested class is clamped to the nearest
-    /// allowed one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<Vec<String>>")]
-    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
-    /// These classes may not run here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<Vec<String>>")]
-    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
-    /// Highest class tasks here may have; higher requests are clamped down to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
-    pub ceiling: Option<Spanned<String>>,
-    /// Lowest class tasks here may have; lower requests are raised to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
-    pub floor: Option<Spanned<String>>,
-    /// Guaranteed minimum share of the machine's CPU time, in percent (1..=100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
-    pub guarantee_percent: Option<Spanned<i64>>,
-    /// Maximum share of the machine's CPU time, in percent (1..=100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
-    pub cap_percent: Option<Spanned<i64>>,
-    /// Maximum CPU time per period in microseconds, like the first field of `cpu.max`.
-    /// Exclusive with `cap_percent`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
-    pub cap_quota_us: Option<Spanned<i64>>,
-    /// Period of `cap_quota_us` in microseconds (1000..=1000000). Default: 100000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
-    pub cap_period_us: Option<Spanned<i64>>,
-    /// Named states (e.g. `focused`, `unfocused`, `minimized`) whose settings replace the
-    /// group's while the daemon or the control API has the group in that state.
-    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
-    pub states: IndexMap<String, StateDef>,
+/// Declares a policy table that carries a group's settings: its own fields, then the nine
+/// settings fields where `..group_settings..` stands (`weight` to `cap_period_us`, written once
+/// here for [`GroupDef`] and [`StateDef`]), then the rest; and a `settings()` view of them.
+/// serde's `flatten` cannot share the fields (it turns off `deny_unknown_fields`), and the
+/// docs are generated from these fields' comments in this order.
+macro_rules! with_group_settings {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$before_meta:meta])* pub $before:ident: $before_ty:ty, )*
+            ..group_settings..
+            $( $(#[$after_meta:meta])* pub $after:ident: $after_ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$before_meta])* pub $before: $before_ty, )*
+            /// CPU weight, 1..=10000 (as cgroup `cpu.weight`). Default: 100.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(with = "Option<i64>")]
+            pub weight: Option<Spanned<i64>>,
+            /// Only these classes may run here; any other requested class is clamped to the nearest
+            /// allowed one.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(with = "Option<Vec<String>>")]
+            pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+            /// These classes may not run here.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(with = "Option<Vec<String>>")]
+            pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+            /// Highest class tasks here may have; higher requests are clamped down to it.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(with = "Option<String>")]
+            pub ceiling: Option<Spanned<String>>,
+            /// Lowest class tasks here may have; lower requests are raised to it.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(with = "Option<String>")]
+            pub floor: Option<Spanned<String>>,
+            /// Guaranteed minimum share of the machine's CPU time, in percent (1..=100).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(with = "Option<i64>")]
+            pub guarantee_percent: Option<Spanned<i64>>,
+            /// Maximum share of the machine's CPU time, in percent (1..=100).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(with = "Option<i64>")]
+            pub cap_percent: Option<Spanned<i64>>,
+            /// Maximum CPU time per period in microseconds, like the first field of `cpu.max`.
+            /// Exclusive with `cap_percent`.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(with = "Option<i64>")]
+            pub cap_quota_us: Option<Spanned<i64>>,
+            /// Period of `cap_quota_us` in microseconds (1000..=1000000). Default: 100000.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(with = "Option<i64>")]
+            pub cap_period_us: Option<Spanned<i64>>,
+            $( $(#[$after_meta])* pub $after: $after_ty, )*
+        }
+
+        impl $name {
+            /// The group settings this table writes.
+            pub fn settings(&self) -> SettingsFields<'_> {
+                SettingsFields {
+                    weight: &self.weight,
+                    allow: &self.allow,
+                    deny: &self.deny,
+                    ceiling: &self.ceiling,
+                    floor: &self.floor,
+                    guarantee_percent: &self.guarantee_percent,
+                    cap_percent: &self.cap_percent,
+                    cap_quota_us: &self.cap_quota_us,
+                    cap_period_us: &self.cap_period_us,
+                }
+            }
+        }
+    };
 }
 
-/// A named state of a group: overrides of the group's settings, applied when the group enters it.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StateDef {
-    /// Apply the overrides only once the group has been in this state for this many seconds
-    /// (e.g. "unfocused for 30 s means ceiling BACKGROUND"). Default: 0 (at once).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after_s: Option<u32>,
-    /// Whether the user owning the cgroup may switch the group into this state through the
-    /// control API (otherwise only root and the daemon may). Default: `false`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_settable: Option<bool>,
-    /// CPU weight, 1..=10000 (as cgroup `cpu.weight`). Default: 100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
-    pub weight: Option<Spanned<i64>>,
-    /// Only these classes may run here; any other requested class is clamped to the nearest
-    /// allowed one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<Vec<String>>")]
-    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
-    /// These classes may not run here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<Vec<String>>")]
-    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
-    /// Highest class tasks here may have; higher requests are clamped down to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
-    pub ceiling: Option<Spanned<String>>,
-    /// Lowest class tasks here may have; lower requests are raised to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
-    pub floor: Option<Spanned<String>>,
-    /// Guaranteed minimum share of the machine's CPU time, in percent (1..=100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
-    pub guarantee_percent: Option<Spanned<i64>>,
-    /// Maximum share of the machine's CPU time, in percent (1..=100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
-    pub cap_percent: Option<Spanned<i64>>,
-    /// Maximum CPU time per period in microseconds, like the first field of `cpu.max`.
-    /// Exclusive with `cap_percent`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
-    pub cap_quota_us: Option<Spanned<i64>>,
-    /// Period of `cap_quota_us` in microseconds (1000..=1000000). Default: 100000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
-    pub cap_period_us: Option<Spanned<i64>>,
+/// The group settings a [`GroupDef`] or a [`StateDef`] writes, borrowed (see their fields).
+#[derive(Debug, Clone, Copy)]
+pub struct SettingsFields<'d> {
+    pub weight: &'d Option<Spanned<i64>>,
+    pub allow: &'d Option<Spanned<Vec<Spanned<String>>>>,
+    pub deny: &'d Option<Spanned<Vec<Spanned<String>>>>,
+    pub ceiling: &'d Option<Spanned<String>>,
+    pub floor: &'d Option<Spanned<String>>,
+    pub guarantee_percent: &'d Option<Spanned<i64>>,
+    pub cap_percent: &'d Option<Spanned<i64>>,
+    pub cap_quota_us: &'d Option<Spanned<i64>>,
+    pub cap_period_us: &'d Option<Spanned<i64>>,
+}
+
+with_group_settings! {
+    /// A group: the cgroups matched by a path glob, what their tasks may do, and their CPU share.
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct GroupDef {
+        /// Glob on cgroup paths relative to the cgroup2 root, e.g. `system.slice/*.service` or
+        /// `user.slice/user-*.slice/user@*.service/app.slice/app-*.scope`. `*` does not cross `/`.
+        /// The first group (in file order) whose glob matches a cgroup owns it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<String>")]
+        pub path: Option<Spanned<String>>,
+        /// Child scheduler: `canopy`, `external` or `none`. Default: `canopy`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<SchedulerKind>")]
+        pub scheduler: Option<Spanned<SchedulerKind>>,
+        /// With `scheduler = "external"`: the sched_ext ops names admitted to run this group.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<Vec<String>>")]
+        pub external_ops: Option<Spanned<Vec<String>>>,
+        /// Name of the state a group starts in; absent means the base settings apply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<String>")]
+        pub default_state: Option<Spanned<String>>,
+        ..group_settings..
+        /// Named states (e.g. `focused`, `unfocused`, `minimized`) whose settings replace the
+        /// group's while the daemon or the control API has the group in that state.
+        #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+        pub states: IndexMap<String, StateDef>,
+    }
+}
+
+with_group_settings! {
+    /// A named state of a group: overrides of the group's settings, applied when the group enters it.
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct StateDef {
+        /// Apply the overrides only once the group has been in this state for this many seconds
+        /// (e.g. "unfocused for 30 s means ceiling BACKGROUND"). Default: 0 (at once).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub after_s: Option<u32>,
+        /// Whether the user owning the cgroup may switch the group into this state through the
+        /// control API (otherwise only root and the daemon may). Default: `false`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub user_settable: Option<bool>,
+        ..group_settings..
+    }
 }

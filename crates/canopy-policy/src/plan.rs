@@ -49,6 +49,8 @@ pub struct RuleMatch {
     pub class: ClassId,
     /// The class of a matching per-thread rule, if any.
     pub thread_class: Option<ClassId>,
+    /// The matching per-thread rule, if any: its index in the rule's [`Rule::threads`].
+    pub thread_rule: Option<usize>,
     /// Whether forked children inherit the class.
     pub inherit: bool,
 }
@@ -446,11 +448,12 @@ impl Plan {
     pub fn match_task(&self, task: &TaskFacts<'_>) -> Option<RuleMatch> {
         let rule_index = self.matcher.first_match(task)?;
         let rule = &self.data.rules[rule_index];
-        let thread_class = self.matcher.thread_class(rule_index, task.thread_name);
+        let thread_rule = self.matcher.thread_rule(rule_index, task.thread_name);
         Some(RuleMatch {
             rule: rule_index,
             class: rule.class,
-            thread_class,
+            thread_class: thread_rule.map(|(_, class)| class),
+            thread_rule: thread_rule.map(|(index, _)| index),
             inherit: rule.inherit,
         })
     }

@@ -10,6 +10,9 @@
 //!   kernel allows it, batched, on tokio, with overruns surfaced as an event.
 //! - [`watch`]: inotify on cgroup subtrees (recursive create/remove, xattr changes) and on
 //!   policy files (editors' rename-replace included).
+//! - [`sched_ext`]: the one kernel probe (sched_ext, cid-form ops, sub-scheduler kfuncs) and
+//!   sched_ext's sysfs files; the bpffs directory of canopy's pinned maps.
+//! - [`users`]: a uid's user name through NSS, cached per uid (`user = "..."` rules).
 //! - [`peer`]: `SO_PEERCRED` on Unix stream sockets.
 //! - [`policy_files`]: finding and reading policy files (`policy.toml`, `policy.d/*.toml`),
 //!   bounded and with the path in every error, for the CLI and the daemon alike.
@@ -34,6 +37,8 @@ pub mod policy_files;
 pub mod proc_events;
 pub mod procfs;
 pub mod sched;
+pub mod sched_ext;
+pub mod users;
 pub mod watch;
 
 mod comm;

@@ -335,11 +335,25 @@ impl ProcFs {
 
     /// The process's real uid (first field of the `Uid:` line of `/proc/PID/status`).
     pub fn real_uid(&mut self, pid: Pid) -> Result<Outcome<u32>, ProcError> {
-        self.set_path(format_args!("{pid}/status"));
+        self.parsed_status(pid, parse_status_real_uid)
+    }
+
+    /// The thread group (process) a thread id belongs to (`/proc/TID` resolves for any thread).
+    pub fn thread_group_id(&mut self, tid: Pid) -> Result<Outcome<Pid>, ProcError> {
+        self.parsed_status(tid, parse_status_tgid)
+    }
+
+    /// One field of `/proc/ID/status`, by `parse`.
+    fn parsed_status<T>(
+        &mut self,
+        id: Pid,
+        parse: fn(&[u8]) -> Result<T, &'static str>,
+    ) -> Result<Outcome<T>, ProcError> {
+        self.set_path(format_args!("{id}/status"));
         match self.read_file()? {
             Outcome::Gone => Ok(Outcome::Gone),
-            Outcome::Done(content) => match parse_status_real_uid(content) {
-                Ok(uid) => Ok(Outcome::Done(uid)),
+            Outcome::Done(content) => match parse(content) {
+                Ok(value) => Ok(Outcome::Done(value)),
                 Err(reason) => Err(self.parse_error(reason)),
             },
         }
@@ -443,6 +457,23 @@ fn parse_pid_name(name: &[u8]) -> Option<Pid> {
     std::str::from_utf8(name).ok()?.parse().ok()
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), to tell a record from an earlier boot.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|text| text.trim().to_string())
+}
+
+/// Seconds since boot (`/proc/uptime`, the clock of the VM tests' timestamps).
+pub fn uptime_s() -> Option<f64> {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Parses a `stat` line. The comm (field 2) may hold spaces, parentheses and even newlines,
 /// so it spans from the first `(` to the *last* `)`; the numeric fields follow that.
 pub fn parse_stat(content: &[u8]) -> Result<TaskStat, &'static str> {
@@ -520,15 +551,23 @@ pub fn parse_cgroup_v2_path(content: &[u8]) -> Result<Option<&str>, &'static str
 
 /// The real uid from `/proc/PID/status` (`Uid:\treal\teffective\tsaved\tfs`).
 pub fn parse_status_real_uid(content: &[u8]) -> Result<u32, &'static str> {
-    let text = std::str::from_utf8(content).map_err(|_| "not UTF-8")?;
-    let line = text
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .ok_or("no Uid: line")?;
-    line.split_ascii_whitespace()
-        .next()
-        .and_then(|real| real.parse().ok())
-        .ok_or("bad Uid: line")
+    status_first_number(content, "Uid:").ok_or("no or bad Uid: line")
+}
+
+/// The thread group id from `/proc/TID/status` (the `Tgid:` line).
+pub fn parse_status_tgid(content: &[u8]) -> Result<Pid, &'static str> {
+    status_first_number(content, "Tgid:").ok_or("no or bad Tgid: line")
+}
+
+/// The first number after `field` on its line of a `/proc/PID/status` file.
+fn status_first_number<T: std::str::FromStr>(content: &[u8], field: &str) -> Option<T> {
+    let text = std::str::from_utf8(content).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(field))?
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn parse_number<T: std::str::FromStr>(bytes: &[u8]) -> Option<T> {

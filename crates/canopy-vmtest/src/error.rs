@@ -10,8 +10,14 @@ pub enum Error {
     #[error("test kernel unavailable: {message} (run `scripts/fetch-kernel.sh` by hand to see why; set CANOPY_KERNEL_VERSION to pin a cached kernel)")]
     Kernel { message: String },
 
+    #[error("systemd guest image unavailable: {message} (run `scripts/build-systemd-guest.sh \"$(scripts/fetch-kernel.sh)\"` by hand to see why)")]
+    SystemdImage { message: String },
+
     #[error("building the guest binary with `{command}` failed:\n{stderr}")]
     GuestBuild { command: String, stderr: String },
+
+    #[error("building the Debian package with `{command}` failed:\n{stderr}")]
+    Package { command: String, stderr: String },
 
     #[error("guest file {host_path}: {message}")]
     GuestFile { host_path: PathBuf, message: String },

@@ -29,8 +29,10 @@ mod guest_build;
 mod initramfs;
 mod kernel;
 mod lock;
+mod package;
 mod paths;
 mod qemu;
+mod systemd_guest;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -40,10 +42,12 @@ pub use error::{Error, Result};
 pub use guest_build::guest_binary;
 pub use initramfs::GuestFile;
 pub use kernel::{kernel, Kernel};
+pub use package::debian_package;
 pub use paths::{log_dir, repo_root, target_dir};
 pub use qemu::Accel;
 /// Re-exported so scenario tests can read results without their own dependency.
 pub use serde_json;
+pub use systemd_guest::{systemd_image, RunningGuest, SystemdGuest, SystemdImage};
 
 use error::{io_error, spawn_error};
 use qemu::{Launch, RunningQemu, SerialEvent};
@@ -52,7 +56,7 @@ use serde_json::Value;
 /// The prefix of a structured result line on the guest console.
 pub const RESULT_PREFIX: &str = "CANOPY-RESULT ";
 /// Lines of guest log shown in an error.
-const LOG_TAIL_LINES: usize = 60;
+pub(crate) const LOG_TAIL_LINES: usize = 60;
 /// Debian tools the harness knows how to bring into the guest.
 pub const DEBIAN_TOOLS: &[&str] = &["cyclictest", "hackbench", "stress-ng"];
 
@@ -292,86 +296,17 @@ impl Scenario {
         }
         let mut qemu = RunningQemu::start(&launch, &log_path, echo)?;
         let deadline = qemu.started + self.timeout;
-        let mut results = Vec::new();
-        let mut malformed = Vec::new();
-        let mut panic_line = None;
-        let mut closed = false;
-        while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
-            match qemu.lines.recv_timeout(remaining) {
-                Ok(SerialEvent::Line(line)) => {
-                    if let Some(json) = line
-                        .find(RESULT_PREFIX)
-                        .map(|at| &line[at + RESULT_PREFIX.len()..])
-                    {
-                        // Trailing text is ignored; a line that kernel output cut in two is kept
-                        // aside (asking for its kind later names it) rather than failing the run.
-                        match serde_json::Deserializer::from_str(json)
-                            .into_iter::<Value>()
-                            .next()
-                        {
-                            Some(Ok(value)) if value.is_object() => results.push(value),
-                            _ => malformed.push(line),
-                        }
-                    } else if line.contains("Kernel panic - not syncing") && panic_line.is_none() {
-                        panic_line = Some(line);
-                    }
-                }
-                Ok(SerialEvent::Closed) => {
-                    closed = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        if !closed {
-            qemu.kill();
-            return Err(Error::Timeout {
-                scenario: self.name.clone(),
-                timeout: self.timeout,
-                log_path: log_path.clone(),
-                log_tail: qemu::log_tail(&log_path, LOG_TAIL_LINES),
-            });
-        }
-        let exit_status = qemu.wait_exit(Duration::from_secs(5));
-        qemu.kill();
+        let console = read_console(&mut qemu, deadline);
+        let (results, malformed) = judge_console(
+            &self.name,
+            console,
+            &mut qemu,
+            self.timeout,
+            &log_path,
+            &format!("{accel:?} acceleration"),
+        )?;
         let duration = qemu.started.elapsed();
-
-        if let Some(line) = panic_line {
-            return Err(self.guest_error(&log_path, format!("kernel panic: {}", line.trim())));
-        }
-        let kernel_release = match find_kind(&results, "boot") {
-            Some(boot) => boot["kernel_release"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            None => {
-                let status = exit_status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "no exit status".into());
-                return Err(self.guest_error(
-                    &log_path,
-                    format!("the guest never reached its /init setup (qemu {status}, {:?} acceleration)", accel),
-                ));
-            }
-        };
-        match find_kind(&results, "script-exit").map(|exit| exit["status"].as_i64()) {
-            Some(Some(0)) => {}
-            Some(status) => {
-                let status = status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "unknown".into());
-                return Err(self.guest_error(
-                    &log_path,
-                    format!("the scenario script exited with status {status}"),
-                ));
-            }
-            None => {
-                return Err(self.guest_error(
-                    &log_path,
-                    "the guest stopped before the scenario script finished".into(),
-                ));
-            }
-        }
+        let kernel_release = kernel_release_of(&results);
         Ok(Outcome {
             scenario: self.name.clone(),
             kernel_release,
@@ -408,15 +343,6 @@ impl Scenario {
         let _ = qemu.wait();
         let _ = std::fs::remove_file(&prepared.initramfs_path);
         Ok(prepared.log_path)
-    }
-
-    fn guest_error(&self, log_path: &Path, reason: String) -> Error {
-        Error::Guest {
-            scenario: self.name.clone(),
-            reason,
-            log_path: log_path.to_path_buf(),
-            log_tail: qemu::log_tail(log_path, LOG_TAIL_LINES),
-        }
     }
 }
 
@@ -511,6 +437,118 @@ impl Outcome {
     }
 }
 
+/// What the serial console carried until qemu closed it or the deadline passed.
+pub(crate) struct Console {
+    results: Vec<Value>,
+    malformed: Vec<String>,
+    panic_line: Option<String>,
+    closed: bool,
+}
+
+/// Reads console lines until qemu closes its output or `deadline` passes, keeping the
+/// `CANOPY-RESULT` objects and the first kernel panic line.
+pub(crate) fn read_console(qemu: &mut RunningQemu, deadline: Instant) -> Console {
+    let mut console = Console {
+        results: Vec::new(),
+        malformed: Vec::new(),
+        panic_line: None,
+        closed: false,
+    };
+    while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
+        match qemu.lines.recv_timeout(remaining) {
+            Ok(SerialEvent::Line(line)) => {
+                if let Some(json) = line
+                    .find(RESULT_PREFIX)
+                    .map(|at| &line[at + RESULT_PREFIX.len()..])
+                {
+                    // Trailing text is ignored; a line that kernel output cut in two is kept
+                    // aside (asking for its kind later names it) rather than failing the run.
+                    match serde_json::Deserializer::from_str(json)
+                        .into_iter::<Value>()
+                        .next()
+                    {
+                        Some(Ok(value)) if value.is_object() => console.results.push(value),
+                        _ => console.malformed.push(line),
+                    }
+                } else if line.contains("Kernel panic - not syncing")
+                    && console.panic_line.is_none()
+                {
+                    console.panic_line = Some(line);
+                }
+            }
+            Ok(SerialEvent::Closed) => {
+                console.closed = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    console
+}
+
+/// Turns a finished console into the results, or the error that ends the scenario: a timeout
+/// (qemu is killed), a kernel panic, a guest that never printed its `boot` result, a script
+/// that failed or never finished. `how` describes the boot for the never-booted message.
+pub(crate) fn judge_console(
+    scenario: &str,
+    console: Console,
+    qemu: &mut RunningQemu,
+    timeout: Duration,
+    log_path: &Path,
+    how: &str,
+) -> Result<(Vec<Value>, Vec<String>)> {
+    let guest_error = |reason: String| Error::Guest {
+        scenario: scenario.into(),
+        reason,
+        log_path: log_path.to_path_buf(),
+        log_tail: qemu::log_tail(log_path, LOG_TAIL_LINES),
+    };
+    if !console.closed {
+        qemu.kill();
+        return Err(Error::Timeout {
+            scenario: scenario.into(),
+            timeout,
+            log_path: log_path.to_path_buf(),
+            log_tail: qemu::log_tail(log_path, LOG_TAIL_LINES),
+        });
+    }
+    let exit_status = qemu.wait_exit(Duration::from_secs(5));
+    qemu.kill();
+    if let Some(line) = console.panic_line {
+        return Err(guest_error(format!("kernel panic: {}", line.trim())));
+    }
+    if find_kind(&console.results, "boot").is_none() {
+        let status = exit_status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "no exit status".into());
+        return Err(guest_error(format!(
+            "the guest never reached its /init setup (qemu {status}, {how})"
+        )));
+    }
+    match find_kind(&console.results, "script-exit").map(|exit| exit["status"].as_i64()) {
+        Some(Some(0)) => Ok((console.results, console.malformed)),
+        Some(status) => {
+            let status = status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            Err(guest_error(format!(
+                "the scenario script exited with status {status}"
+            )))
+        }
+        None => Err(guest_error(
+            "the guest stopped before the scenario script finished".into(),
+        )),
+    }
+}
+
+/// The `kernel_release` of the `boot` result (empty when absent).
+pub(crate) fn kernel_release_of(results: &[Value]) -> String {
+    find_kind(results, "boot")
+        .and_then(|boot| boot["kernel_release"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn find_kind<'a>(results: &'a [Value], kind: &str) -> Option<&'a Value> {
     results.iter().find(|value| value["kind"] == kind)
 }
@@ -521,7 +559,7 @@ pub const EMULATOR_FAULT_RETRIES: u32 = 2;
 /// Whether a guest log shows qemu TCG's stale-code fault: an `Oops: int3` (a breakpoint trap no
 /// kernel code path raises on purpose; the kernel's text patching leaves one in place for a
 /// moment, and MTTCG can keep executing it after the patch completed).
-fn hit_emulator_text_patching_fault(log_path: &Path) -> bool {
+pub(crate) fn hit_emulator_text_patching_fault(log_path: &Path) -> bool {
     std::fs::read(log_path)
         .map(|log| log.windows(11).any(|window| window == b"Oops: int3:"))
         .unwrap_or(false)

@@ -23,7 +23,7 @@ pub enum Accel {
 }
 
 impl Accel {
-    fn qemu_args(self) -> [&'static str; 4] {
+    pub(crate) fn qemu_args(self) -> [&'static str; 4] {
         match self {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
             Accel::Tcg => ["-accel", "tcg,thread=multi", "-cpu", "max"],
@@ -101,31 +101,40 @@ impl Launch<'_> {
                     .process_group(0);
             }
         }
-        // SAFETY: prctl is async-signal-safe. If the test process dies without unwinding
-        // (SIGKILL, abort), the kernel kills qemu too.
-        unsafe {
-            let nice = host_nice();
-            command.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if let Some(nice) = nice {
-                    // Best effort: a negative value needs root (or CAP_SYS_NICE).
-                    libc::setpriority(libc::PRIO_PROCESS, 0, nice);
-                }
-                Ok(())
-            });
-        }
+        tie_to_this_process(&mut command);
         command
     }
 
     pub fn describe(&self) -> String {
-        let command = self.command();
-        let mut text = command.get_program().to_string_lossy().into_owned();
-        for arg in command.get_args() {
-            text.push(' ');
-            text.push_str(&arg.to_string_lossy());
-        }
-        text
+        describe(&self.command())
     }
+}
+
+/// qemu dies with the test process, even one that dies without unwinding (SIGKILL, abort),
+/// and runs at `CANOPY_VM_NICE` when set.
+pub fn tie_to_this_process(command: &mut Command) {
+    let nice = host_nice();
+    // SAFETY: prctl and setpriority are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(nice) = nice {
+                // Best effort: a negative value needs root (or CAP_SYS_NICE).
+                libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A command line as one string, for logs and errors.
+pub fn describe(command: &Command) -> String {
+    let mut text = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
 }
 
 /// A running qemu. Dropping it kills qemu's process group and reaps it.
@@ -146,12 +155,26 @@ pub enum SerialEvent {
 impl RunningQemu {
     /// Starts qemu; serial lines go to `log_path` (and to stderr when `echo`) and to `lines`.
     pub fn start(launch: &Launch, log_path: &Path, echo: bool) -> Result<RunningQemu> {
+        RunningQemu::spawn(
+            launch.command(),
+            launch.interactive_log.is_none(),
+            log_path,
+            echo,
+        )
+    }
+
+    /// Starts any qemu command line whose stdout and stderr are piped (the systemd guest's
+    /// too); `own_group` says whether it leads its own process group.
+    pub fn spawn(
+        mut command: Command,
+        own_group: bool,
+        log_path: &Path,
+        echo: bool,
+    ) -> Result<RunningQemu> {
+        let description = describe(&command);
         let mut log = File::create(log_path).map_err(io_error(log_path))?;
-        let _ = writeln!(log, "# {}", launch.describe());
-        let mut child = launch
-            .command()
-            .spawn()
-            .map_err(spawn_error(launch.describe()))?;
+        let _ = writeln!(log, "# {description}");
+        let mut child = command.spawn().map_err(spawn_error(description))?;
         let started = Instant::now();
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -192,7 +215,7 @@ impl RunningQemu {
         });
         Ok(RunningQemu {
             child,
-            own_group: launch.interactive_log.is_none(),
+            own_group,
             lines,
             started,
         })

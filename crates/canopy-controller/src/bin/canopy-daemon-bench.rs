@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 
 use canopy_controller::backend::{Backend, TaskSource};
 use canopy_controller::controller::{Controller, ControllerConfig};
-use canopy_controller::daemon::{self, DaemonOptions, ModeChoice};
+use canopy_controller::daemon::{Daemon, DaemonOptions};
 use canopy_controller::event::Event;
 use canopy_controller::fallback::FallbackBackend;
 use canopy_controller::plan::PolicyPlan;
-use canopy_controller::procfs::{detect_cgroup2_root, ProcSource};
+use canopy_controller::procfs::ProcSource;
 use canopy_controller::testing::{FakeSource, RecordingBackend, TestPlan, TestRule};
+use canopy_policy::DaemonMode;
+use canopy_sys::cgroup::CgroupHierarchy;
 
 fn pin_to_cpu0() {
     // SAFETY: a zeroed cpu_set_t with one bit set; applies to the calling thread.
@@ -176,8 +178,8 @@ fn events() {
     let tgid = child.id();
     let mut c = Controller::new(
         Arc::new(bench_plan()) as Arc<dyn PolicyPlan>,
-        FallbackBackend::new(detect_cgroup2_root()),
-        ProcSource::new(detect_cgroup2_root()),
+        FallbackBackend::new(CgroupHierarchy::system().mount_point().to_path_buf()),
+        ProcSource::new(CgroupHierarchy::system().mount_point().to_path_buf()),
         ControllerConfig::default(),
     );
     // Track just this process (a full rescan would tag the whole machine).
@@ -254,7 +256,10 @@ struct Scoped {
 impl Scoped {
     fn new(name: &str) -> Scoped {
         let scope = format!("canopy-bench-{}-{name}", std::process::id());
-        let cg = detect_cgroup2_root().join(&scope);
+        let cg = CgroupHierarchy::system()
+            .mount_point()
+            .to_path_buf()
+            .join(&scope);
         std::fs::create_dir_all(&cg).unwrap();
         let dir = std::env::temp_dir().join(&scope);
         std::fs::create_dir_all(&dir).unwrap();
@@ -266,7 +271,7 @@ impl Scoped {
             canopy_controller::policy_adapter::loader(vec![self.dir.join("policy.toml")]),
             self.dir.join("control.sock"),
         );
-        o.mode = ModeChoice::Fallback;
+        o.mode = DaemonMode::Fallback;
         o.cgroup_scope = Some(self.scope.clone());
         o.handle_signals = false;
         o
@@ -293,9 +298,12 @@ fn run_daemon_for(opts: DaemonOptions, during: impl FnOnce() + Send + 'static) {
         .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     rt.block_on(async move {
-        let d = tokio::spawn(daemon::run(opts, async move {
-            let _ = rx.await;
-        }));
+        let d = tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.await;
+            };
+            Daemon::start(opts).await?.run(stop).await
+        });
         tokio::task::spawn_blocking(during).await.unwrap();
         let _ = tx.send(());
         d.await.unwrap().unwrap();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use canopy_vmtest::Scenario;
+use canopy_vmtest::{Scenario, SystemdGuest};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -51,14 +51,18 @@ struct GuestOptions {
     /// Scenario name (log file name).
     #[arg(long, default_value = "manual")]
     name: String,
+    /// Boot the systemd guest (Debian 13, systemd as PID 1, SSH forwarded) instead of the
+    /// busybox initramfs; binaries go to /usr/local/bin, --tool and --kernel-arg do not apply.
+    #[arg(long)]
+    systemd: bool,
 }
 
 impl GuestOptions {
-    fn scenario(&self) -> Result<Scenario> {
-        let mut scenario = Scenario::new(&self.name);
-        for binary in &self.binaries {
-            let (path, name) = match binary.rsplit_once(':') {
-                Some((path, name)) => (PathBuf::from(path), name.to_string()),
+    fn binaries(&self) -> Result<Vec<(PathBuf, String)>> {
+        self.binaries
+            .iter()
+            .map(|binary| match binary.rsplit_once(':') {
+                Some((path, name)) => Ok((PathBuf::from(path), name.to_string())),
                 None => {
                     let path = PathBuf::from(binary);
                     let name = path
@@ -66,9 +70,44 @@ impl GuestOptions {
                         .context("binary path has no file name")?
                         .to_string_lossy()
                         .into_owned();
-                    (path, name)
+                    Ok((path, name))
                 }
-            };
+            })
+            .collect()
+    }
+
+    fn script_text(&self) -> Result<Option<String>> {
+        let Some(path) = &self.script else {
+            return Ok(None);
+        };
+        if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())
+                .context("reading the script from stdin")
+                .map(Some)
+        } else {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))
+                .map(Some)
+        }
+    }
+
+    fn systemd_guest(&self) -> Result<SystemdGuest> {
+        let mut guest = SystemdGuest::new(&self.name);
+        for (path, name) in self.binaries()? {
+            guest = guest.with_file(path, &format!("/usr/local/bin/{name}"));
+        }
+        if let Some(cpus) = self.cpus {
+            guest = guest.cpus(cpus);
+        }
+        if let Some(script) = self.script_text()? {
+            guest = guest.script(script);
+        }
+        Ok(guest)
+    }
+
+    fn scenario(&self) -> Result<Scenario> {
+        let mut scenario = Scenario::new(&self.name);
+        for (path, name) in self.binaries()? {
             scenario = scenario.with_binary(path, &name);
         }
         let tools: Vec<&str> = self.tools.iter().map(String::as_str).collect();
@@ -79,15 +118,8 @@ impl GuestOptions {
         for arg in &self.kernel_args {
             scenario = scenario.kernel_arg(arg);
         }
-        if let Some(path) = &self.script {
-            let text = if path.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())
-                    .context("reading the script from stdin")?
-            } else {
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?
-            };
-            scenario = scenario.script(text);
+        if let Some(script) = self.script_text()? {
+            scenario = scenario.script(script);
         }
         Ok(scenario)
     }
@@ -96,15 +128,27 @@ impl GuestOptions {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Shell(guest) => {
-            let log = guest.scenario()?.run_interactive()?;
+            let log = if guest.systemd {
+                guest.systemd_guest()?.run_interactive()?
+            } else {
+                guest.scenario()?.run_interactive()?
+            };
             eprintln!("canopy-vm: guest log {}", log.display());
         }
         Command::Run { guest, timeout } => {
-            let outcome = guest
-                .scenario()?
-                .timeout(Duration::from_secs(timeout))
-                .show_log(true)
-                .run()?;
+            let outcome = if guest.systemd {
+                guest
+                    .systemd_guest()?
+                    .timeout(Duration::from_secs(timeout))
+                    .show_log(true)
+                    .run()?
+            } else {
+                guest
+                    .scenario()?
+                    .timeout(Duration::from_secs(timeout))
+                    .show_log(true)
+                    .run()?
+            };
             for result in &outcome.results {
                 println!("{result}");
             }

@@ -1,0 +1,257 @@
+//! The daemon's event sources, turned into controller inputs: the proc connector (subscribed
+//! through canopy-sys, translated into [`Event`]s), the BPF cgroup move watcher's types (the
+//! loader in the root package provides it), and canopy-sys's inotify [`Watcher`] on the cgroup
+//! subtree (cgroups created and removed, focus xattrs, membership) and the policy files, on a
+//! task of its own.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use canopy_sys::cgroup::{Cgroup, CgroupHierarchy, Focus};
+use canopy_sys::watch::{WatchEvent, Watcher};
+use tokio::sync::mpsc;
+
+use super::DaemonError;
+use crate::event::Event;
+
+/// One cgroup move the BPF watcher saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoveRecord {
+    /// The moved thread (the leader when the whole process moved).
+    pub tid: u32,
+    /// Whether the whole process moved.
+    pub threadgroup: bool,
+    /// CLOCK_MONOTONIC at the attach.
+    pub timestamp_ns: u64,
+}
+
+/// The BPF cgroup move watcher as the daemon polls it, on its own task: an fd that turns
+/// readable when records wait, and a non-blocking drain. Dropping it detaches the program.
+pub trait MoveSource: Send {
+    /// A pollable fd (the ring buffer's epoll fd).
+    fn fd(&self) -> std::os::fd::RawFd;
+    /// Appends every waiting record to `out`; returns the events lost (ring buffer full) so far.
+    fn drain(&mut self, out: &mut Vec<MoveRecord>) -> u64;
+}
+
+/// Loads the BPF cgroup move watcher (provided by the root package, which has the BPF
+/// skeletons). An error means the kernel refused it; the daemon then keeps inotify on
+/// cgroup.procs plus the periodic reconcile.
+pub type MoveWatcherFactory = Box<dyn FnOnce() -> Result<Box<dyn MoveSource>, String> + Send>;
+
+/// An fd the runtime polls for readiness (owned by the `MoveSource`, not closed here).
+pub(super) struct BorrowedRawFd(pub(super) std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for BorrowedRawFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+/// What the event threads send to the controller loop.
+#[derive(Debug)]
+pub(super) enum Input {
+    Event(Event),
+    PolicyChanged,
+}
+
+/// Subscribes to the proc connector (canopy-sys: filtered where the kernel can, batched,
+/// overruns surfaced as an event).
+pub(super) fn subscribe_proc_events(
+    rcvbuf: Option<usize>,
+) -> Result<canopy_sys::proc_events::ProcEvents, DaemonError> {
+    let mut config = canopy_sys::proc_events::ProcEventsConfig::default();
+    if rcvbuf.is_some() {
+        config.receive_buffer_bytes = rcvbuf;
+    }
+    canopy_sys::proc_events::ProcEvents::subscribe(config)
+        .map_err(|e| DaemonError::ProcConnector(e.to_string()))
+}
+
+/// Translates a canopy-sys proc event into the controller's vocabulary.
+pub(super) fn translate(ev: &canopy_sys::proc_events::ProcEvent) -> Option<Event> {
+    use canopy_sys::proc_events::EventKind as K;
+    let ts = Some(ev.timestamp_ns);
+    Some(match ev.kind {
+        K::Fork {
+            parent_tid,
+            parent_pid,
+            child_tid,
+            child_pid,
+        } => Event::Fork {
+            parent_tid: parent_tid as u32,
+            parent_tgid: parent_pid as u32,
+            child_tid: child_tid as u32,
+            child_tgid: child_pid as u32,
+            timestamp_ns: ts,
+        },
+        K::Exec { tid, pid } => Event::Exec {
+            tid: tid as u32,
+            tgid: pid as u32,
+            timestamp_ns: ts,
+        },
+        K::Comm { tid, pid, comm } => Event::Comm {
+            tid: tid as u32,
+            tgid: pid as u32,
+            comm: Some(comm.to_string_lossy()),
+            timestamp_ns: ts,
+        },
+        K::Exit { tid, pid, .. } => Event::Exit {
+            tid: tid as u32,
+            tgid: pid as u32,
+        },
+        K::Overrun => {
+            tracing::warn!("proc connector overrun: events lost, rescanning");
+            Event::Overrun
+        }
+        K::Other { .. } => return None,
+    })
+}
+
+/// The focus xattr of a cgroup directory (canopy-sys parses it). An unreadable or malformed
+/// value is logged and reported as `None`: no focus change is derived from it.
+fn read_focus(dir: &Path) -> Option<Focus> {
+    match Cgroup::from_dir(dir).focus() {
+        Ok(focus) => Some(focus),
+        Err(error) => {
+            tracing::warn!(%error, "focus xattr ignored");
+            None
+        }
+    }
+}
+
+/// The cgroup and policy watches on a task of their own: canopy-sys's [`Watcher`] (cgroups
+/// created and removed under `watch_root`, focus xattrs, writes to cgroup.procs/cgroup.threads,
+/// the policy's files and `policy.d` drop-ins by the discovery rules of
+/// `canopy_sys::policy_files`), translated into controller inputs. `None` without inotify.
+pub(super) fn start_watcher(
+    tx: mpsc::Sender<Input>,
+    cgroup_root: PathBuf,
+    watch_root: &Path,
+    policy_paths: &[PathBuf],
+    watch_members: bool,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut watcher = match Watcher::new() {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            tracing::warn!(%error, "no cgroup or policy watching");
+            return None;
+        }
+    };
+    match watcher.watch_cgroup_tree(watch_root) {
+        Ok(dirs) => tracing::info!(cgroups = dirs.len(), "watching cgroups"),
+        Err(error) => tracing::warn!(%error, "cgroups created or removed are not watched"),
+    }
+    for path in policy_paths {
+        if let Err(error) = watcher.watch_policy(path) {
+            tracing::warn!(%error, policy = %path.display(), "policy changes there reload only on SIGHUP or `ctl reload`");
+        }
+    }
+    Some(tokio::spawn(forward_watch_events(
+        watcher,
+        tx,
+        cgroup_root,
+        watch_members,
+    )))
+}
+
+/// Turns watch events into controller inputs until the controller loop is gone.
+async fn forward_watch_events(
+    mut watcher: Watcher,
+    tx: mpsc::Sender<Input>,
+    cgroup_root: PathBuf,
+    watch_members: bool,
+) {
+    // The focus value last reported per cgroup.
+    let mut last_focus: HashMap<String, Focus> = HashMap::new();
+    let relative = |dir: &Path| {
+        dir.strip_prefix(&cgroup_root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    loop {
+        let event = match watcher.next_event().await {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(%error, "inotify failed: cgroup and policy changes are no longer watched");
+                return;
+            }
+        };
+        let inputs: Vec<Input> = match event {
+            WatchEvent::CgroupCreated { dir } => {
+                let cgroup = relative(&dir);
+                // Tasks moved in before the watch on its cgroup.procs existed are picked up,
+                // and so is a focus xattr set before the watch on the directory.
+                let focus = read_focus(&dir)
+                    .filter(|focus| *focus != Focus::NotSet)
+                    .and_then(|focus| focus_change(&mut last_focus, &cgroup, focus));
+                [
+                    Input::Event(Event::CgroupCreated {
+                        cgroup: cgroup.clone(),
+                    }),
+                    Input::Event(Event::CgroupMembershipChanged { cgroup }),
+                ]
+                .into_iter()
+                .chain(focus)
+                .collect()
+            }
+            WatchEvent::CgroupRemoved { dir } => {
+                let cgroup = relative(&dir);
+                last_focus.remove(&cgroup);
+                vec![Input::Event(Event::CgroupRemoved { cgroup })]
+            }
+            WatchEvent::CgroupAttributesChanged { dir } => read_focus(&dir)
+                .and_then(|focus| focus_change(&mut last_focus, &relative(&dir), focus))
+                .into_iter()
+                .collect(),
+            // With the BPF move watcher, moves come from the ring buffer.
+            WatchEvent::CgroupMembershipChanged { dir } if watch_members => {
+                vec![Input::Event(Event::CgroupMembershipChanged {
+                    cgroup: relative(&dir),
+                })]
+            }
+            WatchEvent::CgroupMembershipChanged { .. } => Vec::new(),
+            WatchEvent::PolicyChanged { .. } => vec![Input::PolicyChanged],
+            // Lost events may have been cgroup or policy changes: rescan and reload.
+            WatchEvent::Overflow => vec![Input::Event(Event::Overrun), Input::PolicyChanged],
+        };
+        for input in inputs {
+            if tx.send(input).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A focus change to report, unless `value` is what was last reported for `cgroup` (IN_ATTRIB
+/// fires for any attribute change, not only the focus xattr).
+fn focus_change(
+    last_focus: &mut HashMap<String, Focus>,
+    cgroup: &str,
+    focus: Focus,
+) -> Option<Input> {
+    if last_focus.get(cgroup) == Some(&focus) {
+        return None;
+    }
+    last_focus.insert(cgroup.to_string(), focus);
+    Some(Input::Event(Event::FocusChanged {
+        cgroup: cgroup.to_string(),
+        focus,
+    }))
+}
+
+/// Every cgroup under the root (or scope) that already carries a focus xattr.
+pub(super) fn read_focus_xattrs(cgroup_root: &Path, scope: Option<&str>) -> Vec<(String, Focus)> {
+    let hierarchy = CgroupHierarchy::at(cgroup_root);
+    let top = Cgroup::from_dir(hierarchy.resolve(Path::new(scope.unwrap_or(""))));
+    let Ok(cgroups) = hierarchy.walk(&top) else {
+        return Vec::new();
+    };
+    cgroups
+        .into_iter()
+        .filter_map(|entry| {
+            let focus = read_focus(&entry.dir).filter(|focus| *focus != Focus::NotSet)?;
+            Some((entry.relative.trim_start_matches('/').to_string(), focus))
+        })
+        .collect()
+}

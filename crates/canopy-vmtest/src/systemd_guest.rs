@@ -1,0 +1,724 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The systemd guest: a real Debian 13 with systemd as PID 1, booted from a cached disk image
+//! (`scripts/build-systemd-guest.sh`: mmdebstrap of trixie, the test kernel's modules, an SSH
+//! key, `canopy-scenario.service`) with the same test kernel as the busybox guests.
+//!
+//! A boot's own files travel on a second NVMe disk (serial `canopy-payload`): a tar whose
+//! `root/` the guest copies into `/` and whose `scenario.sh` it runs (`bash -e`, from `/root`)
+//! once `systemctl is-system-running --wait` returns. The root disk is opened with qemu's
+//! `snapshot=on`, so every boot starts from the cached image and leaves it untouched.
+//!
+//! Two ways to use it:
+//! - [`SystemdGuest::run`]: the scenario runs, its `CANOPY-RESULT` lines come over the serial
+//!   console (through journald), the guest powers itself off; same [`Outcome`] as a busybox
+//!   scenario.
+//! - [`SystemdGuest::boot`]: the guest stays up with SSH forwarded to a loopback port; run
+//!   commands with [`RunningGuest::ssh`] (or any host tool with [`RunningGuest::ssh_port`] and
+//!   [`RunningGuest::ssh_key`], e.g. Ansible), then [`RunningGuest::shutdown`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! let guest = canopy_vmtest::SystemdGuest::new("ssh-demo").boot()?;
+//! let output = guest.ssh("systemctl is-system-running")?;
+//! assert!(output.status.success());
+//! guest.shutdown()?;
+//! # Ok::<(), canopy_vmtest::Error>(())
+//! ```
+//!
+//! Both hold the machine-wide VM lock for the guest's whole life and retry a boot (at most
+//! [`EMULATOR_FAULT_RETRIES`] times) whose kernel panicked before the system came up: qemu
+//! TCG's stale-code `Oops: int3` hits about one boot in seven.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::error::{io_error, spawn_error, Error, Result};
+use crate::guest_build::guest_binary;
+use crate::kernel::{kernel, Kernel};
+use crate::lock::VmLock;
+use crate::paths::{log_dir, repo_root, target_dir, vm_lock_path};
+use crate::qemu::{self, Accel, RunningQemu, SerialEvent};
+use crate::{
+    hit_emulator_text_patching_fault, judge_console, kernel_release_of, read_console, Outcome,
+    EMULATOR_FAULT_RETRIES, LOG_TAIL_LINES,
+};
+
+/// The cached disk image and the key that logs into it as root.
+#[derive(Debug, Clone)]
+pub struct SystemdImage {
+    /// `~/.cache/canopy/systemd-guest/<key>/`.
+    pub dir: PathBuf,
+    /// The ext4 root file system (opened read-only by every boot: `snapshot=on`).
+    pub rootfs: PathBuf,
+    /// The private SSH key for `root@` the guest.
+    pub ssh_key: PathBuf,
+    /// Seconds the first build of this image took.
+    pub build_seconds: Option<u64>,
+    pub kernel: Kernel,
+}
+
+/// Builds the image on first use (about 2 minutes, network needed), else returns the cached
+/// one; once per process.
+pub fn systemd_image() -> Result<SystemdImage> {
+    static IMAGE: OnceLock<std::result::Result<SystemdImage, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| build_image().map_err(|err| err.to_string()))
+        .clone()
+        .map_err(|message| Error::SystemdImage { message })
+}
+
+fn build_image() -> Result<SystemdImage> {
+    let kernel = kernel()?;
+    let script = repo_root().join("scripts/build-systemd-guest.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(&kernel.dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(spawn_error(format!("bash {}", script.display())))?;
+    if !output.status.success() {
+        return Err(Error::SystemdImage {
+            message: format!(
+                "{} exited with {} (its messages are above)",
+                script.display(),
+                output.status
+            ),
+        });
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let build_seconds = std::fs::read_to_string(dir.join("build-seconds"))
+        .ok()
+        .and_then(|text| text.trim().parse().ok());
+    Ok(SystemdImage {
+        rootfs: dir.join("rootfs.img"),
+        ssh_key: dir.join("id_ed25519"),
+        build_seconds,
+        dir,
+        kernel,
+    })
+}
+
+/// A file for the guest's root file system, copied in before the scenario runs.
+#[derive(Debug, Clone)]
+enum PayloadFile {
+    Host {
+        host_path: PathBuf,
+        guest_path: String,
+        mode: u32,
+    },
+    Contents {
+        guest_path: String,
+        contents: Vec<u8>,
+        mode: u32,
+    },
+}
+
+/// One boot of the systemd guest. Build it with the `with_*` methods, then [`run`](Self::run)
+/// a scenario or [`boot`](Self::boot) it for SSH.
+#[derive(Debug, Clone)]
+pub struct SystemdGuest {
+    name: String,
+    files: Vec<PayloadFile>,
+    script: Option<String>,
+    timeout: Duration,
+    cpus: usize,
+    memory: String,
+    show_log: Option<bool>,
+}
+
+impl SystemdGuest {
+    /// Defaults: 2 vCPUs (or `CANOPY_VM_CPUS`), 2G, a 300 s timeout, `canopy-guest` at
+    /// `/usr/local/bin/canopy-guest`.
+    pub fn new(name: impl Into<String>) -> SystemdGuest {
+        SystemdGuest {
+            name: name.into(),
+            files: Vec::new(),
+            script: None,
+            timeout: Duration::from_secs(300),
+            cpus: std::env::var("CANOPY_VM_CPUS")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(2usize)
+                .max(1),
+            memory: "2G".into(),
+            show_log: None,
+        }
+    }
+
+    /// Copies a host file to an absolute guest path, mode 0644 (0755 for an executable).
+    pub fn with_file(mut self, host_path: impl AsRef<Path>, guest_path: &str) -> SystemdGuest {
+        let host_path = host_path.as_ref().to_path_buf();
+        let executable = std::fs::metadata(&host_path)
+            .map(|meta| std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0)
+            .unwrap_or(false);
+        self.files.push(PayloadFile::Host {
+            host_path,
+            guest_path: guest_path.into(),
+            mode: if executable { 0o755 } else { 0o644 },
+        });
+        self
+    }
+
+    /// Writes `contents` to an absolute guest path with `mode`.
+    pub fn with_file_contents(
+        mut self,
+        guest_path: &str,
+        contents: impl Into<Vec<u8>>,
+        mode: u32,
+    ) -> SystemdGuest {
+        self.files.push(PayloadFile::Contents {
+            guest_path: guest_path.into(),
+            contents: contents.into(),
+            mode,
+        });
+        self
+    }
+
+    /// The bash script (`bash -e`, from `/root`) run once the system is up.
+    pub fn script(mut self, script: impl Into<String>) -> SystemdGuest {
+        self.script = Some(script.into());
+        self
+    }
+
+    /// Wall-clock limit from qemu's start, boot included (waiting for the VM lock is not).
+    pub fn timeout(mut self, timeout: Duration) -> SystemdGuest {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn cpus(mut self, cpus: usize) -> SystemdGuest {
+        self.cpus = cpus.max(1);
+        self
+    }
+
+    /// qemu's `-m` value, e.g. `"2G"`.
+    pub fn memory(mut self, memory: &str) -> SystemdGuest {
+        self.memory = memory.into();
+        self
+    }
+
+    /// Echo the guest console live on stderr; defaults to `CANOPY_VM_SHOW_LOG=1`.
+    pub fn show_log(mut self, show: bool) -> SystemdGuest {
+        self.show_log = Some(show);
+        self
+    }
+
+    fn effective_show_log(&self) -> bool {
+        self.show_log.unwrap_or_else(|| {
+            matches!(
+                std::env::var("CANOPY_VM_SHOW_LOG").as_deref(),
+                Ok("1") | Ok("true") | Ok("yes")
+            )
+        })
+    }
+
+    /// Boots, runs the script, collects its results and waits for the guest's own poweroff.
+    /// Errors as [`crate::Scenario::run`]: timeout, panic, a system that never came up, a
+    /// script that failed.
+    pub fn run(&self) -> Result<Outcome> {
+        let script = self.script.clone().unwrap_or_default();
+        self.with_retries(
+            |prepared| {
+                let mut boot = prepared.start(self, None)?;
+                let deadline = boot.qemu.started + self.timeout;
+                let console = read_console(&mut boot.qemu, deadline);
+                let (results, malformed) = judge_console(
+                    &self.name,
+                    console,
+                    &mut boot.qemu,
+                    self.timeout,
+                    &prepared.log_path,
+                    &format!("{:?} acceleration, systemd guest", boot.accel),
+                )?;
+                Ok(Outcome {
+                    scenario: self.name.clone(),
+                    kernel_release: kernel_release_of(&results),
+                    results,
+                    malformed_results: malformed,
+                    log_path: prepared.log_path.clone(),
+                    duration: boot.qemu.started.elapsed(),
+                    accel: boot.accel,
+                    cpus: self.cpus,
+                })
+            },
+            Some(&script),
+        )
+    }
+
+    /// Boots with SSH on `127.0.0.1:<free port>` and returns once `ssh root@` answers (the
+    /// script, if any, has run by then: its `boot` result comes first). The guest stays up
+    /// until [`RunningGuest::shutdown`] or drop (which kills it).
+    pub fn boot(&self) -> Result<RunningGuest> {
+        self.with_retries(
+            |prepared| {
+                let port = free_loopback_port().map_err(io_error("127.0.0.1:0"))?;
+                let mut boot = prepared.start(self, Some(port))?;
+                let deadline = boot.qemu.started + self.timeout;
+                let mut guest = RunningGuest {
+                    name: self.name.clone(),
+                    qemu: boot.qemu,
+                    ssh_port: port,
+                    ssh_key: prepared.image.ssh_key.clone(),
+                    log_path: prepared.log_path.clone(),
+                    booted_in: Duration::ZERO,
+                    _lock: None,
+                };
+                guest.wait_for_ssh(deadline)?;
+                guest.booted_in = guest.qemu.started.elapsed();
+                guest._lock = boot.lock.take();
+                Ok(guest)
+            },
+            self.script.as_deref(),
+        )
+    }
+
+    /// Boots with the terminal attached to the serial console (log in as root, no password;
+    /// SSH forwarded too, its command printed). Quit with `poweroff` or Ctrl-A X.
+    pub fn run_interactive(&self) -> Result<PathBuf> {
+        let prepared = Prepared::new(self, self.script.as_deref())?;
+        let _lock = VmLock::acquire(&vm_lock_path(), &self.name)?;
+        let port = free_loopback_port().map_err(io_error("127.0.0.1:0"))?;
+        let accel = qemu::choose_accel(&prepared.image.kernel.vmlinuz, &prepared.work_dir);
+        let mut command = prepared.command(self, accel, Some(port));
+        let log = prepared.log_path.to_string_lossy().replace(',', ",,");
+        command
+            .args(["-display", "none", "-chardev"])
+            .arg(format!("stdio,id=console,mux=on,signal=off,logfile={log}"))
+            .args([
+                "-serial",
+                "chardev:console",
+                "-mon",
+                "chardev=console,mode=readline",
+            ]);
+        eprintln!(
+            "canopy-vm: systemd guest; log in as root (no password) on the console, or:\n  \
+             ssh -p {port} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1",
+            prepared.image.ssh_key.display()
+        );
+        let mut child = command
+            .spawn()
+            .map_err(spawn_error(qemu::describe(&command)))?;
+        let _ = child.wait();
+        Ok(prepared.log_path)
+    }
+
+    /// Runs `attempt` and boots again when the guest's kernel panicked before the system came
+    /// up, or died of the emulator's text-patching fault.
+    fn with_retries<T>(
+        &self,
+        attempt: impl Fn(&mut Prepared) -> Result<T>,
+        script: Option<&str>,
+    ) -> Result<T> {
+        let mut retries = 0;
+        loop {
+            let mut prepared = Prepared::new(self, script)?;
+            let result = attempt(&mut prepared);
+            prepared.remove_payload();
+            if result.is_err()
+                && retries < EMULATOR_FAULT_RETRIES
+                && (hit_emulator_text_patching_fault(&prepared.log_path)
+                    || panicked_before_boot(&prepared.log_path))
+            {
+                retries += 1;
+                eprintln!(
+                    "canopy-vmtest: `{}`: the systemd guest's kernel panicked before the system \
+                     came up (an emulator fault, not the scenario's; log {}); retry {retries} of \
+                     {EMULATOR_FAULT_RETRIES}",
+                    self.name,
+                    prepared.log_path.display()
+                );
+                continue;
+            }
+            return result;
+        }
+    }
+}
+
+/// A kernel panic before the runner's `boot` result: nothing the scenario did caused it.
+fn panicked_before_boot(log_path: &Path) -> bool {
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    match (
+        log.find("Kernel panic - not syncing"),
+        log.find(&format!("{}{{\"kind\":\"boot\"", crate::RESULT_PREFIX)),
+    ) {
+        (Some(panic), Some(boot)) => panic < boot,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// A loopback port nobody listens on now (qemu binds it a moment later).
+fn free_loopback_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// What one boot needs on the host: the image, the payload tar, the log path.
+struct Prepared {
+    image: SystemdImage,
+    payload: PathBuf,
+    log_path: PathBuf,
+    work_dir: PathBuf,
+}
+
+struct Booting {
+    qemu: RunningQemu,
+    accel: Accel,
+    lock: Option<VmLock>,
+}
+
+impl Prepared {
+    fn new(guest: &SystemdGuest, script: Option<&str>) -> Result<Prepared> {
+        let image = systemd_image()?;
+        let work_dir = target_dir().join("vm-work");
+        std::fs::create_dir_all(&work_dir).map_err(io_error(&work_dir))?;
+        let logs = log_dir();
+        std::fs::create_dir_all(&logs).map_err(io_error(&logs))?;
+        let log_path = qemu::new_log_path(&logs, &guest.name);
+        let stem = log_path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let payload = work_dir.join(format!("{stem}.payload.tar"));
+        let staging = work_dir.join(format!("{stem}.payload"));
+        let mut files = guest.files.clone();
+        files.insert(
+            0,
+            PayloadFile::Host {
+                host_path: guest_binary()?,
+                guest_path: "/usr/local/bin/canopy-guest".into(),
+                mode: 0o755,
+            },
+        );
+        write_payload(&staging, &files, script)?;
+        let status = Command::new("tar")
+            .arg("-cf")
+            .arg(&payload)
+            .arg("-C")
+            .arg(&staging)
+            .arg(".")
+            .status()
+            .map_err(spawn_error("tar -cf".into()))?;
+        let _ = std::fs::remove_dir_all(&staging);
+        if !status.success() {
+            return Err(Error::GuestFile {
+                host_path: payload,
+                message: format!("tar exited with {status}"),
+            });
+        }
+        Ok(Prepared {
+            image,
+            payload,
+            log_path,
+            work_dir,
+        })
+    }
+
+    /// Takes the VM lock and starts qemu with the console piped to us.
+    fn start(&self, guest: &SystemdGuest, ssh_port: Option<u16>) -> Result<Booting> {
+        let lock = VmLock::acquire(&vm_lock_path(), &guest.name)?;
+        let accel = qemu::choose_accel(&self.image.kernel.vmlinuz, &self.work_dir);
+        let echo = guest.effective_show_log();
+        if echo {
+            eprintln!(
+                "canopy-vmtest: `{}` (systemd guest) on {} ({accel:?}, {} vCPUs), log {}",
+                guest.name,
+                self.image.kernel.release,
+                guest.cpus,
+                self.log_path.display()
+            );
+        }
+        let mut command = self.command(guest, accel, ssh_port);
+        command
+            .arg("-nographic")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let qemu = RunningQemu::spawn(command, true, &self.log_path, echo)?;
+        Ok(Booting {
+            qemu,
+            accel,
+            lock: Some(lock),
+        })
+    }
+
+    fn command(&self, guest: &SystemdGuest, accel: Accel, ssh_port: Option<u16>) -> Command {
+        let mut command = Command::new(qemu::qemu_binary());
+        command
+            .args(accel.qemu_args())
+            .args(["-smp", &guest.cpus.to_string(), "-m", &guest.memory])
+            .args(["-no-reboot", "-nic", "none"]);
+        if let Some(port) = ssh_port {
+            // SSH reaches the guest only from this host's loopback; no option ROM (iPXE) to
+            // load, the kernel boots directly.
+            command
+                .arg("-netdev")
+                .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"))
+                .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
+        }
+        command
+            .arg("-kernel")
+            .arg(&self.image.kernel.vmlinuz)
+            .args([
+                "-append",
+                "root=/dev/nvme0n1 rw rootfstype=ext4 console=ttyS0 panic=-1 quiet",
+            ])
+            // The root disk first, so it is nvme0; every write goes to a temporary overlay.
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=root,format=raw,cache=unsafe,snapshot=on",
+                drive_path(&self.image.rootfs)
+            ))
+            .args(["-device", "nvme,drive=root,serial=sysroot"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=payload,format=raw,snapshot=on",
+                drive_path(&self.payload)
+            ))
+            .args(["-device", "nvme,drive=payload,serial=canopy-payload"]);
+        qemu::tie_to_this_process(&mut command);
+        command
+    }
+
+    fn remove_payload(&self) {
+        let _ = std::fs::remove_file(&self.payload);
+    }
+}
+
+/// A path inside a qemu `-drive` option (commas doubled).
+fn drive_path(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
+}
+
+/// Lays out the payload: `root/<guest path>` for each file, `scenario.sh`.
+fn write_payload(staging: &Path, files: &[PayloadFile], script: Option<&str>) -> Result<()> {
+    let _ = std::fs::remove_dir_all(staging);
+    let root = staging.join("root");
+    std::fs::create_dir_all(&root).map_err(io_error(&root))?;
+    for file in files {
+        let (guest_path, contents, mode) = match file {
+            PayloadFile::Host {
+                host_path,
+                guest_path,
+                mode,
+            } => (
+                guest_path,
+                std::fs::read(host_path).map_err(io_error(host_path))?,
+                *mode,
+            ),
+            PayloadFile::Contents {
+                guest_path,
+                contents,
+                mode,
+            } => (guest_path, contents.clone(), *mode),
+        };
+        let relative = guest_path.trim_start_matches('/');
+        if relative.is_empty() || relative.split('/').any(|part| part == "..") {
+            return Err(Error::GuestFile {
+                host_path: PathBuf::from(guest_path),
+                message: "a guest path must be absolute and stay inside /".into(),
+            });
+        }
+        let target = root.join(relative);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+        }
+        std::fs::write(&target, contents).map_err(io_error(&target))?;
+        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(io_error(&target))?;
+    }
+    // Directories as the guest expects them (`cp -a` copies their modes onto existing ones).
+    for entry in walk_dirs(&root) {
+        let _ =
+            std::fs::set_permissions(&entry, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    }
+    if let Some(script) = script {
+        let path = staging.join("scenario.sh");
+        std::fs::write(&path, script).map_err(io_error(&path))?;
+    }
+    let run = staging.join("run");
+    std::fs::write(&run, PAYLOAD_RUN).map_err(io_error(&run))?;
+    Ok(())
+}
+
+/// The payload's entry point, run by the image's `canopy-scenario.service` (output to the
+/// console through journald): copies `root/` into `/`, prints the `boot` result once
+/// `systemctl is-system-running --wait` returns, and, when there is a `scenario.sh`, runs it,
+/// prints `kernel-health` and `script-exit` and powers off. Without one (an SSH boot) the
+/// guest stays up.
+const PAYLOAD_RUN: &str = r#"set -u
+payload=/run/canopy-payload
+cp -a "$payload/root/." /
+state=$(systemctl is-system-running --wait 2>/dev/null)
+echo "CANOPY-RESULT {\"kind\":\"boot\",\"kernel_release\":\"$(uname -r)\",\"system_state\":\"$state\",\"pid1\":\"$(cat /proc/1/comm)\",\"uptime_s\":$(cut -d' ' -f1 /proc/uptime)}"
+[[ -f $payload/scenario.sh ]] || exit 0
+cd /root
+bash -e "$payload/scenario.sh"
+status=$?
+canopy-guest kernel-health
+echo "CANOPY-RESULT {\"kind\":\"script-exit\",\"status\":$status}"
+systemctl poweroff
+"#;
+
+fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![dir.to_path_buf()];
+    let mut index = 0;
+    while index < dirs.len() {
+        if let Ok(entries) = std::fs::read_dir(&dirs[index]) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+                    .map(|entry| entry.path()),
+            );
+        }
+        index += 1;
+    }
+    dirs
+}
+
+/// A booted systemd guest with SSH on a loopback port. Dropping it kills qemu; call
+/// [`shutdown`](Self::shutdown) for a clean poweroff.
+pub struct RunningGuest {
+    name: String,
+    qemu: RunningQemu,
+    ssh_port: u16,
+    ssh_key: PathBuf,
+    log_path: PathBuf,
+    booted_in: Duration,
+    _lock: Option<VmLock>,
+}
+
+/// ssh options for a throwaway guest whose host key is new on every image build.
+const SSH_OPTIONS: &[&str] = &[
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=5",
+];
+
+impl RunningGuest {
+    /// The host port forwarded to the guest's port 22 (on 127.0.0.1 only).
+    pub fn ssh_port(&self) -> u16 {
+        self.ssh_port
+    }
+
+    /// The private key that logs in as `root`.
+    pub fn ssh_key(&self) -> &Path {
+        &self.ssh_key
+    }
+
+    /// The serial console log.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// From qemu's start until SSH answered.
+    pub fn booted_in(&self) -> Duration {
+        self.booted_in
+    }
+
+    /// `ssh` to `root@127.0.0.1` with the port, key and options set; add the remote command.
+    pub fn ssh_command(&self) -> Command {
+        let mut command = Command::new("ssh");
+        command
+            .args(SSH_OPTIONS)
+            .arg("-p")
+            .arg(self.ssh_port.to_string())
+            .arg("-i")
+            .arg(&self.ssh_key)
+            .arg("root@127.0.0.1")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `remote` (a shell command line) in the guest as root and returns its output,
+    /// whatever its exit status.
+    pub fn ssh(&self, remote: &str) -> Result<Output> {
+        self.ssh_command()
+            .arg(remote)
+            .output()
+            .map_err(spawn_error(format!("ssh root@127.0.0.1 {remote}")))
+    }
+
+    fn wait_for_ssh(&mut self, deadline: Instant) -> Result<()> {
+        let mut last = String::new();
+        let mut panicked = None;
+        while Instant::now() < deadline {
+            // Drain the console: it shows a panic or an early poweroff.
+            while let Ok(event) = self.qemu.lines.try_recv() {
+                match event {
+                    SerialEvent::Line(line) if line.contains("Kernel panic - not syncing") => {
+                        panicked = Some(line)
+                    }
+                    SerialEvent::Line(_) => {}
+                    SerialEvent::Closed => {
+                        return Err(self.error(format!(
+                            "the guest stopped before SSH answered{}",
+                            panicked
+                                .as_deref()
+                                .map(|line| format!(" ({})", line.trim()))
+                                .unwrap_or_default()
+                        )))
+                    }
+                }
+            }
+            match self.ssh("true") {
+                Ok(output) if output.status.success() => return Ok(()),
+                Ok(output) => last = String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                Err(err) => return Err(err),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.qemu.kill();
+        Err(Error::Timeout {
+            scenario: self.name.clone(),
+            timeout: deadline.saturating_duration_since(self.qemu.started),
+            log_path: self.log_path.clone(),
+            log_tail: format!(
+                "{}\n(last ssh error: {last})",
+                qemu::log_tail(&self.log_path, LOG_TAIL_LINES)
+            ),
+        })
+    }
+
+    /// `systemctl poweroff` over SSH and waits (up to 60 s) for qemu to exit; kills it after
+    /// that. Returns how long the shutdown took.
+    pub fn shutdown(mut self) -> Result<Duration> {
+        let started = Instant::now();
+        // The connection may drop as the guest goes down; the exit is what counts.
+        let _ = self.ssh_command().arg("systemctl poweroff").output();
+        while started.elapsed() < Duration::from_secs(60) {
+            match self.qemu.lines.recv_timeout(Duration::from_secs(1)) {
+                Ok(SerialEvent::Closed) => {
+                    self.qemu.wait_exit(Duration::from_secs(5));
+                    self.qemu.kill();
+                    return Ok(started.elapsed());
+                }
+                Ok(SerialEvent::Line(_)) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.qemu.kill();
+        Err(self.error("the guest did not power off within 60 s of `systemctl poweroff`".into()))
+    }
+
+    fn error(&self, reason: String) -> Error {
+        Error::Guest {
+            scenario: self.name.clone(),
+            reason,
+            log_path: self.log_path.clone(),
+            log_tail: qemu::log_tail(&self.log_path, LOG_TAIL_LINES),
+        }
+    }
+}
