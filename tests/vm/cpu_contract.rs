@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use crate::support::WAIT_ROOT;
+
 /// Shares as fractions of the CPU time all groups of one split used, in the split's order.
 fn shares(split: &serde_json::Value) -> Vec<f64> {
     split["groups"]
@@ -58,11 +60,7 @@ canopy-guest cpu-split {FLAT} --seconds 8 --warmup 1 --fair-cgroup-mode smp --ki
 canopy-guest cpu-split {NESTED} --seconds 8 --warmup 1 --fair-cgroup-mode smp --kind nested-fair
 canopy scheduler run > /tmp/root.log 2>&1 &
 ROOT=$!
-for i in $(seq 1 300); do
-  grep -q 'root scheduler enabled' /tmp/root.log 2>/dev/null && break
-  if ! kill -0 $ROOT 2>/dev/null; then cat /tmp/root.log; exit 1; fi
-  sleep 0.1
-done
+{WAIT_ROOT}
 canopy-guest cpu-split {FLAT} --seconds 8 --warmup 1 --kind flat-canopy
 canopy-guest cpu-split {NESTED} --seconds 8 --warmup 1 --kind nested-canopy
 canopy-guest report root-after state="$(cat /sys/kernel/sched_ext/state)"
@@ -211,7 +209,8 @@ fn cpus_used(split: &serde_json::Value, index: usize) -> f64 {
 /// same boot); the same for a cgroup whose parent holds the limit.
 #[test]
 fn a_cpu_max_quota_holds_for_the_cgroup_and_below_it() -> anyhow::Result<()> {
-    let script = r#"
+    let script = format!(
+        r#"
 mkdir -p /sys/fs/cgroup/lim /sys/fs/cgroup/par
 echo "50000 100000" > /sys/fs/cgroup/lim/cpu.max
 echo +cpu > /sys/fs/cgroup/par/cgroup.subtree_control
@@ -219,11 +218,7 @@ echo "50000 100000" > /sys/fs/cgroup/par/cpu.max
 canopy-guest cpu-split --group lim:100:3 --group sib:100:2 --seconds 10 --warmup 1 --keep --kind max-fair
 canopy scheduler run > /tmp/root.log 2>&1 &
 ROOT=$!
-for i in $(seq 1 300); do
-  grep -q 'root scheduler enabled' /tmp/root.log 2>/dev/null && break
-  if ! kill -0 $ROOT 2>/dev/null; then cat /tmp/root.log; exit 1; fi
-  sleep 0.1
-done
+{WAIT_ROOT}
 canopy-guest cpu-split --group lim:100:3 --group sib:100:2 --seconds 10 --warmup 1 --keep --kind max-canopy
 canopy-guest cpu-split --group par/leaf:100:3 --group sib:100:2 --seconds 10 --warmup 1 --keep --kind max-parent-canopy
 canopy-guest report max-after state="$(cat /sys/kernel/sched_ext/state)" lim="$(cat /sys/fs/cgroup/lim/cpu.max)" par="$(cat /sys/fs/cgroup/par/cpu.max)"
@@ -231,7 +226,8 @@ canopy scheduler status --json --interval-ms 500 > /tmp/status.json || true
 canopy-guest report max-status status=@/tmp/status.json
 kill -TERM $ROOT; wait $ROOT || true
 cat /tmp/root.log
-"#;
+"#
+    );
     let outcome = crate::scenario("cpu-contract-max")
         .script(script)
         .timeout(Duration::from_secs(300))
@@ -274,24 +270,22 @@ cat /tmp/root.log
 /// 100%). The fair scheduler's figure beside the busy cgroup is printed as the reference.
 #[test]
 fn an_idle_cgroup_runs_only_when_nothing_else_wants_the_cpu() -> anyhow::Result<()> {
-    let script = r#"
+    let script = format!(
+        r#"
 mkdir -p /sys/fs/cgroup/idl
 echo 1 > /sys/fs/cgroup/idl/cpu.idle
 canopy-guest cpu-split --group busy:100:2 --group idl:-:2 --seconds 6 --warmup 1 --keep --kind idle-fair
 canopy scheduler run > /tmp/root.log 2>&1 &
 ROOT=$!
-for i in $(seq 1 300); do
-  grep -q 'root scheduler enabled' /tmp/root.log 2>/dev/null && break
-  if ! kill -0 $ROOT 2>/dev/null; then cat /tmp/root.log; exit 1; fi
-  sleep 0.1
-done
+{WAIT_ROOT}
 canopy-guest cpu-split --group base:100:2 --seconds 5 --warmup 1 --kind idle-baseline
 canopy-guest cpu-split --group busy:100:2 --group idl:-:2 --seconds 8 --warmup 1 --keep --kind idle-beside
 canopy-guest cpu-split --group idl:-:2 --seconds 5 --warmup 1 --keep --kind idle-alone
 canopy-guest report idle-knob value="$(cat /sys/fs/cgroup/idl/cpu.idle)" state="$(cat /sys/kernel/sched_ext/state)"
 kill -TERM $ROOT; wait $ROOT || true
 cat /tmp/root.log
-"#;
+"#
+    );
     let outcome = crate::scenario("cpu-contract-idle")
         .script(script)
         .timeout(Duration::from_secs(300))
