@@ -39,7 +39,8 @@
  * 2. Scheduling its own tasks by the cgroup tree and QoS class: every cgroup
  *    with the cpu controller gets its cpu.weight share of its parent's part, as
  *    the fair scheduler's classic `smp` group shares (cpu_tree.bpf.h, with its
- *    cost and a worked example); inside a cgroup, tasks share by class. The
+ *    cost and a worked example; cpu.idle and cpu.max are kept there too);
+ *    inside a cgroup, tasks share by class. The
  *    controller writes tid -> class into `task_classes`; unknown tasks take the
  *    policy's default class. Tasks are ordered by class-weighted vtime
  *    (class_vtime.bpf.h), charged at their weight in the tree, with the class
@@ -471,11 +472,13 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 	struct canopy_class_params *cp;
 	u32 nr = scx_bpf_nr_cids();
 	u32 class = decide_class(p);
+	bool idle = task_in_idle_cgroup(p);
 	s32 victim;
 	int i;
 
 	cp = class_of(class);
-	if (cp && cp->preempts && (enq_flags & KCONST(SCX_ENQ_WAKEUP))) {
+	/* a task of an idle cgroup (cpu.idle) never preempts: it runs when nothing else wants to */
+	if (cp && cp->preempts && !idle && (enq_flags & KCONST(SCX_ENQ_WAKEUP))) {
 		victim = find_preemptible_cid(p);
 		if (victim >= 0) {
 			track_wakeup(p, victim == scx_bpf_task_cid(p) ? CANOPY_STAT_WAKE_PREEMPT_LOCAL :
@@ -489,7 +492,7 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 		track_wakeup(p, CANOPY_STAT_WAKE_QUEUED);
 	}
 
-	queue_by_class(p, class, CANOPY_OWN_DSQ, enq_flags);
+	queue_by_class(p, class, idle ? CANOPY_IDLE_DSQ : CANOPY_OWN_DSQ, enq_flags);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		if (cid_is_idle(i) && task_may_run_on(p, i)) {
@@ -515,8 +518,133 @@ static __always_inline bool keep_own_prev(s32 cid, struct task_struct *prev)
 	return true;
 }
 
+/* What our own tasks' turn on a cid gave it. */
+enum own_dispatch {
+	OWN_NONE,	/* nothing of ours wants it */
+	OWN_QUEUED,	/* a queued task */
+	OWN_KEPT,	/* @prev keeps running */
+};
+
+/* One timer: when a cpu.max period ends while tasks wait for it, kick the idle cids. */
+struct quota_wakeup {
+	struct bpf_timer timer;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct quota_wakeup);
+} quota_wakeups SEC(".maps");
+
+static int quota_period_turned(void *map, u32 *key, struct quota_wakeup *wakeup)
+{
+	u32 nr = scx_bpf_nr_cids();
+	int i;
+
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+		if (cid_is_idle(i))
+			scx_bpf_kick_cid(i, KCONST(SCX_KICK_IDLE));
+	}
+	return 0;
+}
+
+/* Wake the idle cids at @at_ns (scx_bpf_now() time), when the throttling period ends. */
+static __always_inline void wake_at_period_end(u64 at_ns, u64 now)
+{
+	u32 key = 0;
+	struct quota_wakeup *wakeup = bpf_map_lookup_elem(&quota_wakeups, &key);
+
+	if (wakeup)
+		bpf_timer_start(&wakeup->timer, at_ns > now ? at_ns - now : 1000, 0);
+}
+
+/*
+ * Move the first task of @dsq (vtime order) that may run on @cid and whose cgroup path has
+ * cpu.max quota left to the local DSQ, its slice capped at that quota; tasks of throttled
+ * cgroups stay queued and the timer wakes the cids when their period ends.
+ */
+static __noinline bool move_first_within_quota(u64 dsq, s32 cid)
+{
+	struct bpf_iter_scx_dsq it;
+	struct task_struct *p;
+	u64 now = scx_bpf_now(), wake = 0;
+	bool moved = false;
+
+	if (bpf_iter_scx_dsq_new(&it, dsq, 0))
+		goto out;
+	while ((p = bpf_iter_scx_dsq_next(&it))) {
+		u64 period_end = 0, left;
+
+		if (!task_may_run_on(p, cid))
+			continue;
+		left = quota_left(task_cpu_cgroup_id(p), now, &period_end);
+		if (!left) {
+			stat_inc(CANOPY_STAT_QUOTA_SKIPS);
+			if (!wake || period_end < wake)
+				wake = period_end;
+			continue;
+		}
+		if (left < p->scx.slice)
+			scx_bpf_dsq_move_set_slice(&it, left);
+		if (scx_bpf_dsq_move(&it, p, KCONST(SCX_DSQ_LOCAL), 0)) {
+			moved = true;
+			break;
+		}
+	}
+out:
+	bpf_iter_scx_dsq_destroy(&it);
+	if (!moved && wake)
+		wake_at_period_end(wake, now);
+	return moved;
+}
+
+/* Our queued task (of @dsq) to @cid's local DSQ, minding cpu.max quotas while any exist. */
+static __always_inline bool move_own_to_local(u64 dsq, s32 cid)
+{
+	if (nr_quota_cgroups > 0)
+		return move_first_within_quota(dsq, cid);
+	return scx_bpf_dsq_move_to_local___v2___canopy(dsq, 0);
+}
+
+/* @prev's cgroup path is at its cpu.max quota: it must not be kept running. */
+static __always_inline bool prev_throttled(struct task_struct *prev)
+{
+	u64 period_end = 0, left;
+
+	if (nr_quota_cgroups <= 0 || !prev)
+		return false;
+	left = quota_left(task_cpu_cgroup_id(prev), scx_bpf_now(), &period_end);
+	return !left;
+}
+
+/*
+ * Our own tasks' turn on @cid: with @normal, a queued task first, else @prev keeps running;
+ * with @idle, after those, tasks of idle cgroups (CANOPY_IDLE_DSQ, or an idle-cgroup @prev).
+ * Tasks of cgroups at their cpu.max quota are passed over.
+ */
+static __always_inline enum own_dispatch dispatch_own(s32 cid, struct task_struct *prev,
+						      bool normal, bool idle)
+{
+	bool prev_idle = prev && task_in_idle_cgroup(prev);
+	bool prev_keepable = !prev_throttled(prev);
+
+	if (normal && move_own_to_local(CANOPY_OWN_DSQ, cid))
+		return OWN_QUEUED;
+	if (normal && !prev_idle && prev_keepable && keep_own_prev(cid, prev))
+		return OWN_KEPT;
+	if (!idle)
+		return OWN_NONE;
+	if (move_own_to_local(CANOPY_IDLE_DSQ, cid))
+		return OWN_QUEUED;
+	if (prev_idle && prev_keepable && keep_own_prev(cid, prev))
+		return OWN_KEPT;
+	return OWN_NONE;
+}
+
 void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 {
+	struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
 	u32 nr = scx_bpf_nr_online_cids(), tried = 0;
 	u64 now = scx_bpf_now();
 	int attempt;
@@ -525,10 +653,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 
 	/* fast path: no children, so the cid can only go to our own tasks */
 	if (!nr_children) {
-		struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
-
-		if (scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_OWN_DSQ, 0) ||
-		    keep_own_prev(cid, prev)) {
+		if (dispatch_own(cid, prev, true, true) != OWN_NONE) {
 			hand_cid(cid, CANOPY_SELF_SLOT, now);
 			if (self)
 				self->dispatches++;
@@ -549,20 +674,19 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 			break;
 
 		if (slot == CANOPY_SELF_SLOT) {
-			if (scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_OWN_DSQ, 0)) {
-				m->empty = 0;
-				hand_cid(cid, slot, now);
+			enum own_dispatch own = dispatch_own(cid, prev, true, false);
+
+			if (own == OWN_NONE) {
+				m->empty = 1;
+				continue;
+			}
+			m->empty = 0;
+			hand_cid(cid, slot, now);
+			if (own == OWN_QUEUED) {
 				m->dispatches++;
 				stat_inc(CANOPY_STAT_OWN_DISPATCHES);
-				return;
 			}
-			if (keep_own_prev(cid, prev)) {
-				m->empty = 0;
-				hand_cid(cid, slot, now);
-				return;
-			}
-			m->empty = 1;
-			continue;
+			return;
 		}
 		if (scx_bpf_sub_dispatch(m->cgroup_id)) {
 			m->empty = 0;
@@ -575,6 +699,13 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 		}
 		m->empty = 1;
 		stat_inc(CANOPY_STAT_SUB_DISPATCH_EMPTY);
+	}
+	/* no member had work: our tasks of idle cgroups may have the cid */
+	if (dispatch_own(cid, prev, false, true) != OWN_NONE) {
+		hand_cid(cid, CANOPY_SELF_SLOT, now);
+		if (self)
+			self->dispatches++;
+		stat_inc(CANOPY_STAT_OWN_DISPATCHES);
 	}
 }
 
@@ -598,8 +729,13 @@ void CANOPY_OP(canopy_root_running, struct task_struct *p)
 void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)
 {
 	struct cid_state *cs = cid_state_of(scx_bpf_task_cid(p));
+	struct task_ctx *tctx = task_ctx_of(p);
+	u64 now = scx_bpf_now();
 
-	class_vtime_stopping(p, scx_bpf_now(), tree_charge_weight_fp(p));
+	if (nr_quota_cgroups > 0 && tctx && tctx->running_at && now > tctx->running_at)
+		quota_charge(task_cpu_cgroup_id(p), now - tctx->running_at, now);
+
+	class_vtime_stopping(p, now, tree_charge_weight_fp(p));
 	if (cs)
 		cs->running_class = NO_CLASS;
 }
@@ -848,15 +984,30 @@ void CANOPY_OP_SLEEPABLE(canopy_root_sub_detach, struct scx_sub_detach_args *arg
 
 s32 CANOPY_OP_SLEEPABLE(canopy_root_cpuctl_init, struct cgroup *cgrp, struct scx_cgroup_init_args *args)
 {
-	tree_cgroup_init(cgrp, args->weight);
+	tree_cgroup_init(cgrp, args->weight, args->sched_idle, args->bw_period_us, args->bw_quota_us);
 	return 0;
 }
 
 void CANOPY_OP_SLEEPABLE(canopy_root_cpuctl_exit, struct cgroup *cgrp)
 {
-	u64 cgid = cgrp->kn->id;
+	tree_cgroup_exit(cgrp->kn->id);
+}
 
-	bpf_map_delete_elem(&cpu_tree, &cgid);
+void CANOPY_OP(canopy_root_cpuctl_set_bandwidth, struct cgroup *cgrp, u64 period_us, u64 quota_us,
+	       u64 burst_us)
+{
+	struct canopy_cgroup_node *node = tree_node(cgrp->kn->id);
+
+	if (node)
+		tree_node_set_quota(node, period_us, quota_us);
+}
+
+void CANOPY_OP(canopy_root_cpuctl_set_idle, struct cgroup *cgrp, bool idle)
+{
+	struct canopy_cgroup_node *node = tree_node(cgrp->kn->id);
+
+	if (node)
+		tree_node_set_idle(node, idle);
 }
 
 /*
@@ -907,6 +1058,17 @@ void CANOPY_OP(canopy_root_cid_offline, s32 cid)
 				     ~(1ULL << (cid & 63)));
 }
 
+static __always_inline void init_quota_wakeup(void)
+{
+	u32 key = 0;
+	struct quota_wakeup *wakeup = bpf_map_lookup_elem(&quota_wakeups, &key);
+
+	if (!wakeup)
+		return;
+	bpf_timer_init(&wakeup->timer, &quota_wakeups, 1 /* CLOCK_MONOTONIC */);
+	bpf_timer_set_callback(&wakeup->timer, quota_period_turned);
+}
+
 s32 CANOPY_OP_SLEEPABLE(canopy_root_init)
 {
 	struct canopy_group_policy *pol;
@@ -927,6 +1089,9 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_init)
 	self->active = 1;
 	for (cid = 0; cid < CANOPY_MAX_CIDS; cid++)
 		init_quantum(cid);
+	init_quota_wakeup();
+	if (scx_bpf_create_dsq(CANOPY_IDLE_DSQ, -1))
+		return -ENOMEM;
 	return scx_bpf_create_dsq(CANOPY_OWN_DSQ, -1);
 }
 
@@ -939,8 +1104,9 @@ void CANOPY_OP(canopy_root_dump, struct scx_dump_ctx *dump_ctx)
 {
 	u32 slot;
 
-	canopy_dump("canopy_root: own DSQ %d queued, member vtime floor %llu\n",
-		    scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ), member_vtime_min);
+	canopy_dump("canopy_root: own DSQ %d queued, idle-cgroup DSQ %d, member vtime floor %llu\n",
+		    scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ), scx_bpf_dsq_nr_queued(CANOPY_IDLE_DSQ),
+		    member_vtime_min);
 	for (slot = 0; slot < CANOPY_MAX_MEMBERS; slot++) {
 		struct canopy_member *m = member_of(slot);
 
@@ -975,6 +1141,8 @@ struct sched_ext_ops_cid canopy_root_ops = {
 	.cpuctl_init = (void *)canopy_root_cpuctl_init,
 	.cpuctl_exit = (void *)canopy_root_cpuctl_exit,
 	.cpuctl_set_weight = (void *)canopy_root_cpuctl_set_weight,
+	.cpuctl_set_idle = (void *)canopy_root_cpuctl_set_idle,
+	.cpuctl_set_bandwidth = (void *)canopy_root_cpuctl_set_bandwidth,
 	.cpuctl_move = (void *)canopy_root_cpuctl_move,
 	.sub_attach = (void *)canopy_root_sub_attach,
 	.sub_detach = (void *)canopy_root_sub_detach,

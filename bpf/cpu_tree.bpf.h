@@ -33,6 +33,20 @@
  * the task's path to the root once: one hash lookup and two multiply-divides per level (a
  * task in /user.slice/user-1000.slice/app.slice/x.scope: 5 lookups).
  *
+ * cpu.idle: a task whose cpu cgroup or an ancestor has cpu.idle 1 is queued on CANOPY_IDLE_DSQ,
+ * which the root serves only when its other tasks and its children have nothing for the cid
+ * (and a running one of them keeps the cid before an idle-cgroup task gets it). Which tasks are
+ * idle is decided at ops.runnable: one walk up the tree, skipped while no cgroup is idle.
+ *
+ * cpu.max: a cgroup with a quota and everything below it together use at most quota per period.
+ * Run time is charged at ops.stopping to every node with a quota on the task's path (one walk,
+ * skipped while no cgroup has a quota). While any quota exists the root's dispatch walks its
+ * queue in vtime order and takes the first task whose path has quota left, capping its slice
+ * at the smallest quota left on the path; tasks of a cgroup at its quota stay queued, and a
+ * timer kicks the idle cids when the period turns. Example: cpu.max "50000 100000" on a cgroup
+ * with three hogs beside a busy sibling on 2 CPUs: after 50 ms of their summed run time in a
+ * 100 ms period the three are passed over until the period ends; the sibling gets the rest.
+ *
  * Not yet in the tree: attached child schedulers. The root's own tasks as a whole are still
  * member 0 (at `own_weight`) beside the children, which keep their attach cgroup's cpu.weight;
  * inside member 0 the tree above holds.
@@ -62,7 +76,7 @@ struct {
 struct tree_task {
 	u64 cgroup_id;	/* the cpu cgroup its weight was added to */
 	u32 weight;	/* that weight; 0: not counted (not runnable here) */
-	u32 pad;
+	u32 idle;	/* 1: that cgroup or an ancestor had cpu.idle 1 when it became runnable */
 };
 
 struct {
@@ -74,6 +88,10 @@ struct {
 
 /* the summed weights of every runnable own task (W_eq's scale) */
 u64 tree_runnable_weight;
+/* cgroups with cpu.idle 1 in the tree; while 0 no task is idle and no walk is made */
+s64 nr_idle_cgroups;
+/* cgroups with a cpu.max quota in the tree; while 0 no quota walk is made */
+s64 nr_quota_cgroups;
 
 /*
  * The id of @p's cpu cgroup: the nearest cgroup at or above its own that has the cpu
@@ -128,6 +146,33 @@ static __always_inline void tree_remove(u64 cgroup_id, u32 weight)
 	}
 }
 
+/* @cgroup_id or one of its ancestors has cpu.idle 1. */
+static __always_inline bool cgroup_path_idle(u64 cgroup_id)
+{
+	struct canopy_cgroup_node *node;
+	int depth;
+
+	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
+		node = tree_node(cgroup_id);
+		if (!node)
+			break;
+		if (node->idle)
+			return true;
+		if (!node->parent_id)
+			break;
+		cgroup_id = node->parent_id;
+	}
+	return false;
+}
+
+/* @p runs only when nothing else wants the CPU (cpu.idle), as of its last ops.runnable. */
+static __always_inline bool task_in_idle_cgroup(struct task_struct *p)
+{
+	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
+
+	return tt && tt->idle;
+}
+
 /* @p stops counting in the tree (it slept, left the scheduler, or is being re-counted). */
 static __always_inline void tree_task_quiescent(struct task_struct *p)
 {
@@ -155,6 +200,7 @@ static __always_inline void tree_task_runnable(struct task_struct *p)
 		tree_task_quiescent(p);
 	tt->cgroup_id = task_cpu_cgroup_id(p);
 	tt->weight = weight;
+	tt->idle = nr_idle_cgroups > 0 && cgroup_path_idle(tt->cgroup_id);
 	__sync_fetch_and_add(&tree_runnable_weight, weight);
 	tree_add(tt->cgroup_id, weight);
 }
@@ -200,8 +246,106 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 	return share ?: 1;
 }
 
+/* Start @node's next cpu.max period once the current one is over; overuse carries over. */
+static __always_inline void quota_roll(struct canopy_cgroup_node *node, u64 now)
+{
+	u64 elapsed = now - node->period_start_ns, allowed;
+
+	if (!node->period_ns || elapsed < node->period_ns)
+		return;
+	allowed = node->quota_ns * (elapsed / node->period_ns);
+	node->period_start_ns = now - elapsed % node->period_ns;
+	if (node->period_used_ns > allowed) {
+		node->period_used_ns -= allowed;
+		if (node->period_used_ns > node->quota_ns)
+			node->period_used_ns = node->quota_ns;
+	} else {
+		node->period_used_ns = 0;
+	}
+}
+
+/*
+ * The least cpu.max quota left in this period on the path from @cgroup_id up (0: throttled),
+ * and in @period_end_ns the end of the period of the node that decides it. (u64)-1 when no
+ * node on the path has a quota.
+ */
+static __always_inline u64 quota_left(u64 cgroup_id, u64 now, u64 *period_end_ns)
+{
+	struct canopy_cgroup_node *node;
+	u64 least = (u64)-1, left;
+	int depth;
+
+	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
+		node = tree_node(cgroup_id);
+		if (!node)
+			break;
+		if (node->quota_ns) {
+			quota_roll(node, now);
+			left = node->period_used_ns < node->quota_ns ?
+			       node->quota_ns - node->period_used_ns : 0;
+			if (left < least) {
+				least = left;
+				*period_end_ns = node->period_start_ns + node->period_ns;
+			}
+		}
+		if (!node->parent_id)
+			break;
+		cgroup_id = node->parent_id;
+	}
+	return least;
+}
+
+/* Charge @used ns of run time to every node with a quota on the path from @cgroup_id up. */
+static __always_inline void quota_charge(u64 cgroup_id, u64 used, u64 now)
+{
+	struct canopy_cgroup_node *node;
+	int depth;
+
+	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
+		node = tree_node(cgroup_id);
+		if (!node)
+			break;
+		if (node->quota_ns) {
+			quota_roll(node, now);
+			if (node->period_used_ns < node->quota_ns &&
+			    node->period_used_ns + used >= node->quota_ns)
+				node->nr_throttled++;
+			__sync_fetch_and_add(&node->period_used_ns, used);
+		}
+		if (!node->parent_id)
+			break;
+		cgroup_id = node->parent_id;
+	}
+}
+
+/* ops.cpuctl_set_bandwidth (and init, exit): @node's cpu.max is now @quota_us per @period_us. */
+static __always_inline void tree_node_set_quota(struct canopy_cgroup_node *node, u64 period_us,
+						u64 quota_us)
+{
+	/* "max" comes as a huge quota; anything above an hour per period is no limit either */
+	u64 quota_ns = (quota_us && quota_us < 3600000000ULL && period_us) ? quota_us * 1000 : 0;
+	bool had = node->quota_ns;
+
+	node->period_ns = period_us * 1000;
+	node->quota_ns = quota_ns;
+	node->period_start_ns = scx_bpf_now();
+	node->period_used_ns = 0;
+	if (had != !!quota_ns)
+		__sync_fetch_and_add(&nr_quota_cgroups, quota_ns ? 1 : -1);
+}
+
+/* ops.cpuctl_set_idle (and init, exit): @node's cpu.idle is now @idle. */
+static __always_inline void tree_node_set_idle(struct canopy_cgroup_node *node, bool idle)
+{
+	u32 before = __sync_lock_test_and_set(&node->idle, idle ? 1 : 0);
+
+	if (before != (idle ? 1 : 0))
+		__sync_fetch_and_add(&nr_idle_cgroups, idle ? 1 : -1);
+}
+
 /* ops.cpuctl_init: a cgroup with the cpu controller joins the tree (or is re-initialised). */
-static __always_inline void tree_cgroup_init(struct cgroup *cgrp, u32 weight)
+static __always_inline void tree_cgroup_init(struct cgroup *cgrp, u32 weight, bool idle,
+					     u64 period_us, u64 quota_us)
 {
 	struct cgroup_subsys_state *parent_css = BPF_CORE_READ(cgrp, self.parent);
 	struct canopy_cgroup_node fresh = {}, *node;
@@ -214,14 +358,30 @@ static __always_inline void tree_cgroup_init(struct cgroup *cgrp, u32 weight)
 	}
 	fresh.weight = weight ?: CANOPY_DEFAULT_WEIGHT;
 	node = tree_node(cgroup_id);
-	if (node) {
-		node->parent_id = fresh.parent_id;
-		node->weight = fresh.weight;
-		return;
+	if (!node) {
+		bpf_map_update_elem(&cpu_tree, &cgroup_id, &fresh, BPF_NOEXIST);
+		node = tree_node(cgroup_id);
+		if (!node) {
+			stat_inc(CANOPY_STAT_CPU_TREE_FULL);
+			return;
+		}
 	}
-	if (bpf_map_update_elem(&cpu_tree, &cgroup_id, &fresh, BPF_NOEXIST) &&
-	    !tree_node(cgroup_id))
-		stat_inc(CANOPY_STAT_CPU_TREE_FULL);
+	node->parent_id = fresh.parent_id;
+	node->weight = fresh.weight;
+	tree_node_set_idle(node, idle);
+	tree_node_set_quota(node, period_us, quota_us);
+}
+
+/* ops.cpuctl_exit: the cgroup leaves the tree. */
+static __always_inline void tree_cgroup_exit(u64 cgroup_id)
+{
+	struct canopy_cgroup_node *node = tree_node(cgroup_id);
+
+	if (!node)
+		return;
+	tree_node_set_idle(node, false);
+	tree_node_set_quota(node, 0, 0);
+	bpf_map_delete_elem(&cpu_tree, &cgroup_id);
 }
 
 /* ops.cpuctl_set_weight: a new cpu.weight; a busy cgroup corrects its parent's sum at once. */

@@ -68,6 +68,8 @@ enum canopy_limits {
 	CANOPY_SELF_SLOT = 0,
 	/* the shared DSQ of a scheduler's own tasks */
 	CANOPY_OWN_DSQ = 1,
+	/* the root's DSQ of its own tasks in idle cgroups (cpu.idle 1): served when nothing else is */
+	CANOPY_IDLE_DSQ = 2,
 	/* CPU-time accounting window for guarantees and caps, per cid */
 	CANOPY_PERIOD_NS = 100000000,
 	/* how far (weighted ns) a queued task's vtime may run ahead of the scheduler's vtime clock */
@@ -152,6 +154,13 @@ struct canopy_cgroup_node {
 	u32 weight;		/* cpu.weight, 1..10000 */
 	u32 weight_in_parent;	/* the weight it added to its parent's active_weight when it turned active */
 	s64 active_weight;	/* weights of its runnable own tasks and of its child cgroups with runnable tasks */
+	u32 idle;		/* cpu.idle: 1 = its tasks (and its descendants') run only when nothing else wants the CPU */
+	u32 pad;
+	u64 quota_ns;		/* cpu.max quota: CPU time it and its descendants may use per period; 0 = max */
+	u64 period_ns;		/* cpu.max period */
+	u64 period_start_ns;	/* start of the current cpu.max period */
+	u64 period_used_ns;	/* CPU time it and its descendants used in it (overuse carried, at most one quota) */
+	u64 nr_throttled;	/* periods in which it reached its quota (as cpu.stat's nr_throttled) */
 };
 
 /*
@@ -284,6 +293,7 @@ enum canopy_stat {
 	CANOPY_STAT_MOVED_DECISIONS, /* first class decisions (enqueue or keep) after a task's move */
 	CANOPY_STAT_MOVED_DECISIONS_SLOW, /* of those, more than 10 ms after the move (the task slept or waited) */
 	CANOPY_STAT_CPU_TREE_FULL, /* cgroups the cpu.weight tree could not track (map full) */
+	CANOPY_STAT_QUOTA_SKIPS, /* queued tasks a dispatch passed over because their cgroup used its cpu.max quota */
 	CANOPY_NR_STATS,
 };
 

@@ -101,6 +101,8 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
     use std::fs;
 
