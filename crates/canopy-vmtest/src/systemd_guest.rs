@@ -324,9 +324,9 @@ impl SystemdGuest {
             {
                 retries += 1;
                 eprintln!(
-                    "canopy-vmtest: `{}`: the systemd guest's kernel panicked before the system \
-                     came up (an emulator fault, not the scenario's; log {}); retry {retries} of \
-                     {EMULATOR_FAULT_RETRIES}",
+                    "canopy-vmtest: `{}`: the systemd guest died of qemu TCG's `Oops: int3` or \
+                     panicked before the system came up (an emulator fault, not the scenario's; \
+                     log {}); retry {retries} of {EMULATOR_FAULT_RETRIES}",
                     self.name,
                     prepared.log_path.display()
                 );
