@@ -735,6 +735,7 @@ void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)
 	if (nr_quota_cgroups > 0 && tctx && tctx->running_at && now > tctx->running_at)
 		quota_charge(task_cpu_cgroup_id(p), now - tctx->running_at, now);
 
+	tree_task_reweight(p, tctx);
 	class_vtime_stopping(p, now, tree_charge_weight_fp(p));
 	if (cs)
 		cs->running_class = NO_CLASS;

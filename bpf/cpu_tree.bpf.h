@@ -205,6 +205,23 @@ static __always_inline void tree_task_runnable(struct task_struct *p)
 	tree_add(tt->cgroup_id, weight);
 }
 
+/*
+ * @p stayed runnable while its class-and-nice weight changed (a re-tag, a reload that moved
+ * the policy's default class, a clamp after a move): count it at the weight it was just
+ * decided with, so that W_eq follows the class. Without this a task that never sleeps kept the
+ * weight it had when it last became runnable: a busy untagged hog stayed at DEFAULT's 100
+ * after a reload made the default BULK (60 against 655). One task-storage lookup and a compare
+ * per stop; the re-count (a remove and an add) only when the weight differs.
+ */
+static __always_inline void tree_task_reweight(struct task_struct *p, struct task_ctx *tctx)
+{
+	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
+
+	if (!tt || !tt->weight || !tctx || !tctx->weight || tctx->weight == tt->weight)
+		return;
+	tree_task_runnable(p);
+}
+
 /* @numerator / @denominator of a non-negative sum that may read low for an instant (races). */
 static __always_inline u64 share_of(u64 value, u32 numerator, s64 denominator)
 {
