@@ -104,7 +104,6 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use std::fs;
 
     #[test]
     fn plan_groups_become_scheduler_groups_for_existing_cgroups() {
