@@ -1,18 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! Scenario: `deploy/ansible/` against the systemd guest (Debian 13, systemd as PID 1) over SSH
-//! on a loopback-forwarded port, from the host's `ansible-playbook`. canopy is installed in the
-//! guest as the package lays it out (binary, unit, sysusers, tmpfiles) and runs policy A; then:
-//! 1. `rollout.yml` with policy B: the health check passes and the daemon reports B's hash;
-//! 2. `rollout.yml` with a broken policy: refused by `canopy check` before anything changes, the
+//! Step of the systemd-guest scenario (`systemd_guest.rs`, one boot for every Debian step):
+//! `deploy/ansible/` against the guest (Debian 13, systemd as PID 1, canopy not installed) over
+//! SSH on a loopback-forwarded port, from the host's `ansible-playbook`. Both ways the role
+//! installs the package are used:
+//! 1. `rollout.yml` installing by package name from an apt repository (a flat `file:` repository
+//!    in the guest with revision 1) with policy A: the health check passes, the daemon reports
+//!    A's hash in scx mode;
+//! 2. `rollout.yml` with a given .deb path (revision 2, copied from the host: an upgrade) and
+//!    policy B: revision 2 installed, the daemon reports B's hash;
+//! 3. `rollout.yml` with a broken policy: refused by `canopy check` before anything changes, the
 //!    play fails, and the daemon still runs B (the file on disk is still B);
-//! 3. `rollout.yml` with B again: the recap reports no change;
-//! 4. `rollback.yml`: the daemon runs A again.
+//! 4. `rollout.yml` with B and the same .deb again: the recap reports no change;
+//! 5. `rollback.yml`: the daemon runs A again.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use canopy_vmtest::{RunningGuest, SystemdGuest};
+use canopy_vmtest::RunningGuest;
 
 const POLICY_A: &str = "[daemon]\nmode = \"auto\"\n\n[[rules]]\nname = \"sleepers\"\ncomm = \"sleep\"\nclass = \"BACKGROUND\"\n";
 const POLICY_B: &str = "[daemon]\nmode = \"auto\"\n\n[[rules]]\nname = \"sleepers\"\ncomm = \"sleep\"\nclass = \"UTILITY\"\n\n[[rules]]\nname = \"shells\"\ncomm = \"{bash,sh}\"\nclass = \"USER_INITIATED\"\n";
@@ -49,8 +53,9 @@ fn guest_status(guest: &RunningGuest) -> (String, String) {
     )
 }
 
-/// Runs a playbook of `deploy/ansible/` against the guest; prints and returns its output.
-fn playbook(guest: &RunningGuest, dir: &Path, playbook: &str, policy: &Path) -> Output {
+/// Runs a playbook of `deploy/ansible/` against the guest with `-e` variables; prints and
+/// returns its output.
+fn playbook(guest: &RunningGuest, dir: &Path, playbook: &str, vars: &[(&str, &Path)]) -> Output {
     let inventory = dir.join("inventory.ini");
     std::fs::write(
         &inventory,
@@ -62,30 +67,29 @@ fn playbook(guest: &RunningGuest, dir: &Path, playbook: &str, policy: &Path) -> 
         ),
     )
     .unwrap();
-    let out = Command::new("ansible-playbook")
-        .current_dir(repo_file("deploy/ansible"))
-        .arg("-i")
-        .arg(&inventory)
-        .arg(playbook)
-        .args([
-            "-e",
-            "canopy_install=false",
-            "-e",
-            "canopy_expected_mode=scx",
-        ])
-        .arg("-e")
-        .arg(format!("canopy_policy_template={}", policy.display()))
-        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
-        .env(
-            "ANSIBLE_SSH_ARGS",
-            "-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR",
-        )
-        .env("ANSIBLE_NOCOLOR", "1")
-        .output()
-        .expect("ansible-playbook is installed (scripts/install-deps.sh)");
+    let out =
+        Command::new("ansible-playbook")
+            .current_dir(repo_file("deploy/ansible"))
+            .arg("-i")
+            .arg(&inventory)
+            .arg(playbook)
+            .args(["-e", "canopy_expected_mode=scx"])
+            .args(vars.iter().flat_map(|(name, value)| {
+                ["-e".to_string(), format!("{name}={}", value.display())]
+            }))
+            .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+            // One SSH connection for the whole play (ansible's default ssh_args, which this
+            // replaces, have it too): a new connection to the TCG guest costs seconds.
+            .env(
+                "ANSIBLE_SSH_ARGS",
+                "-o ControlMaster=auto -o ControlPersist=300s -o UserKnownHostsFile=/dev/null \
+             -o StrictHostKeyChecking=no -o LogLevel=ERROR",
+            )
+            .env("ANSIBLE_NOCOLOR", "1")
+            .output()
+            .expect("ansible-playbook is installed (scripts/install-deps.sh)");
     println!(
-        "ansible-playbook {playbook} with {}: {}\n{}{}",
-        policy.display(),
+        "ansible-playbook {playbook} with {vars:?}: {}\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -103,62 +107,88 @@ fn changed_count(out: &Output) -> Option<u32> {
     field.strip_prefix("changed=")?.parse().ok()
 }
 
-#[test]
-fn ansible_rolls_a_policy_out_refuses_a_broken_one_and_rolls_back() -> anyhow::Result<()> {
+/// The version of the installed canopy package in the guest ("" when none).
+fn installed_version(guest: &RunningGuest) -> String {
+    let out = guest
+        .ssh("dpkg-query -W -f='${Version}' canopy 2>/dev/null || true")
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The rollout in a guest without canopy that has revision 1 and 2 of the package in /root.
+pub fn rolls_out_refuses_a_broken_policy_and_rolls_back(
+    guest: &RunningGuest,
+    revision_2: &Path,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let write = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
     };
-    let policy_a = write("a.toml", POLICY_A);
+    let policy_a = write("a.toml.j2", POLICY_A);
     let policy_b = write("b.toml.j2", POLICY_B);
     let policy_broken = write("broken.toml.j2", POLICY_BROKEN);
     let (hash_a, hash_b) = (plan_hash(&policy_a), plan_hash(&policy_b));
-
-    let guest = SystemdGuest::new("ansible-rollout")
-        .with_file(env!("CARGO_BIN_EXE_canopy"), "/usr/bin/canopy")
-        .with_file(
-            repo_file("deploy/systemd/canopy.service"),
-            "/etc/systemd/system/canopy.service",
-        )
-        .with_file(
-            repo_file("deploy/systemd/canopy.sysusers.conf"),
-            "/usr/lib/sysusers.d/canopy.conf",
-        )
-        .with_file(
-            repo_file("deploy/systemd/canopy.tmpfiles.conf"),
-            "/usr/lib/tmpfiles.d/canopy.conf",
-        )
-        .with_file(&policy_a, "/etc/canopy/policy.toml")
-        .timeout(Duration::from_secs(600))
-        .boot()?;
-    let setup = guest.ssh(
-        "set -e; systemd-sysusers; systemd-tmpfiles --create; systemctl daemon-reload; \
-         systemctl enable --now canopy.service; systemctl is-active canopy.service",
-    )?;
-    assert!(setup.status.success(), "{setup:?}");
-    let mut status = (String::new(), String::new());
-    for _ in 0..60 {
-        status = guest_status(&guest);
-        if status.0 == hash_a {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
     assert_eq!(
-        status,
-        (hash_a.clone(), "scx".to_string()),
-        "policy A in scx mode at start"
+        installed_version(guest),
+        "",
+        "canopy is not installed at start"
     );
 
-    // 1. Roll B out.
-    let rollout = playbook(&guest, dir.path(), "rollout.yml", &policy_b);
-    assert!(rollout.status.success(), "rollout of B failed");
-    assert_eq!(guest_status(&guest), (hash_b.clone(), "scx".to_string()));
+    // A flat apt repository in the guest with revision 1 (as `dpkg-scanpackages` writes it);
+    // the guest has no other apt source.
+    let repo = guest.ssh(
+        "set -e; mkdir -p /srv/canopy-apt; cd /srv/canopy-apt; cp /root/canopy_*-1_amd64.deb .; \
+         for deb in *.deb; do dpkg-deb -f \"$deb\"; echo \"Filename: ./$deb\"; \
+         echo \"Size: $(stat -c %s \"$deb\")\"; echo \"SHA256: $(sha256sum \"$deb\" | cut -d' ' -f1)\"; \
+         echo; done > Packages; \
+         echo 'deb [trusted=yes] file:/srv/canopy-apt ./' > /etc/apt/sources.list.d/canopy.list",
+    )?;
+    assert!(repo.status.success(), "{repo:?}");
 
-    // 2. A broken policy is refused; B stays in force and on disk.
-    let broken = playbook(&guest, dir.path(), "rollout.yml", &policy_broken);
+    // 1. Install by package name from the apt repository (no .deb path), and roll A out.
+    let by_name = playbook(
+        guest,
+        dir.path(),
+        "rollout.yml",
+        &[("canopy_policy_template", &policy_a)],
+    );
+    assert!(
+        by_name.status.success(),
+        "rollout installing from apt failed"
+    );
+    let version_1 = installed_version(guest);
+    assert!(version_1.ends_with("-1"), "installed from apt: {version_1}");
+    assert_eq!(guest_status(guest), (hash_a.clone(), "scx".to_string()));
+
+    // 2. Upgrade from a given .deb and roll B out, in one run.
+    let with_deb = [
+        ("canopy_policy_template", policy_b.as_path()),
+        ("canopy_deb_path", revision_2),
+    ];
+    let rollout = playbook(guest, dir.path(), "rollout.yml", &with_deb);
+    assert!(
+        rollout.status.success(),
+        "rollout of B with the .deb failed"
+    );
+    let version_2 = installed_version(guest);
+    assert!(
+        version_2.ends_with("-2"),
+        "installed from the .deb: {version_2}"
+    );
+    assert_eq!(guest_status(guest), (hash_b.clone(), "scx".to_string()));
+
+    // 3. A broken policy is refused; B stays in force and on disk.
+    let broken = playbook(
+        guest,
+        dir.path(),
+        "rollout.yml",
+        &[
+            ("canopy_policy_template", &policy_broken),
+            ("canopy_deb_path", revision_2),
+        ],
+    );
     assert!(
         !broken.status.success(),
         "the broken policy was not refused"
@@ -168,15 +198,15 @@ fn ansible_rolls_a_policy_out_refuses_a_broken_one_and_rolls_back() -> anyhow::R
         "the refusal does not name the problem"
     );
     assert_eq!(
-        guest_status(&guest).0,
+        guest_status(guest).0,
         hash_b,
         "the broken policy changed the hash in force"
     );
     let on_disk = guest.ssh("cat /etc/canopy/policy.toml")?;
     assert_eq!(String::from_utf8_lossy(&on_disk.stdout), POLICY_B);
 
-    // 3. Nothing to change.
-    let again = playbook(&guest, dir.path(), "rollout.yml", &policy_b);
+    // 4. Nothing to change, the package included.
+    let again = playbook(guest, dir.path(), "rollout.yml", &with_deb);
     assert!(again.status.success());
     assert_eq!(
         changed_count(&again),
@@ -184,13 +214,12 @@ fn ansible_rolls_a_policy_out_refuses_a_broken_one_and_rolls_back() -> anyhow::R
         "a second run changed something"
     );
 
-    // 4. Roll back to A.
-    let rollback = playbook(&guest, dir.path(), "rollback.yml", &policy_b);
+    // 5. Roll back to A.
+    let rollback = playbook(guest, dir.path(), "rollback.yml", &[]);
     assert!(rollback.status.success(), "rollback failed");
-    assert_eq!(guest_status(&guest), (hash_a, "scx".to_string()));
+    assert_eq!(guest_status(guest), (hash_a, "scx".to_string()));
 
     let journal = guest.ssh("journalctl -u canopy.service --no-pager | tail -20")?;
     println!("{}", String::from_utf8_lossy(&journal.stdout));
-    guest.shutdown()?;
     Ok(())
 }

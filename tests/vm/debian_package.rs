@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! Scenario: canopy's Debian package (lintian without errors on the host) on a real Debian 13 with systemd as PID 1 (the systemd
-//! guest), its whole life in one boot, as an administrator would live it:
+//! Step of the systemd-guest scenario (`systemd_guest.rs`, one boot for every Debian step):
+//! canopy's Debian package (lintian without errors on the host) on a real Debian 13 with
+//! systemd as PID 1, its whole life, as an administrator would live it:
 //! 1. two services in `system.slice` with `CPUWeight=` 200 and 100 and two busy threads each
 //!    split the CPU under the fair scheduler (classic `smp` group shares);
 //! 2. `apt install ./canopy_*.deb`: the unit is active (`Type=notify`, so systemd saw
@@ -16,9 +17,9 @@
 //! 7. `apt purge`: no file of the package, no /etc/canopy, /run/canopy or pinned BPF object,
 //!    no canopy process, no cgroup named canopy, sched_ext disabled.
 
-use std::time::Duration;
+use std::path::Path;
 
-use canopy_vmtest::{debian_package, SystemdGuest};
+use canopy_vmtest::RunningGuest;
 
 const SCRIPT: &str = r#"
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
@@ -92,7 +93,7 @@ report stopped sched_ext="$(cat /sys/kernel/sched_ext/state)" active="$(systemct
   compared="$(join /root/attrs-before /root/attrs-after | wc -l)" changed=@/root/attrs-changed
 
 # 5. SIGKILL: the kernel falls back at once, systemd restarts canopy, which re-adopts.
-systemctl start canopy
+systemctl start canopy || { systemctl status canopy --no-pager; journalctl -u canopy --no-pager -n 60; exit 1; }
 wait_active
 restarts0=$(systemctl show -P NRestarts canopy)
 start=$(date +%s%N)
@@ -142,14 +143,11 @@ fn ratio(split: &serde_json::Value) -> f64 {
     split["a_usec"].as_f64().unwrap_or(0.0) / split["b_usec"].as_f64().unwrap_or(1.0).max(1.0)
 }
 
-#[test]
-fn debian_package_install_reload_stop_kill_upgrade_purge() -> anyhow::Result<()> {
-    let first = debian_package(1)?;
-    let second = debian_package(2)?;
-    // Debian's own package checker, on the host (scripts/install-deps.sh installs it).
+/// Debian's own package checker, on the host (scripts/install-deps.sh installs it).
+pub fn lintian_reports_no_errors(package: &Path) -> anyhow::Result<()> {
     let lintian = std::process::Command::new("lintian")
         .args(["--fail-on", "error"])
-        .arg(&first)
+        .arg(package)
         .output()?;
     println!(
         "lintian: {}",
@@ -158,17 +156,17 @@ fn debian_package_install_reload_stop_kill_upgrade_purge() -> anyhow::Result<()>
     assert!(
         lintian.status.success(),
         "lintian reports errors on {}:\n{}{}",
-        first.display(),
+        package.display(),
         String::from_utf8_lossy(&lintian.stdout),
         String::from_utf8_lossy(&lintian.stderr)
     );
-    let name = |path: &std::path::Path| path.file_name().unwrap().to_string_lossy().into_owned();
-    let outcome = SystemdGuest::new("debian-package")
-        .with_file(&first, &format!("/root/{}", name(&first)))
-        .with_file(&second, &format!("/root/{}", name(&second)))
-        .script(SCRIPT)
-        .timeout(Duration::from_secs(900))
-        .run()?;
+    Ok(())
+}
+
+/// Runs the package's life in the guest, which has revision 1 and 2 of the package in /root.
+/// Ends with the package purged.
+pub fn install_reload_stop_kill_upgrade_purge(guest: &RunningGuest) -> anyhow::Result<()> {
+    let outcome = guest.run_script("debian-package", SCRIPT)?;
     println!("{}", outcome.summary());
     for kind in [
         "split-fair",

@@ -12,6 +12,7 @@ mod daemon_fallback;
 mod daemon_reload;
 mod daemon_scx;
 mod daemon_storm;
+mod debian_desktop;
 mod debian_package;
 mod fair_baseline;
 mod harness;

@@ -457,18 +457,10 @@ pub(crate) fn read_console(qemu: &mut RunningQemu, deadline: Instant) -> Console
     while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
         match qemu.lines.recv_timeout(remaining) {
             Ok(SerialEvent::Line(line)) => {
-                if let Some(json) = line
-                    .find(RESULT_PREFIX)
-                    .map(|at| &line[at + RESULT_PREFIX.len()..])
-                {
-                    // Trailing text is ignored; a line that kernel output cut in two is kept
-                    // aside (asking for its kind later names it) rather than failing the run.
-                    match serde_json::Deserializer::from_str(json)
-                        .into_iter::<Value>()
-                        .next()
-                    {
-                        Some(Ok(value)) if value.is_object() => console.results.push(value),
-                        _ => console.malformed.push(line),
+                if let Some(parsed) = result_in_line(&line) {
+                    match parsed {
+                        Some(value) => console.results.push(value),
+                        None => console.malformed.push(line),
                     }
                 } else if line.contains("Kernel panic - not syncing")
                     && console.panic_line.is_none()
@@ -484,6 +476,21 @@ pub(crate) fn read_console(qemu: &mut RunningQemu, deadline: Instant) -> Console
         }
     }
     console
+}
+
+/// The `CANOPY-RESULT` object a line carries: `None` when the line has none, `Some(None)` when
+/// it does not parse as a JSON object. Trailing text is ignored; a line that kernel output cut
+/// in two is kept aside by the caller (asking for its kind later names it) rather than failing
+/// the run.
+pub(crate) fn result_in_line(line: &str) -> Option<Option<Value>> {
+    let json = &line[line.find(RESULT_PREFIX)? + RESULT_PREFIX.len()..];
+    match serde_json::Deserializer::from_str(json)
+        .into_iter::<Value>()
+        .next()
+    {
+        Some(Ok(value)) if value.is_object() => Some(Some(value)),
+        _ => Some(None),
+    }
 }
 
 /// Turns a finished console into the results, or the error that ends the scenario: a timeout
@@ -589,5 +596,23 @@ mod emulator_fault_tests {
         assert!(!hit_emulator_text_patching_fault(&other));
         assert!(!hit_emulator_text_patching_fault(&dir.join("missing.log")));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod result_line_tests {
+    use super::result_in_line;
+
+    #[test]
+    fn a_result_line_parses_and_a_cut_one_is_kept_aside() {
+        let value =
+            result_in_line("[   25.7] unit[249]: CANOPY-RESULT {\"kind\":\"boot\",\"n\":1} tail")
+                .expect("a result line")
+                .expect("an object");
+        assert_eq!(value["kind"], "boot");
+        assert_eq!(value["n"], 1);
+        assert_eq!(result_in_line("CANOPY-RESULT {\"kind\":\"bo"), Some(None));
+        assert_eq!(result_in_line("CANOPY-RESULT [1]"), Some(None));
+        assert_eq!(result_in_line("Debian GNU/Linux 13"), None);
     }
 }

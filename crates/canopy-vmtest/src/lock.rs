@@ -1,19 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! One VM at a time: an exclusive `flock` held for the whole life of a guest. Test threads of
 //! one `cargo test` and other work trees' tests queue on it instead of halving each other's
-//! CPU (a 2-vCPU TCG guest saturates both host cores).
+//! CPU (a 2-vCPU TCG guest saturates both host cores). When a guest lets the lock go, one line
+//! says how long it held it and how long it waited: on stderr (`--nocapture` shows it) and
+//! appended to `<target>/vm-logs/timings.tsv` (Unix time, scenario, seconds held, seconds
+//! waited), which is where the suite's VM time is read from.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{io_error, Result};
 
 /// Held while a guest runs; the kernel drops the lock when this closes (or the process dies).
 pub struct VmLock {
     _file: File,
+    scenario: String,
+    acquired: Instant,
+    waited: Duration,
 }
 
 impl VmLock {
@@ -31,6 +38,7 @@ impl VmLock {
             .open(path)
             .or_else(|_| std::fs::File::open(path))
             .map_err(io_error(path))?;
+        let asked = Instant::now();
         // SAFETY: flock on a file descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let _ = writeln!(
@@ -49,6 +57,34 @@ impl VmLock {
                 }
             }
         }
-        Ok(VmLock { _file: file })
+        Ok(VmLock {
+            _file: file,
+            scenario: scenario.to_string(),
+            acquired: Instant::now(),
+            waited: asked.elapsed(),
+        })
+    }
+}
+
+impl Drop for VmLock {
+    fn drop(&mut self) {
+        let held = self.acquired.elapsed().as_secs_f64();
+        let waited = self.waited.as_secs_f64();
+        eprintln!(
+            "canopy-vmtest: `{}` held the VM for {held:.1} s (waited {waited:.1} s for it)",
+            self.scenario
+        );
+        let since_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let line = format!("{since_epoch}\t{}\t{held:.1}\t{waited:.1}\n", self.scenario);
+        let timings = crate::paths::log_dir().join("timings.tsv");
+        // Best effort: a missing log directory must not fail a scenario that passed.
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(timings)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
     }
 }

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The Debian package under test: built with the README's command (`scripts/build-deb.sh`,
-//! cargo-deb; a release build, whose lock is not the one the running debug `cargo test`
-//! holds), once per process and Debian revision (an upgrade scenario installs revision 1,
-//! then revision 2 of the same build).
+//! cargo-deb, same metadata and layout) from the binary the running `cargo test` built
+//! (`--from-test-build`: no second, cold release build in CI), once per process and Debian
+//! revision (an upgrade scenario installs revision 1, then revision 2 of the same build).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,13 +31,13 @@ pub fn debian_package(revision: u32) -> Result<PathBuf> {
 fn build(revision: u32) -> BuildResult {
     let script = repo_root().join("scripts/build-deb.sh");
     let command_text = format!(
-        "bash {} --deb-revision {revision} (CARGO_TARGET_DIR={})",
+        "bash {} --from-test-build --deb-revision {revision} (CARGO_TARGET_DIR={})",
         script.display(),
         target_dir().display()
     );
     let output = Command::new("bash")
         .arg(&script)
-        .args(["--deb-revision", &revision.to_string()])
+        .args(["--from-test-build", "--deb-revision", &revision.to_string()])
         .env("CARGO_TARGET_DIR", target_dir())
         .stdin(Stdio::null())
         .output()

@@ -29,6 +29,7 @@
 //! [`EMULATOR_FAULT_RETRIES`] times) whose kernel panicked before the system came up: qemu
 //! TCG's stale-code `Oops: int3` hits about one boot in seven.
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -259,6 +260,8 @@ impl SystemdGuest {
                 let deadline = boot.qemu.started + self.timeout;
                 let mut guest = RunningGuest {
                     name: self.name.clone(),
+                    accel: boot.accel,
+                    cpus: self.cpus,
                     qemu: boot.qemu,
                     ssh_port: port,
                     ssh_key: prepared.image.ssh_key.clone(),
@@ -273,6 +276,48 @@ impl SystemdGuest {
             },
             self.script.as_deref(),
         )
+    }
+
+    /// Boots, runs `steps` against the running guest (SSH, [`RunningGuest::run_script`]) and
+    /// powers it off; returns the poweroff's duration. Many steps share one boot this way. As
+    /// with [`run`](Self::run), a guest that died of the emulator's `Oops: int3` (at any point:
+    /// in a long boot sched_ext is enabled and disabled many times) is booted again and every
+    /// step runs again, at most [`EMULATOR_FAULT_RETRIES`] times; any other failure (an error
+    /// or a failed assertion in a step) is final.
+    pub fn run_steps(
+        &self,
+        steps: impl Fn(&RunningGuest) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Duration> {
+        let mut retries = 0;
+        loop {
+            let guest = self.boot()?;
+            let log_path = guest.log_path.clone();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| steps(&guest)));
+            let failed = !matches!(outcome, Ok(Ok(())));
+            if failed
+                && retries < EMULATOR_FAULT_RETRIES
+                && hit_emulator_text_patching_fault(&log_path)
+            {
+                drop(guest);
+                retries += 1;
+                eprintln!(
+                    "canopy-vmtest: `{}`: the systemd guest died of qemu TCG's `Oops: int3` \
+                     during its steps (an emulator fault, not the scenario's; log {}); every \
+                     step again, retry {retries} of {EMULATOR_FAULT_RETRIES}",
+                    self.name,
+                    log_path.display()
+                );
+                continue;
+            }
+            match outcome {
+                Ok(Ok(())) => return Ok(guest.shutdown()?),
+                Ok(Err(err)) => return Err(err),
+                Err(panic) => {
+                    drop(guest);
+                    std::panic::resume_unwind(panic)
+                }
+            }
+        }
     }
 
     /// Boots with the terminal attached to the serial console (log in as root, no password;
@@ -585,6 +630,8 @@ fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
 /// [`shutdown`](Self::shutdown) for a clean poweroff.
 pub struct RunningGuest {
     name: String,
+    accel: Accel,
+    cpus: usize,
     qemu: RunningQemu,
     ssh_port: u16,
     ssh_key: PathBuf,
@@ -649,6 +696,59 @@ impl RunningGuest {
             .arg(remote)
             .output()
             .map_err(spawn_error(format!("ssh root@127.0.0.1 {remote}")))
+    }
+
+    /// Runs `script` with `bash -e` as root from `/root` in the guest (over SSH, the script on
+    /// stdin) and returns the `CANOPY-RESULT` objects it printed on stdout, as a scenario's
+    /// [`Outcome`] named `<guest>/<step>`: one boot, several steps. A script that exits
+    /// non-zero is an error with the end of its output.
+    pub fn run_script(&self, step: &str, script: &str) -> Result<Outcome> {
+        let scenario = format!("{}/{step}", self.name);
+        let started = Instant::now();
+        let mut child = self
+            .ssh_command()
+            .arg("cd /root && bash -e -s")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_error(format!("ssh root@127.0.0.1 bash ({scenario})")))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let text = format!("printf '{}{{\"kind\":\"boot\",\"kernel_release\":\"%s\"}}\\n' \"$(uname -r)\"\n{script}\n", crate::RESULT_PREFIX);
+        let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+        let output = child
+            .wait_with_output()
+            .map_err(spawn_error(format!("ssh root@127.0.0.1 bash ({scenario})")))?;
+        let _ = writer.join();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let (mut results, mut malformed) = (Vec::new(), Vec::new());
+        for line in stdout.lines() {
+            match crate::result_in_line(line) {
+                Some(Some(value)) => results.push(value),
+                Some(None) => malformed.push(line.to_string()),
+                None => {}
+            }
+        }
+        if !output.status.success() {
+            let all = format!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+            let lines: Vec<&str> = all.lines().collect();
+            return Err(Error::Guest {
+                scenario,
+                reason: format!("the step's script exited with {}", output.status),
+                log_path: self.log_path.clone(),
+                log_tail: lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n"),
+            });
+        }
+        Ok(Outcome {
+            scenario,
+            kernel_release: kernel_release_of(&results),
+            results,
+            malformed_results: malformed,
+            log_path: self.log_path.clone(),
+            duration: started.elapsed(),
+            accel: self.accel,
+            cpus: self.cpus,
+        })
     }
 
     fn wait_for_ssh(&mut self, deadline: Instant) -> Result<()> {
