@@ -26,8 +26,11 @@ use crate::server::ControlMsg;
 pub const MAX_CONNECTIONS: usize = 16;
 /// How long one rendered snapshot answers scrapes.
 pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
-/// How long a client may take to send its request, and to take the answer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client may take to send its request (a connection that sends nothing holds its
+/// slot this long at most).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a client may take to take the answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Accept errors back off from this, doubling up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -115,7 +118,7 @@ async fn answer(
     // client that sends nothing cannot hold the slot for longer than the timeout.
     let mut request = [0u8; 1024];
     if !matches!(
-        tokio::time::timeout(CLIENT_TIMEOUT, stream.read(&mut request)).await,
+        tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut request)).await,
         Ok(Ok(n)) if n > 0
     ) {
         return;
@@ -127,7 +130,7 @@ async fn answer(
         "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
         text.len()
     );
-    let written = tokio::time::timeout(CLIENT_TIMEOUT, async {
+    let written = tokio::time::timeout(ANSWER_TIMEOUT, async {
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(text.as_bytes()).await
     })
