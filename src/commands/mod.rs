@@ -8,7 +8,7 @@ pub(crate) mod ctl;
 pub(crate) mod diff;
 pub(crate) mod generate;
 pub(crate) mod import;
-pub(crate) mod run;
+pub(crate) mod run_schedulers;
 pub(crate) mod status;
 pub(crate) mod top;
 
