@@ -140,7 +140,7 @@ pub fn rolls_out_refuses_a_broken_policy_and_rolls_back(
     // the guest has no other apt source.
     let repo = guest.ssh(
         "set -e; mkdir -p /srv/canopy-apt; cd /srv/canopy-apt; cp /root/canopy_*-1_amd64.deb .; \
-         for deb in *.deb; do dpkg-deb -f \"$deb\"; echo \"Filename: ./$deb\"; \
+         for deb in *.deb; do dpkg-deb -f \"$deb\" | sed '/^$/d'; echo \"Filename: ./$deb\"; \
          echo \"Size: $(stat -c %s \"$deb\")\"; echo \"SHA256: $(sha256sum \"$deb\" | cut -d' ' -f1)\"; \
          echo; done > Packages; \
          echo 'deb [trusted=yes] file:/srv/canopy-apt ./' > /etc/apt/sources.list.d/canopy.list",
