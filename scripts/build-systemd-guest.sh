@@ -18,11 +18,12 @@ cache=${CANOPY_CACHE:-$HOME/.cache/canopy}
 suite=trixie
 mirror=http://deb.debian.org/debian
 # What the guest is for: systemd as PID 1 with user sessions (dbus-user-session, libpam-systemd,
-# systemd-container for machinectl), SSH for host-driven tests, python3 for Ansible, apt for
+# systemd-container for machinectl), SSH for host-driven tests, python3 and python3-apt for
+# Ansible (its apt module installs packages through python3-apt, as on any Debian it manages), apt for
 # installing canopy's package, and the tools the scenarios call.
 packages=(
   systemd systemd-sysv dbus dbus-user-session libpam-systemd systemd-container udev
-  openssh-server python3 sudo iproute2 procps kmod ca-certificates
+  openssh-server python3 python3-apt sudo iproute2 procps kmod ca-certificates
   attr make
 )
 
@@ -124,7 +125,8 @@ mkdir -p "$rootfs/etc/systemd/journald.conf.d"
 printf '[Journal]\nForwardToConsole=no\nStorage=volatile\n' > "$rootfs/etc/systemd/journald.conf.d/canopy.conf"
 
 printf '%s\n' "${packages[@]}" > "$work/packages"
-mkfs.ext4 -q -F -L sysroot -d "$rootfs" "$work/rootfs.img" 3G
+# -q does not silence "Creating regular file": stdout is only for the image path.
+mkfs.ext4 -q -F -L sysroot -d "$rootfs" "$work/rootfs.img" 3G >&2
 echo $(( $(date +%s) - started )) > "$work/build-seconds"
 rm -rf "$rootfs"
 rm -rf "$image_dir"
