@@ -302,11 +302,15 @@ impl ProcEvents {
             }
         };
         let before = events.len();
-        for index in 0..batch.count {
-            if !batch.from_kernel[index] {
+        let slots = self
+            .slab
+            .chunks(SLOT_LEN)
+            .zip(batch.lengths.iter().zip(batch.from_kernel));
+        for (slot, (&length, from_kernel)) in slots.take(batch.count) {
+            if !from_kernel {
                 continue; // only the kernel (port 0) may speak on this group
             }
-            let datagram = &self.slab[index * SLOT_LEN..index * SLOT_LEN + batch.lengths[index]];
+            let datagram = slot.get(..length).unwrap_or(slot);
             match decode_datagram(datagram) {
                 Decoded::Event(event) => {
                     if self.wanted(&event) {
@@ -501,15 +505,19 @@ fn receive_batch(fd: RawFd, slab: &mut [u8], batch_size: usize) -> io::Result<Re
     let mut io_vectors: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
     let mut senders: [libc::sockaddr_nl; MAX_BATCH] = unsafe { std::mem::zeroed() };
     let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
-    for (index, chunk) in slab.chunks_exact_mut(SLOT_LEN).take(batch_size).enumerate() {
-        io_vectors[index] = libc::iovec {
+    let slots = slab.chunks_exact_mut(SLOT_LEN).zip(io_vectors.iter_mut());
+    for ((chunk, io_vector), (header, sender)) in slots
+        .zip(headers.iter_mut().zip(senders.iter_mut()))
+        .take(batch_size)
+    {
+        *io_vector = libc::iovec {
             iov_base: chunk.as_mut_ptr().cast(),
             iov_len: SLOT_LEN,
         };
-        headers[index].msg_hdr.msg_iov = &mut io_vectors[index];
-        headers[index].msg_hdr.msg_iovlen = 1;
-        headers[index].msg_hdr.msg_name = (&mut senders[index] as *mut libc::sockaddr_nl).cast();
-        headers[index].msg_hdr.msg_namelen = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        header.msg_hdr.msg_iov = io_vector;
+        header.msg_hdr.msg_iovlen = 1;
+        header.msg_hdr.msg_name = (sender as *mut libc::sockaddr_nl).cast();
+        header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
     }
     // SAFETY: `headers[..batch_size]` describe valid, writable buffers that outlive the call.
     let received = unsafe {
@@ -529,9 +537,13 @@ fn receive_batch(fd: RawFd, slab: &mut [u8], batch_size: usize) -> io::Result<Re
         lengths: [0; MAX_BATCH],
         from_kernel: [false; MAX_BATCH],
     };
-    for index in 0..batch.count {
-        batch.lengths[index] = (headers[index].msg_len as usize).min(SLOT_LEN);
-        batch.from_kernel[index] = senders[index].nl_pid == 0;
+    let results = batch.lengths.iter_mut().zip(batch.from_kernel.iter_mut());
+    for ((length, from_kernel), (header, sender)) in results
+        .zip(headers.iter().zip(senders.iter()))
+        .take(batch.count)
+    {
+        *length = (header.msg_len as usize).min(SLOT_LEN);
+        *from_kernel = sender.nl_pid == 0;
     }
     Ok(batch)
 }

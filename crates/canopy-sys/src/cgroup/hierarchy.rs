@@ -51,20 +51,24 @@ pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<Cgroup2Mount> {
 }
 
 fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'\\' && index + 4 <= bytes.len() {
-            let octal = std::str::from_utf8(&bytes[index + 1..index + 4]).unwrap_or("");
-            if let Ok(value) = u8::from_str_radix(octal, 8) {
+    let mut out = Vec::with_capacity(field.len());
+    let mut rest = field.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        let escaped = tail
+            .get(..3)
+            .filter(|_| byte == b'\\')
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        match escaped {
+            Some(value) => {
                 out.push(value);
-                index += 4;
-                continue;
+                rest = tail.get(3..).unwrap_or_default();
+            }
+            None => {
+                out.push(byte);
+                rest = tail;
             }
         }
-        out.push(bytes[index]);
-        index += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
 }
@@ -198,7 +202,9 @@ impl CgroupHierarchy {
                 }
             }
             // Visit children in name order (popped from the end, so push reversed).
-            pending[first_child..].sort_unstable_by(|left, right| right.cmp(left));
+            if let Some(children) = pending.get_mut(first_child..) {
+                children.sort_unstable_by(|left, right| right.cmp(left));
+            }
             entries.push(CgroupEntry {
                 relative: self.relative_path(&dir)?,
                 id,
