@@ -266,7 +266,7 @@ pub fn read_bounded_text(path: &Path, limit: u64) -> Result<String, PolicyFileEr
     }
     String::from_utf8(bytes).map_err(|error| {
         let offset = error.utf8_error().valid_up_to();
-        let prefix = &error.as_bytes()[..offset];
+        let prefix = error.as_bytes().get(..offset).unwrap_or_default();
         PolicyFileError::InvalidUtf8 {
             path: path.to_path_buf(),
             line: prefix.iter().filter(|&&b| b == b'\n').count() + 1,

@@ -181,14 +181,16 @@ pub enum EventKind {
 /// one rename, the last (the only name that still holds). Returns how many were dropped.
 pub fn coalesce_renames(events: &mut Vec<ProcEvent>) -> usize {
     let mut renamed_later = std::collections::HashSet::new();
-    let mut keep = vec![true; events.len()];
-    for (index, event) in events.iter().enumerate().rev() {
-        if let EventKind::Comm { tid, .. } = event.kind {
-            if !renamed_later.insert(tid) {
-                keep[index] = false;
-            }
-        }
-    }
+    // Newest first: a rename is kept only if no later one of the same thread was seen.
+    let mut keep: Vec<bool> = events
+        .iter()
+        .rev()
+        .map(|event| match event.kind {
+            EventKind::Comm { tid, .. } => renamed_later.insert(tid),
+            _ => true,
+        })
+        .collect();
+    keep.reverse();
     let before = events.len();
     let mut flags = keep.into_iter();
     events.retain(|_| flags.next().unwrap_or(true));
