@@ -561,7 +561,8 @@ impl Daemon {
                         let _ = msg.reply.send(response);
                     }
                 }
-                _ = async { tokio::time::sleep_until(timer.unwrap()).await }, if timer.is_some() => {
+                // Disabled while there is no timer (the future is made, never polled).
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
                     let now = Instant::now();
                     if policy_debounce.is_some_and(|d| d <= now) {
                         policy_debounce = None;

@@ -83,7 +83,9 @@ impl LatencyRing {
         if self.samples_us.len() < Self::CAPACITY {
             self.samples_us.push(us);
         } else {
-            self.samples_us[self.next] = us;
+            if let Some(oldest) = self.samples_us.get_mut(self.next) {
+                *oldest = us;
+            }
             self.next = (self.next + 1) % Self::CAPACITY;
         }
         self.total += 1;
@@ -97,7 +99,7 @@ impl LatencyRing {
         let mut v = self.samples_us.clone();
         v.sort_unstable();
         let idx = ((v.len() as f64 - 1.0) * q).round() as usize;
-        Some(v[idx.min(v.len() - 1)] as u64)
+        v.get(idx.min(v.len() - 1)).map(|&us| us as u64)
     }
 
     /// Forgets every sample.

@@ -110,8 +110,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         if !process.threads.contains(&tid) {
             process.threads.push(tid);
         }
-        let kthread = process.facts.kthread;
-        let in_scope = self.in_scope(&self.processes[&tgid].facts.cgroup);
+        let facts = Arc::clone(&process.facts);
+        let kthread = facts.kthread;
+        let in_scope = self.in_scope(&facts.cgroup);
         let realtime = if kthread && !self.plan.manage_kernel_threads() {
             false
         } else {
