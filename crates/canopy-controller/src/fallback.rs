@@ -24,7 +24,7 @@ use canopy_sys::Outcome;
 
 use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport};
 use crate::plan::{ClassId, ClassParams, FairPolicy, GroupKnobs, ScxGroupPolicy};
-use crate::state_file::{Adopted, StateFile};
+use crate::state_file::{AdoptRules, Adopted, StateFile};
 
 pub use canopy_sys::sched::SchedAttr;
 
@@ -72,10 +72,16 @@ impl FallbackBackend {
     }
 
     /// Keeps the originals in a state file at `path` as well, and adopts what a crashed
-    /// predecessor left there.
-    pub fn with_state_file(mut self, path: PathBuf) -> Self {
+    /// predecessor left there and the crash record's rules allow: cgroups beneath this
+    /// backend's cgroup root, RT/DL originals only when `realtime_managed` (the policy's
+    /// `leave_realtime = false`). What it refused becomes a status note.
+    pub fn with_state_file(mut self, path: PathBuf, realtime_managed: bool) -> Self {
         let mut state = StateFile::new(path);
-        self.adopted = state.adopt();
+        self.adopted = state.adopt(&AdoptRules {
+            cgroup_root: &self.cgroup_root,
+            realtime_managed,
+        });
+        self.notes.append(&mut self.adopted.refused);
         if !self.adopted.tasks.is_empty() || !self.adopted.groups.is_empty() {
             tracing::info!(
                 path = %state.path().display(),
