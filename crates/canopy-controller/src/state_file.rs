@@ -129,6 +129,8 @@ pub struct Adopted {
     pub tasks: HashMap<u32, SchedAttr>,
     /// Original knob values of cgroups.
     pub groups: HashMap<String, Vec<(&'static str, String)>>,
+    /// The start time of each adopted task's thread.
+    pub starts: HashMap<u32, u64>,
     /// What was refused and why (the whole record, or its first entries and a count), for the
     /// log and `canopy status`.
     pub refused: Vec<String>,
@@ -283,21 +285,20 @@ fn read_record(path: &Path) -> Result<Option<Vec<u8>>, RecordRefused> {
 /// Parses and validates a record's text (see the module documentation): the entries of this
 /// boot whose thread still runs (`start_time` of its tid matches) and that the `rules` allow.
 /// Refusals of single entries are listed in [`Adopted::refused`]; a record that is not this
-/// boot's JSON is refused whole. The start times of adopted tasks come back too.
+/// boot's JSON is refused whole.
 pub fn validate_record(
     bytes: &[u8],
     boot_id: &str,
     rules: &AdoptRules<'_>,
     start_time: impl Fn(u32) -> Option<u64>,
     path: &Path,
-) -> Result<(Adopted, HashMap<u32, u64>), RecordRefused> {
+) -> Result<Adopted, RecordRefused> {
     let contents: Contents =
         serde_json::from_slice(bytes).map_err(|e| RecordRefused::Malformed(e.to_string()))?;
     if contents.version != VERSION || contents.boot_id != boot_id {
         return Err(RecordRefused::Stale);
     }
     let mut adopted = Adopted::default();
-    let mut starts = HashMap::new();
     let mut refusals = Refusals::default();
     for record in contents.tasks {
         if start_time(record.tid) != Some(record.start) {
@@ -306,7 +307,7 @@ pub fn validate_record(
         let attr = record.attr();
         match plausible_original(&attr, rules.realtime_managed) {
             Ok(()) => {
-                starts.insert(record.tid, record.start);
+                adopted.starts.insert(record.tid, record.start);
                 adopted.tasks.insert(record.tid, attr);
             }
             Err(why) => refusals.add(|| format!("tid {}: {why}", record.tid)),
@@ -355,7 +356,7 @@ pub fn validate_record(
         }
     }
     adopted.refused = refusals.into_notes(path);
-    Ok((adopted, starts))
+    Ok(adopted)
 }
 
 /// The first 64 bytes of a string from the record (for messages).
@@ -372,8 +373,6 @@ fn shorten(s: &str) -> &str {
 pub struct StateFile {
     path: PathBuf,
     boot_id: String,
-    /// Start times already read, by tid (read once per task, at its first flush).
-    starts: HashMap<u32, u64>,
     dirty: bool,
     last_write: Option<Instant>,
 }
@@ -397,7 +396,6 @@ impl StateFile {
         StateFile {
             path,
             boot_id: boot_id(),
-            starts: HashMap::new(),
             dirty: false,
             last_write: None,
         }
@@ -418,11 +416,10 @@ impl StateFile {
             Err(why) => return self.refused_whole(why),
         };
         match validate_record(&bytes, &self.boot_id, rules, thread_start_time, &self.path) {
-            Ok((adopted, starts)) => {
+            Ok(adopted) => {
                 for note in &adopted.refused {
                     tracing::warn!("{note}");
                 }
-                self.starts = starts;
                 adopted
             }
             Err(RecordRefused::Stale) => {
@@ -456,10 +453,10 @@ impl StateFile {
     }
 
     /// Writes the record if it changed and the last write is at least [`FLUSH_EVERY`] old (or
-    /// `force`). Tasks that exited before their first write are left out.
+    /// `force`). Each task comes with its thread's start time.
     pub fn flush<'a>(
         &mut self,
-        tasks: impl Iterator<Item = (u32, &'a SchedAttr)>,
+        tasks: impl Iterator<Item = (u32, u64, &'a SchedAttr)>,
         groups: &HashMap<String, Vec<(&'static str, String)>>,
         force: bool,
     ) -> Result<(), StateFileError> {
@@ -469,19 +466,9 @@ impl StateFile {
         if !force && self.last_write.is_some_and(|t| t.elapsed() < FLUSH_EVERY) {
             return Ok(());
         }
-        let mut records = Vec::new();
-        let mut alive = HashMap::new();
-        for (tid, attr) in tasks {
-            let start = match self.starts.get(&tid) {
-                Some(&s) => Some(s),
-                None => thread_start_time(tid),
-            };
-            if let Some(start) = start {
-                alive.insert(tid, start);
-                records.push(TaskRecord::new(tid, start, attr));
-            }
-        }
-        self.starts = alive;
+        let records = tasks
+            .map(|(tid, start, attr)| TaskRecord::new(tid, start, attr))
+            .collect();
         let contents = Contents {
             version: VERSION,
             boot_id: self.boot_id.clone(),
@@ -539,7 +526,6 @@ impl StateFile {
     pub fn remove(&mut self) {
         let _ = std::fs::remove_file(&self.path);
         self.dirty = false;
-        self.starts.clear();
     }
 }
 
@@ -583,8 +569,14 @@ mod tests {
                 ("cpu.max", "max 100000".to_string()),
             ],
         );
-        file.flush(tasks.iter().map(|(t, a)| (*t, a)), &groups, false)
-            .unwrap();
+        file.flush(
+            tasks
+                .iter()
+                .filter_map(|(t, a)| Some((*t, thread_start_time(*t)?, a))),
+            &groups,
+            false,
+        )
+        .unwrap();
         assert!(!file.is_dirty());
         let mode = std::fs::metadata(&path).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o600, "the record is {mode:o}");
@@ -641,7 +633,6 @@ mod tests {
                 |tid| (tid == 42).then_some(7),
                 &path,
             )
-            .map(|(adopted, _)| adopted)
         };
         // SCHED_FIFO 99 is adopted only when the policy manages RT/DL tasks.
         let fifo = record_text("boot", 42, 1, 99, "app");

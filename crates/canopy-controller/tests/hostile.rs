@@ -97,7 +97,10 @@ fn forged_crash_record_is_refused() {
             "{what}: {notes}"
         );
         if what == "escaping entries" {
-            assert!(notes.contains("not a cgroup path below the root"), "{what}: {notes}");
+            assert!(
+                notes.contains("not a cgroup path below the root"),
+                "{what}: {notes}"
+            );
         }
         let report = env.stop();
         let attr = sched_getattr(victim).unwrap();
