@@ -11,7 +11,8 @@
 //! - `protocol`, `auth`, `server`: the control API (JSON lines on a Unix socket, SO_PEERCRED).
 //! - `daemon`: the tokio wiring: event sources, timers, signals, reload, sd_notify.
 //! - `testing` (tests and the `testing` feature only, not in the release daemon): a small
-//!   hand-built plan, a fake task source and a recording backend for tests and benchmarks.
+//!   hand-built plan, a fake task source and a recording backend for tests and benchmarks;
+//!   `fuzzing` (the `testing` feature): the fuzz entry points (control protocol, crash record).
 
 pub mod auth;
 pub mod backend;
@@ -21,6 +22,8 @@ mod controller_tests;
 pub mod daemon;
 pub mod event;
 pub mod fallback;
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 pub mod plan;
 pub mod policy_adapter;
 pub mod procfs;

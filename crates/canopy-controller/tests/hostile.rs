@@ -120,3 +120,72 @@ fn forged_crash_record_is_refused() {
     }
     drop(stdin);
 }
+
+/// Runs `canopy-testload client` as `uid` against the env's socket; the reply line.
+fn client_as(env: &Env, uid: u32, request: &serde_json::Value) -> String {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(TESTLOAD)
+        .args([
+            "client",
+            env.socket().to_str().unwrap(),
+            &request.to_string(),
+        ])
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Lets every uid reach the env's control socket (the unit's `canopy` group stands for this).
+fn open_socket(env: &Env) {
+    std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
+/// Attack 6 (`explain` half): `nobody` (uid 65534) asking `explain` for a thread of root's
+/// process (a tid that is not a process id) is refused, as for the process itself; root is
+/// answered.
+#[test]
+fn explain_on_another_users_thread_is_refused() {
+    use std::io::{BufRead, Write};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new("explain");
+    env.write_policy(&base_policy(&env, ""));
+    env.start(|_| {});
+    open_socket(&env);
+    let (mut stdin, mut out, pid) = env.spawn(&["threads", "2", "w-"]);
+    env.move_pid("", pid);
+    stdin.write_all(b"go\n").unwrap();
+    let tids: Vec<u32> = read_until_ready(&mut out)
+        .iter()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    let thread = tids[0];
+    assert_ne!(thread, pid);
+    assert!(
+        wait_for(Duration::from_secs(5), || nice_policy(thread)
+            == Some((4, BATCH)))
+        .is_some(),
+        "thread {thread} not tagged"
+    );
+    for id in [thread, pid] {
+        let reply = client_as(
+            &env,
+            65534,
+            &serde_json::json!({"cmd": "explain", "pid": id}),
+        );
+        assert!(
+            reply.contains("\"ok\":false") && reply.contains("belongs to another user"),
+            "nobody explaining {id} of root's process {pid}: {reply}"
+        );
+        assert!(!reply.contains("w-"), "a thread name leaked: {reply}");
+    }
+    assert_eq!(explain(&env, thread)["comm"], "w-0");
+    eprintln!("attack 6 (explain): nobody refused for root's thread {thread} and process {pid}");
+    stdin.write_all(b"stop\n").unwrap();
+    let _ = out.read_line(&mut String::new());
+}

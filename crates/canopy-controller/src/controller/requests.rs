@@ -134,8 +134,13 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         Ok(tids)
     }
 
-    /// The owner uid of a tracked process (for authorization of `explain`).
-    pub fn process_uid(&self, tgid: u32) -> Option<u32> {
+    /// The owner uid of the process `id` belongs to, for authorization of `explain`: `id` is a
+    /// process id or the id of any tracked thread (a thread answers for its process, so
+    /// `explain` on another user's thread is refused like `explain` on their process). The uid
+    /// is the process's real uid as read from `/proc` at fork or exec; `None` for an id that is
+    /// not tracked (`explain` then answers "no task" and reveals nothing).
+    pub fn process_uid(&self, id: u32) -> Option<u32> {
+        let tgid = self.tasks.get(&id).map_or(id, |t| t.tgid);
         self.processes.get(&tgid).map(|p| p.facts.uid)
     }
 
