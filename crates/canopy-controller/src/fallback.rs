@@ -28,7 +28,7 @@ use canopy_sys::sched::{Applied, SchedApplier, SchedRequest};
 use canopy_sys::Outcome;
 
 use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport};
-use crate::plan::{ClassId, ClassParams, FairPolicy, GroupKnobs, ScxGroupPolicy};
+use crate::policy_port::{ClassId, ClassParams, FairPolicy, GroupKnobs, ScxGroupPolicy};
 use crate::state_file::{thread_start_time, AdoptRules, Adopted, StateFile};
 
 pub use canopy_sys::sched::SchedAttr;

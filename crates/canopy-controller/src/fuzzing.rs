@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::auth::{inside_user_manager, Peer};
 use crate::controller::{Controller, ControllerConfig};
 use crate::daemon::handle_control;
-use crate::plan::{PlanLoader, PolicyPlan};
+use crate::policy_port::{PlanLoader, PolicyPlan};
 use crate::protocol::{normalize_cgroup, parse_request, Request, Response};
 use crate::state_file::{validate_record, AdoptRules, KNOB_FILES};
 use crate::testing::{FakeSource, RecordingBackend, TestPlan};
