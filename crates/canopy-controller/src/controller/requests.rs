@@ -237,6 +237,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 }
             };
             why.push_str(managed_because);
+            if task.reapply_pending() {
+                why.push_str("; not applied yet under the reloaded policy (applying it failed, see the log; retried on the task's next event)");
+            }
             out.push(Explanation {
                 tid,
                 tgid: task.tgid,
@@ -252,7 +255,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 group: group_name,
                 state,
                 requested: requested.map(name),
-                effective: task.applied.map(|(c, _)| name(c)),
+                effective: task.current_class().map(name),
                 skipped: task.skip,
                 why,
             });
@@ -290,7 +293,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             g.cpu_usage_usec = self.source_cpu_usage(&g.cgroup);
         }
         let mut tasks_by_class: BTreeMap<String, u64> = BTreeMap::new();
-        for (class, _) in self.tasks.values().filter_map(|t| t.applied) {
+        for class in self.tasks.values().filter_map(Task::current_class) {
             *tasks_by_class
                 .entry(self.plan.class_params(class).name.to_string())
                 .or_default() += 1;
