@@ -16,6 +16,7 @@
 //! - [`peer`]: `SO_PEERCRED` on Unix stream sockets.
 //! - [`beneath`]: resolving a path somebody else chose strictly beneath a trusted root
 //!   (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), with PATH_MAX/NAME_MAX limits.
+//! - [`instance_lock`]: one daemon at a time (`flock` on a lock file in the run directory).
 //! - [`policy_files`]: finding and reading policy files (`policy.toml`, `policy.d/*.toml`),
 //!   bounded and with the path in every error, for the CLI and the daemon alike.
 //!
@@ -35,6 +36,7 @@
 
 pub mod beneath;
 pub mod cgroup;
+pub mod instance_lock;
 pub mod peer;
 pub mod policy_files;
 pub mod proc_events;
