@@ -260,7 +260,7 @@ impl Daemon {
             Mode::Fallback => {
                 let mut backend = FallbackBackend::new(cgroup_root.clone());
                 if let Some(path) = &opts.state_file {
-                    backend = backend.with_state_file(path.clone());
+                    backend = backend.with_state_file(path.clone(), plan.manage_realtime());
                 }
                 Box::new(backend) as Box<dyn Backend>
             }

@@ -11,7 +11,8 @@
 //! - `protocol`, `auth`, `server`: the control API (JSON lines on a Unix socket, SO_PEERCRED).
 //! - `daemon`: the tokio wiring: event sources, timers, signals, reload, sd_notify.
 //! - `testing` (tests and the `testing` feature only, not in the release daemon): a small
-//!   hand-built plan, a fake task source and a recording backend for tests and benchmarks.
+//!   hand-built plan, a fake task source and a recording backend for tests and benchmarks;
+//!   `fuzzing` (the `testing` feature): the fuzz entry points (control protocol, crash record).
 //!
 //! Outside tests `unwrap` and indexing or slicing that may panic are denied
 //! (`clippy::unwrap_used`, `clippy::indexing_slicing`; the suite's clippy step in
@@ -27,6 +28,8 @@ mod controller_tests;
 pub mod daemon;
 pub mod event;
 pub mod fallback;
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 pub mod policy_adapter;
 pub mod policy_port;
 pub mod procfs;

@@ -14,6 +14,8 @@
 //!   sched_ext's sysfs files; the bpffs directory of canopy's pinned maps.
 //! - [`users`]: a uid's user name through NSS, cached per uid (`user = "..."` rules).
 //! - [`peer`]: `SO_PEERCRED` on Unix stream sockets.
+//! - [`beneath`]: resolving a path somebody else chose strictly beneath a trusted root
+//!   (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), with PATH_MAX/NAME_MAX limits.
 //! - [`instance_lock`]: one daemon at a time (`flock` on a lock file in the run directory).
 //! - [`policy_files`]: finding and reading policy files (`policy.toml`, `policy.d/*.toml`),
 //!   bounded and with the path in every error, for the CLI and the daemon alike.
@@ -36,6 +38,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::indexing_slicing))]
 
+pub mod beneath;
 pub mod cgroup;
 pub mod instance_lock;
 pub mod peer;
