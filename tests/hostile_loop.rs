@@ -707,3 +707,122 @@ fn a_cgroup_watch_overflow_rescans_cgroups_and_never_reloads_the_policy() {
         watched.elapsed()
     );
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// The daemon's RSS gate with a 4 MiB argv and 50 children (issue 11's acceptance).
+const RSS_LIMIT_KIB: u64 = 40 * 1024;
+
+/// Attack 2 (facts half): a process with a 4 MiB argv (the policy has a rule on the command
+/// line, so it is read) forks 50 children that keep it. The daemon reads at most 4 KiB of it,
+/// once, shared by the children's facts: its RSS stays under 40 MiB.
+#[test]
+fn a_four_mib_argv_with_fifty_children_keeps_the_daemon_small() {
+    let _serial = serial();
+    if !can_run() {
+        return;
+    }
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nname = \"big-argv\"\ncmdline = \"^sh -c\"\nclass = \"BACKGROUND\"\n"
+    );
+    let mut world = World::new("argv", &policy);
+    std::fs::create_dir_all(world.cgroup.join("app")).unwrap();
+    let daemon = world.start();
+    let before = rss_kib(daemon);
+
+    // 32 arguments of 128 KiB - 1 (the kernel's limit per argument): 4 MiB. The stack limit
+    // allows argv up to a quarter of it.
+    let argument = "a".repeat(128 * 1024 - 1);
+    let mut command = Command::new("sh");
+    command
+        .args([
+            "-c",
+            "read go; i=0; while [ $i -lt 50 ]; do (while :; do sleep 1000; done) & i=$((i+1)); done; wait",
+            "sh",
+        ])
+        .args(std::iter::repeat_n(&argument, 32))
+        .stdin(Stdio::piped())
+        .process_group(0);
+    // SAFETY: setrlimit in the child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            let stack = libc::rlimit {
+                rlim_cur: 64 << 20,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            libc::setrlimit(libc::RLIMIT_STACK, &stack);
+            Ok(())
+        })
+    };
+    let mut shell = command.spawn().unwrap();
+    let mut go = shell.stdin.take().unwrap();
+    let shell_pid = world.adopt(shell);
+    struct KillGroup(i32);
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            // SAFETY: the workload's own process group.
+            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        }
+    }
+    let _group = KillGroup(shell_pid as i32);
+    world.move_into("app", shell_pid);
+    let argv_bytes = std::fs::read(format!("/proc/{shell_pid}/cmdline"))
+        .unwrap()
+        .len();
+    assert!(argv_bytes >= 4 << 20, "argv is {argv_bytes} bytes");
+    writeln!(go, "go").unwrap();
+
+    // Every subshell (a fork of sh, with its argv) tagged by the command-line rule.
+    let children = || -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{shell_pid}/task/{shell_pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect()
+    };
+    let started = Instant::now();
+    let mut peak = before;
+    loop {
+        peak = peak.max(rss_kib(daemon));
+        let kids = children();
+        let tagged = kids.len() == 50
+            && kids.iter().all(|pid| {
+                call(
+                    &world.socket(),
+                    &format!(r#"{{"cmd":"explain","pid":{pid}}}"#),
+                )
+                .is_ok_and(|reply| reply["result"][0]["rule"] == "big-argv")
+            });
+        if tagged {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} of 50 children; one explained: {:?}",
+            kids.len(),
+            kids.first().map(|pid| call(
+                &world.socket(),
+                &format!(r#"{{"cmd":"explain","pid":{pid}}}"#)
+            )
+            .ok())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..10 {
+        peak = peak.max(rss_kib(daemon));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "argv: {argv_bytes} bytes × 51 processes; daemon RSS {before} KiB before, peak {peak} KiB (limit {RSS_LIMIT_KIB} KiB), all tagged after {:?}",
+        started.elapsed()
+    );
+    assert!(peak < RSS_LIMIT_KIB, "daemon RSS peaked at {peak} KiB");
+}
