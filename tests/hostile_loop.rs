@@ -826,3 +826,143 @@ fn a_four_mib_argv_with_fifty_children_keeps_the_daemon_small() {
     );
     assert!(peak < RSS_LIMIT_KIB, "daemon RSS peaked at {peak} KiB");
 }
+
+/// Sets an xattr as an unprivileged user (a forked child that drops to `uid`), as the owner of
+/// a scope would; the errno on failure.
+fn set_xattr_as(uid: u32, dir: &Path, name: &str, value: &str) -> Result<(), i32> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: the child only makes raw syscalls on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        unsafe {
+            let dropped = libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setresgid(uid, uid, uid) == 0
+                && libc::setresuid(uid, uid, uid) == 0;
+            if !dropped {
+                libc::_exit(255);
+            }
+            let result = libc::setxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            );
+            libc::_exit(if result == 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(()),
+        errno => Err(errno),
+    }
+}
+
+/// (policy, nice) of a process from /proc/PID/stat.
+fn policy_nice(pid: u32) -> (i64, i64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    (fields[38].parse().unwrap(), fields[16].parse().unwrap())
+}
+
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check()
+}
+
+/// Attack 4: a user pins its own app `focused` through the focus xattr on the scope it owns.
+/// The policy does not let users set `focused` (only `unfocused`): the owner's timestamp still
+/// switches to `unfocused`, its `-1` is ignored (counted), and the app stays demoted.
+#[test]
+fn the_focus_xattr_reaches_only_user_settable_states() {
+    let _serial = serial();
+    if !can_run() {
+        return;
+    }
+    let policy = r#"
+[[rules]]
+name = "sleepers"
+comm = "sleep"
+class = "USER_INTERACTIVE"
+
+[groups.app]
+path = "{scope}/app*"
+[groups.app.states.focused]
+[groups.app.states.unfocused]
+ceiling = "BACKGROUND"
+user_settable = true
+"#;
+    let mut world = World::new("focus", policy);
+    let user = 61_234;
+    let scope_dir = world.cgroup.join("app-pin.scope");
+    std::fs::create_dir_all(&scope_dir).unwrap();
+    std::os::unix::fs::chown(&scope_dir, Some(user), Some(user)).unwrap();
+    world.start();
+    let sleeper = world.adopt(Command::new("sleep").arg("60").spawn().unwrap());
+    world.move_into("app-pin.scope", sleeper);
+    let (other, batch) = (0, 3);
+    assert!(
+        wait_until(Duration::from_secs(5), || policy_nice(sleeper)
+            == (other, -4)),
+        "not tagged USER_INTERACTIVE: {:?}",
+        policy_nice(sleeper)
+    );
+    let cgroup = format!("{}/app-pin.scope", world.scope);
+    let state = |world: &World| group_of(&world.status(), &cgroup).map(|g| g["state"].clone());
+
+    // The owner may mark it inactive: a user-settable state.
+    set_xattr_as(user, &scope_dir, "user.xdg.inactive-since", "123456789").expect("owner's xattr");
+    assert!(
+        wait_until(Duration::from_secs(2), || policy_nice(sleeper)
+            == (batch, 4)),
+        "the owner's timestamp did not demote: {:?} state {:?}",
+        policy_nice(sleeper),
+        state(&world)
+    );
+    assert_eq!(state(&world), Some("unfocused".into()));
+
+    // ... but not focus it: `focused` is not user-settable.
+    let refused_before = world.counter("focus_xattrs_refused");
+    set_xattr_as(user, &scope_dir, "user.xdg.inactive-since", "-1").expect("owner's xattr");
+    assert!(
+        wait_until(Duration::from_secs(2), || world
+            .counter("focus_xattrs_refused")
+            > refused_before),
+        "the -1 was not refused: state {:?}",
+        state(&world)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        state(&world),
+        Some("unfocused".into()),
+        "the owner pinned it focused"
+    );
+    assert_eq!(policy_nice(sleeper), (batch, 4), "the app left its ceiling");
+
+    // Root, over the socket, may.
+    let reply = call(
+        &world.socket(),
+        &format!(r#"{{"cmd":"state","cgroup":"{cgroup}","state":"focused"}}"#),
+    )
+    .unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(wait_until(Duration::from_secs(2), || policy_nice(sleeper)
+        == (other, -4)));
+    eprintln!("focus: uid {user} owning {cgroup} set unfocused (allowed), was refused focused; root set focused");
+}
