@@ -42,14 +42,9 @@ fn can_run() -> bool {
 }
 
 fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+    canopy_sys::cgroup::CgroupHierarchy::system()
+        .mount_point()
+        .to_path_buf()
 }
 
 /// A free loopback port (bound, read, released).
@@ -583,26 +578,6 @@ fn a_rename_storm_leaves_control_requests_and_state_flushes_on_time() {
     );
 }
 
-fn set_xattr(dir: &Path, name: &str, value: &str) -> std::io::Result<()> {
-    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-    let name = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let result = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// The group (and its state) status reports for `cgroup`, if any.
 fn group_of(status: &serde_json::Value, cgroup: &str) -> Option<serde_json::Value> {
     status["groups"]
@@ -827,11 +802,44 @@ fn a_four_mib_argv_with_fifty_children_keeps_the_daemon_small() {
     assert!(peak < RSS_LIMIT_KIB, "daemon RSS peaked at {peak} KiB");
 }
 
-/// Sets an xattr as an unprivileged user (a forked child that drops to `uid`), as the owner of
-/// a scope would; the errno on failure.
+/// `setxattr(2)` on C strings prepared beforehand (async-signal-safe: usable after a fork);
+/// the errno on failure.
+fn raw_set_xattr(path: &std::ffi::CStr, name: &std::ffi::CStr, value: &str) -> Result<(), i32> {
+    // SAFETY: valid C strings and buffer.
+    let result = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        // SAFETY: reading this thread's errno.
+        Err(unsafe { *libc::__errno_location() })
+    }
+}
+
+fn c_strings(dir: &Path, name: &str) -> (std::ffi::CString, std::ffi::CString) {
+    (
+        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap(),
+        std::ffi::CString::new(name).unwrap(),
+    )
+}
+
+/// Sets an xattr as this (root) process.
+fn set_xattr(dir: &Path, name: &str, value: &str) -> Result<(), i32> {
+    let (path, name) = c_strings(dir, name);
+    raw_set_xattr(&path, &name, value)
+}
+
+/// Sets an xattr as `uid` (a forked child that drops to it), as the owner of a scope would;
+/// the errno on failure.
 fn set_xattr_as(uid: u32, dir: &Path, name: &str, value: &str) -> Result<(), i32> {
-    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-    let name = std::ffi::CString::new(name).unwrap();
+    let (path, name) = c_strings(dir, name);
     // SAFETY: the child only makes raw syscalls on memory prepared before the fork.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
@@ -843,18 +851,7 @@ fn set_xattr_as(uid: u32, dir: &Path, name: &str, value: &str) -> Result<(), i32
             if !dropped {
                 libc::_exit(255);
             }
-            let result = libc::setxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            );
-            libc::_exit(if result == 0 {
-                0
-            } else {
-                *libc::__errno_location()
-            });
+            libc::_exit(raw_set_xattr(&path, &name, value).err().unwrap_or(0));
         }
     }
     let mut status = 0;
@@ -866,13 +863,10 @@ fn set_xattr_as(uid: u32, dir: &Path, name: &str, value: &str) -> Result<(), i32
     }
 }
 
-/// (policy, nice) of a process from /proc/PID/stat.
-fn policy_nice(pid: u32) -> (i64, i64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    (fields[38].parse().unwrap(), fields[16].parse().unwrap())
+/// (policy, nice) of a process, through canopy-sys's sched_getattr.
+fn policy_nice(pid: u32) -> (u32, i32) {
+    let attributes = canopy_controller::fallback::sched_getattr(pid).unwrap();
+    (attributes.sched_policy, attributes.sched_nice)
 }
 
 fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
