@@ -188,10 +188,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     pub fn new(
         plan: Arc<dyn PolicyPlan>,
         mut backend: B,
-        source: S,
+        mut source: S,
         config: ControllerConfig,
     ) -> Self {
         backend.set_manage_realtime(plan.manage_realtime());
+        source.read_cmdlines(plan.uses_cmdline());
         Controller {
             plan,
             backend,
@@ -249,6 +250,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             tracing::error!(%error, "the backend could not follow the new policy everywhere");
         }
         self.backend.set_manage_realtime(plan.manage_realtime());
+        // Command lines are read only while a rule matches on them; a plan that starts to
+        // needs them read for every known process, before the re-match below.
+        let cmdlines_needed = plan.uses_cmdline() && !self.plan.uses_cmdline();
+        self.source.read_cmdlines(plan.uses_cmdline());
         self.plan = plan;
         self.policy_error = None;
         self.stats.counters.reloads_ok += 1;
@@ -280,6 +285,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             .collect();
         for c in cgroups {
             self.ensure_group(&c);
+        }
+        if cmdlines_needed {
+            let known: Vec<(u32, Option<RuleMatch>)> = self
+                .processes
+                .iter()
+                .map(|(&tgid, p)| (tgid, p.inherited.clone()))
+                .collect();
+            for (tgid, inherited) in known {
+                // A process gone meanwhile is forgotten at its exit event.
+                let _ = self.load_process(tgid, inherited);
+            }
         }
         let tids: Vec<u32> = self.tasks.keys().copied().collect();
         for tid in tids {

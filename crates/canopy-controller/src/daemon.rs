@@ -155,7 +155,7 @@ pub enum DaemonError {
     Signal(std::io::Error),
     /// Another daemon holds the instance lock beside the control socket (or it could not be
     /// taken); the live daemon's socket is left alone.
-    #[error("not starting: {source}; the control socket {socket} is left alone")]
+    #[error("not starting (the control socket {socket} is left alone)")]
     AlreadyRunning {
         /// The control socket the other daemon serves.
         socket: PathBuf,

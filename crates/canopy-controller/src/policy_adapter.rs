@@ -102,8 +102,8 @@ impl PolicyPlan for CompiledPlan {
         let task = policy::TaskFacts {
             comm: &p.comm,
             thread_name: &facts.comm,
-            exe: (!p.exe.is_empty()).then_some(p.exe.as_str()),
-            cmdline: (!p.cmdline.is_empty()).then_some(p.cmdline.as_str()),
+            exe: (!p.exe.is_empty()).then_some(&*p.exe),
+            cmdline: (!p.cmdline.is_empty()).then_some(&*p.cmdline),
             cgroup: &p.cgroup,
             uid: p.uid,
             user: p.user.as_deref(),
@@ -223,6 +223,13 @@ impl PolicyPlan for CompiledPlan {
         !self.plan.defaults().leave_realtime
     }
 
+    fn uses_cmdline(&self) -> bool {
+        self.plan
+            .rules()
+            .iter()
+            .any(|rule| rule.conditions.cmdline.is_some())
+    }
+
     fn compiled(&self) -> Option<&canopy_policy::Plan> {
         Some(&self.plan)
     }
@@ -316,6 +323,15 @@ user_settable = true
             Duration::from_secs(30)
         );
         assert!(plan.focus_states(g).unwrap().focused.is_some());
+        assert!(!plan.uses_cmdline(), "no rule matches on the command line");
+        std::fs::write(
+            dir.join("policy.toml"),
+            "[[rules]]\ncmdline = '--job=1'\nclass = 'BACKGROUND'\n",
+        )
+        .unwrap();
+        assert!(load_policy(std::slice::from_ref(&dir))
+            .unwrap()
+            .uses_cmdline());
         std::fs::write(
             dir.join("policy.toml"),
             "[[rules]]\ncomm = 'x'\nclass = 'NOPE'\n",

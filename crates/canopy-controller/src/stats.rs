@@ -42,6 +42,8 @@ counters! {
     renames_coalesced,
     /// inotify queue overflows on the cgroup watch (each rescans the watched cgroups, not /proc).
     cgroup_watch_overflows,
+    /// Focus xattr changes ignored: the state they lead to (or leave) is not user-settable.
+    focus_xattrs_refused,
     /// Policy reloads that compiled and were swapped in.
     reloads_ok,
     /// Policy reloads that failed to compile (old policy kept).

@@ -374,9 +374,30 @@ impl ProcFs {
     /// parent's comm. `Gone` if the process exits on the way (the parent exiting only empties
     /// `parent_comm`).
     pub fn process_info(&mut self, pid: Pid) -> Result<Outcome<ProcessInfo>, ProcError> {
+        self.read_process_info(pid, true)
+    }
+
+    /// [`ProcFs::process_info`] without reading the command line (left empty): for a caller
+    /// with no use for it, since the process controls what it holds.
+    pub fn process_info_without_cmdline(
+        &mut self,
+        pid: Pid,
+    ) -> Result<Outcome<ProcessInfo>, ProcError> {
+        self.read_process_info(pid, false)
+    }
+
+    fn read_process_info(
+        &mut self,
+        pid: Pid,
+        with_cmdline: bool,
+    ) -> Result<Outcome<ProcessInfo>, ProcError> {
         let stat = or_gone!(self.process_stat(pid));
         let exe = or_gone!(self.exe(pid));
-        let cmdline = or_gone!(self.cmdline(pid));
+        let cmdline = if with_cmdline {
+            or_gone!(self.cmdline(pid))
+        } else {
+            Cmdline::default()
+        };
         let real_uid = or_gone!(self.real_uid(pid));
         let parent_comm = if stat.parent_pid > 0 {
             self.process_stat(stat.parent_pid)?
