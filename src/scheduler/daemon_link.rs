@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use canopy_controller::daemon::ScxEjected;
 use canopy_controller::daemon::ScxFactory;
-use canopy_controller::plan::PolicyPlan;
-use canopy_controller::plan::ScxGroupPolicy;
+use canopy_controller::policy_port::PolicyPlan;
+use canopy_controller::policy_port::ScxGroupPolicy;
 use canopy_controller::scx::ScxMaps;
 use canopy_controller::stats::PreemptingWakeups;
 use libbpf_rs::MapCore;
@@ -31,7 +31,7 @@ use super::bpf_bytes::as_bytes;
 use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::config::SchedulerConfig;
-use super::plan::config_from_plan;
+use super::config_from_plan::config_from_plan;
 use super::supervisor::supervise;
 use super::supervisor::ReloadRequest;
 
