@@ -96,8 +96,8 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 const POLL_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the supervisor looks at exit records, admission events and `stop` when nothing
-/// wakes it.
-pub(super) const TICK: Duration = Duration::from_millis(100);
+/// wakes it: an ejected root reaches the daemon (fallback mode) within this.
+pub(super) const TICK: Duration = Duration::from_millis(50);
 
 /// The supervisor without rescans (the config is fixed).
 pub fn run(config: &SchedulerConfig, seconds: f64) -> anyhow::Result<()> {
@@ -233,7 +233,14 @@ pub fn run_with_refresh(
 ) -> anyhow::Result<()> {
     install_stop_handlers();
     let stop_at = deadline(seconds);
-    supervise(config, refresh, None, &|| should_stop(stop_at), &mut || {})
+    supervise(
+        config,
+        refresh,
+        None,
+        &|| should_stop(stop_at),
+        &mut || {},
+        &mut |_| {},
+    )
 }
 
 /// The supervisor: loads the root, attaches children where `config` asks, applies cgroups that
@@ -243,13 +250,16 @@ pub fn run_with_refresh(
 /// that exited with it again (bounded backoff, see `child_restart.rs`; recorded in the root's
 /// `child_restarts` map), and unloads when `stop` says so (polled every TICK).
 /// `on_enabled` runs after each successful load, once the root's maps are pinned and the
-/// children of the cgroups that exist now are attached.
+/// children of the cgroups that exist now are attached; `on_ejected` runs with the exit
+/// report as soon as the root has stopped for good on its own (no restart action, no stop
+/// request), before the children and the root are cleaned up.
 pub fn supervise(
     config: &SchedulerConfig,
     refresh: Option<Refresh<'_>>,
     reloads: Option<&std::sync::mpsc::Receiver<ReloadRequest>>,
     stop: &dyn Fn() -> bool,
     on_enabled: &mut dyn FnMut(),
+    on_ejected: &mut dyn FnMut(&ExitReport),
 ) -> anyhow::Result<()> {
     let mut watch = refresh.and_then(|_| watch_cgroups());
     let mut config = config.clone();
@@ -364,6 +374,11 @@ pub fn supervise(
             };
         };
         let _ = events.consume();
+        if let Some(report) = &report {
+            if !(report.should_restart() && !stop()) {
+                on_ejected(report);
+            }
+        }
 
         for child in children.drain(..) {
             detach_and_log("child scheduler", child);

@@ -364,4 +364,34 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     pub fn mode(&self) -> Mode {
         self.backend.mode()
     }
+
+    /// Hands every task and group to `backend` from now on (the scx schedulers were ejected:
+    /// the fallback takes over) with `mode_reason` for `status`, and returns the old backend.
+    /// Every group and task is applied afresh through the new backend; canopy's own threads are
+    /// left alone in fallback mode, as when the daemon starts in it.
+    pub fn switch_backend(&mut self, backend: B, mode_reason: String) -> B {
+        let old = std::mem::replace(&mut self.backend, backend);
+        self.backend
+            .set_manage_realtime(self.plan.manage_realtime());
+        self.config.mode_reason = mode_reason;
+        let cgroups: Vec<String> = self.groups.keys().cloned().collect();
+        for cgroup in cgroups {
+            self.apply_group_knobs(&cgroup);
+        }
+        let fallback = self.backend.mode() == Mode::Fallback;
+        let daemon_pid = self.config.daemon_pid;
+        let tids: Vec<u32> = self.tasks.keys().copied().collect();
+        for tid in tids {
+            if let Some(t) = self.tasks.get_mut(&tid) {
+                // nothing reached the new backend yet: the next evaluation applies
+                t.handed = None;
+                if fallback && daemon_pid == Some(t.tgid) {
+                    t.skip = Some(Skip::Daemon);
+                    t.applied = None;
+                }
+            }
+            self.evaluate(tid, Cause::Request);
+        }
+        old
+    }
 }

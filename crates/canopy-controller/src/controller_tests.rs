@@ -756,3 +756,40 @@ fn explain_and_status_after_a_reload_whose_reapply_failed_do_not_panic() {
         Some("BACKGROUND")
     );
 }
+
+#[test]
+fn switching_backend_applies_every_task_and_group_afresh_and_leaves_the_daemon_alone() {
+    // The scx schedulers were ejected: the fallback backend takes every task and group over.
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.thread(100, 101, "audio-out");
+    src.spawn(200, "canopy", OTHER);
+    let config = ControllerConfig {
+        daemon_pid: Some(200),
+        mode_reason: "scx requested".into(),
+        ..ControllerConfig::default()
+    };
+    let scx = RecordingBackend {
+        scx: true,
+        ..RecordingBackend::default()
+    };
+    let mut c = Controller::new(Arc::new(TestPlan::desktop()), scx, src, config);
+    c.rescan();
+    assert_eq!(
+        c.backend().applied.get(&200).map(String::as_str),
+        Some("USER_INTERACTIVE")
+    );
+    let old = c.switch_backend(RecordingBackend::default(), "scx ejected".into());
+    assert!(old.scx);
+    assert_eq!(c.mode(), crate::backend::Mode::Fallback);
+    assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
+    assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+    assert!(
+        c.backend().groups.contains_key(APP),
+        "{:?}",
+        c.backend().groups
+    );
+    // canopy's own threads keep what the service manager gave them in fallback mode
+    assert_eq!(applied(&c, 200), None);
+    assert_eq!(c.snapshot(Instant::now()).mode_reason, "scx ejected");
+}

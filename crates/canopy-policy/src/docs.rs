@@ -38,7 +38,7 @@ class = "BACKGROUND"
 inherit = true                    # forked children keep the class
 
 [[rules]]
-exe = "pipewire*"
+exe = "/usr/bin/pipewire*"        # a promotion: by full path, not a name any process can take
 class = "USER_INTERACTIVE"
 
 [groups.apps]                     # cgroups matched by a glob, relative to the cgroup2 root
