@@ -171,8 +171,8 @@ pub struct Controller<B: Backend, S: TaskSource> {
     ignored: std::collections::HashSet<u32>,
     /// An overrun rescan waiting out the rate limit.
     rescan_due: Option<Instant>,
-    /// When the last overrun rescan ran.
-    last_overrun_rescan: Option<Instant>,
+    /// The earliest start of the next overrun rescan (see `overrun_rescan`).
+    next_overrun_rescan: Option<Instant>,
     /// One more rescan once an overrun storm has calmed down: while a netlink socket stays
     /// congested the kernel drops further events without reporting ENOBUFS again.
     settle_rescan: Option<Instant>,
@@ -204,7 +204,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             group_cache: HashMap::new(),
             ignored: std::collections::HashSet::new(),
             rescan_due: None,
-            last_overrun_rescan: None,
+            next_overrun_rescan: None,
             settle_rescan: None,
             policy_error: None,
             event_ns: None,

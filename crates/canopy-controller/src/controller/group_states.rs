@@ -90,8 +90,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             if settle {
                 self.settle_rescan = None;
             }
-            self.last_overrun_rescan = Some(now);
-            self.rescan();
+            self.overrun_rescan();
         }
         let due: Vec<(String, String)> = self
             .groups
