@@ -27,6 +27,9 @@ pub use requests::{Explanation, RequestError};
 
 /// The class canopy's own threads run in, in scx mode (the schedulers' highest built-in class).
 const HIGHEST_CLASS: &str = "USER_INTERACTIVE";
+/// Levels above a task's cgroup searched for the group that governs it (as the schedulers'
+/// CANOPY_MAX_CGROUP_DEPTH).
+const MAX_OWNER_LEVELS: usize = 16;
 
 const SCHED_FIFO: i32 = 1;
 const SCHED_RR: i32 = 2;
@@ -892,6 +895,21 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         g
     }
 
+    /// The cgroup whose group governs tasks in `cgroup`: `cgroup` itself when a group owns it,
+    /// else its nearest ancestor that a group owns (a thread moved into `app-x.scope/sub` is
+    /// clamped by `app-x.scope`'s group and state, as the schedulers' `group_policy` walk does
+    /// in scx mode), at most `MAX_OWNER_LEVELS` levels up. None: no group above it.
+    fn owner_of(&mut self, cgroup: &str) -> Option<(String, GroupId)> {
+        let mut candidate = cgroup;
+        for _ in 0..MAX_OWNER_LEVELS {
+            if let Some(group) = self.group_of(candidate) {
+                return Some((candidate.to_string(), group));
+            }
+            candidate = &candidate[..candidate.rfind('/')?];
+        }
+        None
+    }
+
     /// Makes sure a managed cgroup has a group instance with its knobs applied.
     fn ensure_group(&mut self, cgroup: &str) {
         if self.groups.contains_key(cgroup) {
@@ -949,10 +967,15 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         inst.state = state;
         self.stats.counters.state_changes += 1;
         self.apply_group_knobs(cgroup);
+        // its tasks and those of the cgroups below it, which it governs unless a group owns them
         let members: Vec<u32> = self
             .processes
             .values()
-            .filter(|p| p.facts.cgroup == cgroup)
+            .filter(|p| {
+                p.facts.cgroup.strip_prefix(cgroup).is_some_and(|rest| {
+                    rest.is_empty() || (rest.starts_with('/') && !cgroup.is_empty())
+                })
+            })
             .flat_map(|p| p.threads.iter().copied())
             .collect();
         for tid in members {
@@ -1028,7 +1051,13 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         let previous_handed = task.handed;
         let new_request = task.requested != Some(requested);
         let tgid = task.tgid;
-        let group = self.group_of(&cgroup);
+        // The governing cgroup: the task's own, or the nearest ancestor a group owns.
+        let owner = self.owner_of(&cgroup);
+        let group = owner.as_ref().map(|(_, group)| *group);
+        let cgroup = owner.map_or(cgroup, |(owner, _)| owner);
+        if group.is_some() {
+            self.ensure_group(&cgroup);
+        }
         let state = self.groups.get(&cgroup).and_then(|g| g.state.as_deref());
         let clamp = if own {
             crate::plan::Clamp {
