@@ -169,7 +169,7 @@ fn main() -> ExitCode {
         Command::Diff { old, new } => commands::diff::run(&old, &new),
         Command::Import(ImportCommand::Schedqos { dir }) => commands::import::schedqos(&dir),
         Command::Run(args) => daemon_cli::run(args).map(|()| ExitCode::SUCCESS),
-        Command::RunSchedulers { paths } => commands::run::run(&paths),
+        Command::RunSchedulers { paths } => commands::run_schedulers::run(&paths),
         Command::Ctl { socket, command } => commands::ctl::ctl(&socket.socket, command),
         Command::Status {
             socket,

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
-use canopy_controller::protocol::{Request, Response};
-use canopy_controller::server;
+use canopy_controller::protocol::Request;
+
+use super::client::call;
+use super::client::ok_result;
 
 /// Default control socket (the policy's `daemon.socket_path` default).
 pub const DEFAULT_SOCKET: &str = "/run/canopy/control.sock";
@@ -64,25 +64,6 @@ pub enum CtlCommand {
     Metrics,
     /// Re-read and recompile the policy (like SIGHUP); prints the error if it does not compile.
     Reload,
-}
-
-/// Sends one request to the daemon and waits for its reply.
-pub(crate) fn call(socket: &Path, request: Request) -> anyhow::Result<Response> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(server::call(socket, &request, Duration::from_secs(10)))
-        .with_context(|| format!("talking to the canopy daemon at {}", socket.display()))
-}
-
-/// The result of a reply, or its error.
-pub(crate) fn ok_result(r: Response) -> anyhow::Result<serde_json::Value> {
-    if r.ok {
-        Ok(r.result.unwrap_or_default())
-    } else {
-        bail!("{}", r.error.unwrap_or_else(|| "unknown error".into()))
-    }
 }
 
 /// Runs `canopy ctl CMD`.

@@ -3,12 +3,13 @@
 
 pub(crate) mod bench;
 pub(crate) mod check;
+pub(crate) mod client;
 pub(crate) mod compile;
 pub(crate) mod ctl;
 pub(crate) mod diff;
 pub(crate) mod generate;
 pub(crate) mod import;
-pub(crate) mod run;
+pub(crate) mod run_schedulers;
 pub(crate) mod status;
 pub(crate) mod top;
 

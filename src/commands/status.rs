@@ -19,8 +19,8 @@ use canopy_controller::protocol::Request;
 use canopy_controller::stats::Snapshot;
 use serde::Serialize;
 
-use super::ctl::call;
-use super::ctl::ok_result;
+use super::client::call;
+use super::client::ok_result;
 use crate::scheduler::status::Sampler;
 use crate::scheduler::status::Status as Hierarchy;
 

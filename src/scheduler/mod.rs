@@ -7,7 +7,7 @@
 //! - `kernel`: what the loader learns from or does to the running kernel (BTF enums, sysfs,
 //!   cgroup ids, program association);
 //! - `config`: the scheduler-side view of a policy (1:1 with the policy's Plan);
-//! - `plan`: building that view from a compiled Plan and the existing cgroups;
+//! - `config_from_plan`: building that view from a compiled Plan and the existing cgroups;
 //! - `attach`: what every scheduler's load shares (kernel constants, attach and the exit check
 //!   right after it, exit records, unregistering);
 //! - `root`, `child`: each scheduler's own load steps and map writes;
@@ -28,13 +28,13 @@ pub mod cgroup_watch;
 pub mod child;
 pub mod child_restart;
 pub mod config;
+pub mod config_from_plan;
 pub mod daemon_link;
 pub mod debug_cli;
 pub mod exit;
 pub mod fixture;
 pub mod kernel;
 pub mod move_watch;
-pub mod plan;
 pub mod root;
 pub mod skel;
 pub mod status;

@@ -3,7 +3,7 @@
 //! user may only change the state of a cgroup inside their own `user@UID.service`, and only to
 //! a state the policy marks user-settable. `tag` and `reload` are root only. Pure: no I/O.
 
-use crate::plan::PolicyPlan;
+use crate::policy_port::PolicyPlan;
 use crate::protocol::Request;
 
 /// The caller, from SO_PEERCRED.

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use crate::plan::{ClassId, ClassParams, GroupKnobs, PolicyPlan, ProcessFacts, ScxGroupPolicy};
+use crate::policy_port::{
+    ClassId, ClassParams, GroupKnobs, PolicyPlan, ProcessFacts, ScxGroupPolicy,
+};
 
 /// A task or process vanished mid-operation (ESRCH/ENOENT). Normal flow, not an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -25,7 +25,7 @@ use crate::backend::{Backend, Mode, RestoreReport};
 use crate::controller::{Controller, ControllerConfig};
 use crate::event::Event;
 use crate::fallback::FallbackBackend;
-use crate::plan::{PlanLoader, PolicyPlan};
+use crate::policy_port::{PlanLoader, PolicyPlan};
 use crate::procfs::ProcSource;
 use crate::protocol::{normalize_cgroup, Request, Response};
 use crate::scx::{ScxBackend, ScxMaps};

@@ -23,7 +23,7 @@ use canopy_sys::sched::{Applied, SchedApplier, SchedRequest};
 use canopy_sys::Outcome;
 
 use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport};
-use crate::plan::{ClassId, ClassParams, FairPolicy, GroupKnobs, ScxGroupPolicy};
+use crate::policy_port::{ClassId, ClassParams, FairPolicy, GroupKnobs, ScxGroupPolicy};
 use crate::state_file::{Adopted, StateFile};
 
 pub use canopy_sys::sched::SchedAttr;

@@ -1,7 +1,7 @@
 //! canopy-controller: the controller daemon's core.
 //!
 //! # Layout
-//! - `plan`: the port onto a compiled policy, including THE decision function (the clamp).
+//! - `policy_port`: the port onto a compiled policy, including THE decision function (the clamp).
 //! - `event`: what happened (fork, exec, rename, exit, move, overrun, cgroups, focus).
 //! - `controller`: tasks, groups, focus states, and the reaction to events; the one decision path.
 //! - `backend`: the seams: `TaskSource` (reads facts) and `Backend` (applies decisions).
@@ -21,8 +21,8 @@ mod controller_tests;
 pub mod daemon;
 pub mod event;
 pub mod fallback;
-pub mod plan;
 pub mod policy_adapter;
+pub mod policy_port;
 pub mod procfs;
 pub mod protocol;
 pub mod scx;

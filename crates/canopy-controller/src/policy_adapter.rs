@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use canopy_policy as policy;
 
-use crate::plan::*;
+use crate::policy_port::*;
 
 /// A compiled Plan plus the translated tables the controller reads often.
 #[derive(Debug)]
@@ -22,14 +22,6 @@ pub struct CompiledPlan {
     rule_names: Vec<Arc<str>>,
     group_names: Vec<Arc<str>>,
     ncpus: u32,
-}
-
-fn to_policy_class(c: ClassId) -> policy::ClassId {
-    policy::ClassId(c.0 as u8)
-}
-
-fn from_policy_class(c: policy::ClassId) -> ClassId {
-    ClassId(c.0 as u16)
 }
 
 impl CompiledPlan {
@@ -91,7 +83,7 @@ impl PolicyPlan for CompiledPlan {
     }
 
     fn default_class(&self) -> Option<ClassId> {
-        Some(from_policy_class(self.plan.defaults().class))
+        Some(self.plan.defaults().class)
     }
 
     fn class_params(&self, class: ClassId) -> &ClassParams {
@@ -99,10 +91,10 @@ impl PolicyPlan for CompiledPlan {
     }
 
     fn class_by_name(&self, name: &str) -> Option<ClassId> {
-        self.plan.class_id(name).map(from_policy_class)
+        self.plan.class_id(name)
     }
 
-    fn match_task(&self, facts: &TaskFacts) -> Option<RuleMatch> {
+    fn match_task(&self, facts: &ThreadFacts) -> Option<RuleMatch> {
         let p = &facts.process;
         let task = policy::TaskFacts {
             comm: &p.comm,
@@ -121,7 +113,7 @@ impl PolicyPlan for CompiledPlan {
             .map(|index| Arc::from(self.plan.rules()[m.rule].threads[index].name.as_str()));
         Some(RuleMatch {
             rule: self.rule_names[m.rule].clone(),
-            class: from_policy_class(m.requested_class()),
+            class: m.requested_class(),
             thread_rule,
             inherit: m.inherit,
         })
@@ -144,12 +136,12 @@ impl PolicyPlan for CompiledPlan {
         state: Option<&str>,
     ) -> Clamp {
         let d = self.plan.effective_class(
-            to_policy_class(requested),
+            requested,
             group.map(|g| policy::GroupRef(g.0 as usize)),
             state,
         );
         Clamp {
-            class: from_policy_class(d.class),
+            class: d.class,
             reason: match d.reason {
                 policy::Reason::NoGroup | policy::Reason::Allowed => ClampReason::Unclamped,
                 policy::Reason::ClampedToCeiling => ClampReason::Ceiling,
@@ -200,8 +192,8 @@ impl PolicyPlan for CompiledPlan {
             weight: terms.weight,
             guarantee_pct: terms.guarantee_percent,
             cap_pct: terms.cap_percent,
-            floor: s.floor.map(from_policy_class),
-            ceiling: s.ceiling.map(from_policy_class),
+            floor: s.floor,
+            ceiling: s.ceiling,
             state: state
                 .and_then(|n| g.states.iter().position(|st| st.name == n))
                 .map(|i| i as u32 + 1)
@@ -288,7 +280,7 @@ user_settable = true
             Ok(p) => p,
             Err(e) => panic!("{e}"),
         };
-        let facts = TaskFacts {
+        let facts = ThreadFacts {
             tid: 2,
             comm: "audio-out".into(),
             process: Arc::new(ProcessFacts {

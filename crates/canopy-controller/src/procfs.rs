@@ -10,7 +10,7 @@ use canopy_sys::users::UserNames;
 use canopy_sys::Outcome;
 
 use crate::backend::{Gone, TaskSource};
-use crate::plan::ProcessFacts;
+use crate::policy_port::ProcessFacts;
 
 /// Reads tasks through canopy-sys's `ProcFs` and cgroup membership from the cgroup2 mount.
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use canopy_sys::cgroup::Cgroup;
 
 use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport};
-use crate::plan::{ClassId, ClassParams, GroupKnobs, PolicyPlan, ScxGroupPolicy};
+use crate::policy_port::{ClassId, ClassParams, GroupKnobs, PolicyPlan, ScxGroupPolicy};
 
 /// The map writes the scheduler module provides.
 pub trait ScxMaps: Send {

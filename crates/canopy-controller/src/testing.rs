@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::plan::*;
+use crate::policy_port::*;
 
 /// A rule: process comm glob → class, thread comm globs → classes, inheritance.
 #[derive(Debug, Clone)]
@@ -16,9 +16,9 @@ pub struct TestRule {
     /// Glob on the process comm.
     pub comm: String,
     /// Class index.
-    pub class: u16,
+    pub class: u8,
     /// (thread comm glob, class index).
-    pub threads: Vec<(String, u16)>,
+    pub threads: Vec<(String, u8)>,
     /// Children inherit.
     pub inherit: bool,
 }
@@ -29,7 +29,7 @@ pub struct TestState {
     /// Name.
     pub name: String,
     /// Ceiling class index.
-    pub ceiling: Option<u16>,
+    pub ceiling: Option<u8>,
     /// User-settable.
     pub user_settable: bool,
     /// cpu.weight in this state.
@@ -46,9 +46,9 @@ pub struct TestGroup {
     /// Glob on the cgroup path.
     pub cgroup: String,
     /// Base ceiling.
-    pub ceiling: Option<u16>,
+    pub ceiling: Option<u8>,
     /// Base floor.
-    pub floor: Option<u16>,
+    pub floor: Option<u8>,
     /// Named states.
     pub states: Vec<TestState>,
     /// Whether the xattr focus signal drives this group (`focused`/`unfocused` states).
@@ -65,7 +65,7 @@ pub struct TestPlan {
     /// Groups, first match wins.
     pub groups: Vec<TestGroup>,
     /// Default class index.
-    pub default_class: Option<u16>,
+    pub default_class: Option<u8>,
     /// A tag to tell plans apart in `hash`.
     pub tag: String,
     /// The policy's `leave_kernel_threads = false`.
@@ -78,15 +78,15 @@ pub struct TestPlan {
 /// (and the BPF schedulers'): the policy's order, highest class first.
 pub mod class {
     /// USER_INTERACTIVE.
-    pub const USER_INTERACTIVE: u16 = 0;
+    pub const USER_INTERACTIVE: u8 = 0;
     /// USER_INITIATED.
-    pub const USER_INITIATED: u16 = 1;
+    pub const USER_INITIATED: u8 = 1;
     /// DEFAULT.
-    pub const DEFAULT: u16 = 2;
+    pub const DEFAULT: u8 = 2;
     /// UTILITY.
-    pub const UTILITY: u16 = 3;
+    pub const UTILITY: u8 = 3;
     /// BACKGROUND.
-    pub const BACKGROUND: u16 = 4;
+    pub const BACKGROUND: u8 = 4;
 }
 
 /// fnmatch-style glob with `*` and `?` (no classes), `*` crossing `/`.
@@ -233,9 +233,9 @@ impl PolicyPlan for TestPlan {
         self.classes
             .iter()
             .position(|c| &*c.name == name)
-            .map(|i| ClassId(i as u16))
+            .map(|i| ClassId(i as u8))
     }
-    fn match_task(&self, facts: &TaskFacts) -> Option<RuleMatch> {
+    fn match_task(&self, facts: &ThreadFacts) -> Option<RuleMatch> {
         let rule = self
             .rules
             .iter()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use canopy_controller::controller::{Controller, ControllerConfig};
 use canopy_controller::daemon::handle_control;
-use canopy_controller::plan::{PlanLoader, PolicyPlan};
+use canopy_controller::policy_port::{PlanLoader, PolicyPlan};
 use canopy_controller::protocol::Request;
 use canopy_controller::server::{self, ControlMsg, Limits};
 use canopy_controller::testing::{FakeSource, RecordingBackend, TestPlan};

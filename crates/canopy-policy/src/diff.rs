@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::plan::Plan;
-use crate::plan::Rule;
+use crate::rule::Rule;
 
 /// One difference between two plans.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

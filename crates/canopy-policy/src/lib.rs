@@ -10,6 +10,7 @@
 //! - `plan`: the Plan, its API for the daemon, and the decision function.
 //! - `share`: a group's share terms (weight, guarantee, cap as percent and as quota) for both
 //!   backends.
+//! - `rule`: a compiled rule, the task facts it matches on, and a match's outcome.
 //! - `matcher`, `glob`: the indexed matcher and glob analysis.
 //! - `class`: built-in classes, [`ClassId`], [`ClassMask`].
 //! - `print`, `diff`: a plan back to canonical TOML, and the semantic difference of two plans.
@@ -61,6 +62,7 @@ pub mod model;
 mod parse;
 mod plan;
 mod print;
+mod rule;
 pub mod schedqos;
 mod share;
 
@@ -86,7 +88,6 @@ pub use diff::Change;
 pub use model::DaemonMode;
 pub use model::SchedPolicy;
 pub use plan::Cap;
-pub use plan::Conditions;
 pub use plan::DaemonSettings;
 pub use plan::Decision;
 pub use plan::Defaults;
@@ -96,13 +97,14 @@ pub use plan::GroupSettings;
 pub use plan::GroupState;
 pub use plan::Plan;
 pub use plan::Reason;
-pub use plan::Rule;
-pub use plan::RuleMatch;
 pub use plan::Scheduler;
 pub use plan::SettingsOverrides;
-pub use plan::TaskFacts;
-pub use plan::ThreadRule;
 pub use print::to_toml;
+pub use rule::Conditions;
+pub use rule::Rule;
+pub use rule::RuleMatch;
+pub use rule::TaskFacts;
+pub use rule::ThreadRule;
 pub use share::CpuQuota;
 pub use share::ShareTerms;
 pub use share::CAP_PERIOD_US;

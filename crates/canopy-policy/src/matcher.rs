@@ -14,8 +14,8 @@ use crate::glob::name_glob;
 use crate::glob::path_glob;
 use crate::glob::FastGlob;
 use crate::glob::GlobIndex;
-use crate::plan::Rule;
-use crate::plan::TaskFacts;
+use crate::rule::Rule;
+use crate::rule::TaskFacts;
 
 /// How one condition of a rule is checked.
 #[derive(Debug, Clone)]

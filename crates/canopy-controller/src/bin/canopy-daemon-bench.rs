@@ -19,7 +19,7 @@ use canopy_controller::controller::{Controller, ControllerConfig};
 use canopy_controller::daemon::{Daemon, DaemonOptions};
 use canopy_controller::event::Event;
 use canopy_controller::fallback::FallbackBackend;
-use canopy_controller::plan::PolicyPlan;
+use canopy_controller::policy_port::PolicyPlan;
 use canopy_controller::procfs::ProcSource;
 use canopy_controller::testing::{FakeSource, RecordingBackend, TestPlan, TestRule};
 use canopy_policy::DaemonMode;

@@ -34,8 +34,8 @@ use crate::plan::Defaults;
 use crate::plan::Group;
 use crate::plan::Plan;
 use crate::plan::PlanData;
-use crate::plan::Rule;
 use crate::plan::DEFAULT_SOCKET_PATH;
+use crate::rule::Rule;
 use classes::resolve_classes;
 use groups::check_group_overlaps;
 use groups::resolve_group;
@@ -213,7 +213,7 @@ fn build_plan(data: PlanData, reporter: &mut Reporter<'_>) -> Option<Plan> {
 mod tests {
     use super::*;
     use crate::plan::Reason;
-    use crate::plan::TaskFacts;
+    use crate::rule::TaskFacts;
 
     fn plan(sources: &[(&str, &str)]) -> Plan {
         let sources: Vec<Source> = sources.iter().map(|(p, t)| Source::new(*p, *t)).collect();

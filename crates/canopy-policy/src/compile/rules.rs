@@ -14,9 +14,9 @@ use crate::diagnostic::Problem;
 use crate::diagnostic::Reporter;
 use crate::glob;
 use crate::matcher::REGEX_SIZE_LIMIT;
-use crate::plan::Conditions;
-use crate::plan::Rule;
-use crate::plan::ThreadRule;
+use crate::rule::Conditions;
+use crate::rule::Rule;
+use crate::rule::ThreadRule;
 
 pub(super) fn resolve_rule(
     index: usize,

@@ -9,12 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Index of a class in the policy's class order, highest class first: the same id the BPF
-/// schedulers use (`ClassParams::scx_id`), so 0 is USER_INTERACTIVE unless a custom class
-/// comes first. Only `ScxGroupPolicy::clamp` relies on the order; elsewhere the controller
-/// just passes ids around.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct ClassId(pub u16);
+/// A class is the policy's own [`canopy_policy::ClassId`]: its index in the policy's class
+/// order, highest class first, the same id the BPF schedulers use (`ClassParams::scx_id`), so 0
+/// is USER_INTERACTIVE unless a custom class comes first. Only `ScxGroupPolicy::clamp` relies on
+/// the order; elsewhere the controller just passes ids around.
+pub use canopy_policy::ClassId;
 
 /// Index of a group (a cgroup path glob) in the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -73,10 +72,11 @@ pub struct Clamp {
     pub reason: ClampReason,
 }
 
-/// The process-level and thread-level facts a rule can match on. Process-level fields are
-/// shared by all threads of a process (one `Arc` per process).
+/// The facts of one thread a rule can match on, as the controller keeps them (owned; the
+/// borrowed view canopy-policy's matcher reads is `canopy_policy::TaskFacts`). Process-level
+/// fields are shared by all threads of a process (one `Arc` per process).
 #[derive(Debug, Clone, PartialEq)]
-pub struct TaskFacts {
+pub struct ThreadFacts {
     /// Thread id.
     pub tid: u32,
     /// Thread comm (≤ 15 bytes).
@@ -201,7 +201,7 @@ pub trait PolicyPlan: Send + Sync + std::fmt::Debug {
     /// Looks a class up by name (for `ctl tag`).
     fn class_by_name(&self, name: &str) -> Option<ClassId>;
     /// First matching rule for a task (process rule plus its thread rules).
-    fn match_task(&self, facts: &TaskFacts) -> Option<RuleMatch>;
+    fn match_task(&self, facts: &ThreadFacts) -> Option<RuleMatch>;
     /// The group a cgroup path (relative to the cgroup2 root) belongs to.
     fn group_for_cgroup(&self, cgroup: &str) -> Option<GroupId>;
     /// A group's name for logs and status.

@@ -1,8 +1,9 @@
-//! `canopy run-schedulers` (hidden; `canopy run` in scx mode uses the same supervisor): compile the policy, then load canopy's root scheduler with the policy's class
-//! table and group terms, attach canopy's child scheduler on every existing cgroup whose group
-//! asks for it, admit foreign schedulers where the policy names them, pick up cgroups created
-//! later (inotify on cgroupfs) and unload cleanly on SIGINT/SIGTERM. Class tagging of tasks
-//! (the controller) is the next issue; until then untagged tasks take the policy's default class.
+//! `canopy run-schedulers` (hidden; `canopy run` in scx mode uses the same supervisor): compile
+//! the policy, then load canopy's root scheduler with the policy's class table and group terms,
+//! attach canopy's child scheduler on every existing cgroup whose group asks for it, admit
+//! foreign schedulers where the policy names them, pick up cgroups created later (inotify on
+//! cgroupfs) and unload cleanly on SIGINT/SIGTERM. No controller runs here (that is `canopy
+//! run`), so no task is tagged: every task takes the policy's default class.
 //! The scheduler side lives in `crate::scheduler`; this file is only the glue from the Plan.
 
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::load_and_compile;
-use crate::scheduler::plan::config_from_plan;
+use crate::scheduler::config_from_plan::config_from_plan;
 use crate::scheduler::supervisor::run_with_refresh;
 
 pub(crate) fn run(paths: &[PathBuf]) -> Result<ExitCode> {

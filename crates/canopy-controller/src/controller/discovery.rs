@@ -1,0 +1,184 @@
+//! Finding and forgetting tasks: the full /proc rescan (at start, after a reload's re-read and
+//! after lost events, rate-limited), loading a process's facts, and the task table's
+//! add/forget bookkeeping.
+
+use super::*;
+
+impl<B: Backend, S: TaskSource> Controller<B, S> {
+    /// Re-reads every task in /proc: adds what is new, forgets what vanished, re-reads facts
+    /// and re-matches everything (events may have been lost).
+    pub fn rescan(&mut self) {
+        self.stats.counters.rescans += 1;
+        self.ignored.clear();
+        let all = match self.config.cgroup_scope.clone() {
+            Some(scope) => self.source.scope_tasks(&scope),
+            None => self.source.all_tasks(),
+        };
+        let alive: std::collections::HashSet<u32> = all.iter().map(|&(_, tid)| tid).collect();
+        let vanished: Vec<(u32, u32)> = self
+            .tasks
+            .iter()
+            .filter(|(tid, _)| !alive.contains(tid))
+            .map(|(&tid, t)| (tid, t.tgid))
+            .collect();
+        for (tid, tgid) in vanished {
+            self.forget_task(tid, tgid);
+        }
+        let mut seen_processes = std::collections::HashSet::new();
+        for (tgid, tid) in all {
+            if seen_processes.insert(tgid) {
+                let inherited = self.processes.get(&tgid).and_then(|p| p.inherited.clone());
+                if !matches!(self.load_process(tgid, inherited), Ok(true)) {
+                    continue;
+                }
+            }
+            if !self.processes.contains_key(&tgid) {
+                continue;
+            }
+            let Ok(comm) = self.source.thread_comm(tgid, tid) else {
+                continue;
+            };
+            if let Some(t) = self.tasks.get_mut(&tid) {
+                t.comm = comm;
+                self.rematch(tid);
+                self.evaluate(tid, Cause::Request);
+            } else {
+                self.add_task(tgid, tid, comm, Cause::Request);
+            }
+        }
+    }
+
+    /// Reads a process's facts. `Ok(false)`: it is outside the cgroup scope and now ignored.
+    pub(super) fn load_process(
+        &mut self,
+        tgid: u32,
+        inherited: Option<RuleMatch>,
+    ) -> Result<bool, Gone> {
+        if self.config.cgroup_scope.is_some() && !self.processes.contains_key(&tgid) {
+            // One cheap read decides whether the process is ours at all.
+            let cgroup = self.source.process_cgroup(tgid)?;
+            if !self.in_scope(&cgroup) {
+                self.ignored.insert(tgid);
+                return Ok(false);
+            }
+        }
+        let facts = self.source.process_facts(tgid)?;
+        self.ensure_group(&facts.cgroup);
+        match self.processes.get_mut(&tgid) {
+            Some(p) => {
+                p.facts = Arc::new(facts);
+                if inherited.is_some() {
+                    p.inherited = inherited;
+                }
+            }
+            None => {
+                self.processes.insert(
+                    tgid,
+                    Process {
+                        facts: Arc::new(facts),
+                        threads: Vec::new(),
+                        inherited,
+                    },
+                );
+            }
+        }
+        Ok(true)
+    }
+
+    /// Events were lost: rescan, at most every 100 ms (an overrun storm must not become a
+    /// rescan storm); a deferred rescan runs from `fire_timers`.
+    pub(super) fn overrun(&mut self, now: Instant) {
+        const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+        const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+        self.settle_rescan = Some(now + SETTLE);
+        match self.last_overrun_rescan {
+            Some(last) if now < last + MIN_INTERVAL => {
+                self.rescan_due.get_or_insert(last + MIN_INTERVAL);
+            }
+            _ => {
+                self.last_overrun_rescan = Some(now);
+                self.rescan_due = None;
+                self.rescan();
+            }
+        }
+    }
+
+    pub(super) fn add_task(&mut self, tgid: u32, tid: u32, comm: String, cause: Cause) {
+        let Some(process) = self.processes.get_mut(&tgid) else {
+            return;
+        };
+        if !process.threads.contains(&tid) {
+            process.threads.push(tid);
+        }
+        let kthread = process.facts.kthread;
+        let in_scope = self.in_scope(&self.processes[&tgid].facts.cgroup);
+        let realtime = if kthread && !self.plan.manage_kernel_threads() {
+            false
+        } else {
+            match self.source.thread_policy(tid) {
+                Ok(p) => matches!(p, SCHED_FIFO | SCHED_RR | SCHED_DEADLINE),
+                Err(_) => return self.forget_gone(tid, tgid),
+            }
+        };
+        let own = self.config.daemon_pid == Some(tgid);
+        let skip = if own && self.backend.mode() == Mode::Fallback {
+            Some(Skip::Daemon)
+        } else if !in_scope && !own {
+            Some(Skip::OutOfScope)
+        } else if kthread && !self.plan.manage_kernel_threads() {
+            Some(Skip::KernelThread)
+        } else if realtime && !self.plan.manage_realtime() {
+            Some(Skip::Realtime)
+        } else {
+            None
+        };
+        self.tasks.insert(
+            tid,
+            Task {
+                tgid,
+                comm,
+                realtime,
+                rule: None,
+                manual: None,
+                applied: None,
+                handed: None,
+                requested: None,
+                seen_ns: self.event_ns.unwrap_or_else(monotonic_now_ns),
+                skip,
+            },
+        );
+        self.rematch(tid);
+        self.evaluate(tid, cause);
+    }
+
+    pub(super) fn forget_task(&mut self, tid: u32, tgid: u32) {
+        if tid == tgid {
+            self.ignored.remove(&tgid);
+        }
+        if self.tasks.remove(&tid).is_some() {
+            self.backend.forget_task(tid);
+        }
+        if let Some(p) = self.processes.get_mut(&tgid) {
+            p.threads.retain(|&t| t != tid);
+            if p.threads.is_empty() && (tid == tgid || !self.tasks.contains_key(&tgid)) {
+                self.processes.remove(&tgid);
+            }
+        }
+    }
+
+    pub(super) fn forget_gone(&mut self, tid: u32, tgid: u32) {
+        self.count_gone();
+        self.forget_task(tid, tgid);
+    }
+
+    pub(super) fn count_gone(&mut self) {
+        self.stats.counters.tasks_gone += 1;
+    }
+
+    pub(super) fn threads_of(&self, tgid: u32) -> Vec<u32> {
+        self.processes
+            .get(&tgid)
+            .map(|p| p.threads.clone())
+            .unwrap_or_default()
+    }
+}
