@@ -47,7 +47,11 @@
  *    slice. A waking task of a preempting class (USER_INTERACTIVE) goes
  *    straight to an idle cid, else preempts a cid running one of our tasks of a
  *    preemptible class (UTILITY, BACKGROUND; DEFAULT once it has run 1 ms of its
- *    slice, so a UI thread or the daemon waits at most that long behind default work).
+ *    slice, so a UI thread or the daemon waits at most that long behind default work),
+ *    while it has preemption budget left (preempt_budget.bpf.h: 20 ms of running per
+ *    100 ms window; a busy loop then queues in vtime order like everyone else). When our
+ *    tasks are queued and a child holds the cids, the child's oldest grant is cut once it
+ *    is a quantum old (reclaim_child_cid), whatever the slice its scheduler chose.
  *
  * Admission (sub_attach): a child may attach only on a cgroup that the policy
  * (map `group_policy`, pushed by the loader) names with a scheduler kind
@@ -62,6 +66,7 @@
  * the next dispatch corrects it).
  */
 #include "cpu_tree.bpf.h"
+#include "preempt_budget.bpf.h"
 
 char _license[] SEC("license") = "GPL";
 
@@ -289,7 +294,7 @@ static int quantum_expired(void *map, u32 *key, struct cid_quantum *quantum)
 	owner = cs->owner;
 	/* still the same grant to a child, and someone else wants the cid: end it */
 	if (owner != NO_OWNER && owner != CANOPY_SELF_SLOT && cs->since == quantum->armed_since &&
-	    others_busy(owner)) {
+	    (others_busy(owner) || scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ) > 0)) {
 		scx_bpf_kick_cid(cid, KCONST(SCX_KICK_PREEMPT));
 		stat_inc(CANOPY_STAT_QUANTUM_KICKS);
 	}
@@ -308,6 +313,68 @@ static __always_inline void arm_quantum(s32 cid)
 		return;
 	quantum->armed_since = cs->since;
 	bpf_timer_start(&quantum->timer, CANOPY_QUANTUM_NS, BPF_F_TIMER_CPU_PIN);
+}
+
+/* A child holds @cid (not idle, not ours); its grant began at *@since. */
+static __always_inline bool child_holds(s32 cid, u64 *since)
+{
+	struct cid_state *cs = cid_state_of(cid);
+
+	if (!cs || cs->owner == NO_OWNER || cs->owner == CANOPY_SELF_SLOT)
+		return false;
+	*since = cs->since;
+	return true;
+}
+
+/*
+ * One of our tasks (@p) was queued and no idle cid took it: the cid a child has held longest
+ * must come back within a quantum, whatever slice the child's scheduler chose (the timer that
+ * dispatch arms is armed only when another member was busy at grant time). A grant already a
+ * quantum old, or any grant when @p is a preempting wakeup (@urgent: it has preemption budget
+ * left, preempt_budget.bpf.h), is cut now with a preempting kick; a younger one gets its
+ * quantum timer, at the time it turns a quantum old. The cid's next dispatch offers it by
+ * member vtime as always, so a kick never gives us more than our member share.
+ * Example: a foreign child with 1 s slices got both cids while our tasks slept; a
+ * USER_INTERACTIVE task of ours wakes and finds no cid to preempt: it is queued, the older
+ * grant is kicked at once, and the cid's dispatch picks member 0 (it used little, so its vtime
+ * is lowest): the task runs within a dispatch, not after the child's second. A DEFAULT task
+ * waking 2 ms into the child's grant waits for the grant to turn 5 ms old.
+ */
+static __always_inline void reclaim_child_cid(struct task_struct *p, bool urgent)
+{
+	struct cid_quantum *quantum;
+	u32 nr = scx_bpf_nr_cids(), key;
+	u64 now = scx_bpf_now(), since = 0, oldest_since = (u64)-1;
+	s32 oldest = -1, own = scx_bpf_task_cid(p);
+	int i;
+
+	if (!nr_children)
+		return;
+	/* an urgent wakeup takes back its own cid when a child holds it: no IPI */
+	if (urgent && child_holds(own, &since) && task_may_run_on(p, own)) {
+		oldest = own;
+		oldest_since = since;
+	} else {
+		canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+			if (child_holds(i, &since) && since < oldest_since && task_may_run_on(p, i)) {
+				oldest = i;
+				oldest_since = since;
+			}
+		}
+	}
+	if (oldest < 0)
+		return;
+	if (urgent || now - oldest_since >= CANOPY_QUANTUM_NS) {
+		scx_bpf_kick_cid(oldest, KCONST(SCX_KICK_PREEMPT));
+		stat_inc(CANOPY_STAT_CHILD_CIDS_RECLAIMED);
+		return;
+	}
+	key = oldest;
+	quantum = bpf_map_lookup_elem(&cid_quanta, &key);
+	if (!quantum)
+		return;
+	quantum->armed_since = oldest_since;
+	bpf_timer_start(&quantum->timer, oldest_since + CANOPY_QUANTUM_NS - now, 0);
 }
 
 /* Called once per cid from init. */
@@ -430,7 +497,7 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 	if (cp && cp->preempts)
 		track_wakeup(p, CANOPY_STAT_WAKE_IDLE);
 	scx_bpf_dsq_insert___v2___canopy(p, KCONST(SCX_DSQ_LOCAL), class_slice(cp),
-					 (cp && cp->preempts) ? KCONST(SCX_ENQ_PREEMPT) : 0);
+					 may_preempt(p, cp) ? KCONST(SCX_ENQ_PREEMPT) : 0);
 	return cid;
 }
 
@@ -476,13 +543,14 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 	struct canopy_class_params *cp;
 	u32 nr = scx_bpf_nr_cids();
 	u32 class = decide_class(p);
-	bool idle = task_in_idle_cgroup(p);
+	bool idle = task_in_idle_cgroup(p), preempting;
 	s32 victim;
 	int i;
 
 	cp = class_of(class);
 	/* a task of an idle cgroup (cpu.idle) never preempts: it runs when nothing else wants to */
-	if (cp && cp->preempts && !idle && (enq_flags & KCONST(SCX_ENQ_WAKEUP))) {
+	preempting = !idle && (enq_flags & KCONST(SCX_ENQ_WAKEUP)) && may_preempt(p, cp);
+	if (preempting) {
 		victim = find_preemptible_cid(p);
 		if (victim >= 0) {
 			track_wakeup(p, victim == scx_bpf_task_cid(p) ? CANOPY_STAT_WAKE_PREEMPT_LOCAL :
@@ -502,9 +570,11 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 		if (cid_is_idle(i) && task_may_run_on(p, i)) {
 			scx_bpf_kick_cid(i, KCONST(SCX_KICK_IDLE));
 			stat_inc(CANOPY_STAT_IDLE_KICKS);
-			break;
+			return;
 		}
 	}
+	if (!idle)
+		reclaim_child_cid(p, preempting);
 }
 
 /*
@@ -516,6 +586,8 @@ static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx 
 {
 	if (nr_quota_cgroups > 0 && tctx && tctx->running_at && now > tctx->running_at)
 		quota_charge(task_cpu_cgroup_id(p), now - tctx->running_at, now);
+	if (tctx && tctx->running_at && now > tctx->running_at)
+		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
 	tree_task_reweight(p, tctx);
 	class_vtime_stopping(p, now, tree_charge_weight_fp(p));
 }

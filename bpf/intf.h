@@ -303,6 +303,8 @@ enum canopy_stat {
 	CANOPY_STAT_MOVED_DECISIONS_SLOW, /* of those, more than 10 ms after the move (the task slept or waited) */
 	CANOPY_STAT_CPU_TREE_FULL, /* cgroups the cpu.weight tree could not track (map full) */
 	CANOPY_STAT_QUOTA_SKIPS, /* queued tasks a dispatch passed over because their cgroup used its cpu.max quota */
+	CANOPY_STAT_PREEMPT_BUDGET_SPENT, /* preempting-class wakeups queued instead: the task spent its preemption budget */
+	CANOPY_STAT_CHILD_CIDS_RECLAIMED, /* CPUs taken back from a child's grant past the quantum because own tasks were queued */
 	CANOPY_NR_STATS,
 };
 

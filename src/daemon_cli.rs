@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
-use canopy_controller::daemon::{Daemon, DaemonOptions};
+use canopy_controller::daemon::{Daemon, DaemonOptions, MetricsPeers};
 use canopy_controller::policy_adapter::loader;
 use canopy_policy::DaemonMode;
 
@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// `daemon.metrics_address`.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Answer metrics scrapes from any peer, not only loopback ones (a fleet's Prometheus
+    /// scraping the node's address). Without it, other peers' connections are closed at once.
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
     /// Control socket path. Default: the policy's `daemon.socket_path`.
     #[arg(long)]
     pub socket: Option<PathBuf>,
@@ -125,6 +129,11 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     opts.watch_paths = args.policy;
     opts.mode = mode;
     opts.metrics_listen = metrics;
+    opts.metrics_peers = if args.metrics_allow_remote {
+        MetricsPeers::Any
+    } else {
+        MetricsPeers::Loopback
+    };
     opts.cgroup_root = args.cgroup_root;
     opts.cgroup_scope = args.scope;
     opts.state_file = Some(args.state_file);

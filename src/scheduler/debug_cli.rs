@@ -76,6 +76,9 @@ enum SchedulerCommand {
         /// Attach the foreign test fixture (`foreign_fifo`) instead of canopy_child.
         #[arg(long)]
         foreign_fixture: bool,
+        /// With --foreign-fixture: the slice it gives every task, in milliseconds.
+        #[arg(long, default_value_t = 5, requires = "foreign_fixture")]
+        fixture_slice_ms: u64,
         /// Detach after this many seconds (0: hold until a signal).
         #[arg(long, default_value_t = 0.0)]
         seconds: f64,
@@ -147,12 +150,14 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             cgroup,
             ops_name,
             foreign_fixture,
+            fixture_slice_ms,
             seconds,
         } => {
             install_stop_handlers();
             let stop_at = deadline(seconds);
             if foreign_fixture {
-                hold("foreign_fifo", attach_fixture(&cgroup)?, stop_at)
+                let slice_ns = fixture_slice_ms.saturating_mul(1_000_000);
+                hold("foreign_fifo", attach_fixture(&cgroup, slice_ns)?, stop_at)
             } else {
                 let options = ChildOptions { ops_name };
                 hold("child scheduler", attach_child(&cgroup, &options)?, stop_at)

@@ -24,20 +24,20 @@ use super::SchedulerError;
 /// foreign_fifo, registered on one cgroup.
 pub type ForeignFixture = Registered<ForeignFifoSkel<'static>>;
 
-/// Attaches the fixture to `cgroup` (relative to /sys/fs/cgroup or absolute).
-pub fn attach_fixture(cgroup: &Path) -> Result<ForeignFixture, SchedulerError> {
+/// Attaches the fixture to `cgroup` (relative to /sys/fs/cgroup or absolute), giving every task
+/// it runs slices of `slice_ns`.
+pub fn attach_fixture(cgroup: &Path, slice_ns: u64) -> Result<ForeignFixture, SchedulerError> {
     let path = kernel::cgroup_path(cgroup);
     let cgroup_id = kernel::cgroup_id(&path)?;
     let kernel_consts = KernelConsts::read()?;
     let mut open = ForeignFifoSkelBuilder::default()
         .open(object_storage())
         .map_err(load_err("opening foreign_fifo"))?;
-    open.maps
-        .rodata_data
-        .as_deref_mut()
-        .expect("rodata")
-        .canopy_kconst
-        .copy_from_slice(&kernel_consts.kconsts);
+    {
+        let rodata = open.maps.rodata_data.as_deref_mut().expect("rodata");
+        rodata.canopy_kconst.copy_from_slice(&kernel_consts.kconsts);
+        rodata.slice_ns = slice_ns;
+    }
     {
         let ops = open.struct_ops.foreign_fifo_ops_mut();
         ops.sub_cgroup_id = cgroup_id;

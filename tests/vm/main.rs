@@ -21,6 +21,7 @@ mod sched_classes;
 mod sched_root;
 mod sched_run_schedulers;
 mod sched_shares;
+mod scx_bounds;
 mod support;
 mod systemd_guest;
 mod workloads;

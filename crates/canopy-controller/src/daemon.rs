@@ -10,12 +10,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use canopy_policy::DaemonMode;
 use canopy_sys::cgroup::CgroupHierarchy;
+use canopy_sys::instance_lock::InstanceLock;
 use canopy_sys::sched_ext::KernelSupport;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -32,7 +33,9 @@ use crate::scx::{ScxBackend, ScxMaps};
 use crate::sdnotify;
 use crate::server::{self, ControlMsg, Limits};
 
+mod metrics;
 mod sources;
+pub use metrics::MetricsPeers;
 use sources::{
     read_focus_xattrs, start_watcher, subscribe_proc_events, translate, BorrowedRawFd, Input,
 };
@@ -40,6 +43,15 @@ pub use sources::{MoveRecord, MoveSource, MoveWatcherFactory};
 
 /// How often tracked processes' cgroups are re-read (moves no event reported).
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+
+/// Proc connector events one turn of the main loop handles at most (after coalescing each
+/// thread's renames to its last): four batches of 64 datagrams, about 2 ms of work.
+const PROC_EVENTS_PER_TURN: usize = 4 * canopy_sys::proc_events::MAX_BATCH;
+/// Watcher inputs (cgroup and policy changes) one turn handles at most.
+const INPUTS_PER_TURN: usize = 256;
+/// The cgroup watch's overflows bring the reconcile forward, but no closer than this to the
+/// last one (each re-reads every tracked process's cgroup).
+const OVERFLOW_RECONCILE_GAP: Duration = Duration::from_secs(1);
 
 /// Starts the schedulers for the daemon's plan (the same `Plan` the controller gets; a
 /// scheduler loader never compiles the policy itself) and opens their maps. Provided by the
@@ -66,6 +78,8 @@ pub struct DaemonOptions {
     pub socket_path: PathBuf,
     /// Optional Prometheus listener (plain HTTP, `GET /metrics`).
     pub metrics_listen: Option<SocketAddr>,
+    /// Who the metrics listener answers (loopback peers unless told otherwise).
+    pub metrics_peers: MetricsPeers,
     /// cgroup2 mount (detected when `None`).
     pub cgroup_root: Option<PathBuf>,
     /// Manage only this cgroup subtree (relative to the cgroup2 root).
@@ -96,6 +110,7 @@ impl DaemonOptions {
             move_watcher: None,
             socket_path,
             metrics_listen: None,
+            metrics_peers: MetricsPeers::Loopback,
             cgroup_root: None,
             cgroup_scope: None,
             state_file: None,
@@ -138,6 +153,41 @@ pub enum DaemonError {
     /// Installing a signal handler failed.
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    /// Another daemon holds the instance lock beside the control socket (or it could not be
+    /// taken); the live daemon's socket is left alone.
+    #[error("not starting: {source}; the control socket {socket} is left alone")]
+    AlreadyRunning {
+        /// The control socket the other daemon serves.
+        socket: PathBuf,
+        /// Why the lock was refused.
+        source: canopy_sys::instance_lock::InstanceLockError,
+    },
+}
+
+/// The instance lock that guards a control socket: `<socket>.lock`, in the same run directory.
+pub fn instance_lock_path(socket: &Path) -> PathBuf {
+    let mut name = socket.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    socket.with_file_name(name)
+}
+
+/// Takes the instance lock for `socket` (creating the run directory if needed), before anything
+/// else of the daemon touches the socket, the crash record or the schedulers.
+fn lock_instance(socket: &Path) -> Result<InstanceLock, DaemonError> {
+    let refused = |source| DaemonError::AlreadyRunning {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    let path = instance_lock_path(socket);
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| {
+            refused(canopy_sys::instance_lock::InstanceLockError::Io {
+                path: path.clone(),
+                source,
+            })
+        })?;
+    }
+    InstanceLock::acquire(&path).map_err(refused)
 }
 
 /// Decides the mode from the user's choice and canopy-sys's kernel probe. Returns the mode and
@@ -173,6 +223,8 @@ pub fn choose_mode(choice: DaemonMode, scx_built_in: bool) -> Result<(Mode, Stri
 /// source, its first scan done and the control socket listening. [`Daemon::start`] gets it
 /// there; [`Daemon::run`] serves until shutdown and restores what it changed.
 pub struct Daemon {
+    /// Held until the daemon is dropped: one daemon per control socket.
+    instance: InstanceLock,
     opts: DaemonOptions,
     ctl: Controller<Box<dyn Backend>, ProcSource>,
     cgroup_root: PathBuf,
@@ -194,6 +246,7 @@ impl Daemon {
     /// from this same plan), subscribes to the event sources before the first /proc scan,
     /// binds the control socket and tells `on_ready` and systemd.
     pub async fn start(mut opts: DaemonOptions) -> Result<Daemon, DaemonError> {
+        let instance = lock_instance(&opts.socket_path)?;
         let plan = match opts.initial_plan.take() {
             Some(plan) => plan,
             None => (opts.loader)().map_err(DaemonError::Policy)?,
@@ -291,7 +344,11 @@ impl Daemon {
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|source| DaemonError::Metrics { addr, source })?;
-                Some(tokio::spawn(serve_metrics(l, ctl_tx.clone())))
+                Some(tokio::spawn(metrics::serve(
+                    l,
+                    opts.metrics_peers,
+                    ctl_tx.clone(),
+                )))
             }
             None => None,
         };
@@ -330,6 +387,7 @@ impl Daemon {
         }
         tracing::info!(tasks = ctl.task_count(), "ready");
         Ok(Daemon {
+            instance,
             opts,
             ctl,
             cgroup_root,
@@ -353,6 +411,7 @@ impl Daemon {
         shutdown: impl Future<Output = ()>,
     ) -> Result<RestoreReport, DaemonError> {
         let Daemon {
+            instance,
             opts,
             mut ctl,
             cgroup_root,
@@ -377,6 +436,8 @@ impl Daemon {
         let mut reconcile =
             tokio::time::interval_at(Instant::now() + RECONCILE_EVERY, RECONCILE_EVERY);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconcile_due = Instant::now() + RECONCILE_EVERY;
+        let mut last_reconcile: Option<Instant> = None;
         // The fallback backend's crash record is written at most this often (when it changed).
         let mut persist = tokio::time::interval_at(
             Instant::now() + crate::state_file::FLUSH_EVERY,
@@ -389,8 +450,10 @@ impl Daemon {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            // Unbiased: among the ready sources one is picked at random, and each does a bounded
+            // amount of work per turn (`*_PER_TURN`), so none can starve the others: a rename
+            // storm costs control requests and state flushes at most one proc-event turn each.
             tokio::select! {
-                biased;
                 _ = &mut shutdown => break,
                 Some(stop) = sig_rx.recv() => {
                     if stop {
@@ -402,8 +465,13 @@ impl Daemon {
                 received = proc_events.recv_batch(&mut proc_batch) => {
                     match received {
                         Ok(_) => {
-                            // One batch (up to 64 datagrams) at a time: large enough to amortize the
-                            // wakeup, small enough that the first event of a storm is not kept waiting.
+                            // Whatever else is queued now, up to the turn's budget, so that a
+                            // storm's renames of one thread coalesce into its last name.
+                            while proc_batch.len() < PROC_EVENTS_PER_TURN
+                                && matches!(proc_events.try_recv_batch(&mut proc_batch), Ok(n) if n > 0)
+                            {}
+                            let coalesced = canopy_sys::proc_events::coalesce_renames(&mut proc_batch);
+                            ctl.stats.counters.renames_coalesced += coalesced as u64;
                             let now = Instant::now();
                             for ev in proc_batch.drain(..) {
                                 if let Some(e) = translate(&ev) {
@@ -457,11 +525,21 @@ impl Daemon {
                     let now = Instant::now();
                     let mut next = Some(input);
                     // Drain a batch without yielding to keep per-event overhead low.
-                    let mut budget = 1024;
+                    let mut budget = INPUTS_PER_TURN;
                     while let Some(i) = next {
                         match i {
                             Input::Event(e) => ctl.handle(e, now),
                             Input::PolicyChanged => policy_debounce = Some(now + Duration::from_millis(200)),
+                            Input::CgroupsOverflowed => {
+                                // Memberships are re-read by the reconcile, brought forward but
+                                // run at most once a second however often the watch overflows.
+                                ctl.stats.counters.cgroup_watch_overflows += 1;
+                                let at = last_reconcile.map_or(now, |last| now.max(last + OVERFLOW_RECONCILE_GAP));
+                                if at < reconcile_due {
+                                    reconcile.reset_at(at);
+                                    reconcile_due = at;
+                                }
+                            }
                         }
                         budget -= 1;
                         next = if budget > 0 { in_rx.try_recv().ok() } else { None };
@@ -469,6 +547,9 @@ impl Daemon {
                 }
                 _ = persist.tick() => ctl.persist_state(false),
                 _ = reconcile.tick() => {
+                    let now = Instant::now();
+                    last_reconcile = Some(now);
+                    reconcile_due = now + RECONCILE_EVERY;
                     let moved = ctl.reconcile_cgroups();
                     if moved > 0 {
                         tracing::info!(moved, "reconcile found cgroup moves no event reported");
@@ -506,6 +587,8 @@ impl Daemon {
         }
         let report = ctl.restore_all();
         let _ = std::fs::remove_file(&opts.socket_path);
+        // Only now may another daemon take over the socket.
+        drop(instance);
         drop(in_rx);
         drop(proc_events);
         drop(move_fd);
@@ -602,49 +685,5 @@ pub fn handle_control<B: Backend, S: crate::backend::TaskSource>(
             ctl.stats.counters.api_errors += 1;
             Response::error(e)
         }
-    }
-}
-
-async fn serve_metrics(listener: tokio::net::TcpListener, ctl: mpsc::Sender<ControlMsg>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let ctl = ctl.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
-            let (reply, answer) = oneshot::channel();
-            let peer = Peer {
-                uid: 0,
-                gid: 0,
-                pid: None,
-            };
-            if ctl
-                .send(ControlMsg {
-                    peer,
-                    request: Request::Metrics {},
-                    reply,
-                })
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let Ok(resp) = answer.await else { return };
-            let text = resp
-                .result
-                .as_ref()
-                .and_then(|v| v["text"].as_str())
-                .unwrap_or("")
-                .to_string();
-            let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n", text.len());
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                stream.write_all(head.as_bytes()).await?;
-                stream.write_all(text.as_bytes()).await
-            })
-            .await;
-        });
     }
 }

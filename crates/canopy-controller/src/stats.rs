@@ -38,6 +38,10 @@ counters! {
     apply_errors,
     /// Full /proc rescans (start, overrun, reload).
     rescans,
+    /// Renames not handled because a later rename of the same thread arrived in the same turn.
+    renames_coalesced,
+    /// inotify queue overflows on the cgroup watch (each rescans the watched cgroups, not /proc).
+    cgroup_watch_overflows,
     /// Policy reloads that compiled and were swapped in.
     reloads_ok,
     /// Policy reloads that failed to compile (old policy kept).

@@ -14,6 +14,7 @@
 //!   sched_ext's sysfs files; the bpffs directory of canopy's pinned maps.
 //! - [`users`]: a uid's user name through NSS, cached per uid (`user = "..."` rules).
 //! - [`peer`]: `SO_PEERCRED` on Unix stream sockets.
+//! - [`instance_lock`]: one daemon at a time (`flock` on a lock file in the run directory).
 //! - [`policy_files`]: finding and reading policy files (`policy.toml`, `policy.d/*.toml`),
 //!   bounded and with the path in every error, for the CLI and the daemon alike.
 //!
@@ -32,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod cgroup;
+pub mod instance_lock;
 pub mod peer;
 pub mod policy_files;
 pub mod proc_events;

@@ -181,6 +181,25 @@ pub enum EventKind {
     },
 }
 
+/// Drops every rename a later rename of the same thread in `events` supersedes, keeping the
+/// order of the rest: a thread that calls `PR_SET_NAME` 64 times in one batch costs its reader
+/// one rename, the last (the only name that still holds). Returns how many were dropped.
+pub fn coalesce_renames(events: &mut Vec<ProcEvent>) -> usize {
+    let mut renamed_later = std::collections::HashSet::new();
+    let mut keep = vec![true; events.len()];
+    for (index, event) in events.iter().enumerate().rev() {
+        if let EventKind::Comm { tid, .. } = event.kind {
+            if !renamed_later.insert(tid) {
+                keep[index] = false;
+            }
+        }
+    }
+    let before = events.len();
+    let mut flags = keep.into_iter();
+    events.retain(|_| flags.next().unwrap_or(true));
+    before - events.len()
+}
+
 /// A subscribed proc connector socket, registered with the tokio reactor.
 #[derive(Debug)]
 pub struct ProcEvents {
@@ -671,6 +690,41 @@ fn decode_inner(datagram: &[u8]) -> Option<Decoded> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn renames_of_one_thread_coalesce_to_the_last() {
+        let comm = |tid: Pid, name: &str| ProcEvent {
+            timestamp_ns: 0,
+            cpu: 0,
+            kind: EventKind::Comm {
+                tid,
+                pid: tid,
+                comm: Comm::from_bytes(name.as_bytes()),
+            },
+        };
+        let exit = |tid: Pid| ProcEvent {
+            timestamp_ns: 0,
+            cpu: 0,
+            kind: EventKind::Exit {
+                tid,
+                pid: tid,
+                exit_code: 0,
+                exit_signal: 17,
+            },
+        };
+        let mut events = vec![
+            comm(7, "a"),
+            comm(8, "x"),
+            comm(7, "b"),
+            exit(8),
+            comm(7, "c"),
+        ];
+        assert_eq!(coalesce_renames(&mut events), 2);
+        assert_eq!(events, vec![comm(8, "x"), exit(8), comm(7, "c")]);
+        let mut none: Vec<ProcEvent> = Vec::new();
+        assert_eq!(coalesce_renames(&mut none), 0);
+    }
+
     use super::*;
 
     /// A datagram as the kernel sends it: nlmsghdr, cn_msg, proc_event header, `data`.

@@ -7,6 +7,10 @@
 //! one read buffer and reuses them for every read, `stat` is parsed in place (the comm lands in
 //! an inline [`Comm`]), and a task that vanishes mid-read is [`Outcome::Gone`], never an error.
 //! The parsers are pure functions with unit tests; the reads are tested against the live host.
+//!
+//! Every read is bounded, because a process controls what some of these files hold: the
+//! command line is read up to [`CMDLINE_MAX_BYTES`] (a 4 MiB argv costs 4 KiB), anything else
+//! up to [`FILE_MAX_BYTES`]. The reader's buffer never grows past that.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -14,6 +18,13 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::{is_gone_error, Comm, Outcome, Pid};
+
+/// How much of `/proc/PID/cmdline` is read: the arguments past this are not seen (a `cmdline`
+/// rule matches within the first 4 KiB).
+pub const CMDLINE_MAX_BYTES: usize = 4096;
+/// How much of any other `/proc` file is read (`stat`, `status`, `cgroup` are far smaller; a
+/// cgroup path is at most a few KiB).
+pub const FILE_MAX_BYTES: usize = 64 * 1024;
 
 /// `PF_KTHREAD` from the kernel's `include/linux/sched.h`: the task is a kernel thread.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
@@ -312,11 +323,11 @@ impl ProcFs {
         }
     }
 
-    /// The process's command line (`/proc/PID/cmdline`).
+    /// The process's command line (`/proc/PID/cmdline`), its first [`CMDLINE_MAX_BYTES`].
     pub fn cmdline(&mut self, pid: Pid) -> Result<Outcome<Cmdline>, ProcError> {
         self.set_path(format_args!("{pid}/cmdline"));
         Ok(self
-            .read_file()?
+            .read_file_up_to(CMDLINE_MAX_BYTES)?
             .map(|content| Cmdline::from_raw(content.to_vec())))
     }
 
@@ -418,10 +429,16 @@ impl ProcFs {
         }
     }
 
-    /// Reads the file at `self.path` into the reused buffer.
+    /// Reads the file at `self.path` into the reused buffer, up to [`FILE_MAX_BYTES`].
     fn read_file(&mut self) -> Result<Outcome<&[u8]>, ProcError> {
+        self.read_file_up_to(FILE_MAX_BYTES)
+    }
+
+    /// Reads at most `limit` bytes of the file at `self.path` into the reused buffer.
+    fn read_file_up_to(&mut self, limit: usize) -> Result<Outcome<&[u8]>, ProcError> {
         self.buffer.clear();
-        let result = File::open(&self.path).and_then(|mut file| file.read_to_end(&mut self.buffer));
+        let result = File::open(&self.path)
+            .and_then(|file| file.take(limit as u64).read_to_end(&mut self.buffer));
         match result {
             Ok(_) => Ok(Outcome::Done(&self.buffer)),
             Err(error) if is_gone_error(&error) => Ok(Outcome::Gone),

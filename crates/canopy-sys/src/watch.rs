@@ -7,10 +7,17 @@
 //! `policy.d/*.toml`, and a `policy.d` created (or removed) later is followed.
 //!
 //! A cgroup created between a `mkdir` event and the watch on it is not missed: each new
-//! directory is listed after its watch is added and its subdirectories are reported too. A
-//! queue overflow becomes [`WatchEvent::Overflow`]: rescan.
+//! directory is listed after its watch is added and its subdirectories are reported too.
+//!
+//! Nothing a user does stops the watching. A queue overflow (anyone who can write a watched
+//! cgroup's `cgroup.procs` can cause one cheaply) makes the watcher re-list the cgroup trees it
+//! watches, report what was created or removed meanwhile, then [`WatchEvent::Overflow`] (the
+//! caller re-reads memberships and xattrs; a policy watcher's caller reloads). A watch the kernel
+//! refuses with `ENOSPC` (the per-user watch limit, which every process of the user shares) puts
+//! that cgroup on polling: it is re-listed and its xattrs re-reported every [`POLL_EVERY`], the
+//! watch retried each time, and [`WatchEvent::Polling`] says so once per run of refusals.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -80,9 +87,22 @@ pub enum WatchEvent {
         /// The file (or the watched directory itself if that was removed or moved).
         path: PathBuf,
     },
-    /// The kernel's event queue overflowed; events were lost.
+    /// The kernel's event queue overflowed; events were lost. The cgroup trees were re-listed
+    /// first (their creations and removals were reported before this); memberships and xattrs
+    /// may have changed unseen.
     Overflow,
+    /// The kernel refused a watch on `dir` for lack of watches (`ENOSPC`): that cgroup (and
+    /// any below it that cannot be watched either) is polled every [`POLL_EVERY`] until a watch
+    /// succeeds. Reported once each time polling starts.
+    Polling {
+        /// The first cgroup that could not be watched.
+        dir: PathBuf,
+    },
 }
+
+/// How often cgroups that could not be watched (`ENOSPC`) are re-listed and their xattrs
+/// re-reported.
+pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What one watch descriptor stands for.
 #[derive(Debug, Clone)]
@@ -105,8 +125,9 @@ const CGROUP_MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::DELETE)
     .union(WatchMask::DELETE_SELF)
     .union(WatchMask::ATTRIB)
-    .union(WatchMask::MODIFY)
     .union(WatchMask::ONLYDIR);
+/// Writes to `cgroup.procs`/`cgroup.threads` (moves), when the caller wants them.
+const MEMBERSHIP_MASK: WatchMask = WatchMask::MODIFY;
 
 // CREATE only serves to see a `policy.d` appear (a new file is reported at its CLOSE_WRITE).
 const POLICY_MASK: WatchMask = WatchMask::CLOSE_WRITE
@@ -124,6 +145,12 @@ pub struct Watcher {
     watches: Watches,
     targets: HashMap<i32, Target>,
     cgroup_dirs: HashMap<PathBuf, i32>,
+    /// Cgroups the kernel refused a watch on (`ENOSPC`), polled instead.
+    unwatched: BTreeSet<PathBuf>,
+    next_poll: tokio::time::Instant,
+    /// Set during a poll round, whose refusals continue a run rather than start one.
+    polling_round: bool,
+    cgroup_mask: WatchMask,
     pending: VecDeque<WatchEvent>,
 }
 
@@ -132,6 +159,7 @@ impl std::fmt::Debug for Watcher {
         formatter
             .debug_struct("Watcher")
             .field("watches", &self.targets.len())
+            .field("polled", &self.unwatched.len())
             .field("pending", &self.pending.len())
             .finish()
     }
@@ -150,8 +178,29 @@ impl Watcher {
             watches,
             targets: HashMap::new(),
             cgroup_dirs: HashMap::new(),
+            unwatched: BTreeSet::new(),
+            next_poll: tokio::time::Instant::now(),
+            polling_round: false,
+            cgroup_mask: CGROUP_MASK.union(MEMBERSHIP_MASK),
             pending: VecDeque::new(),
         })
+    }
+
+    /// Whether writes to watched cgroups' `cgroup.procs`/`cgroup.threads` are reported
+    /// ([`WatchEvent::CgroupMembershipChanged`]; on by default). Off when moves are seen
+    /// another way: each write is an event, so they are the cheapest way to fill the queue.
+    /// Applies to watches added afterwards.
+    pub fn set_membership_events(&mut self, on: bool) {
+        self.cgroup_mask = if on {
+            CGROUP_MASK.union(MEMBERSHIP_MASK)
+        } else {
+            CGROUP_MASK
+        };
+    }
+
+    /// Cgroups polled because the kernel refused their watch (`ENOSPC`).
+    pub fn polled_count(&self) -> usize {
+        self.unwatched.len()
     }
 
     /// Watches `top` and every cgroup below it, now and as they are created. Returns every
@@ -234,12 +283,92 @@ impl Watcher {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
             }
-            let raw = match self.stream.next().await {
+            let raw = if self.unwatched.is_empty() {
+                self.stream.next().await
+            } else {
+                tokio::select! {
+                    raw = self.stream.next() => raw,
+                    _ = tokio::time::sleep_until(self.next_poll) => {
+                        self.poll_unwatched();
+                        continue;
+                    }
+                }
+            };
+            let raw = match raw {
                 Some(Ok(raw)) => raw,
                 Some(Err(source)) => return Err(WatchError::Read { source }),
                 None => return Err(WatchError::Closed),
             };
             self.translate(raw.wd.get_watch_descriptor_id(), raw.mask, raw.name)?;
+        }
+    }
+
+    /// One poll of the cgroups without a watch: the removed ones are reported, the watch is
+    /// retried (a cgroup watched again is listed like a new one), and for the rest their new
+    /// subdirectories and a possible xattr change are reported.
+    fn poll_unwatched(&mut self) {
+        self.next_poll = tokio::time::Instant::now() + POLL_EVERY;
+        self.polling_round = true;
+        let polled: Vec<PathBuf> = self.unwatched.iter().cloned().collect();
+        for dir in polled {
+            if !self.unwatched.contains(&dir) {
+                continue; // re-watched with an ancestor this round
+            }
+            if !dir.is_dir() {
+                self.forget_cgroup(&dir);
+                continue;
+            }
+            self.unwatched.remove(&dir);
+            let mut created = Vec::new();
+            // Watches what it can; whatever is still refused goes back on the polled set.
+            let _ = self.add_cgroup_subtree(dir.clone(), &mut created, false);
+            self.pending.extend(
+                created
+                    .into_iter()
+                    .filter(|new| *new != dir)
+                    .map(|dir| WatchEvent::CgroupCreated { dir }),
+            );
+            if self.unwatched.contains(&dir) {
+                self.pending
+                    .push_back(WatchEvent::CgroupAttributesChanged { dir });
+            }
+        }
+        self.polling_round = false;
+    }
+
+    /// After a queue overflow: re-lists every watched cgroup tree, reporting what was removed
+    /// and watching and reporting what was created while events were lost.
+    fn rescan_cgroups(&mut self) {
+        let gone: Vec<PathBuf> = self
+            .cgroup_dirs
+            .keys()
+            .chain(self.unwatched.iter())
+            .filter(|dir| !dir.is_dir())
+            .cloned()
+            .collect();
+        for dir in gone {
+            self.forget_cgroup(&dir);
+        }
+        let known: Vec<PathBuf> = self.cgroup_dirs.keys().cloned().collect();
+        for dir in known {
+            let Ok(children) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for child in children.flatten() {
+                let path = child.path();
+                let is_dir = child.file_type().map(|kind| kind.is_dir()).unwrap_or(false);
+                if !is_dir || self.cgroup_dirs.contains_key(&path) || self.unwatched.contains(&path)
+                {
+                    continue;
+                }
+                let mut created = Vec::new();
+                let _ = self.add_cgroup_subtree(path, &mut created, false);
+                self.pending.extend(
+                    created
+                        .into_iter()
+                        .map(|dir| WatchEvent::CgroupCreated { dir }),
+                );
+            }
         }
     }
 
@@ -299,17 +428,26 @@ impl Watcher {
         let mut first = strict;
         while let Some(dir) = pending.pop() {
             let is_top = std::mem::replace(&mut first, false);
-            if self.cgroup_dirs.contains_key(&dir) {
+            if self.cgroup_dirs.contains_key(&dir) || self.unwatched.contains(&dir) {
                 continue;
             }
-            let descriptor = match self.watches.add(&dir, CGROUP_MASK) {
-                Ok(descriptor) => descriptor,
+            match self.watches.add(&dir, self.cgroup_mask) {
+                Ok(descriptor) => {
+                    let id = descriptor.get_watch_descriptor_id();
+                    self.targets.insert(id, Target::Cgroup(dir.clone()));
+                    self.cgroup_dirs.insert(dir.clone(), id);
+                }
                 Err(error) if !is_top && vanished(&error) => continue,
+                Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => {
+                    if self.unwatched.is_empty() && !self.polling_round {
+                        self.next_poll = tokio::time::Instant::now() + POLL_EVERY;
+                        self.pending
+                            .push_back(WatchEvent::Polling { dir: dir.clone() });
+                    }
+                    self.unwatched.insert(dir.clone());
+                }
                 Err(source) => return Err(WatchError::AddWatch { path: dir, source }),
-            };
-            let id = descriptor.get_watch_descriptor_id();
-            self.targets.insert(id, Target::Cgroup(dir.clone()));
-            self.cgroup_dirs.insert(dir.clone(), id);
+            }
             // List after the watch exists, so nothing created in between is missed.
             if let Ok(children) = std::fs::read_dir(&dir) {
                 let mut subdirs: Vec<PathBuf> = children
@@ -332,6 +470,7 @@ impl Watcher {
         name: Option<OsString>,
     ) -> Result<(), WatchError> {
         if mask.contains(EventMask::Q_OVERFLOW) {
+            self.rescan_cgroups();
             self.pending.push_back(WatchEvent::Overflow);
             return Ok(());
         }
@@ -441,16 +580,15 @@ impl Watcher {
         let below: Vec<PathBuf> = self
             .cgroup_dirs
             .keys()
+            .chain(self.unwatched.iter())
             .filter(|path| path.starts_with(dir))
             .cloned()
             .collect();
-        if below.is_empty() {
-            return;
-        }
         for path in below {
             if let Some(id) = self.cgroup_dirs.remove(&path) {
                 self.targets.remove(&id);
             }
+            self.unwatched.remove(&path);
             self.pending
                 .push_back(WatchEvent::CgroupRemoved { dir: path });
         }

@@ -1,8 +1,10 @@
 //! The daemon's event sources, turned into controller inputs: the proc connector (subscribed
 //! through canopy-sys, translated into [`Event`]s), the BPF cgroup move watcher's types (the
-//! loader in the root package provides it), and canopy-sys's inotify [`Watcher`] on the cgroup
-//! subtree (cgroups created and removed, focus xattrs, membership) and the policy files, on a
-//! task of its own.
+//! loader in the root package provides it), and canopy-sys's inotify [`Watcher`]s on a task of
+//! their own: one instance on the cgroup subtree (cgroups created and removed, focus xattrs,
+//! membership unless the BPF watcher sees moves) and another on the policy files, so that an
+//! overflow users can cause on the cgroup instance re-lists cgroups and re-reads memberships
+//! and focus xattrs, and never reloads the policy.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,8 @@ impl std::os::fd::AsRawFd for BorrowedRawFd {
 pub(super) enum Input {
     Event(Event),
     PolicyChanged,
+    /// The cgroup watch lost events (its tree was re-listed): re-read memberships.
+    CgroupsOverflowed,
 }
 
 /// Subscribes to the proc connector (canopy-sys: filtered where the kernel can, batched,
@@ -120,9 +124,9 @@ fn read_focus(dir: &Path) -> Option<Focus> {
     }
 }
 
-/// The cgroup and policy watches on a task of their own: canopy-sys's [`Watcher`] (cgroups
-/// created and removed under `watch_root`, focus xattrs, writes to cgroup.procs/cgroup.threads,
-/// the policy's files and `policy.d` drop-ins by the discovery rules of
+/// The cgroup and policy watches on a task of their own: two canopy-sys [`Watcher`]s (cgroups
+/// created and removed under `watch_root`, focus xattrs, writes to cgroup.procs/cgroup.threads
+/// when `watch_members`; the policy's files and `policy.d` drop-ins by the discovery rules of
 /// `canopy_sys::policy_files`), translated into controller inputs. `None` without inotify.
 pub(super) fn start_watcher(
     tx: mpsc::Sender<Input>,
@@ -131,36 +135,40 @@ pub(super) fn start_watcher(
     policy_paths: &[PathBuf],
     watch_members: bool,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let mut watcher = match Watcher::new() {
-        Ok(watcher) => watcher,
-        Err(error) => {
+    let (mut cgroups, mut policy) = match (Watcher::new(), Watcher::new()) {
+        (Ok(cgroups), Ok(policy)) => (cgroups, policy),
+        (Err(error), _) | (_, Err(error)) => {
             tracing::warn!(%error, "no cgroup or policy watching");
             return None;
         }
     };
-    match watcher.watch_cgroup_tree(watch_root) {
+    cgroups.set_membership_events(watch_members);
+    match cgroups.watch_cgroup_tree(watch_root) {
         Ok(dirs) => tracing::info!(cgroups = dirs.len(), "watching cgroups"),
         Err(error) => tracing::warn!(%error, "cgroups created or removed are not watched"),
     }
     for path in policy_paths {
-        if let Err(error) = watcher.watch_policy(path) {
+        if let Err(error) = policy.watch_policy(path) {
             tracing::warn!(%error, policy = %path.display(), "policy changes there reload only on SIGHUP or `ctl reload`");
         }
     }
     Some(tokio::spawn(forward_watch_events(
-        watcher,
+        cgroups,
+        policy,
         tx,
         cgroup_root,
-        watch_members,
+        watch_root.to_path_buf(),
     )))
 }
 
-/// Turns watch events into controller inputs until the controller loop is gone.
+/// Turns watch events into controller inputs until the controller loop is gone. A failing
+/// instance is reported once and the other one keeps going.
 async fn forward_watch_events(
-    mut watcher: Watcher,
+    mut cgroups: Watcher,
+    mut policy: Watcher,
     tx: mpsc::Sender<Input>,
     cgroup_root: PathBuf,
-    watch_members: bool,
+    watch_root: PathBuf,
 ) {
     // The focus value last reported per cgroup.
     let mut last_focus: HashMap<String, Focus> = HashMap::new();
@@ -169,12 +177,23 @@ async fn forward_watch_events(
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    loop {
-        let event = match watcher.next_event().await {
+    let (mut cgroups_live, mut policy_live) = (true, true);
+    while cgroups_live || policy_live {
+        let (event, from_cgroups) = tokio::select! {
+            event = cgroups.next_event(), if cgroups_live => (event, true),
+            event = policy.next_event(), if policy_live => (event, false),
+        };
+        let event = match event {
             Ok(event) => event,
+            Err(error) if from_cgroups => {
+                tracing::warn!(%error, "inotify failed: cgroups created or removed and focus xattrs are no longer watched (the periodic reconcile still sees moves)");
+                cgroups_live = false;
+                continue;
+            }
             Err(error) => {
-                tracing::warn!(%error, "inotify failed: cgroup and policy changes are no longer watched");
-                return;
+                tracing::warn!(%error, "inotify failed: policy changes reload only on SIGHUP or `ctl reload`");
+                policy_live = false;
+                continue;
             }
         };
         let inputs: Vec<Input> = match event {
@@ -204,16 +223,30 @@ async fn forward_watch_events(
                 .and_then(|focus| focus_change(&mut last_focus, &relative(&dir), focus))
                 .into_iter()
                 .collect(),
-            // With the BPF move watcher, moves come from the ring buffer.
-            WatchEvent::CgroupMembershipChanged { dir } if watch_members => {
+            WatchEvent::CgroupMembershipChanged { dir } => {
                 vec![Input::Event(Event::CgroupMembershipChanged {
                     cgroup: relative(&dir),
                 })]
             }
-            WatchEvent::CgroupMembershipChanged { .. } => Vec::new(),
             WatchEvent::PolicyChanged { .. } => vec![Input::PolicyChanged],
-            // Lost events may have been cgroup or policy changes: rescan and reload.
-            WatchEvent::Overflow => vec![Input::Event(Event::Overrun), Input::PolicyChanged],
+            // Lost policy events: reload (only root writes there).
+            WatchEvent::Overflow if !from_cgroups => vec![Input::PolicyChanged],
+            // Lost cgroup events: the watcher re-listed the tree (creations and removals came
+            // before this); memberships and focus xattrs are re-read.
+            WatchEvent::Overflow => {
+                tracing::warn!(
+                    "cgroup watch overflowed: re-reading cgroups, memberships and focus xattrs"
+                );
+                let mut inputs = vec![Input::CgroupsOverflowed];
+                for (cgroup, focus) in read_focus_xattrs_all(&cgroup_root, &watch_root) {
+                    inputs.extend(focus_change(&mut last_focus, &cgroup, focus));
+                }
+                inputs
+            }
+            WatchEvent::Polling { dir } => {
+                tracing::warn!(cgroup = %relative(&dir), every_s = canopy_sys::watch::POLL_EVERY.as_secs(), "inotify refused a watch (ENOSPC: fs.inotify.max_user_watches reached); polling the cgroups it could not watch");
+                Vec::new()
+            }
         };
         for input in inputs {
             if tx.send(input).await.is_err() {
@@ -230,7 +263,10 @@ fn focus_change(
     cgroup: &str,
     focus: Focus,
 ) -> Option<Input> {
-    if last_focus.get(cgroup) == Some(&focus) {
+    // Never reported and still unset: nothing changed (an IN_ATTRIB or a poll for another
+    // attribute must not reset a state set through the socket).
+    let last = last_focus.get(cgroup).copied().unwrap_or(Focus::NotSet);
+    if last == focus {
         return None;
     }
     last_focus.insert(cgroup.to_string(), focus);
@@ -242,15 +278,22 @@ fn focus_change(
 
 /// Every cgroup under the root (or scope) that already carries a focus xattr.
 pub(super) fn read_focus_xattrs(cgroup_root: &Path, scope: Option<&str>) -> Vec<(String, Focus)> {
-    let hierarchy = CgroupHierarchy::at(cgroup_root);
-    let top = Cgroup::from_dir(hierarchy.resolve(Path::new(scope.unwrap_or(""))));
-    let Ok(cgroups) = hierarchy.walk(&top) else {
+    let top = CgroupHierarchy::at(cgroup_root).resolve(Path::new(scope.unwrap_or("")));
+    read_focus_xattrs_all(cgroup_root, &top)
+        .into_iter()
+        .filter(|(_, focus)| *focus != Focus::NotSet)
+        .collect()
+}
+
+/// The focus xattr (set or not) of every readable cgroup at and below `top`.
+fn read_focus_xattrs_all(cgroup_root: &Path, top: &Path) -> Vec<(String, Focus)> {
+    let Ok(cgroups) = CgroupHierarchy::at(cgroup_root).walk(&Cgroup::from_dir(top)) else {
         return Vec::new();
     };
     cgroups
         .into_iter()
         .filter_map(|entry| {
-            let focus = read_focus(&entry.dir).filter(|focus| *focus != Focus::NotSet)?;
+            let focus = read_focus(&entry.dir)?;
             Some((entry.relative.trim_start_matches('/').to_string(), focus))
         })
         .collect()

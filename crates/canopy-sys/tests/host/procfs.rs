@@ -118,6 +118,39 @@ fn an_exited_task_is_gone_not_an_error() {
     assert_eq!(proc_fs.thread_ids(pid, &mut tids).unwrap(), Outcome::Gone);
 }
 
+/// A process controls its argv: a 1 MiB command line is read only up to CMDLINE_MAX_BYTES.
+#[test]
+fn a_huge_command_line_is_read_only_up_to_the_bound() {
+    use canopy_sys::procfs::CMDLINE_MAX_BYTES;
+    let big = "x".repeat(100 * 1024);
+    // `sh` forks the sleep and waits, keeping its own 1 MiB argv.
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "sleep 60; :", "sh"])
+        .args(std::iter::repeat_n(&big, 10))
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut proc_fs = ProcFs::new();
+    let wait_until = Instant::now() + std::time::Duration::from_secs(5);
+    let cmdline = loop {
+        let cmdline = proc_fs.cmdline(pid).unwrap().expect_done("sh");
+        if cmdline.args().count() > 3 || Instant::now() > wait_until {
+            break cmdline;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let args = cmdline.to_strings();
+    assert_eq!(args[..3], ["sh", "-c", "sleep 60; :"]);
+    // The arguments and the NULs between them (the last one is cut short, without its NUL).
+    let bytes: usize = args.iter().map(|arg| arg.len()).sum::<usize>() + args.len() - 1;
+    assert!(
+        bytes <= CMDLINE_MAX_BYTES,
+        "{bytes} bytes of command line read"
+    );
+}
+
 #[test]
 fn a_live_child_reads_fully() {
     let child = ChildGuard::sleeper();
