@@ -91,6 +91,7 @@ struct {
 /* The supervisor's record of children re-attached after a restart request (userspace only). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, CANOPY_MAX_GROUPS);
 	__type(key, u64);
 	__type(value, struct canopy_child_restarts);
@@ -578,9 +579,8 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 }
 
 /*
- * Bill the CPU time one of our tasks has run since it started (or was last billed): its cgroup
- * path's cpu.max quotas and caps, and its vtime at its weight in the tree. ops.stopping does
- * this; so does keeping a task for another slice, which the kernel does without stopping it.
+ * Bill the CPU time one of our tasks has run since it started: its cgroup path's cpu.max
+ * quotas and caps, its class's preempt budget, and its vtime at its weight in the tree.
  */
 static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
@@ -594,22 +594,13 @@ static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx 
 
 /*
  * Keeps @prev running on @cid as our dispatch, as the class decided afresh for it, for at most
- * @quota_left ns (the cpu.max quota or cap its cgroup path has left; (u64)-1: no limit). What
- * it ran so far is billed first and its clock restarts, so quotas, caps and vtime see every
- * slice even of a task that never stops.
+ * @quota_left ns (the cpu.max quota or cap its cgroup path has left; (u64)-1: no limit).
  */
 static __always_inline bool keep_own_prev(s32 cid, struct task_struct *prev, u64 quota_left)
 {
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, prev, 0, 0);
 	struct cid_state *cs;
 	struct task_ctx *tctx;
 
-	if (tt && tt->weight) {
-		u64 now = scx_bpf_now();
-
-		bill_own_run(prev, task_ctx_of(prev), now);
-		class_vtime_running(prev, now);
-	}
 	if (!class_vtime_keep_prev(prev))
 		return false;
 	if (quota_left < prev->scx.slice)
@@ -721,47 +712,7 @@ static __always_inline u64 prev_quota_left(struct task_struct *prev)
 }
 
 /*
- * @prev, one of our own tasks still runnable at the end of its slice, comes before every task
- * queued on @dsq: its vtime, charged for what it has run since it started (as ops.stopping will
- * charge it), is still the lowest. Without this the end of a slice always hands the cid to the
- * queue's head, so no task runs two slices in a row while others wait, which caps a heavy task
- * at the rate of the tasks it alternates with. Example: 2 CPUs, two hogs in a cgroup at weight
- * 300 and two in one at 100: with a forced switch at every slice end the 300 side got 70% (3:1
- * asks 75%), 200:100 about 1.7:1. Cost: one tree walk (tree_charge_weight_fp) and one DSQ peek.
- */
-static __always_inline bool prev_runs_before_queue(struct task_struct *prev, u64 dsq)
-{
-	struct tree_task *tt;
-	struct task_ctx *tctx;
-	struct task_struct *head;
-	struct bpf_iter_scx_dsq it;
-	u64 vtime, weight_fp, now = scx_bpf_now();
-	bool first = true;
-
-	if (!prev || !(prev->scx.flags & SCX_TASK_QUEUED))
-		return false;
-	/* counted in the tree: runnable and scheduled by the root itself, not by a child */
-	tt = bpf_task_storage_get(&tree_tasks, prev, 0, 0);
-	tctx = task_ctx_of(prev);
-	if (!tt || !tt->weight || !tctx)
-		return false;
-	vtime = prev->scx.dsq_vtime;
-	if (tctx->running_at && now > tctx->running_at) {
-		weight_fp = tree_charge_weight_fp(prev) ?: (u64)(tctx->weight ?: 1) << 10;
-		vtime += ((now - tctx->running_at) * 100 << 10) / weight_fp;
-	}
-	if (!bpf_iter_scx_dsq_new(&it, dsq, 0)) {
-		head = bpf_iter_scx_dsq_next(&it);
-		if (head && (s64)(head->scx.dsq_vtime - vtime) < 0)
-			first = false;
-	}
-	bpf_iter_scx_dsq_destroy(&it);
-	return first;
-}
-
-/*
- * Our own tasks' turn on @cid: with @normal, @prev keeps running while its vtime is still the
- * lowest (prev_runs_before_queue), else a queued task, else @prev keeps running;
+ * Our own tasks' turn on @cid: with @normal, a queued task first, else @prev keeps running;
  * with @idle, after those, tasks of idle cgroups (CANOPY_IDLE_DSQ, or an idle-cgroup @prev).
  * Tasks of cgroups at their cpu.max quota are passed over.
  */
@@ -772,9 +723,6 @@ static __always_inline enum own_dispatch dispatch_own(s32 cid, struct task_struc
 	u64 left = prev_quota_left(prev);
 	bool prev_keepable = left != 0;
 
-	if (normal && !prev_idle && prev_keepable && prev_runs_before_queue(prev, CANOPY_OWN_DSQ) &&
-	    keep_own_prev(cid, prev, left))
-		return OWN_KEPT;
 	if (normal && move_own_to_local(CANOPY_OWN_DSQ, cid))
 		return OWN_QUEUED;
 	if (normal && !prev_idle && prev_keepable && keep_own_prev(cid, prev, left))

@@ -28,9 +28,9 @@ use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::config::SchedulerConfig;
 use super::config_from_plan::config_from_plan;
+use super::root::announce_group_policy_change;
 use super::supervisor::supervise;
 use super::supervisor::ReloadRequest;
-use super::root::announce_group_policy_change;
 
 /// How long the daemon waits for the root scheduler to load and enable (TCG guests are slow).
 const ENABLE_TIMEOUT: Duration = Duration::from_secs(30);
