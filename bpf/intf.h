@@ -44,8 +44,8 @@ enum canopy_limits {
 	CANOPY_MAX_CIDS = 256,
 	/* child schedulers one parent tracks at a time (slot 0 is the parent itself) */
 	CANOPY_MAX_MEMBERS = 17,
-	/* cgroups the policy may name */
-	CANOPY_MAX_GROUPS = 1024,
+	/* cgroups the policy may name (`group_policy`, allocated as entries are written) */
+	CANOPY_MAX_GROUPS = 65536,
 	/* cgroups with the cpu controller the root tracks as weighted nodes (`cpu_tree`) */
 	CANOPY_MAX_CGROUPS = 65536,
 	/* deepest cgroup nesting the cpu tree's walks follow (the root cgroup is level 0) */
