@@ -32,6 +32,7 @@ use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::config::SchedulerConfig;
 use super::config_from_plan::config_from_plan;
+use super::root::announce_group_policy_change;
 use super::supervisor::supervise;
 use super::supervisor::ReloadRequest;
 
@@ -164,6 +165,7 @@ impl SchedulerThread {
 struct PinnedMaps {
     task_classes: MapHandle,
     group_policy: MapHandle,
+    group_policy_version: MapHandle,
     stats: MapHandle,
     current: CurrentPlan,
     reloads: mpsc::Sender<ReloadRequest>,
@@ -182,6 +184,7 @@ impl PinnedMaps {
         Ok(PinnedMaps {
             task_classes: open("task_classes")?,
             group_policy: open("group_policy")?,
+            group_policy_version: open("group_policy_version")?,
             stats: open("stats")?,
             current,
             reloads,
@@ -217,7 +220,7 @@ impl ScxMaps for PinnedMaps {
             Some(bytes) => from_bytes(&bytes),
             None => Default::default(),
         };
-        entry.weight = policy.weight;
+        entry.weight = policy.weight.unwrap_or(0);
         entry.guarantee_pct = policy.guarantee_pct;
         entry.cap_pct = policy.cap_pct;
         // the BPF clamp at enqueue (canopy.bpf.h task_class): 0 = no limit, else id + 1
@@ -225,7 +228,8 @@ impl ScxMaps for PinnedMaps {
         entry.floor_plus_one = policy.floor.map_or(0, |class| class.0 as u32 + 1);
         self.group_policy
             .update(&key, as_bytes(&entry), MapFlags::ANY)
-            .map_err(io_error)
+            .map_err(io_error)?;
+        announce_group_policy_change(&self.group_policy_version).map_err(io_error)
     }
 
     fn clear_group(&mut self, _cgroup_id: u64) {

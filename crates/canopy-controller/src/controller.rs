@@ -34,6 +34,9 @@ pub use requests::{Explanation, RequestError};
 
 /// The class canopy's own threads run in, in scx mode (the schedulers' highest built-in class).
 const HIGHEST_CLASS: &str = "USER_INTERACTIVE";
+/// Levels above a task's cgroup searched for the group that governs it (as the schedulers'
+/// CANOPY_MAX_CGROUP_DEPTH).
+const MAX_OWNER_LEVELS: usize = 16;
 
 const SCHED_FIFO: i32 = 1;
 const SCHED_RR: i32 = 2;

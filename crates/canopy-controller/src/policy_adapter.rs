@@ -187,7 +187,7 @@ impl PolicyPlan for CompiledPlan {
         let s = self.group(group).settings(state);
         let pct = |v: u16| v as f64 * 100.0 / 1024.0;
         GroupKnobs {
-            weight: Some(s.weight),
+            weight: s.weight,
             idle: None,
             uclamp_min_pct: s.floor.map(|f| pct(self.plan.class_params(f).uclamp_min)),
             uclamp_max_pct: s.ceiling.map(|c| pct(self.plan.class_params(c).uclamp_max)),

@@ -162,8 +162,8 @@ pub struct GroupKnobs {
 /// Group policy as the scx backend writes it to the schedulers' group map.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ScxGroupPolicy {
-    /// Relative weight.
-    pub weight: u32,
+    /// Relative weight; None: the policy sets none, the cgroup's own `cpu.weight` rules.
+    pub weight: Option<u32>,
     /// Guaranteed share in percent of the machine (0 = none).
     pub guarantee_pct: u32,
     /// Cap in percent of the machine (0 = none).
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn the_schedulers_clamp_counts_ids_down_from_the_highest_class() {
         let limits = ScxGroupPolicy {
-            weight: 100,
+            weight: Some(100),
             guarantee_pct: 0,
             cap_pct: 0,
             floor: Some(ClassId(3)),

@@ -150,6 +150,33 @@ pub fn hotplug_seq() -> u64 {
         .unwrap_or(0)
 }
 
+/// How many CPUs the kernel may ever bring online (`/sys/devices/system/cpu/possible`, e.g.
+/// `0-255` is 256): sched_ext numbers them as cids 0..n. None when unreadable.
+pub fn possible_cpus() -> Option<u32> {
+    read_trimmed(Path::new("/sys/devices/system/cpu/possible"))
+        .and_then(|text| count_cpu_list(&text))
+}
+
+/// The number of CPUs in a kernel CPU list (`0-3,8,10-11` is 7). None when malformed.
+fn count_cpu_list(list: &str) -> Option<u32> {
+    list.split(',').try_fold(0u32, |total, range| {
+        let count = match range.split_once('-') {
+            Some((first, last)) => {
+                last.trim()
+                    .parse::<u32>()
+                    .ok()?
+                    .checked_sub(first.trim().parse().ok()?)?
+                    + 1
+            }
+            None => {
+                range.trim().parse::<u32>().ok()?;
+                1
+            }
+        };
+        total.checked_add(count)
+    })
+}
+
 /// The name of the loaded root scheduler's ops (`/sys/kernel/sched_ext/root/ops`).
 pub fn root_ops() -> Option<String> {
     read_trimmed(&Path::new(SYSFS_DIR).join("root/ops"))
@@ -289,6 +316,16 @@ fn btf_has(btf: &[u8], wanted: &[(u32, &str)]) -> Result<Vec<bool>, &'static str
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpu_list("0-255"), Some(256));
+        assert_eq!(count_cpu_list("0-3,8,10-11"), Some(7));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("x"), None);
+    }
+
     use super::*;
 
     /// A BTF blob: an INT, a STRUCT with one member, a FUNC_PROTO with one parameter, a FUNC.

@@ -128,6 +128,21 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         g
     }
 
+    /// The cgroup whose group governs tasks in `cgroup`: `cgroup` itself when a group owns it,
+    /// else its nearest ancestor that a group owns (a thread moved into `app-x.scope/sub` is
+    /// clamped by `app-x.scope`'s group and state, as the schedulers' `group_policy` walk does
+    /// in scx mode), at most `MAX_OWNER_LEVELS` levels up. None: no group above it.
+    pub(super) fn owner_of(&mut self, cgroup: &str) -> Option<(String, GroupId)> {
+        let mut candidate = cgroup;
+        for _ in 0..MAX_OWNER_LEVELS {
+            if let Some(group) = self.group_of(candidate) {
+                return Some((candidate.to_string(), group));
+            }
+            candidate = &candidate[..candidate.rfind('/')?];
+        }
+        None
+    }
+
     /// Makes sure a managed cgroup has a group instance with its knobs applied.
     pub(super) fn ensure_group(&mut self, cgroup: &str) {
         if self.groups.contains_key(cgroup) {
@@ -188,7 +203,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         let members: Vec<u32> = self
             .processes
             .values()
-            .filter(|p| p.facts.cgroup == cgroup)
+            // its tasks and those of the cgroups below it, which it governs unless a group owns them
+            .filter(|p| {
+                p.facts.cgroup.strip_prefix(cgroup).is_some_and(|rest| {
+                    rest.is_empty() || (rest.starts_with('/') && !cgroup.is_empty())
+                })
+            })
             .flat_map(|p| p.threads.iter().copied())
             .collect();
         for tid in members {
