@@ -23,6 +23,9 @@ pub trait TaskSource: Send {
     fn exec_facts(&mut self, before: &ProcessFacts) -> Result<ProcessFacts, Gone> {
         self.process_facts(before.tgid)
     }
+    /// Whether [`TaskSource::process_facts`] and [`TaskSource::exec_facts`] read the command
+    /// line (the controller says so from its plan); default: the source decides.
+    fn read_cmdlines(&mut self, _wanted: bool) {}
     /// A thread's current comm.
     fn thread_comm(&mut self, tgid: u32, tid: u32) -> Result<String, Gone>;
     /// A thread's scheduling policy (SCHED_* number), to leave RT/DL tasks alone.
@@ -176,6 +179,9 @@ pub trait Backend: Send {
     /// The first scan is done: originals a crashed predecessor recorded for tasks and groups
     /// this daemon did not take over are restored now.
     fn settle_adopted(&mut self) {}
+    /// A rescan of every task is about to begin (events may have been lost, exits among
+    /// them): forget what belongs to threads that are gone or whose tid was reused.
+    fn rescanning(&mut self) {}
 }
 
 /// A backend chosen at run time (`Box<dyn Backend>`) is a backend: every method forwards,
@@ -232,6 +238,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn settle_adopted(&mut self) {
         (**self).settle_adopted()
+    }
+    fn rescanning(&mut self) {
+        (**self).rescanning()
     }
     fn set_manage_realtime(&mut self, manage: bool) {
         (**self).set_manage_realtime(manage)

@@ -111,7 +111,8 @@ struct Task {
     rule: Option<RuleMatch>,
     /// `ctl tag` override, by class name (class ids are plan-local).
     manual: Option<Arc<str>>,
-    /// The class applied, and why, when managed.
+    /// The class applied, and why, when managed; [`REAPPLY_PENDING`] after a reload until the
+    /// new plan's class is applied (read the class through [`Task::current_class`]).
     applied: Option<(ClassId, ClampReason)>,
     /// The class handed to the backend for it (scx: the request, when the schedulers' own
     /// clamp gives `applied`; see `class_for_backend`). None whenever `applied` is None.
@@ -122,6 +123,27 @@ struct Task {
     /// tells a stale entry under a reused id from one a reordered event created.
     seen_ns: u64,
     skip: Option<Skip>,
+}
+
+/// What `applied` holds after a reload until the task's class under the new plan is applied
+/// (a failed re-apply leaves it there): class ids are plan-local, so the old one names nothing
+/// in the new plan. Never a real class: a plan has at most `canopy_policy::MAX_CLASSES` (32).
+const REAPPLY_PENDING: ClassId = ClassId(u8::MAX);
+
+impl Task {
+    /// The class applied under the current plan; `None` while unmanaged or while a reload's
+    /// re-apply is pending.
+    fn current_class(&self) -> Option<ClassId> {
+        self.applied
+            .map(|(class, _)| class)
+            .filter(|&class| class != REAPPLY_PENDING)
+    }
+
+    /// Whether a reload's re-apply of this task has not succeeded yet.
+    fn reapply_pending(&self) -> bool {
+        self.applied
+            .is_some_and(|(class, _)| class == REAPPLY_PENDING)
+    }
 }
 
 #[derive(Debug)]
@@ -166,10 +188,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     pub fn new(
         plan: Arc<dyn PolicyPlan>,
         mut backend: B,
-        source: S,
+        mut source: S,
         config: ControllerConfig,
     ) -> Self {
         backend.set_manage_realtime(plan.manage_realtime());
+        source.read_cmdlines(plan.uses_cmdline());
         Controller {
             plan,
             backend,
@@ -209,9 +232,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         self.tasks.len()
     }
 
-    /// The class applied to a thread, by name.
+    /// The class applied to a thread under the current plan, by name.
     pub fn applied_class(&self, tid: u32) -> Option<Arc<str>> {
-        let (class, _) = self.tasks.get(&tid)?.applied?;
+        let class = self.tasks.get(&tid)?.current_class()?;
         Some(self.plan.class_params(class).name.clone())
     }
 
@@ -227,6 +250,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             tracing::error!(%error, "the backend could not follow the new policy everywhere");
         }
         self.backend.set_manage_realtime(plan.manage_realtime());
+        // Command lines are read only while a rule matches on them; a plan that starts to
+        // needs them read for every known process, before the re-match below.
+        let cmdlines_needed = plan.uses_cmdline() && !self.plan.uses_cmdline();
+        self.source.read_cmdlines(plan.uses_cmdline());
         self.plan = plan;
         self.policy_error = None;
         self.stats.counters.reloads_ok += 1;
@@ -259,6 +286,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         for c in cgroups {
             self.ensure_group(&c);
         }
+        if cmdlines_needed {
+            let known: Vec<(u32, Option<RuleMatch>)> = self
+                .processes
+                .iter()
+                .map(|(&tgid, p)| (tgid, p.inherited.clone()))
+                .collect();
+            for (tgid, inherited) in known {
+                // A process gone meanwhile is forgotten at its exit event.
+                let _ = self.load_process(tgid, inherited);
+            }
+        }
         let tids: Vec<u32> = self.tasks.keys().copied().collect();
         for tid in tids {
             // Re-derive skips the plan decides (kernel threads, RT) and re-match.
@@ -289,9 +327,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             self.rematch(tid);
             // Class ids are plan-local: force a re-apply.
             if let Some(t) = self.tasks.get_mut(&tid) {
-                t.applied = t
-                    .applied
-                    .map(|_| (ClassId(u8::MAX), ClampReason::Unclamped));
+                t.applied = t.applied.map(|_| (REAPPLY_PENDING, ClampReason::Unclamped));
                 t.requested = None;
             }
             self.evaluate(tid, Cause::Request);

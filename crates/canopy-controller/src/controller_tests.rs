@@ -740,3 +740,56 @@ fn switching_backend_applies_every_task_and_group_afresh_and_leaves_the_daemon_a
     assert_eq!(applied(&c, 200), None);
     assert_eq!(c.snapshot(Instant::now()).mode_reason, "scx ejected");
 }
+
+/// Attack 7 (threat model): a reload whose re-apply fails left a placeholder class id in the
+/// task, and `explain` (any user, on their own task) and `status` (anyone) indexed the plan's
+/// class table with it and panicked. Now both answer: the task's class is "not applied yet",
+/// and the next successful apply clears it.
+#[test]
+fn explain_and_status_after_a_reload_whose_reapply_failed_do_not_panic() {
+    let mut src = FakeSource::default();
+    src.spawn(10, "player", APP);
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let backend = RecordingBackend {
+        refuse_tasks: refuse.clone(),
+        ..Default::default()
+    };
+    let mut c = Controller::new(
+        Arc::new(TestPlan::desktop()),
+        backend,
+        src,
+        ControllerConfig::default(),
+    );
+    c.rescan();
+    assert_eq!(c.applied_class(10).as_deref(), Some("USER_INITIATED"));
+
+    refuse.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut plan = TestPlan::desktop();
+    plan.tag = "reloaded".into();
+    plan.rules[0].class = class::BACKGROUND;
+    c.install_plan(Arc::new(plan));
+    let explained = c.explain(10).unwrap();
+    assert_eq!(explained[0].effective, None);
+    assert!(
+        explained[0]
+            .why
+            .contains("not applied yet under the reloaded policy"),
+        "{}",
+        explained[0].why
+    );
+    let status = c.snapshot(Instant::now());
+    assert!(
+        status.tasks_by_class.is_empty(),
+        "{:?}",
+        status.tasks_by_class
+    );
+    assert_eq!(c.applied_class(10), None);
+
+    refuse.store(false, std::sync::atomic::Ordering::Relaxed);
+    c.rescan();
+    assert_eq!(c.applied_class(10).as_deref(), Some("BACKGROUND"));
+    assert_eq!(
+        c.explain(10).unwrap()[0].effective.as_deref(),
+        Some("BACKGROUND")
+    );
+}

@@ -160,7 +160,7 @@ pub enum DaemonError {
     Signal(std::io::Error),
     /// Another daemon holds the instance lock beside the control socket (or it could not be
     /// taken); the live daemon's socket is left alone.
-    #[error("not starting: {source}; the control socket {socket} is left alone")]
+    #[error("not starting (the control socket {socket} is left alone)")]
     AlreadyRunning {
         /// The control socket the other daemon serves.
         socket: PathBuf,
@@ -224,14 +224,16 @@ pub fn choose_mode(choice: DaemonMode, scx_built_in: bool) -> Result<(Mode, Stri
     }
 }
 
-/// The fallback backend, recording originals in `state_file` when given.
+/// The fallback backend, recording originals in `state_file` when given (RT/DL originals
+/// adopted from it only when the policy manages RT tasks).
 fn fallback_backend(
     cgroup_root: &std::path::Path,
     state_file: Option<&PathBuf>,
+    manage_realtime: bool,
 ) -> Box<dyn Backend> {
     let mut backend = FallbackBackend::new(cgroup_root.to_path_buf());
     if let Some(path) = state_file {
-        backend = backend.with_state_file(path.clone());
+        backend = backend.with_state_file(path.clone(), manage_realtime);
     }
     Box::new(backend)
 }
@@ -247,7 +249,7 @@ fn fall_back_after_ejection(
     tracing::error!(reason = %why, "the sched_ext schedulers were ejected; switching to fallback mode");
     let started = Instant::now();
     let mut scx = ctl.switch_backend(
-        fallback_backend(cgroup_root, state_file),
+        fallback_backend(cgroup_root, state_file, ctl.plan().manage_realtime()),
         format!("scx ejected, fallback since: {why}"),
     );
     // The schedulers are gone; their orphaned maps keep nothing anyone reads.
@@ -320,7 +322,11 @@ impl Daemon {
         }
         let backend = match scx_maps {
             Some(maps) => Box::new(ScxBackend::new(maps, cgroup_root.clone())) as Box<dyn Backend>,
-            None => fallback_backend(&cgroup_root, opts.state_file.as_ref()),
+            None => fallback_backend(
+                &cgroup_root,
+                opts.state_file.as_ref(),
+                plan.manage_realtime(),
+            ),
         };
         tracing::info!(mode = mode.label(), reason = %mode_reason, policy = %plan.hash(), "starting");
 
@@ -626,7 +632,8 @@ impl Daemon {
                         let _ = msg.reply.send(response);
                     }
                 }
-                _ = async { tokio::time::sleep_until(timer.unwrap()).await }, if timer.is_some() => {
+                // Disabled while there is no timer (the future is made, never polled).
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
                     let now = Instant::now();
                     if policy_debounce.is_some_and(|d| d <= now) {
                         policy_debounce = None;

@@ -5,6 +5,11 @@
 //! state file ([`crate::state_file`]) those originals also survive a SIGKILL: the next daemon
 //! re-adopts the ones it takes over and restores the others once its first scan is done.
 //!
+//! A tid is reused once its thread exits, and an exit the daemon missed (a proc-connector
+//! overrun) would leave the dead thread's original waiting to be "restored" onto a stranger: so
+//! each original is kept with its thread's start time (read once, lazily), and a rescan
+//! ([`Backend::rescanning`]) drops the originals whose tid is gone or now starts at another time.
+//!
 //! Real-time and deadline threads are changed only when the policy manages them
 //! (`leave_realtime = false`, passed in through `set_manage_realtime`); their original RT/DL
 //! policy and priority go back on stop like any other original.
@@ -24,7 +29,7 @@ use canopy_sys::Outcome;
 
 use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport};
 use crate::policy_port::{ClassId, ClassParams, FairPolicy, GroupKnobs, ScxGroupPolicy};
-use crate::state_file::{Adopted, StateFile};
+use crate::state_file::{thread_start_time, AdoptRules, Adopted, StateFile};
 
 pub use canopy_sys::sched::SchedAttr;
 
@@ -44,6 +49,9 @@ pub struct FallbackBackend {
     cgroup_root: PathBuf,
     applier: SchedApplier,
     originals: HashMap<u32, SchedAttr>,
+    /// The start time of the thread each original belongs to, once read (at the first flush of
+    /// the crash record or the first rescan after the original was taken).
+    starts: HashMap<u32, u64>,
     group_originals: HashMap<String, Vec<(&'static str, String)>>,
     missing_knobs_noted: bool,
     notes: Vec<String>,
@@ -62,6 +70,7 @@ impl FallbackBackend {
             cgroup_root,
             applier: SchedApplier::new(),
             originals: HashMap::new(),
+            starts: HashMap::new(),
             group_originals: HashMap::new(),
             missing_knobs_noted: false,
             notes: Vec::new(),
@@ -72,10 +81,16 @@ impl FallbackBackend {
     }
 
     /// Keeps the originals in a state file at `path` as well, and adopts what a crashed
-    /// predecessor left there.
-    pub fn with_state_file(mut self, path: PathBuf) -> Self {
+    /// predecessor left there and the crash record's rules allow: cgroups beneath this
+    /// backend's cgroup root, RT/DL originals only when `realtime_managed` (the policy's
+    /// `leave_realtime = false`). What it refused becomes a status note.
+    pub fn with_state_file(mut self, path: PathBuf, realtime_managed: bool) -> Self {
         let mut state = StateFile::new(path);
-        self.adopted = state.adopt();
+        self.adopted = state.adopt(&AdoptRules {
+            cgroup_root: &self.cgroup_root,
+            realtime_managed,
+        });
+        self.notes.append(&mut self.adopted.refused);
         if !self.adopted.tasks.is_empty() || !self.adopted.groups.is_empty() {
             tracing::info!(
                 path = %state.path().display(),
@@ -97,8 +112,30 @@ impl FallbackBackend {
     /// Takes over a predecessor's record of `tid`'s original, if there is one.
     fn claim_adopted(&mut self, tid: u32) {
         if let Some(original) = self.adopted.tasks.remove(&tid) {
-            self.originals.entry(tid).or_insert(original);
+            if let std::collections::hash_map::Entry::Vacant(v) = self.originals.entry(tid) {
+                v.insert(original);
+                if let Some(start) = self.adopted.starts.remove(&tid) {
+                    self.starts.insert(tid, start);
+                }
+            }
         }
+    }
+
+    /// Drops the original held for `tid` (and its start time); whether there was one.
+    fn drop_original(&mut self, tid: u32) -> Option<SchedAttr> {
+        self.starts.remove(&tid);
+        self.originals.remove(&tid)
+    }
+
+    /// The start time of the thread `tid`'s original belongs to, read now if not known yet;
+    /// `None` once the thread is gone.
+    fn start_of(&mut self, tid: u32) -> Option<u64> {
+        if let Some(&start) = self.starts.get(&tid) {
+            return Some(start);
+        }
+        let start = thread_start_time(tid)?;
+        self.starts.insert(tid, start);
+        Some(start)
     }
 
     /// The saved original attributes of a thread (tests check restore).
@@ -218,7 +255,7 @@ impl Backend for FallbackBackend {
             Ok(Outcome::Done(Applied::LeftRealtimeAlone { .. })) => {
                 // Whoever made it RT/DL owns its attributes now: an original held from before
                 // must not overwrite theirs on stop.
-                if self.originals.remove(&tid).is_some() {
+                if self.drop_original(tid).is_some() {
                     self.changed();
                 }
                 Err(ApplyError::Realtime(tid))
@@ -243,7 +280,7 @@ impl Backend for FallbackBackend {
 
     fn release_task(&mut self, tid: u32) {
         self.claim_adopted(tid);
-        if let Some(orig) = self.originals.remove(&tid) {
+        if let Some(orig) = self.drop_original(tid) {
             let _ = self.applier.restore(tid as i32, &orig);
             self.changed();
         }
@@ -251,7 +288,35 @@ impl Backend for FallbackBackend {
 
     fn forget_task(&mut self, tid: u32) {
         self.adopted.tasks.remove(&tid);
-        if self.originals.remove(&tid).is_some() {
+        if self.drop_original(tid).is_some() {
+            self.changed();
+        }
+    }
+
+    fn rescanning(&mut self) {
+        let tids: Vec<u32> = self.originals.keys().copied().collect();
+        let mut dropped = 0u64;
+        for tid in tids {
+            let known = self.starts.get(&tid).copied();
+            let now = thread_start_time(tid);
+            match (known, now) {
+                (Some(known), Some(now)) if known == now => {}
+                (None, Some(now)) => {
+                    self.starts.insert(tid, now);
+                }
+                // Gone, or the tid now belongs to another thread: the original was that of a
+                // thread that no longer exists, and must not be put on its successor.
+                _ => {
+                    self.drop_original(tid);
+                    dropped += 1;
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "rescan: forgot the originals of threads that exited unseen (their tids are gone or reused)"
+            );
             self.changed();
         }
     }
@@ -344,9 +409,11 @@ impl Backend for FallbackBackend {
     fn restore_all(&mut self) -> RestoreReport {
         let mut report = RestoreReport::default();
         // Whatever a predecessor recorded and nobody took over goes back too.
-        for (tid, orig) in std::mem::take(&mut self.adopted.tasks) {
-            self.originals.entry(tid).or_insert(orig);
+        let adopted: Vec<u32> = self.adopted.tasks.keys().copied().collect();
+        for tid in adopted {
+            self.claim_adopted(tid);
         }
+        self.starts.clear();
         for (cgroup, knobs) in std::mem::take(&mut self.adopted.groups) {
             self.group_originals.entry(cgroup).or_insert(knobs);
         }
@@ -381,24 +448,33 @@ impl Backend for FallbackBackend {
     }
 
     fn persist(&mut self, force: bool) {
+        if !self.state.as_ref().is_some_and(StateFile::is_dirty) {
+            return;
+        }
+        // Unclaimed adopted entries stay on record until they are restored or taken over. A
+        // task whose thread exited before its first write is left out.
+        let mut tasks = Vec::with_capacity(self.originals.len() + self.adopted.tasks.len());
+        let tids: Vec<u32> = self.originals.keys().copied().collect();
+        for tid in tids {
+            if let (Some(start), Some(attr)) = (self.start_of(tid), self.originals.get(&tid)) {
+                tasks.push((tid, start, *attr));
+            }
+        }
+        for (tid, attr) in &self.adopted.tasks {
+            if let Some(&start) = self.adopted.starts.get(tid) {
+                tasks.push((*tid, start, *attr));
+            }
+        }
         let Some(state) = &mut self.state else {
             return;
         };
-        if !state.is_dirty() {
-            return;
-        }
-        // Unclaimed adopted entries stay on record until they are restored or taken over.
-        let tasks = self
-            .originals
-            .iter()
-            .chain(self.adopted.tasks.iter())
-            .map(|(tid, attr)| (*tid, attr));
         let mut groups = self.group_originals.clone();
         for (cgroup, knobs) in &self.adopted.groups {
             groups
                 .entry(cgroup.clone())
                 .or_insert_with(|| knobs.clone());
         }
+        let tasks = tasks.iter().map(|(tid, start, attr)| (*tid, *start, attr));
         if let Err(error) = state.flush(tasks, &groups, force) {
             let note = format!("{error}; originals are kept in memory only");
             self.note_once(note);
@@ -407,6 +483,7 @@ impl Backend for FallbackBackend {
 
     fn settle_adopted(&mut self) {
         let tasks = std::mem::take(&mut self.adopted.tasks);
+        self.adopted.starts.clear();
         let groups = std::mem::take(&mut self.adopted.groups);
         if tasks.is_empty() && groups.is_empty() {
             return;
@@ -523,6 +600,50 @@ mod tests {
         );
         drop(done_tx);
         parked.join().unwrap();
+    }
+
+    /// A rescan forgets the original of a tid that is gone or now belongs to another thread
+    /// (its start time changed), keeps a live one's, and learns the start time it did not know.
+    #[test]
+    fn a_rescan_forgets_the_originals_of_gone_and_reused_tids() {
+        let mut b = FallbackBackend::new(PathBuf::from("/nonexistent"));
+        let orig = SchedAttr {
+            size: 56,
+            sched_nice: 3,
+            ..Default::default()
+        };
+        let me = std::process::id();
+        let start = thread_start_time(me).unwrap();
+        let (sibling_tx, sibling_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let sibling = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            sibling_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let _ = done_rx.recv();
+        });
+        let sibling_tid = sibling_rx.recv().unwrap();
+        for tid in [me, sibling_tid, u32::MAX - 1] {
+            b.originals.insert(tid, orig);
+        }
+        // The sibling's tid was "reused": the original was taken from a thread that started
+        // at another time.
+        b.starts
+            .insert(sibling_tid, thread_start_time(sibling_tid).unwrap() + 1);
+        b.rescanning();
+        assert_eq!(b.original(me), Some(&orig));
+        assert_eq!(b.starts.get(&me), Some(&start));
+        assert_eq!(
+            b.original(sibling_tid),
+            None,
+            "a reused tid's original was kept"
+        );
+        assert_eq!(
+            b.original(u32::MAX - 1),
+            None,
+            "a gone tid's original was kept"
+        );
+        drop(done_tx);
+        sibling.join().unwrap();
     }
 
     #[test]

@@ -92,10 +92,13 @@ pub struct ProcessFacts {
     pub tgid: u32,
     /// The leader's comm.
     pub comm: String,
-    /// Full path of the executable (`/proc/PID/exe`), empty for kernel threads.
-    pub exe: String,
-    /// Command line with NULs replaced by spaces.
-    pub cmdline: String,
+    /// Full path of the executable (`/proc/PID/exe`), empty for kernel threads. Shared, not
+    /// copied, by the facts of forked children.
+    pub exe: Arc<str>,
+    /// Command line with NULs replaced by spaces: its first
+    /// [`canopy_sys::procfs::CMDLINE_MAX_BYTES`], and only when a rule matches on it
+    /// ([`PolicyPlan::uses_cmdline`]; empty otherwise). Shared by forked children's facts.
+    pub cmdline: Arc<str>,
     /// Real uid.
     pub uid: u32,
     /// The real uid's user name (NSS), when it has one: what `user = "..."` rules match.
@@ -227,6 +230,10 @@ pub trait PolicyPlan: Send + Sync + std::fmt::Debug {
     fn manage_kernel_threads(&self) -> bool;
     /// Whether RT and DL tasks are managed (default: left alone).
     fn manage_realtime(&self) -> bool;
+    /// Whether any rule matches on the command line: if none does, it is never read.
+    fn uses_cmdline(&self) -> bool {
+        true
+    }
     /// The compiled policy behind this plan, when there is one (the scheduler loader derives its
     /// own configuration from it on a reload); test plans have none.
     fn compiled(&self) -> Option<&canopy_policy::Plan> {

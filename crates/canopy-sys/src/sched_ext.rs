@@ -84,7 +84,11 @@ impl KernelSupport {
                     (BTF_KIND_FUNC, SUB_SCHEDULER_KFUNC),
                 ],
             ) {
-                Ok(found) => (found[0], found[1], None),
+                Ok(found) => {
+                    let mut found = found.into_iter();
+                    let cid_ops = found.next().unwrap_or(false);
+                    (cid_ops, found.next().unwrap_or(false), None)
+                }
                 Err(reason) => (false, false, Some(reason.to_string())),
             },
             Err(error) => (false, false, Some(error.to_string())),
@@ -240,8 +244,11 @@ fn btf_has(btf: &[u8], wanted: &[(u32, &str)]) -> Result<Vec<bool>, &'static str
             .map(|bytes| u32::from_ne_bytes(bytes.try_into().expect("4 bytes")))
             .ok_or("truncated")
     };
-    let magic = btf.get(0..2).ok_or("truncated")?;
-    if u16::from_ne_bytes([magic[0], magic[1]]) != BTF_MAGIC {
+    let magic = btf
+        .get(0..2)
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or("truncated")?;
+    if u16::from_ne_bytes(magic) != BTF_MAGIC {
         return Err("not BTF (bad magic)");
     }
     let header_len = u32_at(4)? as usize;
@@ -255,27 +262,24 @@ fn btf_has(btf: &[u8], wanted: &[(u32, &str)]) -> Result<Vec<bool>, &'static str
         .ok_or("string section out of bounds")?;
     let name_at = |offset: usize| -> &[u8] {
         let rest = strings.get(offset..).unwrap_or(&[]);
-        &rest[..rest
-            .iter()
-            .position(|&byte| byte == 0)
-            .unwrap_or(rest.len())]
+        rest.split(|&byte| byte == 0).next().unwrap_or_default()
     };
     let mut found = vec![false; wanted.len()];
     let mut at = 0;
     while at + BTF_TYPE_LEN <= types.len() {
-        let word = |index: usize| {
-            u32::from_ne_bytes(
-                types[at + 4 * index..at + 4 * index + 4]
-                    .try_into()
-                    .expect("4 bytes"),
-            )
+        let word = |index: usize| -> Result<u32, &'static str> {
+            types
+                .get(at + 4 * index..at + 4 * index + 4)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u32::from_ne_bytes)
+                .ok_or("truncated")
         };
-        let (name_off, info) = (word(0) as usize, word(1));
+        let (name_off, info) = (word(0)? as usize, word(1)?);
         let kind = (info >> 24) & 0x1f;
         let vlen = (info & 0xffff) as usize;
-        for (index, (wanted_kind, wanted_name)) in wanted.iter().enumerate() {
+        for (hit, (wanted_kind, wanted_name)) in found.iter_mut().zip(wanted) {
             if kind == *wanted_kind && name_at(name_off) == wanted_name.as_bytes() {
-                found[index] = true;
+                *hit = true;
             }
         }
         at += BTF_TYPE_LEN + btf_tail_len(kind, vlen)?;

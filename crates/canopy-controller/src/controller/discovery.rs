@@ -9,6 +9,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// and re-matches everything (events may have been lost).
     pub fn rescan(&mut self) {
         self.stats.counters.rescans += 1;
+        self.backend.rescanning();
         self.ignored.clear();
         let all = match self.config.cgroup_scope.clone() {
             Some(scope) => self.source.scope_tasks(&scope),
@@ -110,8 +111,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         if !process.threads.contains(&tid) {
             process.threads.push(tid);
         }
-        let kthread = process.facts.kthread;
-        let in_scope = self.in_scope(&self.processes[&tgid].facts.cgroup);
+        let facts = Arc::clone(&process.facts);
+        let kthread = facts.kthread;
+        let in_scope = self.in_scope(&facts.cgroup);
         let realtime = if kthread && !self.plan.manage_kernel_threads() {
             false
         } else {

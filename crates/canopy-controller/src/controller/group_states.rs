@@ -1,6 +1,12 @@
 //! Groups and their states: which group a cgroup belongs to, its knobs, the focus xattr
 //! (focused / unfocused after the state's delay) and the delayed state switches the daemon's
 //! timer fires. A state change re-evaluates the group's tasks through `decision.rs`.
+//!
+//! The focus xattr is written by whoever owns the cgroup, so it carries no more authority than
+//! that owner has over the control socket: it may switch a group only into a state the policy
+//! marks `user_settable`, and back to the base settings only out of such a state. Example: with
+//! `focused` not user-settable and `unfocused` user-settable, an app's own `-1` leaves it
+//! `unfocused`; a timestamp moves it from the base to `unfocused` after that state's delay.
 
 use super::*;
 
@@ -13,15 +19,31 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             return;
         };
         self.ensure_group(cgroup);
-        match focus_xattr {
-            Focus::Focused => self.switch_state(cgroup, focus.focused, now),
-            Focus::InactiveSince { .. } => {
-                if let Some(unfocused) = focus.unfocused {
-                    self.switch_state(cgroup, Some(unfocused), now);
-                }
-            }
-            Focus::NotSet => self.switch_state(cgroup, None, now),
+        let target = match focus_xattr {
+            Focus::Focused => focus.focused,
+            Focus::InactiveSince { .. } => match focus.unfocused {
+                Some(unfocused) => Some(unfocused),
+                None => return,
+            },
+            Focus::NotSet => None,
+        };
+        let settable = |state: &str| {
+            self.plan
+                .state_info(group, state)
+                .is_some_and(|info| info.user_settable)
+        };
+        let current = self.groups.get(cgroup).and_then(|g| g.state.clone());
+        let allowed = match (&target, &current) {
+            (Some(state), _) => settable(state),
+            (None, Some(state)) => settable(state),
+            (None, None) => true,
+        };
+        if !allowed {
+            self.stats.counters.focus_xattrs_refused += 1;
+            tracing::info!(cgroup, from = ?current, to = ?target, "focus xattr ignored: that state change is not user-settable in the policy");
+            return;
         }
+        self.switch_state(cgroup, target, now);
     }
 
     /// Switches a group to `state`, at once or after the state's delay from the policy. A newer

@@ -134,8 +134,13 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         Ok(tids)
     }
 
-    /// The owner uid of a tracked process (for authorization of `explain`).
-    pub fn process_uid(&self, tgid: u32) -> Option<u32> {
+    /// The owner uid of the process `id` belongs to, for authorization of `explain`: `id` is a
+    /// process id or the id of any tracked thread (a thread answers for its process, so
+    /// `explain` on another user's thread is refused like `explain` on their process). The uid
+    /// is the process's real uid as read from `/proc` at fork or exec; `None` for an id that is
+    /// not tracked (`explain` then answers "no task" and reveals nothing).
+    pub fn process_uid(&self, id: u32) -> Option<u32> {
+        let tgid = self.tasks.get(&id).map_or(id, |t| t.tgid);
         self.processes.get(&tgid).map(|p| p.facts.uid)
     }
 
@@ -232,6 +237,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 }
             };
             why.push_str(managed_because);
+            if task.reapply_pending() {
+                why.push_str("; not applied yet under the reloaded policy (applying it failed, see the log; retried on the task's next event)");
+            }
             out.push(Explanation {
                 tid,
                 tgid: task.tgid,
@@ -247,7 +255,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 group: group_name,
                 state,
                 requested: requested.map(name),
-                effective: task.applied.map(|(c, _)| name(c)),
+                effective: task.current_class().map(name),
                 skipped: task.skip,
                 why,
             });
@@ -285,7 +293,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             g.cpu_usage_usec = self.source_cpu_usage(&g.cgroup);
         }
         let mut tasks_by_class: BTreeMap<String, u64> = BTreeMap::new();
-        for (class, _) in self.tasks.values().filter_map(|t| t.applied) {
+        for class in self.tasks.values().filter_map(Task::current_class) {
             *tasks_by_class
                 .entry(self.plan.class_params(class).name.to_string())
                 .or_default() += 1;
