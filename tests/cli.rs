@@ -183,7 +183,8 @@ fn import_schedqos_seed_configs_end_to_end_through_check() {
     let text = stderr(&check);
     assert!(text.contains("3 warning(s)"), "{text}");
     assert_eq!(
-        text.matches("above DEFAULT, on facts any process controls").count(),
+        text.matches("above DEFAULT, on facts any process controls")
+            .count(),
         3,
         "{text}"
     );

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! Scenario (issue 11, part C): scheduler faults leave the daemon working, in fallback mode,
-//! and saying why. One boot (about 20 s of VM time):
+//! and saying why. One boot (about 70 s of guest time on a loaded host: two daemon starts):
 //! - `--mode auto` when the BPF load fails: another sched_ext root scheduler (the
 //!   `restart_once` fixture) already holds the kernel, so attaching canopy_root fails in the
 //!   kernel exactly as on a machine where some other scheduler runs; the daemon starts in
