@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 
 const APP: &str = "user.slice/user-1000.slice/user@1000.service/app.slice/app-player.scope";
 
+/// Starts the server and a controller whose cgroup root is `<dir>/cgroup` (with [`APP`] made
+/// beneath it); returns the socket path and the controller task.
 async fn start(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<()>) {
     let dir = std::env::temp_dir().join(format!(
         "canopy-api-{}-{}",
@@ -24,6 +26,9 @@ async fn start(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<(
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("control.sock");
+    let cgroup_root = dir.join("cgroup");
+    std::fs::create_dir_all(cgroup_root.join(APP)).unwrap();
+    let cgroup_root = cgroup_root.to_string_lossy().into_owned();
     let listener = server::bind(&path).unwrap();
     let (tx, mut rx) = mpsc::channel::<ControlMsg>(64);
     tokio::spawn(server::serve(listener, tx, limits));
@@ -40,7 +45,7 @@ async fn start(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<(
     ctl.rescan();
     let task = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            let r = handle_control(&mut ctl, &loader, "/sys/fs/cgroup", msg.peer, msg.request);
+            let r = handle_control(&mut ctl, &loader, &cgroup_root, msg.peer, msg.request);
             let _ = msg.reply.send(r);
         }
     });
@@ -70,7 +75,7 @@ async fn ten_thousand_malformed_requests_get_errors_and_the_daemon_keeps_serving
     let r = server::call(
         &path,
         &Request::State {
-            cgroup: format!("/sys/fs/cgroup/{APP}"),
+            cgroup: format!("{}/cgroup/{APP}", path.parent().unwrap().display()),
             state: "minimized".into(),
         },
         Duration::from_secs(2),
