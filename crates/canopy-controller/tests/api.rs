@@ -101,6 +101,7 @@ async fn idle_and_connection_limits_hold() {
         idle_timeout: Duration::from_millis(200),
         write_timeout: Duration::from_secs(1),
         max_connections: 2,
+        ..Limits::default()
     };
     let (path, _task) = start(limits).await;
     // A client that sends half a line and stalls gets a timeout reply and is closed.
@@ -117,4 +118,58 @@ async fn idle_and_connection_limits_hold() {
     let mut reply = String::new();
     c.read_line(&mut reply).await.unwrap();
     assert!(reply.contains("busy"), "{reply}");
+}
+
+/// Attack 6 (control-socket half): one uid holds at most its share of the connection slots
+/// (the next is told "busy" while another uid could still connect) and its requests beyond the
+/// per-second rate wait: 400 requests at 200/s with a burst of 200 take about a second. Root
+/// is limited here too (`root_exempt: false`) so the test holds as any uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uid_gets_its_share_of_connections_and_its_rate_of_requests() {
+    let limits = Limits {
+        per_uid_connections: 3,
+        per_uid_requests_per_s: 200,
+        root_exempt: false,
+        ..Limits::default()
+    };
+    let (path, _task) = start(limits).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = BufReader::new(tokio::net::UnixStream::connect(&path).await.unwrap());
+        s.get_mut()
+            .write_all(b"{\"cmd\":\"status\"}\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        s.read_line(&mut reply).await.unwrap();
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+        held.push(s);
+    }
+    let mut fourth = BufReader::new(tokio::net::UnixStream::connect(&path).await.unwrap());
+    let mut reply = String::new();
+    fourth.read_line(&mut reply).await.unwrap();
+    assert!(
+        reply.contains("holds its share of connections (3)"),
+        "{reply}"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let s = &mut held[0];
+    let t = std::time::Instant::now();
+    for _ in 0..400 {
+        s.get_mut()
+            .write_all(b"{\"cmd\":\"metrics\"}\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        s.read_line(&mut reply).await.unwrap();
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+    }
+    let took = t.elapsed();
+    eprintln!("400 requests at 200/s (burst 200, 3 used before): {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "not rate limited: {took:?}"
+    );
 }
