@@ -64,7 +64,8 @@ fn forged_crash_record_is_refused() {
     std::fs::create_dir_all(state.parent().unwrap()).unwrap();
     let elsewhere = env.dir.join("forged.json");
     write_mode(&elsewhere, &forged_record(victim, &escape), 0o600);
-    let cases: [(&str, Box<dyn Fn()>, &str); 3] = [
+    type Plant<'a> = Box<dyn Fn() + 'a>;
+    let cases: [(&str, Plant, &str); 3] = [
         (
             "a symlink",
             Box::new(|| std::os::unix::fs::symlink(&elsewhere, &state).unwrap()),
@@ -220,10 +221,7 @@ fn ten_thousand_state_requests_for_missing_or_huge_paths_leave_memory_and_record
         return;
     }
     let manager = "user.slice/user-1000.slice/user@1000.service";
-    let _made = MadeCgroups::make(
-        &CgroupHierarchy::system().mount_point().to_path_buf(),
-        manager,
-    );
+    let _made = MadeCgroups::make(CgroupHierarchy::system().mount_point(), manager);
     let mut env = Env::new_under(manager, "flood");
     let many = "\n[groups.many]\npath = \"{scope}/many/*\"\n[groups.many.states.minimized]\nceiling = \"BACKGROUND\"\nuser_settable = true\n";
     env.write_policy(&base_policy(&env, &many.replace("{scope}", &env.scope)));
