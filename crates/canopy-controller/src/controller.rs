@@ -34,6 +34,9 @@ pub use requests::{resolve_request_cgroup, Explanation, RequestError, RequestPat
 
 /// The class canopy's own threads run in, in scx mode (the schedulers' highest built-in class).
 const HIGHEST_CLASS: &str = "USER_INTERACTIVE";
+/// Levels above a task's cgroup searched for the group that governs it (as the schedulers'
+/// CANOPY_MAX_CGROUP_DEPTH).
+const MAX_OWNER_LEVELS: usize = 16;
 
 const SCHED_FIFO: i32 = 1;
 const SCHED_RR: i32 = 2;
@@ -171,8 +174,8 @@ pub struct Controller<B: Backend, S: TaskSource> {
     ignored: std::collections::HashSet<u32>,
     /// An overrun rescan waiting out the rate limit.
     rescan_due: Option<Instant>,
-    /// When the last overrun rescan ran.
-    last_overrun_rescan: Option<Instant>,
+    /// The earliest start of the next overrun rescan (see `overrun_rescan`).
+    next_overrun_rescan: Option<Instant>,
     /// One more rescan once an overrun storm has calmed down: while a netlink socket stays
     /// congested the kernel drops further events without reporting ENOBUFS again.
     settle_rescan: Option<Instant>,
@@ -188,10 +191,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     pub fn new(
         plan: Arc<dyn PolicyPlan>,
         mut backend: B,
-        source: S,
+        mut source: S,
         config: ControllerConfig,
     ) -> Self {
         backend.set_manage_realtime(plan.manage_realtime());
+        source.read_cmdlines(plan.uses_cmdline());
         Controller {
             plan,
             backend,
@@ -203,7 +207,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             group_cache: HashMap::new(),
             ignored: std::collections::HashSet::new(),
             rescan_due: None,
-            last_overrun_rescan: None,
+            next_overrun_rescan: None,
             settle_rescan: None,
             policy_error: None,
             event_ns: None,
@@ -249,6 +253,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             tracing::error!(%error, "the backend could not follow the new policy everywhere");
         }
         self.backend.set_manage_realtime(plan.manage_realtime());
+        // Command lines are read only while a rule matches on them; a plan that starts to
+        // needs them read for every known process, before the re-match below.
+        let cmdlines_needed = plan.uses_cmdline() && !self.plan.uses_cmdline();
+        self.source.read_cmdlines(plan.uses_cmdline());
         self.plan = plan;
         self.policy_error = None;
         self.stats.counters.reloads_ok += 1;
@@ -280,6 +288,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             .collect();
         for c in cgroups {
             self.ensure_group(&c);
+        }
+        if cmdlines_needed {
+            let known: Vec<(u32, Option<RuleMatch>)> = self
+                .processes
+                .iter()
+                .map(|(&tgid, p)| (tgid, p.inherited.clone()))
+                .collect();
+            for (tgid, inherited) in known {
+                // A process gone meanwhile is forgotten at its exit event.
+                let _ = self.load_process(tgid, inherited);
+            }
         }
         let tids: Vec<u32> = self.tasks.keys().copied().collect();
         for tid in tids {
@@ -347,5 +366,35 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// The backend's mode.
     pub fn mode(&self) -> Mode {
         self.backend.mode()
+    }
+
+    /// Hands every task and group to `backend` from now on (the scx schedulers were ejected:
+    /// the fallback takes over) with `mode_reason` for `status`, and returns the old backend.
+    /// Every group and task is applied afresh through the new backend; canopy's own threads are
+    /// left alone in fallback mode, as when the daemon starts in it.
+    pub fn switch_backend(&mut self, backend: B, mode_reason: String) -> B {
+        let old = std::mem::replace(&mut self.backend, backend);
+        self.backend
+            .set_manage_realtime(self.plan.manage_realtime());
+        self.config.mode_reason = mode_reason;
+        let cgroups: Vec<String> = self.groups.keys().cloned().collect();
+        for cgroup in cgroups {
+            self.apply_group_knobs(&cgroup);
+        }
+        let fallback = self.backend.mode() == Mode::Fallback;
+        let daemon_pid = self.config.daemon_pid;
+        let tids: Vec<u32> = self.tasks.keys().copied().collect();
+        for tid in tids {
+            if let Some(t) = self.tasks.get_mut(&tid) {
+                // nothing reached the new backend yet: the next evaluation applies
+                t.handed = None;
+                if fallback && daemon_pid == Some(t.tgid) {
+                    t.skip = Some(Skip::Daemon);
+                    t.applied = None;
+                }
+            }
+            self.evaluate(tid, Cause::Request);
+        }
+        old
     }
 }

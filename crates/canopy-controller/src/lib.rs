@@ -13,6 +13,12 @@
 //! - `testing` (tests and the `testing` feature only, not in the release daemon): a small
 //!   hand-built plan, a fake task source and a recording backend for tests and benchmarks;
 //!   `fuzzing` (the `testing` feature): the fuzz entry points (control protocol, crash record).
+//!
+//! Outside tests `unwrap` and indexing or slicing that may panic are denied
+//! (`clippy::unwrap_used`, `clippy::indexing_slicing`; the suite's clippy step in
+//! `tests/run-all.sh` enforces it): each remaining index says why it holds.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::indexing_slicing))]
 
 pub mod auth;
 pub mod backend;
@@ -34,4 +40,5 @@ pub mod server;
 pub mod state_file;
 pub mod stats;
 #[cfg(any(test, feature = "testing"))]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)] // test support, not in the release daemon
 pub mod testing;

@@ -329,7 +329,7 @@ impl PolicyPlan for TestPlan {
             .map(|i| i as u32 + 1)
             .unwrap_or(0);
         ScxGroupPolicy {
-            weight: self.group_knobs(group, state).weight.unwrap_or(100),
+            weight: self.group_knobs(group, state).weight,
             guarantee_pct: 0,
             cap_pct: 0,
             floor: self.group(group).floor.map(ClassId),

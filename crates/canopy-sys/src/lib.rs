@@ -24,7 +24,10 @@
 //! Every module has its own `thiserror` error type that carries the offending input (path,
 //! pid, value). A task that exits while we look at it is not an error: operations on a task
 //! return [`Outcome::Gone`] for `ENOENT`/`ESRCH`, and the caller simply forgets the task.
-//! No module logs; callers decide what is worth saying.
+//! No module logs; callers decide what is worth saying. Outside tests `unwrap` and indexing or
+//! slicing that may panic are denied (`clippy::unwrap_used`, `clippy::indexing_slicing`; the
+//! suite's clippy step in `tests/run-all.sh` enforces it): input from the kernel is bounds-checked
+//! with `get` and becomes an error or a fallback, never a panic of the daemon.
 //!
 //! # Tests
 //! Pure parsing and formatting have unit tests beside the code. `tests/host/` is one test
@@ -33,6 +36,7 @@
 //! where cgroup2 has the cpu controller (the VM kernel).
 
 #![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::indexing_slicing))]
 
 pub mod beneath;
 pub mod cgroup;

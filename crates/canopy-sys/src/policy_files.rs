@@ -336,7 +336,7 @@ fn read_text(
     }
     String::from_utf8(bytes).map_err(|error| {
         let offset = error.utf8_error().valid_up_to();
-        let prefix = &error.as_bytes()[..offset];
+        let prefix = error.as_bytes().get(..offset).unwrap_or_default();
         PolicyFileError::InvalidUtf8 {
             path: path.to_path_buf(),
             line: prefix.iter().filter(|&&b| b == b'\n').count() + 1,

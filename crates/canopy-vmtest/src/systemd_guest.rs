@@ -28,93 +28,33 @@
 //! Both hold the machine-wide VM lock for the guest's whole life and retry a boot (at most
 //! [`EMULATOR_FAULT_RETRIES`] times) whose kernel panicked before the system came up: qemu
 //! TCG's stale-code `Oops: int3` hits about one boot in seven.
+//!
+//! This file is the builder and the boot (retries, the qemu command line, judging the
+//! console); beside it in `systemd_guest/`: `image` (the cached disk image), `payload` (the
+//! files and script on the second disk, and the guest's entry point) and `ssh` (a guest that
+//! stays up, driven over SSH).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::error::{io_error, spawn_error, Error, Result};
 use crate::guest_build::guest_binary;
-use crate::kernel::{kernel, Kernel};
 use crate::lock::VmLock;
-use crate::paths::{log_dir, repo_root, target_dir, vm_lock_path};
-use crate::qemu::{self, Accel, RunningQemu, SerialEvent};
+use crate::paths::{log_dir, target_dir, vm_lock_path};
+use crate::qemu::{self, Accel, RunningQemu};
 use crate::{
     hit_emulator_text_patching_fault, judge_console, kernel_release_of, read_console, Outcome,
-    EMULATOR_FAULT_RETRIES, LOG_TAIL_LINES,
+    EMULATOR_FAULT_RETRIES,
 };
 
-/// The cached disk image and the key that logs into it as root.
-#[derive(Debug, Clone)]
-pub struct SystemdImage {
-    /// `~/.cache/canopy/systemd-guest/<key>/`.
-    pub dir: PathBuf,
-    /// The ext4 root file system (opened read-only by every boot: `snapshot=on`).
-    pub rootfs: PathBuf,
-    /// The private SSH key for `root@` the guest.
-    pub ssh_key: PathBuf,
-    /// Seconds the first build of this image took.
-    pub build_seconds: Option<u64>,
-    pub kernel: Kernel,
-}
-
-/// Builds the image on first use (about 2 minutes, network needed), else returns the cached
-/// one; once per process.
-pub fn systemd_image() -> Result<SystemdImage> {
-    static IMAGE: OnceLock<std::result::Result<SystemdImage, String>> = OnceLock::new();
-    IMAGE
-        .get_or_init(|| build_image().map_err(|err| err.to_string()))
-        .clone()
-        .map_err(|message| Error::SystemdImage { message })
-}
-
-fn build_image() -> Result<SystemdImage> {
-    let kernel = kernel()?;
-    let script = repo_root().join("scripts/build-systemd-guest.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg(&kernel.dir)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(spawn_error(format!("bash {}", script.display())))?;
-    if !output.status.success() {
-        return Err(Error::SystemdImage {
-            message: format!(
-                "{} exited with {} (its messages are above)",
-                script.display(),
-                output.status
-            ),
-        });
-    }
-    let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    let build_seconds = std::fs::read_to_string(dir.join("build-seconds"))
-        .ok()
-        .and_then(|text| text.trim().parse().ok());
-    Ok(SystemdImage {
-        rootfs: dir.join("rootfs.img"),
-        ssh_key: dir.join("id_ed25519"),
-        build_seconds,
-        dir,
-        kernel,
-    })
-}
-
-/// A file for the guest's root file system, copied in before the scenario runs.
-#[derive(Debug, Clone)]
-enum PayloadFile {
-    Host {
-        host_path: PathBuf,
-        guest_path: String,
-        mode: u32,
-    },
-    Contents {
-        guest_path: String,
-        contents: Vec<u8>,
-        mode: u32,
-    },
-}
+mod image;
+mod payload;
+mod ssh;
+pub use image::{systemd_image, SystemdImage};
+use payload::{write_payload, PayloadFile};
+pub use ssh::RunningGuest;
 
 /// One boot of the systemd guest. Build it with the `with_*` methods, then [`run`](Self::run)
 /// a scenario or [`boot`](Self::boot) it for SSH.
@@ -492,233 +432,4 @@ impl Prepared {
 /// A path inside a qemu `-drive` option (commas doubled).
 fn drive_path(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
-}
-
-/// Lays out the payload: `root/<guest path>` for each file, `scenario.sh`.
-fn write_payload(staging: &Path, files: &[PayloadFile], script: Option<&str>) -> Result<()> {
-    let _ = std::fs::remove_dir_all(staging);
-    let root = staging.join("root");
-    std::fs::create_dir_all(&root).map_err(io_error(&root))?;
-    for file in files {
-        let (guest_path, contents, mode) = match file {
-            PayloadFile::Host {
-                host_path,
-                guest_path,
-                mode,
-            } => (
-                guest_path,
-                std::fs::read(host_path).map_err(io_error(host_path))?,
-                *mode,
-            ),
-            PayloadFile::Contents {
-                guest_path,
-                contents,
-                mode,
-            } => (guest_path, contents.clone(), *mode),
-        };
-        let relative = guest_path.trim_start_matches('/');
-        if relative.is_empty() || relative.split('/').any(|part| part == "..") {
-            return Err(Error::GuestFile {
-                host_path: PathBuf::from(guest_path),
-                message: "a guest path must be absolute and stay inside /".into(),
-            });
-        }
-        let target = root.join(relative);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io_error(parent))?;
-        }
-        std::fs::write(&target, contents).map_err(io_error(&target))?;
-        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(io_error(&target))?;
-    }
-    // Directories as the guest expects them (`cp -a` copies their modes onto existing ones).
-    for entry in walk_dirs(&root) {
-        let _ =
-            std::fs::set_permissions(&entry, std::os::unix::fs::PermissionsExt::from_mode(0o755));
-    }
-    if let Some(script) = script {
-        let path = staging.join("scenario.sh");
-        std::fs::write(&path, script).map_err(io_error(&path))?;
-    }
-    let run = staging.join("run");
-    std::fs::write(&run, PAYLOAD_RUN).map_err(io_error(&run))?;
-    Ok(())
-}
-
-/// The payload's entry point, run by the image's `canopy-scenario.service` (output to the
-/// console through journald): copies `root/` into `/`, prints the `boot` result once
-/// `systemctl is-system-running --wait` returns, and, when there is a `scenario.sh`, runs it,
-/// prints `kernel-health` and `script-exit` and powers off. Without one (an SSH boot) the
-/// guest stays up.
-const PAYLOAD_RUN: &str = r#"set -u
-payload=/run/canopy-payload
-cp -a "$payload/root/." /
-state=$(systemctl is-system-running --wait 2>/dev/null)
-echo "CANOPY-RESULT {\"kind\":\"boot\",\"kernel_release\":\"$(uname -r)\",\"system_state\":\"$state\",\"pid1\":\"$(cat /proc/1/comm)\",\"uptime_s\":$(cut -d' ' -f1 /proc/uptime)}"
-[[ -f $payload/scenario.sh ]] || exit 0
-cd /root
-bash -e "$payload/scenario.sh"
-status=$?
-canopy-guest kernel-health
-echo "CANOPY-RESULT {\"kind\":\"script-exit\",\"status\":$status}"
-systemctl poweroff
-"#;
-
-fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut dirs = vec![dir.to_path_buf()];
-    let mut index = 0;
-    while index < dirs.len() {
-        if let Ok(entries) = std::fs::read_dir(&dirs[index]) {
-            dirs.extend(
-                entries
-                    .flatten()
-                    .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
-                    .map(|entry| entry.path()),
-            );
-        }
-        index += 1;
-    }
-    dirs
-}
-
-/// A booted systemd guest with SSH on a loopback port. Dropping it kills qemu; call
-/// [`shutdown`](Self::shutdown) for a clean poweroff.
-pub struct RunningGuest {
-    name: String,
-    qemu: RunningQemu,
-    ssh_port: u16,
-    ssh_key: PathBuf,
-    log_path: PathBuf,
-    booted_in: Duration,
-    _lock: Option<VmLock>,
-}
-
-/// ssh options for a throwaway guest whose host key is new on every image build.
-const SSH_OPTIONS: &[&str] = &[
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "BatchMode=yes",
-    "-o",
-    "ConnectTimeout=5",
-];
-
-impl RunningGuest {
-    /// The host port forwarded to the guest's port 22 (on 127.0.0.1 only).
-    pub fn ssh_port(&self) -> u16 {
-        self.ssh_port
-    }
-
-    /// The private key that logs in as `root`.
-    pub fn ssh_key(&self) -> &Path {
-        &self.ssh_key
-    }
-
-    /// The serial console log.
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
-    /// From qemu's start until SSH answered.
-    pub fn booted_in(&self) -> Duration {
-        self.booted_in
-    }
-
-    /// `ssh` to `root@127.0.0.1` with the port, key and options set; add the remote command.
-    pub fn ssh_command(&self) -> Command {
-        let mut command = Command::new("ssh");
-        command
-            .args(SSH_OPTIONS)
-            .arg("-p")
-            .arg(self.ssh_port.to_string())
-            .arg("-i")
-            .arg(&self.ssh_key)
-            .arg("root@127.0.0.1")
-            .stdin(Stdio::null());
-        command
-    }
-
-    /// Runs `remote` (a shell command line) in the guest as root and returns its output,
-    /// whatever its exit status.
-    pub fn ssh(&self, remote: &str) -> Result<Output> {
-        self.ssh_command()
-            .arg(remote)
-            .output()
-            .map_err(spawn_error(format!("ssh root@127.0.0.1 {remote}")))
-    }
-
-    fn wait_for_ssh(&mut self, deadline: Instant) -> Result<()> {
-        let mut last = String::new();
-        let mut panicked = None;
-        while Instant::now() < deadline {
-            // Drain the console: it shows a panic or an early poweroff.
-            while let Ok(event) = self.qemu.lines.try_recv() {
-                match event {
-                    SerialEvent::Line(line) if line.contains("Kernel panic - not syncing") => {
-                        panicked = Some(line)
-                    }
-                    SerialEvent::Line(_) => {}
-                    SerialEvent::Closed => {
-                        return Err(self.error(format!(
-                            "the guest stopped before SSH answered{}",
-                            panicked
-                                .as_deref()
-                                .map(|line| format!(" ({})", line.trim()))
-                                .unwrap_or_default()
-                        )))
-                    }
-                }
-            }
-            match self.ssh("true") {
-                Ok(output) if output.status.success() => return Ok(()),
-                Ok(output) => last = String::from_utf8_lossy(&output.stderr).trim().to_string(),
-                Err(err) => return Err(err),
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        self.qemu.kill();
-        Err(Error::Timeout {
-            scenario: self.name.clone(),
-            timeout: deadline.saturating_duration_since(self.qemu.started),
-            log_path: self.log_path.clone(),
-            log_tail: format!(
-                "{}\n(last ssh error: {last})",
-                qemu::log_tail(&self.log_path, LOG_TAIL_LINES)
-            ),
-        })
-    }
-
-    /// `systemctl poweroff` over SSH and waits (up to 60 s) for qemu to exit; kills it after
-    /// that. Returns how long the shutdown took.
-    pub fn shutdown(mut self) -> Result<Duration> {
-        let started = Instant::now();
-        // The connection may drop as the guest goes down; the exit is what counts.
-        let _ = self.ssh_command().arg("systemctl poweroff").output();
-        while started.elapsed() < Duration::from_secs(60) {
-            match self.qemu.lines.recv_timeout(Duration::from_secs(1)) {
-                Ok(SerialEvent::Closed) => {
-                    self.qemu.wait_exit(Duration::from_secs(5));
-                    self.qemu.kill();
-                    return Ok(started.elapsed());
-                }
-                Ok(SerialEvent::Line(_)) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        self.qemu.kill();
-        Err(self.error("the guest did not power off within 60 s of `systemctl poweroff`".into()))
-    }
-
-    fn error(&self, reason: String) -> Error {
-        Error::Guest {
-            scenario: self.name.clone(),
-            reason,
-            log_path: self.log_path.clone(),
-            log_tail: qemu::log_tail(&self.log_path, LOG_TAIL_LINES),
-        }
-    }
 }

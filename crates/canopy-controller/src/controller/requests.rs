@@ -340,11 +340,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                     }),
                     tasks: per_cgroup.get(cgroup.as_str()).copied().unwrap_or(0),
                     cpu_usage_usec: None,
-                    weight: Some(
-                        self.plan
-                            .scx_group_policy(g.group, g.state.as_deref())
-                            .weight,
-                    ),
+                    weight: self
+                        .plan
+                        .scx_group_policy(g.group, g.state.as_deref())
+                        .weight,
                 })
                 .collect();
         groups.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
