@@ -179,9 +179,6 @@ pub trait Backend: Send {
     /// The first scan is done: originals a crashed predecessor recorded for tasks and groups
     /// this daemon did not take over are restored now.
     fn settle_adopted(&mut self) {}
-    /// A rescan of every task is about to begin (events may have been lost, exits among
-    /// them): forget what belongs to threads that are gone or whose tid was reused.
-    fn rescanning(&mut self) {}
 }
 
 /// A backend chosen at run time (`Box<dyn Backend>`) is a backend: every method forwards,
@@ -238,9 +235,6 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn settle_adopted(&mut self) {
         (**self).settle_adopted()
-    }
-    fn rescanning(&mut self) {
-        (**self).rescanning()
     }
     fn set_manage_realtime(&mut self, manage: bool) {
         (**self).set_manage_realtime(manage)

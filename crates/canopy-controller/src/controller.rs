@@ -30,7 +30,7 @@ mod discovery;
 mod events;
 mod group_states;
 mod requests;
-pub use requests::{Explanation, RequestError};
+pub use requests::{resolve_request_cgroup, Explanation, RequestError, RequestPathError};
 
 /// The class canopy's own threads run in, in scx mode (the schedulers' highest built-in class).
 const HIGHEST_CLASS: &str = "USER_INTERACTIVE";

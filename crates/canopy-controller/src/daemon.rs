@@ -23,12 +23,13 @@ use tokio::time::Instant;
 
 use crate::auth::{authorize, Peer};
 use crate::backend::{Backend, Mode, RestoreReport};
+use crate::controller::resolve_request_cgroup;
 use crate::controller::{Controller, ControllerConfig};
 use crate::event::Event;
 use crate::fallback::FallbackBackend;
 use crate::policy_port::{PlanLoader, PolicyPlan};
 use crate::procfs::ProcSource;
-use crate::protocol::{normalize_cgroup, Request, Response};
+use crate::protocol::{Request, Response};
 use crate::scx::{ScxBackend, ScxMaps};
 use crate::sdnotify;
 use crate::server::{self, ControlMsg, Limits};
@@ -707,13 +708,19 @@ pub fn handle_control<B: Backend, S: crate::backend::TaskSource>(
 ) -> Response {
     ctl.stats.counters.api_requests += 1;
     let request = match request {
-        Request::State { cgroup, state } => match normalize_cgroup(&cgroup, cgroup_root) {
-            Ok(c) => Request::State { cgroup: c, state },
-            Err(e) => {
-                ctl.stats.counters.api_errors += 1;
-                return Response::error(e.to_string());
+        Request::State { cgroup, state } => {
+            match resolve_request_cgroup(&cgroup, cgroup_root, peer.uid) {
+                Ok(c) => Request::State { cgroup: c, state },
+                Err(e) => {
+                    if e.is_refusal() {
+                        ctl.stats.counters.api_refused += 1;
+                    } else {
+                        ctl.stats.counters.api_errors += 1;
+                    }
+                    return Response::error(e.to_string());
+                }
             }
-        },
+        }
         other => other,
     };
     let plan = ctl.plan().clone();

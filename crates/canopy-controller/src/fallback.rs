@@ -5,10 +5,8 @@
 //! state file ([`crate::state_file`]) those originals also survive a SIGKILL: the next daemon
 //! re-adopts the ones it takes over and restores the others once its first scan is done.
 //!
-//! A tid is reused once its thread exits, and an exit the daemon missed (a proc-connector
-//! overrun) would leave the dead thread's original waiting to be "restored" onto a stranger: so
-//! each original is kept with its thread's start time (read once, lazily), and a rescan
-//! ([`Backend::rescanning`]) drops the originals whose tid is gone or now starts at another time.
+//! Each original is kept with its thread's start time once read (lazily, at the crash record's
+//! first flush), so the record tells a reused tid apart.
 //!
 //! Real-time and deadline threads are changed only when the policy manages them
 //! (`leave_realtime = false`, passed in through `set_manage_realtime`); their original RT/DL
@@ -50,7 +48,7 @@ pub struct FallbackBackend {
     applier: SchedApplier,
     originals: HashMap<u32, SchedAttr>,
     /// The start time of the thread each original belongs to, once read (at the first flush of
-    /// the crash record or the first rescan after the original was taken).
+    /// the crash record after the original was taken).
     starts: HashMap<u32, u64>,
     group_originals: HashMap<String, Vec<(&'static str, String)>>,
     missing_knobs_noted: bool,
@@ -289,34 +287,6 @@ impl Backend for FallbackBackend {
     fn forget_task(&mut self, tid: u32) {
         self.adopted.tasks.remove(&tid);
         if self.drop_original(tid).is_some() {
-            self.changed();
-        }
-    }
-
-    fn rescanning(&mut self) {
-        let tids: Vec<u32> = self.originals.keys().copied().collect();
-        let mut dropped = 0u64;
-        for tid in tids {
-            let known = self.starts.get(&tid).copied();
-            let now = thread_start_time(tid);
-            match (known, now) {
-                (Some(known), Some(now)) if known == now => {}
-                (None, Some(now)) => {
-                    self.starts.insert(tid, now);
-                }
-                // Gone, or the tid now belongs to another thread: the original was that of a
-                // thread that no longer exists, and must not be put on its successor.
-                _ => {
-                    self.drop_original(tid);
-                    dropped += 1;
-                }
-            }
-        }
-        if dropped > 0 {
-            tracing::info!(
-                dropped,
-                "rescan: forgot the originals of threads that exited unseen (their tids are gone or reused)"
-            );
             self.changed();
         }
     }
@@ -600,50 +570,6 @@ mod tests {
         );
         drop(done_tx);
         parked.join().unwrap();
-    }
-
-    /// A rescan forgets the original of a tid that is gone or now belongs to another thread
-    /// (its start time changed), keeps a live one's, and learns the start time it did not know.
-    #[test]
-    fn a_rescan_forgets_the_originals_of_gone_and_reused_tids() {
-        let mut b = FallbackBackend::new(PathBuf::from("/nonexistent"));
-        let orig = SchedAttr {
-            size: 56,
-            sched_nice: 3,
-            ..Default::default()
-        };
-        let me = std::process::id();
-        let start = thread_start_time(me).unwrap();
-        let (sibling_tx, sibling_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let sibling = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            sibling_tx.send(unsafe { libc::gettid() } as u32).unwrap();
-            let _ = done_rx.recv();
-        });
-        let sibling_tid = sibling_rx.recv().unwrap();
-        for tid in [me, sibling_tid, u32::MAX - 1] {
-            b.originals.insert(tid, orig);
-        }
-        // The sibling's tid was "reused": the original was taken from a thread that started
-        // at another time.
-        b.starts
-            .insert(sibling_tid, thread_start_time(sibling_tid).unwrap() + 1);
-        b.rescanning();
-        assert_eq!(b.original(me), Some(&orig));
-        assert_eq!(b.starts.get(&me), Some(&start));
-        assert_eq!(
-            b.original(sibling_tid),
-            None,
-            "a reused tid's original was kept"
-        );
-        assert_eq!(
-            b.original(u32::MAX - 1),
-            None,
-            "a gone tid's original was kept"
-        );
-        drop(done_tx);
-        sibling.join().unwrap();
     }
 
     #[test]

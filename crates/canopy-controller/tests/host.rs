@@ -407,6 +407,10 @@ fn f_non_root_refused_and_fuzzed_requests_do_not_disturb() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // User 1001's app scope exists and is theirs.
+    let theirs_cgroup = "user.slice/user-1001.slice/user@1001.service/app.slice/app-x.scope";
+    let _made = MadeCgroups::make(&env.cgroot, theirs_cgroup);
+    std::os::unix::fs::chown(env.cgroot.join(theirs_cgroup), Some(1001), Some(1001)).unwrap();
     let theirs = r#"{"cmd":"state","cgroup":"user.slice/user-1001.slice/user@1001.service/app.slice/app-x.scope","state":"minimized"}"#;
     let reply = client(theirs);
     assert!(
@@ -447,7 +451,8 @@ fn f_user_sets_user_settable_states_only_inside_its_own_user_manager() {
         manager,
     );
     let mut env = Env::new_under(manager, "f-user");
-    env.mkcg("min");
+    // systemd hands a user manager's subtree to its user: uid 1000 owns its cgroups.
+    std::os::unix::fs::chown(env.mkcg("min"), Some(1000), Some(1000)).unwrap();
     env.write_policy(&base_policy(
         &env,
         "[groups.min.states.locked]\nceiling = \"BACKGROUND\"\n",
@@ -499,7 +504,9 @@ fn f_user_sets_user_settable_states_only_inside_its_own_user_manager() {
     );
     let other_user = client(1001, "minimized");
     assert!(
-        other_user.contains("\"ok\":false") && other_user.contains("may only change cgroups under"),
+        other_user.contains("\"ok\":false")
+            && other_user.contains("permission denied: cgroup")
+            && other_user.contains("is owned by uid 1000, not by uid 1001"),
         "{other_user}"
     );
     assert_eq!(

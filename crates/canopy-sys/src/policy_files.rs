@@ -440,10 +440,12 @@ mod tests {
         fs::create_dir(&drop_in_dir).unwrap();
         fs::write(drop_in_dir.join("10-a.toml"), "").unwrap();
         mode(&drop_in_dir, 0o777);
-        let error = read_policy(&[main.clone()]).unwrap_err().to_string();
+        let error = read_policy(std::slice::from_ref(&main))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("policy.d: refused"), "{error}");
         mode(&drop_in_dir, 0o755);
-        assert_eq!(read_policy(&[main.clone()]).unwrap().len(), 2);
+        assert_eq!(read_policy(std::slice::from_ref(&main)).unwrap().len(), 2);
         // Read as root, a file owned by another user is refused even at 0644.
         // SAFETY: trivial syscall.
         if unsafe { libc::geteuid() } == 0 {

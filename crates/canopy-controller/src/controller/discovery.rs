@@ -9,7 +9,6 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// and re-matches everything (events may have been lost).
     pub fn rescan(&mut self) {
         self.stats.counters.rescans += 1;
-        self.backend.rescanning();
         self.ignored.clear();
         let all = match self.config.cgroup_scope.clone() {
             Some(scope) => self.source.scope_tasks(&scope),

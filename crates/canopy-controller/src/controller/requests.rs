@@ -32,6 +32,65 @@ pub enum RequestError {
     NoClass(String),
 }
 
+/// Why a request's cgroup path was refused before anything looked it up by name or stored it.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestPathError {
+    /// Too long, a component too long, NUL, `..`, `.`, an empty component, or outside the root.
+    #[error("invalid cgroup path: {0}")]
+    Invalid(String),
+    /// No such cgroup (nothing is created or remembered for it).
+    #[error("no cgroup {0:?} under the cgroup root")]
+    Missing(String),
+    /// A non-root caller named a cgroup it does not own.
+    #[error("permission denied: cgroup {cgroup:?} is owned by uid {owner}, not by uid {uid}")]
+    NotOwner {
+        /// The cgroup, relative to the root.
+        cgroup: String,
+        /// Its owner.
+        owner: u32,
+        /// The caller.
+        uid: u32,
+    },
+}
+
+impl RequestPathError {
+    /// Whether this is a refusal (counted as refused) rather than a bad request.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, RequestPathError::NotOwner { .. })
+    }
+}
+
+/// Resolves a `state` request's cgroup path, before the controller sees it: the PATH_MAX and
+/// NAME_MAX limits first (a 60 KiB path is refused before any copy of it), then normalised
+/// (relative to the root; `..`, `.`, empty components refused), then resolved by the kernel
+/// strictly beneath `cgroup_root` with no symlink (`canopy_sys::beneath`): it must exist and, for
+/// a non-root caller, be owned by the caller (systemd hands `user@UID.service` to its user).
+/// Example: uid 1000 asking for `user.slice/user-1000.slice/user@1000.service/app.slice/gone`
+/// gets `Missing` and the controller stores nothing for it.
+pub fn resolve_request_cgroup(
+    path: &str,
+    cgroup_root: &str,
+    caller_uid: u32,
+) -> Result<String, RequestPathError> {
+    let root = std::path::Path::new(cgroup_root);
+    canopy_sys::beneath::check_limits(root, path)
+        .map_err(|e| RequestPathError::Invalid(e.to_string()))?;
+    let cgroup = crate::protocol::normalize_cgroup(path, cgroup_root)
+        .map_err(|e| RequestPathError::Invalid(e.to_string()))?;
+    let dir = canopy_sys::beneath::dir_beneath(root, &cgroup).map_err(|e| match e {
+        canopy_sys::beneath::BeneathError::Missing(_) => RequestPathError::Missing(cgroup.clone()),
+        other => RequestPathError::Invalid(other.to_string()),
+    })?;
+    if caller_uid != 0 && dir.owner_uid != caller_uid {
+        return Err(RequestPathError::NotOwner {
+            cgroup,
+            owner: dir.owner_uid,
+            uid: caller_uid,
+        });
+    }
+    Ok(cgroup)
+}
+
 /// The answer to `explain`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Explanation {
