@@ -324,7 +324,11 @@ impl Daemon {
         }
         let backend = match scx_maps {
             Some(maps) => Box::new(ScxBackend::new(maps, cgroup_root.clone())) as Box<dyn Backend>,
-            None => fallback_backend(&cgroup_root, opts.state_file.as_ref(), plan.manage_realtime()),
+            None => fallback_backend(
+                &cgroup_root,
+                opts.state_file.as_ref(),
+                plan.manage_realtime(),
+            ),
         };
         tracing::info!(mode = mode.label(), reason = %mode_reason, policy = %plan.hash(), "starting");
 
