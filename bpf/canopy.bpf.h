@@ -187,9 +187,13 @@ struct {
 	__type(value, u32);
 } task_classes SEC(".maps");
 
-/* Per cgroup id: share terms, admission, and the allowed classes of its current state. */
+/*
+ * Per cgroup id: share terms, admission, and the allowed classes of its current state. Not
+ * preallocated: 65,536 entries of 152 bytes would pin 10 MB for the few hundred a machine uses.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, CANOPY_MAX_GROUPS);
 	__type(key, u64);
 	__type(value, struct canopy_group_policy);

@@ -91,6 +91,7 @@ struct {
 /* The supervisor's record of children re-attached after a restart request (userspace only). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, CANOPY_MAX_GROUPS);
 	__type(key, u64);
 	__type(value, struct canopy_child_restarts);
@@ -158,14 +159,18 @@ static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr
 		return;
 	/*
 	 * Follow the share terms of the group's current state (the daemon rewrites group_policy
-	 * when a state changes), once a window: weight when the policy names one (else what
-	 * cpuctl_set_weight last gave), guarantee and cap.
+	 * when a state changes), once a window: weight when the policy names one (else the
+	 * cgroup's cpu.weight), guarantee and cap.
 	 */
 	cgroup_id = m->cgroup_id;
 	pol = bpf_map_lookup_elem(&group_policy, &cgroup_id);
 	if (pol) {
+		struct canopy_cgroup_node *node = tree_node(cgroup_id);
+
 		if (pol->weight)
 			m->weight = pol->weight;
+		else if (node && node->cpu_weight)
+			m->weight = node->cpu_weight;
 		m->guarantee_pct = pol->guarantee_pct;
 		m->cap_pct = pol->cap_pct;
 	}
@@ -573,14 +578,33 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 		reclaim_child_cid(p, preempting);
 }
 
-/* Keeps @prev running on @cid as our dispatch, as the class decided afresh for it. */
-static __always_inline bool keep_own_prev(s32 cid, struct task_struct *prev)
+/*
+ * Bill the CPU time one of our tasks has run since it started: its cgroup path's cpu.max
+ * quotas and caps, its class's preempt budget, and its vtime at its weight in the tree.
+ */
+static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
+{
+	if (nr_quota_cgroups > 0 && tctx && tctx->running_at && now > tctx->running_at)
+		quota_charge(task_cpu_cgroup_id(p), now - tctx->running_at, now);
+	if (tctx && tctx->running_at && now > tctx->running_at)
+		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
+	tree_task_reweight(p, tctx);
+	class_vtime_stopping(p, now, tree_charge_weight_fp(p));
+}
+
+/*
+ * Keeps @prev running on @cid as our dispatch, as the class decided afresh for it, for at most
+ * @quota_left ns (the cpu.max quota or cap its cgroup path has left; (u64)-1: no limit).
+ */
+static __always_inline bool keep_own_prev(s32 cid, struct task_struct *prev, u64 quota_left)
 {
 	struct cid_state *cs;
 	struct task_ctx *tctx;
 
 	if (!class_vtime_keep_prev(prev))
 		return false;
+	if (quota_left < prev->scx.slice)
+		scx_bpf_task_set_slice(prev, quota_left);
 	cs = cid_state_of(cid);
 	tctx = task_ctx_of(prev);
 	if (cs && tctx)
@@ -677,15 +701,14 @@ static __always_inline bool move_own_to_local(u64 dsq, s32 cid)
 	return scx_bpf_dsq_move_to_local___v2___canopy(dsq, 0);
 }
 
-/* @prev's cgroup path is at its cpu.max quota: it must not be kept running. */
-static __always_inline bool prev_throttled(struct task_struct *prev)
+/* The quota @prev's cgroup path has left this period ((u64)-1: no limit; 0: throttled). */
+static __always_inline u64 prev_quota_left(struct task_struct *prev)
 {
-	u64 period_end = 0, left;
+	u64 period_end = 0;
 
 	if (nr_quota_cgroups <= 0 || !prev)
-		return false;
-	left = quota_left(task_cpu_cgroup_id(prev), scx_bpf_now(), &period_end);
-	return !left;
+		return (u64)-1;
+	return quota_left(task_cpu_cgroup_id(prev), scx_bpf_now(), &period_end);
 }
 
 /*
@@ -697,17 +720,18 @@ static __always_inline enum own_dispatch dispatch_own(s32 cid, struct task_struc
 						      bool normal, bool idle)
 {
 	bool prev_idle = prev && task_in_idle_cgroup(prev);
-	bool prev_keepable = !prev_throttled(prev);
+	u64 left = prev_quota_left(prev);
+	bool prev_keepable = left != 0;
 
 	if (normal && move_own_to_local(CANOPY_OWN_DSQ, cid))
 		return OWN_QUEUED;
-	if (normal && !prev_idle && prev_keepable && keep_own_prev(cid, prev))
+	if (normal && !prev_idle && prev_keepable && keep_own_prev(cid, prev, left))
 		return OWN_KEPT;
 	if (!idle)
 		return OWN_NONE;
 	if (move_own_to_local(CANOPY_IDLE_DSQ, cid))
 		return OWN_QUEUED;
-	if (prev_idle && prev_keepable && keep_own_prev(cid, prev))
+	if (prev_idle && prev_keepable && keep_own_prev(cid, prev, left))
 		return OWN_KEPT;
 	return OWN_NONE;
 }
@@ -799,16 +823,8 @@ void CANOPY_OP(canopy_root_running, struct task_struct *p)
 void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)
 {
 	struct cid_state *cs = cid_state_of(scx_bpf_task_cid(p));
-	struct task_ctx *tctx = task_ctx_of(p);
-	u64 now = scx_bpf_now();
 
-	if (nr_quota_cgroups > 0 && tctx && tctx->running_at && now > tctx->running_at)
-		quota_charge(task_cpu_cgroup_id(p), now - tctx->running_at, now);
-	if (tctx && tctx->running_at && now > tctx->running_at)
-		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
-
-	tree_task_reweight(p, tctx);
-	class_vtime_stopping(p, now, tree_charge_weight_fp(p));
+	bill_own_run(p, task_ctx_of(p), scx_bpf_now());
 	if (cs)
 		cs->running_class = NO_CLASS;
 }

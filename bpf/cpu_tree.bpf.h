@@ -47,6 +47,14 @@
  * with three hogs beside a busy sibling on 2 CPUs: after 50 ms of their summed run time in a
  * 100 ms period the three are passed over until the period ends; the sibling gets the rest.
  *
+ * Policy groups over the knobs: a node whose cgroup a policy group owns (`group_policy` entry)
+ * takes the group's weight in place of cpu.weight (no weight in the group: cpu.weight rules)
+ * and its cap as a limit beside cpu.max (cap_pct of the online CPUs per 100 ms, or per
+ * cpu.max's period; the tighter holds). Userspace bumps `group_policy_version` after each
+ * write; a walk that passes a node whose version is stale re-reads its entry (one compare per
+ * level otherwise). Example: `pw/a` (cpu.weight 100, group weight 300) beside `pw/b` (cpu.weight
+ * 100, a group without weight): 300 : 100, a gets 3/4 of pw.
+ *
  * Not yet in the tree: attached child schedulers. The root's own tasks as a whole are still
  * member 0 (at `own_weight`) beside the children, which keep their attach cgroup's cpu.weight;
  * inside member 0 the tree above holds.
@@ -86,11 +94,18 @@ struct {
 	__type(value, struct tree_task);
 } tree_tasks SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} group_policy_version SEC(".maps");
+
 /* the summed weights of every runnable own task (W_eq's scale) */
 u64 tree_runnable_weight;
 /* cgroups with cpu.idle 1 in the tree; while 0 no task is idle and no walk is made */
 s64 nr_idle_cgroups;
-/* cgroups with a cpu.max quota in the tree; while 0 no quota walk is made */
+/* cgroups with a cpu.max quota or a policy cap in the tree; while 0 no quota walk is made */
 s64 nr_quota_cgroups;
 
 /*
@@ -107,15 +122,100 @@ static __always_inline struct canopy_cgroup_node *tree_node(u64 cgroup_id)
 	return bpf_map_lookup_elem(&cpu_tree, &cgroup_id);
 }
 
+/* The version of `group_policy` userspace last announced (intf.h). */
+static __always_inline u64 policy_version_now(void)
+{
+	u32 key = 0;
+	u64 *version = bpf_map_lookup_elem(&group_policy_version, &key);
+
+	return version ? *version : 0;
+}
+
+/*
+ * A cgroup's limit changed (cpu.max, or its group's cap): the period starts over and the
+ * count of limited cgroups follows. A cap alone is measured per CANOPY_PERIOD_NS.
+ */
+static __always_inline void tree_node_limits_changed(struct canopy_cgroup_node *node)
+{
+	u32 limited = node->quota_ns || node->cap_pct;
+
+	if (!node->quota_ns)
+		node->period_ns = node->cap_pct ? CANOPY_PERIOD_NS : 0;
+	node->period_start_ns = scx_bpf_now();
+	node->period_used_ns = 0;
+	if (limited != node->limited) {
+		node->limited = limited;
+		__sync_fetch_and_add(&nr_quota_cgroups, limited ? 1 : -1);
+	}
+}
+
+/* @node's weight in its parent is now @weight; a busy node corrects its parent's sum at once. */
+static __always_inline void tree_node_reweight(struct canopy_cgroup_node *node, u32 weight)
+{
+	struct canopy_cgroup_node *parent;
+	u32 before;
+
+	node->weight = weight;
+	if (node->active_weight <= 0 || !node->parent_id)
+		return;
+	parent = tree_node(node->parent_id);
+	if (!parent)
+		return;
+	before = __sync_lock_test_and_set(&node->weight_in_parent, weight);
+	__sync_fetch_and_add(&parent->active_weight, (s64)weight - (s64)before);
+}
+
+/*
+ * Take @node's weight and cap from its policy group (the `group_policy` entry of @cgroup_id)
+ * as of @version: a group's weight replaces cpu.weight, a group without one leaves cpu.weight
+ * in force; a cap holds beside cpu.max.
+ */
+static __always_inline void tree_node_take_policy(u64 cgroup_id, struct canopy_cgroup_node *node,
+						  u64 version)
+{
+	struct canopy_group_policy *group;
+	u32 weight, cap;
+
+	node->policy_version = version;
+	group = bpf_map_lookup_elem(&group_policy, &cgroup_id);
+	weight = (group && group->weight) ? group->weight : node->cpu_weight;
+	cap = (group && group->cap_pct < 100) ? group->cap_pct : 0;
+	if (cap != node->cap_pct) {
+		node->cap_pct = cap;
+		tree_node_limits_changed(node);
+	}
+	if (weight && weight != node->weight)
+		tree_node_reweight(node, weight);
+}
+
+/* tree_node_take_policy() when userspace rewrote `group_policy` since @node last read it. */
+static __always_inline void tree_node_follow_policy(u64 cgroup_id, struct canopy_cgroup_node *node,
+						    u64 version)
+{
+	if (node->policy_version != version)
+		tree_node_take_policy(cgroup_id, node, version);
+}
+
+/* @cgroup_id's node with its policy group's terms as of @version (NULL: not in the tree). */
+static __always_inline struct canopy_cgroup_node *tree_node_current(u64 cgroup_id, u64 version)
+{
+	struct canopy_cgroup_node *node = tree_node(cgroup_id);
+
+	if (node)
+		tree_node_follow_policy(cgroup_id, node, version);
+	return node;
+}
+
 /* Add @weight to @cgroup_id's active weight and, where a node turns active, to its parents'. */
 static __always_inline void tree_add(u64 cgroup_id, u32 weight)
 {
 	struct canopy_cgroup_node *node;
+	u64 version = policy_version_now();
 	s64 before;
 	int depth;
 
 	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
-		node = tree_node(cgroup_id);
+		node = tree_node_current(cgroup_id, version);
 		if (!node)
 			break;
 		before = __sync_fetch_and_add(&node->active_weight, (s64)weight);
@@ -238,13 +338,13 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 {
 	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
 	struct canopy_cgroup_node *node;
-	u64 share, total = tree_runnable_weight;
+	u64 share, total = tree_runnable_weight, version = policy_version_now();
 	u32 weight;
 	int depth;
 
 	if (!tt || !tt->weight)
 		return 0;
-	node = tree_node(tt->cgroup_id);
+	node = tree_node_current(tt->cgroup_id, version);
 	if (!node)
 		return 0;
 	share = share_of(CPU_TREE_ONE, tt->weight, node->active_weight);
@@ -252,7 +352,7 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 		if (!node || !node->parent_id)
 			break;
 		weight = node->weight ?: CANOPY_DEFAULT_WEIGHT;
-		node = tree_node(node->parent_id);
+		node = tree_node_current(node->parent_id, version);
 		if (!node)
 			break;
 		share = share_of(share, weight, node->active_weight);
@@ -263,19 +363,35 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 	return share ?: 1;
 }
 
-/* Start @node's next cpu.max period once the current one is over; overuse carries over. */
-static __always_inline void quota_roll(struct canopy_cgroup_node *node, u64 now)
+/*
+ * The CPU time @node and its descendants may use per period: the tighter of its cpu.max quota
+ * and its group's cap (cap_pct of all online CPUs over the period). 0: no limit. Example: a
+ * 25% cap on 2 CPUs with no cpu.max allows 50 ms per 100 ms period; with cpu.max
+ * "30000 100000" as well, 30 ms.
+ */
+static __always_inline u64 node_quota_ns(const struct canopy_cgroup_node *node)
+{
+	u64 quota = node->quota_ns, cap;
+
+	if (!node->cap_pct)
+		return quota;
+	cap = node->period_ns * (scx_bpf_nr_online_cids() ?: 1) / 100 * node->cap_pct;
+	return (!quota || cap < quota) ? cap : quota;
+}
+
+/* Start @node's next limit period once the current one is over; overuse carries over. */
+static __always_inline void quota_roll(struct canopy_cgroup_node *node, u64 quota, u64 now)
 {
 	u64 elapsed = now - node->period_start_ns, allowed;
 
 	if (!node->period_ns || elapsed < node->period_ns)
 		return;
-	allowed = node->quota_ns * (elapsed / node->period_ns);
+	allowed = quota * (elapsed / node->period_ns);
 	node->period_start_ns = now - elapsed % node->period_ns;
 	if (node->period_used_ns > allowed) {
 		node->period_used_ns -= allowed;
-		if (node->period_used_ns > node->quota_ns)
-			node->period_used_ns = node->quota_ns;
+		if (node->period_used_ns > quota)
+			node->period_used_ns = quota;
 	} else {
 		node->period_used_ns = 0;
 	}
@@ -289,17 +405,17 @@ static __always_inline void quota_roll(struct canopy_cgroup_node *node, u64 now)
 static __always_inline u64 quota_left(u64 cgroup_id, u64 now, u64 *period_end_ns)
 {
 	struct canopy_cgroup_node *node;
-	u64 least = (u64)-1, left;
+	u64 least = (u64)-1, left, quota, version = policy_version_now();
 	int depth;
 
 	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
-		node = tree_node(cgroup_id);
+		node = tree_node_current(cgroup_id, version);
 		if (!node)
 			break;
-		if (node->quota_ns) {
-			quota_roll(node, now);
-			left = node->period_used_ns < node->quota_ns ?
-			       node->quota_ns - node->period_used_ns : 0;
+		quota = node_quota_ns(node);
+		if (quota) {
+			quota_roll(node, quota, now);
+			left = node->period_used_ns < quota ? quota - node->period_used_ns : 0;
 			if (left < least) {
 				least = left;
 				*period_end_ns = node->period_start_ns + node->period_ns;
@@ -316,16 +432,17 @@ static __always_inline u64 quota_left(u64 cgroup_id, u64 now, u64 *period_end_ns
 static __always_inline void quota_charge(u64 cgroup_id, u64 used, u64 now)
 {
 	struct canopy_cgroup_node *node;
+	u64 quota;
 	int depth;
 
 	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
 		node = tree_node(cgroup_id);
 		if (!node)
 			break;
-		if (node->quota_ns) {
-			quota_roll(node, now);
-			if (node->period_used_ns < node->quota_ns &&
-			    node->period_used_ns + used >= node->quota_ns)
+		quota = node_quota_ns(node);
+		if (quota) {
+			quota_roll(node, quota, now);
+			if (node->period_used_ns < quota && node->period_used_ns + used >= quota)
 				node->nr_throttled++;
 			__sync_fetch_and_add(&node->period_used_ns, used);
 		}
@@ -341,14 +458,10 @@ static __always_inline void tree_node_set_quota(struct canopy_cgroup_node *node,
 {
 	/* "max" comes as a huge quota; anything above an hour per period is no limit either */
 	u64 quota_ns = (quota_us && quota_us < 3600000000ULL && period_us) ? quota_us * 1000 : 0;
-	bool had = node->quota_ns;
 
-	node->period_ns = period_us * 1000;
 	node->quota_ns = quota_ns;
-	node->period_start_ns = scx_bpf_now();
-	node->period_used_ns = 0;
-	if (had != !!quota_ns)
-		__sync_fetch_and_add(&nr_quota_cgroups, quota_ns ? 1 : -1);
+	node->period_ns = quota_ns ? period_us * 1000 : 0;
+	tree_node_limits_changed(node);
 }
 
 /* ops.cpuctl_set_idle (and init, exit): @node's cpu.idle is now @idle. */
@@ -373,7 +486,8 @@ static __always_inline void tree_cgroup_init(struct cgroup *cgrp, u32 weight, bo
 
 		fresh.parent_id = BPF_CORE_READ(parent, kn, id);
 	}
-	fresh.weight = weight ?: CANOPY_DEFAULT_WEIGHT;
+	fresh.cpu_weight = weight ?: CANOPY_DEFAULT_WEIGHT;
+	fresh.weight = fresh.cpu_weight;
 	node = tree_node(cgroup_id);
 	if (!node) {
 		bpf_map_update_elem(&cpu_tree, &cgroup_id, &fresh, BPF_NOEXIST);
@@ -384,9 +498,11 @@ static __always_inline void tree_cgroup_init(struct cgroup *cgrp, u32 weight, bo
 		}
 	}
 	node->parent_id = fresh.parent_id;
-	node->weight = fresh.weight;
+	node->cpu_weight = fresh.cpu_weight;
 	tree_node_set_idle(node, idle);
 	tree_node_set_quota(node, period_us, quota_us);
+	/* its group's terms, if the policy already names it (the root loaded after the policy) */
+	tree_node_take_policy(cgroup_id, node, policy_version_now());
 }
 
 /* ops.cpuctl_exit: the cgroup leaves the tree. */
@@ -397,26 +513,25 @@ static __always_inline void tree_cgroup_exit(u64 cgroup_id)
 	if (!node)
 		return;
 	tree_node_set_idle(node, false);
+	node->cap_pct = 0;
 	tree_node_set_quota(node, 0, 0);
 	bpf_map_delete_elem(&cpu_tree, &cgroup_id);
 }
 
-/* ops.cpuctl_set_weight: a new cpu.weight; a busy cgroup corrects its parent's sum at once. */
+/*
+ * ops.cpuctl_set_weight: a new cpu.weight. It is the cgroup's weight in its parent unless its
+ * policy group sets one; a busy cgroup corrects its parent's sum at once.
+ */
 static __always_inline void tree_cgroup_set_weight(u64 cgroup_id, u32 weight)
 {
-	struct canopy_cgroup_node *node = tree_node(cgroup_id), *parent;
-	u32 before;
+	struct canopy_cgroup_node *node = tree_node(cgroup_id);
+	struct canopy_group_policy *group = bpf_map_lookup_elem(&group_policy, &cgroup_id);
 
 	if (!node)
 		return;
-	node->weight = weight ?: 1;
-	if (node->active_weight <= 0 || !node->parent_id)
-		return;
-	parent = tree_node(node->parent_id);
-	if (!parent)
-		return;
-	before = __sync_lock_test_and_set(&node->weight_in_parent, node->weight);
-	__sync_fetch_and_add(&parent->active_weight, (s64)node->weight - (s64)before);
+	node->cpu_weight = weight ?: 1;
+	if (!group || !group->weight)
+		tree_node_reweight(node, node->cpu_weight);
 }
 
 #endif /* CANOPY_CPU_TREE_BPF_H */

@@ -44,8 +44,8 @@ enum canopy_limits {
 	CANOPY_MAX_CIDS = 256,
 	/* child schedulers one parent tracks at a time (slot 0 is the parent itself) */
 	CANOPY_MAX_MEMBERS = 17,
-	/* cgroups the policy may name */
-	CANOPY_MAX_GROUPS = 1024,
+	/* cgroups the policy may name (`group_policy`, allocated as entries are written) */
+	CANOPY_MAX_GROUPS = 65536,
 	/* cgroups with the cpu controller the root tracks as weighted nodes (`cpu_tree`) */
 	CANOPY_MAX_CGROUPS = 65536,
 	/* deepest cgroup nesting the cpu tree's walks follow (the root cgroup is level 0) */
@@ -151,17 +151,26 @@ struct canopy_group_policy {
  */
 struct canopy_cgroup_node {
 	u64 parent_id;		/* the parent cgroup's id; 0 for the root cgroup */
-	u32 weight;		/* cpu.weight, 1..10000 */
+	u32 weight;		/* weight in its parent: its policy group's weight when the group sets one, else cpu_weight */
 	u32 weight_in_parent;	/* the weight it added to its parent's active_weight when it turned active */
 	s64 active_weight;	/* weights of its runnable own tasks and of its child cgroups with runnable tasks */
 	u32 idle;		/* cpu.idle: 1 = its tasks (and its descendants') run only when nothing else wants the CPU */
-	u32 pad;
+	u32 cpu_weight;		/* cpu.weight, 1..10000 */
 	u64 quota_ns;		/* cpu.max quota: CPU time it and its descendants may use per period; 0 = max */
 	u64 period_ns;		/* cpu.max period */
-	u64 period_start_ns;	/* start of the current cpu.max period */
+	u64 period_start_ns;	/* start of the current limit period (cpu.max's, else CANOPY_PERIOD_NS) */
 	u64 period_used_ns;	/* CPU time it and its descendants used in it (overuse carried, at most one quota) */
-	u64 nr_throttled;	/* periods in which it reached its quota (as cpu.stat's nr_throttled) */
+	u64 nr_throttled;	/* periods in which it reached its limit (as cpu.stat's nr_throttled) */
+	u32 cap_pct;		/* its policy group's cap, percent of all online CPUs (0: none); the tighter of it and cpu.max holds */
+	u32 limited;		/* 1: a cpu.max quota or a cap applies (counted in nr_limited_cgroups) */
+	u64 policy_version;	/* `group_policy_version` when weight and cap_pct were last read from `group_policy` */
 };
+
+/*
+ * Map `group_policy_version` (canopy_root, array, one u64 at key 0): bumped by every writer of
+ * `group_policy` after each write, so the root re-reads a cgroup's entry the next time it walks
+ * past the cgroup's node (one compare per level while nothing changed).
+ */
 
 /*
  * Map `members` (array, CANOPY_MAX_MEMBERS): the parties a parent divides CPU

@@ -36,3 +36,5 @@ if ! "$tools/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$kuberne
   "${sudo_cmd[@]}" /usr/bin/python3 -m venv "$tools"
   "${sudo_cmd[@]}" "$tools/bin/pip" install -q "kubernetes-validate==$kubernetes_validate"
 fi
+# The suite's lint step (tests/run-all.sh) runs clippy.
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

@@ -178,10 +178,15 @@ fn import_schedqos_seed_configs_end_to_end_through_check() {
     let path = write(dir.path(), "imported.toml", &toml);
     let check = canopy(&["check", path.to_str().unwrap()]);
     assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
-    assert!(
-        stderr(&check).contains("0 warning(s)"),
-        "{}",
-        stderr(&check)
+    // schedqos maps programs by name, so its promotions are ones any process can claim: the
+    // only warnings are those (cyclictest, and schbench's two thread rules), nothing else.
+    let text = stderr(&check);
+    assert!(text.contains("3 warning(s)"), "{text}");
+    assert_eq!(
+        text.matches("above DEFAULT, on facts any process controls")
+            .count(),
+        3,
+        "{text}"
     );
 }
 
@@ -462,4 +467,37 @@ fn a_thousand_drop_ins_still_load() {
     }
     let output = canopy(&["check", dir.path().to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
+#[test]
+fn check_warns_on_a_promotion_any_process_can_claim_by_name() {
+    // issue 11, attack 3: prctl(PR_SET_NAME, "pipewire") must not buy USER_INTERACTIVE
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "policy.toml",
+        "[[rules]]\nname = \"audio\"\ncomm = \"pipewire\"\nclass = \"USER_INTERACTIVE\"\n\n[[rules]]\nname = \"pinned\"\nexe = \"/usr/bin/wireplumber\"\nclass = \"USER_INTERACTIVE\"\n",
+    );
+    let output = canopy(&["check", path.to_str().unwrap()]);
+    let text = stderr(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a warning is not an error: {text}"
+    );
+    let file = path.display();
+    assert!(
+        text.contains(&format!(
+            "{file}:4:9: warning: rule `audio` gives `USER_INTERACTIVE`, above DEFAULT, on facts any process controls (comm)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("hint: add `uid = ...` or `user = \"...\"`, or match the full `exe` path"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 warning(s)"),
+        "only the unpinned rule warns: {text}"
+    );
 }

@@ -640,6 +640,8 @@ fn canopy_wm_state_switches_the_state_of_a_process_cgroup() {
          [groups.apps.states.minimized]\nceiling = \"BACKGROUND\"\nuser_settable = true\n",
         &["app-test.scope"],
     );
+    // systemd hands a user manager's subtree to its user: uid 1000 owns its app scope.
+    std::os::unix::fs::chown(d.cgroup.join("app-test.scope"), Some(1000), Some(1000)).unwrap();
     let pid = d.spawn_sleep_in("app-test.scope");
     d.start(&["--mode", "fallback"]);
     assert!(

@@ -42,14 +42,9 @@ fn can_run() -> bool {
 }
 
 fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+    canopy_sys::cgroup::CgroupHierarchy::system()
+        .mount_point()
+        .to_path_buf()
 }
 
 /// A free loopback port (bound, read, released).
@@ -583,26 +578,6 @@ fn a_rename_storm_leaves_control_requests_and_state_flushes_on_time() {
     );
 }
 
-fn set_xattr(dir: &Path, name: &str, value: &str) -> std::io::Result<()> {
-    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-    let name = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let result = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// The group (and its state) status reports for `cgroup`, if any.
 fn group_of(status: &serde_json::Value, cgroup: &str) -> Option<serde_json::Value> {
     status["groups"]
@@ -706,4 +681,282 @@ fn a_cgroup_watch_overflow_rescans_cgroups_and_never_reloads_the_policy() {
         managed.elapsed(),
         watched.elapsed()
     );
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// The daemon's RSS gate with a 4 MiB argv and 50 children (issue 11's acceptance).
+const RSS_LIMIT_KIB: u64 = 40 * 1024;
+
+/// Attack 2 (facts half): a process with a 4 MiB argv (the policy has a rule on the command
+/// line, so it is read) forks 50 children that keep it. The daemon reads at most 4 KiB of it,
+/// once, shared by the children's facts: its RSS stays under 40 MiB.
+#[test]
+fn a_four_mib_argv_with_fifty_children_keeps_the_daemon_small() {
+    let _serial = serial();
+    if !can_run() {
+        return;
+    }
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nname = \"big-argv\"\ncmdline = \"^sh -c\"\nclass = \"BACKGROUND\"\n"
+    );
+    let mut world = World::new("argv", &policy);
+    std::fs::create_dir_all(world.cgroup.join("app")).unwrap();
+    let daemon = world.start();
+    let before = rss_kib(daemon);
+
+    // 32 arguments of 128 KiB - 1 (the kernel's limit per argument): 4 MiB. The stack limit
+    // allows argv up to a quarter of it.
+    let argument = "a".repeat(128 * 1024 - 1);
+    let mut command = Command::new("sh");
+    command
+        .args([
+            "-c",
+            "read go; i=0; while [ $i -lt 50 ]; do (while :; do sleep 1000; done) & i=$((i+1)); done; wait",
+            "sh",
+        ])
+        .args(std::iter::repeat_n(&argument, 32))
+        .stdin(Stdio::piped())
+        .process_group(0);
+    // SAFETY: setrlimit in the child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            let stack = libc::rlimit {
+                rlim_cur: 64 << 20,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            libc::setrlimit(libc::RLIMIT_STACK, &stack);
+            Ok(())
+        })
+    };
+    let mut shell = command.spawn().unwrap();
+    let mut go = shell.stdin.take().unwrap();
+    let shell_pid = world.adopt(shell);
+    struct KillGroup(i32);
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            // SAFETY: the workload's own process group.
+            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        }
+    }
+    let _group = KillGroup(shell_pid as i32);
+    world.move_into("app", shell_pid);
+    let argv_bytes = std::fs::read(format!("/proc/{shell_pid}/cmdline"))
+        .unwrap()
+        .len();
+    assert!(argv_bytes >= 4 << 20, "argv is {argv_bytes} bytes");
+    writeln!(go, "go").unwrap();
+
+    // Every subshell (a fork of sh, with its argv) tagged by the command-line rule.
+    let children = || -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{shell_pid}/task/{shell_pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect()
+    };
+    let started = Instant::now();
+    let mut peak = before;
+    loop {
+        peak = peak.max(rss_kib(daemon));
+        let kids = children();
+        let tagged = kids.len() == 50
+            && kids.iter().all(|pid| {
+                call(
+                    &world.socket(),
+                    &format!(r#"{{"cmd":"explain","pid":{pid}}}"#),
+                )
+                .is_ok_and(|reply| reply["result"][0]["rule"] == "big-argv")
+            });
+        if tagged {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} of 50 children; one explained: {:?}",
+            kids.len(),
+            kids.first().map(|pid| call(
+                &world.socket(),
+                &format!(r#"{{"cmd":"explain","pid":{pid}}}"#)
+            )
+            .ok())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..10 {
+        peak = peak.max(rss_kib(daemon));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "argv: {argv_bytes} bytes × 51 processes; daemon RSS {before} KiB before, peak {peak} KiB (limit {RSS_LIMIT_KIB} KiB), all tagged after {:?}",
+        started.elapsed()
+    );
+    assert!(peak < RSS_LIMIT_KIB, "daemon RSS peaked at {peak} KiB");
+}
+
+/// `setxattr(2)` on C strings prepared beforehand (async-signal-safe: usable after a fork);
+/// the errno on failure.
+fn raw_set_xattr(path: &std::ffi::CStr, name: &std::ffi::CStr, value: &str) -> Result<(), i32> {
+    // SAFETY: valid C strings and buffer.
+    let result = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        // SAFETY: reading this thread's errno.
+        Err(unsafe { *libc::__errno_location() })
+    }
+}
+
+fn c_strings(dir: &Path, name: &str) -> (std::ffi::CString, std::ffi::CString) {
+    (
+        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap(),
+        std::ffi::CString::new(name).unwrap(),
+    )
+}
+
+/// Sets an xattr as this (root) process.
+fn set_xattr(dir: &Path, name: &str, value: &str) -> Result<(), i32> {
+    let (path, name) = c_strings(dir, name);
+    raw_set_xattr(&path, &name, value)
+}
+
+/// Sets an xattr as `uid` (a forked child that drops to it), as the owner of a scope would;
+/// the errno on failure.
+fn set_xattr_as(uid: u32, dir: &Path, name: &str, value: &str) -> Result<(), i32> {
+    let (path, name) = c_strings(dir, name);
+    // SAFETY: the child only makes raw syscalls on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        unsafe {
+            let dropped = libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setresgid(uid, uid, uid) == 0
+                && libc::setresuid(uid, uid, uid) == 0;
+            if !dropped {
+                libc::_exit(255);
+            }
+            libc::_exit(raw_set_xattr(&path, &name, value).err().unwrap_or(0));
+        }
+    }
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(()),
+        errno => Err(errno),
+    }
+}
+
+/// (policy, nice) of a process, through canopy-sys's sched_getattr.
+fn policy_nice(pid: u32) -> (u32, i32) {
+    let attributes = canopy_controller::fallback::sched_getattr(pid).unwrap();
+    (attributes.sched_policy, attributes.sched_nice)
+}
+
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check()
+}
+
+/// Attack 4: a user pins its own app `focused` through the focus xattr on the scope it owns.
+/// The policy does not let users set `focused` (only `unfocused`): the owner's timestamp still
+/// switches to `unfocused`, its `-1` is ignored (counted), and the app stays demoted.
+#[test]
+fn the_focus_xattr_reaches_only_user_settable_states() {
+    let _serial = serial();
+    if !can_run() {
+        return;
+    }
+    let policy = r#"
+[[rules]]
+name = "sleepers"
+comm = "sleep"
+class = "USER_INTERACTIVE"
+
+[groups.app]
+path = "{scope}/app*"
+[groups.app.states.focused]
+[groups.app.states.unfocused]
+ceiling = "BACKGROUND"
+user_settable = true
+"#;
+    let mut world = World::new("focus", policy);
+    let user = 61_234;
+    let scope_dir = world.cgroup.join("app-pin.scope");
+    std::fs::create_dir_all(&scope_dir).unwrap();
+    std::os::unix::fs::chown(&scope_dir, Some(user), Some(user)).unwrap();
+    world.start();
+    let sleeper = world.adopt(Command::new("sleep").arg("60").spawn().unwrap());
+    world.move_into("app-pin.scope", sleeper);
+    let (other, batch) = (0, 3);
+    assert!(
+        wait_until(Duration::from_secs(5), || policy_nice(sleeper)
+            == (other, -4)),
+        "not tagged USER_INTERACTIVE: {:?}",
+        policy_nice(sleeper)
+    );
+    let cgroup = format!("{}/app-pin.scope", world.scope);
+    let state = |world: &World| group_of(&world.status(), &cgroup).map(|g| g["state"].clone());
+
+    // The owner may mark it inactive: a user-settable state.
+    set_xattr_as(user, &scope_dir, "user.xdg.inactive-since", "123456789").expect("owner's xattr");
+    assert!(
+        wait_until(Duration::from_secs(2), || policy_nice(sleeper)
+            == (batch, 4)),
+        "the owner's timestamp did not demote: {:?} state {:?}",
+        policy_nice(sleeper),
+        state(&world)
+    );
+    assert_eq!(state(&world), Some("unfocused".into()));
+
+    // ... but not focus it: `focused` is not user-settable.
+    let refused_before = world.counter("focus_xattrs_refused");
+    set_xattr_as(user, &scope_dir, "user.xdg.inactive-since", "-1").expect("owner's xattr");
+    assert!(
+        wait_until(Duration::from_secs(2), || world
+            .counter("focus_xattrs_refused")
+            > refused_before),
+        "the -1 was not refused: state {:?}",
+        state(&world)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        state(&world),
+        Some("unfocused".into()),
+        "the owner pinned it focused"
+    );
+    assert_eq!(policy_nice(sleeper), (batch, 4), "the app left its ceiling");
+
+    // Root, over the socket, may.
+    let reply = call(
+        &world.socket(),
+        &format!(r#"{{"cmd":"state","cgroup":"{cgroup}","state":"focused"}}"#),
+    )
+    .unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(wait_until(Duration::from_secs(2), || policy_nice(sleeper)
+        == (other, -4)));
+    eprintln!("focus: uid {user} owning {cgroup} set unfocused (allowed), was refused focused; root set focused");
 }

@@ -63,7 +63,11 @@ fn settings_line(plan: &Plan, settings: &GroupSettings) -> String {
         .filter(|c| settings.allowed.contains(c.id))
         .map(|c| c.name.clone())
         .collect();
-    let mut line = format!("weight {}; allowed {}", settings.weight, allowed.join(","));
+    let weight = match settings.weight {
+        Some(weight) => weight.to_string(),
+        None => "the cgroup's cpu.weight".to_string(),
+    };
+    let mut line = format!("weight {weight}; allowed {}", allowed.join(","));
     if let Some(ceiling) = settings.ceiling {
         let _ = write!(line, "; ceiling {}", name(ceiling));
     }

@@ -69,7 +69,7 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
         };
         groups.push(GroupConfig {
             cgroup: relative.into(),
-            weight: Some(terms.weight),
+            weight: terms.weight,
             guarantee_pct: terms.guarantee_percent,
             cap_pct: terms.cap_percent,
             admit,

@@ -6,6 +6,9 @@
 //! daemon's decisions into those pinned maps. A successful reload hands the supervisor the new
 //! plan and waits until its group setup (policy entries, admission, canopy children) follows.
 //! `SchedulerThread::stop` unloads everything, which hands every task back to the fair scheduler.
+//! When the supervisor ends on its own (the root was ejected: SysRq-S, a watchdog stall, an
+//! error exit without the restart action), the thread tells the daemon why through the
+//! `ScxEjected` sender it was given, and the daemon switches to fallback mode.
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -14,6 +17,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use canopy_controller::daemon::ScxEjected;
 use canopy_controller::daemon::ScxFactory;
 use canopy_controller::policy_port::PolicyPlan;
 use canopy_controller::policy_port::ScxGroupPolicy;
@@ -28,6 +32,7 @@ use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::config::SchedulerConfig;
 use super::config_from_plan::config_from_plan;
+use super::root::announce_group_policy_change;
 use super::supervisor::supervise;
 use super::supervisor::ReloadRequest;
 
@@ -65,16 +70,21 @@ impl SchedulerThread {
     /// starts the supervisor on that plan and returns map writers once the root is enabled.
     pub fn factory(&self) -> ScxFactory {
         let this = self.clone();
-        Box::new(move |plan| this.start(Arc::clone(plan)))
+        Box::new(move |plan, ejected| this.start(Arc::clone(plan), ejected))
     }
 
-    fn start(&self, plan: Arc<dyn PolicyPlan>) -> Result<Box<dyn ScxMaps>, String> {
+    fn start(
+        &self,
+        plan: Arc<dyn PolicyPlan>,
+        ejected: ScxEjected,
+    ) -> Result<Box<dyn ScxMaps>, String> {
         let current: CurrentPlan = Arc::new(Mutex::new(plan));
         let (reload_sender, reloads) = mpsc::channel::<ReloadRequest>();
         let nr_cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
-        let (enabled_sender, enabled) = mpsc::channel::<()>();
+        // Ok once the root is enabled, or why it could not be loaded.
+        let (enabled_sender, enabled) = mpsc::channel::<Result<(), String>>();
         let stop = Arc::clone(&self.stop);
         let followed = Arc::clone(&current);
         let handle = std::thread::Builder::new()
@@ -85,6 +95,7 @@ impl SchedulerThread {
                     config_for(plan.as_ref(), nr_cpus)
                 };
                 let config = refresh();
+                let mut ejected = Some(ejected);
                 let result = config
                     .validate()
                     .map_err(anyhow::Error::from)
@@ -95,18 +106,37 @@ impl SchedulerThread {
                             Some(&reloads),
                             &|| stop.load(Ordering::SeqCst),
                             &mut || {
-                                let _ = enabled_sender.send(());
+                                let _ = enabled_sender.send(Ok(()));
+                            },
+                            // Tell the daemon at once; cleaning up the children comes after.
+                            &mut |report| {
+                                if let Some(ejected) = ejected.take() {
+                                    let _ = ejected
+                                        .send(format!("the root scheduler exited: {report}"));
+                                }
                             },
                         )
                     });
                 if let Err(error) = result {
                     tracing::error!("canopy schedulers stopped: {error:#}");
+                    // Before the root was enabled, start() is still waiting and reports it;
+                    // after, start() has returned (its receiver is gone) and the daemon hears.
+                    let why = format!("{error:#}");
+                    if let Err(mpsc::SendError(Err(why))) = enabled_sender.send(Err(why)) {
+                        if let Some(ejected) = ejected.take() {
+                            let _ = ejected.send(why);
+                        }
+                    }
                 }
             })
             .map_err(|e| format!("starting the scheduler thread: {e}"))?;
         *self.handle.lock().expect("scheduler thread handle") = Some(handle);
         match enabled.recv_timeout(ENABLE_TIMEOUT) {
-            Ok(()) => {}
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                self.stop();
+                return Err(why);
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 self.stop();
                 return Err("the root scheduler failed to load (see the log above)".into());
@@ -135,6 +165,7 @@ impl SchedulerThread {
 struct PinnedMaps {
     task_classes: MapHandle,
     group_policy: MapHandle,
+    group_policy_version: MapHandle,
     stats: MapHandle,
     current: CurrentPlan,
     reloads: mpsc::Sender<ReloadRequest>,
@@ -153,6 +184,7 @@ impl PinnedMaps {
         Ok(PinnedMaps {
             task_classes: open("task_classes")?,
             group_policy: open("group_policy")?,
+            group_policy_version: open("group_policy_version")?,
             stats: open("stats")?,
             current,
             reloads,
@@ -188,7 +220,7 @@ impl ScxMaps for PinnedMaps {
             Some(bytes) => from_bytes(&bytes),
             None => Default::default(),
         };
-        entry.weight = policy.weight;
+        entry.weight = policy.weight.unwrap_or(0);
         entry.guarantee_pct = policy.guarantee_pct;
         entry.cap_pct = policy.cap_pct;
         // the BPF clamp at enqueue (canopy.bpf.h task_class): 0 = no limit, else id + 1
@@ -196,7 +228,8 @@ impl ScxMaps for PinnedMaps {
         entry.floor_plus_one = policy.floor.map_or(0, |class| class.0 as u32 + 1);
         self.group_policy
             .update(&key, as_bytes(&entry), MapFlags::ANY)
-            .map_err(io_error)
+            .map_err(io_error)?;
+        announce_group_policy_change(&self.group_policy_version).map_err(io_error)
     }
 
     fn clear_group(&mut self, _cgroup_id: u64) {

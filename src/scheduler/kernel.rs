@@ -74,7 +74,37 @@ pub fn resolve_kconsts(enums: &HashMap<String, u64>) -> Result<Vec<u64>, Schedul
 pub fn check_support() -> Result<(), SchedulerError> {
     KernelSupport::probe()
         .require_schedulers()
-        .map_err(|missing| SchedulerError::Kernel(missing.to_string()))
+        .map_err(|missing| SchedulerError::Kernel(missing.to_string()))?;
+    check_cids(canopy_sys::sched_ext::possible_cpus())
+}
+
+/// The schedulers track CANOPY_MAX_CIDS cids (cmasks, per-cid state): a machine that may bring
+/// more CPUs online is refused at load, before anything attaches, rather than run with CPUs the
+/// schedulers cannot see. Unknown (unreadable sysfs): allowed.
+fn check_cids(possible_cpus: Option<u32>) -> Result<(), SchedulerError> {
+    let limit = super::bpf_intf::CANOPY_MAX_CIDS;
+    match possible_cpus {
+        Some(cpus) if cpus > limit => Err(SchedulerError::Kernel(format!(
+            "this machine has {cpus} possible CPUs (/sys/devices/system/cpu/possible); canopy's \
+             schedulers handle at most {limit} (CANOPY_MAX_CIDS in bpf/intf.h): use --mode \
+             fallback, or rebuild with a larger CANOPY_MAX_CIDS"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod cid_limit_tests {
+    use super::*;
+
+    #[test]
+    fn more_cpus_than_cids_are_refused_with_a_reason() {
+        assert!(check_cids(Some(256)).is_ok());
+        assert!(check_cids(None).is_ok());
+        let error = check_cids(Some(257)).unwrap_err().to_string();
+        assert!(error.contains("257 possible CPUs"), "{error}");
+        assert!(error.contains("at most 256"), "{error}");
+    }
 }
 
 /// Resolves a cgroup given relative to the cgroup2 mount or absolute.

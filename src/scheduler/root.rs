@@ -42,6 +42,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "class_params",
     "task_classes",
     "group_policy",
+    "group_policy_version",
     "policy_defaults",
     "child_restarts",
     "admission_events",
@@ -124,19 +125,18 @@ impl RootScheduler {
 
     /// Removes the policy of one cgroup (it admits no sub-scheduler any more); absent is fine.
     pub fn clear_group_policy(&self, cgroup_id: u64) -> Result<(), SchedulerError> {
-        match self
-            .scheduler
-            .skel()
-            .maps
-            .group_policy
-            .delete(&cgroup_id.to_ne_bytes())
-        {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SchedulerError::Load(format!(
-                "deleting from group_policy: {e}"
-            ))),
+        let maps = &self.scheduler.skel().maps;
+        match maps.group_policy.delete(&cgroup_id.to_ne_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(SchedulerError::Load(format!(
+                    "deleting from group_policy: {e}"
+                )))
+            }
         }
+        announce_group_policy_change(&maps.group_policy_version)
+            .map_err(|e| SchedulerError::Load(format!("writing group_policy_version: {e}")))
     }
 
     /// Writes (or replaces) the policy of one cgroup.
@@ -242,7 +242,19 @@ fn write_group_policy(
     skel.maps
         .group_policy
         .update(&key, as_bytes(&policy), MapFlags::ANY)
-        .map_err(|e| SchedulerError::Load(format!("writing group_policy: {e}")))
+        .map_err(|e| SchedulerError::Load(format!("writing group_policy: {e}")))?;
+    announce_group_policy_change(&skel.maps.group_policy_version)
+        .map_err(|e| SchedulerError::Load(format!("writing group_policy_version: {e}")))
+}
+
+/// Tells the root that `group_policy` changed (bumps `group_policy_version`, see intf.h), so it
+/// re-reads the share terms of the cgroups it schedules itself. Call after every write.
+pub fn announce_group_policy_change<M: MapCore>(version_map: &M) -> libbpf_rs::Result<()> {
+    let key = 0u32.to_ne_bytes();
+    let version = version_map
+        .lookup(&key, MapFlags::ANY)?
+        .map_or(0, |bytes| from_bytes::<u64>(&bytes));
+    version_map.update(&key, &version.wrapping_add(1).to_ne_bytes(), MapFlags::ANY)
 }
 
 /// Pins the maps other processes read or share (PINNED_MAPS) under PIN_DIR.

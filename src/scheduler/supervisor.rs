@@ -34,6 +34,7 @@ use super::config::SchedulerConfig;
 use super::exit::ExitReport;
 use super::kernel;
 use super::root::RootScheduler;
+use super::SchedulerError;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -96,8 +97,8 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 const POLL_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the supervisor looks at exit records, admission events and `stop` when nothing
-/// wakes it.
-pub(super) const TICK: Duration = Duration::from_millis(100);
+/// wakes it: an ejected root reaches the daemon (fallback mode) within this.
+pub(super) const TICK: Duration = Duration::from_millis(50);
 
 /// The supervisor without rescans (the config is fixed).
 pub fn run(config: &SchedulerConfig, seconds: f64) -> anyhow::Result<()> {
@@ -158,17 +159,37 @@ fn detach_child_of(cgroup: &Path, children: &mut Vec<ChildScheduler>, why: &str)
 /// gets its entry rewritten and its child detached, re-attached (the root reads a child's
 /// share terms when it attaches) or attached; a group the config no longer has (a reload
 /// removed it, or its cgroup no longer matches) loses its child and its entry. Groups whose
-/// cgroup is gone (or was re-created, with a new id) are forgotten (the kernel already detached
-/// their child when it went offline; a re-created cgroup is applied again).
+/// cgroup is gone (or was re-created, with a new id) are forgotten with their entry (the kernel
+/// already detached their child when it went offline; a re-created cgroup is applied again).
+/// A failed write affects that group only: it is logged, left unapplied (the next reconcile
+/// tries again) and the others go on; the first failure is returned at the end.
 fn reconcile_groups(
     root: &RootScheduler,
     config: &SchedulerConfig,
     applied: &mut std::collections::HashMap<PathBuf, AppliedGroup>,
     children: &mut Vec<ChildScheduler>,
 ) -> anyhow::Result<()> {
-    applied.retain(|cgroup, group| {
-        kernel::cgroup_id(&kernel::cgroup_path(cgroup)).ok() == Some(group.cgroup_id)
-    });
+    let mut first_failure: Option<anyhow::Error> = None;
+    let mut failed = |cgroup: &Path, error: SchedulerError| {
+        println!("canopy: policy group {}: {error}", cgroup.display());
+        if first_failure.is_none() {
+            first_failure = Some(anyhow::Error::from(error).context(cgroup.display().to_string()));
+        }
+    };
+    let gone: Vec<PathBuf> = applied
+        .iter()
+        .filter(|(cgroup, group)| {
+            kernel::cgroup_id(&kernel::cgroup_path(cgroup)).ok() != Some(group.cgroup_id)
+        })
+        .map(|(cgroup, _)| cgroup.clone())
+        .collect();
+    for cgroup in gone {
+        let old = applied.remove(&cgroup).expect("listed");
+        // Its id is never reused while the system runs: the entry only takes map space.
+        if let Err(e) = root.clear_group_policy(old.cgroup_id) {
+            failed(&cgroup, e);
+        }
+    }
     let wanted: std::collections::HashSet<&PathBuf> =
         config.groups.iter().map(|g| &g.cgroup).collect();
     let dropped: Vec<PathBuf> = applied
@@ -181,8 +202,10 @@ fn reconcile_groups(
         if old.config.attach_canopy_child {
             detach_child_of(&cgroup, children, "the policy no longer has this group");
         }
-        root.clear_group_policy(old.cgroup_id)?;
-        println!("canopy: policy group {} removed", cgroup.display());
+        match root.clear_group_policy(old.cgroup_id) {
+            Ok(()) => println!("canopy: policy group {} removed", cgroup.display()),
+            Err(e) => failed(&cgroup, e),
+        }
     }
     for group in &config.groups {
         let previous = applied.get(&group.cgroup);
@@ -197,7 +220,10 @@ fn reconcile_groups(
             // Detach before the admission list changes: the child's terms are read at attach.
             detach_child_of(&group.cgroup, children, "its group changed");
         }
-        root.set_group_policy(cgroup_id, &group.to_policy())?;
+        if let Err(e) = root.set_group_policy(cgroup_id, &group.to_policy()) {
+            failed(&group.cgroup, e);
+            continue;
+        }
         if previous.is_some() {
             println!(
                 "canopy: policy group {} updated (weight {:?}, guarantee {} %, cap {} %, canopy child {})",
@@ -221,7 +247,7 @@ fn reconcile_groups(
             }
         }
     }
-    Ok(())
+    first_failure.map_or(Ok(()), Err)
 }
 
 /// The supervisor: load, attach children, watch (rescanning with `refresh` when given),
@@ -233,7 +259,14 @@ pub fn run_with_refresh(
 ) -> anyhow::Result<()> {
     install_stop_handlers();
     let stop_at = deadline(seconds);
-    supervise(config, refresh, None, &|| should_stop(stop_at), &mut || {})
+    supervise(
+        config,
+        refresh,
+        None,
+        &|| should_stop(stop_at),
+        &mut || {},
+        &mut |_| {},
+    )
 }
 
 /// The supervisor: loads the root, attaches children where `config` asks, applies cgroups that
@@ -243,13 +276,16 @@ pub fn run_with_refresh(
 /// that exited with it again (bounded backoff, see `child_restart.rs`; recorded in the root's
 /// `child_restarts` map), and unloads when `stop` says so (polled every TICK).
 /// `on_enabled` runs after each successful load, once the root's maps are pinned and the
-/// children of the cgroups that exist now are attached.
+/// children of the cgroups that exist now are attached; `on_ejected` runs with the exit
+/// report as soon as the root has stopped for good on its own (no restart action, no stop
+/// request), before the children and the root are cleaned up.
 pub fn supervise(
     config: &SchedulerConfig,
     refresh: Option<Refresh<'_>>,
     reloads: Option<&std::sync::mpsc::Receiver<ReloadRequest>>,
     stop: &dyn Fn() -> bool,
     on_enabled: &mut dyn FnMut(),
+    on_ejected: &mut dyn FnMut(&ExitReport),
 ) -> anyhow::Result<()> {
     let mut watch = refresh.and_then(|_| watch_cgroups());
     let mut config = config.clone();
@@ -270,7 +306,8 @@ pub fn supervise(
         let mut children = Vec::new();
         let mut applied = std::collections::HashMap::new();
         let mut restarts = ChildRestarts::default();
-        reconcile_groups(&root, &config, &mut applied, &mut children)?;
+        // a group whose entry could not be written is logged and retried at the next reconcile
+        let _ = reconcile_groups(&root, &config, &mut applied, &mut children);
         on_enabled();
         let mut last_scan = Instant::now();
         let mut cgroups_changed = false;
@@ -364,6 +401,11 @@ pub fn supervise(
             };
         };
         let _ = events.consume();
+        if let Some(report) = &report {
+            if !(report.should_restart() && !stop()) {
+                on_ejected(report);
+            }
+        }
 
         for child in children.drain(..) {
             detach_and_log("child scheduler", child);

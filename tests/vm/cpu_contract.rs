@@ -325,3 +325,84 @@ cat /tmp/root.log
     );
     Ok(())
 }
+
+/// Issue 10 Deliver 3: a policy group's terms hold for cgroups without a child scheduler
+/// (`scheduler = "none"`), over the cgroups' own knobs, in acceptance (a)'s shape (three
+/// cgroups, two hogs each). `pw/a` at cpu.weight 100 has a group with weight 300, `pw/b` at
+/// cpu.weight 200 a group that sets no weight, `pw/c` at cpu.weight 100 no group: the policy's
+/// 300 against b's and c's own weights, 1/2, 1/3, 1/6. Then a's entry is rewritten to weight
+/// 100 the way the daemon rewrites it on a state change (`group_policy`, then
+/// `group_policy_version`): 1/4, 1/2, 1/4. Last, `capped` (a group with `cap_pct` 25 = 0.5 of
+/// the 2 CPUs, no cpu.max) with three hogs beside a busy sibling: at most 0.52 CPU. VM cost:
+/// about 30 s of measurement.
+#[test]
+fn policy_group_terms_hold_over_the_knobs_without_a_child_scheduler() -> anyhow::Result<()> {
+    // group_policy value: weight, guarantee_pct, cap_pct, nr_admitted (4 x u32), admitted
+    // (4 x 32 bytes), ceiling_plus_one, floor_plus_one: 152 bytes; weight 100 = 0x64.
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/pw /sys/fs/cgroup/capped /sys/fs/cgroup/sib
+echo +cpu > /sys/fs/cgroup/pw/cgroup.subtree_control
+mkdir -p /sys/fs/cgroup/pw/a /sys/fs/cgroup/pw/b /sys/fs/cgroup/pw/c
+canopy scheduler run --config /etc/canopy-sched.json > /tmp/root.log 2>&1 &
+ROOT=$!
+{WAIT_ROOT}
+canopy-guest cpu-split --group pw/a:100:2 --group pw/b:200:2 --group pw/c:100:2 --seconds 8 --warmup 1 --keep --kind policy-weight
+id=$(stat -c %i /sys/fs/cgroup/pw/a)
+key=$(printf '%016x' $id | sed 's/../& /g' | awk '{{for(i=8;i>=1;i--) printf "%s ", $i}}')
+value="64 00 00 00 $(for i in $(seq 1 148); do printf '00 '; done)"
+bpftool map update pinned /sys/fs/bpf/canopy/group_policy key hex $key value hex $value
+bpftool map update pinned /sys/fs/bpf/canopy/group_policy_version key hex 00 00 00 00 value hex 00 10 00 00 00 00 00 00
+canopy-guest cpu-split --group pw/a:100:2 --group pw/b:200:2 --group pw/c:100:2 --seconds 8 --warmup 1 --keep --kind rewritten-weight
+canopy-guest cpu-split --group capped:100:3 --group sib:100:2 --seconds 8 --warmup 1 --keep --kind policy-cap
+canopy-guest report policy-after state="$(cat /sys/kernel/sched_ext/state)" capped_max="$(cat /sys/fs/cgroup/capped/cpu.max)"
+kill -TERM $ROOT; wait $ROOT || true
+cat /tmp/root.log
+"#
+    );
+    let outcome = crate::scenario("cpu-contract-policy-terms")
+        .with_debian_tools(&["bpftool"])
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            r#"{"groups":[{"cgroup":"pw/a","weight":300},{"cgroup":"pw/b"},{"cgroup":"capped","cap_pct":25}]}"#,
+            0o644,
+        )
+        .timeout(Duration::from_secs(300))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let after = outcome.result("policy-after")?;
+    assert_eq!(
+        after["state"], "enabled",
+        "the root scheduler died: {after}"
+    );
+    assert_eq!(
+        after["capped_max"], "max 100000",
+        "the cap must come from the policy, not from cpu.max: {after}"
+    );
+    let mut failures = Vec::new();
+    for (kind, target) in [
+        ("policy-weight", [1.0 / 2.0, 1.0 / 3.0, 1.0 / 6.0]),
+        ("rewritten-weight", [0.25, 0.5, 0.25]),
+    ] {
+        let split = outcome.result(kind)?;
+        let measured = shares(split);
+        let error = largest_error_points(&measured, &target);
+        println!(
+            "{kind}: shares {measured:.3?} (target {target:.3?}), largest error {error:.2} points"
+        );
+        if !(error <= 3.0) {
+            failures.push(format!("{kind}: largest error {error:.2} points: {split}"));
+        }
+    }
+    let cap = outcome.result("policy-cap")?;
+    let (capped, sibling) = (cpus_used(cap, 0), cpus_used(cap, 1));
+    println!("policy-cap: capped {capped:.3} CPU (cap 0.5), sibling {sibling:.3} CPU");
+    if !(capped <= 0.52) {
+        failures.push(format!(
+            "policy-cap: the capped cgroup used {capped:.3} CPU: {cap}"
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}

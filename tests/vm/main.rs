@@ -23,6 +23,7 @@ mod sched_root;
 mod sched_run_schedulers;
 mod sched_shares;
 mod scx_bounds;
+mod scx_faults;
 mod support;
 mod systemd_guest;
 mod workloads;

@@ -5,7 +5,7 @@
 //! hog below its weight share (the preemption budget, `bpf/preempt_budget.bpf.h`); and a foreign child that
 //! picks 1 s slices gives its cids back when the root's USER_INTERACTIVE task wakes, within
 //! 10 ms, without tripping the watchdog (`reclaim_child_cid` in `bpf/canopy_root.bpf.c`).
-//! One boot for both (about 30 s of VM time).
+//! One boot for both (39-55 s of wall time in four runs on a loaded host).
 use std::time::Duration;
 
 use crate::support::{start_root_with_children, SHELL_HELPERS, STOP_ROOT};

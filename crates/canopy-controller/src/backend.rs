@@ -23,6 +23,9 @@ pub trait TaskSource: Send {
     fn exec_facts(&mut self, before: &ProcessFacts) -> Result<ProcessFacts, Gone> {
         self.process_facts(before.tgid)
     }
+    /// Whether [`TaskSource::process_facts`] and [`TaskSource::exec_facts`] read the command
+    /// line (the controller says so from its plan); default: the source decides.
+    fn read_cmdlines(&mut self, _wanted: bool) {}
     /// A thread's current comm.
     fn thread_comm(&mut self, tgid: u32, tid: u32) -> Result<String, Gone>;
     /// A thread's scheduling policy (SCHED_* number), to leave RT/DL tasks alone.

@@ -30,10 +30,13 @@ mod discovery;
 mod events;
 mod group_states;
 mod requests;
-pub use requests::{Explanation, RequestError};
+pub use requests::{resolve_request_cgroup, Explanation, RequestError, RequestPathError};
 
 /// The class canopy's own threads run in, in scx mode (the schedulers' highest built-in class).
 const HIGHEST_CLASS: &str = "USER_INTERACTIVE";
+/// Levels above a task's cgroup searched for the group that governs it (as the schedulers'
+/// CANOPY_MAX_CGROUP_DEPTH).
+const MAX_OWNER_LEVELS: usize = 16;
 
 const SCHED_FIFO: i32 = 1;
 const SCHED_RR: i32 = 2;
@@ -111,7 +114,8 @@ struct Task {
     rule: Option<RuleMatch>,
     /// `ctl tag` override, by class name (class ids are plan-local).
     manual: Option<Arc<str>>,
-    /// The class applied, and why, when managed.
+    /// The class applied, and why, when managed; [`REAPPLY_PENDING`] after a reload until the
+    /// new plan's class is applied (read the class through [`Task::current_class`]).
     applied: Option<(ClassId, ClampReason)>,
     /// The class handed to the backend for it (scx: the request, when the schedulers' own
     /// clamp gives `applied`; see `class_for_backend`). None whenever `applied` is None.
@@ -122,6 +126,27 @@ struct Task {
     /// tells a stale entry under a reused id from one a reordered event created.
     seen_ns: u64,
     skip: Option<Skip>,
+}
+
+/// What `applied` holds after a reload until the task's class under the new plan is applied
+/// (a failed re-apply leaves it there): class ids are plan-local, so the old one names nothing
+/// in the new plan. Never a real class: a plan has at most `canopy_policy::MAX_CLASSES` (32).
+const REAPPLY_PENDING: ClassId = ClassId(u8::MAX);
+
+impl Task {
+    /// The class applied under the current plan; `None` while unmanaged or while a reload's
+    /// re-apply is pending.
+    fn current_class(&self) -> Option<ClassId> {
+        self.applied
+            .map(|(class, _)| class)
+            .filter(|&class| class != REAPPLY_PENDING)
+    }
+
+    /// Whether a reload's re-apply of this task has not succeeded yet.
+    fn reapply_pending(&self) -> bool {
+        self.applied
+            .is_some_and(|(class, _)| class == REAPPLY_PENDING)
+    }
 }
 
 #[derive(Debug)]
@@ -149,8 +174,8 @@ pub struct Controller<B: Backend, S: TaskSource> {
     ignored: std::collections::HashSet<u32>,
     /// An overrun rescan waiting out the rate limit.
     rescan_due: Option<Instant>,
-    /// When the last overrun rescan ran.
-    last_overrun_rescan: Option<Instant>,
+    /// The earliest start of the next overrun rescan (see `overrun_rescan`).
+    next_overrun_rescan: Option<Instant>,
     /// One more rescan once an overrun storm has calmed down: while a netlink socket stays
     /// congested the kernel drops further events without reporting ENOBUFS again.
     settle_rescan: Option<Instant>,
@@ -166,10 +191,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     pub fn new(
         plan: Arc<dyn PolicyPlan>,
         mut backend: B,
-        source: S,
+        mut source: S,
         config: ControllerConfig,
     ) -> Self {
         backend.set_manage_realtime(plan.manage_realtime());
+        source.read_cmdlines(plan.uses_cmdline());
         Controller {
             plan,
             backend,
@@ -181,7 +207,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             group_cache: HashMap::new(),
             ignored: std::collections::HashSet::new(),
             rescan_due: None,
-            last_overrun_rescan: None,
+            next_overrun_rescan: None,
             settle_rescan: None,
             policy_error: None,
             event_ns: None,
@@ -209,9 +235,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         self.tasks.len()
     }
 
-    /// The class applied to a thread, by name.
+    /// The class applied to a thread under the current plan, by name.
     pub fn applied_class(&self, tid: u32) -> Option<Arc<str>> {
-        let (class, _) = self.tasks.get(&tid)?.applied?;
+        let class = self.tasks.get(&tid)?.current_class()?;
         Some(self.plan.class_params(class).name.clone())
     }
 
@@ -227,6 +253,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             tracing::error!(%error, "the backend could not follow the new policy everywhere");
         }
         self.backend.set_manage_realtime(plan.manage_realtime());
+        // Command lines are read only while a rule matches on them; a plan that starts to
+        // needs them read for every known process, before the re-match below.
+        let cmdlines_needed = plan.uses_cmdline() && !self.plan.uses_cmdline();
+        self.source.read_cmdlines(plan.uses_cmdline());
         self.plan = plan;
         self.policy_error = None;
         self.stats.counters.reloads_ok += 1;
@@ -259,6 +289,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         for c in cgroups {
             self.ensure_group(&c);
         }
+        if cmdlines_needed {
+            let known: Vec<(u32, Option<RuleMatch>)> = self
+                .processes
+                .iter()
+                .map(|(&tgid, p)| (tgid, p.inherited.clone()))
+                .collect();
+            for (tgid, inherited) in known {
+                // A process gone meanwhile is forgotten at its exit event.
+                let _ = self.load_process(tgid, inherited);
+            }
+        }
         let tids: Vec<u32> = self.tasks.keys().copied().collect();
         for tid in tids {
             // Re-derive skips the plan decides (kernel threads, RT) and re-match.
@@ -289,9 +330,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             self.rematch(tid);
             // Class ids are plan-local: force a re-apply.
             if let Some(t) = self.tasks.get_mut(&tid) {
-                t.applied = t
-                    .applied
-                    .map(|_| (ClassId(u8::MAX), ClampReason::Unclamped));
+                t.applied = t.applied.map(|_| (REAPPLY_PENDING, ClampReason::Unclamped));
                 t.requested = None;
             }
             self.evaluate(tid, Cause::Request);
@@ -327,5 +366,35 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// The backend's mode.
     pub fn mode(&self) -> Mode {
         self.backend.mode()
+    }
+
+    /// Hands every task and group to `backend` from now on (the scx schedulers were ejected:
+    /// the fallback takes over) with `mode_reason` for `status`, and returns the old backend.
+    /// Every group and task is applied afresh through the new backend; canopy's own threads are
+    /// left alone in fallback mode, as when the daemon starts in it.
+    pub fn switch_backend(&mut self, backend: B, mode_reason: String) -> B {
+        let old = std::mem::replace(&mut self.backend, backend);
+        self.backend
+            .set_manage_realtime(self.plan.manage_realtime());
+        self.config.mode_reason = mode_reason;
+        let cgroups: Vec<String> = self.groups.keys().cloned().collect();
+        for cgroup in cgroups {
+            self.apply_group_knobs(&cgroup);
+        }
+        let fallback = self.backend.mode() == Mode::Fallback;
+        let daemon_pid = self.config.daemon_pid;
+        let tids: Vec<u32> = self.tasks.keys().copied().collect();
+        for tid in tids {
+            if let Some(t) = self.tasks.get_mut(&tid) {
+                // nothing reached the new backend yet: the next evaluation applies
+                t.handed = None;
+                if fallback && daemon_pid == Some(t.tgid) {
+                    t.skip = Some(Skip::Daemon);
+                    t.applied = None;
+                }
+            }
+            self.evaluate(tid, Cause::Request);
+        }
+        old
     }
 }

@@ -149,6 +149,56 @@ fn move_into_minimized_group_reclamps_at_once_and_back_restores() {
 }
 
 #[test]
+fn a_sub_cgroup_of_a_scope_is_governed_by_the_scope_group() {
+    // Issue 10 Deliver 4 in the daemon: nearest-ancestor ownership, also for scopes made later.
+    let sub = format!("{APP}/sub/deeper");
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.thread(100, 101, "audio-out");
+    src.spawn(200, "player", OTHER);
+    // the scopes themselves, as a policy's `app-*.scope` owns them (the test glob's `*`
+    // crosses `/`; canopy-policy's does not)
+    let mut plan = TestPlan::desktop();
+    plan.groups[0].cgroup = "user.slice/user-*.slice/user@*.service/app.slice/app-*.scope".into();
+    let mut c = Controller::new(
+        Arc::new(plan),
+        RecordingBackend::default(),
+        src,
+        ControllerConfig::default(),
+    );
+    c.rescan();
+    c.request_state(APP, "minimized", Instant::now()).unwrap();
+    assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
+    // Escaping into a cgroup below the minimized scope does not lift the ceiling.
+    c.source_mut().move_to(100, &sub);
+    c.handle(
+        Event::CgroupMembershipChanged {
+            cgroup: sub.clone(),
+        },
+        Instant::now(),
+    );
+    assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
+    assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
+    // The sub-cgroup got no group instance of its own; the scope's state rules it.
+    assert_eq!(c.group_state(&sub), None);
+    c.request_state(APP, "base", Instant::now()).unwrap();
+    assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+    // A scope created after load, and a cgroup below it: the scope's group, default state.
+    let late = "user.slice/user-1000.slice/user@1000.service/app.slice/app-late.scope";
+    let late_sub = format!("{late}/sub");
+    c.source_mut().move_to(200, &late_sub);
+    c.handle(
+        Event::CgroupMembershipChanged {
+            cgroup: late_sub.clone(),
+        },
+        Instant::now(),
+    );
+    assert_eq!(applied(&c, 200).as_deref(), Some("USER_INITIATED"));
+    c.request_state(late, "minimized", Instant::now()).unwrap();
+    assert_eq!(applied(&c, 200).as_deref(), Some("BACKGROUND"));
+}
+
+#[test]
 fn inherit_tags_forked_children_and_survives_exec() {
     let mut src = FakeSource::default();
     src.spawn(100, "wine-preloader", OTHER);
@@ -702,4 +752,94 @@ fn scx_writes_the_clamped_class_when_the_group_entry_is_missing() {
     c.request_state(APP, "minimized", Instant::now()).unwrap();
     assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
     assert!(c.stats.counters.apply_errors >= 1);
+}
+
+/// Attack 7 (threat model): a reload whose re-apply fails left a placeholder class id in the
+/// task, and `explain` (any user, on their own task) and `status` (anyone) indexed the plan's
+/// class table with it and panicked. Now both answer: the task's class is "not applied yet",
+/// and the next successful apply clears it.
+#[test]
+fn explain_and_status_after_a_reload_whose_reapply_failed_do_not_panic() {
+    let mut src = FakeSource::default();
+    src.spawn(10, "player", APP);
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let backend = RecordingBackend {
+        refuse_tasks: refuse.clone(),
+        ..Default::default()
+    };
+    let mut c = Controller::new(
+        Arc::new(TestPlan::desktop()),
+        backend,
+        src,
+        ControllerConfig::default(),
+    );
+    c.rescan();
+    assert_eq!(c.applied_class(10).as_deref(), Some("USER_INITIATED"));
+
+    refuse.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut plan = TestPlan::desktop();
+    plan.tag = "reloaded".into();
+    plan.rules[0].class = class::BACKGROUND;
+    c.install_plan(Arc::new(plan));
+    let explained = c.explain(10).unwrap();
+    assert_eq!(explained[0].effective, None);
+    assert!(
+        explained[0]
+            .why
+            .contains("not applied yet under the reloaded policy"),
+        "{}",
+        explained[0].why
+    );
+    let status = c.snapshot(Instant::now());
+    assert!(
+        status.tasks_by_class.is_empty(),
+        "{:?}",
+        status.tasks_by_class
+    );
+    assert_eq!(c.applied_class(10), None);
+
+    refuse.store(false, std::sync::atomic::Ordering::Relaxed);
+    c.rescan();
+    assert_eq!(c.applied_class(10).as_deref(), Some("BACKGROUND"));
+    assert_eq!(
+        c.explain(10).unwrap()[0].effective.as_deref(),
+        Some("BACKGROUND")
+    );
+}
+
+#[test]
+fn switching_backend_applies_every_task_and_group_afresh_and_leaves_the_daemon_alone() {
+    // The scx schedulers were ejected: the fallback backend takes every task and group over.
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.thread(100, 101, "audio-out");
+    src.spawn(200, "canopy", OTHER);
+    let config = ControllerConfig {
+        daemon_pid: Some(200),
+        mode_reason: "scx requested".into(),
+        ..ControllerConfig::default()
+    };
+    let scx = RecordingBackend {
+        scx: true,
+        ..RecordingBackend::default()
+    };
+    let mut c = Controller::new(Arc::new(TestPlan::desktop()), scx, src, config);
+    c.rescan();
+    assert_eq!(
+        c.backend().applied.get(&200).map(String::as_str),
+        Some("USER_INTERACTIVE")
+    );
+    let old = c.switch_backend(RecordingBackend::default(), "scx ejected".into());
+    assert!(old.scx);
+    assert_eq!(c.mode(), crate::backend::Mode::Fallback);
+    assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
+    assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+    assert!(
+        c.backend().groups.contains_key(APP),
+        "{:?}",
+        c.backend().groups
+    );
+    // canopy's own threads keep what the service manager gave them in fallback mode
+    assert_eq!(applied(&c, 200), None);
+    assert_eq!(c.snapshot(Instant::now()).mode_reason, "scx ejected");
 }

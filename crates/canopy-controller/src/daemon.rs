@@ -23,12 +23,13 @@ use tokio::time::Instant;
 
 use crate::auth::{authorize, Peer};
 use crate::backend::{Backend, Mode, RestoreReport};
+use crate::controller::resolve_request_cgroup;
 use crate::controller::{Controller, ControllerConfig};
 use crate::event::Event;
 use crate::fallback::FallbackBackend;
 use crate::policy_port::{PlanLoader, PolicyPlan};
 use crate::procfs::ProcSource;
-use crate::protocol::{normalize_cgroup, Request, Response};
+use crate::protocol::{Request, Response};
 use crate::scx::{ScxBackend, ScxMaps};
 use crate::sdnotify;
 use crate::server::{self, ControlMsg, Limits};
@@ -55,9 +56,14 @@ const OVERFLOW_RECONCILE_GAP: Duration = Duration::from_secs(1);
 
 /// Starts the schedulers for the daemon's plan (the same `Plan` the controller gets; a
 /// scheduler loader never compiles the policy itself) and opens their maps. Provided by the
-/// scheduler loader in the root package.
+/// scheduler loader in the root package. If the schedulers later stop on their own (the root
+/// was ejected: SysRq-S, a watchdog stall, an error exit), the loader sends why on the
+/// [`ScxEjected`] it was given, and the daemon switches to fallback mode.
 pub type ScxFactory =
-    Box<dyn FnOnce(&Arc<dyn PolicyPlan>) -> Result<Box<dyn ScxMaps>, String> + Send>;
+    Box<dyn FnOnce(&Arc<dyn PolicyPlan>, ScxEjected) -> Result<Box<dyn ScxMaps>, String> + Send>;
+
+/// Where the scheduler loader reports, once, that the schedulers stopped on their own.
+pub type ScxEjected = oneshot::Sender<String>;
 
 /// Everything `canopy run` passes in.
 pub struct DaemonOptions {
@@ -155,7 +161,7 @@ pub enum DaemonError {
     Signal(std::io::Error),
     /// Another daemon holds the instance lock beside the control socket (or it could not be
     /// taken); the live daemon's socket is left alone.
-    #[error("not starting: {source}; the control socket {socket} is left alone")]
+    #[error("not starting (the control socket {socket} is left alone)")]
     AlreadyRunning {
         /// The control socket the other daemon serves.
         socket: PathBuf,
@@ -219,6 +225,46 @@ pub fn choose_mode(choice: DaemonMode, scx_built_in: bool) -> Result<(Mode, Stri
     }
 }
 
+/// The fallback backend, recording originals in `state_file` when given (and adopting RT/DL
+/// originals from it only when the policy manages realtime tasks, `realtime_managed`).
+fn fallback_backend(
+    cgroup_root: &std::path::Path,
+    state_file: Option<&PathBuf>,
+    realtime_managed: bool,
+) -> Box<dyn Backend> {
+    let mut backend = FallbackBackend::new(cgroup_root.to_path_buf());
+    if let Some(path) = state_file {
+        backend = backend.with_state_file(path.clone(), realtime_managed);
+    }
+    Box::new(backend)
+}
+
+/// The schedulers stopped on their own (`why`, from the root's exit record): every task and
+/// group goes to the fallback backend, and `status` says so.
+fn fall_back_after_ejection(
+    ctl: &mut Controller<Box<dyn Backend>, ProcSource>,
+    cgroup_root: &std::path::Path,
+    state_file: Option<&PathBuf>,
+    why: &str,
+) {
+    tracing::error!(reason = %why, "the sched_ext schedulers were ejected; switching to fallback mode");
+    let started = Instant::now();
+    let realtime_managed = ctl.plan().manage_realtime();
+    let mut scx = ctl.switch_backend(
+        fallback_backend(cgroup_root, state_file, realtime_managed),
+        format!("scx ejected, fallback since: {why}"),
+    );
+    // The schedulers are gone; their orphaned maps keep nothing anyone reads.
+    let _ = scx.restore_all();
+    ctl.persist_state(true);
+    let _ = sdnotify::notify("STATUS=fallback (the schedulers were ejected)");
+    tracing::info!(
+        tasks = ctl.task_count(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "fallback mode"
+    );
+}
+
 /// A started daemon: the controller with its plan and backend, subscribed to every event
 /// source, its first scan done and the control socket listening. [`Daemon::start`] gets it
 /// there; [`Daemon::run`] serves until shutdown and restores what it changed.
@@ -238,6 +284,8 @@ pub struct Daemon {
     metrics_task: Option<tokio::task::JoinHandle<()>>,
     signals: (mpsc::Sender<bool>, mpsc::Receiver<bool>),
     signal_task: Option<tokio::task::JoinHandle<()>>,
+    /// In scx mode: resolves with why the schedulers stopped on their own.
+    scx_ejected: Option<oneshot::Receiver<String>>,
 }
 
 impl Daemon {
@@ -255,20 +303,32 @@ impl Daemon {
             .cgroup_root
             .clone()
             .unwrap_or_else(|| CgroupHierarchy::system().mount_point().to_path_buf());
-        let (mode, mode_reason) = choose_mode(opts.mode, opts.scx.is_some())?;
-        let backend = match mode {
-            Mode::Fallback => {
-                let mut backend = FallbackBackend::new(cgroup_root.clone());
-                if let Some(path) = &opts.state_file {
-                    backend = backend.with_state_file(path.clone());
+        let (mut mode, mut mode_reason) = choose_mode(opts.mode, opts.scx.is_some())?;
+        let (ejected_tx, ejected) = oneshot::channel::<String>();
+        let mut scx_ejected = None;
+        let mut scx_maps = None;
+        if mode == Mode::Scx {
+            match (opts.scx.take().expect("checked by choose_mode"))(&plan, ejected_tx) {
+                Ok(maps) => {
+                    scx_maps = Some(maps);
+                    scx_ejected = Some(ejected);
                 }
-                Box::new(backend) as Box<dyn Backend>
+                // `auto` falls back when the schedulers do not load; `scx` insists.
+                Err(why) if opts.mode == DaemonMode::Auto => {
+                    tracing::error!(error = %why, "the schedulers did not load; falling back");
+                    mode = Mode::Fallback;
+                    mode_reason = format!("auto: the schedulers did not load: {why}");
+                }
+                Err(why) => return Err(DaemonError::ScxUnavailable(why)),
             }
-            Mode::Scx => {
-                let maps = (opts.scx.take().expect("checked by choose_mode"))(&plan)
-                    .map_err(DaemonError::ScxUnavailable)?;
-                Box::new(ScxBackend::new(maps, cgroup_root.clone())) as Box<dyn Backend>
-            }
+        }
+        let backend = match scx_maps {
+            Some(maps) => Box::new(ScxBackend::new(maps, cgroup_root.clone())) as Box<dyn Backend>,
+            None => fallback_backend(
+                &cgroup_root,
+                opts.state_file.as_ref(),
+                plan.manage_realtime(),
+            ),
         };
         tracing::info!(mode = mode.label(), reason = %mode_reason, policy = %plan.hash(), "starting");
 
@@ -401,6 +461,7 @@ impl Daemon {
             metrics_task,
             signals: (sig_tx, sig_rx),
             signal_task,
+            scx_ejected,
         })
     }
 
@@ -425,6 +486,7 @@ impl Daemon {
             metrics_task,
             signals: (_sig_tx, mut sig_rx),
             signal_task,
+            mut scx_ejected,
         } = self;
         let mut proc_batch: Vec<canopy_sys::proc_events::ProcEvent> = Vec::with_capacity(64);
         let mut move_batch: Vec<MoveRecord> = Vec::with_capacity(64);
@@ -455,6 +517,17 @@ impl Daemon {
             // storm costs control requests and state flushes at most one proc-event turn each.
             tokio::select! {
                 _ = &mut shutdown => break,
+                ejected = async {
+                    match scx_ejected.as_mut() {
+                        Some(ejected) => ejected.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    scx_ejected = None;
+                    // A dropped sender without a reason: the loader's thread ended some other way.
+                    let why = ejected.unwrap_or_else(|_| "the scheduler thread ended".into());
+                    fall_back_after_ejection(&mut ctl, &cgroup_root, opts.state_file.as_ref(), &why);
+                }
                 Some(stop) = sig_rx.recv() => {
                     if stop {
                         break;
@@ -561,7 +634,8 @@ impl Daemon {
                         let _ = msg.reply.send(response);
                     }
                 }
-                _ = async { tokio::time::sleep_until(timer.unwrap()).await }, if timer.is_some() => {
+                // Disabled while there is no timer (the future is made, never polled).
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
                     let now = Instant::now();
                     if policy_debounce.is_some_and(|d| d <= now) {
                         policy_debounce = None;
@@ -638,13 +712,19 @@ pub fn handle_control<B: Backend, S: crate::backend::TaskSource>(
 ) -> Response {
     ctl.stats.counters.api_requests += 1;
     let request = match request {
-        Request::State { cgroup, state } => match normalize_cgroup(&cgroup, cgroup_root) {
-            Ok(c) => Request::State { cgroup: c, state },
-            Err(e) => {
-                ctl.stats.counters.api_errors += 1;
-                return Response::error(e.to_string());
+        Request::State { cgroup, state } => {
+            match resolve_request_cgroup(&cgroup, cgroup_root, peer.uid) {
+                Ok(c) => Request::State { cgroup: c, state },
+                Err(e) => {
+                    if e.is_refusal() {
+                        ctl.stats.counters.api_refused += 1;
+                    } else {
+                        ctl.stats.counters.api_errors += 1;
+                    }
+                    return Response::error(e.to_string());
+                }
             }
-        },
+        }
         other => other,
     };
     let plan = ctl.plan().clone();

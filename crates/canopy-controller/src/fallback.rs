@@ -5,6 +5,9 @@
 //! state file ([`crate::state_file`]) those originals also survive a SIGKILL: the next daemon
 //! re-adopts the ones it takes over and restores the others once its first scan is done.
 //!
+//! Each original is kept with its thread's start time once read (lazily, at the crash record's
+//! first flush), so the record tells a reused tid apart.
+//!
 //! Real-time and deadline threads are changed only when the policy manages them
 //! (`leave_realtime = false`, passed in through `set_manage_realtime`); their original RT/DL
 //! policy and priority go back on stop like any other original.
@@ -24,7 +27,7 @@ use canopy_sys::Outcome;
 
 use crate::backend::{ApplyError, Backend, Gone, Mode, RestoreReport};
 use crate::policy_port::{ClassId, ClassParams, FairPolicy, GroupKnobs, ScxGroupPolicy};
-use crate::state_file::{Adopted, StateFile};
+use crate::state_file::{thread_start_time, AdoptRules, Adopted, StateFile};
 
 pub use canopy_sys::sched::SchedAttr;
 
@@ -44,6 +47,9 @@ pub struct FallbackBackend {
     cgroup_root: PathBuf,
     applier: SchedApplier,
     originals: HashMap<u32, SchedAttr>,
+    /// The start time of the thread each original belongs to, once read (at the first flush of
+    /// the crash record after the original was taken).
+    starts: HashMap<u32, u64>,
     group_originals: HashMap<String, Vec<(&'static str, String)>>,
     missing_knobs_noted: bool,
     notes: Vec<String>,
@@ -62,6 +68,7 @@ impl FallbackBackend {
             cgroup_root,
             applier: SchedApplier::new(),
             originals: HashMap::new(),
+            starts: HashMap::new(),
             group_originals: HashMap::new(),
             missing_knobs_noted: false,
             notes: Vec::new(),
@@ -72,10 +79,16 @@ impl FallbackBackend {
     }
 
     /// Keeps the originals in a state file at `path` as well, and adopts what a crashed
-    /// predecessor left there.
-    pub fn with_state_file(mut self, path: PathBuf) -> Self {
+    /// predecessor left there and the crash record's rules allow: cgroups beneath this
+    /// backend's cgroup root, RT/DL originals only when `realtime_managed` (the policy's
+    /// `leave_realtime = false`). What it refused becomes a status note.
+    pub fn with_state_file(mut self, path: PathBuf, realtime_managed: bool) -> Self {
         let mut state = StateFile::new(path);
-        self.adopted = state.adopt();
+        self.adopted = state.adopt(&AdoptRules {
+            cgroup_root: &self.cgroup_root,
+            realtime_managed,
+        });
+        self.notes.append(&mut self.adopted.refused);
         if !self.adopted.tasks.is_empty() || !self.adopted.groups.is_empty() {
             tracing::info!(
                 path = %state.path().display(),
@@ -97,8 +110,30 @@ impl FallbackBackend {
     /// Takes over a predecessor's record of `tid`'s original, if there is one.
     fn claim_adopted(&mut self, tid: u32) {
         if let Some(original) = self.adopted.tasks.remove(&tid) {
-            self.originals.entry(tid).or_insert(original);
+            if let std::collections::hash_map::Entry::Vacant(v) = self.originals.entry(tid) {
+                v.insert(original);
+                if let Some(start) = self.adopted.starts.remove(&tid) {
+                    self.starts.insert(tid, start);
+                }
+            }
         }
+    }
+
+    /// Drops the original held for `tid` (and its start time); whether there was one.
+    fn drop_original(&mut self, tid: u32) -> Option<SchedAttr> {
+        self.starts.remove(&tid);
+        self.originals.remove(&tid)
+    }
+
+    /// The start time of the thread `tid`'s original belongs to, read now if not known yet;
+    /// `None` once the thread is gone.
+    fn start_of(&mut self, tid: u32) -> Option<u64> {
+        if let Some(&start) = self.starts.get(&tid) {
+            return Some(start);
+        }
+        let start = thread_start_time(tid)?;
+        self.starts.insert(tid, start);
+        Some(start)
     }
 
     /// The saved original attributes of a thread (tests check restore).
@@ -218,7 +253,7 @@ impl Backend for FallbackBackend {
             Ok(Outcome::Done(Applied::LeftRealtimeAlone { .. })) => {
                 // Whoever made it RT/DL owns its attributes now: an original held from before
                 // must not overwrite theirs on stop.
-                if self.originals.remove(&tid).is_some() {
+                if self.drop_original(tid).is_some() {
                     self.changed();
                 }
                 Err(ApplyError::Realtime(tid))
@@ -243,7 +278,7 @@ impl Backend for FallbackBackend {
 
     fn release_task(&mut self, tid: u32) {
         self.claim_adopted(tid);
-        if let Some(orig) = self.originals.remove(&tid) {
+        if let Some(orig) = self.drop_original(tid) {
             let _ = self.applier.restore(tid as i32, &orig);
             self.changed();
         }
@@ -251,7 +286,7 @@ impl Backend for FallbackBackend {
 
     fn forget_task(&mut self, tid: u32) {
         self.adopted.tasks.remove(&tid);
-        if self.originals.remove(&tid).is_some() {
+        if self.drop_original(tid).is_some() {
             self.changed();
         }
     }
@@ -344,9 +379,11 @@ impl Backend for FallbackBackend {
     fn restore_all(&mut self) -> RestoreReport {
         let mut report = RestoreReport::default();
         // Whatever a predecessor recorded and nobody took over goes back too.
-        for (tid, orig) in std::mem::take(&mut self.adopted.tasks) {
-            self.originals.entry(tid).or_insert(orig);
+        let adopted: Vec<u32> = self.adopted.tasks.keys().copied().collect();
+        for tid in adopted {
+            self.claim_adopted(tid);
         }
+        self.starts.clear();
         for (cgroup, knobs) in std::mem::take(&mut self.adopted.groups) {
             self.group_originals.entry(cgroup).or_insert(knobs);
         }
@@ -381,24 +418,33 @@ impl Backend for FallbackBackend {
     }
 
     fn persist(&mut self, force: bool) {
+        if !self.state.as_ref().is_some_and(StateFile::is_dirty) {
+            return;
+        }
+        // Unclaimed adopted entries stay on record until they are restored or taken over. A
+        // task whose thread exited before its first write is left out.
+        let mut tasks = Vec::with_capacity(self.originals.len() + self.adopted.tasks.len());
+        let tids: Vec<u32> = self.originals.keys().copied().collect();
+        for tid in tids {
+            if let (Some(start), Some(attr)) = (self.start_of(tid), self.originals.get(&tid)) {
+                tasks.push((tid, start, *attr));
+            }
+        }
+        for (tid, attr) in &self.adopted.tasks {
+            if let Some(&start) = self.adopted.starts.get(tid) {
+                tasks.push((*tid, start, *attr));
+            }
+        }
         let Some(state) = &mut self.state else {
             return;
         };
-        if !state.is_dirty() {
-            return;
-        }
-        // Unclaimed adopted entries stay on record until they are restored or taken over.
-        let tasks = self
-            .originals
-            .iter()
-            .chain(self.adopted.tasks.iter())
-            .map(|(tid, attr)| (*tid, attr));
         let mut groups = self.group_originals.clone();
         for (cgroup, knobs) in &self.adopted.groups {
             groups
                 .entry(cgroup.clone())
                 .or_insert_with(|| knobs.clone());
         }
+        let tasks = tasks.iter().map(|(tid, start, attr)| (*tid, *start, attr));
         if let Err(error) = state.flush(tasks, &groups, force) {
             let note = format!("{error}; originals are kept in memory only");
             self.note_once(note);
@@ -407,6 +453,7 @@ impl Backend for FallbackBackend {
 
     fn settle_adopted(&mut self) {
         let tasks = std::mem::take(&mut self.adopted.tasks);
+        self.adopted.starts.clear();
         let groups = std::mem::take(&mut self.adopted.groups);
         if tasks.is_empty() && groups.is_empty() {
             return;

@@ -11,7 +11,14 @@
 //! - `protocol`, `auth`, `server`: the control API (JSON lines on a Unix socket, SO_PEERCRED).
 //! - `daemon`: the tokio wiring: event sources, timers, signals, reload, sd_notify.
 //! - `testing` (tests and the `testing` feature only, not in the release daemon): a small
-//!   hand-built plan, a fake task source and a recording backend for tests and benchmarks.
+//!   hand-built plan, a fake task source and a recording backend for tests and benchmarks;
+//!   `fuzzing` (the `testing` feature): the fuzz entry points (control protocol, crash record).
+//!
+//! Outside tests `unwrap` and indexing or slicing that may panic are denied
+//! (`clippy::unwrap_used`, `clippy::indexing_slicing`; the suite's clippy step in
+//! `tests/run-all.sh` enforces it): each remaining index says why it holds.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::indexing_slicing))]
 
 pub mod auth;
 pub mod backend;
@@ -21,6 +28,8 @@ mod controller_tests;
 pub mod daemon;
 pub mod event;
 pub mod fallback;
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 pub mod policy_adapter;
 pub mod policy_port;
 pub mod procfs;
@@ -31,4 +40,5 @@ pub mod server;
 pub mod state_file;
 pub mod stats;
 #[cfg(any(test, feature = "testing"))]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)] // test support, not in the release daemon
 pub mod testing;

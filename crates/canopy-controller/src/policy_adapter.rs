@@ -86,8 +86,11 @@ impl PolicyPlan for CompiledPlan {
         Some(self.plan.defaults().class)
     }
 
+    // Class ids are this plan's own (every id the controller holds is re-derived when a plan
+    // is installed), so they index its class table.
+    #[allow(clippy::indexing_slicing)]
     fn class_params(&self, class: ClassId) -> &ClassParams {
-        &self.classes[class.0 as usize]
+        &self.classes[class.index()]
     }
 
     fn class_by_name(&self, name: &str) -> Option<ClassId> {
@@ -99,8 +102,8 @@ impl PolicyPlan for CompiledPlan {
         let task = policy::TaskFacts {
             comm: &p.comm,
             thread_name: &facts.comm,
-            exe: (!p.exe.is_empty()).then_some(p.exe.as_str()),
-            cmdline: (!p.cmdline.is_empty()).then_some(p.cmdline.as_str()),
+            exe: (!p.exe.is_empty()).then_some(&*p.exe),
+            cmdline: (!p.cmdline.is_empty()).then_some(&*p.cmdline),
             cgroup: &p.cgroup,
             uid: p.uid,
             user: p.user.as_deref(),
@@ -108,11 +111,20 @@ impl PolicyPlan for CompiledPlan {
         };
         let m = self.plan.match_task(&task)?;
         // canopy-policy decided which thread rule matched; only its name is looked up here.
-        let thread_rule = m
-            .thread_rule
-            .map(|index| Arc::from(self.plan.rules()[m.rule].threads[index].name.as_str()));
+        let thread_rule = match m.thread_rule {
+            Some(index) => Some(Arc::from(
+                self.plan
+                    .rules()
+                    .get(m.rule)?
+                    .threads
+                    .get(index)?
+                    .name
+                    .as_str(),
+            )),
+            None => None,
+        };
         Some(RuleMatch {
-            rule: self.rule_names[m.rule].clone(),
+            rule: self.rule_names.get(m.rule)?.clone(),
             class: m.requested_class(),
             thread_rule,
             inherit: m.inherit,
@@ -125,6 +137,8 @@ impl PolicyPlan for CompiledPlan {
             .map(|g| GroupId(g.0 as u32))
     }
 
+    // Group ids are this plan's own, like class ids (see `class_params`).
+    #[allow(clippy::indexing_slicing)]
     fn group_name(&self, group: GroupId) -> Arc<str> {
         self.group_names[group.0 as usize].clone()
     }
@@ -173,7 +187,7 @@ impl PolicyPlan for CompiledPlan {
         let s = self.group(group).settings(state);
         let pct = |v: u16| v as f64 * 100.0 / 1024.0;
         GroupKnobs {
-            weight: Some(s.weight),
+            weight: s.weight,
             idle: None,
             uclamp_min_pct: s.floor.map(|f| pct(self.plan.class_params(f).uclamp_min)),
             uclamp_max_pct: s.ceiling.map(|c| pct(self.plan.class_params(c).uclamp_max)),
@@ -207,6 +221,13 @@ impl PolicyPlan for CompiledPlan {
 
     fn manage_realtime(&self) -> bool {
         !self.plan.defaults().leave_realtime
+    }
+
+    fn uses_cmdline(&self) -> bool {
+        self.plan
+            .rules()
+            .iter()
+            .any(|rule| rule.conditions.cmdline.is_some())
     }
 
     fn compiled(&self) -> Option<&canopy_policy::Plan> {
@@ -302,6 +323,15 @@ user_settable = true
             Duration::from_secs(30)
         );
         assert!(plan.focus_states(g).unwrap().focused.is_some());
+        assert!(!plan.uses_cmdline(), "no rule matches on the command line");
+        std::fs::write(
+            dir.join("policy.toml"),
+            "[[rules]]\ncmdline = '--job=1'\nclass = 'BACKGROUND'\n",
+        )
+        .unwrap();
+        assert!(load_policy(std::slice::from_ref(&dir))
+            .unwrap()
+            .uses_cmdline());
         std::fs::write(
             dir.join("policy.toml"),
             "[[rules]]\ncomm = 'x'\nclass = 'NOPE'\n",

@@ -92,10 +92,13 @@ pub struct ProcessFacts {
     pub tgid: u32,
     /// The leader's comm.
     pub comm: String,
-    /// Full path of the executable (`/proc/PID/exe`), empty for kernel threads.
-    pub exe: String,
-    /// Command line with NULs replaced by spaces.
-    pub cmdline: String,
+    /// Full path of the executable (`/proc/PID/exe`), empty for kernel threads. Shared, not
+    /// copied, by the facts of forked children.
+    pub exe: Arc<str>,
+    /// Command line with NULs replaced by spaces: its first
+    /// [`canopy_sys::procfs::CMDLINE_MAX_BYTES`], and only when a rule matches on it
+    /// ([`PolicyPlan::uses_cmdline`]; empty otherwise). Shared by forked children's facts.
+    pub cmdline: Arc<str>,
     /// Real uid.
     pub uid: u32,
     /// The real uid's user name (NSS), when it has one: what `user = "..."` rules match.
@@ -159,8 +162,8 @@ pub struct GroupKnobs {
 /// Group policy as the scx backend writes it to the schedulers' group map.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ScxGroupPolicy {
-    /// Relative weight.
-    pub weight: u32,
+    /// Relative weight; None: the policy sets none, the cgroup's own `cpu.weight` rules.
+    pub weight: Option<u32>,
     /// Guaranteed share in percent of the machine (0 = none).
     pub guarantee_pct: u32,
     /// Cap in percent of the machine (0 = none).
@@ -227,6 +230,10 @@ pub trait PolicyPlan: Send + Sync + std::fmt::Debug {
     fn manage_kernel_threads(&self) -> bool;
     /// Whether RT and DL tasks are managed (default: left alone).
     fn manage_realtime(&self) -> bool;
+    /// Whether any rule matches on the command line: if none does, it is never read.
+    fn uses_cmdline(&self) -> bool {
+        true
+    }
     /// The compiled policy behind this plan, when there is one (the scheduler loader derives its
     /// own configuration from it on a reload); test plans have none.
     fn compiled(&self) -> Option<&canopy_policy::Plan> {
@@ -245,7 +252,7 @@ mod tests {
     #[test]
     fn the_schedulers_clamp_counts_ids_down_from_the_highest_class() {
         let limits = ScxGroupPolicy {
-            weight: 100,
+            weight: Some(100),
             guarantee_pct: 0,
             cap_pct: 0,
             floor: Some(ClassId(3)),

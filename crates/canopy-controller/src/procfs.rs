@@ -1,8 +1,11 @@
 //! The real [`TaskSource`]: facts from /proc (through canopy-sys's `ProcFs`) and membership and
 //! `cpu.stat` from cgroupfs (through canopy-sys's `Cgroup`), user names through NSS (canopy-sys's
 //! `UserNames`, once per uid). A thin adapter; a vanished task (ENOENT/ESRCH) is `Gone`, never an error.
+//! The command line is read only while the plan has a rule on it (canopy-sys bounds it to
+//! `CMDLINE_MAX_BYTES`); exe and cmdline are shared strings, so a fork's facts copy pointers.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use canopy_sys::cgroup::{Cgroup, CgroupHierarchy};
 use canopy_sys::procfs::{ProcFs, TaskId};
@@ -19,6 +22,7 @@ pub struct ProcSource {
     cgroup_root: PathBuf,
     tids: Vec<i32>,
     user_names: UserNames,
+    read_cmdlines: bool,
 }
 
 impl ProcSource {
@@ -29,6 +33,7 @@ impl ProcSource {
             cgroup_root,
             tids: Vec::new(),
             user_names: UserNames::new(),
+            read_cmdlines: true,
         }
     }
 
@@ -40,6 +45,17 @@ impl ProcSource {
     /// A cgroup by its path relative to the cgroup2 mount.
     fn cgroup(&self, relative: &str) -> Cgroup {
         Cgroup::from_dir(self.cgroup_root.join(relative))
+    }
+
+    /// The command line joined by spaces, when it is read at all.
+    fn cmdline(&mut self, tgid: u32) -> Result<Arc<str>, Gone> {
+        if !self.read_cmdlines {
+            return Ok(Arc::default());
+        }
+        Ok(done(self.proc.cmdline(tgid as i32), tgid)?
+            .to_strings()
+            .join(" ")
+            .into())
     }
 }
 
@@ -71,17 +87,26 @@ fn task(tgid: u32, tid: u32) -> TaskId {
 }
 
 impl TaskSource for ProcSource {
+    fn read_cmdlines(&mut self, wanted: bool) {
+        self.read_cmdlines = wanted;
+    }
+
     fn process_facts(&mut self, tgid: u32) -> Result<ProcessFacts, Gone> {
-        let info = done(self.proc.process_info(tgid as i32), tgid)?;
+        let info = if self.read_cmdlines {
+            self.proc.process_info(tgid as i32)
+        } else {
+            self.proc.process_info_without_cmdline(tgid as i32)
+        };
+        let info = done(info, tgid)?;
         let cgroup = self.process_cgroup(tgid)?;
         Ok(ProcessFacts {
             tgid,
             comm: info.comm.to_string_lossy(),
             exe: info
                 .exe
-                .map(|p| p.to_string_lossy().into_owned())
+                .map(|p| p.to_string_lossy().into())
                 .unwrap_or_default(),
-            cmdline: info.cmdline.to_strings().join(" "),
+            cmdline: info.cmdline.to_strings().join(" ").into(),
             uid: info.real_uid,
             user: self.user_names.name(info.real_uid),
             cgroup,
@@ -99,11 +124,9 @@ impl TaskSource for ProcSource {
         let mut facts = before.clone();
         facts.comm = self.thread_comm(tgid, tgid)?;
         facts.exe = done(self.proc.exe(tgid as i32), tgid)?
-            .map(|p| p.to_string_lossy().into_owned())
+            .map(|p| p.to_string_lossy().into())
             .unwrap_or_default();
-        facts.cmdline = done(self.proc.cmdline(tgid as i32), tgid)?
-            .to_strings()
-            .join(" ");
+        facts.cmdline = self.cmdline(tgid)?;
         Ok(facts)
     }
 

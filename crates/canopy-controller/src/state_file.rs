@@ -7,13 +7,27 @@
 //! A thread id can be reused once its thread exits, so each task entry carries the thread's start
 //! time (`/proc/<tid>/stat` field 22) and is only trusted while that still matches; the file also
 //! carries the boot id, so a record from another boot is ignored.
+//!
+//! The record is trusted across a restart, so nobody but the daemon may write it (threat model,
+//! attack 1): the temporary file is created `0600` with `O_CREAT | O_EXCL | O_NOFOLLOW` (a
+//! planted file or symlink makes the write fail, it is never followed) and renamed over the
+//! record. On read the record is refused whole (logged, a status note, never a crash) when it is
+//! a symlink, not a regular file, not owned by the daemon's own uid (root in production), or its
+//! mode grants group or others anything; then entry by entry: a cgroup key is normalised and must
+//! name an existing directory beneath the cgroup root (resolved by the kernel, no `..`, no
+//! symlink), a knob must be one of [`KNOB_FILES`] with a short value, and an attribute must be one
+//! the kernel could have had: an RT/DL policy only when the policy manages RT/DL tasks (otherwise
+//! canopy never changes such a task, so it cannot have recorded one). Example: a forged entry
+//! `{"tid": 4242, "policy": 1, "priority": 99, ...}` under a policy with `leave_realtime = true`
+//! is refused and tid 4242 is never made SCHED_FIFO.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use canopy_sys::sched::SchedAttr;
+use canopy_sys::sched::{SchedAttr, SchedPolicy};
 
 /// Least time between two writes of the file.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -29,6 +43,15 @@ pub const KNOB_FILES: [&str; 5] = [
     "cpu.uclamp.max",
     "cpu.max",
 ];
+
+/// Largest record read (about 200 bytes a task: far beyond any real machine's count).
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Longest knob value adopted (`cpu.max`'s "max 100000" is the longest real one).
+pub const MAX_KNOB_VALUE_BYTES: usize = 64;
+
+/// How many refused entries are named one by one (the rest are counted).
+const REFUSALS_NAMED: usize = 8;
 
 /// Why the record could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +129,243 @@ pub struct Adopted {
     pub tasks: HashMap<u32, SchedAttr>,
     /// Original knob values of cgroups.
     pub groups: HashMap<String, Vec<(&'static str, String)>>,
+    /// The start time of each adopted task's thread.
+    pub starts: HashMap<u32, u64>,
+    /// What was refused and why (the whole record, or its first entries and a count), for the
+    /// log and `canopy status`.
+    pub refused: Vec<String>,
+}
+
+/// What the entries of a record must satisfy to be adopted.
+#[derive(Debug, Clone, Copy)]
+pub struct AdoptRules<'a> {
+    /// The cgroup2 mount: every cgroup key must name an existing directory beneath it.
+    pub cgroup_root: &'a Path,
+    /// Whether the policy manages RT/DL tasks (`leave_realtime = false`); otherwise an RT/DL
+    /// original is refused.
+    pub realtime_managed: bool,
+}
+
+/// Why a whole record was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordRefused {
+    /// The path is a symlink (never followed).
+    #[error("it is a symlink")]
+    Symlink,
+    /// Not a regular file.
+    #[error("it is not a regular file")]
+    NotRegular,
+    /// Owned by somebody other than the daemon's uid.
+    #[error("it is owned by uid {owner}, not uid {expected}")]
+    Owner {
+        /// The file's owner.
+        owner: u32,
+        /// The daemon's effective uid.
+        expected: u32,
+    },
+    /// Group or others may read or write it.
+    #[error(
+        "its mode {mode:04o} grants group or others access (only 0600 or narrower is trusted)"
+    )]
+    Mode {
+        /// The permission bits.
+        mode: u32,
+    },
+    /// Larger than [`MAX_RECORD_BYTES`].
+    #[error("it is {size} bytes, more than {MAX_RECORD_BYTES}")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+    },
+    /// Not the JSON this daemon writes.
+    #[error("it is not a crash record: {0}")]
+    Malformed(String),
+    /// Written in another boot or by another version.
+    #[error("it is from another boot or version")]
+    Stale,
+    /// The OS refused to open or read it.
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+/// Collects refused entries: the first [`REFUSALS_NAMED`] by name, the rest counted.
+#[derive(Default)]
+struct Refusals {
+    named: Vec<String>,
+    more: usize,
+}
+
+impl Refusals {
+    fn add(&mut self, what: impl FnOnce() -> String) {
+        if self.named.len() < REFUSALS_NAMED {
+            self.named.push(what());
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn into_notes(mut self, path: &Path) -> Vec<String> {
+        if self.more > 0 {
+            self.named.push(format!("and {} more entries", self.more));
+        }
+        self.named
+            .into_iter()
+            .map(|why| format!("crash record {}: refused {why}", path.display()))
+            .collect()
+    }
+}
+
+/// Whether `attr` is attributes a thread could have had before canopy changed it.
+fn plausible_original(attr: &SchedAttr, realtime_managed: bool) -> Result<(), String> {
+    let policy = attr.policy();
+    if matches!(policy, SchedPolicy::Unknown(_)) {
+        return Err(format!("unknown policy {}", attr.sched_policy));
+    }
+    if policy.is_realtime() && !realtime_managed {
+        return Err(format!(
+            "an RT/DL original (policy {}, priority {}) while the policy leaves RT/DL tasks alone",
+            attr.sched_policy, attr.sched_priority
+        ));
+    }
+    let rt_priority = matches!(policy, SchedPolicy::Fifo | SchedPolicy::RoundRobin);
+    if !(-20..=19).contains(&attr.sched_nice)
+        || attr.sched_priority > 99
+        || (attr.sched_priority > 0) != rt_priority
+        || attr.sched_util_min > attr.sched_util_max
+        || attr.sched_util_max > canopy_sys::sched::UCLAMP_MAX_VALUE
+    {
+        return Err(format!(
+            "out-of-range attributes (nice {}, priority {}, uclamp {}..{})",
+            attr.sched_nice, attr.sched_priority, attr.sched_util_min, attr.sched_util_max
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the record without following a symlink and checks who may have written it; `None` when
+/// there is no record.
+fn read_record(path: &Path) -> Result<Option<Vec<u8>>, RecordRefused> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(RecordRefused::Symlink),
+        Err(e) => return Err(RecordRefused::Io(e)),
+    };
+    let meta = file.metadata().map_err(RecordRefused::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(RecordRefused::NotRegular);
+    }
+    // SAFETY: trivial syscall.
+    let expected = unsafe { libc::geteuid() };
+    if meta.uid() != expected {
+        return Err(RecordRefused::Owner {
+            owner: meta.uid(),
+            expected,
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(RecordRefused::Mode {
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    if meta.len() > MAX_RECORD_BYTES {
+        return Err(RecordRefused::TooLarge { size: meta.len() });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_RECORD_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(RecordRefused::Io)?;
+    Ok(Some(bytes))
+}
+
+/// Parses and validates a record's text (see the module documentation): the entries of this
+/// boot whose thread still runs (`start_time` of its tid matches) and that the `rules` allow.
+/// Refusals of single entries are listed in [`Adopted::refused`]; a record that is not this
+/// boot's JSON is refused whole.
+pub fn validate_record(
+    bytes: &[u8],
+    boot_id: &str,
+    rules: &AdoptRules<'_>,
+    start_time: impl Fn(u32) -> Option<u64>,
+    path: &Path,
+) -> Result<Adopted, RecordRefused> {
+    let contents: Contents =
+        serde_json::from_slice(bytes).map_err(|e| RecordRefused::Malformed(e.to_string()))?;
+    if contents.version != VERSION || contents.boot_id != boot_id {
+        return Err(RecordRefused::Stale);
+    }
+    let mut adopted = Adopted::default();
+    let mut refusals = Refusals::default();
+    for record in contents.tasks {
+        if start_time(record.tid) != Some(record.start) {
+            continue; // Exited, or the tid was reused: nothing to restore.
+        }
+        let attr = record.attr();
+        match plausible_original(&attr, rules.realtime_managed) {
+            Ok(()) => {
+                adopted.starts.insert(record.tid, record.start);
+                adopted.tasks.insert(record.tid, attr);
+            }
+            Err(why) => refusals.add(|| format!("tid {}: {why}", record.tid)),
+        }
+    }
+    let root = rules.cgroup_root.to_string_lossy();
+    for (key, knobs) in contents.groups {
+        let cgroup = match crate::protocol::normalize_cgroup(&key, &root) {
+            Ok(c) if !c.is_empty() => c,
+            _ => {
+                refusals.add(|| {
+                    format!(
+                        "cgroup {:?}: not a cgroup path below the root",
+                        shorten(&key)
+                    )
+                });
+                continue;
+            }
+        };
+        if let Err(why) = canopy_sys::beneath::dir_beneath(rules.cgroup_root, &cgroup) {
+            refusals.add(|| format!("cgroup {:?}: {why}", shorten(&key)));
+            continue;
+        }
+        let mut kept: Vec<(&'static str, String)> = Vec::new();
+        for (file, value) in knobs {
+            let known = KNOB_FILES.iter().find(|k| **k == file);
+            match known {
+                Some(k)
+                    if value.len() <= MAX_KNOB_VALUE_BYTES
+                        && !value.contains(['\n', '\0'])
+                        && !kept.iter().any(|(f, _)| f == k) =>
+                {
+                    kept.push((*k, value))
+                }
+                _ => refusals.add(|| {
+                    format!(
+                        "cgroup {cgroup:?}: knob {:?} = {:?}",
+                        shorten(&file),
+                        shorten(&value)
+                    )
+                }),
+            }
+        }
+        if !kept.is_empty() {
+            adopted.groups.insert(cgroup, kept);
+        }
+    }
+    adopted.refused = refusals.into_notes(path);
+    Ok(adopted)
+}
+
+/// The first 64 bytes of a string from the record (for messages).
+fn shorten(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default()
 }
 
 /// The state file and its write schedule.
@@ -113,8 +373,6 @@ pub struct Adopted {
 pub struct StateFile {
     path: PathBuf,
     boot_id: String,
-    /// Start times already read, by tid (read once per task, at its first flush).
-    starts: HashMap<u32, u64>,
     dirty: bool,
     last_write: Option<Instant>,
 }
@@ -138,7 +396,6 @@ impl StateFile {
         StateFile {
             path,
             boot_id: boot_id(),
-            starts: HashMap::new(),
             dirty: false,
             last_write: None,
         }
@@ -149,42 +406,40 @@ impl StateFile {
         &self.path
     }
 
-    /// Reads what a previous daemon recorded, keeping only entries still valid: same boot, and
-    /// for tasks the same thread (tid and start time). A missing or unreadable file is nothing.
-    pub fn adopt(&mut self) -> Adopted {
-        let mut adopted = Adopted::default();
-        let Ok(text) = std::fs::read_to_string(&self.path) else {
-            return adopted;
+    /// Reads what a previous daemon recorded, keeping only entries still valid and allowed by
+    /// `rules` (see the module documentation). A missing file is nothing; a refused one is
+    /// logged and listed in [`Adopted::refused`], never adopted.
+    pub fn adopt(&mut self, rules: &AdoptRules<'_>) -> Adopted {
+        let bytes = match read_record(&self.path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Adopted::default(),
+            Err(why) => return self.refused_whole(why),
         };
-        let contents: Contents = match serde_json::from_str(&text) {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::warn!(path = %self.path.display(), %error, "ignoring an unreadable fallback state file");
-                return adopted;
+        match validate_record(&bytes, &self.boot_id, rules, thread_start_time, &self.path) {
+            Ok(adopted) => {
+                for note in &adopted.refused {
+                    tracing::warn!("{note}");
+                }
+                adopted
             }
-        };
-        if contents.version != VERSION || contents.boot_id != self.boot_id {
-            tracing::info!(path = %self.path.display(), "ignoring a fallback state file from another boot or version");
-            return adopted;
-        }
-        for record in contents.tasks {
-            if thread_start_time(record.tid) == Some(record.start) {
-                self.starts.insert(record.tid, record.start);
-                adopted.tasks.insert(record.tid, record.attr());
+            Err(RecordRefused::Stale) => {
+                tracing::info!(path = %self.path.display(), "ignoring a fallback state file from another boot or version");
+                Adopted::default()
             }
+            Err(why) => self.refused_whole(why),
         }
-        for (cgroup, knobs) in contents.groups {
-            let knobs: Vec<(&'static str, String)> = knobs
-                .into_iter()
-                .filter_map(|(file, value)| {
-                    KNOB_FILES.iter().find(|k| **k == file).map(|k| (*k, value))
-                })
-                .collect();
-            if !knobs.is_empty() {
-                adopted.groups.insert(cgroup, knobs);
-            }
+    }
+
+    fn refused_whole(&self, why: RecordRefused) -> Adopted {
+        let note = format!(
+            "crash record {}: refused whole, nothing adopted: {why}",
+            self.path.display()
+        );
+        tracing::warn!("{note}");
+        Adopted {
+            refused: vec![note],
+            ..Adopted::default()
         }
-        adopted
     }
 
     /// Something recorded changed; the next due [`StateFile::flush`] writes it.
@@ -198,10 +453,10 @@ impl StateFile {
     }
 
     /// Writes the record if it changed and the last write is at least [`FLUSH_EVERY`] old (or
-    /// `force`). Tasks that exited before their first write are left out.
+    /// `force`). Each task comes with its thread's start time.
     pub fn flush<'a>(
         &mut self,
-        tasks: impl Iterator<Item = (u32, &'a SchedAttr)>,
+        tasks: impl Iterator<Item = (u32, u64, &'a SchedAttr)>,
         groups: &HashMap<String, Vec<(&'static str, String)>>,
         force: bool,
     ) -> Result<(), StateFileError> {
@@ -211,19 +466,9 @@ impl StateFile {
         if !force && self.last_write.is_some_and(|t| t.elapsed() < FLUSH_EVERY) {
             return Ok(());
         }
-        let mut records = Vec::new();
-        let mut alive = HashMap::new();
-        for (tid, attr) in tasks {
-            let start = match self.starts.get(&tid) {
-                Some(&s) => Some(s),
-                None => thread_start_time(tid),
-            };
-            if let Some(start) = start {
-                alive.insert(tid, start);
-                records.push(TaskRecord::new(tid, start, attr));
-            }
-        }
-        self.starts = alive;
+        let records = tasks
+            .map(|(tid, start, attr)| TaskRecord::new(tid, start, attr))
+            .collect();
         let contents = Contents {
             version: VERSION,
             boot_id: self.boot_id.clone(),
@@ -247,6 +492,8 @@ impl StateFile {
         Ok(())
     }
 
+    /// Writes a new temporary file (`0600`, `O_EXCL | O_NOFOLLOW`: whatever is planted at its
+    /// name is removed, never followed) and renames it over the record.
     fn write_atomically(&self, bytes: &[u8]) -> Result<(), StateFileError> {
         let error = |source| StateFileError {
             path: self.path.clone(),
@@ -258,7 +505,18 @@ impl StateFile {
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        let mut file = std::fs::File::create(&tmp).map_err(error)?;
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(error(e)),
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(error)?;
         file.write_all(bytes).map_err(error)?;
         file.sync_data().map_err(error)?;
         std::fs::rename(&tmp, &self.path).map_err(error)
@@ -268,7 +526,6 @@ impl StateFile {
     pub fn remove(&mut self) {
         let _ = std::fs::remove_file(&self.path);
         self.dirty = false;
-        self.starts.clear();
     }
 }
 
@@ -285,10 +542,21 @@ mod tests {
         }
     }
 
+    /// Rules for a cgroup root with one cgroup, `app`, under a temporary directory.
+    fn rules(root: &Path, realtime_managed: bool) -> AdoptRules<'_> {
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        AdoptRules {
+            cgroup_root: root,
+            realtime_managed,
+        }
+    }
+
     #[test]
     fn a_record_round_trips_for_live_threads_only() {
         let dir = std::env::temp_dir().join(format!("canopy-state-{}", std::process::id()));
         let path = dir.join("state.json");
+        let cgroot = dir.join("cgroup");
+        let rules = rules(&cgroot, false);
         let me = std::process::id();
         let mut file = StateFile::new(path.clone());
         file.mark_dirty();
@@ -301,11 +569,19 @@ mod tests {
                 ("cpu.max", "max 100000".to_string()),
             ],
         );
-        file.flush(tasks.iter().map(|(t, a)| (*t, a)), &groups, false)
-            .unwrap();
+        file.flush(
+            tasks
+                .iter()
+                .filter_map(|(t, a)| Some((*t, thread_start_time(*t)?, a))),
+            &groups,
+            false,
+        )
+        .unwrap();
         assert!(!file.is_dirty());
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "the record is {mode:o}");
 
-        let adopted = StateFile::new(path.clone()).adopt();
+        let adopted = StateFile::new(path.clone()).adopt(&rules);
         assert_eq!(adopted.tasks.get(&me), Some(&attr(3)));
         assert_eq!(
             adopted.tasks.len(),
@@ -319,17 +595,135 @@ mod tests {
         let mut contents: Contents = serde_json::from_str(&text).unwrap();
         contents.tasks[0].start += 1;
         std::fs::write(&path, serde_json::to_vec(&contents).unwrap()).unwrap();
-        assert!(StateFile::new(path.clone()).adopt().tasks.is_empty());
+        assert!(StateFile::new(path.clone()).adopt(&rules).tasks.is_empty());
 
         // Another boot's record is ignored.
         contents.tasks[0].start -= 1;
         contents.boot_id = "another boot".into();
         std::fs::write(&path, serde_json::to_vec(&contents).unwrap()).unwrap();
-        assert!(StateFile::new(path.clone()).adopt().tasks.is_empty());
+        assert!(StateFile::new(path.clone()).adopt(&rules).tasks.is_empty());
 
         StateFile::new(path.clone()).remove();
         assert!(!path.exists());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A record as a previous daemon of this boot would have written it, for tid `tid`.
+    fn record_text(boot_id: &str, tid: u32, policy: u32, priority: u32, cgroup: &str) -> String {
+        serde_json::json!({
+            "version": VERSION,
+            "boot_id": boot_id,
+            "tasks": [{"tid": tid, "start": 7, "policy": policy, "flags": 0, "nice": 0,
+                "priority": priority, "runtime": 0, "deadline": 0, "period": 0,
+                "util_min": 0, "util_max": 1024}],
+            "groups": {cgroup: [["cpu.weight", "100"], ["cpu.weight", "5"], ["memory.max", "0"]]},
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn forged_entries_are_refused_one_by_one() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("state.json");
+        let validate = |text: &str, realtime_managed: bool| {
+            validate_record(
+                text.as_bytes(),
+                "boot",
+                &rules(root.path(), realtime_managed),
+                |tid| (tid == 42).then_some(7),
+                &path,
+            )
+        };
+        // SCHED_FIFO 99 is adopted only when the policy manages RT/DL tasks.
+        let fifo = record_text("boot", 42, 1, 99, "app");
+        let refused = validate(&fifo, false).unwrap();
+        assert!(refused.tasks.is_empty());
+        assert!(
+            refused.refused[0].contains("tid 42: an RT/DL original"),
+            "{:?}",
+            refused.refused
+        );
+        let managed = validate(&fifo, true).unwrap();
+        assert_eq!(managed.tasks[&42].sched_priority, 99);
+        // Only the first of a repeated knob, and only the five knob files.
+        assert_eq!(
+            managed.groups["app"],
+            vec![("cpu.weight", "100".to_string())]
+        );
+        // Impossible attributes and escaping, absolute or missing cgroups are refused.
+        assert!(validate(&record_text("boot", 42, 0, 99, "app"), true)
+            .unwrap()
+            .tasks
+            .is_empty());
+        assert!(validate(&record_text("boot", 42, 9, 0, "app"), true)
+            .unwrap()
+            .tasks
+            .is_empty());
+        for key in ["../etc", "app/../../etc", "", "/", "missing", "app/./x"] {
+            let adopted = validate(&record_text("boot", 42, 0, 0, key), false).unwrap();
+            assert!(adopted.groups.is_empty(), "{key:?} adopted");
+            assert!(
+                adopted.refused.iter().any(|r| r.contains("cgroup")),
+                "{key:?}: {:?}",
+                adopted.refused
+            );
+        }
+        // An absolute path under the root is the same cgroup.
+        let absolute = format!("{}/app", root.path().display());
+        let adopted = validate(&record_text("boot", 42, 0, 0, &absolute), false).unwrap();
+        assert!(adopted.groups.contains_key("app"));
+        // Another boot, or not JSON, is refused whole.
+        assert!(matches!(
+            validate(&fifo.replace("\"boot\"", "\"other\""), true),
+            Err(RecordRefused::Stale)
+        ));
+        assert!(matches!(
+            validate("{", true),
+            Err(RecordRefused::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_symlink_or_a_file_others_may_write_is_refused_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let rules = rules(root.path(), true);
+        let me = std::process::id();
+        let boot = boot_id();
+        let target = root.path().join("elsewhere.json");
+        std::fs::write(&target, record_text(&boot, me, 0, 0, "app")).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = root.path().join("state.json");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let adopted = StateFile::new(path.clone()).adopt(&rules);
+        assert!(adopted.tasks.is_empty() && adopted.groups.is_empty());
+        assert!(
+            adopted.refused[0].contains("symlink"),
+            "{:?}",
+            adopted.refused
+        );
+
+        std::fs::remove_file(&path).unwrap();
+        std::fs::copy(&target, &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+        let adopted = StateFile::new(path.clone()).adopt(&rules);
+        assert!(adopted.groups.is_empty());
+        assert!(
+            adopted.refused[0].contains("mode 0660"),
+            "{:?}",
+            adopted.refused
+        );
+
+        // A write replaces whatever was planted at the temporary name, never following it.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let planted = root.path().join("planted");
+        std::os::unix::fs::symlink(&planted, root.path().join("state.json.tmp")).unwrap();
+        let mut file = StateFile::new(path.clone());
+        file.mark_dirty();
+        file.flush(std::iter::empty(), &HashMap::new(), true)
+            .unwrap();
+        assert!(!planted.exists(), "the planted symlink was followed");
+        assert!(StateFile::new(path).adopt(&rules).refused.is_empty());
     }
 
     #[test]

@@ -42,6 +42,8 @@ counters! {
     renames_coalesced,
     /// inotify queue overflows on the cgroup watch (each rescans the watched cgroups, not /proc).
     cgroup_watch_overflows,
+    /// Focus xattr changes ignored: the state they lead to (or leave) is not user-settable.
+    focus_xattrs_refused,
     /// Policy reloads that compiled and were swapped in.
     reloads_ok,
     /// Policy reloads that failed to compile (old policy kept).
@@ -83,7 +85,9 @@ impl LatencyRing {
         if self.samples_us.len() < Self::CAPACITY {
             self.samples_us.push(us);
         } else {
-            self.samples_us[self.next] = us;
+            if let Some(oldest) = self.samples_us.get_mut(self.next) {
+                *oldest = us;
+            }
             self.next = (self.next + 1) % Self::CAPACITY;
         }
         self.total += 1;
@@ -97,7 +101,7 @@ impl LatencyRing {
         let mut v = self.samples_us.clone();
         v.sort_unstable();
         let idx = ((v.len() as f64 - 1.0) * q).round() as usize;
-        Some(v[idx.min(v.len() - 1)] as u64)
+        v.get(idx.min(v.len() - 1)).map(|&us| us as u64)
     }
 
     /// Forgets every sample.

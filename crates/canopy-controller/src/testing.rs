@@ -329,7 +329,7 @@ impl PolicyPlan for TestPlan {
             .map(|i| i as u32 + 1)
             .unwrap_or(0);
         ScxGroupPolicy {
-            weight: self.group_knobs(group, state).weight.unwrap_or(100),
+            weight: self.group_knobs(group, state).weight,
             guarantee_pct: 0,
             cap_pct: 0,
             floor: self.group(group).floor.map(ClassId),
@@ -507,6 +507,9 @@ pub struct RecordingBackend {
     /// Threads a test made RT/DL after the controller first saw them: refused with
     /// `ApplyError::Realtime` unless RT/DL tasks are managed, as the fallback backend does.
     pub realtime_now: std::collections::HashSet<u32>,
+    /// While set, every apply_task is refused (as a failing sched_setattr would be); shared so
+    /// a test can flip it while the controller owns the backend.
+    pub refuse_tasks: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl crate::backend::Backend for RecordingBackend {
@@ -524,6 +527,13 @@ impl crate::backend::Backend for RecordingBackend {
         params: &ClassParams,
     ) -> Result<(), crate::backend::ApplyError> {
         self.apply_calls += 1;
+        if self.refuse_tasks.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(crate::backend::ApplyError::Refused {
+                what: format!("class {}", params.name),
+                target: format!("tid {tid}"),
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            });
+        }
         if self.realtime_now.contains(&tid) && !self.manage_realtime {
             self.applied.remove(&tid);
             return Err(crate::backend::ApplyError::Realtime(tid));

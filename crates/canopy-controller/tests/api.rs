@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 
 const APP: &str = "user.slice/user-1000.slice/user@1000.service/app.slice/app-player.scope";
 
+/// Starts the server and a controller whose cgroup root is `<dir>/cgroup` (with [`APP`] made
+/// beneath it); returns the socket path and the controller task.
 async fn start(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<()>) {
     let dir = std::env::temp_dir().join(format!(
         "canopy-api-{}-{}",
@@ -24,6 +26,9 @@ async fn start(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<(
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("control.sock");
+    let cgroup_root = dir.join("cgroup");
+    std::fs::create_dir_all(cgroup_root.join(APP)).unwrap();
+    let cgroup_root = cgroup_root.to_string_lossy().into_owned();
     let listener = server::bind(&path).unwrap();
     let (tx, mut rx) = mpsc::channel::<ControlMsg>(64);
     tokio::spawn(server::serve(listener, tx, limits));
@@ -40,7 +45,7 @@ async fn start(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<(
     ctl.rescan();
     let task = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            let r = handle_control(&mut ctl, &loader, "/sys/fs/cgroup", msg.peer, msg.request);
+            let r = handle_control(&mut ctl, &loader, &cgroup_root, msg.peer, msg.request);
             let _ = msg.reply.send(r);
         }
     });
@@ -70,7 +75,7 @@ async fn ten_thousand_malformed_requests_get_errors_and_the_daemon_keeps_serving
     let r = server::call(
         &path,
         &Request::State {
-            cgroup: format!("/sys/fs/cgroup/{APP}"),
+            cgroup: format!("{}/cgroup/{APP}", path.parent().unwrap().display()),
             state: "minimized".into(),
         },
         Duration::from_secs(2),
@@ -96,6 +101,7 @@ async fn idle_and_connection_limits_hold() {
         idle_timeout: Duration::from_millis(200),
         write_timeout: Duration::from_secs(1),
         max_connections: 2,
+        ..Limits::default()
     };
     let (path, _task) = start(limits).await;
     // A client that sends half a line and stalls gets a timeout reply and is closed.
@@ -112,4 +118,58 @@ async fn idle_and_connection_limits_hold() {
     let mut reply = String::new();
     c.read_line(&mut reply).await.unwrap();
     assert!(reply.contains("busy"), "{reply}");
+}
+
+/// Attack 6 (control-socket half): one uid holds at most its share of the connection slots
+/// (the next is told "busy" while another uid could still connect) and its requests beyond the
+/// per-second rate wait: 400 requests at 200/s with a burst of 200 take about a second. Root
+/// is limited here too (`root_exempt: false`) so the test holds as any uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uid_gets_its_share_of_connections_and_its_rate_of_requests() {
+    let limits = Limits {
+        per_uid_connections: 3,
+        per_uid_requests_per_s: 200,
+        root_exempt: false,
+        ..Limits::default()
+    };
+    let (path, _task) = start(limits).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = BufReader::new(tokio::net::UnixStream::connect(&path).await.unwrap());
+        s.get_mut()
+            .write_all(b"{\"cmd\":\"status\"}\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        s.read_line(&mut reply).await.unwrap();
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+        held.push(s);
+    }
+    let mut fourth = BufReader::new(tokio::net::UnixStream::connect(&path).await.unwrap());
+    let mut reply = String::new();
+    fourth.read_line(&mut reply).await.unwrap();
+    assert!(
+        reply.contains("holds its share of connections (3)"),
+        "{reply}"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let s = &mut held[0];
+    let t = std::time::Instant::now();
+    for _ in 0..400 {
+        s.get_mut()
+            .write_all(b"{\"cmd\":\"metrics\"}\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        s.read_line(&mut reply).await.unwrap();
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+    }
+    let took = t.elapsed();
+    eprintln!("400 requests at 200/s (burst 200, 3 used before): {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "not rate limited: {took:?}"
+    );
 }

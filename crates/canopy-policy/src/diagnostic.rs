@@ -273,6 +273,14 @@ pub enum Problem {
     /// A group path that is absolute or otherwise malformed.
     #[error("group path `{path}` {reason}")]
     BadGroupPath { path: String, reason: String },
+    /// A class above DEFAULT given on facts any process controls (its name, thread names, exe
+    /// basename, cmdline, parent's name): any local user can match it (issue 11, attack 3).
+    #[error("rule {rule} gives `{class}`, above DEFAULT, on facts any process controls ({facts}): any user's process can claim it")]
+    UnpinnedPromotion {
+        rule: String,
+        class: String,
+        facts: String,
+    },
 }
 
 impl Problem {
@@ -313,6 +321,7 @@ impl Problem {
             Problem::AnalysisLimit { .. } => "analysis-limit",
             Problem::IneffectiveSetting { .. } => "ineffective-setting",
             Problem::TooMany { .. } => "too-many",
+            Problem::UnpinnedPromotion { .. } => "unpinned-promotion",
         }
     }
 }

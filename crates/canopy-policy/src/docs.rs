@@ -38,7 +38,7 @@ class = "BACKGROUND"
 inherit = true                    # forked children keep the class
 
 [[rules]]
-exe = "pipewire*"
+exe = "/usr/bin/pipewire*"        # a promotion: by full path, not a name any process can take
 class = "USER_INTERACTIVE"
 
 [groups.apps]                     # cgroups matched by a glob, relative to the cgroup2 root
@@ -76,6 +76,18 @@ user_settable = true
   which child scheduler runs the group's cgroups; two groups that can match one cgroup with
   different schedulers are an error, and child schedulers may nest at most 3 levels below the
   root scheduler.
+- **Precedence of a group's CPU terms over its cgroups' own knobs** (the group's current state's
+  terms, else the group's): `weight` replaces each owned cgroup's `cpu.weight` (scx mode: the
+  root scheduler divides CPU by it, at the cgroup's place in the cgroup tree or as its child
+  scheduler's weight; fallback mode: canopy writes it into `cpu.weight` and restores the old
+  value when it stops). A group that sets no `weight` (nor its current state) leaves every
+  cgroup's own `cpu.weight` in force in both modes, including later changes to it (systemd's
+  `CPUWeight=`, kubelet's per-pod weights). A cap holds beside `cpu.max` (scx mode: the cgroup
+  and everything below it together get at most the tighter of the two: `cap_percent` of all
+  online CPUs per 100 ms, or per `cpu.max`'s period when it has one; fallback mode: the cap is
+  written into `cpu.max`). `guarantee_percent` is kept by the root scheduler for groups with a
+  child scheduler (`canopy` or `external`); for `scheduler = "none"` it is not enforced yet in
+  scx mode. All of it holds with or without a child scheduler, for every cgroup the group owns.
 - **States** (`[groups.NAME.states.STATE]`) override group settings while the group is in that
   state, after `after_s` seconds; `user_settable` lets the cgroup's owner switch to it.
 - **Drop-ins**: `[defaults]` and `[daemon]` fields are overridden by later files one by one;

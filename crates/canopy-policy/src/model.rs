@@ -242,7 +242,8 @@ macro_rules! with_group_settings {
         $(#[$meta])*
         pub struct $name {
             $( $(#[$before_meta])* pub $before: $before_ty, )*
-            /// CPU weight, 1..=10000 (as cgroup `cpu.weight`). Default: 100.
+            /// CPU weight, 1..=10000 (as cgroup `cpu.weight`). Default: none, each cgroup keeps its own
+            /// `cpu.weight` (see "Precedence" in docs/policy.md).
             #[serde(default, skip_serializing_if = "Option::is_none")]
             #[schemars(with = "Option<i64>")]
             pub weight: Option<Spanned<i64>>,

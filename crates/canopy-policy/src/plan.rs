@@ -69,8 +69,9 @@ pub enum Cap {
 /// The effective settings of a group in one state (or in its base settings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GroupSettings {
-    /// CPU weight, 1..=10000.
-    pub weight: u32,
+    /// CPU weight, 1..=10000; None: the policy sets none and each cgroup's own `cpu.weight`
+    /// rules (docs/policy.md, "Precedence").
+    pub weight: Option<u32>,
     /// `allow` list as written (None: every class).
     pub allow: Option<Vec<ClassId>>,
     /// `deny` list as written.
@@ -414,7 +415,7 @@ mod tests {
 
     fn settings(allowed: ClassMask, ceiling: Option<u8>, floor: Option<u8>) -> GroupSettings {
         GroupSettings {
-            weight: 100,
+            weight: None,
             allow: None,
             deny: Vec::new(),
             ceiling: ceiling.map(ClassId),

@@ -91,7 +91,7 @@ pub fn to_toml(plan: &Plan) -> String {
         };
         let base = &group.base;
         let base_overrides = SettingsOverrides {
-            weight: Some(base.weight),
+            weight: base.weight,
             allow: base.allow.clone(),
             deny: (!base.deny.is_empty()).then(|| base.deny.clone()),
             ceiling: base.ceiling,

@@ -26,8 +26,8 @@ pub struct CpuQuota {
 /// A group's share terms on a machine of a given size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShareTerms {
-    /// CPU weight, 1..=10000.
-    pub weight: u32,
+    /// CPU weight, 1..=10000; None: the policy sets none (the cgroup's `cpu.weight` rules).
+    pub weight: Option<u32>,
     /// Guaranteed share of the machine, percent (0: no guarantee).
     pub guarantee_percent: u32,
     /// Cap as a share of the machine, percent, 1..=100 (0: no cap). A quota cap is rounded up
@@ -68,7 +68,7 @@ impl GroupSettings {
             }
         };
         ShareTerms {
-            weight: self.weight.clamp(1, 10000),
+            weight: self.weight.map(|weight| weight.clamp(1, 10000)),
             guarantee_percent: self.guarantee_percent.map_or(0, u32::from),
             cap_percent,
             cap_quota,
@@ -83,7 +83,7 @@ mod tests {
 
     fn settings(cap: Option<Cap>) -> GroupSettings {
         GroupSettings {
-            weight: 100,
+            weight: None,
             allow: None,
             deny: Vec::new(),
             ceiling: None,
@@ -149,8 +149,9 @@ mod tests {
         assert_eq!((terms.cap_percent, terms.cap_quota), (0, None));
         assert_eq!(terms.guarantee_percent, 0);
         s.guarantee_percent = Some(30);
-        s.weight = 250;
+        assert_eq!(terms.weight, None);
+        s.weight = Some(250);
         let terms = s.share_terms(4);
-        assert_eq!((terms.weight, terms.guarantee_percent), (250, 30));
+        assert_eq!((terms.weight, terms.guarantee_percent), (Some(250), 30));
     }
 }

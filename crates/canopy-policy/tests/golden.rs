@@ -106,6 +106,7 @@ golden!(
     dropin_merge,
     valid_policy_with_custom_class,
     ineffective_setting,
+    unpinned_promotion,
 );
 
 #[test]
@@ -144,6 +145,7 @@ fn every_problem_has_a_golden_case() {
         "uclamp-inverted",
         "bad-group-path",
         "ineffective-setting",
+        "unpinned-promotion",
     ];
     let missing: Vec<&&str> = all.iter().filter(|code| !seen.contains(**code)).collect();
     assert!(

@@ -22,7 +22,9 @@ impl Comm {
         let until_nul = raw.iter().position(|&byte| byte == 0).unwrap_or(raw.len());
         let len = until_nul.min(TASK_COMM_LEN - 1);
         let mut bytes = [0u8; TASK_COMM_LEN];
-        bytes[..len].copy_from_slice(&raw[..len]);
+        for (slot, &byte) in bytes.iter_mut().zip(raw).take(len) {
+            *slot = byte;
+        }
         Comm {
             bytes,
             len: len as u8,
@@ -31,7 +33,8 @@ impl Comm {
 
     /// The name's bytes, without the NUL.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
+        // `len` is at most TASK_COMM_LEN - 1 (from_bytes).
+        self.bytes.get(..self.len as usize).unwrap_or_default()
     }
 
     /// The name as `&str`, or `None` if it is not UTF-8.

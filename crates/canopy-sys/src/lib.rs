@@ -14,6 +14,8 @@
 //!   sched_ext's sysfs files; the bpffs directory of canopy's pinned maps.
 //! - [`users`]: a uid's user name through NSS, cached per uid (`user = "..."` rules).
 //! - [`peer`]: `SO_PEERCRED` on Unix stream sockets.
+//! - [`beneath`]: resolving a path somebody else chose strictly beneath a trusted root
+//!   (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), with PATH_MAX/NAME_MAX limits.
 //! - [`instance_lock`]: one daemon at a time (`flock` on a lock file in the run directory).
 //! - [`policy_files`]: finding and reading policy files (`policy.toml`, `policy.d/*.toml`),
 //!   bounded and with the path in every error, for the CLI and the daemon alike.
@@ -22,7 +24,10 @@
 //! Every module has its own `thiserror` error type that carries the offending input (path,
 //! pid, value). A task that exits while we look at it is not an error: operations on a task
 //! return [`Outcome::Gone`] for `ENOENT`/`ESRCH`, and the caller simply forgets the task.
-//! No module logs; callers decide what is worth saying.
+//! No module logs; callers decide what is worth saying. Outside tests `unwrap` and indexing or
+//! slicing that may panic are denied (`clippy::unwrap_used`, `clippy::indexing_slicing`; the
+//! suite's clippy step in `tests/run-all.sh` enforces it): input from the kernel is bounds-checked
+//! with `get` and becomes an error or a fallback, never a panic of the daemon.
 //!
 //! # Tests
 //! Pure parsing and formatting have unit tests beside the code. `tests/host/` is one test
@@ -31,7 +36,9 @@
 //! where cgroup2 has the cpu controller (the VM kernel).
 
 #![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::indexing_slicing))]
 
+pub mod beneath;
 pub mod cgroup;
 pub mod instance_lock;
 pub mod peer;

@@ -8,6 +8,14 @@
 //! bounded (size, count) and every failure names the path, so bad input gives a clear error
 //! quickly instead of a hang or an out-of-memory. Nothing here parses TOML: the texts go to the
 //! pure compiler (`canopy_policy::Source::new(file.name(), file.text)`).
+//!
+//! Who may have written a policy (threat model: the daemon runs as root and obeys it): a policy
+//! file, and the `policy.d` directory drop-ins come from, is read only when it is owned by root
+//! or by the user reading it and neither its group nor others may write it. The daemon runs as
+//! root, so for it that means root-owned and not group/other-writable; `canopy check` run by a
+//! user on a file of their own (mode 0644 or 0600) still works, and `sudo canopy check` refuses
+//! what the daemon would refuse. Example: `/etc/canopy/policy.d/50-x.toml` owned by uid 1000, or
+//! mode 0664, is refused with an error naming the file, its owner and mode.
 
 use std::fs;
 use std::io;
@@ -111,6 +119,23 @@ pub enum PolicyFileError {
         /// The OS error.
         error: io::Error,
     },
+    /// A policy file or drop-in directory owned by somebody the reader does not trust, or
+    /// writable by its group or others.
+    #[error(
+        "{}: refused: owned by uid {owner} with mode {mode:04o}; a policy file (and policy.d) must be owned by root{} and writable by nobody else (chown root, chmod go-w)",
+        path.display(),
+        if *reader == 0 { String::new() } else { format!(" or by you (uid {reader})") }
+    )]
+    Untrusted {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// The reading process's effective uid.
+        reader: u32,
+    },
     /// A file is not UTF-8; located like a compiler diagnostic.
     #[error(
         "{}:{line}:{column}: error: invalid UTF-8 (byte offset {offset}); policy files must be UTF-8",
@@ -194,12 +219,34 @@ pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyFileError> {
     Ok(files)
 }
 
+/// Whether a policy file or drop-in directory with this owner and mode may be trusted by the
+/// reading process (see the module documentation).
+fn check_writers(path: &Path, metadata: &fs::Metadata) -> Result<(), PolicyFileError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: trivial syscall.
+    let reader = unsafe { libc::geteuid() };
+    let (owner, mode) = (metadata.uid(), metadata.mode() & 0o7777);
+    if (owner == 0 || owner == reader) && mode & 0o022 == 0 {
+        return Ok(());
+    }
+    Err(PolicyFileError::Untrusted {
+        path: path.to_path_buf(),
+        owner,
+        mode,
+        reader,
+    })
+}
+
 /// `dir/policy.d/*.toml` in lexical order (none when there is no such directory).
 fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, PolicyFileError> {
     let drop_in_dir = dir.join(DROP_IN_DIR);
-    if !drop_in_dir.is_dir() {
+    let Ok(metadata) = fs::metadata(&drop_in_dir) else {
+        return Ok(Vec::new());
+    };
+    if !metadata.is_dir() {
         return Ok(Vec::new());
     }
+    check_writers(&drop_in_dir, &metadata)?;
     let list_error = |error| PolicyFileError::List {
         dir: drop_in_dir.clone(),
         error,
@@ -221,18 +268,46 @@ fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, PolicyFileError> {
     Ok(drop_ins)
 }
 
-/// Reads one policy file: a regular file of at most [`MAX_FILE_BYTES`] of UTF-8.
+/// Reads one policy file: a regular file of at most [`MAX_FILE_BYTES`] of UTF-8, written by
+/// nobody the reader does not trust (see the module documentation).
 pub fn read_policy_file(path: &Path) -> Result<PolicyFile, PolicyFileError> {
     Ok(PolicyFile {
         path: path.to_path_buf(),
-        text: read_bounded_text(path, MAX_FILE_BYTES)?,
+        text: read_text(path, MAX_FILE_BYTES, check_writers)?,
     })
 }
 
 /// Reads a regular UTF-8 file of at most `limit` bytes, with clear errors otherwise (also for
 /// other configuration the CLI reads, such as a schedqos import).
 pub fn read_bounded_text(path: &Path, limit: u64) -> Result<String, PolicyFileError> {
-    let metadata = fs::metadata(path).map_err(|error| PolicyFileError::Access {
+    read_text(path, limit, |_, _| Ok(()))
+}
+
+/// Opens `path` (without blocking on a FIFO), checks what the open file is (regular, at most
+/// `limit` bytes, `check` on its metadata) and reads it as UTF-8.
+fn read_text(
+    path: &Path,
+    limit: u64,
+    check: impl Fn(&Path, &fs::Metadata) -> Result<(), PolicyFileError>,
+) -> Result<String, PolicyFileError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_error = |action, error| PolicyFileError::Read {
+        action,
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => PolicyFileError::Access {
+                path: path.to_path_buf(),
+                error,
+            },
+            _ => read_error("open", error),
+        })?;
+    let metadata = file.metadata().map_err(|error| PolicyFileError::Access {
         path: path.to_path_buf(),
         error,
     })?;
@@ -248,12 +323,7 @@ pub fn read_bounded_text(path: &Path, limit: u64) -> Result<String, PolicyFileEr
             limit,
         });
     }
-    let read_error = |action, error| PolicyFileError::Read {
-        action,
-        path: path.to_path_buf(),
-        error,
-    };
-    let file = fs::File::open(path).map_err(|error| read_error("open", error))?;
+    check(path, &metadata)?;
     let mut bytes = Vec::with_capacity(metadata.len() as usize);
     file.take(limit + 1)
         .read_to_end(&mut bytes)
@@ -266,7 +336,7 @@ pub fn read_bounded_text(path: &Path, limit: u64) -> Result<String, PolicyFileEr
     }
     String::from_utf8(bytes).map_err(|error| {
         let offset = error.utf8_error().valid_up_to();
-        let prefix = &error.as_bytes()[..offset];
+        let prefix = error.as_bytes().get(..offset).unwrap_or_default();
         PolicyFileError::InvalidUtf8 {
             path: path.to_path_buf(),
             line: prefix.iter().filter(|&&b| b == b'\n').count() + 1,
@@ -341,6 +411,57 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn files_and_drop_in_directories_others_may_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("policy.toml");
+        fs::write(&main, "").unwrap();
+        let mode = |path: &Path, mode: u32| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap()
+        };
+        mode(&main, 0o644);
+        assert!(read_policy(&[dir.path().to_path_buf()]).is_ok());
+        for wide in [0o664, 0o646] {
+            mode(&main, wide);
+            let error = read_policy(&[dir.path().to_path_buf()])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with(&format!("{}: refused: owned by uid", main.display()))
+                    && error.contains(&format!("mode {wide:04o}")),
+                "{error}"
+            );
+        }
+        mode(&main, 0o600);
+        let drop_in_dir = dir.path().join("policy.d");
+        fs::create_dir(&drop_in_dir).unwrap();
+        fs::write(drop_in_dir.join("10-a.toml"), "").unwrap();
+        mode(&drop_in_dir, 0o777);
+        let error = read_policy(std::slice::from_ref(&main))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("policy.d: refused"), "{error}");
+        mode(&drop_in_dir, 0o755);
+        assert_eq!(read_policy(std::slice::from_ref(&main)).unwrap().len(), 2);
+        // Read as root, a file owned by another user is refused even at 0644.
+        // SAFETY: trivial syscall.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(drop_in_dir.join("10-a.toml"), Some(1000), None).unwrap();
+            let error = read_policy(&[main]).unwrap_err().to_string();
+            assert!(
+                error.contains("10-a.toml: refused: owned by uid 1000")
+                    && error.contains("must be owned by root and writable by nobody else"),
+                "{error}"
+            );
+        }
+        // Other configuration (a schedqos import) has no owner rule.
+        let other = dir.path().join("import.json");
+        fs::write(&other, "{}").unwrap();
+        mode(&other, 0o666);
+        assert!(read_bounded_text(&other, 100).is_ok());
     }
 
     #[test]

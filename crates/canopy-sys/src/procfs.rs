@@ -374,9 +374,30 @@ impl ProcFs {
     /// parent's comm. `Gone` if the process exits on the way (the parent exiting only empties
     /// `parent_comm`).
     pub fn process_info(&mut self, pid: Pid) -> Result<Outcome<ProcessInfo>, ProcError> {
+        self.read_process_info(pid, true)
+    }
+
+    /// [`ProcFs::process_info`] without reading the command line (left empty): for a caller
+    /// with no use for it, since the process controls what it holds.
+    pub fn process_info_without_cmdline(
+        &mut self,
+        pid: Pid,
+    ) -> Result<Outcome<ProcessInfo>, ProcError> {
+        self.read_process_info(pid, false)
+    }
+
+    fn read_process_info(
+        &mut self,
+        pid: Pid,
+        with_cmdline: bool,
+    ) -> Result<Outcome<ProcessInfo>, ProcError> {
         let stat = or_gone!(self.process_stat(pid));
         let exe = or_gone!(self.exe(pid));
-        let cmdline = or_gone!(self.cmdline(pid));
+        let cmdline = if with_cmdline {
+            or_gone!(self.cmdline(pid))
+        } else {
+            Cmdline::default()
+        };
         let real_uid = or_gone!(self.real_uid(pid));
         let parent_comm = if stat.parent_pid > 0 {
             self.process_stat(stat.parent_pid)?
@@ -457,7 +478,7 @@ impl ProcFs {
     }
 
     fn parse_error(&self, reason: &'static str) -> ProcError {
-        let shown = &self.buffer[..self.buffer.len().min(256)];
+        let shown = self.buffer.get(..256).unwrap_or(self.buffer.as_slice());
         ProcError::Parse {
             path: PathBuf::from(&self.path),
             reason,
@@ -505,10 +526,13 @@ pub fn parse_stat(content: &[u8]) -> Result<TaskStat, &'static str> {
     if close < open {
         return Err("')' before '('");
     }
-    let id = parse_number::<Pid>(content[..open].trim_ascii()).ok_or("bad pid field")?;
-    let comm = Comm::from_bytes(&content[open + 1..close]);
-    let rest =
-        std::str::from_utf8(&content[close + 1..]).map_err(|_| "fields after comm not UTF-8")?;
+    // open < close, so each part exists (the fallbacks are never taken).
+    let pid_field = content.get(..open).unwrap_or_default();
+    let comm_field = content.get(open + 1..close).unwrap_or_default();
+    let after_comm = content.get(close + 1..).unwrap_or_default();
+    let id = parse_number::<Pid>(pid_field.trim_ascii()).ok_or("bad pid field")?;
+    let comm = Comm::from_bytes(comm_field);
+    let rest = std::str::from_utf8(after_comm).map_err(|_| "fields after comm not UTF-8")?;
     // Fields 3 (state) to 41 (policy) follow the comm; later fields are not needed.
     let mut fields = [""; 39];
     let mut count = 0;
@@ -519,7 +543,8 @@ pub fn parse_stat(content: &[u8]) -> Result<TaskStat, &'static str> {
     if count < fields.len() {
         return Err("too few fields");
     }
-    let field = |number: usize| fields[number - 3];
+    // Every field 3..=41 is present (checked above).
+    let field = |number: usize| fields.get(number - 3).copied().unwrap_or_default();
     let state = *field(3).as_bytes().first().ok_or("empty state")?;
     let parent_pid = field(4).parse().map_err(|_| "bad ppid (field 4)")?;
     let flags = field(9).parse().map_err(|_| "bad flags (field 9)")?;

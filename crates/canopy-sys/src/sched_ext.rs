@@ -84,7 +84,11 @@ impl KernelSupport {
                     (BTF_KIND_FUNC, SUB_SCHEDULER_KFUNC),
                 ],
             ) {
-                Ok(found) => (found[0], found[1], None),
+                Ok(found) => {
+                    let mut found = found.into_iter();
+                    let cid_ops = found.next().unwrap_or(false);
+                    (cid_ops, found.next().unwrap_or(false), None)
+                }
                 Err(reason) => (false, false, Some(reason.to_string())),
             },
             Err(error) => (false, false, Some(error.to_string())),
@@ -144,6 +148,33 @@ pub fn hotplug_seq() -> u64 {
     read_trimmed(&Path::new(SYSFS_DIR).join("hotplug_seq"))
         .and_then(|text| text.parse().ok())
         .unwrap_or(0)
+}
+
+/// How many CPUs the kernel may ever bring online (`/sys/devices/system/cpu/possible`, e.g.
+/// `0-255` is 256): sched_ext numbers them as cids 0..n. None when unreadable.
+pub fn possible_cpus() -> Option<u32> {
+    read_trimmed(Path::new("/sys/devices/system/cpu/possible"))
+        .and_then(|text| count_cpu_list(&text))
+}
+
+/// The number of CPUs in a kernel CPU list (`0-3,8,10-11` is 7). None when malformed.
+fn count_cpu_list(list: &str) -> Option<u32> {
+    list.split(',').try_fold(0u32, |total, range| {
+        let count = match range.split_once('-') {
+            Some((first, last)) => {
+                last.trim()
+                    .parse::<u32>()
+                    .ok()?
+                    .checked_sub(first.trim().parse().ok()?)?
+                    + 1
+            }
+            None => {
+                range.trim().parse::<u32>().ok()?;
+                1
+            }
+        };
+        total.checked_add(count)
+    })
 }
 
 /// The name of the loaded root scheduler's ops (`/sys/kernel/sched_ext/root/ops`).
@@ -240,8 +271,11 @@ fn btf_has(btf: &[u8], wanted: &[(u32, &str)]) -> Result<Vec<bool>, &'static str
             .map(|bytes| u32::from_ne_bytes(bytes.try_into().expect("4 bytes")))
             .ok_or("truncated")
     };
-    let magic = btf.get(0..2).ok_or("truncated")?;
-    if u16::from_ne_bytes([magic[0], magic[1]]) != BTF_MAGIC {
+    let magic = btf
+        .get(0..2)
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or("truncated")?;
+    if u16::from_ne_bytes(magic) != BTF_MAGIC {
         return Err("not BTF (bad magic)");
     }
     let header_len = u32_at(4)? as usize;
@@ -255,27 +289,24 @@ fn btf_has(btf: &[u8], wanted: &[(u32, &str)]) -> Result<Vec<bool>, &'static str
         .ok_or("string section out of bounds")?;
     let name_at = |offset: usize| -> &[u8] {
         let rest = strings.get(offset..).unwrap_or(&[]);
-        &rest[..rest
-            .iter()
-            .position(|&byte| byte == 0)
-            .unwrap_or(rest.len())]
+        rest.split(|&byte| byte == 0).next().unwrap_or_default()
     };
     let mut found = vec![false; wanted.len()];
     let mut at = 0;
     while at + BTF_TYPE_LEN <= types.len() {
-        let word = |index: usize| {
-            u32::from_ne_bytes(
-                types[at + 4 * index..at + 4 * index + 4]
-                    .try_into()
-                    .expect("4 bytes"),
-            )
+        let word = |index: usize| -> Result<u32, &'static str> {
+            types
+                .get(at + 4 * index..at + 4 * index + 4)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u32::from_ne_bytes)
+                .ok_or("truncated")
         };
-        let (name_off, info) = (word(0) as usize, word(1));
+        let (name_off, info) = (word(0)? as usize, word(1)?);
         let kind = (info >> 24) & 0x1f;
         let vlen = (info & 0xffff) as usize;
-        for (index, (wanted_kind, wanted_name)) in wanted.iter().enumerate() {
+        for (hit, (wanted_kind, wanted_name)) in found.iter_mut().zip(wanted) {
             if kind == *wanted_kind && name_at(name_off) == wanted_name.as_bytes() {
-                found[index] = true;
+                *hit = true;
             }
         }
         at += BTF_TYPE_LEN + btf_tail_len(kind, vlen)?;
@@ -285,6 +316,16 @@ fn btf_has(btf: &[u8], wanted: &[(u32, &str)]) -> Result<Vec<bool>, &'static str
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpu_list("0-255"), Some(256));
+        assert_eq!(count_cpu_list("0-3,8,10-11"), Some(7));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("x"), None);
+    }
+
     use super::*;
 
     /// A BTF blob: an INT, a STRUCT with one member, a FUNC_PROTO with one parameter, a FUNC.

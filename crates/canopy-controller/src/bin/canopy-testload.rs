@@ -1,5 +1,6 @@
 //! canopy-testload: the workloads the controller's host tests and benchmark drive: a burst of
-//! renamed threads, a fork storm, an idle process, and a one-shot control-socket client. Each
+//! renamed threads, a fork storm, an idle process, and control-socket clients (one request, or
+//! every stdin line on one connection). Each
 //! waits for a line on stdin before starting, prints the ids it created, then `ready`, and
 //! lives until stdin closes. Test tooling, not part of the product.
 
@@ -116,8 +117,35 @@ fn main() {
             let _ = std::io::BufReader::new(s).read_line(&mut reply);
             print!("{reply}");
         }
+        Some("client-lines") => {
+            // client-lines SOCKET: sends every stdin line as a request on one connection, one at
+            // a time, and prints "ok N errors M" and the first error reply.
+            let s = std::os::unix::net::UnixStream::connect(&args[2]).expect("connect");
+            let mut replies = std::io::BufReader::new(s.try_clone().expect("clone"));
+            let mut s = s;
+            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, String::new());
+            for line in std::io::stdin().lines() {
+                let line = line.expect("stdin");
+                s.write_all(line.as_bytes()).unwrap();
+                s.write_all(b"\n").unwrap();
+                let mut reply = String::new();
+                if replies.read_line(&mut reply).unwrap_or(0) == 0 {
+                    break;
+                }
+                if reply.contains("\"ok\":true") {
+                    ok += 1;
+                } else {
+                    errors += 1;
+                    if first_error.is_empty() {
+                        first_error = reply.trim().to_string();
+                    }
+                }
+            }
+            println!("ok {ok} errors {errors}");
+            println!("{first_error}");
+        }
         _ => {
-            eprintln!("usage: canopy-testload threads N [PREFIX] | forkstorm N | idle [NAME] | client SOCKET JSON");
+            eprintln!("usage: canopy-testload threads N [PREFIX] | forkstorm N | idle [NAME] | client SOCKET JSON | client-lines SOCKET");
             std::process::exit(2);
         }
     }

@@ -71,7 +71,13 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         let previous_handed = task.handed;
         let new_request = task.requested != Some(requested);
         let tgid = task.tgid;
-        let group = self.group_of(&cgroup);
+        // The governing cgroup: the task's own, or the nearest ancestor a group owns.
+        let owner = self.owner_of(&cgroup);
+        let group = owner.as_ref().map(|(_, group)| *group);
+        let cgroup = owner.map_or(cgroup, |(owner, _)| owner);
+        if group.is_some() {
+            self.ensure_group(&cgroup);
+        }
         let state = self.groups.get(&cgroup).and_then(|g| g.state.as_deref());
         let clamp = if own {
             crate::policy_port::Clamp {

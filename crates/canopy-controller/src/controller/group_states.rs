@@ -1,6 +1,12 @@
 //! Groups and their states: which group a cgroup belongs to, its knobs, the focus xattr
 //! (focused / unfocused after the state's delay) and the delayed state switches the daemon's
 //! timer fires. A state change re-evaluates the group's tasks through `decision.rs`.
+//!
+//! The focus xattr is written by whoever owns the cgroup, so it carries no more authority than
+//! that owner has over the control socket: it may switch a group only into a state the policy
+//! marks `user_settable`, and back to the base settings only out of such a state. Example: with
+//! `focused` not user-settable and `unfocused` user-settable, an app's own `-1` leaves it
+//! `unfocused`; a timestamp moves it from the base to `unfocused` after that state's delay.
 
 use super::*;
 
@@ -13,15 +19,31 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             return;
         };
         self.ensure_group(cgroup);
-        match focus_xattr {
-            Focus::Focused => self.switch_state(cgroup, focus.focused, now),
-            Focus::InactiveSince { .. } => {
-                if let Some(unfocused) = focus.unfocused {
-                    self.switch_state(cgroup, Some(unfocused), now);
-                }
-            }
-            Focus::NotSet => self.switch_state(cgroup, None, now),
+        let target = match focus_xattr {
+            Focus::Focused => focus.focused,
+            Focus::InactiveSince { .. } => match focus.unfocused {
+                Some(unfocused) => Some(unfocused),
+                None => return,
+            },
+            Focus::NotSet => None,
+        };
+        let settable = |state: &str| {
+            self.plan
+                .state_info(group, state)
+                .is_some_and(|info| info.user_settable)
+        };
+        let current = self.groups.get(cgroup).and_then(|g| g.state.clone());
+        let allowed = match (&target, &current) {
+            (Some(state), _) => settable(state),
+            (None, Some(state)) => settable(state),
+            (None, None) => true,
+        };
+        if !allowed {
+            self.stats.counters.focus_xattrs_refused += 1;
+            tracing::info!(cgroup, from = ?current, to = ?target, "focus xattr ignored: that state change is not user-settable in the policy");
+            return;
         }
+        self.switch_state(cgroup, target, now);
     }
 
     /// Switches a group to `state`, at once or after the state's delay from the policy. A newer
@@ -68,8 +90,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             if settle {
                 self.settle_rescan = None;
             }
-            self.last_overrun_rescan = Some(now);
-            self.rescan();
+            self.overrun_rescan();
         }
         let due: Vec<(String, String)> = self
             .groups
@@ -105,6 +126,21 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         let g = self.plan.group_for_cgroup(cgroup);
         self.group_cache.insert(cgroup.to_string(), g);
         g
+    }
+
+    /// The cgroup whose group governs tasks in `cgroup`: `cgroup` itself when a group owns it,
+    /// else its nearest ancestor that a group owns (a thread moved into `app-x.scope/sub` is
+    /// clamped by `app-x.scope`'s group and state, as the schedulers' `group_policy` walk does
+    /// in scx mode), at most `MAX_OWNER_LEVELS` levels up. None: no group above it.
+    pub(super) fn owner_of(&mut self, cgroup: &str) -> Option<(String, GroupId)> {
+        let mut candidate = cgroup;
+        for _ in 0..MAX_OWNER_LEVELS {
+            if let Some(group) = self.group_of(candidate) {
+                return Some((candidate.to_string(), group));
+            }
+            candidate = &candidate[..candidate.rfind('/')?];
+        }
+        None
     }
 
     /// Makes sure a managed cgroup has a group instance with its knobs applied.
@@ -167,7 +203,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         let members: Vec<u32> = self
             .processes
             .values()
-            .filter(|p| p.facts.cgroup == cgroup)
+            // its tasks and those of the cgroups below it, which it governs unless a group owns them
+            .filter(|p| {
+                p.facts.cgroup.strip_prefix(cgroup).is_some_and(|rest| {
+                    rest.is_empty() || (rest.starts_with('/') && !cgroup.is_empty())
+                })
+            })
             .flat_map(|p| p.threads.iter().copied())
             .collect();
         for tid in members {

@@ -32,6 +32,65 @@ pub enum RequestError {
     NoClass(String),
 }
 
+/// Why a request's cgroup path was refused before anything looked it up by name or stored it.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestPathError {
+    /// Too long, a component too long, NUL, `..`, `.`, an empty component, or outside the root.
+    #[error("invalid cgroup path: {0}")]
+    Invalid(String),
+    /// No such cgroup (nothing is created or remembered for it).
+    #[error("no cgroup {0:?} under the cgroup root")]
+    Missing(String),
+    /// A non-root caller named a cgroup it does not own.
+    #[error("permission denied: cgroup {cgroup:?} is owned by uid {owner}, not by uid {uid}")]
+    NotOwner {
+        /// The cgroup, relative to the root.
+        cgroup: String,
+        /// Its owner.
+        owner: u32,
+        /// The caller.
+        uid: u32,
+    },
+}
+
+impl RequestPathError {
+    /// Whether this is a refusal (counted as refused) rather than a bad request.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, RequestPathError::NotOwner { .. })
+    }
+}
+
+/// Resolves a `state` request's cgroup path, before the controller sees it: the PATH_MAX and
+/// NAME_MAX limits first (a 60 KiB path is refused before any copy of it), then normalised
+/// (relative to the root; `..`, `.`, empty components refused), then resolved by the kernel
+/// strictly beneath `cgroup_root` with no symlink (`canopy_sys::beneath`): it must exist and, for
+/// a non-root caller, be owned by the caller (systemd hands `user@UID.service` to its user).
+/// Example: uid 1000 asking for `user.slice/user-1000.slice/user@1000.service/app.slice/gone`
+/// gets `Missing` and the controller stores nothing for it.
+pub fn resolve_request_cgroup(
+    path: &str,
+    cgroup_root: &str,
+    caller_uid: u32,
+) -> Result<String, RequestPathError> {
+    let root = std::path::Path::new(cgroup_root);
+    canopy_sys::beneath::check_limits(root, path)
+        .map_err(|e| RequestPathError::Invalid(e.to_string()))?;
+    let cgroup = crate::protocol::normalize_cgroup(path, cgroup_root)
+        .map_err(|e| RequestPathError::Invalid(e.to_string()))?;
+    let dir = canopy_sys::beneath::dir_beneath(root, &cgroup).map_err(|e| match e {
+        canopy_sys::beneath::BeneathError::Missing(_) => RequestPathError::Missing(cgroup.clone()),
+        other => RequestPathError::Invalid(other.to_string()),
+    })?;
+    if caller_uid != 0 && dir.owner_uid != caller_uid {
+        return Err(RequestPathError::NotOwner {
+            cgroup,
+            owner: dir.owner_uid,
+            uid: caller_uid,
+        });
+    }
+    Ok(cgroup)
+}
+
 /// The answer to `explain`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Explanation {
@@ -134,8 +193,13 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         Ok(tids)
     }
 
-    /// The owner uid of a tracked process (for authorization of `explain`).
-    pub fn process_uid(&self, tgid: u32) -> Option<u32> {
+    /// The owner uid of the process `id` belongs to, for authorization of `explain`: `id` is a
+    /// process id or the id of any tracked thread (a thread answers for its process, so
+    /// `explain` on another user's thread is refused like `explain` on their process). The uid
+    /// is the process's real uid as read from `/proc` at fork or exec; `None` for an id that is
+    /// not tracked (`explain` then answers "no task" and reveals nothing).
+    pub fn process_uid(&self, id: u32) -> Option<u32> {
+        let tgid = self.tasks.get(&id).map_or(id, |t| t.tgid);
         self.processes.get(&tgid).map(|p| p.facts.uid)
     }
 
@@ -232,6 +296,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 }
             };
             why.push_str(managed_because);
+            if task.reapply_pending() {
+                why.push_str("; not applied yet under the reloaded policy (applying it failed, see the log; retried on the task's next event)");
+            }
             out.push(Explanation {
                 tid,
                 tgid: task.tgid,
@@ -247,7 +314,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 group: group_name,
                 state,
                 requested: requested.map(name),
-                effective: task.applied.map(|(c, _)| name(c)),
+                effective: task.current_class().map(name),
                 skipped: task.skip,
                 why,
             });
@@ -273,11 +340,10 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                     }),
                     tasks: per_cgroup.get(cgroup.as_str()).copied().unwrap_or(0),
                     cpu_usage_usec: None,
-                    weight: Some(
-                        self.plan
-                            .scx_group_policy(g.group, g.state.as_deref())
-                            .weight,
-                    ),
+                    weight: self
+                        .plan
+                        .scx_group_policy(g.group, g.state.as_deref())
+                        .weight,
                 })
                 .collect();
         groups.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
@@ -285,7 +351,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             g.cpu_usage_usec = self.source_cpu_usage(&g.cgroup);
         }
         let mut tasks_by_class: BTreeMap<String, u64> = BTreeMap::new();
-        for (class, _) in self.tasks.values().filter_map(|t| t.applied) {
+        for class in self.tasks.values().filter_map(Task::current_class) {
             *tasks_by_class
                 .entry(self.plan.class_params(class).name.to_string())
                 .or_default() += 1;

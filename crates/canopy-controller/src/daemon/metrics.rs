@@ -4,8 +4,8 @@
 //!   (`--metrics-allow-remote`); any other connection is closed at once;
 //! - at most [`MAX_CONNECTIONS`] connections are served at a time; more are closed at once,
 //!   so 2,000 held connections cost the daemon 16 descriptors, not 2,000;
-//! - one snapshot serves every scrape for [`SNAPSHOT_MAX_AGE`]: 1,000 scrapes in one second
-//!   cost the controller loop one rendering, not 1,000;
+//! - one snapshot serves every scrape for [`SNAPSHOT_MAX_AGE`] (100 ms): 1,000 scrapes in one
+//!   second cost the controller loop at most ten renderings, not 1,000;
 //! - accept errors back off (10 ms doubling to 1 s): on EMFILE the pending connection stays
 //!   in the backlog and a bare retry would spin.
 
@@ -24,8 +24,10 @@ use crate::server::ControlMsg;
 
 /// Connections served at once; more are closed as soon as they are accepted.
 pub const MAX_CONNECTIONS: usize = 16;
-/// How long one rendered snapshot answers scrapes.
-pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
+/// How long one rendered snapshot answers scrapes: at most ten renderings a second whatever
+/// the number of scrapers, and well under any scrape interval (a scraper must never get the
+/// same counters twice, which would make its rates 0/0).
+pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(100);
 /// How long a client may take to send its request (a connection that sends nothing holds its
 /// slot this long at most).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);

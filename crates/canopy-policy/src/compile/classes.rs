@@ -274,47 +274,22 @@ pub(super) fn apply_class_def(
     if let Some(policy) = def.policy {
         params.policy = policy;
     }
-    if let Some(nice) = check_range(&def.nice, "nice", -20, 19, file_of("nice"), reporter) {
+    let mut in_range = |value: &Option<Spanned<i64>>, field: &str, min: i64, max: i64| {
+        check_range(value, field, min, max, file_of(field), reporter)
+    };
+    if let Some(nice) = in_range(&def.nice, "nice", -20, 19) {
         params.nice = nice as i8;
     }
-    if let Some(slice) = check_range(
-        &def.slice_us,
-        "slice_us",
-        100,
-        100_000,
-        file_of("slice_us"),
-        reporter,
-    ) {
+    if let Some(slice) = in_range(&def.slice_us, "slice_us", 100, 100_000) {
         params.slice_us = slice as u32;
     }
-    if let Some(min) = check_range(
-        &def.uclamp_min,
-        "uclamp_min",
-        0,
-        1024,
-        file_of("uclamp_min"),
-        reporter,
-    ) {
+    if let Some(min) = in_range(&def.uclamp_min, "uclamp_min", 0, 1024) {
         params.uclamp_min = min as u16;
     }
-    if let Some(max) = check_range(
-        &def.uclamp_max,
-        "uclamp_max",
-        0,
-        1024,
-        file_of("uclamp_max"),
-        reporter,
-    ) {
+    if let Some(max) = in_range(&def.uclamp_max, "uclamp_max", 0, 1024) {
         params.uclamp_max = max as u16;
     }
-    if let Some(weight) = check_range(
-        &def.weight,
-        "weight",
-        1,
-        10_000,
-        file_of("weight"),
-        reporter,
-    ) {
+    if let Some(weight) = in_range(&def.weight, "weight", 1, 10_000) {
         params.weight = weight as u32;
     }
     if let Some(preempt) = def.preempt {

@@ -104,7 +104,7 @@ pub(super) fn resolve_group(
     let file_of = |field: &str| merged.field_files.get(field).copied().unwrap_or(file);
     let overrides = resolve_overrides(&def.settings(), &file_of, table, reporter);
     let empty = GroupSettings {
-        weight: 100,
+        weight: None,
         allow: None,
         deny: Vec::new(),
         ceiling: None,

@@ -70,6 +70,62 @@ macro_rules! override_fields {
     };
 }
 
+/// The field that places or identifies a merged item, which a drop-in may repeat but not
+/// change.
+#[derive(Clone, Copy)]
+enum Identity {
+    /// A class's `after`.
+    ClassAfter,
+    /// A group's `path`.
+    GroupPath,
+}
+
+/// Reports a drop-in that gives `identity` of item `name` a value other than the merged one
+/// (each value with the file it came from); true when it did, and the drop-in's item is
+/// skipped.
+fn identity_changed(
+    reporter: &mut Reporter,
+    identity: Identity,
+    name: &str,
+    (old, old_file): (&Option<Spanned<String>>, FileId),
+    (new, new_file): (&Option<Spanned<String>>, FileId),
+) -> bool {
+    let (Some(old), Some(new)) = (old, new) else {
+        return false;
+    };
+    if old.get_ref() == new.get_ref() {
+        return false;
+    }
+    let (what, detail, hint) = match identity {
+        Identity::ClassAfter => (
+            "class",
+            format!(
+                "placed after `{}`, earlier after `{}`",
+                new.get_ref(),
+                old.get_ref()
+            ),
+            "a drop-in may change a class's parameters, not move it",
+        ),
+        Identity::GroupPath => (
+            "group",
+            format!("path `{}`, earlier `{}`", new.get_ref(), old.get_ref()),
+            "give the new group another name, or drop `path` to only change its settings",
+        ),
+    };
+    let first = reporter.location(&spanned_span(old_file, old));
+    reporter.error(
+        &spanned_span(new_file, new),
+        Problem::Redefinition {
+            what: what.into(),
+            name: name.to_owned(),
+            detail,
+            first: first.to_string(),
+        },
+        Some(hint.into()),
+    );
+    true
+}
+
 pub(super) fn spanned_span<T>(file: FileId, value: &Spanned<T>) -> Span {
     Span::new(file, value.span())
 }
@@ -106,28 +162,15 @@ pub(super) fn merge(parsed: Vec<crate::parse::ParsedFile>, reporter: &mut Report
                     field_files: HashMap::new(),
                 }),
                 Some(existing) => {
-                    if let (Some(old), Some(new)) = (&existing.def.after, &item.after) {
-                        if old.get_ref() != new.get_ref() {
-                            let first = reporter
-                                .location(&spanned_span(existing.after_file.unwrap_or(file), old));
-                            reporter.error(
-                                &spanned_span(file, new),
-                                Problem::Redefinition {
-                                    what: "class".into(),
-                                    name: name.clone(),
-                                    detail: format!(
-                                        "placed after `{}`, earlier after `{}`",
-                                        new.get_ref(),
-                                        old.get_ref()
-                                    ),
-                                    first: first.to_string(),
-                                },
-                                Some(
-                                    "a drop-in may change a class's parameters, not move it".into(),
-                                ),
-                            );
-                            continue;
-                        }
+                    let after_file = existing.after_file.unwrap_or(file);
+                    if identity_changed(
+                        reporter,
+                        Identity::ClassAfter,
+                        &name,
+                        (&existing.def.after, after_file),
+                        (&item.after, file),
+                    ) {
+                        continue;
                     }
                     if item.after.is_some() && existing.def.after.is_none() {
                         existing.after_file = Some(file);
@@ -190,22 +233,15 @@ pub(super) fn merge(parsed: Vec<crate::parse::ParsedFile>, reporter: &mut Report
                     state_field_files: HashMap::new(),
                 }),
                 Some(existing) => {
-                    if let (Some(old), Some(new)) = (&existing.def.path, &item.path) {
-                        if old.get_ref() != new.get_ref() {
-                            let first = reporter
-                                .location(&spanned_span(existing.path_file.unwrap_or(file), old));
-                            reporter.error(
-                                &spanned_span(file, new),
-                                Problem::Redefinition {
-                                    what: "group".into(),
-                                    name: name.clone(),
-                                    detail: format!("path `{}`, earlier `{}`", new.get_ref(), old.get_ref()),
-                                    first: first.to_string(),
-                                },
-                                Some("give the new group another name, or drop `path` to only change its settings".into()),
-                            );
-                            continue;
-                        }
+                    let path_file = existing.path_file.unwrap_or(file);
+                    if identity_changed(
+                        reporter,
+                        Identity::GroupPath,
+                        &name,
+                        (&existing.def.path, path_file),
+                        (&item.path, file),
+                    ) {
+                        continue;
                     }
                     if item.path.is_some() && existing.path_file.is_none() {
                         existing.path_file = Some(file);

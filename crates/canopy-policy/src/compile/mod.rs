@@ -261,7 +261,7 @@ mod tests {
             ("b.toml", "[groups.apps]\nweight = 300\n\n[groups.apps.states.unfocused]\nafter_s = 30\n"),
         ]);
         let group = &plan.groups()[0];
-        assert_eq!(group.base.weight, 300);
+        assert_eq!(group.base.weight, Some(300));
         assert_eq!(group.base.ceiling, plan.class_id("USER_INITIATED"));
         let state = group.state("unfocused").unwrap();
         assert_eq!(state.after_s, 30);

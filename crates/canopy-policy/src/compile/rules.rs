@@ -132,6 +132,9 @@ pub(super) fn resolve_rule(
             })
         })
         .collect();
+    if !merged.damaged {
+        warn_unpinned_promotions(&label, merged, table, reporter);
+    }
     Rule {
         name: def.name.as_ref().map(|name| name.get_ref().clone()),
         conditions,
@@ -140,6 +143,64 @@ pub(super) fn resolve_rule(
         inherit: def.inherit.unwrap_or(false),
         threads,
         defined_at: Some(reporter.location(&merged.span)),
+    }
+}
+
+/// Warns about each class above DEFAULT that `merged` (rule `label`) gives while resting only on
+/// facts the task itself controls: its comm and thread names (`prctl(PR_SET_NAME)`), its exe
+/// basename and cmdline (any copy of a binary, any argv), its parent's comm. A rule is pinned
+/// by `uid`, `user`, `cgroup` (where a process may move itself is the cgroup owner's decision)
+/// or a full `exe` path (`/usr/bin/pipewire`: a root-owned directory, without `**`).
+fn warn_unpinned_promotions(
+    label: &str,
+    merged: &MergedRule,
+    table: &ClassTable,
+    reporter: &mut Reporter<'_>,
+) {
+    let def = &merged.def;
+    let full_exe_path = def.exe.as_ref().is_some_and(|exe| {
+        let text = exe.get_ref();
+        text.starts_with('/') && !text.contains("**")
+    });
+    if def.uid.is_some() || def.user.is_some() || def.cgroup.is_some() || full_exe_path {
+        return;
+    }
+    let Some(&default) = table.by_name.get("DEFAULT") else {
+        return;
+    };
+    let facts: Vec<&str> = [
+        (def.comm.is_some(), "comm"),
+        (def.exe.is_some(), "exe basename"),
+        (def.cmdline.is_some(), "cmdline"),
+        (def.parent_comm.is_some(), "parent_comm"),
+    ]
+    .into_iter()
+    .filter_map(|(present, fact)| present.then_some(fact))
+    .collect();
+    let file = merged.file;
+    let mut check = |class: &Spanned<String>, facts: String| {
+        let Some(&id) = table.by_name.get(class.get_ref()) else {
+            return; // unknown: reported by resolve
+        };
+        if id < default {
+            reporter.warning(
+                &spanned_span(file, class),
+                Problem::UnpinnedPromotion {
+                    rule: label.to_string(),
+                    class: class.get_ref().clone(),
+                    facts,
+                },
+                Some("add `uid = ...` or `user = \"...\"`, or match the full `exe` path (e.g. `/usr/bin/NAME`), so that another user's process cannot rename itself into this class".into()),
+            );
+        }
+    };
+    if let Some(class) = &def.class {
+        check(class, facts.join(", "));
+    }
+    for thread in &def.threads {
+        let mut thread_facts = facts.clone();
+        thread_facts.push("thread name");
+        check(&thread.class, thread_facts.join(", "));
     }
 }
 

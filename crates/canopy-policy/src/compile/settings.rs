@@ -121,8 +121,8 @@ pub(super) fn apply_overrides(
     overrides: &SettingsOverrides,
 ) -> GroupSettings {
     let mut settings = base.clone();
-    if let Some(weight) = overrides.weight {
-        settings.weight = weight;
+    if overrides.weight.is_some() {
+        settings.weight = overrides.weight;
     }
     if let Some(allow) = &overrides.allow {
         settings.allow = Some(allow.clone());
