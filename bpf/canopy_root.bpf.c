@@ -2,457 +2,56 @@
 /*
  * canopy_root: canopy's root sched_ext scheduler (cid form, with an arena).
  *
- * It owns two jobs:
+ * This file holds the ops callbacks and the struct_ops table; each concern they call into
+ * lives in its own header, with its policy and a worked example at its top:
  *
- * 1. Dividing CPU among "members": its own tasks (member 0: every task not
- *    below an attached child) and each attached child scheduler. Every
- *    dispatch on a cid first charges the wall time since the previous dispatch
- *    on that cid to whichever member owned it, as member vtime
- *    (ns * 100 / weight), then offers the cid to the member with the lowest
- *    vtime, then the next, and so on: a member with nothing to run is skipped
- *    at once, so capacity never idles while anyone has work (work-conserving
- *    within one slice). A member that was idle re-enters at most one default
- *    slice behind the busy member with the least vtime, so it cannot hoard credit
- *    (busy members are never lifted: they keep whatever lag they have).
- *    Optional per-member terms, per 100 ms window and across all online cids:
- *    a cap (skipped once it used cap% of the window's capacity) and a
- *    guarantee (offered first while below guarantee% of the capacity elapsed).
- *    Children hold SCX_CAP_ENQ_IMMED on every cid (a time share, never
- *    ownership); they run only when this scheduler calls
- *    scx_bpf_sub_dispatch() for them, which is what makes the accounting exact.
- *    A child's task runs for the slice its own scheduler chose; while another
- *    member has work, a per-cid timer cuts each grant to a child at
- *    CANOPY_QUANTUM_NS (5 ms) with a preempting kick, so the split is corrected
- *    every few milliseconds instead of every (up to 20 ms) slice.
+ * - cid_grants.bpf.h: dividing CPU among "members": the root's own tasks (member 0) and each
+ *   attached child scheduler, by member vtime at their weights, with per-window caps and
+ *   guarantees (who a cid is handed to, charging it back, choosing the next member);
+ * - grant_quantum.bpf.h: cutting a child's grant at CANOPY_QUANTUM_NS (5 ms) while another
+ *   member has work, and taking a cid back from a child for our own queued tasks;
+ * - cpu_tree.bpf.h: the cgroup cpu.weight tree, cpu.idle and cpu.max for the root's own tasks;
+ * - own_dispatch.bpf.h: our own tasks' turn on a cid: the next queued task (passing over
+ *   cgroups at their cpu.max quota) or the previous task kept, and billing a task's run;
+ * - class_vtime.bpf.h, preempt_budget.bpf.h: class-weighted vtime and the preemption budget;
+ * - admission.bpf.h: which sub-schedulers may attach where, and their time-share grants.
  *
- *    Worked example: 2 cids; member 0 (own tasks) weight 100 with nothing
- *    runnable; child A weight 200 and child B weight 100, each with two CPU
- *    hogs, 20 ms slices. After A has run 40 ms its vtime is 40*100/200 = 20;
- *    after B has run 20 ms its vtime is 20*100/100 = 20. Picking the lowest
- *    vtime each time keeps the vtimes level, so A receives 2/3 and B 1/3 of
- *    the 2 cids: 1.33 and 0.67 CPUs. If B's hogs stop, B is skipped and A gets
- *    both cids; when they resume, B starts 20 ms (one default slice) of vtime
- *    behind A (the least-served busy member) and the 2:1 split is restored within a few slices.
- *    With B capped at 25%: B may use 0.25 * 100 ms * 2 cids = 50 ms per
- *    window; A (or member 0) gets the rest even though B has work.
+ * Here: placing our own waking tasks by class. The controller writes tid -> class into
+ * `task_classes`; unknown tasks take the policy's default class. A waking task of a
+ * preempting class (USER_INTERACTIVE) goes straight to an idle cid, else preempts a cid
+ * running one of our tasks of a preemptible class (UTILITY, BACKGROUND; DEFAULT once it has
+ * run 1 ms of its slice, so a UI thread or the daemon waits at most that long behind default
+ * work), while it has preemption budget left (preempt_budget.bpf.h: 20 ms of running per
+ * 100 ms window; a busy loop then queues in vtime order like everyone else). When our tasks
+ * are queued and a child holds the cids, the child's oldest grant is cut once it is a quantum
+ * old (reclaim_child_cid), whatever the slice its scheduler chose.
  *
- * 2. Scheduling its own tasks by the cgroup tree and QoS class: every cgroup
- *    with the cpu controller gets its cpu.weight share of its parent's part, as
- *    the fair scheduler's classic `smp` group shares (cpu_tree.bpf.h, with its
- *    cost and a worked example; cpu.idle and cpu.max are kept there too);
- *    inside a cgroup, tasks share by class. The
- *    controller writes tid -> class into `task_classes`; unknown tasks take the
- *    policy's default class. Tasks are ordered by class-weighted vtime
- *    (class_vtime.bpf.h), charged at their weight in the tree, with the class
- *    slice. A waking task of a preempting class (USER_INTERACTIVE) goes
- *    straight to an idle cid, else preempts a cid running one of our tasks of a
- *    preemptible class (UTILITY, BACKGROUND; DEFAULT once it has run 1 ms of its
- *    slice, so a UI thread or the daemon waits at most that long behind default work),
- *    while it has preemption budget left (preempt_budget.bpf.h: 20 ms of running per
- *    100 ms window; a busy loop then queues in vtime order like everyone else). When our
- *    tasks are queued and a child holds the cids, the child's oldest grant is cut once it
- *    is a quantum old (reclaim_child_cid), whatever the slice its scheduler chose.
+ * Worked example: 2 cids, both running our own tasks: a BACKGROUND hog on cid 0 and a DEFAULT
+ * task on cid 1 that started its slice 0.4 ms ago. A USER_INTERACTIVE task wakes with budget
+ * left: no cid is idle, cid 0's BACKGROUND task is preemptible at once, so the waker is
+ * inserted on cid 0's local DSQ with SCX_ENQ_PREEMPT and runs within a context switch; the
+ * DEFAULT task on cid 1 would have been preemptible only from 1 ms into its slice. Had the
+ * waker used its 20 ms budget in the current 100 ms, it would queue in vtime order instead.
  *
- * Admission (sub_attach): a child may attach only on a cgroup that the policy
- * (map `group_policy`, pushed by the loader) names with a scheduler kind
- * admitting the child's ops name. Anything else is refused with -EPERM (not
- * named / name not admitted) or -ENOSPC (no free member slot); each decision is
- * logged through the `admission_events` ring buffer and bpf_printk.
+ * Dispatch: charge the cid to its previous owner, then offer it to members by vtime
+ * (cid_grants.bpf.h); with no children attached it goes straight to our own tasks.
  *
- * Known costs, stated honestly: cutting a grant at the quantum costs one
- * timer and one kick per grant under contention; charging at dispatch attributes the gap between a
- * task stopping and the next dispatch to the previous owner (microseconds);
- * member vtime updates race between cids (a lost update skews one slice, and
- * the next dispatch corrects it).
+ * Known costs, stated honestly: cutting a grant at the quantum costs one timer and one kick
+ * per grant under contention; charging at dispatch attributes the gap between a task stopping
+ * and the next dispatch to the previous owner (microseconds); member vtime updates race
+ * between cids (a lost update skews one slice, and the next dispatch corrects it).
  */
 #include "cpu_tree.bpf.h"
 #include "preempt_budget.bpf.h"
+#include "cid_grants.bpf.h"
+#include "grant_quantum.bpf.h"
+#include "own_dispatch.bpf.h"
+#include "admission.bpf.h"
 
 char _license[] SEC("license") = "GPL";
 
 /* weight of the root's own tasks (member 0) when the policy names no weight for "/" */
 const volatile u32 own_weight = CANOPY_DEFAULT_WEIGHT;
-
-#define NO_OWNER CANOPY_MAX_MEMBERS
-#define NO_CLASS CANOPY_MAX_CLASSES
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, CANOPY_MAX_MEMBERS);
-	__type(key, u32);
-	__type(value, struct canopy_member);
-} members SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 64 * 1024);
-} admission_events SEC(".maps");
-
-/* The supervisor's record of children re-attached after a restart request (userspace only). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, CANOPY_MAX_GROUPS);
-	__type(key, u64);
-	__type(value, struct canopy_child_restarts);
-} child_restarts SEC(".maps");
-
-/* Who a cid is currently handed to, and since when. */
-struct cid_state {
-	u32 owner;		/* member slot, NO_OWNER when idle */
-	/*
-	 * class of our own task running there, NO_CLASS otherwise: set in running(), cleared in
-	 * stopping(); a task the kernel keeps running past its slice sees neither, and stays
-	 * preemptible
-	 */
-	u32 running_class;
-	u64 since;
-	u64 reserved_vtime;	/* vtime charged to the owner in advance when it was handed the cid */
-};
-
-struct cid_state cid_states[CANOPY_MAX_CIDS];
-u64 idle_cids[CANOPY_MAX_CIDS / 64];
-/* attached children; with none, dispatch skips member selection entirely */
-u32 nr_children;
-/*
- * Lowest vtime among members that have work (CFS's min_vruntime): a member coming back from
- * idle re-enters at most one slice behind it. Tracking the lowest, not the highest, matters:
- * a member running ahead on its guarantee must not push returning members past busy ones.
- */
-u64 member_vtime_min;
-
-/* cmask scratch for grants; only used from sub_attach and cid_online (serialised by the kernel) */
-struct canopy_cmask __arena grant_mask;
-
-static __always_inline struct cid_state *cid_state_of(s32 cid)
-{
-	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
-		return NULL;
-	/* the mask keeps the offset provably bounded even if clang hoists the address */
-	return &cid_states[cid & (CANOPY_MAX_CIDS - 1)];
-}
-
-static __always_inline struct canopy_member *member_of(u32 slot)
-{
-	return bpf_map_lookup_elem(&members, &slot);
-}
-
-static __always_inline bool cid_is_idle(s32 cid)
-{
-	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
-		return false;
-	return idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)] & (1ULL << (cid & 63));
-}
-
-/*
- * Start a new accounting window when the current one is over. A capped member carries what
- * it used beyond its cap into the next window (a dispatch can overshoot the cap by up to a
- * slice per cid), so over time it averages exactly its cap; a guaranteed member carries what
- * it was promised but did not get (a sibling's slice may hold a cid past the window).
- */
-static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr_cids)
-{
-	struct canopy_group_policy *pol;
-	u64 budget, promised, owed, cgroup_id;
-
-	if (now - m->period_start_ns < CANOPY_PERIOD_NS)
-		return;
-	/*
-	 * Follow the share terms of the group's current state (the daemon rewrites group_policy
-	 * when a state changes), once a window: weight when the policy names one (else the
-	 * cgroup's cpu.weight), guarantee and cap.
-	 */
-	cgroup_id = m->cgroup_id;
-	pol = bpf_map_lookup_elem(&group_policy, &cgroup_id);
-	if (pol) {
-		struct canopy_cgroup_node *node = tree_node(cgroup_id);
-
-		if (pol->weight)
-			m->weight = pol->weight;
-		else if (node && node->cpu_weight)
-			m->weight = node->cpu_weight;
-		m->guarantee_pct = pol->guarantee_pct;
-		m->cap_pct = pol->cap_pct;
-	}
-	budget = (now - m->period_start_ns) * nr_cids / 100 * m->cap_pct;
-	/* a guaranteed member that got less than promised is owed the rest (up to one window) */
-	promised = (now - m->period_start_ns) * nr_cids / 100 * m->guarantee_pct + m->guarantee_owed_ns;
-	owed = (m->guarantee_pct && promised > m->period_used_ns) ? promised - m->period_used_ns : 0;
-	m->guarantee_owed_ns = owed < CANOPY_PERIOD_NS * (u64)nr_cids ? owed : CANOPY_PERIOD_NS * (u64)nr_cids;
-	m->period_start_ns = now;
-	if (m->cap_pct && m->cap_pct < 100 && m->period_used_ns > budget)
-		m->period_used_ns -= budget;
-	else
-		m->period_used_ns = 0;
-}
-
-/*
- * Charge the time @cid has been handed to its owner and mark it unowned. The owner was charged
- * its expected use in advance (hand_cid); settle that against what it really used. Updates are
- * atomic: both cids of a member often end their slices on the same tick.
- */
-static __always_inline void charge_cid(s32 cid, u64 now)
-{
-	struct cid_state *cs = cid_state_of(cid);
-	struct canopy_member *m;
-	u64 delta, used_vtime, reserved;
-	u32 owner;
-
-	if (!cs)
-		return;
-	owner = cs->owner;
-	reserved = cs->reserved_vtime;
-	cs->owner = NO_OWNER;
-	cs->reserved_vtime = 0;
-	if (owner >= CANOPY_MAX_MEMBERS)
-		return;
-	m = member_of(owner);
-	if (!m || !m->active)
-		return;
-	if (m->running_cids)
-		__sync_fetch_and_sub(&m->running_cids, 1);
-	delta = now > cs->since ? now - cs->since : 0;
-	used_vtime = delta * 100 / (m->weight ?: 1);
-	/* two's complement: adding (used - reserved) also subtracts an over-reservation */
-	__sync_fetch_and_add(&m->vtime, used_vtime - reserved);
-	if (!delta)
-		return;
-	__sync_fetch_and_add(&m->cpu_ns, delta);
-	roll_window(m, now, scx_bpf_nr_online_cids() ?: 1);
-	m->period_used_ns += delta;
-	/* 1/8 moving average, kept within [50 us, 2 default slices] */
-	m->slice_estimate_ns = (m->slice_estimate_ns * 7 + delta) / 8;
-	if (m->slice_estimate_ns < 50000)
-		m->slice_estimate_ns = 50000;
-	if (m->slice_estimate_ns > 2 * KCONST(SCX_SLICE_DFL))
-		m->slice_estimate_ns = 2 * KCONST(SCX_SLICE_DFL);
-}
-
-/*
- * Hand @cid to member @slot and charge it, in advance, the time it is expected to keep the
- * cid. Without the reservation a member's vtime would not show what it is running right now,
- * and two cids picking at the same moment would both pick the same lagging member.
- */
-static __always_inline void hand_cid(s32 cid, u32 slot, u64 now)
-{
-	struct cid_state *cs = cid_state_of(cid);
-	struct canopy_member *m = member_of(slot);
-	u64 reserved = 0;
-
-	if (!cs)
-		return;
-	if (m && m->active) {
-		reserved = m->slice_estimate_ns * 100 / (m->weight ?: 1);
-		__sync_fetch_and_add(&m->vtime, reserved);
-		__sync_fetch_and_add(&m->running_cids, 1);
-	}
-	cs->owner = slot;
-	cs->since = now;
-	cs->reserved_vtime = reserved;
-}
-
-/* Idle: nothing queued when last offered a cid and nothing running anywhere. */
-static __always_inline bool member_idle(const struct canopy_member *m)
-{
-	return m->empty && !m->running_cids;
-}
-
-/* One timer per cid, cutting a child's grant at the quantum (see the top of this file). */
-struct cid_quantum {
-	struct bpf_timer timer;
-	u64 armed_since;	/* cid_state.since of the grant the timer was armed for */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, CANOPY_MAX_CIDS);
-	__type(key, u32);
-	__type(value, struct cid_quantum);
-} cid_quanta SEC(".maps");
-
-/* Another active member than @slot has work queued or running. */
-static __always_inline bool others_busy(u32 slot)
-{
-	int i;
-
-	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
-		struct canopy_member *m = member_of(i);
-
-		if (i != slot && m && m->active && !member_idle(m))
-			return true;
-	}
-	return false;
-}
-
-static int quantum_expired(void *map, u32 *key, struct cid_quantum *quantum)
-{
-	s32 cid = *key;
-	struct cid_state *cs = cid_state_of(cid);
-	u32 owner;
-
-	if (!cs)
-		return 0;
-	owner = cs->owner;
-	/* still the same grant to a child, and someone else wants the cid: end it */
-	if (owner != NO_OWNER && owner != CANOPY_SELF_SLOT && cs->since == quantum->armed_since &&
-	    (others_busy(owner) || scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ) > 0)) {
-		scx_bpf_kick_cid(cid, KCONST(SCX_KICK_PREEMPT));
-		stat_inc(CANOPY_STAT_QUANTUM_KICKS);
-	}
-	return 0;
-}
-
-/* Arm @cid's quantum timer for the grant just made (on this CPU: dispatch runs there). */
-static __always_inline void arm_quantum(s32 cid)
-{
-	struct cid_state *cs = cid_state_of(cid);
-	struct cid_quantum *quantum;
-	u32 key = cid;
-
-	quantum = bpf_map_lookup_elem(&cid_quanta, &key);
-	if (!quantum || !cs)
-		return;
-	quantum->armed_since = cs->since;
-	bpf_timer_start(&quantum->timer, CANOPY_QUANTUM_NS, BPF_F_TIMER_CPU_PIN);
-}
-
-/* A child holds @cid (not idle, not ours); its grant began at *@since. */
-static __always_inline bool child_holds(s32 cid, u64 *since)
-{
-	struct cid_state *cs = cid_state_of(cid);
-
-	if (!cs || cs->owner == NO_OWNER || cs->owner == CANOPY_SELF_SLOT)
-		return false;
-	*since = cs->since;
-	return true;
-}
-
-/*
- * One of our tasks (@p) was queued and no idle cid took it: the cid a child has held longest
- * must come back within a quantum, whatever slice the child's scheduler chose (the timer that
- * dispatch arms is armed only when another member was busy at grant time). A grant already a
- * quantum old, or any grant when @p is a preempting wakeup (@urgent: it has preemption budget
- * left, preempt_budget.bpf.h), is cut now with a preempting kick; a younger one gets its
- * quantum timer, at the time it turns a quantum old. The cid's next dispatch offers it by
- * member vtime as always, so a kick never gives us more than our member share.
- * Example: a foreign child with 1 s slices got both cids while our tasks slept; a
- * USER_INTERACTIVE task of ours wakes and finds no cid to preempt: it is queued, the older
- * grant is kicked at once, and the cid's dispatch picks member 0 (it used little, so its vtime
- * is lowest): the task runs within a dispatch, not after the child's second. A DEFAULT task
- * waking 2 ms into the child's grant waits for the grant to turn 5 ms old.
- */
-static __always_inline void reclaim_child_cid(struct task_struct *p, bool urgent)
-{
-	struct cid_quantum *quantum;
-	u32 nr = scx_bpf_nr_cids(), key;
-	u64 now = scx_bpf_now(), since = 0, oldest_since = (u64)-1;
-	s32 oldest = -1, own = scx_bpf_task_cid(p);
-	int i;
-
-	if (!nr_children)
-		return;
-	/* an urgent wakeup takes back its own cid when a child holds it: no IPI */
-	if (urgent && child_holds(own, &since) && task_may_run_on(p, own)) {
-		oldest = own;
-		oldest_since = since;
-	} else {
-		canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
-			if (child_holds(i, &since) && since < oldest_since && task_may_run_on(p, i)) {
-				oldest = i;
-				oldest_since = since;
-			}
-		}
-	}
-	if (oldest < 0)
-		return;
-	if (urgent || now - oldest_since >= CANOPY_QUANTUM_NS) {
-		scx_bpf_kick_cid(oldest, KCONST(SCX_KICK_PREEMPT));
-		stat_inc(CANOPY_STAT_CHILD_CIDS_RECLAIMED);
-		return;
-	}
-	key = oldest;
-	quantum = bpf_map_lookup_elem(&cid_quanta, &key);
-	if (!quantum)
-		return;
-	quantum->armed_since = oldest_since;
-	bpf_timer_start(&quantum->timer, oldest_since + CANOPY_QUANTUM_NS - now, 0);
-}
-
-/* Called once per cid from init. */
-static __always_inline void init_quantum(u32 cid)
-{
-	struct cid_quantum *quantum = bpf_map_lookup_elem(&cid_quanta, &cid);
-
-	if (!quantum)
-		return;
-	bpf_timer_init(&quantum->timer, &cid_quanta, 1 /* CLOCK_MONOTONIC */);
-	bpf_timer_set_callback(&quantum->timer, quantum_expired);
-}
-
-/*
- * The next member to offer a cid: lowest vtime among active members not yet
- * tried, members below their guarantee first, members at their cap never.
- */
-__noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
-{
-	u32 best = NO_OWNER;
-	int i;
-	u64 best_vtime = (u64)-1;
-	bool best_guaranteed = false;
-	u64 min_busy = (u64)-1, floor;
-
-	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
-		struct canopy_member *m = member_of(i);
-
-		if (m && m->active && !member_idle(m) && m->vtime < min_busy)
-			min_busy = m->vtime;
-	}
-	if (min_busy != (u64)-1)
-		member_vtime_min = min_busy;
-	floor = member_vtime_min > KCONST(SCX_SLICE_DFL) ?
-		member_vtime_min - KCONST(SCX_SLICE_DFL) : 0;
-
-	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
-		struct canopy_member *m;
-		bool guaranteed;
-		u64 capacity;
-
-		if (i < 0 || i >= CANOPY_MAX_MEMBERS || (tried & (1U << i)))
-			continue;
-		m = member_of(i);
-		if (!m || !m->active)
-			continue;
-
-		roll_window(m, now, nr_cids);
-		capacity = CANOPY_PERIOD_NS * (u64)nr_cids;
-		if (m->cap_pct && m->cap_pct < 100 &&
-		    m->period_used_ns >= capacity / 100 * m->cap_pct) {
-			m->throttled++;
-			stat_inc(CANOPY_STAT_CAP_THROTTLED);
-			continue;
-		}
-		guaranteed = m->guarantee_pct &&
-			     m->period_used_ns < (now - m->period_start_ns) * nr_cids / 100 *
-						 m->guarantee_pct + m->guarantee_owed_ns;
-
-		/*
-		 * Only a member coming back from idle is lifted to the floor: busy ones keep their
-		 * lag. A member whose queue was empty while its tasks ran elsewhere is not idle.
-		 */
-		if (member_idle(m) && m->vtime < floor) {
-			m->lifted_vtime += floor - m->vtime;
-			m->vtime = floor;
-		}
-
-		if ((guaranteed && !best_guaranteed) ||
-		    (guaranteed == best_guaranteed && m->vtime < best_vtime)) {
-			best = i;
-			best_vtime = m->vtime;
-			best_guaranteed = guaranteed;
-		}
-	}
-	return best;
-}
 
 /*
  * Take @cid for a waking task if it is idle. Test-and-clear: of two tasks waking at once only
@@ -576,164 +175,6 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 	}
 	if (!idle)
 		reclaim_child_cid(p, preempting);
-}
-
-/*
- * Bill the CPU time one of our tasks has run since it started: its cgroup path's cpu.max
- * quotas and caps, its class's preempt budget, and its vtime at its weight in the tree.
- */
-static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
-{
-	if (nr_quota_cgroups > 0 && tctx && tctx->running_at && now > tctx->running_at)
-		quota_charge(task_cpu_cgroup_id(p), now - tctx->running_at, now);
-	if (tctx && tctx->running_at && now > tctx->running_at)
-		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
-	tree_task_reweight(p, tctx);
-	class_vtime_stopping(p, now, tree_charge_weight_fp(p));
-}
-
-/*
- * Keeps @prev running on @cid as our dispatch, as the class decided afresh for it, for at most
- * @quota_left ns (the cpu.max quota or cap its cgroup path has left; (u64)-1: no limit).
- */
-static __always_inline bool keep_own_prev(s32 cid, struct task_struct *prev, u64 quota_left)
-{
-	struct cid_state *cs;
-	struct task_ctx *tctx;
-
-	if (!class_vtime_keep_prev(prev))
-		return false;
-	if (quota_left < prev->scx.slice)
-		scx_bpf_task_set_slice(prev, quota_left);
-	cs = cid_state_of(cid);
-	tctx = task_ctx_of(prev);
-	if (cs && tctx)
-		cs->running_class = tctx->class;
-	return true;
-}
-
-/* What our own tasks' turn on a cid gave it. */
-enum own_dispatch {
-	OWN_NONE,	/* nothing of ours wants it */
-	OWN_QUEUED,	/* a queued task */
-	OWN_KEPT,	/* @prev keeps running */
-};
-
-/* One timer: when a cpu.max period ends while tasks wait for it, kick the idle cids. */
-struct quota_wakeup {
-	struct bpf_timer timer;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, u32);
-	__type(value, struct quota_wakeup);
-} quota_wakeups SEC(".maps");
-
-static int quota_period_turned(void *map, u32 *key, struct quota_wakeup *wakeup)
-{
-	u32 nr = scx_bpf_nr_cids();
-	int i;
-
-	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
-		if (cid_is_idle(i))
-			scx_bpf_kick_cid(i, KCONST(SCX_KICK_IDLE));
-	}
-	return 0;
-}
-
-/* Wake the idle cids at @at_ns (scx_bpf_now() time), when the throttling period ends. */
-static __always_inline void wake_at_period_end(u64 at_ns, u64 now)
-{
-	u32 key = 0;
-	struct quota_wakeup *wakeup = bpf_map_lookup_elem(&quota_wakeups, &key);
-
-	if (wakeup)
-		bpf_timer_start(&wakeup->timer, at_ns > now ? at_ns - now : 1000, 0);
-}
-
-/*
- * Move the first task of @dsq (vtime order) that may run on @cid and whose cgroup path has
- * cpu.max quota left to the local DSQ, its slice capped at that quota; tasks of throttled
- * cgroups stay queued and the timer wakes the cids when their period ends.
- */
-static __noinline bool move_first_within_quota(u64 dsq, s32 cid)
-{
-	struct bpf_iter_scx_dsq it;
-	struct task_struct *p;
-	u64 now = scx_bpf_now(), wake = 0;
-	bool moved = false;
-
-	if (bpf_iter_scx_dsq_new(&it, dsq, 0))
-		goto out;
-	while ((p = bpf_iter_scx_dsq_next(&it))) {
-		u64 period_end = 0, left;
-
-		if (!task_may_run_on(p, cid))
-			continue;
-		left = quota_left(task_cpu_cgroup_id(p), now, &period_end);
-		if (!left) {
-			stat_inc(CANOPY_STAT_QUOTA_SKIPS);
-			if (!wake || period_end < wake)
-				wake = period_end;
-			continue;
-		}
-		if (left < p->scx.slice)
-			scx_bpf_dsq_move_set_slice(&it, left);
-		if (scx_bpf_dsq_move(&it, p, KCONST(SCX_DSQ_LOCAL), 0)) {
-			moved = true;
-			break;
-		}
-	}
-out:
-	bpf_iter_scx_dsq_destroy(&it);
-	if (!moved && wake)
-		wake_at_period_end(wake, now);
-	return moved;
-}
-
-/* Our queued task (of @dsq) to @cid's local DSQ, minding cpu.max quotas while any exist. */
-static __always_inline bool move_own_to_local(u64 dsq, s32 cid)
-{
-	if (nr_quota_cgroups > 0)
-		return move_first_within_quota(dsq, cid);
-	return scx_bpf_dsq_move_to_local___v2___canopy(dsq, 0);
-}
-
-/* The quota @prev's cgroup path has left this period ((u64)-1: no limit; 0: throttled). */
-static __always_inline u64 prev_quota_left(struct task_struct *prev)
-{
-	u64 period_end = 0;
-
-	if (nr_quota_cgroups <= 0 || !prev)
-		return (u64)-1;
-	return quota_left(task_cpu_cgroup_id(prev), scx_bpf_now(), &period_end);
-}
-
-/*
- * Our own tasks' turn on @cid: with @normal, a queued task first, else @prev keeps running;
- * with @idle, after those, tasks of idle cgroups (CANOPY_IDLE_DSQ, or an idle-cgroup @prev).
- * Tasks of cgroups at their cpu.max quota are passed over.
- */
-static __always_inline enum own_dispatch dispatch_own(s32 cid, struct task_struct *prev,
-						      bool normal, bool idle)
-{
-	bool prev_idle = prev && task_in_idle_cgroup(prev);
-	u64 left = prev_quota_left(prev);
-	bool prev_keepable = left != 0;
-
-	if (normal && move_own_to_local(CANOPY_OWN_DSQ, cid))
-		return OWN_QUEUED;
-	if (normal && !prev_idle && prev_keepable && keep_own_prev(cid, prev, left))
-		return OWN_KEPT;
-	if (!idle)
-		return OWN_NONE;
-	if (move_own_to_local(CANOPY_IDLE_DSQ, cid))
-		return OWN_QUEUED;
-	if (prev_idle && prev_keepable && keep_own_prev(cid, prev, left))
-		return OWN_KEPT;
-	return OWN_NONE;
 }
 
 void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
@@ -911,81 +352,6 @@ void CANOPY_OP(canopy_root_enable, struct task_struct *p, struct scx_enable_args
 	own_task_moved(p);
 }
 
-/* The cgroup's cpu.weight as the cpu controller holds it (100 when unknown). */
-static u32 cgroup_cpu_weight(u64 cgid)
-{
-	struct cgroup_subsys_state *css;
-	struct cgroup *cgrp;
-	u32 weight = CANOPY_DEFAULT_WEIGHT;
-
-	cgrp = bpf_cgroup_from_id(cgid);
-	if (!cgrp)
-		return weight;
-	css = BPF_CORE_READ(cgrp, subsys[cpu_cgrp_id]);
-	if (css) {
-		struct task_group *tg = container_of(css, struct task_group, css);
-		u32 w = BPF_CORE_READ(tg, scx.weight);
-
-		if (w)
-			weight = w;
-	}
-	bpf_cgroup_release(cgrp);
-	return weight;
-}
-
-static bool names_equal(const char *a, const char *b)
-{
-	u32 i;
-
-	for (i = 0; i < CANOPY_NAME_LEN; i++) {
-		if (a[i] != b[i])
-			return false;
-		if (!a[i])
-			return true;
-	}
-	return true;
-}
-
-static bool admits(struct canopy_group_policy *pol, const char *name)
-{
-	u32 i;
-
-	for (i = 0; i < CANOPY_MAX_ADMITTED; i++) {
-		if (i >= pol->nr_admitted)
-			break;
-		if (names_equal(pol->admitted[i], name))
-			return true;
-	}
-	return false;
-}
-
-static void report_admission(u64 cgid, s32 verdict, u32 slot, const char *name,
-			     const char *path)
-{
-	struct canopy_admission_event *ev;
-
-	ev = bpf_ringbuf_reserve(&admission_events, sizeof(*ev), 0);
-	if (!ev)
-		return;
-	ev->cgroup_id = cgid;
-	ev->verdict = verdict;
-	ev->slot = slot;
-	__builtin_memcpy(ev->ops_name, name, CANOPY_NAME_LEN);
-	bpf_probe_read_kernel_str(ev->cgroup_path, sizeof(ev->cgroup_path), path);
-	bpf_ringbuf_submit(ev, 0);
-}
-
-/* Share every online cid with @cgid as a time share. */
-static s32 grant_time_share(u64 cgid)
-{
-	u32 nr = scx_bpf_nr_cids(), i;
-
-	cmask_reset(&grant_mask, nr);
-	for (i = 0; i < CANOPY_MAX_CIDS && i < nr; i++)
-		cmask_set(&grant_mask, i);
-	return scx_bpf_sub_grant(cgid, KCONST(SCX_CAP_ENQ_IMMED), AS_SCX_CMASK(&grant_mask), NULL);
-}
-
 s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args)
 {
 	struct canopy_group_policy *pol;
@@ -1145,17 +511,6 @@ void CANOPY_OP(canopy_root_cid_offline, s32 cid)
 	if (cid >= 0 && cid < CANOPY_MAX_CIDS)
 		__sync_fetch_and_and(&idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)],
 				     ~(1ULL << (cid & 63)));
-}
-
-static __always_inline void init_quota_wakeup(void)
-{
-	u32 key = 0;
-	struct quota_wakeup *wakeup = bpf_map_lookup_elem(&quota_wakeups, &key);
-
-	if (!wakeup)
-		return;
-	bpf_timer_init(&wakeup->timer, &quota_wakeups, 1 /* CLOCK_MONOTONIC */);
-	bpf_timer_set_callback(&wakeup->timer, quota_period_turned);
 }
 
 s32 CANOPY_OP_SLEEPABLE(canopy_root_init)

@@ -63,7 +63,7 @@ pub struct MemberStatus {
     pub cpu_ns_interval: u64,
     pub dispatches: u64,
     pub throttled: u64,
-    /// weighted ns of credit dropped when it came back from idle (see canopy_root.bpf.c)
+    /// weighted ns of credit dropped when it came back from idle (see bpf/cid_grants.bpf.h)
     pub lifted_vtime: u64,
     /// CPUs' worth of time it received during the interval
     pub cpus_used: f64,

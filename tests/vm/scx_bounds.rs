@@ -4,7 +4,7 @@
 //! demands all the CPU and every run starts with a preempting wakeup) cannot push a BACKGROUND
 //! hog below its weight share (the preemption budget, `bpf/preempt_budget.bpf.h`); and a foreign child that
 //! picks 1 s slices gives its cids back when the root's USER_INTERACTIVE task wakes, within
-//! 10 ms, without tripping the watchdog (`reclaim_child_cid` in `bpf/canopy_root.bpf.c`).
+//! 10 ms, without tripping the watchdog (`reclaim_child_cid` in `bpf/grant_quantum.bpf.h`).
 //! One boot for both (39-55 s of wall time in four runs on a loaded host).
 use std::time::Duration;
 

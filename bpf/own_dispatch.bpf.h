@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * own_dispatch.bpf.h: the root's own tasks' turn on a cid (member 0's part of a dispatch) and
+ * the cpu.max quota path for them. It owns dispatch_own(), which moves the next queued task
+ * (CANOPY_OWN_DSQ, then the idle-cgroup CANOPY_IDLE_DSQ) to the cid or keeps the previous
+ * task running; the wakeup timer (`quota_wakeups`) for cids left idle by throttled cgroups;
+ * and bill_own_run(), which charges a task's run to its cgroup path's quotas, its class's
+ * preemption budget and its vtime. The quota arithmetic itself (quota_left, quota_charge)
+ * lives with the cgroup tree in cpu_tree.bpf.h.
+ *
+ * Policy: while no cgroup has a quota, a dispatch moves the first task of the vtime-ordered
+ * DSQ. While any has one, it walks the DSQ in vtime order and takes the first task whose
+ * cgroup path has quota left this period, its slice capped at the smallest quota left on the
+ * path; tasks of throttled cgroups stay queued, and if nothing could be moved a one-shot
+ * timer kicks the idle cids when the earliest throttled period ends. The previous task keeps
+ * its cid only while its path has quota left, with its slice capped the same way.
+ *
+ * Worked example: cpu.max "50000 100000" on cgroup h with three hogs, a busy sibling s, 2
+ * cids, 20 ms slices. At t = 40 ms of h's period its hogs have used 42 ms together: the next
+ * h hog found first in vtime order gets a slice of 8 ms, not 20. Once h has used 50 ms,
+ * dispatches pass over h's hogs (CANOPY_STAT_QUOTA_SKIPS) and give s's tasks both cids; if s
+ * sleeps, the cids go idle and the timer kicks them at the period's end, when h's hogs run
+ * again. Over 10 s h gets 0.5 CPU and s the rest.
+ */
+#ifndef CANOPY_OWN_DISPATCH_BPF_H
+#define CANOPY_OWN_DISPATCH_BPF_H
+
+#include "cpu_tree.bpf.h"
+#include "preempt_budget.bpf.h"
+#include "cid_grants.bpf.h"
+
+/*
+ * Bill the CPU time one of our tasks has run since it started: its cgroup path's cpu.max
+ * quotas and caps, its class's preempt budget, and its vtime at its weight in the tree.
+ */
+static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
+{
+	if (nr_quota_cgroups > 0 && tctx && tctx->running_at && now > tctx->running_at)
+		quota_charge(task_cpu_cgroup_id(p), now - tctx->running_at, now);
+	if (tctx && tctx->running_at && now > tctx->running_at)
+		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
+	tree_task_reweight(p, tctx);
+	class_vtime_stopping(p, now, tree_charge_weight_fp(p));
+}
+
+/*
+ * Keeps @prev running on @cid as our dispatch, as the class decided afresh for it, for at most
+ * @quota_left ns (the cpu.max quota or cap its cgroup path has left; (u64)-1: no limit).
+ */
+static __always_inline bool keep_own_prev(s32 cid, struct task_struct *prev, u64 quota_left)
+{
+	struct cid_state *cs;
+	struct task_ctx *tctx;
+
+	if (!class_vtime_keep_prev(prev))
+		return false;
+	if (quota_left < prev->scx.slice)
+		scx_bpf_task_set_slice(prev, quota_left);
+	cs = cid_state_of(cid);
+	tctx = task_ctx_of(prev);
+	if (cs && tctx)
+		cs->running_class = tctx->class;
+	return true;
+}
+
+/* What our own tasks' turn on a cid gave it. */
+enum own_dispatch {
+	OWN_NONE,	/* nothing of ours wants it */
+	OWN_QUEUED,	/* a queued task */
+	OWN_KEPT,	/* @prev keeps running */
+};
+
+/* One timer: when a cpu.max period ends while tasks wait for it, kick the idle cids. */
+struct quota_wakeup {
+	struct bpf_timer timer;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct quota_wakeup);
+} quota_wakeups SEC(".maps");
+
+static int quota_period_turned(void *map, u32 *key, struct quota_wakeup *wakeup)
+{
+	u32 nr = scx_bpf_nr_cids();
+	int i;
+
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+		if (cid_is_idle(i))
+			scx_bpf_kick_cid(i, KCONST(SCX_KICK_IDLE));
+	}
+	return 0;
+}
+
+/* Wake the idle cids at @at_ns (scx_bpf_now() time), when the throttling period ends. */
+static __always_inline void wake_at_period_end(u64 at_ns, u64 now)
+{
+	u32 key = 0;
+	struct quota_wakeup *wakeup = bpf_map_lookup_elem(&quota_wakeups, &key);
+
+	if (wakeup)
+		bpf_timer_start(&wakeup->timer, at_ns > now ? at_ns - now : 1000, 0);
+}
+
+/*
+ * Move the first task of @dsq (vtime order) that may run on @cid and whose cgroup path has
+ * cpu.max quota left to the local DSQ, its slice capped at that quota; tasks of throttled
+ * cgroups stay queued and the timer wakes the cids when their period ends.
+ */
+static __noinline bool move_first_within_quota(u64 dsq, s32 cid)
+{
+	struct bpf_iter_scx_dsq it;
+	struct task_struct *p;
+	u64 now = scx_bpf_now(), wake = 0;
+	bool moved = false;
+
+	if (bpf_iter_scx_dsq_new(&it, dsq, 0))
+		goto out;
+	while ((p = bpf_iter_scx_dsq_next(&it))) {
+		u64 period_end = 0, left;
+
+		if (!task_may_run_on(p, cid))
+			continue;
+		left = quota_left(task_cpu_cgroup_id(p), now, &period_end);
+		if (!left) {
+			stat_inc(CANOPY_STAT_QUOTA_SKIPS);
+			if (!wake || period_end < wake)
+				wake = period_end;
+			continue;
+		}
+		if (left < p->scx.slice)
+			scx_bpf_dsq_move_set_slice(&it, left);
+		if (scx_bpf_dsq_move(&it, p, KCONST(SCX_DSQ_LOCAL), 0)) {
+			moved = true;
+			break;
+		}
+	}
+out:
+	bpf_iter_scx_dsq_destroy(&it);
+	if (!moved && wake)
+		wake_at_period_end(wake, now);
+	return moved;
+}
+
+/* Our queued task (of @dsq) to @cid's local DSQ, minding cpu.max quotas while any exist. */
+static __always_inline bool move_own_to_local(u64 dsq, s32 cid)
+{
+	if (nr_quota_cgroups > 0)
+		return move_first_within_quota(dsq, cid);
+	return scx_bpf_dsq_move_to_local___v2___canopy(dsq, 0);
+}
+
+/* The quota @prev's cgroup path has left this period ((u64)-1: no limit; 0: throttled). */
+static __always_inline u64 prev_quota_left(struct task_struct *prev)
+{
+	u64 period_end = 0;
+
+	if (nr_quota_cgroups <= 0 || !prev)
+		return (u64)-1;
+	return quota_left(task_cpu_cgroup_id(prev), scx_bpf_now(), &period_end);
+}
+
+/*
+ * Our own tasks' turn on @cid: with @normal, a queued task first, else @prev keeps running;
+ * with @idle, after those, tasks of idle cgroups (CANOPY_IDLE_DSQ, or an idle-cgroup @prev).
+ * Tasks of cgroups at their cpu.max quota are passed over.
+ */
+static __always_inline enum own_dispatch dispatch_own(s32 cid, struct task_struct *prev,
+						      bool normal, bool idle)
+{
+	bool prev_idle = prev && task_in_idle_cgroup(prev);
+	u64 left = prev_quota_left(prev);
+	bool prev_keepable = left != 0;
+
+	if (normal && move_own_to_local(CANOPY_OWN_DSQ, cid))
+		return OWN_QUEUED;
+	if (normal && !prev_idle && prev_keepable && keep_own_prev(cid, prev, left))
+		return OWN_KEPT;
+	if (!idle)
+		return OWN_NONE;
+	if (move_own_to_local(CANOPY_IDLE_DSQ, cid))
+		return OWN_QUEUED;
+	if (prev_idle && prev_keepable && keep_own_prev(cid, prev, left))
+		return OWN_KEPT;
+	return OWN_NONE;
+}
+
+static __always_inline void init_quota_wakeup(void)
+{
+	u32 key = 0;
+	struct quota_wakeup *wakeup = bpf_map_lookup_elem(&quota_wakeups, &key);
+
+	if (!wakeup)
+		return;
+	bpf_timer_init(&wakeup->timer, &quota_wakeups, 1 /* CLOCK_MONOTONIC */);
+	bpf_timer_set_callback(&wakeup->timer, quota_period_turned);
+}
+
+#endif /* CANOPY_OWN_DISPATCH_BPF_H */
