@@ -161,7 +161,7 @@ impl Scenario {
         self
     }
 
-    /// Appends to the kernel command line (after `console=ttyS0 panic=-1 quiet`).
+    /// Appends to the kernel command line (after `console=ttyS0 panic=-1 quiet no_timer_check`).
     pub fn kernel_arg(mut self, arg: &str) -> Scenario {
         self.kernel_args.push(arg.into());
         self
