@@ -24,6 +24,7 @@ struct task_ctx {
 	u64 woken_at;	/* scx_bpf_now() at a tracked wakeup, 0 when none is pending */
 	u32 wake_stat;	/* CANOPY_STAT_WAKE_* path that wakeup took */
 	u32 pad;
+	u64 quota_charged_at;	/* scx_bpf_now() up to which its run was charged to cpu.max quotas */
 };
 
 struct {

@@ -379,21 +379,37 @@ static __always_inline u64 node_quota_ns(const struct canopy_cgroup_node *node)
 	return (!quota || cap < quota) ? cap : quota;
 }
 
-/* Start @node's next limit period once the current one is over; overuse carries over. */
+/*
+ * Start @node's next limit period once the current one is over; overuse carries over (at most
+ * one quota). Every CPU charges and rolls the same node, so both steps are atomic: the CPU
+ * whose compare-and-swap moves the period's start does the roll, and the forgiveness is a
+ * compare-and-swap loop on the used time, never a plain write that would drop another CPU's
+ * charge made in between. A @now older than the start (another CPU rolled with a later clock
+ * reading) is inside the current period. Example: quota 50 ms per 100 ms, 62 ms used when CPU 0
+ * rolls while CPU 1 charges 5 ms: the 12 ms over and the 5 ms both stay, 17 ms used of the new
+ * period; with plain writes either the 5 ms was lost or the 50 ms was forgiven twice.
+ */
 static __always_inline void quota_roll(struct canopy_cgroup_node *node, u64 quota, u64 now)
 {
-	u64 elapsed = now - node->period_start_ns, allowed;
+	u64 start = node->period_start_ns, period = node->period_ns, periods, forgiven, used, kept;
+	s64 elapsed = (s64)(now - start);
+	int attempt;
 
-	if (!node->period_ns || elapsed < node->period_ns)
+	if (!period || elapsed < (s64)period)
 		return;
-	allowed = quota * (elapsed / node->period_ns);
-	node->period_start_ns = now - elapsed % node->period_ns;
-	if (node->period_used_ns > allowed) {
-		node->period_used_ns -= allowed;
-		if (node->period_used_ns > quota)
-			node->period_used_ns = quota;
-	} else {
-		node->period_used_ns = 0;
+	periods = (u64)elapsed / period;
+	if (__sync_val_compare_and_swap(&node->period_start_ns, start, start + periods * period) !=
+	    start)
+		return;
+	forgiven = quota * periods;
+	/* bounded: a CPU that keeps losing the race leaves the time charged (errs towards the cap) */
+	canopy_for(attempt, 0, 8) {
+		used = node->period_used_ns;
+		kept = used > forgiven ? used - forgiven : 0;
+		if (kept > quota)
+			kept = quota;
+		if (__sync_val_compare_and_swap(&node->period_used_ns, used, kept) == used)
+			break;
 	}
 }
 

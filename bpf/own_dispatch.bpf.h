@@ -33,10 +33,28 @@
  * Bill the CPU time one of our tasks has run since it started: its cgroup path's cpu.max
  * quotas and caps, its class's preempt budget, and its vtime at its weight in the tree.
  */
+/*
+ * Charge the run time of our running task @p not yet charged to its cgroup path's cpu.max
+ * quotas and caps: since it started running, or since the last charge when it was kept
+ * running (a kept task does not pass through ops.stopping, and unless charged at each keep a
+ * hog kept for 300 ms would see its full quota left at every keep and be charged only when it
+ * finally stops, long past its quota; the carry-over holds at most one quota).
+ */
+static __always_inline void charge_own_quota(struct task_struct *p, struct task_ctx *tctx, u64 now)
+{
+	u64 from;
+
+	if (nr_quota_cgroups <= 0 || !tctx || !tctx->running_at)
+		return;
+	from = tctx->quota_charged_at > tctx->running_at ? tctx->quota_charged_at : tctx->running_at;
+	if (now > from)
+		quota_charge(task_cpu_cgroup_id(p), now - from, now);
+	tctx->quota_charged_at = now;
+}
+
 static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
-	if (nr_quota_cgroups > 0 && tctx && tctx->running_at && now > tctx->running_at)
-		quota_charge(task_cpu_cgroup_id(p), now - tctx->running_at, now);
+	charge_own_quota(p, tctx, now);
 	if (tctx && tctx->running_at && now > tctx->running_at)
 		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
 	tree_task_reweight(p, tctx);
@@ -155,11 +173,12 @@ static __always_inline bool move_own_to_local(u64 dsq, s32 cid)
 /* The quota @prev's cgroup path has left this period ((u64)-1: no limit; 0: throttled). */
 static __always_inline u64 prev_quota_left(struct task_struct *prev)
 {
-	u64 period_end = 0;
+	u64 period_end = 0, now = scx_bpf_now();
 
 	if (nr_quota_cgroups <= 0 || !prev)
 		return (u64)-1;
-	return quota_left(task_cpu_cgroup_id(prev), scx_bpf_now(), &period_end);
+	charge_own_quota(prev, task_ctx_of(prev), now);
+	return quota_left(task_cpu_cgroup_id(prev), now, &period_end);
 }
 
 /*
