@@ -30,6 +30,9 @@ pub trait TaskSource: Send {
     fn thread_comm(&mut self, tgid: u32, tid: u32) -> Result<String, Gone>;
     /// A thread's scheduling policy (SCHED_* number), to leave RT/DL tasks alone.
     fn thread_policy(&mut self, tid: u32) -> Result<i32, Gone>;
+    /// The one uid thread `tid` runs as now (real, effective, saved and filesystem uid all
+    /// that uid), read when asked: `None` while it holds two identities (a setuid program).
+    fn thread_owner(&mut self, tid: u32) -> Result<Option<u32>, Gone>;
     /// Every (tgid, tid) alive now.
     fn all_tasks(&mut self) -> Vec<(u32, u32)>;
     /// The thread ids of one process.

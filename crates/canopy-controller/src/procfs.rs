@@ -144,6 +144,10 @@ impl TaskSource for ProcSource {
         }
     }
 
+    fn thread_owner(&mut self, tid: u32) -> Result<Option<u32>, Gone> {
+        done(self.proc.task_uids(tid as i32), tid).map(|uids| uids.sole())
+    }
+
     fn all_tasks(&mut self) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
         let _ = self

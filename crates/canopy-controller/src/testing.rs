@@ -434,6 +434,13 @@ impl crate::backend::TaskSource for FakeSource {
             .map(|t| t.2)
             .ok_or(crate::backend::Gone(tid))
     }
+    fn thread_owner(&mut self, tid: u32) -> Result<Option<u32>, crate::backend::Gone> {
+        let tgid = self.threads.get(&tid).ok_or(crate::backend::Gone(tid))?.0;
+        self.processes
+            .get(&tgid)
+            .map(|p| Some(p.uid))
+            .ok_or(crate::backend::Gone(tid))
+    }
     fn all_tasks(&mut self) -> Vec<(u32, u32)> {
         let mut v: Vec<(u32, u32)> = self.threads.iter().map(|(&tid, t)| (t.0, tid)).collect();
         v.sort();

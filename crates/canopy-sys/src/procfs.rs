@@ -23,7 +23,8 @@ use crate::{is_gone_error, Comm, Outcome, Pid};
 mod parse;
 use parse::parse_pid_name;
 pub use parse::{
-    parse_cgroup_v2_path, parse_stat, parse_status_real_uid, parse_status_tgid, Cmdline, TaskStat,
+    parse_cgroup_v2_path, parse_stat, parse_status_real_uid, parse_status_tgid, parse_status_uids,
+    Cmdline, TaskStat, TaskUids,
 };
 
 /// How much of `/proc/PID/cmdline` is read: the arguments past this are not seen (a `cmdline`
@@ -282,6 +283,12 @@ impl ProcFs {
     /// The process's real uid (first field of the `Uid:` line of `/proc/PID/status`).
     pub fn real_uid(&mut self, pid: Pid) -> Result<Outcome<u32>, ProcError> {
         self.parsed_status(pid, parse_status_real_uid)
+    }
+
+    /// The uids thread `tid` runs with now (`/proc/TID/status`: that thread's own credentials,
+    /// which a `setresuid` may have changed since it was forked or exec'd).
+    pub fn task_uids(&mut self, tid: Pid) -> Result<Outcome<TaskUids>, ProcError> {
+        self.parsed_status(tid, parse_status_uids)
     }
 
     /// The thread group (process) a thread id belongs to (`/proc/TID` resolves for any thread).

@@ -58,7 +58,7 @@ pub fn handle_control<B: Backend, S: crate::backend::TaskSource>(
         other => other,
     };
     let plan = ctl.plan().clone();
-    if let Err(refusal) = authorize(&peer, &request, plan.as_ref(), |pid| ctl.process_uid(pid)) {
+    if let Err(refusal) = authorize(&peer, &request, plan.as_ref(), |id| ctl.explain_owner(id)) {
         ctl.stats.counters.api_refused += 1;
         tracing::warn!(uid = peer.uid, pid = ?peer.pid, %refusal, "control request refused");
         return Response::error(refusal.to_string());

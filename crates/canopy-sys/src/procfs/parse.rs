@@ -171,6 +171,48 @@ pub fn parse_status_real_uid(content: &[u8]) -> Result<u32, &'static str> {
     status_first_number(content, "Uid:").ok_or("no or bad Uid: line")
 }
 
+/// The uids a task runs with, from the `Uid:` line of its `/proc/ID/status`. Credentials belong
+/// to each thread: one thread may `setresuid` alone (a raw syscall; glibc changes them all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskUids {
+    /// Real uid.
+    pub real: u32,
+    /// Effective uid.
+    pub effective: u32,
+    /// Saved set-user-ID.
+    pub saved: u32,
+    /// Filesystem uid.
+    pub filesystem: u32,
+}
+
+impl TaskUids {
+    /// The one uid the task runs as, when all four are that uid; `None` while it holds two
+    /// identities (a setuid program run by a user, a server between `setresuid` calls).
+    /// Example: `Uid: 1000 0 0 0` (sudo run by uid 1000) has no sole owner.
+    pub fn sole(&self) -> Option<u32> {
+        let uid = self.real;
+        (self.effective == uid && self.saved == uid && self.filesystem == uid).then_some(uid)
+    }
+}
+
+/// The four uids from `/proc/ID/status` (`Uid:\treal\teffective\tsaved\tfs`).
+pub fn parse_status_uids(content: &[u8]) -> Result<TaskUids, &'static str> {
+    const BAD: &str = "no or bad Uid: line";
+    let text = std::str::from_utf8(content).map_err(|_| BAD)?;
+    let line = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .ok_or(BAD)?;
+    let mut fields = line.split_ascii_whitespace().map(str::parse::<u32>);
+    let mut next = || fields.next().and_then(Result::ok).ok_or(BAD);
+    Ok(TaskUids {
+        real: next()?,
+        effective: next()?,
+        saved: next()?,
+        filesystem: next()?,
+    })
+}
+
 /// The thread group id from `/proc/TID/status` (the `Tgid:` line).
 pub fn parse_status_tgid(content: &[u8]) -> Result<Pid, &'static str> {
     status_first_number(content, "Tgid:").ok_or("no or bad Tgid: line")
@@ -266,6 +308,26 @@ mod tests {
         let status = b"Name:\tsudo\nUmask:\t0022\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n";
         assert_eq!(parse_status_real_uid(status).unwrap(), 1000);
         assert!(parse_status_real_uid(b"Name:\tx\n").is_err());
+    }
+
+    #[test]
+    fn status_uids_are_the_four_uid_fields_and_sole_only_when_equal() {
+        let sudo = b"Name:\tsudo\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n";
+        let uids = parse_status_uids(sudo).unwrap();
+        assert_eq!(
+            uids,
+            TaskUids {
+                real: 1000,
+                effective: 0,
+                saved: 0,
+                filesystem: 0
+            }
+        );
+        assert_eq!(uids.sole(), None);
+        let plain = parse_status_uids(b"Uid:\t1000\t1000\t1000\t1000\n").unwrap();
+        assert_eq!(plain.sole(), Some(1000));
+        assert!(parse_status_uids(b"Uid:\t1000\t1000\n").is_err());
+        assert!(parse_status_uids(b"Name:\tx\n").is_err());
     }
 
     #[test]
