@@ -1,9 +1,9 @@
 //! The fallback backend's crash record: every changed task's original scheduling attributes and
 //! every changed group knob's original value, kept in a file (by default under /run/canopy) so a
 //! daemon killed with SIGKILL loses none of them. Written atomically (temporary file, fsync,
-//! rename) and at most once per [`FLUSH_EVERY`]; read once at start by the next daemon (`adopt`:
-//! reading the record back and validating it), which re-adopts what it still manages and
-//! restores the rest.
+//! rename) by a thread of its own (`writer`: an fsync must not stall the main loop) and at most
+//! once per [`FLUSH_EVERY`]; read once at start by the next daemon (`adopt`), which re-adopts
+//! what it still manages and restores the rest.
 //!
 //! A thread id can be reused once its thread exits, so each task entry carries the thread's start
 //! time (`/proc/<tid>/stat` field 22) and is only trusted while that still matches; the file also
@@ -23,16 +23,16 @@
 //! is refused and tid 4242 is never made SCHED_FIFO.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use canopy_sys::sched::SchedAttr;
 
 mod adopt;
+mod writer;
 use adopt::read_record;
 pub use adopt::{validate_record, AdoptRules, Adopted, RecordRefused};
+use writer::Writer;
 
 /// Least time between two writes of the file.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -131,6 +131,9 @@ pub struct StateFile {
     boot_id: String,
     dirty: bool,
     last_write: Option<Instant>,
+    /// Started at the first write; `None` also when the thread could not be started (then
+    /// the main loop writes itself).
+    writer: Option<Writer>,
 }
 
 fn boot_id() -> String {
@@ -161,6 +164,7 @@ impl StateFile {
             boot_id: boot_id(),
             dirty: false,
             last_write: None,
+            writer: None,
         }
     }
 
@@ -210,20 +214,23 @@ impl StateFile {
         self.dirty = true;
     }
 
-    /// Whether a write is pending.
+    /// Whether a write is due: something changed, or the writer's last write failed.
     pub fn is_dirty(&self) -> bool {
-        self.dirty
+        self.dirty || self.writer.as_ref().is_some_and(Writer::has_failed)
     }
 
     /// Writes the record if it changed and the last write is at least [`FLUSH_EVERY`] old (or
-    /// `force`). Each task comes with its thread's start time.
+    /// `force`). Each task comes with its thread's start time. The record is serialized here
+    /// and written by the writer thread: without `force` this returns at once (with the failure
+    /// of an earlier write, if one failed since); with `force` it waits until this record is on
+    /// disk.
     pub fn flush<'a>(
         &mut self,
         tasks: impl Iterator<Item = (u32, u64, &'a SchedAttr)>,
         groups: &HashMap<String, Vec<(&'static str, String)>>,
         force: bool,
     ) -> Result<(), StateFileError> {
-        if !self.dirty {
+        if !self.is_dirty() {
             return Ok(());
         }
         if !force && self.last_write.is_some_and(|t| t.elapsed() < FLUSH_EVERY) {
@@ -249,44 +256,44 @@ impl StateFile {
                 })
                 .collect(),
         };
-        self.write_atomically(&serde_json::to_vec(&contents).expect("plain data serializes"))?;
+        let bytes = serde_json::to_vec(&contents).expect("plain data serializes");
         self.dirty = false;
         self.last_write = Some(Instant::now());
-        Ok(())
-    }
-
-    /// Writes a new temporary file (`0600`, `O_EXCL | O_NOFOLLOW`: whatever is planted at its
-    /// name is removed, never followed) and renames it over the record.
-    fn write_atomically(&self, bytes: &[u8]) -> Result<(), StateFileError> {
+        if self.writer.is_none() {
+            self.writer = Writer::start(self.path.clone()).ok();
+        }
+        let path = &self.path;
         let error = |source| StateFileError {
-            path: self.path.clone(),
+            path: path.clone(),
             source,
         };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(error)?;
+        let Some(writer) = &self.writer else {
+            return writer::write_atomically(path, &bytes).map_err(error);
+        };
+        let (number, earlier_failure) = writer.hand_over(bytes);
+        let result = if force {
+            writer.wait_for(number)
+        } else {
+            earlier_failure.map_or(Ok(()), Err)
+        };
+        result.map_err(error)
+    }
+
+    /// Waits until every record handed to the writer thread is on disk (or failed).
+    pub fn settle(&mut self) -> Result<(), StateFileError> {
+        match &self.writer {
+            Some(writer) => writer.wait_idle().map_err(|source| StateFileError {
+                path: self.path.clone(),
+                source,
+            }),
+            None => Ok(()),
         }
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(error(e)),
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(error)?;
-        file.write_all(bytes).map_err(error)?;
-        file.sync_data().map_err(error)?;
-        std::fs::rename(&tmp, &self.path).map_err(error)
     }
 
     /// Everything was restored (clean stop): the record goes away.
     pub fn remove(&mut self) {
+        // A write still under way would bring it back.
+        let _ = self.settle();
         let _ = std::fs::remove_file(&self.path);
         self.dirty = false;
     }
@@ -343,6 +350,7 @@ mod tests {
         )
         .unwrap();
         assert!(!file.is_dirty());
+        file.settle().unwrap();
         let mode = std::fs::metadata(&path).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o600, "the record is {mode:o}");
 
