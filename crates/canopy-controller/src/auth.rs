@@ -1,5 +1,6 @@
 //! Authorization of control requests by the caller's SO_PEERCRED uid. Root may do everything.
-//! Anyone may read `status` and `metrics`; `explain` is limited to one's own processes. Another
+//! Anyone may read `status` and `metrics`; `explain` is limited to threads the caller owns at
+//! the moment of the request ([`TaskOwner`], read from /proc by the caller of [`authorize`]). Another
 //! user may only change the state of a cgroup inside their own `user@UID.service`, and only to
 //! a state the policy marks user-settable. `tag` and `reload` are root only. Pure: no I/O.
 
@@ -50,6 +51,18 @@ pub enum Refusal {
     },
 }
 
+/// Who owns the threads an `explain` would show, read from each thread's `/proc/TID/status`
+/// when the request arrives (not the uid recorded at fork or exec: a `setresuid` changes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskOwner {
+    /// The daemon tracks no such task (`explain` answers "no task" to anyone).
+    Unknown,
+    /// Every one of those threads runs as this uid alone (real, effective, saved, fs).
+    Uid(u32),
+    /// They run as different uids, or one holds two identities (a setuid program).
+    Several,
+}
+
 /// Whether `cgroup` (normalized, relative to the cgroup2 root) lies strictly inside the user
 /// manager of `uid`.
 pub fn inside_user_manager(cgroup: &str, uid: u32) -> bool {
@@ -58,23 +71,24 @@ pub fn inside_user_manager(cgroup: &str, uid: u32) -> bool {
 }
 
 /// Decides whether `peer` may make `request`. `cgroup` in a `State` request must already be
-/// normalized; `process_uid` tells who owns a process (for `explain`).
+/// normalized; `explain_owner` tells who owns the threads an `explain` of an id would show
+/// (called only for a non-root `explain`).
 pub fn authorize(
     peer: &Peer,
     request: &Request,
     plan: &dyn PolicyPlan,
-    process_uid: impl Fn(u32) -> Option<u32>,
+    explain_owner: impl FnOnce(u32) -> TaskOwner,
 ) -> Result<(), Refusal> {
     if peer.uid == 0 {
         return Ok(());
     }
     match request {
         Request::Status {} | Request::Metrics {} => Ok(()),
-        Request::Explain { pid } => match process_uid(*pid) {
-            Some(owner) if owner == peer.uid => Ok(()),
+        Request::Explain { pid } => match explain_owner(*pid) {
+            TaskOwner::Uid(owner) if owner == peer.uid => Ok(()),
             // Unknown pids answer "no task" either way; don't reveal more.
-            None => Ok(()),
-            Some(_) => Err(Refusal::NotYourProcess { pid: *pid }),
+            TaskOwner::Unknown => Ok(()),
+            TaskOwner::Uid(_) | TaskOwner::Several => Err(Refusal::NotYourProcess { pid: *pid }),
         },
         Request::Tag { .. } => Err(Refusal::RootOnly { what: "tag" }),
         Request::Reload {} => Err(Refusal::RootOnly { what: "reload" }),
@@ -136,7 +150,10 @@ mod tests {
                 class: "BACKGROUND".into(),
             },
         ] {
-            assert_eq!(authorize(&peer(0), &r, &plan, |_| Some(5)), Ok(()));
+            assert_eq!(
+                authorize(&peer(0), &r, &plan, |_| TaskOwner::Uid(5)),
+                Ok(())
+            );
         }
     }
 
@@ -144,19 +161,27 @@ mod tests {
     fn users_change_only_their_own_cgroups_to_user_settable_states() {
         let plan = TestPlan::desktop();
         assert_eq!(
-            authorize(&peer(1000), &state(MINE, "minimized"), &plan, |_| None),
+            authorize(&peer(1000), &state(MINE, "minimized"), &plan, |_| {
+                TaskOwner::Unknown
+            }),
             Ok(())
         );
         assert!(matches!(
-            authorize(&peer(1000), &state(THEIRS, "minimized"), &plan, |_| None),
+            authorize(&peer(1000), &state(THEIRS, "minimized"), &plan, |_| {
+                TaskOwner::Unknown
+            }),
             Err(Refusal::NotYourCgroup { .. })
         ));
         assert!(matches!(
-            authorize(&peer(1000), &state(MINE, "locked"), &plan, |_| None),
+            authorize(&peer(1000), &state(MINE, "locked"), &plan, |_| {
+                TaskOwner::Unknown
+            }),
             Err(Refusal::StateNotUserSettable { .. })
         ));
         assert!(matches!(
-            authorize(&peer(1000), &state(MINE, "nonexistent"), &plan, |_| None),
+            authorize(&peer(1000), &state(MINE, "nonexistent"), &plan, |_| {
+                TaskOwner::Unknown
+            }),
             Err(Refusal::StateNotUserSettable { .. })
         ));
         // The user manager itself and look-alike prefixes are not "inside".
@@ -178,26 +203,41 @@ mod tests {
     fn users_read_status_and_explain_their_own_processes_only() {
         let plan = TestPlan::desktop();
         assert_eq!(
-            authorize(&peer(1000), &Request::Status {}, &plan, |_| None),
+            authorize(&peer(1000), &Request::Status {}, &plan, |_| {
+                TaskOwner::Unknown
+            }),
             Ok(())
         );
         assert_eq!(
-            authorize(&peer(1000), &Request::Metrics {}, &plan, |_| None),
+            authorize(&peer(1000), &Request::Metrics {}, &plan, |_| {
+                TaskOwner::Unknown
+            }),
             Ok(())
         );
         assert_eq!(
-            authorize(&peer(1000), &Request::Explain { pid: 7 }, &plan, |_| Some(
-                1000
-            )),
+            authorize(&peer(1000), &Request::Explain { pid: 7 }, &plan, |_| {
+                TaskOwner::Uid(1000)
+            }),
             Ok(())
         );
         assert!(
-            authorize(&peer(1000), &Request::Explain { pid: 7 }, &plan, |_| Some(
-                0
-            ))
+            authorize(&peer(1000), &Request::Explain { pid: 7 }, &plan, |_| {
+                TaskOwner::Uid(0)
+            })
             .is_err()
         );
-        assert!(authorize(&peer(1000), &Request::Reload {}, &plan, |_| None).is_err());
+        // One of its threads holds another identity (a setuid program, a thread that
+        // called setresuid alone).
+        assert!(
+            authorize(&peer(1000), &Request::Explain { pid: 7 }, &plan, |_| {
+                TaskOwner::Several
+            })
+            .is_err()
+        );
+        assert!(authorize(&peer(1000), &Request::Reload {}, &plan, |_| {
+            TaskOwner::Unknown
+        })
+        .is_err());
         assert!(authorize(
             &peer(1000),
             &Request::Tag {
@@ -206,7 +246,7 @@ mod tests {
                 class: "X".into()
             },
             &plan,
-            |_| None
+            |_| TaskOwner::Unknown
         )
         .is_err());
     }

@@ -28,8 +28,14 @@ pub trait TaskSource: Send {
     fn read_cmdlines(&mut self, _wanted: bool) {}
     /// A thread's current comm.
     fn thread_comm(&mut self, tgid: u32, tid: u32) -> Result<String, Gone>;
+    /// A thread's current comm and its start time (clock ticks after boot, which tells a
+    /// reused tid apart), from one read (the rescan's).
+    fn thread_comm_and_start(&mut self, tgid: u32, tid: u32) -> Result<(String, u64), Gone>;
     /// A thread's scheduling policy (SCHED_* number), to leave RT/DL tasks alone.
     fn thread_policy(&mut self, tid: u32) -> Result<i32, Gone>;
+    /// The one uid thread `tid` runs as now (real, effective, saved and filesystem uid all
+    /// that uid), read when asked: `None` while it holds two identities (a setuid program).
+    fn thread_owner(&mut self, tid: u32) -> Result<Option<u32>, Gone>;
     /// Every (tgid, tid) alive now.
     fn all_tasks(&mut self) -> Vec<(u32, u32)>;
     /// The thread ids of one process.
@@ -140,6 +146,13 @@ pub trait Backend: Send {
     fn release_task(&mut self, tid: u32);
     /// The thread exited: forget whatever was saved for it.
     fn forget_task(&mut self, tid: u32);
+    /// A rescan found thread `tid` alive, started at `start_ticks` (clock ticks after boot).
+    /// Returns whether what the backend keeps for `tid` belonged to another thread (one that
+    /// started at another time and exited unseen, its tid since reused); the backend has then
+    /// dropped it, and the controller treats `tid` as a new task. Default: nothing is kept.
+    fn thread_seen(&mut self, _tid: u32, _start_ticks: u64) -> bool {
+        false
+    }
     /// Applies a group's knobs / map entry for its current state.
     fn apply_group(
         &mut self,
@@ -203,6 +216,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn forget_task(&mut self, tid: u32) {
         (**self).forget_task(tid)
+    }
+    fn thread_seen(&mut self, tid: u32, start_ticks: u64) -> bool {
+        (**self).thread_seen(tid, start_ticks)
     }
     fn apply_group(
         &mut self,

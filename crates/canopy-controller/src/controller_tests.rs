@@ -843,3 +843,48 @@ fn switching_backend_applies_every_task_and_group_afresh_and_leaves_the_daemon_a
     assert_eq!(applied(&c, 200), None);
     assert_eq!(c.snapshot(Instant::now()).mode_reason, "scx ejected");
 }
+
+/// Issue 11 (a rescan keeps the old original of a reused tid): a rescan that finds a tracked
+/// tid started by another thread (its predecessor exited unseen, events were lost, and the
+/// kernel reused the id) forgets the old task, so the backend drops what it kept for it (the
+/// fallback backend: the dead thread's original attributes), and takes the new thread as new:
+/// matched by its own name, in its own process, applied afresh. The same thread seen again is
+/// left alone.
+#[test]
+fn a_rescan_takes_a_reused_tid_as_a_new_thread() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.thread(100, 101, "audio-out");
+    src.starts.insert(101, 1_000);
+    let mut c = controller(src);
+    assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+    c.rescan();
+    assert!(c.backend().forgotten.is_empty(), "the same thread again");
+
+    // 101 exits unseen; another thread of the player, started later, gets its id.
+    c.source_mut().exit(101);
+    c.source_mut().thread(100, 101, "indexer");
+    c.source_mut().starts.insert(101, 5_000);
+    c.rescan();
+    assert_eq!(
+        c.backend().forgotten,
+        vec![101],
+        "the old thread's state was kept"
+    );
+    assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
+
+    // And again, by a thread of another process.
+    c.source_mut().exit(101);
+    c.source_mut().spawn(300, "wine-preloader", OTHER);
+    c.source_mut().thread(300, 101, "wine-worker");
+    c.source_mut().starts.insert(101, 9_000);
+    c.rescan();
+    assert_eq!(c.backend().forgotten, vec![101, 101]);
+    assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
+    let explained = c.explain(101).unwrap();
+    assert_eq!(explained[0].comm, "wine-worker");
+    assert!(
+        c.explain(100).unwrap().iter().all(|e| e.tid != 101),
+        "tid 101 still counted among the player's threads"
+    );
+}

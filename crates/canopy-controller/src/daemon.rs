@@ -7,36 +7,42 @@
 //! control socket and the optional metrics listener, reloads (the same loader) on SIGHUP or
 //! policy file changes, writes the fallback backend's crash record, and on shutdown restores
 //! everything it changed. All decisions stay in `controller`.
+//!
+//! Beside this file, in `daemon/`: `options` (what `canopy run` passes in, why a start fails,
+//! the instance lock), `mode` (choosing the mode, falling back when the schedulers are
+//! ejected), `control` (answering control requests, the reload), `sources` (event sources) and
+//! `metrics` (the Prometheus listener).
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use canopy_policy::DaemonMode;
 use canopy_sys::cgroup::CgroupHierarchy;
 use canopy_sys::instance_lock::InstanceLock;
-use canopy_sys::sched_ext::KernelSupport;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::auth::{authorize, Peer};
 use crate::backend::{Backend, Mode, RestoreReport};
-use crate::controller::resolve_request_cgroup;
 use crate::controller::{Controller, ControllerConfig};
 use crate::event::Event;
-use crate::fallback::FallbackBackend;
-use crate::policy_port::{PlanLoader, PolicyPlan};
 use crate::procfs::ProcSource;
-use crate::protocol::{Request, Response};
-use crate::scx::{ScxBackend, ScxMaps};
+use crate::scx::ScxBackend;
 use crate::sdnotify;
-use crate::server::{self, ControlMsg, Limits};
+use crate::server::{self, ControlMsg};
 
+mod control;
 mod metrics;
+mod mode;
+mod options;
 mod sources;
+pub use control::handle_control;
+use control::reload;
 pub use metrics::MetricsPeers;
+pub use mode::choose_mode;
+use mode::{fall_back_after_ejection, fallback_backend};
+use options::lock_instance;
+pub use options::{instance_lock_path, DaemonError, DaemonOptions, ScxEjected, ScxFactory};
 use sources::{
     read_focus_xattrs, start_watcher, subscribe_proc_events, translate, BorrowedRawFd, Input,
 };
@@ -53,217 +59,6 @@ const INPUTS_PER_TURN: usize = 256;
 /// The cgroup watch's overflows bring the reconcile forward, but no closer than this to the
 /// last one (each re-reads every tracked process's cgroup).
 const OVERFLOW_RECONCILE_GAP: Duration = Duration::from_secs(1);
-
-/// Starts the schedulers for the daemon's plan (the same `Plan` the controller gets; a
-/// scheduler loader never compiles the policy itself) and opens their maps. Provided by the
-/// scheduler loader in the root package. If the schedulers later stop on their own (the root
-/// was ejected: SysRq-S, a watchdog stall, an error exit), the loader sends why on the
-/// [`ScxEjected`] it was given, and the daemon switches to fallback mode.
-pub type ScxFactory =
-    Box<dyn FnOnce(&Arc<dyn PolicyPlan>, ScxEjected) -> Result<Box<dyn ScxMaps>, String> + Send>;
-
-/// Where the scheduler loader reports, once, that the schedulers stopped on their own.
-pub type ScxEjected = oneshot::Sender<String>;
-
-/// Everything `canopy run` passes in.
-pub struct DaemonOptions {
-    /// Compiles the policy (start and every reload).
-    pub loader: PlanLoader,
-    /// The plan to start with, when the caller already compiled it with `loader` (the binary
-    /// reads the `[daemon]` settings from it); `None`: the daemon calls `loader` at start.
-    pub initial_plan: Option<Arc<dyn PolicyPlan>>,
-    /// Policy files and directories to watch for changes.
-    pub watch_paths: Vec<PathBuf>,
-    /// Backend choice.
-    pub mode: DaemonMode,
-    /// The scx map provider, when this binary has the schedulers.
-    pub scx: Option<ScxFactory>,
-    /// The BPF cgroup move watcher, when this binary has it (both modes).
-    pub move_watcher: Option<MoveWatcherFactory>,
-    /// Control socket path.
-    pub socket_path: PathBuf,
-    /// Optional Prometheus listener (plain HTTP, `GET /metrics`).
-    pub metrics_listen: Option<SocketAddr>,
-    /// Who the metrics listener answers (loopback peers unless told otherwise).
-    pub metrics_peers: MetricsPeers,
-    /// cgroup2 mount (detected when `None`).
-    pub cgroup_root: Option<PathBuf>,
-    /// Manage only this cgroup subtree (relative to the cgroup2 root).
-    pub cgroup_scope: Option<String>,
-    /// Fallback mode: where changed tasks' and groups' originals are recorded so a restart
-    /// after SIGKILL restores or re-adopts them (`canopy run`: /run/canopy/fallback-state.json);
-    /// `None` keeps them in memory only.
-    pub state_file: Option<PathBuf>,
-    /// SO_RCVBUF for the proc connector (tests shrink it to provoke overruns).
-    pub proc_rcvbuf: Option<usize>,
-    /// Control socket limits.
-    pub limits: Limits,
-    /// Install SIGHUP/SIGTERM/SIGINT handlers (the binary does; in-process tests don't).
-    pub handle_signals: bool,
-    /// Told once the daemon is ready (after the first scan).
-    pub on_ready: Option<oneshot::Sender<()>>,
-}
-
-impl DaemonOptions {
-    /// Options with defaults around a loader and a socket path.
-    pub fn new(loader: PlanLoader, socket_path: PathBuf) -> Self {
-        DaemonOptions {
-            loader,
-            initial_plan: None,
-            watch_paths: Vec::new(),
-            mode: DaemonMode::Auto,
-            scx: None,
-            move_watcher: None,
-            socket_path,
-            metrics_listen: None,
-            metrics_peers: MetricsPeers::Loopback,
-            cgroup_root: None,
-            cgroup_scope: None,
-            state_file: None,
-            proc_rcvbuf: None,
-            limits: Limits::default(),
-            handle_signals: true,
-            on_ready: None,
-        }
-    }
-}
-
-/// Why the daemon could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    /// The policy did not compile at start.
-    #[error("policy does not compile:\n{0}")]
-    Policy(String),
-    /// `--mode scx` but scx is unavailable.
-    #[error("scx mode unavailable: {0}")]
-    ScxUnavailable(String),
-    /// The proc connector could not be opened.
-    #[error("proc connector: {0}")]
-    ProcConnector(String),
-    /// The control socket could not be bound.
-    #[error("control socket {path}: {source}")]
-    Socket {
-        /// Socket path.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The metrics listener could not be bound.
-    #[error("metrics listener {addr}: {source}")]
-    Metrics {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// Installing a signal handler failed.
-    #[error("signal handler: {0}")]
-    Signal(std::io::Error),
-    /// Another daemon holds the instance lock beside the control socket (or it could not be
-    /// taken); the live daemon's socket is left alone.
-    #[error("not starting (the control socket {socket} is left alone)")]
-    AlreadyRunning {
-        /// The control socket the other daemon serves.
-        socket: PathBuf,
-        /// Why the lock was refused.
-        source: canopy_sys::instance_lock::InstanceLockError,
-    },
-}
-
-/// The instance lock that guards a control socket: `<socket>.lock`, in the same run directory.
-pub fn instance_lock_path(socket: &Path) -> PathBuf {
-    let mut name = socket.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    socket.with_file_name(name)
-}
-
-/// Takes the instance lock for `socket` (creating the run directory if needed), before anything
-/// else of the daemon touches the socket, the crash record or the schedulers.
-fn lock_instance(socket: &Path) -> Result<InstanceLock, DaemonError> {
-    let refused = |source| DaemonError::AlreadyRunning {
-        socket: socket.to_path_buf(),
-        source,
-    };
-    let path = instance_lock_path(socket);
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| {
-            refused(canopy_sys::instance_lock::InstanceLockError::Io {
-                path: path.clone(),
-                source,
-            })
-        })?;
-    }
-    InstanceLock::acquire(&path).map_err(refused)
-}
-
-/// Decides the mode from the user's choice and canopy-sys's kernel probe. Returns the mode and
-/// the reason `status` shows (naming the probe's failed check when scx is not possible).
-pub fn choose_mode(choice: DaemonMode, scx_built_in: bool) -> Result<(Mode, String), DaemonError> {
-    let probe = KernelSupport::probe()
-        .require_schedulers()
-        .map_err(|missing| missing.to_string());
-    match (choice, probe) {
-        (DaemonMode::Fallback, _) => Ok((
-            Mode::Fallback,
-            "fallback requested (--mode fallback)".into(),
-        )),
-        (DaemonMode::Scx, Err(why)) => Err(DaemonError::ScxUnavailable(why)),
-        (DaemonMode::Scx, Ok(())) if !scx_built_in => Err(DaemonError::ScxUnavailable(
-            "this binary has no scheduler loader".into(),
-        )),
-        (DaemonMode::Scx, Ok(())) => Ok((Mode::Scx, "scx requested (--mode scx)".into())),
-        (DaemonMode::Auto, Err(why)) => Ok((Mode::Fallback, format!("auto: {why}"))),
-        (DaemonMode::Auto, Ok(())) if !scx_built_in => Ok((
-            Mode::Fallback,
-            "auto: kernel has sched_ext sub-schedulers but this binary has no scheduler loader"
-                .into(),
-        )),
-        (DaemonMode::Auto, Ok(())) => Ok((
-            Mode::Scx,
-            "auto: kernel has sched_ext with cid-form ops and cgroup sub-schedulers".into(),
-        )),
-    }
-}
-
-/// The fallback backend, recording originals in `state_file` when given (and adopting RT/DL
-/// originals from it only when the policy manages realtime tasks, `realtime_managed`).
-fn fallback_backend(
-    cgroup_root: &std::path::Path,
-    state_file: Option<&PathBuf>,
-    realtime_managed: bool,
-) -> Box<dyn Backend> {
-    let mut backend = FallbackBackend::new(cgroup_root.to_path_buf());
-    if let Some(path) = state_file {
-        backend = backend.with_state_file(path.clone(), realtime_managed);
-    }
-    Box::new(backend)
-}
-
-/// The schedulers stopped on their own (`why`, from the root's exit record): every task and
-/// group goes to the fallback backend, and `status` says so.
-fn fall_back_after_ejection(
-    ctl: &mut Controller<Box<dyn Backend>, ProcSource>,
-    cgroup_root: &std::path::Path,
-    state_file: Option<&PathBuf>,
-    why: &str,
-) {
-    tracing::error!(reason = %why, "the sched_ext schedulers were ejected; switching to fallback mode");
-    let started = Instant::now();
-    let realtime_managed = ctl.plan().manage_realtime();
-    let mut scx = ctl.switch_backend(
-        fallback_backend(cgroup_root, state_file, realtime_managed),
-        format!("scx ejected, fallback since: {why}"),
-    );
-    // The schedulers are gone; their orphaned maps keep nothing anyone reads.
-    let _ = scx.restore_all();
-    ctl.persist_state(true);
-    let _ = sdnotify::notify("STATUS=fallback (the schedulers were ejected)");
-    tracing::info!(
-        tasks = ctl.task_count(),
-        took_ms = started.elapsed().as_millis() as u64,
-        "fallback mode"
-    );
-}
 
 /// A started daemon: the controller with its plan and backend, subscribed to every event
 /// source, its first scan done and the control socket listening. [`Daemon::start`] gets it
@@ -678,92 +473,5 @@ impl Daemon {
             "stopped"
         );
         Ok(report)
-    }
-}
-
-fn reload<B: Backend, S: crate::backend::TaskSource>(
-    ctl: &mut Controller<B, S>,
-    loader: &PlanLoader,
-) -> Result<String, String> {
-    let _ = sdnotify::notify(&sdnotify::reloading_message());
-    let result = match loader() {
-        Ok(plan) => {
-            let hash = plan.hash();
-            ctl.install_plan(plan);
-            tracing::info!(policy = %hash, "policy reloaded");
-            Ok(hash)
-        }
-        Err(e) => {
-            ctl.record_reload_error(e.clone());
-            Err(e)
-        }
-    };
-    let _ = sdnotify::notify("READY=1");
-    result
-}
-
-/// Carries out one control request for `peer` (authorization included).
-pub fn handle_control<B: Backend, S: crate::backend::TaskSource>(
-    ctl: &mut Controller<B, S>,
-    loader: &PlanLoader,
-    cgroup_root: &str,
-    peer: Peer,
-    request: Request,
-) -> Response {
-    ctl.stats.counters.api_requests += 1;
-    let request = match request {
-        Request::State { cgroup, state } => {
-            match resolve_request_cgroup(&cgroup, cgroup_root, peer.uid) {
-                Ok(c) => Request::State { cgroup: c, state },
-                Err(e) => {
-                    if e.is_refusal() {
-                        ctl.stats.counters.api_refused += 1;
-                    } else {
-                        ctl.stats.counters.api_errors += 1;
-                    }
-                    return Response::error(e.to_string());
-                }
-            }
-        }
-        other => other,
-    };
-    let plan = ctl.plan().clone();
-    if let Err(refusal) = authorize(&peer, &request, plan.as_ref(), |pid| ctl.process_uid(pid)) {
-        ctl.stats.counters.api_refused += 1;
-        tracing::warn!(uid = peer.uid, pid = ?peer.pid, %refusal, "control request refused");
-        return Response::error(refusal.to_string());
-    }
-    let now = Instant::now();
-    let result: Result<serde_json::Value, String> = match request {
-        Request::State { cgroup, state } => ctl
-            .request_state(&cgroup, &state, now)
-            .map(|()| serde_json::json!({"cgroup": cgroup, "state": state}))
-            .map_err(|e| e.to_string()),
-        Request::Tag { pid, tid, class } => {
-            let (id, whole) = match (pid, tid) {
-                (Some(p), _) => (p, true),
-                (None, Some(t)) => (t, false),
-                (None, None) => unreachable!("protocol checks tag targets"),
-            };
-            ctl.request_tag(id, whole, &class)
-                .map(|tids| serde_json::json!({"tagged": tids, "class": class}))
-                .map_err(|e| e.to_string())
-        }
-        Request::Explain { pid } => ctl
-            .explain(pid)
-            .map(|v| serde_json::to_value(v).unwrap_or_default())
-            .map_err(|e| e.to_string()),
-        Request::Status {} => Ok(serde_json::to_value(ctl.snapshot(now)).unwrap_or_default()),
-        Request::Metrics {} => {
-            Ok(serde_json::json!({"text": ctl.snapshot(now).render_prometheus()}))
-        }
-        Request::Reload {} => reload(ctl, loader).map(|hash| serde_json::json!({"policy": hash})),
-    };
-    match result {
-        Ok(v) => Response::ok(v),
-        Err(e) => {
-            ctl.stats.counters.api_errors += 1;
-            Response::error(e)
-        }
     }
 }

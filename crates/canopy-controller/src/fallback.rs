@@ -5,8 +5,15 @@
 //! state file ([`crate::state_file`]) those originals also survive a SIGKILL: the next daemon
 //! re-adopts the ones it takes over and restores the others once its first scan is done.
 //!
-//! Each original is kept with its thread's start time once read (lazily, at the crash record's
-//! first flush), so the record tells a reused tid apart.
+//! Each original is kept with its thread's start time (learned off the hot path: at the next
+//! rescan, which reads every thread's `stat` anyway, or at the crash record's next flush, at
+//! most [`crate::state_file::FLUSH_EVERY`] later), so the record tells a reused tid apart, and
+//! a rescan that finds a tracked tid started at another time
+//! ([`Backend::thread_seen`]: its thread exited unseen and the kernel reused the id) drops the
+//! dead thread's original instead of putting it on the new thread at stop. Example: tid 4242's
+//! original nice 0 was taken from a thread started at tick 1000; after lost exit events a
+//! rescan finds 4242 started at tick 5000: the original goes, and the controller applies the
+//! new thread's class afresh, taking its own attributes as the original.
 //!
 //! Real-time and deadline threads are changed only when the policy manages them
 //! (`leave_realtime = false`, passed in through `set_manage_realtime`); their original RT/DL
@@ -47,8 +54,8 @@ pub struct FallbackBackend {
     cgroup_root: PathBuf,
     applier: SchedApplier,
     originals: HashMap<u32, SchedAttr>,
-    /// The start time of the thread each original belongs to, once read (at the first flush of
-    /// the crash record after the original was taken).
+    /// The start time of the thread each original belongs to, once learned (at the next rescan
+    /// or crash-record flush after the original was taken).
     starts: HashMap<u32, u64>,
     group_originals: HashMap<String, Vec<(&'static str, String)>>,
     missing_knobs_noted: bool,
@@ -288,6 +295,27 @@ impl Backend for FallbackBackend {
         self.adopted.tasks.remove(&tid);
         if self.drop_original(tid).is_some() {
             self.changed();
+        }
+    }
+
+    fn thread_seen(&mut self, tid: u32, start_ticks: u64) -> bool {
+        if !self.originals.contains_key(&tid) {
+            return false;
+        }
+        match self.starts.get(&tid) {
+            Some(&known) if known != start_ticks => {
+                self.drop_original(tid);
+                self.changed();
+                true
+            }
+            Some(_) => false,
+            // An original whose start was not learned yet: this thread's. (A thread that exits
+            // unseen and whose tid is reused before either learns it is not told apart: a
+            // window of at most one flush interval with a crash record.)
+            None => {
+                self.starts.insert(tid, start_ticks);
+                false
+            }
         }
     }
 
@@ -570,6 +598,37 @@ mod tests {
         );
         drop(done_tx);
         parked.join().unwrap();
+    }
+
+    /// A rescan that finds a tid started at another time than the thread its original was
+    /// taken from drops that original (the tid was reused); the same thread keeps it, and a
+    /// start not known yet is learned.
+    #[test]
+    fn a_rescan_drops_the_original_of_a_reused_tid() {
+        let mut b = FallbackBackend::new(PathBuf::from("/nonexistent"));
+        let orig = SchedAttr {
+            size: 56,
+            sched_nice: 3,
+            ..Default::default()
+        };
+        let me = std::process::id();
+        let start = thread_start_time(me).unwrap();
+        b.originals.insert(me, orig);
+        b.starts.insert(me, start);
+        assert!(!b.thread_seen(me, start), "the same thread");
+        assert_eq!(b.original(me), Some(&orig));
+        assert!(
+            b.thread_seen(me, start + 1),
+            "another thread under the same tid"
+        );
+        assert_eq!(b.original(me), None, "a reused tid's original was kept");
+        // An inherited original whose start is not known yet: the thread seen now owns it.
+        b.originals.insert(7, orig);
+        assert!(!b.thread_seen(7, 500));
+        assert_eq!(b.starts.get(&7), Some(&500));
+        assert!(b.thread_seen(7, 501));
+        // No original, nothing to drop.
+        assert!(!b.thread_seen(8, 1));
     }
 
     #[test]

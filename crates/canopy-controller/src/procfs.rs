@@ -134,6 +134,11 @@ impl TaskSource for ProcSource {
         done(self.proc.thread_comm(task(tgid, tid)), tid).map(|c| c.to_string_lossy())
     }
 
+    fn thread_comm_and_start(&mut self, tgid: u32, tid: u32) -> Result<(String, u64), Gone> {
+        done(self.proc.task_stat(task(tgid, tid)), tid)
+            .map(|stat| (stat.comm.to_string_lossy(), stat.start_time_ticks))
+    }
+
     fn thread_policy(&mut self, tid: u32) -> Result<i32, Gone> {
         // SAFETY: plain syscall on a tid.
         let r = unsafe { libc::sched_getscheduler(tid as libc::pid_t) };
@@ -142,6 +147,10 @@ impl TaskSource for ProcSource {
         } else {
             Ok(r & !libc::SCHED_RESET_ON_FORK)
         }
+    }
+
+    fn thread_owner(&mut self, tid: u32) -> Result<Option<u32>, Gone> {
+        done(self.proc.task_uids(tid as i32), tid).map(|uids| uids.sole())
     }
 
     fn all_tasks(&mut self) -> Vec<(u32, u32)> {

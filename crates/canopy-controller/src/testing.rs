@@ -370,6 +370,8 @@ pub struct FakeSource {
     pub processes: std::collections::HashMap<u32, ProcessFacts>,
     /// tid → (tgid, comm, sched policy).
     pub threads: std::collections::HashMap<u32, (u32, String, i32)>,
+    /// tid → start time (clock ticks after boot); 0 when not set.
+    pub starts: std::collections::HashMap<u32, u64>,
 }
 
 impl FakeSource {
@@ -428,10 +430,25 @@ impl crate::backend::TaskSource for FakeSource {
             .map(|t| t.1.clone())
             .ok_or(crate::backend::Gone(tid))
     }
+    fn thread_comm_and_start(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+    ) -> Result<(String, u64), crate::backend::Gone> {
+        let comm = self.thread_comm(tgid, tid)?;
+        Ok((comm, self.starts.get(&tid).copied().unwrap_or(0)))
+    }
     fn thread_policy(&mut self, tid: u32) -> Result<i32, crate::backend::Gone> {
         self.threads
             .get(&tid)
             .map(|t| t.2)
+            .ok_or(crate::backend::Gone(tid))
+    }
+    fn thread_owner(&mut self, tid: u32) -> Result<Option<u32>, crate::backend::Gone> {
+        let tgid = self.threads.get(&tid).ok_or(crate::backend::Gone(tid))?.0;
+        self.processes
+            .get(&tgid)
+            .map(|p| Some(p.uid))
             .ok_or(crate::backend::Gone(tid))
     }
     fn all_tasks(&mut self) -> Vec<(u32, u32)> {
@@ -510,6 +527,11 @@ pub struct RecordingBackend {
     /// While set, every apply_task is refused (as a failing sched_setattr would be); shared so
     /// a test can flip it while the controller owns the backend.
     pub refuse_tasks: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// tid → the start time of the thread whose state it keeps (as the fallback backend keeps
+    /// with each original); `thread_seen` with another start drops the tid's class.
+    pub starts: std::collections::HashMap<u32, u64>,
+    /// Every tid forget_task was called for, in order.
+    pub forgotten: Vec<u32>,
 }
 
 impl crate::backend::Backend for RecordingBackend {
@@ -546,6 +568,17 @@ impl crate::backend::Backend for RecordingBackend {
     }
     fn forget_task(&mut self, tid: u32) {
         self.applied.remove(&tid);
+        self.starts.remove(&tid);
+        self.forgotten.push(tid);
+    }
+    fn thread_seen(&mut self, tid: u32, start_ticks: u64) -> bool {
+        match self.starts.insert(tid, start_ticks) {
+            Some(known) if known != start_ticks => {
+                self.applied.remove(&tid);
+                true
+            }
+            _ => false,
+        }
     }
     fn apply_group(
         &mut self,

@@ -194,6 +194,72 @@ fn explain_on_another_users_thread_is_refused() {
     let _ = out.read_line(&mut String::new());
 }
 
+/// Issue 11, `explain` half of attack 6, at request time: a thread belongs to whom it runs as
+/// when `explain` is asked (all of its real, effective, saved and fs uids, read from its
+/// `/proc/TID/status` then), not to the real uid canopy recorded for its process. A process that
+/// runs like a setuid-root program `nobody` started (real uid 65534, effective root) is refused
+/// to `nobody`, thread and process alike (canopy recorded uid 65534 for it); once one thread
+/// drops to `nobody` entirely, `nobody` is answered for that thread but still refused for the
+/// process (its main thread is still root's); root is answered throughout.
+#[test]
+fn explain_follows_a_threads_owner_at_request_time() {
+    use std::io::{BufRead, Write};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new("explain-now");
+    env.write_policy(&base_policy(&env, ""));
+    let (mut stdin, mut out, pid) = env.spawn(&["setuid-program", "65534"]);
+    let thread: u32 = read_until_ready(&mut out)[0].parse().unwrap();
+    env.move_pid("", pid);
+    env.start(|_| {});
+    open_socket(&env);
+    assert!(
+        wait_for(Duration::from_secs(5), || nice_policy(thread)
+            == Some((4, BATCH)))
+        .is_some(),
+        "thread {thread} not tagged"
+    );
+    let ask = |id: u32| {
+        client_as(
+            &env,
+            65534,
+            &serde_json::json!({"cmd": "explain", "pid": id}),
+        )
+    };
+    let refused = |id: u32, when: &str| {
+        let reply = ask(id);
+        assert!(
+            reply.contains("\"ok\":false") && reply.contains("belongs to another user"),
+            "nobody explaining {id} {when}: {reply}"
+        );
+        assert!(
+            !reply.contains("w-switch"),
+            "the thread's name leaked: {reply}"
+        );
+    };
+    refused(
+        thread,
+        "while it runs as root (effective) for nobody (real)",
+    );
+    refused(pid, "while it runs as root (effective) for nobody (real)");
+    stdin.write_all(b"switch\n").unwrap();
+    let mut switched = String::new();
+    out.read_line(&mut switched).unwrap();
+    assert_eq!(switched.trim(), "switched");
+    let own = ask(thread);
+    assert!(
+        own.contains("\"ok\":true") && own.contains("w-switch"),
+        "nobody explaining thread {thread} once it runs as nobody alone: {own}"
+    );
+    refused(pid, "whose main thread still runs as root (effective)");
+    let comm = explain(&env, thread)["comm"].to_string();
+    assert_eq!(comm, "\"w-switch\"", "root is answered");
+    eprintln!("explain at request time: nobody refused for {thread} and {pid} while root's, answered for {thread} once it ran as nobody alone");
+    drop(stdin);
+}
+
 /// The daemon's (this process's) resident set, from /proc.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

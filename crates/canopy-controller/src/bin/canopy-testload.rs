@@ -1,6 +1,6 @@
 //! canopy-testload: the workloads the controller's host tests and benchmark drive: a burst of
-//! renamed threads, a fork storm, an idle process, and control-socket clients (one request, or
-//! every stdin line on one connection). Each
+//! renamed threads, a fork storm, an idle process, a setuid-like process whose thread drops to the user, and
+//! control-socket clients (one request, or every stdin line on one connection). Each
 //! waits for a line on stdin before starting, prints the ids it created, then `ready`, and
 //! lives until stdin closes. Test tooling, not part of the product.
 
@@ -107,6 +107,41 @@ fn main() {
             }
             writeln!(out.lock(), "{}", std::process::id()).unwrap();
             wait_line();
+        }
+        Some("setuid-program") => {
+            // setuid-program UID (run as root): the process runs as a setuid-root program run by
+            // UID does (real uid UID, effective and saved uid root) and starts a thread named
+            // `w-switch`; it prints that thread's tid and `ready`. On a stdin line the thread
+            // alone drops to UID entirely (the raw syscall changes only the calling thread;
+            // glibc's setresuid would change every thread) and `switched` is printed.
+            let user: libc::uid_t = args[2].parse().expect("a uid");
+            let setresuid = |r: libc::uid_t, e: libc::uid_t, s: libc::uid_t| {
+                // SAFETY: setresuid on the calling thread; the arguments are plain uids.
+                let rc = unsafe { libc::syscall(libc::SYS_setresuid, r, e, s) };
+                assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+            };
+            setresuid(user, 0, 0);
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                set_name("w-switch");
+                tid_tx.send(gettid()).unwrap();
+                if go_rx.recv().is_ok() {
+                    setresuid(user, user, user);
+                    let _ = done_tx.send(());
+                    let _ = go_rx.recv();
+                }
+            });
+            let tid = tid_rx.recv().unwrap();
+            writeln!(out.lock(), "{tid}\nready").unwrap();
+            wait_line();
+            go_tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+            writeln!(out.lock(), "switched").unwrap();
+            wait_line();
+            drop(go_tx);
+            let _ = thread.join();
         }
         Some("client") => {
             // client SOCKET JSON-LINE: prints the reply line.

@@ -35,9 +35,36 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             if !self.processes.contains_key(&tgid) {
                 continue;
             }
-            let Ok(comm) = self.source.thread_comm(tgid, tid) else {
+            let Ok((comm, start)) = self.source.thread_comm_and_start(tgid, tid) else {
                 continue;
             };
+            // A tid the daemon tracks may now be another thread's: the first exited unseen
+            // (events were lost) and the kernel reused its id. What was kept for the old thread
+            // (the fallback backend's original attributes) must not be put on the new one on
+            // stop: forget the old task, and take the new thread as new (its own original).
+            let reused = match self.tasks.get(&tid) {
+                Some(t) => {
+                    let old_tgid = t.tgid;
+                    let other_thread = self.backend.thread_seen(tid, start);
+                    (old_tgid != tgid || other_thread).then_some(old_tgid)
+                }
+                None => None,
+            };
+            if let Some(old_tgid) = reused {
+                tracing::info!(
+                    tid,
+                    old_tgid,
+                    tgid,
+                    "rescan: tid reused by another thread; its predecessor's original is dropped"
+                );
+                self.forget_task(tid, old_tgid);
+                // Forgetting a reused leader forgets its process too: read it afresh.
+                if !self.processes.contains_key(&tgid)
+                    && !matches!(self.load_process(tgid, None), Ok(true))
+                {
+                    continue;
+                }
+            }
             if let Some(t) = self.tasks.get_mut(&tid) {
                 t.comm = comm;
                 self.rematch(tid);

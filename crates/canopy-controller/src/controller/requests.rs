@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use tokio::time::Instant;
 
 use super::*;
+use crate::auth::TaskOwner;
+use crate::backend::Gone;
 use crate::stats::{GroupSnapshot, Snapshot};
 
 /// Why a control request could not be carried out.
@@ -193,23 +195,41 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         Ok(tids)
     }
 
-    /// The owner uid of the process `id` belongs to, for authorization of `explain`: `id` is a
-    /// process id or the id of any tracked thread (a thread answers for its process, so
-    /// `explain` on another user's thread is refused like `explain` on their process). The uid
-    /// is the process's real uid as read from `/proc` at fork or exec; `None` for an id that is
-    /// not tracked (`explain` then answers "no task" and reveals nothing).
-    pub fn process_uid(&self, id: u32) -> Option<u32> {
-        let tgid = self.tasks.get(&id).map_or(id, |t| t.tgid);
-        self.processes.get(&tgid).map(|p| p.facts.uid)
+    /// Who owns, now, the threads `explain(id)` would show (for authorizing `explain`): each
+    /// one's uids are read from `/proc/TID/status` at this moment, since a thread may have
+    /// changed them (`setresuid`) after canopy read its process's facts at fork or exec. A
+    /// process id covers all its tracked threads, so one thread of another user's makes the
+    /// whole process [`TaskOwner::Several`]; threads gone meanwhile are skipped.
+    pub fn explain_owner(&mut self, id: u32) -> TaskOwner {
+        let Some(tids) = self.explained_tids(id) else {
+            return TaskOwner::Unknown;
+        };
+        let mut owner = None;
+        for tid in tids {
+            match self.source.thread_owner(tid) {
+                Err(Gone(_)) => continue,
+                Ok(Some(uid)) if owner.is_none_or(|o| o == uid) => owner = Some(uid),
+                Ok(_) => return TaskOwner::Several,
+            }
+        }
+        owner.map_or(TaskOwner::Unknown, TaskOwner::Uid)
+    }
+
+    /// The threads `explain(id)` covers: every tracked thread of process `id`, or the one
+    /// tracked thread `id`; `None` when neither is tracked.
+    fn explained_tids(&self, id: u32) -> Option<Vec<u32>> {
+        if self.processes.contains_key(&id) {
+            Some(self.threads_of(id))
+        } else if self.tasks.contains_key(&id) {
+            Some(vec![id])
+        } else {
+            None
+        }
     }
 
     /// `ctl explain --pid N`: one explanation per thread (or the one thread for a tid).
     pub fn explain(&mut self, id: u32) -> Result<Vec<Explanation>, RequestError> {
-        let tids = if self.processes.contains_key(&id) {
-            self.threads_of(id)
-        } else if self.tasks.contains_key(&id) {
-            vec![id]
-        } else {
+        let Some(tids) = self.explained_tids(id) else {
             return Err(RequestError::NoTask(id));
         };
         let mut out = Vec::new();

@@ -112,32 +112,37 @@ pub fn compile_str(path: &str, text: &str) -> Result<Compiled, CompileError> {
     compile(&[Source::new(path, text)])
 }
 
+/// Reports more than `max` items (`spans`, one per item) as an error at the first one too many;
+/// whether there were.
+fn too_many<'a>(
+    reporter: &mut Reporter<'_>,
+    what: &str,
+    mut spans: impl ExactSizeIterator<Item = &'a Span>,
+    max: usize,
+) -> bool {
+    let count = spans.len();
+    let Some(span) = spans.nth(max) else {
+        return false;
+    };
+    reporter.error(
+        span,
+        Problem::TooMany {
+            what: what.into(),
+            count,
+            max,
+        },
+        None,
+    );
+    true
+}
+
 fn resolve(merged: &Merged, reporter: &mut Reporter<'_>) -> Option<PlanData> {
     // Refuse sizes whose pairwise checks would take too long, before doing any of them.
-    if merged.rules.len() > MAX_RULES {
-        let span = &merged.rules[MAX_RULES].span;
-        reporter.error(
-            span,
-            Problem::TooMany {
-                what: "rules".into(),
-                count: merged.rules.len(),
-                max: MAX_RULES,
-            },
-            None,
-        );
-        return None;
-    }
-    if merged.groups.len() > MAX_GROUPS {
-        let span = &merged.groups[MAX_GROUPS].span;
-        reporter.error(
-            span,
-            Problem::TooMany {
-                what: "groups".into(),
-                count: merged.groups.len(),
-                max: MAX_GROUPS,
-            },
-            None,
-        );
+    let rules = merged.rules.iter().map(|rule| &rule.span);
+    let groups = merged.groups.iter().map(|group| &group.span);
+    if too_many(reporter, "rules", rules, MAX_RULES)
+        || too_many(reporter, "groups", groups, MAX_GROUPS)
+    {
         return None;
     }
     let table = resolve_classes(merged, reporter);
