@@ -30,14 +30,17 @@ manifest=$(mktemp "$peers/.manifest.XXXXXX")
 say() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" | tee -a "$manifest"; }
 
 for crate in "${crates[@]}"; do
-  version=$(cargo info "$crate" 2>/dev/null | sed -n 's/^version: \([^ ]*\).*/\1/p' | head -n1)
+  version=
+  # Cached-only asks no registry (and never waits on a running build's package cache lock).
+  [[ $cached_only == 1 ]] \
+    || version=$(cargo info "$crate" 2>/dev/null | sed -n 's/^version: \([^ ]*\).*/\1/p' | head -n1)
   if [[ -z $version ]]; then
     # Offline: reuse the newest cached build.
     cached=$(ls -d "$peers/$crate"-*/bin/"$crate" 2>/dev/null | sort -V | tail -n1)
     if [[ -n $cached ]]; then
       say "$crate" "$(basename "$(dirname "$(dirname "$cached")")" | sed "s/^$crate-//")" "$cached"
     else
-      say "$crate" unknown "error: cargo info $crate failed (registry unreachable) and nothing is cached"
+      say "$crate" unknown "error: not built yet, or cargo info $crate failed and nothing is cached"
     fi
     continue
   fi

@@ -22,7 +22,8 @@ use crate::support::{start_daemon, start_root_with_children, STOP_ROOT};
 /// outside the repository; not part of CI's run) and measures every peer in the same boot:
 /// frames, cyclictest p99 under hackbench and hackbench time, untagged as users run them
 /// (scx_layered with a layer for the two threads). A peer that does not build or load keeps its
-/// row with the exact error. VM time: about 3.5 min without peers, about 10 min with them.
+/// row with the exact error. VM time: 334 s without peers (first run, busy host), plus about
+/// 60 s per peer.
 #[test]
 fn benchmark_canopy_against_fair_and_schedqos() -> anyhow::Result<()> {
     let peers = if std::env::var("CANOPY_BENCH_PEERS").is_ok_and(|v| v == "1") {
