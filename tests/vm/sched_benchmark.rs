@@ -376,7 +376,7 @@ fn frames_table(outcome: &canopy_vmtest::Outcome, peers: &[Peer]) -> anyhow::Res
             Some(&format!("hackbench-{}", peer.name)),
         );
         row.note = match (&peer.error, outcome.result(&format!("peer-{}", peer.name))) {
-            (Some(error), _) => format!("not built: {error}"),
+            (Some(error), _) => error.clone(),
             (None, Ok(report)) if report["loaded"] != true => {
                 format!("did not load: `{}`", report["log"].as_str().unwrap_or(""))
             }
