@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! Scheduler benchmark (not a gate): canopy against the fair scheduler and schedqos's mapping in
-//! one VM run; writes target/sched-bench.md (see docs/scheduler-benchmark.md).
+//! Scheduler benchmark (not a gate): canopy against the fair scheduler, schedqos's mapping and
+//! (with `CANOPY_BENCH_PEERS=1`) the sched_ext peers people run, in one VM run; the desktop frame
+//! benchmark (`canopy-guest frames`) under each; writes target/sched-bench.md (see
+//! docs/scheduler-benchmark.md).
 use std::time::Duration;
 
-use crate::support::{start_root_with_children, STOP_ROOT};
+use crate::support::{start_daemon, start_root_with_children, STOP_ROOT};
 
 /// The scheduler benchmark (issue 4): in one VM run, canopy against the fair scheduler with the
 /// same cpu.weight settings and against schedqos's mapping: share accuracy (largest relative
@@ -11,11 +13,30 @@ use crate::support::{start_root_with_children, STOP_ROOT};
 /// idle floor and the platform floor under load: SCHED_FIFO cyclictest under the fair scheduler),
 /// and hackbench -T -p -l 300 -g 4 run time. Prints a markdown table and writes it to
 /// target/sched-bench.md. A benchmark, not a gate: it asserts only that every figure exists.
+///
+/// Then the desktop frame benchmark (issue 14; 30 s each): under the fair scheduler, schedqos's
+/// mapping (the frames process at nice -4, its background at SCHED_BATCH nice 4) and canopy (the
+/// daemon in scx mode with [`FRAMES_POLICY`]: the compositor and audio threads
+/// USER_INTERACTIVE by a thread rule, everything else the default BACKGROUND). With
+/// `CANOPY_BENCH_PEERS=1` it first runs `scripts/build-peers.sh` (builds and caches the peers
+/// outside the repository; not part of CI's run) and measures every peer in the same boot:
+/// frames, cyclictest p99 under hackbench and hackbench time, untagged as users run them
+/// (scx_layered with a layer for the two threads). A peer that does not build or load keeps its
+/// row with the exact error. VM time: 334 s without peers (first run, busy host), plus about
+/// 60 s per peer.
 #[test]
 fn benchmark_canopy_against_fair_and_schedqos() -> anyhow::Result<()> {
+    let peers = if std::env::var("CANOPY_BENCH_PEERS").is_ok_and(|v| v == "1") {
+        build_peers()?
+    } else {
+        Vec::new()
+    };
+    let kernel = canopy_vmtest::kernel()?;
+    let peer_script: String = peers.iter().map(Peer::script).collect();
     let script = format!(
         r#"
 LOAD='hackbench -T -p -g 2 -l 100000000'
+{PEER_SHELL}
 canopy-guest latency --seconds 8 --histogram-us 200000 --kind idle-floor
 canopy-guest cpu-split --group ta:200:2 --group tb:100:2 --seconds 8 --warmup 1 --keep --kind split-fair
 canopy-guest cpu-split --group ta:200:2 --group tb:100:2 --seconds 8 --warmup 1 --keep --fair-cgroup-mode smp --kind split-fair-smp
@@ -32,18 +53,51 @@ canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 
 canopy-guest latency --seconds 8 --histogram-us 200000 --load "$LOAD" --kind latency-canopy
 canopy-guest exec --kind hackbench-canopy -- hackbench -T -p -l 300 -g 4
 {STOP_ROOT}
+canopy-guest frames --kind frames-fair
+autogroup=$(cat /proc/sys/kernel/sched_autogroup_enabled)
+echo 0 > /proc/sys/kernel/sched_autogroup_enabled
+canopy scheduler exec --nice -4 -- canopy-guest frames --background-wrap "canopy scheduler exec --nice 4 --batch --" --kind frames-schedqos
+echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled
+{start_daemon}
+canopy-guest frames --kind frames-canopy &
+FRAMES=$!
+sleep 3
+canopy ctl explain --pid $FRAMES --json > /tmp/explain.json || true
+wait $FRAMES
+canopy-guest report canopy-frames-classes threads="$(tr -d '\n' < /tmp/explain.json | grep -o -E '"comm": *"[a-z-]*"|"effective": *"[A-Z_]*"' | tr '\n' ' ' | tr -d '"')"
+canopy status --json > /tmp/status.json || true
+canopy-guest report canopy-daemon status=@/tmp/status.json
+kill -TERM $DAEMON; wait $DAEMON || true
+tail -n 20 /tmp/daemon.log
+{peer_script}
 "#,
-        start = start_root_with_children(2)
+        start = start_root_with_children(2),
+        start_daemon = start_daemon("scx"),
     );
     let config = r#"{"default_class":"BACKGROUND","groups":[
         {"cgroup":"ta","admit":["canopy_child"],"attach_canopy_child":true},
         {"cgroup":"tb","admit":["canopy_child"],"attach_canopy_child":true}]}"#;
-    let outcome = crate::scenario("sched-bench")
+    let mut scenario = crate::scenario("sched-bench")
         .with_debian_tools(&["cyclictest", "hackbench"])
         .with_file_contents("/etc/canopy-sched.json", config, 0o644)
-        .timeout(Duration::from_secs(400))
-        .script(script)
-        .run()?;
+        .with_file_contents("/etc/canopy/policy.toml", FRAMES_POLICY, 0o644)
+        // The peers' libbpf reads the kernel config (Debian builds without IKCONFIG).
+        .with_file(
+            kernel.dir.join("config"),
+            &format!("/boot/config-{}", kernel.release),
+        )
+        .with_file_contents("/etc/scx_layered.json", LAYERED_CONFIG, 0o644)
+        .timeout(Duration::from_secs(if peers.is_empty() {
+            480
+        } else {
+            1500
+        }));
+    for peer in &peers {
+        if let Some(path) = &peer.path {
+            scenario = scenario.with_binary(path, &peer.name);
+        }
+    }
+    let outcome = scenario.script(script).run()?;
     println!("{}", outcome.summary());
     let field = |kind: &str, key: &str| -> anyhow::Result<f64> {
         Ok(outcome.result(kind)?[key].as_f64().unwrap_or(f64::NAN))
@@ -97,8 +151,318 @@ canopy-guest exec --kind hackbench-canopy -- hackbench -T -p -l 300 -g 4
         ms(idle),
         outcome.summary()
     );
+    table += &frames_table(&outcome, &peers)?;
     println!("{table}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sched-bench.md");
     std::fs::write(&out, &table)?;
     Ok(())
+}
+
+/// canopy's policy for the frame benchmark: the compositor and audio threads of canopy-guest
+/// (matched by its root-owned path, as policies/desktop.toml matches a browser's threads)
+/// USER_INTERACTIVE, everything else BACKGROUND (the background's threads carry other names).
+const FRAMES_POLICY: &str = r#"
+[defaults]
+class = "BACKGROUND"
+
+[daemon]
+mode = "scx"
+socket_path = "/run/canopy/control.sock"
+
+[[rules]]
+name = "desktop frames"
+exe = "/bin/canopy-guest"
+class = "BACKGROUND"
+threads = [
+  { name = "compositor", class = "USER_INTERACTIVE" },
+  { name = "audio", class = "USER_INTERACTIVE" },
+]
+"#;
+
+/// scx_layered's layers: the frame benchmark's two threads in a preempting layer, the rest in
+/// one open layer (its tagging "by layer config", issue 14).
+const LAYERED_CONFIG: &str = r#"[
+  {
+    "name": "desktop",
+    "comment": "the frame benchmark's compositor and audio threads",
+    "matches": [[{"CommPrefix": "compositor"}], [{"CommPrefix": "audio"}]],
+    "kind": {"Open": {"min_exec_us": 100, "slice_us": 2000, "preempt": true, "weight": 1000}}
+  },
+  {
+    "name": "rest",
+    "comment": "everything else",
+    "matches": [[]],
+    "kind": {"Open": {"slice_us": 20000, "weight": 100}}
+  }
+]"#;
+
+/// Guest shell function `run_peer NAME COMMAND...`: starts a sched_ext scheduler, waits up to
+/// 60 s for sched_ext to be enabled, runs the frames, cyclictest and hackbench measurements as
+/// `*-NAME`, stops it with SIGINT (SIGKILL after 10 s) and waits until sched_ext is disabled.
+/// Reports `peer-NAME` with whether it loaded, its ops name, whether it was still enabled after
+/// the measurements, and its log's last lines (the exact error when it did not load).
+const PEER_SHELL: &str = r#"
+run_peer() {
+  name=$1; shift
+  "$@" > /tmp/peer-$name.log 2>&1 &
+  PEER=$!
+  loaded=false
+  for i in $(seq 1 600); do
+    if [ "$(cat /sys/kernel/sched_ext/state)" = enabled ]; then loaded=true; break; fi
+    kill -0 $PEER 2>/dev/null || break
+    usleep 100000
+  done
+  ops=$(cat /sys/kernel/sched_ext/root/ops 2>/dev/null || true)
+  after=not-run
+  if [ $loaded = true ]; then
+    canopy-guest frames --kind frames-$name || true
+    canopy-guest latency --seconds 8 --histogram-us 200000 --load "$LOAD" --kind latency-$name || true
+    canopy-guest exec --kind hackbench-$name -- hackbench -T -p -l 300 -g 4 || true
+    after=$(cat /sys/kernel/sched_ext/state)
+  fi
+  kill -INT $PEER 2>/dev/null || true
+  for i in $(seq 1 100); do kill -0 $PEER 2>/dev/null || break; usleep 100000; done
+  kill -KILL $PEER 2>/dev/null || true
+  wait $PEER 2>/dev/null || true
+  while [ "$(cat /sys/kernel/sched_ext/state)" != disabled ]; do usleep 100000; done
+  canopy-guest report peer-$name loaded=$loaded ops="$ops" state_after="$after" log="$(grep -v '^$' /tmp/peer-$name.log | tail -n 12 | tr '\n' '|' | tr -d '"')"
+}
+"#;
+
+/// One peer scheduler from `scripts/build-peers.sh`'s manifest: a binary, or the build error.
+struct Peer {
+    name: String,
+    version: String,
+    path: Option<std::path::PathBuf>,
+    error: Option<String>,
+}
+
+impl Peer {
+    fn args(&self) -> &'static str {
+        match self.name.as_str() {
+            "scx_layered" => "f:/etc/scx_layered.json",
+            _ => "",
+        }
+    }
+
+    fn script(&self) -> String {
+        match &self.path {
+            Some(_) => format!("run_peer {0} {0} {1}\n", self.name, self.args()),
+            None => String::new(),
+        }
+    }
+}
+
+/// Runs `scripts/build-peers.sh` (cargo install / kernel tools builds, cached) and reads its
+/// manifest: `name<TAB>version<TAB>path-or-error` per line.
+fn build_peers() -> anyhow::Result<Vec<Peer>> {
+    use anyhow::Context;
+    let root = canopy_vmtest::repo_root();
+    let output = std::process::Command::new("bash")
+        .arg(root.join("scripts/build-peers.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running scripts/build-peers.sh")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "scripts/build-peers.sh failed: {}",
+        output.status
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut peers = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let fields: Vec<&str> = line.splitn(3, '\t').collect();
+        let [name, version, target] = fields[..] else {
+            anyhow::bail!(
+                "scripts/build-peers.sh output line {}: `{line}` is not name<TAB>version<TAB>path",
+                number + 1
+            );
+        };
+        let (path, error) = match target.strip_prefix("error: ") {
+            Some(error) => (None, Some(error.to_string())),
+            None => (Some(std::path::PathBuf::from(target)), None),
+        };
+        peers.push(Peer {
+            name: name.into(),
+            version: version.into(),
+            path,
+            error,
+        });
+    }
+    Ok(peers)
+}
+
+/// One row of the frames table.
+struct FramesRow {
+    scheduler: String,
+    /// frames missed, worst frame lateness (ms), audio missed, worst audio lateness (ms), build
+    /// jobs, cyclictest p99 (ms), hackbench (s); NaN where not measured.
+    values: [f64; 7],
+    note: String,
+}
+
+/// Lower is better for every column but the build's jobs.
+const HIGHER_IS_BETTER: [bool; 7] = [false, false, false, false, true, false, false];
+
+fn frames_row(
+    outcome: &canopy_vmtest::Outcome,
+    scheduler: String,
+    suffix: &str,
+    latency_kind: Option<&str>,
+    hackbench_kind: Option<&str>,
+) -> FramesRow {
+    let number = |kind: &str, path: &[&str]| -> f64 {
+        let Ok(mut value) = outcome.result(kind) else {
+            return f64::NAN;
+        };
+        for key in path {
+            value = &value[*key];
+        }
+        value.as_f64().unwrap_or(f64::NAN)
+    };
+    let frames = format!("frames-{suffix}");
+    let mut note = String::new();
+    if outcome.result(&frames).is_err() {
+        note = "frames did not report".into();
+    }
+    FramesRow {
+        scheduler,
+        values: [
+            number(&frames, &["frames", "missed"]),
+            number(&frames, &["frames", "worst_lateness_ms"]),
+            number(&frames, &["audio", "missed"]),
+            number(&frames, &["audio", "worst_lateness_ms"]),
+            number(&frames, &["build_jobs"]),
+            latency_kind.map_or(f64::NAN, |kind| number(kind, &["p99_us"]) / 1000.0),
+            hackbench_kind.map_or(f64::NAN, |kind| number(kind, &["duration_s"])),
+        ],
+        note,
+    }
+}
+
+/// The frame benchmark's table: one row per scheduler, then canopy's ratio to the best other
+/// row in each column (lower is better except the build's jobs; for a count of missed periods
+/// the ratio is undefined when the best is 0, so the table says canopy's count against it).
+fn frames_table(outcome: &canopy_vmtest::Outcome, peers: &[Peer]) -> anyhow::Result<String> {
+    let frames_of = |kind: &str, key: &str| -> String {
+        outcome
+            .result(kind)
+            .map(|value| value["frames"][key].to_string())
+            .unwrap_or_default()
+    };
+    let mut rows = vec![
+        frames_row(
+            outcome,
+            "fair".into(),
+            "fair",
+            Some("latency-fair"),
+            Some("hackbench-fair"),
+        ),
+        frames_row(
+            outcome,
+            "schedqos mapping (nice -4 / SCHED_BATCH nice 4)".into(),
+            "schedqos",
+            Some("latency-schedqos"),
+            None,
+        ),
+    ];
+    for peer in peers {
+        let scheduler = format!("{} {}", peer.name, peer.version);
+        let mut row = frames_row(
+            outcome,
+            scheduler,
+            &peer.name,
+            Some(&format!("latency-{}", peer.name)),
+            Some(&format!("hackbench-{}", peer.name)),
+        );
+        row.note = match (&peer.error, outcome.result(&format!("peer-{}", peer.name))) {
+            (Some(error), _) => error.clone(),
+            (None, Ok(report)) if report["loaded"] != true => {
+                format!("did not load: `{}`", report["log"].as_str().unwrap_or(""))
+            }
+            (None, Ok(report)) if report["state_after"] != "enabled" => format!(
+                "left during the run (state {}): `{}`",
+                report["state_after"],
+                report["log"].as_str().unwrap_or("")
+            ),
+            (None, Ok(_)) => row.note,
+            (None, Err(_)) => "no report (the run ended before it)".into(),
+        };
+        rows.push(row);
+    }
+    let canopy = frames_row(
+        outcome,
+        "canopy (daemon, scx mode, policy-tagged)".into(),
+        "canopy",
+        Some("latency-canopy"),
+        Some("hackbench-canopy"),
+    );
+    let show = |value: f64, decimals: usize| -> String {
+        if value.is_nan() {
+            "n/a".into()
+        } else {
+            format!("{value:.decimals$}")
+        }
+    };
+    let decimals = [0, 1, 0, 1, 0, 2, 2];
+    let line = |row: &FramesRow| -> String {
+        let cells: Vec<String> = row
+            .values
+            .iter()
+            .zip(decimals)
+            .map(|(value, decimals)| show(*value, decimals))
+            .collect();
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            row.scheduler,
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
+            row.note
+        )
+    };
+    let mut table = format!(
+        "\nDesktop frames (30 s each; {} frames of 4 ms per 16.67 ms, {} audio periods of 0.5 ms \
+         per 5.33 ms; BACKGROUND hogs and a fork/exec build, twice the CPU count):\n\n\
+         | scheduler | frames missed | worst frame lateness (ms) | audio missed | worst audio lateness (ms) | build jobs | cyclictest p99 under hackbench (ms) | hackbench -T -p -l 300 -g 4 (s) | note |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        frames_of("frames-fair", "periods"),
+        outcome
+            .result("frames-fair")
+            .map(|value| value["audio"]["periods"].to_string())
+            .unwrap_or_default(),
+    );
+    for row in &rows {
+        table += &line(row);
+    }
+    table += &line(&canopy);
+    let mut ratios = Vec::new();
+    for column in 0..7 {
+        let others = rows
+            .iter()
+            .filter_map(|row| row.values.get(column).copied())
+            .filter(|value| !value.is_nan());
+        let best = if HIGHER_IS_BETTER[column] {
+            others.fold(f64::NAN, f64::max)
+        } else {
+            others.fold(f64::NAN, f64::min)
+        };
+        let mine = canopy.values.get(column).copied().unwrap_or(f64::NAN);
+        ratios.push(if best.is_nan() || mine.is_nan() {
+            "n/a".to_string()
+        } else if best == 0.0 {
+            format!("{} vs 0", show(mine, decimals[column]))
+        } else {
+            format!("{:.2}x", mine / best)
+        });
+    }
+    table += &format!(
+        "| canopy / best other | {} | {} | {} | {} | {} | {} | {} | |\n",
+        ratios[0], ratios[1], ratios[2], ratios[3], ratios[4], ratios[5], ratios[6]
+    );
+    Ok(table)
 }

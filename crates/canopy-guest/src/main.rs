@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! `canopy-guest`: the one binary the VM harness puts in every guest. `/init` runs `setup`
 //! (mounts, cgroup controllers, the `boot` result); scenario scripts then call the workloads
-//! (`hog`, `wakeprobe`, `storm`, `latency` around cyclictest), the measurements (`cpu-split`, `sched-ext-state`, `dmesg`), `exec` (run a command, report its status and
+//! (`hog`, `wakeprobe`, `storm`, `latency` around cyclictest, `frames`: the desktop frame
+//! benchmark), the measurements (`cpu-split`, `sched-ext-state`, `dmesg`), `exec` (run a command, report its status and
 //! output) and `report`.
 //! Every measurement prints one `CANOPY-RESULT {json}` line on stdout (the serial console),
 //! which the host side (`canopy-vmtest`) parses.
@@ -12,6 +13,7 @@ mod cpu_split;
 mod dmesg;
 mod exec;
 mod fair_mode;
+mod frames;
 mod hog;
 mod kernel_health;
 mod latency;
@@ -68,6 +70,13 @@ enum Command {
     CpuSplit(cpu_split::CpuSplitArgs),
     /// Run a command and report its status, duration and output.
     Exec(exec::ExecArgs),
+    /// The desktop frame benchmark: a 60 Hz compositor and a 5.33 ms audio thread beside
+    /// background hogs and a fork/exec build; missed periods, worst lateness, build jobs.
+    Frames(frames::FramesArgs),
+    /// The frame benchmark's background build: workers spawning short processes back to back.
+    Build(frames::BuildArgs),
+    /// One job of the background build: a fixed amount of arithmetic.
+    BuildJob(frames::BuildJobArgs),
     /// Report kernel log lines (optionally filtered).
     Dmesg(dmesg::DmesgArgs),
     /// Report kernel warnings, stalls and sched_ext messages from the kernel log (run by /init
@@ -100,6 +109,9 @@ fn main() -> Result<()> {
         Command::MoveProbe(args) => class_map::probe(&args),
         Command::CpuSplit(args) => cpu_split::run(&args),
         Command::Exec(args) => exec::run(&args),
+        Command::Frames(args) => frames::run(&args),
+        Command::Build(args) => frames::build(&args),
+        Command::BuildJob(args) => frames::build_job(&args),
         Command::Dmesg(args) => dmesg::run(&args),
         Command::KernelHealth => kernel_health::run(),
         Command::SchedExtState(args) => sched_ext_state::run(&args),
