@@ -7,6 +7,8 @@
 #   --from-test-build   package the binary the test profile built (target/debug/canopy, which
 #                       `cargo test` builds) instead of building a release: the VM scenarios
 #                       install the same package layout without a second, cold release build
+#   --install-tool      only install cargo-deb when it is missing (tests/run-all.sh does this
+#                       early, beside the workspace's compile), build nothing
 # Other arguments go to cargo deb (e.g. --deb-revision 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,7 @@ if [ "${1:-}" = --from-test-build ]; then
   shift
 fi
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb@3.8.0 >&2
+[ "${1:-}" = --install-tool ] && exit 0
 if [ "$profile" = release ]; then
   cargo build --release --locked --bin canopy >&2
   binary=$target/release/canopy

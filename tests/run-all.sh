@@ -6,7 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 bpf/vmlinux/check.sh
+# What the VM scenarios need besides the workspace (kernel, systemd guest image, canopy-guest,
+# cargo-deb) is made in the background while the workspace compiles (seconds when cached).
+target=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target"
+scripts/prepare-vm-tests.sh > "$target/prepare-vm-tests.log" 2>&1 &
+prepare=$!
 # canopy-controller and canopy-sys deny unwrap and panicking indexing outside tests (their
 # lib.rs); any clippy warning there fails the run (about 90 s on a fresh clone, seconds warm).
 cargo clippy -p canopy-controller -p canopy-sys --locked -- -D warnings
+cargo test --workspace --locked --no-run
+wait "$prepare" || echo "run-all: preparing the VM tests failed (see below); the tests retry it" >&2
+grep '^prepare-vm-tests:' "$target/prepare-vm-tests.log" >&2 || tail -n 20 "$target/prepare-vm-tests.log" >&2
 cargo test --workspace --locked --no-fail-fast

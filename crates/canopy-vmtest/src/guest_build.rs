@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! Builds `canopy-guest` (the guest-side runner and workloads) once per process with a nested
-//! `cargo build` in its own target directory (`target/guest`), so it never waits on the build
-//! lock of the `cargo test` that is running us.
+//! Builds `canopy-guest` (the guest-side runner and workloads) once per process with
+//! `scripts/build-guest.sh`: a nested `cargo build --release` in its own target directory
+//! (`target/guest`), so it never waits on the build lock of the `cargo test` that is running us.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,32 +20,16 @@ pub fn guest_binary() -> Result<PathBuf> {
 }
 
 fn build() -> std::result::Result<PathBuf, (String, String)> {
-    // `CARGO` is set by cargo for the processes it runs (tests, `cargo run`).
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // `scripts/build-guest.sh` is the one definition of this build (tests/run-all.sh starts it
+    // early, beside the workspace's compile); it runs `$CARGO`, which cargo sets for the
+    // processes it runs (tests, `cargo run`), so the same toolchain builds the guest.
     let guest_target = target_dir().join("guest");
-    let args = [
-        "build",
-        "--release",
-        "--locked",
-        "--package",
-        "canopy-guest",
-        "--bin",
-        "canopy-guest",
-        "--target-dir",
-    ];
-    let command_text = format!(
-        "{} {} {}",
-        PathBuf::from(&cargo).display(),
-        args.join(" "),
-        guest_target.display()
-    );
-    let output = Command::new(&cargo)
-        .args(args)
+    let script = repo_root().join("scripts/build-guest.sh");
+    let command_text = format!("bash {} {}", script.display(), guest_target.display());
+    let output = Command::new("bash")
+        .arg(&script)
         .arg(&guest_target)
         .current_dir(repo_root())
-        // Small, fast-to-pack binary: the initramfs is rebuilt for every scenario.
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
         .output()
         .map_err(|err| (command_text.clone(), err.to_string()))?;
     if !output.status.success() {
