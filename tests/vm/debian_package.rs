@@ -200,9 +200,14 @@ pub fn install_reload_stop_kill_upgrade_purge(guest: &RunningGuest) -> anyhow::R
     let split = outcome.result("split-canopy")?;
     assert_eq!(split["sched_ext"], "enabled", "{split}");
     // Issue 12 asks for 2:1 within 10% here too. Not met yet, so printed and not gated: the
-    // root's cpu.weight tree (bpf/cpu_tree.bpf.h) gave 1.77:1 for these two services on
-    // 2026-12-03 (the fair scheduler 2.01:1 in the same boot), and before that tree 1.05:1.
-    // Issue 12 stays open until this line is an assertion again.
+    // root's cpu.weight tree (bpf/cpu_tree.bpf.h) gave 1.62 and 1.77:1 for these two services
+    // on 2026-12-03 (the fair scheduler 2.01:1 in the same boot), and before that tree 1.05:1.
+    // Not systemd's doing: the same shape in the busybox guest (system.slice/hog-{a,b}.service
+    // at 200 and 100, one 2-thread hog each started before the root, the daemon on
+    // policies/default.toml) gave 1.73, 1.44, 1.50, 1.43, 1.34:1 in five successive 8 s
+    // windows (12:40 UTC, with an experimental weight-scaled slice that was not kept), so the
+    // split drifts down while the hogs run. Issue 12 stays open until this line is an
+    // assertion again.
     println!(
         "canopy split of CPUWeight 200:100 under systemd: {:.2}:1 (target 2:1 within 10%, not yet met)",
         ratio(split)

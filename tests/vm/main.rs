@@ -16,6 +16,7 @@ mod debian_desktop;
 mod debian_package;
 mod fair_baseline;
 mod harness;
+mod kubernetes_policy;
 mod sched_benchmark;
 mod sched_children;
 mod sched_classes;

@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! Scenario: `policies/kubernetes.toml` leaves kubelet's division of the CPU alone (issue 13).
+//! A kubepods tree as kubelet (systemd cgroup driver) makes it, with kubelet's `cpu.weight`
+//! values (weight = 1 + (shares - 2) * 9999 / 262142, shares = request in millicores * 1024 /
+//! 1000) and a guaranteed pod's `cpu.max`:
+//!
+//! ```text
+//! kubepods.slice
+//!   kubepods-burstable.slice                    30  (requests 500m + 250m: shares 768)
+//!     kubepods-burstable-poda.slice             20  (500m: shares 512)   2 hogs
+//!     kubepods-burstable-podb.slice             10  (250m: shares 256)   2 hogs
+//!   kubepods-besteffort.slice                    1
+//!     kubepods-besteffort-podc.slice             1                       2 hogs
+//!   kubepods-podg.slice (guaranteed)            20  cpu.max 0.5 CPU      2 hogs
+//! ```
+//!
+//! Worked example (classic `smp` shares, 2 CPUs): the guaranteed pod is held to 0.5 CPU by
+//! its limit; burstable and best effort split the other 1.5 CPUs 30:1; inside burstable, pod a
+//! gets twice pod b's time. Measured first under the fair scheduler, then under the daemon in
+//! scx mode with the shipped policy (its groups own the three QoS levels, set ceilings and no
+//! weight or cap: the root's cpu.weight tree runs kubelet's numbers), in the same boot. Gated
+//! against the fair scheduler of that boot (the constants below, set from the runs they list):
+//! pod a : pod b no further from 2:1 than under the fair scheduler plus a margin, the
+//! best-effort pod's share at most a few points above the fair scheduler's, and the guaranteed
+//! pod at most 0.52 CPU (its cpu.max). VM cost: about 70 s after boot.
+
+use std::time::Duration;
+
+use crate::support::start_daemon;
+
+/// How much further from kubelet's 2:1 (relative error) pod a : pod b may be under canopy than
+/// under the fair scheduler in the same boot. Runs on 2026-12-03 (host load 10-20), relative
+/// error from 2:1, fair | canopy: one boot 0.27 | 0.26 (with an experimental slice change, not
+/// kept); one boot with 3 fair and 5 canopy splits 0.12, 0.13, 0.18 | 0.03, 0.11, 0.17, 0.03,
+/// 0.003; the committed test, one boot 0.005 | 0.045. Within a boot, canopy's worst minus fair's best: 0.04 (both move with the boot: the
+/// first boot's figures were low for both).
+const RATIO_ERROR_MARGIN: f64 = 0.10;
+/// How many percentage points more of the CPU time the best-effort pod may get under canopy
+/// than under the fair scheduler. Same runs: fair 6.3 | canopy 6.7; fair 4.4, 2.8, 5.7 |
+/// canopy 6.6, 7.6, 5.0, 6.1, 5.9; fair 2.4 | canopy 4.6 (within a boot, canopy's worst minus fair's best: 4.8 points).
+const BEST_EFFORT_MARGIN_POINTS: f64 = 6.0;
+
+const TREE: &str = r#"
+k=/sys/fs/cgroup/kubepods.slice
+mkdir -p $k/kubepods-burstable.slice $k/kubepods-besteffort.slice $k/kubepods-podg.slice
+echo +cpu > /sys/fs/cgroup/cgroup.subtree_control
+echo +cpu > $k/cgroup.subtree_control
+echo +cpu > $k/kubepods-burstable.slice/cgroup.subtree_control
+echo +cpu > $k/kubepods-besteffort.slice/cgroup.subtree_control
+echo 30 > $k/kubepods-burstable.slice/cpu.weight
+echo 1 > $k/kubepods-besteffort.slice/cpu.weight
+echo 20 > $k/kubepods-podg.slice/cpu.weight
+echo "50000 100000" > $k/kubepods-podg.slice/cpu.max
+"#;
+
+const PODS: &str =
+    "--group kubepods.slice/kubepods-burstable.slice/kubepods-burstable-poda.slice:20:2 \
+    --group kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podb.slice:10:2 \
+    --group kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podc.slice:1:2 \
+    --group kubepods.slice/kubepods-podg.slice:-:2 --seconds 8 --warmup 2 --keep";
+
+/// (pod a : pod b, guaranteed pod's CPUs, best effort's share) of a split.
+fn figures(split: &serde_json::Value) -> (f64, f64, f64) {
+    let group = |i: usize| &split["groups"][i];
+    let window = split["window_s"].as_f64().unwrap_or(f64::NAN);
+    (
+        split["ratio"].as_f64().unwrap_or(f64::NAN),
+        group(3)["cpu_seconds"].as_f64().unwrap_or(f64::NAN) / window,
+        group(2)["share"].as_f64().unwrap_or(f64::NAN),
+    )
+}
+
+#[test]
+fn kubernetes_policy_keeps_kubelets_per_pod_weights_and_limits() -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+{TREE}
+canopy-guest cpu-split {PODS} --fair-cgroup-mode smp --kind pods-fair
+{daemon}
+canopy-guest cpu-split {PODS} --kind pods-canopy
+canopy status --json --interval-ms 200 > /tmp/status.json || true
+canopy-guest report k8s-daemon sched_ext="$(cat /sys/kernel/sched_ext/state)" status=@/tmp/status.json
+kill -INT $DAEMON; wait $DAEMON || true
+"#,
+        daemon = start_daemon("scx"),
+    );
+    let outcome = crate::scenario("kubernetes-policy")
+        .with_file(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/policies/kubernetes.toml"),
+            "/etc/canopy/policy.toml",
+        )
+        .script(script)
+        .timeout(Duration::from_secs(300))
+        .run()?;
+    println!("{}", outcome.summary());
+    let daemon = outcome.result("k8s-daemon")?;
+    assert_eq!(daemon["sched_ext"], "enabled", "{daemon}");
+    assert_eq!(daemon["status"]["mode"], "scx", "{daemon}");
+    let owned: Vec<&str> = daemon["status"]["groups"]
+        .as_array()
+        .map(|groups| groups.iter().filter_map(|g| g["group"].as_str()).collect())
+        .unwrap_or_default();
+    for group in ["k8s-besteffort", "k8s-burstable", "k8s-guaranteed"] {
+        assert!(owned.contains(&group), "{group} owns no cgroup: {owned:?}");
+    }
+    let (fair_ratio, fair_g, fair_be) = figures(outcome.result("pods-fair")?);
+    let (ratio, guaranteed, best_effort) = figures(outcome.result("pods-canopy")?);
+    println!(
+        "kubepods: pod a : pod b fair {fair_ratio:.2}:1, canopy {ratio:.2}:1 (weights 2:1); \
+         guaranteed pod fair {fair_g:.3} CPU, canopy {guaranteed:.3} CPU (limit 0.5); \
+         best effort fair {:.1}%, canopy {:.1}%",
+        fair_be * 100.0,
+        best_effort * 100.0
+    );
+    // Gated against the fair scheduler's figures from the same boot: with 8 hogs on 2 CPUs
+    // and the guaranteed pod throttled half of each period, neither scheduler holds the
+    // weights' 2:1 between pod a and pod b exactly (fair 1.46-1.76:1 in four splits).
+    let error = |ratio: f64| (ratio / 2.0 - 1.0).abs();
+    assert!(
+        error(ratio) <= error(fair_ratio) + RATIO_ERROR_MARGIN,
+        "pod a : pod b under canopy {ratio:.2}:1, fair scheduler {fair_ratio:.2}:1 (weights 2:1)"
+    );
+    assert!(
+        guaranteed <= 0.52,
+        "guaranteed pod {guaranteed:.3} CPU, limit 0.5"
+    );
+    assert!(
+        (best_effort - fair_be) * 100.0 <= BEST_EFFORT_MARGIN_POINTS,
+        "best effort {:.1}% under canopy, {:.1}% under the fair scheduler",
+        best_effort * 100.0,
+        fair_be * 100.0
+    );
+    assert!(
+        outcome.kernel_warnings().is_empty(),
+        "{:?}",
+        outcome.kernel_warnings()
+    );
+    Ok(())
+}
