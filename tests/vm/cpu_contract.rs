@@ -406,3 +406,92 @@ cat /tmp/root.log
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+/// Issue 10 acceptance (f) with the daemon: a group owning `apps/*.scope` in state `minimized`
+/// (ceiling BACKGROUND). Two USER_INTERACTIVE threads (one busy, one waking every 2 ms) in an
+/// unowned cgroup are moved, 10 round trips each, (1) into `apps/early.scope/sub`, a cgroup
+/// made below a minimized scope after the policy loaded, and (2) into `apps/late.scope`, a
+/// scope made after load and minimized through the control socket. After every move each
+/// thread's first class decision (read from the schedulers' move log) must be BACKGROUND, and
+/// USER_INTERACTIVE again after the move back.
+#[test]
+fn a_thread_moved_below_a_minimized_scope_is_clamped_at_its_next_decision() -> anyhow::Result<()> {
+    const POLICY: &str = r#"
+[defaults]
+class = "DEFAULT"
+
+[daemon]
+mode = "scx"
+socket_path = "/run/canopy/control.sock"
+
+[[rules]]
+name = "probe"
+comm = "canopy-guest"
+class = "DEFAULT"
+threads = [{ name = "ui-*", class = "USER_INTERACTIVE" }]
+
+[groups.app]
+path = "app"
+
+[groups.scopes]
+path = "apps/*.scope"
+[groups.scopes.states.minimized]
+ceiling = "BACKGROUND"
+"#;
+    // Class ids (`enum canopy_class` in bpf/intf.h).
+    const USER_INTERACTIVE: u32 = 0;
+    const BACKGROUND: u32 = 4;
+    let probe = |to: &str, kind: &str| {
+        format!(
+            "canopy-guest move-probe --pid $BUSY --pid $TICK --comm-prefix ui- --to {to} \
+             --to-class {BACKGROUND} --back app --back-class {USER_INTERACTIVE} --rounds 10 \
+             --kind {kind}"
+        )
+    };
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/app /sys/fs/cgroup/apps/early.scope
+{start_daemon}
+canopy ctl state apps/early.scope minimized
+# made after the policy loaded: a cgroup below a minimized scope, and a new scope
+mkdir /sys/fs/cgroup/apps/early.scope/sub /sys/fs/cgroup/apps/late.scope
+i=0; until canopy ctl state apps/late.scope minimized || [ $i -ge 100 ]; do usleep 50000; i=$((i+1)); done
+canopy-guest hog --threads 1 --comm ui-busy & BUSY=$!
+canopy-guest hog --threads 1 --comm ui-tick --busy-us 300 --sleep-us 2000 & TICK=$!
+echo $BUSY > /sys/fs/cgroup/app/cgroup.procs
+echo $TICK > /sys/fs/cgroup/app/cgroup.procs
+i=0; until canopy-guest class-map --pid $TICK --comm-prefix ui- --kind tick-class | grep -q '"0":1' || [ $i -ge 100 ]; do usleep 50000; i=$((i+1)); done
+{below}
+{late}
+kill $BUSY $TICK
+kill -TERM $DAEMON; wait $DAEMON
+"#,
+        start_daemon = crate::support::start_daemon("scx"),
+        below = probe("apps/early.scope/sub", "below-minimized"),
+        late = probe("apps/late.scope", "late-scope"),
+    );
+    let outcome = crate::scenario("cpu-contract-ceiling-moves")
+        .with_file_contents("/etc/canopy/policy.toml", POLICY, 0o644)
+        .timeout(Duration::from_secs(240))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    for kind in ["below-minimized", "late-scope"] {
+        let probe = outcome.result(kind)?;
+        for direction in ["to", "back"] {
+            let d = &probe[direction];
+            println!(
+                "{kind} {direction}: followed {}, missed {}, wrong class {}, runnable move -> decided µs (worst) {}",
+                d["followed"], d["missed"], d["wrong_class"], d["max_runnable_move_to_decided_us"]
+            );
+            assert_eq!(d["missed"], 0, "{kind} {direction}: {d}");
+            assert_eq!(
+                d["wrong_class"].as_array().map(Vec::len),
+                Some(0),
+                "{kind} {direction}: {d}"
+            );
+            assert_eq!(d["followed"], 20, "{kind} {direction}: {d}");
+        }
+    }
+    Ok(())
+}
