@@ -379,12 +379,17 @@ static __always_inline u64 node_quota_ns(const struct canopy_cgroup_node *node)
 	return (!quota || cap < quota) ? cap : quota;
 }
 
-/* Start @node's next limit period once the current one is over; overuse carries over. */
+/*
+ * Start @node's next limit period once the current one is over; overuse carries over. A cid
+ * whose clock reads a moment before the start another cid just set sees a negative elapsed
+ * time and leaves the period alone (unsigned, it would wrap, restart the period and forget
+ * its use). Example: quota 50 ms per 100 ms, 53 ms used when it ends: the next starts at 3 ms.
+ */
 static __always_inline void quota_roll(struct canopy_cgroup_node *node, u64 quota, u64 now)
 {
 	u64 elapsed = now - node->period_start_ns, allowed;
 
-	if (!node->period_ns || elapsed < node->period_ns)
+	if (!node->period_ns || (s64)elapsed < (s64)node->period_ns)
 		return;
 	allowed = quota * (elapsed / node->period_ns);
 	node->period_start_ns = now - elapsed % node->period_ns;
