@@ -92,15 +92,22 @@ static __always_inline bool cid_is_idle(s32 cid)
 /*
  * Start a new accounting window when the current one is over. A capped member carries what
  * it used beyond its cap into the next window (a dispatch can overshoot the cap by up to a
- * slice per cid), so over time it averages exactly its cap; a guaranteed member carries what
+ * quantum per cid), so over time it averages exactly its cap; a guaranteed member carries what
  * it was promised but did not get (a sibling's slice may hold a cid past the window).
+ *
+ * Every cid calls this at each dispatch. A cid whose clock reads a moment before the start
+ * another cid just set sees a negative elapsed time and leaves the window alone (unsigned,
+ * `now - start` would wrap, restart the window and forget its use: a free window for a capped
+ * member). Example: cap 25% on 2 cids, a window of 100 ms: budget 50 ms. The member was
+ * charged 54 ms (its last grant ended 4 ms past the cap); the next window starts with 4 ms
+ * used, so it gets 46 ms more there: 50 ms a window on average.
  */
 static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr_cids)
 {
 	struct canopy_group_policy *pol;
 	u64 budget, promised, owed, cgroup_id;
 
-	if (now - m->period_start_ns < CANOPY_PERIOD_NS)
+	if ((s64)(now - m->period_start_ns) < (s64)CANOPY_PERIOD_NS)
 		return;
 	/*
 	 * Follow the share terms of the group's current state (the daemon rewrites group_policy
@@ -164,7 +171,8 @@ static __always_inline void charge_cid(s32 cid, u64 now)
 		return;
 	__sync_fetch_and_add(&m->cpu_ns, delta);
 	roll_window(m, now, scx_bpf_nr_online_cids() ?: 1);
-	m->period_used_ns += delta;
+	/* atomic, as cpu_ns: both cids of a member often end their grants on the same tick */
+	__sync_fetch_and_add(&m->period_used_ns, delta);
 	/* 1/8 moving average, kept within [50 us, 2 default slices] */
 	m->slice_estimate_ns = (m->slice_estimate_ns * 7 + delta) / 8;
 	if (m->slice_estimate_ns < 50000)

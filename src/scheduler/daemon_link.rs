@@ -236,9 +236,23 @@ impl ScxMaps for PinnedMaps {
         announce_group_policy_change(&self.group_policy_version).map_err(io_error)
     }
 
-    fn clear_group(&mut self, _cgroup_id: u64) {
-        // Entries carry the supervisor's admission list, so the daemon never deletes them; a
-        // removed cgroup's entry is harmless (its id is not reused while the root runs).
+    fn clear_group(&mut self, cgroup_id: u64) {
+        // The daemon forgets a group's cgroup when it is removed (or no longer matches after a
+        // reload): its entry goes with it, so mkdir/rmdir churn does not fill the map (issue
+        // 10, acceptance g). An entry that admits sub-schedulers belongs to the supervisor's
+        // configured group (it removes that entry with its group) and stays.
+        let key = cgroup_id.to_ne_bytes();
+        let Ok(Some(bytes)) = self.group_policy.lookup(&key, MapFlags::ANY) else {
+            return;
+        };
+        let entry: bpf_intf::canopy_group_policy = from_bytes(&bytes);
+        if entry.nr_admitted != 0 {
+            return;
+        }
+        // Absent already (the supervisor removed it meanwhile) is fine.
+        if self.group_policy.delete(&key).is_ok() {
+            let _ = announce_group_policy_change(&self.group_policy_version);
+        }
     }
 
     fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {

@@ -406,3 +406,210 @@ cat /tmp/root.log
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+/// Issue 10 acceptance (f) with the daemon: a group owning `apps/*.scope` in state `minimized`
+/// (ceiling BACKGROUND). Two USER_INTERACTIVE threads (one busy, one waking every 2 ms) in an
+/// unowned cgroup are moved, 10 round trips each, (1) into `apps/early.scope/sub`, a cgroup
+/// made below a minimized scope after the policy loaded, and (2) into `apps/late.scope`, a
+/// scope made after load and minimized through the control socket. After every move each
+/// thread's first class decision (read from the schedulers' move log) must be BACKGROUND, and
+/// USER_INTERACTIVE again after the move back.
+#[test]
+fn a_thread_moved_below_a_minimized_scope_is_clamped_at_its_next_decision() -> anyhow::Result<()> {
+    const POLICY: &str = r#"
+[defaults]
+class = "DEFAULT"
+
+[daemon]
+mode = "scx"
+socket_path = "/run/canopy/control.sock"
+
+[[rules]]
+name = "probe"
+comm = "canopy-guest"
+class = "DEFAULT"
+threads = [{ name = "ui-*", class = "USER_INTERACTIVE" }]
+
+[groups.app]
+path = "app"
+
+[groups.scopes]
+path = "apps/*.scope"
+[groups.scopes.states.minimized]
+ceiling = "BACKGROUND"
+"#;
+    // Class ids (`enum canopy_class` in bpf/intf.h).
+    const USER_INTERACTIVE: u32 = 0;
+    const BACKGROUND: u32 = 4;
+    let probe = |to: &str, kind: &str| {
+        format!(
+            "canopy-guest move-probe --pid $BUSY --pid $TICK --comm-prefix ui- --to {to} \
+             --to-class {BACKGROUND} --back app --back-class {USER_INTERACTIVE} --rounds 10 \
+             --kind {kind}"
+        )
+    };
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/app /sys/fs/cgroup/apps/early.scope
+{start_daemon}
+canopy ctl state apps/early.scope minimized
+# made after the policy loaded: a cgroup below a minimized scope, and a new scope
+mkdir /sys/fs/cgroup/apps/early.scope/sub /sys/fs/cgroup/apps/late.scope
+i=0; until canopy ctl state apps/late.scope minimized || [ $i -ge 100 ]; do usleep 50000; i=$((i+1)); done
+canopy-guest hog --threads 1 --comm ui-busy & BUSY=$!
+canopy-guest hog --threads 1 --comm ui-tick --busy-us 300 --sleep-us 2000 & TICK=$!
+echo $BUSY > /sys/fs/cgroup/app/cgroup.procs
+echo $TICK > /sys/fs/cgroup/app/cgroup.procs
+i=0; until canopy-guest class-map --pid $TICK --comm-prefix ui- --kind tick-class | grep -q '"0":1' || [ $i -ge 100 ]; do usleep 50000; i=$((i+1)); done
+{below}
+{late}
+kill $BUSY $TICK
+kill -TERM $DAEMON; wait $DAEMON
+"#,
+        start_daemon = crate::support::start_daemon("scx"),
+        below = probe("apps/early.scope/sub", "below-minimized"),
+        late = probe("apps/late.scope", "late-scope"),
+    );
+    let outcome = crate::scenario("cpu-contract-ceiling-moves")
+        .with_file_contents("/etc/canopy/policy.toml", POLICY, 0o644)
+        .timeout(Duration::from_secs(240))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    for kind in ["below-minimized", "late-scope"] {
+        let probe = outcome.result(kind)?;
+        for direction in ["to", "back"] {
+            let d = &probe[direction];
+            println!(
+                "{kind} {direction}: followed {}, missed {}, wrong class {}, runnable move -> decided µs (worst) {}",
+                d["followed"], d["missed"], d["wrong_class"], d["max_runnable_move_to_decided_us"]
+            );
+            assert_eq!(d["missed"], 0, "{kind} {direction}: {d}");
+            assert_eq!(
+                d["wrong_class"].as_array().map(Vec::len),
+                Some(0),
+                "{kind} {direction}: {d}"
+            );
+            assert_eq!(d["followed"], 20, "{kind} {direction}: {d}");
+        }
+    }
+    Ok(())
+}
+
+/// Issue 10 acceptance (g): 5,000 mkdir / move / rmdir cycles of scopes a group owns under the
+/// daemon in scx mode. Every scope gets a `group_policy` entry from the daemon when it appears
+/// and loses it when it goes, so the map ends the size it started; after the churn a new
+/// minimized scope still clamps a USER_INTERACTIVE thread moved into it, and a canopy child
+/// still attaches on a new cgroup of a group with a child scheduler.
+#[test]
+fn group_policy_entries_go_with_their_cgroups_through_mkdir_rmdir_churn() -> anyhow::Result<()> {
+    const POLICY: &str = r#"
+[defaults]
+class = "DEFAULT"
+
+[daemon]
+mode = "scx"
+socket_path = "/run/canopy/control.sock"
+
+[[rules]]
+name = "probe"
+comm = "canopy-guest"
+class = "DEFAULT"
+threads = [{ name = "ui-*", class = "USER_INTERACTIVE" }]
+
+[groups.app]
+path = "app"
+scheduler = "none"
+
+[groups.kids]
+path = "kids"
+
+[groups.churn]
+path = "churn/*.scope"
+scheduler = "none"
+[groups.churn.states.minimized]
+ceiling = "BACKGROUND"
+"#;
+    const CYCLES: u32 = 5000;
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/app /sys/fs/cgroup/churn
+{start_daemon}
+entries() {{ bpftool -j map dump pinned /sys/fs/bpf/canopy/group_policy; }}
+count() {{ entries | grep -o '"key"' | wc -l; }}
+n_before=$(count)
+canopy-guest report before entries="$(entries)"
+sleep 600 & MOVER=$!
+t0=$(cut -d' ' -f1 /proc/uptime)
+i=0
+while [ $i -lt {CYCLES} ]; do
+  d=/sys/fs/cgroup/churn/c$i.scope
+  mkdir $d
+  echo $MOVER > $d/cgroup.procs
+  echo $MOVER > /sys/fs/cgroup/app/cgroup.procs
+  rmdir $d
+  i=$((i+1))
+done
+t1=$(cut -d' ' -f1 /proc/uptime)
+# the daemon works through the queued cgroup events; wait until the map is back or 60 s pass
+i=0; while [ "$(count)" -ne $n_before ] && [ $i -lt 600 ]; do usleep 100000; i=$((i+1)); done
+t2=$(cut -d' ' -f1 /proc/uptime)
+canopy-guest report churned cycles={CYCLES} churn_s="$t0 $t1 $t2" entries="$(entries)" status="$(canopy status --json | tr -d '\n')"
+# clamping still works: a scope made now, minimized, clamps a thread moved into it
+mkdir /sys/fs/cgroup/churn/final.scope
+i=0; until canopy ctl state churn/final.scope minimized || [ $i -ge 100 ]; do usleep 50000; i=$((i+1)); done
+canopy-guest hog --threads 1 --comm ui-busy & BUSY=$!
+echo $BUSY > /sys/fs/cgroup/app/cgroup.procs
+i=0; until canopy-guest class-map --pid $BUSY --comm-prefix ui- --kind busy-class | grep -q '"0":1' || [ $i -ge 100 ]; do usleep 50000; i=$((i+1)); done
+canopy-guest move-probe --pid $BUSY --comm-prefix ui- --to churn/final.scope --to-class 4 --back app --back-class 0 --rounds 3
+kill $BUSY $MOVER
+# child attaches still work: a canopy child on a cgroup made now
+mkdir /sys/fs/cgroup/kids
+i=0; until ls /sys/kernel/sched_ext/root/sub 2>/dev/null | grep -q "sub-$(stat -c %i /sys/fs/cgroup/kids)" || [ $i -ge 100 ]; do usleep 100000; i=$((i+1)); done
+canopy-guest report kids kids_id=$(stat -c %i /sys/fs/cgroup/kids) subs="$(ls /sys/kernel/sched_ext/root/sub 2>/dev/null | tr '\n' ' ')"
+kill -TERM $DAEMON; wait $DAEMON
+tail -n 20 /tmp/daemon.log
+"#,
+        start_daemon = crate::support::start_daemon("scx"),
+    );
+    let outcome = crate::scenario("cpu-contract-churn")
+        .with_debian_tools(&["bpftool"])
+        .with_file_contents("/etc/canopy/policy.toml", POLICY, 0o644)
+        .timeout(Duration::from_secs(400))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let entries = |kind: &str| -> anyhow::Result<usize> {
+        Ok(outcome.result(kind)?["entries"]
+            .as_array()
+            .map_or(usize::MAX, Vec::len))
+    };
+    let (before, after) = (entries("before")?, entries("churned")?);
+    let churned = outcome.result("churned")?;
+    println!(
+        "group_policy entries: {before} before, {after} after {CYCLES} mkdir/move/rmdir cycles \
+         (guest uptime at the churn's start, its end, and when the map was back: {}); daemon counters {}",
+        churned["churn_s"], churned["status"]["counters"]
+    );
+    assert_eq!(before, after, "{churned}");
+    let probe = outcome.result("move-probe")?;
+    for direction in ["to", "back"] {
+        let d = &probe[direction];
+        assert_eq!(d["missed"], 0, "{direction}: {d}");
+        assert_eq!(
+            d["wrong_class"].as_array().map(Vec::len),
+            Some(0),
+            "{direction}: {d}"
+        );
+        assert_eq!(d["followed"], 3, "{direction}: {d}");
+    }
+    let kids = outcome.result("kids")?;
+    assert!(
+        kids["subs"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("sub-{}", kids["kids_id"])),
+        "no canopy child on a cgroup made after the churn: {kids}"
+    );
+    Ok(())
+}

@@ -153,6 +153,9 @@ canopy-guest report b-woke first_a=$((a2 - a1)) first_b=$((b2 - b1)) second_a=$(
 /// Issue 4 deliverable: optional guarantee and cap per child. A child capped at 25% stays near
 /// 25% against an equal-weight busy sibling; a child with weight 100 and a 50% guarantee gets
 /// about half the machine against a weight-400 sibling (its weight alone would give it 20%).
+/// Issue 10 Deliver 6: each second's share of the machine is printed (cpu.stat sampled each
+/// second; the share is the cgroup's CPU over the interval's capacity), and `canopy scheduler
+/// status` shows the capped child's target as its cap.
 #[test]
 fn cap_and_guarantee_bound_a_childs_share() -> anyhow::Result<()> {
     let config = r#"{"groups":[
@@ -164,8 +167,10 @@ fn cap_and_guarantee_bound_a_childs_share() -> anyhow::Result<()> {
         r#"
 mkdir -p /sys/fs/cgroup/ta /sys/fs/cgroup/tb /sys/fs/cgroup/tc /sys/fs/cgroup/td
 {start}
-canopy-guest cpu-split --group tb:-:2 --group ta:-:2 --seconds 8 --warmup 1 --keep --kind capped
-canopy-guest cpu-split --group tc:-:2 --group td:-:2 --seconds 8 --warmup 1 --keep --kind guaranteed
+(sleep 4; canopy scheduler status --json --interval-ms 2000 > /tmp/status.json) &
+canopy-guest cpu-split --group tb:-:2 --group ta:-:2 --seconds 8 --warmup 1 --sample-ms 1000 --keep --kind capped
+canopy-guest report capped-status status=@/tmp/status.json
+canopy-guest cpu-split --group tc:-:2 --group td:-:2 --seconds 8 --warmup 1 --sample-ms 1000 --keep --kind guaranteed
 {STOP_ROOT}
 "#,
         start = start_root_with_children(4)
@@ -196,7 +201,54 @@ canopy-guest cpu-split --group tc:-:2 --group td:-:2 --seconds 8 --warmup 1 --ke
         "guaranteed child got {:.1}%",
         guaranteed * 100.0
     );
+    let (capped_seconds, guaranteed_seconds) = (
+        machine_share_per_interval(outcome.result("capped")?, 0),
+        machine_share_per_interval(outcome.result("guaranteed")?, 0),
+    );
+    let percents = |shares: &[f64]| -> Vec<String> {
+        shares.iter().map(|s| format!("{:.1}", s * 100.0)).collect()
+    };
+    println!(
+        "per second: cap 25%: {:?}; guarantee 50%: {:?}",
+        percents(&capped_seconds),
+        percents(&guaranteed_seconds)
+    );
+    // `canopy status` shows the capped child's target as its cap, not its weight share (50%).
+    let status = &outcome.result("capped-status")?["status"];
+    let tb_target = status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["cgroup"].as_str().is_some_and(|c| c.ends_with("/tb")))
+        .and_then(|m| m["target_share"].as_f64())
+        .unwrap_or(f64::NAN);
+    println!(
+        "canopy status: the capped child's target {:.1}%",
+        tb_target * 100.0
+    );
+    assert!((tb_target - 0.25).abs() < 1e-9, "{status}");
+    // Printed, not yet asserted: issue 10 asks for 1 percentage point per second, and a gate
+    // needs its margin from at least five runs on a busy host (not yet taken).
     Ok(())
+}
+
+/// Group @index's share of the machine (CPU time over interval x CPUs) in each interval of a
+/// split sampled with `--sample-ms`.
+fn machine_share_per_interval(split: &serde_json::Value, index: usize) -> Vec<f64> {
+    let cpus = split["cpus"].as_f64().unwrap_or(f64::NAN);
+    let mut previous_s = 0.0;
+    split["series"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|sample| {
+            let t_s = sample["t_s"].as_f64().unwrap_or(f64::NAN);
+            let usec = sample["usage_usec"][index].as_f64().unwrap_or(f64::NAN);
+            let share = usec / 1e6 / ((t_s - previous_s) * cpus);
+            previous_s = t_s;
+            share
+        })
+        .collect()
 }
 
 /// A group's share terms follow its current state while its child stays attached: the daemon
