@@ -45,6 +45,11 @@ pub struct RunArgs {
     /// so a restart after SIGKILL restores or re-adopts them.
     #[arg(long, default_value = canopy_controller::state_file::DEFAULT_PATH)]
     pub state_file: PathBuf,
+    /// scx mode: how long to wait for the root scheduler to load and enable, in seconds (a real
+    /// machine needs under one; an emulated one on a busy host, minutes). `auto` falls back to
+    /// the fallback mode after it; systemd is asked for the extra start time meanwhile.
+    #[arg(long, default_value_t = crate::scheduler::daemon_link::DEFAULT_START_TIMEOUT.as_secs())]
+    pub scheduler_start_timeout_s: u64,
 }
 
 /// Logging: plain lines for a terminal; `<N>`-prefixed lines without timestamps when stderr is
@@ -138,7 +143,9 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     opts.cgroup_scope = args.scope;
     opts.state_file = Some(args.state_file);
     // scx mode: the schedulers run on a thread of their own; the daemon writes their maps.
-    let schedulers = crate::scheduler::daemon_link::SchedulerThread::default();
+    let schedulers = crate::scheduler::daemon_link::SchedulerThread::new(
+        std::time::Duration::from_secs(args.scheduler_start_timeout_s),
+    );
     opts.scx = Some(schedulers.factory());
     // Both modes: cgroup moves through BPF where the kernel allows it (inotify otherwise).
     opts.move_watcher = Some(crate::scheduler::move_watch::factory());

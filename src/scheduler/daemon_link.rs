@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use std::time::Instant;
 
 use canopy_controller::daemon::ScxEjected;
 use canopy_controller::daemon::ScxFactory;
@@ -36,12 +37,17 @@ use super::root::announce_group_policy_change;
 use super::supervisor::supervise;
 use super::supervisor::ReloadRequest;
 
-/// How long the daemon waits for the root scheduler to load and enable and for the children of
-/// the cgroups that exist to attach. A real machine needs well under a second; a TCG guest on
-/// a busy 2-core host took 30.5 s (root 22 s, two children 4.2 s each, in a suite run beside
-/// five builds), so 30 s failed there. 60 s stays inside systemd's default 90 s start timeout
-/// (the unit sends READY after this wait).
-const ENABLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the daemon waits, by default, for the root scheduler to load and enable and for the
+/// children of the cgroups that exist to attach (`canopy run --scheduler-start-timeout-s`). A
+/// real machine needs well under a second; a TCG guest on a busy 2-core host took 30.5 s (root
+/// 22 s, two children 4.2 s each, in a suite run beside five builds), so 30 s failed there.
+/// In `auto` mode the daemon falls back when the wait ends.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// While it waits, the daemon asks systemd every this often for this much more start time
+/// (`EXTEND_TIMEOUT_USEC`), so a slow load is not killed by the unit's start timeout (90 s by
+/// default) before the daemon's own wait ends; the daemon sends READY=1 after the wait.
+const START_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long a reload waits for the supervisor to follow the new plan (children re-attach).
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
@@ -51,10 +57,11 @@ type CurrentPlan = Arc<Mutex<Arc<dyn PolicyPlan>>>;
 
 /// The scheduler supervisor's thread, shared between the factory that starts it and the daemon
 /// glue that stops it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SchedulerThread {
     stop: Arc<AtomicBool>,
     handle: Arc<Mutex<Option<JoinHandle<()>>>>,
+    start_timeout: Duration,
 }
 
 /// The supervisor's configuration for `plan` and the cgroups that exist now.
@@ -70,6 +77,16 @@ fn config_for(plan: &dyn PolicyPlan, nr_cpus: u32) -> SchedulerConfig {
 }
 
 impl SchedulerThread {
+    /// A supervisor thread (not started yet) that waits at most `start_timeout` for the root
+    /// scheduler to enable.
+    pub fn new(start_timeout: Duration) -> Self {
+        Self {
+            stop: Arc::default(),
+            handle: Arc::default(),
+            start_timeout,
+        }
+    }
+
     /// A factory for the daemon: when called (only in scx mode) with the daemon's plan, it
     /// starts the supervisor on that plan and returns map writers once the root is enabled.
     pub fn factory(&self) -> ScxFactory {
@@ -135,22 +152,9 @@ impl SchedulerThread {
             })
             .map_err(|e| format!("starting the scheduler thread: {e}"))?;
         *self.handle.lock().expect("scheduler thread handle") = Some(handle);
-        match enabled.recv_timeout(ENABLE_TIMEOUT) {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => {
-                self.stop();
-                return Err(why);
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                self.stop();
-                return Err("the root scheduler failed to load (see the log above)".into());
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.stop();
-                return Err(format!(
-                    "the root scheduler did not enable within {ENABLE_TIMEOUT:?}"
-                ));
-            }
+        if let Err(why) = wait_until_enabled(&enabled, self.start_timeout) {
+            self.stop();
+            return Err(why);
         }
         PinnedMaps::open(current, reload_sender).map(|maps| Box::new(maps) as Box<dyn ScxMaps>)
     }
@@ -160,6 +164,36 @@ impl SchedulerThread {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(handle) = self.handle.lock().expect("scheduler thread handle").take() {
             let _ = handle.join();
+        }
+    }
+}
+
+/// Waits for the supervisor's word that the root is enabled, at most `timeout`, asking systemd
+/// for more start time every [`START_PROGRESS_INTERVAL`] meanwhile.
+fn wait_until_enabled(
+    enabled: &mpsc::Receiver<Result<(), String>>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match enabled.recv_timeout(left.min(START_PROGRESS_INTERVAL)) {
+            Ok(result) => return result,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("the root scheduler failed to load (see the log above)".into());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if left > START_PROGRESS_INTERVAL => {
+                let more_us = (START_PROGRESS_INTERVAL * 3).as_micros();
+                let _ = canopy_controller::sdnotify::notify(&format!(
+                    "EXTEND_TIMEOUT_USEC={more_us}\nSTATUS=loading the schedulers"
+                ));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "the root scheduler did not enable within {timeout:?} \
+                     (--scheduler-start-timeout-s)"
+                ));
+            }
         }
     }
 }

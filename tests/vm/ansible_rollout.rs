@@ -74,6 +74,9 @@ fn playbook(guest: &RunningGuest, dir: &Path, playbook: &str, vars: &[(&str, &Pa
             .arg(&inventory)
             .arg(playbook)
             .args(["-e", "canopy_expected_mode=scx"])
+            // The health check's 60 s default is ample for hardware; the emulated guest on a
+            // loaded host takes minutes to load the root (debian_package.rs's drop-in).
+            .args(["-e", "canopy_health_retries=300"])
             .args(vars.iter().flat_map(|(name, value)| {
                 ["-e".to_string(), format!("{name}={}", value.display())]
             }))
