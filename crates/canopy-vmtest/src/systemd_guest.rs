@@ -449,7 +449,10 @@ impl Prepared {
             .arg(&self.image.kernel.vmlinuz)
             .args([
                 "-append",
-                &format!("root=/dev/nvme0n1 rw rootfstype=ext4 {}", qemu::GUEST_KERNEL_ARGS),
+                &format!(
+                    "root=/dev/nvme0n1 rw rootfstype=ext4 {}",
+                    qemu::GUEST_KERNEL_ARGS
+                ),
             ])
             // The root disk first, so it is nvme0; every write goes to a temporary overlay.
             .arg("-drive")
