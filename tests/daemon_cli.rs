@@ -13,52 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn canopy(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_canopy"))
-        .args(args)
-        .output()
-        .expect("run canopy")
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|v| v.split_whitespace().next() == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
-}
-
-/// (policy, nice) of a process from /proc/PID/stat (fields 41 and 19).
-fn policy_nice(pid: u32) -> (i64, i64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = s[s.rfind(')').unwrap() + 2..].split_whitespace().collect();
-    (f[38].parse().unwrap(), f[16].parse().unwrap())
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
-}
+mod support;
+use support::*;
 
 fn notifications(sock: &UnixDatagram, until: &str, limit: Duration) -> Vec<String> {
     sock.set_read_timeout(Some(Duration::from_millis(100)))
@@ -87,25 +43,14 @@ impl Drop for Cleanup {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.1).is_ok() || !self.1.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        remove_cgroup_tree(&self.1);
         let _ = std::fs::remove_dir_all(&self.2);
     }
 }
 
 #[test]
 fn canopy_run_notifies_systemd_serves_ctl_reloads_and_restores_on_sigterm() {
-    if !is_root() {
-        // Fails rather than passing unrun; CANOPY_TESTS_WITHOUT_ROOT=1 skips it on purpose.
-        assert!(
-            std::env::var_os("CANOPY_TESTS_WITHOUT_ROOT").is_some_and(|v| v == "1"),
-            "this test needs root; run as root or set CANOPY_TESTS_WITHOUT_ROOT=1 to skip it"
-        );
-        eprintln!("skipped: needs root (CANOPY_TESTS_WITHOUT_ROOT=1)");
+    if !can_run_as_root() {
         return;
     }
     let scope = format!("canopy-cli-test-{}", std::process::id());
@@ -240,168 +185,6 @@ fn canopy_run_notifies_systemd_serves_ctl_reloads_and_restores_on_sigterm() {
 
 // ----- more paths of issue 5 through the binary: auto mode, ctl tag, per-group CPU, the
 // window-manager helper in deploy/ ---------------------------------------------------------
-
-/// Whether this run may go on: root, or fail (skip only with CANOPY_TESTS_WITHOUT_ROOT=1).
-fn can_run_as_root() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CANOPY_TESTS_WITHOUT_ROOT").is_some_and(|v| v == "1"),
-        "this test needs root; run as root or set CANOPY_TESTS_WITHOUT_ROOT=1 to skip it"
-    );
-    eprintln!("skipped: needs root (CANOPY_TESTS_WITHOUT_ROOT=1)");
-    false
-}
-
-/// `canopy run` as a subprocess, scoped to its own cgroup `canopy-cli-<name>-<pid>` (so the
-/// tests of this file can run side by side), with its policy, socket and state file in a
-/// directory of its own. Stopped with SIGTERM (and its workloads killed) when dropped.
-struct CliDaemon {
-    scope: String,
-    cgroup: PathBuf,
-    dir: PathBuf,
-    daemon: Option<Child>,
-    workloads: Vec<Child>,
-}
-
-impl CliDaemon {
-    /// Writes `policy` (`{scope}` stands for the scope's cgroup path) and makes the scope
-    /// cgroup with the `subgroups`; does not start the daemon yet.
-    fn prepare(name: &str, policy: &str, subgroups: &[&str]) -> CliDaemon {
-        CliDaemon::prepare_under("", name, policy, subgroups)
-    }
-
-    /// [`CliDaemon::prepare`] with the scope under the cgroup `parent` (which must exist).
-    fn prepare_under(parent: &str, name: &str, policy: &str, subgroups: &[&str]) -> CliDaemon {
-        let leaf = format!("canopy-cli-{name}-{}", std::process::id());
-        let scope = if parent.is_empty() {
-            leaf.clone()
-        } else {
-            format!("{parent}/{leaf}")
-        };
-        let cgroup = cgroup2_root().join(&scope);
-        for sub in subgroups {
-            std::fs::create_dir_all(cgroup.join(sub)).unwrap();
-        }
-        std::fs::create_dir_all(&cgroup).unwrap();
-        let dir = std::env::temp_dir().join(&leaf);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("policy.toml"), policy.replace("{scope}", &scope)).unwrap();
-        CliDaemon {
-            scope,
-            cgroup,
-            dir,
-            daemon: None,
-            workloads: Vec::new(),
-        }
-    }
-
-    fn socket(&self) -> String {
-        self.dir.join("control.sock").to_string_lossy().into_owned()
-    }
-
-    /// Starts `canopy run POLICY --scope ... EXTRA` and waits until `canopy status` answers.
-    fn start(&mut self, extra: &[&str]) {
-        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
-        let daemon = Command::new(env!("CARGO_BIN_EXE_canopy"))
-            .arg("run")
-            .arg(self.dir.join("policy.toml"))
-            .args(["--scope", &self.scope, "--socket", &self.socket()])
-            .arg("--state-file")
-            .arg(self.dir.join("fallback-state.json"))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(daemon);
-        let answered = wait_until(Duration::from_secs(20), || {
-            canopy(&["status", "--socket", &self.socket(), "--json"])
-                .status
-                .success()
-        });
-        assert!(answered, "the daemon did not answer:\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
-    /// `canopy ARGS --socket SOCKET`.
-    fn canopy(&self, args: &[&str]) -> Output {
-        let mut all = args.to_vec();
-        let socket = self.socket();
-        all.extend(["--socket", &socket]);
-        canopy(&all)
-    }
-
-    fn status_json(&self) -> serde_json::Value {
-        let out = self.canopy(&["status", "--json"]);
-        assert!(out.status.success(), "{out:?}");
-        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
-    }
-
-    /// Spawns `sleep 300` (comm `sleep`) in the scope's cgroup `sub` ("" = the scope itself).
-    fn spawn_sleep_in(&mut self, sub: &str) -> u32 {
-        let child = Command::new("sleep").arg("300").spawn().unwrap();
-        let pid = child.id();
-        self.workloads.push(child);
-        std::fs::write(self.cgroup.join(sub).join("cgroup.procs"), pid.to_string()).unwrap();
-        pid
-    }
-
-    /// Spawns a busy loop (`sh`, spinning) in the scope's cgroup `sub` ("" = the scope itself).
-    fn spawn_busy_in(&mut self, sub: &str) -> u32 {
-        let child = Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        self.workloads.push(child);
-        std::fs::write(self.cgroup.join(sub).join("cgroup.procs"), pid.to_string()).unwrap();
-        pid
-    }
-}
-
-impl Drop for CliDaemon {
-    fn drop(&mut self) {
-        if let Some(mut daemon) = self.daemon.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &daemon.id().to_string()])
-                .status();
-            let stopped = wait_until(Duration::from_secs(10), || {
-                daemon.try_wait().ok().flatten().is_some()
-            });
-            if !stopped {
-                let _ = daemon.kill();
-            }
-            let _ = daemon.wait();
-        }
-        for w in &mut self.workloads {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&self.cgroup)
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path())
-                    .collect()
-            })
-            .unwrap_or_default();
-        dirs.push(self.cgroup.clone());
-        for d in dirs {
-            for _ in 0..50 {
-                if std::fs::remove_dir(&d).is_ok() || !d.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// `mode = "auto"` in the policy (no `--mode`) on a kernel without sched_ext: the daemon runs
 /// in fallback mode, and `canopy status --json` and the table say so and why.
@@ -589,34 +372,6 @@ fn ctl_metrics_reports_growing_cpu_usage_of_a_busy_group() {
     assert!(first.contains("# TYPE canopy_group_cpu_usage_seconds_total counter"));
 }
 
-/// Removes, deepest first, the cgroup directories a test made (and only those) when dropped.
-struct MadeCgroups(Vec<PathBuf>);
-
-impl MadeCgroups {
-    /// Makes every missing directory of `rel` under the cgroup2 root, remembering which.
-    fn make(rel: &str) -> MadeCgroups {
-        let mut made = Vec::new();
-        let mut path = cgroup2_root();
-        for part in rel.split('/') {
-            path.push(part);
-            match std::fs::create_dir(&path) {
-                Ok(()) => made.push(path.clone()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => panic!("mkdir {}: {e}", path.display()),
-            }
-        }
-        MadeCgroups(made)
-    }
-}
-
-impl Drop for MadeCgroups {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
 /// deploy/window-managers/canopy-wm-state STATE-PID as the KWin user unit runs it: as the user
 /// (uid 1000), for an app scope inside their `user@1000.service`, against a real daemon. It
 /// finds the process's cgroup, the daemon accepts the user's request (SO_PEERCRED, a
@@ -657,7 +412,7 @@ fn canopy_wm_state_switches_the_state_of_a_process_cgroup() {
         format!(
             "#!/bin/sh\nexec '{}' \"$@\" --socket '{}'\n",
             env!("CARGO_BIN_EXE_canopy"),
-            d.socket()
+            d.socket_arg()
         ),
     )
     .unwrap();
@@ -949,7 +704,7 @@ fn canopy_top_shows_the_groups_and_quits_on_q() {
     let command = format!(
         "echo before-top; {} top --socket {}; echo top-exited-$?; sleep 60",
         env!("CARGO_BIN_EXE_canopy"),
-        d.socket()
+        d.socket_arg()
     );
     let started = (tmux.0)(&[
         "new-session",

@@ -6,7 +6,7 @@
 //! - `crates/canopy-sys`: it is the edge;
 //! - `crates/canopy-guest`, `crates/canopy-vmtest`: the VM guest tooling and harness set up
 //!   and observe the guest's kernel from outside canopy (they test canopy, they are not it);
-//! - `crates/canopy-controller/src/bin/canopy-daemon-bench.rs`: a benchmark harness that
+//! - `crates/canopy-controller/src/bin/canopy-daemon-bench/`: a benchmark harness that
 //!   measures the daemon from outside (its own /proc CPU time, the load average, a cgroup it
 //!   sets up for the workload); it is not shipped;
 //! - tests (`tests/` directories, `*_tests.rs` files, and everything from a file's first
@@ -40,7 +40,7 @@ const EXEMPT_DIRS: &[&str] = &[
     "crates/canopy-sys",
     "crates/canopy-guest",
     "crates/canopy-vmtest",
-    "crates/canopy-controller/src/bin/canopy-daemon-bench.rs",
+    "crates/canopy-controller/src/bin/canopy-daemon-bench",
     "tests",
     "crates/canopy-controller/tests",
     "crates/canopy-policy/tests",

@@ -12,9 +12,12 @@ target=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target"
 scripts/prepare-vm-tests.sh > "$target/prepare-vm-tests.log" 2>&1 &
 prepare=$!
-# canopy-controller and canopy-sys deny unwrap and panicking indexing outside tests (their
-# lib.rs); any clippy warning there fails the run (about 90 s on a fresh clone, seconds warm).
-cargo clippy -p canopy-controller -p canopy-sys --locked -- -D warnings
+# Any clippy warning anywhere in the workspace, tests and VM scenarios included, fails the run.
+# The second call checks the shipped feature set (the first turns on canopy-controller's
+# `testing` through the dev-dependencies), where canopy-controller and canopy-sys deny unwrap and
+# panicking indexing (their lib.rs). A few minutes on a fresh clone, seconds warm.
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p canopy -p canopy-controller -p canopy-sys --locked -- -D warnings
 cargo test --workspace --locked --no-run
 wait "$prepare" || echo "run-all: preparing the VM tests failed (see below); the tests retry it" >&2
 grep '^prepare-vm-tests:' "$target/prepare-vm-tests.log" >&2 || tail -n 20 "$target/prepare-vm-tests.log" >&2

@@ -93,20 +93,6 @@ fn check_cids(possible_cpus: Option<u32>) -> Result<(), SchedulerError> {
     }
 }
 
-#[cfg(test)]
-mod cid_limit_tests {
-    use super::*;
-
-    #[test]
-    fn more_cpus_than_cids_are_refused_with_a_reason() {
-        assert!(check_cids(Some(256)).is_ok());
-        assert!(check_cids(None).is_ok());
-        let error = check_cids(Some(257)).unwrap_err().to_string();
-        assert!(error.contains("257 possible CPUs"), "{error}");
-        assert!(error.contains("at most 256"), "{error}");
-    }
-}
-
 /// Resolves a cgroup given relative to the cgroup2 mount or absolute.
 pub fn cgroup_path(path: &Path) -> PathBuf {
     CgroupHierarchy::system().resolve(path)
@@ -157,4 +143,18 @@ pub fn associate_programs(object: &Object, ops_map: &str) -> Result<usize, Sched
         associated += 1;
     }
     Ok(associated)
+}
+
+#[cfg(test)]
+mod cid_limit_tests {
+    use super::*;
+
+    #[test]
+    fn more_cpus_than_cids_are_refused_with_a_reason() {
+        assert!(check_cids(Some(256)).is_ok());
+        assert!(check_cids(None).is_ok());
+        let error = check_cids(Some(257)).unwrap_err().to_string();
+        assert!(error.contains("257 possible CPUs"), "{error}");
+        assert!(error.contains("at most 256"), "{error}");
+    }
 }

@@ -402,7 +402,7 @@ pub fn supervise(
         };
         let _ = events.consume();
         if let Some(report) = &report {
-            if !(report.should_restart() && !stop()) {
+            if !report.should_restart() || stop() {
                 on_ejected(report);
             }
         }

@@ -9,6 +9,7 @@
 //! 3. the Ansible role installing it again, from an apt repository and from a .deb path, rolling
 //!    policies out and back (`ansible_rollout.rs`);
 //! 4. a desktop session of a lingering user with the installed package (`debian_desktop.rs`);
+//!
 //! and a clean poweroff. Boot, step and shutdown times are printed.
 
 use std::path::Path;

@@ -15,19 +15,49 @@ use crate::testing::{class, FakeSource, RecordingBackend, TestPlan, TestRule};
 const APP: &str = "user.slice/user-1000.slice/user@1000.service/app.slice/app-player.scope";
 const OTHER: &str = "user.slice/user-1000.slice/user@1000.service/session.slice";
 
-fn controller(src: FakeSource) -> Controller<RecordingBackend, FakeSource> {
-    let mut c = Controller::new(
-        Arc::new(TestPlan::desktop()),
-        RecordingBackend::default(),
-        src,
-        ControllerConfig::default(),
-    );
+/// A controller over `src` with `plan`, `backend` and `config`, after its first rescan.
+fn started(
+    plan: TestPlan,
+    backend: RecordingBackend,
+    src: FakeSource,
+    config: ControllerConfig,
+) -> Controller<RecordingBackend, FakeSource> {
+    let mut c = Controller::new(Arc::new(plan), backend, src, config);
     c.rescan();
     c
 }
 
+/// [`started`] with the desktop plan and the default configuration.
+fn desktop_with(
+    src: FakeSource,
+    backend: RecordingBackend,
+) -> Controller<RecordingBackend, FakeSource> {
+    started(
+        TestPlan::desktop(),
+        backend,
+        src,
+        ControllerConfig::default(),
+    )
+}
+
+/// [`desktop_with`] a default backend.
+fn controller(src: FakeSource) -> Controller<RecordingBackend, FakeSource> {
+    desktop_with(src, RecordingBackend::default())
+}
+
 fn applied(c: &Controller<RecordingBackend, FakeSource>, tid: u32) -> Option<String> {
     c.backend().applied.get(&tid).cloned()
+}
+
+/// Moves `tid` into `cgroup` in the source, and tells the controller as inotify would.
+fn moved(c: &mut Controller<RecordingBackend, FakeSource>, tid: u32, cgroup: &str) {
+    c.source_mut().move_to(tid, cgroup);
+    c.handle(
+        Event::CgroupMembershipChanged {
+            cgroup: cgroup.into(),
+        },
+        Instant::now(),
+    );
 }
 
 fn fork(parent: u32, parent_tgid: u32, child: u32, child_tgid: u32) -> Event {
@@ -129,22 +159,10 @@ fn move_into_minimized_group_reclamps_at_once_and_back_restores() {
     let mut c = controller(src);
     c.request_state(mini, "minimized", Instant::now()).unwrap();
     assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
-    c.source_mut().move_to(100, mini);
-    c.handle(
-        Event::CgroupMembershipChanged {
-            cgroup: mini.into(),
-        },
-        Instant::now(),
-    );
+    moved(&mut c, 100, mini);
     assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
     assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
-    c.source_mut().move_to(100, OTHER);
-    c.handle(
-        Event::CgroupMembershipChanged {
-            cgroup: OTHER.into(),
-        },
-        Instant::now(),
-    );
+    moved(&mut c, 100, OTHER);
     assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
 }
 
@@ -160,23 +178,16 @@ fn a_sub_cgroup_of_a_scope_is_governed_by_the_scope_group() {
     // crosses `/`; canopy-policy's does not)
     let mut plan = TestPlan::desktop();
     plan.groups[0].cgroup = "user.slice/user-*.slice/user@*.service/app.slice/app-*.scope".into();
-    let mut c = Controller::new(
-        Arc::new(plan),
+    let mut c = started(
+        plan,
         RecordingBackend::default(),
         src,
         ControllerConfig::default(),
     );
-    c.rescan();
     c.request_state(APP, "minimized", Instant::now()).unwrap();
     assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
     // Escaping into a cgroup below the minimized scope does not lift the ceiling.
-    c.source_mut().move_to(100, &sub);
-    c.handle(
-        Event::CgroupMembershipChanged {
-            cgroup: sub.clone(),
-        },
-        Instant::now(),
-    );
+    moved(&mut c, 100, &sub);
     assert_eq!(applied(&c, 100).as_deref(), Some("BACKGROUND"));
     assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
     // The sub-cgroup got no group instance of its own; the scope's state rules it.
@@ -186,13 +197,7 @@ fn a_sub_cgroup_of_a_scope_is_governed_by_the_scope_group() {
     // A scope created after load, and a cgroup below it: the scope's group, default state.
     let late = "user.slice/user-1000.slice/user@1000.service/app.slice/app-late.scope";
     let late_sub = format!("{late}/sub");
-    c.source_mut().move_to(200, &late_sub);
-    c.handle(
-        Event::CgroupMembershipChanged {
-            cgroup: late_sub.clone(),
-        },
-        Instant::now(),
-    );
+    moved(&mut c, 200, &late_sub);
     assert_eq!(applied(&c, 200).as_deref(), Some("USER_INITIATED"));
     c.request_state(late, "minimized", Instant::now()).unwrap();
     assert_eq!(applied(&c, 200).as_deref(), Some("BACKGROUND"));
@@ -249,13 +254,12 @@ fn exit_forgets_and_kernel_and_realtime_threads_are_left_alone() {
     src.threads.get_mut(&50).unwrap().2 = 1; // SCHED_FIFO
     let mut plan = TestPlan::desktop();
     plan.default_class = Some(class::UTILITY);
-    let mut c = Controller::new(
-        Arc::new(plan),
+    let mut c = started(
+        plan,
         RecordingBackend::default(),
         src,
         ControllerConfig::default(),
     );
-    c.rescan();
     assert_eq!(applied(&c, 2), None);
     assert_eq!(applied(&c, 50), None);
     assert_eq!(
@@ -341,8 +345,7 @@ fn in_scx_mode_explain_says_a_managed_realtime_task_keeps_its_rt_policy() {
         scx: true,
         ..Default::default()
     };
-    let mut c = Controller::new(Arc::new(plan), backend, src, ControllerConfig::default());
-    c.rescan();
+    let mut c = started(plan, backend, src, ControllerConfig::default());
     let why = &c.explain(50).unwrap()[0].why;
     assert!(
         why.contains("keeps its RT/DL policy, which sched_ext does not schedule"),
@@ -359,13 +362,7 @@ fn a_task_turned_realtime_after_first_sight_is_left_alone_and_explained_so() {
         realtime_now: [50].into_iter().collect(),
         ..Default::default()
     };
-    let mut c = Controller::new(
-        Arc::new(TestPlan::desktop()),
-        backend,
-        src,
-        ControllerConfig::default(),
-    );
-    c.rescan();
+    let mut c = desktop_with(src, backend);
     assert_eq!(applied(&c, 50), None);
     let e = &c.explain(50).unwrap()[0];
     assert_eq!(e.why, "RT/DL task: left alone by the policy");
@@ -519,20 +516,15 @@ fn scope_limits_management() {
         cgroup_scope: Some("user.slice/user-1000.slice/user@1000.service/app.slice".into()),
         ..Default::default()
     };
-    let mut c = Controller::new(
-        Arc::new(TestPlan::desktop()),
+    let mut c = started(
+        TestPlan::desktop(),
         RecordingBackend::default(),
         src,
         config,
     );
-    c.rescan();
     assert!(applied(&c, 100).is_some());
     assert!(applied(&c, 200).is_none());
-    c.source_mut().move_to(200, APP);
-    c.handle(
-        Event::CgroupMembershipChanged { cgroup: APP.into() },
-        Instant::now(),
-    );
+    moved(&mut c, 200, APP);
     assert!(applied(&c, 200).is_some());
 }
 
@@ -633,13 +625,7 @@ fn ring_buffer_moves_reclamp_at_once_and_are_counted_by_source() {
     assert_eq!(snap.counters.moves_ring_buffer, 1);
     assert_eq!(snap.counters.moves_inotify, 0);
     assert!(snap.move_latency_p99_us.is_some());
-    c.source_mut().move_to(100, OTHER);
-    c.handle(
-        Event::CgroupMembershipChanged {
-            cgroup: OTHER.into(),
-        },
-        Instant::now(),
-    );
+    moved(&mut c, 100, OTHER);
     assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
     assert_eq!(c.snapshot(Instant::now()).counters.moves_inotify, 1);
 }
@@ -659,8 +645,7 @@ fn the_daemons_own_process_is_never_demoted() {
             scx,
             ..Default::default()
         };
-        let mut c = Controller::new(Arc::new(TestPlan::desktop()), backend, src, config);
-        c.rescan();
+        let mut c = started(TestPlan::desktop(), backend, src, config);
         c.request_state(mini, "minimized", Instant::now()).unwrap();
         let explained = c.explain(300).unwrap();
         if scx {
@@ -693,13 +678,7 @@ fn scx_maps_keep_the_request_and_the_schedulers_clamp() {
             scx,
             ..Default::default()
         };
-        let mut c = Controller::new(
-            Arc::new(TestPlan::desktop()),
-            backend,
-            src,
-            ControllerConfig::default(),
-        );
-        c.rescan();
+        let mut c = desktop_with(src, backend);
         assert_eq!(applied(&c, 101).as_deref(), Some("USER_INTERACTIVE"));
         let calls = c.backend().apply_calls;
         c.request_state(APP, "minimized", Instant::now()).unwrap();
@@ -742,13 +721,7 @@ fn scx_writes_the_clamped_class_when_the_group_entry_is_missing() {
         refuse_groups: true,
         ..Default::default()
     };
-    let mut c = Controller::new(
-        Arc::new(TestPlan::desktop()),
-        backend,
-        src,
-        ControllerConfig::default(),
-    );
-    c.rescan();
+    let mut c = desktop_with(src, backend);
     c.request_state(APP, "minimized", Instant::now()).unwrap();
     assert_eq!(applied(&c, 101).as_deref(), Some("BACKGROUND"));
     assert!(c.stats.counters.apply_errors >= 1);
@@ -767,13 +740,7 @@ fn explain_and_status_after_a_reload_whose_reapply_failed_do_not_panic() {
         refuse_tasks: refuse.clone(),
         ..Default::default()
     };
-    let mut c = Controller::new(
-        Arc::new(TestPlan::desktop()),
-        backend,
-        src,
-        ControllerConfig::default(),
-    );
-    c.rescan();
+    let mut c = desktop_with(src, backend);
     assert_eq!(c.applied_class(10).as_deref(), Some("USER_INITIATED"));
 
     refuse.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -823,8 +790,7 @@ fn switching_backend_applies_every_task_and_group_afresh_and_leaves_the_daemon_a
         scx: true,
         ..RecordingBackend::default()
     };
-    let mut c = Controller::new(Arc::new(TestPlan::desktop()), scx, src, config);
-    c.rescan();
+    let mut c = started(TestPlan::desktop(), scx, src, config);
     assert_eq!(
         c.backend().applied.get(&200).map(String::as_str),
         Some("USER_INTERACTIVE")

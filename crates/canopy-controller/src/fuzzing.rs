@@ -107,7 +107,11 @@ impl ControlTarget {
         let Some((&who, line)) = data.split_first() else {
             return;
         };
-        let uid = [0, 1000, 1001][usize::from(who % 3)];
+        let uid = match who % 3 {
+            0 => 0,
+            1 => 1000,
+            _ => 1001,
+        };
         let peer = Peer {
             uid,
             gid: uid,

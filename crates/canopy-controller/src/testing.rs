@@ -616,6 +616,8 @@ impl crate::backend::Backend for RecordingBackend {
     }
 }
 
+pub mod host;
+
 /// Malformed-request generator and driver for the control-socket fuzz tests.
 pub mod fuzz {
     use std::path::Path;

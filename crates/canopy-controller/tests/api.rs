@@ -95,12 +95,31 @@ async fn ten_thousand_malformed_requests_get_errors_and_the_daemon_keeps_serving
     eprintln!("10,000 malformed requests answered in {elapsed:?}");
 }
 
+/// `count` connections, each after one answered `status` (so the server has accepted it).
+async fn hold_connections(
+    path: &std::path::Path,
+    count: usize,
+) -> Vec<BufReader<tokio::net::UnixStream>> {
+    let mut held = Vec::new();
+    for _ in 0..count {
+        let mut s = BufReader::new(tokio::net::UnixStream::connect(path).await.unwrap());
+        s.get_mut()
+            .write_all(b"{\"cmd\":\"status\"}\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        s.read_line(&mut reply).await.unwrap();
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+        held.push(s);
+    }
+    held
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_connection_limits_hold() {
     let limits = Limits {
         idle_timeout: Duration::from_millis(200),
         write_timeout: Duration::from_secs(1),
-        max_connections: 2,
         ..Limits::default()
     };
     let (path, _task) = start(limits).await;
@@ -110,10 +129,15 @@ async fn idle_and_connection_limits_hold() {
     let mut reply = String::new();
     slow.read_line(&mut reply).await.unwrap();
     assert!(reply.contains("timeout"), "{reply}");
-    // Beyond max_connections: told busy.
-    let _a = tokio::net::UnixStream::connect(&path).await.unwrap();
-    let _b = tokio::net::UnixStream::connect(&path).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Beyond max_connections: told busy. With the default idle timeout (10 s) the two held
+    // connections stay counted however slowly a loaded machine runs this; a round trip on each
+    // shows the server has accepted them (no sleep to wait for it).
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let (path, _task) = start(limits).await;
+    let _held = hold_connections(&path, 2).await;
     let mut c = BufReader::new(tokio::net::UnixStream::connect(&path).await.unwrap());
     let mut reply = String::new();
     c.read_line(&mut reply).await.unwrap();
@@ -133,18 +157,7 @@ async fn one_uid_gets_its_share_of_connections_and_its_rate_of_requests() {
         ..Limits::default()
     };
     let (path, _task) = start(limits).await;
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut s = BufReader::new(tokio::net::UnixStream::connect(&path).await.unwrap());
-        s.get_mut()
-            .write_all(b"{\"cmd\":\"status\"}\n")
-            .await
-            .unwrap();
-        let mut reply = String::new();
-        s.read_line(&mut reply).await.unwrap();
-        assert!(reply.contains("\"ok\":true"), "{reply}");
-        held.push(s);
-    }
+    let mut held = hold_connections(&path, 3).await;
     let mut fourth = BufReader::new(tokio::net::UnixStream::connect(&path).await.unwrap());
     let mut reply = String::new();
     fourth.read_line(&mut reply).await.unwrap();

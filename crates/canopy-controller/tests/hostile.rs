@@ -8,8 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use canopy_sys::cgroup::CgroupHierarchy;
-
 use canopy_controller::fallback::sched_getattr;
 use canopy_controller::state_file::thread_start_time;
 
@@ -44,12 +42,10 @@ fn write_mode(path: &Path, text: &str, mode: u32) {
 /// `status` says what was refused.
 #[test]
 fn forged_crash_record_is_refused() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !can_run() {
+    let Some(_serial) = exclusive() else {
         return;
-    }
-    let mut env = Env::new("forged");
-    env.write_policy(&base_policy(&env, "")); // leave_realtime = true: RT/DL is not managed
+    };
+    let mut env = Env::with_base_policy("forged"); // leave_realtime = true: RT/DL is not managed
     let (stdin, _out, victim) = env.spawn(&["idle"]);
     env.move_pid("", victim);
     // What a `..` key would write to: a directory outside the cgroup root.
@@ -87,13 +83,7 @@ fn forged_crash_record_is_refused() {
         plant();
         let path = state.clone();
         env.start(move |o| o.state_file = Some(path));
-        assert!(
-            wait_for(Duration::from_secs(5), || nice_policy(victim)
-                == Some((-4, NORMAL)))
-            .is_some(),
-            "{what}: victim not tagged: {:?}",
-            nice_policy(victim)
-        );
+        expect_attrs(victim, INTERACTIVE, &format!("{what}: victim not tagged"));
         let notes = env.status()["notes"].to_string();
         assert!(
             notes.contains("refused") && notes.contains(reason),
@@ -124,40 +114,16 @@ fn forged_crash_record_is_refused() {
     drop(stdin);
 }
 
-/// Runs `canopy-testload client` as `uid` against the env's socket; the reply line.
-fn client_as(env: &Env, uid: u32, request: &serde_json::Value) -> String {
-    use std::os::unix::process::CommandExt;
-    let out = std::process::Command::new(TESTLOAD)
-        .args([
-            "client",
-            env.socket().to_str().unwrap(),
-            &request.to_string(),
-        ])
-        .uid(uid)
-        .gid(uid)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Lets every uid reach the env's control socket (the unit's `canopy` group stands for this).
-fn open_socket(env: &Env) {
-    std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
-}
-
 /// Attack 6 (`explain` half): `nobody` (uid 65534) asking `explain` for a thread of root's
 /// process (a tid that is not a process id) is refused, as for the process itself; root is
 /// answered.
 #[test]
 fn explain_on_another_users_thread_is_refused() {
     use std::io::{BufRead, Write};
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !can_run() {
+    let Some(_serial) = exclusive() else {
         return;
-    }
-    let mut env = Env::new("explain");
-    env.write_policy(&base_policy(&env, ""));
+    };
+    let mut env = Env::with_base_policy("explain");
     env.start(|_| {});
     open_socket(&env);
     let (mut stdin, mut out, pid) = env.spawn(&["threads", "2", "w-"]);
@@ -169,12 +135,7 @@ fn explain_on_another_users_thread_is_refused() {
         .collect();
     let thread = tids[0];
     assert_ne!(thread, pid);
-    assert!(
-        wait_for(Duration::from_secs(5), || nice_policy(thread)
-            == Some((4, BATCH)))
-        .is_some(),
-        "thread {thread} not tagged"
-    );
+    expect_attrs(thread, BACKGROUND, &format!("thread {thread} not tagged"));
     for id in [thread, pid] {
         let reply = client_as(
             &env,
@@ -204,23 +165,16 @@ fn explain_on_another_users_thread_is_refused() {
 #[test]
 fn explain_follows_a_threads_owner_at_request_time() {
     use std::io::{BufRead, Write};
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !can_run() {
+    let Some(_serial) = exclusive() else {
         return;
-    }
-    let mut env = Env::new("explain-now");
-    env.write_policy(&base_policy(&env, ""));
+    };
+    let mut env = Env::with_base_policy("explain-now");
     let (mut stdin, mut out, pid) = env.spawn(&["setuid-program", "65534"]);
     let thread: u32 = read_until_ready(&mut out)[0].parse().unwrap();
     env.move_pid("", pid);
     env.start(|_| {});
     open_socket(&env);
-    assert!(
-        wait_for(Duration::from_secs(5), || nice_policy(thread)
-            == Some((4, BATCH)))
-        .is_some(),
-        "thread {thread} not tagged"
-    );
+    expect_attrs(thread, BACKGROUND, &format!("thread {thread} not tagged"));
     let ask = |id: u32| {
         client_as(
             &env,
@@ -282,12 +236,11 @@ const FLOOD_RSS_MARGIN_KIB: u64 = 1024;
 #[test]
 fn ten_thousand_state_requests_for_missing_or_huge_paths_leave_memory_and_record_unchanged() {
     use std::io::Write;
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !can_run() {
+    let Some(_serial) = exclusive() else {
         return;
-    }
+    };
     let manager = "user.slice/user-1000.slice/user@1000.service";
-    let _made = MadeCgroups::make(CgroupHierarchy::system().mount_point(), manager);
+    let _made = MadeCgroups::make(manager);
     let mut env = Env::new_under(manager, "flood");
     let many = "\n[groups.many]\npath = \"{scope}/many/*\"\n[groups.many.states.minimized]\nceiling = \"BACKGROUND\"\nuser_settable = true\n";
     env.write_policy(&base_policy(&env, &many.replace("{scope}", &env.scope)));

@@ -1,5 +1,5 @@
 //! canopy-testload: the workloads the controller's host tests and benchmark drive: a burst of
-//! renamed threads, a fork storm, an idle process, a setuid-like process whose thread drops to the user, and
+//! renamed threads, a fork storm, a rename storm, an idle process, a setuid-like process whose thread drops to the user, and
 //! control-socket clients (one request, or every stdin line on one connection). Each
 //! waits for a line on stdin before starting, prints the ids it created, then `ready`, and
 //! lives until stdin closes. Test tooling, not part of the product.
@@ -100,6 +100,28 @@ fn main() {
                     libc::waitpid(p, std::ptr::null_mut(), 0);
                 }
             }
+        }
+        Some("renamestorm") => {
+            // renamestorm SECONDS: the main thread renames itself between `storm-a` and
+            // `storm-b` as fast as it can for SECONDS (PR_SET_NAME), then prints how many
+            // renames it made and `ready`.
+            let seconds: u64 = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1);
+            let names: [&[u8]; 2] = [b"storm-a\0", b"storm-b\0"];
+            wait_line();
+            let end = Instant::now() + std::time::Duration::from_secs(seconds);
+            let mut renames = 0usize;
+            while Instant::now() < end {
+                for _ in 0..1000 {
+                    // SAFETY: PR_SET_NAME with a NUL-terminated string of ≤ 16 bytes.
+                    unsafe { libc::prctl(libc::PR_SET_NAME, names[renames & 1].as_ptr(), 0, 0, 0) };
+                    renames += 1;
+                }
+            }
+            let mut o = out.lock();
+            writeln!(o, "{renames}").unwrap();
+            writeln!(o, "ready").unwrap();
+            drop(o);
+            wait_line();
         }
         Some("idle") => {
             if let Some(name) = args.get(2) {

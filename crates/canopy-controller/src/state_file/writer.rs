@@ -192,11 +192,10 @@ mod tests {
         for n in 0..5 {
             writer.hand_over(format!("record {n}").into_bytes());
         }
+        // Waiting for even one of the five writes would take `slow`; the bound is that, not a
+        // speed target, so a loaded machine does not fail it.
         let took = handed.elapsed();
-        assert!(
-            took < Duration::from_millis(50),
-            "handing over took {took:?}"
-        );
+        assert!(took < slow, "handing over took {took:?}");
         writer.wait_idle().unwrap();
         assert!(
             handed.elapsed() >= slow,

@@ -1,44 +1,42 @@
 //! What the controller's host test binaries share (`host.rs`, `hostile.rs`): one test's world
 //! ([`Env`]: a cgroup subtree, a policy file, a socket and the daemon running in-process in
-//! fallback mode), the root check, polling, and the base policy.
-#![allow(dead_code)] // each test binary uses its own subset
+//! fallback mode), the one-test-at-a-time lock with the root check, clients run as other uids,
+//! and the base policy. What the root crate's host tests share too (polling, made cgroups) is in
+//! `canopy_controller::testing::host`.
+#![allow(dead_code, unused_imports)] // each test binary uses its own subset
 
 use std::io::BufRead;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use canopy_controller::daemon::{self, Daemon, DaemonOptions};
 use canopy_controller::fallback::sched_getattr;
 use canopy_controller::policy_adapter::loader;
 use canopy_controller::protocol::{Request, Response};
 use canopy_controller::server;
+pub use canopy_controller::testing::host::{
+    can_run_as_root, cgroup2_root, remove_cgroup_tree, wait_for, MadeCgroups, TESTLOAD_POLICY,
+};
 use canopy_policy::DaemonMode;
-use canopy_sys::cgroup::CgroupHierarchy;
 
-pub static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: Mutex<()> = Mutex::new(());
 
 pub const TESTLOAD: &str = env!("CARGO_BIN_EXE_canopy-testload");
 
-/// These tests need root (cgroupfs writes, sched_setattr on other tasks). Without it they fail,
-/// so a non-root run cannot pass silently; `CANOPY_TESTS_WITHOUT_ROOT=1` skips them instead.
-pub fn can_run() -> bool {
-    // SAFETY: trivial syscall.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CANOPY_TESTS_WITHOUT_ROOT").is_some_and(|v| v == "1") {
-        eprintln!("skipped: needs root (CANOPY_TESTS_WITHOUT_ROOT=1)");
-        return false;
-    }
-    panic!("the host tests need root; run as root or set CANOPY_TESTS_WITHOUT_ROOT=1 to skip them");
+/// Takes the one-test-at-a-time lock (the tests share the proc connector and the CPUs) once the
+/// root check passes ([`can_run_as_root`]: cgroupfs writes, sched_setattr on other tasks);
+/// `None` when the test is to be skipped.
+pub fn exclusive() -> Option<MutexGuard<'static, ()>> {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    can_run_as_root().then_some(serial)
 }
 
 /// One test's world: a cgroup subtree, a policy file, a socket, and the daemon.
 pub struct Env {
-    pub name: String,
     pub dir: PathBuf,
     pub cgroot: PathBuf,
     pub scope: String,
@@ -60,7 +58,7 @@ impl Env {
     /// An env whose cgroup subtree lies under `parent` (relative to the cgroup2 root; `""` for
     /// the root itself). The caller removes `parent` if it made it.
     pub fn new_under(parent: &str, name: &str) -> Env {
-        let cgroot = CgroupHierarchy::system().mount_point().to_path_buf();
+        let cgroot = cgroup2_root();
         let leaf = format!("canopy-host-{}-{name}", std::process::id());
         let scope = if parent.is_empty() {
             leaf.clone()
@@ -81,7 +79,6 @@ impl Env {
             .build()
             .unwrap();
         Env {
-            name: name.into(),
             dir,
             cgroot,
             scope,
@@ -90,6 +87,13 @@ impl Env {
             daemon: None,
             children: Vec::new(),
         }
+    }
+
+    /// [`Env::new`] with [`base_policy`] written (no extra).
+    pub fn with_base_policy(name: &str) -> Env {
+        let env = Env::new(name);
+        env.write_policy(&base_policy(&env, ""));
+        env
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -206,30 +210,9 @@ impl Drop for Env {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Remove the cgroup subtree, deepest first (it must be empty by now).
-        let root = self.cgroot.join(&self.scope);
-        let mut dirs = Vec::new();
-        fn collect(d: &Path, out: &mut Vec<PathBuf>) {
-            if let Ok(rd) = std::fs::read_dir(d) {
-                for e in rd.flatten() {
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        collect(&e.path(), out);
-                    }
-                }
-            }
-            out.push(d.to_path_buf());
-        }
-        collect(&root, &mut dirs);
-        for d in dirs {
-            for _ in 0..50 {
-                if std::fs::remove_dir(&d).is_ok() || !d.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        // The cgroup subtree (empty by now), deepest first.
+        remove_cgroup_tree(&self.cgroot.join(&self.scope));
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = &self.name;
     }
 }
 
@@ -256,54 +239,26 @@ pub fn nice_policy(tid: u32) -> Option<(i32, u32)> {
 
 pub const BATCH: u32 = 3;
 pub const NORMAL: u32 = 0;
+/// (nice, policy) the fallback backend gives USER_INTERACTIVE and BACKGROUND.
+pub const INTERACTIVE: (i32, u32) = (-4, NORMAL);
+pub const BACKGROUND: (i32, u32) = (4, BATCH);
 
-/// Polls until `check` holds or `limit` passes; returns the time it took.
-pub fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_micros(100));
-    }
-    if check() {
-        Some(start.elapsed())
-    } else {
-        None
-    }
+/// Waits up to 5 s (a bound that catches a hang, not a speed target) for `tid` to get `attrs`
+/// (nice, policy); how long it took. Panics with `what` and the task's attributes otherwise.
+pub fn expect_attrs(tid: u32, attrs: (i32, u32), what: &str) -> Duration {
+    wait_for(Duration::from_secs(5), || nice_policy(tid) == Some(attrs)).unwrap_or_else(|| {
+        panic!(
+            "{what}: task {tid} has (nice, policy) {:?}, not {attrs:?}",
+            nice_policy(tid)
+        )
+    })
 }
 
+/// [`TESTLOAD_POLICY`] for this env's scope, with `extra` after it.
 pub fn base_policy(env: &Env, extra: &str) -> String {
     format!(
-        r#"
-[[rules]]
-name = "storm-children"
-comm = "f-*"
-class = "BACKGROUND"
-
-[[rules]]
-name = "testload"
-comm = "canopy-testload"
-class = "USER_INTERACTIVE"
-threads = [{{ name = "w-*", class = "BACKGROUND" }}, {{ name = "f-*", class = "BACKGROUND" }}]
-
-[groups.min]
-path = "{scope}/min"
-[groups.min.states.minimized]
-ceiling = "BACKGROUND"
-user_settable = true
-
-[groups.app]
-path = "{scope}/app"
-[groups.app.states.focused]
-user_settable = true
-[groups.app.states.unfocused]
-after_s = 1
-ceiling = "BACKGROUND"
-user_settable = true
-{extra}
-"#,
-        scope = env.scope
+        "{}{extra}\n",
+        TESTLOAD_POLICY.replace("{scope}", &env.scope)
     )
 }
 
@@ -324,30 +279,24 @@ pub fn explain(env: &Env, pid: u32) -> serde_json::Value {
     r.result.unwrap()[0].clone()
 }
 
-/// Removes, deepest first, the cgroup directories a test made (and only those) when dropped.
-pub struct MadeCgroups(pub Vec<PathBuf>);
-
-impl MadeCgroups {
-    /// Makes every missing directory of `rel` (relative to `root`), remembering which it made.
-    pub fn make(root: &Path, rel: &str) -> MadeCgroups {
-        let mut made = Vec::new();
-        let mut path = root.to_path_buf();
-        for part in rel.split('/') {
-            path.push(part);
-            match std::fs::create_dir(&path) {
-                Ok(()) => made.push(path.clone()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => panic!("mkdir {}: {e}", path.display()),
-            }
-        }
-        MadeCgroups(made)
-    }
+/// Lets every uid reach the env's control socket (the unit's `canopy` group stands for this).
+pub fn open_socket(env: &Env) {
+    std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
 }
 
-impl Drop for MadeCgroups {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
+/// Runs `canopy-testload client` as `uid` against the env's socket; the reply line.
+pub fn client_as(env: &Env, uid: u32, request: &serde_json::Value) -> String {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(TESTLOAD)
+        .args([
+            "client",
+            env.socket().to_str().unwrap(),
+            &request.to_string(),
+        ])
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -109,6 +109,14 @@ impl ScratchCgroup {
     }
 }
 
+impl ScratchCgroup {
+    /// Moves the live process `pid` back to the cgroup2 root (out of the test's cgroups).
+    pub fn move_to_root(&self, pid: Pid) {
+        let moved = self.hierarchy.root().move_process(pid).unwrap();
+        assert!(!moved.is_gone(), "process {pid} is gone");
+    }
+}
+
 impl Drop for ScratchCgroup {
     fn drop(&mut self) {
         remove_subtree(&self.hierarchy, &self.cgroup);

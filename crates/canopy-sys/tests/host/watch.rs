@@ -95,12 +95,7 @@ async fn cgroup_tree_create_attrib_move_remove() {
             .all(|event| matches!(event, WatchEvent::CgroupAttributesChanged { .. })),
         "{skipped:?}"
     );
-    assert!(!scratch
-        .hierarchy
-        .root()
-        .move_process(child.pid())
-        .unwrap()
-        .is_gone());
+    scratch.move_to_root(child.pid());
 
     // Removal, bottom-up, each reported once.
     std::fs::remove_dir(&nested).unwrap();
@@ -306,12 +301,7 @@ async fn an_overflow_relists_the_tree_and_watching_goes_on() {
     .await;
     std::fs::remove_dir(&after).unwrap();
     expect_event(&mut watcher, WatchEvent::CgroupRemoved { dir: after }).await;
-    assert!(!scratch
-        .hierarchy
-        .root()
-        .move_process(child.pid())
-        .unwrap()
-        .is_gone());
+    scratch.move_to_root(child.pid());
 }
 
 /// inotify watches root's processes hold now (each inotify fd's `wd:` lines in fdinfo).
