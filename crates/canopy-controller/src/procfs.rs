@@ -52,10 +52,7 @@ impl ProcSource {
         if !self.read_cmdlines {
             return Ok(Arc::default());
         }
-        Ok(done(self.proc.cmdline(tgid as i32), tgid)?
-            .to_strings()
-            .join(" ")
-            .into())
+        Ok(done(self.proc.cmdline(tgid as i32), tgid)?.joined().into())
     }
 }
 
@@ -106,7 +103,7 @@ impl TaskSource for ProcSource {
                 .exe
                 .map(|p| p.to_string_lossy().into())
                 .unwrap_or_default(),
-            cmdline: info.cmdline.to_strings().join(" ").into(),
+            cmdline: info.cmdline.joined().into(),
             uid: info.real_uid,
             user: self.user_names.name(info.real_uid),
             cgroup,
