@@ -115,6 +115,10 @@ impl TaskSource for ProcSource {
         })
     }
 
+    fn process_cmdline(&mut self, tgid: u32) -> Result<Arc<str>, Gone> {
+        self.cmdline(tgid)
+    }
+
     fn exec_facts(&mut self, before: &ProcessFacts) -> Result<ProcessFacts, Gone> {
         // execve changes comm, exe and cmdline; the real uid, parent, flags and cgroup stay.
         let tgid = before.tgid;
