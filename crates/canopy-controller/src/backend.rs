@@ -26,6 +26,11 @@ pub trait TaskSource: Send {
     /// Whether [`TaskSource::process_facts`] and [`TaskSource::exec_facts`] read the command
     /// line (the controller says so from its plan); default: the source decides.
     fn read_cmdlines(&mut self, _wanted: bool) {}
+    /// A process's command line alone (joined by spaces), for a reload whose plan starts to
+    /// match on it. Default: read everything.
+    fn process_cmdline(&mut self, tgid: u32) -> Result<Arc<str>, Gone> {
+        self.process_facts(tgid).map(|facts| facts.cmdline)
+    }
     /// A thread's current comm.
     fn thread_comm(&mut self, tgid: u32, tid: u32) -> Result<String, Gone>;
     /// A thread's current comm and its start time (clock ticks after boot, which tells a

@@ -225,6 +225,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         &self.backend
     }
 
+    /// The command line held in a known process's facts (tests).
+    #[cfg(test)]
+    pub(crate) fn known_cmdline(&self, tgid: u32) -> Option<Arc<str>> {
+        self.processes.get(&tgid).map(|p| p.facts.cmdline.clone())
+    }
+
     /// The task source (tests feed it).
     pub fn source_mut(&mut self) -> &mut S {
         &mut self.source
@@ -255,8 +261,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         self.backend.set_manage_realtime(plan.manage_realtime());
         // Command lines are read only while a rule matches on them; a plan that starts to
         // needs them read for every known process, before the re-match below.
-        let cmdlines_needed = plan.uses_cmdline() && !self.plan.uses_cmdline();
-        self.source.read_cmdlines(plan.uses_cmdline());
+        let uses_cmdline = plan.uses_cmdline();
+        let cmdlines_needed = uses_cmdline && !self.plan.uses_cmdline();
+        self.source.read_cmdlines(uses_cmdline);
         self.plan = plan;
         self.policy_error = None;
         self.stats.counters.reloads_ok += 1;
@@ -290,14 +297,16 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             self.ensure_group(&c);
         }
         if cmdlines_needed {
-            let known: Vec<(u32, Option<RuleMatch>)> = self
-                .processes
-                .iter()
-                .map(|(&tgid, p)| (tgid, p.inherited.clone()))
-                .collect();
-            for (tgid, inherited) in known {
-                // A process gone meanwhile is forgotten at its exit event.
-                let _ = self.load_process(tgid, inherited);
+            // Only the command line is missing from the facts (one read per process, not all
+            // of them); a process gone meanwhile is forgotten at its exit event.
+            let known: Vec<u32> = self.processes.keys().copied().collect();
+            for tgid in known {
+                let Ok(cmdline) = self.source.process_cmdline(tgid) else {
+                    continue;
+                };
+                if let Some(p) = self.processes.get_mut(&tgid) {
+                    Arc::make_mut(&mut p.facts).cmdline = cmdline;
+                }
             }
         }
         let tids: Vec<u32> = self.tasks.keys().copied().collect();

@@ -854,3 +854,41 @@ fn a_rescan_takes_a_reused_tid_as_a_new_thread() {
         "tid 101 still counted among the player's threads"
     );
 }
+
+/// A reload whose plan starts to match on command lines reads each known process's command line
+/// alone (one read, not all of its facts again); while no rule matches on them they are not read.
+#[test]
+fn a_reload_that_starts_matching_command_lines_reads_only_them() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.spawn(200, "shell", OTHER);
+    for tgid in [100, 200] {
+        src.processes.get_mut(&tgid).unwrap().cmdline = format!("prog{tgid} --job").into();
+    }
+    let mut plan = TestPlan::desktop();
+    plan.uses_cmdline = false;
+    let mut c = started(
+        plan.clone(),
+        RecordingBackend::default(),
+        src,
+        ControllerConfig::default(),
+    );
+    assert_eq!(
+        c.known_cmdline(100).as_deref(),
+        Some(""),
+        "read while unused"
+    );
+    let facts_reads = c.source_mut().facts_reads;
+
+    plan.uses_cmdline = true;
+    plan.tag = "cmdline rules".into();
+    c.install_plan(Arc::new(plan));
+    assert_eq!(
+        c.source_mut().facts_reads,
+        facts_reads,
+        "all facts read again"
+    );
+    assert_eq!(c.source_mut().cmdline_reads, 2);
+    assert_eq!(c.known_cmdline(100).as_deref(), Some("prog100 --job"));
+    assert_eq!(c.known_cmdline(200).as_deref(), Some("prog200 --job"));
+}

@@ -52,10 +52,7 @@ impl ProcSource {
         if !self.read_cmdlines {
             return Ok(Arc::default());
         }
-        Ok(done(self.proc.cmdline(tgid as i32), tgid)?
-            .to_strings()
-            .join(" ")
-            .into())
+        Ok(done(self.proc.cmdline(tgid as i32), tgid)?.joined().into())
     }
 }
 
@@ -106,7 +103,7 @@ impl TaskSource for ProcSource {
                 .exe
                 .map(|p| p.to_string_lossy().into())
                 .unwrap_or_default(),
-            cmdline: info.cmdline.to_strings().join(" ").into(),
+            cmdline: info.cmdline.joined().into(),
             uid: info.real_uid,
             user: self.user_names.name(info.real_uid),
             cgroup,
@@ -116,6 +113,10 @@ impl TaskSource for ProcSource {
                 .unwrap_or_default(),
             kthread: info.is_kernel_thread,
         })
+    }
+
+    fn process_cmdline(&mut self, tgid: u32) -> Result<Arc<str>, Gone> {
+        self.cmdline(tgid)
     }
 
     fn exec_facts(&mut self, before: &ProcessFacts) -> Result<ProcessFacts, Gone> {

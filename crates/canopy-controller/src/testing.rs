@@ -72,6 +72,8 @@ pub struct TestPlan {
     pub manage_kernel_threads: bool,
     /// The policy's `leave_realtime = false`.
     pub manage_realtime: bool,
+    /// Whether a rule matches on the command line (the source reads it only then).
+    pub uses_cmdline: bool,
 }
 
 /// Class indices of [`TestPlan::classes_schedqos`]. Ids follow the compiled plan's convention
@@ -146,6 +148,7 @@ impl TestPlan {
             tag: "empty".into(),
             manage_kernel_threads: false,
             manage_realtime: false,
+            uses_cmdline: true,
         }
     }
 
@@ -347,6 +350,9 @@ impl PolicyPlan for TestPlan {
     fn manage_realtime(&self) -> bool {
         self.manage_realtime
     }
+    fn uses_cmdline(&self) -> bool {
+        self.uses_cmdline
+    }
 }
 
 #[cfg(test)]
@@ -372,6 +378,13 @@ pub struct FakeSource {
     pub threads: std::collections::HashMap<u32, (u32, String, i32)>,
     /// tid → start time (clock ticks after boot); 0 when not set.
     pub starts: std::collections::HashMap<u32, u64>,
+    /// Whether command lines are left out of the facts (the controller's plan has no use
+    /// for them, [`TaskSource::read_cmdlines`](crate::backend::TaskSource::read_cmdlines)).
+    pub cmdlines_skipped: bool,
+    /// How many times all of a process's facts were read, and its command line alone.
+    pub facts_reads: usize,
+    /// See `facts_reads`.
+    pub cmdline_reads: usize,
 }
 
 impl FakeSource {
@@ -419,9 +432,25 @@ impl FakeSource {
 
 impl crate::backend::TaskSource for FakeSource {
     fn process_facts(&mut self, tgid: u32) -> Result<ProcessFacts, crate::backend::Gone> {
-        self.processes
+        self.facts_reads += 1;
+        let mut facts = self
+            .processes
             .get(&tgid)
             .cloned()
+            .ok_or(crate::backend::Gone(tgid))?;
+        if self.cmdlines_skipped {
+            facts.cmdline = Arc::default();
+        }
+        Ok(facts)
+    }
+    fn read_cmdlines(&mut self, wanted: bool) {
+        self.cmdlines_skipped = !wanted;
+    }
+    fn process_cmdline(&mut self, tgid: u32) -> Result<Arc<str>, crate::backend::Gone> {
+        self.cmdline_reads += 1;
+        self.processes
+            .get(&tgid)
+            .map(|p| p.cmdline.clone())
             .ok_or(crate::backend::Gone(tgid))
     }
     fn thread_comm(&mut self, _tgid: u32, tid: u32) -> Result<String, crate::backend::Gone> {

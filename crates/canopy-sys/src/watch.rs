@@ -203,6 +203,16 @@ impl Watcher {
         self.unwatched.len()
     }
 
+    /// Every cgroup this watcher follows, watched or polled. After [`WatchEvent::Overflow`]
+    /// this is the tree it just re-listed: a caller that re-reads something of every cgroup
+    /// (the focus xattrs) iterates this instead of walking cgroupfs a second time.
+    pub fn cgroups(&self) -> impl Iterator<Item = &Path> {
+        self.cgroup_dirs
+            .keys()
+            .chain(self.unwatched.iter())
+            .map(PathBuf::as_path)
+    }
+
     /// Watches `top` and every cgroup below it, now and as they are created. Returns every
     /// directory watched (top first). Directories that vanish meanwhile are skipped.
     pub fn watch_cgroup_tree(&mut self, top: &Path) -> Result<Vec<PathBuf>, WatchError> {

@@ -157,7 +157,6 @@ pub(super) fn start_watcher(
         policy,
         tx,
         cgroup_root,
-        watch_root.to_path_buf(),
     )))
 }
 
@@ -168,7 +167,6 @@ async fn forward_watch_events(
     mut policy: Watcher,
     tx: mpsc::Sender<Input>,
     cgroup_root: PathBuf,
-    watch_root: PathBuf,
 ) {
     // The focus value last reported per cgroup.
     let mut last_focus: HashMap<String, Focus> = HashMap::new();
@@ -237,9 +235,12 @@ async fn forward_watch_events(
                 tracing::warn!(
                     "cgroup watch overflowed: re-reading cgroups, memberships and focus xattrs"
                 );
+                // The watcher holds the tree it just re-listed: no second walk of cgroupfs.
                 let mut inputs = vec![Input::CgroupsOverflowed];
-                for (cgroup, focus) in read_focus_xattrs_all(&cgroup_root, &watch_root) {
-                    inputs.extend(focus_change(&mut last_focus, &cgroup, focus));
+                for dir in cgroups.cgroups() {
+                    if let Some(focus) = read_focus(dir) {
+                        inputs.extend(focus_change(&mut last_focus, &relative(dir), focus));
+                    }
                 }
                 inputs
             }
@@ -278,22 +279,15 @@ fn focus_change(
 
 /// Every cgroup under the root (or scope) that already carries a focus xattr.
 pub(super) fn read_focus_xattrs(cgroup_root: &Path, scope: Option<&str>) -> Vec<(String, Focus)> {
-    let top = CgroupHierarchy::at(cgroup_root).resolve(Path::new(scope.unwrap_or("")));
-    read_focus_xattrs_all(cgroup_root, &top)
-        .into_iter()
-        .filter(|(_, focus)| *focus != Focus::NotSet)
-        .collect()
-}
-
-/// The focus xattr (set or not) of every readable cgroup at and below `top`.
-fn read_focus_xattrs_all(cgroup_root: &Path, top: &Path) -> Vec<(String, Focus)> {
-    let Ok(cgroups) = CgroupHierarchy::at(cgroup_root).walk(&Cgroup::from_dir(top)) else {
+    let hierarchy = CgroupHierarchy::at(cgroup_root);
+    let top = Cgroup::from_dir(hierarchy.resolve(Path::new(scope.unwrap_or(""))));
+    let Ok(cgroups) = hierarchy.walk(&top) else {
         return Vec::new();
     };
     cgroups
         .into_iter()
         .filter_map(|entry| {
-            let focus = read_focus(&entry.dir)?;
+            let focus = read_focus(&entry.dir).filter(|focus| *focus != Focus::NotSet)?;
             Some((entry.relative.trim_start_matches('/').to_string(), focus))
         })
         .collect()

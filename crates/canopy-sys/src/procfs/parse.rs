@@ -73,6 +73,19 @@ impl Cmdline {
             .collect()
     }
 
+    /// The arguments joined by single spaces, invalid UTF-8 replaced (what `cmdline` rules
+    /// match on). Example: `/usr/bin/foo\0--bar\0` is `/usr/bin/foo --bar`.
+    pub fn joined(&self) -> String {
+        let mut joined = String::with_capacity(self.raw.len());
+        for (index, arg) in self.args().enumerate() {
+            if index > 0 {
+                joined.push(' ');
+            }
+            joined.push_str(&String::from_utf8_lossy(arg));
+        }
+        joined
+    }
+
     /// Whether the command line is empty.
     pub fn is_empty(&self) -> bool {
         self.args().next().is_none()
@@ -334,7 +347,13 @@ mod tests {
     fn cmdline_splits_at_nul() {
         let cmdline = Cmdline::from_raw(b"/usr/bin/foo\0--bar\0\0baz\0".to_vec());
         assert_eq!(cmdline.to_strings(), ["/usr/bin/foo", "--bar", "", "baz"]);
+        assert_eq!(cmdline.joined(), "/usr/bin/foo --bar  baz");
         assert!(Cmdline::from_raw(Vec::new()).is_empty());
+        assert_eq!(Cmdline::from_raw(Vec::new()).joined(), "");
+        assert_eq!(
+            Cmdline::from_raw(b"a\xff\0b".to_vec()).joined(),
+            "a\u{fffd} b"
+        );
         // A process that rewrote its argv without a trailing NUL.
         assert_eq!(
             Cmdline::from_raw(b"nginx: worker".to_vec()).to_strings(),

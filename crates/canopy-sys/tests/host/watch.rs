@@ -291,6 +291,13 @@ async fn an_overflow_relists_the_tree_and_watching_goes_on() {
         seen_late,
         "the cgroup made during the overflow was not reported before it"
     );
+    // What the watcher follows is the re-listed tree (a caller reads xattrs from it rather
+    // than walking cgroupfs again).
+    let mut followed: Vec<&Path> = watcher.cgroups().collect();
+    followed.sort();
+    let mut wanted = vec![top.as_path(), a.dir(), b.dir(), late.as_path()];
+    wanted.sort();
+    assert_eq!(followed, wanted);
     // Still watching, the late cgroup included.
     let after = late.join("after");
     std::fs::create_dir(&after).unwrap();
