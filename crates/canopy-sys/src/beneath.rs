@@ -22,6 +22,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Longest path accepted, in bytes, root included (the kernel's PATH_MAX, NUL included).
 pub const PATH_MAX_BYTES: usize = libc::PATH_MAX as usize - 1;
@@ -162,8 +163,15 @@ fn dir_beneath_with(
 /// Opens `relative` beneath `root_fd` with `openat2`, or component by component where the
 /// system has no `openat2`.
 fn open_beneath(root_fd: OwnedFd, relative: &str) -> io::Result<OwnedFd> {
+    // Once ENOSYS was seen, later calls walk at once: the answer does not change while the
+    // process lives (the kernel and the seccomp filter are fixed).
+    static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
+    if OPENAT2_MISSING.load(Ordering::Relaxed) {
+        return open_beneath_component_by_component(root_fd, relative);
+    }
     match open_beneath_with_openat2(&root_fd, relative) {
         Err(error) if error.raw_os_error() == Some(libc::ENOSYS) => {
+            OPENAT2_MISSING.store(true, Ordering::Relaxed);
             open_beneath_component_by_component(root_fd, relative)
         }
         result => result,
