@@ -15,7 +15,7 @@
  * compositor needing 4 ms a frame runs 24 ms per window (28 ms when a window holds 7 of its
  * releases), an audio thread at 0.5 ms per 5.33 ms runs 9.4 ms; what the budget counts is
  * running as the guest's clock sees it, which on a loaded machine (or a VM whose host takes the
- * CPU) is more than the work. With the earlier 20 ms, 768-865 wakeups of these two threads per
+ * CPU) is more than the work. With the earlier 20 ms, 667-865 wakeups of these two threads per
  * 30 s were refused the preempting path, and canopy missed more frames than schedqos's mapping.
  * The bound below holds for any budget up to 100 ms minus the starved class's weight share of a
  * cid (77 ms in the example), so 40 ms keeps a wide margin (tests/vm/scx_bounds.rs measures it).
