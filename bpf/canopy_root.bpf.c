@@ -21,7 +21,7 @@
  * preempting class (USER_INTERACTIVE) goes straight to an idle cid, else preempts a cid
  * running one of our tasks of a preemptible class (UTILITY, BACKGROUND; DEFAULT once it has
  * run 1 ms of its slice, so a UI thread or the daemon waits at most that long behind default
- * work), while it has preemption budget left (preempt_budget.bpf.h: 20 ms of running per
+ * work), while it has preemption budget left (preempt_budget.bpf.h: 40 ms of running per
  * 100 ms window; a busy loop then queues in vtime order like everyone else). When our tasks
  * are queued and a child holds the cids, the child's oldest grant is cut once it is a quantum
  * old (reclaim_child_cid), whatever the slice its scheduler chose.
@@ -31,7 +31,7 @@
  * left: no cid is idle, cid 0's BACKGROUND task is preemptible at once, so the waker is
  * inserted on cid 0's local DSQ with SCX_ENQ_PREEMPT and runs within a context switch; the
  * DEFAULT task on cid 1 would have been preemptible only from 1 ms into its slice. Had the
- * waker used its 20 ms budget in the current 100 ms, it would queue in vtime order instead.
+ * waker used its 40 ms budget in the current 100 ms, it would queue in vtime order instead.
  *
  * Dispatch: charge the cid to its previous owner, then offer it to members by vtime
  * (cid_grants.bpf.h); with no children attached it goes straight to our own tasks.

@@ -5,7 +5,27 @@
 //! hog below its weight share (the preemption budget, `bpf/preempt_budget.bpf.h`); and a foreign child that
 //! picks 1 s slices gives its cids back when the root's USER_INTERACTIVE task wakes, within
 //! 10 ms, without tripping the watchdog (`reclaim_child_cid` in `bpf/grant_quantum.bpf.h`).
-//! One boot for both (39-55 s of wall time in four runs on a loaded host).
+//! One boot for both (39-55 s of wall time in four runs on a loaded host; 36-45 s held in s7).
+//!
+//! Margins, with the preemption budget at 40 ms per 100 ms (raised from 20 ms on 2026-12-03 for
+//! a 60 Hz compositor, see `bpf/preempt_budget.bpf.h`); runs of 2026-12-03 on the shared 2-core
+//! host (load 4-31), BACKGROUND hog in CPUs against its 0.222 weight share (wakeups refused the
+//! preempting path) | root USER_INTERACTIVE wakeups beside `foreign_fifo`'s 1 s slices: p99
+//! (this boot's floor p99), of ~200 served:
+//! - 16:05 UTC: 0.683 (827 refused) | 5.47 ms (floor 12.26 ms), 201 served
+//! - 16:35 UTC: 0.548 (1915) | 2.13 ms (floor 2.29 ms), 201
+//! - 16:36 UTC: 0.576 (1790) | 9.29 ms (floor 24.40 ms), 201
+//! - 16:37 UTC: 0.588 (1594) | 3.04 ms (floor 4.31 ms), 201
+//! - 16:37 UTC: 0.553 (1799) | 8.30 ms (floor 1.37 ms), 201
+//!
+//! So the hog kept 2.5-3.1x its weight share and every run met the literal 10 ms p99 (the
+//! 1.5 x floor allowance was not needed). Caveat, measured the same day: with the budget
+//! compiled out (`-DCANOPY_PREEMPT_BUDGET_NS=1000000000000`, one run) the hog still got 0.618
+//! CPUs and only the `preempt_budget_spent > 0` assertion failed. So on this platform the share
+//! assertion alone does not catch a missing budget (likely because under TCG the loop's 10 us
+//! sleeps last much longer and the hog runs in them; not measured); the counter assertion does.
+//! A workload that starves the hog without the budget (more busy-loop threads than cids) is
+//! still to be written.
 use std::time::Duration;
 
 use crate::support::{start_root_with_children, SHELL_HELPERS, STOP_ROOT};
