@@ -107,7 +107,14 @@ impl<M: ScxMaps> Backend for ScxBackend<M> {
                 target: cgroup.into(),
                 source: e,
             })?;
-        self.groups.insert(cgroup.to_string(), id);
+        // The same path may name a newer cgroup than the one written before (removed and made
+        // again before the removal event arrived): the older one's entry goes now, or nothing
+        // would ever clear it.
+        if let Some(older) = self.groups.insert(cgroup.to_string(), id) {
+            if older != id {
+                self.maps.clear_group(older);
+            }
+        }
         Ok(())
     }
 
@@ -172,5 +179,64 @@ impl<M: ScxMaps + ?Sized> ScxMaps for Box<M> {
     }
     fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {
         (**self).plan_changed(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Map writes as a set of live group entries.
+    #[derive(Default)]
+    struct LiveGroups(std::collections::BTreeSet<u64>);
+
+    impl ScxMaps for LiveGroups {
+        fn set_task_class(&mut self, _tid: u32, _class: u32) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn clear_task(&mut self, _tid: u32) {}
+        fn set_group(&mut self, id: u64, _policy: &ScxGroupPolicy) -> std::io::Result<()> {
+            self.0.insert(id);
+            Ok(())
+        }
+        fn clear_group(&mut self, id: u64) {
+            self.0.remove(&id);
+        }
+        fn refused_attaches(&self) -> u64 {
+            0
+        }
+    }
+
+    fn policy() -> ScxGroupPolicy {
+        ScxGroupPolicy {
+            weight: None,
+            guarantee_pct: 0,
+            cap_pct: 0,
+            floor: None,
+            ceiling: None,
+            state: 0,
+        }
+    }
+
+    #[test]
+    fn a_path_made_again_leaves_one_entry_and_a_removed_one_none() {
+        let root = tempfile::tempdir().unwrap();
+        let mut backend = ScxBackend::new(LiveGroups::default(), root.path().to_path_buf());
+        let knobs = GroupKnobs::default();
+        std::fs::create_dir(root.path().join("app.scope")).unwrap();
+        backend.apply_group("app.scope", &knobs, &policy()).unwrap();
+        // Removed and made again before the removal was heard (the old directory is kept
+        // under another name so the new one cannot reuse its inode).
+        std::fs::rename(root.path().join("app.scope"), root.path().join("old")).unwrap();
+        std::fs::create_dir(root.path().join("app.scope")).unwrap();
+        backend.apply_group("app.scope", &knobs, &policy()).unwrap();
+        assert_eq!(backend.maps.0.len(), 1, "{:?}", backend.maps.0);
+        backend.release_group("app.scope");
+        assert!(backend.maps.0.is_empty(), "{:?}", backend.maps.0);
+        // A group whose cgroup is gone is not written.
+        assert!(backend
+            .apply_group("missing.scope", &knobs, &policy())
+            .is_err());
+        assert!(backend.maps.0.is_empty());
     }
 }

@@ -177,7 +177,14 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             .scx_group_policy(inst.group, inst.state.as_deref());
         let applied = match self.backend.apply_group(cgroup, &knobs, &scx) {
             Ok(()) => true,
-            Err(ApplyError::Gone(_)) => false,
+            // Removed before this (late) event was handled: no group lives on for it, in the
+            // daemon or in the backend (a fast mkdir/move/rmdir loop left both behind).
+            Err(ApplyError::Gone(_)) => {
+                self.groups.remove(cgroup);
+                self.group_cache.remove(cgroup);
+                self.backend.release_group(cgroup);
+                return;
+            }
             Err(e) => {
                 self.stats.counters.apply_errors += 1;
                 tracing::warn!(cgroup, error = %e, "applying group knobs failed");
