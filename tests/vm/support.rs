@@ -249,3 +249,44 @@ pub fn minimize_when_seen(scope: &str) -> String {
         "i=0; until canopy ctl state {scope} minimized || [ $i -ge 100 ]; do usleep 50000; i=$((i+1)); done\n"
     )
 }
+
+/// `part()` on a made-up outcome (no VM): each part sees its own results and the boot's, a
+/// failed or unfinished part is an error.
+#[test]
+fn a_part_sees_its_own_results_and_a_failed_part_is_an_error() {
+    use serde_json::json;
+    let outcome = canopy_vmtest::Outcome {
+        scenario: "parts".into(),
+        kernel_release: "test".into(),
+        results: vec![
+            json!({"kind": "boot"}),
+            json!({"kind": "part-start", "part": "one"}),
+            json!({"kind": "split", "value": 1}),
+            json!({"kind": "part-exit", "part": "one", "status": 0}),
+            json!({"kind": "part-start", "part": "two"}),
+            json!({"kind": "split", "value": 2}),
+            json!({"kind": "part-exit", "part": "two", "status": 1}),
+            json!({"kind": "part-start", "part": "three"}),
+            json!({"kind": "kernel-health"}),
+        ],
+        malformed_results: Vec::new(),
+        log_path: std::path::PathBuf::from("/nonexistent.log"),
+        duration: Duration::from_secs(1),
+        accel: canopy_vmtest::Accel::Tcg,
+        cpus: 2,
+    };
+    let one = part(&outcome, "one").expect("part one finished with status 0");
+    assert_eq!(one.result("split").unwrap()["value"], 1);
+    assert!(one.result("boot").is_ok());
+    assert!(one.result("kernel-health").is_ok());
+    let two = part(&outcome, "two").expect_err("part two exited with status 1");
+    assert!(format!("{two}").contains("status 1"), "{two}");
+    assert!(part(&outcome, "three").is_err(), "part three never ended");
+    assert!(part(&outcome, "four").is_err(), "part four never ran");
+    let script = parts_script(&[("one", "true".to_string()), ("two", "false".to_string())]);
+    assert!(script.starts_with("set +e\n"), "{script}");
+    assert!(
+        script.contains("(\nset -e\ntrue\n)\ncanopy-guest report part-exit part=one status=$?"),
+        "{script}"
+    );
+}
