@@ -2,16 +2,11 @@
 //! The `canopy` binary under test runs in the guest (its shared libraries resolved by the
 //! harness). The pattern for scheduler and daemon scenarios: run `canopy <subcommand>` through
 //! `canopy-guest exec`, which reports exit status, duration and output (parsed when JSON).
-
-use std::time::Duration;
+//! It runs in the boot of `boot.rs` (part `canopy-cli`).
 
 #[test]
 fn canopy_binary_runs_in_guest() -> anyhow::Result<()> {
-    let outcome = crate::scenario("canopy-cli")
-        .script("canopy-guest exec --check --kind canopy-help -- canopy --help\n")
-        .timeout(Duration::from_secs(180))
-        .run()?;
-    println!("{}", outcome.summary());
+    let outcome = crate::boot::boot_part("canopy-cli")?;
     let help = outcome.result("canopy-help")?;
     assert_eq!(help["success"], true, "{help}");
     assert!(

@@ -7,7 +7,12 @@
 //! move into the group reaches the daemon through the BPF move watcher's ring buffer.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use canopy_vmtest::Outcome;
+
+use crate::support::{part, parts_script, shared_run};
 
 const POLICY: &str = r#"
 [[rules]]
@@ -47,9 +52,34 @@ fn knob(v: &serde_json::Value, k: &str) -> String {
     }
 }
 
-#[test]
-fn fallback_mode_applies_and_restores_task_attributes_and_cgroup_knobs() -> anyhow::Result<()> {
-    let script = format!(
+/// The boot the fallback-mode tests share (`daemon-fallback`): part `fallback` (this file), then
+/// part `storm` (`daemon_storm.rs`, its own daemon and policy file); each starts and stops its
+/// own daemon, and a boot cost more than either needs besides.
+pub fn fallback_part(name: &str) -> anyhow::Result<Outcome> {
+    static SHARED: OnceLock<Result<Outcome, String>> = OnceLock::new();
+    let outcome = shared_run(&SHARED, || {
+        let parts = [
+            ("fallback", fallback_script()),
+            ("storm", crate::daemon_storm::storm_script()),
+        ];
+        crate::scenario("daemon-fallback")
+            .with_file_contents("/etc/canopy/policy.toml", POLICY, 0o644)
+            .with_file_contents(
+                crate::daemon_storm::POLICY_PATH,
+                crate::daemon_storm::POLICY,
+                0o644,
+            )
+            .script(parts_script(&parts))
+            .timeout(Duration::from_secs(240))
+            .run()
+            .map_err(anyhow::Error::from)
+    })?;
+    println!("{}", outcome.summary());
+    part(outcome, name)
+}
+
+fn fallback_script() -> String {
+    format!(
         r#"
 mkdir -p /sys/fs/cgroup/tenant/app
 echo +cpu > /sys/fs/cgroup/tenant/cgroup.subtree_control
@@ -75,13 +105,12 @@ canopy-guest report restored {SNAPSHOT}
 canopy-guest report canopy-log log=@/tmp/canopy.log
 kill $hog
 "#
-    );
-    let outcome = crate::scenario("daemon-fallback")
-        .with_file_contents("/etc/canopy/policy.toml", POLICY, 0o644)
-        .script(&script)
-        .timeout(Duration::from_secs(150))
-        .run()?;
-    println!("{}", outcome.summary());
+    )
+}
+
+#[test]
+fn fallback_mode_applies_and_restores_task_attributes_and_cgroup_knobs() -> anyhow::Result<()> {
+    let outcome = fallback_part("fallback")?;
     let before = outcome.result("before")?;
     let base = outcome.result("base")?;
     let minimized = outcome.result("minimized")?;

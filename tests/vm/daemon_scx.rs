@@ -7,7 +7,9 @@
 //! SIGTERM unloads cleanly. A rename storm is tagged and moves are clamped in the class map.
 use std::time::Duration;
 
-use crate::support::start_daemon;
+use std::sync::OnceLock;
+
+use crate::support::{part, parts_script, shared_run, start_daemon};
 
 const POLICY: &str = r#"
 [defaults]
@@ -178,28 +180,34 @@ path = "app"
 path = "min"
 [groups.min.states.minimized]
 ceiling = "BACKGROUND"
+
+[groups.scopes]
+path = "apps/*.scope"
+[groups.scopes.states.minimized]
+ceiling = "BACKGROUND"
 "#;
 
 /// Class ids in the map (`enum canopy_class` in bpf/intf.h).
 const USER_INTERACTIVE: u64 = 0;
 const BACKGROUND: u64 = 4;
 
-#[test]
-fn daemon_in_scx_mode_tags_a_rename_storm_and_clamps_moves_in_the_class_map() -> anyhow::Result<()>
-{
-    let script = format!(
-        r#"
-mkdir -p /sys/fs/cgroup/app /sys/fs/cgroup/min
-{start_daemon}
+/// The daemon run the class-move tests share (`daemon-scx-moves`): this file's rename storm and
+/// clamped moves (part `clamp`), then issue 10 (f)'s moves below minimized scopes
+/// (`cpu_contract.rs`, part `ceiling-moves`), under one daemon with `CLAMP_POLICY` (its `scopes`
+/// group is the one the second part needs): a boot and a daemon start (root and children
+/// loads) cost more than either part. Parts `moves-daemon` and `moves-daemon-stop` start and
+/// stop it; its pid is in /tmp/daemon.pid.
+pub fn moves_boot() -> anyhow::Result<&'static canopy_vmtest::Outcome> {
+    static SHARED: OnceLock<Result<canopy_vmtest::Outcome, String>> = OnceLock::new();
+    shared_run(&SHARED, || {
+        let clamp = format!(
+            r#"
+DAEMON=$(cat /tmp/daemon.pid)
 canopy ctl state min minimized
 # (b): two USER_INTERACTIVE threads in app: one always busy (running or queued at each move),
 # one waking every 2 ms like a UI thread; 20 round trips app -> min (minimized: ceiling
 # BACKGROUND) -> app, each thread's first class decision after each move read from the move log.
-canopy-guest hog --threads 1 --comm ui-busy & BUSY=$!
-canopy-guest hog --threads 1 --comm ui-tick --busy-us 300 --sleep-us 2000 & TICK=$!
-echo $BUSY > /sys/fs/cgroup/app/cgroup.procs
-echo $TICK > /sys/fs/cgroup/app/cgroup.procs
-i=0; until canopy-guest class-map --pid $TICK --comm-prefix ui- --kind tick-class | grep -q '"0":1' || [ $i -ge 100 ]; do usleep 50000; i=$((i+1)); done
+{start_probes}
 canopy-guest move-probe --pid $BUSY --pid $TICK --comm-prefix ui- --to min --to-class {BACKGROUND} --back app --back-class {USER_INTERACTIVE} --rounds 20
 canopy-guest class-map --pid $BUSY --comm-prefix ui- --kind busy-class-in-map
 kill $BUSY $TICK
@@ -212,17 +220,51 @@ canopy-guest class-map --pid $DAEMON --kind daemon-classes
 canopy status --json > /tmp/status.json
 canopy-guest report daemon status=@/tmp/status.json
 wait $STORM
-kill -TERM $DAEMON; wait $DAEMON
-tail -n 30 /tmp/daemon.log
 "#,
-        start_daemon = start_daemon("scx"),
-    );
-    let outcome = crate::scenario("daemon-scx-clamp")
-        .with_file_contents("/etc/canopy/policy.toml", CLAMP_POLICY, 0o644)
-        .timeout(Duration::from_secs(300))
-        .script(script)
-        .run()?;
+            start_probes = crate::support::start_ui_probes("app", true),
+        );
+        let parts = [
+            (
+                "moves-daemon",
+                format!(
+                    "mkdir -p /sys/fs/cgroup/app /sys/fs/cgroup/min\n{}echo $DAEMON > /tmp/daemon.pid\n",
+                    start_daemon("scx")
+                ),
+            ),
+            ("clamp", clamp),
+            ("ceiling-moves", crate::cpu_contract::ceiling_moves_part()),
+            (
+                "moves-daemon-stop",
+                r#"
+DAEMON=$(cat /tmp/daemon.pid)
+kill -TERM $DAEMON
+i=0; while kill -0 $DAEMON 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+tail -n 30 /tmp/daemon.log
+"#
+                .to_string(),
+            ),
+        ];
+        crate::scenario("daemon-scx-moves")
+            .with_file_contents("/etc/canopy/policy.toml", CLAMP_POLICY, 0o644)
+            .timeout(Duration::from_secs(480))
+            .script(parts_script(&parts))
+            .run()
+            .map_err(anyhow::Error::from)
+    })
+}
+
+/// One part of the shared daemon run, with the daemon's start checked too.
+pub fn moves_part(name: &str) -> anyhow::Result<canopy_vmtest::Outcome> {
+    let outcome = moves_boot()?;
     println!("{}", outcome.summary());
+    part(outcome, "moves-daemon")?;
+    part(outcome, name)
+}
+
+#[test]
+fn daemon_in_scx_mode_tags_a_rename_storm_and_clamps_moves_in_the_class_map() -> anyhow::Result<()>
+{
+    let outcome = moves_part("clamp")?;
 
     let probe = outcome.result("move-probe")?;
     let storm = outcome.result("storm")?;

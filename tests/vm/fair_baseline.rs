@@ -15,20 +15,45 @@
 //! test asserts the classic mode within 3% of 2:1 and reports the default mode, naming it, as
 //! the baseline users of 7.3 actually get.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use canopy_vmtest::CpuSplit;
+use canopy_vmtest::{CpuSplit, Outcome};
+
+use crate::support::{part, parts_script, shared_run};
+
+/// Both tests' splits in one boot (`fair-baseline`), each test's in its own part: the fair
+/// scheduler needs nothing loaded, so a second boot only cost its boot (about 7 s quiet).
+fn fair_part(name: &str) -> anyhow::Result<Outcome> {
+    static SHARED: OnceLock<Result<Outcome, String>> = OnceLock::new();
+    let outcome = shared_run(&SHARED, || {
+        let parts = [
+            (
+                "fair-2to1",
+                "canopy-guest cpu-split --group fair_a:200:2 --group fair_b:100:2 --seconds 10 --warmup 1 --fair-cgroup-mode smp --kind split-smp\n\
+                 canopy-guest cpu-split --group fair_a:200:2 --group fair_b:100:2 --seconds 10 --warmup 1 --kind split-default\n"
+                    .to_string(),
+            ),
+            (
+                "fair-4to1-conserve",
+                "canopy-guest cpu-split --group fair_a:400:4 --group fair_b:100:4 --seconds 10 --kind split-400-100\n\
+                 canopy-guest cpu-split --group fair_a:200:2 --group fair_b:100:2:4 --seconds 8 --sample-ms 250 --kind conserve\n"
+                    .to_string(),
+            ),
+        ];
+        crate::scenario("fair-baseline")
+            .script(parts_script(&parts))
+            .timeout(Duration::from_secs(400))
+            .run()
+            .map_err(anyhow::Error::from)
+    })?;
+    println!("{}", outcome.summary());
+    part(outcome, name)
+}
 
 #[test]
 fn fair_scheduler_splits_cpu_by_weight() -> anyhow::Result<()> {
-    let outcome = crate::scenario("fair-baseline")
-        .script(
-            "canopy-guest cpu-split --group fair_a:200:2 --group fair_b:100:2 --seconds 10 --warmup 1 --fair-cgroup-mode smp --kind split-smp\n\
-             canopy-guest cpu-split --group fair_a:200:2 --group fair_b:100:2 --seconds 10 --warmup 1 --kind split-default\n",
-        )
-        .timeout(Duration::from_secs(240))
-        .run()?;
-    println!("{}", outcome.summary());
+    let outcome = fair_part("fair-2to1")?;
     let report = |kind: &str| -> anyhow::Result<(f64, serde_json::Value)> {
         let split = outcome.result(kind)?;
         let ratio = split["ratio"].as_f64().unwrap_or(f64::NAN);
@@ -67,14 +92,7 @@ fn fair_scheduler_splits_cpu_by_weight() -> anyhow::Result<()> {
 /// baseline canopy's root scheduler is meant to beat (issue 4, acceptance b).
 #[test]
 fn fair_scheduler_400_100_and_work_conservation() -> anyhow::Result<()> {
-    let outcome = crate::scenario("fair-4to1-conserve")
-        .script(
-            "canopy-guest cpu-split --group fair_a:400:4 --group fair_b:100:4 --seconds 10 --kind split-400-100\n\
-             canopy-guest cpu-split --group fair_a:200:2 --group fair_b:100:2:4 --seconds 8 --sample-ms 250 --kind conserve\n",
-        )
-        .timeout(Duration::from_secs(300))
-        .run()?;
-    println!("{}", outcome.summary());
+    let outcome = fair_part("fair-4to1-conserve")?;
     let four = CpuSplit::from_value(outcome.result("split-400-100")?)?;
     println!(
         "fair scheduler, weights 400:100, 4+4 hogs: ratio {:.3}:1",

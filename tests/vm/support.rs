@@ -88,3 +88,205 @@ done
 "#
     )
 }
+
+/// Several tests' guest scripts run in one boot, one after the other ("parts"), when they need
+/// the same guest setup: a boot and a root-scheduler load cost more than most checks (about 7 s
+/// and 10 s on a quiet host, several times that under load). Each part runs in its own `sh -e`
+/// subshell between a `part-start` and a `part-exit` result, so a failing part ends only itself;
+/// [`part`] gives a test the results of one part. Parts share no shell variables: a process a
+/// later part needs (the root scheduler) leaves its pid in a file.
+pub fn parts_script(parts: &[(&str, String)]) -> String {
+    let mut script = String::from("set +e\n");
+    for (name, body) in parts {
+        script.push_str(&format!(
+            "canopy-guest report part-start part={name}\n(\nset -e\n{body}\n)\n\
+             canopy-guest report part-exit part={name} status=$?\n"
+        ));
+    }
+    script
+}
+
+/// The results one part of a [`parts_script`] run printed (with the harness's `boot` and
+/// `kernel-health`), as an outcome of its own; an error with the log's end if the part did not
+/// finish with status 0.
+pub fn part(
+    outcome: &canopy_vmtest::Outcome,
+    name: &str,
+) -> anyhow::Result<canopy_vmtest::Outcome> {
+    let is_marker =
+        |value: &serde_json::Value, kind: &str| value["kind"] == kind && value["part"] == name;
+    let start = outcome
+        .results
+        .iter()
+        .position(|value| is_marker(value, "part-start"));
+    let exit = outcome
+        .results
+        .iter()
+        .position(|value| is_marker(value, "part-exit"));
+    let (Some(start), Some(exit)) = (start, exit) else {
+        anyhow::bail!(
+            "{}: part `{name}` did not run to its end\n{}",
+            outcome.summary(),
+            outcome.log_tail(60)
+        );
+    };
+    let status = &outcome.results[exit]["status"];
+    if status != 0 {
+        anyhow::bail!(
+            "{}: part `{name}` exited with status {status}\n{}",
+            outcome.summary(),
+            outcome.log_tail(60)
+        );
+    }
+    let mut view = outcome.clone();
+    view.results = outcome.results[start + 1..exit]
+        .iter()
+        .chain(
+            outcome
+                .results
+                .iter()
+                .filter(|value| value["kind"] == "boot" || value["kind"] == "kernel-health"),
+        )
+        .cloned()
+        .collect();
+    Ok(view)
+}
+
+/// The outcome of a boot several tests share: the first test to ask runs it (the others wait),
+/// every test reads the same outcome; a failed run is the same error for each of them.
+pub fn shared_run(
+    cell: &'static std::sync::OnceLock<Result<canopy_vmtest::Outcome, String>>,
+    run: impl FnOnce() -> anyhow::Result<canopy_vmtest::Outcome>,
+) -> anyhow::Result<&'static canopy_vmtest::Outcome> {
+    cell.get_or_init(|| run().map_err(|error| format!("{error:#}")))
+        .as_ref()
+        .map_err(|error| anyhow::anyhow!("the shared boot failed: {error}"))
+}
+
+/// Shell lines that start `canopy scheduler run` (options: CONFIG, e.g. `--config FILE`) in the
+/// background, leave its pid in /tmp/root.pid and wait until the root is enabled (for parts of a
+/// [`parts_script`], where $ROOT does not outlive the part).
+pub fn start_root_in_part(options: &str) -> String {
+    format!(
+        r#"
+canopy scheduler run {options} > /tmp/root.log 2>&1 &
+ROOT=$!
+echo $ROOT > /tmp/root.pid
+{WAIT_ROOT}
+"#
+    )
+}
+
+/// Stops the root started by [`start_root_in_part`] and waits until it is gone.
+pub const STOP_ROOT_IN_PART: &str = r#"
+ROOT=$(cat /tmp/root.pid)
+kill -TERM $ROOT
+i=0; while kill -0 $ROOT 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+cat /tmp/root.log
+"#;
+
+/// Shell lines that write one `group_policy` entry of the schedulers' pinned map for the cgroup
+/// at /sys/fs/cgroup/$1 (key: its inode number, little-endian u64) with the value bytes $2 (hex,
+/// space-separated, 152 bytes: weight, guarantee_pct, cap_pct, nr_admitted (4 x u32), admitted
+/// (4 x 32 bytes), ceiling_plus_one, floor_plus_one), as the controller writes it. Needs bpftool.
+pub const GROUP_POLICY_HELPER: &str = r#"
+group_policy_set() {
+  id=$(stat -c %i /sys/fs/cgroup/$1)
+  key=$(printf '%016x' $id | sed 's/../& /g' | awk '{for(i=8;i>=1;i--) printf "%s ", $i}')
+  bpftool map update pinned /sys/fs/bpf/canopy/group_policy key hex $key value hex $2
+}
+# 152 value bytes of zeros but for the given leading bytes ($1) and trailing bytes ($2)
+group_policy_value() {
+  lead=$1; tail=$2
+  n=$(( 152 - $(echo $lead | wc -w) - $(echo $tail | wc -w) ))
+  printf '%s ' $lead; for i in $(seq 1 $n); do printf '00 '; done; printf '%s ' $tail
+}
+"#;
+
+/// The head of a daemon policy for the class-move probes: scx mode with the control socket, and
+/// `canopy-guest` threads named `ui-*` tagged USER_INTERACTIVE. Groups follow it.
+pub const UI_PROBE_POLICY_HEAD: &str = r#"
+[defaults]
+class = "DEFAULT"
+
+[daemon]
+mode = "scx"
+socket_path = "/run/canopy/control.sock"
+
+[[rules]]
+name = "probe"
+comm = "canopy-guest"
+class = "DEFAULT"
+threads = [{ name = "ui-*", class = "USER_INTERACTIVE" }]
+"#;
+
+/// Shell lines that start the USER_INTERACTIVE probe threads in /sys/fs/cgroup/CGROUP as $BUSY
+/// (always busy) and, with `tick`, $TICK (waking every 2 ms like a UI thread), and wait (up to
+/// 5 s) until the schedulers' class map has the last one's class (USER_INTERACTIVE, id 0).
+pub fn start_ui_probes(cgroup: &str, tick: bool) -> String {
+    let (start_tick, last) = if tick {
+        (
+            "canopy-guest hog --threads 1 --comm ui-tick --busy-us 300 --sleep-us 2000 & TICK=$!\n\
+             echo $TICK > /sys/fs/cgroup/CGROUP/cgroup.procs\n",
+            "TICK",
+        )
+    } else {
+        ("", "BUSY")
+    };
+    format!(
+        "canopy-guest hog --threads 1 --comm ui-busy & BUSY=$!\n\
+         echo $BUSY > /sys/fs/cgroup/{cgroup}/cgroup.procs\n{start_tick}\
+         i=0; until canopy-guest class-map --pid ${last} --comm-prefix ui- --kind {kind}-class | grep -q '\"0\":1' || [ $i -ge 100 ]; do usleep 50000; i=$((i+1)); done\n",
+        start_tick = start_tick.replace("CGROUP", cgroup),
+        kind = last.to_lowercase(),
+    )
+}
+
+/// Shell lines that put SCOPE in the `minimized` state through the control socket, retrying for
+/// up to 5 s until the daemon has seen the (new) cgroup.
+pub fn minimize_when_seen(scope: &str) -> String {
+    format!(
+        "i=0; until canopy ctl state {scope} minimized || [ $i -ge 100 ]; do usleep 50000; i=$((i+1)); done\n"
+    )
+}
+
+/// `part()` on a made-up outcome (no VM): each part sees its own results and the boot's, a
+/// failed or unfinished part is an error.
+#[test]
+fn a_part_sees_its_own_results_and_a_failed_part_is_an_error() {
+    use serde_json::json;
+    let outcome = canopy_vmtest::Outcome {
+        scenario: "parts".into(),
+        kernel_release: "test".into(),
+        results: vec![
+            json!({"kind": "boot"}),
+            json!({"kind": "part-start", "part": "one"}),
+            json!({"kind": "split", "value": 1}),
+            json!({"kind": "part-exit", "part": "one", "status": 0}),
+            json!({"kind": "part-start", "part": "two"}),
+            json!({"kind": "split", "value": 2}),
+            json!({"kind": "part-exit", "part": "two", "status": 1}),
+            json!({"kind": "part-start", "part": "three"}),
+            json!({"kind": "kernel-health"}),
+        ],
+        malformed_results: Vec::new(),
+        log_path: std::path::PathBuf::from("/nonexistent.log"),
+        duration: Duration::from_secs(1),
+        accel: canopy_vmtest::Accel::Tcg,
+        cpus: 2,
+    };
+    let one = part(&outcome, "one").expect("part one finished with status 0");
+    assert_eq!(one.result("split").unwrap()["value"], 1);
+    assert!(one.result("boot").is_ok());
+    assert!(one.result("kernel-health").is_ok());
+    let two = part(&outcome, "two").expect_err("part two exited with status 1");
+    assert!(format!("{two}").contains("status 1"), "{two}");
+    assert!(part(&outcome, "three").is_err(), "part three never ended");
+    assert!(part(&outcome, "four").is_err(), "part four never ran");
+    let script = parts_script(&[("one", "true".to_string()), ("two", "false".to_string())]);
+    assert!(script.starts_with("set +e\n"), "{script}");
+    assert!(
+        script.contains("(\nset -e\ntrue\n)\ncanopy-guest report part-exit part=one status=$?"),
+        "{script}"
+    );
+}

@@ -8,6 +8,7 @@
 //! which the host side (`canopy-vmtest`) parses.
 
 mod cgroup;
+mod churn;
 mod class_map;
 mod cpu_split;
 mod dmesg;
@@ -66,6 +67,8 @@ enum Command {
     MoveProbe(class_map::MoveProbeArgs),
     /// Fork, thread-create and PR_SET_NAME rename storm.
     Storm(storm::StormArgs),
+    /// mkdir / move a process in and out / rmdir cycles on scopes below one cgroup.
+    CgroupChurn(churn::ChurnArgs),
     /// Create weighted cgroups, run hogs in each, measure the CPU split from cpu.stat.
     CpuSplit(cpu_split::CpuSplitArgs),
     /// Run a command and report its status, duration and output.
@@ -105,6 +108,7 @@ fn main() -> Result<()> {
         Command::ProcStat(args) => proc_stat::run(&args),
         Command::TaskAttrs(args) => task_attrs::run(&args),
         Command::Storm(args) => storm::run(&args),
+        Command::CgroupChurn(args) => churn::run(&args),
         Command::ClassMap(args) => class_map::run(&args),
         Command::MoveProbe(args) => class_map::probe(&args),
         Command::CpuSplit(args) => cpu_split::run(&args),
