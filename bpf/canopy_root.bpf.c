@@ -252,7 +252,6 @@ void CANOPY_OP(canopy_root_running, struct task_struct *p)
 	u64 now = scx_bpf_now();
 
 	class_vtime_running(p, now);
-	tree_task_running(p);
 	if (!cs)
 		return;
 	if (cs->owner != CANOPY_SELF_SLOT) {

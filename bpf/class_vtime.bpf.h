@@ -20,7 +20,7 @@
  * Example (issue 12, busybox guest, daemon on the default policy): 2 cids, hogs a1 a2 in a
  * cgroup at cpu.weight 200 and b1 b2 in one at 100, charged about 2 and 4 ms of vtime per
  * 16 ms slice, and 6 to 13 times that when a root-cgroup task (DEFAULT to USER_INTERACTIVE)
- * is runnable through the slice (cpu_tree.bpf.h: W_eq follows the runnable tree). a1 starts
+ * is runnable as the slice ends (cpu_tree.bpf.h: W_eq follows the runnable tree). a1 starts
  * at vtime 100 on cid 0; meanwhile cid 1 starts b1, charged 48 ms for its last slice, at 150,
  * so own_vtime_now = 150. a1's slice ends at 102: the floor on every enqueue lifted it to
  * 150 - 16 = 134, 32 ms of vtime it never ran, and a's 2:1 over b came out 1.51-1.61:1 in

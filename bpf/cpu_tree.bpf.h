@@ -14,8 +14,6 @@
  *
  *     t * 100 / W_eq,    W_eq = hw * (sum of the weights of all runnable own tasks)
  *
- * with W_eq taken both when the run starts and when it ends, and the larger of the two used:
- *
  * W_eq is the weight the task would need, alone with the same runnable tasks in a flat
  * root, to get the same share; with no cgroups it is exactly the task's class weight, so the
  * class order, the wake floor and CANOPY_MAX_VTIME_AHEAD mean what they meant without the tree.
@@ -31,10 +29,9 @@
  *
  * Cost: ops.runnable and ops.quiescent do one task-storage lookup and one atomic add on the
  * task's cgroup node; only when a cgroup turns active or idle does the update walk up, one
- * hash lookup and atomic add per level (at most CANOPY_MAX_CGROUP_DEPTH). ops.running and
- * ops.stopping each walk the task's path to the root once: one hash lookup and two
- * multiply-divides per level (a task in /user.slice/user-1000.slice/app.slice/x.scope: 5
- * lookups each).
+ * hash lookup and atomic add per level (at most CANOPY_MAX_CGROUP_DEPTH). ops.stopping walks
+ * the task's path to the root once: one hash lookup and two multiply-divides per level (a
+ * task in /user.slice/user-1000.slice/app.slice/x.scope: 5 lookups).
  *
  * cpu.idle: a task whose cpu cgroup or an ancestor has cpu.idle 1 is queued on CANOPY_IDLE_DSQ,
  * which the root serves only when its other tasks and its children have nothing for the cid
@@ -73,14 +70,9 @@
  * (100), two hogs each at the shipped DEFAULT weight 655, has W_eq 873 while nothing else runs
  * and 66 while a USER_INTERACTIVE task (2501) is runnable in the root cgroup, so its slices
  * cost 13 times more vtime then; the ratio between a and b is the same at every instant.
- * Two consequences. (1) A waking task that preempts a hog is runnable when the hog's run ends
- * but was not for the 16 ms before: priced at the stop alone, that slice cost 13 slices, and
- * whichever group the daemon's wakeups happened to preempt more lost a window (2.28:1 for 2:1
- * in one 6 s window). Priced at the larger W_eq of the two ends, a task that competed for only
- * one end of a run does not set its price; one that competed through it does. (2) Only a
- * waking task is lifted to class_vtime.bpf.h's vtime floor: lifting a task that stayed
- * runnable to a floor set by a task started on the other cid at such a moment charged it time
- * it never ran (a and b split 1.51-1.61:1 for 2:1 under the daemon).
+ * That is why class_vtime.bpf.h lifts only waking tasks to its vtime floor: lifting a task
+ * that stayed runnable to a floor set by a task started on the other cid at such a moment
+ * charged it time it never ran (a and b split 1.51-1.61:1 for 2:1 under the daemon).
  * Units, stated: a task counts at its class weight, which the shipped classes take from the
  * kernel's nice-to-weight table (DEFAULT 655), against cpu.weight's 100 for a cgroup; the
  * fair scheduler counts a nice-2 task as about 80 against the same 100. Splits between
@@ -109,7 +101,6 @@ struct tree_task {
 	u64 cgroup_id;	/* the cpu cgroup its weight was added to */
 	u32 weight;	/* that weight; 0: not counted (not runnable here) */
 	u32 idle;	/* 1: that cgroup or an ancestor had cpu.idle 1 when it became runnable */
-	u64 start_weight_fp;	/* W_eq (1/1024 units) when its current run started; 0: none */
 };
 
 struct {
@@ -386,34 +377,6 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 		total = tt->weight;
 	share = share * total >> 10;
 	return share ?: 1;
-}
-
-/* ops.running: note W_eq as the run starts (tree_run_weight_fp() takes it at the stop). */
-static __always_inline void tree_task_running(struct task_struct *p)
-{
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
-
-	if (tt)
-		tt->start_weight_fp = tree_charge_weight_fp(p);
-}
-
-/*
- * The weight to charge @p's run that is ending at (in 1/1024 units; 0: its class weight): the
- * larger of W_eq when the run started and now, so a task that competed for only one end of
- * the run does not set its price (see the top of this file).
- */
-static __always_inline u64 tree_run_weight_fp(struct task_struct *p)
-{
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
-	u64 now_fp = tree_charge_weight_fp(p), start_fp;
-
-	if (!tt)
-		return now_fp;
-	start_fp = tt->start_weight_fp;
-	tt->start_weight_fp = 0;
-	if (!now_fp)
-		return 0;
-	return start_fp > now_fp ? start_fp : now_fp;
 }
 
 /*

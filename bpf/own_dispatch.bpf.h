@@ -58,7 +58,7 @@ static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx 
 	if (tctx && tctx->running_at && now > tctx->running_at)
 		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
 	tree_task_reweight(p, tctx);
-	class_vtime_stopping(p, now, tree_run_weight_fp(p));
+	class_vtime_stopping(p, now, tree_charge_weight_fp(p));
 }
 
 /*
