@@ -55,7 +55,7 @@ const BEST_EFFORT_MARGIN_POINTS: f64 = 6.0;
 /// - before the fix (vtime floor on every enqueue), the daemon on policies/default.toml:
 ///   1.55, 1.58, 1.51, 1.61:1 (root alone in the same boot: 1.92, 1.87, 1.87, 1.91:1);
 /// - with it, this test (combined over the four windows in brackets): 2.02, 1.85, 2.17,
-///   2.07:1 [2.02] (fair 1.93:1; the floor fix alone); as committed (c3c5725): 2.08, 2.05,
+///   2.07:1 [2.02] (fair 1.93:1; the floor fix alone); as committed (7cdbd15): 2.08, 2.05,
 ///   2.03, 2.28:1 [2.11] (fair 2.02:1); 1.77, 1.88, 1.96, 2.10:1 [1.93] (fair 2.00:1); 1.83,
 ///   1.91, 1.86, 2.02:1 [1.90] (fair 2.01:1). Lowest window 1.77, highest 2.28;
 /// - a variant pricing runs at the larger W_eq of their two ends, reverted: 1.86, 1.80, 1.73,
