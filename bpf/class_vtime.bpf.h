@@ -11,6 +11,20 @@
  * a BACKGROUND one (25). A waking task's vtime is raised to at least
  * `own_vtime_now - one slice`, so sleeping banks at most one slice of credit, and capped at
  * `own_vtime_now + CANOPY_MAX_VTIME_AHEAD`, so no task waits unboundedly behind the others.
+ *
+ * Only a waking task is raised to that floor. A task queued again while it stayed runnable
+ * (its slice ended, it was preempted, its attributes or cgroup changed) keeps the vtime it was
+ * charged: it competed all along and has no sleep to bank, and own_vtime_now (the vtime of the
+ * latest task started on any cid) can be far ahead of a task that has been running on another
+ * cid. Its lag is cut only past CANOPY_MAX_VTIME_AHEAD, a safety net mirroring the cap.
+ * Example (issue 12, busybox guest, daemon on the default policy): 2 cids, hogs a1 a2 in a
+ * cgroup at cpu.weight 200 and b1 b2 in one at 100, charged about 2 and 4 ms of vtime per
+ * 16 ms slice, and 6 to 13 times that when a root-cgroup task (DEFAULT to USER_INTERACTIVE)
+ * is runnable as the slice ends (cpu_tree.bpf.h: W_eq follows the runnable tree). a1 starts
+ * at vtime 100 on cid 0; meanwhile cid 1 starts b1, charged 48 ms for its last slice, at 150,
+ * so own_vtime_now = 150. a1's slice ends at 102: the floor on every enqueue lifted it to
+ * 150 - 16 = 134, 32 ms of vtime it never ran, and a's 2:1 over b came out 1.51-1.61:1 in
+ * four 6 s windows; kept at 102, it runs before b1's next turn.
  */
 #ifndef CANOPY_CLASS_VTIME_BPF_H
 #define CANOPY_CLASS_VTIME_BPF_H
@@ -106,11 +120,13 @@ static __always_inline void queue_by_class(struct task_struct *p, u32 class, u64
 {
 	struct scx_bpf_dsq_insert_vtime_args args = {};
 	struct canopy_class_params *cp;
-	u64 vtime = p->scx.dsq_vtime, slice, floor, now_v = own_vtime_now;
+	u64 vtime = p->scx.dsq_vtime, slice, lag, floor, now_v = own_vtime_now;
 
 	cp = class_of(class);
 	slice = class_slice(cp);
-	floor = now_v > slice ? now_v - slice : 0;
+	/* sleep banks at most a slice; a task that stayed runnable keeps its lag (see the top) */
+	lag = (enq_flags & KCONST(SCX_ENQ_WAKEUP)) ? slice : CANOPY_MAX_VTIME_AHEAD;
+	floor = now_v > lag ? now_v - lag : 0;
 	if (vtime < floor)
 		vtime = floor;
 	/*

@@ -22,7 +22,16 @@
 //! against the fair scheduler of that boot (the constants below, set from the runs they list):
 //! pod a : pod b no further from 2:1 than under the fair scheduler plus a margin, the
 //! best-effort pod's share at most a few points above the fair scheduler's, and the guaranteed
-//! pod at most 0.52 CPU (its cpu.max). VM cost: about 70 s after boot.
+//! pod at most 0.52 CPU (its cpu.max).
+//!
+//! The same boot also proves that tasks already running when the root scheduler loads keep
+//! their cgroup weights, window after window (issue 12's systemd split in the busybox guest):
+//! before the daemon starts, `system.slice/hog-a.service` (cpu.weight 200) and
+//! `hog-b.service` (100) each get a 2-thread hog, as `systemd-run -p CPUWeight=` makes them;
+//! once scx is on, each of four consecutive 6 s windows must split them inside
+//! SERVICES_WINDOW_RATIO (the fair scheduler's `smp` split of the same hogs and the four
+//! windows' combined ratio are printed). Then the service hogs stop and the pods are measured.
+//! VM cost: 77-93 s of VM time in seven runs at host load 10-14, about 35 s of it this phase.
 
 use std::time::Duration;
 
@@ -39,6 +48,40 @@ const RATIO_ERROR_MARGIN: f64 = 0.10;
 /// than under the fair scheduler. Same runs: fair 6.3 | canopy 6.7; fair 4.4, 2.8, 5.7 |
 /// canopy 6.6, 7.6, 5.0, 6.1, 5.9; fair 2.4 | canopy 4.6 (within a boot, canopy's worst minus fair's best: 4.8 points).
 const BEST_EFFORT_MARGIN_POINTS: f64 = 6.0;
+
+/// The range every window's hog-a : hog-b ratio (cpu.weight 200:100) must fall in. It catches
+/// the failure it was written for, with margin on both sides. Busybox guest, 2026-12-03, host
+/// load 10-14, per 6 s window:
+/// - before the fix (vtime floor on every enqueue), the daemon on policies/default.toml:
+///   1.55, 1.58, 1.51, 1.61:1 (root alone in the same boot: 1.92, 1.87, 1.87, 1.91:1);
+/// - with it, this test (combined over the four windows in brackets): 2.02, 1.85, 2.17,
+///   2.07:1 [2.02] (fair 1.93:1; the floor fix alone); as committed (7cdbd15): 2.08, 2.05,
+///   2.03, 2.28:1 [2.11] (fair 2.02:1); 1.77, 1.88, 1.96, 2.10:1 [1.93] (fair 2.00:1); 1.83,
+///   1.91, 1.86, 2.02:1 [1.90] (fair 2.01:1); 2.06, 1.81, 1.95, 1.88:1 [1.92] (fair 2.00:1).
+///   Lowest window 1.77, highest 2.28;
+/// - a variant pricing runs at the larger W_eq of their two ends, reverted: 1.86, 1.80, 1.73,
+///   1.87:1 (fair 1.42:1); 1.91, 1.73, 1.88, 2.25:1 (fair 2.00:1); 1.88, 1.84, 1.86, 1.76:1
+///   (fair 2.00:1).
+/// Four boots of the kept code set this range (five with the floor fix alone; the VM queue of
+/// 2026-12-03 allowed no more): add the suite's runs here. Issue 12's 2:1 within 10% holds
+/// for the combined figure in every boot above, not for every 6 s window.
+const SERVICES_WINDOW_RATIO: (f64, f64) = (1.70, 2.40);
+/// The consecutive windows measured after the daemon loaded the root.
+const SERVICE_WINDOWS: [&str; 4] = ["services-w1", "services-w2", "services-w3", "services-w4"];
+
+/// Two services as systemd makes them (`CPUWeight=` 200 and 100), a 2-thread hog each, started
+/// while the fair scheduler runs: they are already running when the root loads.
+const SERVICES: &str = r#"
+s=/sys/fs/cgroup/system.slice
+mkdir -p $s/hog-a.service $s/hog-b.service
+echo +cpu > $s/cgroup.subtree_control
+echo 200 > $s/hog-a.service/cpu.weight
+echo 100 > $s/hog-b.service/cpu.weight
+sh -c "echo \$\$ > $s/hog-a.service/cgroup.procs; exec canopy-guest hog --threads 2" & HOG_A=$!
+sh -c "echo \$\$ > $s/hog-b.service/cgroup.procs; exec canopy-guest hog --threads 2" & HOG_B=$!
+"#;
+const SERVICE_SPLIT: &str = "--group system.slice/hog-a.service:-:0 \
+    --group system.slice/hog-b.service:-:0 --seconds 6 --keep";
 
 const TREE: &str = r#"
 k=/sys/fs/cgroup/kubepods.slice
@@ -76,7 +119,11 @@ fn kubernetes_policy_keeps_kubelets_per_pod_weights_and_limits() -> anyhow::Resu
         r#"
 {TREE}
 canopy-guest cpu-split {PODS} --fair-cgroup-mode smp --kind pods-fair
+{SERVICES}
+canopy-guest cpu-split {SERVICE_SPLIT} --warmup 1 --fair-cgroup-mode smp --kind services-fair
 {daemon}
+for w in 1 2 3 4; do canopy-guest cpu-split {SERVICE_SPLIT} --warmup 0 --kind services-w$w; done
+kill $HOG_A $HOG_B; wait $HOG_A $HOG_B || true
 canopy-guest cpu-split {PODS} --kind pods-canopy
 canopy status --json --interval-ms 200 > /tmp/status.json || true
 canopy-guest report k8s-daemon sched_ext="$(cat /sys/kernel/sched_ext/state)" status=@/tmp/status.json
@@ -90,7 +137,7 @@ kill -INT $DAEMON; wait $DAEMON || true
             "/etc/canopy/policy.toml",
         )
         .script(script)
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(400))
         .run()?;
     println!("{}", outcome.summary());
     let daemon = outcome.result("k8s-daemon")?;
@@ -103,6 +150,38 @@ kill -INT $DAEMON; wait $DAEMON || true
     for group in ["k8s-besteffort", "k8s-burstable", "k8s-guaranteed"] {
         assert!(owned.contains(&group), "{group} owns no cgroup: {owned:?}");
     }
+    let services_fair = outcome.result("services-fair")?["ratio"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    let services: Vec<f64> = SERVICE_WINDOWS
+        .iter()
+        .map(|kind| {
+            outcome
+                .result(kind)
+                .map(|split| split["ratio"].as_f64().unwrap_or(f64::NAN))
+        })
+        .collect::<Result<_, _>>()?;
+    let cpu_seconds = |group: usize| -> f64 {
+        SERVICE_WINDOWS
+            .iter()
+            .filter_map(|kind| outcome.result(kind).ok())
+            .map(|split| {
+                split["groups"][group]["cpu_seconds"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+            })
+            .sum()
+    };
+    let combined = cpu_seconds(0) / cpu_seconds(1).max(1e-9);
+    println!(
+        "services started before the root, cpu.weight 200:100: fair {services_fair:.2}:1, \
+         canopy {combined:.2}:1 over the four windows, {} in consecutive 6 s windows",
+        services
+            .iter()
+            .map(|ratio| format!("{ratio:.2}:1"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let (fair_ratio, fair_g, fair_be) = figures(outcome.result("pods-fair")?);
     let (ratio, guaranteed, best_effort) = figures(outcome.result("pods-canopy")?);
     println!(
@@ -130,6 +209,14 @@ kill -INT $DAEMON; wait $DAEMON || true
         best_effort * 100.0,
         fair_be * 100.0
     );
+    let (low, high) = SERVICES_WINDOW_RATIO;
+    for (window, ratio) in SERVICE_WINDOWS.iter().zip(&services) {
+        assert!(
+            (low..=high).contains(ratio),
+            "{window}: services started before the root split {ratio:.2}:1 for cpu.weight \
+             200:100 (all windows: {services:?})"
+        );
+    }
     assert!(
         outcome.kernel_warnings().is_empty(),
         "{:?}",
