@@ -62,6 +62,7 @@ const BEST_EFFORT_MARGIN_POINTS: f64 = 6.0;
 /// - a variant pricing runs at the larger W_eq of their two ends, reverted: 1.86, 1.80, 1.73,
 ///   1.87:1 (fair 1.42:1); 1.91, 1.73, 1.88, 2.25:1 (fair 2.00:1); 1.88, 1.84, 1.86, 1.76:1
 ///   (fair 2.00:1).
+///
 /// Four boots of the kept code set this range (five with the floor fix alone; the VM queue of
 /// 2026-12-03 allowed no more): add the suite's runs here. Issue 12's 2:1 within 10% holds
 /// for the combined figure in every boot above, not for every 6 s window.

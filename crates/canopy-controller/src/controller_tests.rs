@@ -491,6 +491,40 @@ async fn focus_xattr_focused_at_once_unfocused_after_the_delay() {
     assert!(c.next_deadline().is_none());
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_removed_focus_xattr_puts_the_group_back_in_its_default_state() {
+    let mut plan = TestPlan::desktop();
+    plan.groups[0].default_state = Some("focused".into());
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    let mut c = started(
+        plan,
+        RecordingBackend::default(),
+        src,
+        ControllerConfig::default(),
+    );
+    let focus = |c: &mut Controller<RecordingBackend, FakeSource>, focus| {
+        c.handle(
+            Event::FocusChanged {
+                cgroup: APP.into(),
+                focus,
+            },
+            Instant::now(),
+        )
+    };
+    focus(&mut c, Focus::InactiveSince { monotonic_us: 5 });
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    c.fire_timers(Instant::now());
+    assert_eq!(c.group_state(APP).as_deref(), Some("unfocused"));
+    focus(&mut c, Focus::NotSet);
+    assert_eq!(c.group_state(APP).as_deref(), Some("focused"));
+    assert_eq!(applied(&c, 100).as_deref(), Some("USER_INITIATED"));
+    // A state users may not leave is not left by removing the xattr either.
+    c.request_state(APP, "locked", Instant::now()).unwrap();
+    focus(&mut c, Focus::NotSet);
+    assert_eq!(c.group_state(APP).as_deref(), Some("locked"));
+}
+
 #[test]
 fn explain_says_why() {
     let mut src = FakeSource::default();

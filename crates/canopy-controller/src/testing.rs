@@ -53,6 +53,8 @@ pub struct TestGroup {
     pub states: Vec<TestState>,
     /// Whether the xattr focus signal drives this group (`focused`/`unfocused` states).
     pub focus: bool,
+    /// The state the group starts in (the policy's `default_state`).
+    pub default_state: Option<String>,
 }
 
 /// The test plan.
@@ -209,6 +211,7 @@ impl TestPlan {
                 },
             ],
             focus: true,
+            default_state: None,
         });
         p
     }
@@ -317,8 +320,8 @@ impl PolicyPlan for TestPlan {
             unfocused: has("unfocused"),
         })
     }
-    fn default_state(&self, _group: GroupId) -> Option<String> {
-        None
+    fn default_state(&self, group: GroupId) -> Option<String> {
+        self.group(group).default_state.clone()
     }
     fn group_knobs(&self, group: GroupId, state: Option<&str>) -> GroupKnobs {
         GroupKnobs {

@@ -25,7 +25,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 Some(unfocused) => Some(unfocused),
                 None => return,
             },
-            Focus::NotSet => None,
+            // No focus information any more (the xattr removed): the group goes back to the
+            // state it started in, as if the compositor had never said anything.
+            Focus::NotSet => self.plan.default_state(group),
         };
         let settable = |state: &str| {
             self.plan
@@ -34,6 +36,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         };
         let current = self.groups.get(cgroup).and_then(|g| g.state.clone());
         let allowed = match (&target, &current) {
+            _ if target == current => true,
+            // Back to the start: allowed unless it means leaving a state users may not leave.
+            _ if focus_xattr == Focus::NotSet => current.as_deref().is_none_or(settable),
             (Some(state), _) => settable(state),
             (None, Some(state)) => settable(state),
             (None, None) => true,
