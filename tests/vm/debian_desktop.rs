@@ -32,9 +32,13 @@ comm = "{make,cc1}"
 class = "BACKGROUND"
 inherit = true
 
+# A thread name alone never raises an unprivileged task (docs/security.md), and the probe runs
+# as the desktop user: the rule also names the binary by its full path in a root-owned
+# directory, as policies/desktop.toml names gnome-shell.
 [[rules]]
 name = "probe"
 comm = "probe"
+exe = "/usr/local/bin/canopy-guest"
 class = "USER_INTERACTIVE"
 
 [groups.apps]
@@ -114,7 +118,12 @@ for _ in $(seq 300); do canopy status --interval-ms 100 >/dev/null 2>&1 && break
 sleep 2
 as_user systemd-run --user --scope --quiet --unit=app-probe \
   /usr/local/bin/canopy-guest wakeprobe --mode timer --interval-us 2000 --seconds 8 --comm probe \
-  --kind probe-canopy
+  --kind probe-canopy &
+probe_runner=$!
+sleep 1
+canopy ctl explain --pid "$(pgrep -n -x probe)" --json > /root/probe-explain.json 2>&1 || true
+wait $probe_runner
+canopy-guest report probe-class explain=@/root/probe-explain.json
 canopy-guest report desktop-mode \
   mode="$(canopy status --json --interval-ms 100 | python3 -c 'import json,sys; print(json.load(sys.stdin)["mode"])')" \
   sched_ext="$(cat /sys/kernel/sched_ext/state)"
@@ -134,6 +143,10 @@ pub fn focus_kwin_hook_and_build_load(guest: &RunningGuest) -> anyhow::Result<()
         "probe-canopy",
     ] {
         println!("{kind}: {}", outcome.result(kind)?);
+    }
+    // What canopy made of the probe (printed: the p99 gate below is the claim).
+    if let Ok(class) = outcome.result("probe-class") {
+        println!("probe-class: {class}");
     }
     let gnome = outcome.result("gnome-focus")?;
     assert_eq!(gnome["initial"], "focused", "{gnome}");
