@@ -121,9 +121,12 @@ as_user systemd-run --user --scope --quiet --unit=app-probe \
   --kind probe-canopy &
 probe_runner=$!
 sleep 1
-canopy ctl explain --pid "$(pgrep -n -x probe)" --json > /root/probe-explain.json 2>&1 || true
+# the probe's threads are named `probe`; its process keeps the binary's name
+probe_pid=$(pgrep -n -f 'wakeprobe .*--kind probe-canopy' || true)
+canopy ctl explain --pid "${probe_pid:-0}" --json > /root/probe-explain.json 2>&1 || true
 wait $probe_runner
-canopy-guest report probe-class explain=@/root/probe-explain.json
+canopy status --json > /root/probe-status.json 2>&1 || true
+canopy-guest report probe-class explain=@/root/probe-explain.json status=@/root/probe-status.json
 canopy-guest report desktop-mode \
   mode="$(canopy status --json --interval-ms 100 | python3 -c 'import json,sys; print(json.load(sys.stdin)["mode"])')" \
   sched_ext="$(cat /sys/kernel/sched_ext/state)"
