@@ -32,14 +32,15 @@ comm = "{make,cc1}"
 class = "BACKGROUND"
 inherit = true
 
-# A thread name alone never raises an unprivileged task (docs/security.md), and the probe runs
-# as the desktop user: the rule also names the binary by its full path in a root-owned
-# directory, as policies/desktop.toml names gnome-shell.
+# The probe's threads are named `probe`; its process keeps the binary's name, so `comm` never
+# matched it (explain showed DEFAULT). A thread rule of the binary, named by its full path in a
+# root-owned directory, as policies/desktop.toml matches a browser's Renderer threads (a
+# thread name alone never raises an unprivileged task, docs/security.md).
 [[rules]]
 name = "probe"
-comm = "probe"
 exe = "/usr/local/bin/canopy-guest"
-class = "USER_INTERACTIVE"
+class = "DEFAULT"
+threads = [{ name = "probe", class = "USER_INTERACTIVE" }]
 
 [groups.apps]
 path = "user.slice/user-*.slice/user@*.service/app.slice/app-*.scope"
