@@ -21,4 +21,20 @@ cargo clippy -p canopy -p canopy-controller -p canopy-sys --locked -- -D warning
 cargo test --workspace --locked --no-run
 wait "$prepare" || echo "run-all: preparing the VM tests failed (see below); the tests retry it" >&2
 grep '^prepare-vm-tests:' "$target/prepare-vm-tests.log" >&2 || tail -n 20 "$target/prepare-vm-tests.log" >&2
-cargo test --workspace --locked --no-fail-fast
+# Every test; then, when some failed, their names and messages once more at the very end: CI
+# shows the head and the tail of the output, and a failing test's message otherwise sits in the
+# middle, before the results of the test binaries that ran after it.
+log="$target/test-output.log"
+status=0
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "run-all: cargo test failed (exit $status); the failing tests and their messages:" >&2
+  awk '
+    /^---- .* ----$/ { section = $0; shown = 0; next }
+    /^thread .* panicked at / || /^Error: / { print section; shown = 30 }
+    shown > 0 { print; shown--; if (/^note: run with/) shown = 0 }
+    /^test .* \.\.\. FAILED$/ { failed[++count] = $0 }
+    END { for (i = 1; i <= count; i++) print failed[i] }
+  ' "$log" >&2 || true
+fi
+exit "$status"

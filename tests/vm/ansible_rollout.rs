@@ -94,12 +94,25 @@ fn playbook(guest: &RunningGuest, dir: &Path, playbook: &str, vars: &[(&str, &Pa
             .env("ANSIBLE_CALLBACKS_ENABLED", "ansible.posix.profile_tasks")
             .output()
             .expect("ansible-playbook is installed (scripts/install-deps.sh)");
-    println!(
-        "ansible-playbook {playbook} with {vars:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The recap of a play that succeeded, the last 40 lines (the failed task and the recap) of
+    // one that failed (one refusal is expected): a failure elsewhere in the scenario stays
+    // readable in CI's cut of the output.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        let recap = stdout.rfind("PLAY RECAP").map_or("", |at| &stdout[at..]);
+        println!(
+            "ansible-playbook {playbook} with {vars:?}: {}\n{recap}",
+            out.status
+        );
+    } else {
+        let lines: Vec<&str> = stdout.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        println!(
+            "ansible-playbook {playbook} with {vars:?}: {} (its last 40 lines)\n{tail}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     out
 }
 

@@ -61,7 +61,13 @@ user_settable = true
 "#;
 
 const SCRIPT: &str = r#"
-export LC_ALL=C
+export LC_ALL=C DEBIAN_FRONTEND=noninteractive
+# After the Ansible step canopy is installed; on a fresh boot (this step again after an
+# emulator fault) the package is installed here.
+if ! dpkg-query -W -f='${Status}' canopy 2>/dev/null | grep -q 'install ok installed'; then
+  apt-get install -y -q /root/canopy_*-2_amd64.deb > /root/apt-install.log 2>&1 \
+    || { cat /root/apt-install.log; exit 1; }
+fi
 cp /root/desktop-policy.toml /etc/canopy/policy.toml
 rm -rf /etc/canopy/policy.d
 systemctl restart canopy
@@ -134,8 +140,8 @@ canopy-guest report desktop-mode \
 as_user systemctl --user stop app-build.scope app-editor.scope || true
 "#;
 
-/// Runs the desktop session in a guest where the package is installed and canopy runs, with
-/// [`POLICY`] at [`POLICY_PATH`]; leaves canopy running that policy.
+/// Runs the desktop session in a guest with revision 2 of the package in /root (installed
+/// first unless it is) and [`POLICY`] at [`POLICY_PATH`]; leaves canopy running that policy.
 pub fn focus_kwin_hook_and_build_load(guest: &RunningGuest) -> anyhow::Result<()> {
     let outcome = guest.run_script("desktop-session", SCRIPT)?;
     println!("{}", outcome.summary());

@@ -21,6 +21,16 @@ use std::path::Path;
 
 use canopy_vmtest::RunningGuest;
 
+/// Where the systemd guest has the drop-in below from boot on (an administrator's file: the
+/// package neither ships nor purges it).
+pub const EMULATED_GUEST_DROP_IN_PATH: &str =
+    "/etc/systemd/system/canopy.service.d/emulated-guest.conf";
+
+/// TCG on a host loaded by builds loads the root scheduler 50-100x slower than hardware: more
+/// than the daemon's default 60 s wait, after which `auto` would fall back. The administrator's
+/// knob for slow machines raises it (the unit then asks systemd for the time).
+pub const EMULATED_GUEST_DROP_IN: &str = "[Service]\nExecStart=\nExecStart=/usr/bin/canopy run --policy /etc/canopy --scheduler-start-timeout-s 600\n";
+
 const SCRIPT: &str = r#"
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 report() { canopy-guest report "$@"; }
@@ -56,12 +66,8 @@ sleep 2
 split split-fair
 attrs > /root/attrs-before
 
-# 2. Install. TCG on a host loaded by builds loads the root scheduler 50-100x slower than
-#    hardware: more than the daemon's default 60 s wait, after which `auto` would fall back. The
-#    administrator's knob for slow machines raises it (the unit then asks systemd for the time).
-mkdir -p /etc/systemd/system/canopy.service.d
-printf '[Service]\nExecStart=\nExecStart=/usr/bin/canopy run --policy /etc/canopy --scheduler-start-timeout-s 600\n' \
-  > /etc/systemd/system/canopy.service.d/emulated-guest.conf
+# 2. Install (the unit's drop-in for the emulated guest is in place from boot:
+#    EMULATED_GUEST_DROP_IN).
 apt-get install -y -q ./canopy_*-1_amd64.deb > /root/apt-install.log 2>&1 \
   || { cat /root/apt-install.log; exit 1; }
 wait_active

@@ -47,7 +47,7 @@ pub use paths::{log_dir, repo_root, target_dir};
 pub use qemu::Accel;
 /// Re-exported so scenario tests can read results without their own dependency.
 pub use serde_json;
-pub use systemd_guest::{systemd_image, RunningGuest, SystemdGuest, SystemdImage};
+pub use systemd_guest::{systemd_image, GuestStep, RunningGuest, SystemdGuest, SystemdImage};
 
 use error::{io_error, spawn_error};
 use qemu::{Launch, RunningQemu, SerialEvent};

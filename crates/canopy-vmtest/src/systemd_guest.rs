@@ -26,8 +26,10 @@
 //! ```
 //!
 //! Both hold the machine-wide VM lock for the guest's whole life and retry a boot (at most
-//! [`EMULATOR_FAULT_RETRIES`] times) whose kernel panicked before the system came up: qemu
-//! TCG's stale-code `Oops: int3` hits about one boot in seven.
+//! [`EMULATOR_BOOT_FAULT_RETRIES`] times) whose kernel panicked before the system came up: qemu
+//! TCG's stale-code `Oops: int3` hits about one boot in seven here, and CI saw two in a row
+//! (each costs the 5 s to the panic). [`SystemdGuest::run_steps`] resumes a run of steps at
+//! the step the fault struck.
 //!
 //! This file is the builder and the boot (retries, the qemu command line, judging the
 //! console); beside it in `systemd_guest/`: `image` (the cached disk image), `payload` (the
@@ -46,7 +48,6 @@ use crate::paths::{log_dir, target_dir, vm_lock_path};
 use crate::qemu::{self, Accel, RunningQemu};
 use crate::{
     hit_emulator_text_patching_fault, judge_console, kernel_release_of, read_console, Outcome,
-    EMULATOR_FAULT_RETRIES,
 };
 
 mod image;
@@ -55,6 +56,21 @@ mod ssh;
 pub use image::{systemd_image, SystemdImage};
 use payload::{write_payload, PayloadFile};
 pub use ssh::RunningGuest;
+
+/// How often a boot of the systemd guest that died before the system came up is retried
+/// (cheap: such a boot dies within seconds).
+pub const EMULATOR_BOOT_FAULT_RETRIES: u32 = 4;
+
+/// How often [`SystemdGuest::run_steps`] boots again after the emulator's fault struck a step
+/// (each costs a boot and that step again).
+pub const EMULATOR_STEP_FAULT_RETRIES: u32 = 3;
+
+/// One step of [`SystemdGuest::run_steps`]: its name (printed with its time and named in its
+/// errors) and what it does to the running guest.
+pub struct GuestStep<'a> {
+    pub name: &'a str,
+    pub run: &'a dyn Fn(&RunningGuest) -> anyhow::Result<()>,
+}
 
 /// One boot of the systemd guest. Build it with the `with_*` methods, then [`run`](Self::run)
 /// a scenario or [`boot`](Self::boot) it for SSH.
@@ -217,45 +233,61 @@ impl SystemdGuest {
         )
     }
 
-    /// Boots, runs `steps` against the running guest (SSH, [`RunningGuest::run_script`]) and
-    /// powers it off; returns the poweroff's duration. Many steps share one boot this way. As
-    /// with [`run`](Self::run), a guest that died of the emulator's `Oops: int3` (at any point:
-    /// in a long boot sched_ext is enabled and disabled many times) is booted again and every
-    /// step runs again, at most [`EMULATOR_FAULT_RETRIES`] times; any other failure (an error
-    /// or a failed assertion in a step) is final.
-    pub fn run_steps(
-        &self,
-        steps: impl Fn(&RunningGuest) -> anyhow::Result<()>,
-    ) -> anyhow::Result<Duration> {
-        let mut retries = 0;
-        loop {
+    /// Boots, runs `steps` in order against the running guest (SSH, [`RunningGuest::run_script`])
+    /// and powers it off; returns the poweroff's duration. Many steps share one boot this way;
+    /// each step's boot, run and the poweroff are timed on stdout.
+    ///
+    /// A guest that died of the emulator's `Oops: int3` (at any point: in a long boot sched_ext
+    /// is enabled and disabled many times) is booted again and the run resumes at the step that
+    /// failed, so a fault costs one step, not the whole run; at most
+    /// [`EMULATOR_STEP_FAULT_RETRIES`] times in a run. Every step must therefore start as well on
+    /// a freshly booted guest as after the step before it. Any other failure (an error or a
+    /// failed assertion in a step) is final.
+    pub fn run_steps(&self, steps: &[GuestStep<'_>]) -> anyhow::Result<Duration> {
+        let mut next = 0;
+        let mut faults = 0;
+        'boot: loop {
             let guest = self.boot()?;
-            let log_path = guest.log_path.clone();
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| steps(&guest)));
-            let failed = !matches!(outcome, Ok(Ok(())));
-            if failed
-                && retries < EMULATOR_FAULT_RETRIES
-                && hit_emulator_text_patching_fault(&log_path)
-            {
-                drop(guest);
-                retries += 1;
-                eprintln!(
-                    "canopy-vmtest: `{}`: the systemd guest died of qemu TCG's `Oops: int3` \
-                     during its steps (an emulator fault, not the scenario's; log {}); every \
-                     step again, retry {retries} of {EMULATOR_FAULT_RETRIES}",
-                    self.name,
-                    log_path.display()
+            println!(
+                "systemd guest: boot (qemu start to SSH): {:.1} s",
+                guest.booted_in().as_secs_f64()
+            );
+            while let Some(step) = steps.get(next) {
+                let started = std::time::Instant::now();
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (step.run)(&guest)));
+                println!(
+                    "systemd guest: {}: {:.1} s",
+                    step.name,
+                    started.elapsed().as_secs_f64()
                 );
-                continue;
-            }
-            match outcome {
-                Ok(Ok(())) => return Ok(guest.shutdown()?),
-                Ok(Err(err)) => return Err(err),
-                Err(panic) => {
+                let failed = !matches!(outcome, Ok(Ok(())));
+                if failed
+                    && faults < EMULATOR_STEP_FAULT_RETRIES
+                    && hit_emulator_text_patching_fault(&guest.log_path)
+                {
+                    faults += 1;
+                    eprintln!(
+                        "canopy-vmtest: `{}`: the systemd guest died of qemu TCG's `Oops: int3` \
+                         in step `{}` (an emulator fault, not the scenario's; log {}); that step \
+                         again on a new boot, retry {faults} of {EMULATOR_STEP_FAULT_RETRIES}",
+                        self.name,
+                        step.name,
+                        guest.log_path.display()
+                    );
                     drop(guest);
-                    std::panic::resume_unwind(panic)
+                    continue 'boot;
+                }
+                match outcome {
+                    Ok(Ok(())) => next += 1,
+                    Ok(Err(err)) => return Err(err.context(format!("step `{}`", step.name))),
+                    Err(panic) => {
+                        drop(guest);
+                        std::panic::resume_unwind(panic)
+                    }
                 }
             }
+            return Ok(guest.shutdown()?);
         }
     }
 
@@ -302,7 +334,7 @@ impl SystemdGuest {
             let result = attempt(&mut prepared);
             prepared.remove_payload();
             if result.is_err()
-                && retries < EMULATOR_FAULT_RETRIES
+                && retries < EMULATOR_BOOT_FAULT_RETRIES
                 && (hit_emulator_text_patching_fault(&prepared.log_path)
                     || panicked_before_boot(&prepared.log_path))
             {
@@ -310,7 +342,7 @@ impl SystemdGuest {
                 eprintln!(
                     "canopy-vmtest: `{}`: the systemd guest died of qemu TCG's `Oops: int3` or \
                      panicked before the system came up (an emulator fault, not the scenario's; \
-                     log {}); retry {retries} of {EMULATOR_FAULT_RETRIES}",
+                     log {}); retry {retries} of {EMULATOR_BOOT_FAULT_RETRIES}",
                     self.name,
                     prepared.log_path.display()
                 );
