@@ -17,12 +17,15 @@
  * ENQ), plainly where we own the cid (ENQ). We never insert directly from
  * select_cid/enqueue: tasks wait on our DSQ and run when the parent hands us a
  * cid through scx_bpf_sub_dispatch(), so the parent's accounting sees all of
- * our CPU time. We kick an idle cid we hold when work arrives.
+ * our CPU time. We kick an idle cid we hold when work arrives; when none is idle,
+ * a waking task of a preempting class with preemption budget left (preempt_budget.bpf.h)
+ * asks the root for a cid through the map the two share (child_wake.bpf.h).
  *
  * Known cost: one extra kick on wake-ups that find an idle cid, against
  * inserting directly there.
  */
-#include "class_vtime.bpf.h"
+#include "preempt_budget.bpf.h"
+#include "child_wake.bpf.h"
 
 char _license[] SEC("license") = "GPL";
 
@@ -79,18 +82,22 @@ s32 CANOPY_OP(canopy_child_select_cid, struct task_struct *p, s32 prev_cid, u64 
 void CANOPY_OP(canopy_child_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	u32 nr = scx_bpf_nr_cids();
+	u32 class = decide_class(p);
 	int i;
 
-	queue_by_class(p, decide_class(p), CANOPY_OWN_DSQ, enq_flags);
+	queue_by_class(p, class, CANOPY_OWN_DSQ, enq_flags);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		if (cid_is_idle(i) && (caps_on(i) & KCONST(SCX_CAP_ENQ_IMMED)) &&
 		    task_may_run_on(p, i)) {
 			scx_bpf_kick_cid(i, KCONST(SCX_KICK_IDLE));
 			stat_inc(CANOPY_STAT_IDLE_KICKS);
-			break;
+			return;
 		}
 	}
+	/* no idle cid: a preempting-class wakeup with budget left asks the root for one */
+	if ((enq_flags & KCONST(SCX_ENQ_WAKEUP)) && may_preempt(p, class_of(class)))
+		ask_root_for_cid(p, attach_cgroup_id);
 }
 
 void CANOPY_OP(canopy_child_dispatch, s32 cid, struct task_struct *prev)
@@ -122,7 +129,12 @@ void CANOPY_OP(canopy_child_running, struct task_struct *p)
 
 void CANOPY_OP(canopy_child_stopping, struct task_struct *p, bool runnable)
 {
-	class_vtime_stopping(p, scx_bpf_now(), 0);
+	struct task_ctx *tctx = task_ctx_of(p);
+	u64 now = scx_bpf_now();
+
+	if (tctx && tctx->running_at && now > tctx->running_at)
+		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
+	class_vtime_stopping(p, now, 0);
 }
 
 void CANOPY_OP(canopy_child_update_idle, s32 cid, bool idle)

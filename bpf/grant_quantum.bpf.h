@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * grant_quantum.bpf.h: how long a child scheduler keeps a cid canopy_root granted it. It owns
- * the per-cid quantum timers (`cid_quanta`) and reclaim_child_cid(), which takes a cid back
- * from a child when the root's own tasks are queued.
+ * the per-cid quantum timers (`cid_quanta`), reclaim_child_cid(), which takes a cid back
+ * from a child when the root's own tasks are queued, and the root's side of a canopy child's
+ * request for a cid when its preempting-class task wakes (child_wake_fired(); the request and
+ * its worked example are in child_wake.bpf.h).
  *
  * Policy: a child's task runs for the slice its own scheduler chose, which may be 20 ms or a
  * second. While another member has work, each grant to a child is cut at CANOPY_QUANTUM_NS
@@ -24,6 +26,7 @@
 #define CANOPY_GRANT_QUANTUM_BPF_H
 
 #include "cid_grants.bpf.h"
+#include "child_wake.bpf.h"
 
 /* One timer per cid, cutting a child's grant at the quantum (see the top of this file). */
 struct cid_quantum {
@@ -146,15 +149,97 @@ static __always_inline void reclaim_child_cid(struct task_struct *p, bool urgent
 	bpf_timer_start(&quantum->timer, oldest_since + CANOPY_QUANTUM_NS - now, 0);
 }
 
-/* Called once per cid from init. */
+/* The member slot of the child attached at @cgroup_id, NO_OWNER when none is. */
+static __always_inline u32 member_slot_of_cgroup(u64 cgroup_id)
+{
+	int i;
+
+	canopy_for(i, 1, CANOPY_MAX_MEMBERS) {
+		struct canopy_member *m = member_of(i);
+
+		if (m && m->active && m->cgroup_id == cgroup_id)
+			return i;
+	}
+	return NO_OWNER;
+}
+
+/*
+ * May @cid be taken back for a waking preempting-class task of the child in slot @asker? When
+ * another child holds it, or one of our own tasks of a preemptible class runs there (the rule
+ * of our own wakeups, cid_preemptible_for in canopy_root.bpf.c; the child's task's affinity is
+ * not known here, and its child's dispatch places it where it may run).
+ */
+static __always_inline bool cid_takeable_for_child(s32 cid, u32 asker)
+{
+	struct cid_state *cs = cid_state_of(cid);
+	struct canopy_class_params *victim;
+
+	if (!cs || cs->owner == NO_OWNER || cs->owner == asker)
+		return false;
+	if (cs->owner != CANOPY_SELF_SLOT)
+		return true;
+	if (cs->running_class >= NO_CLASS)
+		return false;
+	victim = class_of(cs->running_class);
+	if (!victim)
+		return false;
+	if (victim->preemptible)
+		return true;
+	return victim->preemptible_after_us &&
+	       scx_bpf_now() - cs->since >= victim->preemptible_after_us * 1000ULL;
+}
+
+/*
+ * A canopy child asked for a cid (child_wake.bpf.h): take back the cid its task last ran on if
+ * that one may be taken, else the one another child has held longest, else one running our
+ * own preemptible task. The kick only sends the cid through dispatch, which offers it by
+ * member vtime as always.
+ */
+static int child_wake_fired(void *map, u32 *key, struct child_wake_request *request)
+{
+	u32 nr = scx_bpf_nr_cids(), asker;
+	u64 oldest_since = (u64)-1;
+	s32 victim = -1;
+	int i;
+
+	asker = member_slot_of_cgroup(request->cgroup_id);
+	if (asker == NO_OWNER)
+		return 0;
+	if (cid_takeable_for_child(*key, asker)) {
+		victim = *key;
+	} else {
+		canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+			struct cid_state *cs = cid_state_of(i);
+
+			if (cs && cid_takeable_for_child(i, asker) && cs->since < oldest_since) {
+				victim = i;
+				oldest_since = cs->since;
+			}
+		}
+	}
+	if (victim < 0) {
+		stat_inc(CANOPY_STAT_CHILD_WAKE_UNSERVED);
+		return 0;
+	}
+	scx_bpf_kick_cid(victim, KCONST(SCX_KICK_PREEMPT));
+	stat_inc(CANOPY_STAT_CHILD_WAKE_KICKS);
+	return 0;
+}
+
+/* Called once per cid from init: the cid's quantum timer and its child-wake request timer. */
 static __always_inline void init_quantum(u32 cid)
 {
 	struct cid_quantum *quantum = bpf_map_lookup_elem(&cid_quanta, &cid);
+	struct child_wake_request *request = bpf_map_lookup_elem(&child_wake_requests, &cid);
 
-	if (!quantum)
-		return;
-	bpf_timer_init(&quantum->timer, &cid_quanta, 1 /* CLOCK_MONOTONIC */);
-	bpf_timer_set_callback(&quantum->timer, quantum_expired);
+	if (quantum) {
+		bpf_timer_init(&quantum->timer, &cid_quanta, 1 /* CLOCK_MONOTONIC */);
+		bpf_timer_set_callback(&quantum->timer, quantum_expired);
+	}
+	if (request) {
+		bpf_timer_init(&request->timer, &child_wake_requests, 1 /* CLOCK_MONOTONIC */);
+		bpf_timer_set_callback(&request->timer, child_wake_fired);
+	}
 }
 
 #endif /* CANOPY_GRANT_QUANTUM_BPF_H */

@@ -305,6 +305,8 @@ enum canopy_stat {
 	CANOPY_STAT_QUOTA_SKIPS, /* queued tasks a dispatch passed over because their cgroup used its cpu.max quota */
 	CANOPY_STAT_PREEMPT_BUDGET_SPENT, /* preempting-class wakeups queued instead: the task spent its preemption budget */
 	CANOPY_STAT_CHILD_CIDS_RECLAIMED, /* CPUs taken back from a child's grant past the quantum because own tasks were queued */
+	CANOPY_STAT_CHILD_WAKE_KICKS, /* CPUs taken back for a canopy child whose preempting-class task woke (child_wake.bpf.h) */
+	CANOPY_STAT_CHILD_WAKE_UNSERVED, /* such requests that found nothing to take: every CPU the asker's, or running an own task not preemptible */
 	CANOPY_NR_STATS,
 };
 

@@ -5,7 +5,9 @@
 //! before load. It shares the root's class tables (the pinned `class_params`, `task_classes`,
 //! `policy_defaults` and `group_policy`, whose state limits clamp classes at enqueue) so the
 //! controller tags a task once whichever scheduler owns it, and a reload that rewrites the class
-//! table or the default class reaches every child without re-attaching it. As with
+//! table or the default class reaches every child without re-attaching it; and the root's
+//! `child_wake_requests`, through which a child asks the root for a CPU for a waking
+//! USER_INTERACTIVE task (bpf/child_wake.bpf.h). As with
 //! the root, the exit record is checked right after attaching (`attach.rs`): the parent may
 //! have refused the child (admission) and the kernel still returns a link.
 use std::path::Path;
@@ -103,6 +105,7 @@ pub fn attach_child(
         ("policy_defaults", &mut open.maps.policy_defaults),
         ("move_stamps", &mut open.maps.move_stamps),
         ("move_log", &mut open.maps.move_log),
+        ("child_wake_requests", &mut open.maps.child_wake_requests),
     ] {
         let pinned = canopy_sys::sched_ext::pinned_map(name);
         if pinned.exists() {

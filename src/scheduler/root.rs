@@ -48,6 +48,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "admission_events",
     "move_stamps",
     "move_log",
+    "child_wake_requests",
 ];
 
 pub struct RootScheduler {

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! Scheduler scenarios: the classes of the root's own tasks: a USER_INTERACTIVE task's wakeup
-//! latency under BACKGROUND load against the fair scheduler and schedqos's mapping, and a group
-//! state's class ceiling enforced at enqueue.
+//! latency under BACKGROUND load against the fair scheduler and schedqos's mapping, the same
+//! for a task in one canopy child under another child's build, and a group state's class
+//! ceiling enforced at enqueue.
 use std::time::Duration;
 
-use crate::support::{start_root_with_children, STOP_ROOT};
+use crate::support::{children_config, start_root_with_children, STOP_ROOT};
 
 /// Wakeups of a preempting class (USER_INTERACTIVE) the root saw, over every path, and how many
 /// of them took over 1 ms to run, from the root's `stats` (`canopy scheduler status --json`).
@@ -142,6 +143,94 @@ canopy-guest report root-status status=@/tmp/status.json
     assert!(
         canopy_p90 < fair_p90 && canopy_p90 < schedqos_p90,
         "canopy p90 {canopy_p90} us does not beat fair ({fair_p90} us) and schedqos ({schedqos_p90} us)"
+    );
+    Ok(())
+}
+
+/// Issue 12's desktop shape in the busybox guest: a USER_INTERACTIVE cyclictest in one canopy
+/// child (`app-probe`, as an app scope of `policies/desktop.toml`'s `apps` group gets) beside a
+/// build of 4 busy BACKGROUND threads in another (`app-build`). The kernel tells the root
+/// nothing when a child's task wakes, and a child may not preempt the other child's task, so
+/// before bpf/child_wake.bpf.h the probe waited for the build's 20 ms slice: p99 18.8 and
+/// 20.0 ms in two systemd-guest runs (session 7) against a 3.9 ms floor. The child now asks
+/// the root for a cid through the map they share.
+///
+/// Gates: canopy's p99 at most 1.5x the platform floor (the same cyclictest as SCHED_FIFO 50
+/// under the same build on the fair scheduler, this boot), as `interactive_task_latency_under_
+/// background_load` gates the root's own tasks; the root took cids back for the child (its
+/// `child_wake_kicks` counter).
+#[test]
+fn an_interactive_task_in_one_child_is_not_held_up_by_another_childs_build() -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/app-build /sys/fs/cgroup/app-probe
+BUILD='echo $$ > /sys/fs/cgroup/app-build/cgroup.procs; exec canopy-guest hog --threads 4 --comm cc1'
+in_probe() {{ sh -c 'echo $$ > /sys/fs/cgroup/app-probe/cgroup.procs; exec "$@"' sh "$@"; }}
+in_probe canopy-guest latency --seconds 10 --histogram-us 200000 --load "$BUILD" --kind child-latency-fifo-floor -- -p 50
+{start}
+canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 20 > /tmp/tagger.log 2>&1 &
+in_probe canopy-guest latency --seconds 10 --histogram-us 200000 --load "$BUILD" --kind child-latency-canopy
+canopy-guest report tagged log="$(tr '\n' '|' < /tmp/tagger.log)"
+canopy scheduler status --json --interval-ms 100 > /tmp/status.json
+canopy-guest report root-status status=@/tmp/status.json
+{STOP_ROOT}
+"#,
+        start = start_root_with_children(2)
+    );
+    let outcome = crate::scenario("sched-child-latency")
+        .with_debian_tools(&["cyclictest"])
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            children_config(&["app-build", "app-probe"]).replacen(
+                '{',
+                r#"{"default_class":"BACKGROUND","#,
+                1,
+            ),
+            0o644,
+        )
+        .timeout(Duration::from_secs(240))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let p99 = |kind: &str| -> anyhow::Result<f64> {
+        let latency = outcome.result(kind)?;
+        println!("{kind}: {latency}");
+        Ok(latency["p99_us"].as_f64().unwrap_or(f64::NAN))
+    };
+    let floor = p99("child-latency-fifo-floor")?;
+    let canopy = p99("child-latency-canopy")?;
+    let stats = &outcome.result("root-status")?["status"]["stats"];
+    let kicks = stats["child_wake_kicks"].as_u64().unwrap_or(0);
+    let unserved = stats["child_wake_unserved"].as_u64().unwrap_or(0);
+    println!(
+        "cyclictest p99 in one child under another child's build: canopy {canopy} us, \
+         SCHED_FIFO floor {floor} us; the root took {kicks} cids back for the child \
+         ({unserved} requests found nothing to take)"
+    );
+    let tagged = outcome.result("tagged")?;
+    assert!(
+        tagged["log"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tagged cyclictest"),
+        "cyclictest was never tagged USER_INTERACTIVE: {tagged}"
+    );
+    assert!(floor.is_finite() && floor > 0.0, "no floor measured");
+    assert!(
+        kicks >= 1000,
+        "the root took back only {kicks} cids for the child's USER_INTERACTIVE wakeups"
+    );
+    assert!(
+        canopy <= 1.5 * floor,
+        "canopy p99 {canopy} us in a child is above the platform floor (SCHED_FIFO p99 {floor} us) x 1.5"
+    );
+    let stopped = outcome.result("root-stopped")?;
+    assert!(
+        stopped["log"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unloaded"),
+        "the root did not survive until its orderly stop: {stopped}"
     );
     Ok(())
 }
