@@ -19,7 +19,10 @@
  * cid through scx_bpf_sub_dispatch(), so the parent's accounting sees all of
  * our CPU time. We kick an idle cid we hold when work arrives; when none is idle,
  * a waking task of a preempting class with preemption budget left (preempt_budget.bpf.h)
- * asks the root for a cid through the map the two share (child_wake.bpf.h).
+ * waits on CHILD_URGENT_DSQ (dispatched first) and preempts one of our own preemptible
+ * tasks as the root does for its own (a kick with SCX_KICK_PREEMPT: our own subtree needs no
+ * cap), else asks the root for a cid through the map the two share (child_wake.bpf.h). Either
+ * way the cid goes through the root's dispatch, which offers it by member vtime.
  *
  * Known cost: one extra kick on wake-ups that find an idle cid, against
  * inserting directly there.
@@ -45,8 +48,52 @@ u64 own_dispatches;
 u64 cid_caps[CANOPY_MAX_CIDS];
 u64 idle_cids[CANOPY_MAX_CIDS / 64];
 
+/*
+ * Preempting-class wakeups with preemption budget left wait here, ahead of CANOPY_OWN_DSQ's
+ * vtime order (a waking task is placed at most a slice behind the latest vtime, so queued
+ * BACKGROUND tasks could still come first): the root puts its own such wakers straight on a
+ * cid, and we insert only from dispatch, so our dispatch takes this queue first.
+ */
+#define CHILD_URGENT_DSQ 3
+
 /* the cids we hold a cap on, as the kernel reports them (arena: the kernel writes it) */
 struct canopy_cmask __arena held_mask;
+
+/* Which of our tasks runs on a cid: its class (CANOPY_MAX_CLASSES: none of ours) and since when. */
+struct own_run {
+	u32 class;
+	u32 pad;
+	u64 since;
+};
+struct own_run own_runs[CANOPY_MAX_CIDS];
+
+static __always_inline struct own_run *own_run_on(s32 cid)
+{
+	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
+		return NULL;
+	return &own_runs[cid & (CANOPY_MAX_CIDS - 1)];
+}
+
+/*
+ * Is one of our own tasks running on @cid that a waking @p may preempt? The root's rule for
+ * its own tasks (cid_preemptible_for in canopy_root.bpf.c): a preemptible class at once,
+ * DEFAULT once it has run preemptible_after_us. Preempting our own subtree's task needs no cap.
+ */
+static __always_inline bool own_task_preemptible_on(struct task_struct *p, s32 cid)
+{
+	struct own_run *run = own_run_on(cid);
+	struct canopy_class_params *victim;
+
+	if (!run || run->class >= CANOPY_MAX_CLASSES || !task_may_run_on(p, cid))
+		return false;
+	victim = class_of(run->class);
+	if (!victim)
+		return false;
+	if (victim->preemptible)
+		return true;
+	return victim->preemptible_after_us &&
+	       scx_bpf_now() - run->since >= victim->preemptible_after_us * 1000ULL;
+}
 
 static __always_inline u64 caps_on(s32 cid)
 {
@@ -83,9 +130,11 @@ void CANOPY_OP(canopy_child_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	u32 nr = scx_bpf_nr_cids();
 	u32 class = decide_class(p);
+	bool urgent = (enq_flags & KCONST(SCX_ENQ_WAKEUP)) && may_preempt(p, class_of(class));
+	s32 own;
 	int i;
 
-	queue_by_class(p, class, CANOPY_OWN_DSQ, enq_flags);
+	queue_by_class(p, class, urgent ? CHILD_URGENT_DSQ : CANOPY_OWN_DSQ, enq_flags);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		if (cid_is_idle(i) && (caps_on(i) & KCONST(SCX_CAP_ENQ_IMMED)) &&
@@ -95,9 +144,26 @@ void CANOPY_OP(canopy_child_enqueue, struct task_struct *p, u64 enq_flags)
 			return;
 		}
 	}
-	/* no idle cid: a preempting-class wakeup with budget left asks the root for one */
-	if ((enq_flags & KCONST(SCX_ENQ_WAKEUP)) && may_preempt(p, class_of(class)))
-		ask_root_for_cid(p, attach_cgroup_id);
+	if (!urgent)
+		return;
+	/*
+	 * No idle cid, and a preempting-class wakeup with budget left: preempt one of our own
+	 * preemptible tasks (its own cid first: no IPI), else ask the root for a cid.
+	 */
+	own = scx_bpf_task_cid(p);
+	if (own_task_preemptible_on(p, own)) {
+		scx_bpf_kick_cid(own, KCONST(SCX_KICK_PREEMPT));
+		stat_inc(CANOPY_STAT_PREEMPT_KICKS);
+		return;
+	}
+	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
+		if (own_task_preemptible_on(p, i)) {
+			scx_bpf_kick_cid(i, KCONST(SCX_KICK_PREEMPT));
+			stat_inc(CANOPY_STAT_PREEMPT_KICKS);
+			return;
+		}
+	}
+	ask_root_for_cid(p, attach_cgroup_id);
 }
 
 void CANOPY_OP(canopy_child_dispatch, s32 cid, struct task_struct *prev)
@@ -106,7 +172,8 @@ void CANOPY_OP(canopy_child_dispatch, s32 cid, struct task_struct *prev)
 
 	if (!(caps_on(cid) & KCONST(SCX_CAP_ENQ)))
 		flags = KCONST(SCX_ENQ_IMMED);
-	if (scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_OWN_DSQ, flags)) {
+	if (scx_bpf_dsq_move_to_local___v2___canopy(CHILD_URGENT_DSQ, flags) ||
+	    scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_OWN_DSQ, flags)) {
 		stat_inc(CANOPY_STAT_OWN_DISPATCHES);
 		if (flags)
 			stat_inc(CANOPY_STAT_IMMED_INSERTS);
@@ -124,13 +191,25 @@ void CANOPY_OP(canopy_child_dispatch, s32 cid, struct task_struct *prev)
 
 void CANOPY_OP(canopy_child_running, struct task_struct *p)
 {
-	class_vtime_running(p, scx_bpf_now());
+	struct task_ctx *tctx = task_ctx_of(p);
+	struct own_run *run = own_run_on(scx_bpf_task_cid(p));
+	u64 now = scx_bpf_now();
+
+	class_vtime_running(p, now);
+	if (run) {
+		run->class = tctx ? tctx->class : CANOPY_MAX_CLASSES;
+		run->since = now;
+	}
 }
 
 void CANOPY_OP(canopy_child_stopping, struct task_struct *p, bool runnable)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
+	struct own_run *run = own_run_on(scx_bpf_task_cid(p));
 	u64 now = scx_bpf_now();
+
+	if (run)
+		run->class = CANOPY_MAX_CLASSES;
 
 	if (tctx && tctx->running_at && now > tctx->running_at)
 		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
@@ -187,8 +266,14 @@ static void seed_caps(u64 cap)
 
 s32 CANOPY_OP_SLEEPABLE(canopy_child_init)
 {
+	u32 cid;
+
+	for (cid = 0; cid < CANOPY_MAX_CIDS; cid++)
+		own_runs[cid].class = CANOPY_MAX_CLASSES;
 	seed_caps(KCONST(SCX_CAP_ENQ_IMMED));
 	seed_caps(KCONST(SCX_CAP_ENQ));
+	if (scx_bpf_create_dsq(CHILD_URGENT_DSQ, -1))
+		return -ENOMEM;
 	return scx_bpf_create_dsq(CANOPY_OWN_DSQ, -1);
 }
 
