@@ -34,6 +34,7 @@ use super::config::SchedulerConfig;
 use super::config_from_plan::config_from_plan;
 use super::group_policy_map::daemon_edit;
 use super::group_policy_map::daemon_forget_edit;
+use super::group_policy_map::is_gone;
 use super::group_policy_map::DaemonTerms;
 use super::group_policy_map::GroupPolicyBatch;
 use super::supervisor::supervise;
@@ -232,8 +233,15 @@ impl PinnedMaps {
     }
 }
 
+/// A map error for the controller. A `group_policy` write for a cgroup that is gone keeps its
+/// kind (NotFound): the controller takes it for the cgroup's removal, not a failure.
 fn io_error(error: libbpf_rs::Error) -> std::io::Error {
-    std::io::Error::other(error.to_string())
+    let kind = if is_gone(&error) {
+        std::io::ErrorKind::NotFound
+    } else {
+        std::io::ErrorKind::Other
+    };
+    std::io::Error::new(kind, error.to_string())
 }
 
 impl ScxMaps for PinnedMaps {
@@ -250,7 +258,9 @@ impl ScxMaps for PinnedMaps {
 
     fn set_group(&mut self, cgroup_id: u64, policy: &ScxGroupPolicy) -> std::io::Result<()> {
         // The supervisor owns admission (which sub-schedulers a group admits); the daemon owns
-        // the share terms of the group's current state. Keep the one, replace the other.
+        // the share terms of the group's current state. Keep the one, replace the other. The
+        // entry exists from the cgroup's mkdir to its rmdir (canopy_root makes it): a cgroup
+        // removed before this write gives NotFound, which the controller counts as gone.
         let terms = DaemonTerms {
             weight: policy.weight.unwrap_or(0),
             guarantee_pct: policy.guarantee_pct,
@@ -268,10 +278,9 @@ impl ScxMaps for PinnedMaps {
 
     fn clear_group(&mut self, cgroup_id: u64) {
         // The daemon forgets a group's cgroup when it is removed (or no longer matches after a
-        // reload): its entry goes with it, so mkdir/rmdir churn does not fill the map (issue
-        // 10, acceptance g). An entry that admits sub-schedulers belongs to the supervisor's
-        // configured group (it removes that entry with its group) and stays. Absent already
-        // (the supervisor removed it meanwhile) is fine.
+        // reload): the entry is disowned (a removed cgroup's entry went at its rmdir, so
+        // ENOENT here is fine). An entry that admits sub-schedulers belongs to the
+        // supervisor's configured group (it disowns it with its group) and stays.
         let mut batch = GroupPolicyBatch::new(&self.group_policy, &self.group_policy_version);
         let _ = batch.edit(cgroup_id, daemon_forget_edit);
         let _ = batch.finish();

@@ -10,6 +10,14 @@
 //! So every read-edit-write and every version bump here runs under one process-wide mutex
 //! (`GROUP_POLICY_LOCK`, a static: the two writers hold different map handles).
 //!
+//! Userspace never creates an entry: canopy_root makes every cgroup's entry (unowned) at its
+//! mkdir and deletes it at its rmdir (bpf/group_lifecycle.bpf.h). A write here owns a cgroup
+//! (its group's terms, `unowned` 0) or disowns it (the unowned entry again), always with
+//! BPF_EXIST, so a write for a cgroup removed meanwhile fails with ENOENT (`is_gone`: normal
+//! flow, the cgroup took its entry with it) instead of leaving an entry behind for good. The
+//! one exception is `seed_unowned`, which the loader runs once for the cgroups that exist when
+//! the root loads (made before its mkdir program was attached).
+//!
 //! The version bump tells the root to re-read the share terms (BPF compares the version for
 //! inequality, bpf/cpu_tree.bpf.h tree_node_follow_policy), so a batch of writes needs one bump
 //! after its last write: `GroupPolicyBatch` bumps on `flush`/`finish` when something changed.
@@ -41,20 +49,41 @@ fn lock() -> MutexGuard<'static, ()> {
 pub enum EntryEdit {
     /// Leave the entry as it is (absent stays absent).
     Keep,
-    /// Write this entry.
+    /// Rewrite the existing entry with this one (BPF_EXIST: ENOENT when the cgroup is gone).
     Write(canopy_group_policy),
-    /// Delete the entry (absent already is fine).
-    Remove,
+}
+
+/// The entry of a cgroup no group owns, as canopy_root makes it at mkdir: readers treat it as
+/// absent, and the class clamp's walk goes on to the parent.
+pub fn unowned() -> canopy_group_policy {
+    canopy_group_policy {
+        unowned: 1,
+        ..Default::default()
+    }
+}
+
+/// Disowning a cgroup: its entry becomes the unowned one again (absent stays absent).
+pub fn disown_edit(current: Option<&canopy_group_policy>) -> EntryEdit {
+    match current {
+        Some(_) => EntryEdit::Write(unowned()),
+        None => EntryEdit::Keep,
+    }
+}
+
+/// The write failed because the cgroup is gone: canopy_root deleted its entry at rmdir.
+pub fn is_gone(error: &libbpf_rs::Error) -> bool {
+    error.kind() == libbpf_rs::ErrorKind::NotFound
 }
 
 /// The supervisor's entry for a configured group: its share terms and admission list from
-/// `wanted`, the daemon's ceiling and floor from `current`.
+/// `wanted`, the daemon's ceiling and floor from `current` (when a group owns it).
 pub fn supervisor_edit(
     current: Option<&canopy_group_policy>,
     wanted: &canopy_group_policy,
 ) -> EntryEdit {
     let mut entry = *wanted;
-    if let Some(current) = current {
+    entry.unowned = 0;
+    if let Some(current) = current.filter(|current| current.unowned == 0) {
         entry.ceiling_plus_one = current.ceiling_plus_one;
         entry.floor_plus_one = current.floor_plus_one;
     }
@@ -75,6 +104,7 @@ pub struct DaemonTerms {
 /// The daemon's entry for a group: `terms`, with the supervisor's admission list from `current`.
 pub fn daemon_edit(current: Option<&canopy_group_policy>, terms: &DaemonTerms) -> EntryEdit {
     let mut entry = current.copied().unwrap_or_default();
+    entry.unowned = 0;
     entry.weight = terms.weight;
     entry.guarantee_pct = terms.guarantee_pct;
     entry.cap_pct = terms.cap_pct;
@@ -83,12 +113,39 @@ pub fn daemon_edit(current: Option<&canopy_group_policy>, terms: &DaemonTerms) -
     EntryEdit::Write(entry)
 }
 
-/// The daemon forgetting a group's cgroup: the entry goes, unless it admits sub-schedulers
-/// (then it belongs to the supervisor's configured group, which removes it with the group).
+/// The daemon forgetting a group's cgroup: it is disowned, unless its entry admits
+/// sub-schedulers (then it belongs to the supervisor's configured group, which disowns it when
+/// the group goes).
 pub fn daemon_forget_edit(current: Option<&canopy_group_policy>) -> EntryEdit {
     match current {
-        Some(entry) if entry.nr_admitted == 0 => EntryEdit::Remove,
+        Some(entry) if entry.nr_admitted == 0 && entry.unowned == 0 => disown_edit(current),
         _ => EntryEdit::Keep,
+    }
+}
+
+/// Gives the cgroup `cgroup_id` its unowned entry unless it has one, for a cgroup that existed
+/// before canopy_root's mkdir program was attached; then `still_there` checks that the cgroup
+/// was not removed meanwhile, and if it was the entry goes again. Race-free against the rmdir
+/// program (attached before this runs): a removal before the check is seen by the check, one
+/// after it deletes the entry itself. Ok(false): the cgroup is gone, no entry left.
+pub fn seed_unowned<P: MapCore>(
+    policy: &P,
+    cgroup_id: u64,
+    still_there: impl FnOnce() -> bool,
+) -> libbpf_rs::Result<bool> {
+    let key = cgroup_id.to_ne_bytes();
+    match policy.update(&key, as_bytes(&unowned()), MapFlags::NO_EXIST) {
+        Ok(()) => {}
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    if still_there() {
+        return Ok(true);
+    }
+    match policy.delete(&key) {
+        Ok(()) => Ok(false),
+        Err(e) if is_gone(&e) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -113,7 +170,7 @@ impl<'maps, P: MapCore, V: MapCore> GroupPolicyBatch<'maps, P, V> {
     }
 
     /// Reads the entry of `cgroup_id` (None: absent), applies `edit` and writes the result,
-    /// all under the lock.
+    /// all under the lock. A write for a cgroup that is gone fails (`is_gone`).
     pub fn edit(
         &mut self,
         cgroup_id: u64,
@@ -128,18 +185,12 @@ impl<'maps, P: MapCore, V: MapCore> GroupPolicyBatch<'maps, P, V> {
         match edit(current.as_ref()) {
             EntryEdit::Keep => Ok(()),
             EntryEdit::Write(entry) => {
-                self.policy.update(&key, as_bytes(&entry), MapFlags::ANY)?;
+                // Never creates: an absent entry (the cgroup is gone) fails with ENOENT.
+                self.policy
+                    .update(&key, as_bytes(&entry), MapFlags::EXIST)?;
                 self.unannounced = true;
                 Ok(())
             }
-            EntryEdit::Remove => match self.policy.delete(&key) {
-                Ok(()) => {
-                    self.unannounced = true;
-                    Ok(())
-                }
-                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e),
-            },
         }
     }
 
@@ -271,15 +322,41 @@ mod tests {
     }
 
     #[test]
-    fn daemon_forgets_only_entries_that_admit_nothing() {
+    fn daemon_disowns_only_entries_that_admit_nothing() {
         assert!(matches!(daemon_forget_edit(None), EntryEdit::Keep));
-        assert!(matches!(
-            daemon_forget_edit(Some(&admitting(0))),
-            EntryEdit::Remove
-        ));
+        let disowned = written(daemon_forget_edit(Some(&admitting(0))));
+        assert_eq!(disowned.unowned, 1);
+        assert_eq!((disowned.weight, disowned.cap_pct), (0, 0));
         assert!(matches!(
             daemon_forget_edit(Some(&admitting(1))),
             EntryEdit::Keep
         ));
+        assert!(matches!(
+            daemon_forget_edit(Some(&unowned())),
+            EntryEdit::Keep
+        ));
+    }
+
+    /// An unowned entry (made by canopy_root at mkdir) carries no ceiling or floor; writing a
+    /// group's terms over it owns the cgroup.
+    #[test]
+    fn both_writers_own_what_they_write_over_an_unowned_entry() {
+        let mut stale = unowned();
+        stale.ceiling_plus_one = 4;
+        let by_supervisor = written(supervisor_edit(Some(&stale), &admitting(1)));
+        assert_eq!(by_supervisor.unowned, 0);
+        assert_eq!(by_supervisor.ceiling_plus_one, 0);
+        let terms = DaemonTerms {
+            ceiling_plus_one: 5,
+            ..Default::default()
+        };
+        let by_daemon = written(daemon_edit(Some(&unowned()), &terms));
+        assert_eq!((by_daemon.unowned, by_daemon.ceiling_plus_one), (0, 5));
+    }
+
+    #[test]
+    fn disowning_an_absent_entry_writes_nothing() {
+        assert!(matches!(disown_edit(None), EntryEdit::Keep));
+        assert_eq!(written(disown_edit(Some(&admitting(1)))).nr_admitted, 0);
     }
 }

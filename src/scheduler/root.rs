@@ -3,7 +3,10 @@
 //!
 //! Order matters and is the whole point of this module: open the skeleton; write the kernel
 //! constants, the root's own weight and the ops data (`hotplug_seq`, `exit_dump_len`) before
-//! load; load; associate non-struct_ops programs with the ops map; push the policy maps
+//! load; load; associate non-struct_ops programs with the ops map; attach the programs that
+//! make and delete every cgroup's `group_policy` entry at mkdir and rmdir, then give the
+//! cgroups that already exist their entries (`seed_unowned_entries`: userspace only rewrites
+//! existing entries, bpf/group_lifecycle.bpf.h); push the policy maps
 //! (ops.init reads them; the class table and default class are rewritten on every reload); pin
 //! the maps `canopy status` and child schedulers share; attach; then read the exit record at
 //! once, because the kernel can report a successful attach for a scheduler that has already
@@ -27,6 +30,7 @@ use super::bpf_bytes::as_bytes;
 use super::bpf_intf;
 use super::config::SchedulerConfig;
 use super::exit::ExitReport;
+use super::group_policy_map;
 use super::group_policy_map::supervisor_edit;
 use super::group_policy_map::GroupPolicyBatch;
 use super::kernel;
@@ -56,6 +60,8 @@ pub struct RootScheduler {
     scheduler: Registered<CanopyRootSkel<'static>>,
     /// The fentry program stamping cgroup moves (`move_log`); None when the kernel refused it.
     _move_stamps: Option<libbpf_rs::Link>,
+    /// The tracepoint programs making and deleting `group_policy` entries at mkdir and rmdir.
+    _group_lifecycle: [libbpf_rs::Link; 2],
     _pins: Pins,
 }
 
@@ -99,6 +105,17 @@ impl RootScheduler {
             .load()
             .map_err(load_err("loading canopy_root (verifier)"))?;
         kernel::associate_programs(skel.object(), "canopy_root_ops")?;
+        let group_lifecycle = [
+            skel.progs
+                .canopy_root_cgroup_made
+                .attach()
+                .map_err(load_err("attaching canopy_root (tp_btf/cgroup_mkdir)"))?,
+            skel.progs
+                .canopy_root_cgroup_removed
+                .attach()
+                .map_err(load_err("attaching canopy_root (tp_btf/cgroup_rmdir)"))?,
+        ];
+        seed_unowned_entries(&skel)?;
         push_config(&skel, config)?;
         let pins = pin_maps(&mut skel)?;
         // Only a measurement (move_log, the move stats): the schedulers clamp moved tasks
@@ -114,6 +131,7 @@ impl RootScheduler {
         Ok(RootScheduler {
             scheduler,
             _move_stamps: move_stamps,
+            _group_lifecycle: group_lifecycle,
             _pins: pins,
         })
     }
@@ -189,6 +207,38 @@ fn write_classes(
         .map_err(|e| SchedulerError::Load(format!("writing policy_defaults: {e}")))
 }
 
+/// Gives every cgroup2 cgroup that exists now its unowned `group_policy` entry. Runs once per
+/// load, after the mkdir and rmdir programs are attached (they handle every cgroup made or
+/// removed from then on), and each entry is checked against its cgroup after it is made
+/// (`seed_unowned`), so a cgroup removed during the walk keeps no entry. Cost: one stat and
+/// one map update per cgroup (a desktop's few hundred: milliseconds).
+fn seed_unowned_entries(skel: &CanopyRootSkel<'_>) -> Result<(), SchedulerError> {
+    let top = canopy_sys::cgroup::CgroupHierarchy::system()
+        .mount_point()
+        .to_path_buf();
+    let below = canopy_sys::cgroup::Cgroup::from_dir(&top).descendants(
+        bpf_intf::CANOPY_MAX_CGROUP_DEPTH as usize * 4,
+        bpf_intf::CANOPY_MAX_GROUPS as usize,
+    );
+    let paths = std::iter::once(top.clone()).chain(below.iter().map(|relative| top.join(relative)));
+    for path in paths {
+        // Gone before it was reached: the walk listed a cgroup removed since.
+        let Ok(cgroup_id) = kernel::cgroup_id(&path) else {
+            continue;
+        };
+        let still_there = || kernel::cgroup_id(&path).ok() == Some(cgroup_id);
+        group_policy_map::seed_unowned(&skel.maps.group_policy, cgroup_id, still_there).map_err(
+            |e| {
+                SchedulerError::Load(format!(
+                    "giving {} (cgroup id {cgroup_id}) its group_policy entry: {e}",
+                    path.display()
+                ))
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Pushes the class table and the groups of `config` into the maps ops.init reads.
 fn push_config(skel: &CanopyRootSkel<'_>, config: &SchedulerConfig) -> Result<(), SchedulerError> {
     write_classes(skel, config)?;
@@ -206,9 +256,16 @@ fn push_config(skel: &CanopyRootSkel<'_>, config: &SchedulerConfig) -> Result<()
             }
         };
         let wanted = group.to_policy();
-        batch
-            .edit(cgid, |current| supervisor_edit(current, &wanted))
-            .map_err(group_policy_error)?;
+        match batch.edit(cgid, |current| supervisor_edit(current, &wanted)) {
+            Ok(()) => {}
+            Err(e) if group_policy_map::is_gone(&e) => {
+                eprintln!(
+                    "canopy: policy group {} skipped for now: removed while loading",
+                    path.display()
+                );
+            }
+            Err(e) => return Err(group_policy_error(e)),
+        }
     }
     batch.finish().map_err(group_policy_error)
 }

@@ -32,8 +32,9 @@ use super::child_restart::RESTART_LIMIT;
 use super::config::GroupConfig;
 use super::config::SchedulerConfig;
 use super::exit::ExitReport;
+use super::group_policy_map::disown_edit;
+use super::group_policy_map::is_gone;
 use super::group_policy_map::supervisor_edit;
-use super::group_policy_map::EntryEdit;
 use super::kernel;
 use super::root::group_policy_error;
 use super::root::RootScheduler;
@@ -161,11 +162,13 @@ fn detach_child_of(cgroup: &Path, children: &mut Vec<ChildScheduler>, why: &str)
 /// entry and, where it asks for one, a canopy child; a group whose settings changed (a reload)
 /// gets its entry rewritten and its child detached, re-attached (the root reads a child's
 /// share terms when it attaches) or attached; a group the config no longer has (a reload
-/// removed it, or its cgroup no longer matches) loses its child and its entry. Groups whose
-/// cgroup is gone (or was re-created, with a new id) are forgotten with their entry (the kernel
-/// already detached their child when it went offline; a re-created cgroup is applied again).
-/// A failed write affects that group only: it is logged, left unapplied (the next reconcile
-/// tries again) and the others go on; the first failure is returned at the end.
+/// removed it, or its cgroup no longer matches) loses its child and its entry is disowned.
+/// Groups whose cgroup is gone (or was re-created, with a new id) are forgotten (canopy_root
+/// deleted the entry at rmdir, the kernel already detached their child when it went offline;
+/// a re-created cgroup is applied again). A write for a cgroup removed meanwhile (ENOENT) is
+/// normal flow. Any other failed write affects that group only: it is logged, left unapplied
+/// (the next reconcile tries again) and the others go on; the first failure is returned at
+/// the end.
 fn reconcile_groups(
     root: &RootScheduler,
     config: &SchedulerConfig,
@@ -190,9 +193,11 @@ fn reconcile_groups(
     let mut batch = root.group_policy_batch();
     for cgroup in gone {
         let old = applied.remove(&cgroup).expect("listed");
-        // Its id is never reused while the system runs: the entry only takes map space.
-        if let Err(e) = batch.edit(old.cgroup_id, |_| EntryEdit::Remove) {
-            failed(&cgroup, group_policy_error(e));
+        // Removed: canopy_root deleted its entry at rmdir (ENOENT here). Renamed (its id
+        // still lives under another path): disowned, the group no longer names it.
+        match batch.edit(old.cgroup_id, disown_edit) {
+            Err(e) if !is_gone(&e) => failed(&cgroup, group_policy_error(e)),
+            _ => {}
         }
     }
     let wanted: std::collections::HashSet<&PathBuf> =
@@ -207,8 +212,9 @@ fn reconcile_groups(
         if old.config.attach_canopy_child {
             detach_child_of(&cgroup, children, "the policy no longer has this group");
         }
-        match batch.edit(old.cgroup_id, |_| EntryEdit::Remove) {
+        match batch.edit(old.cgroup_id, disown_edit) {
             Ok(()) => println!("canopy: policy group {} removed", cgroup.display()),
+            Err(e) if is_gone(&e) => {}
             Err(e) => failed(&cgroup, group_policy_error(e)),
         }
     }
@@ -226,9 +232,15 @@ fn reconcile_groups(
             detach_child_of(&group.cgroup, children, "its group changed");
         }
         let wanted = group.to_policy();
-        if let Err(e) = batch.edit(cgroup_id, |current| supervisor_edit(current, &wanted)) {
-            failed(&group.cgroup, group_policy_error(e));
-            continue;
+        match batch.edit(cgroup_id, |current| supervisor_edit(current, &wanted)) {
+            Ok(()) => {}
+            // Removed since its id was read: nothing to apply (a new cgroup at the same path
+            // is applied when the next reconcile sees it).
+            Err(e) if is_gone(&e) => continue,
+            Err(e) => {
+                failed(&group.cgroup, group_policy_error(e));
+                continue;
+            }
         }
         if previous.is_some() {
             println!(
