@@ -115,7 +115,7 @@ impl RootScheduler {
                 .attach()
                 .map_err(load_err("attaching canopy_root (tp_btf/cgroup_rmdir)"))?,
         ];
-        seed_unowned_entries(&skel)?;
+        seed_unowned_entries(&skel);
         push_config(&skel, config)?;
         let pins = pin_maps(&mut skel)?;
         // Only a measurement (move_log, the move stats): the schedulers clamp moved tasks
@@ -211,8 +211,10 @@ fn write_classes(
 /// load, after the mkdir and rmdir programs are attached (they handle every cgroup made or
 /// removed from then on), and each entry is checked against its cgroup after it is made
 /// (`seed_unowned`), so a cgroup removed during the walk keeps no entry. Cost: one stat and
-/// one map update per cgroup (a desktop's few hundred: milliseconds).
-fn seed_unowned_entries(skel: &CanopyRootSkel<'_>) -> Result<(), SchedulerError> {
+/// one map update per cgroup (a desktop's few hundred: milliseconds). A failed write (the map
+/// full at CANOPY_MAX_GROUPS) ends the walk with a message and the load goes on: the cgroups
+/// left without an entry cannot be owned by a group (their writes fail as gone), the rest work.
+fn seed_unowned_entries(skel: &CanopyRootSkel<'_>) {
     let top = canopy_sys::cgroup::CgroupHierarchy::system()
         .mount_point()
         .to_path_buf();
@@ -227,16 +229,17 @@ fn seed_unowned_entries(skel: &CanopyRootSkel<'_>) -> Result<(), SchedulerError>
             continue;
         };
         let still_there = || kernel::cgroup_id(&path).ok() == Some(cgroup_id);
-        group_policy_map::seed_unowned(&skel.maps.group_policy, cgroup_id, still_there).map_err(
-            |e| {
-                SchedulerError::Load(format!(
-                    "giving {} (cgroup id {cgroup_id}) its group_policy entry: {e}",
-                    path.display()
-                ))
-            },
-        )?;
+        if let Err(e) =
+            group_policy_map::seed_unowned(&skel.maps.group_policy, cgroup_id, still_there)
+        {
+            eprintln!(
+                "canopy: giving {} (cgroup id {cgroup_id}) its group_policy entry: {e}; \
+                 it and the cgroups after it in the walk cannot be owned by a policy group",
+                path.display()
+            );
+            return;
+        }
     }
-    Ok(())
 }
 
 /// Pushes the class table and the groups of `config` into the maps ops.init reads.
