@@ -23,6 +23,7 @@
 #define ENOMEM 12
 #define EACCES 13
 #define EBUSY 16
+#define EEXIST 17
 #define EINVAL 22
 #define ENOSPC 28
 #endif
@@ -188,8 +189,9 @@ struct {
 } task_classes SEC(".maps");
 
 /*
- * Per cgroup id: share terms, admission, and the allowed classes of its current state. Not
- * preallocated: 65,536 entries of 152 bytes would pin 10 MB for the few hundred a machine uses.
+ * Per cgroup id: share terms, admission, and the allowed classes of its current state; an
+ * unowned entry (intf.h) for every cgroup no group owns. Not preallocated: 65,536 entries of
+ * 160 bytes would pin 10 MB for the few hundred cgroups a machine has.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -265,11 +267,13 @@ static __noinline u64 task_cgroup_ancestor_id(struct task_struct *p, u32 up)
 }
 
 /*
- * The `group_policy` entry of the nearest cgroup at or above @p's that has one (a group owns
- * it), walking at most CANOPY_MAX_CGROUP_DEPTH levels up; NULL when none does. A thread moved
- * into `app-x.scope/sub`, or a cgroup made below a scope after the policy loaded, is governed
- * by the scope's entry. Cost: one hash lookup per level between the task's cgroup and the
- * owner (a task in an owned cgroup: one).
+ * The `group_policy` entry of the nearest cgroup at or above @p's that a group owns (an entry
+ * with `unowned` 0), walking at most CANOPY_MAX_CGROUP_DEPTH levels up; NULL when none does.
+ * A thread moved into `app-x.scope/sub`, or a cgroup made below a scope after the policy
+ * loaded, is governed by the scope's entry: `sub` has only the unowned entry canopy_root made
+ * at its mkdir, so the walk passes it. Nothing is copied down, so a state change of the scope
+ * reaches every cgroup below it with the scope's one write. Cost: one hash lookup per level
+ * between the task's cgroup and the owner (a task in an owned cgroup: one).
  */
 static __always_inline struct canopy_group_policy *owning_group_policy(struct task_struct *p)
 {
@@ -282,8 +286,9 @@ static __always_inline struct canopy_group_policy *owning_group_policy(struct ta
 		if (!cgroup_id)
 			break;
 		group = bpf_map_lookup_elem(&group_policy, &cgroup_id);
-		if (group)
+		if (group && !group->unowned)
 			break;
+		group = NULL;
 	}
 	return group;
 }

@@ -14,7 +14,9 @@
  * - own_dispatch.bpf.h: our own tasks' turn on a cid: the next queued task (passing over
  *   cgroups at their cpu.max quota) or the previous task kept, and billing a task's run;
  * - class_vtime.bpf.h, preempt_budget.bpf.h: class-weighted vtime and the preemption budget;
- * - admission.bpf.h: which sub-schedulers may attach where, and their time-share grants.
+ * - admission.bpf.h: which sub-schedulers may attach where, and their time-share grants;
+ * - group_lifecycle.bpf.h: every cgroup's `group_policy` entry, made at its mkdir and deleted
+ *   at its rmdir (two tracepoint programs the loader attaches beside the struct_ops).
  *
  * Here: placing our own waking tasks by class. The controller writes tid -> class into
  * `task_classes`; unknown tasks take the policy's default class. A waking task of a
@@ -47,6 +49,7 @@
 #include "grant_quantum.bpf.h"
 #include "own_dispatch.bpf.h"
 #include "admission.bpf.h"
+#include "group_lifecycle.bpf.h"
 
 char _license[] SEC("license") = "GPL";
 

@@ -44,7 +44,7 @@ enum canopy_limits {
 	CANOPY_MAX_CIDS = 256,
 	/* child schedulers one parent tracks at a time (slot 0 is the parent itself) */
 	CANOPY_MAX_MEMBERS = 17,
-	/* cgroups the policy may name (`group_policy`, allocated as entries are written) */
+	/* cgroups with a `group_policy` entry (every cgroup2 cgroup; allocated as entries are made) */
 	CANOPY_MAX_GROUPS = 65536,
 	/* cgroups with the cpu controller the root tracks as weighted nodes (`cpu_tree`) */
 	CANOPY_MAX_CGROUPS = 65536,
@@ -129,7 +129,17 @@ struct canopy_policy_defaults {
 	u32 pad;
 };
 
-/* Map `group_policy`: cgroup id (u64) -> policy. Written by the loader from the policy. */
+/*
+ * Map `group_policy`: cgroup id (u64) -> policy. Its entries live and die with their cgroups
+ * (issue 10 Deliver 5): canopy_root gives every cgroup2 cgroup an unowned entry when it is
+ * made (tracepoint cgroup_mkdir; the loader seeds the cgroups that exist when the root loads)
+ * and deletes the entry, owned or not, when the cgroup is removed (cgroup_rmdir). Userspace
+ * only rewrites entries that exist (BPF_EXIST): it owns a cgroup by writing its group's terms
+ * with `unowned` 0, and disowns it by writing the unowned entry back. A write that comes after
+ * the cgroup's removal fails with ENOENT (normal flow: the daemon counts it as `groups_gone`),
+ * so no entry outlives its cgroup. Example: 5,000 mkdir/rmdir cycles of `churn/cN.scope` make
+ * and delete 5,000 entries; the map ends the size it started, however late the daemon writes.
+ */
 struct canopy_group_policy {
 	u32 weight;		/* 0: follow the cgroup's cpu.weight */
 	u32 guarantee_pct;	/* 0: none; else share of all CPUs kept available under contention */
@@ -143,6 +153,13 @@ struct canopy_group_policy {
 	 */
 	u32 ceiling_plus_one;
 	u32 floor_plus_one;
+	/*
+	 * 1: no policy group owns this cgroup (the entry canopy_root made at mkdir, all else 0):
+	 * readers treat it as absent, and the class clamp's walk goes on to the cgroup's parent.
+	 * 0: a group owns it (every userspace write of a group's terms).
+	 */
+	u32 unowned;
+	u32 pad;
 };
 
 /*
@@ -307,6 +324,7 @@ enum canopy_stat {
 	CANOPY_STAT_CHILD_CIDS_RECLAIMED, /* CPUs taken back from a child's grant past the quantum because own tasks were queued */
 	CANOPY_STAT_CHILD_WAKE_KICKS, /* CPUs taken back for a canopy child whose preempting-class task woke (child_wake.bpf.h) */
 	CANOPY_STAT_CHILD_WAKE_UNSERVED, /* such requests that found nothing to take: every CPU the asker's, or running an own task not preemptible */
+	CANOPY_STAT_GROUP_POLICY_FULL, /* cgroups made that got no group_policy entry (map full): no group can own them */
 	CANOPY_NR_STATS,
 };
 

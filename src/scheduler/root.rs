@@ -3,7 +3,10 @@
 //!
 //! Order matters and is the whole point of this module: open the skeleton; write the kernel
 //! constants, the root's own weight and the ops data (`hotplug_seq`, `exit_dump_len`) before
-//! load; load; associate non-struct_ops programs with the ops map; push the policy maps
+//! load; load; associate non-struct_ops programs with the ops map; attach the programs that
+//! make and delete every cgroup's `group_policy` entry at mkdir and rmdir, then give the
+//! cgroups that already exist their entries (`seed_unowned_entries`: userspace only rewrites
+//! existing entries, bpf/group_lifecycle.bpf.h); push the policy maps
 //! (ops.init reads them; the class table and default class are rewritten on every reload); pin
 //! the maps `canopy status` and child schedulers share; attach; then read the exit record at
 //! once, because the kernel can report a successful attach for a scheduler that has already
@@ -24,10 +27,12 @@ use super::attach::KernelConsts;
 use super::attach::Place;
 use super::attach::Registered;
 use super::bpf_bytes::as_bytes;
-use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::config::SchedulerConfig;
 use super::exit::ExitReport;
+use super::group_policy_map;
+use super::group_policy_map::supervisor_edit;
+use super::group_policy_map::GroupPolicyBatch;
 use super::kernel;
 use super::skel::root::CanopyRootSkel;
 use super::skel::root::CanopyRootSkelBuilder;
@@ -56,6 +61,8 @@ pub struct RootScheduler {
     scheduler: Registered<CanopyRootSkel<'static>>,
     /// The fentry program stamping cgroup moves (`move_log`); None when the kernel refused it.
     _move_stamps: Option<libbpf_rs::Link>,
+    /// The tracepoint programs making and deleting `group_policy` entries at mkdir and rmdir.
+    _group_lifecycle: [libbpf_rs::Link; 2],
     _pins: Pins,
 }
 
@@ -99,6 +106,17 @@ impl RootScheduler {
             .load()
             .map_err(load_err("loading canopy_root (verifier)"))?;
         kernel::associate_programs(skel.object(), "canopy_root_ops")?;
+        let group_lifecycle = [
+            skel.progs
+                .canopy_root_cgroup_made
+                .attach()
+                .map_err(load_err("attaching canopy_root (tp_btf/cgroup_mkdir)"))?,
+            skel.progs
+                .canopy_root_cgroup_removed
+                .attach()
+                .map_err(load_err("attaching canopy_root (tp_btf/cgroup_rmdir)"))?,
+        ];
+        seed_unowned_entries(&skel);
         push_config(&skel, config)?;
         let pins = pin_maps(&mut skel)?;
         // Only a measurement (move_log, the move stats): the schedulers clamp moved tasks
@@ -114,6 +132,7 @@ impl RootScheduler {
         Ok(RootScheduler {
             scheduler,
             _move_stamps: move_stamps,
+            _group_lifecycle: group_lifecycle,
             _pins: pins,
         })
     }
@@ -124,29 +143,11 @@ impl RootScheduler {
         write_classes(self.scheduler.skel(), config)
     }
 
-    /// Removes the policy of one cgroup (it admits no sub-scheduler any more); absent is fine.
-    pub fn clear_group_policy(&self, cgroup_id: u64) -> Result<(), SchedulerError> {
+    /// A batch of writes to `group_policy` ending in one `group_policy_version` bump (see
+    /// `group_policy_map`: the daemon's thread writes the same map, under the same lock).
+    pub fn group_policy_batch(&self) -> RootGroupPolicyBatch<'_> {
         let maps = &self.scheduler.skel().maps;
-        match maps.group_policy.delete(&cgroup_id.to_ne_bytes()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(SchedulerError::Load(format!(
-                    "deleting from group_policy: {e}"
-                )))
-            }
-        }
-        announce_group_policy_change(&maps.group_policy_version)
-            .map_err(|e| SchedulerError::Load(format!("writing group_policy_version: {e}")))
-    }
-
-    /// Writes (or replaces) the policy of one cgroup.
-    pub fn set_group_policy(
-        &self,
-        cgroup_id: u64,
-        policy: &bpf_intf::canopy_group_policy,
-    ) -> Result<(), SchedulerError> {
-        write_group_policy(self.scheduler.skel(), cgroup_id, policy)
+        GroupPolicyBatch::new(&maps.group_policy, &maps.group_policy_version)
     }
 
     /// Records what the supervisor did about the canopy children of one cgroup that asked for
@@ -207,9 +208,45 @@ fn write_classes(
         .map_err(|e| SchedulerError::Load(format!("writing policy_defaults: {e}")))
 }
 
+/// Gives every cgroup2 cgroup that exists now its unowned `group_policy` entry. Runs once per
+/// load, after the mkdir and rmdir programs are attached (they handle every cgroup made or
+/// removed from then on), and each entry is checked against its cgroup after it is made
+/// (`seed_unowned`), so a cgroup removed during the walk keeps no entry. Cost: one stat and
+/// one map update per cgroup (a desktop's few hundred: milliseconds). A failed write (the map
+/// full at CANOPY_MAX_GROUPS) ends the walk with a message and the load goes on: the cgroups
+/// left without an entry cannot be owned by a group (their writes fail as gone), the rest work.
+fn seed_unowned_entries(skel: &CanopyRootSkel<'_>) {
+    let top = canopy_sys::cgroup::CgroupHierarchy::system()
+        .mount_point()
+        .to_path_buf();
+    let below = canopy_sys::cgroup::Cgroup::from_dir(&top).descendants(
+        bpf_intf::CANOPY_MAX_CGROUP_DEPTH as usize * 4,
+        bpf_intf::CANOPY_MAX_GROUPS as usize,
+    );
+    let paths = std::iter::once(top.clone()).chain(below.iter().map(|relative| top.join(relative)));
+    for path in paths {
+        // Gone before it was reached: the walk listed a cgroup removed since.
+        let Ok(cgroup_id) = kernel::cgroup_id(&path) else {
+            continue;
+        };
+        let still_there = || kernel::cgroup_id(&path).ok() == Some(cgroup_id);
+        if let Err(e) =
+            group_policy_map::seed_unowned(&skel.maps.group_policy, cgroup_id, still_there)
+        {
+            eprintln!(
+                "canopy: giving {} (cgroup id {cgroup_id}) its group_policy entry: {e}; \
+                 it and the cgroups after it in the walk cannot be owned by a policy group",
+                path.display()
+            );
+            return;
+        }
+    }
+}
+
 /// Pushes the class table and the groups of `config` into the maps ops.init reads.
 fn push_config(skel: &CanopyRootSkel<'_>, config: &SchedulerConfig) -> Result<(), SchedulerError> {
     write_classes(skel, config)?;
+    let mut batch = GroupPolicyBatch::new(&skel.maps.group_policy, &skel.maps.group_policy_version);
     for group in &config.groups {
         let path = kernel::cgroup_path(&group.cgroup);
         let cgid = match kernel::cgroup_id(&path) {
@@ -222,40 +259,30 @@ fn push_config(skel: &CanopyRootSkel<'_>, config: &SchedulerConfig) -> Result<()
                 continue;
             }
         };
-        write_group_policy(skel, cgid, &group.to_policy())?;
+        let wanted = group.to_policy();
+        match batch.edit(cgid, |current| supervisor_edit(current, &wanted)) {
+            Ok(()) => {}
+            Err(e) if group_policy_map::is_gone(&e) => {
+                eprintln!(
+                    "canopy: policy group {} skipped for now: removed while loading",
+                    path.display()
+                );
+            }
+            Err(e) => return Err(group_policy_error(e)),
+        }
     }
-    Ok(())
+    batch.finish().map_err(group_policy_error)
 }
 
-fn write_group_policy(
-    skel: &CanopyRootSkel<'_>,
-    cgroup_id: u64,
-    policy: &bpf_intf::canopy_group_policy,
-) -> Result<(), SchedulerError> {
-    // The allowed classes of the group's current state belong to the controller: keep them.
-    let key = cgroup_id.to_ne_bytes();
-    let mut policy = *policy;
-    if let Ok(Some(bytes)) = skel.maps.group_policy.lookup(&key, MapFlags::ANY) {
-        let current: bpf_intf::canopy_group_policy = from_bytes(&bytes);
-        policy.ceiling_plus_one = current.ceiling_plus_one;
-        policy.floor_plus_one = current.floor_plus_one;
-    }
-    skel.maps
-        .group_policy
-        .update(&key, as_bytes(&policy), MapFlags::ANY)
-        .map_err(|e| SchedulerError::Load(format!("writing group_policy: {e}")))?;
-    announce_group_policy_change(&skel.maps.group_policy_version)
-        .map_err(|e| SchedulerError::Load(format!("writing group_policy_version: {e}")))
-}
+/// The supervisor's writes to the root's `group_policy` map (through its skeleton).
+pub type RootGroupPolicyBatch<'skel> =
+    GroupPolicyBatch<'skel, libbpf_rs::MapMut<'static>, libbpf_rs::MapMut<'static>>;
 
-/// Tells the root that `group_policy` changed (bumps `group_policy_version`, see intf.h), so it
-/// re-reads the share terms of the cgroups it schedules itself. Call after every write.
-pub fn announce_group_policy_change<M: MapCore>(version_map: &M) -> libbpf_rs::Result<()> {
-    let key = 0u32.to_ne_bytes();
-    let version = version_map
-        .lookup(&key, MapFlags::ANY)?
-        .map_or(0, |bytes| from_bytes::<u64>(&bytes));
-    version_map.update(&key, &version.wrapping_add(1).to_ne_bytes(), MapFlags::ANY)
+/// A `group_policy` write or version bump that failed, as the supervisor reports it.
+pub fn group_policy_error(error: libbpf_rs::Error) -> SchedulerError {
+    SchedulerError::Load(format!(
+        "writing group_policy or group_policy_version: {error}"
+    ))
 }
 
 /// Pins the maps other processes read or share (PINNED_MAPS) under PIN_DIR.

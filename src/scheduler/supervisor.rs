@@ -32,7 +32,11 @@ use super::child_restart::RESTART_LIMIT;
 use super::config::GroupConfig;
 use super::config::SchedulerConfig;
 use super::exit::ExitReport;
+use super::group_policy_map::disown_edit;
+use super::group_policy_map::is_gone;
+use super::group_policy_map::supervisor_edit;
 use super::kernel;
+use super::root::group_policy_error;
 use super::root::RootScheduler;
 use super::SchedulerError;
 
@@ -158,11 +162,13 @@ fn detach_child_of(cgroup: &Path, children: &mut Vec<ChildScheduler>, why: &str)
 /// entry and, where it asks for one, a canopy child; a group whose settings changed (a reload)
 /// gets its entry rewritten and its child detached, re-attached (the root reads a child's
 /// share terms when it attaches) or attached; a group the config no longer has (a reload
-/// removed it, or its cgroup no longer matches) loses its child and its entry. Groups whose
-/// cgroup is gone (or was re-created, with a new id) are forgotten with their entry (the kernel
-/// already detached their child when it went offline; a re-created cgroup is applied again).
-/// A failed write affects that group only: it is logged, left unapplied (the next reconcile
-/// tries again) and the others go on; the first failure is returned at the end.
+/// removed it, or its cgroup no longer matches) loses its child and its entry is disowned.
+/// Groups whose cgroup is gone (or was re-created, with a new id) are forgotten (canopy_root
+/// deleted the entry at rmdir, the kernel already detached their child when it went offline;
+/// a re-created cgroup is applied again). A write for a cgroup removed meanwhile (ENOENT) is
+/// normal flow. Any other failed write affects that group only: it is logged, left unapplied
+/// (the next reconcile tries again) and the others go on; the first failure is returned at
+/// the end.
 fn reconcile_groups(
     root: &RootScheduler,
     config: &SchedulerConfig,
@@ -183,11 +189,15 @@ fn reconcile_groups(
         })
         .map(|(cgroup, _)| cgroup.clone())
         .collect();
+    // One version bump for all of this pass's writes (before each child attach, and at the end).
+    let mut batch = root.group_policy_batch();
     for cgroup in gone {
         let old = applied.remove(&cgroup).expect("listed");
-        // Its id is never reused while the system runs: the entry only takes map space.
-        if let Err(e) = root.clear_group_policy(old.cgroup_id) {
-            failed(&cgroup, e);
+        // Removed: canopy_root deleted its entry at rmdir (ENOENT here). Renamed (its id
+        // still lives under another path): disowned, the group no longer names it.
+        match batch.edit(old.cgroup_id, disown_edit) {
+            Err(e) if !is_gone(&e) => failed(&cgroup, group_policy_error(e)),
+            _ => {}
         }
     }
     let wanted: std::collections::HashSet<&PathBuf> =
@@ -202,9 +212,10 @@ fn reconcile_groups(
         if old.config.attach_canopy_child {
             detach_child_of(&cgroup, children, "the policy no longer has this group");
         }
-        match root.clear_group_policy(old.cgroup_id) {
+        match batch.edit(old.cgroup_id, disown_edit) {
             Ok(()) => println!("canopy: policy group {} removed", cgroup.display()),
-            Err(e) => failed(&cgroup, e),
+            Err(e) if is_gone(&e) => {}
+            Err(e) => failed(&cgroup, group_policy_error(e)),
         }
     }
     for group in &config.groups {
@@ -220,9 +231,16 @@ fn reconcile_groups(
             // Detach before the admission list changes: the child's terms are read at attach.
             detach_child_of(&group.cgroup, children, "its group changed");
         }
-        if let Err(e) = root.set_group_policy(cgroup_id, &group.to_policy()) {
-            failed(&group.cgroup, e);
-            continue;
+        let wanted = group.to_policy();
+        match batch.edit(cgroup_id, |current| supervisor_edit(current, &wanted)) {
+            Ok(()) => {}
+            // Removed since its id was read: nothing to apply (a new cgroup at the same path
+            // is applied when the next reconcile sees it).
+            Err(e) if is_gone(&e) => continue,
+            Err(e) => {
+                failed(&group.cgroup, group_policy_error(e));
+                continue;
+            }
         }
         if previous.is_some() {
             println!(
@@ -242,10 +260,19 @@ fn reconcile_groups(
             },
         );
         if group.attach_canopy_child {
+            // The root follows this pass's terms before a (slow) child load, not after it.
+            if let Err(e) = batch.flush() {
+                failed(&group.cgroup, group_policy_error(e));
+            }
             if let Some(child) = attach_child_logged(group) {
                 children.push(child);
             }
         }
+    }
+    if let Err(e) = batch.finish() {
+        let error = group_policy_error(e);
+        println!("canopy: announcing the policy groups' new terms: {error}");
+        first_failure.get_or_insert(anyhow::Error::from(error));
     }
     first_failure.map_or(Ok(()), Err)
 }

@@ -495,10 +495,11 @@ fn a_thread_moved_below_a_minimized_scope_is_clamped_at_its_next_decision() -> a
 }
 
 /// Issue 10 acceptance (g): 5,000 mkdir / move / rmdir cycles of scopes a group owns under the
-/// daemon in scx mode. Every scope gets a `group_policy` entry from the daemon when it appears
-/// and loses it when it goes, so the map ends the size it started; after the churn a new
-/// minimized scope still clamps a USER_INTERACTIVE thread moved into it, and a canopy child
-/// still attaches on a new cgroup of a group with a child scheduler.
+/// daemon in scx mode, at `canopy-guest cgroup-churn`'s pace (direct syscalls). Every scope
+/// gets its `group_policy` entry from the root at mkdir (the daemon then writes the group's
+/// terms over it) and loses it at rmdir, so the map ends the size it started; after the churn
+/// a new minimized scope still clamps a USER_INTERACTIVE thread moved into it, and a canopy
+/// child still attaches on a new cgroup of a group with a child scheduler.
 #[test]
 fn group_policy_entries_go_with_their_cgroups_through_mkdir_rmdir_churn() -> anyhow::Result<()> {
     const GROUPS: &str = r#"
@@ -526,19 +527,11 @@ n_before=$(count)
 canopy-guest report before entries="$(entries)"
 sleep 600 & MOVER=$!
 t0=$(cut -d' ' -f1 /proc/uptime)
-# The shell's pace (about 32 ms a cycle under TCG, 162 s in all). `canopy-guest cgroup-churn`
-# does the same cycles with no forks (9-15 ms a cycle on a loaded host), but at that pace the
-# daemon leaks: 52 entries (and removed scopes as groups in its status) were left 120 s after
-# the churn in one run (session 7). Switch to it once the daemon keeps up.
-i=0
-while [ $i -lt {CYCLES} ]; do
-  d=/sys/fs/cgroup/churn/c$i.scope
-  mkdir $d
-  echo $MOVER > $d/cgroup.procs
-  echo $MOVER > /sys/fs/cgroup/app/cgroup.procs
-  rmdir $d
-  i=$((i+1))
-done
+# Direct syscalls, no forks (the shell's loop took about 32 ms a cycle under TCG, 162 s in
+# all). At this pace the daemon's writes come late, many after the scope's rmdir; the root
+# makes and deletes the entries at mkdir and rmdir, so a late write fails (ENOENT, counted as
+# `groups_gone`) instead of leaving an entry behind.
+canopy-guest cgroup-churn --cycles {CYCLES} --parent churn --suffix .scope --pid $MOVER --back app
 t1=$(cut -d' ' -f1 /proc/uptime)
 # the daemon works through the queued cgroup events; wait until the map is back or 120 s of
 # guest time pass (a dump of thousands of entries takes seconds, so the bound is a time)
@@ -581,6 +574,11 @@ tail -n 20 /tmp/daemon.log
             .as_array()
             .map_or(usize::MAX, Vec::len))
     };
+    let churn = outcome.result("cgroup-churn")?;
+    println!(
+        "cgroup-churn: {} cycles in {} s, {} rmdir retries",
+        churn["cycles"], churn["seconds"], churn["rmdir_retries"]
+    );
     let churned = outcome.result("churned")?;
     // `count` counts "key" in the dump: twice per entry with BTF (the raw key and the
     // formatted one), the same way before and after.

@@ -265,7 +265,8 @@ canopy-guest report root-status status=@/tmp/status.json
 #[test]
 fn a_state_ceiling_clamps_a_tagged_task_at_enqueue() -> anyhow::Result<()> {
     // group_policy value: weight, guarantee_pct, cap_pct, nr_admitted (4 x u32), admitted
-    // (4 x 32 bytes), ceiling_plus_one, floor_plus_one; BACKGROUND is id 4, so ceiling 5.
+    // (4 x 32 bytes), ceiling_plus_one, floor_plus_one, unowned (0: owned), pad; BACKGROUND is
+    // id 4, so ceiling 5.
     let script = r#"
 mkdir -p /sys/fs/cgroup/minimized
 canopy scheduler run --config /etc/canopy-sched.json > /tmp/root.log 2>&1 &
@@ -273,7 +274,7 @@ ROOT=$!
 for i in $(seq 1 300); do grep -q 'root scheduler enabled' /tmp/root.log && break; sleep 0.1; done
 id=$(stat -c %i /sys/fs/cgroup/minimized)
 key=$(printf '%016x' $id | sed 's/../& /g' | awk '{for(i=8;i>=1;i--) printf "%s ", $i}')
-value="$(for i in $(seq 1 144); do printf '00 '; done)05 00 00 00 00 00 00 00"
+value="$(for i in $(seq 1 144); do printf '00 '; done)05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
 bpftool map update pinned /sys/fs/bpf/canopy/group_policy key hex $key value hex $value
 stats() { canopy scheduler status --json --interval-ms 10 | tr -d '\n '; }
 hog() { sh -c "echo \$\$ > /sys/fs/cgroup/$1/cgroup.procs; exec canopy-guest hog --threads 2 --seconds 12" & }

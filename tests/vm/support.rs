@@ -187,19 +187,23 @@ cat /tmp/root.log
 
 /// Shell lines that write one `group_policy` entry of the schedulers' pinned map for the cgroup
 /// at /sys/fs/cgroup/$1 (key: its inode number, little-endian u64) with the value bytes $2 (hex,
-/// space-separated, 152 bytes: weight, guarantee_pct, cap_pct, nr_admitted (4 x u32), admitted
-/// (4 x 32 bytes), ceiling_plus_one, floor_plus_one), as the controller writes it. Needs bpftool.
+/// space-separated, 160 bytes: weight, guarantee_pct, cap_pct, nr_admitted (4 x u32), admitted
+/// (4 x 32 bytes), ceiling_plus_one, floor_plus_one, unowned (0: a group owns it), pad), as the
+/// controller writes it. The cgroup has an entry already (the root made it at mkdir, or seeded
+/// it at load), so this rewrites it. Needs bpftool.
 pub const GROUP_POLICY_HELPER: &str = r#"
 group_policy_set() {
   id=$(stat -c %i /sys/fs/cgroup/$1)
   key=$(printf '%016x' $id | sed 's/../& /g' | awk '{for(i=8;i>=1;i--) printf "%s ", $i}')
   bpftool map update pinned /sys/fs/bpf/canopy/group_policy key hex $key value hex $2
 }
-# 152 value bytes of zeros but for the given leading bytes ($1) and trailing bytes ($2)
+# 160 value bytes of zeros but for the given leading bytes ($1) and the bytes ($2) that end
+# at floor_plus_one (byte 152); unowned and pad stay 0
 group_policy_value() {
   lead=$1; tail=$2
   n=$(( 152 - $(echo $lead | wc -w) - $(echo $tail | wc -w) ))
   printf '%s ' $lead; for i in $(seq 1 $n); do printf '00 '; done; printf '%s ' $tail
+  printf '00 00 00 00 00 00 00 00 '
 }
 "#;
 

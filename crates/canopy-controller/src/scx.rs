@@ -21,9 +21,11 @@ pub trait ScxMaps: Send {
     fn set_task_class(&mut self, tid: u32, scx_class: u32) -> std::io::Result<()>;
     /// Removes a task from the task-class map (it takes the default class).
     fn clear_task(&mut self, tid: u32);
-    /// Writes a group's policy, keyed by cgroup id (the cgroup directory's inode).
+    /// Writes a group's policy, keyed by cgroup id (the cgroup directory's inode). The
+    /// schedulers keep one entry per live cgroup and writes only rewrite it: an error of kind
+    /// NotFound means the cgroup is gone (normal flow, `Gone` to the controller).
     fn set_group(&mut self, cgroup_id: u64, policy: &ScxGroupPolicy) -> std::io::Result<()>;
-    /// Removes a group's entry.
+    /// Stops applying a group's policy to the cgroup (its entry says no group owns it).
     fn clear_group(&mut self, cgroup_id: u64);
     /// Sub-scheduler attaches the root refused so far.
     fn refused_attaches(&self) -> u64;
@@ -100,13 +102,19 @@ impl<M: ScxMaps> Backend for ScxBackend<M> {
             Ok(id) => id,
             Err(_) => return Err(Gone(0).into()),
         };
-        self.maps
-            .set_group(id, scx)
-            .map_err(|e| ApplyError::Refused {
-                what: "group policy".into(),
-                target: cgroup.into(),
-                source: e,
-            })?;
+        self.maps.set_group(id, scx).map_err(|e| {
+            // The schedulers delete a cgroup's entry at its rmdir and never let a write make
+            // it again: NotFound means the cgroup was removed before this (late) write.
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ApplyError::from(Gone(0))
+            } else {
+                ApplyError::Refused {
+                    what: "group policy".into(),
+                    target: cgroup.into(),
+                    source: e,
+                }
+            }
+        })?;
         // The same path may name a newer cgroup than the one written before (removed and made
         // again before the removal event arrived): the older one's entry goes now, or nothing
         // would ever clear it.
@@ -238,5 +246,32 @@ mod tests {
             .apply_group("missing.scope", &knobs, &policy())
             .is_err());
         assert!(backend.maps.0.is_empty());
+    }
+
+    /// The schedulers' map refuses writes for a removed cgroup (its entry went at rmdir).
+    struct RemovedCgroups;
+
+    impl ScxMaps for RemovedCgroups {
+        fn set_task_class(&mut self, _tid: u32, _class: u32) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn clear_task(&mut self, _tid: u32) {}
+        fn set_group(&mut self, _id: u64, _policy: &ScxGroupPolicy) -> std::io::Result<()> {
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+        }
+        fn clear_group(&mut self, _id: u64) {}
+        fn refused_attaches(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn a_write_the_map_refuses_as_not_found_is_a_gone_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        let mut backend = ScxBackend::new(RemovedCgroups, root.path().to_path_buf());
+        std::fs::create_dir(root.path().join("late.scope")).unwrap();
+        let result = backend.apply_group("late.scope", &GroupKnobs::default(), &policy());
+        assert!(matches!(result, Err(ApplyError::Gone(_))), "{result:?}");
+        assert!(backend.groups.is_empty());
     }
 }

@@ -34,8 +34,10 @@ counters! {
     raised_by_floor,
     /// Tasks that exited while being handled (ESRCH; normal flow).
     tasks_gone,
-    /// Backend failures other than a vanished task.
+    /// Backend failures other than a vanished task or cgroup.
     apply_errors,
+    /// Group cgroups removed before their policy was written (the schedulers' entry went with the cgroup; normal flow).
+    groups_gone,
     /// Full /proc rescans (start, overrun, reload).
     rescans,
     /// Renames not handled because a later rename of the same thread arrived in the same turn.

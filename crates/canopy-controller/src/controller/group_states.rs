@@ -185,6 +185,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             // Removed before this (late) event was handled: no group lives on for it, in the
             // daemon or in the backend (a fast mkdir/move/rmdir loop left both behind).
             Err(ApplyError::Gone(_)) => {
+                self.stats.counters.groups_gone += 1;
                 self.groups.remove(cgroup);
                 self.group_cache.remove(cgroup);
                 self.backend.release_group(cgroup);
