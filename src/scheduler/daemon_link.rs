@@ -28,12 +28,14 @@ use libbpf_rs::MapCore;
 use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
 
-use super::bpf_bytes::as_bytes;
 use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::config::SchedulerConfig;
 use super::config_from_plan::config_from_plan;
-use super::root::announce_group_policy_change;
+use super::group_policy_map::daemon_edit;
+use super::group_policy_map::daemon_forget_edit;
+use super::group_policy_map::DaemonTerms;
+use super::group_policy_map::GroupPolicyBatch;
 use super::supervisor::supervise;
 use super::supervisor::ReloadRequest;
 
@@ -249,44 +251,30 @@ impl ScxMaps for PinnedMaps {
     fn set_group(&mut self, cgroup_id: u64, policy: &ScxGroupPolicy) -> std::io::Result<()> {
         // The supervisor owns admission (which sub-schedulers a group admits); the daemon owns
         // the share terms of the group's current state. Keep the one, replace the other.
-        let key = cgroup_id.to_ne_bytes();
-        let mut entry: bpf_intf::canopy_group_policy = match self
-            .group_policy
-            .lookup(&key, MapFlags::ANY)
-            .map_err(io_error)?
-        {
-            Some(bytes) => from_bytes(&bytes),
-            None => Default::default(),
+        let terms = DaemonTerms {
+            weight: policy.weight.unwrap_or(0),
+            guarantee_pct: policy.guarantee_pct,
+            cap_pct: policy.cap_pct,
+            // the BPF clamp at enqueue (canopy.bpf.h task_class): 0 = no limit, else id + 1
+            ceiling_plus_one: policy.ceiling.map_or(0, |class| class.0 as u32 + 1),
+            floor_plus_one: policy.floor.map_or(0, |class| class.0 as u32 + 1),
         };
-        entry.weight = policy.weight.unwrap_or(0);
-        entry.guarantee_pct = policy.guarantee_pct;
-        entry.cap_pct = policy.cap_pct;
-        // the BPF clamp at enqueue (canopy.bpf.h task_class): 0 = no limit, else id + 1
-        entry.ceiling_plus_one = policy.ceiling.map_or(0, |class| class.0 as u32 + 1);
-        entry.floor_plus_one = policy.floor.map_or(0, |class| class.0 as u32 + 1);
-        self.group_policy
-            .update(&key, as_bytes(&entry), MapFlags::ANY)
+        let mut batch = GroupPolicyBatch::new(&self.group_policy, &self.group_policy_version);
+        batch
+            .edit(cgroup_id, |current| daemon_edit(current, &terms))
             .map_err(io_error)?;
-        announce_group_policy_change(&self.group_policy_version).map_err(io_error)
+        batch.finish().map_err(io_error)
     }
 
     fn clear_group(&mut self, cgroup_id: u64) {
         // The daemon forgets a group's cgroup when it is removed (or no longer matches after a
         // reload): its entry goes with it, so mkdir/rmdir churn does not fill the map (issue
         // 10, acceptance g). An entry that admits sub-schedulers belongs to the supervisor's
-        // configured group (it removes that entry with its group) and stays.
-        let key = cgroup_id.to_ne_bytes();
-        let Ok(Some(bytes)) = self.group_policy.lookup(&key, MapFlags::ANY) else {
-            return;
-        };
-        let entry: bpf_intf::canopy_group_policy = from_bytes(&bytes);
-        if entry.nr_admitted != 0 {
-            return;
-        }
-        // Absent already (the supervisor removed it meanwhile) is fine.
-        if self.group_policy.delete(&key).is_ok() {
-            let _ = announce_group_policy_change(&self.group_policy_version);
-        }
+        // configured group (it removes that entry with its group) and stays. Absent already
+        // (the supervisor removed it meanwhile) is fine.
+        let mut batch = GroupPolicyBatch::new(&self.group_policy, &self.group_policy_version);
+        let _ = batch.edit(cgroup_id, daemon_forget_edit);
+        let _ = batch.finish();
     }
 
     fn plan_changed(&mut self, plan: &Arc<dyn PolicyPlan>) -> Result<(), String> {

@@ -11,6 +11,8 @@
 //! - `attach`: what every scheduler's load shares (kernel constants, attach and the exit check
 //!   right after it, exit records, unregistering);
 //! - `root`, `child`: each scheduler's own load steps and map writes;
+//! - `group_policy_map`: the root's `group_policy` entries and version bump, edited under one
+//!   process-wide lock by the supervisor and the daemon's thread alike;
 //! - `fixture`: the foreign sub-scheduler test fixture's loader;
 //! - `exit`: decoding why a scheduler stopped and whether to restart;
 //! - `child_restart`: when a child that asked for a restart is loaded again (bounded backoff);
@@ -33,6 +35,7 @@ pub mod daemon_link;
 pub mod debug_cli;
 pub mod exit;
 pub mod fixture;
+pub mod group_policy_map;
 pub mod kernel;
 pub mod move_watch;
 pub mod root;

@@ -24,10 +24,11 @@ use super::attach::KernelConsts;
 use super::attach::Place;
 use super::attach::Registered;
 use super::bpf_bytes::as_bytes;
-use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::config::SchedulerConfig;
 use super::exit::ExitReport;
+use super::group_policy_map::supervisor_edit;
+use super::group_policy_map::GroupPolicyBatch;
 use super::kernel;
 use super::skel::root::CanopyRootSkel;
 use super::skel::root::CanopyRootSkelBuilder;
@@ -123,29 +124,11 @@ impl RootScheduler {
         write_classes(self.scheduler.skel(), config)
     }
 
-    /// Removes the policy of one cgroup (it admits no sub-scheduler any more); absent is fine.
-    pub fn clear_group_policy(&self, cgroup_id: u64) -> Result<(), SchedulerError> {
+    /// A batch of writes to `group_policy` ending in one `group_policy_version` bump (see
+    /// `group_policy_map`: the daemon's thread writes the same map, under the same lock).
+    pub fn group_policy_batch(&self) -> RootGroupPolicyBatch<'_> {
         let maps = &self.scheduler.skel().maps;
-        match maps.group_policy.delete(&cgroup_id.to_ne_bytes()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(SchedulerError::Load(format!(
-                    "deleting from group_policy: {e}"
-                )))
-            }
-        }
-        announce_group_policy_change(&maps.group_policy_version)
-            .map_err(|e| SchedulerError::Load(format!("writing group_policy_version: {e}")))
-    }
-
-    /// Writes (or replaces) the policy of one cgroup.
-    pub fn set_group_policy(
-        &self,
-        cgroup_id: u64,
-        policy: &bpf_intf::canopy_group_policy,
-    ) -> Result<(), SchedulerError> {
-        write_group_policy(self.scheduler.skel(), cgroup_id, policy)
+        GroupPolicyBatch::new(&maps.group_policy, &maps.group_policy_version)
     }
 
     /// Records what the supervisor did about the canopy children of one cgroup that asked for
@@ -209,6 +192,7 @@ fn write_classes(
 /// Pushes the class table and the groups of `config` into the maps ops.init reads.
 fn push_config(skel: &CanopyRootSkel<'_>, config: &SchedulerConfig) -> Result<(), SchedulerError> {
     write_classes(skel, config)?;
+    let mut batch = GroupPolicyBatch::new(&skel.maps.group_policy, &skel.maps.group_policy_version);
     for group in &config.groups {
         let path = kernel::cgroup_path(&group.cgroup);
         let cgid = match kernel::cgroup_id(&path) {
@@ -221,40 +205,23 @@ fn push_config(skel: &CanopyRootSkel<'_>, config: &SchedulerConfig) -> Result<()
                 continue;
             }
         };
-        write_group_policy(skel, cgid, &group.to_policy())?;
+        let wanted = group.to_policy();
+        batch
+            .edit(cgid, |current| supervisor_edit(current, &wanted))
+            .map_err(group_policy_error)?;
     }
-    Ok(())
+    batch.finish().map_err(group_policy_error)
 }
 
-fn write_group_policy(
-    skel: &CanopyRootSkel<'_>,
-    cgroup_id: u64,
-    policy: &bpf_intf::canopy_group_policy,
-) -> Result<(), SchedulerError> {
-    // The allowed classes of the group's current state belong to the controller: keep them.
-    let key = cgroup_id.to_ne_bytes();
-    let mut policy = *policy;
-    if let Ok(Some(bytes)) = skel.maps.group_policy.lookup(&key, MapFlags::ANY) {
-        let current: bpf_intf::canopy_group_policy = from_bytes(&bytes);
-        policy.ceiling_plus_one = current.ceiling_plus_one;
-        policy.floor_plus_one = current.floor_plus_one;
-    }
-    skel.maps
-        .group_policy
-        .update(&key, as_bytes(&policy), MapFlags::ANY)
-        .map_err(|e| SchedulerError::Load(format!("writing group_policy: {e}")))?;
-    announce_group_policy_change(&skel.maps.group_policy_version)
-        .map_err(|e| SchedulerError::Load(format!("writing group_policy_version: {e}")))
-}
+/// The supervisor's writes to the root's `group_policy` map (through its skeleton).
+pub type RootGroupPolicyBatch<'skel> =
+    GroupPolicyBatch<'skel, libbpf_rs::MapMut<'static>, libbpf_rs::MapMut<'static>>;
 
-/// Tells the root that `group_policy` changed (bumps `group_policy_version`, see intf.h), so it
-/// re-reads the share terms of the cgroups it schedules itself. Call after every write.
-pub fn announce_group_policy_change<M: MapCore>(version_map: &M) -> libbpf_rs::Result<()> {
-    let key = 0u32.to_ne_bytes();
-    let version = version_map
-        .lookup(&key, MapFlags::ANY)?
-        .map_or(0, |bytes| from_bytes::<u64>(&bytes));
-    version_map.update(&key, &version.wrapping_add(1).to_ne_bytes(), MapFlags::ANY)
+/// A `group_policy` write or version bump that failed, as the supervisor reports it.
+pub fn group_policy_error(error: libbpf_rs::Error) -> SchedulerError {
+    SchedulerError::Load(format!(
+        "writing group_policy or group_policy_version: {error}"
+    ))
 }
 
 /// Pins the maps other processes read or share (PINNED_MAPS) under PIN_DIR.

@@ -32,7 +32,10 @@ use super::child_restart::RESTART_LIMIT;
 use super::config::GroupConfig;
 use super::config::SchedulerConfig;
 use super::exit::ExitReport;
+use super::group_policy_map::supervisor_edit;
+use super::group_policy_map::EntryEdit;
 use super::kernel;
+use super::root::group_policy_error;
 use super::root::RootScheduler;
 use super::SchedulerError;
 
@@ -183,11 +186,13 @@ fn reconcile_groups(
         })
         .map(|(cgroup, _)| cgroup.clone())
         .collect();
+    // One version bump for all of this pass's writes (before each child attach, and at the end).
+    let mut batch = root.group_policy_batch();
     for cgroup in gone {
         let old = applied.remove(&cgroup).expect("listed");
         // Its id is never reused while the system runs: the entry only takes map space.
-        if let Err(e) = root.clear_group_policy(old.cgroup_id) {
-            failed(&cgroup, e);
+        if let Err(e) = batch.edit(old.cgroup_id, |_| EntryEdit::Remove) {
+            failed(&cgroup, group_policy_error(e));
         }
     }
     let wanted: std::collections::HashSet<&PathBuf> =
@@ -202,9 +207,9 @@ fn reconcile_groups(
         if old.config.attach_canopy_child {
             detach_child_of(&cgroup, children, "the policy no longer has this group");
         }
-        match root.clear_group_policy(old.cgroup_id) {
+        match batch.edit(old.cgroup_id, |_| EntryEdit::Remove) {
             Ok(()) => println!("canopy: policy group {} removed", cgroup.display()),
-            Err(e) => failed(&cgroup, e),
+            Err(e) => failed(&cgroup, group_policy_error(e)),
         }
     }
     for group in &config.groups {
@@ -220,8 +225,9 @@ fn reconcile_groups(
             // Detach before the admission list changes: the child's terms are read at attach.
             detach_child_of(&group.cgroup, children, "its group changed");
         }
-        if let Err(e) = root.set_group_policy(cgroup_id, &group.to_policy()) {
-            failed(&group.cgroup, e);
+        let wanted = group.to_policy();
+        if let Err(e) = batch.edit(cgroup_id, |current| supervisor_edit(current, &wanted)) {
+            failed(&group.cgroup, group_policy_error(e));
             continue;
         }
         if previous.is_some() {
@@ -242,10 +248,19 @@ fn reconcile_groups(
             },
         );
         if group.attach_canopy_child {
+            // The root follows this pass's terms before a (slow) child load, not after it.
+            if let Err(e) = batch.flush() {
+                failed(&group.cgroup, group_policy_error(e));
+            }
             if let Some(child) = attach_child_logged(group) {
                 children.push(child);
             }
         }
+    }
+    if let Err(e) = batch.finish() {
+        let error = group_policy_error(e);
+        println!("canopy: announcing the policy groups' new terms: {error}");
+        first_failure.get_or_insert(anyhow::Error::from(error));
     }
     first_failure.map_or(Ok(()), Err)
 }
