@@ -51,8 +51,8 @@
  * takes the group's weight in place of cpu.weight (no weight in the group: cpu.weight rules)
  * and its cap as a limit beside cpu.max (cap_pct of the online CPUs per 100 ms, or per
  * cpu.max's period; the tighter holds). Userspace bumps `group_policy_version` after each
- * write; a walk that passes a node whose version is stale re-reads its entry (one compare per
- * level otherwise). Example: `pw/a` (cpu.weight 100, group weight 300) beside `pw/b` (cpu.weight
+ * batch of writes; a walk that passes a node whose version is stale re-reads its entry (one
+ * compare per level otherwise). Example: `pw/a` (cpu.weight 100, group weight 300) beside `pw/b` (cpu.weight
  * 100, a group without weight): 300 : 100, a gets 3/4 of pw.
  *
  * Not yet in the tree: attached child schedulers. The root's own tasks as a whole are still

@@ -184,9 +184,10 @@ struct canopy_cgroup_node {
 };
 
 /*
- * Map `group_policy_version` (canopy_root, array, one u64 at key 0): bumped by every writer of
- * `group_policy` after each write, so the root re-reads a cgroup's entry the next time it walks
- * past the cgroup's node (one compare per level while nothing changed).
+ * Map `group_policy_version` (canopy_root, array, one u64 at key 0): bumped after each batch of
+ * `group_policy` writes (userspace edits entries under one process-wide lock, then bumps once;
+ * src/scheduler/group_policy_map.rs), so the root re-reads a cgroup's entry the next time it
+ * walks past the cgroup's node (one compare per level while nothing changed).
  */
 
 /*
