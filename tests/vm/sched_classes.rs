@@ -159,9 +159,10 @@ canopy-guest report root-status status=@/tmp/status.json
 /// BACKGROUND task for it (a UI thread beside its app's worker pool in one scope).
 ///
 /// Gates: canopy's p99 at most 1.5x the platform floor (the same cyclictest as SCHED_FIFO 50
-/// under the same build on the fair scheduler, this boot), in the other child and in the
-/// build's own, as `interactive_task_latency_under_background_load` gates the root's own
-/// tasks; the root took cids back for the child (its `child_wake_kicks` counter).
+/// under the same build on the fair scheduler, this boot) in the other child, as
+/// `interactive_task_latency_under_background_load` gates the root's own tasks (8 runs on
+/// 2026-12-03: 1.05-1.33x, one at 0.63x); at most 2x in the build's own child (see there); the
+/// root took cids back for the child (its `child_wake_kicks` counter).
 #[test]
 fn an_interactive_task_in_one_child_is_not_held_up_by_another_childs_build() -> anyhow::Result<()> {
     let script = format!(
@@ -241,10 +242,16 @@ canopy-guest report root-status status=@/tmp/status.json
         canopy <= 1.5 * floor,
         "canopy p99 {canopy} us in a child is above the platform floor (SCHED_FIFO p99 {floor} us) x 1.5"
     );
+    // In the build's own child the waker goes through one more hop (the child's kick, then the
+    // root's dispatch offering the cid by member vtime, then the child's), and on a host loaded
+    // by builds it came out further from the floor: p99 / floor was 1.04 (3.6 ms / 3.5 ms,
+    // quiet) and 1.56 (18.1 ms / 11.6 ms, two cargo builds beside the VM) on 2026-12-03, while
+    // the missing preemption it gates gave 24.0 and 27.4 ms against 3.8 and 8.5 ms (ratio 3.2
+    // and 6.3). 2x the floor until five runs set the margin.
     assert!(
-        same_child <= 1.5 * floor,
+        same_child <= 2.0 * floor,
         "canopy p99 {same_child} us in the build's own child is above the platform floor \
-         (SCHED_FIFO p99 {floor} us) x 1.5"
+         (SCHED_FIFO p99 {floor} us) x 2"
     );
     let stopped = outcome.result("root-stopped")?;
     assert!(
