@@ -82,17 +82,8 @@ static __always_inline struct own_run *own_run_on(s32 cid)
 static __always_inline bool own_task_preemptible_on(struct task_struct *p, s32 cid)
 {
 	struct own_run *run = own_run_on(cid);
-	struct canopy_class_params *victim;
 
-	if (!run || run->class >= CANOPY_MAX_CLASSES || !task_may_run_on(p, cid))
-		return false;
-	victim = class_of(run->class);
-	if (!victim)
-		return false;
-	if (victim->preemptible)
-		return true;
-	return victim->preemptible_after_us &&
-	       scx_bpf_now() - run->since >= victim->preemptible_after_us * 1000ULL;
+	return run && task_may_run_on(p, cid) && class_preemptible_since(run->class, run->since);
 }
 
 static __always_inline u64 caps_on(s32 cid)

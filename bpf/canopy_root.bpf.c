@@ -106,19 +106,11 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 
 static __always_inline bool cid_preemptible_for(struct task_struct *p, s32 cid)
 {
-	struct canopy_class_params *victim;
 	struct cid_state *cs = cid_state_of(cid);
 
-	if (!cs || cs->owner != CANOPY_SELF_SLOT || cs->running_class >= NO_CLASS)
-		return false;
-	victim = class_of(cs->running_class);
-	if (!victim || !task_may_run_on(p, cid))
-		return false;
-	if (victim->preemptible)
-		return true;
-	/* DEFAULT: once it has run a while of its slice (cs->since: when the cid was handed to it) */
-	return victim->preemptible_after_us &&
-	       scx_bpf_now() - cs->since >= victim->preemptible_after_us * 1000ULL;
+	/* cs->since: when the cid was handed to the task running there */
+	return cs && cs->owner == CANOPY_SELF_SLOT && task_may_run_on(p, cid) &&
+	       class_preemptible_since(cs->running_class, cs->since);
 }
 
 /*

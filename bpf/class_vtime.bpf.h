@@ -78,6 +78,27 @@ static __always_inline u32 effective_weight(const struct task_struct *p,
 }
 
 /*
+ * May a waking task of a preempting class preempt a task of @class that has been running
+ * since @since? The one rule every canopy scheduler applies to its victims: a preemptible class
+ * (UTILITY, BACKGROUND) at once, a class with preemptible_after_us (DEFAULT) once it has run
+ * that long, so a UI thread waits at most that long behind default work; none of ours, never.
+ */
+static __always_inline bool class_preemptible_since(u32 class, u64 since)
+{
+	struct canopy_class_params *victim;
+
+	if (class >= CANOPY_MAX_CLASSES)
+		return false;
+	victim = class_of(class);
+	if (!victim)
+		return false;
+	if (victim->preemptible)
+		return true;
+	return victim->preemptible_after_us &&
+	       scx_bpf_now() - since >= victim->preemptible_after_us * 1000ULL;
+}
+
+/*
  * Record the class and weight @p is being inserted with. Every insert path reaches this through
  * decide_class() (queueing, direct dispatch to an idle cid, preempting insert, keeping prev, a
  * move): running() and stopping() read it, and a stale record would misclassify the running

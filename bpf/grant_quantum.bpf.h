@@ -172,21 +172,10 @@ static __always_inline u32 member_slot_of_cgroup(u64 cgroup_id)
 static __always_inline bool cid_takeable_for_child(s32 cid, u32 asker)
 {
 	struct cid_state *cs = cid_state_of(cid);
-	struct canopy_class_params *victim;
 
 	if (!cs || cs->owner == NO_OWNER || cs->owner == asker)
 		return false;
-	if (cs->owner != CANOPY_SELF_SLOT)
-		return true;
-	if (cs->running_class >= NO_CLASS)
-		return false;
-	victim = class_of(cs->running_class);
-	if (!victim)
-		return false;
-	if (victim->preemptible)
-		return true;
-	return victim->preemptible_after_us &&
-	       scx_bpf_now() - cs->since >= victim->preemptible_after_us * 1000ULL;
+	return cs->owner != CANOPY_SELF_SLOT || class_preemptible_since(cs->running_class, cs->since);
 }
 
 /*
