@@ -99,27 +99,13 @@ canopy-guest report root-status status=@/tmp/status.json
     ] {
         assert!(value.is_finite() && value > 0.0, "no {kind} p99 measured");
     }
-    let tagged = outcome.result("tagged")?;
-    assert!(
-        tagged["log"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("tagged cyclictest"),
-        "cyclictest was never tagged USER_INTERACTIVE: {tagged}"
-    );
+    crate::support::assert_cyclictest_tagged(&outcome, "tagged")?;
     let stats = &outcome.result("root-status")?["status"]["stats"];
     let (wakeups, slow) = preempting_wakeups(stats);
     println!(
         "USER_INTERACTIVE wakeups seen by the root: {wakeups}, over 1 ms to run: {slow}; {stats}"
     );
-    let stopped = outcome.result("root-stopped")?;
-    assert!(
-        stopped["log"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("unloaded"),
-        "the root did not survive the load until its orderly stop: {stopped}"
-    );
+    crate::support::assert_root_survived(&outcome)?;
     // The issue's literal target, reported (see the doc comment for why it is not gated).
     let quarter_of_fair = canopy <= fair / 4.0;
     let half_of_schedqos = canopy <= schedqos / 2.0;
@@ -217,22 +203,8 @@ canopy-guest report root-status status=@/tmp/status.json
          in the build's own child {same_child} us, SCHED_FIFO floor {floor} us; the root took \
          {kicks} cids back for the child ({unserved} requests found nothing to take)"
     );
-    let tagged = outcome.result("tagged")?;
-    assert!(
-        tagged["log"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("tagged cyclictest"),
-        "cyclictest was never tagged USER_INTERACTIVE: {tagged}"
-    );
-    let tagged_same_child = outcome.result("tagged-same-child")?;
-    assert!(
-        tagged_same_child["log"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("tagged cyclictest"),
-        "the second cyclictest was never tagged USER_INTERACTIVE: {tagged_same_child}"
-    );
+    crate::support::assert_cyclictest_tagged(&outcome, "tagged")?;
+    crate::support::assert_cyclictest_tagged(&outcome, "tagged-same-child")?;
     assert!(floor.is_finite() && floor > 0.0, "no floor measured");
     assert!(
         kicks >= 1000,
@@ -253,14 +225,7 @@ canopy-guest report root-status status=@/tmp/status.json
         "canopy p99 {same_child} us in the build's own child is above the platform floor \
          (SCHED_FIFO p99 {floor} us) x 2"
     );
-    let stopped = outcome.result("root-stopped")?;
-    assert!(
-        stopped["log"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("unloaded"),
-        "the root did not survive until its orderly stop: {stopped}"
-    );
+    crate::support::assert_root_survived(&outcome)?;
     Ok(())
 }
 

@@ -152,13 +152,6 @@ canopy-guest report fixture fixture_alive=$fixture_alive sched_ext="$(cat /sys/k
         fixture["fixture_alive"], true,
         "foreign_fifo did not survive (watchdog?): {fixture}"
     );
-    let stopped = outcome.result("root-stopped")?;
-    assert!(
-        stopped["log"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("unloaded"),
-        "the root did not survive until its orderly stop: {stopped}"
-    );
+    crate::support::assert_root_survived(&outcome)?;
     Ok(())
 }

@@ -56,6 +56,36 @@ cat /tmp/root.log
 canopy-guest report root-stopped state="$(cat /sys/kernel/sched_ext/state)" log="$(tr '\n' '|' < /tmp/root.log)"
 "#;
 
+/// The root scheduler was still loaded when the script stopped it (STOP_ROOT's `root-stopped`
+/// result): it survived the scenario's load.
+pub fn assert_root_survived(outcome: &canopy_vmtest::Outcome) -> anyhow::Result<()> {
+    let stopped = outcome.result("root-stopped")?;
+    assert!(
+        stopped["log"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unloaded"),
+        "the root did not survive until its orderly stop: {stopped}"
+    );
+    Ok(())
+}
+
+/// `canopy scheduler tag --comm cyclictest`'s log, reported as result `kind`, shows it tagged one.
+pub fn assert_cyclictest_tagged(
+    outcome: &canopy_vmtest::Outcome,
+    kind: &str,
+) -> anyhow::Result<()> {
+    let tagged = outcome.result(kind)?;
+    assert!(
+        tagged["log"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tagged cyclictest"),
+        "cyclictest was never tagged USER_INTERACTIVE ({kind}): {tagged}"
+    );
+    Ok(())
+}
+
 pub fn split_ratio(outcome: &canopy_vmtest::Outcome, kind: &str) -> anyhow::Result<(f64, f64)> {
     let split = outcome.result(kind)?;
     let ratio = split["ratio"].as_f64().unwrap_or(f64::NAN);
