@@ -17,6 +17,7 @@ mod daemon_scx;
 mod daemon_storm;
 mod debian_desktop;
 mod debian_package;
+mod debian_releases;
 mod fair_baseline;
 mod harness;
 mod kubernetes_policy;
