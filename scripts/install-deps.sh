@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Installs, idempotently, the Debian packages canopy's build and tests need. Safe to run often:
-# it asks apt only for what is missing.
+# Installs, idempotently, what canopy's build and tests need on Debian 12 or 13: the Debian
+# packages that are missing, and a Rust toolchain (rustup's, from static.rust-lang.org, checked
+# against its published SHA-256) when there is no cargo; a fresh Debian has none, and Debian's own
+# cargo is older than canopy's rust-version. Safe to run often: it asks apt only for what is
+# missing.
+#   --build   only what building and running canopy needs (scripts/run-canopy.sh); without it,
+#             also what the tests need (tests/run-all.sh)
 set -euo pipefail
-packages=(
+build_packages=(
   clang-22 llvm-22 libelf-dev zlib1g-dev pkg-config   # BPF build (arena programs need clang-22)
+  gcc libc6-dev make curl ca-certificates             # Rust's linker and rustup's download
+)
+test_packages=(
   qemu-system-x86 busybox-static cpio zstd bpftool   # VM test harness
   rt-tests stress-ng                                 # workloads run inside the guest
   mmdebstrap e2fsprogs openssh-client                # the systemd guest (Debian 13 image, SSH)
@@ -12,6 +20,10 @@ packages=(
   ansible ansible-lint                               # fleet tests: the Ansible role
   python3-venv                                       # fleet tests: kubernetes-validate (below)
 )
+build_only=false
+[[ ${1:-} == --build ]] && build_only=true
+packages=("${build_packages[@]}")
+$build_only || packages+=("${test_packages[@]}")
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
@@ -27,6 +39,21 @@ if ((${#missing[@]})); then
     "${sudo_cmd[@]}" systemctl disable --now prometheus.service prometheus-node-exporter.service || true
   fi
 fi
+# Rust, where there is none: rustup's installer for this architecture, verified, into ~/.cargo.
+[[ -x $HOME/.cargo/bin/cargo ]] && export PATH=$HOME/.cargo/bin:$PATH
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: installing a Rust toolchain with rustup (no cargo on this machine)" >&2
+  rustup_url=https://static.rust-lang.org/rustup/dist/$(uname -m)-unknown-linux-gnu/rustup-init
+  download=$(mktemp -d)
+  curl --proto '=https' --tlsv1.2 -sSf -o "$download/rustup-init" "$rustup_url"
+  curl --proto '=https' --tlsv1.2 -sSf -o "$download/rustup-init.sha256" "$rustup_url.sha256"
+  (cd "$download" && echo "$(cut -d' ' -f1 rustup-init.sha256)  rustup-init" | sha256sum -c --quiet)
+  chmod +x "$download/rustup-init"
+  "$download/rustup-init" -y -q --profile minimal --default-toolchain stable -c clippy -c rustfmt
+  rm -rf "$download"
+  echo "install-deps: Rust is in ~/.cargo/bin; new shells get it from ~/.profile (or: . ~/.cargo/env)" >&2
+fi
+$build_only && exit 0
 # The Kubernetes API schema validator (PyPI), in a venv of its own; tests/fleet.rs runs it.
 tools=/opt/canopy-test-tools
 kubernetes_validate=1.37.0

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs canopy's main job on this machine: installs what the build needs (idempotently), builds
+# Runs canopy's main job on this machine: installs what the build needs (idempotently: Debian
+# packages, and a Rust toolchain by rustup where there is no cargo), builds
 # the release binary, and runs the daemon in the foreground with a policy (default: the shipped
 # conservative policies/default.toml). Mode `auto`: canopy's sched_ext schedulers where the
 # kernel has sched_ext with cgroup sub-schedulers, else the sched_setattr + cgroup v2 fallback.
@@ -8,11 +9,9 @@
 # every task back as it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v cargo >/dev/null || {
-  echo "run-canopy: cargo is missing; install a Rust toolchain (rustup, 1.85 or newer) first" >&2
-  exit 1
-}
-scripts/install-deps.sh
+# What building canopy needs (Debian packages; Rust through rustup when there is no cargo).
+scripts/install-deps.sh --build
+[[ -x $HOME/.cargo/bin/cargo ]] && export PATH=$HOME/.cargo/bin:$PATH
 cargo build --release --locked --bin canopy
 policy=policies/default.toml
 if [[ ${1:-} == --policy ]]; then policy=$2; shift 2; fi

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# Where install-deps.sh installed Rust (a fresh machine has no cargo).
+[[ -x $HOME/.cargo/bin/cargo ]] && export PATH=$HOME/.cargo/bin:$PATH
 bpf/vmlinux/check.sh
 # What the VM scenarios need besides the workspace (kernel, systemd guest image, canopy-guest,
 # cargo-deb) is made in the background while the workspace compiles (seconds when cached).
