@@ -35,8 +35,10 @@
  *
  * cpu.idle: a task whose cpu cgroup or an ancestor has cpu.idle 1 is queued on CANOPY_IDLE_DSQ,
  * which the root serves only when its other tasks and its children have nothing for the cid
- * (and a running one of them keeps the cid before an idle-cgroup task gets it). Which tasks are
- * idle is decided at ops.runnable: one walk up the tree, skipped while no cgroup is idle.
+ * (and a running one of them keeps the cid before an idle-cgroup task gets it), but for a
+ * starvation guard's short slices (about one a second per waiting task, own_dispatch.bpf.h).
+ * Which tasks are idle is decided at ops.runnable: one walk up the tree, skipped while no
+ * cgroup is idle.
  *
  * cpu.max: a cgroup with a quota and everything below it together use at most quota per period.
  * Run time is charged at ops.stopping to every node with a quota on the task's path (one walk,

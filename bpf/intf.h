@@ -87,6 +87,14 @@ enum canopy_limits {
 	CANOPY_MOVE_RECORDS = 64,
 	/* a moved task first queued later than this after its move counts as slow (issue 5 (b)) */
 	CANOPY_MOVE_SLOW_NS = 10000000,
+	/*
+	 * cpu.idle starvation guard (own_dispatch.bpf.h): while tasks of idle cgroups wait and none
+	 * has had a CPU for this period divided by how many wait (at least the minimum interval),
+	 * the next dispatch gives the first of them one short slice
+	 */
+	CANOPY_IDLE_GUARD_PERIOD_NS = 1000000000,
+	CANOPY_IDLE_GUARD_MIN_INTERVAL_NS = 10000000,
+	CANOPY_IDLE_GUARD_SLICE_NS = 1000000,
 };
 
 /*
@@ -326,6 +334,7 @@ enum canopy_stat {
 	CANOPY_STAT_CHILD_WAKE_KICKS, /* CPUs taken back for a canopy child whose preempting-class task woke (child_wake.bpf.h) */
 	CANOPY_STAT_CHILD_WAKE_UNSERVED, /* such requests that found nothing to take: every CPU the asker's, or running an own task not preemptible */
 	CANOPY_STAT_GROUP_POLICY_FULL, /* cgroups made that got no group_policy entry (map full): no group can own them */
+	CANOPY_STAT_IDLE_GUARD_SLICES, /* short slices given to tasks of idle cgroups (cpu.idle) that waited past the starvation guard */
 	CANOPY_NR_STATS,
 };
 

@@ -15,6 +15,19 @@
  * timer kicks the idle cids when the earliest throttled period ends. The previous task keeps
  * its cid only while its path has quota left, with its slice capped the same way.
  *
+ * cpu.idle starvation guard: tasks of idle cgroups (CANOPY_IDLE_DSQ) run only when nothing
+ * else wants the cid, and hogs that keep their cids would leave them waiting for ever, past the
+ * kernel's runnable-task watchdog (30 s), which then ejects the whole scheduler. The fair
+ * scheduler gives an idle cgroup a weight of 3 against 1024 for a cgroup at cpu.weight 100, not
+ * nothing. So while idle-cgroup tasks wait and none has had a cid for
+ * CANOPY_IDLE_GUARD_PERIOD_NS / (how many wait), at least CANOPY_IDLE_GUARD_MIN_INTERVAL_NS,
+ * the next dispatch of any cid moves the first of them with a slice of
+ * CANOPY_IDLE_GUARD_SLICE_NS (ended at the next tick: 4 ms at HZ=250). Each waiting task is
+ * served about once a second (vtime order rotates them), and at most 100 such slices a second
+ * are given in all. Example: two idle-cgroup hogs beside a busy cgroup's two hogs on 2 cids:
+ * one guard slice every 500 ms, at most 4 ms each: 8 ms per second of 2,000 ms, 0.4% of the
+ * CPUs (the fair scheduler gives them 0.3%), and neither waits more than about a second.
+ *
  * Worked example: cpu.max "50000 100000" on cgroup h with three hogs, a busy sibling s, 2
  * cids, 20 ms slices. At t = 40 ms of h's period its hogs have used 42 ms together: the next
  * h hog found first in vtime order gets a slice of 8 ms, not 20. Once h has used 50 ms,
@@ -124,10 +137,10 @@ static __always_inline void wake_at_period_end(u64 at_ns, u64 now)
 
 /*
  * Move the first task of @dsq (vtime order) that may run on @cid and whose cgroup path has
- * cpu.max quota left to the local DSQ, its slice capped at that quota; tasks of throttled
- * cgroups stay queued and the timer wakes the cids when their period ends.
+ * cpu.max quota left to the local DSQ, its slice capped at that quota and at @max_slice;
+ * tasks of throttled cgroups stay queued and the timer wakes the cids when their period ends.
  */
-static __noinline bool move_first_within_quota(u64 dsq, s32 cid)
+static __noinline bool move_first_within_quota(u64 dsq, s32 cid, u64 max_slice)
 {
 	struct bpf_iter_scx_dsq it;
 	struct task_struct *p;
@@ -141,7 +154,10 @@ static __noinline bool move_first_within_quota(u64 dsq, s32 cid)
 
 		if (!task_may_run_on(p, cid))
 			continue;
-		left = quota_left(task_cpu_cgroup_id(p), now, &period_end);
+		left = nr_quota_cgroups > 0 ? quota_left(task_cpu_cgroup_id(p), now, &period_end) :
+					      (u64)-1;
+		if (left > max_slice)
+			left = max_slice;
 		if (!left) {
 			stat_inc(CANOPY_STAT_QUOTA_SKIPS);
 			if (!wake || period_end < wake)
@@ -166,8 +182,35 @@ out:
 static __always_inline bool move_own_to_local(u64 dsq, s32 cid)
 {
 	if (nr_quota_cgroups > 0)
-		return move_first_within_quota(dsq, cid);
+		return move_first_within_quota(dsq, cid, (u64)-1);
 	return scx_bpf_dsq_move_to_local___v2___canopy(dsq, 0);
+}
+
+/* When a task of an idle cgroup last got a cid (scx_bpf_now() time); see the guard above. */
+u64 idle_served_at;
+
+/*
+ * The cpu.idle starvation guard: if idle-cgroup tasks have waited past their interval, claim
+ * this turn (one cid wins a race) and move the first of them to @cid for one short slice.
+ */
+static __always_inline bool serve_starved_idle(s32 cid, u64 now)
+{
+	s32 waiting = scx_bpf_dsq_nr_queued(CANOPY_IDLE_DSQ);
+	u64 served = idle_served_at, interval;
+
+	if (waiting <= 0)
+		return false;
+	interval = CANOPY_IDLE_GUARD_PERIOD_NS / (u64)waiting;
+	if (interval < CANOPY_IDLE_GUARD_MIN_INTERVAL_NS)
+		interval = CANOPY_IDLE_GUARD_MIN_INTERVAL_NS;
+	if (now < served + interval)
+		return false;
+	if (__sync_val_compare_and_swap(&idle_served_at, served, now) != served)
+		return false;
+	if (!move_first_within_quota(CANOPY_IDLE_DSQ, cid, CANOPY_IDLE_GUARD_SLICE_NS))
+		return false;
+	stat_inc(CANOPY_STAT_IDLE_GUARD_SLICES);
+	return true;
 }
 
 /* The quota @prev's cgroup path has left this period ((u64)-1: no limit; 0: throttled). */
@@ -190,19 +233,25 @@ static __always_inline enum own_dispatch dispatch_own(s32 cid, struct task_struc
 						      bool normal, bool idle)
 {
 	bool prev_idle = prev && task_in_idle_cgroup(prev);
-	u64 left = prev_quota_left(prev);
+	u64 left = prev_quota_left(prev), now = scx_bpf_now();
 	bool prev_keepable = left != 0;
 
+	if (serve_starved_idle(cid, now))
+		return OWN_QUEUED;
 	if (normal && move_own_to_local(CANOPY_OWN_DSQ, cid))
 		return OWN_QUEUED;
 	if (normal && !prev_idle && prev_keepable && keep_own_prev(cid, prev, left))
 		return OWN_KEPT;
 	if (!idle)
 		return OWN_NONE;
-	if (move_own_to_local(CANOPY_IDLE_DSQ, cid))
+	if (move_own_to_local(CANOPY_IDLE_DSQ, cid)) {
+		idle_served_at = now;
 		return OWN_QUEUED;
-	if (prev_idle && prev_keepable && keep_own_prev(cid, prev, left))
+	}
+	if (prev_idle && prev_keepable && keep_own_prev(cid, prev, left)) {
+		idle_served_at = now;
 		return OWN_KEPT;
+	}
 	return OWN_NONE;
 }
 
