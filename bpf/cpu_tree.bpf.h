@@ -398,8 +398,14 @@ static __always_inline u64 node_quota_ns(const struct canopy_cgroup_node *node)
 }
 
 /*
- * Start @node's next limit period once the current one is over; overuse carries over (at most
- * one quota). Every CPU charges and rolls the same node, so both steps are atomic: the CPU
+ * Start @node's next limit period once the current one is over; overuse carries over as debt
+ * the next periods repay, as the fair scheduler's bandwidth control repays a cfs_rq's negative
+ * runtime (at most CANOPY_QUOTA_MAX_DEBT_PERIODS quotas, so an emulator's stall cannot throttle
+ * a cgroup for long). A slice ends only at a tick, and a vCPU the host does not run for 40 ms
+ * charges its task 40 ms at once: forgiving what is over one quota let a cgroup at
+ * cpu.max "50000 100000" use 0.52-0.59 CPU on a host loaded 5x over its cores (2026-12-03),
+ * where the fair scheduler in the same boot kept it at 0.50.
+ * Every CPU charges and rolls the same node, so both steps are atomic: the CPU
  * whose compare-and-swap moves the period's start does the roll, and the forgiveness is a
  * compare-and-swap loop on the used time, never a plain write that would drop another CPU's
  * charge made in between. A @now older than the start (another CPU rolled with a later clock
@@ -424,8 +430,8 @@ static __always_inline void quota_roll(struct canopy_cgroup_node *node, u64 quot
 	canopy_for(attempt, 0, 8) {
 		used = node->period_used_ns;
 		kept = used > forgiven ? used - forgiven : 0;
-		if (kept > quota)
-			kept = quota;
+		if (kept > quota * CANOPY_QUOTA_MAX_DEBT_PERIODS)
+			kept = quota * CANOPY_QUOTA_MAX_DEBT_PERIODS;
 		if (__sync_val_compare_and_swap(&node->period_used_ns, used, kept) == used)
 			break;
 	}

@@ -95,6 +95,8 @@ enum canopy_limits {
 	CANOPY_IDLE_GUARD_PERIOD_NS = 1000000000,
 	CANOPY_IDLE_GUARD_MIN_INTERVAL_NS = 10000000,
 	CANOPY_IDLE_GUARD_SLICE_NS = 1000000,
+	/* the most cpu.max (or cap) overuse carried into the next periods, in quotas (cpu_tree.bpf.h) */
+	CANOPY_QUOTA_MAX_DEBT_PERIODS = 8,
 };
 
 /*
