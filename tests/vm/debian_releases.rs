@@ -79,10 +79,16 @@ fn install_and_purge_on(suite: &str) -> anyhow::Result<String> {
         .output()
         .context("running scripts/build-package-chroot.sh")?;
     if !build.status.success() {
-        bail!("scripts/build-package-chroot.sh {suite} failed ({})", build.status);
+        bail!(
+            "scripts/build-package-chroot.sh {suite} failed ({})",
+            build.status
+        );
     }
     let tarball = PathBuf::from(String::from_utf8_lossy(&build.stdout).trim());
-    let root = Scratch(target_dir().join(format!("vm-work/package-chroot-{suite}-{}", std::process::id())));
+    let root = Scratch(target_dir().join(format!(
+        "vm-work/package-chroot-{suite}-{}",
+        std::process::id()
+    )));
     let _ = std::fs::remove_dir_all(&root.0);
     std::fs::create_dir_all(&root.0)?;
     run(Command::new("tar")
@@ -123,13 +129,19 @@ fn run(command: &mut Command) -> anyhow::Result<String> {
 
 fn assert_installed_and_purged(output: &str, release: &str) {
     assert_eq!(value(output, "release"), Some(release), "{output}");
-    assert!(value(output, "installed").is_some_and(|v| !v.is_empty()), "{output}");
+    assert!(
+        value(output, "installed").is_some_and(|v| !v.is_empty()),
+        "{output}"
+    );
     assert!(
         value(output, "files").and_then(|n| n.parse::<u32>().ok()) > Some(10),
         "{output}"
     );
     assert_eq!(value(output, "missing"), Some(""), "{output}");
-    assert!(value(output, "version").is_some_and(|v| v.starts_with("canopy ")), "{output}");
+    assert!(
+        value(output, "version").is_some_and(|v| v.starts_with("canopy ")),
+        "{output}"
+    );
     assert_eq!(value(output, "group"), Some("canopy"), "{output}");
     assert_eq!(value(output, "enabled"), Some("enabled"), "{output}");
     assert!(
