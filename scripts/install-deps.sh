@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, idempotently, what canopy's build and tests need on Debian 12 or 13: the Debian
 # packages that are missing, and a Rust toolchain (rustup's, from static.rust-lang.org, checked
-# against its published SHA-256) when there is no cargo; a fresh Debian has none, and Debian's own
+# against its published SHA-256; Rust 1.95.0, what CI builds with) when there is no cargo; a fresh Debian has none, and Debian's own
 # cargo is older than canopy's rust-version. Safe to run often: it asks apt only for what is
 # missing.
 #   --build   only what building and running canopy needs (scripts/run-canopy.sh); without it,
@@ -49,7 +49,9 @@ if ! command -v cargo >/dev/null; then
   curl --proto '=https' --tlsv1.2 -sSf -o "$download/rustup-init.sha256" "$rustup_url.sha256"
   (cd "$download" && echo "$(cut -d' ' -f1 rustup-init.sha256)  rustup-init" | sha256sum -c --quiet)
   chmod +x "$download/rustup-init"
-  "$download/rustup-init" -y -q --profile minimal --default-toolchain stable -c clippy -c rustfmt
+  # The toolchain CI builds and lints with: a newer stable may bring lints that the suite's
+  # `clippy -D warnings` turns into failures (1.99 deprecates a method 1.95 has no successor for).
+  "$download/rustup-init" -y -q --profile minimal --default-toolchain 1.95.0 -c clippy -c rustfmt
   rm -rf "$download"
   echo "install-deps: Rust is in ~/.cargo/bin; new shells get it from ~/.profile (or: . ~/.cargo/env)" >&2
 fi

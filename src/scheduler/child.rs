@@ -48,11 +48,21 @@ pub fn ask_next_loads_for_a_restart(loads: u32) {
 
 /// Takes one load from the test hook's count: whether this load should ask for a restart.
 fn this_load_asks_for_a_restart() -> bool {
-    LOADS_ASKING_FOR_A_RESTART
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-            left.checked_sub(1)
-        })
-        .is_ok()
+    // A compare-exchange loop rather than `fetch_update`, which Rust 1.99 deprecates in favour
+    // of `try_update` (not in 1.95, which CI builds with): the same code builds warning-free on both.
+    let mut left = LOADS_ASKING_FOR_A_RESTART.load(Ordering::SeqCst);
+    while let Some(fewer) = left.checked_sub(1) {
+        match LOADS_ASKING_FOR_A_RESTART.compare_exchange(
+            left,
+            fewer,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => return true,
+            Err(now) => left = now,
+        }
+    }
+    false
 }
 
 /// Options for a child attach.
