@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs, idempotently, what canopy's build and tests need on Debian 12 or 13: the Debian
-# packages that are missing, and a Rust toolchain (rustup's, from static.rust-lang.org, checked
-# against its published SHA-256; Rust 1.95.0, what CI builds with) when there is no cargo; a fresh Debian has none, and Debian's own
-# cargo is older than canopy's rust-version. Safe to run often: it asks apt only for what is
-# missing.
+# packages that are missing, and, when there is no cargo, a Rust toolchain (rustup's installer
+# from static.rust-lang.org, checked against its published SHA-256; Rust 1.95.0, what CI builds
+# with). A fresh Debian has no cargo, and Debian 12's own is older than canopy's rust-version.
+# Safe to run often: it asks apt only for what is missing.
 #   --build   only what building and running canopy needs (scripts/run-canopy.sh); without it,
 #             also what the tests need (tests/run-all.sh)
 set -euo pipefail
