@@ -219,10 +219,10 @@ canopy-guest report root-status status=@/tmp/status.json
     // by builds it came out further from the floor: p99 / floor was 1.04 (3.6 ms / 3.5 ms,
     // quiet) and 1.56 (18.1 ms / 11.6 ms, two cargo builds beside the VM) on 2026-12-03, while
     // the missing preemption it gates gave 24.0 and 27.4 ms against 3.8 and 8.5 ms (ratio 3.2
-    // and 6.3). Seven runs with the fix set the margin (p99 / floor, 2026-12-03): 1.04, 1.56,
+    // and 6.3). Nine runs with the fix set the margin (p99 / floor, 2026-12-03): 1.04, 1.56,
     // 0.85, 0.53, then 3.67 (14.1 ms / 3.8 ms, 23:10 UTC, host load 4-5 from two helpers'
     // builds; cyclictest got 3,892 of 5,345 samples: it waited whole slices), 0.55 and 0.96
-    // (the suite's run). 4x holds them all. It still catches the worse of the two runs without
+    // (the suite's run), then 0.50 and 0.84 (23:25-23:35 UTC). 4x holds all nine. It still catches the worse of the two runs without
     // the fix (6.3) but not the other (3.2): the tail in the build's own child is not yet
     // separated from the missing preemption under a loaded host. The cross-child gate above
     // is the tight one. What would tighten this: the root handing a cid that a child kicked for
