@@ -69,6 +69,29 @@ fn class_of(file: &str, path: &str, value: &Value) -> Result<&'static str, Impor
         })
 }
 
+/// An app key or thread name canopy reads as a glob (it has glob syntax) must compile as one,
+/// as the policy compiler will build it (a path glob when an app key has a `/`); else the import
+/// fails here, naming it, instead of writing a policy that does not compile (found by the
+/// coverage-guided `schedqos` fuzz target: a key `hackbe}ch`).
+fn check_glob(file: &str, path: &str, pattern: &str, is_path: bool) -> Result<(), ImportError> {
+    if is_literal(pattern) {
+        return Ok(());
+    }
+    let built = if is_path {
+        crate::glob::path_glob(pattern)
+    } else {
+        crate::glob::name_glob(pattern)
+    };
+    built.map(|_| ()).map_err(|error| ImportError::Unsupported {
+        file: file.into(),
+        path: path.into(),
+        reason: format!(
+            "`{pattern}` is not a glob canopy can compile ({})",
+            crate::glob::glob_error_reason(&error)
+        ),
+    })
+}
+
 fn quote(text: &str) -> String {
     toml::Value::String(text.into()).to_string()
 }
@@ -208,6 +231,7 @@ fn parse_apps(file: &str, text: &str) -> Result<Vec<App>, ImportError> {
                             }
                             other => class_of(file, &thread_path, other)?,
                         };
+                        check_glob(file, &thread_path, &thread, false)?;
                         app.threads.push((thread, class));
                     }
                 }
@@ -221,6 +245,7 @@ fn parse_apps(file: &str, text: &str) -> Result<Vec<App>, ImportError> {
                 }
             }
         }
+        check_glob(file, &app.key, &app.key, app.key.contains('/'))?;
         if app.class.is_none() && app.threads.is_empty() {
             return Err(ImportError::Shape {
                 file: file.into(),
@@ -287,6 +312,33 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "a.json: make.qos: unknown QoS class `QOS_BACKGRUND` (schedqos would silently use QOS_DEFAULT)"
+        );
+    }
+
+    #[test]
+    fn a_key_that_is_no_valid_glob_is_an_error_not_a_broken_policy() {
+        let error = import(
+            None,
+            &[("a.json", r#"{"hackbe}ch": {"qos": "QOS_BACKGROUND"}}"#)],
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("a.json: hackbe}ch: `hackbe}ch` is not a glob canopy can compile"),
+            "{error}"
+        );
+        let error = import(
+            None,
+            &[(
+                "a.json",
+                r#"{"app": {"thread_qos": {"t[": "QOS_UTILITY"}}}"#,
+            )],
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().starts_with("a.json: app.thread_qos.t[: "),
+            "{error}"
         );
     }
 
