@@ -279,7 +279,13 @@ pub fn import(
     let (literal, globs): (Vec<&App>, Vec<&App>) =
         apps.iter().partition(|app| is_literal(&app.key));
     for app in literal.into_iter().chain(globs) {
-        out.push_str(&format!("\n# {}: \"{}\"\n[[rules]]\n", app.file, app.key));
+        // escaped: a TOML comment may hold no control character (a key with one, found by
+        // the schedqos fuzz target, made the whole converted policy unreadable)
+        out.push_str(&format!(
+            "\n# {}: \"{}\"\n[[rules]]\n",
+            app.file.escape_debug(),
+            app.key.escape_debug()
+        ));
         out.push_str(&format!(
             "name = {}\n",
             quote(&format!("schedqos:{}", app.key))
@@ -340,6 +346,17 @@ mod tests {
             error.to_string().starts_with("a.json: app.thread_qos.t[: "),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_key_with_a_control_character_still_converts_to_a_policy_that_compiles() {
+        let toml = import(
+            None,
+            &[("a.json", r#"{"hack\bench": {"qos": "QOS_BACKGROUND"}}"#)],
+        )
+        .unwrap();
+        assert!(toml.contains("# a.json: \"hack\\u{8}ench\"\n"), "{toml}");
+        crate::compile_str("imported.toml", &toml).unwrap();
     }
 
     #[test]
