@@ -69,11 +69,19 @@ fn class_of(file: &str, path: &str, value: &Value) -> Result<&'static str, Impor
         })
 }
 
-/// An app key or thread name canopy reads as a glob (it has glob syntax) must compile as one,
-/// as the policy compiler will build it (a path glob when an app key has a `/`); else the import
-/// fails here, naming it, instead of writing a policy that does not compile (found by the
-/// coverage-guided `schedqos` fuzz target: a key `hackbe}ch`).
+/// An app key or thread name must not be empty, and one canopy reads as a glob (it has glob
+/// syntax) must compile as one, as the policy compiler will build it (a path glob when an app
+/// key has a `/`); else the import fails here, naming it, instead of writing a policy that does
+/// not compile (both found by the coverage-guided `schedqos` fuzz target: keys `hackbe}ch`, ``).
 fn check_glob(file: &str, path: &str, pattern: &str, is_path: bool) -> Result<(), ImportError> {
+    if pattern.is_empty() {
+        // matches nothing in schedqos either; canopy's compiler refuses an empty pattern
+        return Err(ImportError::Unsupported {
+            file: file.into(),
+            path: path.into(),
+            reason: "an empty name matches no program or thread".into(),
+        });
+    }
     if is_literal(pattern) {
         return Ok(());
     }
@@ -345,6 +353,11 @@ mod tests {
         assert!(
             error.to_string().starts_with("a.json: app.thread_qos.t[: "),
             "{error}"
+        );
+        let error = import(None, &[("a.json", r#"{"": {"qos": "QOS_BACKGROUND"}}"#)]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "a.json: : an empty name matches no program or thread"
         );
     }
 
