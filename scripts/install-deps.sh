@@ -4,6 +4,7 @@
 set -euo pipefail
 packages=(
   clang-22 llvm-22 libelf-dev zlib1g-dev pkg-config   # BPF build (arena programs need clang-22)
+  g++                                                # libFuzzer, built by libfuzzer-sys (fuzz/run.sh)
   qemu-system-x86 busybox-static cpio zstd bpftool   # VM test harness
   rt-tests stress-ng                                 # workloads run inside the guest
   mmdebstrap e2fsprogs openssh-client                # the systemd guest (Debian 13 image, SSH)
