@@ -780,7 +780,10 @@ fn without_cap_sys_nice(command: &mut Command) {
 /// 0 -> 4: allowed), then a reload makes it USER_INITIATED (nice 4 -> -2: EPERM), which leaves the task's class
 /// "not applied yet under the reloaded policy" (before the fix: the placeholder class id that
 /// `explain` and `status` indexed the class table with, and panicked). `canopy ctl explain` and
-/// `canopy status` answer, the daemon lives, the task keeps what the kernel last took.
+/// `canopy status` answer, the daemon lives, the task keeps what the kernel last took. Checked
+/// against the old code (2026-12-03, 23:04 UTC: `explain`'s effective class read through the
+/// pending marker again, as before dd74d12): `canopy ctl explain` failed with "daemon is
+/// shutting down".
 #[test]
 fn explain_and_status_answer_after_a_reload_whose_reapply_the_kernel_refused() {
     let Some(_serial) = exclusive() else {
@@ -790,8 +793,16 @@ fn explain_and_status_answer_after_a_reload_whose_reapply_the_kernel_refused() {
     // The sleeper holds no capability the daemon lacks (the kernel refuses any scheduling change
     // of such a task to a caller without CAP_SYS_NICE, `cap_safe_nice`), so the first apply,
     // which only raises its nice, is allowed.
+    // At nice 0 whatever the test runs at (BACKGROUND's nice 4 must be a rise).
     let mut sleep = Command::new("sleep");
     sleep.arg("300");
+    // SAFETY: setpriority in the child before exec (with CAP_SYS_NICE still held).
+    unsafe {
+        sleep.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+            Ok(())
+        })
+    };
     without_cap_sys_nice(&mut sleep);
     let sleeper = world.adopt(sleep.spawn().unwrap());
     world.move_into("", sleeper);
