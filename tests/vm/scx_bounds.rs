@@ -39,6 +39,7 @@
 //! - 50 ms UI slice, 2 x 40 ms (each run one slice, about the budget): 400:100 0.229 (0.222);
 //!   200:100 0.395 (0.400), and the same with the budget 0.400 (0.400; 121 wakeups refused):
 //!   the hog got the same with and without the budget, so that 0.395 < 0.400 proves nothing.
+//!
 //! Every loop above with as many threads as cids (each run starting with a preempting wakeup)
 //! left the hog 0.229 CPUs or more. On real CPUs (sleeps of tens of us) the 2 ms loop would
 //! leave it about 2% of a CPU without the budget (the arithmetic of the worked example in
