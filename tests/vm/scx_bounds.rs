@@ -18,7 +18,8 @@
 //! - 16:37 UTC: 0.588 (1594) | 3.04 ms (floor 4.31 ms), 201
 //! - 16:37 UTC: 0.553 (1799) | 8.30 ms (floor 1.37 ms), 201
 //! - s9, this code: 22:58 UTC 0.571 (1460) | 4.56 ms (3.32 ms), 201; 23:06 UTC 0.569 (1661) |
-//!   5.56 ms (3.06 ms), 201; 23:13 UTC 0.504 (2219) | 7.67 ms (31.88 ms), 201
+//!   5.56 ms (3.06 ms), 201; 23:13 UTC 0.504 (2219) | 7.67 ms (31.88 ms), 201; 23:18 UTC
+//!   0.527 (2035) | 2.72 ms (2.58 ms), 201
 //!
 //! So the hog kept 2.5-3.1x its weight share and every run met the literal 10 ms p99 (the
 //! 1.5 x floor allowance was not needed). With the budget compiled out (one run, the same day;
@@ -31,7 +32,7 @@
 //! unless said; hog CPUs against its weight share in brackets): none was found. Under TCG on
 //! the shared host a loop's 10 us sleep lasts as long as a wakeup takes to run, and the hog runs
 //! in that gap: this scenario's own floor (a root USER_INTERACTIVE timer wakeup preempting
-//! BACKGROUND hogs) had p50 0.5-0.9 ms and p99 3-32 ms in the s9 boots, so with 2 ms runs the
+//! BACKGROUND hogs) had p50 0.4-0.9 ms and p99 2.6-32 ms in the s9 boots, so with 2 ms runs the
 //! hog gets about 2 x 0.8 / 2.8 = 0.57 CPUs with or without the budget (measured 0.50-0.62).
 //! Longer runs left the hog more than that arithmetic says (the p99 tail; not explained further).
 //! Loops with more threads than cids get queued and are then ordered by vtime, which gives the
