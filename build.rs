@@ -26,14 +26,22 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
     println!("cargo:rerun-if-changed={BPF_DIR}");
     println!("cargo:rerun-if-env-changed=CANOPY_BPF_CLANG");
+    println!("cargo:rerun-if-env-changed=CANOPY_BPF_EXTRA_CFLAGS");
 
     build_skeletons(&out_dir);
     generate_intf(&out_dir);
 }
 
 /// Compiles every `bpf/*.bpf.c` into `OUT_DIR/<name>.bpf.o` and `OUT_DIR/<name>.skel.rs`.
+/// `CANOPY_BPF_EXTRA_CFLAGS` (whitespace-separated) is added to clang's arguments: only to show
+/// what a bound does by building without it, e.g.
+/// `-DCANOPY_PREEMPT_BUDGET_NS=1000000000000` (tests/vm/scx_bounds.rs), never for a release.
 fn build_skeletons(out_dir: &Path) {
     let clang = env::var("CANOPY_BPF_CLANG").unwrap_or_else(|_| BPF_CLANG.to_string());
+    let extra = env::var("CANOPY_BPF_EXTRA_CFLAGS").unwrap_or_default();
+    if !extra.trim().is_empty() {
+        println!("cargo:warning=BPF built with CANOPY_BPF_EXTRA_CFLAGS={extra}");
+    }
     let mut sources: Vec<PathBuf> = [BPF_DIR, FIXTURE_DIR]
         .iter()
         .flat_map(|dir| fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {dir}: {e}")))
@@ -50,18 +58,22 @@ fn build_skeletons(out_dir: &Path) {
             .source(&source)
             .obj(&object)
             .clang(&clang)
-            .clang_args([
-                "-g",
-                "-O2",
-                "-Wall",
-                "-Wno-compare-distinct-pointer-types",
-                "-D__TARGET_ARCH_x86",
-                "-mcpu=v3",
-                "-I",
-                BPF_DIR,
-                "-I",
-                "bpf/vmlinux",
-            ])
+            .clang_args(
+                [
+                    "-g",
+                    "-O2",
+                    "-Wall",
+                    "-Wno-compare-distinct-pointer-types",
+                    "-D__TARGET_ARCH_x86",
+                    "-mcpu=v3",
+                    "-I",
+                    BPF_DIR,
+                    "-I",
+                    "bpf/vmlinux",
+                ]
+                .into_iter()
+                .chain(extra.split_whitespace()),
+            )
             .build_and_generate(&skeleton)
             .unwrap_or_else(|err| panic!("building {}: {err:#}", source.display()));
     }

@@ -12,6 +12,7 @@ build_packages=(
   gcc libc6-dev make curl ca-certificates             # Rust's linker and rustup's download
 )
 test_packages=(
+  g++                                                # libFuzzer, built by libfuzzer-sys (fuzz/run.sh)
   qemu-system-x86 busybox-static cpio zstd bpftool   # VM test harness
   rt-tests stress-ng                                 # workloads run inside the guest
   mmdebstrap e2fsprogs openssh-client                # the systemd guest (Debian 13 image, SSH)

@@ -6,7 +6,9 @@
 //! - 2,000 held metrics connections leave `status` answering, and EMFILE on accept does not spin;
 //! - a `PR_SET_NAME` storm leaves control requests answering and the crash record flushing (the
 //!   latency targets are measured by `canopy-daemon-bench latency`; the bounds here catch hangs);
-//! - an inotify overflow caused through the user's own cgroups rescans cgroups, not the policy.
+//! - an inotify overflow caused through the user's own cgroups rescans cgroups, not the policy;
+//! - a reload whose re-apply the kernel refuses (the daemon without CAP_SYS_NICE) leaves
+//!   `explain` and `status` answering and the daemon alive.
 //!
 //! Root only (fails without it, unless `CANOPY_TESTS_WITHOUT_ROOT=1`). The tests run one at a
 //! time: they time the daemon and share the host's proc connector.
@@ -743,4 +745,140 @@ user_settable = true
     assert!(wait_until(Duration::from_secs(2), || policy_nice(sleeper)
         == (other, -4)));
     eprintln!("focus: uid {user} owning {cgroup} set unfocused (allowed), was refused focused; root set focused");
+}
+
+/// The reload-failure policy: `sleep` BACKGROUND (SCHED_BATCH, nice 4); the reloaded one makes
+/// it USER_INITIATED (SCHED_OTHER, nice -2).
+const SLEEPERS_BACKGROUND: &str = r#"
+[[rules]]
+name = "sleepers"
+comm = "sleep"
+class = "BACKGROUND"
+"#;
+
+/// `CAP_SYS_NICE` (linux/capability.h).
+const CAP_SYS_NICE: libc::c_ulong = 23;
+
+/// `command` runs with CAP_SYS_NICE dropped from its bounding set, so a root process gets every
+/// capability but that one at exec.
+fn without_cap_sys_nice(command: &mut Command) {
+    // SAFETY: prctl in the child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_NICE, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
+/// Attack 7 through the real daemon: a reload whose re-apply the kernel refuses. The daemon
+/// runs without CAP_SYS_NICE (dropped from its bounding set before exec, as a unit with a
+/// narrower `CapabilityBoundingSet=` or a container would run it), so the kernel refuses it any
+/// nice below the task's RLIMIT_NICE (0 here) with EPERM. So `sleep` is made BACKGROUND (nice
+/// 0 -> 4: allowed), then a reload makes it USER_INITIATED (nice 4 -> -2: EPERM), which leaves the task's class
+/// "not applied yet under the reloaded policy" (before the fix: the placeholder class id that
+/// `explain` and `status` indexed the class table with, and panicked). `canopy ctl explain` and
+/// `canopy status` answer, the daemon lives, the task keeps what the kernel last took. Checked
+/// against the old code (2026-12-03, 23:04 UTC: `explain`'s effective class read through the
+/// pending marker again, as before dd74d12): `canopy ctl explain` failed with "daemon is
+/// shutting down".
+#[test]
+fn explain_and_status_answer_after_a_reload_whose_reapply_the_kernel_refused() {
+    let Some(_serial) = exclusive() else {
+        return;
+    };
+    let mut world = CliDaemon::prepare("reapply", SLEEPERS_BACKGROUND, &[]);
+    // The sleeper holds no capability the daemon lacks (the kernel refuses any scheduling change
+    // of such a task to a caller without CAP_SYS_NICE, `cap_safe_nice`), so the first apply,
+    // which only raises its nice, is allowed.
+    // At nice 0 whatever the test runs at (BACKGROUND's nice 4 must be a rise).
+    let mut sleep = Command::new("sleep");
+    sleep.arg("300");
+    // SAFETY: setpriority in the child before exec (with CAP_SYS_NICE still held).
+    unsafe {
+        sleep.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+            Ok(())
+        })
+    };
+    without_cap_sys_nice(&mut sleep);
+    let sleeper = world.adopt(sleep.spawn().unwrap());
+    world.move_into("", sleeper);
+    let daemon = world.start_with(FALLBACK, without_cap_sys_nice);
+    let caps = std::fs::read_to_string(format!("/proc/{daemon}/status")).unwrap();
+    let effective = caps
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(
+        effective & (1 << CAP_SYS_NICE),
+        0,
+        "the daemon kept CAP_SYS_NICE"
+    );
+    // SCHED_BATCH (3) at nice 4: BACKGROUND applied.
+    assert!(
+        wait_until(Duration::from_secs(10), || policy_nice(sleeper) == (3, 4)),
+        "sleep never became BACKGROUND: {:?}\n{}",
+        policy_nice(sleeper),
+        world.log()
+    );
+    let errors_before = world.counter("apply_errors");
+
+    std::fs::write(
+        world.dir.join("policy.toml"),
+        SLEEPERS_BACKGROUND.replace("BACKGROUND", "USER_INITIATED"),
+    )
+    .unwrap();
+    let reload = world.canopy(&["ctl", "reload"]);
+    assert!(reload.status.success(), "reload: {reload:?}");
+    // The reload happened (the policy file watcher may have been first) and its re-apply of
+    // the sleeper was refused.
+    assert!(
+        wait_until(Duration::from_secs(10), || world.counter("apply_errors")
+            > errors_before),
+        "no apply error after the reload:\n{}",
+        world.log()
+    );
+    assert_eq!(
+        policy_nice(sleeper),
+        (3, 4),
+        "the kernel took nice -2 from a daemon without CAP_SYS_NICE"
+    );
+
+    let pid = sleeper.to_string();
+    let explain = world.canopy(&["ctl", "explain", "--pid", &pid, "--json"]);
+    assert!(explain.status.success(), "explain: {explain:?}");
+    let explained: serde_json::Value = serde_json::from_slice(&explain.stdout).unwrap();
+    assert_eq!(explained[0]["requested"], "USER_INITIATED", "{explained}");
+    assert_eq!(
+        explained[0]["effective"],
+        serde_json::Value::Null,
+        "{explained}"
+    );
+    let why = explained[0]["why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("not applied yet under the reloaded policy"),
+        "{explained}"
+    );
+    let text = world.canopy(&["ctl", "explain", "--pid", &pid]);
+    assert!(text.status.success(), "explain (text): {text:?}");
+    let status = world.status_json();
+    assert_eq!(status["mode"], "fallback", "{status}");
+    // SAFETY: signal 0 to our own child: is it alive.
+    assert_eq!(
+        unsafe { libc::kill(daemon as i32, 0) },
+        0,
+        "the daemon died"
+    );
+    assert_eq!(world.status()["mode"], "fallback");
+    let log = world.log();
+    assert!(!log.contains("panicked"), "{log}");
+    eprintln!(
+        "reload re-apply refused (EPERM without CAP_SYS_NICE): explain says {why:?}; \
+         status answers ({} apply errors); the daemon lives",
+        world.counter("apply_errors")
+    );
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every canopy test on a fresh Debian 12 machine: installs what is missing (apt packages; the
 # test kernel is fetched and cached by the VM harness), then runs the whole cargo test suite,
-# VM scenarios included. This is the README's test command and what .ci/run runs.
+# VM scenarios included, then fuzzes the untrusted inputs for a bounded time (fuzz/run.sh, about
+# 100 s plus its build). This is the README's test command and what .ci/run runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -38,5 +39,17 @@ if [ "$status" -ne 0 ]; then
     /^test .* \.\.\. FAILED$/ { failed[++count] = $0 }
     END { for (i = 1; i <= count; i++) print failed[i] }
   ' "$log" >&2 || true
+fi
+# Coverage-guided fuzzing, bounded (fuzz/run.sh: stable toolchain, libFuzzer): the control
+# protocol and crash-record adoption 30 s each, the policy parsers 20 s each, after the tests so
+# it does not share the CPUs with the VM scenarios. A crash, hang or OOM fails the run.
+fuzz_status=0
+FUZZ_SECONDS=${CANOPY_CI_FUZZ_SECONDS:-30} fuzz/run.sh control crash_record || fuzz_status=$?
+if [ "$fuzz_status" -eq 0 ]; then
+  FUZZ_SECONDS=${CANOPY_CI_FUZZ_SECONDS:-20} fuzz/run.sh policy schedqos || fuzz_status=$?
+fi
+if [ "$fuzz_status" -ne 0 ]; then
+  echo "run-all: fuzzing failed (exit $fuzz_status); see fuzz/run.sh's lines above" >&2
+  [ "$status" -ne 0 ] || status=$fuzz_status
 fi
 exit "$status"

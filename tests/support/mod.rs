@@ -137,8 +137,16 @@ impl CliDaemon {
     /// Starts [`CliDaemon::command`] (its stderr to the log) and waits until it answers
     /// `status`; its pid.
     pub fn start(&mut self, extra: &[&str]) -> u32 {
+        self.start_with(extra, |_| {})
+    }
+
+    /// [`CliDaemon::start`] with `adjust` applied to the command first (a `pre_exec` that takes
+    /// a capability away, say).
+    pub fn start_with(&mut self, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> u32 {
         let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
-        let daemon = self.command(extra).stderr(log).spawn().unwrap();
+        let mut command = self.command(extra);
+        adjust(&mut command);
+        let daemon = command.stderr(log).spawn().unwrap();
         let pid = daemon.id();
         self.daemon = Some(daemon);
         let answered = wait_until(Duration::from_secs(30), || {

@@ -1,5 +1,5 @@
-//! The fuzz entry points, shared by the cargo-fuzz targets (`fuzz/fuzz_targets/control.rs`,
-//! `crash_record.rs`, run for long by `fuzz/run.sh`) and the bounded replay every `cargo test`
+//! The fuzz entry points, shared by the libFuzzer targets (`fuzz/fuzz_targets/control.rs`,
+//! `crash_record.rs`, coverage-guided by `fuzz/run.sh`, bounded in CI) and the replay every `cargo test`
 //! runs (`tests/fuzz.rs`: the checked-in seeds, then a few seconds of mutations). Each entry point
 //! feeds arbitrary bytes to the code an attacker reaches and asserts the promises of the threat
 //! model (`docs/security.md`); a panic is a finding.

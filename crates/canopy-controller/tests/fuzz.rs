@@ -1,5 +1,5 @@
-//! The fuzz targets, bounded, in every `cargo test` (CI runs no cargo-fuzz: that needs nightly
-//! and libFuzzer, and `fuzz/run.sh` runs it for longer): each target replays its checked-in seeds
+//! The fuzz targets, bounded, in every `cargo test` (coverage-guided fuzzing is `fuzz/run.sh`,
+//! libFuzzer on stable, which `tests/run-all.sh` runs after the tests): each target replays its checked-in seeds
 //! (`fuzz/seeds/<target>/`) and then feeds it mutations of them for a few seconds, coverage-free
 //! (a deterministic xorshift from a printed seed, so a finding reproduces with
 //! `CANOPY_FUZZ_SEED=<seed>`). Cost: `CANOPY_FUZZ_SECONDS` per target (default 4; the two targets

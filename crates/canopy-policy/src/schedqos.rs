@@ -69,6 +69,37 @@ fn class_of(file: &str, path: &str, value: &Value) -> Result<&'static str, Impor
         })
 }
 
+/// An app key or thread name must not be empty, and one canopy reads as a glob (it has glob
+/// syntax) must compile as one, as the policy compiler will build it (a path glob when an app
+/// key has a `/`); else the import fails here, naming it, instead of writing a policy that does
+/// not compile (both found by the coverage-guided `schedqos` fuzz target: keys `hackbe}ch`, ``).
+fn check_glob(file: &str, path: &str, pattern: &str, is_path: bool) -> Result<(), ImportError> {
+    if pattern.is_empty() {
+        // matches nothing in schedqos either; canopy's compiler refuses an empty pattern
+        return Err(ImportError::Unsupported {
+            file: file.into(),
+            path: path.into(),
+            reason: "an empty name matches no program or thread".into(),
+        });
+    }
+    if is_literal(pattern) {
+        return Ok(());
+    }
+    let built = if is_path {
+        crate::glob::path_glob(pattern)
+    } else {
+        crate::glob::name_glob(pattern)
+    };
+    built.map(|_| ()).map_err(|error| ImportError::Unsupported {
+        file: file.into(),
+        path: path.into(),
+        reason: format!(
+            "`{pattern}` is not a glob canopy can compile ({})",
+            crate::glob::glob_error_reason(&error)
+        ),
+    })
+}
+
 fn quote(text: &str) -> String {
     toml::Value::String(text.into()).to_string()
 }
@@ -208,6 +239,7 @@ fn parse_apps(file: &str, text: &str) -> Result<Vec<App>, ImportError> {
                             }
                             other => class_of(file, &thread_path, other)?,
                         };
+                        check_glob(file, &thread_path, &thread, false)?;
                         app.threads.push((thread, class));
                     }
                 }
@@ -221,6 +253,7 @@ fn parse_apps(file: &str, text: &str) -> Result<Vec<App>, ImportError> {
                 }
             }
         }
+        check_glob(file, &app.key, &app.key, app.key.contains('/'))?;
         if app.class.is_none() && app.threads.is_empty() {
             return Err(ImportError::Shape {
                 file: file.into(),
@@ -254,7 +287,13 @@ pub fn import(
     let (literal, globs): (Vec<&App>, Vec<&App>) =
         apps.iter().partition(|app| is_literal(&app.key));
     for app in literal.into_iter().chain(globs) {
-        out.push_str(&format!("\n# {}: \"{}\"\n[[rules]]\n", app.file, app.key));
+        // escaped: a TOML comment may hold no control character (a key with one, found by
+        // the schedqos fuzz target, made the whole converted policy unreadable)
+        out.push_str(&format!(
+            "\n# {}: \"{}\"\n[[rules]]\n",
+            app.file.escape_debug(),
+            app.key.escape_debug()
+        ));
         out.push_str(&format!(
             "name = {}\n",
             quote(&format!("schedqos:{}", app.key))
@@ -288,6 +327,49 @@ mod tests {
             error.to_string(),
             "a.json: make.qos: unknown QoS class `QOS_BACKGRUND` (schedqos would silently use QOS_DEFAULT)"
         );
+    }
+
+    #[test]
+    fn a_key_that_is_no_valid_glob_is_an_error_not_a_broken_policy() {
+        let error = import(
+            None,
+            &[("a.json", r#"{"hackbe}ch": {"qos": "QOS_BACKGROUND"}}"#)],
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("a.json: hackbe}ch: `hackbe}ch` is not a glob canopy can compile"),
+            "{error}"
+        );
+        let error = import(
+            None,
+            &[(
+                "a.json",
+                r#"{"app": {"thread_qos": {"t[": "QOS_UTILITY"}}}"#,
+            )],
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().starts_with("a.json: app.thread_qos.t[: "),
+            "{error}"
+        );
+        let error = import(None, &[("a.json", r#"{"": {"qos": "QOS_BACKGROUND"}}"#)]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "a.json: : an empty name matches no program or thread"
+        );
+    }
+
+    #[test]
+    fn a_key_with_a_control_character_still_converts_to_a_policy_that_compiles() {
+        let toml = import(
+            None,
+            &[("a.json", r#"{"hack\bench": {"qos": "QOS_BACKGROUND"}}"#)],
+        )
+        .unwrap();
+        assert!(toml.contains("# a.json: \"hack\\u{8}ench\"\n"), "{toml}");
+        crate::compile_str("imported.toml", &toml).unwrap();
     }
 
     #[test]

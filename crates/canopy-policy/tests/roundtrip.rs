@@ -211,7 +211,7 @@ proptest! {
 }
 
 /// Fragments of TOML, valid and broken, so random concatenations reach deep into the parser
-/// and the validator (a cheap, always-run companion of the cargo-fuzz target in `fuzz/`).
+/// and the validator (a cheap, always-run companion of the libFuzzer `policy` target in `fuzz/`).
 const FRAGMENTS: &[&str] = &[
     "[[rules]]\n",
     "[groups.a]\n",
