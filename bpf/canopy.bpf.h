@@ -400,9 +400,10 @@ static __always_inline u64 class_slice(const struct canopy_class_params *cp)
 	return (cp && cp->slice_ns) ? cp->slice_ns : KCONST(SCX_SLICE_DFL);
 }
 
+/* a class's weight on the task scale (CANOPY_NICE0_WEIGHT = 1024 = nice 0) */
 static __always_inline u32 class_weight(const struct canopy_class_params *cp)
 {
-	return (cp && cp->weight) ? cp->weight : CANOPY_DEFAULT_WEIGHT;
+	return (cp && cp->weight) ? cp->weight : CANOPY_NICE0_WEIGHT;
 }
 
 static __always_inline bool task_may_run_on(const struct task_struct *p, s32 cid)

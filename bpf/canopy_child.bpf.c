@@ -5,11 +5,11 @@
  * admits it).
  *
  * Policy: class-aware weighted vtime over the subtree's tasks, the same order
- * the root uses for its own tasks (class_vtime.bpf.h). Example: a
- * USER_INTERACTIVE task (class weight 800) and a BACKGROUND hog (25) both
- * runnable in this subtree: for every 25 ms the hog runs the interactive task
- * may run 800 ms, so it effectively never waits behind the hog for more than
- * one slice.
+ * the root uses for its own tasks (class_vtime.bpf.h), on the same task scale
+ * (1024 = nice 0). Example: a USER_INTERACTIVE task (class weight 8192 in the
+ * standalone table) and a BACKGROUND hog (256) both runnable in this subtree:
+ * for every 25 ms the hog runs the interactive task may run 800 ms, so it
+ * effectively never waits behind the hog for more than one slice.
  *
  * Capabilities: the parent decides which cids we may use and how. We track
  * the caps in effect per cid (sub_ecaps_updated) and insert into a local DSQ

@@ -4,11 +4,14 @@
  * scheduler owns itself (the root's tasks outside any child, and every task of
  * a canopy child). Shared so both schedulers order tasks the same way.
  *
- * A task's weight is its class weight scaled by its nice weight
- * (p->scx.weight, 100 at nice 0). Running for t ns advances its vtime by
- * t * 100 / weight, so at equal demand a USER_INTERACTIVE task (weight 800 in
- * the shipped classes) gets 8x the CPU of a DEFAULT one (100) and 32x that of
- * a BACKGROUND one (25). A waking task's vtime is raised to at least
+ * A task's weight is its class weight scaled by its nice weight (p->scx.weight, 100 at
+ * nice 0), on the kernel's task scale: 1024 = a nice-0 task (CANOPY_NICE0_WEIGHT), the scale
+ * of the nice-to-weight table, on which the daemon's policy gives its classes (DEFAULT 655,
+ * USER_INTERACTIVE 2501) and the standalone table too (DEFAULT 1024, USER_INTERACTIVE 8192).
+ * Running for t ns advances its vtime by t * 1024 / weight, so vtime is in ns of a nice-0
+ * task's run, whatever the table: at equal demand a USER_INTERACTIVE task (2501 in the
+ * policy's classes) gets 3.8x the CPU of a DEFAULT one (655), and a DEFAULT task running a
+ * 16 ms slice is charged 25 ms of vtime. A waking task's vtime is raised to at least
  * `own_vtime_now - one slice`, so sleeping banks at most one slice of credit, and capped at
  * `own_vtime_now + CANOPY_MAX_VTIME_AHEAD`, so no task waits unboundedly behind the others.
  *
@@ -18,9 +21,10 @@
  * latest task started on any cid) can be far ahead of a task that has been running on another
  * cid. Its lag is cut only past CANOPY_MAX_VTIME_AHEAD, a safety net mirroring the cap.
  * Example (issue 12, busybox guest, daemon on the default policy): 2 cids, hogs a1 a2 in a
- * cgroup at cpu.weight 200 and b1 b2 in one at 100, charged about 2 and 4 ms of vtime per
- * 16 ms slice, and 6 to 13 times that when a root-cgroup task (DEFAULT to USER_INTERACTIVE)
- * is runnable as the slice ends (cpu_tree.bpf.h: W_eq follows the runnable tree). a1 starts
+ * cgroup at cpu.weight 200 and b1 b2 in one at 100; before the cgroup tree and the tasks
+ * shared one scale (2026-12-03) they were charged about 2 and 4 ms of vtime per 16 ms slice,
+ * and 6 to 13 times that when a root-cgroup task (DEFAULT to USER_INTERACTIVE) was runnable
+ * as the slice ended (cpu_tree.bpf.h: W_eq follows the runnable tree). a1 starts
  * at vtime 100 on cid 0; meanwhile cid 1 starts b1, charged 48 ms for its last slice, at 150,
  * so own_vtime_now = 150. a1's slice ends at 102: the floor on every enqueue lifted it to
  * 150 - 16 = 134, 32 ms of vtime it never ran, and a's 2:1 over b came out 1.51-1.61:1 in
@@ -68,13 +72,18 @@ static __always_inline void track_wakeup(struct task_struct *p, u32 wake_stat)
 	}
 }
 
+/*
+ * @p's weight on the task scale (1024 = nice 0): its class weight times its nice weight
+ * (p->scx.weight, 100 at nice 0). Example: a nice-5 task (scx weight 33) of DEFAULT (655)
+ * weighs 216.
+ */
 static __always_inline u32 effective_weight(const struct task_struct *p,
 					    const struct canopy_class_params *cp)
 {
 	u64 w = (u64)class_weight(cp) * p->scx.weight / 100;
 
-	/* at least 10: a nice-19 kthread (scx weight 1) must not fall minutes behind */
-	return w < 10 ? 10 : (w < 100000 ? w : 100000);
+	/* at least 15, the kernel's nice-19 weight: a nice-19 kthread must not fall minutes behind */
+	return w < 15 ? 15 : (w < 1000000 ? w : 1000000);
 }
 
 /*
@@ -183,9 +192,9 @@ static __always_inline void class_vtime_running(struct task_struct *p, u64 now)
 }
 
 /*
- * Charge @p for the time it just ran: vtime += used * 100 / weight, at @weight_fp (in 1/1024
- * units; the root's cpu tree passes the task's weight in the tree) or, when that is 0, at the
- * class weight it was queued with.
+ * Charge @p for the time it just ran: vtime += used * 1024 / weight (ns of a nice-0 task's
+ * run), at @weight_fp (the weight in 1/1024 units; the root's cpu tree passes the task's
+ * weight in the tree) or, when that is 0, at the class weight it was queued with.
  */
 static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now, u64 weight_fp)
 {
@@ -198,7 +207,8 @@ static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now,
 	tctx->running_at = 0;
 	if (!weight_fp)
 		weight_fp = (u64)(tctx->weight ?: 1) << 10;
-	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + (used * 100 << 10) / weight_fp);
+	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime +
+					 (used * CANOPY_NICE0_WEIGHT << 10) / weight_fp);
 }
 
 /*

@@ -5,27 +5,40 @@
  * Policy: every cgroup with the cpu controller is a weighted node at its place in the tree
  * (ops.cpuctl_init / cpuctl_exit / cpuctl_set_weight keep `cpu_tree` in step with cgroupfs),
  * and CPU is divided down the tree as the fair scheduler's classic `smp` group shares divide
- * it: at every node the runnable tasks of the cgroup itself (at their class-and-nice weight,
- * 100 for a DEFAULT nice-0 task, as a cgroup's default cpu.weight) and its child cgroups that
- * have runnable tasks below them (at their cpu.weight) share the node's part in proportion to
- * their weights. The tree is flattened: a task's hierarchical share `hw` is the product of
- * those fractions from its cgroup up to the root, and the one vtime-ordered DSQ of the root's
- * own tasks charges a task for running t ns as
+ * it: at every node the runnable tasks of the cgroup itself (at their class-and-nice weight)
+ * and its child cgroups that have runnable tasks below them (at their cpu.weight) share the
+ * node's part in proportion to their weights. The tree is flattened: a task's hierarchical
+ * share `hw` is the product of those fractions from its cgroup up to the root, and the one
+ * vtime-ordered DSQ of the root's own tasks charges a task for running t ns as
  *
- *     t * 100 / W_eq,    W_eq = hw * (sum of the weights of all runnable own tasks)
+ *     t * 1024 / W_eq,    W_eq = hw * (sum of the weights of all runnable own tasks)
+ *
+ * Units: one scale for tasks and cgroups, the kernel's task scale (1024 = a nice-0 task). A
+ * task weighs its class weight times its nice weight (class_vtime.bpf.h: the daemon's policy
+ * gives DEFAULT 655, the kernel's weight for nice 2; the standalone table 1024), and a cgroup
+ * its cpu.weight (or its policy group's weight) times 1024 / 100, rounded, as the fair
+ * scheduler converts cpu.weight for its group entities (cgroup_weight_on_task_scale()).
+ * Example: the root cgroup holds a DEFAULT task of the daemon's policy (655) beside a cgroup
+ * at cpu.weight 100 (1024) with one hog: the task gets 655 / 1679 = 39% of a CPU they share,
+ * as under the fair scheduler for a nice-2 task; when the cgroup weighed its cpu.weight
+ * (100) against the task's 655 it got 87%. Members of the root (its own tasks as a whole and
+ * each child scheduler) weigh against each other on the cgroup scale (cpu.weight or the
+ * policy's group weight, own_weight for the root's tasks; cid_grants.bpf.h): they are all
+ * cgroups, so that scale needs no conversion there.
  *
  * W_eq is the weight the task would need, alone with the same runnable tasks in a flat
  * root, to get the same share; with no cgroups it is exactly the task's class weight, so the
  * class order, the wake floor and CANOPY_MAX_VTIME_AHEAD mean what they meant without the tree.
  *
  * Worked example (issue 10, acceptance b): `p` (100) holding `p/a` (300) and `p/b` (100),
- * beside `q` (100), two DEFAULT hogs in each leaf, nothing else runnable. Active weights:
- * a = 200, b = 200, q = 200 (two tasks of 100), p = 300 + 100 = 400, root = 100 + 100 = 200.
- * A hog in a: hw = 100/200 * 300/400 * 100/200 = 0.1875 (the cgroup a gets 0.375);
- * in b: 100/200 * 100/400 * 100/200 = 0.0625 (b: 0.125); in q: 100/200 * 100/200 = 0.25
- * (q: 0.5). Six hogs weigh 600, so W_eq = 112.5, 37.5 and 150: a 20 ms slice costs a hog in
- * a 17.8 ms of vtime, in b 53.3 ms, in q 13.3 ms, and vtime order hands out CPU 3 : 1 : 4
- * between the cgroups a, b and q, as the fair scheduler does.
+ * beside `q` (100), two DEFAULT hogs (standalone table: 1024) in each leaf, nothing else
+ * runnable. Active weights: a = b = q = 2048 (two tasks of 1024), p = 3072 + 1024 = 4096
+ * (cpu.weight 300 and 100 on the task scale), root = 1024 + 1024 = 2048 (p and q).
+ * A hog in a: hw = 1024/2048 * 3072/4096 * 1024/2048 = 0.1875 (the cgroup a gets 0.375);
+ * in b: 1024/2048 * 1024/4096 * 1024/2048 = 0.0625 (b: 0.125); in q: 1024/2048 * 1024/2048
+ * = 0.25 (q: 0.5). Six hogs weigh 6144, so W_eq = 1152, 384 and 1536: a 20 ms slice costs a
+ * hog in a 17.8 ms of vtime, in b 53.3 ms, in q 13.3 ms, and vtime order hands out CPU
+ * 3 : 1 : 4 between the cgroups a, b and q, as the fair scheduler does.
  *
  * Cost: ops.runnable and ops.quiescent do one task-storage lookup and one atomic add on the
  * task's cgroup node; only when a cgroup turns active or idle does the update walk up, one
@@ -69,17 +82,15 @@
  * counts in it takes its weight out of its parent at ops.cpuctl_exit (tree_cgroup_exit()).
  *
  * W_eq moves with the runnable tree: a hog in `system.slice/a.service` (200) beside `b.service`
- * (100), two hogs each at the shipped DEFAULT weight 655, has W_eq 873 while nothing else runs
- * and 66 while a USER_INTERACTIVE task (2501) is runnable in the root cgroup, so its slices
- * cost 13 times more vtime then; the ratio between a and b is the same at every instant.
- * That is why class_vtime.bpf.h lifts only waking tasks to its vtime floor: lifting a task
- * that stayed runnable to a floor set by a task started on the other cid at such a moment
- * charged it time it never ran (a and b split 1.51-1.61:1 for 2:1 under the daemon).
- * Units, stated: a task counts at its class weight, which the shipped classes take from the
- * kernel's nice-to-weight table (DEFAULT 655), against cpu.weight's 100 for a cgroup; the
- * fair scheduler counts a nice-2 task as about 80 against the same 100. Splits between
- * cgroups do not depend on it; a root-cgroup task beside a cgroup gets more than under the
- * fair scheduler.
+ * (100), two hogs each at the policy's DEFAULT weight 655 (total 2620), has hw = 1/3 and
+ * W_eq 873 while nothing else runs; while a USER_INTERACTIVE task (2501) is runnable in the
+ * root cgroup, system.slice (1024) shares the root with it: hw = 1024/3525 * 1/3 = 0.097,
+ * total 5121, W_eq 496, so its slices cost 1.8 times more vtime then. The ratio between a
+ * and b is the same at every instant. (Before the two scales were one, the root task's 2501
+ * stood against system.slice's 100 and W_eq fell to 66, 13 times.) That is why
+ * class_vtime.bpf.h lifts only waking tasks to its vtime floor: lifting a task that stayed
+ * runnable to a floor set by a task started on the other cid at such a moment charged it
+ * time it never ran (a and b split 1.51-1.61:1 for 2:1 under the daemon).
  */
 #ifndef CANOPY_CPU_TREE_BPF_H
 #define CANOPY_CPU_TREE_BPF_H
@@ -167,11 +178,27 @@ static __always_inline void tree_node_limits_changed(struct canopy_cgroup_node *
 	}
 }
 
-/* @node's weight in its parent is now @weight; a busy node corrects its parent's sum at once. */
+/*
+ * A cgroup weight (cpu.weight or a policy group's, 1..10000, 100 by default) on the task
+ * scale the tree sums in: w * 1024 / 100, rounded, as the fair scheduler converts cpu.weight
+ * for its group entities. Examples: 100 -> 1024 (a nice-0 task), 1 -> 10, 10000 -> 102400.
+ */
+static __always_inline u32 cgroup_weight_on_task_scale(u32 weight)
+{
+	u64 w = ((u64)(weight ?: CANOPY_DEFAULT_WEIGHT) * CANOPY_NICE0_WEIGHT +
+		 CANOPY_DEFAULT_WEIGHT / 2) / CANOPY_DEFAULT_WEIGHT;
+
+	return w ?: 1;
+}
+
+/*
+ * @node's weight in its parent is now @weight (the cgroup scale); a busy node corrects its
+ * parent's sum at once.
+ */
 static __always_inline void tree_node_reweight(struct canopy_cgroup_node *node, u32 weight)
 {
 	struct canopy_cgroup_node *parent;
-	u32 before;
+	u32 before, scaled = cgroup_weight_on_task_scale(weight);
 
 	node->weight = weight;
 	if (node->active_weight <= 0 || !node->parent_id)
@@ -179,8 +206,8 @@ static __always_inline void tree_node_reweight(struct canopy_cgroup_node *node, 
 	parent = tree_node(node->parent_id);
 	if (!parent)
 		return;
-	before = __sync_lock_test_and_set(&node->weight_in_parent, weight);
-	__sync_fetch_and_add(&parent->active_weight, (s64)weight - (s64)before);
+	before = __sync_lock_test_and_set(&node->weight_in_parent, scaled);
+	__sync_fetch_and_add(&parent->active_weight, (s64)scaled - (s64)before);
 }
 
 /*
@@ -239,7 +266,7 @@ static __always_inline void tree_add(u64 cgroup_id, u32 weight)
 		before = __sync_fetch_and_add(&node->active_weight, (s64)weight);
 		if (before != 0 || !node->parent_id)
 			break;
-		weight = node->weight ?: CANOPY_DEFAULT_WEIGHT;
+		weight = cgroup_weight_on_task_scale(node->weight);
 		node->weight_in_parent = weight;
 		cgroup_id = node->parent_id;
 	}
@@ -310,7 +337,7 @@ static __always_inline void tree_task_runnable(struct task_struct *p)
 {
 	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
 	struct task_ctx *tctx = task_ctx_of(p);
-	u32 weight = (tctx && tctx->weight) ? tctx->weight : CANOPY_DEFAULT_WEIGHT;
+	u32 weight = (tctx && tctx->weight) ? tctx->weight : CANOPY_NICE0_WEIGHT;
 
 	if (!tt)
 		return;
@@ -369,7 +396,7 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
 		if (!node || !node->parent_id)
 			break;
-		weight = node->weight ?: CANOPY_DEFAULT_WEIGHT;
+		weight = cgroup_weight_on_task_scale(node->weight);
 		node = tree_node_current(node->parent_id, version);
 		if (!node)
 			break;

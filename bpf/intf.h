@@ -79,8 +79,18 @@ enum canopy_limits {
 	 * long the slice its own scheduler chose (the root cuts it with a preempting kick)
 	 */
 	CANOPY_QUANTUM_NS = 5000000,
-	/* weight of a member whose policy and cgroup give none */
+	/*
+	 * weight of a member whose policy and cgroup give none, and a cgroup's default cpu.weight:
+	 * the cgroup scale (cpu.weight, 1..10000), on which members and policy groups weigh
+	 */
 	CANOPY_DEFAULT_WEIGHT = 100,
+	/*
+	 * a nice-0 task's weight: the task scale (the kernel's nice-to-weight table), on which
+	 * class weights are given and tasks weigh in a vtime queue; a cgroup at cpu.weight w
+	 * weighs w * CANOPY_NICE0_WEIGHT / CANOPY_DEFAULT_WEIGHT against tasks, as the fair
+	 * scheduler converts it (cpu_tree.bpf.h)
+	 */
+	CANOPY_NICE0_WEIGHT = 1024,
 	/* bytes of the move watcher's ring buffer (a power of two, a multiple of the page size) */
 	CANOPY_MOVE_RINGBUF_BYTES = 262144,
 	/* the most recent moves the schedulers keep a record of (`move_log`; a power of two) */
@@ -115,7 +125,7 @@ enum canopy_class {
 
 /* Map `class_params` (CANOPY_MAX_CLASSES), index = class id. Written by the loader from the policy. */
 struct canopy_class_params {
-	u32 weight;		/* share of CPU among runnable tasks, 1..10000, 100 = nice 0 */
+	u32 weight;		/* share of CPU among runnable tasks, 1..10000 on the kernel's scale: 1024 = nice 0 */
 	u32 preempts;		/* 1: a waking task of this class preempts preemptible classes */
 	u32 preemptible;	/* 1: tasks of this class may be preempted by a preempting class */
 	u32 preemptible_after_us; /* not preemptible: preemptible once it has run this long (0: never) */
@@ -178,9 +188,9 @@ struct canopy_group_policy {
  */
 struct canopy_cgroup_node {
 	u64 parent_id;		/* the parent cgroup's id; 0 for the root cgroup */
-	u32 weight;		/* weight in its parent: its policy group's weight when the group sets one, else cpu_weight */
-	u32 weight_in_parent;	/* the weight it added to its parent's active_weight when it turned active */
-	s64 active_weight;	/* weights of its runnable own tasks and of its child cgroups with runnable tasks */
+	u32 weight;		/* weight in its parent (cgroup scale): its policy group's weight when the group sets one, else cpu_weight */
+	u32 weight_in_parent;	/* the weight (task scale: weight * 1024 / 100) it added to its parent's active_weight */
+	s64 active_weight;	/* weights (task scale) of its runnable own tasks and of its child cgroups with runnable tasks */
 	u32 idle;		/* cpu.idle: 1 = its tasks (and its descendants') run only when nothing else wants the CPU */
 	u32 cpu_weight;		/* cpu.weight, 1..10000 */
 	u64 quota_ns;		/* cpu.max quota: CPU time it and its descendants may use per period; 0 = max */

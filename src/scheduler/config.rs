@@ -40,7 +40,9 @@ pub struct SchedulerConfig {
 pub struct ClassConfig {
     /// USER_INTERACTIVE, USER_INITIATED, DEFAULT, UTILITY, BACKGROUND or a custom class.
     pub name: String,
-    /// CPU share among runnable tasks, 1..10000 (100 = a nice-0 task).
+    /// CPU share among runnable tasks, 1..10000 on the kernel's task scale (1024 = a nice-0
+    /// task, the scale of the nice-to-weight table and of the daemon's policy classes); a
+    /// cgroup at cpu.weight w weighs w * 1024 / 100 against it (bpf/cpu_tree.bpf.h).
     pub weight: u32,
     /// Time slice in microseconds.
     pub slice_us: u64,
@@ -104,7 +106,8 @@ pub fn class_id(name: &str) -> Result<u32, SchedulerError> {
 pub const DEFAULT_PREEMPTIBLE_AFTER_US: u32 = 1000;
 
 impl ClassConfig {
-    /// The shipped class table: weights 800/400/100/50/25, slices 3/5/10/20/20 ms;
+    /// The shipped class table: weights 8192/4096/1024/512/256 (the task scale, 1024 = nice
+    /// 0: DEFAULT weighs as a nice-0 task, as a cgroup at cpu.weight 100), slices 3/5/10/20/20 ms;
     /// USER_INTERACTIVE preempts UTILITY and BACKGROUND.
     pub fn builtin() -> Vec<ClassConfig> {
         let class = |name: &str, weight, slice_ms: u64, preempts, preemptible| ClassConfig {
@@ -120,11 +123,11 @@ impl ClassConfig {
             },
         };
         vec![
-            class("USER_INTERACTIVE", 800, 3, true, false),
-            class("USER_INITIATED", 400, 5, false, false),
-            class("DEFAULT", 100, 10, false, false),
-            class("UTILITY", 50, 20, false, true),
-            class("BACKGROUND", 25, 20, false, true),
+            class("USER_INTERACTIVE", 8192, 3, true, false),
+            class("USER_INITIATED", 4096, 5, false, false),
+            class("DEFAULT", 1024, 10, false, false),
+            class("UTILITY", 512, 20, false, true),
+            class("BACKGROUND", 256, 20, false, true),
         ]
     }
 
