@@ -140,7 +140,9 @@ pub struct ClassDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<i64>")]
     pub uclamp_max: Option<Spanned<i64>>,
-    /// Relative weight of the class in canopy's BPF schedulers, 1..=10000.
+    /// Relative weight of the class in canopy's BPF schedulers, 1..=10000, on the kernel's
+    /// task scale (1024 = a nice-0 task): in scx mode a cgroup at `cpu.weight` w weighs
+    /// w * 1024 / 100 against it, as the fair scheduler converts `cpu.weight`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<i64>")]
     pub weight: Option<Spanned<i64>>,
