@@ -61,12 +61,16 @@ const BEST_EFFORT_MARGIN_POINTS: f64 = 6.0;
 ///   Lowest window 1.77, highest 2.28;
 /// - a variant pricing runs at the larger W_eq of their two ends, reverted: 1.86, 1.80, 1.73,
 ///   1.87:1 (fair 1.42:1); 1.91, 1.73, 1.88, 2.25:1 (fair 2.00:1); 1.88, 1.84, 1.86, 1.76:1
-///   (fair 2.00:1).
+///   (fair 2.00:1);
+/// - with one weight scale for tasks and cgroups (df0e740, session 10, 2026-12-04, host load
+///   0.8-4.1 with a cold build beside it), five boots: 1.98, 1.97, 2.02, 1.99:1 [1.99];
+///   1.99, 2.00, 2.03, 1.99:1 [2.00]; 1.96, 2.08, 1.93, 2.00:1 [1.99]; 1.98, 2.00, 1.92,
+///   1.98:1 [1.97]; 1.92, 2.03, 2.01, 1.93:1 [1.97] (fair 2.00-2.01:1). Lowest window 1.92,
+///   highest 2.08. Before it, CI's run of stop 16 had a window at 1.70:1 (the other three 1.94, 2.10, 1.93).
 ///
-/// Four boots of the kept code set this range (five with the floor fix alone; the VM queue of
-/// 2026-12-03 allowed no more): add the suite's runs here. Issue 12's 2:1 within 10% holds
-/// for the combined figure in every boot above, not for every 6 s window.
-const SERVICES_WINDOW_RATIO: (f64, f64) = (1.70, 2.40);
+/// The range is issue 12's 2:1 within 10% for every 6 s window, which the five boots of the
+/// kept code hold with 0.12 to spare on each side.
+const SERVICES_WINDOW_RATIO: (f64, f64) = (1.80, 2.20);
 /// The consecutive windows measured after the daemon loaded the root.
 const SERVICE_WINDOWS: [&str; 4] = ["services-w1", "services-w2", "services-w3", "services-w4"];
 
