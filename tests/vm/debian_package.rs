@@ -218,9 +218,10 @@ pub fn install_reload_stop_kill_upgrade_purge(guest: &RunningGuest) -> anyhow::R
     assert_eq!(installed["enabled"], "enabled", "{installed}");
     assert_eq!(installed["mode"], "scx", "{installed}");
     assert_eq!(installed["sched_ext"], "enabled", "{installed}");
-    // The unit's MemoryMax must leave room above what starting the schedulers takes: the
-    // verifier's memory is charged to the daemon's cgroup (147 MB of peak, 27 MB steady, on
-    // 2026-12-04), and at 128M the daemon was OOM-killed at every start.
+    // The unit's MemoryMax must leave room above what starting the schedulers takes: their
+    // load's kernel memory (most likely the verifier's) is charged to the daemon's cgroup
+    // (147 MB of peak, 27 MB steady, on 2026-12-04); at 128M the daemon was OOM-killed at
+    // every start.
     let number = |key: &str| installed[key].as_u64();
     let (peak, max) = (number("memory_peak"), number("memory_max"));
     println!("canopy.service memory.peak {peak:?} bytes, MemoryMax {max:?}");
@@ -231,17 +232,13 @@ pub fn install_reload_stop_kill_upgrade_purge(guest: &RunningGuest) -> anyhow::R
 
     let split = outcome.result("split-canopy")?;
     assert_eq!(split["sched_ext"], "enabled", "{split}");
-    // Issue 12 asks for 2:1 within 10% here too. Not met yet, so printed and not gated: the
-    // root's cpu.weight tree (bpf/cpu_tree.bpf.h) gave 1.62 and 1.77:1 for these two services
-    // on 2026-12-03 (the fair scheduler 2.01:1 in the same boot), and before that tree 1.05:1.
-    // Not systemd's doing: the same shape in the busybox guest (system.slice/hog-{a,b}.service
-    // at 200 and 100, one 2-thread hog each started before the root, the daemon on
-    // policies/default.toml) gave 1.73, 1.44, 1.50, 1.43, 1.34:1 in five successive 8 s
-    // windows (12:40 UTC, with an experimental weight-scaled slice that was not kept), so the
-    // split drifts down while the hogs run. Issue 12 stays open until this line is an
-    // assertion again.
+    // Issue 12 asks for 2:1 within 10% here too. Printed, not yet gated: on 2026-12-03 the
+    // root's cpu.weight tree (bpf/cpu_tree.bpf.h) gave 1.62 and 1.77:1 (fair 2.01:1 in the
+    // same boot; 1.05:1 before that tree); after the vtime-floor fix and the one weight scale
+    // (2026-12-04) four boots of this step gave 1.98, 2.01, 1.97, 2.00:1 (fair 1.99:1 in the
+    // first). One more boot sets the gate's margin; issue 12 stays open until then.
     println!(
-        "canopy split of CPUWeight 200:100 under systemd: {:.2}:1 (target 2:1 within 10%, not yet met)",
+        "canopy split of CPUWeight 200:100 under systemd: {:.2}:1 (target 2:1 within 10%, not yet gated)",
         ratio(split)
     );
 

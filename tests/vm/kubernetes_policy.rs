@@ -66,7 +66,7 @@ const BEST_EFFORT_MARGIN_POINTS: f64 = 6.0;
 ///   0.8-4.1 with a cold build beside it), five boots: 1.98, 1.97, 2.02, 1.99:1 [1.99];
 ///   1.99, 2.00, 2.03, 1.99:1 [2.00]; 1.96, 2.08, 1.93, 2.00:1 [1.99]; 1.98, 2.00, 1.92,
 ///   1.98:1 [1.97]; 1.92, 2.03, 2.01, 1.93:1 [1.97] (fair 2.00-2.01:1). Lowest window 1.92,
-///   highest 2.08. Before it, CI's run of stop 16 had a window at 1.70:1 (the other three 1.94, 2.10, 1.93).
+///   highest 2.08. Before it, the last CI run on record had a window at 1.70:1 (the other three 1.94, 2.10, 1.93).
 ///
 /// The range is issue 12's 2:1 within 10% for every 6 s window, which the five boots of the
 /// kept code hold with 0.12 to spare on each side.
