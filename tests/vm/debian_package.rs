@@ -3,10 +3,10 @@
 //! canopy's Debian package (lintian without errors on the host) on a real Debian 13 with
 //! systemd as PID 1, its whole life, as an administrator would live it:
 //! 1. two services in `system.slice` with `CPUWeight=` 200 and 100 and two busy threads each
-//!    split the CPU under the fair scheduler (classic `smp` group shares);
+//!    split the CPU 2:1 within 10% under the fair scheduler (classic `smp` group shares);
 //! 2. `apt install ./canopy_*.deb`: the unit is active (`Type=notify`, so systemd saw
 //!    READY=1), `--mode auto` chose scx and `canopy status` says so; the same split under
-//!    canopy;
+//!    canopy, 2:1 within 10% as well, and the daemon's memory peak under 3/4 of MemoryMax;
 //! 3. `systemctl reload` with a changed drop-in moves the policy hash; a broken drop-in keeps
 //!    the old hash (and reports the error) and the unit stays active;
 //! 4. `systemctl stop`: sched_ext disabled and every task's policy and nice as before canopy;
@@ -232,13 +232,19 @@ pub fn install_reload_stop_kill_upgrade_purge(guest: &RunningGuest) -> anyhow::R
 
     let split = outcome.result("split-canopy")?;
     assert_eq!(split["sched_ext"], "enabled", "{split}");
-    // Issue 12 asks for 2:1 within 10% here too. Printed, not yet gated: on 2026-12-03 the
-    // root's cpu.weight tree (bpf/cpu_tree.bpf.h) gave 1.62 and 1.77:1 (fair 2.01:1 in the
-    // same boot; 1.05:1 before that tree); after the vtime-floor fix and the one weight scale
-    // (2026-12-04) four boots of this step gave 1.98, 2.01, 1.97, 2.00:1 (fair 1.99:1 in the
-    // first). One more boot sets the gate's margin; issue 12 stays open until then.
+    // Issue 12: 2:1 within 10% under canopy too, as for the fair scheduler above. History: on
+    // 2026-12-03 the root's cpu.weight tree (bpf/cpu_tree.bpf.h) gave 1.62 and 1.77:1 (fair
+    // 2.01:1 in the same boot; 1.05:1 before that tree). After the vtime-floor fix and the one
+    // weight scale, five boots of this step on 2026-12-04 (host load 1.8-2.2 beside other
+    // work) gave 1.98, 2.01, 1.97, 2.00, 2.01:1 (fair 1.99:1 in the first and fifth): the
+    // worst is 0.015 from 2:1, the bound 0.10.
     println!(
-        "canopy split of CPUWeight 200:100 under systemd: {:.2}:1 (target 2:1 within 10%, not yet gated)",
+        "canopy split of CPUWeight 200:100 under systemd: {:.2}:1 (2:1 within 10%)",
+        ratio(split)
+    );
+    assert!(
+        (ratio(split) / 2.0 - 1.0).abs() <= 0.10,
+        "canopy split of CPUWeight 200:100 under systemd {:.2}:1, 2:1 within 10% expected: {split}",
         ratio(split)
     );
 
