@@ -8,7 +8,7 @@
  * Policy: a child may attach only on a cgroup that the policy (map `group_policy`, pushed by
  * the loader) names with a scheduler kind admitting the child's ops name (up to
  * CANOPY_MAX_ADMITTED names per group). Anything else is refused with -EPERM (not named /
- * name not admitted) or -ENOSPC (no free member slot, CANOPY_MAX_MEMBERS - 1 = 16 children);
+ * name not admitted) or -ENOSPC (no free member slot, CANOPY_MAX_MEMBERS - 1 = 64 children);
  * each decision is logged through `admission_events` and bpf_printk. An admitted child gets
  * SCX_CAP_ENQ_IMMED on every cid (a time share, never ownership) and the group's weight,
  * else its cgroup's cpu.weight.
@@ -17,7 +17,7 @@
  * "foreign_fifo"] and no weight; games.slice has cpu.weight 200. `foreign_fifo` attaching
  * there takes the first free slot (say 1) at weight 200 and an ENQ_IMMED grant on both cids;
  * an ops named "other_sched" on games.slice, or `foreign_fifo` on a cgroup the policy does
- * not name, gets -EPERM; a 17th child anywhere gets -ENOSPC. Each of the three shows up as
+ * not name, gets -EPERM; a 65th child anywhere gets -ENOSPC. Each of the three shows up as
  * one `canopy_admission_event` that `canopy run` logs.
  */
 #ifndef CANOPY_ADMISSION_BPF_H

@@ -175,7 +175,7 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 {
 	struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
-	u32 nr = scx_bpf_nr_online_cids(), tried = 0;
+	u32 nr = scx_bpf_nr_online_cids();
 	u64 now = scx_bpf_now();
 	int attempt;
 
@@ -192,13 +192,14 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 		return;
 	}
 
+	members_prepare(now, nr ?: 1);
 	canopy_for(attempt, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m;
-		u32 slot = pick_member(now, tried, nr ?: 1);
+		u32 slot = pick_member();
 
 		if (slot >= CANOPY_MAX_MEMBERS)
 			break;
-		tried |= 1U << (slot & 31);
+		member_offered(slot);
 		m = member_of(slot);
 		if (!m)
 			break;

@@ -116,13 +116,15 @@ static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr
 	 */
 	cgroup_id = m->cgroup_id;
 	pol = bpf_map_lookup_elem(&group_policy, &cgroup_id);
-	if (pol) {
+	if (pol && pol->weight) {
+		m->weight = pol->weight;
+	} else if (pol) {
 		struct canopy_cgroup_node *node = tree_node(cgroup_id);
 
-		if (pol->weight)
-			m->weight = pol->weight;
-		else if (node && node->cpu_weight)
+		if (node && node->cpu_weight)
 			m->weight = node->cpu_weight;
+	}
+	if (pol) {
 		m->guarantee_pct = pol->guarantee_pct;
 		m->cap_pct = pol->cap_pct;
 	}
@@ -211,16 +213,74 @@ static __always_inline bool member_idle(const struct canopy_member *m)
 }
 
 /*
- * The next member to offer a cid: lowest vtime among active members not yet
- * tried, members below their guarantee first, members at their cap never.
+ * The members one dispatch may still offer the cid to, as two bit sets over the slots (64
+ * slots a word; CANOPY_MAX_MEMBERS is at most 128): `eligible` (active, below its cap, not yet
+ * offered in this dispatch) and `guaranteed` (below its guarantee), made once per dispatch by
+ * members_prepare(); each offer that finds nothing clears the slot's eligible bit. Kept in a
+ * per-CPU map entry, not on the stack: a dispatch runs on its own CPU and is not re-entered
+ * there, and the two functions below are verified once each as global functions (inlined
+ * into the dispatch loop, their loops made the verifier walk 888,518 instructions and the
+ * x86 JIT give up on the program).
  */
-__noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
+struct member_offers {
+	u64 eligible[2];
+	u64 guaranteed[2];
+};
+
+_Static_assert(CANOPY_MAX_MEMBERS <= 128, "struct member_offers holds 128 slots");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct member_offers);
+} member_offers_here SEC(".maps");
+
+static __always_inline struct member_offers *offers_here(void)
 {
-	u32 best = NO_OWNER;
+	u32 zero = 0;
+
+	return bpf_map_lookup_elem(&member_offers_here, &zero);
+}
+
+static __always_inline bool member_in(const u64 *set, u32 slot)
+{
+	return set[(slot / 64) & 1] & (1ULL << (slot & 63));
+}
+
+static __always_inline void member_add(u64 *set, u32 slot)
+{
+	set[(slot / 64) & 1] |= 1ULL << (slot & 63);
+}
+
+/* This dispatch offered @slot the cid and it had nothing: not again in this dispatch. */
+static __always_inline void member_offered(u32 slot)
+{
+	struct member_offers *offers = offers_here();
+
+	if (offers)
+		offers->eligible[(slot / 64) & 1] &= ~(1ULL << (slot & 63));
+}
+
+/*
+ * Once per dispatch: start new windows where they are over, lift members coming back from idle
+ * to the floor (at most one default slice behind the least-served busy member), and fill this
+ * CPU's member_offers: active members not at their cap are eligible, those below their
+ * guarantee are guaranteed. One pass over the slots for the floor and one for the rest,
+ * however many offers the dispatch then makes (before, both passes ran again for every offer:
+ * 2 x 65 x 65 lookups at 64 children in a dispatch that found every member empty). Returns 0,
+ * or -1 when the per-CPU entry is missing (then no member is offered anything).
+ */
+__noinline int members_prepare(u64 now, u32 nr_cids)
+{
+	struct member_offers *offers = offers_here();
+	u64 min_busy = (u64)-1, floor, capacity = CANOPY_PERIOD_NS * (u64)nr_cids;
 	int i;
-	u64 best_vtime = (u64)-1;
-	bool best_guaranteed = false;
-	u64 min_busy = (u64)-1, floor;
+
+	if (!offers)
+		return -1;
+	offers->eligible[0] = offers->eligible[1] = 0;
+	offers->guaranteed[0] = offers->guaranteed[1] = 0;
 
 	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m = member_of(i);
@@ -234,28 +294,17 @@ __noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 		member_vtime_min - KCONST(SCX_SLICE_DFL) : 0;
 
 	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
-		struct canopy_member *m;
-		bool guaranteed;
-		u64 capacity;
+		struct canopy_member *m = member_of(i);
 
-		if (i < 0 || i >= CANOPY_MAX_MEMBERS || (tried & (1U << i)))
-			continue;
-		m = member_of(i);
 		if (!m || !m->active)
 			continue;
-
 		roll_window(m, now, nr_cids);
-		capacity = CANOPY_PERIOD_NS * (u64)nr_cids;
 		if (m->cap_pct && m->cap_pct < 100 &&
 		    m->period_used_ns >= capacity / 100 * m->cap_pct) {
 			m->throttled++;
 			stat_inc(CANOPY_STAT_CAP_THROTTLED);
 			continue;
 		}
-		guaranteed = m->guarantee_pct &&
-			     m->period_used_ns < (now - m->period_start_ns) * nr_cids / 100 *
-						 m->guarantee_pct + m->guarantee_owed_ns;
-
 		/*
 		 * Only a member coming back from idle is lifted to the floor: busy ones keep their
 		 * lag. A member whose queue was empty while its tasks ran elsewhere is not idle.
@@ -264,7 +313,40 @@ __noinline u32 pick_member(u64 now, u32 tried, u32 nr_cids)
 			m->lifted_vtime += floor - m->vtime;
 			m->vtime = floor;
 		}
+		member_add(offers->eligible, i);
+		if (m->guarantee_pct &&
+		    m->period_used_ns < (now - m->period_start_ns) * nr_cids / 100 * m->guarantee_pct +
+					m->guarantee_owed_ns)
+			member_add(offers->guaranteed, i);
+	}
+	return 0;
+}
 
+/*
+ * The next member to offer a cid: of the eligible ones in this CPU's member_offers (filled by
+ * members_prepare), the lowest vtime, members below their guarantee first; NO_OWNER when none
+ * is left. One pass of lookups and compares.
+ */
+__noinline u32 pick_member(void)
+{
+	struct member_offers *offers = offers_here();
+	u32 best = NO_OWNER;
+	int i;
+	u64 best_vtime = (u64)-1;
+	bool best_guaranteed = false;
+
+	if (!offers)
+		return NO_OWNER;
+	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
+		struct canopy_member *m;
+		bool guaranteed;
+
+		if (i < 0 || i >= CANOPY_MAX_MEMBERS || !member_in(offers->eligible, i))
+			continue;
+		m = member_of(i);
+		if (!m || !m->active)
+			continue;
+		guaranteed = member_in(offers->guaranteed, i);
 		if ((guaranteed && !best_guaranteed) ||
 		    (guaranteed == best_guaranteed && m->vtime < best_vtime)) {
 			best = i;

@@ -42,8 +42,13 @@ typedef long long s64;
 enum canopy_limits {
 	/* cids the schedulers track (cmask words, per-cid state arrays) */
 	CANOPY_MAX_CIDS = 256,
-	/* child schedulers one parent tracks at a time (slot 0 is the parent itself) */
-	CANOPY_MAX_MEMBERS = 17,
+	/*
+	 * members one parent tracks at a time: slot 0 is the parent itself, so 64 children (issue
+	 * 10: at least 64). The kernel sets no limit of its own on a parent's children (only the
+	 * depth, SCX_SUB_MAX_DEPTH); a dispatch that finds every member empty looks at each once
+	 * per try, so this bounds that cost (cid_grants.bpf.h). The 65th child gets -ENOSPC.
+	 */
+	CANOPY_MAX_MEMBERS = 65,
 	/* cgroups with a `group_policy` entry (every cgroup2 cgroup; allocated as entries are made) */
 	CANOPY_MAX_GROUPS = 65536,
 	/* cgroups with the cpu controller the root tracks as weighted nodes (`cpu_tree`) */

@@ -76,15 +76,17 @@ fn log_admission(bytes: &[u8]) -> i32 {
             event.cgroup_id, event.slot
         );
     } else {
+        let why = match -event.verdict {
+            libc::EPERM => "the policy does not admit it there".to_string(),
+            libc::ENOSPC => format!(
+                "no free member slot: the root holds at most {} children",
+                bpf_intf::CANOPY_MAX_MEMBERS - 1
+            ),
+            _ => "the time-share grant of the cids failed".to_string(),
+        };
         println!(
-            "canopy: refused sub-scheduler {name} on {path} (cgroup id {}): errno {} ({})",
-            event.cgroup_id,
-            -event.verdict,
-            if event.verdict == -1 {
-                "the policy does not admit it there"
-            } else {
-                "no room"
-            }
+            "canopy: refused sub-scheduler {name} on {path} (cgroup id {}): errno {} ({why})",
+            event.cgroup_id, -event.verdict,
         );
     }
     0
@@ -316,6 +318,15 @@ pub fn supervise(
 ) -> anyhow::Result<()> {
     let mut watch = refresh.and_then(|_| watch_cgroups());
     let mut config = config.clone();
+    // Each attached scheduler holds about 33 descriptors: 64 children need more than 1,024.
+    match canopy_sys::limits::raise_open_file_limit() {
+        Ok(limit) if limit.after != limit.before => println!(
+            "canopy: open-file limit raised from {} to {} (each attached scheduler holds about 33)",
+            limit.before, limit.after
+        ),
+        Ok(_) => {}
+        Err(error) => println!("canopy: open-file limit not raised: {error}"),
+    }
     loop {
         let root = RootScheduler::load(&config).context("starting the root scheduler")?;
         println!(

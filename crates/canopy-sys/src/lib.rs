@@ -17,6 +17,8 @@
 //! - [`beneath`]: resolving a path somebody else chose strictly beneath a trusted root
 //!   (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), with PATH_MAX/NAME_MAX limits.
 //! - [`instance_lock`]: one daemon at a time (`flock` on a lock file in the run directory).
+//! - [`limits`]: the open-file limit raised to the hard limit (a loader of 64 BPF children
+//!   needs more than the default 1,024 descriptors).
 //! - [`policy_files`]: finding and reading policy files (`policy.toml`, `policy.d/*.toml`),
 //!   bounded and with the path in every error, for the CLI and the daemon alike.
 //!
@@ -41,6 +43,7 @@
 pub mod beneath;
 pub mod cgroup;
 pub mod instance_lock;
+pub mod limits;
 pub mod peer;
 pub mod policy_files;
 pub mod proc_events;
