@@ -53,9 +53,6 @@
 
 char _license[] SEC("license") = "GPL";
 
-/* weight of the root's own tasks (member 0) when the policy names no weight for "/" */
-const volatile u32 own_weight = CANOPY_DEFAULT_WEIGHT;
-
 /*
  * Take @cid for a waking task if it is idle. Test-and-clear: of two tasks waking at once only
  * one gets an idle cid, so a USER_INTERACTIVE task never lands in a local queue behind a

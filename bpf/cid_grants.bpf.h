@@ -69,6 +69,37 @@ u32 nr_children;
  */
 u64 member_vtime_min;
 
+/*
+ * The least weight of the root's own tasks (member 0) when the policy names no weight for "/";
+ * above it member 0 weighs what its runnable cgroups and tasks weigh at the top of the cpu tree
+ * (own_member_weight()).
+ */
+const volatile u32 own_weight = CANOPY_DEFAULT_WEIGHT;
+
+/*
+ * Member 0's weight on the cgroup scale, when the policy names none for "/": what the root's
+ * own runnable work weighs at the top of the cpu tree (the root node's active weight: its
+ * runnable tasks on the task scale and its busy child cgroups at their cpu.weight, converted
+ * as 1024 -> 100), at least own_weight. That is how the fair scheduler weighs the root's
+ * cgroups and tasks against a child's cgroup beside them. Example (issue 10 (h)): 31 children
+ * at cpu.weight 50-400 (5,800 in all) beside 33 cgroups of the root's own hogs (6,200): member
+ * 0 at a fixed 100 got 100 / 5,900 of 8 CPUs, 0.14 CPU for 33 hogs, so a hog in a cgroup at 50
+ * waited for its 20 ms slice past the kernel's 30 s watchdog and the root was ejected; at
+ * 6,200 member 0 gets about half the machine, as under the fair scheduler. A child attached
+ * deeper (system.slice/x.service) still weighs its own cpu.weight against all of member 0,
+ * not its share inside its parent (the children are not yet nodes of the tree).
+ */
+static __always_inline u32 own_member_weight(void)
+{
+	struct canopy_cgroup_node *root = tree_node(1);
+	s64 active = root ? root->active_weight : 0;
+	u64 weight = active > 0 ? (u64)active * CANOPY_DEFAULT_WEIGHT / CANOPY_NICE0_WEIGHT : 0;
+
+	if (weight < own_weight)
+		weight = own_weight;
+	return weight < 1000000 ? weight : 1000000;
+}
+
 static __always_inline struct cid_state *cid_state_of(s32 cid)
 {
 	if (cid < 0 || cid >= CANOPY_MAX_CIDS)
@@ -112,12 +143,15 @@ static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr
 	/*
 	 * Follow the share terms of the group's current state (the daemon rewrites group_policy
 	 * when a state changes), once a window: weight when the policy names one (else the
-	 * cgroup's cpu.weight), guarantee and cap.
+	 * cgroup's cpu.weight; member 0: what its runnable work weighs, own_member_weight()),
+	 * guarantee and cap.
 	 */
 	cgroup_id = m->cgroup_id;
 	pol = bpf_map_lookup_elem(&group_policy, &cgroup_id);
 	if (pol && pol->weight) {
 		m->weight = pol->weight;
+	} else if (cgroup_id == 1) {
+		m->weight = own_member_weight();
 	} else if (pol) {
 		struct canopy_cgroup_node *node = tree_node(cgroup_id);
 

@@ -71,8 +71,11 @@
  * 100, a group without weight): 300 : 100, a gets 3/4 of pw.
  *
  * Not yet in the tree: attached child schedulers. The root's own tasks as a whole are still
- * member 0 (at `own_weight`) beside the children, which keep their attach cgroup's cpu.weight;
- * inside member 0 the tree above holds.
+ * member 0 beside the children, which keep their attach cgroup's cpu.weight; member 0 weighs
+ * what the tree's root node holds active (its runnable top-level cgroups and tasks, at least
+ * `own_weight`; cid_grants.bpf.h, own_member_weight()), so children beside busy cgroups of
+ * the root's get what they would beside them under the fair scheduler when they are attached
+ * at the top level; inside member 0 the tree above holds.
  *
  * Races, stated: two CPUs crossing the same node's zero at once may add and remove its weight
  * in the parent in either order, so a parent's sum can read low or high for that instant; the
