@@ -116,6 +116,18 @@ enum SchedulerCommand {
         #[arg(long, default_value_t = 0.0)]
         seconds: f64,
     },
+    /// What each loaded callback of canopy's schedulers costs per call, measured by the kernel
+    /// (BPF run-time statistics) over a window.
+    OpCost {
+        /// Programs whose full name starts with this (`canopy_child_` for the children).
+        #[arg(long, default_value = "canopy_root_")]
+        prefix: String,
+        /// The window, in seconds.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the scheduler hierarchy, the root's members and counters.
     Status {
         #[arg(long)]
@@ -191,6 +203,21 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
         SchedulerCommand::RestartFixture { restarts, seconds } => {
             install_stop_handlers();
             run_restart_fixture(restarts, deadline(seconds))
+        }
+        SchedulerCommand::OpCost {
+            prefix,
+            seconds,
+            json,
+        } => {
+            let window = Duration::try_from_secs_f64(seconds)
+                .with_context(|| format!("--seconds {seconds}"))?;
+            let rows = super::op_cost::measure(&prefix, window)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", super::op_cost::table(&rows));
+            }
+            Ok(())
         }
         SchedulerCommand::Status { json, interval_ms } => {
             let status = status::collect(Duration::from_millis(interval_ms));

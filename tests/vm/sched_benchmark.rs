@@ -32,11 +32,12 @@ enum BenchMode {
 impl BenchMode {
     fn from_env() -> anyhow::Result<Self> {
         match std::env::var("CANOPY_BENCH").as_deref() {
-            Err(_) | Ok("") | Ok("smoke") => Ok(BenchMode::Smoke),
+            // `cost` asks for the callback-cost rows alone (their own test): this one smokes
+            Err(_) | Ok("") | Ok("smoke") | Ok("cost") => Ok(BenchMode::Smoke),
             Ok("full") => Ok(BenchMode::Full),
             Ok("frames") => Ok(BenchMode::Frames),
             Ok(other) => anyhow::bail!(
-                "CANOPY_BENCH={other:?}: expected `full`, `frames` or `smoke` (the default)"
+                "CANOPY_BENCH={other:?}: expected `full`, `frames`, `cost` or `smoke` (the default)"
             ),
         }
     }
@@ -591,4 +592,122 @@ fn find_key<'a>(value: &'a serde_json::Value, name: &str) -> Option<&'a serde_js
         serde_json::Value::Array(items) => items.iter().find_map(|inner| find_key(inner, name)),
         _ => None,
     }
+}
+
+/// The root's callbacks this benchmark reports, in its columns' order.
+const COST_CALLBACKS: [&str; 6] = [
+    "canopy_root_select_cid",
+    "canopy_root_enqueue",
+    "canopy_root_dispatch",
+    "canopy_root_running",
+    "canopy_root_stopping",
+    "canopy_root_runnable",
+];
+
+/// Issue 10's benchmark rows: what canopy_root's callbacks cost per call (the kernel's BPF
+/// run-time statistics, `canopy scheduler op-cost`) with 10, 1,000 and 10,000 cgroups with the
+/// cpu controller (`cost/gN`, two levels below the root) and the same work each time: four
+/// pingpong pairs (each in its own cgroup, spread over the N) and two hogs (in two more), so
+/// every wakeup goes through enqueue, select and dispatch with a queue to choose from.
+/// `CANOPY_BENCH=full` (or `cost`: `scripts/bench cost`) measures 5 s at each count and writes
+/// target/sched-bench-cost.md; the suite's smoke measures 1 s at 10 and 1,000 cgroups.
+/// Cost per call grows with a cgroup's depth (the tree walks in stopping and runnable), not
+/// with how many cgroups exist (hash lookups): the rows show whether that holds.
+#[test]
+fn root_callback_costs_at_ten_to_ten_thousand_cgroups() -> anyhow::Result<()> {
+    let full = matches!(
+        std::env::var("CANOPY_BENCH").as_deref(),
+        Ok("full") | Ok("cost")
+    );
+    let (counts, seconds): (&[u32], u32) = if full {
+        (&[10, 1000, 10000], 5)
+    } else {
+        (&[10, 1000], 1)
+    };
+    let mut script = format!(
+        r#"
+echo +cpu > /sys/fs/cgroup/cgroup.subtree_control
+mkdir -p /sys/fs/cgroup/cost
+echo +cpu > /sys/fs/cgroup/cost/cgroup.subtree_control
+canopy scheduler run > /tmp/root.log 2>&1 &
+ROOT=$!
+{WAIT_ROOT}
+made=0
+in_group() {{ sh -c "echo \$\$ > /sys/fs/cgroup/cost/g$1/cgroup.procs; shift; exec \"\$@\"" sh "$@"; }}
+"#,
+        WAIT_ROOT = crate::support::WAIT_ROOT
+    );
+    for count in counts {
+        script += &format!(
+            r#"
+seq $made {last} | sed 's|^|/sys/fs/cgroup/cost/g|' | xargs mkdir -p
+made={count}
+pids=
+for k in 0 1 2 3; do
+  in_group $((k * {count} / 6)) canopy-guest pingpong --pairs 1 --seconds {run} --kind pingpong-{count}-$k > /dev/null &
+  pids="$pids $!"
+done
+in_group $((4 * {count} / 6)) canopy-guest hog --threads 1 & hog1=$!
+in_group $((5 * {count} / 6)) canopy-guest hog --threads 1 & hog2=$!
+sleep 1
+canopy scheduler op-cost --seconds {seconds} --json > /tmp/cost.json
+wait $pids
+kill $hog1 $hog2; wait $hog1 $hog2 || true
+canopy-guest report cost-{count} cgroups=$(ls -d /sys/fs/cgroup/cost/g* | wc -l) callbacks=@/tmp/cost.json root_state="$(cat /sys/kernel/sched_ext/state)"
+"#,
+            last = count - 1,
+            run = seconds + 2,
+        );
+    }
+    script += crate::support::STOP_ROOT;
+    let outcome = crate::scenario("sched-callback-cost")
+        .timeout(Duration::from_secs(if full { 900 } else { 240 }))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let mut table = format!(
+        "canopy_root's callbacks, ns per call (calls per second), measured by the kernel over \
+         {seconds} s at each count. {}\n\n| cgroups |",
+        outcome.summary()
+    );
+    for callback in COST_CALLBACKS {
+        table += &format!(" {} |", callback.trim_start_matches("canopy_root_"));
+    }
+    table += "\n|---|";
+    table += &"---|".repeat(COST_CALLBACKS.len());
+    table += "\n";
+    for count in counts {
+        let result = outcome.result(&format!("cost-{count}"))?;
+        assert_eq!(result["root_state"], "enabled", "the root died: {result}");
+        assert_eq!(
+            result["cgroups"].as_u64(),
+            Some(u64::from(*count)),
+            "{result}"
+        );
+        table += &format!("| {count} |");
+        for callback in COST_CALLBACKS {
+            let row = result["callbacks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|row| row["name"] == callback)
+                .ok_or_else(|| anyhow::anyhow!("{callback} not measured: {result}"))?;
+            let calls = row["calls"].as_u64().unwrap_or(0);
+            assert!(calls > 0, "{callback} was not called: {result}");
+            table += &format!(
+                " {:.0} ns ({:.0}/s) |",
+                row["ns_per_call"].as_f64().unwrap_or(f64::NAN),
+                row["calls_per_s"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        table += "\n";
+    }
+    println!("{table}");
+    if full {
+        let out =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sched-bench-cost.md");
+        std::fs::write(&out, &table)?;
+    }
+    crate::support::assert_root_survived(&outcome)?;
+    Ok(())
 }
