@@ -311,3 +311,264 @@ canopy-guest report after status=@/tmp/status.json
     );
     Ok(())
 }
+
+/// Issue 10 acceptance (h): the children this root holds.
+const MANY_CHILDREN: usize = 64;
+/// Their cpu.weights, by index modulo four: an 8:1 spread (sum 12,000 over the 64).
+const MANY_CHILDREN_WEIGHTS: [u32; 4] = [50, 100, 200, 400];
+/// Acceptance (h)'s guest: 8 vCPUs (on this host's 2 cores under TCG).
+const MANY_CHILDREN_CPUS: usize = 8;
+/// The bound on the error of each weight's 16 children together (relative to their share):
+/// the issue's 5%. Five boots (2026-12-04, host load 2-9 beside cold builds): worst weight
+/// 0.5%, 0.8%, 3.3%, 0.8%, 1.3%.
+const MANY_CHILDREN_WEIGHT_BOUND: f64 = 0.05;
+/// The bound on any one child's error (relative to its share), from the same five boots:
+/// canopy's largest 6.8%, 14.6%, 15.1%, 7.7%, 7.5% (12.2% in a sixth, before the per-weight
+/// figures were printed), always a child at weight 50 or 100; the fair scheduler's largest in
+/// the same boots 16.4%, 17.6%, 30.1%, 21.8%, 11.6% (10.5%). A child at weight 50 is 0.42% of
+/// the machine, 0.67 CPU-seconds of the window: an 8-vCPU guest on a 2-core host loses whole
+/// vCPUs to the host for tens of ms, charged to whatever ran there, so one child's figure is
+/// mostly the platform's noise (the fair scheduler's is larger), and the issue's 5% holds for
+/// the weights together (above), not for every child alone. 25% is 1.65 times the worst.
+const MANY_CHILDREN_CHILD_BOUND: f64 = 0.25;
+
+/// Issue 10 acceptance (h), the member limit: 64 canopy children (CANOPY_MAX_MEMBERS - 1, the
+/// root's slots; the kernel sets no limit of its own on a parent's children, only the depth),
+/// at cpu.weight 50, 100, 200 and 400 in turn, one hog each, on an 8-vCPU guest. Over 20 s the
+/// children of each weight together get their weights' share of the CPU the 64 used within 5%
+/// (relative), and each child its own within MANY_CHILDREN_CHILD_BOUND; the root and every
+/// child are still attached at the end (no stall), and a 65th child is refused with ENOSPC and
+/// a message naming the limit. The 64 load in about 40 s (0.5 s each). The fair scheduler's
+/// split of the same cgroups in the same boot (10 s) is printed beside it.
+#[test]
+fn sixty_four_children_split_cpu_by_weight_on_eight_cpus() -> anyhow::Result<()> {
+    let names: Vec<String> = (0..=MANY_CHILDREN).map(|i| format!("c{i:02}")).collect();
+    let groups: String = names[..MANY_CHILDREN]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!(" --group {name}:{}:1", MANY_CHILDREN_WEIGHTS[i % 4]))
+        .collect();
+    let config_names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let script = format!(
+        r#"
+for name in {all}; do mkdir -p /sys/fs/cgroup/$name; done
+canopy-guest cpu-split{groups} --seconds 10 --warmup 2 --keep --fair-cgroup-mode smp --kind many-fair
+canopy scheduler run --config /etc/canopy-sched.json > /tmp/root.log 2>&1 &
+ROOT=$!
+{WAIT_ROOT}
+t0=$(cut -d' ' -f1 /proc/uptime)
+for i in $(seq 1 1200); do
+  [ "$(grep -c 'child scheduler canopy_child enabled' /tmp/root.log)" -ge {children} ] \
+    && grep -q 'refused sub-scheduler' /tmp/root.log && break
+  # a load that failed (31 children filled the default open-file limit before it was raised)
+  grep -q 'not attached' /tmp/root.log && break
+  if ! kill -0 $ROOT 2>/dev/null; then cat /tmp/root.log; exit 1; fi
+  sleep 0.25
+done
+t1=$(cut -d' ' -f1 /proc/uptime)
+canopy-guest report children-loaded enabled=$(grep -c 'child scheduler canopy_child enabled' /tmp/root.log) seconds=$(echo "$t1 $t0" | awk '{{print $1 - $2}}') refused="$(grep 'refused sub-scheduler' /tmp/root.log | head -n 1)" failed="$(grep 'not attached' /tmp/root.log | head -n 1)" limit="$(grep 'open-file limit' /tmp/root.log)" root_state="$(cat /sys/kernel/sched_ext/state)"
+canopy-guest cpu-split{groups} --seconds 20 --warmup 2 --keep --kind many-canopy
+canopy scheduler status --json --interval-ms 500 > /tmp/status.json || true
+canopy-guest report many-status status=@/tmp/status.json root_state="$(cat /sys/kernel/sched_ext/state)"
+{STOP_ROOT}
+"#,
+        all = names.join(" "),
+        children = MANY_CHILDREN,
+        WAIT_ROOT = crate::support::WAIT_ROOT,
+    );
+    let outcome = crate::scenario("sched-many-children")
+        .cpus(MANY_CHILDREN_CPUS)
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            children_config(&config_names),
+            0o644,
+        )
+        .timeout(Duration::from_secs(1200))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let loaded = outcome.result("children-loaded")?;
+    println!("children loaded: {loaded}");
+    let fair = many_children_errors(outcome.result("many-fair")?)?;
+    let canopy = many_children_errors(outcome.result("many-canopy")?)?;
+    for (kind, errors) in [("fair", &fair), ("canopy", &canopy)] {
+        println!(
+            "{kind}: largest child error {:.1}% at {}; the children of each weight together: {}; \
+             each child by weight: {}",
+            errors.largest * 100.0,
+            errors.largest_at,
+            errors
+                .by_weight
+                .iter()
+                .map(|(weight, together, _, _)| format!("{weight}: {:+.1}%", together * 100.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            errors
+                .by_weight
+                .iter()
+                .map(|(weight, _, low, high)| format!(
+                    "{weight}: {:+.1}%..{:+.1}%",
+                    low * 100.0,
+                    high * 100.0
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let status = outcome.result("many-status")?;
+    let attached = status["status"]["schedulers"]
+        .as_array()
+        .map_or(0, |schedulers| schedulers.len());
+    assert_eq!(
+        loaded["enabled"].as_u64(),
+        Some(MANY_CHILDREN as u64),
+        "not every child attached: {loaded}"
+    );
+    let refused = loaded["refused"].as_str().unwrap_or_default();
+    assert!(
+        refused.contains("/c64") && refused.contains("errno 28") && refused.contains("at most 64"),
+        "the 65th child was not refused for want of a slot: {loaded}"
+    );
+    assert_eq!(status["root_state"], "enabled", "the root died: {status}");
+    assert_eq!(
+        attached,
+        MANY_CHILDREN + 1,
+        "the root and 64 children should be attached after the split: {status}"
+    );
+    for (weight, together, _, _) in &canopy.by_weight {
+        assert!(
+            together.abs() <= MANY_CHILDREN_WEIGHT_BOUND,
+            "the children at weight {weight} together got {:+.1}% of their share (bound {:.0}%)",
+            together * 100.0,
+            MANY_CHILDREN_WEIGHT_BOUND * 100.0
+        );
+    }
+    assert!(
+        canopy.largest <= MANY_CHILDREN_CHILD_BOUND,
+        "child {} is {:.1}% off its share (bound {:.0}%; the fair scheduler's largest in this \
+         boot: {:.1}%)",
+        canopy.largest_at,
+        canopy.largest * 100.0,
+        MANY_CHILDREN_CHILD_BOUND * 100.0,
+        fair.largest * 100.0
+    );
+    crate::support::assert_root_survived(&outcome)?;
+    Ok(())
+}
+
+/// Acceptance (h)'s errors of one split: the largest child's (relative to its share), where,
+/// and per weight: the error of the weight's children together, and the lowest and highest
+/// child's.
+struct ManyChildrenErrors {
+    largest: f64,
+    largest_at: String,
+    by_weight: Vec<(u32, f64, f64, f64)>,
+}
+
+fn many_children_errors(split: &serde_json::Value) -> anyhow::Result<ManyChildrenErrors> {
+    let groups = split["groups"].as_array().cloned().unwrap_or_default();
+    anyhow::ensure!(groups.len() == MANY_CHILDREN, "{split}");
+    let number = |group: &serde_json::Value, key: &str| group[key].as_f64().unwrap_or(f64::NAN);
+    let mut errors = ManyChildrenErrors {
+        largest: 0.0,
+        largest_at: String::new(),
+        by_weight: Vec::new(),
+    };
+    for group in &groups {
+        let error = number(group, "share_error").abs();
+        if !(error <= errors.largest) {
+            errors.largest = error;
+            errors.largest_at = format!("{} (weight {})", group["name"], group["weight"]);
+        }
+    }
+    for weight in MANY_CHILDREN_WEIGHTS {
+        let of_weight: Vec<&serde_json::Value> = groups
+            .iter()
+            .filter(|group| group["weight"].as_u64() == Some(u64::from(weight)))
+            .collect();
+        let share: f64 = of_weight.iter().map(|group| number(group, "share")).sum();
+        let target: f64 = of_weight
+            .iter()
+            .map(|group| number(group, "target_share"))
+            .sum();
+        let (low, high) = of_weight
+            .iter()
+            .map(|group| number(group, "share_error"))
+            .fold((f64::MAX, f64::MIN), |(low, high), e| {
+                (low.min(e), high.max(e))
+            });
+        errors
+            .by_weight
+            .push((weight, share / target - 1.0, low, high));
+    }
+    Ok(errors)
+}
+
+/// The root's own work weighs against children as under the fair scheduler: eight canopy
+/// children and eight cgroups of the root's own tasks, all at cpu.weight 100 with one hog each,
+/// on 2 vCPUs. The own cgroups together get half the CPU, within 3 points (the fair scheduler's
+/// split of the same cgroups in the same boot is printed). Before member 0 weighed its
+/// runnable work (it weighed a fixed 100 against the children's 800) they got 9.7%, and with
+/// 31 children beside 33 own cgroups on 8 vCPUs a hog starved past the kernel's watchdog,
+/// which ejected the root. Five boots after the fix (2026-12-04, host load 4-9): 49.3%,
+/// 49.9%, 50.4%, 49.7%, 50.3% (fair 49.3-50.9%): the bound is four times the worst.
+#[test]
+fn the_roots_own_busy_cgroups_weigh_against_children_as_under_fair() -> anyhow::Result<()> {
+    let children: Vec<String> = (0..8).map(|i| format!("mc{i}")).collect();
+    let own: Vec<String> = (0..8).map(|i| format!("mo{i}")).collect();
+    let groups: String = children
+        .iter()
+        .chain(&own)
+        .map(|name| format!(" --group {name}:100:1"))
+        .collect();
+    let script = format!(
+        r#"
+for name in {all}; do mkdir -p /sys/fs/cgroup/$name; done
+canopy-guest cpu-split{groups} --seconds 6 --warmup 1 --keep --fair-cgroup-mode smp --kind mixed-fair
+{start}
+canopy-guest cpu-split{groups} --seconds 6 --warmup 1 --keep --kind mixed-canopy
+{STOP_ROOT}
+"#,
+        all = children
+            .iter()
+            .chain(&own)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" "),
+        start = start_root_with_children(children.len()),
+    );
+    let config_names: Vec<&str> = children.iter().map(String::as_str).collect();
+    let outcome = crate::scenario("sched-own-beside-children")
+        .with_file_contents(
+            "/etc/canopy-sched.json",
+            children_config(&config_names),
+            0o644,
+        )
+        .timeout(Duration::from_secs(240))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let own_share = |kind: &str| -> anyhow::Result<f64> {
+        let split = outcome.result(kind)?;
+        Ok(split["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|group| group["name"].as_str().is_some_and(|n| n.starts_with("mo")))
+            .map(|group| group["share"].as_f64().unwrap_or(f64::NAN))
+            .sum())
+    };
+    let (fair, canopy) = (own_share("mixed-fair")?, own_share("mixed-canopy")?);
+    println!(
+        "the root's own 8 cgroups beside 8 children: fair {:.1}%, canopy {:.1}% (target 50%)",
+        fair * 100.0,
+        canopy * 100.0
+    );
+    assert!(
+        (canopy - 0.5).abs() <= 0.03,
+        "the root's own cgroups got {:.1}% beside the children (target 50%)",
+        canopy * 100.0
+    );
+    crate::support::assert_root_survived(&outcome)?;
+    Ok(())
+}
