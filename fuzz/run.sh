@@ -14,13 +14,17 @@
 # debug assertions and overflow checks. Dependencies, build scripts and proc macros are built
 # plain: their edges are not what we fuzz (nothing canopy uses reads `cfg(fuzzing)` in them), and
 # uninstrumented they run faster. Against instrumenting every crate (RUSTFLAGS, before
-# 2026-12-04), same seconds, same seeds: policy 20-25 k exec/s instead of 12-15 k, schedqos 80 k
-# instead of 50 k, and the corpora reach as many of canopy's edges or more (policy ~5,150 instead
+# 2026-12-04), same seconds, same seeds: policy 20-25 k exec/s instead of 12-15 k, schedqos 73-84 k
+# instead of 49-54 k, and the corpora reach as many of canopy's edges or more (policy ~5,150 instead
 # of ~4,850 in 20 s). The `libfuzzer-sys` crate builds and links libFuzzer itself, with its
-# memcmp/strcmp interceptors, which still see comparisons made in the dependencies. What nightly
-# would add is a sanitizer (`-Zsanitizer=address`), which only matters for `unsafe` code: the
-# fuzzed paths have none but two `geteuid()` calls. (cargo-fuzz would need nightly or
-# RUSTC_BOOTSTRAP for its default ASan.)
+# memcmp/strcmp interceptors, which still see comparisons made in the dependencies. The cold
+# build (control and crash_record, nice 19, idle 2-core host, 2026-12-04) takes 58-59 s, the
+# same as with every crate instrumented (58.7-59.1 s; 112-114 CPU-s both): it is mostly the
+# dependencies at opt-level >= 2 and libFuzzer's C++, not the instrumentation. Beside another
+# engineer's VMs (load ~4) it took about 2 min, at load ~11 about 10 min (session 9); run-all.sh's
+# second call builds in 2 s. What nightly would add is a sanitizer (`-Zsanitizer=address`),
+# which only matters for `unsafe` code: the fuzzed paths have none but two `geteuid()` calls.
+# (cargo-fuzz would need nightly or RUSTC_BOOTSTRAP for its default ASan.)
 # Seeds: the shipped policies and the golden test inputs, fuzz/seeds/<target>/ for control and
 # crash_record. The corpus grows under the target dir and is kept between runs; a crashing input
 # is written to <target dir>/fuzz/artifacts/<target>/ and its path printed.
