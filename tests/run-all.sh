@@ -2,7 +2,7 @@
 # Runs every canopy test on a fresh Debian 12 machine: installs what is missing (apt packages; the
 # test kernel is fetched and cached by the VM harness), then runs the whole cargo test suite,
 # VM scenarios included, then fuzzes the untrusted inputs for a bounded time (fuzz/run.sh, about
-# 100 s plus its build). This is the README's test command and what .ci/run runs.
+# 50 s on 2 cores plus its build). This is the README's test command and what .ci/run runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -41,8 +41,9 @@ if [ "$status" -ne 0 ]; then
   ' "$log" >&2 || true
 fi
 # Coverage-guided fuzzing, bounded (fuzz/run.sh: stable toolchain, libFuzzer): the control
-# protocol and crash-record adoption 30 s each, the policy parsers 20 s each, after the tests so
-# it does not share the CPUs with the VM scenarios. A crash, hang or OOM fails the run.
+# protocol and crash-record adoption 30 s each, the policy parsers 20 s each (two targets at a
+# time, one per CPU), after the tests so it does not share the CPUs with the VM scenarios. A
+# crash, hang or OOM fails the run.
 fuzz_status=0
 FUZZ_SECONDS=${CANOPY_CI_FUZZ_SECONDS:-30} fuzz/run.sh control crash_record || fuzz_status=$?
 if [ "$fuzz_status" -eq 0 ]; then
