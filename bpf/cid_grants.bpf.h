@@ -287,13 +287,18 @@ static __always_inline void member_add(u64 *set, u32 slot)
 	set[(slot / 64) & 1] |= 1ULL << (slot & 63);
 }
 
+static __always_inline void member_remove(u64 *set, u32 slot)
+{
+	set[(slot / 64) & 1] &= ~(1ULL << (slot & 63));
+}
+
 /* This dispatch offered @slot the cid and it had nothing: not again in this dispatch. */
 static __always_inline void member_offered(u32 slot)
 {
 	struct member_offers *offers = offers_here();
 
 	if (offers)
-		offers->eligible[(slot / 64) & 1] &= ~(1ULL << (slot & 63));
+		member_remove(offers->eligible, slot);
 }
 
 /*

@@ -9,6 +9,7 @@
 //! first `func_info` record names. The kernel adds the time stamps around each call to what it
 //! counts, so a call's cost reads some tens of nanoseconds high on real hardware (more under
 //! an emulator); comparisons between runs on one machine are what it is for.
+use std::collections::HashMap;
 use std::os::fd::FromRawFd;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -103,6 +104,8 @@ fn enable_run_time_stats() -> anyhow::Result<OwnedFd> {
 fn sample(prefix: &str) -> anyhow::Result<Vec<(String, Counters)>> {
     let options = ProgInfoQueryOptions::default().include_func_info(true);
     let mut found = Vec::new();
+    // One BTF per loaded object, shared by all its programs: loaded once per sample.
+    let mut btfs: HashMap<u32, Option<Btf<'static>>> = HashMap::new();
     for info in ProgInfoIter::with_query_opts(options) {
         if info.ty != ProgramType::StructOps {
             continue;
@@ -111,7 +114,10 @@ fn sample(prefix: &str) -> anyhow::Result<Vec<(String, Counters)>> {
         if !prefix.starts_with(short.as_ref()) && !short.starts_with(prefix) {
             continue;
         }
-        let Some(name) = full_name(info.id, info.func_info.first().map(|f| f.type_id)) else {
+        let btf = btfs
+            .entry(info.btf_id)
+            .or_insert_with(|| Btf::from_prog_id(info.id).ok());
+        let Some(name) = full_name(btf.as_ref(), info.func_info.first().map(|f| f.type_id)) else {
             continue;
         };
         if name.starts_with(prefix) {
@@ -131,10 +137,9 @@ fn sample(prefix: &str) -> anyhow::Result<Vec<(String, Counters)>> {
     Ok(found)
 }
 
-/// Program `prog_id`'s full name: the BTF function its first func_info record names.
-fn full_name(prog_id: u32, type_id: Option<u32>) -> Option<String> {
-    let btf = Btf::from_prog_id(prog_id).ok()?;
-    let ty: BtfType<'_> = btf.type_by_id(type_id?.into())?;
+/// A program's full name: the function in its object's BTF that its first func_info record names.
+fn full_name(btf: Option<&Btf<'static>>, type_id: Option<u32>) -> Option<String> {
+    let ty: BtfType<'_> = btf?.type_by_id(type_id?.into())?;
     Some(ty.name()?.to_string_lossy().into_owned())
 }
 
