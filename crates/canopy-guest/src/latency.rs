@@ -3,9 +3,13 @@
 //! SCHED_OTHER, one thread, as in TESTBED's baselines), optionally under a background load
 //! command that is started first and killed afterwards (e.g. `hackbench -T -p -g 2 -l 100000000`),
 //! and turns the histogram into percentiles. Samples above the histogram limit count as
-//! overflows; a percentile that lands among them is reported as the limit and flagged.
+//! overflows; a percentile that lands among them is reported as the limit and flagged. With
+//! `--floor-kind`, a SCHED_FIFO cyclictest runs beside it for the same seconds: the platform's
+//! floor at that very time, so a comparison between runs made at different times can be
+//! normalised by how busy the host was in each.
 
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -38,6 +42,11 @@ pub struct LatencyArgs {
     /// Result kind.
     #[arg(long, default_value = "latency")]
     kind: String,
+    /// Also measure the platform's floor at the same time, reported as this result kind: a
+    /// second cyclictest, one SCHED_FIFO 50 thread, which preempts everything the moment its
+    /// timer fires, so its latency is what the (emulated) machine itself adds right then.
+    #[arg(long)]
+    floor_kind: Option<String>,
     /// Extra cyclictest arguments (after `--`), e.g. `-- -p 50` or `-- --policy=batch`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     extra: Vec<String>,
@@ -57,20 +66,98 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
         }
         None => None,
     };
-    let output = Command::new("cyclictest")
-        .args(["-q", "-m"])
-        .arg(format!("-t{}", args.threads))
-        .arg(format!("-i{}", args.interval_us))
-        .arg(format!("-D{}", args.seconds))
-        .arg(format!("-h{}", args.histogram_us))
-        .args(&args.extra)
-        .output();
+    // The floor probe starts first so that it covers the whole measurement.
+    let floor = match &args.floor_kind {
+        Some(_) => Some(
+            cyclictest(
+                &floor_program()?,
+                args,
+                FLOOR_INTERVAL_US,
+                1,
+                &["-p".into(), "50".into()],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the SCHED_FIFO floor probe (cyclictest)")?,
+        ),
+        None => None,
+    };
+    let output = cyclictest(
+        Path::new("cyclictest"),
+        args,
+        args.interval_us,
+        args.threads,
+        &args.extra,
+    )
+    .output();
+    let floor = floor.map(|child| child.wait_with_output());
     if let Some(child) = &mut load {
         // SAFETY: killing the process group the load leads.
         unsafe { libc::killpg(child.id() as libc::pid_t, libc::SIGKILL) };
         let _ = child.wait();
     }
     let output = output.context("running cyclictest (add it with with_debian_tools)")?;
+    emit(
+        &args.kind,
+        summary(args, args.interval_us, args.threads, &output)?,
+    )?;
+    if let (Some(kind), Some(floor)) = (&args.floor_kind, floor) {
+        let floor = floor.context("waiting for the SCHED_FIFO floor probe")?;
+        emit(kind, summary(args, FLOOR_INTERVAL_US, 1, &floor)?)?;
+    }
+    Ok(())
+}
+
+/// The floor probe's interval: near the measured probe's default, but not a multiple of it, so
+/// the two timers do not fire together for the whole run.
+const FLOOR_INTERVAL_US: u64 = 2003;
+
+/// The floor probe's command name (its comm): not `cyclictest`, so that tagging the measured
+/// probe by its comm (`canopy scheduler tag --comm cyclictest`) never finds the floor first.
+const FLOOR_COMM: &str = "floor-probe";
+
+/// cyclictest under the name FLOOR_COMM: a symbolic link to it in the temporary directory (a
+/// process's comm is the name it was executed by).
+fn floor_program() -> Result<PathBuf> {
+    let cyclictest = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("cyclictest"))
+        .find(|path| path.is_file())
+        .context("cyclictest is not on PATH (add it with with_debian_tools)")?;
+    let link = std::env::temp_dir().join(FLOOR_COMM);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&cyclictest, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), cyclictest.display()))?;
+    Ok(link)
+}
+
+fn cyclictest(
+    program: &Path,
+    args: &LatencyArgs,
+    interval_us: u64,
+    threads: usize,
+    extra: &[String],
+) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(["-q", "-m"])
+        .arg(format!("-t{threads}"))
+        .arg(format!("-i{interval_us}"))
+        .arg(format!("-D{}", args.seconds))
+        .arg(format!("-h{}", args.histogram_us))
+        .args(extra);
+    command
+}
+
+/// One cyclictest run's histogram as the result's fields.
+fn summary(
+    args: &LatencyArgs,
+    interval_us: u64,
+    threads: usize,
+    output: &std::process::Output,
+) -> Result<serde_json::Value> {
     if !output.status.success() {
         bail!(
             "cyclictest failed ({}): {}",
@@ -79,27 +166,24 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
         );
     }
     let histogram = Histogram::parse(&String::from_utf8_lossy(&output.stdout))?;
-    emit(
-        &args.kind,
-        json!({
-            "tool": "cyclictest",
-            "interval_us": args.interval_us,
-            "seconds": args.seconds,
-            "threads": args.threads,
-            "load": args.load,
-            "samples": histogram.samples(),
-            "overflows": histogram.overflows,
-            "min_us": histogram.min_us,
-            "avg_us": histogram.avg_us,
-            "max_us": histogram.max_us,
-            "p50_us": histogram.percentile(50.0),
-            "p90_us": histogram.percentile(90.0),
-            "p99_us": histogram.percentile(99.0),
-            "p99_9_us": histogram.percentile(99.9),
-            "p99_overflowed": histogram.percentile_overflows(99.0),
-            "tail_per_ms": histogram.tail_per_ms(),
-        }),
-    )
+    Ok(json!({
+        "tool": "cyclictest",
+        "interval_us": interval_us,
+        "seconds": args.seconds,
+        "threads": threads,
+        "load": args.load,
+        "samples": histogram.samples(),
+        "overflows": histogram.overflows,
+        "min_us": histogram.min_us,
+        "avg_us": histogram.avg_us,
+        "max_us": histogram.max_us,
+        "p50_us": histogram.percentile(50.0),
+        "p90_us": histogram.percentile(90.0),
+        "p99_us": histogram.percentile(99.0),
+        "p99_9_us": histogram.percentile(99.9),
+        "p99_overflowed": histogram.percentile_overflows(99.0),
+        "tail_per_ms": histogram.tail_per_ms(),
+    }))
 }
 
 /// cyclictest's `-h` output: one `bucket count [count...]` line per microsecond (counts summed
