@@ -83,17 +83,23 @@ else
   if [[ ! -d $dir/build && ! -s $dir.error && $cached_only != 1 ]]; then
     echo "build-peers: tools/sched_ext from linux-source-$series $source_version (nice 19)" >&2
     work=$(mktemp -d "$peers/.kernel.XXXXXX")
+    # `set -e` does nothing in a subshell on the left of `||`: every step says so itself. The
+    # build lands in build/ only when both binaries were made (a half build is never cached).
     (
-      set -e
-      cd "$work"
-      apt-get "${apt_options[@]}" -qq download "linux-source-$series=$source_version"
-      dpkg -x linux-source-*.deb root
-      tar -xaf root/usr/src/linux-source-"$series".tar.* 
-      src=$(ls -d "$work"/linux-source-"$series")
+      cd "$work" || exit 1
+      apt-get "${apt_options[@]}" -qq download "linux-source-$series=$source_version" || exit 1
+      dpkg -x linux-source-*.deb root || exit 1
+      tar -xaf root/usr/src/linux-source-"$series".tar.* || exit 1
+      src=$(ls -d "$work"/linux-source-"$series") || exit 1
+      # vmlinux.h comes from the test kernel's BTF (the host's own kernel may lack sched_ext's
+      # types), and the skeletons from the bpftool the source tree builds for itself: Debian
+      # 12's bpftool writes skeletons without the struct_ops members these tools use
       nice -n 19 make -C "$src/tools/sched_ext" CLANG=clang-22 LLVM_STRIP=llvm-strip-22 \
-        BPFTOOL=bpftool -j1 scx_simple scx_flatcg
-      mkdir -p "$dir/build"
-      cp "$src/tools/sched_ext/build/bin/scx_simple" "$src/tools/sched_ext/build/bin/scx_flatcg" "$dir/build/"
+        VMLINUX_BTF="$kernel_dir/vmlinux" -j1 scx_simple scx_flatcg || exit 1
+      mkdir -p "$work/build" || exit 1
+      cp "$src/tools/sched_ext/build/bin/scx_simple" "$src/tools/sched_ext/build/bin/scx_flatcg" \
+        "$work/build/" || exit 1
+      mkdir -p "$dir" && mv "$work/build" "$dir/build"
     ) > "$dir.log" 2>&1 || tail -n 20 "$dir.log" > "$dir.error"
     rm -rf "$work"
   fi

@@ -58,7 +58,7 @@ const NESTED_TARGET: [f64; 3] = [0.375, 0.125, 0.5];
 /// reference split), `contract-root` (the root loads), `contract-tree`, `contract-max`,
 /// `contract-idle` (each test's splits under the root, each ending with the root's state),
 /// `contract-root-stop`. Each test reads its own parts' results and asserts on them alone.
-fn contract_shares_boot() -> anyhow::Result<&'static Outcome> {
+pub(crate) fn contract_shares_boot() -> anyhow::Result<&'static Outcome> {
     static SHARED: OnceLock<Result<Outcome, String>> = OnceLock::new();
     shared_run(&SHARED, || {
         let parts = [

@@ -10,6 +10,7 @@
 mod ansible_rollout;
 mod boot;
 mod canopy_cli;
+mod contract_benchmark;
 mod cpu_contract;
 mod daemon_fallback;
 mod daemon_reload;

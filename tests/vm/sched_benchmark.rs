@@ -32,12 +32,13 @@ enum BenchMode {
 impl BenchMode {
     fn from_env() -> anyhow::Result<Self> {
         match std::env::var("CANOPY_BENCH").as_deref() {
-            // `cost` asks for the callback-cost rows alone (their own test): this one smokes
-            Err(_) | Ok("") | Ok("smoke") | Ok("cost") => Ok(BenchMode::Smoke),
+            // `cost` and `contract` ask for other tests' rows alone: this one smokes
+            Err(_) | Ok("") | Ok("smoke") | Ok("cost") | Ok("contract") => Ok(BenchMode::Smoke),
             Ok("full") => Ok(BenchMode::Full),
             Ok("frames") => Ok(BenchMode::Frames),
             Ok(other) => anyhow::bail!(
-                "CANOPY_BENCH={other:?}: expected `full`, `frames`, `cost` or `smoke` (the default)"
+                "CANOPY_BENCH={other:?}: expected `full`, `frames`, `cost`, `contract` or `smoke` \
+                 (the default)"
             ),
         }
     }
@@ -88,7 +89,7 @@ fn benchmark_canopy_against_fair_and_schedqos() -> anyhow::Result<()> {
         "CANOPY_BENCH_PEERS=1 needs CANOPY_BENCH=full (the peers' rows are part of the full table)"
     );
     let peers = if want_peers {
-        build_peers()?
+        build_peers(false)?
     } else {
         Vec::new()
     };
@@ -346,10 +347,10 @@ run_peer() {
 "#;
 
 /// One peer scheduler from `scripts/build-peers.sh`'s manifest: a binary, or the build error.
-struct Peer {
-    name: String,
+pub(crate) struct Peer {
+    pub(crate) name: String,
     version: String,
-    path: Option<std::path::PathBuf>,
+    pub(crate) path: Option<std::path::PathBuf>,
     error: Option<String>,
 }
 
@@ -371,10 +372,16 @@ impl Peer {
 
 /// Runs `scripts/build-peers.sh` (cargo install / kernel tools builds, cached) and reads its
 /// manifest: `name<TAB>version<TAB>path-or-error` per line.
-fn build_peers() -> anyhow::Result<Vec<Peer>> {
+/// With @kernel_tools_only, only the kernel's example schedulers (scx_simple, scx_flatcg).
+pub(crate) fn build_peers(kernel_tools_only: bool) -> anyhow::Result<Vec<Peer>> {
     use anyhow::Context;
     let root = canopy_vmtest::repo_root();
-    let output = std::process::Command::new("bash")
+    let mut command = std::process::Command::new("bash");
+    if kernel_tools_only {
+        // the script builds the crates it is given; a blank list is none
+        command.env("CANOPY_PEER_CRATES", " ");
+    }
+    let output = command
         .arg(root.join("scripts/build-peers.sh"))
         .stderr(std::process::Stdio::inherit())
         .output()
