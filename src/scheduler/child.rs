@@ -78,11 +78,11 @@ pub fn attach_child(
     cgroup: &Path,
     options: &ChildOptions,
 ) -> Result<ChildScheduler, SchedulerError> {
+    let mut probe = LoadProbe::start("canopy_child");
     let path = kernel::cgroup_path(cgroup);
     let cgroup_id = kernel::cgroup_id(&path)?;
     let kernel_consts = KernelConsts::read()?;
-
-    let mut probe = LoadProbe::start("canopy_child");
+    probe.phase("kernel-consts");
     let mut open = CanopyChildSkelBuilder::default()
         .open(object_storage())
         .map_err(load_err("opening canopy_child"))?;

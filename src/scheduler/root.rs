@@ -81,12 +81,12 @@ impl Drop for Pins {
 impl RootScheduler {
     /// Loads and attaches the root scheduler with `config` pushed into its maps.
     pub fn load(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
+        let mut probe = LoadProbe::start("canopy_root");
         config.validate()?;
         kernel::check_support()?;
         let kernel_consts = KernelConsts::read()?;
         remove_stale_pins();
-
-        let mut probe = LoadProbe::start("canopy_root");
+        probe.phase("kernel-consts");
         let mut open = CanopyRootSkelBuilder::default()
             .open(object_storage())
             .map_err(load_err("opening canopy_root"))?;
