@@ -1,19 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! Where a scheduler load's time goes: with `CANOPY_VERIFIER_STATS=1` in the environment, every
-//! load of canopy_root, canopy_child or a fixture asks the kernel for each program's verifier
-//! statistics (log level `BPF_LOG_STATS`, 4: no per-instruction log, so the verifier does the
-//! same work as without it) and prints on stderr, when the load ends (attached or failed):
+//! load of canopy_root or canopy_child asks the kernel for each program's verifier statistics
+//! (log level `BPF_LOG_STATS`, 4: no per-instruction log, so the verifier does the same work as
+//! without it) and prints on stderr, when the load ends (attached or failed), e.g. (TCG guest):
 //!
 //! ```text
-//! canopy: verifier canopy_root prog canopy_root_dispatch: 9173142 usec, 220432 insns processed, 18804 states (peak 19927, max 30 per insn), stack max 144
-//! canopy: verifier canopy_root prog canopy_root_dispatch   fn pick_member (global): ... insns self, ... with callees, stack 64
-//! canopy: verifier canopy_root total: 28 programs, 9993090 usec, 290570 insns processed, 21318 states (peaks summed 21618)
-//! canopy: load canopy_root phases: open 0.067 s (user 0.033 s, system 0.033 s), load 10.506 s (...), prepare ..., attach ...
+//! canopy: verifier canopy_root prog canopy_root_dispatch: 4205571 usec, 220432 insns processed, 18804 states (peak 19927, max 30 per insn), stack max 144
+//! canopy: verifier canopy_root prog canopy_root_dispatch   fn move_first_within_quota (static): 176647 insns self, 188827 with callees, stack 144
+//! canopy: verifier canopy_root total: 28 programs, 4729860 usec, 290570 insns processed, 21318 states (peaks summed 21618)
+//! canopy: load canopy_root phases: kernel-consts 0.533 s (user 0.466 s, system 0.059 s), open 0.028 s (...), load 1.530 s (user 0.200 s, system 1.316 s), prepare 0.027 s (...), attach 0.098 s (...)
 //! ```
 //!
-//! programs slowest first, each with its busiest functions (7.3's per-function counts). Without the variable a load pays one cached environment lookup. With
-//! it, a program the verifier rejects is reported with its statistics only (no reasons: those
-//! need log level 1); unset the variable to see them.
+//! programs slowest first, each with its busiest functions (7.3's per-function counts). Without
+//! the variable a load pays one cached environment lookup. With it, a program the verifier
+//! rejects is reported with its statistics only (no reasons: those need log level 1); unset the
+//! variable to see them.
 //!
 //! The log buffers handed to libbpf are leaked (64 KiB per program, diagnostics only): libbpf
 //! keeps the pointer in the program until the object is loaded, and a leaked buffer cannot
