@@ -25,6 +25,7 @@ use super::attach::Place;
 use super::attach::Registered;
 use super::bpf_intf;
 use super::kernel;
+use super::load_stats::LoadProbe;
 use super::skel::child::CanopyChildSkel;
 use super::skel::child::CanopyChildSkelBuilder;
 use super::SchedulerError;
@@ -77,13 +78,15 @@ pub fn attach_child(
     cgroup: &Path,
     options: &ChildOptions,
 ) -> Result<ChildScheduler, SchedulerError> {
+    let mut probe = LoadProbe::start("canopy_child");
     let path = kernel::cgroup_path(cgroup);
     let cgroup_id = kernel::cgroup_id(&path)?;
     let kernel_consts = KernelConsts::read()?;
-
+    probe.phase("kernel-consts");
     let mut open = CanopyChildSkelBuilder::default()
         .open(object_storage())
         .map_err(load_err("opening canopy_child"))?;
+    probe.phase("open");
     {
         let rodata = open
             .maps
@@ -123,11 +126,14 @@ pub fn attach_child(
                 .map_err(|e| SchedulerError::Load(format!("sharing {}: {e}", pinned.display())))?;
         }
     }
+    probe.phase("share-pins");
+    probe.request_logs(open.open_object_mut());
     let skel = open
         .load()
         .map_err(load_err("loading canopy_child (verifier)"))?;
+    probe.phase("load");
     kernel::associate_programs(skel.object(), "canopy_child_ops")?;
-    Registered::attach(
+    let child = Registered::attach(
         skel,
         kernel_consts.enums,
         "canopy_child",
@@ -135,5 +141,7 @@ pub fn attach_child(
             path,
             id: cgroup_id,
         },
-    )
+    )?;
+    probe.phase("attach");
+    Ok(child)
 }

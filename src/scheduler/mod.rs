@@ -18,6 +18,8 @@
 //! - `child_restart`: when a child that asked for a restart is loaded again (bounded backoff);
 //! - `status`: the hierarchy from sysfs and the root's pinned maps;
 //! - `op_cost`: what each loaded callback costs per call (the kernel's BPF run-time statistics);
+//! - `load_stats`: what a load costs, per program (verifier statistics) and per phase, printed
+//!   when `CANOPY_VERIFIER_STATS` is set;
 //! - `cgroup_watch`: inotify on cgroupfs, waking the supervisor when cgroups come and go;
 //! - `supervisor`: load the root, keep the children in line with the config (inotify, reloads),
 //!   restart on the kernel's request, unload on a stop request;
@@ -38,6 +40,7 @@ pub mod exit;
 pub mod fixture;
 pub mod group_policy_map;
 pub mod kernel;
+pub mod load_stats;
 pub mod move_watch;
 pub mod op_cost;
 pub mod root;

@@ -34,6 +34,7 @@ use super::group_policy_map;
 use super::group_policy_map::supervisor_edit;
 use super::group_policy_map::GroupPolicyBatch;
 use super::kernel;
+use super::load_stats::LoadProbe;
 use super::skel::root::CanopyRootSkel;
 use super::skel::root::CanopyRootSkelBuilder;
 use super::SchedulerError;
@@ -80,14 +81,17 @@ impl Drop for Pins {
 impl RootScheduler {
     /// Loads and attaches the root scheduler with `config` pushed into its maps.
     pub fn load(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
+        let mut probe = LoadProbe::start("canopy_root");
         config.validate()?;
         kernel::check_support()?;
         let kernel_consts = KernelConsts::read()?;
         remove_stale_pins();
-
+        probe.phase("kernel-consts");
         let mut open = CanopyRootSkelBuilder::default()
             .open(object_storage())
             .map_err(load_err("opening canopy_root"))?;
+        probe.phase("open");
+        probe.request_logs(open.open_object_mut());
         {
             let rodata = open
                 .maps
@@ -105,6 +109,7 @@ impl RootScheduler {
         let mut skel = open
             .load()
             .map_err(load_err("loading canopy_root (verifier)"))?;
+        probe.phase("load");
         kernel::associate_programs(skel.object(), "canopy_root_ops")?;
         let group_lifecycle = [
             skel.progs
@@ -128,7 +133,9 @@ impl RootScheduler {
                 None
             }
         };
+        probe.phase("prepare");
         let scheduler = Registered::attach(skel, kernel_consts.enums, "canopy_root", Place::Root)?;
+        probe.phase("attach");
         Ok(RootScheduler {
             scheduler,
             _move_stamps: move_stamps,
