@@ -155,9 +155,9 @@ canopy-guest report b-woke first_a=$((a2 - a1)) first_b=$((b2 - b1)) second_a=$(
 /// sessions' builds and guests beside them), each second's capped share: 24.3-25.5%,
 /// 24.8-25.3%, 24.4-25.4%, 24.9-25.2%, 24.6-25.8% (worst 0.8 points); a sixth boot of the same
 /// scheduler at host load 10 (before the fair comparison was added) had one second at 23.97%
-/// (1.03 points) right after one at 25.7%: a vCPU the host stalls while the child runs there
-/// charges it the stall, which the pacing repays within the next few tens of ms, so a second
-/// that ends between the two is off. The fair scheduler's cpu.max at 25% in the same five
+/// (1.03 points) right after one at 25.7%, likely a host stall: a vCPU the host stalls while
+/// the child runs there charges it the stall, which the pacing repays within the next few tens
+/// of ms, so a second that ends between the two is off. The fair scheduler's cpu.max at 25% in the same five
 /// boots: 24.9-26.8%, 24.9-25.1%, 23.9-26.4%, 25.0-25.1%, 24.7-25.4% (worst 1.8 points).
 /// Before the pacing (windows restarted by whichever dispatch noticed, budgets spent at a
 /// window's start) the same test printed 24.3-26.6% (this session) and 23.7-25.9% (earlier).
