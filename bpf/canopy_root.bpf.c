@@ -174,9 +174,10 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 	struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
 	u32 nr = scx_bpf_nr_online_cids();
 	u64 now = scx_bpf_now();
+	u32 last_owner;
 	int attempt;
 
-	charge_cid(cid, now);
+	last_owner = charge_cid(cid, now);
 
 	/* fast path: no children, so the cid can only go to our own tasks */
 	if (!nr_children) {
@@ -219,7 +220,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 		if (scx_bpf_sub_dispatch(m->cgroup_id)) {
 			m->empty = 0;
 			hand_cid(cid, slot, now);
-			if (others_busy(slot))
+			if (member_capped(m) || others_busy(slot))
 				arm_quantum(cid);
 			m->dispatches++;
 			stat_inc(CANOPY_STAT_SUB_DISPATCHES);
@@ -234,6 +235,20 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 		if (self)
 			self->dispatches++;
 		stat_inc(CANOPY_STAT_OWN_DISPATCHES);
+		return;
+	}
+	/*
+	 * Nothing dispatched. A child's task that was running here (prev is NULL for a child's
+	 * task) and is still runnable keeps the cid with a fresh slice (the root does not set
+	 * SCX_OPS_ENQ_LAST), even when its child was skipped at its cap (so a cap holds only
+	 * while someone else wants the cid): the cid stays the child's, charged, and its quantum
+	 * timer sends it back through dispatch once another member has work. If the task sleeps
+	 * instead, the cid goes idle and update_idle() ends the grant at once.
+	 */
+	if (!prev && last_owner != CANOPY_SELF_SLOT && last_owner < CANOPY_MAX_MEMBERS) {
+		hand_cid(cid, last_owner, now);
+		arm_quantum(cid);
+		stat_inc(CANOPY_STAT_CHILD_PREV_KEPT);
 	}
 }
 
@@ -401,6 +416,8 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args
 	m->lifted_vtime = 0;
 	m->period_start_ns = scx_bpf_now();
 	m->period_used_ns = 0;
+	m->guarantee_owed_ns = 0;
+	m->held_since_sum_ns = 0;
 	__builtin_memcpy(m->name, name, CANOPY_NAME_LEN);
 	m->active = 1;
 	__sync_fetch_and_add(&nr_children, 1);

@@ -13,8 +13,10 @@
  * within one slice). A member that was idle re-enters at most one default slice behind the
  * busy member with the least vtime, so it cannot hoard credit (busy members are never
  * lifted: they keep whatever lag they have). Optional per-member terms, per 100 ms window and
- * across all online cids: a cap (skipped once it used cap% of the window's capacity) and a
- * guarantee (offered first while below guarantee% of the capacity elapsed). Children hold
+ * across all online cids, both judged against the capacity elapsed in the window with the
+ * member's grants in flight counted: a cap (skipped while it has used cap% of it; overuse and,
+ * while it has work, underuse carry into the next window, bounded: roll_window) and a
+ * guarantee (offered first while below guarantee% of it). Children hold
  * SCX_CAP_ENQ_IMMED on every cid (a time share, never ownership); they run only when the root
  * calls scx_bpf_sub_dispatch() for them, which is what makes the accounting exact. A child's
  * task runs for the slice its own scheduler chose; grant_quantum.bpf.h cuts it at the quantum
@@ -27,8 +29,11 @@
  * the 2 cids: 1.33 and 0.67 CPUs. If B's hogs stop, B is skipped and A gets both cids; when
  * they resume, B starts 20 ms (one default slice) of vtime behind A (the least-served busy
  * member) and the 2:1 split is restored within a few slices. With B capped at 25%: B may use
- * 0.25 * 100 ms * 2 cids = 50 ms per window; A (or member 0) gets the rest even though B has
- * work.
+ * 0.25 * 100 ms * 2 cids = 50 ms per window, paced: 20 ms into a window it may have used
+ * 0.25 * 20 ms * 2 cids = 10 ms, so it holds one cid about half the time, in grants of at
+ * most a quantum (5 ms), and is skipped between them; A (or member 0) gets the rest even though
+ * B has work, and B's use stays within about a grant of 25% of the machine at any moment, not
+ * only per window.
  */
 #ifndef CANOPY_CID_GRANTS_BPF_H
 #define CANOPY_CID_GRANTS_BPF_H
@@ -120,25 +125,75 @@ static __always_inline bool cid_is_idle(s32 cid)
 	return idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)] & (1ULL << (cid & 63));
 }
 
+/* Idle: nothing queued when last offered a cid and nothing running anywhere. */
+static __always_inline bool member_idle(const struct canopy_member *m)
+{
+	return m->empty && !m->running_cids;
+}
+
+static __always_inline bool member_capped(const struct canopy_member *m)
+{
+	return m->cap_pct && m->cap_pct < 100;
+}
+
 /*
- * Start a new accounting window when the current one is over. A capped member carries what
- * it used beyond its cap into the next window (a dispatch can overshoot the cap by up to a
- * quantum per cid), so over time it averages exactly its cap; a guaranteed member carries what
- * it was promised but did not get (a sibling's slice may hold a cid past the window).
+ * CPU time @m's grants in flight (handed, not yet charged) have run until @at: running_cids *
+ * @at - held_since_sum_ns. hand_cid adds to the sum before it counts the cid and charge_cid
+ * uncounts it before it takes its start out, so a reader between the two sees too little,
+ * never too much; clamped to [0, a window per held cid].
+ */
+static __always_inline u64 held_time_until(const struct canopy_member *m, u64 at)
+{
+	u64 held = m->running_cids;
+	s64 total = (s64)(held * at - m->held_since_sum_ns);
+
+	if (total <= 0)
+		return 0;
+	return (u64)total < held * CANOPY_PERIOD_NS ? (u64)total : held * CANOPY_PERIOD_NS;
+}
+
+/*
+ * Start the next accounting window when the current one is over. Windows follow each other
+ * exactly (the next starts at period_start_ns + CANOPY_PERIOD_NS, whichever dispatch notices
+ * it is over, and later), so a second holds ten windows' budgets; the CPU that moves
+ * period_start_ns (compare-and-swap) settles the window, the others leave it alone. A cid's
+ * clock may read a moment before the start another cid just set: that is not over.
  *
- * Every cid calls this at each dispatch. A cid whose clock reads a moment before the start
- * another cid just set sees a negative elapsed time and leaves the window alone (unsigned,
- * `now - start` would wrap, restart the window and forget its use: a free window for a capped
- * member). Example: cap 25% on 2 cids, a window of 100 ms: budget 50 ms. The member was
- * charged 54 ms (its last grant ended 4 ms past the cap); the next window starts with 4 ms
- * used, so it gets 46 ms more there: 50 ms a window on average.
+ * What a window counts is what was charged in it plus the grants in flight up to its end
+ * (held_time_until): their time is charged later, all to the next window, so the next window
+ * starts that much below zero. A capped member carries the difference between what it used
+ * and its budget (cap% of the window's capacity) both ways: overuse as debt (a grant runs on
+ * past the line, longer when the host stalls the CPU it runs on), at most one window's budget,
+ * and underuse while it had work (a sibling's grant held the cid it was due) as a credit, at
+ * most one quantum per cid, so over any run of windows it gets its cap, no more and no less;
+ * a member that went idle banks nothing, and one that ran far past its cap because nothing
+ * else wanted the cid (the kernel keeps its task running then: see the end of
+ * canopy_root_dispatch) pays back at most one window's budget later. A guaranteed member is owed what it was promised and did not
+ * get (up to one window), and what it got beyond the promise while busy (a grant ends a few ms
+ * past the line) counts against the next window's promise (up to one quantum per cid), so a
+ * member held at its guarantee gets the guarantee, not a grant's overrun more each window.
+ * members_prepare() then paces both against the capacity elapsed in the window, so the
+ * budget is spread over the window instead of spent at its start.
+ *
+ * Example: cap 25% on 2 cids, 100 ms windows: budget 50 ms a window. At the end of a window
+ * the member had been charged 47 ms and held a cid for the last 4 ms: it used 51 ms, so it
+ * carries 1 ms of debt, and the next window starts at 1 - 4 = -3 ms (the 4 ms are charged
+ * there when the grant ends). Had it used 48 ms with work queued, it would start 2 ms ahead:
+ * a credit. Either way it gets 50 ms a window on average and 500 ms a second.
  */
 static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr_cids)
 {
 	struct canopy_group_policy *pol;
-	u64 budget, promised, owed, cgroup_id;
+	u64 start = m->period_start_ns, windows, boundary, capacity, cgroup_id;
+	s64 credit_bound = CANOPY_QUANTUM_NS * (s64)nr_cids;
+	s64 window_capacity = CANOPY_PERIOD_NS * (s64)nr_cids;
+	s64 used, in_flight, window_use, carried, owed;
 
-	if ((s64)(now - m->period_start_ns) < (s64)CANOPY_PERIOD_NS)
+	if ((s64)(now - start) < (s64)CANOPY_PERIOD_NS)
+		return;
+	windows = (now - start) / CANOPY_PERIOD_NS;
+	boundary = start + windows * CANOPY_PERIOD_NS;
+	if (__sync_val_compare_and_swap(&m->period_start_ns, start, boundary) != start)
 		return;
 	/*
 	 * Follow the share terms of the group's current state (the daemon rewrites group_policy
@@ -162,24 +217,46 @@ static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr
 		m->guarantee_pct = pol->guarantee_pct;
 		m->cap_pct = pol->cap_pct;
 	}
-	budget = (now - m->period_start_ns) * nr_cids / 100 * m->cap_pct;
-	/* a guaranteed member that got less than promised is owed the rest (up to one window) */
-	promised = (now - m->period_start_ns) * nr_cids / 100 * m->guarantee_pct + m->guarantee_owed_ns;
-	owed = (m->guarantee_pct && promised > m->period_used_ns) ? promised - m->period_used_ns : 0;
-	m->guarantee_owed_ns = owed < CANOPY_PERIOD_NS * (u64)nr_cids ? owed : CANOPY_PERIOD_NS * (u64)nr_cids;
-	m->period_start_ns = now;
-	if (m->cap_pct && m->cap_pct < 100 && m->period_used_ns > budget)
-		m->period_used_ns -= budget;
-	else
-		m->period_used_ns = 0;
+	capacity = windows * CANOPY_PERIOD_NS * (u64)nr_cids;
+	used = m->period_used_ns;
+	in_flight = (s64)held_time_until(m, boundary);
+	window_use = used + in_flight;
+	/*
+	 * a guaranteed member that got less than promised is owed the rest (up to one window);
+	 * one that got more while busy starts behind its promise (by up to a quantum per cid)
+	 */
+	owed = 0;
+	if (m->guarantee_pct) {
+		owed = (s64)(capacity / 100 * m->guarantee_pct) + m->guarantee_owed_ns - window_use;
+		if (owed > window_capacity)
+			owed = window_capacity;
+		if (owed < 0 && member_idle(m))
+			owed = 0;
+		if (owed < -credit_bound)
+			owed = -credit_bound;
+	}
+	m->guarantee_owed_ns = owed;
+	carried = 0;
+	if (member_capped(m)) {
+		carried = window_use - (s64)(capacity / 100 * m->cap_pct);
+		if (carried < 0 && member_idle(m))
+			carried = 0;
+		if (carried < -credit_bound)
+			carried = -credit_bound;
+		if (carried > window_capacity / 100 * m->cap_pct)
+			carried = window_capacity / 100 * m->cap_pct;
+	}
+	/* added, not stored: a grant charged on another cid meanwhile is kept */
+	__sync_fetch_and_add(&m->period_used_ns, carried - in_flight - used);
 }
 
 /*
  * Charge the time @cid has been handed to its owner and mark it unowned. The owner was charged
  * its expected use in advance (hand_cid); settle that against what it really used. Updates are
- * atomic: both cids of a member often end their slices on the same tick.
+ * atomic: both cids of a member often end their slices on the same tick. Returns the slot the
+ * cid was handed to (NO_OWNER when none).
  */
-static __always_inline void charge_cid(s32 cid, u64 now)
+static __always_inline u32 charge_cid(s32 cid, u64 now)
 {
 	struct cid_state *cs = cid_state_of(cid);
 	struct canopy_member *m;
@@ -187,26 +264,29 @@ static __always_inline void charge_cid(s32 cid, u64 now)
 	u32 owner;
 
 	if (!cs)
-		return;
+		return NO_OWNER;
 	owner = cs->owner;
 	reserved = cs->reserved_vtime;
 	cs->owner = NO_OWNER;
 	cs->reserved_vtime = 0;
 	if (owner >= CANOPY_MAX_MEMBERS)
-		return;
+		return owner;
 	m = member_of(owner);
 	if (!m || !m->active)
-		return;
-	if (m->running_cids)
+		return owner;
+	/* while this grant still counts as in flight: a window it spans ends with its share */
+	roll_window(m, now, scx_bpf_nr_online_cids() ?: 1);
+	if (m->running_cids) {
 		__sync_fetch_and_sub(&m->running_cids, 1);
+		__sync_fetch_and_sub(&m->held_since_sum_ns, cs->since);
+	}
 	delta = now > cs->since ? now - cs->since : 0;
 	used_vtime = delta * 100 / (m->weight ?: 1);
 	/* two's complement: adding (used - reserved) also subtracts an over-reservation */
 	__sync_fetch_and_add(&m->vtime, used_vtime - reserved);
 	if (!delta)
-		return;
+		return owner;
 	__sync_fetch_and_add(&m->cpu_ns, delta);
-	roll_window(m, now, scx_bpf_nr_online_cids() ?: 1);
 	/* atomic, as cpu_ns: both cids of a member often end their grants on the same tick */
 	__sync_fetch_and_add(&m->period_used_ns, delta);
 	/* 1/8 moving average, kept within [50 us, 2 default slices] */
@@ -215,6 +295,7 @@ static __always_inline void charge_cid(s32 cid, u64 now)
 		m->slice_estimate_ns = 50000;
 	if (m->slice_estimate_ns > 2 * KCONST(SCX_SLICE_DFL))
 		m->slice_estimate_ns = 2 * KCONST(SCX_SLICE_DFL);
+	return owner;
 }
 
 /*
@@ -233,17 +314,13 @@ static __always_inline void hand_cid(s32 cid, u32 slot, u64 now)
 	if (m && m->active) {
 		reserved = m->slice_estimate_ns * 100 / (m->weight ?: 1);
 		__sync_fetch_and_add(&m->vtime, reserved);
+		/* the start first, then the count: see held_time_until() */
+		__sync_fetch_and_add(&m->held_since_sum_ns, now);
 		__sync_fetch_and_add(&m->running_cids, 1);
 	}
 	cs->owner = slot;
 	cs->since = now;
 	cs->reserved_vtime = reserved;
-}
-
-/* Idle: nothing queued when last offered a cid and nothing running anywhere. */
-static __always_inline bool member_idle(const struct canopy_member *m)
-{
-	return m->empty && !m->running_cids;
 }
 
 /*
@@ -313,7 +390,7 @@ static __always_inline void member_offered(u32 slot)
 __noinline int members_prepare(u64 now, u32 nr_cids)
 {
 	struct member_offers *offers = offers_here();
-	u64 min_busy = (u64)-1, floor, capacity = CANOPY_PERIOD_NS * (u64)nr_cids;
+	u64 min_busy = (u64)-1, floor;
 	int i;
 
 	if (!offers)
@@ -334,12 +411,16 @@ __noinline int members_prepare(u64 now, u32 nr_cids)
 
 	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m = member_of(i);
+		u64 elapsed;
+		s64 used;
 
 		if (!m || !m->active)
 			continue;
 		roll_window(m, now, nr_cids);
-		if (m->cap_pct && m->cap_pct < 100 &&
-		    m->period_used_ns >= capacity / 100 * m->cap_pct) {
+		/* the window's capacity so far, and what the member used of it, grants in flight included */
+		elapsed = (s64)(now - m->period_start_ns) > 0 ? (now - m->period_start_ns) * nr_cids : 0;
+		used = m->period_used_ns + (s64)held_time_until(m, now);
+		if (member_capped(m) && used >= (s64)(elapsed / 100 * m->cap_pct)) {
 			m->throttled++;
 			stat_inc(CANOPY_STAT_CAP_THROTTLED);
 			continue;
@@ -354,8 +435,7 @@ __noinline int members_prepare(u64 now, u32 nr_cids)
 		}
 		member_add(offers->eligible, i);
 		if (m->guarantee_pct &&
-		    m->period_used_ns < (now - m->period_start_ns) * nr_cids / 100 * m->guarantee_pct +
-					m->guarantee_owed_ns)
+		    used < (s64)(elapsed / 100 * m->guarantee_pct) + m->guarantee_owed_ns)
 			member_add(offers->guaranteed, i);
 	}
 	return 0;

@@ -9,7 +9,11 @@
  * Policy: a child's task runs for the slice its own scheduler chose, which may be 20 ms or a
  * second. While another member has work, each grant to a child is cut at CANOPY_QUANTUM_NS
  * (5 ms) by a per-cid bpf_timer and a preempting kick, so the split among members
- * (cid_grants.bpf.h) is corrected every few milliseconds instead of every slice. When one of
+ * (cid_grants.bpf.h) is corrected every few milliseconds instead of every slice. A capped
+ * child's grant gets the timer even when no one else had work at grant time: a sibling that
+ * wakes during the grant then gets the cid within the quantum, not after the child's whole
+ * slice, and the cap is judged again (while no one else wants the cid nothing is cut: the
+ * kernel would keep the child's task running anyway). When one of
  * our own tasks is queued and no idle cid took it, the cid a child has held longest is cut
  * once its grant is a quantum old (at once for a preempting wakeup with budget left). The
  * cid's next dispatch offers it by member vtime as always, so a kick never gives a member

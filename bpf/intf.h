@@ -234,9 +234,19 @@ struct canopy_member {
 	u64 cpu_ns;		/* CPU time handed out to this member */
 	u64 dispatches;		/* dispatches that gave this member a CPU */
 	u64 throttled;		/* times it was skipped because it reached its cap */
-	u64 period_start_ns;	/* start of the current accounting window */
-	u64 period_used_ns;	/* CPU time used in the current window */
-	u64 guarantee_owed_ns;	/* guaranteed time it did not get in past windows (at most one window) */
+	u64 period_start_ns;	/* start of the current accounting window (windows follow each other exactly) */
+	/*
+	 * CPU time charged in the current window, plus a capped member's carried overuse (debt)
+	 * less its carried underuse (credit), less the part of grants in flight at the window's
+	 * start that fell in the window before: negative while a credit is left
+	 */
+	s64 period_used_ns;
+	/*
+	 * guaranteed time it did not get in past windows (at most one window), or, negative, what
+	 * it got beyond its guarantee while busy (at most one quantum per cid)
+	 */
+	s64 guarantee_owed_ns;
+	u64 held_since_sum_ns;	/* sum of cid_state.since over the cids it holds now: its in-flight time is running_cids * now - this */
 	char name[CANOPY_NAME_LEN];	/* ops name of the child ("" for slot 0) */
 };
 
@@ -352,6 +362,7 @@ enum canopy_stat {
 	CANOPY_STAT_CHILD_WAKE_UNSERVED, /* such requests that found nothing to take: every CPU the asker's, or running an own task not preemptible */
 	CANOPY_STAT_GROUP_POLICY_FULL, /* cgroups made that got no group_policy entry (map full): no group can own them */
 	CANOPY_STAT_IDLE_GUARD_SLICES, /* short slices given to tasks of idle cgroups (cpu.idle) that waited past the starvation guard */
+	CANOPY_STAT_CHILD_PREV_KEPT, /* dispatches that placed nothing after a child's grant: the child's task may keep the CPU, so the grant goes on */
 	CANOPY_NR_STATS,
 };
 
