@@ -26,38 +26,9 @@ fn preempting_wakeups(stats: &serde_json::Value) -> (u64, u64) {
     )
 }
 
-/// Issue 4 acceptance (c), the root's own tasks by class: cyclictest (tagged USER_INTERACTIVE)
-/// under hackbench (BACKGROUND, the policy default here), against the fair scheduler and
-/// schedqos's mapping (nice -4 against SCHED_BATCH nice 4, autogroup off; the guest has no tool
-/// for its custom slice and uclamp) in the same VM run. Beside each of the three runs, for the
-/// same 10 s, the platform's floor: a second cyclictest as SCHED_FIFO 50, which preempts
-/// everything the moment its timer fires, so no scheduling policy can do better right then.
-///
-/// What this gates:
-/// - the scheduler's own part of the latency, measured in BPF from the wakeup to the task
-///   running: at most 1% of USER_INTERACTIVE wakeups take over 1 ms, scaled by how much more
-///   often than on a quiet host the floor beside canopy's run waited over 1 ms
-///   (QUIET_FLOOR_OVER_1MS);
-/// - canopy's p99 is at the platform floor (at most 1.5x the SCHED_FIFO p99 beside it) and its
-///   p90 beats both baselines' p90, each scaled by how much higher the floor's p90 was during
-///   canopy's run than during that baseline's (never below the plain p90);
-/// - the probe is tagged and the root survives the load.
-///
-/// Why the floors: the three runs follow one another, and under TCG a host whose other work
-/// comes and goes moves every figure. Five runs of the earlier version on one head (2026-12-04,
-/// a floor phase of its own between fair and schedqos): on a quiet host (floor p99 4.0-4.2 ms)
-/// canopy's p99 2.4-4.6 ms, p90 0.20-0.35 ms against fair's 1.9-2.1 ms, 1-16 of 6,463-6,806
-/// wakeups slow; with the host's other work rising mid-run, one failed the p90 gate (canopy 5.3
-/// ms against fair's 2.2 ms, measured before the load came; floor 18.7 ms) and one the 1% gate
-/// (88 of 4,112, floor 15.6 ms, every p90 2.5 times a quiet run's).
-///
-/// The issue's literal target (p99 at most a quarter of fair's and half of schedqos's) is
-/// printed as met or NOT MET. Under TCG with both vCPUs busy, even SCHED_FIFO's p99 is 3-4 ms
-/// (timer interrupts reach a busy emulated CPU late), above half of schedqos's p99, so that
-/// target cannot be met by any scheduler in this VM; see issue 4's closing note.
-/// The share of the SCHED_FIFO floor's wakeups over 1 ms beside canopy's run on a quiet host
-/// (2.7% measured, rounded up): the 1% gate holds as written up to it and widens in
-/// proportion above it.
+/// The share of a SCHED_FIFO floor probe's wakeups over 1 ms on a quiet host under this load,
+/// rounded up (2.7-4.1% measured beside canopy's root, 2026-12-04): the 1% gate holds as
+/// written up to it and widens in proportion above it.
 const QUIET_FLOOR_OVER_1MS: f64 = 0.05;
 
 /// A cyclictest result's share of samples of 1 ms and more (its tail and overflows).
@@ -73,19 +44,65 @@ fn over_one_ms(latency: &serde_json::Value) -> f64 {
     (tail + overflows) as f64 / samples
 }
 
+/// Issue 4 acceptance (c), the root's own tasks by class: cyclictest (tagged USER_INTERACTIVE)
+/// under hackbench (BACKGROUND, the policy default here), against the fair scheduler and
+/// schedqos's mapping (nice -4 against SCHED_BATCH nice 4, autogroup off; the guest has no tool
+/// for its custom slice and uclamp) in the same VM run. The platform's floor is measured twice
+/// under the same load, each time just before the runs it is compared with: cyclictest as
+/// SCHED_FIFO 50, which preempts everything the moment its timer fires, so no scheduling policy
+/// can do better; once under the fair scheduler (between fair's and schedqos's runs) and once
+/// with canopy's root loaded (just before canopy's run).
+///
+/// What this gates:
+/// - the scheduler's own part of the latency, measured in BPF from the wakeup to the task
+///   running: at most 1% of USER_INTERACTIVE wakeups take over 1 ms, scaled by how much more
+///   often than on a quiet host the floor under canopy's root waited over 1 ms
+///   (QUIET_FLOOR_OVER_1MS);
+/// - canopy's p99 is at the platform floor (at most 1.5x the SCHED_FIFO p99 under its root) and
+///   its p90 beats both baselines' p90, scaled by how much higher the floor's p90 was under
+///   canopy's root than under the fair scheduler (never below the plain p90);
+/// - the probe is tagged and the root survives the load.
+///
+/// Why two floors: the runs follow one another, and under TCG a host whose other work comes and
+/// goes moves every figure. Five runs of the earlier version on one head (2026-12-04, one floor
+/// between fair and schedqos): on a quiet host (floor p99 4.0-4.2 ms) canopy's p99 2.4-4.6 ms,
+/// p90 0.20-0.35 ms against fair's 1.9-2.1 ms, 1-16 of 6,463-6,806 wakeups slow; with the
+/// host's other work rising mid-run, one failed the p90 gate (canopy 5.3 ms against fair's 2.2
+/// ms, measured before the load came; floor 18.7 ms) and one the 1% gate (88 of 4,112, floor
+/// 15.6 ms, every p90 2.5 times a quiet run's). Why not a floor probe running beside each run
+/// (`canopy-guest latency --floor-kind`): a SCHED_FIFO thread waking every 2 ms beside canopy's
+/// run raised the probe's p99 from 2.4-4.6 ms to 21-23 ms and its slow wakeups to 68-71 of
+/// about 5,450 while that floor stayed quiet (p99 3.2-4.2 ms; two runs, 2026-12-04 14:00-14:10
+/// UTC); the fair scheduler's run was not hurt that way. Why is open (suspected: while an RT
+/// task holds a CPU, the root's record of what runs there misleads a USER_INTERACTIVE wakeup's
+/// choice of a task to preempt; stop 19's closing note), so the floor is measured apart.
+///
+/// Five runs of this version (2026-12-04 14:21-14:42 UTC, host load 2.0-2.9 with other VM runs
+/// queued): canopy p99 2.6, 4.5, 3.6, 3.7, 3.8 ms against floors under its root of 2.9, 3.5,
+/// 3.7, 4.0, 3.1 ms (ratios 0.89-1.29 of the 1.5 allowed); p90 0.46, 0.41, 0.38, 0.41, 0.31 ms
+/// against fair's 3.3-4.1 ms and schedqos's 0.92-1.30 ms (floors' p90 ratio at most 1: no
+/// allowance used); slow wakeups 0, 7, 1, 0, 0 of 6,373-6,684 (allowed 63-65; the floor under
+/// canopy's root waited over 1 ms for 1.7-3.4% of its wakeups, under the 5% reference).
+///
+/// The issue's literal target (p99 at most a quarter of fair's and half of schedqos's) is
+/// printed as met or NOT MET. Under TCG with both vCPUs busy, even SCHED_FIFO's p99 is 3-4 ms
+/// (timer interrupts reach a busy emulated CPU late), above half of schedqos's p99, so that
+/// target cannot be met by any scheduler in this VM; see issue 4's closing note.
 #[test]
 fn interactive_task_latency_under_background_load() -> anyhow::Result<()> {
     let script = format!(
         r#"
 LOAD='hackbench -T -p -g 2 -l 100000000'
-canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-fair --floor-kind floor-fair
+canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-fair
+canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-fifo-floor -- -p 50
 autogroup=$(cat /proc/sys/kernel/sched_autogroup_enabled)
 echo 0 > /proc/sys/kernel/sched_autogroup_enabled
-canopy scheduler exec --nice -4 -- canopy-guest latency --seconds 10 --histogram-us 200000 --load "canopy scheduler exec --nice 4 --batch -- $LOAD" --kind latency-schedqos --floor-kind floor-schedqos
+canopy scheduler exec --nice -4 -- canopy-guest latency --seconds 10 --histogram-us 200000 --load "canopy scheduler exec --nice 4 --batch -- $LOAD" --kind latency-schedqos
 echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled
 {start}
+canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-fifo-floor-canopy -- -p 50
 canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 20 > /tmp/tagger.log 2>&1 &
-canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-canopy --floor-kind floor-canopy
+canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-canopy
 canopy-guest report tagged log="$(tr '\n' '|' < /tmp/tagger.log)"
 canopy scheduler status --json --interval-ms 100 > /tmp/status.json
 canopy-guest report root-status status=@/tmp/status.json
@@ -111,42 +128,28 @@ canopy-guest report root-status status=@/tmp/status.json
         Ok((value("p90_us"), value("p99_us")))
     };
     let (fair_p90, fair) = percentiles("latency-fair")?;
+    let (fair_floor_p90, fair_floor) = percentiles("latency-fifo-floor")?;
     let (schedqos_p90, schedqos) = percentiles("latency-schedqos")?;
+    let (canopy_floor_p90, canopy_floor) = percentiles("latency-fifo-floor-canopy")?;
     let (canopy_p90, canopy) = percentiles("latency-canopy")?;
-    let (_, fair_floor) = percentiles("floor-fair")?;
-    let (_, schedqos_floor) = percentiles("floor-schedqos")?;
-    let (_, canopy_floor) = percentiles("floor-canopy")?;
+    let floor_over_1ms = over_one_ms(outcome.result("latency-fifo-floor-canopy")?);
     println!(
         "cyclictest p99 under hackbench: fair {fair} us, schedqos mapping {schedqos} us, \
-         canopy {canopy} us; SCHED_FIFO floor beside each: {fair_floor}, {schedqos_floor}, \
-         {canopy_floor} us; p90: fair {fair_p90} us, schedqos {schedqos_p90} us, canopy \
-         {canopy_p90} us"
+         canopy {canopy} us; SCHED_FIFO floor {fair_floor} us under fair, {canopy_floor} us \
+         under canopy's root ({:.1}% of its wakeups over 1 ms); p90: fair {fair_p90} us, \
+         schedqos {schedqos_p90} us, canopy {canopy_p90} us, floors {fair_floor_p90} and \
+         {canopy_floor_p90} us",
+        floor_over_1ms * 100.0
     );
     for (kind, value) in [
         ("fair", fair),
         ("schedqos", schedqos),
         ("canopy", canopy),
         ("fair's floor", fair_floor),
-        ("schedqos's floor", schedqos_floor),
         ("canopy's floor", canopy_floor),
     ] {
         assert!(value.is_finite() && value > 0.0, "no {kind} p99 measured");
     }
-    // How much busier the host was during canopy's run than during a baseline's, by the p90 of
-    // the floor measured beside each (at least 1: a quieter host during canopy's run asks
-    // nothing more), and how far the floor beside canopy's run waited over 1 ms more often
-    // than a quiet host's does.
-    let floor_p90 = |kind: &str| -> anyhow::Result<f64> { Ok(percentiles(kind)?.0) };
-    let canopy_floor_p90 = floor_p90("floor-canopy")?;
-    let busier_than = |baseline_floor_p90: f64| (canopy_floor_p90 / baseline_floor_p90).max(1.0);
-    let floor_over_1ms = over_one_ms(outcome.result("floor-canopy")?);
-    let platform_slowdown = (floor_over_1ms / QUIET_FLOOR_OVER_1MS).max(1.0);
-    println!(
-        "floor beside canopy: {:.1}% of its wakeups over 1 ms (quiet: up to {:.0}%), p90 \
-         {canopy_floor_p90} us",
-        floor_over_1ms * 100.0,
-        QUIET_FLOOR_OVER_1MS * 100.0
-    );
     crate::support::assert_cyclictest_tagged(&outcome, "tagged")?;
     let stats = &outcome.result("root-status")?["status"]["stats"];
     let (wakeups, slow) = preempting_wakeups(stats);
@@ -166,24 +169,23 @@ canopy-guest report root-status status=@/tmp/status.json
         wakeups >= 1000,
         "the root saw only {wakeups} USER_INTERACTIVE wakeups: was the probe tagged?"
     );
+    let platform_slowdown = (floor_over_1ms / QUIET_FLOOR_OVER_1MS).max(1.0);
     let slow_allowed = (wakeups as f64 * 0.01 * platform_slowdown).floor() as u64;
     assert!(
         slow <= slow_allowed,
         "{slow} of {wakeups} USER_INTERACTIVE wakeups waited over 1 ms in the scheduler (allowed: \
-         1%, scaled by the floor's share of wakeups over 1 ms beside it, {:.1}%, over a quiet \
-         host's {:.0}%: {slow_allowed})",
+         1%, scaled by the floor's share of wakeups over 1 ms under canopy's root, {:.1}%, over \
+         a quiet host's {:.0}%: {slow_allowed})",
         floor_over_1ms * 100.0,
         QUIET_FLOOR_OVER_1MS * 100.0
     );
     assert!(
         canopy <= 1.5 * canopy_floor,
-        "canopy p99 {canopy} us is above the platform floor beside it (SCHED_FIFO p99 \
+        "canopy p99 {canopy} us is above the platform floor under its root (SCHED_FIFO p99 \
          {canopy_floor} us) x 1.5"
     );
-    let (fair_bound, schedqos_bound) = (
-        fair_p90 * busier_than(floor_p90("floor-fair")?),
-        schedqos_p90 * busier_than(floor_p90("floor-schedqos")?),
-    );
+    let busier = (canopy_floor_p90 / fair_floor_p90).max(1.0);
+    let (fair_bound, schedqos_bound) = (fair_p90 * busier, schedqos_p90 * busier);
     assert!(
         canopy_p90 < fair_bound && canopy_p90 < schedqos_bound,
         "canopy p90 {canopy_p90} us does not beat fair ({fair_p90} us, {fair_bound:.0} us \
