@@ -21,12 +21,9 @@ use std::time::Duration;
 
 use canopy_vmtest::Outcome;
 
+use crate::cpu_contract::{largest_error_points, shares, FLAT, FLAT_TARGET, NESTED, NESTED_TARGET};
 use crate::support::{part, parts_script, start_root_in_part, STOP_ROOT_IN_PART};
 
-const FLAT: &str = "--group fa:300:2 --group fb:200:2 --group fc:100:2";
-const NESTED: &str = "--group p/a:300:2 --group p/b:100:2 --group q:100:2";
-const FLAT_TARGET: [f64; 3] = [1.0 / 2.0, 1.0 / 3.0, 1.0 / 6.0];
-const NESTED_TARGET: [f64; 3] = [0.375, 0.125, 0.5];
 /// (c): the limited cgroup's quota, `cpu.max 50000 100000`.
 const QUOTA_CPUS: f64 = 0.5;
 /// (e): how many cgroups, and the seed of their weights (printed with the table).
@@ -138,29 +135,6 @@ flatcg_split() {
   fi
 }
 "#;
-
-/// A split's shares, in its order.
-fn shares(split: &serde_json::Value) -> Vec<f64> {
-    split["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|group| group["share"].as_f64().unwrap_or(f64::NAN))
-        .collect()
-}
-
-/// The largest distance in percentage points between @measured and @target (NaN when a group
-/// is missing).
-fn largest_error_points(measured: &[f64], target: &[f64]) -> f64 {
-    if measured.len() != target.len() {
-        return f64::NAN;
-    }
-    measured
-        .iter()
-        .zip(target)
-        .map(|(m, t)| (m - t).abs() * 100.0)
-        .fold(0.0, f64::max)
-}
 
 /// The largest relative error in percent between @measured and @target.
 fn largest_relative_error(measured: &[f64], target: &[f64]) -> f64 {

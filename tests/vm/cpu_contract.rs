@@ -18,7 +18,7 @@ use crate::support::{
 };
 
 /// Shares as fractions of the CPU time all groups of one split used, in the split's order.
-fn shares(split: &serde_json::Value) -> Vec<f64> {
+pub(crate) fn shares(split: &serde_json::Value) -> Vec<f64> {
     split["groups"]
         .as_array()
         .map(|groups| {
@@ -31,7 +31,7 @@ fn shares(split: &serde_json::Value) -> Vec<f64> {
 }
 
 /// The largest distance, in percentage points, between @measured and @target.
-fn largest_error_points(measured: &[f64], target: &[f64]) -> f64 {
+pub(crate) fn largest_error_points(measured: &[f64], target: &[f64]) -> f64 {
     measured
         .iter()
         .zip(target)
@@ -46,10 +46,10 @@ fn largest_error_points(measured: &[f64], target: &[f64]) -> f64 {
         )
 }
 
-const FLAT: &str = "--group fa:300:2 --group fb:200:2 --group fc:100:2";
-const NESTED: &str = "--group p/a:300:2 --group p/b:100:2 --group q:100:2";
-const FLAT_TARGET: [f64; 3] = [1.0 / 2.0, 1.0 / 3.0, 1.0 / 6.0];
-const NESTED_TARGET: [f64; 3] = [0.375, 0.125, 0.5];
+pub(crate) const FLAT: &str = "--group fa:300:2 --group fb:200:2 --group fc:100:2";
+pub(crate) const NESTED: &str = "--group p/a:300:2 --group p/b:100:2 --group q:100:2";
+pub(crate) const FLAT_TARGET: [f64; 3] = [1.0 / 2.0, 1.0 / 3.0, 1.0 / 6.0];
+pub(crate) const NESTED_TARGET: [f64; 3] = [0.375, 0.125, 0.5];
 
 /// The boot acceptance (a)+(b), (c) and (d) share (`cpu-contract-shares`): they need the same
 /// guest, the fair scheduler's reference splits first and then canopy's root scheduler with no
