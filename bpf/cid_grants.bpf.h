@@ -60,6 +60,11 @@ struct cid_state {
 	 */
 	u32 running_class;
 	u64 since;
+	/*
+	 * scx_bpf_now() when a higher scheduling class (RT, deadline) took the cid from our task
+	 * with slice left; 0 once one of ours runs there again (canopy_root's stopping, running)
+	 */
+	u64 higher_class_since;
 	u64 reserved_vtime;	/* vtime charged to the owner in advance when it was handed the cid */
 };
 

@@ -212,6 +212,34 @@ static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now,
 }
 
 /*
+ * From ops.stopping. A task that stops still runnable with slice left was taken off its CPU
+ * by a higher scheduling class: an RT or deadline task woke there (pipewire's threads on a
+ * desktop), or the stopper ran. sched_ext would put it back at the head of that CPU's local
+ * DSQ, and it would run out the rest of its slice there before anything we dispatch: a
+ * BACKGROUND task with 15 ms of its 20 ms slice left ran those 15 ms ahead of a
+ * USER_INTERACTIVE task that woke meanwhile and queued (no CPU was running a preemptible task
+ * of ours then), and the USER_INTERACTIVE probe beside a SCHED_FIFO thread waking every 2 ms
+ * waited up to 60 ms. Ending the slice here sends the task back through ops.enqueue, so the
+ * CPU's next pick is decided by class and vtime, as the fair scheduler picks by vruntime
+ * again after an RT task. The preempted task keeps its vtime (class_vtime_stopping charged
+ * what it ran) and normally runs again at once. Our own preemptions already ended the slice
+ * (SCX_ENQ_PREEMPT and preempting kicks set it to 0), so they are not counted here.
+ *
+ * Not SCX_ENQ_IMMED, the kernel's successor to ops.cpu_release (which the cid form lacks): it
+ * re-enqueues a local-DSQ insert whenever another task is queued there, and a scheduler whose
+ * inserts keep failing (a task pinned to a CPU an RT task holds) is ejected after 256 tries.
+ */
+static __always_inline bool class_vtime_end_slice_taken_by_higher_class(struct task_struct *p,
+									bool runnable)
+{
+	if (!runnable || !p->scx.slice)
+		return false;
+	if (scx_bpf_task_set_slice(p, 0))
+		stat_inc(CANOPY_STAT_HIGHER_CLASS_SLICE_ENDS);
+	return true;
+}
+
+/*
  * Called from ops.dispatch when we had nothing new for the cid: if our @prev is still
  * runnable, give it a fresh class slice so the kernel keeps it running *as our dispatch*
  * (SCX_DSP_PREV). Without this the kernel still keeps prev, but only after the parent's

@@ -112,6 +112,12 @@ enum canopy_limits {
 	CANOPY_IDLE_GUARD_SLICE_NS = 1000000,
 	/* the most cpu.max (or cap) overuse carried into the next periods, in quotas (cpu_tree.bpf.h) */
 	CANOPY_QUOTA_MAX_DEBT_PERIODS = 8,
+	/*
+	 * A waking preempting-class task with nothing to preempt waits on a CPU an RT or deadline
+	 * task took from one of our tasks only while that has lasted less than this (canopy_root's
+	 * find_preemptible_cid): a short RT burst is over soon, a long one may go on
+	 */
+	CANOPY_HIGHER_CLASS_WAIT_NS = 1000000,
 };
 
 /*
@@ -363,6 +369,9 @@ enum canopy_stat {
 	CANOPY_STAT_GROUP_POLICY_FULL, /* cgroups made that got no group_policy entry (map full): no group can own them */
 	CANOPY_STAT_IDLE_GUARD_SLICES, /* short slices given to tasks of idle cgroups (cpu.idle) that waited past the starvation guard */
 	CANOPY_STAT_CHILD_PREV_KEPT, /* dispatches that placed nothing after a child's grant: the child's task may keep the CPU, so the grant goes on */
+	CANOPY_STAT_HIGHER_CLASS_SLICE_ENDS, /* tasks a higher scheduling class (RT, deadline) took a CPU from with slice left: their slice ended, so they queue again by class */
+	CANOPY_STAT_WAKE_AFTER_HIGHER_CLASS, /* preempting-class wakeups with nothing to preempt, placed first on a CPU an RT or deadline task had just taken */
+	CANOPY_STAT_WAKE_AFTER_HIGHER_CLASS_SLOW, /* of those, ran more than 1 ms after waking */
 	CANOPY_NR_STATS,
 };
 

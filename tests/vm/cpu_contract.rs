@@ -233,17 +233,7 @@ kill -TERM $ROOT; wait $ROOT || true
     };
     let (inside, outside) = (stats("inside")?, stats("outside")?);
     // Every path a preempting-class wakeup takes is counted once.
-    let wakeups = |stats: &serde_json::Value| -> u64 {
-        [
-            "wake_idle",
-            "wake_preempt_local",
-            "wake_preempt_remote",
-            "wake_queued",
-        ]
-        .iter()
-        .map(|path| stats[*path].as_u64().unwrap_or(0))
-        .sum()
-    };
+    let wakeups = |stats: &serde_json::Value| crate::support::preempting_wakeups(stats).0;
     let inside_clamped = inside["class_clamped"].as_u64().unwrap_or(0);
     let inside_wakes = wakeups(&inside);
     let outside_wakes = wakeups(&outside) - inside_wakes;

@@ -324,3 +324,23 @@ fn a_part_sees_its_own_results_and_a_failed_part_is_an_error() {
         "{script}"
     );
 }
+
+/// Wakeups of a preempting class (USER_INTERACTIVE) the root saw, over every path, and how many
+/// of them took over 1 ms to run, from the root's `stats` (`canopy scheduler status --json`).
+pub fn preempting_wakeups(stats: &serde_json::Value) -> (u64, u64) {
+    let paths = [
+        "wake_idle",
+        "wake_preempt_local",
+        "wake_preempt_remote",
+        "wake_after_higher_class",
+        "wake_queued",
+    ];
+    let count = |name: &str| stats[name].as_u64().unwrap_or(0);
+    (
+        paths.iter().map(|path| count(path)).sum(),
+        paths
+            .iter()
+            .map(|path| count(&format!("{path}_slow")))
+            .sum(),
+    )
+}
