@@ -17,14 +17,20 @@ use tokio::sync::mpsc;
 const APP: &str = "user.slice/user-1000.slice/user@1000.service/app.slice/app-player.scope";
 
 /// Starts the server and a controller whose cgroup root is `<dir>/cgroup` (with [`APP`] made
-/// beneath it); returns the socket path and the controller task.
-async fn start(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<()>) {
-    let dir = std::env::temp_dir().join(format!(
-        "canopy-api-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+/// beneath it); returns the directory (removed when dropped), the socket path and the
+/// controller task.
+async fn start(
+    limits: Limits,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    tokio::task::JoinHandle<()>,
+) {
+    let temp = tempfile::Builder::new()
+        .prefix("canopy-api-")
+        .tempdir()
+        .unwrap();
+    let dir = temp.path().to_path_buf();
     let path = dir.join("control.sock");
     let cgroup_root = dir.join("cgroup");
     std::fs::create_dir_all(cgroup_root.join(APP)).unwrap();
@@ -49,19 +55,12 @@ async fn start(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<(
             let _ = msg.reply.send(r);
         }
     });
-    (path, task)
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
+    (temp, path, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_malformed_requests_get_errors_and_the_daemon_keeps_serving() {
-    let (path, _task) = start(Limits::default()).await;
+    let (_dir, path, _task) = start(Limits::default()).await;
     let t = std::time::Instant::now();
     let n = canopy_controller::testing::fuzz::send_malformed_async(&path, 10_000).await;
     assert_eq!(n, 10_000);
@@ -122,7 +121,7 @@ async fn idle_and_connection_limits_hold() {
         write_timeout: Duration::from_secs(1),
         ..Limits::default()
     };
-    let (path, _task) = start(limits).await;
+    let (_dir, path, _task) = start(limits).await;
     // A client that sends half a line and stalls gets a timeout reply and is closed.
     let mut slow = BufReader::new(tokio::net::UnixStream::connect(&path).await.unwrap());
     slow.get_mut().write_all(b"{\"cmd\":").await.unwrap();
@@ -136,7 +135,7 @@ async fn idle_and_connection_limits_hold() {
         max_connections: 2,
         ..Limits::default()
     };
-    let (path, _task) = start(limits).await;
+    let (_dir, path, _task) = start(limits).await;
     let _held = hold_connections(&path, 2).await;
     let mut c = BufReader::new(tokio::net::UnixStream::connect(&path).await.unwrap());
     let mut reply = String::new();
@@ -156,7 +155,7 @@ async fn one_uid_gets_its_share_of_connections_and_its_rate_of_requests() {
         root_exempt: false,
         ..Limits::default()
     };
-    let (path, _task) = start(limits).await;
+    let (_dir, path, _task) = start(limits).await;
     let mut held = hold_connections(&path, 3).await;
     let mut fourth = BufReader::new(tokio::net::UnixStream::connect(&path).await.unwrap());
     let mut reply = String::new();
