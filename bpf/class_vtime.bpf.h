@@ -226,8 +226,9 @@ static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now,
  * (SCX_ENQ_PREEMPT and preempting kicks set it to 0), so they are not counted here.
  *
  * Not SCX_ENQ_IMMED, the kernel's successor to ops.cpu_release (which the cid form lacks): it
- * re-enqueues a local-DSQ insert whenever another task is queued there, and a scheduler whose
- * inserts keep failing (a task pinned to a CPU an RT task holds) is ejected after 256 tries.
+ * re-enqueues a local-DSQ insert whenever another task is queued there or the CPU is not free,
+ * and a task re-enqueued SCX_REENQ_MAX_REPEAT (256) times without running ejects its scheduler
+ * (ext.c's scx_do_enqueue_task), as inserting a task pinned to a CPU an RT task holds would.
  */
 static __always_inline bool class_vtime_end_slice_taken_by_higher_class(struct task_struct *p,
 									bool runnable)
