@@ -12,6 +12,14 @@ use crate::support::{children_config, preempting_wakeups, start_root_with_childr
 /// written up to it and widens in proportion above it.
 const QUIET_FLOOR_OVER_1MS: f64 = 0.05;
 
+/// The USER_INTERACTIVE wakeups allowed over 1 ms: 1% of @wakeups, scaled by how much more
+/// often than on a quiet host (QUIET_FLOOR_OVER_1MS) the SCHED_FIFO floor measured for the same
+/// run waited over 1 ms (@floor_over_1ms, a share), never below 1%.
+fn slow_wakeups_allowed(wakeups: u64, floor_over_1ms: f64) -> u64 {
+    let platform_slowdown = (floor_over_1ms / QUIET_FLOOR_OVER_1MS).max(1.0);
+    (wakeups as f64 * 0.01 * platform_slowdown).floor() as u64
+}
+
 /// A cyclictest result's share of samples of 1 ms and more (its tail and overflows).
 fn over_one_ms(latency: &serde_json::Value) -> f64 {
     let tail: u64 = latency["tail_per_ms"]
@@ -152,8 +160,7 @@ canopy-guest report root-status-beside-fifo status=@/tmp/status.json
         wakeups >= 1000,
         "the root saw only {wakeups} USER_INTERACTIVE wakeups: was the probe tagged?"
     );
-    let platform_slowdown = (floor_over_1ms / QUIET_FLOOR_OVER_1MS).max(1.0);
-    let slow_allowed = (wakeups as f64 * 0.01 * platform_slowdown).floor() as u64;
+    let slow_allowed = slow_wakeups_allowed(wakeups, floor_over_1ms);
     assert!(
         slow <= slow_allowed,
         "{slow} of {wakeups} USER_INTERACTIVE wakeups waited over 1 ms in the scheduler (allowed: \
@@ -220,8 +227,7 @@ fn beside_a_fifo_task(
         wakeups >= 1000,
         "the root saw only {wakeups} USER_INTERACTIVE wakeups beside the FIFO thread"
     );
-    let platform_slowdown = (floor_over_1ms / QUIET_FLOOR_OVER_1MS).max(1.0);
-    let slow_allowed = (wakeups as f64 * 0.01 * platform_slowdown).floor() as u64;
+    let slow_allowed = slow_wakeups_allowed(wakeups, floor_over_1ms);
     assert!(
         slow <= slow_allowed,
         "beside a SCHED_FIFO thread, {slow} of {wakeups} USER_INTERACTIVE wakeups waited over 1 \
