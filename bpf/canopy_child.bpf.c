@@ -76,7 +76,7 @@ static __always_inline struct own_run *own_run_on(s32 cid)
 
 /*
  * Is one of our own tasks running on @cid that a waking @p may preempt? The root's rule for
- * its own tasks (cid_preemptible_for in canopy_root.bpf.c): a preemptible class at once,
+ * its own tasks (cid_for_waker in canopy_root.bpf.c): a preemptible class at once,
  * DEFAULT once it has run preemptible_after_us. Preempting our own subtree's task needs no cap.
  */
 static __always_inline bool own_task_preemptible_on(struct task_struct *p, s32 cid)

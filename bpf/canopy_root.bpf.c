@@ -101,31 +101,35 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 	return cid;
 }
 
-static __always_inline bool cid_preemptible_for(struct task_struct *p, s32 cid)
-{
-	struct cid_state *cs = cid_state_of(cid);
-
-	/* cs->since: when the cid was handed to the task running there */
-	return cs && cs->owner == CANOPY_SELF_SLOT && task_may_run_on(p, cid) &&
-	       class_preemptible_since(cs->running_class, cs->since);
-}
+/* What a waking preempting-class task may do with a cid (cid_for_waker). */
+enum waker_cid_use {
+	CID_TAKEN,		/* idle, a child's, outside the task's affinity, or not preemptible */
+	CID_PREEMPTIBLE,	/* one of our tasks of a class the waker may preempt runs there */
+	CID_AFTER_HIGHER_CLASS,	/* an RT or deadline task took it from one of ours just now */
+};
 
 /*
- * A cid an RT or deadline task took from one of our tasks less than CANOPY_HIGHER_CLASS_WAIT_NS
- * ago: @p inserted there first runs the moment that task leaves, ahead of the task it took the
- * cid from (whose slice stopping() ended, so it queues again by class). The insert uses
- * SCX_ENQ_PREEMPT (head of the local DSQ): should one of ours have started there in between, it
- * gives way as to any preempting wakeup.
+ * One look at @cid's state for a waking @p: a cid running one of our tasks of a preemptible
+ * class (cs->since: when the cid was handed to the task running there), else one an RT or
+ * deadline task took from one of our tasks less than CANOPY_HIGHER_CLASS_WAIT_NS ago. Inserted
+ * on the latter, @p runs the moment that task leaves, ahead of the task it took the cid from
+ * (whose slice stopping() ended, so it queues again by class). Both inserts use
+ * SCX_ENQ_PREEMPT (head of the local DSQ): should one of ours have started on the latter in
+ * between, it gives way as to any preempting wakeup.
  */
-static __always_inline bool cid_after_higher_class_for(struct task_struct *p, s32 cid, u64 now)
+static __always_inline enum waker_cid_use cid_for_waker(struct task_struct *p, s32 cid, u64 now)
 {
 	struct cid_state *cs = cid_state_of(cid);
 	u64 since;
 
 	if (!cs || cs->owner != CANOPY_SELF_SLOT || !task_may_run_on(p, cid))
-		return false;
+		return CID_TAKEN;
+	if (class_preemptible_since(cs->running_class, cs->since))
+		return CID_PREEMPTIBLE;
 	since = cs->higher_class_since;
-	return since && now >= since && now - since < CANOPY_HIGHER_CLASS_WAIT_NS;
+	if (since && now >= since && now - since < CANOPY_HIGHER_CLASS_WAIT_NS)
+		return CID_AFTER_HIGHER_CLASS;
+	return CID_TAKEN;
 }
 
 /*
@@ -144,18 +148,21 @@ static s32 find_preemptible_cid(struct task_struct *p, s32 *after_higher_class)
 	u32 nr = scx_bpf_nr_cids();
 	s32 own = scx_bpf_task_cid(p);
 	u64 now = scx_bpf_now();
+	enum waker_cid_use use;
 	int i;
 
 	*after_higher_class = -1;
-	if (cid_preemptible_for(p, own))
+	use = cid_for_waker(p, own, now);
+	if (use == CID_PREEMPTIBLE)
 		return own;
-	if (cid_after_higher_class_for(p, own, now))
+	if (use == CID_AFTER_HIGHER_CLASS)
 		*after_higher_class = own;
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
-		if (cid_preemptible_for(p, i))
+		use = cid_for_waker(p, i, now);
+		if (use == CID_PREEMPTIBLE)
 			return i;
-		if (*after_higher_class < 0 && cid_after_higher_class_for(p, i, now))
+		if (use == CID_AFTER_HIGHER_CLASS && *after_higher_class < 0)
 			*after_higher_class = i;
 	}
 	return -1;

@@ -170,7 +170,7 @@ static __always_inline u32 member_slot_of_cgroup(u64 cgroup_id)
 /*
  * May @cid be taken back for a waking preempting-class task of the child in slot @asker? When
  * another child holds it, or one of our own tasks of a preemptible class runs there (the rule
- * of our own wakeups, cid_preemptible_for in canopy_root.bpf.c; the child's task's affinity is
+ * of our own wakeups, cid_for_waker in canopy_root.bpf.c; the child's task's affinity is
  * not known here, and its child's dispatch places it where it may run).
  */
 static __always_inline bool cid_takeable_for_child(s32 cid, u32 asker)
