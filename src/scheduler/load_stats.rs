@@ -319,20 +319,6 @@ struct ProgramLog {
     buf: NonNull<[u8]>,
 }
 
-/// The calling process's user and system CPU time so far.
-fn cpu_times() -> (Duration, Duration) {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF cannot fail.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let time = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    (time(usage.ru_utime), time(usage.ru_stime))
-}
-
 /// One phase of a load: its name, wall time, and the process's user and system CPU time in it.
 struct Phase {
     name: &'static str,
@@ -365,7 +351,7 @@ impl LoadProbe {
             logs: Vec::new(),
             phases: Vec::new(),
             mark: Instant::now(),
-            mark_cpu: cpu_times(),
+            mark_cpu: canopy_sys::limits::own_cpu_times(),
         }))
     }
 
@@ -373,7 +359,7 @@ impl LoadProbe {
     pub fn phase(&mut self, name: &'static str) {
         let Some(probe) = &mut self.0 else { return };
         let now = Instant::now();
-        let cpu = cpu_times();
+        let cpu = canopy_sys::limits::own_cpu_times();
         probe.phases.push(Phase {
             name,
             wall: now - probe.mark,

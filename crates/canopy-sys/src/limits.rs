@@ -1,4 +1,5 @@
-//! The process's own resource limits: the open-file limit a scheduler loader needs raised.
+//! The process's own resources: the open-file limit a scheduler loader needs raised, and the
+//! CPU time it has used ([`own_cpu_times`], for the load measurement of `CANOPY_VERIFIER_STATS`).
 //!
 //! Every loaded BPF scheduler holds about 33 descriptors while it is attached (its programs,
 //! maps, BTF and links: 31 canopy children and the root filled the soft limit of 1,024 that a
@@ -66,4 +67,38 @@ pub fn raise_open_file_limit() -> Result<OpenFileLimit, LimitError> {
         before,
         after: limit.rlim_cur,
     })
+}
+
+/// This process's user and system CPU time so far (getrusage, RUSAGE_SELF).
+pub fn own_cpu_times() -> (std::time::Duration, std::time::Duration) {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given (zeroed already); RUSAGE_SELF with a valid
+    // pointer cannot fail.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        std::time::Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + std::time::Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    (time(usage.ru_utime), time(usage.ru_stime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_times_grow_while_this_process_computes() {
+        let (user_before, system_before) = own_cpu_times();
+        let started = std::time::Instant::now();
+        let mut spin = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(50) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let (user_after, system_after) = own_cpu_times();
+        assert!(user_after + system_after > user_before + system_before);
+        assert!(user_after >= user_before && system_after >= system_before);
+    }
 }
