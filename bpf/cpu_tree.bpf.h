@@ -101,7 +101,13 @@
 #include "class_vtime.bpf.h"
 
 /* hierarchical shares are fractions of the whole machine in units of 1/CPU_TREE_ONE */
-#define CPU_TREE_ONE (1ULL << 20)
+#define CPU_TREE_ONE ((u64)CANOPY_TREE_SHARE_ONE)
+/*
+ * What a busy child scheduler adds to its attach cgroup's own active weight: any positive
+ * value makes the node active (no task of the root's is counted there while the child holds
+ * it), and the node then counts in its parent at its cgroup weight as any busy cgroup does.
+ */
+#define CPU_TREE_CHILD_MARK CANOPY_NICE0_WEIGHT
 /* the active weight of a node being deleted: far from zero, whatever still reaches it */
 #define CPU_TREE_GONE (-(1LL << 60))
 
@@ -135,6 +141,12 @@ struct {
 
 /* the summed weights of every runnable own task (W_eq's scale) */
 u64 tree_runnable_weight;
+/*
+ * The root's own tasks' part of the machine (member 0's tree_share, 1/CPU_TREE_ONE units:
+ * what the tree holds beside its busy children), as of the last member_shares_refresh();
+ * the whole machine while no child is attached. W_eq is divided by it (tree_charge_weight_fp).
+ */
+u64 own_tree_share = CPU_TREE_ONE;
 /* cgroups with cpu.idle 1 in the tree; while 0 no task is idle and no walk is made */
 s64 nr_idle_cgroups;
 /* cgroups with a cpu.max quota or a policy cap in the tree; while 0 no quota walk is made */
@@ -405,10 +417,43 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 			break;
 		share = share_of(share, weight, node->active_weight);
 	}
+	/* a fraction of the own tasks' part, not of the machine (busy children hold the rest) */
+	if (own_tree_share && own_tree_share < CPU_TREE_ONE)
+		share = share * CPU_TREE_ONE / own_tree_share;
 	if (total < tt->weight)
 		total = tt->weight;
 	share = share * total >> 10;
 	return share ?: 1;
+}
+
+/*
+ * @cgroup_id's hierarchical share of the machine, 1/CPU_TREE_ONE units: the product of its
+ * weight's fraction of its parent's active weight and so on up to the root (what a task's
+ * walk in tree_charge_weight_fp() multiplies, from the cgroup up). A busy child scheduler's
+ * member is charged at its attach cgroup's share (cid_grants.bpf.h). At most
+ * CANOPY_MAX_CGROUP_DEPTH hash lookups; a global function, verified once (its callers loop
+ * over the members).
+ */
+__noinline u64 cgroup_tree_share(u64 cgroup_id)
+{
+	struct canopy_cgroup_node *node;
+	u64 share = CPU_TREE_ONE, version = policy_version_now();
+	u32 weight;
+	int depth;
+
+	node = tree_node_current(cgroup_id, version);
+	if (!node)
+		return 0;
+	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
+		if (!node || !node->parent_id)
+			break;
+		weight = cgroup_weight_on_task_scale(node->weight);
+		node = tree_node_current(node->parent_id, version);
+		if (!node)
+			break;
+		share = share_of(share, weight, node->active_weight);
+	}
+	return share;
 }
 
 /*

@@ -617,3 +617,66 @@ canopy-guest cpu-split{groups} --seconds 6 --warmup 1 --keep --kind mixed-canopy
     crate::support::assert_root_survived(&outcome)?;
     Ok(())
 }
+
+/// Issue 10 Deliver 1, children in the tree: a child attached below the top level weighs its
+/// share inside its parent, as a cgroup of the root's own tasks there would. `p` (cpu.weight
+/// 100) holds `p/c` (100, a canopy child) and `p/o` (100, the root's own tasks), beside `q`
+/// (100, the root's own tasks), two hogs each, on 2 vCPUs: c 25%, o 25%, q 50%, each within
+/// 3 points (the fair scheduler's split of the same cgroups in the same boot is printed
+/// first). Before the busy child counted at its cgroup's node of the cpu tree, member 0
+/// weighed p and q (200) against c's 100: c got a third.
+#[test]
+fn a_child_below_the_top_weighs_its_share_inside_its_parent() -> anyhow::Result<()> {
+    const GROUPS: &str = "--group p/c:100:2 --group p/o:100:2 --group q:100:2";
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/p /sys/fs/cgroup/q
+echo +cpu > /sys/fs/cgroup/p/cgroup.subtree_control
+mkdir -p /sys/fs/cgroup/p/c /sys/fs/cgroup/p/o
+canopy-guest cpu-split {GROUPS} --seconds 6 --warmup 1 --keep --fair-cgroup-mode smp --kind nested-fair
+{start}
+canopy-guest cpu-split {GROUPS} --seconds 6 --warmup 1 --keep --kind nested-canopy
+{STOP_ROOT}
+"#,
+        start = start_root_with_children(1),
+    );
+    let outcome = crate::scenario("sched-child-in-the-tree")
+        .with_file_contents("/etc/canopy-sched.json", children_config(&["p/c"]), 0o644)
+        .timeout(Duration::from_secs(240))
+        .script(script)
+        .run()?;
+    println!("{}", outcome.summary());
+    let shares = |kind: &str| -> anyhow::Result<Vec<f64>> {
+        Ok(outcome.result(kind)?["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|group| group["share"].as_f64().unwrap_or(f64::NAN))
+            .collect())
+    };
+    let (fair, canopy) = (shares("nested-fair")?, shares("nested-canopy")?);
+    let percent = |s: &[f64]| {
+        s.iter()
+            .map(|share| format!("{:.1}%", share * 100.0))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!(
+        "p/c (child) / p/o / q, target 25% / 25% / 50%: fair {}, canopy {}",
+        percent(&fair),
+        percent(&canopy)
+    );
+    let target = [0.25, 0.25, 0.5];
+    assert_eq!(canopy.len(), target.len(), "{canopy:?}");
+    for ((share, target), name) in canopy.iter().zip(target).zip(["p/c", "p/o", "q"]) {
+        assert!(
+            (share - target).abs() <= 0.03,
+            "{name} got {:.1}% under canopy (target {:.0}%): {}",
+            share * 100.0,
+            target * 100.0,
+            percent(&canopy)
+        );
+    }
+    crate::support::assert_root_survived(&outcome)?;
+    Ok(())
+}
