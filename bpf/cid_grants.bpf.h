@@ -7,33 +7,55 @@
  * (charge_cid), handing it out (hand_cid) and choosing the next member (pick_member).
  *
  * Policy: every dispatch on a cid first charges the wall time since the previous dispatch on
- * that cid to whichever member owned it, as member vtime (ns * 100 / weight), then offers the
+ * that cid to whichever member owned it, as member vtime (ns * MEMBER_VTIME_UNIT / tree_share,
+ * its share of the machine in the cpu tree; below), then offers the
  * cid to the member with the lowest vtime, then the next, and so on: a member with nothing to
  * run is skipped at once, so capacity never idles while anyone has work (work-conserving
- * within one slice). A member that was idle re-enters at most one default slice behind the
- * busy member with the least vtime, so it cannot hoard credit (busy members are never
- * lifted: they keep whatever lag they have). Optional per-member terms, per 100 ms window and
- * across all online cids, both judged against the capacity elapsed in the window with the
- * member's grants in flight counted: a cap (skipped while it has used cap% of it; overuse and,
- * while it has work, underuse carry into the next window, bounded: roll_window) and a
- * guarantee (offered first while below guarantee% of it). Children hold
+ * within one slice). A member that was idle re-enters at most one default slice of its own
+ * CPU time (one slice at its share) behind the busy member with the least vtime, so it cannot
+ * hoard credit (busy members are never lifted: they keep whatever lag they have). Optional
+ * per-member terms, per 100 ms window and across all online cids, both judged against the
+ * capacity elapsed in the window with the member's grants in flight counted: a cap (skipped
+ * while it has used cap% of it; overuse and, while it has work, underuse carry into the next
+ * window, bounded: roll_window) and a guarantee (offered first while below guarantee% of
+ * it). Children hold
  * SCX_CAP_ENQ_IMMED on every cid (a time share, never ownership); they run only when the root
  * calls scx_bpf_sub_dispatch() for them, which is what makes the accounting exact. A child's
  * task runs for the slice its own scheduler chose; grant_quantum.bpf.h cuts it at the quantum
  * while another member has work.
  *
- * Worked example: 2 cids; member 0 (own tasks) weight 100 with nothing runnable; child A
- * weight 200 and child B weight 100, each with two CPU hogs, 20 ms slices. After A has run
- * 40 ms its vtime is 40*100/200 = 20; after B has run 20 ms its vtime is 20*100/100 = 20.
+ * Shares: a member's weight is its hierarchical fraction of the machine (`tree_share`, units
+ * of 1/CANOPY_TREE_SHARE_ONE, refreshed by member_shares_refresh() once per 100 ms window and
+ * within 1 ms of a child turning busy or idle). A busy child counts at its attach cgroup's
+ * node of the cpu tree as a cgroup with runnable tasks does (cpu_tree.bpf.h), so its share is
+ * that cgroup's hw, inside its parent as under the fair scheduler; member 0's is what the tree
+ * holds beside the busy children (1 - their shares), at least what a top-level cgroup at
+ * own_weight would get beside the tree's top (the floor that keeps the root's own hogs served
+ * beside many children, e86fbf2), or with a policy weight for "/", exactly that at the
+ * policy's weight. `weight` stays the member's weight in its parent cgroup, as shown.
+ * Example: `p` (100) holding the child on `p/c` (100) and the root's own `p/o` (100), beside
+ * the root's own `q` (100), two hogs each on 2 cids: the child's share 1/2 * 1/2 = 0.25,
+ * member 0's 0.75; c, o and q get 25%, 25% and 50% (the tree splits member 0's 75% 1:2).
+ * Before, the child weighed its cpu.weight 100 against member 0's 200 (p and q): 33%.
+ * Cost: a dispatch with children compares each slot's busy state with its count in the tree
+ * (no lookup beyond the slot's); a child turning busy or idle walks up the tree once (at most
+ * CANOPY_MAX_CGROUP_DEPTH lookups); the refresh walks up once per attached child (at most
+ * CANOPY_MAX_CGROUP_DEPTH lookups each) once a window and within MEMBER_SHARES_MIN_GAP_NS of
+ * a turn. Charging and handing out stay one multiply-divide.
+ *
+ * Worked example: 2 cids; member 0 (own tasks) with nothing runnable; child A at cpu.weight
+ * 200 and child B at 100 at the top level, each with two CPU hogs, 20 ms slices: shares 2/3
+ * and 1/3. After A has run 40 ms its vtime is 40 / (16 * 2/3) = 3.75; after B has run 20 ms
+ * its vtime is 20 / (16 * 1/3) = 3.75.
  * Picking the lowest vtime each time keeps the vtimes level, so A receives 2/3 and B 1/3 of
  * the 2 cids: 1.33 and 0.67 CPUs. If B's hogs stop, B is skipped and A gets both cids; when
- * they resume, B starts 20 ms (one default slice) of vtime behind A (the least-served busy
- * member) and the 2:1 split is restored within a few slices. With B capped at 25%: B may use
- * 0.25 * 100 ms * 2 cids = 50 ms per window, paced: 20 ms into a window it may have used
- * 0.25 * 20 ms * 2 cids = 10 ms, so it holds one cid about half the time, in grants of at
- * most a quantum (5 ms), and is skipped between them; A (or member 0) gets the rest even though
- * B has work, and B's use stays within about a grant of 25% of the machine at any moment, not
- * only per window.
+ * they resume, B starts one default slice of its own CPU (20 ms, 3.75 of vtime) behind A
+ * (the least-served busy member) and the 2:1 split is restored within a few slices. With B
+ * capped at 25%: B may use 0.25 * 100 ms * 2 cids = 50 ms per window, paced: 20 ms into a
+ * window it may have used 0.25 * 20 ms * 2 cids = 10 ms, so it holds one cid about half the
+ * time, in grants of at most a quantum (5 ms), and is skipped between them; A (or member 0)
+ * gets the rest even though B has work, and B's use stays within about a grant of 25% of the
+ * machine at any moment, not only per window.
  */
 #ifndef CANOPY_CID_GRANTS_BPF_H
 #define CANOPY_CID_GRANTS_BPF_H

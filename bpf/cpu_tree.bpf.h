@@ -21,10 +21,10 @@
  * Example: the root cgroup holds a DEFAULT task of the daemon's policy (655) beside a cgroup
  * at cpu.weight 100 (1024) with one hog: the task gets 655 / 1679 = 39% of a CPU they share,
  * as under the fair scheduler for a nice-2 task; when the cgroup weighed its cpu.weight
- * (100) against the task's 655 it got 87%. Members of the root (its own tasks as a whole and
- * each child scheduler) weigh against each other on the cgroup scale (cpu.weight or the
- * policy's group weight, own_weight for the root's tasks; cid_grants.bpf.h): they are all
- * cgroups, so that scale needs no conversion there.
+ * (100) against the task's 655 it got 87%. A busy child scheduler counts at its attach
+ * cgroup's node on the same scale (below), and members of the root (its own tasks as a whole
+ * and each child) weigh against each other at their shares of the machine in this tree
+ * (cid_grants.bpf.h).
  *
  * W_eq is the weight the task would need, alone with the same runnable tasks in a flat
  * root, to get the same share; with no cgroups it is exactly the task's class weight, so the
@@ -70,12 +70,35 @@
  * compare per level otherwise). Example: `pw/a` (cpu.weight 100, group weight 300) beside `pw/b` (cpu.weight
  * 100, a group without weight): 300 : 100, a gets 3/4 of pw.
  *
- * Not yet in the tree: attached child schedulers. The root's own tasks as a whole are still
- * member 0 beside the children, which keep their attach cgroup's cpu.weight; member 0 weighs
- * what the tree's root node holds active (its runnable top-level cgroups and tasks, at least
- * `own_weight`; cid_grants.bpf.h, own_member_weight()), so children beside busy cgroups of
- * the root's get what they would beside them under the fair scheduler when they are attached
- * at the top level; inside member 0 the tree above holds.
+ * Children and admitted foreign schedulers take their cgroup's place in the same tree: while a
+ * child is busy (attached and not idle, as the root learns it at dispatch: it had work when
+ * last offered a cid, or a cid of it still runs), its attach cgroup's node is active exactly
+ * as a cgroup with runnable tasks is: CPU_TREE_CHILD_MARK in the node's own sum, so the node
+ * counts in its parent at its weight (cpu.weight, or its policy group's, on the task scale),
+ * and a parent that turns active counts in its own parent, up to the root (tree_add() and
+ * tree_remove(), the walks and race rules below). tree_runnable_weight and the own tasks'
+ * counts are untouched: no task of the root's runs there. Every member then gets its
+ * hierarchical fraction of the machine: a child its attach cgroup's (cgroup_tree_share()),
+ * the root's own tasks everything else the tree holds (one minus the busy children's), and a
+ * task's share is taken as a fraction of that own part (own_tree_share), so W_eq means what
+ * it meant with the children beside the tree. The kernel sends cpuctl_exit for the attach
+ * cgroup when the child attaches; its node stays (canopy_root.bpf.c).
+ *
+ * Worked example (issue 10 Deliver 1): `p` (100) holding `p/c` (100, a canopy child with two
+ * hogs) and `p/o` (100, two hogs of the root's), beside `q` (100, two hogs of the root's).
+ * Active weights: p/o = 2048 (two tasks), p/c = CPU_TREE_CHILD_MARK, p = 1024 + 1024 = 2048
+ * (c and o), q = 2048, root = 1024 + 1024 = 2048 (p and q). The child's share: 1024/2048 *
+ * 1024/2048 = 0.25; member 0's: 1 - 0.25 = 0.75, split inside by the tree as before (a hog in
+ * p/o has hw 0.125, in q 0.25; divided by 0.75 for W_eq: 1/6 and 1/3 of the own part). So c,
+ * o and q get 25%, 25% and 50%, as under the fair scheduler. Before the child counted here,
+ * member 0 weighed p and q (200 on the cgroup scale) against c's own 100: c got 33%.
+ *
+ * Cost of the children's part: a child turning busy or idle adds or removes its mark with one
+ * walk up (at most CANOPY_MAX_CGROUP_DEPTH hash lookups and atomic adds, only where a node
+ * crosses zero); every member's share is worked out once per 100 ms window and within 1 ms
+ * of such a turn, one walk per attached child (at most CANOPY_MAX_CGROUP_DEPTH lookups each;
+ * a child at system.slice/x.service: 3). ops.enqueue and ops.stopping pay nothing more but a
+ * multiply-divide by own_tree_share.
  *
  * Races, stated: two CPUs crossing the same node's zero at once may add and remove its weight
  * in the parent in either order, so a parent's sum can read low or high for that instant; the

@@ -213,9 +213,8 @@ impl Sampler {
                 .map(|(slot, m)| {
                     let ran = delta_of(*slot, m.cpu_ns) > 0;
                     // its share of the machine in the cpu tree, which its vtime is charged at
-                    // (bpf/cid_grants.bpf.h); a root from before the tree held children: weight
-                    let weight = if m.tree_share > 0 { m.tree_share } else { m.weight };
-                    (if ran { weight } else { 0 }, m.cap_pct)
+                    // (bpf/cid_grants.bpf.h)
+                    (if ran { m.tree_share } else { 0 }, m.cap_pct)
                 })
                 .collect::<Vec<_>>(),
         );
