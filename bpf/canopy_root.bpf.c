@@ -467,6 +467,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args
 	m->vtime = member_vtime_min;
 	m->running_cids = 0;
 	m->empty = 0;
+	m->tree_idle_since_ns = 0;
 	m->slice_estimate_ns = KCONST(SCX_SLICE_DFL);
 	m->lifted_vtime = 0;
 	m->period_start_ns = scx_bpf_now();

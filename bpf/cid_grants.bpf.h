@@ -358,14 +358,34 @@ static __always_inline int member_tree_uncount(struct canopy_member *m)
 	return 1;
 }
 
-/* A child counts in the tree while it is attached and not idle. */
-static __always_inline bool member_tree_stale(const struct canopy_member *m)
+/*
+ * A child counts in the tree while it is attached and has not been idle for
+ * MEMBER_TREE_IDLE_HOLD_NS. The root learns idleness lazily and it flickers: a child whose last
+ * running cid was just charged, found empty by an offer made while that cid still ran, reads
+ * idle until its next offer (within a slice) although its task is queued again. Counted out at
+ * each flicker, its share went to member 0 for that moment and came back later: a child at
+ * 25% got 21.5-22.6% in four boots. Its idle start is noted at the first dispatch that sees it.
+ */
+#define MEMBER_TREE_IDLE_HOLD_NS (2ULL * 20000000)
+
+static __always_inline bool member_tree_counts(struct canopy_member *m, u64 now)
 {
-	return (m->active && !member_idle(m)) != (m->tree_cgroup_id != 0);
+	if (!m->active)
+		return false;
+	if (!member_idle(m)) {
+		if (m->tree_idle_since_ns)
+			m->tree_idle_since_ns = 0;
+		return true;
+	}
+	if (!m->tree_idle_since_ns) {
+		m->tree_idle_since_ns = now ?: 1;
+		return true;
+	}
+	return (s64)(now - m->tree_idle_since_ns) < (s64)MEMBER_TREE_IDLE_HOLD_NS;
 }
 
 /*
- * Child @slot turned busy or idle since it was last counted (member_tree_stale()): its attach
+ * Child @slot turned busy or idle since it was last counted (@counts, member_tree_counts()): its attach
  * cgroup becomes an active node of the cpu tree (tree_add(), CPU_TREE_CHILD_MARK, so the node
  * weighs its cpu.weight or its policy group's weight in its parent and the parents above turn
  * active as for any cgroup with runnable tasks; tree_runnable_weight and the own tasks'
@@ -377,14 +397,14 @@ static __always_inline bool member_tree_stale(const struct canopy_member *m)
  * `active` and the add is undone here. Returns 1 when the tree changed. Global, verified once:
  * the walks are at most CANOPY_MAX_CGROUP_DEPTH levels and members_prepare() loops over slots.
  */
-__noinline int member_tree_follow(u32 slot)
+__noinline int member_tree_follow(u32 slot, int counts)
 {
 	struct canopy_member *m = member_of(slot);
 	u64 cgroup_id;
 
 	if (!m || slot == CANOPY_SELF_SLOT)
 		return 0;
-	if (!m->active || member_idle(m))
+	if (!m->active || !counts)
 		return member_tree_uncount(m);
 	cgroup_id = m->cgroup_id;
 	if (!cgroup_id || m->tree_cgroup_id ||
@@ -394,6 +414,21 @@ __noinline int member_tree_follow(u32 slot)
 	if (!m->active)
 		member_tree_uncount(m);
 	return 1;
+}
+
+/*
+ * @cgroup_id's node takes its policy group's terms as they are now, whether or not the writer
+ * bumped `group_policy_version` (a child's weight followed `group_policy` within a window
+ * before its cgroup's node carried it: tests and tools rewrite one entry with bpftool). A
+ * changed weight of a busy child's node corrects its parent's sum (tree_node_reweight()).
+ */
+__noinline int member_node_take_policy(u64 cgroup_id)
+{
+	struct canopy_cgroup_node *node = tree_node(cgroup_id);
+
+	if (node)
+		tree_node_take_policy(cgroup_id, node, policy_version_now());
+	return 0;
 }
 
 /*
@@ -408,8 +443,9 @@ __noinline int member_tree_follow(u32 slot)
  * kernel's watchdog ejects a root whose task waits 30 s). An idle child's share is worked
  * out as if it joined (it is refreshed when it does). Run by members_prepare() once a window
  * and within MEMBER_SHARES_MIN_GAP_NS of a child turning busy or idle: one pass over the
- * slots, at most CANOPY_MAX_CGROUP_DEPTH lookups per attached child (64 children attached
- * at the top level: 128 lookups).
+ * slots, one lookup for the attach node's policy terms (member_node_take_policy()) and at
+ * most CANOPY_MAX_CGROUP_DEPTH for the walk per attached child (64 children attached
+ * at the top level: 192 lookups).
  */
 __noinline int member_shares_refresh(void)
 {
@@ -424,6 +460,7 @@ __noinline int member_shares_refresh(void)
 
 		if (!m || !m->active || !m->cgroup_id)
 			continue;
+		member_node_take_policy(m->cgroup_id);
 		/* at most CPU_TREE_ONE: every factor of the product is at most 1 (share_of()) */
 		share = cgroup_tree_share(m->cgroup_id);
 		m->tree_share = share ?: 1;
@@ -530,8 +567,12 @@ __noinline int members_prepare(u64 now, u32 nr_cids)
 
 		if (!m)
 			continue;
-		if (i != CANOPY_SELF_SLOT && member_tree_stale(m) && member_tree_follow(i))
-			turned = true;
+		if (i != CANOPY_SELF_SLOT) {
+			bool counts = member_tree_counts(m, now);
+
+			if (counts != (m->tree_cgroup_id != 0) && member_tree_follow(i, counts))
+				turned = true;
+		}
 		if (m->active && !member_idle(m) && m->vtime < min_busy)
 			min_busy = m->vtime;
 	}

@@ -72,7 +72,8 @@
  *
  * Children and admitted foreign schedulers take their cgroup's place in the same tree: while a
  * child is busy (attached and not idle, as the root learns it at dispatch: it had work when
- * last offered a cid, or a cid of it still runs), its attach cgroup's node is active exactly
+ * last offered a cid, or a cid of it still runs; it leaves only once idle for 40 ms,
+ * cid_grants.bpf.h's MEMBER_TREE_IDLE_HOLD_NS), its attach cgroup's node is active exactly
  * as a cgroup with runnable tasks is: CPU_TREE_CHILD_MARK in the node's own sum, so the node
  * counts in its parent at its weight (cpu.weight, or its policy group's, on the task scale),
  * and a parent that turns active counts in its own parent, up to the root (tree_add() and

@@ -263,6 +263,7 @@ struct canopy_member {
 	u64 tree_cgroup_id;	/* a busy child: the attach cgroup it counts in `cpu_tree` as active; 0: not counted */
 	u32 tree_share;		/* its hierarchical share of the machine, 1/CANOPY_TREE_SHARE_ONE units: what its vtime is charged at */
 	u32 tree_pad;
+	u64 tree_idle_since_ns;	/* when the root first saw it idle since it last had work (0: busy); it leaves the tree after MEMBER_TREE_IDLE_HOLD_NS */
 	char name[CANOPY_NAME_LEN];	/* ops name of the child ("" for slot 0) */
 };
 
