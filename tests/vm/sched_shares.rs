@@ -624,7 +624,15 @@ canopy-guest cpu-split{groups} --seconds 6 --warmup 1 --keep --kind mixed-canopy
 /// (100, the root's own tasks), two hogs each, on 2 vCPUs: c 25%, o 25%, q 50%, each within
 /// 3 points (the fair scheduler's split of the same cgroups in the same boot is printed
 /// first). Before the busy child counted at its cgroup's node of the cpu tree, member 0
-/// weighed p and q (200) against c's 100: c got a third.
+/// weighed p and q (200) against c's 100: main (c4ae45c) in one boot gave c 31.0%, o 34.4%,
+/// q 34.6% (fair 25.0 / 25.0 / 50.0), q 15 points short. Boots on 2026-12-04 (host load 2-3
+/// beside other VM tests), canopy c / o / q (fair within 0.2 of 25 / 25 / 50 in each): with
+/// the children in the tree, 22.5 / 25.8 / 51.7, 22.6 / 25.8 / 51.6, 22.5 / 25.5 / 52.0 and
+/// 21.5 / 26.0 / 52.5 (a failure); with a child left in the tree until idle 40 ms (the code
+/// here) 23.0 / 25.6 / 51.4, 22.5 / 25.6 / 51.9. The child's 2-3.5 points short are not the
+/// tree's: on main the same child got 31.0% for the 33.3% its weight gave it there, a deficit
+/// of a child against member 0 that the member vtime leaves (a known gap: the bound is the
+/// issue's 3 points, and one boot in six missed it).
 #[test]
 fn a_child_below_the_top_weighs_its_share_inside_its_parent() -> anyhow::Result<()> {
     const GROUPS: &str = "--group p/c:100:2 --group p/o:100:2 --group q:100:2";
