@@ -619,7 +619,7 @@ canopy-guest cpu-split{groups} --seconds 6 --warmup 1 --keep --kind mixed-canopy
 }
 
 /// The child's bound, in points: the 3 points is missed by the child in two of the
-/// seven boots above (21.5%, 21.9%; worst 3.5 points short). That deficit is not the tree's: on
+/// eight boots above (21.5%, 21.9%; worst 3.5 points short). That deficit is not the tree's: on
 /// main the same child got 31.0% for the 33.3% its weight gave it there, 2.3 points short, a
 /// child's loss against member 0 that the member vtime leaves (likely, not measured: its grants
 /// end at the 5 ms quantum, member 0's at 20 ms slices; each end is charged to the member until
@@ -638,7 +638,7 @@ const CHILD_BELOW_THE_TOP_BOUND: f64 = 0.045;
 /// (fair within 0.4 of 25 / 25 / 50 in each): with the children in the tree, 22.5 / 25.8 /
 /// 51.7, 22.6 / 25.8 / 51.6, 22.5 / 25.5 / 52.0, 21.5 / 26.0 / 52.5; with a child left in
 /// the tree until idle 40 ms (the code here) 23.0 / 25.6 / 51.4, 22.5 / 25.6 / 51.9, 21.9 /
-/// 26.0 / 52.2. o and q: worst 1.0 and 2.5 points.
+/// 26.0 / 52.2, 22.3 / 25.7 / 52.0. o and q: worst 1.0 and 2.5 points.
 #[test]
 fn a_child_below_the_top_weighs_its_share_inside_its_parent() -> anyhow::Result<()> {
     const GROUPS: &str = "--group p/c:100:2 --group p/o:100:2 --group q:100:2";
