@@ -456,13 +456,18 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args
 		return ret;
 	}
 
+	/* a count left by a dispatch that raced the slot's last detach goes first */
+	member_tree_uncount(m);
 	m->cgroup_id = cgid;
 	m->weight = pol->weight ?: cgroup_cpu_weight(cgid);
+	/* a first guess at its share until the next dispatch counts it in the tree and refreshes */
+	m->tree_share = CPU_TREE_ONE / (nr_children + 2);
 	m->guarantee_pct = pol->guarantee_pct;
 	m->cap_pct = pol->cap_pct;
 	m->vtime = member_vtime_min;
 	m->running_cids = 0;
 	m->empty = 0;
+	m->tree_idle_since_ns = 0;
 	m->slice_estimate_ns = KCONST(SCX_SLICE_DFL);
 	m->lifted_vtime = 0;
 	m->period_start_ns = scx_bpf_now();
@@ -472,6 +477,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args
 	__builtin_memcpy(m->name, name, CANOPY_NAME_LEN);
 	m->active = 1;
 	__sync_fetch_and_add(&nr_children, 1);
+	member_shares_dirty = 1;
 
 	bpf_printk("canopy: admitted sub-scheduler %s on %s weight %u", name,
 		   args->cgroup_path, m->weight);
@@ -490,7 +496,11 @@ void CANOPY_OP_SLEEPABLE(canopy_root_sub_detach, struct scx_sub_detach_args *arg
 
 		if (m && m->active && m->cgroup_id == cgid) {
 			m->active = 0;
-			__sync_fetch_and_sub(&nr_children, 1);
+			member_tree_uncount(m);
+			member_shares_dirty = 1;
+			/* the last child gone: the own tasks hold the whole tree again */
+			if (__sync_sub_and_fetch(&nr_children, 1) == 0)
+				own_tree_share = CPU_TREE_ONE;
 			stat_inc(CANOPY_STAT_DETACHED);
 			bpf_printk("canopy: sub-scheduler on %s detached", args->cgroup_path);
 			break;
@@ -504,9 +514,24 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_cpuctl_init, struct cgroup *cgrp, struct scx
 	return 0;
 }
 
+/*
+ * A child attaching on a cgroup takes that cgroup and those below it, and the kernel tells us
+ * with cpuctl_exit for each, right after our sub_attach. The attach cgroup's own node stays:
+ * the busy child counts there (cid_grants.bpf.h) and its knobs stay ours. A detach gives the
+ * subtree back with cpuctl_init (tree_cgroup_init() takes an existing node as it is).
+ */
 void CANOPY_OP_SLEEPABLE(canopy_root_cpuctl_exit, struct cgroup *cgrp)
 {
-	tree_cgroup_exit(cgrp->kn->id);
+	u64 cgid = cgrp->kn->id;
+	u32 slot;
+
+	for (slot = 1; slot < CANOPY_MAX_MEMBERS; slot++) {
+		struct canopy_member *m = member_of(slot);
+
+		if (m && m->active && m->cgroup_id == cgid)
+			return;
+	}
+	tree_cgroup_exit(cgid);
 }
 
 void CANOPY_OP(canopy_root_cpuctl_set_bandwidth, struct cgroup *cgrp, u64 period_us, u64 quota_us,
@@ -537,6 +562,7 @@ void CANOPY_OP(canopy_root_cpuctl_set_weight, struct cgroup *cgrp, u32 weight)
 	u32 slot;
 
 	tree_cgroup_set_weight(cgid, weight);
+	member_shares_dirty = 1;
 	if (pol && pol->weight)
 		return;
 	for (slot = 1; slot < CANOPY_MAX_MEMBERS; slot++) {
@@ -589,6 +615,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_init)
 	pol = bpf_map_lookup_elem(&group_policy, &root_cgid);
 	self->cgroup_id = root_cgid;
 	self->weight = (pol && pol->weight) ? pol->weight : own_weight;
+	self->tree_share = CPU_TREE_ONE;
 	self->period_start_ns = scx_bpf_now();
 	self->slice_estimate_ns = KCONST(SCX_SLICE_DFL);
 	self->active = 1;
@@ -616,8 +643,8 @@ void CANOPY_OP(canopy_root_dump, struct scx_dump_ctx *dump_ctx)
 		struct canopy_member *m = member_of(slot);
 
 		if (m && m->active)
-			canopy_dump("member %u cgroup %llu weight %u vtime %llu cpu_ns %llu\n",
-				    slot, m->cgroup_id, m->weight, m->vtime, m->cpu_ns);
+			canopy_dump("member %u cgroup %llu weight %u share %u vtime %llu cpu_ns %llu\n",
+				    slot, m->cgroup_id, m->weight, m->tree_share, m->vtime, m->cpu_ns);
 	}
 }
 

@@ -7,33 +7,55 @@
  * (charge_cid), handing it out (hand_cid) and choosing the next member (pick_member).
  *
  * Policy: every dispatch on a cid first charges the wall time since the previous dispatch on
- * that cid to whichever member owned it, as member vtime (ns * 100 / weight), then offers the
+ * that cid to whichever member owned it, as member vtime (ns * MEMBER_VTIME_UNIT / tree_share,
+ * its share of the machine in the cpu tree; below), then offers the
  * cid to the member with the lowest vtime, then the next, and so on: a member with nothing to
  * run is skipped at once, so capacity never idles while anyone has work (work-conserving
- * within one slice). A member that was idle re-enters at most one default slice behind the
- * busy member with the least vtime, so it cannot hoard credit (busy members are never
- * lifted: they keep whatever lag they have). Optional per-member terms, per 100 ms window and
- * across all online cids, both judged against the capacity elapsed in the window with the
- * member's grants in flight counted: a cap (skipped while it has used cap% of it; overuse and,
- * while it has work, underuse carry into the next window, bounded: roll_window) and a
- * guarantee (offered first while below guarantee% of it). Children hold
+ * within one slice). A member that was idle re-enters at most one default slice of its own
+ * CPU time (one slice at its share) behind the busy member with the least vtime, so it cannot
+ * hoard credit (busy members are never lifted: they keep whatever lag they have). Optional
+ * per-member terms, per 100 ms window and across all online cids, both judged against the
+ * capacity elapsed in the window with the member's grants in flight counted: a cap (skipped
+ * while it has used cap% of it; overuse and, while it has work, underuse carry into the next
+ * window, bounded: roll_window) and a guarantee (offered first while below guarantee% of
+ * it). Children hold
  * SCX_CAP_ENQ_IMMED on every cid (a time share, never ownership); they run only when the root
  * calls scx_bpf_sub_dispatch() for them, which is what makes the accounting exact. A child's
  * task runs for the slice its own scheduler chose; grant_quantum.bpf.h cuts it at the quantum
  * while another member has work.
  *
- * Worked example: 2 cids; member 0 (own tasks) weight 100 with nothing runnable; child A
- * weight 200 and child B weight 100, each with two CPU hogs, 20 ms slices. After A has run
- * 40 ms its vtime is 40*100/200 = 20; after B has run 20 ms its vtime is 20*100/100 = 20.
+ * Shares: a member's weight is its hierarchical fraction of the machine (`tree_share`, units
+ * of 1/CANOPY_TREE_SHARE_ONE, refreshed by member_shares_refresh() once per 100 ms window and
+ * within 1 ms of a child turning busy or idle). A busy child counts at its attach cgroup's
+ * node of the cpu tree as a cgroup with runnable tasks does (cpu_tree.bpf.h), so its share is
+ * that cgroup's hw, inside its parent as under the fair scheduler; member 0's is what the tree
+ * holds beside the busy children (1 - their shares), at least what a top-level cgroup at
+ * own_weight would get beside the tree's top (the floor that keeps the root's own hogs served
+ * beside many children, e86fbf2), or with a policy weight for "/", exactly that at the
+ * policy's weight. `weight` stays the member's weight in its parent cgroup, as shown.
+ * Example: `p` (100) holding the child on `p/c` (100) and the root's own `p/o` (100), beside
+ * the root's own `q` (100), two hogs each on 2 cids: the child's share 1/2 * 1/2 = 0.25,
+ * member 0's 0.75; c, o and q get 25%, 25% and 50% (the tree splits member 0's 75% 1:2).
+ * Before, the child weighed its cpu.weight 100 against member 0's 200 (p and q): 33%.
+ * Cost: a dispatch with children compares each slot's busy state with its count in the tree
+ * (no lookup beyond the slot's); a child turning busy or idle walks up the tree once (at most
+ * CANOPY_MAX_CGROUP_DEPTH lookups); the refresh walks up once per attached child (at most
+ * CANOPY_MAX_CGROUP_DEPTH lookups each) once a window and within MEMBER_SHARES_MIN_GAP_NS of
+ * a turn. Charging and handing out stay one multiply-divide.
+ *
+ * Worked example: 2 cids; member 0 (own tasks) with nothing runnable; child A at cpu.weight
+ * 200 and child B at 100 at the top level, each with two CPU hogs, 20 ms slices: shares 2/3
+ * and 1/3. After A has run 40 ms its vtime is 40 / (16 * 2/3) = 3.75; after B has run 20 ms
+ * its vtime is 20 / (16 * 1/3) = 3.75.
  * Picking the lowest vtime each time keeps the vtimes level, so A receives 2/3 and B 1/3 of
  * the 2 cids: 1.33 and 0.67 CPUs. If B's hogs stop, B is skipped and A gets both cids; when
- * they resume, B starts 20 ms (one default slice) of vtime behind A (the least-served busy
- * member) and the 2:1 split is restored within a few slices. With B capped at 25%: B may use
- * 0.25 * 100 ms * 2 cids = 50 ms per window, paced: 20 ms into a window it may have used
- * 0.25 * 20 ms * 2 cids = 10 ms, so it holds one cid about half the time, in grants of at
- * most a quantum (5 ms), and is skipped between them; A (or member 0) gets the rest even though
- * B has work, and B's use stays within about a grant of 25% of the machine at any moment, not
- * only per window.
+ * they resume, B starts one default slice of its own CPU (20 ms, 3.75 of vtime) behind A
+ * (the least-served busy member) and the 2:1 split is restored within a few slices. With B
+ * capped at 25%: B may use 0.25 * 100 ms * 2 cids = 50 ms per window, paced: 20 ms into a
+ * window it may have used 0.25 * 20 ms * 2 cids = 10 ms, so it holds one cid about half the
+ * time, in grants of at most a quantum (5 ms), and is skipped between them; A (or member 0)
+ * gets the rest even though B has work, and B's use stays within about a grant of 25% of the
+ * machine at any moment, not only per window.
  */
 #ifndef CANOPY_CID_GRANTS_BPF_H
 #define CANOPY_CID_GRANTS_BPF_H
@@ -80,34 +102,28 @@ u32 nr_children;
 u64 member_vtime_min;
 
 /*
- * The least weight of the root's own tasks (member 0) when the policy names no weight for "/";
- * above it member 0 weighs what its runnable cgroups and tasks weigh at the top of the cpu tree
- * (own_member_weight()).
+ * The weight (cgroup scale) of a top-level cgroup that member 0 weighs at least as, beside
+ * everything the tree's top holds, when the policy names no weight for "/"
+ * (member_shares_refresh()).
  */
 const volatile u32 own_weight = CANOPY_DEFAULT_WEIGHT;
 
 /*
- * Member 0's weight on the cgroup scale, when the policy names none for "/": what the root's
- * own runnable work weighs at the top of the cpu tree (the root node's active weight: its
- * runnable tasks on the task scale and its busy child cgroups at their cpu.weight, converted
- * as 1024 -> 100), at least own_weight. That is how the fair scheduler weighs the root's
- * cgroups and tasks against a child's cgroup beside them. Example (issue 10 (h)): 31 children
- * at cpu.weight 50-400 (5,800 in all) beside 33 cgroups of the root's own hogs (6,200): member
- * 0 at a fixed 100 got 100 / 5,900 of 8 CPUs, 0.14 CPU for 33 hogs, so a hog in a cgroup at 50
- * waited for its 20 ms slice past the kernel's 30 s watchdog and the root was ejected; at
- * 6,200 member 0 gets about half the machine, as under the fair scheduler. A child attached
- * deeper (system.slice/x.service) still weighs its own cpu.weight against all of member 0,
- * not its share inside its parent (the children are not yet nodes of the tree).
+ * Member vtime per ns of CPU at a share of the machine: ns * MEMBER_VTIME_UNIT / tree_share,
+ * so a member at 1/16 of the machine accrues one unit per ns (one at half of it, 1/8).
  */
-static __always_inline u32 own_member_weight(void)
-{
-	struct canopy_cgroup_node *root = tree_node(1);
-	s64 active = root ? root->active_weight : 0;
-	u64 weight = active > 0 ? (u64)active * CANOPY_DEFAULT_WEIGHT / CANOPY_NICE0_WEIGHT : 0;
+#define MEMBER_VTIME_UNIT (CPU_TREE_ONE / 16)
+/* a refresh of every member's share that a child's busy/idle turn asks for waits this long at most */
+#define MEMBER_SHARES_MIN_GAP_NS 1000000ULL
 
-	if (weight < own_weight)
-		weight = own_weight;
-	return weight < 1000000 ? weight : 1000000;
+/* when member_shares_refresh() last ran, and whether a child turned busy or idle since */
+u64 member_shares_at;
+u32 member_shares_dirty;
+
+/* @ns of CPU as @m's member vtime: at its share of the machine (tree_share) */
+static __always_inline u64 member_vtime_of(u64 ns, const struct canopy_member *m)
+{
+	return ns * MEMBER_VTIME_UNIT / (m->tree_share ?: 1);
 }
 
 static __always_inline struct cid_state *cid_state_of(s32 cid)
@@ -202,16 +218,16 @@ static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr
 		return;
 	/*
 	 * Follow the share terms of the group's current state (the daemon rewrites group_policy
-	 * when a state changes), once a window: weight when the policy names one (else the
-	 * cgroup's cpu.weight; member 0: what its runnable work weighs, own_member_weight()),
-	 * guarantee and cap.
+	 * when a state changes), once a window: guarantee and cap, and the weight it shows (the
+	 * policy's, else cpu.weight; member 0: own_weight). The weight its vtime is charged at,
+	 * its share of the machine, is member_shares_refresh()'s.
 	 */
 	cgroup_id = m->cgroup_id;
 	pol = bpf_map_lookup_elem(&group_policy, &cgroup_id);
 	if (pol && pol->weight) {
 		m->weight = pol->weight;
 	} else if (cgroup_id == 1) {
-		m->weight = own_member_weight();
+		m->weight = own_weight;
 	} else if (pol) {
 		struct canopy_cgroup_node *node = tree_node(cgroup_id);
 
@@ -286,7 +302,7 @@ static __always_inline u32 charge_cid(s32 cid, u64 now)
 		__sync_fetch_and_sub(&m->held_since_sum_ns, cs->since);
 	}
 	delta = now > cs->since ? now - cs->since : 0;
-	used_vtime = delta * 100 / (m->weight ?: 1);
+	used_vtime = member_vtime_of(delta, m);
 	/* two's complement: adding (used - reserved) also subtracts an over-reservation */
 	__sync_fetch_and_add(&m->vtime, used_vtime - reserved);
 	if (!delta)
@@ -317,7 +333,7 @@ static __always_inline void hand_cid(s32 cid, u32 slot, u64 now)
 	if (!cs)
 		return;
 	if (m && m->active) {
-		reserved = m->slice_estimate_ns * 100 / (m->weight ?: 1);
+		reserved = member_vtime_of(m->slice_estimate_ns, m);
 		__sync_fetch_and_add(&m->vtime, reserved);
 		/* the start first, then the count: see held_time_until() */
 		__sync_fetch_and_add(&m->held_since_sum_ns, now);
@@ -326,6 +342,148 @@ static __always_inline void hand_cid(s32 cid, u32 slot, u64 now)
 	cs->owner = slot;
 	cs->since = now;
 	cs->reserved_vtime = reserved;
+}
+
+/*
+ * @m stops counting in the cpu tree at its attach cgroup (it turned idle, or detached). The
+ * compare-and-swap hands the removal to one CPU; 1 when this call took it out.
+ */
+static __always_inline int member_tree_uncount(struct canopy_member *m)
+{
+	u64 counted = m->tree_cgroup_id;
+
+	if (!counted || __sync_val_compare_and_swap(&m->tree_cgroup_id, counted, 0) != counted)
+		return 0;
+	tree_remove(counted, CPU_TREE_CHILD_MARK);
+	return 1;
+}
+
+/*
+ * A child counts in the tree while it is attached and has not been idle for
+ * MEMBER_TREE_IDLE_HOLD_NS. The root learns idleness lazily and it flickers: a child whose last
+ * running cid was just charged, found empty by an offer made while that cid still ran, reads
+ * idle until its next offer (within a slice) although its task is queued again. Counted out at
+ * each flicker, its share went to member 0 for that moment and came back later: a child at
+ * 25% got 21.5-22.6% in four boots. Its idle start is noted at the first dispatch that sees it.
+ */
+#define MEMBER_TREE_IDLE_HOLD_NS (2ULL * 20000000)
+
+static __always_inline bool member_tree_counts(struct canopy_member *m, u64 now)
+{
+	if (!m->active)
+		return false;
+	if (!member_idle(m)) {
+		if (m->tree_idle_since_ns)
+			m->tree_idle_since_ns = 0;
+		return true;
+	}
+	if (!m->tree_idle_since_ns) {
+		m->tree_idle_since_ns = now ?: 1;
+		return true;
+	}
+	return (s64)(now - m->tree_idle_since_ns) < (s64)MEMBER_TREE_IDLE_HOLD_NS;
+}
+
+/*
+ * Child @slot turned busy or idle since it was last counted (@counts, member_tree_counts()): its attach
+ * cgroup becomes an active node of the cpu tree (tree_add(), CPU_TREE_CHILD_MARK, so the node
+ * weighs its cpu.weight or its policy group's weight in its parent and the parents above turn
+ * active as for any cgroup with runnable tasks; tree_runnable_weight and the own tasks'
+ * counts are untouched) or stops being one (tree_remove()). Which CPU adds is decided by a
+ * compare-and-swap on tree_cgroup_id, which also records the cgroup the mark went to, so the
+ * removal takes it from there even if the slot is reused. An add and a remove racing on two
+ * CPUs may reach the node in either order; as for tasks (cpu_tree.bpf.h, races), a remove
+ * that comes first crosses no zero and neither walks up. A detach that ran between reading
+ * `active` and the add is undone here. Returns 1 when the tree changed. Global, verified once:
+ * the walks are at most CANOPY_MAX_CGROUP_DEPTH levels and members_prepare() loops over slots.
+ */
+__noinline int member_tree_follow(u32 slot, int counts)
+{
+	struct canopy_member *m = member_of(slot);
+	u64 cgroup_id;
+
+	if (!m || slot == CANOPY_SELF_SLOT)
+		return 0;
+	if (!m->active || !counts)
+		return member_tree_uncount(m);
+	cgroup_id = m->cgroup_id;
+	if (!cgroup_id || m->tree_cgroup_id ||
+	    __sync_val_compare_and_swap(&m->tree_cgroup_id, 0, cgroup_id) != 0)
+		return 0;
+	tree_add(cgroup_id, CPU_TREE_CHILD_MARK);
+	if (!m->active)
+		member_tree_uncount(m);
+	return 1;
+}
+
+/*
+ * @cgroup_id's node takes its policy group's terms as they are now, whether or not the writer
+ * bumped `group_policy_version` (a child's weight followed `group_policy` within a window
+ * before its cgroup's node carried it: tests and tools rewrite one entry with bpftool). A
+ * changed weight of a busy child's node corrects its parent's sum (tree_node_reweight()).
+ */
+__noinline int member_node_take_policy(u64 cgroup_id)
+{
+	struct canopy_cgroup_node *node = tree_node(cgroup_id);
+
+	if (node)
+		tree_node_take_policy(cgroup_id, node, policy_version_now());
+	return 0;
+}
+
+/*
+ * Every member's share of the machine (tree_share, 1/CPU_TREE_ONE units), at one moment so
+ * they add up: a child's is its attach cgroup's hierarchical share (cgroup_tree_share(): a
+ * busy child counts there in the tree beside the root's busy cgroups); member 0's is what the
+ * tree holds beside the busy children, one minus their shares, but at least what a top-level
+ * cgroup at own_weight would get beside everything the tree's top holds (its runnable
+ * top-level cgroups and tasks and its busy children's top-level ancestors); with a policy
+ * weight for "/", exactly that with the policy's weight. The floor is what keeps the root's
+ * own hogs served beside many children when its share was taken while they slept (the
+ * kernel's watchdog ejects a root whose task waits 30 s). An idle child's share is worked
+ * out as if it joined (it is refreshed when it does). Run by members_prepare() once a window
+ * and within MEMBER_SHARES_MIN_GAP_NS of a child turning busy or idle: one pass over the
+ * slots, one lookup for the attach node's policy terms (member_node_take_policy()) and at
+ * most CANOPY_MAX_CGROUP_DEPTH for the walk per attached child (64 children attached
+ * at the top level: 192 lookups).
+ */
+__noinline int member_shares_refresh(void)
+{
+	struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
+	struct canopy_cgroup_node *root;
+	struct canopy_group_policy *pol;
+	u64 children = 0, share, own, floor, top, weight, root_cgid = 1;
+	int i;
+
+	canopy_for(i, 1, CANOPY_MAX_MEMBERS) {
+		struct canopy_member *m = member_of(i);
+
+		if (!m || !m->active || !m->cgroup_id)
+			continue;
+		member_node_take_policy(m->cgroup_id);
+		/* at most CPU_TREE_ONE: every factor of the product is at most 1 (share_of()) */
+		share = cgroup_tree_share(m->cgroup_id);
+		m->tree_share = share ?: 1;
+		/*
+		 * read back from the map: a sum of values the verifier knows exactly would differ in
+		 * every pass of the loop, and its states would never converge
+		 */
+		if (m->tree_cgroup_id)
+			children += *(volatile u32 *)&m->tree_share;
+	}
+	if (!self)
+		return 0;
+	pol = bpf_map_lookup_elem(&group_policy, &root_cgid);
+	weight = cgroup_weight_on_task_scale((pol && pol->weight) ? pol->weight : own_weight);
+	root = tree_node(root_cgid);
+	top = (root && root->active_weight > 0) ? root->active_weight : 0;
+	floor = CPU_TREE_ONE * weight / (top + weight);
+	own = children < CPU_TREE_ONE ? CPU_TREE_ONE - children : 0;
+	if ((pol && pol->weight) || own < floor)
+		own = floor;
+	self->tree_share = own ?: 1;
+	own_tree_share = own ?: 1;
+	return 0;
 }
 
 /*
@@ -395,7 +553,8 @@ static __always_inline void member_offered(u32 slot)
 __noinline int members_prepare(u64 now, u32 nr_cids)
 {
 	struct member_offers *offers = offers_here();
-	u64 min_busy = (u64)-1, floor;
+	u64 min_busy = (u64)-1, floor, gap, last;
+	bool turned = false;
 	int i;
 
 	if (!offers)
@@ -406,13 +565,28 @@ __noinline int members_prepare(u64 now, u32 nr_cids)
 	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m = member_of(i);
 
-		if (m && m->active && !member_idle(m) && m->vtime < min_busy)
+		if (!m)
+			continue;
+		if (i != CANOPY_SELF_SLOT) {
+			bool counts = member_tree_counts(m, now);
+
+			if (counts != (m->tree_cgroup_id != 0) && member_tree_follow(i, counts))
+				turned = true;
+		}
+		if (m->active && !member_idle(m) && m->vtime < min_busy)
 			min_busy = m->vtime;
 	}
 	if (min_busy != (u64)-1)
 		member_vtime_min = min_busy;
-	floor = member_vtime_min > KCONST(SCX_SLICE_DFL) ?
-		member_vtime_min - KCONST(SCX_SLICE_DFL) : 0;
+	if (turned)
+		member_shares_dirty = 1;
+	last = member_shares_at;
+	if (((s64)(now - last) >= (s64)CANOPY_PERIOD_NS ||
+	     (member_shares_dirty && (s64)(now - last) >= (s64)MEMBER_SHARES_MIN_GAP_NS)) &&
+	    __sync_val_compare_and_swap(&member_shares_at, last, now) == last) {
+		member_shares_dirty = 0;
+		member_shares_refresh();
+	}
 
 	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m = member_of(i);
@@ -431,12 +605,17 @@ __noinline int members_prepare(u64 now, u32 nr_cids)
 			continue;
 		}
 		/*
-		 * Only a member coming back from idle is lifted to the floor: busy ones keep their
-		 * lag. A member whose queue was empty while its tasks ran elsewhere is not idle.
+		 * Only a member coming back from idle is lifted to the floor, one default slice of
+		 * its own CPU time behind the least-served busy member: busy ones keep their lag. A
+		 * member whose queue was empty while its tasks ran elsewhere is not idle.
 		 */
-		if (member_idle(m) && m->vtime < floor) {
-			m->lifted_vtime += floor - m->vtime;
-			m->vtime = floor;
+		if (member_idle(m)) {
+			gap = member_vtime_of(KCONST(SCX_SLICE_DFL), m);
+			floor = member_vtime_min > gap ? member_vtime_min - gap : 0;
+			if (m->vtime < floor) {
+				m->lifted_vtime += floor - m->vtime;
+				m->vtime = floor;
+			}
 		}
 		member_add(offers->eligible, i);
 		if (m->guarantee_pct &&

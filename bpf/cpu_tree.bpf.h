@@ -21,10 +21,10 @@
  * Example: the root cgroup holds a DEFAULT task of the daemon's policy (655) beside a cgroup
  * at cpu.weight 100 (1024) with one hog: the task gets 655 / 1679 = 39% of a CPU they share,
  * as under the fair scheduler for a nice-2 task; when the cgroup weighed its cpu.weight
- * (100) against the task's 655 it got 87%. Members of the root (its own tasks as a whole and
- * each child scheduler) weigh against each other on the cgroup scale (cpu.weight or the
- * policy's group weight, own_weight for the root's tasks; cid_grants.bpf.h): they are all
- * cgroups, so that scale needs no conversion there.
+ * (100) against the task's 655 it got 87%. A busy child scheduler counts at its attach
+ * cgroup's node on the same scale (below), and members of the root (its own tasks as a whole
+ * and each child) weigh against each other at their shares of the machine in this tree
+ * (cid_grants.bpf.h).
  *
  * W_eq is the weight the task would need, alone with the same runnable tasks in a flat
  * root, to get the same share; with no cgroups it is exactly the task's class weight, so the
@@ -70,12 +70,36 @@
  * compare per level otherwise). Example: `pw/a` (cpu.weight 100, group weight 300) beside `pw/b` (cpu.weight
  * 100, a group without weight): 300 : 100, a gets 3/4 of pw.
  *
- * Not yet in the tree: attached child schedulers. The root's own tasks as a whole are still
- * member 0 beside the children, which keep their attach cgroup's cpu.weight; member 0 weighs
- * what the tree's root node holds active (its runnable top-level cgroups and tasks, at least
- * `own_weight`; cid_grants.bpf.h, own_member_weight()), so children beside busy cgroups of
- * the root's get what they would beside them under the fair scheduler when they are attached
- * at the top level; inside member 0 the tree above holds.
+ * Children and admitted foreign schedulers take their cgroup's place in the same tree: while a
+ * child is busy (attached and not idle, as the root learns it at dispatch: it had work when
+ * last offered a cid, or a cid of it still runs; it leaves only once idle for 40 ms,
+ * cid_grants.bpf.h's MEMBER_TREE_IDLE_HOLD_NS), its attach cgroup's node is active exactly
+ * as a cgroup with runnable tasks is: CPU_TREE_CHILD_MARK in the node's own sum, so the node
+ * counts in its parent at its weight (cpu.weight, or its policy group's, on the task scale),
+ * and a parent that turns active counts in its own parent, up to the root (tree_add() and
+ * tree_remove(), the walks and race rules below). tree_runnable_weight and the own tasks'
+ * counts are untouched: no task of the root's runs there. Every member then gets its
+ * hierarchical fraction of the machine: a child its attach cgroup's (cgroup_tree_share()),
+ * the root's own tasks everything else the tree holds (one minus the busy children's), and a
+ * task's share is taken as a fraction of that own part (own_tree_share), so W_eq means what
+ * it meant with the children beside the tree. The kernel sends cpuctl_exit for the attach
+ * cgroup when the child attaches; its node stays (canopy_root.bpf.c).
+ *
+ * Worked example (issue 10 Deliver 1): `p` (100) holding `p/c` (100, a canopy child with two
+ * hogs) and `p/o` (100, two hogs of the root's), beside `q` (100, two hogs of the root's).
+ * Active weights: p/o = 2048 (two tasks), p/c = CPU_TREE_CHILD_MARK, p = 1024 + 1024 = 2048
+ * (c and o), q = 2048, root = 1024 + 1024 = 2048 (p and q). The child's share: 1024/2048 *
+ * 1024/2048 = 0.25; member 0's: 1 - 0.25 = 0.75, split inside by the tree as before (a hog in
+ * p/o has hw 0.125, in q 0.25; divided by 0.75 for W_eq: 1/6 and 1/3 of the own part). So c,
+ * o and q get 25%, 25% and 50%, as under the fair scheduler. Before the child counted here,
+ * member 0 weighed p and q (200 on the cgroup scale) against c's own 100: c got 33%.
+ *
+ * Cost of the children's part: a child turning busy or idle adds or removes its mark with one
+ * walk up (at most CANOPY_MAX_CGROUP_DEPTH hash lookups and atomic adds, only where a node
+ * crosses zero); every member's share is worked out once per 100 ms window and within 1 ms
+ * of such a turn, one walk per attached child (at most CANOPY_MAX_CGROUP_DEPTH lookups each;
+ * a child at system.slice/x.service: 3). ops.enqueue and ops.stopping pay nothing more but a
+ * multiply-divide by own_tree_share.
  *
  * Races, stated: two CPUs crossing the same node's zero at once may add and remove its weight
  * in the parent in either order, so a parent's sum can read low or high for that instant; the
@@ -101,7 +125,13 @@
 #include "class_vtime.bpf.h"
 
 /* hierarchical shares are fractions of the whole machine in units of 1/CPU_TREE_ONE */
-#define CPU_TREE_ONE (1ULL << 20)
+#define CPU_TREE_ONE ((u64)CANOPY_TREE_SHARE_ONE)
+/*
+ * What a busy child scheduler adds to its attach cgroup's own active weight: any positive
+ * value makes the node active (no task of the root's is counted there while the child holds
+ * it), and the node then counts in its parent at its cgroup weight as any busy cgroup does.
+ */
+#define CPU_TREE_CHILD_MARK CANOPY_NICE0_WEIGHT
 /* the active weight of a node being deleted: far from zero, whatever still reaches it */
 #define CPU_TREE_GONE (-(1LL << 60))
 
@@ -135,6 +165,12 @@ struct {
 
 /* the summed weights of every runnable own task (W_eq's scale) */
 u64 tree_runnable_weight;
+/*
+ * The root's own tasks' part of the machine (member 0's tree_share, 1/CPU_TREE_ONE units:
+ * what the tree holds beside its busy children), as of the last member_shares_refresh();
+ * the whole machine while no child is attached. W_eq is divided by it (tree_charge_weight_fp).
+ */
+u64 own_tree_share = CPU_TREE_ONE;
 /* cgroups with cpu.idle 1 in the tree; while 0 no task is idle and no walk is made */
 s64 nr_idle_cgroups;
 /* cgroups with a cpu.max quota or a policy cap in the tree; while 0 no quota walk is made */
@@ -405,10 +441,43 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 			break;
 		share = share_of(share, weight, node->active_weight);
 	}
+	/* a fraction of the own tasks' part, not of the machine (busy children hold the rest) */
+	if (own_tree_share && own_tree_share < CPU_TREE_ONE)
+		share = share * CPU_TREE_ONE / own_tree_share;
 	if (total < tt->weight)
 		total = tt->weight;
 	share = share * total >> 10;
 	return share ?: 1;
+}
+
+/*
+ * @cgroup_id's hierarchical share of the machine, 1/CPU_TREE_ONE units: the product of its
+ * weight's fraction of its parent's active weight and so on up to the root (what a task's
+ * walk in tree_charge_weight_fp() multiplies, from the cgroup up). A busy child scheduler's
+ * member is charged at its attach cgroup's share (cid_grants.bpf.h). At most
+ * CANOPY_MAX_CGROUP_DEPTH hash lookups; a global function, verified once (its callers loop
+ * over the members).
+ */
+__noinline u64 cgroup_tree_share(u64 cgroup_id)
+{
+	struct canopy_cgroup_node *node;
+	u64 share = CPU_TREE_ONE, version = policy_version_now();
+	u32 weight;
+	int depth;
+
+	node = tree_node_current(cgroup_id, version);
+	if (!node)
+		return 0;
+	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
+		if (!node || !node->parent_id)
+			break;
+		weight = cgroup_weight_on_task_scale(node->weight);
+		node = tree_node_current(node->parent_id, version);
+		if (!node)
+			break;
+		share = share_of(share, weight, node->active_weight);
+	}
+	return share;
 }
 
 /*

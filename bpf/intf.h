@@ -96,6 +96,13 @@ enum canopy_limits {
 	 * scheduler converts it (cpu_tree.bpf.h)
 	 */
 	CANOPY_NICE0_WEIGHT = 1024,
+	/*
+	 * the whole machine on the scale of a member's `tree_share` (its hierarchical share, the
+	 * product of its cgroups' fractions from the root down; cid_grants.bpf.h): 2^20, the cpu
+	 * tree's own unit, so a child at cpu.weight 50 among 64 children summing 12,000 (4,369
+	 * units) is rounded by 0.01%, where 10,000 units (42 for 41.7) rounded it by 0.8%
+	 */
+	CANOPY_TREE_SHARE_ONE = 1048576,
 	/* bytes of the move watcher's ring buffer (a power of two, a multiple of the page size) */
 	CANOPY_MOVE_RINGBUF_BYTES = 262144,
 	/* the most recent moves the schedulers keep a record of (`move_log`; a power of two) */
@@ -228,7 +235,7 @@ struct canopy_cgroup_node {
  */
 struct canopy_member {
 	u64 cgroup_id;		/* 0: free slot; the slot-0 entry holds the parent's own cgroup id */
-	u32 weight;		/* effective weight */
+	u32 weight;		/* its weight in its parent cgroup (cgroup scale): the policy group's, else cpu.weight; slot 0: the policy's for "/", else own_weight */
 	u32 guarantee_pct;
 	u32 cap_pct;
 	u32 active;		/* 1: slot in use */
@@ -253,6 +260,10 @@ struct canopy_member {
 	 */
 	s64 guarantee_owed_ns;
 	u64 held_since_sum_ns;	/* sum of cid_state.since over the cids it holds now: its in-flight time is running_cids * now - this */
+	u64 tree_cgroup_id;	/* a busy child: the attach cgroup it counts in `cpu_tree` as active; 0: not counted */
+	u32 tree_share;		/* its hierarchical share of the machine, 1/CANOPY_TREE_SHARE_ONE units: what its vtime is charged at */
+	u32 tree_pad;
+	u64 tree_idle_since_ns;	/* when the root first saw it idle since it last had work (0: busy); it leaves the tree after MEMBER_TREE_IDLE_HOLD_NS */
 	char name[CANOPY_NAME_LEN];	/* ops name of the child ("" for slot 0) */
 };
 

@@ -2,7 +2,7 @@
 //! The hierarchy as the kernel and the root scheduler see it: sysfs (`state`, each scheduler's
 //! `ops` and `caps` under `root/sub/sub-<cgroup id>`) joined with the root's pinned `members`,
 //! `stats` and `child_restarts` maps. Two samples an interval apart give each member's CPU rate and its share
-//! against the target its weight and cap imply (`target_shares`). Works from any process while a root is loaded;
+//! against the target its share in the cpu tree and cap imply (`target_shares`). Works from any process while a root is loaded;
 //! `canopy status` and `canopy scheduler status` both show it.
 use std::time::Duration;
 use std::time::Instant;
@@ -56,6 +56,9 @@ pub struct MemberStatus {
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
     pub weight: u32,
+    /// its hierarchical share of the machine in the root's cpu tree (0..1): what its vtime is
+    /// charged at, and its target before caps
+    pub tree_share: f64,
     pub guarantee_pct: u32,
     pub cap_pct: u32,
     pub cpu_ns_total: u64,
@@ -209,7 +212,9 @@ impl Sampler {
                 .iter()
                 .map(|(slot, m)| {
                     let ran = delta_of(*slot, m.cpu_ns) > 0;
-                    (if ran { m.weight } else { 0 }, m.cap_pct)
+                    // its share of the machine in the cpu tree, which its vtime is charged at
+                    // (bpf/cid_grants.bpf.h)
+                    (if ran { m.tree_share } else { 0 }, m.cap_pct)
                 })
                 .collect::<Vec<_>>(),
         );
@@ -229,6 +234,7 @@ impl Sampler {
                     cgroup_id: m.cgroup_id,
                     cgroup: cgroup_of_id(m.cgroup_id),
                     weight: m.weight,
+                    tree_share: m.tree_share as f64 / bpf_intf::CANOPY_TREE_SHARE_ONE as f64,
                     guarantee_pct: m.guarantee_pct,
                     cap_pct: m.cap_pct,
                     cpu_ns_total: m.cpu_ns,
