@@ -68,6 +68,7 @@ pub struct Scenario {
     debian_tools: Vec<String>,
     script: String,
     timeout: Duration,
+    script_timeout: Option<Duration>,
     cpus: Option<usize>,
     memory: String,
     kernel_args: Vec<String>,
@@ -84,6 +85,7 @@ impl Scenario {
             debian_tools: Vec::new(),
             script: String::new(),
             timeout: Duration::from_secs(180),
+            script_timeout: None,
             cpus: None,
             memory: "2G".into(),
             kernel_args: Vec::new(),
@@ -146,6 +148,14 @@ impl Scenario {
     /// Wall-clock limit from qemu's start (time spent waiting for the VM lock is not counted).
     pub fn timeout(mut self, timeout: Duration) -> Scenario {
         self.timeout = timeout;
+        self
+    }
+
+    /// A second limit counted from the guest's `boot` result, so the boot's own time (2-5 s
+    /// quiet, over 15 s on a loaded host) is not part of it; the run ends at whichever limit
+    /// comes first, and a `Timeout` error names the one that did.
+    pub fn script_timeout(mut self, script_timeout: Duration) -> Scenario {
+        self.script_timeout = Some(script_timeout);
         self
     }
 
@@ -296,12 +306,13 @@ impl Scenario {
         }
         let mut qemu = RunningQemu::start(&launch, &log_path, echo)?;
         let deadline = qemu.started + self.timeout;
-        let console = read_console(&mut qemu, deadline);
+        let console = read_console(&mut qemu, deadline, self.script_timeout);
+        let timeout = console.script_limit_hit.unwrap_or(self.timeout);
         let (results, malformed) = judge_console(
             &self.name,
             console,
             &mut qemu,
-            self.timeout,
+            timeout,
             &log_path,
             &format!("{accel:?} acceleration"),
         )?;
@@ -443,23 +454,42 @@ pub(crate) struct Console {
     malformed: Vec<String>,
     panic_line: Option<String>,
     closed: bool,
+    /// The script's own limit, when it was the one that ended the reading.
+    script_limit_hit: Option<Duration>,
 }
 
 /// Reads console lines until qemu closes its output or `deadline` passes, keeping the
-/// `CANOPY-RESULT` objects and the first kernel panic line.
-pub(crate) fn read_console(qemu: &mut RunningQemu, deadline: Instant) -> Console {
+/// `CANOPY-RESULT` objects and the first kernel panic line. With `script_timeout`, the
+/// `boot` result brings the deadline forward to that long after it, if that is sooner.
+pub(crate) fn read_console(
+    qemu: &mut RunningQemu,
+    mut deadline: Instant,
+    script_timeout: Option<Duration>,
+) -> Console {
     let mut console = Console {
         results: Vec::new(),
         malformed: Vec::new(),
         panic_line: None,
         closed: false,
+        script_limit_hit: None,
     };
+    let mut script_deadline = None;
     while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
         match qemu.lines.recv_timeout(remaining) {
             Ok(SerialEvent::Line(line)) => {
                 if let Some(parsed) = result_in_line(&line) {
                     match parsed {
-                        Some(value) => console.results.push(value),
+                        Some(value) => {
+                            if let Some(limit) = script_timeout.filter(|_| value["kind"] == "boot")
+                            {
+                                let script_end = Instant::now() + limit;
+                                if script_end < deadline {
+                                    deadline = script_end;
+                                    script_deadline = Some(limit);
+                                }
+                            }
+                            console.results.push(value);
+                        }
                         None => console.malformed.push(line),
                     }
                 } else if line.contains("Kernel panic - not syncing")
@@ -474,6 +504,9 @@ pub(crate) fn read_console(qemu: &mut RunningQemu, deadline: Instant) -> Console
             }
             Err(_) => break,
         }
+    }
+    if !console.closed {
+        console.script_limit_hit = script_deadline;
     }
     console
 }

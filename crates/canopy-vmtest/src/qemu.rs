@@ -331,6 +331,10 @@ fn kvm_probe_boots(vmlinuz: &Path, scratch: &Path) -> bool {
         while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
             match qemu.lines.recv_timeout(remaining) {
                 Ok(SerialEvent::Line(line)) if line.contains(KVM_PROBE_MARKER) => return Ok(true),
+                // A /dev/kvm that opens but cannot run the guest (nested virtualisation refused:
+                // "KVM internal error. Suberror: 1" on the dev host) leaves qemu paused, not
+                // exited; waiting out the deadline cost 30 s of every test process's first boot.
+                Ok(SerialEvent::Line(line)) if kvm_failed(&line) => break,
                 Ok(SerialEvent::Line(_)) => {}
                 Ok(SerialEvent::Closed) | Err(_) => break,
             }
@@ -338,6 +342,18 @@ fn kvm_probe_boots(vmlinuz: &Path, scratch: &Path) -> bool {
         Ok(false)
     };
     probe().unwrap_or(false)
+}
+
+/// Whether a line of qemu's stderr says KVM cannot run the guest.
+fn kvm_failed(line: &str) -> bool {
+    line.starts_with("qemu: ")
+        && [
+            "KVM internal error",
+            "emulation failure",
+            "failed to initialize kvm",
+        ]
+        .iter()
+        .any(|sign| line.contains(sign))
 }
 
 /// The last `count` lines of a log file, for error messages.
@@ -429,5 +445,14 @@ mod tests {
         assert_eq!(utc_timestamp(0), "19700101T000000Z");
         assert_eq!(utc_timestamp(1_795_372_081), "20261122T182801Z");
         assert_eq!(utc_timestamp(951_782_400), "20000229T000000Z");
+    }
+
+    #[test]
+    fn only_qemus_own_kvm_errors_end_the_probe() {
+        assert!(kvm_failed("qemu: KVM internal error. Suberror: 1"));
+        assert!(kvm_failed("qemu: emulation failure"));
+        assert!(!kvm_failed("qemu: extra data[0]: 0x0000000000000001"));
+        // the guest's console is not qemu's stderr
+        assert!(!kvm_failed("KVM internal error"));
     }
 }
