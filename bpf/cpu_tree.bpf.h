@@ -415,23 +415,16 @@ static __always_inline u64 share_of(u64 value, u32 numerator, s64 denominator)
 }
 
 /*
- * The weight (in 1/1024 units) to charge @p's run time at: W_eq from the top of this file, or
- * 0 (charge at its class weight) when it is not counted in the tree.
+ * @share (a fraction of @node's active weight, 1/CPU_TREE_ONE units) as a fraction of the
+ * machine: multiplied by each level's weight over its parent's active weight, up to the root.
+ * At most CANOPY_MAX_CGROUP_DEPTH hash lookups.
  */
-static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
+static __always_inline u64 share_up_the_tree(struct canopy_cgroup_node *node, u64 share,
+					     u64 version)
 {
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
-	struct canopy_cgroup_node *node;
-	u64 share, total = tree_runnable_weight, version = policy_version_now();
 	u32 weight;
 	int depth;
 
-	if (!tt || !tt->weight)
-		return 0;
-	node = tree_node_current(tt->cgroup_id, version);
-	if (!node)
-		return 0;
-	share = share_of(CPU_TREE_ONE, tt->weight, node->active_weight);
 	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
 		if (!node || !node->parent_id)
 			break;
@@ -441,6 +434,26 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 			break;
 		share = share_of(share, weight, node->active_weight);
 	}
+	return share;
+}
+
+/*
+ * The weight (in 1/1024 units) to charge @p's run time at: W_eq from the top of this file, or
+ * 0 (charge at its class weight) when it is not counted in the tree.
+ */
+static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
+{
+	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
+	struct canopy_cgroup_node *node;
+	u64 share, total = tree_runnable_weight, version = policy_version_now();
+
+	if (!tt || !tt->weight)
+		return 0;
+	node = tree_node_current(tt->cgroup_id, version);
+	if (!node)
+		return 0;
+	share = share_up_the_tree(node, share_of(CPU_TREE_ONE, tt->weight, node->active_weight),
+				  version);
 	/* a fraction of the own tasks' part, not of the machine (busy children hold the rest) */
 	if (own_tree_share && own_tree_share < CPU_TREE_ONE)
 		share = share * CPU_TREE_ONE / own_tree_share;
@@ -461,23 +474,12 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 __noinline u64 cgroup_tree_share(u64 cgroup_id)
 {
 	struct canopy_cgroup_node *node;
-	u64 share = CPU_TREE_ONE, version = policy_version_now();
-	u32 weight;
-	int depth;
+	u64 version = policy_version_now();
 
 	node = tree_node_current(cgroup_id, version);
 	if (!node)
 		return 0;
-	canopy_for(depth, 0, CANOPY_MAX_CGROUP_DEPTH) {
-		if (!node || !node->parent_id)
-			break;
-		weight = cgroup_weight_on_task_scale(node->weight);
-		node = tree_node_current(node->parent_id, version);
-		if (!node)
-			break;
-		share = share_of(share, weight, node->active_weight);
-	}
-	return share;
+	return share_up_the_tree(node, CPU_TREE_ONE, version);
 }
 
 /*
