@@ -635,11 +635,12 @@ canopy-guest cpu-split{groups} --seconds 6 --warmup 1 --keep --kind mixed-canopy
 /// 50 of them on a cid the root's own task had held, so with two hogs and no cid the child
 /// placed nothing; and holding the lift until a child has read idle for 40 ms, as its place in
 /// the tree is held (`MEMBER_TREE_IDLE_HOLD_NS`), left `lifted_vtime` at 565-603 million and
-/// the child at 21.4%: it reads idle for whole 40 ms stretches. The lead to follow: the child
-/// inserts with SCX_ENQ_IMMED where it holds only a time share, and the kernel re-enqueues
-/// such an insert when the CPU is not free (the root's own task leaving it may still count as
-/// there), so the child's dispatch may fail with tasks queued. 4.5 points is one above the
-/// worst and still fails main's 31% by 1.5.
+/// the child at 21.4%: it reads idle for whole 40 ms stretches. Not SCX_ENQ_IMMED either: the
+/// child's inserts where it holds only a time share were never re-enqueued in two such runs
+/// (an enqueue with SCX_ENQ_REENQ would have ended the child). Next to look at: whether a
+/// child's task ever runs on a cid whose `cid_state` names member 0 (the empty offers come on
+/// such cids), so the root charges member 0 for it and sees the child hold nothing. 4.5
+/// points is one above the worst and still fails main's 31% by 1.5.
 const CHILD_BELOW_THE_TOP_BOUND: f64 = 0.045;
 
 /// Issue 10 Deliver 1, children in the tree: a child attached below the top level weighs its
