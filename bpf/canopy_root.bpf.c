@@ -488,24 +488,18 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args
 
 void CANOPY_OP_SLEEPABLE(canopy_root_sub_detach, struct scx_sub_detach_args *args)
 {
-	u64 cgid = args->ops->sub_cgroup_id;
-	u32 slot;
+	struct canopy_member *m = member_of(member_slot_of_cgroup(args->ops->sub_cgroup_id));
 
-	for (slot = 1; slot < CANOPY_MAX_MEMBERS; slot++) {
-		struct canopy_member *m = member_of(slot);
-
-		if (m && m->active && m->cgroup_id == cgid) {
-			m->active = 0;
-			member_tree_uncount(m);
-			member_shares_dirty = 1;
-			/* the last child gone: the own tasks hold the whole tree again */
-			if (__sync_sub_and_fetch(&nr_children, 1) == 0)
-				own_tree_share = CPU_TREE_ONE;
-			stat_inc(CANOPY_STAT_DETACHED);
-			bpf_printk("canopy: sub-scheduler on %s detached", args->cgroup_path);
-			break;
-		}
-	}
+	if (!m)
+		return;
+	m->active = 0;
+	member_tree_uncount(m);
+	member_shares_dirty = 1;
+	/* the last child gone: the own tasks hold the whole tree again */
+	if (__sync_sub_and_fetch(&nr_children, 1) == 0)
+		own_tree_share_set(member_of(CANOPY_SELF_SLOT), CPU_TREE_ONE);
+	stat_inc(CANOPY_STAT_DETACHED);
+	bpf_printk("canopy: sub-scheduler on %s detached", args->cgroup_path);
 }
 
 s32 CANOPY_OP_SLEEPABLE(canopy_root_cpuctl_init, struct cgroup *cgrp, struct scx_cgroup_init_args *args)
@@ -523,15 +517,9 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_cpuctl_init, struct cgroup *cgrp, struct scx
 void CANOPY_OP_SLEEPABLE(canopy_root_cpuctl_exit, struct cgroup *cgrp)
 {
 	u64 cgid = cgrp->kn->id;
-	u32 slot;
 
-	for (slot = 1; slot < CANOPY_MAX_MEMBERS; slot++) {
-		struct canopy_member *m = member_of(slot);
-
-		if (m && m->active && m->cgroup_id == cgid)
-			return;
-	}
-	tree_cgroup_exit(cgid);
+	if (member_slot_of_cgroup(cgid) == NO_OWNER)
+		tree_cgroup_exit(cgid);
 }
 
 void CANOPY_OP(canopy_root_cpuctl_set_bandwidth, struct cgroup *cgrp, u64 period_us, u64 quota_us,
@@ -559,20 +547,15 @@ void CANOPY_OP(canopy_root_cpuctl_set_weight, struct cgroup *cgrp, u32 weight)
 {
 	u64 cgid = cgrp->kn->id;
 	struct canopy_group_policy *pol = bpf_map_lookup_elem(&group_policy, &cgid);
-	u32 slot;
+	struct canopy_member *m;
 
 	tree_cgroup_set_weight(cgid, weight);
 	member_shares_dirty = 1;
 	if (pol && pol->weight)
 		return;
-	for (slot = 1; slot < CANOPY_MAX_MEMBERS; slot++) {
-		struct canopy_member *m = member_of(slot);
-
-		if (m && m->active && m->cgroup_id == cgid) {
-			m->weight = weight ?: 1;
-			break;
-		}
-	}
+	m = member_of(member_slot_of_cgroup(cgid));
+	if (m)
+		m->weight = weight ?: 1;
 }
 
 void CANOPY_OP(canopy_root_cid_online, s32 cid)
@@ -615,7 +598,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_init)
 	pol = bpf_map_lookup_elem(&group_policy, &root_cgid);
 	self->cgroup_id = root_cgid;
 	self->weight = (pol && pol->weight) ? pol->weight : own_weight;
-	self->tree_share = CPU_TREE_ONE;
+	own_tree_share_set(self, CPU_TREE_ONE);
 	self->period_start_ns = scx_bpf_now();
 	self->slice_estimate_ns = KCONST(SCX_SLICE_DFL);
 	self->active = 1;

@@ -146,6 +146,33 @@ static __always_inline bool cid_is_idle(s32 cid)
 	return idle_cids[(cid / 64) & (CANOPY_MAX_CIDS / 64 - 1)] & (1ULL << (cid & 63));
 }
 
+/* The member slot of the child attached at @cgroup_id, NO_OWNER when none is. */
+static __always_inline u32 member_slot_of_cgroup(u64 cgroup_id)
+{
+	int i;
+
+	canopy_for(i, 1, CANOPY_MAX_MEMBERS) {
+		struct canopy_member *m = member_of(i);
+
+		if (m && m->active && m->cgroup_id == cgroup_id)
+			return i;
+	}
+	return NO_OWNER;
+}
+
+/*
+ * The own tasks' share of the machine (member 0's `tree_share`), and its copy in
+ * `own_tree_share`, which every charge of an own task reads without a map lookup
+ * (cpu_tree.bpf.h): both set here, so they never differ.
+ */
+static __always_inline void own_tree_share_set(struct canopy_member *self, u64 share)
+{
+	share = share ?: 1;
+	if (self)
+		self->tree_share = share;
+	own_tree_share = share;
+}
+
 /* Idle: nothing queued when last offered a cid and nothing running anywhere. */
 static __always_inline bool member_idle(const struct canopy_member *m)
 {
@@ -481,8 +508,7 @@ __noinline int member_shares_refresh(void)
 	own = children < CPU_TREE_ONE ? CPU_TREE_ONE - children : 0;
 	if ((pol && pol->weight) || own < floor)
 		own = floor;
-	self->tree_share = own ?: 1;
-	own_tree_share = own ?: 1;
+	own_tree_share_set(self, own);
 	return 0;
 }
 

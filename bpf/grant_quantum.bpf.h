@@ -153,20 +153,6 @@ static __always_inline void reclaim_child_cid(struct task_struct *p, bool urgent
 	bpf_timer_start(&quantum->timer, oldest_since + CANOPY_QUANTUM_NS - now, 0);
 }
 
-/* The member slot of the child attached at @cgroup_id, NO_OWNER when none is. */
-static __always_inline u32 member_slot_of_cgroup(u64 cgroup_id)
-{
-	int i;
-
-	canopy_for(i, 1, CANOPY_MAX_MEMBERS) {
-		struct canopy_member *m = member_of(i);
-
-		if (m && m->active && m->cgroup_id == cgroup_id)
-			return i;
-	}
-	return NO_OWNER;
-}
-
 /*
  * May @cid be taken back for a waking preempting-class task of the child in slot @asker? When
  * another child holds it, or one of our own tasks of a preemptible class runs there (the rule

@@ -162,16 +162,7 @@ fn header_lines(view: &View) -> Vec<Line<'static>> {
     let schedulers = match &view.status.hierarchy {
         Some(h) => {
             let s = &h.stats;
-            let wakeups = s.wake_idle
-                + s.wake_preempt_local
-                + s.wake_preempt_remote
-                + s.wake_after_higher_class
-                + s.wake_queued;
-            let late = s.wake_idle_slow
-                + s.wake_preempt_local_slow
-                + s.wake_preempt_remote_slow
-                + s.wake_after_higher_class_slow
-                + s.wake_queued_slow;
+            let (wakeups, late) = crate::scheduler::status::preempting_wakeups(s);
             format!(
                 "sched_ext: {} (root {})   USER_INTERACTIVE wakeups {wakeups}, {late} over 1 ms late   refused attaches {}",
                 h.state,

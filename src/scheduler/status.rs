@@ -19,6 +19,24 @@ use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
 use super::bpf_intf::Stats;
 
+/// USER_INTERACTIVE (preempting-class) wakeups over every path the root places them by, and
+/// how many of them ran more than 1 ms after waking: one list of the paths for `canopy top`.
+pub fn preempting_wakeups(stats: &Stats) -> (u64, u64) {
+    let paths = [
+        (stats.wake_idle, stats.wake_idle_slow),
+        (stats.wake_preempt_local, stats.wake_preempt_local_slow),
+        (stats.wake_preempt_remote, stats.wake_preempt_remote_slow),
+        (
+            stats.wake_after_higher_class,
+            stats.wake_after_higher_class_slow,
+        ),
+        (stats.wake_queued, stats.wake_queued_slow),
+    ];
+    paths.iter().fold((0, 0), |(all, slow), (path, path_slow)| {
+        (all + path, slow + path_slow)
+    })
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     /// /sys/kernel/sched_ext/state
