@@ -605,6 +605,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_init)
 	for (cid = 0; cid < CANOPY_MAX_CIDS; cid++)
 		init_quantum(cid);
 	init_quota_wakeup();
+	member_shares_timer_init();
 	if (scx_bpf_create_dsq(CANOPY_IDLE_DSQ, -1))
 		return -ENOMEM;
 	return scx_bpf_create_dsq(CANOPY_OWN_DSQ, -1);

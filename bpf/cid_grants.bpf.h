@@ -25,8 +25,8 @@
  * while another member has work.
  *
  * Shares: a member's weight is its hierarchical fraction of the machine (`tree_share`, units
- * of 1/CANOPY_TREE_SHARE_ONE, refreshed by member_shares_refresh() once per 100 ms window and
- * within 1 ms of a child turning busy or idle). A busy child counts at its attach cgroup's
+ * of 1/CANOPY_TREE_SHARE_ONE, refreshed by member_shares_refresh() from a timer once per
+ * 100 ms window and within 1 ms of a child turning busy or idle). A busy child counts at its attach cgroup's
  * node of the cpu tree as a cgroup with runnable tasks does (cpu_tree.bpf.h), so its share is
  * that cgroup's hw, inside its parent as under the fair scheduler; member 0's is what the tree
  * holds beside the busy children (1 - their shares), at least what a top-level cgroup at
@@ -468,8 +468,9 @@ __noinline int member_node_take_policy(u64 cgroup_id)
  * weight for "/", exactly that with the policy's weight. The floor is what keeps the root's
  * own hogs served beside many children when its share was taken while they slept (the
  * kernel's watchdog ejects a root whose task waits 30 s). An idle child's share is worked
- * out as if it joined (it is refreshed when it does). Run by members_prepare() once a window
- * and within MEMBER_SHARES_MIN_GAP_NS of a child turning busy or idle: one pass over the
+ * out as if it joined (it is refreshed when it does). Run by the shares timer once a window
+ * (below: why not from a dispatch) and by members_prepare() within MEMBER_SHARES_MIN_GAP_NS of
+ * a child turning busy or idle: one pass over the
  * slots, one lookup for the attach node's policy terms (member_node_take_policy()) and at
  * most CANOPY_MAX_CGROUP_DEPTH for the walk per attached child (64 children attached
  * at the top level: 192 lookups).
@@ -510,6 +511,82 @@ __noinline int member_shares_refresh(void)
 		own = floor;
 	own_tree_share_set(self, own);
 	return 0;
+}
+
+/*
+ * The once-a-window refresh of the members' shares runs from a timer, not from a dispatch. A
+ * share is a snapshot of the tree, held for the window, and dispatches come when a task wakes
+ * or stops: tasks of the root cgroup itself (kernel threads, a daemon, a shell) are runnable at
+ * those moments far more often than over time, and each counts at the tree's top. Measured
+ * for `p` (100) holding a child on `p/c` and the root's own `p/o`, beside `q` (100), two hogs
+ * each on 2 vCPUs: at the dispatch-time refreshes the tree's top weighed 2,627 on average
+ * against the 2,048 of p and q, so the child's share averaged 0.216 where it is 0.25, and
+ * it got 21-23% of the machine (its member vtime kept level with member 0's: the shares, not
+ * the picking, were off). A timer fires at moments unrelated to scheduling events, so a task
+ * of the root cgroup weighs in about as often as it is runnable. A child's busy/idle turn
+ * still refreshes from the dispatch that sees it (within MEMBER_SHARES_MIN_GAP_NS), and a
+ * dispatch refreshes if the timer is MEMBER_SHARES_TIMER_LATE_NS late (a safety net: a late
+ * timer only keeps the last shares longer). The timer runs only while children are attached:
+ * the first dispatch with children arms it, and it stops when none is left.
+ */
+#define MEMBER_SHARES_TIMER_LATE_NS (10 * CANOPY_PERIOD_NS)
+struct member_shares_timer {
+	struct bpf_timer timer;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct member_shares_timer);
+} member_shares_timers SEC(".maps");
+
+/* 1 while the timer is started (or being started); only the one who sets it starts it */
+u32 member_shares_timer_armed;
+
+/* One refresh, by whoever moves member_shares_at from @last to @now first. */
+static __always_inline void member_shares_refresh_once(u64 last, u64 now)
+{
+	if (__sync_val_compare_and_swap(&member_shares_at, last, now) != last)
+		return;
+	member_shares_dirty = 0;
+	member_shares_refresh();
+}
+
+static int member_shares_timer_fired(void *map, u32 *key, struct member_shares_timer *shares_timer)
+{
+	if (!nr_children) {
+		member_shares_timer_armed = 0;
+		return 0;
+	}
+	member_shares_refresh_once(member_shares_at, scx_bpf_now());
+	bpf_timer_start(&shares_timer->timer, CANOPY_PERIOD_NS, 0);
+	return 0;
+}
+
+/* From ops.init (the callback is set once; the first dispatch with children starts it). */
+static __always_inline void member_shares_timer_init(void)
+{
+	u32 key = 0;
+	struct member_shares_timer *shares_timer = bpf_map_lookup_elem(&member_shares_timers, &key);
+
+	if (!shares_timer)
+		return;
+	bpf_timer_init(&shares_timer->timer, &member_shares_timers, 1 /* CLOCK_MONOTONIC */);
+	bpf_timer_set_callback(&shares_timer->timer, member_shares_timer_fired);
+}
+
+static __always_inline void member_shares_timer_arm(void)
+{
+	u32 key = 0;
+	struct member_shares_timer *shares_timer;
+
+	if (member_shares_timer_armed ||
+	    __sync_val_compare_and_swap(&member_shares_timer_armed, 0, 1) != 0)
+		return;
+	shares_timer = bpf_map_lookup_elem(&member_shares_timers, &key);
+	if (!shares_timer || bpf_timer_start(&shares_timer->timer, CANOPY_PERIOD_NS, 0))
+		member_shares_timer_armed = 0;
 }
 
 /*
@@ -606,13 +683,11 @@ __noinline int members_prepare(u64 now, u32 nr_cids)
 		member_vtime_min = min_busy;
 	if (turned)
 		member_shares_dirty = 1;
+	member_shares_timer_arm();
 	last = member_shares_at;
-	if (((s64)(now - last) >= (s64)CANOPY_PERIOD_NS ||
-	     (member_shares_dirty && (s64)(now - last) >= (s64)MEMBER_SHARES_MIN_GAP_NS)) &&
-	    __sync_val_compare_and_swap(&member_shares_at, last, now) == last) {
-		member_shares_dirty = 0;
-		member_shares_refresh();
-	}
+	if ((s64)(now - last) >= (s64)MEMBER_SHARES_TIMER_LATE_NS ||
+	    (member_shares_dirty && (s64)(now - last) >= (s64)MEMBER_SHARES_MIN_GAP_NS))
+		member_shares_refresh_once(last, now);
 
 	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
 		struct canopy_member *m = member_of(i);
