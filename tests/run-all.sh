@@ -13,6 +13,7 @@ bpf/vmlinux/check.sh
 # cargo-deb) is made in the background while the workspace compiles (seconds when cached).
 target=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target"
+run_started=$(date +%s)
 scripts/prepare-vm-tests.sh > "$target/prepare-vm-tests.log" 2>&1 &
 prepare=$!
 # Any clippy warning anywhere in the workspace, tests and VM scenarios included, fails the run.
@@ -52,5 +53,19 @@ fi
 if [ "$fuzz_status" -ne 0 ]; then
   echo "run-all: fuzzing failed (exit $fuzz_status); see fuzz/run.sh's lines above" >&2
   [ "$status" -ne 0 ] || status=$fuzz_status
+fi
+# Where this run's time went (issue 12: CI's budget): each VM scenario's hold of the VM, longest
+# first, and the systemd guest's steps (appended by canopy-vmtest; earlier runs' rows skipped).
+if [ -s "$target/vm-logs/timings.tsv" ]; then
+  echo "run-all: VM time by scenario (seconds holding the VM), this run:" >&2
+  awk -F'\t' -v since="$run_started" '$1 >= since { held[$2] += $3; total += $3; runs++ }
+    END { for (name in held) printf "  %7.1f  %s\n", held[name], name
+          printf "  %7.1f  all %d runs\n", total, runs }' "$target/vm-logs/timings.tsv" \
+    | sort -rn | head -n 16 >&2
+fi
+if [ -s "$target/vm-logs/steps.tsv" ]; then
+  echo "run-all: the systemd guest's steps (seconds), this run:" >&2
+  awk -F'\t' -v since="$run_started" '$1 >= since { printf "  %7.1f  %s: %s\n", $4, $2, $3 }' \
+    "$target/vm-logs/steps.tsv" >&2
 fi
 exit "$status"

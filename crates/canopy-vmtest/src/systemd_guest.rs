@@ -252,6 +252,7 @@ impl SystemdGuest {
                 "systemd guest: boot (qemu start to SSH): {:.1} s",
                 guest.booted_in().as_secs_f64()
             );
+            record_step_time(&self.name, "boot (qemu start to SSH)", guest.booted_in());
             while let Some(step) = steps.get(next) {
                 let started = std::time::Instant::now();
                 let outcome =
@@ -261,6 +262,7 @@ impl SystemdGuest {
                     step.name,
                     started.elapsed().as_secs_f64()
                 );
+                record_step_time(&self.name, step.name, started.elapsed());
                 let failed = !matches!(outcome, Ok(Ok(())));
                 if failed
                     && faults < EMULATOR_STEP_FAULT_RETRIES
@@ -511,4 +513,25 @@ impl Prepared {
 /// A path inside a qemu `-drive` option (commas doubled).
 fn drive_path(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
+}
+
+/// Appends one step's time to `<target>/vm-logs/steps.tsv` (Unix time, scenario, step, seconds),
+/// beside the VM's hold times in `timings.tsv`: a passing test's output is captured, and the
+/// systemd guest's time varies by the step (tests/run-all.sh prints both at the end of a run).
+/// Best effort: a missing log directory must not fail a step that passed.
+fn record_step_time(scenario: &str, step: &str, took: Duration) {
+    use std::io::Write as _;
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let line = format!(
+        "{since_epoch}\t{scenario}\t{step}\t{:.1}\n",
+        took.as_secs_f64()
+    );
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir().join("steps.tsv"))
+        .and_then(|mut file| file.write_all(line.as_bytes()));
 }
