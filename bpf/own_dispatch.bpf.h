@@ -75,6 +75,20 @@ static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx 
 }
 
 /*
+ * A task not yet charged (a new one, or one that has not run under this scheduler) is priced
+ * at its W_eq now, so its first turn is shortened as every later one (class_vtime.bpf.h):
+ * a new hog in a cgroup at cpu.weight 45 among 50 (W_eq 88) ran a whole 10 ms class slice
+ * first, 116-163 ms of vtime, and then waited up to 4 s of the vtime clock.
+ */
+static __always_inline void price_first_turn(struct task_struct *p)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+
+	if (tctx && !tctx->charge_weight_fp)
+		tctx->charge_weight_fp = tree_charge_weight_fp(p);
+}
+
+/*
  * Keeps @prev running on @cid as our dispatch, as the class decided afresh for it, for at most
  * @quota_left ns (the cpu.max quota or cap its cgroup path has left; (u64)-1: no limit).
  */
