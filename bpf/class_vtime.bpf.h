@@ -21,7 +21,9 @@
  * short request and its lag carries what it overran):
  * - Its turn is the class slice times W_eq / class weight (at least CANOPY_MIN_TURN_NS; the
  *   tick ends it), so one turn costs about what a class slice costs a task at its class
- *   weight, and a small share comes in many short turns rather than a few long ones.
+ *   weight, and a small share comes in many short turns rather than a few long ones. W_eq is
+ *   the one its last run was charged at; a task not yet charged is priced at its first
+ *   enqueue (own_dispatch.bpf.h price_first_turn()).
  * - Vtime charged beyond the cap to a task that stayed runnable is debt, not forgiven: it is
  *   queued at the cap (so it still runs within the watchdog's reach), with the rest kept in
  *   task_ctx.vtime_debt (at most CANOPY_MAX_VTIME_DEBT) and added back at its next enqueue,

@@ -4,8 +4,9 @@
  * the cpu.max quota path for them. It owns dispatch_own(), which moves the next queued task
  * (CANOPY_OWN_DSQ, then the idle-cgroup CANOPY_IDLE_DSQ) to the cid or keeps the previous
  * task running; the wakeup timer (`quota_wakeups`) for cids left idle by throttled cgroups;
- * and bill_own_run(), which charges a task's run to its cgroup path's quotas, its class's
- * preemption budget and its vtime. The quota arithmetic itself (quota_left, quota_charge)
+ * bill_own_run(), which charges a task's run to its cgroup path's quotas, its class's
+ * preemption budget and its vtime; and price_first_turn(), which prices a task's first turn
+ * at its W_eq in the cgroup tree (class_vtime.bpf.h: turns shortened by W_eq). The quota arithmetic itself (quota_left, quota_charge)
  * lives with the cgroup tree in cpu_tree.bpf.h.
  *
  * Policy: while no cgroup has a quota, a dispatch moves the first task of the vtime-ordered
