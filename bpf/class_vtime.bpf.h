@@ -40,7 +40,8 @@
  * 317 ms past the cap. Forgiven, that was 62 ms of CPU its cgroup kept, +34% on its 20 s
  * share; as debt it pays it back (queued at the cap, 1 ms turns: about 13 s of the clock, as
  * the fair scheduler makes it wait).
- * Cost: two u64 in task_ctx, a compare and a multiply-divide per enqueue; a priced task whose
+ * Cost: three u64 in task_ctx (the run is charged from p->se.sum_exec_runtime, read at
+ * running and stopping), a compare and a multiply-divide per enqueue; a priced task whose
  * W_eq is below its class weight runs more turns (each task about as many per second as at
  * its class weight; at most one per tick per cid).
  *
@@ -79,6 +80,7 @@ struct task_ctx {
 	u64 quota_charged_at;	/* scx_bpf_now() up to which its run was charged to cpu.max quotas */
 	u64 charge_weight_fp;	/* weight (1/1024 units) its last run was charged at; 0: its class weight */
 	u64 vtime_debt;	/* vtime charged to it beyond the queue's cap, still owed (queue_by_class()) */
+	u64 exec_at_running;	/* p->se.sum_exec_runtime when it last started running */
 };
 
 struct {
@@ -260,6 +262,7 @@ static __always_inline void class_vtime_running(struct task_struct *p, u64 now)
 
 	if (tctx) {
 		tctx->running_at = now;
+		tctx->exec_at_running = p->se.sum_exec_runtime;
 		/* the slow counter of each wake path directly follows its total */
 		if (tctx->woken_at && now - tctx->woken_at > 1000000 &&
 		    tctx->wake_stat < CANOPY_NR_STATS - 1)
@@ -273,7 +276,13 @@ static __always_inline void class_vtime_running(struct task_struct *p, u64 now)
 /*
  * Charge @p for the time it just ran: vtime += used * 1024 / weight (ns of a nice-0 task's
  * run), at @weight_fp (the weight in 1/1024 units; the root's cpu tree passes the task's
- * weight in the tree) or, when that is 0, at the class weight it was queued with.
+ * weight in the tree) or, when that is 0, at the class weight it was queued with. `used` is
+ * the run the kernel accounted to it (p->se.sum_exec_runtime, what cpu.stat's usage_usec
+ * sums), not the scx_bpf_now() interval: ops.running can read a clock taken after the
+ * dispatch that chose it while its run is counted from before, so each turn could go
+ * uncharged by that much, which favours tasks with short turns (issue 10 (e), two of three
+ * boots before this: the four smallest cgroups all over their share, +0.5 to +17.6%, where
+ * the fair scheduler's were on both sides).
  */
 static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now, u64 weight_fp)
 {
@@ -283,6 +292,8 @@ static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now,
 	if (!tctx || !tctx->running_at || now < tctx->running_at)
 		return;
 	used = now - tctx->running_at;
+	if (p->se.sum_exec_runtime > tctx->exec_at_running)
+		used = p->se.sum_exec_runtime - tctx->exec_at_running;
 	tctx->running_at = 0;
 	if (weight_fp && tctx->class < CANOPY_MAX_CLASSES &&
 	    used > tree_turn(class_slice(class_of(tctx->class)), tctx->charge_weight_fp,
