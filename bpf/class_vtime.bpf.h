@@ -278,11 +278,10 @@ static __always_inline void class_vtime_running(struct task_struct *p, u64 now)
  * run), at @weight_fp (the weight in 1/1024 units; the root's cpu tree passes the task's
  * weight in the tree) or, when that is 0, at the class weight it was queued with. `used` is
  * the run the kernel accounted to it (p->se.sum_exec_runtime, what cpu.stat's usage_usec
- * sums), not the scx_bpf_now() interval: ops.running can read a clock taken after the
- * dispatch that chose it while its run is counted from before, so each turn could go
- * uncharged by that much, which favours tasks with short turns (issue 10 (e), two of three
- * boots before this: the four smallest cgroups all over their share, +0.5 to +17.6%, where
- * the fair scheduler's were on both sides).
+ * sums), not the scx_bpf_now() interval, which can start at a clock read after the dispatch
+ * that chose it and counts IRQ time the kernel's accounting leaves out: vtime is charged for
+ * exactly what a cgroup's usage shows. (Suspected, not confirmed, as why the smallest cgroups
+ * of issue 10 (e) came out a few percent over their share on average; they still do.)
  */
 static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now, u64 weight_fp)
 {
