@@ -28,8 +28,9 @@
  *   queued at the cap (so it still runs within the watchdog's reach), with the rest kept in
  *   task_ctx.vtime_debt (at most CANOPY_MAX_VTIME_DEBT) and added back at its next enqueue,
  *   and until it is paid its turns are the shortest. A waking or new task keeps the old rule:
- *   the cap forgives it. Tasks of idle cgroups (CANOPY_IDLE_DSQ) and a child's tasks are
- *   charged at their class weight's turns and keep the old rule too.
+ *   the cap forgives it. Tasks of idle cgroups (CANOPY_IDLE_DSQ; their turns are the
+ *   starvation guard's or what nothing else wants) keep class slices and the old rule, and
+ *   a child's tasks are not priced (charged at their class weight).
  * Example (issue 10 (e)): 50 cgroups at cpu.weight 1..1000 (sum 26,119, 267,459 on the task
  * scale), one DEFAULT hog each (1024, 10 ms slices), 2 cids. The hog of the cgroup at 45 (461)
  * has W_eq = 461 / 267,459 * 51,200 = 88, so its turns are 0.86 -> 1 ms (1-5 ms with the 4 ms
