@@ -202,6 +202,7 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 		track_wakeup(p, CANOPY_STAT_WAKE_QUEUED);
 	}
 
+	price_first_turn(p);
 	queue_by_class(p, class, idle ? CANOPY_IDLE_DSQ : CANOPY_OWN_DSQ, enq_flags);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {

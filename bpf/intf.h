@@ -80,6 +80,11 @@ enum canopy_limits {
 	/* how far (weighted ns) a queued task's vtime may run ahead of the scheduler's vtime clock */
 	CANOPY_MAX_VTIME_AHEAD = 200000000,
 	/*
+	 * the shortest turn a root task is given when its weight in the cgroup tree is below its
+	 * class weight, or while it pays vtime debt (class_vtime.bpf.h); the tick ends it
+	 */
+	CANOPY_MIN_TURN_NS = 1000000,
+	/*
 	 * longest a child keeps a cid the root handed it while another member has work, however
 	 * long the slice its own scheduler chose (the root cuts it with a preempting kick)
 	 */
@@ -383,6 +388,10 @@ enum canopy_stat {
 	CANOPY_STAT_HIGHER_CLASS_SLICE_ENDS, /* tasks a higher scheduling class (RT, deadline) took a CPU from with slice left: their slice ended, so they queue again by class */
 	CANOPY_STAT_WAKE_AFTER_HIGHER_CLASS, /* preempting-class wakeups with nothing to preempt, placed first on a CPU an RT or deadline task had just taken */
 	CANOPY_STAT_WAKE_AFTER_HIGHER_CLASS_SLOW, /* of those, ran more than 1 ms after waking */
+	CANOPY_STAT_VTIME_DEBTS, /* requeues of a root task in the cpu tree that kept vtime past the cap as debt (class_vtime.bpf.h) */
+	CANOPY_STAT_LONG_TURNS, /* runs of root tasks in the cpu tree that overran their turn by more than 8 ms (two ticks at HZ=250: a vCPU stall or a late tick) */
+	CANOPY_STAT_FLOOR_LIFTS, /* requeues of tasks that stayed runnable lifted to the vtime floor (own_vtime_now - CANOPY_MAX_VTIME_AHEAD) */
+	CANOPY_STAT_AHEAD_CAPPED, /* enqueues whose vtime was cut to own_vtime_now + CANOPY_MAX_VTIME_AHEAD */
 	CANOPY_NR_STATS,
 };
 

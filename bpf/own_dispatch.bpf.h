@@ -4,8 +4,9 @@
  * the cpu.max quota path for them. It owns dispatch_own(), which moves the next queued task
  * (CANOPY_OWN_DSQ, then the idle-cgroup CANOPY_IDLE_DSQ) to the cid or keeps the previous
  * task running; the wakeup timer (`quota_wakeups`) for cids left idle by throttled cgroups;
- * and bill_own_run(), which charges a task's run to its cgroup path's quotas, its class's
- * preemption budget and its vtime. The quota arithmetic itself (quota_left, quota_charge)
+ * bill_own_run(), which charges a task's run to its cgroup path's quotas, its class's
+ * preemption budget and its vtime; and price_first_turn(), which prices a task's first turn
+ * at its W_eq in the cgroup tree (class_vtime.bpf.h: turns shortened by W_eq). The quota arithmetic itself (quota_left, quota_charge)
  * lives with the cgroup tree in cpu_tree.bpf.h.
  *
  * Policy: while no cgroup has a quota, a dispatch moves the first task of the vtime-ordered
@@ -72,6 +73,20 @@ static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx 
 		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
 	tree_task_reweight(p, tctx);
 	class_vtime_stopping(p, now, tree_charge_weight_fp(p));
+}
+
+/*
+ * A task not yet charged (a new one, or one that has not run under this scheduler) is priced
+ * at its W_eq now, so its first turn is shortened as every later one (class_vtime.bpf.h):
+ * a new hog in a cgroup at cpu.weight 45 among 50 (W_eq 88) ran a whole 10 ms class slice
+ * first, 116-163 ms of vtime, and then waited up to 4 s of the vtime clock.
+ */
+static __always_inline void price_first_turn(struct task_struct *p)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+
+	if (tctx && !tctx->charge_weight_fp)
+		tctx->charge_weight_fp = tree_charge_weight_fp(p);
 }
 
 /*
