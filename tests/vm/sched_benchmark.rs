@@ -194,7 +194,8 @@ tail -n 20 /tmp/daemon.log
         outcome.result("canopy-frames-classes")?["threads"]
     );
     table += &frames_table(&outcome, &peers)?;
-    // the root's counters for the preempting path during canopy's frames (preempt_budget.bpf.h)
+    // the root's counters for the preempting path during canopy's frames (preempt_budget.bpf.h), and
+    // for the preempting-class wakeups that found nothing to preempt and queued (`wake_queued`)
     if let Ok(status) = outcome.result("canopy-daemon") {
         let counters: Vec<String> = [
             "preempt_budget_spent",
@@ -202,6 +203,8 @@ tail -n 20 /tmp/daemon.log
             "wake_preempt_local_slow",
             "wake_preempt_remote",
             "wake_preempt_remote_slow",
+            "wake_queued",
+            "wake_queued_slow",
         ]
         .iter()
         .filter_map(|name| find_key(status, name).map(|value| format!("{name} {value}")))
