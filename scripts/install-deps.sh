@@ -19,6 +19,7 @@ test_packages=(
   dpkg-dev lintian                                   # the Debian package (dpkg-shlibdeps, checks)
   prometheus tmux                                    # fleet tests: promtool + a server; canopy top
   ansible ansible-lint                               # fleet tests: the Ansible role
+  ansible-mitogen                                    # ... its runs in the emulated guest, 3x faster
   python3-venv                                       # fleet tests: kubernetes-validate (below)
 )
 build_only=false

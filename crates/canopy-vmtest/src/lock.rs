@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::error::{io_error, Result};
 
@@ -74,17 +74,13 @@ impl Drop for VmLock {
             "canopy-vmtest: `{}` held the VM for {held:.1} s (waited {waited:.1} s for it)",
             self.scenario
         );
-        let since_epoch = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let line = format!("{since_epoch}\t{}\t{held:.1}\t{waited:.1}\n", self.scenario);
-        let timings = crate::paths::log_dir().join("timings.tsv");
-        // Best effort: a missing log directory must not fail a scenario that passed.
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(timings)
-            .and_then(|mut file| file.write_all(line.as_bytes()));
+        crate::paths::append_log_row(
+            "timings.tsv",
+            &[
+                &self.scenario,
+                &format!("{held:.1}"),
+                &format!("{waited:.1}"),
+            ],
+        );
     }
 }

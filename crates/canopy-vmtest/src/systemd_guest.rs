@@ -517,21 +517,10 @@ fn drive_path(path: &Path) -> String {
 
 /// Appends one step's time to `<target>/vm-logs/steps.tsv` (Unix time, scenario, step, seconds),
 /// beside the VM's hold times in `timings.tsv`: a passing test's output is captured, and the
-/// systemd guest's time varies by the step (tests/run-all.sh prints both at the end of a run).
-/// Best effort: a missing log directory must not fail a step that passed.
+/// systemd guest's time varies by the step.
 fn record_step_time(scenario: &str, step: &str, took: Duration) {
-    use std::io::Write as _;
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let line = format!(
-        "{since_epoch}\t{scenario}\t{step}\t{:.1}\n",
-        took.as_secs_f64()
+    crate::paths::append_log_row(
+        "steps.tsv",
+        &[scenario, step, &format!("{:.1}", took.as_secs_f64())],
     );
-    let _ = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_dir().join("steps.tsv"))
-        .and_then(|mut file| file.write_all(line.as_bytes()));
 }
