@@ -1,13 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! The initramfs archive: a gzip'd "newc" cpio written directly, so device nodes
+//! The initramfs archive: an uncompressed "newc" cpio written directly, so device nodes
 //! (`/dev/console`) and root-owned files need no privileges on the host and no staging
 //! directory. Owns only the byte format; what goes into the archive is `initramfs.rs`'s job.
 
 use std::collections::BTreeSet;
-use std::io::Write;
-
-use flate2::write::GzEncoder;
-use flate2::Compression;
 
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
@@ -18,21 +14,16 @@ const S_IFCHR: u32 = 0o020000;
 /// and each path is written at most once (the first writer wins), so callers can add the
 /// binaries under test before busybox's applet links without shadowing them.
 pub struct CpioWriter {
-    out: GzEncoder<Vec<u8>>,
+    out: Vec<u8>,
     next_inode: u32,
-    /// Uncompressed bytes written so far: the offset inside the cpio stream.
-    offset: u64,
     written: BTreeSet<String>,
 }
 
 impl CpioWriter {
     pub fn new() -> Self {
         CpioWriter {
-            // Level 1: the kernel decompresses this under TCG, and the host builds one per
-            // scenario; speed matters more than size on both sides.
-            out: GzEncoder::new(Vec::new(), Compression::fast()),
+            out: Vec::new(),
             next_inode: 1,
-            offset: 0,
             written: BTreeSet::new(),
         }
     }
@@ -70,10 +61,10 @@ impl CpioWriter {
         });
     }
 
-    /// Finishes the archive (trailer, gzip footer) and returns its bytes.
-    pub fn finish(mut self) -> std::io::Result<Vec<u8>> {
+    /// Finishes the archive (the trailer) and returns its bytes.
+    pub fn finish(mut self) -> Vec<u8> {
         self.header("TRAILER!!!", 0, 0, 0, 0);
-        self.out.finish()
+        self.out
     }
 
     fn with_parent(&mut self, path: &str, write: impl FnOnce(&mut Self, &str)) {
@@ -124,14 +115,12 @@ impl CpioWriter {
     }
 
     fn put(&mut self, bytes: &[u8]) {
-        // Writing into a Vec-backed encoder cannot fail short of allocation failure.
-        self.out.write_all(bytes).expect("writing to memory");
-        self.offset += bytes.len() as u64;
+        self.out.extend_from_slice(bytes);
     }
 
     fn pad(&mut self) {
-        let padding = (4 - (self.offset % 4)) % 4;
-        self.put(&[0u8; 3][..padding as usize]);
+        let padding = (4 - (self.out.len() % 4)) % 4;
+        self.put(&[0u8; 3][..padding]);
     }
 }
 
@@ -142,21 +131,13 @@ fn normalize(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::read::GzDecoder;
-    use std::io::Read;
-
-    fn unpack(bytes: Vec<u8>) -> Vec<u8> {
-        let mut raw = Vec::new();
-        GzDecoder::new(&bytes[..]).read_to_end(&mut raw).unwrap();
-        raw
-    }
 
     #[test]
     fn entries_are_four_byte_aligned_and_parents_come_first() {
         let mut writer = CpioWriter::new();
         writer.file("/usr/bin/x", 0o755, b"abcde");
         writer.file("/usr/bin/x", 0o755, b"shadowed");
-        let raw = unpack(writer.finish().unwrap());
+        let raw = writer.finish();
         let text = String::from_utf8_lossy(&raw);
         let usr = text.find("usr\0").unwrap();
         let usr_bin = text.find("usr/bin\0").unwrap();

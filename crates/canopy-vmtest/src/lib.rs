@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! canopy-vmtest: the host side of the VM test harness. It fetches and checks the test kernel
-//! (`scripts/fetch-kernel.sh`), builds a gzip'd cpio initramfs (busybox, the binaries under
+//! (`scripts/fetch-kernel.sh`), builds an uncompressed cpio initramfs (busybox, the binaries under
 //! test and their libraries, `canopy-guest`, optional Debian tools), boots it under qemu, streams
 //! the serial console to `target/vm-logs/`, parses `CANOPY-RESULT {json}` lines, enforces a
 //! timeout and always kills qemu.
@@ -232,7 +232,7 @@ impl Scenario {
         std::fs::create_dir_all(&log_dir).map_err(io_error(&log_dir))?;
         let log_path = qemu::new_log_path(&log_dir, &self.name);
         let initramfs_path = work_dir.join(format!(
-            "{}.cpio.gz",
+            "{}.cpio",
             log_path.file_stem().unwrap_or_default().to_string_lossy()
         ));
         let archive = initramfs::build(&files, script)?;
@@ -286,7 +286,7 @@ impl Scenario {
         let accel = qemu::choose_accel(&prepared.kernel.vmlinuz, &prepared.work_dir);
         let cpus = self.effective_cpus();
         let launch = Launch {
-            vmlinuz: &prepared.kernel.vmlinuz,
+            kernel_image: &prepared.kernel.boot_image,
             initramfs: &prepared.initramfs_path,
             cpus,
             memory: &self.memory,
@@ -339,7 +339,7 @@ impl Scenario {
         let _lock = lock::VmLock::acquire(&paths::vm_lock_path(), &self.name)?;
         let accel = qemu::choose_accel(&prepared.kernel.vmlinuz, &prepared.work_dir);
         let launch = Launch {
-            vmlinuz: &prepared.kernel.vmlinuz,
+            kernel_image: &prepared.kernel.boot_image,
             initramfs: &prepared.initramfs_path,
             cpus: self.effective_cpus(),
             memory: &self.memory,

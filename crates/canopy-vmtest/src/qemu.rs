@@ -51,7 +51,8 @@ fn host_nice() -> Option<libc::c_int> {
 
 /// Everything one qemu invocation needs.
 pub struct Launch<'a> {
-    pub vmlinuz: &'a Path,
+    /// The kernel qemu boots ([`crate::kernel::Kernel::boot_image`]).
+    pub kernel_image: &'a Path,
     pub initramfs: &'a Path,
     pub cpus: usize,
     pub memory: &'a str,
@@ -72,7 +73,7 @@ impl Launch<'_> {
             // No NIC: nothing needs a network, and skipping iPXE's option ROM saves boot time.
             .args(["-no-reboot", "-nic", "none"])
             .arg("-kernel")
-            .arg(self.vmlinuz)
+            .arg(self.kernel_image)
             .arg("-initrd")
             .arg(self.initramfs);
         let mut append = String::from(GUEST_KERNEL_ARGS);
@@ -274,6 +275,9 @@ fn echo_line(line: &str) {
 /// The accelerator to use: `CANOPY_VM_ACCEL` (`kvm`, `tcg` or `auto`, the default). `auto`
 /// boots a tiny probe guest with KVM once per process and uses KVM only if it reaches its
 /// `/init`: on nested machines `/dev/kvm` exists but guests die ("KVM internal error").
+/// The probe boots `vmlinuz`, not the PVH `vmlinux` the scenarios boot: on the dev host's
+/// refused nested KVM, qemu reports the failure at once for `vmlinuz` but sat silent until the
+/// probe's 30 s deadline for `vmlinux`.
 pub fn choose_accel(vmlinuz: &Path, scratch: &Path) -> Accel {
     static CHOSEN: OnceLock<Accel> = OnceLock::new();
     *CHOSEN.get_or_init(|| match std::env::var("CANOPY_VM_ACCEL").as_deref() {
@@ -313,11 +317,10 @@ fn kvm_probe_boots(vmlinuz: &Path, scratch: &Path) -> bool {
             "#!/bin/busybox sh\n/bin/busybox echo {KVM_PROBE_MARKER}\n/bin/busybox poweroff -f\n"
         );
         archive.file("/init", 0o755, init.as_bytes());
-        let initramfs = scratch.join("kvm-probe.cpio.gz");
-        std::fs::write(&initramfs, archive.finish().map_err(io_error(&initramfs))?)
-            .map_err(io_error(&initramfs))?;
+        let initramfs = scratch.join("kvm-probe.cpio");
+        std::fs::write(&initramfs, archive.finish()).map_err(io_error(&initramfs))?;
         let launch = Launch {
-            vmlinuz,
+            kernel_image: vmlinuz,
             initramfs: &initramfs,
             cpus: 1,
             memory: "256M",

@@ -480,7 +480,7 @@ impl Prepared {
         }
         command
             .arg("-kernel")
-            .arg(&self.image.kernel.vmlinuz)
+            .arg(&self.image.kernel.boot_image)
             .args([
                 "-append",
                 &format!(
