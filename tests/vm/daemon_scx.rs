@@ -223,6 +223,8 @@ canopy-guest class-map --pid $STORM --comm-prefix w- --kind storm-classes
 canopy-guest class-map --pid $DAEMON --kind daemon-classes
 canopy status --json > /tmp/status.json
 canopy-guest report daemon status=@/tmp/status.json
+# the checks are done: end the storm's hold (15 s at most) now
+kill -USR1 $STORM
 wait $STORM
 "#,
             start_probes = crate::support::start_ui_probes("app", true),

@@ -3,10 +3,11 @@
 //! with PR_SET_NAME, `--renames` times in all), `--forks` short-lived child processes (each can
 //! rename itself too) and `--execs` fork+exec of `/bin/true`, at a target `--rate` of operations
 //! per second (0 = as fast as possible). Threads can be held alive (`--hold-ms`) so a daemon
-//! has time to tag them. Reports counts, elapsed time and the achieved rate.
+//! has time to tag them; a SIGUSR1 to the storm ends the threads' hold early, so a script holds
+//! them exactly as long as its checks take. Reports counts, elapsed time and the achieved rate.
 
 use std::process::Command;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -35,7 +36,8 @@ pub struct StormArgs {
     /// Target operations (thread creations, forks, execs) per second; 0 = unthrottled.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// How long each thread (and forked child) stays alive after renaming, in milliseconds.
+    /// How long each thread (and forked child) stays alive after renaming, in milliseconds. A
+    /// SIGUSR1 to the storm process ends the threads' hold at once (not the children's).
     #[arg(long, default_value_t = 0)]
     hold_ms: u64,
     /// Include the created threads' tids in the result.
@@ -94,6 +96,12 @@ pub fn run(args: &StormArgs) -> Result<()> {
         operations += 1;
     }
 
+    // SIGUSR1 is blocked here, before any thread exists (they inherit the mask), so only the
+    // `sigtimedwait` below receives it, whichever thread the kernel picks.
+    let early_release = signal_set(libc::SIGUSR1);
+    // SAFETY: a valid signal set; changes only this thread's mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &early_release, std::ptr::null_mut()) };
+    let hold_over = Arc::new((Mutex::new(false), Condvar::new()));
     let (tid_sender, tid_receiver) = std::sync::mpsc::channel();
     let release = Arc::new(Barrier::new(args.threads + 1));
     let mut threads = Vec::new();
@@ -103,6 +111,7 @@ pub fn run(args: &StormArgs) -> Result<()> {
         let renames = args.renames;
         let tid_sender = tid_sender.clone();
         let release = release.clone();
+        let hold_over = hold_over.clone();
         threads.push(
             std::thread::Builder::new()
                 .stack_size(64 * 1024)
@@ -112,9 +121,12 @@ pub fn run(args: &StormArgs) -> Result<()> {
                     }
                     // SAFETY: gettid has no preconditions.
                     let _ = tid_sender.send(unsafe { libc::syscall(libc::SYS_gettid) });
-                    // Every thread stays until all exist, then `hold` longer.
+                    // Every thread stays until all exist, then `hold` longer or until the
+                    // hold is declared over (SIGUSR1).
                     release.wait();
-                    std::thread::sleep(hold);
+                    let (over, changed) = &*hold_over;
+                    let over = over.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let _ = changed.wait_timeout_while(over, hold, |over| !*over);
                 })
                 .context("creating a storm thread")?,
         );
@@ -123,6 +135,17 @@ pub fn run(args: &StormArgs) -> Result<()> {
     drop(tid_sender);
     let created = Instant::now();
     release.wait();
+    if args.threads > 0 && !hold.is_zero() {
+        let timeout = libc::timespec {
+            tv_sec: hold.as_secs() as libc::time_t,
+            tv_nsec: hold.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: a valid blocked set; waits for SIGUSR1 or the hold, whichever comes first.
+        unsafe { libc::sigtimedwait(&early_release, std::ptr::null_mut(), &timeout) };
+        let (over, changed) = &*hold_over;
+        *over.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+        changed.notify_all();
+    }
     let tids: Vec<i64> = tid_receiver.iter().collect();
     for thread in threads {
         let _ = thread.join();
@@ -167,6 +190,17 @@ impl Pacer {
                 std::thread::sleep(pause);
             }
         }
+    }
+}
+
+/// A signal set holding `signal` alone.
+fn signal_set(signal: libc::c_int) -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set before sigaddset reads it.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        set
     }
 }
 
