@@ -35,6 +35,7 @@ prepare=$!
 # `cargo clippy -p canopy -p canopy-controller -p canopy-sys -- -D warnings` lint the same.)
 cargo build -p canopy -p canopy-controller -p canopy-sys --locked
 cargo test --workspace --locked --no-run
+built_at=$(date +%s)
 wait "$prepare" || echo "run-all: preparing the VM tests failed (see below); the tests retry it" >&2
 grep '^prepare-vm-tests:' "$target/prepare-vm-tests.log" >&2 || tail -n 20 "$target/prepare-vm-tests.log" >&2
 # Every test; then, when some failed, their names and messages once more at the very end: CI
@@ -57,9 +58,12 @@ fi
 # protocol and crash-record adoption 30 s each, the policy parsers 20 s each (two targets at a
 # time, one per CPU), after the tests so it does not share the CPUs with the VM scenarios. A
 # crash, hang or OOM fails the run.
+tested_at=$(date +%s)
 fuzz_status=0
 # (Its own workspace and toolchain choice: built by rustc, not linted here.)
 unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+# The fuzz targets' build is cached beside the test kernel (fuzz/run.sh says why).
+export CANOPY_FUZZ_BUILD_DIR=${CANOPY_FUZZ_BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/canopy/fuzz-build}
 FUZZ_SECONDS=${CANOPY_CI_FUZZ_SECONDS:-30} fuzz/run.sh control crash_record || fuzz_status=$?
 if [ "$fuzz_status" -eq 0 ]; then
   FUZZ_SECONDS=${CANOPY_CI_FUZZ_SECONDS:-20} fuzz/run.sh policy schedqos || fuzz_status=$?
@@ -82,4 +86,5 @@ if [ -s "$target/vm-logs/steps.tsv" ]; then
   awk -F'\t' -v since="$run_started" '$1 >= since { printf "  %7.1f  %s: %s\n", $4, $2, $3 }' \
     "$target/vm-logs/steps.tsv" >&2
 fi
+echo "run-all: phases (wall seconds): install and build $((built_at - run_started)), tests $((tested_at - built_at)), fuzzing with its build $(($(date +%s) - tested_at))" >&2
 exit "$status"
