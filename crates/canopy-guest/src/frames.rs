@@ -14,8 +14,17 @@
 //! 40 ms (due 16.67: late by 23.3 ms); frame 1 (due 33.3) is dropped; frame 2 (released 33.3,
 //! due 50) starts at once. Missed = late + dropped = 2, worst lateness 23.3 ms.
 //!
-//! One CANOPY-RESULT: periods, missed/late/dropped and worst lateness per thread, and the build's
-//! completed jobs in the measured window (what the background work got).
+//! Where a late period's time went ([`LateParts`]): its wakeup delay (release to the thread
+//! running again after its sleep) and how long it was kept off the CPU while it worked (the
+//! work's wall time less the CPU time it needed). Worked example, P = 16.67 ms, 4 ms of work:
+//! woken 2 ms after its release and preempted for 11 ms in the middle of its work, a frame
+//! completes at 17 ms, late by 0.33 ms: wake delay 2 ms, preempted 11 ms. (Under TCG a vCPU
+//! the host does not run still advances the guest's clocks, CPU time included, so such a stall
+//! shows in neither part.)
+//!
+//! One CANOPY-RESULT: periods, missed/late/dropped, worst lateness and the late periods' parts
+//! per thread, and the build's completed jobs in the measured window (what the background work
+//! got).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -153,6 +162,11 @@ impl DeadlineBook {
         self.next = next;
     }
 
+    /// When the current period is due, or `None` once every period of the window is done.
+    pub fn due_ns(&self) -> Option<u64> {
+        (self.next < self.periods).then(|| self.start_ns + (self.next + 1) * self.period_ns)
+    }
+
     /// Late plus dropped periods.
     pub fn missed(&self) -> u64 {
         self.late + self.dropped
@@ -221,16 +235,74 @@ fn burn_cpu_ns(work_ns: u64) {
     }
 }
 
-/// One periodic thread: named `name`, work `work_ns` each period, accounted in a book.
-fn periodic(name: &'static str, book: DeadlineBook, work_ns: u64) -> DeadlineBook {
-    let mut book = book;
-    crate::storm::set_thread_name(name);
-    while let Some(release) = book.next_release_ns() {
-        sleep_until_ns(release);
-        burn_cpu_ns(work_ns);
-        book.complete(monotonic_ns());
+/// The two parts of every late period's time, in nanoseconds: its wakeup delay and the time it
+/// was kept off the CPU while it worked (see the module's comment).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LateParts {
+    wake_delay_ns: Vec<u64>,
+    preempted_ns: Vec<u64>,
+}
+
+impl LateParts {
+    /// Records a period released at `release_ns`, running from `woke_ns` and done at `done_ns`,
+    /// after `work_ns` of CPU time, if it completed after `due_ns`.
+    pub fn record(
+        &mut self,
+        release_ns: u64,
+        woke_ns: u64,
+        done_ns: u64,
+        due_ns: u64,
+        work_ns: u64,
+    ) {
+        if done_ns > due_ns {
+            self.wake_delay_ns.push(woke_ns.saturating_sub(release_ns));
+            self.preempted_ns
+                .push(done_ns.saturating_sub(woke_ns).saturating_sub(work_ns));
+        }
     }
-    book
+
+    /// Median, 90th percentile and largest of each part (ms), and how many late periods lost
+    /// more to the wakeup than to preemption.
+    pub fn summary(&self) -> Value {
+        let spread = |values: &[u64]| {
+            let mut sorted = values.to_vec();
+            sorted.sort_unstable();
+            let at = |fraction: f64| {
+                let index = ((sorted.len() as f64 * fraction).ceil() as usize).saturating_sub(1);
+                sorted.get(index).map_or(0.0, |&ns| ns as f64 / 1e6)
+            };
+            json!({ "p50_ms": at(0.5), "p90_ms": at(0.9), "max_ms": at(1.0) })
+        };
+        let mostly_wake = self
+            .wake_delay_ns
+            .iter()
+            .zip(&self.preempted_ns)
+            .filter(|(wake, preempted)| wake > preempted)
+            .count();
+        json!({
+            "late": self.wake_delay_ns.len(),
+            "wake_delay": spread(&self.wake_delay_ns),
+            "preempted": spread(&self.preempted_ns),
+            "mostly_wake_delay": mostly_wake,
+        })
+    }
+}
+
+/// One periodic thread: named `name`, work `work_ns` each period, accounted in a book, its late
+/// periods' parts beside it.
+fn periodic(name: &'static str, book: DeadlineBook, work_ns: u64) -> (DeadlineBook, LateParts) {
+    let mut book = book;
+    let mut parts = LateParts::default();
+    crate::storm::set_thread_name(name);
+    while let (Some(release), Some(due)) = (book.next_release_ns(), book.due_ns()) {
+        sleep_until_ns(release);
+        let woke = monotonic_ns();
+        burn_cpu_ns(work_ns);
+        let done = monotonic_ns();
+        parts.record(release, woke, done, due, work_ns);
+        book.complete(done);
+    }
+    (book, parts)
 }
 
 fn online_cpus() -> usize {
@@ -342,7 +414,7 @@ pub fn run(args: &FramesArgs) -> Result<()> {
     }
     let build_report = read_build_report(&mut build);
     kill_group(&mut build);
-    let (Ok(frames), Ok(audio)) = (frames, audio) else {
+    let (Ok((frames, frame_parts)), Ok((audio, audio_parts))) = (frames, audio) else {
         bail!("a periodic thread panicked");
     };
     let build_report = build_report?;
@@ -360,6 +432,8 @@ pub fn run(args: &FramesArgs) -> Result<()> {
             "audio_work_ms": args.audio_work_us as f64 / 1000.0,
             "frames": frames.summary(),
             "audio": audio.summary(),
+            "frames_late_parts": frame_parts.summary(),
+            "audio_late_parts": audio_parts.summary(),
             "build_jobs": build_report["jobs"],
             "build_spawn_errors": build_report["spawn_errors"],
         }),
@@ -441,6 +515,32 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_late_periods_time_splits_into_its_wake_delay_and_its_preemption() {
+        // The module's example: P = 16.67 ms, 4 ms of work, woken 2 ms late, preempted 11 ms.
+        let period = 16_670_000;
+        let mut parts = LateParts::default();
+        parts.record(0, 2 * MS, 17 * MS, period, 4 * MS);
+        // on time: not recorded
+        parts.record(period, period + MS, period + 5 * MS, 2 * period, 4 * MS);
+        // late mostly from its wakeup
+        parts.record(
+            2 * period,
+            2 * period + 15 * MS,
+            2 * period + 19 * MS,
+            3 * period,
+            4 * MS,
+        );
+        let summary = parts.summary();
+        assert_eq!(summary["late"], 2);
+        assert_eq!(summary["mostly_wake_delay"], 1);
+        assert_eq!(summary["wake_delay"]["max_ms"], 15.0);
+        assert_eq!(summary["wake_delay"]["p50_ms"], 2.0);
+        assert_eq!(summary["preempted"]["max_ms"], 11.0);
+        assert_eq!(summary["preempted"]["p50_ms"], 0.0);
+        assert_eq!(LateParts::default().summary()["wake_delay"]["max_ms"], 0.0);
+    }
 
     #[test]
     fn periods_in_the_window_round_up() {
