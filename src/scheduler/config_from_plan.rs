@@ -41,10 +41,13 @@ pub fn config_from_plan(plan: &Plan, cgroup_root: &Path, nr_cpus: u32) -> Schedu
                 weight: params.weight.clamp(1, 10000),
                 slice_us: params.slice_us.max(100) as u64,
                 preempts: params.preempt,
-                // classes below DEFAULT give way to preempting classes at once, DEFAULT after
-                // it has run a millisecond of its slice
+                // classes below DEFAULT give way to preempting classes at once; DEFAULT and the
+                // classes between it and the top (USER_INITIATED, where canopy's own daemon
+                // runs) once they have run a millisecond of their slice; the top class never
+                // (docs/scheduler-benchmark.md, 2026-12-05: the daemon's threads in the top
+                // class were what waking frame and audio threads queued behind)
                 preemptible: position > default_position,
-                preemptible_after_us: if position == default_position {
+                preemptible_after_us: if position > 0 && position <= default_position {
                     super::config::DEFAULT_PREEMPTIBLE_AFTER_US
                 } else {
                     0
@@ -184,5 +187,11 @@ weight = 70
         assert_eq!(config.default_class_id().unwrap(), 3);
         assert_eq!(table[3].weight, 70);
         assert!(table[3].preemptible && !table[2].preemptible);
+        // the top class is never preemptible; USER_INITIATED (the daemon's) and DEFAULT after 1 ms
+        let after: Vec<u32> = table
+            .iter()
+            .map(|class| class.preemptible_after_us)
+            .collect();
+        assert_eq!(after[..3], [0, 1000, 1000], "{after:?}");
     }
 }

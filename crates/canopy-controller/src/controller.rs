@@ -32,8 +32,12 @@ mod group_states;
 mod requests;
 pub use requests::{resolve_request_cgroup, Explanation, RequestError, RequestPathError};
 
-/// The class canopy's own threads run in, in scx mode (the schedulers' highest built-in class).
-const HIGHEST_CLASS: &str = "USER_INTERACTIVE";
+/// The class canopy's own threads run in, in scx mode: USER_INITIATED, a preempting class (so a
+/// waking daemon thread still preempts the load whose events it handles) that the schedulers
+/// make preemptible after 1 ms of running (so the user's USER_INTERACTIVE threads never queue
+/// behind the daemon for longer). In USER_INTERACTIVE until 2026-12-05, where it was most of
+/// what waking frame and audio threads queued behind (docs/scheduler-benchmark.md).
+const DAEMON_CLASS: &str = "USER_INITIATED";
 /// Levels above a task's cgroup searched for the group that governs it (as the schedulers'
 /// CANOPY_MAX_CGROUP_DEPTH).
 const MAX_OWNER_LEVELS: usize = 16;
@@ -53,9 +57,9 @@ pub struct ControllerConfig {
     /// How cgroup moves are noticed (shown by `status`).
     pub move_watcher: String,
     /// canopy's own process. The policy it enforces never demotes it: its latency is what the
-    /// acceptance figures measure. In scx mode its threads run in the highest class,
-    /// USER_INTERACTIVE (the schedulers' counterpart of the systemd unit's Nice=-5); in fallback
-    /// mode they keep what the service manager gave them.
+    /// acceptance figures measure. In scx mode its threads run in USER_INITIATED (`DAEMON_CLASS`,
+    /// the schedulers' counterpart of the systemd unit's Nice=-5); in fallback mode they keep what
+    /// the service manager gave them.
     pub daemon_pid: Option<u32>,
 }
 

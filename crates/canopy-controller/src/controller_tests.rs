@@ -683,9 +683,9 @@ fn the_daemons_own_process_is_never_demoted() {
         c.request_state(mini, "minimized", Instant::now()).unwrap();
         let explained = c.explain(300).unwrap();
         if scx {
-            // The highest class, whatever the group's ceiling.
-            assert_eq!(applied(&c, 300).as_deref(), Some("USER_INTERACTIVE"));
-            assert_eq!(applied(&c, 301).as_deref(), Some("USER_INTERACTIVE"));
+            // The daemon's class (USER_INITIATED), whatever the group's ceiling.
+            assert_eq!(applied(&c, 300).as_deref(), Some("USER_INITIATED"));
+            assert_eq!(applied(&c, 301).as_deref(), Some("USER_INITIATED"));
             assert!(
                 explained[0].why.contains("canopy's own process"),
                 "{explained:?}"
@@ -827,7 +827,7 @@ fn switching_backend_applies_every_task_and_group_afresh_and_leaves_the_daemon_a
     let mut c = started(TestPlan::desktop(), scx, src, config);
     assert_eq!(
         c.backend().applied.get(&200).map(String::as_str),
-        Some("USER_INTERACTIVE")
+        Some("USER_INITIATED")
     );
     let old = c.switch_backend(RecordingBackend::default(), "scx ejected".into());
     assert!(old.scx);

@@ -48,9 +48,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         ) {
             return;
         }
-        // canopy's own threads (scx mode; fallback skipped them above) run in the highest class.
+        // canopy's own threads (scx mode; fallback skipped them above) run in DAEMON_CLASS.
         let own_class = (self.config.daemon_pid == Some(task.tgid))
-            .then(|| self.plan.class_by_name(HIGHEST_CLASS))
+            .then(|| self.plan.class_by_name(DAEMON_CLASS))
             .flatten();
         let own = own_class.is_some();
         let requested = own_class.or_else(|| self.requested(task, process));

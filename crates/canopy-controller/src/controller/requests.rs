@@ -286,7 +286,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                     "canopy's own process: left as the service manager started it".into()
                 }
                 _ if self.config.daemon_pid == Some(task.tgid) => format!(
-                    "canopy's own process: runs in {HIGHEST_CLASS} so it keeps up with the load it manages"
+                    "canopy's own process: runs in {DAEMON_CLASS} so it keeps up with the load it manages"
                 ),
                 (_, None) => "no rule matched and the policy has no default class".into(),
                 (_, Some(c)) => {
