@@ -23,7 +23,9 @@
  * preempting class (USER_INTERACTIVE) goes straight to an idle cid, else preempts a cid
  * running one of our tasks of a preemptible class (UTILITY, BACKGROUND; DEFAULT once it has
  * run 1 ms of its slice, so a UI thread or the daemon waits at most that long behind default
- * work), while it has preemption budget left (preempt_budget.bpf.h: 40 ms of running per
+ * work; in the daemon's class table also the classes between the top and DEFAULT, where the
+ * daemon itself runs, so a UI thread waits at most 1 ms behind it: `preemptible_after_us`,
+ * set by userspace), while it has preemption budget left (preempt_budget.bpf.h: 40 ms of running per
  * 100 ms window; a busy loop then queues in vtime order like everyone else). When our tasks
  * are queued and a child holds the cids, the child's oldest grant is cut once it is a quantum
  * old (reclaim_child_cid), whatever the slice its scheduler chose.
