@@ -13,7 +13,7 @@ build_packages=(
 )
 test_packages=(
   g++                                                # libFuzzer, built by libfuzzer-sys (fuzz/run.sh)
-  qemu-system-x86 busybox-static cpio zstd bpftool   # VM test harness
+  busybox-static cpio zstd bpftool                   # VM test harness (qemu: below)
   rt-tests stress-ng                                 # workloads run inside the guest
   mmdebstrap e2fsprogs openssh-client                # the systemd guest (Debian 13 image, SSH)
   dpkg-dev lintian                                   # the Debian package (dpkg-shlibdeps, checks)
@@ -39,6 +39,31 @@ if ((${#missing[@]})); then
   # stay off where systemd would have started them.
   if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
     "${sudo_cmd[@]}" systemctl disable --now prometheus.service prometheus-node-exporter.service || true
+  fi
+fi
+# qemu 10 for the VM tests. bookworm's 7.2 keeps running stale translated code after the guest
+# patches its kernel text (static keys, which sched_ext flips at every scheduler enable and
+# disable): the guest dies of an `Oops: int3`. Flipping one key 3,000 times beside a busy load
+# killed every 7.2 guest within about a second (4 of 4), and 2 of 7 qemu 10.0 guests, after
+# about 3,300 and 4,500 flips (2026-12-05, tests/vm/README.md "The emulator's `Oops: int3`"). bookworm gets
+# it from Debian's bookworm-backports; trixie has it.
+if ! $build_only; then
+  qemu_version=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+  if [[ -z $qemu_version ]] || dpkg --compare-versions "$qemu_version" lt 1:10.0; then
+    sudo_cmd=(); [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    release=()
+    if [[ $codename == bookworm ]]; then
+      if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "install-deps: adding Debian's bookworm-backports (for qemu 10)" >&2
+        echo 'deb http://deb.debian.org/debian bookworm-backports main' \
+          | "${sudo_cmd[@]}" tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+      fi
+      release=(-t bookworm-backports)
+    fi
+    echo "install-deps: installing qemu-system-x86 ${release[*]} (have: ${qemu_version:-none})" >&2
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${release[@]}" qemu-system-x86
   fi
 fi
 # Rust, where there is none: rustup's installer for this architecture, verified, into ~/.cargo.

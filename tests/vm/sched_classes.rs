@@ -20,6 +20,13 @@ fn slow_wakeups_allowed(wakeups: u64, floor_over_1ms: f64) -> u64 {
     (wakeups as f64 * 0.01 * platform_slowdown).floor() as u64
 }
 
+/// How much more often than the SCHED_FIFO floor under canopy's root canopy's USER_INTERACTIVE
+/// probe may wait 1 ms or more, and the points allowed besides for the few-sample noise of a
+/// quiet run (0.2% is about 11 of 5,500 wakeups). See
+/// `interactive_task_latency_under_background_load` for the runs that set them.
+const TAIL_RATIO_ALLOWED: f64 = 1.5;
+const TAIL_SLACK: f64 = 0.002;
+
 /// A cyclictest result's share of samples of 1 ms and more (its tail and overflows).
 fn over_one_ms(latency: &serde_json::Value) -> f64 {
     let tail: u64 = latency["tail_per_ms"]
@@ -47,8 +54,9 @@ fn over_one_ms(latency: &serde_json::Value) -> f64 {
 ///   running: at most 1% of USER_INTERACTIVE wakeups take over 1 ms, scaled by how much more
 ///   often than on a quiet host the floor under canopy's root waited over 1 ms
 ///   (QUIET_FLOOR_OVER_1MS);
-/// - canopy's p99 is at the platform floor (at most 1.5x the SCHED_FIFO p99 under its root) and
-///   its p90 beats both baselines' p90, scaled by how much higher the floor's p90 was under
+/// - canopy's tail is the platform floor's: its probe waits 1 ms or more at most 1.5 times as
+///   often as the SCHED_FIFO floor under its root did, plus 0.2 points (until 2026-12-05 this
+///   compared the two p99s; see below why that moved), and its p90 beats both baselines' p90, scaled by how much higher the floor's p90 was under
 ///   canopy's root than under the fair scheduler (never below the plain p90);
 /// - the probe is tagged and the root survives the load.
 ///
@@ -69,6 +77,22 @@ fn over_one_ms(latency: &serde_json::Value) -> f64 {
 /// against fair's 3.3-4.1 ms and schedqos's 0.92-1.30 ms (floors' p90 ratio at most 1: no
 /// allowance used); slow wakeups 0, 7, 1, 0, 0 of 6,373-6,684 (allowed 63-65; the floor under
 /// canopy's root waited over 1 ms for 1.7-3.4% of its wakeups, under the 5% reference).
+///
+/// Why the tail share and not the p99 since 2026-12-05: on qemu 10 (fewer emulator stalls) the
+/// floor under canopy's root waits 1 ms or more for only 1.1-2.0% of its wakeups, so its p99
+/// (the 55th-slowest of about 5,500) sits on the knee of the distribution and jumps between 1.1
+/// and 2.8 ms on a share change of a few wakeups. A clean-clone run of fb78a74 on qemu 10 failed
+/// the old gate that way: canopy p99 2,141 us against a floor of 1,173 us (1.83x), while the
+/// shares over 1 ms were 1.61% against 1.17% (1.38x). Six runs of this test on qemu 10.0.2
+/// (2026-12-05 06:38-06:50 UTC, quiet host; canopy / floor): p99 1.48 / 1.12, 1.65 / 1.80,
+/// 3.19 / 2.78, 2.63 / 2.31, 2.99 / 2.50, 2.22 / 2.14 ms (old ratios 0.92-1.32); over 1 ms
+/// 1.46 / 1.06, 1.46 / 1.62, 2.12 / 1.96, 1.51 / 1.56, 1.72 / 1.45, 1.97 / 1.70% (ratios
+/// 0.90-1.38, the failed run's 1.38 included, against 1.5 allowed); p90 0.31-0.35 ms against
+/// fair's 2.9-3.4 and schedqos's 0.97-1.35 ms; slow wakeups 0-2 of 6,637-6,696. Three more
+/// with a busy loop on the host beside the emulator (`stress-ng --cpu 1` at nice 10, one of the
+/// host's two cores, 06:51-06:58 UTC): over 1 ms 5.13 / 7.77, 6.37 / 6.75, 7.11 / 6.12% (ratios
+/// 0.66-1.16), p99 4.29 / 4.39, 4.29 / 4.34, 4.16 / 4.14 ms, slow wakeups 12, 20, 11 of
+/// 6,119-6,270.
 ///
 /// The issue's literal target (p99 at most a quarter of fair's and half of schedqos's) is
 /// printed as met or NOT MET. Under TCG with both vCPUs busy, even SCHED_FIFO's p99 is 3-4 ms
@@ -169,10 +193,17 @@ canopy-guest report root-status-beside-fifo status=@/tmp/status.json
         floor_over_1ms * 100.0,
         QUIET_FLOOR_OVER_1MS * 100.0
     );
+    let canopy_over_1ms = over_one_ms(outcome.result("latency-canopy")?);
+    let tail_allowed = TAIL_RATIO_ALLOWED * floor_over_1ms + TAIL_SLACK;
     assert!(
-        canopy <= 1.5 * canopy_floor,
-        "canopy p99 {canopy} us is above the platform floor under its root (SCHED_FIFO p99 \
-         {canopy_floor} us) x 1.5"
+        canopy_over_1ms <= tail_allowed,
+        "canopy's probe waited over 1 ms for {:.2}% of its wakeups, above the platform floor \
+         under its root (SCHED_FIFO: {:.2}%) x {TAIL_RATIO_ALLOWED} + {:.1} points = {:.2}% \
+         (p99s: canopy {canopy} us, floor {canopy_floor} us)",
+        canopy_over_1ms * 100.0,
+        floor_over_1ms * 100.0,
+        TAIL_SLACK * 100.0,
+        tail_allowed * 100.0
     );
     let busier = (canopy_floor_p90 / fair_floor_p90).max(1.0);
     let (fair_bound, schedqos_bound) = (fair_p90 * busier, schedqos_p90 * busier);
