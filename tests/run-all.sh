@@ -3,8 +3,14 @@
 # test kernel is fetched and cached by the VM harness), then runs the whole cargo test suite,
 # VM scenarios included, then fuzzes the untrusted inputs for a bounded time (fuzz/run.sh, about
 # 50 s on 2 cores plus its build). This is the README's test command and what .ci/run runs.
+#   --host-only   everything but the VM scenarios (no qemu boots, no test kernel): what a fresh
+#                 machine's run proves about the install, the build, the host tests and fuzzing
+#                 (tests/vm/fresh_system.rs runs it on a fresh Debian 13)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+host_only=false
+if [[ ${1:-} == --host-only ]]; then host_only=true; shift; fi
+[[ $# -eq 0 ]] || { echo "usage: tests/run-all.sh [--host-only]" >&2; exit 2; }
 scripts/install-deps.sh
 # Where install-deps.sh installed Rust (a fresh machine has no cargo).
 [[ -x $HOME/.cargo/bin/cargo ]] && export PATH=$HOME/.cargo/bin:$PATH
@@ -26,8 +32,8 @@ export CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 target=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target"
 run_started=$(date +%s)
-scripts/prepare-vm-tests.sh > "$target/prepare-vm-tests.log" 2>&1 &
-prepare=$!
+prepare=
+$host_only || { scripts/prepare-vm-tests.sh > "$target/prepare-vm-tests.log" 2>&1 & prepare=$!; }
 # First the shipped feature set (the test build turns on canopy-controller's `testing` through
 # the dev-dependencies), where canopy-controller and canopy-sys deny unwrap and panicking
 # indexing (their lib.rs); then every target of the workspace. A few minutes on a fresh clone,
@@ -36,14 +42,26 @@ prepare=$!
 cargo build -p canopy -p canopy-controller -p canopy-sys --locked
 cargo test --workspace --locked --no-run
 built_at=$(date +%s)
-wait "$prepare" || echo "run-all: preparing the VM tests failed (see below); the tests retry it" >&2
-grep '^prepare-vm-tests:' "$target/prepare-vm-tests.log" >&2 || tail -n 20 "$target/prepare-vm-tests.log" >&2
+if [[ -n $prepare ]]; then
+  wait "$prepare" || echo "run-all: preparing the VM tests failed (see below); the tests retry it" >&2
+  grep '^prepare-vm-tests:' "$target/prepare-vm-tests.log" >&2 || tail -n 20 "$target/prepare-vm-tests.log" >&2
+fi
+# --host-only: every test of the VM scenarios' binary is skipped by its exact name (the list
+# is the binary's own, so a new scenario is skipped too); every other test binary runs whole.
+test_filter=()
+if $host_only; then
+  mapfile -t vm_tests < <(cargo test --locked --test vm -- --list --format terse | sed -n 's/: test$//p')
+  ((${#vm_tests[@]})) || { echo "run-all: could not list the VM scenarios" >&2; exit 1; }
+  test_filter=(-- --exact)
+  for name in "${vm_tests[@]}"; do test_filter+=(--skip "$name"); done
+  echo "run-all: --host-only: skipping the ${#vm_tests[@]} VM scenarios" >&2
+fi
 # Every test; then, when some failed, their names and messages once more at the very end: CI
 # shows the head and the tail of the output, and a failing test's message otherwise sits in the
 # middle, before the results of the test binaries that ran after it.
 log="$target/test-output.log"
 status=0
-cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --no-fail-fast "${test_filter[@]}" 2>&1 | tee "$log" || status=$?
 if [ "$status" -ne 0 ]; then
   echo "run-all: cargo test failed (exit $status); the failing tests and their messages:" >&2
   awk '

@@ -54,7 +54,7 @@ echo "left_behind=$( {
 "#;
 
 /// A scratch root file system, removed when dropped.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -63,14 +63,15 @@ impl Drop for Scratch {
 }
 
 /// `key=value` lines of the script's output.
-fn value<'a>(output: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn value<'a>(output: &'a str, key: &str) -> Option<&'a str> {
     output
         .lines()
         .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
 }
 
-fn install_and_purge_on(suite: &str) -> anyhow::Result<String> {
-    let package = debian_package(1)?;
+/// A fresh root file system of Debian @suite (`scripts/build-package-chroot.sh`'s cached tar,
+/// unpacked under the target dir as @name), removed when the returned value drops.
+pub(crate) fn unpacked_root(suite: &str, name: &str) -> anyhow::Result<Scratch> {
     let build = Command::new("bash")
         .arg(repo_root().join("scripts/build-package-chroot.sh"))
         .arg(suite)
@@ -85,10 +86,7 @@ fn install_and_purge_on(suite: &str) -> anyhow::Result<String> {
         );
     }
     let tarball = PathBuf::from(String::from_utf8_lossy(&build.stdout).trim());
-    let root = Scratch(target_dir().join(format!(
-        "vm-work/package-chroot-{suite}-{}",
-        std::process::id()
-    )));
+    let root = Scratch(target_dir().join(format!("vm-work/{name}-{suite}-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&root.0);
     std::fs::create_dir_all(&root.0)?;
     run(Command::new("tar")
@@ -96,11 +94,17 @@ fn install_and_purge_on(suite: &str) -> anyhow::Result<String> {
         .arg(&tarball)
         .arg("-C")
         .arg(&root.0))?;
-    std::fs::copy(&package, root.0.join("root/canopy.deb"))
-        .with_context(|| format!("copying {}", package.display()))?;
-    // The host's resolver and certificate authorities, for apt's downloads.
+    // The host's resolver, for apt's downloads.
     std::fs::copy("/etc/resolv.conf", root.0.join("etc/resolv.conf"))
         .context("copying /etc/resolv.conf into the chroot")?;
+    Ok(root)
+}
+
+fn install_and_purge_on(suite: &str) -> anyhow::Result<String> {
+    let package = debian_package(1)?;
+    let root = unpacked_root(suite, "package-chroot")?;
+    std::fs::copy(&package, root.0.join("root/canopy.deb"))
+        .with_context(|| format!("copying {}", package.display()))?;
     let script = root.0.join("root/check-package.sh");
     std::fs::write(&script, SCRIPT)?;
     let output = run(Command::new("chroot")
@@ -111,7 +115,7 @@ fn install_and_purge_on(suite: &str) -> anyhow::Result<String> {
 }
 
 /// Runs a command, its output or an error with all it printed.
-fn run(command: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn run(command: &mut Command) -> anyhow::Result<String> {
     let output = command
         .stdin(Stdio::null())
         .output()

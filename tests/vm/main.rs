@@ -20,6 +20,7 @@ mod debian_desktop;
 mod debian_package;
 mod debian_releases;
 mod fair_baseline;
+mod fresh_system;
 mod harness;
 mod kubernetes_policy;
 mod sched_benchmark;

@@ -42,8 +42,9 @@ pub use error::{Error, Result};
 pub use guest_build::guest_binary;
 pub use initramfs::GuestFile;
 pub use kernel::{kernel, Kernel};
+pub use lock::VmLock;
 pub use package::debian_package;
-pub use paths::{log_dir, repo_root, target_dir};
+pub use paths::{log_dir, repo_root, target_dir, vm_lock_path};
 pub use qemu::Accel;
 /// Re-exported so scenario tests can read results without their own dependency.
 pub use serde_json;
