@@ -417,15 +417,19 @@ fn canopy_wm_state_switches_the_state_of_a_process_cgroup() {
         &wrapper,
         format!(
             "#!/bin/sh\nexec '{}' \"$@\" --socket '{}'\n",
-            env!("CARGO_BIN_EXE_canopy"),
+            // User 1000 runs these: copies it can reach wherever the checkout is.
+            copy_for_other_users(Path::new(env!("CARGO_BIN_EXE_canopy")), &d.dir.join("exe"))
+                .display(),
             d.socket_arg()
         ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/window-managers/canopy-wm-state");
+    let script = copy_for_other_users(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/window-managers/canopy-wm-state"),
+        &bin,
+    );
     let path = format!(
         "{}:{}",
         bin.display(),

@@ -13,7 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 pub use canopy_controller::testing::host::{
-    can_run_as_root, cgroup2_root, remove_cgroup_tree, wait_for, MadeCgroups, RENAME_STORM_RULES,
+    can_run_as_root, cgroup2_root, copy_for_other_users, remove_cgroup_tree, wait_for, MadeCgroups,
+    RENAME_STORM_RULES,
 };
 
 /// `canopy ARGS` (the binary under test), waited for.

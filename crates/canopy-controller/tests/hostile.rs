@@ -271,7 +271,7 @@ fn ten_thousand_state_requests_for_missing_or_huge_paths_leave_memory_and_record
     };
     let flood = |n: usize| -> String {
         use std::os::unix::process::CommandExt;
-        let mut child = std::process::Command::new(TESTLOAD)
+        let mut child = std::process::Command::new(testload_for_other_users(&env))
             .args(["client-lines", env.socket().to_str().unwrap()])
             .uid(1000)
             .gid(1000)

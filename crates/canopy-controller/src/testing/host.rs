@@ -1,6 +1,7 @@
 //! What the root-only host tests of every crate and the daemon benchmark share: the root check,
-//! polling for a condition, the cgroup2 root, and the cgroup directories a test makes and must
-//! remove again (deepest first, waiting for the kernel to let go of exited tasks).
+//! polling for a condition, the cgroup2 root, the cgroup directories a test makes and must
+//! remove again (deepest first, waiting for the kernel to let go of exited tasks), and copies of
+//! the build's executables that other users can run.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,6 +21,27 @@ pub fn can_run_as_root() -> bool {
     );
     eprintln!("skipped: needs root (CANOPY_TESTS_WITHOUT_ROOT=1)");
     false
+}
+
+/// A copy of @file (an executable or script) in @dir, mode 0755, for a test that runs it as
+/// another user. The build's own copy can sit where other users cannot reach it: a checkout
+/// under `/root` (mode 0700), as on a fresh machine run as root, made every such test fail with
+/// EACCES (found by `tests/vm/fresh_system.rs`). @dir must be one they can reach (the tests'
+/// own directories under the temp dir are); it is made when missing. A copy already there is
+/// kept.
+pub fn copy_for_other_users(file: &Path, dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let name = file.file_name().expect("a file name");
+    let copy = dir.join(name);
+    if copy.exists() {
+        return copy;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(file, &copy)
+        .unwrap_or_else(|err| panic!("copying {} to {}: {err}", file.display(), copy.display()));
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
 }
 
 /// The host's cgroup2 mount point.

@@ -8,7 +8,7 @@
 use std::io::BufRead;
 use std::io::BufReader;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,7 +19,8 @@ use canopy_controller::policy_adapter::loader;
 use canopy_controller::protocol::{Request, Response};
 use canopy_controller::server;
 pub use canopy_controller::testing::host::{
-    can_run_as_root, cgroup2_root, remove_cgroup_tree, wait_for, MadeCgroups, TESTLOAD_POLICY,
+    can_run_as_root, cgroup2_root, copy_for_other_users, remove_cgroup_tree, wait_for, MadeCgroups,
+    TESTLOAD_POLICY,
 };
 use canopy_policy::DaemonMode;
 
@@ -285,10 +286,16 @@ pub fn open_socket(env: &Env) {
     std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
 }
 
+/// `canopy-testload`, copied where other users can run it (`copy_for_other_users`: the env's
+/// `bin`).
+pub fn testload_for_other_users(env: &Env) -> PathBuf {
+    copy_for_other_users(Path::new(TESTLOAD), &env.dir.join("bin"))
+}
+
 /// Runs `canopy-testload client` as `uid` against the env's socket; the reply line.
 pub fn client_as(env: &Env, uid: u32, request: &serde_json::Value) -> String {
     use std::os::unix::process::CommandExt;
-    let out = Command::new(TESTLOAD)
+    let out = Command::new(testload_for_other_users(env))
         .args([
             "client",
             env.socket().to_str().unwrap(),
