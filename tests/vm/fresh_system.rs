@@ -17,7 +17,8 @@
 //! policy makes BACKGROUND (rule `indexers`: a `sleep` copied as `updatedb`), started before the
 //! daemon, gets the fallback's BACKGROUND attributes; Ctrl-C (SIGINT) ends the daemon with
 //! status 0 and puts that process back as it was. The build holds both host cores for minutes,
-//! so the test holds the VM lock meanwhile: no guest's timing shares the CPUs with it. apt's
+//! so the test holds the VM lock from the moment cargo starts (the downloads and installs
+//! before it run beside the VM scenarios): no guest's timing shares the CPUs with the build. apt's
 //! downloads are kept between runs in `~/.cache/canopy/fresh-system-apt` (only the downloads: apt
 //! still resolves and installs every package); rustup and crates.io download afresh, as on a
 //! new machine. The chroot gets the host's network setup and nothing else of it: its resolver
@@ -32,7 +33,7 @@ use std::time::Instant;
 use anyhow::Context;
 use canopy_vmtest::{repo_root, vm_lock_path, VmLock};
 
-use crate::debian_releases::{run, unpacked_root, value};
+use crate::debian_releases::{unpacked_root, value};
 
 /// What a Debian 13 installation's apt sources say (the installer writes the same three).
 const SOURCES: &str = "Types: deb
@@ -125,7 +126,6 @@ exec timeout --kill-after=30 "$seconds" chroot "$root" /bin/bash /root/fresh-sys
 #[test]
 fn the_readme_main_command_runs_canopy_on_a_fresh_debian_13() -> anyhow::Result<()> {
     let root = unpacked_root("trixie", "fresh-system")?;
-    let _lock = VmLock::acquire(&vm_lock_path(), "fresh-debian-13")?;
     let started = Instant::now();
     std::fs::remove_file(root.0.join("etc/apt/sources.list")).ok();
     std::fs::write(
@@ -184,7 +184,9 @@ fn the_readme_main_command_runs_canopy_on_a_fresh_debian_13() -> anyhow::Result<
     std::fs::write(root.0.join("root/fresh-system.sh"), script)?;
     let apt_cache = canopy_cache().join("fresh-system-apt");
     std::fs::create_dir_all(apt_cache.join("partial"))?;
-    let output = run(Command::new("unshare")
+    let output_path = root.0.join("root/fresh-system.out");
+    let output_file = std::fs::File::create(&output_path)?;
+    let mut chroot = Command::new("unshare")
         .env_clear()
         .env(
             "PATH",
@@ -204,15 +206,45 @@ fn the_readme_main_command_runs_canopy_on_a_fresh_debian_13() -> anyhow::Result<
         .arg(&root.0)
         .arg(&apt_cache)
         // A fresh machine's downloads and build: minutes; a hang must not hold CI.
-        .arg(if test_command { "5400" } else { "1800" }));
+        .arg(if test_command { "5400" } else { "1800" })
+        .stdin(Stdio::null())
+        .stdout(output_file.try_clone()?)
+        .stderr(output_file)
+        .spawn()
+        .context("unshare")?;
+    // The downloads and the packages' and Rust's installation run beside the VM scenarios; from
+    // the moment cargo makes the target dir (the build, then the daemon, then with
+    // CANOPY_FRESH_SYSTEM_TESTS the test command) this holds the VM lock, so no guest's
+    // timing shares the CPUs with the build or the daemon that changes the host's tasks.
+    let mut lock = None;
+    let mut locked_at = None;
+    let status = loop {
+        if let Some(status) = chroot.try_wait()? {
+            break status;
+        }
+        if lock.is_none() && root.0.join("root/canopy/target").exists() {
+            lock = Some(VmLock::acquire(&vm_lock_path(), "fresh-debian-13")?);
+            locked_at = Some(Instant::now());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    drop(lock);
     let held = started.elapsed();
-    let output = output?;
+    let locked = locked_at.map(|at| at.elapsed()).unwrap_or_default();
+    let output = std::fs::read_to_string(&output_path).unwrap_or_default();
+    anyhow::ensure!(
+        status.success(),
+        "the fresh Debian 13 chroot failed ({status}):\n{output}"
+    );
     let what = if test_command {
         "main command, then its test command's host part"
     } else {
         "main command"
     };
-    println!("{output}\nfresh Debian 13: the README's {what}, {held:.0?} in all");
+    println!(
+        "{output}\nfresh Debian 13: the README's {what}, {held:.0?} in all, the build and after \
+         {locked:.0?} of it (holding the VM lock)"
+    );
     assert_eq!(value(&output, "release"), Some("13"), "{output}");
     assert_eq!(value(&output, "cargo_before"), Some("none"), "{output}");
     let status: serde_json::Value =
