@@ -21,6 +21,15 @@
 //!   5.56 ms (3.06 ms), 201; 23:13 UTC 0.504 (2219) | 7.67 ms (31.88 ms), 201; 23:18 UTC
 //!   0.527 (2035) | 2.72 ms (2.58 ms), 201
 //!
+//! - 2026-12-05, qemu 10, the probe every 5 ms (`PROBE_INTERVAL_US`; about 800 wakeups, so the
+//!   gated p99 is the 8th-slowest; the 20 ms probe's 2nd-slowest of ~200 failed one clean run
+//!   on a slow host at 6cfea05 with 17.99 ms, max 92.5 ms, floor 5.64 ms, and passed its five
+//!   reruns): quiet host 10:02-10:03 UTC 0.512 (2025) | 0.60 ms (0.30 ms), 801; 0.548 (1989) |
+//!   2.59 ms (1.03 ms), 801; 0.528 (2001) | 0.60 ms (0.28 ms), 801; `stress-ng --cpu 1` at
+//!   nice 10 beside the emulator 10:04 UTC 0.536 (1853) | 4.10 ms (3.29 ms), 799; 0.510 (1954)
+//!   | 4.92 ms (5.01 ms), 797; `stress-ng --cpu 2` at nice 0, 10:05 UTC 0.669 (634) | 8.09 ms
+//!   (7.99 ms; gate 11.99 ms), 729; 0.646 (771) | 8.03 ms (8.06 ms; gate 12.08 ms), 741.
+//!
 //! So the hog kept 2.5-3.1x its weight share and every run met the literal 10 ms p99 (the
 //! 1.5 x floor allowance was not needed). With the budget compiled out (one run, the same day;
 //! `CANOPY_BPF_EXTRA_CFLAGS=-DCANOPY_PREEMPT_BUDGET_NS=1000000000000 scripts/vm-run scx_bounds`)
@@ -66,6 +75,11 @@ const CONFIG: &str = r#"{"default_class":"BACKGROUND","classes":[
     {"name":"BACKGROUND","weight":100,"slice_us":20000,"preemptible":true}],
   "groups":[{"cgroup":"tf","admit":["foreign_fifo"]}]}"#;
 
+/// The period of the root USER_INTERACTIVE probe of part (3), in microseconds: 5 ms gives about
+/// 800 wakeups in its 4 s, so the gated p99 is the 8th-slowest wakeup (at the 20 ms of the runs
+/// before 2026-12-05 it was the 2nd-slowest of about 200, and one host stall decided it).
+const PROBE_INTERVAL_US: u64 = 5000;
+
 /// USER_INTERACTIVE busy-loop threads, and the weights above.
 const UI_THREADS: f64 = 2.0;
 const UI_WEIGHT: f64 = 400.0;
@@ -88,19 +102,20 @@ canopy-guest proc-stat --pid $UI --seconds 1 --kind ui-loop
 kill $HOG $UI; wait $HOG $UI || true
 canopy scheduler status --json --interval-ms 100 > /tmp/status-budget.json
 canopy-guest report budget-status status=@/tmp/status-budget.json
-# (3) two hogs in tf keep both CPUs busy; a USER_INTERACTIVE task of the root wakes every 20 ms:
+# (3) two hogs in tf keep both CPUs busy; a USER_INTERACTIVE task of the root wakes every 5 ms:
 # first with the hogs as the root's own BACKGROUND tasks (the preempting path: this boot's floor),
 # then with foreign_fifo attached on tf giving them 1 s slices
 hog_in tf; hog_in tf
+PROBE_INTERVAL_US={PROBE_INTERVAL_US}
 sleep 1
-canopy-guest wakeprobe --mode timer --threads 1 --interval-us 20000 --seconds 4 --warmup 1 --kind root-ui-wakeups-floor & WP=$!
+canopy-guest wakeprobe --mode timer --threads 1 --interval-us $PROBE_INTERVAL_US --seconds 4 --warmup 1 --kind root-ui-wakeups-floor & WP=$!
 canopy scheduler tag --tid $WP --class USER_INTERACTIVE
 wait $WP
 canopy scheduler child --cgroup tf --foreign-fixture --fixture-slice-ms 1000 > /tmp/fixture.log 2>&1 &
 FIXTURE=$!
 for i in $(seq 1 300); do grep -q 'enabled on' /tmp/fixture.log && break; sleep 0.1; done
 sleep 1
-canopy-guest wakeprobe --mode timer --threads 1 --interval-us 20000 --seconds 4 --warmup 1 --kind root-ui-wakeups & WP=$!
+canopy-guest wakeprobe --mode timer --threads 1 --interval-us $PROBE_INTERVAL_US --seconds 4 --warmup 1 --kind root-ui-wakeups & WP=$!
 canopy scheduler tag --tid $WP --class USER_INTERACTIVE
 wait $WP
 canopy scheduler status --json --interval-ms 100 > /tmp/status-reclaim.json
@@ -154,11 +169,13 @@ canopy-guest report fixture fixture_alive=$fixture_alive sched_ext="$(cat /sys/k
         wakeups["p50_us"], wakeups["samples"], reclaim_stats["child_cids_reclaimed"],
         reclaim_stats["quantum_kicks"], floor["p50_us"], floor["p99_us"], floor["max_us"]
     );
-    // Every 20 ms wakeup was served: with the child keeping its 1 s slices, 4 s give about 8.
+    // Every 5 ms wakeup was served: with the child keeping its 1 s slices, 4 s give about 4
+    // (each overrun restarts the probe's period, so waits cost samples).
     let samples = wakeups["samples"].as_u64().unwrap_or(0);
+    let expected = 4_000_000 / PROBE_INTERVAL_US;
     assert!(
-        samples >= 150,
-        "only {samples} of about 200 wakeups in 4 s: the child kept the CPUs: {wakeups}"
+        samples >= expected * 3 / 4,
+        "only {samples} of about {expected} wakeups in 4 s: the child kept the CPUs: {wakeups}"
     );
     // 10 ms at p99; where this boot's own floor (the same probe preempting BACKGROUND hogs of
     // the root) is already above that (the emulated CPUs starved by a busy host), no scheduler
