@@ -39,12 +39,12 @@
  * tick ended them; 1 ms since the turn timer) and a 1 ms run costs 11.6 ms of vtime, 0.29 s
  * of the vtime clock (2 * 1024 / 51,200 = 0.04 ms of vtime per ms); its share is 3.4 ms per
  * second. With 10 ms slices (10-14 ms run) it got its 69 ms of a 20 s window in five or six
- * turns; with turns the tick ended, in about 20 of 1-5 ms, and the cgroup at cpu.weight 11
- * (20 ms in 20 s) came out 9.3% over in one run where the fair scheduler's worst was 2.7%. The hog at 102 (W_eq 200) once
- * ran 101 ms at once (a host stall of its vCPU is charged to whatever ran): 517 ms of vtime,
- * 317 ms past the cap. Forgiven, that was 62 ms of CPU its cgroup kept, +34% on its 20 s
- * share; as debt it pays it back (queued at the cap, 1 ms turns: about 13 s of the clock, as
- * the fair scheduler makes it wait).
+ * turns. While the tick ended the 1 ms turns, the cgroup at cpu.weight 11 got its 20 ms in 20 s
+ * in about seven turns of 1-5 ms and came out 9.3% over in one run where the fair scheduler's
+ * worst was 2.7%. The hog at 102 (W_eq 200) once ran 101 ms at once (a host stall of its
+ * vCPU is charged to whatever ran): 517 ms of vtime, 317 ms past the cap. Forgiven, that was
+ * 62 ms of CPU its cgroup kept, +34% on its 20 s share; as debt it pays it back (queued at the
+ * cap, 1 ms turns: about 13 s of the clock, as the fair scheduler makes it wait).
  * Cost: three u64 in task_ctx (the run is charged from p->se.sum_exec_runtime, read at
  * running and stopping), a compare and a multiply-divide per enqueue; a priced task whose
  * W_eq is below its class weight runs more turns (each task about as many per second as at

@@ -110,8 +110,8 @@ static __always_inline void arm_quantum(s32 cid)
  * Our own task @p starts running on @cid at @now (ops.running, on that CPU) for the slice it
  * was queued with. A turn in the cpu tree shorter than a tick (class_vtime.bpf.h tree_turn():
  * a task of a small cgroup) would otherwise run until the next tick, 0-4 ms late at HZ=250,
- * so a cgroup whose share is 20 ms in 20 s got it in five turns of 1-5 ms and its measured
- * share moved by a whole turn with where a window began and ended (issue 10 (e): 9.3% over
+ * so a cgroup whose share is 20 ms in 20 s got it in about seven turns of 1-5 ms and its
+ * measured share moved by a whole turn with where a window began and ended (issue 10 (e): 9.3% over
  * for the cgroup at cpu.weight 11 where the fair scheduler was 2.7% off). The cid's timer
  * ends such a turn when its slice runs out, if other work waits then, so the share comes in
  * turns of the length it was priced at. Cost: one timer start per short turn; none for
