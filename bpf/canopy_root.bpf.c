@@ -317,7 +317,7 @@ void CANOPY_OP(canopy_root_running, struct task_struct *p)
 		hand_cid(cid, CANOPY_SELF_SLOT, now);
 	}
 	cs->running_class = tctx ? tctx->class : task_class(p);
-	arm_turn_end(p, cid, now);
+	arm_turn_end(p, tctx, cs, cid, now);
 }
 
 void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)

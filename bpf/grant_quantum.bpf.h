@@ -107,25 +107,23 @@ static __always_inline void arm_quantum(s32 cid)
 }
 
 /*
- * Our own task @p starts running on @cid at @now (ops.running, on that CPU) for the slice it
- * was queued with. A turn in the cpu tree shorter than a tick (class_vtime.bpf.h tree_turn():
- * a task of a small cgroup) would otherwise run until the next tick, 0-4 ms late at HZ=250,
- * so a cgroup whose share is 20 ms in 20 s got it in about seven turns of 1-5 ms and its
- * measured share moved by a whole turn with where a window began and ended (issue 10 (e): 9.3% over
- * for the cgroup at cpu.weight 11 where the fair scheduler was 2.7% off). The cid's timer
+ * Our own task @p (its @tctx) starts running on @cid (its state @cs) at @now (ops.running, on
+ * that CPU) for the slice it was queued with. A turn in the cpu tree shorter than a tick
+ * (class_vtime.bpf.h tree_turn(): a task of a small cgroup) would otherwise run until the
+ * next tick, 0-4 ms late at HZ=250, so a cgroup whose share is 20 ms in 20 s got it in about
+ * seven turns of 1-5 ms and its measured share moved by a whole turn with where a window began
+ * and ended (issue 10 (e): 9.3% over for the cgroup at cpu.weight 11 where the fair scheduler
+ * was 2.7% off). The cid's timer
  * ends such a turn when its slice runs out, if other work waits then, so the share comes in
  * turns of the length it was priced at. Cost: one timer start per short turn; none for
  * class slices, which run to the tick as before.
  */
-static __always_inline void arm_turn_end(struct task_struct *p, s32 cid, u64 now)
+static __always_inline void arm_turn_end(struct task_struct *p, const struct task_ctx *tctx,
+					 struct cid_state *cs, s32 cid, u64 now)
 {
-	struct cid_state *cs = cid_state_of(cid);
-	struct task_ctx *tctx = task_ctx_of(p);
 	struct cid_quantum *quantum;
 	u32 key = cid;
 
-	if (!cs)
-		return;
 	cs->turn_started = 0;
 	if (!tctx || !tctx->charge_weight_fp || p->scx.slice >= CANOPY_LONG_TURN_TICK_NS)
 		return;

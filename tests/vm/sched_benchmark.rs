@@ -138,16 +138,15 @@ echo 0 > /proc/sys/kernel/sched_autogroup_enabled
 canopy scheduler exec --nice -4 -- canopy-guest frames $FRAMES_ARGS --background-wrap "canopy scheduler exec --nice 4 --batch --" --kind frames-schedqos
 echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled
 {start_daemon}
-# the daemon's CPU during the frames, per thread: "tid comm utime stime" lines (clock ticks)
-daemon_threads() {{ for t in /proc/$DAEMON/task/*; do echo "${{t##*/}} $(cat $t/comm) $(cut -d' ' -f14,15 $t/stat)"; done; }}
-daemon_threads > /tmp/daemon-before.txt
 canopy-guest frames $FRAMES_ARGS --kind frames-canopy &
 FRAMES=$!
+# the daemon's CPU, per thread, while the frames run
+canopy-guest proc-stat --pid $DAEMON --while-pid $FRAMES --threads --kind canopy-daemon-cpu &
+DAEMON_CPU=$!
 sleep 2
 canopy ctl explain --pid $FRAMES --json > /tmp/explain.json || true
 wait $FRAMES
-daemon_threads > /tmp/daemon-after.txt
-canopy-guest report canopy-daemon-cpu before=@/tmp/daemon-before.txt after=@/tmp/daemon-after.txt clock_ticks_per_s=$(getconf CLK_TCK 2>/dev/null || echo 100)
+wait $DAEMON_CPU
 canopy-guest report canopy-frames-classes threads="$(tr -d '\n' < /tmp/explain.json | grep -o -E '"comm": *"[a-z-]*"|"effective": *"[A-Z_]*"' | tr '\n' ' ' | tr -d '"')"
 canopy status --json > /tmp/status.json || true
 canopy-guest report canopy-daemon status=@/tmp/status.json
@@ -221,7 +220,7 @@ tail -n 20 /tmp/daemon.log
     }
     if let Ok(cpu) = outcome.result("canopy-daemon-cpu") {
         table += &format!(
-            "\ncanopy's daemon during its frames run (the frames' 30 s and settling; {}): {}\n",
+            "\ncanopy's daemon while its frames ran ({}): {}\n",
             if std::env::var_os(crate::support::CANOPY_BINARY_VAR).is_some() {
                 "the release build, as `scripts/bench` runs it"
             } else {
@@ -236,38 +235,22 @@ tail -n 20 /tmp/daemon.log
     Ok(())
 }
 
-/// The daemon's CPU between two `tid comm utime stime` listings of its threads (clock ticks),
-/// in seconds: the total, then each thread that used any, by name.
+/// The daemon's CPU over its `proc-stat` window: the total, then each thread name that used any.
 fn daemon_cpu(cpu: &serde_json::Value) -> String {
-    let ticks_per_s = cpu["clock_ticks_per_s"].as_f64().unwrap_or(100.0);
-    let listing = |key: &str| -> std::collections::BTreeMap<String, (String, f64)> {
-        cpu[key]
-            .as_str()
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let [tid, comm, user, system] = fields[..] else {
-                    return None;
-                };
-                let ticks = user.parse::<f64>().ok()? + system.parse::<f64>().ok()?;
-                Some((tid.to_string(), (comm.to_string(), ticks)))
-            })
-            .collect()
-    };
-    let (before, after) = (listing("before"), listing("after"));
-    let mut by_thread: std::collections::BTreeMap<String, f64> = Default::default();
-    for (tid, (comm, ticks)) in &after {
-        let start = before.get(tid).map_or(0.0, |(_, ticks)| *ticks);
-        *by_thread.entry(comm.clone()).or_default() += (ticks - start) / ticks_per_s;
-    }
-    let total: f64 = by_thread.values().sum();
-    let parts: Vec<String> = by_thread
-        .iter()
-        .filter(|(_, seconds)| **seconds > 0.0)
-        .map(|(comm, seconds)| format!("{comm} {seconds:.2} s"))
+    let parts: Vec<String> = cpu["cpu_seconds_by_thread"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, seconds)| Some((name, seconds.as_f64()?)))
+        .filter(|(_, seconds)| *seconds > 0.0)
+        .map(|(name, seconds)| format!("{name} {seconds:.2} s"))
         .collect();
-    format!("{total:.2} s of CPU ({})", parts.join(", "))
+    format!(
+        "{:.2} s of CPU in {:.1} s ({})",
+        cpu["cpu_seconds"].as_f64().unwrap_or(f64::NAN),
+        cpu["window_s"].as_f64().unwrap_or(f64::NAN),
+        parts.join(", ")
+    )
 }
 
 /// The first table: share error, cyclictest p99/p90 under hackbench and hackbench time under the

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! `proc-stat`: a process's CPU use over a window and its memory, for daemon overhead
-//! benchmarks (idle CPU over 60 s, RSS with many tracked threads): utime+stime from
-//! /proc/PID/stat before and after, VmRSS, VmHWM and thread count from /proc/PID/status.
+//! benchmarks (idle CPU over 60 s, RSS with many tracked threads, the daemon's CPU while the
+//! frame benchmark runs): utime+stime from /proc/PID/stat before and after (and each thread's
+//! from /proc/PID/task/TID/stat with `--threads`), VmRSS, VmHWM and thread count from
+//! /proc/PID/status.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,12 @@ pub struct ProcStatArgs {
     /// Window over which CPU use is measured; 0 reports memory only.
     #[arg(long, default_value_t = 0.0)]
     seconds: f64,
+    /// Measure until this process exits instead of for `--seconds` (polled every 100 ms).
+    #[arg(long)]
+    while_pid: Option<i32>,
+    /// Also report each thread's CPU over the window, summed by thread name.
+    #[arg(long)]
+    threads: bool,
     /// Result kind.
     #[arg(long, default_value = "proc-stat")]
     kind: String,
@@ -25,11 +33,34 @@ pub struct ProcStatArgs {
 
 pub fn run(args: &ProcStatArgs) -> Result<()> {
     let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let before = cpu_ticks(args.pid)?;
+    let before = cpu_ticks(&format!("/proc/{}/stat", args.pid))?;
+    let threads_before = if args.threads {
+        thread_ticks(args.pid)
+    } else {
+        Vec::new()
+    };
     let started = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(args.seconds));
-    let after = cpu_ticks(args.pid)?;
+    match args.while_pid {
+        Some(other) => {
+            while std::path::Path::new(&format!("/proc/{other}")).exists() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        None => std::thread::sleep(Duration::from_secs_f64(args.seconds)),
+    }
+    let after = cpu_ticks(&format!("/proc/{}/stat", args.pid))?;
     let elapsed = started.elapsed().as_secs_f64();
+    // each thread's ticks over the window, by name (a thread started meanwhile counts from 0)
+    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
+    if args.threads {
+        for (tid, name, ticks) in thread_ticks(args.pid) {
+            let start = threads_before
+                .iter()
+                .find(|(before_tid, _, _)| *before_tid == tid)
+                .map_or(0, |(_, _, ticks)| *ticks);
+            *by_name.entry(name).or_default() += ticks.saturating_sub(start) as f64 / ticks_per_s;
+        }
+    }
     let status = std::fs::read_to_string(format!("/proc/{}/status", args.pid))
         .with_context(|| format!("reading /proc/{}/status", args.pid))?;
     let field = |name: &str| -> Option<u64> {
@@ -50,14 +81,44 @@ pub fn run(args: &ProcStatArgs) -> Result<()> {
             "rss_kb": field("VmRSS:"),
             "hwm_kb": field("VmHWM:"),
             "threads": field("Threads:"),
+            "cpu_seconds_by_thread": by_name,
         }),
     )
 }
 
-/// utime + stime in clock ticks (fields 14 and 15, counted after the `)` of comm).
-fn cpu_ticks(pid: i32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+/// Each thread of @pid: (tid, its name, utime + stime in clock ticks); threads that exit while
+/// being read are left out.
+fn thread_ticks(pid: i32) -> Vec<(String, String, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_string_lossy().into_owned();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+            let name = stat_comm(&stat).to_string();
+            Some((tid, name, stat_ticks(&stat)))
+        })
+        .collect()
+}
+
+/// utime + stime in clock ticks from the stat file at @path.
+fn cpu_ticks(path: &str) -> Result<u64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    Ok(stat_ticks(&stat))
+}
+
+/// The comm of a stat line: between the first `(` and the last `)` (a comm may hold both).
+fn stat_comm(stat: &str) -> &str {
+    let start = stat.find('(').map_or(0, |i| i + 1);
+    let end = stat.rfind(')').unwrap_or(stat.len());
+    stat.get(start..end).unwrap_or("")
+}
+
+/// utime + stime in clock ticks of a stat line (fields 14 and 15, counted after the `)` of
+/// comm).
+fn stat_ticks(stat: &str) -> u64 {
     let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // after_comm starts at field 3 (state); utime is field 14, stime 15.
@@ -67,5 +128,17 @@ fn cpu_ticks(pid: i32) -> Result<u64> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    Ok(value(14) + value(15))
+    value(14) + value(15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comm_with_spaces_and_parentheses_does_not_shift_the_fields() {
+        let stat = "4242 (tokio (x) 1) S 1 4242 4242 0 -1 4194560 10 0 0 0 37 12 0 0 20 0 3 0";
+        assert_eq!(stat_comm(stat), "tokio (x) 1");
+        assert_eq!(stat_ticks(stat), 49);
+    }
 }
