@@ -317,7 +317,6 @@ void CANOPY_OP(canopy_root_running, struct task_struct *p)
 		hand_cid(cid, CANOPY_SELF_SLOT, now);
 	}
 	cs->running_class = tctx ? tctx->class : task_class(p);
-	arm_turn_end(p, tctx, cs, cid, now);
 }
 
 void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)
@@ -329,7 +328,6 @@ void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)
 	bill_own_run(p, task_ctx_of(p), now);
 	if (cs) {
 		cs->running_class = NO_CLASS;
-		cs->turn_started = 0;
 		cs->higher_class_since = taken ? now : 0;
 	}
 }
