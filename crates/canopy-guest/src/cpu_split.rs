@@ -172,11 +172,8 @@ fn placement(hogs: &[Vec<Child>]) -> String {
                     continue;
                 };
                 // The hog's main thread only waits in join; its spinning worker is the other.
-                let Some(after_comm) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-                    continue;
-                };
-                let fields: Vec<&str> = after_comm.split_whitespace().collect();
-                // After the comm: field 3 (state) is index 0, field 39 (processor) index 36.
+                let fields = crate::proc_stat::fields_after_comm(&stat);
+                // Field 3 (state) is index 0, field 39 (processor) index 36.
                 if fields.first() != Some(&"R") {
                     continue;
                 }

@@ -34,10 +34,14 @@ pub struct ProcStatArgs {
 pub fn run(args: &ProcStatArgs) -> Result<()> {
     let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let before = cpu_ticks(&format!("/proc/{}/stat", args.pid))?;
-    let threads_before = if args.threads {
+    // tid -> ticks at the window's start
+    let threads_before: std::collections::HashMap<String, u64> = if args.threads {
         thread_ticks(args.pid)
+            .into_iter()
+            .map(|(tid, _, ticks)| (tid, ticks))
+            .collect()
     } else {
-        Vec::new()
+        Default::default()
     };
     let started = Instant::now();
     match args.while_pid {
@@ -54,10 +58,7 @@ pub fn run(args: &ProcStatArgs) -> Result<()> {
     let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
     if args.threads {
         for (tid, name, ticks) in thread_ticks(args.pid) {
-            let start = threads_before
-                .iter()
-                .find(|(before_tid, _, _)| *before_tid == tid)
-                .map_or(0, |(_, _, ticks)| *ticks);
+            let start = threads_before.get(&tid).copied().unwrap_or(0);
             *by_name.entry(name).or_default() += ticks.saturating_sub(start) as f64 / ticks_per_s;
         }
     }
@@ -116,12 +117,16 @@ fn stat_comm(stat: &str) -> &str {
     stat.get(start..end).unwrap_or("")
 }
 
-/// utime + stime in clock ticks of a stat line (fields 14 and 15, counted after the `)` of
-/// comm).
+/// The fields of a /proc stat line after its comm's last `)` (a comm may hold spaces and
+/// parentheses): index 0 is field 3 (state), index N field N + 3. Empty without a `)`.
+pub(crate) fn fields_after_comm(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')')
+        .map_or_else(Vec::new, |(_, rest)| rest.split_whitespace().collect())
+}
+
+/// utime + stime in clock ticks of a stat line (fields 14 and 15).
 fn stat_ticks(stat: &str) -> u64 {
-    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // after_comm starts at field 3 (state); utime is field 14, stime 15.
+    let fields = fields_after_comm(stat);
     let value = |index: usize| {
         fields
             .get(index - 3)
@@ -140,5 +145,7 @@ mod tests {
         let stat = "4242 (tokio (x) 1) S 1 4242 4242 0 -1 4194560 10 0 0 0 37 12 0 0 20 0 3 0";
         assert_eq!(stat_comm(stat), "tokio (x) 1");
         assert_eq!(stat_ticks(stat), 49);
+        assert_eq!(fields_after_comm(stat).first(), Some(&"S"));
+        assert!(fields_after_comm("no comm here").is_empty());
     }
 }
