@@ -240,7 +240,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 	}
 
 	members_prepare(now, nr ?: 1);
-	canopy_for(attempt, 0, CANOPY_MAX_MEMBERS) {
+	canopy_for(attempt, 0, member_slots_in_use()) {
 		struct canopy_member *m;
 		u32 slot = pick_member();
 
@@ -479,6 +479,8 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args
 	m->held_since_sum_ns = 0;
 	__builtin_memcpy(m->name, name, CANOPY_NAME_LEN);
 	m->active = 1;
+	if (free_slot + 1 > member_slots_end)
+		member_slots_end = free_slot + 1;
 	__sync_fetch_and_add(&nr_children, 1);
 	member_shares_dirty = 1;
 

@@ -50,7 +50,7 @@ static __always_inline bool others_busy(u32 slot)
 {
 	int i;
 
-	canopy_for(i, 0, CANOPY_MAX_MEMBERS) {
+	canopy_for(i, 0, member_slots_in_use()) {
 		struct canopy_member *m = member_of(i);
 
 		if (i != slot && m && m->active && !member_idle(m))
