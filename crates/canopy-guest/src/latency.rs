@@ -133,6 +133,12 @@ fn floor_program() -> Result<PathBuf> {
     Ok(link)
 }
 
+/// Every probe's timer slack: 1 ns, what the kernel gives a realtime task's sleep (it ignores
+/// slack for RT and deadline tasks), so the SCHED_FIFO floor and the probes it is compared with
+/// wake from the same timer; a normal task's default of 50 us would let the kernel fire the
+/// measured probe's timer up to 50 us late, a delay no scheduler adds (cyclictest counts it).
+const PROBE_TIMER_SLACK_NS: libc::c_ulong = 1;
+
 fn cyclictest(
     program: &Path,
     args: &LatencyArgs,
@@ -141,6 +147,16 @@ fn cyclictest(
     extra: &[String],
 ) -> Command {
     let mut command = Command::new(program);
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only sets the forked child's own timer slack; it
+    // allocates nothing and is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_TIMERSLACK, PROBE_TIMER_SLACK_NS, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     command
         .args(["-q", "-m"])
         .arg(format!("-t{threads}"))
