@@ -265,15 +265,22 @@ impl Scenario {
             drop(lock);
             // The initramfs is only needed while qemu runs.
             let _ = std::fs::remove_file(&prepared.initramfs_path);
-            if result.is_err()
-                && attempt < EMULATOR_FAULT_RETRIES
-                && hit_emulator_text_patching_fault(&prepared.log_path)
-            {
+            let fault = match &result {
+                Err(_) if hit_emulator_text_patching_fault(&prepared.log_path) => {
+                    Some("died of qemu TCG's stale-code `Oops: int3`")
+                }
+                Err(Error::Timeout { timeout, .. })
+                    if *timeout == BOOT_LIMIT && !reached_boot_result(&prepared.log_path) =>
+                {
+                    Some("printed nothing past the firmware before the boot limit")
+                }
+                _ => None,
+            };
+            if let Some(fault) = fault.filter(|_| attempt < EMULATOR_FAULT_RETRIES) {
                 attempt += 1;
                 eprintln!(
-                    "canopy-vmtest: `{}`: the guest died of qemu TCG's stale-code `Oops: int3` \
-                     (an emulator fault, not the scenario's; log {}); retry {attempt} of \
-                     {EMULATOR_FAULT_RETRIES}",
+                    "canopy-vmtest: `{}`: the guest {fault} (an emulator fault, not the \
+                     scenario's; log {}); retry {attempt} of {EMULATOR_FAULT_RETRIES}",
                     self.name,
                     prepared.log_path.display()
                 );
@@ -307,8 +314,11 @@ impl Scenario {
         }
         let mut qemu = RunningQemu::start(&launch, &log_path, echo)?;
         let deadline = qemu.started + self.timeout;
-        let console = read_console(&mut qemu, deadline, self.script_timeout);
-        let timeout = console.script_limit_hit.unwrap_or(self.timeout);
+        let console = read_console(&mut qemu, deadline, self.script_timeout, Some(BOOT_LIMIT));
+        let timeout = console
+            .script_limit_hit
+            .or(console.boot_limit_hit)
+            .unwrap_or(self.timeout);
         let (results, malformed) = judge_console(
             &self.name,
             console,
@@ -457,15 +467,20 @@ pub(crate) struct Console {
     closed: bool,
     /// The script's own limit, when it was the one that ended the reading.
     script_limit_hit: Option<Duration>,
+    /// The limit on reaching the `boot` result, when the guest had not reached it by then.
+    boot_limit_hit: Option<Duration>,
 }
 
 /// Reads console lines until qemu closes its output or `deadline` passes, keeping the
 /// `CANOPY-RESULT` objects and the first kernel panic line. With `script_timeout`, the
-/// `boot` result brings the deadline forward to that long after it, if that is sooner.
+/// `boot` result brings the deadline forward to that long after it, if that is sooner. With
+/// `boot_limit`, a guest that has not printed its `boot` result that long after qemu started
+/// ends the reading then (`boot_limit_hit`).
 pub(crate) fn read_console(
     qemu: &mut RunningQemu,
     mut deadline: Instant,
     script_timeout: Option<Duration>,
+    boot_limit: Option<Duration>,
 ) -> Console {
     let mut console = Console {
         results: Vec::new(),
@@ -473,14 +488,25 @@ pub(crate) fn read_console(
         panic_line: None,
         closed: false,
         script_limit_hit: None,
+        boot_limit_hit: None,
     };
     let mut script_deadline = None;
-    while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
+    let boot_deadline = boot_limit.map(|limit| qemu.started + limit);
+    let mut booted = false;
+    loop {
+        let until = match boot_deadline {
+            Some(boot_deadline) if !booted && boot_deadline < deadline => boot_deadline,
+            _ => deadline,
+        };
+        let Some(remaining) = until.checked_duration_since(Instant::now()) else {
+            break;
+        };
         match qemu.lines.recv_timeout(remaining) {
             Ok(SerialEvent::Line(line)) => {
                 if let Some(parsed) = result_in_line(&line) {
                     match parsed {
                         Some(value) => {
+                            booted |= value["kind"] == "boot";
                             if let Some(limit) = script_timeout.filter(|_| value["kind"] == "boot")
                             {
                                 let script_end = Instant::now() + limit;
@@ -507,7 +533,11 @@ pub(crate) fn read_console(
         }
     }
     if !console.closed {
-        console.script_limit_hit = script_deadline;
+        if booted {
+            console.script_limit_hit = script_deadline;
+        } else if boot_deadline.is_some_and(|boot_deadline| Instant::now() >= boot_deadline) {
+            console.boot_limit_hit = boot_limit;
+        }
     }
     console
 }
@@ -594,12 +624,34 @@ fn find_kind<'a>(results: &'a [Value], kind: &str) -> Option<&'a Value> {
     results.iter().find(|value| value["kind"] == kind)
 }
 
-/// How often [`Scenario::run`] retries a run that died of the emulator's text-patching fault.
+/// How long a busybox guest may take from qemu's start to its `boot` result before the boot
+/// counts as hung: [`Scenario::run`] then kills qemu and boots again (an emulator fault, from
+/// the same retries as the text-patching fault). Boots take 2-5 s on a quiet host and about 15
+/// s at host load 40. On 2026-12-05 a clean-clone run's `harness-fail` scenario printed nothing
+/// after SeaBIOS's "Booting from ROM.." (the kernel boots `quiet`) until its 180 s timeout, and
+/// failed the suite; nothing a scenario does runs before that result.
+pub const BOOT_LIMIT: Duration = Duration::from_secs(90);
+
+/// How often [`Scenario::run`] retries a run that died of the emulator's text-patching fault
+/// (or hung before its `boot` result, [`BOOT_LIMIT`]).
 /// Four: on 2026-12-04, 4 of 15 boots on the busy 2-core dev host died of it, two scenarios
 /// twice in a row (`sched-admission` at 1.2 s and 17 s, `sched-many-children` at 132 s and
 /// 2.1 s), one retry short of failing with two. At one boot in four, five tries all fail about
 /// once in a thousand scenarios; three did in one in sixty, most suites at about fifty VM runs.
 pub const EMULATOR_FAULT_RETRIES: u32 = 4;
+
+/// Whether a guest log holds the runner's `boot` result (the guest's /init reached its setup).
+fn reached_boot_result(log_path: &Path) -> bool {
+    std::fs::read(log_path)
+        .map(|log| {
+            String::from_utf8_lossy(&log)
+                .lines()
+                .filter_map(result_in_line)
+                .flatten()
+                .any(|value| value["kind"] == "boot")
+        })
+        .unwrap_or(false)
+}
 
 /// Whether a guest log shows qemu TCG's stale-code fault: an `Oops: int3` (a breakpoint trap no
 /// kernel code path raises on purpose; the kernel's text patching leaves one in place for a
@@ -633,6 +685,28 @@ mod emulator_fault_tests {
         assert!(hit_emulator_text_patching_fault(&int3));
         assert!(!hit_emulator_text_patching_fault(&other));
         assert!(!hit_emulator_text_patching_fault(&dir.join("missing.log")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_boot_counts_as_reached_only_with_the_runners_boot_result() {
+        let dir = std::env::temp_dir().join(format!("canopy-vmtest-boot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hung = dir.join("hung.log");
+        std::fs::write(
+            &hung,
+            b"SeaBIOS (version 1.16.3)\n\x1b[2J\xffBooting from ROM..".as_slice(),
+        )
+        .unwrap();
+        let booted = dir.join("booted.log");
+        std::fs::write(
+            &booted,
+            "Booting from ROM..CANOPY-RESULT {\"kind\":\"boot\",\"cpus_online\":2}\nCANOPY-RESULT {\"kind\":\"script-exit\",\"status\":1}\n",
+        )
+        .unwrap();
+        assert!(!super::reached_boot_result(&hung));
+        assert!(super::reached_boot_result(&booted));
+        assert!(!super::reached_boot_result(&dir.join("missing.log")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

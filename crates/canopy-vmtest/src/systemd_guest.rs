@@ -180,7 +180,7 @@ impl SystemdGuest {
             |prepared| {
                 let mut boot = prepared.start(self, None)?;
                 let deadline = boot.qemu.started + self.timeout;
-                let console = read_console(&mut boot.qemu, deadline, None);
+                let console = read_console(&mut boot.qemu, deadline, None, None);
                 let (results, malformed) = judge_console(
                     &self.name,
                     console,
