@@ -47,6 +47,14 @@ pub enum Error {
         log_tail: String,
     },
 
+    #[error("scenario `{scenario}`: the guest printed no `boot` result within {limit:?} of qemu's start (a hung boot; see BOOT_LIMIT); guest log {log_path}, last lines:\n{log_tail}")]
+    BootHung {
+        scenario: String,
+        limit: Duration,
+        log_path: PathBuf,
+        log_tail: String,
+    },
+
     #[error(
         "scenario `{scenario}` failed: {reason}; guest log {log_path}, last lines:\n{log_tail}"
     )]

@@ -269,9 +269,7 @@ impl Scenario {
                 Err(_) if hit_emulator_text_patching_fault(&prepared.log_path) => {
                     Some("died of qemu TCG's stale-code `Oops: int3`")
                 }
-                Err(Error::Timeout { timeout, .. })
-                    if *timeout == BOOT_LIMIT && !reached_boot_result(&prepared.log_path) =>
-                {
+                Err(Error::BootHung { .. }) => {
                     Some("printed nothing past the firmware before the boot limit")
                 }
                 _ => None,
@@ -315,10 +313,7 @@ impl Scenario {
         let mut qemu = RunningQemu::start(&launch, &log_path, echo)?;
         let deadline = qemu.started + self.timeout;
         let console = read_console(&mut qemu, deadline, self.script_timeout, Some(BOOT_LIMIT));
-        let timeout = console
-            .script_limit_hit
-            .or(console.boot_limit_hit)
-            .unwrap_or(self.timeout);
+        let timeout = console.script_limit_hit.unwrap_or(self.timeout);
         let (results, malformed) = judge_console(
             &self.name,
             console,
@@ -557,8 +552,9 @@ pub(crate) fn result_in_line(line: &str) -> Option<Option<Value>> {
     }
 }
 
-/// Turns a finished console into the results, or the error that ends the scenario: a timeout
-/// (qemu is killed), a kernel panic, a guest that never printed its `boot` result, a script
+/// Turns a finished console into the results, or the error that ends the scenario: a boot that
+/// hung before its `boot` result ([`Error::BootHung`]) or a timeout (qemu is killed), a kernel
+/// panic, a guest that never printed its `boot` result, a script
 /// that failed or never finished. `how` describes the boot for the never-booted message.
 pub(crate) fn judge_console(
     scenario: &str,
@@ -576,6 +572,14 @@ pub(crate) fn judge_console(
     };
     if !console.closed {
         qemu.kill();
+        if let Some(limit) = console.boot_limit_hit {
+            return Err(Error::BootHung {
+                scenario: scenario.into(),
+                limit,
+                log_path: log_path.to_path_buf(),
+                log_tail: qemu::log_tail(log_path, LOG_TAIL_LINES),
+            });
+        }
         return Err(Error::Timeout {
             scenario: scenario.into(),
             timeout,
@@ -640,19 +644,6 @@ pub const BOOT_LIMIT: Duration = Duration::from_secs(90);
 /// once in a thousand scenarios; three did in one in sixty, most suites at about fifty VM runs.
 pub const EMULATOR_FAULT_RETRIES: u32 = 4;
 
-/// Whether a guest log holds the runner's `boot` result (the guest's /init reached its setup).
-fn reached_boot_result(log_path: &Path) -> bool {
-    std::fs::read(log_path)
-        .map(|log| {
-            String::from_utf8_lossy(&log)
-                .lines()
-                .filter_map(result_in_line)
-                .flatten()
-                .any(|value| value["kind"] == "boot")
-        })
-        .unwrap_or(false)
-}
-
 /// Whether a guest log shows qemu TCG's stale-code fault: an `Oops: int3` (a breakpoint trap no
 /// kernel code path raises on purpose; the kernel's text patching leaves one in place for a
 /// moment, and MTTCG can keep executing it after the patch completed).
@@ -687,27 +678,67 @@ mod emulator_fault_tests {
         assert!(!hit_emulator_text_patching_fault(&dir.join("missing.log")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+#[cfg(test)]
+mod boot_limit_tests {
+    use super::{judge_console, read_console, Error, RunningQemu};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Runs `script` as a stand-in for qemu (its stdout is the serial console) and judges what
+    /// it printed with a 300 ms boot limit and a 1 s deadline.
+    fn judge_stand_in(name: &str, script: &str) -> Error {
+        let log_path = std::env::temp_dir().join(format!(
+            "canopy-vmtest-boot-limit-{name}-{}.log",
+            std::process::id()
+        ));
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut stand_in = RunningQemu::spawn(command, false, &log_path, false).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let console = read_console(
+            &mut stand_in,
+            deadline,
+            None,
+            Some(Duration::from_millis(300)),
+        );
+        let error = judge_console(
+            name,
+            console,
+            &mut stand_in,
+            Duration::from_secs(1),
+            &log_path,
+            "a stand-in",
+        )
+        .expect_err("the stand-in never finishes");
+        let _ = std::fs::remove_file(&log_path);
+        error
+    }
 
     #[test]
-    fn a_boot_counts_as_reached_only_with_the_runners_boot_result() {
-        let dir = std::env::temp_dir().join(format!("canopy-vmtest-boot-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let hung = dir.join("hung.log");
-        std::fs::write(
-            &hung,
-            b"SeaBIOS (version 1.16.3)\n\x1b[2J\xffBooting from ROM..".as_slice(),
-        )
-        .unwrap();
-        let booted = dir.join("booted.log");
-        std::fs::write(
-            &booted,
-            "Booting from ROM..CANOPY-RESULT {\"kind\":\"boot\",\"cpus_online\":2}\nCANOPY-RESULT {\"kind\":\"script-exit\",\"status\":1}\n",
-        )
-        .unwrap();
-        assert!(!super::reached_boot_result(&hung));
-        assert!(super::reached_boot_result(&booted));
-        assert!(!super::reached_boot_result(&dir.join("missing.log")));
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn a_guest_silent_past_the_firmware_is_a_hung_boot_and_a_booted_one_a_timeout() {
+        let hung = judge_stand_in(
+            "hung",
+            "echo 'SeaBIOS (version 1.16.3)'; echo 'Booting from ROM..'; exec sleep 30",
+        );
+        assert!(
+            matches!(&hung, Error::BootHung { limit, log_tail, .. }
+                if *limit == Duration::from_millis(300) && log_tail.contains("Booting from ROM")),
+            "{hung}"
+        );
+        let booted = judge_stand_in(
+            "booted",
+            "echo 'CANOPY-RESULT {\"kind\":\"boot\",\"cpus_online\":2}'; exec sleep 30",
+        );
+        assert!(
+            matches!(&booted, Error::Timeout { timeout, .. } if *timeout == Duration::from_secs(1)),
+            "{booted}"
+        );
     }
 }
 
