@@ -105,7 +105,10 @@ fn splits(
             "c-parent",
             format!("--group par/leaf:100:3 --group sib:100:2 --seconds {seconds} --keep"),
         ),
-        ("e", format!("{random} --seconds {random_seconds}")),
+        (
+            "e",
+            format!("{random} --seconds {random_seconds} --start-together"),
+        ),
     ]
     .iter()
     .map(|(kind, groups)| {

@@ -31,6 +31,10 @@ pub struct HogArgs {
     /// Duty cycle: µs of spinning between sleeps.
     #[arg(long, default_value_t = 1000)]
     pub busy_us: u64,
+    /// Start spinning only once standard input ends (its writer closed it): cpu-split starts
+    /// many hogs together this way, after every one of them has been made.
+    #[arg(long)]
+    pub start_at_stdin_end: bool,
 }
 
 /// Moves the calling thread to `cpu`, then lets it run anywhere it could before: it stays
@@ -52,6 +56,10 @@ fn start_on(cpu: usize) {
 }
 
 pub fn run(args: &HogArgs) -> Result<()> {
+    if args.start_at_stdin_end {
+        // end of input or an error alike: the writer is gone, start
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    }
     let deadline =
         (args.seconds > 0.0).then(|| Instant::now() + Duration::from_secs_f64(args.seconds));
     let mut workers = Vec::new();
