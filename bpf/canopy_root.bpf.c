@@ -317,7 +317,6 @@ void CANOPY_OP(canopy_root_running, struct task_struct *p)
 		hand_cid(cid, CANOPY_SELF_SLOT, now);
 	}
 	cs->running_class = tctx ? tctx->class : task_class(p);
-	arm_turn_end(p, tctx, cs, cid, now);
 }
 
 void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)
@@ -325,14 +324,10 @@ void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)
 	struct cid_state *cs = cid_state_of(scx_bpf_task_cid(p));
 	u64 now = scx_bpf_now();
 	bool taken = class_vtime_end_slice_taken_by_higher_class(p, runnable);
-	struct task_ctx *tctx = task_ctx_of(p);
 
-	bill_own_run(p, tctx, now);
-	if (tctx)
-		tctx->stopped_runnable = runnable;
+	bill_own_run(p, task_ctx_of(p), now);
 	if (cs) {
 		cs->running_class = NO_CLASS;
-		cs->turn_started = 0;
 		cs->higher_class_since = taken ? now : 0;
 	}
 }

@@ -88,11 +88,6 @@ struct cid_state {
 	 */
 	u64 higher_class_since;
 	u64 reserved_vtime;	/* vtime charged to the owner in advance when it was handed the cid */
-	/*
-	 * scx_bpf_now() when our own task began a turn shorter than a tick whose end the cid's
-	 * timer cuts (arm_turn_end() in grant_quantum.bpf.h); 0 once it stops
-	 */
-	u64 turn_started;
 };
 
 struct cid_state cid_states[CANOPY_MAX_CIDS];

@@ -19,13 +19,11 @@
  * t * 1024 / W_eq, and W_eq of a task in a small cgroup is far below its class weight. Two
  * rules keep that price exact, as the fair scheduler's does (a low-weight entity asks for a
  * short request and its lag carries what it overran):
- * - Its turn is the class slice times W_eq / class weight (at least CANOPY_MIN_TURN_NS; a
- *   turn shorter than a tick of a task that used its last turn up is ended on time by the
- *   cid's timer while other work waits, grant_quantum.bpf.h arm_turn_end(), any other by
- *   the tick), so one turn costs about what a class slice costs a task at its class weight,
- *   and a small share comes in many short turns rather than a few long ones. W_eq is the one
- *   its last run was charged at; a task not yet charged is priced at its first enqueue
- *   (own_dispatch.bpf.h price_first_turn()).
+ * - Its turn is the class slice times W_eq / class weight (at least CANOPY_MIN_TURN_NS; the
+ *   tick ends it), so one turn costs about what a class slice costs a task at its class
+ *   weight, and a small share comes in many short turns rather than a few long ones. W_eq is
+ *   the one its last run was charged at; a task not yet charged is priced at its first
+ *   enqueue (own_dispatch.bpf.h price_first_turn()).
  * - Vtime charged beyond the cap to a task that stayed runnable is debt, not forgiven: it is
  *   queued at the cap (so it still runs within the watchdog's reach), with the rest kept in
  *   task_ctx.vtime_debt (at most CANOPY_MAX_VTIME_DEBT) and added back at its next enqueue,
@@ -35,16 +33,14 @@
  *   a child's tasks are not priced (charged at their class weight).
  * Example (issue 10 (e)): 50 cgroups at cpu.weight 1..1000 (sum 26,119, 267,459 on the task
  * scale), one DEFAULT hog each (1024, 10 ms slices), 2 cids. The hog of the cgroup at 45 (461)
- * has W_eq = 461 / 267,459 * 51,200 = 88, so its turns are 0.86 -> 1 ms (1-5 ms when the 4 ms
- * tick ended them; 1 ms since the turn timer) and a 1 ms run costs 11.6 ms of vtime, 0.29 s
- * of the vtime clock (2 * 1024 / 51,200 = 0.04 ms of vtime per ms); its share is 3.4 ms per
- * second. With 10 ms slices (10-14 ms run) it got its 69 ms of a 20 s window in five or six
- * turns. While the tick ended the 1 ms turns, the cgroup at cpu.weight 11 got its 20 ms in 20 s
- * in about seven turns of 1-5 ms and came out 9.3% over in one run where the fair scheduler's
- * worst was 2.7%. The hog at 102 (W_eq 200) once ran 101 ms at once (a host stall of its
- * vCPU is charged to whatever ran): 517 ms of vtime, 317 ms past the cap. Forgiven, that was
- * 62 ms of CPU its cgroup kept, +34% on its 20 s share; as debt it pays it back (queued at the
- * cap, 1 ms turns: about 13 s of the clock, as the fair scheduler makes it wait).
+ * has W_eq = 461 / 267,459 * 51,200 = 88, so its turns are 0.86 -> 1 ms (1-5 ms with the 4 ms
+ * tick) and a 4 ms run costs 46 ms of vtime, 1.2 s of the vtime clock (2 * 1024 / 51,200 =
+ * 0.04 ms of vtime per ms); its share is 3.4 ms per second. With 10 ms slices (10-14 ms
+ * run) it got its 69 ms of a 20 s window in five or six turns. The hog at 102 (W_eq 200) once
+ * ran 101 ms at once (a host stall of its vCPU is charged to whatever ran): 517 ms of vtime,
+ * 317 ms past the cap. Forgiven, that was 62 ms of CPU its cgroup kept, +34% on its 20 s
+ * share; as debt it pays it back (queued at the cap, 1 ms turns: about 13 s of the clock, as
+ * the fair scheduler makes it wait).
  * Cost: three u64 in task_ctx (the run is charged from p->se.sum_exec_runtime, read at
  * running and stopping), a compare and a multiply-divide per enqueue; a priced task whose
  * W_eq is below its class weight runs more turns (each task about as many per second as at
@@ -81,7 +77,7 @@ struct task_ctx {
 	u32 weight;	/* effective weight it was queued with */
 	u64 woken_at;	/* scx_bpf_now() at a tracked wakeup, 0 when none is pending */
 	u32 wake_stat;	/* CANOPY_STAT_WAKE_* path that wakeup took */
-	u32 stopped_runnable;	/* 1: its last run ended with it runnable (turn out, preempted); 0: it slept */
+	u32 pad;
 	u64 quota_charged_at;	/* scx_bpf_now() up to which its run was charged to cpu.max quotas */
 	u64 charge_weight_fp;	/* weight (1/1024 units) its last run was charged at; 0: its class weight */
 	u64 vtime_debt;	/* vtime charged to it beyond the queue's cap, still owed (queue_by_class()) */

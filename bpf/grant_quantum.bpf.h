@@ -1,8 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * grant_quantum.bpf.h: how long a child scheduler keeps a cid canopy_root granted it. It owns
- * the per-cid quantum timers (`cid_quanta`; the same timer ends the root's own tasks' turns
- * shorter than a tick, arm_turn_end()), reclaim_child_cid(), which takes a cid back
+ * the per-cid quantum timers (`cid_quanta`), reclaim_child_cid(), which takes a cid back
  * from a child when the root's own tasks are queued, and the root's side of a canopy child's
  * request for a cid when its preempting-class task wakes (child_wake_fired(); the request and
  * its worked example are in child_wake.bpf.h).
@@ -33,14 +32,10 @@
 #include "cid_grants.bpf.h"
 #include "child_wake.bpf.h"
 
-/*
- * One timer per cid, cutting a child's grant at the quantum (see the top of this file), or one
- * of our own tasks' turns shorter than a tick at its end (arm_turn_end()).
- */
+/* One timer per cid, cutting a child's grant at the quantum (see the top of this file). */
 struct cid_quantum {
 	struct bpf_timer timer;
 	u64 armed_since;	/* cid_state.since of the grant the timer was armed for */
-	u64 armed_turn;		/* cid_state.turn_started of the own turn it ends; 0 for a grant */
 };
 
 struct {
@@ -73,15 +68,6 @@ static int quantum_expired(void *map, u32 *key, struct cid_quantum *quantum)
 	if (!cs)
 		return 0;
 	owner = cs->owner;
-	if (quantum->armed_turn) {
-		/* the same turn of ours still runs, and other work waits: end it on time */
-		if (owner == CANOPY_SELF_SLOT && cs->turn_started == quantum->armed_turn &&
-		    (scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ) > 0 || others_busy(owner))) {
-			scx_bpf_kick_cid(cid, KCONST(SCX_KICK_PREEMPT));
-			stat_inc(CANOPY_STAT_TURN_END_KICKS);
-		}
-		return 0;
-	}
 	/* still the same grant to a child, and someone else wants the cid: end it */
 	if (owner != NO_OWNER && owner != CANOPY_SELF_SLOT && cs->since == quantum->armed_since &&
 	    (others_busy(owner) || scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ) > 0)) {
@@ -102,44 +88,7 @@ static __always_inline void arm_quantum(s32 cid)
 	if (!quantum || !cs)
 		return;
 	quantum->armed_since = cs->since;
-	quantum->armed_turn = 0;
 	bpf_timer_start(&quantum->timer, CANOPY_QUANTUM_NS, BPF_F_TIMER_CPU_PIN);
-}
-
-/*
- * Our own task @p (its @tctx) starts running on @cid (its state @cs) at @now (ops.running, on
- * that CPU) for the slice it was queued with. A turn in the cpu tree shorter than a tick
- * (class_vtime.bpf.h tree_turn(): a task of a small cgroup) would otherwise run until the
- * next tick, 0-4 ms late at HZ=250, so a cgroup whose share is 20 ms in 20 s got it in about
- * seven turns of 1-5 ms and its measured share moved by a whole turn with where a window began
- * and ended (issue 10 (e): 9.3% over for the cgroup at cpu.weight 11 where the fair scheduler
- * was 2.7% off). The cid's timer ends such a turn when its slice runs out, if other work waits
- * then, so the share comes in turns of the length it was priced at.
- * Only a task whose last run ended with it still runnable (its turn ran out, or it was
- * preempted: task_ctx.stopped_runnable) is timed; one that slept last time most likely sleeps
- * again before its turn ends. Timing every short turn (2026-12-05, reverted) started a timer at
- * nearly every switch of hackbench's 80 threads, whose priced turns are all short, and the
- * USER_INTERACTIVE probe beside them waited over 1 ms for 2.7-4.0% of its wakeups against a
- * gate of 2.5-3.2% in 3 of 5 runs; with the condition: see sched_classes.rs's latency test.
- * Cost: one timer start per short turn of a task that used its last one up; none for class
- * slices, which run to the tick as before.
- */
-static __always_inline void arm_turn_end(struct task_struct *p, const struct task_ctx *tctx,
-					 struct cid_state *cs, s32 cid, u64 now)
-{
-	struct cid_quantum *quantum;
-	u32 key = cid;
-
-	cs->turn_started = 0;
-	if (!tctx || !tctx->charge_weight_fp || !tctx->stopped_runnable ||
-	    p->scx.slice >= CANOPY_LONG_TURN_TICK_NS)
-		return;
-	quantum = bpf_map_lookup_elem(&cid_quanta, &key);
-	if (!quantum)
-		return;
-	cs->turn_started = now;
-	quantum->armed_turn = now;
-	bpf_timer_start(&quantum->timer, p->scx.slice, BPF_F_TIMER_CPU_PIN);
 }
 
 /* A child holds @cid (not idle, not ours); its grant began at *@since. */
@@ -201,7 +150,6 @@ static __always_inline void reclaim_child_cid(struct task_struct *p, bool urgent
 	if (!quantum)
 		return;
 	quantum->armed_since = oldest_since;
-	quantum->armed_turn = 0;
 	bpf_timer_start(&quantum->timer, oldest_since + CANOPY_QUANTUM_NS - now, 0);
 }
 

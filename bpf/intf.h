@@ -392,7 +392,6 @@ enum canopy_stat {
 	CANOPY_STAT_LONG_TURNS, /* runs of root tasks in the cpu tree that overran their turn by more than 8 ms (two ticks at HZ=250: a vCPU stall or a late tick) */
 	CANOPY_STAT_FLOOR_LIFTS, /* requeues of tasks that stayed runnable lifted to the vtime floor (own_vtime_now - CANOPY_MAX_VTIME_AHEAD) */
 	CANOPY_STAT_AHEAD_CAPPED, /* enqueues whose vtime was cut to own_vtime_now + CANOPY_MAX_VTIME_AHEAD */
-	CANOPY_STAT_TURN_END_KICKS, /* turns of root tasks in the cpu tree shorter than a tick (of tasks that used their last turn up), ended on time by the cid's timer while other work waited (grant_quantum.bpf.h) */
 	CANOPY_NR_STATS,
 };
 

@@ -113,14 +113,6 @@ fn over_one_ms(latency: &serde_json::Value) -> f64 {
 /// allowed), p90 449-567 us against floors of 321-502 us, beside the FIFO thread p99 1.07-1.15x
 /// of its own (1.5 allowed).
 ///
-/// With the turn timer (`bpf/grant_quantum.bpf.h` arm_turn_end(): a priced turn shorter than a
-/// tick, of a task that used its last turn up, is ended on time by the cid's timer), which
-/// failed this gate in 1 of 5 runs before the slack fix (ratio 2.06), five runs on a busy host
-/// (2026-12-05 20:33-20:55 UTC, load 1.1-2.0 on 2 cores; canopy / floor over 1 ms): 2.19 /
-/// 2.52, 2.23 / 2.40, 5.35 / 4.63, 2.12 / 1.65, 1.62 / 1.54% (ratios 0.87, 0.93, 1.16, 1.28,
-/// 1.05 of the 1.5 allowed), p99 2.1-4.0 ms against floors of 2.3-3.9 ms, `turn_end_kicks`
-/// 276-356, the root's own wakeups over 1 ms 1-7 of 6,375-6,542, beside the FIFO thread passed.
-///
 /// The literal target (p99 at most a quarter of fair's and half of schedqos's) is
 /// printed as met or NOT MET. Under TCG with both vCPUs busy, even SCHED_FIFO's p99 is 3-4 ms
 /// (timer interrupts reach a busy emulated CPU late), above half of schedqos's p99, so that
