@@ -46,6 +46,7 @@ s32 scx_bpf_cid_to_cpu(s32 cid) __ksym;
 u32 scx_bpf_nr_cids(void) __ksym;
 u32 scx_bpf_nr_online_cids(void) __ksym;
 u64 scx_bpf_now(void) __ksym;
+struct rq *scx_bpf_locked_rq(void) __ksym;
 bool scx_bpf_task_running(const struct task_struct *p) __ksym;
 bool scx_bpf_task_set_dsq_vtime(struct task_struct *p, u64 vtime) __ksym;
 bool scx_bpf_task_set_slice(struct task_struct *p, u64 slice) __ksym;

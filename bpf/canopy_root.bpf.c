@@ -223,6 +223,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 	struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
 	u32 nr = scx_bpf_nr_online_cids();
 	u64 now = scx_bpf_now();
+	u64 entry_clock;
 	u32 last_owner;
 	int attempt;
 
@@ -239,6 +240,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 		return;
 	}
 
+	entry_clock = billing_clock();
 	members_prepare(now, nr ?: 1);
 	canopy_for(attempt, 0, member_slots_in_use()) {
 		struct canopy_member *m;
@@ -259,7 +261,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 				continue;
 			}
 			m->empty = 0;
-			hand_cid(cid, slot, now);
+			hand_cid_after_dispatch(cid, slot, now, entry_clock, last_owner);
 			if (own == OWN_QUEUED) {
 				m->dispatches++;
 				stat_inc(CANOPY_STAT_OWN_DISPATCHES);
@@ -268,7 +270,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 		}
 		if (scx_bpf_sub_dispatch(m->cgroup_id)) {
 			m->empty = 0;
-			hand_cid(cid, slot, now);
+			hand_cid_after_dispatch(cid, slot, now, entry_clock, last_owner);
 			if (member_capped(m) || others_busy(slot))
 				arm_quantum(cid);
 			m->dispatches++;
@@ -280,7 +282,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 	}
 	/* no member had work: our tasks of idle cgroups may have the cid */
 	if (dispatch_own(cid, prev, false, true) != OWN_NONE) {
-		hand_cid(cid, CANOPY_SELF_SLOT, now);
+		hand_cid_after_dispatch(cid, CANOPY_SELF_SLOT, now, entry_clock, last_owner);
 		if (self)
 			self->dispatches++;
 		stat_inc(CANOPY_STAT_OWN_DISPATCHES);
@@ -295,7 +297,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 	 * instead, the cid goes idle and update_idle() ends the grant at once.
 	 */
 	if (!prev && last_owner != CANOPY_SELF_SLOT && last_owner < CANOPY_MAX_MEMBERS) {
-		hand_cid(cid, last_owner, now);
+		hand_cid_after_dispatch(cid, last_owner, now, entry_clock, last_owner);
 		arm_quantum(cid);
 		stat_inc(CANOPY_STAT_CHILD_PREV_KEPT);
 	}

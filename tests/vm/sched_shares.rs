@@ -82,6 +82,16 @@ canopy-guest cpu-split --group ta:400:4 --group tb:100:4 --seconds 10 --warmup 1
 
 /// Issue 4 acceptance (b), work conservation: with child B idle, child A's two hogs get at
 /// least 90% of both CPUs; when B's hogs start, the 2:1 split is back within 1 s.
+///
+/// The split is judged by cpu.stat, the kernel's bill, within 5% in second 1-2 and 3% over
+/// seconds 1-4. Until 2026-12-06 every run on a busy host came out below 2:1 (1.92-1.99 over
+/// seconds 1-4, failing about one run in three): the root charged each grant from the start
+/// of its dispatch, while the kernel bills the previous task up to the clock after dispatch,
+/// which a task pulled from the other CPU moves (about 230 us in 700 of 1,200 dispatches;
+/// `hand_cid_after_dispatch()` in bpf/cid_grants.bpf.h). Canopy's own split was 2.00:1
+/// throughout. Five busy-host runs since (2026-12-06 00:01-00:04 UTC, host load 1.3-1.9 on 2
+/// cores): seconds 1-4 1.984, 2.000, 2.002, 2.016, 1.997; second 1-2 1.946, 1.995, 2.004,
+/// 2.059, 1.988.
 #[test]
 fn idle_child_capacity_goes_to_busy_child() -> anyhow::Result<()> {
     let script = format!(
@@ -676,7 +686,10 @@ canopy-guest cpu-split{groups} --seconds 6 --warmup 1 --keep --kind mixed-canopy
 /// was lifted to the vtime floor and found empty with runnable hogs, was wrong: those counters
 /// were totals since the root loaded, taken mostly while the child had no tasks yet; over the
 /// split itself it had no empty offer and no lift. 4.5 points: the worst quiet and busy-loop
-/// boots are 3.3 short.
+/// boots are 3.3 short. With each grant billed from where the kernel starts the task
+/// (`hand_cid_after_dispatch()`, 2026-12-06 00:16-00:28 UTC, host load 1.3-1.8): 24.2, 22.4,
+/// 23.9, 23.7, 23.8, 23.7, 24.1, 24.2, 25.2, 24.5 in ten boots of this test alone, and 19.8 /
+/// 26.8 / 53.4 in one boot inside a run of 22 scheduler tests, right after `sched-latency`.
 const CHILD_BELOW_THE_TOP_BOUND: f64 = 0.045;
 
 /// Issue 10 Deliver 1, children in the tree: a child attached below the top level weighs its
