@@ -6,9 +6,10 @@
  * the idle-cid bits, the 100 ms accounting windows, charging a cid back to its owner
  * (charge_cid), handing it out (hand_cid) and choosing the next member (pick_member).
  *
- * Policy: every dispatch on a cid first charges the wall time since the previous dispatch on
- * that cid to whichever member owned it, as member vtime (ns * MEMBER_VTIME_UNIT / tree_share,
- * its share of the machine in the cpu tree; below), then offers the
+ * Policy: every dispatch on a cid first charges whichever member owned it for the time since
+ * its grant began (where the kernel started its task: hand_cid_after_dispatch()), as member
+ * vtime (ns * MEMBER_VTIME_UNIT / tree_share, its share of the machine in the cpu tree;
+ * below), then offers the
  * cid to the member with the lowest vtime, then the next, and so on: a member with nothing to
  * run is skipped at once, so capacity never idles while anyone has work (work-conserving
  * within one slice). A member that was idle re-enters at most one default slice of its own
