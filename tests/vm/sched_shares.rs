@@ -691,23 +691,26 @@ canopy-guest cpu-split{groups} --seconds 6 --warmup 1 --keep --kind mixed-canopy
 /// 23.9, 23.7, 23.8, 23.7, 24.1, 24.2, 25.2, 24.5 in ten boots of this test alone, and 19.8 /
 /// 26.8 / 53.4 in one boot inside a run of 22 scheduler tests, right after `sched-latency`.
 /// Stop 28's CI failed here at 20.5 / 26.4 / 53.1 (2026-12-06). Why such a boot is so far off
-/// (session 24): the one sample a window was taken every 100 ms, and the measuring tool wakes
-/// every 100 ms and waits for a cid about a fifth of the time; in two boots of five (with the
-/// waiting tasks already left out of the top, below) the timer found it queued at the top in
-/// 45 and 54 of 75 samples, locked in phase, and the child got 24.5 and 23.0 where the other
-/// three got 25.6-26.0. The shares now average samples taken at random gaps of 5-15 ms
-/// (cid_grants.bpf.h). Boots since (2026-12-06 03:45-03:50 UTC), c / o / q: quiet 23.7 / 25.7 /
-/// 50.6, 23.6 / 25.6 / 50.8, 23.5 / 25.7 / 50.8; beside two nice-19 busy loops (load 1.5-3.0)
-/// 23.5 / 25.9 / 50.5, 23.4 / 25.7 / 51.0, 23.7 / 25.9 / 50.5, 23.6 / 25.7 / 50.7, 23.4 / 25.6 /
-/// 51.0. What is left is the bias, not noise: woken tasks of the root cgroup (the daemon's 50 ms
-/// tick, the measuring tool's 100 ms one, kernel workers) count at the top while they wait for
-/// a cid, a quarter of the samples, and the share that takes from the child goes to member 0's
-/// hogs. Counting them from their first run instead gave the child 25.1-25.5 in 14 boots, but
-/// moved the root's own eight cgroups beside eight children from 48.7-50.4% (three boots) to
-/// 47.2-49.6% (seven; their gate is 47): the root cgroup's tasks' CPU then comes out of member 0 alone, where the fair
-/// scheduler takes it from every group. Charging it the fair scheduler's way needs the root
-/// cgroup's tasks weighed by what they use (patch and figures: session 24's note). The bound
-/// stays until the full suite has run with the averaged shares.
+/// (session 24): the one sample a window was taken every 100 ms, in phase with whatever of the
+/// root cgroup wakes every 100 ms. With the shares sampled so (and, in that experiment, woken
+/// tasks left out of the top until they ran, below), the timer found the top heavier than p and
+/// q in 45 and 54 of 75 samples in two boots of five, the measuring tool (100 ms tick) queued
+/// in 29 and 22 of them, and the child got 24.5 and 23.0 where the other three got 25.6-26.0;
+/// sampled at random moments the tool is queued in about 5% of them. The shares now average
+/// samples taken at random gaps of 5-15 ms (cid_grants.bpf.h). Boots since (2026-12-06
+/// 03:45-03:58 UTC), c / o / q: quiet 23.7 / 25.7 / 50.6, 23.6 / 25.6 / 50.8, 23.5 / 25.7 /
+/// 50.8; beside two nice-19 busy loops (load 1.5-3.0) 23.5 / 25.9 / 50.5, 23.4 / 25.7 / 51.0,
+/// 23.7 / 25.9 / 50.5, 23.6 / 25.7 / 50.7, 23.4 / 25.6 / 51.0; in a run of 14 scheduler tests
+/// 23.5 / 25.7 / 50.7. What is left is a bias, not noise: woken tasks of the root cgroup (the
+/// daemon's 50 ms tick, the measuring tool's 100 ms one, kernel workers) count at the top while
+/// they wait for a cid, in about a quarter of the samples, and the share that takes from the
+/// child goes to member 0's hogs. Counting them from their first run instead gave the child
+/// 25.1-25.5 in 14 boots, but moved the root's own eight cgroups beside eight children from
+/// 48.3-50.4% (four boots) to 47.2-49.6% (seven; their gate is 47): the root cgroup's tasks'
+/// CPU then comes out of member 0 alone, where the fair scheduler takes it from every group.
+/// Charging it the fair scheduler's way needs the root cgroup's tasks weighed by what they use
+/// (the patch and figures: session 24's note). The bound stays until the full suite has run
+/// with the averaged shares.
 const CHILD_BELOW_THE_TOP_BOUND: f64 = 0.045;
 
 /// Issue 10 Deliver 1, children in the tree: a child attached below the top level weighs its
