@@ -311,6 +311,7 @@ void CANOPY_OP(canopy_root_running, struct task_struct *p)
 	u64 now = scx_bpf_now();
 
 	class_vtime_running(p, now);
+	tree_task_running(p);
 	if (!cs)
 		return;
 	cs->higher_class_since = 0;
@@ -396,7 +397,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_init_task, struct task_struct *p, struct scx
 
 void CANOPY_OP(canopy_root_runnable, struct task_struct *p, u64 enq_flags)
 {
-	tree_task_runnable(p);
+	tree_task_runnable(p, enq_flags & KCONST(SCX_ENQ_WAKEUP));
 }
 
 void CANOPY_OP(canopy_root_quiescent, struct task_struct *p, u64 deq_flags)

@@ -30,7 +30,9 @@
  * timer takes every 5-15 ms, and taken afresh within 1 ms of a child turning busy or idle).
  * A busy child counts at its attach cgroup's
  * node of the cpu tree as a cgroup with runnable tasks does (cpu_tree.bpf.h), so its share is
- * that cgroup's hw, inside its parent as under the fair scheduler; member 0's is what the tree
+ * that cgroup's hw, inside its parent as under the fair scheduler, of what the root cgroup's
+ * own tasks leave (their part of the machine: the larger of what they use and their weight
+ * share, root_tasks_part_sample()); member 0's is what the tree
  * holds beside the busy children (1 - their shares), at least what a top-level cgroup at
  * own_weight would get beside the tree's top (the floor that keeps the root's own hogs served
  * beside many children, e86fbf2), or with a policy weight for "/", exactly that at the
@@ -320,6 +322,19 @@ static __always_inline void roll_window(struct canopy_member *m, u64 now, u32 nr
 }
 
 /*
+ * One step of an exponential moving average: 1/8 (AVERAGE_STEP_SHIFT) of the way from @before
+ * to @sample (a sample's weight halves in about five steps). The members' shares and their
+ * slice estimates both average this way.
+ */
+#define AVERAGE_STEP_SHIFT 3
+static __always_inline u64 average_step(u64 before, u64 sample)
+{
+	if (sample >= before)
+		return before + ((sample - before) >> AVERAGE_STEP_SHIFT);
+	return before - ((before - sample) >> AVERAGE_STEP_SHIFT);
+}
+
+/*
  * Charge the time @cid has been handed to its owner and mark it unowned. The owner was charged
  * its expected use in advance (hand_cid); settle that against what it really used. Updates are
  * atomic: both cids of a member often end their slices on the same tick. Returns the slot the
@@ -358,8 +373,8 @@ static __always_inline u32 charge_cid(s32 cid, u64 now)
 	__sync_fetch_and_add(&m->cpu_ns, delta);
 	/* atomic, as cpu_ns: both cids of a member often end their grants on the same tick */
 	__sync_fetch_and_add(&m->period_used_ns, delta);
-	/* 1/8 moving average, kept within [50 us, 2 default slices] */
-	m->slice_estimate_ns = (m->slice_estimate_ns * 7 + delta) / 8;
+	/* moving average, kept within [50 us, 2 default slices] */
+	m->slice_estimate_ns = average_step(m->slice_estimate_ns, delta);
 	if (m->slice_estimate_ns < 50000)
 		m->slice_estimate_ns = 50000;
 	if (m->slice_estimate_ns > 2 * KCONST(SCX_SLICE_DFL))
@@ -522,56 +537,139 @@ __noinline int member_node_take_policy(u64 cgroup_id)
 }
 
 /*
- * A member's share after one more sample of the tree: 1/8 (SHARE_SAMPLE_WEIGHT_SHIFT) of the way
- * from @before to @sample, an exponential average over the timer's samples (one every 10 ms
- * on average: a sample's weight halves in about 50 ms), or @sample itself when the tree just
- * changed shape (@smooth false: a child turned busy or idle) or there is no average yet.
+ * A member's share after one more sample of the tree: average_step() from @before to @sample,
+ * an exponential average over the timer's samples (one every 10 ms on average: a sample's
+ * weight halves in about 50 ms), or @sample itself when the tree just changed shape (@smooth
+ * false: a child turned busy or idle) or there is no average yet.
  */
-#define SHARE_SAMPLE_WEIGHT_SHIFT 3
 static __always_inline u64 share_sampled(u64 before, u64 sample, bool smooth)
 {
 	if (!smooth || !before)
 		return sample;
-	if (sample >= before)
-		return before + ((sample - before) >> SHARE_SAMPLE_WEIGHT_SHIFT);
-	return before - ((before - sample) >> SHARE_SAMPLE_WEIGHT_SHIFT);
+	return average_step(before, sample);
 }
+
+/* The state of root_tasks_part_sample()'s averages. */
+struct root_tasks_part {
+	u64 sampled_at;		 /* when the last sample was taken (scx_bpf_now()) */
+	u64 ran_ns_then;	 /* root_task_ran_ns at that sample */
+	u64 use;		 /* average of the CPU they used, 1/CPU_TREE_ONE of the machine */
+	u64 weight_share;	 /* average of their started weight's share at the top, same units */
+	u64 part;		 /* the larger of the two, at most ROOT_TASKS_PART_MAX */
+};
+struct root_tasks_part root_tasks_part;
+
+#define ROOT_TASKS_PART_MAX (CPU_TREE_ONE / 2)
+
+/*
+ * The root cgroup's own tasks' part of the machine (1/CPU_TREE_ONE units) after one more
+ * sample, and the started part of their weight (@started_weight): what the members' shares
+ * take out before the cgroups divide the rest (member_shares_refresh()). It is the larger of
+ * two moving averages over the samples: the CPU they used since the last sample
+ * (root_task_ran_ns over the elapsed time times the online cids), and their weight's share
+ * of the top counted from each task's first run (root_task_weight less
+ * root_task_unstarted_weight, beside the cgroups' @cgroups_weight); at most one half.
+ *
+ * Why the larger: a sporadic task (the daemon's tick, a kernel worker) is rarely runnable at a
+ * sample but uses CPU, which under the fair scheduler comes out of every group alike, so its
+ * use takes it from every member, children included. Taken from member 0 alone (its weight
+ * share only), it cost the root's own eight cgroups beside eight children 3 points:
+ * 47.2-49.6% in seven boots for 50 (2026-12-06). A hog of the root cgroup keeps its weight
+ * share: use alone has no fixed point for it (it uses what it is given, and given less than
+ * its weight share by member 0, it would use less). Why at most one half: a burst of woken
+ * kernel workers would otherwise take the children's shares away for the averages' lifetime
+ * (about 50 ms); beyond one half the children keep more than the fair scheduler gives them
+ * (four hogs of the root cgroup beside two busy top-level cgroups: 2/3 under fair, 1/2 here).
+ *
+ * Worked example, 2 cids: the daemon runs about 0.5 ms every 50 ms: use 0.5 / (50 * 2) =
+ * 0.005, and it is rarely runnable after its first run at a sample: part 0.005, so a child
+ * at `p/c` in the `p`/`q` example of cpu_tree.bpf.h gets 0.25 * 0.995 = 0.249 of the machine.
+ * A DEFAULT hog of the root cgroup (1024, standalone table) beside `p` and `q` (1024 each):
+ * weight share 1024 / 3072 = 1/3, its use converges there too: part 1/3, the child gets
+ * 0.25 * 2/3 = 1/6, as under the fair scheduler (hog 1/3, p 1/3, q 1/3).
+ *
+ * Cost: at every sample two reads of globals, two multiply-divides and two average steps;
+ * at ops.stopping of a task of the root cgroup one atomic add (tree_task_stopping()).
+ */
+static __always_inline u64 root_tasks_part_sample(u64 now, u64 cgroups_weight, u64 started_weight)
+{
+	struct root_tasks_part *rp = &root_tasks_part;
+	u64 ran = root_task_ran_ns, use = 0, weight_share = 0, elapsed = now - rp->sampled_at;
+
+	if (started_weight)
+		weight_share = CPU_TREE_ONE * started_weight / (cgroups_weight + started_weight);
+	if (rp->sampled_at && (s64)elapsed > 0 && ran >= rp->ran_ns_then) {
+		use = (ran - rp->ran_ns_then) * CPU_TREE_ONE /
+		      (elapsed * (scx_bpf_nr_online_cids() ?: 1));
+		if (use > CPU_TREE_ONE)
+			use = CPU_TREE_ONE;
+	}
+	rp->sampled_at = now;
+	rp->ran_ns_then = ran;
+	/* never 0, which share_sampled() reads as "no average yet" */
+	rp->use = share_sampled(rp->use, use ?: 1, true);
+	rp->weight_share = share_sampled(rp->weight_share, weight_share ?: 1, true);
+	rp->part = rp->use > rp->weight_share ? rp->use : rp->weight_share;
+	if (rp->part > ROOT_TASKS_PART_MAX)
+		rp->part = ROOT_TASKS_PART_MAX;
+	return rp->part;
+}
+
+/* when member_shares_refresh() last had the attach nodes re-read their policy terms */
+u64 member_policy_taken_at;
 
 /*
  * Every member's share of the machine (tree_share, 1/CPU_TREE_ONE units), at one moment so
- * they add up: a child's is its attach cgroup's hierarchical share (cgroup_tree_share(): a
- * busy child counts there in the tree beside the root's busy cgroups); member 0's is what the
- * tree holds beside the busy children, one minus their shares, but at least what a top-level
- * cgroup at own_weight would get beside everything the tree's top holds (its runnable
- * top-level cgroups and tasks and its busy children's top-level ancestors); with a policy
- * weight for "/", exactly that with the policy's weight. The floor is what keeps the root's
- * own hogs served beside many children when its share was taken while they slept (the
- * kernel's watchdog ejects a root whose task waits 30 s). An idle child's share is worked
- * out as if it joined (it is refreshed when it does). Run by the shares timer every 5-15 ms,
- * which moves each share 1/8 of the way to the tree's state at that moment
- * (@smooth; below: why from a timer, why averaged), and by members_prepare() within
- * MEMBER_SHARES_MIN_GAP_NS of a child turning busy or idle, which takes the tree's state as
- * it is (@smooth 0: the shares' shape changed): one pass over the
- * slots, one lookup for the attach node's policy terms (member_node_take_policy()) and at
- * most CANOPY_MAX_CGROUP_DEPTH for the walk per attached child (64 children attached
- * at the top level: 192 lookups).
+ * they add up: the root cgroup's own tasks take their part (root_tasks_part_sample()) and
+ * the cgroups share the rest; a child's is its attach cgroup's hierarchical share of that rest
+ * (cgroup_tree_share(): a busy child counts there in the tree beside the root's busy
+ * cgroups); member 0's is what the tree holds beside the busy children, one minus their
+ * shares, but at least what a top-level cgroup at own_weight would get beside everything the
+ * tree's top holds (its runnable top-level cgroups, its started tasks and its busy children's
+ * top-level ancestors); with a policy weight for "/", exactly that with the policy's weight.
+ * The floor is what keeps the root's own hogs served beside many children when its share was
+ * taken while they slept (the kernel's watchdog ejects a root whose task waits 30 s). An idle
+ * child's share is worked out as if it joined (it is refreshed when it does). Run by the
+ * shares timer every 5-15 ms, which moves each share 1/8 of the way to the tree's state at
+ * that moment (@smooth; below: why from a timer, why averaged), and by members_prepare()
+ * within MEMBER_SHARES_MIN_GAP_NS of a child turning busy or idle, which takes the tree's
+ * state as it is (@smooth 0: the shares' shape changed): one pass over the slots, at most
+ * CANOPY_MAX_CGROUP_DEPTH lookups for the walk per attached child (64 children attached at
+ * the top level: 128 lookups), and at a turn or once a window one more per child for its
+ * attach node's policy terms (member_node_take_policy()).
  */
 __noinline int member_shares_refresh(int smooth)
 {
 	struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
-	struct canopy_cgroup_node *root;
+	struct canopy_cgroup_node *root = tree_node(CPU_TREE_ROOT_CGROUP_ID);
 	struct canopy_group_policy *pol;
-	u64 children = 0, share, own, floor, top, weight, root_cgid = 1;
+	u64 children = 0, share, own, floor, top, weight, root_cgid = CPU_TREE_ROOT_CGROUP_ID;
+	u64 now = scx_bpf_now(), part;
+	s64 tasks = root_task_weight, started, cgroups;
+	bool take_policy = !smooth || now - member_policy_taken_at >= CANOPY_PERIOD_NS;
 	int i;
+
+	if (tasks < 0)
+		tasks = 0;
+	started = tasks - root_task_unstarted_weight;
+	if (started < 0)
+		started = 0;
+	cgroups = (root ? root->active_weight : 0) - tasks;
+	if (cgroups < 0)
+		cgroups = 0;
+	part = root_tasks_part_sample(now, cgroups, started);
+	if (take_policy)
+		member_policy_taken_at = now;
 
 	canopy_for(i, 1, member_slots_in_use()) {
 		struct canopy_member *m = member_of(i);
 
 		if (!m || !m->active || !m->cgroup_id)
 			continue;
-		member_node_take_policy(m->cgroup_id);
+		if (take_policy)
+			member_node_take_policy(m->cgroup_id);
 		/* at most CPU_TREE_ONE: every factor of the product is at most 1 (share_of()) */
-		share = cgroup_tree_share(m->cgroup_id);
+		share = cgroup_tree_share(m->cgroup_id) * (CPU_TREE_ONE - part) / CPU_TREE_ONE;
 		m->tree_share = share_sampled(m->tree_share, share ?: 1, smooth);
 		/*
 		 * read back from the map: a sum of values the verifier knows exactly would differ in
@@ -584,8 +682,7 @@ __noinline int member_shares_refresh(int smooth)
 		return 0;
 	pol = bpf_map_lookup_elem(&group_policy, &root_cgid);
 	weight = cgroup_weight_on_task_scale((pol && pol->weight) ? pol->weight : own_weight);
-	root = tree_node(root_cgid);
-	top = (root && root->active_weight > 0) ? root->active_weight : 0;
+	top = (u64)cgroups + (u64)started;
 	floor = CPU_TREE_ONE * weight / (top + weight);
 	own = children < CPU_TREE_ONE ? CPU_TREE_ONE - children : 0;
 	if ((pol && pol->weight) || own < floor)
@@ -609,10 +706,11 @@ __noinline int member_shares_refresh(int smooth)
  * of the root cgroup out of the top until they ran): the measuring tool wakes every 100 ms,
  * and in two boots of five the timer found it at the top in 45 and 54 of 75 samples, giving
  * the child 24.5% and 23.0% (the others 26.0, 25.8, 25.6); averaged over samples every 5-15
- * ms, five boots gave it 25.3-25.4%. As the tree counts those tasks today (from their wakeup),
- * the averaged samples give the child 23.4-23.7% in eight boots, quiet and busy, where one
- * sample a window gave 21.7-25.2% in 29 and 19.8% and 20.5% in two full runs; what is left is
- * the waiting tasks' bias (tests/vm/sched_shares.rs, CHILD_BELOW_THE_TOP_BOUND).
+ * ms, five boots gave it 25.3-25.4%. With those tasks counted from their wakeup, the averaged
+ * samples gave the child 23.4-23.7% in eight boots, quiet and busy, where one sample a window
+ * gave 21.7-25.2% in 29 and 19.8% and 20.5% in two full runs; the 1.5 points left were the
+ * waiting tasks' bias, which root_tasks_part_sample() closes (tests/vm/sched_shares.rs,
+ * CHILD_BELOW_THE_TOP_BOUND).
  * A child's busy/idle turn still refreshes from the dispatch that sees it (within
  * MEMBER_SHARES_MIN_GAP_NS, the average starting afresh there), and a dispatch refreshes if
  * the timer is MEMBER_SHARES_TIMER_LATE_NS late (a safety net: a late timer only keeps the

@@ -41,8 +41,10 @@
  * 3 : 1 : 4 between the cgroups a, b and q, as the fair scheduler does.
  *
  * Cost: ops.runnable and ops.quiescent do one task-storage lookup and one atomic add on the
- * task's cgroup node; only when a cgroup turns active or idle does the update walk up, one
- * hash lookup and atomic add per level (at most CANOPY_MAX_CGROUP_DEPTH). ops.stopping walks
+ * task's cgroup node (a task of the root cgroup one or two more, on globals; ops.running a
+ * task-storage lookup while a woken one waits for its first run: root_task_weight); only
+ * when a cgroup turns active or idle does the update walk up, one hash lookup and atomic add
+ * per level (at most CANOPY_MAX_CGROUP_DEPTH). ops.stopping walks
  * the task's path to the root once: one hash lookup and two multiply-divides per level (a
  * task in /user.slice/user-1000.slice/app.slice/x.scope: 5 lookups).
  *
@@ -79,7 +81,9 @@
  * and a parent that turns active counts in its own parent, up to the root (tree_add() and
  * tree_remove(), the walks and race rules below). tree_runnable_weight and the own tasks'
  * counts are untouched: no task of the root's runs there. Every member then gets its
- * hierarchical fraction of the machine: a child its attach cgroup's (cgroup_tree_share()),
+ * hierarchical fraction of the machine: a child its attach cgroup's (cgroup_tree_share()) of
+ * what the root cgroup's own tasks leave (root_task_weight and below: they take the larger of
+ * what they use and their weight share from every member, as under the fair scheduler),
  * the root's own tasks everything else the tree holds (one minus the busy children's), and a
  * task's share is taken as a fraction of that own part (own_tree_share), so W_eq means what
  * it meant with the children beside the tree. The kernel sends cpuctl_exit for the attach
@@ -96,10 +100,11 @@
  *
  * Cost of the children's part: a child turning busy or idle adds or removes its mark with one
  * walk up (at most CANOPY_MAX_CGROUP_DEPTH hash lookups and atomic adds, only where a node
- * crosses zero); every member's share is worked out once per 100 ms window and within 1 ms
+ * crosses zero); every member's share is sampled every 5-15 ms (a timer) and within 1 ms
  * of such a turn, one walk per attached child (at most CANOPY_MAX_CGROUP_DEPTH lookups each;
- * a child at system.slice/x.service: 3). ops.enqueue and ops.stopping pay nothing more but a
- * multiply-divide by own_tree_share.
+ * a child at system.slice/x.service: 3), and the root cgroup's tasks' part (a few
+ * multiply-divides, cid_grants.bpf.h root_tasks_part_sample()). ops.enqueue and ops.stopping
+ * pay nothing more but a multiply-divide by own_tree_share.
  *
  * Races, stated: two CPUs crossing the same node's zero at once may add and remove its weight
  * in the parent in either order, so a parent's sum can read low or high for that instant; the
@@ -147,6 +152,8 @@ struct tree_task {
 	u64 cgroup_id;	/* the cpu cgroup its weight was added to */
 	u32 weight;	/* that weight; 0: not counted (not runnable here) */
 	u32 idle;	/* 1: that cgroup or an ancestor had cpu.idle 1 when it became runnable */
+	u32 unstarted;	/* its weight in root_task_unstarted_weight: woke, not run since */
+	u32 reserved;
 };
 
 struct {
@@ -165,6 +172,31 @@ struct {
 
 /* the summed weights of every runnable own task (W_eq's scale) */
 u64 tree_runnable_weight;
+/* the root cgroup's id on cgroup v2 */
+#define CPU_TREE_ROOT_CGROUP_ID 1
+/*
+ * Tasks of the root cgroup itself (kernel threads, the daemon, a shell) at the tree's top,
+ * kept for the members' shares (cid_grants.bpf.h, root_tasks_part_sample()): the summed
+ * weights of those runnable (root_task_weight), of those among them that woke and have not
+ * run since (root_task_unstarted_weight: tree_task_runnable() adds, the first ops.running or
+ * ops.quiescent takes away), and the CPU time they ran (root_task_ran_ns, added at
+ * ops.stopping). Their weight still counts at the root node for their own charge
+ * (tree_charge_weight_fp()); only the members' shares weigh them apart.
+ *
+ * Why apart: a woken task of the root cgroup waits for a cid where the fair scheduler's
+ * wakeup preemption would run it at once, and while it waits it counted at the top: the busy
+ * children's shares fell, member 0 gained what they lost, and its hogs, not the waiting task,
+ * spent it. Measured (2026-12-06, `p` (100) holding a child on `p/c` (100) and the root's own
+ * `p/o` (100), beside `q` (100), two hogs each on 2 vCPUs, shares sampled every 5-15 ms): the
+ * timer found woken tasks of the root cgroup queued (the daemon's 50 ms tick, the measuring
+ * tool's 100 ms one, kernel workers) in about a quarter of its samples; the top weighed
+ * 2,300-2,330 on average against p's and q's 2,048, the child's share averaged 0.222-0.228
+ * for 0.25, and it got 23.4-23.7% (o 25.6-25.7%).
+ */
+s64 root_task_weight;
+s64 root_task_unstarted_weight;
+u64 root_task_ran_ns;
+
 /*
  * The root's own tasks' part of the machine (member 0's tree_share, 1/CPU_TREE_ONE units:
  * what the tree holds beside its busy children), as of the last member_shares_refresh();
@@ -357,22 +389,41 @@ static __always_inline bool task_in_idle_cgroup(struct task_struct *p)
 	return tt && tt->idle;
 }
 
+/* @tt's task ran, or stopped counting: it no longer waits for its first run at the top. */
+static __always_inline void tree_task_started(struct tree_task *tt)
+{
+	u32 weight = tt->unstarted;
+
+	if (!weight)
+		return;
+	tt->unstarted = 0;
+	__sync_fetch_and_add(&root_task_unstarted_weight, -(s64)weight);
+}
+
 /* @p stops counting in the tree (it slept, left the scheduler, or is being re-counted). */
 static __always_inline void tree_task_quiescent(struct task_struct *p)
 {
 	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
 	u32 weight;
 
-	if (!tt || !tt->weight)
+	if (!tt)
+		return;
+	tree_task_started(tt);
+	if (!tt->weight)
 		return;
 	weight = tt->weight;
 	tt->weight = 0;
+	if (tt->cgroup_id == CPU_TREE_ROOT_CGROUP_ID)
+		__sync_fetch_and_add(&root_task_weight, -(s64)weight);
 	__sync_fetch_and_add(&tree_runnable_weight, -(u64)weight);
 	tree_remove(tt->cgroup_id, weight);
 }
 
-/* @p became runnable: count it at its class-and-nice weight in its cpu cgroup. */
-static __always_inline void tree_task_runnable(struct task_struct *p)
+/*
+ * @p became runnable (@woke: it was not runnable before, so it has not run since): count it
+ * at its class-and-nice weight in its cpu cgroup.
+ */
+static __always_inline void tree_task_runnable(struct task_struct *p, bool woke)
 {
 	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
 	struct task_ctx *tctx = task_ctx_of(p);
@@ -387,23 +438,53 @@ static __always_inline void tree_task_runnable(struct task_struct *p)
 	tt->idle = nr_idle_cgroups > 0 && cgroup_path_idle(tt->cgroup_id);
 	__sync_fetch_and_add(&tree_runnable_weight, weight);
 	tree_add(tt->cgroup_id, weight);
+	if (tt->cgroup_id != CPU_TREE_ROOT_CGROUP_ID)
+		return;
+	__sync_fetch_and_add(&root_task_weight, (s64)weight);
+	if (woke) {
+		tt->unstarted = weight;
+		__sync_fetch_and_add(&root_task_unstarted_weight, (s64)weight);
+	}
 }
 
 /*
- * @p stayed runnable while its class-and-nice weight changed (a re-tag, a reload that moved
- * the policy's default class, a clamp after a move): count it at the weight it was just
- * decided with, so that W_eq follows the class. Without this a task that never sleeps kept the
- * weight it had when it last became runnable: a busy untagged hog stayed at DEFAULT's 100
- * after a reload made the default BULK (60 against 655). One task-storage lookup and a compare
- * per stop; the re-count (a remove and an add) only when the weight differs.
+ * @p runs (ops.running): it counts at the top for the members' shares from now on. A compare
+ * of one global while no woken task of the root cgroup waits for its first run; a
+ * task-storage lookup otherwise.
  */
-static __always_inline void tree_task_reweight(struct task_struct *p, struct task_ctx *tctx)
+static __always_inline void tree_task_running(struct task_struct *p)
+{
+	struct tree_task *tt;
+
+	if (root_task_unstarted_weight <= 0)
+		return;
+	tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
+	if (tt)
+		tree_task_started(tt);
+}
+
+/*
+ * @p stops after running @ran_ns (ops.stopping). A task of the root cgroup adds that to
+ * root_task_ran_ns (one atomic add). And if it stayed runnable while its class-and-nice
+ * weight changed (a re-tag, a reload that moved the policy's default class, a clamp after a
+ * move), it is counted at the weight it was just decided with, so that W_eq follows the
+ * class. Without this a task that never sleeps kept the weight it had when it last became
+ * runnable: a busy untagged hog stayed at DEFAULT's 100 after a reload made the default BULK
+ * (60 against 655). One task-storage lookup and a compare per stop; the re-count (a remove
+ * and an add) only when the weight differs.
+ */
+static __always_inline void tree_task_stopping(struct task_struct *p, struct task_ctx *tctx,
+					       u64 ran_ns)
 {
 	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
 
-	if (!tt || !tt->weight || !tctx || !tctx->weight || tctx->weight == tt->weight)
+	if (!tt || !tt->weight)
 		return;
-	tree_task_runnable(p);
+	if (ran_ns && tt->cgroup_id == CPU_TREE_ROOT_CGROUP_ID)
+		__sync_fetch_and_add(&root_task_ran_ns, ran_ns);
+	if (!tctx || !tctx->weight || tctx->weight == tt->weight)
+		return;
+	tree_task_runnable(p, false);
 }
 
 /* @numerator / @denominator of a non-negative sum that may read low for an instant (races). */
@@ -416,11 +497,12 @@ static __always_inline u64 share_of(u64 value, u32 numerator, s64 denominator)
 
 /*
  * @share (a fraction of @node's active weight, 1/CPU_TREE_ONE units) as a fraction of the
- * machine: multiplied by each level's weight over its parent's active weight, up to the root.
- * At most CANOPY_MAX_CGROUP_DEPTH hash lookups.
+ * machine: multiplied by each level's weight over its parent's active weight, up to the root,
+ * whose active weight counts without @root_weight_left_out (the members' shares leave the
+ * root cgroup's tasks out: cgroup_tree_share()). At most CANOPY_MAX_CGROUP_DEPTH hash lookups.
  */
 static __always_inline u64 share_up_the_tree(struct canopy_cgroup_node *node, u64 share,
-					     u64 version)
+					     u64 version, s64 root_weight_left_out)
 {
 	u32 weight;
 	int depth;
@@ -432,7 +514,8 @@ static __always_inline u64 share_up_the_tree(struct canopy_cgroup_node *node, u6
 		node = tree_node_current(node->parent_id, version);
 		if (!node)
 			break;
-		share = share_of(share, weight, node->active_weight);
+		share = share_of(share, weight,
+				 node->active_weight - (node->parent_id ? 0 : root_weight_left_out));
 	}
 	return share;
 }
@@ -453,7 +536,7 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 	if (!node)
 		return 0;
 	share = share_up_the_tree(node, share_of(CPU_TREE_ONE, tt->weight, node->active_weight),
-				  version);
+				  version, 0);
 	/* a fraction of the own tasks' part, not of the machine (busy children hold the rest) */
 	if (own_tree_share && own_tree_share < CPU_TREE_ONE)
 		share = share * CPU_TREE_ONE / own_tree_share;
@@ -464,9 +547,11 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 }
 
 /*
- * @cgroup_id's hierarchical share of the machine, 1/CPU_TREE_ONE units: the product of its
- * weight's fraction of its parent's active weight and so on up to the root (what a task's
- * walk in tree_charge_weight_fp() multiplies, from the cgroup up). A busy child scheduler's
+ * @cgroup_id's hierarchical share of what the cgroups get beside the root cgroup's own tasks,
+ * 1/CPU_TREE_ONE units: the product of its weight's fraction of its parent's active weight
+ * and so on up to the root (what a task's walk in tree_charge_weight_fp() multiplies, from the
+ * cgroup up), the root's active weight counted without the root cgroup's tasks
+ * (root_task_weight; their part is root_tasks_part_sample()'s). A busy child scheduler's
  * member is charged at its attach cgroup's share (cid_grants.bpf.h). At most
  * CANOPY_MAX_CGROUP_DEPTH hash lookups; a global function, verified once (its callers loop
  * over the members).
@@ -479,7 +564,8 @@ __noinline u64 cgroup_tree_share(u64 cgroup_id)
 	node = tree_node_current(cgroup_id, version);
 	if (!node)
 		return 0;
-	return share_up_the_tree(node, CPU_TREE_ONE, version);
+	return share_up_the_tree(node, CPU_TREE_ONE, version,
+				 root_task_weight > 0 ? root_task_weight : 0);
 }
 
 /*

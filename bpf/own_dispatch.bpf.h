@@ -68,10 +68,14 @@ static __always_inline void charge_own_quota(struct task_struct *p, struct task_
 
 static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
+	u64 ran_ns = 0;
+
 	charge_own_quota(p, tctx, now);
-	if (tctx && tctx->running_at && now > tctx->running_at)
-		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
-	tree_task_reweight(p, tctx);
+	if (tctx && tctx->running_at && now > tctx->running_at) {
+		ran_ns = now - tctx->running_at;
+		preempt_budget_charge(p, tctx->class, ran_ns);
+	}
+	tree_task_stopping(p, tctx, ran_ns);
 	class_vtime_stopping(p, now, tree_charge_weight_fp(p));
 }
 
