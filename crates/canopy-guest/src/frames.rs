@@ -406,9 +406,12 @@ pub fn run(args: &FramesArgs) -> Result<()> {
     let (frame_work, audio_work) = (args.frame_work_us * 1000, args.audio_work_us * 1000);
     let compositor = std::thread::spawn(move || periodic("compositor", frame_book, frame_work));
     let audio = std::thread::spawn(move || periodic("audio", audio_book, audio_work));
+    sleep_until_ns(start_ns);
+    let background_before = background_cpu_seconds(hog.as_ref(), &build);
     let frames = compositor.join();
     let audio = audio.join();
     let measured_s = settle_started.elapsed().as_secs_f64() - args.settle_seconds;
+    let background_after = background_cpu_seconds(hog.as_ref(), &build);
     if let Some(hog) = &mut hog {
         kill_group(hog);
     }
@@ -436,8 +439,23 @@ pub fn run(args: &FramesArgs) -> Result<()> {
             "audio_late_parts": audio_parts.summary(),
             "build_jobs": build_report["jobs"],
             "build_spawn_errors": build_report["spawn_errors"],
+            "hog_cpu_s": background_after.0 - background_before.0,
+            "build_cpu_s": background_after.1 - background_before.1,
+            "background_cpu_s": (background_after.0 + background_after.1)
+                - (background_before.0 + background_before.1),
         }),
     )
+}
+
+/// CPU seconds the hogs and the build (its jobs counted once reaped) have used so far; 0 for
+/// one that is missing or gone. Read at the window's start and end: the difference is what
+/// the BACKGROUND work got in all, which a scheduler may split between the hogs and the build
+/// as it likes (a peer that favours tasks that sleep often gives the build more).
+fn background_cpu_seconds(hog: Option<&Child>, build: &Child) -> (f64, f64) {
+    let used = |child: &Child| {
+        crate::proc_stat::cpu_seconds_with_reaped_children(child.id()).unwrap_or(0.0)
+    };
+    (hog.map_or(0.0, used), used(build))
 }
 
 /// The build prints one JSON line when its window ends.

@@ -31,8 +31,14 @@ pub struct ProcStatArgs {
     kind: String,
 }
 
+/// Clock ticks (USER_HZ) per second, the unit of a stat line's CPU times.
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
 pub fn run(args: &ProcStatArgs) -> Result<()> {
-    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ticks_per_s = ticks_per_second();
     let before = cpu_ticks(&format!("/proc/{}/stat", args.pid))?;
     // tid -> ticks at the window's start
     let threads_before: std::collections::HashMap<String, u64> = if args.threads {
@@ -126,14 +132,30 @@ pub(crate) fn fields_after_comm(stat: &str) -> Vec<&str> {
 
 /// utime + stime in clock ticks of a stat line (fields 14 and 15).
 fn stat_ticks(stat: &str) -> u64 {
+    stat_fields_sum(stat, &[14, 15])
+}
+
+/// The sum of the numeric fields @numbers (as proc(5) numbers them) of a stat line.
+fn stat_fields_sum(stat: &str, numbers: &[usize]) -> u64 {
     let fields = fields_after_comm(stat);
-    let value = |index: usize| {
-        fields
-            .get(index - 3)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    value(14) + value(15)
+    numbers
+        .iter()
+        .map(|number| {
+            fields
+                .get(number - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// CPU seconds @pid and the children it has waited for used so far: utime + stime + cutime +
+/// cstime (fields 14-17), so a process that runs short jobs one after another counts them
+/// once each is reaped.
+pub(crate) fn cpu_seconds_with_reaped_children(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(stat_fields_sum(&stat, &[14, 15, 16, 17]) as f64 / ticks_per_second())
 }
 
 #[cfg(test)]
@@ -147,5 +169,12 @@ mod tests {
         assert_eq!(stat_ticks(stat), 49);
         assert_eq!(fields_after_comm(stat).first(), Some(&"S"));
         assert!(fields_after_comm("no comm here").is_empty());
+    }
+
+    #[test]
+    fn reaped_children_add_their_cutime_and_cstime() {
+        let stat = "77 (build) S 1 77 77 0 -1 4194560 10 0 0 0 37 12 500 300 20 0 3 0";
+        assert_eq!(stat_ticks(stat), 49);
+        assert_eq!(stat_fields_sum(stat, &[14, 15, 16, 17]), 849);
     }
 }
