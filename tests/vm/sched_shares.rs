@@ -702,26 +702,7 @@ const CHILD_BELOW_THE_TOP_BOUND: f64 = 0.03;
 /// against c's 100: c 31.0%, o 34.4%, q 34.6%, q 15 points short.
 #[test]
 fn a_child_below_the_top_weighs_its_share_inside_its_parent() -> anyhow::Result<()> {
-    const GROUPS: &str = "--group p/c:100:2 --group p/o:100:2 --group q:100:2";
-    let script = format!(
-        r#"
-mkdir -p /sys/fs/cgroup/p /sys/fs/cgroup/q
-echo +cpu > /sys/fs/cgroup/p/cgroup.subtree_control
-mkdir -p /sys/fs/cgroup/p/c /sys/fs/cgroup/p/o
-{nested_fair}{start}
-canopy-guest cpu-split {GROUPS} --seconds 6 --warmup 1 --keep --kind nested-canopy
-{STOP_ROOT}
-"#,
-        nested_fair = fair_reference(&format!(
-            "canopy-guest cpu-split {GROUPS} --seconds 6 --warmup 1 --keep --fair-cgroup-mode smp --kind nested-fair\n"
-        )),
-        start = start_root_with_children(1),
-    );
-    let outcome = crate::scenario("sched-child-in-the-tree")
-        .with_file_contents("/etc/canopy-sched.json", children_config(&["p/c"]), 0o644)
-        .timeout(Duration::from_secs(240))
-        .script(script)
-        .run()?;
+    let outcome = split_beside_a_child_below_the_top("sched-child-in-the-tree", "nested", "", "")?;
     println!("{}", outcome.summary());
     let shares = |kind: &str| -> anyhow::Result<Vec<f64>> {
         Ok(outcome.result(kind)?["groups"]
@@ -746,17 +727,12 @@ canopy-guest cpu-split {GROUPS} --seconds 6 --warmup 1 --keep --kind nested-cano
         "p/c (child) / p/o / q, target 25% / 25% / 50%: {fair}canopy {}",
         percent(&canopy)
     );
-    let target = [0.25, 0.25, 0.5];
-    assert_eq!(canopy.len(), target.len(), "{canopy:?}");
-    for ((share, target), name) in canopy.iter().zip(target).zip(["p/c", "p/o", "q"]) {
-        assert!(
-            (share - target).abs() <= CHILD_BELOW_THE_TOP_BOUND,
-            "{name} got {:.1}% under canopy (target {:.0}%): {}",
-            share * 100.0,
-            target * 100.0,
-            percent(&canopy)
-        );
-    }
+    assert_c_o_q_within(
+        &canopy,
+        [0.25, 0.25, 0.5],
+        CHILD_BELOW_THE_TOP_BOUND,
+        &percent(&canopy),
+    );
     crate::support::assert_root_survived(&outcome)?;
     Ok(())
 }
@@ -793,29 +769,12 @@ const ROOT_HOG_BESIDE_CHILDREN_BOUND: f64 = 0.03;
 /// c, o and q each within ROOT_HOG_BESIDE_CHILDREN_BOUND of those.
 #[test]
 fn a_hog_of_the_root_cgroup_takes_its_weight_share_beside_children() -> anyhow::Result<()> {
-    const GROUPS: &str = "--group p/c:100:2 --group p/o:100:2 --group q:100:2";
-    let script = format!(
-        r#"
-mkdir -p /sys/fs/cgroup/p /sys/fs/cgroup/q
-echo +cpu > /sys/fs/cgroup/p/cgroup.subtree_control
-mkdir -p /sys/fs/cgroup/p/c /sys/fs/cgroup/p/o
-sh -c 'while :; do :; done' &
-ROOT_HOG=$!
-{nested_fair}{start}
-canopy-guest cpu-split {GROUPS} --seconds 6 --warmup 1 --keep --kind root-hog-canopy
-kill $ROOT_HOG
-{STOP_ROOT}
-"#,
-        nested_fair = fair_reference(&format!(
-            "canopy-guest cpu-split {GROUPS} --seconds 6 --warmup 1 --keep --fair-cgroup-mode smp --kind root-hog-fair\n"
-        )),
-        start = start_root_with_children(1),
-    );
-    let outcome = crate::scenario("sched-root-hog-beside-children")
-        .with_file_contents("/etc/canopy-sched.json", children_config(&["p/c"]), 0o644)
-        .timeout(Duration::from_secs(240))
-        .script(script)
-        .run()?;
+    let outcome = split_beside_a_child_below_the_top(
+        "sched-root-hog-beside-children",
+        "root-hog",
+        "sh -c 'while :; do :; done' &\nROOT_HOG=$!\n",
+        "kill $ROOT_HOG\n",
+    )?;
     println!("{}", outcome.summary());
     let percent = |shares: &[f64]| {
         let rest = 1.0 - shares.iter().sum::<f64>();
@@ -835,17 +794,59 @@ kill $ROOT_HOG
         "p/c (child) / p/o / q / the rest (the root hog), target 16.7% / 16.7% / 33.3% / 33.3%: {fair}canopy {}",
         percent(&canopy)
     );
-    let target = [1.0 / 6.0, 1.0 / 6.0, 1.0 / 3.0];
-    assert_eq!(canopy.len(), target.len(), "{canopy:?}");
-    for ((share, target), name) in canopy.iter().zip(target).zip(["p/c", "p/o", "q"]) {
-        assert!(
-            (share - target).abs() <= ROOT_HOG_BESIDE_CHILDREN_BOUND,
-            "{name} got {:.1}% of the machine under canopy (target {:.1}%): {}",
-            share * 100.0,
-            target * 100.0,
-            percent(&canopy)
-        );
-    }
+    assert_c_o_q_within(
+        &canopy,
+        [1.0 / 6.0, 1.0 / 6.0, 1.0 / 3.0],
+        ROOT_HOG_BESIDE_CHILDREN_BOUND,
+        &percent(&canopy),
+    );
     crate::support::assert_root_survived(&outcome)?;
     Ok(())
+}
+
+/// Scenario @name: `p` (100) holding a canopy child on `p/c` (100) and the root's own `p/o`
+/// (100), beside `q` (100), two hogs each, split for 6 s under canopy's root (result
+/// `{kind}-canopy`), after the fair scheduler's split of the same cgroups when fair
+/// references run (`{kind}-fair`); the script runs @before first and @after right after the
+/// split under canopy.
+fn split_beside_a_child_below_the_top(
+    name: &str,
+    kind: &str,
+    before: &str,
+    after: &str,
+) -> anyhow::Result<canopy_vmtest::Outcome> {
+    const GROUPS: &str = "--group p/c:100:2 --group p/o:100:2 --group q:100:2";
+    let script = format!(
+        r#"
+mkdir -p /sys/fs/cgroup/p /sys/fs/cgroup/q
+echo +cpu > /sys/fs/cgroup/p/cgroup.subtree_control
+mkdir -p /sys/fs/cgroup/p/c /sys/fs/cgroup/p/o
+{before}{nested_fair}{start}
+canopy-guest cpu-split {GROUPS} --seconds 6 --warmup 1 --keep --kind {kind}-canopy
+{after}{STOP_ROOT}
+"#,
+        nested_fair = fair_reference(&format!(
+            "canopy-guest cpu-split {GROUPS} --seconds 6 --warmup 1 --keep --fair-cgroup-mode smp --kind {kind}-fair\n"
+        )),
+        start = start_root_with_children(1),
+    );
+    Ok(crate::scenario(name)
+        .with_file_contents("/etc/canopy-sched.json", children_config(&["p/c"]), 0o644)
+        .timeout(Duration::from_secs(240))
+        .script(script)
+        .run()?)
+}
+
+/// Each of p/c's, p/o's and q's @shares under canopy within @bound of its @targets (@shown: the
+/// split as printed, for the message).
+fn assert_c_o_q_within(shares: &[f64], targets: [f64; 3], bound: f64, shown: &str) {
+    assert_eq!(shares.len(), targets.len(), "{shares:?}");
+    for ((share, target), name) in shares.iter().zip(targets).zip(["p/c", "p/o", "q"]) {
+        assert!(
+            (share - target).abs() <= bound,
+            "{name} got {:.1}% under canopy (target {:.1}%): {shown}",
+            share * 100.0,
+            target * 100.0,
+        );
+    }
 }
