@@ -126,6 +126,9 @@ pub struct Stats {
     pub counters: Counters,
     /// Events handled, by type.
     pub events: BTreeMap<&'static str, u64>,
+    /// Wall time spent handling events, by type, in ns (the controller's part only: receiving
+    /// and decoding them is not in it). Where a fork-heavy load's cost goes.
+    pub event_handling_ns: BTreeMap<&'static str, u64>,
     /// Rename-to-applied latency samples (kernel event timestamp to the backend call returning).
     pub apply_latency: LatencyRing,
     /// Move-to-re-clamped latency samples (the move watcher's kernel timestamp of the attach to
@@ -137,6 +140,13 @@ impl Stats {
     /// Counts one event.
     pub fn count_event(&mut self, kind: EventType) {
         *self.events.entry(kind.label()).or_default() += 1;
+    }
+
+    /// Adds the time one event of `kind` took to handle.
+    pub fn add_event_handling(&mut self, kind: EventType, took: std::time::Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let total = self.event_handling_ns.entry(kind.label()).or_default();
+        *total = total.saturating_add(ns);
     }
 }
 
@@ -167,6 +177,9 @@ pub struct Snapshot {
     pub counters: Counters,
     /// Events by type.
     pub events: BTreeMap<String, u64>,
+    /// Wall time spent handling events, by type, µs.
+    #[serde(default)]
+    pub event_handling_us: BTreeMap<String, u64>,
     /// Sub-scheduler attaches refused by the root scheduler.
     pub refused_subsched_attaches: u64,
     /// p50 of rename → applied, µs.
@@ -256,6 +269,14 @@ impl Snapshot {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let _ = writeln!(s, "events:          {}", ev.join(" "));
+        if !self.event_handling_us.is_empty() {
+            let took: Vec<String> = self
+                .event_handling_us
+                .iter()
+                .map(|(k, us)| format!("{k}={:.1}", *us as f64 / 1000.0))
+                .collect();
+            let _ = writeln!(s, "handling ms:     {}", took.join(" "));
+        }
         let _ = writeln!(s, "\ncounters:");
         for (name, desc, v) in self.counters.describe() {
             let _ = writeln!(s, "  {name:<24} {v:>10}  {desc}");
@@ -305,6 +326,15 @@ impl Snapshot {
         for k in EventType::ALL {
             let v = self.events.get(k.label()).copied().unwrap_or(0);
             out.sample(&[("type", k.label())], v);
+        }
+        out.family(
+            "canopy_event_handling_seconds_total",
+            "counter",
+            "Wall time spent handling events, by type.",
+        );
+        for k in EventType::ALL {
+            let us = self.event_handling_us.get(k.label()).copied().unwrap_or(0);
+            out.sample(&[("type", k.label())], seconds_from_us(us));
         }
         out.family(
             "canopy_refused_subsched_attaches_total",
@@ -518,6 +548,7 @@ mod tests {
             tasks_by_class: BTreeMap::from([("BACKGROUND".to_string(), 1)]),
             counters: c,
             events: BTreeMap::new(),
+            event_handling_us: BTreeMap::new(),
             refused_subsched_attaches: 0,
             apply_latency_p50_us: None,
             apply_latency_p99_us: None,

@@ -8,7 +8,9 @@ use super::*;
 impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// Handles one event at time `now` (tokio's clock, so tests can pause it).
     pub fn handle(&mut self, event: Event, now: Instant) {
-        self.stats.count_event(event.kind());
+        let started = std::time::Instant::now();
+        let kind = event.kind();
+        self.stats.count_event(kind);
         self.event_ns = match &event {
             Event::Fork { timestamp_ns, .. }
             | Event::Exec { timestamp_ns, .. }
@@ -69,6 +71,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         }
         // Tasks found outside event handling (rescans, requests) are stamped with the clock.
         self.event_ns = None;
+        self.stats.add_event_handling(kind, started.elapsed());
     }
 
     pub(super) fn record_latency(&mut self, tid: u32, timestamp_ns: Option<u64>) {

@@ -395,6 +395,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
+            event_handling_us: self
+                .stats
+                .event_handling_ns
+                .iter()
+                .map(|(k, ns)| (k.to_string(), ns / 1000))
+                .collect(),
             refused_subsched_attaches: self.backend.refused_subsched_attaches(),
             apply_latency_p50_us: self.stats.apply_latency.quantile_us(0.5),
             apply_latency_p99_us: self.stats.apply_latency.quantile_us(0.99),
