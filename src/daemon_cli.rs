@@ -149,8 +149,12 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     opts.scx = Some(schedulers.factory());
     // Both modes: cgroup moves through BPF where the kernel allows it (inotify otherwise).
     opts.move_watcher = Some(crate::scheduler::move_watch::factory());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread polls every source: the controller loop runs where the I/O driver does, so a
+    // proc event wakes one thread, not a worker that then wakes the loop. With one worker the
+    // frame benchmark's fork-heavy build (about 120 events a second) cost the daemon 1.6 ms of
+    // CPU per event under TCG, a third of it on that worker; on one thread 1.1 ms
+    // (docs/scheduler-benchmark.md, 2026-12-06 09:27).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("canopy-daemon")
         .build()

@@ -335,7 +335,8 @@ impl Daemon {
                         Ok(_) => {
                             // Whatever else is queued now, up to the turn's budget, so that a
                             // storm's renames of one thread coalesce into its last name.
-                            while proc_batch.len() < PROC_EVENTS_PER_TURN
+                            while !proc_events.drained()
+                                && proc_batch.len() < PROC_EVENTS_PER_TURN
                                 && matches!(proc_events.try_recv_batch(&mut proc_batch), Ok(n) if n > 0)
                             {}
                             let coalesced = canopy_sys::proc_events::coalesce_renames(&mut proc_batch);

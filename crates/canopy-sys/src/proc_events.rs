@@ -206,6 +206,7 @@ pub struct ProcEvents {
     event_mask: u32,
     kernel_filters: bool,
     nonce: u32,
+    drained: bool,
 }
 
 impl ProcEvents {
@@ -242,6 +243,7 @@ impl ProcEvents {
             event_mask: config.event_mask,
             kernel_filters,
             nonce,
+            drained: true,
         })
     }
 
@@ -271,6 +273,14 @@ impl ProcEvents {
             let Ok(received) = result else {
                 continue; // spurious readiness: try_io cleared it
             };
+            // Fewer datagrams than asked for: the queue was empty when the kernel returned. The
+            // readiness is cleared now rather than by one more `recvmmsg` failing with EAGAIN
+            // (tokio keeps it if an edge arrived since this readiness was reported, so no event
+            // waits). Under TCG a syscall costs about 0.1 ms: this was two per wakeup.
+            self.drained = received.as_ref().is_ok_and(|b| b.count < self.batch_size);
+            if self.drained {
+                guard.clear_ready();
+            }
             let appended = self.decode_received(received, events)?;
             if appended > 0 {
                 return Ok(appended);
@@ -288,10 +298,20 @@ impl ProcEvents {
             &mut self.slab,
             self.batch_size,
         );
+        self.drained = match &received {
+            Ok(batch) => batch.count < self.batch_size,
+            Err(_) => true,
+        };
         match received {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
             other => self.decode_received(other, events),
         }
+    }
+
+    /// Whether the last receive emptied the socket's queue (it returned fewer datagrams than
+    /// the batch holds): a caller draining a burst stops there instead of asking again.
+    pub fn drained(&self) -> bool {
+        self.drained
     }
 
     fn decode_received(

@@ -401,7 +401,7 @@ impl ProcFs {
     fn read_file_up_to(&mut self, limit: usize) -> Result<Outcome<&[u8]>, ProcError> {
         self.buffer.clear();
         let result = File::open(&self.path)
-            .and_then(|file| file.take(limit as u64).read_to_end(&mut self.buffer));
+            .and_then(|mut file| read_until_short(&mut file, &mut self.buffer, limit));
         match result {
             Ok(_) => Ok(Outcome::Done(&self.buffer)),
             Err(error) if is_gone_error(&error) => Ok(Outcome::Gone),
@@ -429,6 +429,42 @@ impl ProcFs {
     }
 }
 
+/// The size of one read of a `/proc` file: every file canopy reads is smaller but for a long
+/// command line or a deep cgroup path, which take a few reads.
+const READ_CHUNK_BYTES: usize = 4096;
+
+/// Reads `file` into `buffer` up to `limit` bytes, stopping at the first read that returns less
+/// than it asked for. procfs answers a read with as much as it has (seq_file fills the caller's
+/// buffer until its records end; `cmdline` copies until the arguments end), and so does a
+/// regular file short of its end, so a short read is the end: one `read` per small file where
+/// `read_to_end` needs a second one to see 0 (about 0.1 ms a syscall under TCG, per fork and
+/// exec the daemon follows).
+fn read_until_short(file: &mut File, buffer: &mut Vec<u8>, limit: usize) -> io::Result<()> {
+    loop {
+        let start = buffer.len();
+        let want = limit.saturating_sub(start).min(READ_CHUNK_BYTES);
+        if want == 0 {
+            return Ok(());
+        }
+        buffer.resize(start + want, 0);
+        let read = file.read(buffer.get_mut(start..).unwrap_or_default());
+        match read {
+            Ok(got) => {
+                buffer.truncate(start + got);
+                if got < want {
+                    return Ok(());
+                }
+            }
+            Err(error) => {
+                buffer.truncate(start);
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), to tell a record from an earlier boot.
 pub fn boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -444,4 +480,55 @@ pub fn uptime_s() -> Option<f64> {
         .next()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_path(path: &Path, limit: usize) -> Vec<u8> {
+        let mut buffer = Vec::new();
+        let mut file = File::open(path).expect("open");
+        read_until_short(&mut file, &mut buffer, limit).expect("read");
+        buffer
+    }
+
+    #[test]
+    fn a_file_longer_than_one_read_is_read_whole_and_cut_at_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("long");
+        let content: Vec<u8> = (0..3 * READ_CHUNK_BYTES + 17).map(|i| i as u8).collect();
+        std::fs::write(&path, &content).expect("write");
+        assert_eq!(read_path(&path, FILE_MAX_BYTES), content);
+        assert_eq!(
+            read_path(&path, READ_CHUNK_BYTES + 5),
+            &content[..READ_CHUNK_BYTES + 5]
+        );
+        assert_eq!(read_path(&path, 0), b"");
+        let exact = dir.path().join("exact");
+        std::fs::write(&exact, &content[..READ_CHUNK_BYTES]).expect("write");
+        assert_eq!(
+            read_path(&exact, FILE_MAX_BYTES),
+            &content[..READ_CHUNK_BYTES]
+        );
+    }
+
+    #[test]
+    fn procfs_files_read_in_one_go_match_read_to_end() {
+        // files that do not change between two reads; mountinfo is a seq_file of many records,
+        // often longer than one read
+        for file in [
+            "/proc/self/mountinfo",
+            "/proc/self/cgroup",
+            "/proc/self/cmdline",
+            "/proc/self/comm",
+        ] {
+            let path = Path::new(file);
+            assert_eq!(
+                read_path(path, FILE_MAX_BYTES),
+                std::fs::read(path).expect(file),
+                "{file}"
+            );
+        }
+    }
 }

@@ -300,8 +300,8 @@ impl Drop for Scoped {
 }
 
 fn run_daemon_for(opts: DaemonOptions, during: impl FnOnce() + Send + 'static) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // the daemon's runtime as `canopy run` builds it: one thread (src/daemon_cli.rs)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
