@@ -555,11 +555,18 @@ struct root_tasks_part {
 	u64 ran_ns_then;	 /* root_task_ran_ns at that sample */
 	u64 use;		 /* average of the CPU they used, 1/CPU_TREE_ONE of the machine */
 	u64 weight_share;	 /* average of their started weight's share at the top, same units */
-	u64 part;		 /* the larger of the two, at most ROOT_TASKS_PART_MAX */
 };
 struct root_tasks_part root_tasks_part;
 
 #define ROOT_TASKS_PART_MAX (CPU_TREE_ONE / 2)
+/*
+ * The cid-time between two samples (elapsed ns times the online cids) from which their use is
+ * divided in two steps: the CPU time they ran times CPU_TREE_ONE (2^20) would pass 2^64 past
+ * about 4.9 hours of it, which a gap that long between samples allows (the shares timer runs
+ * only while a child is busy). From 2^40 ns (18 minutes of cid-time) on, dividing the
+ * cid-time by CPU_TREE_ONE first costs at most one part in 2^20.
+ */
+#define ROOT_TASKS_USE_EXACT_MAX_NS (1ULL << 40)
 
 /*
  * The root cgroup's own tasks' part of the machine (1/CPU_TREE_ONE units) after one more
@@ -595,12 +602,16 @@ static __always_inline u64 root_tasks_part_sample(u64 now, u64 cgroups_weight, u
 {
 	struct root_tasks_part *rp = &root_tasks_part;
 	u64 ran = root_task_ran_ns, use = 0, weight_share = 0, elapsed = now - rp->sampled_at;
+	u64 cid_time, part;
 
 	if (started_weight)
 		weight_share = CPU_TREE_ONE * started_weight / (cgroups_weight + started_weight);
 	if (rp->sampled_at && (s64)elapsed > 0 && ran >= rp->ran_ns_then) {
-		use = (ran - rp->ran_ns_then) * CPU_TREE_ONE /
-		      (elapsed * (scx_bpf_nr_online_cids() ?: 1));
+		cid_time = elapsed * (scx_bpf_nr_online_cids() ?: 1);
+		if (cid_time < ROOT_TASKS_USE_EXACT_MAX_NS)
+			use = (ran - rp->ran_ns_then) * CPU_TREE_ONE / cid_time;
+		else
+			use = (ran - rp->ran_ns_then) / (cid_time / CPU_TREE_ONE);
 		if (use > CPU_TREE_ONE)
 			use = CPU_TREE_ONE;
 	}
@@ -609,10 +620,8 @@ static __always_inline u64 root_tasks_part_sample(u64 now, u64 cgroups_weight, u
 	/* never 0, which share_sampled() reads as "no average yet" */
 	rp->use = share_sampled(rp->use, use ?: 1, true);
 	rp->weight_share = share_sampled(rp->weight_share, weight_share ?: 1, true);
-	rp->part = rp->use > rp->weight_share ? rp->use : rp->weight_share;
-	if (rp->part > ROOT_TASKS_PART_MAX)
-		rp->part = ROOT_TASKS_PART_MAX;
-	return rp->part;
+	part = rp->use > rp->weight_share ? rp->use : rp->weight_share;
+	return part < ROOT_TASKS_PART_MAX ? part : ROOT_TASKS_PART_MAX;
 }
 
 /* when member_shares_refresh() last had the attach nodes re-read their policy terms */
@@ -645,12 +654,10 @@ __noinline int member_shares_refresh(int smooth)
 	struct canopy_group_policy *pol;
 	u64 children = 0, share, own, floor, top, weight, root_cgid = CPU_TREE_ROOT_CGROUP_ID;
 	u64 now = scx_bpf_now(), part;
-	s64 tasks = root_task_weight, started, cgroups;
+	s64 tasks = root_task_weight_now(), started, cgroups;
 	bool take_policy = !smooth || now - member_policy_taken_at >= CANOPY_PERIOD_NS;
 	int i;
 
-	if (tasks < 0)
-		tasks = 0;
 	started = tasks - root_task_unstarted_weight;
 	if (started < 0)
 		started = 0;

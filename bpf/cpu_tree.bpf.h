@@ -198,6 +198,17 @@ s64 root_task_unstarted_weight;
 u64 root_task_ran_ns;
 
 /*
+ * root_task_weight now, never below 0: the adds and subtractions of different cids are not
+ * ordered, so the sum can pass below 0 for a moment.
+ */
+static __always_inline u64 root_task_weight_now(void)
+{
+	s64 weight = root_task_weight;
+
+	return weight > 0 ? weight : 0;
+}
+
+/*
  * The root's own tasks' part of the machine (member 0's tree_share, 1/CPU_TREE_ONE units:
  * what the tree holds beside its busy children), as of the last member_shares_refresh();
  * the whole machine while no child is attached. W_eq is divided by it (tree_charge_weight_fp).
@@ -564,8 +575,7 @@ __noinline u64 cgroup_tree_share(u64 cgroup_id)
 	node = tree_node_current(cgroup_id, version);
 	if (!node)
 		return 0;
-	return share_up_the_tree(node, CPU_TREE_ONE, version,
-				 root_task_weight > 0 ? root_task_weight : 0);
+	return share_up_the_tree(node, CPU_TREE_ONE, version, root_task_weight_now());
 }
 
 /*
