@@ -39,7 +39,7 @@ fn ticks_per_second() -> f64 {
 
 pub fn run(args: &ProcStatArgs) -> Result<()> {
     let ticks_per_s = ticks_per_second();
-    let before = cpu_ticks(&format!("/proc/{}/stat", args.pid))?;
+    let before = stat_ticks(&process_stat(args.pid)?);
     // tid -> ticks at the window's start
     let threads_before: std::collections::HashMap<String, u64> = if args.threads {
         thread_ticks(args.pid)
@@ -58,7 +58,7 @@ pub fn run(args: &ProcStatArgs) -> Result<()> {
         }
         None => std::thread::sleep(Duration::from_secs_f64(args.seconds)),
     }
-    let after = cpu_ticks(&format!("/proc/{}/stat", args.pid))?;
+    let after = stat_ticks(&process_stat(args.pid)?);
     let elapsed = started.elapsed().as_secs_f64();
     // each thread's ticks over the window, by name (a thread started meanwhile counts from 0)
     let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
@@ -111,9 +111,10 @@ fn thread_ticks(pid: i32) -> Vec<(String, String, u64)> {
 }
 
 /// utime + stime in clock ticks from the stat file at @path.
-fn cpu_ticks(path: &str) -> Result<u64> {
-    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    Ok(stat_ticks(&stat))
+/// `/proc/PID/stat` of a process.
+fn process_stat(pid: impl std::fmt::Display) -> Result<String> {
+    let path = format!("/proc/{pid}/stat");
+    std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
 }
 
 /// The comm of a stat line: between the first `(` and the last `)` (a comm may hold both).
@@ -153,9 +154,7 @@ fn stat_fields_sum(stat: &str, numbers: &[usize]) -> u64 {
 /// cstime (fields 14-17), so a process that runs short jobs one after another counts them
 /// once each is reaped.
 pub(crate) fn cpu_seconds_with_reaped_children(pid: u32) -> Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    Ok(stat_fields_sum(&stat, &[14, 15, 16, 17]) as f64 / ticks_per_second())
+    Ok(stat_fields_sum(&process_stat(pid)?, &[14, 15, 16, 17]) as f64 / ticks_per_second())
 }
 
 #[cfg(test)]
