@@ -110,7 +110,6 @@ fn thread_ticks(pid: i32) -> Vec<(String, String, u64)> {
         .collect()
 }
 
-/// utime + stime in clock ticks from the stat file at @path.
 /// `/proc/PID/stat` of a process.
 fn process_stat(pid: impl std::fmt::Display) -> Result<String> {
     let path = format!("/proc/{pid}/stat");

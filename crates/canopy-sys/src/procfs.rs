@@ -437,8 +437,7 @@ const READ_CHUNK_BYTES: usize = 4096;
 /// than it asked for. procfs answers a read with as much as it has (seq_file fills the caller's
 /// buffer until its records end; `cmdline` copies until the arguments end), and so does a
 /// regular file short of its end, so a short read is the end: one `read` per small file where
-/// `read_to_end` needs a second one to see 0 (about 0.1 ms a syscall under TCG, per fork and
-/// exec the daemon follows).
+/// `read_to_end` needs a second one to see 0 (the daemon reads one to three per fork and exec).
 fn read_until_short(file: &mut File, buffer: &mut Vec<u8>, limit: usize) -> io::Result<()> {
     loop {
         let start = buffer.len();
