@@ -314,23 +314,7 @@ fn probes_table(outcome: &canopy_vmtest::Outcome) -> anyhow::Result<String> {
 /// canopy's policy for the frame benchmark: the compositor and audio threads of canopy-guest
 /// (matched by its root-owned path, as policies/desktop.toml matches a browser's threads)
 /// USER_INTERACTIVE, everything else BACKGROUND (the background's threads carry other names).
-const FRAMES_POLICY: &str = r#"
-[defaults]
-class = "BACKGROUND"
-
-[daemon]
-mode = "scx"
-socket_path = "/run/canopy/control.sock"
-
-[[rules]]
-name = "desktop frames"
-exe = "/bin/canopy-guest"
-class = "BACKGROUND"
-threads = [
-  { name = "compositor", class = "USER_INTERACTIVE" },
-  { name = "audio", class = "USER_INTERACTIVE" },
-]
-"#;
+const FRAMES_POLICY: &str = include_str!("frames-policy.toml");
 
 /// scx_layered's layers: the frame benchmark's two threads in a preempting layer, the rest in
 /// one open layer (its tagging "by layer config", issue 14).

@@ -23,7 +23,8 @@ use crate::result::emit;
 
 #[derive(Args, Debug)]
 pub struct CpuSplitArgs {
-    /// A group as NAME:WEIGHT:HOGS[:START_S[:STOP_S]]. WEIGHT `-` leaves cpu.weight alone
+    /// A group as NAME:WEIGHT:HOGS[:START_S[:STOP_S]]. HOGS `2` is two spinning hogs, `2f`
+    /// two fork-heavy ones (each forks a 2 ms job after another). WEIGHT `-` leaves cpu.weight alone
     /// (the target then uses the group's current cpu.weight). NAME is relative to
     /// /sys/fs/cgroup unless absolute. START_S/STOP_S start and stop the group's hogs that many
     /// seconds into the measurement window (default: running from before the warmup to the
@@ -76,6 +77,8 @@ struct Group {
     /// The weight in force when the window started (read back from cpu.weight).
     weight: u32,
     hogs: usize,
+    /// The hogs fork short jobs instead of spinning (`hog --fork-jobs`).
+    fork_jobs: bool,
     start_s: f64,
     stop_s: Option<f64>,
 }
@@ -109,8 +112,10 @@ fn parse_group(spec: &str) -> Result<Group> {
         requested_weight,
         weight: requested_weight.unwrap_or(100),
         hogs: parts[2]
+            .trim_end_matches('f')
             .parse()
             .with_context(|| format!("hog count in `{spec}`"))?,
+        fork_jobs: parts[2].ends_with('f'),
         start_s: seconds(3, "start time")?.unwrap_or(0.0),
         stop_s: seconds(4, "stop time")?,
     })
@@ -186,6 +191,9 @@ fn start_hogs(group: &Group, own_exe: &Path, hogs: &mut Vec<Child>, held: bool) 
         let mut command = Command::new(own_exe);
         command.args(["hog", "--threads", "1", "--seconds", "0"]);
         command.arg(format!("--start-on-cpu={}", index % cpus));
+        if group.fork_jobs {
+            command.args(["--fork-jobs", "--busy-us", "2000"]);
+        }
         if held {
             command.arg("--start-at-stdin-end").stdin(Stdio::piped());
         }
@@ -383,6 +391,7 @@ fn summarize(groups: &[Group], used_usec: &[u64], window_s: f64) -> serde_json::
                 "name": group.name,
                 "weight": group.weight,
                 "hogs": group.hogs,
+                "fork_jobs": group.fork_jobs,
                 "start_s": group.start_s,
                 "stop_s": group.stop_s,
                 "usage_usec": usec,

@@ -35,6 +35,11 @@ pub struct HogArgs {
     /// many hogs together this way, after every one of them has been made.
     #[arg(long)]
     pub start_at_stdin_end: bool,
+    /// Fork-heavy load instead of spinning: each thread forks a child that spins `busy_us`
+    /// and exits, waits for it, and forks the next (a build's short jobs: every job is a new
+    /// task, and the parent wakes once per job).
+    #[arg(long)]
+    pub fork_jobs: bool,
 }
 
 /// Moves the calling thread to `cpu`, then lets it run anywhere it could before: it stays
@@ -66,6 +71,7 @@ pub fn run(args: &HogArgs) -> Result<()> {
     for _ in 0..args.threads.max(1) {
         let comm = args.comm.clone();
         let start_cpu = args.start_on_cpu;
+        let fork_jobs = args.fork_jobs;
         let (busy, pause) = (
             Duration::from_micros(args.busy_us.max(1)),
             Duration::from_micros(args.sleep_us),
@@ -76,6 +82,9 @@ pub fn run(args: &HogArgs) -> Result<()> {
             }
             if let Some(cpu) = start_cpu {
                 start_on(cpu);
+            }
+            if fork_jobs {
+                return fork_jobs_until(deadline, busy);
             }
             if pause.is_zero() {
                 return spin_until(deadline);
@@ -92,6 +101,30 @@ pub fn run(args: &HogArgs) -> Result<()> {
         let _ = worker.join();
     }
     Ok(())
+}
+
+/// Forks one job after another until @deadline: each child spins @busy and exits, and the
+/// parent waits for it before forking the next. Returns the jobs done.
+fn fork_jobs_until(deadline: Option<Instant>, busy: Duration) -> u64 {
+    let mut jobs = 0;
+    while deadline.is_none_or(|at| Instant::now() < at) {
+        // SAFETY: the child only spins on arithmetic, reads the clock and calls _exit; it
+        // touches no lock another thread of this process could hold.
+        match unsafe { libc::fork() } {
+            0 => {
+                spin_until(Some(Instant::now() + busy));
+                unsafe { libc::_exit(0) };
+            }
+            pid if pid > 0 => {
+                let mut status = 0;
+                // SAFETY: waits for our own child, with a local status word.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                jobs += 1;
+            }
+            _ => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    jobs
 }
 
 /// Spins, checking the clock every few microseconds of work.
