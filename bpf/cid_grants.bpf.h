@@ -93,6 +93,10 @@ struct cid_state {
 	 */
 	u64 higher_class_since;
 	u64 reserved_vtime;	/* vtime charged to the owner in advance when it was handed the cid */
+	/* our own task running there (canopy_root's running): its vtime then, when, at what weight */
+	u64 running_vtime;
+	u64 running_at;
+	u64 running_weight_fp;	/* 1/1024 units: what its last run was charged at, else its weight */
 };
 
 struct cid_state cid_states[CANOPY_MAX_CIDS];

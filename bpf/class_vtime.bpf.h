@@ -46,6 +46,10 @@
  * W_eq is below its class weight runs more turns (each task about as many per second as at
  * its class weight; at most one per tick per cid).
  *
+ * The root raises a waking task further, to one turn before its cgroup's place, and starts a
+ * new one at that place (cpu_tree.bpf.h tree_group_start()); a child keeps the floor above
+ * and starts a new task at own_vtime_now.
+ *
  * Only a waking task is raised to that floor. A task queued again while it stayed runnable
  * (its slice ended, it was preempted, its attributes or cgroup changed) keeps the vtime it was
  * charged: it competed all along and has no sleep to bank, and own_vtime_now (the vtime of the
@@ -82,6 +86,9 @@ struct task_ctx {
 	u64 charge_weight_fp;	/* weight (1/1024 units) its last run was charged at; 0: its class weight */
 	u64 vtime_debt;	/* vtime charged to it beyond the queue's cap, still owed (queue_by_class()) */
 	u64 exec_at_running;	/* p->se.sum_exec_runtime when it last started running */
+	/* the root's cpu tree as its current run started (cpu_tree.bpf.h tree_price_run()) */
+	u64 run_weight_fp;	/* W_eq (1/1024 units) that run is charged at; 0: priced at its stop */
+	u64 run_group_fp;	/* its weight over its cgroup's own runnable tasks' (1/1024 units) */
 };
 
 struct {

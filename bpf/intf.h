@@ -224,6 +224,7 @@ struct canopy_cgroup_node {
 	u32 cap_pct;		/* its policy group's cap, percent of all online CPUs (0: none); the tighter of it and cpu.max holds */
 	u32 limited;		/* 1: a cpu.max quota or a cap applies (counted in nr_limited_cgroups) */
 	u64 policy_version;	/* `group_policy_version` when weight and cap_pct were last read from `group_policy` */
+	u64 group_vtime;	/* its own tasks' vtime as one entity: their charges at the weight the cgroup gives them (bpf/cpu_tree.bpf.h tree_group_charge) */
 };
 
 /*
@@ -392,6 +393,7 @@ enum canopy_stat {
 	CANOPY_STAT_LONG_TURNS, /* runs of root tasks in the cpu tree that overran their turn by more than 8 ms (two ticks at HZ=250: a vCPU stall or a late tick) */
 	CANOPY_STAT_FLOOR_LIFTS, /* requeues of tasks that stayed runnable lifted to the vtime floor (own_vtime_now - CANOPY_MAX_VTIME_AHEAD) */
 	CANOPY_STAT_AHEAD_CAPPED, /* enqueues whose vtime was cut to own_vtime_now + CANOPY_MAX_VTIME_AHEAD */
+	CANOPY_STAT_VTIME_PREEMPTS, /* waking or new own tasks that preempted a running own task charged past them in vtime (canopy_root.bpf.c) */
 	CANOPY_NR_STATS,
 };
 

@@ -68,15 +68,49 @@ static __always_inline void charge_own_quota(struct task_struct *p, struct task_
 
 static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
-	u64 ran_ns = 0;
+	u64 ran_ns = 0, vtime_before = p->scx.dsq_vtime, weight_fp = 0, group_fp = 0;
 
 	charge_own_quota(p, tctx, now);
 	if (tctx && tctx->running_at && now > tctx->running_at) {
 		ran_ns = now - tctx->running_at;
 		preempt_budget_charge(p, tctx->class, ran_ns);
 	}
+	if (tctx) {
+		weight_fp = tctx->run_weight_fp;
+		group_fp = tctx->run_group_fp;
+		tctx->run_weight_fp = 0;
+		tctx->run_group_fp = 0;
+	}
 	tree_task_stopping(p, tctx, ran_ns);
-	class_vtime_stopping(p, now, tree_charge_weight_fp(p));
+	class_vtime_stopping(p, now, weight_fp ?: tree_charge_weight_fp(p));
+	tree_group_charge(p, p->scx.dsq_vtime - vtime_before, group_fp);
+}
+
+/*
+ * A waking or new task of ours (not of an idle cgroup) starts one turn before its cgroup's
+ * place (tree_group_start()): a new task there (it was at own_vtime_now from ops.enable), a
+ * waking one no earlier. A new task's turn of credit is what lets a build's short jobs run
+ * between the turns of the hogs beside them; its cgroup's place keeps a cgroup that forks one
+ * after another within its cpu.weight. The turn is the one queue_by_class() gives it.
+ */
+static __always_inline void place_by_group(struct task_struct *p,
+					   const struct canopy_class_params *cp, u64 enq_flags)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+	bool woken = enq_flags & KCONST(SCX_ENQ_WAKEUP), fresh = !p->se.sum_exec_runtime;
+	u64 turn, start;
+
+	if (!tctx || (!woken && !fresh))
+		return;
+	turn = tree_turn(class_slice(cp), tctx->charge_weight_fp, tctx->weight);
+	start = tree_group_start(p, turn);
+	if (fresh) {
+		scx_bpf_task_set_dsq_vtime(p, start);
+		return;
+	}
+	start = start > turn ? start - turn : 0;
+	if ((s64)(p->scx.dsq_vtime - start) < 0)
+		scx_bpf_task_set_dsq_vtime(p, start);
 }
 
 /*
