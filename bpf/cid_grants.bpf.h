@@ -96,7 +96,7 @@ struct cid_state {
 	/* our own task running there (canopy_root's running): its vtime then, when, at what weight */
 	u64 running_vtime;
 	u64 running_at;
-	u64 running_weight_fp;	/* 1/1024 units: what its last run was charged at, else its weight */
+	u64 running_weight_fp;	/* 1/1024 units: the price of this run (tree_price_run()), else its weight */
 };
 
 struct cid_state cid_states[CANOPY_MAX_CIDS];
