@@ -186,7 +186,7 @@ void CANOPY_OP(canopy_child_running, struct task_struct *p)
 	struct own_run *run = own_run_on(scx_bpf_task_cid(p));
 	u64 now = scx_bpf_now();
 
-	class_vtime_running(p, now);
+	class_vtime_running(p, tctx, now);
 	if (run) {
 		run->class = tctx ? tctx->class : CANOPY_MAX_CLASSES;
 		run->since = now;
@@ -204,7 +204,7 @@ void CANOPY_OP(canopy_child_stopping, struct task_struct *p, bool runnable)
 
 	if (tctx && tctx->running_at && now > tctx->running_at)
 		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
-	class_vtime_stopping(p, now, 0);
+	class_vtime_stopping(p, tctx, now, 0);
 	class_vtime_end_slice_taken_by_higher_class(p, runnable);
 }
 

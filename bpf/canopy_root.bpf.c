@@ -230,12 +230,16 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 	u32 nr = scx_bpf_nr_cids();
 	u32 class = decide_class(p);
 	bool idle = task_in_idle_cgroup(p), preempting;
+	/* woken, or new (it has never run): it is placed by its cgroup and may preempt in vtime */
+	bool woken = enq_flags & KCONST(SCX_ENQ_WAKEUP), fresh = !p->se.sum_exec_runtime;
+	struct task_ctx *tctx;
+	struct tree_task *tt = NULL;
 	s32 victim, after_higher_class;
 	int i;
 
 	cp = class_of(class);
 	/* a task of an idle cgroup (cpu.idle) never preempts: it runs when nothing else wants to */
-	preempting = !idle && (enq_flags & KCONST(SCX_ENQ_WAKEUP)) && may_preempt(p, cp);
+	preempting = !idle && woken && may_preempt(p, cp);
 	if (preempting) {
 		victim = find_preemptible_cid(p, &after_higher_class);
 		if (victim >= 0) {
@@ -258,9 +262,13 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 		track_wakeup(p, CANOPY_STAT_WAKE_QUEUED);
 	}
 
-	price_first_turn(p);
-	if (!idle)
-		place_by_group(p, cp, enq_flags);
+	tctx = task_ctx_of(p);
+	/* its tree entry, where its first turn is priced or its cgroup places it */
+	if ((tctx && !tctx->charge_weight_fp) || (!idle && (woken || fresh)))
+		tt = tree_task_of(p);
+	price_first_turn(tctx, tt);
+	if (!idle && (woken || fresh))
+		place_by_group(p, tctx, tt, cp, fresh);
 	queue_by_class(p, class, idle ? CANOPY_IDLE_DSQ : CANOPY_OWN_DSQ, enq_flags);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
@@ -272,7 +280,7 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 	}
 	if (idle)
 		return;
-	if (!preempting && ((enq_flags & KCONST(SCX_ENQ_WAKEUP)) || !p->se.sum_exec_runtime)) {
+	if (!preempting && (woken || fresh)) {
 		victim = find_vtime_victim(p, p->scx.dsq_vtime, class_weight(cp));
 		if (victim >= 0) {
 			scx_bpf_kick_cid(victim, KCONST(SCX_KICK_PREEMPT));
@@ -373,11 +381,12 @@ void CANOPY_OP(canopy_root_running, struct task_struct *p)
 	s32 cid = scx_bpf_task_cid(p);
 	struct cid_state *cs = cid_state_of(cid);
 	struct task_ctx *tctx = task_ctx_of(p);
+	struct tree_task *tt = tree_task_of(p);
 	u64 now = scx_bpf_now();
 
-	class_vtime_running(p, now);
-	tree_task_running(p);
-	tree_price_run(p, tctx);
+	class_vtime_running(p, tctx, now);
+	tree_task_running(tt);
+	tree_price_run(tt, tctx);
 	if (!cs)
 		return;
 	cs->higher_class_since = 0;

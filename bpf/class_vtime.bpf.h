@@ -264,10 +264,9 @@ static __always_inline void queue_by_class(struct task_struct *p, u32 class, u64
 	stat_inc(CANOPY_STAT_ENQUEUES);
 }
 
-static __always_inline void class_vtime_running(struct task_struct *p, u64 now)
+static __always_inline void class_vtime_running(struct task_struct *p, struct task_ctx *tctx,
+					       u64 now)
 {
-	struct task_ctx *tctx = task_ctx_of(p);
-
 	if (tctx) {
 		tctx->running_at = now;
 		tctx->exec_at_running = p->se.sum_exec_runtime;
@@ -291,9 +290,9 @@ static __always_inline void class_vtime_running(struct task_struct *p, u64 now)
  * exactly what a cgroup's usage shows. (Suspected, not confirmed, as why the smallest cgroups
  * of issue 10 (e) came out a few percent over their share on average; they still do.)
  */
-static __always_inline void class_vtime_stopping(struct task_struct *p, u64 now, u64 weight_fp)
+static __always_inline void class_vtime_stopping(struct task_struct *p, struct task_ctx *tctx,
+						u64 now, u64 weight_fp)
 {
-	struct task_ctx *tctx = task_ctx_of(p);
 	u64 used;
 
 	if (!tctx || !tctx->running_at || now < tctx->running_at)

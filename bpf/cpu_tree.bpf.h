@@ -41,15 +41,14 @@
  * 3 : 1 : 4 between the cgroups a, b and q, as the fair scheduler does.
  *
  * Cost: ops.runnable and ops.quiescent do one task-storage lookup and one atomic add on the
- * task's cgroup node (a task of the root cgroup one or two more, on globals; ops.running a
- * task-storage lookup while a woken one waits for its first run: root_task_weight); only
- * when a cgroup turns active or idle does the update walk up, one hash lookup and atomic add
- * per level (at most CANOPY_MAX_CGROUP_DEPTH). ops.running walks the task's path to the root
- * once to price the run (tree_price_run(); ops.stopping charges at that price): one hash
- * lookup and two multiply-divides per level (a task in
- * /user.slice/user-1000.slice/app.slice/x.scope: 5 lookups); ops.stopping adds the charge to
- * the cgroup's group_vtime (one lookup and an atomic add), and a waking or new task reads it
- * at its enqueue (one lookup).
+ * task's cgroup node (a task of the root cgroup one or two more, on globals); only when a
+ * cgroup turns active or idle does the update walk up, one hash lookup and atomic add per
+ * level (at most CANOPY_MAX_CGROUP_DEPTH). ops.running looks the task's entry up once and
+ * walks its path to the root to price the run (tree_price_run(); ops.stopping charges at
+ * that price): one hash lookup and two multiply-divides per level (a task in
+ * /user.slice/user-1000.slice/app.slice/x.scope: 5 lookups). ops.stopping looks the entry up
+ * once and adds the charge to the cgroup's group_vtime (one hash lookup and an atomic add),
+ * and a waking or new task reads it at its enqueue (one task-storage and one hash lookup).
  *
  * Group places: a cgroup's own tasks together keep a vtime (group_vtime, tree_group_charge()),
  * and a waking or new task of it starts from the later of own_vtime_now and that
@@ -177,6 +176,12 @@ struct {
 	__type(key, int);
 	__type(value, struct tree_task);
 } tree_tasks SEC(".maps");
+
+/* @p's entry in the tree (NULL before ops.enable made it) */
+static __always_inline struct tree_task *tree_task_of(struct task_struct *p)
+{
+	return bpf_task_storage_get(&tree_tasks, p, 0, 0);
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -410,7 +415,7 @@ static __always_inline bool cgroup_path_idle(u64 cgroup_id)
 /* @p runs only when nothing else wants the CPU (cpu.idle), as of its last ops.runnable. */
 static __always_inline bool task_in_idle_cgroup(struct task_struct *p)
 {
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
+	struct tree_task *tt = tree_task_of(p);
 
 	return tt && tt->idle;
 }
@@ -429,7 +434,7 @@ static __always_inline void tree_task_started(struct tree_task *tt)
 /* @p stops counting in the tree (it slept, left the scheduler, or is being re-counted). */
 static __always_inline void tree_task_quiescent(struct task_struct *p)
 {
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
+	struct tree_task *tt = tree_task_of(p);
 	u32 weight;
 
 	if (!tt)
@@ -451,7 +456,7 @@ static __always_inline void tree_task_quiescent(struct task_struct *p)
  */
 static __always_inline void tree_task_runnable(struct task_struct *p, bool woke)
 {
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
+	struct tree_task *tt = tree_task_of(p);
 	struct task_ctx *tctx = task_ctx_of(p);
 	u32 weight = (tctx && tctx->weight) ? tctx->weight : CANOPY_NICE0_WEIGHT;
 
@@ -474,18 +479,13 @@ static __always_inline void tree_task_runnable(struct task_struct *p, bool woke)
 }
 
 /*
- * @p runs (ops.running): it counts at the top for the members' shares from now on. A compare
- * of one global while no woken task of the root cgroup waits for its first run; a
- * task-storage lookup otherwise.
+ * A task counted as @tt runs (ops.running): it counts at the top for the members' shares
+ * from now on. A compare of one global while no woken task of the root cgroup waits for
+ * its first run.
  */
-static __always_inline void tree_task_running(struct task_struct *p)
+static __always_inline void tree_task_running(struct tree_task *tt)
 {
-	struct tree_task *tt;
-
-	if (root_task_unstarted_weight <= 0)
-		return;
-	tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
-	if (tt)
+	if (root_task_unstarted_weight > 0 && tt)
 		tree_task_started(tt);
 }
 
@@ -496,14 +496,12 @@ static __always_inline void tree_task_running(struct task_struct *p)
  * move), it is counted at the weight it was just decided with, so that W_eq follows the
  * class. Without this a task that never sleeps kept the weight it had when it last became
  * runnable: a busy untagged hog stayed at DEFAULT's 100 after a reload made the default BULK
- * (60 against 655). One task-storage lookup and a compare per stop; the re-count (a remove
+ * (60 against 655). A compare per stop (the caller looked @tt up); the re-count (a remove
  * and an add) only when the weight differs.
  */
-static __always_inline void tree_task_stopping(struct task_struct *p, struct task_ctx *tctx,
-					       u64 ran_ns)
+static __always_inline void tree_task_stopping(struct task_struct *p, struct tree_task *tt,
+					       struct task_ctx *tctx, u64 ran_ns)
 {
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
-
 	if (!tt || !tt->weight)
 		return;
 	if (ran_ns && tt->cgroup_id == CPU_TREE_ROOT_CGROUP_ID)
@@ -547,19 +545,16 @@ static __always_inline u64 share_up_the_tree(struct canopy_cgroup_node *node, u6
 }
 
 /*
- * The weight (in 1/1024 units) to charge @p's run time at: W_eq from the top of this file, or
- * 0 (charge at its class weight) when it is not counted in the tree.
+ * The weight (in 1/1024 units) to charge a run of the task counted as @tt in @node (its
+ * cgroup's node, current as of @version) at: W_eq from the top of this file, or 0 (charge at
+ * its class weight) when it is not counted in the tree.
  */
-static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
+static __always_inline u64 tree_weight_fp_in(const struct tree_task *tt,
+					     struct canopy_cgroup_node *node, u64 version)
 {
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
-	struct canopy_cgroup_node *node;
-	u64 share, total = tree_runnable_weight, version = policy_version_now();
+	u64 share, total = tree_runnable_weight;
 
-	if (!tt || !tt->weight)
-		return 0;
-	node = tree_node_current(tt->cgroup_id, version);
-	if (!node)
+	if (!tt || !tt->weight || !node)
 		return 0;
 	share = share_up_the_tree(node, share_of(CPU_TREE_ONE, tt->weight, node->active_weight),
 				  version, 0);
@@ -572,27 +567,43 @@ static __always_inline u64 tree_charge_weight_fp(struct task_struct *p)
 	return share ?: 1;
 }
 
-/*
- * Price the run @p starts now (ops.running): W_eq and its weight's fraction of its cgroup's
- * own runnable tasks, both as the tree stands at the start, kept in @tctx for its stop. At the
- * start, not the stop: a task's stop is when the tasks its own run woke are runnable (a job's
- * parent, woken by its exit; the reader a pipe writer fed), so the total weight at its stops
- * read high by its own doing and every run it made was charged less than it took. Measured
- * (2026-12-06, a cgroup forking 2 ms jobs in two chains beside a cgroup of two hogs at equal
- * cpu.weight, 2 vCPUs): priced at the stop, the forking cgroup got 52.9-54.0% for its 50%.
- */
-static __always_inline void tree_price_run(struct task_struct *p, struct task_ctx *tctx)
+/* tree_weight_fp_in() for the task counted as @tt, its node looked up here */
+static __always_inline u64 tree_charge_weight_fp(const struct tree_task *tt)
 {
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
+	u64 version = policy_version_now();
+
+	if (!tt || !tt->weight)
+		return 0;
+	return tree_weight_fp_in(tt, tree_node_current(tt->cgroup_id, version), version);
+}
+
+/*
+ * Price the run the task counted as @tt starts now (ops.running): W_eq and its weight's
+ * fraction of its cgroup's own runnable tasks, both as the tree stands at the start, kept in
+ * @tctx for its stop. At the start, not the stop: a task's stop is when the tasks its own run
+ * woke are runnable (a job's parent, woken by its exit; the reader a pipe writer fed), so the
+ * total weight at its stops read high by its own doing and every run it made was charged less
+ * than it took. Measured (2026-12-06, a cgroup forking 2 ms jobs in two chains beside a cgroup
+ * of two hogs at equal cpu.weight, 2 vCPUs): priced at the stop, the forking cgroup got
+ * 52.9-54.0% for its 50%. One hash lookup of the node and the walk up its ancestors.
+ */
+static __always_inline void tree_price_run(const struct tree_task *tt, struct task_ctx *tctx)
+{
 	struct canopy_cgroup_node *node;
+	u64 version;
 	s64 own;
 
 	if (!tctx)
 		return;
-	tctx->run_weight_fp = tree_charge_weight_fp(p);
+	tctx->run_weight_fp = 0;
 	tctx->run_group_fp = 0;
-	if (!tt || !tt->weight || !(node = tree_node(tt->cgroup_id)))
+	if (!tt || !tt->weight)
 		return;
+	version = policy_version_now();
+	node = tree_node_current(tt->cgroup_id, version);
+	if (!node)
+		return;
+	tctx->run_weight_fp = tree_weight_fp_in(tt, node, version);
 	own = tt->cgroup_id == CPU_TREE_ROOT_CGROUP_ID ? root_task_weight : node->active_weight;
 	tctx->run_group_fp = share_of(1 << 10, tt->weight, own);
 }
@@ -608,10 +619,9 @@ static __always_inline void tree_price_run(struct task_struct *p, struct task_ct
  * which cgroup v2 allows only at the root and in threaded subtrees, counts its children's
  * weight in the divisor: its group_vtime then moves slower than its part.)
  */
-static __always_inline void tree_group_charge(struct task_struct *p, u64 charged_vtime,
+static __always_inline void tree_group_charge(const struct tree_task *tt, u64 charged_vtime,
 					      u64 group_fp)
 {
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
 	struct canopy_cgroup_node *node;
 
 	if (!tt || !tt->weight || !charged_vtime || !group_fp)
@@ -622,7 +632,7 @@ static __always_inline void tree_group_charge(struct task_struct *p, u64 charged
 }
 
 /*
- * Where a waking or new task of @p's cgroup starts from: the later of own_vtime_now and its
+ * Where a waking or new task counted as @tt starts from: the later of own_vtime_now and its
  * cgroup's group_vtime, which is first lifted to at least own_vtime_now - @lag (a cgroup
  * banks at most one turn of credit while it sleeps or takes less than its part) and read at
  * most CANOPY_MAX_VTIME_AHEAD ahead. A task of a cgroup that took more than its part starts
@@ -630,9 +640,8 @@ static __always_inline void tree_group_charge(struct task_struct *p, u64 charged
  * cannot turn each new task's start into CPU beyond its cpu.weight; own_vtime_now alone
  * (before 2026-12-06) let each new task start at the front whatever its cgroup had used.
  */
-static __always_inline u64 tree_group_start(struct task_struct *p, u64 lag)
+static __always_inline u64 tree_group_start(const struct tree_task *tt, u64 lag)
 {
-	struct tree_task *tt = bpf_task_storage_get(&tree_tasks, p, 0, 0);
 	u64 now_v = own_vtime_now, low = now_v > lag ? now_v - lag : 0, group;
 	struct canopy_cgroup_node *node;
 
