@@ -204,7 +204,7 @@ void CANOPY_OP(canopy_child_stopping, struct task_struct *p, bool runnable)
 
 	if (tctx && tctx->running_at && now > tctx->running_at)
 		preempt_budget_charge(p, tctx->class, now - tctx->running_at);
-	class_vtime_stopping(p, tctx, now, 0);
+	class_vtime_stopping(p, tctx, now, 0, runnable);
 	class_vtime_end_slice_taken_by_higher_class(p, runnable);
 }
 

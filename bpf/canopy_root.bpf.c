@@ -407,7 +407,7 @@ void CANOPY_OP(canopy_root_stopping, struct task_struct *p, bool runnable)
 	u64 now = scx_bpf_now();
 	bool taken = class_vtime_end_slice_taken_by_higher_class(p, runnable);
 
-	bill_own_run(p, task_ctx_of(p), now);
+	bill_own_run(p, task_ctx_of(p), now, runnable);
 	if (cs) {
 		cs->running_class = NO_CLASS;
 		cs->higher_class_since = taken ? now : 0;

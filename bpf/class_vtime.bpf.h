@@ -74,6 +74,8 @@
 #define CANOPY_MAX_VTIME_DEBT (10ULL * CANOPY_MAX_VTIME_AHEAD)
 /* a tick at HZ=250: a priced run more than two past its turn counts as a long turn (a stall) */
 #define CANOPY_LONG_TURN_TICK_NS 4000000ULL
+/* task_ctx.ran_since_sleep_ns stops counting here (it is compared with class slices) */
+#define CANOPY_MAX_RAN_SINCE_SLEEP_NS 1000000000ULL
 
 struct task_ctx {
 	u64 running_at;	/* scx_bpf_now() when it last started running */
@@ -89,6 +91,7 @@ struct task_ctx {
 	/* the root's cpu tree as its current run started (cpu_tree.bpf.h tree_price_run()) */
 	u64 run_weight_fp;	/* W_eq (1/1024 units) that run is charged at; 0: priced at its stop */
 	u64 run_group_fp;	/* its weight over its cgroup's own runnable tasks' (1/1024 units) */
+	u64 ran_since_sleep_ns;	/* run time since it last slept (at most CANOPY_MAX_RAN_SINCE_SLEEP_NS) */
 };
 
 struct {
@@ -214,11 +217,12 @@ static __always_inline void queue_by_class(struct task_struct *p, u32 class, u64
 	struct scx_bpf_dsq_insert_vtime_args args = {};
 	struct canopy_class_params *cp;
 	struct task_ctx *tctx = task_ctx_of(p);
-	u64 vtime = p->scx.dsq_vtime, slice, lag, floor, now_v = own_vtime_now;
+	u64 vtime, slice, lag, floor, now_v = own_vtime_now;
 	bool woken = enq_flags & KCONST(SCX_ENQ_WAKEUP);
 	/* priced: a root task in the cpu tree, not of an idle cgroup (see the top) */
 	bool priced = tctx && tctx->charge_weight_fp && dsq != CANOPY_IDLE_DSQ;
 
+	vtime = p->scx.dsq_vtime;
 	cp = class_of(class);
 	slice = class_slice(cp);
 	if (priced) {
@@ -291,7 +295,7 @@ static __always_inline void class_vtime_running(struct task_struct *p, struct ta
  * of issue 10 (e) came out a few percent over their share on average; they still do.)
  */
 static __always_inline void class_vtime_stopping(struct task_struct *p, struct task_ctx *tctx,
-						u64 now, u64 weight_fp)
+						u64 now, u64 weight_fp, bool runnable)
 {
 	u64 used;
 
@@ -301,6 +305,9 @@ static __always_inline void class_vtime_stopping(struct task_struct *p, struct t
 	if (p->se.sum_exec_runtime > tctx->exec_at_running)
 		used = p->se.sum_exec_runtime - tctx->exec_at_running;
 	tctx->running_at = 0;
+	tctx->ran_since_sleep_ns = !runnable ? 0 :
+				   tctx->ran_since_sleep_ns + used < CANOPY_MAX_RAN_SINCE_SLEEP_NS ?
+				   tctx->ran_since_sleep_ns + used : CANOPY_MAX_RAN_SINCE_SLEEP_NS;
 	if (weight_fp && tctx->class < CANOPY_MAX_CLASSES &&
 	    used > tree_turn(class_slice(class_of(tctx->class)), tctx->charge_weight_fp,
 			     tctx->weight) + 2 * CANOPY_LONG_TURN_TICK_NS)

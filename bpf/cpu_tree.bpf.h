@@ -30,6 +30,19 @@
  * root, to get the same share; with no cgroups it is exactly the task's class weight, so the
  * class order, the wake floor and CANOPY_MAX_VTIME_AHEAD mean what they meant without the tree.
  *
+ * Within a cgroup: its own runnable tasks take their part of the node at their full weights
+ * (own_weight), and divide that part among themselves by share weight (own_share_weight,
+ * tree_share_weight()): a task that has run a whole class slice since it last slept counts
+ * at half its weight there. So hw above is (own_weight / active_weight) * (share weight /
+ * own_share_weight) at the task's own level, and the cgroup, and every other cgroup, gets
+ * what the weights give it whatever its tasks' sleeps. Example: a cgroup alone with two
+ * BACKGROUND hogs (423) and two build jobs (423) that each exit within a 20 ms slice: own
+ * weight 1692, share weights 211 + 211 + 423 + 423 = 1268, so a job's hw is 423 / 1268 =
+ * 1/3 and a hog's 1/6; W_eq = hw * 1692 = 564 and 282, and the jobs get 2/3 of the cgroup's
+ * CPU where equal weights gave them half. In the frame benchmark's run of every peer
+ * (2026-12-06 14:43 UTC) the fair scheduler gave its build 50% of the background's CPU,
+ * canopy 54%, scx_bpfland 77%, scx_lavd 78% and scx_cosmos 66%.
+ *
  * Worked example (issue 10, acceptance b): `p` (100) holding `p/a` (300) and `p/b` (100),
  * beside `q` (100), two DEFAULT hogs (standalone table: 1024) in each leaf, nothing else
  * runnable. Active weights: a = b = q = 2048 (two tasks of 1024), p = 3072 + 1024 = 4096
@@ -40,8 +53,10 @@
  * hog in a 17.8 ms of vtime, in b 53.3 ms, in q 13.3 ms, and vtime order hands out CPU
  * 3 : 1 : 4 between the cgroups a, b and q, as the fair scheduler does.
  *
- * Cost: ops.runnable and ops.quiescent do one task-storage lookup and one atomic add on the
- * task's cgroup node (a task of the root cgroup one or two more, on globals); only when a
+ * Cost: ops.runnable and ops.quiescent do one task-storage lookup and three atomic adds on
+ * the task's cgroup node (active, own and share weight; a task of the root cgroup one or two
+ * more, on globals), with two hash lookups of it; ops.stopping one lookup and an atomic add
+ * when a task's share weight changes (once per hog until it sleeps); only when a
  * cgroup turns active or idle does the update walk up, one hash lookup and atomic add per
  * level (at most CANOPY_MAX_CGROUP_DEPTH). ops.running looks the task's entry up once and
  * walks its path to the root to price the run (tree_price_run(); ops.stopping charges at
@@ -167,7 +182,7 @@ struct tree_task {
 	u32 weight;	/* that weight; 0: not counted (not runnable here) */
 	u32 idle;	/* 1: that cgroup or an ancestor had cpu.idle 1 when it became runnable */
 	u32 unstarted;	/* its weight in root_task_unstarted_weight: woke, not run since */
-	u32 reserved;
+	u32 share_weight;	/* its weight among its cgroup's own tasks (tree_share_weight()) */
 };
 
 struct {
@@ -420,6 +435,38 @@ static __always_inline bool task_in_idle_cgroup(struct task_struct *p)
 	return tt && tt->idle;
 }
 
+/*
+ * A task's weight among its cgroup's own tasks, from its class-and-nice @weight: half of it
+ * once it has run a whole class slice since it last slept (task_ctx.ran_since_sleep_ns). The
+ * cgroup's own tasks keep their part of the tree together (own_weight counts full weights);
+ * only how they divide it follows this, so a task that runs briefly and sleeps or exits gets
+ * more of its cgroup's part than a hog beside it, and no other cgroup gets more or less.
+ * Example (the frame benchmark's background, 2026-12-06): two BACKGROUND hogs (423 each,
+ * 20 ms slices) and a build's two chains of short processes in one cgroup, on 2 vCPUs. The
+ * hogs divide at 211 each against the jobs' 423: the build gets about 2/3 of the cgroup's
+ * CPU, not the half equal weights give it, and the cgroup as a whole what its cpu.weight
+ * gives it. A hog's share weight is halved at the stop that ends its first whole slice and
+ * restored when it sleeps (it is counted afresh at its wakeup).
+ */
+static __always_inline u32 tree_share_weight(const struct task_ctx *tctx, u32 weight)
+{
+	if (!tctx || !tctx->ran_since_sleep_ns || tctx->class >= CANOPY_MAX_CLASSES ||
+	    tctx->ran_since_sleep_ns < class_slice(class_of(tctx->class)))
+		return weight;
+	return weight / 2 ?: 1;
+}
+
+/* Add @weight and @share_weight to @cgroup_id's own tasks (a lookup and two atomic adds). */
+static __always_inline void tree_own_add(u64 cgroup_id, s64 weight, s64 share_weight)
+{
+	struct canopy_cgroup_node *node = tree_node(cgroup_id);
+
+	if (!node)
+		return;
+	__sync_fetch_and_add(&node->own_weight, weight);
+	__sync_fetch_and_add(&node->own_share_weight, share_weight);
+}
+
 /* @tt's task ran, or stopped counting: it no longer waits for its first run at the top. */
 static __always_inline void tree_task_started(struct tree_task *tt)
 {
@@ -447,6 +494,8 @@ static __always_inline void tree_task_quiescent(struct task_struct *p)
 	if (tt->cgroup_id == CPU_TREE_ROOT_CGROUP_ID)
 		__sync_fetch_and_add(&root_task_weight, -(s64)weight);
 	__sync_fetch_and_add(&tree_runnable_weight, -(u64)weight);
+	tree_own_add(tt->cgroup_id, -(s64)weight, -(s64)tt->share_weight);
+	tt->share_weight = 0;
 	tree_remove(tt->cgroup_id, weight);
 }
 
@@ -466,8 +515,10 @@ static __always_inline void tree_task_runnable(struct task_struct *p, bool woke)
 		tree_task_quiescent(p);
 	tt->cgroup_id = task_cpu_cgroup_id(p);
 	tt->weight = weight;
+	tt->share_weight = tree_share_weight(tctx, weight);
 	tt->idle = nr_idle_cgroups > 0 && cgroup_path_idle(tt->cgroup_id);
 	__sync_fetch_and_add(&tree_runnable_weight, weight);
+	tree_own_add(tt->cgroup_id, weight, tt->share_weight);
 	tree_add(tt->cgroup_id, weight);
 	if (tt->cgroup_id != CPU_TREE_ROOT_CGROUP_ID)
 		return;
@@ -511,6 +562,24 @@ static __always_inline void tree_task_stopping(struct task_struct *p, struct tre
 	tree_task_runnable(p, false);
 }
 
+/*
+ * After ops.stopping charged @tctx's run: a task that stays runnable divides its cgroup's part
+ * at tree_share_weight() of its weight from now on (one lookup and an atomic add when it
+ * changes, once per hog until it sleeps).
+ */
+static __always_inline void tree_task_share_follow(struct tree_task *tt, const struct task_ctx *tctx)
+{
+	u32 share;
+
+	if (!tt || !tt->weight)
+		return;
+	share = tree_share_weight(tctx, tt->weight);
+	if (share == tt->share_weight)
+		return;
+	tree_own_add(tt->cgroup_id, 0, (s64)share - (s64)tt->share_weight);
+	tt->share_weight = share;
+}
+
 /* @numerator / @denominator of a non-negative sum that may read low for an instant (races). */
 static __always_inline u64 share_of(u64 value, u32 numerator, s64 denominator)
 {
@@ -545,6 +614,27 @@ static __always_inline u64 share_up_the_tree(struct canopy_cgroup_node *node, u6
 }
 
 /*
+ * The fraction of @node's active weight, in units of @one, that the task counted as @tt gets:
+ * its cgroup's own tasks' part (own_weight over active_weight), divided among them by share
+ * weight (tree_share_weight()).
+ */
+static __always_inline u64 own_task_fraction(const struct tree_task *tt,
+					     const struct canopy_cgroup_node *node, u64 one)
+{
+	s64 own = node->own_weight, active = node->active_weight, shares = node->own_share_weight;
+	u64 part = one;
+
+	/* sums that read low for an instant (races): the task alone */
+	if (own < (s64)tt->weight)
+		own = tt->weight;
+	if (active > own)
+		part = one * (u64)own / (u64)active;
+	if (shares < (s64)tt->share_weight)
+		shares = tt->share_weight;
+	return shares > 0 ? part * tt->share_weight / (u64)shares : part;
+}
+
+/*
  * The weight (in 1/1024 units) to charge a run of the task counted as @tt in @node (its
  * cgroup's node, current as of @version) at: W_eq from the top of this file, or 0 (charge at
  * its class weight) when it is not counted in the tree.
@@ -556,8 +646,7 @@ static __always_inline u64 tree_weight_fp_in(const struct tree_task *tt,
 
 	if (!tt || !tt->weight || !node)
 		return 0;
-	share = share_up_the_tree(node, share_of(CPU_TREE_ONE, tt->weight, node->active_weight),
-				  version, 0);
+	share = share_up_the_tree(node, own_task_fraction(tt, node, CPU_TREE_ONE), version, 0);
 	/* a fraction of the own tasks' part, not of the machine (busy children hold the rest) */
 	if (own_tree_share && own_tree_share < CPU_TREE_ONE)
 		share = share * CPU_TREE_ONE / own_tree_share;
@@ -591,7 +680,7 @@ static __always_inline void tree_price_run(const struct tree_task *tt, struct ta
 {
 	struct canopy_cgroup_node *node;
 	u64 version;
-	s64 own;
+	s64 shares;
 
 	if (!tctx)
 		return;
@@ -604,8 +693,8 @@ static __always_inline void tree_price_run(const struct tree_task *tt, struct ta
 	if (!node)
 		return;
 	tctx->run_weight_fp = tree_weight_fp_in(tt, node, version);
-	own = tt->cgroup_id == CPU_TREE_ROOT_CGROUP_ID ? root_task_weight : node->active_weight;
-	tctx->run_group_fp = share_of(1 << 10, tt->weight, own);
+	shares = node->own_share_weight;
+	tctx->run_group_fp = share_of(1 << 10, tt->share_weight, shares);
 }
 
 /*

@@ -225,6 +225,8 @@ struct canopy_cgroup_node {
 	u32 limited;		/* 1: a cpu.max quota or a cap applies (counted in nr_limited_cgroups) */
 	u64 policy_version;	/* `group_policy_version` when weight and cap_pct were last read from `group_policy` */
 	u64 group_vtime;	/* its own tasks' vtime as one entity: their charges at the weight the cgroup gives them (bpf/cpu_tree.bpf.h tree_group_charge) */
+	s64 own_weight;		/* weights (task scale) of its runnable own tasks: their part of active_weight */
+	s64 own_share_weight;	/* the same tasks' weights as they divide that part among themselves (bpf/cpu_tree.bpf.h tree_share_weight) */
 };
 
 /*

@@ -66,7 +66,8 @@ static __always_inline void charge_own_quota(struct task_struct *p, struct task_
 	tctx->quota_charged_at = now;
 }
 
-static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
+static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx *tctx, u64 now,
+					 bool runnable)
 {
 	u64 ran_ns = 0, vtime_before = p->scx.dsq_vtime, weight_fp = 0, group_fp = 0;
 	struct tree_task *tt = tree_task_of(p);
@@ -83,7 +84,8 @@ static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx 
 		tctx->run_group_fp = 0;
 	}
 	tree_task_stopping(p, tt, tctx, ran_ns);
-	class_vtime_stopping(p, tctx, now, weight_fp ?: tree_charge_weight_fp(tt));
+	class_vtime_stopping(p, tctx, now, weight_fp ?: tree_charge_weight_fp(tt), runnable);
+	tree_task_share_follow(tt, tctx);
 	tree_group_charge(tt, p->scx.dsq_vtime - vtime_before, group_fp);
 }
 
