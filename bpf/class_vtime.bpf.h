@@ -217,12 +217,11 @@ static __always_inline void queue_by_class(struct task_struct *p, u32 class, u64
 	struct scx_bpf_dsq_insert_vtime_args args = {};
 	struct canopy_class_params *cp;
 	struct task_ctx *tctx = task_ctx_of(p);
-	u64 vtime, slice, lag, floor, now_v = own_vtime_now;
+	u64 vtime = p->scx.dsq_vtime, slice, lag, floor, now_v = own_vtime_now;
 	bool woken = enq_flags & KCONST(SCX_ENQ_WAKEUP);
 	/* priced: a root task in the cpu tree, not of an idle cgroup (see the top) */
 	bool priced = tctx && tctx->charge_weight_fp && dsq != CANOPY_IDLE_DSQ;
 
-	vtime = p->scx.dsq_vtime;
 	cp = class_of(class);
 	slice = class_slice(cp);
 	if (priced) {

@@ -456,14 +456,18 @@ static __always_inline u32 tree_share_weight(const struct task_ctx *tctx, u32 we
 	return weight / 2 ?: 1;
 }
 
-/* Add @weight and @share_weight to @cgroup_id's own tasks (a lookup and two atomic adds). */
+/*
+ * Add @weight and @share_weight to @cgroup_id's own tasks (a lookup and an atomic add for
+ * each that is not 0).
+ */
 static __always_inline void tree_own_add(u64 cgroup_id, s64 weight, s64 share_weight)
 {
 	struct canopy_cgroup_node *node = tree_node(cgroup_id);
 
 	if (!node)
 		return;
-	__sync_fetch_and_add(&node->own_weight, weight);
+	if (weight)
+		__sync_fetch_and_add(&node->own_weight, weight);
 	__sync_fetch_and_add(&node->own_share_weight, share_weight);
 }
 

@@ -85,7 +85,9 @@ static __always_inline void bill_own_run(struct task_struct *p, struct task_ctx 
 	}
 	tree_task_stopping(p, tt, tctx, ran_ns);
 	class_vtime_stopping(p, tctx, now, weight_fp ?: tree_charge_weight_fp(tt), runnable);
-	tree_task_share_follow(tt, tctx);
+	/* one that stops to sleep leaves the tree at ops.quiescent, share weight and all */
+	if (runnable)
+		tree_task_share_follow(tt, tctx);
 	tree_group_charge(tt, p->scx.dsq_vtime - vtime_before, group_fp);
 }
 
