@@ -32,16 +32,18 @@
  *
  * Within a cgroup: its own runnable tasks take their part of the node at their full weights
  * (own_weight), and divide that part among themselves by share weight (own_share_weight,
- * tree_share_weight()): a task that has run a whole class slice since it last slept counts
- * at half its weight there. So hw above is (own_weight / active_weight) * (share weight /
- * own_share_weight) at the task's own level, and the cgroup, and every other cgroup, gets
- * what the weights give it whatever its tasks' sleeps. Example: a cgroup alone with two
- * BACKGROUND hogs (423) and two build jobs (423) that each exit within a 20 ms slice: own
- * weight 1692, share weights 211 + 211 + 423 + 423 = 1268, so a job's hw is 423 / 1268 =
- * 1/3 and a hog's 1/6; W_eq = hw * 1692 = 564 and 282, and the jobs get 2/3 of the cgroup's
- * CPU where equal weights gave them half. In the frame benchmark's run of every peer
- * (2026-12-06 14:43 UTC) the fair scheduler gave its build 50% of the background's CPU,
- * canopy 54%, scx_bpfland 77%, scx_lavd 78% and scx_cosmos 66%.
+ * tree_share_weight()): a task counts there at half its weight once it has run a whole class
+ * slice since it last slept, and at a quarter after two (CANOPY_SHARE_HALVINGS). So hw above
+ * is (own_weight / active_weight) * (share weight / own_share_weight) at the task's own
+ * level, and the cgroup, and every other cgroup, gets what the weights give it whatever its
+ * tasks' sleeps. Example: a cgroup alone with two BACKGROUND hogs (423, 20 ms slices) and two
+ * build jobs (423) that each exit within a slice: own weight 1692; once the hogs have run
+ * 40 ms each, share weights 105 + 105 + 423 + 423 = 1056, so a job's hw is 423 / 1056 = 0.40
+ * and a hog's 0.10; W_eq = hw * 1692 = 678 and 168, and the jobs get 4/5 of the cgroup's CPU
+ * where equal weights gave them half (2/3 with one halving). In the frame benchmark's run of
+ * every peer (2026-12-06 17:25 UTC) the fair scheduler gave its build 50% of the
+ * background's CPU, canopy with one halving 70%, scx_bpfland 79%, scx_lavd 78% and
+ * scx_cosmos 69%; with two halvings canopy gave it 82% (four boots, 19:18-19:37 UTC).
  *
  * Worked example (issue 10, acceptance b): `p` (100) holding `p/a` (300) and `p/b` (100),
  * beside `q` (100), two DEFAULT hogs (standalone table: 1024) in each leaf, nothing else
@@ -56,7 +58,7 @@
  * Cost: ops.runnable and ops.quiescent do one task-storage lookup and three atomic adds on
  * the task's cgroup node (active, own and share weight; a task of the root cgroup one or two
  * more, on globals), with two hash lookups of it; ops.stopping one lookup and an atomic add
- * when a task's share weight changes (once per hog until it sleeps); only when a
+ * when a task's share weight changes (twice per hog until it sleeps); only when a
  * cgroup turns active or idle does the update walk up, one hash lookup and atomic add per
  * level (at most CANOPY_MAX_CGROUP_DEPTH). ops.running looks the task's entry up once and
  * walks its path to the root to price the run (tree_price_run(); ops.stopping charges at
@@ -435,25 +437,36 @@ static __always_inline bool task_in_idle_cgroup(struct task_struct *p)
 	return tt && tt->idle;
 }
 
+/* how many times a task that keeps running is halved among its cgroup's own tasks */
+#ifndef CANOPY_SHARE_HALVINGS
+#define CANOPY_SHARE_HALVINGS 2
+#endif
+
 /*
- * A task's weight among its cgroup's own tasks, from its class-and-nice @weight: half of it
- * once it has run a whole class slice since it last slept (task_ctx.ran_since_sleep_ns). The
- * cgroup's own tasks keep their part of the tree together (own_weight counts full weights);
- * only how they divide it follows this, so a task that runs briefly and sleeps or exits gets
- * more of its cgroup's part than a hog beside it, and no other cgroup gets more or less.
- * Example (the frame benchmark's background, 2026-12-06): two BACKGROUND hogs (423 each,
- * 20 ms slices) and a build's two chains of short processes in one cgroup, on 2 vCPUs. The
- * hogs divide at 211 each against the jobs' 423: the build gets about 2/3 of the cgroup's
- * CPU, not the half equal weights give it, and the cgroup as a whole what its cpu.weight
- * gives it. A hog's share weight is halved at the stop that ends its first whole slice and
- * restored when it sleeps (it is counted afresh at its wakeup).
+ * A task's weight among its cgroup's own tasks, from its class-and-nice @weight: halved for
+ * each whole class slice it has run since it last slept (task_ctx.ran_since_sleep_ns), at
+ * most CANOPY_SHARE_HALVINGS times. The cgroup's own tasks keep their part of the tree
+ * together (own_weight counts full weights); only how they divide it follows this, so a task
+ * that runs briefly and sleeps or exits gets more of its cgroup's part than a hog beside it,
+ * and no other cgroup gets more or less. Example (the frame benchmark's background,
+ * 2026-12-06): two BACKGROUND hogs (423 each, 20 ms slices) and a build's two chains of short
+ * processes in one cgroup, on 2 vCPUs. After 40 ms the hogs divide at 105 each against the
+ * jobs' 423: the build gets about 4/5 of the cgroup's CPU (82% measured; one halving gave
+ * 70%, three 89%), not the half equal weights give it, and the cgroup as a whole what its
+ * cpu.weight gives it. A hog's share weight falls at the stops that end its first and second
+ * whole slices and comes back when it sleeps (it is counted afresh at its wakeup).
  */
 static __always_inline u32 tree_share_weight(const struct task_ctx *tctx, u32 weight)
 {
-	if (!tctx || !tctx->ran_since_sleep_ns || tctx->class >= CANOPY_MAX_CLASSES ||
-	    tctx->ran_since_sleep_ns < class_slice(class_of(tctx->class)))
+	u64 slice, halvings;
+
+	if (!tctx || !tctx->ran_since_sleep_ns || tctx->class >= CANOPY_MAX_CLASSES)
 		return weight;
-	return weight / 2 ?: 1;
+	slice = class_slice(class_of(tctx->class));
+	halvings = tctx->ran_since_sleep_ns / slice;
+	if (halvings > CANOPY_SHARE_HALVINGS)
+		halvings = CANOPY_SHARE_HALVINGS;
+	return (weight >> halvings) ?: 1;
 }
 
 /*
@@ -569,7 +582,7 @@ static __always_inline void tree_task_stopping(struct task_struct *p, struct tre
 /*
  * After ops.stopping charged @tctx's run: a task that stays runnable divides its cgroup's part
  * at tree_share_weight() of its weight from now on (one lookup and an atomic add when it
- * changes, once per hog until it sleeps).
+ * changes, at most twice per hog until it sleeps).
  */
 static __always_inline void tree_task_share_follow(struct tree_task *tt, const struct task_ctx *tctx)
 {
