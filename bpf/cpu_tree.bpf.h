@@ -43,7 +43,7 @@
  * where equal weights gave them half (2/3 with one halving). In the frame benchmark's run of
  * every peer (2026-12-06 17:25 UTC) the fair scheduler gave its build 50% of the
  * background's CPU, canopy with one halving 70%, scx_bpfland 79%, scx_lavd 78% and
- * scx_cosmos 69%; with two halvings canopy gave it 82% (four boots, 19:18-19:37 UTC).
+ * scx_cosmos 69%; with two halvings canopy gave it 81.6-82.1% (six boots, 19:18-19:45 UTC).
  *
  * Worked example (issue 10, acceptance b): `p` (100) holding `p/a` (300) and `p/b` (100),
  * beside `q` (100), two DEFAULT hogs (standalone table: 1024) in each leaf, nothing else
