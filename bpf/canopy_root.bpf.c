@@ -707,9 +707,9 @@ void CANOPY_OP(canopy_root_dump, struct scx_dump_ctx *dump_ctx)
 {
 	u32 slot;
 
-	canopy_dump("canopy_root: own DSQ %d queued, idle-cgroup DSQ %d, member vtime floor %llu\n",
+	canopy_dump("canopy_root: own DSQ %d queued, idle-cgroup DSQ %d, member vtime floor %llu, own vtime now %llu, RCU gp %llu seen at %llu\n",
 		    scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ), scx_bpf_dsq_nr_queued(CANOPY_IDLE_DSQ),
-		    member_vtime_min);
+		    member_vtime_min, own_vtime_now, rcu_gp_seen, rcu_gp_seen_at);
 	for (slot = 0; slot < CANOPY_MAX_MEMBERS; slot++) {
 		struct canopy_member *m = member_of(slot);
 
@@ -717,6 +717,21 @@ void CANOPY_OP(canopy_root_dump, struct scx_dump_ctx *dump_ctx)
 			canopy_dump("member %u cgroup %llu weight %u share %u vtime %llu cpu_ns %llu\n",
 				    slot, m->cgroup_id, m->weight, m->tree_share, m->vtime, m->cpu_ns);
 	}
+}
+
+/* One line per task in the kernel's dump: how the root last queued and priced it. */
+void CANOPY_OP(canopy_root_dump_task, struct scx_dump_ctx *dump_ctx, struct task_struct *p)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+	struct tree_task *tt = tree_task_of(p);
+
+	if (tctx)
+		canopy_dump("canopy: class %u weight %u charged_fp %llu debt %llu ran_since_sleep %llu\n",
+			    tctx->class, tctx->weight, tctx->charge_weight_fp, tctx->vtime_debt,
+			    tctx->ran_since_sleep_ns);
+	if (tt)
+		canopy_dump("canopy: tree cgroup %llu weight %u share weight %u idle %u\n",
+			    tt->cgroup_id, tt->weight, tt->share_weight, tt->idle);
 }
 
 void CANOPY_OP(canopy_root_dump_cid, struct scx_dump_ctx *dump_ctx, s32 cid, bool idle)
@@ -755,6 +770,7 @@ struct sched_ext_ops_cid canopy_root_ops = {
 	.exit = (void *)canopy_root_exit,
 	.dump = (void *)canopy_root_dump,
 	.dump_cid = (void *)canopy_root_dump_cid,
+	.dump_task = (void *)canopy_root_dump_task,
 	.timeout_ms = 30000,
 	.exit_dump_len = CANOPY_EXIT_DUMP_LEN,
 	.name = "canopy_root",

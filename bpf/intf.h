@@ -68,7 +68,12 @@ enum canopy_limits {
 	/* exit information copied out of the kernel's scx_exit_info */
 	CANOPY_EXIT_REASON_LEN = 128,
 	CANOPY_EXIT_MSG_LEN = 1024,
-	CANOPY_EXIT_DUMP_LEN = 16384,
+	/*
+	 * the kernel's dump of a failing scheduler: every runnable task of every CPU with its
+	 * stack and canopy's lines; 93 runnable tasks of the stress scenario took 47-48 KB, and
+	 * 16 KB cut the dump off before the starved task (2026-12-06)
+	 */
+	CANOPY_EXIT_DUMP_LEN = 131072,
 	/* the member slot of the scheduler's own tasks */
 	CANOPY_SELF_SLOT = 0,
 	/* the shared DSQ of a scheduler's own tasks */
@@ -396,6 +401,7 @@ enum canopy_stat {
 	CANOPY_STAT_FLOOR_LIFTS, /* requeues of tasks that stayed runnable lifted to the vtime floor (own_vtime_now - CANOPY_MAX_VTIME_AHEAD) */
 	CANOPY_STAT_AHEAD_CAPPED, /* enqueues whose vtime was cut to own_vtime_now + CANOPY_MAX_VTIME_AHEAD */
 	CANOPY_STAT_VTIME_PREEMPTS, /* waking or new own tasks that preempted a running own task charged past them in vtime (canopy_root.bpf.c) */
+	CANOPY_STAT_RCU_READERS_FIRST, /* requeues of tasks preempted inside an RCU read-side critical section, queued first (class_vtime.bpf.h) */
 	CANOPY_NR_STATS,
 };
 
