@@ -258,8 +258,8 @@ static __always_inline bool rcu_grace_period_stuck(u64 now)
 /*
  * RCU readers first while a grace period is stuck. A task preempted inside an RCU read-side
  * critical section, requeued while one grace period has been in progress for
- * CANOPY_RCU_GP_STUCK_NS (1 s), is queued at the front (the floor every requeue is lifted to,
- * own_vtime_now - CANOPY_MAX_VTIME_AHEAD), whatever its vtime; the vtime it skipped is kept as
+ * CANOPY_RCU_GP_STUCK_NS (1 s), is queued at the front (@front: the floor every requeue is
+ * lifted to, own_vtime_now - CANOPY_MAX_VTIME_AHEAD), whatever its vtime; the vtime it skipped is kept as
  * debt, paid at its later requeues: it borrows its turns, it is not given them. The kernel's
  * RCU stall detector ejects the scheduler once a grace period has waited 21 s. In the stress
  * scenario (tests/vm/sched_root.rs, 2026-12-06) khugepaged (nice 19, weight 15) was preempted
@@ -284,9 +284,9 @@ static __always_inline bool rcu_grace_period_stuck(u64 now)
  * about once a second (own_dispatch.bpf.h), 4 ms a turn.
  */
 static __always_inline u64 front_for_rcu_reader(struct task_struct *p, struct task_ctx *tctx,
-						 u64 vtime, u64 now_v)
+						 u64 vtime, u64 front)
 {
-	u64 front = now_v > CANOPY_MAX_VTIME_AHEAD ? now_v - CANOPY_MAX_VTIME_AHEAD : 0, owed;
+	u64 owed;
 
 	if (!tctx || vtime <= front || !rcu_reader_preempted(p) ||
 	    !rcu_grace_period_stuck(scx_bpf_now()))
@@ -348,8 +348,9 @@ static __always_inline void queue_by_class(struct task_struct *p, u32 class, u64
 		}
 		vtime = now_v + CANOPY_MAX_VTIME_AHEAD;
 	}
+	/* a requeue's floor (lag CANOPY_MAX_VTIME_AHEAD) is the front of the queue */
 	if (!woken)
-		vtime = front_for_rcu_reader(p, tctx, vtime, now_v);
+		vtime = front_for_rcu_reader(p, tctx, vtime, floor);
 
 	args.dsq_id = dsq;
 	args.slice = slice;
