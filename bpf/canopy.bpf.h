@@ -182,12 +182,7 @@ struct {
 	__type(value, struct canopy_class_params);
 } class_params SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, CANOPY_MAX_TASKS);
-	__type(key, u32);
-	__type(value, u32);
-} task_classes SEC(".maps");
+#include "task_classes.bpf.h"
 
 /*
  * Per cgroup id: share terms, admission, and the allowed classes of its current state; an

@@ -115,6 +115,18 @@ enum canopy_limits {
 	CANOPY_TREE_SHARE_ONE = 1048576,
 	/* bytes of the move watcher's ring buffer (a power of two, a multiple of the page size) */
 	CANOPY_MOVE_RINGBUF_BYTES = 262144,
+	/*
+	 * bytes of the exit watcher's ring buffer (a power of two, a multiple of the page size):
+	 * 43,690 records of 16 bytes plus an 8-byte header each; the half-full wakeup comes at
+	 * 21,845, a second of a fork storm's 20,000 exits a second
+	 */
+	CANOPY_EXIT_RINGBUF_BYTES = 1048576,
+	/*
+	 * an exit record wakes the daemon only when none has for this long, or when the ring
+	 * holds more than half its bytes; the rest wait for the daemon's next read (its next
+	 * wakeup for any reason, at most this long after one that found exits)
+	 */
+	CANOPY_EXIT_WAKEUP_EVERY_NS = 1000000000,
 	/* the most recent moves the schedulers keep a record of (`move_log`; a power of two) */
 	CANOPY_MOVE_RECORDS = 64,
 	/* a moved task first queued later than this after its move counts as slow (issue 5 (b)) */
@@ -313,6 +325,17 @@ struct canopy_move_event {
 	u32 threadgroup;	/* 1: the whole process moved (cgroup.procs), 0: one thread */
 	u32 pad;
 	u64 timestamp_ns;	/* CLOCK_MONOTONIC (bpf_ktime_get_ns) at the attach */
+};
+
+/*
+ * Ring buffer `exit_events` (canopy_moves.bpf.c): one record per exiting thread, from the
+ * `sched:sched_process_exit` tracepoint. Submitted without a wakeup (see
+ * CANOPY_EXIT_WAKEUP_EVERY_NS): the daemon reads them in batches and forgets the threads.
+ */
+struct canopy_exit_event {
+	u32 pid;		/* process (tgid) of the exiting thread */
+	u32 tid;		/* the exiting thread */
+	u64 timestamp_ns;	/* CLOCK_MONOTONIC (bpf_ktime_get_ns) at the exit */
 };
 
 /*

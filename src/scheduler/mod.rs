@@ -25,7 +25,7 @@
 //!   restart on the kernel's request, unload on a stop request;
 //! - `debug_cli`: the hidden `canopy scheduler ...` debug commands (the VM tests drive these);
 //! - `daemon_link`: the scx backend's seam: the supervisor thread and the daemon's map writes;
-//! - `move_watch`: the BPF cgroup move watcher (`canopy_moves`), a daemon event source.
+//! - `move_watch`: the BPF task watcher (`canopy_moves`: cgroup moves and thread exits), a daemon event source.
 pub mod attach;
 pub mod bpf_bytes;
 pub mod bpf_intf;

@@ -1,18 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! The BPF cgroup move watcher's loader (`bpf/canopy_moves.bpf.c`): loads and attaches the
-//! `cgroup_attach_task` tracepoint program and hands the daemon a [`MoveSource`]: the ring
-//! buffer's epoll fd, which the daemon polls on its own task (no thread hop between the kernel's
-//! wakeup and the controller), and a drain that turns every `struct canopy_move_event` into a
-//! move record (scx and fallback modes alike) and reports lost events (a full ring buffer) so
-//! the daemon rescans. When the kernel refuses the program (no BTF, no tracepoint, no
-//! permission) the factory returns the reason and the daemon keeps its inotify fallback.
+//! The BPF task watcher's loader (`bpf/canopy_moves.bpf.c`): loads and attaches the
+//! `cgroup_attach_task` and `sched_process_exit` tracepoint programs and hands the daemon a
+//! [`TaskWatchSource`]: the two ring buffers' epoll fd, which the daemon polls on its own task
+//! (no thread hop between the kernel's wakeup and the controller), and a drain that turns every
+//! `struct canopy_move_event` into a move record and every `struct canopy_exit_event` into an
+//! exit record (scx and fallback modes alike), and reports lost records (a full ring buffer) so
+//! the daemon rescans. When the kernel refuses either program (no BTF, no tracepoint, no
+//! permission) the factory returns the reason and the daemon keeps its inotify fallback and
+//! the proc connector's exit events.
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::Mutex;
 
+use canopy_controller::daemon::ExitRecord;
+use canopy_controller::daemon::LostRecords;
 use canopy_controller::daemon::MoveRecord;
-use canopy_controller::daemon::MoveSource;
-use canopy_controller::daemon::MoveWatcherFactory;
+use canopy_controller::daemon::TaskWatchSource;
+use canopy_controller::daemon::TaskWatcherFactory;
 use canopy_sys::monotonic_now_ns;
 use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::skel::Skel;
@@ -26,37 +30,59 @@ use super::skel::moves::CanopyMovesSkel;
 use super::skel::moves::CanopyMovesSkelBuilder;
 
 /// The daemon's hook: loads the watcher when called.
-pub fn factory() -> MoveWatcherFactory {
-    Box::new(|| MoveWatcher::load().map(|watcher| Box::new(watcher) as Box<dyn MoveSource>))
+pub fn factory() -> TaskWatcherFactory {
+    Box::new(|| TaskWatcher::load().map(|watcher| Box::new(watcher) as Box<dyn TaskWatchSource>))
 }
 
-/// What the ring buffer callback collected since the last drain, and the delivery delays.
+/// What the ring buffer callbacks collected since the last drain, and the moves' delivery
+/// delays.
 #[derive(Default)]
 struct Collected {
     records: Vec<MoveRecord>,
+    exits: Vec<ExitRecord>,
     /// Kernel attach → record read, µs (logged when the watcher is dropped).
     delivery_us: Vec<u64>,
 }
 
-/// The attached program and its ring buffer. Dropping it detaches the program.
-struct MoveWatcher {
+/// The attached programs and their ring buffers. Dropping it detaches the programs.
+struct TaskWatcher {
     ring: RingBuffer<'static>,
     skel: CanopyMovesSkel<'static>,
     collected: Arc<Mutex<Collected>>,
+    clears_class_entries: bool,
 }
 
-impl MoveWatcher {
+impl TaskWatcher {
     fn load() -> Result<Self, String> {
         // One leaked OpenObject per load: the skeleton borrows it for its whole life.
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = CanopyMovesSkelBuilder::default()
+        let mut open = CanopyMovesSkelBuilder::default()
             .open(storage)
             .map_err(|e| format!("opening canopy_moves: {e}"))?;
-        let mut skel = open
-            .load()
-            .map_err(|e| format!("loading canopy_moves (tp_btf/cgroup_attach_task): {e}"))?;
-        skel.attach()
-            .map_err(|e| format!("attaching to cgroup:cgroup_attach_task: {e}"))?;
+        // scx mode: the root has pinned its `task_classes` (the daemon starts the watcher after
+        // the root is enabled), and the exit program deletes exited threads' entries from it.
+        // Fallback mode: a one-entry map of the watcher's own, never written.
+        let pinned = canopy_sys::sched_ext::pinned_map("task_classes");
+        let clears_class_entries = pinned.exists()
+            && match open.maps.task_classes.reuse_pinned_map(&pinned) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, map = %pinned.display(), "the exit watcher does not share the schedulers' task_classes; the daemon deletes exited threads' entries");
+                    false
+                }
+            };
+        if !clears_class_entries {
+            open.maps
+                .task_classes
+                .set_max_entries(1)
+                .map_err(|e| format!("sizing canopy_moves' task_classes: {e}"))?;
+        }
+        let mut skel = open.load().map_err(|e| {
+            format!("loading canopy_moves (tp_btf/cgroup_attach_task, sched_process_exit): {e}")
+        })?;
+        skel.attach().map_err(|e| {
+            format!("attaching to cgroup:cgroup_attach_task and sched:sched_process_exit: {e}")
+        })?;
         let collected = Arc::new(Mutex::new(Collected::default()));
         let sink = Arc::clone(&collected);
         let mut builder = RingBufferBuilder::new();
@@ -82,40 +108,70 @@ impl MoveWatcher {
                 0
             })
             .map_err(|e| format!("opening the move_events ring buffer: {e}"))?;
+        let sink = Arc::clone(&collected);
+        builder
+            .add(&skel.maps.exit_events, move |bytes: &[u8]| {
+                if bytes.len() < std::mem::size_of::<bpf_intf::canopy_exit_event>() {
+                    return 0;
+                }
+                let event: bpf_intf::canopy_exit_event = from_bytes(bytes);
+                if let Ok(mut collected) = sink.lock() {
+                    collected.exits.push(ExitRecord {
+                        tid: event.tid,
+                        tgid: event.pid,
+                        timestamp_ns: event.timestamp_ns,
+                    });
+                }
+                0
+            })
+            .map_err(|e| format!("opening the exit_events ring buffer: {e}"))?;
         let ring = builder
             .build()
-            .map_err(|e| format!("opening the move_events ring buffer: {e}"))?;
-        tracing::info!("BPF cgroup move watcher attached to cgroup:cgroup_attach_task");
-        Ok(MoveWatcher {
+            .map_err(|e| format!("opening the watcher's ring buffers: {e}"))?;
+        tracing::info!(
+            "BPF task watcher attached to cgroup:cgroup_attach_task and sched:sched_process_exit"
+        );
+        Ok(TaskWatcher {
             ring,
             skel,
             collected,
+            clears_class_entries,
         })
     }
 }
 
-impl MoveSource for MoveWatcher {
+impl TaskWatchSource for TaskWatcher {
     fn fd(&self) -> std::os::fd::RawFd {
         self.ring.epoll_fd()
     }
 
-    fn drain(&mut self, out: &mut Vec<MoveRecord>) -> u64 {
+    fn clears_class_entries(&self) -> bool {
+        self.clears_class_entries
+    }
+
+    fn drain(&mut self, moves: &mut Vec<MoveRecord>, exits: &mut Vec<ExitRecord>) -> LostRecords {
         let _ = self.ring.consume();
         if let Ok(mut collected) = self.collected.lock() {
-            out.append(&mut collected.records);
+            moves.append(&mut collected.records);
+            exits.append(&mut collected.exits);
         }
         self.skel
             .maps
             .bss_data
             .as_deref()
-            // SAFETY: a plain read of a counter the BPF program increments atomically in the
+            // SAFETY: plain reads of counters the BPF programs increment atomically in the
             // mmap'd .bss; a stale read only delays the report to the next drain.
-            .map(|bss| unsafe { std::ptr::read_volatile(&bss.moves_lost) })
-            .unwrap_or(0)
+            .map(|bss| unsafe {
+                LostRecords {
+                    moves: std::ptr::read_volatile(&bss.moves_lost),
+                    exits: std::ptr::read_volatile(&bss.exits_lost),
+                }
+            })
+            .unwrap_or_default()
     }
 }
 
-impl Drop for MoveWatcher {
+impl Drop for TaskWatcher {
     fn drop(&mut self) {
         let mut samples = self
             .collected

@@ -227,6 +227,13 @@ canopy-guest report daemon status=@/tmp/status.json
 # the checks are done: end the storm's hold (15 s at most) now
 kill -USR1 $STORM
 wait $STORM
+# Exits (issue 14): the storm's 1,001 threads and 300 short processes end; the daemon reads
+# their exits from the BPF watcher's ring buffer in batches (no wakeup each) and forgets them.
+i=0; while [ $i -lt 300 ]; do sh -c :; i=$((i+1)); done
+sleep 2
+canopy status --json > /tmp/status.json
+canopy-guest class-map --pid $DAEMON --kind after-exits
+canopy-guest report exits status=@/tmp/status.json
 "#,
             start_probes = crate::support::start_ui_probes("app", true),
         );
@@ -387,6 +394,54 @@ fn daemon_in_scx_mode_tags_a_rename_storm_and_clamps_moves_in_the_class_map() ->
         "not every storm thread is BACKGROUND in task_classes: {classes}"
     );
     // The rename→applied p99 is printed above, not gated, for the same reason as the moves.
+
+    // Exits came from the BPF watcher's ring buffer only (the proc connector was asked for
+    // none), and the daemon forgot the 1,300 exited tasks: its table and the class map shrank
+    // by at least the storm's 1,000 threads within 2 s of the last exit.
+    let exits = &outcome.result("exits")?["status"];
+    let after = outcome.result("after-exits")?;
+    let from_ring = exits["counters"]["exits_ring_buffer"].as_u64().unwrap_or(0);
+    println!(
+        "exits: {}; {} read from the ring, {} exit events in all, {} lost; tasks tracked {} with the storm, {} after; class map entries {} with the storm, {} after",
+        exits["exit_watcher"],
+        from_ring,
+        exits["events"]["exit"],
+        exits["counters"]["exits_lost"],
+        status["tasks_tracked"],
+        exits["tasks_tracked"],
+        classes["map_entries"],
+        after["map_entries"]
+    );
+    // In scx mode the exit program shares the schedulers' map and deletes the entries itself.
+    assert!(
+        exits["exit_watcher"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("BPF ring buffer (sched_process_exit tracepoint, which deletes"),
+        "{}",
+        exits["exit_watcher"]
+    );
+    assert!(from_ring >= 1300, "{exits}");
+    assert_eq!(
+        exits["events"]["exit"].as_u64(),
+        Some(from_ring),
+        "exit events from elsewhere than the ring: {exits}"
+    );
+    let shrank = |before: &serde_json::Value, after: &serde_json::Value| {
+        before.as_u64().unwrap_or(0) >= after.as_u64().unwrap_or(u64::MAX).saturating_add(1000)
+    };
+    assert!(
+        shrank(&status["tasks_tracked"], &exits["tasks_tracked"]),
+        "tracked with the storm {}, after its exit {}",
+        status["tasks_tracked"],
+        exits["tasks_tracked"]
+    );
+    assert!(
+        shrank(&classes["map_entries"], &after["map_entries"]),
+        "class map entries with the storm {}, after its exit {}",
+        classes["map_entries"],
+        after["map_entries"]
+    );
 
     // The daemon runs its own threads in USER_INITIATED: a preempting class, so it keeps up
     // with the storm, which the user's USER_INTERACTIVE threads may preempt after 1 ms.

@@ -151,6 +151,18 @@ pub trait Backend: Send {
     fn release_task(&mut self, tid: u32);
     /// The thread exited: forget whatever was saved for it.
     fn forget_task(&mut self, tid: u32);
+    /// The thread exited at `exited_ns` (CLOCK_MONOTONIC), reported by the kernel-side exit
+    /// watcher, which already removed what the kernel holds for it (its `task_classes` entry)
+    /// when [`Backend::exits_cleared_by_watcher`] was told so. Default: [`Backend::forget_task`].
+    fn forget_exited_task(&mut self, tid: u32, exited_ns: u64) {
+        let _ = exited_ns;
+        self.forget_task(tid)
+    }
+    /// The exit watcher removes each exited thread's kernel-side entry itself (scx mode, the
+    /// watcher sharing the schedulers' `task_classes`). Default: nothing to skip.
+    fn exits_cleared_by_watcher(&mut self, cleared: bool) {
+        let _ = cleared;
+    }
     /// A rescan found thread `tid` alive, started at `start_ticks` (clock ticks after boot).
     /// Returns whether what the backend keeps for `tid` belonged to another thread (one that
     /// started at another time and exited unseen, its tid since reused); the backend has then
@@ -221,6 +233,12 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn forget_task(&mut self, tid: u32) {
         (**self).forget_task(tid)
+    }
+    fn forget_exited_task(&mut self, tid: u32, exited_ns: u64) {
+        (**self).forget_exited_task(tid, exited_ns)
+    }
+    fn exits_cleared_by_watcher(&mut self, cleared: bool) {
+        (**self).exits_cleared_by_watcher(cleared)
     }
     fn thread_seen(&mut self, tid: u32, start_ticks: u64) -> bool {
         (**self).thread_seen(tid, start_ticks)

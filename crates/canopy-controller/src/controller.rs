@@ -56,6 +56,8 @@ pub struct ControllerConfig {
     pub mode_reason: String,
     /// How cgroup moves are noticed (shown by `status`).
     pub move_watcher: String,
+    /// How thread exits are noticed (shown by `status`).
+    pub exit_watcher: String,
     /// canopy's own process. The policy it enforces never demotes it: its latency is what the
     /// acceptance figures measure. In scx mode its threads run in USER_INITIATED (`DAEMON_CLASS`,
     /// the schedulers' counterpart of the systemd unit's Nice=-5); in fallback mode they keep what
@@ -64,7 +66,7 @@ pub struct ControllerConfig {
 }
 
 /// What told the controller that a process may have changed cgroup (not to be confused with
-/// `daemon::MoveSource`, the BPF watcher the daemon polls).
+/// `daemon::TaskWatchSource`, the BPF watcher the daemon polls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MoveNoticedBy {
     /// The BPF move watcher (cgroup_attach_task through a ring buffer).

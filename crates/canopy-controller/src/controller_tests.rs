@@ -272,6 +272,7 @@ fn exit_forgets_and_kernel_and_realtime_threads_are_left_alone() {
         Event::Exit {
             tid: 100,
             tgid: 100,
+            timestamp_ns: None,
         },
         Instant::now(),
     );
@@ -589,6 +590,54 @@ fn a_fork_replaces_stale_state_left_by_a_lost_exit() {
     c.handle(fork(100, 100, 300, 300), Instant::now());
     assert_eq!(applied(&c, 300).as_deref(), Some("USER_INITIATED"));
     assert_eq!(c.explain(300).unwrap()[0].comm, "player");
+}
+
+#[test]
+fn a_late_exit_spares_the_newer_task_under_its_reused_id() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    src.spawn(300, "make", APP);
+    let mut c = controller(src);
+    let exit_ns = canopy_sys::monotonic_now_ns();
+    // 300 exited at exit_ns; before its (batched) exit record is read, player forks a child
+    // that gets id 300 again.
+    c.source_mut().exit(300);
+    c.source_mut().spawn(300, "player", APP);
+    c.handle(
+        Event::Fork {
+            parent_tid: 100,
+            parent_tgid: 100,
+            child_tid: 300,
+            child_tgid: 300,
+            timestamp_ns: Some(exit_ns + 1000),
+        },
+        Instant::now(),
+    );
+    assert_eq!(applied(&c, 300).as_deref(), Some("USER_INITIATED"));
+    c.handle(
+        Event::Exit {
+            tid: 300,
+            tgid: 300,
+            timestamp_ns: Some(exit_ns),
+        },
+        Instant::now(),
+    );
+    assert_eq!(
+        applied(&c, 300).as_deref(),
+        Some("USER_INITIATED"),
+        "the old task's exit must not forget the new one"
+    );
+    // The new task's own exit does.
+    c.source_mut().exit(300);
+    c.handle(
+        Event::Exit {
+            tid: 300,
+            tgid: 300,
+            timestamp_ns: Some(canopy_sys::monotonic_now_ns()),
+        },
+        Instant::now(),
+    );
+    assert_eq!(applied(&c, 300), None);
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub use options::{instance_lock_path, DaemonError, DaemonOptions, ScxEjected, Sc
 use sources::{
     read_focus_xattrs, start_watcher, subscribe_proc_events, translate, BorrowedRawFd, Input,
 };
-pub use sources::{MoveRecord, MoveSource, MoveWatcherFactory};
+pub use sources::{ExitRecord, LostRecords, MoveRecord, TaskWatchSource, TaskWatcherFactory};
 
 /// How often tracked processes' cgroups are re-read (moves no event reported).
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
@@ -71,7 +71,7 @@ pub struct Daemon {
     cgroup_root: PathBuf,
     inputs: (mpsc::Sender<Input>, mpsc::Receiver<Input>),
     proc_events: canopy_sys::proc_events::ProcEvents,
-    move_source: Option<Box<dyn MoveSource>>,
+    move_source: Option<Box<dyn TaskWatchSource>>,
     move_fd: Option<tokio::io::unix::AsyncFd<BorrowedRawFd>>,
     watch_task: Option<tokio::task::JoinHandle<()>>,
     control: (mpsc::Sender<ControlMsg>, mpsc::Receiver<ControlMsg>),
@@ -117,7 +117,7 @@ impl Daemon {
                 Err(why) => return Err(DaemonError::ScxUnavailable(why)),
             }
         }
-        let backend = match scx_maps {
+        let mut backend = match scx_maps {
             Some(maps) => Box::new(ScxBackend::new(maps, cgroup_root.clone())) as Box<dyn Backend>,
             None => fallback_backend(
                 &cgroup_root,
@@ -132,10 +132,10 @@ impl Daemon {
             source,
         })?;
 
-        // Subscribe to events before the first scan so nothing falls between the two.
+        // Subscribe to events before the first scan so nothing falls between the two. The BPF
+        // task watcher first: while it reports exits, the proc connector is asked for none.
         let (in_tx, in_rx) = mpsc::channel::<Input>(65536);
-        let proc_events = subscribe_proc_events(opts.proc_rcvbuf)?;
-        // The move watcher's ring buffer is polled right here (no thread hop between the kernel's
+        // The watcher's ring buffers are polled right here (no thread hop between the kernel's
         // wakeup and the controller).
         let (move_source, move_fd) = match opts.move_watcher.take().map(|start| {
             start().and_then(|source| {
@@ -167,6 +167,16 @@ impl Daemon {
             )
         };
         tracing::info!(source = %move_watcher, "cgroup moves");
+        let proc_events = subscribe_proc_events(opts.proc_rcvbuf, move_source.is_some())?;
+        let exit_watcher = match &move_source {
+            Some(source) if source.clears_class_entries() => {
+                "BPF ring buffer (sched_process_exit tracepoint, which deletes the thread's task_classes entry), read in batches"
+            }
+            Some(_) => "BPF ring buffer (sched_process_exit tracepoint), read in batches",
+            None => "proc connector",
+        }
+        .to_string();
+        tracing::info!(source = %exit_watcher, "thread exits");
         let watch_root = match &opts.cgroup_scope {
             Some(s) => cgroup_root.join(s),
             None => cgroup_root.clone(),
@@ -179,10 +189,17 @@ impl Daemon {
             move_source.is_none(),
         );
 
+        // In scx mode the watcher deletes exited threads' class entries in the kernel.
+        backend.exits_cleared_by_watcher(
+            move_source
+                .as_ref()
+                .is_some_and(|source| source.clears_class_entries()),
+        );
         let config = ControllerConfig {
             cgroup_scope: opts.cgroup_scope.clone(),
             mode_reason,
             move_watcher,
+            exit_watcher,
             daemon_pid: Some(std::process::id()),
         };
         let mut ctl = Controller::new(plan, backend, ProcSource::new(cgroup_root.clone()), config);
@@ -273,7 +290,7 @@ impl Daemon {
             cgroup_root,
             inputs: (_in_tx, mut in_rx),
             mut proc_events,
-            mut move_source,
+            move_source,
             move_fd,
             watch_task,
             control: (_ctl_tx, mut ctl_rx),
@@ -284,8 +301,7 @@ impl Daemon {
             mut scx_ejected,
         } = self;
         let mut proc_batch: Vec<canopy_sys::proc_events::ProcEvent> = Vec::with_capacity(64);
-        let mut move_batch: Vec<MoveRecord> = Vec::with_capacity(64);
-        let mut moves_lost_seen = 0u64;
+        let mut watch = WatchRecords::new(move_source);
 
         let cgroup_root_str = cgroup_root.to_string_lossy().into_owned();
         let mut policy_debounce: Option<Instant> = None;
@@ -303,10 +319,10 @@ impl Daemon {
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
-            let timer = match (ctl.next_deadline(), policy_debounce) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let timer = [ctl.next_deadline(), policy_debounce, watch.exits_read_at]
+                .into_iter()
+                .flatten()
+                .min();
             // Unbiased: among the ready sources one is picked at random, and each does a bounded
             // amount of work per turn (`*_PER_TURN`), so none can starve the others: a rename
             // storm costs control requests and state flushes at most one proc-event turn each.
@@ -333,20 +349,7 @@ impl Daemon {
                 received = proc_events.recv_batch(&mut proc_batch) => {
                     match received {
                         Ok(_) => {
-                            // Whatever else is queued now, up to the turn's budget, so that a
-                            // storm's renames of one thread coalesce into its last name.
-                            while !proc_events.drained()
-                                && proc_batch.len() < PROC_EVENTS_PER_TURN
-                                && matches!(proc_events.try_recv_batch(&mut proc_batch), Ok(n) if n > 0)
-                            {}
-                            let coalesced = canopy_sys::proc_events::coalesce_renames(&mut proc_batch);
-                            ctl.stats.counters.renames_coalesced += coalesced as u64;
-                            let now = Instant::now();
-                            for ev in proc_batch.drain(..) {
-                                if let Some(e) = translate(&ev) {
-                                    ctl.handle(e, now);
-                                }
-                            }
+                            proc_turn(&mut ctl, &mut proc_events, &mut proc_batch, &mut watch);
                             // A busy machine keeps this branch ready; due timers (deferred overrun
                             // rescans, delayed states) must not wait for a quiet moment.
                             if ctl.next_deadline().is_some_and(|d| d <= Instant::now()) {
@@ -368,26 +371,8 @@ impl Daemon {
                     let Ok(mut guard) = ready else { continue };
                     // Clear first: a record that lands after the drain raises a fresh edge.
                     guard.clear_ready();
-                    if let Some(source) = move_source.as_mut() {
-                        let lost = source.drain(&mut move_batch);
-                        let now = Instant::now();
-                        for m in move_batch.drain(..) {
-                            ctl.handle(
-                                Event::TaskMoved {
-                                    tid: m.tid,
-                                    threadgroup: m.threadgroup,
-                                    timestamp_ns: Some(m.timestamp_ns),
-                                },
-                                now,
-                            );
-                        }
-                        if lost > moves_lost_seen {
-                            tracing::warn!(count = lost - moves_lost_seen, "cgroup move events lost (ring buffer full): rescanning");
-                            ctl.stats.counters.moves_lost += lost - moves_lost_seen;
-                            moves_lost_seen = lost;
-                            ctl.handle(Event::Overrun, now);
-                        }
-                    }
+                    // Moves are handled at once; exits after the proc connector's queue.
+                    proc_events_after_watch(&mut ctl, &mut proc_events, &mut proc_batch, &mut watch);
                 }
                 input = in_rx.recv() => {
                     let Some(input) = input else { break };
@@ -438,6 +423,10 @@ impl Daemon {
                         tracing::info!("policy files changed; reloading");
                         let _ = reload(&mut ctl, &opts.loader);
                     }
+                    if watch.exits_read_at.is_some_and(|at| at <= now) {
+                        watch.exits_read_at = None;
+                        proc_events_after_watch(&mut ctl, &mut proc_events, &mut proc_batch, &mut watch);
+                    }
                     ctl.fire_timers(now);
                 }
             }
@@ -462,7 +451,7 @@ impl Daemon {
         drop(in_rx);
         drop(proc_events);
         drop(move_fd);
-        drop(move_source);
+        drop(watch);
         if let Some(t) = watch_task {
             let _ = t.await;
         }
@@ -474,5 +463,155 @@ impl Daemon {
             "stopped"
         );
         Ok(report)
+    }
+}
+
+/// How soon after exits were handled the watcher's exit ring is read again even if nothing
+/// wakes the daemon (the BPF program wakes it for an exit only after a quiet second:
+/// `CANOPY_EXIT_WAKEUP_EVERY_NS`), so the last exits of a burst are forgotten within about 1 s.
+const EXITS_READ_EVERY: Duration = Duration::from_secs(1);
+
+/// The BPF task watcher's records between reads: moves are handled as soon as they are read;
+/// exits wait in `exits` until every proc connector event queued before them was handled.
+struct WatchRecords {
+    source: Option<Box<dyn TaskWatchSource>>,
+    moves: Vec<MoveRecord>,
+    exits: Vec<ExitRecord>,
+    lost_seen: LostRecords,
+    /// When to read the exit ring again without a wakeup (armed while exits flow).
+    exits_read_at: Option<Instant>,
+}
+
+impl WatchRecords {
+    fn new(source: Option<Box<dyn TaskWatchSource>>) -> Self {
+        WatchRecords {
+            source,
+            moves: Vec::with_capacity(64),
+            exits: Vec::new(),
+            lost_seen: LostRecords::default(),
+            exits_read_at: None,
+        }
+    }
+
+    /// Reads both rings: handles the moves, keeps the exits; a lost record of either kind
+    /// rescans, as a proc connector overrun does.
+    fn read(&mut self, ctl: &mut DaemonController) {
+        let Some(source) = self.source.as_mut() else {
+            return;
+        };
+        let lost = source.drain(&mut self.moves, &mut self.exits);
+        let now = Instant::now();
+        for m in self.moves.drain(..) {
+            ctl.handle(
+                Event::TaskMoved {
+                    tid: m.tid,
+                    threadgroup: m.threadgroup,
+                    timestamp_ns: Some(m.timestamp_ns),
+                },
+                now,
+            );
+        }
+        let (new_moves, new_exits) = (
+            lost.moves.saturating_sub(self.lost_seen.moves),
+            lost.exits.saturating_sub(self.lost_seen.exits),
+        );
+        if new_moves > 0 {
+            tracing::warn!(
+                count = new_moves,
+                "cgroup move events lost (ring buffer full): rescanning"
+            );
+            ctl.stats.counters.moves_lost += new_moves;
+        }
+        if new_exits > 0 {
+            tracing::warn!(
+                count = new_exits,
+                "exit events lost (ring buffer full): rescanning"
+            );
+            ctl.stats.counters.exits_lost += new_exits;
+        }
+        self.lost_seen = lost;
+        if new_moves + new_exits > 0 {
+            ctl.handle(Event::Overrun, now);
+        }
+    }
+
+    /// Forgets the exited threads read so far (the caller has handled every proc connector
+    /// event queued before they were read), and reads again in [`EXITS_READ_EVERY`] if any.
+    fn handle_exits(&mut self, ctl: &mut DaemonController) {
+        if self.exits.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        ctl.stats.counters.exits_ring_buffer += self.exits.len() as u64;
+        for exit in self.exits.drain(..) {
+            ctl.handle(
+                Event::Exit {
+                    tid: exit.tid,
+                    tgid: exit.tgid,
+                    timestamp_ns: Some(exit.timestamp_ns),
+                },
+                now,
+            );
+        }
+        self.exits_read_at.get_or_insert(now + EXITS_READ_EVERY);
+    }
+}
+
+type DaemonController = Controller<Box<dyn Backend>, ProcSource>;
+
+/// One turn of proc connector events once the first batch is in `proc_batch`: reads the
+/// watcher's rings, then whatever else the socket holds up to the turn's budget (so that a
+/// storm's renames of one thread coalesce into its last name), handles those events, and then
+/// the exits read, if the socket was emptied. A thread's fork, exec and renames are queued on
+/// the socket before it exits, so every event of a thread whose exit was read is handled before
+/// its exit; a turn that stops at its budget leaves the exits for the next one.
+fn proc_turn(
+    ctl: &mut DaemonController,
+    proc_events: &mut canopy_sys::proc_events::ProcEvents,
+    proc_batch: &mut Vec<canopy_sys::proc_events::ProcEvent>,
+    watch: &mut WatchRecords,
+) {
+    watch.read(ctl);
+    while !proc_events.drained()
+        && proc_batch.len() < PROC_EVENTS_PER_TURN
+        && matches!(proc_events.try_recv_batch(proc_batch), Ok(n) if n > 0)
+    {}
+    handle_proc_batch(ctl, proc_batch);
+    if proc_events.drained() {
+        watch.handle_exits(ctl);
+    }
+}
+
+/// A turn that starts at the watcher (its fd was readable, or the exit ring is due): reads the
+/// rings, then the proc connector's socket without waiting, as [`proc_turn`] does.
+fn proc_events_after_watch(
+    ctl: &mut DaemonController,
+    proc_events: &mut canopy_sys::proc_events::ProcEvents,
+    proc_batch: &mut Vec<canopy_sys::proc_events::ProcEvent>,
+    watch: &mut WatchRecords,
+) {
+    watch.read(ctl);
+    if watch.exits.is_empty() {
+        return;
+    }
+    // At least one receive: `drained()` may be left over from an earlier turn.
+    if proc_events.try_recv_batch(proc_batch).is_err() {
+        return;
+    }
+    proc_turn(ctl, proc_events, proc_batch, watch);
+}
+
+/// Coalesces the batch's renames and hands every event to the controller.
+fn handle_proc_batch(
+    ctl: &mut DaemonController,
+    proc_batch: &mut Vec<canopy_sys::proc_events::ProcEvent>,
+) {
+    let coalesced = canopy_sys::proc_events::coalesce_renames(proc_batch);
+    ctl.stats.counters.renames_coalesced += coalesced as u64;
+    let now = Instant::now();
+    for ev in proc_batch.drain(..) {
+        if let Some(e) = translate(&ev) {
+            ctl.handle(e, now);
+        }
     }
 }

@@ -44,6 +44,8 @@ pub enum Event {
         tid: u32,
         /// Process.
         tgid: u32,
+        /// Kernel timestamp: a task first seen after it is a newer one under a reused id.
+        timestamp_ns: Option<u64>,
     },
     /// Tasks may have moved into this cgroup (its `cgroup.procs`/`cgroup.threads` changed, or a
     /// move watcher saw an attach). The controller re-reads membership and re-clamps at once.

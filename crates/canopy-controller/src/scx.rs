@@ -44,8 +44,12 @@ pub trait ScxMaps: Send {
 pub struct ScxBackend<M: ScxMaps> {
     maps: M,
     cgroup_root: PathBuf,
-    tasks: HashMap<u32, u32>,
+    /// Threads with a `task_classes` entry the daemon wrote, and when the write returned
+    /// (CLOCK_MONOTONIC ns).
+    tasks: HashMap<u32, u64>,
     groups: HashMap<String, u64>,
+    /// The exit watcher deletes an exited thread's entry itself (see `forget_exited_task`).
+    exits_cleared_by_watcher: bool,
 }
 
 impl<M: ScxMaps> ScxBackend<M> {
@@ -56,6 +60,7 @@ impl<M: ScxMaps> ScxBackend<M> {
             cgroup_root,
             tasks: HashMap::new(),
             groups: HashMap::new(),
+            exits_cleared_by_watcher: false,
         }
     }
 }
@@ -78,7 +83,7 @@ impl<M: ScxMaps> Backend for ScxBackend<M> {
                 target: format!("tid {tid}"),
                 source: e,
             })?;
-        self.tasks.insert(tid, params.scx_id);
+        self.tasks.insert(tid, canopy_sys::monotonic_now_ns());
         Ok(())
     }
 
@@ -90,6 +95,21 @@ impl<M: ScxMaps> Backend for ScxBackend<M> {
 
     fn forget_task(&mut self, tid: u32) {
         self.release_task(tid);
+    }
+
+    fn forget_exited_task(&mut self, tid: u32, exited_ns: u64) {
+        // The watcher deleted the entry at the exit; only a write that returned after it (the
+        // daemon decided for a thread that was already gone) left one behind. A write that
+        // returned later but landed before the exit costs one needless delete, never a leak.
+        match self.tasks.remove(&tid) {
+            Some(written_ns) if self.exits_cleared_by_watcher && written_ns <= exited_ns => {}
+            Some(_) => self.maps.clear_task(tid),
+            None => {}
+        }
+    }
+
+    fn exits_cleared_by_watcher(&mut self, cleared: bool) {
+        self.exits_cleared_by_watcher = cleared;
     }
 
     fn apply_group(
@@ -273,5 +293,62 @@ mod tests {
         let result = backend.apply_group("late.scope", &GroupKnobs::default(), &policy());
         assert!(matches!(result, Err(ApplyError::Gone(_))), "{result:?}");
         assert!(backend.groups.is_empty());
+    }
+
+    /// The threads whose entries the daemon deleted.
+    #[derive(Default)]
+    struct TaskDeletes(Vec<u32>);
+
+    impl ScxMaps for TaskDeletes {
+        fn set_task_class(&mut self, _tid: u32, _class: u32) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn clear_task(&mut self, tid: u32) {
+            self.0.push(tid);
+        }
+        fn set_group(&mut self, _id: u64, _policy: &ScxGroupPolicy) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn clear_group(&mut self, _id: u64) {}
+        fn refused_attaches(&self) -> u64 {
+            0
+        }
+    }
+
+    fn params() -> ClassParams {
+        ClassParams {
+            name: "BACKGROUND".into(),
+            scx_id: 4,
+            policy: crate::policy_port::FairPolicy::Batch,
+            nice: 0,
+            slice_ns: 0,
+            uclamp_min: 0,
+            uclamp_max: 1024,
+        }
+    }
+
+    #[test]
+    fn an_exit_the_watcher_cleared_costs_no_delete_unless_written_after_it() {
+        let root = tempfile::tempdir().unwrap();
+        let mut backend = ScxBackend::new(TaskDeletes::default(), root.path().to_path_buf());
+        backend.exits_cleared_by_watcher(true);
+        // Written, then exited: the watcher deleted the entry at the exit.
+        backend.apply_task(10, ClassId(4), &params()).unwrap();
+        backend.forget_exited_task(10, canopy_sys::monotonic_now_ns());
+        assert!(backend.maps.0.is_empty(), "{:?}", backend.maps.0);
+        // Exited, then written (the daemon had not read the exit yet): the write left an
+        // entry behind the watcher's delete, so the daemon deletes it.
+        let exited_ns = canopy_sys::monotonic_now_ns();
+        backend.apply_task(11, ClassId(4), &params()).unwrap();
+        backend.forget_exited_task(11, exited_ns);
+        assert_eq!(backend.maps.0, vec![11]);
+        // A thread the daemon never wrote has nothing to delete.
+        backend.forget_exited_task(12, canopy_sys::monotonic_now_ns());
+        assert_eq!(backend.maps.0, vec![11]);
+        // Without the watcher's deletes every written entry is deleted by the daemon.
+        backend.exits_cleared_by_watcher(false);
+        backend.apply_task(13, ClassId(4), &params()).unwrap();
+        backend.forget_exited_task(13, canopy_sys::monotonic_now_ns());
+        assert_eq!(backend.maps.0, vec![11, 13]);
     }
 }

@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::result::emit;
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET: libc::c_long = 7;
 const DEFAULT_MAP: &str = "/sys/fs/bpf/canopy/task_classes";
 
@@ -70,6 +71,42 @@ impl PinnedMap {
         r == 0
     }
 
+    /// How many entries a map with u32 keys holds (BPF_MAP_GET_NEXT_KEY from the start; a
+    /// key deleted during the walk restarts it from the first key, so this counts at most
+    /// `limit` steps).
+    fn count_u32_keys(&self, limit: u64) -> u64 {
+        let (mut key, mut next) = (0u32, 0u32);
+        let mut count = 0u64;
+        let mut first = true;
+        while count < limit {
+            // union bpf_attr for BPF_MAP_GET_NEXT_KEY: map_fd (u32), pad, key (u64, 0 for the
+            // first key), next_key (u64).
+            let mut attr = [0u8; 128];
+            attr[0..4].copy_from_slice(&(self.fd.as_raw_fd() as u32).to_ne_bytes());
+            if !first {
+                attr[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
+            }
+            attr[16..24].copy_from_slice(&(&mut next as *mut u32 as u64).to_ne_bytes());
+            // SAFETY: key and next are u32s that outlive the call, the map's key size; attr is
+            // a valid bpf_attr.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_GET_NEXT_KEY,
+                    attr.as_mut_ptr(),
+                    attr.len() as u32,
+                )
+            };
+            if r != 0 {
+                break;
+            }
+            count += 1;
+            key = next;
+            first = false;
+        }
+        count
+    }
+
     /// The u32 value under a u32 key (`task_classes`), or None when absent.
     fn get(&self, key: u32) -> Option<u32> {
         let mut value = [0u8; 4];
@@ -104,7 +141,8 @@ pub struct ClassMapArgs {
     kind: String,
 }
 
-/// Reports `{threads, classes: {"<id>"|"absent": count}}` for the process's threads.
+/// Reports `{threads, classes: {"<id>"|"absent": count}, map_entries}` for the process's
+/// threads; `map_entries` counts every entry in the map (every process's).
 pub fn run(args: &ClassMapArgs) -> Result<()> {
     let map = PinnedMap::open(&args.map)?;
     let mut classes: BTreeMap<String, u64> = BTreeMap::new();
@@ -124,7 +162,11 @@ pub fn run(args: &ClassMapArgs) -> Result<()> {
             .unwrap_or_else(|| "absent".into());
         *classes.entry(key).or_default() += 1;
     }
-    emit(&args.kind, json!({"threads": threads, "classes": classes}))
+    let map_entries = map.count_u32_keys(1 << 20);
+    emit(
+        &args.kind,
+        json!({"threads": threads, "classes": classes, "map_entries": map_entries}),
+    )
 }
 
 #[derive(Args, Debug)]

@@ -190,11 +190,20 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     }
 
     pub(super) fn forget_task(&mut self, tid: u32, tgid: u32) {
+        self.forget_task_exited_at(tid, tgid, None);
+    }
+
+    /// Forgets a task; `exited_ns` when an exit event timed it (the backend may then skip what
+    /// the kernel-side exit watcher already did).
+    pub(super) fn forget_task_exited_at(&mut self, tid: u32, tgid: u32, exited_ns: Option<u64>) {
         if tid == tgid {
             self.ignored.remove(&tgid);
         }
         if self.tasks.remove(&tid).is_some() {
-            self.backend.forget_task(tid);
+            match exited_ns {
+                Some(at) => self.backend.forget_exited_task(tid, at),
+                None => self.backend.forget_task(tid),
+            }
         }
         if let Some(p) = self.processes.get_mut(&tgid) {
             p.threads.retain(|&t| t != tid);

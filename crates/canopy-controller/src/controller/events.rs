@@ -44,7 +44,11 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 self.on_comm(tid, tgid, comm);
                 self.record_latency(tid, timestamp_ns);
             }
-            Event::Exit { tid, tgid } => self.forget_task(tid, tgid),
+            Event::Exit {
+                tid,
+                tgid,
+                timestamp_ns,
+            } => self.on_exit(tid, tgid, timestamp_ns),
             Event::CgroupMembershipChanged { cgroup } => self.on_membership_changed(&cgroup),
             Event::TaskMoved {
                 tid, timestamp_ns, ..
@@ -83,6 +87,18 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         if now >= ts {
             self.stats.apply_latency.record((now - ts) / 1000);
         }
+    }
+
+    /// Forgets an exited thread, unless the task known under its id was first seen after the
+    /// exit: a newer task under a reused id. (Exits from the BPF watcher are read in batches,
+    /// after every proc connector event that happened before them; the id of a thread gone
+    /// for a second can have been reused once pid_max wrapped.)
+    pub(super) fn on_exit(&mut self, tid: u32, tgid: u32, exit_ns: Option<u64>) {
+        let newer = |seen: u64| exit_ns.is_some_and(|exited| seen > exited);
+        if self.tasks.get(&tid).is_some_and(|t| newer(t.seen_ns)) {
+            return;
+        }
+        self.forget_task_exited_at(tid, tgid, exit_ns);
     }
 
     pub(super) fn on_fork(

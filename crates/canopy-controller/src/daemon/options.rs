@@ -11,7 +11,7 @@ use canopy_policy::DaemonMode;
 use canopy_sys::instance_lock::InstanceLock;
 use tokio::sync::oneshot;
 
-use super::{MetricsPeers, MoveWatcherFactory};
+use super::{MetricsPeers, TaskWatcherFactory};
 use crate::policy_port::{PlanLoader, PolicyPlan};
 use crate::scx::ScxMaps;
 use crate::server::Limits;
@@ -41,7 +41,7 @@ pub struct DaemonOptions {
     /// The scx map provider, when this binary has the schedulers.
     pub scx: Option<ScxFactory>,
     /// The BPF cgroup move watcher, when this binary has it (both modes).
-    pub move_watcher: Option<MoveWatcherFactory>,
+    pub move_watcher: Option<TaskWatcherFactory>,
     /// Control socket path.
     pub socket_path: PathBuf,
     /// Optional Prometheus listener (plain HTTP, `GET /metrics`).

@@ -27,21 +27,48 @@ pub struct MoveRecord {
     pub timestamp_ns: u64,
 }
 
-/// The BPF cgroup move watcher as the daemon polls it, on its own task: an fd that turns
-/// readable when records wait, and a non-blocking drain. Dropping it detaches the program.
-pub trait MoveSource: Send {
-    /// A pollable fd (the ring buffer's epoll fd).
-    fn fd(&self) -> std::os::fd::RawFd;
-    /// Appends every waiting record to `out`; returns the events lost (ring buffer full) so far.
-    fn drain(&mut self, out: &mut Vec<MoveRecord>) -> u64;
+/// One thread exit the BPF watcher saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitRecord {
+    /// The exiting thread.
+    pub tid: u32,
+    /// Its process.
+    pub tgid: u32,
+    /// CLOCK_MONOTONIC at the exit.
+    pub timestamp_ns: u64,
 }
 
-/// Loads the BPF cgroup move watcher (provided by the root package, which has the BPF
-/// skeletons). An error means the kernel refused it; the daemon then keeps inotify on
-/// cgroup.procs plus the periodic reconcile.
-pub type MoveWatcherFactory = Box<dyn FnOnce() -> Result<Box<dyn MoveSource>, String> + Send>;
+/// Records the BPF watcher's ring buffers dropped (full) since it was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LostRecords {
+    /// Cgroup moves.
+    pub moves: u64,
+    /// Thread exits.
+    pub exits: u64,
+}
 
-/// An fd the runtime polls for readiness (owned by the `MoveSource`, not closed here).
+/// The BPF task watcher (cgroup moves, and thread exits) as the daemon polls it, on its own
+/// task: an fd that turns readable when records wait (every move; an exit only after a quiet
+/// second or when its ring is half full), and a non-blocking drain. While it is loaded the
+/// daemon takes exits from it and subscribes to the proc connector without them. Dropping it
+/// detaches the programs.
+pub trait TaskWatchSource: Send {
+    /// A pollable fd (the ring buffers' epoll fd).
+    fn fd(&self) -> std::os::fd::RawFd;
+    /// Appends every waiting record to `moves` and `exits`, each in the order the kernel wrote
+    /// them; returns the records lost (a ring buffer full) so far.
+    fn drain(&mut self, moves: &mut Vec<MoveRecord>, exits: &mut Vec<ExitRecord>) -> LostRecords;
+    /// Whether the exit program deletes each exited thread's entry from the schedulers'
+    /// `task_classes` itself (it shares the root's pinned map: scx mode).
+    fn clears_class_entries(&self) -> bool;
+}
+
+/// Loads the BPF task watcher (provided by the root package, which has the BPF skeletons). An
+/// error means the kernel refused it; the daemon then keeps inotify on cgroup.procs plus the
+/// periodic reconcile, and the proc connector's exit events.
+pub type TaskWatcherFactory = Box<dyn FnOnce() -> Result<Box<dyn TaskWatchSource>, String> + Send>;
+
+/// An fd the runtime polls for readiness (owned by the `TaskWatchSource`, not closed here).
 pub(super) struct BorrowedRawFd(pub(super) std::os::fd::RawFd);
 
 impl std::os::fd::AsRawFd for BorrowedRawFd {
@@ -60,13 +87,17 @@ pub(super) enum Input {
 }
 
 /// Subscribes to the proc connector (canopy-sys: filtered where the kernel can, batched,
-/// overruns surfaced as an event).
+/// overruns surfaced as an event), without exit events when the BPF watcher reports them.
 pub(super) fn subscribe_proc_events(
     rcvbuf: Option<usize>,
+    exits_from_watcher: bool,
 ) -> Result<canopy_sys::proc_events::ProcEvents, DaemonError> {
     let mut config = canopy_sys::proc_events::ProcEventsConfig::default();
     if rcvbuf.is_some() {
         config.receive_buffer_bytes = rcvbuf;
+    }
+    if exits_from_watcher {
+        config.event_mask &= !canopy_sys::proc_events::event_bits::EXIT;
     }
     canopy_sys::proc_events::ProcEvents::subscribe(config)
         .map_err(|e| DaemonError::ProcConnector(e.to_string()))
@@ -103,6 +134,7 @@ pub(super) fn translate(ev: &canopy_sys::proc_events::ProcEvent) -> Option<Event
         K::Exit { tid, pid, .. } => Event::Exit {
             tid: tid as u32,
             tgid: pid as u32,
+            timestamp_ns: ts,
         },
         K::Overrun => {
             tracing::warn!("proc connector overrun: events lost, rescanning");

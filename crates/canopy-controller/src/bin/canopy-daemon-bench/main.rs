@@ -87,7 +87,11 @@ fn thread_events(tgid: u32, tids: &[u32], rounds: usize) -> Vec<Event> {
                 comm: Some("canopy-testload".into()),
                 timestamp_ns: None,
             });
-            ev.push(Event::Exit { tid, tgid });
+            ev.push(Event::Exit {
+                tid,
+                tgid,
+                timestamp_ns: None,
+            });
         }
     }
     ev
@@ -112,6 +116,7 @@ fn lifecycle_events(parent: u32, child: u32, rounds: usize) -> Vec<Event> {
         events.push(Event::Exit {
             tid: child,
             tgid: child,
+            timestamp_ns: None,
         });
         events.push(Event::Fork {
             parent_tid: parent,
