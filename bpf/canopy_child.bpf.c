@@ -29,11 +29,14 @@
  */
 #include "preempt_budget.bpf.h"
 #include "child_wake.bpf.h"
+#include "child_work.bpf.h"
 
 char _license[] SEC("license") = "GPL";
 
 /* the cgroup this instance is attached to (informational; the ops field is what counts) */
 const volatile u64 attach_cgroup_id;
+/* This child's slot in the root's `members` (child_work.bpf.h); CANOPY_MAX_MEMBERS: not found yet. */
+u32 own_member_slot = CANOPY_MAX_MEMBERS;
 
 /*
  * Test hook for the supervisor's re-attach path: when the loader sets it, the child unregisters
@@ -126,6 +129,7 @@ void CANOPY_OP(canopy_child_enqueue, struct task_struct *p, u64 enq_flags)
 	int i;
 
 	queue_by_class(p, class, urgent ? CHILD_URGENT_DSQ : CANOPY_OWN_DSQ, enq_flags);
+	child_count_enqueue(attach_cgroup_id, &own_member_slot);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		if (cid_is_idle(i) && (caps_on(i) & KCONST(SCX_CAP_ENQ_IMMED)) &&
@@ -225,6 +229,7 @@ void CANOPY_OP(canopy_child_sub_ecaps_updated, s32 cid, u64 before, u64 after)
 {
 	if (cid >= 0 && cid < CANOPY_MAX_CIDS)
 		cid_caps[cid & (CANOPY_MAX_CIDS - 1)] = after;
+	child_mark_counting(attach_cgroup_id, &own_member_slot);
 }
 
 void CANOPY_OP(canopy_child_cpuctl_move, struct task_struct *p, struct cgroup *from, struct cgroup *to)

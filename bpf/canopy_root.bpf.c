@@ -296,7 +296,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 	struct canopy_member *self = member_of(CANOPY_SELF_SLOT);
 	u32 nr = scx_bpf_nr_online_cids();
 	u64 now = scx_bpf_now();
-	u64 entry_clock;
+	u64 entry_clock, enqueues_before;
 	u32 last_owner;
 	int attempt;
 
@@ -341,6 +341,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 			}
 			return;
 		}
+		enqueues_before = member_enqueues(m);
 		if (scx_bpf_sub_dispatch(m->cgroup_id)) {
 			m->empty = 0;
 			hand_cid_after_dispatch(cid, slot, now, entry_clock, last_owner);
@@ -351,6 +352,8 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 			return;
 		}
 		m->empty = 1;
+		m->empty_enqueues = enqueues_before;
+		m->empty_at_ns = now;
 		stat_inc(CANOPY_STAT_SUB_DISPATCH_EMPTY);
 	}
 	/* no member had work: our tasks of idle cgroups may have the cid */
@@ -559,6 +562,10 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args
 	m->period_used_ns = 0;
 	m->guarantee_owed_ns = 0;
 	m->held_since_sum_ns = 0;
+	m->enqueues = 0;
+	m->empty_enqueues = 0;
+	m->empty_at_ns = 0;
+	m->counts_enqueues = 0;
 	__builtin_memcpy(m->name, name, CANOPY_NAME_LEN);
 	m->active = 1;
 	if (free_slot + 1 > member_slots_end)

@@ -2,9 +2,10 @@
 /*
  * cid_grants.bpf.h: how canopy_root divides CPU among its "members": its own tasks (member 0,
  * CANOPY_SELF_SLOT: every task not below an attached child) and each attached child
- * scheduler. It owns the `members` map, the per-cid record of who holds a cid (`cid_states`),
- * the idle-cid bits, the 100 ms accounting windows, charging a cid back to its owner
- * (charge_cid), handing it out (hand_cid) and choosing the next member (pick_member).
+ * scheduler. It owns the `members` map's contents (the declaration is child_work.bpf.h's:
+ * canopy children share the map to count their enqueues), the per-cid record of who holds a
+ * cid (`cid_states`), the idle-cid bits, the 100 ms accounting windows, charging a cid back to
+ * its owner (charge_cid), handing it out (hand_cid) and choosing the next member (pick_member).
  *
  * Policy: every dispatch on a cid first charges whichever member owned it for the time since
  * its grant began (where the kernel started its task: hand_cid_after_dispatch()), as member
@@ -70,12 +71,7 @@
 #define NO_OWNER CANOPY_MAX_MEMBERS
 #define NO_CLASS CANOPY_MAX_CLASSES
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, CANOPY_MAX_MEMBERS);
-	__type(key, u32);
-	__type(value, struct canopy_member);
-} members SEC(".maps");
+#include "child_work.bpf.h"
 
 /* Who a cid is currently handed to, and since when. */
 struct cid_state {
@@ -204,6 +200,17 @@ static __always_inline void own_tree_share_set(struct canopy_member *self, u64 s
 static __always_inline bool member_idle(const struct canopy_member *m)
 {
 	return m->empty && !m->running_cids;
+}
+
+/*
+ * A canopy child found with nothing to dispatch less than CANOPY_EMPTY_CHILD_RECHECK_NS ago
+ * that has queued nothing since (child_work.bpf.h): not offered a cid now.
+ */
+static __always_inline bool member_known_empty(const struct canopy_member *m, u64 now)
+{
+	return m->counts_enqueues && member_idle(m) && m->empty_at_ns &&
+	       now - m->empty_at_ns < CANOPY_EMPTY_CHILD_RECHECK_NS &&
+	       member_enqueues(m) == m->empty_enqueues;
 }
 
 static __always_inline bool member_capped(const struct canopy_member *m)
@@ -917,6 +924,10 @@ __noinline int members_prepare(u64 now, u32 nr_cids)
 		if (member_capped(m) && used >= (s64)(elapsed / 100 * m->cap_pct)) {
 			m->throttled++;
 			stat_inc(CANOPY_STAT_CAP_THROTTLED);
+			continue;
+		}
+		if (member_known_empty(m, now)) {
+			stat_inc(CANOPY_STAT_EMPTY_CHILD_SKIPS);
 			continue;
 		}
 		/*

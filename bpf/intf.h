@@ -139,6 +139,11 @@ enum canopy_limits {
 	CANOPY_IDLE_GUARD_PERIOD_NS = 1000000000,
 	CANOPY_IDLE_GUARD_MIN_INTERVAL_NS = 10000000,
 	CANOPY_IDLE_GUARD_SLICE_NS = 1000000,
+	/*
+	 * a canopy child the root found with nothing to dispatch, and that has queued nothing
+	 * since, is not offered a cid again for this long (child_work.bpf.h)
+	 */
+	CANOPY_EMPTY_CHILD_RECHECK_NS = 1000000,
 	/* the most cpu.max (or cap) overuse carried into the next periods, in quotas (cpu_tree.bpf.h) */
 	CANOPY_QUOTA_MAX_DEBT_PERIODS = 8,
 	/*
@@ -254,7 +259,8 @@ struct canopy_cgroup_node {
  */
 
 /*
- * Map `members` (array, CANOPY_MAX_MEMBERS): the parties a parent divides CPU
+ * Map `members` (array, CANOPY_MAX_MEMBERS, pinned by canopy_root; canopy children reuse it
+ * and write only their own `enqueues` and `counts_enqueues`): the parties a parent divides CPU
  * among. Slot 0 is the scheduler's own tasks; the others are attached children.
  * Counters only ever grow; userspace computes rates from two samples.
  */
@@ -289,6 +295,11 @@ struct canopy_member {
 	u32 tree_share;		/* its hierarchical share of the machine, 1/CANOPY_TREE_SHARE_ONE units: what its vtime is charged at */
 	u32 tree_pad;
 	u64 tree_idle_since_ns;	/* when the root first saw it idle since it last had work (0: busy); it leaves the tree after MEMBER_TREE_IDLE_HOLD_NS */
+	u64 enqueues;		/* a canopy child's count of the tasks it queued (child_work.bpf.h); foreign children leave it 0 */
+	u64 empty_enqueues;	/* `enqueues` read before the root's last offer that found it empty */
+	u64 empty_at_ns;	/* when that offer was made */
+	u32 counts_enqueues;	/* 1: a canopy child that counts its enqueues here */
+	u32 enqueues_pad;
 	char name[CANOPY_NAME_LEN];	/* ops name of the child ("" for slot 0) */
 };
 
@@ -384,6 +395,7 @@ enum canopy_stat {
 	CANOPY_STAT_OWN_DISPATCHES, /* CPUs given to the scheduler's own tasks */
 	CANOPY_STAT_SUB_DISPATCHES, /* CPUs a child scheduler filled when asked */
 	CANOPY_STAT_SUB_DISPATCH_EMPTY, /* children asked for work that had none */
+	CANOPY_STAT_EMPTY_CHILD_SKIPS, /* offers not made to canopy children known to have nothing queued */
 	CANOPY_STAT_PREEMPT_KICKS, /* CPUs kicked so a waking preempting task runs */
 	CANOPY_STAT_IDLE_KICKS, /* idle CPUs woken for newly queued work */
 	CANOPY_STAT_CAP_THROTTLED, /* dispatch decisions that skipped a member at its cap */

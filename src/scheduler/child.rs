@@ -119,6 +119,7 @@ pub fn attach_child(
         ("move_stamps", &mut open.maps.move_stamps),
         ("move_log", &mut open.maps.move_log),
         ("child_wake_requests", &mut open.maps.child_wake_requests),
+        ("members", &mut open.maps.members),
     ] {
         let pinned = canopy_sys::sched_ext::pinned_map(name);
         if pinned.exists() {
