@@ -20,6 +20,17 @@ const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET: libc::c_long = 7;
 const DEFAULT_MAP: &str = "/sys/fs/bpf/canopy/task_classes";
 
+/// One `bpf(2)` call with `attr` as its `union bpf_attr` (unused bytes zero); returns what the
+/// syscall returns (a new fd, 0, or -1 with errno set).
+///
+/// # Safety
+/// Every pointer written into `attr` must point at memory that outlives the call and is as
+/// large as the kernel will read or write there (the map's key or value size).
+unsafe fn bpf(command: libc::c_long, attr: &mut [u8; 128]) -> libc::c_long {
+    // SAFETY: attr is a bpf_attr of the size passed; the caller vouches for its pointers.
+    unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_mut_ptr(), attr.len() as u32) }
+}
+
 /// A pinned BPF map, looked up by raw key and value bytes.
 struct PinnedMap {
     fd: OwnedFd,
@@ -31,15 +42,8 @@ impl PinnedMap {
         // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
         let mut attr = [0u8; 128];
         attr[0..8].copy_from_slice(&(path_c.as_ptr() as u64).to_ne_bytes());
-        // SAFETY: attr is a valid, zeroed bpf_attr of the size we pass.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_OBJ_GET,
-                attr.as_mut_ptr(),
-                attr.len() as u32,
-            )
-        };
+        // SAFETY: the only pointer is path_c's, a NUL-terminated string that outlives the call.
+        let fd = unsafe { bpf(BPF_OBJ_GET, &mut attr) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("BPF_OBJ_GET {path}"));
@@ -58,16 +62,9 @@ impl PinnedMap {
         attr[0..4].copy_from_slice(&(self.fd.as_raw_fd() as u32).to_ne_bytes());
         attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
         attr[16..24].copy_from_slice(&(value.as_mut_ptr() as u64).to_ne_bytes());
-        // SAFETY: key and value outlive the call and are as large as the map's key and value
-        // (the callers pass the sizes bpf/intf.h defines); attr is a valid bpf_attr.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_ELEM,
-                attr.as_mut_ptr(),
-                attr.len() as u32,
-            )
-        };
+        // SAFETY: the callers pass key and value buffers as large as the map's key and value
+        // (the sizes bpf/intf.h defines), and both outlive the call.
+        let r = unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) };
         r == 0
     }
 
@@ -87,16 +84,8 @@ impl PinnedMap {
                 attr[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
             }
             attr[16..24].copy_from_slice(&(&mut next as *mut u32 as u64).to_ne_bytes());
-            // SAFETY: key and next are u32s that outlive the call, the map's key size; attr is
-            // a valid bpf_attr.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_GET_NEXT_KEY,
-                    attr.as_mut_ptr(),
-                    attr.len() as u32,
-                )
-            };
+            // SAFETY: key and next are u32s (the map's key size) that outlive the call.
+            let r = unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) };
             if r != 0 {
                 break;
             }
