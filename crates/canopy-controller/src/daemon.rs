@@ -289,7 +289,7 @@ impl Daemon {
             mut ctl,
             cgroup_root,
             inputs: (_in_tx, mut in_rx),
-            mut proc_events,
+            proc_events,
             move_source,
             move_fd,
             watch_task,
@@ -300,8 +300,11 @@ impl Daemon {
             signal_task,
             mut scx_ejected,
         } = self;
-        let mut proc_batch: Vec<canopy_sys::proc_events::ProcEvent> = Vec::with_capacity(64);
-        let mut watch = WatchRecords::new(move_source);
+        let mut proc = ProcTurns {
+            events: proc_events,
+            batch: Vec::with_capacity(64),
+            watch: WatchRecords::new(move_source),
+        };
 
         let cgroup_root_str = cgroup_root.to_string_lossy().into_owned();
         let mut policy_debounce: Option<Instant> = None;
@@ -319,10 +322,14 @@ impl Daemon {
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
-            let timer = [ctl.next_deadline(), policy_debounce, watch.exits_read_at]
-                .into_iter()
-                .flatten()
-                .min();
+            let timer = [
+                ctl.next_deadline(),
+                policy_debounce,
+                proc.watch.exits_read_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             // Unbiased: among the ready sources one is picked at random, and each does a bounded
             // amount of work per turn (`*_PER_TURN`), so none can starve the others: a rename
             // storm costs control requests and state flushes at most one proc-event turn each.
@@ -346,10 +353,10 @@ impl Daemon {
                     tracing::info!("SIGHUP: reloading policy");
                     let _ = reload(&mut ctl, &opts.loader);
                 }
-                received = proc_events.recv_batch(&mut proc_batch) => {
+                received = proc.events.recv_batch(&mut proc.batch) => {
                     match received {
                         Ok(_) => {
-                            proc_turn(&mut ctl, &mut proc_events, &mut proc_batch, &mut watch);
+                            proc.turn(&mut ctl);
                             // A busy machine keeps this branch ready; due timers (deferred overrun
                             // rescans, delayed states) must not wait for a quiet moment.
                             if ctl.next_deadline().is_some_and(|d| d <= Instant::now()) {
@@ -372,7 +379,7 @@ impl Daemon {
                     // Clear first: a record that lands after the drain raises a fresh edge.
                     guard.clear_ready();
                     // Moves are handled at once; exits after the proc connector's queue.
-                    proc_events_after_watch(&mut ctl, &mut proc_events, &mut proc_batch, &mut watch);
+                    proc.turn_after_watch(&mut ctl);
                 }
                 input = in_rx.recv() => {
                     let Some(input) = input else { break };
@@ -423,9 +430,9 @@ impl Daemon {
                         tracing::info!("policy files changed; reloading");
                         let _ = reload(&mut ctl, &opts.loader);
                     }
-                    if watch.exits_read_at.is_some_and(|at| at <= now) {
-                        watch.exits_read_at = None;
-                        proc_events_after_watch(&mut ctl, &mut proc_events, &mut proc_batch, &mut watch);
+                    if proc.watch.exits_read_at.is_some_and(|at| at <= now) {
+                        proc.watch.exits_read_at = None;
+                        proc.turn_after_watch(&mut ctl);
                     }
                     ctl.fire_timers(now);
                 }
@@ -449,9 +456,10 @@ impl Daemon {
         // Only now may another daemon take over the socket.
         drop(instance);
         drop(in_rx);
-        drop(proc_events);
+        // The watcher's fd is registered with the runtime through move_fd: unregister it before
+        // the watcher (in proc) closes it.
         drop(move_fd);
-        drop(watch);
+        drop(proc);
         if let Some(t) = watch_task {
             let _ = t.await;
         }
@@ -559,46 +567,52 @@ impl WatchRecords {
 
 type DaemonController = Controller<Box<dyn Backend>, ProcSource>;
 
-/// One turn of proc connector events once the first batch is in `proc_batch`: reads the
-/// watcher's rings, then whatever else the socket holds up to the turn's budget (so that a
-/// storm's renames of one thread coalesce into its last name), handles those events, and then
-/// the exits read, if the socket was emptied. A thread's fork, exec and renames are queued on
-/// the socket before it exits, so every event of a thread whose exit was read is handled before
-/// its exit; a turn that stops at its budget leaves the exits for the next one.
-fn proc_turn(
-    ctl: &mut DaemonController,
-    proc_events: &mut canopy_sys::proc_events::ProcEvents,
-    proc_batch: &mut Vec<canopy_sys::proc_events::ProcEvent>,
-    watch: &mut WatchRecords,
-) {
-    watch.read(ctl);
-    while !proc_events.drained()
-        && proc_batch.len() < PROC_EVENTS_PER_TURN
-        && matches!(proc_events.try_recv_batch(proc_batch), Ok(n) if n > 0)
-    {}
-    handle_proc_batch(ctl, proc_batch);
-    if proc_events.drained() {
-        watch.handle_exits(ctl);
-    }
+/// The proc connector's socket, its batch buffer and the BPF task watcher's records: the
+/// sources of task events, read in turns that keep a thread's events in order.
+struct ProcTurns {
+    events: canopy_sys::proc_events::ProcEvents,
+    batch: Vec<canopy_sys::proc_events::ProcEvent>,
+    watch: WatchRecords,
 }
 
-/// A turn that starts at the watcher (its fd was readable, or the exit ring is due): reads the
-/// rings, then the proc connector's socket without waiting, as [`proc_turn`] does.
-fn proc_events_after_watch(
-    ctl: &mut DaemonController,
-    proc_events: &mut canopy_sys::proc_events::ProcEvents,
-    proc_batch: &mut Vec<canopy_sys::proc_events::ProcEvent>,
-    watch: &mut WatchRecords,
-) {
-    watch.read(ctl);
-    if watch.exits.is_empty() {
-        return;
+impl ProcTurns {
+    /// One turn of proc connector events once the first batch is in `batch`: reads the
+    /// watcher's rings, then [`ProcTurns::socket_then_exits`].
+    fn turn(&mut self, ctl: &mut DaemonController) {
+        self.watch.read(ctl);
+        self.socket_then_exits(ctl);
     }
-    // At least one receive: `drained()` may be left over from an earlier turn.
-    if proc_events.try_recv_batch(proc_batch).is_err() {
-        return;
+
+    /// A turn that starts at the watcher (its fd was readable, or the exit ring is due): reads
+    /// the rings, and if they held exits, the proc connector's socket without waiting, then
+    /// [`ProcTurns::socket_then_exits`].
+    fn turn_after_watch(&mut self, ctl: &mut DaemonController) {
+        self.watch.read(ctl);
+        if self.watch.exits.is_empty() {
+            return;
+        }
+        // At least one receive: `drained()` may be left over from an earlier turn.
+        if self.events.try_recv_batch(&mut self.batch).is_err() {
+            return;
+        }
+        self.socket_then_exits(ctl);
     }
-    proc_turn(ctl, proc_events, proc_batch, watch);
+
+    /// Reads whatever else the socket holds up to the turn's budget (so that a storm's renames
+    /// of one thread coalesce into its last name), handles those events, and then the exits
+    /// read, if the socket was emptied. A thread's fork, exec and renames are queued on the
+    /// socket before it exits, so every event of a thread whose exit was read is handled before
+    /// its exit; a turn that stops at its budget leaves the exits for the next one.
+    fn socket_then_exits(&mut self, ctl: &mut DaemonController) {
+        while !self.events.drained()
+            && self.batch.len() < PROC_EVENTS_PER_TURN
+            && matches!(self.events.try_recv_batch(&mut self.batch), Ok(n) if n > 0)
+        {}
+        handle_proc_batch(ctl, &mut self.batch);
+        if self.events.drained() {
+            self.watch.handle_exits(ctl);
+        }
+    }
 }
 
 /// Coalesces the batch's renames and hands every event to the controller.
