@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * canopy_moves.bpf.c: the daemon's task watcher, two programs and two ring
+ * canopy_moves.bpf.c: the daemon's task watcher, three programs and two ring
  * buffers, loaded in scx and fallback modes alike.
  *
  * Moves: the `cgroup:cgroup_attach_task` tracepoint (it fires after a
@@ -27,6 +27,20 @@
  * `exits_lost` counts records a full ring dropped (the daemon rescans). In scx
  * mode the program also deletes the thread's `task_classes` entry, so the
  * daemon's batch makes no map write per exit.
+ *
+ * Forks: in scx mode the `sched:sched_process_fork` tracepoint copies the
+ * parent's class entry (its thread's own, else its process's) to a child that
+ * is a new process, before the child first runs. The daemon lets a new
+ * process live 100 ms before it reads and tags it (NEWBORN_WAIT,
+ * crates/canopy-controller/src/controller/newborns.rs), and most of a build's
+ * processes are gone by then; with the copy such a child runs in its parent's
+ * class meanwhile, as the kernel's own copy of nice and policy makes it do in
+ * fallback mode, where this map is the watcher's own, empty one. Example: make
+ * tagged BACKGROUND by an inheriting rule forks sh, which runs BACKGROUND from
+ * its first instruction; without the copy it would run in the policy's default
+ * class until the daemon got to it. A new thread needs no copy: with no entry
+ * of its own it takes its process's. Cost: one or two hash lookups per fork and
+ * an update per new process whose parent has an entry.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -114,5 +128,24 @@ int BPF_PROG(canopy_sched_process_exit, struct task_struct *task, bool group_dea
 		flags = BPF_RB_FORCE_WAKEUP;
 	}
 	bpf_ringbuf_submit(event, flags);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(canopy_sched_process_fork, struct task_struct *parent, struct task_struct *child)
+{
+	u32 parent_tid = parent->pid, parent_tgid = parent->tgid, child_pid = child->pid;
+	u32 *class, copy;
+
+	if (child->pid != child->tgid)
+		return 0;
+	class = bpf_map_lookup_elem(&task_classes, &parent_tid);
+	if (!class && parent_tgid != parent_tid)
+		class = bpf_map_lookup_elem(&task_classes, &parent_tgid);
+	if (!class)
+		return 0;
+	/* BPF_ANY: an entry under a reused id is a leftover (the exit program deletes them) */
+	copy = *class;
+	bpf_map_update_elem(&task_classes, &child_pid, &copy, BPF_ANY);
 	return 0;
 }

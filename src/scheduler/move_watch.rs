@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The BPF task watcher's loader (`bpf/canopy_moves.bpf.c`): loads and attaches the
-//! `cgroup_attach_task` and `sched_process_exit` tracepoint programs and hands the daemon a
+//! `cgroup_attach_task`, `sched_process_exit` and `sched_process_fork` tracepoint programs
+//! (the last copies a parent's class entry to its new child process in scx mode) and hands
+//! the daemon a
 //! [`TaskWatchSource`]: the two ring buffers' epoll fd, which the daemon polls on its own task
 //! (no thread hop between the kernel's wakeup and the controller), and a drain that turns every
 //! `struct canopy_move_event` into a move record and every `struct canopy_exit_event` into an
@@ -60,7 +62,8 @@ impl TaskWatcher {
             .open(storage)
             .map_err(|e| format!("opening canopy_moves: {e}"))?;
         // scx mode: the root has pinned its `task_classes` (the daemon starts the watcher after
-        // the root is enabled), and the exit program deletes exited threads' entries from it.
+        // the root is enabled); the exit program deletes exited threads' entries from it and
+        // the fork program copies a parent's entry to its new child process.
         // Fallback mode: a one-entry map of the watcher's own, never written.
         let pinned = canopy_sys::sched_ext::pinned_map("task_classes");
         let clears_class_entries = pinned.exists()
@@ -78,10 +81,12 @@ impl TaskWatcher {
                 .map_err(|e| format!("sizing canopy_moves' task_classes: {e}"))?;
         }
         let mut skel = open.load().map_err(|e| {
-            format!("loading canopy_moves (tp_btf/cgroup_attach_task, sched_process_exit): {e}")
+            format!(
+                "loading canopy_moves (tp_btf/cgroup_attach_task, sched_process_exit, sched_process_fork): {e}"
+            )
         })?;
         skel.attach().map_err(|e| {
-            format!("attaching to cgroup:cgroup_attach_task and sched:sched_process_exit: {e}")
+            format!("attaching to cgroup:cgroup_attach_task, sched:sched_process_exit and sched:sched_process_fork: {e}")
         })?;
         let collected = Arc::new(Mutex::new(Collected::default()));
         let sink = Arc::clone(&collected);
@@ -129,7 +134,7 @@ impl TaskWatcher {
             .build()
             .map_err(|e| format!("opening the watcher's ring buffers: {e}"))?;
         tracing::info!(
-            "BPF task watcher attached to cgroup:cgroup_attach_task and sched:sched_process_exit"
+            "BPF task watcher attached to cgroup:cgroup_attach_task, sched:sched_process_exit and sched:sched_process_fork"
         );
         Ok(TaskWatcher {
             ring,

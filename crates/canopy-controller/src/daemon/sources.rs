@@ -58,8 +58,9 @@ pub trait TaskWatchSource: Send {
     /// Appends every waiting record to `moves` and `exits`, each in the order the kernel wrote
     /// them; returns the records lost (a ring buffer full) so far.
     fn drain(&mut self, moves: &mut Vec<MoveRecord>, exits: &mut Vec<ExitRecord>) -> LostRecords;
-    /// Whether the exit program deletes each exited thread's entry from the schedulers'
-    /// `task_classes` itself (it shares the root's pinned map: scx mode).
+    /// Whether the watcher shares the schedulers' `task_classes` (the root's pinned map: scx
+    /// mode): its exit program deletes each exited thread's entry itself, and its fork program
+    /// copies a parent's entry to each new child process.
     fn clears_class_entries(&self) -> bool;
 }
 
