@@ -29,6 +29,7 @@ mod decision;
 mod discovery;
 mod events;
 mod group_states;
+mod newborns;
 mod requests;
 pub use requests::{resolve_request_cgroup, Explanation, RequestError, RequestPathError};
 
@@ -63,6 +64,11 @@ pub struct ControllerConfig {
     /// the schedulers' counterpart of the systemd unit's Nice=-5); in fallback mode they keep what
     /// the service manager gave them.
     pub daemon_pid: Option<u32>,
+    /// How long a process forked from a tracked one runs before it is handled
+    /// (`controller/newborns.rs`); `None` handles every fork at once. Only where the process
+    /// meanwhile runs as its parent does: fallback mode, or scx mode with the task watcher
+    /// copying the parent's class entry at fork.
+    pub newborn_wait: Option<std::time::Duration>,
 }
 
 /// What told the controller that a process may have changed cgroup (not to be confused with
@@ -178,6 +184,8 @@ pub struct Controller<B: Backend, S: TaskSource> {
     group_cache: HashMap<String, Option<GroupId>>,
     /// Processes outside the cgroup scope: not tracked, their events are dropped cheaply.
     ignored: std::collections::HashSet<u32>,
+    /// New processes not handled yet (`config.newborn_wait`).
+    newborns: newborns::Newborns,
     /// An overrun rescan waiting out the rate limit.
     rescan_due: Option<Instant>,
     /// The earliest start of the next overrun rescan (see `overrun_rescan`).
@@ -212,6 +220,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             groups: HashMap::new(),
             group_cache: HashMap::new(),
             ignored: std::collections::HashSet::new(),
+            newborns: newborns::Newborns::default(),
             rescan_due: None,
             next_overrun_rescan: None,
             settle_rescan: None,

@@ -975,3 +975,148 @@ fn a_reload_that_starts_matching_command_lines_reads_only_them() {
     assert_eq!(c.known_cmdline(100).as_deref(), Some("prog100 --job"));
     assert_eq!(c.known_cmdline(200).as_deref(), Some("prog200 --job"));
 }
+
+/// A controller over `src` with the desktop plan whose new processes wait 100 ms.
+fn with_newborn_wait(src: FakeSource) -> Controller<RecordingBackend, FakeSource> {
+    started(
+        TestPlan::desktop(),
+        RecordingBackend::default(),
+        src,
+        ControllerConfig {
+            newborn_wait: Some(Duration::from_millis(100)),
+            ..Default::default()
+        },
+    )
+}
+
+fn exec(tgid: u32) -> Event {
+    Event::Exec {
+        tid: tgid,
+        tgid,
+        timestamp_ns: None,
+    }
+}
+
+fn exit(tid: u32, tgid: u32) -> Event {
+    Event::Exit {
+        tid,
+        tgid,
+        timestamp_ns: Some(canopy_sys::monotonic_now_ns()),
+    }
+}
+
+#[test]
+fn a_new_process_that_exits_within_its_wait_is_never_handled() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    let mut c = with_newborn_wait(src);
+    let calls = c.backend().apply_calls;
+    let start = Instant::now();
+    c.source_mut().spawn(300, "player", APP);
+    c.handle(fork(100, 100, 300, 300), start);
+    c.source_mut().rename(300, "helper");
+    c.handle(exec(300), start + Duration::from_millis(2));
+    assert_eq!(applied(&c, 300), None, "waits");
+    assert_eq!(c.next_deadline(), Some(start + Duration::from_millis(100)));
+    c.handle(exit(300, 300), start + Duration::from_millis(40));
+    assert_eq!(c.next_deadline(), None, "nothing left to wait for");
+    c.fire_timers(start + Duration::from_millis(200));
+    assert_eq!(applied(&c, 300), None);
+    assert_eq!(c.backend().apply_calls, calls, "no class written for it");
+    assert_eq!(c.task_count(), 1, "only the parent is tracked");
+    assert_eq!(
+        (
+            c.stats.counters.newborns_waited,
+            c.stats.counters.newborns_gone
+        ),
+        (1, 1)
+    );
+    // What the backend kept for it from the fork (fallback: its inherited original) goes.
+    assert_eq!(c.backend().forgotten, vec![300]);
+}
+
+#[test]
+fn a_new_process_that_outlives_its_wait_is_handled_in_order_with_its_exec() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "wine-preloader", OTHER);
+    let mut c = with_newborn_wait(src);
+    let start = Instant::now();
+    c.source_mut().spawn(300, "wine-preloader", OTHER);
+    c.handle(fork(100, 100, 300, 300), start);
+    c.source_mut().rename(300, "game.exe");
+    c.handle(exec(300), start + Duration::from_millis(5));
+    c.fire_timers(start + Duration::from_millis(99));
+    assert_eq!(applied(&c, 300), None, "still waiting");
+    c.fire_timers(start + Duration::from_millis(100));
+    // The fork was handled before the exec: the child inherited wine's rule, then exec'd.
+    assert_eq!(applied(&c, 300).as_deref(), Some("USER_INTERACTIVE"));
+    assert_eq!(
+        c.explain(300).unwrap()[0].inherited_rule.as_deref(),
+        Some("wine")
+    );
+    assert_eq!(c.stats.counters.newborns_gone, 0);
+}
+
+#[test]
+fn a_thread_a_child_or_a_request_ends_the_wait_at_once_and_a_rename_waits() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "wine-preloader", OTHER);
+    let mut c = with_newborn_wait(src);
+    let start = Instant::now();
+    // A thread, as the kernel reports it (the parent named is the process's parent): the
+    // process is handled, then its new thread.
+    c.source_mut().spawn(300, "wine-preloader", OTHER);
+    c.handle(fork(100, 100, 300, 300), start);
+    c.source_mut().thread(300, 301, "wine-preloader");
+    c.handle(fork(100, 100, 301, 300), start);
+    assert_eq!(applied(&c, 300).as_deref(), Some("USER_INTERACTIVE"));
+    assert_eq!(applied(&c, 301).as_deref(), Some("USER_INTERACTIVE"));
+    assert!(
+        c.backend().forgotten.is_empty(),
+        "{:?}",
+        c.backend().forgotten
+    );
+    // A rename of a waiting process waits with it, and is applied in order when it ends.
+    c.source_mut().spawn(400, "wine-preloader", OTHER);
+    c.handle(fork(100, 100, 400, 400), start);
+    c.source_mut().rename(400, "renamed");
+    c.handle(
+        Event::Comm {
+            tid: 400,
+            tgid: 400,
+            comm: Some("renamed".into()),
+            timestamp_ns: None,
+        },
+        start,
+    );
+    assert_eq!(applied(&c, 400), None, "the rename waits too");
+    c.fire_timers(start + Duration::from_millis(100));
+    // Handled in order: the fork (wine inherited), then the rename (the inherited rule stays).
+    assert_eq!(applied(&c, 400).as_deref(), Some("USER_INTERACTIVE"));
+    assert_eq!(c.explain(400).unwrap()[0].comm, "renamed");
+    // A child process of a waiting one: the parent first (the child inherits its rule), and
+    // the child waits in turn.
+    c.source_mut().spawn(500, "wine-preloader", OTHER);
+    c.handle(fork(100, 100, 500, 500), start);
+    c.source_mut().spawn(501, "wine-preloader", OTHER);
+    c.handle(fork(500, 500, 501, 501), start);
+    assert_eq!(applied(&c, 500).as_deref(), Some("USER_INTERACTIVE"));
+    assert_eq!(applied(&c, 501), None, "the child waits");
+    // A request naming a waiting process.
+    let e = c.explain(501).unwrap();
+    assert_eq!(e[0].inherited_rule.as_deref(), Some("wine"));
+    assert_eq!(applied(&c, 501).as_deref(), Some("USER_INTERACTIVE"));
+    assert_eq!(c.next_deadline(), None);
+    assert_eq!(c.stats.counters.newborns_waited, 4);
+}
+
+#[test]
+fn without_a_wait_a_fork_is_handled_at_once() {
+    let mut src = FakeSource::default();
+    src.spawn(100, "player", APP);
+    let mut c = controller(src);
+    c.source_mut().spawn(300, "player", APP);
+    c.handle(fork(100, 100, 300, 300), Instant::now());
+    assert_eq!(applied(&c, 300).as_deref(), Some("USER_INITIATED"));
+    assert_eq!(c.stats.counters.newborns_waited, 0);
+}

@@ -189,18 +189,26 @@ impl Daemon {
             move_source.is_none(),
         );
 
-        // In scx mode the watcher deletes exited threads' class entries in the kernel.
-        backend.exits_cleared_by_watcher(
-            move_source
-                .as_ref()
-                .is_some_and(|source| source.clears_class_entries()),
-        );
+        // In scx mode the watcher deletes exited threads' class entries in the kernel, and
+        // copies a parent's entry to its new child process at fork.
+        let watcher_shares_classes = move_source
+            .as_ref()
+            .is_some_and(|source| source.clears_class_entries());
+        backend.exits_cleared_by_watcher(watcher_shares_classes);
+        // A new process may wait before it is handled only where it meanwhile runs as its
+        // parent does (controller/newborns.rs).
+        let newborn_wait = match backend.mode() {
+            Mode::Fallback => Some(NEWBORN_WAIT),
+            Mode::Scx if watcher_shares_classes => Some(NEWBORN_WAIT),
+            Mode::Scx => None,
+        };
         let config = ControllerConfig {
             cgroup_scope: opts.cgroup_scope.clone(),
             mode_reason,
             move_watcher,
             exit_watcher,
             daemon_pid: Some(std::process::id()),
+            newborn_wait,
         };
         let mut ctl = Controller::new(plan, backend, ProcSource::new(cgroup_root.clone()), config);
         ctl.rescan();
@@ -430,10 +438,13 @@ impl Daemon {
                         tracing::info!("policy files changed; reloading");
                         let _ = reload(&mut ctl, &opts.loader);
                     }
+                    // The watcher's rings first, whichever timer this is: the exit ring may be
+                    // due, and a new process whose wait ends now and that has exited is then
+                    // dropped unhandled (controller/newborns.rs). Reading them costs no syscall.
                     if proc.watch.exits_read_at.is_some_and(|at| at <= now) {
                         proc.watch.exits_read_at = None;
-                        proc.turn_after_watch(&mut ctl);
                     }
+                    proc.turn_after_watch(&mut ctl);
                     ctl.fire_timers(now);
                 }
             }
@@ -473,6 +484,13 @@ impl Daemon {
         Ok(report)
     }
 }
+
+/// How long a process forked from a tracked one runs before the controller handles it
+/// (`controller/newborns.rs`): most of a build's processes (a shell's utilities, `sh -c`
+/// one-liners, a compiler driver's helpers) have exited by then and cost nothing but a queue
+/// entry; a program someone starts has its class within a tenth of a second, running as its
+/// parent until then.
+const NEWBORN_WAIT: Duration = Duration::from_millis(100);
 
 /// How soon after exits were handled the watcher's exit ring is read again even if nothing
 /// wakes the daemon (the BPF program wakes it for an exit only after a quiet second:

@@ -72,6 +72,10 @@ counters! {
     exits_lost,
     /// Policies compiled in the daemon's process (canopy-policy's count): one per start and one per reload.
     policy_compiles,
+    /// New processes whose handling waited (they ran as their parent meanwhile).
+    newborns_waited,
+    /// Of those, processes that exited while waiting and were never handled.
+    newborns_gone,
 }
 
 /// Samples of the delay from a kernel event (e.g. a rename) to the class being applied.

@@ -10,6 +10,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     pub fn rescan(&mut self) {
         self.stats.counters.rescans += 1;
         self.ignored.clear();
+        // New processes still waiting are read below like any other (what they inherited at
+        // fork stays with the backend).
+        self.newborns.clear();
         let all = match self.config.cgroup_scope.clone() {
             Some(scope) => self.source.scope_tasks(&scope),
             None => self.source.all_tasks(),

@@ -6,11 +6,114 @@
 use super::*;
 
 impl<B: Backend, S: TaskSource> Controller<B, S> {
-    /// Handles one event at time `now` (tokio's clock, so tests can pause it).
+    /// Handles one event at time `now` (tokio's clock, so tests can pause it). An event of a
+    /// new process may wait with it (`newborns.rs`).
     pub fn handle(&mut self, event: Event, now: Instant) {
         let started = std::time::Instant::now();
         let kind = event.kind();
         self.stats.count_event(kind);
+        if let Some(event) = self.newborn_event(event, now) {
+            self.dispatch(event, now, false);
+        }
+        self.stats.add_event_handling(kind, started.elapsed());
+    }
+
+    /// What the wait of new processes does with `event`: keeps it (None: a waiting process's
+    /// fork, exec, rename or exit), or ends the wait of the process it concerns, handling that
+    /// process's events first, and returns it to be handled now.
+    fn newborn_event(&mut self, event: Event, now: Instant) -> Option<Event> {
+        let Some(wait) = self.config.newborn_wait else {
+            return Some(event);
+        };
+        match event {
+            Event::Fork {
+                parent_tid,
+                parent_tgid,
+                child_tid,
+                child_tgid,
+                ..
+            } => {
+                // A thread makes its process more than a short job. (The kernel names a thread's
+                // process's parent as the thread's parent: a thread is told by its id.)
+                if child_tid != child_tgid {
+                    self.end_wait(child_tgid, now);
+                    return Some(event);
+                }
+                // A child process inherits its parent's rule, which needs the parent handled.
+                self.end_wait(parent_tgid, now);
+                let fresh = child_tgid != parent_tgid
+                    && self.processes.contains_key(&parent_tgid)
+                    && !self.processes.contains_key(&child_tgid)
+                    && !self.tasks.contains_key(&child_tid);
+                if !fresh {
+                    return Some(event);
+                }
+                // What the child inherited at fork (fallback: the parent's original attributes
+                // are its originals) is known now; the parent may be gone when the wait ends.
+                self.backend.inherit_original(child_tid, parent_tid);
+                match self.newborns.wait(child_tgid, event, now + wait) {
+                    Ok(()) => {
+                        self.stats.counters.newborns_waited += 1;
+                        None
+                    }
+                    Err(fork) => Some(fork),
+                }
+            }
+            // Its exec, and its renames (some programs name themselves as they start): the
+            // class they lead to is applied when the wait ends, with the fork's.
+            Event::Exec { tgid, .. } | Event::Comm { tgid, .. }
+                if self.newborns.is_waiting(tgid) =>
+            {
+                self.newborns.push(tgid, event);
+                None
+            }
+            Event::Exit { tid, tgid, .. } if tid == tgid && self.newborns.is_waiting(tgid) => {
+                // Its only thread (a thread would have ended the wait): gone unhandled.
+                self.newborns.take(tgid);
+                self.backend.forget_task(tid);
+                self.stats.counters.newborns_gone += 1;
+                None
+            }
+            Event::Exit { tgid, .. } => {
+                self.end_wait(tgid, now);
+                Some(event)
+            }
+            Event::TaskMoved { tid, .. } => {
+                self.end_wait(tid, now);
+                Some(event)
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Ends process `tgid`'s wait, if it waits: handles its events now, oldest first.
+    pub(super) fn end_wait(&mut self, tgid: u32, now: Instant) {
+        if let Some(events) = self.newborns.take(tgid) {
+            self.handle_waited(events, now);
+        }
+    }
+
+    /// Handles the events of every process whose wait is over at `now`.
+    pub(super) fn end_due_waits(&mut self, now: Instant) {
+        while let Some((_, events)) = self.newborns.pop_due(now) {
+            self.handle_waited(events, now);
+        }
+    }
+
+    /// The events of a process that waited, in order (each counted when it arrived; the time
+    /// spent on it now is added to its kind).
+    fn handle_waited(&mut self, events: Vec<Event>, now: Instant) {
+        for event in events {
+            let started = std::time::Instant::now();
+            let kind = event.kind();
+            self.dispatch(event, now, true);
+            self.stats.add_event_handling(kind, started.elapsed());
+        }
+    }
+
+    /// Handles one event now: the handler for its kind. A rename that `waited` with its new
+    /// process is not timed: rename → applied measures the daemon, not the wait.
+    fn dispatch(&mut self, event: Event, now: Instant, waited: bool) {
         self.event_ns = match &event {
             Event::Fork { timestamp_ns, .. }
             | Event::Exec { timestamp_ns, .. }
@@ -42,7 +145,9 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 timestamp_ns,
             } => {
                 self.on_comm(tid, tgid, comm);
-                self.record_latency(tid, timestamp_ns);
+                if !waited {
+                    self.record_latency(tid, timestamp_ns);
+                }
             }
             Event::Exit {
                 tid,
@@ -75,7 +180,6 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         }
         // Tasks found outside event handling (rescans, requests) are stamped with the clock.
         self.event_ns = None;
-        self.stats.add_event_handling(kind, started.elapsed());
     }
 
     pub(super) fn record_latency(&mut self, tid: u32, timestamp_ns: Option<u64>) {

@@ -74,21 +74,29 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         self.set_state(cgroup, state);
     }
 
-    /// The earliest pending delayed state change.
+    /// The earliest timer: a delayed state change, a deferred rescan, or the end of a new
+    /// process's wait.
     pub fn next_deadline(&self) -> Option<Instant> {
         let state = self
             .groups
             .values()
             .filter_map(|g| g.pending.as_ref().map(|p| p.0))
             .min();
-        [state, self.rescan_due, self.settle_rescan]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            state,
+            self.rescan_due,
+            self.settle_rescan,
+            self.newborns.next_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Applies every delayed state whose time has come.
+    /// Applies every delayed state whose time has come, and handles every new process whose
+    /// wait is over.
     pub fn fire_timers(&mut self, now: Instant) {
+        self.end_due_waits(now);
         let settle = self.settle_rescan.is_some_and(|d| d <= now);
         if settle || self.rescan_due.is_some_and(|d| d <= now) {
             self.rescan_due = None;

@@ -166,6 +166,8 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             .class_by_name(class)
             .ok_or_else(|| RequestError::NoClass(class.into()))?;
         let class_name: Arc<str> = self.plan.class_params(class_id).name.clone();
+        // A new process still waiting is handled first (`newborns.rs`).
+        self.end_wait(id, Instant::now());
         let tids = if whole_process {
             if !self.processes.contains_key(&id) {
                 self.on_task_moved(id, MoveNoticedBy::Request);
@@ -201,6 +203,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
     /// process id covers all its tracked threads, so one thread of another user's makes the
     /// whole process [`TaskOwner::Several`]; threads gone meanwhile are skipped.
     pub fn explain_owner(&mut self, id: u32) -> TaskOwner {
+        self.end_wait(id, Instant::now());
         let Some(tids) = self.explained_tids(id) else {
             return TaskOwner::Unknown;
         };
@@ -229,6 +232,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
 
     /// `ctl explain --pid N`: one explanation per thread (or the one thread for a tid).
     pub fn explain(&mut self, id: u32) -> Result<Vec<Explanation>, RequestError> {
+        self.end_wait(id, Instant::now());
         let Some(tids) = self.explained_tids(id) else {
             return Err(RequestError::NoTask(id));
         };
