@@ -1038,38 +1038,54 @@ fn a_new_process_that_exits_within_its_wait_is_never_handled() {
 #[test]
 fn a_new_process_that_outlives_its_wait_is_handled_in_order_with_its_exec() {
     let mut src = FakeSource::default();
-    src.spawn(100, "wine-preloader", OTHER);
+    src.spawn(100, "player", OTHER);
     let mut c = with_newborn_wait(src);
     let start = Instant::now();
-    c.source_mut().spawn(300, "wine-preloader", OTHER);
+    c.source_mut().spawn(300, "player", OTHER);
     c.handle(fork(100, 100, 300, 300), start);
-    c.source_mut().rename(300, "game.exe");
+    c.source_mut().rename(300, "wine-game");
     c.handle(exec(300), start + Duration::from_millis(5));
     c.fire_timers(start + Duration::from_millis(99));
     assert_eq!(applied(&c, 300), None, "still waiting");
     c.fire_timers(start + Duration::from_millis(100));
-    // The fork was handled before the exec: the child inherited wine's rule, then exec'd.
+    // The fork (player's facts), then the exec (its own rule now).
+    assert_eq!(applied(&c, 300).as_deref(), Some("USER_INTERACTIVE"));
+    let e = c.explain(300).unwrap();
+    assert_eq!(e[0].rule.as_deref(), Some("wine"));
+    assert_eq!(e[0].inherited_rule, None);
+    assert_eq!(c.stats.counters.newborns_gone, 0);
+}
+
+#[test]
+fn a_child_that_inherits_a_rule_is_handled_at_once() {
+    // Its parent may be gone when a wait would end (`sh -c 'cmd &'`), and the inheritance is
+    // read from the parent: no wait.
+    let mut src = FakeSource::default();
+    src.spawn(100, "wine-preloader", OTHER);
+    let mut c = with_newborn_wait(src);
+    c.source_mut().spawn(300, "wine-preloader", OTHER);
+    c.handle(fork(100, 100, 300, 300), Instant::now());
     assert_eq!(applied(&c, 300).as_deref(), Some("USER_INTERACTIVE"));
     assert_eq!(
         c.explain(300).unwrap()[0].inherited_rule.as_deref(),
         Some("wine")
     );
-    assert_eq!(c.stats.counters.newborns_gone, 0);
+    assert_eq!(c.stats.counters.newborns_waited, 0);
 }
 
 #[test]
 fn a_thread_a_child_or_a_request_ends_the_wait_at_once_and_a_rename_waits() {
     let mut src = FakeSource::default();
-    src.spawn(100, "wine-preloader", OTHER);
+    src.spawn(100, "player", OTHER);
     let mut c = with_newborn_wait(src);
     let start = Instant::now();
     // A thread, as the kernel reports it (the parent named is the process's parent): the
     // process is handled, then its new thread.
-    c.source_mut().spawn(300, "wine-preloader", OTHER);
+    c.source_mut().spawn(300, "player", OTHER);
     c.handle(fork(100, 100, 300, 300), start);
-    c.source_mut().thread(300, 301, "wine-preloader");
+    c.source_mut().thread(300, 301, "audio-out");
     c.handle(fork(100, 100, 301, 300), start);
-    assert_eq!(applied(&c, 300).as_deref(), Some("USER_INTERACTIVE"));
+    assert_eq!(applied(&c, 300).as_deref(), Some("USER_INITIATED"));
     assert_eq!(applied(&c, 301).as_deref(), Some("USER_INTERACTIVE"));
     assert!(
         c.backend().forgotten.is_empty(),
@@ -1077,35 +1093,33 @@ fn a_thread_a_child_or_a_request_ends_the_wait_at_once_and_a_rename_waits() {
         c.backend().forgotten
     );
     // A rename of a waiting process waits with it, and is applied in order when it ends.
-    c.source_mut().spawn(400, "wine-preloader", OTHER);
+    c.source_mut().spawn(400, "player", OTHER);
     c.handle(fork(100, 100, 400, 400), start);
-    c.source_mut().rename(400, "renamed");
+    c.source_mut().rename(400, "wine-renamed");
     c.handle(
         Event::Comm {
             tid: 400,
             tgid: 400,
-            comm: Some("renamed".into()),
+            comm: Some("wine-renamed".into()),
             timestamp_ns: None,
         },
         start,
     );
     assert_eq!(applied(&c, 400), None, "the rename waits too");
     c.fire_timers(start + Duration::from_millis(100));
-    // Handled in order: the fork (wine inherited), then the rename (the inherited rule stays).
+    // The fork (player: USER_INITIATED), then the rename (wine's rule: USER_INTERACTIVE).
     assert_eq!(applied(&c, 400).as_deref(), Some("USER_INTERACTIVE"));
-    assert_eq!(c.explain(400).unwrap()[0].comm, "renamed");
-    // A child process of a waiting one: the parent first (the child inherits its rule), and
-    // the child waits in turn.
-    c.source_mut().spawn(500, "wine-preloader", OTHER);
+    assert_eq!(c.explain(400).unwrap()[0].comm, "wine-renamed");
+    // A child process of a waiting one: the parent first, and the child waits in turn.
+    c.source_mut().spawn(500, "player", OTHER);
     c.handle(fork(100, 100, 500, 500), start);
-    c.source_mut().spawn(501, "wine-preloader", OTHER);
+    c.source_mut().spawn(501, "player", OTHER);
     c.handle(fork(500, 500, 501, 501), start);
-    assert_eq!(applied(&c, 500).as_deref(), Some("USER_INTERACTIVE"));
+    assert_eq!(applied(&c, 500).as_deref(), Some("USER_INITIATED"));
     assert_eq!(applied(&c, 501), None, "the child waits");
     // A request naming a waiting process.
-    let e = c.explain(501).unwrap();
-    assert_eq!(e[0].inherited_rule.as_deref(), Some("wine"));
-    assert_eq!(applied(&c, 501).as_deref(), Some("USER_INTERACTIVE"));
+    assert_eq!(c.explain(501).unwrap()[0].rule.as_deref(), Some("player"));
+    assert_eq!(applied(&c, 501).as_deref(), Some("USER_INITIATED"));
     assert_eq!(c.next_deadline(), None);
     assert_eq!(c.stats.counters.newborns_waited, 4);
 }

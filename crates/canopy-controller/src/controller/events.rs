@@ -41,10 +41,14 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 }
                 // A child process inherits its parent's rule, which needs the parent handled.
                 self.end_wait(parent_tgid, now);
+                // A child that inherits a rule is handled at once, as before the wait: its
+                // parent may have exited when the wait ends (`sh -c 'cmd &'` under a make an
+                // inheriting rule tags), and the inheritance is read from the parent.
                 let fresh = child_tgid != parent_tgid
                     && self.processes.contains_key(&parent_tgid)
                     && !self.processes.contains_key(&child_tgid)
-                    && !self.tasks.contains_key(&child_tid);
+                    && !self.tasks.contains_key(&child_tid)
+                    && self.rule_to_inherit(parent_tgid).is_none();
                 if !fresh {
                     return Some(event);
                 }
@@ -205,6 +209,18 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         self.forget_task_exited_at(tid, tgid, exit_ns);
     }
 
+    /// The rule a child of process `parent_tgid` inherits: the parent's own rule if it is
+    /// inheriting, else what the parent inherited; None for an unknown parent.
+    fn rule_to_inherit(&self, parent_tgid: u32) -> Option<RuleMatch> {
+        let parent = self.processes.get(&parent_tgid)?;
+        let own = self
+            .tasks
+            .get(&parent_tgid)
+            .and_then(|t| t.rule.clone())
+            .filter(|r| r.inherit);
+        own.or_else(|| parent.inherited.clone())
+    }
+
     pub(super) fn on_fork(
         &mut self,
         parent_tid: u32,
@@ -258,12 +274,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 self.tasks.get(&parent_tid),
             ) {
                 let mut facts = (*parent.facts).clone();
-                let own = self
-                    .tasks
-                    .get(&parent_tgid)
-                    .and_then(|t| t.rule.clone())
-                    .filter(|r| r.inherit);
-                let inherited = own.or_else(|| parent.inherited.clone());
+                let inherited = self.rule_to_inherit(parent_tgid);
                 let comm = creator.comm.clone();
                 facts.parent_comm = std::mem::replace(&mut facts.comm, comm.clone());
                 facts.tgid = child_tgid;
@@ -290,14 +301,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         }
         // A new process (or a thread of a process we never saw): read its facts.
         if !self.processes.contains_key(&child_tgid) {
-            let inherited = self.processes.get(&parent_tgid).and_then(|p| {
-                let own = self
-                    .tasks
-                    .get(&parent_tgid)
-                    .and_then(|t| t.rule.clone())
-                    .filter(|r| r.inherit);
-                own.or_else(|| p.inherited.clone())
-            });
+            let inherited = self.rule_to_inherit(parent_tgid);
             match self.load_process(child_tgid, inherited) {
                 Err(_) => return self.count_gone(),
                 Ok(false) => return,

@@ -1,6 +1,7 @@
 //! New processes whose handling waits (`ControllerConfig::newborn_wait`): a process forked from
-//! one the controller tracks is not handled (facts read, rules matched, class applied) until it
-//! has lived that long. Its exec and renames in that time wait with it (applied in order when
+//! one the controller tracks, and inheriting no rule from it, is not handled (facts read, rules
+//! matched, class applied) until it has lived that long (one that inherits is handled at once:
+//! the inheritance is read from its parent, which may be gone when a wait ends). Its exec and renames in that time wait with it (applied in order when
 //! it ends), and the exit of its only thread drops it unhandled. Most of a build's processes (a shell's utilities, a compiler driver's
 //! helpers, `sh -c` one-liners) live less than that: each then costs the daemon a queue entry
 //! instead of a /proc read at its fork, three at its exec and two class writes. Meanwhile the
