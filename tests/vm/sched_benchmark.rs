@@ -12,10 +12,13 @@ use crate::support::{start_daemon, start_root_with_children, STOP_ROOT};
 const PROBE_SECONDS: u32 = 8;
 /// hackbench's loop count (`-T -p -l N -g 4`; the full table and the peers).
 const HACKBENCH_LOOPS: u32 = 300;
-/// hackbench runs per scheduler, back to back; the table shows their median and range. Under
-/// TCG one run swings 10-20% from the next under the same scheduler (docs/scheduler-benchmark.md,
-/// 2026-12-07 04:42 UTC: canopy against scx_layered 0.87-1.23x run by run, 0.98-1.08x by
-/// median), so one run per scheduler compares draws more than schedulers.
+/// hackbench rounds: in each round every scheduler is loaded, runs hackbench once and is
+/// unloaded, in an order that rotates by one each round; the table shows each scheduler's median
+/// and range. Under TCG one run swings 10-20% from the next under the same scheduler, and runs
+/// back to back share the host's minute: five back-to-back runs per scheduler gave canopy 1.53x
+/// scx_simple in one full run and 0.92-1.07x in four alternating comparisons in the same tree
+/// (docs/scheduler-benchmark.md, 2026-12-07 05:29 UTC). Only alternating spreads the host's
+/// draws over every scheduler.
 const HACKBENCH_RUNS: u32 = 5;
 
 /// What one run of the benchmark measures, from `CANOPY_BENCH`.
@@ -80,11 +83,13 @@ impl BenchMode {
 /// USER_INTERACTIVE by a thread rule, everything else the default BACKGROUND). With
 /// `CANOPY_BENCH_PEERS=1` it first runs `scripts/build-peers.sh` (builds and caches the peers
 /// outside the repository; not part of CI's run) and measures every peer in the same boot:
-/// frames, cyclictest p99 under hackbench and hackbench time, untagged as users run them
-/// (scx_layered with a layer for the two threads). A peer that does not build or load keeps its
-/// row with the exact error. VM time: 239-334 s without peers (busy host), plus about 60 s per
-/// peer. `CANOPY_BENCH=frames` runs the frame rows alone; without `CANOPY_BENCH` the frame rows
-/// run for 3 s each as the suite's smoke ([`BenchMode`]).
+/// frames and cyclictest p99 under hackbench, untagged as users run them (scx_layered with a
+/// layer for the two threads). A peer that does not build or load keeps its row with the exact
+/// error. Last, hackbench in alternating rounds ([`hackbench_rounds`]): every scheduler loaded
+/// for one run per round. VM time: 239-334 s without peers (busy host), plus about 90 s per
+/// peer (882 s with all seven on a quiet host, 2026-12-07). `CANOPY_BENCH=frames` runs the
+/// frame rows alone; without `CANOPY_BENCH` the frame rows run for 3 s each as the suite's
+/// smoke ([`BenchMode`]).
 #[test]
 fn benchmark_canopy_against_fair_and_schedqos() -> anyhow::Result<()> {
     let mode = BenchMode::from_env()?;
@@ -117,7 +122,6 @@ canopy-guest cpu-split --group ta:200:2 --group tb:100:2 --seconds $PROBE_S --wa
 canopy-guest cpu-split --group ta:200:2 --group tb:100:2 --seconds $PROBE_S --warmup 1 --keep --fair-cgroup-mode smp --kind split-fair-smp
 canopy-guest latency --seconds $PROBE_S --histogram-us 200000 --load "$LOAD" --kind latency-fair
 canopy-guest latency --seconds $PROBE_S --histogram-us 200000 --load "$LOAD" --kind latency-fifo -- -p 50
-run_hackbench fair
 autogroup=$(cat /proc/sys/kernel/sched_autogroup_enabled)
 echo 0 > /proc/sys/kernel/sched_autogroup_enabled
 canopy scheduler exec --nice -4 -- canopy-guest latency --seconds $PROBE_S --histogram-us 200000 --load "canopy scheduler exec --nice 4 --batch -- $LOAD" --kind latency-schedqos
@@ -126,7 +130,6 @@ echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled
 canopy-guest cpu-split --group ta:200:2 --group tb:100:2 --seconds $PROBE_S --warmup 1 --keep --kind split-canopy
 canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 20 > /tmp/tagger.log 2>&1 &
 canopy-guest latency --seconds $PROBE_S --histogram-us 200000 --load "$LOAD" --kind latency-canopy
-run_hackbench canopy
 {STOP_ROOT}
 "#,
             start = start_root_with_children(2),
@@ -159,8 +162,14 @@ canopy-guest report canopy-daemon status=@/tmp/status.json
 kill -TERM $DAEMON; wait $DAEMON || true
 tail -n 20 /tmp/daemon.log
 {peer_script}
+{rounds}
 "#,
         start_daemon = start_daemon("scx"),
+        rounds = if mode == BenchMode::Full {
+            hackbench_rounds(&peers)
+        } else {
+            String::new()
+        },
     );
     let config = r#"{"default_class":"BACKGROUND","groups":[
         {"cgroup":"ta","admit":["canopy_child"],"attach_canopy_child":true},
@@ -178,8 +187,8 @@ tail -n 20 /tmp/daemon.log
         .timeout(Duration::from_secs(match mode {
             BenchMode::Smoke => 240,
             BenchMode::Frames => 360,
-            BenchMode::Full if peers.is_empty() => 480,
-            BenchMode::Full => 1500,
+            BenchMode::Full if peers.is_empty() => 600,
+            BenchMode::Full => 2400,
         }));
     for peer in &peers {
         if let Some(path) = &peer.path {
@@ -347,44 +356,91 @@ const LAYERED_CONFIG: &str = r#"[
   }
 ]"#;
 
-/// Guest shell functions: `run_hackbench NAME` runs hackbench [`HACKBENCH_RUNS`] times as
-/// `hackbench-NAME-1`...; `run_peer NAME COMMAND...` starts a sched_ext scheduler, waits up to
-/// 60 s for sched_ext to be enabled, runs the frames, cyclictest and hackbench measurements as
-/// `*-NAME`, stops it with SIGINT (SIGKILL after 10 s) and waits until sched_ext is disabled.
-/// Reports `peer-NAME` with whether it loaded, its ops name, whether it was still enabled after
-/// the measurements, and its log's last lines (the exact error when it did not load).
+/// Guest shell functions. `start_scheduler NAME COMMAND...` starts a sched_ext scheduler (its
+/// log /tmp/peer-NAME.log), waits up to 60 s for sched_ext to be enabled (and, for canopy's
+/// root, for its two children) and sets `loaded`; `stop_scheduler` stops it with SIGINT
+/// (SIGKILL after 10 s) and waits until sched_ext is disabled. `run_peer NAME COMMAND...` runs
+/// the frames and cyclictest measurements as `*-NAME` under it and reports `peer-NAME` with
+/// whether it loaded, its ops name, whether it was still enabled after the measurements, and its
+/// log's last lines (the exact error when it did not load). `hackbench_round RUN NAME
+/// [COMMAND...]` runs hackbench once as `hackbench-NAME-RUN` under NAME (the fair scheduler
+/// without a command), and reports `hackbench-left-NAME-RUN` if the scheduler left meanwhile.
 const PEER_SHELL: &str = r#"
-run_hackbench() {
-  for run in $(seq 1 $HACKBENCH_RUNS); do
-    canopy-guest exec --kind hackbench-$1-$run -- $HACKBENCH || true
-  done
-}
-run_peer() {
+start_scheduler() {
   name=$1; shift
   "$@" > /tmp/peer-$name.log 2>&1 &
-  PEER=$!
+  SCHEDULER=$!
   loaded=false
   for i in $(seq 1 600); do
     if [ "$(cat /sys/kernel/sched_ext/state)" = enabled ]; then loaded=true; break; fi
-    kill -0 $PEER 2>/dev/null || break
+    kill -0 $SCHEDULER 2>/dev/null || break
     usleep 100000
   done
+  if [ $loaded = true ] && [ $name = canopy ]; then
+    for i in $(seq 1 300); do
+      [ "$(grep -c 'child scheduler canopy_child enabled' /tmp/peer-$name.log)" -ge 2 ] && break
+      usleep 100000
+    done
+  fi
+}
+stop_scheduler() {
+  kill -INT $SCHEDULER 2>/dev/null || true
+  for i in $(seq 1 100); do kill -0 $SCHEDULER 2>/dev/null || break; usleep 100000; done
+  kill -KILL $SCHEDULER 2>/dev/null || true
+  wait $SCHEDULER 2>/dev/null || true
+  while [ "$(cat /sys/kernel/sched_ext/state)" != disabled ]; do usleep 100000; done
+}
+run_peer() {
+  name=$1
+  start_scheduler "$@"
   ops=$(cat /sys/kernel/sched_ext/root/ops 2>/dev/null || true)
   after=not-run
   if [ $loaded = true ]; then
     canopy-guest frames $FRAMES_ARGS --kind frames-$name || true
     canopy-guest latency --seconds $PROBE_S --histogram-us 200000 --load "$LOAD" --kind latency-$name || true
-    run_hackbench $name
     after=$(cat /sys/kernel/sched_ext/state)
   fi
-  kill -INT $PEER 2>/dev/null || true
-  for i in $(seq 1 100); do kill -0 $PEER 2>/dev/null || break; usleep 100000; done
-  kill -KILL $PEER 2>/dev/null || true
-  wait $PEER 2>/dev/null || true
-  while [ "$(cat /sys/kernel/sched_ext/state)" != disabled ]; do usleep 100000; done
+  stop_scheduler
   canopy-guest report peer-$name loaded=$loaded ops="$ops" state_after="$after" log="$(grep -v '^$' /tmp/peer-$name.log | tail -n 12 | tr '\n' '|' | tr -d '"')"
 }
+hackbench_round() {
+  run=$1; name=$2; shift 2
+  if [ $# = 0 ]; then
+    canopy-guest exec --kind hackbench-$name-$run -- $HACKBENCH || true
+    return
+  fi
+  start_scheduler $name "$@"
+  if [ $loaded = true ]; then
+    canopy-guest exec --kind hackbench-$name-$run -- $HACKBENCH || true
+    [ "$(cat /sys/kernel/sched_ext/state)" = enabled ] || canopy-guest report hackbench-left-$name-$run
+  fi
+  stop_scheduler
+}
 "#;
+
+/// The guest lines of the hackbench rounds ([`HACKBENCH_RUNS`]): the fair scheduler, canopy's
+/// root with its two children (as in the probes) and every built peer, each loaded for its one
+/// run; round r starts r - 1 places further down the list, so no scheduler always follows the
+/// same one or runs at the same point of a round.
+fn hackbench_rounds(peers: &[Peer]) -> String {
+    let mut schedulers = vec![
+        "fair".to_string(),
+        "canopy canopy scheduler run --config /etc/canopy-sched.json".to_string(),
+    ];
+    schedulers.extend(peers.iter().filter(|peer| peer.path.is_some()).map(|peer| {
+        format!("{0} {0} {1}", peer.name, peer.args())
+            .trim_end()
+            .to_string()
+    }));
+    let mut lines = String::new();
+    for run in 1..=HACKBENCH_RUNS as usize {
+        for place in 0..schedulers.len() {
+            let scheduler = &schedulers[(place + run - 1) % schedulers.len()];
+            lines += &format!("hackbench_round {run} {scheduler}\n");
+        }
+    }
+    lines
+}
 
 /// One peer scheduler from `scripts/build-peers.sh`'s manifest: a binary, or the build error.
 pub(crate) struct Peer {
@@ -478,10 +534,16 @@ const HACKBENCH_COLUMN: usize = 8;
 const HIGHER_IS_BETTER: [bool; FRAMES_COLUMNS] =
     [false, false, false, false, true, true, true, false, false];
 
-/// hackbench under `name`: the median of its runs (`hackbench-NAME-1`...) and their range.
+/// hackbench under `name`: the median of its rounds (`hackbench-NAME-1`...) and their range,
+/// without a round the scheduler left before hackbench ended (`hackbench-left-NAME-RUN`).
 fn hackbench(outcome: &canopy_vmtest::Outcome, name: &str) -> (f64, Option<(f64, f64)>) {
     median_and_range(
         (1..=HACKBENCH_RUNS)
+            .filter(|run| {
+                outcome
+                    .result(&format!("hackbench-left-{name}-{run}"))
+                    .is_err()
+            })
             .map(|run| {
                 outcome
                     .result(&format!("hackbench-{name}-{run}"))
@@ -671,6 +733,47 @@ fn frames_table(outcome: &canopy_vmtest::Outcome, peers: &[Peer]) -> anyhow::Res
     }
     table += &format!("| canopy / best other | {} | |\n", ratios.join(" | "));
     Ok(table)
+}
+
+/// Pure: each hackbench round runs every scheduler once, and the order rotates (no VM).
+#[test]
+fn hackbench_rounds_run_every_scheduler_once_per_round_in_a_rotating_order() {
+    let peer = Peer {
+        name: "scx_simple".into(),
+        version: "test".into(),
+        path: Some("/bin/true".into()),
+        error: None,
+    };
+    let unbuilt = Peer {
+        name: "scx_lavd".into(),
+        version: "test".into(),
+        path: None,
+        error: Some("did not build".into()),
+    };
+    let lines = hackbench_rounds(&[peer, unbuilt]);
+    let firsts: Vec<&str> = lines
+        .lines()
+        .step_by(3)
+        .map(|line| line.split(' ').nth(2).unwrap())
+        .collect();
+    assert_eq!(
+        firsts,
+        ["fair", "canopy", "scx_simple", "fair", "canopy"],
+        "{lines}"
+    );
+    for run in 1..=HACKBENCH_RUNS {
+        let mut names: Vec<&str> = lines
+            .lines()
+            .filter(|line| line.starts_with(&format!("hackbench_round {run} ")))
+            .map(|line| line.split(' ').nth(2).unwrap())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["canopy", "fair", "scx_simple"], "{lines}");
+    }
+    assert!(
+        lines.contains("hackbench_round 1 scx_simple scx_simple\n"),
+        "{lines}"
+    );
 }
 
 /// Pure: the hackbench cell's median and range (no VM).
