@@ -1092,6 +1092,10 @@ fn a_thread_a_child_or_a_request_ends_the_wait_at_once_and_a_rename_waits() {
         "{:?}",
         c.backend().forgotten
     );
+    // The new process inherits its originals from its creator; the thread from its process's
+    // leader, not from the process's parent the event names (fallback: player's originals
+    // would be restored on the thread at the end).
+    assert_eq!(c.backend().inherited, vec![(300, 100), (301, 300)]);
     // A rename of a waiting process waits with it, and is applied in order when it ends.
     c.source_mut().spawn(400, "player", OTHER);
     c.handle(fork(100, 100, 400, 400), start);

@@ -40,7 +40,8 @@ counters! {
     groups_gone,
     /// Full /proc rescans (start, overrun, reload).
     rescans,
-    /// Renames not handled because a later rename of the same thread arrived in the same turn.
+    /// Renames not handled because a later rename of the same thread arrived in the same turn,
+    /// or while its new process waited.
     renames_coalesced,
     /// inotify queue overflows on the cgroup watch (each rescans the watched cgroups, not /proc).
     cgroup_watch_overflows,

@@ -564,6 +564,8 @@ pub struct RecordingBackend {
     pub starts: std::collections::HashMap<u32, u64>,
     /// Every tid forget_task was called for, in order.
     pub forgotten: Vec<u32>,
+    /// Every (child, parent) inherit_original was called with, in order.
+    pub inherited: Vec<(u32, u32)>,
 }
 
 impl crate::backend::Backend for RecordingBackend {
@@ -602,6 +604,9 @@ impl crate::backend::Backend for RecordingBackend {
         self.applied.remove(&tid);
         self.starts.remove(&tid);
         self.forgotten.push(tid);
+    }
+    fn inherit_original(&mut self, child: u32, parent: u32) {
+        self.inherited.push((child, parent));
     }
     fn thread_seen(&mut self, tid: u32, start_ticks: u64) -> bool {
         match self.starts.insert(tid, start_ticks) {

@@ -68,8 +68,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             Event::Exec { tgid, .. } | Event::Comm { tgid, .. }
                 if self.newborns.is_waiting(tgid) =>
             {
-                self.newborns.push(tgid, event);
-                None
+                match self.newborns.push(tgid, event) {
+                    Ok(replaced_a_rename) => {
+                        self.stats.counters.renames_coalesced += u64::from(replaced_a_rename);
+                        None
+                    }
+                    // Its queue is full: its events are handled now, then this one.
+                    Err(event) => {
+                        self.end_wait(tgid, now);
+                        Some(event)
+                    }
+                }
             }
             Event::Exit { tid, tgid, .. } if tid == tgid && self.newborns.is_waiting(tgid) => {
                 // Its only thread (a thread would have ended the wait): gone unhandled.
@@ -132,7 +141,12 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 child_tgid,
                 timestamp_ns,
             } => {
-                self.on_fork(parent_tid, parent_tgid, child_tid, child_tgid, timestamp_ns);
+                self.on_fork(
+                    (parent_tid, parent_tgid),
+                    (child_tid, child_tgid),
+                    timestamp_ns,
+                    waited,
+                );
             }
             Event::Exec {
                 tid,
@@ -221,13 +235,14 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         own.or_else(|| parent.inherited.clone())
     }
 
+    /// A fork of (thread, process) `parent` into `child`; `waited`: the child waited as a new
+    /// process, whose originals were inherited when its wait began.
     pub(super) fn on_fork(
         &mut self,
-        parent_tid: u32,
-        parent_tgid: u32,
-        child_tid: u32,
-        child_tgid: u32,
+        (parent_tid, parent_tgid): (u32, u32),
+        (child_tid, child_tgid): (u32, u32),
         fork_ns: Option<u64>,
+        waited: bool,
     ) {
         // Events from different CPUs arrive out of order: a rename may be handled before the
         // fork that created the thread. An entry first seen after the fork happened is that
@@ -253,7 +268,17 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
         } else if self.ignored.contains(&child_tgid) {
             return;
         }
-        self.backend.inherit_original(child_tid, parent_tid);
+        // What the child was copied from at clone: the creating thread. The proc connector
+        // names a thread's process's parent as its parent (`real_parent`), not its creator, so
+        // a thread it reports inherits its process leader's originals, the closest it names.
+        let creator = if child_tid != child_tgid && parent_tgid != child_tgid {
+            child_tgid
+        } else {
+            parent_tid
+        };
+        if !waited {
+            self.backend.inherit_original(child_tid, creator);
+        }
         if child_tgid == parent_tgid && self.processes.contains_key(&child_tgid) {
             // A new thread: same process facts; at clone time it carries its creator's comm.
             let comm = match self.tasks.get(&parent_tid) {

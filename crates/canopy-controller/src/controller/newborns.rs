@@ -27,6 +27,12 @@ use crate::event::Event;
 /// At most this many processes wait at once; a fork storm beyond it is handled as it comes.
 pub(super) const MAX_WAITING: usize = 16_384;
 
+/// A waiting process queues at most this many events; one more ends its wait (a process that
+/// execs this often in its first moments is no short job). A rename that follows a rename of the
+/// same thread replaces it (its last name is the one that counts), so renames alone never fill
+/// the queue: the events a process can queue are bounded by count, not only by its wait.
+pub(super) const MAX_EVENTS_PER_PROCESS: usize = 64;
+
 /// The waiting processes, by process id, each with its due time and events in arrival order.
 #[derive(Debug, Default)]
 pub(super) struct Newborns {
@@ -65,15 +71,26 @@ impl Newborns {
         Ok(())
     }
 
-    /// Adds `event` to waiting process `tgid`'s; false when it does not wait.
-    pub(super) fn push(&mut self, tgid: u32, event: Event) -> bool {
-        match self.waiting.get_mut(&tgid) {
-            Some(waiting) => {
-                waiting.events.push(event);
-                true
+    /// Adds `event` to waiting process `tgid`'s: `Ok(true)` when it replaced the same thread's
+    /// rename just before it, `Ok(false)` when queued; the event comes back when the process
+    /// does not wait or already holds [`MAX_EVENTS_PER_PROCESS`].
+    pub(super) fn push(&mut self, tgid: u32, event: Event) -> Result<bool, Event> {
+        let Some(waiting) = self.waiting.get_mut(&tgid) else {
+            return Err(event);
+        };
+        if let (Event::Comm { tid, .. }, Some(Event::Comm { tid: last_tid, .. })) =
+            (&event, waiting.events.last())
+        {
+            if tid == last_tid {
+                *waiting.events.last_mut().expect("checked above") = event;
+                return Ok(true);
             }
-            None => false,
         }
+        if waiting.events.len() >= MAX_EVENTS_PER_PROCESS {
+            return Err(event);
+        }
+        waiting.events.push(event);
+        Ok(false)
     }
 
     /// Ends process `tgid`'s wait: its events, oldest first.
@@ -163,8 +180,8 @@ mod tests {
             newborns.wait(11, exec(11), start + wait).is_err(),
             "already waits"
         );
-        assert!(newborns.push(12, exec(12)));
-        assert!(!newborns.push(13, exec(13)));
+        assert_eq!(newborns.push(12, exec(12)), Ok(false));
+        assert!(newborns.push(13, exec(13)).is_err(), "13 does not wait");
         assert_eq!(newborns.take(10).map(|events| events.len()), Some(1));
         assert_eq!(
             newborns.next_due(),
@@ -179,6 +196,41 @@ mod tests {
         assert_eq!((tgid, events.len()), (12, 2));
         assert!(newborns.next_due().is_none());
         assert_eq!(newborns.len(), 0);
+    }
+
+    fn rename(tid: u32, tgid: u32, name: &str) -> Event {
+        Event::Comm {
+            tid,
+            tgid,
+            comm: Some(name.into()),
+            timestamp_ns: None,
+        }
+    }
+
+    #[test]
+    fn renames_coalesce_and_a_full_queue_gives_the_event_back() {
+        let start = Instant::now();
+        let mut newborns = Newborns::default();
+        assert!(newborns.wait(20, exec(20), start).is_ok());
+        for round in 0..10_000 {
+            assert_eq!(
+                newborns.push(20, rename(20, 20, &format!("name-{round}"))),
+                Ok(round > 0)
+            );
+        }
+        assert_eq!(newborns.push(20, exec(20)), Ok(false));
+        assert_eq!(newborns.push(20, rename(20, 20, "after")), Ok(false));
+        let mut queued = 4;
+        while newborns.push(20, exec(20)).is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, MAX_EVENTS_PER_PROCESS);
+        let events = newborns.take(20).expect("20 waits");
+        assert_eq!(events.len(), MAX_EVENTS_PER_PROCESS);
+        assert!(
+            matches!(&events[1], Event::Comm { comm: Some(name), .. } if name == "name-9999"),
+            "{events:?}"
+        );
     }
 
     #[test]
