@@ -116,17 +116,25 @@ enum canopy_limits {
 	/* bytes of the move watcher's ring buffer (a power of two, a multiple of the page size) */
 	CANOPY_MOVE_RINGBUF_BYTES = 262144,
 	/*
-	 * bytes of the exit watcher's ring buffer (a power of two, a multiple of the page size):
-	 * 43,690 records of 16 bytes plus an 8-byte header each; the half-full wakeup comes at
-	 * 21,845, a second of a fork storm's 20,000 exits a second
+	 * bytes of the task watcher's ring buffer of forks, execs and exits (a power of two, a
+	 * multiple of the page size): 52,428 records of 32 bytes plus an 8-byte header each; the
+	 * half-full wakeup comes at 26,214, about half a second of a fork storm's 20,000 forks
+	 * and as many exits a second
 	 */
-	CANOPY_EXIT_RINGBUF_BYTES = 1048576,
+	CANOPY_TASK_RINGBUF_BYTES = 2097152,
 	/*
-	 * an exit record wakes the daemon only when none has for this long, or when the ring
+	 * an exit record wakes the daemon only when no exit has for this long, or when the ring
 	 * holds more than half its bytes; the rest wait for the daemon's next read (its next
 	 * wakeup for any reason, at most this long after one that found exits)
 	 */
 	CANOPY_EXIT_WAKEUP_EVERY_NS = 1000000000,
+	/*
+	 * a fork or exec record wakes the daemon only when no fork or exec has for this long (or
+	 * the ring is half full); the daemon reads again this long after a read that found forks
+	 * or execs, so each waits at most about this long, and a build's hundred forks a second
+	 * cost the daemon some 40 wakeups a second instead of one per event
+	 */
+	CANOPY_FORK_EXEC_WAKEUP_EVERY_NS = 50000000,
 	/* the most recent moves the schedulers keep a record of (`move_log`; a power of two) */
 	CANOPY_MOVE_RECORDS = 64,
 	/* a moved task first queued later than this after its move counts as slow (issue 5 (b)) */
@@ -338,15 +346,28 @@ struct canopy_move_event {
 	u64 timestamp_ns;	/* CLOCK_MONOTONIC (bpf_ktime_get_ns) at the attach */
 };
 
+/* What a `struct canopy_task_event` reports. */
+enum canopy_task_event_kind {
+	CANOPY_TASK_FORK = 1,	/* a new thread or process; parent_* name the creating thread */
+	CANOPY_TASK_EXEC = 2,	/* a process exec'd (tid is the thread that did, now its leader) */
+	CANOPY_TASK_EXIT = 3,	/* a thread exited */
+};
+
 /*
- * Ring buffer `exit_events` (canopy_moves.bpf.c): one record per exiting thread, from the
- * `sched:sched_process_exit` tracepoint. Submitted without a wakeup (see
- * CANOPY_EXIT_WAKEUP_EVERY_NS): the daemon reads them in batches and forgets the threads.
+ * Ring buffer `task_events` (canopy_moves.bpf.c): one record per fork, exec and thread exit,
+ * in the order the kernel wrote them, from the `sched:sched_process_{fork,exec,exit}`
+ * tracepoints. Mostly submitted without a wakeup (CANOPY_FORK_EXEC_WAKEUP_EVERY_NS,
+ * CANOPY_EXIT_WAKEUP_EVERY_NS): the daemon reads them in batches, ordered with the proc
+ * connector's renames by timestamp.
  */
-struct canopy_exit_event {
-	u32 pid;		/* process (tgid) of the exiting thread */
-	u32 tid;		/* the exiting thread */
-	u64 timestamp_ns;	/* CLOCK_MONOTONIC (bpf_ktime_get_ns) at the exit */
+struct canopy_task_event {
+	u32 kind;		/* enum canopy_task_event_kind */
+	u32 pid;		/* process (tgid) of the thread */
+	u32 tid;		/* the thread (the child for a fork) */
+	u32 parent_pid;		/* fork: the creating thread's process; otherwise 0 */
+	u32 parent_tid;		/* fork: the creating thread; otherwise 0 */
+	u32 pad;
+	u64 timestamp_ns;	/* CLOCK_MONOTONIC (bpf_ktime_get_ns) at the event */
 };
 
 /*

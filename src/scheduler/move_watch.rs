@@ -1,22 +1,23 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! The BPF task watcher's loader (`bpf/canopy_moves.bpf.c`): loads and attaches the
-//! `cgroup_attach_task`, `sched_process_exit` and `sched_process_fork` tracepoint programs
-//! (the last copies a parent's class entry to its new child process in scx mode) and hands
-//! the daemon a
-//! [`TaskWatchSource`]: the two ring buffers' epoll fd, which the daemon polls on its own task
-//! (no thread hop between the kernel's wakeup and the controller), and a drain that turns every
-//! `struct canopy_move_event` into a move record and every `struct canopy_exit_event` into an
-//! exit record (scx and fallback modes alike), and reports lost records (a full ring buffer) so
-//! the daemon rescans. When the kernel refuses either program (no BTF, no tracepoint, no
-//! permission) the factory returns the reason and the daemon keeps its inotify fallback and
-//! the proc connector's exit events.
+//! `cgroup_attach_task`, `sched_process_fork`, `sched_process_exec` and `sched_process_exit`
+//! tracepoint programs (the fork program also copies a parent's class entry to its new child
+//! process in scx mode) and hands the daemon a [`TaskWatchSource`]: the two ring buffers' epoll
+//! fd, which the daemon polls on its own task (no thread hop between the kernel's wakeup and
+//! the controller), and a drain that turns every `struct canopy_move_event` into a move record
+//! and every `struct canopy_task_event` into a fork, exec or exit record (scx and fallback
+//! modes alike), and reports lost records (a full ring buffer) so the daemon rescans. When the
+//! kernel refuses any program (no BTF, no tracepoint, no permission) the factory returns the
+//! reason and the daemon keeps its inotify fallback and the proc connector's forks, execs and
+//! exits.
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use canopy_controller::daemon::ExitRecord;
 use canopy_controller::daemon::LostRecords;
 use canopy_controller::daemon::MoveRecord;
+use canopy_controller::daemon::TaskRecord;
+use canopy_controller::daemon::TaskRecordKind;
 use canopy_controller::daemon::TaskWatchSource;
 use canopy_controller::daemon::TaskWatcherFactory;
 use canopy_sys::monotonic_now_ns;
@@ -41,7 +42,7 @@ pub fn factory() -> TaskWatcherFactory {
 #[derive(Default)]
 struct Collected {
     records: Vec<MoveRecord>,
-    exits: Vec<ExitRecord>,
+    tasks: Vec<TaskRecord>,
     /// Kernel attach → record read, µs (logged when the watcher is dropped).
     delivery_us: Vec<u64>,
 }
@@ -82,11 +83,11 @@ impl TaskWatcher {
         }
         let mut skel = open.load().map_err(|e| {
             format!(
-                "loading canopy_moves (tp_btf/cgroup_attach_task, sched_process_exit, sched_process_fork): {e}"
+                "loading canopy_moves (tp_btf/cgroup_attach_task, sched_process_fork, sched_process_exec, sched_process_exit): {e}"
             )
         })?;
         skel.attach().map_err(|e| {
-            format!("attaching to cgroup:cgroup_attach_task, sched:sched_process_exit and sched:sched_process_fork: {e}")
+            format!("attaching to cgroup:cgroup_attach_task and sched:sched_process_fork, _exec and _exit: {e}")
         })?;
         let collected = Arc::new(Mutex::new(Collected::default()));
         let sink = Arc::clone(&collected);
@@ -115,13 +116,23 @@ impl TaskWatcher {
             .map_err(|e| format!("opening the move_events ring buffer: {e}"))?;
         let sink = Arc::clone(&collected);
         builder
-            .add(&skel.maps.exit_events, move |bytes: &[u8]| {
-                if bytes.len() < std::mem::size_of::<bpf_intf::canopy_exit_event>() {
+            .add(&skel.maps.task_events, move |bytes: &[u8]| {
+                if bytes.len() < std::mem::size_of::<bpf_intf::canopy_task_event>() {
                     return 0;
                 }
-                let event: bpf_intf::canopy_exit_event = from_bytes(bytes);
+                let event: bpf_intf::canopy_task_event = from_bytes(bytes);
+                let kind = match event.kind {
+                    bpf_intf::CANOPY_TASK_FORK => TaskRecordKind::Fork {
+                        parent_tid: event.parent_tid,
+                        parent_tgid: event.parent_pid,
+                    },
+                    bpf_intf::CANOPY_TASK_EXEC => TaskRecordKind::Exec,
+                    bpf_intf::CANOPY_TASK_EXIT => TaskRecordKind::Exit,
+                    _ => return 0,
+                };
                 if let Ok(mut collected) = sink.lock() {
-                    collected.exits.push(ExitRecord {
+                    collected.tasks.push(TaskRecord {
+                        kind,
                         tid: event.tid,
                         tgid: event.pid,
                         timestamp_ns: event.timestamp_ns,
@@ -129,12 +140,12 @@ impl TaskWatcher {
                 }
                 0
             })
-            .map_err(|e| format!("opening the exit_events ring buffer: {e}"))?;
+            .map_err(|e| format!("opening the task_events ring buffer: {e}"))?;
         let ring = builder
             .build()
             .map_err(|e| format!("opening the watcher's ring buffers: {e}"))?;
         tracing::info!(
-            "BPF task watcher attached to cgroup:cgroup_attach_task, sched:sched_process_exit and sched:sched_process_fork"
+            "BPF task watcher attached to cgroup:cgroup_attach_task and sched:sched_process_fork, _exec and _exit"
         );
         Ok(TaskWatcher {
             ring,
@@ -154,11 +165,19 @@ impl TaskWatchSource for TaskWatcher {
         self.clears_class_entries
     }
 
-    fn drain(&mut self, moves: &mut Vec<MoveRecord>, exits: &mut Vec<ExitRecord>) -> LostRecords {
+    fn fork_exec_wakeup_gap(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(bpf_intf::CANOPY_FORK_EXEC_WAKEUP_EVERY_NS.into())
+    }
+
+    fn exit_wakeup_gap(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(bpf_intf::CANOPY_EXIT_WAKEUP_EVERY_NS.into())
+    }
+
+    fn drain(&mut self, moves: &mut Vec<MoveRecord>, tasks: &mut Vec<TaskRecord>) -> LostRecords {
         let _ = self.ring.consume();
         if let Ok(mut collected) = self.collected.lock() {
             moves.append(&mut collected.records);
-            exits.append(&mut collected.exits);
+            tasks.append(&mut collected.tasks);
         }
         self.skel
             .maps
@@ -169,7 +188,7 @@ impl TaskWatchSource for TaskWatcher {
             .map(|bss| unsafe {
                 LostRecords {
                     moves: std::ptr::read_volatile(&bss.moves_lost),
-                    exits: std::ptr::read_volatile(&bss.exits_lost),
+                    tasks: std::ptr::read_volatile(&bss.task_records_lost),
                 }
             })
             .unwrap_or_default()

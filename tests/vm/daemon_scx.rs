@@ -427,10 +427,10 @@ fn daemon_in_scx_mode_tags_a_rename_storm_and_clamps_moves_in_the_class_map() ->
     let from_ring = exits["counters"]["exits_ring_buffer"].as_u64().unwrap_or(0);
     println!(
         "exits: {}; {} read from the ring, {} exit events in all, {} lost; tasks tracked {} before the storm, {} with it, {} after; class map entries {} before, {} with the storm, {} after",
-        exits["exit_watcher"],
+        exits["task_watcher"],
         from_ring,
         exits["events"]["exit"],
-        exits["counters"]["exits_lost"],
+        exits["counters"]["task_records_lost"],
         before["tasks_tracked"],
         status["tasks_tracked"],
         exits["tasks_tracked"],
@@ -440,12 +440,12 @@ fn daemon_in_scx_mode_tags_a_rename_storm_and_clamps_moves_in_the_class_map() ->
     );
     // In scx mode the exit program shares the schedulers' map and deletes the entries itself.
     assert!(
-        exits["exit_watcher"]
+        exits["task_watcher"]
             .as_str()
             .unwrap_or_default()
-            .contains("BPF ring buffer (sched_process_exit tracepoint, which deletes"),
+            .contains("the exit program deletes the thread's task_classes entry"),
         "{}",
-        exits["exit_watcher"]
+        exits["task_watcher"]
     );
     assert!(from_ring >= 1300, "{exits}");
     assert_eq!(

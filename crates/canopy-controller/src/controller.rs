@@ -57,8 +57,8 @@ pub struct ControllerConfig {
     pub mode_reason: String,
     /// How cgroup moves are noticed (shown by `status`).
     pub move_watcher: String,
-    /// How thread exits are noticed (shown by `status`).
-    pub exit_watcher: String,
+    /// How forks, execs and thread exits are noticed (shown by `status`).
+    pub task_watcher: String,
     /// canopy's own process. The policy it enforces never demotes it: its latency is what the
     /// acceptance figures measure. In scx mode its threads run in USER_INITIATED (`DAEMON_CLASS`,
     /// the schedulers' counterpart of the systemd unit's Nice=-5); in fallback mode they keep what

@@ -84,6 +84,19 @@ pub enum Event {
 }
 
 impl Event {
+    /// CLOCK_MONOTONIC time of a task event (fork, exec, rename, exit, move), when its source
+    /// carries one.
+    pub fn timestamp_ns(&self) -> Option<u64> {
+        match self {
+            Event::Fork { timestamp_ns, .. }
+            | Event::Exec { timestamp_ns, .. }
+            | Event::Comm { timestamp_ns, .. }
+            | Event::Exit { timestamp_ns, .. }
+            | Event::TaskMoved { timestamp_ns, .. } => *timestamp_ns,
+            _ => None,
+        }
+    }
+
     /// Stable name for counters and logs.
     pub fn kind(&self) -> EventType {
         match self {

@@ -67,10 +67,12 @@ counters! {
     moves_reconcile,
     /// Move events the BPF watcher dropped because its ring buffer was full (each forces a rescan).
     moves_lost,
-    /// Thread exits read from the BPF watcher's exit ring buffer (in batches, without a wakeup each).
+    /// Thread exits read from the BPF watcher's task ring buffer (in batches, without a wakeup each).
     exits_ring_buffer,
-    /// Exit events the BPF watcher dropped because its ring buffer was full (each forces a rescan).
-    exits_lost,
+    /// Forks and execs read from the BPF watcher's task ring buffer (in batches, a wakeup at most every 50 ms).
+    forks_execs_ring_buffer,
+    /// Fork, exec and exit records the BPF watcher dropped because its ring buffer was full (each forces a rescan).
+    task_records_lost,
     /// Policies compiled in the daemon's process (canopy-policy's count): one per start and one per reload.
     policy_compiles,
     /// New processes whose handling waited (they ran as their parent meanwhile).
@@ -169,9 +171,10 @@ pub struct Snapshot {
     /// How cgroup moves are noticed (the BPF watcher's ring buffer, or inotify plus reconcile).
     #[serde(default)]
     pub move_watcher: String,
-    /// How thread exits are noticed (the BPF watcher's ring buffer, or the proc connector).
+    /// How forks, execs and thread exits are noticed (the BPF watcher's ring buffer, or the proc
+    /// connector).
     #[serde(default)]
-    pub exit_watcher: String,
+    pub task_watcher: String,
     /// Hash of the policy in force.
     pub policy_hash: String,
     /// The last reload error, if the last reload failed.
@@ -239,8 +242,8 @@ impl Snapshot {
         if !self.move_watcher.is_empty() {
             let _ = writeln!(s, "cgroup moves:    {}", self.move_watcher);
         }
-        if !self.exit_watcher.is_empty() {
-            let _ = writeln!(s, "thread exits:    {}", self.exit_watcher);
+        if !self.task_watcher.is_empty() {
+            let _ = writeln!(s, "task events:     {}", self.task_watcher);
         }
         let _ = writeln!(s, "policy:          {}", self.policy_hash);
         if let Some(e) = &self.policy_error {
@@ -555,7 +558,7 @@ mod tests {
             mode: "fallback".into(),
             mode_reason: "test".into(),
             move_watcher: "test".into(),
-            exit_watcher: "test".into(),
+            task_watcher: "test".into(),
             policy_hash: "h".into(),
             policy_error: None,
             notes: vec![],

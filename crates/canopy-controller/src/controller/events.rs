@@ -3,6 +3,8 @@
 //! creation and removal, focus. Each handler updates the task tables in `controller.rs` and ends
 //! in the one decision path (`decision.rs`) or a group state switch (`group_states.rs`).
 
+use std::time::Duration;
+
 use super::*;
 
 impl<B: Backend, S: TaskSource> Controller<B, S> {
@@ -31,7 +33,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 parent_tgid,
                 child_tid,
                 child_tgid,
-                ..
+                timestamp_ns,
             } => {
                 // A thread makes its process more than a short job. (The kernel names a thread's
                 // process's parent as the thread's parent: a thread is told by its id.)
@@ -55,7 +57,16 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
                 // What the child inherited at fork (fallback: the parent's original attributes
                 // are its originals) is known now; the parent may be gone when the wait ends.
                 self.backend.inherit_original(child_tid, parent_tid);
-                match self.newborns.wait(child_tgid, event, now + wait) {
+                // The wait counts from the fork (the watcher's ring is read up to 50 ms after),
+                // in whole milliseconds.
+                let age = timestamp_ns.map_or(Duration::ZERO, |fork_ns| {
+                    let age_ns = monotonic_now_ns().saturating_sub(fork_ns);
+                    Duration::from_millis(age_ns / 1_000_000)
+                });
+                match self
+                    .newborns
+                    .wait(child_tgid, event, now + wait.saturating_sub(age))
+                {
                     Ok(()) => {
                         self.stats.counters.newborns_waited += 1;
                         None

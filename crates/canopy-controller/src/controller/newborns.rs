@@ -15,8 +15,9 @@
 //!
 //! Worked example (the frame benchmark's build, 2 vCPUs under TCG, about 60 one-process jobs a
 //! second, each living some 50 ms): with a 100 ms wait, a job's fork and exec are queued and its
-//! exit, read from the watcher's exit ring at the daemon's next wakeup, drops both; before, each
-//! job cost the daemon about 1.7 ms of CPU in handling alone (four /proc reads, two map writes).
+//! exit, read with them from the watcher's task ring, drops both; before, each job cost the
+//! daemon about 1.7 ms of CPU in handling alone (four /proc reads, two map writes). The wait
+//! counts from the fork's timestamp, not from when the ring was read (up to 50 ms later).
 
 use std::collections::{HashMap, VecDeque};
 

@@ -386,7 +386,7 @@ impl<B: Backend, S: TaskSource> Controller<B, S> {
             mode: self.backend.mode().label().into(),
             mode_reason: self.config.mode_reason.clone(),
             move_watcher: self.config.move_watcher.clone(),
-            exit_watcher: self.config.exit_watcher.clone(),
+            task_watcher: self.config.task_watcher.clone(),
             policy_hash: self.plan.hash(),
             policy_error: self.policy_error.clone(),
             notes: self.backend.notes(),

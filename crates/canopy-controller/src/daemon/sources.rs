@@ -27,15 +27,62 @@ pub struct MoveRecord {
     pub timestamp_ns: u64,
 }
 
-/// One thread exit the BPF watcher saw.
+/// One fork, exec or thread exit the BPF watcher saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitRecord {
-    /// The exiting thread.
+pub struct TaskRecord {
+    /// What happened.
+    pub kind: TaskRecordKind,
+    /// The thread (the child for a fork; for an exec the thread that exec'd, now the leader).
     pub tid: u32,
     /// Its process.
     pub tgid: u32,
-    /// CLOCK_MONOTONIC at the exit.
+    /// CLOCK_MONOTONIC at the event.
     pub timestamp_ns: u64,
+}
+
+/// What a [`TaskRecord`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskRecordKind {
+    /// A new thread or process, created by thread `parent_tid` of process `parent_tgid`.
+    Fork {
+        /// The creating thread.
+        parent_tid: u32,
+        /// Its process.
+        parent_tgid: u32,
+    },
+    /// The process exec'd.
+    Exec,
+    /// The thread exited.
+    Exit,
+}
+
+impl TaskRecord {
+    /// The controller's event for this record.
+    pub fn event(&self) -> Event {
+        let timestamp_ns = Some(self.timestamp_ns);
+        match self.kind {
+            TaskRecordKind::Fork {
+                parent_tid,
+                parent_tgid,
+            } => Event::Fork {
+                parent_tid,
+                parent_tgid,
+                child_tid: self.tid,
+                child_tgid: self.tgid,
+                timestamp_ns,
+            },
+            TaskRecordKind::Exec => Event::Exec {
+                tid: self.tid,
+                tgid: self.tgid,
+                timestamp_ns,
+            },
+            TaskRecordKind::Exit => Event::Exit {
+                tid: self.tid,
+                tgid: self.tgid,
+                timestamp_ns,
+            },
+        }
+    }
 }
 
 /// Records the BPF watcher's ring buffers dropped (full) since it was loaded.
@@ -43,21 +90,28 @@ pub struct ExitRecord {
 pub struct LostRecords {
     /// Cgroup moves.
     pub moves: u64,
-    /// Thread exits.
-    pub exits: u64,
+    /// Forks, execs and thread exits.
+    pub tasks: u64,
 }
 
-/// The BPF task watcher (cgroup moves, and thread exits) as the daemon polls it, on its own
-/// task: an fd that turns readable when records wait (every move; an exit only after a quiet
-/// second or when its ring is half full), and a non-blocking drain. While it is loaded the
-/// daemon takes exits from it and subscribes to the proc connector without them. Dropping it
-/// detaches the programs.
+/// The BPF task watcher (cgroup moves; forks, execs and thread exits) as the daemon polls it,
+/// on its own task: an fd that turns readable when records wait (every move; a fork or exec
+/// after a quiet 50 ms, an exit after a quiet second, any record when its ring is half full),
+/// and a non-blocking drain. While it is loaded the daemon takes forks, execs and exits from
+/// it and subscribes to the proc connector for renames only. Dropping it detaches the
+/// programs.
 pub trait TaskWatchSource: Send {
     /// A pollable fd (the ring buffers' epoll fd).
     fn fd(&self) -> std::os::fd::RawFd;
-    /// Appends every waiting record to `moves` and `exits`, each in the order the kernel wrote
+    /// Appends every waiting record to `moves` and `tasks`, each in the order the kernel wrote
     /// them; returns the records lost (a ring buffer full) so far.
-    fn drain(&mut self, moves: &mut Vec<MoveRecord>, exits: &mut Vec<ExitRecord>) -> LostRecords;
+    fn drain(&mut self, moves: &mut Vec<MoveRecord>, tasks: &mut Vec<TaskRecord>) -> LostRecords;
+    /// How long after one fork or exec record woke the daemon the next ones are written without
+    /// a wakeup (`CANOPY_FORK_EXEC_WAKEUP_EVERY_NS`); the daemon reads again this long after a
+    /// read that found any, so none waits much longer.
+    fn fork_exec_wakeup_gap(&self) -> std::time::Duration;
+    /// The same for exit records (`CANOPY_EXIT_WAKEUP_EVERY_NS`).
+    fn exit_wakeup_gap(&self) -> std::time::Duration;
     /// Whether the watcher shares the schedulers' `task_classes` (the root's pinned map: scx
     /// mode): its exit program deletes each exited thread's entry itself, and its fork program
     /// copies a parent's entry to each new child process.
@@ -66,7 +120,7 @@ pub trait TaskWatchSource: Send {
 
 /// Loads the BPF task watcher (provided by the root package, which has the BPF skeletons). An
 /// error means the kernel refused it; the daemon then keeps inotify on cgroup.procs plus the
-/// periodic reconcile, and the proc connector's exit events.
+/// periodic reconcile, and the proc connector's forks, execs and exits.
 pub type TaskWatcherFactory = Box<dyn FnOnce() -> Result<Box<dyn TaskWatchSource>, String> + Send>;
 
 /// An fd the runtime polls for readiness (owned by the `TaskWatchSource`, not closed here).
@@ -88,17 +142,19 @@ pub(super) enum Input {
 }
 
 /// Subscribes to the proc connector (canopy-sys: filtered where the kernel can, batched,
-/// overruns surfaced as an event), without exit events when the BPF watcher reports them.
+/// overruns surfaced as an event), for renames only when the BPF watcher reports forks, execs
+/// and exits.
 pub(super) fn subscribe_proc_events(
     rcvbuf: Option<usize>,
-    exits_from_watcher: bool,
+    tasks_from_watcher: bool,
 ) -> Result<canopy_sys::proc_events::ProcEvents, DaemonError> {
+    use canopy_sys::proc_events::event_bits;
     let mut config = canopy_sys::proc_events::ProcEventsConfig::default();
     if rcvbuf.is_some() {
         config.receive_buffer_bytes = rcvbuf;
     }
-    if exits_from_watcher {
-        config.event_mask &= !canopy_sys::proc_events::event_bits::EXIT;
+    if tasks_from_watcher {
+        config.event_mask &= !(event_bits::FORK | event_bits::EXEC | event_bits::EXIT);
     }
     canopy_sys::proc_events::ProcEvents::subscribe(config)
         .map_err(|e| DaemonError::ProcConnector(e.to_string()))
