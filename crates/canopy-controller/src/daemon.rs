@@ -419,6 +419,10 @@ impl Daemon {
                 }
                 msg = ctl_rx.recv() => {
                     if let Some(msg) = msg {
+                        // The watcher's rings first: their forks, execs and exits wake the daemon
+                        // at most every 50 ms and 1 s, and an answer (status, explain, a tag)
+                        // must see what the kernel has reported by now. An mmap read.
+                        proc.turn_after_watch(&mut ctl);
                         let response = handle_control(&mut ctl, &opts.loader, &cgroup_root_str, msg.peer, msg.request);
                         let _ = msg.reply.send(response);
                     }
