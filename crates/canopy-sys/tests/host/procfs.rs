@@ -2,6 +2,7 @@
 //! what the matcher needs, kernel threads are told apart by PF_KTHREAD, an exited task is
 //! `Gone`, and a scan of 10,000 threads is fast.
 
+use std::os::unix::process::CommandExt;
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
@@ -118,18 +119,36 @@ fn an_exited_task_is_gone_not_an_error() {
     assert_eq!(proc_fs.thread_ids(pid, &mut tids).unwrap(), Outcome::Gone);
 }
 
+/// A child leading its own process group; on drop the whole group is killed and the child
+/// reaped (the group's other members are reparented and reaped by init).
+struct ProcessGroupGuard(std::process::Child);
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        // SAFETY: a plain kill(2) of the process group this test made.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
 /// A process controls its argv: a 1 MiB command line is read only up to CMDLINE_MAX_BYTES.
 #[test]
 fn a_huge_command_line_is_read_only_up_to_the_bound() {
     use canopy_sys::procfs::CMDLINE_MAX_BYTES;
     let big = "x".repeat(100 * 1024);
-    // `sh` forks the sleep and waits, keeping its own 1 MiB argv.
-    let mut child = std::process::Command::new("sh")
+    // `sh` forks the sleep and waits, keeping its own 1 MiB argv. In a process group of its
+    // own, killed whole: killing `sh` alone left its `sleep 60` holding the test's stdout, and
+    // `cargo test | tee` (tests/run-all.sh) waited up to a minute for it.
+    let child = std::process::Command::new("sh")
         .args(["-c", "sleep 60; :", "sh"])
         .args(std::iter::repeat_n(&big, 10))
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let pid = child.id() as i32;
+    let group = ProcessGroupGuard(child);
+    let pid = group.0.id() as i32;
     let mut proc_fs = ProcFs::new();
     let wait_until = Instant::now() + std::time::Duration::from_secs(5);
     let cmdline = loop {
@@ -139,8 +158,7 @@ fn a_huge_command_line_is_read_only_up_to_the_bound() {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(group);
     let args = cmdline.to_strings();
     assert_eq!(args[..3], ["sh", "-c", "sleep 60; :"]);
     // The arguments and the NULs between them (the last one is cut short, without its NUL).
