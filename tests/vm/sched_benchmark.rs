@@ -20,6 +20,15 @@ const HACKBENCH_LOOPS: u32 = 300;
 /// (docs/scheduler-benchmark.md, 2026-12-07 05:29 UTC). Only alternating spreads the host's
 /// draws over every scheduler.
 const HACKBENCH_RUNS: u32 = 5;
+/// Frame benchmark rounds (the full table and `frames`): like hackbench's, every scheduler runs
+/// the frames once per round for [`FRAMES_ROUND_SECONDS`], in an order that rotates each round,
+/// and its row sums its rounds (30 s of frames each). Run back to back, each scheduler's 30 s
+/// met its own stretch of the host: in the five all-peers runs of 2026-12-07 canopy missed 8,
+/// 10, 4, 14 and 13 audio periods and the best peer 5 to 12, and which of them was ahead moved
+/// from run to run (docs/scheduler-benchmark.md).
+const FRAMES_ROUNDS: usize = 3;
+/// Measured seconds of one frames round.
+const FRAMES_ROUND_SECONDS: u32 = 10;
 
 /// What one run of the benchmark measures, from `CANOPY_BENCH`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -29,11 +38,10 @@ enum BenchMode {
     /// daemon tagging the frames and the table in about a minute; its numbers are not results.
     /// Writes target/sched-bench-smoke.md.
     Smoke,
-    /// `full`: the real table (8 s probes, 30 s of frames, hackbench -l 300; about 240 s of VM
-    /// time without peers).
+    /// `full`: the real table (8 s probes, three 10 s rounds of frames, hackbench -l 300).
     Full,
-    /// `frames`: only the desktop frame rows (fair, schedqos's mapping, canopy; 30 s each), for
-    /// measuring a change to the preempting path without the rest (about 110 s of VM time).
+    /// `frames`: only the desktop frame rows (fair, schedqos's mapping, canopy; three 10 s rounds
+    /// each), for measuring a change to the preempting path without the rest.
     Frames,
 }
 
@@ -51,12 +59,21 @@ impl BenchMode {
         }
     }
 
-    /// `canopy-guest frames` options: measured and settle seconds.
-    fn frames_args(self) -> &'static str {
+    /// `canopy-guest frames` options of one round: measured and settle seconds.
+    fn frames_args(self) -> String {
         if self == BenchMode::Smoke {
-            "--seconds 3 --settle-seconds 0.5"
+            "--seconds 3 --settle-seconds 0.5".into()
         } else {
-            "--seconds 30 --settle-seconds 1"
+            format!("--seconds {FRAMES_ROUND_SECONDS} --settle-seconds 1")
+        }
+    }
+
+    /// Frame benchmark rounds: one in the smoke, [`FRAMES_ROUNDS`] otherwise.
+    fn frames_rounds(self) -> usize {
+        if self == BenchMode::Smoke {
+            1
+        } else {
+            FRAMES_ROUNDS
         }
     }
 
@@ -77,13 +94,14 @@ impl BenchMode {
 /// and hackbench -T -p -l 300 -g 4 run time. Prints a markdown table and writes it to
 /// target/sched-bench.md. A benchmark, not a gate: it asserts only that every figure exists.
 ///
-/// Then the desktop frame benchmark (issue 14; 30 s each): under the fair scheduler, schedqos's
-/// mapping (the frames process at nice -4, its background at SCHED_BATCH nice 4) and canopy (the
-/// daemon in scx mode with [`FRAMES_POLICY`]: the compositor and audio threads
-/// USER_INTERACTIVE by a thread rule, everything else the default BACKGROUND). With
+/// Then the desktop frame benchmark (issue 14) in rotating rounds ([`FRAMES_ROUNDS`] of 10 s per
+/// scheduler, one scheduler loaded at a time): under the fair scheduler, schedqos's mapping (the
+/// frames process at nice -4, its background at SCHED_BATCH nice 4) and canopy (the daemon in
+/// scx mode with [`FRAMES_POLICY`]: the compositor and audio threads USER_INTERACTIVE by a
+/// thread rule, everything else the default BACKGROUND). With
 /// `CANOPY_BENCH_PEERS=1` it first runs `scripts/build-peers.sh` (builds and caches the peers
-/// outside the repository; not part of CI's run) and measures every peer in the same boot:
-/// frames and cyclictest p99 under hackbench, untagged as users run them (scx_layered with a
+/// outside the repository; not part of CI's run) and measures every peer in the same boot: its
+/// frames rounds and cyclictest p99 under hackbench, untagged as users run them (scx_layered with a
 /// layer for the two threads). A peer that does not build or load keeps its row with the exact
 /// error. Last, hackbench in alternating rounds ([`hackbench_rounds`]): every scheduler loaded
 /// for one run per round. VM time: 239-334 s without peers (busy host), plus about 90 s per
@@ -141,30 +159,38 @@ canopy-guest latency --seconds $PROBE_S --histogram-us 200000 --load "$LOAD" --k
 LOAD='hackbench -T -p -g 2 -l 100000000'
 {PEER_SHELL}
 {probes}
-canopy-guest frames $FRAMES_ARGS --kind frames-fair
-autogroup=$(cat /proc/sys/kernel/sched_autogroup_enabled)
-echo 0 > /proc/sys/kernel/sched_autogroup_enabled
-canopy scheduler exec --nice -4 -- canopy-guest frames $FRAMES_ARGS --background-wrap "canopy scheduler exec --nice 4 --batch --" --kind frames-schedqos
-echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled
-{start_daemon}
-canopy-guest frames $FRAMES_ARGS --kind frames-canopy &
-FRAMES=$!
-# the daemon's CPU, per thread, while the frames run
-canopy-guest proc-stat --pid $DAEMON --while-pid $FRAMES --threads --kind canopy-daemon-cpu &
-DAEMON_CPU=$!
-sleep 2
-canopy ctl explain --pid $FRAMES --json > /tmp/explain.json || true
-wait $FRAMES
-wait $DAEMON_CPU
-canopy-guest report canopy-frames-classes threads="$(tr -d '\n' < /tmp/explain.json | grep -o -E '"comm": *"[a-z-]*"|"effective": *"[A-Z_]*"' | tr '\n' ' ' | tr -d '"')"
-canopy status --json > /tmp/status.json || true
-canopy-guest report canopy-daemon status=@/tmp/status.json
-kill -TERM $DAEMON; wait $DAEMON || true
-tail -n 20 /tmp/daemon.log
+# canopy's frames round RUN: the daemon in scx mode with the frames policy, its CPU per thread
+# while the frames run (`canopy-daemon-cpu-RUN`) and its status after (`canopy-daemon-RUN`); the
+# frame threads' classes in the first round
+canopy_frames_round() {{
+  run=$1
+  {start_daemon}
+  canopy-guest frames $FRAMES_ARGS --kind frames-canopy-$run &
+  FRAMES=$!
+  canopy-guest proc-stat --pid $DAEMON --while-pid $FRAMES --threads --kind canopy-daemon-cpu-$run &
+  DAEMON_CPU=$!
+  if [ $run = 1 ]; then
+    sleep 2
+    canopy ctl explain --pid $FRAMES --json > /tmp/explain.json || true
+  fi
+  wait $FRAMES || true
+  wait $DAEMON_CPU || true
+  [ "$(cat /sys/kernel/sched_ext/state)" = enabled ] || canopy-guest report frames-left-canopy-$run
+  if [ $run = 1 ]; then
+    canopy-guest report canopy-frames-classes threads="$(tr -d '\n' < /tmp/explain.json | grep -o -E '"comm": *"[a-z-]*"|"effective": *"[A-Z_]*"' | tr '\n' ' ' | tr -d '"')"
+  fi
+  canopy status --json > /tmp/status.json || true
+  canopy-guest report canopy-daemon-$run status=@/tmp/status.json
+  kill -TERM $DAEMON; wait $DAEMON || true
+  while [ "$(cat /sys/kernel/sched_ext/state)" != disabled ]; do usleep 100000; done
+  tail -n 20 /tmp/daemon.log
+}}
+{frames_rounds}
 {peer_script}
 {rounds}
 "#,
         start_daemon = start_daemon("scx"),
+        frames_rounds = frames_rounds(&peers, mode.frames_rounds()),
         rounds = if mode == BenchMode::Full {
             hackbench_rounds(&peers)
         } else {
@@ -204,18 +230,25 @@ tail -n 20 /tmp/daemon.log
     if mode == BenchMode::Full {
         table += &probes_table(&outcome)?;
     }
-    // every frames row reported (a benchmark, not a gate: no figure is judged)
-    for kind in ["frames-fair", "frames-schedqos", "frames-canopy"] {
-        outcome.result(kind)?;
+    // every round of the fair, schedqos and canopy frames rows reported (a benchmark, not a
+    // gate: no figure is judged)
+    for name in ["fair", "schedqos", "canopy"] {
+        for run in 1..=mode.frames_rounds() {
+            outcome.result(&format!("frames-{name}-{run}"))?;
+        }
     }
     println!(
         "canopy's classes during the frames: {}",
         outcome.result("canopy-frames-classes")?["threads"]
     );
-    table += &frames_table(&outcome, &peers)?;
+    let rounds = mode.frames_rounds();
+    table += &frames_table(&outcome, &peers, rounds)?;
     // the root's counters for the preempting path during canopy's frames (preempt_budget.bpf.h), and
     // for the preempting-class wakeups that found nothing to preempt and queued (`wake_queued`)
-    if let Ok(status) = outcome.result("canopy-daemon") {
+    let statuses: Vec<&serde_json::Value> = (1..=rounds)
+        .filter_map(|run| outcome.result(&format!("canopy-daemon-{run}")).ok())
+        .collect();
+    if !statuses.is_empty() {
         let counters: Vec<String> = [
             "preempt_budget_spent",
             "wake_preempt_local",
@@ -226,22 +259,33 @@ tail -n 20 /tmp/daemon.log
             "wake_queued_slow",
         ]
         .iter()
-        .filter_map(|name| find_key(status, name).map(|value| format!("{name} {value}")))
+        .filter_map(|name| {
+            let values: Vec<f64> = statuses
+                .iter()
+                .filter_map(|status| find_key(status, name)?.as_f64())
+                .collect();
+            (!values.is_empty()).then(|| format!("{name} {}", values.iter().sum::<f64>()))
+        })
         .collect();
         table += &format!(
-            "\ncanopy's root during its frames run: {}\n",
+            "\ncanopy's root during its frames rounds ({} of {rounds}, summed): {}\n",
+            statuses.len(),
             counters.join(", ")
         );
     }
-    if let Ok(cpu) = outcome.result("canopy-daemon-cpu") {
+    let cpu: Vec<&serde_json::Value> = (1..=rounds)
+        .filter_map(|run| outcome.result(&format!("canopy-daemon-cpu-{run}")).ok())
+        .collect();
+    if !cpu.is_empty() {
         table += &format!(
-            "\ncanopy's daemon while its frames ran ({}): {}\n",
+            "\ncanopy's daemon while its frames ran ({}; rounds summed: {}): {}\n",
             if std::env::var_os(crate::support::CANOPY_BINARY_VAR).is_some() {
                 "the release build, as `scripts/bench` runs it"
             } else {
                 "the test build"
             },
-            daemon_cpu(cpu)
+            cpu.len(),
+            daemon_cpu(&sum_numbers(&cpu))
         );
     }
     println!("{table}");
@@ -360,9 +404,13 @@ const LAYERED_CONFIG: &str = r#"[
 /// log /tmp/peer-NAME.log), waits up to 60 s for sched_ext to be enabled (and, for canopy's
 /// root, for its two children) and sets `loaded`; `stop_scheduler` stops it with SIGINT
 /// (SIGKILL after 10 s) and waits until sched_ext is disabled. `run_peer NAME COMMAND...` runs
-/// the frames and cyclictest measurements as `*-NAME` under it and reports `peer-NAME` with
-/// whether it loaded, its ops name, whether it was still enabled after the measurements, and its
-/// log's last lines (the exact error when it did not load). `hackbench_round RUN NAME
+/// cyclictest under hackbench as `latency-NAME` under it and reports `peer-NAME` with whether it
+/// loaded, its ops name, whether it was still enabled after the measurement, and its log's last
+/// lines (the exact error when it did not load). `frames_round RUN NAME [COMMAND...]` runs the
+/// frame benchmark once as `frames-NAME-RUN`: under the fair scheduler (`fair`), schedqos's
+/// mapping (`schedqos`: the frames process at nice -4, its background at SCHED_BATCH nice 4,
+/// autogroup off), canopy's daemon (`canopy`: the script's `canopy_frames_round`) or a peer,
+/// and reports `frames-left-NAME-RUN` if the scheduler left meanwhile. `hackbench_round RUN NAME
 /// [COMMAND...]` runs hackbench once as `hackbench-NAME-RUN` under NAME (the fair scheduler
 /// without a command), and reports `hackbench-left-NAME-RUN` if the scheduler left meanwhile.
 const PEER_SHELL: &str = r#"
@@ -396,12 +444,32 @@ run_peer() {
   ops=$(cat /sys/kernel/sched_ext/root/ops 2>/dev/null || true)
   after=not-run
   if [ $loaded = true ]; then
-    canopy-guest frames $FRAMES_ARGS --kind frames-$name || true
     canopy-guest latency --seconds $PROBE_S --histogram-us 200000 --load "$LOAD" --kind latency-$name || true
     after=$(cat /sys/kernel/sched_ext/state)
   fi
   stop_scheduler
   canopy-guest report peer-$name loaded=$loaded ops="$ops" state_after="$after" log="$(grep -v '^$' /tmp/peer-$name.log | tail -n 12 | tr '\n' '|' | tr -d '"')"
+}
+frames_round() {
+  run=$1; name=$2; shift 2
+  case $name in
+  fair)
+    canopy-guest frames $FRAMES_ARGS --kind frames-fair-$run || true ;;
+  schedqos)
+    autogroup=$(cat /proc/sys/kernel/sched_autogroup_enabled)
+    echo 0 > /proc/sys/kernel/sched_autogroup_enabled
+    canopy scheduler exec --nice -4 -- canopy-guest frames $FRAMES_ARGS --background-wrap "canopy scheduler exec --nice 4 --batch --" --kind frames-schedqos-$run || true
+    echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled ;;
+  canopy)
+    canopy_frames_round $run ;;
+  *)
+    start_scheduler $name "$@"
+    if [ $loaded = true ]; then
+      canopy-guest frames $FRAMES_ARGS --kind frames-$name-$run || true
+      [ "$(cat /sys/kernel/sched_ext/state)" = enabled ] || canopy-guest report frames-left-$name-$run
+    fi
+    stop_scheduler ;;
+  esac
 }
 hackbench_round() {
   run=$1; name=$2; shift 2
@@ -427,16 +495,44 @@ fn hackbench_rounds(peers: &[Peer]) -> String {
         "fair".to_string(),
         "canopy canopy scheduler run --config /etc/canopy-sched.json".to_string(),
     ];
-    schedulers.extend(peers.iter().filter(|peer| peer.path.is_some()).map(|peer| {
-        format!("{0} {0} {1}", peer.name, peer.args())
-            .trim_end()
-            .to_string()
-    }));
+    schedulers.extend(
+        peers
+            .iter()
+            .filter(|peer| peer.path.is_some())
+            .map(peer_command),
+    );
+    rotating_rounds("hackbench_round", HACKBENCH_RUNS as usize, &schedulers)
+}
+
+/// The guest lines of the frame benchmark's rounds ([`FRAMES_ROUNDS`]; one in the smoke): the
+/// fair scheduler, schedqos's mapping, canopy's daemon and every built peer, each for one
+/// `frames_round` per round, the order rotating as hackbench's does.
+fn frames_rounds(peers: &[Peer], rounds: usize) -> String {
+    let mut schedulers = vec!["fair".to_string(), "schedqos".into(), "canopy".into()];
+    schedulers.extend(
+        peers
+            .iter()
+            .filter(|peer| peer.path.is_some())
+            .map(peer_command),
+    );
+    rotating_rounds("frames_round", rounds, &schedulers)
+}
+
+/// A built peer as a round's `NAME COMMAND...`.
+fn peer_command(peer: &Peer) -> String {
+    format!("{0} {0} {1}", peer.name, peer.args())
+        .trim_end()
+        .to_string()
+}
+
+/// `function RUN SCHEDULER` for each of @rounds rounds and each of @schedulers; round r starts
+/// r - 1 places further down the list.
+fn rotating_rounds(function: &str, rounds: usize, schedulers: &[String]) -> String {
     let mut lines = String::new();
-    for run in 1..=HACKBENCH_RUNS as usize {
+    for run in 1..=rounds {
         for place in 0..schedulers.len() {
             let scheduler = &schedulers[(place + run - 1) % schedulers.len()];
-            lines += &format!("hackbench_round {run} {scheduler}\n");
+            lines += &format!("{function} {run} {scheduler}\n");
         }
     }
     lines
@@ -571,29 +667,141 @@ fn median_and_range(mut runs: Vec<f64>) -> (f64, Option<(f64, f64)>) {
     (median, Some((runs[0], runs[runs.len() - 1])))
 }
 
+/// The value at @path under @value (Null where absent).
+fn at<'a>(value: &'a serde_json::Value, path: &[&str]) -> &'a serde_json::Value {
+    path.iter().fold(value, |value, key| &value[*key])
+}
+
+/// @name's frames rounds (`frames-NAME-1`...) that ran to their end under it (without
+/// `frames-left-NAME-RUN`).
+fn frames_rounds_of<'a>(
+    outcome: &'a canopy_vmtest::Outcome,
+    name: &str,
+    rounds: usize,
+) -> Vec<&'a serde_json::Value> {
+    (1..=rounds)
+        .filter(|run| {
+            outcome
+                .result(&format!("frames-left-{name}-{run}"))
+                .is_err()
+        })
+        .filter_map(|run| outcome.result(&format!("frames-{name}-{run}")).ok())
+        .collect()
+}
+
+/// Rounds of the frame benchmark as one result of `canopy-guest frames`'s shape: periods,
+/// missed periods, the build's jobs and CPU and the BACKGROUND CPU summed, each thread's worst
+/// lateness the largest of its rounds'.
+fn merge_frames_rounds(rounds: &[&serde_json::Value]) -> serde_json::Value {
+    let numbers = |path: &[&str]| -> Vec<f64> {
+        rounds
+            .iter()
+            .filter_map(|round| at(round, path).as_f64())
+            .collect()
+    };
+    let sum = |path: &[&str]| numbers(path).into_iter().sum::<f64>();
+    let largest = |path: &[&str]| numbers(path).into_iter().fold(0.0, f64::max);
+    let thread = |name: &str| {
+        serde_json::json!({
+            "periods": sum(&[name, "periods"]),
+            "missed": sum(&[name, "missed"]),
+            "worst_lateness_ms": largest(&[name, "worst_lateness_ms"]),
+        })
+    };
+    serde_json::json!({
+        "frames": thread("frames"),
+        "audio": thread("audio"),
+        "build_jobs": sum(&["build_jobs"]),
+        "build_cpu_s": sum(&["build_cpu_s"]),
+        "background_cpu_s": sum(&["background_cpu_s"]),
+    })
+}
+
+/// Results of one shape summed field by field (numbers added, objects merged key by key, any
+/// other value the first's): the daemon's CPU over canopy's frames rounds.
+fn sum_numbers(values: &[&serde_json::Value]) -> serde_json::Value {
+    use serde_json::Value;
+    match values.first() {
+        Some(Value::Number(_)) => {
+            serde_json::json!(values
+                .iter()
+                .filter_map(|value| value.as_f64())
+                .sum::<f64>())
+        }
+        Some(Value::Object(first)) => {
+            let mut keys: Vec<&String> = first.keys().collect();
+            for value in &values[1..] {
+                for key in value
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|object| object.keys())
+                {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+            let object = keys
+                .into_iter()
+                .map(|key| {
+                    let fields: Vec<&Value> = values
+                        .iter()
+                        .filter_map(|value| value.get(key.as_str()))
+                        .collect();
+                    (key.clone(), sum_numbers(&fields))
+                })
+                .collect();
+            Value::Object(object)
+        }
+        Some(other) => (*other).clone(),
+        None => Value::Null,
+    }
+}
+
 fn frames_row(
     outcome: &canopy_vmtest::Outcome,
     scheduler: String,
     suffix: &str,
+    rounds: usize,
     latency_kind: Option<&str>,
     hackbench_name: Option<&str>,
 ) -> FramesRow {
-    let number = |kind: &str, path: &[&str]| -> f64 {
-        let Ok(mut value) = outcome.result(kind) else {
-            return f64::NAN;
-        };
-        for key in path {
-            value = &value[*key];
-        }
-        value.as_f64().unwrap_or(f64::NAN)
+    let number = |value: &serde_json::Value, path: &[&str]| -> f64 {
+        at(value, path).as_f64().unwrap_or(f64::NAN)
     };
-    let frames = format!("frames-{suffix}");
-    let mut note = String::new();
-    if outcome.result(&frames).is_err() {
-        note = "frames did not report".into();
-    }
+    let ran = frames_rounds_of(outcome, suffix, rounds);
+    let frames = if ran.is_empty() {
+        serde_json::Value::Null
+    } else {
+        merge_frames_rounds(&ran)
+    };
+    let note = if ran.is_empty() {
+        "frames did not report".to_string()
+    } else if rounds == 1 {
+        String::new()
+    } else {
+        let each = |path: &[&str]| -> String {
+            ran.iter()
+                .map(|round| at(round, path).to_string())
+                .collect::<Vec<_>>()
+                .join("+")
+        };
+        format!(
+            "{}rounds: audio missed {}, build jobs {}",
+            if ran.len() < rounds {
+                format!("{} of {rounds} rounds ran to their end; ", ran.len())
+            } else {
+                String::new()
+            },
+            each(&["audio", "missed"]),
+            each(&["build_jobs"])
+        )
+    };
     let (hackbench_median, hackbench_range) =
         hackbench_name.map_or((f64::NAN, None), |name| hackbench(outcome, name));
+    let latency_p99_ms = latency_kind
+        .and_then(|kind| outcome.result(kind).ok())
+        .map_or(f64::NAN, |value| number(value, &["p99_us"]) / 1000.0);
     FramesRow {
         scheduler,
         values: [
@@ -604,7 +812,7 @@ fn frames_row(
             number(&frames, &["build_jobs"]),
             number(&frames, &["build_cpu_s"]),
             number(&frames, &["background_cpu_s"]),
-            latency_kind.map_or(f64::NAN, |kind| number(kind, &["p99_us"]) / 1000.0),
+            latency_p99_ms,
             hackbench_median,
         ],
         hackbench_range,
@@ -615,18 +823,18 @@ fn frames_row(
 /// The frame benchmark's table: one row per scheduler, then canopy's ratio to the best other
 /// row in each column (lower is better except the build's jobs; for a count of missed periods
 /// the ratio is undefined when the best is 0, so the table says canopy's count against it).
-fn frames_table(outcome: &canopy_vmtest::Outcome, peers: &[Peer]) -> anyhow::Result<String> {
-    let frames_of = |kind: &str, key: &str| -> String {
-        outcome
-            .result(kind)
-            .map(|value| value["frames"][key].to_string())
-            .unwrap_or_default()
-    };
+fn frames_table(
+    outcome: &canopy_vmtest::Outcome,
+    peers: &[Peer],
+    rounds: usize,
+) -> anyhow::Result<String> {
+    let fair = merge_frames_rounds(&frames_rounds_of(outcome, "fair", rounds));
     let mut rows = vec![
         frames_row(
             outcome,
             "fair".into(),
             "fair",
+            rounds,
             Some("latency-fair"),
             Some("fair"),
         ),
@@ -634,6 +842,7 @@ fn frames_table(outcome: &canopy_vmtest::Outcome, peers: &[Peer]) -> anyhow::Res
             outcome,
             "schedqos mapping (nice -4 / SCHED_BATCH nice 4)".into(),
             "schedqos",
+            rounds,
             Some("latency-schedqos"),
             None,
         ),
@@ -644,6 +853,7 @@ fn frames_table(outcome: &canopy_vmtest::Outcome, peers: &[Peer]) -> anyhow::Res
             outcome,
             scheduler,
             &peer.name,
+            rounds,
             Some(&format!("latency-{}", peer.name)),
             Some(&peer.name),
         );
@@ -657,6 +867,9 @@ fn frames_table(outcome: &canopy_vmtest::Outcome, peers: &[Peer]) -> anyhow::Res
                 report["state_after"],
                 report["log"].as_str().unwrap_or("")
             ),
+            (None, Ok(_)) if peer_left(outcome, &peer.name, rounds) => {
+                format!("left during a frames or hackbench round; {}", row.note)
+            }
             (None, Ok(_)) => row.note,
             (None, Err(_)) => "no report (the run ended before it)".into(),
         };
@@ -666,6 +879,7 @@ fn frames_table(outcome: &canopy_vmtest::Outcome, peers: &[Peer]) -> anyhow::Res
         outcome,
         "canopy (daemon, scx mode, policy-tagged)".into(),
         "canopy",
+        rounds,
         Some("latency-canopy"),
         Some("canopy"),
     );
@@ -695,15 +909,21 @@ fn frames_table(outcome: &canopy_vmtest::Outcome, peers: &[Peer]) -> anyhow::Res
         )
     };
     let mut table = format!(
-        "\nDesktop frames ({} frames of 4 ms per 16.67 ms, {} audio periods of 0.5 ms \
-         per 5.33 ms; BACKGROUND hogs and a fork/exec build, twice the CPU count):\n\n\
+        "\nDesktop frames ({:.0} frames of 4 ms per 16.67 ms, {:.0} audio periods of 0.5 ms \
+         per 5.33 ms; BACKGROUND hogs and a fork/exec build, twice the CPU count; per \
+         scheduler, {}):\n\n\
          | scheduler | frames missed | worst frame lateness (ms) | audio missed | worst audio lateness (ms) | build jobs | build CPU (s) | BACKGROUND CPU (s) | cyclictest p99 under hackbench (ms) | hackbench -T -p -l {} -g 4 (s), median of {} (range) | note |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
-        frames_of("frames-fair", "periods"),
-        outcome
-            .result("frames-fair")
-            .map(|value| value["audio"]["periods"].to_string())
-            .unwrap_or_default(),
+        fair["frames"]["periods"].as_f64().unwrap_or(f64::NAN),
+        fair["audio"]["periods"].as_f64().unwrap_or(f64::NAN),
+        if rounds == 1 {
+            "one round".to_string()
+        } else {
+            format!(
+                "{rounds} rounds of {FRAMES_ROUND_SECONDS} s summed, the schedulers loaded one \
+                 at a time in an order rotating each round"
+            )
+        },
         HACKBENCH_LOOPS,
         HACKBENCH_RUNS,
     );
@@ -733,6 +953,49 @@ fn frames_table(outcome: &canopy_vmtest::Outcome, peers: &[Peer]) -> anyhow::Res
     }
     table += &format!("| canopy / best other | {} | |\n", ratios.join(" | "));
     Ok(table)
+}
+
+/// Whether @name left sched_ext during any of its frames or hackbench rounds.
+fn peer_left(outcome: &canopy_vmtest::Outcome, name: &str, rounds: usize) -> bool {
+    let frames = (1..=rounds).map(|run| format!("frames-left-{name}-{run}"));
+    let hackbench = (1..=HACKBENCH_RUNS).map(|run| format!("hackbench-left-{name}-{run}"));
+    frames
+        .chain(hackbench)
+        .any(|kind| outcome.result(&kind).is_ok())
+}
+
+/// Pure: rounds of the frame benchmark add up as one longer run would (no VM).
+#[test]
+fn frames_rounds_sum_counts_and_keep_the_worst_lateness() {
+    let round = |audio_missed: u64, worst_ms: f64, jobs: u64| {
+        serde_json::json!({
+            "frames": {"periods": 600, "missed": 0, "worst_lateness_ms": 0.0},
+            "audio": {"periods": 1876, "missed": audio_missed, "worst_lateness_ms": worst_ms},
+            "build_jobs": jobs, "build_cpu_s": 12.5, "background_cpu_s": 15.0,
+        })
+    };
+    let (first, second, third) = (round(4, 2.5, 700), round(5, 4.0, 650), round(0, 0.0, 760));
+    let merged = merge_frames_rounds(&[&first, &second, &third]);
+    assert_eq!(merged["audio"]["missed"], 9.0);
+    assert_eq!(merged["audio"]["periods"], 5628.0);
+    assert_eq!(merged["audio"]["worst_lateness_ms"], 4.0);
+    assert_eq!(merged["frames"]["periods"], 1800.0);
+    assert_eq!(merged["build_jobs"], 2110.0);
+    assert_eq!(merged["build_cpu_s"], 37.5);
+    assert_eq!(merged["background_cpu_s"], 45.0);
+    let lines = frames_rounds(&[], 3);
+    assert!(
+        lines.starts_with("frames_round 1 fair\nframes_round 1 schedqos\nframes_round 1 canopy\n")
+    );
+    assert!(lines.contains("frames_round 2 schedqos\nframes_round 2 canopy\nframes_round 2 fair\n"));
+    let cpu = |total: f64, daemon: f64| {
+        serde_json::json!({"cpu_seconds": total, "window_s": 10.5,
+            "cpu_seconds_by_thread": {"canopy": daemon, "canopy-schedule": total - daemon}})
+    };
+    let summed = sum_numbers(&[&cpu(0.5, 0.3), &cpu(0.75, 0.5)]);
+    assert_eq!(summed["cpu_seconds"], 1.25);
+    assert_eq!(summed["window_s"], 21.0);
+    assert_eq!(summed["cpu_seconds_by_thread"]["canopy"], 0.8);
 }
 
 /// Pure: each hackbench round runs every scheduler once, and the order rotates (no VM).
