@@ -124,6 +124,11 @@ impl ChildRestarts {
         due
     }
 
+    /// When the earliest pending restart is due (None: none is pending).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.records.values().filter_map(|record| record.due).min()
+    }
+
     /// The record of `cgroup` as the root's `child_restarts` map holds it.
     pub fn record(&self, cgroup: &Path) -> bpf_intf::canopy_child_restarts {
         let record = self.records.get(cgroup).cloned().unwrap_or_default();
@@ -157,10 +162,12 @@ mod tests {
                     in_a_row,
                 } => {
                     assert_eq!(at - now, after);
+                    assert_eq!(restarts.next_due(), Some(at), "the supervisor wakes for it");
                     waits.push(after.as_millis());
                     assert!(restarts.take_due(at - Duration::from_millis(1)).is_empty());
                     assert_eq!(restarts.take_due(at), vec![cgroup.to_path_buf()]);
                     assert!(restarts.take_due(at).is_empty(), "taken once");
+                    assert_eq!(restarts.next_due(), None);
                     restarts.attached(cgroup, at);
                     assert_eq!(restarts.record(cgroup).in_a_row, in_a_row);
                     now = at + Duration::from_millis(300);

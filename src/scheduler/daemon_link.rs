@@ -27,6 +27,7 @@ use canopy_controller::stats::PreemptingWakeups;
 use libbpf_rs::MapCore;
 use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
+use tokio::sync::Notify;
 
 use super::bpf_bytes::from_bytes;
 use super::bpf_intf;
@@ -63,6 +64,8 @@ type CurrentPlan = Arc<Mutex<Arc<dyn PolicyPlan>>>;
 #[derive(Clone)]
 pub struct SchedulerThread {
     stop: Arc<AtomicBool>,
+    /// Wakes the supervisor's wait after a stop or reload request.
+    wake: Arc<Notify>,
     handle: Arc<Mutex<Option<JoinHandle<()>>>>,
     start_timeout: Duration,
 }
@@ -85,6 +88,7 @@ impl SchedulerThread {
     pub fn new(start_timeout: Duration) -> Self {
         Self {
             stop: Arc::default(),
+            wake: Arc::default(),
             handle: Arc::default(),
             start_timeout,
         }
@@ -110,6 +114,7 @@ impl SchedulerThread {
         // Ok once the root is enabled, or why it could not be loaded.
         let (enabled_sender, enabled) = mpsc::channel::<Result<(), String>>();
         let stop = Arc::clone(&self.stop);
+        let wake = Arc::clone(&self.wake);
         let followed = Arc::clone(&current);
         let handle = std::thread::Builder::new()
             .name("canopy-schedulers".into())
@@ -128,6 +133,7 @@ impl SchedulerThread {
                             &config,
                             Some(&refresh),
                             Some(&reloads),
+                            Some(&wake),
                             &|| stop.load(Ordering::SeqCst),
                             &mut || {
                                 let _ = enabled_sender.send(Ok(()));
@@ -159,12 +165,14 @@ impl SchedulerThread {
             self.stop();
             return Err(why);
         }
-        PinnedMaps::open(current, reload_sender).map(|maps| Box::new(maps) as Box<dyn ScxMaps>)
+        PinnedMaps::open(current, reload_sender, Arc::clone(&self.wake))
+            .map(|maps| Box::new(maps) as Box<dyn ScxMaps>)
     }
 
     /// Unloads the schedulers (if running) and waits for the supervisor to finish.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
         if let Some(handle) = self.handle.lock().expect("scheduler thread handle").take() {
             let _ = handle.join();
         }
@@ -210,10 +218,16 @@ struct PinnedMaps {
     stats: MapHandle,
     current: CurrentPlan,
     reloads: mpsc::Sender<ReloadRequest>,
+    /// Wakes the supervisor after each reload request.
+    wake: Arc<Notify>,
 }
 
 impl PinnedMaps {
-    fn open(current: CurrentPlan, reloads: mpsc::Sender<ReloadRequest>) -> Result<Self, String> {
+    fn open(
+        current: CurrentPlan,
+        reloads: mpsc::Sender<ReloadRequest>,
+        wake: Arc<Notify>,
+    ) -> Result<Self, String> {
         let open = |name: &str| {
             MapHandle::from_pinned_path(canopy_sys::sched_ext::pinned_map(name)).map_err(|e| {
                 format!(
@@ -229,6 +243,7 @@ impl PinnedMaps {
             stats: open("stats")?,
             current,
             reloads,
+            wake,
         })
     }
 }
@@ -292,6 +307,7 @@ impl ScxMaps for PinnedMaps {
         self.reloads
             .send(ReloadRequest { done })
             .map_err(|_| "the scheduler supervisor is not running".to_string())?;
+        self.wake.notify_one();
         answer.recv_timeout(RELOAD_TIMEOUT).map_err(|_| {
             format!("the schedulers did not follow the new policy within {RELOAD_TIMEOUT:?}")
         })?

@@ -103,8 +103,18 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 const POLL_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the supervisor looks at exit records, admission events and `stop` when nothing
-/// wakes it: an ejected root reaches the daemon (fallback mode) within this.
+/// wakes it and `stop` is a flag set from a signal handler (`canopy scheduler run`,
+/// `canopy run-schedulers`): an interrupted wait does not end early there.
 pub(super) const TICK: Duration = Duration::from_millis(50);
+
+/// The same when the caller wakes the supervisor for each stop and reload request (the
+/// daemon, [`supervise`]'s `wake`): only exit records and admission events wait for it. An
+/// ejected root reaches the daemon (fallback mode) within this, the kernel having handed every
+/// task back to the fair scheduler already; `tests/vm/scx_faults.rs` holds the daemon to 1 s
+/// from SysRq-S to fallback mode (0.11-0.26 s at TICK). At TICK the supervisor woke 20 times a
+/// second on an idle machine (0.50 s of CPU in 33 s of the frame benchmark under TCG,
+/// 2026-12-07); at this, 4.
+const WOKEN_TICK: Duration = Duration::from_millis(250);
 
 /// The supervisor without rescans (the config is fixed).
 pub fn run(config: &SchedulerConfig, seconds: f64) -> anyhow::Result<()> {
@@ -292,6 +302,7 @@ pub fn run_with_refresh(
         config,
         refresh,
         None,
+        None,
         &|| should_stop(stop_at),
         &mut || {},
         &mut |_| {},
@@ -303,7 +314,8 @@ pub fn run_with_refresh(
 /// RECONCILE_INTERVAL), follows a new policy when asked on `reloads` (refresh then sees it),
 /// logs admission decisions, reloads the root on the kernel's restart action, loads a child
 /// that exited with it again (bounded backoff, see `child_restart.rs`; recorded in the root's
-/// `child_restarts` map), and unloads when `stop` says so (polled every TICK).
+/// `child_restarts` map), and unloads when `stop` says so (polled every TICK; with `wake`, the
+/// caller notifies it after each stop and reload request and it polls every WOKEN_TICK).
 /// `on_enabled` runs after each successful load, once the root's maps are pinned and the
 /// children of the cgroups that exist now are attached; `on_ejected` runs with the exit
 /// report as soon as the root has stopped for good on its own (no restart action, no stop
@@ -312,6 +324,7 @@ pub fn supervise(
     config: &SchedulerConfig,
     refresh: Option<Refresh<'_>>,
     reloads: Option<&std::sync::mpsc::Receiver<ReloadRequest>>,
+    wake: Option<&tokio::sync::Notify>,
     stop: &dyn Fn() -> bool,
     on_enabled: &mut dyn FnMut(),
     on_ejected: &mut dyn FnMut(&ExitReport),
@@ -424,8 +437,13 @@ pub fn supervise(
             for cgroup in restarts.take_due(Instant::now()) {
                 restart_child(&root, &applied, &mut children, &mut restarts, &cgroup);
             }
+            let now = Instant::now();
+            let wait = restarts
+                .next_due()
+                .map_or(Duration::MAX, |due| due.saturating_duration_since(now))
+                .min(if wake.is_some() { WOKEN_TICK } else { TICK });
             cgroups_changed = match &mut watch {
-                Some(cgroup_watch) => cgroup_watch.wait(TICK).unwrap_or_else(|e| {
+                Some(cgroup_watch) => cgroup_watch.wait(wait, wake).unwrap_or_else(|e| {
                     println!(
                         "canopy: inotify on cgroupfs failed ({e:#}); rescanning every {POLL_RESCAN_INTERVAL:?}"
                     );
