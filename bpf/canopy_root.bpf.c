@@ -314,13 +314,6 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 	}
 
 	entry_clock = billing_clock();
-	if (serve_root_wait_guard(cid, now)) {
-		hand_cid_after_dispatch(cid, CANOPY_SELF_SLOT, now, entry_clock, last_owner);
-		if (self)
-			self->dispatches++;
-		stat_inc(CANOPY_STAT_OWN_DISPATCHES);
-		return;
-	}
 	members_prepare(now, nr ?: 1);
 	canopy_for(attempt, 0, member_slots_in_use()) {
 		struct canopy_member *m;

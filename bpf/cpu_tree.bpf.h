@@ -185,7 +185,6 @@ struct tree_task {
 	u32 idle;	/* 1: that cgroup or an ancestor had cpu.idle 1 when it became runnable */
 	u32 unstarted;	/* its weight in root_task_unstarted_weight: woke, not run since */
 	u32 share_weight;	/* its weight among its cgroup's own tasks (tree_share_weight()) */
-	u64 woke_at;	/* when a task of the root cgroup last woke (scx_bpf_now()), while unstarted */
 };
 
 struct {
@@ -234,13 +233,6 @@ u64 tree_runnable_weight;
 s64 root_task_weight;
 s64 root_task_unstarted_weight;
 u64 root_task_ran_ns;
-/*
- * When root_task_unstarted_weight last turned from 0 to more (scx_bpf_now()), 0 while it is
- * 0: no woken task of the root cgroup has waited longer than since then. The adds and the
- * subtractions of different cids are not ordered, so it can read 0 while tasks wait; the wait
- * guard, which reads it, sets it then (own_dispatch.bpf.h, serve_root_wait_guard()).
- */
-u64 root_task_unstarted_since;
 
 /*
  * root_task_weight now, never below 0: the adds and subtractions of different cids are not
@@ -500,8 +492,7 @@ static __always_inline void tree_task_started(struct tree_task *tt)
 	if (!weight)
 		return;
 	tt->unstarted = 0;
-	if (__sync_fetch_and_add(&root_task_unstarted_weight, -(s64)weight) == weight)
-		root_task_unstarted_since = 0;
+	__sync_fetch_and_add(&root_task_unstarted_weight, -(s64)weight);
 }
 
 /* @p stops counting in the tree (it slept, left the scheduler, or is being re-counted). */
@@ -551,9 +542,7 @@ static __always_inline void tree_task_runnable(struct task_struct *p, bool woke)
 	__sync_fetch_and_add(&root_task_weight, (s64)weight);
 	if (woke) {
 		tt->unstarted = weight;
-		tt->woke_at = scx_bpf_now();
-		if (__sync_fetch_and_add(&root_task_unstarted_weight, (s64)weight) <= 0)
-			root_task_unstarted_since = tt->woke_at;
+		__sync_fetch_and_add(&root_task_unstarted_weight, (s64)weight);
 	}
 }
 

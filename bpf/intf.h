@@ -148,13 +148,6 @@ enum canopy_limits {
 	CANOPY_IDLE_GUARD_MIN_INTERVAL_NS = 10000000,
 	CANOPY_IDLE_GUARD_SLICE_NS = 1000000,
 	/*
-	 * root-cgroup wait guard (own_dispatch.bpf.h): beside busy children, a woken task of the
-	 * root cgroup that has not run for this long is moved to the next dispatching CPU it may
-	 * use, one scan at most every interval, its turn at most the quantum
-	 */
-	CANOPY_ROOT_WAIT_GUARD_NS = 20000000,
-	CANOPY_ROOT_WAIT_GUARD_INTERVAL_NS = 1000000,
-	/*
 	 * a canopy child the root found with nothing to dispatch, and that has queued nothing
 	 * since, is not offered a cid again for this long (child_work.bpf.h)
 	 */
@@ -465,7 +458,6 @@ enum canopy_stat {
 	CANOPY_STAT_AHEAD_CAPPED, /* enqueues whose vtime was cut to own_vtime_now + CANOPY_MAX_VTIME_AHEAD */
 	CANOPY_STAT_VTIME_PREEMPTS, /* waking or new own tasks that preempted a running own task charged past them in vtime (canopy_root.bpf.c) */
 	CANOPY_STAT_RCU_READERS_FIRST, /* requeues of tasks preempted inside an RCU read-side critical section, queued first (class_vtime.bpf.h) */
-	CANOPY_STAT_ROOT_WAIT_GUARD_TURNS, /* turns given beside children to woken tasks of the root cgroup that waited past the wait guard (own_dispatch.bpf.h) */
 	CANOPY_NR_STATS,
 };
 

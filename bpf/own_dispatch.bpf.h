@@ -5,8 +5,7 @@
  * (CANOPY_OWN_DSQ, then the idle-cgroup CANOPY_IDLE_DSQ) to the cid or keeps the previous
  * task running; the wakeup timer (`quota_wakeups`) for cids left idle by throttled cgroups;
  * bill_own_run(), which charges a task's run to its cgroup path's quotas, its class's
- * preemption budget and its vtime; serve_root_wait_guard(), which bounds how long a woken task
- * of the root cgroup waits beside busy children; and price_first_turn(), which prices a task's first turn
+ * preemption budget and its vtime; and price_first_turn(), which prices a task's first turn
  * at its W_eq in the cgroup tree (class_vtime.bpf.h: turns shortened by W_eq). The quota arithmetic itself (quota_left, quota_charge)
  * lives with the cgroup tree in cpu_tree.bpf.h.
  *
@@ -273,89 +272,6 @@ static __always_inline bool serve_starved_idle(s32 cid, u64 now)
 		return false;
 	stat_inc(CANOPY_STAT_IDLE_GUARD_SLICES);
 	return true;
-}
-
-/* when the root-cgroup wait guard last scanned (scx_bpf_now() time); see below */
-u64 root_wait_scanned_at;
-
-/*
- * The root-cgroup wait guard, beside busy children: a woken task of the root cgroup (kernel
- * threads, the root's own process, a shell) that has waited CANOPY_ROOT_WAIT_GUARD_NS without
- * running is moved to this cid at once, whichever member's turn it is, for at most
- * CANOPY_QUANTUM_NS. One CPU scans CANOPY_OWN_DSQ (up to CANOPY_ROOT_WAIT_GUARD_SCAN tasks)
- * per CANOPY_ROOT_WAIT_GUARD_INTERVAL_NS, and only once woken tasks of the root cgroup have
- * been waiting without a break for CANOPY_ROOT_WAIT_GUARD_NS (root_task_unstarted_since, a
- * compare per dispatch otherwise); the turn is member
- * 0's, charged as any other (hand_cid_after_dispatch), so it changes the order of member 0's
- * CPU time, not its amount: what the guard gives now, member 0's vtime takes back from its
- * later turns.
- *
- * Why: member 0's share beside children is what its tree holds (cid_grants.bpf.h), for the
- * root cgroup's tasks the larger of what they use and their started weight's share, and its
- * turns follow its vtime. Where that share is below what those tasks want, nothing bounds how
- * long one of them waits; under the fair scheduler each weighs at the top as a cgroup at
- * cpu.weight 100 and runs within milliseconds of its wakeup. Measured (2026-12-07, 64 busy
- * children at cpu.weight 50-400 on 8 vCPUs, 7.3.4 TCG, 22 s): member 0's share sat near its
- * floor, 1,024 / (122,880 + 1,024) = 0.83% of the machine (0.066 CPU), and a timer thread of
- * the root cgroup woke 30 ms late at the median and 532 ms at worst; per-CPU kernel workers
- * waited 160-510 ms a run on average, khungtaskd 7.9 s once. The kernel ejects the root when
- * one of its tasks waits 30 s, or when its watchdog's check-in (work a kernel worker of the
- * root cgroup runs every 15 s) is 30 s late; one CI run (stop 37) lost the root 15 s into that
- * load, its reason not kept. Counting such tasks' weight at the top instead (raising member
- * 0's share) gave the root's own eight cgroups beside eight children 58.4% of the CPU where
- * the fair scheduler gives 50: the share went to member 0's hogs, not to the waiting tasks.
- *
- * Example: 64 busy children on 8 cids, a per-CPU kernel worker of cid 3 woken 20 ms ago and
- * still queued: the first dispatch on cid 3 at least 1 ms after the last scan moves it there
- * with a slice of at most 5 ms (it runs for microseconds and sleeps); member 0 is charged for
- * it. At most 1,000 scans a second on the whole machine, each at most 32 lookups. With the
- * guard, the same load's timer thread woke 24 ms late at the median and 49 ms at p99 (448
- * ms before), the kernel workers waited 20-37 ms a run, and the guard gave 3,302 of member
- * 0's 6,261 turns in one run and 4,416 of 7,589 in another (docs/scheduler-benchmark.md,
- * 2026-12-07).
- */
-#define CANOPY_ROOT_WAIT_GUARD_SCAN 32
-
-__noinline bool serve_root_wait_guard(s32 cid, u64 now)
-{
-	struct bpf_iter_scx_dsq it;
-	struct task_struct *p;
-	u64 scanned = root_wait_scanned_at, since = root_task_unstarted_since;
-	bool moved = false;
-	int seen = 0;
-
-	if (root_task_unstarted_weight <= 0)
-		return false;
-	if (!since) {
-		/* tasks wait, but the clock was cleared by a subtraction that crossed an add */
-		__sync_val_compare_and_swap(&root_task_unstarted_since, 0, now);
-		return false;
-	}
-	if (now - since < CANOPY_ROOT_WAIT_GUARD_NS ||
-	    now - scanned < CANOPY_ROOT_WAIT_GUARD_INTERVAL_NS)
-		return false;
-	if (__sync_val_compare_and_swap(&root_wait_scanned_at, scanned, now) != scanned)
-		return false;
-	if (bpf_iter_scx_dsq_new(&it, CANOPY_OWN_DSQ, 0))
-		goto out;
-	while ((p = bpf_iter_scx_dsq_next(&it)) && seen++ < CANOPY_ROOT_WAIT_GUARD_SCAN) {
-		struct tree_task *tt = tree_task_of(p);
-
-		if (!tt || !tt->unstarted || tt->cgroup_id != CPU_TREE_ROOT_CGROUP_ID ||
-		    now - tt->woke_at < CANOPY_ROOT_WAIT_GUARD_NS || !task_may_run_on(p, cid))
-			continue;
-		if (p->scx.slice > CANOPY_QUANTUM_NS)
-			scx_bpf_dsq_move_set_slice(&it, CANOPY_QUANTUM_NS);
-		if (scx_bpf_dsq_move(&it, p, KCONST(SCX_DSQ_LOCAL), 0)) {
-			moved = true;
-			break;
-		}
-	}
-out:
-	bpf_iter_scx_dsq_destroy(&it);
-	if (moved)
-		stat_inc(CANOPY_STAT_ROOT_WAIT_GUARD_TURNS);
-	return moved;
 }
 
 /* The quota @prev's cgroup path has left this period ((u64)-1: no limit; 0: throttled). */

@@ -395,13 +395,6 @@ const MANY_CHILDREN_WEIGHT_BOUND: f64 = 0.05;
 /// mostly the platform's noise (the fair scheduler's is larger), and the issue's 5% holds for
 /// the weights together (above), not for every child alone. 25% is 1.65 times the worst.
 const MANY_CHILDREN_CHILD_BOUND: f64 = 0.25;
-/// The bound on how late a timer thread of the root cgroup (20 ms period, 2 threads) wakes at
-/// its p99 while the 64 children are busy, in ms: the root-cgroup wait guard's
-/// (`bpf/own_dispatch.bpf.h`). Without it (f32da8c, 2026-12-07) 448 ms, with kernel workers
-/// waiting 160-510 ms a run, and one CI run lost the root. With it, six runs on 2026-12-07:
-/// 49.0, 59.9, 43.9, 164.3 (beside a clippy build), 46.5, 49.7 ms, and 51.9 with a host core
-/// kept busy: the bound is 1.8 times the worst, and below what the load did without the guard.
-const MANY_CHILDREN_ROOT_WAKE_P99_BOUND_MS: f64 = 300.0;
 
 /// Issue 10 acceptance (h), the member limit: 64 canopy children (CANOPY_MAX_MEMBERS - 1, the
 /// root's slots; the kernel sets no limit of its own on a parent's children, only the depth),
@@ -409,9 +402,7 @@ const MANY_CHILDREN_ROOT_WAKE_P99_BOUND_MS: f64 = 300.0;
 /// children of each weight together get their weights' share of the CPU the 64 used within 5%
 /// (relative), and each child its own within MANY_CHILDREN_CHILD_BOUND; the root and every
 /// child are still attached at the end (no stall), and a 65th child is refused with ENOSPC and
-/// a message naming the limit, and a timer thread of the root cgroup woken every 20 ms during
-/// the split is served within MANY_CHILDREN_ROOT_WAKE_P99_BOUND_MS at its p99 (the root's
-/// wait guard). The 64 load in about 40 s (0.5 s each). The fair scheduler's
+/// a message naming the limit. The 64 load in about 40 s (0.5 s each). The fair scheduler's
 /// split of the same cgroups in the same boot (12 s with its warmup) is printed beside it when
 /// `CANOPY_VM_FAIR_REFERENCES=1` (`support::fair_references`): no gate reads it. The cgroups
 /// get their cpu.weights when they are made, before the root loads, as that split (`--keep`)
@@ -443,10 +434,7 @@ for i in $(seq 1 1200); do
 done
 t1=$(cut -d' ' -f1 /proc/uptime)
 canopy-guest report children-loaded enabled=$(grep -c 'child scheduler canopy_child enabled' /tmp/root.log) seconds=$(echo "$t1 $t0" | awk '{{print $1 - $2}}') refused="$(grep 'refused sub-scheduler' /tmp/root.log | head -n 1)" failed="$(grep 'not attached' /tmp/root.log | head -n 1)" limit="$(grep 'open-file limit' /tmp/root.log)" root_state="$(cat /sys/kernel/sched_ext/state)"
-canopy-guest wakeprobe --threads 2 --interval-us 20000 --seconds 20 --warmup 2 --kind root-tasks-wake &
-PROBE=$!
 canopy-guest cpu-split{groups} --seconds 20 --warmup 2 --keep --kind many-canopy
-wait $PROBE
 canopy scheduler status --json --interval-ms 500 > /tmp/status.json || true
 canopy-guest report many-status status=@/tmp/status.json root_state="$(cat /sys/kernel/sched_ext/state)"
 {STOP_ROOT}
@@ -522,24 +510,8 @@ canopy-guest report many-status status=@/tmp/status.json root_state="$(cat /sys/
         refused.contains("/c64") && refused.contains("errno 28") && refused.contains("at most 64"),
         "the 65th child was not refused for want of a slot: {loaded}"
     );
-    let wake = outcome.result("root-tasks-wake")?;
-    let wake_ms = |key: &str| wake[key].as_f64().unwrap_or(f64::NAN) / 1000.0;
-    println!(
-        "a timer thread of the root cgroup beside the 64: woke late by {:.1} ms at the median, \
-         {:.1} ms at p99, {:.1} ms at worst ({} wakeups)",
-        wake_ms("p50_us"),
-        wake_ms("p99_us"),
-        wake_ms("max_us"),
-        wake["samples"]
-    );
     // the root's exit record and the kernel's reason first, should it have died
     crate::support::assert_root_survived(&outcome)?;
-    assert!(
-        wake_ms("p99_us") <= MANY_CHILDREN_ROOT_WAKE_P99_BOUND_MS,
-        "a timer thread of the root cgroup woke {:.1} ms late at p99 beside the busy children \
-         (bound {MANY_CHILDREN_ROOT_WAKE_P99_BOUND_MS} ms): {wake}",
-        wake_ms("p99_us")
-    );
     assert_eq!(status["root_state"], "enabled", "the root died: {status}");
     assert_eq!(
         attached,
