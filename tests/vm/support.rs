@@ -101,28 +101,30 @@ cat /tmp/root.log
     )
 }
 
-/// Stops the root started by [`start_root_with_children`] and reports its log and the kernel's
-/// last sched_ext lines. A root that already exited on its own (ejected by the kernel) leaves
-/// its exit record and dump in the log, which is printed all the same (the failed `kill` no
-/// longer ends the script first).
+/// Stops the root started by [`start_root_with_children`] and reports its log. A root that
+/// already exited on its own (ejected by the kernel) leaves its exit record and dump in the
+/// log, which is printed all the same (the failed `kill` no longer ends the script first).
 pub const STOP_ROOT: &str = r#"
 canopy scheduler status --interval-ms 500 || true
 kill -TERM $ROOT 2>/dev/null || true
 wait $ROOT || true
 cat /tmp/root.log
-canopy-guest report root-stopped state="$(cat /sys/kernel/sched_ext/state)" log="$(tr '\n' '|' < /tmp/root.log)" dmesg="$(dmesg | grep sched_ext | tail -n 8 | tr '\n' '|')"
+canopy-guest report root-stopped state="$(cat /sys/kernel/sched_ext/state)" log="$(tr '\n' '|' < /tmp/root.log)"
 "#;
 
 /// The root scheduler was still loaded when the script stopped it (STOP_ROOT's `root-stopped`
 /// result): it survived the scenario's load.
 pub fn assert_root_survived(outcome: &canopy_vmtest::Outcome) -> anyhow::Result<()> {
     let stopped = outcome.result("root-stopped")?;
+    let sched_ext = outcome.sched_ext_events();
     assert!(
         stopped["log"]
             .as_str()
             .unwrap_or_default()
             .contains("unloaded"),
-        "the root did not survive until its orderly stop: {stopped}"
+        "the root did not survive until its orderly stop: {stopped}; the kernel's last \
+         sched_ext lines: {:?}",
+        &sched_ext[sched_ext.len().saturating_sub(8)..]
     );
     Ok(())
 }
