@@ -269,6 +269,9 @@ impl Scenario {
                 Err(_) if hit_emulator_text_patching_fault(&prepared.log_path) => {
                     Some("died of qemu TCG's stale-code `Oops: int3`")
                 }
+                Err(_) if emulator_aborted_on_assertion(&prepared.log_path) => {
+                    Some("lost its emulator, which aborted on one of its own assertions")
+                }
                 Err(Error::BootHung { .. }) => {
                     Some("printed nothing past the firmware before the boot limit")
                 }
@@ -653,9 +656,46 @@ pub(crate) fn hit_emulator_text_patching_fault(log_path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether qemu itself aborted on one of its internal assertions (its stderr, which the log
+/// keeps as `qemu: ` lines, says `Assertion `...' failed`), e.g. qemu 10's MTTCG race
+/// `system/physmem.c:2678: iotlb_to_section: Assertion `section_index < d->map.sections_nb'
+/// failed.`, seen once in 301 boots here on 2026-12-07 while the firmware was still loading the
+/// kernel. A guest cannot make the emulator assert on purpose, so the run says nothing about
+/// the scenario.
+pub(crate) fn emulator_aborted_on_assertion(log_path: &Path) -> bool {
+    std::fs::read(log_path)
+        .map(|log| {
+            String::from_utf8_lossy(&log).lines().any(|line| {
+                line.starts_with("qemu: ")
+                    && line.contains("Assertion `")
+                    && line.ends_with("failed.")
+            })
+        })
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod emulator_fault_tests {
-    use super::hit_emulator_text_patching_fault;
+    use super::{emulator_aborted_on_assertion, hit_emulator_text_patching_fault};
+
+    #[test]
+    fn only_qemus_own_assertion_counts_as_an_emulator_abort() {
+        let dir = std::env::temp_dir().join(format!("canopy-vmtest-abort-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let aborted = dir.join("aborted.log");
+        std::fs::write(
+            &aborted,
+            "SeaBIOS (version 1.16.3)\nqemu: qemu-system-x86_64: system/physmem.c:2678: iotlb_to_section: Assertion `section_index < d->map.sections_nb' failed.\nBooting from ROM..\n",
+        )
+        .unwrap();
+        // the guest printing the same words is the guest's business, not qemu's
+        let guest = dir.join("guest.log");
+        std::fs::write(&guest, "prog: x.c:1: main: Assertion `0' failed.\n").unwrap();
+        assert!(emulator_aborted_on_assertion(&aborted));
+        assert!(!emulator_aborted_on_assertion(&guest));
+        assert!(!emulator_aborted_on_assertion(&dir.join("missing.log")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn only_an_int3_oops_counts_as_the_emulator_fault() {

@@ -47,7 +47,8 @@ use crate::lock::VmLock;
 use crate::paths::{log_dir, target_dir, vm_lock_path};
 use crate::qemu::{self, Accel, RunningQemu};
 use crate::{
-    hit_emulator_text_patching_fault, judge_console, kernel_release_of, read_console, Outcome,
+    emulator_aborted_on_assertion, hit_emulator_text_patching_fault, judge_console,
+    kernel_release_of, read_console, Outcome,
 };
 
 mod image;
@@ -266,12 +267,13 @@ impl SystemdGuest {
                 let failed = !matches!(outcome, Ok(Ok(())));
                 if failed
                     && faults < EMULATOR_STEP_FAULT_RETRIES
-                    && hit_emulator_text_patching_fault(&guest.log_path)
+                    && (hit_emulator_text_patching_fault(&guest.log_path)
+                        || emulator_aborted_on_assertion(&guest.log_path))
                 {
                     faults += 1;
                     eprintln!(
                         "canopy-vmtest: `{}`: the systemd guest died of qemu TCG's `Oops: int3` \
-                         in step `{}` (an emulator fault, not the scenario's; log {}); that step \
+                         or qemu aborted on its own assertion in step `{}` (an emulator fault, not the scenario's; log {}); that step \
                          again on a new boot, retry {faults} of {EMULATOR_STEP_FAULT_RETRIES}",
                         self.name,
                         step.name,
@@ -338,12 +340,14 @@ impl SystemdGuest {
             if result.is_err()
                 && retries < EMULATOR_BOOT_FAULT_RETRIES
                 && (hit_emulator_text_patching_fault(&prepared.log_path)
+                    || emulator_aborted_on_assertion(&prepared.log_path)
                     || panicked_before_boot(&prepared.log_path))
             {
                 retries += 1;
                 eprintln!(
-                    "canopy-vmtest: `{}`: the systemd guest died of qemu TCG's `Oops: int3` or \
-                     panicked before the system came up (an emulator fault, not the scenario's; \
+                    "canopy-vmtest: `{}`: the systemd guest died of qemu TCG's `Oops: int3`, \
+                     qemu aborted on its own assertion, or the guest panicked before the system \
+                     came up (an emulator fault, not the scenario's; \
                      log {}); retry {retries} of {EMULATOR_BOOT_FAULT_RETRIES}",
                     self.name,
                     prepared.log_path.display()
