@@ -27,6 +27,13 @@ fn slow_wakeups_allowed(wakeups: u64, floor_over_1ms: f64) -> u64 {
 const TAIL_RATIO_ALLOWED: f64 = 1.5;
 const TAIL_SLACK: f64 = 0.002;
 
+/// Guest shell: sets TAG_PROBE, the `canopy-guest latency --measured-setup` that tags each
+/// measured cyclictest USER_INTERACTIVE by its process id before cyclictest starts (the shell
+/// that runs it becomes cyclictest), and notes it in /tmp/tagger.log for
+/// `assert_cyclictest_tagged`. A probe started in rounds is a new process each round, which a
+/// tagger watching for the name would find late or not at all.
+const TAG_PROBE: &str = r#"TAG_PROBE='canopy scheduler tag --tid $$ --class USER_INTERACTIVE && echo "canopy: tagged cyclictest (pid $$) before it started" >> /tmp/tagger.log'"#;
+
 /// How far above the SCHED_FIFO floor's p99 a USER_INTERACTIVE probe's p99 may be in one canopy
 /// child under another child's build. See
 /// `an_interactive_task_in_one_child_is_not_held_up_by_another_childs_build` for the runs that
@@ -53,7 +60,9 @@ fn over_one_ms(latency: &serde_json::Value) -> f64 {
 /// under the same load, each time just before the runs it is compared with: cyclictest as
 /// SCHED_FIFO 50, which preempts everything the moment its timer fires, so no scheduling policy
 /// can do better; once under the fair scheduler (between fair's and schedqos's runs) and once
-/// with canopy's root loaded (just before canopy's run).
+/// with canopy's root loaded, in turns with canopy's probe (five rounds of 2 s each, in the
+/// order floor, probe, probe, floor, ...; `canopy-guest latency --interleaved-floor-kind`, the
+/// probe tagged before it starts each round by TAG_PROBE).
 ///
 /// What this gates:
 /// - the scheduler's own part of the latency, measured in BPF from the wakeup to the task
@@ -100,6 +109,26 @@ fn over_one_ms(latency: &serde_json::Value) -> f64 {
 /// 0.66-1.16), p99 4.29 / 4.39, 4.29 / 4.34, 4.16 / 4.14 ms, slow wakeups 12, 20, 11 of
 /// 6,119-6,270.
 ///
+/// Why in turns since 2026-12-07: until then the floor under canopy's root ran in the 10 s before
+/// canopy's probe, and a host whose other work rose between the two failed the tail gate with
+/// nothing wrong in the scheduler. Stop 38's CI (a slow hour: the run took 2,141 s against
+/// 1,767-1,864 s for the two before) measured canopy's probe over 1 ms for 6.69% of its
+/// wakeups against the floor's 2.42% (2.77x), while the root counted only 18 of its 5,812
+/// USER_INTERACTIVE wakeups over 1 ms from waking to running: the extra tail lay outside the
+/// scheduler's part. In the first run in turns (18:02 UTC) the floor's five rounds waited over
+/// 1 ms for 9.1, 1.8, 3.1, 1.9 and 2.3% of their wakeups: 20 s of one boot hold that much
+/// weather, so a floor measured apart from the probe compares with another hour. Five runs in
+/// turns on a busy host (2026-12-07 18:02-18:28 UTC, `stress-ng --cpu 1` at nice 10 on one of
+/// the host's two cores from 18:08, load 2-3 besides; canopy / floor over 1 ms): 2.50 / 3.52,
+/// 7.58 / 6.47, 6.81 / 7.14, 9.21 / 10.13, 7.98 / 6.43% (ratios 0.71-1.24 of the 1.5
+/// allowed); the root's slow wakeups 8-19 of 5,554-6,262; canopy's p90 0.50-0.56 ms against
+/// fair's 3.2-4.8 ms. A sixth boot was lost to an emulator abort (canopy-vmtest now retries
+/// it). Canopy's probe also had 3-6 wakeups of 24-181 ms in each of these runs (its worst
+/// 98-181 ms; the floor's worst 7.5-29 ms), and beside the FIFO thread the same (worst 115-173
+/// ms while the FIFO thread's was 6-11 ms): no gate sees so few samples, and the root's own
+/// count of wakeups over 1 ms (8-19) says most of the tail lies outside its wakeup-to-run
+/// path; not yet explained (the closing note of 2026-12-07 has it).
+///
 /// Every probe sleeps with 1 ns of timer slack since 2026-12-05 17:25 UTC (`canopy-guest
 /// latency`, PROBE_TIMER_SLACK_NS), as the SCHED_FIFO floor always did: the kernel ignores slack
 /// for realtime tasks, and a normal task's default 50 us let its timer fire up to 50 us late, a
@@ -122,6 +151,7 @@ fn interactive_task_latency_under_background_load() -> anyhow::Result<()> {
     let script = format!(
         r#"
 LOAD='hackbench -T -p -g 2 -l 100000000'
+{TAG_PROBE}
 canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-fair
 canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-fifo-floor -- -p 50
 autogroup=$(cat /proc/sys/kernel/sched_autogroup_enabled)
@@ -129,9 +159,7 @@ echo 0 > /proc/sys/kernel/sched_autogroup_enabled
 canopy scheduler exec --nice -4 -- canopy-guest latency --seconds 10 --histogram-us 200000 --load "canopy scheduler exec --nice 4 --batch -- $LOAD" --kind latency-schedqos
 echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled
 {start}
-canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-fifo-floor-canopy -- -p 50
-canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 20 > /tmp/tagger.log 2>&1 &
-canopy-guest latency --seconds 10 --histogram-us 200000 --load "$LOAD" --kind latency-canopy
+canopy-guest latency --seconds 10 --rounds 5 --histogram-us 200000 --load "$LOAD" --kind latency-canopy --interleaved-floor-kind latency-fifo-floor-canopy --measured-setup "$TAG_PROBE"
 canopy-guest report tagged log="$(tr '\n' '|' < /tmp/tagger.log)"
 canopy scheduler status --json --interval-ms 100 > /tmp/status.json
 canopy-guest report root-status status=@/tmp/status.json
@@ -303,8 +331,11 @@ fn beside_a_fifo_task(
 /// BACKGROUND task for it (a UI thread beside its app's worker pool in one scope).
 ///
 /// Gates: canopy's p99 at most CHILD_LATENCY_RATIO_ALLOWED (2.5) times the platform floor (the
-/// same cyclictest as SCHED_FIFO 50 under the same build on the fair scheduler, this boot) in
-/// the other child; at most 4x in the build's own child (see there); the root took cids back for
+/// same cyclictest as SCHED_FIFO 50 in the probe's child under the same build, with canopy's
+/// root and children loaded, in turns with canopy's probe: five rounds of 2 s each, as
+/// `interactive_task_latency_under_background_load` measures its floor since 2026-12-07 and
+/// says why; until then the floor ran under the fair scheduler in the 10 s before the root
+/// loaded) in the other child; at most 4x in the build's own child (see there); the root took cids back for
 /// the child (its `child_wake_kicks` counter). What the first gate catches: without the child's
 /// request the probe waited for the build's 20 ms slices (18.8-24 ms, 5-6x the floor).
 ///
@@ -325,6 +356,16 @@ fn beside_a_fifo_task(
 /// 1.16, 1.63, 1.11, 1.32, 1.34 (17:29-17:48 UTC), besides 1.47 in stop 25's clean run and CI's
 /// 1.97. canopy's p99 was 3.5-5.2 ms and its p50 0.61-0.85 ms in all of them; the floor moved
 /// more (p99 2.4-4.5 ms), which is most of the ratio's spread.
+///
+/// 2026-12-07: the gate failed a399f86's clean run (2.51x) and six of eight runs after it. With
+/// the floor in turns (above) the ratio was still 1.79-2.42 in eleven busy-host runs (canopy's
+/// p99 7.4-10.8 ms, floors 4.1-5.4 ms): the floor had not moved, canopy had. Builds of
+/// de13d86 (where the gate was set), a35d76c, 74feec1 and 2d1eb14 gave 5.0-6.7 ms in the same
+/// test, 909fb75 12.3-13.3 ms: its rule leaving children found empty out of the offers
+/// (bpf/child_work.bpf.h) delayed the probe's wakeups in its child. The rule now spares a child
+/// that had work in the last 50 ms; with it (busy host, alternating with 2d1eb14's build,
+/// 19:09-19:14 UTC) canopy 5.1, 5.8, 5.7 ms against floors of 4.2, 4.3, 4.7 ms (1.23, 1.35,
+/// 1.22x), 2d1eb14's 6.2, 5.2 and 5.6 ms in the boots between.
 #[test]
 fn an_interactive_task_in_one_child_is_not_held_up_by_another_childs_build() -> anyhow::Result<()> {
     let script = format!(
@@ -332,10 +373,9 @@ fn an_interactive_task_in_one_child_is_not_held_up_by_another_childs_build() -> 
 mkdir -p /sys/fs/cgroup/app-build /sys/fs/cgroup/app-probe
 BUILD='echo $$ > /sys/fs/cgroup/app-build/cgroup.procs; exec canopy-guest hog --threads 4 --comm cc1'
 in_probe() {{ sh -c 'echo $$ > /sys/fs/cgroup/app-probe/cgroup.procs; exec "$@"' sh "$@"; }}
-in_probe canopy-guest latency --seconds 10 --histogram-us 200000 --load "$BUILD" --kind child-latency-fifo-floor -- -p 50
+{TAG_PROBE}
 {start}
-canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 20 > /tmp/tagger.log 2>&1 &
-in_probe canopy-guest latency --seconds 10 --histogram-us 200000 --load "$BUILD" --kind child-latency-canopy
+in_probe canopy-guest latency --seconds 10 --rounds 5 --histogram-us 200000 --load "$BUILD" --kind child-latency-canopy --interleaved-floor-kind child-latency-fifo-floor --measured-setup "$TAG_PROBE"
 in_build() {{ sh -c 'echo $$ > /sys/fs/cgroup/app-build/cgroup.procs; exec "$@"' sh "$@"; }}
 # a new cyclictest process: tag it too (the tagger stops after its first match)
 canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 20 > /tmp/tagger-same-child.log 2>&1 &
@@ -377,7 +417,7 @@ canopy-guest report root-status status=@/tmp/status.json
     println!(
         "cyclictest p99 in one child under another child's build: canopy {canopy} us, \
          in the build's own child {same_child} us, SCHED_FIFO floor {floor} us; the root took \
-         {kicks} cids back for the child ({unserved} requests found nothing to take)"
+         {kicks} cids back for the child ({unserved} requests found nothing to take); {stats}"
     );
     crate::support::assert_cyclictest_tagged(&outcome, "tagged")?;
     crate::support::assert_cyclictest_tagged(&outcome, "tagged-same-child")?;

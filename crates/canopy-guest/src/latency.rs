@@ -6,7 +6,11 @@
 //! overflows; a percentile that lands among them is reported as the limit and flagged. With
 //! `--floor-kind`, a SCHED_FIFO cyclictest runs beside it for the same seconds: the platform's
 //! floor at that very time, so a comparison between runs made at different times can be
-//! normalised by how busy the host was in each.
+//! normalised by how busy the host was in each. With `--interleaved-floor-kind`, the SCHED_FIFO
+//! floor instead takes turns with the measured probe under the one load (`--rounds` turns each,
+//! in the order floor, probe, probe, floor, floor, ...), so both sample the same stretch of the
+//! host's weather without running at the same time; each kind's rounds are summed into one
+//! histogram.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -45,8 +49,24 @@ pub struct LatencyArgs {
     /// Also measure the platform's floor at the same time, reported as this result kind: a
     /// second cyclictest, one SCHED_FIFO 50 thread, which preempts everything the moment its
     /// timer fires, so its latency is what the (emulated) machine itself adds right then.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "interleaved_floor_kind")]
     floor_kind: Option<String>,
+    /// Measure the platform's floor (as `--floor-kind` does) in turns with the measured probe
+    /// instead of beside it, reported as this result kind: `--rounds` runs of each, each
+    /// `--seconds` / `--rounds` long, alternating floor, probe, probe, floor, ... so that a host
+    /// whose other work rises or falls during the measurement weighs on both alike.
+    #[arg(long)]
+    interleaved_floor_kind: Option<String>,
+    /// With `--interleaved-floor-kind`: how many runs of each probe (`--seconds` must be a
+    /// multiple of it).
+    #[arg(long, default_value_t = 5, requires = "interleaved_floor_kind")]
+    rounds: u64,
+    /// A shell command run just before each measured cyclictest starts, in the shell that then
+    /// becomes cyclictest (`$$` is the probe's process id), e.g. `canopy scheduler tag --tid $$
+    /// --class USER_INTERACTIVE`: the probe is tagged before its first wakeup. Its failure fails
+    /// the run.
+    #[arg(long)]
+    measured_setup: Option<String>,
     /// Extra cyclictest arguments (after `--`), e.g. `-- -p 50` or `-- --policy=batch`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     extra: Vec<String>,
@@ -66,47 +86,148 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
         }
         None => None,
     };
-    // The floor probe starts first so that it covers the whole measurement.
-    let floor = match &args.floor_kind {
-        Some(_) => Some(
-            cyclictest(
-                &floor_program()?,
-                args,
-                FLOOR_INTERVAL_US,
-                1,
-                &["-p".into(), "50".into()],
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the SCHED_FIFO floor probe (cyclictest)")?,
-        ),
-        None => None,
+    let measured = match &args.interleaved_floor_kind {
+        Some(floor_kind) => measure_interleaved(args, floor_kind),
+        None => measure_beside_floor(args),
     };
-    let output = cyclictest(
-        Path::new("cyclictest"),
-        args,
-        args.interval_us,
-        args.threads,
-        &args.extra,
-    )
-    .output();
-    let floor = floor.map(|child| child.wait_with_output());
     if let Some(child) = &mut load {
         // SAFETY: killing the process group the load leads.
         unsafe { libc::killpg(child.id() as libc::pid_t, libc::SIGKILL) };
         let _ = child.wait();
     }
-    let output = output.context("running cyclictest (add it with with_debian_tools)")?;
-    emit(
-        &args.kind,
-        summary(args, args.interval_us, args.threads, &output)?,
-    )?;
-    if let (Some(kind), Some(floor)) = (&args.floor_kind, floor) {
-        let floor = floor.context("waiting for the SCHED_FIFO floor probe")?;
-        emit(kind, summary(args, FLOOR_INTERVAL_US, 1, &floor)?)?;
+    for (kind, result) in measured? {
+        emit(&kind, result)?;
     }
     Ok(())
+}
+
+/// The measured probe for `--seconds`, with the SCHED_FIFO floor beside it if `--floor-kind`
+/// names one: each kind with its result.
+fn measure_beside_floor(args: &LatencyArgs) -> Result<Vec<(String, serde_json::Value)>> {
+    // The floor probe starts first so that it covers the whole measurement.
+    let floor = match &args.floor_kind {
+        Some(_) => Some(
+            floor_probe(args, args.seconds)?
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting the SCHED_FIFO floor probe (cyclictest)")?,
+        ),
+        None => None,
+    };
+    let output = measured_probe(args, args.seconds)
+        .output()
+        .context("running cyclictest (add it with with_debian_tools)");
+    let floor = floor.map(|child| child.wait_with_output());
+    let mut results = vec![(
+        args.kind.clone(),
+        summary(
+            args,
+            args.interval_us,
+            args.threads,
+            &histogram_of(&output?)?,
+        ),
+    )];
+    if let (Some(kind), Some(floor)) = (&args.floor_kind, floor) {
+        let floor = floor.context("waiting for the SCHED_FIFO floor probe")?;
+        results.push((
+            kind.clone(),
+            summary(args, FLOOR_INTERVAL_US, 1, &histogram_of(&floor)?),
+        ));
+    }
+    Ok(results)
+}
+
+/// The measured probe and the SCHED_FIFO floor in turns (`--interleaved-floor-kind`): `--rounds`
+/// runs of each, in the order floor, probe, probe, floor, floor, probe, ..., so a host load that
+/// rises or falls steadily lands on both alike; each kind's runs summed into one histogram.
+fn measure_interleaved(
+    args: &LatencyArgs,
+    floor_kind: &str,
+) -> Result<Vec<(String, serde_json::Value)>> {
+    let seconds = seconds_per_round(args.seconds, args.rounds)?;
+    let mut measured = Histogram::default();
+    let mut floor = Histogram::default();
+    let mut measured_rounds = Vec::new();
+    let mut floor_rounds = Vec::new();
+    for round in 0..args.rounds {
+        let floor_first = round % 2 == 0;
+        for floor_turn in [floor_first, !floor_first] {
+            let (mut command, what) = if floor_turn {
+                (floor_probe(args, seconds)?, "the SCHED_FIFO floor probe")
+            } else {
+                (measured_probe(args, seconds), "the measured probe")
+            };
+            let output = command
+                .output()
+                .with_context(|| format!("running {what} (cyclictest), round {}", round + 1))?;
+            let histogram =
+                histogram_of(&output).with_context(|| format!("{what}, round {}", round + 1))?;
+            if floor_turn {
+                floor_rounds.push(histogram.round_summary());
+                floor.add(&histogram);
+            } else {
+                measured_rounds.push(histogram.round_summary());
+                measured.add(&histogram);
+            }
+        }
+    }
+    let mut measured_result = summary(args, args.interval_us, args.threads, &measured);
+    measured_result["rounds"] = json!(measured_rounds);
+    let mut floor_result = summary(args, FLOOR_INTERVAL_US, 1, &floor);
+    floor_result["rounds"] = json!(floor_rounds);
+    Ok(vec![
+        (args.kind.clone(), measured_result),
+        (floor_kind.to_string(), floor_result),
+    ])
+}
+
+/// Each round's length in whole seconds (cyclictest's `-D`): @seconds split into @rounds.
+fn seconds_per_round(seconds: u64, rounds: u64) -> Result<u64> {
+    if rounds == 0 || seconds % rounds != 0 {
+        bail!(
+            "--seconds {seconds} is not a whole number of seconds per round for --rounds {rounds}"
+        );
+    }
+    Ok(seconds / rounds)
+}
+
+/// The measured cyclictest for @seconds: `--threads` threads at `--interval-us` with the extra
+/// arguments, started through a shell that runs `--measured-setup` first if it is given.
+fn measured_probe(args: &LatencyArgs, seconds: u64) -> Command {
+    let (program, setup) = match &args.measured_setup {
+        Some(setup) => (Path::new("/bin/sh"), Some(setup)),
+        None => (Path::new("cyclictest"), None),
+    };
+    let mut command = Command::new(program);
+    if let Some(setup) = setup {
+        // the shell's $0 is cyclictest and $@ the arguments cyclictest() adds below
+        command.args([
+            "-c",
+            &format!("{{ {setup}\n}} >&2 && exec cyclictest \"$@\""),
+            "cyclictest",
+        ]);
+    }
+    cyclictest(
+        command,
+        args,
+        seconds,
+        args.interval_us,
+        args.threads,
+        &args.extra,
+    )
+}
+
+/// The SCHED_FIFO 50 floor: one thread at FLOOR_INTERVAL_US under the name FLOOR_COMM.
+fn floor_probe(args: &LatencyArgs, seconds: u64) -> Result<Command> {
+    Ok(cyclictest(
+        Command::new(floor_program()?),
+        args,
+        seconds,
+        FLOOR_INTERVAL_US,
+        1,
+        &["-p".into(), "50".into()],
+    ))
 }
 
 /// The floor probe's interval: near the measured probe's default, but not a multiple of it, so
@@ -139,14 +260,16 @@ fn floor_program() -> Result<PathBuf> {
 /// measured probe's timer up to 50 us late, a delay no scheduler adds (cyclictest counts it).
 const PROBE_TIMER_SLACK_NS: libc::c_ulong = 1;
 
+/// @command (cyclictest, or a shell that becomes it) with the probe's timer slack and
+/// cyclictest's arguments for a run of @seconds.
 fn cyclictest(
-    program: &Path,
+    mut command: Command,
     args: &LatencyArgs,
+    seconds: u64,
     interval_us: u64,
     threads: usize,
     extra: &[String],
 ) -> Command {
-    let mut command = Command::new(program);
     // SAFETY: prctl(PR_SET_TIMERSLACK) only sets the forked child's own timer slack; it
     // allocates nothing and is async-signal-safe.
     unsafe {
@@ -161,19 +284,14 @@ fn cyclictest(
         .args(["-q", "-m"])
         .arg(format!("-t{threads}"))
         .arg(format!("-i{interval_us}"))
-        .arg(format!("-D{}", args.seconds))
+        .arg(format!("-D{seconds}"))
         .arg(format!("-h{}", args.histogram_us))
         .args(extra);
     command
 }
 
-/// One cyclictest run's histogram as the result's fields.
-fn summary(
-    args: &LatencyArgs,
-    interval_us: u64,
-    threads: usize,
-    output: &std::process::Output,
-) -> Result<serde_json::Value> {
+/// The histogram a finished cyclictest printed, or its failure with what it said.
+fn histogram_of(output: &std::process::Output) -> Result<Histogram> {
     if !output.status.success() {
         bail!(
             "cyclictest failed ({}): {}",
@@ -181,8 +299,17 @@ fn summary(
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let histogram = Histogram::parse(&String::from_utf8_lossy(&output.stdout))?;
-    Ok(json!({
+    Histogram::parse(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// A histogram (one run's or several summed) as the result's fields.
+fn summary(
+    args: &LatencyArgs,
+    interval_us: u64,
+    threads: usize,
+    histogram: &Histogram,
+) -> serde_json::Value {
+    json!({
         "tool": "cyclictest",
         "interval_us": interval_us,
         "seconds": args.seconds,
@@ -199,7 +326,7 @@ fn summary(
         "p99_9_us": histogram.percentile(99.9),
         "p99_overflowed": histogram.percentile_overflows(99.0),
         "tail_per_ms": histogram.tail_per_ms(),
-    }))
+    })
 }
 
 /// cyclictest's `-h` output: one `bucket count [count...]` line per microsecond (counts summed
@@ -268,6 +395,41 @@ impl Histogram {
         Ok(histogram)
     }
 
+    /// @other's samples added to these (another run of the same probe): counts and overflows
+    /// summed, the minimum and maximum widened, the average weighted by samples.
+    fn add(&mut self, other: &Histogram) {
+        let (mine, theirs) = (self.samples(), other.samples());
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (bucket, count) in other.counts.iter().enumerate() {
+            self.counts[bucket] += count;
+        }
+        self.overflows += other.overflows;
+        self.min_us = if mine == 0 {
+            other.min_us
+        } else {
+            self.min_us.min(other.min_us)
+        };
+        self.max_us = self.max_us.max(other.max_us);
+        if let Some(average) =
+            (self.avg_us * mine + other.avg_us * theirs).checked_div(mine + theirs)
+        {
+            self.avg_us = average;
+        }
+    }
+
+    /// What one round of an interleaved measurement adds to its result: its samples, those of
+    /// 1 ms and more (overflows included) and its p99, to see the host's weather change.
+    fn round_summary(&self) -> serde_json::Value {
+        let over_one_ms: u64 = self.counts.iter().skip(1000).sum::<u64>() + self.overflows;
+        json!({
+            "samples": self.samples(),
+            "over_1ms": over_one_ms,
+            "p99_us": self.percentile(99.0),
+        })
+    }
+
     fn samples(&self) -> u64 {
         self.counts.iter().sum::<u64>() + self.overflows
     }
@@ -328,5 +490,35 @@ mod tests {
         assert!(!histogram.percentile_overflows(99.0));
         assert!(histogram.percentile_overflows(100.0));
         assert_eq!(histogram.max_us, 950);
+    }
+
+    #[test]
+    fn interleaved_rounds_sum_into_one_histogram() {
+        let mut summed = Histogram::default();
+        let first = Histogram::parse(SAMPLE).unwrap();
+        let second = Histogram::parse(
+            "000000 000000\n000001 000000\n000002 000000\n000003 000000\n000004 000100\n\
+             # Min Latencies: 00004\n# Avg Latencies: 00004\n# Max Latencies: 00004\n\
+             # Histogram Overflows: 00000\n",
+        )
+        .unwrap();
+        summed.add(&first);
+        summed.add(&second);
+        assert_eq!(summed.samples(), 200);
+        assert_eq!(summed.overflows, 1);
+        assert_eq!((summed.min_us, summed.max_us), (1, 950));
+        assert_eq!(summed.avg_us, 2);
+        // 90 samples at 1 us, 9 at 2, 100 at 4, one overflow
+        assert_eq!(summed.percentile(45.0), 1);
+        assert_eq!(summed.percentile(49.5), 2);
+        assert_eq!(summed.percentile(99.0), 4);
+        assert_eq!(summed.round_summary()["over_1ms"], 1);
+    }
+
+    #[test]
+    fn rounds_must_split_the_seconds_evenly() {
+        assert_eq!(seconds_per_round(10, 5).unwrap(), 2);
+        assert!(seconds_per_round(10, 3).is_err());
+        assert!(seconds_per_round(10, 0).is_err());
     }
 }
