@@ -344,6 +344,7 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 		enqueues_before = member_enqueues(m);
 		if (scx_bpf_sub_dispatch(m->cgroup_id)) {
 			m->empty = 0;
+			m->active_at_ns = now;
 			hand_cid_after_dispatch(cid, slot, now, entry_clock, last_owner);
 			if (member_capped(m) || others_busy(slot))
 				arm_quantum(cid);
@@ -352,6 +353,9 @@ void CANOPY_OP(canopy_root_dispatch, s32 cid, struct task_struct *prev)
 			return;
 		}
 		m->empty = 1;
+		/* it queued something since the last offer that found it empty: it had work */
+		if (enqueues_before != m->empty_enqueues)
+			m->active_at_ns = now;
 		m->empty_enqueues = enqueues_before;
 		m->empty_at_ns = now;
 		stat_inc(CANOPY_STAT_SUB_DISPATCH_EMPTY);
@@ -565,6 +569,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_sub_attach, struct scx_sub_attach_args *args
 	m->enqueues = 0;
 	m->empty_enqueues = 0;
 	m->empty_at_ns = 0;
+	m->active_at_ns = 0;
 	m->counts_enqueues = 0;
 	__builtin_memcpy(m->name, name, CANOPY_NAME_LEN);
 	m->active = 1;

@@ -204,12 +204,14 @@ static __always_inline bool member_idle(const struct canopy_member *m)
 
 /*
  * A canopy child found with nothing to dispatch less than CANOPY_EMPTY_CHILD_RECHECK_NS ago
- * that has queued nothing since (child_work.bpf.h): not offered a cid now.
+ * that has queued nothing since, and had no work for CANOPY_EMPTY_CHILD_QUIET_NS
+ * (child_work.bpf.h): not offered a cid now.
  */
 static __always_inline bool member_known_empty(const struct canopy_member *m, u64 now)
 {
 	return m->counts_enqueues && member_idle(m) && m->empty_at_ns &&
 	       now - m->empty_at_ns < CANOPY_EMPTY_CHILD_RECHECK_NS &&
+	       (s64)(now - m->active_at_ns) >= (s64)CANOPY_EMPTY_CHILD_QUIET_NS &&
 	       member_enqueues(m) == m->empty_enqueues;
 }
 

@@ -152,6 +152,11 @@ enum canopy_limits {
 	 * since, is not offered a cid again for this long (child_work.bpf.h)
 	 */
 	CANOPY_EMPTY_CHILD_RECHECK_NS = 1000000,
+	/*
+	 * ... and only once it has had no work for this long: a child whose task wakes every few
+	 * milliseconds is offered at every dispatch, as before child_work.bpf.h (see there why)
+	 */
+	CANOPY_EMPTY_CHILD_QUIET_NS = 50000000,
 	/* the most cpu.max (or cap) overuse carried into the next periods, in quotas (cpu_tree.bpf.h) */
 	CANOPY_QUOTA_MAX_DEBT_PERIODS = 8,
 	/*
@@ -308,6 +313,7 @@ struct canopy_member {
 	u64 empty_at_ns;	/* when that offer was made */
 	u32 counts_enqueues;	/* 1: a canopy child that counts its enqueues here */
 	u32 enqueues_pad;
+	u64 active_at_ns;	/* when the root last saw it have work: an offer it took, or a count that had moved since the offer before */
 	char name[CANOPY_NAME_LEN];	/* ops name of the child ("" for slot 0) */
 };
 
