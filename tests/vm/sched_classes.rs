@@ -358,8 +358,8 @@ fn beside_a_fifo_task(
 /// more (p99 2.4-4.5 ms), which is most of the ratio's spread.
 ///
 /// 2026-12-07: the gate failed a399f86's clean run (2.51x) and six of eight runs after it. With
-/// the floor in turns (above) the ratio was still 1.79-2.42 in eleven busy-host runs (canopy's
-/// p99 7.4-10.8 ms, floors 4.1-5.4 ms): the floor had not moved, canopy had. Builds of
+/// the floor in turns (above) the ratio was still 1.79-2.42 in nine runs, eight on a busy host
+/// (canopy's p99 7.4-10.8 ms, floors 3.8-5.4 ms): the floor had not moved, canopy had. Builds of
 /// de13d86 (where the gate was set), a35d76c, 74feec1 and 2d1eb14 gave 5.0-6.7 ms in the same
 /// test, 909fb75 12.3-13.3 ms: its rule leaving children found empty out of the offers
 /// (bpf/child_work.bpf.h) delayed the probe's wakeups in its child. The rule now spares a child
