@@ -677,44 +677,54 @@ pub(crate) fn emulator_aborted_on_assertion(log_path: &Path) -> bool {
 #[cfg(test)]
 mod emulator_fault_tests {
     use super::{emulator_aborted_on_assertion, hit_emulator_text_patching_fault};
+    use std::path::PathBuf;
+
+    /// A fresh directory under the temporary one holding each (file name, text) as a log.
+    fn write_logs(name: &str, logs: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("canopy-vmtest-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in logs {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        dir
+    }
 
     #[test]
     fn only_qemus_own_assertion_counts_as_an_emulator_abort() {
-        let dir = std::env::temp_dir().join(format!("canopy-vmtest-abort-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let aborted = dir.join("aborted.log");
-        std::fs::write(
-            &aborted,
-            "SeaBIOS (version 1.16.3)\nqemu: qemu-system-x86_64: system/physmem.c:2678: iotlb_to_section: Assertion `section_index < d->map.sections_nb' failed.\nBooting from ROM..\n",
-        )
-        .unwrap();
-        // the guest printing the same words is the guest's business, not qemu's
-        let guest = dir.join("guest.log");
-        std::fs::write(&guest, "prog: x.c:1: main: Assertion `0' failed.\n").unwrap();
-        assert!(emulator_aborted_on_assertion(&aborted));
-        assert!(!emulator_aborted_on_assertion(&guest));
+        let dir = write_logs(
+            "abort",
+            &[
+                (
+                    "aborted.log",
+                    "SeaBIOS (version 1.16.3)\nqemu: qemu-system-x86_64: system/physmem.c:2678: iotlb_to_section: Assertion `section_index < d->map.sections_nb' failed.\nBooting from ROM..\n",
+                ),
+                // the guest printing the same words is the guest's business, not qemu's
+                ("guest.log", "prog: x.c:1: main: Assertion `0' failed.\n"),
+            ],
+        );
+        assert!(emulator_aborted_on_assertion(&dir.join("aborted.log")));
+        assert!(!emulator_aborted_on_assertion(&dir.join("guest.log")));
         assert!(!emulator_aborted_on_assertion(&dir.join("missing.log")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn only_an_int3_oops_counts_as_the_emulator_fault() {
-        let dir = std::env::temp_dir().join(format!("canopy-vmtest-fault-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let int3 = dir.join("int3.log");
-        std::fs::write(
-            &int3,
-            "[    0.940291] Oops: int3: 0000 [#1] SMP NOPTI\n[    0.94] Kernel panic - not syncing: Fatal exception in interrupt\n",
-        )
-        .unwrap();
-        let other = dir.join("other.log");
-        std::fs::write(
-            &other,
-            "[    3.1] Oops: invalid opcode: 0000 [#1] SMP NOPTI\n[    3.2] Kernel panic - not syncing: Fatal exception\n",
-        )
-        .unwrap();
-        assert!(hit_emulator_text_patching_fault(&int3));
-        assert!(!hit_emulator_text_patching_fault(&other));
+        let dir = write_logs(
+            "fault",
+            &[
+                (
+                    "int3.log",
+                    "[    0.940291] Oops: int3: 0000 [#1] SMP NOPTI\n[    0.94] Kernel panic - not syncing: Fatal exception in interrupt\n",
+                ),
+                (
+                    "other.log",
+                    "[    3.1] Oops: invalid opcode: 0000 [#1] SMP NOPTI\n[    3.2] Kernel panic - not syncing: Fatal exception\n",
+                ),
+            ],
+        );
+        assert!(hit_emulator_text_patching_fault(&dir.join("int3.log")));
+        assert!(!hit_emulator_text_patching_fault(&dir.join("other.log")));
         assert!(!hit_emulator_text_patching_fault(&dir.join("missing.log")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
