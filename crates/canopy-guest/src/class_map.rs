@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::result::emit;
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET: libc::c_long = 7;
 const DEFAULT_MAP: &str = "/sys/fs/bpf/canopy/task_classes";
@@ -32,11 +33,16 @@ unsafe fn bpf(command: libc::c_long, attr: &mut [u8; 128]) -> libc::c_long {
 }
 
 /// A pinned BPF map, looked up by raw key and value bytes.
-struct PinnedMap {
+pub(crate) struct PinnedMap {
     fd: OwnedFd,
 }
 
 impl PinnedMap {
+    /// The schedulers' pinned `task_classes` map (tid or process id → class id).
+    pub(crate) fn task_classes() -> Result<Self> {
+        Self::open(DEFAULT_MAP)
+    }
+
     fn open(path: &str) -> Result<Self> {
         let path_c = std::ffi::CString::new(path)?;
         // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
@@ -94,6 +100,26 @@ impl PinnedMap {
             first = false;
         }
         count
+    }
+
+    /// Sets the u32 value under a u32 key (`task_classes`: a class id under a process id). Only
+    /// the `bpf(2)` syscall on stack memory, so it may run between fork and exec; returns the
+    /// syscall's error.
+    pub(crate) fn set(&self, key: u32, value: u32) -> std::io::Result<()> {
+        let (key, value) = (key.to_ne_bytes(), value.to_ne_bytes());
+        // union bpf_attr for map element ops: map_fd (u32), pad, key (u64), value (u64), flags
+        // (u64, 0: BPF_ANY).
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&(self.fd.as_raw_fd() as u32).to_ne_bytes());
+        attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(value.as_ptr() as u64).to_ne_bytes());
+        // SAFETY: key and value are 4-byte buffers (the map's key and value sizes, bpf/intf.h)
+        // that outlive the call.
+        if unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     /// The u32 value under a u32 key (`task_classes`), or None when absent.

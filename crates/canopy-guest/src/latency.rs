@@ -13,7 +13,7 @@
 //! histogram.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
+use crate::class_map::PinnedMap;
 use crate::result::emit;
 
 #[derive(Args, Debug)]
@@ -61,12 +62,14 @@ pub struct LatencyArgs {
     /// multiple of it).
     #[arg(long, default_value_t = 5, requires = "interleaved_floor_kind")]
     rounds: u64,
-    /// A shell command run just before each measured cyclictest starts, in the shell that then
-    /// becomes cyclictest (`$$` is the probe's process id), e.g. `canopy scheduler tag --tid $$
-    /// --class USER_INTERACTIVE`: the probe is tagged before its first wakeup. Its failure fails
-    /// the run.
+    /// Put each measured cyclictest in this class of canopy's pinned `task_classes` map, by
+    /// id (bpf/intf.h's CANOPY_CLASS_*: 0 is USER_INTERACTIVE), under its process id between
+    /// fork and exec, so it has its class before its first wakeup (its threads follow the
+    /// process's entry). The map must exist (canopy's root loaded); a failed write fails the
+    /// run. A tagging process would start as the load's class and, beside hackbench, took
+    /// seconds to start each round.
     #[arg(long)]
-    measured_setup: Option<String>,
+    measured_class_id: Option<u32>,
     /// Extra cyclictest arguments (after `--`), e.g. `-- -p 50` or `-- --policy=batch`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     extra: Vec<String>,
@@ -115,19 +118,18 @@ fn measure_beside_floor(args: &LatencyArgs) -> Result<Vec<(String, serde_json::V
         ),
         None => None,
     };
-    let output = measured_probe(args, args.seconds)
+    let output = measured_probe(args, args.seconds)?
         .output()
         .context("running cyclictest (add it with with_debian_tools)");
     let floor = floor.map(|child| child.wait_with_output());
-    let mut results = vec![(
-        args.kind.clone(),
-        summary(
-            args,
-            args.interval_us,
-            args.threads,
-            &histogram_of(&output?)?,
-        ),
-    )];
+    let mut measured = summary(
+        args,
+        args.interval_us,
+        args.threads,
+        &histogram_of(&output?)?,
+    );
+    measured["class_id"] = json!(args.measured_class_id);
+    let mut results = vec![(args.kind.clone(), measured)];
     if let (Some(kind), Some(floor)) = (&args.floor_kind, floor) {
         let floor = floor.context("waiting for the SCHED_FIFO floor probe")?;
         results.push((
@@ -146,6 +148,7 @@ fn measure_interleaved(
     floor_kind: &str,
 ) -> Result<Vec<(String, serde_json::Value)>> {
     let seconds = seconds_per_round(args.seconds, args.rounds)?;
+
     let mut measured = Histogram::default();
     let mut floor = Histogram::default();
     let mut measured_rounds = Vec::new();
@@ -156,7 +159,7 @@ fn measure_interleaved(
             let (mut command, what) = if floor_turn {
                 (floor_probe(args, seconds)?, "the SCHED_FIFO floor probe")
             } else {
-                (measured_probe(args, seconds), "the measured probe")
+                (measured_probe(args, seconds)?, "the measured probe")
             };
             let output = command
                 .output()
@@ -174,6 +177,7 @@ fn measure_interleaved(
     }
     let mut measured_result = summary(args, args.interval_us, args.threads, &measured);
     measured_result["rounds"] = json!(measured_rounds);
+    measured_result["class_id"] = json!(args.measured_class_id);
     let mut floor_result = summary(args, FLOOR_INTERVAL_US, 1, &floor);
     floor_result["rounds"] = json!(floor_rounds);
     Ok(vec![
@@ -193,29 +197,26 @@ fn seconds_per_round(seconds: u64, rounds: u64) -> Result<u64> {
 }
 
 /// The measured cyclictest for @seconds: `--threads` threads at `--interval-us` with the extra
-/// arguments, started through a shell that runs `--measured-setup` first if it is given.
-fn measured_probe(args: &LatencyArgs, seconds: u64) -> Command {
-    let (program, setup) = match &args.measured_setup {
-        Some(setup) => (Path::new("/bin/sh"), Some(setup)),
-        None => (Path::new("cyclictest"), None),
-    };
-    let mut command = Command::new(program);
-    if let Some(setup) = setup {
-        // the shell's $0 is cyclictest and $@ the arguments cyclictest() adds below
-        command.args([
-            "-c",
-            &format!("{{ {setup}\n}} >&2 && exec cyclictest \"$@\""),
-            "cyclictest",
-        ]);
+/// arguments, put in `--measured-class-id`'s class before it runs if that is given.
+fn measured_probe(args: &LatencyArgs, seconds: u64) -> Result<Command> {
+    let mut command = Command::new("cyclictest");
+    if let Some(class_id) = args.measured_class_id {
+        let map = PinnedMap::task_classes()
+            .context("opening canopy's task_classes map for --measured-class-id")?;
+        // SAFETY: between fork and exec this only calls getpid(2) and bpf(2) on stack memory
+        // and the map's descriptor (inherited; it closes at exec), all async-signal-safe.
+        unsafe {
+            command.pre_exec(move || map.set(libc::getpid() as u32, class_id));
+        }
     }
-    cyclictest(
+    Ok(cyclictest(
         command,
         args,
         seconds,
         args.interval_us,
         args.threads,
         &args.extra,
-    )
+    ))
 }
 
 /// The SCHED_FIFO 50 floor: one thread at FLOOR_INTERVAL_US under the name FLOOR_COMM.
