@@ -505,9 +505,7 @@ cat /tmp/root.log
 /// `daemon_scx.rs` shares, whose policy has the `app` group and the `scopes` group owning
 /// `apps/*.scope` with a `minimized` state of ceiling BACKGROUND).
 pub fn ceiling_moves_part() -> String {
-    // Class ids (`enum canopy_class` in bpf/intf.h).
-    const USER_INTERACTIVE: u32 = 0;
-    const BACKGROUND: u32 = 4;
+    use crate::support::class_ids::{BACKGROUND, USER_INTERACTIVE};
     let probe = |to: &str, kind: &str| {
         format!(
             "canopy-guest move-probe --pid $BUSY --pid $TICK --comm-prefix ui- --to {to} \

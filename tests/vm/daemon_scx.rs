@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use std::sync::OnceLock;
 
+use crate::support::class_ids::{BACKGROUND, DEFAULT, USER_INITIATED, USER_INTERACTIVE};
 use crate::support::{part, parts_script, shared_run, start_daemon};
 
 const POLICY: &str = r#"
@@ -186,12 +187,6 @@ path = "apps/*.scope"
 [groups.scopes.states.minimized]
 ceiling = "BACKGROUND"
 "#;
-
-/// Class ids in the map (`enum canopy_class` in bpf/intf.h).
-const USER_INTERACTIVE: u64 = 0;
-const USER_INITIATED: u64 = 1;
-const DEFAULT: u64 = 2;
-const BACKGROUND: u64 = 4;
 
 /// The daemon run the class-move tests share (`daemon-scx-moves`): this file's rename storm and
 /// clamped moves (part `clamp`), then issue 10 (f)'s moves below minimized scopes

@@ -5,6 +5,10 @@
 //! ceiling enforced at enqueue.
 use std::time::Duration;
 
+// `canopy-guest latency --measured-class-id` writes this id for each measured cyclictest between
+// fork and exec: a probe started in rounds is a new process each round, which a tagger watching
+// for the name would find late.
+use crate::support::class_ids::USER_INTERACTIVE;
 use crate::support::{children_config, preempting_wakeups, start_root_with_children, STOP_ROOT};
 
 /// The share of a SCHED_FIFO floor probe's wakeups over 1 ms on a quiet host under this load,
@@ -27,18 +31,12 @@ fn slow_wakeups_allowed(wakeups: u64, floor_over_1ms: f64) -> u64 {
 const TAIL_RATIO_ALLOWED: f64 = 1.5;
 const TAIL_SLACK: f64 = 0.002;
 
-/// USER_INTERACTIVE's class id in canopy's `task_classes` map (bpf/intf.h's
-/// CANOPY_CLASS_USER_INTERACTIVE), which `canopy-guest latency --measured-class-id` writes for
-/// each measured cyclictest between fork and exec: a probe started in rounds is a new process
-/// each round, which a tagger watching for the name would find late.
-const USER_INTERACTIVE_CLASS_ID: u32 = 0;
-
 /// That the measured probe of result @kind was put in USER_INTERACTIVE before it ran.
 fn assert_probe_tagged(outcome: &canopy_vmtest::Outcome, kind: &str) -> anyhow::Result<()> {
     let class_id = &outcome.result(kind)?["class_id"];
     assert_eq!(
         class_id.as_u64(),
-        Some(USER_INTERACTIVE_CLASS_ID as u64),
+        Some(USER_INTERACTIVE),
         "{kind}'s probe was not put in USER_INTERACTIVE"
     );
     Ok(())
@@ -72,7 +70,7 @@ fn over_one_ms(latency: &serde_json::Value) -> f64 {
 /// can do better; once under the fair scheduler (between fair's and schedqos's runs) and once
 /// with canopy's root loaded, in turns with canopy's probe (five rounds of 2 s each, in the
 /// order floor, probe, probe, floor, ...; `canopy-guest latency --interleaved-floor-kind`, the
-/// probe put in USER_INTERACTIVE before it starts each round, USER_INTERACTIVE_CLASS_ID; the
+/// probe put in USER_INTERACTIVE before it starts each round, by its id in `task_classes`; the
 /// rounds' histograms stop at 20 ms, where slower wakeups count as overflows, which the share
 /// over 1 ms includes: ten histograms of 200,000 lines made the test 270-300 s long instead of
 /// 133 s, the guest printing and parsing them).
@@ -171,7 +169,7 @@ echo 0 > /proc/sys/kernel/sched_autogroup_enabled
 canopy scheduler exec --nice -4 -- canopy-guest latency --seconds 10 --histogram-us 200000 --load "canopy scheduler exec --nice 4 --batch -- $LOAD" --kind latency-schedqos
 echo $autogroup > /proc/sys/kernel/sched_autogroup_enabled
 {start}
-canopy-guest latency --seconds 10 --rounds 5 --histogram-us 20000 --load "$LOAD" --kind latency-canopy --interleaved-floor-kind latency-fifo-floor-canopy --measured-class-id {USER_INTERACTIVE_CLASS_ID}
+canopy-guest latency --seconds 10 --rounds 5 --histogram-us 20000 --load "$LOAD" --kind latency-canopy --interleaved-floor-kind latency-fifo-floor-canopy --measured-class-id {USER_INTERACTIVE}
 canopy scheduler status --json --interval-ms 100 > /tmp/status.json
 canopy-guest report root-status status=@/tmp/status.json
 canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 20 > /tmp/tagger-beside-fifo.log 2>&1 &
@@ -385,7 +383,7 @@ mkdir -p /sys/fs/cgroup/app-build /sys/fs/cgroup/app-probe
 BUILD='echo $$ > /sys/fs/cgroup/app-build/cgroup.procs; exec canopy-guest hog --threads 4 --comm cc1'
 in_probe() {{ sh -c 'echo $$ > /sys/fs/cgroup/app-probe/cgroup.procs; exec "$@"' sh "$@"; }}
 {start}
-in_probe canopy-guest latency --seconds 10 --rounds 5 --histogram-us 20000 --load "$BUILD" --kind child-latency-canopy --interleaved-floor-kind child-latency-fifo-floor --measured-class-id {USER_INTERACTIVE_CLASS_ID}
+in_probe canopy-guest latency --seconds 10 --rounds 5 --histogram-us 20000 --load "$BUILD" --kind child-latency-canopy --interleaved-floor-kind child-latency-fifo-floor --measured-class-id {USER_INTERACTIVE}
 in_build() {{ sh -c 'echo $$ > /sys/fs/cgroup/app-build/cgroup.procs; exec "$@"' sh "$@"; }}
 # a new cyclictest process: tag it too (the tagger stops after its first match)
 canopy scheduler tag --comm cyclictest --class USER_INTERACTIVE --watch-seconds 20 > /tmp/tagger-same-child.log 2>&1 &

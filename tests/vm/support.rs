@@ -64,6 +64,15 @@ pub(crate) fn fair_reference_result<'a>(
     Ok(Some(outcome.result(kind)?))
 }
 
+/// Class ids in canopy's `task_classes` map and the schedulers' results (`enum canopy_class`
+/// in bpf/intf.h), for scripts that write or read them by number.
+pub(crate) mod class_ids {
+    pub(crate) const USER_INTERACTIVE: u64 = 0;
+    pub(crate) const USER_INITIATED: u64 = 1;
+    pub(crate) const DEFAULT: u64 = 2;
+    pub(crate) const BACKGROUND: u64 = 4;
+}
+
 /// Waits (in the guest) until `canopy scheduler run` reports the root enabled.
 pub const WAIT_ROOT: &str = r#"
 for i in $(seq 1 300); do
