@@ -19,7 +19,7 @@
  * cid through scx_bpf_sub_dispatch(), so the parent's accounting sees all of
  * our CPU time. We kick an idle cid we hold when work arrives; when none is idle,
  * a waking task of a preempting class with preemption budget left (preempt_budget.bpf.h)
- * waits on CHILD_URGENT_DSQ (dispatched first) and preempts one of our own preemptible
+ * waits on CANOPY_URGENT_DSQ (dispatched first) and preempts one of our own preemptible
  * tasks as the root does for its own (a kick with SCX_KICK_PREEMPT: our own subtree needs no
  * cap), else asks the root for a cid through the map the two share (child_wake.bpf.h). Either
  * way the cid goes through the root's dispatch, which offers it by member vtime.
@@ -52,12 +52,12 @@ u64 cid_caps[CANOPY_MAX_CIDS];
 u64 idle_cids[CANOPY_MAX_CIDS / 64];
 
 /*
- * Preempting-class wakeups with preemption budget left wait here, ahead of CANOPY_OWN_DSQ's
- * vtime order (a waking task is placed at most a slice behind the latest vtime, so queued
- * BACKGROUND tasks could still come first): the root puts its own such wakers straight on a
- * cid, and we insert only from dispatch, so our dispatch takes this queue first.
+ * Preempting-class wakeups with preemption budget left wait on CANOPY_URGENT_DSQ, ahead of
+ * CANOPY_OWN_DSQ's vtime order (a waking task is placed at most a slice behind the latest
+ * vtime, so queued BACKGROUND tasks could still come first): we insert only from dispatch, so
+ * our dispatch takes that queue first, as the root's does for its own such wakers that found
+ * no cid to run on at once.
  */
-#define CHILD_URGENT_DSQ 3
 
 /* the cids we hold a cap on, as the kernel reports them (arena: the kernel writes it) */
 struct canopy_cmask __arena held_mask;
@@ -128,7 +128,7 @@ void CANOPY_OP(canopy_child_enqueue, struct task_struct *p, u64 enq_flags)
 	s32 own;
 	int i;
 
-	queue_by_class(p, class, urgent ? CHILD_URGENT_DSQ : CANOPY_OWN_DSQ, enq_flags);
+	queue_by_class(p, class, urgent ? CANOPY_URGENT_DSQ : CANOPY_OWN_DSQ, enq_flags);
 	child_count_enqueue(attach_cgroup_id, &own_member_slot);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
@@ -167,7 +167,7 @@ void CANOPY_OP(canopy_child_dispatch, s32 cid, struct task_struct *prev)
 
 	if (!(caps_on(cid) & KCONST(SCX_CAP_ENQ)))
 		flags = KCONST(SCX_ENQ_IMMED);
-	if (scx_bpf_dsq_move_to_local___v2___canopy(CHILD_URGENT_DSQ, flags) ||
+	if (scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_URGENT_DSQ, flags) ||
 	    scx_bpf_dsq_move_to_local___v2___canopy(CANOPY_OWN_DSQ, flags)) {
 		stat_inc(CANOPY_STAT_OWN_DISPATCHES);
 		if (flags)
@@ -269,7 +269,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_child_init)
 		own_runs[cid].class = CANOPY_MAX_CLASSES;
 	seed_caps(KCONST(SCX_CAP_ENQ_IMMED));
 	seed_caps(KCONST(SCX_CAP_ENQ));
-	if (scx_bpf_create_dsq(CHILD_URGENT_DSQ, -1))
+	if (scx_bpf_create_dsq(CANOPY_URGENT_DSQ, -1))
 		return -ENOMEM;
 	return scx_bpf_create_dsq(CANOPY_OWN_DSQ, -1);
 }

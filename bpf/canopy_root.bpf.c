@@ -117,11 +117,30 @@ s32 CANOPY_OP(canopy_root_select_cid, struct task_struct *p, s32 prev_cid, u64 w
 	return cid;
 }
 
+/*
+ * Is @cid between two of our own tasks: the last one stopped there (ops.stopping cleared the
+ * running class) without an RT or deadline task taking it, the cid is not idle, and it is
+ * ours or, with no child attached, being dispatched (charge_cid() leaves it unowned until
+ * hand_cid())? The next task has not started, so a preempting insert there runs first. Under
+ * `hackbench -T -p` both cids switch tasks every 20-50 us and spend a large part of each
+ * switch in ops.dispatch: a USER_INTERACTIVE wakeup beside a cid running another
+ * USER_INTERACTIVE task found the other cid in this state (owner NO_OWNER, no class), took it
+ * for not preemptible and queued, and waited 34-146 ms (traced 2026-12-07 21:14-21:30 UTC,
+ * tracefs and bpf_printk, four boots).
+ */
+static __always_inline bool cid_between_own_tasks(const struct cid_state *cs, s32 cid)
+{
+	if (cs->running_class < NO_CLASS || cs->higher_class_since || cid_is_idle(cid))
+		return false;
+	return cs->owner == CANOPY_SELF_SLOT || (cs->owner == NO_OWNER && !nr_children);
+}
+
 /* What a waking preempting-class task may do with a cid (cid_for_waker). */
 enum waker_cid_use {
 	CID_TAKEN,		/* idle, a child's, outside the task's affinity, or not preemptible */
 	CID_PREEMPTIBLE,	/* one of our tasks of a class the waker may preempt runs there */
 	CID_AFTER_HIGHER_CLASS,	/* an RT or deadline task took it from one of ours just now */
+	CID_BETWEEN_OWN_TASKS,	/* one of ours just stopped there and the next has not started */
 };
 
 /*
@@ -138,7 +157,11 @@ static __always_inline enum waker_cid_use cid_for_waker(struct task_struct *p, s
 	struct cid_state *cs = cid_state_of(cid);
 	u64 since;
 
-	if (!cs || cs->owner != CANOPY_SELF_SLOT || !task_may_run_on(p, cid))
+	if (!cs || !task_may_run_on(p, cid))
+		return CID_TAKEN;
+	if (cid_between_own_tasks(cs, cid))
+		return CID_BETWEEN_OWN_TASKS;
+	if (cs->owner != CANOPY_SELF_SLOT)
 		return CID_TAKEN;
 	if (class_preemptible_since(cs->running_class, cs->since))
 		return CID_PREEMPTIBLE;
@@ -149,7 +172,8 @@ static __always_inline enum waker_cid_use cid_for_waker(struct task_struct *p, s
 }
 
 /*
- * A cid running one of our tasks of a class that @p may preempt, or -1. The task's own cid
+ * A cid running one of our tasks of a class that @p may preempt, else one between two of our
+ * tasks (cid_between_own_tasks()), or -1. The task's own cid
  * comes first: preempting locally needs no IPI, and the wakeup timer fired there. With none,
  * *@after_higher_class is set to a cid an RT or deadline task has just taken from us (-1 if
  * none): waiting there for a short RT burst beats waiting in the queue for a slice to end.
@@ -162,7 +186,7 @@ static __always_inline enum waker_cid_use cid_for_waker(struct task_struct *p, s
 static s32 find_preemptible_cid(struct task_struct *p, s32 *after_higher_class)
 {
 	u32 nr = scx_bpf_nr_cids();
-	s32 own = scx_bpf_task_cid(p);
+	s32 own = scx_bpf_task_cid(p), between = -1;
 	u64 now = scx_bpf_now();
 	enum waker_cid_use use;
 	int i;
@@ -171,6 +195,8 @@ static s32 find_preemptible_cid(struct task_struct *p, s32 *after_higher_class)
 	use = cid_for_waker(p, own, now);
 	if (use == CID_PREEMPTIBLE)
 		return own;
+	if (use == CID_BETWEEN_OWN_TASKS)
+		between = own;
 	if (use == CID_AFTER_HIGHER_CLASS)
 		*after_higher_class = own;
 
@@ -178,10 +204,12 @@ static s32 find_preemptible_cid(struct task_struct *p, s32 *after_higher_class)
 		use = cid_for_waker(p, i, now);
 		if (use == CID_PREEMPTIBLE)
 			return i;
+		if (use == CID_BETWEEN_OWN_TASKS && between < 0)
+			between = i;
 		if (use == CID_AFTER_HIGHER_CLASS && *after_higher_class < 0)
 			*after_higher_class = i;
 	}
-	return -1;
+	return between;
 }
 
 /*
@@ -267,9 +295,13 @@ void CANOPY_OP(canopy_root_enqueue, struct task_struct *p, u64 enq_flags)
 	if ((tctx && !tctx->charge_weight_fp) || (!idle && (woken || fresh)))
 		tt = tree_task_of(p);
 	price_first_turn(tctx, tt);
-	if (!idle && (woken || fresh))
+	if (preempting)
+		place_at_front(p, tctx, cp);
+	else if (!idle && (woken || fresh))
 		place_by_group(p, tctx, tt, cp, fresh);
-	queue_by_class(p, class, idle ? CANOPY_IDLE_DSQ : CANOPY_OWN_DSQ, enq_flags);
+	queue_by_class(p, class,
+		       idle ? CANOPY_IDLE_DSQ : preempting ? CANOPY_URGENT_DSQ : CANOPY_OWN_DSQ,
+		       enq_flags);
 
 	canopy_for(i, 0, nr < CANOPY_MAX_CIDS ? nr : CANOPY_MAX_CIDS) {
 		if (cid_is_idle(i) && task_may_run_on(p, i)) {
@@ -705,7 +737,7 @@ s32 CANOPY_OP_SLEEPABLE(canopy_root_init)
 		init_quantum(cid);
 	init_quota_wakeup();
 	member_shares_timer_init();
-	if (scx_bpf_create_dsq(CANOPY_IDLE_DSQ, -1))
+	if (scx_bpf_create_dsq(CANOPY_IDLE_DSQ, -1) || scx_bpf_create_dsq(CANOPY_URGENT_DSQ, -1))
 		return -ENOMEM;
 	return scx_bpf_create_dsq(CANOPY_OWN_DSQ, -1);
 }
@@ -719,8 +751,9 @@ void CANOPY_OP(canopy_root_dump, struct scx_dump_ctx *dump_ctx)
 {
 	u32 slot;
 
-	canopy_dump("canopy_root: own DSQ %d queued, idle-cgroup DSQ %d, member vtime floor %llu, own vtime now %llu, RCU gp %llu seen at %llu\n",
-		    scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ), scx_bpf_dsq_nr_queued(CANOPY_IDLE_DSQ),
+	canopy_dump("canopy_root: own DSQ %d queued, urgent %d, idle-cgroup DSQ %d, member vtime floor %llu, own vtime now %llu, RCU gp %llu seen at %llu\n",
+		    scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ), scx_bpf_dsq_nr_queued(CANOPY_URGENT_DSQ),
+		    scx_bpf_dsq_nr_queued(CANOPY_IDLE_DSQ),
 		    member_vtime_min, own_vtime_now, rcu_gp_seen, rcu_gp_seen_at);
 	for (slot = 0; slot < CANOPY_MAX_MEMBERS; slot++) {
 		struct canopy_member *m = member_of(slot);

@@ -59,6 +59,12 @@ static __always_inline bool others_busy(u32 slot)
 	return false;
 }
 
+/* Our own tasks wait for a cid: queued preempting-class wakers or others. */
+static __always_inline bool own_tasks_queued(void)
+{
+	return scx_bpf_dsq_nr_queued(CANOPY_URGENT_DSQ) > 0 || scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ) > 0;
+}
+
 static int quantum_expired(void *map, u32 *key, struct cid_quantum *quantum)
 {
 	s32 cid = *key;
@@ -70,7 +76,7 @@ static int quantum_expired(void *map, u32 *key, struct cid_quantum *quantum)
 	owner = cs->owner;
 	/* still the same grant to a child, and someone else wants the cid: end it */
 	if (owner != NO_OWNER && owner != CANOPY_SELF_SLOT && cs->since == quantum->armed_since &&
-	    (others_busy(owner) || scx_bpf_dsq_nr_queued(CANOPY_OWN_DSQ) > 0)) {
+	    (others_busy(owner) || own_tasks_queued())) {
 		scx_bpf_kick_cid(cid, KCONST(SCX_KICK_PREEMPT));
 		stat_inc(CANOPY_STAT_QUANTUM_KICKS);
 	}

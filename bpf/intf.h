@@ -80,6 +80,11 @@ enum canopy_limits {
 	CANOPY_OWN_DSQ = 1,
 	/* the root's DSQ of its own tasks in idle cgroups (cpu.idle 1): served when nothing else is */
 	CANOPY_IDLE_DSQ = 2,
+	/*
+	 * a scheduler's preempting-class wakeups with preemption budget left that found no cid to
+	 * run on at once: served before CANOPY_OWN_DSQ
+	 */
+	CANOPY_URGENT_DSQ = 3,
 	/* CPU-time accounting window for guarantees and caps, per cid */
 	CANOPY_PERIOD_NS = 100000000,
 	/* how far (weighted ns) a queued task's vtime may run ahead of the scheduler's vtime clock */

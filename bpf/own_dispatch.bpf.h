@@ -2,7 +2,7 @@
 /*
  * own_dispatch.bpf.h: the root's own tasks' turn on a cid (member 0's part of a dispatch) and
  * the cpu.max quota path for them. It owns dispatch_own(), which moves the next queued task
- * (CANOPY_OWN_DSQ, then the idle-cgroup CANOPY_IDLE_DSQ) to the cid or keeps the previous
+ * (CANOPY_URGENT_DSQ, CANOPY_OWN_DSQ, then the idle-cgroup CANOPY_IDLE_DSQ) to the cid or keeps the previous
  * task running; the wakeup timer (`quota_wakeups`) for cids left idle by throttled cgroups;
  * bill_own_run(), which charges a task's run to its cgroup path's quotas, its class's
  * preemption budget and its vtime; and price_first_turn(), which prices a task's first turn
@@ -116,6 +116,33 @@ static __always_inline void place_by_group(struct task_struct *p, struct task_ct
 	start = start > turn ? start - turn : 0;
 	if ((s64)(p->scx.dsq_vtime - start) < 0)
 		scx_bpf_task_set_dsq_vtime(p, start);
+}
+
+/*
+ * A waking task of a preempting class with budget left that found no cid to preempt (every
+ * cid runs a task it may not preempt, or one a child holds) waits on CANOPY_URGENT_DSQ, which
+ * dispatch_own() serves before CANOPY_OWN_DSQ, at one turn before own_vtime_now (the queue's
+ * floor for a waking task), so such wakers run in about the order they woke, whatever their
+ * vtimes and their cgroups' places. Each would have run at once had a cid been preemptible,
+ * and its budget bounds it as on that path (past it, its wakeups queue by vtime as any task's).
+ * Queued among the rest at its cgroup's place, it waited behind the cgroup's other wakers: a
+ * class with a short slice banks less credit there than one with a long slice, the place runs
+ * ahead of own_vtime_now while the cgroup's tasks sleep between short runs, and tasks that
+ * stayed runnable keep their lag below own_vtime_now. Example (2026-12-07, traced with tracefs
+ * and bpf_printk): cyclictest's thread (USER_INTERACTIVE, 3 ms slice) in the root cgroup
+ * beside `hackbench -T -p -g 2` (BACKGROUND, 20 ms slices), woken while its main thread ran on
+ * the other cid: the root cgroup's place was 21.1 ms of vtime past own_vtime_now, the thread
+ * queued 18.1 ms past it behind 49 hackbench threads, and waited 146 ms; queued one turn
+ * before own_vtime_now among them, it still waited 41 ms behind tasks further back.
+ */
+static __always_inline void place_at_front(struct task_struct *p, const struct task_ctx *tctx,
+					   const struct canopy_class_params *cp)
+{
+	u64 turn = class_slice(cp), now_v = own_vtime_now;
+
+	if (tctx)
+		turn = tree_turn(turn, tctx->charge_weight_fp, tctx->weight);
+	scx_bpf_task_set_dsq_vtime(p, now_v > turn ? now_v - turn : 0);
 }
 
 /*
@@ -286,7 +313,8 @@ static __always_inline u64 prev_quota_left(struct task_struct *prev)
 }
 
 /*
- * Our own tasks' turn on @cid: with @normal, a queued task first, else @prev keeps running;
+ * Our own tasks' turn on @cid: with @normal, a queued task first (CANOPY_URGENT_DSQ's, then
+ * CANOPY_OWN_DSQ's), else @prev keeps running;
  * with @idle, after those, tasks of idle cgroups (CANOPY_IDLE_DSQ, or an idle-cgroup @prev).
  * Tasks of cgroups at their cpu.max quota are passed over. Returns an enum own_dispatch.
  * Global, like move_first_within_quota: canopy_root_dispatch calls it three times (once
@@ -303,7 +331,8 @@ __noinline int dispatch_own(s32 cid, struct task_struct *prev __arg_trusted __ar
 
 	if (serve_starved_idle(cid, now))
 		return OWN_QUEUED;
-	if (normal && move_own_to_local(CANOPY_OWN_DSQ, cid))
+	if (normal && (move_own_to_local(CANOPY_URGENT_DSQ, cid) ||
+		       move_own_to_local(CANOPY_OWN_DSQ, cid)))
 		return OWN_QUEUED;
 	if (normal && !prev_idle && prev_keepable && keep_own_prev(cid, prev, left))
 		return OWN_KEPT;
