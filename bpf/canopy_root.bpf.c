@@ -26,7 +26,10 @@
  * work; in the daemon's class table also the classes between the top and DEFAULT, where the
  * daemon itself runs, so a UI thread waits at most 1 ms behind it: `preemptible_after_us`,
  * set by userspace), while it has preemption budget left (preempt_budget.bpf.h: 40 ms of running per
- * 100 ms window; a busy loop then queues in vtime order like everyone else). When our tasks
+ * 100 ms window; a busy loop then queues in vtime order like everyone else). With no such
+ * cid it takes one between two of our tasks (cid_between_own_tasks()), else one an RT task
+ * just took, else it waits on CANOPY_URGENT_DSQ, which our dispatch serves before the vtime
+ * queue (own_dispatch.bpf.h place_at_front()). When our tasks
  * are queued and a child holds the cids, the child's oldest grant is cut once it is a quantum
  * old (reclaim_child_cid), whatever the slice its scheduler chose.
  *
